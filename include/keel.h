@@ -1,0 +1,12 @@
+/* keel.h - everything public in keel. */
+#ifndef KEEL_H
+#define KEEL_H
+
+#include "keel/error.h"
+#include "keel/runtime.h"
+#include "keel/process.h"
+#include "keel/message.h"
+#include "keel/timer.h"
+#include "keel/io.h"
+
+#endif

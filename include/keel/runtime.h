@@ -1,0 +1,125 @@
+/* keel/runtime.h - starting and stopping the keel runtime (the "node").
+ *
+ * The runtime owns one scheduler per core: an OS thread running a libuv loop
+ * and the keel processes placed on it. A program starts the runtime, spawns
+ * processes, and waits until every process has exited (or until somebody calls
+ * keel_rt_halt), then stops it. keel_run() does all four in one call.
+ *
+ *   static void hello(void *arg) { puts("hello from a process"); }
+ *   int main(void) { return keel_run(hello, NULL, NULL); }
+ */
+#ifndef KEEL_RUNTIME_H
+#define KEEL_RUNTIME_H
+
+#include <stddef.h>
+#include <stdint.h>
+
+#ifdef __cplusplus
+extern "C" {
+#endif
+
+/* Wait forever: accepted by every keel function that takes a timeout. */
+#define KEEL_INFINITY ((int64_t)-1)
+
+/* A process id. 64 bits, never reused: the id of a dead process never names a
+ * later process. 0 is never a valid pid. Format with keel_pid_format. */
+typedef uint64_t keel_pid_t;
+
+/* A reference: a 64-bit value unique within the node (monitor references,
+ * call references, timer references). 0 is never a valid reference. */
+typedef uint64_t keel_ref_t;
+
+/* The entry point of a process. Returning from it exits the process with
+ * reason normal. */
+typedef void (*keel_proc_fn)(void *arg);
+
+typedef struct keel_rt_options {
+  int schedulers;          /* scheduler threads; 0: $KEEL_SCHEDULERS, else one per online core */
+  size_t stack_size;       /* default process stack (bytes, rounded up to pages); 0: 128 KiB */
+  int64_t stuck_ms;        /* report a process holding a scheduler longer than this; 0: 100 ms; <0: off */
+  int budget;              /* messages a process may receive before it must yield; 0: 100 */
+  int deterministic;       /* 1: one scheduler, runnable processes picked in a seeded order */
+  uint64_t seed;           /* seed for deterministic mode; 0: $KEEL_SEED, else time-based (printed) */
+} keel_rt_options;
+
+/* Fills *o with defaults (all zero: every field takes its default). */
+void keel_rt_options_init(keel_rt_options *o);
+
+/* Starts the runtime: stack pool, process table, scheduler threads. o may be
+ * NULL for defaults. Errors: KEEL_ESTATE if already started, KEEL_EINVAL for
+ * a bad option (a bad $KEEL_SCHEDULERS names itself on stderr), KEEL_ENOMEM.
+ * Call from one thread (normally main) that is not a scheduler thread. */
+int keel_rt_start(const keel_rt_options *o);
+
+/* Blocks the calling (non-scheduler) thread until no process is alive or
+ * keel_rt_halt() was called. Returns the halt status, or 0 when the last
+ * process exited. Errors: KEEL_ESTATE if not started or called from a
+ * scheduler thread. */
+int keel_rt_wait(void);
+
+/* Asks the node to stop: keel_rt_wait() returns `status`. Processes still
+ * alive are not run again; keel_rt_stop() destroys them. Any thread. */
+void keel_rt_halt(int status);
+
+/* Stops the scheduler threads, destroys processes still alive (their mailboxes
+ * and stacks are freed; memory they malloc'd themselves is theirs to lose),
+ * and frees everything the runtime allocated. Returns 0 or KEEL_ESTATE.
+ * Call from the thread that started the runtime. */
+int keel_rt_stop(void);
+
+/* keel_rt_start + spawn fn(arg) + keel_rt_wait + keel_rt_stop. Returns the
+ * wait status, or a negative KEEL_E* code if the runtime could not start. */
+int keel_run(keel_proc_fn fn, void *arg, const keel_rt_options *o);
+
+/* Number of scheduler threads, 0 when the runtime is not running. Any thread. */
+int keel_sched_count(void);
+
+/* Index of the scheduler the calling thread runs, or -1 outside scheduler
+ * threads. A process may move between schedulers at any wait: do not cache it
+ * across a call that can yield. */
+int keel_sched_current(void);
+
+/* Counters of the whole node, summed when read (cheap, but not a hot-path
+ * call). Any thread. */
+typedef struct keel_rt_stats {
+  uint64_t procs_alive;
+  uint64_t procs_spawned;
+  uint64_t procs_exited;
+  uint64_t msgs_sent;          /* messages delivered to a live process's mailbox */
+  uint64_t msgs_to_dead;       /* messages sent to a dead process (dropped) */
+  uint64_t replies_dropped;    /* replies nobody awaited any more (late replies) */
+  uint64_t context_switches;
+  uint64_t steals;             /* processes moved by work stealing */
+  uint64_t blocking_queued;    /* blocking jobs submitted and not yet started */
+  uint64_t blocking_running;   /* blocking jobs running on the pool now */
+  uint64_t stuck_reports;      /* processes reported for holding a scheduler too long */
+} keel_rt_stats;
+void keel_rt_stats_get(keel_rt_stats *out);
+
+/* Runtime reports: things an operator must hear about. The default handler
+ * writes one line to stderr. The operations layer installs its own to log
+ * them as structured events. */
+typedef enum keel_report_kind {
+  KEEL_REPORT_STUCK = 1,    /* a process held a scheduler longer than stuck_ms */
+  KEEL_REPORT_CRASH = 2,    /* a process exited with a reason other than normal/shutdown */
+} keel_report_kind;
+
+typedef struct keel_report {
+  keel_report_kind kind;
+  keel_pid_t pid;
+  const char *name;         /* process name or "" */
+  int scheduler;
+  int64_t held_ms;          /* STUCK: how long the process has held its scheduler */
+  const char *reason;       /* CRASH: the exit reason as text */
+} keel_report;
+
+/* Installs fn(report, ud) as the report handler (NULL restores the default).
+ * fn is called from scheduler or watchdog threads; it must not block for long
+ * and must not call keel functions that wait. */
+typedef void (*keel_report_fn)(const keel_report *r, void *ud);
+void keel_rt_set_report_handler(keel_report_fn fn, void *ud);
+
+#ifdef __cplusplus
+}
+#endif
+#endif

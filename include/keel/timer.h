@@ -1,0 +1,32 @@
+/* keel/timer.h - timers on the schedulers' libuv loops.
+ *
+ * A timer delivers a message to a process after a delay. It lives on the
+ * libuv loop of the scheduler that armed it and may be cancelled from any
+ * thread. Receive timeouts and keel_sleep use the same loops.
+ */
+#ifndef KEEL_TIMER_H
+#define KEEL_TIMER_H
+
+#include <stdint.h>
+
+#include "keel/message.h"
+
+#ifdef __cplusplus
+extern "C" {
+#endif
+
+/* Sends m to `to` after ms milliseconds (0: at the next turn of the loop),
+ * taking ownership of m. *tref (may be NULL) receives a reference for
+ * keel_cancel_timer. Must be called from a process or a scheduler thread.
+ * Errors: KEEL_EINVAL (m NULL, ms < 0), KEEL_ENOTPROC, KEEL_ENOMEM (m freed). */
+int keel_send_after(keel_pid_t to, int64_t ms, keel_msg_t *m, keel_ref_t *tref);
+
+/* Cancels a timer. Returns 0 if it was cancelled before it fired (its message
+ * is freed and will never be delivered), KEEL_ENOENT if it already fired, was
+ * already cancelled, or never existed. Any thread. */
+int keel_cancel_timer(keel_ref_t tref);
+
+#ifdef __cplusplus
+}
+#endif
+#endif

@@ -1,0 +1,158 @@
+/* io.c - waiting for file descriptors, libuv handles and blocking work.
+ *
+ * All three follow one pattern. The process pins itself to the scheduler it
+ * runs on (keel_io_begin), starts something on that scheduler's libuv loop
+ * whose callback calls keel_io_ready, and parks with the W_IO mask. The
+ * callback runs on the same thread, marks the keel_io_t ready and wakes the
+ * process; pinned processes are only ever run by their home scheduler, so the
+ * process can safely stop or close its handle afterwards.
+ *
+ * Blocking work goes to libuv's thread pool (uv_queue_work; its size is
+ * UV_THREADPOOL_SIZE, default 4). While fn runs, exit signals are deferred:
+ * the process cannot die with fn still using its stack.
+ */
+#include <stdlib.h>
+
+#include "rt/internal.h"
+
+int keel_io_begin(keel_io_t *io) {
+  keel__proc *p = keel__proc_self();
+  if (!p) return KEEL_ENOTPROC;
+  if (!io) return KEEL_EINVAL;
+  io->pid = p->pid;
+  io->sched = keel__sched_self();
+  io->seq = 0;
+  io->status = 0;
+  io->ready = 0;
+  p->pinned++;
+  return 0;
+}
+
+uv_loop_t *keel_io_loop(const keel_io_t *io) {
+  return io && io->sched ? &((keel__sched *)io->sched)->loop : NULL;
+}
+
+void keel_io_ready(keel_io_t *io, int status) {
+  io->status = status;
+  io->ready = 1;
+  keel__proc *p = keel__lookup_live(io->pid);
+  if (p) keel__wake(p, KEEL__PID_GEN(io->pid), KEEL__W_IO);
+}
+
+int keel_io_wait(keel_io_t *io, int64_t timeout_ms) {
+  keel__proc *p = keel__proc_self();
+  if (!p) return KEEL_ENOTPROC;
+  if (!io || io->pid != p->pid) return KEEL_EINVAL;
+  uint64_t deadline = timeout_ms > 0 ? keel__now_ns() + (uint64_t)timeout_ms * 1000000u : 0;
+  uint32_t cause = 0;
+  for (;;) {
+    keel__signals_handle(p);
+    if (io->ready) {
+      io->ready = 0;
+      return io->status;
+    }
+    if (timeout_ms == 0) return KEEL_ETIMEDOUT;
+    if (deadline && (cause == KEEL__W_TIMER || keel__now_ns() >= deadline)) return KEEL_ETIMEDOUT;
+    cause = keel__wait(p, KEEL__W_IO, deadline);
+  }
+}
+
+void keel_io_end(keel_io_t *io) {
+  keel__proc *p = keel__proc_self();
+  if (p && io && io->pid == p->pid && p->pinned > 0) p->pinned--;
+  if (io) io->sched = NULL;
+}
+
+/* ---- file descriptors -------------------------------------------------------- */
+
+static void on_poll(uv_poll_t *h, int status, int events) {
+  keel_io_t *io = h->data;
+  uv_poll_stop(h);
+  if (!io) return;
+  int r = 0;
+  if (status < 0) {
+    r = KEEL_EIO;
+  } else {
+    if (events & UV_READABLE) r |= KEEL_READABLE;
+    if (events & UV_WRITABLE) r |= KEEL_WRITABLE;
+  }
+  keel_io_ready(io, r);
+}
+
+int keel_wait_fd(int fd, int events, int64_t timeout_ms, int *revents) {
+  if (revents) *revents = 0;
+  if (fd < 0 || !(events & (KEEL_READABLE | KEEL_WRITABLE)) ||
+      (events & ~(KEEL_READABLE | KEEL_WRITABLE)))
+    return KEEL_EINVAL;
+  if (timeout_ms < 0 && timeout_ms != KEEL_INFINITY) return KEEL_EINVAL;
+  keel_io_t io;
+  int rc = keel_io_begin(&io);
+  if (rc) return rc;
+  uv_poll_t *h = malloc(sizeof *h);
+  if (!h) {
+    keel_io_end(&io);
+    return KEEL_ENOMEM;
+  }
+  if (uv_poll_init(keel_io_loop(&io), h, fd) != 0) {
+    free(h);
+    keel_io_end(&io);
+    return KEEL_EINVAL; /* not pollable (a regular file?) or not a descriptor */
+  }
+  h->data = &io;
+  int uvev = ((events & KEEL_READABLE) ? UV_READABLE : 0) | ((events & KEEL_WRITABLE) ? UV_WRITABLE : 0);
+  uv_poll_start(h, uvev, on_poll);
+  rc = keel_io_wait(&io, timeout_ms);
+  h->data = NULL;
+  uv_poll_stop(h);
+  uv_close((uv_handle_t *)h, keel__handle_close_cb);
+  keel_io_end(&io);
+  if (rc < 0) return rc;
+  if (revents) *revents = rc;
+  return 0;
+}
+
+/* ---- blocking work --------------------------------------------------------------- */
+
+typedef struct blocking_job {
+  uv_work_t req;
+  void (*fn)(void *);
+  void *arg;
+  keel_io_t *io;
+} blocking_job;
+
+static void blocking_run(uv_work_t *req) {
+  blocking_job *j = req->data;
+  atomic_fetch_sub_explicit(&keel__g.blocking_queued, 1, memory_order_relaxed);
+  atomic_fetch_add_explicit(&keel__g.blocking_running, 1, memory_order_relaxed);
+  j->fn(j->arg);
+  atomic_fetch_sub_explicit(&keel__g.blocking_running, 1, memory_order_relaxed);
+}
+
+static void blocking_done(uv_work_t *req, int status) {
+  blocking_job *j = req->data;
+  keel_io_ready(j->io, status < 0 ? KEEL_ECANCELED : 0);
+}
+
+int keel_blocking(void (*fn)(void *), void *arg) {
+  keel__proc *p = keel__proc_self();
+  if (!p) return KEEL_ENOTPROC;
+  if (!fn) return KEEL_EINVAL;
+  keel_io_t io;
+  keel_io_begin(&io);
+  blocking_job j = {.fn = fn, .arg = arg, .io = &io};
+  j.req.data = &j;
+  p->in_blocking = true;
+  atomic_fetch_add_explicit(&keel__g.blocking_queued, 1, memory_order_relaxed);
+  int rc = uv_queue_work(keel_io_loop(&io), &j.req, blocking_run, blocking_done);
+  if (rc != 0) {
+    atomic_fetch_sub_explicit(&keel__g.blocking_queued, 1, memory_order_relaxed);
+    p->in_blocking = false;
+    keel_io_end(&io);
+    return KEEL_ENOMEM;
+  }
+  rc = keel_io_wait(&io, KEEL_INFINITY);
+  p->in_blocking = false;
+  keel_io_end(&io);
+  keel__signals_handle(p); /* deferred exit signals take effect now */
+  return rc;
+}

@@ -1,0 +1,498 @@
+/* mailbox.c - messages, the mailbox queue, receive, selective receive, and
+ * replies matched by reference.
+ *
+ * The mailbox is Vyukov's intrusive multi-producer single-consumer queue:
+ * a send is one atomic exchange plus one store, with no lock and no CAS loop,
+ * so senders never block and never fail. Only the owning process pops.
+ *
+ * Messages carry the pid of the incarnation they were sent to. A slot's
+ * mailbox outlives its processes (slots are type-stable), so a send that
+ * raced the receiver's death may land in the queue after the final drain;
+ * the next incarnation drops such stale messages unseen (counted as sent to
+ * a dead process).
+ *
+ * Selective receive keeps the messages it skipped in a private "kept aside"
+ * list, in arrival order, ahead of everything still in the queue, so the
+ * mailbox order is the order of (kept aside ++ queue). Each call tests each
+ * message at most once.
+ *
+ * Replies: a process arms references in a small open-addressing table. When
+ * the owner pops a REPLY it looks its ref up there: armed -> parked in the
+ * table for keel_await; not armed (the caller gave up) -> dropped and counted.
+ * A DOWN whose monitor ref is armed is parked the same way, which is how a
+ * call learns that its server died. Matching is O(1) per message; nothing is
+ * ever rescanned.
+ */
+#include <stdlib.h>
+#include <string.h>
+
+#include "rt/internal.h"
+
+#define KEEL__INC(ctr) \
+  atomic_store_explicit(&(ctr), atomic_load_explicit(&(ctr), memory_order_relaxed) + 1, \
+                        memory_order_relaxed)
+
+/* ---- counters --------------------------------------------------------------- */
+
+void keel__count_to_dead(void) {
+  keel__sched *s = keel__sched_self();
+  if (s)
+    KEEL__INC(s->n_to_dead);
+  else
+    atomic_fetch_add_explicit(&keel__g.ext_to_dead, 1, memory_order_relaxed);
+}
+
+static void count_sent(void) {
+  keel__sched *s = keel__sched_self();
+  if (s)
+    KEEL__INC(s->n_sent);
+  else
+    atomic_fetch_add_explicit(&keel__g.ext_sent, 1, memory_order_relaxed);
+}
+
+static void count_reply_dropped(void) {
+  keel__sched *s = keel__sched_self();
+  if (s) KEEL__INC(s->n_replies_dropped);
+}
+
+/* ---- messages ----------------------------------------------------------------- */
+
+struct keel_msg *keel__msg_alloc(uint8_t kind, uint32_t tag, size_t size) {
+  if (size > SIZE_MAX - sizeof(struct keel_msg)) return NULL;
+  struct keel_msg *m = malloc(sizeof *m + size);
+  if (!m) return NULL;
+  atomic_store_explicit(&m->next, NULL, memory_order_relaxed);
+  m->to = 0;
+  m->from = 0;
+  m->ref = 0;
+  m->tag = tag;
+  m->kind = kind;
+  m->reason = 0;
+  m->size = size;
+  return m;
+}
+
+keel_msg_t *keel_msg_new(uint32_t tag, size_t size) {
+  return keel__msg_alloc(KEEL_MSG_USER, tag, size);
+}
+
+keel_msg_t *keel_msg_copy(uint32_t tag, const void *data, size_t size) {
+  keel_msg_t *m = keel__msg_alloc(KEEL_MSG_USER, tag, size);
+  if (m && size) memcpy(m->data, data, size);
+  return m;
+}
+
+void keel_msg_free(keel_msg_t *m) { free(m); }
+void *keel_msg_data(const keel_msg_t *m) { return (void *)m->data; }
+size_t keel_msg_size(const keel_msg_t *m) { return m->size; }
+uint32_t keel_msg_tag(const keel_msg_t *m) { return m->tag; }
+keel_msg_kind keel_msg_kind_of(const keel_msg_t *m) { return (keel_msg_kind)m->kind; }
+keel_pid_t keel_msg_from(const keel_msg_t *m) { return m->from; }
+keel_ref_t keel_msg_ref(const keel_msg_t *m) { return m->ref; }
+
+int keel_msg_exit_info(const keel_msg_t *m, keel_pid_t *pid, keel_reason *reason) {
+  if (!m || (m->kind != KEEL_MSG_EXIT && m->kind != KEEL_MSG_DOWN)) return KEEL_EINVAL;
+  if (pid) *pid = m->from;
+  if (reason) {
+    reason->kind = (keel_reason_kind)m->reason;
+    reason->text = (const char *)m->data;
+  }
+  return 0;
+}
+
+/* ---- the queue ---------------------------------------------------------------- */
+
+void keel__mbox_init(keel__mbox *q) {
+  atomic_store_explicit(&q->stub.next, NULL, memory_order_relaxed);
+  atomic_store_explicit(&q->head, &q->stub, memory_order_relaxed);
+  q->tail = &q->stub;
+}
+
+void keel__mbox_push(keel__mbox *q, struct keel_msg *m) {
+  atomic_store_explicit(&m->next, NULL, memory_order_relaxed);
+  /* seq_cst exchange: orders this push before the sender's later load of the
+   * receiver's state word (the wakeup protocol, internal.h). */
+  struct keel_msg *prev = atomic_exchange_explicit(&q->head, m, memory_order_seq_cst);
+  /* release: the consumer that reads this link sees m's contents */
+  atomic_store_explicit(&prev->next, m, memory_order_release);
+}
+
+struct keel_msg *keel__mbox_pop(keel__mbox *q) {
+  struct keel_msg *tail = q->tail;
+  struct keel_msg *next = atomic_load_explicit(&tail->next, memory_order_acquire);
+  if (tail == &q->stub) {
+    if (!next) return NULL;
+    q->tail = next;
+    tail = next;
+    next = atomic_load_explicit(&next->next, memory_order_acquire);
+  }
+  if (next) {
+    q->tail = next;
+    return tail;
+  }
+  if (tail != atomic_load_explicit(&q->head, memory_order_acquire))
+    return NULL; /* a producer is between its exchange and its link */
+  keel__mbox_push(q, &q->stub);
+  next = atomic_load_explicit(&tail->next, memory_order_acquire);
+  if (next) {
+    q->tail = next;
+    return tail;
+  }
+  return NULL;
+}
+
+bool keel__mbox_empty(keel__mbox *q) {
+  return q->tail == &q->stub && atomic_load_explicit(&q->head, memory_order_seq_cst) == &q->stub;
+}
+
+/* ---- armed references ---------------------------------------------------------- */
+
+#define REF_TOMB UINT64_MAX
+
+static uint32_t ref_hash(keel_ref_t r) {
+  r ^= r >> 33;
+  r *= 0xff51afd7ed558ccdull;
+  r ^= r >> 33;
+  return (uint32_t)r;
+}
+
+static keel__refslot *ref_find(keel__reftab *t, keel_ref_t ref) {
+  if (!t->cap) return NULL;
+  uint32_t mask = t->cap - 1;
+  for (uint32_t i = ref_hash(ref) & mask;; i = (i + 1) & mask) {
+    if (t->v[i].ref == ref) return &t->v[i];
+    if (t->v[i].ref == 0) return NULL;
+  }
+}
+
+static int ref_grow(keel__reftab *t) {
+  uint32_t cap = t->cap ? t->cap * 2 : 8;
+  if (t->cap && (t->n + 1) * 2 < t->cap) cap = t->cap; /* only tombstones: rehash in place */
+  keel__refslot *nv = calloc(cap, sizeof *nv);
+  if (!nv) return KEEL_ENOMEM;
+  for (uint32_t i = 0; i < t->cap; i++) {
+    keel__refslot *s = &t->v[i];
+    if (s->ref == 0 || s->ref == REF_TOMB) continue;
+    uint32_t j = ref_hash(s->ref) & (cap - 1);
+    while (nv[j].ref) j = (j + 1) & (cap - 1);
+    nv[j] = *s;
+  }
+  free(t->v);
+  t->v = nv;
+  t->cap = cap;
+  t->tomb = 0;
+  return 0;
+}
+
+static int ref_insert(keel__reftab *t, keel_ref_t ref) {
+  if (ref_find(t, ref)) return 0;
+  if ((t->n + t->tomb + 1) * 4 > t->cap * 3) {
+    int rc = ref_grow(t);
+    if (rc) return rc;
+  }
+  uint32_t mask = t->cap - 1;
+  uint32_t i = ref_hash(ref) & mask;
+  while (t->v[i].ref != 0 && t->v[i].ref != REF_TOMB) i = (i + 1) & mask;
+  if (t->v[i].ref == REF_TOMB) t->tomb--;
+  t->v[i].ref = ref;
+  t->v[i].msg = NULL;
+  t->n++;
+  return 0;
+}
+
+static void ref_remove(keel__reftab *t, keel__refslot *s) {
+  s->ref = REF_TOMB;
+  s->msg = NULL;
+  t->n--;
+  t->tomb++;
+}
+
+void keel__reftab_free(keel__reftab *t) {
+  for (uint32_t i = 0; i < t->cap; i++)
+    if (t->v[i].ref && t->v[i].ref != REF_TOMB) free(t->v[i].msg);
+  free(t->v);
+  memset(t, 0, sizeof *t);
+}
+
+/* ---- the owner's side ----------------------------------------------------------- */
+
+/* Pops the next message that receive may see, consuming replies and DOWNs for
+ * armed refs, stale deliveries and DOWNs of removed monitors on the way.
+ * NULL when the queue is (momentarily) empty. */
+static struct keel_msg *pull(keel__proc *p) {
+  for (;;) {
+    struct keel_msg *m = keel__mbox_pop(&p->mbox);
+    if (!m) return NULL;
+    p->mbox_out++;
+    if (m->to != p->pid) {
+      keel__count_to_dead();
+      free(m);
+      continue;
+    }
+    if (m->kind == KEEL_MSG_REPLY) {
+      keel__refslot *s = ref_find(&p->refs, m->ref);
+      if (s && !s->msg) {
+        s->msg = m;
+      } else {
+        count_reply_dropped();
+        free(m);
+      }
+      continue;
+    }
+    if (m->kind == KEEL_MSG_DOWN) {
+      if (!keel__monvec_del(&p->monitors, m->ref, NULL)) {
+        free(m); /* demonitored: never seen */
+        continue;
+      }
+      keel__refslot *s = ref_find(&p->refs, m->ref);
+      if (s && !s->msg) {
+        s->msg = m;
+        continue;
+      }
+    }
+    return m;
+  }
+}
+
+static void save_append(keel__proc *p, struct keel_msg *m) {
+  atomic_store_explicit(&m->next, NULL, memory_order_relaxed);
+  if (p->save_tail)
+    atomic_store_explicit(&p->save_tail->next, m, memory_order_relaxed);
+  else
+    p->save_head = m;
+  p->save_tail = m;
+  p->save_len++;
+}
+
+static struct keel_msg *save_next(struct keel_msg *m) {
+  return atomic_load_explicit(&m->next, memory_order_relaxed);
+}
+
+/* Removes m (whose predecessor is prev, NULL for the head) from the list. */
+static void save_unlink(keel__proc *p, struct keel_msg *prev, struct keel_msg *m) {
+  struct keel_msg *next = save_next(m);
+  if (prev)
+    atomic_store_explicit(&prev->next, next, memory_order_relaxed);
+  else
+    p->save_head = next;
+  if (p->save_tail == m) p->save_tail = prev;
+  p->save_len--;
+}
+
+void keel__mailbox_move_all(keel__proc *p) {
+  for (;;) {
+    struct keel_msg *m = pull(p);
+    if (m) {
+      save_append(p, m);
+      continue;
+    }
+    if (keel__mbox_empty(&p->mbox)) return;
+    keel__cpu_relax(); /* a producer is mid-push: it finishes in a few instructions */
+  }
+}
+
+void keel__mailbox_drop_all(keel__proc *p) {
+  for (;;) {
+    struct keel_msg *m = keel__mbox_pop(&p->mbox);
+    if (m) {
+      p->mbox_out++;
+      if (m->to != p->pid || KEEL__SW_ST(atomic_load_explicit(&p->sw, memory_order_relaxed)) ==
+                                 KEEL__ST_FREE)
+        keel__count_to_dead();
+      free(m);
+      continue;
+    }
+    if (keel__mbox_empty(&p->mbox)) break;
+    keel__cpu_relax();
+  }
+  while (p->save_head) {
+    struct keel_msg *m = p->save_head;
+    p->save_head = save_next(m);
+    free(m);
+  }
+  p->save_tail = NULL;
+  p->save_len = 0;
+}
+
+int keel__deliver(keel_pid_t to, struct keel_msg *m) {
+  keel__proc *p = keel__slot(KEEL__PID_IDX(to));
+  uint32_t gen = KEEL__PID_GEN(to);
+  if (!p) goto dead;
+  uint64_t sw = atomic_load_explicit(&p->sw, memory_order_acquire);
+  if (KEEL__SW_GEN(sw) != gen || KEEL__SW_ST(sw) == KEEL__ST_FREE) goto dead;
+  m->to = to;
+  atomic_fetch_add_explicit(&p->mbox_in, 1, memory_order_relaxed);
+  keel__mbox_push(&p->mbox, m);
+  count_sent();
+  keel__wake(p, gen, KEEL__W_MSG);
+  return 0;
+dead:
+  if (m->kind == KEEL_MSG_REPLY)
+    count_reply_dropped();
+  else
+    keel__count_to_dead();
+  free(m);
+  return 0;
+}
+
+/* ---- public API ------------------------------------------------------------------ */
+
+int keel_send(keel_pid_t to, keel_msg_t *m) {
+  if (!m) return KEEL_EINVAL;
+  if (!to) {
+    free(m);
+    return KEEL_EINVAL;
+  }
+  m->kind = KEEL_MSG_USER;
+  m->ref = 0;
+  m->from = keel_self();
+  return keel__deliver(to, m);
+}
+
+int keel_reply(keel_pid_t to, keel_ref_t ref, keel_msg_t *m) {
+  if (!m) return KEEL_EINVAL;
+  if (!to || !ref) {
+    free(m);
+    return KEEL_EINVAL;
+  }
+  m->kind = KEEL_MSG_REPLY;
+  m->ref = ref;
+  m->from = keel_self();
+  return keel__deliver(to, m);
+}
+
+static uint64_t deadline_of(int64_t timeout_ms) {
+  if (timeout_ms <= 0) return 0;
+  return keel__now_ns() + (uint64_t)timeout_ms * 1000000u;
+}
+
+/* Common tail of every receive loop: 1 if the caller should give up. */
+static bool expired(int64_t timeout_ms, uint64_t deadline, uint32_t cause) {
+  if (timeout_ms == 0) return true;
+  if (!deadline) return false;
+  return cause == KEEL__W_TIMER || keel__now_ns() >= deadline;
+}
+
+static void charge(keel__proc *p) {
+  p->msgs_handled++;
+  if (--p->budget <= 0) keel_yield(); /* fairness: let the others run */
+}
+
+int keel_receive(keel_msg_t **out, int64_t timeout_ms) {
+  keel__proc *p = keel__proc_self();
+  if (!out) return KEEL_EINVAL;
+  *out = NULL;
+  if (!p) return KEEL_ENOTPROC;
+  if (timeout_ms < 0 && timeout_ms != KEEL_INFINITY) return KEEL_EINVAL;
+  uint64_t deadline = deadline_of(timeout_ms);
+  uint32_t cause = 0;
+  for (;;) {
+    keel__signals_handle(p);
+    struct keel_msg *m = p->save_head;
+    if (m) {
+      save_unlink(p, NULL, m);
+    } else {
+      m = pull(p);
+    }
+    if (m) {
+      atomic_store_explicit(&m->next, NULL, memory_order_relaxed);
+      *out = m;
+      charge(p);
+      return 0;
+    }
+    if (expired(timeout_ms, deadline, cause)) return KEEL_ETIMEDOUT;
+    cause = keel__wait(p, KEEL__W_MSG, deadline);
+  }
+}
+
+int keel_receive_match(keel_match_fn match, void *arg, keel_msg_t **out, int64_t timeout_ms) {
+  keel__proc *p = keel__proc_self();
+  if (!out || !match) return KEEL_EINVAL;
+  *out = NULL;
+  if (!p) return KEEL_ENOTPROC;
+  if (timeout_ms < 0 && timeout_ms != KEEL_INFINITY) return KEEL_EINVAL;
+  uint64_t deadline = deadline_of(timeout_ms);
+  uint32_t cause = 0;
+  struct keel_msg *prev = NULL; /* last message tested in this call */
+  for (;;) {
+    keel__signals_handle(p); /* may append trapped EXIT messages */
+    struct keel_msg *cur = prev ? save_next(prev) : p->save_head;
+    while (cur) {
+      if (match(cur, arg)) {
+        save_unlink(p, prev, cur);
+        atomic_store_explicit(&cur->next, NULL, memory_order_relaxed);
+        *out = cur;
+        charge(p);
+        return 0;
+      }
+      prev = cur;
+      cur = save_next(cur);
+    }
+    struct keel_msg *m;
+    while ((m = pull(p)) != NULL) {
+      if (match(m, arg)) {
+        atomic_store_explicit(&m->next, NULL, memory_order_relaxed);
+        *out = m;
+        charge(p);
+        return 0;
+      }
+      save_append(p, m);
+      prev = m;
+    }
+    if (expired(timeout_ms, deadline, cause)) return KEEL_ETIMEDOUT;
+    cause = keel__wait(p, KEEL__W_MSG, deadline);
+  }
+}
+
+size_t keel_mailbox_len(void) {
+  keel__proc *p = keel__proc_self();
+  if (!p) return 0;
+  uint64_t in = atomic_load_explicit(&p->mbox_in, memory_order_relaxed);
+  return p->save_len + (size_t)(in - p->mbox_out);
+}
+
+int keel_await_ref(keel_ref_t ref) {
+  keel__proc *p = keel__proc_self();
+  if (!p) return KEEL_ENOTPROC;
+  if (!ref || ref == REF_TOMB) return KEEL_EINVAL;
+  return ref_insert(&p->refs, ref);
+}
+
+int keel_await_cancel(keel_ref_t ref) {
+  keel__proc *p = keel__proc_self();
+  if (!p) return KEEL_ENOTPROC;
+  keel__refslot *s = ref ? ref_find(&p->refs, ref) : NULL;
+  if (!s) return KEEL_ENOENT;
+  free(s->msg);
+  ref_remove(&p->refs, s);
+  return 0;
+}
+
+int keel_await(keel_ref_t ref, keel_msg_t **out, int64_t timeout_ms) {
+  keel__proc *p = keel__proc_self();
+  if (!out) return KEEL_EINVAL;
+  *out = NULL;
+  if (!p) return KEEL_ENOTPROC;
+  if (timeout_ms < 0 && timeout_ms != KEEL_INFINITY) return KEEL_EINVAL;
+  if (!ref || !ref_find(&p->refs, ref)) return KEEL_ENOENT;
+  uint64_t deadline = deadline_of(timeout_ms);
+  uint32_t cause = 0;
+  for (;;) {
+    keel__signals_handle(p);
+    struct keel_msg *m;
+    while ((m = pull(p)) != NULL) save_append(p, m); /* ordinary messages wait their turn */
+    keel__refslot *s = ref_find(&p->refs, ref);
+    if (s->msg) {
+      m = s->msg;
+      ref_remove(&p->refs, s);
+      atomic_store_explicit(&m->next, NULL, memory_order_relaxed);
+      *out = m;
+      return 0;
+    }
+    if (expired(timeout_ms, deadline, cause)) {
+      ref_remove(&p->refs, s); /* disarm: a late reply is dropped */
+      return KEEL_ETIMEDOUT;
+    }
+    cause = keel__wait(p, KEEL__W_MSG, deadline);
+  }
+}

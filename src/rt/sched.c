@@ -1,0 +1,691 @@
+/* sched.c - schedulers: one OS thread per core, each with a libuv loop.
+ *
+ * A scheduler runs processes from its local run queue until the queue is
+ * empty, then polls its libuv loop (timers, I/O, wakeups from other threads)
+ * and sleeps in epoll when there is nothing at all to do, so an idle node uses
+ * no CPU.
+ *
+ * Run queues. Each scheduler has a fixed ring of runnable processes in the
+ * manner of Go's runq: only the owner writes the tail; the owner and thieves
+ * take from the head with a compare-and-swap. A process woken by another
+ * process goes to the WAKER's ring ("wake where the message came from"), so
+ * chains of processes that pass messages end up on one scheduler, where a
+ * hop costs a context switch instead of a cross-core wakeup. Load spreads by
+ * stealing: a scheduler that runs out of work takes half of another's ring,
+ * and a scheduler whose ring holds two or more processes wakes a sleeping
+ * sibling to come and steal (at most one sibling is woken at a time). See
+ * docs/decisions/0003-wake-on-waker-with-stealing.md for the measurements.
+ *
+ * Pinned processes (those using libuv handles of this loop) never enter the
+ * ring; they wait in an owner-only FIFO and are woken through the inbox, a
+ * mutex-protected list that other threads push to before waking the loop
+ * with uv_async_send.
+ *
+ * Fairness: a process runs until it waits, yields, or has received its budget
+ * of messages (keel__wait / mailbox.c); a yielding process goes to the tail
+ * of the ring. The loop is polled without blocking every 16 process runs if
+ * 0.5 ms have passed, so timers and I/O are served while the node is busy.
+ *
+ * Deterministic mode (tests): one scheduler; every runnable process goes to
+ * the owner-only FIFO and the next one to run is picked by a seeded
+ * xorshift generator, so an interleaving replays from its seed.
+ */
+#include <errno.h>
+#include <signal.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <time.h>
+
+#include "rt/internal.h"
+
+keel__rt keel__g;
+
+static _Thread_local keel__sched *tl_sched;
+
+__attribute__((noinline)) keel__sched *keel__sched_self(void) {
+  keel__sched *s = tl_sched;
+  __asm__ __volatile__("" ::: "memory");
+  return s;
+}
+
+__attribute__((noinline)) keel__proc *keel__proc_self(void) {
+  keel__sched *s = keel__sched_self();
+  return s ? s->current : NULL;
+}
+
+uint64_t keel__now_ns(void) {
+  struct timespec ts;
+  clock_gettime(CLOCK_MONOTONIC, &ts);
+  return (uint64_t)ts.tv_sec * 1000000000u + (uint64_t)ts.tv_nsec;
+}
+
+void keel__spin_lock(keel__spin *l) {
+  for (unsigned i = 0;; i++) {
+    if (atomic_load_explicit(&l->v, memory_order_relaxed) == 0 &&
+        atomic_exchange_explicit(&l->v, 1, memory_order_acquire) == 0)
+      return;
+    if (i < 64)
+      keel__cpu_relax();
+    else
+      sched_yield(); /* the holder was preempted: let it finish */
+  }
+}
+
+/* Owner-only counter increment: a plain load and store is enough because
+ * only one thread writes; readers tolerate a slightly old value. */
+#define KEEL__INC(ctr) \
+  atomic_store_explicit(&(ctr), atomic_load_explicit(&(ctr), memory_order_relaxed) + 1, \
+                        memory_order_relaxed)
+
+/* ---- the stealable ring -------------------------------------------------- */
+
+static uint32_t ring_len(keel__sched *s) {
+  uint32_t h = atomic_load_explicit(&s->rq_head, memory_order_acquire);
+  uint32_t t = atomic_load_explicit(&s->rq_tail, memory_order_acquire);
+  return t - h;
+}
+
+static void grq_push_list(keel__proc *head, keel__proc *tail, int n) {
+  pthread_mutex_lock(&keel__g.grq_lock);
+  tail->runq_next = NULL;
+  if (keel__g.grq_tail)
+    keel__g.grq_tail->runq_next = head;
+  else
+    keel__g.grq_head = head;
+  keel__g.grq_tail = tail;
+  atomic_fetch_add_explicit(&keel__g.grq_len, n, memory_order_relaxed);
+  pthread_mutex_unlock(&keel__g.grq_lock);
+}
+
+static void wake_idle_sibling(keel__sched *s);
+
+/* Owner only. Appends p; when the ring is full, moves half of it plus p to
+ * the global queue. */
+static void ring_push(keel__sched *s, keel__proc *p) {
+  for (;;) {
+    uint32_t h = atomic_load_explicit(&s->rq_head, memory_order_acquire);
+    uint32_t t = atomic_load_explicit(&s->rq_tail, memory_order_relaxed);
+    if (t - h < KEEL__RUNQ_SIZE) {
+      atomic_store_explicit(&s->rq[t % KEEL__RUNQ_SIZE], p, memory_order_relaxed);
+      /* release: a thief that reads the new tail also sees the slot */
+      atomic_store_explicit(&s->rq_tail, t + 1, memory_order_release);
+      if (t + 1 - h >= 2) wake_idle_sibling(s);
+      return;
+    }
+    /* Full: take the older half in one CAS (thieves may race us). */
+    uint32_t n = (t - h) / 2;
+    keel__proc *first = NULL, *last = NULL;
+    for (uint32_t i = 0; i < n; i++) {
+      keel__proc *q = atomic_load_explicit(&s->rq[(h + i) % KEEL__RUNQ_SIZE], memory_order_relaxed);
+      q->runq_next = NULL;
+      if (last)
+        last->runq_next = q;
+      else
+        first = q;
+      last = q;
+    }
+    if (!atomic_compare_exchange_strong_explicit(&s->rq_head, &h, h + n, memory_order_acq_rel,
+                                                 memory_order_relaxed))
+      continue; /* a thief took some; the ring has room now or we retry */
+    last->runq_next = p;
+    grq_push_list(first, p, (int)n + 1);
+    wake_idle_sibling(s);
+    return;
+  }
+}
+
+static keel__proc *ring_pop(keel__sched *s) {
+  for (;;) {
+    uint32_t h = atomic_load_explicit(&s->rq_head, memory_order_acquire);
+    uint32_t t = atomic_load_explicit(&s->rq_tail, memory_order_relaxed);
+    if (h == t) return NULL;
+    keel__proc *p = atomic_load_explicit(&s->rq[h % KEEL__RUNQ_SIZE], memory_order_relaxed);
+    if (atomic_compare_exchange_weak_explicit(&s->rq_head, &h, h + 1, memory_order_release,
+                                              memory_order_relaxed))
+      return p;
+  }
+}
+
+/* Moves half of victim's ring into thief's (which is empty) and returns one
+ * of them to run at once, or NULL. `min` is the least ring length worth
+ * stealing from. */
+static keel__proc *ring_steal(keel__sched *thief, keel__sched *victim, uint32_t min) {
+  for (;;) {
+    uint32_t h = atomic_load_explicit(&victim->rq_head, memory_order_acquire);
+    uint32_t t = atomic_load_explicit(&victim->rq_tail, memory_order_acquire);
+    uint32_t n = t - h;
+    if (n < min || n == 0) return NULL;
+    if (n > KEEL__RUNQ_SIZE) continue; /* torn read of head/tail */
+    n -= n / 2;
+    uint32_t tt = atomic_load_explicit(&thief->rq_tail, memory_order_relaxed);
+    for (uint32_t i = 0; i < n; i++) {
+      keel__proc *q =
+          atomic_load_explicit(&victim->rq[(h + i) % KEEL__RUNQ_SIZE], memory_order_relaxed);
+      atomic_store_explicit(&thief->rq[(tt + i) % KEEL__RUNQ_SIZE], q, memory_order_relaxed);
+    }
+    if (!atomic_compare_exchange_strong_explicit(&victim->rq_head, &h, h + n,
+                                                 memory_order_acq_rel, memory_order_relaxed))
+      continue;
+    keel__proc *run = atomic_load_explicit(&thief->rq[(tt + n - 1) % KEEL__RUNQ_SIZE],
+                                           memory_order_relaxed);
+    if (n > 1) atomic_store_explicit(&thief->rq_tail, tt + n - 1, memory_order_release);
+    atomic_fetch_add_explicit(&thief->n_steals, n, memory_order_relaxed);
+    return run;
+  }
+}
+
+/* ---- owner-only FIFO (pinned processes, deterministic mode) ------------- */
+
+static void pq_push(keel__sched *s, keel__proc *p) {
+  p->runq_next = NULL;
+  if (s->pq_tail)
+    s->pq_tail->runq_next = p;
+  else
+    s->pq_head = p;
+  s->pq_tail = p;
+  s->pq_len++;
+}
+
+static keel__proc *pq_pop(keel__sched *s) {
+  keel__proc *p = s->pq_head;
+  if (!p) return NULL;
+  s->pq_head = p->runq_next;
+  if (!s->pq_head) s->pq_tail = NULL;
+  s->pq_len--;
+  return p;
+}
+
+static uint64_t xorshift(uint64_t *st) {
+  uint64_t x = *st;
+  x ^= x << 13;
+  x ^= x >> 7;
+  x ^= x << 17;
+  return *st = x;
+}
+
+/* Deterministic mode: removes a seeded-random element of the FIFO. */
+static keel__proc *pq_pick_seeded(keel__sched *s) {
+  if (s->pq_len == 0) return NULL;
+  uint32_t k = (uint32_t)(xorshift(&s->rng) % s->pq_len);
+  keel__proc **pp = &s->pq_head, *prev = NULL;
+  for (uint32_t i = 0; i < k; i++) {
+    prev = *pp;
+    pp = &(*pp)->runq_next;
+  }
+  keel__proc *p = *pp;
+  *pp = p->runq_next;
+  if (s->pq_tail == p) s->pq_tail = prev;
+  s->pq_len--;
+  return p;
+}
+
+/* ---- inbox ---------------------------------------------------------------- */
+
+void keel__sched_wake(keel__sched *s) {
+  /* seq_cst fence: pairs with the fence in sched_sleep (store sleeping, fence,
+   * check inbox) so that either we see sleeping == 1 or it sees our push. */
+  atomic_thread_fence(memory_order_seq_cst);
+  if (atomic_load_explicit(&s->sleeping, memory_order_relaxed)) uv_async_send(&s->async);
+}
+
+static void inbox_push(keel__sched *s, keel__proc *p) {
+  pthread_mutex_lock(&s->inbox_lock);
+  p->runq_next = NULL;
+  if (s->in_tail)
+    s->in_tail->runq_next = p;
+  else
+    s->in_head = p;
+  s->in_tail = p;
+  atomic_store_explicit(&s->in_nonempty, 1, memory_order_relaxed);
+  pthread_mutex_unlock(&s->inbox_lock);
+  keel__sched_wake(s);
+}
+
+static void push_local(keel__sched *s, keel__proc *p) {
+  if (p->pinned || keel__g.opt.deterministic)
+    pq_push(s, p);
+  else
+    ring_push(s, p);
+}
+
+static void inbox_drain(keel__sched *s) {
+  pthread_mutex_lock(&s->inbox_lock);
+  keel__proc *p = s->in_head;
+  s->in_head = s->in_tail = NULL;
+  atomic_store_explicit(&s->in_nonempty, 0, memory_order_relaxed);
+  pthread_mutex_unlock(&s->inbox_lock);
+  keel__sched_cancel_requests(s);
+  while (p) {
+    keel__proc *next = p->runq_next;
+    push_local(s, p);
+    p = next;
+  }
+}
+
+void keel__enqueue(keel__proc *p) {
+  keel__sched *me = keel__sched_self();
+  keel__sched *home = &keel__g.scheds[atomic_load_explicit(&p->home, memory_order_relaxed)];
+  if (p->pinned) {
+    if (me == home)
+      pq_push(me, p);
+    else
+      inbox_push(home, p);
+  } else if (me) {
+    push_local(me, p); /* wake where the message came from */
+  } else {
+    inbox_push(home, p);
+  }
+}
+
+/* ---- waking -------------------------------------------------------------- */
+
+bool keel__wake(keel__proc *p, uint32_t gen, uint32_t cause) {
+  uint64_t sw = atomic_load_explicit(&p->sw, memory_order_seq_cst);
+  for (;;) {
+    if (KEEL__SW_GEN(sw) != gen || KEEL__SW_ST(sw) != KEEL__ST_WAITING ||
+        !(KEEL__SW_MASK(sw) & cause))
+      return false;
+    uint64_t next = (sw & ~(uint64_t)0xFFFF) | KEEL__ST_RUNNABLE;
+    /* acquire: we read fields the process wrote before it parked (pinned,
+     * home); the winner of this CAS alone enqueues it. */
+    if (atomic_compare_exchange_weak_explicit(&p->sw, &sw, next, memory_order_seq_cst,
+                                              memory_order_seq_cst))
+      break;
+  }
+  p->wake_cause = cause;
+  keel__enqueue(p);
+  return true;
+}
+
+bool keel__wake_exact(keel__proc *p, uint64_t expect, uint32_t cause) {
+  uint64_t next = (expect & ~(uint64_t)0xFFFF) | KEEL__ST_RUNNABLE;
+  if (!atomic_compare_exchange_strong_explicit(&p->sw, &expect, next, memory_order_acq_rel,
+                                               memory_order_relaxed))
+    return false;
+  p->wake_cause = cause;
+  keel__enqueue(p);
+  return true;
+}
+
+/* Called by a scheduler whose ring holds 2+ processes: if a sibling sleeps
+ * and none is already looking for work, wake one to steal. */
+static void wake_idle_sibling(keel__sched *s) {
+  if (keel__g.nsched < 2) return;
+  if (atomic_load_explicit(&keel__g.nsleeping, memory_order_relaxed) == 0) return;
+  int zero = 0;
+  if (!atomic_compare_exchange_strong_explicit(&keel__g.nspinning, &zero, 1,
+                                               memory_order_acq_rel, memory_order_relaxed))
+    return;
+  for (int i = 1; i < keel__g.nsched; i++) {
+    keel__sched *o = &keel__g.scheds[(s->id + i) % keel__g.nsched];
+    if (atomic_load_explicit(&o->sleeping, memory_order_relaxed)) {
+      uv_async_send(&o->async); /* o clears nspinning when it has looked */
+      return;
+    }
+  }
+  atomic_store_explicit(&keel__g.nspinning, 0, memory_order_release);
+}
+
+/* ---- the process side ------------------------------------------------------ */
+
+void keel__proc_switch(keel__proc *p, keel__req req, uint32_t wait_mask) {
+  p->req = req;
+  p->wait_mask = wait_mask;
+  keel__sched *s = keel__sched_self();
+  keel__ctx_switch(&p->ctx, &s->ctx, req == KEEL__REQ_EXIT);
+  /* resumed, possibly by another scheduler thread: `s` is stale now */
+}
+
+uint32_t keel__wait(keel__proc *p, uint32_t mask, uint64_t deadline_ns) {
+  if (!p->in_blocking) mask |= KEEL__W_SIG;
+  uint64_t sw = atomic_load_explicit(&p->sw, memory_order_relaxed);
+  uint32_t seq = (KEEL__SW_SEQ(sw) + 1) & 0xFFFF;
+  atomic_store_explicit(&p->sw, KEEL__SW(KEEL__SW_GEN(sw), seq, 0, KEEL__ST_RUNNING),
+                        memory_order_relaxed);
+  p->wake_cause = 0;
+  if (deadline_ns) {
+    mask |= KEEL__W_TIMER;
+    keel__wait_timer_arm(p, keel__sched_self(), deadline_ns);
+  }
+  keel__proc_switch(p, KEEL__REQ_WAIT, mask);
+  uint32_t cause = p->wake_cause;
+  if (p->wait_timer) keel__wait_timer_disarm(p);
+  return cause;
+}
+
+int keel_yield(void) {
+  keel__proc *p = keel__proc_self();
+  if (!p) return KEEL_ENOTPROC;
+  keel__proc_switch(p, KEEL__REQ_YIELD, 0);
+  keel__signals_handle(p);
+  return 0;
+}
+
+/* ---- the scheduler side ----------------------------------------------------- */
+
+static void sched_park(keel__sched *s, keel__proc *p) {
+  uint64_t sw = atomic_load_explicit(&p->sw, memory_order_relaxed);
+  uint32_t mask = p->wait_mask;
+  uint64_t waiting = (sw & ~(uint64_t)0xFFFF) | ((uint64_t)mask << 8) | KEEL__ST_WAITING;
+  /* seq_cst store, then seq_cst loads of the queues: pairs with producers'
+   * seq_cst push followed by a seq_cst load of sw (Dekker), so a message or
+   * signal that arrived while we were switching is never missed. */
+  atomic_store_explicit(&p->sw, waiting, memory_order_seq_cst);
+  uint32_t ready = 0;
+  if ((mask & KEEL__W_MSG) && !keel__mbox_empty(&p->mbox)) ready = KEEL__W_MSG;
+  if ((mask & KEEL__W_SIG) && atomic_load_explicit(&p->sig_pending, memory_order_seq_cst))
+    ready = KEEL__W_SIG;
+  if (ready) keel__wake_exact(p, waiting, ready);
+  (void)s;
+}
+
+static void sched_run(keel__sched *s, keel__proc *p) {
+  s->current = p;
+  atomic_store_explicit(&s->running_pid, p->pid, memory_order_relaxed);
+  atomic_store_explicit(&p->home, s->id, memory_order_relaxed);
+  uint64_t sw = atomic_load_explicit(&p->sw, memory_order_acquire);
+  atomic_store_explicit(&p->sw, (sw & ~(uint64_t)0xFF) | KEEL__ST_RUNNING, memory_order_relaxed);
+  p->budget = keel__g.opt.budget;
+  KEEL__INC(s->n_switches);
+  keel__ctx_switch(&s->ctx, &p->ctx, 0);
+  s->current = NULL;
+  atomic_store_explicit(&s->running_pid, 0, memory_order_relaxed);
+  switch (p->req) {
+  case KEEL__REQ_YIELD:
+    sw = atomic_load_explicit(&p->sw, memory_order_relaxed);
+    atomic_store_explicit(&p->sw, (sw & ~(uint64_t)0xFF) | KEEL__ST_RUNNABLE,
+                          memory_order_relaxed);
+    push_local(s, p);
+    break;
+  case KEEL__REQ_WAIT:
+    sched_park(s, p);
+    break;
+  case KEEL__REQ_EXIT:
+    keel__proc_finalize(s, p);
+    break;
+  }
+}
+
+static void grq_take(keel__sched *s) {
+  if (atomic_load_explicit(&keel__g.grq_len, memory_order_relaxed) == 0) return;
+  pthread_mutex_lock(&keel__g.grq_lock);
+  int n = 0;
+  while (keel__g.grq_head && n < KEEL__RUNQ_SIZE / 2) {
+    keel__proc *p = keel__g.grq_head;
+    keel__g.grq_head = p->runq_next;
+    if (!keel__g.grq_head) keel__g.grq_tail = NULL;
+    atomic_store_explicit(&s->rq[(atomic_load_explicit(&s->rq_tail, memory_order_relaxed) + n) %
+                                 KEEL__RUNQ_SIZE],
+                          p, memory_order_relaxed);
+    n++;
+  }
+  atomic_fetch_sub_explicit(&keel__g.grq_len, n, memory_order_relaxed);
+  pthread_mutex_unlock(&keel__g.grq_lock);
+  if (n)
+    atomic_store_explicit(&s->rq_tail, atomic_load_explicit(&s->rq_tail, memory_order_relaxed) + n,
+                          memory_order_release);
+}
+
+static keel__proc *sched_next(keel__sched *s) {
+  if (atomic_load_explicit(&s->in_nonempty, memory_order_relaxed)) inbox_drain(s);
+  if (keel__g.opt.deterministic) return pq_pick_seeded(s);
+  /* Pinned processes and ring processes alternate so neither starves. */
+  keel__proc *p = NULL;
+  if (s->pq_len && (s->n_switches & 1)) p = pq_pop(s);
+  if (!p) p = ring_pop(s);
+  if (!p) p = pq_pop(s);
+  if (!p) {
+    grq_take(s);
+    p = ring_pop(s);
+  }
+  return p;
+}
+
+static keel__proc *sched_steal(keel__sched *s) {
+  int n = keel__g.nsched;
+  if (n < 2 || keel__g.opt.deterministic) return NULL;
+  uint32_t start = (uint32_t)(xorshift(&s->rng) % (uint64_t)n);
+  uint64_t seen[64];
+  int m = n < 64 ? n : 64;
+  for (int i = 0; i < m; i++)
+    seen[i] = atomic_load_explicit(&keel__g.scheds[i].n_switches, memory_order_relaxed);
+  for (int round = 0; round < 3; round++) {
+    for (int i = 0; i < n; i++) {
+      keel__sched *v = &keel__g.scheds[(start + (uint32_t)i) % (uint32_t)n];
+      if (v == s) continue;
+      /* Two or more waiting: take half. One waiting: take it only if the
+       * victim has been running the same process for all our rounds. */
+      uint32_t min = 2;
+      if (round == 2 && v->id < m &&
+          atomic_load_explicit(&v->n_switches, memory_order_relaxed) == seen[v->id] &&
+          atomic_load_explicit(&v->running_pid, memory_order_relaxed) != 0)
+        min = 1;
+      keel__proc *p = ring_steal(s, v, min);
+      if (p) return p;
+    }
+    for (int k = 0; k < 50; k++) keel__cpu_relax();
+  }
+  return NULL;
+}
+
+static void sched_poll(keel__sched *s) {
+  if (++s->runs_since_poll < 16) return;
+  s->runs_since_poll = 0;
+  uint64_t now = keel__now_ns();
+  if (now - s->last_poll_ns < 500000) return;
+  s->last_poll_ns = now;
+  uv_run(&s->loop, UV_RUN_NOWAIT);
+}
+
+static void release_spinner(void) {
+  /* A woken sibling (or anyone) that finished looking lets the next one be woken. */
+  atomic_store_explicit(&keel__g.nspinning, 0, memory_order_release);
+}
+
+static void sched_sleep(keel__sched *s) {
+  atomic_store_explicit(&s->sleeping, 1, memory_order_relaxed);
+  atomic_fetch_add_explicit(&keel__g.nsleeping, 1, memory_order_relaxed);
+  atomic_thread_fence(memory_order_seq_cst); /* pairs with keel__sched_wake */
+  bool work = atomic_load_explicit(&s->in_nonempty, memory_order_relaxed) ||
+              atomic_load_explicit(&keel__g.grq_len, memory_order_relaxed) > 0 ||
+              ring_len(s) > 0 || s->pq_len > 0 ||
+              atomic_load_explicit(&keel__g.state, memory_order_relaxed) != 1;
+  if (!work) {
+    s->last_poll_ns = keel__now_ns();
+    uv_run(&s->loop, UV_RUN_ONCE); /* blocks in epoll: timers, I/O, uv_async_send */
+  }
+  atomic_fetch_sub_explicit(&keel__g.nsleeping, 1, memory_order_relaxed);
+  atomic_store_explicit(&s->sleeping, 0, memory_order_relaxed);
+}
+
+static void on_async(uv_async_t *a) { (void)a; }
+
+static void *sched_main(void *arg) {
+  keel__sched *s = arg;
+  tl_sched = s;
+  char tname[16];
+  snprintf(tname, sizeof tname, "keel-sched-%d", s->id);
+  pthread_setname_np(pthread_self(), tname);
+  keel__ctx_init_thread(&s->ctx);
+  keel__altstack_install(s);
+  s->last_poll_ns = keel__now_ns();
+  while (atomic_load_explicit(&keel__g.state, memory_order_acquire) == 1) {
+    keel__proc *p = sched_next(s);
+    if (!p) {
+      uv_run(&s->loop, UV_RUN_NOWAIT); /* timers and I/O may make work */
+      p = sched_next(s);
+    }
+    if (!p) p = sched_steal(s);
+    if (p) {
+      if (atomic_load_explicit(&keel__g.nspinning, memory_order_relaxed)) release_spinner();
+      sched_run(s, p);
+      sched_poll(s);
+      continue;
+    }
+    release_spinner();
+    sched_sleep(s);
+  }
+  keel__altstack_remove(s);
+  return NULL;
+}
+
+/* ---- start and stop ------------------------------------------------------- */
+
+static void close_walk(uv_handle_t *h, void *arg) {
+  (void)arg;
+  if (!uv_is_closing(h)) uv_close(h, (uv_close_cb)h->data);
+}
+
+int keel__sched_start_all(void) {
+  int n = keel__g.nsched;
+  keel__g.scheds = calloc((size_t)n, sizeof(keel__sched));
+  if (!keel__g.scheds) return KEEL_ENOMEM;
+  uint64_t seed = keel__g.opt.seed ? keel__g.opt.seed : 0x9E3779B97F4A7C15ull;
+  for (int i = 0; i < n; i++) {
+    keel__sched *s = &keel__g.scheds[i];
+    s->id = i;
+    s->rng = seed + (uint64_t)i * 0x9E3779B97F4A7C15ull;
+    if (!s->rng) s->rng = 1;
+    pthread_mutex_init(&s->inbox_lock, NULL);
+    if (uv_loop_init(&s->loop) != 0) return KEEL_ENOMEM;
+    uv_async_init(&s->loop, &s->async, on_async);
+    s->async.data = NULL;
+  }
+  for (int i = 0; i < n; i++) {
+    keel__sched *s = &keel__g.scheds[i];
+    if (pthread_create(&s->thread, NULL, sched_main, s) != 0) {
+      atomic_store(&keel__g.state, 2);
+      for (int j = 0; j < i; j++) {
+        uv_async_send(&keel__g.scheds[j].async);
+        pthread_join(keel__g.scheds[j].thread, NULL);
+      }
+      return KEEL_ENOMEM;
+    }
+  }
+  return 0;
+}
+
+void keel__sched_stop_all(void) {
+  for (int i = 0; i < keel__g.nsched; i++) uv_async_send(&keel__g.scheds[i].async);
+  for (int i = 0; i < keel__g.nsched; i++) pthread_join(keel__g.scheds[i].thread, NULL);
+}
+
+/* After every scheduler thread has exited: close the loops. */
+void keel__sched_free_all(void);
+void keel__sched_free_all(void) {
+  for (int i = 0; i < keel__g.nsched; i++) {
+    keel__sched *s = &keel__g.scheds[i];
+    keel__sched_cancel_requests(s);
+    keel__timers_fini(s);
+    uv_walk(&s->loop, close_walk, NULL);
+    uv_run(&s->loop, UV_RUN_DEFAULT);
+    uv_loop_close(&s->loop);
+    pthread_mutex_destroy(&s->inbox_lock);
+  }
+}
+
+/* The scheduler a process spawned from outside any scheduler starts on. */
+int keel__sched_pick_external(void);
+int keel__sched_pick_external(void) {
+  return (int)(atomic_fetch_add_explicit(&keel__g.rr, 1, memory_order_relaxed) %
+               (unsigned)keel__g.nsched);
+}
+
+/* Used by spawn with a scheduler hint and from outside: queue p on s. */
+void keel__enqueue_on(keel__sched *s, keel__proc *p);
+void keel__enqueue_on(keel__sched *s, keel__proc *p) {
+  if (keel__sched_self() == s)
+    push_local(s, p);
+  else
+    inbox_push(s, p);
+}
+
+/* ---- watchdog: stuck processes --------------------------------------------- */
+
+static void *watchdog_main(void *arg) {
+  (void)arg;
+  pthread_setname_np(pthread_self(), "keel-watchdog");
+  int n = keel__g.nsched;
+  uint64_t *last = calloc((size_t)n, sizeof *last);
+  uint64_t *since = calloc((size_t)n, sizeof *since);
+  keel_pid_t *reported = calloc((size_t)n, sizeof *reported);
+  int64_t stuck_ms = keel__g.opt.stuck_ms;
+  int64_t tick_ms = stuck_ms / 4;
+  if (tick_ms < 5) tick_ms = 5;
+  if (tick_ms > 50) tick_ms = 50;
+  pthread_mutex_lock(&keel__g.wd_lock);
+  while (!atomic_load(&keel__g.watchdog_stop)) {
+    struct timespec ts;
+    clock_gettime(CLOCK_REALTIME, &ts);
+    ts.tv_nsec += tick_ms * 1000000;
+    ts.tv_sec += ts.tv_nsec / 1000000000;
+    ts.tv_nsec %= 1000000000;
+    pthread_cond_timedwait(&keel__g.wd_cond, &keel__g.wd_lock, &ts);
+    if (atomic_load(&keel__g.watchdog_stop)) break;
+    uint64_t now = keel__now_ns();
+    for (int i = 0; i < n; i++) {
+      keel__sched *s = &keel__g.scheds[i];
+      uint64_t sw = atomic_load_explicit(&s->n_switches, memory_order_relaxed);
+      keel_pid_t pid = atomic_load_explicit(&s->running_pid, memory_order_relaxed);
+      if (sw != last[i] || pid == 0) {
+        last[i] = sw;
+        since[i] = now;
+        reported[i] = 0;
+        continue;
+      }
+      /* Same process, no switch since `since`. Let a sleeping sibling steal
+       * what waits behind it, and report it once past the threshold. */
+      if (ring_len(s) > 0 && atomic_load(&keel__g.nsleeping) > 0) {
+        for (int j = 0; j < n; j++)
+          if (j != i && atomic_load(&keel__g.scheds[j].sleeping)) {
+            uv_async_send(&keel__g.scheds[j].async);
+            break;
+          }
+      }
+      int64_t held = (int64_t)((now - since[i]) / 1000000);
+      if (stuck_ms > 0 && held >= stuck_ms && reported[i] != pid) {
+        reported[i] = pid;
+        atomic_fetch_add(&keel__g.stuck_reports, 1);
+        keel__proc *p = keel__slot(KEEL__PID_IDX(pid));
+        char name[KEEL__NAME_MAX] = {0};
+        if (p)
+          for (int k = 0; k < KEEL__NAME_MAX - 1; k++)
+            name[k] = __atomic_load_n(&p->name[k], __ATOMIC_RELAXED);
+        keel_report r = {.kind = KEEL_REPORT_STUCK, .pid = pid, .name = name, .scheduler = i,
+                         .held_ms = held, .reason = ""};
+        pthread_mutex_unlock(&keel__g.wd_lock);
+        keel__report(&r);
+        pthread_mutex_lock(&keel__g.wd_lock);
+      }
+    }
+  }
+  pthread_mutex_unlock(&keel__g.wd_lock);
+  free(last);
+  free(since);
+  free(reported);
+  return NULL;
+}
+
+int keel__watchdog_start(void);
+int keel__watchdog_start(void) {
+  atomic_store(&keel__g.watchdog_stop, 0);
+  pthread_mutex_init(&keel__g.wd_lock, NULL);
+  pthread_cond_init(&keel__g.wd_cond, NULL);
+  if (pthread_create(&keel__g.watchdog, NULL, watchdog_main, NULL) != 0) return KEEL_ENOMEM;
+  keel__g.watchdog_started = 1;
+  return 0;
+}
+
+void keel__watchdog_stop(void);
+void keel__watchdog_stop(void) {
+  if (!keel__g.watchdog_started) return;
+  pthread_mutex_lock(&keel__g.wd_lock);
+  atomic_store(&keel__g.watchdog_stop, 1);
+  pthread_cond_signal(&keel__g.wd_cond);
+  pthread_mutex_unlock(&keel__g.wd_lock);
+  pthread_join(keel__g.watchdog, NULL);
+  keel__g.watchdog_started = 0;
+  pthread_cond_destroy(&keel__g.wd_cond);
+  pthread_mutex_destroy(&keel__g.wd_lock);
+}
