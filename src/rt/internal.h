@@ -188,6 +188,7 @@ typedef struct keel__proc {
   keel__reftab refs;             /* armed references */
   keel__exit_hook *exit_hooks;
   bool trap_exit;
+  bool fresh;                    /* never run: its context is built at its first run */
   bool in_blocking;              /* signals deferred until the blocking call returns */
   int pinned;                    /* >0: must run only on `home` (libuv handles in use) */
   keel__req req;                 /* what it asked the scheduler for */
@@ -234,6 +235,11 @@ typedef struct keel__sched {
   _Atomic uint32_t rq_head;
   _Atomic uint32_t rq_tail;
   keel__proc *_Atomic rq[KEEL__RUNQ_SIZE];
+  /* the process most recently woken by a process running here: it runs next,
+   * ahead of the ring, and thieves leave it alone unless this scheduler is
+   * stuck in one process (Go's runnext) */
+  keel__proc *_Atomic runnext;
+  uint32_t runnext_streak;
   /* owner-only FIFO for pinned processes and deterministic mode */
   keel__proc *pq_head, *pq_tail;
   uint32_t pq_len;
@@ -265,6 +271,7 @@ typedef struct keel__sched {
   _Atomic uint64_t n_spawned;
   _Atomic uint64_t n_exited;
   _Atomic keel_pid_t running_pid;  /* 0 when not running a process */
+  atomic_bool stuck;               /* the watchdog saw one process hold it for a tick */
   void *altstack;
 } keel__sched;
 
@@ -401,7 +408,9 @@ void keel__slot_release(keel__sched *s, keel__proc *p);
 
 /* Timers (timer.c) */
 keel__timer *keel__timer_get(keel__sched *s);
-void keel__wait_timer_arm(keel__proc *p, keel__sched *s, uint64_t deadline_ns);
+/* Arms a timer that wakes p if its state word still equals `expect` (the
+ * WAITING word of the wait being entered) at the deadline. */
+void keel__wait_timer_arm(keel__proc *p, keel__sched *s, uint64_t deadline_ns, uint64_t expect);
 void keel__wait_timer_disarm(keel__proc *p); /* after the wait, on any scheduler */
 void keel__sched_cancel_requests(keel__sched *s); /* owner: handle cross-thread timer cancels */
 void keel__timers_fini(keel__sched *s);

@@ -337,16 +337,26 @@ dead:
 
 /* ---- public API ------------------------------------------------------------------ */
 
+/* A send costs the sender one unit of its budget, as a receive does, so a
+ * process that floods another yields regularly and the receiver gets to run
+ * (and the flood does not pile up in memory). */
+static void charge_send(keel__proc *self) {
+  if (self && --self->budget <= 0) keel_yield();
+}
+
 int keel_send(keel_pid_t to, keel_msg_t *m) {
   if (!m) return KEEL_EINVAL;
   if (!to) {
     free(m);
     return KEEL_EINVAL;
   }
+  keel__proc *self = keel__proc_self();
   m->kind = KEEL_MSG_USER;
   m->ref = 0;
-  m->from = keel_self();
-  return keel__deliver(to, m);
+  m->from = self ? self->pid : 0;
+  int rc = keel__deliver(to, m);
+  charge_send(self);
+  return rc;
 }
 
 int keel_reply(keel_pid_t to, keel_ref_t ref, keel_msg_t *m) {
@@ -355,10 +365,13 @@ int keel_reply(keel_pid_t to, keel_ref_t ref, keel_msg_t *m) {
     free(m);
     return KEEL_EINVAL;
   }
+  keel__proc *self = keel__proc_self();
   m->kind = KEEL_MSG_REPLY;
   m->ref = ref;
-  m->from = keel_self();
-  return keel__deliver(to, m);
+  m->from = self ? self->pid : 0;
+  int rc = keel__deliver(to, m);
+  charge_send(self);
+  return rc;
 }
 
 static uint64_t deadline_of(int64_t timeout_ms) {

@@ -195,7 +195,8 @@ static void copy_name(keel__proc *p, const char *name) {
   }
 }
 
-static void proc_entry(void *arg) {
+void keel__proc_entry(void *arg);
+void keel__proc_entry(void *arg) {
   keel__proc *p = arg;
   keel__ctx_entered(&p->ctx);
   keel__signals_handle(p); /* it may have been killed before it first ran */
@@ -248,7 +249,7 @@ int keel_spawn(keel_proc_fn fn, void *arg, const keel_spawn_opts *opts, keel_pid
   p->exit_kind = KEEL_REASON_NORMAL;
   p->exit_text = NULL;
   copy_name(p, opts->name);
-  keel__ctx_make(&p->ctx, st->lo, st->size, proc_entry, p);
+  p->fresh = true; /* its first frame is written by the scheduler that first runs it */
 
   int err = 0;
   if (opts->link) {
@@ -263,7 +264,6 @@ int keel_spawn(keel_proc_fn fn, void *arg, const keel_spawn_opts *opts, keel_pid
   }
   if (err) {
     if (opts->link) keel__pidvec_del(&parent->links, pid);
-    keel__ctx_destroy(&p->ctx);
     keel__stack_put(s, st);
     keel__slot_release(s, p);
     return err;
@@ -479,7 +479,7 @@ void keel__proc_finalize(keel__sched *s, keel__proc *p) {
   memset(&p->monitored_by, 0, sizeof p->monitored_by);
   free(p->exit_text);
   p->exit_text = NULL;
-  keel__ctx_destroy(&p->ctx);
+  if (!p->fresh) keel__ctx_destroy(&p->ctx);
   keel__stack_put(s, p->stack);
   p->stack = NULL;
   if (s)
@@ -517,7 +517,7 @@ void keel__proc_destroy(keel__proc *p) {
   free(p->exit_text);
   p->exit_text = NULL;
   if (p->stack) {
-    keel__ctx_destroy(&p->ctx);
+    if (!p->fresh) keel__ctx_destroy(&p->ctx);
     keel__stack_put(NULL, p->stack);
     p->stack = NULL;
   }

@@ -8,13 +8,16 @@
  * Run queues. Each scheduler has a fixed ring of runnable processes in the
  * manner of Go's runq: only the owner writes the tail; the owner and thieves
  * take from the head with a compare-and-swap. A process woken by another
- * process goes to the WAKER's ring ("wake where the message came from"), so
- * chains of processes that pass messages end up on one scheduler, where a
- * hop costs a context switch instead of a cross-core wakeup. Load spreads by
- * stealing: a scheduler that runs out of work takes half of another's ring,
- * and a scheduler whose ring holds two or more processes wakes a sleeping
- * sibling to come and steal (at most one sibling is woken at a time). See
- * docs/decisions/0003-wake-on-waker-with-stealing.md for the measurements.
+ * process goes to the WAKER's scheduler ("wake where the message came from"),
+ * into its `runnext` slot, ahead of the ring: a producer and its consumer, or a
+ * chain of processes passing a token, then run back to back on one core, where
+ * a hop costs a context switch instead of a cross-core wakeup and the message
+ * is still in cache. A streak of runnext picks is capped so the ring is never
+ * starved. Load spreads by stealing: a scheduler that runs out of work takes
+ * half of another's ring, and a scheduler whose ring holds two or more
+ * processes wakes a sleeping sibling to come and steal (at most one sibling is
+ * woken at a time). See docs/decisions/0002-scheduling.md for the
+ * measurements.
  *
  * Pinned processes (those using libuv handles of this loop) never enter the
  * ring; they wait in an owner-only FIFO and are woken through the inbox, a
@@ -77,6 +80,8 @@ void keel__spin_lock(keel__spin *l) {
 #define KEEL__INC(ctr) \
   atomic_store_explicit(&(ctr), atomic_load_explicit(&(ctr), memory_order_relaxed) + 1, \
                         memory_order_relaxed)
+
+#define RUNNEXT_STREAK_MAX 64
 
 /* ---- the stealable ring -------------------------------------------------- */
 
@@ -249,6 +254,13 @@ static void push_local(keel__sched *s, keel__proc *p) {
     ring_push(s, p);
 }
 
+/* A process woken by the process running on s: it runs next. The one it
+ * displaces goes to the ring. */
+static void push_runnext(keel__sched *s, keel__proc *p) {
+  keel__proc *old = atomic_exchange_explicit(&s->runnext, p, memory_order_acq_rel);
+  if (old) ring_push(s, old);
+}
+
 static void inbox_drain(keel__sched *s) {
   pthread_mutex_lock(&s->inbox_lock);
   keel__proc *p = s->in_head;
@@ -271,8 +283,10 @@ void keel__enqueue(keel__proc *p) {
       pq_push(me, p);
     else
       inbox_push(home, p);
+  } else if (me && me->current && !keel__g.opt.deterministic) {
+    push_runnext(me, p); /* wake where the message came from */
   } else if (me) {
-    push_local(me, p); /* wake where the message came from */
+    push_local(me, p);
   } else {
     inbox_push(home, p);
   }
@@ -346,7 +360,8 @@ uint32_t keel__wait(keel__proc *p, uint32_t mask, uint64_t deadline_ns) {
   p->wake_cause = 0;
   if (deadline_ns) {
     mask |= KEEL__W_TIMER;
-    keel__wait_timer_arm(p, keel__sched_self(), deadline_ns);
+    keel__wait_timer_arm(p, keel__sched_self(), deadline_ns,
+                         KEEL__SW(KEEL__SW_GEN(sw), seq, mask, KEEL__ST_WAITING));
   }
   keel__proc_switch(p, KEEL__REQ_WAIT, mask);
   uint32_t cause = p->wake_cause;
@@ -380,7 +395,15 @@ static void sched_park(keel__sched *s, keel__proc *p) {
   (void)s;
 }
 
+void keel__proc_entry(void *arg);
+
 static void sched_run(keel__sched *s, keel__proc *p) {
+  if (p->fresh) {
+    /* Built here rather than in keel_spawn: the first touch of a new stack
+     * (a page fault) happens on the scheduler that runs the process. */
+    p->fresh = false;
+    keel__ctx_make(&p->ctx, p->stack->lo, p->stack->size, keel__proc_entry, p);
+  }
   s->current = p;
   atomic_store_explicit(&s->running_pid, p->pid, memory_order_relaxed);
   atomic_store_explicit(&p->home, s->id, memory_order_relaxed);
@@ -430,8 +453,18 @@ static void grq_take(keel__sched *s) {
 static keel__proc *sched_next(keel__sched *s) {
   if (atomic_load_explicit(&s->in_nonempty, memory_order_relaxed)) inbox_drain(s);
   if (keel__g.opt.deterministic) return pq_pick_seeded(s);
-  /* Pinned processes and ring processes alternate so neither starves. */
+  /* runnext first, but not forever; pinned processes and ring processes
+   * alternate so neither starves. */
   keel__proc *p = NULL;
+  if (atomic_load_explicit(&s->runnext, memory_order_relaxed)) {
+    p = atomic_exchange_explicit(&s->runnext, NULL, memory_order_acq_rel);
+    if (p && ++s->runnext_streak > RUNNEXT_STREAK_MAX) {
+      ring_push(s, p);
+      p = NULL;
+    }
+    if (p) return p;
+  }
+  s->runnext_streak = 0;
   if (s->pq_len && (s->n_switches & 1)) p = pq_pop(s);
   if (!p) p = ring_pop(s);
   if (!p) p = pq_pop(s);
@@ -446,23 +479,24 @@ static keel__proc *sched_steal(keel__sched *s) {
   int n = keel__g.nsched;
   if (n < 2 || keel__g.opt.deterministic) return NULL;
   uint32_t start = (uint32_t)(xorshift(&s->rng) % (uint64_t)n);
-  uint64_t seen[64];
-  int m = n < 64 ? n : 64;
-  for (int i = 0; i < m; i++)
-    seen[i] = atomic_load_explicit(&keel__g.scheds[i].n_switches, memory_order_relaxed);
-  for (int round = 0; round < 3; round++) {
+  for (int round = 0; round < 2; round++) {
     for (int i = 0; i < n; i++) {
       keel__sched *v = &keel__g.scheds[(start + (uint32_t)i) % (uint32_t)n];
       if (v == s) continue;
-      /* Two or more waiting: take half. One waiting: take it only if the
-       * victim has been running the same process for all our rounds. */
-      uint32_t min = 2;
-      if (round == 2 && v->id < m &&
-          atomic_load_explicit(&v->n_switches, memory_order_relaxed) == seen[v->id] &&
-          atomic_load_explicit(&v->running_pid, memory_order_relaxed) != 0)
-        min = 1;
-      keel__proc *p = ring_steal(s, v, min);
+      /* Two or more waiting: take half. A single waiting process (or the
+       * runnext one) only from a scheduler the watchdog saw stuck in one
+       * process for a whole tick: stealing it from a scheduler that is merely
+       * busy for a few microseconds would split producer from consumer. */
+      bool stuck = atomic_load_explicit(&v->stuck, memory_order_relaxed);
+      keel__proc *p = ring_steal(s, v, stuck ? 1 : 2);
       if (p) return p;
+      if (stuck && atomic_load_explicit(&v->runnext, memory_order_relaxed)) {
+        p = atomic_exchange_explicit(&v->runnext, NULL, memory_order_acq_rel);
+        if (p) {
+          atomic_fetch_add_explicit(&s->n_steals, 1, memory_order_relaxed);
+          return p;
+        }
+      }
     }
     for (int k = 0; k < 50; k++) keel__cpu_relax();
   }
@@ -490,6 +524,7 @@ static void sched_sleep(keel__sched *s) {
   bool work = atomic_load_explicit(&s->in_nonempty, memory_order_relaxed) ||
               atomic_load_explicit(&keel__g.grq_len, memory_order_relaxed) > 0 ||
               ring_len(s) > 0 || s->pq_len > 0 ||
+              atomic_load_explicit(&s->runnext, memory_order_relaxed) ||
               atomic_load_explicit(&keel__g.state, memory_order_relaxed) != 1;
   if (!work) {
     s->last_poll_ns = keel__now_ns();
@@ -632,11 +667,15 @@ static void *watchdog_main(void *arg) {
         last[i] = sw;
         since[i] = now;
         reported[i] = 0;
+        if (atomic_load_explicit(&s->stuck, memory_order_relaxed))
+          atomic_store_explicit(&s->stuck, 0, memory_order_relaxed);
         continue;
       }
+      atomic_store_explicit(&s->stuck, 1, memory_order_relaxed);
       /* Same process, no switch since `since`. Let a sleeping sibling steal
        * what waits behind it, and report it once past the threshold. */
-      if (ring_len(s) > 0 && atomic_load(&keel__g.nsleeping) > 0) {
+      if ((ring_len(s) > 0 || atomic_load_explicit(&s->runnext, memory_order_relaxed)) &&
+          atomic_load(&keel__g.nsleeping) > 0) {
         for (int j = 0; j < n; j++)
           if (j != i && atomic_load(&keel__g.scheds[j].sleeping)) {
             uv_async_send(&keel__g.scheds[j].async);

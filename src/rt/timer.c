@@ -157,13 +157,11 @@ static void on_wait_timer(uv_timer_t *h) {
   if (t->proc) keel__wake_exact(t->proc, t->sw_expect, KEEL__W_TIMER);
 }
 
-void keel__wait_timer_arm(keel__proc *p, keel__sched *s, uint64_t deadline_ns) {
+void keel__wait_timer_arm(keel__proc *p, keel__sched *s, uint64_t deadline_ns, uint64_t expect) {
   keel__timer *t = keel__timer_get(s);
   if (!t) return; /* out of memory: the wait ends at the next message or signal */
-  uint64_t sw = atomic_load_explicit(&p->sw, memory_order_relaxed);
-  /* keel__wait sets the mask after arming; the state word the park will store: */
   t->proc = p;
-  t->sw_expect = sw; /* completed by keel__wait_timer_expect */
+  t->sw_expect = expect;
   p->wait_timer = t;
   uv_timer_start(&t->uv, on_wait_timer, ms_until(&s->loop, deadline_ns), 0);
 }
