@@ -42,7 +42,8 @@ static double result; /* set by the workload's main process */
 
 /* Waits (sleeping, so schedulers stay free) until *ctr reaches n. */
 static void wait_count(atomic_long *ctr, long n) {
-  while (atomic_load(ctr) < n) keel_sleep(1);
+  while (atomic_load(ctr) < n)
+    keel_sleep(1);
 }
 
 static void fail(const char *what, int rc) {
@@ -76,7 +77,8 @@ static void idle_child(void *arg) {
 }
 
 static void release_all(void) {
-  for (long i = 0; i < NPROC; i++) keel_send(pids[i], keel_msg_new(0, 0));
+  for (long i = 0; i < NPROC; i++)
+    keel_send(pids[i], keel_msg_new(0, 0));
   wait_count(&finished, NPROC);
 }
 
@@ -131,7 +133,8 @@ static void cast_receiver(void *arg) {
 
 static void cast_sender(void *arg) {
   keel_pid_t to = *(keel_pid_t *)arg;
-  for (long i = 0; i < NCAST; i++) keel_send(to, keel_msg_copy(0, &i, sizeof i));
+  for (long i = 0; i < NCAST; i++)
+    keel_send(to, keel_msg_copy(0, &i, sizeof i));
 }
 
 static void cast_main(void *arg) {
@@ -180,7 +183,8 @@ static void ring_node(void *arg) {
 static void ring_main(void *arg) {
   (void)arg;
   ring_main_pid = keel_self();
-  for (long i = 0; i < RING; i++) keel_spawn(ring_node, (void *)(intptr_t)i, NULL, &ring_pids[i]);
+  for (long i = 0; i < RING; i++)
+    keel_spawn(ring_node, (void *)(intptr_t)i, NULL, &ring_pids[i]);
   keel_sleep(10);
   long hops = HOPS;
   double t0 = now_s();
@@ -191,7 +195,8 @@ static void ring_main(void *arg) {
   result = (now_s() - t0) * 1e9 / HOPS;
   print_stats("ring");
   long stop = -1;
-  for (long i = 0; i < RING; i++) keel_send(ring_pids[i], keel_msg_copy(0, &stop, sizeof stop));
+  for (long i = 0; i < RING; i++)
+    keel_send(ring_pids[i], keel_msg_copy(0, &stop, sizeof stop));
 }
 
 /* ---- pairs_roundtrips ------------------------------------------------------------------- */
@@ -304,7 +309,8 @@ int main(int argc, char **argv) {
     const workload *w = &workloads[i];
     if (argc > first) {
       int wanted = 0;
-      for (int a = first; a < argc; a++) wanted |= strcmp(argv[a], w->name) == 0;
+      for (int a = first; a < argc; a++)
+        wanted |= strcmp(argv[a], w->name) == 0;
       if (!wanted) continue;
     }
     int runs = runs_override > 0 ? runs_override : w->runs;

@@ -38,9 +38,7 @@ static void counter(void *arg) {
       keel_reply(keel_msg_from(m), req.ref, keel_msg_copy(0, &total, sizeof total));
       break;
     }
-    case TAG_STOP:
-      keel_msg_free(m);
-      return; /* exit normal */
+    case TAG_STOP: keel_msg_free(m); return; /* exit normal */
     }
     keel_msg_free(m);
   }

@@ -58,12 +58,12 @@ keel_msg_t *keel_msg_copy(uint32_t tag, const void *data, size_t size);
 /* Frees a message. NULL is ignored. */
 void keel_msg_free(keel_msg_t *m);
 
-void *keel_msg_data(const keel_msg_t *m);       /* payload, valid while m lives */
-size_t keel_msg_size(const keel_msg_t *m);      /* payload size in bytes */
-uint32_t keel_msg_tag(const keel_msg_t *m);     /* the user tag (0 for EXIT/DOWN) */
+void *keel_msg_data(const keel_msg_t *m);   /* payload, valid while m lives */
+size_t keel_msg_size(const keel_msg_t *m);  /* payload size in bytes */
+uint32_t keel_msg_tag(const keel_msg_t *m); /* the user tag (0 for EXIT/DOWN) */
 keel_msg_kind keel_msg_kind_of(const keel_msg_t *m);
-keel_pid_t keel_msg_from(const keel_msg_t *m);  /* sender; 0 when sent from outside a process */
-keel_ref_t keel_msg_ref(const keel_msg_t *m);   /* reference of a REPLY or DOWN, else 0 */
+keel_pid_t keel_msg_from(const keel_msg_t *m); /* sender; 0 when sent from outside a process */
+keel_ref_t keel_msg_ref(const keel_msg_t *m);  /* reference of a REPLY or DOWN, else 0 */
 
 /* For KEEL_MSG_EXIT: the process whose exit signal this is, and the reason.
  * For KEEL_MSG_DOWN: the monitored process and its exit reason.

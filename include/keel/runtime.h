@@ -34,12 +34,12 @@ typedef uint64_t keel_ref_t;
 typedef void (*keel_proc_fn)(void *arg);
 
 typedef struct keel_rt_options {
-  int schedulers;          /* scheduler threads; 0: $KEEL_SCHEDULERS, else one per online core */
-  size_t stack_size;       /* default process stack (bytes, rounded up to pages); 0: 128 KiB */
-  int64_t stuck_ms;        /* report a process holding a scheduler longer than this; 0: 100 ms; <0: off */
-  int budget;              /* messages a process may receive before it must yield; 0: 100 */
-  int deterministic;       /* 1: one scheduler, runnable processes picked in a seeded order */
-  uint64_t seed;           /* seed for deterministic mode; 0: $KEEL_SEED, else time-based (printed) */
+  int schedulers;    /* scheduler threads; 0: $KEEL_SCHEDULERS, else one per online core */
+  size_t stack_size; /* default process stack (bytes, rounded up to pages); 0: 128 KiB */
+  int64_t stuck_ms;  /* report a process holding a scheduler longer than this; 0: 100 ms; <0: off */
+  int budget;        /* messages a process may receive before it must yield; 0: 100 */
+  int deterministic; /* 1: one scheduler, runnable processes picked in a seeded order */
+  uint64_t seed;     /* seed for deterministic mode; 0: $KEEL_SEED, else time-based (printed) */
 } keel_rt_options;
 
 /* Fills *o with defaults (all zero: every field takes its default). */
@@ -85,14 +85,14 @@ typedef struct keel_rt_stats {
   uint64_t procs_alive;
   uint64_t procs_spawned;
   uint64_t procs_exited;
-  uint64_t msgs_sent;          /* messages delivered to a live process's mailbox */
-  uint64_t msgs_to_dead;       /* messages sent to a dead process (dropped) */
-  uint64_t replies_dropped;    /* replies nobody awaited any more (late replies) */
+  uint64_t msgs_sent;       /* messages delivered to a live process's mailbox */
+  uint64_t msgs_to_dead;    /* messages sent to a dead process (dropped) */
+  uint64_t replies_dropped; /* replies nobody awaited any more (late replies) */
   uint64_t context_switches;
-  uint64_t steals;             /* processes moved by work stealing */
-  uint64_t blocking_queued;    /* blocking jobs submitted and not yet started */
-  uint64_t blocking_running;   /* blocking jobs running on the pool now */
-  uint64_t stuck_reports;      /* processes reported for holding a scheduler too long */
+  uint64_t steals;           /* processes moved by work stealing */
+  uint64_t blocking_queued;  /* blocking jobs submitted and not yet started */
+  uint64_t blocking_running; /* blocking jobs running on the pool now */
+  uint64_t stuck_reports;    /* processes reported for holding a scheduler too long */
 } keel_rt_stats;
 void keel_rt_stats_get(keel_rt_stats *out);
 
@@ -100,17 +100,17 @@ void keel_rt_stats_get(keel_rt_stats *out);
  * writes one line to stderr. The operations layer installs its own to log
  * them as structured events. */
 typedef enum keel_report_kind {
-  KEEL_REPORT_STUCK = 1,    /* a process held a scheduler longer than stuck_ms */
-  KEEL_REPORT_CRASH = 2,    /* a process exited with a reason other than normal/shutdown */
+  KEEL_REPORT_STUCK = 1, /* a process held a scheduler longer than stuck_ms */
+  KEEL_REPORT_CRASH = 2, /* a process exited with a reason other than normal/shutdown */
 } keel_report_kind;
 
 typedef struct keel_report {
   keel_report_kind kind;
   keel_pid_t pid;
-  const char *name;         /* process name or "" */
+  const char *name; /* process name or "" */
   int scheduler;
-  int64_t held_ms;          /* STUCK: how long the process has held its scheduler */
-  const char *reason;       /* CRASH: the exit reason as text */
+  int64_t held_ms;    /* STUCK: how long the process has held its scheduler */
+  const char *reason; /* CRASH: the exit reason as text */
 } keel_report;
 
 /* Installs fn(report, ud) as the report handler (NULL restores the default).

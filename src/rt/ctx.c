@@ -71,7 +71,7 @@ static void portable_boot(void) {
   void (*entry)(void *) = boot.entry;
   void *arg = boot.arg;
   if (_setjmp(c->jb) == 0) setcontext(&boot.back); /* back into make */
-  entry(arg); /* first real switch lands here */
+  entry(arg);                                      /* first real switch lands here */
   abort();
 }
 #endif

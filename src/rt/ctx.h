@@ -32,14 +32,14 @@
 #endif
 
 typedef struct keel__ctx {
-  void *sp;                 /* saved stack pointer (asm switch) */
+  void *sp; /* saved stack pointer (asm switch) */
 #if KEEL_CTX_PORTABLE
   jmp_buf jb;
 #endif
-  const void *stack_lo;     /* the stack's usable range, for ASan */
+  const void *stack_lo; /* the stack's usable range, for ASan */
   size_t stack_size;
 #if KEEL_ASAN
-  void *fake_stack;         /* ASan's fake stack of this context while suspended */
+  void *fake_stack; /* ASan's fake stack of this context while suspended */
 #endif
 #if KEEL_TSAN
   void *tsan_fiber;

@@ -1,7 +1,11 @@
 /* error.c - names and descriptions of keel's error codes. */
 #include "keel/error.h"
 
-typedef struct { int code; const char *name; const char *text; } entry;
+typedef struct {
+  int code;
+  const char *name;
+  const char *text;
+} entry;
 
 static const entry table[] = {
     {KEEL_OK, "KEEL_OK", "success"},

@@ -33,11 +33,11 @@
 #include "keel.h"
 #include "rt/ctx.h"
 
-#define KEEL__NAME_MAX 32
-#define KEEL__RUNQ_SIZE 256            /* per-scheduler stealable ring; power of two */
-#define KEEL__CHUNK_SHIFT 10           /* process table: chunks of 1024 slots */
-#define KEEL__CHUNK_SIZE (1u << KEEL__CHUNK_SHIFT)
-#define KEEL__MAX_CHUNKS 65536         /* up to 64 Mi process slots */
+#define KEEL__NAME_MAX    32
+#define KEEL__RUNQ_SIZE   256 /* per-scheduler stealable ring; power of two */
+#define KEEL__CHUNK_SHIFT 10  /* process table: chunks of 1024 slots */
+#define KEEL__CHUNK_SIZE  (1u << KEEL__CHUNK_SHIFT)
+#define KEEL__MAX_CHUNKS  65536 /* up to 64 Mi process slots */
 
 /* ---- small helpers ------------------------------------------------------ */
 
@@ -51,7 +51,9 @@ static inline void keel__cpu_relax(void) {
 
 /* A test-and-test-and-set spinlock for critical sections of a few
  * instructions (signal queues). Acquire on lock, release on unlock. */
-typedef struct { atomic_int v; } keel__spin;
+typedef struct {
+  atomic_int v;
+} keel__spin;
 void keel__spin_lock(keel__spin *l);
 static inline void keel__spin_unlock(keel__spin *l) {
   atomic_store_explicit(&l->v, 0, memory_order_release);
@@ -61,7 +63,7 @@ uint64_t keel__now_ns(void); /* CLOCK_MONOTONIC */
 
 /* ---- messages ----------------------------------------------------------- */
 
-enum { KEEL__MSG_FILTERED = 0x80 }; /* internal: never returned */
+enum { KEEL__MF_FROM_LINK = 1 }; /* an EXIT message caused by a link (keel_unlink removes it) */
 
 struct keel_msg {
   struct keel_msg *_Atomic next; /* mailbox link (MPSC) and kept-aside list link */
@@ -69,8 +71,9 @@ struct keel_msg {
   keel_pid_t from;
   keel_ref_t ref;
   uint32_t tag;
-  uint8_t kind;                  /* keel_msg_kind */
-  uint8_t reason;                /* EXIT/DOWN: keel_reason_kind; payload holds the text */
+  uint8_t kind;   /* keel_msg_kind */
+  uint8_t reason; /* EXIT/DOWN: keel_reason_kind; payload holds the text */
+  uint8_t flags;  /* KEEL__MF_* */
   size_t size;
   _Alignas(16) unsigned char data[];
 };
@@ -88,8 +91,8 @@ typedef struct keel__mbox {
 /* ---- control signals ---------------------------------------------------- */
 
 typedef enum {
-  KEEL__SIG_EXIT = 1,      /* exit signal from keel_exit_signal */
-  KEEL__SIG_LINK_EXIT,     /* a linked process exited */
+  KEEL__SIG_EXIT = 1,  /* exit signal from keel_exit_signal */
+  KEEL__SIG_LINK_EXIT, /* a linked process exited */
   KEEL__SIG_LINK,
   KEEL__SIG_UNLINK,
   KEEL__SIG_MONITOR,
@@ -122,35 +125,54 @@ enum {
   KEEL__W_REPLY = 16 /* a reply or DOWN for an armed reference (treated as MSG) */
 };
 
-#define KEEL__SW(gen, seq, mask, st) \
+#define KEEL__SW(gen, seq, mask, st)                                                               \
   (((uint64_t)(gen) << 32) | ((uint64_t)(seq) << 16) | ((uint64_t)(mask) << 8) | (uint64_t)(st))
-#define KEEL__SW_GEN(sw) ((uint32_t)((sw) >> 32))
-#define KEEL__SW_SEQ(sw) ((uint32_t)(((sw) >> 16) & 0xFFFF))
+#define KEEL__SW_GEN(sw)  ((uint32_t)((sw) >> 32))
+#define KEEL__SW_SEQ(sw)  ((uint32_t)(((sw) >> 16) & 0xFFFF))
 #define KEEL__SW_MASK(sw) ((uint32_t)(((sw) >> 8) & 0xFF))
-#define KEEL__SW_ST(sw) ((uint32_t)((sw)&0xFF))
+#define KEEL__SW_ST(sw)   ((uint32_t)((sw)&0xFF))
 
 #define KEEL__PID(gen, idx) (((uint64_t)(gen) << 32) | (uint64_t)(idx))
-#define KEEL__PID_GEN(pid) ((uint32_t)((pid) >> 32))
-#define KEEL__PID_IDX(pid) ((uint32_t)(pid))
+#define KEEL__PID_GEN(pid)  ((uint32_t)((pid) >> 32))
+#define KEEL__PID_IDX(pid)  ((uint32_t)(pid))
 
 /* What a process asks of its scheduler when it switches back to it. */
 typedef enum { KEEL__REQ_YIELD = 1, KEEL__REQ_WAIT, KEEL__REQ_EXIT } keel__req;
 
-typedef struct keel__pidvec { keel_pid_t *v; uint32_t n, cap; } keel__pidvec;
-typedef struct keel__mon { keel_ref_t ref; keel_pid_t pid; } keel__mon;
-typedef struct keel__monvec { keel__mon *v; uint32_t n, cap; } keel__monvec;
+typedef struct keel__pidvec {
+  keel_pid_t *v;
+  uint32_t n, cap;
+} keel__pidvec;
+typedef struct keel__mon {
+  keel_ref_t ref;
+  keel_pid_t pid;
+} keel__mon;
+typedef struct keel__monvec {
+  keel__mon *v;
+  uint32_t n, cap;
+} keel__monvec;
 
 /* Armed references (keel_await_ref): open addressing, linear probing. */
-typedef struct keel__refslot { keel_ref_t ref; struct keel_msg *msg; } keel__refslot;
-typedef struct keel__reftab { keel__refslot *v; uint32_t n, cap, tomb; } keel__reftab;
+typedef struct keel__refslot {
+  keel_ref_t ref;
+  struct keel_msg *msg;
+} keel__refslot;
+typedef struct keel__reftab {
+  keel__refslot *v;
+  uint32_t n, cap, tomb;
+} keel__reftab;
 
-typedef struct keel__exit_hook { struct keel__exit_hook *next; void (*fn)(void *); void *arg; } keel__exit_hook;
+typedef struct keel__exit_hook {
+  struct keel__exit_hook *next;
+  void (*fn)(void *);
+  void *arg;
+} keel__exit_hook;
 
 typedef struct keel__stack {
   struct keel__stack *next; /* pool link */
   void *map;                /* start of the mapping: guard, then usable stack */
   size_t map_size;
-  void *lo;                 /* usable range [lo, lo + size) */
+  void *lo; /* usable range [lo, lo + size) */
   size_t size;
   size_t guard;
 } keel__stack;
@@ -162,60 +184,62 @@ typedef struct keel__proc {
   /* --- shared between threads --- */
   _Atomic uint64_t sw;
   keel__mbox mbox;
-  _Atomic uint64_t mbox_in;      /* messages pushed (producers, relaxed) */
+  _Atomic uint64_t mbox_in; /* messages pushed (producers, relaxed) */
   keel__spin sig_lock;
-  keel_pid_t sig_pid;            /* pid accepting signals; 0: closed (under sig_lock) */
-  keel__sig *sig_head, *sig_tail;/* under sig_lock */
-  atomic_int sig_pending;        /* a hint for the owner; the truth is under sig_lock */
-  atomic_int home;               /* scheduler it runs or last ran on */
-  struct keel__proc *runq_next;  /* link in scheduler lists (owned by the list) */
-  struct keel__proc *free_next;  /* link in free-slot lists */
-  char name[KEEL__NAME_MAX];     /* written by the owner, read racily by reports via atomics */
+  keel_pid_t sig_pid;             /* pid accepting signals; 0: closed (under sig_lock) */
+  keel__sig *sig_head, *sig_tail; /* under sig_lock */
+  atomic_int sig_pending;         /* a hint for the owner; the truth is under sig_lock */
+  atomic_int home;                /* scheduler it runs or last ran on */
+  struct keel__proc *runq_next;   /* link in scheduler lists (owned by the list) */
+  struct keel__proc *free_next;   /* link in free-slot lists */
+  char name[KEEL__NAME_MAX];      /* written by the owner, read racily by reports via atomics */
 
   /* --- owned by the process (or its scheduler while it is switched out) --- */
-  uint32_t idx;                  /* slot index, fixed for the slot's life */
+  uint32_t idx; /* slot index, fixed for the slot's life */
   keel_pid_t pid;
   keel__ctx ctx;
   keel__stack *stack;
   keel_proc_fn fn;
   void *arg;
-  uint64_t mbox_out;             /* messages popped from mbox */
+  uint64_t mbox_out;                      /* messages popped from mbox */
   struct keel_msg *save_head, *save_tail; /* kept aside by selective receive, in order */
   size_t save_len;
   keel__pidvec links;
-  keel__monvec monitors;         /* monitors this process holds (ref -> target) */
-  keel__monvec monitored_by;     /* monitors held on this process (ref -> watcher) */
-  keel__reftab refs;             /* armed references */
+  keel__monvec monitors;     /* monitors this process holds (ref -> target) */
+  keel__monvec monitored_by; /* monitors held on this process (ref -> watcher) */
+  keel__reftab refs;         /* armed references */
   keel__exit_hook *exit_hooks;
   bool trap_exit;
-  bool fresh;                    /* never run: its context is built at its first run */
-  bool in_blocking;              /* signals deferred until the blocking call returns */
-  int pinned;                    /* >0: must run only on `home` (libuv handles in use) */
-  keel__req req;                 /* what it asked the scheduler for */
-  uint32_t wait_mask;            /* for KEEL__REQ_WAIT */
-  uint32_t wake_cause;           /* KEEL__W_* that ended the last wait (set by the waker) */
-  struct keel__timer *wait_timer;/* the timer of the current timed wait */
-  int budget;                    /* messages left before a forced yield */
+  bool fresh;                     /* never run: its context is built at its first run */
+  bool in_blocking;               /* signals deferred until the blocking call returns */
+  int pinned;                     /* >0: must run only on `home` (libuv handles in use) */
+  keel__req req;                  /* what it asked the scheduler for */
+  uint32_t wait_mask;             /* for KEEL__REQ_WAIT */
+  uint32_t wake_cause;            /* KEEL__W_* that ended the last wait (set by the waker) */
+  struct keel__timer *wait_timer; /* the timer of the current timed wait */
+  void (*io_cleanup)(void *); /* closes the libuv handle of an I/O wait if the process dies in it */
+  void *io_cleanup_arg;
+  int budget; /* messages left before a forced yield */
   uint64_t msgs_handled;
   keel_reason_kind exit_kind;
-  char *exit_text;               /* malloc'd or NULL */
+  char *exit_text; /* malloc'd or NULL */
 } keel__proc;
 
 /* ---- timers ------------------------------------------------------------- */
 
 typedef struct keel__timer {
-  uv_timer_t uv;                 /* first member: the handle's address is the timer's */
-  struct keel__timer *next;      /* cache / cancel-request / hash-chain link */
-  struct keel__timer *hnext;     /* send timers: chain in the timer index */
-  struct keel__sched *sched;     /* owner: the loop the handle belongs to */
+  uv_timer_t uv;             /* first member: the handle's address is the timer's */
+  struct keel__timer *next;  /* cache / cancel-request / hash-chain link */
+  struct keel__timer *hnext; /* send timers: chain in the timer index */
+  struct keel__sched *sched; /* owner: the loop the handle belongs to */
   /* wait timers (receive timeouts, sleep): */
-  keel__proc *proc;              /* the waiting process */
-  uint64_t sw_expect;            /* the exact state word that this timer may wake */
+  keel__proc *proc;   /* the waiting process */
+  uint64_t sw_expect; /* the exact state word that this timer may wake */
   /* send timers (keel_send_after): */
   keel_ref_t ref;
   keel_pid_t to;
-  struct keel_msg *msg;          /* owned while armed */
-  atomic_int state;              /* KEEL__TM_* */
+  struct keel_msg *msg; /* owned while armed */
+  atomic_int state;     /* KEEL__TM_* */
   bool is_send;
 } keel__timer;
 
@@ -247,7 +271,7 @@ typedef struct keel__sched {
   /* inbox: processes and timer-cancel requests from other threads */
   pthread_mutex_t inbox_lock;
   keel__proc *in_head, *in_tail;
-  keel__timer *in_cancel;        /* timers to stop and recycle (wait timers) or close (send timers) */
+  keel__timer *in_cancel; /* timers to stop and recycle (wait timers) or close (send timers) */
   atomic_int in_nonempty;
   atomic_int sleeping;
 
@@ -270,26 +294,26 @@ typedef struct keel__sched {
   _Atomic uint64_t n_steals;
   _Atomic uint64_t n_spawned;
   _Atomic uint64_t n_exited;
-  _Atomic keel_pid_t running_pid;  /* 0 when not running a process */
-  atomic_bool stuck;               /* the watchdog saw one process hold it for a tick */
+  _Atomic keel_pid_t running_pid; /* 0 when not running a process */
+  atomic_bool stuck;              /* the watchdog saw one process hold it for a tick */
   void *altstack;
 } keel__sched;
 
 /* ---- the node ------------------------------------------------------------ */
 
 typedef struct keel__rt {
-  atomic_int state;               /* 0 stopped, 1 running, 2 halting */
+  atomic_int state; /* 0 stopped, 1 running, 2 halting */
   int nsched;
   keel__sched *scheds;
   keel_rt_options opt;
   size_t page;
 
   /* process table */
-  keel__proc *_Atomic *chunks;    /* KEEL__MAX_CHUNKS chunk pointers */
+  keel__proc *_Atomic *chunks; /* KEEL__MAX_CHUNKS chunk pointers */
   pthread_mutex_t table_lock;
   uint32_t nchunks;
-  uint32_t next_fresh;            /* first never-used slot index */
-  keel__proc *free_slots;         /* under table_lock */
+  uint32_t next_fresh;    /* first never-used slot index */
+  keel__proc *free_slots; /* under table_lock */
 
   /* global stack pool */
   pthread_mutex_t stack_lock;
@@ -305,10 +329,10 @@ typedef struct keel__rt {
   atomic_int nspinning;
   _Atomic int64_t alive;
   _Atomic uint64_t next_ref;
-  _Atomic uint64_t ext_sent;       /* sends from outside any scheduler */
+  _Atomic uint64_t ext_sent; /* sends from outside any scheduler */
   _Atomic uint64_t ext_to_dead;
-  _Atomic uint64_t ext_spawned;    /* spawns from outside any scheduler */
-  atomic_uint rr;                  /* round robin for spawns from outside */
+  _Atomic uint64_t ext_spawned; /* spawns from outside any scheduler */
+  atomic_uint rr;               /* round robin for spawns from outside */
   _Atomic uint64_t blocking_queued;
   _Atomic uint64_t blocking_running;
   _Atomic uint64_t stuck_reports;
@@ -338,7 +362,7 @@ keel__sched *keel__sched_self(void);
 /* The process running on the calling thread, or NULL. Same caveat. */
 keel__proc *keel__proc_self(void);
 
-keel__proc *keel__slot(uint32_t idx);         /* NULL if idx was never allocated */
+keel__proc *keel__slot(uint32_t idx);          /* NULL if idx was never allocated */
 keel__proc *keel__lookup_live(keel_pid_t pid); /* slot if pid's generation is current, else NULL */
 
 /* Wakes p if its state word still says `gen` and WAITING with a mask that
@@ -358,7 +382,7 @@ uint32_t keel__wait(keel__proc *p, uint32_t mask, uint64_t deadline_ns);
 /* Signals (signal.c) */
 int keel__signal_send(keel_pid_t to, keel__sig_type type, keel_pid_t from, keel_ref_t ref,
                       keel_reason_kind reason, const char *text);
-void keel__signals_handle(keel__proc *p);      /* owner; may exit */
+void keel__signals_handle(keel__proc *p); /* owner; may exit */
 _Noreturn void keel__proc_die(keel__proc *p, keel_reason_kind kind, const char *text);
 void keel__proc_finalize(keel__sched *s, keel__proc *p); /* scheduler, after the process died */
 
@@ -367,9 +391,11 @@ void keel__mbox_init(keel__mbox *q);
 void keel__mbox_push(keel__mbox *q, struct keel_msg *m);
 struct keel_msg *keel__mbox_pop(keel__mbox *q);
 bool keel__mbox_empty(keel__mbox *q);
-void keel__mailbox_move_all(keel__proc *p); /* owner: move everything arrived to the kept-aside list */
-void keel__mailbox_drop_all(keel__proc *p); /* free everything queued */
-int keel__deliver(keel_pid_t to, struct keel_msg *m); /* push + wake; consumes m */
+void keel__mailbox_move_all(
+    keel__proc *p); /* owner: move everything arrived to the kept-aside list */
+void keel__mailbox_drop_all(keel__proc *p);                         /* free everything queued */
+void keel__mailbox_drop_link_exits(keel__proc *p, keel_pid_t from); /* keel_unlink */
+int keel__deliver(keel_pid_t to, struct keel_msg *m);               /* push + wake; consumes m */
 struct keel_msg *keel__msg_alloc(uint8_t kind, uint32_t tag, size_t size);
 void keel__count_to_dead(void);
 
@@ -384,8 +410,8 @@ int keel__monvec_add(keel__monvec *v, keel_ref_t ref, keel_pid_t pid);
 bool keel__monvec_del(keel__monvec *v, keel_ref_t ref, keel_pid_t *pid);
 
 /* Scheduler (sched.c) */
-void keel__enqueue(keel__proc *p);            /* p is RUNNABLE and owned by the caller */
-void keel__sched_wake(keel__sched *s);        /* if sleeping */
+void keel__enqueue(keel__proc *p);     /* p is RUNNABLE and owned by the caller */
+void keel__sched_wake(keel__sched *s); /* if sleeping */
 int keel__sched_start_all(void);
 void keel__sched_stop_all(void);
 void keel__alive_dec(void);
@@ -411,7 +437,7 @@ keel__timer *keel__timer_get(keel__sched *s);
 /* Arms a timer that wakes p if its state word still equals `expect` (the
  * WAITING word of the wait being entered) at the deadline. */
 void keel__wait_timer_arm(keel__proc *p, keel__sched *s, uint64_t deadline_ns, uint64_t expect);
-void keel__wait_timer_disarm(keel__proc *p); /* after the wait, on any scheduler */
+void keel__wait_timer_disarm(keel__proc *p);      /* after the wait, on any scheduler */
 void keel__sched_cancel_requests(keel__sched *s); /* owner: handle cross-thread timer cancels */
 void keel__timers_fini(keel__sched *s);
 int keel__timers_init(void);

@@ -79,6 +79,15 @@ static void on_poll(uv_poll_t *h, int status, int events) {
   keel_io_ready(io, r);
 }
 
+/* Runs if the process dies inside keel_wait_fd (an exit signal while it
+ * waits): the handle must not outlive it, or the fd stays registered. */
+static void poll_cleanup(void *arg) {
+  uv_poll_t *h = arg;
+  h->data = NULL;
+  uv_poll_stop(h);
+  uv_close((uv_handle_t *)h, keel__handle_close_cb);
+}
+
 int keel_wait_fd(int fd, int events, int64_t timeout_ms, int *revents) {
   if (revents) *revents = 0;
   if (fd < 0 || !(events & (KEEL_READABLE | KEEL_WRITABLE)) ||
@@ -99,12 +108,15 @@ int keel_wait_fd(int fd, int events, int64_t timeout_ms, int *revents) {
     return KEEL_EINVAL; /* not pollable (a regular file?) or not a descriptor */
   }
   h->data = &io;
-  int uvev = ((events & KEEL_READABLE) ? UV_READABLE : 0) | ((events & KEEL_WRITABLE) ? UV_WRITABLE : 0);
+  int uvev =
+      ((events & KEEL_READABLE) ? UV_READABLE : 0) | ((events & KEEL_WRITABLE) ? UV_WRITABLE : 0);
   uv_poll_start(h, uvev, on_poll);
+  keel__proc *p = keel__proc_self();
+  p->io_cleanup = poll_cleanup;
+  p->io_cleanup_arg = h;
   rc = keel_io_wait(&io, timeout_ms);
-  h->data = NULL;
-  uv_poll_stop(h);
-  uv_close((uv_handle_t *)h, keel__handle_close_cb);
+  p->io_cleanup = NULL;
+  poll_cleanup(h);
   keel_io_end(&io);
   if (rc < 0) return rc;
   if (revents) *revents = rc;

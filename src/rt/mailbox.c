@@ -28,8 +28,8 @@
 
 #include "rt/internal.h"
 
-#define KEEL__INC(ctr) \
-  atomic_store_explicit(&(ctr), atomic_load_explicit(&(ctr), memory_order_relaxed) + 1, \
+#define KEEL__INC(ctr)                                                                             \
+  atomic_store_explicit(&(ctr), atomic_load_explicit(&(ctr), memory_order_relaxed) + 1,            \
                         memory_order_relaxed)
 
 /* ---- counters --------------------------------------------------------------- */
@@ -68,6 +68,7 @@ struct keel_msg *keel__msg_alloc(uint8_t kind, uint32_t tag, size_t size) {
   m->tag = tag;
   m->kind = kind;
   m->reason = 0;
+  m->flags = 0;
   m->size = size;
   return m;
 }
@@ -82,13 +83,27 @@ keel_msg_t *keel_msg_copy(uint32_t tag, const void *data, size_t size) {
   return m;
 }
 
-void keel_msg_free(keel_msg_t *m) { free(m); }
-void *keel_msg_data(const keel_msg_t *m) { return (void *)m->data; }
-size_t keel_msg_size(const keel_msg_t *m) { return m->size; }
-uint32_t keel_msg_tag(const keel_msg_t *m) { return m->tag; }
-keel_msg_kind keel_msg_kind_of(const keel_msg_t *m) { return (keel_msg_kind)m->kind; }
-keel_pid_t keel_msg_from(const keel_msg_t *m) { return m->from; }
-keel_ref_t keel_msg_ref(const keel_msg_t *m) { return m->ref; }
+void keel_msg_free(keel_msg_t *m) {
+  free(m);
+}
+void *keel_msg_data(const keel_msg_t *m) {
+  return (void *)m->data;
+}
+size_t keel_msg_size(const keel_msg_t *m) {
+  return m->size;
+}
+uint32_t keel_msg_tag(const keel_msg_t *m) {
+  return m->tag;
+}
+keel_msg_kind keel_msg_kind_of(const keel_msg_t *m) {
+  return (keel_msg_kind)m->kind;
+}
+keel_pid_t keel_msg_from(const keel_msg_t *m) {
+  return m->from;
+}
+keel_ref_t keel_msg_ref(const keel_msg_t *m) {
+  return m->ref;
+}
 
 int keel_msg_exit_info(const keel_msg_t *m, keel_pid_t *pid, keel_reason *reason) {
   if (!m || (m->kind != KEEL_MSG_EXIT && m->kind != KEEL_MSG_DOWN)) return KEEL_EINVAL;
@@ -174,7 +189,8 @@ static int ref_grow(keel__reftab *t) {
     keel__refslot *s = &t->v[i];
     if (s->ref == 0 || s->ref == REF_TOMB) continue;
     uint32_t j = ref_hash(s->ref) & (cap - 1);
-    while (nv[j].ref) j = (j + 1) & (cap - 1);
+    while (nv[j].ref)
+      j = (j + 1) & (cap - 1);
     nv[j] = *s;
   }
   free(t->v);
@@ -192,7 +208,8 @@ static int ref_insert(keel__reftab *t, keel_ref_t ref) {
   }
   uint32_t mask = t->cap - 1;
   uint32_t i = ref_hash(ref) & mask;
-  while (t->v[i].ref != 0 && t->v[i].ref != REF_TOMB) i = (i + 1) & mask;
+  while (t->v[i].ref != 0 && t->v[i].ref != REF_TOMB)
+    i = (i + 1) & mask;
   if (t->v[i].ref == REF_TOMB) t->tomb--;
   t->v[i].ref = ref;
   t->v[i].msg = NULL;
@@ -279,6 +296,20 @@ static void save_unlink(keel__proc *p, struct keel_msg *prev, struct keel_msg *m
   p->save_len--;
 }
 
+void keel__mailbox_drop_link_exits(keel__proc *p, keel_pid_t from) {
+  struct keel_msg *prev = NULL, *m = p->save_head;
+  while (m) {
+    struct keel_msg *next = save_next(m);
+    if (m->kind == KEEL_MSG_EXIT && m->from == from && (m->flags & KEEL__MF_FROM_LINK)) {
+      save_unlink(p, prev, m);
+      free(m);
+    } else {
+      prev = m;
+    }
+    m = next;
+  }
+}
+
 void keel__mailbox_move_all(keel__proc *p) {
   for (;;) {
     struct keel_msg *m = pull(p);
@@ -296,8 +327,8 @@ void keel__mailbox_drop_all(keel__proc *p) {
     struct keel_msg *m = keel__mbox_pop(&p->mbox);
     if (m) {
       p->mbox_out++;
-      if (m->to != p->pid || KEEL__SW_ST(atomic_load_explicit(&p->sw, memory_order_relaxed)) ==
-                                 KEEL__ST_FREE)
+      if (m->to != p->pid ||
+          KEEL__SW_ST(atomic_load_explicit(&p->sw, memory_order_relaxed)) == KEEL__ST_FREE)
         keel__count_to_dead();
       free(m);
       continue;
@@ -493,7 +524,8 @@ int keel_await(keel_ref_t ref, keel_msg_t **out, int64_t timeout_ms) {
   for (;;) {
     keel__signals_handle(p);
     struct keel_msg *m;
-    while ((m = pull(p)) != NULL) save_append(p, m); /* ordinary messages wait their turn */
+    while ((m = pull(p)) != NULL)
+      save_append(p, m); /* ordinary messages wait their turn */
     keel__refslot *s = ref_find(&p->refs, ref);
     if (s->msg) {
       m = s->msg;

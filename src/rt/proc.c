@@ -245,6 +245,7 @@ int keel_spawn(keel_proc_fn fn, void *arg, const keel_spawn_opts *opts, keel_pid
   p->in_blocking = false;
   p->pinned = 0;
   p->wait_timer = NULL;
+  p->io_cleanup = NULL;
   p->msgs_handled = 0;
   p->exit_kind = KEEL_REASON_NORMAL;
   p->exit_text = NULL;
@@ -283,9 +284,7 @@ int keel_spawn(keel_proc_fn fn, void *arg, const keel_spawn_opts *opts, keel_pid
   else
     atomic_fetch_add_explicit(&keel__g.ext_spawned, 1, memory_order_relaxed);
 
-  int target = opts->scheduler >= 0 ? opts->scheduler
-               : s                  ? s->id
-                                    : keel__sched_pick_external();
+  int target = opts->scheduler >= 0 ? opts->scheduler : s ? s->id : keel__sched_pick_external();
   atomic_store_explicit(&p->home, target, memory_order_relaxed);
   /* release: the slot's fields are visible to whoever runs or signals it */
   atomic_store_explicit(&p->sw, KEEL__SW(gen, 0, 0, KEEL__ST_RUNNABLE), memory_order_release);
@@ -432,17 +431,10 @@ void keel__proc_finalize(keel__sched *s, keel__proc *p) {
       if (!keel__pidvec_has(&p->links, sig->from)) keel__pidvec_add(&p->links, sig->from);
       break;
     case KEEL__SIG_UNLINK:
-    case KEEL__SIG_LINK_EXIT:
-      keel__pidvec_del(&p->links, sig->from);
-      break;
-    case KEEL__SIG_MONITOR:
-      keel__monvec_add(&p->monitored_by, sig->ref, sig->from);
-      break;
-    case KEEL__SIG_DEMONITOR:
-      keel__monvec_del(&p->monitored_by, sig->ref, NULL);
-      break;
-    default:
-      break;
+    case KEEL__SIG_LINK_EXIT: keel__pidvec_del(&p->links, sig->from); break;
+    case KEEL__SIG_MONITOR: keel__monvec_add(&p->monitored_by, sig->ref, sig->from); break;
+    case KEEL__SIG_DEMONITOR: keel__monvec_del(&p->monitored_by, sig->ref, NULL); break;
+    default: break;
     }
     free(sig);
     sig = next;
@@ -457,11 +449,18 @@ void keel__proc_finalize(keel__sched *s, keel__proc *p) {
                       KEEL_REASON_NORMAL, NULL);
 
   if (kind == KEEL_REASON_ERROR) {
-    keel_report r = {.kind = KEEL_REPORT_CRASH, .pid = pid, .name = p->name,
-                     .scheduler = s ? s->id : -1, .reason = text};
+    keel_report r = {.kind = KEEL_REPORT_CRASH,
+                     .pid = pid,
+                     .name = p->name,
+                     .scheduler = s ? s->id : -1,
+                     .reason = text};
     keel__report(&r);
   }
 
+  if (p->io_cleanup) {
+    p->io_cleanup(p->io_cleanup_arg);
+    p->io_cleanup = NULL;
+  }
   while (p->exit_hooks) {
     keel__exit_hook *h = p->exit_hooks;
     p->exit_hooks = h->next;
@@ -483,7 +482,8 @@ void keel__proc_finalize(keel__sched *s, keel__proc *p) {
   keel__stack_put(s, p->stack);
   p->stack = NULL;
   if (s)
-    atomic_store_explicit(&s->n_exited, atomic_load_explicit(&s->n_exited, memory_order_relaxed) + 1,
+    atomic_store_explicit(&s->n_exited,
+                          atomic_load_explicit(&s->n_exited, memory_order_relaxed) + 1,
                           memory_order_relaxed);
   keel__slot_release(s, p);
   keel__alive_dec();

@@ -21,10 +21,12 @@ int keel__watchdog_start(void);
 void keel__watchdog_stop(void);
 void keel__sched_free_all(void);
 
-#define DEFAULT_STACK (128u * 1024u)
+#define DEFAULT_STACK  (128u * 1024u)
 #define DEFAULT_BUDGET 100
 
-void keel_rt_options_init(keel_rt_options *o) { memset(o, 0, sizeof *o); }
+void keel_rt_options_init(keel_rt_options *o) {
+  memset(o, 0, sizeof *o);
+}
 
 static int parse_env_int(const char *name, long lo, long hi, long *out) {
   const char *v = getenv(name);
@@ -47,12 +49,10 @@ static void report_default(const keel_report *r, void *ud) {
   keel_pid_format(r->pid, pid, sizeof pid);
   const char *name = r->name && r->name[0] ? r->name : "unnamed";
   if (r->kind == KEEL_REPORT_STUCK)
-    fprintf(stderr,
-            "keel: process %s (%s) has held scheduler %d for %lld ms without yielding\n", pid,
-            name, r->scheduler, (long long)r->held_ms);
+    fprintf(stderr, "keel: process %s (%s) has held scheduler %d for %lld ms without yielding\n",
+            pid, name, r->scheduler, (long long)r->held_ms);
   else if (r->kind == KEEL_REPORT_CRASH)
-    fprintf(stderr, "keel: process %s (%s) crashed: %s\n", pid, name,
-            r->reason ? r->reason : "");
+    fprintf(stderr, "keel: process %s (%s) crashed: %s\n", pid, name, r->reason ? r->reason : "");
 }
 
 void keel_rt_set_report_handler(keel_report_fn fn, void *ud) {

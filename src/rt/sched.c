@@ -77,8 +77,8 @@ void keel__spin_lock(keel__spin *l) {
 
 /* Owner-only counter increment: a plain load and store is enough because
  * only one thread writes; readers tolerate a slightly old value. */
-#define KEEL__INC(ctr) \
-  atomic_store_explicit(&(ctr), atomic_load_explicit(&(ctr), memory_order_relaxed) + 1, \
+#define KEEL__INC(ctr)                                                                             \
+  atomic_store_explicit(&(ctr), atomic_load_explicit(&(ctr), memory_order_relaxed) + 1,            \
                         memory_order_relaxed)
 
 #define RUNNEXT_STREAK_MAX 64
@@ -99,7 +99,7 @@ static void grq_push_list(keel__proc *head, keel__proc *tail, int n) {
   else
     keel__g.grq_head = head;
   keel__g.grq_tail = tail;
-  atomic_fetch_add_explicit(&keel__g.grq_len, n, memory_order_relaxed);
+  atomic_fetch_add_explicit(&keel__g.grq_len, n, memory_order_seq_cst);
   pthread_mutex_unlock(&keel__g.grq_lock);
 }
 
@@ -169,11 +169,11 @@ static keel__proc *ring_steal(keel__sched *thief, keel__sched *victim, uint32_t 
           atomic_load_explicit(&victim->rq[(h + i) % KEEL__RUNQ_SIZE], memory_order_relaxed);
       atomic_store_explicit(&thief->rq[(tt + i) % KEEL__RUNQ_SIZE], q, memory_order_relaxed);
     }
-    if (!atomic_compare_exchange_strong_explicit(&victim->rq_head, &h, h + n,
-                                                 memory_order_acq_rel, memory_order_relaxed))
+    if (!atomic_compare_exchange_strong_explicit(&victim->rq_head, &h, h + n, memory_order_acq_rel,
+                                                 memory_order_relaxed))
       continue;
-    keel__proc *run = atomic_load_explicit(&thief->rq[(tt + n - 1) % KEEL__RUNQ_SIZE],
-                                           memory_order_relaxed);
+    keel__proc *run =
+        atomic_load_explicit(&thief->rq[(tt + n - 1) % KEEL__RUNQ_SIZE], memory_order_relaxed);
     if (n > 1) atomic_store_explicit(&thief->rq_tail, tt + n - 1, memory_order_release);
     atomic_fetch_add_explicit(&thief->n_steals, n, memory_order_relaxed);
     return run;
@@ -228,10 +228,11 @@ static keel__proc *pq_pick_seeded(keel__sched *s) {
 /* ---- inbox ---------------------------------------------------------------- */
 
 void keel__sched_wake(keel__sched *s) {
-  /* seq_cst fence: pairs with the fence in sched_sleep (store sleeping, fence,
-   * check inbox) so that either we see sleeping == 1 or it sees our push. */
-  atomic_thread_fence(memory_order_seq_cst);
-  if (atomic_load_explicit(&s->sleeping, memory_order_relaxed)) uv_async_send(&s->async);
+  /* Dekker with sched_sleep: the pusher stores in_nonempty (seq_cst) then loads
+   * sleeping (seq_cst); the sleeper stores sleeping then loads in_nonempty.
+   * In the single total order of seq_cst operations one of the two loads sees
+   * the other's store, so either we wake it or it sees the work. */
+  if (atomic_load_explicit(&s->sleeping, memory_order_seq_cst)) uv_async_send(&s->async);
 }
 
 static void inbox_push(keel__sched *s, keel__proc *p) {
@@ -242,7 +243,7 @@ static void inbox_push(keel__sched *s, keel__proc *p) {
   else
     s->in_head = p;
   s->in_tail = p;
-  atomic_store_explicit(&s->in_nonempty, 1, memory_order_relaxed);
+  atomic_store_explicit(&s->in_nonempty, 1, memory_order_seq_cst);
   pthread_mutex_unlock(&s->inbox_lock);
   keel__sched_wake(s);
 }
@@ -326,14 +327,17 @@ bool keel__wake_exact(keel__proc *p, uint64_t expect, uint32_t cause) {
  * and none is already looking for work, wake one to steal. */
 static void wake_idle_sibling(keel__sched *s) {
   if (keel__g.nsched < 2) return;
-  if (atomic_load_explicit(&keel__g.nsleeping, memory_order_relaxed) == 0) return;
+  /* seq_cst: pairs with the sleeper's seq_cst increment and its later check
+   * of grq_len / its own queues; a sibling that is about to sleep either is
+   * counted here or sees the work itself. */
+  if (atomic_load_explicit(&keel__g.nsleeping, memory_order_seq_cst) == 0) return;
   int zero = 0;
-  if (!atomic_compare_exchange_strong_explicit(&keel__g.nspinning, &zero, 1,
-                                               memory_order_acq_rel, memory_order_relaxed))
+  if (!atomic_compare_exchange_strong_explicit(&keel__g.nspinning, &zero, 1, memory_order_acq_rel,
+                                               memory_order_relaxed))
     return;
   for (int i = 1; i < keel__g.nsched; i++) {
     keel__sched *o = &keel__g.scheds[(s->id + i) % keel__g.nsched];
-    if (atomic_load_explicit(&o->sleeping, memory_order_relaxed)) {
+    if (atomic_load_explicit(&o->sleeping, memory_order_seq_cst)) {
       uv_async_send(&o->async); /* o clears nspinning when it has looked */
       return;
     }
@@ -417,16 +421,11 @@ static void sched_run(keel__sched *s, keel__proc *p) {
   switch (p->req) {
   case KEEL__REQ_YIELD:
     sw = atomic_load_explicit(&p->sw, memory_order_relaxed);
-    atomic_store_explicit(&p->sw, (sw & ~(uint64_t)0xFF) | KEEL__ST_RUNNABLE,
-                          memory_order_relaxed);
+    atomic_store_explicit(&p->sw, (sw & ~(uint64_t)0xFF) | KEEL__ST_RUNNABLE, memory_order_relaxed);
     push_local(s, p);
     break;
-  case KEEL__REQ_WAIT:
-    sched_park(s, p);
-    break;
-  case KEEL__REQ_EXIT:
-    keel__proc_finalize(s, p);
-    break;
+  case KEEL__REQ_WAIT: sched_park(s, p); break;
+  case KEEL__REQ_EXIT: keel__proc_finalize(s, p); break;
   }
 }
 
@@ -438,9 +437,9 @@ static void grq_take(keel__sched *s) {
     keel__proc *p = keel__g.grq_head;
     keel__g.grq_head = p->runq_next;
     if (!keel__g.grq_head) keel__g.grq_tail = NULL;
-    atomic_store_explicit(&s->rq[(atomic_load_explicit(&s->rq_tail, memory_order_relaxed) + n) %
-                                 KEEL__RUNQ_SIZE],
-                          p, memory_order_relaxed);
+    atomic_store_explicit(
+        &s->rq[(atomic_load_explicit(&s->rq_tail, memory_order_relaxed) + n) % KEEL__RUNQ_SIZE], p,
+        memory_order_relaxed);
     n++;
   }
   atomic_fetch_sub_explicit(&keel__g.grq_len, n, memory_order_relaxed);
@@ -498,7 +497,8 @@ static keel__proc *sched_steal(keel__sched *s) {
         }
       }
     }
-    for (int k = 0; k < 50; k++) keel__cpu_relax();
+    for (int k = 0; k < 50; k++)
+      keel__cpu_relax();
   }
   return NULL;
 }
@@ -518,13 +518,11 @@ static void release_spinner(void) {
 }
 
 static void sched_sleep(keel__sched *s) {
-  atomic_store_explicit(&s->sleeping, 1, memory_order_relaxed);
-  atomic_fetch_add_explicit(&keel__g.nsleeping, 1, memory_order_relaxed);
-  atomic_thread_fence(memory_order_seq_cst); /* pairs with keel__sched_wake */
-  bool work = atomic_load_explicit(&s->in_nonempty, memory_order_relaxed) ||
-              atomic_load_explicit(&keel__g.grq_len, memory_order_relaxed) > 0 ||
-              ring_len(s) > 0 || s->pq_len > 0 ||
-              atomic_load_explicit(&s->runnext, memory_order_relaxed) ||
+  atomic_store_explicit(&s->sleeping, 1, memory_order_seq_cst); /* see keel__sched_wake */
+  atomic_fetch_add_explicit(&keel__g.nsleeping, 1, memory_order_seq_cst);
+  bool work = atomic_load_explicit(&s->in_nonempty, memory_order_seq_cst) ||
+              atomic_load_explicit(&keel__g.grq_len, memory_order_seq_cst) > 0 || ring_len(s) > 0 ||
+              s->pq_len > 0 || atomic_load_explicit(&s->runnext, memory_order_relaxed) ||
               atomic_load_explicit(&keel__g.state, memory_order_relaxed) != 1;
   if (!work) {
     s->last_poll_ns = keel__now_ns();
@@ -534,7 +532,9 @@ static void sched_sleep(keel__sched *s) {
   atomic_store_explicit(&s->sleeping, 0, memory_order_relaxed);
 }
 
-static void on_async(uv_async_t *a) { (void)a; }
+static void on_async(uv_async_t *a) {
+  (void)a;
+}
 
 static void *sched_main(void *arg) {
   keel__sched *s = arg;
@@ -602,8 +602,10 @@ int keel__sched_start_all(void) {
 }
 
 void keel__sched_stop_all(void) {
-  for (int i = 0; i < keel__g.nsched; i++) uv_async_send(&keel__g.scheds[i].async);
-  for (int i = 0; i < keel__g.nsched; i++) pthread_join(keel__g.scheds[i].thread, NULL);
+  for (int i = 0; i < keel__g.nsched; i++)
+    uv_async_send(&keel__g.scheds[i].async);
+  for (int i = 0; i < keel__g.nsched; i++)
+    pthread_join(keel__g.scheds[i].thread, NULL);
 }
 
 /* After every scheduler thread has exited: close the loops. */
@@ -691,8 +693,12 @@ static void *watchdog_main(void *arg) {
         if (p)
           for (int k = 0; k < KEEL__NAME_MAX - 1; k++)
             name[k] = __atomic_load_n(&p->name[k], __ATOMIC_RELAXED);
-        keel_report r = {.kind = KEEL_REPORT_STUCK, .pid = pid, .name = name, .scheduler = i,
-                         .held_ms = held, .reason = ""};
+        keel_report r = {.kind = KEEL_REPORT_STUCK,
+                         .pid = pid,
+                         .name = name,
+                         .scheduler = i,
+                         .held_ms = held,
+                         .reason = ""};
         pthread_mutex_unlock(&keel__g.wd_lock);
         keel__report(&r);
         pthread_mutex_lock(&keel__g.wd_lock);

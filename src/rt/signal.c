@@ -69,13 +69,14 @@ int keel__signal_send(keel_pid_t to, keel__sig_type type, keel_pid_t from, keel_
 /* Turns an exit signal into a KEEL_MSG_EXIT message at the end of the
  * mailbox, after everything that arrived before it. */
 static void deliver_exit_msg(keel__proc *p, keel_pid_t from, keel_reason_kind kind,
-                             const char *text) {
+                             const char *text, bool from_link) {
   size_t len = strlen(text);
   struct keel_msg *m = keel__msg_alloc(KEEL_MSG_EXIT, 0, len + 1);
   if (!m) return;
   m->to = p->pid;
   m->from = from;
   m->reason = (uint8_t)kind;
+  m->flags = from_link ? KEEL__MF_FROM_LINK : 0;
   memcpy(m->data, text, len + 1);
   m->size = len;
   keel__mailbox_move_all(p);
@@ -88,10 +89,11 @@ static void deliver_exit_msg(keel__proc *p, keel_pid_t from, keel_reason_kind ki
   p->save_len++;
 }
 
-static void apply_exit(keel__proc *p, keel_pid_t from, keel_reason_kind kind, const char *text) {
+static void apply_exit(keel__proc *p, keel_pid_t from, keel_reason_kind kind, const char *text,
+                       bool from_link) {
   if (kind == KEEL_REASON_KILL) keel__proc_die(p, KEEL_REASON_KILLED, NULL);
   if (p->trap_exit) {
-    deliver_exit_msg(p, from, kind, text);
+    deliver_exit_msg(p, from, kind, text, from_link);
     return;
   }
   if (kind == KEEL_REASON_NORMAL) {
@@ -115,15 +117,9 @@ void keel__signals_handle(keel__proc *p) {
     case KEEL__SIG_LINK:
       if (!keel__pidvec_has(&p->links, sig->from)) keel__pidvec_add(&p->links, sig->from);
       break;
-    case KEEL__SIG_UNLINK:
-      keel__pidvec_del(&p->links, sig->from);
-      break;
-    case KEEL__SIG_MONITOR:
-      keel__monvec_add(&p->monitored_by, sig->ref, sig->from);
-      break;
-    case KEEL__SIG_DEMONITOR:
-      keel__monvec_del(&p->monitored_by, sig->ref, NULL);
-      break;
+    case KEEL__SIG_UNLINK: keel__pidvec_del(&p->links, sig->from); break;
+    case KEEL__SIG_MONITOR: keel__monvec_add(&p->monitored_by, sig->ref, sig->from); break;
+    case KEEL__SIG_DEMONITOR: keel__monvec_del(&p->monitored_by, sig->ref, NULL); break;
     case KEEL__SIG_LINK_EXIT:
       if (!keel__pidvec_del(&p->links, sig->from)) break; /* unlinked meanwhile */
       /* fall through */
@@ -134,7 +130,8 @@ void keel__signals_handle(keel__proc *p) {
         keel__spin_lock(&p->sig_lock);
         if (next) {
           keel__sig *last = next;
-          while (last->next) last = last->next;
+          while (last->next)
+            last = last->next;
           last->next = p->sig_head;
           if (!p->sig_head) p->sig_tail = last;
           p->sig_head = next;
@@ -145,12 +142,13 @@ void keel__signals_handle(keel__proc *p) {
       }
       keel_pid_t from = sig->from;
       keel_reason_kind kind = (keel_reason_kind)sig->reason;
+      bool from_link = sig->type == KEEL__SIG_LINK_EXIT;
       char textbuf[1024];
       strncpy(textbuf, sig->text, sizeof textbuf - 1);
       textbuf[sizeof textbuf - 1] = 0;
       free(sig);
       sig = NULL;
-      apply_exit(p, from, kind, textbuf);
+      apply_exit(p, from, kind, textbuf, from_link);
       break;
     }
     }
@@ -165,7 +163,7 @@ int keel_exit_signal(keel_pid_t to, keel_reason_kind kind, const char *text) {
   keel_pid_t from = self ? self->pid : 0;
   if (self && to == self->pid) {
     /* exit(self(), Reason): handled now, as Erlang does */
-    apply_exit(self, from, kind, text ? text : "");
+    apply_exit(self, from, kind, text ? text : "", false);
     return 0;
   }
   return keel__signal_send(to, KEEL__SIG_EXIT, from, 0, kind, text);
@@ -186,11 +184,14 @@ int keel_link(keel_pid_t pid) {
 int keel_unlink(keel_pid_t pid) {
   keel__proc *p = keel__proc_self();
   if (!p) return KEEL_ENOTPROC;
-  if (!keel__pidvec_del(&p->links, pid)) return 0;
-  keel__signal_send(pid, KEEL__SIG_UNLINK, p->pid, 0, KEEL_REASON_NORMAL, NULL);
-  /* A LINK_EXIT from pid already queued is dropped by keel__signals_handle
-   * because pid is no longer in our set; a trapped one already turned into a
-   * message stays (as in Erlang). */
+  if (keel__pidvec_del(&p->links, pid))
+    keel__signal_send(pid, KEEL__SIG_UNLINK, p->pid, 0, KEEL_REASON_NORMAL, NULL);
+  /* A LINK_EXIT from pid still queued as a signal is dropped by
+   * keel__signals_handle because pid is no longer in our set; one that was
+   * already turned into an EXIT message is removed here. Erlang leaves the
+   * latter in the mailbox and tells callers to flush it by hand; keel makes
+   * unlink a clean cut instead. */
+  keel__mailbox_drop_link_exits(p, pid);
   return 0;
 }
 

@@ -42,9 +42,9 @@
 #define MADV_GUARD_INSTALL 102
 #endif
 
-#define GUARD_SIZE (16u * 1024u)
-#define SLAB_STACKS 32
-#define CACHE_MAX 64
+#define GUARD_SIZE    (16u * 1024u)
+#define SLAB_STACKS   32
+#define CACHE_MAX     64
 #define KEEP_RESIDENT (8u * 1024u)
 #define ALTSTACK_SIZE (64u * 1024u)
 
@@ -104,8 +104,8 @@ static size_t round_page(size_t n) {
 static keel__stack *map_stacks(size_t size, int count) {
   size_t each = GUARD_SIZE + size;
   size_t total = each * (size_t)count;
-  char *base = mmap(NULL, total, PROT_READ | PROT_WRITE,
-                    MAP_PRIVATE | MAP_ANONYMOUS | MAP_NORESERVE, -1, 0);
+  char *base =
+      mmap(NULL, total, PROT_READ | PROT_WRITE, MAP_PRIVATE | MAP_ANONYMOUS | MAP_NORESERVE, -1, 0);
   if (base == MAP_FAILED) return NULL;
   struct iovec iov[SLAB_STACKS];
   bool batched = false;

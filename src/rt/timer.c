@@ -22,7 +22,7 @@
 #include "rt/internal.h"
 
 #define TIMER_CACHE_MAX 256
-#define SHARDS 16
+#define SHARDS          16
 
 typedef struct shard {
   pthread_mutex_t lock;
@@ -52,7 +52,9 @@ void keel__timers_global_fini(void) {
   }
 }
 
-static shard *shard_of(keel_ref_t ref) { return &shards[(ref * 0x9E3779B97F4A7C15ull) >> 60]; }
+static shard *shard_of(keel_ref_t ref) {
+  return &shards[(ref * 0x9E3779B97F4A7C15ull) >> 60];
+}
 
 static uint32_t bucket_of(const shard *sh, keel_ref_t ref) {
   return (uint32_t)((ref * 0xff51afd7ed558ccdull) >> 32) & (sh->nbuckets - 1);
@@ -294,7 +296,7 @@ int keel_cancel_timer(keel_ref_t tref) {
     pthread_mutex_lock(&o->inbox_lock);
     t->next = o->in_cancel;
     o->in_cancel = t;
-    atomic_store_explicit(&o->in_nonempty, 1, memory_order_relaxed);
+    atomic_store_explicit(&o->in_nonempty, 1, memory_order_seq_cst);
     pthread_mutex_unlock(&o->inbox_lock);
     keel__sched_wake(o);
   }

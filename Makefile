@@ -1,0 +1,84 @@
+# keel - the user's entry points. Everything real happens in CMake; this file
+# names the builds and runs them.
+#
+#   make            build (build/)
+#   make run        build and run the example service
+#   make test       the whole suite: normal build, then ASan+UBSan, then the
+#                   concurrency tests under TSan, then the portable context switch
+#   make bench      the benchmarks (JSON lines)
+#   make bench-compare   the same workloads on keel and on Erlang/OTP, side by side
+#   make install    headers, libraries, keel.pc, CMake package (PREFIX=/usr/local)
+#   make clean
+
+PREFIX ?= /usr/local
+JOBS ?= $(shell nproc)
+WERROR ?= $(if $(CI),ON,OFF)
+CMAKE_FLAGS ?=
+CTEST = ctest --output-on-failure --no-tests=error
+
+.PHONY: all build run test test-release test-asan test-tsan test-portable test-install \
+        bench bench-compare install clean deps
+
+all: build
+
+deps:
+	@scripts/install-deps.sh
+
+build/Makefile: deps
+	cmake -S . -B build -DKEEL_WERROR=$(WERROR) $(CMAKE_FLAGS)
+
+build: build/Makefile
+	cmake --build build -j$(JOBS)
+
+run: build
+	./build/examples/hello_processes
+
+test: deps test-release test-asan test-tsan test-portable test-install
+	@echo "make test: all suites passed"
+
+test-release:
+	cmake -S . -B build -DKEEL_WERROR=$(WERROR) $(CMAKE_FLAGS)
+	cmake --build build -j$(JOBS)
+	$(CTEST) --test-dir build
+
+test-asan:
+	cmake -S . -B build-asan -DKEEL_WERROR=$(WERROR) -DKEEL_SANITIZE=address,undefined \
+	      -DKEEL_BUILD_BENCH=OFF -DCMAKE_BUILD_TYPE=Debug $(CMAKE_FLAGS)
+	cmake --build build-asan -j$(JOBS)
+	ASAN_OPTIONS=detect_leaks=1:abort_on_error=1 UBSAN_OPTIONS=print_stacktrace=1 \
+	  KEEL_TEST_SANITIZER=asan $(CTEST) --test-dir build-asan
+
+test-tsan:
+	cmake -S . -B build-tsan -DKEEL_WERROR=$(WERROR) -DKEEL_SANITIZE=thread \
+	      -DKEEL_BUILD_BENCH=OFF -DKEEL_BUILD_EXAMPLES=OFF $(CMAKE_FLAGS)
+	cmake --build build-tsan -j$(JOBS)
+	TSAN_OPTIONS=halt_on_error=1:second_deadlock_stack=1 KEEL_TEST_SANITIZER=tsan \
+	  $(CTEST) --test-dir build-tsan -L concurrency
+
+# The portable (_setjmp/_longjmp) context switch, used where there is no
+# assembly switch, runs the runtime's tests too.
+test-portable:
+	cmake -S . -B build-portable -DKEEL_WERROR=$(WERROR) -DKEEL_CONTEXT=portable \
+	      -DKEEL_BUILD_BENCH=OFF -DKEEL_BUILD_EXAMPLES=OFF $(CMAKE_FLAGS)
+	cmake --build build-portable -j$(JOBS)
+	$(CTEST) --test-dir build-portable -L rt -E 'test_idle|test_memory'
+
+# Installs into a scratch prefix and builds a consumer with find_package and
+# with pkg-config.
+test-install: build
+	tests/install/check.sh build
+
+bench: build
+	./build/bench/bench_rt
+
+bench-compare: build
+	@scripts/install-deps.sh --bench
+	./build/bench/bench_rt > build/bench-keel.jsonl
+	BUILD_DIR=build bench/erlang/run.sh > build/bench-beam.jsonl
+	bench/compare.sh build/bench-keel.jsonl build/bench-beam.jsonl
+
+install: build
+	cmake --install build --prefix $(PREFIX)
+
+clean:
+	rm -rf build build-asan build-tsan build-portable

@@ -1,0 +1,34 @@
+#!/usr/bin/env bash
+# Installs the Debian packages keel needs to build, test and benchmark, when
+# they are missing. Runs apt-get through sudo when not root. Safe to run again:
+# it does nothing when everything is there.
+#
+#   scripts/install-deps.sh          build + test dependencies
+#   scripts/install-deps.sh --bench  also what `make bench-compare` needs
+set -euo pipefail
+
+packages=(build-essential cmake pkg-config libuv1-dev)
+if [[ "${1:-}" == "--bench" ]]; then
+  packages+=(erlang-base jq)
+fi
+
+missing=()
+for p in "${packages[@]}"; do
+  if ! dpkg-query -W -f='${Status}' "$p" 2>/dev/null | grep -q "install ok installed"; then
+    missing+=("$p")
+  fi
+done
+[[ ${#missing[@]} -eq 0 ]] && exit 0
+
+echo "install-deps: installing ${missing[*]}" >&2
+sudo=()
+if [[ $(id -u) -ne 0 ]]; then
+  if ! command -v sudo >/dev/null; then
+    echo "install-deps: need root or sudo to install: ${missing[*]}" >&2
+    exit 1
+  fi
+  sudo=(sudo)
+fi
+export DEBIAN_FRONTEND=noninteractive
+"${sudo[@]}" apt-get update -qq
+"${sudo[@]}" apt-get install -y -qq --no-install-recommends "${missing[@]}"
