@@ -16,7 +16,7 @@ WERROR ?= $(if $(CI),ON,OFF)
 CMAKE_FLAGS ?=
 CTEST = ctest --output-on-failure --no-tests=error
 
-.PHONY: all build run test test-release test-asan test-tsan test-portable test-install \
+.PHONY: all build run test test-release test-asan test-tsan test-portable test-cross test-install \
         bench bench-compare install clean deps
 
 all: build
@@ -33,7 +33,7 @@ build: build/Makefile
 run: build
 	./build/examples/hello_processes
 
-test: deps test-release test-asan test-tsan test-portable test-install
+test: deps test-release test-asan test-tsan test-portable test-cross test-install
 	@echo "make test: all suites passed"
 
 test-release:
@@ -62,6 +62,10 @@ test-portable:
 	      -DKEEL_BUILD_BENCH=OFF -DKEEL_BUILD_EXAMPLES=OFF $(CMAKE_FLAGS)
 	cmake --build build-portable -j$(JOBS)
 	$(CTEST) --test-dir build-portable -L rt -E 'test_idle|test_memory'
+
+# The AArch64 assembly context switch, cross-built and run under qemu.
+test-cross:
+	tests/ctx/run-cross.sh build
 
 # Installs into a scratch prefix and builds a consumer with find_package and
 # with pkg-config.

@@ -7,7 +7,10 @@
 #   scripts/install-deps.sh --bench  also what `make bench-compare` needs
 set -euo pipefail
 
-packages=(build-essential cmake pkg-config libuv1-dev)
+# build: compiler, cmake, libuv. test: a cross compiler and qemu to run the
+# AArch64 context switch (tests/ctx/run-cross.sh).
+packages=(build-essential cmake pkg-config libuv1-dev
+  gcc-aarch64-linux-gnu libc6-dev-arm64-cross qemu-user)
 if [[ "${1:-}" == "--bench" ]]; then
   packages+=(erlang-base jq)
 fi

@@ -4,7 +4,8 @@
  * saves only what the ABI makes callee-saved, plus the floating-point control
  * words, and never enters the kernel. Elsewhere (KEEL_CTX_PORTABLE) a context
  * is born once with makecontext/swapcontext and afterwards switched with
- * _setjmp/_longjmp, which do not touch the signal mask either; that fallback is
+ * _setjmp/_longjmp, which do not touch the signal mask either, plus
+ * fegetenv/fesetenv for the floating-point control words; that fallback is
  * tested in CI by building with -DKEEL_CONTEXT=portable.
  *
  * Sanitizers: before every switch we call __sanitizer_start_switch_fiber with
@@ -71,7 +72,9 @@ static void portable_boot(void) {
   void (*entry)(void *) = boot.entry;
   void *arg = boot.arg;
   if (_setjmp(c->jb) == 0) setcontext(&boot.back); /* back into make */
-  entry(arg);                                      /* first real switch lands here */
+  /* the first real switch lands here: start with the default FP environment */
+  fesetenv(FE_DFL_ENV);
+  entry(arg);
   abort();
 }
 #endif
@@ -166,7 +169,9 @@ void keel__ctx_switch(keel__ctx *from, keel__ctx *to, int from_dies) {
 #if KEEL_CTX_ASM
   keel__ctx_swap(&from->sp, to->sp);
 #else
+  fegetenv(&from->fenv);
   if (_setjmp(from->jb) == 0) _longjmp(to->jb, 1);
+  fesetenv(&from->fenv);
 #endif
 #if KEEL_ASAN
   /* Back in `from`. A process learns its scheduler's stack bounds here (it

@@ -13,6 +13,7 @@
 #include <stddef.h>
 #include <stdint.h>
 #if KEEL_CTX_PORTABLE
+#include <fenv.h>
 #include <setjmp.h>
 #endif
 
@@ -35,6 +36,7 @@ typedef struct keel__ctx {
   void *sp; /* saved stack pointer (asm switch) */
 #if KEEL_CTX_PORTABLE
   jmp_buf jb;
+  fenv_t fenv; /* the floating-point environment, saved by hand: _setjmp does not */
 #endif
   const void *stack_lo; /* the stack's usable range, for ASan */
   size_t stack_size;
