@@ -21,6 +21,7 @@
 #endif
 
 #if KEEL_ASAN
+void __asan_unpoison_memory_region(void const volatile *addr, size_t size);
 void __sanitizer_start_switch_fiber(void **fake_stack_save, const void *bottom, size_t size);
 void __sanitizer_finish_switch_fiber(void *fake_stack_save, const void **bottom_old,
                                      size_t *size_old);
@@ -83,6 +84,11 @@ void keel__ctx_make(keel__ctx *c, void *lo, size_t size, void (*entry)(void *), 
   memset(c, 0, sizeof *c);
   c->stack_lo = lo;
   c->stack_size = size;
+#if KEEL_ASAN
+  /* A pooled stack may still carry the poisoned redzones of frames whose
+   * process died inside them (it never returned to clear them). */
+  __asan_unpoison_memory_region(lo, size);
+#endif
 #if KEEL_CTX_ASM
   uintptr_t top = ((uintptr_t)lo + size) & ~(uintptr_t)15;
 #if defined(__x86_64__)

@@ -445,6 +445,10 @@ void keel__timers_global_fini(void);
 
 /* Reports (rt.c) */
 void keel__report(const keel_report *r);
-void keel__handle_close_cb(uv_handle_t *h); /* frees a malloc'd keel handle */
+/* keel's own libuv handles are malloc'd, start with the uv handle, and carry
+ * keel__handle_tag in `data`; keel__handle_close_cb frees them. Handles
+ * without the tag belong to the user and are only closed at shutdown. */
+extern void *const keel__handle_tag;
+void keel__handle_close_cb(uv_handle_t *h);
 
 #endif

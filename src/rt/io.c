@@ -65,8 +65,13 @@ void keel_io_end(keel_io_t *io) {
 
 /* ---- file descriptors -------------------------------------------------------- */
 
+typedef struct fd_poll {
+  uv_poll_t h; /* first: the handle's address is the struct's */
+  keel_io_t *io;
+} fd_poll;
+
 static void on_poll(uv_poll_t *h, int status, int events) {
-  keel_io_t *io = h->data;
+  keel_io_t *io = ((fd_poll *)h)->io;
   uv_poll_stop(h);
   if (!io) return;
   int r = 0;
@@ -82,10 +87,10 @@ static void on_poll(uv_poll_t *h, int status, int events) {
 /* Runs if the process dies inside keel_wait_fd (an exit signal while it
  * waits): the handle must not outlive it, or the fd stays registered. */
 static void poll_cleanup(void *arg) {
-  uv_poll_t *h = arg;
-  h->data = NULL;
-  uv_poll_stop(h);
-  uv_close((uv_handle_t *)h, keel__handle_close_cb);
+  fd_poll *fp = arg;
+  fp->io = NULL;
+  uv_poll_stop(&fp->h);
+  uv_close((uv_handle_t *)&fp->h, keel__handle_close_cb);
 }
 
 int keel_wait_fd(int fd, int events, int64_t timeout_ms, int *revents) {
@@ -97,26 +102,28 @@ int keel_wait_fd(int fd, int events, int64_t timeout_ms, int *revents) {
   keel_io_t io;
   int rc = keel_io_begin(&io);
   if (rc) return rc;
-  uv_poll_t *h = malloc(sizeof *h);
-  if (!h) {
+  fd_poll *fp = malloc(sizeof *fp);
+  if (!fp) {
     keel_io_end(&io);
     return KEEL_ENOMEM;
   }
+  uv_poll_t *h = &fp->h;
   if (uv_poll_init(keel_io_loop(&io), h, fd) != 0) {
-    free(h);
+    free(fp);
     keel_io_end(&io);
     return KEEL_EINVAL; /* not pollable (a regular file?) or not a descriptor */
   }
-  h->data = &io;
+  h->data = keel__handle_tag;
+  fp->io = &io;
   int uvev =
       ((events & KEEL_READABLE) ? UV_READABLE : 0) | ((events & KEEL_WRITABLE) ? UV_WRITABLE : 0);
   uv_poll_start(h, uvev, on_poll);
   keel__proc *p = keel__proc_self();
   p->io_cleanup = poll_cleanup;
-  p->io_cleanup_arg = h;
+  p->io_cleanup_arg = fp;
   rc = keel_io_wait(&io, timeout_ms);
   p->io_cleanup = NULL;
-  poll_cleanup(h);
+  poll_cleanup(fp);
   keel_io_end(&io);
   if (rc < 0) return rc;
   if (revents) *revents = rc;

@@ -567,9 +567,12 @@ static void *sched_main(void *arg) {
 
 /* ---- start and stop ------------------------------------------------------- */
 
+/* At shutdown: close every handle still on a loop. keel's own are freed;
+ * the async handle is part of the scheduler; anything else is the user's. */
 static void close_walk(uv_handle_t *h, void *arg) {
   (void)arg;
-  if (!uv_is_closing(h)) uv_close(h, (uv_close_cb)h->data);
+  if (uv_is_closing(h)) return;
+  uv_close(h, h->data == keel__handle_tag ? keel__handle_close_cb : NULL);
 }
 
 int keel__sched_start_all(void) {
@@ -585,7 +588,6 @@ int keel__sched_start_all(void) {
     pthread_mutex_init(&s->inbox_lock, NULL);
     if (uv_loop_init(&s->loop) != 0) return KEEL_ENOMEM;
     uv_async_init(&s->loop, &s->async, on_async);
-    s->async.data = NULL;
   }
   for (int i = 0; i < n; i++) {
     keel__sched *s = &keel__g.scheds[i];

@@ -100,6 +100,9 @@ static keel__timer *index_take(shard *sh, keel_ref_t ref) {
   return NULL;
 }
 
+static char handle_tag_;
+void *const keel__handle_tag = &handle_tag_;
+
 void keel__handle_close_cb(uv_handle_t *h) {
   if (h->type == UV_TIMER) {
     keel__timer *t = (keel__timer *)h;
@@ -122,6 +125,7 @@ keel__timer *keel__timer_get(keel__sched *s) {
     t = calloc(1, sizeof *t);
     if (!t) return NULL;
     uv_timer_init(&s->loop, &t->uv);
+    t->uv.data = keel__handle_tag;
     t->sched = s;
   }
   t->next = NULL;
@@ -218,11 +222,10 @@ static void on_send_timer(uv_timer_t *h) {
   bool won = atomic_compare_exchange_strong(&t->state, &armed, KEEL__TM_FIRED);
   if (won) index_take(sh, t->ref);
   pthread_mutex_unlock(&sh->lock);
-  if (won) {
-    struct keel_msg *m = t->msg;
-    t->msg = NULL;
-    keel__deliver(t->to, m);
-  }
+  if (!won) return; /* cancelled: the canceller closes the handle (here or via our inbox) */
+  struct keel_msg *m = t->msg;
+  t->msg = NULL;
+  keel__deliver(t->to, m);
   uv_close((uv_handle_t *)&t->uv, keel__handle_close_cb);
 }
 
@@ -243,6 +246,7 @@ int keel_send_after(keel_pid_t to, int64_t ms, keel_msg_t *m, keel_ref_t *tref) 
     return KEEL_ENOMEM;
   }
   uv_timer_init(&s->loop, &t->uv);
+  t->uv.data = keel__handle_tag;
   t->sched = s;
   t->is_send = true;
   t->ref = keel_make_ref();
