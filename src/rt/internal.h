@@ -84,7 +84,7 @@ struct keel_msg {
  * empty, or spins when it must see everything (keel__mbox_pop_all). */
 typedef struct keel__mbox {
   struct keel_msg *_Atomic head; /* producers exchange here (newest) */
-  struct keel_msg *tail;         /* consumer pops here (oldest) */
+  struct keel_msg *_Atomic tail; /* consumer pops here (oldest); atomic only for keel__mbox_empty */
   struct keel_msg stub;
 } keel__mbox;
 

@@ -120,7 +120,7 @@ int keel_msg_exit_info(const keel_msg_t *m, keel_pid_t *pid, keel_reason *reason
 void keel__mbox_init(keel__mbox *q) {
   atomic_store_explicit(&q->stub.next, NULL, memory_order_relaxed);
   atomic_store_explicit(&q->head, &q->stub, memory_order_relaxed);
-  q->tail = &q->stub;
+  atomic_store_explicit(&q->tail, &q->stub, memory_order_relaxed);
 }
 
 void keel__mbox_push(keel__mbox *q, struct keel_msg *m) {
@@ -133,16 +133,16 @@ void keel__mbox_push(keel__mbox *q, struct keel_msg *m) {
 }
 
 struct keel_msg *keel__mbox_pop(keel__mbox *q) {
-  struct keel_msg *tail = q->tail;
+  struct keel_msg *tail = atomic_load_explicit(&q->tail, memory_order_relaxed);
   struct keel_msg *next = atomic_load_explicit(&tail->next, memory_order_acquire);
   if (tail == &q->stub) {
     if (!next) return NULL;
-    q->tail = next;
+    atomic_store_explicit(&q->tail, next, memory_order_relaxed);
     tail = next;
     next = atomic_load_explicit(&next->next, memory_order_acquire);
   }
   if (next) {
-    q->tail = next;
+    atomic_store_explicit(&q->tail, next, memory_order_relaxed);
     return tail;
   }
   if (tail != atomic_load_explicit(&q->head, memory_order_acquire))
@@ -150,14 +150,18 @@ struct keel_msg *keel__mbox_pop(keel__mbox *q) {
   keel__mbox_push(q, &q->stub);
   next = atomic_load_explicit(&tail->next, memory_order_acquire);
   if (next) {
-    q->tail = next;
+    atomic_store_explicit(&q->tail, next, memory_order_relaxed);
     return tail;
   }
   return NULL;
 }
 
 bool keel__mbox_empty(keel__mbox *q) {
-  return q->tail == &q->stub && atomic_load_explicit(&q->head, memory_order_seq_cst) == &q->stub;
+  /* Also called by the scheduler parking the owner, which may already be
+   * running elsewhere: hence the relaxed atomic read of tail. A stale answer
+   * only causes a wake attempt that fails or a wake left to the producer. */
+  return atomic_load_explicit(&q->tail, memory_order_relaxed) == &q->stub &&
+         atomic_load_explicit(&q->head, memory_order_seq_cst) == &q->stub;
 }
 
 /* ---- armed references ---------------------------------------------------------- */
