@@ -8,5 +8,7 @@
 #include "keel/message.h"
 #include "keel/timer.h"
 #include "keel/io.h"
+#include "keel/registry.h"
+#include "keel/gen_server.h"
 
 #endif

@@ -63,7 +63,19 @@ size_t keel_msg_size(const keel_msg_t *m);  /* payload size in bytes */
 uint32_t keel_msg_tag(const keel_msg_t *m); /* the user tag (0 for EXIT/DOWN) */
 keel_msg_kind keel_msg_kind_of(const keel_msg_t *m);
 keel_pid_t keel_msg_from(const keel_msg_t *m); /* sender; 0 when sent from outside a process */
-keel_ref_t keel_msg_ref(const keel_msg_t *m);  /* reference of a REPLY or DOWN, else 0 */
+keel_ref_t keel_msg_ref(const keel_msg_t *m);  /* reference of a REPLY, a DOWN, or set below */
+
+/* Sets the reference a USER message carries (a call's reference, so that the
+ * receiver can reply to it). keel_send keeps it. */
+void keel_msg_set_ref(keel_msg_t *m, keel_ref_t ref);
+
+/* A protocol marker for behaviours built on messages: gen_server marks its
+ * calls and casts with it, so plain messages (marker 0) go to handle_info.
+ * 1..127 are reserved for keel (KEEL_PROTO_*), 128..255 are the
+ * application's. keel_send keeps it. */
+enum { KEEL_PROTO_NONE = 0, KEEL_PROTO_CALL = 1, KEEL_PROTO_CAST = 2, KEEL_PROTO_SYSTEM = 3 };
+uint8_t keel_msg_proto(const keel_msg_t *m);
+void keel_msg_set_proto(keel_msg_t *m, uint8_t proto);
 
 /* For KEEL_MSG_EXIT: the process whose exit signal this is, and the reason.
  * For KEEL_MSG_DOWN: the monitored process and its exit reason.

@@ -57,7 +57,9 @@ typedef struct keel_spawn_opts {
   int scheduler;           /* scheduler hint: where the process first runs; -1 (default): here */
   bool link;               /* link the new process to the caller, atomically with the spawn */
   bool monitor;            /* monitor it atomically with the spawn; the ref goes to *monitor_ref */
-  keel_ref_t *monitor_ref; /* out: the monitor's reference when monitor is set */
+  keel_ref_t *monitor_ref; /* out: the monitor's reference when monitor is set; if it
+                              points to a non-zero ref (from keel_make_ref), that ref is
+                              used, so the child can be told it before it runs */
   bool trap_exit;          /* the new process starts trapping exits */
   const char *name;        /* a label for reports and the observer (copied, up to 31 bytes) */
 } keel_spawn_opts;
@@ -141,6 +143,24 @@ const char *keel_self_name(void);
  * Use it to free what a process owns so that a kill loses nothing.
  * Errors: KEEL_ENOTPROC, KEEL_ENOMEM. */
 int keel_on_exit(void (*fn)(void *arg), void *arg);
+
+/* Registers fn(arg) to run when process `pid` exits (as keel_on_exit, but for
+ * another process: the request travels as a signal). If pid is already dead
+ * the call returns KEEL_ENOPROC and fn is not called: the caller cleans up
+ * itself. fn runs on a scheduler thread. Any thread. */
+int keel_on_exit_of(keel_pid_t pid, void (*fn)(void *arg), void *arg);
+
+/* Process-local storage: a few pointers per process, NULL at spawn. Slots
+ * below KEEL_LOCAL_USER are used by keel's own layers. Outside a process
+ * keel_local_get returns NULL and keel_local_set KEEL_ENOTPROC. */
+enum {
+  KEEL_LOCAL_GEN_SERVER = 0, /* gen_server.c: the running server */
+  KEEL_LOCAL_LOG = 1,        /* the process's logging context */
+  KEEL_LOCAL_USER = 4,       /* 4..7: the application's */
+  KEEL_LOCAL_SLOTS = 8
+};
+void *keel_local_get(int slot);
+int keel_local_set(int slot, void *value);
 
 /* A new reference, unique within the node. Any thread. */
 keel_ref_t keel_make_ref(void);

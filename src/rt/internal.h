@@ -74,6 +74,7 @@ struct keel_msg {
   uint8_t kind;   /* keel_msg_kind */
   uint8_t reason; /* EXIT/DOWN: keel_reason_kind; payload holds the text */
   uint8_t flags;  /* KEEL__MF_* */
+  uint8_t proto;  /* keel_msg_proto */
   size_t size;
   _Alignas(16) unsigned char data[];
 };
@@ -97,6 +98,7 @@ typedef enum {
   KEEL__SIG_UNLINK,
   KEEL__SIG_MONITOR,
   KEEL__SIG_DEMONITOR,
+  KEEL__SIG_HOOK, /* keel_on_exit_of: add an exit hook */
 } keel__sig_type;
 
 typedef struct keel__sig {
@@ -105,6 +107,8 @@ typedef struct keel__sig {
   uint8_t reason;
   keel_pid_t from;
   keel_ref_t ref;
+  void (*hook_fn)(void *); /* HOOK */
+  void *hook_arg;
   char text[]; /* EXIT reasons */
 } keel__sig;
 
@@ -209,6 +213,7 @@ typedef struct keel__proc {
   keel__monvec monitored_by; /* monitors held on this process (ref -> watcher) */
   keel__reftab refs;         /* armed references */
   keel__exit_hook *exit_hooks;
+  void *local[KEEL_LOCAL_SLOTS]; /* keel_local_get/set */
   bool trap_exit;
   bool fresh;                     /* never run: its context is built at its first run */
   bool in_blocking;               /* signals deferred until the blocking call returns */
@@ -382,7 +387,9 @@ uint32_t keel__wait(keel__proc *p, uint32_t mask, uint64_t deadline_ns);
 /* Signals (signal.c) */
 int keel__signal_send(keel_pid_t to, keel__sig_type type, keel_pid_t from, keel_ref_t ref,
                       keel_reason_kind reason, const char *text);
-void keel__signals_handle(keel__proc *p); /* owner; may exit */
+int keel__signal_post(keel__proc *p, keel_pid_t to, keel__sig *sig); /* consumes sig */
+void keel__signals_handle(keel__proc *p);                            /* owner; may exit */
+int keel__exit_hook_add(keel__proc *p, void (*fn)(void *), void *arg);
 _Noreturn void keel__proc_die(keel__proc *p, keel_reason_kind kind, const char *text);
 void keel__proc_finalize(keel__sched *s, keel__proc *p); /* scheduler, after the process died */
 

@@ -69,6 +69,7 @@ struct keel_msg *keel__msg_alloc(uint8_t kind, uint32_t tag, size_t size) {
   m->kind = kind;
   m->reason = 0;
   m->flags = 0;
+  m->proto = 0;
   m->size = size;
   return m;
 }
@@ -103,6 +104,15 @@ keel_pid_t keel_msg_from(const keel_msg_t *m) {
 }
 keel_ref_t keel_msg_ref(const keel_msg_t *m) {
   return m->ref;
+}
+void keel_msg_set_ref(keel_msg_t *m, keel_ref_t ref) {
+  m->ref = ref;
+}
+uint8_t keel_msg_proto(const keel_msg_t *m) {
+  return m->proto;
+}
+void keel_msg_set_proto(keel_msg_t *m, uint8_t proto) {
+  m->proto = proto;
 }
 
 int keel_msg_exit_info(const keel_msg_t *m, keel_pid_t *pid, keel_reason *reason) {
@@ -386,8 +396,7 @@ int keel_send(keel_pid_t to, keel_msg_t *m) {
     return KEEL_EINVAL;
   }
   keel__proc *self = keel__proc_self();
-  m->kind = KEEL_MSG_USER;
-  m->ref = 0;
+  m->kind = KEEL_MSG_USER; /* ref and proto are the sender's to set */
   m->from = self ? self->pid : 0;
   int rc = keel__deliver(to, m);
   charge_send(self);

@@ -241,6 +241,7 @@ int keel_spawn(keel_proc_fn fn, void *arg, const keel_spawn_opts *opts, keel_pid
   p->monitors.n = 0;
   p->monitored_by.n = 0;
   p->exit_hooks = NULL;
+  memset(p->local, 0, sizeof p->local);
   p->trap_exit = opts->trap_exit;
   p->in_blocking = false;
   p->pinned = 0;
@@ -258,7 +259,7 @@ int keel_spawn(keel_proc_fn fn, void *arg, const keel_spawn_opts *opts, keel_pid
     if (!err && (err = keel__pidvec_add(&parent->links, pid)) != 0) p->links.n = 0;
   }
   if (!err && opts->monitor) {
-    keel_ref_t ref = keel_make_ref();
+    keel_ref_t ref = opts->monitor_ref && *opts->monitor_ref ? *opts->monitor_ref : keel_make_ref();
     err = keel__monvec_add(&p->monitored_by, ref, parent->pid);
     if (!err && (err = keel__monvec_add(&parent->monitors, ref, pid)) != 0) p->monitored_by.n = 0;
     if (!err && opts->monitor_ref) *opts->monitor_ref = ref;
@@ -338,6 +339,24 @@ int keel_on_exit(void (*fn)(void *), void *arg) {
   keel__proc *p = keel__proc_self();
   if (!p) return KEEL_ENOTPROC;
   if (!fn) return KEEL_EINVAL;
+  return keel__exit_hook_add(p, fn, arg);
+}
+
+void *keel_local_get(int slot) {
+  keel__proc *p = keel__proc_self();
+  if (!p || slot < 0 || slot >= KEEL_LOCAL_SLOTS) return NULL;
+  return p->local[slot];
+}
+
+int keel_local_set(int slot, void *value) {
+  keel__proc *p = keel__proc_self();
+  if (!p) return KEEL_ENOTPROC;
+  if (slot < 0 || slot >= KEEL_LOCAL_SLOTS) return KEEL_EINVAL;
+  p->local[slot] = value;
+  return 0;
+}
+
+int keel__exit_hook_add(keel__proc *p, void (*fn)(void *), void *arg) {
   keel__exit_hook *h = malloc(sizeof *h);
   if (!h) return KEEL_ENOMEM;
   h->fn = fn;
@@ -434,6 +453,7 @@ void keel__proc_finalize(keel__sched *s, keel__proc *p) {
     case KEEL__SIG_LINK_EXIT: keel__pidvec_del(&p->links, sig->from); break;
     case KEEL__SIG_MONITOR: keel__monvec_add(&p->monitored_by, sig->ref, sig->from); break;
     case KEEL__SIG_DEMONITOR: keel__monvec_del(&p->monitored_by, sig->ref, NULL); break;
+    case KEEL__SIG_HOOK: keel__exit_hook_add(p, sig->hook_fn, sig->hook_arg); break;
     default: break;
     }
     free(sig);
@@ -495,6 +515,7 @@ void keel__proc_destroy(keel__proc *p);
 void keel__proc_destroy(keel__proc *p) {
   while (p->sig_head) {
     keel__sig *n = p->sig_head->next;
+    if (p->sig_head->type == KEEL__SIG_HOOK) p->sig_head->hook_fn(p->sig_head->hook_arg);
     free(p->sig_head);
     p->sig_head = n;
   }

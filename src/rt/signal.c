@@ -43,8 +43,16 @@ int keel__signal_send(keel_pid_t to, keel__sig_type type, keel_pid_t from, keel_
   sig->reason = (uint8_t)reason;
   sig->from = from;
   sig->ref = ref;
+  sig->hook_fn = NULL;
+  sig->hook_arg = NULL;
   memcpy(sig->text, text ? text : "", len + 1);
 
+  return keel__signal_post(p, to, sig);
+}
+
+/* Queues a prepared signal on p (the slot of `to`), consuming sig. */
+int keel__signal_post(keel__proc *p, keel_pid_t to, keel__sig *sig) {
+  keel__sig_type type = (keel__sig_type)sig->type;
   keel__spin_lock(&p->sig_lock);
   if (p->sig_pid != to) {
     keel__spin_unlock(&p->sig_lock);
@@ -59,7 +67,7 @@ int keel__signal_send(keel_pid_t to, keel__sig_type type, keel_pid_t from, keel_
   atomic_store_explicit(&p->sig_pending, 1, memory_order_seq_cst);
   keel__spin_unlock(&p->sig_lock);
   if (type != KEEL__SIG_LINK && type != KEEL__SIG_UNLINK && type != KEEL__SIG_MONITOR &&
-      type != KEEL__SIG_DEMONITOR)
+      type != KEEL__SIG_DEMONITOR && type != KEEL__SIG_HOOK)
     keel__wake(p, KEEL__PID_GEN(to), KEEL__W_SIG);
   /* Bookkeeping signals need not wake a sleeper: they are handled at its next
    * turn, and nothing it waits for depends on them. */
@@ -120,6 +128,7 @@ void keel__signals_handle(keel__proc *p) {
     case KEEL__SIG_UNLINK: keel__pidvec_del(&p->links, sig->from); break;
     case KEEL__SIG_MONITOR: keel__monvec_add(&p->monitored_by, sig->ref, sig->from); break;
     case KEEL__SIG_DEMONITOR: keel__monvec_del(&p->monitored_by, sig->ref, NULL); break;
+    case KEEL__SIG_HOOK: keel__exit_hook_add(p, sig->hook_fn, sig->hook_arg); break;
     case KEEL__SIG_LINK_EXIT:
       if (!keel__pidvec_del(&p->links, sig->from)) break; /* unlinked meanwhile */
       /* fall through */
@@ -221,4 +230,20 @@ int keel_demonitor(keel_ref_t ref) {
   /* A DOWN for ref already in the mailbox is dropped when it is reached,
    * because ref is no longer among our monitors (mailbox.c). */
   return 0;
+}
+
+int keel_on_exit_of(keel_pid_t pid, void (*fn)(void *), void *arg) {
+  if (!pid || !fn) return KEEL_EINVAL;
+  keel__proc *self = keel__proc_self();
+  if (self && self->pid == pid) return keel_on_exit(fn, arg);
+  keel__proc *p = keel__slot(KEEL__PID_IDX(pid));
+  if (!p) return KEEL_ENOPROC;
+  keel__sig *sig = malloc(sizeof *sig + 1);
+  if (!sig) return KEEL_ENOMEM;
+  memset(sig, 0, sizeof *sig + 1);
+  sig->type = KEEL__SIG_HOOK;
+  sig->from = self ? self->pid : 0;
+  sig->hook_fn = fn;
+  sig->hook_arg = arg;
+  return keel__signal_post(p, pid, sig);
 }

@@ -252,7 +252,6 @@ int keel_send_after(keel_pid_t to, int64_t ms, keel_msg_t *m, keel_ref_t *tref) 
   t->ref = keel_make_ref();
   t->to = to;
   m->kind = KEEL_MSG_USER;
-  m->ref = 0;
   m->from = keel_self();
   t->msg = m;
   atomic_init(&t->state, KEEL__TM_ARMED);

@@ -1,0 +1,399 @@
+/* gen_server.c - the generic server behaviour on top of the process runtime.
+ *
+ * Protocol. A call is a message marked KEEL_PROTO_CALL whose reference is a
+ * monitor the caller holds on the server, armed with keel_await_ref: the reply
+ * (keel_reply with that reference) and the DOWN of that monitor both end the
+ * caller's keel_await in O(1), so a call learns of the server's death at once
+ * and a reply that comes after a timeout is dropped by the runtime. A cast is
+ * marked KEEL_PROTO_CAST. A stop request is a KEEL_PROTO_SYSTEM message, so it
+ * is handled in queue order, after everything sent before it.
+ *
+ * Start is synchronous, as in OTP's proc_lib: the starter arms a reference
+ * and monitors the new process; the server registers its name, runs init and
+ * replies with the outcome. On failure the server unlinks from its starter
+ * before exiting, so a linked starter is told by the return value, not killed.
+ * If init does not answer in time the starter unlinks and kills it, and waits
+ * for its DOWN, so that nothing is left behind when start returns.
+ *
+ * A trapping server whose parent (the linked starter, normally a supervisor)
+ * sends an exit signal terminates with that reason, running terminate, as
+ * OTP's gen_server does.
+ */
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+
+#include "keel.h"
+
+enum { SYS_STOP = 1 };
+
+typedef struct sys_stop {
+  uint32_t op;
+  keel_reason_kind kind;
+  char text[];
+} sys_stop;
+
+/* What the starter hands to the new process; lives on the starter's stack
+ * until the ack, so the server copies what it needs before acking. */
+typedef struct start_arg {
+  const keel_gen_server *beh;
+  void *arg;
+  keel_pid_t starter;
+  keel_ref_t ack;
+  const char *name;
+  bool linked;
+} start_arg;
+
+typedef struct ack {
+  int rc;
+  keel_reason_kind kind;
+  char text[256];
+} ack;
+
+/* Per-server state while its callbacks run (process-local slot). */
+typedef struct gs_server {
+  const keel_gen_server *beh;
+  void *state;
+  keel_pid_t parent; /* linked starter, or 0 */
+  bool stop_set;
+  keel_reason_kind stop_kind;
+  char stop_text[256];
+} gs_server;
+
+void keel_gs_opts_init(keel_gs_opts *o) {
+  memset(o, 0, sizeof *o);
+  o->scheduler = -1;
+}
+
+static void set_exit(keel_gs_exit *why, keel_reason_kind kind, const char *text) {
+  if (!why) return;
+  why->kind = kind;
+  snprintf(why->text, sizeof why->text, "%s", text ? text : "");
+}
+
+int keel_gs_stop(keel_reason_kind kind, const char *fmt, ...) {
+  gs_server *sv = keel_local_get(KEEL_LOCAL_GEN_SERVER);
+  if (sv) {
+    sv->stop_set = true;
+    sv->stop_kind = kind;
+    sv->stop_text[0] = 0;
+    if (fmt) {
+      va_list ap;
+      va_start(ap, fmt);
+      vsnprintf(sv->stop_text, sizeof sv->stop_text, fmt, ap);
+      va_end(ap);
+    }
+  }
+  return KEEL_GS_STOP;
+}
+
+static void send_ack(keel_pid_t to, keel_ref_t ref, int rc, keel_reason_kind kind,
+                     const char *text) {
+  ack a = {.rc = rc, .kind = kind};
+  snprintf(a.text, sizeof a.text, "%s", text ? text : "");
+  keel_reply(to, ref, keel_msg_copy(0, &a, sizeof a));
+}
+
+/* Ends the server: terminate, then exit with the reason. */
+_Noreturn static void finish(gs_server *sv, keel_reason_kind kind, const char *text) {
+  char buf[256];
+  snprintf(buf, sizeof buf, "%s", text ? text : "");
+  if (sv->beh->terminate) sv->beh->terminate((keel_reason){kind, buf}, sv->state);
+  keel_local_set(KEEL_LOCAL_GEN_SERVER, NULL);
+  keel_exit(kind, buf);
+}
+
+/* Turns a callback's result into: continue (0), or finish. */
+static void check(gs_server *sv, int rc) {
+  if (rc >= 0 && rc != KEEL_GS_STOP) return;
+  if (rc == KEEL_GS_STOP) {
+    if (!sv->stop_set) finish(sv, KEEL_REASON_NORMAL, NULL);
+    finish(sv, sv->stop_kind, sv->stop_text);
+  }
+  char text[128];
+  snprintf(text, sizeof text, "callback returned %s (%s)", keel_err_name(rc), keel_strerror(rc));
+  finish(sv, KEEL_REASON_ERROR, sv->stop_set ? sv->stop_text : text);
+}
+
+static void server_main(void *p) {
+  start_arg *sa = p;
+  gs_server sv = {.beh = sa->beh, .parent = sa->linked ? sa->starter : 0};
+  keel_pid_t starter = sa->starter;
+  keel_ref_t ack_ref = sa->ack;
+  keel_local_set(KEEL_LOCAL_GEN_SERVER, &sv);
+
+  if (sa->name) {
+    int rc = keel_register(sa->name, keel_self());
+    if (rc) {
+      if (sa->linked) keel_unlink(starter);
+      send_ack(starter, ack_ref, rc, KEEL_REASON_NORMAL, NULL);
+      keel_local_set(KEEL_LOCAL_GEN_SERVER, NULL);
+      return;
+    }
+  }
+  int rc = sv.beh->init ? sv.beh->init(sa->arg, &sv.state) : 0;
+  if (rc < 0 || rc == KEEL_GS_STOP) {
+    const char *name = sa->name;
+    if (name) keel_unregister(name);
+    if (sa->linked) keel_unlink(starter);
+    keel_reason_kind kind = sv.stop_set ? sv.stop_kind : KEEL_REASON_ERROR;
+    char text[256];
+    if (sv.stop_set)
+      snprintf(text, sizeof text, "%s", sv.stop_text);
+    else
+      snprintf(text, sizeof text, "init returned %s", keel_err_name(rc));
+    send_ack(starter, ack_ref, rc == KEEL_GS_STOP ? KEEL_EDOWN : rc, kind, text);
+    keel_local_set(KEEL_LOCAL_GEN_SERVER, NULL);
+    keel_exit(kind == KEEL_REASON_NORMAL ? KEEL_REASON_NORMAL : kind, text);
+  }
+  sv.stop_set = false;
+  send_ack(starter, ack_ref, 0, KEEL_REASON_NORMAL, NULL);
+  /* sa is gone from here on: the starter has returned. */
+
+  for (;;) {
+    keel_msg_t *m;
+    keel_receive(&m, KEEL_INFINITY);
+    sv.stop_set = false;
+    switch (keel_msg_proto(m)) {
+    case KEEL_PROTO_CALL: {
+      keel_gs_from from = {keel_msg_from(m), keel_msg_ref(m)};
+      keel_msg_t *reply = NULL;
+      rc = sv.beh->handle_call ? sv.beh->handle_call(sv.state, from, &m, &reply) : KEEL_EINVAL;
+      if (rc == KEEL_GS_REPLY || (rc == KEEL_GS_STOP && reply))
+        keel_gs_reply(from, reply ? reply : keel_msg_new(0, 0));
+      else
+        keel_msg_free(reply);
+      keel_msg_free(m);
+      check(&sv, rc);
+      break;
+    }
+    case KEEL_PROTO_CAST:
+      rc = sv.beh->handle_cast ? sv.beh->handle_cast(sv.state, &m) : 0;
+      keel_msg_free(m);
+      check(&sv, rc);
+      break;
+    case KEEL_PROTO_SYSTEM: {
+      sys_stop st;
+      if (keel_msg_size(m) >= sizeof st) {
+        memcpy(&st, keel_msg_data(m), sizeof st);
+        if (st.op == SYS_STOP) {
+          char text[256];
+          snprintf(text, sizeof text, "%s", ((sys_stop *)keel_msg_data(m))->text);
+          keel_msg_free(m);
+          finish(&sv, st.kind, text);
+        }
+      }
+      keel_msg_free(m);
+      break;
+    }
+    default:
+      if (keel_msg_kind_of(m) == KEEL_MSG_EXIT && sv.parent) {
+        keel_pid_t who;
+        keel_reason r;
+        keel_msg_exit_info(m, &who, &r);
+        if (who == sv.parent) { /* our parent is going: so are we */
+          char text[256];
+          snprintf(text, sizeof text, "%s", r.text);
+          keel_reason_kind kind = r.kind;
+          keel_msg_free(m);
+          finish(&sv, kind, text);
+        }
+      }
+      rc = sv.beh->handle_info ? sv.beh->handle_info(sv.state, &m) : 0;
+      keel_msg_free(m);
+      check(&sv, rc);
+      break;
+    }
+  }
+}
+
+static bool is_down_for(const keel_msg_t *m, void *arg) {
+  return keel_msg_kind_of(m) == KEEL_MSG_DOWN && keel_msg_ref(m) == *(keel_ref_t *)arg;
+}
+
+/* Waits for the DOWN of monitor ref once its await has ended (the DOWN then
+ * comes to the mailbox like any message, and may already be there). */
+static void wait_down(keel_ref_t ref) {
+  keel_msg_t *m = NULL;
+  if (keel_receive_match(is_down_for, &ref, &m, KEEL_INFINITY) == 0) keel_msg_free(m);
+}
+
+int keel_gs_start(const keel_gen_server *beh, void *arg, const keel_gs_opts *opts, keel_pid_t *out,
+                  keel_gs_exit *why) {
+  if (out) *out = 0;
+  if (!beh) return KEEL_EINVAL;
+  keel_pid_t self = keel_self();
+  if (!self) return KEEL_ENOTPROC;
+  keel_gs_opts defaults;
+  if (!opts) {
+    keel_gs_opts_init(&defaults);
+    opts = &defaults;
+  }
+  int64_t timeout = opts->init_timeout ? opts->init_timeout : KEEL_GS_DEFAULT_TIMEOUT;
+  /* One reference serves as the monitor and as the ack's reference, so one
+   * await ends on whichever comes first: the ack, or the DOWN. */
+  keel_ref_t ref = keel_make_ref();
+  start_arg sa = {.beh = beh,
+                  .arg = arg,
+                  .starter = self,
+                  .ack = ref,
+                  .name = opts->name,
+                  .linked = opts->link};
+  keel_spawn_opts so;
+  keel_spawn_opts_init(&so);
+  so.stack_size = opts->stack_size;
+  so.scheduler = opts->scheduler;
+  so.link = opts->link;
+  so.trap_exit = opts->trap_exit;
+  so.name = opts->name;
+  so.monitor = true;
+  so.monitor_ref = &ref;
+  int rc = keel_await_ref(ref);
+  if (rc) return rc;
+  keel_pid_t pid;
+  rc = keel_spawn(server_main, &sa, &so, &pid);
+  if (rc) {
+    keel_await_cancel(ref);
+    return rc;
+  }
+  keel_msg_t *m = NULL;
+  rc = keel_await(ref, &m, timeout);
+  if (rc == KEEL_ETIMEDOUT) {
+    /* Init took too long: kill it (unlinked first, or its death would take
+     * us along) and wait until it is gone. */
+    if (opts->link) keel_unlink(pid);
+    keel_exit_signal(pid, KEEL_REASON_KILL, NULL);
+    wait_down(ref);
+    set_exit(why, KEEL_REASON_KILLED, "init timed out");
+    return KEEL_ETIMEDOUT;
+  }
+  if (keel_msg_kind_of(m) == KEEL_MSG_DOWN) { /* it died before acking */
+    keel_pid_t who;
+    keel_reason r;
+    keel_msg_exit_info(m, &who, &r);
+    set_exit(why, r.kind, r.text);
+    keel_msg_free(m);
+    return KEEL_EDOWN;
+  }
+  ack a;
+  memcpy(&a, keel_msg_data(m), sizeof a);
+  keel_msg_free(m);
+  if (a.rc != 0) {
+    /* It refused and is exiting: wait for its DOWN, so that no process (and
+     * no name) outlives the error we return. */
+    wait_down(ref);
+    set_exit(why, a.kind, a.text);
+    return a.rc;
+  }
+  keel_demonitor(ref);
+  if (out) *out = pid;
+  return 0;
+}
+
+int keel_gs_call(keel_pid_t server, keel_msg_t *request, keel_msg_t **reply, int64_t timeout_ms,
+                 keel_gs_exit *why) {
+  if (reply) *reply = NULL;
+  if (!request) return KEEL_EINVAL;
+  if (!reply || !server) {
+    keel_msg_free(request);
+    return KEEL_EINVAL;
+  }
+  if (!keel_self()) {
+    keel_msg_free(request);
+    return KEEL_ENOTPROC;
+  }
+  if (timeout_ms == 0) timeout_ms = KEEL_GS_DEFAULT_TIMEOUT;
+  keel_ref_t mref;
+  int rc = keel_monitor(server, &mref);
+  if (rc) {
+    keel_msg_free(request);
+    return rc;
+  }
+  keel_await_ref(mref);
+  keel_msg_set_proto(request, KEEL_PROTO_CALL);
+  keel_msg_set_ref(request, mref);
+  keel_send(server, request);
+  keel_msg_t *m = NULL;
+  rc = keel_await(mref, &m, timeout_ms);
+  if (rc) {
+    keel_demonitor(mref); /* and a reply that comes later is dropped */
+    return rc;
+  }
+  if (keel_msg_kind_of(m) == KEEL_MSG_REPLY) {
+    keel_demonitor(mref);
+    *reply = m;
+    return 0;
+  }
+  keel_pid_t who;
+  keel_reason r;
+  keel_msg_exit_info(m, &who, &r);
+  set_exit(why, r.kind, r.text);
+  rc = r.kind == KEEL_REASON_NOPROC ? KEEL_ENOPROC : KEEL_EDOWN;
+  keel_msg_free(m);
+  return rc;
+}
+
+int keel_gs_call_name(const char *name, keel_msg_t *request, keel_msg_t **reply, int64_t timeout_ms,
+                      keel_gs_exit *why) {
+  keel_pid_t pid = keel_whereis(name);
+  if (!pid) {
+    keel_msg_free(request);
+    if (reply) *reply = NULL;
+    return KEEL_ENOPROC;
+  }
+  return keel_gs_call(pid, request, reply, timeout_ms, why);
+}
+
+int keel_gs_cast(keel_pid_t server, keel_msg_t *msg) {
+  if (!msg) return KEEL_EINVAL;
+  keel_msg_set_proto(msg, KEEL_PROTO_CAST);
+  return keel_send(server, msg);
+}
+
+int keel_gs_cast_name(const char *name, keel_msg_t *msg) {
+  keel_pid_t pid = keel_whereis(name);
+  if (!pid) {
+    keel_msg_free(msg);
+    return KEEL_ENOPROC;
+  }
+  return keel_gs_cast(pid, msg);
+}
+
+int keel_gs_reply(keel_gs_from from, keel_msg_t *reply) {
+  if (!reply) reply = keel_msg_new(0, 0);
+  return keel_reply(from.pid, from.ref, reply);
+}
+
+int keel_gs_stop_server(keel_pid_t server, keel_reason_kind kind, const char *text,
+                        int64_t timeout_ms) {
+  keel_pid_t self = keel_self();
+  if (!self) return KEEL_ENOTPROC;
+  if (!server || server == self) return KEEL_EINVAL;
+  if (timeout_ms == 0) timeout_ms = KEEL_GS_DEFAULT_TIMEOUT;
+  keel_ref_t mref;
+  int rc = keel_monitor(server, &mref);
+  if (rc) return rc;
+  keel_await_ref(mref);
+  size_t len = text ? strlen(text) : 0;
+  keel_msg_t *m = keel_msg_new(0, sizeof(sys_stop) + len + 1);
+  if (!m) {
+    keel_await_cancel(mref);
+    keel_demonitor(mref);
+    return KEEL_ENOMEM;
+  }
+  sys_stop *st = keel_msg_data(m);
+  st->op = SYS_STOP;
+  st->kind = kind;
+  memcpy(st->text, text ? text : "", len + 1);
+  keel_msg_set_proto(m, KEEL_PROTO_SYSTEM);
+  keel_send(server, m);
+  keel_msg_t *down = NULL;
+  rc = keel_await(mref, &down, timeout_ms);
+  if (rc == 0) {
+    keel_msg_free(down); /* gone (or was already: noproc) */
+    return 0;
+  }
+  keel_exit_signal(server, KEEL_REASON_KILL, NULL);
+  wait_down(mref);
+  return KEEL_ETIMEDOUT;
+}
