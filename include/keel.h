@@ -10,5 +10,6 @@
 #include "keel/io.h"
 #include "keel/registry.h"
 #include "keel/gen_server.h"
+#include "keel/supervisor.h"
 
 #endif

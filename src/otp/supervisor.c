@@ -1,0 +1,789 @@
+/* supervisor.c - supervision trees, as a gen_server that traps exits.
+ *
+ * State: the children in start order (id, start function, restart type,
+ * shutdown, current pid), the restart history of the last period, and for
+ * simple_one_for_one the template and each child's copied arguments.
+ *
+ * A child exit arrives as an EXIT message (the supervisor traps exits and is
+ * linked to every child), so the supervisor reacts at once; nothing polls.
+ * handle_info decides from the child's restart type and exit reason whether
+ * to restart, counts the restart against intensity/period, and applies the
+ * strategy: one_for_one and simple_one_for_one restart the child,
+ * one_for_all stops the others in reverse order and restarts everyone in
+ * order, rest_for_one does that for the children after the one that exited.
+ * A restart whose start fails is retried through a message to ourselves, and
+ * counts as another restart, as in OTP. Past the intensity, the supervisor
+ * stops all children in reverse order and exits with reason shutdown.
+ *
+ * Stopping a child is OTP's shutdown protocol: monitor it, unlink (which also
+ * drops an EXIT from it already queued), send an exit signal `shutdown`, wait
+ * for the DOWN up to the child's shutdown time, then kill it. brutal_kill
+ * kills at once; infinity waits as long as it takes.
+ *
+ * The dynamic API (start_child, terminate_child, ...) is a set of gen_server
+ * calls, so it is serialised with exit handling.
+ */
+#include <pthread.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <time.h>
+
+#include "keel.h"
+#include "keel/supervisor.h"
+
+#define DEFAULT_INTENSITY       3
+#define DEFAULT_PERIOD_MS       5000
+#define DEFAULT_WORKER_SHUTDOWN 5000
+
+typedef struct child {
+  char *id;
+  keel_child_start_fn start;
+  void *arg;
+  keel_restart restart;
+  int64_t shutdown;
+  keel_child_type type;
+  bool significant;
+  keel_pid_t pid; /* 0: not running */
+  void *args;     /* simple_one_for_one: owned copy */
+  size_t args_len;
+  unsigned restarts;
+} child;
+
+typedef struct sup {
+  keel_sup_strategy strategy;
+  int intensity;
+  int64_t period_ms;
+  keel_auto_shutdown auto_shutdown;
+  child **c; /* start order */
+  size_t n, cap;
+  child tmpl;    /* simple_one_for_one */
+  int64_t *hist; /* restart times (ms), oldest first */
+  size_t nhist;
+  char name[64];
+  unsigned long long anon; /* simple_one_for_one child ids */
+} sup;
+
+/* ---- requests (gen_server calls) ------------------------------------------------ */
+
+enum {
+  OP_START_CHILD = 1,
+  OP_START_ARGS,
+  OP_TERMINATE,
+  OP_RESTART,
+  OP_DELETE,
+  OP_WHICH_PID,
+  OP_WHICH_CHILDREN,
+  OP_COUNT,
+  OP_RETRY
+};
+
+typedef struct req {
+  int op;
+  const keel_child_spec *spec; /* OP_START_CHILD: the caller blocks, so it stays valid */
+  char id[64];
+  keel_pid_t pid;
+  size_t max; /* which_children */
+  size_t args_len;
+  unsigned char args[]; /* OP_START_ARGS */
+} req;
+
+typedef struct rep {
+  int rc;
+  keel_pid_t pid;
+  keel_child_counts counts;
+  size_t n;
+  keel_child_info info[]; /* which_children */
+} rep;
+
+/* ---- events ---------------------------------------------------------------------- */
+
+typedef struct subscriber {
+  int handle;
+  keel_sup_event_fn fn;
+  void *ud;
+} subscriber;
+
+static pthread_mutex_t sub_lock = PTHREAD_MUTEX_INITIALIZER;
+static subscriber *subs;
+static size_t nsubs, capsubs;
+static int next_handle = 1;
+
+int keel_sup_subscribe(keel_sup_event_fn fn, void *ud) {
+  if (!fn) return KEEL_EINVAL;
+  pthread_mutex_lock(&sub_lock);
+  if (nsubs == capsubs) {
+    size_t cap = capsubs ? capsubs * 2 : 4;
+    subscriber *ns = realloc(subs, cap * sizeof *ns);
+    if (!ns) {
+      pthread_mutex_unlock(&sub_lock);
+      return KEEL_ENOMEM;
+    }
+    subs = ns;
+    capsubs = cap;
+  }
+  int h = next_handle++;
+  subs[nsubs++] = (subscriber){h, fn, ud};
+  pthread_mutex_unlock(&sub_lock);
+  return h;
+}
+
+int keel_sup_unsubscribe(int handle) {
+  pthread_mutex_lock(&sub_lock);
+  int rc = KEEL_ENOENT;
+  for (size_t i = 0; i < nsubs; i++)
+    if (subs[i].handle == handle) {
+      memmove(&subs[i], &subs[i + 1], (nsubs - i - 1) * sizeof *subs);
+      nsubs--;
+      rc = 0;
+      break;
+    }
+  if (nsubs == 0) {
+    free(subs);
+    subs = NULL;
+    capsubs = 0;
+  }
+  pthread_mutex_unlock(&sub_lock);
+  return rc;
+}
+
+static void emit(sup *s, keel_sup_event_kind kind, const child *c, keel_pid_t pid, unsigned attempt,
+                 keel_reason_kind rk, const char *text) {
+  pthread_mutex_lock(&sub_lock);
+  size_t n = nsubs;
+  subscriber local[16];
+  if (n > 16) n = 16;
+  memcpy(local, subs, n * sizeof *local);
+  pthread_mutex_unlock(&sub_lock);
+  if (!n) return;
+  keel_sup_event ev = {.kind = kind,
+                       .sup = keel_self(),
+                       .sup_name = s->name,
+                       .child_id = c ? c->id : "",
+                       .child = pid,
+                       .attempt = attempt,
+                       .reason = {rk, text ? text : ""}};
+  for (size_t i = 0; i < n; i++)
+    local[i].fn(&ev, local[i].ud);
+}
+
+/* ---- children -------------------------------------------------------------------- */
+
+static int64_t now_ms(void) {
+  struct timespec ts;
+  clock_gettime(CLOCK_MONOTONIC, &ts);
+  return (int64_t)ts.tv_sec * 1000 + ts.tv_nsec / 1000000;
+}
+
+static int64_t shutdown_of(const child *c) {
+  if (c->shutdown != KEEL_SHUTDOWN_DEFAULT) return c->shutdown;
+  return c->type == KEEL_SUPERVISOR ? KEEL_SHUTDOWN_INFINITY : DEFAULT_WORKER_SHUTDOWN;
+}
+
+static child *child_new(const keel_child_spec *spec, const char *id) {
+  child *c = calloc(1, sizeof *c);
+  if (!c) return NULL;
+  c->id = strdup(id ? id : (spec->id ? spec->id : ""));
+  if (!c->id) {
+    free(c);
+    return NULL;
+  }
+  c->start = spec->start;
+  c->arg = spec->arg;
+  c->restart = spec->restart;
+  c->shutdown = spec->shutdown;
+  c->type = spec->type;
+  c->significant = spec->significant;
+  return c;
+}
+
+static void child_free(child *c) {
+  free(c->id);
+  free(c->args);
+  free(c);
+}
+
+static child *find_id(sup *s, const char *id) {
+  for (size_t i = 0; i < s->n; i++)
+    if (strcmp(s->c[i]->id, id) == 0) return s->c[i];
+  return NULL;
+}
+
+static size_t index_of(sup *s, const child *c) {
+  for (size_t i = 0; i < s->n; i++)
+    if (s->c[i] == c) return i;
+  return s->n;
+}
+
+static child *find_pid(sup *s, keel_pid_t pid) {
+  for (size_t i = 0; i < s->n; i++)
+    if (s->c[i]->pid == pid) return s->c[i];
+  return NULL;
+}
+
+static int add_child(sup *s, child *c) {
+  if (s->n == s->cap) {
+    size_t cap = s->cap ? s->cap * 2 : 8;
+    child **nc = realloc(s->c, cap * sizeof *nc);
+    if (!nc) return KEEL_ENOMEM;
+    s->c = nc;
+    s->cap = cap;
+  }
+  s->c[s->n++] = c;
+  return 0;
+}
+
+static void remove_child(sup *s, child *c) {
+  size_t i = index_of(s, c);
+  if (i == s->n) return;
+  memmove(&s->c[i], &s->c[i + 1], (s->n - i - 1) * sizeof *s->c);
+  s->n--;
+  child_free(c);
+}
+
+/* Starts c; 0, KEEL_SUP_IGNORE or the error. */
+static int start_one(sup *s, child *c) {
+  keel_pid_t pid = 0;
+  int rc = c->start ? c->start(c->arg, c->args, c->args_len, &pid) : KEEL_EINVAL;
+  if (rc == KEEL_SUP_IGNORE) {
+    c->pid = 0;
+    return KEEL_SUP_IGNORE;
+  }
+  if (rc < 0) {
+    emit(s, KEEL_SUP_CHILD_START_FAILED, c, 0, c->restarts, KEEL_REASON_ERROR, keel_strerror(rc));
+    return rc;
+  }
+  c->pid = pid;
+  emit(s, KEEL_SUP_CHILD_STARTED, c, pid, c->restarts, KEEL_REASON_NORMAL, NULL);
+  return 0;
+}
+
+static bool is_down_for(const keel_msg_t *m, void *arg) {
+  return keel_msg_kind_of(m) == KEEL_MSG_DOWN && keel_msg_ref(m) == *(keel_ref_t *)arg;
+}
+
+/* OTP's shutdown protocol for one child. */
+static void stop_one(child *c) {
+  keel_pid_t pid = c->pid;
+  if (!pid) return;
+  c->pid = 0;
+  keel_ref_t mref;
+  if (keel_monitor(pid, &mref) != 0) return;
+  keel_unlink(pid); /* also drops an EXIT from it already queued */
+  int64_t t = shutdown_of(c);
+  keel_msg_t *m = NULL;
+  if (t == KEEL_SHUTDOWN_BRUTAL_KILL) {
+    keel_exit_signal(pid, KEEL_REASON_KILL, NULL);
+  } else {
+    keel_await_ref(mref);
+    keel_exit_signal(pid, KEEL_REASON_SHUTDOWN, NULL);
+    if (keel_await(mref, &m, t) == 0) {
+      keel_msg_free(m);
+      return;
+    }
+    keel_exit_signal(pid, KEEL_REASON_KILL, NULL); /* it ignored shutdown */
+  }
+  if (keel_receive_match(is_down_for, &mref, &m, KEEL_INFINITY) == 0) keel_msg_free(m);
+}
+
+static void stop_from(sup *s, size_t first) {
+  for (size_t i = s->n; i > first; i--)
+    stop_one(s->c[i - 1]);
+}
+
+/* Records a restart; false when that exceeds the intensity. */
+static bool count_restart(sup *s) {
+  int64_t now = now_ms();
+  size_t keep = 0;
+  for (size_t i = 0; i < s->nhist; i++)
+    if (now - s->hist[i] <= s->period_ms) s->hist[keep++] = s->hist[i];
+  s->nhist = keep;
+  if (s->intensity < 0) return false;
+  int64_t *nh = realloc(s->hist, (s->nhist + 1) * sizeof *nh);
+  if (nh) {
+    s->hist = nh;
+    s->hist[s->nhist++] = now;
+  }
+  return s->nhist <= (size_t)s->intensity;
+}
+
+static bool wants_restart(const child *c, keel_reason_kind kind) {
+  switch (c->restart) {
+  case KEEL_PERMANENT: return true;
+  case KEEL_TRANSIENT: return kind != KEEL_REASON_NORMAL && kind != KEEL_REASON_SHUTDOWN;
+  case KEEL_TEMPORARY: return false;
+  }
+  return false;
+}
+
+static void schedule_retry(child *c) {
+  req r = {.op = OP_RETRY};
+  snprintf(r.id, sizeof r.id, "%s", c->id);
+  keel_gs_cast(keel_self(), keel_msg_copy(0, &r, sizeof r));
+}
+
+/* Restarts children [first, n) in order (those not running). */
+static int restart_from(sup *s, size_t first) {
+  for (size_t i = first; i < s->n; i++) {
+    child *c = s->c[i];
+    if (c->pid) continue;
+    if (c->restart == KEEL_TEMPORARY && i != first) continue;
+    int rc = start_one(s, c);
+    if (rc < 0) {
+      schedule_retry(c);
+      return rc;
+    }
+  }
+  return 0;
+}
+
+static int give_up(sup *s, const char *why) {
+  emit(s, KEEL_SUP_INTENSITY_EXCEEDED, NULL, 0, (unsigned)s->nhist, KEEL_REASON_SHUTDOWN, why);
+  stop_from(s, 0);
+  return keel_gs_stop(KEEL_REASON_SHUTDOWN, "%s", why);
+}
+
+static bool significant_running(sup *s) {
+  for (size_t i = 0; i < s->n; i++)
+    if (s->c[i]->significant && s->c[i]->pid) return true;
+  return false;
+}
+
+/* Applies the strategy after c (at index i) exited and must be restarted. */
+static int restart_after(sup *s, child *c) {
+  c->restarts++;
+  if (!count_restart(s)) return give_up(s, "reached max restart intensity");
+  emit(s, KEEL_SUP_CHILD_RESTARTED, c, 0, (unsigned)s->nhist, KEEL_REASON_NORMAL, NULL);
+  size_t i = index_of(s, c);
+  switch (s->strategy) {
+  case KEEL_ONE_FOR_ONE:
+  case KEEL_SIMPLE_ONE_FOR_ONE:
+    if (start_one(s, c) < 0) schedule_retry(c);
+    break;
+  case KEEL_ONE_FOR_ALL:
+    stop_from(s, 0);
+    restart_from(s, 0);
+    break;
+  case KEEL_REST_FOR_ONE:
+    stop_from(s, i + 1);
+    restart_from(s, i);
+    break;
+  }
+  return KEEL_GS_OK;
+}
+
+static int on_exit_msg(sup *s, keel_pid_t pid, keel_reason r) {
+  child *c = find_pid(s, pid);
+  if (!c) return KEEL_GS_OK; /* not (or no longer) ours */
+  c->pid = 0;
+  emit(s, KEEL_SUP_CHILD_EXITED, c, pid, c->restarts, r.kind, r.text);
+  if (wants_restart(c, r.kind)) return restart_after(s, c);
+  bool significant = c->significant;
+  if (c->restart == KEEL_TEMPORARY || s->strategy == KEEL_SIMPLE_ONE_FOR_ONE)
+    remove_child(s, c); /* not restarted: gone */
+  if (significant && s->auto_shutdown == KEEL_ANY_SIGNIFICANT) {
+    stop_from(s, 0);
+    return keel_gs_stop(KEEL_REASON_SHUTDOWN, "a significant child exited");
+  }
+  if (significant && s->auto_shutdown == KEEL_ALL_SIGNIFICANT && !significant_running(s)) {
+    stop_from(s, 0);
+    return keel_gs_stop(KEEL_REASON_SHUTDOWN, "all significant children exited");
+  }
+  return KEEL_GS_OK;
+}
+
+/* ---- gen_server callbacks -------------------------------------------------------- */
+
+typedef struct init_arg {
+  const keel_sup_spec *spec;
+  const char *name;
+} init_arg;
+
+static void sup_free(sup *s) {
+  for (size_t i = 0; i < s->n; i++)
+    child_free(s->c[i]);
+  free(s->c);
+  free(s->tmpl.id);
+  free(s->hist);
+  free(s);
+}
+
+static int sup_init(void *arg, void **state) {
+  const init_arg *ia = arg;
+  const keel_sup_spec *spec = ia->spec;
+  sup *s = calloc(1, sizeof *s);
+  if (!s) return KEEL_ENOMEM;
+  s->strategy = spec->strategy;
+  s->intensity = spec->intensity == 0 ? DEFAULT_INTENSITY : spec->intensity;
+  s->period_ms = spec->period_ms ? spec->period_ms : DEFAULT_PERIOD_MS;
+  s->auto_shutdown = spec->auto_shutdown;
+  snprintf(s->name, sizeof s->name, "%s", ia->name ? ia->name : "");
+  if (s->strategy == KEEL_SIMPLE_ONE_FOR_ONE) {
+    const keel_child_spec *t = &spec->children[0];
+    s->tmpl = (child){.id = strdup(t->id ? t->id : "child"),
+                      .start = t->start,
+                      .arg = t->arg,
+                      .restart = t->restart,
+                      .shutdown = t->shutdown,
+                      .type = t->type,
+                      .significant = t->significant};
+    *state = s;
+    return s->tmpl.id ? 0 : KEEL_ENOMEM;
+  }
+  for (size_t i = 0; i < spec->nchildren; i++) {
+    child *c = child_new(&spec->children[i], NULL);
+    if (!c || add_child(s, c) != 0) {
+      if (c) child_free(c);
+      sup_free(s);
+      return KEEL_ENOMEM;
+    }
+  }
+  for (size_t i = 0; i < s->n; i++) {
+    int rc = start_one(s, s->c[i]);
+    if (rc < 0) {
+      stop_from(s, i);
+      char id[64];
+      snprintf(id, sizeof id, "%s", s->c[i]->id);
+      sup_free(s);
+      keel_gs_stop(KEEL_REASON_SHUTDOWN, "child %s failed to start: %s", id, keel_strerror(rc));
+      return rc;
+    }
+  }
+  *state = s;
+  return 0;
+}
+
+static void sup_terminate(keel_reason reason, void *state) {
+  sup *s = state;
+  stop_from(s, 0);
+  sup_free(s);
+}
+
+static int sup_info(void *state, keel_msg_t **m) {
+  sup *s = state;
+  if (keel_msg_kind_of(*m) != KEEL_MSG_EXIT) return KEEL_GS_OK;
+  keel_pid_t pid;
+  keel_reason r;
+  keel_msg_exit_info(*m, &pid, &r);
+  return on_exit_msg(s, pid, r);
+}
+
+static int sup_cast(void *state, keel_msg_t **m) {
+  sup *s = state;
+  req r;
+  if (keel_msg_size(*m) < sizeof r) return KEEL_GS_OK;
+  memcpy(&r, keel_msg_data(*m), sizeof r);
+  if (r.op != OP_RETRY) return KEEL_GS_OK;
+  child *c = find_id(s, r.id);
+  if (!c || c->pid) return KEEL_GS_OK;
+  c->restarts++;
+  if (!count_restart(s)) return give_up(s, "reached max restart intensity");
+  emit(s, KEEL_SUP_CHILD_RESTARTED, c, 0, (unsigned)s->nhist, KEEL_REASON_NORMAL, NULL);
+  size_t i = index_of(s, c);
+  if (s->strategy == KEEL_REST_FOR_ONE || s->strategy == KEEL_ONE_FOR_ALL)
+    restart_from(s, s->strategy == KEEL_ONE_FOR_ALL ? 0 : i);
+  else if (start_one(s, c) < 0)
+    schedule_retry(c);
+  return KEEL_GS_OK;
+}
+
+static keel_msg_t *reply_rc(int rc, keel_pid_t pid) {
+  rep r = {.rc = rc, .pid = pid};
+  return keel_msg_copy(0, &r, sizeof r);
+}
+
+static bool spec_ok(const keel_child_spec *c) {
+  return c && c->id && *c->id && strlen(c->id) < 64 && c->start &&
+         !(c->significant && c->restart == KEEL_PERMANENT);
+}
+
+static int sup_call(void *state, keel_gs_from from, keel_msg_t **m, keel_msg_t **reply) {
+  sup *s = state;
+  const req *r = keel_msg_data(*m);
+  if (keel_msg_size(*m) < sizeof *r) {
+    *reply = reply_rc(KEEL_EINVAL, 0);
+    return KEEL_GS_REPLY;
+  }
+  child *c;
+  int rc;
+  switch (r->op) {
+  case OP_START_CHILD:
+    if (s->strategy == KEEL_SIMPLE_ONE_FOR_ONE || !spec_ok(r->spec)) {
+      *reply = reply_rc(KEEL_EINVAL, 0);
+      break;
+    }
+    if (find_id(s, r->spec->id)) {
+      *reply = reply_rc(KEEL_EEXIST, 0);
+      break;
+    }
+    c = child_new(r->spec, NULL);
+    if (!c || add_child(s, c) != 0) {
+      if (c) child_free(c);
+      *reply = reply_rc(KEEL_ENOMEM, 0);
+      break;
+    }
+    rc = start_one(s, c);
+    if (rc < 0) remove_child(s, c);
+    *reply = reply_rc(rc < 0 ? rc : 0, rc < 0 ? 0 : c->pid);
+    break;
+  case OP_START_ARGS: {
+    if (s->strategy != KEEL_SIMPLE_ONE_FOR_ONE) {
+      *reply = reply_rc(KEEL_EINVAL, 0);
+      break;
+    }
+    char id[64];
+    snprintf(id, sizeof id, "%s-%llu", s->tmpl.id, ++s->anon);
+    c = child_new(&(keel_child_spec){.id = id,
+                                     .start = s->tmpl.start,
+                                     .arg = s->tmpl.arg,
+                                     .restart = s->tmpl.restart,
+                                     .shutdown = s->tmpl.shutdown,
+                                     .type = s->tmpl.type},
+                  id);
+    if (c && r->args_len) {
+      c->args = malloc(r->args_len);
+      if (c->args) {
+        memcpy(c->args, r->args, r->args_len);
+        c->args_len = r->args_len;
+      }
+    }
+    if (!c || (r->args_len && !c->args) || add_child(s, c) != 0) {
+      if (c) child_free(c);
+      *reply = reply_rc(KEEL_ENOMEM, 0);
+      break;
+    }
+    rc = start_one(s, c);
+    keel_pid_t pid = c->pid;
+    if (rc != 0) remove_child(s, c); /* failed or ignored: simple_one_for_one keeps nothing */
+    *reply = reply_rc(rc < 0 ? rc : 0, pid);
+    break;
+  }
+  case OP_TERMINATE:
+    c = r->id[0] ? find_id(s, r->id) : find_pid(s, r->pid);
+    if (!c) {
+      *reply = reply_rc(KEEL_ENOENT, 0);
+      break;
+    }
+    stop_one(c);
+    if (s->strategy == KEEL_SIMPLE_ONE_FOR_ONE || c->restart == KEEL_TEMPORARY) remove_child(s, c);
+    *reply = reply_rc(0, 0);
+    break;
+  case OP_RESTART:
+    c = find_id(s, r->id);
+    if (!c || s->strategy == KEEL_SIMPLE_ONE_FOR_ONE)
+      rc = KEEL_ENOENT;
+    else if (c->pid)
+      rc = KEEL_EBUSY;
+    else
+      rc = start_one(s, c);
+    *reply = reply_rc(rc < 0 ? rc : 0, c && rc >= 0 ? c->pid : 0);
+    break;
+  case OP_DELETE:
+    c = find_id(s, r->id);
+    if (!c || s->strategy == KEEL_SIMPLE_ONE_FOR_ONE)
+      rc = KEEL_ENOENT;
+    else if (c->pid)
+      rc = KEEL_EBUSY;
+    else {
+      remove_child(s, c);
+      rc = 0;
+    }
+    *reply = reply_rc(rc, 0);
+    break;
+  case OP_WHICH_PID:
+    c = find_id(s, r->id);
+    *reply = reply_rc(c ? 0 : KEEL_ENOENT, c ? c->pid : 0);
+    break;
+  case OP_WHICH_CHILDREN: {
+    size_t k = s->n < r->max ? s->n : r->max;
+    keel_msg_t *out = keel_msg_new(0, sizeof(rep) + k * sizeof(keel_child_info));
+    if (!out) {
+      *reply = reply_rc(KEEL_ENOMEM, 0);
+      break;
+    }
+    rep *rp = keel_msg_data(out);
+    memset(rp, 0, sizeof *rp);
+    rp->n = s->n;
+    for (size_t i = 0; i < k; i++) {
+      keel_child_info *ci = &rp->info[i];
+      memset(ci, 0, sizeof *ci);
+      snprintf(ci->id, sizeof ci->id, "%s", s->c[i]->id);
+      ci->pid = s->c[i]->pid;
+      ci->type = s->c[i]->type;
+      ci->restart = s->c[i]->restart;
+      ci->restarts = s->c[i]->restarts;
+    }
+    *reply = out;
+    break;
+  }
+  case OP_COUNT: {
+    rep rp = {.rc = 0};
+    rp.counts.specs = s->n;
+    for (size_t i = 0; i < s->n; i++) {
+      if (s->c[i]->pid) rp.counts.active++;
+      if (s->c[i]->type == KEEL_SUPERVISOR)
+        rp.counts.supervisors++;
+      else
+        rp.counts.workers++;
+    }
+    *reply = keel_msg_copy(0, &rp, sizeof rp);
+    break;
+  }
+  default: *reply = reply_rc(KEEL_EINVAL, 0);
+  }
+  (void)from;
+  return KEEL_GS_REPLY;
+}
+
+static const keel_gen_server sup_behaviour = {
+    .init = sup_init,
+    .handle_call = sup_call,
+    .handle_cast = sup_cast,
+    .handle_info = sup_info,
+    .terminate = sup_terminate,
+};
+
+/* ---- public API -------------------------------------------------------------------- */
+
+static int validate(const keel_sup_spec *spec) {
+  if (!spec) return KEEL_EINVAL;
+  if (spec->strategy == KEEL_SIMPLE_ONE_FOR_ONE) {
+    if (spec->nchildren != 1 || !spec->children || !spec->children[0].start) return KEEL_EINVAL;
+    return 0;
+  }
+  if (spec->nchildren && !spec->children) return KEEL_EINVAL;
+  for (size_t i = 0; i < spec->nchildren; i++) {
+    if (!spec_ok(&spec->children[i])) return KEEL_EINVAL;
+    for (size_t j = 0; j < i; j++)
+      if (strcmp(spec->children[i].id, spec->children[j].id) == 0) return KEEL_EINVAL;
+  }
+  return 0;
+}
+
+int keel_sup_start(const keel_sup_spec *spec, const keel_sup_opts *opts, keel_pid_t *out,
+                   keel_gs_exit *why) {
+  if (out) *out = 0;
+  int rc = validate(spec);
+  if (rc) return rc;
+  keel_gs_opts go;
+  keel_gs_opts_init(&go);
+  go.name = opts ? opts->name : NULL;
+  go.link = opts ? opts->link : false;
+  go.trap_exit = true;
+  go.init_timeout = KEEL_INFINITY; /* children have their own init timeouts */
+  init_arg ia = {spec, go.name};
+  return keel_gs_start(&sup_behaviour, &ia, &go, out, why);
+}
+
+int keel_sup_child_start(void *arg, const void *args, size_t args_len, keel_pid_t *pid) {
+  (void)args;
+  (void)args_len;
+  keel_sup_opts o = {.name = NULL, .link = true};
+  return keel_sup_start(arg, &o, pid, NULL);
+}
+
+static int call(keel_pid_t s, req *r, size_t len, rep *out) {
+  keel_msg_t *reply = NULL;
+  int rc = keel_gs_call(s, keel_msg_copy(0, r, len), &reply, KEEL_INFINITY, NULL);
+  if (rc) return rc;
+  if (out) memcpy(out, keel_msg_data(reply), sizeof *out);
+  rc = ((rep *)keel_msg_data(reply))->rc;
+  keel_msg_free(reply);
+  return rc;
+}
+
+static int id_req(req *r, int op, const char *id) {
+  memset(r, 0, sizeof *r);
+  r->op = op;
+  if (!id || !*id || strlen(id) >= sizeof r->id) return KEEL_EINVAL;
+  snprintf(r->id, sizeof r->id, "%s", id);
+  return 0;
+}
+
+int keel_sup_start_child(keel_pid_t s, const keel_child_spec *spec, keel_pid_t *pid) {
+  if (pid) *pid = 0;
+  if (!spec_ok(spec)) return KEEL_EINVAL;
+  req r = {.op = OP_START_CHILD, .spec = spec};
+  rep out;
+  int rc = call(s, &r, sizeof r, &out);
+  if (rc == 0 && pid) *pid = out.pid;
+  return rc;
+}
+
+int keel_sup_start_child_args(keel_pid_t s, const void *args, size_t args_len, keel_pid_t *pid) {
+  if (pid) *pid = 0;
+  req *r = calloc(1, sizeof *r + args_len);
+  if (!r) return KEEL_ENOMEM;
+  r->op = OP_START_ARGS;
+  r->args_len = args_len;
+  if (args_len) memcpy(r->args, args, args_len);
+  rep out;
+  int rc = call(s, r, sizeof *r + args_len, &out);
+  free(r);
+  if (rc == 0 && pid) *pid = out.pid;
+  return rc;
+}
+
+int keel_sup_terminate_child(keel_pid_t s, const char *id, keel_pid_t pid) {
+  req r;
+  memset(&r, 0, sizeof r);
+  r.op = OP_TERMINATE;
+  if (id) {
+    if (id_req(&r, OP_TERMINATE, id)) return KEEL_EINVAL;
+  } else {
+    if (!pid) return KEEL_EINVAL;
+    r.pid = pid;
+  }
+  return call(s, &r, sizeof r, NULL);
+}
+
+int keel_sup_restart_child(keel_pid_t s, const char *id, keel_pid_t *pid) {
+  if (pid) *pid = 0;
+  req r;
+  if (id_req(&r, OP_RESTART, id)) return KEEL_EINVAL;
+  rep out;
+  int rc = call(s, &r, sizeof r, &out);
+  if (rc == 0 && pid) *pid = out.pid;
+  return rc;
+}
+
+int keel_sup_delete_child(keel_pid_t s, const char *id) {
+  req r;
+  if (id_req(&r, OP_DELETE, id)) return KEEL_EINVAL;
+  return call(s, &r, sizeof r, NULL);
+}
+
+int keel_sup_which_pid(keel_pid_t s, const char *id, keel_pid_t *pid) {
+  if (pid) *pid = 0;
+  req r;
+  if (id_req(&r, OP_WHICH_PID, id)) return KEEL_EINVAL;
+  rep out;
+  int rc = call(s, &r, sizeof r, &out);
+  if (rc == 0 && pid) *pid = out.pid;
+  return rc;
+}
+
+int keel_sup_which_children(keel_pid_t s, keel_child_info *out, size_t max, size_t *n) {
+  if (n) *n = 0;
+  req r = {.op = OP_WHICH_CHILDREN, .max = out ? max : 0};
+  keel_msg_t *reply = NULL;
+  int rc = keel_gs_call(s, keel_msg_copy(0, &r, sizeof r), &reply, KEEL_INFINITY, NULL);
+  if (rc) return rc;
+  const rep *rp = keel_msg_data(reply);
+  rc = rp->rc;
+  if (rc == 0) {
+    size_t k = rp->n < r.max ? rp->n : r.max;
+    if (k) memcpy(out, rp->info, k * sizeof *out);
+    if (n) *n = rp->n;
+  }
+  keel_msg_free(reply);
+  return rc;
+}
+
+int keel_sup_count_children(keel_pid_t s, keel_child_counts *out) {
+  req r = {.op = OP_COUNT};
+  rep rp;
+  int rc = call(s, &r, sizeof r, &rp);
+  if (rc == 0 && out) *out = rp.counts;
+  return rc;
+}
