@@ -57,9 +57,9 @@ typedef struct keel_spawn_opts {
   int scheduler;           /* scheduler hint: where the process first runs; -1 (default): here */
   bool link;               /* link the new process to the caller, atomically with the spawn */
   bool monitor;            /* monitor it atomically with the spawn; the ref goes to *monitor_ref */
-  keel_ref_t *monitor_ref; /* out: the monitor's reference when monitor is set; if it
-                              points to a non-zero ref (from keel_make_ref), that ref is
-                              used, so the child can be told it before it runs */
+  keel_ref_t *monitor_ref; /* out: the monitor's reference when monitor is set */
+  keel_ref_t monitor_with; /* in: if not 0 (a keel_make_ref), the monitor uses this
+                              reference, so the child can be told it before it runs */
   bool trap_exit;          /* the new process starts trapping exits */
   const char *name;        /* a label for reports and the observer (copied, up to 31 bytes) */
 } keel_spawn_opts;

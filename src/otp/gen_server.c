@@ -247,7 +247,7 @@ int keel_gs_start(const keel_gen_server *beh, void *arg, const keel_gs_opts *opt
   so.trap_exit = opts->trap_exit;
   so.name = opts->name;
   so.monitor = true;
-  so.monitor_ref = &ref;
+  so.monitor_with = ref;
   int rc = keel_await_ref(ref);
   if (rc) return rc;
   keel_pid_t pid;

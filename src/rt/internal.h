@@ -60,6 +60,12 @@ static inline void keel__spin_unlock(keel__spin *l) {
 }
 
 uint64_t keel__now_ns(void); /* CLOCK_MONOTONIC */
+void keel__clock_init(void);
+uint64_t keel__coarse_ms(void);
+/* Absolute deadline (ms, CLOCK_MONOTONIC) for a timeout, never early; 0 for a
+ * timeout of 0 or KEEL_INFINITY. */
+uint64_t keel__deadline(int64_t timeout_ms);
+bool keel__past(uint64_t deadline_ms); /* false for deadline 0 */
 
 /* ---- messages ----------------------------------------------------------- */
 
@@ -379,10 +385,11 @@ bool keel__wake_exact(keel__proc *p, uint64_t expect, uint32_t cause);
 /* Process side of the scheduler: switch to the scheduler with a request.
  * Returns when the process runs again (maybe on another thread). */
 void keel__proc_switch(keel__proc *p, keel__req req, uint32_t wait_mask);
-/* Waits until one of `mask` happens or the deadline (absolute ns, 0 = none)
+/* Waits until one of `mask` happens or the deadline (absolute ms from
+ * keel__deadline, 0 = none)
  * passes. Returns the cause (KEEL__W_*), KEEL__W_TIMER on timeout. Handles
  * signals as they arrive (may not return: exit). */
-uint32_t keel__wait(keel__proc *p, uint32_t mask, uint64_t deadline_ns);
+uint32_t keel__wait(keel__proc *p, uint32_t mask, uint64_t deadline_ms);
 
 /* Signals (signal.c) */
 int keel__signal_send(keel_pid_t to, keel__sig_type type, keel_pid_t from, keel_ref_t ref,
@@ -443,7 +450,7 @@ void keel__slot_release(keel__sched *s, keel__proc *p);
 keel__timer *keel__timer_get(keel__sched *s);
 /* Arms a timer that wakes p if its state word still equals `expect` (the
  * WAITING word of the wait being entered) at the deadline. */
-void keel__wait_timer_arm(keel__proc *p, keel__sched *s, uint64_t deadline_ns, uint64_t expect);
+void keel__wait_timer_arm(keel__proc *p, keel__sched *s, uint64_t deadline_ms, uint64_t expect);
 void keel__wait_timer_disarm(keel__proc *p);      /* after the wait, on any scheduler */
 void keel__sched_cancel_requests(keel__sched *s); /* owner: handle cross-thread timer cancels */
 void keel__timers_fini(keel__sched *s);

@@ -43,7 +43,7 @@ int keel_io_wait(keel_io_t *io, int64_t timeout_ms) {
   keel__proc *p = keel__proc_self();
   if (!p) return KEEL_ENOTPROC;
   if (!io || io->pid != p->pid) return KEEL_EINVAL;
-  uint64_t deadline = timeout_ms > 0 ? keel__now_ns() + (uint64_t)timeout_ms * 1000000u : 0;
+  uint64_t deadline = keel__deadline(timeout_ms);
   uint32_t cause = 0;
   for (;;) {
     keel__signals_handle(p);
@@ -52,7 +52,7 @@ int keel_io_wait(keel_io_t *io, int64_t timeout_ms) {
       return io->status;
     }
     if (timeout_ms == 0) return KEEL_ETIMEDOUT;
-    if (deadline && (cause == KEEL__W_TIMER || keel__now_ns() >= deadline)) return KEEL_ETIMEDOUT;
+    if (deadline && (cause == KEEL__W_TIMER || keel__past(deadline))) return KEEL_ETIMEDOUT;
     cause = keel__wait(p, KEEL__W_IO, deadline);
   }
 }

@@ -418,16 +418,11 @@ int keel_reply(keel_pid_t to, keel_ref_t ref, keel_msg_t *m) {
   return rc;
 }
 
-static uint64_t deadline_of(int64_t timeout_ms) {
-  if (timeout_ms <= 0) return 0;
-  return keel__now_ns() + (uint64_t)timeout_ms * 1000000u;
-}
-
-/* Common tail of every receive loop: 1 if the caller should give up. */
+/* Common tail of every receive loop: whether the caller should give up. */
 static bool expired(int64_t timeout_ms, uint64_t deadline, uint32_t cause) {
   if (timeout_ms == 0) return true;
   if (!deadline) return false;
-  return cause == KEEL__W_TIMER || keel__now_ns() >= deadline;
+  return cause == KEEL__W_TIMER || keel__past(deadline);
 }
 
 static void charge(keel__proc *p) {
@@ -441,7 +436,7 @@ int keel_receive(keel_msg_t **out, int64_t timeout_ms) {
   *out = NULL;
   if (!p) return KEEL_ENOTPROC;
   if (timeout_ms < 0 && timeout_ms != KEEL_INFINITY) return KEEL_EINVAL;
-  uint64_t deadline = deadline_of(timeout_ms);
+  uint64_t deadline = keel__deadline(timeout_ms);
   uint32_t cause = 0;
   for (;;) {
     keel__signals_handle(p);
@@ -468,7 +463,7 @@ int keel_receive_match(keel_match_fn match, void *arg, keel_msg_t **out, int64_t
   *out = NULL;
   if (!p) return KEEL_ENOTPROC;
   if (timeout_ms < 0 && timeout_ms != KEEL_INFINITY) return KEEL_EINVAL;
-  uint64_t deadline = deadline_of(timeout_ms);
+  uint64_t deadline = keel__deadline(timeout_ms);
   uint32_t cause = 0;
   struct keel_msg *prev = NULL; /* last message tested in this call */
   for (;;) {
@@ -532,7 +527,7 @@ int keel_await(keel_ref_t ref, keel_msg_t **out, int64_t timeout_ms) {
   if (!p) return KEEL_ENOTPROC;
   if (timeout_ms < 0 && timeout_ms != KEEL_INFINITY) return KEEL_EINVAL;
   if (!ref || !ref_find(&p->refs, ref)) return KEEL_ENOENT;
-  uint64_t deadline = deadline_of(timeout_ms);
+  uint64_t deadline = keel__deadline(timeout_ms);
   uint32_t cause = 0;
   for (;;) {
     keel__signals_handle(p);

@@ -259,7 +259,7 @@ int keel_spawn(keel_proc_fn fn, void *arg, const keel_spawn_opts *opts, keel_pid
     if (!err && (err = keel__pidvec_add(&parent->links, pid)) != 0) p->links.n = 0;
   }
   if (!err && opts->monitor) {
-    keel_ref_t ref = opts->monitor_ref && *opts->monitor_ref ? *opts->monitor_ref : keel_make_ref();
+    keel_ref_t ref = opts->monitor_with ? opts->monitor_with : keel_make_ref();
     err = keel__monvec_add(&p->monitored_by, ref, parent->pid);
     if (!err && (err = keel__monvec_add(&parent->monitors, ref, pid)) != 0) p->monitored_by.n = 0;
     if (!err && opts->monitor_ref) *opts->monitor_ref = ref;

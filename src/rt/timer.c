@@ -147,13 +147,13 @@ static void timer_recycle(keel__sched *s, keel__timer *t) {
   s->timer_cache = t;
 }
 
-static uint64_t ms_until(uv_loop_t *loop, uint64_t deadline_ns) {
-  uv_update_time(loop);
-  uint64_t now = keel__now_ns();
-  if (deadline_ns <= now) return 0;
-  /* round up and add one: libuv's clock has millisecond steps, and a timer
-   * must never fire before its deadline */
-  return (deadline_ns - now + 999999) / 1000000 + 1;
+/* Milliseconds from the loop's notion of now to an absolute deadline. libuv
+ * fires a timer once its loop time (CLOCK_MONOTONIC, ms) reaches the due
+ * time, which is then exactly the deadline: never early, even if the loop's
+ * time is a little stale. */
+static uint64_t ms_until(uv_loop_t *loop, uint64_t deadline_ms) {
+  uint64_t now = uv_now(loop);
+  return deadline_ms > now ? deadline_ms - now : 0;
 }
 
 /* ---- wait timers ---------------------------------------------------------------- */
@@ -163,13 +163,13 @@ static void on_wait_timer(uv_timer_t *h) {
   if (t->proc) keel__wake_exact(t->proc, t->sw_expect, KEEL__W_TIMER);
 }
 
-void keel__wait_timer_arm(keel__proc *p, keel__sched *s, uint64_t deadline_ns, uint64_t expect) {
+void keel__wait_timer_arm(keel__proc *p, keel__sched *s, uint64_t deadline_ms, uint64_t expect) {
   keel__timer *t = keel__timer_get(s);
   if (!t) return; /* out of memory: the wait ends at the next message or signal */
   t->proc = p;
   t->sw_expect = expect;
   p->wait_timer = t;
-  uv_timer_start(&t->uv, on_wait_timer, ms_until(&s->loop, deadline_ns), 0);
+  uv_timer_start(&t->uv, on_wait_timer, ms_until(&s->loop, deadline_ms), 0);
 }
 
 void keel__wait_timer_disarm(keel__proc *p) {
@@ -312,10 +312,11 @@ int keel_sleep(int64_t ms) {
   keel__proc *p = keel__proc_self();
   if (!p) return KEEL_ENOTPROC;
   if (ms < 0) return KEEL_EINVAL;
-  uint64_t deadline = keel__now_ns() + (uint64_t)ms * 1000000u;
+  if (ms == 0) return keel_yield();
+  uint64_t deadline = keel__deadline(ms);
   for (;;) {
     keel__signals_handle(p);
-    if (keel__now_ns() >= deadline) return 0;
+    if (keel__past(deadline)) return 0;
     uint32_t cause = keel__wait(p, 0, deadline);
     if (cause == KEEL__W_TIMER) {
       keel__signals_handle(p);
