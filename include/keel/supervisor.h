@@ -99,6 +99,18 @@ int keel_sup_start(const keel_sup_spec *spec, const keel_sup_opts *opts, keel_pi
  * a supervisor linked to the caller. */
 int keel_sup_child_start(void *arg, const void *args, size_t args_len, keel_pid_t *pid);
 
+/* A child_start_fn for the common case: arg points to a keel_gs_child, and
+ * the child is that gen_server, linked to the supervisor and trapping exits
+ * (so its terminate runs when the supervisor shuts it down). Its init gets
+ * the simple_one_for_one arguments when there are any, else gs->arg. */
+typedef struct keel_gs_child {
+  const keel_gen_server *beh;
+  void *arg;
+  const char *name;     /* register under this name (NULL: none) */
+  int64_t init_timeout; /* 0: the default */
+} keel_gs_child;
+int keel_gs_child_start(void *arg, const void *args, size_t args_len, keel_pid_t *pid);
+
 /* Adds and starts a child (not simple_one_for_one). Errors: KEEL_EEXIST (id in
  * use), KEEL_EINVAL, the child's start error. *pid may be NULL. */
 int keel_sup_start_child(keel_pid_t sup, const keel_child_spec *spec, keel_pid_t *pid);

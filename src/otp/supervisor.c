@@ -682,6 +682,18 @@ int keel_sup_child_start(void *arg, const void *args, size_t args_len, keel_pid_
   return keel_sup_start(arg, &o, pid, NULL);
 }
 
+int keel_gs_child_start(void *arg, const void *args, size_t args_len, keel_pid_t *pid) {
+  const keel_gs_child *gc = arg;
+  if (!gc || !gc->beh) return KEEL_EINVAL;
+  keel_gs_opts o;
+  keel_gs_opts_init(&o);
+  o.link = true;
+  o.trap_exit = true;
+  o.name = gc->name;
+  o.init_timeout = gc->init_timeout;
+  return keel_gs_start(gc->beh, args_len ? (void *)args : gc->arg, &o, pid, NULL);
+}
+
 static int call(keel_pid_t s, req *r, size_t len, rep *out) {
   keel_msg_t *reply = NULL;
   int rc = keel_gs_call(s, keel_msg_copy(0, r, len), &reply, KEEL_INFINITY, NULL);
