@@ -343,6 +343,7 @@ typedef struct keel__rt {
   _Atomic uint64_t ext_sent; /* sends from outside any scheduler */
   _Atomic uint64_t ext_to_dead;
   _Atomic uint64_t ext_spawned; /* spawns from outside any scheduler */
+  _Atomic uint64_t ext_replies_dropped;
   atomic_uint rr;               /* round robin for spawns from outside */
   _Atomic uint64_t blocking_queued;
   _Atomic uint64_t blocking_running;

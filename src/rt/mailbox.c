@@ -52,7 +52,18 @@ static void count_sent(void) {
 
 static void count_reply_dropped(void) {
   keel__sched *s = keel__sched_self();
-  if (s) KEEL__INC(s->n_replies_dropped);
+  if (s)
+    KEEL__INC(s->n_replies_dropped);
+  else
+    atomic_fetch_add_explicit(&keel__g.ext_replies_dropped, 1, memory_order_relaxed);
+}
+
+/* A message that never reached a live receiver. */
+static void count_dropped(const struct keel_msg *m) {
+  if (m->kind == KEEL_MSG_REPLY)
+    count_reply_dropped();
+  else
+    keel__count_to_dead();
 }
 
 /* ---- messages ----------------------------------------------------------------- */
@@ -255,8 +266,8 @@ static struct keel_msg *pull(keel__proc *p) {
     struct keel_msg *m = keel__mbox_pop(&p->mbox);
     if (!m) return NULL;
     p->mbox_out++;
-    if (m->to != p->pid) {
-      keel__count_to_dead();
+    if (m->to != p->pid) { /* sent to an earlier incarnation that raced its end */
+      count_dropped(m);
       free(m);
       continue;
     }
@@ -343,7 +354,7 @@ void keel__mailbox_drop_all(keel__proc *p) {
       p->mbox_out++;
       if (m->to != p->pid ||
           KEEL__SW_ST(atomic_load_explicit(&p->sw, memory_order_relaxed)) == KEEL__ST_FREE)
-        keel__count_to_dead();
+        count_dropped(m);
       free(m);
       continue;
     }
@@ -364,7 +375,11 @@ int keel__deliver(keel_pid_t to, struct keel_msg *m) {
   uint32_t gen = KEEL__PID_GEN(to);
   if (!p) goto dead;
   uint64_t sw = atomic_load_explicit(&p->sw, memory_order_acquire);
-  if (KEEL__SW_GEN(sw) != gen || KEEL__SW_ST(sw) == KEEL__ST_FREE) goto dead;
+  /* EXITING counts as dead: whoever saw its DOWN or EXIT and sends now must
+   * see the message dropped and counted, not freed unseen with the mailbox. */
+  if (KEEL__SW_GEN(sw) != gen || KEEL__SW_ST(sw) == KEEL__ST_FREE ||
+      KEEL__SW_ST(sw) == KEEL__ST_EXITING)
+    goto dead;
   m->to = to;
   atomic_fetch_add_explicit(&p->mbox_in, 1, memory_order_relaxed);
   keel__mbox_push(&p->mbox, m);
@@ -372,10 +387,7 @@ int keel__deliver(keel_pid_t to, struct keel_msg *m) {
   keel__wake(p, gen, KEEL__W_MSG);
   return 0;
 dead:
-  if (m->kind == KEEL_MSG_REPLY)
-    count_reply_dropped();
-  else
-    keel__count_to_dead();
+  count_dropped(m);
   free(m);
   return 0;
 }

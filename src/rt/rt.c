@@ -117,6 +117,7 @@ int keel_rt_start(const keel_rt_options *o) {
   atomic_store(&keel__g.ext_sent, 0);
   atomic_store(&keel__g.ext_to_dead, 0);
   atomic_store(&keel__g.ext_spawned, 0);
+  atomic_store(&keel__g.ext_replies_dropped, 0);
   atomic_store(&keel__g.blocking_queued, 0);
   atomic_store(&keel__g.blocking_running, 0);
   atomic_store(&keel__g.stuck_reports, 0);
@@ -245,6 +246,7 @@ void keel_rt_stats_get(keel_rt_stats *out) {
     out->steals += atomic_load_explicit(&s->n_steals, memory_order_relaxed);
   }
   out->procs_spawned += atomic_load(&keel__g.ext_spawned);
+  out->replies_dropped += atomic_load(&keel__g.ext_replies_dropped);
   out->msgs_sent += atomic_load(&keel__g.ext_sent);
   out->msgs_to_dead += atomic_load(&keel__g.ext_to_dead);
   int64_t alive = atomic_load(&keel__g.alive);
