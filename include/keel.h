@@ -11,5 +11,7 @@
 #include "keel/registry.h"
 #include "keel/gen_server.h"
 #include "keel/supervisor.h"
+#include "keel/task.h"
+#include "keel/application.h"
 
 #endif

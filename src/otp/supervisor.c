@@ -153,7 +153,7 @@ static void emit(sup *s, keel_sup_event_kind kind, const child *c, keel_pid_t pi
   size_t n = nsubs;
   subscriber local[16];
   if (n > 16) n = 16;
-  memcpy(local, subs, n * sizeof *local);
+  if (n) memcpy(local, subs, n * sizeof *local);
   pthread_mutex_unlock(&sub_lock);
   if (!n) return;
   keel_sup_event ev = {.kind = kind,
@@ -408,11 +408,21 @@ static void sup_free(sup *s) {
   free(s);
 }
 
+static void sup_free_hook(void *arg) {
+  sup_free(arg);
+}
+
 static int sup_init(void *arg, void **state) {
   const init_arg *ia = arg;
   const keel_sup_spec *spec = ia->spec;
   sup *s = calloc(1, sizeof *s);
   if (!s) return KEEL_ENOMEM;
+  /* The state is freed when the process ends, however it ends (a killed
+   * supervisor runs no terminate). */
+  if (keel_on_exit(sup_free_hook, s) != 0) {
+    free(s);
+    return KEEL_ENOMEM;
+  }
   s->strategy = spec->strategy;
   s->intensity = spec->intensity == 0 ? DEFAULT_INTENSITY : spec->intensity;
   s->period_ms = spec->period_ms ? spec->period_ms : DEFAULT_PERIOD_MS;
@@ -434,7 +444,6 @@ static int sup_init(void *arg, void **state) {
     child *c = child_new(&spec->children[i], NULL);
     if (!c || add_child(s, c) != 0) {
       if (c) child_free(c);
-      sup_free(s);
       return KEEL_ENOMEM;
     }
   }
@@ -444,7 +453,6 @@ static int sup_init(void *arg, void **state) {
       stop_from(s, i);
       char id[64];
       snprintf(id, sizeof id, "%s", s->c[i]->id);
-      sup_free(s);
       keel_gs_stop(KEEL_REASON_SHUTDOWN, "child %s failed to start: %s", id, keel_strerror(rc));
       return rc;
     }
@@ -455,8 +463,7 @@ static int sup_init(void *arg, void **state) {
 
 static void sup_terminate(keel_reason reason, void *state) {
   sup *s = state;
-  stop_from(s, 0);
-  sup_free(s);
+  stop_from(s, 0); /* the state itself goes with the process (sup_free_hook) */
 }
 
 static int sup_info(void *state, keel_msg_t **m) {

@@ -165,7 +165,7 @@ typedef struct keel__monvec {
 /* Armed references (keel_await_ref): open addressing, linear probing. */
 typedef struct keel__refslot {
   keel_ref_t ref;
-  struct keel_msg *msg;
+  struct keel_msg *msg, *last; /* parked REPLY/DOWN messages for this ref, in arrival order */
 } keel__refslot;
 typedef struct keel__reftab {
   keel__refslot *v;
@@ -410,6 +410,7 @@ void keel__mailbox_move_all(
     keel__proc *p); /* owner: move everything arrived to the kept-aside list */
 void keel__mailbox_drop_all(keel__proc *p);                         /* free everything queued */
 void keel__mailbox_drop_link_exits(keel__proc *p, keel_pid_t from); /* keel_unlink */
+bool keel__mailbox_drop_down(keel__proc *p, keel_ref_t ref);         /* keel_demonitor */
 int keel__deliver(keel_pid_t to, struct keel_msg *m);               /* push + wake; consumes m */
 struct keel_msg *keel__msg_alloc(uint8_t kind, uint32_t tag, size_t size);
 void keel__count_to_dead(void);

@@ -237,21 +237,48 @@ static int ref_insert(keel__reftab *t, keel_ref_t ref) {
     i = (i + 1) & mask;
   if (t->v[i].ref == REF_TOMB) t->tomb--;
   t->v[i].ref = ref;
-  t->v[i].msg = NULL;
+  t->v[i].msg = t->v[i].last = NULL;
   t->n++;
   return 0;
 }
 
 static void ref_remove(keel__reftab *t, keel__refslot *s) {
   s->ref = REF_TOMB;
-  s->msg = NULL;
+  s->msg = s->last = NULL;
   t->n--;
   t->tomb++;
 }
 
+static struct keel_msg *msg_next(struct keel_msg *m) {
+  return atomic_load_explicit(&m->next, memory_order_relaxed);
+}
+
+/* Parks m under its armed ref (a reply, or the DOWN of the monitor). */
+static void ref_park(keel__refslot *s, struct keel_msg *m) {
+  atomic_store_explicit(&m->next, NULL, memory_order_relaxed);
+  if (s->last)
+    atomic_store_explicit(&s->last->next, m, memory_order_relaxed);
+  else
+    s->msg = m;
+  s->last = m;
+}
+
+static struct keel_msg *ref_take(keel__refslot *s) {
+  struct keel_msg *m = s->msg;
+  if (!m) return NULL;
+  s->msg = msg_next(m);
+  if (!s->msg) s->last = NULL;
+  atomic_store_explicit(&m->next, NULL, memory_order_relaxed);
+  return m;
+}
+
 void keel__reftab_free(keel__reftab *t) {
   for (uint32_t i = 0; i < t->cap; i++)
-    if (t->v[i].ref && t->v[i].ref != REF_TOMB) free(t->v[i].msg);
+    if (t->v[i].ref && t->v[i].ref != REF_TOMB)
+      for (struct keel_msg *m = t->v[i].msg, *n; m; m = n) {
+        n = msg_next(m);
+        free(m);
+      }
   free(t->v);
   memset(t, 0, sizeof *t);
 }
@@ -273,8 +300,8 @@ static struct keel_msg *pull(keel__proc *p) {
     }
     if (m->kind == KEEL_MSG_REPLY) {
       keel__refslot *s = ref_find(&p->refs, m->ref);
-      if (s && !s->msg) {
-        s->msg = m;
+      if (s) {
+        ref_park(s, m);
       } else {
         count_reply_dropped();
         free(m);
@@ -287,8 +314,8 @@ static struct keel_msg *pull(keel__proc *p) {
         continue;
       }
       keel__refslot *s = ref_find(&p->refs, m->ref);
-      if (s && !s->msg) {
-        s->msg = m;
+      if (s) {
+        ref_park(s, m);
         continue;
       }
     }
@@ -333,6 +360,23 @@ void keel__mailbox_drop_link_exits(keel__proc *p, keel_pid_t from) {
     }
     m = next;
   }
+}
+
+bool keel__mailbox_drop_down(keel__proc *p, keel_ref_t ref) {
+  bool found = false;
+  struct keel_msg *prev = NULL, *m = p->save_head;
+  while (m) {
+    struct keel_msg *next = save_next(m);
+    if (m->kind == KEEL_MSG_DOWN && m->ref == ref) {
+      save_unlink(p, prev, m);
+      free(m);
+      found = true;
+    } else {
+      prev = m;
+    }
+    m = next;
+  }
+  return found;
 }
 
 void keel__mailbox_move_all(keel__proc *p) {
@@ -522,13 +566,27 @@ int keel_await_ref(keel_ref_t ref) {
   return ref_insert(&p->refs, ref);
 }
 
+/* Disarms s. What is still parked there: replies are dropped (and counted);
+ * a DOWN goes to the mailbox, where receive or keel_demonitor finds it. */
+static void ref_disarm(keel__proc *p, keel__refslot *s) {
+  struct keel_msg *m;
+  while ((m = ref_take(s)) != NULL) {
+    if (m->kind == KEEL_MSG_DOWN) {
+      save_append(p, m);
+    } else {
+      count_reply_dropped();
+      free(m);
+    }
+  }
+  ref_remove(&p->refs, s);
+}
+
 int keel_await_cancel(keel_ref_t ref) {
   keel__proc *p = keel__proc_self();
   if (!p) return KEEL_ENOTPROC;
   keel__refslot *s = ref ? ref_find(&p->refs, ref) : NULL;
   if (!s) return KEEL_ENOENT;
-  free(s->msg);
-  ref_remove(&p->refs, s);
+  ref_disarm(p, s);
   return 0;
 }
 
@@ -548,14 +606,12 @@ int keel_await(keel_ref_t ref, keel_msg_t **out, int64_t timeout_ms) {
       save_append(p, m); /* ordinary messages wait their turn */
     keel__refslot *s = ref_find(&p->refs, ref);
     if (s->msg) {
-      m = s->msg;
-      ref_remove(&p->refs, s);
-      atomic_store_explicit(&m->next, NULL, memory_order_relaxed);
-      *out = m;
+      *out = ref_take(s);
+      ref_disarm(p, s);
       return 0;
     }
     if (expired(timeout_ms, deadline, cause)) {
-      ref_remove(&p->refs, s); /* disarm: a late reply is dropped */
+      ref_disarm(p, s); /* a reply that comes later is dropped */
       return KEEL_ETIMEDOUT;
     }
     cause = keel__wait(p, KEEL__W_MSG, deadline);

@@ -225,11 +225,13 @@ int keel_demonitor(keel_ref_t ref) {
   keel__proc *p = keel__proc_self();
   if (!p) return KEEL_ENOTPROC;
   keel_pid_t target;
-  if (!keel__monvec_del(&p->monitors, ref, &target)) return KEEL_ENOENT;
-  keel__signal_send(target, KEEL__SIG_DEMONITOR, p->pid, ref, KEEL_REASON_NORMAL, NULL);
-  /* A DOWN for ref already in the mailbox is dropped when it is reached,
-   * because ref is no longer among our monitors (mailbox.c). */
-  return 0;
+  bool active = keel__monvec_del(&p->monitors, ref, &target);
+  if (active) keel__signal_send(target, KEEL__SIG_DEMONITOR, p->pid, ref, KEEL_REASON_NORMAL, NULL);
+  /* A DOWN still in the queue is dropped when it is reached, because ref is
+   * no longer among our monitors (mailbox.c); one already pulled into the
+   * kept-aside list is removed here. */
+  bool flushed = keel__mailbox_drop_down(p, ref);
+  return active || flushed ? 0 : KEEL_ENOENT;
 }
 
 int keel_on_exit_of(keel_pid_t pid, void (*fn)(void *), void *arg) {
