@@ -53,6 +53,7 @@ typedef struct ack {
 /* Per-server state while its callbacks run (process-local slot). */
 typedef struct gs_server {
   const keel_gen_server *beh;
+  keel_msg_t *cur; /* the message being handled */
   void *state;
   keel_pid_t parent; /* linked starter, or 0 */
   bool stop_set;
@@ -115,12 +116,28 @@ static void check(gs_server *sv, int rc) {
   finish(sv, KEEL_REASON_ERROR, sv->stop_set ? sv->stop_text : text);
 }
 
+/* Runs when the server process ends, however it ends (a kill runs no
+ * terminate): frees the message being handled and the bookkeeping. */
+static void server_cleanup(void *arg) {
+  gs_server *sv = arg;
+  keel_msg_free(sv->cur);
+  free(sv);
+}
+
 static void server_main(void *p) {
   start_arg *sa = p;
-  gs_server sv = {.beh = sa->beh, .parent = sa->linked ? sa->starter : 0};
   keel_pid_t starter = sa->starter;
   keel_ref_t ack_ref = sa->ack;
-  keel_local_set(KEEL_LOCAL_GEN_SERVER, &sv);
+  gs_server *sv = calloc(1, sizeof *sv);
+  if (!sv || keel_on_exit(server_cleanup, sv) != 0) {
+    free(sv);
+    if (sa->linked) keel_unlink(starter);
+    send_ack(starter, ack_ref, KEEL_ENOMEM, KEEL_REASON_ERROR, "out of memory");
+    return;
+  }
+  sv->beh = sa->beh;
+  sv->parent = sa->linked ? starter : 0;
+  keel_local_set(KEEL_LOCAL_GEN_SERVER, sv);
 
   if (sa->name) {
     int rc = keel_register(sa->name, keel_self());
@@ -131,79 +148,82 @@ static void server_main(void *p) {
       return;
     }
   }
-  int rc = sv.beh->init ? sv.beh->init(sa->arg, &sv.state) : 0;
+  int rc = sv->beh->init ? sv->beh->init(sa->arg, &sv->state) : 0;
   if (rc < 0 || rc == KEEL_GS_STOP) {
     const char *name = sa->name;
     if (name) keel_unregister(name);
     if (sa->linked) keel_unlink(starter);
-    keel_reason_kind kind = sv.stop_set ? sv.stop_kind : KEEL_REASON_ERROR;
+    keel_reason_kind kind = sv->stop_set ? sv->stop_kind : KEEL_REASON_ERROR;
     char text[256];
-    if (sv.stop_set)
-      snprintf(text, sizeof text, "%s", sv.stop_text);
+    if (sv->stop_set)
+      snprintf(text, sizeof text, "%s", sv->stop_text);
     else
       snprintf(text, sizeof text, "init returned %s", keel_err_name(rc));
     send_ack(starter, ack_ref, rc == KEEL_GS_STOP ? KEEL_EDOWN : rc, kind, text);
     keel_local_set(KEEL_LOCAL_GEN_SERVER, NULL);
-    keel_exit(kind == KEEL_REASON_NORMAL ? KEEL_REASON_NORMAL : kind, text);
+    keel_exit(kind, text);
   }
-  sv.stop_set = false;
+  sv->stop_set = false;
   send_ack(starter, ack_ref, 0, KEEL_REASON_NORMAL, NULL);
   /* sa is gone from here on: the starter has returned. */
 
+  /* The message being handled lives in sv->cur, so that a kill in the middle
+   * of a callback frees it (server_cleanup); callbacks get &sv->cur and may
+   * take it by setting it to NULL. */
   for (;;) {
-    keel_msg_t *m;
-    keel_receive(&m, KEEL_INFINITY);
-    sv.stop_set = false;
+    keel_receive(&sv->cur, KEEL_INFINITY);
+    keel_msg_t *m = sv->cur;
+    sv->stop_set = false;
     switch (keel_msg_proto(m)) {
     case KEEL_PROTO_CALL: {
       keel_gs_from from = {keel_msg_from(m), keel_msg_ref(m)};
       keel_msg_t *reply = NULL;
-      rc = sv.beh->handle_call ? sv.beh->handle_call(sv.state, from, &m, &reply) : KEEL_EINVAL;
+      rc = sv->beh->handle_call ? sv->beh->handle_call(sv->state, from, &sv->cur, &reply)
+                                : KEEL_EINVAL;
       if (rc == KEEL_GS_REPLY || (rc == KEEL_GS_STOP && reply))
         keel_gs_reply(from, reply ? reply : keel_msg_new(0, 0));
       else
         keel_msg_free(reply);
-      keel_msg_free(m);
-      check(&sv, rc);
       break;
     }
     case KEEL_PROTO_CAST:
-      rc = sv.beh->handle_cast ? sv.beh->handle_cast(sv.state, &m) : 0;
-      keel_msg_free(m);
-      check(&sv, rc);
+      rc = sv->beh->handle_cast ? sv->beh->handle_cast(sv->state, &sv->cur) : 0;
       break;
     case KEEL_PROTO_SYSTEM: {
       sys_stop st;
+      rc = 0;
       if (keel_msg_size(m) >= sizeof st) {
         memcpy(&st, keel_msg_data(m), sizeof st);
         if (st.op == SYS_STOP) {
           char text[256];
           snprintf(text, sizeof text, "%s", ((sys_stop *)keel_msg_data(m))->text);
-          keel_msg_free(m);
-          finish(&sv, st.kind, text);
+          keel_msg_free(sv->cur);
+          sv->cur = NULL;
+          finish(sv, st.kind, text);
         }
       }
-      keel_msg_free(m);
       break;
     }
     default:
-      if (keel_msg_kind_of(m) == KEEL_MSG_EXIT && sv.parent) {
+      if (keel_msg_kind_of(m) == KEEL_MSG_EXIT && sv->parent) {
         keel_pid_t who;
         keel_reason r;
         keel_msg_exit_info(m, &who, &r);
-        if (who == sv.parent) { /* our parent is going: so are we */
+        if (who == sv->parent) { /* our parent is going: so are we */
           char text[256];
           snprintf(text, sizeof text, "%s", r.text);
           keel_reason_kind kind = r.kind;
-          keel_msg_free(m);
-          finish(&sv, kind, text);
+          keel_msg_free(sv->cur);
+          sv->cur = NULL;
+          finish(sv, kind, text);
         }
       }
-      rc = sv.beh->handle_info ? sv.beh->handle_info(sv.state, &m) : 0;
-      keel_msg_free(m);
-      check(&sv, rc);
+      rc = sv->beh->handle_info ? sv->beh->handle_info(sv->state, &sv->cur) : 0;
       break;
     }
+    keel_msg_free(sv->cur);
+    sv->cur = NULL;
+    check(sv, rc);
   }
 }
 

@@ -450,7 +450,8 @@ static int sup_init(void *arg, void **state) {
   for (size_t i = 0; i < s->n; i++) {
     int rc = start_one(s, s->c[i]);
     if (rc < 0) {
-      stop_from(s, i);
+      for (size_t j = i; j > 0; j--)
+        stop_one(s->c[j - 1]); /* started ones, in reverse */
       char id[64];
       snprintf(id, sizeof id, "%s", s->c[i]->id);
       keel_gs_stop(KEEL_REASON_SHUTDOWN, "child %s failed to start: %s", id, keel_strerror(rc));
