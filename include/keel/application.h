@@ -161,16 +161,16 @@ typedef enum keel_app_stop_reason {
 
 typedef struct keel_app_event {
   keel_app_event_kind kind;
-  int64_t timestamp_ms;       /* CLOCK_REALTIME, milliseconds since the epoch */
-  const char *name;           /* the application's name */
-  keel_app_t *app;            /* borrowed for the callback's duration */
-  keel_pid_t root;            /* STARTED, STOPPING: the root supervisor */
+  int64_t timestamp_ms;        /* CLOCK_REALTIME, milliseconds since the epoch */
+  const char *name;            /* the application's name */
+  keel_app_t *app;             /* borrowed for the callback's duration */
+  keel_pid_t root;             /* STARTED, STOPPING: the root supervisor */
   keel_app_stop_reason reason; /* STOPPING, STOPPED */
-  int signum;                 /* STOPPING/STOPPED with reason SIGNAL */
-  int error;                  /* START_FAILED: the KEEL_E* code */
-  const char *error_text;     /* START_FAILED, reason ERROR: why ("" otherwise) */
-  bool forced;                /* STOPPED: the stop timeout expired */
-  int exit_code;              /* STOPPED, START_FAILED: KEEL_APP_EXIT_* */
+  int signum;                  /* STOPPING/STOPPED with reason SIGNAL */
+  int error;                   /* START_FAILED: the KEEL_E* code */
+  const char *error_text;      /* START_FAILED, reason ERROR: why ("" otherwise) */
+  bool forced;                 /* STOPPED: the stop timeout expired */
+  int exit_code;               /* STOPPED, START_FAILED: KEEL_APP_EXIT_* */
 } keel_app_event;
 
 /* Called synchronously from the process where the event happens (normally

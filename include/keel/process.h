@@ -116,6 +116,15 @@ int keel_demonitor(keel_ref_t ref);
  * KEEL_ENOTPROC. */
 int keel_trap_exit(bool on);
 
+/* Holds exit signals, kill included, while a short critical section runs:
+ * they take effect when the last hold is released (hold=false), at once.
+ * Holds nest. Use it where dying halfway would leave memory another process
+ * still uses: gen_server's start holds exits while it waits for the child's
+ * init, which reads the starter's memory. A process holding exits cannot be
+ * stopped, so keep the section short and bounded. Errors: KEEL_ENOTPROC,
+ * KEEL_ESTATE (release without hold). */
+int keel_hold_exits(bool hold);
+
 /* Lets other runnable processes run; the caller continues later. Returns 0 or
  * KEEL_ENOTPROC. */
 int keel_yield(void);

@@ -156,7 +156,9 @@ int keel_sup_count_children(keel_pid_t sup, keel_child_counts *out);
 typedef enum keel_sup_event_kind {
   KEEL_SUP_CHILD_STARTED = 1,
   KEEL_SUP_CHILD_EXITED,    /* a child exited (reason in the event) */
-  KEEL_SUP_CHILD_RESTARTED, /* attempt = the restart count within the period */
+  KEEL_SUP_CHILD_RESTARTED, /* after the restart: child = the new pid (0 if its start
+                               failed and is retried), attempt = restarts within the
+                               period, reason = why the child had exited */
   KEEL_SUP_CHILD_START_FAILED,
   KEEL_SUP_INTENSITY_EXCEEDED /* the supervisor is giving up */
 } keel_sup_event_kind;

@@ -106,7 +106,8 @@ int keel_app_subscribe(keel_app_event_fn fn, void *ud) {
   if (subs_next_handle == 0x7fffffff) subs_next_handle = 0;
   s->handle = ++subs_next_handle;
   sub **pp = &subs;
-  while (*pp) pp = &(*pp)->next;
+  while (*pp)
+    pp = &(*pp)->next;
   *pp = s;
   pthread_mutex_unlock(&subs_lock);
   return s->handle;
@@ -140,7 +141,8 @@ static void dispatch(keel_app_event *ev) {
 }
 
 static void emit(keel_app_t *app, keel_app_event_kind kind) {
-  keel_app_event ev = {.kind = kind, .name = app->name, .app = app, .root = atomic_load(&app->root)};
+  keel_app_event ev = {
+      .kind = kind, .name = app->name, .app = app, .root = atomic_load(&app->root)};
   dispatch(&ev);
 }
 
@@ -461,9 +463,8 @@ _Noreturn static void master_stop(keel_app_t *app, void *state, keel_pid_t sigpi
                        .error_text = why};
   dispatch(&ev);
 
-  int64_t deadline = app->stop_timeout == KEEL_INFINITY
-                         ? -1
-                         : now_ms(CLOCK_MONOTONIC) + app->stop_timeout;
+  int64_t deadline =
+      app->stop_timeout == KEEL_INFINITY ? -1 : now_ms(CLOCK_MONOTONIC) + app->stop_timeout;
   bool forced = false;
   if (app->beh->prep_stop) forced = !run_prep_stop(app, state, root_gone ? 0 : root, deadline);
 
@@ -472,7 +473,8 @@ _Noreturn static void master_stop(keel_app_t *app, void *state, keel_pid_t sigpi
     collect_tree(root, &tree, 0);
     int64_t l = left(deadline);
     int rc = KEEL_ETIMEDOUT;
-    if (!forced && l != 0) rc = keel_gs_stop_server(root, KEEL_REASON_SHUTDOWN, "application stopping", l);
+    if (!forced && l != 0)
+      rc = keel_gs_stop_server(root, KEEL_REASON_SHUTDOWN, "application stopping", l);
     if (rc != 0) {
       forced = true;
       kill_and_wait(root);
@@ -733,7 +735,8 @@ int keel_app_stop(keel_app_t *app) {
   }
 }
 
-/* ---- as a program's main ---------------------------------------------------------------------- */
+/* ---- as a program's main ----------------------------------------------------------------------
+ */
 
 typedef struct main_ctx {
   const keel_application *beh;

@@ -238,6 +238,9 @@ static void wait_down(keel_ref_t ref) {
   if (keel_receive_match(is_down_for, &ref, &m, KEEL_INFINITY) == 0) keel_msg_free(m);
 }
 
+static int start_wait(start_arg *sa, keel_spawn_opts *so, keel_ref_t ref, int64_t timeout,
+                      bool link, keel_pid_t *out, keel_gs_exit *why);
+
 int keel_gs_start(const keel_gen_server *beh, void *arg, const keel_gs_opts *opts, keel_pid_t *out,
                   keel_gs_exit *why) {
   if (out) *out = 0;
@@ -270,8 +273,20 @@ int keel_gs_start(const keel_gen_server *beh, void *arg, const keel_gs_opts *opt
   so.monitor_with = ref;
   int rc = keel_await_ref(ref);
   if (rc) return rc;
+  /* The child reads sa (on our stack) and arg until it acks, so we must not
+   * die before that: exit signals are held until start returns. */
+  keel_hold_exits(true);
+  keel_pid_t pid = 0;
+  rc = start_wait(&sa, &so, ref, timeout, opts->link, &pid, why);
+  keel_hold_exits(false);
+  if (rc == 0 && out) *out = pid;
+  return rc;
+}
+
+static int start_wait(start_arg *sa, keel_spawn_opts *so, keel_ref_t ref, int64_t timeout,
+                      bool link, keel_pid_t *out, keel_gs_exit *why) {
   keel_pid_t pid;
-  rc = keel_spawn(server_main, &sa, &so, &pid);
+  int rc = keel_spawn(server_main, sa, so, &pid);
   if (rc) {
     keel_await_cancel(ref);
     return rc;
@@ -281,7 +296,7 @@ int keel_gs_start(const keel_gen_server *beh, void *arg, const keel_gs_opts *opt
   if (rc == KEEL_ETIMEDOUT) {
     /* Init took too long: kill it (unlinked first, or its death would take
      * us along) and wait until it is gone. */
-    if (opts->link) keel_unlink(pid);
+    if (link) keel_unlink(pid);
     keel_exit_signal(pid, KEEL_REASON_KILL, NULL);
     wait_down(ref);
     set_exit(why, KEEL_REASON_KILLED, "init timed out");
@@ -306,7 +321,7 @@ int keel_gs_start(const keel_gen_server *beh, void *arg, const keel_gs_opts *opt
     return a.rc;
   }
   keel_demonitor(ref);
-  if (out) *out = pid;
+  *out = pid;
   return 0;
 }
 
@@ -359,6 +374,7 @@ int keel_gs_call_name(const char *name, keel_msg_t *request, keel_msg_t **reply,
   if (!pid) {
     keel_msg_free(request);
     if (reply) *reply = NULL;
+    keel_yield(); /* a call is a scheduling point, even one that fails at once */
     return KEEL_ENOPROC;
   }
   return keel_gs_call(pid, request, reply, timeout_ms, why);

@@ -349,11 +349,12 @@ static bool significant_running(sup *s) {
   return false;
 }
 
-/* Applies the strategy after c (at index i) exited and must be restarted. */
-static int restart_after(sup *s, child *c) {
+/* Applies the strategy after c exited with reason r and must be restarted.
+ * The RESTARTED event goes out once c runs again, with its new pid, the
+ * attempt number within the period, and the reason that caused it. */
+static int restart_after(sup *s, child *c, keel_reason r) {
   c->restarts++;
   if (!count_restart(s)) return give_up(s, "reached max restart intensity");
-  emit(s, KEEL_SUP_CHILD_RESTARTED, c, 0, (unsigned)s->nhist, KEEL_REASON_NORMAL, NULL);
   size_t i = index_of(s, c);
   switch (s->strategy) {
   case KEEL_ONE_FOR_ONE:
@@ -369,6 +370,7 @@ static int restart_after(sup *s, child *c) {
     restart_from(s, i);
     break;
   }
+  emit(s, KEEL_SUP_CHILD_RESTARTED, c, c->pid, (unsigned)s->nhist, r.kind, r.text);
   return KEEL_GS_OK;
 }
 
@@ -377,7 +379,7 @@ static int on_exit_msg(sup *s, keel_pid_t pid, keel_reason r) {
   if (!c) return KEEL_GS_OK; /* not (or no longer) ours */
   c->pid = 0;
   emit(s, KEEL_SUP_CHILD_EXITED, c, pid, c->restarts, r.kind, r.text);
-  if (wants_restart(c, r.kind)) return restart_after(s, c);
+  if (wants_restart(c, r.kind)) return restart_after(s, c, r);
   bool significant = c->significant;
   if (c->restart == KEEL_TEMPORARY || s->strategy == KEEL_SIMPLE_ONE_FOR_ONE)
     remove_child(s, c); /* not restarted: gone */
@@ -486,12 +488,13 @@ static int sup_cast(void *state, keel_msg_t **m) {
   if (!c || c->pid) return KEEL_GS_OK;
   c->restarts++;
   if (!count_restart(s)) return give_up(s, "reached max restart intensity");
-  emit(s, KEEL_SUP_CHILD_RESTARTED, c, 0, (unsigned)s->nhist, KEEL_REASON_NORMAL, NULL);
   size_t i = index_of(s, c);
   if (s->strategy == KEEL_REST_FOR_ONE || s->strategy == KEEL_ONE_FOR_ALL)
     restart_from(s, s->strategy == KEEL_ONE_FOR_ALL ? 0 : i);
   else if (start_one(s, c) < 0)
     schedule_retry(c);
+  emit(s, KEEL_SUP_CHILD_RESTARTED, c, c->pid, (unsigned)s->nhist, KEEL_REASON_ERROR,
+       "retry after a failed start");
   return KEEL_GS_OK;
 }
 

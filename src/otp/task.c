@@ -106,7 +106,8 @@ static void task_supervised_main(void *unused) {
   run_job(m);
 }
 
-static int send_job(keel_pid_t to, keel_task_fn fn, void *arg, keel_pid_t reply_to, keel_ref_t ref) {
+static int send_job(keel_pid_t to, keel_task_fn fn, void *arg, keel_pid_t reply_to,
+                    keel_ref_t ref) {
   task_job job = {.fn = fn, .arg = arg, .reply_to = reply_to, .ref = ref};
   keel_msg_t *m = keel_msg_copy(TAG_JOB, &job, sizeof job);
   if (!m) return KEEL_ENOMEM;

@@ -222,7 +222,7 @@ typedef struct keel__proc {
   void *local[KEEL_LOCAL_SLOTS]; /* keel_local_get/set */
   bool trap_exit;
   bool fresh;                     /* never run: its context is built at its first run */
-  bool in_blocking;               /* signals deferred until the blocking call returns */
+  int hold_exits;                 /* >0: exit signals wait (keel_hold_exits, keel_blocking) */
   int pinned;                     /* >0: must run only on `home` (libuv handles in use) */
   keel__req req;                  /* what it asked the scheduler for */
   uint32_t wait_mask;             /* for KEEL__REQ_WAIT */
@@ -344,7 +344,7 @@ typedef struct keel__rt {
   _Atomic uint64_t ext_to_dead;
   _Atomic uint64_t ext_spawned; /* spawns from outside any scheduler */
   _Atomic uint64_t ext_replies_dropped;
-  atomic_uint rr;               /* round robin for spawns from outside */
+  atomic_uint rr; /* round robin for spawns from outside */
   _Atomic uint64_t blocking_queued;
   _Atomic uint64_t blocking_running;
   _Atomic uint64_t stuck_reports;
@@ -410,7 +410,7 @@ void keel__mailbox_move_all(
     keel__proc *p); /* owner: move everything arrived to the kept-aside list */
 void keel__mailbox_drop_all(keel__proc *p);                         /* free everything queued */
 void keel__mailbox_drop_link_exits(keel__proc *p, keel_pid_t from); /* keel_unlink */
-bool keel__mailbox_drop_down(keel__proc *p, keel_ref_t ref);         /* keel_demonitor */
+bool keel__mailbox_drop_down(keel__proc *p, keel_ref_t ref);        /* keel_demonitor */
 int keel__deliver(keel_pid_t to, struct keel_msg *m);               /* push + wake; consumes m */
 struct keel_msg *keel__msg_alloc(uint8_t kind, uint32_t tag, size_t size);
 void keel__count_to_dead(void);

@@ -160,17 +160,17 @@ int keel_blocking(void (*fn)(void *), void *arg) {
   keel_io_begin(&io);
   blocking_job j = {.fn = fn, .arg = arg, .io = &io};
   j.req.data = &j;
-  p->in_blocking = true;
+  p->hold_exits++;
   atomic_fetch_add_explicit(&keel__g.blocking_queued, 1, memory_order_relaxed);
   int rc = uv_queue_work(keel_io_loop(&io), &j.req, blocking_run, blocking_done);
   if (rc != 0) {
     atomic_fetch_sub_explicit(&keel__g.blocking_queued, 1, memory_order_relaxed);
-    p->in_blocking = false;
+    p->hold_exits--;
     keel_io_end(&io);
     return KEEL_ENOMEM;
   }
   rc = keel_io_wait(&io, KEEL_INFINITY);
-  p->in_blocking = false;
+  p->hold_exits--;
   keel_io_end(&io);
   keel__signals_handle(p); /* deferred exit signals take effect now */
   return rc;

@@ -243,7 +243,7 @@ int keel_spawn(keel_proc_fn fn, void *arg, const keel_spawn_opts *opts, keel_pid
   p->exit_hooks = NULL;
   memset(p->local, 0, sizeof p->local);
   p->trap_exit = opts->trap_exit;
-  p->in_blocking = false;
+  p->hold_exits = 0;
   p->pinned = 0;
   p->wait_timer = NULL;
   p->io_cleanup = NULL;

@@ -384,7 +384,7 @@ void keel__proc_switch(keel__proc *p, keel__req req, uint32_t wait_mask) {
 }
 
 uint32_t keel__wait(keel__proc *p, uint32_t mask, uint64_t deadline_ms) {
-  if (!p->in_blocking) mask |= KEEL__W_SIG;
+  if (!p->hold_exits) mask |= KEEL__W_SIG;
   uint64_t sw = atomic_load_explicit(&p->sw, memory_order_relaxed);
   uint32_t seq = (KEEL__SW_SEQ(sw) + 1) & 0xFFFF;
   atomic_store_explicit(&p->sw, KEEL__SW(KEEL__SW_GEN(sw), seq, 0, KEEL__ST_RUNNING),

@@ -112,7 +112,7 @@ static void apply_exit(keel__proc *p, keel_pid_t from, keel_reason_kind kind, co
 }
 
 void keel__signals_handle(keel__proc *p) {
-  if (p->in_blocking) return;
+  if (p->hold_exits) return;
   if (!atomic_load_explicit(&p->sig_pending, memory_order_acquire)) return;
   keel__spin_lock(&p->sig_lock);
   keel__sig *sig = p->sig_head;
@@ -248,4 +248,16 @@ int keel_on_exit_of(keel_pid_t pid, void (*fn)(void *), void *arg) {
   sig->hook_fn = fn;
   sig->hook_arg = arg;
   return keel__signal_post(p, pid, sig);
+}
+
+int keel_hold_exits(bool hold) {
+  keel__proc *p = keel__proc_self();
+  if (!p) return KEEL_ENOTPROC;
+  if (hold) {
+    p->hold_exits++;
+    return 0;
+  }
+  if (p->hold_exits == 0) return KEEL_ESTATE;
+  if (--p->hold_exits == 0) keel__signals_handle(p); /* what was held takes effect now */
+  return 0;
 }
