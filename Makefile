@@ -74,10 +74,12 @@ test-install: build
 
 bench: build
 	./build/bench/bench_rt
+	./build/bench/bench_otp
 
 bench-compare: build
 	@scripts/install-deps.sh --bench
 	./build/bench/bench_rt > build/bench-keel.jsonl
+	./build/bench/bench_otp >> build/bench-keel.jsonl
 	BUILD_DIR=build bench/erlang/run.sh > build/bench-beam.jsonl
 	bench/compare.sh build/bench-keel.jsonl build/bench-beam.jsonl
 
