@@ -38,8 +38,12 @@ keel__ctx_swap:
     ldp d10, d11, [sp, #112]
     ldp d12, d13, [sp, #128]
     ldp d14, d15, [sp, #144]
-    ldr x9, [sp, #160]
-    msr fpcr, x9
+    ldr x10, [sp, #160]
+    mrs x9, fpcr            /* still the suspended context's: reload only if different */
+    cmp x9, x10
+    b.eq 1f
+    msr fpcr, x10
+1:
     add sp, sp, #176
     ret
     .size keel__ctx_swap, .-keel__ctx_swap
