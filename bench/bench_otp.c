@@ -29,7 +29,7 @@
 #include <time.h>
 #include <unistd.h>
 
-#include "keel.h"
+#include "bench_driver.h"
 
 static double now_ns(void) {
   struct timespec ts;
@@ -37,21 +37,9 @@ static double now_ns(void) {
   return (double)ts.tv_sec * 1e9 + (double)ts.tv_nsec;
 }
 
-static double result; /* set by the workload's main process */
-
-static void fail(const char *what, int rc) {
-  fprintf(stderr, "bench: %s: %s\n", what, keel_strerror(rc));
-  exit(2);
-}
-
 static void no_reports(const keel_report *r, void *ud) {
   (void)r;
   (void)ud;
-}
-
-static int cmp_double(const void *a, const void *b) {
-  double x = *(const double *)a, y = *(const double *)b;
-  return (x > y) - (x < y);
 }
 
 /* ---- the worker: replies at once, crashes on request ------------------------------ */
@@ -110,26 +98,26 @@ static void call_rtt_main(void *arg) {
   o.link = true;
   keel_pid_t server;
   int rc = keel_gs_start(&worker, NULL, &o, &server, NULL);
-  if (rc) fail("call_rtt start", rc);
+  if (rc) bench_fail("call_rtt start", rc);
   double t0 = now_ns();
   for (long i = 0; i < CALL_N; i++) {
     rc = ping(server);
-    if (rc) fail("call_rtt call", rc);
+    if (rc) bench_fail("call_rtt call", rc);
   }
   double t1 = now_ns();
   keel_gs_stop_server(server, KEEL_REASON_NORMAL, NULL, KEEL_INFINITY);
-  result = (t1 - t0) / CALL_N;
+  bench_result = (t1 - t0) / CALL_N;
 }
 
 /* ---- restart_latency ---------------------------------------------------------------- */
 
-#define RESTART_N 1000
+#define RESTART_N     1000
 #define RESTART_BATCH 50
-#define WORKER_NAME "keel_bench_worker"
+#define WORKER_NAME   "keel_bench_worker"
 
 static double restart_once(void) {
   keel_pid_t old = keel_whereis(WORKER_NAME);
-  if (!old) fail("restart_latency: no worker", KEEL_ENOPROC);
+  if (!old) bench_fail("restart_latency: no worker", KEEL_ENOPROC);
   double t0 = now_ns();
   keel_gs_cast(old, keel_msg_new(CRASH, 0));
   for (;;) {
@@ -159,17 +147,17 @@ static void restart_main(void *arg) {
   for (int b = 0; b < RESTART_N / RESTART_BATCH; b++) {
     keel_pid_t sup;
     int rc = keel_sup_start(&spec, NULL, &sup, NULL);
-    if (rc) fail("restart_latency: supervisor start", rc);
+    if (rc) bench_fail("restart_latency: supervisor start", rc);
     for (int i = 0; i < RESTART_BATCH; i++)
       samples[k++] = restart_once();
     keel_gs_stop_server(sup, KEEL_REASON_SHUTDOWN, NULL, KEEL_INFINITY);
   }
-  qsort(samples, (size_t)k, sizeof samples[0], cmp_double);
+  qsort(samples, (size_t)k, sizeof samples[0], bench_cmp_double);
   if (getenv("KEEL_BENCH_STATS"))
     fprintf(stderr, "  restart_latency: %d samples, min %.0f p50 %.0f p90 %.0f p99 %.0f max %.0f\n",
             k, samples[0], samples[k / 2], samples[k * 9 / 10], samples[k * 99 / 100],
             samples[k - 1]);
-  result = (samples[k / 2 - 1] + samples[k / 2]) / 2; /* k is even */
+  bench_result = (samples[k / 2 - 1] + samples[k / 2]) / 2; /* k is even */
 }
 
 /* ---- supervisor_start ------------------------------------------------------------------ */
@@ -198,88 +186,24 @@ static void sup_start_main(void *arg) {
   double t0 = now_ns();
   int rc = keel_sup_start(&spec, NULL, &sup, NULL);
   double t1 = now_ns();
-  if (rc) fail("supervisor_start", rc);
+  if (rc) bench_fail("supervisor_start", rc);
   keel_child_counts cc;
   rc = keel_sup_count_children(sup, &cc);
-  if (rc || cc.workers != SUP_CHILDREN) fail("supervisor_start: count_children", rc ? rc : KEEL_ERANGE);
+  if (rc || cc.workers != SUP_CHILDREN)
+    bench_fail("supervisor_start: count_children", rc ? rc : KEEL_ERANGE);
   keel_gs_stop_server(sup, KEEL_REASON_SHUTDOWN, NULL, KEEL_INFINITY);
-  result = (t1 - t0) / SUP_CHILDREN;
+  bench_result = (t1 - t0) / SUP_CHILDREN;
 }
 
 /* ---- driver ----------------------------------------------------------------------------- */
 
-typedef struct {
-  const char *name, *unit;
-  keel_proc_fn fn;
-  int runs; /* as keel_bench.erl's repetitions */
-} workload;
-
-static const workload workloads[] = {
+static const bench_workload workloads[] = {
     {"call_rtt", "ns", call_rtt_main, 9},
     {"restart_latency", "ns", restart_main, 1},
     {"supervisor_start", "ns/child", sup_start_main, 7},
 };
 
-/* One run in a fresh child process; the value comes back through a pipe. */
-static double run_once(const workload *w) {
-  int fd[2];
-  if (pipe(fd) != 0) exit(2);
-  pid_t child = fork();
-  if (child == 0) {
-    close(fd[0]);
-    int rc = keel_run(w->fn, NULL, NULL);
-    if (rc) fail(w->name, rc);
-    if (write(fd[1], &result, sizeof result) != (ssize_t)sizeof result) _exit(2);
-    _exit(0);
-  }
-  close(fd[1]);
-  double v = -1;
-  ssize_t n = read(fd[0], &v, sizeof v);
-  close(fd[0]);
-  int status;
-  waitpid(child, &status, 0);
-  if (n != (ssize_t)sizeof v || !WIFEXITED(status) || WEXITSTATUS(status) != 0) {
-    fprintf(stderr, "bench: %s failed (status %d)\n", w->name, status);
-    exit(2);
-  }
-  return v;
-}
-
 int main(int argc, char **argv) {
-  int runs_override = 0;
-  int first = 1;
-  if (argc > 2 && strcmp(argv[1], "--runs") == 0) {
-    runs_override = atoi(argv[2]);
-    first = 3;
-  }
-  for (int a = first; a < argc; a++) {
-    int known = 0;
-    for (size_t i = 0; i < sizeof workloads / sizeof workloads[0]; i++)
-      known |= strcmp(argv[a], workloads[i].name) == 0;
-    if (!known) {
-      fprintf(stderr, "bench_otp: unknown workload %s\n", argv[a]);
-      return 2;
-    }
-  }
-  for (size_t i = 0; i < sizeof workloads / sizeof workloads[0]; i++) {
-    const workload *w = &workloads[i];
-    if (argc > first) {
-      int wanted = 0;
-      for (int a = first; a < argc; a++)
-        wanted |= strcmp(argv[a], w->name) == 0;
-      if (!wanted) continue;
-    }
-    int runs = runs_override > 0 ? runs_override : w->runs;
-    double v[32];
-    if (runs > 32) runs = 32;
-    for (int r = 0; r < runs; r++) {
-      v[r] = run_once(w);
-      fprintf(stderr, "  %s run %d: %.1f %s\n", w->name, r + 1, v[r], w->unit);
-    }
-    qsort(v, (size_t)runs, sizeof v[0], cmp_double);
-    printf("{\"bench\": \"%s\", \"unit\": \"%s\", \"value\": %.1f}\n", w->name, w->unit,
-           v[runs / 2]);
-    fflush(stdout);
-  }
-  return 0;
+  return bench_main("bench_otp", workloads, sizeof workloads / sizeof workloads[0], argc, argv,
+                    NULL);
 }

@@ -21,13 +21,7 @@
 #include <time.h>
 #include <unistd.h>
 
-#include "keel.h"
-
-static double now_s(void) {
-  struct timespec ts;
-  clock_gettime(CLOCK_MONOTONIC, &ts);
-  return (double)ts.tv_sec + (double)ts.tv_nsec * 1e-9;
-}
+#include "bench_driver.h"
 
 static long rss_bytes(void) {
   FILE *f = fopen("/proc/self/statm", "r");
@@ -38,17 +32,10 @@ static long rss_bytes(void) {
   return res * sysconf(_SC_PAGESIZE);
 }
 
-static double result; /* set by the workload's main process */
-
 /* Waits (sleeping, so schedulers stay free) until *ctr reaches n. */
 static void wait_count(atomic_long *ctr, long n) {
   while (atomic_load(ctr) < n)
     keel_sleep(1);
-}
-
-static void fail(const char *what, int rc) {
-  fprintf(stderr, "bench: %s: %s\n", what, keel_strerror(rc));
-  exit(2);
 }
 
 /* Runtime counters of the run, to stderr with KEEL_BENCH_STATS=1. */
@@ -67,6 +54,10 @@ static void print_stats(const char *name) {
 static atomic_long started, finished;
 static keel_pid_t *pids;
 
+static void alloc_pids(void) {
+  pids = calloc(NPROC, sizeof *pids);
+}
+
 static void idle_child(void *arg) {
   (void)arg;
   atomic_fetch_add(&started, 1);
@@ -84,14 +75,14 @@ static void release_all(void) {
 
 static void spawn_main(void *arg) {
   (void)arg;
-  double t0 = now_s();
+  double t0 = bench_now_s();
   for (long i = 0; i < NPROC; i++) {
     int rc = keel_spawn(idle_child, NULL, NULL, &pids[i]);
-    if (rc) fail("spawn", rc);
+    if (rc) bench_fail("spawn", rc);
   }
-  double t1 = now_s();
+  double t1 = bench_now_s();
   wait_count(&started, NPROC);
-  result = (t1 - t0) * 1e9 / NPROC;
+  bench_result = (t1 - t0) * 1e9 / NPROC;
   release_all();
 }
 
@@ -101,12 +92,12 @@ static void memory_main(void *arg) {
   long before = rss_bytes();
   for (long i = 0; i < NPROC; i++) {
     int rc = keel_spawn(idle_child, NULL, NULL, &pids[i]);
-    if (rc) fail("spawn", rc);
+    if (rc) bench_fail("spawn", rc);
   }
   wait_count(&started, NPROC);
   keel_sleep(20);
   long after = rss_bytes();
-  result = (double)(after - before) / NPROC;
+  bench_result = (double)(after - before) / NPROC;
   release_all();
 }
 
@@ -142,12 +133,12 @@ static void cast_main(void *arg) {
   cast_main_pid = keel_self();
   keel_pid_t rx;
   keel_spawn(cast_receiver, NULL, NULL, &rx);
-  double t0 = now_s();
+  double t0 = bench_now_s();
   keel_spawn(cast_sender, &rx, NULL, NULL);
   keel_msg_t *m;
   keel_receive(&m, KEEL_INFINITY);
   keel_msg_free(m);
-  result = NCAST / (now_s() - t0);
+  bench_result = NCAST / (bench_now_s() - t0);
   print_stats("cast_throughput");
 }
 
@@ -187,12 +178,12 @@ static void ring_main(void *arg) {
     keel_spawn(ring_node, (void *)(intptr_t)i, NULL, &ring_pids[i]);
   keel_sleep(10);
   long hops = HOPS;
-  double t0 = now_s();
+  double t0 = bench_now_s();
   keel_send(ring_pids[0], keel_msg_copy(0, &hops, sizeof hops));
   keel_msg_t *m;
   keel_receive(&m, KEEL_INFINITY);
   keel_msg_free(m);
-  result = (now_s() - t0) * 1e9 / HOPS;
+  bench_result = (bench_now_s() - t0) * 1e9 / HOPS;
   print_stats("ring");
   long stop = -1;
   for (long i = 0; i < RING; i++)
@@ -235,7 +226,7 @@ static void pairs_main(void *arg) {
   (void)arg;
   pairs_main_pid = keel_self();
   int npairs = 4 * keel_sched_count();
-  double t0 = now_s();
+  double t0 = bench_now_s();
   for (int i = 0; i < npairs; i++) {
     keel_spawn_opts o;
     keel_spawn_opts_init(&o);
@@ -247,19 +238,13 @@ static void pairs_main(void *arg) {
     keel_receive(&m, KEEL_INFINITY);
     keel_msg_free(m);
   }
-  result = (double)npairs * ROUNDS / (now_s() - t0);
+  bench_result = (double)npairs * ROUNDS / (bench_now_s() - t0);
   print_stats("pairs_roundtrips");
 }
 
 /* ---- driver --------------------------------------------------------------------------------- */
 
-typedef struct {
-  const char *name, *unit;
-  keel_proc_fn fn;
-  int runs;
-} workload;
-
-static const workload workloads[] = {
+static const bench_workload workloads[] = {
     {"spawn", "ns/process", spawn_main, 5},
     {"idle_process_memory", "bytes/process", memory_main, 3},
     {"cast_throughput", "msgs/s", cast_main, 5},
@@ -267,63 +252,7 @@ static const workload workloads[] = {
     {"pairs_roundtrips", "roundtrips/s", pairs_main, 5},
 };
 
-static int cmp_double(const void *a, const void *b) {
-  double x = *(const double *)a, y = *(const double *)b;
-  return (x > y) - (x < y);
-}
-
-/* One run in a fresh child process; the value comes back through a pipe. */
-static double run_once(const workload *w) {
-  int fd[2];
-  if (pipe(fd) != 0) exit(2);
-  pid_t child = fork();
-  if (child == 0) {
-    close(fd[0]);
-    pids = calloc(NPROC, sizeof *pids);
-    int rc = keel_run(w->fn, NULL, NULL);
-    if (rc) fail(w->name, rc);
-    if (write(fd[1], &result, sizeof result) != (ssize_t)sizeof result) _exit(2);
-    _exit(0);
-  }
-  close(fd[1]);
-  double v = -1;
-  ssize_t n = read(fd[0], &v, sizeof v);
-  close(fd[0]);
-  int status;
-  waitpid(child, &status, 0);
-  if (n != (ssize_t)sizeof v || !WIFEXITED(status) || WEXITSTATUS(status) != 0) {
-    fprintf(stderr, "bench: %s failed (status %d)\n", w->name, status);
-    exit(2);
-  }
-  return v;
-}
-
 int main(int argc, char **argv) {
-  int runs_override = 0;
-  int first = 1;
-  if (argc > 2 && strcmp(argv[1], "--runs") == 0) {
-    runs_override = atoi(argv[2]);
-    first = 3;
-  }
-  for (size_t i = 0; i < sizeof workloads / sizeof workloads[0]; i++) {
-    const workload *w = &workloads[i];
-    if (argc > first) {
-      int wanted = 0;
-      for (int a = first; a < argc; a++)
-        wanted |= strcmp(argv[a], w->name) == 0;
-      if (!wanted) continue;
-    }
-    int runs = runs_override > 0 ? runs_override : w->runs;
-    double v[32];
-    if (runs > 32) runs = 32;
-    for (int r = 0; r < runs; r++) {
-      v[r] = run_once(w);
-      fprintf(stderr, "  %s run %d: %.1f %s\n", w->name, r + 1, v[r], w->unit);
-    }
-    qsort(v, (size_t)runs, sizeof v[0], cmp_double);
-    printf("{\"bench\": \"%s\", \"unit\": \"%s\", \"value\": %.1f}\n", w->name, w->unit,
-           v[runs / 2]);
-    fflush(stdout);
-  }
-  return 0;
+  return bench_main("bench_rt", workloads, sizeof workloads / sizeof workloads[0], argc, argv,
+                    alloc_pids);
 }

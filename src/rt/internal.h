@@ -402,6 +402,9 @@ int keel__signal_send(keel_pid_t to, keel__sig_type type, keel_pid_t from, keel_
                       keel_reason_kind reason, const char *text);
 int keel__signal_post(keel__proc *p, keel_pid_t to, keel__sig *sig); /* consumes sig */
 void keel__signals_handle(keel__proc *p);                            /* owner; may exit */
+/* Applies a link/unlink/monitor/demonitor/hook signal to p's own sets;
+ * false for exit signals, which the caller handles. */
+bool keel__signal_bookkeep(keel__proc *p, const keel__sig *sig);
 int keel__exit_hook_add(keel__proc *p, void (*fn)(void *), void *arg);
 _Noreturn void keel__proc_die(keel__proc *p, keel_reason_kind kind, const char *text);
 void keel__proc_finalize(keel__sched *s, keel__proc *p); /* scheduler, after the process died */

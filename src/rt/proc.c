@@ -429,6 +429,32 @@ void keel__send_down(keel_pid_t to, keel_ref_t ref, keel_pid_t pid, keel_reason_
   send_down(to, ref, pid, kind, text);
 }
 
+/* The last part of any end: exit hooks, then everything the runtime holds for
+ * the process (mailbox, armed refs, link and monitor sets, its stack). */
+static void release_owned(keel__sched *s, keel__proc *p) {
+  while (p->exit_hooks) {
+    keel__exit_hook *h = p->exit_hooks;
+    p->exit_hooks = h->next;
+    h->fn(h->arg);
+    free(h);
+  }
+  keel__mailbox_drop_all(p);
+  keel__reftab_free(&p->refs);
+  free(p->links.v);
+  free(p->monitors.v);
+  free(p->monitored_by.v);
+  memset(&p->links, 0, sizeof p->links);
+  memset(&p->monitors, 0, sizeof p->monitors);
+  memset(&p->monitored_by, 0, sizeof p->monitored_by);
+  free(p->exit_text);
+  p->exit_text = NULL;
+  if (p->stack) {
+    if (!p->fresh) keel__ctx_destroy(&p->ctx);
+    keel__stack_put(s, p->stack);
+    p->stack = NULL;
+  }
+}
+
 void keel__proc_finalize(keel__sched *s, keel__proc *p) {
   keel_pid_t pid = p->pid;
   keel_reason_kind kind = p->exit_kind;
@@ -445,17 +471,8 @@ void keel__proc_finalize(keel__sched *s, keel__proc *p) {
    * link and monitor changes count (the process was alive when they came). */
   while (sig) {
     keel__sig *next = sig->next;
-    switch (sig->type) {
-    case KEEL__SIG_LINK:
-      if (!keel__pidvec_has(&p->links, sig->from)) keel__pidvec_add(&p->links, sig->from);
-      break;
-    case KEEL__SIG_UNLINK:
-    case KEEL__SIG_LINK_EXIT: keel__pidvec_del(&p->links, sig->from); break;
-    case KEEL__SIG_MONITOR: keel__monvec_add(&p->monitored_by, sig->ref, sig->from); break;
-    case KEEL__SIG_DEMONITOR: keel__monvec_del(&p->monitored_by, sig->ref, NULL); break;
-    case KEEL__SIG_HOOK: keel__exit_hook_add(p, sig->hook_fn, sig->hook_arg); break;
-    default: break;
-    }
+    if (!keel__signal_bookkeep(p, sig) && sig->type == KEEL__SIG_LINK_EXIT)
+      keel__pidvec_del(&p->links, sig->from); /* that partner is gone too */
     free(sig);
     sig = next;
   }
@@ -481,26 +498,7 @@ void keel__proc_finalize(keel__sched *s, keel__proc *p) {
     p->io_cleanup(p->io_cleanup_arg);
     p->io_cleanup = NULL;
   }
-  while (p->exit_hooks) {
-    keel__exit_hook *h = p->exit_hooks;
-    p->exit_hooks = h->next;
-    h->fn(h->arg);
-    free(h);
-  }
-
-  keel__mailbox_drop_all(p);
-  keel__reftab_free(&p->refs);
-  free(p->links.v);
-  free(p->monitors.v);
-  free(p->monitored_by.v);
-  memset(&p->links, 0, sizeof p->links);
-  memset(&p->monitors, 0, sizeof p->monitors);
-  memset(&p->monitored_by, 0, sizeof p->monitored_by);
-  free(p->exit_text);
-  p->exit_text = NULL;
-  if (!p->fresh) keel__ctx_destroy(&p->ctx);
-  keel__stack_put(s, p->stack);
-  p->stack = NULL;
+  release_owned(s, p);
   if (s)
     atomic_store_explicit(&s->n_exited,
                           atomic_load_explicit(&s->n_exited, memory_order_relaxed) + 1,
@@ -521,27 +519,7 @@ void keel__proc_destroy(keel__proc *p) {
   }
   p->sig_tail = NULL;
   p->sig_pid = 0;
-  while (p->exit_hooks) {
-    keel__exit_hook *h = p->exit_hooks;
-    p->exit_hooks = h->next;
-    h->fn(h->arg);
-    free(h);
-  }
-  keel__mailbox_drop_all(p);
-  keel__reftab_free(&p->refs);
-  free(p->links.v);
-  free(p->monitors.v);
-  free(p->monitored_by.v);
-  memset(&p->links, 0, sizeof p->links);
-  memset(&p->monitors, 0, sizeof p->monitors);
-  memset(&p->monitored_by, 0, sizeof p->monitored_by);
-  free(p->exit_text);
-  p->exit_text = NULL;
-  if (p->stack) {
-    if (!p->fresh) keel__ctx_destroy(&p->ctx);
-    keel__stack_put(NULL, p->stack);
-    p->stack = NULL;
-  }
+  release_owned(NULL, p);
   atomic_store_explicit(&p->sw, KEEL__SW(KEEL__SW_GEN(atomic_load(&p->sw)), 0, 0, KEEL__ST_FREE),
                         memory_order_relaxed);
 }

@@ -111,6 +111,19 @@ static void apply_exit(keel__proc *p, keel_pid_t from, keel_reason_kind kind, co
   keel__proc_die(p, kind, text);
 }
 
+bool keel__signal_bookkeep(keel__proc *p, const keel__sig *sig) {
+  switch (sig->type) {
+  case KEEL__SIG_LINK:
+    if (!keel__pidvec_has(&p->links, sig->from)) keel__pidvec_add(&p->links, sig->from);
+    return true;
+  case KEEL__SIG_UNLINK: keel__pidvec_del(&p->links, sig->from); return true;
+  case KEEL__SIG_MONITOR: keel__monvec_add(&p->monitored_by, sig->ref, sig->from); return true;
+  case KEEL__SIG_DEMONITOR: keel__monvec_del(&p->monitored_by, sig->ref, NULL); return true;
+  case KEEL__SIG_HOOK: keel__exit_hook_add(p, sig->hook_fn, sig->hook_arg); return true;
+  default: return false;
+  }
+}
+
 void keel__signals_handle(keel__proc *p) {
   if (p->hold_exits) return;
   if (!atomic_load_explicit(&p->sig_pending, memory_order_acquire)) return;
@@ -121,14 +134,12 @@ void keel__signals_handle(keel__proc *p) {
   keel__spin_unlock(&p->sig_lock);
   while (sig) {
     keel__sig *next = sig->next;
+    if (keel__signal_bookkeep(p, sig)) {
+      free(sig);
+      sig = next;
+      continue;
+    }
     switch (sig->type) {
-    case KEEL__SIG_LINK:
-      if (!keel__pidvec_has(&p->links, sig->from)) keel__pidvec_add(&p->links, sig->from);
-      break;
-    case KEEL__SIG_UNLINK: keel__pidvec_del(&p->links, sig->from); break;
-    case KEEL__SIG_MONITOR: keel__monvec_add(&p->monitored_by, sig->ref, sig->from); break;
-    case KEEL__SIG_DEMONITOR: keel__monvec_del(&p->monitored_by, sig->ref, NULL); break;
-    case KEEL__SIG_HOOK: keel__exit_hook_add(p, sig->hook_fn, sig->hook_arg); break;
     case KEEL__SIG_LINK_EXIT:
       if (!keel__pidvec_del(&p->links, sig->from)) break; /* unlinked meanwhile */
       /* fall through */

@@ -1,0 +1,113 @@
+/* bench_driver.h - what every keel benchmark binary shares.
+ *
+ * A binary lists its workloads (name, unit, the first process of a fresh
+ * runtime, how many runs) and calls bench_main. Each run happens in a fresh
+ * child process, so that memory one run pooled cannot flatter the next; the
+ * workload stores its figure in bench_result, which comes back through a
+ * pipe. The median of the runs is printed as one JSON line:
+ * {"bench": NAME, "unit": UNIT, "value": N}. Individual runs go to stderr.
+ * Usage of every binary: NAME [--runs N] [workload...]
+ */
+#ifndef KEEL_BENCH_DRIVER_H
+#define KEEL_BENCH_DRIVER_H
+
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <sys/wait.h>
+#include <time.h>
+#include <unistd.h>
+
+#include "keel.h"
+
+typedef struct bench_workload {
+  const char *name, *unit;
+  keel_proc_fn fn;
+  int runs;
+} bench_workload;
+
+static double bench_result; /* set by the workload's main process */
+
+static inline double bench_now_s(void) {
+  struct timespec ts;
+  clock_gettime(CLOCK_MONOTONIC, &ts);
+  return (double)ts.tv_sec + (double)ts.tv_nsec * 1e-9;
+}
+
+static inline void bench_fail(const char *what, int rc) {
+  fprintf(stderr, "bench: %s: %s\n", what, keel_strerror(rc));
+  exit(2);
+}
+
+static inline int bench_cmp_double(const void *a, const void *b) {
+  double x = *(const double *)a, y = *(const double *)b;
+  return (x > y) - (x < y);
+}
+
+/* One run in a fresh child process; setup (may be NULL) runs in the child
+ * before the runtime starts. */
+static inline double bench_run_once(const bench_workload *w, void (*setup)(void)) {
+  int fd[2];
+  if (pipe(fd) != 0) exit(2);
+  pid_t child = fork();
+  if (child == 0) {
+    close(fd[0]);
+    if (setup) setup();
+    int rc = keel_run(w->fn, NULL, NULL);
+    if (rc) bench_fail(w->name, rc);
+    if (write(fd[1], &bench_result, sizeof bench_result) != (ssize_t)sizeof bench_result) _exit(2);
+    _exit(0);
+  }
+  close(fd[1]);
+  double v = -1;
+  ssize_t n = read(fd[0], &v, sizeof v);
+  close(fd[0]);
+  int status;
+  waitpid(child, &status, 0);
+  if (n != (ssize_t)sizeof v || !WIFEXITED(status) || WEXITSTATUS(status) != 0) {
+    fprintf(stderr, "bench: %s failed (status %d)\n", w->name, status);
+    exit(2);
+  }
+  return v;
+}
+
+static inline int bench_main(const char *prog, const bench_workload *ws, size_t nw, int argc,
+                             char **argv, void (*setup)(void)) {
+  int runs_override = 0, first = 1;
+  if (argc > 2 && strcmp(argv[1], "--runs") == 0) {
+    runs_override = atoi(argv[2]);
+    first = 3;
+  }
+  for (int a = first; a < argc; a++) {
+    int known = 0;
+    for (size_t i = 0; i < nw; i++)
+      known |= strcmp(argv[a], ws[i].name) == 0;
+    if (!known) {
+      fprintf(stderr, "%s: unknown workload %s\n", prog, argv[a]);
+      return 2;
+    }
+  }
+  for (size_t i = 0; i < nw; i++) {
+    const bench_workload *w = &ws[i];
+    if (argc > first) {
+      int wanted = 0;
+      for (int a = first; a < argc; a++)
+        wanted |= strcmp(argv[a], w->name) == 0;
+      if (!wanted) continue;
+    }
+    int runs = runs_override > 0 ? runs_override : w->runs;
+    if (runs > 32) runs = 32;
+    double v[32];
+    for (int r = 0; r < runs; r++) {
+      v[r] = bench_run_once(w, setup);
+      fprintf(stderr, "  %s run %d: %.1f %s\n", w->name, r + 1, v[r], w->unit);
+    }
+    qsort(v, (size_t)runs, sizeof v[0], bench_cmp_double);
+    printf("{\"bench\": \"%s\", \"unit\": \"%s\", \"value\": %.1f}\n", w->name, w->unit,
+           v[runs / 2]);
+    fflush(stdout);
+  }
+  return 0;
+}
+
+#endif
