@@ -78,10 +78,7 @@ bench: build
 
 bench-compare: build
 	@scripts/install-deps.sh --bench
-	./build/bench/bench_rt > build/bench-keel.jsonl
-	./build/bench/bench_otp >> build/bench-keel.jsonl
-	BUILD_DIR=build bench/erlang/run.sh > build/bench-beam.jsonl
-	bench/compare.sh build/bench-keel.jsonl build/bench-beam.jsonl
+	bench/compare-run.sh build 3
 
 install: build
 	cmake --install build --prefix $(PREFIX)

@@ -1,0 +1,44 @@
+#!/usr/bin/env bash
+# Runs keel's and the BEAM's benchmarks alternately, ROUNDS times (default 3),
+# so that both sides see the same machine conditions (this machine is shared
+# and noisy), takes each side's median per workload over the rounds, and
+# prints the side-by-side table (bench/compare.sh). Used by make bench-compare.
+#   bench/compare-run.sh BUILD_DIR [ROUNDS]
+set -euo pipefail
+build=${1:-build}
+rounds=${2:-3}
+here=$(cd "$(dirname "$0")" && pwd)
+out="$build/bench-compare"
+mkdir -p "$out"
+rm -f "$out"/keel-*.jsonl "$out"/beam-*.jsonl
+
+for ((r = 1; r <= rounds; r++)); do
+  echo "bench-compare: round $r of $rounds" >&2
+  "$build/bench/bench_rt" --runs 3 >"$out/keel-$r.jsonl"
+  "$build/bench/bench_otp" --runs 3 >>"$out/keel-$r.jsonl"
+  BUILD_DIR="$build" "$here/erlang/run.sh" >"$out/beam-$r.jsonl"
+done
+
+# The median of each workload's values over the rounds, as JSON lines.
+median() {
+  cat "$@" | awk '
+    match($0, /"bench": *"[^"]*"/) {
+      b = substr($0, RSTART, RLENGTH); sub(/.*: *"/, "", b); sub(/"$/, "", b)
+      match($0, /"unit": *"[^"]*"/); u = substr($0, RSTART, RLENGTH); sub(/.*: *"/, "", u); sub(/"$/, "", u)
+      match($0, /"value": *[-0-9.eE+]+/); v = substr($0, RSTART, RLENGTH); sub(/.*: */, "", v)
+      if (!(b in n)) order[++k] = b
+      unit[b] = u; vals[b, ++n[b]] = v + 0
+    }
+    END {
+      for (i = 1; i <= k; i++) {
+        b = order[i]; m = n[b]
+        for (x = 1; x <= m; x++) for (y = x + 1; y <= m; y++)
+          if (vals[b, y] < vals[b, x]) { t = vals[b, x]; vals[b, x] = vals[b, y]; vals[b, y] = t }
+        med = (m % 2) ? vals[b, (m + 1) / 2] : (vals[b, m / 2] + vals[b, m / 2 + 1]) / 2
+        printf "{\"bench\": \"%s\", \"unit\": \"%s\", \"value\": %.1f}\n", b, unit[b], med
+      }
+    }'
+}
+median "$out"/keel-*.jsonl >"$build/bench-keel.jsonl"
+median "$out"/beam-*.jsonl >"$build/bench-beam.jsonl"
+"$here/compare.sh" "$build/bench-keel.jsonl" "$build/bench-beam.jsonl"
