@@ -13,5 +13,6 @@
 #include "keel/supervisor.h"
 #include "keel/task.h"
 #include "keel/application.h"
+#include "keel/config.h"
 
 #endif
