@@ -32,6 +32,7 @@ build: build/Makefile
 
 run: build
 	./build/examples/hello_processes
+	./build/examples/supervision_tree
 
 test: deps test-release test-asan test-tsan test-portable test-cross test-install
 	@echo "make test: all suites passed"
