@@ -73,6 +73,15 @@ void keel_msg_set_ref(keel_msg_t *m, keel_ref_t ref);
  * calls and casts with it, so plain messages (marker 0) go to handle_info.
  * 1..127 are reserved for keel (KEEL_PROTO_*), 128..255 are the
  * application's. keel_send keeps it. */
+/* An attachment: one malloc'd blob that travels with the message and is
+ * freed (free()) with it, for context that is not part of the payload, such
+ * as the logging context a gen_server call carries to the server. Attaching
+ * may move the message: use the returned pointer (NULL: out of memory, m is
+ * unchanged). A message without attachment costs nothing extra. Owner only. */
+keel_msg_t *keel_msg_attach(keel_msg_t *m, void *blob);
+void *keel_msg_attachment(const keel_msg_t *m); /* borrowed; NULL if none */
+void *keel_msg_detach(keel_msg_t *m);           /* the caller now owns it; NULL if none */
+
 enum { KEEL_PROTO_NONE = 0, KEEL_PROTO_CALL = 1, KEEL_PROTO_CAST = 2, KEEL_PROTO_SYSTEM = 3 };
 uint8_t keel_msg_proto(const keel_msg_t *m);
 void keel_msg_set_proto(keel_msg_t *m, uint8_t proto);

@@ -69,7 +69,10 @@ bool keel__past(uint64_t deadline_ms); /* false for deadline 0 */
 
 /* ---- messages ----------------------------------------------------------- */
 
-enum { KEEL__MF_FROM_LINK = 1 }; /* an EXIT message caused by a link (keel_unlink removes it) */
+enum {
+  KEEL__MF_FROM_LINK = 1, /* an EXIT message caused by a link (keel_unlink removes it) */
+  KEEL__MF_ATTACHED = 2,  /* a blob pointer follows the payload (keel_msg_attach) */
+};
 
 struct keel_msg {
   struct keel_msg *_Atomic next; /* mailbox link (MPSC) and kept-aside list link */

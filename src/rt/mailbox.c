@@ -95,8 +95,42 @@ keel_msg_t *keel_msg_copy(uint32_t tag, const void *data, size_t size) {
   return m;
 }
 
+/* The attachment pointer lives just after the payload, 8-byte aligned. */
+static void **attach_slot(const keel_msg_t *m) {
+  size_t off = (m->size + 7) & ~(size_t)7;
+  return (void **)(void *)(m->data + off);
+}
+
 void keel_msg_free(keel_msg_t *m) {
+  if (m && (m->flags & KEEL__MF_ATTACHED)) free(*attach_slot(m));
   free(m);
+}
+
+keel_msg_t *keel_msg_attach(keel_msg_t *m, void *blob) {
+  if (!m) return NULL;
+  if (m->flags & KEEL__MF_ATTACHED) {
+    free(*attach_slot(m));
+    *attach_slot(m) = blob;
+    return m;
+  }
+  size_t off = (m->size + 7) & ~(size_t)7;
+  keel_msg_t *n = realloc(m, sizeof *m + off + sizeof(void *));
+  if (!n) return NULL;
+  n->flags |= KEEL__MF_ATTACHED;
+  *attach_slot(n) = blob;
+  return n;
+}
+
+void *keel_msg_attachment(const keel_msg_t *m) {
+  return m && (m->flags & KEEL__MF_ATTACHED) ? *attach_slot(m) : NULL;
+}
+
+void *keel_msg_detach(keel_msg_t *m) {
+  if (!m || !(m->flags & KEEL__MF_ATTACHED)) return NULL;
+  void *blob = *attach_slot(m);
+  *attach_slot(m) = NULL;
+  m->flags &= (uint8_t)~KEEL__MF_ATTACHED;
+  return blob;
 }
 void *keel_msg_data(const keel_msg_t *m) {
   return (void *)m->data;
@@ -277,7 +311,7 @@ void keel__reftab_free(keel__reftab *t) {
     if (t->v[i].ref && t->v[i].ref != REF_TOMB)
       for (struct keel_msg *m = t->v[i].msg, *n; m; m = n) {
         n = msg_next(m);
-        free(m);
+        keel_msg_free(m);
       }
   free(t->v);
   memset(t, 0, sizeof *t);
@@ -295,7 +329,7 @@ static struct keel_msg *pull(keel__proc *p) {
     p->mbox_out++;
     if (m->to != p->pid) { /* sent to an earlier incarnation that raced its end */
       count_dropped(m);
-      free(m);
+      keel_msg_free(m);
       continue;
     }
     if (m->kind == KEEL_MSG_REPLY) {
@@ -304,13 +338,13 @@ static struct keel_msg *pull(keel__proc *p) {
         ref_park(s, m);
       } else {
         count_reply_dropped();
-        free(m);
+        keel_msg_free(m);
       }
       continue;
     }
     if (m->kind == KEEL_MSG_DOWN) {
       if (!keel__monvec_del(&p->monitors, m->ref, NULL)) {
-        free(m); /* demonitored: never seen */
+        keel_msg_free(m); /* demonitored: never seen */
         continue;
       }
       keel__refslot *s = ref_find(&p->refs, m->ref);
@@ -354,7 +388,7 @@ void keel__mailbox_drop_link_exits(keel__proc *p, keel_pid_t from) {
     struct keel_msg *next = save_next(m);
     if (m->kind == KEEL_MSG_EXIT && m->from == from && (m->flags & KEEL__MF_FROM_LINK)) {
       save_unlink(p, prev, m);
-      free(m);
+      keel_msg_free(m);
     } else {
       prev = m;
     }
@@ -369,7 +403,7 @@ bool keel__mailbox_drop_down(keel__proc *p, keel_ref_t ref) {
     struct keel_msg *next = save_next(m);
     if (m->kind == KEEL_MSG_DOWN && m->ref == ref) {
       save_unlink(p, prev, m);
-      free(m);
+      keel_msg_free(m);
       found = true;
     } else {
       prev = m;
@@ -399,7 +433,7 @@ void keel__mailbox_drop_all(keel__proc *p) {
       if (m->to != p->pid ||
           KEEL__SW_ST(atomic_load_explicit(&p->sw, memory_order_relaxed)) == KEEL__ST_FREE)
         count_dropped(m);
-      free(m);
+      keel_msg_free(m);
       continue;
     }
     if (keel__mbox_empty(&p->mbox)) break;
@@ -408,7 +442,7 @@ void keel__mailbox_drop_all(keel__proc *p) {
   while (p->save_head) {
     struct keel_msg *m = p->save_head;
     p->save_head = save_next(m);
-    free(m);
+    keel_msg_free(m);
   }
   p->save_tail = NULL;
   p->save_len = 0;
@@ -432,7 +466,7 @@ int keel__deliver(keel_pid_t to, struct keel_msg *m) {
   return 0;
 dead:
   count_dropped(m);
-  free(m);
+  keel_msg_free(m);
   return 0;
 }
 
@@ -448,7 +482,7 @@ static void charge_send(keel__proc *self) {
 int keel_send(keel_pid_t to, keel_msg_t *m) {
   if (!m) return KEEL_EINVAL;
   if (!to) {
-    free(m);
+    keel_msg_free(m);
     return KEEL_EINVAL;
   }
   keel__proc *self = keel__proc_self();
@@ -462,7 +496,7 @@ int keel_send(keel_pid_t to, keel_msg_t *m) {
 int keel_reply(keel_pid_t to, keel_ref_t ref, keel_msg_t *m) {
   if (!m) return KEEL_EINVAL;
   if (!to || !ref) {
-    free(m);
+    keel_msg_free(m);
     return KEEL_EINVAL;
   }
   keel__proc *self = keel__proc_self();
@@ -575,7 +609,7 @@ static void ref_disarm(keel__proc *p, keel__refslot *s) {
       save_append(p, m);
     } else {
       count_reply_dropped();
-      free(m);
+      keel_msg_free(m);
     }
   }
   ref_remove(&p->refs, s);

@@ -111,7 +111,7 @@ void keel__handle_close_cb(uv_handle_t *h) {
       pthread_mutex_lock(&sh->lock);
       index_take(sh, t->ref);
       pthread_mutex_unlock(&sh->lock);
-      free(t->msg);
+      keel_msg_free(t->msg);
     }
   }
   free(h);
@@ -232,17 +232,17 @@ static void on_send_timer(uv_timer_t *h) {
 int keel_send_after(keel_pid_t to, int64_t ms, keel_msg_t *m, keel_ref_t *tref) {
   if (!m) return KEEL_EINVAL;
   if (ms < 0 || !to) {
-    free(m);
+    keel_msg_free(m);
     return KEEL_EINVAL;
   }
   keel__sched *s = keel__sched_self();
   if (!s) {
-    free(m);
+    keel_msg_free(m);
     return KEEL_ENOTPROC;
   }
   keel__timer *t = calloc(1, sizeof *t);
   if (!t) {
-    free(m);
+    keel_msg_free(m);
     return KEEL_ENOMEM;
   }
   uv_timer_init(&s->loop, &t->uv);
@@ -261,7 +261,7 @@ int keel_send_after(keel_pid_t to, int64_t ms, keel_msg_t *m, keel_ref_t *tref) 
   pthread_mutex_unlock(&sh->lock);
   if (rc) {
     t->msg = NULL;
-    free(m);
+    keel_msg_free(m);
     uv_close((uv_handle_t *)&t->uv, keel__handle_close_cb);
     return rc;
   }
@@ -288,7 +288,7 @@ int keel_cancel_timer(keel_ref_t tref) {
   }
   pthread_mutex_unlock(&sh->lock);
   if (!won) return KEEL_ENOENT;
-  free(m);
+  keel_msg_free(m);
   /* Close the handle on its own loop: here if we run there, else via its inbox. */
   keel__sched *s = keel__sched_self();
   keel__sched *o = t->sched;
