@@ -135,6 +135,22 @@ int keel_gs_stop(keel_reason_kind kind, const char *fmt, ...) __attribute__((for
 int keel_gs_stop_server(keel_pid_t server, keel_reason_kind kind, const char *text,
                         int64_t timeout_ms);
 
+/* Context propagation. A layer above the behaviours (the logger, for its
+ * correlation ids) registers hooks, and from then on every call and cast
+ * carries a blob captured in the caller (capture: a malloc'd blob, or NULL
+ * for none), attached to the request (keel_msg_attach), and the server runs
+ * the callback with it installed (install returns the previous state, which
+ * is handed to restore afterwards; install must copy what it keeps, since
+ * the blob goes with the message). NULL removes the hooks. Hooks run in the
+ * caller's and the server's processes; they must not wait. Any thread; set
+ * them once at start-up. The struct must outlive its registration. */
+typedef struct keel_gs_context_hooks {
+  void *(*capture)(void);
+  void *(*install)(const void *blob);
+  void (*restore)(void *previous);
+} keel_gs_context_hooks;
+void keel_gs_set_context_hooks(const keel_gs_context_hooks *hooks);
+
 #ifdef __cplusplus
 }
 #endif

@@ -19,6 +19,7 @@
  * sends an exit signal terminates with that reason, running terminate, as
  * OTP's gen_server does.
  */
+#include <stdatomic.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
@@ -60,6 +61,41 @@ typedef struct gs_server {
   keel_reason_kind stop_kind;
   char stop_text[256];
 } gs_server;
+
+static const keel_gs_context_hooks *_Atomic ctx_hooks;
+
+void keel_gs_set_context_hooks(const keel_gs_context_hooks *hooks) {
+  /* release: a process that sees the pointer sees the struct's contents */
+  atomic_store_explicit(&ctx_hooks, hooks, memory_order_release);
+}
+
+/* Attaches the caller's context to an outgoing request, if hooks say so. */
+static keel_msg_t *with_context(keel_msg_t *m) {
+  const keel_gs_context_hooks *h = atomic_load_explicit(&ctx_hooks, memory_order_acquire);
+  if (!h || !h->capture) return m;
+  void *blob = h->capture();
+  if (!blob) return m;
+  keel_msg_t *n = keel_msg_attach(m, blob);
+  if (!n) { /* out of memory: the call goes without its context */
+    free(blob);
+    return m;
+  }
+  return n;
+}
+
+/* Installs the context a request carries; returns what restore needs. */
+static void *context_enter(const keel_msg_t *m, const keel_gs_context_hooks **used) {
+  const keel_gs_context_hooks *h = atomic_load_explicit(&ctx_hooks, memory_order_acquire);
+  const void *blob = keel_msg_attachment(m);
+  *used = NULL;
+  if (!h || !h->install || !blob) return NULL;
+  *used = h;
+  return h->install(blob);
+}
+
+static void context_leave(const keel_gs_context_hooks *used, void *prev) {
+  if (used && used->restore) used->restore(prev);
+}
 
 void keel_gs_opts_init(keel_gs_opts *o) {
   memset(o, 0, sizeof *o);
@@ -178,17 +214,24 @@ static void server_main(void *p) {
     case KEEL_PROTO_CALL: {
       keel_gs_from from = {keel_msg_from(m), keel_msg_ref(m)};
       keel_msg_t *reply = NULL;
+      const keel_gs_context_hooks *used;
+      void *prev = context_enter(m, &used);
       rc = sv->beh->handle_call ? sv->beh->handle_call(sv->state, from, &sv->cur, &reply)
                                 : KEEL_EINVAL;
+      context_leave(used, prev);
       if (rc == KEEL_GS_REPLY || (rc == KEEL_GS_STOP && reply))
         keel_gs_reply(from, reply ? reply : keel_msg_new(0, 0));
       else
         keel_msg_free(reply);
       break;
     }
-    case KEEL_PROTO_CAST:
+    case KEEL_PROTO_CAST: {
+      const keel_gs_context_hooks *used;
+      void *prev = context_enter(m, &used);
       rc = sv->beh->handle_cast ? sv->beh->handle_cast(sv->state, &sv->cur) : 0;
+      context_leave(used, prev);
       break;
+    }
     case KEEL_PROTO_SYSTEM: {
       sys_stop st;
       rc = 0;
@@ -345,6 +388,7 @@ int keel_gs_call(keel_pid_t server, keel_msg_t *request, keel_msg_t **reply, int
     return rc;
   }
   keel_await_ref(mref);
+  request = with_context(request);
   keel_msg_set_proto(request, KEEL_PROTO_CALL);
   keel_msg_set_ref(request, mref);
   keel_send(server, request);
@@ -382,6 +426,7 @@ int keel_gs_call_name(const char *name, keel_msg_t *request, keel_msg_t **reply,
 
 int keel_gs_cast(keel_pid_t server, keel_msg_t *msg) {
   if (!msg) return KEEL_EINVAL;
+  msg = with_context(msg);
   keel_msg_set_proto(msg, KEEL_PROTO_CAST);
   return keel_send(server, msg);
 }

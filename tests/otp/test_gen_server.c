@@ -755,6 +755,70 @@ KT_CASE(many_callers_each_get_their_own_replies) {
   CHECK_EQ(probe.handled, NCALLERS * ((calls + 15) / 16));
 }
 
+/* ---- context propagation ------------------------------------------------------------ */
+
+/* A stand-in for the logger's correlation id: a string in a process-local
+ * slot, carried by calls and casts through the context hooks. */
+#define CTX_SLOT (KEEL_LOCAL_USER + 1)
+
+static void *ctx_capture(void) {
+  const char *cur = keel_local_get(CTX_SLOT);
+  return cur ? strdup(cur) : NULL;
+}
+
+static void *ctx_install(const void *blob) {
+  void *prev = keel_local_get(CTX_SLOT);
+  keel_local_set(CTX_SLOT, strdup(blob));
+  return prev;
+}
+
+static void ctx_restore(void *prev) {
+  free(keel_local_get(CTX_SLOT));
+  keel_local_set(CTX_SLOT, prev);
+}
+
+static const keel_gs_context_hooks ctx_hooks = {ctx_capture, ctx_install, ctx_restore};
+
+static int ctx_init(void *arg, void **state) {
+  *state = arg;
+  return 0;
+}
+
+static int ctx_call(void *st, keel_gs_from from, keel_msg_t **req, keel_msg_t **reply) {
+  (void)st;
+  (void)from;
+  (void)req;
+  const char *cur = keel_local_get(CTX_SLOT);
+  *reply = keel_msg_copy(0, cur ? cur : "", cur ? strlen(cur) + 1 : 1);
+  return KEEL_GS_REPLY;
+}
+
+static const keel_gen_server ctx_server = {.init = ctx_init, .handle_call = ctx_call};
+
+KT_CASE(a_call_carries_the_callers_context_to_the_server_and_no_further) {
+  keel_gs_set_context_hooks(&ctx_hooks);
+  keel_pid_t pid;
+  CHECK_OK(keel_gs_start(&ctx_server, NULL, NULL, &pid, NULL));
+  keel_msg_t *r;
+  /* no context: the server sees none */
+  CHECK_OK(keel_gs_call(pid, keel_msg_new(0, 0), &r, 0, NULL));
+  CHECK(strcmp(keel_msg_data(r), "") == 0);
+  keel_msg_free(r);
+  /* with one: the server runs the call with it */
+  keel_local_set(CTX_SLOT, strdup("req-42"));
+  CHECK_OK(keel_gs_call(pid, keel_msg_new(0, 0), &r, 0, NULL));
+  CHECK(strcmp(keel_msg_data(r), "req-42") == 0);
+  keel_msg_free(r);
+  free(keel_local_get(CTX_SLOT));
+  keel_local_set(CTX_SLOT, NULL);
+  /* and only for that call: restored afterwards */
+  CHECK_OK(keel_gs_call(pid, keel_msg_new(0, 0), &r, 0, NULL));
+  CHECK(strcmp(keel_msg_data(r), "") == 0);
+  keel_msg_free(r);
+  keel_gs_set_context_hooks(NULL);
+  CHECK_OK(keel_gs_stop_server(pid, KEEL_REASON_NORMAL, NULL, 0));
+}
+
 KT_MAIN(KT_ENTRY(init_timeout_returns_etimedout_and_leaves_nothing),
         KT_ENTRY(init_failure_leaves_no_name_behind),
         KT_ENTRY(start_with_a_taken_name_is_eexist),
@@ -772,4 +836,5 @@ KT_MAIN(KT_ENTRY(init_timeout_returns_etimedout_and_leaves_nothing),
         KT_ENTRY(trapping_server_exits_with_its_linked_parent),
         KT_ENTRY(handle_info_gets_plain_messages_timers_and_exits),
         KT_ENTRY_SCHED(starter_killed_before_the_server_runs_leaves_nothing, 2),
-        KT_ENTRY(many_callers_each_get_their_own_replies))
+        KT_ENTRY(many_callers_each_get_their_own_replies),
+        KT_ENTRY(a_call_carries_the_callers_context_to_the_server_and_no_further))
