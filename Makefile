@@ -76,6 +76,7 @@ test-install: build
 bench: build
 	./build/bench/bench_rt
 	./build/bench/bench_otp
+	./build/bench/bench_metrics
 
 bench-compare: build
 	@scripts/install-deps.sh --bench

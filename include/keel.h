@@ -14,5 +14,6 @@
 #include "keel/task.h"
 #include "keel/application.h"
 #include "keel/config.h"
+#include "keel/metrics.h"
 
 #endif

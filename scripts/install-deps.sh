@@ -8,9 +8,11 @@
 set -euo pipefail
 
 # build: compiler, cmake, libuv. test: a cross compiler and qemu to run the
-# AArch64 context switch (tests/ctx/run-cross.sh).
+# AArch64 context switch (tests/ctx/run-cross.sh); prometheus for promtool,
+# which checks the metrics exposition (tests/ops/test_promtool.sh).
 packages=(build-essential cmake pkg-config libuv1-dev
-  gcc-aarch64-linux-gnu libc6-dev-arm64-cross qemu-user)
+  gcc-aarch64-linux-gnu libc6-dev-arm64-cross qemu-user
+  prometheus)
 if [[ "${1:-}" == "--bench" ]]; then
   packages+=(erlang-base jq)
 fi

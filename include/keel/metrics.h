@@ -171,11 +171,10 @@ int keel_metrics_render(keel_metrics *r, keel_metrics_format fmt, keel_metrics_b
  * q at least that of every text/plain or wildcard range, else text 0.0.4.
  * Sets *fmt and *content_type (a static string for the Content-Type header;
  * either pointer may be NULL). Returns 0. */
-int keel_metrics_negotiate(const char *accept, keel_metrics_format *fmt,
-                           const char **content_type);
+int keel_metrics_negotiate(const char *accept, keel_metrics_format *fmt, const char **content_type);
 
 #define KEEL_METRICS_TEXT_CONTENT_TYPE "text/plain; version=0.0.4; charset=utf-8"
-#define KEEL_METRICS_OPENMETRICS_CONTENT_TYPE \
+#define KEEL_METRICS_OPENMETRICS_CONTENT_TYPE                                                      \
   "application/openmetrics-text; version=1.0.0; charset=utf-8"
 
 #ifdef __cplusplus

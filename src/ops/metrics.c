@@ -11,22 +11,24 @@
  * each starting on its own 64-byte cache line: shard i belongs to scheduler i,
  * the last one is shared by every other thread (the blocking pool, main,
  * foreign threads) and by schedulers whose index is >= nshards. keel
- * schedules cooperatively, so between keel_sched_current() and the update
- * below the calling code cannot yield: shard i is written only by the thread
- * of scheduler i, one update at a time. That single writer lets the update be
- * a relaxed load and a relaxed store (no locked instruction, no cache line
- * bouncing); the shared shard has many writers and uses fetch_add or a
- * compare-exchange loop instead. A render sums the shards with relaxed loads.
- * Relaxed is enough because a metric's value is only the sum: no other memory
- * is published through a shard, each shard only ever grows (counters,
- * histogram buckets), so a concurrent scrape sees for each shard some value
- * between the one before and the one after an in-flight update, which is what
- * a scrape taken "at some instant during the render" means; a reader that
- * needs the final total (a test) gets it from the happens-before its own
- * synchronisation (a join, a message) already gives it. A histogram's _count
- * is computed from the same bucket reads as its buckets, so _count always
- * equals the +Inf bucket; its _sum may lag a concurrent observation by one.
- * Gauges are one atomic double (set is a store; add a compare-exchange loop).
+ * schedules cooperatively, so between reading the thread's scheduler index
+ * (keel_sched_current(), cached per thread) and the update the calling code
+ * cannot yield: shard i is written only by the thread of scheduler i, one
+ * update at a time. That single writer lets the update be a relaxed load and
+ * a relaxed store (no locked instruction, no cache line bouncing). A counter
+ * shard holds an integer for whole increments (exact, one cycle) and a double
+ * for fractional ones. The shared shard has many writers and uses fetch_add
+ * or a compare-exchange loop instead. A render sums the shards with relaxed
+ * loads. Relaxed is enough because a metric's value is only the sum: no other
+ * memory is published through a shard, and a concurrent scrape sees for each
+ * shard some value between the one before and the one after an in-flight
+ * update, which is what a scrape taken "at some instant during the render"
+ * means; a reader that needs the final total (a test) gets it from the
+ * happens-before its own synchronisation (a join, a message) already gives
+ * it. A histogram's _count is computed from the same bucket reads as its
+ * buckets, so _count always equals the +Inf bucket; its _sum may lag a
+ * concurrent observation by one. Gauges are one atomic double (set is a
+ * store; add a compare-exchange loop).
  *
  * Rendering writes straight into the caller's growable buffer with a small
  * hand-written number formatter (integers without printf, other values with
@@ -46,7 +48,7 @@
 #include "keel/metrics.h"
 #include "keel/runtime.h"
 
-#define LINE 64
+#define LINE        64
 #define MAX_BUCKETS 256
 
 enum { T_COUNTER, T_GAUGE, T_HISTOGRAM };
@@ -60,6 +62,7 @@ typedef struct child {
   size_t keylen;
   const char **values;
   unsigned char *shards; /* counters, histograms: (nshards + 1) * stride bytes */
+  int nshards;           /* copy of the registry's, next to shards for the hot path */
   _Atomic double gauge;
 } child;
 
@@ -278,8 +281,9 @@ static int family_new(keel_metrics *r, int type, const char *name, const char *h
       bad = 1;
     }
   }
-  /* histogram shard: nbounds + 1 bucket counts, then the sum */
-  size_t bytes = type == T_HISTOGRAM ? (f->nbounds + 2) * 8 : 8;
+  /* histogram shard: nbounds + 1 bucket counts, then the sum; counter shard:
+   * an integer and a double */
+  size_t bytes = type == T_HISTOGRAM ? (f->nbounds + 2) * 8 : 16;
   f->stride = (bytes + LINE - 1) / LINE * LINE;
   if (!bad && nlabels == 0 && !child_new(f, NULL, 0)) bad = 1;
   if (bad) {
@@ -370,6 +374,7 @@ static child *child_new(struct keel_metric_family *f, const char *const *values,
   if (f->type != T_GAUGE) {
     size_t bytes = (size_t)(f->reg->nshards + 1) * f->stride;
     c->shards = aligned_alloc(LINE, bytes);
+    c->nshards = f->reg->nshards;
     if (c->shards) memset(c->shards, 0, bytes);
   }
   if (!c->key || !c->values || (f->type != T_GAUGE && !c->shards)) {
@@ -408,7 +413,7 @@ static int child_get(keel_metric_family *f, int type, const char *const *values,
     if (!values[i]) return KEEL_EINVAL;
   uint64_t h = hash_values(values, f->nlabels);
   pthread_mutex_lock(&f->lock);
-  child *c = f->table[h & (f->tcap - 1)];
+  child *c = f->tcap ? f->table[h & (f->tcap - 1)] : NULL;
   while (c && !(c->hash == h && child_matches(c, values, f->nlabels)))
     c = c->hnext;
   if (!c) c = child_new(f, values, h);
@@ -439,44 +444,89 @@ static inline void shared_add(_Atomic double *p, double d) {
   }
 }
 
-static inline _Atomic double *counter_shard(const child *c, int i) {
-  return (_Atomic double *)(void *)(c->shards + (size_t)i * LINE);
+/* The calling thread's scheduler index, cached per thread. A thread never
+ * changes role: a scheduler thread runs the same scheduler for its whole life
+ * and every other thread stays outside them (a new runtime starts new
+ * scheduler threads). The cache is read and written within one call that
+ * cannot yield, so the hazard of a process resuming on another thread (see
+ * docs/runtime.md) does not apply: no TLS address outlives the call. A stale
+ * or unknown value only sends the update to the shared shard, which is
+ * always correct. initial-exec: one instruction to reach the variable. */
+static _Thread_local int tl_sched __attribute__((tls_model("initial-exec"))) = -2;
+
+static inline int sched_index(void) {
+  int i = tl_sched;
+  if (i == -2) {
+    i = keel_sched_current();
+    /* Before its scheduler is set up a scheduler thread reads -1: do not
+     * cache that, ask again next time. */
+    if (i >= 0) tl_sched = i;
+  }
+  return i;
+}
+
+/* Counter shard layout: _Atomic uint64_t ints (increments by whole numbers),
+ * then _Atomic double frac (other additions). Whole increments stay integer
+ * arithmetic: exact to 2^64 and one cycle. */
+static inline _Atomic uint64_t *counter_ints(const child *c, int i) {
+  return (_Atomic uint64_t *)(void *)(c->shards + (size_t)i * LINE);
+}
+static inline _Atomic double *counter_frac(const child *c, int i) {
+  return (_Atomic double *)(void *)(c->shards + (size_t)i * LINE + 8);
+}
+
+static inline void counter_add_u64(child *c, uint64_t n) {
+  int i = sched_index();
+  if ((unsigned)i < (unsigned)c->nshards) {
+    /* Single writer (the thread of scheduler i, which cannot yield between
+     * the load and the store): relaxed load + relaxed store is a plain
+     * read-modify-write with no locked instruction; the render's relaxed load
+     * never sees a torn value because the store is atomic. */
+    _Atomic uint64_t *p = counter_ints(c, i);
+    atomic_store_explicit(p, atomic_load_explicit(p, memory_order_relaxed) + n,
+                          memory_order_relaxed);
+  } else {
+    /* Many writers: a locked add. Relaxed: only the sum is ever read. */
+    atomic_fetch_add_explicit(counter_ints(c, c->nshards), n, memory_order_relaxed);
+  }
+}
+
+void keel_counter_inc(keel_counter *c) {
+  counter_add_u64((child *)c, 1);
 }
 
 void keel_counter_add(keel_counter *cp, double n) {
   child *c = (child *)cp;
   if (!(n >= 0)) return; /* negative or NaN */
-  int i = keel_sched_current();
-  int ns = c->f->reg->nshards;
-  if ((unsigned)i < (unsigned)ns) {
-    /* Single writer (the thread of scheduler i, which cannot yield between
-     * the load and the store): relaxed load + relaxed store is a plain
-     * read-modify-write with no locked instruction; the render's relaxed load
-     * never sees a torn value because the store is atomic. */
-    _Atomic double *p = counter_shard(c, i);
+  if (n == floor(n) && n < 9.007199254740992e15) {
+    counter_add_u64(c, (uint64_t)n);
+    return;
+  }
+  int i = sched_index();
+  if ((unsigned)i < (unsigned)c->nshards) {
+    _Atomic double *p = counter_frac(c, i); /* single writer, as above */
     atomic_store_explicit(p, atomic_load_explicit(p, memory_order_relaxed) + n,
                           memory_order_relaxed);
   } else {
-    shared_add(counter_shard(c, ns), n);
+    shared_add(counter_frac(c, c->nshards), n);
   }
-}
-
-void keel_counter_inc(keel_counter *c) {
-  keel_counter_add(c, 1.0);
 }
 
 double keel_counter_value(const keel_counter *cp) {
   const child *c = (const child *)cp;
-  double s = 0;
-  for (int i = 0; i <= c->f->reg->nshards; i++)
-    s += atomic_load_explicit(counter_shard(c, i), memory_order_relaxed);
-  return s;
+  uint64_t ints = 0;
+  double frac = 0;
+  for (int i = 0; i <= c->nshards; i++) {
+    ints += atomic_load_explicit(counter_ints(c, i), memory_order_relaxed);
+    frac += atomic_load_explicit(counter_frac(c, i), memory_order_relaxed);
+  }
+  return (double)ints + frac;
 }
 
 void keel_counter_set(keel_counter *cp, double total) {
   child *c = (child *)cp;
   double d = total - keel_counter_value(cp);
-  if (d != 0 && !isnan(d)) shared_add(counter_shard(c, c->f->reg->nshards), d);
+  if (d != 0 && !isnan(d)) shared_add(counter_frac(c, c->nshards), d);
 }
 
 /* Gauges: one atomic double; relaxed, because a gauge's value is all that is
@@ -503,8 +553,7 @@ static inline _Atomic uint64_t *hist_counts(const child *c, int i) {
   return (_Atomic uint64_t *)(void *)(c->shards + (size_t)i * c->f->stride);
 }
 static inline _Atomic double *hist_sum(const child *c, int i) {
-  return (_Atomic double *)(void *)(c->shards + (size_t)i * c->f->stride +
-                                    (c->f->nbounds + 1) * 8);
+  return (_Atomic double *)(void *)(c->shards + (size_t)i * c->f->stride + (c->f->nbounds + 1) * 8);
 }
 
 void keel_histogram_observe(keel_histogram *hp, double v) {
@@ -519,8 +568,8 @@ void keel_histogram_observe(keel_histogram *hp, double v) {
     else
       lo = mid + 1;
   }
-  int i = keel_sched_current();
-  int ns = f->reg->nshards;
+  int i = sched_index();
+  int ns = c->nshards;
   if ((unsigned)i < (unsigned)ns) {
     /* Single writer, as in keel_counter_add. */
     _Atomic uint64_t *b = &hist_counts(c, i)[lo];
@@ -540,7 +589,7 @@ static void hist_read(const child *c, uint64_t *counts, double *sum) {
   size_t nb = c->f->nbounds + 1;
   memset(counts, 0, nb * sizeof *counts);
   double s = 0;
-  for (int i = 0; i <= c->f->reg->nshards; i++) {
+  for (int i = 0; i <= c->nshards; i++) {
     const _Atomic uint64_t *b = hist_counts(c, i);
     for (size_t k = 0; k < nb; k++)
       counts[k] += atomic_load_explicit(&b[k], memory_order_relaxed);

@@ -140,8 +140,8 @@ static void on_sup_event(const keel_sup_event *ev, void *ud) {
   builtin *b = ud;
   if (ev->kind != KEEL_SUP_CHILD_RESTARTED) return;
   char pid[32];
-  const char *sup = ev->sup_name && *ev->sup_name ? ev->sup_name
-                                                  : keel_pid_format(ev->sup, pid, sizeof pid);
+  const char *sup =
+      ev->sup_name && *ev->sup_name ? ev->sup_name : keel_pid_format(ev->sup, pid, sizeof pid);
   const char *values[2] = {sup, ev->child_id ? ev->child_id : ""};
   keel_counter *c;
   if (keel_counter_get(b->restarts, values, &c) == 0) keel_counter_inc(c);
@@ -171,13 +171,12 @@ int keel_metrics_register_builtin(keel_metrics *r) {
   /* From here b belongs to the registry: on an error below it is freed (and
    * unsubscribed) by keel_metrics_free; families registered so far stay. */
   static const char *const sup_labels[] = {"supervisor", "child"};
-  if ((rc = counter(r, "process_cpu_seconds_total", "Total user and system CPU time spent in seconds.",
-                    &b->cpu)) ||
+  if ((rc = counter(r, "process_cpu_seconds_total",
+                    "Total user and system CPU time spent in seconds.", &b->cpu)) ||
       (rc = gauge(r, "process_resident_memory_bytes", "Resident memory size in bytes.", &b->rss)) ||
       (rc = gauge(r, "process_virtual_memory_bytes", "Virtual memory size in bytes.", &b->vms)) ||
       (rc = gauge(r, "process_open_fds", "Number of open file descriptors.", &b->fds)) ||
-      (rc = gauge(r, "process_max_fds", "Maximum number of open file descriptors.",
-                  &b->max_fds)) ||
+      (rc = gauge(r, "process_max_fds", "Maximum number of open file descriptors.", &b->max_fds)) ||
       (rc = gauge(r, "process_start_time_seconds",
                   "Start time of the process since unix epoch in seconds.", &b->start)) ||
       (rc = gauge(r, "keel_processes_alive", "keel processes alive now.", &b->alive)) ||
@@ -187,8 +186,8 @@ int keel_metrics_register_builtin(keel_metrics *r) {
                     "Messages delivered to a live process's mailbox.", &b->sent)) ||
       (rc = counter(r, "keel_messages_to_dead_total",
                     "Messages sent to a dead process and dropped.", &b->to_dead)) ||
-      (rc = gauge(r, "keel_blocking_queue",
-                  "Blocking-pool jobs submitted and not yet started.", &b->blocking_queued)) ||
+      (rc = gauge(r, "keel_blocking_queue", "Blocking-pool jobs submitted and not yet started.",
+                  &b->blocking_queued)) ||
       (rc = gauge(r, "keel_blocking_running", "Blocking-pool jobs running now.",
                   &b->blocking_running)) ||
       (rc = keel_metrics_counter(r, "keel_supervisor_restarts_total",
