@@ -77,6 +77,7 @@ bench: build
 	./build/bench/bench_rt
 	./build/bench/bench_otp
 	./build/bench/bench_metrics
+	./build/bench/bench_log
 
 bench-compare: build
 	@scripts/install-deps.sh --bench

@@ -42,3 +42,20 @@ median() {
 median "$out"/keel-*.jsonl >"$build/bench-keel.jsonl"
 median "$out"/beam-*.jsonl >"$build/bench-beam.jsonl"
 "$here/compare.sh" "$build/bench-keel.jsonl" "$build/bench-beam.jsonl"
+
+# Logging against pino (Node.js), when node is installed: the anchor
+# for log throughput. Same alternating rounds.
+if command -v node >/dev/null && command -v npm >/dev/null; then
+  rm -f "$out"/log-keel-*.jsonl "$out"/log-pino-*.jsonl
+  for ((r = 1; r <= rounds; r++)); do
+    echo "bench-compare: logs, round $r of $rounds" >&2
+    "$build/bench/bench_log" --runs 3 >"$out/log-keel-$r.jsonl"
+    "$here/node/run.sh" "$build" 2000000 3 | sed 's/"pino_/"/' >"$out/log-pino-$r.jsonl"
+  done
+  median "$out"/log-keel-*.jsonl >"$build/bench-log-keel.jsonl"
+  median "$out"/log-pino-*.jsonl >"$build/bench-log-pino.jsonl"
+  echo
+  ANCHOR=pino "$here/compare.sh" "$build/bench-log-keel.jsonl" "$build/bench-log-pino.jsonl"
+else
+  echo "bench-compare: node/npm not installed: skipping the pino comparison" >&2
+fi

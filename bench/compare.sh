@@ -2,6 +2,7 @@
 # Compare keel's benchmark results with the BEAM's.
 #
 # usage: bench/compare.sh KEEL_RESULTS.jsonl BEAM_RESULTS.jsonl
+# (ANCHOR=name in the environment renames the other side's column, e.g. pino.)
 #
 # Each file holds JSON lines of the form
 #   {"bench": "NAME", "unit": "UNIT", "value": NUMBER}
@@ -59,7 +60,7 @@ to_tsv() {
     fi
 }
 
-{ to_tsv keel "$1"; to_tsv beam "$2"; } | awk -F '\t' '
+{ to_tsv keel "$1"; to_tsv beam "$2"; } | awk -v anchor="${ANCHOR:-BEAM}" -F '\t' '
 function abs(x) { return x < 0 ? -x : x }
 # 1234567.8 -> "1,234,568"; 229.3 -> "229.3"; 4.567 -> "4.57"
 function fmt(v,    s, out, neg) {
@@ -118,7 +119,7 @@ END {
             cell[rows, 4] = kv; cell[rows, 5] = ev
             cell[rows, 6] = ratio; cell[rows, 7] = better
         }
-    split("bench|unit|better|keel|BEAM|keel/BEAM|keel better by", head, "|")
+    split("bench|unit|better|keel|" anchor "|keel/" anchor "|keel better by", head, "|")
     ncol = 7
     for (c = 1; c <= ncol; c++) width[c] = length(head[c])
     for (r = 1; r <= rows; r++)
@@ -141,6 +142,6 @@ END {
         print line
     }
     print ""
-    print "keel better by: above 1 keel is better, below 1 the BEAM is."
+    print "keel better by: above 1 keel is better, below 1 " anchor " is."
     if (nmismatch) print "note: " nmismatch " bench(es) have different units on the two sides; not compared."
 }'

@@ -15,5 +15,6 @@
 #include "keel/application.h"
 #include "keel/config.h"
 #include "keel/metrics.h"
+#include "keel/log.h"
 
 #endif

@@ -9,12 +9,13 @@ set -euo pipefail
 
 # build: compiler, cmake, libuv. test: a cross compiler and qemu to run the
 # AArch64 context switch (tests/ctx/run-cross.sh); prometheus for promtool,
-# which checks the metrics exposition (tests/ops/test_promtool.sh).
+# which checks the metrics exposition (tests/ops/test_promtool.sh); jq, which
+# reads log lines back (tests/ops/test_log_jq.sh).
 packages=(build-essential cmake pkg-config libuv1-dev
   gcc-aarch64-linux-gnu libc6-dev-arm64-cross qemu-user
-  prometheus)
+  prometheus jq)
 if [[ "${1:-}" == "--bench" ]]; then
-  packages+=(erlang-base jq)
+  packages+=(erlang-base)
 fi
 
 missing=()

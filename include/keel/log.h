@@ -95,38 +95,38 @@ typedef struct keel_log_field {
 } keel_log_field;
 
 #define KEEL_LOG__FIRST(a, ...) a
-#define KEEL_LOG__REST(a, ...) __VA_ARGS__
-#define KEEL_LOG__END ((keel_log_field){.key = NULL, .type = KEEL_LOG_T_END})
-#define KEEL_LOG__LIST(...) ((const keel_log_field[]){__VA_ARGS__})
+#define KEEL_LOG__REST(a, ...)  __VA_ARGS__
+#define KEEL_LOG__END           ((keel_log_field){.key = NULL, .type = KEEL_LOG_T_END})
+#define KEEL_LOG__LIST(...)     ((const keel_log_field[]){__VA_ARGS__})
 /* An END-terminated field list from one or more fields: KEEL_FIELDS(f1, f2). */
 #define KEEL_FIELDS(...) KEEL_LOG__LIST(__VA_ARGS__, KEEL_LOG__END)
 
-#define KEEL_STR(k, x) ((keel_log_field){.key = (k), .type = KEEL_LOG_T_STR, .v = {.s = (x)}})
-#define KEEL_INT(k, x) ((keel_log_field){.key = (k), .type = KEEL_LOG_T_INT, .v = {.i = (x)}})
-#define KEEL_UINT(k, x) ((keel_log_field){.key = (k), .type = KEEL_LOG_T_UINT, .v = {.u = (x)}})
+#define KEEL_STR(k, x)    ((keel_log_field){.key = (k), .type = KEEL_LOG_T_STR, .v = {.s = (x)}})
+#define KEEL_INT(k, x)    ((keel_log_field){.key = (k), .type = KEEL_LOG_T_INT, .v = {.i = (x)}})
+#define KEEL_UINT(k, x)   ((keel_log_field){.key = (k), .type = KEEL_LOG_T_UINT, .v = {.u = (x)}})
 #define KEEL_DOUBLE(k, x) ((keel_log_field){.key = (k), .type = KEEL_LOG_T_DOUBLE, .v = {.d = (x)}})
-#define KEEL_BOOL(k, x) ((keel_log_field){.key = (k), .type = KEEL_LOG_T_BOOL, .v = {.b = (x)}})
-#define KEEL_NULL(k) ((keel_log_field){.key = (k), .type = KEEL_LOG_T_NULL})
+#define KEEL_BOOL(k, x)   ((keel_log_field){.key = (k), .type = KEEL_LOG_T_BOOL, .v = {.b = (x)}})
+#define KEEL_NULL(k)      ((keel_log_field){.key = (k), .type = KEEL_LOG_T_NULL})
 /* KEEL_OBJ("key", field...): a nested object (up to 8 levels deep; deeper
  * levels are written as null). */
-#define KEEL_OBJ(...)                                                                        \
-  ((keel_log_field){.key = KEEL_LOG__FIRST(__VA_ARGS__, 0),                                 \
-                    .type = KEEL_LOG_T_OBJ,                                                  \
+#define KEEL_OBJ(...)                                                                              \
+  ((keel_log_field){.key = KEEL_LOG__FIRST(__VA_ARGS__, 0),                                        \
+                    .type = KEEL_LOG_T_OBJ,                                                        \
                     .v = {.obj = KEEL_LOG__LIST(KEEL_LOG__REST(__VA_ARGS__, KEEL_LOG__END))}})
 
 /* ---- setup ---------------------------------------------------------------- */
 
 typedef struct keel_log_options {
-  int level;           /* minimum level; -1 (default): $LOG_LEVEL, else info */
-  int format;          /* -1 (default): $LOG_FORMAT ("json" or "pretty"), else json */
-  const char *service; /* "service" field (copied); NULL: $SERVICE_NAME, else "keel" */
-  const char *file;    /* append to this file (copied); NULL: $LOG_FILE, else stdout */
-  int fd;              /* -1 (default): as `file`; >= 0: write to this fd (borrowed) */
-  int color;           /* pretty only: -1 (default): when the output is a terminal; 0; 1 */
-  int64_t flush_ms;    /* writer interval; 0: 100 ms */
-  size_t buffer_size;  /* per-thread buffer in bytes; 0: 1 MiB. Longer lines are dropped */
-  int64_t overflow_wait_ms; /* wait for room before dropping a line; 0 (default): 10 ms;
-                               <0 other than KEEL_INFINITY: drop at once; KEEL_INFINITY: wait */
+  int level;                 /* minimum level; -1 (default): $LOG_LEVEL, else info */
+  int format;                /* -1 (default): $LOG_FORMAT ("json" or "pretty"), else json */
+  const char *service;       /* "service" field (copied); NULL: $SERVICE_NAME, else "keel" */
+  const char *file;          /* append to this file (copied); NULL: $LOG_FILE, else stdout */
+  int fd;                    /* -1 (default): as `file`; >= 0: write to this fd (borrowed) */
+  int color;                 /* pretty only: -1 (default): when the output is a terminal; 0; 1 */
+  int64_t flush_ms;          /* writer interval; 0: 100 ms */
+  size_t buffer_size;        /* per-thread buffer in bytes; 0: 1 MiB. Longer lines are dropped */
+  int64_t overflow_wait_ms;  /* wait for room before dropping a line; 0 (default): 10 ms;
+                                <0 other than KEEL_INFINITY: drop at once; KEEL_INFINITY: wait */
   const char *const *redact; /* extra sensitive keys, NULL-terminated (copied); may be NULL */
   bool sighup_reopen;        /* reopen `file` on SIGHUP (default true; file sink only) */
 } keel_log_options;
@@ -205,16 +205,16 @@ void keel_log_write(const keel_logger *lg, keel_log_level level, const char *msg
 
 /* keel_log_info(lg, "msg", KEEL_STR("k", v), ...): field values are not
  * evaluated when the level is disabled. */
-#define keel_log_at(lg, level, ...)                                                        \
-  do {                                                                                     \
-    if (keel_log_enabled(level))                                                           \
-      keel_log_write((lg), (level), KEEL_LOG__FIRST(__VA_ARGS__, 0),                       \
-                     KEEL_LOG__LIST(KEEL_LOG__REST(__VA_ARGS__, KEEL_LOG__END)));          \
+#define keel_log_at(lg, level, ...)                                                                \
+  do {                                                                                             \
+    if (keel_log_enabled(level))                                                                   \
+      keel_log_write((lg), (level), KEEL_LOG__FIRST(__VA_ARGS__, 0),                               \
+                     KEEL_LOG__LIST(KEEL_LOG__REST(__VA_ARGS__, KEEL_LOG__END)));                  \
   } while (0)
 #define keel_log_trace(lg, ...) keel_log_at(lg, KEEL_LOG_TRACE, __VA_ARGS__)
 #define keel_log_debug(lg, ...) keel_log_at(lg, KEEL_LOG_DEBUG, __VA_ARGS__)
-#define keel_log_info(lg, ...) keel_log_at(lg, KEEL_LOG_INFO, __VA_ARGS__)
-#define keel_log_warn(lg, ...) keel_log_at(lg, KEEL_LOG_WARN, __VA_ARGS__)
+#define keel_log_info(lg, ...)  keel_log_at(lg, KEEL_LOG_INFO, __VA_ARGS__)
+#define keel_log_warn(lg, ...)  keel_log_at(lg, KEEL_LOG_WARN, __VA_ARGS__)
 #define keel_log_error(lg, ...) keel_log_at(lg, KEEL_LOG_ERROR, __VA_ARGS__)
 #define keel_log_fatal(lg, ...) keel_log_at(lg, KEEL_LOG_FATAL, __VA_ARGS__)
 
@@ -223,17 +223,17 @@ void keel_log_write(const keel_logger *lg, keel_log_level level, const char *msg
  * keel_log_event(KEEL_LOG_INFO, "app_started", KEEL_STR("app", name)).
  * Any thread. */
 void keel_log_event_list(keel_log_level level, const char *event, const keel_log_field *fields);
-#define keel_log_event(level, ...)                                                         \
-  do {                                                                                     \
-    if (keel_log_enabled(level))                                                           \
-      keel_log_event_list((level), KEEL_LOG__FIRST(__VA_ARGS__, 0),                        \
-                          KEEL_LOG__LIST(KEEL_LOG__REST(__VA_ARGS__, KEEL_LOG__END)));     \
+#define keel_log_event(level, ...)                                                                 \
+  do {                                                                                             \
+    if (keel_log_enabled(level))                                                                   \
+      keel_log_event_list((level), KEEL_LOG__FIRST(__VA_ARGS__, 0),                                \
+                          KEEL_LOG__LIST(KEEL_LOG__REST(__VA_ARGS__, KEEL_LOG__END)));             \
   } while (0)
 
 /* A report handler for keel_rt_set_report_handler(keel_log_report_handler,
  * NULL): a crash becomes an error event "process_crashed" {pid, name,
  * reason, scheduler}; a stuck process a warn event "process_stuck" {pid,
- * name, scheduler, held_ms}. Never blocks (except that it flushes nothing). */
+ * name, scheduler, held_ms}. Never blocks: the lines are buffered like any other. */
 void keel_log_report_handler(const keel_report *r, void *ud);
 
 /* ---- the process's logging context --------------------------------------- */
@@ -271,6 +271,11 @@ char *keel_log_context_get(void);
 int keel_log_context_export(char **blob, size_t *len);
 int keel_log_context_push(const char *blob, size_t len);
 int keel_log_context_pop(void);
+
+/* Makes (on = true) every gen_server call and cast carry the caller's
+ * logging context to the server, which handles it with that context (see
+ * keel_gs_set_context_hooks). keel_log_init turns it on; off removes it. */
+void keel_log_follow_calls(bool on);
 
 #ifdef __cplusplus
 }
