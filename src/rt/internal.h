@@ -60,8 +60,6 @@ static inline void keel__spin_unlock(keel__spin *l) {
 }
 
 uint64_t keel__now_ns(void); /* CLOCK_MONOTONIC */
-void keel__clock_init(void);
-uint64_t keel__coarse_ms(void);
 /* Absolute deadline (ms, CLOCK_MONOTONIC) for a timeout, never early; 0 for a
  * timeout of 0 or KEEL_INFINITY. */
 uint64_t keel__deadline(int64_t timeout_ms);
@@ -301,6 +299,7 @@ typedef struct keel__sched {
   uint32_t slot_cache_n;
   keel__timer *timer_cache;
 
+  bool in_loop; /* inside uv_run: a wakeup from a callback must stop the loop */
   uint64_t rng;
   uint64_t last_poll_ns;
   uint32_t runs_since_poll;

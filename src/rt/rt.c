@@ -127,7 +127,6 @@ int keel_rt_start(const keel_rt_options *o) {
   keel__g.halted = 0;
   keel__g.halt_status = 0;
 
-  keel__clock_init();
   if ((rc = keel__stacks_init()) != 0) goto fail;
   if ((rc = keel__table_init()) != 0) goto fail;
   keel__timers_init();

@@ -57,32 +57,20 @@ __attribute__((noinline)) keel__proc *keel__proc_self(void) {
   return s ? s->current : NULL;
 }
 
-/* Deadlines for timeouts are milliseconds on CLOCK_MONOTONIC read through its
- * coarse variant, which costs a few nanoseconds instead of a full clock read
- * (measured: clock reads were a fifth of a gen_server call). The deadline is
- * padded by the coarse clock's resolution, so a timeout never ends early; it
- * may end up to one tick (typically 4 ms) late. */
-static uint64_t coarse_res_ms = 4;
-
-void keel__clock_init(void) {
-  struct timespec res;
-  if (clock_getres(CLOCK_MONOTONIC_COARSE, &res) == 0)
-    coarse_res_ms = (uint64_t)res.tv_sec * 1000 + ((uint64_t)res.tv_nsec + 999999) / 1000000;
-}
-
-uint64_t keel__coarse_ms(void) {
-  struct timespec ts;
-  clock_gettime(CLOCK_MONOTONIC_COARSE, &ts);
-  return (uint64_t)ts.tv_sec * 1000 + (uint64_t)ts.tv_nsec / 1000000;
-}
-
+/* Deadlines for timeouts are absolute milliseconds on CLOCK_MONOTONIC, the
+ * clock libuv's loop time uses, rounded up so that a timeout never ends
+ * early. A timed wait reads the clock once, here; the wait timer is then armed
+ * against the loop's own time without another read (timer.c), and a wait ended
+ * by its timer trusts it. (CLOCK_MONOTONIC_COARSE was tried to save that one
+ * read: on this kernel it lagged the real clock by more than its stated
+ * resolution, 6.5 ms against 4, so timeouts ended early. Measured, reverted.) */
 uint64_t keel__deadline(int64_t timeout_ms) {
   if (timeout_ms <= 0) return 0; /* 0: do not wait; KEEL_INFINITY: no deadline */
-  return keel__coarse_ms() + (uint64_t)timeout_ms + coarse_res_ms;
+  return (keel__now_ns() + 999999) / 1000000 + (uint64_t)timeout_ms;
 }
 
 bool keel__past(uint64_t deadline_ms) {
-  return deadline_ms && keel__coarse_ms() >= deadline_ms;
+  return deadline_ms && keel__now_ns() >= deadline_ms * 1000000;
 }
 
 uint64_t keel__now_ns(void) {
@@ -319,6 +307,11 @@ void keel__enqueue(keel__proc *p) {
   } else {
     inbox_push(home, p);
   }
+  /* Woken from a libuv callback (a timer, I/O, blocking work done) while our
+   * loop runs: make uv_run return instead of blocking in epoll, which in
+   * UV_RUN_ONCE it would do after running due timers, with the process we
+   * just queued left waiting. */
+  if (me && me->in_loop) uv_stop(&me->loop);
 }
 
 /* ---- waking -------------------------------------------------------------- */
@@ -531,13 +524,21 @@ static keel__proc *sched_steal(keel__sched *s) {
   return NULL;
 }
 
+/* Every uv_run of a scheduler goes through here, so keel__enqueue knows when
+ * it is called from inside the loop. */
+static void loop_run(keel__sched *s, uv_run_mode mode) {
+  s->in_loop = true;
+  uv_run(&s->loop, mode);
+  s->in_loop = false;
+}
+
 static void sched_poll(keel__sched *s) {
   if (++s->runs_since_poll < 16) return;
   s->runs_since_poll = 0;
   uint64_t now = keel__now_ns();
   if (now - s->last_poll_ns < 500000) return;
   s->last_poll_ns = now;
-  uv_run(&s->loop, UV_RUN_NOWAIT);
+  loop_run(s, UV_RUN_NOWAIT);
 }
 
 static void release_spinner(void) {
@@ -554,7 +555,7 @@ static void sched_sleep(keel__sched *s) {
               atomic_load_explicit(&keel__g.state, memory_order_relaxed) != 1;
   if (!work) {
     s->last_poll_ns = keel__now_ns();
-    uv_run(&s->loop, UV_RUN_ONCE); /* blocks in epoll: timers, I/O, uv_async_send */
+    loop_run(s, UV_RUN_ONCE); /* blocks in epoll: timers, I/O, uv_async_send */
   }
   atomic_fetch_sub_explicit(&keel__g.nsleeping, 1, memory_order_relaxed);
   atomic_store_explicit(&s->sleeping, 0, memory_order_relaxed);
@@ -576,7 +577,7 @@ static void *sched_main(void *arg) {
   while (atomic_load_explicit(&keel__g.state, memory_order_acquire) == 1) {
     keel__proc *p = sched_next(s);
     if (!p) {
-      uv_run(&s->loop, UV_RUN_NOWAIT); /* timers and I/O may make work */
+      loop_run(s, UV_RUN_NOWAIT); /* timers and I/O may make work */
       p = sched_next(s);
     }
     if (!p) p = sched_steal(s);
@@ -662,10 +663,12 @@ int keel__sched_pick_external(void) {
 /* Used by spawn with a scheduler hint and from outside: queue p on s. */
 void keel__enqueue_on(keel__sched *s, keel__proc *p);
 void keel__enqueue_on(keel__sched *s, keel__proc *p) {
-  if (keel__sched_self() == s)
+  if (keel__sched_self() == s) {
     push_local(s, p);
-  else
+    if (s->in_loop) uv_stop(&s->loop); /* see keel__enqueue */
+  } else {
     inbox_push(s, p);
+  }
 }
 
 /* ---- watchdog: stuck processes --------------------------------------------- */

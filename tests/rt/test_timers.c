@@ -6,6 +6,9 @@
  * timer to a dead process is dropped; a pending timer neither keeps the node
  * alive nor leaks; keel_sleep keeps messages queued.
  */
+#include <pthread.h>
+#include <time.h>
+#include <unistd.h>
 #include <stdatomic.h>
 
 #include "rt/kt_rt.h"
@@ -237,6 +240,72 @@ KT_CASE(timers_on_all_schedulers_at_once) {
   CHECK_EQ(atomic_load(&g_timer_users_done), USERS);
 }
 
+/* Regression: a wait timer that came due between a scheduler's last poll and
+ * its blocking poll fired inside uv_run(UV_RUN_ONCE), queued the process, and
+ * the loop then blocked in epoll with nothing else to wake it: the node hung
+ * (seen once in CI, in the ASan build). A lone process sleeping 1 ms over and
+ * over, with every other scheduler idle, is the shape that hits that window;
+ * a watchdog thread turns a hang into a failure with a message. */
+static atomic_int lone_sleeper_done;
+
+static void *hang_watchdog(void *arg) {
+  (void)arg;
+  for (int i = 0; i < 600; i++) { /* 60 s: liveness bound, not a timing check */
+    if (atomic_load(&lone_sleeper_done)) return NULL;
+    usleep(100000);
+  }
+  fprintf(stderr, "lone sleeper hung: a timer wakeup was lost\n");
+  abort();
+}
+
+KT_CASE(a_lone_process_sleeping_in_a_loop_never_hangs) {
+  atomic_store(&lone_sleeper_done, 0);
+  pthread_t th;
+  CHECK_OK(pthread_create(&th, NULL, hang_watchdog, NULL));
+  int rounds = 1500;
+#if defined(__SANITIZE_THREAD__)
+  rounds = 300;
+#endif
+  for (int i = 0; i < rounds; i++)
+    CHECK_OK(keel_sleep(1));
+  atomic_store(&lone_sleeper_done, 1);
+  CHECK_OK(pthread_join(th, NULL));
+}
+
+/* Regression: deadlines once came from CLOCK_MONOTONIC_COARSE padded by its
+ * stated resolution, but that clock lagged by more than the resolution and
+ * timeouts ended 2-3 ms early. The contract is "never early": checked exactly
+ * (a lower bound cannot fail through slowness), for sleeps and receives. */
+static uint64_t mono_ns(void) {
+  struct timespec ts;
+  clock_gettime(CLOCK_MONOTONIC, &ts);
+  return (uint64_t)ts.tv_sec * 1000000000u + (uint64_t)ts.tv_nsec;
+}
+
+KT_CASE(timeouts_never_end_early) {
+  static const int64_t ms[] = {1, 2, 3, 5, 7, 10, 20};
+  for (int round = 0; round < 5; round++)
+    for (size_t i = 0; i < sizeof ms / sizeof ms[0]; i++) {
+      uint64_t t0 = mono_ns();
+      CHECK_OK(keel_sleep(ms[i]));
+      uint64_t slept = mono_ns() - t0;
+      if (slept < (uint64_t)ms[i] * 1000000u) {
+        fprintf(stderr, "keel_sleep(%lld) returned after %.3f ms\n", (long long)ms[i],
+                (double)slept / 1e6);
+        CHECK(!"keel_sleep ended early");
+      }
+      keel_msg_t *m = NULL;
+      t0 = mono_ns();
+      CHECK_EQ(keel_receive(&m, ms[i]), KEEL_ETIMEDOUT);
+      uint64_t waited = mono_ns() - t0;
+      if (waited < (uint64_t)ms[i] * 1000000u) {
+        fprintf(stderr, "keel_receive(%lld ms) timed out after %.3f ms\n", (long long)ms[i],
+                (double)waited / 1e6);
+        CHECK(!"receive timeout ended early");
+      }
+    }
+}
+
 KT_MAIN(KT_ENTRY(send_after_delivers_after_its_delay),
         KT_ENTRY(send_after_zero_delivers_at_the_next_loop_turn),
         KT_ENTRY(timers_fire_in_deadline_order), KT_ENTRY(send_after_to_another_process),
@@ -247,4 +316,5 @@ KT_MAIN(KT_ENTRY(send_after_delivers_after_its_delay),
         KT_ENTRY(a_process_that_exits_with_its_own_timer_pending_leaks_nothing),
         KT_ENTRY(a_pending_long_timer_does_not_keep_the_node_alive),
         KT_ENTRY(sleep_lasts_at_least_its_time_and_keeps_messages_queued),
-        KT_ENTRY(timers_on_all_schedulers_at_once))
+        KT_ENTRY(timers_on_all_schedulers_at_once),
+        KT_ENTRY(a_lone_process_sleeping_in_a_loop_never_hangs), KT_ENTRY(timeouts_never_end_early))
