@@ -404,6 +404,9 @@ int keel__signal_send(keel_pid_t to, keel__sig_type type, keel_pid_t from, keel_
                       keel_reason_kind reason, const char *text);
 int keel__signal_post(keel__proc *p, keel_pid_t to, keel__sig *sig); /* consumes sig */
 void keel__signals_handle(keel__proc *p);                            /* owner; may exit */
+/* Takes every queued signal (oldest first); close also stops the queue from
+ * accepting more (the process is ending). */
+keel__sig *keel__signals_take(keel__proc *p, bool close);
 /* Applies a link/unlink/monitor/demonitor/hook signal to p's own sets;
  * false for exit signals, which the caller handles. */
 bool keel__signal_bookkeep(keel__proc *p, const keel__sig *sig);

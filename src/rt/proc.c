@@ -460,13 +460,7 @@ void keel__proc_finalize(keel__sched *s, keel__proc *p) {
   keel_reason_kind kind = p->exit_kind;
   const char *text = p->exit_text ? p->exit_text : "";
 
-  /* Close the signal queue: from now on senders see noproc themselves. */
-  keel__spin_lock(&p->sig_lock);
-  p->sig_pid = 0;
-  keel__sig *sig = p->sig_head;
-  p->sig_head = p->sig_tail = NULL;
-  atomic_store_explicit(&p->sig_pending, 0, memory_order_relaxed);
-  keel__spin_unlock(&p->sig_lock);
+  keel__sig *sig = keel__signals_take(p, true); /* and close the queue */
   /* Signals that arrived while it was alive but were not handled yet: their
    * link and monitor changes count (the process was alive when they came). */
   while (sig) {

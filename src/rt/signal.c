@@ -124,14 +124,20 @@ bool keel__signal_bookkeep(keel__proc *p, const keel__sig *sig) {
   }
 }
 
-void keel__signals_handle(keel__proc *p) {
-  if (p->hold_exits) return;
-  if (!atomic_load_explicit(&p->sig_pending, memory_order_acquire)) return;
+keel__sig *keel__signals_take(keel__proc *p, bool close) {
   keel__spin_lock(&p->sig_lock);
+  if (close) p->sig_pid = 0; /* from now on senders see noproc themselves */
   keel__sig *sig = p->sig_head;
   p->sig_head = p->sig_tail = NULL;
   atomic_store_explicit(&p->sig_pending, 0, memory_order_relaxed);
   keel__spin_unlock(&p->sig_lock);
+  return sig;
+}
+
+void keel__signals_handle(keel__proc *p) {
+  if (p->hold_exits) return;
+  if (!atomic_load_explicit(&p->sig_pending, memory_order_acquire)) return;
+  keel__sig *sig = keel__signals_take(p, false);
   while (sig) {
     keel__sig *next = sig->next;
     if (keel__signal_bookkeep(p, sig)) {
