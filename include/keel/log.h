@@ -236,6 +236,21 @@ void keel_log_event_list(keel_log_level level, const char *event, const keel_log
  * name, scheduler, held_ms}. Never blocks: the lines are buffered like any other. */
 void keel_log_report_handler(const keel_report *r, void *ud);
 
+/* keel's own events in the log (log_events.c): on = true subscribes to
+ * application lifecycle events (app_starting, app_started, app_stopping,
+ * app_stopped, app_start_failed), supervisor events (supervisor_restart,
+ * child_start_failed, intensity_exceeded) and runtime reports (installs
+ * keel_log_report_handler); false undoes it. Returns 0 or a negative code.
+ * Call it from main after keel_log_init. */
+int keel_log_keel_events(bool on);
+
+/* Writes the one "config_loaded" event line: app_env and a "config" object
+ * with every field's value as keel_config_each renders it (secrets "****").
+ * Returns 0 or KEEL_ENOMEM. Any thread. */
+struct keel_config_field;
+int keel_log_config(const struct keel_config_field *table, size_t n, const void *cfg,
+                    const char *app_env);
+
 /* ---- the process's logging context --------------------------------------- */
 
 /* The context lives in the process-local slot KEEL_LOCAL_LOG and is freed

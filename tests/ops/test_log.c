@@ -15,6 +15,7 @@
 #include <signal.h>
 #include <spawn.h>
 #include <stdatomic.h>
+#include <stddef.h>
 #include <sys/stat.h>
 #include <sys/wait.h>
 #include <unistd.h>
@@ -783,6 +784,82 @@ static void crasher(void *arg) {
   keel_exitf("boom %d", 7);
 }
 
+/* keel_log_keel_events: a supervisor restart is logged as
+ * "supervisor_restart" with the child, attempt and reason; keel_log_config
+ * writes one "config_loaded" line with secrets masked. */
+static atomic_int restart_child_starts;
+
+static void restarting_child(void *arg) {
+  (void)arg;
+  if (atomic_fetch_add(&restart_child_starts, 1) == 0)
+    keel_exit(KEEL_REASON_ERROR, "first run fails");
+  keel_msg_t *m;
+  keel_receive(&m, KEEL_INFINITY);
+  keel_msg_free(m);
+}
+
+static int restarting_start(void *arg, const void *args, size_t len, keel_pid_t *pid) {
+  (void)arg;
+  (void)args;
+  (void)len;
+  keel_spawn_opts o;
+  keel_spawn_opts_init(&o);
+  o.link = true;
+  return keel_spawn(restarting_child, NULL, &o, pid);
+}
+
+typedef struct small_cfg {
+  int64_t port;
+  char *password;
+} small_cfg;
+
+KT_CASE(keel_events_and_configuration_reach_the_log) {
+  start("keelev", NULL);
+  CHECK_OK(keel_log_keel_events(true));
+  atomic_store(&restart_child_starts, 0);
+  keel_child_spec ch = {.id = "flaky", .start = restarting_start};
+  keel_sup_spec spec = {.strategy = KEEL_ONE_FOR_ONE, .children = &ch, .nchildren = 1};
+  keel_pid_t sup;
+  CHECK_OK(keel_sup_start(&spec, &(keel_sup_opts){.name = "logsup"}, &sup, NULL));
+  const char *want = "\"event\":\"supervisor_restart\",\"supervisor\":\"logsup\","
+                     "\"child\":\"flaky\",\"attempt\":1,\"reason\":\"error\","
+                     "\"reason_text\":\"first run fails\"";
+  char *s = NULL;
+  for (int tries = 0; tries < 1000; tries++) { /* liveness bound: the restart is async */
+    CHECK_OK(keel_log_flush());
+    free(s);
+    s = slurp(g_path);
+    if (strstr(s, want)) break;
+    keel_sleep(10);
+  }
+  CHECK(strstr(s, want) != NULL);
+  free(s);
+  CHECK_OK(keel_gs_stop_server(sup, KEEL_REASON_SHUTDOWN, NULL, 5000));
+
+  static const keel_config_field table[] = {
+      {.env = "PORT", .type = KEEL_CONFIG_INT, .offset = offsetof(small_cfg, port), .def = "8080"},
+      {.env = "DB_PASSWORD",
+       .type = KEEL_CONFIG_STRING,
+       .offset = offsetof(small_cfg, password),
+       .def = "hunter2",
+       .flags = KEEL_CONFIG_SECRET},
+  };
+  small_cfg cfg;
+  memset(&cfg, 0, sizeof cfg);
+  unsetenv("PORT");
+  unsetenv("DB_PASSWORD");
+  char *errors = NULL;
+  CHECK_OK(keel_config_load(table, 2, &cfg, NULL, &errors));
+  CHECK_OK(keel_log_config(table, 2, &cfg, "development"));
+  keel_config_free(table, 2, &cfg);
+  CHECK_OK(keel_log_keel_events(false));
+  s = stop_and_read();
+  CHECK(strstr(s, "\"event\":\"config_loaded\",\"app_env\":\"development\","
+                  "\"config\":{\"PORT\":\"8080\",\"DB_PASSWORD\":\"****\"}") != NULL);
+  CHECK(strstr(s, "hunter2") == NULL);
+  free(s);
+}
+
 KT_CASE(events_and_crash_reports_have_stable_names) {
   start("events", NULL);
   keel_rt_set_report_handler(keel_log_report_handler, NULL);
@@ -862,5 +939,6 @@ KT_MAIN(KT_ENTRY(levels_filter_by_minimum_from_env_and_change_at_run_time),
         KT_ENTRY(file_is_reopened_on_sighup_for_rotation),
         KT_ENTRY_SCHED(concurrent_producers_lose_nothing_through_small_buffers, 4),
         KT_ENTRY(no_line_is_lost_when_the_application_stops),
-        KT_ENTRY(events_and_crash_reports_have_stable_names), KT_ENTRY(child_logs_then_stops),
+        KT_ENTRY(events_and_crash_reports_have_stable_names),
+        KT_ENTRY(keel_events_and_configuration_reach_the_log), KT_ENTRY(child_logs_then_stops),
         KT_ENTRY(jq_sample_lines))
