@@ -42,6 +42,17 @@
 
 #define CHECK_OK(expr) CHECK_EQ((expr), 0)
 
+/* Two C strings are equal (neither NULL); prints both on failure. */
+#define CHECK_STR(a, b)                                                                            \
+  do {                                                                                             \
+    const char *kt_sa_ = (a), *kt_sb_ = (b);                                                       \
+    if (!kt_sa_ || !kt_sb_ || strcmp(kt_sa_, kt_sb_) != 0) {                                       \
+      fprintf(stderr, "%s:%d: CHECK_STR failed: %s == %s\n  got:  [%s]\n  want: [%s]\n", __FILE__, \
+              __LINE__, #a, #b, kt_sa_ ? kt_sa_ : "(null)", kt_sb_ ? kt_sb_ : "(null)");           \
+      abort();                                                                                     \
+    }                                                                                              \
+  } while (0)
+
 typedef struct kt_case {
   const char *name;
   void (*fn)(void *);

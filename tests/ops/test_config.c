@@ -18,16 +18,6 @@
 #include "keel_test.h"
 #include "keel/config.h"
 
-#define CHECK_STR(a, b)                                                                            \
-  do {                                                                                             \
-    const char *kt_sa_ = (a), *kt_sb_ = (b);                                                       \
-    if (!kt_sa_ || !kt_sb_ || strcmp(kt_sa_, kt_sb_) != 0) {                                       \
-      fprintf(stderr, "%s:%d: CHECK_STR failed: %s == %s\n  got:  [%s]\n  want: [%s]\n", __FILE__, \
-              __LINE__, #a, #b, kt_sa_ ? kt_sa_ : "(null)", kt_sb_ ? kt_sb_ : "(null)");           \
-      abort();                                                                                     \
-    }                                                                                              \
-  } while (0)
-
 static const char *const all_vars[] = {
     "APP_ENV", "HOST",       "PORT", "HEALTH_PORT", "DEBUG", "TIMEOUT", "LOG_LEVEL", "DATABASE_URL",
     "TAGS",    "JWT_SECRET", "POOL", "NAME",        "N",     "D",       "B",         "E",

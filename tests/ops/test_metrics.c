@@ -17,16 +17,6 @@
 #include "keel_test.h"
 #include "keel/metrics.h"
 
-#define CHECK_STR(a, b)                                                                            \
-  do {                                                                                             \
-    const char *kt_sa_ = (a), *kt_sb_ = (b);                                                       \
-    if (!kt_sa_ || !kt_sb_ || strcmp(kt_sa_, kt_sb_) != 0) {                                       \
-      fprintf(stderr, "%s:%d: CHECK_STR failed: %s == %s\n  got:  [%s]\n  want: [%s]\n", __FILE__, \
-              __LINE__, #a, #b, kt_sa_ ? kt_sa_ : "(null)", kt_sb_ ? kt_sb_ : "(null)");           \
-      abort();                                                                                     \
-    }                                                                                              \
-  } while (0)
-
 #define CHECK_HAS(text, needle)                                                                    \
   do {                                                                                             \
     if (!strstr((text), (needle))) {                                                               \
