@@ -11,6 +11,7 @@
 #ifndef KEEL_RUNTIME_H
 #define KEEL_RUNTIME_H
 
+#include <stdbool.h>
 #include <stddef.h>
 #include <stdint.h>
 
@@ -97,6 +98,54 @@ typedef struct keel_rt_stats {
   uint64_t stuck_reports;    /* processes reported for holding a scheduler too long */
 } keel_rt_stats;
 void keel_rt_stats_get(keel_rt_stats *out);
+
+/* ---- introspection (the observer, health checks, alerts, metrics) ------- */
+
+/* One process as seen from outside, without stopping it. The fields are read
+ * racily: each is a value the process had recently, and a process may exit
+ * while it is being read (then it is skipped). */
+typedef struct keel_proc_info {
+  keel_pid_t pid;
+  keel_pid_t parent; /* the process that spawned it, 0 when spawned from outside */
+  char name[32];     /* its label (keel_spawn_opts.name, keel_set_name) or "" */
+  const char *status;      /* "runnable", "running", "waiting" or "exiting" (static) */
+  const char *waiting_for; /* when waiting: "message", "reply", "io", "timer", "signal";
+                              else "" (static) */
+  int scheduler;           /* the scheduler it runs or last ran on */
+  uint64_t mailbox_len;    /* messages queued, kept-aside ones included */
+  uint64_t messages_in;    /* messages ever delivered to its mailbox */
+  uint64_t messages_handled; /* messages its receives returned */
+  size_t memory;           /* control block + stack reservation (message payloads not counted) */
+  int64_t age_ms;          /* since it was spawned */
+} keel_proc_info;
+
+/* Calls fn(info, ud) for every live process, in table order, and returns how
+ * many were visited; fn returns false to stop early. fn runs on the calling
+ * thread while no lock is held, so it may do anything but must not assume the
+ * process still lives. Cost: one pass over the process table (about 10 ns per
+ * slot). Any thread. */
+size_t keel_rt_processes(bool (*fn)(const keel_proc_info *info, void *ud), void *ud);
+
+/* Fills *out for one process. Errors: KEEL_ENOPROC (not alive), KEEL_ESTATE. */
+int keel_rt_process_info(keel_pid_t pid, keel_proc_info *out);
+
+/* One scheduler as seen from outside. */
+typedef struct keel_sched_info {
+  int id;
+  bool stuck;          /* the watchdog saw one process hold it for a whole tick */
+  keel_pid_t running;  /* the process it runs now, 0 when none */
+  uint32_t run_queue;  /* processes queued to run on it */
+  uint64_t idle_ns;    /* total time asleep with nothing to run (utilisation =
+                          1 - delta(idle_ns) / delta(wall time)) */
+  uint64_t switches;   /* context switches so far */
+} keel_sched_info;
+
+/* Fills *out for scheduler i (0 <= i < keel_sched_count()). Errors:
+ * KEEL_EINVAL, KEEL_ESTATE. Any thread. */
+int keel_rt_sched_info(int i, keel_sched_info *out);
+
+/* CLOCK_MONOTONIC milliseconds at which the runtime started, 0 when stopped. */
+uint64_t keel_rt_started_ms(void);
 
 /* Runtime reports: things an operator must hear about. The default handler
  * writes one line to stderr. The operations layer installs its own to log

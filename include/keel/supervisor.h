@@ -151,6 +151,34 @@ typedef struct keel_child_counts {
 } keel_child_counts;
 int keel_sup_count_children(keel_pid_t sup, keel_child_counts *out);
 
+/* ---- introspection (the observer) ---------------------------------------- */
+
+/* Copies the pids of up to max live supervisors into out (oldest first) and
+ * returns how many there are. Any thread. */
+size_t keel_sup_list(keel_pid_t *out, size_t max);
+
+typedef struct keel_sup_info {
+  keel_pid_t pid;
+  char name[64]; /* registered name or "" */
+  keel_sup_strategy strategy;
+  int intensity;
+  int64_t period_ms;
+  unsigned restarts;          /* restart rounds so far (one per exit it acted on) */
+  size_t nchildren;
+  keel_child_info *children;  /* nchildren entries, start order; free with keel_sup_info_free */
+} keel_sup_info;
+
+/* Asks supervisor `sup` for its settings and children, waiting at most
+ * timeout_ms (a supervisor busy restarting answers late; the observer must
+ * not hang on it). On success the caller owns out->children. Errors:
+ * KEEL_ETIMEDOUT, KEEL_ENOPROC, KEEL_EDOWN, KEEL_ENOTPROC (not a process),
+ * KEEL_ENOMEM. */
+int keel_sup_info_get(keel_pid_t sup, int64_t timeout_ms, keel_sup_info *out);
+void keel_sup_info_free(keel_sup_info *info);
+
+/* "one_for_one", "one_for_all", "rest_for_one", "simple_one_for_one". */
+const char *keel_sup_strategy_name(keel_sup_strategy s);
+
 /* Events for the observer and the logs. Handlers run in the supervisor's
  * process, synchronously: keep them short and never wait in them. */
 typedef enum keel_sup_event_kind {

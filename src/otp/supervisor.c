@@ -62,7 +62,67 @@ typedef struct sup {
   size_t nhist;
   char name[64];
   unsigned long long anon; /* simple_one_for_one child ids */
+  unsigned restarts;       /* every restart this supervisor made */
+  keel_pid_t self;
 } sup;
+
+/* ---- the list of live supervisors (for the observer) ------------------------------ */
+
+static pthread_mutex_t list_lock = PTHREAD_MUTEX_INITIALIZER;
+static keel_pid_t *list_v;
+static size_t list_n, list_cap;
+
+static int list_add(keel_pid_t pid) {
+  pthread_mutex_lock(&list_lock);
+  int rc = 0;
+  if (list_n == list_cap) {
+    size_t cap = list_cap ? list_cap * 2 : 16;
+    keel_pid_t *v = realloc(list_v, cap * sizeof *v);
+    if (!v) rc = KEEL_ENOMEM;
+    else {
+      list_v = v;
+      list_cap = cap;
+    }
+  }
+  if (!rc) list_v[list_n++] = pid;
+  pthread_mutex_unlock(&list_lock);
+  return rc;
+}
+
+static void list_del(keel_pid_t pid) {
+  pthread_mutex_lock(&list_lock);
+  for (size_t i = 0; i < list_n; i++)
+    if (list_v[i] == pid) {
+      memmove(&list_v[i], &list_v[i + 1], (list_n - i - 1) * sizeof *list_v);
+      list_n--;
+      break;
+    }
+  if (!list_n) { /* nothing left: give the memory back (no leak at exit) */
+    free(list_v);
+    list_v = NULL;
+    list_cap = 0;
+  }
+  pthread_mutex_unlock(&list_lock);
+}
+
+size_t keel_sup_list(keel_pid_t *out, size_t max) {
+  pthread_mutex_lock(&list_lock);
+  size_t n = list_n;
+  for (size_t i = 0; i < n && i < max; i++)
+    out[i] = list_v[i];
+  pthread_mutex_unlock(&list_lock);
+  return n;
+}
+
+const char *keel_sup_strategy_name(keel_sup_strategy st) {
+  switch (st) {
+  case KEEL_ONE_FOR_ONE: return "one_for_one";
+  case KEEL_ONE_FOR_ALL: return "one_for_all";
+  case KEEL_REST_FOR_ONE: return "rest_for_one";
+  case KEEL_SIMPLE_ONE_FOR_ONE: return "simple_one_for_one";
+  }
+  return "unknown";
+}
 
 /* ---- requests (gen_server calls) ------------------------------------------------ */
 
@@ -75,6 +135,7 @@ enum {
   OP_WHICH_PID,
   OP_WHICH_CHILDREN,
   OP_COUNT,
+  OP_INFO,
   OP_RETRY
 };
 
@@ -92,6 +153,7 @@ typedef struct rep {
   int rc;
   keel_pid_t pid;
   keel_child_counts counts;
+  keel_sup_info sinfo; /* OP_INFO (its children array is not used here) */
   size_t n;
   keel_child_info info[]; /* which_children */
 } rep;
@@ -354,6 +416,7 @@ static bool significant_running(sup *s) {
  * attempt number within the period, and the reason that caused it. */
 static int restart_after(sup *s, child *c, keel_reason r) {
   c->restarts++;
+  s->restarts++;
   if (!count_restart(s)) return give_up(s, "reached max restart intensity");
   size_t i = index_of(s, c);
   switch (s->strategy) {
@@ -411,7 +474,9 @@ static void sup_free(sup *s) {
 }
 
 static void sup_free_hook(void *arg) {
-  sup_free(arg);
+  sup *s = arg;
+  if (s->self) list_del(s->self);
+  sup_free(s);
 }
 
 static int sup_init(void *arg, void **state) {
@@ -425,6 +490,8 @@ static int sup_init(void *arg, void **state) {
     free(s);
     return KEEL_ENOMEM;
   }
+  s->self = keel_self();
+  if (list_add(s->self) != 0) s->self = 0; /* not listed: the observer will not see it */
   s->strategy = spec->strategy;
   s->intensity = spec->intensity == 0 ? DEFAULT_INTENSITY : spec->intensity;
   s->period_ms = spec->period_ms ? spec->period_ms : DEFAULT_PERIOD_MS;
@@ -487,6 +554,7 @@ static int sup_cast(void *state, keel_msg_t **m) {
   child *c = find_id(s, r.id);
   if (!c || c->pid) return KEEL_GS_OK;
   c->restarts++;
+  s->restarts++;
   if (!count_restart(s)) return give_up(s, "reached max restart intensity");
   size_t i = index_of(s, c);
   if (s->strategy == KEEL_REST_FOR_ONE || s->strategy == KEEL_ONE_FOR_ALL)
@@ -625,6 +693,19 @@ static int sup_call(void *state, keel_gs_from from, keel_msg_t **m, keel_msg_t *
       ci->restarts = s->c[i]->restarts;
     }
     *reply = out;
+    break;
+  }
+  case OP_INFO: {
+    rep rp = {.rc = 0};
+    keel_sup_info *si = &rp.sinfo;
+    si->pid = s->self ? s->self : keel_self();
+    snprintf(si->name, sizeof si->name, "%s", s->name);
+    si->strategy = s->strategy;
+    si->intensity = s->intensity;
+    si->period_ms = s->period_ms;
+    si->restarts = s->restarts;
+    si->nchildren = s->n;
+    *reply = keel_msg_copy(0, &rp, sizeof rp);
     break;
   }
   case OP_COUNT: {
@@ -838,4 +919,49 @@ int keel_sup_count_children(keel_pid_t s, keel_child_counts *out) {
   int rc = call(s, &r, sizeof r, &rp);
   if (rc == 0 && out) *out = rp.counts;
   return rc;
+}
+
+int keel_sup_info_get(keel_pid_t s, int64_t timeout_ms, keel_sup_info *out) {
+  if (!out) return KEEL_EINVAL;
+  memset(out, 0, sizeof *out);
+  req r = {.op = OP_INFO};
+  keel_msg_t *reply = NULL;
+  int rc = keel_gs_call(s, keel_msg_copy(0, &r, sizeof r), &reply, timeout_ms, NULL);
+  if (rc) return rc;
+  const rep *rp = keel_msg_data(reply);
+  rc = rp->rc;
+  if (rc == 0) *out = rp->sinfo;
+  keel_msg_free(reply);
+  if (rc || !out->nchildren) return rc;
+  /* the children in a second call: their number may have changed between
+   * the two, so take what the second one says */
+  size_t want = out->nchildren + 16, n = 0;
+  keel_child_info *v = calloc(want, sizeof *v);
+  if (!v) return KEEL_ENOMEM;
+  req r2 = {.op = OP_WHICH_CHILDREN, .max = want};
+  rc = keel_gs_call(s, keel_msg_copy(0, &r2, sizeof r2), &reply, timeout_ms, NULL);
+  if (rc) {
+    free(v);
+    return rc;
+  }
+  rp = keel_msg_data(reply);
+  if ((rc = rp->rc) == 0) {
+    n = rp->n < want ? rp->n : want;
+    memcpy(v, rp->info, n * sizeof *v);
+  }
+  keel_msg_free(reply);
+  if (rc) {
+    free(v);
+    return rc;
+  }
+  out->children = v;
+  out->nchildren = n;
+  return 0;
+}
+
+void keel_sup_info_free(keel_sup_info *info) {
+  if (!info) return;
+  free(info->children);
+  info->children = NULL;
+  info->nchildren = 0;
 }

@@ -211,8 +211,8 @@ typedef struct keel__proc {
   int hold_exits;                 /* >0: exit signals wait (keel_hold_exits, keel_blocking) */
   struct keel__timer *wait_timer; /* the timer of the current timed wait */
   struct keel_msg *save_head, *save_tail; /* kept aside by selective receive, in order */
-  uint64_t mbox_out;                      /* messages popped from mbox */
-  uint64_t msgs_handled;
+  _Atomic uint64_t mbox_out;      /* messages popped from mbox (owner writes, observer reads) */
+  _Atomic uint64_t msgs_handled;  /* messages given to the process (owner writes) */
   bool trap_exit;
   bool fresh; /* never run: its context is built at its first run */
   keel__mbox mbox;
@@ -229,7 +229,7 @@ typedef struct keel__proc {
   keel__stack *stack;
   keel_proc_fn fn;
   void *arg;
-  size_t save_len;
+  _Atomic size_t save_len; /* owner writes; the observer reads it for the mailbox length */
   keel__pidvec links;
   keel__monvec monitors;     /* monitors this process holds (ref -> target) */
   keel__monvec monitored_by; /* monitors held on this process (ref -> watcher) */
@@ -240,7 +240,29 @@ typedef struct keel__proc {
   void *io_cleanup_arg;
   keel_reason_kind exit_kind;
   char *exit_text; /* malloc'd or NULL */
+
+  /* --- for the observer: written at spawn, read racily (relaxed) --- */
+  _Atomic keel_pid_t parent;  /* the spawning process, 0 when spawned from outside */
+  _Atomic size_t stack_bytes; /* the stack's usable size */
+  _Atomic uint64_t born_ms;   /* CLOCK_MONOTONIC ms at spawn */
 } keel__proc;
+
+/* Counters with one writer (the owner) that other threads read: a relaxed
+ * load and store compile to a plain increment, with no locked instruction,
+ * and are not a data race for readers. */
+#define KEEL__OWNER_ADD(field, n)                                                                  \
+  atomic_store_explicit(&(field), atomic_load_explicit(&(field), memory_order_relaxed) + (n),      \
+                        memory_order_relaxed)
+
+/* Messages queued for p, kept-aside ones included. Any thread (racy but
+ * never negative: mbox_out is read before mbox_in, and mbox_in is bumped
+ * before the push that mbox_out counts). */
+static inline size_t keel__mailbox_len_of(keel__proc *p) {
+  uint64_t out = atomic_load_explicit(&p->mbox_out, memory_order_relaxed);
+  size_t saved = atomic_load_explicit(&p->save_len, memory_order_relaxed);
+  uint64_t in = atomic_load_explicit(&p->mbox_in, memory_order_relaxed);
+  return saved + (size_t)(in - out);
+}
 
 /* ---- timers ------------------------------------------------------------- */
 
@@ -314,6 +336,7 @@ typedef struct keel__sched {
   _Atomic uint64_t n_exited;
   _Atomic keel_pid_t running_pid; /* 0 when not running a process */
   atomic_bool stuck;              /* the watchdog saw one process hold it for a tick */
+  _Atomic uint64_t idle_ns;       /* time spent asleep in epoll with nothing to run */
   void *altstack;
 } keel__sched;
 
@@ -355,6 +378,7 @@ typedef struct keel__rt {
   _Atomic uint64_t blocking_queued;
   _Atomic uint64_t blocking_running;
   _Atomic uint64_t stuck_reports;
+  _Atomic uint64_t started_ms; /* CLOCK_MONOTONIC ms of keel_rt_start, 0 when stopped */
 
   pthread_mutex_t wait_lock;
   pthread_cond_t wait_cond;

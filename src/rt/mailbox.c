@@ -326,7 +326,7 @@ static struct keel_msg *pull(keel__proc *p) {
   for (;;) {
     struct keel_msg *m = keel__mbox_pop(&p->mbox);
     if (!m) return NULL;
-    p->mbox_out++;
+    KEEL__OWNER_ADD(p->mbox_out, 1);
     if (m->to != p->pid) { /* sent to an earlier incarnation that raced its end */
       count_dropped(m);
       keel_msg_free(m);
@@ -364,7 +364,7 @@ static void save_append(keel__proc *p, struct keel_msg *m) {
   else
     p->save_head = m;
   p->save_tail = m;
-  p->save_len++;
+  KEEL__OWNER_ADD(p->save_len, 1);
 }
 
 static struct keel_msg *save_next(struct keel_msg *m) {
@@ -379,7 +379,7 @@ static void save_unlink(keel__proc *p, struct keel_msg *prev, struct keel_msg *m
   else
     p->save_head = next;
   if (p->save_tail == m) p->save_tail = prev;
-  p->save_len--;
+  KEEL__OWNER_ADD(p->save_len, (size_t)-1);
 }
 
 void keel__mailbox_drop_link_exits(keel__proc *p, keel_pid_t from) {
@@ -429,7 +429,7 @@ void keel__mailbox_drop_all(keel__proc *p) {
   for (;;) {
     struct keel_msg *m = keel__mbox_pop(&p->mbox);
     if (m) {
-      p->mbox_out++;
+      KEEL__OWNER_ADD(p->mbox_out, 1);
       if (m->to != p->pid ||
           KEEL__SW_ST(atomic_load_explicit(&p->sw, memory_order_relaxed)) == KEEL__ST_FREE)
         count_dropped(m);
@@ -445,7 +445,7 @@ void keel__mailbox_drop_all(keel__proc *p) {
     keel_msg_free(m);
   }
   p->save_tail = NULL;
-  p->save_len = 0;
+  atomic_store_explicit(&p->save_len, 0, memory_order_relaxed);
 }
 
 int keel__deliver(keel_pid_t to, struct keel_msg *m) {
@@ -516,7 +516,7 @@ static bool expired(int64_t timeout_ms, uint64_t deadline, uint32_t cause) {
 }
 
 static void charge(keel__proc *p) {
-  p->msgs_handled++;
+  KEEL__OWNER_ADD(p->msgs_handled, 1);
   if (--p->budget <= 0) keel_yield(); /* fairness: let the others run */
 }
 
@@ -589,8 +589,7 @@ int keel_receive_match(keel_match_fn match, void *arg, keel_msg_t **out, int64_t
 size_t keel_mailbox_len(void) {
   keel__proc *p = keel__proc_self();
   if (!p) return 0;
-  uint64_t in = atomic_load_explicit(&p->mbox_in, memory_order_relaxed);
-  return p->save_len + (size_t)(in - p->mbox_out);
+  return keel__mailbox_len_of(p);
 }
 
 int keel_await_ref(keel_ref_t ref) {

@@ -236,7 +236,7 @@ int keel_spawn(keel_proc_fn fn, void *arg, const keel_spawn_opts *opts, keel_pid
   p->fn = fn;
   p->arg = arg;
   p->save_head = p->save_tail = NULL;
-  p->save_len = 0;
+  atomic_store_explicit(&p->save_len, 0, memory_order_relaxed);
   p->links.n = 0;
   p->monitors.n = 0;
   p->monitored_by.n = 0;
@@ -247,7 +247,10 @@ int keel_spawn(keel_proc_fn fn, void *arg, const keel_spawn_opts *opts, keel_pid
   p->pinned = 0;
   p->wait_timer = NULL;
   p->io_cleanup = NULL;
-  p->msgs_handled = 0;
+  atomic_store_explicit(&p->msgs_handled, 0, memory_order_relaxed);
+  atomic_store_explicit(&p->parent, parent ? parent->pid : 0, memory_order_relaxed);
+  atomic_store_explicit(&p->stack_bytes, st->size, memory_order_relaxed);
+  atomic_store_explicit(&p->born_ms, keel__now_ns() / 1000000, memory_order_relaxed);
   p->exit_kind = KEEL_REASON_NORMAL;
   p->exit_text = NULL;
   copy_name(p, opts->name);

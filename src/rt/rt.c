@@ -110,6 +110,7 @@ int keel_rt_start(const keel_rt_options *o) {
   keel__g.nsched = opt.schedulers;
 
   atomic_store(&keel__g.alive, 0);
+  atomic_store(&keel__g.started_ms, keel__now_ns() / 1000000);
   atomic_store(&keel__g.nsleeping, 0);
   atomic_store(&keel__g.nspinning, 0);
   atomic_store(&keel__g.grq_len, 0);
@@ -204,6 +205,7 @@ int keel_rt_stop(void) {
   pthread_mutex_destroy(&keel__g.grq_lock);
   pthread_cond_destroy(&keel__g.wait_cond);
   pthread_mutex_destroy(&keel__g.wait_lock);
+  atomic_store(&keel__g.started_ms, 0);
   atomic_store(&keel__g.state, 0);
   return 0;
 }

@@ -107,6 +107,13 @@ static uint32_t ring_len(keel__sched *s) {
   return t - h;
 }
 
+/* For keel_rt_sched_info: the stealable ring plus runnext (the owner-only
+ * pinned queue is not counted: other threads may not read it). */
+uint32_t keel__sched_queued(keel__sched *s);
+uint32_t keel__sched_queued(keel__sched *s) {
+  return ring_len(s) + (atomic_load_explicit(&s->runnext, memory_order_relaxed) ? 1u : 0u);
+}
+
 static void grq_push_list(keel__proc *head, keel__proc *tail, int n) {
   pthread_mutex_lock(&keel__g.grq_lock);
   tail->runq_next = NULL;
@@ -554,8 +561,10 @@ static void sched_sleep(keel__sched *s) {
               s->pq_len > 0 || atomic_load_explicit(&s->runnext, memory_order_relaxed) ||
               atomic_load_explicit(&keel__g.state, memory_order_relaxed) != 1;
   if (!work) {
-    s->last_poll_ns = keel__now_ns();
+    uint64_t t0 = keel__now_ns();
+    s->last_poll_ns = t0;
     loop_run(s, UV_RUN_ONCE); /* blocks in epoll: timers, I/O, uv_async_send */
+    KEEL__OWNER_ADD(s->idle_ns, keel__now_ns() - t0);
   }
   atomic_fetch_sub_explicit(&keel__g.nsleeping, 1, memory_order_relaxed);
   atomic_store_explicit(&s->sleeping, 0, memory_order_relaxed);

@@ -94,7 +94,7 @@ static void deliver_exit_msg(keel__proc *p, keel_pid_t from, keel_reason_kind ki
   else
     p->save_head = m;
   p->save_tail = m;
-  p->save_len++;
+  KEEL__OWNER_ADD(p->save_len, 1);
 }
 
 static void apply_exit(keel__proc *p, keel_pid_t from, keel_reason_kind kind, const char *text,

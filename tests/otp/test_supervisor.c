@@ -795,6 +795,51 @@ KT_CASE(dynamic_api_on_a_dead_supervisor_is_enoproc) {
   CHECK_EQ(keel_sup_start_child(sup, &ch[0], &pid), KEEL_ENOPROC);
 }
 
+/* ---- introspection --------------------------------------------------------------- */
+
+static bool listed(keel_pid_t sup) {
+  keel_pid_t v[64];
+  size_t n = keel_sup_list(v, 64);
+  for (size_t i = 0; i < n && i < 64; i++)
+    if (v[i] == sup) return true;
+  return false;
+}
+
+KT_CASE(supervisors_are_listed_while_alive_and_report_their_settings_and_children) {
+  kt_quiet();
+  kt_worker_cfg a = {.id = "a"}, b = {.id = "b"};
+  keel_child_spec ch[] = {kt_worker_spec(&a), kt_worker_spec(&b)};
+  keel_sup_spec spec = kt_sup_spec(KEEL_REST_FOR_ONE, ch, 2);
+  spec.intensity = 7;
+  spec.period_ms = 9000;
+  keel_pid_t sup = sup_start(&spec, "introspected");
+  CHECK(listed(sup));
+  keel_pid_t pa = kt_child_pid(sup, "a");
+  crash(pa, 1);
+  kt_wait_new_pid(sup, "a", pa);
+
+  keel_sup_info si;
+  CHECK_OK(keel_sup_info_get(sup, KT_LONG, &si));
+  CHECK_EQ(si.pid, sup);
+  CHECK_STR(si.name, "introspected");
+  CHECK_EQ(si.strategy, KEEL_REST_FOR_ONE);
+  CHECK_STR(keel_sup_strategy_name(si.strategy), "rest_for_one");
+  CHECK_EQ(si.intensity, 7);
+  CHECK_EQ(si.period_ms, 9000);
+  CHECK_EQ(si.restarts, 1); /* one round, though b was restarted with a */
+  CHECK_EQ(si.nchildren, 2);
+  CHECK_STR(si.children[0].id, "a");
+  CHECK_STR(si.children[1].id, "b");
+  CHECK_EQ(si.children[0].restarts, 1);
+  CHECK_EQ(si.children[0].pid, kt_child_pid(sup, "a"));
+  keel_sup_info_free(&si);
+  CHECK(si.children == NULL);
+
+  kt_stop(sup);
+  CHECK(!listed(sup));
+  CHECK_EQ(keel_sup_info_get(sup, KT_LONG, &si), KEEL_ENOPROC);
+}
+
 KT_MAIN(KT_ENTRY(children_start_in_order_and_stop_in_reverse),
         KT_ENTRY(failing_child_start_stops_the_started_ones),
         KT_ENTRY(bad_specs_are_refused),
@@ -816,4 +861,5 @@ KT_MAIN(KT_ENTRY(children_start_in_order_and_stop_in_reverse),
         KT_ENTRY(auto_shutdown_all_significant),
         KT_ENTRY(simple_one_for_one_keeps_each_childs_arguments_across_restarts),
         KT_ENTRY(dynamic_children_start_terminate_restart_delete),
-        KT_ENTRY(dynamic_api_on_a_dead_supervisor_is_enoproc))
+        KT_ENTRY(dynamic_api_on_a_dead_supervisor_is_enoproc),
+        KT_ENTRY(supervisors_are_listed_while_alive_and_report_their_settings_and_children))

@@ -1,0 +1,107 @@
+/* observe.c - the runtime seen from outside: processes and schedulers.
+ *
+ * The observer, the health checks, the alert manager and the metrics need to
+ * look at every process without stopping any. The process table is
+ * type-stable (a slot is never freed while the runtime runs), so a reader may
+ * walk it from any thread: it reads a slot's state word, then the fields it
+ * wants with relaxed loads, then the state word again, and keeps the reading
+ * only if the slot still holds the same incarnation. Every field read here is
+ * atomic (the owner bumps its counters with a relaxed load and store, see
+ * KEEL__OWNER_ADD), so the walk is not a data race, only a slightly stale
+ * view: each value is one the process had during the walk.
+ */
+#include <string.h>
+
+#include "rt/internal.h"
+
+static const char *status_name(uint32_t st) {
+  switch (st) {
+  case KEEL__ST_RUNNABLE: return "runnable";
+  case KEEL__ST_RUNNING: return "running";
+  case KEEL__ST_WAITING: return "waiting";
+  case KEEL__ST_EXITING: return "exiting";
+  default: return "free";
+  }
+}
+
+static const char *wait_name(uint32_t mask) {
+  if (mask & KEEL__W_REPLY) return "reply";
+  if (mask & KEEL__W_IO) return "io";
+  if (mask & KEEL__W_MSG) return "message";
+  if (mask & KEEL__W_TIMER) return "timer";
+  if (mask & KEEL__W_SIG) return "signal";
+  return "";
+}
+
+/* Reads slot p into *out; false when the slot holds no live process or was
+ * reused while being read. */
+static bool read_slot(keel__proc *p, uint64_t now_ms, keel_proc_info *out) {
+  uint64_t sw = atomic_load_explicit(&p->sw, memory_order_acquire);
+  uint32_t st = KEEL__SW_ST(sw);
+  if (st == KEEL__ST_FREE) return false;
+  out->pid = KEEL__PID(KEEL__SW_GEN(sw), p->idx);
+  out->parent = atomic_load_explicit(&p->parent, memory_order_relaxed);
+  for (int i = 0; i < KEEL__NAME_MAX && i < (int)sizeof out->name; i++)
+    out->name[i] = __atomic_load_n(&p->name[i], __ATOMIC_RELAXED);
+  out->name[sizeof out->name - 1] = 0;
+  out->status = status_name(st);
+  out->waiting_for = st == KEEL__ST_WAITING ? wait_name(KEEL__SW_MASK(sw)) : "";
+  out->scheduler = atomic_load_explicit(&p->home, memory_order_relaxed);
+  out->mailbox_len = keel__mailbox_len_of(p);
+  out->messages_in = atomic_load_explicit(&p->mbox_in, memory_order_relaxed);
+  out->messages_handled = atomic_load_explicit(&p->msgs_handled, memory_order_relaxed);
+  out->memory = sizeof(keel__proc) + atomic_load_explicit(&p->stack_bytes, memory_order_relaxed);
+  uint64_t born = atomic_load_explicit(&p->born_ms, memory_order_relaxed);
+  out->age_ms = now_ms > born ? (int64_t)(now_ms - born) : 0;
+  /* acquire above, then this load: if the generation is unchanged, no new
+   * spawn wrote the fields between the two loads. */
+  atomic_thread_fence(memory_order_acquire);
+  uint64_t sw2 = atomic_load_explicit(&p->sw, memory_order_relaxed);
+  return KEEL__SW_GEN(sw2) == KEEL__SW_GEN(sw) && KEEL__SW_ST(sw2) != KEEL__ST_FREE;
+}
+
+size_t keel_rt_processes(bool (*fn)(const keel_proc_info *info, void *ud), void *ud) {
+  if (!fn || atomic_load_explicit(&keel__g.state, memory_order_acquire) != 1) return 0;
+  uint64_t now_ms = keel__now_ns() / 1000000;
+  size_t n = 0;
+  keel_proc_info info;
+  /* Chunks are published in order with release stores: stop at the first
+   * one not yet allocated. */
+  for (uint32_t c = 0; c < KEEL__MAX_CHUNKS; c++) {
+    keel__proc *chunk = atomic_load_explicit(&keel__g.chunks[c], memory_order_acquire);
+    if (!chunk) break;
+    for (uint32_t i = 0; i < KEEL__CHUNK_SIZE; i++) {
+      if (!read_slot(&chunk[i], now_ms, &info)) continue;
+      n++;
+      if (!fn(&info, ud)) return n;
+    }
+  }
+  return n;
+}
+
+int keel_rt_process_info(keel_pid_t pid, keel_proc_info *out) {
+  if (atomic_load_explicit(&keel__g.state, memory_order_acquire) != 1) return KEEL_ESTATE;
+  keel__proc *p = keel__lookup_live(pid);
+  if (!p || !out) return p ? KEEL_EINVAL : KEEL_ENOPROC;
+  if (!read_slot(p, keel__now_ns() / 1000000, out) || out->pid != pid) return KEEL_ENOPROC;
+  return 0;
+}
+
+uint32_t keel__sched_queued(keel__sched *s);
+
+int keel_rt_sched_info(int i, keel_sched_info *out) {
+  if (atomic_load_explicit(&keel__g.state, memory_order_acquire) != 1) return KEEL_ESTATE;
+  if (i < 0 || i >= keel__g.nsched || !out) return KEEL_EINVAL;
+  keel__sched *s = &keel__g.scheds[i];
+  out->id = i;
+  out->stuck = atomic_load_explicit(&s->stuck, memory_order_relaxed);
+  out->running = atomic_load_explicit(&s->running_pid, memory_order_relaxed);
+  out->run_queue = keel__sched_queued(s);
+  out->idle_ns = atomic_load_explicit(&s->idle_ns, memory_order_relaxed);
+  out->switches = atomic_load_explicit(&s->n_switches, memory_order_relaxed);
+  return 0;
+}
+
+uint64_t keel_rt_started_ms(void) {
+  return atomic_load_explicit(&keel__g.started_ms, memory_order_relaxed);
+}
