@@ -15,6 +15,7 @@
 #include "keel/application.h"
 #include "keel/config.h"
 #include "keel/metrics.h"
+#include "keel/sysinfo.h"
 #include "keel/log.h"
 
 #endif

@@ -7,11 +7,11 @@
 #   scripts/install-deps.sh --bench  also what `make bench-compare` needs
 set -euo pipefail
 
-# build: compiler, cmake, libuv. test: a cross compiler and qemu to run the
+# build: compiler, cmake, libuv, jansson (JSON outside the hot paths). test: a cross compiler and qemu to run the
 # AArch64 context switch (tests/ctx/run-cross.sh); prometheus for promtool,
 # which checks the metrics exposition (tests/ops/test_promtool.sh); jq, which
 # reads log lines back (tests/ops/test_log_jq.sh).
-packages=(build-essential cmake pkg-config libuv1-dev
+packages=(build-essential cmake pkg-config libuv1-dev libjansson-dev
   gcc-aarch64-linux-gnu libc6-dev-arm64-cross qemu-user
   prometheus jq)
 if [[ "${1:-}" == "--bench" ]]; then

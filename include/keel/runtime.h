@@ -144,6 +144,26 @@ typedef struct keel_sched_info {
  * KEEL_EINVAL, KEEL_ESTATE. Any thread. */
 int keel_rt_sched_info(int i, keel_sched_info *out);
 
+/* Process lifecycle events, for the observer. */
+typedef enum keel_proc_event_kind { KEEL_PROC_STARTED = 1, KEEL_PROC_EXITED = 2 } keel_proc_event_kind;
+typedef struct keel_proc_event {
+  keel_proc_event_kind kind;
+  keel_pid_t pid;
+  keel_pid_t parent;       /* STARTED: the spawning process or 0 */
+  const char *name;        /* its label or "" (borrowed for the call) */
+  int reason;              /* EXITED: a keel_reason_kind (keel/process.h) */
+  const char *reason_text; /* EXITED: "" or the text (borrowed for the call) */
+} keel_proc_event;
+typedef void (*keel_proc_event_fn)(const keel_proc_event *ev, void *ud);
+
+/* Installs fn(ev, ud) to hear of every process start and exit (NULL removes
+ * it); one hook per node (the observer's). STARTED is called by the spawning
+ * thread before the process can run, EXITED by the scheduler finishing the
+ * process, so a process's STARTED always comes before its EXITED. fn runs on
+ * scheduler threads in the middle of a spawn or an exit: it must be short,
+ * must not wait, and may only send messages. Any thread. */
+void keel_rt_set_proc_events(keel_proc_event_fn fn, void *ud);
+
 /* CLOCK_MONOTONIC milliseconds at which the runtime started, 0 when stopped. */
 uint64_t keel_rt_started_ms(void);
 

@@ -4,27 +4,24 @@
  * registry and keeps their children in one struct owned by the registry.
  * The process group (the standard names every Prometheus client library uses)
  * and the runtime group are refreshed by a collector that runs at the start
- * of each render: it reads /proc/self/stat, /proc/self/statm, /proc/self/fd,
- * /proc/stat (boot time, once) and keel_rt_stats_get, and stores the values
- * with keel_gauge_set and keel_counter_set. Reading /proc is served from
- * kernel memory and does not block the way disk I/O does, so it runs on the
- * rendering thread even when that is a scheduler. The supervisor group is
+ * of each render: it reads keel/sysinfo.h (/proc, served from kernel memory,
+ * so it does not block the way disk I/O does and runs on the rendering thread
+ * even when that is a scheduler) and keel_rt_stats_get, and stores the values
+ * with keel_gauge_set and keel_counter_set. The supervisor group is
  * event driven: a keel_sup_subscribe handler counts every
  * KEEL_SUP_CHILD_RESTARTED event into
  * keel_supervisor_restarts_total{supervisor,child}, a child created on the
  * first restart of that pair. Only public API is used here.
  */
-#include <dirent.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
-#include <sys/resource.h>
-#include <unistd.h>
 
 #include "keel/metrics.h"
 #include "keel/process.h"
 #include "keel/runtime.h"
 #include "keel/supervisor.h"
+#include "keel/sysinfo.h"
 
 int keel__metrics_set_builtin(keel_metrics *r, void *b); /* metrics.c */
 void keel__metrics_builtin_free(void *b);
@@ -45,84 +42,18 @@ void keel__metrics_builtin_free(void *p) {
   free(b);
 }
 
-/* Boot time from /proc/stat's "btime" line, or -1. */
-static double boot_time(void) {
-  FILE *f = fopen("/proc/stat", "r");
-  if (!f) return -1;
-  char line[256];
-  double bt = -1;
-  while (fgets(line, sizeof line, f))
-    if (strncmp(line, "btime ", 6) == 0) {
-      bt = strtod(line + 6, NULL);
-      break;
-    }
-  fclose(f);
-  return bt;
-}
-
-/* utime + stime (ticks) and starttime (ticks after boot) from /proc/self/stat;
- * returns 0 or -1. The fields after the command name (which may hold spaces
- * and parentheses, hence the last ')') start at field 3. */
-static int read_stat(double *cpu_ticks, double *start_ticks) {
-  FILE *f = fopen("/proc/self/stat", "r");
-  if (!f) return -1;
-  char buf[1024];
-  size_t n = fread(buf, 1, sizeof buf - 1, f);
-  fclose(f);
-  buf[n] = 0;
-  char *p = strrchr(buf, ')');
-  if (!p) return -1;
-  p++;
-  double ut = 0, st = 0, start = 0;
-  for (int field = 3; field <= 22; field++) {
-    char *end;
-    while (*p == ' ')
-      p++;
-    if (!*p) return -1;
-    double v = strtod(p, &end);
-    if (field == 14) ut = v;
-    if (field == 15) st = v;
-    if (field == 22) start = v;
-    p = end;
-    while (*p && *p != ' ')
-      p++;
-  }
-  *cpu_ticks = ut + st;
-  *start_ticks = start;
-  return 0;
-}
-
-static long count_fds(void) {
-  DIR *d = opendir("/proc/self/fd");
-  if (!d) return -1;
-  long n = 0;
-  struct dirent *e;
-  while ((e = readdir(d)))
-    if (e->d_name[0] != '.') n++;
-  closedir(d);
-  return n - 1; /* the directory's own descriptor */
-}
-
 static void collect(keel_metrics *r, void *ud) {
   (void)r;
   builtin *b = ud;
-  long tck = sysconf(_SC_CLK_TCK), page = sysconf(_SC_PAGESIZE);
-  double cpu, start;
-  if (read_stat(&cpu, &start) == 0 && tck > 0) keel_counter_set(b->cpu, cpu / (double)tck);
-  FILE *f = fopen("/proc/self/statm", "r");
-  if (f) {
-    unsigned long size, res;
-    if (fscanf(f, "%lu %lu", &size, &res) == 2) {
-      keel_gauge_set(b->vms, (double)size * (double)page);
-      keel_gauge_set(b->rss, (double)res * (double)page);
-    }
-    fclose(f);
-  }
-  long fds = count_fds();
-  if (fds >= 0) keel_gauge_set(b->fds, (double)fds);
-  struct rlimit rl;
-  if (getrlimit(RLIMIT_NOFILE, &rl) == 0)
-    keel_gauge_set(b->max_fds, rl.rlim_cur == RLIM_INFINITY ? -1 : (double)rl.rlim_cur);
+  keel_sys_process sp;
+  keel_sys_memory sm;
+  keel_sys_process_get(&sp);
+  keel_sys_memory_get(&sm);
+  keel_counter_set(b->cpu, sp.cpu_seconds);
+  keel_gauge_set(b->vms, (double)sm.virtual_bytes);
+  keel_gauge_set(b->rss, (double)sm.rss_bytes);
+  if (sp.open_fds >= 0) keel_gauge_set(b->fds, (double)sp.open_fds);
+  keel_gauge_set(b->max_fds, (double)sp.max_fds);
   if (b->start_time >= 0) keel_gauge_set(b->start, b->start_time);
 
   keel_rt_stats st;
@@ -194,10 +125,9 @@ int keel_metrics_register_builtin(keel_metrics *r) {
                                  "Child restarts, by supervisor and child id.", sup_labels, 2,
                                  &b->restarts)))
     return rc;
-  long tck = sysconf(_SC_CLK_TCK);
-  double cpu, start, bt = boot_time();
-  b->start_time = -1;
-  if (bt >= 0 && tck > 0 && read_stat(&cpu, &start) == 0) b->start_time = bt + start / (double)tck;
+  keel_sys_process sp;
+  keel_sys_process_get(&sp);
+  b->start_time = sp.start_time;
   if ((rc = keel_metrics_add_collector(r, collect, b))) return rc;
   rc = keel_sup_subscribe(on_sup_event, b);
   if (rc < 0) return rc;

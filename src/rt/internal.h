@@ -391,6 +391,8 @@ typedef struct keel__rt {
   pthread_mutex_t wd_lock;
   pthread_cond_t wd_cond;
 
+  _Atomic(keel_proc_event_fn) proc_event_fn;
+  void *_Atomic proc_event_ud;
   _Atomic(keel_report_fn) report_fn;
   void *_Atomic report_ud;
 } keel__rt;

@@ -105,3 +105,9 @@ int keel_rt_sched_info(int i, keel_sched_info *out) {
 uint64_t keel_rt_started_ms(void) {
   return atomic_load_explicit(&keel__g.started_ms, memory_order_relaxed);
 }
+
+void keel_rt_set_proc_events(keel_proc_event_fn fn, void *ud) {
+  /* ud first, then fn with release: whoever loads fn (acquire) sees its ud */
+  atomic_store_explicit(&keel__g.proc_event_ud, ud, memory_order_relaxed);
+  atomic_store_explicit(&keel__g.proc_event_fn, fn, memory_order_release);
+}

@@ -293,6 +293,14 @@ int keel_spawn(keel_proc_fn fn, void *arg, const keel_spawn_opts *opts, keel_pid
   /* release: the slot's fields are visible to whoever runs or signals it */
   atomic_store_explicit(&p->sw, KEEL__SW(gen, 0, 0, KEEL__ST_RUNNABLE), memory_order_release);
   if (out) *out = pid;
+  keel_proc_event_fn evfn = atomic_load_explicit(&keel__g.proc_event_fn, memory_order_acquire);
+  if (evfn) {
+    keel_proc_event ev = {.kind = KEEL_PROC_STARTED,
+                          .pid = pid,
+                          .parent = parent ? parent->pid : 0,
+                          .name = opts->name ? opts->name : ""};
+    evfn(&ev, atomic_load_explicit(&keel__g.proc_event_ud, memory_order_relaxed));
+  }
   keel__enqueue_on(&keel__g.scheds[target], p);
   return 0;
 }
@@ -472,6 +480,15 @@ void keel__proc_finalize(keel__sched *s, keel__proc *p) {
       keel__pidvec_del(&p->links, sig->from); /* that partner is gone too */
     free(sig);
     sig = next;
+  }
+
+  /* before links and monitors hear of it: whoever learns of the exit
+   * through them finds the observer already told */
+  keel_proc_event_fn evfn = atomic_load_explicit(&keel__g.proc_event_fn, memory_order_acquire);
+  if (evfn) {
+    keel_proc_event ev = {
+        .kind = KEEL_PROC_EXITED, .pid = pid, .name = p->name, .reason = kind, .reason_text = text};
+    evfn(&ev, atomic_load_explicit(&keel__g.proc_event_ud, memory_order_relaxed));
   }
 
   for (uint32_t i = 0; i < p->links.n; i++)

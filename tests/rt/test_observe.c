@@ -208,7 +208,55 @@ KT_CASE(processes_walk_is_consistent_while_processes_churn) {
     keel_msg_free(kt_recv_tag(T_DONE, KT_LONG));
 }
 
+/* ---- lifecycle events ---------------------------------------------------------- */
+
+static atomic_int g_started, g_exited, g_order_bad;
+static _Atomic keel_pid_t g_watch;
+static atomic_int g_reason;
+
+static void on_proc_event(const keel_proc_event *ev, void *ud) {
+  CHECK(ud == &g_watch);
+  if (ev->pid != atomic_load(&g_watch) && strcmp(ev->name, "watched") != 0) return;
+  if (ev->kind == KEEL_PROC_STARTED) {
+    atomic_fetch_add(&g_started, 1);
+    if (strcmp(ev->name, "watched") != 0) atomic_fetch_add(&g_order_bad, 1);
+  } else {
+    if (atomic_load(&g_started) == 0) atomic_fetch_add(&g_order_bad, 1);
+    atomic_store(&g_reason, ev->reason);
+    if (strcmp(ev->reason_text, "on purpose") != 0) atomic_fetch_add(&g_order_bad, 1);
+    atomic_fetch_add(&g_exited, 1);
+  }
+}
+
+static void crasher_proc(void *arg) {
+  (void)arg;
+  keel_exit(KEEL_REASON_ERROR, "on purpose");
+}
+
+KT_CASE(lifecycle_events_report_start_then_exit_with_the_reason) {
+  atomic_store(&g_started, 0);
+  atomic_store(&g_exited, 0);
+  atomic_store(&g_order_bad, 0);
+  keel_rt_set_proc_events(on_proc_event, &g_watch);
+  keel_spawn_opts o;
+  keel_spawn_opts_init(&o);
+  o.name = "watched";
+  o.monitor = true;
+  keel_ref_t ref;
+  o.monitor_ref = &ref;
+  keel_pid_t pid;
+  CHECK_OK(keel_spawn(crasher_proc, NULL, &o, &pid));
+  atomic_store(&g_watch, pid);
+  keel_msg_free(kt_recv_kind(KEEL_MSG_DOWN, KT_LONG));
+  keel_rt_set_proc_events(NULL, NULL);
+  CHECK_EQ(atomic_load(&g_started), 1);
+  CHECK_EQ(atomic_load(&g_exited), 1); /* DOWN is sent after the event */
+  CHECK_EQ(atomic_load(&g_reason), KEEL_REASON_ERROR);
+  CHECK_EQ(atomic_load(&g_order_bad), 0);
+}
+
 KT_MAIN(KT_ENTRY(processes_lists_each_live_process_with_name_parent_and_mailbox),
         KT_ENTRY(processes_walk_stops_when_the_callback_says_so),
         KT_ENTRY(sched_info_reports_each_scheduler_and_idle_time_grows_when_idle),
-        KT_ENTRY_SCHED(processes_walk_is_consistent_while_processes_churn, 2))
+        KT_ENTRY_SCHED(processes_walk_is_consistent_while_processes_churn, 2),
+        KT_ENTRY(lifecycle_events_report_start_then_exit_with_the_reason))
