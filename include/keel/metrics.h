@@ -86,6 +86,18 @@ int keel_metrics_histogram(keel_metrics *r, const char *name, const char *help,
                            const char *const *labels, size_t nlabels, const double *buckets,
                            size_t nbuckets, keel_metric_family **out);
 
+/* A gauge histogram: the same buckets, but a distribution of values now (the
+ * mailbox depths of all processes at this scrape), not an accumulation of
+ * events, so its buckets may go down. Typically filled by a collector with
+ * keel_histogram_set. Rendered as OpenMetrics "gaugehistogram" (samples
+ * _bucket, _gcount, _gsum) and, since the text format 0.0.4 has no such
+ * type, as "histogram" there (_bucket, _count, _sum). Children are
+ * keel_histogram, got with keel_histogram_get. Arguments and errors as
+ * keel_metrics_histogram; the name must not end in _gcount or _gsum either. */
+int keel_metrics_gauge_histogram(keel_metrics *r, const char *name, const char *help,
+                                 const char *const *labels, size_t nlabels, const double *buckets,
+                                 size_t nbuckets, keel_metric_family **out);
+
 /* ---- children (get-or-create; cache the pointer) -------------------------- */
 
 /* The child of family f for the label values (one per label name, in the
@@ -120,6 +132,16 @@ double keel_gauge_value(const keel_gauge *g);
 /* Records one observation (NaN is ignored). Any thread. */
 void keel_histogram_observe(keel_histogram *h, double v);
 
+/* For collectors (of gauge histograms mostly): replaces the histogram's
+ * contents with counts[i] observations in bucket i (not cumulative: counts[i]
+ * values v with bound[i-1] < v <= bound[i]; the last entry is the +Inf
+ * bucket) and the given sum. ncounts must be the number of bounds + 1.
+ * Renders are serialised with collectors, so a render never sees half a set
+ * made by a collector; do not mix with keel_histogram_observe on the same
+ * child from other threads (an observation made during the set may be lost).
+ * Errors: KEEL_EINVAL (NULL h or counts, wrong ncounts, NaN sum). Any thread. */
+int keel_histogram_set(keel_histogram *h, const uint64_t *counts, size_t ncounts, double sum);
+
 /* A histogram's count and sum (summed over shards). Any thread. */
 void keel_histogram_totals(const keel_histogram *h, uint64_t *count, double *sum);
 
@@ -138,10 +160,17 @@ int keel_metrics_add_collector(keel_metrics *r, keel_metrics_collector_fn fn, vo
  * /proc/self), keel_processes_alive, keel_processes_spawned_total,
  * keel_processes_exited_total, keel_messages_sent_total,
  * keel_messages_to_dead_total, keel_blocking_queue, keel_blocking_running
- * (from keel_rt_stats_get) and keel_supervisor_restarts_total{supervisor,child}
- * (counted from supervisor restart events; the supervisor label is its
- * registered name, else its pid). Once per registry. Errors: KEEL_EEXIST
- * (already registered, or a name taken), KEEL_ENOMEM, or keel_sup_subscribe's. */
+ * (from keel_rt_stats_get), keel_mailbox_depth_max and the gauge histogram
+ * keel_mailbox_depth (a walk of every process at each render),
+ * keel_scheduler_utilization{scheduler} (busy fraction since the previous
+ * render, or since the runtime started), keel_scheduler_run_queue{scheduler},
+ * keel_scheduler_stuck{scheduler}, keel_scheduler_context_switches_total
+ * {scheduler} (keel_rt_sched_info), keel_log_lines_total{level} and
+ * keel_log_dropped_lines_total (keel_log_stats_get; 0 until keel_log_init) and
+ * keel_supervisor_restarts_total{supervisor,child} (counted from supervisor
+ * restart events; the supervisor label is its registered name, else its pid).
+ * Once per registry. Errors: KEEL_EEXIST (already registered, or a name
+ * taken), KEEL_ENOMEM, or keel_sup_subscribe's. */
 int keel_metrics_register_builtin(keel_metrics *r);
 
 /* ---- exposition ------------------------------------------------------------ */

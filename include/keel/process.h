@@ -62,6 +62,9 @@ typedef struct keel_spawn_opts {
                               reference, so the child can be told it before it runs */
   bool trap_exit;          /* the new process starts trapping exits */
   const char *name;        /* a label for reports and the observer (copied, up to 31 bytes) */
+  bool pin;                /* run only on `scheduler` (or the spawner's) for its whole life,
+                              never stolen: for processes that use that scheduler's libuv
+                              handles (the HTTP server's request handlers) */
 } keel_spawn_opts;
 
 /* Fills *o with defaults: scheduler -1, everything else 0. */

@@ -135,7 +135,8 @@ typedef struct keel_sched_info {
   bool stuck;          /* the watchdog saw one process hold it for a whole tick */
   keel_pid_t running;  /* the process it runs now, 0 when none */
   uint32_t run_queue;  /* processes queued to run on it */
-  uint64_t idle_ns;    /* total time asleep with nothing to run (utilisation =
+  uint64_t idle_ns;    /* total time asleep with nothing to run, the sleep in
+                          progress included (utilisation =
                           1 - delta(idle_ns) / delta(wall time)) */
   uint64_t switches;   /* context switches so far */
 } keel_sched_info;

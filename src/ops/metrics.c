@@ -28,7 +28,10 @@
  * it. A histogram's _count is computed from the same bucket reads as its
  * buckets, so _count always equals the +Inf bucket; its _sum may lag a
  * concurrent observation by one. Gauges are one atomic double (set is a
- * store; add a compare-exchange loop).
+ * store; add a compare-exchange loop). A gauge histogram is a histogram child
+ * whose contents a collector replaces at each render (keel_histogram_set:
+ * zero the scheduler shards, store the counts in the shared one); only its
+ * rendering differs (OpenMetrics "gaugehistogram" with _gcount and _gsum).
  *
  * Rendering writes straight into the caller's growable buffer with a small
  * hand-written number formatter (integers without printf, other values with
@@ -51,7 +54,9 @@
 #define LINE        64
 #define MAX_BUCKETS 256
 
-enum { T_COUNTER, T_GAUGE, T_HISTOGRAM };
+enum { T_COUNTER, T_GAUGE, T_HISTOGRAM, T_GAUGE_HISTOGRAM };
+
+#define IS_HIST(t) ((t) == T_HISTOGRAM || (t) == T_GAUGE_HISTOGRAM)
 
 typedef struct child {
   struct keel_metric_family *f;
@@ -232,17 +237,18 @@ static int family_new(keel_metrics *r, int type, const char *name, const char *h
   } else if (type != T_COUNTER && ends_with(name, "_total")) {
     return KEEL_EINVAL;
   }
-  if (type == T_HISTOGRAM &&
-      (ends_with(name, "_bucket") || ends_with(name, "_sum") || ends_with(name, "_count")))
+  if (IS_HIST(type) &&
+      (ends_with(name, "_bucket") || ends_with(name, "_sum") || ends_with(name, "_count") ||
+       ends_with(name, "_gsum") || ends_with(name, "_gcount")))
     return KEEL_EINVAL;
   for (size_t i = 0; i < nlabels; i++) {
     if (!valid_label_name(labels[i])) return KEEL_EINVAL;
-    if (type == T_HISTOGRAM && strcmp(labels[i], "le") == 0) return KEEL_EINVAL;
+    if (IS_HIST(type) && strcmp(labels[i], "le") == 0) return KEEL_EINVAL;
     for (size_t j = 0; j < i; j++)
       if (strcmp(labels[i], labels[j]) == 0) return KEEL_EINVAL;
   }
   static const double defaults[] = {.005, .01, .025, .05, .1, .25, .5, 1, 2.5, 5, 10};
-  if (type == T_HISTOGRAM) {
+  if (IS_HIST(type)) {
     if (!buckets || nbuckets == 0) {
       buckets = defaults;
       nbuckets = sizeof defaults / sizeof defaults[0];
@@ -272,7 +278,7 @@ static int family_new(keel_metrics *r, int type, const char *name, const char *h
     if (!f->labels[i]) bad = 1;
     f->nlabels = i + 1;
   }
-  if (!bad && type == T_HISTOGRAM) {
+  if (!bad && IS_HIST(type)) {
     f->bounds = malloc(nbuckets * sizeof *f->bounds);
     if (f->bounds) {
       memcpy(f->bounds, buckets, nbuckets * sizeof *f->bounds);
@@ -283,7 +289,7 @@ static int family_new(keel_metrics *r, int type, const char *name, const char *h
   }
   /* histogram shard: nbounds + 1 bucket counts, then the sum; counter shard:
    * an integer and a double */
-  size_t bytes = type == T_HISTOGRAM ? (f->nbounds + 2) * 8 : 16;
+  size_t bytes = IS_HIST(type) ? (f->nbounds + 2) * 8 : 16;
   f->stride = (bytes + LINE - 1) / LINE * LINE;
   if (!bad && nlabels == 0 && !child_new(f, NULL, 0)) bad = 1;
   if (bad) {
@@ -322,6 +328,12 @@ int keel_metrics_histogram(keel_metrics *r, const char *name, const char *help,
                            const char *const *labels, size_t nlabels, const double *buckets,
                            size_t nbuckets, keel_metric_family **out) {
   return family_new(r, T_HISTOGRAM, name, help, labels, nlabels, buckets, nbuckets, out);
+}
+
+int keel_metrics_gauge_histogram(keel_metrics *r, const char *name, const char *help,
+                                 const char *const *labels, size_t nlabels, const double *buckets,
+                                 size_t nbuckets, keel_metric_family **out) {
+  return family_new(r, T_GAUGE_HISTOGRAM, name, help, labels, nlabels, buckets, nbuckets, out);
 }
 
 /* ---- children -------------------------------------------------------------- */
@@ -403,7 +415,8 @@ static child *child_new(struct keel_metric_family *f, const char *const *values,
 }
 
 static int child_get(keel_metric_family *f, int type, const char *const *values, child **out) {
-  if (!f || !out || f->type != type) return KEEL_EINVAL;
+  if (!f || !out || (f->type != type && !(type == T_HISTOGRAM && IS_HIST(f->type))))
+    return KEEL_EINVAL;
   if (f->nlabels == 0) {
     *out = f->first; /* created with the family, never changes */
     return 0;
@@ -584,6 +597,25 @@ void keel_histogram_observe(keel_histogram *hp, double v) {
   }
 }
 
+int keel_histogram_set(keel_histogram *hp, const uint64_t *counts, size_t ncounts, double sum) {
+  child *c = (child *)hp;
+  if (!c || !counts || ncounts != c->f->nbounds + 1 || isnan(sum)) return KEEL_EINVAL;
+  /* Relaxed stores: as for the hot path, only the values are read, and a
+   * render that must see the whole set runs after it under the render lock
+   * (collectors) or is ordered by the caller's own synchronisation. */
+  for (int i = 0; i < c->nshards; i++) {
+    _Atomic uint64_t *b = hist_counts(c, i);
+    for (size_t k = 0; k < ncounts; k++)
+      atomic_store_explicit(&b[k], 0, memory_order_relaxed);
+    atomic_store_explicit(hist_sum(c, i), 0.0, memory_order_relaxed);
+  }
+  _Atomic uint64_t *b = hist_counts(c, c->nshards);
+  for (size_t k = 0; k < ncounts; k++)
+    atomic_store_explicit(&b[k], counts[k], memory_order_relaxed);
+  atomic_store_explicit(hist_sum(c, c->nshards), sum, memory_order_relaxed);
+  return 0;
+}
+
 /* Sums the shards: counts[nbounds + 1] (not cumulative) and the sum. */
 static void hist_read(const child *c, uint64_t *counts, double *sum) {
   size_t nb = c->f->nbounds + 1;
@@ -745,7 +777,14 @@ static void put_series(out *o, const struct keel_metric_family *f, const child *
 }
 
 static void render_family(out *o, struct keel_metric_family *f, int om) {
-  static const char *const tnames[] = {"counter", "gauge", "histogram"};
+  /* The text format 0.0.4 has no gauge histogram: it is a histogram there. */
+  static const char *const tnames[] = {"counter", "gauge", "histogram", "histogram"};
+  const char *tname = om && f->type == T_GAUGE_HISTOGRAM ? "gaugehistogram" : tnames[f->type];
+  const char *sum_suffix = "_sum", *count_suffix = "_count";
+  if (om && f->type == T_GAUGE_HISTOGRAM) {
+    sum_suffix = "_gsum";
+    count_suffix = "_gcount";
+  }
   const char *tsuffix = f->type == T_COUNTER && !om ? "_total" : "";
   put(o, "# HELP ", 7);
   puts_(o, f->name);
@@ -756,7 +795,7 @@ static void render_family(out *o, struct keel_metric_family *f, int om) {
   puts_(o, f->name);
   puts_(o, tsuffix);
   put(o, " ", 1);
-  puts_(o, tnames[f->type]);
+  puts_(o, tname);
   put(o, "\n", 1);
   uint64_t counts[MAX_BUCKETS + 1];
   pthread_mutex_lock(&f->lock);
@@ -780,10 +819,10 @@ static void render_family(out *o, struct keel_metric_family *f, int om) {
         put_u64(o, cum);
         put(o, "\n", 1);
       }
-      put_series(o, f, c, "_sum", NULL, om);
+      put_series(o, f, c, sum_suffix, NULL, om);
       put_double(o, sum, 0);
       put(o, "\n", 1);
-      put_series(o, f, c, "_count", NULL, om);
+      put_series(o, f, c, count_suffix, NULL, om);
       put_u64(o, cum);
       put(o, "\n", 1);
     }

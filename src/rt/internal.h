@@ -337,6 +337,7 @@ typedef struct keel__sched {
   _Atomic keel_pid_t running_pid; /* 0 when not running a process */
   atomic_bool stuck;              /* the watchdog saw one process hold it for a tick */
   _Atomic uint64_t idle_ns;       /* time spent asleep in epoll with nothing to run */
+  _Atomic uint64_t sleep_start_ns; /* start of the sleep in progress, 0 when awake */
   void *altstack;
 } keel__sched;
 

@@ -97,7 +97,13 @@ int keel_rt_sched_info(int i, keel_sched_info *out) {
   out->stuck = atomic_load_explicit(&s->stuck, memory_order_relaxed);
   out->running = atomic_load_explicit(&s->running_pid, memory_order_relaxed);
   out->run_queue = keel__sched_queued(s);
-  out->idle_ns = atomic_load_explicit(&s->idle_ns, memory_order_relaxed);
+  /* the sleep in progress counts too, or a scheduler asleep at the reading
+   * would look busy; a reading just as a sleep ends may count a little less
+   * (the readers treat a decrease as no idle time) */
+  uint64_t since = atomic_load_explicit(&s->sleep_start_ns, memory_order_relaxed);
+  uint64_t idle = atomic_load_explicit(&s->idle_ns, memory_order_relaxed);
+  uint64_t now = keel__now_ns();
+  out->idle_ns = idle + (since && now > since ? now - since : 0);
   out->switches = atomic_load_explicit(&s->n_switches, memory_order_relaxed);
   return 0;
 }

@@ -244,7 +244,7 @@ int keel_spawn(keel_proc_fn fn, void *arg, const keel_spawn_opts *opts, keel_pid
   memset(p->local, 0, sizeof p->local);
   p->trap_exit = opts->trap_exit;
   p->hold_exits = 0;
-  p->pinned = 0;
+  p->pinned = opts->pin ? 1 : 0;
   p->wait_timer = NULL;
   p->io_cleanup = NULL;
   atomic_store_explicit(&p->msgs_handled, 0, memory_order_relaxed);

@@ -563,8 +563,10 @@ static void sched_sleep(keel__sched *s) {
   if (!work) {
     uint64_t t0 = keel__now_ns();
     s->last_poll_ns = t0;
+    atomic_store_explicit(&s->sleep_start_ns, t0, memory_order_relaxed);
     loop_run(s, UV_RUN_ONCE); /* blocks in epoll: timers, I/O, uv_async_send */
     KEEL__OWNER_ADD(s->idle_ns, keel__now_ns() - t0);
+    atomic_store_explicit(&s->sleep_start_ns, 0, memory_order_relaxed);
   }
   atomic_fetch_sub_explicit(&keel__g.nsleeping, 1, memory_order_relaxed);
   atomic_store_explicit(&s->sleeping, 0, memory_order_relaxed);

@@ -1,5 +1,7 @@
-/* test_metrics.c - the metrics registry: sharded sums, histograms, names,
- * escaping, exact exposition text in both formats, negotiation, built-ins.
+/* test_metrics.c - the metrics registry: sharded sums, histograms, gauge
+ * histograms, names, escaping, exact exposition text in both formats,
+ * negotiation, built-ins (process, runtime, mailbox depths, schedulers, log
+ * lines, supervisor restarts).
  *
  * Each case is the first process of a fresh runtime (KT_ENTRY_SCHED). With
  * the argument --exposition [openmetrics] the binary instead prints the
@@ -13,8 +15,11 @@
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+#include <fcntl.h>
+#include <unistd.h>
 
 #include "keel_test.h"
+#include "keel/log.h"
 #include "keel/metrics.h"
 
 #define CHECK_HAS(text, needle)                                                                    \
@@ -193,6 +198,112 @@ KT_CASE(histogram_buckets_are_cumulative_with_count_and_sum) {
                "d_seconds_bucket{le=\"2.5\"} 1\nd_seconds_bucket{le=\"5\"} 1\n"
                "d_seconds_bucket{le=\"10\"} 1\nd_seconds_bucket{le=\"+Inf\"} 1\n"
                "d_seconds_sum 0.3\nd_seconds_count 1\n");
+  free(t);
+  keel_metrics_free(r);
+}
+
+/* ---- gauge histograms ------------------------------------------------------------ */
+
+KT_CASE(gauge_histogram_set_replaces_the_contents_and_renders_per_format) {
+  keel_metrics *r;
+  CHECK_OK(keel_metrics_new(&r, 0));
+  keel_metric_family *f, *bad;
+  CHECK_OK(keel_metrics_gauge_histogram(r, "queue_depth", "Depth.", (const char *[]){"q"}, 1,
+                                        (double[]){0, 10}, 2, &f));
+  CHECK_EQ(keel_metrics_gauge_histogram(r, "x_gcount", "h", NULL, 0, NULL, 0, &bad), KEEL_EINVAL);
+  CHECK_EQ(keel_metrics_histogram(r, "x_gsum", "h", NULL, 0, NULL, 0, &bad), KEEL_EINVAL);
+  CHECK_EQ(keel_metrics_gauge_histogram(r, "y", "h", (const char *[]){"le"}, 1, NULL, 0, &bad),
+           KEEL_EINVAL);
+  keel_histogram *h;
+  keel_gauge *g;
+  CHECK_EQ(keel_gauge_get(f, (const char *[]){"a"}, &g), KEEL_EINVAL);
+  CHECK_OK(keel_histogram_get(f, (const char *[]){"a"}, &h));
+  /* observations (some on this scheduler's shard) are replaced by a set */
+  keel_histogram_observe(h, 3);
+  keel_histogram_observe(h, 30);
+  CHECK_OK(keel_histogram_set(h, (uint64_t[]){4, 2, 1}, 3, 57));
+  uint64_t count;
+  double sum;
+  keel_histogram_totals(h, &count, &sum);
+  CHECK_EQ(count, 7);
+  CHECK(sum == 57);
+  CHECK_EQ(keel_histogram_set(h, (uint64_t[]){1, 2}, 2, 0), KEEL_EINVAL);
+  CHECK_EQ(keel_histogram_set(h, (uint64_t[]){1, 2, 3}, 3, NAN), KEEL_EINVAL);
+  CHECK_EQ(keel_histogram_set(h, NULL, 3, 0), KEEL_EINVAL);
+  char *t = render(r, KEEL_METRICS_TEXT);
+  CHECK_STR(t, "# HELP queue_depth Depth.\n"
+               "# TYPE queue_depth histogram\n"
+               "queue_depth_bucket{q=\"a\",le=\"0\"} 4\n"
+               "queue_depth_bucket{q=\"a\",le=\"10\"} 6\n"
+               "queue_depth_bucket{q=\"a\",le=\"+Inf\"} 7\n"
+               "queue_depth_sum{q=\"a\"} 57\n"
+               "queue_depth_count{q=\"a\"} 7\n");
+  free(t);
+  t = render(r, KEEL_METRICS_OPENMETRICS);
+  CHECK_STR(t, "# HELP queue_depth Depth.\n"
+               "# TYPE queue_depth gaugehistogram\n"
+               "queue_depth_bucket{q=\"a\",le=\"0.0\"} 4\n"
+               "queue_depth_bucket{q=\"a\",le=\"10.0\"} 6\n"
+               "queue_depth_bucket{q=\"a\",le=\"+Inf\"} 7\n"
+               "queue_depth_gsum{q=\"a\"} 57\n"
+               "queue_depth_gcount{q=\"a\"} 7\n"
+               "# EOF\n");
+  free(t);
+  /* going down is what a gauge histogram may do */
+  CHECK_OK(keel_histogram_set(h, (uint64_t[]){0, 0, 1}, 3, 11));
+  t = render(r, KEEL_METRICS_OPENMETRICS);
+  CHECK_HAS(t, "queue_depth_bucket{q=\"a\",le=\"10.0\"} 0\n");
+  CHECK_HAS(t, "queue_depth_gcount{q=\"a\"} 1\n");
+  free(t);
+  keel_metrics_free(r);
+}
+
+/* set on a plain histogram from every scheduler's and foreign threads'
+ * shards: nothing of the earlier observations survives */
+static void observer_proc(void *arg) {
+  work *w = arg;
+  for (int i = 0; i < 100; i++)
+    keel_histogram_observe(w->h, 0.5);
+  kt_send_u64(w->parent, 1, 0);
+}
+
+static void *thread_observer(void *arg) {
+  keel_histogram *h = arg;
+  for (int i = 0; i < OBS; i++)
+    keel_histogram_observe(h, 0.5);
+  return NULL;
+}
+
+KT_CASE(histogram_set_clears_every_shard) {
+  keel_metrics *r;
+  CHECK_OK(keel_metrics_new(&r, 0));
+  keel_metric_family *f;
+  CHECK_OK(keel_metrics_histogram(r, "h_seconds", "H.", NULL, 0, (double[]){1}, 1, &f));
+  work w = {NULL, NULL, keel_self()};
+  CHECK_OK(keel_histogram_get(f, NULL, &w.h));
+  int ns = keel_sched_count();
+  for (int i = 0; i < ns; i++) {
+    keel_spawn_opts o;
+    keel_spawn_opts_init(&o);
+    o.scheduler = i;
+    CHECK_OK(keel_spawn(observer_proc, &w, &o, NULL));
+  }
+  for (int i = 0; i < ns; i++)
+    keel_msg_free(kt_recv(60000));
+  pthread_t th;
+  CHECK_OK(pthread_create(&th, NULL, thread_observer, w.h));
+  CHECK_OK(pthread_join(th, NULL));
+  uint64_t count;
+  keel_histogram_totals(w.h, &count, NULL);
+  CHECK_EQ(count, (uint64_t)ns * 100 + OBS);
+  CHECK_OK(keel_histogram_set(w.h, (uint64_t[]){2, 3}, 2, 9.5));
+  double sum;
+  keel_histogram_totals(w.h, &count, &sum);
+  CHECK_EQ(count, 5);
+  CHECK(sum == 9.5);
+  char *t = render(r, KEEL_METRICS_TEXT);
+  CHECK_HAS(t, "h_seconds_bucket{le=\"1\"} 2\nh_seconds_bucket{le=\"+Inf\"} 5\n"
+               "h_seconds_sum 9.5\nh_seconds_count 5\n");
   free(t);
   keel_metrics_free(r);
 }
@@ -519,6 +630,190 @@ KT_CASE(builtin_metrics_are_present_and_plausible) {
   keel_rt_set_report_handler(NULL, NULL);
 }
 
+static void sleeper(void *arg) {
+  (void)arg;
+  for (;;)
+    keel_sleep(3600 * 1000); /* never reads its mailbox */
+}
+
+static void kill_and_wait(keel_pid_t pid) {
+  keel_ref_t ref;
+  CHECK_OK(keel_monitor(pid, &ref));
+  CHECK_OK(keel_exit_signal(pid, KEEL_REASON_KILL, NULL));
+  keel_msg_t *m = kt_recv(60000);
+  CHECK_EQ(keel_msg_kind_of(m), KEEL_MSG_DOWN);
+  keel_msg_free(m);
+}
+
+KT_CASE(mailbox_depth_max_and_histogram_cover_every_process) {
+  keel_metrics *r;
+  CHECK_OK(keel_metrics_new(&r, 0));
+  CHECK_OK(keel_metrics_register_builtin(r));
+  keel_pid_t a, b;
+  CHECK_OK(keel_spawn(sleeper, NULL, NULL, &a));
+  CHECK_OK(keel_spawn(sleeper, NULL, NULL, &b));
+  for (int i = 0; i < 12; i++)
+    kt_send_u64(a, 5, (uint64_t)i);
+  for (int i = 0; i < 3; i++)
+    kt_send_u64(b, 5, (uint64_t)i);
+  keel_proc_info pa, pb;
+  for (int i = 0;; i++) { /* liveness bound only */
+    CHECK_OK(keel_rt_process_info(a, &pa));
+    CHECK_OK(keel_rt_process_info(b, &pb));
+    if (pa.mailbox_len == 12 && pb.mailbox_len == 3) break;
+    CHECK(i < 10000);
+    keel_sleep(1);
+  }
+  char *t = render(r, KEEL_METRICS_TEXT);
+  CHECK(sample(t, "keel_mailbox_depth_max") == 12);
+  double n = sample(t, "keel_mailbox_depth_count");
+  CHECK(n >= 3); /* this case and the two sleepers, whose mailboxes only hold ours */
+  CHECK(n == sample(t, "keel_processes_alive"));
+  CHECK(sample(t, "keel_mailbox_depth_sum") == 15);
+  CHECK(sample(t, "keel_mailbox_depth_bucket{le=\"0\"}") == n - 2);
+  CHECK(sample(t, "keel_mailbox_depth_bucket{le=\"1\"}") == n - 2);
+  CHECK(sample(t, "keel_mailbox_depth_bucket{le=\"5\"}") == n - 1); /* b's 3 */
+  CHECK(sample(t, "keel_mailbox_depth_bucket{le=\"10\"}") == n - 1);
+  CHECK(sample(t, "keel_mailbox_depth_bucket{le=\"50\"}") == n); /* a's 12 */
+  CHECK(sample(t, "keel_mailbox_depth_bucket{le=\"+Inf\"}") == n);
+  free(t);
+  t = render(r, KEEL_METRICS_OPENMETRICS);
+  CHECK_HAS(t, "# TYPE keel_mailbox_depth gaugehistogram\n");
+  CHECK(sample(t, "keel_mailbox_depth_gsum") == 15);
+  CHECK(sample(t, "keel_mailbox_depth_gcount") == n);
+  free(t);
+  /* the queues go away with their processes: the histogram goes down */
+  kill_and_wait(a);
+  kill_and_wait(b);
+  t = render(r, KEEL_METRICS_TEXT);
+  CHECK(sample(t, "keel_mailbox_depth_max") == 0);
+  CHECK(sample(t, "keel_mailbox_depth_sum") == 0);
+  CHECK(sample(t, "keel_mailbox_depth_count") == n - 2);
+  free(t);
+  keel_metrics_free(r);
+}
+
+static atomic_int spin_stop;
+
+static void spinner(void *arg) {
+  keel_pid_t parent = (keel_pid_t)(uintptr_t)arg;
+  kt_send_u64(parent, 2, (uint64_t)keel_sched_current());
+  /* never yields: holds its scheduler (and cannot move) until told to stop */
+  while (!atomic_load_explicit(&spin_stop, memory_order_relaxed)) {
+  }
+  kt_send_u64(parent, 3, 0);
+}
+
+KT_CASE(scheduler_utilization_is_one_while_a_process_holds_it_and_stuck_is_seen) {
+  keel_rt_set_report_handler(quiet, NULL);
+  keel_metrics *r;
+  CHECK_OK(keel_metrics_new(&r, 0));
+  CHECK_OK(keel_metrics_register_builtin(r));
+  int ns = keel_sched_count();
+  char *t = render(r, KEEL_METRICS_TEXT); /* the first interval: since the runtime started */
+  char name[96];
+  for (int i = 0; i < ns; i++) {
+    snprintf(name, sizeof name, "keel_scheduler_utilization{scheduler=\"%d\"}", i);
+    double u = sample(t, name);
+    CHECK(u >= 0 && u <= 1);
+    snprintf(name, sizeof name, "keel_scheduler_run_queue{scheduler=\"%d\"}", i);
+    CHECK(sample(t, name) >= 0);
+  }
+  free(t);
+  atomic_store(&spin_stop, 0);
+  keel_spawn_opts o;
+  keel_spawn_opts_init(&o);
+  o.scheduler = 1;
+  CHECK_OK(keel_spawn(spinner, (void *)(uintptr_t)keel_self(), &o, NULL));
+  keel_msg_t *m = kt_recv(60000);
+  int s = (int)kt_u64(m);
+  keel_msg_free(m);
+  CHECK(s >= 0 && s < ns);
+  /* the watchdog marks the held scheduler stuck (liveness bound only) */
+  snprintf(name, sizeof name, "keel_scheduler_stuck{scheduler=\"%d\"}", s);
+  for (int i = 0;; i++) {
+    t = render(r, KEEL_METRICS_TEXT);
+    double stuck = sample(t, name);
+    free(t);
+    if (stuck == 1) break;
+    CHECK(stuck == 0);
+    CHECK(i < 10000);
+    keel_sleep(2);
+  }
+  /* since the previous render the spinner has held scheduler s throughout:
+   * it never slept, so its utilisation is exactly 1 */
+  keel_sleep(5);
+  t = render(r, KEEL_METRICS_TEXT);
+  snprintf(name, sizeof name, "keel_scheduler_utilization{scheduler=\"%d\"}", s);
+  CHECK(sample(t, name) == 1);
+  double switches = 0;
+  for (int i = 0; i < ns; i++) {
+    snprintf(name, sizeof name, "keel_scheduler_context_switches_total{scheduler=\"%d\"}", i);
+    switches += sample(t, name);
+  }
+  CHECK(switches >= 2); /* at least this case and the spinner were switched to */
+  free(t);
+  atomic_store(&spin_stop, 1);
+  m = kt_recv(60000);
+  CHECK_EQ(keel_msg_tag(m), 3);
+  keel_msg_free(m);
+  t = render(r, KEEL_METRICS_TEXT);
+  for (int i = 0; i < ns; i++) {
+    snprintf(name, sizeof name, "keel_scheduler_utilization{scheduler=\"%d\"}", i);
+    double u = sample(t, name);
+    CHECK(u >= 0 && u <= 1);
+  }
+  free(t);
+  keel_metrics_free(r);
+  keel_rt_set_report_handler(NULL, NULL);
+}
+
+static double log_lines(keel_metrics *r, const char *level) {
+  char *t = render(r, KEEL_METRICS_TEXT);
+  char name[64];
+  snprintf(name, sizeof name, "keel_log_lines_total{level=\"%s\"}", level);
+  double v = sample(t, name);
+  CHECK(sample(t, "keel_log_dropped_lines_total") == 0);
+  free(t);
+  return v;
+}
+
+KT_CASE(log_lines_by_level_follow_the_logger_and_never_go_down) {
+  keel_metrics *r;
+  CHECK_OK(keel_metrics_new(&r, 0));
+  CHECK_OK(keel_metrics_register_builtin(r));
+  CHECK(log_lines(r, "warn") == 0); /* no logger: nothing counted */
+  int fd = open("/dev/null", O_WRONLY | O_CLOEXEC);
+  CHECK(fd >= 0);
+  keel_log_options o;
+  keel_log_options_init(&o);
+  o.fd = fd;
+  o.level = KEEL_LOG_TRACE;
+  CHECK_OK(keel_log_init(&o));
+  for (int i = 0; i < 3; i++)
+    keel_log_warn(NULL, "w", KEEL_INT("i", i));
+  keel_log_error(NULL, "e");
+  keel_log_error(NULL, "e");
+  keel_log_debug(NULL, "d");
+  CHECK(log_lines(r, "warn") == 3);
+  CHECK(log_lines(r, "error") == 2);
+  CHECK(log_lines(r, "debug") == 1);
+  CHECK(log_lines(r, "fatal") == 0);
+  keel_log_stats st;
+  keel_log_stats_get(&st);
+  CHECK(log_lines(r, "info") >= (double)st.lines[KEEL_LOG_INFO]);
+  /* the logger's counts restart from zero with a new init: ours do not */
+  CHECK_OK(keel_log_shutdown());
+  CHECK(log_lines(r, "warn") == 3);
+  CHECK_OK(keel_log_init(&o));
+  keel_log_warn(NULL, "w again");
+  CHECK(log_lines(r, "warn") == 4);
+  CHECK(log_lines(r, "error") == 2);
+  CHECK_OK(keel_log_shutdown());
+  close(fd);
+  keel_metrics_free(r);
+}
+
 /* ---- the exposition for promtool ---------------------------------------------- */
 
 static int expo_om;
@@ -558,6 +853,11 @@ int main(int argc, char **argv) {
       KT_ENTRY_SCHED(exposition_of_a_small_registry_is_exact, 2),
       KT_ENTRY_SCHED(openmetrics_is_chosen_only_when_the_scraper_asks_for_it, 1),
       KT_ENTRY_SCHED(builtin_metrics_are_present_and_plausible, 2),
+      KT_ENTRY_SCHED(gauge_histogram_set_replaces_the_contents_and_renders_per_format, 1),
+      KT_ENTRY_SCHED(histogram_set_clears_every_shard, 3),
+      KT_ENTRY_SCHED(mailbox_depth_max_and_histogram_cover_every_process, 2),
+      KT_ENTRY_SCHED(scheduler_utilization_is_one_while_a_process_holds_it_and_stuck_is_seen, 2),
+      KT_ENTRY_SCHED(log_lines_by_level_follow_the_logger_and_never_go_down, 1),
   };
   return kt_run_cases(cases, sizeof cases / sizeof cases[0], argc, argv);
 }
