@@ -16,6 +16,9 @@
 #include "keel/config.h"
 #include "keel/metrics.h"
 #include "keel/sysinfo.h"
+#include "keel/http.h"
 #include "keel/log.h"
+#include "keel/health.h"
+#include "keel/alerts.h"
 
 #endif
