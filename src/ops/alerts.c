@@ -1,0 +1,1147 @@
+/* alerts.c - the alert manager: learns each process's normal mailbox depth
+ * and fires when a sample is an outlier; watches restart and error-log rates.
+ *
+ * The manager is one keel process ("keel_alerts"). It sleeps in a receive
+ * whose timeout is the next sampling deadline, so it samples every
+ * interval_ms whether or not anybody asks, and between sweeps it handles
+ * requests (subscribe, unsubscribe, sweep now, stop), DOWN messages from the
+ * subscribers it monitors, and restart events that a keel_sup_subscribe
+ * callback forwards to it as messages (the callback runs in the supervisor's
+ * process and only sends).
+ *
+ * A sweep walks the process table (keel_rt_processes) and, for each process,
+ * finds its statistics in an open-addressing hash table keyed by pid (linear
+ * probing, power-of-two size, at most half full). The statistics are an
+ * exponentially weighted mean and variance whose weight is 1/n for the first
+ * `window` samples (so they equal the exact running mean and variance,
+ * Welford's recurrence, while the history is short) and 1/window afterwards:
+ * 16 bytes of state that forget old behaviour with a horizon of about
+ * `window` samples, where the reference keeps a ring of 1000 samples per
+ * process (8 KB: 800 MB at 100k processes). Once min_samples samples are
+ * learned, a sample above mean + k * stddev that is also at least `floor`
+ * is an anomaly: it fires an alert unless one is active or the cooldown
+ * holds, and it is NOT learned, so that a flood does not teach the baseline
+ * that floods are normal (the reference learns every sample, the flooded one
+ * included, so a long flood raises its own threshold until the alert
+ * resolves while the mailbox is still full). An active alert resolves at the
+ * first sample that is no anomaly, or when its process is gone. Every entry
+ * carries the number of the sweep that last saw it; when a sweep saw fewer
+ * processes than the table holds, the table is rebuilt with only the live
+ * ones, at a size that follows them (memory is bounded by the live
+ * processes, not by how many ever lived). The walk yields every 4096
+ * processes so that a large node does not lose a scheduler for a whole sweep.
+ *
+ * Restart rate (per supervisor) and error-log rate (error + fatal lines, the
+ * delta of keel_log_stats_get) are counted in 60 one-second buckets; the sum
+ * over the last minute is compared with the configured per-minute limits at
+ * each sweep. Cooldowns, rates and durations use opts.clock_ms (tests inject
+ * a clock) or CLOCK_MONOTONIC; alert times use the wall clock.
+ *
+ * Sharing. Everything above belongs to the manager process alone. What other
+ * threads read, the active alerts and the counters, lives in `g` under g.mu:
+ * the manager is its only writer and takes the mutex to change it; readers
+ * take it to copy. Alerts are appended in firing order (their seq grows), a
+ * resolved one is only flagged dead (its owner finds it by binary search on
+ * seq) and the dead are compacted away at the end of each sweep, so the list
+ * stays oldest-first without an O(n) move per resolve. The manager's pid is
+ * an atomic so that the supervisor callback can read it from any thread.
+ */
+#include <inttypes.h>
+#include <jansson.h>
+#include <math.h>
+#include <pthread.h>
+#include <stdarg.h>
+#include <stdatomic.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <time.h>
+
+#include "keel/alerts.h"
+#include "keel/log.h"
+#include "keel/message.h"
+#include "keel/process.h"
+#include "keel/registry.h"
+#include "keel/supervisor.h"
+
+#define DEF_K         2.0
+#define DEF_MIN       30
+#define DEF_COOLDOWN  10000
+#define DEF_INTERVAL  1000
+#define DEF_FLOOR     10
+#define DEF_WINDOW    1000
+#define DEF_RESTARTS  5
+#define DEF_ERRORS    10
+#define RATE_SECONDS  60
+#define CALL_TIMEOUT  30000
+#define STOP_POLL_MAX 10000
+
+/* Requests and events the manager receives (user messages). */
+enum {
+  REQ_SUBSCRIBE = 0x4b4c4180u,
+  REQ_UNSUBSCRIBE,
+  REQ_SWEEP,
+  REQ_STOP,
+  EV_RESTART,
+};
+
+/* ---- state -------------------------------------------------------------------- */
+
+/* One active (or, until the next compaction, just resolved) alert. */
+typedef struct act {
+  keel_alert a;
+  uint64_t seq;       /* firing order, > 0 */
+  int64_t start_mono; /* clock_ms() when it fired */
+  bool dead;          /* resolved; dropped at the next compaction */
+} act;
+
+/* Shared with other threads, under mu. */
+static struct {
+  pthread_mutex_t mu;
+  act *v;
+  size_t n, cap, live; /* n entries, `live` of them not dead */
+  keel_alerts_stats stats;
+} g = {.mu = PTHREAD_MUTEX_INITIALIZER};
+
+/* The manager's pid, 0 when none runs. Written under g.mu; read without it
+ * by the supervisor callback and the request functions. Acquire/release is
+ * not needed for what the pid guards (messages carry their own ordering);
+ * relaxed loads and stores suffice, the mutex orders the writers. */
+static _Atomic keel_pid_t g_pid;
+
+/* Alert ids: a counter for the life of the OS process, so ids never repeat
+ * across stop/start. Relaxed: only uniqueness matters. */
+static atomic_uint_fast64_t g_next_id;
+
+/* Statistics of one process. pid 0 marks an empty slot. */
+typedef struct pstat {
+  keel_pid_t pid;
+  uint32_t seen; /* number of the last sweep that saw the process */
+  uint32_t n;    /* samples learned (saturates) */
+  double mean, var;
+  int64_t last_fire; /* clock_ms() of its last alert, INT64_MIN: never */
+  uint64_t aseq;     /* seq of its active alert, 0: none */
+} pstat;
+
+typedef struct bucket {
+  int64_t sec;
+  uint32_t count;
+} bucket;
+
+/* A per-minute rate: 60 one-second buckets, and the alert state. */
+typedef struct rate {
+  keel_pid_t pid;
+  char name[64];
+  bucket b[RATE_SECONDS];
+  int64_t last_fire;
+  uint64_t aseq;
+} rate;
+
+typedef struct sub {
+  keel_pid_t pid;
+  keel_ref_t mref;
+} sub;
+
+typedef struct mgr {
+  keel_alerts_opts o; /* defaults resolved */
+  keel_pid_t self;
+  int sup_handle;
+  bool stop;
+  bool torn_down; /* the shared state was already released by the process itself */
+
+  pstat *tab;
+  size_t cap, count;
+  uint32_t gen;
+  size_t live_seen; /* processes the current sweep saw */
+
+  rate *sups;
+  size_t nsups, capsups;
+  rate errs;
+  uint64_t err_total; /* error + fatal lines counted so far */
+
+  sub *subs;
+  size_t nsubs, capsubs;
+
+  uint64_t next_seq;
+  uint64_t sweeps, fired, resolved, suppressed, last_sweep_us;
+} mgr;
+
+typedef struct restart_ev {
+  keel_pid_t sup;
+  char name[64];
+} restart_ev;
+
+/* ---- small helpers ------------------------------------------------------------- */
+
+static int64_t mono_ms(void) {
+  struct timespec ts;
+  clock_gettime(CLOCK_MONOTONIC, &ts);
+  return (int64_t)ts.tv_sec * 1000 + ts.tv_nsec / 1000000;
+}
+
+static int64_t mono_us(void) {
+  struct timespec ts;
+  clock_gettime(CLOCK_MONOTONIC, &ts);
+  return (int64_t)ts.tv_sec * 1000000 + ts.tv_nsec / 1000;
+}
+
+static int64_t wall_ms(void) {
+  struct timespec ts;
+  clock_gettime(CLOCK_REALTIME, &ts);
+  return (int64_t)ts.tv_sec * 1000 + ts.tv_nsec / 1000000;
+}
+
+static int64_t now_of(const mgr *m) {
+  return m->o.clock_ms ? m->o.clock_ms(m->o.clock_ud) : mono_ms();
+}
+
+/* "2026-11-22T01:02:03.456Z" into buf (80 bytes: room for any int fields). */
+static void iso_time(int64_t ms, char *buf, size_t len) {
+  time_t s = (time_t)(ms / 1000);
+  struct tm tm;
+  gmtime_r(&s, &tm);
+  snprintf(buf, len, "%04d-%02d-%02dT%02d:%02d:%02d.%03dZ", tm.tm_year + 1900, tm.tm_mon + 1,
+           tm.tm_mday, tm.tm_hour, tm.tm_min, tm.tm_sec, (int)(ms % 1000));
+}
+
+static uint64_t mix(uint64_t x) { /* splitmix64's finalizer: pids are sequential-ish */
+  x ^= x >> 30;
+  x *= 0xbf58476d1ce4e5b9ull;
+  x ^= x >> 27;
+  x *= 0x94d049bb133111ebull;
+  x ^= x >> 31;
+  return x;
+}
+
+static int64_t floor_div(int64_t a, int64_t b) {
+  return a >= 0 ? a / b : -((-a + b - 1) / b);
+}
+
+const char *keel_alert_type_name(keel_alert_type type) {
+  switch (type) {
+  case KEEL_ALERT_QUEUE_SIZE: return "high_queue_size";
+  case KEEL_ALERT_RESTART_RATE: return "high_restart_rate";
+  case KEEL_ALERT_ERROR_RATE: return "high_error_rate";
+  }
+  return "unknown";
+}
+
+void keel_alerts_opts_init(keel_alerts_opts *o) {
+  memset(o, 0, sizeof *o);
+}
+
+int keel_alert_msg(const keel_msg_t *m, keel_alert *out) {
+  if (!m || keel_msg_kind_of(m) != KEEL_MSG_USER || keel_msg_size(m) != sizeof(keel_alert))
+    return KEEL_EINVAL;
+  uint32_t tag = keel_msg_tag(m);
+  int kind;
+  if (tag == KEEL_ALERTS_MSG_TRIGGERED)
+    kind = KEEL_ALERTS_EV_TRIGGERED;
+  else if (tag == KEEL_ALERTS_MSG_RESOLVED)
+    kind = KEEL_ALERTS_EV_RESOLVED;
+  else
+    return KEEL_EINVAL;
+  if (out) memcpy(out, keel_msg_data(m), sizeof *out);
+  return kind;
+}
+
+/* ---- the statistics table ----------------------------------------------------- */
+
+static pstat *tab_find(mgr *m, keel_pid_t pid) {
+  if (!m->cap) return NULL;
+  size_t mask = m->cap - 1;
+  for (size_t i = mix(pid) & mask;; i = (i + 1) & mask) {
+    if (m->tab[i].pid == pid) return &m->tab[i];
+    if (!m->tab[i].pid) return NULL;
+  }
+}
+
+/* Puts e into a table known to have room and not to hold e->pid. */
+static void tab_place(pstat *tab, size_t cap, const pstat *e) {
+  size_t mask = cap - 1;
+  size_t i = mix(e->pid) & mask;
+  while (tab[i].pid)
+    i = (i + 1) & mask;
+  tab[i] = *e;
+}
+
+/* Rebuilds the table with capacity cap, keeping every entry or (only_seen)
+ * only those the current sweep saw. */
+static int tab_rebuild(mgr *m, size_t cap, bool only_seen) {
+  pstat *nt = calloc(cap, sizeof *nt);
+  if (!nt) return KEEL_ENOMEM;
+  size_t n = 0;
+  for (size_t i = 0; i < m->cap; i++) {
+    const pstat *e = &m->tab[i];
+    if (!e->pid || (only_seen && e->seen != m->gen)) continue;
+    tab_place(nt, cap, e);
+    n++;
+  }
+  free(m->tab);
+  m->tab = nt;
+  m->cap = cap;
+  m->count = n;
+  return 0;
+}
+
+static size_t cap_for(size_t n) {
+  size_t cap = 64;
+  while (cap < 2 * n + 2)
+    cap *= 2;
+  return cap;
+}
+
+/* The entry for pid, created (empty statistics) when missing; NULL on ENOMEM.
+ * May move every entry: do not keep pointers across calls. */
+static pstat *tab_get(mgr *m, keel_pid_t pid) {
+  pstat *e = tab_find(m, pid);
+  if (e) return e;
+  if (2 * (m->count + 1) > m->cap && tab_rebuild(m, cap_for(m->count + 1), false) != 0) return NULL;
+  pstat fresh = {.pid = pid, .last_fire = INT64_MIN};
+  tab_place(m->tab, m->cap, &fresh);
+  m->count++;
+  return tab_find(m, pid);
+}
+
+/* ---- active alerts (shared) ----------------------------------------------------- */
+
+/* The live entry with this seq, or NULL. Manager only (it is the only writer,
+ * so it may read without the lock). */
+static act *act_find(uint64_t seq) {
+  size_t lo = 0, hi = g.n;
+  while (lo < hi) {
+    size_t mid = lo + (hi - lo) / 2;
+    if (g.v[mid].seq < seq)
+      lo = mid + 1;
+    else
+      hi = mid;
+  }
+  return lo < g.n && g.v[lo].seq == seq && !g.v[lo].dead ? &g.v[lo] : NULL;
+}
+
+/* Appends an alert; returns its seq, 0 on ENOMEM. */
+static uint64_t act_add(mgr *m, const keel_alert *a, int64_t now) {
+  pthread_mutex_lock(&g.mu);
+  if (g.n == g.cap) {
+    size_t cap = g.cap ? g.cap * 2 : 16;
+    act *nv = realloc(g.v, cap * sizeof *nv);
+    if (!nv) {
+      pthread_mutex_unlock(&g.mu);
+      return 0;
+    }
+    g.v = nv;
+    g.cap = cap;
+  }
+  uint64_t seq = ++m->next_seq;
+  g.v[g.n++] = (act){.a = *a, .seq = seq, .start_mono = now, .dead = false};
+  g.live++;
+  pthread_mutex_unlock(&g.mu);
+  return seq;
+}
+
+static void act_compact(void) {
+  pthread_mutex_lock(&g.mu);
+  size_t w = 0;
+  for (size_t r = 0; r < g.n; r++)
+    if (!g.v[r].dead) g.v[w++] = g.v[r];
+  g.n = w;
+  if (g.cap > 64 && g.n < g.cap / 4) {
+    size_t cap = g.cap / 2;
+    act *nv = realloc(g.v, cap * sizeof *nv);
+    if (nv) {
+      g.v = nv;
+      g.cap = cap;
+    }
+  }
+  pthread_mutex_unlock(&g.mu);
+}
+
+static void publish_stats(mgr *m) {
+  pthread_mutex_lock(&g.mu);
+  g.stats.running = true;
+  g.stats.tracked = m->count;
+  g.stats.table_slots = m->cap;
+  g.stats.supervisors = m->nsups;
+  g.stats.subscribers = m->nsubs;
+  g.stats.active = g.live;
+  g.stats.sweeps = m->sweeps;
+  g.stats.fired = m->fired;
+  g.stats.resolved = m->resolved;
+  g.stats.suppressed = m->suppressed;
+  g.stats.last_sweep_us = m->last_sweep_us;
+  pthread_mutex_unlock(&g.mu);
+}
+
+/* ---- events --------------------------------------------------------------------- */
+
+/* Sends the alert to every subscriber and writes it to the log. */
+static void emit(mgr *m, bool triggered, const keel_alert *a) {
+  uint32_t tag = triggered ? KEEL_ALERTS_MSG_TRIGGERED : KEEL_ALERTS_MSG_RESOLVED;
+  for (size_t i = 0; i < m->nsubs; i++) {
+    keel_msg_t *msg = keel_msg_copy(tag, a, sizeof *a);
+    if (msg) keel_send(m->subs[i].pid, msg);
+  }
+
+  keel_log_level level = triggered ? KEEL_LOG_WARN : KEEL_LOG_INFO;
+  if (!keel_log_enabled(level)) return;
+  char pidbuf[24], when[80], fired_at[80];
+  keel_pid_format(a->pid, pidbuf, sizeof pidbuf);
+  iso_time(triggered ? a->time_ms : a->resolved_ms, when, sizeof when);
+  iso_time(a->time_ms, fired_at, sizeof fired_at);
+  const keel_log_field proc[] = {KEEL_STR("pid", pidbuf), KEEL_STR("name", a->name), KEEL_LOG__END};
+  keel_log_field f[16];
+  size_t n = 0;
+  f[n++] = KEEL_STR("id", a->id);
+  f[n++] = KEEL_STR("type", keel_alert_type_name(a->type));
+  if (a->pid)
+    f[n++] = (keel_log_field){.key = "process", .type = KEEL_LOG_T_OBJ, .v = {.obj = proc}};
+  else
+    f[n++] = KEEL_NULL("process");
+  f[n++] = KEEL_DOUBLE("threshold", a->threshold);
+  f[n++] = KEEL_DOUBLE("value", a->value);
+  if (a->type == KEEL_ALERT_QUEUE_SIZE) {
+    f[n++] = KEEL_DOUBLE("mean", a->mean);
+    f[n++] = KEEL_DOUBLE("stddev", a->stddev);
+  }
+  f[n++] = KEEL_STR("message", a->message);
+  f[n++] = KEEL_STR("time", when);
+  if (!triggered) {
+    f[n++] = KEEL_STR("triggered_at", fired_at);
+    f[n++] = KEEL_INT("duration_ms", a->duration_ms);
+  }
+  f[n++] = KEEL_LOG__END;
+  const keel_log_field top[] = {
+      {.key = "alert", .type = KEEL_LOG_T_OBJ, .v = {.obj = f}},
+      KEEL_LOG__END,
+  };
+  keel_log_event_list(level, triggered ? "alert_triggered" : "alert_resolved", top);
+}
+
+typedef struct name_find {
+  keel_pid_t pid;
+  char *out;
+  size_t len;
+  bool found;
+} name_find;
+
+static void on_registered(const char *name, keel_pid_t pid, void *ud) {
+  name_find *nf = ud;
+  if (!nf->found && pid == nf->pid) {
+    snprintf(nf->out, nf->len, "%s", name);
+    nf->found = true;
+  }
+}
+
+/* The name an alert shows: registered name, else `label`, else "". */
+static void name_of(keel_pid_t pid, const char *label, char *out, size_t len) {
+  name_find nf = {pid, out, len, false};
+  out[0] = 0;
+  keel_registered(on_registered, &nf);
+  if (!nf.found) snprintf(out, len, "%s", label ? label : "");
+}
+
+/* "worker <0.12.1>" or "<0.12.1>". */
+static void who(const keel_alert *a, char *out, size_t len) {
+  char pidbuf[24];
+  keel_pid_format(a->pid, pidbuf, sizeof pidbuf);
+  if (a->name[0])
+    snprintf(out, len, "%s %s", a->name, pidbuf);
+  else
+    snprintf(out, len, "%s", pidbuf);
+}
+
+/* snprintf for alert texts: a name or pid that does not fit is cut, which is
+ * fine for a human-readable line (vsnprintf keeps GCC from warning). */
+static void textf(char *buf, size_t len, const char *fmt, ...)
+    __attribute__((format(printf, 3, 4)));
+static void textf(char *buf, size_t len, const char *fmt, ...) {
+  va_list ap;
+  va_start(ap, fmt);
+  vsnprintf(buf, len, fmt, ap);
+  va_end(ap);
+}
+
+static bool cooldown_over(const mgr *m, int64_t last_fire, int64_t now) {
+  return m->o.cooldown_ms < 0 || last_fire == INT64_MIN || now - last_fire >= m->o.cooldown_ms;
+}
+
+/* Fires a new alert: records it, emits it. Returns its seq (0: ENOMEM). */
+static uint64_t fire(mgr *m, keel_alert *a, int64_t now) {
+  snprintf(a->id, sizeof a->id, "alert-%" PRIuFAST64,
+           (uint_fast64_t)(atomic_fetch_add_explicit(&g_next_id, 1, memory_order_relaxed) + 1));
+  a->time_ms = wall_ms();
+  uint64_t seq = act_add(m, a, now);
+  if (!seq) return 0;
+  m->fired++;
+  emit(m, true, a);
+  return seq;
+}
+
+/* Resolves the active alert seq with the value now and a reason text. */
+static void resolve(mgr *m, uint64_t seq, double value, const char *why, int64_t now) {
+  act *e = act_find(seq);
+  if (!e) return;
+  pthread_mutex_lock(&g.mu);
+  e->dead = true;
+  g.live--;
+  keel_alert a = e->a;
+  pthread_mutex_unlock(&g.mu);
+  a.value = value;
+  a.resolved_ms = wall_ms();
+  a.duration_ms = now - e->start_mono;
+  textf(a.message, sizeof a.message, "%s", why);
+  m->resolved++;
+  emit(m, false, &a);
+}
+
+/* Updates the value an active alert shows. */
+static void act_update(uint64_t seq, double value) {
+  act *e = act_find(seq);
+  if (!e) return;
+  pthread_mutex_lock(&g.mu);
+  e->a.value = value;
+  pthread_mutex_unlock(&g.mu);
+}
+
+/* ---- mailbox depth ---------------------------------------------------------------- */
+
+static double stddev_of(const mgr *m, const pstat *e) {
+  if (e->n < 2) return 0;
+  double var = e->var;
+  if (e->n <= m->o.window) var *= (double)e->n / (double)(e->n - 1); /* sample variance */
+  return var > 0 ? sqrt(var) : 0;
+}
+
+static void learn(const mgr *m, pstat *e, double x) {
+  if (e->n < UINT32_MAX) e->n++;
+  double alpha = e->n <= m->o.window ? 1.0 / e->n : 1.0 / m->o.window;
+  double diff = x - e->mean;
+  double incr = alpha * diff;
+  e->mean += incr;
+  e->var = (1 - alpha) * (e->var + diff * incr);
+}
+
+typedef struct sweep_ctx {
+  mgr *m;
+  int64_t now;
+  size_t visited;
+} sweep_ctx;
+
+/* Processes visited between two yields: a sweep of 100k processes takes
+ * ~15 ms, which would hold one scheduler that long in one go. */
+#define SWEEP_YIELD_EVERY 4096
+
+static bool visit(const keel_proc_info *info, void *ud) {
+  sweep_ctx *c = ud;
+  mgr *m = c->m;
+  if (++c->visited % SWEEP_YIELD_EVERY == 0) keel_yield();
+  if (info->pid == m->self) return true;
+  pstat *e = tab_get(m, info->pid);
+  if (!e) return true; /* out of memory: skip it this time */
+  if (e->seen != m->gen) {
+    e->seen = m->gen;
+    m->live_seen++;
+  }
+  double x = (double)info->mailbox_len;
+  bool ready = e->n >= m->o.min_samples;
+  double sd = ready ? stddev_of(m, e) : 0;
+  double thr = e->mean + m->o.k * sd;
+  bool anomaly = ready && x > thr && info->mailbox_len >= m->o.floor;
+
+  if (e->aseq) {
+    if (anomaly) {
+      act_update(e->aseq, x);
+    } else {
+      char whobuf[100], why[200];
+      act *a = act_find(e->aseq);
+      if (a)
+        who(&a->a, whobuf, sizeof whobuf);
+      else
+        whobuf[0] = 0;
+      if (info->mailbox_len < m->o.floor)
+        textf(why, sizeof why,
+              "Queue size back under the floor: %" PRIu64 " < %" PRIu64 " (process: %s)",
+              info->mailbox_len, m->o.floor, whobuf);
+      else
+        textf(why, sizeof why, "Queue size back under threshold: %" PRIu64 " <= %.1f (process: %s)",
+              info->mailbox_len, thr, whobuf);
+      resolve(m, e->aseq, x, why, c->now);
+      e->aseq = 0;
+    }
+  } else if (anomaly) {
+    if (cooldown_over(m, e->last_fire, c->now)) {
+      keel_alert a;
+      memset(&a, 0, sizeof a);
+      a.type = KEEL_ALERT_QUEUE_SIZE;
+      a.pid = info->pid;
+      name_of(info->pid, info->name, a.name, sizeof a.name);
+      a.threshold = thr;
+      a.value = x;
+      a.mean = e->mean;
+      a.stddev = sd;
+      char whobuf[100];
+      who(&a, whobuf, sizeof whobuf);
+      textf(a.message, sizeof a.message,
+            "Queue size exceeded threshold: %" PRIu64 " > %.1f (process: %s)", info->mailbox_len,
+            thr, whobuf);
+      uint64_t seq = fire(m, &a, c->now);
+      /* name_of and fire do not touch the table: e is still valid */
+      e->aseq = seq;
+      if (seq) e->last_fire = c->now;
+    } else {
+      m->suppressed++;
+    }
+  }
+  if (!anomaly) learn(m, e, x);
+  return true;
+}
+
+/* After a walk: resolve the alerts of processes that are gone, then rebuild
+ * the table without them (and at a size that follows the live count). */
+static void prune(mgr *m, int64_t now) {
+  if (m->live_seen == m->count && m->cap <= cap_for(m->count) * 2) return;
+  for (size_t i = 0; i < m->cap; i++) {
+    pstat *e = &m->tab[i];
+    if (!e->pid || e->seen == m->gen || !e->aseq) continue;
+    char whobuf[100] = "", why[200];
+    act *a = act_find(e->aseq);
+    if (a) who(&a->a, whobuf, sizeof whobuf);
+    textf(why, sizeof why, "Process exited (process: %s)", whobuf);
+    resolve(m, e->aseq, 0, why, now);
+    e->aseq = 0;
+  }
+  tab_rebuild(m, cap_for(m->live_seen), true); /* on ENOMEM the old table stays */
+}
+
+/* ---- rates -------------------------------------------------------------------------- */
+
+static void rate_add(rate *r, int64_t now, uint32_t n) {
+  int64_t sec = floor_div(now, 1000);
+  bucket *b = &r->b[(size_t)(((sec % RATE_SECONDS) + RATE_SECONDS) % RATE_SECONDS)];
+  if (b->sec != sec) {
+    b->sec = sec;
+    b->count = 0;
+  }
+  b->count += n;
+}
+
+static uint64_t rate_count(const rate *r, int64_t now) {
+  int64_t sec = floor_div(now, 1000);
+  uint64_t sum = 0;
+  for (size_t i = 0; i < RATE_SECONDS; i++)
+    if (r->b[i].count && r->b[i].sec > sec - RATE_SECONDS && r->b[i].sec <= sec)
+      sum += r->b[i].count;
+  return sum;
+}
+
+static void rate_init(rate *r, keel_pid_t pid, const char *name) {
+  memset(r, 0, sizeof *r);
+  r->pid = pid;
+  r->last_fire = INT64_MIN;
+  snprintf(r->name, sizeof r->name, "%s", name ? name : "");
+  for (size_t i = 0; i < RATE_SECONDS; i++)
+    r->b[i].sec = INT64_MIN;
+}
+
+/* Checks one rate against its limit: fires, updates or resolves. */
+static void rate_check(mgr *m, rate *r, keel_alert_type type, int limit, int64_t now) {
+  if (limit < 0) return;
+  uint64_t c = rate_count(r, now);
+  bool over = c >= (uint64_t)limit;
+  const bool restart = type == KEEL_ALERT_RESTART_RATE;
+  const char *what = restart ? "Restart rate" : "Error log rate";
+  const char *unit = restart ? "restarts" : "error lines";
+  if (r->aseq) {
+    if (over) {
+      act_update(r->aseq, (double)c);
+    } else {
+      char why[200], whobuf[100] = "";
+      act *a = act_find(r->aseq);
+      if (a && restart) who(&a->a, whobuf, sizeof whobuf);
+      textf(why, sizeof why,
+            "%s back under threshold: %" PRIu64 " %s in the last minute < %d%s%s%s", what, c, unit,
+            limit, restart ? " (supervisor: " : "", whobuf, restart ? ")" : "");
+      resolve(m, r->aseq, (double)c, why, now);
+      r->aseq = 0;
+    }
+    return;
+  }
+  if (!over) return;
+  if (!cooldown_over(m, r->last_fire, now)) {
+    m->suppressed++;
+    return;
+  }
+  keel_alert a;
+  memset(&a, 0, sizeof a);
+  a.type = type;
+  a.pid = r->pid;
+  snprintf(a.name, sizeof a.name, "%s", r->name);
+  a.threshold = limit;
+  a.value = (double)c;
+  char whobuf[100] = "";
+  if (restart) who(&a, whobuf, sizeof whobuf);
+  textf(a.message, sizeof a.message,
+        "%s exceeded threshold: %" PRIu64 " %s in the last minute >= %d%s%s%s", what, c, unit,
+        limit, restart ? " (supervisor: " : "", whobuf, restart ? ")" : "");
+  r->aseq = fire(m, &a, now);
+  if (r->aseq) r->last_fire = now;
+}
+
+static rate *sup_find(mgr *m, keel_pid_t pid) {
+  for (size_t i = 0; i < m->nsups; i++)
+    if (m->sups[i].pid == pid) return &m->sups[i];
+  return NULL;
+}
+
+static void on_restart_event(mgr *m, const restart_ev *ev) {
+  rate *r = sup_find(m, ev->sup);
+  if (!r) {
+    if (m->nsups == m->capsups) {
+      size_t cap = m->capsups ? m->capsups * 2 : 4;
+      rate *ns = realloc(m->sups, cap * sizeof *ns);
+      if (!ns) return;
+      m->sups = ns;
+      m->capsups = cap;
+    }
+    r = &m->sups[m->nsups++];
+    char name[64];
+    if (ev->name[0])
+      snprintf(name, sizeof name, "%s", ev->name);
+    else
+      name_of(ev->sup, "", name, sizeof name);
+    if (!name[0]) {
+      keel_proc_info info;
+      if (keel_rt_process_info(ev->sup, &info) == 0) snprintf(name, sizeof name, "%s", info.name);
+    }
+    rate_init(r, ev->sup, name);
+  }
+  rate_add(r, now_of(m), 1);
+}
+
+/* Runs in the supervisor's process: forward restarts to the manager. */
+static void sup_event_cb(const keel_sup_event *ev, void *ud) {
+  (void)ud;
+  if (ev->kind != KEEL_SUP_CHILD_RESTARTED) return;
+  keel_pid_t to = atomic_load_explicit(&g_pid, memory_order_relaxed);
+  if (!to) return;
+  restart_ev re;
+  memset(&re, 0, sizeof re);
+  re.sup = ev->sup;
+  snprintf(re.name, sizeof re.name, "%s", ev->sup_name ? ev->sup_name : "");
+  keel_msg_t *msg = keel_msg_copy(EV_RESTART, &re, sizeof re);
+  if (msg) keel_send(to, msg);
+}
+
+static void check_rates(mgr *m, int64_t now) {
+  for (size_t i = 0; i < m->nsups;) {
+    rate *r = &m->sups[i];
+    rate_check(m, r, KEEL_ALERT_RESTART_RATE, m->o.restarts_per_min, now);
+    if (!r->aseq && rate_count(r, now) == 0)
+      m->sups[i] = m->sups[--m->nsups]; /* nothing to remember */
+    else
+      i++;
+  }
+
+  keel_log_stats ls;
+  keel_log_stats_get(&ls);
+  uint64_t total = ls.lines[KEEL_LOG_ERROR] + ls.lines[KEEL_LOG_FATAL];
+  uint64_t delta = total >= m->err_total ? total - m->err_total : total; /* log restarted */
+  if (delta) rate_add(&m->errs, now, delta > UINT32_MAX ? UINT32_MAX : (uint32_t)delta);
+  m->err_total = total;
+  rate_check(m, &m->errs, KEEL_ALERT_ERROR_RATE, m->o.errors_per_min, now);
+}
+
+/* ---- the sweep ---------------------------------------------------------------------- */
+
+static void sweep(mgr *m) {
+  int64_t t0 = mono_us();
+  int64_t now = now_of(m);
+  m->gen++;
+  m->live_seen = 0;
+  sweep_ctx c = {m, now, 0};
+  keel_rt_processes(visit, &c);
+  prune(m, now);
+  check_rates(m, now);
+  act_compact();
+  m->sweeps++;
+  m->last_sweep_us = (uint64_t)(mono_us() - t0);
+  publish_stats(m);
+}
+
+/* ---- subscribers -------------------------------------------------------------------- */
+
+static int sub_add(mgr *m, keel_pid_t pid) {
+  for (size_t i = 0; i < m->nsubs; i++)
+    if (m->subs[i].pid == pid) return 0;
+  if (m->nsubs == m->capsubs) {
+    size_t cap = m->capsubs ? m->capsubs * 2 : 4;
+    sub *ns = realloc(m->subs, cap * sizeof *ns);
+    if (!ns) return KEEL_ENOMEM;
+    m->subs = ns;
+    m->capsubs = cap;
+  }
+  keel_ref_t ref;
+  int rc = keel_monitor(pid, &ref); /* a dead pid: its DOWN comes at once and removes it */
+  if (rc) return rc;
+  m->subs[m->nsubs++] = (sub){pid, ref};
+  return 0;
+}
+
+static int sub_del(mgr *m, keel_pid_t pid, keel_ref_t ref) {
+  for (size_t i = 0; i < m->nsubs; i++)
+    if ((pid && m->subs[i].pid == pid) || (ref && m->subs[i].mref == ref)) {
+      if (pid) keel_demonitor(m->subs[i].mref);
+      m->subs[i] = m->subs[--m->nsubs];
+      return 0;
+    }
+  return KEEL_ENOENT;
+}
+
+/* ---- the manager process -------------------------------------------------------------- */
+
+static void reply_rc(const keel_msg_t *req, int rc) {
+  keel_ref_t ref = keel_msg_ref(req);
+  keel_pid_t from = keel_msg_from(req);
+  if (!ref || !from) return;
+  int32_t v = rc;
+  keel_msg_t *r = keel_msg_copy(keel_msg_tag(req), &v, sizeof v);
+  if (r) keel_reply(from, ref, r);
+}
+
+static keel_pid_t pid_payload(const keel_msg_t *msg) {
+  keel_pid_t pid = 0;
+  if (keel_msg_size(msg) == sizeof pid) memcpy(&pid, keel_msg_data(msg), sizeof pid);
+  return pid;
+}
+
+static void handle(mgr *m, keel_msg_t *msg) {
+  if (keel_msg_kind_of(msg) == KEEL_MSG_DOWN) {
+    sub_del(m, 0, keel_msg_ref(msg));
+    publish_stats(m);
+    return;
+  }
+  if (keel_msg_kind_of(msg) != KEEL_MSG_USER) return;
+  switch (keel_msg_tag(msg)) {
+  case REQ_SUBSCRIBE:
+    reply_rc(msg, sub_add(m, pid_payload(msg)));
+    publish_stats(m);
+    break;
+  case REQ_UNSUBSCRIBE:
+    reply_rc(msg, sub_del(m, pid_payload(msg), 0));
+    publish_stats(m);
+    break;
+  case REQ_SWEEP:
+    sweep(m);
+    reply_rc(msg, 0);
+    break;
+  case REQ_STOP: m->stop = true; break;
+  case EV_RESTART:
+    if (keel_msg_size(msg) == sizeof(restart_ev)) {
+      restart_ev ev;
+      memcpy(&ev, keel_msg_data(msg), sizeof ev);
+      on_restart_event(m, &ev);
+    }
+    break;
+  default: break; /* not ours: dropped */
+  }
+}
+
+/* Releases the shared state and the supervisor subscription (once). Called
+ * by the manager when it stops normally, so that keel_alerts_stop's caller
+ * can start a new manager as soon as it sees the DOWN; and by the exit hook
+ * for any other end (a kill, the runtime stopping). */
+static void teardown_shared(mgr *m) {
+  if (m->torn_down) return;
+  m->torn_down = true;
+  if (m->sup_handle > 0) keel_sup_unsubscribe(m->sup_handle);
+  m->sup_handle = 0;
+  pthread_mutex_lock(&g.mu);
+  if (atomic_load_explicit(&g_pid, memory_order_relaxed) == m->self) {
+    atomic_store_explicit(&g_pid, 0, memory_order_relaxed);
+    free(g.v);
+    g.v = NULL;
+    g.n = g.cap = g.live = 0;
+    memset(&g.stats, 0, sizeof g.stats);
+  }
+  pthread_mutex_unlock(&g.mu);
+}
+
+static void mgr_free(void *arg) {
+  mgr *m = arg;
+  teardown_shared(m);
+  free(m->tab);
+  free(m->sups);
+  free(m->subs);
+  free(m);
+}
+
+static void manager_main(void *arg) {
+  mgr *m = arg;
+  int64_t interval = m->o.interval_ms;
+  int64_t next = interval > 0 ? mono_ms() + interval : 0;
+  publish_stats(m);
+  while (!m->stop) {
+    int64_t timeout = KEEL_INFINITY;
+    if (interval > 0) {
+      int64_t now = mono_ms();
+      if (now >= next) { /* due: sweep before reading more, so a busy mailbox cannot starve it */
+        sweep(m);
+        next += interval;
+        if (next <= now) next = now + interval;
+        continue;
+      }
+      timeout = next - now;
+    }
+    keel_msg_t *msg = NULL;
+    if (keel_receive(&msg, timeout) != 0) continue;
+    handle(m, msg);
+    keel_msg_free(msg);
+  }
+  teardown_shared(m);
+}
+
+/* ---- public API ----------------------------------------------------------------------- */
+
+int keel_alerts_start(const keel_alerts_opts *o) {
+  keel_alerts_opts d;
+  keel_alerts_opts_init(&d);
+  if (o) d = *o;
+  if (d.k < 0 || !isfinite(d.k)) return KEEL_EINVAL;
+  if (d.k == 0) d.k = DEF_K;
+  if (!d.min_samples) d.min_samples = DEF_MIN;
+  if (!d.cooldown_ms) d.cooldown_ms = DEF_COOLDOWN;
+  if (!d.interval_ms) d.interval_ms = DEF_INTERVAL;
+  if (!d.floor) d.floor = DEF_FLOOR;
+  if (!d.window) d.window = DEF_WINDOW;
+  if (!d.restarts_per_min) d.restarts_per_min = DEF_RESTARTS;
+  if (!d.errors_per_min) d.errors_per_min = DEF_ERRORS;
+  if (!keel_sched_count()) return KEEL_ESTATE;
+
+  mgr *m = calloc(1, sizeof *m);
+  if (!m) return KEEL_ENOMEM;
+  m->o = d;
+  rate_init(&m->errs, 0, "");
+  keel_log_stats ls; /* error lines logged before the start do not count */
+  keel_log_stats_get(&ls);
+  m->err_total = ls.lines[KEEL_LOG_ERROR] + ls.lines[KEEL_LOG_FATAL];
+
+  /* g.mu is held across the spawn so that the manager's teardown (which
+   * takes it) cannot run between the spawn and the publication of its pid.
+   * Nothing in here waits. */
+  pthread_mutex_lock(&g.mu);
+  if (atomic_load_explicit(&g_pid, memory_order_relaxed)) {
+    pthread_mutex_unlock(&g.mu);
+    free(m);
+    return KEEL_ESTATE;
+  }
+  int h = keel_sup_subscribe(sup_event_cb, NULL);
+  if (h < 0) {
+    pthread_mutex_unlock(&g.mu);
+    free(m);
+    return h;
+  }
+  m->sup_handle = h;
+  keel_spawn_opts so;
+  keel_spawn_opts_init(&so);
+  so.name = "keel_alerts";
+  keel_pid_t pid = 0;
+  int rc = keel_spawn(manager_main, m, &so, &pid);
+  if (rc) {
+    pthread_mutex_unlock(&g.mu);
+    keel_sup_unsubscribe(h);
+    free(m);
+    return rc;
+  }
+  m->self = pid;
+  atomic_store_explicit(&g_pid, pid, memory_order_relaxed);
+  memset(&g.stats, 0, sizeof g.stats);
+  g.stats.running = true;
+  pthread_mutex_unlock(&g.mu);
+  /* Whatever way the manager ends (stop, kill, runtime stop before it ever
+   * ran), mgr_free runs. If it is gone already, it no longer uses m: free it
+   * here. (On ENOMEM for the hook, m is lost when the manager ends: freeing
+   * it under a live manager would be worse.) */
+  rc = keel_on_exit_of(pid, mgr_free, m);
+  if (rc == KEEL_ENOPROC) mgr_free(m);
+  return 0;
+}
+
+/* Sends a request; from a process waits for the manager's answer. */
+static int request(uint32_t tag, keel_pid_t arg) {
+  keel_pid_t mgr_pid = atomic_load_explicit(&g_pid, memory_order_relaxed);
+  if (!mgr_pid) return KEEL_ESTATE;
+  keel_msg_t *req = keel_msg_copy(tag, &arg, sizeof arg);
+  if (!req) return KEEL_ENOMEM;
+  if (!keel_self()) return keel_send(mgr_pid, req);
+  if (keel_self() == mgr_pid) {
+    keel_msg_free(req);
+    return KEEL_EINVAL; /* would wait on itself */
+  }
+  keel_ref_t mref;
+  int rc = keel_monitor(mgr_pid, &mref);
+  if (rc) {
+    keel_msg_free(req);
+    return rc;
+  }
+  keel_await_ref(mref);
+  keel_msg_set_ref(req, mref);
+  keel_send(mgr_pid, req);
+  keel_msg_t *rep = NULL;
+  rc = keel_await(mref, &rep, CALL_TIMEOUT);
+  keel_demonitor(mref);
+  if (rc) return rc;
+  if (keel_msg_kind_of(rep) == KEEL_MSG_REPLY && keel_msg_size(rep) == sizeof(int32_t)) {
+    int32_t v;
+    memcpy(&v, keel_msg_data(rep), sizeof v);
+    rc = v;
+  } else {
+    rc = KEEL_ESTATE; /* DOWN: the manager stopped meanwhile */
+  }
+  keel_msg_free(rep);
+  return rc;
+}
+
+int keel_alerts_subscribe(keel_pid_t pid) {
+  if (!pid) return KEEL_EINVAL;
+  return request(REQ_SUBSCRIBE, pid);
+}
+
+int keel_alerts_unsubscribe(keel_pid_t pid) {
+  if (!pid) return KEEL_EINVAL;
+  return request(REQ_UNSUBSCRIBE, pid);
+}
+
+int keel_alerts_sweep_now(void) {
+  if (!keel_self()) return KEEL_ENOTPROC;
+  return request(REQ_SWEEP, 0);
+}
+
+static bool match_down(const keel_msg_t *m, void *arg) {
+  return keel_msg_kind_of(m) == KEEL_MSG_DOWN && keel_msg_ref(m) == *(const keel_ref_t *)arg;
+}
+
+int keel_alerts_stop(void) {
+  keel_pid_t pid = atomic_load_explicit(&g_pid, memory_order_relaxed);
+  if (!pid) return KEEL_ESTATE;
+  keel_msg_t *req = keel_msg_new(REQ_STOP, 0);
+  if (!req) return KEEL_ENOMEM;
+  if (keel_self() == pid) { /* from inside: it stops after this message */
+    keel_send(pid, req);
+    return 0;
+  }
+  if (keel_self()) {
+    keel_ref_t ref;
+    int rc = keel_monitor(pid, &ref);
+    if (rc) {
+      keel_msg_free(req);
+      return rc;
+    }
+    keel_send(pid, req);
+    keel_msg_t *down = NULL;
+    rc = keel_receive_match(match_down, &ref, &down, CALL_TIMEOUT);
+    keel_msg_free(down);
+    if (rc) {
+      keel_demonitor(ref);
+      return rc;
+    }
+    /* the manager released the shared state before it exited (normal end);
+     * after a kill the exit hook does it, a moment after the DOWN */
+  } else {
+    keel_send(pid, req);
+  }
+  for (int i = 0; i < STOP_POLL_MAX; i++) {
+    if (atomic_load_explicit(&g_pid, memory_order_relaxed) != pid) return 0;
+    if (keel_self())
+      keel_sleep(1);
+    else
+      nanosleep(&(struct timespec){0, 1000000}, NULL);
+  }
+  return KEEL_ETIMEDOUT;
+}
+
+bool keel_alerts_running(void) {
+  return atomic_load_explicit(&g_pid, memory_order_relaxed) != 0;
+}
+
+size_t keel_alerts_active(keel_alert *out, size_t max) {
+  pthread_mutex_lock(&g.mu);
+  size_t n = 0;
+  for (size_t i = 0; i < g.n; i++) {
+    if (g.v[i].dead) continue;
+    if (out && n < max) out[n] = g.v[i].a;
+    n++;
+  }
+  pthread_mutex_unlock(&g.mu);
+  return n;
+}
+
+static json_t *alert_json(const keel_alert *a) {
+  json_t *o = json_object();
+  if (!o) return NULL;
+  char pidbuf[24], when[80];
+  json_object_set_new(o, "id", json_string(a->id));
+  json_object_set_new(o, "type", json_string(keel_alert_type_name(a->type)));
+  if (a->pid) {
+    keel_pid_format(a->pid, pidbuf, sizeof pidbuf);
+    json_t *p = json_object();
+    json_object_set_new(p, "pid", json_string(pidbuf));
+    json_object_set_new(p, "name", json_string(a->name));
+    json_object_set_new(o, "process", p);
+  } else {
+    json_object_set_new(o, "process", json_null());
+  }
+  json_object_set_new(o, "threshold", json_real(a->threshold));
+  json_object_set_new(o, "value", json_real(a->value));
+  if (a->type == KEEL_ALERT_QUEUE_SIZE) {
+    json_object_set_new(o, "mean", json_real(a->mean));
+    json_object_set_new(o, "stddev", json_real(a->stddev));
+  }
+  json_object_set_new(o, "message", json_string(a->message));
+  iso_time(a->time_ms, when, sizeof when);
+  json_object_set_new(o, "time", json_string(when));
+  return o;
+}
+
+char *keel_alerts_active_json(void) {
+  size_t n = keel_alerts_active(NULL, 0);
+  keel_alert *v = NULL;
+  for (;;) { /* the list may grow between the count and the copy */
+    keel_alert *nv = realloc(v, (n ? n : 1) * sizeof *nv);
+    if (!nv) {
+      free(v);
+      return NULL;
+    }
+    v = nv;
+    size_t got = keel_alerts_active(v, n);
+    if (got <= n) {
+      n = got;
+      break;
+    }
+    n = got;
+  }
+  json_t *arr = json_array();
+  char *s = NULL;
+  if (arr) {
+    bool ok = true;
+    for (size_t i = 0; i < n && ok; i++) {
+      json_t *o = alert_json(&v[i]);
+      ok = o && json_array_append_new(arr, o) == 0;
+    }
+    if (ok) s = json_dumps(arr, JSON_COMPACT | JSON_REAL_PRECISION(10));
+    json_decref(arr);
+  }
+  free(v);
+  return s;
+}
+
+char *keel_alerts_health_section(void *ud) {
+  (void)ud;
+  return keel_alerts_active_json();
+}
+
+void keel_alerts_stats_get(keel_alerts_stats *out) {
+  pthread_mutex_lock(&g.mu);
+  *out = g.stats;
+  out->running = atomic_load_explicit(&g_pid, memory_order_relaxed) != 0;
+  pthread_mutex_unlock(&g.mu);
+}
