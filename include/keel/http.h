@@ -1,0 +1,201 @@
+/* keel/http.h - the HTTP/1.1 server: routes, handlers in processes, and the
+ * production middleware.
+ *
+ * A server listens on one port with one listening socket per scheduler
+ * (SO_REUSEPORT) or on sockets passed by systemd (LISTEN_FDS). Connections
+ * are served on the scheduler that accepted them: parsing, keep-alive,
+ * pipelining and writing happen on that scheduler's libuv loop. Each request
+ * that reaches a route is handled in its own keel process, pinned to that
+ * scheduler, so a handler is plain blocking code that may call gen_servers,
+ * sleep or wait for I/O; the response is sent when the handler returns.
+ *
+ *   static int hello(keel_http_req *req, keel_http_res *res, void *ud) {
+ *     return keel_http_reply_text(res, 200, "application/json", "{\"hello\":\"world\"}");
+ *   }
+ *   keel_http_router *r = keel_http_router_new();
+ *   keel_http_route(r, "GET", "/api/hello", hello, NULL);
+ *   keel_http_options o;
+ *   keel_http_options_init(&o);
+ *   o.port = 3000;
+ *   keel_http_server *srv;
+ *   keel_http_start(&o, r, &srv);      // the server owns the router now
+ *
+ * Middleware (each on by default, each configurable in keel_http_options):
+ * request ids (X-Request-Id / X-Correlation-Id taken when well-formed, else
+ * made; returned; put in the handler process's log context), W3C traceparent,
+ * an access log line per request, Prometheus metrics, per-client-IP rate
+ * limiting, security headers, CORS. Errors use one envelope:
+ *   {"success":false,"error":{"code":"NOT_FOUND","message":"...","details":...,
+ *    "traceId":"<request id>","timestamp":"2026-11-22T03:00:00.000Z"}}
+ *
+ * Thread rules: keel_http_start/drain/stop are called from a keel process.
+ * Request and response objects belong to the handler's process and are valid
+ * until the handler returns.
+ */
+#ifndef KEEL_HTTP_H
+#define KEEL_HTTP_H
+
+#include <jansson.h>
+#include <stdbool.h>
+#include <stddef.h>
+#include <stdint.h>
+
+#include "keel/metrics.h"
+
+#ifdef __cplusplus
+extern "C" {
+#endif
+
+typedef struct keel_http_server keel_http_server;
+typedef struct keel_http_router keel_http_router;
+typedef struct keel_http_req keel_http_req;
+typedef struct keel_http_res keel_http_res;
+
+/* ---- errors: typed, mapped to a status and the envelope's code ---------- */
+
+typedef enum keel_http_error_kind {
+  KEEL_HTTP_VALIDATION = 1, /* 400 VALIDATION_ERROR */
+  KEEL_HTTP_BAD_REQUEST,    /* 400 BAD_REQUEST (malformed JSON, bad syntax) */
+  KEEL_HTTP_UNAUTHORIZED,   /* 401 UNAUTHORIZED */
+  KEEL_HTTP_FORBIDDEN,      /* 403 FORBIDDEN */
+  KEEL_HTTP_NOT_FOUND,      /* 404 NOT_FOUND */
+  KEEL_HTTP_METHOD_NOT_ALLOWED, /* 405 METHOD_NOT_ALLOWED */
+  KEEL_HTTP_CONFLICT,       /* 409 CONFLICT */
+  KEEL_HTTP_TOO_LARGE,      /* 413 PAYLOAD_TOO_LARGE */
+  KEEL_HTTP_RATE_LIMITED,   /* 429 RATE_LIMITED */
+  KEEL_HTTP_HEADERS_TOO_LARGE, /* 431 HEADERS_TOO_LARGE */
+  KEEL_HTTP_INTERNAL,       /* 500 INTERNAL_ERROR: the message is logged, never sent */
+  KEEL_HTTP_UNAVAILABLE,    /* 503 SERVICE_UNAVAILABLE */
+} keel_http_error_kind;
+
+/* The status and envelope code of an error kind ("NOT_FOUND", ...). */
+int keel_http_error_status(keel_http_error_kind kind);
+const char *keel_http_error_code(keel_http_error_kind kind);
+
+/* ---- handlers ------------------------------------------------------------ */
+
+/* A handler fills res and returns 0. Returning a negative value without a
+ * response (or after keel_http_fail) sends the error: a KEEL_E* code or any
+ * other failure becomes 500 INTERNAL_ERROR. A handler that crashes (its
+ * process exits abnormally) also gives 500; one that runs past the request
+ * timeout gives 503 and is killed. */
+typedef int (*keel_http_handler)(keel_http_req *req, keel_http_res *res, void *ud);
+
+/* ---- the request (borrowed; valid until the handler returns) ------------ */
+
+const char *keel_http_method(const keel_http_req *req);  /* "GET" */
+const char *keel_http_path(const keel_http_req *req);    /* decoded path, no query */
+const char *keel_http_query(const keel_http_req *req);   /* raw query without '?', or "" */
+/* The value of query parameter `name` (percent-decoded), or NULL. */
+const char *keel_http_query_param(keel_http_req *req, const char *name);
+/* The route's pattern ("/api/orders/:id"), the value of path parameter
+ * `name`, or NULL. */
+const char *keel_http_route_pattern(const keel_http_req *req);
+const char *keel_http_param(const keel_http_req *req, const char *name);
+/* A request header's value (name case-insensitive; the first if repeated),
+ * or NULL. */
+const char *keel_http_header(const keel_http_req *req, const char *name);
+/* The body (not NUL-terminated; *len gets its size). */
+const void *keel_http_body(const keel_http_req *req, size_t *len);
+/* The body parsed as JSON (borrowed: do not decref), or NULL with *err set
+ * to KEEL_EINVAL (malformed; the caller usually returns
+ * keel_http_fail(res, KEEL_HTTP_BAD_REQUEST, ...)) or KEEL_ENOENT (empty). */
+json_t *keel_http_json(keel_http_req *req, int *err);
+const char *keel_http_request_id(const keel_http_req *req);
+const char *keel_http_client_ip(const keel_http_req *req);
+
+/* ---- the response -------------------------------------------------------- */
+
+/* Adds a response header (copied). Errors: KEEL_EINVAL (bad name or a value
+ * with CR/LF), KEEL_ENOMEM. */
+int keel_http_set_header(keel_http_res *res, const char *name, const char *value);
+/* Sets status and body (copied). */
+int keel_http_reply(keel_http_res *res, int status, const char *content_type, const void *body,
+                    size_t len);
+int keel_http_reply_text(keel_http_res *res, int status, const char *content_type,
+                         const char *body);
+/* Sets status and a JSON body; steals the reference to body. */
+int keel_http_reply_json(keel_http_res *res, int status, json_t *body);
+/* Sets the error envelope for `kind` with message and details (details:
+ * stolen reference or NULL). For KEEL_HTTP_INTERNAL the message goes to the
+ * log with the request's context and the client gets a generic message.
+ * Returns a negative value for the handler to return. */
+int keel_http_fail(keel_http_res *res, keel_http_error_kind kind, const char *message,
+                   json_t *details);
+
+/* ---- router -------------------------------------------------------------- */
+
+keel_http_router *keel_http_router_new(void);
+void keel_http_router_free(keel_http_router *r);
+/* Adds a route. pattern: segments separated by '/', a segment ":name" binds a
+ * path parameter, a last segment "*" matches the rest. A known path with an
+ * unknown method answers 405 with Allow. Errors: KEEL_EINVAL (bad method or
+ * pattern), KEEL_EEXIST (same method and pattern), KEEL_ENOMEM. */
+int keel_http_route(keel_http_router *r, const char *method, const char *pattern,
+                    keel_http_handler fn, void *ud);
+
+/* ---- server -------------------------------------------------------------- */
+
+typedef struct keel_http_options {
+  const char *host;    /* default "0.0.0.0" */
+  int port;            /* 0: an ephemeral port (keel_http_port tells which) */
+  bool use_listen_fds; /* take sockets from systemd (LISTEN_FDS/LISTEN_PID) when present */
+  const char *name;    /* for logs and metrics: "api", "admin" */
+
+  size_t max_header_bytes;     /* request line + headers; default 16 KiB -> 431 */
+  size_t max_body_bytes;       /* default 1 MiB -> 413 */
+  int64_t header_timeout_ms;   /* a request's head must arrive within; default 10 s */
+  int64_t body_timeout_ms;     /* idle time allowed while reading a body; default 10 s */
+  int64_t keepalive_timeout_ms; /* idle keep-alive connection closed after; default 5 s */
+  int64_t request_timeout_ms;  /* handler time before 503; default 30 s; 0: none */
+  size_t handler_stack_size;   /* handler process stacks; 0: the runtime default */
+
+  /* middleware */
+  bool request_id;             /* default true */
+  bool access_log;             /* default true */
+  int64_t slow_request_ms;     /* warn above; default 1000; 0: never */
+  keel_metrics *metrics;       /* register http_* metrics here; NULL: none */
+  int rate_limit;              /* requests per client IP per window; 0: off (default 100) */
+  int64_t rate_window_ms;      /* default 60000 */
+  size_t rate_max_clients;     /* bounded memory: clients tracked at most; default 100000 */
+  bool trust_proxy;            /* believe X-Forwarded-For */
+  bool security_headers;       /* default true */
+  bool hsts;                   /* Strict-Transport-Security; default true */
+  const char *csp;             /* Content-Security-Policy; NULL: a strict default */
+  const char *cors_origins;    /* comma-separated allow-list; NULL/"": CORS off */
+  bool cors_credentials;       /* Access-Control-Allow-Credentials; default true */
+  int64_t cors_max_age_s;      /* preflight cache; default 600 */
+  /* paths that skip rate limiting (prefix match, comma-separated);
+   * default "/health,/metrics,/internal/" */
+  const char *rate_limit_skip;
+} keel_http_options;
+
+void keel_http_options_init(keel_http_options *o);
+
+/* Starts the server: binds, listens on every scheduler and returns. The
+ * server takes ownership of `router`. Call from a keel process. Errors:
+ * KEEL_EINVAL, KEEL_EADDRINUSE-like errors as KEEL_EIO with a log line,
+ * KEEL_ENOTPROC, KEEL_ENOMEM. */
+int keel_http_start(const keel_http_options *o, keel_http_router *router, keel_http_server **out);
+
+/* The bound port (useful with port 0). */
+int keel_http_port(const keel_http_server *s);
+
+/* Graceful drain: closes the listeners at once, closes idle keep-alive
+ * connections, answers requests in flight normally but with Connection:
+ * close, and returns 0 when no request is left, or KEEL_ETIMEDOUT after
+ * timeout_ms (what is left is then cut). Call from a keel process. */
+int keel_http_drain(keel_http_server *s, int64_t timeout_ms);
+
+/* Stops at once (cuts connections) and frees the server. Call from a keel
+ * process. */
+int keel_http_stop(keel_http_server *s);
+
+/* Requests being handled now, and connections open now. Any thread. */
+size_t keel_http_in_flight(const keel_http_server *s);
+size_t keel_http_connections(const keel_http_server *s);
+
+#ifdef __cplusplus
+}
+#endif
+#endif

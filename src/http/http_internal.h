@@ -1,0 +1,109 @@
+/* http_internal.h - what the HTTP server's files share (not installed).
+ *
+ * server.c owns connections and the request lifecycle; router.c matches
+ * paths to routes; request.c holds the request accessors and the response
+ * builders (the envelope included); middleware.h the connection-free pieces.
+ */
+#ifndef KEEL_HTTP_INTERNAL_H
+#define KEEL_HTTP_INTERNAL_H
+
+#include <stdatomic.h>
+#include <uv.h>
+
+#include "http/middleware.h"
+#include "keel.h"
+#include "keel/http.h"
+
+#define KEEL__HTTP_MAX_PARAMS 8
+
+/* ---- router ---------------------------------------------------------------- */
+
+typedef struct keel__route {
+  char method[12];
+  char *pattern;
+  char **seg; /* pattern split at '/' (":name", "*" or literal) */
+  size_t nseg;
+  int nstatic; /* literal segments: more wins when several routes match */
+  keel_http_handler fn;
+  void *ud;
+} keel__route;
+
+struct keel_http_router {
+  keel__route **v;
+  size_t n, cap;
+};
+
+typedef struct keel__match {
+  const keel__route *route; /* NULL: no route for this method */
+  size_t nparams;
+  const char *pname[KEEL__HTTP_MAX_PARAMS];
+  char *pval[KEEL__HTTP_MAX_PARAMS]; /* malloc'd, owned by the match */
+  char allow[96];                     /* when route is NULL and the path is known */
+} keel__match;
+
+/* Matches method + decoded path. Returns 0 with m->route set, KEEL_ENOENT
+ * (unknown path) or KEEL_EPERM-like 1 (known path, other method: m->allow
+ * lists the methods). */
+int keel__router_match(const keel_http_router *r, const char *method, const char *path,
+                       keel__match *m);
+void keel__match_free(keel__match *m);
+
+/* ---- requests and responses ---------------------------------------------- */
+
+struct keel_http_res {
+  int status; /* 0: not set */
+  keel__hdrs headers;
+  char *body;
+  size_t len;
+  const char *content_type; /* static or in headers */
+  keel_http_error_kind err_kind;
+  char *err_log; /* internal error text for the log, never sent */
+};
+
+typedef struct keel__conn keel__conn;
+typedef struct keel__listener keel__listener;
+
+struct keel_http_req {
+  keel_http_server *srv;
+  keel__conn *conn; /* NULL once the connection is gone */
+  int refs;         /* the connection side and the handler process */
+  char method[16];
+  char *target; /* raw request target */
+  char *path;   /* percent-decoded path */
+  char *query;  /* raw query */
+  char **hname, **hval; /* names lowercased */
+  size_t nh, caph;
+  char *body;
+  size_t body_len, body_cap;
+  json_t *json;
+  bool json_done;
+  int json_err;
+  keel__match match;
+  char **qname, **qval; /* decoded query params, parsed on first use */
+  size_t nq;
+  bool q_done;
+  char reqid[130];
+  char traceparent[56];
+  char client_ip[64];
+  uint64_t start_ns;
+  size_t bytes_in;
+  keel_http_res res;
+  keel__hdrs mw; /* headers from the middleware (rate limit, CORS, Allow): kept
+                    whatever happens to the handler's response */
+  keel_pid_t pid;
+  uv_timer_t *timer; /* request timeout; NULL when none */
+  bool responded, timed_out, keepalive, crashed;
+  int http_minor;
+};
+
+/* The standard error envelope as JSON text (malloc'd). */
+char *keel__envelope(keel_http_error_kind kind, const char *message, json_t *details,
+                     const char *trace_id);
+void keel__res_clear(keel_http_res *res);
+void keel__req_free(keel_http_req *rq);
+const char *keel__status_reason(int status);
+/* RFC 3986 percent-decoding into a new string; '+' kept unless plus_space.
+ * NULL on a bad escape or ENOMEM. */
+char *keel__pct_decode(const char *s, size_t n, bool plus_space);
+
+#endif

@@ -1,0 +1,1271 @@
+/* server.c - the HTTP/1.1 server: listeners, connections, the request
+ * lifecycle, draining.
+ *
+ * Threads. A server has one listener per scheduler. keel_http_start binds
+ * the sockets (SO_REUSEPORT, so a second instance can bind the same port
+ * during a rolling restart, or sockets passed by systemd) and spawns one
+ * acceptor process per scheduler, pinned there: it puts its socket on its
+ * scheduler's libuv loop and then only waits for control messages (drain,
+ * stop). Everything about a connection happens on the loop of the scheduler
+ * that accepted it: libuv callbacks read and parse (nodejs/http-parser from
+ * Debian, see docs/decisions/0006), and each request that reaches a route is
+ * handled by a new process pinned to the same scheduler. So a connection, its
+ * requests and their handlers are only ever touched by one thread, and
+ * nothing here locks; the counters shared with other threads are atomics.
+ *
+ * A request's life. Bytes are parsed as they come; limits are checked while
+ * parsing (the head against max_header_bytes: 431, the body against
+ * max_body_bytes: 413, both answered at once with the envelope and the
+ * connection closed after a lingering read). A complete request pauses the
+ * parser and stops reading (pipelined requests wait in the socket, in order).
+ * On the loop: request id, trace context, client address, CORS (a preflight
+ * is answered here), the rate limit (429 here), the route (404/405 here).
+ * Then a handler process runs the route's handler; an exit hook registered
+ * on it (keel_on_exit_of) sends the response when the process ends, however
+ * it ends: normally with the handler's response, by a crash with 500. A
+ * request timer answers 503 and kills a handler that runs past
+ * request_timeout_ms. After the response: the access log line, the metrics,
+ * then the next pipelined request or reading again.
+ *
+ * Timeouts per connection (one uv timer): the head of a request must arrive
+ * within header_timeout_ms of its first byte or of the connection's start
+ * (slowloris); a body must keep coming (body_timeout_ms between reads); an
+ * idle keep-alive connection is closed after keepalive_timeout_ms.
+ *
+ * Closing. A connection we close after an error or on drain is shut down for
+ * writing first and then read and discarded for up to a second (a lingering
+ * close), so the client reads our answer instead of a reset.
+ */
+#include <arpa/inet.h>
+#include <errno.h>
+#include <http_parser.h>
+#include <netdb.h>
+#include <netinet/in.h>
+#include <netinet/tcp.h>
+#include <pthread.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <sys/socket.h>
+#include <time.h>
+#include <unistd.h>
+
+#include "http/http_internal.h"
+
+#define READ_BUF     65536
+#define LINGER_MS    1000
+#define MAX_HEADERS  100
+#define TAG_CTL      0x4b485431u /* acceptor control messages */
+
+enum { CTL_DRAIN = 1, CTL_STOP = 2 };
+enum { T_NONE = 0, T_HEAD, T_BODY, T_IDLE, T_LINGER };
+
+struct keel__listener {
+  keel_http_server *srv;
+  int sched;
+  int fd; /* bound and listening, handed to the loop by the acceptor */
+  uv_loop_t *loop;
+  uv_tcp_t tcp;
+  bool listening, tcp_open;
+  atomic_bool closed; /* the listening handle's close callback ran */
+  keel_pid_t acceptor;
+  keel__conn *conns; /* doubly linked list of open connections */
+  char rbuf[READ_BUF];
+  char date[40]; /* "Date: ...\r\n", refreshed once a second */
+  uint64_t date_s;
+};
+
+struct keel__conn {
+  uv_tcp_t tcp; /* first: the handle's address is the connection's */
+  keel__listener *l;
+  keel__conn *prev, *next;
+  uv_timer_t timer;
+  int tmode;
+  http_parser parser;
+  keel_http_req *rq; /* being parsed, or handled when busy */
+  char *hfield, *hvalue; /* the header being read */
+  bool in_value;
+  size_t head_bytes;
+  int err_status; /* a limit was hit while parsing: 413 or 431 */
+  bool ready;     /* a request is complete (parser paused) */
+  bool busy;      /* a request is being handled */
+  bool closing, close_after, lingering;
+  char *pending; /* bytes after the request being handled (pipelining) */
+  size_t npending;
+  size_t bytes_read; /* of the request being parsed */
+};
+
+struct keel_http_server {
+  keel_http_options o;
+  char *host, *name, *csp, *cors_origins, *rate_skip;
+  keel_http_router *router;
+  int nl;
+  keel__listener *ls;
+  int port;
+  _Atomic size_t in_flight, conns;
+  atomic_bool draining, stopping;
+  keel__ratelimit *rl;
+  keel__cors *cors;
+  char *sec_headers; /* the security headers, preformatted "Name: value\r\n..." */
+  size_t sec_len;
+  keel_metric_family *m_total, *m_duration, *m_in_flight;
+  keel_gauge *in_flight_g;
+};
+
+static http_parser_settings settings;
+
+/* ---- options ------------------------------------------------------------------ */
+
+void keel_http_options_init(keel_http_options *o) {
+  memset(o, 0, sizeof *o);
+  o->host = "0.0.0.0";
+  o->port = 3000;
+  o->use_listen_fds = true;
+  o->name = "api";
+  o->max_header_bytes = 16384;
+  o->max_body_bytes = 1 << 20;
+  o->header_timeout_ms = 10000;
+  o->body_timeout_ms = 10000;
+  o->keepalive_timeout_ms = 5000;
+  o->request_timeout_ms = 30000;
+  o->request_id = true;
+  o->access_log = true;
+  o->slow_request_ms = 1000;
+  o->rate_limit = 100;
+  o->rate_window_ms = 60000;
+  o->rate_max_clients = 100000;
+  o->security_headers = true;
+  o->hsts = true;
+  o->cors_credentials = true;
+  o->cors_max_age_s = 600;
+  o->rate_limit_skip = "/health,/metrics,/internal/";
+}
+
+/* ---- small helpers ------------------------------------------------------------- */
+
+static uint64_t now_ns(void) {
+  struct timespec ts;
+  clock_gettime(CLOCK_MONOTONIC, &ts);
+  return (uint64_t)ts.tv_sec * 1000000000u + (uint64_t)ts.tv_nsec;
+}
+
+static const char *date_header(keel__listener *l) {
+  time_t t = time(NULL);
+  if ((uint64_t)t != l->date_s) {
+    struct tm tm;
+    gmtime_r(&t, &tm);
+    strftime(l->date, sizeof l->date, "Date: %a, %d %b %Y %H:%M:%S GMT\r\n", &tm);
+    l->date_s = (uint64_t)t;
+  }
+  return l->date;
+}
+
+static bool skip_rate_limit(const keel_http_server *s, const char *path) {
+  const char *p = s->rate_skip;
+  while (p && *p) {
+    const char *comma = strchr(p, ',');
+    size_t n = comma ? (size_t)(comma - p) : strlen(p);
+    while (n && *p == ' ') p++, n--;
+    if (n && strncmp(path, p, n) == 0) return true;
+    p = comma ? comma + 1 : NULL;
+  }
+  return false;
+}
+
+static const char *metric_method(const char *m) {
+  static const char *known[] = {"GET", "HEAD", "POST", "PUT", "PATCH", "DELETE", "OPTIONS"};
+  for (size_t i = 0; i < sizeof known / sizeof *known; i++)
+    if (strcmp(m, known[i]) == 0) return known[i];
+  return "OTHER";
+}
+
+/* ---- connections: timers and closing ------------------------------------------ */
+
+static void conn_closed(uv_handle_t *h) {
+  keel__conn *c = (keel__conn *)h;
+  free(c->pending);
+  free(c->hfield);
+  free(c->hvalue);
+  free(c);
+}
+
+static void timer_closed(uv_handle_t *h) {
+  keel__conn *c = h->data;
+  uv_close((uv_handle_t *)&c->tcp, conn_closed);
+}
+
+static void conn_close(keel__conn *c) {
+  if (c->closing) return;
+  c->closing = true;
+  keel__listener *l = c->l;
+  if (c->prev) c->prev->next = c->next;
+  else l->conns = c->next;
+  if (c->next) c->next->prev = c->prev;
+  atomic_fetch_sub_explicit(&l->srv->conns, 1, memory_order_relaxed);
+  if (c->rq) {
+    keel_http_req *rq = c->rq;
+    c->rq = NULL;
+    rq->conn = NULL; /* a handler still running finds no connection */
+    if (!c->busy) keel__req_free(rq);
+  }
+  uv_read_stop((uv_stream_t *)&c->tcp);
+  uv_timer_stop(&c->timer);
+  uv_close((uv_handle_t *)&c->timer, timer_closed);
+}
+
+static void on_timer(uv_timer_t *t);
+
+static void timer_set(keel__conn *c, int mode, int64_t ms) {
+  c->tmode = mode;
+  if (mode == T_NONE || ms <= 0) uv_timer_stop(&c->timer);
+  else uv_timer_start(&c->timer, on_timer, (uint64_t)ms, 0);
+}
+
+static void on_linger_read(uv_stream_t *st, ssize_t n, const uv_buf_t *buf) {
+  (void)buf;
+  if (n < 0) conn_close((keel__conn *)st);
+}
+
+static void linger_alloc(uv_handle_t *h, size_t sz, uv_buf_t *buf) {
+  (void)sz;
+  keel__conn *c = (keel__conn *)h;
+  *buf = uv_buf_init(c->l->rbuf, sizeof c->l->rbuf);
+}
+
+static void on_shutdown(uv_shutdown_t *req, int status) {
+  keel__conn *c = req->data;
+  free(req);
+  if (c->closing) return;
+  if (status < 0 || uv_read_start((uv_stream_t *)&c->tcp, linger_alloc, on_linger_read) != 0) {
+    conn_close(c);
+    return;
+  }
+  timer_set(c, T_LINGER, LINGER_MS);
+}
+
+/* Half-closes, then reads and discards until the peer closes or a second
+ * passes, so that unread input does not turn our answer into a reset. */
+static void conn_linger_close(keel__conn *c) {
+  if (c->closing || c->lingering) return;
+  c->lingering = true;
+  uv_read_stop((uv_stream_t *)&c->tcp);
+  uv_shutdown_t *req = malloc(sizeof *req);
+  if (!req) {
+    conn_close(c);
+    return;
+  }
+  req->data = c;
+  if (uv_shutdown(req, (uv_stream_t *)&c->tcp, on_shutdown) != 0) {
+    free(req);
+    conn_close(c);
+  }
+}
+
+static void on_timer(uv_timer_t *t) {
+  keel__conn *c = t->data;
+  switch (c->tmode) {
+  case T_HEAD: /* a head that does not come (slowloris) */
+  case T_BODY: /* a body that stopped coming */
+  case T_IDLE: /* an idle keep-alive connection */
+  case T_LINGER: conn_close(c); break;
+  default: break;
+  }
+}
+
+/* ---- writing ------------------------------------------------------------------------ */
+
+typedef struct wreq {
+  uv_write_t w;
+  char *buf;
+  keel__conn *c;
+} wreq;
+
+static void on_write(uv_write_t *w, int status) {
+  wreq *r = (wreq *)w;
+  keel__conn *c = r->c;
+  size_t queued = w->handle->write_queue_size;
+  free(r->buf);
+  free(r);
+  if (c->closing) return;
+  if (status < 0) conn_close(c);
+  else if (c->close_after && !c->busy && queued == 0) conn_linger_close(c);
+}
+
+/* Writes buf (taking it); false when the connection failed. */
+static bool conn_write(keel__conn *c, char *buf, size_t len) {
+  if (c->closing || c->lingering) {
+    free(buf);
+    return false;
+  }
+  uv_buf_t b = uv_buf_init(buf, (unsigned)len);
+  int n = uv_try_write((uv_stream_t *)&c->tcp, &b, 1);
+  if (n == (int)len) {
+    free(buf);
+    return true;
+  }
+  if (n < 0 && n != UV_EAGAIN) {
+    free(buf);
+    conn_close(c);
+    return false;
+  }
+  size_t off = n > 0 ? (size_t)n : 0;
+  wreq *r = malloc(sizeof *r);
+  if (!r) {
+    free(buf);
+    conn_close(c);
+    return false;
+  }
+  r->buf = buf;
+  r->c = c;
+  b = uv_buf_init(buf + off, (unsigned)(len - off));
+  if (uv_write(&r->w, (uv_stream_t *)&c->tcp, &b, 1, on_write) != 0) {
+    free(buf);
+    free(r);
+    conn_close(c);
+    return false;
+  }
+  return true;
+}
+
+/* ---- responses ------------------------------------------------------------------------ */
+
+typedef struct sbuf {
+  char *p;
+  size_t n, cap;
+  bool oom;
+} sbuf;
+
+static void sb_put(sbuf *b, const char *s, size_t n) {
+  if (b->oom) return;
+  if (b->n + n > b->cap) {
+    size_t cap = b->cap ? b->cap : 1024;
+    while (cap < b->n + n)
+      cap *= 2;
+    char *p = realloc(b->p, cap);
+    if (!p) {
+      b->oom = true;
+      return;
+    }
+    b->p = p;
+    b->cap = cap;
+  }
+  memcpy(b->p + b->n, s, n);
+  b->n += n;
+}
+static void sb_str(sbuf *b, const char *s) { sb_put(b, s, strlen(s)); }
+static void sb_hdr(sbuf *b, const char *name, const char *value) {
+  sb_str(b, name);
+  sb_put(b, ": ", 2);
+  sb_str(b, value);
+  sb_put(b, "\r\n", 2);
+}
+
+static void access_log(keel_http_server *s, keel_http_req *rq, size_t bytes_out) {
+  uint64_t ns = now_ns() - rq->start_ns;
+  double ms = (double)ns / 1e6;
+  const char *route = rq->match.route ? rq->match.route->pattern : "unmatched";
+  int st = rq->res.status;
+  if (s->m_total) {
+    char status[8];
+    snprintf(status, sizeof status, "%d", st);
+    const char *v3[3] = {metric_method(rq->method), route, status};
+    keel_counter *c;
+    if (keel_counter_get(s->m_total, v3, &c) == 0) keel_counter_inc(c);
+    keel_histogram *h;
+    if (keel_histogram_get(s->m_duration, v3, &h) == 0) keel_histogram_observe(h, ms / 1000.0);
+  }
+  if (!s->o.access_log) return;
+  keel_log_level lvl = st >= 500 ? KEEL_LOG_ERROR : st >= 400 ? KEEL_LOG_WARN : KEEL_LOG_INFO;
+  if (keel_log_enabled(lvl)) {
+    const char *ua = keel_http_header(rq, "user-agent");
+    keel_log_field f[] = {KEEL_STR("requestId", rq->reqid),
+                          KEEL_STR("method", rq->method),
+                          KEEL_STR("path", rq->path ? rq->path : rq->target ? rq->target : ""),
+                          KEEL_STR("route", route),
+                          KEEL_INT("status", st),
+                          KEEL_DOUBLE("duration_ms", ms),
+                          KEEL_UINT("bytes_in", rq->bytes_in),
+                          KEEL_UINT("bytes_out", bytes_out),
+                          KEEL_STR("client_ip", rq->client_ip),
+                          KEEL_STR("user_agent", ua ? ua : ""),
+                          KEEL_STR("server", s->name),
+                          KEEL_LOG__END};
+    keel_log_write(NULL, lvl, "request completed", f);
+  }
+  if (s->o.slow_request_ms > 0 && ms > (double)s->o.slow_request_ms &&
+      keel_log_enabled(KEEL_LOG_WARN)) {
+    keel_log_field f[] = {KEEL_STR("requestId", rq->reqid), KEEL_STR("method", rq->method),
+                          KEEL_STR("route", route), KEEL_DOUBLE("duration_ms", ms),
+                          KEEL_INT("threshold_ms", s->o.slow_request_ms), KEEL_LOG__END};
+    keel_log_write(NULL, KEEL_LOG_WARN, "slow request", f);
+  }
+}
+
+static void conn_after_response(keel__conn *c);
+
+/* Serialises rq's response and writes it on its connection, then logs and
+ * counts it. The request stays the connection's until conn_after_response. */
+static void send_response(keel_http_req *rq) {
+  keel_http_server *s = rq->srv;
+  keel__conn *c = rq->conn;
+  rq->responded = true;
+  keel_http_res *res = &rq->res;
+  if (!res->status) keel_http_fail(res, KEEL_HTTP_INTERNAL, "handler returned no response", NULL);
+  if (res->status >= 500 && res->err_log && keel_log_enabled(KEEL_LOG_ERROR)) {
+    keel_log_field f[] = {KEEL_STR("requestId", rq->reqid), KEEL_STR("method", rq->method),
+                          KEEL_STR("path", rq->path ? rq->path : ""),
+                          KEEL_STR("error", res->err_log), KEEL_LOG__END};
+    keel_log_write(NULL, KEEL_LOG_ERROR, "request failed", f);
+  }
+  bool keep = rq->keepalive && !atomic_load_explicit(&s->draining, memory_order_relaxed) &&
+              res->status != 413 && res->status != 431 && res->status != 400;
+  bool head = strcmp(rq->method, "HEAD") == 0;
+  size_t bytes_out = 0;
+  if (c && !c->closing) {
+    sbuf b = {0};
+    char line[64], num[32];
+    snprintf(line, sizeof line, "HTTP/1.1 %d %s\r\n", res->status,
+             keel__status_reason(res->status));
+    sb_str(&b, line);
+    sb_str(&b, date_header(c->l));
+    if (res->len || res->content_type)
+      sb_hdr(&b, "Content-Type", res->content_type ? res->content_type : "application/octet-stream");
+    snprintf(num, sizeof num, "%zu", res->len);
+    if (res->status != 204 && res->status >= 200) sb_hdr(&b, "Content-Length", num);
+    sb_hdr(&b, "Connection", keep ? "keep-alive" : "close");
+    if (rq->reqid[0]) sb_hdr(&b, "X-Request-Id", rq->reqid);
+    if (rq->traceparent[0]) sb_hdr(&b, "traceparent", rq->traceparent);
+    if (s->sec_headers) sb_put(&b, s->sec_headers, s->sec_len);
+    for (size_t i = 0; i < rq->mw.n; i++)
+      sb_hdr(&b, rq->mw.v[i].name, rq->mw.v[i].value);
+    for (size_t i = 0; i < res->headers.n; i++)
+      sb_hdr(&b, res->headers.v[i].name, res->headers.v[i].value);
+    sb_put(&b, "\r\n", 2);
+    if (!head && res->status != 204) sb_put(&b, res->body, res->len);
+    if (!b.oom) {
+      bytes_out = b.n;
+      if (!keep) c->close_after = true;
+      conn_write(c, b.p, b.n);
+    } else {
+      free(b.p);
+      conn_close(c);
+    }
+  }
+  access_log(s, rq, bytes_out);
+  if (!keep && c) c->close_after = true;
+}
+
+/* A response made on the loop, without a handler (errors, preflights). */
+static void respond_now(keel__conn *c, keel_http_req *rq) {
+  send_response(rq);
+  conn_after_response(c);
+}
+
+static void fail_now(keel__conn *c, keel_http_req *rq, keel_http_error_kind kind,
+                     const char *msg) {
+  keel_http_fail(&rq->res, kind, msg, NULL);
+  respond_now(c, rq);
+}
+
+/* ---- handler processes ----------------------------------------------------------------- */
+
+static void release_req(keel_http_req *rq) {
+  if (--rq->refs == 0) keel__req_free(rq);
+}
+
+static void handler_main(void *arg) {
+  keel_http_req *rq = arg;
+  keel_log_context_set(KEEL_STR("requestId", rq->reqid));
+  const keel__route *rt = rq->match.route;
+  int rc = rt->fn(rq, &rq->res, rt->ud);
+  if (rc < 0 && !rq->res.status) {
+    char msg[96];
+    snprintf(msg, sizeof msg, "handler failed: %s", keel_strerror(rc));
+    keel_http_fail(&rq->res, KEEL_HTTP_INTERNAL, msg, NULL);
+  }
+  rq->pid = 0; /* finished: the exit hook sends the response */
+}
+
+/* Runs when the handler process ends, on its scheduler (it is pinned), or on
+ * the thread stopping the runtime for a process that never ran. */
+static void handler_exited(void *arg) {
+  keel_http_req *rq = arg;
+  keel_http_server *s = rq->srv;
+  if (rq->timer && keel_sched_current() >= 0) {
+    uv_timer_stop(rq->timer);
+    uv_close((uv_handle_t *)rq->timer, (uv_close_cb)free);
+    rq->timer = NULL;
+  }
+  atomic_fetch_sub_explicit(&s->in_flight, 1, memory_order_relaxed);
+  if (s->in_flight_g) keel_gauge_dec(s->in_flight_g);
+  keel__conn *c = rq->conn;
+  if (keel_sched_current() < 0) { /* the runtime is stopping: no loop to answer on */
+    if (c) c->busy = false, c->rq = NULL, rq->conn = NULL;
+    release_req(rq);
+    return;
+  }
+  if (!rq->responded) {
+    if (rq->pid) { /* did not finish: crashed or was killed */
+      keel__res_clear(&rq->res);
+      keel_http_fail(&rq->res, KEEL_HTTP_INTERNAL, "handler process crashed", NULL);
+    }
+    if (c) {
+      send_response(rq);
+    } else {
+      rq->responded = true;
+      rq->res.status = rq->res.status ? rq->res.status : 499; /* client closed first */
+      access_log(s, rq, 0);
+    }
+  }
+  if (c) {
+    c->busy = false;
+    conn_after_response(c);
+  }
+  release_req(rq);
+}
+
+static void on_request_timeout(uv_timer_t *t) {
+  keel_http_req *rq = t->data;
+  if (rq->responded) return;
+  rq->timed_out = true;
+  keel__res_clear(&rq->res);
+  keel_http_fail(&rq->res, KEEL_HTTP_UNAVAILABLE, "Request timed out", NULL);
+  if (rq->conn) {
+    send_response(rq);
+  } else {
+    rq->responded = true;
+    access_log(rq->srv, rq, 0);
+  }
+  if (rq->pid) keel_exit_signal(rq->pid, KEEL_REASON_KILL, NULL);
+}
+
+static void dispatch_handler(keel__conn *c, keel_http_req *rq) {
+  keel_http_server *s = c->l->srv;
+  keel_spawn_opts o;
+  keel_spawn_opts_init(&o);
+  o.scheduler = c->l->sched;
+  o.pin = true;
+  o.stack_size = s->o.handler_stack_size;
+  o.name = "http_handler";
+  keel_pid_t pid;
+  c->busy = true;
+  rq->refs = 2;
+  if (keel_spawn(handler_main, rq, &o, &pid) != 0) {
+    rq->refs = 1;
+    c->busy = false;
+    fail_now(c, rq, KEEL_HTTP_UNAVAILABLE, "Server is overloaded");
+    return;
+  }
+  rq->pid = pid;
+  atomic_fetch_add_explicit(&s->in_flight, 1, memory_order_relaxed);
+  if (s->in_flight_g) keel_gauge_inc(s->in_flight_g);
+  if (s->o.request_timeout_ms > 0 && (rq->timer = malloc(sizeof *rq->timer))) {
+    uv_timer_init(c->l->loop, rq->timer);
+    rq->timer->data = rq;
+    uv_timer_start(rq->timer, on_request_timeout, (uint64_t)s->o.request_timeout_ms, 0);
+  }
+  /* the process has not run yet (it is pinned to this thread), so the hook
+   * is in place before anything it does */
+  keel_on_exit_of(pid, handler_exited, rq);
+}
+
+/* ---- dispatch: the middleware on the loop ------------------------------------------------ */
+
+static void set_client_ip(keel__conn *c, keel_http_req *rq) {
+  keel_http_server *s = c->l->srv;
+  const char *xff = s->o.trust_proxy ? keel_http_header(rq, "x-forwarded-for") : NULL;
+  if (xff && *xff) {
+    size_t n = strcspn(xff, ",");
+    while (n && (xff[n - 1] == ' ')) n--;
+    while (*xff == ' ' && n) xff++, n--;
+    if (n && n < sizeof rq->client_ip) {
+      memcpy(rq->client_ip, xff, n);
+      rq->client_ip[n] = 0;
+      return;
+    }
+  }
+  struct sockaddr_storage ss;
+  int len = sizeof ss;
+  rq->client_ip[0] = 0;
+  if (uv_tcp_getpeername(&c->tcp, (struct sockaddr *)&ss, &len) == 0) {
+    if (ss.ss_family == AF_INET)
+      uv_ip4_name((struct sockaddr_in *)&ss, rq->client_ip, sizeof rq->client_ip);
+    else if (ss.ss_family == AF_INET6)
+      uv_ip6_name((struct sockaddr_in6 *)&ss, rq->client_ip, sizeof rq->client_ip);
+  }
+}
+
+static void dispatch(keel__conn *c) {
+  keel_http_req *rq = c->rq;
+  keel_http_server *s = c->l->srv;
+  timer_set(c, T_NONE, 0);
+  rq->keepalive = http_should_keep_alive(&c->parser) != 0;
+  rq->http_minor = c->parser.http_minor;
+  snprintf(rq->method, sizeof rq->method, "%s", http_method_str(c->parser.method));
+
+  /* request id and trace context first: every answer carries them */
+  const char *given = keel_http_header(rq, "x-request-id");
+  if (!given) given = keel_http_header(rq, "x-correlation-id");
+  if (s->o.request_id && given && keel__reqid_valid(given))
+    snprintf(rq->reqid, sizeof rq->reqid, "%s", given);
+  else
+    keel__reqid_make(rq->reqid);
+  if (s->o.request_id) {
+    keel__traceparent tp;
+    const char *tph = keel_http_header(rq, "traceparent");
+    char span[17];
+    keel__traceparent_next(tph && keel__traceparent_parse(tph, &tp) ? &tp : NULL, rq->traceparent,
+                           span);
+  }
+  set_client_ip(c, rq);
+
+  /* the target: path and query */
+  const char *t = rq->target ? rq->target : "/";
+  const char *qm = strchr(t, '?');
+  size_t plen = qm ? (size_t)(qm - t) : strlen(t);
+  rq->path = keel__pct_decode(t, plen, false);
+  rq->query = strdup(qm ? qm + 1 : "");
+  if (!rq->path || !rq->query || rq->path[0] != '/') {
+    fail_now(c, rq, KEEL_HTTP_BAD_REQUEST, "Malformed request target");
+    return;
+  }
+
+  /* CORS: a preflight is answered here */
+  if (s->cors) {
+    keel__cors_verdict v = keel__cors_decide(
+        s->cors, rq->method, keel_http_header(rq, "origin"),
+        keel_http_header(rq, "access-control-request-method"),
+        keel_http_header(rq, "access-control-request-headers"), &rq->mw);
+    if (v == KEEL__CORS_PREFLIGHT_OK) {
+      rq->res.status = 204;
+      respond_now(c, rq);
+      return;
+    }
+    if (v == KEEL__CORS_PREFLIGHT_REFUSED) {
+      fail_now(c, rq, KEEL_HTTP_FORBIDDEN, "CORS preflight refused");
+      return;
+    }
+  }
+
+  /* rate limit */
+  if (s->rl && !skip_rate_limit(s, rq->path)) {
+    keel__rl_result r;
+    keel__ratelimit_hit(s->rl, rq->client_ip, now_ns() / 1000000, &r);
+    char v[32];
+    snprintf(v, sizeof v, "%d", r.limit);
+    keel__hdrs_add(&rq->mw, "X-RateLimit-Limit", v);
+    snprintf(v, sizeof v, "%d", r.remaining);
+    keel__hdrs_add(&rq->mw, "X-RateLimit-Remaining", v);
+    snprintf(v, sizeof v, "%lld", (long long)r.reset_s);
+    keel__hdrs_add(&rq->mw, "X-RateLimit-Reset", v);
+    if (!r.allowed) {
+      snprintf(v, sizeof v, "%lld", (long long)r.retry_after_s);
+      keel__hdrs_add(&rq->mw, "Retry-After", v);
+      keel_http_fail(&rq->res, KEEL_HTTP_RATE_LIMITED, "Too many requests, try again later",
+                     NULL);
+      respond_now(c, rq);
+      return;
+    }
+  }
+
+  /* route */
+  int m = keel__router_match(s->router, rq->method, rq->path, &rq->match);
+  if (m == KEEL_ENOENT) {
+    fail_now(c, rq, KEEL_HTTP_NOT_FOUND, "Route not found");
+    return;
+  }
+  if (m == 1) {
+    keel__hdrs_add(&rq->mw, "Allow", rq->match.allow);
+    fail_now(c, rq, KEEL_HTTP_METHOD_NOT_ALLOWED, "Method not allowed");
+    return;
+  }
+  if (m != 0) {
+    fail_now(c, rq, KEEL_HTTP_BAD_REQUEST, "Malformed path");
+    return;
+  }
+  dispatch_handler(c, rq);
+}
+
+/* ---- parsing --------------------------------------------------------------------------- */
+
+static int append(char **dst, const char *at, size_t n) {
+  size_t old = *dst ? strlen(*dst) : 0;
+  char *p = realloc(*dst, old + n + 1);
+  if (!p) return -1;
+  memcpy(p + old, at, n);
+  p[old + n] = 0;
+  *dst = p;
+  return 0;
+}
+
+static int head_charge(keel__conn *c, size_t n) {
+  c->head_bytes += n;
+  if (c->head_bytes > c->l->srv->o.max_header_bytes) {
+    c->err_status = 431;
+    return -1;
+  }
+  return 0;
+}
+
+static int on_message_begin(http_parser *p) {
+  keel__conn *c = p->data;
+  keel_http_req *rq = calloc(1, sizeof *rq);
+  if (!rq) return -1;
+  rq->srv = c->l->srv;
+  rq->conn = c;
+  rq->refs = 1;
+  rq->start_ns = now_ns();
+  c->rq = rq;
+  c->head_bytes = 0;
+  c->in_value = false;
+  return 0;
+}
+
+static int on_url(http_parser *p, const char *at, size_t n) {
+  keel__conn *c = p->data;
+  if (head_charge(c, n)) return -1;
+  return append(&c->rq->target, at, n);
+}
+
+/* Pushes the header read so far (c->hfield: c->hvalue) onto the request. */
+static int finish_header(keel__conn *c) {
+  keel_http_req *rq = c->rq;
+  if (!c->hfield) return 0;
+  if (rq->nh == MAX_HEADERS) {
+    c->err_status = 431;
+    return -1;
+  }
+  if (rq->nh == rq->caph) {
+    size_t cap = rq->caph ? rq->caph * 2 : 16;
+    char **a = realloc(rq->hname, cap * sizeof *a);
+    if (!a) return -1;
+    rq->hname = a;
+    char **b = realloc(rq->hval, cap * sizeof *b);
+    if (!b) return -1;
+    rq->hval = b;
+    rq->caph = cap;
+  }
+  for (char *q = c->hfield; *q; q++)
+    if (*q >= 'A' && *q <= 'Z') *q = (char)(*q + 32);
+  if (!c->hvalue && !(c->hvalue = strdup(""))) return -1;
+  rq->hname[rq->nh] = c->hfield;
+  rq->hval[rq->nh] = c->hvalue;
+  rq->nh++;
+  c->hfield = c->hvalue = NULL;
+  c->in_value = false;
+  return 0;
+}
+
+static int on_header_field(http_parser *p, const char *at, size_t n) {
+  keel__conn *c = p->data;
+  if (head_charge(c, n + 4)) return -1;
+  if (c->in_value && finish_header(c)) return -1;
+  return append(&c->hfield, at, n);
+}
+
+static int on_header_value(http_parser *p, const char *at, size_t n) {
+  keel__conn *c = p->data;
+  if (head_charge(c, n)) return -1;
+  c->in_value = true;
+  return append(&c->hvalue, at, n);
+}
+
+static int on_headers_complete(http_parser *p) {
+  keel__conn *c = p->data;
+  keel_http_server *s = c->l->srv;
+  if (c->in_value && finish_header(c)) return -1;
+  if ((p->flags & F_CONTENTLENGTH) && p->content_length > s->o.max_body_bytes) {
+    c->err_status = 413;
+    return -1;
+  }
+  keel_http_req *rq = c->rq;
+  const char *expect = keel_http_header(rq, "expect");
+  if (expect && strcasecmp(expect, "100-continue") == 0 && p->http_minor >= 1) {
+    static const char cont[] = "HTTP/1.1 100 Continue\r\n\r\n";
+    char *b = malloc(sizeof cont - 1);
+    if (b) {
+      memcpy(b, cont, sizeof cont - 1);
+      conn_write(c, b, sizeof cont - 1);
+    }
+  }
+  timer_set(c, T_BODY, s->o.body_timeout_ms);
+  return 0;
+}
+
+static int on_body(http_parser *p, const char *at, size_t n) {
+  keel__conn *c = p->data;
+  keel_http_req *rq = c->rq;
+  if (rq->body_len + n > c->l->srv->o.max_body_bytes) {
+    c->err_status = 413;
+    return -1;
+  }
+  if (rq->body_len + n + 1 > rq->body_cap) {
+    size_t cap = rq->body_cap ? rq->body_cap : 1024;
+    while (cap < rq->body_len + n + 1)
+      cap *= 2;
+    char *b = realloc(rq->body, cap);
+    if (!b) return -1;
+    rq->body = b;
+    rq->body_cap = cap;
+  }
+  memcpy(rq->body + rq->body_len, at, n);
+  rq->body_len += n;
+  rq->body[rq->body_len] = 0;
+  return 0;
+}
+
+static int on_message_complete(http_parser *p) {
+  keel__conn *c = p->data;
+  c->ready = true;
+  http_parser_pause(p, 1);
+  return 0;
+}
+
+/* Parses data; dispatches a complete request; keeps bytes after it for later.
+ * Returns false when the connection was closed or answered with an error. */
+static bool conn_feed(keel__conn *c, const char *data, size_t n) {
+  keel_http_server *s = c->l->srv;
+  if (!n) return true;
+  if (!c->rq && !c->busy) timer_set(c, T_HEAD, s->o.header_timeout_ms); /* a new request begins */
+  else if (c->tmode == T_BODY) timer_set(c, T_BODY, s->o.body_timeout_ms); /* it keeps coming */
+  size_t used = http_parser_execute(&c->parser, &settings, data, n);
+  enum http_errno e = HTTP_PARSER_ERRNO(&c->parser);
+  if (c->rq) c->rq->bytes_in += used;
+  if (e != HPE_OK && e != HPE_PAUSED) {
+    keel_http_req *rq = c->rq;
+    if (!rq) { /* failed before a message began */
+      on_message_begin(&c->parser);
+      rq = c->rq;
+      if (!rq) {
+        conn_close(c);
+        return false;
+      }
+    }
+    c->ready = false;
+    keel_http_error_kind k = c->err_status == 413   ? KEEL_HTTP_TOO_LARGE
+                             : c->err_status == 431 ? KEEL_HTTP_HEADERS_TOO_LARGE
+                                                    : KEEL_HTTP_BAD_REQUEST;
+    const char *msg = k == KEEL_HTTP_TOO_LARGE           ? "Request body too large"
+                      : k == KEEL_HTTP_HEADERS_TOO_LARGE ? "Request headers too large"
+                                                         : http_errno_description(e);
+    if (!rq->reqid[0]) keel__reqid_make(rq->reqid);
+    snprintf(rq->method, sizeof rq->method, "%s", http_method_str(c->parser.method));
+    set_client_ip(c, rq);
+    rq->keepalive = false;
+    c->close_after = true;
+    fail_now(c, rq, k, msg);
+    return false;
+  }
+  if (used < n) { /* after a complete request: keep the rest for later */
+    char *p = malloc(n - used + c->npending);
+    if (!p) {
+      conn_close(c);
+      return false;
+    }
+    memcpy(p, data + used, n - used);
+    free(c->pending);
+    c->pending = p;
+    c->npending = n - used;
+  }
+  if (c->ready) {
+    c->ready = false;
+    uv_read_stop((uv_stream_t *)&c->tcp);
+    dispatch(c);
+  }
+  return !c->closing;
+}
+
+static void on_read(uv_stream_t *st, ssize_t n, const uv_buf_t *buf) {
+  keel__conn *c = (keel__conn *)st;
+  if (n < 0) {
+    conn_close(c);
+    return;
+  }
+  conn_feed(c, buf->base, (size_t)n);
+}
+
+static void on_alloc(uv_handle_t *h, size_t sz, uv_buf_t *buf) {
+  (void)sz;
+  keel__conn *c = (keel__conn *)h;
+  *buf = uv_buf_init(c->l->rbuf, sizeof c->l->rbuf);
+}
+
+/* After a response: the next pipelined request, or wait for one. */
+static void conn_after_response(keel__conn *c) {
+  if (c->closing || c->busy) return;
+  keel_http_req *rq = c->rq;
+  c->rq = NULL;
+  if (rq) release_req(rq);
+  if (c->close_after) {
+    if (uv_stream_get_write_queue_size((uv_stream_t *)&c->tcp) == 0) conn_linger_close(c);
+    return; /* else on_write closes it */
+  }
+  http_parser_pause(&c->parser, 0);
+  if (c->npending) {
+    char *p = c->pending;
+    size_t n = c->npending;
+    c->pending = NULL;
+    c->npending = 0;
+    /* the bytes move out of c before parsing: the parser may keep a new rest */
+    if (c->l->srv && n) {
+      char *copy = p;
+      bool ok = conn_feed(c, copy, n);
+      free(copy);
+      if (!ok || c->busy || c->closing) return;
+      if (c->rq) { /* a partial request: read the rest */
+        uv_read_start((uv_stream_t *)&c->tcp, on_alloc, on_read);
+        return;
+      }
+    } else {
+      free(p);
+    }
+  }
+  if (atomic_load_explicit(&c->l->srv->draining, memory_order_relaxed)) {
+    conn_linger_close(c);
+    return;
+  }
+  if (uv_read_start((uv_stream_t *)&c->tcp, on_alloc, on_read) != 0) {
+    conn_close(c);
+    return;
+  }
+  timer_set(c, T_IDLE, c->l->srv->o.keepalive_timeout_ms);
+}
+
+/* ---- accepting ----------------------------------------------------------------------------- */
+
+static void on_connection(uv_stream_t *server, int status) {
+  keel__listener *l = server->data;
+  if (status < 0) return;
+  keel__conn *c = calloc(1, sizeof *c);
+  if (!c) return;
+  c->l = l;
+  uv_tcp_init(l->loop, &c->tcp);
+  if (uv_accept(server, (uv_stream_t *)&c->tcp) != 0) {
+    uv_close((uv_handle_t *)&c->tcp, (uv_close_cb)free);
+    return;
+  }
+  uv_tcp_nodelay(&c->tcp, 1);
+  uv_timer_init(l->loop, &c->timer);
+  c->timer.data = c;
+  http_parser_init(&c->parser, HTTP_REQUEST);
+  c->parser.data = c;
+  c->next = l->conns;
+  if (l->conns) l->conns->prev = c;
+  l->conns = c;
+  atomic_fetch_add_explicit(&l->srv->conns, 1, memory_order_relaxed);
+  if (uv_read_start((uv_stream_t *)&c->tcp, on_alloc, on_read) != 0) {
+    conn_close(c);
+    return;
+  }
+  timer_set(c, T_HEAD, l->srv->o.header_timeout_ms);
+}
+
+static void listener_closed(uv_handle_t *h) {
+  keel__listener *l = h->data;
+  atomic_store_explicit(&l->closed, true, memory_order_release);
+}
+
+static void listener_close(keel__listener *l) {
+  if (l->tcp_open && !uv_is_closing((uv_handle_t *)&l->tcp))
+    uv_close((uv_handle_t *)&l->tcp, listener_closed);
+  l->listening = false;
+}
+
+/* The acceptor: puts the socket on its scheduler's loop, then obeys control
+ * messages. It is pinned, so it runs on the thread of that loop. */
+static void acceptor_main(void *arg) {
+  keel__listener *l = arg;
+  keel_io_t io;
+  keel_io_begin(&io);
+  l->loop = keel_io_loop(&io);
+  int rc = uv_tcp_init(l->loop, &l->tcp);
+  l->tcp.data = l;
+  if (rc == 0) {
+    l->tcp_open = true;
+    rc = uv_tcp_open(&l->tcp, l->fd);
+  }
+  if (rc == 0) rc = uv_listen((uv_stream_t *)&l->tcp, 1024, on_connection);
+  if (rc == 0) l->listening = true;
+  else if (!l->tcp_open) close(l->fd);
+  if (!l->tcp_open) atomic_store(&l->closed, true);
+  for (;;) {
+    keel_msg_t *m;
+    if (keel_receive(&m, KEEL_INFINITY) != 0) continue;
+    if (keel_msg_tag(m) != TAG_CTL || keel_msg_size(m) != sizeof(int)) {
+      keel_msg_free(m);
+      continue;
+    }
+    int op;
+    memcpy(&op, keel_msg_data(m), sizeof op);
+    keel_pid_t from = keel_msg_from(m);
+    keel_msg_free(m);
+    listener_close(l);
+    for (keel__conn *c = l->conns, *next; c; c = next) {
+      next = c->next;
+      if (op == CTL_STOP) conn_close(c);
+      else if (!c->busy && !c->rq) conn_linger_close(c); /* idle: closed now */
+      else c->close_after = true; /* answered with Connection: close */
+    }
+    keel_msg_t *ack = keel_msg_new(TAG_CTL, 0);
+    if (ack) keel_send(from, ack);
+    if (op == CTL_STOP) break;
+  }
+  keel_io_end(&io);
+}
+
+/* ---- sockets ----------------------------------------------------------------------------------- */
+
+static int bind_socket(const char *host, int port, int *fd_out, int *port_out) {
+  struct addrinfo hints = {.ai_family = AF_UNSPEC, .ai_socktype = SOCK_STREAM,
+                           .ai_flags = AI_PASSIVE | AI_NUMERICSERV};
+  struct addrinfo *res;
+  char ps[16];
+  snprintf(ps, sizeof ps, "%d", port);
+  if (getaddrinfo(host, ps, &hints, &res) != 0) return KEEL_EINVAL;
+  int rc = KEEL_EIO;
+  for (struct addrinfo *a = res; a; a = a->ai_next) {
+    int fd = socket(a->ai_family, a->ai_socktype | SOCK_CLOEXEC | SOCK_NONBLOCK, 0);
+    if (fd < 0) continue;
+    int one = 1;
+    setsockopt(fd, SOL_SOCKET, SO_REUSEADDR, &one, sizeof one);
+    setsockopt(fd, SOL_SOCKET, SO_REUSEPORT, &one, sizeof one);
+    if (bind(fd, a->ai_addr, a->ai_addrlen) == 0 && listen(fd, 1024) == 0) {
+      struct sockaddr_storage ss;
+      socklen_t sl = sizeof ss;
+      getsockname(fd, (struct sockaddr *)&ss, &sl);
+      *port_out = ntohs(ss.ss_family == AF_INET6 ? ((struct sockaddr_in6 *)&ss)->sin6_port
+                                                 : ((struct sockaddr_in *)&ss)->sin_port);
+      *fd_out = fd;
+      rc = 0;
+      break;
+    }
+    rc = errno == EADDRINUSE ? KEEL_EEXIST : KEEL_EIO;
+    close(fd);
+  }
+  freeaddrinfo(res);
+  return rc;
+}
+
+/* systemd socket activation: LISTEN_PID is us and LISTEN_FDS >= 1; the
+ * sockets start at fd 3. Returns the first one or -1. */
+static int listen_fd_from_env(void) {
+  const char *pid = getenv("LISTEN_PID"), *n = getenv("LISTEN_FDS");
+  if (!pid || !n || atol(pid) != (long)getpid() || atoi(n) < 1) return -1;
+  return 3;
+}
+
+/* ---- start, drain, stop ------------------------------------------------------------------------ */
+
+static void server_free(keel_http_server *s) {
+  if (!s) return;
+  keel_http_router_free(s->router);
+  keel__ratelimit_free(s->rl);
+  keel__cors_free(s->cors);
+  free(s->sec_headers);
+  free(s->host);
+  free(s->name);
+  free(s->csp);
+  free(s->cors_origins);
+  free(s->rate_skip);
+  free(s->ls);
+  free(s);
+}
+
+static int setup_middleware(keel_http_server *s) {
+  if (s->o.rate_limit > 0) {
+    s->rl = keel__ratelimit_new(s->o.rate_limit, s->o.rate_window_ms, s->o.rate_max_clients);
+    if (!s->rl) return KEEL_ENOMEM;
+  }
+  if (s->cors_origins && *s->cors_origins) {
+    int err = 0;
+    s->cors = keel__cors_new(s->cors_origins, s->o.cors_credentials, s->o.cors_max_age_s, &err);
+    if (!s->cors) return err ? err : KEEL_ENOMEM;
+  }
+  if (s->o.security_headers) {
+    keel__hdrs h = {0};
+    int rc = keel__security_headers(&h, s->o.hsts, s->csp);
+    sbuf b = {0};
+    for (size_t i = 0; !rc && i < h.n; i++)
+      sb_hdr(&b, h.v[i].name, h.v[i].value);
+    keel__hdrs_free(&h);
+    if (rc || b.oom) {
+      free(b.p);
+      return rc ? rc : KEEL_ENOMEM;
+    }
+    s->sec_headers = b.p;
+    s->sec_len = b.n;
+  }
+  if (s->o.metrics) {
+    static const char *const l3[] = {"method", "route", "status"};
+    static const double buckets[] = {0.001, 0.005, 0.01, 0.025, 0.05, 0.1,
+                                     0.25,  0.5,   1,    2.5,   5,    10};
+    int rc = keel_metrics_counter(s->o.metrics, "http_requests_total", "HTTP requests answered.",
+                                  l3, 3, &s->m_total);
+    if (!rc)
+      rc = keel_metrics_histogram(s->o.metrics, "http_request_duration_seconds",
+                                  "HTTP request duration in seconds.", l3, 3, buckets,
+                                  sizeof buckets / sizeof *buckets, &s->m_duration);
+    if (!rc)
+      rc = keel_metrics_gauge(s->o.metrics, "http_requests_in_flight",
+                              "HTTP requests being handled now.", NULL, 0, &s->m_in_flight);
+    if (!rc) rc = keel_gauge_get(s->m_in_flight, NULL, &s->in_flight_g);
+    if (rc) return rc;
+  }
+  return 0;
+}
+
+static void settings_init(void) {
+  http_parser_settings_init(&settings);
+  settings.on_message_begin = on_message_begin;
+  settings.on_url = on_url;
+  settings.on_header_field = on_header_field;
+  settings.on_header_value = on_header_value;
+  settings.on_headers_complete = on_headers_complete;
+  settings.on_body = on_body;
+  settings.on_message_complete = on_message_complete;
+}
+
+static char *dup_or_null(const char *s) { return s ? strdup(s) : NULL; }
+
+int keel_http_start(const keel_http_options *o, keel_http_router *router, keel_http_server **out) {
+  if (out) *out = NULL;
+  if (!o || !router || !out) return KEEL_EINVAL;
+  if (!keel_self()) return KEEL_ENOTPROC;
+  if (o->port < 0 || o->port > 65535 || !o->max_header_bytes || !o->max_body_bytes)
+    return KEEL_EINVAL;
+  static pthread_once_t once = PTHREAD_ONCE_INIT;
+  pthread_once(&once, settings_init);
+
+  keel_http_server *s = calloc(1, sizeof *s);
+  if (!s) return KEEL_ENOMEM;
+  s->o = *o;
+  s->host = strdup(o->host ? o->host : "0.0.0.0");
+  s->name = strdup(o->name ? o->name : "api");
+  s->csp = dup_or_null(o->csp);
+  s->cors_origins = dup_or_null(o->cors_origins);
+  s->rate_skip = dup_or_null(o->rate_limit_skip);
+  s->router = router;
+  int rc = (!s->host || !s->name) ? KEEL_ENOMEM : setup_middleware(s);
+  s->nl = keel_sched_count();
+  if (!rc && !(s->ls = calloc((size_t)s->nl, sizeof *s->ls))) rc = KEEL_ENOMEM;
+  if (rc) {
+    s->router = NULL; /* the caller keeps it on failure */
+    server_free(s);
+    return rc;
+  }
+  /* the sockets: passed by systemd, or bound here (errors surface now) */
+  int passed = o->use_listen_fds ? listen_fd_from_env() : -1;
+  int port = o->port;
+  for (int i = 0; i < s->nl && !rc; i++) {
+    keel__listener *l = &s->ls[i];
+    l->srv = s;
+    l->sched = i;
+    l->fd = -1;
+    if (passed >= 0) {
+      l->fd = dup(passed);
+      if (l->fd < 0) rc = KEEL_EIO;
+      struct sockaddr_storage ss;
+      socklen_t sl = sizeof ss;
+      if (!rc && getsockname(l->fd, (struct sockaddr *)&ss, &sl) == 0)
+        port = ntohs(ss.ss_family == AF_INET6 ? ((struct sockaddr_in6 *)&ss)->sin6_port
+                                              : ((struct sockaddr_in *)&ss)->sin_port);
+    } else {
+      rc = bind_socket(s->host, port, &l->fd, &port); /* port 0: the first picks, others follow */
+    }
+  }
+  s->port = port;
+  if (rc) {
+    for (int i = 0; i < s->nl; i++)
+      if (s->ls[i].fd >= 0) close(s->ls[i].fd);
+    if (keel_log_enabled(KEEL_LOG_ERROR)) {
+      keel_log_field f[] = {KEEL_STR("server", s->name), KEEL_STR("host", s->host),
+                            KEEL_INT("port", o->port), KEEL_STR("error", keel_strerror(rc)),
+                            KEEL_LOG__END};
+      keel_log_write(NULL, KEEL_LOG_ERROR, "http listen failed", f);
+    }
+    s->router = NULL;
+    server_free(s);
+    return rc;
+  }
+  for (int i = 0; i < s->nl; i++) {
+    keel_spawn_opts so;
+    keel_spawn_opts_init(&so);
+    so.scheduler = i;
+    so.pin = true;
+    so.name = "http_acceptor";
+    if (keel_spawn(acceptor_main, &s->ls[i], &so, &s->ls[i].acceptor) != 0) {
+      close(s->ls[i].fd);
+      s->ls[i].acceptor = 0;
+    }
+  }
+  if (keel_log_enabled(KEEL_LOG_INFO)) {
+    keel_log_field f[] = {KEEL_STR("server", s->name), KEEL_STR("host", s->host),
+                          KEEL_INT("port", s->port), KEEL_INT("listeners", s->nl),
+                          KEEL_BOOL("socket_activation", passed >= 0), KEEL_LOG__END};
+    keel_log_write(NULL, KEEL_LOG_INFO, "http listening", f);
+  }
+  *out = s;
+  return 0;
+}
+
+int keel_http_port(const keel_http_server *s) { return s ? s->port : -1; }
+
+size_t keel_http_in_flight(const keel_http_server *s) {
+  return s ? atomic_load_explicit(&s->in_flight, memory_order_relaxed) : 0;
+}
+
+size_t keel_http_connections(const keel_http_server *s) {
+  return s ? atomic_load_explicit(&s->conns, memory_order_relaxed) : 0;
+}
+
+static bool is_ctl(const keel_msg_t *m, void *arg) {
+  (void)arg;
+  return keel_msg_tag(m) == TAG_CTL;
+}
+
+/* Sends op to every acceptor and waits for their acknowledgements. */
+static void control_all(keel_http_server *s, int op) {
+  int sent = 0;
+  for (int i = 0; i < s->nl; i++) {
+    if (!s->ls[i].acceptor) continue;
+    if (keel_send(s->ls[i].acceptor, keel_msg_copy(TAG_CTL, &op, sizeof op)) == 0) sent++;
+  }
+  for (int i = 0; i < sent; i++) {
+    keel_msg_t *m;
+    if (keel_receive_match(is_ctl, NULL, &m, 10000) != 0) break;
+    keel_msg_free(m);
+  }
+}
+
+int keel_http_drain(keel_http_server *s, int64_t timeout_ms) {
+  if (!s) return KEEL_EINVAL;
+  if (!keel_self()) return KEEL_ENOTPROC;
+  bool was = atomic_exchange(&s->draining, true);
+  if (!was) control_all(s, CTL_DRAIN);
+  int64_t waited = 0;
+  while (keel_http_in_flight(s) > 0 || keel_http_connections(s) > 0) {
+    if (timeout_ms != KEEL_INFINITY && waited >= timeout_ms) return KEEL_ETIMEDOUT;
+    keel_sleep(10);
+    waited += 10;
+  }
+  return 0;
+}
+
+int keel_http_stop(keel_http_server *s) {
+  if (!s) return KEEL_EINVAL;
+  if (!keel_self()) return KEEL_ENOTPROC;
+  atomic_store(&s->draining, true);
+  atomic_store(&s->stopping, true);
+  control_all(s, CTL_STOP);
+  /* handlers still running hold their requests (and through them the
+   * server): wait for them to finish; they are not killed, but their
+   * answers go nowhere */
+  for (int i = 0; keel_http_in_flight(s) > 0; i++)
+    keel_sleep(i < 100 ? 1 : 10);
+  /* the listening handles live in s->ls: wait for their close callbacks */
+  for (int i = 0; i < s->nl; i++)
+    while (s->ls[i].acceptor && !atomic_load_explicit(&s->ls[i].closed, memory_order_acquire))
+      keel_sleep(1);
+  server_free(s);
+  return 0;
+}
