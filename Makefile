@@ -2,7 +2,7 @@
 # names the builds and runs them.
 #
 #   make            build (build/)
-#   make run        build and run the example service
+#   make run        build and run the reference microservice (foreground; Ctrl-C stops it)
 #   make test       the whole suite: normal build, then ASan+UBSan, then the
 #                   concurrency tests under TSan, then the portable context switch
 #   make bench      the benchmarks (JSON lines)
@@ -31,8 +31,7 @@ build: build/Makefile
 	cmake --build build -j$(JOBS)
 
 run: build
-	./build/examples/hello_processes
-	./build/examples/supervision_tree
+	./build/bin/microservice
 
 test: deps test-release test-asan test-tsan test-portable test-cross test-install
 	@echo "make test: all suites passed"

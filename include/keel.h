@@ -20,5 +20,6 @@
 #include "keel/log.h"
 #include "keel/health.h"
 #include "keel/alerts.h"
+#include "keel/observer.h"
 
 #endif

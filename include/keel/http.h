@@ -195,6 +195,27 @@ int keel_http_stop(keel_http_server *s);
 size_t keel_http_in_flight(const keel_http_server *s);
 size_t keel_http_connections(const keel_http_server *s);
 
+/* ---- the admin port ------------------------------------------------------- */
+
+/* A second server for operators (see src/http/admin.c): GET /health/live,
+ * /health/ready, /health/startup, /health (keel/health.h), /metrics (when
+ * metrics is set; text or OpenMetrics by Accept) and /admin/observer (the
+ * observer snapshot as JSON, when observer is true). No rate limit, no CORS,
+ * no access log unless asked. */
+typedef struct keel_admin_options {
+  const char *host;      /* default "0.0.0.0" */
+  int port;              /* default 9090 (HEALTH_PORT); 0: ephemeral */
+  keel_metrics *metrics; /* served at /metrics; NULL: no /metrics */
+  bool observer;         /* serve /admin/observer; default true */
+  bool access_log;       /* default false: probes would bury the API's lines */
+} keel_admin_options;
+
+void keel_admin_options_init(keel_admin_options *o);
+
+/* Starts the admin server; stop it with keel_http_drain / keel_http_stop.
+ * Call from a keel process. Errors as keel_http_start. */
+int keel_admin_start(const keel_admin_options *o, keel_http_server **out);
+
 #ifdef __cplusplus
 }
 #endif
