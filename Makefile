@@ -7,6 +7,7 @@
 #                   concurrency tests under TSan, then the portable context switch
 #   make bench      the benchmarks (JSON lines)
 #   make bench-compare   the same workloads on keel and on Erlang/OTP, side by side
+#   make bench-http the HTTP server against Fastify and nginx (wrk)
 #   make install    headers, libraries, keel.pc, CMake package (PREFIX=/usr/local)
 #   make clean
 
@@ -14,15 +15,16 @@ PREFIX ?= /usr/local
 JOBS ?= $(shell nproc)
 WERROR ?= $(if $(CI),ON,OFF)
 CMAKE_FLAGS ?=
+DEPS_FLAGS ?=
 CTEST = ctest --output-on-failure --no-tests=error
 
 .PHONY: all build run test test-release test-asan test-tsan test-portable test-cross test-install \
-        bench bench-compare install clean deps
+        bench bench-compare bench-http install clean deps
 
 all: build
 
 deps:
-	@scripts/install-deps.sh
+	@scripts/install-deps.sh $(DEPS_FLAGS)
 
 build/Makefile: deps
 	cmake -S . -B build -DKEEL_WERROR=$(WERROR) $(CMAKE_FLAGS)
@@ -81,6 +83,11 @@ bench: build
 bench-compare: build
 	@scripts/install-deps.sh --bench
 	bench/compare-run.sh build 3
+
+# keel's HTTP server against Fastify (Node.js, npm) and nginx, with wrk.
+bench-http: build
+	@scripts/install-deps.sh --bench
+	ROUNDS=3 bench/http/run.sh build
 
 install: build
 	cmake --install build --prefix $(PREFIX)

@@ -7,16 +7,20 @@
 #   scripts/install-deps.sh --bench  also what `make bench-compare` needs
 set -euo pipefail
 
-# build: compiler, cmake, libuv, jansson (JSON outside the hot paths). test: a cross compiler and qemu to run the
-# AArch64 context switch (tests/ctx/run-cross.sh); prometheus for promtool,
-# which checks the metrics exposition (tests/ops/test_promtool.sh); jq, which
-# reads log lines back (tests/ops/test_log_jq.sh).
-packages=(build-essential cmake pkg-config libuv1-dev libjansson-dev
-  gcc-aarch64-linux-gnu libc6-dev-arm64-cross qemu-user
-  prometheus jq)
-if [[ "${1:-}" == "--bench" ]]; then
-  packages+=(erlang-base)
-fi
+# build: compiler, cmake, libuv, jansson (JSON outside the hot paths),
+# http-parser (the HTTP/1.1 parser, see docs/decisions/0006). test: a cross
+# compiler and qemu to run the AArch64 context switch (tests/ctx/run-cross.sh);
+# prometheus for promtool and a real scrape (tests/ops/test_prom*.sh); jq and
+# curl, which read logs and talk to the microservice in the test scripts.
+# --build: only what building needs (the Docker image). --bench: also the
+# systems keel is compared with (Erlang/OTP, nginx) and wrk.
+build_packages=(build-essential cmake pkg-config libuv1-dev libjansson-dev libhttp-parser-dev)
+test_packages=(gcc-aarch64-linux-gnu libc6-dev-arm64-cross qemu-user prometheus jq curl)
+case "${1:-}" in
+  --build) packages=("${build_packages[@]}") ;;
+  --bench) packages=("${build_packages[@]}" "${test_packages[@]}" erlang-base wrk nginx-light) ;;
+  *) packages=("${build_packages[@]}" "${test_packages[@]}") ;;
+esac
 
 missing=()
 for p in "${packages[@]}"; do
