@@ -18,7 +18,7 @@ CMAKE_FLAGS ?=
 DEPS_FLAGS ?=
 CTEST = ctest --output-on-failure --no-tests=error
 
-.PHONY: all build run test test-release test-asan test-tsan test-portable test-cross test-install \
+.PHONY: all build run test test-release test-asan test-tsan test-portable test-cross test-install test-fuzz \
         bench bench-compare bench-http install clean deps
 
 all: build
@@ -35,7 +35,7 @@ build: build/Makefile
 run: build
 	./build/bin/microservice
 
-test: deps test-release test-asan test-tsan test-portable test-cross test-install
+test: deps test-release test-asan test-tsan test-portable test-cross test-install test-fuzz
 	@echo "make test: all suites passed"
 
 test-release:
@@ -89,8 +89,16 @@ bench-http: build
 	@scripts/install-deps.sh --bench
 	ROUNDS=3 bench/http/run.sh build
 
+# The HTTP request path under libFuzzer (clang, ASan+UBSan), FUZZ_SECONDS long.
+test-fuzz:
+	cmake -S . -B build-fuzz -DCMAKE_C_COMPILER=clang -DKEEL_FUZZ=ON \
+	      -DKEEL_SANITIZE=address,undefined -DCMAKE_BUILD_TYPE=Debug \
+	      -DKEEL_BUILD_BENCH=OFF -DKEEL_BUILD_EXAMPLES=OFF $(CMAKE_FLAGS)
+	cmake --build build-fuzz -j$(JOBS) --target fuzz_http_request
+	cd build-fuzz && $(CTEST) -L fuzz
+
 install: build
 	cmake --install build --prefix $(PREFIX)
 
 clean:
-	rm -rf build build-asan build-tsan build-portable
+	rm -rf build build-asan build-tsan build-portable build-fuzz
