@@ -65,6 +65,9 @@ typedef struct keel_spawn_opts {
   bool pin;                /* run only on `scheduler` (or the spawner's) for its whole life,
                               never stolen: for processes that use that scheduler's libuv
                               handles (the HTTP server's request handlers) */
+  void (*on_exit)(void *arg); /* if set: runs when the process exits, however it exits
+                                 (as keel_on_exit), registered atomically with the spawn */
+  void *on_exit_arg;
 } keel_spawn_opts;
 
 /* Fills *o with defaults: scheduler -1, everything else 0. */

@@ -79,8 +79,10 @@ struct keel__conn {
   uv_tcp_t tcp; /* first: the handle's address is the connection's */
   keel__listener *l;
   keel__conn *prev, *next;
-  uv_timer_t timer;
+  uv_timer_t timer;  /* head, body, keep-alive and linger timeouts */
+  uv_timer_t rtimer; /* the request timeout of the request being handled */
   int tmode;
+  char peer[64]; /* the client's address, read once at accept */
   http_parser parser;
   keel_http_req *rq; /* being parsed, or handled when busy */
   char *hfield, *hvalue; /* the header being read */
@@ -90,6 +92,8 @@ struct keel__conn {
   bool ready;     /* a request is complete (parser paused) */
   bool busy;      /* a request is being handled */
   bool closing, close_after, lingering;
+  bool reading; /* uv_read_start is in effect */
+  bool eof;     /* the client half-closed while a request was being handled */
   char *pending; /* bytes after the request being handled (pipelining) */
   size_t npending;
   size_t bytes_read; /* of the request being parsed */
@@ -189,9 +193,14 @@ static void conn_closed(uv_handle_t *h) {
   free(c);
 }
 
+static void rtimer_closed(uv_handle_t *h) {
+  keel__conn *c = (keel__conn *)((char *)h - offsetof(keel__conn, rtimer));
+  uv_close((uv_handle_t *)&c->tcp, conn_closed);
+}
+
 static void timer_closed(uv_handle_t *h) {
   keel__conn *c = h->data;
-  uv_close((uv_handle_t *)&c->tcp, conn_closed);
+  uv_close((uv_handle_t *)&c->rtimer, rtimer_closed);
 }
 
 static void conn_close(keel__conn *c) {
@@ -209,7 +218,9 @@ static void conn_close(keel__conn *c) {
     if (!c->busy) keel__req_free(rq);
   }
   uv_read_stop((uv_stream_t *)&c->tcp);
+  c->reading = false;
   uv_timer_stop(&c->timer);
+  uv_timer_stop(&c->rtimer); /* a handler still running is not timed out any more */
   uv_close((uv_handle_t *)&c->timer, timer_closed);
 }
 
@@ -249,6 +260,7 @@ static void conn_linger_close(keel__conn *c) {
   if (c->closing || c->lingering) return;
   c->lingering = true;
   uv_read_stop((uv_stream_t *)&c->tcp);
+  c->reading = false;
   uv_shutdown_t *req = malloc(sizeof *req);
   if (!req) {
     conn_close(c);
@@ -338,7 +350,7 @@ typedef struct sbuf {
 static void sb_put(sbuf *b, const char *s, size_t n) {
   if (b->oom) return;
   if (b->n + n > b->cap) {
-    size_t cap = b->cap ? b->cap : 1024;
+    size_t cap = b->cap ? b->cap : 2048;
     while (cap < b->n + n)
       cap *= 2;
     char *p = realloc(b->p, cap);
@@ -491,14 +503,10 @@ static void handler_main(void *arg) {
 static void handler_exited(void *arg) {
   keel_http_req *rq = arg;
   keel_http_server *s = rq->srv;
-  if (rq->timer && keel_sched_current() >= 0) {
-    uv_timer_stop(rq->timer);
-    uv_close((uv_handle_t *)rq->timer, (uv_close_cb)free);
-    rq->timer = NULL;
-  }
   atomic_fetch_sub_explicit(&s->in_flight, 1, memory_order_relaxed);
   if (s->in_flight_g) keel_gauge_dec(s->in_flight_g);
   keel__conn *c = rq->conn;
+  if (c && keel_sched_current() >= 0) uv_timer_stop(&c->rtimer);
   if (keel_sched_current() < 0) { /* the runtime is stopping: no loop to answer on */
     if (c) c->busy = false, c->rq = NULL, rq->conn = NULL;
     release_req(rq);
@@ -547,6 +555,8 @@ static void dispatch_handler(keel__conn *c, keel_http_req *rq) {
   o.pin = true;
   o.stack_size = s->o.handler_stack_size;
   o.name = "http_handler";
+  o.on_exit = handler_exited; /* registered with the spawn: it runs however the process ends */
+  o.on_exit_arg = rq;
   keel_pid_t pid;
   c->busy = true;
   rq->refs = 2;
@@ -559,14 +569,10 @@ static void dispatch_handler(keel__conn *c, keel_http_req *rq) {
   rq->pid = pid;
   atomic_fetch_add_explicit(&s->in_flight, 1, memory_order_relaxed);
   if (s->in_flight_g) keel_gauge_inc(s->in_flight_g);
-  if (s->o.request_timeout_ms > 0 && (rq->timer = malloc(sizeof *rq->timer))) {
-    uv_timer_init(c->l->loop, rq->timer);
-    rq->timer->data = rq;
-    uv_timer_start(rq->timer, on_request_timeout, (uint64_t)s->o.request_timeout_ms, 0);
+  if (s->o.request_timeout_ms > 0) {
+    c->rtimer.data = rq;
+    uv_timer_start(&c->rtimer, on_request_timeout, (uint64_t)s->o.request_timeout_ms, 0);
   }
-  /* the process has not run yet (it is pinned to this thread), so the hook
-   * is in place before anything it does */
-  keel_on_exit_of(pid, handler_exited, rq);
 }
 
 /* ---- dispatch: the middleware on the loop ------------------------------------------------ */
@@ -584,15 +590,7 @@ static void set_client_ip(keel__conn *c, keel_http_req *rq) {
       return;
     }
   }
-  struct sockaddr_storage ss;
-  int len = sizeof ss;
-  rq->client_ip[0] = 0;
-  if (uv_tcp_getpeername(&c->tcp, (struct sockaddr *)&ss, &len) == 0) {
-    if (ss.ss_family == AF_INET)
-      uv_ip4_name((struct sockaddr_in *)&ss, rq->client_ip, sizeof rq->client_ip);
-    else if (ss.ss_family == AF_INET6)
-      uv_ip6_name((struct sockaddr_in6 *)&ss, rq->client_ip, sizeof rq->client_ip);
-  }
+  memcpy(rq->client_ip, c->peer, sizeof rq->client_ip);
 }
 
 static void dispatch(keel__conn *c) {
@@ -869,16 +867,43 @@ static bool conn_feed(keel__conn *c, const char *data, size_t n) {
   }
   if (c->ready) {
     c->ready = false;
-    uv_read_stop((uv_stream_t *)&c->tcp);
     dispatch(c);
   }
   return !c->closing;
 }
 
+#define PENDING_MAX (4 * READ_BUF)
+
+static bool conn_feed_pending(keel__conn *c);
+
 static void on_read(uv_stream_t *st, ssize_t n, const uv_buf_t *buf) {
   keel__conn *c = (keel__conn *)st;
   if (n < 0) {
-    conn_close(c);
+    if (!c->busy) {
+      conn_close(c);
+      return;
+    }
+    c->eof = true; /* answer the request in flight first */
+    uv_read_stop(st);
+    c->reading = false;
+    return;
+  }
+  if (c->busy || c->npending) {
+    /* a request is being handled: keep what comes (pipelining) for after it,
+     * and stop reading when too much waits (back-pressure) */
+    char *p = realloc(c->pending, c->npending + (size_t)n);
+    if (!p) {
+      conn_close(c);
+      return;
+    }
+    memcpy(p + c->npending, buf->base, (size_t)n);
+    c->pending = p;
+    c->npending += (size_t)n;
+    if (c->npending > PENDING_MAX) {
+      uv_read_stop(st);
+      c->reading = false;
+    }
+    if (!c->busy) conn_feed_pending(c);
     return;
   }
   conn_feed(c, buf->base, (size_t)n);
@@ -888,6 +913,28 @@ static void on_alloc(uv_handle_t *h, size_t sz, uv_buf_t *buf) {
   (void)sz;
   keel__conn *c = (keel__conn *)h;
   *buf = uv_buf_init(c->l->rbuf, sizeof c->l->rbuf);
+}
+
+/* After a response: the next pipelined request, or wait for one. */
+static bool conn_read_on(keel__conn *c) {
+  if (c->reading || c->eof || c->closing) return !c->closing;
+  if (uv_read_start((uv_stream_t *)&c->tcp, on_alloc, on_read) != 0) {
+    conn_close(c);
+    return false;
+  }
+  c->reading = true;
+  return true;
+}
+
+/* Parses the bytes kept aside while a request was handled. */
+static bool conn_feed_pending(keel__conn *c) {
+  char *p = c->pending;
+  size_t n = c->npending;
+  c->pending = NULL; /* out of c first: the parser may keep a new rest */
+  c->npending = 0;
+  bool ok = conn_feed(c, p, n);
+  free(p);
+  return ok;
 }
 
 /* After a response: the next pipelined request, or wait for one. */
@@ -901,34 +948,17 @@ static void conn_after_response(keel__conn *c) {
     return; /* else on_write closes it */
   }
   http_parser_pause(&c->parser, 0);
-  if (c->npending) {
-    char *p = c->pending;
-    size_t n = c->npending;
-    c->pending = NULL;
-    c->npending = 0;
-    /* the bytes move out of c before parsing: the parser may keep a new rest */
-    if (c->l->srv && n) {
-      char *copy = p;
-      bool ok = conn_feed(c, copy, n);
-      free(copy);
-      if (!ok || c->busy || c->closing) return;
-      if (c->rq) { /* a partial request: read the rest */
-        uv_read_start((uv_stream_t *)&c->tcp, on_alloc, on_read);
-        return;
-      }
-    } else {
-      free(p);
-    }
-  }
-  if (atomic_load_explicit(&c->l->srv->draining, memory_order_relaxed)) {
+  if (c->npending && (!conn_feed_pending(c) || c->busy || c->closing)) return;
+  if (c->eof) { /* the client said all it had to say */
     conn_linger_close(c);
     return;
   }
-  if (uv_read_start((uv_stream_t *)&c->tcp, on_alloc, on_read) != 0) {
-    conn_close(c);
+  if (!c->rq && atomic_load_explicit(&c->l->srv->draining, memory_order_relaxed)) {
+    conn_linger_close(c);
     return;
   }
-  timer_set(c, T_IDLE, c->l->srv->o.keepalive_timeout_ms);
+  if (!conn_read_on(c)) return;
+  if (!c->rq) timer_set(c, T_IDLE, c->l->srv->o.keepalive_timeout_ms);
 }
 
 /* ---- accepting ----------------------------------------------------------------------------- */
@@ -947,6 +977,14 @@ static void on_connection(uv_stream_t *server, int status) {
   uv_tcp_nodelay(&c->tcp, 1);
   uv_timer_init(l->loop, &c->timer);
   c->timer.data = c;
+  uv_timer_init(l->loop, &c->rtimer);
+  struct sockaddr_storage ss;
+  int sl = sizeof ss;
+  if (uv_tcp_getpeername(&c->tcp, (struct sockaddr *)&ss, &sl) == 0) {
+    if (ss.ss_family == AF_INET) uv_ip4_name((struct sockaddr_in *)&ss, c->peer, sizeof c->peer);
+    else if (ss.ss_family == AF_INET6)
+      uv_ip6_name((struct sockaddr_in6 *)&ss, c->peer, sizeof c->peer);
+  }
   http_parser_init(&c->parser, HTTP_REQUEST);
   c->parser.data = c;
   c->next = l->conns;
@@ -957,6 +995,7 @@ static void on_connection(uv_stream_t *server, int status) {
     conn_close(c);
     return;
   }
+  c->reading = true;
   timer_set(c, T_HEAD, l->srv->o.header_timeout_ms);
 }
 

@@ -267,6 +267,7 @@ int keel_spawn(keel_proc_fn fn, void *arg, const keel_spawn_opts *opts, keel_pid
     if (!err && (err = keel__monvec_add(&parent->monitors, ref, pid)) != 0) p->monitored_by.n = 0;
     if (!err && opts->monitor_ref) *opts->monitor_ref = ref;
   }
+  if (!err && opts->on_exit) err = keel__exit_hook_add(p, opts->on_exit, opts->on_exit_arg);
   if (err) {
     if (opts->link) keel__pidvec_del(&parent->links, pid);
     keel__stack_put(s, st);

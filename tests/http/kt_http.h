@@ -141,6 +141,7 @@ typedef struct kt_job {
   kt_resp *resp; /* nresp of them */
   int got;
   bool closed_after; /* the server closed the connection after the responses */
+  bool half_close;   /* shut the sending side down after the request */
 } kt_job;
 
 static inline void kt_job_run(void *arg) {
@@ -148,7 +149,10 @@ static inline void kt_job_run(void *arg) {
   static __thread kt_conn c;
   j->got = 0;
   if (kt_connect(j->port, &c) != 0) return;
-  if (kt_send_all(&c, j->req, j->req_len ? j->req_len : strlen(j->req)) == 0)
+  if (kt_send_all(&c, j->req, j->req_len ? j->req_len : strlen(j->req)) == 0) {
+    if (j->half_close) shutdown(c.fd, SHUT_WR);
+  }
+  if (c.fd >= 0)
     while (j->got < j->nresp && kt_read_resp(&c, &j->resp[j->got], j->head_only) == 0)
       j->got++;
   struct timeval tv = {.tv_sec = 0, .tv_usec = 300000};

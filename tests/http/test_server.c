@@ -60,6 +60,12 @@ static int h_slow(keel_http_req *req, keel_http_res *res, void *ud) {
   return keel_http_reply_text(res, 200, "text/plain", "late");
 }
 
+static int h_nap(keel_http_req *req, keel_http_res *res, void *ud) {
+  (void)req, (void)ud;
+  keel_sleep(100);
+  return keel_http_reply_text(res, 200, "text/plain", "rested");
+}
+
 static atomic_int g_gate; /* h_wait waits until the test opens it */
 
 static int h_wait(keel_http_req *req, keel_http_res *res, void *ud) {
@@ -81,6 +87,7 @@ static keel_http_router *routes(void) {
   CHECK_OK(keel_http_route(r, "GET", "/api/internal", h_internal, NULL));
   CHECK_OK(keel_http_route(r, "GET", "/api/slow", h_slow, NULL));
   CHECK_OK(keel_http_route(r, "GET", "/api/wait", h_wait, NULL));
+  CHECK_OK(keel_http_route(r, "GET", "/api/nap", h_nap, NULL));
   CHECK_OK(keel_http_route(r, "GET", "/health/live", h_hello, NULL));
   CHECK_EQ(keel_http_route(r, "GET", "/api/hello", h_hello, NULL), KEEL_EEXIST);
   CHECK_EQ(keel_http_route(r, "get", "/x", h_hello, NULL), KEEL_EINVAL);
@@ -458,6 +465,22 @@ KT_CASE(drain_finishes_requests_in_flight_with_connection_close_and_stops_accept
   CHECK_OK(keel_http_stop(s));
 }
 
+KT_CASE(a_client_that_half_closes_still_gets_every_answer) {
+  keel_http_server *s = start_default();
+  static kt_resp r[2];
+  kt_job j = {.port = keel_http_port(s),
+              .req = "GET /api/nap HTTP/1.1\r\n\r\nGET /api/hello HTTP/1.1\r\n\r\n",
+              .nresp = 2,
+              .resp = r,
+              .half_close = true};
+  CHECK_OK(keel_blocking(kt_job_run, &j));
+  CHECK_EQ(j.got, 2);
+  CHECK_STR(r[0].body, "rested");
+  CHECK_EQ(r[1].status, 200);
+  CHECK(j.closed_after);
+  CHECK_OK(keel_http_stop(s));
+}
+
 KT_MAIN(KT_ENTRY(get_returns_the_body_with_request_id_and_security_headers),
         KT_ENTRY(a_well_formed_request_id_is_echoed_and_a_bad_one_replaced),
         KT_ENTRY(keep_alive_and_pipelined_requests_are_answered_in_order),
@@ -469,4 +492,5 @@ KT_MAIN(KT_ENTRY(get_returns_the_body_with_request_id_and_security_headers),
         KT_ENTRY(the_rate_limit_refuses_past_the_limit_with_retry_after_and_skips_health),
         KT_ENTRY(cors_allows_listed_origins_answers_preflights_and_refuses_others),
         KT_ENTRY(a_slowloris_connection_is_closed_while_others_are_served),
-        KT_ENTRY(drain_finishes_requests_in_flight_with_connection_close_and_stops_accepting))
+        KT_ENTRY(drain_finishes_requests_in_flight_with_connection_close_and_stops_accepting),
+        KT_ENTRY(a_client_that_half_closes_still_gets_every_answer))
