@@ -79,6 +79,7 @@ bench: build
 	./build/bench/bench_otp
 	./build/bench/bench_metrics
 	./build/bench/bench_log
+	./build/bench/bench_observer
 
 bench-compare: build
 	@scripts/install-deps.sh --bench
