@@ -187,8 +187,9 @@ int keel_http_port(const keel_http_server *s);
  * timeout_ms (what is left is then cut). Call from a keel process. */
 int keel_http_drain(keel_http_server *s, int64_t timeout_ms);
 
-/* Stops at once (cuts connections) and frees the server. Call from a keel
- * process. */
+/* Stops at once: closes the listeners and every connection, kills the
+ * handlers still running (their answers would go nowhere), waits for them to
+ * end, and frees the server. Call from a keel process. */
 int keel_http_stop(keel_http_server *s);
 
 /* Requests being handled now, and connections open now. Any thread. */

@@ -90,8 +90,9 @@ struct keel_http_req {
   keel_http_res res;
   keel__hdrs mw; /* headers from the middleware (rate limit, CORS, Allow): kept
                     whatever happens to the handler's response */
-  keel_pid_t pid;
-  uv_timer_t *timer; /* request timeout; NULL when none */
+  keel_pid_t pid;     /* the handler process while it runs the handler, else 0 */
+  keel_http_req *lprev, *lnext; /* in its listener's list of requests being handled */
+  keel__listener *l;
   bool responded, timed_out, keepalive, crashed;
   int http_minor;
 };

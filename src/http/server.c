@@ -69,7 +69,8 @@ struct keel__listener {
   bool listening, tcp_open;
   atomic_bool closed; /* the listening handle's close callback ran */
   keel_pid_t acceptor;
-  keel__conn *conns; /* doubly linked list of open connections */
+  keel__conn *conns;     /* doubly linked list of open connections */
+  keel_http_req *reqs;   /* requests whose handler process has not ended */
   char rbuf[READ_BUF];
   char date[40]; /* "Date: ...\r\n", refreshed once a second */
   uint64_t date_s;
@@ -203,6 +204,8 @@ static void timer_closed(uv_handle_t *h) {
   uv_close((uv_handle_t *)&c->rtimer, rtimer_closed);
 }
 
+static void release_req(keel_http_req *rq);
+
 static void conn_close(keel__conn *c) {
   if (c->closing) return;
   c->closing = true;
@@ -215,7 +218,7 @@ static void conn_close(keel__conn *c) {
     keel_http_req *rq = c->rq;
     c->rq = NULL;
     rq->conn = NULL; /* a handler still running finds no connection */
-    if (!c->busy) keel__req_free(rq);
+    release_req(rq); /* the connection's reference; the handler holds the other */
   }
   uv_read_stop((uv_stream_t *)&c->tcp);
   c->reading = false;
@@ -503,6 +506,10 @@ static void handler_main(void *arg) {
 static void handler_exited(void *arg) {
   keel_http_req *rq = arg;
   keel_http_server *s = rq->srv;
+  keel__listener *l = rq->l;
+  if (rq->lprev) rq->lprev->lnext = rq->lnext;
+  else l->reqs = rq->lnext;
+  if (rq->lnext) rq->lnext->lprev = rq->lprev;
   atomic_fetch_sub_explicit(&s->in_flight, 1, memory_order_relaxed);
   if (s->in_flight_g) keel_gauge_dec(s->in_flight_g);
   keel__conn *c = rq->conn;
@@ -567,6 +574,10 @@ static void dispatch_handler(keel__conn *c, keel_http_req *rq) {
     return;
   }
   rq->pid = pid;
+  rq->l = c->l;
+  rq->lnext = c->l->reqs;
+  if (rq->lnext) rq->lnext->lprev = rq;
+  c->l->reqs = rq;
   atomic_fetch_add_explicit(&s->in_flight, 1, memory_order_relaxed);
   if (s->in_flight_g) keel_gauge_inc(s->in_flight_g);
   if (s->o.request_timeout_ms > 0) {
@@ -1045,6 +1056,9 @@ static void acceptor_main(void *arg) {
       else if (!c->busy && !c->rq) conn_linger_close(c); /* idle: closed now */
       else c->close_after = true; /* answered with Connection: close */
     }
+    if (op == CTL_STOP) /* handlers still running are cut: their answers would go nowhere */
+      for (keel_http_req *rq = l->reqs; rq; rq = rq->lnext)
+        if (rq->pid) keel_exit_signal(rq->pid, KEEL_REASON_KILL, NULL);
     keel_msg_t *ack = keel_msg_new(TAG_CTL, 0);
     if (ack) keel_send(from, ack);
     if (op == CTL_STOP) break;
@@ -1296,9 +1310,8 @@ int keel_http_stop(keel_http_server *s) {
   atomic_store(&s->draining, true);
   atomic_store(&s->stopping, true);
   control_all(s, CTL_STOP);
-  /* handlers still running hold their requests (and through them the
-   * server): wait for them to finish; they are not killed, but their
-   * answers go nowhere */
+  /* the acceptors killed the handlers still running; their exit hooks (on
+   * their schedulers) release the requests, which point at the server */
   for (int i = 0; keel_http_in_flight(s) > 0; i++)
     keel_sleep(i < 100 ? 1 : 10);
   /* the listening handles live in s->ls: wait for their close callbacks */

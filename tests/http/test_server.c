@@ -481,6 +481,27 @@ KT_CASE(a_client_that_half_closes_still_gets_every_answer) {
   CHECK_OK(keel_http_stop(s));
 }
 
+KT_CASE(stop_cuts_connections_and_kills_handlers_still_running) {
+  keel_http_options o;
+  keel_http_options_init(&o);
+  o.request_timeout_ms = 0; /* no timeout: only the stop can end h_slow */
+  keel_http_server *s = start(&o);
+  static kt_resp r;
+  async_job a = {.job = {.port = keel_http_port(s),
+                         .req = "GET /api/slow HTTP/1.1\r\n\r\n",
+                         .nresp = 1,
+                         .resp = &r},
+                 .notify = keel_self()};
+  CHECK_OK(keel_spawn(async_client, &a, NULL, NULL));
+  KT_WAIT_UNTIL(keel_http_in_flight(s) == 1);
+  CHECK_OK(keel_http_stop(s)); /* returns: the 60 s handler was killed */
+  keel_msg_t *m;
+  uint32_t tag = 77;
+  CHECK_OK(keel_receive_match(kt_match_tag_fn, &tag, &m, 30000));
+  keel_msg_free(m);
+  CHECK_EQ(a.job.got, 0); /* no answer, the connection was cut */
+}
+
 KT_MAIN(KT_ENTRY(get_returns_the_body_with_request_id_and_security_headers),
         KT_ENTRY(a_well_formed_request_id_is_echoed_and_a_bad_one_replaced),
         KT_ENTRY(keep_alive_and_pipelined_requests_are_answered_in_order),
@@ -493,4 +514,5 @@ KT_MAIN(KT_ENTRY(get_returns_the_body_with_request_id_and_security_headers),
         KT_ENTRY(cors_allows_listed_origins_answers_preflights_and_refuses_others),
         KT_ENTRY(a_slowloris_connection_is_closed_while_others_are_served),
         KT_ENTRY(drain_finishes_requests_in_flight_with_connection_close_and_stops_accepting),
-        KT_ENTRY(a_client_that_half_closes_still_gets_every_answer))
+        KT_ENTRY(a_client_that_half_closes_still_gets_every_answer),
+        KT_ENTRY(stop_cuts_connections_and_kills_handlers_still_running))
