@@ -416,6 +416,65 @@ static void access_log(keel_http_server *s, keel_http_req *rq, size_t bytes_out)
   }
 }
 
+/* A JSON value as log fields, for the logger to redact: objects nest,
+ * arrays become objects keyed by index, at most 8 levels and 64 members a
+ * level. Returns a malloc'd END-terminated list (json_fields_free), or NULL
+ * when v is not an object or an array. The strings stay borrowed from v. */
+static keel_log_field *json_fields(json_t *v, int depth) {
+  if ((!json_is_object(v) && !json_is_array(v)) || depth >= 8) return NULL;
+  size_t n = json_is_object(v) ? json_object_size(v) : json_array_size(v);
+  if (n > 64) n = 64;
+  keel_log_field *f = calloc(n + 1, sizeof *f);
+  char *keys = json_is_array(v) ? calloc(n, 8) : NULL;
+  if (!f || (json_is_array(v) && !keys)) {
+    free(f);
+    free(keys);
+    return NULL;
+  }
+  size_t i = 0;
+  const char *k;
+  json_t *x;
+  void *it = json_is_object(v) ? json_object_iter(v) : NULL;
+  for (; i < n; i++) {
+    if (json_is_object(v)) {
+      k = json_object_iter_key(it);
+      x = json_object_iter_value(it);
+      it = json_object_iter_next(v, it);
+    } else {
+      snprintf(keys + i * 8, 8, "%u", (unsigned)(i % 100)); /* i < 64 */
+      k = keys + i * 8;
+      x = json_array_get(v, i);
+    }
+    f[i].key = k;
+    switch (json_typeof(x)) {
+    case JSON_STRING: f[i].type = KEEL_LOG_T_STR, f[i].v.s = json_string_value(x); break;
+    case JSON_INTEGER: f[i].type = KEEL_LOG_T_INT, f[i].v.i = json_integer_value(x); break;
+    case JSON_REAL: f[i].type = KEEL_LOG_T_DOUBLE, f[i].v.d = json_real_value(x); break;
+    case JSON_TRUE: f[i].type = KEEL_LOG_T_BOOL, f[i].v.b = true; break;
+    case JSON_FALSE: f[i].type = KEEL_LOG_T_BOOL, f[i].v.b = false; break;
+    case JSON_NULL: f[i].type = KEEL_LOG_T_NULL; break;
+    default:
+      f[i].type = KEEL_LOG_T_OBJ;
+      f[i].v.obj = json_fields(x, depth + 1);
+      if (!f[i].v.obj) f[i].type = KEEL_LOG_T_NULL;
+    }
+  }
+  /* the keys of an array's members live right after the END entry's slot:
+   * keep the buffer with the list so one free releases both */
+  f[n].type = KEEL_LOG_T_END;
+  f[n].v.s = keys;
+  return f;
+}
+
+static void json_fields_free(keel_log_field *f) {
+  if (!f) return;
+  size_t i = 0;
+  for (; f[i].type != KEEL_LOG_T_END; i++)
+    if (f[i].type == KEEL_LOG_T_OBJ) json_fields_free((keel_log_field *)f[i].v.obj);
+  free((char *)f[i].v.s);
+  free(f);
+}
+
 static void conn_after_response(keel__conn *c);
 
 /* Serialises rq's response and writes it on its connection, then logs and
@@ -427,10 +486,20 @@ static void send_response(keel_http_req *rq) {
   keel_http_res *res = &rq->res;
   if (!res->status) keel_http_fail(res, KEEL_HTTP_INTERNAL, "handler returned no response", NULL);
   if (res->status >= 500 && res->err_log && keel_log_enabled(KEEL_LOG_ERROR)) {
-    keel_log_field f[] = {KEEL_STR("requestId", rq->reqid), KEEL_STR("method", rq->method),
+    /* the request's JSON body goes with it, through the logger's redaction
+     * (password, token, authorization, ... at any depth) */
+    keel_log_field *body = NULL;
+    json_t *j = rq->body_len ? keel_http_json(rq, NULL) : NULL;
+    if (j) body = json_fields(j, 0);
+    keel_log_field f[] = {KEEL_STR("requestId", rq->reqid),
+                          KEEL_STR("method", rq->method),
                           KEEL_STR("path", rq->path ? rq->path : ""),
-                          KEEL_STR("error", res->err_log), KEEL_LOG__END};
+                          KEEL_STR("error", res->err_log),
+                          body ? (keel_log_field){.key = "body", .type = KEEL_LOG_T_OBJ, .v = {.obj = body}}
+                               : KEEL_UINT("body_bytes", rq->body_len),
+                          KEEL_LOG__END};
     keel_log_write(NULL, KEEL_LOG_ERROR, "request failed", f);
+    json_fields_free(body);
   }
   bool keep = rq->keepalive && !atomic_load_explicit(&s->draining, memory_order_relaxed) &&
               res->status != 413 && res->status != 431 && res->status != 400;
