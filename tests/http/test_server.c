@@ -9,6 +9,8 @@
  */
 #define _GNU_SOURCE
 #include <errno.h>
+#include <signal.h>
+#include <sys/wait.h>
 #include <stdatomic.h>
 
 #include "http/kt_http.h"
@@ -547,6 +549,75 @@ KT_CASE(an_internal_error_is_logged_with_the_request_id_and_the_body_redacted) {
   unlink(path);
 }
 
+/* ---- systemd socket activation ------------------------------------------------------ */
+
+typedef struct {
+  int port;
+  pid_t child;
+  int status;
+} activation;
+
+static void activation_start(void *arg) {
+  activation *a = arg;
+  a->child = -1;
+  int fd = socket(AF_INET, SOCK_STREAM, 0);
+  struct sockaddr_in sa = {.sin_family = AF_INET};
+  sa.sin_addr.s_addr = htonl(INADDR_LOOPBACK);
+  socklen_t sl = sizeof sa;
+  if (fd < 0 || bind(fd, (struct sockaddr *)&sa, sizeof sa) != 0 || listen(fd, 16) != 0 ||
+      getsockname(fd, (struct sockaddr *)&sa, &sl) != 0)
+    return;
+  a->port = ntohs(sa.sin_port);
+  char exe[4096];
+  ssize_t n = readlink("/proc/self/exe", exe, sizeof exe - 64);
+  if (n <= 0) return;
+  exe[n] = 0;
+  strcpy(strrchr(exe, '/') + 1, "http_activation_child");
+  pid_t pid = fork();
+  if (pid == 0) { /* the child: only async-signal-safe calls until exec */
+    if (dup2(fd, 3) < 0) _exit(120);
+    char pidbuf[32];
+    int v = (int)getpid(), k = 0;
+    char tmp[16];
+    do tmp[k++] = (char)('0' + v % 10); while ((v /= 10) && k < 15);
+    memcpy(pidbuf, "LISTEN_PID=", 11);
+    for (int i = 0; i < k; i++)
+      pidbuf[11 + i] = tmp[k - 1 - i];
+    pidbuf[11 + k] = 0;
+    char *envp[] = {pidbuf, "LISTEN_FDS=1", "KEEL_SCHEDULERS=2", NULL};
+    char *argv[] = {exe, NULL};
+    execve(exe, argv, envp);
+    _exit(121);
+  }
+  close(fd);
+  a->child = pid;
+}
+
+static void activation_stop(void *arg) {
+  activation *a = arg;
+  kill(a->child, SIGKILL);
+  waitpid(a->child, &a->status, 0);
+}
+
+KT_CASE(a_socket_passed_by_systemd_is_served_without_binding) {
+  activation a = {0};
+  CHECK_OK(keel_blocking(activation_start, &a));
+  CHECK(a.child > 0);
+  static kt_resp r;
+  int got = 0;
+  for (int i = 0; i < 200 && got == 0; i++) { /* the child listens once its runtime is up */
+    got = kt_exchange(a.port, "GET /whoami HTTP/1.1\r\n\r\n", &r, 1);
+    if (!got) keel_sleep(25);
+  }
+  CHECK_OK(keel_blocking(activation_stop, &a));
+  CHECK_EQ(got, 1);
+  CHECK_EQ(r.status, 200);
+  char want[64];
+  snprintf(want, sizeof want, "activated on %d", a.port);
+  CHECK_STR(r.body, want);
+  CHECK(WIFSIGNALED(a.status) && WTERMSIG(a.status) == SIGKILL); /* it was serving, not exited */
+}
+
 KT_MAIN(KT_ENTRY(get_returns_the_body_with_request_id_and_security_headers),
         KT_ENTRY(a_well_formed_request_id_is_echoed_and_a_bad_one_replaced),
         KT_ENTRY(keep_alive_and_pipelined_requests_are_answered_in_order),
@@ -561,4 +632,5 @@ KT_MAIN(KT_ENTRY(get_returns_the_body_with_request_id_and_security_headers),
         KT_ENTRY(drain_finishes_requests_in_flight_with_connection_close_and_stops_accepting),
         KT_ENTRY(a_client_that_half_closes_still_gets_every_answer),
         KT_ENTRY(stop_cuts_connections_and_kills_handlers_still_running),
+        KT_ENTRY(a_socket_passed_by_systemd_is_served_without_binding),
         KT_ENTRY(an_internal_error_is_logged_with_the_request_id_and_the_body_redacted))

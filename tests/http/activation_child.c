@@ -1,0 +1,42 @@
+/* activation_child.c - a server started the way systemd socket activation
+ * starts one (not a test case itself; test_server.c runs it).
+ *
+ * The parent binds and listens on a loopback port, puts the socket at fd 3,
+ * sets LISTEN_FDS=1 and LISTEN_PID to this process's pid, and executes this
+ * program. It serves GET /whoami with the port it found itself listening on,
+ * without binding anything, until it is killed.
+ */
+#include <stdio.h>
+#include <stdlib.h>
+
+#include "keel.h"
+
+static int whoami(keel_http_req *req, keel_http_res *res, void *ud) {
+  (void)req;
+  char body[64];
+  snprintf(body, sizeof body, "activated on %d", keel_http_port(*(keel_http_server **)ud));
+  return keel_http_reply_text(res, 200, "text/plain", body);
+}
+
+static keel_http_server *g_srv;
+
+static void main_proc(void *arg) {
+  (void)arg;
+  keel_http_router *r = keel_http_router_new();
+  keel_http_route(r, "GET", "/whoami", whoami, &g_srv);
+  keel_http_options o;
+  keel_http_options_init(&o);
+  o.host = "127.0.0.1";
+  o.port = 1; /* would fail to bind (not root, or taken): must not be used */
+  o.access_log = false;
+  int rc = keel_http_start(&o, r, &g_srv);
+  if (rc) {
+    fprintf(stderr, "activation_child: %s\n", keel_strerror(rc));
+    exit(3);
+  }
+  keel_sleep(KEEL_INFINITY);
+}
+
+int main(void) {
+  return keel_run(main_proc, NULL, NULL);
+}
