@@ -107,7 +107,12 @@ typedef struct worker {
 
 static int worker_init(void *arg, void **state) {
   worker *w = calloc(1, sizeof *w);
-  if (!w) return KEEL_ENOMEM;
+  /* freed when the process ends, however it ends: a worker killed at the
+   * end of SHUTDOWN_TIMEOUT runs no terminate */
+  if (!w || keel_on_exit(free, w) != 0) {
+    free(w);
+    return KEEL_ENOMEM;
+  }
   snprintf(w->id, sizeof w->id, "worker-%d", (int)(intptr_t)arg);
   *state = w;
   keel_log_debug(NULL, "worker initialized", KEEL_STR("workerId", w->id));
@@ -157,7 +162,6 @@ static void worker_terminate(keel_reason reason, void *state) {
   keel_log_info(NULL, "worker terminated", KEEL_STR("workerId", w->id),
                 KEEL_UINT("totalRequests", w->requests),
                 KEEL_STR("reason", keel_reason_name(reason.kind)));
-  free(w);
 }
 
 static const keel_gen_server worker_beh = {
@@ -178,7 +182,10 @@ typedef struct router {
 
 static int router_init(void *arg, void **state) {
   router *r = calloc(1, sizeof *r);
-  if (!r) return KEEL_ENOMEM;
+  if (!r || keel_on_exit(free, r) != 0) { /* as the worker's */
+    free(r);
+    return KEEL_ENOMEM;
+  }
   r->nworkers = (int)(intptr_t)arg;
   *state = r;
   return 0;
@@ -236,15 +243,9 @@ static int router_call(void *state, keel_gs_from from, keel_msg_t **req, keel_ms
   }
 }
 
-static void router_terminate(keel_reason reason, void *state) {
-  (void)reason;
-  free(state);
-}
-
 static const keel_gen_server router_beh = {
     .init = router_init,
     .handle_call = router_call,
-    .terminate = router_terminate,
 };
 
 /* ---- HTTP handlers --------------------------------------------------------------- */

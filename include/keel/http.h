@@ -173,7 +173,8 @@ typedef struct keel_http_options {
 void keel_http_options_init(keel_http_options *o);
 
 /* Starts the server: binds, listens on every scheduler and returns. The
- * server takes ownership of `router`. Call from a keel process. Errors:
+ * server takes ownership of `router`. Requests may be served as soon as a
+ * listener is up, before this returns *out.  Call from a keel process. Errors:
  * KEEL_EINVAL, KEEL_EADDRINUSE-like errors as KEEL_EIO with a log line,
  * KEEL_ENOTPROC, KEEL_ENOMEM. */
 int keel_http_start(const keel_http_options *o, keel_http_router *router, keel_http_server **out);
@@ -181,10 +182,12 @@ int keel_http_start(const keel_http_options *o, keel_http_router *router, keel_h
 /* The bound port (useful with port 0). */
 int keel_http_port(const keel_http_server *s);
 
-/* Graceful drain: closes the listeners at once, closes idle keep-alive
- * connections, answers requests in flight normally but with Connection:
- * close, and returns 0 when no request is left, or KEEL_ETIMEDOUT after
- * timeout_ms (what is left is then cut). Call from a keel process. */
+/* Graceful drain: closes every listener first, then answers requests in
+ * flight normally but with Connection: close; an idle keep-alive connection
+ * gets a 250 ms grace (a request already on its way is served, with
+ * Connection: close) and is closed. Returns 0 when no request and no
+ * connection is left, or KEEL_ETIMEDOUT after timeout_ms (keel_http_stop then
+ * cuts what is left). Call from a keel process. */
 int keel_http_drain(keel_http_server *s, int64_t timeout_ms);
 
 /* Stops at once: closes the listeners and every connection, kills the

@@ -90,10 +90,9 @@ char *keel__envelope(keel_http_error_kind kind, const char *message, json_t *det
                      const char *trace_id) {
   char ts[48];
   iso_now(ts);
-  json_t *err = json_pack("{s:s, s:s, s:s, s:s}", "code", keel_http_error_code(kind), "message",
-                          message ? message : "", "traceId", trace_id ? trace_id : "",
-                          "timestamp", ts);
-  if (err && details) json_object_set(err, "details", details);
+  json_t *err = json_pack("{s:s, s:s, s:O?, s:s, s:s}", "code", keel_http_error_code(kind),
+                          "message", message ? message : "", "details", details, "traceId",
+                          trace_id ? trace_id : "", "timestamp", ts);
   json_t *env = err ? json_pack("{s:b, s:o}", "success", 0, "error", err) : NULL;
   char *s = env ? json_dumps(env, JSON_COMPACT | JSON_PRESERVE_ORDER) : NULL;
   json_decref(env);

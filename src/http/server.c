@@ -57,7 +57,8 @@
 #define MAX_HEADERS  100
 #define TAG_CTL      0x4b485431u /* acceptor control messages */
 
-enum { CTL_DRAIN = 1, CTL_STOP = 2 };
+enum { CTL_DRAIN = 1, CTL_STOP = 2, CTL_CLOSE = 3 };
+#define DRAIN_GRACE_MS 250 /* an idle connection may still bring one request when a drain begins */
 enum { T_NONE = 0, T_HEAD, T_BODY, T_IDLE, T_LINGER };
 
 struct keel__listener {
@@ -108,7 +109,7 @@ struct keel_http_server {
   keel__listener *ls;
   int port;
   _Atomic size_t in_flight, conns;
-  atomic_bool draining, stopping;
+  atomic_bool draining, stopping, drain_begun;
   keel__ratelimit *rl;
   keel__cors *cors;
   char *sec_headers; /* the security headers, preformatted "Name: value\r\n..." */
@@ -1033,12 +1034,12 @@ static void conn_after_response(keel__conn *c) {
     conn_linger_close(c);
     return;
   }
-  if (!c->rq && atomic_load_explicit(&c->l->srv->draining, memory_order_relaxed)) {
-    conn_linger_close(c);
-    return;
-  }
   if (!conn_read_on(c)) return;
-  if (!c->rq) timer_set(c, T_IDLE, c->l->srv->o.keepalive_timeout_ms);
+  /* an answer that promised keep-alive just before a drain began: the
+   * client may still send one request, within a short grace */
+  bool draining = atomic_load_explicit(&c->l->srv->draining, memory_order_relaxed);
+  if (draining) c->close_after = true;
+  if (!c->rq) timer_set(c, T_IDLE, draining ? DRAIN_GRACE_MS : c->l->srv->o.keepalive_timeout_ms);
 }
 
 /* ---- accepting ----------------------------------------------------------------------------- */
@@ -1119,11 +1120,19 @@ static void acceptor_main(void *arg) {
     keel_pid_t from = keel_msg_from(m);
     keel_msg_free(m);
     listener_close(l);
-    for (keel__conn *c = l->conns, *next; c; c = next) {
+    /* CTL_CLOSE only closes the listener: every listener of the server is
+     * closed before any connection is told to go, so a client that
+     * reconnects after a Connection: close never finds one still open on
+     * another scheduler and then gets reset */
+    for (keel__conn *c = op == CTL_CLOSE ? NULL : l->conns, *next; c; c = next) {
       next = c->next;
-      if (op == CTL_STOP) conn_close(c);
-      else if (!c->busy && !c->rq) conn_linger_close(c); /* idle: closed now */
-      else c->close_after = true; /* answered with Connection: close */
+      if (op == CTL_STOP) {
+        conn_close(c);
+      } else {
+        c->close_after = true; /* the next answer says Connection: close */
+        if (!c->busy && !c->rq && !c->lingering) /* idle: a short grace, then closed */
+          timer_set(c, T_IDLE, DRAIN_GRACE_MS);
+      }
     }
     if (op == CTL_STOP) /* handlers still running are cut: their answers would go nowhere */
       for (keel_http_req *rq = l->reqs; rq; rq = rq->lnext)
@@ -1362,8 +1371,11 @@ static void control_all(keel_http_server *s, int op) {
 int keel_http_drain(keel_http_server *s, int64_t timeout_ms) {
   if (!s) return KEEL_EINVAL;
   if (!keel_self()) return KEEL_ENOTPROC;
-  bool was = atomic_exchange(&s->draining, true);
-  if (!was) control_all(s, CTL_DRAIN);
+  if (!atomic_exchange(&s->drain_begun, true)) {
+    control_all(s, CTL_CLOSE); /* first every listener */
+    atomic_store(&s->draining, true);
+    control_all(s, CTL_DRAIN); /* then the connections */
+  }
   int64_t waited = 0;
   while (keel_http_in_flight(s) > 0 || keel_http_connections(s) > 0) {
     if (timeout_ms != KEEL_INFINITY && waited >= timeout_ms) return KEEL_ETIMEDOUT;

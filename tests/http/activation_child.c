@@ -6,6 +6,7 @@
  * program. It serves GET /whoami with the port it found itself listening on,
  * without binding anything, until it is killed.
  */
+#include <stdatomic.h>
 #include <stdio.h>
 #include <stdlib.h>
 
@@ -13,12 +14,17 @@
 
 static int whoami(keel_http_req *req, keel_http_res *res, void *ud) {
   (void)req;
+  keel_http_server *_Atomic *srv = ud;
+  /* the listener serves as soon as it is up, which may be before
+   * keel_http_start has returned the server to main_proc */
+  for (int i = 0; i < 1000 && !*srv; i++)
+    keel_sleep(1);
   char body[64];
-  snprintf(body, sizeof body, "activated on %d", keel_http_port(*(keel_http_server **)ud));
+  snprintf(body, sizeof body, "activated on %d", keel_http_port(*srv));
   return keel_http_reply_text(res, 200, "text/plain", body);
 }
 
-static keel_http_server *g_srv;
+static keel_http_server *_Atomic g_srv;
 
 static void main_proc(void *arg) {
   (void)arg;
@@ -29,7 +35,9 @@ static void main_proc(void *arg) {
   o.host = "127.0.0.1";
   o.port = 1; /* would fail to bind (not root, or taken): must not be used */
   o.access_log = false;
-  int rc = keel_http_start(&o, r, &g_srv);
+  keel_http_server *srv;
+  int rc = keel_http_start(&o, r, &srv);
+  g_srv = srv;
   if (rc) {
     fprintf(stderr, "activation_child: %s\n", keel_strerror(rc));
     exit(3);

@@ -27,9 +27,10 @@
  * connection closed or reset after a request was fully written and before
  * any byte of its response means the server dropped a request it may have
  * accepted (a failure). That case is split by whether the connection was
- * fresh (its first request: the kernel's accept queue of a closing listener)
- * or reused (a keep-alive connection the server closed while the request was
- * on its way). Each thread keeps its own counters; the main thread adds them
+ * fresh (its first request) or reused (keep-alive), and by how it ended: a
+ * reset (on a fresh connection, what the kernel does to connections still
+ * queued on a listener that closes) or an orderly EOF (the server closed a
+ * connection it took for idle while the request was on its way). Each thread keeps its own counters; the main thread adds them
  * up after joining, so the only shared state is the stop flag.
  */
 #define _GNU_SOURCE
@@ -178,7 +179,8 @@ static int read_response(int fd, char *buf, size_t cap, resp *r) {
 
 typedef struct counts {
   uint64_t requests, ok200, bad200, s503, bad503, other, conn_close, connects;
-  uint64_t refused, connect_errors, send_failed, closed_fresh, closed_reused, partial, timeouts, bad;
+  uint64_t refused, connect_errors, send_failed, fresh_eof, fresh_reset, reused_eof, reused_reset;
+  uint64_t partial, timeouts, bad;
   uint64_t by_status[600];
 } counts;
 
@@ -223,7 +225,8 @@ static void *load_main(void *arg) {
       c->send_failed++;
     } else {
       resp r;
-      switch (read_response(fd, buf, RBUF, &r)) {
+      int rc = read_response(fd, buf, RBUF, &r);
+      switch (rc) {
       case RS_OK:
         if (r.status == 200) {
           if (strstr(r.body, "\"processed\":true")) c->ok200++;
@@ -241,8 +244,8 @@ static void *load_main(void *arg) {
         break;
       case RS_CLOSED:
       case RS_RESET:
-        if (fresh) c->closed_fresh++;
-        else c->closed_reused++;
+        if (fresh) *(rc == RS_CLOSED ? &c->fresh_eof : &c->fresh_reset) += 1;
+        else *(rc == RS_CLOSED ? &c->reused_eof : &c->reused_reset) += 1;
         break;
       case RS_PARTIAL: c->partial++; break;
       case RS_TIMEOUT: c->timeouts++; break;
@@ -261,7 +264,7 @@ static void *load_main(void *arg) {
 
 static void print_summary(const counts *t, int64_t ms) {
   uint64_t failures = t->bad200 + t->bad503 + t->other + t->connect_errors + t->send_failed +
-                      t->closed_fresh + t->closed_reused + t->partial + t->timeouts + t->bad;
+                      t->fresh_eof + t->fresh_reset + t->reused_eof + t->reused_reset + t->partial + t->timeouts + t->bad;
   printf("{\"requests\":%llu,\"status_200\":%llu,\"status_503\":%llu,\"status_other\":%llu,"
          "\"bad_200_body\":%llu,\"bad_503_body\":%llu,\"statuses\":{",
          (unsigned long long)t->requests, (unsigned long long)t->ok200,
@@ -274,13 +277,14 @@ static void print_summary(const counts *t, int64_t ms) {
       sep = ",";
     }
   printf("},\"connection_close\":%llu,\"connects\":%llu,\"refused\":%llu,\"connect_errors\":%llu,"
-         "\"send_failed\":%llu,\"closed_unanswered_fresh\":%llu,"
-         "\"closed_unanswered_reused\":%llu,\"partial\":%llu,\"timeouts\":%llu,"
+         "\"send_failed\":%llu,\"unanswered\":{\"fresh_eof\":%llu,\"fresh_reset\":%llu,"
+         "\"reused_eof\":%llu,\"reused_reset\":%llu},\"partial\":%llu,\"timeouts\":%llu,"
          "\"unparseable\":%llu,\"failures\":%llu,\"ms\":%lld}\n",
          (unsigned long long)t->conn_close, (unsigned long long)t->connects,
          (unsigned long long)t->refused, (unsigned long long)t->connect_errors,
-         (unsigned long long)t->send_failed, (unsigned long long)t->closed_fresh,
-         (unsigned long long)t->closed_reused, (unsigned long long)t->partial,
+         (unsigned long long)t->send_failed, (unsigned long long)t->fresh_eof,
+         (unsigned long long)t->fresh_reset, (unsigned long long)t->reused_eof,
+         (unsigned long long)t->reused_reset, (unsigned long long)t->partial,
          (unsigned long long)t->timeouts, (unsigned long long)t->bad,
          (unsigned long long)failures, (long long)ms);
 }
@@ -324,11 +328,8 @@ static int cmd_request(int port, const char *path, int idle_ms) {
     len += n;
     if (len == cap) {
       char *bigger = realloc(data, cap *= 2);
-      if (!bigger) {
-        free(data);
-        data = NULL;
-      }
-      data = bigger;
+      if (!bigger) free(data);
+      data = bigger; /* NULL ends the loop */
     }
   }
   fclose(f);
