@@ -361,6 +361,25 @@ static void pidset_add(pidset *ps, keel_pid_t pid) {
   ps->v[ps->n++] = pid;
 }
 
+/* Kills root and every pid of the tree at once, then waits until all are
+ * gone. */
+static void kill_all_and_wait(keel_pid_t root, const pidset *tree) {
+  size_t n = tree->n + 1;
+  keel_ref_t *refs = calloc(n, sizeof *refs);
+  for (size_t i = 0; i < n; i++) {
+    keel_pid_t pid = i < tree->n ? tree->v[i] : root;
+    if (!refs) { /* no memory for the batch: one at a time */
+      kill_and_wait(pid);
+      continue;
+    }
+    if (keel_monitor(pid, &refs[i]) == 0) keel_exit_signal(pid, KEEL_REASON_KILL, NULL);
+    else refs[i] = 0;
+  }
+  for (size_t i = 0; refs && i < n; i++)
+    if (refs[i]) wait_down(refs[i]);
+  free(refs);
+}
+
 /* Every process of the tree below sup, supervisors before their children. */
 static void collect_tree(keel_pid_t sup, pidset *ps, int depth) {
   size_t max = 64, n = 0;
@@ -476,10 +495,12 @@ _Noreturn static void master_stop(keel_app_t *app, void *state, keel_pid_t sigpi
     if (!forced && l != 0)
       rc = keel_gs_stop_server(root, KEEL_REASON_SHUTDOWN, "application stopping", l);
     if (rc != 0) {
+      /* every kill is sent before any is waited for: killing one at a time
+       * would let the others act on the first death (a supervisor go on
+       * with its shutdown, a trapping child run its terminate), or not,
+       * depending on a race */
       forced = true;
-      kill_and_wait(root);
-      for (size_t i = 0; i < tree.n; i++)
-        kill_and_wait(tree.v[i]);
+      kill_all_and_wait(root, &tree);
     }
     free(tree.v);
   }
