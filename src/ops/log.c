@@ -39,52 +39,12 @@
 #include <unistd.h>
 
 #include "keel/log.h"
+#include "ops/json_write.h"
 #include "keel/process.h"
 
 #define REDACT_MAX     32 /* sensitive keys, defaults included */
 #define REDACT_KEY_MAX 63 /* longest sensitive key */
 #define DEPTH_MAX      8  /* nested objects deeper than this are written as null */
-
-/* ---- a growing byte buffer ----------------------------------------------- */
-
-typedef struct sbuf {
-  char *p;
-  size_t len, cap;
-  bool oom;
-} sbuf;
-
-static bool sb_grow(sbuf *b, size_t need) {
-  size_t cap = b->cap ? b->cap : 1024;
-  while (cap < b->len + need)
-    cap *= 2;
-  char *p = realloc(b->p, cap);
-  if (!p) {
-    b->oom = true;
-    return false;
-  }
-  b->p = p;
-  b->cap = cap;
-  return true;
-}
-
-/* Makes room for n more bytes; false (and b->oom) when memory ran out. */
-static inline bool sb_room(sbuf *b, size_t n) {
-  if (b->len + n <= b->cap) return true;
-  return sb_grow(b, n);
-}
-
-static inline void sb_put(sbuf *b, const char *s, size_t n) {
-  if (n == 0 || !sb_room(b, n)) return;
-  memcpy(b->p + b->len, s, n);
-  b->len += n;
-}
-
-#define SB_LIT(b, lit) sb_put((b), (lit), sizeof(lit) - 1)
-
-static inline void sb_ch(sbuf *b, char c) {
-  if (!sb_room(b, 1)) return;
-  b->p[b->len++] = c;
-}
 
 /* ---- redaction ------------------------------------------------------------ */
 
@@ -137,239 +97,53 @@ static bool redacted(const redact_set *r, const char *key, size_t n) {
 
 /* ---- the JSON encoder ----------------------------------------------------- */
 
-/* 0: copy as is; 1: needs an escape or UTF-8 validation. */
-static const unsigned char special[256] = {
-    ['\0'] = 1, [1] = 1,    [2] = 1,    [3] = 1,    [4] = 1,    [5] = 1,    [6] = 1,    [7] = 1,
-    [8] = 1,    [9] = 1,    [10] = 1,   [11] = 1,   [12] = 1,   [13] = 1,   [14] = 1,   [15] = 1,
-    [16] = 1,   [17] = 1,   [18] = 1,   [19] = 1,   [20] = 1,   [21] = 1,   [22] = 1,   [23] = 1,
-    [24] = 1,   [25] = 1,   [26] = 1,   [27] = 1,   [28] = 1,   [29] = 1,   [30] = 1,   [31] = 1,
-    ['"'] = 1,  ['\\'] = 1,
-#define HI16(x)                                                                                    \
-  [x + 0] = 1, [x + 1] = 1, [x + 2] = 1, [x + 3] = 1, [x + 4] = 1, [x + 5] = 1, [x + 6] = 1,       \
-       [x + 7] = 1, [x + 8] = 1, [x + 9] = 1, [x + 10] = 1, [x + 11] = 1, [x + 12] = 1,            \
-       [x + 13] = 1, [x + 14] = 1, [x + 15] = 1
-    HI16(0x80), HI16(0x90), HI16(0xa0), HI16(0xb0), HI16(0xc0), HI16(0xd0), HI16(0xe0), HI16(0xf0),
-#undef HI16
-};
-
-/* Length of the valid UTF-8 sequence at s (n bytes left), 0 if invalid
- * (overlong forms, surrogates, code points above U+10FFFF, truncation). */
-static size_t utf8_len(const unsigned char *s, size_t n) {
-  unsigned char c = s[0];
-#define CONT(i) (n > (i) && (s[i] & 0xc0) == 0x80)
-  if (c >= 0xc2 && c <= 0xdf) return CONT(1) ? 2 : 0;
-  if (c >= 0xe0 && c <= 0xef) {
-    if (n < 3 || !CONT(2)) return 0;
-    unsigned char lo = 0x80, hi = 0xbf;
-    if (c == 0xe0) lo = 0xa0;
-    if (c == 0xed) hi = 0x9f;
-    return (s[1] >= lo && s[1] <= hi) ? 3 : 0;
-  }
-  if (c >= 0xf0 && c <= 0xf4) {
-    if (n < 4 || !CONT(2) || !CONT(3)) return 0;
-    unsigned char lo = 0x80, hi = 0xbf;
-    if (c == 0xf0) lo = 0x90;
-    if (c == 0xf4) hi = 0x8f;
-    return (s[1] >= lo && s[1] <= hi) ? 4 : 0;
-  }
-#undef CONT
-  return 0;
-}
-
-#define ONES  0x0101010101010101ull
-#define HIGHS 0x8080808080808080ull
-
-/* Escaped text of s (n bytes) without quotes. */
-static void put_escaped(sbuf *b, const char *str, size_t n) {
-  if (!sb_room(b, n * 6)) return; /* worst case: every byte becomes \u00XX */
-  const unsigned char *s = (const unsigned char *)str;
-  char *o = b->p + b->len;
-  size_t i = 0;
-  while (i < n) {
-    size_t start = i;
-    /* Eight bytes at a time while none is special: no byte below 0x20, no
-     * quote, no backslash, no high bit (the classic haszero/hasless tests,
-     * exact for existence). */
-    while (i + 8 <= n) {
-      uint64_t v;
-      memcpy(&v, s + i, 8);
-      uint64_t q = v ^ (ONES * '"'), bs = v ^ (ONES * '\\');
-      uint64_t bad = ((v - ONES * 0x20) & ~v) | ((q - ONES) & ~q) | ((bs - ONES) & ~bs) | v;
-      if (bad & HIGHS) break;
-      i += 8;
-    }
-    while (i < n && !special[s[i]])
-      i++;
-    memcpy(o, s + start, i - start);
-    o += i - start;
-    if (i == n) break;
-    unsigned char c = s[i];
-    if (c >= 0x80) {
-      size_t l = utf8_len(s + i, n - i);
-      if (l) {
-        memcpy(o, s + i, l);
-        o += l;
-        i += l;
-      } else {
-        memcpy(o, "\xef\xbf\xbd", 3); /* U+FFFD for each invalid byte */
-        o += 3;
-        i++;
-      }
-      continue;
-    }
-    *o++ = '\\';
-    switch (c) {
-    case '"': *o++ = '"'; break;
-    case '\\': *o++ = '\\'; break;
-    case '\n': *o++ = 'n'; break;
-    case '\t': *o++ = 't'; break;
-    case '\r': *o++ = 'r'; break;
-    case '\b': *o++ = 'b'; break;
-    case '\f': *o++ = 'f'; break;
-    default:
-      memcpy(o, "u00", 3);
-      o[3] = "0123456789abcdef"[c >> 4];
-      o[4] = "0123456789abcdef"[c & 15];
-      o += 5;
-    }
-    i++;
-  }
-  b->len = (size_t)(o - b->p);
-}
-
-static inline void put_str(sbuf *b, const char *s) {
-  sb_ch(b, '"');
-  if (s) put_escaped(b, s, strlen(s));
-  sb_ch(b, '"');
-}
-
-static size_t fmt_u64(char *out, uint64_t v) {
-  char tmp[20];
-  size_t n = 0;
-  do {
-    tmp[n++] = (char)('0' + v % 10);
-    v /= 10;
-  } while (v);
-  for (size_t i = 0; i < n; i++)
-    out[i] = tmp[n - 1 - i];
-  return n;
-}
-
-static void put_u64(sbuf *b, uint64_t v) {
-  if (!sb_room(b, 20)) return;
-  b->len += fmt_u64(b->p + b->len, v);
-}
-
-static void put_i64(sbuf *b, int64_t v) {
-  if (v < 0) {
-    sb_ch(b, '-');
-    put_u64(b, (uint64_t)0 - (uint64_t)v);
-  } else {
-    put_u64(b, (uint64_t)v);
-  }
-}
-
-/* The shortest decimal that reads back as d; JSON has no NaN or infinities. */
-static void put_double(sbuf *b, double d) {
-  if (!isfinite(d)) {
-    SB_LIT(b, "null");
-    return;
-  }
-  if (d == 0) {
-    sb_ch(b, '0');
-    return;
-  }
-  if (!sb_room(b, 32)) return;
-  double a = fabs(d);
-  if (a >= 1e-6 && a < 1e15) {
-    static const double p10[] = {1e0, 1e1, 1e2,  1e3,  1e4,  1e5,  1e6,  1e7,
-                                 1e8, 1e9, 1e10, 1e11, 1e12, 1e13, 1e14, 1e15};
-    for (int k = 0; k < 16; k++) {
-      double s = a * p10[k];
-      if (s >= 9007199254740992.0) break; /* 2^53: m would not be exact */
-      uint64_t m = (uint64_t)(s + 0.5);
-      /* m / 10^k is correctly rounded, and so is strtod of the decimal we
-       * print: equal means the text reads back as d. */
-      if ((double)m / p10[k] != a) continue;
-      char digits[20];
-      size_t nd = fmt_u64(digits, m);
-      char *o = b->p + b->len;
-      if (d < 0) *o++ = '-';
-      if ((size_t)k >= nd) {
-        *o++ = '0';
-        *o++ = '.';
-        for (size_t z = 0; z < (size_t)k - nd; z++)
-          *o++ = '0';
-        memcpy(o, digits, nd);
-        o += nd;
-      } else {
-        memcpy(o, digits, nd - (size_t)k);
-        o += nd - (size_t)k;
-        if (k) {
-          *o++ = '.';
-          memcpy(o, digits + nd - (size_t)k, (size_t)k);
-          o += k;
-        }
-      }
-      b->len = (size_t)(o - b->p);
-      return;
-    }
-  }
-  char tmp[32];
-  for (int prec = 15; prec <= 17; prec++) {
-    snprintf(tmp, sizeof tmp, "%.*g", prec, d);
-    if (strtod(tmp, NULL) == d) break;
-  }
-  sb_put(b, tmp, strlen(tmp));
-}
-
-static void put_value(sbuf *b, const keel_log_field *f, const redact_set *r, int depth);
+static void put_value(keel__jw *b, const keel_log_field *f, const redact_set *r, int depth);
 
 /* Fields as `,"k":v` each (first_comma) or `"k":v,"k":v` (inside an object). */
-static void put_fields(sbuf *b, const keel_log_field *f, const redact_set *r, int depth,
+static void put_fields(keel__jw *b, const keel_log_field *f, const redact_set *r, int depth,
                        bool first_comma) {
   bool comma = first_comma;
   for (; f && f->type != KEEL_LOG_T_END; f++) {
-    if (comma) sb_ch(b, ',');
+    if (comma) keel__jw_ch(b, ',');
     comma = true;
     size_t kl = f->key ? strlen(f->key) : 0;
-    sb_ch(b, '"');
-    put_escaped(b, f->key, kl);
-    SB_LIT(b, "\":");
+    keel__jw_ch(b, '"');
+    keel__jw_escaped(b, f->key, kl);
+    KEEL__JW_LIT(b, "\":");
     if (redacted(r, f->key, kl))
-      SB_LIT(b, "\"[REDACTED]\"");
+      KEEL__JW_LIT(b, "\"[REDACTED]\"");
     else
       put_value(b, f, r, depth);
   }
 }
 
-static void put_value(sbuf *b, const keel_log_field *f, const redact_set *r, int depth) {
+static void put_value(keel__jw *b, const keel_log_field *f, const redact_set *r, int depth) {
   switch (f->type) {
   case KEEL_LOG_T_STR:
     if (f->v.s)
-      put_str(b, f->v.s);
+      keel__jw_str(b, f->v.s);
     else
-      SB_LIT(b, "null");
+      KEEL__JW_LIT(b, "null");
     break;
-  case KEEL_LOG_T_INT: put_i64(b, f->v.i); break;
-  case KEEL_LOG_T_UINT: put_u64(b, f->v.u); break;
-  case KEEL_LOG_T_DOUBLE: put_double(b, f->v.d); break;
+  case KEEL_LOG_T_INT: keel__jw_i64(b, f->v.i); break;
+  case KEEL_LOG_T_UINT: keel__jw_u64(b, f->v.u); break;
+  case KEEL_LOG_T_DOUBLE: keel__jw_double(b, f->v.d); break;
   case KEEL_LOG_T_BOOL:
     if (f->v.b)
-      SB_LIT(b, "true");
+      KEEL__JW_LIT(b, "true");
     else
-      SB_LIT(b, "false");
+      KEEL__JW_LIT(b, "false");
     break;
   case KEEL_LOG_T_OBJ:
     if (depth >= DEPTH_MAX) {
-      SB_LIT(b, "null");
+      KEEL__JW_LIT(b, "null");
       break;
     }
-    sb_ch(b, '{');
+    keel__jw_ch(b, '{');
     put_fields(b, f->v.obj, r, depth + 1, false);
-    sb_ch(b, '}');
+    keel__jw_ch(b, '}');
     break;
-  default: SB_LIT(b, "null"); break;
+  default: KEEL__JW_LIT(b, "null"); break;
   }
 }
 
@@ -389,7 +163,7 @@ typedef struct tbuf {
 
 /* What a thread keeps: scratch buffers and its tbuf. Freed at thread exit. */
 typedef struct tstate {
-  sbuf line, frag;
+  keel__jw line, frag;
   tbuf *tb;
   uint64_t gen; /* the generation tb belongs to */
   int64_t cached_sec;
@@ -729,43 +503,43 @@ static const char *const pretty_colors[] = {"\x1b[90m", "\x1b[34m", "\x1b[32m",
 static const char *const pretty_names[] = {"TRACE", "DEBUG", "INFO ", "WARN ", "ERROR", "FATAL"};
 
 /* Turns a fragment `,"k":v,"k2":{...}` into ` k=v k2={...}`. */
-static void prettify(sbuf *out, const char *f, size_t n, bool color) {
+static void prettify(keel__jw *out, const char *f, size_t n, bool color) {
   int depth = 0;
   bool in_str = false, at_key = false;
   for (size_t i = 0; i < n; i++) {
     char c = f[i];
     if (in_str) {
       if (c == '\\' && i + 1 < n) {
-        sb_ch(out, c);
-        sb_ch(out, f[++i]);
+        keel__jw_ch(out, c);
+        keel__jw_ch(out, f[++i]);
         continue;
       }
       if (c == '"') {
         in_str = false;
         if (at_key) {
           at_key = false;
-          if (color) SB_LIT(out, "\x1b[0m");
+          if (color) KEEL__JW_LIT(out, "\x1b[0m");
           i++; /* the ':' */
-          sb_ch(out, '=');
+          keel__jw_ch(out, '=');
           continue;
         }
       }
-      sb_ch(out, c);
+      keel__jw_ch(out, c);
       continue;
     }
     if (depth == 0 && c == ',') {
-      sb_ch(out, ' ');
+      keel__jw_ch(out, ' ');
       if (i + 1 < n && f[i + 1] == '"') {
         at_key = in_str = true;
         i++;
-        if (color) SB_LIT(out, "\x1b[36m");
+        if (color) KEEL__JW_LIT(out, "\x1b[36m");
       }
       continue;
     }
     if (c == '"') in_str = true;
     if (c == '{') depth++;
     if (c == '}') depth--;
-    sb_ch(out, c);
+    keel__jw_ch(out, c);
   }
 }
 
@@ -781,53 +555,53 @@ static void emit(const keel_logger *lg, keel_log_level level, const char *event,
   if (!msg) msg = "";
   char ts[23];
   fmt_time(t, ts);
-  sbuf *b = &t->line;
+  keel__jw *b = &t->line;
   b->len = 0;
   b->oom = false;
   if (!st || st->format == KEEL_LOG_JSON) {
-    SB_LIT(b, "{\"time\":\"");
-    sb_put(b, ts, 23);
-    SB_LIT(b, "Z\",\"level\":\"");
-    sb_put(b, level_names[level], strlen(level_names[level]));
-    SB_LIT(b, "\",\"msg\":");
-    put_str(b, msg);
+    KEEL__JW_LIT(b, "{\"time\":\"");
+    keel__jw_put(b, ts, 23);
+    KEEL__JW_LIT(b, "Z\",\"level\":\"");
+    keel__jw_put(b, level_names[level], strlen(level_names[level]));
+    KEEL__JW_LIT(b, "\",\"msg\":");
+    keel__jw_str(b, msg);
     if (st)
-      sb_put(b, st->service_frag, strlen(st->service_frag));
+      keel__jw_put(b, st->service_frag, strlen(st->service_frag));
     else
-      SB_LIT(b, ",\"service\":\"keel\"");
+      KEEL__JW_LIT(b, ",\"service\":\"keel\"");
     if (event) {
-      SB_LIT(b, ",\"event\":");
-      put_str(b, event);
+      KEEL__JW_LIT(b, ",\"event\":");
+      keel__jw_str(b, event);
     }
-    if (lg) sb_put(b, lg->frag, lg->len);
-    if (ctx) sb_put(b, ctx->frag, ctx->len);
+    if (lg) keel__jw_put(b, lg->frag, lg->len);
+    if (ctx) keel__jw_put(b, ctx->frag, ctx->len);
     put_fields(b, fields, r, 0, true);
-    SB_LIT(b, "}\n");
+    KEEL__JW_LIT(b, "}\n");
   } else {
     bool color = st->color;
-    sbuf *f = &t->frag;
+    keel__jw *f = &t->frag;
     f->len = 0;
     f->oom = false;
     if (event) {
-      SB_LIT(f, ",\"event\":");
-      put_str(f, event);
+      KEEL__JW_LIT(f, ",\"event\":");
+      keel__jw_str(f, event);
     }
-    if (lg) sb_put(f, lg->frag, lg->len);
-    if (ctx) sb_put(f, ctx->frag, ctx->len);
+    if (lg) keel__jw_put(f, lg->frag, lg->len);
+    if (ctx) keel__jw_put(f, ctx->frag, ctx->len);
     put_fields(f, fields, r, 0, true);
     ts[10] = ' ';
-    sb_put(b, ts, 23);
-    sb_ch(b, ' ');
-    if (color) sb_put(b, pretty_colors[level], strlen(pretty_colors[level]));
-    sb_put(b, pretty_names[level], 5);
-    if (color) SB_LIT(b, "\x1b[0m");
-    sb_ch(b, ' ');
-    put_escaped(b, msg, strlen(msg));
-    SB_LIT(b, " (");
-    put_escaped(b, st->service, strlen(st->service));
-    sb_ch(b, ')');
+    keel__jw_put(b, ts, 23);
+    keel__jw_ch(b, ' ');
+    if (color) keel__jw_put(b, pretty_colors[level], strlen(pretty_colors[level]));
+    keel__jw_put(b, pretty_names[level], 5);
+    if (color) KEEL__JW_LIT(b, "\x1b[0m");
+    keel__jw_ch(b, ' ');
+    keel__jw_escaped(b, msg, strlen(msg));
+    KEEL__JW_LIT(b, " (");
+    keel__jw_escaped(b, st->service, strlen(st->service));
+    keel__jw_ch(b, ')');
     if (!f->oom) prettify(b, f->p, f->len, color);
-    sb_ch(b, '\n');
+    keel__jw_ch(b, '\n');
     if (f->oom) b->oom = true;
   }
   if (b->oom) {
@@ -878,12 +652,12 @@ void keel_log_report_handler(const keel_report *r, void *ud) {
 
 /* Encodes prefix + fields into a fresh fragment (redacted). NULL on ENOMEM. */
 static int encode_fragment(const char *prefix, size_t plen, const keel_log_field *fields,
-                           sbuf *out) {
+                           keel__jw *out) {
   log_state *st = atomic_load_explicit(&g_st, memory_order_acquire);
   pthread_once(&key_once, make_key);
   const redact_set *r = st ? &st->redact : &g_default_redact;
   memset(out, 0, sizeof *out);
-  sb_put(out, prefix, plen);
+  keel__jw_put(out, prefix, plen);
   put_fields(out, fields, r, 0, true);
   if (out->oom) {
     free(out->p);
@@ -893,7 +667,7 @@ static int encode_fragment(const char *prefix, size_t plen, const keel_log_field
 }
 
 keel_logger *keel_log_child_list(const keel_logger *parent, const keel_log_field *fields) {
-  sbuf f;
+  keel__jw f;
   if (encode_fragment(parent ? parent->frag : "", parent ? parent->len : 0, fields, &f))
     return NULL;
   keel_logger *lg = malloc(sizeof *lg + f.len + 1);
@@ -962,7 +736,7 @@ int keel_log_context_set_list(const keel_log_field *fields) {
   ctxslot *cs;
   int rc = get_slot(&cs);
   if (rc) return rc;
-  sbuf f;
+  keel__jw f;
   if ((rc = encode_fragment("", 0, fields, &f))) return rc;
   rc = replace_top(cs, f.p ? f.p : "", f.len);
   free(f.p);
@@ -973,7 +747,7 @@ int keel_log_context_add_list(const keel_log_field *fields) {
   ctxslot *cs;
   int rc = get_slot(&cs);
   if (rc) return rc;
-  sbuf f;
+  keel__jw f;
   if ((rc = encode_fragment(cs->top ? cs->top->frag : "", cs->top ? cs->top->len : 0, fields, &f)))
     return rc;
   rc = replace_top(cs, f.p ? f.p : "", f.len);
@@ -1123,10 +897,10 @@ int keel_log_init(const keel_log_options *opts) {
   }
   const char *service = o.service ? o.service : getenv("SERVICE_NAME");
   if (!service || !*service) service = "keel";
-  sbuf sf = {0};
-  SB_LIT(&sf, ",\"service\":");
-  put_str(&sf, service);
-  sb_ch(&sf, 0);
+  keel__jw sf = {0};
+  KEEL__JW_LIT(&sf, ",\"service\":");
+  keel__jw_str(&sf, service);
+  keel__jw_ch(&sf, 0);
   st->service_frag = sf.p;
   st->service = strdup(service);
   st->spare = malloc(st->cap);

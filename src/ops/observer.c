@@ -61,6 +61,7 @@
 #include "keel/message.h"
 #include "keel/observer.h"
 #include "keel/registry.h"
+#include "ops/json_write.h"
 
 #define SUP_TIMEOUT_DEFAULT 500
 #define SUP_BUDGET_DEFAULT  3000
@@ -577,135 +578,28 @@ fail:
 
 /* ---- JSON ---------------------------------------------------------------- */
 
-typedef struct jbuf {
-  char *p;
-  size_t len, cap;
-  bool oom;
-} jbuf;
-
-static bool jb_room(jbuf *b, size_t need) {
-  if (b->oom) return false;
-  if (b->len + need + 1 <= b->cap) return true;
-  size_t cap = b->cap ? b->cap : 4096;
-  while (cap < b->len + need + 1)
-    cap *= 2;
-  char *p = realloc(b->p, cap);
-  if (!p) {
-    b->oom = true;
-    return false;
-  }
-  b->p = p;
-  b->cap = cap;
-  return true;
-}
-
-static void jb_raw(jbuf *b, const char *s, size_t n) {
-  if (!jb_room(b, n)) return;
-  memcpy(b->p + b->len, s, n);
-  b->len += n;
-}
-
-#define JB_LIT(b, lit) jb_raw((b), lit, sizeof(lit) - 1)
-
-static void jb_u64(jbuf *b, uint64_t v) {
-  char t[24];
-  size_t i = sizeof t;
-  do {
-    t[--i] = (char)('0' + v % 10);
-    v /= 10;
-  } while (v);
-  jb_raw(b, t + i, sizeof t - i);
-}
-
-static void jb_i64(jbuf *b, int64_t v) {
-  if (v < 0) {
-    JB_LIT(b, "-");
-    jb_u64(b, (uint64_t)0 - (uint64_t)v);
-  } else {
-    jb_u64(b, (uint64_t)v);
-  }
-}
-
-static void jb_dbl(jbuf *b, double v) {
-  char t[32];
-  int n = snprintf(t, sizeof t, "%.4f", v);
-  jb_raw(b, t, (size_t)n);
-}
-
-static void jb_bool(jbuf *b, bool v) {
+static void jb_bool(keel__jw *b, bool v) {
   if (v)
-    JB_LIT(b, "true");
+    KEEL__JW_LIT(b, "true");
   else
-    JB_LIT(b, "false");
+    KEEL__JW_LIT(b, "false");
 }
 
-/* Length of the valid UTF-8 sequence at s (1..4), or 0 when invalid. */
-static size_t utf8_len(const unsigned char *s) {
-  unsigned c = s[0];
-  if (c < 0x80) return 1;
-  if (c >= 0xC2 && c <= 0xDF) return (s[1] & 0xC0) == 0x80 ? 2 : 0;
-  if (c >= 0xE0 && c <= 0xEF) {
-    if ((s[1] & 0xC0) != 0x80 || (s[2] & 0xC0) != 0x80) return 0;
-    if (c == 0xE0 && s[1] < 0xA0) return 0; /* overlong */
-    if (c == 0xED && s[1] > 0x9F) return 0; /* surrogates */
-    return 3;
-  }
-  if (c >= 0xF0 && c <= 0xF4) {
-    if ((s[1] & 0xC0) != 0x80 || (s[2] & 0xC0) != 0x80 || (s[3] & 0xC0) != 0x80) return 0;
-    if (c == 0xF0 && s[1] < 0x90) return 0;
-    if (c == 0xF4 && s[1] > 0x8F) return 0;
-    return 4;
-  }
-  return 0;
-}
-
-static void jb_str(jbuf *b, const char *str) {
-  const unsigned char *s = (const unsigned char *)(str ? str : "");
-  JB_LIT(b, "\"");
-  while (*s) {
-    const unsigned char *run = s;
-    while (*s >= 0x20 && *s < 0x80 && *s != '"' && *s != '\\')
-      s++;
-    if (s > run) jb_raw(b, (const char *)run, (size_t)(s - run));
-    if (!*s) break;
-    if (*s == '"' || *s == '\\') {
-      char e[2] = {'\\', (char)*s};
-      jb_raw(b, e, 2);
-      s++;
-    } else if (*s < 0x20) {
-      char e[8];
-      int n = snprintf(e, sizeof e, "\\u%04x", *s);
-      jb_raw(b, e, (size_t)n);
-      s++;
-    } else {
-      size_t l = utf8_len(s);
-      if (l) {
-        jb_raw(b, (const char *)s, l);
-        s += l;
-      } else {
-        JB_LIT(b, "\xEF\xBF\xBD"); /* U+FFFD */
-        s++;
-      }
-    }
-  }
-  JB_LIT(b, "\"");
-}
-
-static void jb_pid(jbuf *b, keel_pid_t pid) {
+static void jb_pid(keel__jw *b, keel_pid_t pid) {
   if (!pid) {
-    JB_LIT(b, "null");
+    KEEL__JW_LIT(b, "null");
     return;
   }
   char t[32];
   keel_pid_format(pid, t, sizeof t);
-  jb_str(b, t);
+  keel__jw_str(b, t);
 }
 
 /* ,"key": */
-static void jb_key(jbuf *b, const char *key, bool first) {
-  if (!first) JB_LIT(b, ",");
-  jb_str(b, key);
-  JB_LIT(b, ":");
+static void jb_key(keel__jw *b, const char *key, bool first) {
+  if (!first) KEEL__JW_LIT(b, ",");
+  keel__jw_str(b, key);
+  KEEL__JW_LIT(b, ":");
 }
 
 static const char *sup_status_name(int status) {
@@ -728,58 +622,58 @@ static const char *restart_name(keel_restart r) {
   return "unknown";
 }
 
-static void jb_child(jbuf *b, const keel_child_info *c) {
+static void jb_child(keel__jw *b, const keel_child_info *c) {
   jb_key(b, "id", true);
-  jb_str(b, c->id);
+  keel__jw_str(b, c->id);
   jb_key(b, "pid", false);
   jb_pid(b, c->pid);
   jb_key(b, "type", false);
-  jb_str(b, c->type == KEEL_SUPERVISOR ? "supervisor" : "worker");
+  keel__jw_str(b, c->type == KEEL_SUPERVISOR ? "supervisor" : "worker");
   jb_key(b, "restart", false);
-  jb_str(b, restart_name(c->restart));
+  keel__jw_str(b, restart_name(c->restart));
   jb_key(b, "restarts", false);
-  jb_u64(b, c->restarts);
+  keel__jw_u64(b, c->restarts);
 }
 
 /* The fields a supervisor has in "supervisors" and in "tree" (no braces). */
-static void jb_sup_fields(jbuf *b, const keel_observer_sup *s) {
+static void jb_sup_fields(keel__jw *b, const keel_observer_sup *s) {
   jb_key(b, "pid", true);
   jb_pid(b, s->pid);
   jb_key(b, "name", false);
-  jb_str(b, s->name);
+  keel__jw_str(b, s->name);
   jb_key(b, "status", false);
-  jb_str(b, sup_status_name(s->status));
+  keel__jw_str(b, sup_status_name(s->status));
   jb_key(b, "strategy", false);
   if (s->status)
-    JB_LIT(b, "null");
+    KEEL__JW_LIT(b, "null");
   else
-    jb_str(b, keel_sup_strategy_name(s->strategy));
+    keel__jw_str(b, keel_sup_strategy_name(s->strategy));
   jb_key(b, "intensity", false);
-  jb_i64(b, s->intensity);
+  keel__jw_i64(b, s->intensity);
   jb_key(b, "period_ms", false);
-  jb_i64(b, s->period_ms);
+  keel__jw_i64(b, s->period_ms);
   jb_key(b, "restarts", false);
-  jb_u64(b, s->restarts);
+  keel__jw_u64(b, s->restarts);
 }
 
-static void jb_tree(jbuf *b, const keel_observer_snapshot *snap, const pidmap *supmap, size_t i) {
+static void jb_tree(keel__jw *b, const keel_observer_snapshot *snap, const pidmap *supmap, size_t i) {
   const keel_observer_sup *s = &snap->sups[i];
-  JB_LIT(b, "{");
+  KEEL__JW_LIT(b, "{");
   jb_sup_fields(b, s);
   jb_key(b, "children", false);
-  JB_LIT(b, "[");
+  KEEL__JW_LIT(b, "[");
   for (size_t c = 0; c < s->nchildren; c++) {
-    if (c) JB_LIT(b, ",");
-    JB_LIT(b, "{");
+    if (c) KEEL__JW_LIT(b, ",");
+    KEEL__JW_LIT(b, "{");
     jb_child(b, &s->children[c]);
     size_t j;
     if (pm_get(supmap, s->children[c].pid, &j) && snap->sups[j].parent_index == i) {
       jb_key(b, "supervisor", false);
       jb_tree(b, snap, supmap, j);
     }
-    JB_LIT(b, "}");
+    KEEL__JW_LIT(b, "}");
   }
-  JB_LIT(b, "]}");
+  KEEL__JW_LIT(b, "]}");
 }
 
 /* A formatted pid, remembered: parents and supervisors repeat from one
@@ -790,9 +684,9 @@ typedef struct pidcache {
   char s[40];
 } pidcache;
 
-static void jb_pid_cached(jbuf *b, pidcache *c, keel_pid_t pid) {
+static void jb_pid_cached(keel__jw *b, pidcache *c, keel_pid_t pid) {
   if (!pid) {
-    JB_LIT(b, "null");
+    KEEL__JW_LIT(b, "null");
     return;
   }
   if (c->pid != pid) {
@@ -801,47 +695,47 @@ static void jb_pid_cached(jbuf *b, pidcache *c, keel_pid_t pid) {
     c->len = (size_t)snprintf(c->s, sizeof c->s, "\"%s\"", t); /* pids need no escaping */
     c->pid = pid;
   }
-  jb_raw(b, c->s, c->len);
+  keel__jw_put(b, c->s, c->len);
 }
 
-static void jb_proc(jbuf *b, const keel_observer_proc *p, pidcache pc[3]) {
-  JB_LIT(b, "{\"pid\":");
+static void jb_proc(keel__jw *b, const keel_observer_proc *p, pidcache pc[3]) {
+  KEEL__JW_LIT(b, "{\"pid\":");
   jb_pid_cached(b, &pc[0], p->pid);
-  JB_LIT(b, ",\"name\":");
-  jb_str(b, p->name);
-  JB_LIT(b, ",\"registered\":");
+  KEEL__JW_LIT(b, ",\"name\":");
+  keel__jw_str(b, p->name);
+  KEEL__JW_LIT(b, ",\"registered\":");
   if (p->registered && *p->registered)
-    jb_str(b, p->registered);
+    keel__jw_str(b, p->registered);
   else
-    JB_LIT(b, "null");
-  JB_LIT(b, ",\"status\":");
-  jb_str(b, p->status);
-  JB_LIT(b, ",\"waiting_for\":");
-  jb_str(b, p->waiting_for);
-  JB_LIT(b, ",\"scheduler\":");
-  jb_i64(b, p->scheduler);
-  JB_LIT(b, ",\"mailbox_len\":");
-  jb_u64(b, p->mailbox_len);
-  JB_LIT(b, ",\"messages_in\":");
-  jb_u64(b, p->messages_in);
-  JB_LIT(b, ",\"messages_handled\":");
-  jb_u64(b, p->messages_handled);
-  JB_LIT(b, ",\"memory\":");
-  jb_u64(b, p->memory);
-  JB_LIT(b, ",\"age_ms\":");
-  jb_i64(b, p->age_ms);
-  JB_LIT(b, ",\"parent\":");
+    KEEL__JW_LIT(b, "null");
+  KEEL__JW_LIT(b, ",\"status\":");
+  keel__jw_str(b, p->status);
+  KEEL__JW_LIT(b, ",\"waiting_for\":");
+  keel__jw_str(b, p->waiting_for);
+  KEEL__JW_LIT(b, ",\"scheduler\":");
+  keel__jw_i64(b, p->scheduler);
+  KEEL__JW_LIT(b, ",\"mailbox_len\":");
+  keel__jw_u64(b, p->mailbox_len);
+  KEEL__JW_LIT(b, ",\"messages_in\":");
+  keel__jw_u64(b, p->messages_in);
+  KEEL__JW_LIT(b, ",\"messages_handled\":");
+  keel__jw_u64(b, p->messages_handled);
+  KEEL__JW_LIT(b, ",\"memory\":");
+  keel__jw_u64(b, p->memory);
+  KEEL__JW_LIT(b, ",\"age_ms\":");
+  keel__jw_i64(b, p->age_ms);
+  KEEL__JW_LIT(b, ",\"parent\":");
   jb_pid_cached(b, &pc[1], p->parent);
-  JB_LIT(b, ",\"supervisor\":");
+  KEEL__JW_LIT(b, ",\"supervisor\":");
   jb_pid_cached(b, &pc[2], p->supervisor);
-  JB_LIT(b, ",\"child_id\":");
+  KEEL__JW_LIT(b, ",\"child_id\":");
   if (p->supervisor)
-    jb_str(b, p->child_id);
+    keel__jw_str(b, p->child_id);
   else
-    JB_LIT(b, "null");
-  JB_LIT(b, ",\"is_supervisor\":");
+    KEEL__JW_LIT(b, "null");
+  KEEL__JW_LIT(b, ",\"is_supervisor\":");
   jb_bool(b, p->is_supervisor);
-  JB_LIT(b, "}");
+  KEEL__JW_LIT(b, "}");
 }
 
 int keel_observer_snapshot_to_json(const keel_observer_snapshot *snap, char **json, size_t *len) {
@@ -852,161 +746,162 @@ int keel_observer_snapshot_to_json(const keel_observer_snapshot *snap, char **js
   if (pm_init(&supmap, snap->nsups)) return KEEL_ENOMEM;
   for (size_t i = 0; i < snap->nsups; i++)
     pm_put(&supmap, snap->sups[i].pid, i);
-  jbuf b = {0};
-  jb_room(&b, 512 + snap->nprocs * 320 + snap->nsups * 256);
+  keel__jw b = {0};
+  keel__jw_room(&b, 512 + snap->nprocs * 320 + snap->nsups * 256);
   const keel_observer_totals *t = &snap->totals;
   const keel_rt_stats *rt = &t->rt;
 
-  JB_LIT(&b, "{\"version\":1");
+  KEEL__JW_LIT(&b, "{\"version\":1");
   jb_key(&b, "time_ms", false);
-  jb_u64(&b, snap->time_ms);
+  keel__jw_u64(&b, snap->time_ms);
   jb_key(&b, "uptime_ms", false);
-  jb_u64(&b, snap->uptime_ms);
+  keel__jw_u64(&b, snap->uptime_ms);
   jb_key(&b, "duration_us", false);
-  jb_i64(&b, snap->duration_us);
+  keel__jw_i64(&b, snap->duration_us);
   jb_key(&b, "truncated", false);
   jb_bool(&b, snap->truncated);
   jb_key(&b, "processes_listed", false);
-  jb_u64(&b, snap->nprocs);
+  keel__jw_u64(&b, snap->nprocs);
 
   jb_key(&b, "totals", false);
-  JB_LIT(&b, "{");
+  KEEL__JW_LIT(&b, "{");
   jb_key(&b, "processes", true);
-  jb_u64(&b, t->processes);
+  keel__jw_u64(&b, t->processes);
   jb_key(&b, "mailbox_messages", false);
-  jb_u64(&b, t->mailbox_messages);
+  keel__jw_u64(&b, t->mailbox_messages);
   jb_key(&b, "max_mailbox_len", false);
-  jb_u64(&b, t->max_mailbox_len);
+  keel__jw_u64(&b, t->max_mailbox_len);
   jb_key(&b, "messages_handled", false);
-  jb_u64(&b, t->messages_handled);
+  keel__jw_u64(&b, t->messages_handled);
   jb_key(&b, "process_memory", false);
-  jb_u64(&b, t->process_memory);
+  keel__jw_u64(&b, t->process_memory);
   jb_key(&b, "supervisors", false);
-  jb_u64(&b, t->supervisors);
+  keel__jw_u64(&b, t->supervisors);
   jb_key(&b, "unresponsive_supervisors", false);
-  jb_u64(&b, t->unresponsive_supervisors);
+  keel__jw_u64(&b, t->unresponsive_supervisors);
   jb_key(&b, "restarts", false);
-  jb_u64(&b, t->restarts);
+  keel__jw_u64(&b, t->restarts);
   jb_key(&b, "registered_names", false);
-  jb_u64(&b, t->registered_names);
+  keel__jw_u64(&b, t->registered_names);
   jb_key(&b, "procs_alive", false);
-  jb_u64(&b, rt->procs_alive);
+  keel__jw_u64(&b, rt->procs_alive);
   jb_key(&b, "procs_spawned", false);
-  jb_u64(&b, rt->procs_spawned);
+  keel__jw_u64(&b, rt->procs_spawned);
   jb_key(&b, "procs_exited", false);
-  jb_u64(&b, rt->procs_exited);
+  keel__jw_u64(&b, rt->procs_exited);
   jb_key(&b, "msgs_sent", false);
-  jb_u64(&b, rt->msgs_sent);
+  keel__jw_u64(&b, rt->msgs_sent);
   jb_key(&b, "msgs_to_dead", false);
-  jb_u64(&b, rt->msgs_to_dead);
+  keel__jw_u64(&b, rt->msgs_to_dead);
   jb_key(&b, "replies_dropped", false);
-  jb_u64(&b, rt->replies_dropped);
+  keel__jw_u64(&b, rt->replies_dropped);
   jb_key(&b, "context_switches", false);
-  jb_u64(&b, rt->context_switches);
+  keel__jw_u64(&b, rt->context_switches);
   jb_key(&b, "steals", false);
-  jb_u64(&b, rt->steals);
+  keel__jw_u64(&b, rt->steals);
   jb_key(&b, "blocking_queued", false);
-  jb_u64(&b, rt->blocking_queued);
+  keel__jw_u64(&b, rt->blocking_queued);
   jb_key(&b, "blocking_running", false);
-  jb_u64(&b, rt->blocking_running);
+  keel__jw_u64(&b, rt->blocking_running);
   jb_key(&b, "stuck_reports", false);
-  jb_u64(&b, rt->stuck_reports);
-  JB_LIT(&b, "}");
+  keel__jw_u64(&b, rt->stuck_reports);
+  KEEL__JW_LIT(&b, "}");
 
   const keel_sys_memory *m = &snap->memory;
   jb_key(&b, "memory", false);
-  JB_LIT(&b, "{");
+  KEEL__JW_LIT(&b, "{");
   jb_key(&b, "rss_bytes", true);
-  jb_u64(&b, m->rss_bytes);
+  keel__jw_u64(&b, m->rss_bytes);
   jb_key(&b, "heap_bytes", false);
-  jb_u64(&b, m->heap_bytes);
+  keel__jw_u64(&b, m->heap_bytes);
   jb_key(&b, "virtual_bytes", false);
-  jb_u64(&b, m->virtual_bytes);
+  keel__jw_u64(&b, m->virtual_bytes);
   jb_key(&b, "limit_bytes", false);
   if (m->limit_bytes)
-    jb_u64(&b, m->limit_bytes);
+    keel__jw_u64(&b, m->limit_bytes);
   else
-    JB_LIT(&b, "null");
+    KEEL__JW_LIT(&b, "null");
   jb_key(&b, "cgroup_usage_bytes", false);
-  jb_u64(&b, m->cgroup_usage_bytes);
+  keel__jw_u64(&b, m->cgroup_usage_bytes);
   jb_key(&b, "system_bytes", false);
-  jb_u64(&b, m->system_bytes);
+  keel__jw_u64(&b, m->system_bytes);
   jb_key(&b, "process_bytes", false);
-  jb_u64(&b, t->process_memory);
-  JB_LIT(&b, "}");
+  keel__jw_u64(&b, t->process_memory);
+  KEEL__JW_LIT(&b, "}");
 
   jb_key(&b, "schedulers", false);
-  JB_LIT(&b, "[");
+  KEEL__JW_LIT(&b, "[");
   for (size_t i = 0; i < snap->nscheds; i++) {
     const keel_observer_sched *s = &snap->scheds[i];
-    if (i) JB_LIT(&b, ",");
-    JB_LIT(&b, "{");
+    if (i) KEEL__JW_LIT(&b, ",");
+    KEEL__JW_LIT(&b, "{");
     jb_key(&b, "id", true);
-    jb_i64(&b, s->info.id);
+    keel__jw_i64(&b, s->info.id);
     jb_key(&b, "utilisation", false);
-    jb_dbl(&b, s->utilisation);
+    keel__jw_double(&b, s->utilisation);
     jb_key(&b, "stuck", false);
     jb_bool(&b, s->info.stuck);
     jb_key(&b, "running", false);
     jb_pid(&b, s->info.running);
     jb_key(&b, "run_queue", false);
-    jb_u64(&b, s->info.run_queue);
+    keel__jw_u64(&b, s->info.run_queue);
     jb_key(&b, "idle_ns", false);
-    jb_u64(&b, s->info.idle_ns);
+    keel__jw_u64(&b, s->info.idle_ns);
     jb_key(&b, "switches", false);
-    jb_u64(&b, s->info.switches);
-    JB_LIT(&b, "}");
+    keel__jw_u64(&b, s->info.switches);
+    KEEL__JW_LIT(&b, "}");
   }
-  JB_LIT(&b, "]");
+  KEEL__JW_LIT(&b, "]");
   jb_key(&b, "utilisation_window_ms", false);
-  jb_i64(&b, snap->utilisation_window_ms);
+  keel__jw_i64(&b, snap->utilisation_window_ms);
 
   jb_key(&b, "supervisors", false);
-  JB_LIT(&b, "[");
+  KEEL__JW_LIT(&b, "[");
   for (size_t i = 0; i < snap->nsups; i++) {
     const keel_observer_sup *s = &snap->sups[i];
-    if (i) JB_LIT(&b, ",");
-    JB_LIT(&b, "{");
+    if (i) KEEL__JW_LIT(&b, ",");
+    KEEL__JW_LIT(&b, "{");
     jb_sup_fields(&b, s);
     jb_key(&b, "supervisor", false);
     jb_pid(&b, s->parent);
     jb_key(&b, "depth", false);
-    jb_u64(&b, s->depth);
+    keel__jw_u64(&b, s->depth);
     jb_key(&b, "children", false);
-    JB_LIT(&b, "[");
+    KEEL__JW_LIT(&b, "[");
     for (size_t c = 0; c < s->nchildren; c++) {
-      if (c) JB_LIT(&b, ",");
-      JB_LIT(&b, "{");
+      if (c) KEEL__JW_LIT(&b, ",");
+      KEEL__JW_LIT(&b, "{");
       jb_child(&b, &s->children[c]);
-      JB_LIT(&b, "}");
+      KEEL__JW_LIT(&b, "}");
     }
-    JB_LIT(&b, "]}");
+    KEEL__JW_LIT(&b, "]}");
   }
-  JB_LIT(&b, "]");
+  KEEL__JW_LIT(&b, "]");
 
   jb_key(&b, "tree", false);
-  JB_LIT(&b, "[");
+  KEEL__JW_LIT(&b, "[");
   bool first = true;
   for (size_t i = 0; i < snap->nsups; i++) {
     if (snap->sups[i].parent_index != KEEL_OBSERVER_NONE) continue;
-    if (!first) JB_LIT(&b, ",");
+    if (!first) KEEL__JW_LIT(&b, ",");
     first = false;
     jb_tree(&b, snap, &supmap, i);
   }
-  JB_LIT(&b, "]");
+  KEEL__JW_LIT(&b, "]");
 
   jb_key(&b, "processes", false);
-  JB_LIT(&b, "[");
+  KEEL__JW_LIT(&b, "[");
   pidcache pc[3];
   memset(pc, 0, sizeof pc);
   for (size_t i = 0; i < snap->nprocs; i++) {
-    if (i) JB_LIT(&b, ",");
+    if (i) KEEL__JW_LIT(&b, ",");
     jb_proc(&b, &snap->procs[i], pc);
     if (i % 4096 == 4095)
       keel_yield(); /* a long encoding lets others run (no-op outside a process) */
   }
-  JB_LIT(&b, "]}");
+  KEEL__JW_LIT(&b, "]}");
   pm_free(&supmap);
+  keel__jw_room(&b, 1); /* the terminator */
   if (b.oom) {
     free(b.p);
     return KEEL_ENOMEM;
