@@ -51,6 +51,7 @@
 #include <unistd.h>
 
 #include "http/http_internal.h"
+#include "ops/json_write.h"
 
 #define READ_BUF     65536
 #define LINGER_MS    1000
@@ -345,35 +346,12 @@ static bool conn_write(keel__conn *c, char *buf, size_t len) {
 
 /* ---- responses ------------------------------------------------------------------------ */
 
-typedef struct sbuf {
-  char *p;
-  size_t n, cap;
-  bool oom;
-} sbuf;
-
-static void sb_put(sbuf *b, const char *s, size_t n) {
-  if (b->oom) return;
-  if (b->n + n > b->cap) {
-    size_t cap = b->cap ? b->cap : 2048;
-    while (cap < b->n + n)
-      cap *= 2;
-    char *p = realloc(b->p, cap);
-    if (!p) {
-      b->oom = true;
-      return;
-    }
-    b->p = p;
-    b->cap = cap;
-  }
-  memcpy(b->p + b->n, s, n);
-  b->n += n;
-}
-static void sb_str(sbuf *b, const char *s) { sb_put(b, s, strlen(s)); }
-static void sb_hdr(sbuf *b, const char *name, const char *value) {
-  sb_str(b, name);
-  sb_put(b, ": ", 2);
-  sb_str(b, value);
-  sb_put(b, "\r\n", 2);
+/* A response header line (name and value already checked for CR/LF). */
+static void sb_hdr(keel__jw *b, const char *name, const char *value) {
+  keel__jw_put(b, name, strlen(name));
+  KEEL__JW_LIT(b, ": ");
+  keel__jw_put(b, value, strlen(value));
+  KEEL__JW_LIT(b, "\r\n");
 }
 
 static void access_log(keel_http_server *s, keel_http_req *rq, size_t bytes_out) {
@@ -507,12 +485,14 @@ static void send_response(keel_http_req *rq) {
   bool head = strcmp(rq->method, "HEAD") == 0;
   size_t bytes_out = 0;
   if (c && !c->closing) {
-    sbuf b = {0};
+    keel__jw b = {0};
+    keel__jw_room(&b, 2048); /* the usual response in one allocation */
     char line[64], num[32];
     snprintf(line, sizeof line, "HTTP/1.1 %d %s\r\n", res->status,
              keel__status_reason(res->status));
-    sb_str(&b, line);
-    sb_str(&b, date_header(c->l));
+    keel__jw_put(&b, line, strlen(line));
+    const char *date = date_header(c->l);
+    keel__jw_put(&b, date, strlen(date));
     if (res->len || res->content_type)
       sb_hdr(&b, "Content-Type", res->content_type ? res->content_type : "application/octet-stream");
     snprintf(num, sizeof num, "%zu", res->len);
@@ -520,17 +500,17 @@ static void send_response(keel_http_req *rq) {
     sb_hdr(&b, "Connection", keep ? "keep-alive" : "close");
     if (rq->reqid[0]) sb_hdr(&b, "X-Request-Id", rq->reqid);
     if (rq->traceparent[0]) sb_hdr(&b, "traceparent", rq->traceparent);
-    if (s->sec_headers) sb_put(&b, s->sec_headers, s->sec_len);
+    if (s->sec_headers) keel__jw_put(&b, s->sec_headers, s->sec_len);
     for (size_t i = 0; i < rq->mw.n; i++)
       sb_hdr(&b, rq->mw.v[i].name, rq->mw.v[i].value);
     for (size_t i = 0; i < res->headers.n; i++)
       sb_hdr(&b, res->headers.v[i].name, res->headers.v[i].value);
-    sb_put(&b, "\r\n", 2);
-    if (!head && res->status != 204) sb_put(&b, res->body, res->len);
+    keel__jw_put(&b, "\r\n", 2);
+    if (!head && res->status != 204) keel__jw_put(&b, res->body, res->len);
     if (!b.oom) {
-      bytes_out = b.n;
+      bytes_out = b.len;
       if (!keep) c->close_after = true;
-      conn_write(c, b.p, b.n);
+      conn_write(c, b.p, b.len);
     } else {
       free(b.p);
       conn_close(c);
@@ -1215,7 +1195,7 @@ static int setup_middleware(keel_http_server *s) {
   if (s->o.security_headers) {
     keel__hdrs h = {0};
     int rc = keel__security_headers(&h, s->o.hsts, s->csp);
-    sbuf b = {0};
+    keel__jw b = {0};
     for (size_t i = 0; !rc && i < h.n; i++)
       sb_hdr(&b, h.v[i].name, h.v[i].value);
     keel__hdrs_free(&h);
@@ -1224,7 +1204,7 @@ static int setup_middleware(keel_http_server *s) {
       return rc ? rc : KEEL_ENOMEM;
     }
     s->sec_headers = b.p;
-    s->sec_len = b.n;
+    s->sec_len = b.len;
   }
   if (s->o.metrics) {
     static const char *const l3[] = {"method", "route", "status"};
