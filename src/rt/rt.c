@@ -9,6 +9,7 @@
  * called.
  */
 #include <errno.h>
+#include <signal.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
@@ -100,6 +101,13 @@ int keel_rt_start(const keel_rt_options *o) {
     }
   }
   if (opt.schedulers > 1024) goto einval;
+  /* A write to a socket whose peer has gone raises SIGPIPE, whose default
+   * action ends the whole node: every server ignores it and takes EPIPE
+   * from the write instead (libuv writes with write(2), not send with
+   * MSG_NOSIGNAL). A handler the program installed itself is kept. */
+  struct sigaction pipe_sa;
+  if (sigaction(SIGPIPE, NULL, &pipe_sa) == 0 && pipe_sa.sa_handler == SIG_DFL)
+    signal(SIGPIPE, SIG_IGN);
   keel__g.page = (size_t)sysconf(_SC_PAGESIZE);
   if (!opt.stack_size) opt.stack_size = DEFAULT_STACK;
   opt.stack_size = (opt.stack_size + keel__g.page - 1) / keel__g.page * keel__g.page;

@@ -618,6 +618,36 @@ KT_CASE(a_socket_passed_by_systemd_is_served_without_binding) {
   CHECK(WIFSIGNALED(a.status) && WTERMSIG(a.status) == SIGKILL); /* it was serving, not exited */
 }
 
+/* A client that sends two pipelined requests and closes at once: the first
+ * answer reaches a closed socket, whose kernel answers with a reset, so the
+ * second answer is written to a reset connection (EPIPE, and SIGPIPE unless
+ * it is ignored). */
+static void reset_run(void *arg) {
+  int port = *(int *)arg;
+  kt_conn *c = malloc(sizeof *c);
+  if (c && kt_connect(port, c) == 0) {
+    const char *two = "GET /api/nap HTTP/1.1\r\n\r\nGET /api/nap HTTP/1.1\r\n\r\n";
+    kt_send_all(c, two, strlen(two));
+    kt_close(c);
+  }
+  free(c);
+}
+
+KT_CASE(a_client_that_resets_before_its_answer_does_not_kill_the_node) {
+  struct sigaction sa;
+  CHECK_OK(sigaction(SIGPIPE, NULL, &sa));
+  CHECK(sa.sa_handler == SIG_IGN); /* keel_rt_start ignores SIGPIPE */
+  keel_http_server *s = start_default();
+  int port = keel_http_port(s);
+  for (int i = 0; i < 5; i++)
+    CHECK_OK(keel_blocking(reset_run, &port));
+  KT_WAIT_UNTIL(keel_http_in_flight(s) == 0);
+  static kt_resp r;
+  CHECK_EQ(kt_exchange(port, "GET /api/hello HTTP/1.1\r\n\r\n", &r, 1), 1);
+  CHECK_EQ(r.status, 200);
+  CHECK_OK(keel_http_stop(s));
+}
+
 KT_MAIN(KT_ENTRY(get_returns_the_body_with_request_id_and_security_headers),
         KT_ENTRY(a_well_formed_request_id_is_echoed_and_a_bad_one_replaced),
         KT_ENTRY(keep_alive_and_pipelined_requests_are_answered_in_order),
@@ -633,4 +663,5 @@ KT_MAIN(KT_ENTRY(get_returns_the_body_with_request_id_and_security_headers),
         KT_ENTRY(a_client_that_half_closes_still_gets_every_answer),
         KT_ENTRY(stop_cuts_connections_and_kills_handlers_still_running),
         KT_ENTRY(a_socket_passed_by_systemd_is_served_without_binding),
+        KT_ENTRY(a_client_that_resets_before_its_answer_does_not_kill_the_node),
         KT_ENTRY(an_internal_error_is_logged_with_the_request_id_and_the_body_redacted))
