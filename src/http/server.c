@@ -461,6 +461,10 @@ static void conn_after_response(keel__conn *c);
 static void send_response(keel_http_req *rq) {
   keel_http_server *s = rq->srv;
   keel__conn *c = rq->conn;
+  /* a failed write closes the connection, which drops its reference to rq:
+   * hold one of our own until the access log is written (found by the
+   * fuzzer: a use after free when the client had gone) */
+  rq->refs++;
   rq->responded = true;
   keel_http_res *res = &rq->res;
   if (!res->status) keel_http_fail(res, KEEL_HTTP_INTERNAL, "handler returned no response", NULL);
@@ -518,6 +522,7 @@ static void send_response(keel_http_req *rq) {
   }
   access_log(s, rq, bytes_out);
   if (!keep && c) c->close_after = true;
+  release_req(rq);
 }
 
 /* A response made on the loop, without a handler (errors, preflights). */
