@@ -73,7 +73,7 @@ const char *keel__status_reason(int status) {
   case 502: return "Bad Gateway";
   case 503: return "Service Unavailable";
   case 504: return "Gateway Timeout";
-  default: return status < 300 ? "OK" : status < 400 ? "Redirect" : status < 500 ? "Error" : "Error";
+  default: return status < 300 ? "OK" : status < 400 ? "Redirect" : "Error";
   }
 }
 

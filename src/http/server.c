@@ -17,17 +17,19 @@
  * parsing (the head against max_header_bytes: 431, the body against
  * max_body_bytes: 413, both answered at once with the envelope and the
  * connection closed after a lingering read). A complete request pauses the
- * parser and stops reading (pipelined requests wait in the socket, in order).
- * On the loop: request id, trace context, client address, CORS (a preflight
- * is answered here), the rate limit (429 here), the route (404/405 here).
- * Then a handler process runs the route's handler; an exit hook registered
- * on it (keel_on_exit_of) sends the response when the process ends, however
- * it ends: normally with the handler's response, by a crash with 500. A
- * request timer answers 503 and kills a handler that runs past
- * request_timeout_ms. After the response: the access log line, the metrics,
- * then the next pipelined request or reading again.
+ * parser; bytes that arrive while it is handled are kept for after it
+ * (pipelined requests are answered in order), and past 256 KiB reading
+ * stops until the answer is out. On the loop: request id, trace context,
+ * client address, CORS (a preflight is answered here), the rate limit (429
+ * here), the route (404/405 here). Then a handler process runs the route's
+ * handler; an exit hook registered with its spawn (keel_spawn_opts.on_exit)
+ * sends the response when the process ends, however it ends: normally with
+ * the handler's response, by a crash with 500. A per-connection request
+ * timer answers 503 and kills a handler that runs past request_timeout_ms.
+ * After the response: the access log line, the metrics, then the next
+ * pipelined request or reading again.
  *
- * Timeouts per connection (one uv timer): the head of a request must arrive
+ * Timeouts per connection (a second uv timer): the head of a request must arrive
  * within header_timeout_ms of its first byte or of the connection's start
  * (slowloris); a body must keep coming (body_timeout_ms between reads); an
  * idle keep-alive connection is closed after keepalive_timeout_ms.
@@ -568,12 +570,17 @@ static void handler_exited(void *arg) {
   atomic_fetch_sub_explicit(&s->in_flight, 1, memory_order_relaxed);
   if (s->in_flight_g) keel_gauge_dec(s->in_flight_g);
   keel__conn *c = rq->conn;
-  if (c && keel_sched_current() >= 0) uv_timer_stop(&c->rtimer);
   if (keel_sched_current() < 0) { /* the runtime is stopping: no loop to answer on */
-    if (c) c->busy = false, c->rq = NULL, rq->conn = NULL;
+    if (c) { /* nothing will close the connection now: drop its reference too */
+      c->busy = false;
+      c->rq = NULL;
+      rq->conn = NULL;
+      release_req(rq);
+    }
     release_req(rq);
     return;
   }
+  if (c) uv_timer_stop(&c->rtimer);
   if (!rq->responded) {
     if (rq->pid) { /* did not finish: crashed or was killed */
       keel__res_clear(&rq->res);
@@ -921,7 +928,7 @@ static bool conn_feed(keel__conn *c, const char *data, size_t n) {
     return false;
   }
   if (used < n) { /* after a complete request: keep the rest for later */
-    char *p = malloc(n - used + c->npending);
+    char *p = malloc(n - used);
     if (!p) {
       conn_close(c);
       return false;
