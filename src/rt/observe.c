@@ -62,7 +62,7 @@ static bool read_slot(keel__proc *p, uint64_t now_ms, keel_proc_info *out) {
 
 size_t keel_rt_processes(bool (*fn)(const keel_proc_info *info, void *ud), void *ud) {
   if (!fn || atomic_load_explicit(&keel__g.state, memory_order_acquire) != 1) return 0;
-  uint64_t now_ms = keel__now_ns() / 1000000;
+  uint64_t now_ms = keel__coarse_ms();
   size_t n = 0;
   keel_proc_info info;
   /* Chunks are published in order with release stores: stop at the first
@@ -83,7 +83,7 @@ int keel_rt_process_info(keel_pid_t pid, keel_proc_info *out) {
   if (atomic_load_explicit(&keel__g.state, memory_order_acquire) != 1) return KEEL_ESTATE;
   keel__proc *p = keel__lookup_live(pid);
   if (!p || !out) return p ? KEEL_EINVAL : KEEL_ENOPROC;
-  if (!read_slot(p, keel__now_ns() / 1000000, out) || out->pid != pid) return KEEL_ENOPROC;
+  if (!read_slot(p, keel__coarse_ms(), out) || out->pid != pid) return KEEL_ENOPROC;
   return 0;
 }
 

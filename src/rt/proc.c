@@ -250,7 +250,7 @@ int keel_spawn(keel_proc_fn fn, void *arg, const keel_spawn_opts *opts, keel_pid
   atomic_store_explicit(&p->msgs_handled, 0, memory_order_relaxed);
   atomic_store_explicit(&p->parent, parent ? parent->pid : 0, memory_order_relaxed);
   atomic_store_explicit(&p->stack_bytes, st->size, memory_order_relaxed);
-  atomic_store_explicit(&p->born_ms, keel__now_ns() / 1000000, memory_order_relaxed);
+  atomic_store_explicit(&p->born_ms, keel__coarse_ms(), memory_order_relaxed);
   p->exit_kind = KEEL_REASON_NORMAL;
   p->exit_text = NULL;
   copy_name(p, opts->name);

@@ -79,6 +79,12 @@ uint64_t keel__now_ns(void) {
   return (uint64_t)ts.tv_sec * 1000000000u + (uint64_t)ts.tv_nsec;
 }
 
+uint64_t keel__coarse_ms(void) {
+  struct timespec ts;
+  clock_gettime(CLOCK_MONOTONIC_COARSE, &ts);
+  return (uint64_t)ts.tv_sec * 1000u + (uint64_t)ts.tv_nsec / 1000000u;
+}
+
 void keel__spin_lock(keel__spin *l) {
   for (unsigned i = 0;; i++) {
     if (atomic_load_explicit(&l->v, memory_order_relaxed) == 0 &&
