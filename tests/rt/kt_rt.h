@@ -102,6 +102,40 @@ static inline keel_msg_t *kt_recv_kind(keel_msg_kind kind, int64_t timeout_ms) {
   return m;
 }
 
+/* What a trapping process saw in an EXIT message, reported to another
+ * process (the test's parent) so that the test can check it. */
+typedef struct kt_exit_seen {
+  keel_pid_t self; /* who saw it */
+  keel_pid_t from; /* who exited */
+  keel_reason_kind kind;
+  char text[48];
+} kt_exit_seen;
+
+/* Frees m, an EXIT message, and sends what it says to `to` with tag `tag`. */
+static inline void kt_report_exit(keel_msg_t *m, keel_pid_t to, uint32_t tag) {
+  kt_exit_seen e;
+  memset(&e, 0, sizeof e);
+  keel_reason r;
+  CHECK_OK(keel_msg_exit_info(m, &e.from, &r));
+  e.self = keel_self();
+  e.kind = r.kind;
+  snprintf(e.text, sizeof e.text, "%s", r.text);
+  keel_msg_free(m);
+  keel_msg_t *out = keel_msg_copy(tag, &e, sizeof e);
+  CHECK(out != NULL);
+  CHECK_OK(keel_send(to, out));
+}
+
+/* Receives a report sent by kt_report_exit with this tag. */
+static inline kt_exit_seen kt_recv_exit_seen(uint32_t tag) {
+  keel_msg_t *m = kt_recv_tag(tag, KT_LONG);
+  kt_exit_seen e;
+  CHECK_EQ(keel_msg_size(m), sizeof e);
+  memcpy(&e, keel_msg_data(m), sizeof e);
+  keel_msg_free(m);
+  return e;
+}
+
 /* Receives a user message with this tag and returns its u64 payload. */
 static inline uint64_t kt_recv_tag_u64(uint32_t tag, int64_t timeout_ms) {
   keel_msg_t *m = kt_recv_tag(tag, timeout_ms);
@@ -135,6 +169,21 @@ static inline keel_reason_kind kt_wait_down(keel_ref_t ref, keel_pid_t pid, char
   CHECK_OK(keel_msg_exit_info(m, &who, &r));
   CHECK_EQ(who, pid);
   CHECK(r.text != NULL);
+  if (text_out && len) snprintf(text_out, len, "%s", r.text);
+  keel_reason_kind k = r.kind;
+  keel_msg_free(m);
+  return k;
+}
+
+/* Receives the next EXIT message, checks that it comes from pid (and carries
+ * no user tag), copies its reason text to text_out and returns its kind. */
+static inline keel_reason_kind kt_recv_exit(keel_pid_t pid, char *text_out, size_t len) {
+  keel_msg_t *m = kt_recv_kind(KEEL_MSG_EXIT, KT_LONG);
+  keel_pid_t who = 0;
+  keel_reason r;
+  CHECK_OK(keel_msg_exit_info(m, &who, &r));
+  CHECK_EQ(who, pid);
+  CHECK_EQ(keel_msg_tag(m), 0);
   if (text_out && len) snprintf(text_out, len, "%s", r.text);
   keel_reason_kind k = r.kind;
   keel_msg_free(m);

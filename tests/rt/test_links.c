@@ -13,37 +13,6 @@ enum { T_PID = 1, T_STOP, T_EXIT_SEEN, T_READY, T_GO, T_ALIVE };
 
 static keel_pid_t g_parent;
 
-/* What a trapping process saw in an EXIT message, reported to the parent. */
-typedef struct exit_seen {
-  keel_pid_t self;
-  keel_pid_t from;
-  keel_reason_kind kind;
-  char text[48];
-} exit_seen;
-
-static void report_exit(keel_msg_t *m) {
-  exit_seen e;
-  memset(&e, 0, sizeof e);
-  keel_reason r;
-  CHECK_OK(keel_msg_exit_info(m, &e.from, &r));
-  e.self = keel_self();
-  e.kind = r.kind;
-  snprintf(e.text, sizeof e.text, "%s", r.text);
-  keel_msg_free(m);
-  keel_msg_t *out = keel_msg_copy(T_EXIT_SEEN, &e, sizeof e);
-  CHECK(out != NULL);
-  CHECK_OK(keel_send(g_parent, out));
-}
-
-static exit_seen recv_exit_seen(void) {
-  keel_msg_t *m = kt_recv_tag(T_EXIT_SEEN, KT_LONG);
-  exit_seen e;
-  CHECK_EQ(keel_msg_size(m), sizeof e);
-  memcpy(&e, keel_msg_data(m), sizeof e);
-  keel_msg_free(m);
-  return e;
-}
-
 /* ---- chains ---------------------------------------------------------------- */
 
 typedef struct chain {
@@ -71,7 +40,7 @@ static void chain_proc(void *arg) {
   for (;;) {
     keel_msg_t *m = kt_recv(KEEL_INFINITY);
     if (keel_msg_kind_of(m) == KEEL_MSG_EXIT) {
-      report_exit(m);
+      kt_report_exit(m, g_parent, T_EXIT_SEEN);
       continue;
     }
     uint32_t tag = keel_msg_tag(m);
@@ -138,7 +107,7 @@ KT_CASE(a_trapping_process_in_the_chain_gets_exit_and_stops_the_cascade) {
     CHECK_EQ(kt_wait_down(refs[i], g_chain.pids[i], text, sizeof text), KEEL_REASON_ERROR);
     CHECK(strcmp(text, "boom") == 0);
   }
-  exit_seen e = recv_exit_seen();
+  kt_exit_seen e = kt_recv_exit_seen(T_EXIT_SEEN);
   CHECK_EQ(e.self, g_chain.pids[TRAP]);
   CHECK_EQ(e.from, g_chain.pids[TRAP + 1]);
   CHECK_EQ(e.kind, KEEL_REASON_ERROR);
@@ -194,14 +163,9 @@ KT_CASE(links_are_bidirectional) {
   CHECK_OK(keel_spawn(link_then_crash_proc, (void *)(uintptr_t)keel_self(), NULL, &child));
   keel_msg_free(kt_recv_tag(T_READY, KT_LONG));
   kt_send_tag(child, T_GO);
-  keel_msg_t *m = kt_recv_kind(KEEL_MSG_EXIT, KT_LONG);
-  keel_pid_t who;
-  keel_reason r;
-  CHECK_OK(keel_msg_exit_info(m, &who, &r));
-  CHECK_EQ(who, child);
-  CHECK_EQ(r.kind, KEEL_REASON_ERROR);
-  CHECK(strcmp(r.text, "linked crash") == 0);
-  keel_msg_free(m);
+  char why[64];
+  CHECK_EQ(kt_recv_exit(child, why, sizeof why), KEEL_REASON_ERROR);
+  CHECK(strcmp(why, "linked crash") == 0);
   CHECK_EQ(keel_trap_exit(false), 1);
 
   /* the other direction: w is linked by the crasher, which dies: w dies too */
@@ -231,13 +195,7 @@ KT_CASE(normal_exit_does_not_bring_down_links_but_is_seen_when_trapping) {
 
   CHECK_EQ(keel_trap_exit(true), 0);
   CHECK_OK(keel_spawn(quick_proc, NULL, &o, &pid));
-  keel_msg_t *m = kt_recv_kind(KEEL_MSG_EXIT, KT_LONG);
-  keel_pid_t who;
-  keel_reason r;
-  CHECK_OK(keel_msg_exit_info(m, &who, &r));
-  CHECK_EQ(who, pid);
-  CHECK_EQ(r.kind, KEEL_REASON_NORMAL);
-  keel_msg_free(m);
+  CHECK_EQ(kt_recv_exit(pid, NULL, 0), KEEL_REASON_NORMAL);
 }
 
 KT_CASE(link_to_a_dead_pid_returns_enoproc_and_links_nothing) {
@@ -419,14 +377,8 @@ KT_CASE(spawn_link_and_monitor_are_atomic_with_an_instant_crash) {
     char text[16];
     CHECK_EQ(kt_wait_down(ref, pid, text, sizeof text), KEEL_REASON_ERROR);
     CHECK(strcmp(text, "early") == 0);
-    keel_msg_t *m = kt_recv_kind(KEEL_MSG_EXIT, KT_LONG);
-    keel_pid_t who;
-    keel_reason r;
-    CHECK_OK(keel_msg_exit_info(m, &who, &r));
-    CHECK_EQ(who, pid);
-    CHECK_EQ(r.kind, KEEL_REASON_ERROR);
-    CHECK(strcmp(r.text, "early") == 0);
-    keel_msg_free(m);
+    CHECK_EQ(kt_recv_exit(pid, text, sizeof text), KEEL_REASON_ERROR);
+    CHECK(strcmp(text, "early") == 0);
   }
   CHECK_EQ(keel_mailbox_len(), 0);
 }
@@ -452,14 +404,10 @@ KT_CASE(link_racing_with_a_crash_gives_enoproc_or_an_exit_signal) {
     }
     CHECK_OK(rc);
     linked++;
-    keel_msg_t *m = kt_recv_kind(KEEL_MSG_EXIT, KT_LONG);
-    keel_pid_t who;
-    keel_reason r;
-    CHECK_OK(keel_msg_exit_info(m, &who, &r));
-    CHECK_EQ(who, pid);
-    CHECK(r.kind == KEEL_REASON_ERROR || r.kind == KEEL_REASON_NOPROC);
-    if (r.kind == KEEL_REASON_ERROR) CHECK(strcmp(r.text, "race") == 0);
-    keel_msg_free(m);
+    char text[64];
+    keel_reason_kind kind = kt_recv_exit(pid, text, sizeof text);
+    CHECK(kind == KEEL_REASON_ERROR || kind == KEEL_REASON_NOPROC);
+    if (kind == KEEL_REASON_ERROR) CHECK(strcmp(text, "race") == 0);
   }
   fprintf(stderr, "   %d linked, %d enoproc\n", linked, enoproc);
   keel_msg_t *m = NULL;

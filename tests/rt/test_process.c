@@ -129,15 +129,9 @@ KT_CASE(spawn_with_link_delivers_exit_to_trapping_parent) {
   o.link = true;
   keel_pid_t pid;
   CHECK_OK(keel_spawn(crash_proc, "boom", &o, &pid));
-  keel_msg_t *m = kt_recv_kind(KEEL_MSG_EXIT, KT_LONG);
-  keel_pid_t who;
-  keel_reason r;
-  CHECK_OK(keel_msg_exit_info(m, &who, &r));
-  CHECK_EQ(who, pid);
-  CHECK_EQ(r.kind, KEEL_REASON_ERROR);
-  CHECK(strcmp(r.text, "boom") == 0);
-  CHECK_EQ(keel_msg_tag(m), 0);
-  keel_msg_free(m);
+  char why[64];
+  CHECK_EQ(kt_recv_exit(pid, why, sizeof why), KEEL_REASON_ERROR);
+  CHECK(strcmp(why, "boom") == 0);
   CHECK_EQ(keel_trap_exit(false), 1);
 }
 
@@ -179,14 +173,9 @@ static void trap_report_proc(void *arg) {
   /* Started trapping by the spawn option: the previous setting is 1. */
   int prev = keel_trap_exit(true);
   kt_send_u64(g_parent, T_TRAP, (uint64_t)prev);
-  keel_msg_t *m = kt_recv_kind(KEEL_MSG_EXIT, KT_LONG);
-  keel_pid_t who;
-  keel_reason r;
-  CHECK_OK(keel_msg_exit_info(m, &who, &r));
-  CHECK_EQ(who, g_parent);
-  CHECK_EQ(r.kind, KEEL_REASON_ERROR);
-  CHECK(strcmp(r.text, "please stop") == 0);
-  keel_msg_free(m);
+  char why[64];
+  CHECK_EQ(kt_recv_exit(g_parent, why, sizeof why), KEEL_REASON_ERROR);
+  CHECK(strcmp(why, "please stop") == 0);
   kt_send_u64(g_parent, T_TRAP, 2);
 }
 
@@ -285,35 +274,6 @@ KT_CASE(exit_from_inside_with_each_reason_reaches_monitors) {
 
 /* ---- exit signals from outside --------------------------------------------- */
 
-/* What a trapping victim saw in an EXIT message, sent to the parent. */
-typedef struct exit_seen {
-  keel_pid_t from;
-  keel_reason_kind kind;
-  char text[48];
-} exit_seen;
-
-static void forward_exit(keel_msg_t *m) {
-  exit_seen e;
-  memset(&e, 0, sizeof e);
-  keel_reason r;
-  CHECK_OK(keel_msg_exit_info(m, &e.from, &r));
-  e.kind = r.kind;
-  snprintf(e.text, sizeof e.text, "%s", r.text);
-  keel_msg_free(m);
-  keel_msg_t *out = keel_msg_copy(T_TRAP, &e, sizeof e);
-  CHECK(out != NULL);
-  CHECK_OK(keel_send(g_parent, out));
-}
-
-static exit_seen recv_exit_seen(void) {
-  keel_msg_t *m = kt_recv_tag(T_TRAP, KT_LONG);
-  exit_seen e;
-  CHECK_EQ(keel_msg_size(m), sizeof e);
-  memcpy(&e, keel_msg_data(m), sizeof e);
-  keel_msg_free(m);
-  return e;
-}
-
 /* Waits for messages forever; answers T_ALIVE pings; exits on T_STOP. Traps
  * exits when arg is non-NULL and reports each EXIT to the parent (T_TRAP). */
 static void victim_proc(void *arg) {
@@ -321,7 +281,7 @@ static void victim_proc(void *arg) {
   for (;;) {
     keel_msg_t *m = kt_recv(KEEL_INFINITY);
     if (keel_msg_kind_of(m) == KEEL_MSG_EXIT) {
-      forward_exit(m);
+      kt_report_exit(m, g_parent, T_TRAP);
       continue;
     }
     uint32_t tag = keel_msg_tag(m);
@@ -375,7 +335,7 @@ KT_CASE(exit_signal_normal_to_a_trapping_process_becomes_exit_message) {
   keel_ref_t ref;
   keel_pid_t pid = spawn_victim(true, &ref);
   CHECK_OK(keel_exit_signal(pid, KEEL_REASON_NORMAL, NULL));
-  exit_seen e = recv_exit_seen();
+  kt_exit_seen e = kt_recv_exit_seen(T_TRAP);
   CHECK_EQ(e.from, keel_self());
   CHECK_EQ(e.kind, KEEL_REASON_NORMAL);
   kt_send_tag(pid, T_STOP);
@@ -402,7 +362,7 @@ KT_CASE(exit_signal_error_to_a_trapping_process_becomes_exit_message) {
   keel_ref_t ref;
   keel_pid_t pid = spawn_victim(true, &ref);
   CHECK_OK(keel_exit_signal(pid, KEEL_REASON_ERROR, "bad input"));
-  exit_seen e = recv_exit_seen();
+  kt_exit_seen e = kt_recv_exit_seen(T_TRAP);
   CHECK_EQ(e.from, keel_self());
   CHECK_EQ(e.kind, KEEL_REASON_ERROR);
   CHECK(strcmp(e.text, "bad input") == 0);
