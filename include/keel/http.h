@@ -66,6 +66,7 @@ typedef enum keel_http_error_kind {
   KEEL_HTTP_HEADERS_TOO_LARGE, /* 431 HEADERS_TOO_LARGE */
   KEEL_HTTP_INTERNAL,       /* 500 INTERNAL_ERROR: the message is logged, never sent */
   KEEL_HTTP_UNAVAILABLE,    /* 503 SERVICE_UNAVAILABLE */
+  KEEL_HTTP_REQUEST_TIMEOUT, /* 408 REQUEST_TIMEOUT: the head or body did not come in time */
 } keel_http_error_kind;
 
 /* The status and envelope code of an error kind ("NOT_FOUND", ...). */
@@ -144,10 +145,16 @@ typedef struct keel_http_options {
 
   size_t max_header_bytes;     /* request line + headers; default 16 KiB -> 431 */
   size_t max_body_bytes;       /* default 1 MiB -> 413 */
-  int64_t header_timeout_ms;   /* a request's head must arrive within; default 10 s */
-  int64_t body_timeout_ms;     /* idle time allowed while reading a body; default 10 s */
+  /* a request's head must be complete within this of its first byte (or of
+   * the accept): 408 and close; bytes that do not complete it never extend
+   * it; default 10 s */
+  int64_t header_timeout_ms;
+  int64_t body_timeout_ms;     /* idle time allowed while reading a body: 408; default 10 s */
   int64_t keepalive_timeout_ms; /* idle keep-alive connection closed after; default 5 s */
   int64_t request_timeout_ms;  /* handler time before 503; default 30 s; 0: none */
+  /* a client that reads none of its answers for this long while they are
+   * backed up is closed; default 30 s */
+  int64_t send_timeout_ms;
   size_t handler_stack_size;   /* handler process stacks; 0: the runtime default */
 
   /* middleware */

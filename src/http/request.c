@@ -33,10 +33,11 @@ static const struct {
     [KEEL_HTTP_HEADERS_TOO_LARGE] = {431, "HEADERS_TOO_LARGE"},
     [KEEL_HTTP_INTERNAL] = {500, "INTERNAL_ERROR"},
     [KEEL_HTTP_UNAVAILABLE] = {503, "SERVICE_UNAVAILABLE"},
+    [KEEL_HTTP_REQUEST_TIMEOUT] = {408, "REQUEST_TIMEOUT"},
 };
 
 static bool kind_ok(keel_http_error_kind k) {
-  return k >= KEEL_HTTP_VALIDATION && k <= KEEL_HTTP_UNAVAILABLE;
+  return k >= KEEL_HTTP_VALIDATION && k <= KEEL_HTTP_REQUEST_TIMEOUT;
 }
 
 int keel_http_error_status(keel_http_error_kind kind) {

@@ -40,7 +40,7 @@
  */
 #include <arpa/inet.h>
 #include <errno.h>
-#include <http_parser.h>
+#include <fcntl.h>
 #include <netdb.h>
 #include <netinet/in.h>
 #include <netinet/tcp.h>
@@ -53,25 +53,50 @@
 #include <unistd.h>
 
 #include "http/http_internal.h"
+#include "http/parse.h"
 #include "ops/json_write.h"
 
 #define READ_BUF     65536
 #define LINGER_MS    1000
-#define MAX_HEADERS  100
 #define TAG_CTL      0x4b485431u /* acceptor control messages */
+
+/* Pipelining bounds (docs/http.md, "Limits"). A connection parses and
+ * answers at most RUN_BUDGET requests per turn of the loop, then waits its
+ * turn behind the other connections; it keeps at most PIPELINE_MAX bytes
+ * read and not parsed, and stops reading past that; it stops parsing (and
+ * so reading) while more than WRITE_HIGH bytes of answers wait for the
+ * client to read them, and goes on once they are under WRITE_LOW. So a
+ * connection costs at most about PIPELINE_MAX + WRITE_HIGH + one answer,
+ * however many requests it sends. */
+#define RUN_BUDGET   32
+#define PIPELINE_MAX (64 * 1024)
+#define WRITE_HIGH   (256 * 1024)
+#define WRITE_LOW    (64 * 1024)
+
+/* Out of descriptors: stop accepting for ACCEPT_BACKOFF_MS, close up to
+ * IDLE_SHED idle keep-alive connections, log once per ACCEPT_LOG_MS. */
+#define ACCEPT_BACKOFF_MS 100
+#define IDLE_SHED         16
+#define ACCEPT_LOG_MS     10000
 
 enum { CTL_DRAIN = 1, CTL_STOP = 2, CTL_CLOSE = 3 };
 #define DRAIN_GRACE_MS 250 /* an idle connection may still bring one request when a drain begins */
-enum { T_NONE = 0, T_HEAD, T_BODY, T_IDLE, T_LINGER };
+enum { T_NONE = 0, T_HEAD, T_BODY, T_IDLE, T_SEND, T_LINGER };
 
 struct keel__listener {
   keel_http_server *srv;
   int sched;
-  int fd; /* bound and listening, handed to the loop by the acceptor */
+  int fd; /* bound and listening; the loop's handle holds a dup of it */
   uv_loop_t *loop;
   uv_tcp_t tcp;
-  bool listening, tcp_open;
-  atomic_bool closed; /* the listening handle's close callback ran */
+  bool tcp_open;  /* tcp is initialised and not closing */
+  bool paused;    /* out of descriptors: not accepting until the back-off ends */
+  bool stopping;  /* CTL_STOP: the handles below are closing */
+  int handles;    /* tcp, backoff and resume while open (the loop's thread only) */
+  atomic_bool closed; /* stop asked and every handle's close callback ran */
+  uv_timer_t backoff; /* the accept pause */
+  uv_idle_t resume;   /* runs connections whose pipeline went over its budget */
+  keel__conn *runq, *runq_tail; /* those connections, in turn */
   keel_pid_t acceptor;
   keel__conn *conns;     /* doubly linked list of open connections */
   keel_http_req *reqs;   /* requests whose handler process has not ended */
@@ -84,24 +109,22 @@ struct keel__conn {
   uv_tcp_t tcp; /* first: the handle's address is the connection's */
   keel__listener *l;
   keel__conn *prev, *next;
-  uv_timer_t timer;  /* head, body, keep-alive and linger timeouts */
+  keel__conn *rnext, *rprev; /* in l->runq while queued */
+  uv_timer_t timer;  /* head, body, keep-alive, send and linger timeouts */
   uv_timer_t rtimer; /* the request timeout of the request being handled */
   int tmode;
   char peer[64]; /* the client's address, read once at accept */
-  http_parser parser;
-  keel_http_req *rq; /* being parsed, or handled when busy */
-  char *hfield, *hvalue; /* the header being read */
-  bool in_value;
-  size_t head_bytes;
-  int err_status; /* a limit was hit while parsing: 413 or 431 */
-  bool ready;     /* a request is complete (parser paused) */
-  bool busy;      /* a request is being handled */
-  bool closing, close_after, lingering;
+  keel__reqparse rp; /* the request being parsed */
+  keel_http_req *rq; /* taken from the parser: being handled or answered */
+  bool busy;      /* a handler process has the request */
+  bool queued;    /* in l->runq */
+  bool closing, lingering;
+  bool done;    /* an answer said Connection: close: close once it is out */
+  bool blocked; /* answers backed up: parsing waits for the client to read */
   bool reading; /* uv_read_start is in effect */
-  bool eof;     /* the client half-closed while a request was being handled */
-  char *pending; /* bytes after the request being handled (pipelining) */
-  size_t npending;
-  size_t bytes_read; /* of the request being parsed */
+  bool eof;     /* the client half-closed: answer what came, then close */
+  char *in;     /* bytes read but not parsed yet: in[in_off, in_len) */
+  size_t in_off, in_len, in_cap;
 };
 
 struct keel_http_server {
@@ -117,11 +140,13 @@ struct keel_http_server {
   keel__cors *cors;
   char *sec_headers; /* the security headers, preformatted "Name: value\r\n..." */
   size_t sec_len;
-  keel_metric_family *m_total, *m_duration, *m_in_flight;
+  keel_metric_family *m_total, *m_duration, *m_in_flight, *m_paused;
   keel_gauge *in_flight_g;
+  keel_counter *paused_c;       /* accept pauses for want of descriptors */
+  _Atomic uint64_t pauses;      /* the same, without metrics */
+  _Atomic int64_t pause_log_ms; /* when the last pause was logged */
+  _Atomic uint64_t pause_quiet; /* pauses since then, not logged */
 };
-
-static http_parser_settings settings;
 
 /* ---- options ------------------------------------------------------------------ */
 
@@ -137,6 +162,7 @@ void keel_http_options_init(keel_http_options *o) {
   o->body_timeout_ms = 10000;
   o->keepalive_timeout_ms = 5000;
   o->request_timeout_ms = 30000;
+  o->send_timeout_ms = 30000;
   o->request_id = true;
   o->access_log = true;
   o->slow_request_ms = 1000;
@@ -192,9 +218,8 @@ static const char *metric_method(const char *m) {
 
 static void conn_closed(uv_handle_t *h) {
   keel__conn *c = (keel__conn *)h;
-  free(c->pending);
-  free(c->hfield);
-  free(c->hvalue);
+  keel__reqparse_free(&c->rp);
+  free(c->in);
   free(c);
 }
 
@@ -210,6 +235,16 @@ static void timer_closed(uv_handle_t *h) {
 
 static void release_req(keel_http_req *rq);
 
+static void runq_remove(keel__conn *c) {
+  if (!c->queued) return;
+  c->queued = false;
+  if (c->rprev) c->rprev->rnext = c->rnext;
+  else c->l->runq = c->rnext;
+  if (c->rnext) c->rnext->rprev = c->rprev;
+  else c->l->runq_tail = c->rprev;
+  c->rnext = c->rprev = NULL;
+}
+
 static void conn_close(keel__conn *c) {
   if (c->closing) return;
   c->closing = true;
@@ -217,6 +252,7 @@ static void conn_close(keel__conn *c) {
   if (c->prev) c->prev->next = c->next;
   else l->conns = c->next;
   if (c->next) c->next->prev = c->prev;
+  runq_remove(c);
   atomic_fetch_sub_explicit(&l->srv->conns, 1, memory_order_relaxed);
   if (c->rq) {
     keel_http_req *rq = c->rq;
@@ -266,6 +302,7 @@ static void on_shutdown(uv_shutdown_t *req, int status) {
 static void conn_linger_close(keel__conn *c) {
   if (c->closing || c->lingering) return;
   c->lingering = true;
+  runq_remove(c);
   uv_read_stop((uv_stream_t *)&c->tcp);
   c->reading = false;
   uv_shutdown_t *req = malloc(sizeof *req);
@@ -280,12 +317,29 @@ static void conn_linger_close(keel__conn *c) {
   }
 }
 
+static size_t write_queued(keel__conn *c) {
+  return uv_stream_get_write_queue_size((uv_stream_t *)&c->tcp);
+}
+
+static void conn_fail(keel__conn *c, keel_http_req *rq, int status, const char *reason);
+static void conn_settle(keel__conn *c, int budget);
+
 static void on_timer(uv_timer_t *t) {
   keel__conn *c = t->data;
   switch (c->tmode) {
-  case T_HEAD: /* a head that does not come (slowloris) */
+  case T_HEAD: /* a head that did not come in time (slowloris) */
   case T_BODY: /* a body that stopped coming */
-  case T_IDLE: /* an idle keep-alive connection */
+    if (keel__reqparse_busy(&c->rp) && !c->busy && !c->rq) { /* something came: say why */
+      conn_fail(c, keel__reqparse_take(&c->rp), 408,
+                c->tmode == T_HEAD ? "Request head not received in time"
+                                   : "Request body not received in time");
+      conn_settle(c, RUN_BUDGET); /* closes once the answer is out */
+      break;
+    }
+    conn_close(c);
+    break;
+  case T_IDLE:   /* an idle keep-alive connection */
+  case T_SEND:   /* a client that does not read its answers */
   case T_LINGER: conn_close(c); break;
   default: break;
   }
@@ -299,6 +353,8 @@ typedef struct wreq {
   keel__conn *c;
 } wreq;
 
+static void conn_resume(keel__conn *c);
+
 static void on_write(uv_write_t *w, int status) {
   wreq *r = (wreq *)w;
   keel__conn *c = r->c;
@@ -306,8 +362,19 @@ static void on_write(uv_write_t *w, int status) {
   free(r->buf);
   free(r);
   if (c->closing) return;
-  if (status < 0) conn_close(c);
-  else if (c->close_after && !c->busy && queued == 0) conn_linger_close(c);
+  if (status < 0) {
+    conn_close(c);
+  } else if (c->done) {
+    if (!c->busy && queued == 0) conn_linger_close(c);
+  } else if (c->blocked) { /* the client reads again */
+    if (queued <= WRITE_LOW) {
+      c->blocked = false;
+      timer_set(c, T_NONE, 0);
+      conn_resume(c);
+    } else {
+      timer_set(c, T_SEND, c->l->srv->o.send_timeout_ms);
+    }
+  }
 }
 
 /* Writes buf (taking it); false when the connection failed. */
@@ -317,7 +384,7 @@ static bool conn_write(keel__conn *c, char *buf, size_t len) {
     return false;
   }
   uv_buf_t b = uv_buf_init(buf, (unsigned)len);
-  int n = uv_try_write((uv_stream_t *)&c->tcp, &b, 1);
+  int n = uv_try_write((uv_stream_t *)&c->tcp, &b, 1); /* EAGAIN while others wait */
   if (n == (int)len) {
     free(buf);
     return true;
@@ -456,10 +523,9 @@ static void json_fields_free(keel_log_field *f) {
   free(f);
 }
 
-static void conn_after_response(keel__conn *c);
-
 /* Serialises rq's response and writes it on its connection, then logs and
- * counts it. The request stays the connection's until conn_after_response. */
+ * counts it. The request stays the connection's (c->rq) until
+ * conn_request_done. */
 static void send_response(keel_http_req *rq) {
   keel_http_server *s = rq->srv;
   keel__conn *c = rq->conn;
@@ -487,7 +553,8 @@ static void send_response(keel_http_req *rq) {
     json_fields_free(body);
   }
   bool keep = rq->keepalive && !atomic_load_explicit(&s->draining, memory_order_relaxed) &&
-              res->status != 413 && res->status != 431 && res->status != 400;
+              res->status != 413 && res->status != 431 && res->status != 400 &&
+              res->status != 408;
   bool head = strcmp(rq->method, "HEAD") == 0;
   size_t bytes_out = 0;
   if (c && !c->closing) {
@@ -515,7 +582,7 @@ static void send_response(keel_http_req *rq) {
     if (!head && res->status != 204) keel__jw_put(&b, res->body, res->len);
     if (!b.oom) {
       bytes_out = b.len;
-      if (!keep) c->close_after = true;
+      if (!keep) c->done = true;
       conn_write(c, b.p, b.len);
     } else {
       free(b.p);
@@ -523,14 +590,22 @@ static void send_response(keel_http_req *rq) {
     }
   }
   access_log(s, rq, bytes_out);
-  if (!keep && c) c->close_after = true;
+  if (!keep && c) c->done = true;
   release_req(rq);
 }
 
-/* A response made on the loop, without a handler (errors, preflights). */
+/* The connection is done with its request (answered, or gone with it). */
+static void conn_request_done(keel__conn *c) {
+  keel_http_req *rq = c->rq;
+  c->rq = NULL;
+  if (rq) release_req(rq);
+}
+
+/* A response made on the loop, without a handler (errors, preflights): sent
+ * and forgotten; the parse loop that dispatched it goes on (no recursion). */
 static void respond_now(keel__conn *c, keel_http_req *rq) {
   send_response(rq);
-  conn_after_response(c);
+  conn_request_done(c);
 }
 
 static void fail_now(keel__conn *c, keel_http_req *rq, keel_http_error_kind kind,
@@ -596,7 +671,8 @@ static void handler_exited(void *arg) {
   }
   if (c) {
     c->busy = false;
-    conn_after_response(c);
+    conn_request_done(c);
+    conn_resume(c); /* the next pipelined request, or reading again */
   }
   release_req(rq);
 }
@@ -666,13 +742,14 @@ static void set_client_ip(keel__conn *c, keel_http_req *rq) {
   memcpy(rq->client_ip, c->peer, sizeof rq->client_ip);
 }
 
-static void dispatch(keel__conn *c) {
-  keel_http_req *rq = c->rq;
+/* Takes a whole request from the parser: answers it here, or hands it to a
+ * handler process (c->busy until it ends). */
+static void dispatch(keel__conn *c, keel_http_req *rq) {
   keel_http_server *s = c->l->srv;
+  rq->srv = s;
+  rq->conn = c;
+  c->rq = rq;
   timer_set(c, T_NONE, 0);
-  rq->keepalive = http_should_keep_alive(&c->parser) != 0;
-  rq->http_minor = c->parser.http_minor;
-  snprintf(rq->method, sizeof rq->method, "%s", http_method_str(c->parser.method));
 
   /* request id and trace context first: every answer carries them */
   const char *given = keel_http_header(rq, "x-request-id");
@@ -757,101 +834,46 @@ static void dispatch(keel__conn *c) {
   dispatch_handler(c, rq);
 }
 
-/* ---- parsing --------------------------------------------------------------------------- */
+/* ---- parsing and reading ------------------------------------------------------------- */
 
-static int append(char **dst, const char *at, size_t n) {
-  size_t old = *dst ? strlen(*dst) : 0;
-  char *p = realloc(*dst, old + n + 1);
-  if (!p) return -1;
-  memcpy(p + old, at, n);
-  p[old + n] = 0;
-  *dst = p;
-  return 0;
-}
-
-static int head_charge(keel__conn *c, size_t n) {
-  c->head_bytes += n;
-  if (c->head_bytes > c->l->srv->o.max_header_bytes) {
-    c->err_status = 431;
-    return -1;
+/* Answers a request the parser refused, or one whose head or body did not
+ * come in time, and closes after the answer. rq is the partial request (or
+ * NULL when none had begun). */
+static void conn_fail(keel__conn *c, keel_http_req *rq, int status, const char *reason) {
+  if (!rq) {
+    rq = calloc(1, sizeof *rq);
+    if (!rq) {
+      conn_close(c);
+      return;
+    }
+    rq->refs = 1;
+    rq->start_ns = now_ns();
   }
-  return 0;
-}
-
-static int on_message_begin(http_parser *p) {
-  keel__conn *c = p->data;
-  keel_http_req *rq = calloc(1, sizeof *rq);
-  if (!rq) return -1;
   rq->srv = c->l->srv;
   rq->conn = c;
-  rq->refs = 1;
-  rq->start_ns = now_ns();
   c->rq = rq;
-  c->head_bytes = 0;
-  c->in_value = false;
-  return 0;
+  if (!rq->method[0] && rq->target)
+    snprintf(rq->method, sizeof rq->method, "%s", llhttp_method_name(c->rp.p.method));
+  if (!rq->reqid[0]) keel__reqid_make(rq->reqid);
+  set_client_ip(c, rq);
+  rq->keepalive = false;
+  c->done = true;
+  timer_set(c, T_NONE, 0);
+  keel_http_error_kind k = status == 413   ? KEEL_HTTP_TOO_LARGE
+                           : status == 431 ? KEEL_HTTP_HEADERS_TOO_LARGE
+                           : status == 408 ? KEEL_HTTP_REQUEST_TIMEOUT
+                           : status >= 500 ? KEEL_HTTP_INTERNAL
+                                           : KEEL_HTTP_BAD_REQUEST;
+  keel_http_fail(&rq->res, k, reason ? reason : "Malformed request", NULL);
+  respond_now(c, rq);
 }
 
-static int on_url(http_parser *p, const char *at, size_t n) {
-  keel__conn *c = p->data;
-  if (head_charge(c, n)) return -1;
-  return append(&c->rq->target, at, n);
-}
-
-/* Pushes the header read so far (c->hfield: c->hvalue) onto the request. */
-static int finish_header(keel__conn *c) {
-  keel_http_req *rq = c->rq;
-  if (!c->hfield) return 0;
-  if (rq->nh == MAX_HEADERS) {
-    c->err_status = 431;
-    return -1;
-  }
-  if (rq->nh == rq->caph) {
-    size_t cap = rq->caph ? rq->caph * 2 : 16;
-    char **a = realloc(rq->hname, cap * sizeof *a);
-    if (!a) return -1;
-    rq->hname = a;
-    char **b = realloc(rq->hval, cap * sizeof *b);
-    if (!b) return -1;
-    rq->hval = b;
-    rq->caph = cap;
-  }
-  for (char *q = c->hfield; *q; q++)
-    if (*q >= 'A' && *q <= 'Z') *q = (char)(*q + 32);
-  if (!c->hvalue && !(c->hvalue = strdup(""))) return -1;
-  rq->hname[rq->nh] = c->hfield;
-  rq->hval[rq->nh] = c->hvalue;
-  rq->nh++;
-  c->hfield = c->hvalue = NULL;
-  c->in_value = false;
-  return 0;
-}
-
-static int on_header_field(http_parser *p, const char *at, size_t n) {
-  keel__conn *c = p->data;
-  if (head_charge(c, n + 4)) return -1;
-  if (c->in_value && finish_header(c)) return -1;
-  return append(&c->hfield, at, n);
-}
-
-static int on_header_value(http_parser *p, const char *at, size_t n) {
-  keel__conn *c = p->data;
-  if (head_charge(c, n)) return -1;
-  c->in_value = true;
-  return append(&c->hvalue, at, n);
-}
-
-static int on_headers_complete(http_parser *p) {
-  keel__conn *c = p->data;
+/* The parser's head callback: a body may follow. */
+static void on_head(keel__reqparse *rp, void *ud) {
+  keel__conn *c = ud;
   keel_http_server *s = c->l->srv;
-  if (c->in_value && finish_header(c)) return -1;
-  if ((p->flags & F_CONTENTLENGTH) && p->content_length > s->o.max_body_bytes) {
-    c->err_status = 413;
-    return -1;
-  }
-  keel_http_req *rq = c->rq;
-  const char *expect = keel_http_header(rq, "expect");
-  if (expect && strcasecmp(expect, "100-continue") == 0 && p->http_minor >= 1) {
+  const char *expect = keel_http_header(rp->rq, "expect");
+  if (expect && strcasecmp(expect, "100-continue") == 0 && rp->rq->http_minor >= 1) {
     static const char cont[] = "HTTP/1.1 100 Continue\r\n\r\n";
     char *b = malloc(sizeof cont - 1);
     if (b) {
@@ -859,128 +881,62 @@ static int on_headers_complete(http_parser *p) {
       conn_write(c, b, sizeof cont - 1);
     }
   }
-  timer_set(c, T_BODY, s->o.body_timeout_ms);
-  return 0;
+  if ((rp->p.flags & F_CHUNKED) || rp->p.content_length > 0)
+    timer_set(c, T_BODY, s->o.body_timeout_ms);
 }
 
-static int on_body(http_parser *p, const char *at, size_t n) {
-  keel__conn *c = p->data;
-  keel_http_req *rq = c->rq;
-  if (rq->body_len + n > c->l->srv->o.max_body_bytes) {
-    c->err_status = 413;
-    return -1;
-  }
-  if (rq->body_len + n + 1 > rq->body_cap) {
-    size_t cap = rq->body_cap ? rq->body_cap : 1024;
-    while (cap < rq->body_len + n + 1)
-      cap *= 2;
-    char *b = realloc(rq->body, cap);
-    if (!b) return -1;
-    rq->body = b;
-    rq->body_cap = cap;
-  }
-  memcpy(rq->body + rq->body_len, at, n);
-  rq->body_len += n;
-  rq->body[rq->body_len] = 0;
-  return 0;
-}
-
-static int on_message_complete(http_parser *p) {
-  keel__conn *c = p->data;
-  c->ready = true;
-  http_parser_pause(p, 1);
-  return 0;
-}
-
-/* Parses data; dispatches a complete request; keeps bytes after it for later.
- * Returns false when the connection was closed or answered with an error. */
-static bool conn_feed(keel__conn *c, const char *data, size_t n) {
-  keel_http_server *s = c->l->srv;
-  if (!n) return true;
-  if (!c->rq && !c->busy) timer_set(c, T_HEAD, s->o.header_timeout_ms); /* a new request begins */
-  else if (c->tmode == T_BODY) timer_set(c, T_BODY, s->o.body_timeout_ms); /* it keeps coming */
-  size_t used = http_parser_execute(&c->parser, &settings, data, n);
-  enum http_errno e = HTTP_PARSER_ERRNO(&c->parser);
-  if (c->rq) c->rq->bytes_in += used;
-  if (e != HPE_OK && e != HPE_PAUSED) {
-    keel_http_req *rq = c->rq;
-    if (!rq) { /* failed before a message began */
-      on_message_begin(&c->parser);
-      rq = c->rq;
-      if (!rq) {
-        conn_close(c);
-        return false;
-      }
+/* Parses data and answers each whole request, on the loop or by handing it
+ * to a handler process. Stops when a handler has the request (one at a
+ * time: answers go out in order), when an answer closes the connection,
+ * when answers back up (WRITE_HIGH) and after *budget requests. Returns the
+ * bytes used; the caller keeps the rest. */
+static size_t conn_parse(keel__conn *c, const char *data, size_t n, int *budget) {
+  size_t off = 0;
+  while (off < n && !c->closing && !c->lingering && !c->busy && !c->done) {
+    if (*budget <= 0 || write_queued(c) > WRITE_HIGH) break;
+    /* the first byte of a request starts the header timeout; nothing after
+     * it (blank lines, a head in pieces) starts it again */
+    if (!keel__reqparse_busy(&c->rp) && c->tmode != T_HEAD)
+      timer_set(c, T_HEAD, c->l->srv->o.header_timeout_ms);
+    off += keel__reqparse_feed(&c->rp, data + off, n - off);
+    if (c->rp.status) {
+      int st = c->rp.status;
+      conn_fail(c, keel__reqparse_take(&c->rp), st, c->rp.reason);
+      break;
     }
-    c->ready = false;
-    keel_http_error_kind k = c->err_status == 413   ? KEEL_HTTP_TOO_LARGE
-                             : c->err_status == 431 ? KEEL_HTTP_HEADERS_TOO_LARGE
-                                                    : KEEL_HTTP_BAD_REQUEST;
-    const char *msg = k == KEEL_HTTP_TOO_LARGE           ? "Request body too large"
-                      : k == KEEL_HTTP_HEADERS_TOO_LARGE ? "Request headers too large"
-                                                         : http_errno_description(e);
-    if (!rq->reqid[0]) keel__reqid_make(rq->reqid);
-    snprintf(rq->method, sizeof rq->method, "%s", http_method_str(c->parser.method));
-    set_client_ip(c, rq);
-    rq->keepalive = false;
-    c->close_after = true;
-    fail_now(c, rq, k, msg);
-    return false;
+    if (c->rp.complete) {
+      (*budget)--;
+      dispatch(c, keel__reqparse_take(&c->rp));
+    }
   }
-  if (used < n) { /* after a complete request: keep the rest for later */
-    char *p = malloc(n - used);
+  return off;
+}
+
+/* Keeps n bytes read from the socket for later. False on ENOMEM (closed). */
+static bool conn_keep(keel__conn *c, const char *data, size_t n) {
+  if (c->in_off) { /* what was parsed goes first */
+    memmove(c->in, c->in + c->in_off, c->in_len - c->in_off);
+    c->in_len -= c->in_off;
+    c->in_off = 0;
+  }
+  if (c->in_len + n > c->in_cap) {
+    size_t cap = c->in_cap ? c->in_cap : 4096;
+    while (cap < c->in_len + n)
+      cap *= 2;
+    char *p = realloc(c->in, cap);
     if (!p) {
       conn_close(c);
       return false;
     }
-    memcpy(p, data + used, n - used);
-    free(c->pending);
-    c->pending = p;
-    c->npending = n - used;
+    c->in = p;
+    c->in_cap = cap;
   }
-  if (c->ready) {
-    c->ready = false;
-    dispatch(c);
-  }
-  return !c->closing;
+  memcpy(c->in + c->in_len, data, n);
+  c->in_len += n;
+  return true;
 }
 
-#define PENDING_MAX (4 * READ_BUF)
-
-static bool conn_feed_pending(keel__conn *c);
-
-static void on_read(uv_stream_t *st, ssize_t n, const uv_buf_t *buf) {
-  keel__conn *c = (keel__conn *)st;
-  if (n < 0) {
-    if (!c->busy) {
-      conn_close(c);
-      return;
-    }
-    c->eof = true; /* answer the request in flight first */
-    uv_read_stop(st);
-    c->reading = false;
-    return;
-  }
-  if (c->busy || c->npending) {
-    /* a request is being handled: keep what comes (pipelining) for after it,
-     * and stop reading when too much waits (back-pressure) */
-    char *p = realloc(c->pending, c->npending + (size_t)n);
-    if (!p) {
-      conn_close(c);
-      return;
-    }
-    memcpy(p + c->npending, buf->base, (size_t)n);
-    c->pending = p;
-    c->npending += (size_t)n;
-    if (c->npending > PENDING_MAX) {
-      uv_read_stop(st);
-      c->reading = false;
-    }
-    if (!c->busy) conn_feed_pending(c);
-    return;
-  }
-  conn_feed(c, buf->base, (size_t)n);
-}
+static void on_read(uv_stream_t *st, ssize_t n, const uv_buf_t *buf);
 
 static void on_alloc(uv_handle_t *h, size_t sz, uv_buf_t *buf) {
   (void)sz;
@@ -988,56 +944,226 @@ static void on_alloc(uv_handle_t *h, size_t sz, uv_buf_t *buf) {
   *buf = uv_buf_init(c->l->rbuf, sizeof c->l->rbuf);
 }
 
-/* After a response: the next pipelined request, or wait for one. */
-static bool conn_read_on(keel__conn *c) {
-  if (c->reading || c->eof || c->closing) return !c->closing;
-  if (uv_read_start((uv_stream_t *)&c->tcp, on_alloc, on_read) != 0) {
-    conn_close(c);
-    return false;
+/* Reads while there is room for what comes: not after the client's EOF or
+ * a closing answer, not while PIPELINE_MAX bytes wait to be parsed, not
+ * while answers are backed up. */
+static void conn_update_reading(keel__conn *c) {
+  bool want = !c->closing && !c->lingering && !c->eof && !c->done && !c->blocked &&
+              c->in_len - c->in_off < PIPELINE_MAX;
+  if (want && !c->reading) {
+    if (uv_read_start((uv_stream_t *)&c->tcp, on_alloc, on_read) != 0) {
+      conn_close(c);
+      return;
+    }
+    c->reading = true;
+  } else if (!want && c->reading) {
+    uv_read_stop((uv_stream_t *)&c->tcp);
+    c->reading = false;
   }
-  c->reading = true;
-  return true;
 }
 
-/* Parses the bytes kept aside while a request was handled. */
-static bool conn_feed_pending(keel__conn *c) {
-  char *p = c->pending;
-  size_t n = c->npending;
-  c->pending = NULL; /* out of c first: the parser may keep a new rest */
-  c->npending = 0;
-  bool ok = conn_feed(c, p, n);
-  free(p);
-  return ok;
+static void on_resume(uv_idle_t *h);
+
+static void runq_add(keel__conn *c) {
+  keel__listener *l = c->l;
+  if (c->queued) return;
+  c->queued = true;
+  c->rnext = NULL;
+  c->rprev = NULL;
+  if (l->runq_tail) { /* at the tail: connections take turns */
+    l->runq_tail->rnext = c;
+    c->rprev = l->runq_tail;
+  } else {
+    l->runq = c;
+    uv_idle_start(&l->resume, on_resume);
+  }
+  l->runq_tail = c;
 }
 
-/* After a response: the next pipelined request, or wait for one. */
-static void conn_after_response(keel__conn *c) {
-  if (c->closing || c->busy) return;
-  keel_http_req *rq = c->rq;
-  c->rq = NULL;
-  if (rq) release_req(rq);
-  if (c->close_after) {
-    if (uv_stream_get_write_queue_size((uv_stream_t *)&c->tcp) == 0) conn_linger_close(c);
-    return; /* else on_write closes it */
+/* After parsing: wait for the handler, for the client to read its answers,
+ * for more bytes or for our turn; or close. */
+static void conn_settle(keel__conn *c, int budget) {
+  if (c->closing || c->lingering || c->busy) return; /* busy: the handler's end resumes it */
+  keel_http_server *s = c->l->srv;
+  if (c->done) { /* an answer said close: once it is out (else on_write does it) */
+    if (write_queued(c) == 0) conn_linger_close(c);
+    else conn_update_reading(c);
+    return;
   }
-  http_parser_pause(&c->parser, 0);
-  if (c->npending && (!conn_feed_pending(c) || c->busy || c->closing)) return;
+  if (c->in_len > c->in_off) { /* parsing stopped early */
+    if (write_queued(c) > WRITE_HIGH) {
+      c->blocked = true;
+      timer_set(c, T_SEND, s->o.send_timeout_ms);
+    } else if (budget <= 0) {
+      runq_add(c);
+    }
+    conn_update_reading(c);
+    return;
+  }
   if (c->eof) { /* the client said all it had to say */
     conn_linger_close(c);
     return;
   }
-  if (!conn_read_on(c)) return;
-  /* an answer that promised keep-alive just before a drain began: the
-   * client may still send one request, within a short grace */
-  bool draining = atomic_load_explicit(&c->l->srv->draining, memory_order_relaxed);
-  if (draining) c->close_after = true;
-  if (!c->rq) timer_set(c, T_IDLE, draining ? DRAIN_GRACE_MS : c->l->srv->o.keepalive_timeout_ms);
+  conn_update_reading(c);
+  if (!keel__reqparse_busy(&c->rp)) { /* between requests */
+    bool draining = atomic_load_explicit(&s->draining, memory_order_relaxed);
+    timer_set(c, T_IDLE, draining ? DRAIN_GRACE_MS : s->o.keepalive_timeout_ms);
+  }
+}
+
+/* Goes on with a connection after a handler's answer, when its answers
+ * drained, or on its turn: parses what is buffered, then settles. */
+static void conn_resume(keel__conn *c) {
+  if (c->closing || c->lingering || c->busy || c->blocked) return;
+  int budget = RUN_BUDGET;
+  if (c->in_len > c->in_off) {
+    size_t used = conn_parse(c, c->in + c->in_off, c->in_len - c->in_off, &budget);
+    if (c->closing) return;
+    c->in_off += used;
+    if (c->in_off == c->in_len) c->in_off = c->in_len = 0;
+  }
+  conn_settle(c, budget);
+}
+
+/* The listener's idle handle: connections over their budget take turns. */
+static void on_resume(uv_idle_t *h) {
+  keel__listener *l = h->data;
+  size_t n = 0;
+  for (keel__conn *c = l->runq; c; c = c->rnext)
+    n++;
+  while (n-- && l->runq) { /* those queued now; a connection queued again waits */
+    keel__conn *c = l->runq;
+    runq_remove(c);
+    conn_resume(c);
+  }
+  if (!l->runq) uv_idle_stop(h);
+}
+
+static void on_read(uv_stream_t *st, ssize_t n, const uv_buf_t *buf) {
+  keel__conn *c = (keel__conn *)st;
+  if (n == 0) return;
+  if (n < 0) {
+    uv_read_stop(st);
+    c->reading = false;
+    if (n != UV_EOF) {
+      conn_close(c);
+      return;
+    }
+    c->eof = true; /* answer what came first */
+    conn_settle(c, RUN_BUDGET);
+    return;
+  }
+  if (c->done) return; /* closing after an answer: what comes is dropped */
+  keel_http_server *s = c->l->srv;
+  if (c->tmode == T_BODY) timer_set(c, T_BODY, s->o.body_timeout_ms); /* it keeps coming */
+  if (c->in_len > c->in_off || c->busy || c->queued || c->blocked) {
+    /* requests wait before these bytes: keep them (pipelining) */
+    if (conn_keep(c, buf->base, (size_t)n)) conn_update_reading(c);
+    return;
+  }
+  int budget = RUN_BUDGET;
+  size_t used = conn_parse(c, buf->base, (size_t)n, &budget); /* in place */
+  if (c->closing) return;
+  if (used < (size_t)n && !c->done && !c->lingering && !conn_keep(c, buf->base + used, (size_t)n - used))
+    return;
+  conn_settle(c, budget);
 }
 
 /* ---- accepting ----------------------------------------------------------------------------- */
 
+static void on_connection(uv_stream_t *server, int status);
+
+static int64_t mono_ms(void) { return (int64_t)(now_ns() / 1000000u); }
+
+/* The listener's handles close one by one; the last one tells stop. */
+static void listener_handle_closed(uv_handle_t *h) {
+  keel__listener *l = h->data;
+  if (h == (uv_handle_t *)&l->tcp) l->tcp_open = false;
+  if (--l->handles == 0 && l->stopping) atomic_store_explicit(&l->closed, true, memory_order_release);
+}
+
+/* Puts a dup of the listening socket on the loop (the socket itself stays
+ * ours, so closing the handle for a pause keeps the kernel's queue). */
+static int listener_open(keel__listener *l) {
+  int fd = fcntl(l->fd, F_DUPFD_CLOEXEC, 0);
+  if (fd < 0) return KEEL_EIO;
+  int rc = uv_tcp_init(l->loop, &l->tcp);
+  if (rc != 0) {
+    close(fd);
+    return KEEL_EIO;
+  }
+  l->tcp.data = l;
+  l->tcp_open = true;
+  l->handles++;
+  rc = uv_tcp_open(&l->tcp, fd);
+  if (rc != 0) close(fd);
+  if (rc == 0) rc = uv_listen((uv_stream_t *)&l->tcp, 1024, on_connection);
+  if (rc != 0) {
+    uv_close((uv_handle_t *)&l->tcp, listener_handle_closed);
+    return KEEL_EIO;
+  }
+  return 0;
+}
+
+static void on_backoff(uv_timer_t *t) {
+  keel__listener *l = t->data;
+  if (l->stopping || l->fd < 0 || !l->paused) return;
+  if (l->tcp_open || listener_open(l) != 0) { /* still closing, or still no descriptor */
+    uv_timer_start(&l->backoff, on_backoff, ACCEPT_BACKOFF_MS, 0);
+    return;
+  }
+  l->paused = false;
+}
+
+/* Out of descriptors (EMFILE, ENFILE). libuv's accept loop would call us
+ * again at once, forever, with its spare descriptor taken by another loop:
+ * close the handle (that ends the loop), shed idle keep-alive connections,
+ * and listen again after a back-off. Connections wait in the kernel's queue
+ * meanwhile; probes on other ports, timers and signals go on. */
+static void accept_pause(keel__listener *l, int status) {
+  keel_http_server *s = l->srv;
+  if (l->paused) return;
+  l->paused = true;
+  if (l->tcp_open && !uv_is_closing((uv_handle_t *)&l->tcp))
+    uv_close((uv_handle_t *)&l->tcp, listener_handle_closed);
+  int shed = 0;
+  for (keel__conn *c = l->conns, *next; c && shed < IDLE_SHED; c = next) {
+    next = c->next;
+    if (c->tmode == T_IDLE && !c->busy && !c->rq && !keel__reqparse_busy(&c->rp)) {
+      conn_close(c);
+      shed++;
+    }
+  }
+  uv_timer_start(&l->backoff, on_backoff, ACCEPT_BACKOFF_MS, 0);
+  atomic_fetch_add_explicit(&s->pauses, 1, memory_order_relaxed);
+  if (s->paused_c) keel_counter_inc(s->paused_c);
+  int64_t now = mono_ms(), last = atomic_load_explicit(&s->pause_log_ms, memory_order_relaxed);
+  if (last && now - last < ACCEPT_LOG_MS) {
+    atomic_fetch_add_explicit(&s->pause_quiet, 1, memory_order_relaxed);
+    return;
+  }
+  if (!atomic_compare_exchange_strong(&s->pause_log_ms, &last, now)) return; /* another loop logs */
+  uint64_t quiet = atomic_exchange_explicit(&s->pause_quiet, 0, memory_order_relaxed);
+  if (keel_log_enabled(KEEL_LOG_WARN)) {
+    keel_log_field f[] = {KEEL_STR("server", s->name),
+                          KEEL_INT("port", s->port),
+                          KEEL_STR("error", uv_err_name(status)),
+                          KEEL_INT("scheduler", l->sched),
+                          KEEL_INT("open_connections", (int64_t)keel_http_connections(s)),
+                          KEEL_INT("idle_closed", shed),
+                          KEEL_INT("backoff_ms", ACCEPT_BACKOFF_MS),
+                          KEEL_UINT("pauses_not_logged", quiet),
+                          KEEL_LOG__END};
+    keel_log_write(NULL, KEEL_LOG_WARN, "accept paused: out of file descriptors", f);
+  }
+}
+
 static void on_connection(uv_stream_t *server, int status) {
   keel__listener *l = server->data;
+  if (status == UV_EMFILE || status == UV_ENFILE) {
+    accept_pause(l, status);
+    return;
+  }
   if (status < 0) return;
   keel__conn *c = calloc(1, sizeof *c);
   if (!c) return;
@@ -1058,29 +1184,29 @@ static void on_connection(uv_stream_t *server, int status) {
     else if (ss.ss_family == AF_INET6)
       uv_ip6_name((struct sockaddr_in6 *)&ss, c->peer, sizeof c->peer);
   }
-  http_parser_init(&c->parser, HTTP_REQUEST);
-  c->parser.data = c;
+  keel_http_server *s = l->srv;
+  keel__reqparse_init(&c->rp, s->o.max_header_bytes, s->o.max_body_bytes, on_head, c);
   c->next = l->conns;
   if (l->conns) l->conns->prev = c;
   l->conns = c;
-  atomic_fetch_add_explicit(&l->srv->conns, 1, memory_order_relaxed);
+  atomic_fetch_add_explicit(&s->conns, 1, memory_order_relaxed);
   if (uv_read_start((uv_stream_t *)&c->tcp, on_alloc, on_read) != 0) {
     conn_close(c);
     return;
   }
   c->reading = true;
-  timer_set(c, T_HEAD, l->srv->o.header_timeout_ms);
+  timer_set(c, T_HEAD, s->o.header_timeout_ms); /* from the accept */
 }
 
-static void listener_closed(uv_handle_t *h) {
-  keel__listener *l = h->data;
-  atomic_store_explicit(&l->closed, true, memory_order_release);
-}
-
+/* Stops accepting for good: the handle and the socket itself (so the kernel
+ * sends new connections to other instances on the port). */
 static void listener_close(keel__listener *l) {
   if (l->tcp_open && !uv_is_closing((uv_handle_t *)&l->tcp))
-    uv_close((uv_handle_t *)&l->tcp, listener_closed);
-  l->listening = false;
+    uv_close((uv_handle_t *)&l->tcp, listener_handle_closed);
+  uv_timer_stop(&l->backoff);
+  l->paused = false;
+  if (l->fd >= 0) close(l->fd);
+  l->fd = -1;
 }
 
 /* The acceptor: puts the socket on its scheduler's loop, then obeys control
@@ -1090,16 +1216,12 @@ static void acceptor_main(void *arg) {
   keel_io_t io;
   keel_io_begin(&io);
   l->loop = keel_io_loop(&io);
-  int rc = uv_tcp_init(l->loop, &l->tcp);
-  l->tcp.data = l;
-  if (rc == 0) {
-    l->tcp_open = true;
-    rc = uv_tcp_open(&l->tcp, l->fd);
-  }
-  if (rc == 0) rc = uv_listen((uv_stream_t *)&l->tcp, 1024, on_connection);
-  if (rc == 0) l->listening = true;
-  else if (!l->tcp_open) close(l->fd);
-  if (!l->tcp_open) atomic_store(&l->closed, true);
+  uv_timer_init(l->loop, &l->backoff);
+  l->backoff.data = l;
+  uv_idle_init(l->loop, &l->resume);
+  l->resume.data = l;
+  l->handles = 2;
+  if (listener_open(l) != 0) listener_close(l);
   for (;;) {
     keel_msg_t *m;
     if (keel_receive(&m, KEEL_INFINITY) != 0) continue;
@@ -1115,20 +1237,21 @@ static void acceptor_main(void *arg) {
     /* CTL_CLOSE only closes the listener: every listener of the server is
      * closed before any connection is told to go, so a client that
      * reconnects after a Connection: close never finds one still open on
-     * another scheduler and then gets reset */
+     * another scheduler and then gets reset. On CTL_DRAIN every answer from
+     * now on says Connection: close (s->draining); an idle connection gets
+     * a short grace for a request already on its way. */
     for (keel__conn *c = op == CTL_CLOSE ? NULL : l->conns, *next; c; c = next) {
       next = c->next;
-      if (op == CTL_STOP) {
-        conn_close(c);
-      } else {
-        c->close_after = true; /* the next answer says Connection: close */
-        if (!c->busy && !c->rq && !c->lingering) /* idle: a short grace, then closed */
-          timer_set(c, T_IDLE, DRAIN_GRACE_MS);
-      }
+      if (op == CTL_STOP) conn_close(c);
+      else if (c->tmode == T_IDLE) timer_set(c, T_IDLE, DRAIN_GRACE_MS);
     }
-    if (op == CTL_STOP) /* handlers still running are cut: their answers would go nowhere */
+    if (op == CTL_STOP) { /* handlers still running are cut: their answers would go nowhere */
       for (keel_http_req *rq = l->reqs; rq; rq = rq->lnext)
         if (rq->pid) keel_exit_signal(rq->pid, KEEL_REASON_KILL, NULL);
+      l->stopping = true;
+      uv_close((uv_handle_t *)&l->backoff, listener_handle_closed);
+      uv_close((uv_handle_t *)&l->resume, listener_handle_closed);
+    }
     keel_msg_t *ack = keel_msg_new(TAG_CTL, 0);
     if (ack) keel_send(from, ack);
     if (op == CTL_STOP) break;
@@ -1232,20 +1355,15 @@ static int setup_middleware(keel_http_server *s) {
       rc = keel_metrics_gauge(s->o.metrics, "http_requests_in_flight",
                               "HTTP requests being handled now.", NULL, 0, &s->m_in_flight);
     if (!rc) rc = keel_gauge_get(s->m_in_flight, NULL, &s->in_flight_g);
+    if (!rc)
+      rc = keel_metrics_counter(s->o.metrics, "http_accept_paused_total",
+                                "Times a listener stopped accepting for a back-off because the "
+                                "process was out of file descriptors.",
+                                NULL, 0, &s->m_paused);
+    if (!rc) rc = keel_counter_get(s->m_paused, NULL, &s->paused_c);
     if (rc) return rc;
   }
   return 0;
-}
-
-static void settings_init(void) {
-  http_parser_settings_init(&settings);
-  settings.on_message_begin = on_message_begin;
-  settings.on_url = on_url;
-  settings.on_header_field = on_header_field;
-  settings.on_header_value = on_header_value;
-  settings.on_headers_complete = on_headers_complete;
-  settings.on_body = on_body;
-  settings.on_message_complete = on_message_complete;
 }
 
 static char *dup_or_null(const char *s) { return s ? strdup(s) : NULL; }
@@ -1256,8 +1374,6 @@ int keel_http_start(const keel_http_options *o, keel_http_router *router, keel_h
   if (!keel_self()) return KEEL_ENOTPROC;
   if (o->port < 0 || o->port > 65535 || !o->max_header_bytes || !o->max_body_bytes)
     return KEEL_EINVAL;
-  static pthread_once_t once = PTHREAD_ONCE_INIT;
-  pthread_once(&once, settings_init);
 
   keel_http_server *s = calloc(1, sizeof *s);
   if (!s) return KEEL_ENOMEM;

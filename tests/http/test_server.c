@@ -162,22 +162,22 @@ KT_CASE(a_well_formed_request_id_is_echoed_and_a_bad_one_replaced) {
   static kt_resp r;
   char v[256];
   CHECK_EQ(kt_exchange(keel_http_port(s),
-                       "GET /api/hello HTTP/1.1\r\nX-Request-Id: abc-123.DEF_9:x\r\n\r\n", &r, 1),
+                       "GET /api/hello HTTP/1.1\r\nHost: t\r\nX-Request-Id: abc-123.DEF_9:x\r\n\r\n", &r, 1),
            1);
   CHECK_STR(kt_hdr(&r, "X-Request-Id", v, sizeof v), "abc-123.DEF_9:x");
   CHECK_EQ(kt_exchange(keel_http_port(s),
-                       "GET /api/hello HTTP/1.1\r\nX-Correlation-Id: corr-77\r\n\r\n", &r, 1),
+                       "GET /api/hello HTTP/1.1\r\nHost: t\r\nX-Correlation-Id: corr-77\r\n\r\n", &r, 1),
            1);
   CHECK_STR(kt_hdr(&r, "X-Request-Id", v, sizeof v), "corr-77");
   CHECK_EQ(kt_exchange(keel_http_port(s),
-                       "GET /api/hello HTTP/1.1\r\nX-Request-Id: has space<script>\r\n\r\n", &r,
+                       "GET /api/hello HTTP/1.1\r\nHost: t\r\nX-Request-Id: has space<script>\r\n\r\n", &r,
                        1),
            1);
   kt_hdr(&r, "X-Request-Id", v, sizeof v);
   CHECK_EQ(strlen(v), 36);
   /* a traceparent keeps its trace id and gets a new span */
   CHECK_EQ(kt_exchange(keel_http_port(s),
-                       "GET /api/hello HTTP/1.1\r\ntraceparent: "
+                       "GET /api/hello HTTP/1.1\r\nHost: t\r\ntraceparent: "
                        "00-4bf92f3577b34da6a3ce929d0e0e4736-00f067aa0ba902b7-01\r\n\r\n",
                        &r, 1),
            1);
@@ -214,14 +214,14 @@ KT_CASE(routes_prefer_literal_segments_and_unknown_methods_get_405_with_allow) {
   keel_http_server *s = start_default();
   int port = keel_http_port(s);
   static kt_resp r;
-  CHECK_EQ(kt_exchange(port, "GET /api/orders/stats HTTP/1.1\r\n\r\n", &r, 1), 1);
+  CHECK_EQ(kt_exchange(port, "GET /api/orders/stats HTTP/1.1\r\nHost: t\r\n\r\n", &r, 1), 1);
   CHECK_STR(r.body, "stats");
-  CHECK_EQ(kt_exchange(port, "PUT /api/orders/5 HTTP/1.1\r\nContent-Length: 0\r\n\r\n", &r, 1), 1);
+  CHECK_EQ(kt_exchange(port, "PUT /api/orders/5 HTTP/1.1\r\nHost: t\r\nContent-Length: 0\r\n\r\n", &r, 1), 1);
   check_envelope(&r, 405, "METHOD_NOT_ALLOWED");
   char v[128];
   CHECK_STR(kt_hdr(&r, "Allow", v, sizeof v), "GET, DELETE, HEAD");
   /* HEAD is served by the GET route, without a body */
-  kt_job j = {.port = port, .req = "HEAD /api/hello HTTP/1.1\r\n\r\n", .nresp = 1, .resp = &r,
+  kt_job j = {.port = port, .req = "HEAD /api/hello HTTP/1.1\r\nHost: t\r\n\r\n", .nresp = 1, .resp = &r,
               .head_only = true};
   CHECK_OK(keel_blocking(kt_job_run, &j));
   CHECK_EQ(j.got, 1);
@@ -236,22 +236,22 @@ KT_CASE(json_bodies_validation_and_malformed_json) {
   int port = keel_http_port(s);
   static kt_resp r;
   CHECK_EQ(kt_exchange(port,
-                       "POST /api/echo HTTP/1.1\r\nContent-Type: application/json\r\n"
+                       "POST /api/echo HTTP/1.1\r\nHost: t\r\nContent-Type: application/json\r\n"
                        "Content-Length: 15\r\n\r\n{\"name\":\"keel\"}",
                        &r, 1),
            1);
   CHECK_EQ(r.status, 201);
   CHECK_STR(r.body, "{\"name\":\"keel\"}");
-  CHECK_EQ(kt_exchange(port, "POST /api/echo HTTP/1.1\r\nContent-Length: 8\r\n\r\n{\"name\":", &r,
+  CHECK_EQ(kt_exchange(port, "POST /api/echo HTTP/1.1\r\nHost: t\r\nContent-Length: 8\r\n\r\n{\"name\":", &r,
                        1),
            1);
   check_envelope(&r, 400, "BAD_REQUEST");
-  CHECK_EQ(kt_exchange(port, "POST /api/echo HTTP/1.1\r\nContent-Length: 2\r\n\r\n{}", &r, 1), 1);
+  CHECK_EQ(kt_exchange(port, "POST /api/echo HTTP/1.1\r\nHost: t\r\nContent-Length: 2\r\n\r\n{}", &r, 1), 1);
   check_envelope(&r, 400, "VALIDATION_ERROR");
   CHECK(strstr(r.body, "\"details\":[{\"field\":\"name\""));
   /* chunked bodies too */
   CHECK_EQ(kt_exchange(port,
-                       "POST /api/echo HTTP/1.1\r\nTransfer-Encoding: chunked\r\n\r\n"
+                       "POST /api/echo HTTP/1.1\r\nHost: t\r\nTransfer-Encoding: chunked\r\n\r\n"
                        "7\r\n{\"name\"\r\n8\r\n:\"keel\"}\r\n0\r\n\r\n",
                        &r, 1),
            1);
@@ -269,7 +269,7 @@ KT_CASE(limits_answer_413_431_and_400_with_the_envelope_and_close) {
   static kt_resp r;
   /* declared too large: answered before the body is read */
   kt_job j = {.port = port,
-              .req = "POST /api/echo HTTP/1.1\r\nContent-Length: 5000\r\n\r\n{\"name\":",
+              .req = "POST /api/echo HTTP/1.1\r\nHost: t\r\nContent-Length: 5000\r\n\r\n{\"name\":",
               .nresp = 1,
               .resp = &r};
   CHECK_OK(keel_blocking(kt_job_run, &j));
@@ -278,13 +278,13 @@ KT_CASE(limits_answer_413_431_and_400_with_the_envelope_and_close) {
   CHECK(j.closed_after);
   /* chunked, growing past the limit */
   static char big[4096];
-  int n = snprintf(big, sizeof big, "POST /api/echo HTTP/1.1\r\nTransfer-Encoding: chunked\r\n\r\n");
+  int n = snprintf(big, sizeof big, "POST /api/echo HTTP/1.1\r\nHost: t\r\nTransfer-Encoding: chunked\r\n\r\n");
   for (int i = 0; i < 3; i++)
     n += snprintf(big + n, sizeof big - (size_t)n, "1f4\r\n%0500d\r\n", 0);
   CHECK_EQ(kt_exchange(port, big, &r, 1), 1);
   check_envelope(&r, 413, "PAYLOAD_TOO_LARGE");
   /* a header block over the limit */
-  n = snprintf(big, sizeof big, "GET /api/hello HTTP/1.1\r\nX-Big: ");
+  n = snprintf(big, sizeof big, "GET /api/hello HTTP/1.1\r\nHost: t\r\nX-Big: ");
   memset(big + n, 'a', 3000);
   memcpy(big + n + 3000, "\r\n\r\n", 5);
   CHECK_EQ(kt_exchange(port, big, &r, 1), 1);
@@ -292,10 +292,10 @@ KT_CASE(limits_answer_413_431_and_400_with_the_envelope_and_close) {
   /* garbage */
   CHECK_EQ(kt_exchange(port, "NOT HTTP AT ALL\r\n\r\n", &r, 1), 1);
   check_envelope(&r, 400, "BAD_REQUEST");
-  CHECK_EQ(kt_exchange(port, "GET /%zz HTTP/1.1\r\n\r\n", &r, 1), 1);
+  CHECK_EQ(kt_exchange(port, "GET /%zz HTTP/1.1\r\nHost: t\r\n\r\n", &r, 1), 1);
   check_envelope(&r, 400, "BAD_REQUEST");
   /* the server still serves */
-  CHECK_EQ(kt_exchange(port, "GET /api/hello HTTP/1.1\r\n\r\n", &r, 1), 1);
+  CHECK_EQ(kt_exchange(port, "GET /api/hello HTTP/1.1\r\nHost: t\r\n\r\n", &r, 1), 1);
   CHECK_EQ(r.status, 200);
   CHECK_OK(keel_http_stop(s));
 }
@@ -304,13 +304,13 @@ KT_CASE(crashes_and_internal_errors_give_500_without_internals) {
   keel_http_server *s = start_default();
   int port = keel_http_port(s);
   static kt_resp r;
-  CHECK_EQ(kt_exchange(port, "GET /api/crash HTTP/1.1\r\n\r\n", &r, 1), 1);
+  CHECK_EQ(kt_exchange(port, "GET /api/crash HTTP/1.1\r\nHost: t\r\n\r\n", &r, 1), 1);
   check_envelope(&r, 500, "INTERNAL_ERROR");
   CHECK(!strstr(r.body, "secret"));
-  CHECK_EQ(kt_exchange(port, "GET /api/internal HTTP/1.1\r\n\r\n", &r, 1), 1);
+  CHECK_EQ(kt_exchange(port, "GET /api/internal HTTP/1.1\r\nHost: t\r\n\r\n", &r, 1), 1);
   check_envelope(&r, 500, "INTERNAL_ERROR");
   CHECK(!strstr(r.body, "database"));
-  CHECK_EQ(kt_exchange(port, "GET /api/hello HTTP/1.1\r\n\r\n", &r, 1), 1);
+  CHECK_EQ(kt_exchange(port, "GET /api/hello HTTP/1.1\r\nHost: t\r\n\r\n", &r, 1), 1);
   CHECK_EQ(r.status, 200);
   CHECK_OK(keel_http_stop(s));
 }
@@ -321,7 +321,7 @@ KT_CASE(a_handler_past_the_request_timeout_gets_503_and_is_killed) {
   o.request_timeout_ms = 200;
   keel_http_server *s = start(&o);
   static kt_resp r;
-  CHECK_EQ(kt_exchange(keel_http_port(s), "GET /api/slow HTTP/1.1\r\n\r\n", &r, 1), 1);
+  CHECK_EQ(kt_exchange(keel_http_port(s), "GET /api/slow HTTP/1.1\r\nHost: t\r\n\r\n", &r, 1), 1);
   check_envelope(&r, 503, "SERVICE_UNAVAILABLE");
   KT_WAIT_UNTIL(keel_http_in_flight(s) == 0); /* the handler was killed, not left running */
   CHECK_OK(keel_http_stop(s));
@@ -334,9 +334,9 @@ KT_CASE(the_rate_limit_refuses_past_the_limit_with_retry_after_and_skips_health)
   keel_http_server *s = start(&o);
   int port = keel_http_port(s);
   static kt_resp r[5];
-  const char *req = "GET /api/hello HTTP/1.1\r\n\r\nGET /api/hello HTTP/1.1\r\n\r\n"
-                    "GET /api/hello HTTP/1.1\r\n\r\nGET /api/hello HTTP/1.1\r\n\r\n"
-                    "GET /health/live HTTP/1.1\r\n\r\n";
+  const char *req = "GET /api/hello HTTP/1.1\r\nHost: t\r\n\r\nGET /api/hello HTTP/1.1\r\nHost: t\r\n\r\n"
+                    "GET /api/hello HTTP/1.1\r\nHost: t\r\n\r\nGET /api/hello HTTP/1.1\r\nHost: t\r\n\r\n"
+                    "GET /health/live HTTP/1.1\r\nHost: t\r\n\r\n";
   CHECK_EQ(kt_exchange(port, req, r, 5), 5);
   char v[64];
   for (int i = 0; i < 3; i++) {
@@ -360,7 +360,7 @@ KT_CASE(cors_allows_listed_origins_answers_preflights_and_refuses_others) {
   static kt_resp r;
   char v[256];
   CHECK_EQ(kt_exchange(port,
-                       "OPTIONS /api/echo HTTP/1.1\r\nOrigin: https://app.example\r\n"
+                       "OPTIONS /api/echo HTTP/1.1\r\nHost: t\r\nOrigin: https://app.example\r\n"
                        "Access-Control-Request-Method: POST\r\n"
                        "Access-Control-Request-Headers: content-type\r\n\r\n",
                        &r, 1),
@@ -371,18 +371,18 @@ KT_CASE(cors_allows_listed_origins_answers_preflights_and_refuses_others) {
   CHECK(kt_hdr(&r, "Access-Control-Max-Age", v, sizeof v) != NULL);
   CHECK(strstr(kt_hdr(&r, "Vary", v, sizeof v), "Origin"));
   CHECK_EQ(kt_exchange(port,
-                       "OPTIONS /api/echo HTTP/1.1\r\nOrigin: https://evil.example\r\n"
+                       "OPTIONS /api/echo HTTP/1.1\r\nHost: t\r\nOrigin: https://evil.example\r\n"
                        "Access-Control-Request-Method: POST\r\n\r\n",
                        &r, 1),
            1);
   check_envelope(&r, 403, "FORBIDDEN");
   CHECK(kt_hdr(&r, "Access-Control-Allow-Origin", v, sizeof v) == NULL);
-  CHECK_EQ(kt_exchange(port, "GET /api/hello HTTP/1.1\r\nOrigin: https://admin.example\r\n\r\n", &r,
+  CHECK_EQ(kt_exchange(port, "GET /api/hello HTTP/1.1\r\nHost: t\r\nOrigin: https://admin.example\r\n\r\n", &r,
                        1),
            1);
   CHECK_EQ(r.status, 200);
   CHECK_STR(kt_hdr(&r, "Access-Control-Allow-Origin", v, sizeof v), "https://admin.example");
-  CHECK_EQ(kt_exchange(port, "GET /api/hello HTTP/1.1\r\nOrigin: https://evil.example\r\n\r\n", &r,
+  CHECK_EQ(kt_exchange(port, "GET /api/hello HTTP/1.1\r\nHost: t\r\nOrigin: https://evil.example\r\n\r\n", &r,
                        1),
            1);
   CHECK_EQ(r.status, 200); /* served, but the browser gets no CORS permission */
@@ -401,7 +401,7 @@ static void loris_run(void *arg) {
   kt_conn *c = malloc(sizeof *c);
   j->closed = false;
   if (kt_connect(j->port, c) == 0) {
-    kt_send_all(c, "GET /api/hello HTTP/1.1\r\nX-Slow: ", 33);
+    kt_send_all(c, "GET /api/hello HTTP/1.1\r\nHost: t\r\nX-Slow: ", 42);
     j->closed = kt_closed(c); /* within the 20 s receive timeout */
     kt_close(c);
   }
@@ -418,7 +418,7 @@ KT_CASE(a_slowloris_connection_is_closed_while_others_are_served) {
   (void)self;
   /* the loris waits on the pool while we are served */
   static kt_resp r;
-  CHECK_EQ(kt_exchange(keel_http_port(s), "GET /api/hello HTTP/1.1\r\n\r\n", &r, 1), 1);
+  CHECK_EQ(kt_exchange(keel_http_port(s), "GET /api/hello HTTP/1.1\r\nHost: t\r\n\r\n", &r, 1), 1);
   CHECK_EQ(r.status, 200);
   CHECK_OK(keel_blocking(loris_run, &lj));
   CHECK(lj.closed);
@@ -442,7 +442,7 @@ KT_CASE(drain_finishes_requests_in_flight_with_connection_close_and_stops_accept
   int port = keel_http_port(s);
   static kt_resp r;
   async_job a = {.job = {.port = port,
-                         .req = "GET /api/wait HTTP/1.1\r\n\r\n",
+                         .req = "GET /api/wait HTTP/1.1\r\nHost: t\r\n\r\n",
                          .nresp = 1,
                          .resp = &r},
                  .notify = keel_self()};
@@ -471,7 +471,7 @@ KT_CASE(a_client_that_half_closes_still_gets_every_answer) {
   keel_http_server *s = start_default();
   static kt_resp r[2];
   kt_job j = {.port = keel_http_port(s),
-              .req = "GET /api/nap HTTP/1.1\r\n\r\nGET /api/hello HTTP/1.1\r\n\r\n",
+              .req = "GET /api/nap HTTP/1.1\r\nHost: t\r\n\r\nGET /api/hello HTTP/1.1\r\nHost: t\r\n\r\n",
               .nresp = 2,
               .resp = r,
               .half_close = true};
@@ -490,7 +490,7 @@ KT_CASE(stop_cuts_connections_and_kills_handlers_still_running) {
   keel_http_server *s = start(&o);
   static kt_resp r;
   async_job a = {.job = {.port = keel_http_port(s),
-                         .req = "GET /api/slow HTTP/1.1\r\n\r\n",
+                         .req = "GET /api/slow HTTP/1.1\r\nHost: t\r\n\r\n",
                          .nresp = 1,
                          .resp = &r},
                  .notify = keel_self()};
@@ -526,7 +526,7 @@ KT_CASE(an_internal_error_is_logged_with_the_request_id_and_the_body_redacted) {
   CHECK_OK(keel_log_init(&lo));
   keel_http_server *s = start_default();
   static kt_resp r;
-  const char *req = "POST /api/internal HTTP/1.1\r\nX-Request-Id: req-secret-1\r\n"
+  const char *req = "POST /api/internal HTTP/1.1\r\nHost: t\r\nX-Request-Id: req-secret-1\r\n"
                     "Content-Type: application/json\r\nContent-Length: 71\r\n\r\n"
                     "{\"user\":\"bob\",\"password\":\"hunter2\",\"cards\":[{\"token\":\"tok-999\",\"n\":1}]}";
   CHECK_EQ(kt_exchange(keel_http_port(s), req, &r, 1), 1);
@@ -606,7 +606,7 @@ KT_CASE(a_socket_passed_by_systemd_is_served_without_binding) {
   static kt_resp r;
   int got = 0;
   for (int i = 0; i < 200 && got == 0; i++) { /* the child listens once its runtime is up */
-    got = kt_exchange(a.port, "GET /whoami HTTP/1.1\r\n\r\n", &r, 1);
+    got = kt_exchange(a.port, "GET /whoami HTTP/1.1\r\nHost: t\r\n\r\n", &r, 1);
     if (!got) keel_sleep(25);
   }
   CHECK_OK(keel_blocking(activation_stop, &a));
@@ -629,7 +629,7 @@ static void reset_run(void *arg) {
   kt_conn *c = malloc(sizeof *c);
   if (c && kt_connect(port, c) == 0) {
     char two[256];
-    snprintf(two, sizeof two, "GET /api/nap HTTP/1.1\r\n\r\n%s", g_reset_second);
+    snprintf(two, sizeof two, "GET /api/nap HTTP/1.1\r\nHost: t\r\n\r\n%s", g_reset_second);
     kt_send_all(c, two, strlen(two));
     kt_close(c);
   }
@@ -644,8 +644,8 @@ KT_CASE(a_client_that_resets_before_its_answer_does_not_kill_the_node) {
   int port = keel_http_port(s);
   /* the second answer fails to be written: from a handler's exit, and from
    * the loop (a 404; this one was a use after free found by the fuzzer) */
-  static const char *const second[] = {"GET /api/nap HTTP/1.1\r\n\r\n",
-                                       "GET /nope HTTP/1.1\r\n\r\nGET /nope HTTP/1.1\r\n\r\n"};
+  static const char *const second[] = {"GET /api/nap HTTP/1.1\r\nHost: t\r\n\r\n",
+                                       "GET /nope HTTP/1.1\r\nHost: t\r\n\r\nGET /nope HTTP/1.1\r\nHost: t\r\n\r\n"};
   for (int i = 0; i < 6; i++) {
     g_reset_second = second[i % 2];
     CHECK_OK(keel_blocking(reset_run, &port));
@@ -653,7 +653,7 @@ KT_CASE(a_client_that_resets_before_its_answer_does_not_kill_the_node) {
   }
   KT_WAIT_UNTIL(keel_http_in_flight(s) == 0);
   static kt_resp r;
-  CHECK_EQ(kt_exchange(port, "GET /api/hello HTTP/1.1\r\n\r\n", &r, 1), 1);
+  CHECK_EQ(kt_exchange(port, "GET /api/hello HTTP/1.1\r\nHost: t\r\n\r\n", &r, 1), 1);
   CHECK_EQ(r.status, 200);
   CHECK_OK(keel_http_stop(s));
 }
