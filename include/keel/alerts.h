@@ -11,7 +11,10 @@
  *   - counts child restarts per supervisor (from keel_sup_subscribe) over the
  *     last minute: restarts_per_min or more fires "high_restart_rate";
  *   - counts error and fatal log lines (keel_log_stats_get deltas) over the
- *     last minute: errors_per_min or more fires "high_error_rate".
+ *     last minute: errors_per_min or more fires "high_error_rate";
+ *   - compares the open file descriptors with the soft RLIMIT_NOFILE:
+ *     fd_percent of it or more fires "high_fd_usage" (a node that will soon
+ *     refuse connections, or already does).
  *
  * An alert stays active until its value falls back (the sample no longer
  * exceeds the threshold, the rate drops under it, or the process exits):
@@ -48,6 +51,7 @@ typedef enum keel_alert_type {
   KEEL_ALERT_QUEUE_SIZE = 1,   /* "high_queue_size": a mailbox deeper than its learned normal */
   KEEL_ALERT_RESTART_RATE = 2, /* "high_restart_rate": a supervisor restarting children often */
   KEEL_ALERT_ERROR_RATE = 3,   /* "high_error_rate": error + fatal log lines, node-wide */
+  KEEL_ALERT_FD_USAGE = 4,     /* "high_fd_usage": open descriptors near the limit, node-wide */
 } keel_alert_type;
 
 /* "high_queue_size", "high_restart_rate", "high_error_rate"; "unknown" for
@@ -59,10 +63,12 @@ typedef struct keel_alert {
   char id[24]; /* "alert-<n>": unique for the life of the OS process */
   keel_alert_type type;
   keel_pid_t pid;      /* queue size: the process; restart rate: the supervisor;
-                          error rate: 0 (node-wide) */
+                          error rate, fd usage: 0 (node-wide) */
   char name[64];       /* its registered name, else its label, else "" */
-  double threshold;    /* queue size: mean + k * stddev; rates: the configured per-minute limit */
-  double value;        /* queue size: the depth sampled; rates: events in the last 60 s.
+  double threshold;    /* queue size: mean + k * stddev; rates: the configured per-minute limit;
+                          fd usage: fd_percent of the soft limit, in descriptors */
+  double value;        /* queue size: the depth sampled; rates: events in the last 60 s;
+                          fd usage: the open descriptors.
                           In keel_alerts_active: the latest value; in a resolved
                           event: the value that resolved it (0 when the process exited) */
   double mean, stddev; /* queue size: the learned baseline at trigger time; else 0 */
@@ -96,6 +102,9 @@ typedef struct keel_alerts_opts {
                            weighted statistics); 0: 1000 */
   int restarts_per_min; /* per supervisor: this many restarts within 60 s alert; 0: 5; <0: off */
   int errors_per_min;   /* error + fatal log lines within 60 s alert; 0: 10; <0: off */
+  int fd_percent;       /* open descriptors at this percent of the soft limit alert
+                           (threshold: that many descriptors; value: open ones);
+                           0: 90; <0: off; above 100: KEEL_EINVAL */
   /* The monotonic clock (ms) behind cooldowns, rates and durations, for tests
    * that must not depend on time; NULL: CLOCK_MONOTONIC. Called only by the
    * manager process. Alert times (time_ms) always use the wall clock. */

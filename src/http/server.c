@@ -48,6 +48,7 @@
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+#include <sys/resource.h>
 #include <sys/socket.h>
 #include <time.h>
 #include <unistd.h>
@@ -986,8 +987,12 @@ static void conn_settle(keel__conn *c, int budget) {
   if (c->closing || c->lingering || c->busy) return; /* busy: the handler's end resumes it */
   keel_http_server *s = c->l->srv;
   if (c->done) { /* an answer said close: once it is out (else on_write does it) */
-    if (write_queued(c) == 0) conn_linger_close(c);
-    else conn_update_reading(c);
+    if (write_queued(c) == 0) {
+      conn_linger_close(c);
+    } else {
+      conn_update_reading(c);
+      timer_set(c, T_SEND, s->o.send_timeout_ms);
+    }
     return;
   }
   if (c->in_len > c->in_off) { /* parsing stopped early */
@@ -1020,7 +1025,11 @@ static void conn_resume(keel__conn *c) {
     size_t used = conn_parse(c, c->in + c->in_off, c->in_len - c->in_off, &budget);
     if (c->closing) return;
     c->in_off += used;
-    if (c->in_off == c->in_len) c->in_off = c->in_len = 0;
+    if (c->in_off == c->in_len) { /* all parsed: an idle connection keeps no buffer */
+      free(c->in);
+      c->in = NULL;
+      c->in_off = c->in_len = c->in_cap = 0;
+    }
   }
   conn_settle(c, budget);
 }
@@ -1243,7 +1252,9 @@ static void acceptor_main(void *arg) {
     for (keel__conn *c = op == CTL_CLOSE ? NULL : l->conns, *next; c; c = next) {
       next = c->next;
       if (op == CTL_STOP) conn_close(c);
-      else if (c->tmode == T_IDLE) timer_set(c, T_IDLE, DRAIN_GRACE_MS);
+      else if (!c->busy && !c->rq && !c->lingering && !c->blocked && !c->queued &&
+               !keel__reqparse_busy(&c->rp) && c->in_len == c->in_off)
+        timer_set(c, T_IDLE, DRAIN_GRACE_MS); /* nothing of a request came yet */
     }
     if (op == CTL_STOP) { /* handlers still running are cut: their answers would go nowhere */
       for (keel_http_req *rq = l->reqs; rq; rq = rq->lnext)
@@ -1368,12 +1379,36 @@ static int setup_middleware(keel_http_server *s) {
 
 static char *dup_or_null(const char *s) { return s ? strdup(s) : NULL; }
 
+/* A server holds a descriptor per connection: the soft RLIMIT_NOFILE goes
+ * up to the hard limit, once per process, and the log says so. */
+static void raise_nofile(void) {
+  struct rlimit r;
+  if (getrlimit(RLIMIT_NOFILE, &r) != 0 || r.rlim_cur >= r.rlim_max) return;
+  uint64_t from = (uint64_t)r.rlim_cur;
+  r.rlim_cur = r.rlim_max;
+  if (setrlimit(RLIMIT_NOFILE, &r) != 0) {
+    if (keel_log_enabled(KEEL_LOG_WARN)) {
+      keel_log_field f[] = {KEEL_UINT("soft", from), KEEL_UINT("hard", (uint64_t)r.rlim_max),
+                            KEEL_STR("error", strerror(errno)), KEEL_LOG__END};
+      keel_log_write(NULL, KEEL_LOG_WARN, "could not raise the open-file limit", f);
+    }
+    return;
+  }
+  if (keel_log_enabled(KEEL_LOG_INFO)) {
+    keel_log_field f[] = {KEEL_UINT("from", from), KEEL_UINT("to", (uint64_t)r.rlim_max),
+                          KEEL_LOG__END};
+    keel_log_write(NULL, KEEL_LOG_INFO, "raised the open-file limit", f);
+  }
+}
+
 int keel_http_start(const keel_http_options *o, keel_http_router *router, keel_http_server **out) {
   if (out) *out = NULL;
   if (!o || !router || !out) return KEEL_EINVAL;
   if (!keel_self()) return KEEL_ENOTPROC;
   if (o->port < 0 || o->port > 65535 || !o->max_header_bytes || !o->max_body_bytes)
     return KEEL_EINVAL;
+  static pthread_once_t once = PTHREAD_ONCE_INIT;
+  pthread_once(&once, raise_nofile);
 
   keel_http_server *s = calloc(1, sizeof *s);
   if (!s) return KEEL_ENOMEM;

@@ -63,6 +63,7 @@
 #include "keel/process.h"
 #include "keel/registry.h"
 #include "keel/supervisor.h"
+#include "keel/sysinfo.h"
 
 #define DEF_K         2.0
 #define DEF_MIN       30
@@ -72,6 +73,7 @@
 #define DEF_WINDOW    1000
 #define DEF_RESTARTS  5
 #define DEF_ERRORS    10
+#define DEF_FD_PCT    90
 #define RATE_SECONDS  60
 #define CALL_TIMEOUT  30000
 #define STOP_POLL_MAX 10000
@@ -158,6 +160,8 @@ typedef struct mgr {
   size_t nsups, capsups;
   rate errs;
   uint64_t err_total; /* error + fatal lines counted so far */
+  uint64_t fd_aseq;   /* the active high_fd_usage alert, 0: none */
+  int64_t fd_last_fire;
 
   sub *subs;
   size_t nsubs, capsubs;
@@ -222,6 +226,7 @@ const char *keel_alert_type_name(keel_alert_type type) {
   case KEEL_ALERT_QUEUE_SIZE: return "high_queue_size";
   case KEEL_ALERT_RESTART_RATE: return "high_restart_rate";
   case KEEL_ALERT_ERROR_RATE: return "high_error_rate";
+  case KEEL_ALERT_FD_USAGE: return "high_fd_usage";
   }
   return "unknown";
 }
@@ -751,6 +756,46 @@ static void check_rates(mgr *m, int64_t now) {
   rate_check(m, &m->errs, KEEL_ALERT_ERROR_RATE, m->o.errors_per_min, now);
 }
 
+/* ---- descriptors -------------------------------------------------------------------- */
+
+/* Open descriptors against the soft RLIMIT_NOFILE: at or above fd_percent
+ * it fires (a node about to refuse connections, or refusing them), under it
+ * it resolves. */
+static void check_fds(mgr *m, int64_t now) {
+  if (m->o.fd_percent < 0) return;
+  keel_sys_process sp;
+  if (keel_sys_process_get(&sp) != 0 || sp.open_fds < 0 || sp.max_fds <= 0) return;
+  double pct = 100.0 * (double)sp.open_fds / (double)sp.max_fds;
+  bool over = pct >= m->o.fd_percent;
+  if (m->fd_aseq) {
+    if (over) {
+      act_update(m->fd_aseq, (double)sp.open_fds);
+    } else {
+      char why[200];
+      textf(why, sizeof why, "Open file descriptors back under threshold: %ld of %ld (%.0f%% < %d%%)",
+            sp.open_fds, sp.max_fds, pct, m->o.fd_percent);
+      resolve(m, m->fd_aseq, (double)sp.open_fds, why, now);
+      m->fd_aseq = 0;
+    }
+    return;
+  }
+  if (!over) return;
+  if (!cooldown_over(m, m->fd_last_fire, now)) {
+    m->suppressed++;
+    return;
+  }
+  keel_alert a;
+  memset(&a, 0, sizeof a);
+  a.type = KEEL_ALERT_FD_USAGE;
+  a.threshold = (double)sp.max_fds * m->o.fd_percent / 100.0;
+  a.value = (double)sp.open_fds;
+  textf(a.message, sizeof a.message,
+        "Open file descriptors exceeded threshold: %ld of %ld (%.0f%% >= %d%%)", sp.open_fds,
+        sp.max_fds, pct, m->o.fd_percent);
+  m->fd_aseq = fire(m, &a, now);
+  if (m->fd_aseq) m->fd_last_fire = now;
+}
+
 /* ---- the sweep ---------------------------------------------------------------------- */
 
 static void sweep(mgr *m) {
@@ -762,6 +807,7 @@ static void sweep(mgr *m) {
   keel_rt_processes(visit, &c);
   prune(m, now);
   check_rates(m, now);
+  check_fds(m, now);
   act_compact();
   m->sweeps++;
   m->last_sweep_us = (uint64_t)(mono_us() - t0);
@@ -915,12 +961,15 @@ int keel_alerts_start(const keel_alerts_opts *o) {
   if (!d.window) d.window = DEF_WINDOW;
   if (!d.restarts_per_min) d.restarts_per_min = DEF_RESTARTS;
   if (!d.errors_per_min) d.errors_per_min = DEF_ERRORS;
+  if (!d.fd_percent) d.fd_percent = DEF_FD_PCT;
+  if (d.fd_percent > 100) return KEEL_EINVAL;
   if (!keel_sched_count()) return KEEL_ESTATE;
 
   mgr *m = calloc(1, sizeof *m);
   if (!m) return KEEL_ENOMEM;
   m->o = d;
   rate_init(&m->errs, 0, "");
+  m->fd_last_fire = INT64_MIN;
   keel_log_stats ls; /* error lines logged before the start do not count */
   keel_log_stats_get(&ls);
   m->err_total = ls.lines[KEEL_LOG_ERROR] + ls.lines[KEEL_LOG_FATAL];

@@ -15,9 +15,11 @@
  */
 #include <jansson.h>
 #include <stdatomic.h>
+#include <sys/resource.h>
 #include <unistd.h>
 
 #include "keel/alerts.h"
+#include "keel/sysinfo.h"
 #include "otp/kt_otp.h"
 
 enum { T_FLOOD = 9001, T_DRAINED = 9002 };
@@ -572,6 +574,49 @@ KT_CASE(error_log_rate_alert_reaches_subscriber_and_log) {
   unlink(g_path);
 }
 
+KT_CASE(descriptors_near_the_limit_fire_high_fd_usage_and_resolve) {
+  quiet_log();
+  keel_alerts_opts o = test_opts();
+  o.fd_percent = 90;
+  CHECK_OK(keel_alerts_start(&o));
+  CHECK_OK(keel_alerts_subscribe(keel_self()));
+  /* a soft limit 40 above what is open now; the hard limit stays */
+  struct rlimit old, lim;
+  CHECK_OK(getrlimit(RLIMIT_NOFILE, &old));
+  keel_sys_process sp;
+  CHECK_OK(keel_sys_process_get(&sp));
+  lim = old;
+  lim.rlim_cur = (rlim_t)sp.open_fds + 40;
+  CHECK_OK(setrlimit(RLIMIT_NOFILE, &lim));
+  sweeps(1);
+  no_alert_message(); /* 40 free of open + 40: under 90% */
+  int fds[40], n = 0;
+  double need = 0.9 * (double)lim.rlim_cur;
+  while (n < 40 && keel_sys_process_get(&sp) == 0 && (double)sp.open_fds < need + 1)
+    CHECK((fds[n++] = dup(2)) >= 0);
+  sweeps(1);
+  keel_alert a;
+  CHECK_EQ(next_alert(&a), KEEL_ALERTS_EV_TRIGGERED);
+  CHECK_EQ(a.type, KEEL_ALERT_FD_USAGE);
+  CHECK_EQ(a.pid, 0);
+  CHECK(a.threshold == need);
+  CHECK(a.value >= need);
+  CHECK(strstr(a.message, "Open file descriptors exceeded threshold") != NULL);
+  sweeps(1);
+  no_alert_message(); /* still over: one alert, updated */
+  while (n > 0)
+    close(fds[--n]);
+  sweeps(1);
+  keel_alert r;
+  CHECK_EQ(next_alert(&r), KEEL_ALERTS_EV_RESOLVED);
+  CHECK_STR(r.id, a.id);
+  CHECK(r.value < need);
+  CHECK_OK(setrlimit(RLIMIT_NOFILE, &old));
+  CHECK_OK(keel_alerts_stop());
+  o.fd_percent = 101;
+  CHECK_EQ(keel_alerts_start(&o), KEEL_EINVAL);
+}
+
 static void subscriber_main(void *arg) {
   keel_pid_t boss = (keel_pid_t)(uintptr_t)arg;
   CHECK_OK(keel_alerts_subscribe(keel_self()));
@@ -696,6 +741,7 @@ KT_CASE(start_stop_and_errors) {
   CHECK_STR(keel_alert_type_name(KEEL_ALERT_QUEUE_SIZE), "high_queue_size");
   CHECK_STR(keel_alert_type_name(KEEL_ALERT_RESTART_RATE), "high_restart_rate");
   CHECK_STR(keel_alert_type_name(KEEL_ALERT_ERROR_RATE), "high_error_rate");
+  CHECK_STR(keel_alert_type_name(KEEL_ALERT_FD_USAGE), "high_fd_usage");
   keel_msg_t *m = keel_msg_new(KEEL_ALERTS_MSG_TRIGGERED, 3);
   CHECK_EQ(keel_alert_msg(m, NULL), KEEL_EINVAL); /* wrong size */
   keel_msg_free(m);
@@ -750,6 +796,7 @@ KT_MAIN(KT_ENTRY(flooded_mailbox_fires_once_and_resolves_after_drain),
         KT_ENTRY_SCHED(an_anomaly_does_not_become_the_baseline, 2),
         KT_ENTRY_SCHED(restart_rate_alert_after_provoked_restarts, 2),
         KT_ENTRY(error_log_rate_alert_reaches_subscriber_and_log),
+        KT_ENTRY(descriptors_near_the_limit_fire_high_fd_usage_and_resolve),
         KT_ENTRY_SCHED(a_dead_subscriber_is_dropped, 2),
         KT_ENTRY_SCHED(table_follows_live_processes_under_churn, 2),
         KT_ENTRY_SCHED(runtime_stop_releases_a_running_manager, 2),
