@@ -155,6 +155,12 @@ typedef struct keel_http_options {
   /* a client that reads none of its answers for this long while they are
    * backed up is closed; default 30 s */
   int64_t send_timeout_ms;
+  /* descriptors kept free for everything else (probes, logs, outgoing
+   * connections): the server stops accepting for a back-off when an
+   * accepted connection leaves fewer than this under the soft
+   * RLIMIT_NOFILE (at most a quarter of the limit); default 64, the admin
+   * port 16, so probes still answer while the API sheds */
+  int fd_reserve;
   size_t handler_stack_size;   /* handler process stacks; 0: the runtime default */
 
   /* middleware */

@@ -105,6 +105,7 @@ int keel_admin_start(const keel_admin_options *o, keel_http_server **out) {
   ho.access_log = o->access_log;
   ho.request_timeout_ms = 10000;
   ho.hsts = false;
+  ho.fd_reserve = 16; /* probes answer while the API, which keeps 64, sheds */
   rc = keel_http_start(&ho, r, out);
   if (rc) keel_http_router_free(r);
   return rc;

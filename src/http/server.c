@@ -78,7 +78,9 @@
  * IDLE_SHED idle keep-alive connections, log once per ACCEPT_LOG_MS. */
 #define ACCEPT_BACKOFF_MS 100
 #define IDLE_SHED         16
+#define SILENT_SHED_MS    1000 /* a connection silent this long since its accept may be shed */
 #define ACCEPT_LOG_MS     10000
+#define RESUME_ROOM       8 /* free descriptors under the reserve before accepting again */
 
 enum { CTL_DRAIN = 1, CTL_STOP = 2, CTL_CLOSE = 3 };
 #define DRAIN_GRACE_MS 250 /* an idle connection may still bring one request when a drain begins */
@@ -114,6 +116,8 @@ struct keel__conn {
   uv_timer_t timer;  /* head, body, keep-alive, send and linger timeouts */
   uv_timer_t rtimer; /* the request timeout of the request being handled */
   int tmode;
+  uint64_t born_ns; /* accepted at (CLOCK_MONOTONIC) */
+  bool served;      /* it sent at least one request */
   char peer[64]; /* the client's address, read once at accept */
   keel__reqparse rp; /* the request being parsed */
   keel_http_req *rq; /* taken from the parser: being handled or answered */
@@ -135,6 +139,7 @@ struct keel_http_server {
   int nl;
   keel__listener *ls;
   int port;
+  int fd_high; /* an accepted descriptor at or above this pauses accepting; 0: no limit */
   _Atomic size_t in_flight, conns;
   atomic_bool draining, stopping, drain_begun;
   keel__ratelimit *rl;
@@ -164,6 +169,7 @@ void keel_http_options_init(keel_http_options *o) {
   o->keepalive_timeout_ms = 5000;
   o->request_timeout_ms = 30000;
   o->send_timeout_ms = 30000;
+  o->fd_reserve = 64;
   o->request_id = true;
   o->access_log = true;
   o->slow_request_ms = 1000;
@@ -750,6 +756,7 @@ static void dispatch(keel__conn *c, keel_http_req *rq) {
   rq->srv = s;
   rq->conn = c;
   c->rq = rq;
+  c->served = true;
   timer_set(c, T_NONE, 0);
 
   /* request id and trace context first: every answer carries them */
@@ -1092,8 +1099,24 @@ static void listener_handle_closed(uv_handle_t *h) {
 }
 
 /* Puts a dup of the listening socket on the loop (the socket itself stays
- * ours, so closing the handle for a pause keeps the kernel's queue). */
+ * ours, so closing the handle for a pause keeps the kernel's queue). Linux
+ * hands out the lowest free descriptor, so the dup's number also says
+ * whether the reserve is free again. */
 static int listener_open(keel__listener *l) {
+  if (l->paused && l->srv->fd_high) {
+    /* after a pause: RESUME_ROOM free descriptors under the reserve, or
+     * wait (one hole would let a connection in, the next would cross) */
+    int probe[RESUME_ROOM], n = 0;
+    bool room = true;
+    while (room && n < RESUME_ROOM) {
+      probe[n] = fcntl(l->fd, F_DUPFD_CLOEXEC, 0);
+      room = probe[n] >= 0 && probe[n] < l->srv->fd_high;
+      if (probe[n] >= 0) n++;
+    }
+    while (n)
+      close(probe[--n]);
+    if (!room) return KEEL_EBUSY; /* still in the reserve */
+  }
   int fd = fcntl(l->fd, F_DUPFD_CLOEXEC, 0);
   if (fd < 0) return KEEL_EIO;
   int rc = uv_tcp_init(l->loop, &l->tcp);
@@ -1114,35 +1137,57 @@ static int listener_open(keel__listener *l) {
   return 0;
 }
 
+/* Closes up to IDLE_SHED connections of this listener that hold a
+ * descriptor for nothing: idle keep-alive ones first (a client between
+ * requests loses nothing but a reconnect), then those that have not sent a
+ * byte in the SILENT_SHED_MS since their accept. Each lets a waiting
+ * client in. */
+static int shed_idle(keel__listener *l) {
+  int shed = 0;
+  uint64_t now = now_ns();
+  for (int pass = 0; pass < 2; pass++) {
+    for (keel__conn *c = l->conns, *next; c && shed < IDLE_SHED; c = next) {
+      next = c->next;
+      if (c->busy || c->rq || c->lingering || keel__reqparse_busy(&c->rp)) continue;
+      bool idle = c->tmode == T_IDLE;
+      bool silent = c->tmode == T_HEAD && !c->served &&
+                    now - c->born_ns >= (uint64_t)SILENT_SHED_MS * 1000000u;
+      if (pass == 0 ? idle : silent) {
+        conn_close(c);
+        shed++;
+      }
+    }
+  }
+  return shed;
+}
+
 static void on_backoff(uv_timer_t *t) {
   keel__listener *l = t->data;
   if (l->stopping || l->fd < 0 || !l->paused) return;
   if (l->tcp_open || listener_open(l) != 0) { /* still closing, or still no descriptor */
+    shed_idle(l);
     uv_timer_start(&l->backoff, on_backoff, ACCEPT_BACKOFF_MS, 0);
     return;
   }
   l->paused = false;
 }
 
-/* Out of descriptors (EMFILE, ENFILE). libuv's accept loop would call us
- * again at once, forever, with its spare descriptor taken by another loop:
- * close the handle (that ends the loop), shed idle keep-alive connections,
- * and listen again after a back-off. Connections wait in the kernel's queue
- * meanwhile; probes on other ports, timers and signals go on. */
+/* Out of descriptors, or into the reserve. On EMFILE/ENFILE libuv's accept
+ * loop would call us again at once, forever, when its spare descriptor was
+ * taken by another loop; and when its spare works, it accepts and closes
+ * every queued connection. So the server pauses before: when an accepted
+ * descriptor lands in the last fd_reserve under the limit. Either way:
+ * close the handle (that ends libuv's loop), shed idle keep-alive
+ * connections, and listen again after a back-off. Connections wait in the
+ * kernel's queue meanwhile; probes on other ports (a smaller reserve),
+ * timers and signals go on. status: a libuv error, or 0 for the reserve. */
 static void accept_pause(keel__listener *l, int status) {
   keel_http_server *s = l->srv;
   if (l->paused) return;
   l->paused = true;
   if (l->tcp_open && !uv_is_closing((uv_handle_t *)&l->tcp))
     uv_close((uv_handle_t *)&l->tcp, listener_handle_closed);
-  int shed = 0;
-  for (keel__conn *c = l->conns, *next; c && shed < IDLE_SHED; c = next) {
-    next = c->next;
-    if (c->tmode == T_IDLE && !c->busy && !c->rq && !keel__reqparse_busy(&c->rp)) {
-      conn_close(c);
-      shed++;
-    }
-  }
+  int shed = shed_idle(l);
   uv_timer_start(&l->backoff, on_backoff, ACCEPT_BACKOFF_MS, 0);
   atomic_fetch_add_explicit(&s->pauses, 1, memory_order_relaxed);
   if (s->paused_c) keel_counter_inc(s->paused_c);
@@ -1156,7 +1201,8 @@ static void accept_pause(keel__listener *l, int status) {
   if (keel_log_enabled(KEEL_LOG_WARN)) {
     keel_log_field f[] = {KEEL_STR("server", s->name),
                           KEEL_INT("port", s->port),
-                          KEEL_STR("error", uv_err_name(status)),
+                          KEEL_STR("error", status ? uv_err_name(status) : "reserve reached"),
+                          KEEL_INT("fd_limit_reserve_at", s->fd_high),
                           KEEL_INT("scheduler", l->sched),
                           KEEL_INT("open_connections", (int64_t)keel_http_connections(s)),
                           KEEL_INT("idle_closed", shed),
@@ -1182,6 +1228,9 @@ static void on_connection(uv_stream_t *server, int status) {
     uv_close((uv_handle_t *)&c->tcp, (uv_close_cb)free);
     return;
   }
+  uv_os_fd_t fd;
+  if (l->srv->fd_high && uv_fileno((uv_handle_t *)&c->tcp, &fd) == 0 && fd >= l->srv->fd_high)
+    accept_pause(l, 0); /* this one is served; the next wait in the queue */
   uv_tcp_nodelay(&c->tcp, 1);
   uv_timer_init(l->loop, &c->timer);
   c->timer.data = c;
@@ -1194,6 +1243,7 @@ static void on_connection(uv_stream_t *server, int status) {
       uv_ip6_name((struct sockaddr_in6 *)&ss, c->peer, sizeof c->peer);
   }
   keel_http_server *s = l->srv;
+  c->born_ns = now_ns();
   keel__reqparse_init(&c->rp, s->o.max_header_bytes, s->o.max_body_bytes, on_head, c);
   c->next = l->conns;
   if (l->conns) l->conns->prev = c;
@@ -1448,6 +1498,12 @@ int keel_http_start(const keel_http_options *o, keel_http_router *router, keel_h
     }
   }
   s->port = port;
+  struct rlimit nofile;
+  if (o->fd_reserve > 0 && getrlimit(RLIMIT_NOFILE, &nofile) == 0 && nofile.rlim_cur != RLIM_INFINITY &&
+      nofile.rlim_cur < INT32_MAX) {
+    int lim = (int)nofile.rlim_cur, reserve = o->fd_reserve < lim / 4 ? o->fd_reserve : lim / 4;
+    s->fd_high = lim - reserve;
+  }
   if (rc) {
     for (int i = 0; i < s->nl; i++)
       if (s->ls[i].fd >= 0) close(s->ls[i].fd);
