@@ -4,35 +4,47 @@
  * Threads. A server has one listener per scheduler. keel_http_start binds
  * the sockets (SO_REUSEPORT, so a second instance can bind the same port
  * during a rolling restart, or sockets passed by systemd) and spawns one
- * acceptor process per scheduler, pinned there: it puts its socket on its
- * scheduler's libuv loop and then only waits for control messages (drain,
- * stop). Everything about a connection happens on the loop of the scheduler
- * that accepted it: libuv callbacks read and parse (nodejs/http-parser from
- * Debian, see docs/decisions/0006), and each request that reaches a route is
- * handled by a new process pinned to the same scheduler. So a connection, its
- * requests and their handlers are only ever touched by one thread, and
- * nothing here locks; the counters shared with other threads are atomics.
+ * acceptor process per scheduler, pinned there: it puts a dup of its socket
+ * on its scheduler's libuv loop and then only waits for control messages
+ * (drain, stop). Everything about a connection happens on the loop of the
+ * scheduler that accepted it: libuv callbacks read and parse (parse.c,
+ * llhttp in strict mode, docs/decisions/0007), and each request that reaches
+ * a route is handled by a new process pinned to the same scheduler. So a
+ * connection, its requests and their handlers are only ever touched by one
+ * thread, and nothing here locks; the counters shared with other threads
+ * are atomics.
  *
- * A request's life. Bytes are parsed as they come; limits are checked while
- * parsing (the head against max_header_bytes: 431, the body against
- * max_body_bytes: 413, both answered at once with the envelope and the
- * connection closed after a lingering read). A complete request pauses the
- * parser; bytes that arrive while it is handled are kept for after it
- * (pipelined requests are answered in order), and past 256 KiB reading
- * stops until the answer is out. On the loop: request id, trace context,
- * client address, CORS (a preflight is answered here), the rate limit (429
- * here), the route (404/405 here). Then a handler process runs the route's
- * handler; an exit hook registered with its spawn (keel_spawn_opts.on_exit)
- * sends the response when the process ends, however it ends: normally with
- * the handler's response, by a crash with 500. A per-connection request
- * timer answers 503 and kills a handler that runs past request_timeout_ms.
- * After the response: the access log line, the metrics, then the next
- * pipelined request or reading again.
+ * A request's life. Bytes are parsed where they were read (the listener's
+ * read buffer); the parser stops after each whole request. On the loop:
+ * request id, trace context, client address, CORS (a preflight is answered
+ * here), the rate limit (429 here), the route (404/405 here). Then a
+ * handler process runs the route's handler; an exit hook registered with its
+ * spawn (keel_spawn_opts.on_exit) sends the response when the process ends,
+ * however it ends: normally with the handler's response, by a crash with
+ * 500. A per-connection request timer answers 503 and kills a handler that
+ * runs past request_timeout_ms. After the response: the access log line,
+ * the metrics, then the next pipelined request or reading again.
  *
- * Timeouts per connection (a second uv timer): the head of a request must arrive
- * within header_timeout_ms of its first byte or of the connection's start
- * (slowloris); a body must keep coming (body_timeout_ms between reads); an
- * idle keep-alive connection is closed after keepalive_timeout_ms.
+ * Pipelining, bounded. One loop, conn_parse, parses and answers in turn:
+ * answers made on the loop (errors, 404, 429, preflights) never call back
+ * into the parser, so a burst costs neither stack nor copies. Bytes that
+ * cannot be parsed yet (a handler has the request, the answers are backed
+ * up, the connection used its turn) are kept in the connection's input
+ * buffer, parsed in place later. A connection answers at most RUN_BUDGET
+ * requests per turn and then queues behind the others (the listener's
+ * idle handle); it stops reading with PIPELINE_MAX bytes unparsed, and stops
+ * parsing while WRITE_HIGH bytes of answers are unsent (the client meets TCP
+ * back-pressure), for at most send_timeout_ms.
+ *
+ * Timeouts per connection (a second uv timer): the head of a request must be
+ * complete within header_timeout_ms of its first byte (blank lines count) or
+ * of the accept, and nothing but a complete head stops that clock (408); a
+ * body must keep coming (body_timeout_ms between reads, 408); an idle
+ * keep-alive connection is closed after keepalive_timeout_ms.
+ *
+ * Descriptors. A listener stops accepting for a back-off when an accepted
+ * descriptor lands in the last fd_reserve under the soft limit, or on
+ * EMFILE: see accept_pause.
  *
  * Closing. A connection we close after an error or on drain is shut down for
  * writing first and then read and discarded for up to a second (a lingering
