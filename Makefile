@@ -80,6 +80,7 @@ bench: build
 	./build/bench/bench_metrics
 	./build/bench/bench_log
 	./build/bench/bench_observer
+	./build/bench/bench_http_parse
 
 bench-compare: build
 	@scripts/install-deps.sh --bench
