@@ -16,12 +16,25 @@
  *  - an HTTP/1.1 request without exactly one Host, an HTTP/1.0 one with two
  *    (3.2);
  *  - obs-fold, a field line continued on the next (5.2). llhttp hands the
- *    continuation to on_header_value as a second span of the same value: a
- *    second span that does not start its buffer, or that starts it right
- *    after a buffer that ended in LF, is a fold;
+ *    continuation to on_header_value as a span of the value (the first one
+ *    when the line before it was empty): a value span whose previous byte
+ *    other than SP or HTAB is LF, not the colon or a byte of the value in a
+ *    previous buffer, is a fold;
+ *  - a request line whose protocol is not HTTP (llhttp also speaks RTSP and
+ *    ICE): the five bytes before the version span must be "HTTP/";
+ *  - a Transfer-Encoding field with an empty value (llhttp ignores it, so
+ *    a body would be framed by Content-Length or by nothing: smuggling),
+ *    with or without a Content-Length;
+ *  - an empty field name;
  *  - more than KEEL__MAX_BLANK_LINES empty lines before a request line (2.2
  *    asks us to ignore at least one; a client that sends them forever is
  *    holding a connection, not starting a request).
+ * Keep-alive is decided from the Connection tokens of the trimmed values,
+ * together with llhttp's own reading: close wins (RFC 9112 9.3), also in
+ * HTTP/1.0 with keep-alive beside it, also as "close" followed by a tab.
+ * Trailer fields are parsed and counted against the head limit but not
+ * kept: they never join the header fields (RFC 9110 6.5.1).
+ *
  * And the limits: the head (request line and fields, each field counted
  * with its ": " and CRLF) against max_header_bytes and KEEL__MAX_HEADERS
  * (431), the body against max_body_bytes (413), a declared Content-Length as
@@ -35,7 +48,9 @@
  */
 #include "http/parse.h"
 
+#include <stddef.h>
 #include <stdlib.h>
+#include <strings.h>
 #include <string.h>
 #include <time.h>
 
@@ -68,6 +83,51 @@ static int grow(keel__reqparse *rp, char **s, size_t *len, const char *at, size_
   return 0;
 }
 
+/* The byte k (1-based) before at, in this buffer or the end of the
+ * previous one; -1 when it is not known. */
+static int byte_before(const keel__reqparse *rp, const char *at, size_t k) {
+  size_t here = (size_t)(at - rp->base);
+  if (k <= here) return (unsigned char)at[-(ptrdiff_t)k];
+  k -= here;
+  return k <= rp->ntail ? (unsigned char)rp->tail[rp->ntail - k] : -1;
+}
+
+static int on_version(llhttp_t *p, const char *at, size_t n) {
+  (void)n;
+  keel__reqparse *rp = rp_of(p);
+  static const char proto[] = "HTTP/";
+  if (rp->version_seen) return 0; /* the rest of a version cut by a buffer's end */
+  rp->version_seen = true;
+  for (size_t k = 1; k <= 5; k++)
+    if (byte_before(rp, at, k) != proto[5 - k]) return fail(rp, 400, "Not an HTTP request line");
+  return 0;
+}
+
+/* A field line's continuation: the byte before the span, whitespace
+ * skipped, is the LF of the line before. */
+static bool folded(const keel__reqparse *rp, const char *at) {
+  const char *q = at;
+  while (q > rp->base && (q[-1] == ' ' || q[-1] == '\t'))
+    q--;
+  char prev = q > rp->base ? q[-1] : rp->prev_nonws;
+  return prev == '\n';
+}
+
+/* Connection: comma-separated tokens, case-insensitive, OWS around them. */
+static void connection_tokens(keel__reqparse *rp, const char *v) {
+  while (*v) {
+    while (*v == ' ' || *v == '\t' || *v == ',')
+      v++;
+    size_t n = strcspn(v, ",");
+    size_t m = n;
+    while (m && (v[m - 1] == ' ' || v[m - 1] == '\t'))
+      m--;
+    if (m == 5 && strncasecmp(v, "close", 5) == 0) rp->conn_close = true;
+    if (m == 10 && strncasecmp(v, "keep-alive", 10) == 0) rp->conn_keep_alive = true;
+    v += n;
+  }
+}
+
 static int on_message_begin(llhttp_t *p) {
   keel__reqparse *rp = rp_of(p);
   keel_http_req *rq = calloc(1, sizeof *rq);
@@ -80,6 +140,8 @@ static int on_message_begin(llhttp_t *p) {
   rp->head_bytes = 0;
   rp->nhost = 0;
   rp->in_value = false;
+  rp->head_done = rp->te_seen = rp->conn_close = rp->conn_keep_alive = false;
+  rp->version_seen = false;
   return 0;
 }
 
@@ -97,8 +159,7 @@ static int on_header_field(llhttp_t *p, const char *at, size_t n) {
 
 static int on_header_value(llhttp_t *p, const char *at, size_t n) {
   keel__reqparse *rp = rp_of(p);
-  if (rp->in_value && (at != rp->base || rp->prev_ended_lf))
-    return fail(rp, 400, "Folded header line (obs-fold)");
+  if (folded(rp, at)) return fail(rp, 400, "Folded header line (obs-fold)");
   rp->in_value = true;
   return charge(rp, n) ? HPE_USER : grow(rp, &rp->hvalue, &rp->hvlen, at, n);
 }
@@ -106,7 +167,15 @@ static int on_header_value(llhttp_t *p, const char *at, size_t n) {
 static int on_header_value_complete(llhttp_t *p) {
   keel__reqparse *rp = rp_of(p);
   keel_http_req *rq = rp->rq;
-  if (!rp->hfield) return fail(rp, 400, "Empty header name");
+  if (!rp->hfield || !rp->hflen) return fail(rp, 400, "Empty header name");
+  if (rp->head_done) { /* a trailer: parsed, counted, dropped */
+    free(rp->hfield);
+    free(rp->hvalue);
+    rp->hfield = rp->hvalue = NULL;
+    rp->hflen = rp->hvlen = 0;
+    rp->in_value = false;
+    return 0;
+  }
   if (rq->nh == KEEL__MAX_HEADERS) return fail(rp, 431, "Too many header fields");
   if (rq->nh == rq->caph) {
     size_t cap = rq->caph ? rq->caph * 2 : 16;
@@ -124,6 +193,8 @@ static int on_header_value_complete(llhttp_t *p) {
   while (rp->hvlen && (rp->hvalue[rp->hvlen - 1] == ' ' || rp->hvalue[rp->hvlen - 1] == '\t'))
     rp->hvalue[--rp->hvlen] = 0; /* trailing OWS is not part of the value (5.1) */
   if (strcmp(rp->hfield, "host") == 0) rp->nhost++;
+  else if (strcmp(rp->hfield, "transfer-encoding") == 0) rp->te_seen = true;
+  else if (strcmp(rp->hfield, "connection") == 0) connection_tokens(rp, rp->hvalue);
   rq->hname[rq->nh] = rp->hfield;
   rq->hval[rq->nh] = rp->hvalue;
   rq->nh++;
@@ -141,6 +212,11 @@ static int on_headers_complete(llhttp_t *p) {
   if (p->http_major != 1 || p->http_minor > 1) return fail(rp, 400, "Unsupported HTTP version");
   if (p->http_minor == 1 && rp->nhost == 0) return fail(rp, 400, "Missing Host header");
   if (rp->nhost > 1) return fail(rp, 400, "More than one Host header");
+  if (rp->te_seen && !(p->flags & F_CHUNKED))
+    return fail(rp, 400, "Transfer-Encoding without chunked as its final coding");
+  if (rp->te_seen && (p->flags & F_CONTENT_LENGTH))
+    return fail(rp, 400, "Content-Length together with Transfer-Encoding");
+  rp->head_done = true;
   if ((p->flags & F_CONTENT_LENGTH) && p->content_length > rp->max_body_bytes)
     return fail(rp, 413, "Request body too large");
   if (rp->on_head) rp->on_head(rp, rp->ud);
@@ -168,7 +244,8 @@ static int on_body(llhttp_t *p, const char *at, size_t n) {
 
 static int on_message_complete(llhttp_t *p) {
   keel__reqparse *rp = rp_of(p);
-  rp->rq->keepalive = llhttp_should_keep_alive(p) != 0;
+  bool ka = p->http_minor >= 1 ? !rp->conn_close : rp->conn_keep_alive && !rp->conn_close;
+  rp->rq->keepalive = ka && llhttp_should_keep_alive(p) != 0;
   if (p->upgrade) { /* we speak only HTTP/1.1: serve it, then nothing more */
     rp->upgrade = true;
     rp->rq->keepalive = false;
@@ -180,6 +257,7 @@ static int on_message_complete(llhttp_t *p) {
 static const llhttp_settings_t settings = {
     .on_message_begin = on_message_begin,
     .on_url = on_url,
+    .on_version = on_version,
     .on_header_field = on_header_field,
     .on_header_value = on_header_value,
     .on_header_value_complete = on_header_value_complete,
@@ -228,7 +306,17 @@ size_t keel__reqparse_feed(keel__reqparse *rp, const char *data, size_t n) {
     }
   }
   if (rp->rq) rp->rq->bytes_in += used; /* a feed stops at the end of a request */
-  rp->prev_ended_lf = used > off && data[used - 1] == '\n';
+  /* what the next buffer may need to look back at */
+  size_t t = used - off < sizeof rp->tail ? used - off : sizeof rp->tail;
+  size_t keep = rp->ntail + t > sizeof rp->tail ? sizeof rp->tail - t : rp->ntail;
+  memmove(rp->tail, rp->tail + rp->ntail - keep, keep); /* a byte at a time works too */
+  memcpy(rp->tail + keep, data + used - t, t);
+  rp->ntail = keep + t;
+  for (size_t i = used; i > off; i--)
+    if (data[i - 1] != ' ' && data[i - 1] != '\t') {
+      rp->prev_nonws = data[i - 1];
+      break;
+    }
   return used;
 }
 
@@ -241,7 +329,8 @@ keel_http_req *keel__reqparse_take(keel__reqparse *rp) {
   rp->hflen = rp->hvlen = 0;
   rp->in_value = false;
   rp->blank_lines = 0;
-  rp->prev_ended_lf = false;
+  rp->ntail = 0;
+  rp->prev_nonws = 0;
   if (rp->complete) {
     rp->complete = false;
     llhttp_resume(&rp->p);

@@ -34,8 +34,14 @@ typedef struct keel__reqparse {
   size_t head_bytes;
   int nhost;
   int blank_lines;       /* CRLFs seen before the current request line */
-  const char *base;      /* the buffer being parsed (obs-fold detection) */
-  bool prev_ended_lf;    /* the previous buffer ended with LF */
+  const char *base;      /* the buffer being parsed */
+  char tail[8];          /* the last bytes of the previous buffer, for looking back */
+  size_t ntail;
+  char prev_nonws;       /* the last byte of the previous buffer that is not SP or HTAB */
+  bool head_done;        /* fields from now on are trailers: not kept */
+  bool version_seen;     /* the version's first span was checked */
+  bool te_seen;          /* a Transfer-Encoding field came, even an empty one */
+  bool conn_close, conn_keep_alive; /* Connection tokens, read from trimmed values */
   bool complete;         /* rq is a whole request; the parser is paused */
   bool upgrade;          /* it asked for an upgrade (ignored): nothing after it is parsed */
   int status;            /* on failure: 400, 413 or 431; 0 while all is well */
