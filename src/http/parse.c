@@ -22,9 +22,10 @@
  *    previous buffer, is a fold;
  *  - a request line whose protocol is not HTTP (llhttp also speaks RTSP and
  *    ICE): the five bytes before the version span must be "HTTP/";
- *  - a Transfer-Encoding field with an empty value (llhttp ignores it, so
- *    a body would be framed by Content-Length or by nothing: smuggling),
- *    with or without a Content-Length;
+ *  - a Transfer-Encoding other than one field that says exactly "chunked"
+ *    (keel decodes no other coding, and every variation, an empty value
+ *    that llhttp ignores, "gzip, chunked", ", chunked", two fields, is a
+ *    place where a proxy in front may frame the body differently);
  *  - an empty field name;
  *  - more than KEEL__MAX_BLANK_LINES empty lines before a request line (2.2
  *    asks us to ignore at least one; a client that sends them forever is
@@ -140,7 +141,7 @@ static int on_message_begin(llhttp_t *p) {
   rp->head_bytes = 0;
   rp->nhost = 0;
   rp->in_value = false;
-  rp->head_done = rp->te_seen = rp->conn_close = rp->conn_keep_alive = false;
+  rp->head_done = rp->te_seen = rp->te_other = rp->conn_close = rp->conn_keep_alive = false;
   rp->version_seen = false;
   return 0;
 }
@@ -193,7 +194,11 @@ static int on_header_value_complete(llhttp_t *p) {
   while (rp->hvlen && (rp->hvalue[rp->hvlen - 1] == ' ' || rp->hvalue[rp->hvlen - 1] == '\t'))
     rp->hvalue[--rp->hvlen] = 0; /* trailing OWS is not part of the value (5.1) */
   if (strcmp(rp->hfield, "host") == 0) rp->nhost++;
-  else if (strcmp(rp->hfield, "transfer-encoding") == 0) rp->te_seen = true;
+  else if (strcmp(rp->hfield, "transfer-encoding") == 0) {
+    /* keel decodes chunked and nothing else: one field, exactly that */
+    if (rp->te_seen || strcasecmp(rp->hvalue, "chunked") != 0) rp->te_other = true;
+    rp->te_seen = true;
+  }
   else if (strcmp(rp->hfield, "connection") == 0) connection_tokens(rp, rp->hvalue);
   rq->hname[rq->nh] = rp->hfield;
   rq->hval[rq->nh] = rp->hvalue;
@@ -212,8 +217,8 @@ static int on_headers_complete(llhttp_t *p) {
   if (p->http_major != 1 || p->http_minor > 1) return fail(rp, 400, "Unsupported HTTP version");
   if (p->http_minor == 1 && rp->nhost == 0) return fail(rp, 400, "Missing Host header");
   if (rp->nhost > 1) return fail(rp, 400, "More than one Host header");
-  if (rp->te_seen && !(p->flags & F_CHUNKED))
-    return fail(rp, 400, "Transfer-Encoding without chunked as its final coding");
+  if (rp->te_other || (rp->te_seen && !(p->flags & F_CHUNKED)))
+    return fail(rp, 400, "Transfer-Encoding other than a single chunked is not served");
   if (rp->te_seen && (p->flags & F_CONTENT_LENGTH))
     return fail(rp, 400, "Content-Length together with Transfer-Encoding");
   rp->head_done = true;

@@ -41,6 +41,7 @@ typedef struct keel__reqparse {
   bool head_done;        /* fields from now on are trailers: not kept */
   bool version_seen;     /* the version's first span was checked */
   bool te_seen;          /* a Transfer-Encoding field came, even an empty one */
+  bool te_other;         /* ... saying anything but one "chunked" */
   bool conn_close, conn_keep_alive; /* Connection tokens, read from trimmed values */
   bool complete;         /* rq is a whole request; the parser is paused */
   bool upgrade;          /* it asked for an upgrade (ignored): nothing after it is parsed */

@@ -123,6 +123,28 @@ KT_CASE(an_empty_transfer_encoding_is_refused_with_or_without_a_length) {
   CHECK_EQ(p.n, 0);
 }
 
+KT_CASE(only_a_single_chunked_transfer_encoding_is_served) {
+  static const char *const bad[] = {
+      "Transfer-Encoding: , chunked\r\n", "Transfer-Encoding: gzip, chunked\r\n",
+      "Transfer-Encoding: chunked\r\nTransfer-Encoding: chunked\r\n",
+      "Transfer-Encoding: chunked\r\nTransfer-Encoding:\r\n", "Transfer-Encoding: chunked,\r\n"};
+  for (size_t i = 0; i < sizeof bad / sizeof *bad; i++) {
+    char req[256];
+    int n = snprintf(req, sizeof req, "POST / HTTP/1.1\r\nHost: a\r\n%s\r\n0\r\n\r\n", bad[i]);
+    parsed p;
+    parse(req, (size_t)n, 0, &p);
+    CHECK_EQ(p.status, 400);
+    CHECK_EQ(p.n, 0);
+  }
+  parsed p;
+  parse(S("POST / HTTP/1.1\r\nHost: a\r\nTransfer-Encoding: Chunked \r\n\r\n2\r\nok\r\n0\r\n\r\n"), 0,
+        &p);
+  CHECK_EQ(p.status, 0);
+  CHECK_EQ(p.n, 1);
+  CHECK_EQ(p.rq[0]->body_len, 2);
+  parsed_free(&p);
+}
+
 KT_CASE(close_wins_over_keep_alive_and_trailing_whitespace) {
   parsed p;
   parse(S("GET /o HTTP/1.0\r\nConnection: close\r\nConnection: , keep-alive\r\n\r\n"), 0, &p);
@@ -153,5 +175,6 @@ KT_CASE(a_fold_after_an_empty_first_line_is_refused) {
 KT_MAIN(KT_ENTRY(a_pipeline_parses_the_same_in_chunks_of_every_size),
         KT_ENTRY(a_request_line_that_is_not_http_is_refused), KT_ENTRY(an_empty_field_name_is_refused),
         KT_ENTRY(an_empty_transfer_encoding_is_refused_with_or_without_a_length),
+        KT_ENTRY(only_a_single_chunked_transfer_encoding_is_served),
         KT_ENTRY(close_wins_over_keep_alive_and_trailing_whitespace),
         KT_ENTRY(a_fold_after_an_empty_first_line_is_refused))
