@@ -77,6 +77,26 @@ static inline const char *kt_hdr(const kt_resp *r, const char *name, char *out, 
   return NULL;
 }
 
+/* The error envelope of r: its status, its code, a message, a traceId that
+ * is the X-Request-Id header, a UTC timestamp with milliseconds. */
+static inline void kt_check_envelope(const kt_resp *r, int status, const char *code) {
+  CHECK_EQ(r->status, status);
+  json_error_t e;
+  json_t *j = json_loads(r->body, 0, &e);
+  CHECK(j != NULL);
+  CHECK(json_is_false(json_object_get(j, "success")));
+  json_t *err = json_object_get(j, "error");
+  CHECK_STR(json_string_value(json_object_get(err, "code")), code);
+  CHECK(json_string_value(json_object_get(err, "message")) != NULL);
+  CHECK(json_string_length(json_object_get(err, "traceId")) > 0);
+  const char *ts = json_string_value(json_object_get(err, "timestamp"));
+  CHECK(ts && strlen(ts) == 24 && ts[23] == 'Z'); /* 2026-11-22T03:00:00.000Z */
+  char rid[160];
+  CHECK(kt_hdr(r, "X-Request-Id", rid, sizeof rid) != NULL);
+  CHECK_STR(json_string_value(json_object_get(err, "traceId")), rid);
+  json_decref(j);
+}
+
 /* Reads one response; -1 on EOF or timeout before a whole one. HEAD
  * responses: pass head_only. */
 static inline int kt_read_resp(kt_conn *c, kt_resp *r, bool head_only) {

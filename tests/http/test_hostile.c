@@ -104,21 +104,7 @@ static keel_http_server *start(keel_http_options *o) {
 
 /* The error envelope, as test_server.c checks it, and Connection: close. */
 static void check_envelope(const kt_resp *r, int status, const char *code) {
-  CHECK_EQ(r->status, status);
-  json_error_t e;
-  json_t *j = json_loads(r->body, 0, &e);
-  CHECK(j != NULL);
-  CHECK(json_is_false(json_object_get(j, "success")));
-  json_t *err = json_object_get(j, "error");
-  CHECK_STR(json_string_value(json_object_get(err, "code")), code);
-  CHECK(json_string_value(json_object_get(err, "message")) != NULL);
-  CHECK(json_string_length(json_object_get(err, "traceId")) > 0);
-  const char *ts = json_string_value(json_object_get(err, "timestamp"));
-  CHECK(ts && strlen(ts) == 24 && ts[23] == 'Z'); /* 2026-11-22T03:00:00.000Z */
-  char rid[160];
-  CHECK(kt_hdr(r, "X-Request-Id", rid, sizeof rid) != NULL);
-  CHECK_STR(json_string_value(json_object_get(err, "traceId")), rid);
-  json_decref(j);
+  kt_check_envelope(r, status, code);
   char v[64];
   CHECK_STR(kt_hdr(r, "Connection", v, sizeof v), "close");
 }

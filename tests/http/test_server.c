@@ -113,23 +113,6 @@ static keel_http_server *start_default(void) {
   return start(&o);
 }
 
-static void check_envelope(const kt_resp *r, int status, const char *code) {
-  CHECK_EQ(r->status, status);
-  json_error_t e;
-  json_t *j = json_loads(r->body, 0, &e);
-  CHECK(j != NULL);
-  CHECK(json_is_false(json_object_get(j, "success")));
-  json_t *err = json_object_get(j, "error");
-  CHECK_STR(json_string_value(json_object_get(err, "code")), code);
-  CHECK(json_string_value(json_object_get(err, "message")) != NULL);
-  CHECK(json_string_length(json_object_get(err, "traceId")) > 0);
-  const char *ts = json_string_value(json_object_get(err, "timestamp"));
-  CHECK(ts && strlen(ts) == 24 && ts[23] == 'Z'); /* 2026-11-22T03:00:00.000Z */
-  char rid[160];
-  CHECK(kt_hdr(r, "X-Request-Id", rid, sizeof rid) != NULL);
-  CHECK_STR(json_string_value(json_object_get(err, "traceId")), rid);
-  json_decref(j);
-}
 
 /* ---- cases -------------------------------------------------------------------------- */
 
@@ -199,7 +182,7 @@ KT_CASE(keep_alive_and_pipelined_requests_are_answered_in_order) {
   CHECK_EQ(j.got, 4);
   CHECK(strstr(r[0].body, "\"id\":\"1\""));
   CHECK(strstr(r[1].body, "\"id\":\"2\""));
-  check_envelope(&r[2], 404, "NOT_FOUND");
+  kt_check_envelope(&r[2], 404, "NOT_FOUND");
   CHECK(strstr(r[3].body, "\"id\":\"3\""));
   CHECK(strstr(r[3].body, "\"verbose\":\"yes!\""));
   CHECK(strstr(r[3].body, "\"route\":\"/api/orders/:id\""));
@@ -217,7 +200,7 @@ KT_CASE(routes_prefer_literal_segments_and_unknown_methods_get_405_with_allow) {
   CHECK_EQ(kt_exchange(port, "GET /api/orders/stats HTTP/1.1\r\nHost: t\r\n\r\n", &r, 1), 1);
   CHECK_STR(r.body, "stats");
   CHECK_EQ(kt_exchange(port, "PUT /api/orders/5 HTTP/1.1\r\nHost: t\r\nContent-Length: 0\r\n\r\n", &r, 1), 1);
-  check_envelope(&r, 405, "METHOD_NOT_ALLOWED");
+  kt_check_envelope(&r, 405, "METHOD_NOT_ALLOWED");
   char v[128];
   CHECK_STR(kt_hdr(&r, "Allow", v, sizeof v), "GET, DELETE, HEAD");
   /* HEAD is served by the GET route, without a body */
@@ -245,9 +228,9 @@ KT_CASE(json_bodies_validation_and_malformed_json) {
   CHECK_EQ(kt_exchange(port, "POST /api/echo HTTP/1.1\r\nHost: t\r\nContent-Length: 8\r\n\r\n{\"name\":", &r,
                        1),
            1);
-  check_envelope(&r, 400, "BAD_REQUEST");
+  kt_check_envelope(&r, 400, "BAD_REQUEST");
   CHECK_EQ(kt_exchange(port, "POST /api/echo HTTP/1.1\r\nHost: t\r\nContent-Length: 2\r\n\r\n{}", &r, 1), 1);
-  check_envelope(&r, 400, "VALIDATION_ERROR");
+  kt_check_envelope(&r, 400, "VALIDATION_ERROR");
   CHECK(strstr(r.body, "\"details\":[{\"field\":\"name\""));
   /* chunked bodies too */
   CHECK_EQ(kt_exchange(port,
@@ -274,7 +257,7 @@ KT_CASE(limits_answer_413_431_and_400_with_the_envelope_and_close) {
               .resp = &r};
   CHECK_OK(keel_blocking(kt_job_run, &j));
   CHECK_EQ(j.got, 1);
-  check_envelope(&r, 413, "PAYLOAD_TOO_LARGE");
+  kt_check_envelope(&r, 413, "PAYLOAD_TOO_LARGE");
   CHECK(j.closed_after);
   /* chunked, growing past the limit */
   static char big[4096];
@@ -282,18 +265,18 @@ KT_CASE(limits_answer_413_431_and_400_with_the_envelope_and_close) {
   for (int i = 0; i < 3; i++)
     n += snprintf(big + n, sizeof big - (size_t)n, "1f4\r\n%0500d\r\n", 0);
   CHECK_EQ(kt_exchange(port, big, &r, 1), 1);
-  check_envelope(&r, 413, "PAYLOAD_TOO_LARGE");
+  kt_check_envelope(&r, 413, "PAYLOAD_TOO_LARGE");
   /* a header block over the limit */
   n = snprintf(big, sizeof big, "GET /api/hello HTTP/1.1\r\nHost: t\r\nX-Big: ");
   memset(big + n, 'a', 3000);
   memcpy(big + n + 3000, "\r\n\r\n", 5);
   CHECK_EQ(kt_exchange(port, big, &r, 1), 1);
-  check_envelope(&r, 431, "HEADERS_TOO_LARGE");
+  kt_check_envelope(&r, 431, "HEADERS_TOO_LARGE");
   /* garbage */
   CHECK_EQ(kt_exchange(port, "NOT HTTP AT ALL\r\n\r\n", &r, 1), 1);
-  check_envelope(&r, 400, "BAD_REQUEST");
+  kt_check_envelope(&r, 400, "BAD_REQUEST");
   CHECK_EQ(kt_exchange(port, "GET /%zz HTTP/1.1\r\nHost: t\r\n\r\n", &r, 1), 1);
-  check_envelope(&r, 400, "BAD_REQUEST");
+  kt_check_envelope(&r, 400, "BAD_REQUEST");
   /* the server still serves */
   CHECK_EQ(kt_exchange(port, "GET /api/hello HTTP/1.1\r\nHost: t\r\n\r\n", &r, 1), 1);
   CHECK_EQ(r.status, 200);
@@ -305,10 +288,10 @@ KT_CASE(crashes_and_internal_errors_give_500_without_internals) {
   int port = keel_http_port(s);
   static kt_resp r;
   CHECK_EQ(kt_exchange(port, "GET /api/crash HTTP/1.1\r\nHost: t\r\n\r\n", &r, 1), 1);
-  check_envelope(&r, 500, "INTERNAL_ERROR");
+  kt_check_envelope(&r, 500, "INTERNAL_ERROR");
   CHECK(!strstr(r.body, "secret"));
   CHECK_EQ(kt_exchange(port, "GET /api/internal HTTP/1.1\r\nHost: t\r\n\r\n", &r, 1), 1);
-  check_envelope(&r, 500, "INTERNAL_ERROR");
+  kt_check_envelope(&r, 500, "INTERNAL_ERROR");
   CHECK(!strstr(r.body, "database"));
   CHECK_EQ(kt_exchange(port, "GET /api/hello HTTP/1.1\r\nHost: t\r\n\r\n", &r, 1), 1);
   CHECK_EQ(r.status, 200);
@@ -322,7 +305,7 @@ KT_CASE(a_handler_past_the_request_timeout_gets_503_and_is_killed) {
   keel_http_server *s = start(&o);
   static kt_resp r;
   CHECK_EQ(kt_exchange(keel_http_port(s), "GET /api/slow HTTP/1.1\r\nHost: t\r\n\r\n", &r, 1), 1);
-  check_envelope(&r, 503, "SERVICE_UNAVAILABLE");
+  kt_check_envelope(&r, 503, "SERVICE_UNAVAILABLE");
   KT_WAIT_UNTIL(keel_http_in_flight(s) == 0); /* the handler was killed, not left running */
   CHECK_OK(keel_http_stop(s));
 }
@@ -343,7 +326,7 @@ KT_CASE(the_rate_limit_refuses_past_the_limit_with_retry_after_and_skips_health)
     CHECK_EQ(r[i].status, 200);
     CHECK_EQ(atoi(kt_hdr(&r[i], "X-RateLimit-Remaining", v, sizeof v)), 2 - i);
   }
-  check_envelope(&r[3], 429, "RATE_LIMITED");
+  kt_check_envelope(&r[3], 429, "RATE_LIMITED");
   CHECK(atoi(kt_hdr(&r[3], "Retry-After", v, sizeof v)) >= 1);
   CHECK_STR(kt_hdr(&r[3], "X-RateLimit-Remaining", v, sizeof v), "0");
   CHECK_EQ(r[4].status, 200); /* /health is not limited */
@@ -375,7 +358,7 @@ KT_CASE(cors_allows_listed_origins_answers_preflights_and_refuses_others) {
                        "Access-Control-Request-Method: POST\r\n\r\n",
                        &r, 1),
            1);
-  check_envelope(&r, 403, "FORBIDDEN");
+  kt_check_envelope(&r, 403, "FORBIDDEN");
   CHECK(kt_hdr(&r, "Access-Control-Allow-Origin", v, sizeof v) == NULL);
   CHECK_EQ(kt_exchange(port, "GET /api/hello HTTP/1.1\r\nHost: t\r\nOrigin: https://admin.example\r\n\r\n", &r,
                        1),
@@ -530,7 +513,7 @@ KT_CASE(an_internal_error_is_logged_with_the_request_id_and_the_body_redacted) {
                     "Content-Type: application/json\r\nContent-Length: 71\r\n\r\n"
                     "{\"user\":\"bob\",\"password\":\"hunter2\",\"cards\":[{\"token\":\"tok-999\",\"n\":1}]}";
   CHECK_EQ(kt_exchange(keel_http_port(s), req, &r, 1), 1);
-  check_envelope(&r, 500, "INTERNAL_ERROR");
+  kt_check_envelope(&r, 500, "INTERNAL_ERROR");
   CHECK_OK(keel_http_stop(s));
   CHECK_OK(keel_log_shutdown());
   const char *log = slurp(path);
