@@ -27,7 +27,8 @@ typedef enum keel_error {
   KEEL_EBUSY = -11,     /* resource busy */
   KEEL_EDOWN = -12,     /* the peer process died while we waited on it */
   KEEL_ERANGE = -13,    /* a value is out of its allowed range */
-  KEEL_ERROR_MIN_ = -13 /* lowest code; for table sizes */
+  KEEL_EADDRINUSE = -14, /* the address (host and port) is already in use */
+  KEEL_ERROR_MIN_ = -14 /* lowest code; for table sizes */
 } keel_error;
 
 /* A human-readable description of a keel error code ("no such process").

@@ -186,10 +186,13 @@ typedef struct keel_http_options {
 void keel_http_options_init(keel_http_options *o);
 
 /* Starts the server: binds, listens on every scheduler and returns. The
- * server takes ownership of `router`. Requests may be served as soon as a
- * listener is up, before this returns *out.  Call from a keel process. Errors:
- * KEEL_EINVAL, KEEL_EADDRINUSE-like errors as KEEL_EIO with a log line,
- * KEEL_ENOTPROC, KEEL_ENOMEM. */
+ * server takes ownership of `router` on success; on failure the caller keeps
+ * it (keel_http_router_free). Requests may be served as soon as a listener is
+ * up, before this returns *out. Call from a keel process. Errors, each with
+ * an error log line "http listen failed" when binding failed:
+ * KEEL_EADDRINUSE (the port is taken), KEEL_EIO (another socket error),
+ * KEEL_EINVAL (bad options or an unresolvable host), KEEL_ENOTPROC,
+ * KEEL_ENOMEM. */
 int keel_http_start(const keel_http_options *o, keel_http_router *router, keel_http_server **out);
 
 /* The bound port (useful with port 0). */

@@ -1358,7 +1358,7 @@ static int bind_socket(const char *host, int port, int *fd_out, int *port_out) {
       rc = 0;
       break;
     }
-    rc = errno == EADDRINUSE ? KEEL_EEXIST : KEEL_EIO;
+    rc = errno == EADDRINUSE ? KEEL_EADDRINUSE : KEEL_EIO;
     close(fd);
   }
   freeaddrinfo(res);
@@ -1492,11 +1492,12 @@ int keel_http_start(const keel_http_options *o, keel_http_router *router, keel_h
   /* the sockets: passed by systemd, or bound here (errors surface now) */
   int passed = o->use_listen_fds ? listen_fd_from_env() : -1;
   int port = o->port;
+  for (int i = 0; i < s->nl; i++) /* before any can fail: the cleanup closes only these */
+    s->ls[i].fd = -1;
   for (int i = 0; i < s->nl && !rc; i++) {
     keel__listener *l = &s->ls[i];
     l->srv = s;
     l->sched = i;
-    l->fd = -1;
     if (passed >= 0) {
       l->fd = dup(passed);
       if (l->fd < 0) rc = KEEL_EIO;

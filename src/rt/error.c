@@ -22,6 +22,7 @@ static const entry table[] = {
     {KEEL_EBUSY, "KEEL_EBUSY", "resource busy"},
     {KEEL_EDOWN, "KEEL_EDOWN", "the peer process exited"},
     {KEEL_ERANGE, "KEEL_ERANGE", "value out of range"},
+    {KEEL_EADDRINUSE, "KEEL_EADDRINUSE", "address already in use"},
 };
 
 static const entry *find(int code) {

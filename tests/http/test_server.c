@@ -11,6 +11,8 @@
 #include <errno.h>
 #include <signal.h>
 #include <sys/wait.h>
+#include <fcntl.h>
+#include <sys/stat.h>
 #include <stdatomic.h>
 
 #include "http/kt_http.h"
@@ -641,6 +643,39 @@ KT_CASE(a_client_that_resets_before_its_answer_does_not_kill_the_node) {
   CHECK_OK(keel_http_stop(s));
 }
 
+KT_CASE(a_port_in_use_fails_with_eaddrinuse_and_closes_no_descriptor_of_others) {
+  keel_http_options o;
+  keel_http_options_init(&o);
+  o.host = "127.0.0.1";
+  keel_http_server *s = start(&o);
+  /* a second server on the same port, without SO_REUSEPORT's blessing:
+   * a socket bound there by someone else */
+  int other = socket(AF_INET, SOCK_STREAM, 0);
+  struct sockaddr_in a = {.sin_family = AF_INET, .sin_port = 0};
+  a.sin_addr.s_addr = htonl(INADDR_LOOPBACK);
+  CHECK_OK(bind(other, (struct sockaddr *)&a, sizeof a));
+  CHECK_OK(listen(other, 1));
+  socklen_t al = sizeof a;
+  CHECK_OK(getsockname(other, (struct sockaddr *)&a, &al));
+  int probe = dup(0); /* descriptor 0 must stay what it was */
+  CHECK(probe >= 0);
+  keel_http_router *r = routes();
+  keel_http_server *s2 = NULL;
+  o.port = ntohs(a.sin_port);
+  CHECK_EQ(keel_http_start(&o, r, &s2), KEEL_EADDRINUSE);
+  CHECK(s2 == NULL);
+  keel_http_router_free(r); /* the caller keeps the router on failure */
+  CHECK(fcntl(0, F_GETFD) != -1);
+  struct stat st0, stp;
+  CHECK_OK(fstat(0, &st0));
+  CHECK_OK(fstat(probe, &stp));
+  CHECK(st0.st_ino == stp.st_ino && st0.st_dev == stp.st_dev);
+  close(probe);
+  close(other);
+  CHECK_STR(keel_strerror(KEEL_EADDRINUSE), "address already in use");
+  CHECK_OK(keel_http_stop(s));
+}
+
 KT_MAIN(KT_ENTRY(get_returns_the_body_with_request_id_and_security_headers),
         KT_ENTRY(a_well_formed_request_id_is_echoed_and_a_bad_one_replaced),
         KT_ENTRY(keep_alive_and_pipelined_requests_are_answered_in_order),
@@ -657,4 +692,5 @@ KT_MAIN(KT_ENTRY(get_returns_the_body_with_request_id_and_security_headers),
         KT_ENTRY(stop_cuts_connections_and_kills_handlers_still_running),
         KT_ENTRY(a_socket_passed_by_systemd_is_served_without_binding),
         KT_ENTRY(a_client_that_resets_before_its_answer_does_not_kill_the_node),
-        KT_ENTRY(an_internal_error_is_logged_with_the_request_id_and_the_body_redacted))
+        KT_ENTRY(an_internal_error_is_logged_with_the_request_id_and_the_body_redacted),
+        KT_ENTRY(a_port_in_use_fails_with_eaddrinuse_and_closes_no_descriptor_of_others))
