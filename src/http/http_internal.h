@@ -35,15 +35,18 @@ struct keel_http_router {
 
 typedef struct keel__match {
   const keel__route *route; /* NULL: no route for this method */
+  const char *pattern;      /* the pattern of the route the path matched, with this
+                               method or another (405): the metrics label; NULL: none */
   size_t nparams;
   const char *pname[KEEL__HTTP_MAX_PARAMS];
   char *pval[KEEL__HTTP_MAX_PARAMS]; /* malloc'd, owned by the match */
   char allow[96];                     /* when route is NULL and the path is known */
 } keel__match;
 
-/* Matches method + decoded path. Returns 0 with m->route set, KEEL_ENOENT
- * (unknown path) or KEEL_EPERM-like 1 (known path, other method: m->allow
- * lists the methods). */
+/* Matches method + raw path (percent-encoded; segments are decoded one by
+ * one). Returns 0 with m->route set, KEEL_ENOENT (unknown path), 1 (known
+ * path, other method: m->allow lists the methods, m->pattern names it),
+ * KEEL_EINVAL (a bad percent escape) or KEEL_ENOMEM. */
 int keel__router_match(const keel_http_router *r, const char *method, const char *path,
                        keel__match *m);
 void keel__match_free(keel__match *m);

@@ -7,6 +7,11 @@
  * ("/api/orders/stats" before "/api/orders/:id"). A path that some route
  * matches with another method gives 405 with an Allow list; HEAD is served by
  * a GET route when there is no HEAD route.
+ *
+ * The path given is the raw one (percent-encoded, as sent): it is split at
+ * '/' first and each segment decoded after, so "/kv/a%2Fb" is two segments,
+ * "kv" and "a/b", as Fastify and Express read it; literal segments compare
+ * with the decoded segment, parameters are the decoded segment.
  */
 #include <ctype.h>
 #include <stdlib.h>
@@ -137,13 +142,20 @@ int keel__router_match(const keel_http_router *r, const char *method, const char
   memset(m, 0, sizeof *m);
   char **seg;
   size_t nseg;
-  if (split(path, &seg, &nseg) != 0) {
+  int err = split(path, &seg, &nseg);
+  for (size_t i = 0; !err && i < nseg; i++) { /* each segment decoded alone: %2F stays inside */
+    char *d = keel__pct_decode(seg[i], strlen(seg[i]), false);
+    if (!d) err = KEEL_EINVAL;
+    free(seg[i]);
+    seg[i] = d;
+  }
+  if (err) {
     for (size_t i = 0; i < nseg; i++)
       free(seg[i]);
     free(seg);
-    return KEEL_ENOMEM;
+    return err;
   }
-  const keel__route *best = NULL, *best_get = NULL;
+  const keel__route *best = NULL, *best_get = NULL, *other = NULL;
   const char *bname[KEEL__HTTP_MAX_PARAMS], *bval[KEEL__HTTP_MAX_PARAMS];
   size_t bn = 0;
   bool known = false;
@@ -157,6 +169,7 @@ int keel__router_match(const keel_http_router *r, const char *method, const char
     bool same = strcmp(rt->method, method) == 0;
     bool via_get = head && strcmp(rt->method, "GET") == 0;
     if (!same && !via_get) {
+      if (!other || rt->nstatic > other->nstatic) other = rt;
       if (!strstr(m->allow, rt->method)) {
         size_t l = strlen(m->allow);
         snprintf(m->allow + l, sizeof m->allow - l, "%s%s", l ? ", " : "", rt->method);
@@ -180,11 +193,13 @@ int keel__router_match(const keel_http_router *r, const char *method, const char
     m->nparams = bn;
     for (size_t i = 0; i < bn; i++) {
       m->pname[i] = bname[i];
-      if (!(m->pval[i] = keel__pct_decode(bval[i], strlen(bval[i]), false))) rc = KEEL_EINVAL;
+      if (!(m->pval[i] = strdup(bval[i]))) rc = KEEL_ENOMEM;
     }
+    m->pattern = best->pattern;
     m->allow[0] = 0;
   } else {
     rc = known ? 1 : KEEL_ENOENT;
+    if (other) m->pattern = other->pattern;
     if (known && strstr(m->allow, "GET") && !strstr(m->allow, "HEAD")) {
       size_t l = strlen(m->allow);
       snprintf(m->allow + l, sizeof m->allow - l, ", HEAD");

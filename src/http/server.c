@@ -445,7 +445,7 @@ static void sb_hdr(keel__jw *b, const char *name, const char *value) {
 static void access_log(keel_http_server *s, keel_http_req *rq, size_t bytes_out) {
   uint64_t ns = now_ns() - rq->start_ns;
   double ms = (double)ns / 1e6;
-  const char *route = rq->match.route ? rq->match.route->pattern : "unmatched";
+  const char *route = rq->match.pattern ? rq->match.pattern : "unmatched";
   int st = rq->res.status;
   if (s->m_total) {
     char status[8];
@@ -787,13 +787,16 @@ static void dispatch(keel__conn *c, keel_http_req *rq) {
   }
   set_client_ip(c, rq);
 
-  /* the target: path and query */
+  /* the target: path and query; routing matches the raw path (segments
+   * decoded one by one), rq->path is the whole path decoded */
   const char *t = rq->target ? rq->target : "/";
   const char *qm = strchr(t, '?');
   size_t plen = qm ? (size_t)(qm - t) : strlen(t);
   rq->path = keel__pct_decode(t, plen, false);
   rq->query = strdup(qm ? qm + 1 : "");
-  if (!rq->path || !rq->query || rq->path[0] != '/') {
+  char *raw = strndup(t, plen);
+  if (!rq->path || !rq->query || !raw || rq->path[0] != '/' || t[0] != '/') {
+    free(raw);
     fail_now(c, rq, KEEL_HTTP_BAD_REQUEST, "Malformed request target");
     return;
   }
@@ -805,15 +808,22 @@ static void dispatch(keel__conn *c, keel_http_req *rq) {
         keel_http_header(rq, "access-control-request-method"),
         keel_http_header(rq, "access-control-request-headers"), &rq->mw);
     if (v == KEEL__CORS_PREFLIGHT_OK) {
+      free(raw);
       rq->res.status = 204;
       respond_now(c, rq);
       return;
     }
     if (v == KEEL__CORS_PREFLIGHT_REFUSED) {
+      free(raw);
       fail_now(c, rq, KEEL_HTTP_FORBIDDEN, "CORS preflight refused");
       return;
     }
   }
+
+  /* the route first (a 429 or 405 on a routed path is labelled with its
+   * route), answered after the rate limit */
+  int m = keel__router_match(s->router, rq->method, raw, &rq->match);
+  free(raw);
 
   /* rate limit */
   if (s->rl && !skip_rate_limit(s, rq->path)) {
@@ -836,8 +846,6 @@ static void dispatch(keel__conn *c, keel_http_req *rq) {
     }
   }
 
-  /* route */
-  int m = keel__router_match(s->router, rq->method, rq->path, &rq->match);
   if (m == KEEL_ENOENT) {
     fail_now(c, rq, KEEL_HTTP_NOT_FOUND, "Route not found");
     return;

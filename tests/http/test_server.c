@@ -676,6 +676,56 @@ KT_CASE(a_port_in_use_fails_with_eaddrinuse_and_closes_no_descriptor_of_others) 
   CHECK_OK(keel_http_stop(s));
 }
 
+KT_CASE(a_405_or_429_on_a_routed_path_is_labelled_with_its_route_and_only_unrouted_paths_unmatched) {
+  keel_metrics *reg;
+  CHECK_OK(keel_metrics_new(&reg, 0));
+  keel_http_options o;
+  keel_http_options_init(&o);
+  o.metrics = reg;
+  o.rate_limit = 2;
+  keel_http_server *s = start(&o);
+  int port = keel_http_port(s);
+  static kt_resp r[4];
+  CHECK_EQ(kt_exchange(port,
+                       "DELETE /api/hello HTTP/1.1\r\nHost: t\r\n\r\n" /* 405 */
+                       "GET /api/orders/7 HTTP/1.1\r\nHost: t\r\n\r\n"  /* 200 */
+                       "GET /api/orders/8 HTTP/1.1\r\nHost: t\r\n\r\n"  /* 429 */
+                       "GET /no/route HTTP/1.1\r\nHost: t\r\n\r\n",     /* 429, no route */
+                       r, 4),
+           4);
+  CHECK_EQ(r[0].status, 405);
+  CHECK_EQ(r[1].status, 200);
+  CHECK_EQ(r[2].status, 429);
+  CHECK_EQ(r[3].status, 429);
+  CHECK_OK(keel_http_stop(s));
+  keel_metrics_buf b = {0};
+  CHECK_OK(keel_metrics_render(reg, KEEL_METRICS_TEXT, &b));
+  CHECK(strstr(b.data, "http_requests_total{method=\"DELETE\",route=\"/api/hello\",status=\"405\"} 1"));
+  CHECK(strstr(b.data, "http_requests_total{method=\"GET\",route=\"/api/orders/:id\",status=\"429\"} 1"));
+  CHECK(strstr(b.data, "http_requests_total{method=\"GET\",route=\"unmatched\",status=\"429\"} 1"));
+  keel_metrics_buf_free(&b);
+  keel_metrics_free(reg);
+}
+
+KT_CASE(routes_match_the_raw_path_and_parameters_are_decoded_once) {
+  keel_http_server *s = start_default();
+  int port = keel_http_port(s);
+  static kt_resp r[3];
+  CHECK_EQ(kt_exchange(port,
+                       "GET /api/orders/a%2Fb HTTP/1.1\r\nHost: t\r\n\r\n"
+                       "GET /api/orders/%2541 HTTP/1.1\r\nHost: t\r\n\r\n"
+                       "GET /api/%6Frders/x%20y HTTP/1.1\r\nHost: t\r\n\r\n",
+                       r, 3),
+           3);
+  CHECK_EQ(r[0].status, 200); /* %2F is inside the segment: one parameter "a/b" */
+  CHECK(strstr(r[0].body, "\"id\":\"a/b\""));
+  CHECK_EQ(r[1].status, 200); /* decoded once: "%41", not "A" */
+  CHECK(strstr(r[1].body, "\"id\":\"%41\""));
+  CHECK_EQ(r[2].status, 200); /* a literal segment compares decoded */
+  CHECK(strstr(r[2].body, "\"id\":\"x y\""));
+  CHECK_OK(keel_http_stop(s));
+}
+
 KT_MAIN(KT_ENTRY(get_returns_the_body_with_request_id_and_security_headers),
         KT_ENTRY(a_well_formed_request_id_is_echoed_and_a_bad_one_replaced),
         KT_ENTRY(keep_alive_and_pipelined_requests_are_answered_in_order),
@@ -693,4 +743,6 @@ KT_MAIN(KT_ENTRY(get_returns_the_body_with_request_id_and_security_headers),
         KT_ENTRY(a_socket_passed_by_systemd_is_served_without_binding),
         KT_ENTRY(a_client_that_resets_before_its_answer_does_not_kill_the_node),
         KT_ENTRY(an_internal_error_is_logged_with_the_request_id_and_the_body_redacted),
-        KT_ENTRY(a_port_in_use_fails_with_eaddrinuse_and_closes_no_descriptor_of_others))
+        KT_ENTRY(a_port_in_use_fails_with_eaddrinuse_and_closes_no_descriptor_of_others),
+        KT_ENTRY(a_405_or_429_on_a_routed_path_is_labelled_with_its_route_and_only_unrouted_paths_unmatched),
+        KT_ENTRY(routes_match_the_raw_path_and_parameters_are_decoded_once))
