@@ -98,7 +98,9 @@ const char *keel_http_param(const keel_http_req *req, const char *name);
 const char *keel_http_header(const keel_http_req *req, const char *name);
 /* The body (not NUL-terminated; *len gets its size). */
 const void *keel_http_body(const keel_http_req *req, size_t *len);
-/* The body parsed as JSON (borrowed: do not decref), or NULL with *err set
+/* The body parsed as JSON, any JSON text (an object, an array or a bare
+ * scalar; strings may hold \u0000: use json_string_length), duplicate keys
+ * refused (borrowed: do not decref), or NULL with *err set
  * to KEEL_EINVAL (malformed; the caller usually returns
  * keel_http_fail(res, KEEL_HTTP_BAD_REQUEST, ...)) or KEEL_ENOENT (empty). */
 json_t *keel_http_json(keel_http_req *req, int *err);

@@ -171,7 +171,9 @@ json_t *keel_http_json(keel_http_req *req, int *err) {
       req->json_err = KEEL_ENOENT;
     } else {
       json_error_t je;
-      req->json = json_loadb(req->body, req->body_len, JSON_REJECT_DUPLICATES, &je);
+      /* any JSON text (RFC 8259): a bare scalar too, and strings holding \u0000 */
+      req->json = json_loadb(req->body, req->body_len,
+                             JSON_REJECT_DUPLICATES | JSON_DECODE_ANY | JSON_ALLOW_NUL, &je);
       req->json_err = req->json ? 0 : KEEL_EINVAL;
     }
   }

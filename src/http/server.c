@@ -571,9 +571,9 @@ static void send_response(keel_http_req *rq) {
     keel_log_write(NULL, KEEL_LOG_ERROR, "request failed", f);
     json_fields_free(body);
   }
-  bool keep = rq->keepalive && !atomic_load_explicit(&s->draining, memory_order_relaxed) &&
-              res->status != 413 && res->status != 431 && res->status != 400 &&
-              res->status != 408;
+  /* a request the parser refused or that timed out has keepalive false
+   * (conn_fail); a 400 a handler returns leaves the connection in step */
+  bool keep = rq->keepalive && !atomic_load_explicit(&s->draining, memory_order_relaxed);
   bool head = strcmp(rq->method, "HEAD") == 0;
   size_t bytes_out = 0;
   if (c && !c->closing) {

@@ -726,6 +726,23 @@ KT_CASE(routes_match_the_raw_path_and_parameters_are_decoded_once) {
   CHECK_OK(keel_http_stop(s));
 }
 
+KT_CASE(any_valid_json_is_parsed_bare_scalars_and_strings_with_nul_too) {
+  keel_http_server *s = start_default();
+  int port = keel_http_port(s);
+  static kt_resp r[3];
+  CHECK_EQ(kt_exchange(port,
+                       "POST /api/echo HTTP/1.1\r\nHost: t\r\nContent-Length: 2\r\n\r\n42"
+                       "POST /api/echo HTTP/1.1\r\nHost: t\r\nContent-Length: 6\r\n\r\n\"text\""
+                       "POST /api/echo HTTP/1.1\r\nHost: t\r\nContent-Length: 19\r\n\r\n{\"name\":\"a\\u0000b\"}",
+                       r, 3),
+           3);
+  kt_check_envelope(&r[0], 400, "VALIDATION_ERROR"); /* parsed: not an object with a name */
+  kt_check_envelope(&r[1], 400, "VALIDATION_ERROR");
+  CHECK_EQ(r[2].status, 201);
+  CHECK(strstr(r[2].body, "a\\u0000b"));
+  CHECK_OK(keel_http_stop(s));
+}
+
 KT_MAIN(KT_ENTRY(get_returns_the_body_with_request_id_and_security_headers),
         KT_ENTRY(a_well_formed_request_id_is_echoed_and_a_bad_one_replaced),
         KT_ENTRY(keep_alive_and_pipelined_requests_are_answered_in_order),
@@ -745,4 +762,5 @@ KT_MAIN(KT_ENTRY(get_returns_the_body_with_request_id_and_security_headers),
         KT_ENTRY(an_internal_error_is_logged_with_the_request_id_and_the_body_redacted),
         KT_ENTRY(a_port_in_use_fails_with_eaddrinuse_and_closes_no_descriptor_of_others),
         KT_ENTRY(a_405_or_429_on_a_routed_path_is_labelled_with_its_route_and_only_unrouted_paths_unmatched),
-        KT_ENTRY(routes_match_the_raw_path_and_parameters_are_decoded_once))
+        KT_ENTRY(routes_match_the_raw_path_and_parameters_are_decoded_once),
+        KT_ENTRY(any_valid_json_is_parsed_bare_scalars_and_strings_with_nul_too))
