@@ -201,10 +201,15 @@ typedef struct keel_sup_event {
   keel_reason reason;
 } keel_sup_event;
 
+/* Called in the supervisor's process, synchronously, for every event of
+ * every supervisor: it must not block, wait or yield (send a message, count). */
 typedef void (*keel_sup_event_fn)(const keel_sup_event *ev, void *ud);
-/* Adds a subscriber; returns a handle for keel_sup_unsubscribe (> 0) or a
- * negative error. Any thread. */
+/* Adds a subscriber (no limit on their number); returns a handle for
+ * keel_sup_unsubscribe (> 0), KEEL_EINVAL, KEEL_ENOMEM, or KEEL_EBUSY from a
+ * subscriber's own callback. Any thread. */
 int keel_sup_subscribe(keel_sup_event_fn fn, void *ud);
+/* Removes it. When this returns, no call to it runs or will run: ud may be
+ * freed at once. 0, KEEL_ENOENT, or KEEL_EBUSY from a callback. Any thread. */
 int keel_sup_unsubscribe(int handle);
 
 #ifdef __cplusplus

@@ -35,9 +35,9 @@
  * by an exit hook of the watcher, which runs on the watcher's own scheduler
  * thread (the loop's thread); the master ends the watcher with an exit signal.
  *
- * Subscribers to lifecycle events are a global list under a mutex; events
- * are dispatched synchronously under it, so an unsubscribe that returns
- * guarantees no later call.
+ * Subscribers to lifecycle events are otp's one subscriber list
+ * (sublist.h): dispatched synchronously under its mutex, so an unsubscribe
+ * that returns guarantees no later call.
  */
 #include <pthread.h>
 #include <signal.h>
@@ -47,6 +47,8 @@
 #include <string.h>
 #include <time.h>
 #include <uv.h>
+
+#include "otp/sublist.h"
 
 #include "keel.h"
 #include "keel/application.h"
@@ -79,65 +81,24 @@ static int64_t now_ms(clockid_t clk) {
 
 /* ---- subscribers ------------------------------------------------------------ */
 
-typedef struct sub {
-  int handle;
-  keel_app_event_fn fn;
-  void *ud;
-  struct sub *next;
-} sub;
-
-static pthread_mutex_t subs_lock = PTHREAD_MUTEX_INITIALIZER;
-static sub *subs;
-static int subs_next_handle;
-/* Set while this thread dispatches: a callback that (un)subscribes would
- * deadlock on subs_lock. Read only between lock and unlock, with no wait in
- * between, so the process cannot have moved to another thread. */
-static _Thread_local int in_dispatch;
+/* One list for every application's events (sublist.h: no limit, dispatched
+ * under its mutex, unsubscribe means no later call). */
+static keel__sublist subs = KEEL__SUBLIST_INIT;
 
 int keel_app_subscribe(keel_app_event_fn fn, void *ud) {
-  if (!fn) return KEEL_EINVAL;
-  if (in_dispatch) return KEEL_EBUSY;
-  sub *s = malloc(sizeof *s);
-  if (!s) return KEEL_ENOMEM;
-  s->fn = fn;
-  s->ud = ud;
-  s->next = NULL;
-  pthread_mutex_lock(&subs_lock);
-  if (subs_next_handle == 0x7fffffff) subs_next_handle = 0;
-  s->handle = ++subs_next_handle;
-  sub **pp = &subs;
-  while (*pp)
-    pp = &(*pp)->next;
-  *pp = s;
-  pthread_mutex_unlock(&subs_lock);
-  return s->handle;
+  return keel__sublist_add(&subs, (keel__sub_fn)fn, ud);
 }
 
-int keel_app_unsubscribe(int handle) {
-  if (in_dispatch) return KEEL_EBUSY;
-  pthread_mutex_lock(&subs_lock);
-  for (sub **pp = &subs; *pp; pp = &(*pp)->next) {
-    if ((*pp)->handle == handle) {
-      sub *s = *pp;
-      *pp = s->next;
-      pthread_mutex_unlock(&subs_lock);
-      free(s);
-      return 0;
-    }
-  }
-  pthread_mutex_unlock(&subs_lock);
-  return KEEL_ENOENT;
+int keel_app_unsubscribe(int handle) { return keel__sublist_remove(&subs, handle); }
+
+static void call_sub(keel__sub_fn fn, void *ud, const void *ev) {
+  ((keel_app_event_fn)fn)(ev, ud);
 }
 
 static void dispatch(keel_app_event *ev) {
   ev->timestamp_ms = now_ms(CLOCK_REALTIME);
   if (!ev->error_text) ev->error_text = "";
-  pthread_mutex_lock(&subs_lock);
-  in_dispatch = 1;
-  for (sub *s = subs; s; s = s->next)
-    s->fn(ev, s->ud);
-  in_dispatch = 0;
-  pthread_mutex_unlock(&subs_lock);
+  keel__sublist_emit(&subs, call_sub, ev);
 }
 
 static void emit(keel_app_t *app, keel_app_event_kind kind) {

@@ -31,6 +31,7 @@
 
 #include "keel.h"
 #include "keel/supervisor.h"
+#include "otp/sublist.h"
 
 #define DEFAULT_INTENSITY       3
 #define DEFAULT_PERIOD_MS       5000
@@ -160,64 +161,22 @@ typedef struct rep {
 
 /* ---- events ---------------------------------------------------------------------- */
 
-typedef struct subscriber {
-  int handle;
-  keel_sup_event_fn fn;
-  void *ud;
-} subscriber;
-
-static pthread_mutex_t sub_lock = PTHREAD_MUTEX_INITIALIZER;
-static subscriber *subs;
-static size_t nsubs, capsubs;
-static int next_handle = 1;
+/* One list for every supervisor's events (sublist.h: no limit, unsubscribe
+ * means no later call). */
+static keel__sublist subs = KEEL__SUBLIST_INIT;
 
 int keel_sup_subscribe(keel_sup_event_fn fn, void *ud) {
-  if (!fn) return KEEL_EINVAL;
-  pthread_mutex_lock(&sub_lock);
-  if (nsubs == capsubs) {
-    size_t cap = capsubs ? capsubs * 2 : 4;
-    subscriber *ns = realloc(subs, cap * sizeof *ns);
-    if (!ns) {
-      pthread_mutex_unlock(&sub_lock);
-      return KEEL_ENOMEM;
-    }
-    subs = ns;
-    capsubs = cap;
-  }
-  int h = next_handle++;
-  subs[nsubs++] = (subscriber){h, fn, ud};
-  pthread_mutex_unlock(&sub_lock);
-  return h;
+  return keel__sublist_add(&subs, (keel__sub_fn)fn, ud);
 }
 
-int keel_sup_unsubscribe(int handle) {
-  pthread_mutex_lock(&sub_lock);
-  int rc = KEEL_ENOENT;
-  for (size_t i = 0; i < nsubs; i++)
-    if (subs[i].handle == handle) {
-      memmove(&subs[i], &subs[i + 1], (nsubs - i - 1) * sizeof *subs);
-      nsubs--;
-      rc = 0;
-      break;
-    }
-  if (nsubs == 0) {
-    free(subs);
-    subs = NULL;
-    capsubs = 0;
-  }
-  pthread_mutex_unlock(&sub_lock);
-  return rc;
+int keel_sup_unsubscribe(int handle) { return keel__sublist_remove(&subs, handle); }
+
+static void call_sub(keel__sub_fn fn, void *ud, const void *ev) {
+  ((keel_sup_event_fn)fn)(ev, ud);
 }
 
 static void emit(sup *s, keel_sup_event_kind kind, const child *c, keel_pid_t pid, unsigned attempt,
                  keel_reason_kind rk, const char *text) {
-  pthread_mutex_lock(&sub_lock);
-  size_t n = nsubs;
-  subscriber local[16];
-  if (n > 16) n = 16;
-  if (n) memcpy(local, subs, n * sizeof *local);
-  pthread_mutex_unlock(&sub_lock);
-  if (!n) return;
   keel_sup_event ev = {.kind = kind,
                        .sup = keel_self(),
                        .sup_name = s->name,
@@ -225,8 +184,7 @@ static void emit(sup *s, keel_sup_event_kind kind, const child *c, keel_pid_t pi
                        .child = pid,
                        .attempt = attempt,
                        .reason = {rk, text ? text : ""}};
-  for (size_t i = 0; i < n; i++)
-    local[i].fn(&ev, local[i].ud);
+  keel__sublist_emit(&subs, call_sub, &ev);
 }
 
 /* ---- children -------------------------------------------------------------------- */

@@ -582,6 +582,89 @@ KT_CASE(restart_events_reach_subscribers) {
   kt_stop(sup);
 }
 
+/* Counts CHILD_RESTARTED events; the slow one spins inside its call. */
+typedef struct {
+  atomic_int restarted;
+  atomic_int inside;
+  bool slow;
+} sub_probe;
+
+static void probe_on_event(const keel_sup_event *ev, void *ud) {
+  sub_probe *p = ud;
+  if (ev->kind != KEEL_SUP_CHILD_RESTARTED) return;
+  atomic_store(&p->inside, 1);
+  if (p->slow) {
+    struct timespec t0, t;
+    clock_gettime(CLOCK_MONOTONIC, &t0);
+    do /* 100 ms inside the call, without yielding (callbacks must not) */
+      clock_gettime(CLOCK_MONOTONIC, &t);
+    while ((t.tv_sec - t0.tv_sec) * 1000 + (t.tv_nsec - t0.tv_nsec) / 1000000 < 100);
+  }
+  atomic_fetch_add(&p->restarted, 1);
+  atomic_store(&p->inside, 0);
+}
+
+typedef struct {
+  sub_probe *probe;
+  int handle, rc, inside_after, restarted_after;
+} late_unsub;
+
+/* On the blocking pool (another thread): waits until the probe is inside
+ * its call, then unsubscribes and looks. */
+static void unsubscribe_when_inside(void *arg) {
+  late_unsub *u = arg;
+  while (!atomic_load(&u->probe->inside)) {
+    struct timespec ms = {0, 1000000};
+    nanosleep(&ms, NULL);
+  }
+  u->rc = keel_sup_unsubscribe(u->handle);
+  u->inside_after = atomic_load(&u->probe->inside);
+  u->restarted_after = atomic_load(&u->probe->restarted);
+}
+
+KT_CASE(every_subscriber_hears_every_event_and_unsubscribe_means_no_later_call) {
+  kt_quiet();
+  enum { N = 20 };
+  static sub_probe probes[N];
+  int h[N];
+  for (int i = 0; i < N; i++) {
+    atomic_store(&probes[i].restarted, 0);
+    atomic_store(&probes[i].inside, 0);
+    probes[i].slow = i == N - 1;
+    h[i] = keel_sup_subscribe(probe_on_event, &probes[i]);
+    CHECK(h[i] > 0);
+  }
+  kt_worker_cfg a = {.id = "a"};
+  keel_child_spec ch[] = {kt_worker_spec(&a)};
+  keel_sup_spec spec = kt_sup_spec(KEEL_ONE_FOR_ONE, ch, 1);
+  spec.intensity = 10;
+  spec.period_ms = 60000;
+  keel_pid_t sup = sup_start(&spec, NULL);
+  keel_pid_t pa = kt_child_pid(sup, "a");
+  crash(pa, 1);
+  pa = kt_wait_new_pid(sup, "a", pa);
+  KT_WAIT_UNTIL(atomic_load(&probes[N - 1].restarted) == 1);
+  for (int i = 0; i < N; i++) /* all twenty, not the first sixteen */
+    CHECK_EQ(atomic_load(&probes[i].restarted), 1);
+  /* unsubscribe, from another thread, while the slow subscriber is inside
+   * its call: it returns only after the call, and no call follows */
+  late_unsub u = {.probe = &probes[N - 1], .handle = h[N - 1]};
+  crash(pa, 2);
+  CHECK_OK(keel_blocking(unsubscribe_when_inside, &u));
+  CHECK_OK(u.rc);
+  CHECK_EQ(u.inside_after, 0);
+  CHECK_EQ(u.restarted_after, 2);
+  pa = kt_wait_new_pid(sup, "a", pa);
+  crash(pa, 3);
+  pa = kt_wait_new_pid(sup, "a", pa);
+  KT_WAIT_UNTIL(atomic_load(&probes[0].restarted) == 3);
+  CHECK_EQ(atomic_load(&probes[N - 1].restarted), 2);
+  for (int i = 0; i < N - 1; i++)
+    CHECK_OK(keel_sup_unsubscribe(h[i]));
+  CHECK_EQ(keel_sup_unsubscribe(h[0]), KEEL_ENOENT);
+  kt_stop(sup);
+}
+
 /* ---- auto_shutdown ------------------------------------------------------------------------ */
 
 KT_CASE(auto_shutdown_any_significant) {
@@ -857,6 +940,7 @@ KT_MAIN(KT_ENTRY(children_start_in_order_and_stop_in_reverse),
         KT_ENTRY(intensity_exceeded_escalates_to_the_parent_supervisor),
         KT_ENTRY(restart_window_slides),
         KT_ENTRY(restart_events_reach_subscribers),
+        KT_ENTRY(every_subscriber_hears_every_event_and_unsubscribe_means_no_later_call),
         KT_ENTRY(auto_shutdown_any_significant),
         KT_ENTRY(auto_shutdown_all_significant),
         KT_ENTRY(simple_one_for_one_keeps_each_childs_arguments_across_restarts),
