@@ -1118,6 +1118,16 @@ static void listener_handle_closed(uv_handle_t *h) {
   if (--l->handles == 0 && l->stopping) atomic_store_explicit(&l->closed, true, memory_order_release);
 }
 
+/* A new descriptor for the listening socket, close-on-exec. dup, not
+ * fcntl(F_DUPFD_CLOEXEC): ThreadSanitizer follows descriptors through dup
+ * but not through fcntl, and would take a number reused across schedulers
+ * for a race. */
+static int listener_dup(const keel__listener *l) {
+  int fd = dup(l->fd);
+  if (fd >= 0) fcntl(fd, F_SETFD, FD_CLOEXEC);
+  return fd;
+}
+
 /* Puts a dup of the listening socket on the loop (the socket itself stays
  * ours, so closing the handle for a pause keeps the kernel's queue). Linux
  * hands out the lowest free descriptor, so the dup's number also says
@@ -1129,7 +1139,7 @@ static int listener_open(keel__listener *l) {
     int probe[RESUME_ROOM], n = 0;
     bool room = true;
     while (room && n < RESUME_ROOM) {
-      probe[n] = fcntl(l->fd, F_DUPFD_CLOEXEC, 0);
+      probe[n] = listener_dup(l);
       room = probe[n] >= 0 && probe[n] < l->srv->fd_high;
       if (probe[n] >= 0) n++;
     }
@@ -1137,7 +1147,7 @@ static int listener_open(keel__listener *l) {
       close(probe[--n]);
     if (!room) return KEEL_EBUSY; /* still in the reserve */
   }
-  int fd = fcntl(l->fd, F_DUPFD_CLOEXEC, 0);
+  int fd = listener_dup(l);
   if (fd < 0) return KEEL_EIO;
   int rc = uv_tcp_init(l->loop, &l->tcp);
   if (rc != 0) {
