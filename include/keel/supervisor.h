@@ -188,7 +188,9 @@ typedef enum keel_sup_event_kind {
                                failed and is retried), attempt = restarts within the
                                period, reason = why the child had exited */
   KEEL_SUP_CHILD_START_FAILED,
-  KEEL_SUP_INTENSITY_EXCEEDED /* the supervisor is giving up */
+  KEEL_SUP_INTENSITY_EXCEEDED, /* the supervisor is giving up */
+  KEEL_SUP_CHILD_SHUTDOWN_TIMEOUT /* a child ignored its shutdown for its shutdown time
+                                     (attempt = that time in ms) and is being killed */
 } keel_sup_event_kind;
 
 typedef struct keel_sup_event {

@@ -67,6 +67,11 @@ static void on_sup(const keel_sup_event *ev, void *ud) {
     keel_log_event(KEEL_LOG_ERROR, "intensity_exceeded", KEEL_STR("supervisor", sup),
                    KEEL_UINT("restarts", ev->attempt), KEEL_STR("reason_text", ev->reason.text));
     break;
+  case KEEL_SUP_CHILD_SHUTDOWN_TIMEOUT:
+    keel_log_event(KEEL_LOG_WARN, "child_shutdown_timeout", KEEL_STR("supervisor", sup),
+                   KEEL_STR("child", ev->child_id), KEEL_UINT("shutdown_ms", ev->attempt),
+                   KEEL_STR("reason_text", ev->reason.text));
+    break;
   default: break; /* started/exited children are not worth a line each */
   }
 }

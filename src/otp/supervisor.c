@@ -24,6 +24,7 @@
  * calls, so it is serialised with exit handling.
  */
 #include <pthread.h>
+#include <stdint.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
@@ -283,7 +284,7 @@ static bool is_down_for(const keel_msg_t *m, void *arg) {
 }
 
 /* OTP's shutdown protocol for one child. */
-static void stop_one(child *c) {
+static void stop_one(sup *s, child *c) {
   keel_pid_t pid = c->pid;
   if (!pid) return;
   c->pid = 0;
@@ -301,6 +302,8 @@ static void stop_one(child *c) {
       keel_msg_free(m);
       return;
     }
+    emit(s, KEEL_SUP_CHILD_SHUTDOWN_TIMEOUT, c, pid, (unsigned)(t > UINT32_MAX ? UINT32_MAX : t),
+         KEEL_REASON_KILL, "ignored its shutdown: killed");
     keel_exit_signal(pid, KEEL_REASON_KILL, NULL); /* it ignored shutdown */
   }
   if (keel_receive_match(is_down_for, &mref, &m, KEEL_INFINITY) == 0) keel_msg_free(m);
@@ -308,7 +311,7 @@ static void stop_one(child *c) {
 
 static void stop_from(sup *s, size_t first) {
   for (size_t i = s->n; i > first; i--)
-    stop_one(s->c[i - 1]);
+    stop_one(s, s->c[i - 1]);
 }
 
 /* Records a restart; false when that exceeds the intensity. */
@@ -478,7 +481,7 @@ static int sup_init(void *arg, void **state) {
     int rc = start_one(s, s->c[i]);
     if (rc < 0) {
       for (size_t j = i; j > 0; j--)
-        stop_one(s->c[j - 1]); /* started ones, in reverse */
+        stop_one(s, s->c[j - 1]); /* started ones, in reverse */
       char id[64];
       snprintf(id, sizeof id, "%s", s->c[i]->id);
       keel_gs_stop(KEEL_REASON_SHUTDOWN, "child %s failed to start: %s", id, keel_strerror(rc));
@@ -601,7 +604,7 @@ static int sup_call(void *state, keel_gs_from from, keel_msg_t **m, keel_msg_t *
       *reply = reply_rc(KEEL_ENOENT, 0);
       break;
     }
-    stop_one(c);
+    stop_one(s, c);
     if (s->strategy == KEEL_SIMPLE_ONE_FOR_ONE || c->restart == KEEL_TEMPORARY) remove_child(s, c);
     *reply = reply_rc(0, 0);
     break;

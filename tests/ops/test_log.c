@@ -808,6 +808,40 @@ static int restarting_start(void *arg, const void *args, size_t len, keel_pid_t 
   return keel_spawn(restarting_child, NULL, &o, pid);
 }
 
+static void stubborn_child(void *arg) {
+  (void)arg;
+  for (;;) { /* traps exits from its spawn on: ignores its shutdown signal */
+    keel_msg_t *m;
+    if (keel_receive(&m, KEEL_INFINITY) == 0) keel_msg_free(m);
+  }
+}
+
+static int stubborn_start(void *arg, const void *args, size_t len, keel_pid_t *pid) {
+  (void)arg, (void)args, (void)len;
+  keel_spawn_opts o;
+  keel_spawn_opts_init(&o);
+  o.link = true;
+  o.trap_exit = true;
+  return keel_spawn(stubborn_child, NULL, &o, pid);
+}
+
+/* A child killed because it ignored its shutdown leaves a warning. */
+KT_CASE(a_child_killed_past_its_shutdown_time_is_logged) {
+  start("shutdown_timeout", NULL);
+  CHECK_OK(keel_log_keel_events(true));
+  keel_child_spec ch = {.id = "stubborn", .start = stubborn_start, .shutdown = 50};
+  keel_sup_spec spec = {.strategy = KEEL_ONE_FOR_ONE, .children = &ch, .nchildren = 1};
+  keel_pid_t sup;
+  CHECK_OK(keel_sup_start(&spec, &(keel_sup_opts){.name = "stopsup"}, &sup, NULL));
+  CHECK_OK(keel_gs_stop_server(sup, KEEL_REASON_SHUTDOWN, NULL, 5000));
+  CHECK_OK(keel_log_keel_events(false));
+  char *s = stop_and_read();
+  CHECK(strstr(s, "\"level\":\"warn\"") != NULL);
+  CHECK(strstr(s, "\"event\":\"child_shutdown_timeout\",\"supervisor\":\"stopsup\","
+                  "\"child\":\"stubborn\",\"shutdown_ms\":50") != NULL);
+  free(s);
+}
+
 typedef struct small_cfg {
   int64_t port;
   char *password;
@@ -940,5 +974,6 @@ KT_MAIN(KT_ENTRY(levels_filter_by_minimum_from_env_and_change_at_run_time),
         KT_ENTRY_SCHED(concurrent_producers_lose_nothing_through_small_buffers, 4),
         KT_ENTRY(no_line_is_lost_when_the_application_stops),
         KT_ENTRY(events_and_crash_reports_have_stable_names),
-        KT_ENTRY(keel_events_and_configuration_reach_the_log), KT_ENTRY(child_logs_then_stops),
+        KT_ENTRY(keel_events_and_configuration_reach_the_log),
+        KT_ENTRY(a_child_killed_past_its_shutdown_time_is_logged), KT_ENTRY(child_logs_then_stops),
         KT_ENTRY(jq_sample_lines))
