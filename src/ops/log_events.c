@@ -26,12 +26,19 @@ static void on_app(const keel_app_event *ev, void *ud) {
     keel_log_event(KEEL_LOG_INFO, "app_starting", KEEL_STR("app", app));
     break;
   case KEEL_APP_STARTED: keel_log_event(KEEL_LOG_INFO, "app_started", KEEL_STR("app", app)); break;
-  case KEEL_APP_STOPPING:
-    keel_log_event(
-        ev->reason == KEEL_APP_STOP_ERROR ? KEEL_LOG_ERROR : KEEL_LOG_INFO, "app_stopping",
-        KEEL_STR("app", app), KEEL_STR("reason", keel_app_stop_reason_name(ev->reason)),
-        KEEL_INT("signal", ev->signum), KEEL_STR("error", ev->error_text ? ev->error_text : ""));
+  case KEEL_APP_STOPPING: {
+    /* the signal only when a signal stopped it, the error only when there is one */
+    keel_log_level lvl = ev->reason == KEEL_APP_STOP_ERROR ? KEEL_LOG_ERROR : KEEL_LOG_INFO;
+    keel_log_field f[5];
+    size_t n = 0;
+    f[n++] = (keel_log_field)KEEL_STR("app", app);
+    f[n++] = (keel_log_field)KEEL_STR("reason", keel_app_stop_reason_name(ev->reason));
+    if (ev->signum) f[n++] = (keel_log_field)KEEL_INT("signal", ev->signum);
+    if (ev->error_text && *ev->error_text) f[n++] = (keel_log_field)KEEL_STR("error", ev->error_text);
+    f[n] = (keel_log_field)KEEL_LOG__END;
+    if (keel_log_enabled(lvl)) keel_log_event_list(lvl, "app_stopping", f);
     break;
+  }
   case KEEL_APP_STOPPED:
     keel_log_event(ev->forced || ev->exit_code ? KEEL_LOG_WARN : KEEL_LOG_INFO, "app_stopped",
                    KEEL_STR("app", app), KEEL_INT("exit_code", ev->exit_code),

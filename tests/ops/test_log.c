@@ -842,6 +842,31 @@ KT_CASE(a_child_killed_past_its_shutdown_time_is_logged) {
   free(s);
 }
 
+static int tiny_app_start(keel_app_t *app, void *config, keel_pid_t *root, void **state) {
+  (void)app, (void)config, (void)state;
+  keel_sup_spec spec = {.strategy = KEEL_ONE_FOR_ONE};
+  return keel_sup_start(&spec, NULL, root, NULL);
+}
+
+/* app_stopping says the signal only when a signal stopped the application,
+ * the error only when there is one. */
+KT_CASE(app_stopping_carries_only_the_fields_that_apply) {
+  start("app_stopping", NULL);
+  CHECK_OK(keel_log_keel_events(true));
+  static const keel_application tiny = {.start = tiny_app_start};
+  keel_app_opts o;
+  keel_app_opts_init(&o);
+  o.name = "tiny";
+  keel_app_t *app = NULL;
+  CHECK_OK(keel_app_start(&tiny, &o, &app, NULL));
+  CHECK_OK(keel_app_stop(app));
+  keel_app_free(app);
+  CHECK_OK(keel_log_keel_events(false));
+  char *s = stop_and_read();
+  CHECK(strstr(s, "\"event\":\"app_stopping\",\"app\":\"tiny\",\"reason\":\"normal\"}\n") != NULL);
+  free(s);
+}
+
 typedef struct small_cfg {
   int64_t port;
   char *password;
@@ -975,5 +1000,6 @@ KT_MAIN(KT_ENTRY(levels_filter_by_minimum_from_env_and_change_at_run_time),
         KT_ENTRY(no_line_is_lost_when_the_application_stops),
         KT_ENTRY(events_and_crash_reports_have_stable_names),
         KT_ENTRY(keel_events_and_configuration_reach_the_log),
-        KT_ENTRY(a_child_killed_past_its_shutdown_time_is_logged), KT_ENTRY(child_logs_then_stops),
+        KT_ENTRY(a_child_killed_past_its_shutdown_time_is_logged),
+        KT_ENTRY(app_stopping_carries_only_the_fields_that_apply), KT_ENTRY(child_logs_then_stops),
         KT_ENTRY(jq_sample_lines))
