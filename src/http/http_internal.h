@@ -8,6 +8,7 @@
 #define KEEL_HTTP_INTERNAL_H
 
 #include <stdatomic.h>
+#include <time.h>
 #include <uv.h>
 
 #include "http/middleware.h"
@@ -99,6 +100,29 @@ struct keel_http_req {
   bool responded, timed_out, keepalive, crashed;
   int http_minor;
 };
+
+/* ---- the clock, the access log ------------------------------------------------ */
+
+/* CLOCK_MONOTONIC in nanoseconds: request start and duration, timeouts. */
+static inline uint64_t keel__http_now_ns(void) {
+  struct timespec ts;
+  clock_gettime(CLOCK_MONOTONIC, &ts);
+  return (uint64_t)ts.tv_sec * 1000000000u + (uint64_t)ts.tv_nsec;
+}
+
+/* What access_log.c needs of a server: its options and metric families. */
+typedef struct keel__access {
+  bool log;        /* write "request completed" lines (access_log option) */
+  int64_t slow_ms; /* warn above; 0: never */
+  const char *server;
+  keel_metric_family *total, *duration; /* NULL: no metrics */
+} keel__access;
+
+/* The access log line, the slow-request warning and the metrics of an
+ * answered request (res.status set). Any scheduler's loop. */
+void keel__access_record(const keel__access *a, keel_http_req *rq, size_t bytes_out);
+/* The "request failed" error line of a 500, with the body redacted. */
+void keel__access_failure(keel_http_req *rq);
 
 /* The standard error envelope as JSON text (malloc'd). */
 char *keel__envelope(keel_http_error_kind kind, const char *message, json_t *details,

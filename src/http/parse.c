@@ -133,9 +133,7 @@ static int on_message_begin(llhttp_t *p) {
   keel__reqparse *rp = rp_of(p);
   keel_http_req *rq = calloc(1, sizeof *rq);
   if (!rq) return fail(rp, 500, "Out of memory");
-  struct timespec ts;
-  clock_gettime(CLOCK_MONOTONIC, &ts);
-  rq->start_ns = (uint64_t)ts.tv_sec * 1000000000u + (uint64_t)ts.tv_nsec;
+  rq->start_ns = keel__http_now_ns();
   rq->refs = 1;
   rp->rq = rq;
   rp->head_bytes = 0;

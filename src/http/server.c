@@ -158,7 +158,8 @@ struct keel_http_server {
   keel__cors *cors;
   char *sec_headers; /* the security headers, preformatted "Name: value\r\n..." */
   size_t sec_len;
-  keel_metric_family *m_total, *m_duration, *m_in_flight, *m_paused;
+  keel__access acc; /* the access log line and the request metrics */
+  keel_metric_family *m_in_flight, *m_paused;
   keel_gauge *in_flight_g;
   keel_counter *paused_c;       /* accept pauses for want of descriptors */
   _Atomic uint64_t pauses;      /* the same, without metrics */
@@ -197,12 +198,6 @@ void keel_http_options_init(keel_http_options *o) {
 
 /* ---- small helpers ------------------------------------------------------------- */
 
-static uint64_t now_ns(void) {
-  struct timespec ts;
-  clock_gettime(CLOCK_MONOTONIC, &ts);
-  return (uint64_t)ts.tv_sec * 1000000000u + (uint64_t)ts.tv_nsec;
-}
-
 static const char *date_header(keel__listener *l) {
   time_t t = time(NULL);
   if ((uint64_t)t != l->date_s) {
@@ -224,13 +219,6 @@ static bool skip_rate_limit(const keel_http_server *s, const char *path) {
     p = comma ? comma + 1 : NULL;
   }
   return false;
-}
-
-static const char *metric_method(const char *m) {
-  static const char *known[] = {"GET", "HEAD", "POST", "PUT", "PATCH", "DELETE", "OPTIONS"};
-  for (size_t i = 0; i < sizeof known / sizeof *known; i++)
-    if (strcmp(m, known[i]) == 0) return known[i];
-  return "OTHER";
 }
 
 /* ---- connections: timers and closing ------------------------------------------ */
@@ -442,106 +430,6 @@ static void sb_hdr(keel__jw *b, const char *name, const char *value) {
   KEEL__JW_LIT(b, "\r\n");
 }
 
-static void access_log(keel_http_server *s, keel_http_req *rq, size_t bytes_out) {
-  uint64_t ns = now_ns() - rq->start_ns;
-  double ms = (double)ns / 1e6;
-  const char *route = rq->match.pattern ? rq->match.pattern : "unmatched";
-  int st = rq->res.status;
-  if (s->m_total) {
-    char status[8];
-    snprintf(status, sizeof status, "%d", st);
-    const char *v3[3] = {metric_method(rq->method), route, status};
-    keel_counter *c;
-    if (keel_counter_get(s->m_total, v3, &c) == 0) keel_counter_inc(c);
-    keel_histogram *h;
-    if (keel_histogram_get(s->m_duration, v3, &h) == 0) keel_histogram_observe(h, ms / 1000.0);
-  }
-  if (!s->o.access_log) return;
-  keel_log_level lvl = st >= 500 ? KEEL_LOG_ERROR : st >= 400 ? KEEL_LOG_WARN : KEEL_LOG_INFO;
-  if (keel_log_enabled(lvl)) {
-    const char *ua = keel_http_header(rq, "user-agent");
-    keel_log_field f[] = {KEEL_STR("requestId", rq->reqid),
-                          KEEL_STR("method", rq->method),
-                          KEEL_STR("path", rq->path ? rq->path : rq->target ? rq->target : ""),
-                          KEEL_STR("route", route),
-                          KEEL_INT("status", st),
-                          KEEL_DOUBLE("duration_ms", ms),
-                          KEEL_UINT("bytes_in", rq->bytes_in),
-                          KEEL_UINT("bytes_out", bytes_out),
-                          KEEL_STR("client_ip", rq->client_ip),
-                          KEEL_STR("user_agent", ua ? ua : ""),
-                          KEEL_STR("server", s->name),
-                          KEEL_LOG__END};
-    keel_log_write(NULL, lvl, "request completed", f);
-  }
-  if (s->o.slow_request_ms > 0 && ms > (double)s->o.slow_request_ms &&
-      keel_log_enabled(KEEL_LOG_WARN)) {
-    keel_log_field f[] = {KEEL_STR("requestId", rq->reqid), KEEL_STR("method", rq->method),
-                          KEEL_STR("route", route), KEEL_DOUBLE("duration_ms", ms),
-                          KEEL_INT("threshold_ms", s->o.slow_request_ms), KEEL_LOG__END};
-    keel_log_write(NULL, KEEL_LOG_WARN, "slow request", f);
-  }
-}
-
-/* A JSON value as log fields, for the logger to redact: objects nest,
- * arrays become objects keyed by index, at most 8 levels and 64 members a
- * level. Returns a malloc'd END-terminated list (json_fields_free), or NULL
- * when v is not an object or an array. The strings stay borrowed from v. */
-static keel_log_field *json_fields(json_t *v, int depth) {
-  if ((!json_is_object(v) && !json_is_array(v)) || depth >= 8) return NULL;
-  size_t n = json_is_object(v) ? json_object_size(v) : json_array_size(v);
-  if (n > 64) n = 64;
-  keel_log_field *f = calloc(n + 1, sizeof *f);
-  char *keys = json_is_array(v) ? calloc(n, 8) : NULL;
-  if (!f || (json_is_array(v) && !keys)) {
-    free(f);
-    free(keys);
-    return NULL;
-  }
-  size_t i = 0;
-  const char *k;
-  json_t *x;
-  void *it = json_is_object(v) ? json_object_iter(v) : NULL;
-  for (; i < n; i++) {
-    if (json_is_object(v)) {
-      k = json_object_iter_key(it);
-      x = json_object_iter_value(it);
-      it = json_object_iter_next(v, it);
-    } else {
-      snprintf(keys + i * 8, 8, "%u", (unsigned)(i % 100)); /* i < 64 */
-      k = keys + i * 8;
-      x = json_array_get(v, i);
-    }
-    f[i].key = k;
-    switch (json_typeof(x)) {
-    case JSON_STRING: f[i].type = KEEL_LOG_T_STR, f[i].v.s = json_string_value(x); break;
-    case JSON_INTEGER: f[i].type = KEEL_LOG_T_INT, f[i].v.i = json_integer_value(x); break;
-    case JSON_REAL: f[i].type = KEEL_LOG_T_DOUBLE, f[i].v.d = json_real_value(x); break;
-    case JSON_TRUE: f[i].type = KEEL_LOG_T_BOOL, f[i].v.b = true; break;
-    case JSON_FALSE: f[i].type = KEEL_LOG_T_BOOL, f[i].v.b = false; break;
-    case JSON_NULL: f[i].type = KEEL_LOG_T_NULL; break;
-    default:
-      f[i].type = KEEL_LOG_T_OBJ;
-      f[i].v.obj = json_fields(x, depth + 1);
-      if (!f[i].v.obj) f[i].type = KEEL_LOG_T_NULL;
-    }
-  }
-  /* the keys of an array's members live right after the END entry's slot:
-   * keep the buffer with the list so one free releases both */
-  f[n].type = KEEL_LOG_T_END;
-  f[n].v.s = keys;
-  return f;
-}
-
-static void json_fields_free(keel_log_field *f) {
-  if (!f) return;
-  size_t i = 0;
-  for (; f[i].type != KEEL_LOG_T_END; i++)
-    if (f[i].type == KEEL_LOG_T_OBJ) json_fields_free((keel_log_field *)f[i].v.obj);
-  free((char *)f[i].v.s);
-  free(f);
-}
-
 /* Serialises rq's response and writes it on its connection, then logs and
  * counts it. The request stays the connection's (c->rq) until
  * conn_request_done. */
@@ -555,22 +443,7 @@ static void send_response(keel_http_req *rq) {
   rq->responded = true;
   keel_http_res *res = &rq->res;
   if (!res->status) keel_http_fail(res, KEEL_HTTP_INTERNAL, "handler returned no response", NULL);
-  if (res->status >= 500 && res->err_log && keel_log_enabled(KEEL_LOG_ERROR)) {
-    /* the request's JSON body goes with it, through the logger's redaction
-     * (password, token, authorization, ... at any depth) */
-    keel_log_field *body = NULL;
-    json_t *j = rq->body_len ? keel_http_json(rq, NULL) : NULL;
-    if (j) body = json_fields(j, 0);
-    keel_log_field f[] = {KEEL_STR("requestId", rq->reqid),
-                          KEEL_STR("method", rq->method),
-                          KEEL_STR("path", rq->path ? rq->path : ""),
-                          KEEL_STR("error", res->err_log),
-                          body ? (keel_log_field){.key = "body", .type = KEEL_LOG_T_OBJ, .v = {.obj = body}}
-                               : KEEL_UINT("body_bytes", rq->body_len),
-                          KEEL_LOG__END};
-    keel_log_write(NULL, KEEL_LOG_ERROR, "request failed", f);
-    json_fields_free(body);
-  }
+  if (res->status >= 500 && res->err_log) keel__access_failure(rq);
   /* a request the parser refused or that timed out has keepalive false
    * (conn_fail); a 400 a handler returns leaves the connection in step */
   bool keep = rq->keepalive && !atomic_load_explicit(&s->draining, memory_order_relaxed);
@@ -608,7 +481,7 @@ static void send_response(keel_http_req *rq) {
       conn_close(c);
     }
   }
-  access_log(s, rq, bytes_out);
+  keel__access_record(&s->acc, rq, bytes_out);
   if (!keep && c) c->done = true;
   release_req(rq);
 }
@@ -685,7 +558,7 @@ static void handler_exited(void *arg) {
     } else {
       rq->responded = true;
       rq->res.status = rq->res.status ? rq->res.status : 499; /* client closed first */
-      access_log(s, rq, 0);
+      keel__access_record(&s->acc, rq, 0);
     }
   }
   if (c) {
@@ -706,7 +579,7 @@ static void on_request_timeout(uv_timer_t *t) {
     send_response(rq);
   } else {
     rq->responded = true;
-    access_log(rq->srv, rq, 0);
+    keel__access_record(&rq->srv->acc, rq, 0);
   }
   if (rq->pid) keel_exit_signal(rq->pid, KEEL_REASON_KILL, NULL);
 }
@@ -828,7 +701,7 @@ static void dispatch(keel__conn *c, keel_http_req *rq) {
   /* rate limit */
   if (s->rl && !skip_rate_limit(s, rq->path)) {
     keel__rl_result r;
-    keel__ratelimit_hit(s->rl, rq->client_ip, now_ns() / 1000000, &r);
+    keel__ratelimit_hit(s->rl, rq->client_ip, keel__http_now_ns() / 1000000, &r);
     char v[32];
     snprintf(v, sizeof v, "%d", r.limit);
     keel__hdrs_add(&rq->mw, "X-RateLimit-Limit", v);
@@ -875,7 +748,7 @@ static void conn_fail(keel__conn *c, keel_http_req *rq, int status, const char *
       return;
     }
     rq->refs = 1;
-    rq->start_ns = now_ns();
+    rq->start_ns = keel__http_now_ns();
   }
   rq->srv = c->l->srv;
   rq->conn = c;
@@ -1109,7 +982,7 @@ static void on_read(uv_stream_t *st, ssize_t n, const uv_buf_t *buf) {
 
 static void on_connection(uv_stream_t *server, int status);
 
-static int64_t mono_ms(void) { return (int64_t)(now_ns() / 1000000u); }
+static int64_t mono_ms(void) { return (int64_t)(keel__http_now_ns() / 1000000u); }
 
 /* The listener's handles close one by one; the last one tells stop. */
 static void listener_handle_closed(uv_handle_t *h) {
@@ -1174,7 +1047,7 @@ static int listener_open(keel__listener *l) {
  * client in. */
 static int shed_idle(keel__listener *l) {
   int shed = 0;
-  uint64_t now = now_ns();
+  uint64_t now = keel__http_now_ns();
   for (int pass = 0; pass < 2; pass++) {
     for (keel__conn *c = l->conns, *next; c && shed < IDLE_SHED; c = next) {
       next = c->next;
@@ -1273,7 +1146,7 @@ static void on_connection(uv_stream_t *server, int status) {
       uv_ip6_name((struct sockaddr_in6 *)&ss, c->peer, sizeof c->peer);
   }
   keel_http_server *s = l->srv;
-  c->born_ns = now_ns();
+  c->born_ns = keel__http_now_ns();
   keel__reqparse_init(&c->rp, s->o.max_header_bytes, s->o.max_body_bytes, on_head, c);
   c->next = l->conns;
   if (l->conns) l->conns->prev = c;
@@ -1437,11 +1310,11 @@ static int setup_middleware(keel_http_server *s) {
     static const double buckets[] = {0.001, 0.005, 0.01, 0.025, 0.05, 0.1,
                                      0.25,  0.5,   1,    2.5,   5,    10};
     int rc = keel_metrics_counter(s->o.metrics, "http_requests_total", "HTTP requests answered.",
-                                  l3, 3, &s->m_total);
+                                  l3, 3, &s->acc.total);
     if (!rc)
       rc = keel_metrics_histogram(s->o.metrics, "http_request_duration_seconds",
                                   "HTTP request duration in seconds.", l3, 3, buckets,
-                                  sizeof buckets / sizeof *buckets, &s->m_duration);
+                                  sizeof buckets / sizeof *buckets, &s->acc.duration);
     if (!rc)
       rc = keel_metrics_gauge(s->o.metrics, "http_requests_in_flight",
                               "HTTP requests being handled now.", NULL, 0, &s->m_in_flight);
@@ -1498,6 +1371,9 @@ int keel_http_start(const keel_http_options *o, keel_http_router *router, keel_h
   s->csp = dup_or_null(o->csp);
   s->cors_origins = dup_or_null(o->cors_origins);
   s->rate_skip = dup_or_null(o->rate_limit_skip);
+  s->acc.log = o->access_log;
+  s->acc.slow_ms = o->slow_request_ms;
+  s->acc.server = s->name;
   s->router = router;
   int rc = (!s->host || !s->name) ? KEEL_ENOMEM : setup_middleware(s);
   s->nl = keel_sched_count();
