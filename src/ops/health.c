@@ -372,11 +372,23 @@ static void arg_release(check_arg *a) {
 }
 
 /* The process's exit hook: it ended (however), so it is no zombie any more. */
+/* Health's own processes (checks, scheduler pings) while they live: not
+ * the service's, so not counted in processCount or the processes check
+ * (which would otherwise disagree in one body by the checks running).
+ * relaxed: a count, read for a report. */
+static atomic_size_t own_procs;
+
 static void check_ended(void *p) {
   check_arg *a = p;
+  atomic_fetch_sub_explicit(&own_procs, 1, memory_order_relaxed);
   if (atomic_exchange(&a->phase, 2) == 1)
     atomic_fetch_sub_explicit(&a->e->zombies, 1, memory_order_relaxed);
   arg_release(a);
+}
+
+static void ping_ended(void *p) {
+  atomic_fetch_sub_explicit(&own_procs, 1, memory_order_relaxed);
+  free(p);
 }
 
 static void check_main(void *p) {
@@ -461,8 +473,10 @@ static void run_start(run *r, int place) {
   memcpy(pname + 7, e->name, nl); /* a label: truncated to what fits */
   pname[7 + nl] = 0;
   o.name = pname;
+  atomic_fetch_add_explicit(&own_procs, 1, memory_order_relaxed); /* check_ended takes it back */
   rc = keel_spawn(check_main, a, &o, &r->pid);
   if (rc) {
+    atomic_fetch_sub_explicit(&own_procs, 1, memory_order_relaxed);
     keel_await_cancel(r->ref);
     entry_unref(e);
     free(a);
@@ -648,7 +662,8 @@ void keel_health_response_free(keel_health_response *r) {
 static uint64_t alive_count(void) {
   keel_rt_stats st;
   keel_rt_stats_get(&st);
-  return st.procs_alive;
+  size_t own = atomic_load_explicit(&own_procs, memory_order_relaxed);
+  return st.procs_alive > own ? st.procs_alive - own : 0;
 }
 
 /* ---- probes ------------------------------------------------------------------ */
@@ -751,13 +766,15 @@ static int live_impl(keel_health_response *out) {
     o.scheduler = i;
     o.name = "health:ping";
     keel_pid_t pid;
+    atomic_fetch_add_explicit(&own_procs, 1, memory_order_relaxed); /* ping_ended takes it back */
     if (keel_spawn(ping_main, a, &o, &pid) != 0) {
+      atomic_fetch_sub_explicit(&own_procs, 1, memory_order_relaxed);
       keel_await_cancel(ref);
       free(a);
       continue;
     }
     /* The ping owns a; freed when it ends, even if it never runs. */
-    if (keel_on_exit_of(pid, free, a) != 0) free(a);
+    if (keel_on_exit_of(pid, ping_ended, a) != 0) ping_ended(a);
     refs[i] = ref;
   }
   for (int i = 0; i < n; i++) {

@@ -657,7 +657,15 @@ KT_CASE(builtin_memory_and_processes_thresholds) {
   c = check_of(j, "processes");
   KEYS(c, "status", "required", "duration_ms", "message", "count", "min");
   CHECK_STR(str(c, "status"), "ok");
-  CHECK(json_integer_value(json_object_get(c, "count")) >= 2); /* this case and the check */
+  CHECK(json_integer_value(json_object_get(c, "count")) >= 1); /* this case; not the check */
+  /* the node's figure and the check's agree in one body: health's own
+   * processes (the two checks here) are in neither. One of slack: a check
+   * process that already answered may be between its exit hook and its
+   * removal for a few microseconds when the node's figure is read; counting
+   * the checks gave a difference of 2 */
+  json_int_t node = json_integer_value(json_object_get(j, "processes"));
+  json_int_t check = json_integer_value(json_object_get(c, "count"));
+  CHECK(node - check <= 1 && check - node <= 1);
   CHECK_EQ(json_integer_value(json_object_get(c, "min")), 1);
   json_decref(j);
   keel_health_reset();
