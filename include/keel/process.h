@@ -159,6 +159,15 @@ const char *keel_self_name(void);
  * Errors: KEEL_ENOTPROC, KEEL_ENOMEM. */
 int keel_on_exit(void (*fn)(void *arg), void *arg);
 
+/* Sets fn(kind, text, arg) to run in the calling process, on its own stack,
+ * when it calls keel_exit (or keel_exitf), before it ends; not when an exit
+ * signal ends it, nor when its function returns. One per process: a new
+ * call replaces it, fn NULL clears it; it is cleared before it runs (a
+ * keel_exit inside fn ends the process at once). For behaviours whose
+ * cleanup callback must run in the process (gen_server's terminate when a
+ * callback calls keel_exit, as in OTP). Errors: KEEL_ENOTPROC. */
+int keel_before_exit(void (*fn)(keel_reason_kind kind, const char *text, void *arg), void *arg);
+
 /* Registers fn(arg) to run when process `pid` exits (as keel_on_exit, but for
  * another process: the request travels as a signal). If pid is already dead
  * the call returns KEEL_ENOPROC and fn is not called: the caller cleans up

@@ -17,7 +17,9 @@
  *
  * A trapping server whose parent (the linked starter, normally a supervisor)
  * sends an exit signal terminates with that reason, running terminate, as
- * OTP's gen_server does.
+ * OTP's gen_server does; so does a callback that calls keel_exit
+ * (keel_before_exit runs terminate in the process before it ends). A kill
+ * runs no terminate.
  */
 #include <stdatomic.h>
 #include <stdio.h>
@@ -135,6 +137,7 @@ static void send_ack(keel_pid_t to, keel_ref_t ref, int rc, keel_reason_kind kin
 _Noreturn static void finish(gs_server *sv, keel_reason_kind kind, const char *text) {
   char buf[256];
   snprintf(buf, sizeof buf, "%s", text ? text : "");
+  keel_before_exit(NULL, NULL); /* terminate runs here, not again on the way out */
   if (sv->beh->terminate) sv->beh->terminate((keel_reason){kind, buf}, sv->state);
   keel_local_set(KEEL_LOCAL_GEN_SERVER, NULL);
   keel_exit(kind, buf);
@@ -150,6 +153,14 @@ static void check(gs_server *sv, int rc) {
   char text[128];
   snprintf(text, sizeof text, "callback returned %s (%s)", keel_err_name(rc), keel_strerror(rc));
   finish(sv, KEEL_REASON_ERROR, sv->stop_set ? sv->stop_text : text);
+}
+
+/* A callback called keel_exit: terminate with that reason first, in the
+ * process, as OTP's gen_server does for exit/1 in a callback. */
+static void exit_in_callback(keel_reason_kind kind, const char *text, void *arg) {
+  gs_server *sv = arg;
+  if (sv->beh->terminate) sv->beh->terminate((keel_reason){kind, text ? text : ""}, sv->state);
+  keel_local_set(KEEL_LOCAL_GEN_SERVER, NULL);
 }
 
 /* Runs when the server process ends, however it ends (a kill runs no
@@ -200,6 +211,7 @@ static void server_main(void *p) {
     keel_exit(kind, text);
   }
   sv->stop_set = false;
+  keel_before_exit(exit_in_callback, sv); /* from here, terminate runs on keel_exit */
   send_ack(starter, ack_ref, 0, KEEL_REASON_NORMAL, NULL);
   /* sa is gone from here on: the starter has returned. */
 

@@ -238,6 +238,9 @@ typedef struct keel__proc {
   keel__monvec monitored_by; /* monitors held on this process (ref -> watcher) */
   keel__reftab refs;         /* armed references */
   keel__exit_hook *exit_hooks;
+  /* keel_before_exit: runs in the process when it calls keel_exit */
+  void (*before_exit)(keel_reason_kind kind, const char *text, void *arg);
+  void *before_exit_arg;
   void *local[KEEL_LOCAL_SLOTS]; /* keel_local_get/set */
   void (*io_cleanup)(void *); /* closes the libuv handle of an I/O wait if the process dies in it */
   void *io_cleanup_arg;

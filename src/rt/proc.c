@@ -241,6 +241,8 @@ int keel_spawn(keel_proc_fn fn, void *arg, const keel_spawn_opts *opts, keel_pid
   p->monitors.n = 0;
   p->monitored_by.n = 0;
   p->exit_hooks = NULL;
+  p->before_exit = NULL;
+  p->before_exit_arg = NULL;
   memset(p->local, 0, sizeof p->local);
   p->trap_exit = opts->trap_exit;
   p->hold_exits = 0;
@@ -408,7 +410,20 @@ _Noreturn void keel_exit(keel_reason_kind kind, const char *text) {
     abort();
   }
   if (kind == KEEL_REASON_KILL) kind = KEEL_REASON_KILLED;
+  if (p->before_exit) { /* once: a keel_exit inside it ends the process at once */
+    void (*fn)(keel_reason_kind, const char *, void *) = p->before_exit;
+    p->before_exit = NULL;
+    fn(kind, text, p->before_exit_arg);
+  }
   keel__proc_die(p, kind, text);
+}
+
+int keel_before_exit(void (*fn)(keel_reason_kind kind, const char *text, void *arg), void *arg) {
+  keel__proc *p = keel__proc_self();
+  if (!p) return KEEL_ENOTPROC;
+  p->before_exit = fn;
+  p->before_exit_arg = arg;
+  return 0;
 }
 
 _Noreturn void keel_exitf(const char *fmt, ...) {

@@ -19,6 +19,7 @@ enum {
   T_DEFER,         /* call: a worker process replies with payload+1 */
   T_DEFER_TWICE,   /* call: a worker replies twice */
   T_COUNTS,        /* call: infos + 100 * exits + 10000 * downs */
+  T_EXIT_IN_CALL,  /* call: keel_exit(error, "exit in a callback") */
   T_PLAIN = 30,    /* a plain message for handle_info */
 };
 
@@ -109,6 +110,8 @@ static int ts_call(void *s, keel_gs_from from, keel_msg_t **req, keel_msg_t **re
     return KEEL_GS_REPLY;
   case T_CRASH:
     return KEEL_EIO;
+  case T_EXIT_IN_CALL:
+    keel_exit(KEEL_REASON_ERROR, "exit in a callback");
   case T_STOP_IN_CALL:
     return keel_gs_stop(KEEL_REASON_ERROR, "died during call");
   case T_STOP_REPLY:
@@ -459,6 +462,18 @@ KT_CASE(terminate_gets_the_reason_and_the_state) {
   CHECK_EQ(probe.kind, KEEL_REASON_ERROR);
   CHECK(strcmp(probe.text, text) == 0);
   CHECK(strstr(text, "KEEL_EIO") != NULL);
+
+  /* keel_exit inside a callback: terminate runs, with that reason (OTP) */
+  memset(&probe, 0, sizeof probe);
+  s = ts_start(&probe, NULL);
+  CHECK_OK(keel_monitor(s, &ref));
+  keel_msg_t *reply = NULL;
+  CHECK_EQ(keel_gs_call(s, kt_msg_u64(T_EXIT_IN_CALL, 0), &reply, KT_LONG, NULL), KEEL_EDOWN);
+  CHECK_EQ(kt_wait_down(ref, s, text, sizeof text), KEEL_REASON_ERROR);
+  CHECK(strcmp(text, "exit in a callback") == 0);
+  CHECK_EQ(atomic_load(&probe.terminated), 1);
+  CHECK_EQ(probe.kind, KEEL_REASON_ERROR);
+  CHECK(strcmp(probe.text, "exit in a callback") == 0);
 
   /* killed: terminate does not run */
   memset(&probe, 0, sizeof probe);
