@@ -44,12 +44,12 @@ typedef struct keel__match {
   char allow[96];                     /* when route is NULL and the path is known */
 } keel__match;
 
-/* Matches method + raw path (percent-encoded; segments are decoded one by
- * one). Returns 0 with m->route set, KEEL_ENOENT (unknown path), 1 (known
+/* Matches method + raw path (its path_len bytes, percent-encoded; segments
+ * are decoded one by one). Returns 0 with m->route set, KEEL_ENOENT (unknown path), 1 (known
  * path, other method: m->allow lists the methods, m->pattern names it),
  * KEEL_EINVAL (a bad percent escape) or KEEL_ENOMEM. */
 int keel__router_match(const keel_http_router *r, const char *method, const char *path,
-                       keel__match *m);
+                       size_t path_len, keel__match *m);
 void keel__match_free(keel__match *m);
 
 /* ---- requests and responses ---------------------------------------------- */

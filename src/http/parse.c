@@ -138,7 +138,6 @@ static int on_message_begin(llhttp_t *p) {
   rp->rq = rq;
   rp->head_bytes = 0;
   rp->nhost = 0;
-  rp->in_value = false;
   rp->head_done = rp->te_seen = rp->te_other = rp->conn_close = rp->conn_keep_alive = false;
   rp->version_seen = false;
   return 0;
@@ -159,7 +158,6 @@ static int on_header_field(llhttp_t *p, const char *at, size_t n) {
 static int on_header_value(llhttp_t *p, const char *at, size_t n) {
   keel__reqparse *rp = rp_of(p);
   if (folded(rp, at)) return fail(rp, 400, "Folded header line (obs-fold)");
-  rp->in_value = true;
   return charge(rp, n) ? HPE_USER : grow(rp, &rp->hvalue, &rp->hvlen, at, n);
 }
 
@@ -172,7 +170,6 @@ static int on_header_value_complete(llhttp_t *p) {
     free(rp->hvalue);
     rp->hfield = rp->hvalue = NULL;
     rp->hflen = rp->hvlen = 0;
-    rp->in_value = false;
     return 0;
   }
   if (rq->nh == KEEL__MAX_HEADERS) return fail(rp, 431, "Too many header fields");
@@ -203,7 +200,6 @@ static int on_header_value_complete(llhttp_t *p) {
   rq->nh++;
   rp->hfield = rp->hvalue = NULL;
   rp->hflen = rp->hvlen = 0;
-  rp->in_value = false;
   return 0;
 }
 
@@ -330,7 +326,6 @@ keel_http_req *keel__reqparse_take(keel__reqparse *rp) {
   free(rp->hvalue);
   rp->hfield = rp->hvalue = NULL;
   rp->hflen = rp->hvlen = 0;
-  rp->in_value = false;
   rp->blank_lines = 0;
   rp->ntail = 0;
   rp->prev_nonws = 0;

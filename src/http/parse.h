@@ -30,7 +30,6 @@ typedef struct keel__reqparse {
   keel_http_req *rq;     /* being parsed, or complete (take it) */
   char *hfield, *hvalue; /* the field being read */
   size_t hflen, hvlen;
-  bool in_value;
   size_t head_bytes;
   int nhost;
   int blank_lines;       /* CRLFs seen before the current request line */

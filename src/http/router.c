@@ -40,26 +40,30 @@ void keel_http_router_free(keel_http_router *r) {
   free(r);
 }
 
-/* Splits "/a/b/c" into {"a","b","c"}; "/" gives no segment. */
-static int split(const char *path, char ***out, size_t *n) {
+/* Splits the len bytes of "/a/b/c" into {"a","b","c"}, each segment
+ * percent-decoded when decode is set (KEEL_EINVAL on a bad escape); "/"
+ * gives no segment. */
+static int split(const char *path, size_t len, bool decode, char ***out, size_t *n) {
   *out = NULL;
   *n = 0;
   size_t cap = 0;
-  const char *p = path;
-  while (*p == '/')
+  const char *p = path, *end = path + len;
+  while (p < end && *p == '/')
     p++;
-  while (*p) {
-    const char *e = strchr(p, '/');
-    size_t len = e ? (size_t)(e - p) : strlen(p);
+  while (p < end) {
+    const char *e = memchr(p, '/', (size_t)(end - p));
+    size_t sl = e ? (size_t)(e - p) : (size_t)(end - p);
     if (*n == cap) {
       cap = cap ? cap * 2 : 8;
       char **v = realloc(*out, cap * sizeof *v);
       if (!v) return KEEL_ENOMEM;
       *out = v;
     }
-    if (!((*out)[(*n)++] = strndup(p, len))) return KEEL_ENOMEM;
-    p += len;
-    while (*p == '/')
+    char *seg = decode ? keel__pct_decode(p, sl, false) : strndup(p, sl);
+    if (!seg) return decode ? KEEL_EINVAL : KEEL_ENOMEM;
+    (*out)[(*n)++] = seg;
+    p += sl;
+    while (p < end && *p == '/')
       p++;
   }
   return 0;
@@ -85,7 +89,7 @@ int keel_http_route(keel_http_router *r, const char *method, const char *pattern
   snprintf(rt->method, sizeof rt->method, "%s", method);
   rt->fn = fn;
   rt->ud = ud;
-  int rc = (rt->pattern = strdup(pattern)) ? split(pattern, &rt->seg, &rt->nseg) : KEEL_ENOMEM;
+  int rc = (rt->pattern = strdup(pattern)) ? split(pattern, strlen(pattern), false, &rt->seg, &rt->nseg) : KEEL_ENOMEM;
   size_t nparams = 0;
   for (size_t i = 0; !rc && i < rt->nseg; i++) {
     const char *s = rt->seg[i];
@@ -138,17 +142,11 @@ static bool route_matches(const keel__route *rt, char **seg, size_t nseg, size_t
 }
 
 int keel__router_match(const keel_http_router *r, const char *method, const char *path,
-                       keel__match *m) {
+                       size_t path_len, keel__match *m) {
   memset(m, 0, sizeof *m);
   char **seg;
   size_t nseg;
-  int err = split(path, &seg, &nseg);
-  for (size_t i = 0; !err && i < nseg; i++) { /* each segment decoded alone: %2F stays inside */
-    char *d = keel__pct_decode(seg[i], strlen(seg[i]), false);
-    if (!d) err = KEEL_EINVAL;
-    free(seg[i]);
-    seg[i] = d;
-  }
+  int err = split(path, path_len, true, &seg, &nseg); /* each segment decoded alone: %2F stays inside */
   if (err) {
     for (size_t i = 0; i < nseg; i++)
       free(seg[i]);

@@ -162,7 +162,6 @@ struct keel_http_server {
   keel_metric_family *m_in_flight, *m_paused;
   keel_gauge *in_flight_g;
   keel_counter *paused_c;       /* accept pauses for want of descriptors */
-  _Atomic uint64_t pauses;      /* the same, without metrics */
   _Atomic int64_t pause_log_ms; /* when the last pause was logged */
   _Atomic uint64_t pause_quiet; /* pauses since then, not logged */
 };
@@ -474,7 +473,6 @@ static void send_response(keel_http_req *rq) {
     if (!head && res->status != 204) keel__jw_put(&b, res->body, res->len);
     if (!b.oom) {
       bytes_out = b.len;
-      if (!keep) c->done = true;
       conn_write(c, b.p, b.len);
     } else {
       free(b.p);
@@ -667,9 +665,7 @@ static void dispatch(keel__conn *c, keel_http_req *rq) {
   size_t plen = qm ? (size_t)(qm - t) : strlen(t);
   rq->path = keel__pct_decode(t, plen, false);
   rq->query = strdup(qm ? qm + 1 : "");
-  char *raw = strndup(t, plen);
-  if (!rq->path || !rq->query || !raw || rq->path[0] != '/' || t[0] != '/') {
-    free(raw);
+  if (!rq->path || !rq->query || rq->path[0] != '/' || t[0] != '/') {
     fail_now(c, rq, KEEL_HTTP_BAD_REQUEST, "Malformed request target");
     return;
   }
@@ -681,13 +677,11 @@ static void dispatch(keel__conn *c, keel_http_req *rq) {
         keel_http_header(rq, "access-control-request-method"),
         keel_http_header(rq, "access-control-request-headers"), &rq->mw);
     if (v == KEEL__CORS_PREFLIGHT_OK) {
-      free(raw);
       rq->res.status = 204;
       respond_now(c, rq);
       return;
     }
     if (v == KEEL__CORS_PREFLIGHT_REFUSED) {
-      free(raw);
       fail_now(c, rq, KEEL_HTTP_FORBIDDEN, "CORS preflight refused");
       return;
     }
@@ -695,8 +689,7 @@ static void dispatch(keel__conn *c, keel_http_req *rq) {
 
   /* the route first (a 429 or 405 on a routed path is labelled with its
    * route), answered after the rate limit */
-  int m = keel__router_match(s->router, rq->method, raw, &rq->match);
-  free(raw);
+  int m = keel__router_match(s->router, rq->method, t, plen, &rq->match);
 
   /* rate limit */
   if (s->rl && !skip_rate_limit(s, rq->path)) {
@@ -757,8 +750,7 @@ static void conn_fail(keel__conn *c, keel_http_req *rq, int status, const char *
     snprintf(rq->method, sizeof rq->method, "%s", llhttp_method_name(c->rp.p.method));
   if (!rq->reqid[0]) keel__reqid_make(rq->reqid);
   set_client_ip(c, rq);
-  rq->keepalive = false;
-  c->done = true;
+  rq->keepalive = false; /* send_response closes after the answer */
   timer_set(c, T_NONE, 0);
   keel_http_error_kind k = status == 413   ? KEEL_HTTP_TOO_LARGE
                            : status == 431 ? KEEL_HTTP_HEADERS_TOO_LARGE
@@ -982,8 +974,6 @@ static void on_read(uv_stream_t *st, ssize_t n, const uv_buf_t *buf) {
 
 static void on_connection(uv_stream_t *server, int status);
 
-static int64_t mono_ms(void) { return (int64_t)(keel__http_now_ns() / 1000000u); }
-
 /* The listener's handles close one by one; the last one tells stop. */
 static void listener_handle_closed(uv_handle_t *h) {
   keel__listener *l = h->data;
@@ -1092,9 +1082,8 @@ static void accept_pause(keel__listener *l, int status) {
     uv_close((uv_handle_t *)&l->tcp, listener_handle_closed);
   int shed = shed_idle(l);
   uv_timer_start(&l->backoff, on_backoff, ACCEPT_BACKOFF_MS, 0);
-  atomic_fetch_add_explicit(&s->pauses, 1, memory_order_relaxed);
   if (s->paused_c) keel_counter_inc(s->paused_c);
-  int64_t now = mono_ms(), last = atomic_load_explicit(&s->pause_log_ms, memory_order_relaxed);
+  int64_t now = (int64_t)(keel__http_now_ns() / 1000000u), last = atomic_load_explicit(&s->pause_log_ms, memory_order_relaxed);
   if (last && now - last < ACCEPT_LOG_MS) {
     atomic_fetch_add_explicit(&s->pause_quiet, 1, memory_order_relaxed);
     return;
