@@ -102,26 +102,7 @@ start() {
   printf -v "pid_$name" '%s' "$!"
 }
 
-# wait_log NAME JQ_FILTER [SECONDS]: waits until a line of NAME's log matches.
-wait_log() {
-  local f=$tmp/$1/log end=$((SECONDS + ${3:-10}))
-  while :; do
-    if [ -f "$f" ] && jq -ec "select($2)" "$f" 2>/dev/null | grep -q .; then return 0; fi
-    [ $SECONDS -lt $end ] || return 1
-    sleep 0.1
-  done
-}
-
-# wait_startup HEALTH_PORT NAME: /health/startup 200 and "microservice started" (20 s at most).
-wait_startup() {
-  local end=$((SECONDS + 20))
-  while [ $SECONDS -lt $end ]; do
-    if [ "$(curl -s -o /dev/null --max-time 2 -w '%{http_code}' "http://127.0.0.1:$1/health/startup")" = 200 ] &&
-      wait_log "$2" '.msg == "microservice started"' 0; then return 0; fi
-    sleep 0.1
-  done
-  return 1
-}
+. "$(cd "$(dirname "${BASH_SOURCE[0]}")" && pwd)/ms_lib.sh" # wait_log, wait_startup
 
 # alive PID: the process exists and is not a zombie.
 alive() {

@@ -72,28 +72,7 @@ start() {
   printf -v "pid_$name" '%s' "$pid"
 }
 
-# wait_log NAME JQ_FILTER [SECONDS]: waits until a line of NAME's log matches.
-wait_log() {
-  local f=$tmp/$1/log end=$((SECONDS + ${3:-20}))
-  while :; do
-    if [ -f "$f" ] && jq -ec "select($2)" "$f" 2>/dev/null | grep -q .; then return 0; fi
-    [ $SECONDS -lt $end ] || return 1
-    sleep 0.1
-  done
-}
-
-# wait_startup HEALTH_PORT NAME: /health/startup answers 200 (20 s at most) and
-# NAME logged "microservice started" (so a second instance on shared ports is
-# known to be up, not only the first).
-wait_startup() {
-  local end=$((SECONDS + 20))
-  while [ $SECONDS -lt $end ]; do
-    if [ "$(curl -s -o /dev/null -w '%{http_code}' "http://127.0.0.1:$1/health/startup")" = 200 ] &&
-      wait_log "$2" '.msg == "microservice started"' 0; then return 0; fi
-    sleep 0.1
-  done
-  return 1
-}
+. "$(cd "$(dirname "${BASH_SOURCE[0]}")" && pwd)/ms_lib.sh" # wait_log, wait_startup
 
 # wait_exit PID SECONDS: waits for the process and sets `code` (137: killed
 # because it did not exit in time).
