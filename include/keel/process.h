@@ -160,7 +160,8 @@ const char *keel_self_name(void);
 int keel_on_exit(void (*fn)(void *arg), void *arg);
 
 /* Sets fn(kind, text, arg) to run in the calling process, on its own stack,
- * when it calls keel_exit (or keel_exitf), before it ends; not when an exit
+ * when it calls keel_exit (or keel_exitf), before it ends, with the reason
+ * as given to keel_exit; not when an exit
  * signal ends it, nor when its function returns. One per process: a new
  * call replaces it, fn NULL clears it; it is cleared before it runs (a
  * keel_exit inside fn ends the process at once). For behaviours whose

@@ -371,13 +371,13 @@ static void arg_release(check_arg *a) {
   free(a);
 }
 
-/* The process's exit hook: it ended (however), so it is no zombie any more. */
 /* Health's own processes (checks, scheduler pings) while they live: not
  * the service's, so not counted in processCount or the processes check
  * (which would otherwise disagree in one body by the checks running).
  * relaxed: a count, read for a report. */
 static atomic_size_t own_procs;
 
+/* The process's exit hook: it ended (however), so it is no zombie any more. */
 static void check_ended(void *p) {
   check_arg *a = p;
   atomic_fetch_sub_explicit(&own_procs, 1, memory_order_relaxed);

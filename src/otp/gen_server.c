@@ -133,13 +133,11 @@ static void send_ack(keel_pid_t to, keel_ref_t ref, int rc, keel_reason_kind kin
   keel_reply(to, ref, keel_msg_copy(0, &a, sizeof a));
 }
 
-/* Ends the server: terminate, then exit with the reason. */
-_Noreturn static void finish(gs_server *sv, keel_reason_kind kind, const char *text) {
+/* Ends the server: exit with the reason; terminate runs on the way out, in
+ * run_terminate, the same path as a callback's own keel_exit. */
+_Noreturn static void finish(keel_reason_kind kind, const char *text) {
   char buf[256];
   snprintf(buf, sizeof buf, "%s", text ? text : "");
-  keel_before_exit(NULL, NULL); /* terminate runs here, not again on the way out */
-  if (sv->beh->terminate) sv->beh->terminate((keel_reason){kind, buf}, sv->state);
-  keel_local_set(KEEL_LOCAL_GEN_SERVER, NULL);
   keel_exit(kind, buf);
 }
 
@@ -147,17 +145,18 @@ _Noreturn static void finish(gs_server *sv, keel_reason_kind kind, const char *t
 static void check(gs_server *sv, int rc) {
   if (rc >= 0 && rc != KEEL_GS_STOP) return;
   if (rc == KEEL_GS_STOP) {
-    if (!sv->stop_set) finish(sv, KEEL_REASON_NORMAL, NULL);
-    finish(sv, sv->stop_kind, sv->stop_text);
+    if (!sv->stop_set) finish(KEEL_REASON_NORMAL, NULL);
+    finish(sv->stop_kind, sv->stop_text);
   }
   char text[128];
   snprintf(text, sizeof text, "callback returned %s (%s)", keel_err_name(rc), keel_strerror(rc));
-  finish(sv, KEEL_REASON_ERROR, sv->stop_set ? sv->stop_text : text);
+  finish(KEEL_REASON_ERROR, sv->stop_set ? sv->stop_text : text);
 }
 
-/* A callback called keel_exit: terminate with that reason first, in the
- * process, as OTP's gen_server does for exit/1 in a callback. */
-static void exit_in_callback(keel_reason_kind kind, const char *text, void *arg) {
+/* The server's keel_before_exit hook: terminate with the reason, in the
+ * process, whether the server ends by finish or a callback calls keel_exit
+ * itself (as OTP's gen_server does for exit/1 in a callback). */
+static void run_terminate(keel_reason_kind kind, const char *text, void *arg) {
   gs_server *sv = arg;
   if (sv->beh->terminate) sv->beh->terminate((keel_reason){kind, text ? text : ""}, sv->state);
   keel_local_set(KEEL_LOCAL_GEN_SERVER, NULL);
@@ -211,7 +210,7 @@ static void server_main(void *p) {
     keel_exit(kind, text);
   }
   sv->stop_set = false;
-  keel_before_exit(exit_in_callback, sv); /* from here, terminate runs on keel_exit */
+  keel_before_exit(run_terminate, sv); /* from here, terminate runs on keel_exit */
   send_ack(starter, ack_ref, 0, KEEL_REASON_NORMAL, NULL);
   /* sa is gone from here on: the starter has returned. */
 
@@ -254,7 +253,7 @@ static void server_main(void *p) {
           snprintf(text, sizeof text, "%s", ((sys_stop *)keel_msg_data(m))->text);
           keel_msg_free(sv->cur);
           sv->cur = NULL;
-          finish(sv, st.kind, text);
+          finish(st.kind, text);
         }
       }
       break;
@@ -270,7 +269,7 @@ static void server_main(void *p) {
           keel_reason_kind kind = r.kind;
           keel_msg_free(sv->cur);
           sv->cur = NULL;
-          finish(sv, kind, text);
+          finish(kind, text);
         }
       }
       rc = sv->beh->handle_info ? sv->beh->handle_info(sv->state, &sv->cur) : 0;

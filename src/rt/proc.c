@@ -409,12 +409,12 @@ _Noreturn void keel_exit(keel_reason_kind kind, const char *text) {
     fprintf(stderr, "keel: keel_exit called outside a process\n");
     abort();
   }
-  if (kind == KEEL_REASON_KILL) kind = KEEL_REASON_KILLED;
   if (p->before_exit) { /* once: a keel_exit inside it ends the process at once */
     void (*fn)(keel_reason_kind, const char *, void *) = p->before_exit;
     p->before_exit = NULL;
-    fn(kind, text, p->before_exit_arg);
+    fn(kind, text, p->before_exit_arg); /* the reason as the caller gave it */
   }
+  if (kind == KEEL_REASON_KILL) kind = KEEL_REASON_KILLED;
   keel__proc_die(p, kind, text);
 }
 
