@@ -25,8 +25,8 @@ static void start(void) {
   snprintf(path, sizeof path, "%s/keel_bench_log_%d.log", dir && *dir ? dir : "/tmp",
            (int)getpid());
   unlink(path);
-  keel_log_options o;
-  keel_log_options_init(&o);
+  keel_log_opts o;
+  keel_log_opts_init(&o);
   o.file = path;
   o.level = KEEL_LOG_INFO;
   o.format = KEEL_LOG_JSON;

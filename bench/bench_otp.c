@@ -62,7 +62,7 @@ static int w_call(void *st, keel_gs_from from, keel_msg_t **req, keel_msg_t **re
 
 static int w_cast(void *st, keel_msg_t **msg) {
   (void)st;
-  if (keel_msg_tag(*msg) == CRASH) return keel_gs_stop(KEEL_REASON_ERROR, "crashed");
+  if (keel_msg_tag(*msg) == CRASH) return keel_gs_stopping(KEEL_REASON_ERROR, "crashed");
   return KEEL_GS_OK;
 }
 
@@ -105,7 +105,7 @@ static void call_rtt_main(void *arg) {
     if (rc) bench_fail("call_rtt call", rc);
   }
   double t1 = now_ns();
-  keel_gs_stop_server(server, KEEL_REASON_NORMAL, NULL, KEEL_INFINITY);
+  keel_gs_stop(server, KEEL_REASON_NORMAL, NULL, KEEL_INFINITY);
   bench_result = (t1 - t0) / CALL_N;
 }
 
@@ -133,13 +133,13 @@ static void restart_main(void *arg) {
   keel_rt_set_report_handler(no_reports, NULL);
   static double samples[RESTART_N];
   int k = 0;
-  keel_child_spec child = {.id = "worker",
-                           .start = start_worker,
-                           .arg = WORKER_NAME,
-                           .restart = KEEL_PERMANENT,
-                           .shutdown = 5000,
-                           .type = KEEL_WORKER};
-  keel_sup_spec spec = {.strategy = KEEL_ONE_FOR_ONE,
+  keel_sup_child_spec child = {.id = "worker",
+                               .start = start_worker,
+                               .arg = WORKER_NAME,
+                               .restart = KEEL_SUP_PERMANENT,
+                               .shutdown = 5000,
+                               .type = KEEL_SUP_WORKER};
+  keel_sup_spec spec = {.strategy = KEEL_SUP_ONE_FOR_ONE,
                         .intensity = 1000000,
                         .period_ms = 1000,
                         .children = &child,
@@ -150,7 +150,7 @@ static void restart_main(void *arg) {
     if (rc) bench_fail("restart_latency: supervisor start", rc);
     for (int i = 0; i < RESTART_BATCH; i++)
       samples[k++] = restart_once();
-    keel_gs_stop_server(sup, KEEL_REASON_SHUTDOWN, NULL, KEEL_INFINITY);
+    keel_gs_stop(sup, KEEL_REASON_SHUTDOWN, NULL, KEEL_INFINITY);
   }
   qsort(samples, (size_t)k, sizeof samples[0], bench_cmp_double);
   if (getenv("KEEL_BENCH_STATS"))
@@ -166,18 +166,18 @@ static void restart_main(void *arg) {
 
 static void sup_start_main(void *arg) {
   (void)arg;
-  static keel_child_spec children[SUP_CHILDREN];
+  static keel_sup_child_spec children[SUP_CHILDREN];
   static char ids[SUP_CHILDREN][16];
   for (int i = 0; i < SUP_CHILDREN; i++) {
     snprintf(ids[i], sizeof ids[i], "%d", i + 1);
-    children[i] = (keel_child_spec){.id = ids[i],
-                                    .start = start_worker,
-                                    .arg = NULL,
-                                    .restart = KEEL_PERMANENT,
-                                    .shutdown = 5000,
-                                    .type = KEEL_WORKER};
+    children[i] = (keel_sup_child_spec){.id = ids[i],
+                                        .start = start_worker,
+                                        .arg = NULL,
+                                        .restart = KEEL_SUP_PERMANENT,
+                                        .shutdown = 5000,
+                                        .type = KEEL_SUP_WORKER};
   }
-  keel_sup_spec spec = {.strategy = KEEL_ONE_FOR_ONE,
+  keel_sup_spec spec = {.strategy = KEEL_SUP_ONE_FOR_ONE,
                         .intensity = 1,
                         .period_ms = 5000,
                         .children = children,
@@ -187,11 +187,11 @@ static void sup_start_main(void *arg) {
   int rc = keel_sup_start(&spec, NULL, &sup, NULL);
   double t1 = now_ns();
   if (rc) bench_fail("supervisor_start", rc);
-  keel_child_counts cc;
+  keel_sup_child_counts cc;
   rc = keel_sup_count_children(sup, &cc);
   if (rc || cc.workers != SUP_CHILDREN)
     bench_fail("supervisor_start: count_children", rc ? rc : KEEL_ERANGE);
-  keel_gs_stop_server(sup, KEEL_REASON_SHUTDOWN, NULL, KEEL_INFINITY);
+  keel_gs_stop(sup, KEEL_REASON_SHUTDOWN, NULL, KEEL_INFINITY);
   bench_result = (t1 - t0) / SUP_CHILDREN;
 }
 

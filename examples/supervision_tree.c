@@ -33,7 +33,7 @@ static int bank_call(void *state, keel_gs_from from, keel_msg_t **req, keel_msg_
   case DEPOSIT: *balance += amount; break;
   case WITHDRAW:
     if (amount > *balance)
-      return keel_gs_stop(KEEL_REASON_ERROR, "overdraft: %ld > %ld", amount, *balance);
+      return keel_gs_stopping(KEEL_REASON_ERROR, "overdraft: %ld > %ld", amount, *balance);
     *balance -= amount;
     break;
   }
@@ -72,10 +72,9 @@ static void transact(int op, long amount) {
 static void client(void *arg) {
   (void)arg;
   int sub = keel_sup_subscribe(on_event, NULL);
-  static const keel_gs_child bank_child = {.beh = &bank, .name = "bank"};
-  static const keel_child_spec children[] = {
-      {.id = "bank", .start = keel_gs_child_start, .arg = (void *)&bank_child}};
-  keel_sup_spec spec = {.strategy = KEEL_ONE_FOR_ONE, .children = children, .nchildren = 1};
+  static const keel_sup_child_spec children[] = {
+      {.id = "bank", .gen_server = &bank, .name = "bank"}};
+  keel_sup_spec spec = {.strategy = KEEL_SUP_ONE_FOR_ONE, .children = children, .nchildren = 1};
   keel_pid_t sup;
   keel_gs_exit why;
   if (keel_sup_start(&spec, NULL, &sup, &why) != 0) {
@@ -86,7 +85,7 @@ static void client(void *arg) {
   transact(WITHDRAW, 500); /* crashes the bank */
   keel_sleep(10);          /* the restart has happened by now */
   transact(BALANCE, 0);    /* a fresh bank: 100 */
-  keel_gs_stop_server(sup, KEEL_REASON_SHUTDOWN, NULL, 5000);
+  keel_gs_stop(sup, KEEL_REASON_SHUTDOWN, NULL, 5000);
   keel_sup_unsubscribe(sub);
   printf("tree stopped\n");
 }

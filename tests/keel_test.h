@@ -67,8 +67,8 @@ static inline int kt_run_cases(const kt_case *cases, size_t n, int argc, char **
   size_t passed = 0;
   for (size_t i = 0; i < n; i++) {
     if (argc > 1 && strcmp(argv[1], cases[i].name) != 0) continue;
-    keel_rt_options o;
-    keel_rt_options_init(&o);
+    keel_rt_opts o;
+    keel_rt_opts_init(&o);
     o.schedulers = cases[i].schedulers;
     fprintf(stderr, "-- %s\n", cases[i].name);
     int rc = keel_run(cases[i].fn, NULL, &o);

@@ -43,7 +43,6 @@ typedef struct bench_cfg {
 typedef struct bench_state {
   const bench_cfg *cfg;
   keel_metrics *metrics;
-  keel_gs_child child; /* the supervisor borrows it for the child's life */
 } bench_state;
 
 /* ---- handlers ---------------------------------------------------------------- */
@@ -80,8 +79,8 @@ static int http_init(void *arg, void **state) {
     return rc;
   }
 
-  keel_http_options o;
-  keel_http_options_init(&o);
+  keel_http_opts o;
+  keel_http_opts_init(&o);
   o.name = "api";
   o.host = st->cfg->host;
   o.port = st->cfg->port;
@@ -120,15 +119,15 @@ static int app_start(keel_app_t *app, void *config, keel_pid_t *root, void **sta
   if (!rc) rc = keel_metrics_register_builtin(st->metrics);
   if (rc) goto fail;
 
-  st->child = (keel_gs_child){.beh = &http_server, .arg = st, .name = "http"};
-  keel_child_spec spec = {
+  keel_sup_child_spec spec = {
       .id = "http",
-      .start = keel_gs_child_start,
-      .arg = &st->child,
-      .restart = KEEL_PERMANENT,
+      .gen_server = &http_server,
+      .arg = st,
+      .name = "http",
+      .restart = KEEL_SUP_PERMANENT,
       .shutdown = DRAIN_MS + 2000, /* terminate drains for up to DRAIN_MS */
   };
-  keel_sup_spec sup = {.strategy = KEEL_ONE_FOR_ONE, .children = &spec, .nchildren = 1};
+  keel_sup_spec sup = {.strategy = KEEL_SUP_ONE_FOR_ONE, .children = &spec, .nchildren = 1};
   keel_sup_opts so = {.name = "bench_http_sup", .link = true};
   keel_gs_exit why;
   rc = keel_sup_start(&sup, &so, root, &why);
@@ -175,8 +174,8 @@ int main(void) {
   if (cfg.port < 0) return KEEL_CONFIG_EXIT;
   if (!cfg.host || !*cfg.host) cfg.host = "0.0.0.0";
 
-  keel_log_options lo;
-  keel_log_options_init(&lo); /* LOG_FILE, LOG_LEVEL, LOG_FORMAT, SERVICE_NAME */
+  keel_log_opts lo;
+  keel_log_opts_init(&lo); /* LOG_FILE, LOG_LEVEL, LOG_FORMAT, SERVICE_NAME */
   if (!getenv("SERVICE_NAME")) lo.service = "bench-http";
   int rc = keel_log_init(&lo);
   if (rc) {

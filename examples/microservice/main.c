@@ -254,9 +254,7 @@ typedef struct service {
   const config *cfg;
   keel_metrics *metrics;
   keel_http_server *api, *admin;
-  keel_gs_child router_child;
-  keel_gs_child *worker_children;
-  keel_child_spec *specs;
+  keel_sup_child_spec *specs;
   char (*worker_names)[32];
 } service;
 
@@ -326,10 +324,9 @@ static int app_start(keel_app_t *app, void *arg, keel_pid_t *root, void **state)
   int n = (int)cfg->worker_count;
   if (!svc) return KEEL_ENOMEM;
   svc->cfg = cfg;
-  svc->worker_children = calloc((size_t)n, sizeof *svc->worker_children);
   svc->specs = calloc((size_t)n + 1, sizeof *svc->specs);
   svc->worker_names = calloc((size_t)n, sizeof *svc->worker_names);
-  int rc = (svc->worker_children && svc->specs && svc->worker_names) ? 0 : KEEL_ENOMEM;
+  int rc = (svc->specs && svc->worker_names) ? 0 : KEEL_ENOMEM;
 
   /* operations: metrics, health, observer, alerts */
   if (!rc) rc = keel_metrics_new(&svc->metrics, 0);
@@ -347,29 +344,28 @@ static int app_start(keel_app_t *app, void *arg, keel_pid_t *root, void **state)
 
   /* the tree: the router first, then the workers */
   if (!rc) {
-    svc->router_child = (keel_gs_child){.beh = &router_beh, .arg = (void *)(intptr_t)n,
-                                        .name = "router"};
-    svc->specs[0] = (keel_child_spec){.id = "router", .start = keel_gs_child_start,
-                                      .arg = &svc->router_child};
+    svc->specs[0] = (keel_sup_child_spec){
+        .id = "router", .gen_server = &router_beh, .arg = (void *)(intptr_t)n, .name = "router"};
     for (int i = 0; i < n; i++) {
       snprintf(svc->worker_names[i], sizeof svc->worker_names[i], "worker-%d", i + 1);
-      svc->worker_children[i] = (keel_gs_child){.beh = &worker_beh,
+      svc->specs[i + 1] = (keel_sup_child_spec){.id = svc->worker_names[i],
+                                                .gen_server = &worker_beh,
                                                 .arg = (void *)(intptr_t)(i + 1),
                                                 .name = svc->worker_names[i]};
-      svc->specs[i + 1] = (keel_child_spec){.id = svc->worker_names[i],
-                                            .start = keel_gs_child_start,
-                                            .arg = &svc->worker_children[i]};
     }
-    keel_sup_spec spec = {.strategy = KEEL_ONE_FOR_ONE, .intensity = 10, .period_ms = 10000,
-                          .children = svc->specs, .nchildren = (size_t)n + 1};
+    keel_sup_spec spec = {.strategy = KEEL_SUP_ONE_FOR_ONE,
+                          .intensity = 10,
+                          .period_ms = 10000,
+                          .children = svc->specs,
+                          .nchildren = (size_t)n + 1};
     keel_sup_opts so = {.name = "microservice_sup", .link = true};
     rc = keel_sup_start(&spec, &so, root, NULL);
   }
 
   /* the admin port, then the API */
   if (!rc) {
-    keel_admin_options ad;
-    keel_admin_options_init(&ad);
+    keel_admin_opts ad;
+    keel_admin_opts_init(&ad);
     ad.host = cfg->host;
     ad.port = (int)cfg->health_port;
     ad.metrics = svc->metrics;
@@ -385,8 +381,8 @@ static int app_start(keel_app_t *app, void *arg, keel_pid_t *root, void **state)
       size_t l = strlen(origins);
       snprintf(origins + l, sizeof origins - l, "%s%s", i ? "," : "", cfg->cors_origins.items[i]);
     }
-    keel_http_options ho;
-    keel_http_options_init(&ho);
+    keel_http_opts ho;
+    keel_http_opts_init(&ho);
     ho.host = cfg->host;
     ho.port = (int)cfg->port;
     ho.metrics = svc->metrics;
@@ -407,7 +403,6 @@ static int app_start(keel_app_t *app, void *arg, keel_pid_t *root, void **state)
     keel_observer_stop();
     keel_health_reset();
     keel_metrics_free(svc->metrics);
-    free(svc->worker_children);
     free(svc->specs);
     free(svc->worker_names);
     free(svc);
@@ -449,7 +444,6 @@ static void app_stop(void *state) {
   keel_health_reset();
   keel_metrics_free(svc->metrics);
   keel_log_info(NULL, "microservice stopped");
-  free(svc->worker_children);
   free(svc->specs);
   free(svc->worker_names);
   free(svc);
@@ -464,15 +458,15 @@ static const keel_application microservice = {
 int main(void) {
   config cfg;
   keel_config_rule rules[] = {{.env = "HEALTH_PORT", .check = ports_differ}};
-  keel_config_options co;
-  keel_config_options_init(&co);
+  keel_config_opts co;
+  keel_config_opts_init(&co);
   co.dotenv_path = ".env";
   co.rules = rules;
   co.nrules = 1;
   keel_config_load_or_exit(fields, NFIELDS, &cfg, &co);
 
-  keel_log_options lo;
-  keel_log_options_init(&lo);
+  keel_log_opts lo;
+  keel_log_opts_init(&lo);
   lo.level = cfg.log_level;
   lo.format = cfg.log_format;
   lo.service = cfg.service_name;

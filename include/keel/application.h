@@ -200,8 +200,7 @@ const char *keel_app_stop_reason_name(keel_app_stop_reason reason);
  * destroyed) and returns the exit code, ready for main to return:
  * KEEL_APP_EXIT_OK after a clean stop, else KEEL_APP_EXIT_START_FAILED /
  * _CRASHED / _FORCED. Call from main, outside the runtime. */
-int keel_app_main(const keel_application *beh, const keel_app_opts *opts,
-                  const keel_rt_options *rt);
+int keel_app_main(const keel_application *beh, const keel_app_opts *opts, const keel_rt_opts *rt);
 
 #ifdef __cplusplus
 }

@@ -125,17 +125,17 @@ typedef struct keel_config_rule {
   void *arg; /* passed to check, borrowed */
 } keel_config_rule;
 
-typedef struct keel_config_options {
+typedef struct keel_config_opts {
   const char *dotenv_path;       /* .env file to read; NULL: none. A missing file is
                                     not an error; an unreadable one is. */
   const char *app_env_var;       /* NULL: "APP_ENV" */
   const keel_config_rule *rules; /* borrowed for the call */
   size_t nrules;
   keel_config_env app_env; /* out: the environment in effect after the load */
-} keel_config_options;
+} keel_config_opts;
 
 /* Sets *opts to the defaults: no .env file, APP_ENV, no rules. */
-void keel_config_options_init(keel_config_options *opts);
+void keel_config_opts_init(keel_config_opts *opts);
 
 /* "development", "staging", "production"; NULL for anything else. Static. */
 const char *keel_config_env_name(keel_config_env env);
@@ -160,14 +160,14 @@ const char *keel_config_env_name(keel_config_env env);
  * without values, a duplicate env) is also KEEL_EINVAL, with a line naming the
  * field. KEEL_ENOMEM if memory ran out (*errors is then NULL).
  * Thread safety: see the top of this header (getenv). */
-int keel_config_load(const keel_config_field *table, size_t n, void *out, keel_config_options *opts,
+int keel_config_load(const keel_config_field *table, size_t n, void *out, keel_config_opts *opts,
                      char **errors);
 
 /* keel_config_load for main(): on invalid configuration prints every line to
  * stderr and exits with KEEL_CONFIG_EXIT (78); out of memory prints one line
  * and exits with 71 (EX_OSERR). Returns only on success. */
 void keel_config_load_or_exit(const keel_config_field *table, size_t n, void *out,
-                              keel_config_options *opts);
+                              keel_config_opts *opts);
 
 /* Frees what keel_config_load stored in the struct at cfg and sets those
  * pointer members to NULL; scalars are left alone. Safe on a struct that

@@ -49,16 +49,16 @@ typedef struct keel_gs_from {
 
 /* What a callback asks for. Callbacks return one of these, or a negative
  * KEEL_E* code, which crashes the server with reason error and that code's
- * description (use keel_gs_stop for a text of your own). */
+ * description (use keel_gs_stopping for a text of your own). */
 enum {
   KEEL_GS_OK = 0,      /* cast/info: carry on */
   KEEL_GS_REPLY = 0,   /* call: *reply is sent to the caller (NULL sends an empty reply) */
   KEEL_GS_NOREPLY = 1, /* call: no reply now; reply later with keel_gs_reply(from, ...) */
-  KEEL_GS_STOP = 2,    /* stop; the reason was set with keel_gs_stop (default: normal) */
+  KEEL_GS_STOP = 2,    /* stop; the reason was set with keel_gs_stopping (default: normal) */
 };
 
 typedef struct keel_gen_server {
-  /* Sets *state. Return 0, or a negative code / keel_gs_stop(...) to refuse
+  /* Sets *state. Return 0, or a negative code / keel_gs_stopping(...) to refuse
    * to start (the start returns the code, or KEEL_EDOWN with the reason). */
   int (*init)(void *arg, void **state);
   /* A call. Set *reply (owned by keel once returned) and return
@@ -96,7 +96,7 @@ typedef struct keel_gs_exit {
  * valid for the server's life (normally a static const). On success *out (may
  * be NULL) is the server's pid. Errors: KEEL_EEXIST (name taken), KEEL_ETIMEDOUT
  * (init did not return in time: the server was killed), the negative code
- * init returned, KEEL_EDOWN (init crashed, or stopped with keel_gs_stop; *why,
+ * init returned, KEEL_EDOWN (init crashed, or stopped with keel_gs_stopping; *why,
  * if not NULL, gets the reason), KEEL_ENOTPROC. */
 int keel_gs_start(const keel_gen_server *beh, void *arg, const keel_gs_opts *opts, keel_pid_t *out,
                   keel_gs_exit *why);
@@ -125,15 +125,15 @@ int keel_gs_reply(keel_gs_from from, keel_msg_t *reply);
 
 /* Records why a callback wants the server to stop, and returns KEEL_GS_STOP
  * for the callback to return. The text is formatted now. Only in callbacks. */
-int keel_gs_stop(keel_reason_kind kind, const char *fmt, ...) __attribute__((format(printf, 2, 3)));
+int keel_gs_stopping(keel_reason_kind kind, const char *fmt, ...)
+    __attribute__((format(printf, 2, 3)));
 
 /* Stops a server: it handles the messages already queued, then runs terminate
  * with the reason and exits. Waits up to timeout_ms for it to be gone; if it
  * is still alive then, it is killed and KEEL_ETIMEDOUT is returned. Stopping
  * a server that is already gone returns 0 (stop is idempotent). Errors:
  * KEEL_ETIMEDOUT, KEEL_ENOTPROC, KEEL_EINVAL (stopping oneself). */
-int keel_gs_stop_server(keel_pid_t server, keel_reason_kind kind, const char *text,
-                        int64_t timeout_ms);
+int keel_gs_stop(keel_pid_t server, keel_reason_kind kind, const char *text, int64_t timeout_ms);
 
 /* Context propagation. A layer above the behaviours (the logger, for its
  * correlation ids) registers hooks, and from then on every call and cast

@@ -14,13 +14,13 @@
  *   }
  *   keel_http_router *r = keel_http_router_new();
  *   keel_http_route(r, "GET", "/api/hello", hello, NULL);
- *   keel_http_options o;
- *   keel_http_options_init(&o);
+ *   keel_http_opts o;
+ *   keel_http_opts_init(&o);
  *   o.port = 3000;
  *   keel_http_server *srv;
  *   keel_http_start(&o, r, &srv);      // the server owns the router now
  *
- * Middleware (each on by default, each configurable in keel_http_options):
+ * Middleware (each on by default, each configurable in keel_http_opts):
  * request ids (X-Request-Id / X-Correlation-Id taken when well-formed, else
  * made; returned; put in the handler process's log context), W3C traceparent,
  * an access log line per request, Prometheus metrics, per-client-IP rate
@@ -139,7 +139,7 @@ int keel_http_route(keel_http_router *r, const char *method, const char *pattern
 
 /* ---- server -------------------------------------------------------------- */
 
-typedef struct keel_http_options {
+typedef struct keel_http_opts {
   const char *host;    /* default "0.0.0.0" */
   int port;            /* 0: an ephemeral port (keel_http_port tells which) */
   bool use_listen_fds; /* take sockets from systemd (LISTEN_FDS/LISTEN_PID) when present */
@@ -183,9 +183,9 @@ typedef struct keel_http_options {
   /* paths that skip rate limiting (prefix match, comma-separated);
    * default "/health,/metrics,/internal/" */
   const char *rate_limit_skip;
-} keel_http_options;
+} keel_http_opts;
 
-void keel_http_options_init(keel_http_options *o);
+void keel_http_opts_init(keel_http_opts *o);
 
 /* Starts the server: binds, listens on every scheduler and returns. The
  * server takes ownership of `router` on success; on failure the caller keeps
@@ -195,7 +195,7 @@ void keel_http_options_init(keel_http_options *o);
  * KEEL_EADDRINUSE (the port is taken), KEEL_EIO (another socket error),
  * KEEL_EINVAL (bad options or an unresolvable host), KEEL_ENOTPROC,
  * KEEL_ENOMEM. */
-int keel_http_start(const keel_http_options *o, keel_http_router *router, keel_http_server **out);
+int keel_http_start(const keel_http_opts *o, keel_http_router *router, keel_http_server **out);
 
 /* The bound port (useful with port 0). */
 int keel_http_port(const keel_http_server *s);
@@ -224,19 +224,19 @@ size_t keel_http_connections(const keel_http_server *s);
  * metrics is set; text or OpenMetrics by Accept) and /admin/observer (the
  * observer snapshot as JSON, when observer is true). No rate limit, no CORS,
  * no access log unless asked. */
-typedef struct keel_admin_options {
+typedef struct keel_admin_opts {
   const char *host;      /* default "0.0.0.0" */
   int port;              /* default 9090 (HEALTH_PORT); 0: ephemeral */
   keel_metrics *metrics; /* served at /metrics; NULL: no /metrics */
   bool observer;         /* serve /admin/observer; default true */
   bool access_log;       /* default false: probes would bury the API's lines */
-} keel_admin_options;
+} keel_admin_opts;
 
-void keel_admin_options_init(keel_admin_options *o);
+void keel_admin_opts_init(keel_admin_opts *o);
 
 /* Starts the admin server; stop it with keel_http_drain / keel_http_stop.
  * Call from a keel process. Errors as keel_http_start. */
-int keel_admin_start(const keel_admin_options *o, keel_http_server **out);
+int keel_admin_start(const keel_admin_opts *o, keel_http_server **out);
 
 #ifdef __cplusplus
 }

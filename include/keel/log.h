@@ -116,7 +116,7 @@ typedef struct keel_log_field {
 
 /* ---- setup ---------------------------------------------------------------- */
 
-typedef struct keel_log_options {
+typedef struct keel_log_opts {
   int level;                 /* minimum level; -1 (default): $LOG_LEVEL, else info */
   int format;                /* -1 (default): $LOG_FORMAT ("json" or "pretty"), else json */
   const char *service;       /* "service" field (copied); NULL: $SERVICE_NAME, else "keel" */
@@ -129,10 +129,10 @@ typedef struct keel_log_options {
                                 <0 other than KEEL_INFINITY: drop at once; KEEL_INFINITY: wait */
   const char *const *redact; /* extra sensitive keys, NULL-terminated (copied); may be NULL */
   bool sighup_reopen;        /* reopen `file` on SIGHUP (default true; file sink only) */
-} keel_log_options;
+} keel_log_opts;
 
 /* Fills *o with the defaults described above. */
-void keel_log_options_init(keel_log_options *o);
+void keel_log_opts_init(keel_log_opts *o);
 
 /* Starts logging: reads the environment where the options say so, opens the
  * sink, starts the writer thread and, for a file sink, installs a SIGHUP
@@ -141,7 +141,7 @@ void keel_log_options_init(keel_log_options *o);
  * KEEL_EINVAL (a bad LOG_LEVEL or LOG_FORMAT: named on stderr, or a bad
  * option), KEEL_EIO (the file cannot be opened), KEEL_ENOMEM. Not
  * concurrently with other keel_log calls. */
-int keel_log_init(const keel_log_options *o);
+int keel_log_init(const keel_log_opts *o);
 
 /* Writes out every buffered line, stops the writer thread, closes the file
  * (not a borrowed fd), restores SIGHUP. Returns 0 or KEEL_ESTATE (not

@@ -93,7 +93,7 @@ typedef struct keel_observer_sup {
   int64_t period_ms;
   unsigned restarts; /* restart rounds so far */
   size_t nchildren;
-  keel_child_info *children; /* start order (id, pid, type, restart, restarts) */
+  keel_sup_child_info *children; /* start order (id, pid, type, restart, restarts) */
 } keel_observer_sup;
 
 /* One scheduler. */
@@ -213,14 +213,14 @@ typedef struct keel_observer_stats {
   uint64_t events_dropped; /* events this subscriber lost so far in total */
 } keel_observer_stats;
 
-typedef struct keel_observer_options {
+typedef struct keel_observer_start_opts {
   uint32_t rate_max;    /* events per subscriber per second; more are dropped
                            and counted; 0: 1000 */
   uint32_t queue_max;   /* process events waiting in the observer's mailbox;
                            more are dropped at the source; 0: 4096 */
   uint64_t mailbox_max; /* a subscriber whose mailbox holds more is sent no
                            events (they are counted as dropped); 0: 10000 */
-} keel_observer_options;
+} keel_observer_start_opts;
 
 #define KEEL_OBSERVER_MAX_SUBSCRIBERS 64
 
@@ -231,7 +231,7 @@ typedef struct keel_observer_options {
  * be NULL. Any thread once the runtime runs. The observer stops with
  * keel_observer_stop, or when the runtime stops (nothing leaks).
  * Errors: KEEL_ESTATE (runtime not running), KEEL_ENOMEM. */
-int keel_observer_start(const keel_observer_options *o);
+int keel_observer_start(const keel_observer_start_opts *o);
 
 /* Stops the observer: removes the hook and the handler at once, forgets every
  * subscriber, and ends the observer process (from a keel process, waits up to

@@ -36,23 +36,23 @@ typedef uint64_t keel_ref_t;
  * reason normal. */
 typedef void (*keel_proc_fn)(void *arg);
 
-typedef struct keel_rt_options {
+typedef struct keel_rt_opts {
   int schedulers;    /* scheduler threads; 0: $KEEL_SCHEDULERS, else one per online core */
   size_t stack_size; /* default process stack (bytes, rounded up to pages); 0: 128 KiB */
   int64_t stuck_ms;  /* report a process holding a scheduler longer than this; 0: 100 ms; <0: off */
   int budget;        /* messages a process may receive before it must yield; 0: 100 */
   int deterministic; /* 1: one scheduler, runnable processes picked in a seeded order */
   uint64_t seed;     /* seed for deterministic mode; 0: $KEEL_SEED, else time-based (printed) */
-} keel_rt_options;
+} keel_rt_opts;
 
 /* Fills *o with defaults (all zero: every field takes its default). */
-void keel_rt_options_init(keel_rt_options *o);
+void keel_rt_opts_init(keel_rt_opts *o);
 
 /* Starts the runtime: stack pool, process table, scheduler threads. o may be
  * NULL for defaults. Errors: KEEL_ESTATE if already started, KEEL_EINVAL for
  * a bad option (a bad $KEEL_SCHEDULERS names itself on stderr), KEEL_ENOMEM.
  * Call from one thread (normally main) that is not a scheduler thread. */
-int keel_rt_start(const keel_rt_options *o);
+int keel_rt_start(const keel_rt_opts *o);
 
 /* Blocks the calling (non-scheduler) thread until no process is alive or
  * keel_rt_halt() was called. Returns the halt status, or 0 when the last
@@ -72,7 +72,7 @@ int keel_rt_stop(void);
 
 /* keel_rt_start + spawn fn(arg) + keel_rt_wait + keel_rt_stop. Returns the
  * wait status, or a negative KEEL_E* code if the runtime could not start. */
-int keel_run(keel_proc_fn fn, void *arg, const keel_rt_options *o);
+int keel_run(keel_proc_fn fn, void *arg, const keel_rt_opts *o);
 
 /* Number of scheduler threads, 0 when the runtime is not running. Any thread. */
 int keel_sched_count(void);

@@ -25,31 +25,31 @@ extern "C" {
 #endif
 
 typedef enum keel_sup_strategy {
-  KEEL_ONE_FOR_ONE = 0,   /* restart the child that exited */
-  KEEL_ONE_FOR_ALL,       /* stop all (reverse order), restart all (in order) */
-  KEEL_REST_FOR_ONE,      /* stop the children after it (reverse), restart it and them */
-  KEEL_SIMPLE_ONE_FOR_ONE /* one template, children added with keel_sup_start_child_args */
+  KEEL_SUP_ONE_FOR_ONE = 0,   /* restart the child that exited */
+  KEEL_SUP_ONE_FOR_ALL,       /* stop all (reverse order), restart all (in order) */
+  KEEL_SUP_REST_FOR_ONE,      /* stop the children after it (reverse), restart it and them */
+  KEEL_SUP_SIMPLE_ONE_FOR_ONE /* one template, children added with keel_sup_start_child_args */
 } keel_sup_strategy;
 
-typedef enum keel_restart {
-  KEEL_PERMANENT = 0, /* always restarted */
-  KEEL_TRANSIENT,     /* restarted only after an abnormal exit (not normal or shutdown) */
-  KEEL_TEMPORARY      /* never restarted */
-} keel_restart;
+typedef enum keel_sup_restart {
+  KEEL_SUP_PERMANENT = 0, /* always restarted */
+  KEEL_SUP_TRANSIENT,     /* restarted only after an abnormal exit (not normal or shutdown) */
+  KEEL_SUP_TEMPORARY      /* never restarted */
+} keel_sup_restart;
 
-typedef enum keel_child_type { KEEL_WORKER = 0, KEEL_SUPERVISOR } keel_child_type;
+typedef enum keel_sup_child_type { KEEL_SUP_WORKER = 0, KEEL_SUP_SUPERVISOR } keel_sup_child_type;
 
-typedef enum keel_auto_shutdown {
-  KEEL_AUTO_SHUTDOWN_NEVER = 0,
-  KEEL_ANY_SIGNIFICANT, /* the supervisor stops when any significant child exits */
-  KEEL_ALL_SIGNIFICANT  /* ... when all significant children have exited */
-} keel_auto_shutdown;
+typedef enum keel_sup_auto_shutdown {
+  KEEL_SUP_AUTO_SHUTDOWN_NEVER = 0,
+  KEEL_SUP_ANY_SIGNIFICANT, /* the supervisor stops when any significant child exits */
+  KEEL_SUP_ALL_SIGNIFICANT  /* ... when all significant children have exited */
+} keel_sup_auto_shutdown;
 
-/* Shutdown values for keel_child_spec.shutdown (otherwise a timeout in ms after
+/* Shutdown values for keel_sup_child_spec.shutdown (otherwise a timeout in ms after
  * which a child that ignores its shutdown signal is killed). */
-#define KEEL_SHUTDOWN_DEFAULT     0             /* 5000 ms for workers, infinity for supervisors */
-#define KEEL_SHUTDOWN_BRUTAL_KILL ((int64_t)-2) /* killed at once, untrappably */
-#define KEEL_SHUTDOWN_INFINITY    KEEL_INFINITY /* wait as long as it takes (for supervisors) */
+#define KEEL_SUP_SHUTDOWN_DEFAULT     0 /* 5000 ms for workers, infinity for supervisors */
+#define KEEL_SUP_SHUTDOWN_BRUTAL_KILL ((int64_t)-2) /* killed at once, untrappably */
+#define KEEL_SUP_SHUTDOWN_INFINITY    KEEL_INFINITY /* wait as long as it takes (for supervisors) */
 
 /* Starts one child. It must start a process LINKED to the calling process
  * (the supervisor): keel_gs_start with opts.link, keel_sup_start with link,
@@ -59,26 +59,40 @@ typedef enum keel_auto_shutdown {
  * `args_len` are the arguments given to keel_sup_start_child_args
  * (simple_one_for_one; NULL/0 otherwise), owned by the supervisor and kept
  * across restarts. */
-typedef int (*keel_child_start_fn)(void *arg, const void *args, size_t args_len, keel_pid_t *pid);
+typedef int (*keel_sup_start_fn)(void *arg, const void *args, size_t args_len, keel_pid_t *pid);
 #define KEEL_SUP_IGNORE 1
 
-typedef struct keel_child_spec {
+/* A child: what to start (exactly one of gen_server, supervisor and start),
+ * and how to treat it. The common cases are one line:
+ *
+ *   {.id = "kv", .gen_server = &kv_server, .arg = &cfg, .name = "kv"}
+ *   {.id = "workers", .supervisor = &workers_spec}
+ *
+ * A gen_server child is linked to the supervisor and traps exits (so its
+ * terminate runs when the supervisor shuts it down); its init gets the
+ * simple_one_for_one arguments when there are any, else arg. A supervisor
+ * child is the keel_sup_spec given, started linked (its type is
+ * KEEL_SUP_SUPERVISOR whatever .type says). start is for anything else. */
+typedef struct keel_sup_child_spec {
   const char *id; /* unique among the supervisor's children (copied) */
-  keel_child_start_fn start;
-  void *arg; /* borrowed for the child's life in the supervisor */
-  keel_restart restart;
-  int64_t shutdown; /* see KEEL_SHUTDOWN_* */
-  keel_child_type type;
+  const keel_gen_server *gen_server; /* borrowed for the child's life (normally static) */
+  const struct keel_sup_spec *supervisor; /* borrowed for the child's life */
+  keel_sup_start_fn start;
+  void *arg;        /* gen_server's init argument, or start's; borrowed for the child's life */
+  const char *name; /* gen_server or supervisor: register under this name (copied); NULL: none */
+  keel_sup_restart restart;
+  int64_t shutdown; /* see KEEL_SUP_SHUTDOWN_* */
+  keel_sup_child_type type;
   bool significant; /* with auto_shutdown: its exit may stop the supervisor */
-} keel_child_spec;
+} keel_sup_child_spec;
 
 typedef struct keel_sup_spec {
   keel_sup_strategy strategy;
   int intensity;     /* restarts allowed in period_ms; 0 means the default 3; <0: none */
   int64_t period_ms; /* 0: 5000 */
-  keel_auto_shutdown auto_shutdown;
-  const keel_child_spec *children; /* started in order; copied */
-  size_t nchildren;                /* simple_one_for_one: exactly one, the template */
+  keel_sup_auto_shutdown auto_shutdown;
+  const keel_sup_child_spec *children; /* started in order; copied */
+  size_t nchildren;                    /* simple_one_for_one: exactly one, the template */
 } keel_sup_spec;
 
 typedef struct keel_sup_opts {
@@ -95,25 +109,9 @@ typedef struct keel_sup_opts {
 int keel_sup_start(const keel_sup_spec *spec, const keel_sup_opts *opts, keel_pid_t *out,
                    keel_gs_exit *why);
 
-/* A child_start_fn for nesting: starts the keel_sup_spec pointed to by arg as
- * a supervisor linked to the caller. */
-int keel_sup_child_start(void *arg, const void *args, size_t args_len, keel_pid_t *pid);
-
-/* A child_start_fn for the common case: arg points to a keel_gs_child, and
- * the child is that gen_server, linked to the supervisor and trapping exits
- * (so its terminate runs when the supervisor shuts it down). Its init gets
- * the simple_one_for_one arguments when there are any, else gs->arg. */
-typedef struct keel_gs_child {
-  const keel_gen_server *beh;
-  void *arg;
-  const char *name;     /* register under this name (NULL: none) */
-  int64_t init_timeout; /* 0: the default */
-} keel_gs_child;
-int keel_gs_child_start(void *arg, const void *args, size_t args_len, keel_pid_t *pid);
-
 /* Adds and starts a child (not simple_one_for_one). Errors: KEEL_EEXIST (id in
  * use), KEEL_EINVAL, the child's start error. *pid may be NULL. */
-int keel_sup_start_child(keel_pid_t sup, const keel_child_spec *spec, keel_pid_t *pid);
+int keel_sup_start_child(keel_pid_t sup, const keel_sup_child_spec *spec, keel_pid_t *pid);
 
 /* simple_one_for_one: starts a child from the template with a copy of args. */
 int keel_sup_start_child_args(keel_pid_t sup, const void *args, size_t args_len, keel_pid_t *pid);
@@ -134,22 +132,22 @@ int keel_sup_delete_child(keel_pid_t sup, const char *id);
  * KEEL_ENOENT / not running. */
 int keel_sup_which_pid(keel_pid_t sup, const char *id, keel_pid_t *pid);
 
-typedef struct keel_child_info {
+typedef struct keel_sup_child_info {
   char id[64];
   keel_pid_t pid; /* 0 when not running */
-  keel_child_type type;
-  keel_restart restart;
+  keel_sup_child_type type;
+  keel_sup_restart restart;
   unsigned restarts; /* how often this child was restarted */
-} keel_child_info;
+} keel_sup_child_info;
 
 /* Copies up to max children (in start order) into out; *n gets how many there
  * are. */
-int keel_sup_which_children(keel_pid_t sup, keel_child_info *out, size_t max, size_t *n);
+int keel_sup_which_children(keel_pid_t sup, keel_sup_child_info *out, size_t max, size_t *n);
 
-typedef struct keel_child_counts {
+typedef struct keel_sup_child_counts {
   size_t specs, active, supervisors, workers;
-} keel_child_counts;
-int keel_sup_count_children(keel_pid_t sup, keel_child_counts *out);
+} keel_sup_child_counts;
+int keel_sup_count_children(keel_pid_t sup, keel_sup_child_counts *out);
 
 /* ---- introspection (the observer) ---------------------------------------- */
 
@@ -165,7 +163,7 @@ typedef struct keel_sup_info {
   int64_t period_ms;
   unsigned restarts;          /* restart rounds so far (one per exit it acted on) */
   size_t nchildren;
-  keel_child_info *children;  /* nchildren entries, start order; free with keel_sup_info_free */
+  keel_sup_child_info *children; /* nchildren entries, start order; free with keel_sup_info_free */
 } keel_sup_info;
 
 /* Asks supervisor `sup` for its settings and children, waiting at most

@@ -101,12 +101,12 @@ int keel_task_shutdown(keel_task_t *t, int64_t timeout_ms, keel_msg_t **result);
 /* Starts a task supervisor: a simple_one_for_one supervisor whose children
  * are temporary tasks (never restarted). opts may be NULL (not linked, no
  * name); with opts->link it is linked to the caller. *sup gets its pid. Stop
- * it like any supervisor (keel_gs_stop_server): running tasks are shut down
+ * it like any supervisor (keel_gs_stop): running tasks are shut down
  * (5000 ms each, then killed). Errors: those of keel_sup_start. */
 int keel_task_sup_start(const keel_sup_opts *opts, keel_pid_t *sup);
 
-/* A keel_child_start_fn that starts a task supervisor linked to the calling
- * supervisor, for a child spec (type KEEL_SUPERVISOR). arg is ignored. */
+/* A keel_sup_start_fn that starts a task supervisor linked to the calling
+ * supervisor, for a child spec (type KEEL_SUP_SUPERVISOR). arg is ignored. */
 int keel_task_sup_child_start(void *arg, const void *args, size_t args_len, keel_pid_t *pid);
 
 /* Starts fn(arg) as a child of task supervisor `sup`, NOT linked to the

@@ -18,7 +18,7 @@
 #include "keel/health.h"
 #include "keel/observer.h"
 
-void keel_admin_options_init(keel_admin_options *o) {
+void keel_admin_opts_init(keel_admin_opts *o) {
   memset(o, 0, sizeof *o);
   o->host = "0.0.0.0";
   o->port = 9090;
@@ -80,7 +80,7 @@ static int h_observer(keel_http_req *req, keel_http_res *res, void *ud) {
   return rc;
 }
 
-int keel_admin_start(const keel_admin_options *o, keel_http_server **out) {
+int keel_admin_start(const keel_admin_opts *o, keel_http_server **out) {
   if (out) *out = NULL;
   if (!o || !out) return KEEL_EINVAL;
   keel_http_router *r = keel_http_router_new();
@@ -95,8 +95,8 @@ int keel_admin_start(const keel_admin_options *o, keel_http_server **out) {
     keel_http_router_free(r);
     return rc;
   }
-  keel_http_options ho;
-  keel_http_options_init(&ho);
+  keel_http_opts ho;
+  keel_http_opts_init(&ho);
   ho.host = o->host ? o->host : "0.0.0.0";
   ho.port = o->port;
   ho.name = "admin";

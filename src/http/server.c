@@ -145,7 +145,7 @@ struct keel__conn {
 };
 
 struct keel_http_server {
-  keel_http_options o;
+  keel_http_opts o;
   char *host, *name, *csp, *cors_origins, *rate_skip;
   keel_http_router *router;
   int nl;
@@ -168,7 +168,7 @@ struct keel_http_server {
 
 /* ---- options ------------------------------------------------------------------ */
 
-void keel_http_options_init(keel_http_options *o) {
+void keel_http_opts_init(keel_http_opts *o) {
   memset(o, 0, sizeof *o);
   o->host = "0.0.0.0";
   o->port = 3000;
@@ -1343,7 +1343,7 @@ static void raise_nofile(void) {
   }
 }
 
-int keel_http_start(const keel_http_options *o, keel_http_router *router, keel_http_server **out) {
+int keel_http_start(const keel_http_opts *o, keel_http_router *router, keel_http_server **out) {
   if (out) *out = NULL;
   if (!o || !router || !out) return KEEL_EINVAL;
   if (!keel_self()) return KEEL_ENOTPROC;

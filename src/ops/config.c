@@ -777,7 +777,7 @@ static void check_table(loader *L, const keel_config_field *table, size_t n) {
 
 /* ---- public ------------------------------------------------------------- */
 
-void keel_config_options_init(keel_config_options *opts) {
+void keel_config_opts_init(keel_config_opts *opts) {
   memset(opts, 0, sizeof *opts);
   opts->app_env = KEEL_CONFIG_DEVELOPMENT;
 }
@@ -803,7 +803,7 @@ void keel_config_free(const keel_config_field *table, size_t n, void *cfg) {
   }
 }
 
-static int load(const keel_config_field *table, size_t n, void *out, keel_config_options *opts,
+static int load(const keel_config_field *table, size_t n, void *out, keel_config_opts *opts,
                 loader *L) {
   if ((!table && n) || !out) {
     err_begin(L, "keel_config_load");
@@ -875,7 +875,7 @@ static int load(const keel_config_field *table, size_t n, void *out, keel_config
   return 0;
 }
 
-int keel_config_load(const keel_config_field *table, size_t n, void *out, keel_config_options *opts,
+int keel_config_load(const keel_config_field *table, size_t n, void *out, keel_config_opts *opts,
                      char **errors) {
   if (errors) *errors = NULL;
   loader L = {0};
@@ -897,7 +897,7 @@ int keel_config_load(const keel_config_field *table, size_t n, void *out, keel_c
 }
 
 void keel_config_load_or_exit(const keel_config_field *table, size_t n, void *out,
-                              keel_config_options *opts) {
+                              keel_config_opts *opts) {
   char *errors = NULL;
   int rc = keel_config_load(table, n, out, opts, &errors);
   if (rc == 0) return;

@@ -816,7 +816,7 @@ int keel_log_context_pop(void) {
 
 /* ---- init, flush, shutdown, stats ----------------------------------------- */
 
-void keel_log_options_init(keel_log_options *o) {
+void keel_log_opts_init(keel_log_opts *o) {
   memset(o, 0, sizeof *o);
   o->level = -1;
   o->format = -1;
@@ -842,14 +842,14 @@ static void state_free(log_state *st) {
   free(st);
 }
 
-int keel_log_init(const keel_log_options *opts) {
+int keel_log_init(const keel_log_opts *opts) {
   if (atomic_load(&g_st)) return KEEL_ESTATE;
   pthread_once(&key_once, make_key);
-  keel_log_options o;
+  keel_log_opts o;
   if (opts)
     o = *opts;
   else
-    keel_log_options_init(&o);
+    keel_log_opts_init(&o);
 
   keel_log_level level = KEEL_LOG_INFO;
   if (o.level >= 0) {

@@ -613,22 +613,22 @@ static const char *sup_status_name(int status) {
   }
 }
 
-static const char *restart_name(keel_restart r) {
+static const char *restart_name(keel_sup_restart r) {
   switch (r) {
-  case KEEL_PERMANENT: return "permanent";
-  case KEEL_TRANSIENT: return "transient";
-  case KEEL_TEMPORARY: return "temporary";
+  case KEEL_SUP_PERMANENT: return "permanent";
+  case KEEL_SUP_TRANSIENT: return "transient";
+  case KEEL_SUP_TEMPORARY: return "temporary";
   }
   return "unknown";
 }
 
-static void jb_child(keel__jw *b, const keel_child_info *c) {
+static void jb_child(keel__jw *b, const keel_sup_child_info *c) {
   jb_key(b, "id", true);
   keel__jw_str(b, c->id);
   jb_key(b, "pid", false);
   jb_pid(b, c->pid);
   jb_key(b, "type", false);
-  keel__jw_str(b, c->type == KEEL_SUPERVISOR ? "supervisor" : "worker");
+  keel__jw_str(b, c->type == KEEL_SUP_SUPERVISOR ? "supervisor" : "worker");
   jb_key(b, "restart", false);
   keel__jw_str(b, restart_name(c->restart));
   jb_key(b, "restarts", false);
@@ -967,7 +967,7 @@ static struct {
   pthread_mutex_t lock; /* guards everything below but the atomics */
   keel_pid_t pid;       /* the observer process, 0 when not running */
   int sup_handle;
-  keel_observer_options opt;
+  keel_observer_start_opts opt;
   sub subs[KEEL_OBSERVER_MAX_SUBSCRIBERS];
   size_t nsubs;
   /* Read by the hooks without the lock. relaxed everywhere: each is a hint
@@ -1244,14 +1244,14 @@ static void observer_main(void *arg) {
   }
 }
 
-int keel_observer_start(const keel_observer_options *o) {
+int keel_observer_start(const keel_observer_start_opts *o) {
   if (keel_sched_count() <= 0) return KEEL_ESTATE;
   pthread_mutex_lock(&obs.lock);
   if (obs.pid) {
     pthread_mutex_unlock(&obs.lock);
     return 0;
   }
-  keel_observer_options opt = o ? *o : (keel_observer_options){0};
+  keel_observer_start_opts opt = o ? *o : (keel_observer_start_opts){0};
   if (!opt.rate_max) opt.rate_max = RATE_DEFAULT;
   if (!opt.queue_max) opt.queue_max = QUEUE_DEFAULT;
   if (!opt.mailbox_max) opt.mailbox_max = MAILBOX_DEFAULT;

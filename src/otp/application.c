@@ -9,7 +9,7 @@
  * root supervisor's EXIT (it gave up or crashed). Each leads to the same stop
  * sequence, run by the master under one deadline (the stop timeout):
  * prep_stop in a helper process (so a prep_stop that hangs can be killed),
- * then keel_gs_stop_server(root, shutdown) - the supervisor stops its
+ * then keel_gs_stop(root, shutdown) - the supervisor stops its
  * children in reverse order, each within its own shutdown time - and, if the
  * deadline passes first, a kill of the root and of every process of the tree
  * as walked (keel_sup_which_children, recursively) just before the shutdown
@@ -344,10 +344,10 @@ static void kill_all_and_wait(keel_pid_t root, const pidset *tree) {
 /* Every process of the tree below sup, supervisors before their children. */
 static void collect_tree(keel_pid_t sup, pidset *ps, int depth) {
   size_t max = 64, n = 0;
-  keel_child_info *info = malloc(max * sizeof *info);
+  keel_sup_child_info *info = malloc(max * sizeof *info);
   if (!info) return;
   if (keel_sup_which_children(sup, info, max, &n) == 0 && n > max) {
-    keel_child_info *bigger = realloc(info, n * sizeof *info);
+    keel_sup_child_info *bigger = realloc(info, n * sizeof *info);
     if (bigger) {
       info = bigger;
       max = n;
@@ -358,7 +358,7 @@ static void collect_tree(keel_pid_t sup, pidset *ps, int depth) {
   for (size_t i = 0; i < n; i++) {
     if (!info[i].pid) continue;
     pidset_add(ps, info[i].pid);
-    if (info[i].type == KEEL_SUPERVISOR && depth < 64) collect_tree(info[i].pid, ps, depth + 1);
+    if (info[i].type == KEEL_SUP_SUPERVISOR && depth < 64) collect_tree(info[i].pid, ps, depth + 1);
   }
   free(info);
 }
@@ -453,8 +453,7 @@ _Noreturn static void master_stop(keel_app_t *app, void *state, keel_pid_t sigpi
     collect_tree(root, &tree, 0);
     int64_t l = left(deadline);
     int rc = KEEL_ETIMEDOUT;
-    if (!forced && l != 0)
-      rc = keel_gs_stop_server(root, KEEL_REASON_SHUTDOWN, "application stopping", l);
+    if (!forced && l != 0) rc = keel_gs_stop(root, KEEL_REASON_SHUTDOWN, "application stopping", l);
     if (rc != 0) {
       /* every kill is sent before any is waited for: killing one at a time
        * would let the others act on the first death (a supervisor go on
@@ -738,8 +737,7 @@ static void main_proc(void *p) {
   keel_rt_halt(code < 0 ? KEEL_APP_EXIT_CRASHED : code);
 }
 
-int keel_app_main(const keel_application *beh, const keel_app_opts *opts,
-                  const keel_rt_options *rt) {
+int keel_app_main(const keel_application *beh, const keel_app_opts *opts, const keel_rt_opts *rt) {
   int rc = keel_rt_start(rt);
   if (rc) {
     fprintf(stderr, "keel: cannot start the runtime: %s\n", keel_strerror(rc));

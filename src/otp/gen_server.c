@@ -110,7 +110,7 @@ static void set_exit(keel_gs_exit *why, keel_reason_kind kind, const char *text)
   snprintf(why->text, sizeof why->text, "%s", text ? text : "");
 }
 
-int keel_gs_stop(keel_reason_kind kind, const char *fmt, ...) {
+int keel_gs_stopping(keel_reason_kind kind, const char *fmt, ...) {
   gs_server *sv = keel_local_get(KEEL_LOCAL_GEN_SERVER);
   if (sv) {
     sv->stop_set = true;
@@ -456,8 +456,7 @@ int keel_gs_reply(keel_gs_from from, keel_msg_t *reply) {
   return keel_reply(from.pid, from.ref, reply);
 }
 
-int keel_gs_stop_server(keel_pid_t server, keel_reason_kind kind, const char *text,
-                        int64_t timeout_ms) {
+int keel_gs_stop(keel_pid_t server, keel_reason_kind kind, const char *text, int64_t timeout_ms) {
   keel_pid_t self = keel_self();
   if (!self) return KEEL_ENOTPROC;
   if (!server || server == self) return KEEL_EINVAL;

@@ -40,11 +40,14 @@
 
 typedef struct child {
   char *id;
-  keel_child_start_fn start;
+  const keel_gen_server *gen_server;
+  const keel_sup_spec *supervisor;
+  keel_sup_start_fn start;
   void *arg;
-  keel_restart restart;
+  char *name; /* gen_server or supervisor: registered name, or NULL */
+  keel_sup_restart restart;
   int64_t shutdown;
-  keel_child_type type;
+  keel_sup_child_type type;
   bool significant;
   keel_pid_t pid; /* 0: not running */
   void *args;     /* simple_one_for_one: owned copy */
@@ -56,7 +59,7 @@ typedef struct sup {
   keel_sup_strategy strategy;
   int intensity;
   int64_t period_ms;
-  keel_auto_shutdown auto_shutdown;
+  keel_sup_auto_shutdown auto_shutdown;
   child **c; /* start order */
   size_t n, cap;
   child tmpl;    /* simple_one_for_one */
@@ -118,10 +121,10 @@ size_t keel_sup_list(keel_pid_t *out, size_t max) {
 
 const char *keel_sup_strategy_name(keel_sup_strategy st) {
   switch (st) {
-  case KEEL_ONE_FOR_ONE: return "one_for_one";
-  case KEEL_ONE_FOR_ALL: return "one_for_all";
-  case KEEL_REST_FOR_ONE: return "rest_for_one";
-  case KEEL_SIMPLE_ONE_FOR_ONE: return "simple_one_for_one";
+  case KEEL_SUP_ONE_FOR_ONE: return "one_for_one";
+  case KEEL_SUP_ONE_FOR_ALL: return "one_for_all";
+  case KEEL_SUP_REST_FOR_ONE: return "rest_for_one";
+  case KEEL_SUP_SIMPLE_ONE_FOR_ONE: return "simple_one_for_one";
   }
   return "unknown";
 }
@@ -143,7 +146,7 @@ enum {
 
 typedef struct req {
   int op;
-  const keel_child_spec *spec; /* OP_START_CHILD: the caller blocks, so it stays valid */
+  const keel_sup_child_spec *spec; /* OP_START_CHILD: the caller blocks, so it stays valid */
   char id[64];
   keel_pid_t pid;
   size_t max; /* which_children */
@@ -154,10 +157,10 @@ typedef struct req {
 typedef struct rep {
   int rc;
   keel_pid_t pid;
-  keel_child_counts counts;
+  keel_sup_child_counts counts;
   keel_sup_info sinfo; /* OP_INFO (its children array is not used here) */
   size_t n;
-  keel_child_info info[]; /* which_children */
+  keel_sup_child_info info[]; /* which_children */
 } rep;
 
 /* ---- events ---------------------------------------------------------------------- */
@@ -197,11 +200,11 @@ static int64_t now_ms(void) {
 }
 
 static int64_t shutdown_of(const child *c) {
-  if (c->shutdown != KEEL_SHUTDOWN_DEFAULT) return c->shutdown;
-  return c->type == KEEL_SUPERVISOR ? KEEL_SHUTDOWN_INFINITY : DEFAULT_WORKER_SHUTDOWN;
+  if (c->shutdown != KEEL_SUP_SHUTDOWN_DEFAULT) return c->shutdown;
+  return c->type == KEEL_SUP_SUPERVISOR ? KEEL_SUP_SHUTDOWN_INFINITY : DEFAULT_WORKER_SHUTDOWN;
 }
 
-static child *child_new(const keel_child_spec *spec, const char *id) {
+static child *child_new(const keel_sup_child_spec *spec, const char *id) {
   child *c = calloc(1, sizeof *c);
   if (!c) return NULL;
   c->id = strdup(id ? id : (spec->id ? spec->id : ""));
@@ -209,17 +212,25 @@ static child *child_new(const keel_child_spec *spec, const char *id) {
     free(c);
     return NULL;
   }
+  if (spec->name && !(c->name = strdup(spec->name))) {
+    free(c->id);
+    free(c);
+    return NULL;
+  }
+  c->gen_server = spec->gen_server;
+  c->supervisor = spec->supervisor;
   c->start = spec->start;
   c->arg = spec->arg;
   c->restart = spec->restart;
   c->shutdown = spec->shutdown;
-  c->type = spec->type;
+  c->type = spec->supervisor ? KEEL_SUP_SUPERVISOR : spec->type;
   c->significant = spec->significant;
   return c;
 }
 
 static void child_free(child *c) {
   free(c->id);
+  free(c->name);
   free(c->args);
   free(c);
 }
@@ -262,10 +273,23 @@ static void remove_child(sup *s, child *c) {
   child_free(c);
 }
 
+/* Starts c's process, linked to the supervisor (the caller). */
+static int start_proc(const child *c, keel_pid_t *pid) {
+  if (c->gen_server) {
+    keel_gs_opts o = {.name = c->name, .link = true, .trap_exit = true};
+    return keel_gs_start(c->gen_server, c->args_len ? c->args : c->arg, &o, pid, NULL);
+  }
+  if (c->supervisor) {
+    keel_sup_opts o = {.name = c->name, .link = true};
+    return keel_sup_start(c->supervisor, &o, pid, NULL);
+  }
+  return c->start ? c->start(c->arg, c->args, c->args_len, pid) : KEEL_EINVAL;
+}
+
 /* Starts c; 0, KEEL_SUP_IGNORE or the error. */
 static int start_one(sup *s, child *c) {
   keel_pid_t pid = 0;
-  int rc = c->start ? c->start(c->arg, c->args, c->args_len, &pid) : KEEL_EINVAL;
+  int rc = start_proc(c, &pid);
   if (rc == KEEL_SUP_IGNORE) {
     c->pid = 0;
     return KEEL_SUP_IGNORE;
@@ -293,7 +317,7 @@ static void stop_one(sup *s, child *c) {
   keel_unlink(pid); /* also drops an EXIT from it already queued */
   int64_t t = shutdown_of(c);
   keel_msg_t *m = NULL;
-  if (t == KEEL_SHUTDOWN_BRUTAL_KILL) {
+  if (t == KEEL_SUP_SHUTDOWN_BRUTAL_KILL) {
     keel_exit_signal(pid, KEEL_REASON_KILL, NULL);
   } else {
     keel_await_ref(mref);
@@ -332,9 +356,9 @@ static bool count_restart(sup *s) {
 
 static bool wants_restart(const child *c, keel_reason_kind kind) {
   switch (c->restart) {
-  case KEEL_PERMANENT: return true;
-  case KEEL_TRANSIENT: return kind != KEEL_REASON_NORMAL && kind != KEEL_REASON_SHUTDOWN;
-  case KEEL_TEMPORARY: return false;
+  case KEEL_SUP_PERMANENT: return true;
+  case KEEL_SUP_TRANSIENT: return kind != KEEL_REASON_NORMAL && kind != KEEL_REASON_SHUTDOWN;
+  case KEEL_SUP_TEMPORARY: return false;
   }
   return false;
 }
@@ -350,7 +374,7 @@ static int restart_from(sup *s, size_t first) {
   for (size_t i = first; i < s->n; i++) {
     child *c = s->c[i];
     if (c->pid) continue;
-    if (c->restart == KEEL_TEMPORARY && i != first) continue;
+    if (c->restart == KEEL_SUP_TEMPORARY && i != first) continue;
     int rc = start_one(s, c);
     if (rc < 0) {
       schedule_retry(c);
@@ -363,7 +387,7 @@ static int restart_from(sup *s, size_t first) {
 static int give_up(sup *s, const char *why) {
   emit(s, KEEL_SUP_INTENSITY_EXCEEDED, NULL, 0, (unsigned)s->nhist, KEEL_REASON_SHUTDOWN, why);
   stop_from(s, 0);
-  return keel_gs_stop(KEEL_REASON_SHUTDOWN, "%s", why);
+  return keel_gs_stopping(KEEL_REASON_SHUTDOWN, "%s", why);
 }
 
 static bool significant_running(sup *s) {
@@ -381,15 +405,15 @@ static int restart_after(sup *s, child *c, keel_reason r) {
   if (!count_restart(s)) return give_up(s, "reached max restart intensity");
   size_t i = index_of(s, c);
   switch (s->strategy) {
-  case KEEL_ONE_FOR_ONE:
-  case KEEL_SIMPLE_ONE_FOR_ONE:
+  case KEEL_SUP_ONE_FOR_ONE:
+  case KEEL_SUP_SIMPLE_ONE_FOR_ONE:
     if (start_one(s, c) < 0) schedule_retry(c);
     break;
-  case KEEL_ONE_FOR_ALL:
+  case KEEL_SUP_ONE_FOR_ALL:
     stop_from(s, 0);
     restart_from(s, 0);
     break;
-  case KEEL_REST_FOR_ONE:
+  case KEEL_SUP_REST_FOR_ONE:
     stop_from(s, i + 1);
     restart_from(s, i);
     break;
@@ -405,15 +429,15 @@ static int on_exit_msg(sup *s, keel_pid_t pid, keel_reason r) {
   emit(s, KEEL_SUP_CHILD_EXITED, c, pid, c->restarts, r.kind, r.text);
   if (wants_restart(c, r.kind)) return restart_after(s, c, r);
   bool significant = c->significant;
-  if (c->restart == KEEL_TEMPORARY || s->strategy == KEEL_SIMPLE_ONE_FOR_ONE)
+  if (c->restart == KEEL_SUP_TEMPORARY || s->strategy == KEEL_SUP_SIMPLE_ONE_FOR_ONE)
     remove_child(s, c); /* not restarted: gone */
-  if (significant && s->auto_shutdown == KEEL_ANY_SIGNIFICANT) {
+  if (significant && s->auto_shutdown == KEEL_SUP_ANY_SIGNIFICANT) {
     stop_from(s, 0);
-    return keel_gs_stop(KEEL_REASON_SHUTDOWN, "a significant child exited");
+    return keel_gs_stopping(KEEL_REASON_SHUTDOWN, "a significant child exited");
   }
-  if (significant && s->auto_shutdown == KEEL_ALL_SIGNIFICANT && !significant_running(s)) {
+  if (significant && s->auto_shutdown == KEEL_SUP_ALL_SIGNIFICANT && !significant_running(s)) {
     stop_from(s, 0);
-    return keel_gs_stop(KEEL_REASON_SHUTDOWN, "all significant children exited");
+    return keel_gs_stopping(KEEL_REASON_SHUTDOWN, "all significant children exited");
   }
   return KEEL_GS_OK;
 }
@@ -430,6 +454,7 @@ static void sup_free(sup *s) {
     child_free(s->c[i]);
   free(s->c);
   free(s->tmpl.id);
+  free(s->tmpl.name);
   free(s->hist);
   free(s);
 }
@@ -458,17 +483,14 @@ static int sup_init(void *arg, void **state) {
   s->period_ms = spec->period_ms ? spec->period_ms : DEFAULT_PERIOD_MS;
   s->auto_shutdown = spec->auto_shutdown;
   snprintf(s->name, sizeof s->name, "%s", ia->name ? ia->name : "");
-  if (s->strategy == KEEL_SIMPLE_ONE_FOR_ONE) {
-    const keel_child_spec *t = &spec->children[0];
-    s->tmpl = (child){.id = strdup(t->id ? t->id : "child"),
-                      .start = t->start,
-                      .arg = t->arg,
-                      .restart = t->restart,
-                      .shutdown = t->shutdown,
-                      .type = t->type,
-                      .significant = t->significant};
+  if (s->strategy == KEEL_SUP_SIMPLE_ONE_FOR_ONE) {
+    /* the state is freed by the exit hook, also when this fails */
+    child *t = child_new(&spec->children[0], spec->children[0].id ? NULL : "child");
+    if (!t) return KEEL_ENOMEM;
+    s->tmpl = *t;
+    free(t);
     *state = s;
-    return s->tmpl.id ? 0 : KEEL_ENOMEM;
+    return 0;
   }
   for (size_t i = 0; i < spec->nchildren; i++) {
     child *c = child_new(&spec->children[i], NULL);
@@ -484,7 +506,7 @@ static int sup_init(void *arg, void **state) {
         stop_one(s, s->c[j - 1]); /* started ones, in reverse */
       char id[64];
       snprintf(id, sizeof id, "%s", s->c[i]->id);
-      keel_gs_stop(KEEL_REASON_SHUTDOWN, "child %s failed to start: %s", id, keel_strerror(rc));
+      keel_gs_stopping(KEEL_REASON_SHUTDOWN, "child %s failed to start: %s", id, keel_strerror(rc));
       return rc;
     }
   }
@@ -518,8 +540,8 @@ static int sup_cast(void *state, keel_msg_t **m) {
   s->restarts++;
   if (!count_restart(s)) return give_up(s, "reached max restart intensity");
   size_t i = index_of(s, c);
-  if (s->strategy == KEEL_REST_FOR_ONE || s->strategy == KEEL_ONE_FOR_ALL)
-    restart_from(s, s->strategy == KEEL_ONE_FOR_ALL ? 0 : i);
+  if (s->strategy == KEEL_SUP_REST_FOR_ONE || s->strategy == KEEL_SUP_ONE_FOR_ALL)
+    restart_from(s, s->strategy == KEEL_SUP_ONE_FOR_ALL ? 0 : i);
   else if (start_one(s, c) < 0)
     schedule_retry(c);
   emit(s, KEEL_SUP_CHILD_RESTARTED, c, c->pid, (unsigned)s->nhist, KEEL_REASON_ERROR,
@@ -532,9 +554,14 @@ static keel_msg_t *reply_rc(int rc, keel_pid_t pid) {
   return keel_msg_copy(0, &r, sizeof r);
 }
 
-static bool spec_ok(const keel_child_spec *c) {
-  return c && c->id && *c->id && strlen(c->id) < 64 && c->start &&
-         !(c->significant && c->restart == KEEL_PERMANENT);
+/* Exactly one way to start it. */
+static bool has_one_start(const keel_sup_child_spec *c) {
+  return (c->gen_server != NULL) + (c->supervisor != NULL) + (c->start != NULL) == 1;
+}
+
+static bool spec_ok(const keel_sup_child_spec *c) {
+  return c && c->id && *c->id && strlen(c->id) < 64 && has_one_start(c) &&
+         !(c->significant && c->restart == KEEL_SUP_PERMANENT);
 }
 
 static int sup_call(void *state, keel_gs_from from, keel_msg_t **m, keel_msg_t **reply) {
@@ -548,7 +575,7 @@ static int sup_call(void *state, keel_gs_from from, keel_msg_t **m, keel_msg_t *
   int rc;
   switch (r->op) {
   case OP_START_CHILD:
-    if (s->strategy == KEEL_SIMPLE_ONE_FOR_ONE || !spec_ok(r->spec)) {
+    if (s->strategy == KEEL_SUP_SIMPLE_ONE_FOR_ONE || !spec_ok(r->spec)) {
       *reply = reply_rc(KEEL_EINVAL, 0);
       break;
     }
@@ -567,18 +594,21 @@ static int sup_call(void *state, keel_gs_from from, keel_msg_t **m, keel_msg_t *
     *reply = reply_rc(rc < 0 ? rc : 0, rc < 0 ? 0 : c->pid);
     break;
   case OP_START_ARGS: {
-    if (s->strategy != KEEL_SIMPLE_ONE_FOR_ONE) {
+    if (s->strategy != KEEL_SUP_SIMPLE_ONE_FOR_ONE) {
       *reply = reply_rc(KEEL_EINVAL, 0);
       break;
     }
     char id[64];
     snprintf(id, sizeof id, "%s-%llu", s->tmpl.id, ++s->anon);
-    c = child_new(&(keel_child_spec){.id = id,
-                                     .start = s->tmpl.start,
-                                     .arg = s->tmpl.arg,
-                                     .restart = s->tmpl.restart,
-                                     .shutdown = s->tmpl.shutdown,
-                                     .type = s->tmpl.type},
+    c = child_new(&(keel_sup_child_spec){.id = id,
+                                         .gen_server = s->tmpl.gen_server,
+                                         .supervisor = s->tmpl.supervisor,
+                                         .start = s->tmpl.start,
+                                         .arg = s->tmpl.arg,
+                                         .name = s->tmpl.name,
+                                         .restart = s->tmpl.restart,
+                                         .shutdown = s->tmpl.shutdown,
+                                         .type = s->tmpl.type},
                   id);
     if (c && r->args_len) {
       c->args = malloc(r->args_len);
@@ -605,12 +635,13 @@ static int sup_call(void *state, keel_gs_from from, keel_msg_t **m, keel_msg_t *
       break;
     }
     stop_one(s, c);
-    if (s->strategy == KEEL_SIMPLE_ONE_FOR_ONE || c->restart == KEEL_TEMPORARY) remove_child(s, c);
+    if (s->strategy == KEEL_SUP_SIMPLE_ONE_FOR_ONE || c->restart == KEEL_SUP_TEMPORARY)
+      remove_child(s, c);
     *reply = reply_rc(0, 0);
     break;
   case OP_RESTART:
     c = find_id(s, r->id);
-    if (!c || s->strategy == KEEL_SIMPLE_ONE_FOR_ONE)
+    if (!c || s->strategy == KEEL_SUP_SIMPLE_ONE_FOR_ONE)
       rc = KEEL_ENOENT;
     else if (c->pid)
       rc = KEEL_EBUSY;
@@ -620,7 +651,7 @@ static int sup_call(void *state, keel_gs_from from, keel_msg_t **m, keel_msg_t *
     break;
   case OP_DELETE:
     c = find_id(s, r->id);
-    if (!c || s->strategy == KEEL_SIMPLE_ONE_FOR_ONE)
+    if (!c || s->strategy == KEEL_SUP_SIMPLE_ONE_FOR_ONE)
       rc = KEEL_ENOENT;
     else if (c->pid)
       rc = KEEL_EBUSY;
@@ -636,7 +667,7 @@ static int sup_call(void *state, keel_gs_from from, keel_msg_t **m, keel_msg_t *
     break;
   case OP_WHICH_CHILDREN: {
     size_t k = s->n < r->max ? s->n : r->max;
-    keel_msg_t *out = keel_msg_new(0, sizeof(rep) + k * sizeof(keel_child_info));
+    keel_msg_t *out = keel_msg_new(0, sizeof(rep) + k * sizeof(keel_sup_child_info));
     if (!out) {
       *reply = reply_rc(KEEL_ENOMEM, 0);
       break;
@@ -645,7 +676,7 @@ static int sup_call(void *state, keel_gs_from from, keel_msg_t **m, keel_msg_t *
     memset(rp, 0, sizeof *rp);
     rp->n = s->n;
     for (size_t i = 0; i < k; i++) {
-      keel_child_info *ci = &rp->info[i];
+      keel_sup_child_info *ci = &rp->info[i];
       memset(ci, 0, sizeof *ci);
       snprintf(ci->id, sizeof ci->id, "%s", s->c[i]->id);
       ci->pid = s->c[i]->pid;
@@ -674,7 +705,7 @@ static int sup_call(void *state, keel_gs_from from, keel_msg_t **m, keel_msg_t *
     rp.counts.specs = s->n;
     for (size_t i = 0; i < s->n; i++) {
       if (s->c[i]->pid) rp.counts.active++;
-      if (s->c[i]->type == KEEL_SUPERVISOR)
+      if (s->c[i]->type == KEEL_SUP_SUPERVISOR)
         rp.counts.supervisors++;
       else
         rp.counts.workers++;
@@ -708,7 +739,7 @@ static uint64_t id_hash(const char *s) {
 /* Whether two children share an id: a hash set, so a supervisor with
  * thousands of children validates in linear time (pairwise strcmp was most
  * of supervisor_start with 1,000 children). */
-static bool has_duplicate_id(const keel_child_spec *c, size_t n) {
+static bool has_duplicate_id(const keel_sup_child_spec *c, size_t n) {
   size_t cap = 16;
   while (cap < n * 2)
     cap *= 2;
@@ -732,8 +763,9 @@ static bool has_duplicate_id(const keel_child_spec *c, size_t n) {
 
 static int validate(const keel_sup_spec *spec) {
   if (!spec) return KEEL_EINVAL;
-  if (spec->strategy == KEEL_SIMPLE_ONE_FOR_ONE) {
-    if (spec->nchildren != 1 || !spec->children || !spec->children[0].start) return KEEL_EINVAL;
+  if (spec->strategy == KEEL_SUP_SIMPLE_ONE_FOR_ONE) {
+    if (spec->nchildren != 1 || !spec->children || !has_one_start(&spec->children[0]))
+      return KEEL_EINVAL;
     return 0;
   }
   if (spec->nchildren && !spec->children) return KEEL_EINVAL;
@@ -757,25 +789,6 @@ int keel_sup_start(const keel_sup_spec *spec, const keel_sup_opts *opts, keel_pi
   return keel_gs_start(&sup_behaviour, &ia, &go, out, why);
 }
 
-int keel_sup_child_start(void *arg, const void *args, size_t args_len, keel_pid_t *pid) {
-  (void)args;
-  (void)args_len;
-  keel_sup_opts o = {.name = NULL, .link = true};
-  return keel_sup_start(arg, &o, pid, NULL);
-}
-
-int keel_gs_child_start(void *arg, const void *args, size_t args_len, keel_pid_t *pid) {
-  const keel_gs_child *gc = arg;
-  if (!gc || !gc->beh) return KEEL_EINVAL;
-  keel_gs_opts o;
-  keel_gs_opts_init(&o);
-  o.link = true;
-  o.trap_exit = true;
-  o.name = gc->name;
-  o.init_timeout = gc->init_timeout;
-  return keel_gs_start(gc->beh, args_len ? (void *)args : gc->arg, &o, pid, NULL);
-}
-
 static int call(keel_pid_t s, req *r, size_t len, rep *out) {
   keel_msg_t *reply = NULL;
   int rc = keel_gs_call(s, keel_msg_copy(0, r, len), &reply, KEEL_INFINITY, NULL);
@@ -794,7 +807,7 @@ static int id_req(req *r, int op, const char *id) {
   return 0;
 }
 
-int keel_sup_start_child(keel_pid_t s, const keel_child_spec *spec, keel_pid_t *pid) {
+int keel_sup_start_child(keel_pid_t s, const keel_sup_child_spec *spec, keel_pid_t *pid) {
   if (pid) *pid = 0;
   if (!spec_ok(spec)) return KEEL_EINVAL;
   req r = {.op = OP_START_CHILD, .spec = spec};
@@ -857,7 +870,7 @@ int keel_sup_which_pid(keel_pid_t s, const char *id, keel_pid_t *pid) {
   return rc;
 }
 
-int keel_sup_which_children(keel_pid_t s, keel_child_info *out, size_t max, size_t *n) {
+int keel_sup_which_children(keel_pid_t s, keel_sup_child_info *out, size_t max, size_t *n) {
   if (n) *n = 0;
   req r = {.op = OP_WHICH_CHILDREN, .max = out ? max : 0};
   keel_msg_t *reply = NULL;
@@ -874,7 +887,7 @@ int keel_sup_which_children(keel_pid_t s, keel_child_info *out, size_t max, size
   return rc;
 }
 
-int keel_sup_count_children(keel_pid_t s, keel_child_counts *out) {
+int keel_sup_count_children(keel_pid_t s, keel_sup_child_counts *out) {
   req r = {.op = OP_COUNT};
   rep rp;
   int rc = call(s, &r, sizeof r, &rp);
@@ -897,7 +910,7 @@ int keel_sup_info_get(keel_pid_t s, int64_t timeout_ms, keel_sup_info *out) {
   /* the children in a second call: their number may have changed between
    * the two, so take what the second one says */
   size_t want = out->nchildren + 16, n = 0;
-  keel_child_info *v = calloc(want, sizeof *v);
+  keel_sup_child_info *v = calloc(want, sizeof *v);
   if (!v) return KEEL_ENOMEM;
   req r2 = {.op = OP_WHICH_CHILDREN, .max = want};
   rc = keel_gs_call(s, keel_msg_copy(0, &r2, sizeof r2), &reply, timeout_ms, NULL);

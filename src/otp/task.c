@@ -276,16 +276,16 @@ static int task_child_start(void *arg, const void *args, size_t args_len, keel_p
   return 0;
 }
 
-static const keel_child_spec task_template = {
+static const keel_sup_child_spec task_template = {
     .id = "task",
     .start = task_child_start,
-    .restart = KEEL_TEMPORARY,
+    .restart = KEEL_SUP_TEMPORARY,
     .shutdown = 5000,
-    .type = KEEL_WORKER,
+    .type = KEEL_SUP_WORKER,
 };
 
 static const keel_sup_spec task_sup_spec = {
-    .strategy = KEEL_SIMPLE_ONE_FOR_ONE,
+    .strategy = KEEL_SUP_SIMPLE_ONE_FOR_ONE,
     .intensity = 0,
     .children = &task_template,
     .nchildren = 1,

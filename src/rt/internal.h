@@ -353,7 +353,7 @@ typedef struct keel__rt {
   atomic_int state; /* 0 stopped, 1 running, 2 halting */
   int nsched;
   keel__sched *scheds;
-  keel_rt_options opt;
+  keel_rt_opts opt;
   size_t page;
 
   /* process table */

@@ -25,7 +25,7 @@ void keel__sched_free_all(void);
 #define DEFAULT_STACK  (128u * 1024u)
 #define DEFAULT_BUDGET 100
 
-void keel_rt_options_init(keel_rt_options *o) {
+void keel_rt_opts_init(keel_rt_opts *o) {
   memset(o, 0, sizeof *o);
 }
 
@@ -70,14 +70,14 @@ void keel__report(const keel_report *r) {
     report_default(r, NULL);
 }
 
-int keel_rt_start(const keel_rt_options *o) {
+int keel_rt_start(const keel_rt_opts *o) {
   int expected = 0;
   if (!atomic_compare_exchange_strong(&keel__g.state, &expected, 3)) return KEEL_ESTATE;
-  keel_rt_options opt;
+  keel_rt_opts opt;
   if (o)
     opt = *o;
   else
-    keel_rt_options_init(&opt);
+    keel_rt_opts_init(&opt);
 
   long v;
   int rc;
@@ -218,7 +218,7 @@ int keel_rt_stop(void) {
   return 0;
 }
 
-int keel_run(keel_proc_fn fn, void *arg, const keel_rt_options *o) {
+int keel_run(keel_proc_fn fn, void *arg, const keel_rt_opts *o) {
   int rc = keel_rt_start(o);
   if (rc) return rc;
   keel_spawn_opts so;

@@ -55,8 +55,8 @@ static void starter(void *arg) {
   keel_http_route(r, "GET", "/api/items/:id", h_param, NULL);
   keel_http_route(r, "PUT", "/api/items/:id/sub/*", h_param, NULL);
   keel_http_route(r, "DELETE", "/api/items/:id", h_fail, NULL);
-  keel_http_options o;
-  keel_http_options_init(&o);
+  keel_http_opts o;
+  keel_http_opts_init(&o);
   o.host = "127.0.0.1";
   o.port = 0;
   o.max_header_bytes = 4096;
@@ -74,12 +74,12 @@ static void starter(void *arg) {
 
 int LLVMFuzzerInitialize(int *argc, char ***argv) {
   (void)argc, (void)argv;
-  keel_log_options lo;
-  keel_log_options_init(&lo);
+  keel_log_opts lo;
+  keel_log_opts_init(&lo);
   lo.level = KEEL_LOG_FATAL;
   keel_log_init(&lo);
-  keel_rt_options ro;
-  keel_rt_options_init(&ro);
+  keel_rt_opts ro;
+  keel_rt_opts_init(&ro);
   ro.schedulers = 2;
   if (keel_rt_start(&ro) != 0) abort();
   keel_spawn(starter, NULL, NULL, NULL);

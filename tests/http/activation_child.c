@@ -30,8 +30,8 @@ static void main_proc(void *arg) {
   (void)arg;
   keel_http_router *r = keel_http_router_new();
   keel_http_route(r, "GET", "/whoami", whoami, &g_srv);
-  keel_http_options o;
-  keel_http_options_init(&o);
+  keel_http_opts o;
+  keel_http_opts_init(&o);
   o.host = "127.0.0.1";
   o.port = 1; /* would fail to bind (not root, or taken): must not be used */
   o.access_log = false;

@@ -75,8 +75,8 @@ static keel_http_router *routes(void) {
 /* Options for the parser cases: no rate limit (a case sends many requests),
  * and timeouts short enough that a server which wrongly keeps a connection
  * open ends the case in about a second instead of HX_WAIT_MS. */
-static void parser_options(keel_http_options *o) {
-  keel_http_options_init(o);
+static void parser_options(keel_http_opts *o) {
+  keel_http_opts_init(o);
   o->rate_limit = 0;
   o->header_timeout_ms = 2000;
   o->body_timeout_ms = 2000;
@@ -84,15 +84,15 @@ static void parser_options(keel_http_options *o) {
 }
 
 /* Options for the timeout cases. */
-static void timeout_options(keel_http_options *o) {
-  keel_http_options_init(o);
+static void timeout_options(keel_http_opts *o) {
+  keel_http_opts_init(o);
   o->rate_limit = 0;
   o->header_timeout_ms = 400;
   o->body_timeout_ms = 400;
   o->keepalive_timeout_ms = 300;
 }
 
-static keel_http_server *start(keel_http_options *o) {
+static keel_http_server *start(keel_http_opts *o) {
   keel_http_server *s;
   o->host = "127.0.0.1";
   o->port = 0;
@@ -301,7 +301,7 @@ static void drip_go(drip *d) {
 /* ---- 1. parser strictness -------------------------------------------------------------- */
 
 KT_CASE(whitespace_inside_or_after_a_field_name_gets_400_and_close) {
-  keel_http_options o;
+  keel_http_opts o;
   parser_options(&o);
   keel_http_server *s = start(&o);
   int port = keel_http_port(s);
@@ -316,7 +316,7 @@ KT_CASE(whitespace_inside_or_after_a_field_name_gets_400_and_close) {
 }
 
 KT_CASE(chunk_data_not_followed_by_crlf_gets_400_and_close) {
-  keel_http_options o;
+  keel_http_opts o;
   parser_options(&o);
   keel_http_server *s = start(&o);
   REFUSED_400(keel_http_port(s), "chunk data then XX",
@@ -326,7 +326,7 @@ KT_CASE(chunk_data_not_followed_by_crlf_gets_400_and_close) {
 }
 
 KT_CASE(only_http_1_0_and_1_1_are_served_other_versions_get_400_and_close) {
-  keel_http_options o;
+  keel_http_opts o;
   parser_options(&o);
   keel_http_server *s = start(&o);
   int port = keel_http_port(s);
@@ -346,7 +346,7 @@ KT_CASE(only_http_1_0_and_1_1_are_served_other_versions_get_400_and_close) {
 }
 
 KT_CASE(an_http_1_1_request_without_exactly_one_host_gets_400_and_close) {
-  keel_http_options o;
+  keel_http_opts o;
   parser_options(&o);
   keel_http_server *s = start(&o);
   int port = keel_http_port(s);
@@ -359,7 +359,7 @@ KT_CASE(an_http_1_1_request_without_exactly_one_host_gets_400_and_close) {
 }
 
 KT_CASE(an_http_1_0_request_without_host_is_served) {
-  keel_http_options o;
+  keel_http_opts o;
   parser_options(&o);
   keel_http_server *s = start(&o);
   static kt_resp r;
@@ -373,7 +373,7 @@ KT_CASE(an_http_1_0_request_without_host_is_served) {
 }
 
 KT_CASE(obs_fold_continuation_lines_get_400_and_close) {
-  keel_http_options o;
+  keel_http_opts o;
   parser_options(&o);
   keel_http_server *s = start(&o);
   int port = keel_http_port(s);
@@ -435,7 +435,7 @@ static const variant smuggling[] = {
 };
 
 KT_CASE(smuggling_attempts_get_400_and_close_and_the_smuggled_request_is_never_answered) {
-  keel_http_options o;
+  keel_http_opts o;
   parser_options(&o);
   keel_http_server *s = start(&o);
   int port = keel_http_port(s);
@@ -447,7 +447,7 @@ KT_CASE(smuggling_attempts_get_400_and_close_and_the_smuggled_request_is_never_a
 }
 
 KT_CASE(garbage_a_nul_in_a_header_and_the_http2_preface_get_400_and_close) {
-  keel_http_options o;
+  keel_http_opts o;
   parser_options(&o);
   keel_http_server *s = start(&o);
   int port = keel_http_port(s);
@@ -463,7 +463,7 @@ KT_CASE(garbage_a_nul_in_a_header_and_the_http2_preface_get_400_and_close) {
 }
 
 KT_CASE(an_oversized_head_gets_431_with_the_envelope_and_close) {
-  keel_http_options o;
+  keel_http_opts o;
   parser_options(&o);
   o.max_header_bytes = 1024;
   keel_http_server *s = start(&o);
@@ -485,7 +485,7 @@ KT_CASE(an_oversized_head_gets_431_with_the_envelope_and_close) {
 }
 
 KT_CASE(an_oversized_body_declared_or_chunked_gets_413_with_the_envelope_and_close) {
-  keel_http_options o;
+  keel_http_opts o;
   parser_options(&o);
   o.max_body_bytes = 1000;
   keel_http_server *s = start(&o);
@@ -514,7 +514,7 @@ KT_CASE(an_oversized_body_declared_or_chunked_gets_413_with_the_envelope_and_clo
 /* ---- 2. blank lines before a request line --------------------------------------------- */
 
 KT_CASE(up_to_two_blank_lines_before_a_request_line_are_tolerated) {
-  keel_http_options o;
+  keel_http_opts o;
   parser_options(&o);
   keel_http_server *s = start(&o);
   int port = keel_http_port(s);
@@ -546,7 +546,7 @@ KT_CASE(up_to_two_blank_lines_before_a_request_line_are_tolerated) {
 }
 
 KT_CASE(a_third_blank_line_before_a_request_line_gets_400_and_close) {
-  keel_http_options o;
+  keel_http_opts o;
   parser_options(&o);
   keel_http_server *s = start(&o);
   int port = keel_http_port(s);
@@ -566,7 +566,7 @@ KT_CASE(a_third_blank_line_before_a_request_line_gets_400_and_close) {
 /* ---- 3. timeouts ------------------------------------------------------------------------- */
 
 KT_CASE(a_head_dribbled_line_by_line_gets_408_and_is_closed_before_the_dribble_ends) {
-  keel_http_options o;
+  keel_http_opts o;
   timeout_options(&o);
   keel_http_server *s = start(&o);
   drip *d = drip_start();
@@ -584,7 +584,7 @@ KT_CASE(a_head_dribbled_line_by_line_gets_408_and_is_closed_before_the_dribble_e
 }
 
 KT_CASE(blank_lines_sent_slowly_get_400_at_the_third_and_the_connection_is_closed) {
-  keel_http_options o;
+  keel_http_opts o;
   timeout_options(&o);
   /* a header timeout well past the third line (at about 300 ms), so that the
    * blank-line limit, not the timeout, is what ends it */
@@ -606,7 +606,7 @@ KT_CASE(blank_lines_sent_slowly_get_400_at_the_third_and_the_connection_is_close
 }
 
 KT_CASE(bare_lfs_after_a_served_request_get_the_connection_closed_and_nothing_more_served) {
-  keel_http_options o;
+  keel_http_opts o;
   timeout_options(&o);
   keel_http_server *s = start(&o);
   drip *d = drip_start();
@@ -632,7 +632,7 @@ KT_CASE(bare_lfs_after_a_served_request_get_the_connection_closed_and_nothing_mo
 }
 
 KT_CASE(an_idle_keep_alive_connection_is_closed_after_the_keepalive_timeout_without_bytes) {
-  keel_http_options o;
+  keel_http_opts o;
   timeout_options(&o);
   keel_http_server *s = start(&o);
   drip *d = drip_start();
@@ -653,7 +653,7 @@ KT_CASE(an_idle_keep_alive_connection_is_closed_after_the_keepalive_timeout_with
 }
 
 KT_CASE(a_body_that_stops_coming_gets_408_and_close) {
-  keel_http_options o;
+  keel_http_opts o;
   timeout_options(&o);
   keel_http_server *s = start(&o);
   drip *d = drip_start();
@@ -681,7 +681,7 @@ KT_CASE(a_body_that_stops_coming_gets_408_and_close) {
 }
 
 KT_CASE(a_connection_that_sends_nothing_is_closed_by_the_header_timeout) {
-  keel_http_options o;
+  keel_http_opts o;
   timeout_options(&o);
   keel_http_server *s = start(&o);
   drip *d = drip_start();

@@ -79,7 +79,7 @@ static int h_nap(keel_http_req *req, keel_http_res *res, void *ud) {
   return keel_http_reply_text(res, 200, "text/plain", "rested");
 }
 
-static keel_http_server *start(keel_http_options *o) {
+static keel_http_server *start(keel_http_opts *o) {
   keel_http_router *r = keel_http_router_new();
   CHECK(r != NULL);
   CHECK_OK(keel_http_route(r, "GET", "/api/hello", h_hello, NULL));
@@ -95,8 +95,8 @@ static keel_http_server *start(keel_http_options *o) {
 
 /* Options for the load cases: no rate limit (every client is 127.0.0.1),
  * CORS on so that preflights are answered on the loop. */
-static void load_options(keel_http_options *o) {
-  keel_http_options_init(o);
+static void load_options(keel_http_opts *o) {
+  keel_http_opts_init(o);
   o->rate_limit = 0;
   o->cors_origins = ORIGIN;
 }
@@ -580,7 +580,7 @@ static void duplex_run(void *arg) {
 /* ---- cases --------------------------------------------------------------------------------- */
 
 KT_CASE(one_connection_with_100000_pipelined_requests_gets_every_answer_in_order_in_bounded_memory) {
-  keel_http_options o;
+  keel_http_opts o;
   load_options(&o);
   keel_http_server *s = start(&o);
   static duplex d;
@@ -713,7 +713,7 @@ static void fifty_run(void *arg) {
 }
 
 KT_CASE(fifty_connections_at_once_with_2000_pipelined_requests_each_are_answered_in_order_while_a_probe_is_served) {
-  keel_http_options o;
+  keel_http_opts o;
   load_options(&o);
   keel_http_server *s = start(&o);
   static fifty f;
@@ -812,7 +812,7 @@ static void silent_run(void *arg) {
 }
 
 KT_CASE(a_client_that_never_reads_is_pushed_back_in_bounded_memory_and_then_gets_every_answer_in_order) {
-  keel_http_options o;
+  keel_http_opts o;
   load_options(&o);
   /* while it is pushed back the connection is neither idle nor slow on
    * purpose: long timeouts keep this case about back-pressure (what a server
@@ -850,7 +850,7 @@ KT_CASE(a_client_that_never_reads_is_pushed_back_in_bounded_memory_and_then_gets
  * answered on the loop; the last request is garbage: 400, and the server
  * closes the connection after it. */
 KT_CASE(a_pipeline_past_the_rate_limit_gets_429s_in_order_and_a_malformed_request_ends_it_with_400) {
-  keel_http_options o;
+  keel_http_opts o;
   load_options(&o);
   o.rate_limit = 100;
   keel_http_server *s = start(&o);
@@ -878,7 +878,7 @@ KT_CASE(a_pipeline_past_the_rate_limit_gets_429s_in_order_and_a_malformed_reques
  * pipelined behind it pile up (the server stops reading at its bound), and
  * when it is done the loop answers thousands of them in one go. */
 KT_CASE(thousands_of_404s_piled_up_behind_a_slow_handler_are_answered_in_order_in_bounded_memory) {
-  keel_http_options o;
+  keel_http_opts o;
   load_options(&o);
   keel_http_server *s = start(&o);
   static duplex d;

@@ -100,7 +100,7 @@ static keel_http_router *routes(void) {
   return r;
 }
 
-static keel_http_server *start(keel_http_options *o) {
+static keel_http_server *start(keel_http_opts *o) {
   keel_http_server *s;
   o->host = "127.0.0.1";
   o->port = 0;
@@ -110,8 +110,8 @@ static keel_http_server *start(keel_http_options *o) {
 }
 
 static keel_http_server *start_default(void) {
-  keel_http_options o;
-  keel_http_options_init(&o);
+  keel_http_opts o;
+  keel_http_opts_init(&o);
   return start(&o);
 }
 
@@ -245,8 +245,8 @@ KT_CASE(json_bodies_validation_and_malformed_json) {
 }
 
 KT_CASE(limits_answer_413_431_and_400_with_the_envelope_and_close) {
-  keel_http_options o;
-  keel_http_options_init(&o);
+  keel_http_opts o;
+  keel_http_opts_init(&o);
   o.max_body_bytes = 1000;
   o.max_header_bytes = 2048;
   keel_http_server *s = start(&o);
@@ -301,8 +301,8 @@ KT_CASE(crashes_and_internal_errors_give_500_without_internals) {
 }
 
 KT_CASE(a_handler_past_the_request_timeout_gets_503_and_is_killed) {
-  keel_http_options o;
-  keel_http_options_init(&o);
+  keel_http_opts o;
+  keel_http_opts_init(&o);
   o.request_timeout_ms = 200;
   keel_http_server *s = start(&o);
   static kt_resp r;
@@ -313,8 +313,8 @@ KT_CASE(a_handler_past_the_request_timeout_gets_503_and_is_killed) {
 }
 
 KT_CASE(the_rate_limit_refuses_past_the_limit_with_retry_after_and_skips_health) {
-  keel_http_options o;
-  keel_http_options_init(&o);
+  keel_http_opts o;
+  keel_http_opts_init(&o);
   o.rate_limit = 3;
   keel_http_server *s = start(&o);
   int port = keel_http_port(s);
@@ -337,8 +337,8 @@ KT_CASE(the_rate_limit_refuses_past_the_limit_with_retry_after_and_skips_health)
 }
 
 KT_CASE(cors_allows_listed_origins_answers_preflights_and_refuses_others) {
-  keel_http_options o;
-  keel_http_options_init(&o);
+  keel_http_opts o;
+  keel_http_opts_init(&o);
   o.cors_origins = "https://app.example,https://admin.example";
   keel_http_server *s = start(&o);
   int port = keel_http_port(s);
@@ -394,8 +394,8 @@ static void loris_run(void *arg) {
 }
 
 KT_CASE(a_slowloris_connection_is_closed_while_others_are_served) {
-  keel_http_options o;
-  keel_http_options_init(&o);
+  keel_http_opts o;
+  keel_http_opts_init(&o);
   o.header_timeout_ms = 300;
   keel_http_server *s = start(&o);
   loris_job lj = {.port = keel_http_port(s)};
@@ -469,8 +469,8 @@ KT_CASE(a_client_that_half_closes_still_gets_every_answer) {
 }
 
 KT_CASE(stop_cuts_connections_and_kills_handlers_still_running) {
-  keel_http_options o;
-  keel_http_options_init(&o);
+  keel_http_opts o;
+  keel_http_opts_init(&o);
   o.request_timeout_ms = 0; /* no timeout: only the stop can end h_slow */
   keel_http_server *s = start(&o);
   static kt_resp r;
@@ -504,8 +504,8 @@ KT_CASE(an_internal_error_is_logged_with_the_request_id_and_the_body_redacted) {
   int fd = mkstemp(path);
   CHECK(fd >= 0);
   close(fd);
-  keel_log_options lo;
-  keel_log_options_init(&lo);
+  keel_log_opts lo;
+  keel_log_opts_init(&lo);
   lo.file = path;
   lo.level = KEEL_LOG_INFO;
   CHECK_OK(keel_log_init(&lo));
@@ -644,8 +644,8 @@ KT_CASE(a_client_that_resets_before_its_answer_does_not_kill_the_node) {
 }
 
 KT_CASE(a_port_in_use_fails_with_eaddrinuse_and_closes_no_descriptor_of_others) {
-  keel_http_options o;
-  keel_http_options_init(&o);
+  keel_http_opts o;
+  keel_http_opts_init(&o);
   o.host = "127.0.0.1";
   keel_http_server *s = start(&o);
   /* a second server on the same port, without SO_REUSEPORT's blessing:
@@ -679,8 +679,8 @@ KT_CASE(a_port_in_use_fails_with_eaddrinuse_and_closes_no_descriptor_of_others) 
 KT_CASE(a_405_or_429_on_a_routed_path_is_labelled_with_its_route_and_only_unrouted_paths_unmatched) {
   keel_metrics *reg;
   CHECK_OK(keel_metrics_new(&reg, 0));
-  keel_http_options o;
-  keel_http_options_init(&o);
+  keel_http_opts o;
+  keel_http_opts_init(&o);
   o.metrics = reg;
   o.rate_limit = 2;
   keel_http_server *s = start(&o);

@@ -198,8 +198,8 @@ int main(int argc, char **argv) {
   listen_port = (int)port;
   port_file = argc > 2 ? argv[2] : NULL;
 
-  keel_log_options lo;
-  keel_log_options_init(&lo);
+  keel_log_opts lo;
+  keel_log_opts_init(&lo);
   lo.fd = 2;
   lo.service = "prom_target";
   if (keel_log_init(&lo) != 0) fail("keel_log_init", 0);

@@ -154,8 +154,8 @@ static char g_path[256];
 static void log_start(const char *tag) {
   snprintf(g_path, sizeof g_path, "/tmp/keel_test_alerts_%d_%s.log", (int)getpid(), tag);
   unlink(g_path);
-  keel_log_options o;
-  keel_log_options_init(&o);
+  keel_log_opts o;
+  keel_log_opts_init(&o);
   o.level = KEEL_LOG_INFO;
   o.format = KEEL_LOG_JSON;
   o.service = "alerts-test";
@@ -469,8 +469,8 @@ KT_CASE(restart_rate_alert_after_provoked_restarts) {
   CHECK_OK(keel_alerts_subscribe(keel_self()));
 
   kt_worker_cfg w = {.id = "w"};
-  keel_child_spec ch[] = {kt_worker_spec(&w)};
-  keel_sup_spec spec = kt_sup_spec(KEEL_ONE_FOR_ONE, ch, 1);
+  keel_sup_child_spec ch[] = {kt_worker_spec(&w)};
+  keel_sup_spec spec = kt_sup_spec(KEEL_SUP_ONE_FOR_ONE, ch, 1);
   spec.intensity = 100;
   spec.period_ms = 60000;
   keel_sup_opts so = {"crashy_sup", false};

@@ -117,9 +117,9 @@ static const keel_config_field svc_table[] = {
 #define SVC_N (sizeof svc_table / sizeof svc_table[0])
 
 /* Loads svc_table with an optional .env path; returns rc, *errors owned. */
-static int load_svc(svc *s, const char *dotenv, char **errors, keel_config_options *o_out) {
-  keel_config_options o;
-  keel_config_options_init(&o);
+static int load_svc(svc *s, const char *dotenv, char **errors, keel_config_opts *o_out) {
+  keel_config_opts o;
+  keel_config_opts_init(&o);
   o.dotenv_path = dotenv;
   int rc = keel_config_load(svc_table, SVC_N, s, &o, errors);
   if (o_out) *o_out = o;
@@ -164,7 +164,7 @@ static void expect_error(keel_config_field f, const char *value, const char *lin
 static void defaults_fill_every_type(void) {
   svc s;
   char *err = (char *)1;
-  keel_config_options o;
+  keel_config_opts o;
   CHECK_OK(load_svc(&s, NULL, &err, &o));
   CHECK(err == NULL);
   CHECK_EQ(o.app_env, KEEL_CONFIG_DEVELOPMENT);
@@ -438,8 +438,8 @@ static void dotenv_reads_comments_quotes_and_export(void) {
   CHECK_EQ(s.level, 1); /* the last line for a key wins */
   keel_config_free(svc_table, SVC_N, &s);
   char *v = NULL;
-  keel_config_options o;
-  keel_config_options_init(&o);
+  keel_config_opts o;
+  keel_config_opts_init(&o);
   o.dotenv_path = path;
   CHECK_OK(keel_config_load(&name, 1, &v, &o, NULL));
   CHECK_STR(v, "line1\nq\"uote\\");
@@ -489,8 +489,8 @@ static void precedence_is_environment_dotenv_by_env_default(void) {
                          .def = "10",
                          .by_env = {[KEEL_CONFIG_STAGING] = "20"}};
   int64_t v = 0;
-  keel_config_options o;
-  keel_config_options_init(&o);
+  keel_config_opts o;
+  keel_config_opts_init(&o);
   setenv("APP_ENV", "staging", 1);
   char *path = write_file("POOL=30\n");
   o.dotenv_path = path;
@@ -515,7 +515,7 @@ static void precedence_is_environment_dotenv_by_env_default(void) {
 
 static void app_env_selects_defaults_and_is_validated(void) {
   svc s;
-  keel_config_options o;
+  keel_config_opts o;
   setenv("APP_ENV", "staging", 1);
   setenv("DATABASE_URL", "postgresql://db/x", 1);
   CHECK_OK(load_svc(&s, NULL, NULL, &o));
@@ -560,7 +560,7 @@ static void app_env_selects_defaults_and_is_validated(void) {
   unsetenv("APP_ENV");
   unsetenv("PORT");
   setenv("MY_ENV", "staging", 1);
-  keel_config_options_init(&o);
+  keel_config_opts_init(&o);
   o.app_env_var = "MY_ENV";
   CHECK_OK(keel_config_load(svc_table, SVC_N, &s, &o, NULL));
   CHECK_EQ(o.app_env, KEEL_CONFIG_STAGING);
@@ -627,8 +627,8 @@ static int always_fails(const void *cfg, void *arg, char *why, size_t len) {
 static void cross_field_rules_report_after_the_fields(void) {
   int calls = 0;
   keel_config_rule rules[] = {{"HEALTH_PORT", ports_differ, NULL}, {"POOL", always_fails, &calls}};
-  keel_config_options o;
-  keel_config_options_init(&o);
+  keel_config_opts o;
+  keel_config_opts_init(&o);
   o.rules = rules;
   o.nrules = 2;
   setenv("PORT", "8080", 1);

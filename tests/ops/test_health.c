@@ -586,8 +586,8 @@ KT_CASE(builtin_restarts_over_threshold_degrade_then_fail) {
   CHECK_OK(keel_health_register_builtin(&o));
   CHECK_EQ(keel_health_register_builtin(&o), KEEL_EEXIST);
 
-  keel_child_spec ch = {.id = "w", .start = worker_start, .restart = KEEL_PERMANENT};
-  keel_sup_spec spec = {.strategy = KEEL_ONE_FOR_ONE,
+  keel_sup_child_spec ch = {.id = "w", .start = worker_start, .restart = KEEL_SUP_PERMANENT};
+  keel_sup_spec spec = {.strategy = KEEL_SUP_ONE_FOR_ONE,
                         .intensity = 100,
                         .period_ms = 60000,
                         .children = &ch,
@@ -631,7 +631,7 @@ KT_CASE(builtin_restarts_over_threshold_degrade_then_fail) {
   CHECK_EQ(total, 4);
   CHECK_EQ(recent, 0);
 
-  CHECK_OK(keel_gs_stop_server(sup, KEEL_REASON_SHUTDOWN, NULL, 10000));
+  CHECK_OK(keel_gs_stop(sup, KEEL_REASON_SHUTDOWN, NULL, 10000));
   keel_health_reset();
 }
 

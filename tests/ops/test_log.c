@@ -70,10 +70,10 @@ static size_t count_lines(const char *s) {
 }
 
 /* Starts logging to a fresh file with options tweaked by the caller. */
-static void start(const char *tag, keel_log_options *o) {
-  keel_log_options d;
+static void start(const char *tag, keel_log_opts *o) {
+  keel_log_opts d;
   if (!o) {
-    keel_log_options_init(&d);
+    keel_log_opts_init(&d);
     o = &d;
   }
   if (o->level < 0) o->level = KEEL_LOG_TRACE;
@@ -134,8 +134,8 @@ KT_CASE(levels_filter_by_minimum_from_env_and_change_at_run_time) {
   CHECK(strcmp(keel_log_level_name(KEEL_LOG_FATAL), "fatal") == 0);
 
   setenv("LOG_LEVEL", "loud", 1);
-  keel_log_options o;
-  keel_log_options_init(&o);
+  keel_log_opts o;
+  keel_log_opts_init(&o);
   o.file = tmp_path("levels");
   CHECK_EQ(keel_log_init(&o), KEEL_EINVAL);
   setenv("LOG_LEVEL", "warn", 1);
@@ -449,7 +449,7 @@ KT_CASE(a_correlation_id_follows_a_gen_server_call) {
   CHECK_OK(keel_log_context_clear());
   CHECK_OK(keel_gs_call(srv, keel_msg_new(0, 0), &r, 0, NULL)); /* no context now */
   keel_msg_free(r);
-  CHECK_OK(keel_gs_stop_server(srv, KEEL_REASON_NORMAL, NULL, 0));
+  CHECK_OK(keel_gs_stop(srv, KEEL_REASON_NORMAL, NULL, 0));
   char *s = stop_and_read();
   CHECK_EQ(count_lines(s), 3);
   check_json_line(s, 0,
@@ -467,8 +467,8 @@ KT_CASE(a_correlation_id_follows_a_gen_server_call) {
 /* ---- redaction ---------------------------------------------------------- */
 
 KT_CASE(redaction_hides_sensitive_keys_at_any_depth_and_in_bound_fields) {
-  keel_log_options o;
-  keel_log_options_init(&o);
+  keel_log_opts o;
+  keel_log_opts_init(&o);
   static const char *const extra[] = {"ssn", "X-Session", NULL};
   o.redact = extra;
   start("redact", &o);
@@ -499,8 +499,8 @@ KT_CASE(redaction_hides_sensitive_keys_at_any_depth_and_in_bound_fields) {
 /* ---- pretty ------------------------------------------------------------- */
 
 KT_CASE(pretty_format_is_readable_and_coloured_on_request) {
-  keel_log_options o;
-  keel_log_options_init(&o);
+  keel_log_opts o;
+  keel_log_opts_init(&o);
   o.format = KEEL_LOG_PRETTY;
   o.color = 0;
   start("pretty", &o);
@@ -530,8 +530,8 @@ KT_CASE(pretty_format_is_readable_and_coloured_on_request) {
 /* ---- buffering, sinks, stats -------------------------------------------- */
 
 KT_CASE(fatal_is_written_before_the_call_returns) {
-  keel_log_options o;
-  keel_log_options_init(&o);
+  keel_log_opts o;
+  keel_log_opts_init(&o);
   o.flush_ms = 600000; /* the interval never fires during the test */
   start("fatal", &o);
   keel_log_info(NULL, "before");
@@ -546,8 +546,8 @@ KT_CASE(fatal_is_written_before_the_call_returns) {
 }
 
 KT_CASE(stats_count_lines_by_level_and_dropped_lines) {
-  keel_log_options o;
-  keel_log_options_init(&o);
+  keel_log_opts o;
+  keel_log_opts_init(&o);
   o.buffer_size = 4096;
   o.overflow_wait_ms = -1; /* drop at once */
   start("stats", &o);
@@ -647,8 +647,8 @@ static void check_all_lines(const char *s, int producers) {
 }
 
 KT_CASE(concurrent_producers_lose_nothing_through_small_buffers) {
-  keel_log_options o;
-  keel_log_options_init(&o);
+  keel_log_opts o;
+  keel_log_opts_init(&o);
   o.buffer_size = 16384;
   o.overflow_wait_ms = KEEL_INFINITY;
   start("many", &o);
@@ -715,8 +715,8 @@ static void child_proc(void *arg) {
 KT_CASE(child_logs_then_stops) {
   const char *path = getenv("KT_LOG_CHILD_FILE");
   if (!path) return;
-  keel_log_options o;
-  keel_log_options_init(&o);
+  keel_log_opts o;
+  keel_log_opts_init(&o);
   o.file = path;
   o.level = KEEL_LOG_INFO;
   o.format = KEEL_LOG_JSON;
@@ -829,11 +829,11 @@ static int stubborn_start(void *arg, const void *args, size_t len, keel_pid_t *p
 KT_CASE(a_child_killed_past_its_shutdown_time_is_logged) {
   start("shutdown_timeout", NULL);
   CHECK_OK(keel_log_keel_events(true));
-  keel_child_spec ch = {.id = "stubborn", .start = stubborn_start, .shutdown = 50};
-  keel_sup_spec spec = {.strategy = KEEL_ONE_FOR_ONE, .children = &ch, .nchildren = 1};
+  keel_sup_child_spec ch = {.id = "stubborn", .start = stubborn_start, .shutdown = 50};
+  keel_sup_spec spec = {.strategy = KEEL_SUP_ONE_FOR_ONE, .children = &ch, .nchildren = 1};
   keel_pid_t sup;
   CHECK_OK(keel_sup_start(&spec, &(keel_sup_opts){.name = "stopsup"}, &sup, NULL));
-  CHECK_OK(keel_gs_stop_server(sup, KEEL_REASON_SHUTDOWN, NULL, 5000));
+  CHECK_OK(keel_gs_stop(sup, KEEL_REASON_SHUTDOWN, NULL, 5000));
   CHECK_OK(keel_log_keel_events(false));
   char *s = stop_and_read();
   CHECK(strstr(s, "\"level\":\"warn\"") != NULL);
@@ -844,7 +844,7 @@ KT_CASE(a_child_killed_past_its_shutdown_time_is_logged) {
 
 static int tiny_app_start(keel_app_t *app, void *config, keel_pid_t *root, void **state) {
   (void)app, (void)config, (void)state;
-  keel_sup_spec spec = {.strategy = KEEL_ONE_FOR_ONE};
+  keel_sup_spec spec = {.strategy = KEEL_SUP_ONE_FOR_ONE};
   return keel_sup_start(&spec, NULL, root, NULL);
 }
 
@@ -876,8 +876,8 @@ KT_CASE(keel_events_and_configuration_reach_the_log) {
   start("keelev", NULL);
   CHECK_OK(keel_log_keel_events(true));
   atomic_store(&restart_child_starts, 0);
-  keel_child_spec ch = {.id = "flaky", .start = restarting_start};
-  keel_sup_spec spec = {.strategy = KEEL_ONE_FOR_ONE, .children = &ch, .nchildren = 1};
+  keel_sup_child_spec ch = {.id = "flaky", .start = restarting_start};
+  keel_sup_spec spec = {.strategy = KEEL_SUP_ONE_FOR_ONE, .children = &ch, .nchildren = 1};
   keel_pid_t sup;
   CHECK_OK(keel_sup_start(&spec, &(keel_sup_opts){.name = "logsup"}, &sup, NULL));
   const char *want = "\"event\":\"supervisor_restart\",\"supervisor\":\"logsup\","
@@ -893,7 +893,7 @@ KT_CASE(keel_events_and_configuration_reach_the_log) {
   }
   CHECK(strstr(s, want) != NULL);
   free(s);
-  CHECK_OK(keel_gs_stop_server(sup, KEEL_REASON_SHUTDOWN, NULL, 5000));
+  CHECK_OK(keel_gs_stop(sup, KEEL_REASON_SHUTDOWN, NULL, 5000));
 
   static const keel_config_field table[] = {
       {.env = "PORT", .type = KEEL_CONFIG_INT, .offset = offsetof(small_cfg, port), .def = "8080"},
@@ -961,8 +961,8 @@ KT_CASE(events_and_crash_reports_have_stable_names) {
 KT_CASE(jq_sample_lines) {
   const char *path = getenv("KT_LOG_JQ_FILE");
   if (!path) return;
-  keel_log_options o;
-  keel_log_options_init(&o);
+  keel_log_opts o;
+  keel_log_opts_init(&o);
   o.file = path;
   o.level = KEEL_LOG_TRACE;
   o.format = KEEL_LOG_JSON;

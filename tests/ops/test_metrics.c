@@ -549,8 +549,9 @@ static int worker_start(void *arg, const void *args, size_t args_len, keel_pid_t
  * restart is counted. Returns the supervisor's pid. */
 static keel_pid_t restart_once(keel_metrics *r) {
   atomic_store(&worker_starts, 0);
-  keel_child_spec child = {.id = "worker", .start = worker_start, .restart = KEEL_PERMANENT};
-  keel_sup_spec spec = {.strategy = KEEL_ONE_FOR_ONE, .children = &child, .nchildren = 1};
+  keel_sup_child_spec child = {
+      .id = "worker", .start = worker_start, .restart = KEEL_SUP_PERMANENT};
+  keel_sup_spec spec = {.strategy = KEEL_SUP_ONE_FOR_ONE, .children = &child, .nchildren = 1};
   keel_sup_opts so = {.name = "metsup"};
   keel_pid_t sup;
   CHECK_OK(keel_sup_start(&spec, &so, &sup, NULL));
@@ -785,8 +786,8 @@ KT_CASE(log_lines_by_level_follow_the_logger_and_never_go_down) {
   CHECK(log_lines(r, "warn") == 0); /* no logger: nothing counted */
   int fd = open("/dev/null", O_WRONLY | O_CLOEXEC);
   CHECK(fd >= 0);
-  keel_log_options o;
-  keel_log_options_init(&o);
+  keel_log_opts o;
+  keel_log_opts_init(&o);
   o.fd = fd;
   o.level = KEEL_LOG_TRACE;
   CHECK_OK(keel_log_init(&o));

@@ -59,19 +59,17 @@ static int worker_start(void *arg, const void *args, size_t args_len, keel_pid_t
   return rc;
 }
 
-static keel_child_spec inner_children[] = {
-    {.id = "w3", .start = worker_start, .restart = KEEL_PERMANENT},
+static keel_sup_child_spec inner_children[] = {
+    {.id = "w3", .start = worker_start, .restart = KEEL_SUP_PERMANENT},
 };
 static keel_sup_spec inner_spec = {
-    .strategy = KEEL_ONE_FOR_ALL, .children = inner_children, .nchildren = 1};
-static keel_child_spec root_children[] = {
-    {.id = "w1", .start = worker_start, .arg = "worker_one", .restart = KEEL_PERMANENT},
-    {.id = "w2", .start = worker_start, .arg = "worker_two", .restart = KEEL_PERMANENT},
+    .strategy = KEEL_SUP_ONE_FOR_ALL, .children = inner_children, .nchildren = 1};
+static keel_sup_child_spec root_children[] = {
+    {.id = "w1", .start = worker_start, .arg = "worker_one", .restart = KEEL_SUP_PERMANENT},
+    {.id = "w2", .start = worker_start, .arg = "worker_two", .restart = KEEL_SUP_PERMANENT},
     {.id = "inner",
-     .start = keel_sup_child_start,
-     .arg = &inner_spec,
-     .restart = KEEL_PERMANENT,
-     .type = KEEL_SUPERVISOR},
+     .supervisor = &inner_spec,
+     .restart = KEEL_SUP_PERMANENT},
 };
 
 typedef struct tree {
@@ -93,7 +91,7 @@ static void waiting_for_timer(keel_pid_t pid) {
 /* Starts the tree, crashes w1 once, floods w2 with 100 messages. */
 static tree tree_start(void) {
   keel_rt_set_report_handler(quiet_report, NULL);
-  keel_sup_spec spec = {.strategy = KEEL_ONE_FOR_ONE,
+  keel_sup_spec spec = {.strategy = KEEL_SUP_ONE_FOR_ONE,
                         .intensity = 5,
                         .period_ms = 7000,
                         .children = root_children,
@@ -116,7 +114,7 @@ static tree tree_start(void) {
 }
 
 static void tree_stop(tree *t) {
-  CHECK_OK(keel_gs_stop_server(t->root, KEEL_REASON_SHUTDOWN, NULL, KT_LONG));
+  CHECK_OK(keel_gs_stop(t->root, KEEL_REASON_SHUTDOWN, NULL, KT_LONG));
   CHECK(!keel_is_alive(t->root));
 }
 
@@ -142,7 +140,7 @@ KT_CASE(snapshot_lists_a_known_tree_exactly) {
   CHECK_EQ(r->pid, t.root);
   CHECK_EQ(r->status, 0);
   CHECK_STR(r->name, "obs_root");
-  CHECK_EQ(r->strategy, KEEL_ONE_FOR_ONE);
+  CHECK_EQ(r->strategy, KEEL_SUP_ONE_FOR_ONE);
   CHECK_EQ(r->intensity, 5);
   CHECK_EQ(r->period_ms, 7000);
   CHECK_EQ(r->restarts, 1);
@@ -157,10 +155,10 @@ KT_CASE(snapshot_lists_a_known_tree_exactly) {
   CHECK_EQ(r->children[1].pid, t.w2);
   CHECK_EQ(r->children[1].restarts, 0);
   CHECK_STR(r->children[2].id, "inner");
-  CHECK_EQ(r->children[2].type, KEEL_SUPERVISOR);
+  CHECK_EQ(r->children[2].type, KEEL_SUP_SUPERVISOR);
   CHECK_EQ(in->pid, t.inner);
   CHECK_STR(in->name, "");
-  CHECK_EQ(in->strategy, KEEL_ONE_FOR_ALL);
+  CHECK_EQ(in->strategy, KEEL_SUP_ONE_FOR_ALL);
   CHECK_EQ(in->restarts, 0);
   CHECK_EQ(in->depth, 1);
   CHECK_EQ(in->parent, t.root);
@@ -626,8 +624,9 @@ KT_CASE(events_arrive_in_order_with_reasons) {
   CHECK_STR(ev.reason_text, "");
 
   /* supervisor events: one restart, then too many */
-  static keel_child_spec ch[] = {{.id = "w1", .start = worker_start, .restart = KEEL_PERMANENT}};
-  keel_sup_spec spec = {.strategy = KEEL_ONE_FOR_ONE,
+  static keel_sup_child_spec ch[] = {
+      {.id = "w1", .start = worker_start, .restart = KEEL_SUP_PERMANENT}};
+  keel_sup_spec spec = {.strategy = KEEL_SUP_ONE_FOR_ONE,
                         .intensity = 1,
                         .period_ms = 60000,
                         .children = ch,
@@ -726,7 +725,7 @@ static void quick_flood(void *arg) {
 }
 
 KT_CASE(overload_is_bounded_and_counted) {
-  keel_observer_options opt = {.rate_max = 10};
+  keel_observer_start_opts opt = {.rate_max = 10};
   CHECK_OK(keel_observer_start(&opt));
   CHECK_OK(keel_observer_subscribe(
       keel_self(), KEEL_OBS_PROC_STARTED | KEEL_OBS_PROC_EXITED | KEEL_OBS_STATS, 20));

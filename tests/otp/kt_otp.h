@@ -193,14 +193,10 @@ static inline int kt_worker_request(kt_worker *w, keel_msg_t *m, keel_msg_t **re
     keel_sleep((int64_t)arg);
     if (reply) *reply = kt_msg_u64(KW_SLEEP, w->value);
     return KEEL_GS_REPLY;
-  case KW_CRASH:
-    return keel_gs_stop(KEEL_REASON_ERROR, "boom %llu", (unsigned long long)arg);
-  case KW_EXIT_NORMAL:
-    return keel_gs_stop(KEEL_REASON_NORMAL, NULL);
-  case KW_EXIT_SHUTDOWN:
-    return keel_gs_stop(KEEL_REASON_SHUTDOWN, NULL);
-  default:
-    return KEEL_EINVAL;
+  case KW_CRASH: return keel_gs_stopping(KEEL_REASON_ERROR, "boom %llu", (unsigned long long)arg);
+  case KW_EXIT_NORMAL: return keel_gs_stopping(KEEL_REASON_NORMAL, NULL);
+  case KW_EXIT_SHUTDOWN: return keel_gs_stopping(KEEL_REASON_SHUTDOWN, NULL);
+  default: return KEEL_EINVAL;
   }
 }
 
@@ -240,7 +236,7 @@ static inline void kt_stubborn_main(void *arg) {
   }
 }
 
-/* keel_child_start_fn for the test worker; arg is a kt_worker_cfg. */
+/* keel_sup_start_fn for the test worker; arg is a kt_worker_cfg. */
 static inline int kt_worker_start(void *arg, const void *args, size_t args_len, keel_pid_t *pid) {
   const kt_worker_cfg *cfg = arg;
   if (cfg->fail_start) {
@@ -268,28 +264,26 @@ static inline int kt_worker_start(void *arg, const void *args, size_t args_len, 
 }
 
 /* A worker child spec with the defaults (permanent, default shutdown). */
-static inline keel_child_spec kt_worker_spec(const kt_worker_cfg *cfg) {
-  keel_child_spec c;
+static inline keel_sup_child_spec kt_worker_spec(const kt_worker_cfg *cfg) {
+  keel_sup_child_spec c;
   memset(&c, 0, sizeof c);
   c.id = cfg->id;
   c.start = kt_worker_start;
   c.arg = (void *)cfg;
-  c.restart = KEEL_PERMANENT;
-  c.shutdown = KEEL_SHUTDOWN_DEFAULT;
-  c.type = KEEL_WORKER;
+  c.restart = KEEL_SUP_PERMANENT;
+  c.shutdown = KEEL_SUP_SHUTDOWN_DEFAULT;
+  c.type = KEEL_SUP_WORKER;
   return c;
 }
 
 /* A child spec for a nested supervisor. */
-static inline keel_child_spec kt_sup_child_spec(const char *id, const keel_sup_spec *spec) {
-  keel_child_spec c;
+static inline keel_sup_child_spec kt_sup_child_spec(const char *id, const keel_sup_spec *spec) {
+  keel_sup_child_spec c;
   memset(&c, 0, sizeof c);
   c.id = id;
-  c.start = keel_sup_child_start;
-  c.arg = (void *)spec;
-  c.restart = KEEL_PERMANENT;
-  c.shutdown = KEEL_SHUTDOWN_INFINITY;
-  c.type = KEEL_SUPERVISOR;
+  c.supervisor = spec;
+  c.restart = KEEL_SUP_PERMANENT;
+  c.shutdown = KEEL_SUP_SHUTDOWN_INFINITY;
   return c;
 }
 
@@ -309,13 +303,13 @@ static inline keel_pid_t kt_wait_new_pid(keel_pid_t sup, const char *id, keel_pi
 
 /* Stops a supervisor (or any gen_server) and waits until it is gone. */
 static inline void kt_stop(keel_pid_t server) {
-  CHECK_OK(keel_gs_stop_server(server, KEEL_REASON_SHUTDOWN, NULL, KEEL_INFINITY));
+  CHECK_OK(keel_gs_stop(server, KEEL_REASON_SHUTDOWN, NULL, KEEL_INFINITY));
   CHECK(!keel_is_alive(server));
 }
 
 /* Default supervisor spec. */
-static inline keel_sup_spec kt_sup_spec(keel_sup_strategy strategy, const keel_child_spec *children,
-                                        size_t n) {
+static inline keel_sup_spec kt_sup_spec(keel_sup_strategy strategy,
+                                        const keel_sup_child_spec *children, size_t n) {
   keel_sup_spec s;
   memset(&s, 0, sizeof s);
   s.strategy = strategy;

@@ -118,22 +118,26 @@ static void worker_terminate(keel_reason reason, void *st) {
   if (strcmp(st, "stuck") == 0) keel_sleep(1000000); /* ignores its shutdown */
 }
 
+static int fail_start(void *arg, const void *args, size_t args_len, keel_pid_t *pid) {
+  (void)arg, (void)args, (void)args_len, (void)pid;
+  return KEEL_EINVAL;
+}
+
 static const keel_gen_server worker = {
     .init = worker_init, .handle_call = worker_call, .terminate = worker_terminate};
 
-static keel_gs_child w_a = {&worker, "a", NULL, 0}, w_b = {&worker, "b", NULL, 0},
-                     w_c = {&worker, "c", NULL, 0}, w_stuck = {&worker, "stuck", NULL, 0};
-
-static const keel_child_spec three[] = {
-    {.id = "a", .start = keel_gs_child_start, .arg = &w_a},
-    {.id = "b", .start = keel_gs_child_start, .arg = &w_b},
-    {.id = "c", .start = keel_gs_child_start, .arg = &w_c},
+static const keel_sup_child_spec three[] = {
+    {.id = "a", .gen_server = &worker, .arg = "a"},
+    {.id = "b", .gen_server = &worker, .arg = "b"},
+    {.id = "c", .gen_server = &worker, .arg = "c"},
 };
 
-static const keel_child_spec with_stuck[] = {
-    {.id = "a", .start = keel_gs_child_start, .arg = &w_a},
-    {.id = "stuck", .start = keel_gs_child_start, .arg = &w_stuck,
-     .shutdown = KEEL_SHUTDOWN_INFINITY},
+static const keel_sup_child_spec with_stuck[] = {
+    {.id = "a", .gen_server = &worker, .arg = "a"},
+    {.id = "stuck",
+     .gen_server = &worker,
+     .arg = "stuck",
+     .shutdown = KEEL_SUP_SHUTDOWN_INFINITY},
 };
 
 typedef struct tree_cfg {
@@ -178,7 +182,7 @@ static uint64_t procs_alive(void) {
 
 KT_CASE(app_stop_runs_prep_stop_then_tree_in_reverse_then_stop) {
   int h = events_begin();
-  tree_cfg cfg = {.spec = {.strategy = KEEL_ONE_FOR_ONE, .children = three, .nchildren = 3}};
+  tree_cfg cfg = {.spec = {.strategy = KEEL_SUP_ONE_FOR_ONE, .children = three, .nchildren = 3}};
   keel_app_opts o;
   keel_app_opts_init(&o);
   o.name = "order";
@@ -213,7 +217,8 @@ KT_CASE(app_stop_runs_prep_stop_then_tree_in_reverse_then_stop) {
 
 KT_CASE(stop_timeout_forces_the_stop_and_reports_it) {
   int h = events_begin();
-  tree_cfg cfg = {.spec = {.strategy = KEEL_ONE_FOR_ONE, .children = with_stuck, .nchildren = 2}};
+  tree_cfg cfg = {
+      .spec = {.strategy = KEEL_SUP_ONE_FOR_ONE, .children = with_stuck, .nchildren = 2}};
   keel_app_opts o;
   keel_app_opts_init(&o);
   o.config = &cfg;
@@ -263,7 +268,7 @@ static void raiser(void *arg) {
 
 KT_CASE(sigterm_stops_the_application_in_order) {
   int h = events_begin();
-  tree_cfg cfg = {.spec = {.strategy = KEEL_ONE_FOR_ONE, .children = three, .nchildren = 3}};
+  tree_cfg cfg = {.spec = {.strategy = KEEL_SUP_ONE_FOR_ONE, .children = three, .nchildren = 3}};
   keel_app_opts o;
   keel_app_opts_init(&o);
   o.config = &cfg;
@@ -319,12 +324,11 @@ KT_CASE(failed_start_reports_start_failed_and_leaves_nothing_running) {
   CHECK(sa.sa_handler == SIG_DFL);
 
   /* A child that fails to start fails the application's start too. */
-  static const keel_gs_child bad = {NULL, NULL, NULL, 0}; /* no behaviour: EINVAL */
-  static const keel_child_spec kids[] = {
-      {.id = "a", .start = keel_gs_child_start, .arg = &w_a},
-      {.id = "bad", .start = keel_gs_child_start, .arg = (void *)&bad},
+  static const keel_sup_child_spec kids[] = {
+      {.id = "a", .gen_server = &worker, .arg = "a"},
+      {.id = "bad", .start = fail_start},
   };
-  tree_cfg cfg2 = {.spec = {.strategy = KEEL_ONE_FOR_ONE, .children = kids, .nchildren = 2}};
+  tree_cfg cfg2 = {.spec = {.strategy = KEEL_SUP_ONE_FOR_ONE, .children = kids, .nchildren = 2}};
   o.config = &cfg2;
   CHECK(keel_app_start(&test_app, &o, &app, NULL) < 0);
   CHECK(app == NULL);
@@ -351,8 +355,9 @@ KT_CASE(start_timeout_kills_the_start_and_fails) {
 
 KT_CASE(root_supervisor_exceeding_its_intensity_stops_the_app_non_zero) {
   int h = events_begin();
-  tree_cfg cfg = {.spec = {.strategy = KEEL_ONE_FOR_ONE, .intensity = 1, .children = three,
-                           .nchildren = 3}};
+  tree_cfg cfg = {
+      .spec = {
+          .strategy = KEEL_SUP_ONE_FOR_ONE, .intensity = 1, .children = three, .nchildren = 3}};
   keel_app_opts o;
   keel_app_opts_init(&o);
   o.config = &cfg;
@@ -394,7 +399,7 @@ KT_CASE(many_subscribers_and_no_subscribing_from_a_callback) {
   int h1 = events_begin();
   int h2 = keel_app_subscribe(busy_subscriber, &busy);
   CHECK(h2 > 0 && h2 != h1);
-  tree_cfg cfg = {.spec = {.strategy = KEEL_ONE_FOR_ONE, .children = three, .nchildren = 1}};
+  tree_cfg cfg = {.spec = {.strategy = KEEL_SUP_ONE_FOR_ONE, .children = three, .nchildren = 1}};
   keel_app_opts o;
   keel_app_opts_init(&o);
   o.config = &cfg;
@@ -436,11 +441,11 @@ static int child_start(keel_app_t *app, void *config, keel_pid_t *root, void **s
   (void)config;
   (void)state;
   if (strcmp(child_mode, "fail") == 0) return KEEL_EINVAL;
-  static keel_sup_spec spec = {.strategy = KEEL_ONE_FOR_ONE, .children = three, .nchildren = 1};
+  static keel_sup_spec spec = {.strategy = KEEL_SUP_ONE_FOR_ONE, .children = three, .nchildren = 1};
   static keel_sup_spec crash_spec = {
-      .strategy = KEEL_ONE_FOR_ONE, .intensity = -1, .children = three, .nchildren = 1};
+      .strategy = KEEL_SUP_ONE_FOR_ONE, .intensity = -1, .children = three, .nchildren = 1};
   static keel_sup_spec stuck_spec = {
-      .strategy = KEEL_ONE_FOR_ONE, .children = with_stuck, .nchildren = 2};
+      .strategy = KEEL_SUP_ONE_FOR_ONE, .children = with_stuck, .nchildren = 2};
   keel_sup_opts so = {.name = NULL, .link = true};
   keel_sup_spec *sp = strcmp(child_mode, "stuck") == 0   ? &stuck_spec
                      : strcmp(child_mode, "crash") == 0 ? &crash_spec

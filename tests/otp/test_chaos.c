@@ -105,7 +105,7 @@ static void killer(void *arg) {
 
 /* Every child of sup runs, and count_children agrees. */
 static void check_whole(keel_pid_t sup, size_t nchildren, size_t nsups) {
-  keel_child_info info[8];
+  keel_sup_child_info info[8];
   size_t n = 0;
   KT_WAIT_UNTIL(({
     CHECK_OK(keel_sup_which_children(sup, info, 8, &n));
@@ -116,7 +116,7 @@ static void check_whole(keel_pid_t sup, size_t nchildren, size_t nsups) {
   }));
   for (size_t i = 0; i < n; i++)
     CHECK(keel_is_alive(info[i].pid));
-  keel_child_counts cc;
+  keel_sup_child_counts cc;
   CHECK_OK(keel_sup_count_children(sup, &cc));
   CHECK_EQ(cc.specs, nchildren);
   CHECK_EQ(cc.active, nchildren);
@@ -132,20 +132,20 @@ KT_CASE(killing_random_workers_under_load_loses_no_call_and_leaves_the_tree_whol
   int64_t duration_ms = (int64_t)kt_scale(3000, 1000);
 
   kt_worker_cfg cfg[NWORKERS];
-  keel_child_spec wspec[NWORKERS];
+  keel_sup_child_spec wspec[NWORKERS];
   for (int i = 0; i < NWORKERS; i++) {
     snprintf(names[i], sizeof names[i], "chaos.w%d", i);
     snprintf(ids[i], sizeof ids[i], "w%d", i);
     cfg[i] = (kt_worker_cfg){.id = ids[i], .name = names[i], .value = (uint64_t)i};
     wspec[i] = kt_worker_spec(&cfg[i]);
   }
-  keel_sup_spec pool_a = kt_sup_spec(KEEL_ONE_FOR_ONE, &wspec[0], PER_POOL);
-  keel_sup_spec pool_b = kt_sup_spec(KEEL_REST_FOR_ONE, &wspec[PER_POOL], PER_POOL);
+  keel_sup_spec pool_a = kt_sup_spec(KEEL_SUP_ONE_FOR_ONE, &wspec[0], PER_POOL);
+  keel_sup_spec pool_b = kt_sup_spec(KEEL_SUP_REST_FOR_ONE, &wspec[PER_POOL], PER_POOL);
   pool_a.intensity = pool_b.intensity = 1000000;
   pool_a.period_ms = pool_b.period_ms = 1000;
-  keel_child_spec pools[NPOOLS] = {kt_sup_child_spec("pool_a", &pool_a),
-                                   kt_sup_child_spec("pool_b", &pool_b)};
-  keel_sup_spec top_spec = kt_sup_spec(KEEL_ONE_FOR_ONE, pools, NPOOLS);
+  keel_sup_child_spec pools[NPOOLS] = {kt_sup_child_spec("pool_a", &pool_a),
+                                       kt_sup_child_spec("pool_b", &pool_b)};
+  keel_sup_spec top_spec = kt_sup_spec(KEEL_SUP_ONE_FOR_ONE, pools, NPOOLS);
   top_spec.intensity = 1000000;
   top_spec.period_ms = 1000;
   keel_sup_opts so = {"chaos.top", false};
@@ -199,7 +199,7 @@ KT_CASE(killing_random_workers_under_load_loses_no_call_and_leaves_the_tree_whol
     keel_pid_t pool = kt_child_pid(top, p ? "pool_b" : "pool_a");
     CHECK(pool != 0);
     check_whole(pool, PER_POOL, 0);
-    keel_child_info info[PER_POOL];
+    keel_sup_child_info info[PER_POOL];
     size_t n = 0;
     CHECK_OK(keel_sup_which_children(pool, info, PER_POOL, &n));
     for (size_t i = 0; i < n; i++) {

@@ -53,11 +53,8 @@ static int ts_init(void *arg, void **state) {
   switch (ia->mode) {
   case INIT_FAIL:
     return KEEL_EIO;
-  case INIT_STOP:
-    return keel_gs_stop(KEEL_REASON_ERROR, "bad config %d", 42);
-  case INIT_SLEEP:
-    keel_sleep(ia->sleep_ms);
-    break;
+  case INIT_STOP: return keel_gs_stopping(KEEL_REASON_ERROR, "bad config %d", 42);
+  case INIT_SLEEP: keel_sleep(ia->sleep_ms); break;
   case INIT_EXIT:
     keel_exitf("init crashed");
   default:
@@ -112,11 +109,8 @@ static int ts_call(void *s, keel_gs_from from, keel_msg_t **req, keel_msg_t **re
     return KEEL_EIO;
   case T_EXIT_IN_CALL:
     keel_exit(KEEL_REASON_ERROR, "exit in a callback");
-  case T_STOP_IN_CALL:
-    return keel_gs_stop(KEEL_REASON_ERROR, "died during call");
-  case T_STOP_REPLY:
-    *reply = kt_msg_u64(T_STOP_REPLY, v);
-    return KEEL_GS_STOP;
+  case T_STOP_IN_CALL: return keel_gs_stopping(KEEL_REASON_ERROR, "died during call");
+  case T_STOP_REPLY: *reply = kt_msg_u64(T_STOP_REPLY, v); return KEEL_GS_STOP;
   case T_DEFER:
   case T_DEFER_TWICE: {
     defer_job *job = malloc(sizeof *job);
@@ -198,7 +192,7 @@ static keel_pid_t ts_start(ts_probe *probe, const char *name) {
 }
 
 static void ts_stop(keel_pid_t pid) {
-  CHECK_OK(keel_gs_stop_server(pid, KEEL_REASON_NORMAL, NULL, KT_LONG));
+  CHECK_OK(keel_gs_stop(pid, KEEL_REASON_NORMAL, NULL, KT_LONG));
   CHECK(!keel_is_alive(pid));
 }
 
@@ -420,7 +414,7 @@ KT_CASE(queued_messages_are_handled_before_stop) {
   const uint64_t n = 1000;
   for (uint64_t i = 0; i < n; i++)
     CHECK_OK(keel_gs_cast(s, kt_msg_u64(T_LOG, i)));
-  CHECK_OK(keel_gs_stop_server(s, KEEL_REASON_SHUTDOWN, "drained", KT_LONG));
+  CHECK_OK(keel_gs_stop(s, KEEL_REASON_SHUTDOWN, "drained", KT_LONG));
   CHECK(!keel_is_alive(s));
   CHECK_EQ(atomic_load(&probe.terminated), 1);
   CHECK_EQ(probe.handled, n);
@@ -434,7 +428,7 @@ KT_CASE(terminate_gets_the_reason_and_the_state) {
   ts_probe probe = {0};
   keel_pid_t s = ts_start(&probe, NULL);
   CHECK_EQ(kt_call_u64(s, T_LOG, 7), 7);
-  CHECK_OK(keel_gs_stop_server(s, KEEL_REASON_SHUTDOWN, "bye", KT_LONG));
+  CHECK_OK(keel_gs_stop(s, KEEL_REASON_SHUTDOWN, "bye", KT_LONG));
   CHECK_EQ(atomic_load(&probe.terminated), 1);
   CHECK_EQ(probe.kind, KEEL_REASON_SHUTDOWN);
   CHECK(strcmp(probe.text, "bye") == 0);
@@ -486,16 +480,16 @@ KT_CASE(terminate_gets_the_reason_and_the_state) {
 
 static void stopper(void *arg) {
   keel_pid_t s = *(keel_pid_t *)arg;
-  CHECK_OK(keel_gs_stop_server(s, KEEL_REASON_NORMAL, NULL, KT_LONG));
+  CHECK_OK(keel_gs_stop(s, KEEL_REASON_NORMAL, NULL, KT_LONG));
 }
 
 KT_CASE(stop_is_idempotent) {
   kt_quiet();
   ts_probe probe = {0};
   keel_pid_t s = ts_start(&probe, NULL);
-  CHECK_OK(keel_gs_stop_server(s, KEEL_REASON_NORMAL, NULL, KT_LONG));
-  CHECK_OK(keel_gs_stop_server(s, KEEL_REASON_NORMAL, NULL, KT_LONG));
-  CHECK_OK(keel_gs_stop_server(s, KEEL_REASON_SHUTDOWN, "again", 10));
+  CHECK_OK(keel_gs_stop(s, KEEL_REASON_NORMAL, NULL, KT_LONG));
+  CHECK_OK(keel_gs_stop(s, KEEL_REASON_NORMAL, NULL, KT_LONG));
+  CHECK_OK(keel_gs_stop(s, KEEL_REASON_SHUTDOWN, "again", 10));
   CHECK_EQ(atomic_load(&probe.terminated), 1);
 
   /* several stoppers at once: all return 0, terminate runs once */
@@ -505,11 +499,11 @@ KT_CASE(stop_is_idempotent) {
   keel_pid_t pids[4];
   for (int i = 0; i < 4; i++)
     pids[i] = kt_spawn_monitor(stopper, &s, i % 2, &refs[i]);
-  CHECK_OK(keel_gs_stop_server(s, KEEL_REASON_NORMAL, NULL, KT_LONG));
+  CHECK_OK(keel_gs_stop(s, KEEL_REASON_NORMAL, NULL, KT_LONG));
   for (int i = 0; i < 4; i++)
     CHECK_EQ(kt_wait_down(refs[i], pids[i], NULL, 0), KEEL_REASON_NORMAL);
   CHECK_EQ(atomic_load(&probe.terminated), 1);
-  CHECK_EQ(keel_gs_stop_server(keel_self(), KEEL_REASON_NORMAL, NULL, 10), KEEL_EINVAL);
+  CHECK_EQ(keel_gs_stop(keel_self(), KEEL_REASON_NORMAL, NULL, 10), KEEL_EINVAL);
 }
 
 KT_CASE(stop_kills_a_server_that_does_not_stop_in_time) {
@@ -521,7 +515,7 @@ KT_CASE(stop_kills_a_server_that_does_not_stop_in_time) {
   keel_msg_t *reply = NULL;
   keel_gs_exit why;
   CHECK_EQ(keel_gs_call(s, kt_msg_u64(T_SLEEP, 10000), &reply, 1, &why), KEEL_ETIMEDOUT);
-  CHECK_EQ(keel_gs_stop_server(s, KEEL_REASON_NORMAL, NULL, 30), KEEL_ETIMEDOUT);
+  CHECK_EQ(keel_gs_stop(s, KEEL_REASON_NORMAL, NULL, 30), KEEL_ETIMEDOUT);
   CHECK(!keel_is_alive(s));
   CHECK_EQ(atomic_load(&probe.terminated), 0);
 }
@@ -831,7 +825,7 @@ KT_CASE(a_call_carries_the_callers_context_to_the_server_and_no_further) {
   CHECK(strcmp(keel_msg_data(r), "") == 0);
   keel_msg_free(r);
   keel_gs_set_context_hooks(NULL);
-  CHECK_OK(keel_gs_stop_server(pid, KEEL_REASON_NORMAL, NULL, 0));
+  CHECK_OK(keel_gs_stop(pid, KEEL_REASON_NORMAL, NULL, 0));
 }
 
 KT_MAIN(KT_ENTRY(init_timeout_returns_etimedout_and_leaves_nothing),

@@ -34,8 +34,8 @@ static uint64_t alive_now(void) {
   return s.procs_alive;
 }
 
-static keel_child_info child_info(keel_pid_t sup, const char *id) {
-  keel_child_info info[32];
+static keel_sup_child_info child_info(keel_pid_t sup, const char *id) {
+  keel_sup_child_info info[32];
   size_t n = 0;
   CHECK_OK(keel_sup_which_children(sup, info, 32, &n));
   for (size_t i = 0; i < n && i < 32; i++)
@@ -55,13 +55,13 @@ KT_CASE(children_start_in_order_and_stop_in_reverse) {
   kt_quiet();
   kt_log_reset();
   kt_worker_cfg a = {.id = "a"}, b = {.id = "b"}, c = {.id = "c"};
-  keel_child_spec ch[] = {kt_worker_spec(&a), kt_worker_spec(&b), kt_worker_spec(&c)};
-  keel_sup_spec spec = kt_sup_spec(KEEL_ONE_FOR_ONE, ch, 3);
+  keel_sup_child_spec ch[] = {kt_worker_spec(&a), kt_worker_spec(&b), kt_worker_spec(&c)};
+  keel_sup_spec spec = kt_sup_spec(KEEL_SUP_ONE_FOR_ONE, ch, 3);
   keel_pid_t sup = sup_start(&spec, "top_sup");
   CHECK_LOG(0, "start:a,start:b,start:c");
   CHECK_EQ(keel_whereis("top_sup"), sup);
 
-  keel_child_info info[8];
+  keel_sup_child_info info[8];
   size_t n = 0;
   CHECK_OK(keel_sup_which_children(sup, info, 8, &n));
   CHECK_EQ(n, 3);
@@ -69,14 +69,14 @@ KT_CASE(children_start_in_order_and_stop_in_reverse) {
         strcmp(info[2].id, "c") == 0);
   for (int i = 0; i < 3; i++) {
     CHECK(info[i].pid != 0 && keel_is_alive(info[i].pid));
-    CHECK_EQ(info[i].type, KEEL_WORKER);
-    CHECK_EQ(info[i].restart, KEEL_PERMANENT);
+    CHECK_EQ(info[i].type, KEEL_SUP_WORKER);
+    CHECK_EQ(info[i].restart, KEEL_SUP_PERMANENT);
     CHECK_EQ(info[i].restarts, 0);
     CHECK_EQ(kt_call_u64(info[i].pid, KW_PING, 0), 0);
   }
   CHECK_OK(keel_sup_which_children(sup, info, 1, &n)); /* n counts all, even past max */
   CHECK_EQ(n, 3);
-  keel_child_counts cc;
+  keel_sup_child_counts cc;
   CHECK_OK(keel_sup_count_children(sup, &cc));
   CHECK_EQ(cc.specs, 3);
   CHECK_EQ(cc.active, 3);
@@ -97,9 +97,9 @@ KT_CASE(failing_child_start_stops_the_started_ones) {
   uint64_t before = alive_now();
   kt_worker_cfg a = {.id = "a"}, b = {.id = "b"}, c = {.id = "c", .fail_start = KEEL_EIO},
                 d = {.id = "d"};
-  keel_child_spec ch[] = {kt_worker_spec(&a), kt_worker_spec(&b), kt_worker_spec(&c),
-                          kt_worker_spec(&d)};
-  keel_sup_spec spec = kt_sup_spec(KEEL_ONE_FOR_ONE, ch, 4);
+  keel_sup_child_spec ch[] = {kt_worker_spec(&a), kt_worker_spec(&b), kt_worker_spec(&c),
+                              kt_worker_spec(&d)};
+  keel_sup_spec spec = kt_sup_spec(KEEL_SUP_ONE_FOR_ONE, ch, 4);
   keel_sup_opts o = {"failing_sup", false};
   keel_pid_t sup = 0;
   keel_gs_exit why;
@@ -126,20 +126,20 @@ KT_CASE(bad_specs_are_refused) {
   kt_log_reset();
   uint64_t before = alive_now();
   kt_worker_cfg a = {.id = "a"}, a2 = {.id = "a"};
-  keel_child_spec ch[] = {kt_worker_spec(&a), kt_worker_spec(&a2)};
-  keel_sup_spec spec = kt_sup_spec(KEEL_ONE_FOR_ONE, ch, 2);
+  keel_sup_child_spec ch[] = {kt_worker_spec(&a), kt_worker_spec(&a2)};
+  keel_sup_spec spec = kt_sup_spec(KEEL_SUP_ONE_FOR_ONE, ch, 2);
   keel_pid_t sup = 0;
   CHECK_EQ(keel_sup_start(&spec, NULL, &sup, NULL), KEEL_EINVAL); /* duplicate id */
   CHECK_LOG(0, ""); /* nothing was started */
 
   ch[1].id = "b";
   ch[1].significant = true; /* significant and permanent */
-  spec.auto_shutdown = KEEL_ANY_SIGNIFICANT;
+  spec.auto_shutdown = KEEL_SUP_ANY_SIGNIFICANT;
   CHECK_EQ(keel_sup_start(&spec, NULL, &sup, NULL), KEEL_EINVAL);
 
   ch[1].significant = false;
-  spec.auto_shutdown = KEEL_AUTO_SHUTDOWN_NEVER;
-  spec.strategy = KEEL_SIMPLE_ONE_FOR_ONE; /* two templates */
+  spec.auto_shutdown = KEEL_SUP_AUTO_SHUTDOWN_NEVER;
+  spec.strategy = KEEL_SUP_SIMPLE_ONE_FOR_ONE; /* two templates */
   CHECK_EQ(keel_sup_start(&spec, NULL, &sup, NULL), KEEL_EINVAL);
   spec.nchildren = 0;
   CHECK_EQ(keel_sup_start(&spec, NULL, &sup, NULL), KEEL_EINVAL);
@@ -147,7 +147,7 @@ KT_CASE(bad_specs_are_refused) {
   CHECK_EQ(alive_now(), before);
 
   /* a name in use */
-  spec = kt_sup_spec(KEEL_ONE_FOR_ONE, ch, 1);
+  spec = kt_sup_spec(KEEL_SUP_ONE_FOR_ONE, ch, 1);
   sup = sup_start(&spec, "sup_name");
   keel_pid_t other = 0;
   keel_sup_opts o = {"sup_name", false};
@@ -160,10 +160,10 @@ KT_CASE(duplicate_child_id_refused_by_start_child) {
   kt_quiet();
   kt_log_reset();
   kt_worker_cfg a = {.id = "a"}, a2 = {.id = "a"};
-  keel_child_spec ch[] = {kt_worker_spec(&a)};
-  keel_sup_spec spec = kt_sup_spec(KEEL_ONE_FOR_ONE, ch, 1);
+  keel_sup_child_spec ch[] = {kt_worker_spec(&a)};
+  keel_sup_spec spec = kt_sup_spec(KEEL_SUP_ONE_FOR_ONE, ch, 1);
   keel_pid_t sup = sup_start(&spec, NULL);
-  keel_child_spec dup = kt_worker_spec(&a2);
+  keel_sup_child_spec dup = kt_worker_spec(&a2);
   keel_pid_t pid = 0;
   CHECK_EQ(keel_sup_start_child(sup, &dup, &pid), KEEL_EEXIST);
   CHECK_LOG(0, "start:a");
@@ -176,8 +176,8 @@ KT_CASE(one_for_one_restarts_only_the_crashed_child) {
   kt_quiet();
   kt_log_reset();
   kt_worker_cfg a = {.id = "a"}, b = {.id = "b"}, c = {.id = "c"};
-  keel_child_spec ch[] = {kt_worker_spec(&a), kt_worker_spec(&b), kt_worker_spec(&c)};
-  keel_sup_spec spec = kt_sup_spec(KEEL_ONE_FOR_ONE, ch, 3);
+  keel_sup_child_spec ch[] = {kt_worker_spec(&a), kt_worker_spec(&b), kt_worker_spec(&c)};
+  keel_sup_spec spec = kt_sup_spec(KEEL_SUP_ONE_FOR_ONE, ch, 3);
   keel_pid_t sup = sup_start(&spec, NULL);
   keel_pid_t pa = kt_child_pid(sup, "a"), pb = kt_child_pid(sup, "b"), pc = kt_child_pid(sup, "c");
   size_t mark = kt_log_len();
@@ -205,8 +205,8 @@ KT_CASE(one_for_all_restarts_all_in_order) {
   kt_quiet();
   kt_log_reset();
   kt_worker_cfg a = {.id = "a"}, b = {.id = "b"}, c = {.id = "c"};
-  keel_child_spec ch[] = {kt_worker_spec(&a), kt_worker_spec(&b), kt_worker_spec(&c)};
-  keel_sup_spec spec = kt_sup_spec(KEEL_ONE_FOR_ALL, ch, 3);
+  keel_sup_child_spec ch[] = {kt_worker_spec(&a), kt_worker_spec(&b), kt_worker_spec(&c)};
+  keel_sup_spec spec = kt_sup_spec(KEEL_SUP_ONE_FOR_ALL, ch, 3);
   keel_pid_t sup = sup_start(&spec, NULL);
   keel_pid_t pa = kt_child_pid(sup, "a"), pb = kt_child_pid(sup, "b"), pc = kt_child_pid(sup, "c");
   size_t mark = kt_log_len();
@@ -223,9 +223,9 @@ KT_CASE(rest_for_one_restarts_the_crashed_child_and_those_after_it) {
   kt_quiet();
   kt_log_reset();
   kt_worker_cfg a = {.id = "a"}, b = {.id = "b"}, c = {.id = "c"}, d = {.id = "d"};
-  keel_child_spec ch[] = {kt_worker_spec(&a), kt_worker_spec(&b), kt_worker_spec(&c),
-                          kt_worker_spec(&d)};
-  keel_sup_spec spec = kt_sup_spec(KEEL_REST_FOR_ONE, ch, 4);
+  keel_sup_child_spec ch[] = {kt_worker_spec(&a), kt_worker_spec(&b), kt_worker_spec(&c),
+                              kt_worker_spec(&d)};
+  keel_sup_spec spec = kt_sup_spec(KEEL_SUP_REST_FOR_ONE, ch, 4);
   keel_pid_t sup = sup_start(&spec, NULL);
   keel_pid_t pa = kt_child_pid(sup, "a"), pb = kt_child_pid(sup, "b"), pc = kt_child_pid(sup, "c"),
              pd = kt_child_pid(sup, "d");
@@ -251,9 +251,9 @@ KT_CASE(transient_restarts_on_error_only) {
   kt_quiet();
   kt_log_reset();
   kt_worker_cfg a = {.id = "a"}, keep = {.id = "keep"};
-  keel_child_spec ch[] = {kt_worker_spec(&a), kt_worker_spec(&keep)};
-  ch[0].restart = KEEL_TRANSIENT;
-  keel_sup_spec spec = kt_sup_spec(KEEL_ONE_FOR_ONE, ch, 2);
+  keel_sup_child_spec ch[] = {kt_worker_spec(&a), kt_worker_spec(&keep)};
+  ch[0].restart = KEEL_SUP_TRANSIENT;
+  keel_sup_spec spec = kt_sup_spec(KEEL_SUP_ONE_FOR_ONE, ch, 2);
   keel_pid_t sup = sup_start(&spec, NULL);
 
   keel_pid_t pa = kt_child_pid(sup, "a");
@@ -266,7 +266,7 @@ KT_CASE(transient_restarts_on_error_only) {
   keel_sleep(20);
   CHECK_EQ(kt_child_pid(sup, "a"), 0);
   CHECK_LOG(mark, "stop:a:normal");
-  keel_child_counts cc;
+  keel_sup_child_counts cc;
   CHECK_OK(keel_sup_count_children(sup, &cc));
   CHECK_EQ(cc.specs, 2);
   CHECK_EQ(cc.active, 1);
@@ -286,15 +286,15 @@ KT_CASE(temporary_never_restarts) {
   kt_quiet();
   kt_log_reset();
   kt_worker_cfg t = {.id = "t"}, keep = {.id = "keep"};
-  keel_child_spec ch[] = {kt_worker_spec(&t), kt_worker_spec(&keep)};
-  ch[0].restart = KEEL_TEMPORARY;
-  keel_sup_spec spec = kt_sup_spec(KEEL_ONE_FOR_ONE, ch, 2);
+  keel_sup_child_spec ch[] = {kt_worker_spec(&t), kt_worker_spec(&keep)};
+  ch[0].restart = KEEL_SUP_TEMPORARY;
+  keel_sup_spec spec = kt_sup_spec(KEEL_SUP_ONE_FOR_ONE, ch, 2);
   keel_pid_t sup = sup_start(&spec, NULL);
   keel_pid_t pt = kt_child_pid(sup, "t");
   size_t mark = kt_log_len();
   crash(pt, 1);
   KT_WAIT_UNTIL(({
-    keel_child_counts cc;
+    keel_sup_child_counts cc;
     CHECK_OK(keel_sup_count_children(sup, &cc));
     cc.active == 1;
   }));
@@ -310,9 +310,9 @@ KT_CASE(child_ignoring_shutdown_is_killed_after_its_timeout) {
   kt_quiet();
   kt_log_reset();
   kt_worker_cfg x = {.id = "x", .stubborn = true}, a = {.id = "a"};
-  keel_child_spec ch[] = {kt_worker_spec(&x), kt_worker_spec(&a)};
+  keel_sup_child_spec ch[] = {kt_worker_spec(&x), kt_worker_spec(&a)};
   ch[0].shutdown = 100;
-  keel_sup_spec spec = kt_sup_spec(KEEL_ONE_FOR_ONE, ch, 2);
+  keel_sup_spec spec = kt_sup_spec(KEEL_SUP_ONE_FOR_ONE, ch, 2);
   keel_pid_t sup = sup_start(&spec, NULL);
   keel_pid_t px = kt_child_pid(sup, "x");
   keel_ref_t ref;
@@ -326,9 +326,9 @@ KT_CASE(brutal_kill_child_is_killed_at_once) {
   kt_quiet();
   kt_log_reset();
   kt_worker_cfg a = {.id = "a"}, b = {.id = "b"};
-  keel_child_spec ch[] = {kt_worker_spec(&a), kt_worker_spec(&b)};
-  ch[1].shutdown = KEEL_SHUTDOWN_BRUTAL_KILL;
-  keel_sup_spec spec = kt_sup_spec(KEEL_ONE_FOR_ONE, ch, 2);
+  keel_sup_child_spec ch[] = {kt_worker_spec(&a), kt_worker_spec(&b)};
+  ch[1].shutdown = KEEL_SUP_SHUTDOWN_BRUTAL_KILL;
+  keel_sup_spec spec = kt_sup_spec(KEEL_SUP_ONE_FOR_ONE, ch, 2);
   keel_pid_t sup = sup_start(&spec, NULL);
   keel_pid_t pb = kt_child_pid(sup, "b");
   keel_ref_t ref;
@@ -342,8 +342,8 @@ KT_CASE(killed_supervisor_takes_its_children_along) {
   kt_quiet();
   kt_log_reset();
   kt_worker_cfg a = {.id = "a"}, b = {.id = "b"};
-  keel_child_spec ch[] = {kt_worker_spec(&a), kt_worker_spec(&b)};
-  keel_sup_spec spec = kt_sup_spec(KEEL_ONE_FOR_ONE, ch, 2);
+  keel_sup_child_spec ch[] = {kt_worker_spec(&a), kt_worker_spec(&b)};
+  keel_sup_spec spec = kt_sup_spec(KEEL_SUP_ONE_FOR_ONE, ch, 2);
   keel_pid_t sup = sup_start(&spec, NULL);
   keel_pid_t pa = kt_child_pid(sup, "a"), pb = kt_child_pid(sup, "b");
   keel_ref_t ra, rb;
@@ -359,16 +359,16 @@ KT_CASE(nested_supervisors_stop_depth_first_in_reverse_order) {
   kt_log_reset();
   kt_worker_cfg a = {.id = "a"}, b = {.id = "b"}, c = {.id = "c"}, d = {.id = "d"},
                 e = {.id = "e"};
-  keel_child_spec sub1_ch[] = {kt_worker_spec(&b), kt_worker_spec(&c)};
-  keel_sup_spec sub1 = kt_sup_spec(KEEL_ONE_FOR_ONE, sub1_ch, 2);
-  keel_child_spec sub2_ch[] = {kt_worker_spec(&e)};
-  keel_sup_spec sub2 = kt_sup_spec(KEEL_ONE_FOR_ALL, sub2_ch, 1);
-  keel_child_spec top_ch[] = {kt_worker_spec(&a), kt_sup_child_spec("sub1", &sub1),
-                              kt_worker_spec(&d), kt_sup_child_spec("sub2", &sub2)};
-  keel_sup_spec top = kt_sup_spec(KEEL_ONE_FOR_ONE, top_ch, 4);
+  keel_sup_child_spec sub1_ch[] = {kt_worker_spec(&b), kt_worker_spec(&c)};
+  keel_sup_spec sub1 = kt_sup_spec(KEEL_SUP_ONE_FOR_ONE, sub1_ch, 2);
+  keel_sup_child_spec sub2_ch[] = {kt_worker_spec(&e)};
+  keel_sup_spec sub2 = kt_sup_spec(KEEL_SUP_ONE_FOR_ALL, sub2_ch, 1);
+  keel_sup_child_spec top_ch[] = {kt_worker_spec(&a), kt_sup_child_spec("sub1", &sub1),
+                                  kt_worker_spec(&d), kt_sup_child_spec("sub2", &sub2)};
+  keel_sup_spec top = kt_sup_spec(KEEL_SUP_ONE_FOR_ONE, top_ch, 4);
   keel_pid_t sup = sup_start(&top, NULL);
   CHECK_LOG(0, "start:a,start:b,start:c,start:d,start:e");
-  keel_child_counts cc;
+  keel_sup_child_counts cc;
   CHECK_OK(keel_sup_count_children(sup, &cc));
   CHECK_EQ(cc.specs, 4);
   CHECK_EQ(cc.active, 4);
@@ -376,7 +376,7 @@ KT_CASE(nested_supervisors_stop_depth_first_in_reverse_order) {
   CHECK_EQ(cc.workers, 2);
   keel_pid_t s1 = kt_child_pid(sup, "sub1");
   CHECK(s1 != 0);
-  CHECK_EQ(child_info(sup, "sub1").type, KEEL_SUPERVISOR);
+  CHECK_EQ(child_info(sup, "sub1").type, KEEL_SUP_SUPERVISOR);
   CHECK(kt_child_pid(s1, "b") != 0); /* the nested supervisor answers the API too */
   size_t mark = kt_log_len();
   kt_stop(sup);
@@ -452,8 +452,8 @@ KT_CASE(intensity_exceeded_at_the_top_stops_the_children_and_exits_with_shutdown
   int h = keel_sup_subscribe(on_event, &evs);
   CHECK(h > 0);
   kt_worker_cfg a = {.id = "a"}, b = {.id = "b"};
-  keel_child_spec ch[] = {kt_worker_spec(&a), kt_worker_spec(&b)};
-  keel_sup_spec spec = kt_sup_spec(KEEL_ONE_FOR_ONE, ch, 2);
+  keel_sup_child_spec ch[] = {kt_worker_spec(&a), kt_worker_spec(&b)};
+  keel_sup_spec spec = kt_sup_spec(KEEL_SUP_ONE_FOR_ONE, ch, 2);
   spec.intensity = 1;
   spec.period_ms = 60000;
   keel_pid_t sup = sup_start(&spec, NULL);
@@ -483,12 +483,12 @@ KT_CASE(intensity_exceeded_escalates_to_the_parent_supervisor) {
   kt_quiet();
   kt_log_reset();
   kt_worker_cfg w = {.id = "w"}, z = {.id = "z"};
-  keel_child_spec mid_ch[] = {kt_worker_spec(&w)};
-  keel_sup_spec mid = kt_sup_spec(KEEL_ONE_FOR_ONE, mid_ch, 1);
+  keel_sup_child_spec mid_ch[] = {kt_worker_spec(&w)};
+  keel_sup_spec mid = kt_sup_spec(KEEL_SUP_ONE_FOR_ONE, mid_ch, 1);
   mid.intensity = 1;
   mid.period_ms = 60000;
-  keel_child_spec top_ch[] = {kt_sup_child_spec("mid", &mid), kt_worker_spec(&z)};
-  keel_sup_spec top = kt_sup_spec(KEEL_ONE_FOR_ONE, top_ch, 2);
+  keel_sup_child_spec top_ch[] = {kt_sup_child_spec("mid", &mid), kt_worker_spec(&z)};
+  keel_sup_spec top = kt_sup_spec(KEEL_SUP_ONE_FOR_ONE, top_ch, 2);
   top.intensity = 10;
   keel_pid_t sup = sup_start(&top, NULL);
   keel_pid_t pmid = kt_child_pid(sup, "mid"), pz = kt_child_pid(sup, "z");
@@ -514,8 +514,8 @@ KT_CASE(restart_window_slides) {
   kt_quiet();
   kt_log_reset();
   kt_worker_cfg a = {.id = "a"};
-  keel_child_spec ch[] = {kt_worker_spec(&a)};
-  keel_sup_spec spec = kt_sup_spec(KEEL_ONE_FOR_ONE, ch, 1);
+  keel_sup_child_spec ch[] = {kt_worker_spec(&a)};
+  keel_sup_spec spec = kt_sup_spec(KEEL_SUP_ONE_FOR_ONE, ch, 1);
   spec.intensity = 1;
   spec.period_ms = 100;
   keel_pid_t sup = sup_start(&spec, NULL);
@@ -542,8 +542,8 @@ KT_CASE(restart_events_reach_subscribers) {
   int h = keel_sup_subscribe(on_event, &evs);
   CHECK(h > 0);
   kt_worker_cfg a = {.id = "a"};
-  keel_child_spec ch[] = {kt_worker_spec(&a)};
-  keel_sup_spec spec = kt_sup_spec(KEEL_ONE_FOR_ONE, ch, 1);
+  keel_sup_child_spec ch[] = {kt_worker_spec(&a)};
+  keel_sup_spec spec = kt_sup_spec(KEEL_SUP_ONE_FOR_ONE, ch, 1);
   spec.intensity = 5;
   spec.period_ms = 60000;
   keel_pid_t sup = sup_start(&spec, "ev_sup");
@@ -635,8 +635,8 @@ KT_CASE(every_subscriber_hears_every_event_and_unsubscribe_means_no_later_call) 
     CHECK(h[i] > 0);
   }
   kt_worker_cfg a = {.id = "a"};
-  keel_child_spec ch[] = {kt_worker_spec(&a)};
-  keel_sup_spec spec = kt_sup_spec(KEEL_ONE_FOR_ONE, ch, 1);
+  keel_sup_child_spec ch[] = {kt_worker_spec(&a)};
+  keel_sup_spec spec = kt_sup_spec(KEEL_SUP_ONE_FOR_ONE, ch, 1);
   spec.intensity = 10;
   spec.period_ms = 60000;
   keel_pid_t sup = sup_start(&spec, NULL);
@@ -671,11 +671,11 @@ KT_CASE(auto_shutdown_any_significant) {
   kt_quiet();
   kt_log_reset();
   kt_worker_cfg a = {.id = "a"}, b = {.id = "b"};
-  keel_child_spec ch[] = {kt_worker_spec(&a), kt_worker_spec(&b)};
-  ch[0].restart = KEEL_TRANSIENT;
+  keel_sup_child_spec ch[] = {kt_worker_spec(&a), kt_worker_spec(&b)};
+  ch[0].restart = KEEL_SUP_TRANSIENT;
   ch[0].significant = true;
-  keel_sup_spec spec = kt_sup_spec(KEEL_ONE_FOR_ONE, ch, 2);
-  spec.auto_shutdown = KEEL_ANY_SIGNIFICANT;
+  keel_sup_spec spec = kt_sup_spec(KEEL_SUP_ONE_FOR_ONE, ch, 2);
+  spec.auto_shutdown = KEEL_SUP_ANY_SIGNIFICANT;
   keel_pid_t sup = sup_start(&spec, NULL);
   keel_ref_t ref;
   CHECK_OK(keel_monitor(sup, &ref));
@@ -695,13 +695,13 @@ KT_CASE(auto_shutdown_all_significant) {
   kt_quiet();
   kt_log_reset();
   kt_worker_cfg a = {.id = "a"}, b = {.id = "b"}, c = {.id = "c"};
-  keel_child_spec ch[] = {kt_worker_spec(&a), kt_worker_spec(&b), kt_worker_spec(&c)};
-  ch[0].restart = KEEL_TRANSIENT;
+  keel_sup_child_spec ch[] = {kt_worker_spec(&a), kt_worker_spec(&b), kt_worker_spec(&c)};
+  ch[0].restart = KEEL_SUP_TRANSIENT;
   ch[0].significant = true;
-  ch[1].restart = KEEL_TEMPORARY;
+  ch[1].restart = KEEL_SUP_TEMPORARY;
   ch[1].significant = true;
-  keel_sup_spec spec = kt_sup_spec(KEEL_ONE_FOR_ONE, ch, 3);
-  spec.auto_shutdown = KEEL_ALL_SIGNIFICANT;
+  keel_sup_spec spec = kt_sup_spec(KEEL_SUP_ONE_FOR_ONE, ch, 3);
+  spec.auto_shutdown = KEEL_SUP_ALL_SIGNIFICANT;
   keel_pid_t sup = sup_start(&spec, NULL);
   keel_ref_t ref;
   CHECK_OK(keel_monitor(sup, &ref));
@@ -720,7 +720,7 @@ KT_CASE(auto_shutdown_all_significant) {
 /* ---- simple_one_for_one ------------------------------------------------------------------- */
 
 static size_t running_children(keel_pid_t sup, keel_pid_t *out, size_t max) {
-  keel_child_info info[16];
+  keel_sup_child_info info[16];
   size_t n = 0, k = 0;
   CHECK_OK(keel_sup_which_children(sup, info, 16, &n));
   for (size_t i = 0; i < n && i < 16; i++)
@@ -732,8 +732,8 @@ KT_CASE(simple_one_for_one_keeps_each_childs_arguments_across_restarts) {
   kt_quiet();
   kt_log_reset();
   kt_worker_cfg s = {.id = "s"};
-  keel_child_spec tmpl = kt_worker_spec(&s);
-  keel_sup_spec spec = kt_sup_spec(KEEL_SIMPLE_ONE_FOR_ONE, &tmpl, 1);
+  keel_sup_child_spec tmpl = kt_worker_spec(&s);
+  keel_sup_spec spec = kt_sup_spec(KEEL_SUP_SIMPLE_ONE_FOR_ONE, &tmpl, 1);
   keel_pid_t sup = sup_start(&spec, NULL);
   CHECK_LOG(0, ""); /* the template starts nothing */
   keel_pid_t p[3];
@@ -745,7 +745,7 @@ KT_CASE(simple_one_for_one_keeps_each_childs_arguments_across_restarts) {
   CHECK_LOG(0, "start:s:10,start:s:20,start:s:30");
   for (int i = 0; i < 3; i++)
     CHECK_EQ(kt_call_u64(p[i], KW_PING, 0), 10 * (i + 1));
-  keel_child_counts cc;
+  keel_sup_child_counts cc;
   CHECK_OK(keel_sup_count_children(sup, &cc));
   CHECK_EQ(cc.active, 3);
   CHECK_EQ(cc.workers, 3);
@@ -779,11 +779,11 @@ KT_CASE(dynamic_children_start_terminate_restart_delete) {
   kt_quiet();
   kt_log_reset();
   kt_worker_cfg a = {.id = "a"}, b = {.id = "b"}, n = {.id = "n", .ignore = true};
-  keel_child_spec ch[] = {kt_worker_spec(&a)};
-  keel_sup_spec spec = kt_sup_spec(KEEL_ONE_FOR_ONE, ch, 1);
+  keel_sup_child_spec ch[] = {kt_worker_spec(&a)};
+  keel_sup_spec spec = kt_sup_spec(KEEL_SUP_ONE_FOR_ONE, ch, 1);
   keel_pid_t sup = sup_start(&spec, NULL);
 
-  keel_child_spec bs = kt_worker_spec(&b);
+  keel_sup_child_spec bs = kt_worker_spec(&b);
   keel_pid_t pb = 0;
   CHECK_OK(keel_sup_start_child(sup, &bs, &pb));
   CHECK(pb != 0 && keel_is_alive(pb));
@@ -792,19 +792,19 @@ KT_CASE(dynamic_children_start_terminate_restart_delete) {
   CHECK_LOG(0, "start:a,start:b");
 
   /* a child whose start says ignore is kept, not running */
-  keel_child_spec ns = kt_worker_spec(&n);
+  keel_sup_child_spec ns = kt_worker_spec(&n);
   keel_pid_t pn = 1;
   CHECK_OK(keel_sup_start_child(sup, &ns, &pn));
   CHECK_EQ(pn, 0);
 
-  keel_child_info info[8];
+  keel_sup_child_info info[8];
   size_t cnt = 0;
   CHECK_OK(keel_sup_which_children(sup, info, 8, &cnt));
   CHECK_EQ(cnt, 3);
   CHECK(strcmp(info[0].id, "a") == 0 && strcmp(info[1].id, "b") == 0 &&
         strcmp(info[2].id, "n") == 0);
   CHECK_EQ(info[2].pid, 0);
-  keel_child_counts cc;
+  keel_sup_child_counts cc;
   CHECK_OK(keel_sup_count_children(sup, &cc));
   CHECK_EQ(cc.specs, 3);
   CHECK_EQ(cc.active, 2);
@@ -863,13 +863,13 @@ KT_CASE(dynamic_children_start_terminate_restart_delete) {
 KT_CASE(dynamic_api_on_a_dead_supervisor_is_enoproc) {
   kt_quiet();
   kt_worker_cfg a = {.id = "a"};
-  keel_child_spec ch[] = {kt_worker_spec(&a)};
-  keel_sup_spec spec = kt_sup_spec(KEEL_ONE_FOR_ONE, ch, 1);
+  keel_sup_child_spec ch[] = {kt_worker_spec(&a)};
+  keel_sup_spec spec = kt_sup_spec(KEEL_SUP_ONE_FOR_ONE, ch, 1);
   keel_pid_t sup = sup_start(&spec, NULL);
   kt_stop(sup);
   keel_pid_t pid = 0;
-  keel_child_counts cc;
-  keel_child_info info[2];
+  keel_sup_child_counts cc;
+  keel_sup_child_info info[2];
   size_t n;
   CHECK_EQ(keel_sup_which_pid(sup, "a", &pid), KEEL_ENOPROC);
   CHECK_EQ(keel_sup_count_children(sup, &cc), KEEL_ENOPROC);
@@ -891,8 +891,8 @@ static bool listed(keel_pid_t sup) {
 KT_CASE(supervisors_are_listed_while_alive_and_report_their_settings_and_children) {
   kt_quiet();
   kt_worker_cfg a = {.id = "a"}, b = {.id = "b"};
-  keel_child_spec ch[] = {kt_worker_spec(&a), kt_worker_spec(&b)};
-  keel_sup_spec spec = kt_sup_spec(KEEL_REST_FOR_ONE, ch, 2);
+  keel_sup_child_spec ch[] = {kt_worker_spec(&a), kt_worker_spec(&b)};
+  keel_sup_spec spec = kt_sup_spec(KEEL_SUP_REST_FOR_ONE, ch, 2);
   spec.intensity = 7;
   spec.period_ms = 9000;
   keel_pid_t sup = sup_start(&spec, "introspected");
@@ -905,7 +905,7 @@ KT_CASE(supervisors_are_listed_while_alive_and_report_their_settings_and_childre
   CHECK_OK(keel_sup_info_get(sup, KT_LONG, &si));
   CHECK_EQ(si.pid, sup);
   CHECK_STR(si.name, "introspected");
-  CHECK_EQ(si.strategy, KEEL_REST_FOR_ONE);
+  CHECK_EQ(si.strategy, KEEL_SUP_REST_FOR_ONE);
   CHECK_STR(keel_sup_strategy_name(si.strategy), "rest_for_one");
   CHECK_EQ(si.intensity, 7);
   CHECK_EQ(si.period_ms, 9000);
@@ -921,6 +921,84 @@ KT_CASE(supervisors_are_listed_while_alive_and_report_their_settings_and_childre
   kt_stop(sup);
   CHECK(!listed(sup));
   CHECK_EQ(keel_sup_info_get(sup, KT_LONG, &si), KEEL_ENOPROC);
+}
+
+/* ---- one-line child specs ------------------------------------------------------------------ */
+
+static int u64_init(void *arg, void **state) {
+  *state = arg; /* points to a uint64_t: the spec's arg, or the simple_one_for_one copy */
+  return 0;
+}
+
+static int u64_call(void *st, keel_gs_from from, keel_msg_t **req, keel_msg_t **reply) {
+  (void)from, (void)req;
+  *reply = keel_msg_copy(0, st, sizeof(uint64_t));
+  return KEEL_GS_REPLY;
+}
+
+static const keel_gen_server u64_server = {.init = u64_init, .handle_call = u64_call};
+
+static uint64_t call_u64(keel_pid_t p) {
+  keel_msg_t *r = NULL;
+  if (keel_gs_call(p, keel_msg_new(0, 0), &r, 0, NULL) != 0) return 0;
+  uint64_t v = 0;
+  memcpy(&v, keel_msg_data(r), sizeof v);
+  keel_msg_free(r);
+  return v;
+}
+
+KT_CASE(gen_server_and_supervisor_children_in_one_line) {
+  kt_quiet();
+  static uint64_t seven = 7;
+  kt_worker_cfg w = {.id = "w"};
+  keel_sup_child_spec inner_ch[] = {kt_worker_spec(&w)};
+  keel_sup_spec inner = kt_sup_spec(KEEL_SUP_ONE_FOR_ONE, inner_ch, 1);
+  keel_sup_child_spec ch[] = {
+      {.id = "g", .gen_server = &u64_server, .arg = &seven, .name = "one_line_g"},
+      {.id = "s", .supervisor = &inner, .name = "one_line_s"},
+  };
+  keel_sup_spec spec = kt_sup_spec(KEEL_SUP_ONE_FOR_ONE, ch, 2);
+  keel_pid_t sup = sup_start(&spec, NULL);
+  keel_pid_t g = 0, s = 0;
+  CHECK_OK(keel_sup_which_pid(sup, "g", &g));
+  CHECK_OK(keel_sup_which_pid(sup, "s", &s));
+  CHECK_EQ(keel_whereis("one_line_g"), g);
+  CHECK_EQ(keel_whereis("one_line_s"), s);
+  CHECK_EQ(call_u64(g), 7);
+  keel_sup_child_counts cc;
+  CHECK_OK(keel_sup_count_children(sup, &cc));
+  CHECK_EQ(cc.supervisors, 1); /* .supervisor makes the type, whatever .type says */
+  CHECK_EQ(cc.workers, 1);
+  CHECK_OK(keel_sup_count_children(s, &cc));
+  CHECK_EQ(cc.active, 1);
+
+  /* restarted under its name with the same argument */
+  keel_exit_signal(g, KEEL_REASON_KILL, NULL);
+  keel_pid_t g2 = 0;
+  KT_WAIT_UNTIL(keel_sup_which_pid(sup, "g", &g2) == 0 && g2 != 0 && g2 != g);
+  KT_WAIT_UNTIL(keel_whereis("one_line_g") == g2);
+  CHECK_EQ(call_u64(g2), 7);
+  kt_stop(sup);
+  CHECK_EQ(keel_whereis("one_line_g"), 0);
+
+  /* exactly one way to start: none, or two, is refused */
+  keel_sup_child_spec bad[] = {{.id = "x", .gen_server = &u64_server, .start = kt_worker_start}};
+  keel_sup_spec bs = kt_sup_spec(KEEL_SUP_ONE_FOR_ONE, bad, 1);
+  keel_pid_t none = 0;
+  CHECK_EQ(keel_sup_start(&bs, NULL, &none, NULL), KEEL_EINVAL);
+  bad[0] = (keel_sup_child_spec){.id = "x"};
+  CHECK_EQ(keel_sup_start(&bs, NULL, &none, NULL), KEEL_EINVAL);
+
+  /* a gen_server template: init gets each child's arguments */
+  keel_sup_child_spec tmpl = {.id = "t", .gen_server = &u64_server, .arg = &seven};
+  keel_sup_spec ts = kt_sup_spec(KEEL_SUP_SIMPLE_ONE_FOR_ONE, &tmpl, 1);
+  sup = sup_start(&ts, NULL);
+  uint64_t v = 42;
+  keel_pid_t c = 0;
+  CHECK_OK(keel_sup_start_child_args(sup, &v, sizeof v, &c));
+  v = 0; /* the supervisor keeps its own copy */
+  CHECK_EQ(call_u64(c), 42);
+  kt_stop(sup);
 }
 
 KT_MAIN(KT_ENTRY(children_start_in_order_and_stop_in_reverse),
@@ -946,4 +1024,5 @@ KT_MAIN(KT_ENTRY(children_start_in_order_and_stop_in_reverse),
         KT_ENTRY(simple_one_for_one_keeps_each_childs_arguments_across_restarts),
         KT_ENTRY(dynamic_children_start_terminate_restart_delete),
         KT_ENTRY(dynamic_api_on_a_dead_supervisor_is_enoproc),
-        KT_ENTRY(supervisors_are_listed_while_alive_and_report_their_settings_and_children))
+        KT_ENTRY(supervisors_are_listed_while_alive_and_report_their_settings_and_children),
+        KT_ENTRY(gen_server_and_supervisor_children_in_one_line))

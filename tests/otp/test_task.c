@@ -200,7 +200,7 @@ KT_CASE(supervised_task_crash_is_an_error_and_the_caller_survives) {
    * separately, so the supervisor may not have handled the exit yet when our
    * await returns: wait until it has (a liveness bound, not a timing check). */
   CHECK(keel_is_alive(sup));
-  keel_child_counts cc;
+  keel_sup_child_counts cc;
   for (int i = 0; i < 5000; i++) {
     CHECK_OK(keel_sup_count_children(sup, &cc));
     if (cc.active == 0) break;
@@ -213,7 +213,7 @@ KT_CASE(supervised_task_crash_is_an_error_and_the_caller_survives) {
   CHECK_OK(keel_task_sup_async(sup, square, &x, &t));
   CHECK_OK(keel_task_await(&t, &r, 5000, NULL));
   CHECK_EQ(result_u64(r), 81);
-  CHECK_OK(keel_gs_stop_server(sup, KEEL_REASON_SHUTDOWN, NULL, 5000));
+  CHECK_OK(keel_gs_stop(sup, KEEL_REASON_SHUTDOWN, NULL, 5000));
   keel_sleep(20);
   CHECK_EQ(keel_mailbox_len(), 0);
 }
@@ -230,7 +230,7 @@ KT_CASE(supervised_task_late_result_after_timeout_is_never_seen) {
   while (keel_is_alive(pid)) keel_sleep(10);
   keel_msg_t *m = NULL;
   CHECK_EQ(keel_receive(&m, 50), KEEL_ETIMEDOUT);
-  CHECK_OK(keel_gs_stop_server(sup, KEEL_REASON_SHUTDOWN, NULL, 5000));
+  CHECK_OK(keel_gs_stop(sup, KEEL_REASON_SHUTDOWN, NULL, 5000));
 }
 
 KT_CASE(stopping_the_task_supervisor_stops_its_tasks) {
@@ -241,7 +241,7 @@ KT_CASE(stopping_the_task_supervisor_stops_its_tasks) {
   keel_pid_t fire;
   CHECK_OK(keel_task_sup_start_child(sup, sleeps_forever, NULL, &fire));
   CHECK(keel_is_alive(fire));
-  CHECK_OK(keel_gs_stop_server(sup, KEEL_REASON_SHUTDOWN, NULL, 5000));
+  CHECK_OK(keel_gs_stop(sup, KEEL_REASON_SHUTDOWN, NULL, 5000));
   CHECK(!keel_is_alive(fire));
   keel_msg_t *r = NULL;
   keel_gs_exit why;
@@ -279,7 +279,7 @@ KT_CASE(supervised_task_whose_caller_died_does_not_run) {
   keel_pid_t task = kt_u64(m);
   keel_msg_free(m);
   while (keel_is_alive(task)) keel_sleep(5);
-  CHECK_OK(keel_gs_stop_server(pids[0], KEEL_REASON_SHUTDOWN, NULL, 5000));
+  CHECK_OK(keel_gs_stop(pids[0], KEEL_REASON_SHUTDOWN, NULL, 5000));
 }
 
 /* Workaround for supervisor.c's emit(): memcpy from a NULL subscriber array

@@ -244,8 +244,8 @@ static void runtime_state_errors(void) {
   CHECK_EQ(keel_rt_stop(), KEEL_ESTATE);
 
   /* started twice */
-  keel_rt_options o;
-  keel_rt_options_init(&o);
+  keel_rt_opts o;
+  keel_rt_opts_init(&o);
   o.schedulers = 2;
   CHECK_OK(keel_rt_start(&o));
   CHECK_EQ(keel_rt_start(&o), KEEL_ESTATE);
@@ -262,11 +262,11 @@ static void runtime_state_errors(void) {
   printf("ok - halt_status_is_returned_by_run\n");
 
   fprintf(stderr, "-- bad_options_are_einval\n");
-  keel_rt_options_init(&o);
+  keel_rt_opts_init(&o);
   o.schedulers = -3;
   CHECK_EQ(keel_run(noop_proc, NULL, &o), KEEL_EINVAL);
   CHECK_EQ(keel_sched_count(), 0);
-  keel_rt_options_init(&o);
+  keel_rt_opts_init(&o);
   setenv("KEEL_SCHEDULERS", "lots", 1);
   CHECK_EQ(keel_run(noop_proc, NULL, &o), KEEL_EINVAL);
   printf("ok - bad_options_are_einval\n");
@@ -283,7 +283,7 @@ static void runtime_state_errors(void) {
   printf("ok - keel_schedulers_env_sets_the_thread_count\n");
 
   fprintf(stderr, "-- default_scheduler_count_is_one_per_core\n");
-  keel_rt_options_init(&o);
+  keel_rt_opts_init(&o);
   atomic_store(&g_sched_seen, 0);
   CHECK_OK(keel_run(count_scheds_proc, NULL, &o));
   CHECK_EQ(atomic_load(&g_sched_seen), sysconf(_SC_NPROCESSORS_ONLN));

@@ -67,8 +67,8 @@ static void child_main(int err_fd, int pid_fd) {
   dup2(err_fd, STDERR_FILENO);
   close(err_fd);
   g_pid_pipe = pid_fd;
-  keel_rt_options o;
-  keel_rt_options_init(&o);
+  keel_rt_opts o;
+  keel_rt_opts_init(&o);
   o.schedulers = g_cfg.schedulers;
   keel_run(overflow_root, NULL, &o);
   _exit(3); /* only reached if the overflow was not caught */

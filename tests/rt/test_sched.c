@@ -270,8 +270,8 @@ static void det_root(void *arg) {
 }
 
 static void det_run(uint64_t seed, int out[DET_LEN]) {
-  keel_rt_options o;
-  keel_rt_options_init(&o);
+  keel_rt_opts o;
+  keel_rt_opts_init(&o);
   o.deterministic = 1;
   o.seed = seed;
   o.schedulers = 0;
@@ -322,8 +322,8 @@ static void deterministic_mode_takes_the_seed_from_keel_seed(void) {
 
 static void deterministic_mode_ignores_the_scheduler_count(void) {
   /* deterministic mode means one scheduler, whatever was asked */
-  keel_rt_options o;
-  keel_rt_options_init(&o);
+  keel_rt_opts o;
+  keel_rt_opts_init(&o);
   o.deterministic = 1;
   o.seed = 99;
   o.schedulers = 4;
@@ -380,8 +380,8 @@ static void budget_root(void *arg) {
 static void budget_option_bounds_the_messages_handled_per_turn(void) {
   static const int budgets[] = {10, 0 /* default: 100 */};
   for (size_t i = 0; i < sizeof budgets / sizeof budgets[0]; i++) {
-    keel_rt_options o;
-    keel_rt_options_init(&o);
+    keel_rt_opts o;
+    keel_rt_opts_init(&o);
     o.schedulers = 1;
     o.budget = budgets[i];
     CHECK_OK(keel_run(budget_root, NULL, &o));
