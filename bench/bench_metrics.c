@@ -82,7 +82,7 @@ static void counter_inc_all_main(void *arg) {
   for (int i = 0; i < n; i++) {
     keel_spawn_opts o;
     keel_spawn_opts_init(&o);
-    o.scheduler = i;
+    o.scheduler = KEEL_ON_SCHEDULER(i);
     int rc = keel_spawn(inc_worker, &n, &o, NULL);
     if (rc) bench_fail("spawn", rc);
   }

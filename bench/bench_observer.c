@@ -40,9 +40,9 @@ static void spawn_all(void) {
   keel_spawn_opts o;
   keel_spawn_opts_init(&o);
   o.stack_size = 16384;
-  o.scheduler = -1;
+  o.scheduler = 0;
   for (int i = 0; i < NPROCS; i++) {
-    o.scheduler = i % keel_sched_count();
+    o.scheduler = KEEL_ON_SCHEDULER(i % keel_sched_count());
     int rc = keel_spawn(idle, NULL, &o, &pids[i]);
     if (rc) bench_fail("spawn", rc);
     if (i % 1000 == 999) keel_yield();

@@ -230,7 +230,7 @@ static void pairs_main(void *arg) {
   for (int i = 0; i < npairs; i++) {
     keel_spawn_opts o;
     keel_spawn_opts_init(&o);
-    o.scheduler = i % keel_sched_count();
+    o.scheduler = KEEL_ON_SCHEDULER(i % keel_sched_count());
     keel_spawn(ping, NULL, &o, NULL);
   }
   for (int i = 0; i < npairs; i++) {

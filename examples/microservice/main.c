@@ -52,8 +52,6 @@ typedef struct config {
 } config;
 
 static const char *const envs[] = {"development", "staging", "production", NULL};
-static const char *const levels[] = {"trace", "debug", "info", "warn", "error", "fatal", NULL};
-static const char *const formats[] = {"json", "pretty", NULL};
 
 #define F(e, t, m) .env = (e), .type = (t), .offset = offsetof(config, m)
 static const keel_config_field fields[] = {
@@ -64,8 +62,8 @@ static const keel_config_field fields[] = {
     {F("HOST", KEEL_CONFIG_STRING, host), .def = "0.0.0.0", .min = 1, .max = 255},
     {F("HEALTH_PORT", KEEL_CONFIG_INT, health_port), .def = "9090", .min = 1, .max = 65535},
     {F("LOG_LEVEL", KEEL_CONFIG_ENUM, log_level), .def = "info",
-     .by_env = {[KEEL_CONFIG_DEVELOPMENT] = "debug"}, .values = levels},
-    {F("LOG_FORMAT", KEEL_CONFIG_ENUM, log_format), .def = "json", .values = formats},
+     .by_env = {[KEEL_CONFIG_DEVELOPMENT] = "debug"}, .values = keel_log_level_names},
+    {F("LOG_FORMAT", KEEL_CONFIG_ENUM, log_format), .def = "json", .values = keel_log_format_names},
     {F("LOG_FILE", KEEL_CONFIG_STRING, log_file)},
     {F("WORKER_COUNT", KEEL_CONFIG_INT, worker_count), .def = "4", .min = 1, .max = 100},
     {F("SHUTDOWN_TIMEOUT", KEEL_CONFIG_DURATION, shutdown_timeout), .def = "30s", .min = 100,
@@ -467,8 +465,8 @@ int main(void) {
 
   keel_log_opts lo;
   keel_log_opts_init(&lo);
-  lo.level = cfg.log_level;
-  lo.format = cfg.log_format;
+  lo.level = KEEL_LOG_TRACE + cfg.log_level;
+  lo.format = KEEL_LOG_JSON + cfg.log_format;
   lo.service = cfg.service_name;
   lo.file = cfg.log_file && *cfg.log_file ? cfg.log_file : NULL;
   if (keel_log_init(&lo) != 0) {

@@ -118,7 +118,8 @@ int keel_app_stop(keel_app_t *app);
  * Any thread. Returns 0 or KEEL_EINVAL. */
 int keel_app_stop_async(keel_app_t *app);
 
-/* Waits up to timeout_ms until the application has stopped. Returns 0 or
+/* Waits up to timeout_ms (0 or KEEL_INFINITY: as long as it takes) until the
+ * application has stopped. Returns 0 or
  * KEEL_ETIMEDOUT, KEEL_ENOTPROC, KEEL_EINVAL. */
 int keel_app_wait(keel_app_t *app, int64_t timeout_ms);
 

@@ -80,7 +80,7 @@ typedef struct keel_gs_opts {
   bool link;            /* link the server to the caller (start_link) */
   bool trap_exit;       /* the server traps exits (EXIT messages go to handle_info) */
   size_t stack_size;    /* 0: the runtime default */
-  int scheduler;        /* scheduler hint; -1: any */
+  int scheduler;        /* 0: here; KEEL_ON_SCHEDULER(i): scheduler i (keel/process.h) */
 } keel_gs_opts;
 
 void keel_gs_opts_init(keel_gs_opts *o);

@@ -20,11 +20,12 @@
  *   keel_http_server *srv;
  *   keel_http_start(&o, r, &srv);      // the server owns the router now
  *
- * Middleware (each on by default, each configurable in keel_http_opts):
+ * Middleware (on by default unless said, each configurable in keel_http_opts):
  * request ids (X-Request-Id / X-Correlation-Id taken when well-formed, else
  * made; returned; put in the handler process's log context), W3C traceparent,
  * an access log line per request, Prometheus metrics, per-client-IP rate
- * limiting, security headers, CORS. Errors use one envelope:
+ * limiting (off unless rate_limit is set), security headers, CORS (off
+ * unless cors_origins is set). Errors use one envelope:
  *   {"success":false,"error":{"code":"NOT_FOUND","message":"...","details":...,
  *    "traceId":"<request id>","timestamp":"2026-11-22T03:00:00.000Z"}}
  *
@@ -139,52 +140,55 @@ int keel_http_route(keel_http_router *r, const char *method, const char *pattern
 
 /* ---- server -------------------------------------------------------------- */
 
+/* Every field's zero is its default: a zeroed struct is a working server
+ * (on an ephemeral port, with request ids, the access log and the security
+ * headers on, rate limiting and CORS off). Timeouts follow keel/runtime.h:
+ * 0 is the default shown, KEEL_INFINITY is none. */
 typedef struct keel_http_opts {
-  const char *host;    /* default "0.0.0.0" */
-  int port;            /* 0: an ephemeral port (keel_http_port tells which) */
-  bool use_listen_fds; /* take sockets from systemd (LISTEN_FDS/LISTEN_PID) when present */
-  const char *name;    /* for logs and metrics: "api", "admin" */
-
-  size_t max_header_bytes;     /* request line + headers; default 16 KiB -> 431 */
-  size_t max_body_bytes;       /* default 1 MiB -> 413 */
+  const char *host;   /* NULL: "0.0.0.0" */
+  int port;           /* 0: an ephemeral port (keel_http_port tells which) */
+  bool no_listen_fds; /* do not take sockets from systemd (LISTEN_FDS/LISTEN_PID) */
+  const char *name;   /* for logs and metrics; NULL: "api" */
+  size_t max_header_bytes; /* request line + headers; 0: 16 KiB -> 431 */
+  size_t max_body_bytes;   /* 0: 1 MiB -> 413 */
   /* a request's head must be complete within this of its first byte (or of
    * the accept): 408 and close; bytes that do not complete it never extend
-   * it; default 10 s */
+   * it; 0: 10 s */
   int64_t header_timeout_ms;
-  int64_t body_timeout_ms;     /* idle time allowed while reading a body: 408; default 10 s */
-  int64_t keepalive_timeout_ms; /* idle keep-alive connection closed after; default 5 s */
-  int64_t request_timeout_ms;  /* handler time before 503; default 30 s; 0: none */
+  int64_t body_timeout_ms;      /* idle time allowed while reading a body: 408; 0: 10 s */
+  int64_t keepalive_timeout_ms; /* idle keep-alive connection closed after; 0: 5 s */
+  int64_t request_timeout_ms;   /* handler time before 503; 0: 30 s; KEEL_INFINITY: none */
   /* a client that reads none of its answers for this long while they are
-   * backed up is closed; default 30 s */
+   * backed up is closed; 0: 30 s */
   int64_t send_timeout_ms;
   /* descriptors kept free for everything else (probes, logs, outgoing
    * connections): the server stops accepting for a back-off when an
    * accepted connection leaves fewer than this under the soft
-   * RLIMIT_NOFILE (at most a quarter of the limit); default 64, the admin
-   * port 16, so probes still answer while the API sheds */
+   * RLIMIT_NOFILE (at most a quarter of the limit); 0: 64 (the admin port
+   * 16, so probes still answer while the API sheds); < 0: none */
   int fd_reserve;
-  size_t handler_stack_size;   /* handler process stacks; 0: the runtime default */
-
+  size_t handler_stack_size; /* handler process stacks; 0: the runtime default */
   /* middleware */
-  bool request_id;             /* default true */
-  bool access_log;             /* default true */
-  int64_t slow_request_ms;     /* warn above; default 1000; 0: never */
-  keel_metrics *metrics;       /* register http_* metrics here; NULL: none */
-  int rate_limit;              /* requests per client IP per window; 0: off (default 100) */
-  int64_t rate_window_ms;      /* default 60000 */
-  size_t rate_max_clients;     /* bounded memory: clients tracked at most; default 100000 */
-  bool trust_proxy;            /* believe X-Forwarded-For */
-  bool security_headers;       /* default true */
-  bool hsts;                   /* Strict-Transport-Security; default true */
+  bool no_request_id;      /* do not take or make X-Request-Id */
+  bool no_access_log;      /* write no access log line */
+  int64_t slow_request_ms; /* warn above; 0: 1000; KEEL_INFINITY: never */
+  keel_metrics *metrics;   /* register http_* metrics here; NULL: none */
+  int rate_limit;          /* requests per client IP per window; 0: off */
+  int64_t rate_window_ms;  /* 0: 60000 */
+  size_t rate_max_clients; /* bounded memory: clients tracked at most; 0: 100000 */
+  bool trust_proxy;        /* believe X-Forwarded-For */
+  bool no_security_headers;    /* send none of the security headers */
+  bool no_hsts;                /* no Strict-Transport-Security */
   const char *csp;             /* Content-Security-Policy; NULL: a strict default */
   const char *cors_origins;    /* comma-separated allow-list; NULL/"": CORS off */
-  bool cors_credentials;       /* Access-Control-Allow-Credentials; default true */
-  int64_t cors_max_age_s;      /* preflight cache; default 600 */
+  bool no_cors_credentials;    /* no Access-Control-Allow-Credentials */
+  int64_t cors_max_age_s;      /* preflight cache; 0: 600 */
   /* paths that skip rate limiting (prefix match, comma-separated);
-   * default "/health,/metrics,/internal/" */
+   * NULL: "/health,/metrics,/internal/" */
   const char *rate_limit_skip;
 } keel_http_opts;
 
+/* Sets *o to the defaults: all zero. */
 void keel_http_opts_init(keel_http_opts *o);
 
 /* Starts the server: binds, listens on every scheduler and returns. The
@@ -204,8 +208,9 @@ int keel_http_port(const keel_http_server *s);
  * flight normally but with Connection: close; an idle keep-alive connection
  * gets a 250 ms grace (a request already on its way is served, with
  * Connection: close) and is closed. Returns 0 when no request and no
- * connection is left, or KEEL_ETIMEDOUT after timeout_ms (keel_http_stop then
- * cuts what is left). Call from a keel process. */
+ * connection is left, or KEEL_ETIMEDOUT after timeout_ms (0: 30 s;
+ * KEEL_INFINITY) (keel_http_stop then cuts what is left). Call from a keel
+ * process. */
 int keel_http_drain(keel_http_server *s, int64_t timeout_ms);
 
 /* Stops at once: closes the listeners and every connection, kills the
@@ -222,14 +227,14 @@ size_t keel_http_connections(const keel_http_server *s);
 /* A second server for operators (see src/http/admin.c): GET /health/live,
  * /health/ready, /health/startup, /health (keel/health.h), /metrics (when
  * metrics is set; text or OpenMetrics by Accept) and /admin/observer (the
- * observer snapshot as JSON, when observer is true). No rate limit, no CORS,
+ * observer snapshot as JSON, unless no_observer). No rate limit, no CORS,
  * no access log unless asked. */
 typedef struct keel_admin_opts {
-  const char *host;      /* default "0.0.0.0" */
-  int port;              /* default 9090 (HEALTH_PORT); 0: ephemeral */
+  const char *host;      /* NULL: "0.0.0.0" */
+  int port;              /* 0: ephemeral (services use HEALTH_PORT, 9090) */
   keel_metrics *metrics; /* served at /metrics; NULL: no /metrics */
-  bool observer;         /* serve /admin/observer; default true */
-  bool access_log;       /* default false: probes would bury the API's lines */
+  bool no_observer;      /* do not serve /admin/observer */
+  bool access_log;       /* log probes too (off: they would bury the API's lines) */
 } keel_admin_opts;
 
 void keel_admin_opts_init(keel_admin_opts *o);

@@ -51,18 +51,20 @@ extern "C" {
 #endif
 
 typedef enum keel_log_level {
-  KEEL_LOG_TRACE = 0,
-  KEEL_LOG_DEBUG = 1,
-  KEEL_LOG_INFO = 2,
-  KEEL_LOG_WARN = 3,
-  KEEL_LOG_ERROR = 4,
-  KEEL_LOG_FATAL = 5,
-  KEEL_LOG_OFF = 6, /* only as a minimum level: nothing is written */
+  /* 0 is no level: "the default" in keel_log_opts */
+  KEEL_LOG_TRACE = 1,
+  KEEL_LOG_DEBUG = 2,
+  KEEL_LOG_INFO = 3,
+  KEEL_LOG_WARN = 4,
+  KEEL_LOG_ERROR = 5,
+  KEEL_LOG_FATAL = 6,
+  KEEL_LOG_OFF = 7, /* only as a minimum level: nothing is written */
 } keel_log_level;
 
 typedef enum keel_log_format {
-  KEEL_LOG_JSON = 0,   /* one JSON object per line */
-  KEEL_LOG_PRETTY = 1, /* "2026-11-22 01:02:03.456 INFO  msg (service) key=value ..." */
+  /* 0: the default ($LOG_FORMAT, else json) */
+  KEEL_LOG_JSON = 1,   /* one JSON object per line */
+  KEEL_LOG_PRETTY = 2, /* "2026-11-22 01:02:03.456 INFO  msg (service) key=value ..." */
 } keel_log_format;
 
 /* ---- fields --------------------------------------------------------------- */
@@ -117,21 +119,22 @@ typedef struct keel_log_field {
 /* ---- setup ---------------------------------------------------------------- */
 
 typedef struct keel_log_opts {
-  int level;                 /* minimum level; -1 (default): $LOG_LEVEL, else info */
-  int format;                /* -1 (default): $LOG_FORMAT ("json" or "pretty"), else json */
+  int level;                 /* minimum level (keel_log_level); 0: $LOG_LEVEL, else info */
+  int format;                /* keel_log_format; 0: $LOG_FORMAT ("json" or "pretty"), else json */
   const char *service;       /* "service" field (copied); NULL: $SERVICE_NAME, else "keel" */
   const char *file;          /* append to this file (copied); NULL: $LOG_FILE, else stdout */
-  int fd;                    /* -1 (default): as `file`; >= 0: write to this fd (borrowed) */
-  int color;                 /* pretty only: -1 (default): when the output is a terminal; 0; 1 */
+  int fd;                    /* 0: as `file`; > 0: write to this fd (borrowed) */
+  int color;                 /* pretty only: 0: when the output is a terminal; 1: always;
+                                -1: never */
   int64_t flush_ms;          /* writer interval; 0: 100 ms */
   size_t buffer_size;        /* per-thread buffer in bytes; 0: 1 MiB. Longer lines are dropped */
-  int64_t overflow_wait_ms;  /* wait for room before dropping a line; 0 (default): 10 ms;
-                                <0 other than KEEL_INFINITY: drop at once; KEEL_INFINITY: wait */
+  int64_t overflow_wait_ms;  /* wait for room before dropping a line; 0: 10 ms;
+                                KEEL_NOWAIT: drop at once; KEEL_INFINITY: wait */
   const char *const *redact; /* extra sensitive keys, NULL-terminated (copied); may be NULL */
-  bool sighup_reopen;        /* reopen `file` on SIGHUP (default true; file sink only) */
+  bool no_sighup_reopen;     /* do not reopen `file` on SIGHUP (file sink only) */
 } keel_log_opts;
 
-/* Fills *o with the defaults described above. */
+/* Fills *o with the defaults described above: all zero. */
 void keel_log_opts_init(keel_log_opts *o);
 
 /* Starts logging: reads the environment where the options say so, opens the
@@ -165,13 +168,24 @@ int keel_log_set_level(keel_log_level level);
 keel_log_level keel_log_get_level(void);
 /* Whether a line at `level` would be written. Cheap (one atomic load). */
 bool keel_log_enabled(keel_log_level level);
+/* The level and format names, NULL-terminated, in enum order, for a
+ * KEEL_CONFIG_ENUM field (keel/config.h): an ENUM field stores the index i,
+ * which is the level KEEL_LOG_TRACE + i, or the format KEEL_LOG_JSON + i:
+ *
+ *   {.env = "LOG_LEVEL", .type = KEEL_CONFIG_ENUM, .values = keel_log_level_names, ...}
+ *   opts.level = KEEL_LOG_TRACE + cfg.log_level;
+ */
+extern const char *const keel_log_level_names[];  /* "trace" ... "fatal", "off" */
+extern const char *const keel_log_format_names[]; /* "json", "pretty" */
+
 /* "trace" ... "fatal", "off"; NULL for a bad value. Static strings. */
 const char *keel_log_level_name(keel_log_level level);
 /* Parses "trace".."fatal", "off" (case-insensitive) into *out. KEEL_EINVAL. */
 int keel_log_level_parse(const char *text, keel_log_level *out);
 
 typedef struct keel_log_stats {
-  uint64_t lines[6];      /* lines accepted into a buffer, by level */
+  uint64_t lines[KEEL_LOG_FATAL + 1]; /* lines accepted into a buffer, by level
+                                         (lines[KEEL_LOG_INFO]; lines[0] is 0) */
   uint64_t dropped;       /* lines dropped: no room after overflow_wait_ms, or too long */
   uint64_t bytes_written; /* bytes written to the sink */
   uint64_t write_errors;  /* failed writes (the chunk is lost) */

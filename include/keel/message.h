@@ -97,8 +97,8 @@ int keel_msg_exit_info(const keel_msg_t *m, keel_pid_t *pid, keel_reason *reason
 int keel_send(keel_pid_t to, keel_msg_t *m);
 
 /* Takes the oldest message from the caller's mailbox into *out, waiting up to
- * timeout_ms (0: do not wait; KEEL_INFINITY: forever). The caller owns *out.
- * Errors: KEEL_ETIMEDOUT (*out = NULL), KEEL_ENOTPROC. */
+ * timeout_ms (0 or KEEL_INFINITY: forever; KEEL_NOWAIT: do not wait). The
+ * caller owns *out. Errors: KEEL_ETIMEDOUT (*out = NULL), KEEL_ENOTPROC. */
 int keel_receive(keel_msg_t **out, int64_t timeout_ms);
 
 /* A predicate for selective receive: return true to take m. Must not keep m

@@ -54,7 +54,8 @@ const char *keel_reason_name(keel_reason_kind kind);
 
 typedef struct keel_spawn_opts {
   size_t stack_size;       /* 0: the runtime default. Rounded up to whole pages. */
-  int scheduler;           /* scheduler hint: where the process first runs; -1 (default): here */
+  int scheduler;           /* where the process first runs: 0 (default): here (the caller's
+                              scheduler); KEEL_ON_SCHEDULER(i): scheduler i */
   bool link;               /* link the new process to the caller, atomically with the spawn */
   bool monitor;            /* monitor it atomically with the spawn; the ref goes to *monitor_ref */
   keel_ref_t *monitor_ref; /* out: the monitor's reference when monitor is set */
@@ -70,7 +71,12 @@ typedef struct keel_spawn_opts {
   void *on_exit_arg;
 } keel_spawn_opts;
 
-/* Fills *o with defaults: scheduler -1, everything else 0. */
+/* A scheduler for keel_spawn_opts.scheduler and keel_gs_opts.scheduler: i
+ * counts from 0 (< keel_sched_count()); a negative i means "here", as 0 does,
+ * so that a zeroed options struct is the default. */
+#define KEEL_ON_SCHEDULER(i) ((i) < 0 ? 0 : (i) + 1)
+
+/* Fills *o with the defaults: all zero. */
 void keel_spawn_opts_init(keel_spawn_opts *o);
 
 /* Spawns a process running fn(arg) and stores its pid in *out (may be NULL).

@@ -21,8 +21,25 @@
 extern "C" {
 #endif
 
-/* Wait forever: accepted by every keel function that takes a timeout. */
-#define KEEL_INFINITY ((int64_t)-1)
+/* Timeouts. Every keel function and option that takes a timeout in
+ * milliseconds reads it the same way:
+ *
+ *   0 (KEEL_TIMEOUT_DEFAULT)  the default that function or field documents
+ *                             (so a zeroed options struct means defaults)
+ *   > 0                       that many milliseconds
+ *   KEEL_INFINITY             wait as long as it takes
+ *   KEEL_NOWAIT               do not wait: take what is there now
+ *
+ * Other negative values are KEEL_EINVAL. */
+#define KEEL_TIMEOUT_DEFAULT ((int64_t)0)
+#define KEEL_INFINITY        ((int64_t)-1)
+#define KEEL_NOWAIT          ((int64_t)-2)
+
+/* The convention above for your own functions: timeout_ms, or dflt when it
+ * is KEEL_TIMEOUT_DEFAULT. */
+static inline int64_t keel_timeout_or(int64_t timeout_ms, int64_t dflt) {
+  return timeout_ms == KEEL_TIMEOUT_DEFAULT ? dflt : timeout_ms;
+}
 
 /* A process id. 64 bits, never reused: the id of a dead process never names a
  * later process. 0 is never a valid pid. Format with keel_pid_format. */

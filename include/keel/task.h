@@ -68,7 +68,10 @@ typedef struct keel_task {
  * *out describes it. Errors: KEEL_ENOTPROC, KEEL_EINVAL, KEEL_ENOMEM. */
 int keel_task_async(keel_task_fn fn, void *arg, keel_task_t *out);
 
-/* Waits up to timeout_ms (KEEL_INFINITY allowed; 0 only checks) for the
+#define KEEL_TASK_DEFAULT_TIMEOUT 5000 /* ms: a timeout of 0 in the calls below */
+
+/* Waits up to timeout_ms (0: KEEL_TASK_DEFAULT_TIMEOUT; KEEL_INFINITY;
+ * KEEL_NOWAIT only checks) for the
  * task's result. On success *result is the message the task produced (kind
  * KEEL_MSG_REPLY, owned by the caller: keel_msg_free it). Errors:
  * KEEL_ETIMEDOUT (the task keeps running; a result it sends later is dropped),
@@ -80,7 +83,7 @@ int keel_task_async(keel_task_fn fn, void *arg, keel_task_t *out);
  * no EXIT message from it in its mailbox. */
 int keel_task_await(keel_task_t *t, keel_msg_t **result, int64_t timeout_ms, keel_gs_exit *why);
 
-/* Awaits n tasks with ONE overall timeout. results[i] gets task i's result
+/* Awaits n tasks with ONE overall timeout (as keel_task_await's). results[i] gets task i's result
  * (or NULL), codes[i] (may be NULL) its keel_task_await code: results are in
  * the order of the tasks, not of completion. Tasks still running when the
  * deadline passes get KEEL_ETIMEDOUT. Returns 0 when every task produced a
@@ -90,7 +93,7 @@ int keel_task_await_many(keel_task_t *tasks, size_t n, keel_msg_t **results, int
                          int64_t timeout_ms);
 
 /* Stops a task: unlinks it, sends it an exit signal `shutdown`, waits up to
- * timeout_ms (0: 5000) for it to end and kills it if it has not. If its
+ * timeout_ms (0: KEEL_TASK_DEFAULT_TIMEOUT) for it to end and kills it if it has not. If its
  * result arrived before it ended and result is not NULL, *result gets it
  * (owned by the caller; else it is freed). Returns 0 (also for a task that
  * had already finished or been awaited), KEEL_ENOTPROC, KEEL_EINVAL. */

@@ -20,9 +20,6 @@
 
 void keel_admin_opts_init(keel_admin_opts *o) {
   memset(o, 0, sizeof *o);
-  o->host = "0.0.0.0";
-  o->port = 9090;
-  o->observer = true;
 }
 
 static int reply_health(keel_http_res *res, int rc, keel_health_response *hr) {
@@ -90,7 +87,7 @@ int keel_admin_start(const keel_admin_opts *o, keel_http_server **out) {
   if (!rc) rc = keel_http_route(r, "GET", "/health/startup", h_startup, NULL);
   if (!rc) rc = keel_http_route(r, "GET", "/health", h_health, NULL);
   if (!rc && o->metrics) rc = keel_http_route(r, "GET", "/metrics", h_metrics, o->metrics);
-  if (!rc && o->observer) rc = keel_http_route(r, "GET", "/admin/observer", h_observer, NULL);
+  if (!rc && !o->no_observer) rc = keel_http_route(r, "GET", "/admin/observer", h_observer, NULL);
   if (rc) {
     keel_http_router_free(r);
     return rc;
@@ -100,11 +97,10 @@ int keel_admin_start(const keel_admin_opts *o, keel_http_server **out) {
   ho.host = o->host ? o->host : "0.0.0.0";
   ho.port = o->port;
   ho.name = "admin";
-  ho.use_listen_fds = false; /* passed sockets are the API's */
-  ho.rate_limit = 0;
-  ho.access_log = o->access_log;
+  ho.no_listen_fds = true; /* passed sockets are the API's */
+  ho.no_access_log = !o->access_log;
   ho.request_timeout_ms = 10000;
-  ho.hsts = false;
+  ho.no_hsts = true;
   ho.fd_reserve = 16; /* probes answer while the API, which keeps 64, sheds */
   rc = keel_http_start(&ho, r, out);
   if (rc) keel_http_router_free(r);

@@ -170,30 +170,41 @@ struct keel_http_server {
 
 void keel_http_opts_init(keel_http_opts *o) {
   memset(o, 0, sizeof *o);
-  o->host = "0.0.0.0";
-  o->port = 3000;
-  o->use_listen_fds = true;
-  o->name = "api";
-  o->max_header_bytes = 16384;
-  o->max_body_bytes = 1 << 20;
-  o->header_timeout_ms = 10000;
-  o->body_timeout_ms = 10000;
-  o->keepalive_timeout_ms = 5000;
-  o->request_timeout_ms = 30000;
-  o->send_timeout_ms = 30000;
-  o->fd_reserve = 64;
-  o->request_id = true;
-  o->access_log = true;
-  o->slow_request_ms = 1000;
-  o->rate_limit = 100;
-  o->rate_window_ms = 60000;
-  o->rate_max_clients = 100000;
-  o->security_headers = true;
-  o->hsts = true;
-  o->cors_credentials = true;
-  o->cors_max_age_s = 600;
-  o->rate_limit_skip = "/health,/metrics,/internal/";
 }
+
+#define OR_DEFAULT(field, dflt)        \
+  do {                                 \
+    if (o->field == 0) o->field = (dflt); \
+  } while (0)
+
+/* Zeros become the defaults http.h states; KEEL_INFINITY ("none") becomes
+ * the internal "not armed" (0 for the request timeout and the slow-request
+ * warning, which test > 0), < 0 reserve becomes none. */
+static int resolve_opts(keel_http_opts *o) {
+  if (o->port < 0 || o->port > 65535) return KEEL_EINVAL;
+  OR_DEFAULT(max_header_bytes, 16384);
+  OR_DEFAULT(max_body_bytes, (size_t)1 << 20);
+  OR_DEFAULT(header_timeout_ms, 10000);
+  OR_DEFAULT(body_timeout_ms, 10000);
+  OR_DEFAULT(keepalive_timeout_ms, 5000);
+  OR_DEFAULT(request_timeout_ms, 30000);
+  OR_DEFAULT(send_timeout_ms, 30000);
+  OR_DEFAULT(fd_reserve, 64);
+  OR_DEFAULT(slow_request_ms, 1000);
+  OR_DEFAULT(rate_window_ms, 60000);
+  OR_DEFAULT(rate_max_clients, 100000);
+  OR_DEFAULT(cors_max_age_s, 600);
+  if (!o->rate_limit_skip) o->rate_limit_skip = "/health,/metrics,/internal/";
+  if (o->request_timeout_ms == KEEL_INFINITY) o->request_timeout_ms = 0;
+  if (o->slow_request_ms == KEEL_INFINITY) o->slow_request_ms = 0;
+  if (o->fd_reserve < 0) o->fd_reserve = 0;
+  if (o->header_timeout_ms < 0 || o->body_timeout_ms < 0 || o->keepalive_timeout_ms < 0 ||
+      o->send_timeout_ms < 0 || o->request_timeout_ms < 0 || o->slow_request_ms < 0 ||
+      o->rate_limit < 0 || o->rate_window_ms < 0)
+    return KEEL_EINVAL;
+  return 0;
+}
+#undef OR_DEFAULT
 
 /* ---- small helpers ------------------------------------------------------------- */
 
@@ -586,7 +597,7 @@ static void dispatch_handler(keel__conn *c, keel_http_req *rq) {
   keel_http_server *s = c->l->srv;
   keel_spawn_opts o;
   keel_spawn_opts_init(&o);
-  o.scheduler = c->l->sched;
+  o.scheduler = KEEL_ON_SCHEDULER(c->l->sched);
   o.pin = true;
   o.stack_size = s->o.handler_stack_size;
   o.name = "http_handler";
@@ -645,11 +656,11 @@ static void dispatch(keel__conn *c, keel_http_req *rq) {
   /* request id and trace context first: every answer carries them */
   const char *given = keel_http_header(rq, "x-request-id");
   if (!given) given = keel_http_header(rq, "x-correlation-id");
-  if (s->o.request_id && given && keel__reqid_valid(given))
+  if (!s->o.no_request_id && given && keel__reqid_valid(given))
     snprintf(rq->reqid, sizeof rq->reqid, "%s", given);
   else
     keel__reqid_make(rq->reqid);
-  if (s->o.request_id) {
+  if (!s->o.no_request_id) {
     keel__traceparent tp;
     const char *tph = keel_http_header(rq, "traceparent");
     char span[17];
@@ -1277,12 +1288,12 @@ static int setup_middleware(keel_http_server *s) {
   }
   if (s->cors_origins && *s->cors_origins) {
     int err = 0;
-    s->cors = keel__cors_new(s->cors_origins, s->o.cors_credentials, s->o.cors_max_age_s, &err);
+    s->cors = keel__cors_new(s->cors_origins, !s->o.no_cors_credentials, s->o.cors_max_age_s, &err);
     if (!s->cors) return err ? err : KEEL_ENOMEM;
   }
-  if (s->o.security_headers) {
+  if (!s->o.no_security_headers) {
     keel__hdrs h = {0};
-    int rc = keel__security_headers(&h, s->o.hsts, s->csp);
+    int rc = keel__security_headers(&h, !s->o.no_hsts, s->csp);
     keel__jw b = {0};
     for (size_t i = 0; !rc && i < h.n; i++)
       sb_hdr(&b, h.v[i].name, h.v[i].value);
@@ -1347,8 +1358,9 @@ int keel_http_start(const keel_http_opts *o, keel_http_router *router, keel_http
   if (out) *out = NULL;
   if (!o || !router || !out) return KEEL_EINVAL;
   if (!keel_self()) return KEEL_ENOTPROC;
-  if (o->port < 0 || o->port > 65535 || !o->max_header_bytes || !o->max_body_bytes)
-    return KEEL_EINVAL;
+  keel_http_opts ro = *o;
+  if (resolve_opts(&ro)) return KEEL_EINVAL;
+  o = &ro;
   static pthread_once_t once = PTHREAD_ONCE_INIT;
   pthread_once(&once, raise_nofile);
 
@@ -1360,7 +1372,7 @@ int keel_http_start(const keel_http_opts *o, keel_http_router *router, keel_http
   s->csp = dup_or_null(o->csp);
   s->cors_origins = dup_or_null(o->cors_origins);
   s->rate_skip = dup_or_null(o->rate_limit_skip);
-  s->acc.log = o->access_log;
+  s->acc.log = !o->no_access_log;
   s->acc.slow_ms = o->slow_request_ms;
   s->acc.server = s->name;
   s->router = router;
@@ -1373,7 +1385,7 @@ int keel_http_start(const keel_http_opts *o, keel_http_router *router, keel_http
     return rc;
   }
   /* the sockets: passed by systemd, or bound here (errors surface now) */
-  int passed = o->use_listen_fds ? listen_fd_from_env() : -1;
+  int passed = o->no_listen_fds ? -1 : listen_fd_from_env();
   int port = o->port;
   for (int i = 0; i < s->nl; i++) /* before any can fail: the cleanup closes only these */
     s->ls[i].fd = -1;
@@ -1416,7 +1428,7 @@ int keel_http_start(const keel_http_opts *o, keel_http_router *router, keel_http
   for (int i = 0; i < s->nl; i++) {
     keel_spawn_opts so;
     keel_spawn_opts_init(&so);
-    so.scheduler = i;
+    so.scheduler = KEEL_ON_SCHEDULER(i);
     so.pin = true;
     so.name = "http_acceptor";
     if (keel_spawn(acceptor_main, &s->ls[i], &so, &s->ls[i].acceptor) != 0) {
@@ -1464,6 +1476,7 @@ static void control_all(keel_http_server *s, int op) {
 }
 
 int keel_http_drain(keel_http_server *s, int64_t timeout_ms) {
+  timeout_ms = keel_timeout_or(timeout_ms, 30000);
   if (!s) return KEEL_EINVAL;
   if (!keel_self()) return KEEL_ENOTPROC;
   if (!atomic_exchange(&s->drain_begun, true)) {

@@ -466,7 +466,7 @@ static void run_start(run *r, int place) {
   keel_spawn_opts_init(&o);
   o.monitor = true;
   o.monitor_with = r->ref;
-  o.scheduler = place;
+  o.scheduler = KEEL_ON_SCHEDULER(place);
   char pname[32];
   memcpy(pname, "health:", 7);
   size_t nl = strnlen(e->name, sizeof pname - 8);
@@ -493,7 +493,7 @@ static void run_collect(run *r) {
   uint64_t t = now_ms();
   int64_t left = r->deadline_ms > t ? (int64_t)(r->deadline_ms - t) : 0;
   keel_msg_t *m = NULL;
-  int rc = keel_await(r->ref, &m, left);
+  int rc = keel_await(r->ref, &m, left > 0 ? left : KEEL_NOWAIT);
   if (rc == 0 && keel_msg_kind_of(m) == KEEL_MSG_REPLY) {
     keel_demonitor(r->ref); /* and its DOWN (normal) with it */
     wire w;
@@ -763,7 +763,7 @@ static int live_impl(keel_health_response *out) {
     a->ref = ref;
     keel_spawn_opts o;
     keel_spawn_opts_init(&o);
-    o.scheduler = i;
+    o.scheduler = KEEL_ON_SCHEDULER(i);
     o.name = "health:ping";
     keel_pid_t pid;
     atomic_fetch_add_explicit(&own_procs, 1, memory_order_relaxed); /* ping_ended takes it back */

@@ -155,7 +155,7 @@ typedef struct tbuf {
   pthread_mutex_t mu;
   char *buf;
   size_t len;
-  uint64_t lines[6], dropped;
+  uint64_t lines[KEEL_LOG_FATAL + 1], dropped;
   struct tbuf *next;
   bool dead;   /* its thread exited: the writer frees it after a last drain */
   bool orphan; /* the module shut down: its thread frees it */
@@ -185,7 +185,7 @@ typedef struct log_state {
 
   tbuf *list;                         /* reg_mu */
   char *spare;                        /* writer only */
-  uint64_t totals[6], dropped;        /* of freed tbufs; reg_mu */
+  uint64_t totals[KEEL_LOG_FATAL + 1], dropped;      /* of freed tbufs; reg_mu */
   atomic_uint_fast64_t extra_dropped; /* lines dropped without a tbuf (no memory) */
   /* Writer-only counters read by stats: relaxed, each is a standalone count. */
   atomic_uint_fast64_t bytes, errors, reopens;
@@ -304,17 +304,26 @@ static void fmt_time(tstate *t, char *out) {
 
 /* ---- levels --------------------------------------------------------------- */
 
-static const char *const level_names[] = {"trace", "debug", "info", "warn",
-                                          "error", "fatal", "off"};
+static const char *const level_names[] = {
+    [KEEL_LOG_TRACE] = "trace", [KEEL_LOG_DEBUG] = "debug", [KEEL_LOG_INFO] = "info",
+    [KEEL_LOG_WARN] = "warn",   [KEEL_LOG_ERROR] = "error", [KEEL_LOG_FATAL] = "fatal",
+    [KEEL_LOG_OFF] = "off"};
+
+const char *const keel_log_level_names[] = {"trace", "debug", "info", "warn",
+                                            "error", "fatal", "off",   NULL};
+const char *const keel_log_format_names[] = {"json", "pretty", NULL};
+
+static bool level_ok(int level) {
+  return level >= KEEL_LOG_TRACE && level <= KEEL_LOG_OFF;
+}
 
 const char *keel_log_level_name(keel_log_level level) {
-  if ((int)level < 0 || level > KEEL_LOG_OFF) return NULL;
-  return level_names[level];
+  return level_ok((int)level) ? level_names[level] : NULL;
 }
 
 int keel_log_level_parse(const char *text, keel_log_level *out) {
   if (!text || !out) return KEEL_EINVAL;
-  for (int i = 0; i <= KEEL_LOG_OFF; i++) {
+  for (int i = KEEL_LOG_TRACE; i <= KEEL_LOG_OFF; i++) {
     if (strcasecmp(text, level_names[i]) == 0) {
       *out = (keel_log_level)i;
       return 0;
@@ -324,7 +333,7 @@ int keel_log_level_parse(const char *text, keel_log_level *out) {
 }
 
 int keel_log_set_level(keel_log_level level) {
-  if ((int)level < 0 || level > KEEL_LOG_OFF) return KEEL_EINVAL;
+  if (!level_ok((int)level)) return KEEL_EINVAL;
   atomic_store_explicit(&g_level, (int)level, memory_order_relaxed);
   return 0;
 }
@@ -334,7 +343,8 @@ keel_log_level keel_log_get_level(void) {
 }
 
 bool keel_log_enabled(keel_log_level level) {
-  return (int)level >= atomic_load_explicit(&g_level, memory_order_relaxed) && level < KEEL_LOG_OFF;
+  return (int)level >= atomic_load_explicit(&g_level, memory_order_relaxed) &&
+         level >= KEEL_LOG_TRACE && level < KEEL_LOG_OFF;
 }
 
 /* ---- the writer ----------------------------------------------------------- */
@@ -381,7 +391,7 @@ static void drain(log_state *st) {
     pthread_mutex_unlock(&tb->mu);
     if (n) write_all(st, st->spare, n);
     if (tb->dead) { /* its thread is gone: nothing more can arrive */
-      for (int i = 0; i < 6; i++)
+      for (int i = KEEL_LOG_TRACE; i <= KEEL_LOG_FATAL; i++)
         st->totals[i] += tb->lines[i];
       st->dropped += tb->dropped;
       *pp = tb->next;
@@ -498,9 +508,12 @@ struct keel_logger {
   char frag[];
 };
 
-static const char *const pretty_colors[] = {"\x1b[90m", "\x1b[34m", "\x1b[32m",
-                                            "\x1b[33m", "\x1b[31m", "\x1b[35;1m"};
-static const char *const pretty_names[] = {"TRACE", "DEBUG", "INFO ", "WARN ", "ERROR", "FATAL"};
+static const char *const pretty_colors[] = {
+    [KEEL_LOG_TRACE] = "\x1b[90m", [KEEL_LOG_DEBUG] = "\x1b[34m", [KEEL_LOG_INFO] = "\x1b[32m",
+    [KEEL_LOG_WARN] = "\x1b[33m",  [KEEL_LOG_ERROR] = "\x1b[31m", [KEEL_LOG_FATAL] = "\x1b[35;1m"};
+static const char *const pretty_names[] = {
+    [KEEL_LOG_TRACE] = "TRACE", [KEEL_LOG_DEBUG] = "DEBUG", [KEEL_LOG_INFO] = "INFO ",
+    [KEEL_LOG_WARN] = "WARN ",  [KEEL_LOG_ERROR] = "ERROR", [KEEL_LOG_FATAL] = "FATAL"};
 
 /* Turns a fragment `,"k":v,"k2":{...}` into ` k=v k2={...}`. */
 static void prettify(keel__jw *out, const char *f, size_t n, bool color) {
@@ -626,12 +639,12 @@ static void emit(const keel_logger *lg, keel_log_level level, const char *event,
 
 void keel_log_write(const keel_logger *lg, keel_log_level level, const char *msg,
                     const keel_log_field *fields) {
-  if ((int)level < 0 || level >= KEEL_LOG_OFF) return;
+  if ((int)level < KEEL_LOG_TRACE || level >= KEEL_LOG_OFF) return;
   emit(lg, level, NULL, msg, fields);
 }
 
 void keel_log_event_list(keel_log_level level, const char *event, const keel_log_field *fields) {
-  if ((int)level < 0 || level >= KEEL_LOG_OFF) return;
+  if ((int)level < KEEL_LOG_TRACE || level >= KEEL_LOG_OFF) return;
   emit(NULL, level, event ? event : "", event, fields);
 }
 
@@ -818,11 +831,6 @@ int keel_log_context_pop(void) {
 
 void keel_log_opts_init(keel_log_opts *o) {
   memset(o, 0, sizeof *o);
-  o->level = -1;
-  o->format = -1;
-  o->fd = -1;
-  o->color = -1;
-  o->sighup_reopen = true;
 }
 
 static void on_sighup(int sig) {
@@ -852,8 +860,8 @@ int keel_log_init(const keel_log_opts *opts) {
     keel_log_opts_init(&o);
 
   keel_log_level level = KEEL_LOG_INFO;
-  if (o.level >= 0) {
-    if (o.level > KEEL_LOG_OFF) return KEEL_EINVAL;
+  if (o.level != 0) {
+    if (!level_ok(o.level)) return KEEL_EINVAL;
     level = (keel_log_level)o.level;
   } else {
     const char *e = getenv("LOG_LEVEL");
@@ -866,7 +874,7 @@ int keel_log_init(const keel_log_opts *opts) {
     }
   }
   int format = o.format;
-  if (format < 0) {
+  if (format == 0) {
     const char *e = getenv("LOG_FORMAT");
     format = KEEL_LOG_JSON;
     if (e && *e) {
@@ -877,7 +885,7 @@ int keel_log_init(const keel_log_opts *opts) {
         return KEEL_EINVAL;
       }
     }
-  } else if (format > KEEL_LOG_PRETTY) {
+  } else if (format != KEEL_LOG_JSON && format != KEEL_LOG_PRETTY) {
     return KEEL_EINVAL;
   }
 
@@ -908,7 +916,11 @@ int keel_log_init(const keel_log_opts *opts) {
     state_free(st);
     return KEEL_ENOMEM;
   }
-  if (o.fd >= 0) {
+  if (o.fd < 0) {
+    state_free(st);
+    return KEEL_EINVAL;
+  }
+  if (o.fd > 0) {
     st->fd = o.fd;
   } else {
     const char *path = o.file ? o.file : getenv("LOG_FILE");
@@ -928,7 +940,7 @@ int keel_log_init(const keel_log_opts *opts) {
       st->fd = 1;
     }
   }
-  st->color = o.color >= 0 ? o.color != 0 : isatty(st->fd) == 1;
+  st->color = o.color ? o.color > 0 : isatty(st->fd) == 1;
   st->gen = ++g_gen;
   pthread_mutex_init(&st->ctl_mu, NULL);
   pthread_condattr_t ca;
@@ -945,7 +957,7 @@ int keel_log_init(const keel_log_opts *opts) {
     state_free(st);
     return KEEL_ENOMEM;
   }
-  if (st->path && o.sighup_reopen) {
+  if (st->path && !o.no_sighup_reopen) {
     struct sigaction sa;
     memset(&sa, 0, sizeof sa);
     sa.sa_handler = on_sighup;
@@ -1017,12 +1029,12 @@ void keel_log_stats_get(keel_log_stats *out) {
   log_state *st = atomic_load_explicit(&g_st, memory_order_acquire);
   if (!st) return;
   pthread_mutex_lock(&reg_mu);
-  for (int i = 0; i < 6; i++)
+  for (int i = KEEL_LOG_TRACE; i <= KEEL_LOG_FATAL; i++)
     out->lines[i] = st->totals[i];
   out->dropped = st->dropped;
   for (tbuf *tb = st->list; tb; tb = tb->next) {
     pthread_mutex_lock(&tb->mu);
-    for (int i = 0; i < 6; i++)
+    for (int i = KEEL_LOG_TRACE; i <= KEEL_LOG_FATAL; i++)
       out->lines[i] += tb->lines[i];
     out->dropped += tb->dropped;
     pthread_mutex_unlock(&tb->mu);

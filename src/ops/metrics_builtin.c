@@ -47,7 +47,7 @@ void keel__metrics_builtin_free(void *b);
 static const double depth_bounds[] = {0, 1, 5, 10, 50, 100, 500, 1000, 10000};
 #define NDEPTH (sizeof depth_bounds / sizeof depth_bounds[0])
 
-#define NLEVELS 6 /* keel_log_stats.lines[] */
+#define NLEVELS 6 /* keel_log_stats.lines[KEEL_LOG_TRACE + i], i < NLEVELS */
 
 typedef struct sched_slot {
   keel_gauge *util, *run_queue, *stuck;
@@ -186,7 +186,7 @@ static void collect_log(builtin *b) {
   keel_log_stats_get(&ls); /* zeros when the logger is not initialised */
   uint64_t now[NLEVELS + 1];
   for (int i = 0; i < NLEVELS; i++)
-    now[i] = ls.lines[i];
+    now[i] = ls.lines[KEEL_LOG_TRACE + i];
   now[NLEVELS] = ls.dropped;
   for (int i = 0; i <= NLEVELS; i++) {
     /* The logger's counts restart at zero after keel_log_shutdown (and a new
@@ -315,7 +315,7 @@ int keel_metrics_register_builtin(keel_metrics *r) {
                                  &b->restarts)))
     return rc;
   for (int i = 0; i < NLEVELS; i++) {
-    const char *v[1] = {keel_log_level_name((keel_log_level)i)};
+    const char *v[1] = {keel_log_level_name((keel_log_level)(KEEL_LOG_TRACE + i))};
     if ((rc = keel_counter_get(log_f, v, &b->log_lines[i]))) return rc;
   }
   keel_sys_process sp;

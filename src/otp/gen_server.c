@@ -101,7 +101,6 @@ static void context_leave(const keel_gs_context_hooks *used, void *prev) {
 
 void keel_gs_opts_init(keel_gs_opts *o) {
   memset(o, 0, sizeof *o);
-  o->scheduler = -1;
 }
 
 static void set_exit(keel_gs_exit *why, keel_reason_kind kind, const char *text) {

@@ -153,7 +153,7 @@ int keel_task_async(keel_task_fn fn, void *arg, keel_task_t *out) {
 static void forget(keel_task_t *t, bool down_seen) {
   if (!down_seen && keel_demonitor(t->ref) == KEEL_ENOENT) {
     keel_msg_t *m = NULL;
-    if (keel_receive_match(is_down_for, &t->ref, &m, 0) == 0) keel_msg_free(m);
+    if (keel_receive_match(is_down_for, &t->ref, &m, KEEL_NOWAIT) == 0) keel_msg_free(m);
   }
   if (t->linked) keel_unlink(t->pid);
   t->ref = 0;
@@ -165,7 +165,7 @@ int keel_task_await(keel_task_t *t, keel_msg_t **result, int64_t timeout_ms, kee
   if (!keel_self()) return KEEL_ENOTPROC;
   if (!t->ref) return KEEL_ENOENT;
   keel_msg_t *m = NULL;
-  int rc = keel_await(t->ref, &m, timeout_ms);
+  int rc = keel_await(t->ref, &m, keel_timeout_or(timeout_ms, KEEL_TASK_DEFAULT_TIMEOUT));
   if (rc == KEEL_ETIMEDOUT) {
     keel_demonitor(t->ref); /* the task runs on; its result will be dropped */
     t->ref = 0;
@@ -197,13 +197,14 @@ int keel_task_await_many(keel_task_t *tasks, size_t n, keel_msg_t **results, int
   clock_gettime(CLOCK_MONOTONIC, &ts);
   int64_t start = (int64_t)ts.tv_sec * 1000 + ts.tv_nsec / 1000000;
   int first = 0;
+  timeout_ms = keel_timeout_or(timeout_ms, KEEL_TASK_DEFAULT_TIMEOUT);
   for (size_t i = 0; i < n; i++) {
-    int64_t left = KEEL_INFINITY;
-    if (timeout_ms != KEEL_INFINITY) {
+    int64_t left = timeout_ms == KEEL_NOWAIT ? KEEL_NOWAIT : KEEL_INFINITY;
+    if (timeout_ms > 0) {
       clock_gettime(CLOCK_MONOTONIC, &ts);
       int64_t now = (int64_t)ts.tv_sec * 1000 + ts.tv_nsec / 1000000;
       left = timeout_ms - (now - start);
-      if (left < 0) left = 0; /* past the deadline: take only what is already there */
+      if (left <= 0) left = KEEL_NOWAIT; /* past the deadline: take only what is there */
     }
     int rc = keel_task_await(&tasks[i], &results[i], left, NULL);
     if (codes) codes[i] = rc;
@@ -217,7 +218,7 @@ int keel_task_shutdown(keel_task_t *t, int64_t timeout_ms, keel_msg_t **result) 
   if (!t) return KEEL_EINVAL;
   if (!keel_self()) return KEEL_ENOTPROC;
   if (!t->pid) return 0;
-  if (timeout_ms == 0) timeout_ms = 5000;
+  timeout_ms = keel_timeout_or(timeout_ms, KEEL_TASK_DEFAULT_TIMEOUT);
   keel_pid_t pid = t->pid;
   keel_ref_t ref = t->ref;
   bool gone = false;
@@ -226,7 +227,7 @@ int keel_task_shutdown(keel_task_t *t, int64_t timeout_ms, keel_msg_t **result) 
     /* Take what has already come (this disarms ref: from here on the DOWN
      * comes to the mailbox, and a result that comes later is dropped). */
     keel_msg_t *m = NULL;
-    if (keel_await(ref, &m, 0) == 0) {
+    if (keel_await(ref, &m, KEEL_NOWAIT) == 0) {
       if (keel_msg_kind_of(m) == KEEL_MSG_REPLY && result) {
         *result = m;
       } else {

@@ -66,6 +66,17 @@ uint64_t keel__coarse_ms(void);
 /* Absolute deadline (ms, CLOCK_MONOTONIC) for a timeout, never early; 0 for a
  * timeout of 0 or KEEL_INFINITY. */
 uint64_t keel__deadline(int64_t timeout_ms);
+
+/* A public timeout (keel/runtime.h: 0 the default dflt, KEEL_NOWAIT,
+ * KEEL_INFINITY, > 0) in the waits' internal form: 0 checks only,
+ * KEEL_INFINITY waits forever, > 0 ms; anything else comes back as
+ * KEEL__BAD_TIMEOUT (callers answer KEEL_EINVAL). */
+#define KEEL__BAD_TIMEOUT ((int64_t)-3)
+static inline int64_t keel__timeout(int64_t t, int64_t dflt) {
+  if (t == 0) t = dflt;
+  if (t == KEEL_NOWAIT) return 0;
+  return t >= 0 || t == KEEL_INFINITY ? t : KEEL__BAD_TIMEOUT;
+}
 bool keel__past(uint64_t deadline_ms); /* false for deadline 0 */
 
 /* ---- messages ----------------------------------------------------------- */

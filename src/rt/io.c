@@ -42,7 +42,8 @@ void keel_io_ready(keel_io_t *io, int status) {
 int keel_io_wait(keel_io_t *io, int64_t timeout_ms) {
   keel__proc *p = keel__proc_self();
   if (!p) return KEEL_ENOTPROC;
-  if (!io || io->pid != p->pid) return KEEL_EINVAL;
+  timeout_ms = keel__timeout(timeout_ms, KEEL_INFINITY);
+  if (!io || io->pid != p->pid || timeout_ms == KEEL__BAD_TIMEOUT) return KEEL_EINVAL;
   uint64_t deadline = keel__deadline(timeout_ms);
   uint32_t cause = 0;
   for (;;) {
@@ -98,7 +99,7 @@ int keel_wait_fd(int fd, int events, int64_t timeout_ms, int *revents) {
   if (fd < 0 || !(events & (KEEL_READABLE | KEEL_WRITABLE)) ||
       (events & ~(KEEL_READABLE | KEEL_WRITABLE)))
     return KEEL_EINVAL;
-  if (timeout_ms < 0 && timeout_ms != KEEL_INFINITY) return KEEL_EINVAL;
+  if (keel__timeout(timeout_ms, KEEL_INFINITY) == KEEL__BAD_TIMEOUT) return KEEL_EINVAL;
   keel_io_t io;
   int rc = keel_io_begin(&io);
   if (rc) return rc;

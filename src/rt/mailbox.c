@@ -521,6 +521,7 @@ static void charge(keel__proc *p) {
 }
 
 int keel_receive(keel_msg_t **out, int64_t timeout_ms) {
+  timeout_ms = keel__timeout(timeout_ms, KEEL_INFINITY);
   keel__proc *p = keel__proc_self();
   if (!out) return KEEL_EINVAL;
   *out = NULL;
@@ -548,6 +549,7 @@ int keel_receive(keel_msg_t **out, int64_t timeout_ms) {
 }
 
 int keel_receive_match(keel_match_fn match, void *arg, keel_msg_t **out, int64_t timeout_ms) {
+  timeout_ms = keel__timeout(timeout_ms, KEEL_INFINITY);
   keel__proc *p = keel__proc_self();
   if (!out || !match) return KEEL_EINVAL;
   *out = NULL;
@@ -624,6 +626,7 @@ int keel_await_cancel(keel_ref_t ref) {
 }
 
 int keel_await(keel_ref_t ref, keel_msg_t **out, int64_t timeout_ms) {
+  timeout_ms = keel__timeout(timeout_ms, KEEL_INFINITY);
   keel__proc *p = keel__proc_self();
   if (!out) return KEEL_EINVAL;
   *out = NULL;

@@ -184,7 +184,6 @@ void keel__slot_release(keel__sched *s, keel__proc *p) {
 
 void keel_spawn_opts_init(keel_spawn_opts *o) {
   memset(o, 0, sizeof *o);
-  o->scheduler = -1;
 }
 
 static void copy_name(keel__proc *p, const char *name) {
@@ -214,7 +213,7 @@ int keel_spawn(keel_proc_fn fn, void *arg, const keel_spawn_opts *opts, keel_pid
   }
   keel__proc *parent = keel__proc_self();
   if ((opts->link || opts->monitor) && !parent) return KEEL_ENOTPROC;
-  if (opts->scheduler >= keel__g.nsched) return KEEL_EINVAL;
+  if (opts->scheduler < 0 || opts->scheduler > keel__g.nsched) return KEEL_EINVAL;
   keel__sched *s = keel__sched_self();
 
   keel__proc *p = slot_alloc(s);
@@ -291,7 +290,7 @@ int keel_spawn(keel_proc_fn fn, void *arg, const keel_spawn_opts *opts, keel_pid
   else
     atomic_fetch_add_explicit(&keel__g.ext_spawned, 1, memory_order_relaxed);
 
-  int target = opts->scheduler >= 0 ? opts->scheduler : s ? s->id : keel__sched_pick_external();
+  int target = opts->scheduler > 0 ? opts->scheduler - 1 : s ? s->id : keel__sched_pick_external();
   atomic_store_explicit(&p->home, target, memory_order_relaxed);
   /* release: the slot's fields are visible to whoever runs or signals it */
   atomic_store_explicit(&p->sw, KEEL__SW(gen, 0, 0, KEEL__ST_RUNNABLE), memory_order_release);

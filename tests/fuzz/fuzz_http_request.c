@@ -64,7 +64,7 @@ static void starter(void *arg) {
   o.header_timeout_ms = 1000;
   o.request_timeout_ms = 2000;
   o.rate_limit = 1000000;
-  o.access_log = false;
+  o.no_access_log = true;
   o.cors_origins = "https://a.example";
   keel_http_server *s;
   if (keel_http_start(&o, r, &s) != 0) abort();

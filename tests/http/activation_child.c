@@ -34,7 +34,7 @@ static void main_proc(void *arg) {
   keel_http_opts_init(&o);
   o.host = "127.0.0.1";
   o.port = 1; /* would fail to bind (not root, or taken): must not be used */
-  o.access_log = false;
+  o.no_access_log = true;
   keel_http_server *srv;
   int rc = keel_http_start(&o, r, &srv);
   g_srv = srv;

@@ -253,7 +253,7 @@ KT_CASE(ratelimit_same_key_from_two_schedulers_counts_exactly) {
   for (int s = 0; s < 2; s++) {
     keel_spawn_opts o;
     keel_spawn_opts_init(&o);
-    o.scheduler = s;
+    o.scheduler = KEEL_ON_SCHEDULER(s);
     CHECK_OK(keel_spawn(hammer_proc, &h, &o, NULL));
   }
   for (int i = 0; i < 2; i++)

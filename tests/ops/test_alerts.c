@@ -70,7 +70,7 @@ static void victim_main(void *arg) {
     if (atomic_exchange(&v->drain, 0)) {
       keel_msg_t *m = NULL;
       uint64_t n = 0;
-      while (keel_receive(&m, 0) == 0) {
+      while (keel_receive(&m, KEEL_NOWAIT) == 0) {
         keel_msg_free(m);
         n++;
       }
@@ -126,7 +126,7 @@ static bool match_alert(const keel_msg_t *m, void *arg) {
 /* The next alert message (must be there already); returns its kind. */
 static int next_alert(keel_alert *out) {
   keel_msg_t *m = NULL;
-  int rc = keel_receive_match(match_alert, NULL, &m, 0);
+  int rc = keel_receive_match(match_alert, NULL, &m, KEEL_NOWAIT);
   if (rc) {
     fprintf(stderr, "no alert message: %s\n", keel_err_name(rc));
     abort();
@@ -138,7 +138,7 @@ static int next_alert(keel_alert *out) {
 
 static void no_alert_message(void) {
   keel_msg_t *m = NULL;
-  CHECK_EQ(keel_receive_match(match_alert, NULL, &m, 0), KEEL_ETIMEDOUT);
+  CHECK_EQ(keel_receive_match(match_alert, NULL, &m, KEEL_NOWAIT), KEEL_ETIMEDOUT);
 }
 
 static int64_t wall_now_ms(void) {
@@ -416,7 +416,7 @@ KT_CASE(floor_keeps_shallow_mailboxes_quiet) {
   sweeps(1);
   bool victim_alerted = false;
   keel_msg_t *m = NULL;
-  while (keel_receive_match(match_alert, NULL, &m, 0) == 0) {
+  while (keel_receive_match(match_alert, NULL, &m, KEEL_NOWAIT) == 0) {
     if (keel_alert_msg(m, &a) == KEEL_ALERTS_EV_TRIGGERED && a.pid == v.pid) {
       victim_alerted = true;
       CHECK(a.value == 1);

@@ -489,7 +489,7 @@ KT_CASE(stuck_scheduler_fails_the_check_and_live) {
   int here = keel_sched_current();
   keel_spawn_opts so;
   keel_spawn_opts_init(&so);
-  so.scheduler = 1 - here;
+  so.scheduler = KEEL_ON_SCHEDULER(1 - here);
   CHECK_OK(keel_spawn(spinner, NULL, &so, NULL));
   for (int i = 0; !atomic_load(&spinner_on); i++) {
     CHECK(i < 3000);

@@ -76,8 +76,8 @@ static void start(const char *tag, keel_log_opts *o) {
     keel_log_opts_init(&d);
     o = &d;
   }
-  if (o->level < 0) o->level = KEEL_LOG_TRACE;
-  if (o->format < 0) o->format = KEEL_LOG_JSON;
+  if (o->level == 0) o->level = KEEL_LOG_TRACE;
+  if (o->format == 0) o->format = KEEL_LOG_JSON;
   if (!o->service) o->service = "svc";
   o->file = tmp_path(tag);
   CHECK_OK(keel_log_init(o));
@@ -502,7 +502,7 @@ KT_CASE(pretty_format_is_readable_and_coloured_on_request) {
   keel_log_opts o;
   keel_log_opts_init(&o);
   o.format = KEEL_LOG_PRETTY;
-  o.color = 0;
+  o.color = -1;
   start("pretty", &o);
   CHECK_OK(keel_log_context_set(KEEL_STR("rid", "r,1")));
   keel_log_info(NULL, "hello\nworld", KEEL_STR("k", "a \"b\""), KEEL_INT("n", 3),
@@ -661,7 +661,7 @@ KT_CASE(concurrent_producers_lose_nothing_through_small_buffers) {
     so.monitor = true;
     keel_ref_t ref;
     so.monitor_ref = &ref;
-    so.scheduler = p % keel_sched_count();
+    so.scheduler = KEEL_ON_SCHEDULER(p % keel_sched_count());
     CHECK_OK(keel_spawn(proc_producer, (void *)(intptr_t)p, &so, NULL));
   }
   for (int p = 0; p < N_PROCS; p++)

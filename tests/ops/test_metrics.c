@@ -101,7 +101,7 @@ KT_CASE(counter_sums_exactly_across_every_scheduler_and_foreign_threads) {
   for (int i = 0; i < nproc; i++) {
     keel_spawn_opts o;
     keel_spawn_opts_init(&o);
-    o.scheduler = i % ns; /* start one on every scheduler */
+    o.scheduler = KEEL_ON_SCHEDULER(i % ns); /* start one on every scheduler */
     CHECK_OK(keel_spawn(incrementer, &w, &o, NULL));
   }
   pthread_t scr;
@@ -149,7 +149,7 @@ KT_CASE(schedulers_beyond_the_shard_count_still_count_exactly) {
   for (int i = 0; i < 2 * ns; i++) {
     keel_spawn_opts o;
     keel_spawn_opts_init(&o);
-    o.scheduler = i % ns;
+    o.scheduler = KEEL_ON_SCHEDULER(i % ns);
     CHECK_OK(keel_spawn(incrementer, &w, &o, NULL));
   }
   for (int i = 0; i < 2 * ns; i++)
@@ -285,7 +285,7 @@ KT_CASE(histogram_set_clears_every_shard) {
   for (int i = 0; i < ns; i++) {
     keel_spawn_opts o;
     keel_spawn_opts_init(&o);
-    o.scheduler = i;
+    o.scheduler = KEEL_ON_SCHEDULER(i);
     CHECK_OK(keel_spawn(observer_proc, &w, &o, NULL));
   }
   for (int i = 0; i < ns; i++)
@@ -724,7 +724,7 @@ KT_CASE(scheduler_utilization_is_one_while_a_process_holds_it_and_stuck_is_seen)
   atomic_store(&spin_stop, 0);
   keel_spawn_opts o;
   keel_spawn_opts_init(&o);
-  o.scheduler = 1;
+  o.scheduler = KEEL_ON_SCHEDULER(1);
   CHECK_OK(keel_spawn(spinner, (void *)(uintptr_t)keel_self(), &o, NULL));
   keel_msg_t *m = kt_recv(60000);
   int s = (int)kt_u64(m);

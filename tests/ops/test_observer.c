@@ -465,7 +465,7 @@ static void churner(void *arg) {
     for (int i = 0; i < 20; i++) {
       keel_spawn_opts o;
       keel_spawn_opts_init(&o);
-      o.scheduler = (sched + i) % 2;
+      o.scheduler = KEEL_ON_SCHEDULER((sched + i) % 2);
       o.name = "churn";
       o.monitor = true;
       keel_ref_t ref;

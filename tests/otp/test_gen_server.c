@@ -693,7 +693,7 @@ static void doomed_starter(void *arg) {
   keel_gs_opts_init(&o);
   o.name = "orphan";
   o.link = true;
-  o.scheduler = 1; /* queued behind busy_spin */
+  o.scheduler = KEEL_ON_SCHEDULER(1); /* queued behind busy_spin */
   keel_pid_t pid;
   (void)keel_gs_start(&ts_beh, &ia, &o, &pid, NULL);
   keel_exitf("start returned");

@@ -272,7 +272,7 @@ static void churner(void *arg) {
     CHECK_OK(keel_reg_leave(key));
     if (i % 2) CHECK_OK(keel_unregister(name));
     keel_msg_t *m = NULL;
-    while (keel_receive(&m, 0) == 0)
+    while (keel_receive(&m, KEEL_NOWAIT) == 0)
       keel_msg_free(m);
     if (i % 16 == 0) keel_yield();
   }

@@ -206,7 +206,7 @@ static inline keel_pid_t kt_spawn_monitor(keel_proc_fn fn, void *arg, int sched,
   *ref = 0; /* an output; cleared so a stale value can never be taken as input
              * (test_process checks that case on its own) */
   o.monitor_ref = ref;
-  o.scheduler = sched;
+  o.scheduler = KEEL_ON_SCHEDULER(sched);
   keel_pid_t pid = 0;
   CHECK_OK(keel_spawn(fn, arg, &o, &pid));
   CHECK(pid != 0);
@@ -218,7 +218,7 @@ static inline keel_pid_t kt_spawn_monitor(keel_proc_fn fn, void *arg, int sched,
 static inline keel_pid_t kt_spawn_on(keel_proc_fn fn, void *arg, int sched) {
   keel_spawn_opts o;
   keel_spawn_opts_init(&o);
-  o.scheduler = sched;
+  o.scheduler = KEEL_ON_SCHEDULER(sched);
   keel_pid_t pid = 0;
   CHECK_OK(keel_spawn(fn, arg, &o, &pid));
   CHECK(pid != 0);

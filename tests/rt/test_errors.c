@@ -76,7 +76,7 @@ static void outside_calls(void *arg) {
   CHECK_EQ(keel_sched_current(), -1);
   CHECK_EQ(keel_mailbox_len(), 0);
   keel_msg_t *m = (keel_msg_t *)1;
-  CHECK_EQ(keel_receive(&m, 0), KEEL_ENOTPROC);
+  CHECK_EQ(keel_receive(&m, KEEL_NOWAIT), KEEL_ENOTPROC);
   CHECK_EQ(keel_link(g_parent), KEEL_ENOTPROC);
   CHECK_EQ(keel_unlink(g_parent), KEEL_ENOTPROC);
   keel_ref_t ref = 0;
@@ -87,7 +87,7 @@ static void outside_calls(void *arg) {
   CHECK_EQ(keel_sleep(1), KEEL_ENOTPROC);
   CHECK_EQ(keel_await_ref(keel_make_ref()), KEEL_ENOTPROC);
   m = NULL;
-  CHECK_EQ(keel_await(keel_make_ref(), &m, 0), KEEL_ENOTPROC);
+  CHECK_EQ(keel_await(keel_make_ref(), &m, KEEL_NOWAIT), KEEL_ENOTPROC);
   CHECK_EQ(keel_on_exit(noop_proc, NULL), KEEL_ENOTPROC);
   CHECK_EQ(keel_blocking(noop_proc, NULL), KEEL_ENOTPROC);
   CHECK_EQ(keel_wait_fd(0, KEEL_READABLE, 0, NULL), KEEL_ENOTPROC);
@@ -151,7 +151,7 @@ KT_CASE(bad_arguments_are_einval_or_enoent) {
   CHECK_EQ(keel_reply(keel_self(), keel_make_ref(), NULL), KEEL_EINVAL);
   CHECK_EQ(keel_await_ref(0), KEEL_EINVAL);
   keel_msg_t *m = NULL;
-  CHECK_EQ(keel_await(keel_make_ref(), &m, 0), KEEL_ENOENT);
+  CHECK_EQ(keel_await(keel_make_ref(), &m, KEEL_NOWAIT), KEEL_ENOENT);
   CHECK_EQ(keel_await_cancel(keel_make_ref()), KEEL_ENOENT);
   CHECK_EQ(keel_cancel_timer(keel_make_ref()), KEEL_ENOENT);
   CHECK_EQ(keel_cancel_timer(0), KEEL_ENOENT);

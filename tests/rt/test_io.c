@@ -56,7 +56,7 @@ KT_CASE(wait_fd_times_out_when_nothing_comes) {
   int rev = -1;
   CHECK_EQ(keel_wait_fd(fds[0], KEEL_READABLE, 100, &rev), KEEL_ETIMEDOUT);
   CHECK(kt_now_ms() - t0 >= 90);
-  CHECK_EQ(keel_wait_fd(fds[0], KEEL_READABLE, 0, NULL), KEEL_ETIMEDOUT);
+  CHECK_EQ(keel_wait_fd(fds[0], KEEL_READABLE, KEEL_NOWAIT, NULL), KEEL_ETIMEDOUT);
   close(fds[0]);
   close(fds[1]);
 }

@@ -33,7 +33,7 @@ static void chain_proc(void *arg) {
     keel_spawn_opts o;
     keel_spawn_opts_init(&o);
     o.link = true;
-    o.scheduler = (i + 1) % keel_sched_count(); /* spread over schedulers */
+    o.scheduler = KEEL_ON_SCHEDULER((i + 1) % keel_sched_count()); /* spread over schedulers */
     CHECK_OK(keel_spawn(chain_proc, (void *)(intptr_t)(i + 1), &o, NULL));
   }
   kt_send_u64(g_parent, T_PID, ((uint64_t)i << 48) | keel_self());
@@ -340,7 +340,7 @@ KT_CASE(unlink_saves_a_non_trapping_process_from_a_pending_exit) {
   keel_spawn_opts o;
   keel_spawn_opts_init(&o);
   o.link = true;
-  o.scheduler = 1 - here;
+  o.scheduler = KEEL_ON_SCHEDULER(1 - here);
   keel_pid_t pid;
   CHECK_OK(keel_spawn(die_on_go_proc, NULL, &o, &pid));
   kt_send_tag(pid, T_GO);
@@ -370,7 +370,7 @@ KT_CASE(spawn_link_and_monitor_are_atomic_with_an_instant_crash) {
     o.monitor = true;
     keel_ref_t ref = 0;
     o.monitor_ref = &ref;
-    o.scheduler = i % n;
+    o.scheduler = KEEL_ON_SCHEDULER(i % n);
     keel_pid_t pid;
     CHECK_OK(keel_spawn(crash_proc, "early", &o, &pid));
     /* never noproc: the link and monitor existed before the child ran */
@@ -393,7 +393,7 @@ KT_CASE(link_racing_with_a_crash_gives_enoproc_or_an_exit_signal) {
     keel_pid_t pid;
     keel_spawn_opts o;
     keel_spawn_opts_init(&o);
-    o.scheduler = n > 1 ? (here + 1) % n : 0;
+    o.scheduler = KEEL_ON_SCHEDULER(n > 1 ? (here + 1) % n : 0);
     CHECK_OK(keel_spawn(crash_proc, "race", &o, &pid));
     for (int spin = 0; spin < i % 50; spin++)
       atomic_signal_fence(memory_order_seq_cst);
@@ -422,7 +422,7 @@ KT_CASE(monitor_racing_with_a_crash_gives_exactly_one_down) {
     keel_pid_t pid;
     keel_spawn_opts o;
     keel_spawn_opts_init(&o);
-    o.scheduler = n > 1 ? (here + 1) % n : 0;
+    o.scheduler = KEEL_ON_SCHEDULER(n > 1 ? (here + 1) % n : 0);
     CHECK_OK(keel_spawn(crash_proc, "race", &o, &pid));
     keel_ref_t ref;
     CHECK_OK(keel_monitor(pid, &ref));

@@ -32,11 +32,11 @@ KT_CASE(receive_takes_messages_oldest_first) {
 KT_CASE(receive_with_zero_timeout_on_empty_mailbox_returns_etimedout_at_once) {
   keel_msg_t *m = (keel_msg_t *)&m;
   int64_t t0 = kt_now_ms();
-  CHECK_EQ(keel_receive(&m, 0), KEEL_ETIMEDOUT);
+  CHECK_EQ(keel_receive(&m, KEEL_NOWAIT), KEEL_ETIMEDOUT);
   CHECK(m == NULL);
   CHECK(kt_now_ms() - t0 < 5000); /* "at once": only a liveness bound */
   kt_send_u64(keel_self(), T_DATA, 5);
-  CHECK_OK(keel_receive(&m, 0));
+  CHECK_OK(keel_receive(&m, KEEL_NOWAIT));
   CHECK_EQ(kt_u64(m), 5);
   keel_msg_free(m);
 }
@@ -69,6 +69,21 @@ KT_CASE(receive_with_infinity_waits_until_a_message_comes) {
   keel_msg_free(m);
 }
 
+/* One meaning of 0 across the API: the default, which for a receive is to
+ * wait as long as it takes (KEEL_NOWAIT is the poll). */
+KT_CASE(receive_with_timeout_0_waits_as_its_default_says) {
+  g_parent = keel_self();
+  kt_spawn_on(delayed_sender_proc, NULL, -1);
+  int64_t t0 = kt_now_ms();
+  keel_msg_t *m = NULL;
+  CHECK_OK(keel_receive(&m, KEEL_TIMEOUT_DEFAULT));
+  CHECK(kt_now_ms() - t0 >= 100);
+  CHECK_EQ(kt_u64(m), 42);
+  keel_msg_free(m);
+  CHECK_EQ(keel_receive(&m, -5), KEEL_EINVAL); /* neither NOWAIT nor INFINITY */
+  CHECK_EQ(keel_receive_match(NULL, NULL, &m, -5), KEEL_EINVAL);
+}
+
 KT_CASE(receive_with_timeout_returns_the_message_that_arrives_meanwhile) {
   g_parent = keel_self();
   kt_spawn_on(delayed_sender_proc, NULL, -1);
@@ -96,7 +111,7 @@ KT_CASE(selective_receive_takes_a_later_match_and_keeps_the_rest_in_order) {
   uint32_t want = 104;
   atomic_store(&g_match_calls, 0);
   keel_msg_t *m = NULL;
-  CHECK_OK(keel_receive_match(match_tag_counting, &want, &m, 0));
+  CHECK_OK(keel_receive_match(match_tag_counting, &want, &m, KEEL_NOWAIT));
   CHECK_EQ(keel_msg_tag(m), 104);
   keel_msg_free(m);
   CHECK(atomic_load(&g_match_calls) <= 5); /* each message tested at most once */
@@ -112,7 +127,7 @@ KT_CASE(selective_receive_takes_a_later_match_and_keeps_the_rest_in_order) {
 
   /* the last one, then the rest in their original order */
   want = 105;
-  CHECK_OK(keel_receive_match(match_tag_counting, &want, &m, 0));
+  CHECK_OK(keel_receive_match(match_tag_counting, &want, &m, KEEL_NOWAIT));
   CHECK_EQ(keel_msg_tag(m), 105);
   keel_msg_free(m);
   static const uint32_t rest[] = {101, 102, 103};
@@ -376,7 +391,7 @@ KT_CASE(await_gets_the_reply_matched_by_its_ref_and_receive_never_sees_it) {
     keel_msg_free(m);
     keel_msg_free(kt_recv_tag(T_DONE, KT_LONG));
     /* disarmed by await */
-    CHECK_EQ(keel_await(ref, &m, 0), KEEL_ENOENT);
+    CHECK_EQ(keel_await(ref, &m, KEEL_NOWAIT), KEEL_ENOENT);
   }
   /* a reply that arrives before await is kept for it, not put in the mailbox */
   keel_ref_t ref = keel_make_ref();
@@ -385,7 +400,7 @@ KT_CASE(await_gets_the_reply_matched_by_its_ref_and_receive_never_sees_it) {
   keel_msg_free(kt_recv_tag(T_DONE, KT_LONG)); /* the reply was sent before this */
   keel_msg_t *m = NULL;
   CHECK_EQ(keel_receive(&m, 20), KEEL_ETIMEDOUT);
-  CHECK_OK(keel_await(ref, &m, 0));
+  CHECK_OK(keel_await(ref, &m, KEEL_NOWAIT));
   CHECK_EQ(kt_u64(m), 42);
   keel_msg_free(m);
   kt_send_tag(server, T_STOP);
@@ -407,7 +422,7 @@ KT_CASE(a_late_reply_is_dropped_never_seen_and_counted) {
   keel_msg_free(kt_recv_tag(T_DONE, KT_LONG));
   CHECK_EQ(keel_receive(&m, 50), KEEL_ETIMEDOUT);
   CHECK_EQ(keel_mailbox_len(), 0);
-  CHECK_EQ(keel_await(ref, &m, 0), KEEL_ENOENT);
+  CHECK_EQ(keel_await(ref, &m, KEEL_NOWAIT), KEEL_ENOENT);
   /* re-arming the same ref later does not resurrect the dropped reply */
   CHECK_OK(keel_await_ref(ref));
   CHECK_EQ(keel_await(ref, &m, 20), KEEL_ETIMEDOUT);
@@ -422,7 +437,7 @@ KT_CASE(a_late_reply_is_dropped_never_seen_and_counted) {
   send_request(server, ref, 0, 1);
   keel_msg_free(kt_recv_tag(T_DONE, KT_LONG));
   CHECK_EQ(keel_receive(&m, 20), KEEL_ETIMEDOUT);
-  CHECK_EQ(keel_await(ref, &m, 0), KEEL_ENOENT);
+  CHECK_EQ(keel_await(ref, &m, KEEL_NOWAIT), KEEL_ENOENT);
 
   /* a reply never armed at all is dropped */
   send_request(server, keel_make_ref(), 0, 1);
@@ -444,7 +459,7 @@ KT_CASE(await_cancel_frees_a_reply_already_arrived) {
   keel_msg_free(kt_recv_tag(T_DONE, KT_LONG));
   CHECK_OK(keel_await_cancel(ref)); /* LeakSanitizer checks the reply is freed */
   keel_msg_t *m = NULL;
-  CHECK_EQ(keel_await(ref, &m, 0), KEEL_ENOENT);
+  CHECK_EQ(keel_await(ref, &m, KEEL_NOWAIT), KEEL_ENOENT);
   CHECK_EQ(keel_receive(&m, 20), KEEL_ETIMEDOUT);
   kt_send_tag(server, T_STOP);
   CHECK_EQ(kt_wait_down(mref, server, NULL, 0), KEEL_REASON_NORMAL);
@@ -623,6 +638,7 @@ KT_MAIN(KT_ENTRY(receive_takes_messages_oldest_first),
         KT_ENTRY(receive_with_zero_timeout_on_empty_mailbox_returns_etimedout_at_once),
         KT_ENTRY(receive_with_finite_timeout_waits_at_least_that_long),
         KT_ENTRY(receive_with_infinity_waits_until_a_message_comes),
+        KT_ENTRY(receive_with_timeout_0_waits_as_its_default_says),
         KT_ENTRY(receive_with_timeout_returns_the_message_that_arrives_meanwhile),
         KT_ENTRY(selective_receive_takes_a_later_match_and_keeps_the_rest_in_order),
         KT_ENTRY(selective_receive_waits_past_non_matching_arrivals),

@@ -42,7 +42,7 @@ KT_CASE(hundred_thousand_processes_spawn_wait_and_exit_without_leaking) {
   for (int i = 0; i < N; i++) {
     keel_spawn_opts o;
     keel_spawn_opts_init(&o);
-    o.scheduler = i % n;
+    o.scheduler = KEEL_ON_SCHEDULER(i % n);
     int rc = keel_spawn(wait_one_proc, NULL, &o, &pids[i]);
     if (rc != 0) {
       fprintf(stderr, "spawn %d failed: %s\n", i, keel_err_name(rc));

@@ -192,7 +192,7 @@ KT_CASE(processes_walk_is_consistent_while_processes_churn) {
   for (int i = 0; i < n; i++) {
     keel_spawn_opts o;
     keel_spawn_opts_init(&o);
-    o.scheduler = i;
+    o.scheduler = KEEL_ON_SCHEDULER(i);
     CHECK_OK(keel_spawn(churner_proc, NULL, &o, NULL));
   }
   int walks = (int)kt_scale(300, 40);

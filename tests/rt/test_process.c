@@ -308,7 +308,7 @@ KT_CASE(exit_signal_kill_cannot_be_trapped) {
   CHECK(!keel_is_alive(pid));
   /* no EXIT message was forwarded: the kill was not turned into a message */
   keel_msg_t *m = NULL;
-  CHECK_EQ(keel_receive(&m, 0), KEEL_ETIMEDOUT);
+  CHECK_EQ(keel_receive(&m, KEEL_NOWAIT), KEEL_ETIMEDOUT);
   CHECK(m == NULL);
 }
 
@@ -389,7 +389,7 @@ KT_CASE(exit_signal_normal_to_self_exits_the_caller) {
   keel_pid_t pid = kt_spawn_monitor(self_normal_signal_proc, NULL, -1, &ref);
   CHECK_EQ(kt_wait_down(ref, pid, NULL, 0), KEEL_REASON_NORMAL);
   keel_msg_t *m = NULL;
-  CHECK_EQ(keel_receive(&m, 0), KEEL_ETIMEDOUT);
+  CHECK_EQ(keel_receive(&m, KEEL_NOWAIT), KEEL_ETIMEDOUT);
 }
 
 KT_CASE(exit_signal_to_a_dead_process_is_enoproc) {

@@ -200,7 +200,7 @@ KT_CASE(a_process_holding_its_scheduler_is_reported_as_stuck) {
   keel_spawn_opts o;
   keel_spawn_opts_init(&o);
   o.name = "hog";
-  o.scheduler = n > 1 ? (keel_sched_current() + 1) % n : 0;
+  o.scheduler = KEEL_ON_SCHEDULER(n > 1 ? (keel_sched_current() + 1) % n : 0);
   keel_ref_t ref = 0;
   o.monitor = true;
   o.monitor_ref = &ref;

@@ -80,7 +80,7 @@ static void child_proc(void *arg) {
     keel_spawn_opts o;
     keel_spawn_opts_init(&o);
     o.link = true;
-    o.scheduler = (keel_sched_current() + 1) % keel_sched_count();
+    o.scheduler = KEEL_ON_SCHEDULER((keel_sched_current() + 1) % keel_sched_count());
     keel_pid_t gc;
     CHECK_OK(keel_spawn(grandchild_proc, NULL, &o, &gc));
     atomic_fetch_add(&g_children_spawned, 1);
@@ -121,7 +121,7 @@ static void worker_proc(void *arg) {
     o.monitor = true;
     o.monitor_ref = &mref;
     o.link = (mode == 1);
-    o.scheduler = (w + r) % n;
+    o.scheduler = KEEL_ON_SCHEDULER((w + r) % n);
     if (o.link) keel_trap_exit(true);
     keel_pid_t child;
     CHECK_OK(keel_spawn(child_proc, NULL, &o, &child));
@@ -168,7 +168,7 @@ static void worker_proc(void *arg) {
     }
 
     /* 3. take the hellos that have arrived so far */
-    while (keel_receive_match(match_hello, NULL, &m, 0) == 0) {
+    while (keel_receive_match(match_hello, NULL, &m, KEEL_NOWAIT) == 0) {
       keel_msg_free(m);
       hellos++;
     }

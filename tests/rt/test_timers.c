@@ -223,7 +223,7 @@ static void timer_user_proc(void *arg) {
     CHECK_EQ(keel_cancel_timer(a), KEEL_ENOENT);
   }
   keel_msg_t *m = NULL;
-  CHECK_EQ(keel_receive(&m, 0), KEEL_ETIMEDOUT);
+  CHECK_EQ(keel_receive(&m, KEEL_NOWAIT), KEEL_ETIMEDOUT);
   atomic_fetch_add(&g_timer_users_done, 1);
 }
 
