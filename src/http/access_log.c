@@ -14,6 +14,8 @@
 #include <string.h>
 
 #include "http/http_internal.h"
+#include "keel/log.h"
+#include "keel/metrics.h"
 
 static const char *metric_method(const char *m) {
   static const char *known[] = {"GET", "HEAD", "POST", "PUT", "PATCH", "DELETE", "OPTIONS"};

@@ -15,7 +15,9 @@
 #include <string.h>
 
 #include "http/http_internal.h"
+#include "keel/error.h"
 #include "keel/health.h"
+#include "keel/metrics.h"
 #include "keel/observer.h"
 
 void keel_admin_opts_init(keel_admin_opts *o) {

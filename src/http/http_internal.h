@@ -12,8 +12,8 @@
 #include <uv.h>
 
 #include "http/middleware.h"
-#include "keel.h"
 #include "keel/http.h"
+#include "keel/process.h"
 
 #define KEEL__HTTP_MAX_PARAMS 8
 

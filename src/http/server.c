@@ -67,6 +67,13 @@
 
 #include "http/http_internal.h"
 #include "http/parse.h"
+#include "keel/error.h"
+#include "keel/io.h"
+#include "keel/log.h"
+#include "keel/message.h"
+#include "keel/metrics.h"
+#include "keel/process.h"
+#include "keel/runtime.h"
 #include "ops/json_write.h"
 
 #define READ_BUF     65536

@@ -14,7 +14,13 @@
 #include <stdlib.h>
 #include <string.h>
 
-#include "keel.h"
+#include "keel/application.h"
+#include "keel/config.h"
+#include "keel/error.h"
+#include "keel/log.h"
+#include "keel/process.h"
+#include "keel/runtime.h"
+#include "keel/supervisor.h"
 
 static int app_sub, sup_sub;
 

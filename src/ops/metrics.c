@@ -50,6 +50,7 @@
 
 #include "keel/metrics.h"
 #include "keel/runtime.h"
+#include "ops/ops_internal.h"
 
 #define LINE        64
 #define MAX_BUCKETS 256
@@ -102,9 +103,6 @@ struct keel_metrics {
   size_t ncollectors;
   void *builtin; /* owned by metrics_builtin.c through keel__metrics_builtin_free */
 };
-
-/* metrics_builtin.c */
-void keel__metrics_builtin_free(void *b);
 
 /* ---- names ----------------------------------------------------------------- */
 
@@ -206,7 +204,6 @@ int keel_metrics_add_collector(keel_metrics *r, keel_metrics_collector_fn fn, vo
   return 0;
 }
 
-/* For metrics_builtin.c: attach its state so keel_metrics_free releases it. */
 int keel__metrics_set_builtin(keel_metrics *r, void *b) {
   pthread_mutex_lock(&r->lock);
   int rc = r->builtin ? KEEL_EEXIST : 0;

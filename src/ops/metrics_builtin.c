@@ -39,9 +39,7 @@
 #include "keel/runtime.h"
 #include "keel/supervisor.h"
 #include "keel/sysinfo.h"
-
-int keel__metrics_set_builtin(keel_metrics *r, void *b); /* metrics.c */
-void keel__metrics_builtin_free(void *b);
+#include "ops/ops_internal.h"
 
 /* Mailbox depth buckets: upper bounds, in messages. */
 static const double depth_bounds[] = {0, 1, 5, 10, 50, 100, 500, 1000, 10000};

@@ -48,10 +48,15 @@
 #include <time.h>
 #include <uv.h>
 
-#include "otp/sublist.h"
-
-#include "keel.h"
 #include "keel/application.h"
+#include "keel/error.h"
+#include "keel/gen_server.h"
+#include "keel/io.h"
+#include "keel/message.h"
+#include "keel/process.h"
+#include "keel/runtime.h"
+#include "keel/supervisor.h"
+#include "otp/sublist.h"
 
 enum { TAG_STOP = 0x6b53746fu /* "kSto" */, TAG_SIGNAL = 0x6b536967u /* "kSig" */ };
 

@@ -26,7 +26,11 @@
 #include <stdlib.h>
 #include <string.h>
 
-#include "keel.h"
+#include "keel/error.h"
+#include "keel/gen_server.h"
+#include "keel/message.h"
+#include "keel/process.h"
+#include "keel/registry.h"
 
 enum { SYS_STOP = 1 };
 

@@ -30,7 +30,10 @@
 #include <string.h>
 #include <time.h>
 
-#include "keel.h"
+#include "keel/error.h"
+#include "keel/gen_server.h"
+#include "keel/message.h"
+#include "keel/process.h"
 #include "keel/supervisor.h"
 #include "otp/sublist.h"
 

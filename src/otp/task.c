@@ -27,7 +27,10 @@
 #include <string.h>
 #include <time.h>
 
-#include "keel.h"
+#include "keel/error.h"
+#include "keel/message.h"
+#include "keel/process.h"
+#include "keel/supervisor.h"
 #include "keel/task.h"
 
 enum { TAG_JOB = 0x6b4a6f62u /* "kJob" */, TAG_HELLO = 0x6b48656cu /* "kHel" */ };

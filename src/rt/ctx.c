@@ -53,11 +53,6 @@ __attribute__((noinline)) static void sched_bounds_get(const void **lo, size_t *
 }
 #endif
 
-#if KEEL_CTX_ASM
-void keel__ctx_swap(void **save_sp, void *load_sp);
-void keel__ctx_boot(void);
-#endif
-
 #if KEEL_CTX_PORTABLE
 /* Hand-over from keel__ctx_make to the new context's first run. Only used
  * during make, on one thread, before make returns. */

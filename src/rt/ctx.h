@@ -58,6 +58,15 @@ void keel__ctx_init_thread(keel__ctx *c);
 /* Releases sanitizer state of a context made by keel__ctx_make. */
 void keel__ctx_destroy(keel__ctx *c);
 
+#if KEEL_CTX_ASM
+/* The assembly half (ctx_<arch>.S), for ctx.c only: keel__ctx_swap saves the
+ * callee-saved registers on the current stack, stores its pointer in
+ * *save_sp, loads load_sp and returns on that stack; keel__ctx_boot is the
+ * return address of a fresh context's first frame. */
+void keel__ctx_swap(void **save_sp, void *load_sp);
+void keel__ctx_boot(void);
+#endif
+
 /* Switches from the running context (saved into *from) to *to. When
  * `from_dies` is set, `from` will never be resumed (ASan frees its fake
  * stack). Returns when somebody switches back to `from`. */

@@ -30,7 +30,12 @@
 #include <stdint.h>
 #include <uv.h>
 
-#include "keel.h"
+/* The runtime's own public headers only: src/rt/ sits at the bottom of the
+ * layers (DESIGN.md) and never sees otp, ops or http (scripts/check-layers.sh). */
+#include "keel/error.h"
+#include "keel/message.h"
+#include "keel/process.h"
+#include "keel/runtime.h"
 #include "rt/ctx.h"
 
 #define KEEL__NAME_MAX    32
@@ -455,6 +460,10 @@ keel__sig *keel__signals_take(keel__proc *p, bool close);
  * false for exit signals, which the caller handles. */
 bool keel__signal_bookkeep(keel__proc *p, const keel__sig *sig);
 int keel__exit_hook_add(keel__proc *p, void (*fn)(void *), void *arg);
+/* Sends `to` the DOWN message for monitor `ref` of `pid` (proc.c; signal.c
+ * uses it for a monitor of a process that is already gone). */
+void keel__send_down(keel_pid_t to, keel_ref_t ref, keel_pid_t pid, keel_reason_kind kind,
+                     const char *text);
 _Noreturn void keel__proc_die(keel__proc *p, keel_reason_kind kind, const char *text);
 void keel__proc_finalize(keel__sched *s, keel__proc *p); /* scheduler, after the process died */
 
@@ -488,6 +497,18 @@ void keel__sched_wake(keel__sched *s); /* if sleeping */
 int keel__sched_start_all(void);
 void keel__sched_stop_all(void);
 void keel__alive_dec(void);
+/* Queues p on s (spawn with a scheduler hint, and spawn from outside). */
+void keel__enqueue_on(keel__sched *s, keel__proc *p);
+/* The scheduler a process spawned from outside any scheduler starts on. */
+int keel__sched_pick_external(void);
+/* For keel_rt_sched_info: the stealable ring plus runnext (the owner-only
+ * pinned queue is not counted: other threads may not read it). */
+uint32_t keel__sched_queued(keel__sched *s);
+/* After every scheduler thread has exited: close the loops (keel_rt_stop). */
+void keel__sched_free_all(void);
+/* The thread that reports a process holding its scheduler too long. */
+int keel__watchdog_start(void);
+void keel__watchdog_stop(void);
 
 /* Stacks (stack.c) */
 int keel__stacks_init(void);
@@ -504,6 +525,9 @@ void keel__overflow_handler_remove(void);
 int keel__table_init(void);
 void keel__table_fini(void);
 void keel__slot_release(keel__sched *s, keel__proc *p);
+/* Every process's first frame (sched.c makes the context with it): handles
+ * signals that came before the first run, runs the function, dies normal. */
+void keel__proc_entry(void *arg);
 
 /* Timers (timer.c) */
 keel__timer *keel__timer_get(keel__sched *s);

@@ -13,6 +13,7 @@
  */
 #include <stdlib.h>
 
+#include "keel/io.h"
 #include "rt/internal.h"
 
 int keel_io_begin(keel_io_t *io) {

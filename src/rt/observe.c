@@ -87,8 +87,6 @@ int keel_rt_process_info(keel_pid_t pid, keel_proc_info *out) {
   return 0;
 }
 
-uint32_t keel__sched_queued(keel__sched *s);
-
 int keel_rt_sched_info(int i, keel_sched_info *out) {
   if (atomic_load_explicit(&keel__g.state, memory_order_acquire) != 1) return KEEL_ESTATE;
   if (i < 0 || i >= keel__g.nsched || !out) return KEEL_EINVAL;

@@ -28,9 +28,6 @@
 
 #define SLOT_CACHE_MAX 64
 
-void keel__enqueue_on(keel__sched *s, keel__proc *p);
-int keel__sched_pick_external(void);
-
 /* ---- vectors ---------------------------------------------------------------- */
 
 int keel__pidvec_add(keel__pidvec *v, keel_pid_t pid) {
@@ -194,7 +191,6 @@ static void copy_name(keel__proc *p, const char *name) {
   }
 }
 
-void keel__proc_entry(void *arg);
 void keel__proc_entry(void *arg) {
   keel__proc *p = arg;
   keel__ctx_entered(&p->ctx);
@@ -449,8 +445,6 @@ static void send_down(keel_pid_t to, keel_ref_t ref, keel_pid_t pid, keel_reason
 }
 
 void keel__send_down(keel_pid_t to, keel_ref_t ref, keel_pid_t pid, keel_reason_kind kind,
-                     const char *text);
-void keel__send_down(keel_pid_t to, keel_ref_t ref, keel_pid_t pid, keel_reason_kind kind,
                      const char *text) {
   send_down(to, ref, pid, kind, text);
 }
@@ -538,8 +532,7 @@ void keel__proc_finalize(keel__sched *s, keel__proc *p) {
 
 /* At keel_rt_stop, for processes that never finished: free what the runtime
  * owns, send nothing. */
-void keel__proc_destroy(keel__proc *p);
-void keel__proc_destroy(keel__proc *p) {
+static void proc_destroy(keel__proc *p) {
   while (p->sig_head) {
     keel__sig *n = p->sig_head->next;
     if (p->sig_head->type == KEEL__SIG_HOOK) p->sig_head->hook_fn(p->sig_head->hook_arg);
@@ -558,7 +551,7 @@ void keel__table_fini(void) {
     keel__proc *chunk = atomic_load(&keel__g.chunks[c]);
     for (uint32_t i = 0; i < KEEL__CHUNK_SIZE; i++) {
       keel__proc *p = &chunk[i];
-      if (KEEL__SW_ST(atomic_load(&p->sw)) != KEEL__ST_FREE) keel__proc_destroy(p);
+      if (KEEL__SW_ST(atomic_load(&p->sw)) != KEEL__ST_FREE) proc_destroy(p);
       keel__mailbox_drop_all(p);
     }
     free(chunk);

@@ -18,10 +18,6 @@
 
 #include "rt/internal.h"
 
-int keel__watchdog_start(void);
-void keel__watchdog_stop(void);
-void keel__sched_free_all(void);
-
 #define DEFAULT_STACK  (128u * 1024u)
 #define DEFAULT_BUDGET 100
 

@@ -115,7 +115,6 @@ static uint32_t ring_len(keel__sched *s) {
 
 /* For keel_rt_sched_info: the stealable ring plus runnext (the owner-only
  * pinned queue is not counted: other threads may not read it). */
-uint32_t keel__sched_queued(keel__sched *s);
 uint32_t keel__sched_queued(keel__sched *s) {
   return ring_len(s) + (atomic_load_explicit(&s->runnext, memory_order_relaxed) ? 1u : 0u);
 }
@@ -433,8 +432,6 @@ static void sched_park(keel__sched *s, keel__proc *p) {
   (void)s;
 }
 
-void keel__proc_entry(void *arg);
-
 static void sched_run(keel__sched *s, keel__proc *p) {
   if (p->fresh) {
     /* Built here rather than in keel_spawn: the first touch of a new stack
@@ -657,7 +654,6 @@ void keel__sched_stop_all(void) {
 }
 
 /* After every scheduler thread has exited: close the loops. */
-void keel__sched_free_all(void);
 void keel__sched_free_all(void) {
   for (int i = 0; i < keel__g.nsched; i++) {
     keel__sched *s = &keel__g.scheds[i];
@@ -671,14 +667,12 @@ void keel__sched_free_all(void) {
 }
 
 /* The scheduler a process spawned from outside any scheduler starts on. */
-int keel__sched_pick_external(void);
 int keel__sched_pick_external(void) {
   return (int)(atomic_fetch_add_explicit(&keel__g.rr, 1, memory_order_relaxed) %
                (unsigned)keel__g.nsched);
 }
 
 /* Used by spawn with a scheduler hint and from outside: queue p on s. */
-void keel__enqueue_on(keel__sched *s, keel__proc *p);
 void keel__enqueue_on(keel__sched *s, keel__proc *p) {
   if (keel__sched_self() == s) {
     push_local(s, p);
@@ -762,7 +756,6 @@ static void *watchdog_main(void *arg) {
   return NULL;
 }
 
-int keel__watchdog_start(void);
 int keel__watchdog_start(void) {
   atomic_store(&keel__g.watchdog_stop, 0);
   pthread_mutex_init(&keel__g.wd_lock, NULL);
@@ -772,7 +765,6 @@ int keel__watchdog_start(void) {
   return 0;
 }
 
-void keel__watchdog_stop(void);
 void keel__watchdog_stop(void) {
   if (!keel__g.watchdog_started) return;
   pthread_mutex_lock(&keel__g.wd_lock);

@@ -27,9 +27,6 @@
 
 #include "rt/internal.h"
 
-void keel__send_down(keel_pid_t to, keel_ref_t ref, keel_pid_t pid, keel_reason_kind kind,
-                     const char *text);
-
 int keel__signal_send(keel_pid_t to, keel__sig_type type, keel_pid_t from, keel_ref_t ref,
                       keel_reason_kind reason, const char *text) {
   if (!to) return KEEL_ENOPROC;

@@ -19,6 +19,7 @@
 #include <stdlib.h>
 #include <string.h>
 
+#include "keel/timer.h"
 #include "rt/internal.h"
 
 #define TIMER_CACHE_MAX 256
