@@ -115,8 +115,9 @@ int keel_health_unregister(const char *name);
  * reference (heap below 80 % ok, below 95 % warning; restarts below 10 ok,
  * below 50 warning). A threshold of 0 takes the default shown. */
 typedef struct keel_health_builtin_opts {
-  bool processes, restarts, memory, schedulers; /* which checks to register */
-  bool processes_required, restarts_required, memory_required, schedulers_required;
+  /* all four checks are registered, each required, unless told here */
+  bool no_processes, no_restarts, no_memory, no_schedulers; /* leave that check out */
+  bool processes_optional, restarts_optional, memory_optional, schedulers_optional;
   int64_t timeout_ms;         /* per check; 0: 1000 */
   uint64_t min_processes;     /* "processes": critical below this many alive; 0: 1 */
   int64_t restart_window_ms;  /* "restarts": the window counted; 0: 60000 */

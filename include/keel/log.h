@@ -25,9 +25,11 @@
  * the writer flushes every flush_ms, when a buffer is half full, on a fatal
  * line (synchronously), on keel_log_flush and on keel_log_shutdown. A line
  * that does not fit waits up to overflow_wait_ms for room, then is dropped and
- * counted (keel_log_stats). Line order is kept per thread; lines written by
- * different threads (a process that moved between schedulers included) are
- * ordered by their timestamps, not by their position in the output.
+ * counted (keel_log_stats). Lines come out in the order they were logged
+ * whenever one happened before the other, on one thread or across threads
+ * (a process that moved between schedulers; a line logged before a send and
+ * the receiver's line after it): the writer merges the threads' buffers by a
+ * node-wide sequence number.
  *
  * Thread safety: every function may be called from any thread (processes,
  * scheduler threads, plain threads) except keel_log_init and

@@ -16,9 +16,15 @@ extern "C" {
 #endif
 
 typedef struct keel_sys_memory {
-  uint64_t rss_bytes;     /* resident set size */
-  uint64_t virtual_bytes; /* virtual memory size */
-  uint64_t heap_bytes;    /* bytes in use in malloc's arenas (mallinfo2) */
+  uint64_t rss_bytes;     /* resident set size (VmRSS) */
+  uint64_t virtual_bytes; /* virtual memory size (VmSize) */
+  /* Bytes malloc has handed out and not taken back (mallinfo2: in-use arena
+   * chunks plus blocks it mmapped on their own), capped at the anonymous
+   * resident memory (RssAnon) of the same reading: malloc counts a block
+   * whole as soon as it is returned, the kernel gives it memory only as its
+   * pages are written, so the books alone can exceed the resident set. An
+   * upper bound of malloc's resident memory; never more than rss_bytes. */
+  uint64_t heap_bytes;
   uint64_t limit_bytes;   /* the cgroup's memory limit (v2 memory.max, v1
                              memory.limit_in_bytes); 0 when there is none */
   uint64_t cgroup_usage_bytes; /* the cgroup's current usage; 0 when unknown */

@@ -1004,8 +1004,6 @@ static keel_health_status bi_schedulers(void *ud, keel_health_result *res) {
 
 void keel_health_builtin_opts_init(keel_health_builtin_opts *o) {
   memset(o, 0, sizeof *o);
-  o->processes = o->restarts = o->memory = o->schedulers = true;
-  o->processes_required = o->restarts_required = o->memory_required = o->schedulers_required = true;
 }
 
 static int add_builtin(const char *name, keel_health_fn fn, bool required,
@@ -1043,15 +1041,15 @@ int keel_health_register_builtin(const keel_health_builtin_opts *opts) {
   if (o.memory_critical == 0) o.memory_critical = 0.95;
   if (!o.stuck_ms) o.stuck_ms = 100;
   int rc = 0;
-  if (!rc && o.processes)
-    rc = add_builtin("processes", bi_processes, o.processes_required, &o, o.timeout_ms);
-  if (!rc && o.restarts)
-    rc = add_builtin("restarts", bi_restarts, o.restarts_required, &o, o.timeout_ms);
-  if (!rc && o.memory) rc = add_builtin("memory", bi_memory, o.memory_required, &o, o.timeout_ms);
-  if (!rc && o.schedulers) {
+  if (!rc && !o.no_processes)
+    rc = add_builtin("processes", bi_processes, !o.processes_optional, &o, o.timeout_ms);
+  if (!rc && !o.no_restarts)
+    rc = add_builtin("restarts", bi_restarts, !o.restarts_optional, &o, o.timeout_ms);
+  if (!rc && !o.no_memory) rc = add_builtin("memory", bi_memory, !o.memory_optional, &o, o.timeout_ms);
+  if (!rc && !o.no_schedulers) {
     /* it watches for stuck_ms, so it needs longer than that */
     int64_t t = o.timeout_ms > o.stuck_ms ? o.timeout_ms : o.stuck_ms + DEFAULT_TIMEOUT_MS;
-    rc = add_builtin("schedulers", bi_schedulers, o.schedulers_required, &o, t);
+    rc = add_builtin("schedulers", bi_schedulers, !o.schedulers_optional, &o, t);
   }
   return rc;
 }

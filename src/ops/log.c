@@ -10,13 +10,29 @@
  * current second. Bound fields (child loggers, a process's context) are
  * encoded once, when they are bound, into a JSON fragment `,"k":v,...` that
  * each line copies; redaction happens in the encoder, so a fragment never
- * holds a secret. The finished line is then copied into the thread's
- * buffer (a tbuf: a byte array under its own mutex, which only this thread
- * and the writer ever take), so producers never contend with each other and
- * never do I/O. A writer thread wakes every flush_ms, when a producer finds
- * its buffer half full (a "kick"), when keel_log_flush asks, and at
- * shutdown; on each pass it swaps every tbuf's array with its own spare one
- * under the tbuf's mutex and writes the full array with write(2) outside it.
+ * holds a secret.
+ *
+ * The finished line is then copied into the thread's buffer (a tbuf: a byte
+ * array under its own mutex, which only this thread and the writer ever
+ * take), so producers never do I/O, with a mark: where the line ends and its
+ * sequence number, taken from one node-wide counter under the tbuf's mutex.
+ * A writer thread wakes every flush_ms, when a producer finds its buffer
+ * half full (a "kick"), when keel_log_flush asks, and at shutdown. On each
+ * pass it takes every tbuf's mutex at once, swaps each array (and its marks)
+ * with the tbuf's second one, and releases them; outside the locks it writes
+ * the lines merged by sequence number, with writev(2) over runs of
+ * consecutive lines (one write(2) when one thread logged).
+ *
+ * So lines come out in the order they were logged whenever one happened
+ * before the other, even on different threads (a line logged before a send
+ * comes out before the receiver's line): the counter's order agrees with
+ * happens-before, and taking every mutex at once makes a pass a consistent
+ * cut (each line a pass writes has everything logged before it in the same
+ * pass or an earlier one; see drain). Swapping one tbuf at a time would not:
+ * a line caused by one logged just after its thread's buffer was swapped
+ * could be written a pass before its cause. The cost is the counter: one
+ * atomic add per line, uncontended while one thread logs.
+ *
  * A line that finds no room waits for the writer (polling every 50 us) up to
  * overflow_wait_ms, then is dropped and counted. tbufs outlive their thread:
  * a thread-exit destructor marks its tbuf dead and the writer frees it after
@@ -35,6 +51,7 @@
 #include <stdlib.h>
 #include <string.h>
 #include <strings.h>
+#include <sys/uio.h>
 #include <time.h>
 #include <unistd.h>
 
@@ -149,13 +166,30 @@ static void put_value(keel__jw *b, const keel_log_field *f, const redact_set *r,
 
 /* ---- the state ------------------------------------------------------------ */
 
-/* A thread's buffer. buf/len and the counters are guarded by mu (taken by
- * the owning thread and the writer only); next, dead and orphan by reg_mu. */
+/* Where a line ends in its tbuf's array, and its place in the node's order. */
+typedef struct line_mark {
+  uint64_t seq;
+  size_t end;
+} line_mark;
+
+enum { MARKS_MIN = 256, IOV_BATCH = 1024 /* Linux's IOV_MAX */ };
+
+/* A thread's buffer. buf, len, the marks and the counters are guarded by mu
+ * (taken by the owning thread and the writer only); the out side (what the
+ * last pass swapped out, with the merge's cursor) belongs to the writer;
+ * next, dead and orphan are guarded by reg_mu. */
 typedef struct tbuf {
   pthread_mutex_t mu;
   char *buf;
   size_t len;
+  line_mark *marks;
+  size_t nmarks, marks_cap;
   uint64_t lines[KEEL_LOG_FATAL + 1], dropped;
+  char *out;                   /* writer: a spare of cap bytes, or the lines of this pass */
+  line_mark *out_marks;        /* writer */
+  size_t out_marks_cap, out_n; /* writer */
+  size_t out_i, out_off;       /* writer: the merge's next line and where it starts */
+  struct tbuf *out_next;       /* writer: the next tbuf with lines in this pass */
   struct tbuf *next;
   bool dead;   /* its thread exited: the writer frees it after a last drain */
   bool orphan; /* the module shut down: its thread frees it */
@@ -184,8 +218,8 @@ typedef struct log_state {
   struct sigaction old_hup;
 
   tbuf *list;                         /* reg_mu */
-  char *spare;                        /* writer only */
-  uint64_t totals[KEEL_LOG_FATAL + 1], dropped;      /* of freed tbufs; reg_mu */
+  struct iovec iov[IOV_BATCH];        /* writer only */
+  uint64_t totals[KEEL_LOG_FATAL + 1], dropped; /* of freed tbufs; reg_mu */
   atomic_uint_fast64_t extra_dropped; /* lines dropped without a tbuf (no memory) */
   /* Writer-only counters read by stats: relaxed, each is a standalone count. */
   atomic_uint_fast64_t bytes, errors, reopens;
@@ -206,6 +240,15 @@ typedef struct log_state {
  * shutdown never run concurrently with logging (documented). */
 static _Atomic(log_state *) g_st;
 static uint64_t g_gen;
+/* The node's line order. Relaxed is enough: when one add happens before
+ * another they are ordered that way in the counter's modification order
+ * (write-write coherence), so a line that happens before another gets the
+ * smaller number; the marks themselves travel under the tbuf mutexes. On a
+ * line of its own so that the adds do not evict the state producers read. */
+static struct {
+  _Alignas(64) atomic_uint_fast64_t next;
+  char pad[64 - sizeof(atomic_uint_fast64_t)];
+} g_seq;
 /* Only ever stored (relaxed): the level is a standalone value, publishing nothing. */
 static atomic_int g_level = KEEL_LOG_INFO;
 /* Set by the SIGHUP handler, consumed by the writer; lock-free atomics are
@@ -220,6 +263,9 @@ static redact_set g_default_redact; /* used before init; built once under key_on
 static void tbuf_free(tbuf *tb) {
   pthread_mutex_destroy(&tb->mu);
   free(tb->buf);
+  free(tb->marks);
+  free(tb->out);
+  free(tb->out_marks);
   free(tb);
 }
 
@@ -264,14 +310,22 @@ static tbuf *get_tbuf(log_state *st, tstate *t) {
   if (t->tb) tbuf_free(t->tb); /* of an earlier generation: orphaned by its shutdown */
   t->tb = NULL;
   tbuf *tb = calloc(1, sizeof *tb);
-  if (tb) tb->buf = malloc(st->cap);
-  if (tb && tb->buf) {
+  if (tb) {
+    tb->buf = malloc(st->cap);
+    tb->out = malloc(st->cap);
+    tb->marks = malloc(MARKS_MIN * sizeof *tb->marks);
+    tb->marks_cap = MARKS_MIN;
+  }
+  if (tb && tb->buf && tb->out && tb->marks) {
     pthread_mutex_init(&tb->mu, NULL);
     tb->next = st->list;
     st->list = tb;
     t->tb = tb;
     t->gen = st->gen;
   } else if (tb) {
+    free(tb->buf);
+    free(tb->out);
+    free(tb->marks);
     free(tb);
   }
   pthread_mutex_unlock(&reg_mu);
@@ -375,21 +429,111 @@ static void reopen_file(log_state *st) {
   atomic_fetch_add_explicit(&st->reopens, 1, memory_order_relaxed);
 }
 
-/* One pass: every tbuf's bytes to the sink; dead tbufs freed. */
+/* writev of all n entries, resumed after a partial write. */
+static void write_iov(log_state *st, struct iovec *iov, int n) {
+  while (n > 0) {
+    ssize_t w = writev(st->fd, iov, n);
+    if (w < 0) {
+      if (errno == EINTR) continue;
+      atomic_fetch_add_explicit(&st->errors, 1, memory_order_relaxed);
+      return;
+    }
+    atomic_fetch_add_explicit(&st->bytes, (uint64_t)w, memory_order_relaxed);
+    size_t left = (size_t)w;
+    while (n > 0 && left >= iov->iov_len) {
+      left -= iov->iov_len;
+      iov++;
+      n--;
+    }
+    if (n > 0) {
+      iov->iov_base = (char *)iov->iov_base + left;
+      iov->iov_len -= left;
+    }
+  }
+}
+
+/* Writes the lines of the tbufs on the out_next list in sequence order: take
+ * the tbuf whose next line has the smallest number, and with it every
+ * following line of that tbuf numbered below the other tbufs' next lines (a
+ * run, contiguous in its array: one iovec). */
+static void write_merged(log_state *st, tbuf *active) {
+  int niov = 0;
+  while (active) {
+    tbuf *best = NULL, **bestp = NULL;
+    uint64_t lo = UINT64_MAX, second = UINT64_MAX;
+    for (tbuf **pp = &active; *pp; pp = &(*pp)->out_next) {
+      uint64_t q = (*pp)->out_marks[(*pp)->out_i].seq;
+      if (q < lo) {
+        second = lo;
+        lo = q;
+        best = *pp;
+        bestp = pp;
+      } else if (q < second) {
+        second = q;
+      }
+    }
+    size_t i = best->out_i;
+    while (i < best->out_n && best->out_marks[i].seq < second)
+      i++;
+    size_t end = best->out_marks[i - 1].end;
+    st->iov[niov].iov_base = best->out + best->out_off;
+    st->iov[niov].iov_len = end - best->out_off;
+    niov++;
+    best->out_off = end;
+    best->out_i = i;
+    if (i == best->out_n) *bestp = best->out_next;
+    if (niov == IOV_BATCH) {
+      write_iov(st, st->iov, niov);
+      niov = 0;
+    }
+  }
+  if (niov) write_iov(st, st->iov, niov);
+}
+
+/* One pass: every tbuf's lines to the sink, in the order they were logged;
+ * dead tbufs freed.
+ *
+ * The swap is a consistent cut: every tbuf mutex is held at one moment.
+ * Suppose line b is in this pass (appended before the writer locked b's
+ * tbuf) and line a happened before b. If a were appended after the writer
+ * unlocked a's tbuf, then: writer locks b's tbuf, then unlocks a's (all are
+ * locked before any is unlocked), before a, before b, before the writer
+ * locks b's tbuf - a cycle. So a is in this pass or an earlier one, and
+ * within the pass the sequence order puts it first. By the same argument
+ * every line of a later pass has a larger number than every line of this
+ * one, so the file is sorted by number across passes too. */
 static void drain(log_state *st) {
   pthread_mutex_lock(&reg_mu);
+  for (tbuf *tb = st->list; tb; tb = tb->next)
+    pthread_mutex_lock(&tb->mu);
+  tbuf *active = NULL;
+  int nactive = 0;
+  for (tbuf *tb = st->list; tb; tb = tb->next) {
+    if (!tb->len) continue;
+    char *full = tb->buf;
+    tb->buf = tb->out;
+    tb->out = full;
+    line_mark *marks = tb->marks;
+    size_t marks_cap = tb->marks_cap;
+    tb->marks = tb->out_marks;
+    tb->marks_cap = tb->out_marks_cap;
+    tb->out_marks = marks;
+    tb->out_marks_cap = marks_cap;
+    tb->out_n = tb->nmarks;
+    tb->out_i = tb->out_off = 0;
+    tb->len = tb->nmarks = 0;
+    tb->out_next = active;
+    active = tb;
+    nactive++;
+  }
+  for (tbuf *tb = st->list; tb; tb = tb->next)
+    pthread_mutex_unlock(&tb->mu);
+  if (nactive == 1)
+    write_all(st, active->out, active->out_marks[active->out_n - 1].end);
+  else if (nactive > 1)
+    write_merged(st, active);
   for (tbuf **pp = &st->list; *pp;) {
     tbuf *tb = *pp;
-    pthread_mutex_lock(&tb->mu);
-    size_t n = tb->len;
-    if (n) {
-      char *full = tb->buf;
-      tb->buf = st->spare;
-      tb->len = 0;
-      st->spare = full;
-    }
-    pthread_mutex_unlock(&tb->mu);
-    if (n) write_all(st, st->spare, n);
     if (tb->dead) { /* its thread is gone: nothing more can arrive */
       for (int i = KEEL_LOG_TRACE; i <= KEEL_LOG_FATAL; i++)
         st->totals[i] += tb->lines[i];
@@ -463,8 +607,23 @@ static void append(log_state *st, tstate *t, const char *line, size_t n, int lev
   for (;;) {
     pthread_mutex_lock(&tb->mu);
     if (n <= st->cap && tb->len + n <= st->cap) {
+      if (tb->nmarks == tb->marks_cap) {
+        size_t cap = tb->marks_cap ? tb->marks_cap * 2 : MARKS_MIN;
+        line_mark *m = realloc(tb->marks, cap * sizeof *m);
+        if (!m) {
+          tb->dropped++;
+          pthread_mutex_unlock(&tb->mu);
+          return;
+        }
+        tb->marks = m;
+        tb->marks_cap = cap;
+      }
       memcpy(tb->buf + tb->len, line, n);
       tb->len += n;
+      /* Under the mutex, with the append: a pass that holds this line holds
+       * its number, and no line is numbered but not yet in a buffer. */
+      uint64_t seq = atomic_fetch_add_explicit(&g_seq.next, 1, memory_order_relaxed);
+      tb->marks[tb->nmarks++] = (line_mark){seq, tb->len};
       tb->lines[level]++;
       bool half = tb->len > st->cap / 2;
       pthread_mutex_unlock(&tb->mu);
@@ -846,7 +1005,6 @@ static void state_free(log_state *st) {
   free(st->service_frag);
   free(st->service);
   free(st->path);
-  free(st->spare);
   free(st);
 }
 
@@ -911,8 +1069,7 @@ int keel_log_init(const keel_log_opts *opts) {
   keel__jw_ch(&sf, 0);
   st->service_frag = sf.p;
   st->service = strdup(service);
-  st->spare = malloc(st->cap);
-  if (sf.oom || !st->service || !st->spare) {
+  if (sf.oom || !st->service) {
     state_free(st);
     return KEEL_ENOMEM;
   }

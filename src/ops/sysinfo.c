@@ -1,6 +1,10 @@
 /* sysinfo.c - CPU, memory, descriptors and the container's memory limit,
  * read from /proc and the cgroup filesystem.
  *
+ * Memory comes from one read of /proc/self/status (VmSize, VmRSS, RssAnon),
+ * so the figures are one snapshot, and from malloc's own books (mallinfo2),
+ * which keel_sys_memory_get caps at the resident anonymous memory: see there.
+ *
  * The cgroup of this process is found in /proc/self/cgroup: a "0::/path" line
  * means cgroup v2 (memory.max and memory.current under /sys/fs/cgroup/path),
  * a line naming the memory controller means v1 (memory.limit_in_bytes and
@@ -85,21 +89,42 @@ static uint64_t mem_total(void) {
   return kib * 1024;
 }
 
+/* VmSize, VmRSS and RssAnon (kB lines) from one read of /proc/self/status,
+ * so that the three are one snapshot. anon stays 0 on kernels before 4.5,
+ * which do not print it. */
+static void proc_status_memory(uint64_t *virt, uint64_t *rss, uint64_t *anon) {
+  *virt = *rss = *anon = 0;
+  FILE *f = fopen("/proc/self/status", "r");
+  if (!f) return;
+  char line[256];
+  while (fgets(line, sizeof line, f)) {
+    uint64_t *to = strncmp(line, "VmSize:", 7) == 0    ? virt
+                   : strncmp(line, "VmRSS:", 6) == 0   ? rss
+                   : strncmp(line, "RssAnon:", 8) == 0 ? anon
+                                                       : NULL;
+    if (to) *to = strtoull(strchr(line, ':') + 1, NULL, 10) * 1024;
+  }
+  fclose(f);
+}
+
 int keel_sys_memory_get(keel_sys_memory *out) {
   if (!out) return KEEL_EINVAL;
   memset(out, 0, sizeof *out);
-  long page = sysconf(_SC_PAGESIZE);
-  FILE *f = fopen("/proc/self/statm", "r");
-  if (f) {
-    unsigned long size, res;
-    if (fscanf(f, "%lu %lu", &size, &res) == 2) {
-      out->virtual_bytes = (uint64_t)size * (uint64_t)page;
-      out->rss_bytes = (uint64_t)res * (uint64_t)page;
-    }
-    fclose(f);
-  }
+  uint64_t anon;
+  proc_status_memory(&out->virtual_bytes, &out->rss_bytes, &anon);
+  /* malloc's books count a block whole from the moment it is handed out
+   * (uordblks: in-use chunks of the arenas; hblkhd: blocks it mmapped on
+   * their own, such as a log buffer), but the kernel gives memory to a page
+   * only when it is first written, so an untouched 256 MiB block is 256 MiB
+   * in the books and nothing in memory. Which of the books' pages are
+   * resident cannot be asked of malloc, so the figure is capped at what
+   * could be: anonymous resident memory (RssAnon; malloc's memory is all
+   * anonymous), itself part of the resident set read in the same snapshot.
+   * So heap_bytes <= rss_bytes always. */
   struct mallinfo2 mi = mallinfo2();
-  out->heap_bytes = (uint64_t)mi.uordblks + (uint64_t)mi.hblkhd;
+  uint64_t books = (uint64_t)mi.uordblks + (uint64_t)mi.hblkhd;
+  uint64_t cap = anon && anon <= out->rss_bytes ? anon : out->rss_bytes;
+  out->heap_bytes = books < cap ? books : cap;
   cgroup_memory(&out->limit_bytes, &out->cgroup_usage_bytes);
   out->system_bytes = mem_total();
   return 0;

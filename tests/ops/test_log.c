@@ -634,7 +634,10 @@ static void check_all_lines(const char *s, int producers) {
   size_t n = 0;
   char l[512];
   for (const char *cur = s; next_line(&cur, l, sizeof l);) {
-    if (strstr(l, "\"msg\":\"last\"")) continue; /* from another thread: anywhere */
+    if (strstr(l, "\"msg\":\"last\"")) { /* logged after every producer's DOWN */
+      CHECK(*cur == 0);
+      continue;
+    }
     n++;
     const char *w = strstr(l, "\"w\":");
     CHECK(w != NULL);
@@ -674,12 +677,12 @@ KT_CASE(concurrent_producers_lose_nothing_through_small_buffers) {
   CHECK_EQ(st.lines[KEEL_LOG_INFO], (N_PROCS + N_THREADS) * PER_PRODUCER);
   CHECK_EQ(st.dropped, 0);
   char *s = stop_and_read();
-  /* Count per producer; order within a process may differ across a move
-   * between schedulers, so only threads are checked for order. */
+  /* Every producer's lines in order, a process's too when it moved between
+   * schedulers (its lines then sit in several threads' buffers). */
   static int seen[N_PROCS + N_THREADS][PER_PRODUCER];
   memset(seen, 0, sizeof seen);
   size_t n = 0;
-  int next_thread[N_THREADS] = {0};
+  int next_i[N_PROCS + N_THREADS] = {0};
   char l[512];
   for (const char *cur = s; next_line(&cur, l, sizeof l); n++) {
     CHECK(strncmp(l, "{\"time\":\"", 9) == 0);
@@ -688,12 +691,9 @@ KT_CASE(concurrent_producers_lose_nothing_through_small_buffers) {
     int who = atoi(w + 4), i = atoi(strstr(w, "\"i\":") + 4);
     CHECK(who >= 0 && who < N_PROCS + N_THREADS && i >= 0 && i < PER_PRODUCER);
     seen[who][i]++;
-    if (who >= N_PROCS) {
-      CHECK_EQ(i, next_thread[who - N_PROCS]);
-      next_thread[who - N_PROCS]++;
-    } else {
-      CHECK(strstr(l, "\"p\":\"x\"") != NULL);
-    }
+    CHECK_EQ(i, next_i[who]);
+    next_i[who]++;
+    if (who < N_PROCS) CHECK(strstr(l, "\"p\":\"x\"") != NULL);
     CHECK(l[strlen(l) - 1] == '}');
   }
   CHECK_EQ(n, (size_t)(N_PROCS + N_THREADS) * PER_PRODUCER);
@@ -701,6 +701,106 @@ KT_CASE(concurrent_producers_lose_nothing_through_small_buffers) {
     for (int i = 0; i < PER_PRODUCER; i++)
       CHECK_EQ(seen[w][i], 1);
   free(s);
+}
+
+/* Lines come out in the order they were logged whenever one happened before
+ * the other, whichever threads logged them (issue 11: the microservice's
+ * config_loaded, logged on the main thread before the runtime started, came
+ * out after app_started, logged later on a scheduler). A plain thread logs
+ * step 0; then two processes pinned to different schedulers play ping-pong,
+ * each logging the step it received before sending the next one; the case
+ * logs the last step once both are done. Each step is caused by the one
+ * before, so the file must read 0, 1, 2, ... in order. First with a writer
+ * that runs only at the end (the order comes from how the buffers are
+ * merged), then with one draining every millisecond through tiny buffers (a
+ * drain may fall between any two steps). */
+enum { TAG_PEER = 20, TAG_STEP = 21, TAG_PONG_DONE = 22 };
+
+typedef struct pong_peers {
+  keel_pid_t peer, parent;
+} pong_peers;
+
+static void *log_step_zero(void *arg) {
+  (void)arg;
+  keel_log_info(NULL, "step", KEEL_INT("n", 0));
+  return NULL;
+}
+
+static void pong(void *arg) {
+  uint64_t last = (uint64_t)(uintptr_t)arg;
+  keel_msg_t *m = kt_recv(60000);
+  CHECK_EQ(keel_msg_tag(m), TAG_PEER);
+  pong_peers pp;
+  CHECK(keel_msg_size(m) == sizeof pp);
+  memcpy(&pp, keel_msg_data(m), sizeof pp);
+  keel_msg_free(m);
+  for (;;) {
+    m = kt_recv(60000);
+    CHECK_EQ(keel_msg_tag(m), TAG_STEP);
+    uint64_t n = kt_u64(m);
+    keel_msg_free(m);
+    if (n > last) {
+      if (n == last + 1) kt_send_u64(pp.peer, TAG_STEP, n + 1); /* the peer stops too */
+      kt_send_u64(pp.parent, TAG_PONG_DONE, 0);
+      return;
+    }
+    keel_log_info(NULL, "step", KEEL_INT("n", (int64_t)n));
+    kt_send_u64(pp.peer, TAG_STEP, n + 1);
+  }
+}
+
+static void ping_pong_in_order(const char *tag, keel_log_opts *o, uint64_t last) {
+  start(tag, o);
+  pthread_t th;
+  CHECK_OK(pthread_create(&th, NULL, log_step_zero, NULL));
+  CHECK_OK(pthread_join(th, NULL));
+  keel_pid_t p[2];
+  for (int i = 0; i < 2; i++) {
+    keel_spawn_opts so;
+    keel_spawn_opts_init(&so);
+    so.scheduler = KEEL_ON_SCHEDULER(i);
+    so.pin = true;
+    CHECK_OK(keel_spawn(pong, (void *)(uintptr_t)last, &so, &p[i]));
+  }
+  for (int i = 0; i < 2; i++) {
+    pong_peers pp = {p[1 - i], keel_self()};
+    keel_msg_t *m = keel_msg_copy(TAG_PEER, &pp, sizeof pp);
+    CHECK(m != NULL);
+    CHECK_OK(keel_send(p[i], m));
+  }
+  kt_send_u64(p[0], TAG_STEP, 1);
+  for (int i = 0; i < 2; i++) {
+    keel_msg_t *m = kt_recv(60000);
+    CHECK_EQ(keel_msg_tag(m), TAG_PONG_DONE);
+    keel_msg_free(m);
+  }
+  keel_log_info(NULL, "step", KEEL_INT("n", (int64_t)last + 1));
+  char *s = stop_and_read();
+  uint64_t want = 0;
+  char l[512];
+  for (const char *cur = s; next_line(&cur, l, sizeof l); want++) {
+    const char *n = strstr(l, "\"n\":");
+    CHECK(n != NULL);
+    if ((uint64_t)atoll(n + 4) != want) {
+      fprintf(stderr, "%s: line %" PRIu64 " is %s\n", tag, want, l);
+      CHECK(!"lines out of causal order");
+    }
+  }
+  CHECK_EQ(want, last + 2);
+  free(s);
+}
+
+KT_CASE(lines_come_out_in_causal_order_across_threads) {
+  CHECK(keel_sched_count() >= 2);
+  keel_log_opts o;
+  keel_log_opts_init(&o);
+  o.flush_ms = 600000; /* no pass before the end */
+  ping_pong_in_order("causal_end", &o, 200);
+  keel_log_opts_init(&o);
+  o.flush_ms = 1;
+  o.buffer_size = 4096;
+  o.overflow_wait_ms = KEEL_INFINITY;
+  ping_pong_in_order("causal_busy", &o, 5000);
 }
 
 /* ---- no line lost on a clean stop (a child process) ----------------------- */
@@ -767,9 +867,8 @@ KT_CASE(no_line_is_lost_when_the_application_stops) {
     run_child(path, modes[m]);
     char *s = slurp(path);
     unlink(path);
-    /* 4 processes x PER_PRODUCER lines, each in order, and "last" (logged
-     * from another thread, so anywhere in the file: order across threads is
-     * by timestamp only). */
+    /* 4 processes x PER_PRODUCER lines, each in order, and "last" at the
+     * end: logged after the producers' DOWN messages, so after their lines. */
     CHECK_EQ(count_lines(s), 4 * PER_PRODUCER + 1);
     char *last = strstr(s, "\"msg\":\"last\"");
     CHECK(last != NULL && strstr(last + 1, "\"msg\":\"last\"") == NULL);
@@ -997,6 +1096,7 @@ KT_MAIN(KT_ENTRY(levels_filter_by_minimum_from_env_and_change_at_run_time),
         KT_ENTRY(stats_count_lines_by_level_and_dropped_lines),
         KT_ENTRY(file_is_reopened_on_sighup_for_rotation),
         KT_ENTRY_SCHED(concurrent_producers_lose_nothing_through_small_buffers, 4),
+        KT_ENTRY_SCHED(lines_come_out_in_causal_order_across_threads, 2),
         KT_ENTRY(no_line_is_lost_when_the_application_stops),
         KT_ENTRY(events_and_crash_reports_have_stable_names),
         KT_ENTRY(keel_events_and_configuration_reach_the_log),
