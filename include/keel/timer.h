@@ -21,9 +21,24 @@ extern "C" {
  * Errors: KEEL_EINVAL (m NULL, ms < 0), KEEL_ENOTPROC, KEEL_ENOMEM (m freed). */
 int keel_send_after(keel_pid_t to, int64_t ms, keel_msg_t *m, keel_ref_t *tref);
 
+/* Sends a copy of m to `to` every ms milliseconds (ms > 0), first after ms,
+ * until keel_cancel_timer(*tref) or until `to` has exited (the timer then
+ * ends by itself). Ticks are at least ms apart, measured on the arming
+ * scheduler's loop; a tick that comes while the previous message is still
+ * queued is sent anyway (the mailbox holds both). Takes ownership of m, which
+ * must carry no attachment. Like OTP's timer:send_interval/3 and a periodic
+ * tick for a gen_server (it arrives in handle_info):
+ *
+ *   keel_send_interval(keel_self(), 1000, keel_msg_new(TICK, 0), &s->tick);
+ *
+ * Errors as keel_send_after, and KEEL_EINVAL for ms 0 or an attachment. */
+int keel_send_interval(keel_pid_t to, int64_t ms, keel_msg_t *m, keel_ref_t *tref);
+
 /* Cancels a timer. Returns 0 if it was cancelled before it fired (its message
- * is freed and will never be delivered), KEEL_ENOENT if it already fired, was
- * already cancelled, or never existed. Any thread. */
+ * is freed and will never be delivered; for an interval timer: no tick after
+ * this returns, though one already delivered stays in the mailbox),
+ * KEEL_ENOENT if it already fired (an interval timer whose process exited),
+ * was already cancelled, or never existed. Any thread. */
 int keel_cancel_timer(keel_ref_t tref);
 
 #ifdef __cplusplus

@@ -12,9 +12,11 @@
  * owner's inbox to be stopped and recycled there. Timers are cached per
  * scheduler and reused without closing.
  *
- * Send timers (keel_send_after) own a message and are found by reference in a
- * sharded hash index, so keel_cancel_timer works from any thread: firing and
- * cancelling race on one atomic state, and whoever wins owns the message.
+ * Send timers (keel_send_after, keel_send_interval) own a message and are
+ * found by reference in a sharded hash index, so keel_cancel_timer works from
+ * any thread: firing and cancelling race on one atomic state, and whoever wins
+ * owns the message (an interval timer's firing copies it under the index lock
+ * and stays armed).
  */
 #include <stdlib.h>
 #include <string.h>
@@ -230,9 +232,42 @@ static void on_send_timer(uv_timer_t *h) {
   uv_close((uv_handle_t *)&t->uv, keel__handle_close_cb);
 }
 
-int keel_send_after(keel_pid_t to, int64_t ms, keel_msg_t *m, keel_ref_t *tref) {
+/* An interval timer keeps its message as a template and delivers a copy each
+ * time, under the shard lock so that a cancel (which takes the template under
+ * the same lock) cannot free it mid-copy. It ends itself once `to` is gone. */
+static struct keel_msg *msg_clone(const struct keel_msg *m) {
+  struct keel_msg *c = keel__msg_alloc(KEEL_MSG_USER, m->tag, m->size);
+  if (!c) return NULL;
+  if (m->size) memcpy(c->data, m->data, m->size);
+  c->from = m->from;
+  return c;
+}
+
+static void on_interval_timer(uv_timer_t *h) {
+  keel__timer *t = (keel__timer *)h;
+  shard *sh = shard_of(t->ref);
+  pthread_mutex_lock(&sh->lock);
+  bool armed = atomic_load(&t->state) == KEEL__TM_ARMED;
+  bool alive = armed && keel_is_alive(t->to);
+  if (armed && !alive) {
+    atomic_store(&t->state, KEEL__TM_FIRED);
+    index_take(sh, t->ref);
+  } else if (armed) {
+    /* delivered under the lock: once a cancel has returned, no tick follows */
+    struct keel_msg *copy = msg_clone(t->msg);
+    if (copy) keel__deliver(t->to, copy); /* out of memory: this tick is skipped */
+  }
+  pthread_mutex_unlock(&sh->lock);
+  if (!armed || alive) return; /* cancelled: the canceller closes the handle */
+  keel_msg_free(t->msg);
+  t->msg = NULL;
+  uv_timer_stop(&t->uv);
+  uv_close((uv_handle_t *)&t->uv, keel__handle_close_cb);
+}
+
+static int arm_send(keel_pid_t to, int64_t ms, keel_msg_t *m, keel_ref_t *tref, bool repeat) {
   if (!m) return KEEL_EINVAL;
-  if (ms < 0 || !to) {
+  if (ms < 0 || !to || (repeat && (ms == 0 || keel_msg_attachment(m)))) {
     keel_msg_free(m);
     return KEEL_EINVAL;
   }
@@ -268,8 +303,19 @@ int keel_send_after(keel_pid_t to, int64_t ms, keel_msg_t *m, keel_ref_t *tref) 
   }
   if (tref) *tref = t->ref;
   uv_update_time(&s->loop);
-  uv_timer_start(&t->uv, on_send_timer, (uint64_t)ms, 0);
+  if (repeat)
+    uv_timer_start(&t->uv, on_interval_timer, (uint64_t)ms, (uint64_t)ms);
+  else
+    uv_timer_start(&t->uv, on_send_timer, (uint64_t)ms, 0);
   return 0;
+}
+
+int keel_send_after(keel_pid_t to, int64_t ms, keel_msg_t *m, keel_ref_t *tref) {
+  return arm_send(to, ms, m, tref, false);
+}
+
+int keel_send_interval(keel_pid_t to, int64_t ms, keel_msg_t *m, keel_ref_t *tref) {
+  return arm_send(to, ms, m, tref, true);
 }
 
 int keel_cancel_timer(keel_ref_t tref) {

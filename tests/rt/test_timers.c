@@ -306,7 +306,70 @@ KT_CASE(timeouts_never_end_early) {
     }
 }
 
+/* ---- interval timers ---------------------------------------------------------- */
+
+KT_CASE(send_interval_ticks_until_cancelled) {
+  keel_ref_t tref = 0;
+  int64_t t0 = kt_now_ms();
+  CHECK_OK(keel_send_interval(keel_self(), 30, keel_msg_copy(T_TICK, "tick", 5), &tref));
+  CHECK(tref != 0);
+  for (int i = 1; i <= 5; i++) {
+    keel_msg_t *m = kt_recv(KT_LONG);
+    CHECK_EQ(keel_msg_tag(m), T_TICK);
+    CHECK_EQ(keel_msg_size(m), 5);
+    CHECK(strcmp(keel_msg_data(m), "tick") == 0); /* each tick is a full copy */
+    CHECK_EQ(keel_msg_from(m), keel_self());
+    keel_msg_free(m);
+    CHECK(kt_now_ms() - t0 >= 30 * i - 2); /* at least ms apart (1 ms loop clock steps) */
+  }
+  CHECK_OK(keel_cancel_timer(tref));
+  keel_msg_t *m = NULL;
+  while (keel_receive(&m, KEEL_NOWAIT) == 0) /* a tick that came before the cancel */
+    keel_msg_free(m);
+  CHECK_EQ(keel_receive(&m, 150), KEEL_ETIMEDOUT); /* none after it */
+  CHECK_EQ(keel_cancel_timer(tref), KEEL_ENOENT);
+}
+
+KT_CASE(send_interval_refuses_zero_period_and_attachments) {
+  CHECK_EQ(keel_send_interval(keel_self(), 0, keel_msg_new(T_TICK, 0), NULL), KEEL_EINVAL);
+  CHECK_EQ(keel_send_interval(keel_self(), -1, keel_msg_new(T_TICK, 0), NULL), KEEL_EINVAL);
+  keel_msg_t *a = keel_msg_attach(keel_msg_new(T_TICK, 0), malloc(8));
+  CHECK(a != NULL);
+  CHECK_EQ(keel_send_interval(keel_self(), 10, a, NULL), KEEL_EINVAL); /* a freed */
+  CHECK_EQ(keel_send_interval(keel_self(), 10, NULL, NULL), KEEL_EINVAL);
+}
+
+static void interval_to_parent_proc(void *arg) {
+  keel_ref_t *out = arg;
+  CHECK_OK(keel_send_interval(g_parent, 10, keel_msg_new(T_TICK, 0), out));
+  kt_send_tag(g_parent, T_DONE);
+  keel_msg_free(kt_recv(KEEL_INFINITY)); /* until killed */
+}
+
+/* The timer belongs to the loop that armed it, not to the arming process:
+ * it outlives its creator and ends when its target exits. */
+KT_CASE(send_interval_ends_by_itself_when_its_target_exits) {
+  g_parent = keel_self();
+  static keel_ref_t tref;
+  keel_pid_t p = kt_spawn_on(interval_to_parent_proc, &tref, -1);
+  keel_msg_free(kt_recv_tag(T_DONE, KT_LONG));
+  keel_exit_signal(p, KEEL_REASON_KILL, NULL);
+  keel_msg_free(kt_recv_tag(T_TICK, KT_LONG)); /* still ticking to us */
+  CHECK_OK(keel_cancel_timer(tref));
+
+  /* a target that exits: the next tick finds it gone and ends the timer */
+  keel_ref_t ref;
+  keel_pid_t t = kt_spawn_monitor(arm_and_exit_proc, NULL, -1, &ref);
+  CHECK_EQ(kt_wait_down(ref, t, NULL, 0), KEEL_REASON_NORMAL);
+  keel_ref_t dead_ref = 0;
+  CHECK_OK(keel_send_interval(t, 10, keel_msg_new(T_TICK, 64), &dead_ref));
+  KT_WAIT_UNTIL(keel_cancel_timer(dead_ref) == KEEL_ENOENT);
+}
+
 KT_MAIN(KT_ENTRY(send_after_delivers_after_its_delay),
+        KT_ENTRY(send_interval_ticks_until_cancelled),
+        KT_ENTRY(send_interval_refuses_zero_period_and_attachments),
+        KT_ENTRY(send_interval_ends_by_itself_when_its_target_exits),
         KT_ENTRY(send_after_zero_delivers_at_the_next_loop_turn),
         KT_ENTRY(timers_fire_in_deadline_order), KT_ENTRY(send_after_to_another_process),
         KT_ENTRY(cancelled_timer_never_arrives),
