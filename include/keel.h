@@ -21,5 +21,6 @@
 #include "keel/health.h"
 #include "keel/alerts.h"
 #include "keel/observer.h"
+#include "keel/json.h"
 
 #endif
