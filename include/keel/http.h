@@ -68,6 +68,9 @@ typedef enum keel_http_error_kind {
   KEEL_HTTP_INTERNAL,       /* 500 INTERNAL_ERROR: the message is logged, never sent */
   KEEL_HTTP_UNAVAILABLE,    /* 503 SERVICE_UNAVAILABLE */
   KEEL_HTTP_REQUEST_TIMEOUT, /* 408 REQUEST_TIMEOUT: the head or body did not come in time */
+  KEEL_HTTP_UNPROCESSABLE,   /* 422 UNPROCESSABLE_ENTITY: well-formed, but cannot be done */
+  KEEL_HTTP_GATEWAY_TIMEOUT, /* 504 GATEWAY_TIMEOUT: what it waited on did not answer in time */
+  KEEL_HTTP_INSUFFICIENT_STORAGE, /* 507 INSUFFICIENT_STORAGE: no room to store it */
 } keel_http_error_kind;
 
 /* The status and envelope code of an error kind ("NOT_FOUND", ...). */
@@ -126,6 +129,31 @@ int keel_http_reply_json(keel_http_res *res, int status, json_t *body);
  * Returns a negative value for the handler to return. */
 int keel_http_fail(keel_http_res *res, keel_http_error_kind kind, const char *message,
                    json_t *details);
+
+/* The envelope with any error status (400-599) and code (1-64 of A-Z, 0-9,
+ * '_'), for statuses keel_http_error_kind does not name:
+ *   return keel_http_fail_status(res, 451, "UNAVAILABLE_FOR_LEGAL_REASONS", "...", NULL);
+ * 500 keeps its message for the log, as KEEL_HTTP_INTERNAL does. details is
+ * stolen. Returns a negative value for the handler to return, or KEEL_EINVAL
+ * (bad status or code: nothing is set). */
+int keel_http_fail_status(keel_http_res *res, int status, const char *code, const char *message,
+                          json_t *details);
+
+/* Calls the gen_server registered as `server` with request (JSON, stolen;
+ * NULL: an empty request) under tag, waiting up to timeout_ms (keel/runtime.h;
+ * 0: KEEL_GS_DEFAULT_TIMEOUT). On 0, *reply is the reply (a new reference the
+ * handler releases, or NULL for an empty reply). When the call fails, res
+ * already holds the answer and the code is returned, so a handler is:
+ *
+ *   json_t *r;
+ *   if (keel_http_call(res, "kv", KV_GET, json_pack("{s:s}", "key", k), &r, 0) < 0) return 0;
+ *
+ * no such server: 503 SERVICE_UNAVAILABLE ("kv is not running"); it died
+ * during the call: 503 (its exit reason goes to the log, not to the client);
+ * no answer in time: 504 GATEWAY_TIMEOUT; a reply that is not JSON, or no
+ * memory: 500. */
+int keel_http_call(keel_http_res *res, const char *server, uint32_t tag, json_t *request,
+                   json_t **reply, int64_t timeout_ms);
 
 /* ---- router -------------------------------------------------------------- */
 

@@ -125,7 +125,7 @@ void keel__access_record(const keel__access *a, keel_http_req *rq, size_t bytes_
 void keel__access_failure(keel_http_req *rq);
 
 /* The standard error envelope as JSON text (malloc'd). */
-char *keel__envelope(keel_http_error_kind kind, const char *message, json_t *details,
+char *keel__envelope(const char *code, const char *message, json_t *details,
                      const char *trace_id);
 void keel__res_clear(keel_http_res *res);
 void keel__req_free(keel_http_req *rq);

@@ -34,10 +34,13 @@ static const struct {
     [KEEL_HTTP_INTERNAL] = {500, "INTERNAL_ERROR"},
     [KEEL_HTTP_UNAVAILABLE] = {503, "SERVICE_UNAVAILABLE"},
     [KEEL_HTTP_REQUEST_TIMEOUT] = {408, "REQUEST_TIMEOUT"},
+    [KEEL_HTTP_UNPROCESSABLE] = {422, "UNPROCESSABLE_ENTITY"},
+    [KEEL_HTTP_GATEWAY_TIMEOUT] = {504, "GATEWAY_TIMEOUT"},
+    [KEEL_HTTP_INSUFFICIENT_STORAGE] = {507, "INSUFFICIENT_STORAGE"},
 };
 
 static bool kind_ok(keel_http_error_kind k) {
-  return k >= KEEL_HTTP_VALIDATION && k <= KEEL_HTTP_REQUEST_TIMEOUT;
+  return k >= KEEL_HTTP_VALIDATION && k <= KEEL_HTTP_INSUFFICIENT_STORAGE;
 }
 
 int keel_http_error_status(keel_http_error_kind kind) {
@@ -62,18 +65,27 @@ const char *keel__status_reason(int status) {
   case 403: return "Forbidden";
   case 404: return "Not Found";
   case 405: return "Method Not Allowed";
+  case 406: return "Not Acceptable";
   case 408: return "Request Timeout";
   case 409: return "Conflict";
+  case 410: return "Gone";
+  case 411: return "Length Required";
+  case 412: return "Precondition Failed";
   case 413: return "Payload Too Large";
+  case 414: return "URI Too Long";
   case 415: return "Unsupported Media Type";
   case 422: return "Unprocessable Entity";
+  case 423: return "Locked";
+  case 428: return "Precondition Required";
   case 429: return "Too Many Requests";
   case 431: return "Request Header Fields Too Large";
+  case 451: return "Unavailable For Legal Reasons";
   case 500: return "Internal Server Error";
   case 501: return "Not Implemented";
   case 502: return "Bad Gateway";
   case 503: return "Service Unavailable";
   case 504: return "Gateway Timeout";
+  case 507: return "Insufficient Storage";
   default: return status < 300 ? "OK" : status < 400 ? "Redirect" : "Error";
   }
 }
@@ -87,11 +99,11 @@ static void iso_now(char out[48]) {
            tm.tm_mday, tm.tm_hour, tm.tm_min, tm.tm_sec, (long)(ts.tv_nsec / 1000000) % 1000);
 }
 
-char *keel__envelope(keel_http_error_kind kind, const char *message, json_t *details,
+char *keel__envelope(const char *code, const char *message, json_t *details,
                      const char *trace_id) {
   char ts[48];
   iso_now(ts);
-  json_t *err = json_pack("{s:s, s:s, s:O?, s:s, s:s}", "code", keel_http_error_code(kind),
+  json_t *err = json_pack("{s:s, s:s, s:O?, s:s, s:s}", "code", code,
                           "message", message ? message : "", "details", details, "traceId",
                           trace_id ? trace_id : "", "timestamp", ts);
   json_t *env = err ? json_pack("{s:b, s:o}", "success", 0, "error", err) : NULL;
@@ -282,14 +294,13 @@ int keel_http_reply_json(keel_http_res *res, int status, json_t *body) {
   return 0;
 }
 
-int keel_http_fail(keel_http_res *res, keel_http_error_kind kind, const char *message,
-                   json_t *details) {
-  if (!res) return KEEL_EINVAL;
-  if (!kind_ok(kind)) kind = KEEL_HTTP_INTERNAL;
+/* The envelope for status and code; 500 keeps its message for the log. */
+static int fail(keel_http_res *res, keel_http_error_kind kind, int status, const char *code,
+                const char *message, json_t *details) {
   /* every keel_http_res lives inside its request */
   keel_http_req *req = (keel_http_req *)((char *)res - offsetof(keel_http_req, res));
   const char *sent = message;
-  if (kind == KEEL_HTTP_INTERNAL) {
+  if (status == 500) {
     /* the details stay in the log: the client learns only that it failed */
     free(res->err_log);
     res->err_log = message ? strdup(message) : NULL;
@@ -297,16 +308,44 @@ int keel_http_fail(keel_http_res *res, keel_http_error_kind kind, const char *me
     json_decref(details);
     details = NULL;
   }
-  char *body = keel__envelope(kind, sent, details, req->reqid);
+  char *body = keel__envelope(code, sent, details, req->reqid);
   json_decref(details);
   if (!body) return KEEL_ENOMEM;
   free(res->body);
   res->body = body;
   res->len = strlen(body);
-  res->status = kinds[kind].status;
+  res->status = status;
   res->content_type = "application/json; charset=utf-8";
   res->err_kind = kind;
-  return -kinds[kind].status;
+  return -status;
+}
+
+int keel_http_fail(keel_http_res *res, keel_http_error_kind kind, const char *message,
+                   json_t *details) {
+  if (!res) {
+    json_decref(details);
+    return KEEL_EINVAL;
+  }
+  if (!kind_ok(kind)) kind = KEEL_HTTP_INTERNAL;
+  return fail(res, kind, kinds[kind].status, kinds[kind].code, message, details);
+}
+
+/* An envelope code: 1 to 64 of A-Z, 0-9 and '_'. */
+static bool code_ok(const char *c) {
+  size_t n = 0;
+  for (; c[n]; n++)
+    if (!((c[n] >= 'A' && c[n] <= 'Z') || (c[n] >= '0' && c[n] <= '9') || c[n] == '_'))
+      return false;
+  return n > 0 && n <= 64;
+}
+
+int keel_http_fail_status(keel_http_res *res, int status, const char *code, const char *message,
+                          json_t *details) {
+  if (!res || status < 400 || status > 599 || !code || !code_ok(code)) {
+    json_decref(details);
+    return KEEL_EINVAL;
+  }
+  return fail(res, status == 500 ? KEEL_HTTP_INTERNAL : 0, status, code, message, details);
 }
 
 void keel__req_free(keel_http_req *rq) {
