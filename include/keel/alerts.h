@@ -115,17 +115,20 @@ typedef struct keel_alerts_opts {
 /* Fills *o with defaults (all zero: every field takes its default). */
 void keel_alerts_opts_init(keel_alerts_opts *o);
 
-/* Starts the alert manager process with options o (copied; may be NULL).
- * It runs until keel_alerts_stop or the end of the runtime; note that, like
- * any process, it keeps keel_rt_wait from returning. Errors: KEEL_ESTATE
- * (already running, or the runtime is not), KEEL_EINVAL (k < 0 or not finite),
- * KEEL_ENOMEM. Any thread once the runtime runs. */
+/* Starts the alert manager process (a gen_server) with options o (copied;
+ * may be NULL) and returns once it runs. It runs until keel_alerts_stop or
+ * the end of the runtime; note that, like any process, it keeps keel_rt_wait
+ * from returning. Errors: KEEL_ESTATE (already running, or the runtime is
+ * not), KEEL_EINVAL (k < 0 or not finite), KEEL_ENOMEM, KEEL_ENOTPROC (from a
+ * scheduler thread outside a process, a runtime hook, which must not wait).
+ * Any thread once the runtime runs. */
 int keel_alerts_start(const keel_alerts_opts *o);
 
 /* Stops the manager and waits until it is gone (from a process: by a
- * monitor; from any other thread: by polling, up to 10 s). Active alerts are
- * dropped without resolved events; subscriptions end. Returns 0, KEEL_ESTATE
- * (not running) or KEEL_ETIMEDOUT. Not from the manager's own callbacks. */
+ * monitor, up to 30 s, after which it is killed; from any other thread: by
+ * polling, up to 10 s). Active alerts are dropped without resolved events;
+ * subscriptions end. Returns 0, KEEL_ESTATE (not running) or KEEL_ETIMEDOUT.
+ * Not from the manager's own callbacks. */
 int keel_alerts_stop(void);
 
 /* Whether the manager runs. Any thread. */

@@ -1,13 +1,18 @@
 /* alerts.c - the alert manager: learns each process's normal mailbox depth
  * and fires when a sample is an outlier; watches restart and error-log rates.
  *
- * The manager is one keel process ("keel_alerts"). It sleeps in a receive
- * whose timeout is the next sampling deadline, so it samples every
- * interval_ms whether or not anybody asks, and between sweeps it handles
- * requests (subscribe, unsubscribe, sweep now, stop), DOWN messages from the
+ * The manager is a gen_server (label "keel_alerts"). A timer it sets itself
+ * (keel_send_after, one outstanding tick) wakes it every interval_ms, so it
+ * samples whether or not anybody asks, and before handle_info handles any
+ * message it runs a sweep that is due, so a busy mailbox cannot starve the
+ * sweeps. Subscribe, unsubscribe and sweep now are gen_server calls (casts
+ * from threads that are not processes, which cannot wait), stop is
+ * keel_gs_stop, and handle_info takes the ticks, the DOWNs of the
  * subscribers it monitors, and restart events that a keel_sup_subscribe
  * callback forwards to it as messages (the callback runs in the supervisor's
- * process and only sends).
+ * process and only sends). init claims the node's one manager slot, so a
+ * second start is refused; a thread that is not a process starts it through
+ * a short-lived process and waits for the answer.
  *
  * A sweep walks the process table (keel_rt_processes) and, for each process,
  * finds its statistics in an open-addressing hash table keyed by pid (linear
@@ -58,12 +63,14 @@
 #include <time.h>
 
 #include "keel/alerts.h"
+#include "keel/gen_server.h"
 #include "keel/log.h"
 #include "keel/message.h"
 #include "keel/process.h"
 #include "keel/registry.h"
 #include "keel/supervisor.h"
 #include "keel/sysinfo.h"
+#include "keel/timer.h"
 
 #define DEF_K         2.0
 #define DEF_MIN       30
@@ -78,13 +85,16 @@
 #define CALL_TIMEOUT  30000
 #define STOP_POLL_MAX 10000
 
-/* Requests and events the manager receives (user messages). */
+/* Tags of what the manager receives: requests (calls, or casts from threads
+ * that are not processes) and its own messages (handle_info). */
 enum {
-  REQ_SUBSCRIBE = 0x4b4c4180u,
-  REQ_UNSUBSCRIBE,
-  REQ_SWEEP,
-  REQ_STOP,
-  EV_RESTART,
+  REQ_SUBSCRIBE = 0x4b4c4180u, /* call or cast; payload: the pid */
+  REQ_UNSUBSCRIBE,             /* call or cast; payload: the pid */
+  REQ_SWEEP,                   /* call */
+  REQ_STOP,                    /* cast, from a thread or the manager itself */
+  EV_RESTART,                  /* info: a restart_ev from the supervisor callback */
+  T_TICK,                      /* info: the interval's timer */
+  T_SWEEP,                     /* info: a sweep_now to run; payload: the caller's keel_gs_from */
 };
 
 /* ---- state -------------------------------------------------------------------- */
@@ -148,8 +158,8 @@ typedef struct mgr {
   keel_alerts_opts o; /* defaults resolved */
   keel_pid_t self;
   int sup_handle;
-  bool stop;
-  bool torn_down; /* the shared state was already released by the process itself */
+  int64_t next_sweep; /* mono_ms() when the next sweep is due (interval_ms > 0) */
+  bool torn_down;     /* the shared state was already released by the process itself */
 
   pstat *tab;
   size_t cap, count;
@@ -843,15 +853,11 @@ static int sub_del(mgr *m, keel_pid_t pid, keel_ref_t ref) {
   return KEEL_ENOENT;
 }
 
-/* ---- the manager process -------------------------------------------------------------- */
+/* ---- the manager: a gen_server -------------------------------------------------------- */
 
-static void reply_rc(const keel_msg_t *req, int rc) {
-  keel_ref_t ref = keel_msg_ref(req);
-  keel_pid_t from = keel_msg_from(req);
-  if (!ref || !from) return;
+static void reply_rc(keel_gs_from from, int rc) {
   int32_t v = rc;
-  keel_msg_t *r = keel_msg_copy(keel_msg_tag(req), &v, sizeof v);
-  if (r) keel_reply(from, ref, r);
+  keel_gs_reply(from, keel_msg_copy(0, &v, sizeof v)); /* NULL (no memory): an empty reply */
 }
 
 static keel_pid_t pid_payload(const keel_msg_t *msg) {
@@ -860,42 +866,10 @@ static keel_pid_t pid_payload(const keel_msg_t *msg) {
   return pid;
 }
 
-static void handle(mgr *m, keel_msg_t *msg) {
-  if (keel_msg_kind_of(msg) == KEEL_MSG_DOWN) {
-    sub_del(m, 0, keel_msg_ref(msg));
-    publish_stats(m);
-    return;
-  }
-  if (keel_msg_kind_of(msg) != KEEL_MSG_USER) return;
-  switch (keel_msg_tag(msg)) {
-  case REQ_SUBSCRIBE:
-    reply_rc(msg, sub_add(m, pid_payload(msg)));
-    publish_stats(m);
-    break;
-  case REQ_UNSUBSCRIBE:
-    reply_rc(msg, sub_del(m, pid_payload(msg), 0));
-    publish_stats(m);
-    break;
-  case REQ_SWEEP:
-    sweep(m);
-    reply_rc(msg, 0);
-    break;
-  case REQ_STOP: m->stop = true; break;
-  case EV_RESTART:
-    if (keel_msg_size(msg) == sizeof(restart_ev)) {
-      restart_ev ev;
-      memcpy(&ev, keel_msg_data(msg), sizeof ev);
-      on_restart_event(m, &ev);
-    }
-    break;
-  default: break; /* not ours: dropped */
-  }
-}
-
 /* Releases the shared state and the supervisor subscription (once). Called
- * by the manager when it stops normally, so that keel_alerts_stop's caller
- * can start a new manager as soon as it sees the DOWN; and by the exit hook
- * for any other end (a kill, the runtime stopping). */
+ * by terminate when the manager stops normally, so that keel_alerts_stop's
+ * caller can start a new manager as soon as it sees the DOWN; and by the exit
+ * hook for any other end (a kill, the runtime stopping). */
 static void teardown_shared(mgr *m) {
   if (m->torn_down) return;
   m->torn_down = true;
@@ -912,38 +886,253 @@ static void teardown_shared(mgr *m) {
   pthread_mutex_unlock(&g.mu);
 }
 
-static void mgr_free(void *arg) {
-  mgr *m = arg;
-  teardown_shared(m);
+static void mgr_destroy(mgr *m) {
   free(m->tab);
   free(m->sups);
   free(m->subs);
   free(m);
 }
 
-static void manager_main(void *arg) {
+/* The manager's exit hook: runs however it ends, a kill included. */
+static void mgr_free(void *arg) {
   mgr *m = arg;
-  int64_t interval = m->o.interval_ms;
-  int64_t next = interval > 0 ? mono_ms() + interval : 0;
-  publish_stats(m);
-  while (!m->stop) {
-    int64_t timeout = KEEL_INFINITY;
-    if (interval > 0) {
-      int64_t now = mono_ms();
-      if (now >= next) { /* due: sweep before reading more, so a busy mailbox cannot starve it */
-        sweep(m);
-        next += interval;
-        if (next <= now) next = now + interval;
-        continue;
-      }
-      timeout = next - now;
-    }
-    keel_msg_t *msg = NULL;
-    if (keel_receive(&msg, timeout) != 0) continue;
-    handle(m, msg);
-    keel_msg_free(msg);
-  }
   teardown_shared(m);
+  mgr_destroy(m);
+}
+
+/* Sends the manager its next tick, for when the next sweep is due. One is
+ * outstanding at a time: init sends the first, each tick the next. */
+static int arm_tick(mgr *m) {
+  int64_t wait = m->next_sweep - mono_ms();
+  keel_msg_t *t = keel_msg_new(T_TICK, 0);
+  if (!t) return KEEL_ENOMEM;
+  return keel_send_after(m->self, wait > 0 ? wait : 0, t, NULL);
+}
+
+/* Sweeps if the interval says so. Runs before handle_info handles anything,
+ * so that a busy mailbox (restart events, DOWNs) cannot starve the sweep
+ * until its tick comes round. */
+static void sweep_if_due(mgr *m) {
+  if (m->o.interval_ms <= 0) return;
+  int64_t now = mono_ms();
+  if (now < m->next_sweep) return;
+  sweep(m);
+  m->next_sweep += m->o.interval_ms;
+  if (m->next_sweep <= now) m->next_sweep = now + m->o.interval_ms;
+}
+
+/* What keel_gs_start hands to init; on the starter's stack until init has
+ * returned. */
+typedef struct start_arg {
+  mgr *m;
+  int rc;     /* why init refused, when it did */
+  bool owned; /* init succeeded: m belongs to the manager (its exit hook frees it) */
+} start_arg;
+
+/* init refuses with a normal stop (not a crash: no crash report) and says
+ * why in sa->rc. */
+static int refuse(start_arg *sa, int rc) {
+  sa->rc = rc;
+  return keel_gs_stopping(KEEL_REASON_NORMAL, "%s", keel_strerror(rc));
+}
+
+/* Claims the node's one manager slot, subscribes to supervisor events, sends
+ * the first tick and registers the exit hook that frees m; nothing in it
+ * waits. Until the hook is registered (the last step) a failure undoes what
+ * was done and leaves m to the starter. */
+static int mgr_init(void *arg, void **state) {
+  start_arg *sa = arg;
+  mgr *m = sa->m;
+  m->self = keel_self();
+  keel_set_name("keel_alerts");
+  pthread_mutex_lock(&g.mu);
+  if (atomic_load_explicit(&g_pid, memory_order_relaxed)) {
+    pthread_mutex_unlock(&g.mu);
+    return refuse(sa, KEEL_ESTATE);
+  }
+  atomic_store_explicit(&g_pid, m->self, memory_order_relaxed);
+  memset(&g.stats, 0, sizeof g.stats);
+  g.stats.running = true;
+  pthread_mutex_unlock(&g.mu);
+  int rc = keel_sup_subscribe(sup_event_cb, NULL);
+  if (rc >= 0) {
+    m->sup_handle = rc;
+    rc = 0;
+  }
+  if (!rc && m->o.interval_ms > 0) {
+    m->next_sweep = mono_ms() + m->o.interval_ms;
+    rc = arm_tick(m);
+  }
+  if (!rc) rc = keel_on_exit(mgr_free, m);
+  if (rc) {
+    teardown_shared(m);
+    return refuse(sa, rc);
+  }
+  sa->owned = true;
+  publish_stats(m);
+  *state = m;
+  return 0;
+}
+
+/* Calls from processes: subscribe, unsubscribe, sweep now. The reply is the
+ * result code (an int32_t). */
+static int mgr_call(void *state, keel_gs_from from, keel_msg_t **req, keel_msg_t **reply) {
+  mgr *m = state;
+  int32_t rc;
+  switch (keel_msg_tag(*req)) {
+  case REQ_SUBSCRIBE: rc = sub_add(m, pid_payload(*req)); break;
+  case REQ_UNSUBSCRIBE: rc = sub_del(m, pid_payload(*req), 0); break;
+  case REQ_SWEEP: {
+    /* The sweep runs in handle_info, which answers the caller: a callback
+     * for a call runs in the caller's logging context, and the alerts a sweep
+     * logs are the node's, not the caller's. */
+    keel_msg_t *s = keel_msg_copy(T_SWEEP, &from, sizeof from);
+    if (s) {
+      keel_send(m->self, s);
+      return KEEL_GS_NOREPLY;
+    }
+    rc = KEEL_ENOMEM;
+    break;
+  }
+  default: rc = KEEL_EINVAL; break;
+  }
+  publish_stats(m);
+  *reply = keel_msg_copy(0, &rc, sizeof rc);
+  return KEEL_GS_REPLY;
+}
+
+/* Casts, from threads that are not processes (which cannot wait for a
+ * reply): subscribe, unsubscribe, stop. */
+static int mgr_cast(void *state, keel_msg_t **msg) {
+  mgr *m = state;
+  switch (keel_msg_tag(*msg)) {
+  case REQ_SUBSCRIBE: sub_add(m, pid_payload(*msg)); break;
+  case REQ_UNSUBSCRIBE: sub_del(m, pid_payload(*msg), 0); break;
+  case REQ_STOP: return KEEL_GS_STOP; /* a normal stop: terminate runs */
+  default: return KEEL_GS_OK;         /* not ours: dropped */
+  }
+  publish_stats(m);
+  return KEEL_GS_OK;
+}
+
+/* Ticks, deferred sweeps, restart events, and the DOWNs of subscribers. */
+static int mgr_info(void *state, keel_msg_t **msg) {
+  mgr *m = state;
+  const keel_msg_t *x = *msg;
+  sweep_if_due(m);
+  if (keel_msg_kind_of(x) == KEEL_MSG_DOWN) {
+    sub_del(m, 0, keel_msg_ref(x));
+    publish_stats(m);
+    return KEEL_GS_OK;
+  }
+  if (keel_msg_kind_of(x) != KEEL_MSG_USER) return KEEL_GS_OK;
+  switch (keel_msg_tag(x)) {
+  case T_TICK: return arm_tick(m); /* out of memory: the manager crashes, as OTP would */
+  case T_SWEEP:
+    if (keel_msg_size(x) == sizeof(keel_gs_from)) {
+      keel_gs_from from;
+      memcpy(&from, keel_msg_data(x), sizeof from);
+      sweep(m);
+      reply_rc(from, 0);
+    }
+    break;
+  case EV_RESTART:
+    if (keel_msg_size(x) == sizeof(restart_ev)) {
+      restart_ev ev;
+      memcpy(&ev, keel_msg_data(x), sizeof ev);
+      on_restart_event(m, &ev);
+    }
+    break;
+  default: break; /* not ours: dropped */
+  }
+  return KEEL_GS_OK;
+}
+
+/* A normal stop (keel_alerts_stop) or a crash; not a kill, after which the
+ * exit hook does the same. m itself is freed by the exit hook. */
+static void mgr_terminate(keel_reason reason, void *state) {
+  (void)reason;
+  teardown_shared(state);
+}
+
+static const keel_gen_server manager = {
+    .init = mgr_init,
+    .handle_call = mgr_call,
+    .handle_cast = mgr_cast,
+    .handle_info = mgr_info,
+    .terminate = mgr_terminate,
+};
+
+/* Starts the manager from a process. m is the manager's if it started, and
+ * freed here if not. */
+static int start_manager(mgr *m) {
+  start_arg sa = {.m = m};
+  keel_gs_opts go;
+  keel_gs_opts_init(&go);
+  go.init_timeout = KEEL_INFINITY; /* init never waits: its ack or its DOWN ends the start */
+  int rc = keel_gs_start(&manager, &sa, &go, NULL, NULL);
+  if (rc && sa.rc) rc = sa.rc;
+  if (!sa.owned) mgr_destroy(m);
+  return rc;
+}
+
+/* A start from a thread that is not a process: a short-lived process starts
+ * the manager and the thread waits for its answer. */
+typedef struct thread_start {
+  mgr *m;
+  int rc;
+  bool ran, done;
+  pthread_mutex_t mu;
+  pthread_cond_t cv;
+} thread_start;
+
+static void starter_main(void *arg) {
+  thread_start *ts = arg;
+  pthread_mutex_lock(&ts->mu);
+  ts->ran = true;
+  pthread_mutex_unlock(&ts->mu);
+  int rc = start_manager(ts->m);
+  pthread_mutex_lock(&ts->mu);
+  ts->rc = rc;
+  pthread_mutex_unlock(&ts->mu);
+}
+
+/* The starter's exit hook, however it ended: wakes the thread. */
+static void starter_done(void *arg) {
+  thread_start *ts = arg;
+  pthread_mutex_lock(&ts->mu);
+  if (!ts->ran) mgr_destroy(ts->m); /* destroyed before it ran (the runtime stopping) */
+  ts->done = true;
+  pthread_cond_signal(&ts->cv);
+  pthread_mutex_unlock(&ts->mu);
+}
+
+static int start_from_thread(mgr *m) {
+  if (keel_sched_current() >= 0) { /* a scheduler's own thread: waiting could stall it */
+    mgr_destroy(m);
+    return KEEL_ENOTPROC;
+  }
+  thread_start ts = {.m = m, .rc = KEEL_ESTATE};
+  pthread_mutex_init(&ts.mu, NULL);
+  pthread_cond_init(&ts.cv, NULL);
+  keel_spawn_opts so;
+  keel_spawn_opts_init(&so);
+  so.name = "keel_alerts_start";
+  so.on_exit = starter_done;
+  so.on_exit_arg = &ts;
+  int rc = keel_spawn(starter_main, &ts, &so, NULL);
+  if (rc) {
+    mgr_destroy(m);
+  } else {
+    pthread_mutex_lock(&ts.mu);
+    while (!ts.done)
+      pthread_cond_wait(&ts.cv, &ts.mu);
+    rc = ts.rc;
+    pthread_mutex_unlock(&ts.mu);
+  }
+  pthread_cond_destroy(&ts.cv);
+  pthread_mutex_destroy(&ts.mu);
+  return rc;
 }
 
 /* ---- public API ----------------------------------------------------------------------- */
@@ -964,6 +1153,8 @@ int keel_alerts_start(const keel_alerts_opts *o) {
   if (!d.fd_percent) d.fd_percent = DEF_FD_PCT;
   if (d.fd_percent > 100) return KEEL_EINVAL;
   if (!keel_sched_count()) return KEEL_ESTATE;
+  /* a hint; init claims the one manager slot under the lock */
+  if (atomic_load_explicit(&g_pid, memory_order_relaxed)) return KEEL_ESTATE;
 
   mgr *m = calloc(1, sizeof *m);
   if (!m) return KEEL_ENOMEM;
@@ -973,81 +1164,29 @@ int keel_alerts_start(const keel_alerts_opts *o) {
   keel_log_stats ls; /* error lines logged before the start do not count */
   keel_log_stats_get(&ls);
   m->err_total = ls.lines[KEEL_LOG_ERROR] + ls.lines[KEEL_LOG_FATAL];
-
-  /* g.mu is held across the spawn so that the manager's teardown (which
-   * takes it) cannot run between the spawn and the publication of its pid.
-   * Nothing in here waits. */
-  pthread_mutex_lock(&g.mu);
-  if (atomic_load_explicit(&g_pid, memory_order_relaxed)) {
-    pthread_mutex_unlock(&g.mu);
-    free(m);
-    return KEEL_ESTATE;
-  }
-  int h = keel_sup_subscribe(sup_event_cb, NULL);
-  if (h < 0) {
-    pthread_mutex_unlock(&g.mu);
-    free(m);
-    return h;
-  }
-  m->sup_handle = h;
-  keel_spawn_opts so;
-  keel_spawn_opts_init(&so);
-  so.name = "keel_alerts";
-  keel_pid_t pid = 0;
-  int rc = keel_spawn(manager_main, m, &so, &pid);
-  if (rc) {
-    pthread_mutex_unlock(&g.mu);
-    keel_sup_unsubscribe(h);
-    free(m);
-    return rc;
-  }
-  m->self = pid;
-  atomic_store_explicit(&g_pid, pid, memory_order_relaxed);
-  memset(&g.stats, 0, sizeof g.stats);
-  g.stats.running = true;
-  pthread_mutex_unlock(&g.mu);
-  /* Whatever way the manager ends (stop, kill, runtime stop before it ever
-   * ran), mgr_free runs. If it is gone already, it no longer uses m: free it
-   * here. (On ENOMEM for the hook, m is lost when the manager ends: freeing
-   * it under a live manager would be worse.) */
-  rc = keel_on_exit_of(pid, mgr_free, m);
-  if (rc == KEEL_ENOPROC) mgr_free(m);
-  return 0;
+  return keel_self() ? start_manager(m) : start_from_thread(m);
 }
 
-/* Sends a request; from a process waits for the manager's answer. */
+/* A request to the manager: from a process a gen_server call that waits for
+ * the result; from any other thread a cast. */
 static int request(uint32_t tag, keel_pid_t arg) {
   keel_pid_t mgr_pid = atomic_load_explicit(&g_pid, memory_order_relaxed);
   if (!mgr_pid) return KEEL_ESTATE;
   keel_msg_t *req = keel_msg_copy(tag, &arg, sizeof arg);
   if (!req) return KEEL_ENOMEM;
-  if (!keel_self()) return keel_send(mgr_pid, req);
+  if (!keel_self()) return keel_gs_cast(mgr_pid, req);
   if (keel_self() == mgr_pid) {
     keel_msg_free(req);
     return KEEL_EINVAL; /* would wait on itself */
   }
-  keel_ref_t mref;
-  int rc = keel_monitor(mgr_pid, &mref);
-  if (rc) {
-    keel_msg_free(req);
-    return rc;
-  }
-  keel_await_ref(mref);
-  keel_msg_set_ref(req, mref);
-  keel_send(mgr_pid, req);
   keel_msg_t *rep = NULL;
-  rc = keel_await(mref, &rep, CALL_TIMEOUT);
-  keel_demonitor(mref);
+  int rc = keel_gs_call(mgr_pid, req, &rep, CALL_TIMEOUT, NULL);
+  if (rc == KEEL_ENOPROC || rc == KEEL_EDOWN) return KEEL_ESTATE; /* it stopped meanwhile */
   if (rc) return rc;
-  if (keel_msg_kind_of(rep) == KEEL_MSG_REPLY && keel_msg_size(rep) == sizeof(int32_t)) {
-    int32_t v;
-    memcpy(&v, keel_msg_data(rep), sizeof v);
-    rc = v;
-  } else {
-    rc = KEEL_ESTATE; /* DOWN: the manager stopped meanwhile */
-  }
+  int32_t v = KEEL_ENOMEM; /* an empty reply: the manager had no memory for it */
+  if (keel_msg_size(rep) == sizeof v) memcpy(&v, keel_msg_data(rep), sizeof v);
   keel_msg_free(rep);
-  return rc;
+  return v;
 }
 
 int keel_alerts_subscribe(keel_pid_t pid) {
@@ -1065,38 +1204,19 @@ int keel_alerts_sweep_now(void) {
   return request(REQ_SWEEP, 0);
 }
 
-static bool match_down(const keel_msg_t *m, void *arg) {
-  return keel_msg_kind_of(m) == KEEL_MSG_DOWN && keel_msg_ref(m) == *(const keel_ref_t *)arg;
-}
-
 int keel_alerts_stop(void) {
   keel_pid_t pid = atomic_load_explicit(&g_pid, memory_order_relaxed);
   if (!pid) return KEEL_ESTATE;
-  keel_msg_t *req = keel_msg_new(REQ_STOP, 0);
-  if (!req) return KEEL_ENOMEM;
-  if (keel_self() == pid) { /* from inside: it stops after this message */
-    keel_send(pid, req);
-    return 0;
-  }
-  if (keel_self()) {
-    keel_ref_t ref;
-    int rc = keel_monitor(pid, &ref);
-    if (rc) {
-      keel_msg_free(req);
-      return rc;
-    }
-    keel_send(pid, req);
-    keel_msg_t *down = NULL;
-    rc = keel_receive_match(match_down, &ref, &down, CALL_TIMEOUT);
-    keel_msg_free(down);
-    if (rc) {
-      keel_demonitor(ref);
-      return rc;
-    }
-    /* the manager released the shared state before it exited (normal end);
+  if (keel_self() && keel_self() != pid) {
+    /* in queue order; terminate releases the shared state before the exit,
      * after a kill the exit hook does it, a moment after the DOWN */
-  } else {
-    keel_send(pid, req);
+    int rc = keel_gs_stop(pid, KEEL_REASON_NORMAL, NULL, CALL_TIMEOUT);
+    if (rc) return rc;
+  } else { /* from inside (it stops after this message), or from a thread */
+    keel_msg_t *req = keel_msg_new(REQ_STOP, 0);
+    if (!req) return KEEL_ENOMEM;
+    keel_gs_cast(pid, req);
+    if (keel_self()) return 0;
   }
   for (int i = 0; i < STOP_POLL_MAX; i++) {
     if (atomic_load_explicit(&g_pid, memory_order_relaxed) != pid) return 0;

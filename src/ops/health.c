@@ -45,6 +45,9 @@
  * follow the reference the users know: "ok" / "warning" / "critical" per
  * check, "healthy" / "degraded" / "unhealthy" overall, "alive", "ready" /
  * "not_ready", "started" / "starting".
+ *
+ * The checks keel registers itself (processes, restarts, memory,
+ * schedulers) are in health_builtin.c.
  */
 #include <inttypes.h>
 #include <jansson.h>
@@ -63,11 +66,11 @@
 #include "keel/runtime.h"
 #include "keel/supervisor.h"
 #include "keel/sysinfo.h"
+#include "ops/health_internal.h"
 
-#define NAME_MAX_          63
-#define DEFAULT_TIMEOUT_MS 1000
-#define DEFAULT_LIVE_MS    500
-#define RING               1024
+#define NAME_MAX_       63
+#define DEFAULT_LIVE_MS 500
+#define RING            1024
 
 /* ---- state ------------------------------------------------------------------ */
 
@@ -136,12 +139,12 @@ static void on_sup_event(const keel_sup_event *ev, void *ud) {
 static void init(void) {
   keel_sup_subscribe(on_sup_event, NULL);
 }
-static void ensure_init(void) {
+void keel__health_init(void) {
   pthread_once(&init_once, init);
 }
 
 void keel_health_restarts(int64_t window_ms, uint64_t *total, uint64_t *recent) {
-  ensure_init();
+  keel__health_init();
   uint64_t t = now_ms(), n = 0;
   pthread_mutex_lock(&rmu);
   uint64_t have = restarts_total < RING ? restarts_total : RING;
@@ -186,7 +189,7 @@ static bool name_ok(const char *name) {
 }
 
 int keel_health_register_check(const keel_health_check *c) {
-  ensure_init();
+  keel__health_init();
   if (!c || !c->fn || !name_ok(c->name) || c->timeout_ms < 0) return KEEL_EINVAL;
   entry *e = calloc(1, sizeof *e);
   if (!e) return KEEL_ENOMEM;
@@ -195,7 +198,7 @@ int keel_health_register_check(const keel_health_check *c) {
   e->ud = c->ud;
   e->ud_free = c->ud_free;
   e->required = c->required;
-  e->timeout_ms = c->timeout_ms ? c->timeout_ms : DEFAULT_TIMEOUT_MS;
+  e->timeout_ms = c->timeout_ms ? c->timeout_ms : KEEL__HEALTH_TIMEOUT_DEFAULT;
   atomic_init(&e->refs, 1);
   atomic_init(&e->zombies, 0);
   pthread_mutex_lock(&mu);
@@ -219,7 +222,7 @@ int keel_health_register(const char *name, keel_health_fn fn, void *ud, bool req
 }
 
 int keel_health_unregister(const char *name) {
-  ensure_init();
+  keel__health_init();
   if (!name) return KEEL_EINVAL;
   pthread_mutex_lock(&mu);
   for (entry **pp = &checks; *pp; pp = &(*pp)->next)
@@ -235,22 +238,22 @@ int keel_health_unregister(const char *name) {
 }
 
 void keel_health_set_started(bool on) {
-  ensure_init();
+  keel__health_init();
   atomic_store_explicit(&started, on, memory_order_relaxed);
 }
 
 void keel_health_set_draining(bool on) {
-  ensure_init();
+  keel__health_init();
   atomic_store_explicit(&draining, on, memory_order_relaxed);
 }
 
 void keel_health_set_live_timeout(int64_t ms) {
-  ensure_init();
+  keel__health_init();
   atomic_store_explicit(&live_timeout_ms, ms > 0 ? ms : 0, memory_order_relaxed);
 }
 
 void keel_health_set_service(const char *name, const char *version) {
-  ensure_init();
+  keel__health_init();
   char *n = name ? strdup(name) : NULL, *v = version ? strdup(version) : NULL;
   pthread_mutex_lock(&mu);
   char *on = service_name, *ov = service_version;
@@ -282,7 +285,7 @@ static void section_drain(section *s) {
 }
 
 int keel_health_set_section(const char *key, char *(*fn)(void *ud), void *ud) {
-  ensure_init();
+  keel__health_init();
   if (!name_ok(key)) return KEEL_EINVAL;
   for (const char *const *r = reserved; *r; r++)
     if (strcmp(*r, key) == 0) return KEEL_EINVAL;
@@ -319,7 +322,7 @@ int keel_health_set_section(const char *key, char *(*fn)(void *ud), void *ud) {
 }
 
 void keel_health_reset(void) {
-  ensure_init();
+  keel__health_init();
   pthread_mutex_lock(&mu);
   entry *cl = checks;
   checks = NULL;
@@ -427,8 +430,7 @@ typedef struct run {
   char *message, *details;
 } run;
 
-static char *dupf(const char *fmt, ...) __attribute__((format(printf, 1, 2)));
-static char *dupf(const char *fmt, ...) {
+char *keel__health_dupf(const char *fmt, ...) {
   va_list ap;
   va_start(ap, fmt);
   char *s = NULL;
@@ -452,7 +454,7 @@ static void run_start(run *r, int place) {
   if (rc) {
     free(a);
     r->status = KEEL_HEALTH_CRITICAL;
-    r->message = dupf("could not start: %s", keel_strerror(rc));
+    r->message = keel__health_dupf("could not start: %s", keel_strerror(rc));
     return;
   }
   /* relaxed: taken by a holder of another reference, which keeps e alive */
@@ -481,7 +483,7 @@ static void run_start(run *r, int place) {
     entry_unref(e);
     free(a);
     r->status = KEEL_HEALTH_CRITICAL;
-    r->message = dupf("could not start: %s", keel_strerror(rc));
+    r->message = keel__health_dupf("could not start: %s", keel_strerror(rc));
     return;
   }
   r->arg = a;
@@ -508,7 +510,7 @@ static void run_collect(run *r) {
           w.status <= KEEL_HEALTH_CRITICAL ? (keel_health_status)w.status : KEEL_HEALTH_CRITICAL;
       r->duration_ms = w.duration_ms;
       if (w.status > KEEL_HEALTH_CRITICAL)
-        r->message = dupf("invalid status %" PRIu32, w.status);
+        r->message = keel__health_dupf("invalid status %" PRIu32, w.status);
       else if (w.msg_len)
         r->message = strndup(d + sizeof w, w.msg_len);
       if (w.det_len) r->details = strndup(d + sizeof w + w.msg_len, w.det_len);
@@ -520,8 +522,9 @@ static void run_collect(run *r) {
     r->status = KEEL_HEALTH_CRITICAL;
     r->duration_ms = (double)(now_ns() - r->t0_ns) / 1e6;
     r->message = why.text && why.text[0]
-                     ? dupf("crashed: %s", why.text)
-                     : dupf("crashed: exited (%s) without a result", keel_reason_name(why.kind));
+                     ? keel__health_dupf("crashed: %s", why.text)
+                     : keel__health_dupf("crashed: exited (%s) without a result",
+                                         keel_reason_name(why.kind));
   } else { /* the deadline */
     keel_exit_signal(r->pid, KEEL_REASON_KILL, NULL);
     keel_demonitor(r->ref);
@@ -659,7 +662,7 @@ void keel_health_response_free(keel_health_response *r) {
   r->http_status = 0;
 }
 
-static uint64_t alive_count(void) {
+uint64_t keel__health_alive_count(void) {
   keel_rt_stats st;
   keel_rt_stats_get(&st);
   size_t own = atomic_load_explicit(&own_procs, memory_order_relaxed);
@@ -669,7 +672,7 @@ static uint64_t alive_count(void) {
 /* ---- probes ------------------------------------------------------------------ */
 
 int keel_health_startup(keel_health_response *out) {
-  ensure_init();
+  keel__health_init();
   if (!out) return KEEL_EINVAL;
   bool on = atomic_load_explicit(&started, memory_order_relaxed);
   return respond(out, on ? 200 : 503, body_new(on ? "started" : "starting"));
@@ -681,7 +684,7 @@ int keel_health_startup(keel_health_response *out) {
  * sections' time for detailed); a kill takes effect when the probe returns,
  * losing only the body it produced for a caller that is dying anyway. */
 static int probe(int (*impl)(keel_health_response *), keel_health_response *out) {
-  ensure_init();
+  keel__health_init();
   if (!out) return KEEL_EINVAL;
   memset(out, 0, sizeof *out);
   if (!keel_self()) return KEEL_ENOTPROC;
@@ -713,13 +716,13 @@ static int ready_impl(keel_health_response *out) {
   }
   json_t *b = body_new(failed ? "not_ready" : "ready");
   if (failed) {
-    char *why = dupf("check failed: %s", failed->e->name);
+    char *why = keel__health_dupf("check failed: %s", failed->e->name);
     json_object_set_new(b, "reason", json_string(why ? why : "check failed"));
     free(why);
   }
   json_object_set_new(b, "started", json_true());
   json_object_set_new(b, "draining", json_false());
-  json_object_set_new(b, "processCount", json_integer((json_int_t)alive_count()));
+  json_object_set_new(b, "processCount", json_integer((json_int_t)keel__health_alive_count()));
   json_object_set_new(b, "checks", checks_o);
   runs_release(rs, n);
   return respond(out, failed ? 503 : 200, b);
@@ -781,7 +784,7 @@ static int live_impl(keel_health_response *out) {
     if (!refs[i]) continue;
     uint64_t t = now_ms();
     keel_msg_t *m = NULL;
-    if (keel_await(refs[i], &m, deadline > t ? (int64_t)(deadline - t) : 0) == 0 &&
+    if (keel_await(refs[i], &m, deadline > t ? (int64_t)(deadline - t) : KEEL_NOWAIT) == 0 &&
         keel_msg_size(m) == sizeof(int32_t)) {
       int32_t where;
       memcpy(&where, keel_msg_data(m), sizeof where);
@@ -866,7 +869,7 @@ static int detailed_impl(keel_health_response *out) {
                       json_boolean(atomic_load_explicit(&started, memory_order_relaxed)));
   json_object_set_new(b, "draining",
                       json_boolean(atomic_load_explicit(&draining, memory_order_relaxed)));
-  json_object_set_new(b, "processes", json_integer((json_int_t)alive_count()));
+  json_object_set_new(b, "processes", json_integer((json_int_t)keel__health_alive_count()));
   uint64_t total;
   keel_health_restarts(-1, &total, NULL);
   json_object_set_new(b, "restarts", json_integer((json_int_t)total));
@@ -912,146 +915,6 @@ static int detailed_impl(keel_health_response *out) {
   }
   free(calls);
   return respond(out, unhealthy ? 503 : 200, b);
-}
-
-/* ---- built-in checks --------------------------------------------------------- */
-
-static keel_health_status bi_processes(void *ud, keel_health_result *res) {
-  const keel_health_builtin_opts *o = ud;
-  uint64_t alive = alive_count();
-  res->details = dupf("{\"count\":%" PRIu64 ",\"min\":%" PRIu64 "}", alive, o->min_processes);
-  if (alive >= o->min_processes) return KEEL_HEALTH_OK;
-  keel_health_result_message(res, "%" PRIu64 " processes alive, fewer than %" PRIu64, alive,
-                             o->min_processes);
-  return KEEL_HEALTH_CRITICAL;
-}
-
-static keel_health_status bi_restarts(void *ud, keel_health_result *res) {
-  const keel_health_builtin_opts *o = ud;
-  uint64_t total, recent;
-  keel_health_restarts(o->restart_window_ms, &total, &recent);
-  res->details = dupf("{\"total\":%" PRIu64 ",\"recent\":%" PRIu64 ",\"window_ms\":%" PRId64 "}",
-                      total, recent, o->restart_window_ms);
-  keel_health_status s = recent >= o->restarts_critical  ? KEEL_HEALTH_CRITICAL
-                         : recent >= o->restarts_warning ? KEEL_HEALTH_WARNING
-                                                         : KEEL_HEALTH_OK;
-  if (s != KEEL_HEALTH_OK)
-    keel_health_result_message(res, "%" PRIu64 " restarts in the last %" PRId64 " ms", recent,
-                               o->restart_window_ms);
-  return s;
-}
-
-static keel_health_status bi_memory(void *ud, keel_health_result *res) {
-  const keel_health_builtin_opts *o = ud;
-  keel_sys_memory m;
-  keel_sys_memory_get(&m);
-  uint64_t lim = keel_sys_memory_limit(&m);
-  double frac = lim ? (double)m.rss_bytes / (double)lim : 0;
-  res->details = dupf("{\"rssMB\":%" PRIu64 ",\"heapUsedMB\":%" PRIu64 ",\"limitMB\":%" PRIu64
-                      ",\"percent\":%.2f}",
-                      (m.rss_bytes + (1u << 19)) >> 20, (m.heap_bytes + (1u << 19)) >> 20,
-                      (lim + (1u << 19)) >> 20, frac * 100.0);
-  if (!lim) {
-    keel_health_result_message(res, "no memory limit known");
-    return KEEL_HEALTH_OK;
-  }
-  keel_health_status s = frac >= o->memory_critical  ? KEEL_HEALTH_CRITICAL
-                         : frac >= o->memory_warning ? KEEL_HEALTH_WARNING
-                                                     : KEEL_HEALTH_OK;
-  if (s != KEEL_HEALTH_OK)
-    keel_health_result_message(res, "resident memory at %.1f%% of the limit", frac * 100.0);
-  return s;
-}
-
-static keel_health_status bi_schedulers(void *ud, keel_health_result *res) {
-  const keel_health_builtin_opts *o = ud;
-  int n = keel_sched_count();
-  keel_sched_info *a = calloc((size_t)(n > 0 ? n : 1), sizeof *a);
-  if (!a || n <= 0) {
-    free(a);
-    keel_health_result_message(res, "no schedulers");
-    return KEEL_HEALTH_CRITICAL;
-  }
-  for (int i = 0; i < n; i++)
-    keel_rt_sched_info(i, &a[i]);
-  keel_sleep(o->stuck_ms);
-  char list[256] = "";
-  size_t len = 0;
-  int bad = -1, nbad = 0;
-  keel_pid_t holder = 0;
-  for (int i = 0; i < n; i++) {
-    keel_sched_info b;
-    keel_rt_sched_info(i, &b);
-    if (b.running != 0 && b.running == a[i].running && b.switches == a[i].switches) {
-      if (bad < 0) {
-        bad = i;
-        holder = b.running;
-      }
-      nbad++;
-      int k = snprintf(list + len, sizeof list - len, "%s%d", nbad > 1 ? "," : "", i);
-      if (k > 0 && (size_t)k < sizeof list - len) len += (size_t)k;
-    }
-  }
-  free(a);
-  res->details =
-      dupf("{\"count\":%d,\"stuck\":[%s],\"stuck_ms\":%" PRId64 "}", n, list, o->stuck_ms);
-  if (bad < 0) return KEEL_HEALTH_OK;
-  char pid[24];
-  keel_health_result_message(res, "scheduler %d held by %s for at least %" PRId64 " ms", bad,
-                             keel_pid_format(holder, pid, sizeof pid), o->stuck_ms);
-  return KEEL_HEALTH_CRITICAL;
-}
-
-void keel_health_builtin_opts_init(keel_health_builtin_opts *o) {
-  memset(o, 0, sizeof *o);
-}
-
-static int add_builtin(const char *name, keel_health_fn fn, bool required,
-                       const keel_health_builtin_opts *o, int64_t timeout_ms) {
-  keel_health_builtin_opts *copy = malloc(sizeof *copy);
-  if (!copy) return KEEL_ENOMEM;
-  *copy = *o;
-  keel_health_check c = {.name = name,
-                         .fn = fn,
-                         .ud = copy,
-                         .ud_free = free,
-                         .required = required,
-                         .timeout_ms = timeout_ms};
-  int rc = keel_health_register_check(&c);
-  if (rc) free(copy);
-  return rc;
-}
-
-int keel_health_register_builtin(const keel_health_builtin_opts *opts) {
-  ensure_init();
-  keel_health_builtin_opts o;
-  if (opts)
-    o = *opts;
-  else
-    keel_health_builtin_opts_init(&o);
-  if (o.timeout_ms < 0 || o.restart_window_ms < 0 || o.stuck_ms < 0 || o.memory_warning < 0 ||
-      o.memory_critical < 0)
-    return KEEL_EINVAL;
-  if (!o.timeout_ms) o.timeout_ms = DEFAULT_TIMEOUT_MS;
-  if (!o.min_processes) o.min_processes = 1;
-  if (!o.restart_window_ms) o.restart_window_ms = 60000;
-  if (!o.restarts_warning) o.restarts_warning = 10;
-  if (!o.restarts_critical) o.restarts_critical = 50;
-  if (o.memory_warning == 0) o.memory_warning = 0.80;
-  if (o.memory_critical == 0) o.memory_critical = 0.95;
-  if (!o.stuck_ms) o.stuck_ms = 100;
-  int rc = 0;
-  if (!rc && !o.no_processes)
-    rc = add_builtin("processes", bi_processes, !o.processes_optional, &o, o.timeout_ms);
-  if (!rc && !o.no_restarts)
-    rc = add_builtin("restarts", bi_restarts, !o.restarts_optional, &o, o.timeout_ms);
-  if (!rc && !o.no_memory) rc = add_builtin("memory", bi_memory, !o.memory_optional, &o, o.timeout_ms);
-  if (!rc && !o.no_schedulers) {
-    /* it watches for stuck_ms, so it needs longer than that */
-    int64_t t = o.timeout_ms > o.stuck_ms ? o.timeout_ms : o.stuck_ms + DEFAULT_TIMEOUT_MS;
-    rc = add_builtin("schedulers", bi_schedulers, !o.schedulers_optional, &o, t);
-  }
-  return rc;
 }
 
 int keel_health_live(keel_health_response *out) {
