@@ -22,5 +22,6 @@
 #include "keel/alerts.h"
 #include "keel/observer.h"
 #include "keel/json.h"
+#include "keel/service.h"
 
 #endif

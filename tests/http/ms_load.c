@@ -5,6 +5,8 @@
  * exactly what happened to every request, which curl cannot do under load:
  *
  *   ms_load freeport                        print a free loopback TCP port
+ *   ms_load hold PORT SECONDS               listen on loopback PORT (no SO_REUSEPORT,
+ *                                           so nobody else can) for SECONDS
  *   ms_load load PORT SECONDS CONNS [DELAY_MS]
  *       CONNS threads, each sending POST /api/process ({"delayMs":DELAY_MS})
  *       back to back on a keep-alive connection for SECONDS, reconnecting
@@ -430,6 +432,21 @@ static int cmd_slowloris(int port, int max_s) {
 
 /* ---- main -------------------------------------------------------------------------------- */
 
+static int cmd_hold(int port, int seconds) {
+  int fd = socket(AF_INET, SOCK_STREAM | SOCK_CLOEXEC, 0);
+  struct sockaddr_in a = {.sin_family = AF_INET, .sin_port = htons((uint16_t)port)};
+  a.sin_addr.s_addr = htonl(INADDR_LOOPBACK);
+  if (fd < 0 || bind(fd, (struct sockaddr *)&a, sizeof a) != 0 || listen(fd, 16) != 0) {
+    perror("hold");
+    return 1;
+  }
+  printf("holding %d\n", port);
+  fflush(stdout);
+  sleep((unsigned)seconds);
+  close(fd);
+  return 0;
+}
+
 static int cmd_freeport(void) {
   int fd = socket(AF_INET, SOCK_STREAM | SOCK_CLOEXEC, 0);
   struct sockaddr_in a = {.sin_family = AF_INET};
@@ -457,6 +474,7 @@ int main(int argc, char **argv) {
   signal(SIGPIPE, SIG_IGN);
   setvbuf(stdout, NULL, _IOLBF, 0);
   if (argc >= 2 && strcmp(argv[1], "freeport") == 0) return cmd_freeport();
+  if (argc >= 4 && strcmp(argv[1], "hold") == 0) return cmd_hold(atoi(argv[2]), atoi(argv[3]));
   if (argc < 4) return usage();
   int port = atoi(argv[2]);
   if (port <= 0 || port > 65535) return usage();
