@@ -15,13 +15,13 @@ wait_log() {
 
 # wait_startup HEALTH_PORT NAME: /health/startup answers 200 (20 s at most,
 # each try at most 2 s: a flooded node may be slow) and NAME logged
-# "microservice started" (so a second instance on shared ports is known to
+# "service started" (so a second instance on shared ports is known to
 # be up, not only the first).
 wait_startup() {
   local end=$((SECONDS + 20))
   while [ $SECONDS -lt $end ]; do
     if [ "$(curl -s -o /dev/null --max-time 2 -w '%{http_code}' "http://127.0.0.1:$1/health/startup")" = 200 ] &&
-      wait_log "$2" '.msg == "microservice started"' 0; then return 0; fi
+      wait_log "$2" '.msg == "service started"' 0; then return 0; fi
     sleep 0.1
   done
   return 1
