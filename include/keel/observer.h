@@ -227,10 +227,11 @@ typedef struct keel_observer_start_opts {
 /* Starts the observer process (named "keel_observer") and installs the
  * node's process lifecycle hook (keel_rt_set_proc_events: there is one per
  * node; the observer owns it while it runs) and a supervisor event handler.
- * Idempotent: a running observer is left as it is (its options too). o may
+ * A running observer is left as it is (its options too) and KEEL_ESTATE is
+ * returned, as for every start of something already running. o may
  * be NULL. Any thread once the runtime runs. The observer stops with
  * keel_observer_stop, or when the runtime stops (nothing leaks).
- * Errors: KEEL_ESTATE (runtime not running), KEEL_ENOMEM. */
+ * Errors: KEEL_ESTATE (already running, or the runtime is not), KEEL_ENOMEM. */
 int keel_observer_start(const keel_observer_start_opts *o);
 
 /* Stops the observer: removes the hook and the handler at once, forgets every

@@ -359,9 +359,9 @@ static void observer_main(void *arg) {
 int keel_observer_start(const keel_observer_start_opts *o) {
   if (keel_sched_count() <= 0) return KEEL_ESTATE;
   pthread_mutex_lock(&obs.lock);
-  if (obs.pid) {
+  if (obs.pid) { /* as every start of something running: left as it is */
     pthread_mutex_unlock(&obs.lock);
-    return 0;
+    return KEEL_ESTATE;
   }
   keel_observer_start_opts opt = o ? *o : (keel_observer_start_opts){0};
   if (!opt.rate_max) opt.rate_max = RATE_DEFAULT;
