@@ -75,18 +75,19 @@ static json_t *kv_handle(store *s, uint32_t op, json_t *req) {
                      exp ? json_integer(exp - now) : json_null());
   }
   case KV_PUT: {
-    if (!e && (int64_t)json_object_size(s->map) >= cfg.max_keys) return json_pack("{s:b}", "full", 1);
+    if (!e && (int64_t)json_object_size(s->map) >= cfg.max_keys)
+      return json_pack("{s:b}", "full", 1);
     json_int_t ttl = json_integer_value(json_object_get(req, "ttl"));
     if (!json_object_get(req, "ttl")) ttl = cfg.default_ttl;
-    json_object_set_new(s->map, key, json_pack("{s:O, s:I}", "v", json_object_get(req, "value"),
-                                               "exp", ttl > 0 ? now + ttl : 0));
+    json_object_set_new(s->map, key,
+                        json_pack("{s:O, s:I}", "v", json_object_get(req, "value"), "exp",
+                                  ttl > 0 ? now + ttl : 0));
     return json_pack("{s:b}", "created", e == NULL);
   }
   case KV_DEL:
     if (e) json_object_del(s->map, key);
     return json_pack("{s:b}", "found", e != NULL);
-  default:
-    return json_pack("{s:I}", "keys", (json_int_t)json_object_size(s->map));
+  default: return json_pack("{s:I}", "keys", (json_int_t)json_object_size(s->map));
   }
 }
 
@@ -143,7 +144,8 @@ static int h_put(keel_http_req *req, keel_http_res *res, void *ud) {
   json_t *body = keel_http_json(req, &err), *r; /* borrowed from the request */
   json_t *value = json_object_get(body, "value"), *ttl = json_object_get(body, "ttl");
   if (!value || (ttl && (!json_is_integer(ttl) || json_integer_value(ttl) < 0)))
-    return keel_http_fail(res, KEEL_HTTP_VALIDATION, "expected {\"value\": ..., \"ttl\": ms >= 0}", NULL);
+    return keel_http_fail(res, KEEL_HTTP_VALIDATION, "expected {\"value\": ..., \"ttl\": ms >= 0}",
+                          NULL);
   const char *key = keel_http_param(req, "key");
   json_t *put = json_pack("{s:s, s:O, s:O?}", "key", key, "value", value, "ttl", ttl);
   if (keel_http_call(res, "kv", KV_PUT, put, &r, 0) < 0) return 0;
@@ -157,7 +159,8 @@ static int h_put(keel_http_req *req, keel_http_res *res, void *ud) {
 static int h_delete(keel_http_req *req, keel_http_res *res, void *ud) {
   (void)ud;
   json_t *r;
-  if (keel_http_call(res, "kv", KV_DEL, json_pack("{s:s}", "key", keel_http_param(req, "key")), &r, 0) < 0)
+  if (keel_http_call(res, "kv", KV_DEL, json_pack("{s:s}", "key", keel_http_param(req, "key")), &r,
+                     0) < 0)
     return 0;
   bool found = json_is_true(json_object_get(r, "found"));
   json_decref(r);

@@ -99,8 +99,8 @@ typedef struct keel_service {
   void (*stop)(void *cfg);
 } keel_service;
 
-#define KEEL_SERVICE_CONFIG(fields_, cfg_)                                                   \
-  .config = (fields_), .nconfig = sizeof(fields_) / sizeof *(fields_), .config_out = &(cfg_), \
+#define KEEL_SERVICE_CONFIG(fields_, cfg_)                                                         \
+  .config = (fields_), .nconfig = sizeof(fields_) / sizeof *(fields_), .config_out = &(cfg_),      \
   .config_size = sizeof(cfg_)
 
 /* Runs the service as the program (see above) and returns main's exit code:

@@ -18,8 +18,7 @@ int keel_http_call(keel_http_res *res, const char *server, uint32_t tag, json_t 
   int rc = keel_gs_call_json_name(server, tag, request, reply, timeout_ms, &why);
   char msg[160];
   switch (rc) {
-  case 0:
-    return 0;
+  case 0: return 0;
   case KEEL_ENOPROC:
     snprintf(msg, sizeof msg, "%s is not running", server);
     keel_http_fail(res, KEEL_HTTP_UNAVAILABLE, msg, NULL);

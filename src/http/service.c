@@ -112,7 +112,8 @@ static int load_config(svc *s) {
   s->rules[0] = (keel_config_rule){.env = "HEALTH_PORT", .check = ports_differ};
   for (size_t i = 0; i < d->nrules; i++) {
     s->wraps[i] = (rule_wrap){&d->rules[i], s->off_user};
-    s->rules[1 + i] = (keel_config_rule){.env = d->rules[i].env, .check = user_rule, .arg = &s->wraps[i]};
+    s->rules[1 + i] =
+        (keel_config_rule){.env = d->rules[i].env, .check = user_rule, .arg = &s->wraps[i]};
   }
   keel_config_opts co = {.dotenv_path = d->dotenv_path ? d->dotenv_path : ".env",
                          .rules = s->rules,
@@ -192,7 +193,8 @@ static int app_start(keel_app_t *app, void *arg, keel_pid_t *root, void **state)
   }
   if (!rc) {
     what = "admin port";
-    keel_admin_opts ad = {.host = s->kc.host, .port = (int)s->kc.health_port, .metrics = s->metrics};
+    keel_admin_opts ad = {
+        .host = s->kc.host, .port = (int)s->kc.health_port, .metrics = s->metrics};
     keel_http_server *admin = NULL;
     rc = keel_admin_start(&ad, &admin);
     atomic_store(&s->admin, admin);
@@ -202,7 +204,8 @@ static int app_start(keel_app_t *app, void *arg, keel_pid_t *root, void **state)
     rc = start_api(s);
   }
   if (rc) {
-    keel_log_error(NULL, "service failed to start", KEEL_STR("stage", what), KEEL_STR("error", keel_strerror(rc)));
+    keel_log_error(NULL, "service failed to start", KEEL_STR("stage", what),
+                   KEEL_STR("error", keel_strerror(rc)));
     keel_http_server *admin = atomic_exchange(&s->admin, NULL);
     if (admin) keel_http_stop(admin);
     if (*root) keel_exit_signal(*root, KEEL_REASON_SHUTDOWN, NULL);
@@ -286,7 +289,8 @@ int keel_service_main(const keel_service *def) {
     return 1;
   }
   keel_log_keel_events(true);
-  keel_log_config(s->table, s->ntable, s->buf, keel_config_env_name((keel_config_env)s->kc.app_env));
+  keel_log_config(s->table, s->ntable, s->buf,
+                  keel_config_env_name((keel_config_env)s->kc.app_env));
   atomic_store(&g_svc, s);
   keel_app_opts ao = {.name = s->kc.service_name,
                       .config = s,

@@ -49,12 +49,12 @@ expect "a body without value: 400 VALIDATION_ERROR" 'VALIDATION_ERROR 400' \
   "$(curl -s -w ' %{http_code}' -X PUT "$api/kv/b" -d '{"v":1}' | sed -E 's/^(.*) ([0-9]+)$/\1\n\2/' | { read -r b; read -r c; echo "$(jq -r .error.code <<<"$b") $c"; })"
 expect "malformed JSON: 400" 400 "$(curl -s -o /dev/null -w '%{http_code}' -X PUT "$api/kv/b" -d '{"value":')"
 expect "a negative ttl: 400" 400 "$(curl -s -o /dev/null -w '%{http_code}' -X PUT "$api/kv/b" -d '{"value":1,"ttl":-5}')"
-expect "a ttl key: 201" 201 "$(curl -s -o /dev/null -w '%{http_code}' -X PUT "$api/kv/t" -d '{"value":1,"ttl":200}')"
+expect "a ttl key: 201" 201 "$(curl -s -o /dev/null -w '%{http_code}' -X PUT "$api/kv/t" -d '{"value":1,"ttl":1500}')"
 expect "full past KV_MAX_KEYS: 507 INSUFFICIENT_STORAGE" 'INSUFFICIENT_STORAGE 507' \
   "$(curl -s -w ' %{http_code}' -X PUT "$api/kv/c" -d '{"value":1}' | sed -E 's/^(.*) ([0-9]+)$/\1\n\2/' | { read -r b; read -r c; echo "$(jq -r .error.code <<<"$b") $c"; })"
 expect "three keys" 3 "$(curl -s "$api/kv" | jq .keys)"
 # the janitor, not a read, drops the expired key
-for _ in $(seq 100); do [ "$(curl -s "$api/kv" | jq .keys)" = 2 ] && break; sleep 0.05; done
+for _ in $(seq 200); do [ "$(curl -s "$api/kv" | jq .keys)" = 2 ] && break; sleep 0.05; done
 expect "the janitor drops an expired key nobody read" 2 "$(curl -s "$api/kv" | jq .keys)"
 expect "an expired key is 404" 404 "$(curl -s -o /dev/null -w '%{http_code}' "$api/kv/t")"
 expect "delete: 204" 204 "$(curl -s -o /dev/null -w '%{http_code}' -X DELETE "$api/kv/a")"

@@ -27,13 +27,9 @@ static int calc_call(void *st, keel_gs_from from, keel_msg_t **req, keel_msg_t *
   case OP_DOUBLE:
     *reply = keel_msg_from_json(0, json_pack("{s:I}", "n", 2 * n));
     return KEEL_GS_REPLY;
-  case OP_HANG:
-    return KEEL_GS_NOREPLY; /* never replies */
-  case OP_CRASH:
-    return keel_gs_stopping(KEEL_REASON_ERROR, "disk on fire");
-  default:
-    *reply = keel_msg_copy(0, "{oops", 5);
-    return KEEL_GS_REPLY;
+  case OP_HANG: return KEEL_GS_NOREPLY; /* never replies */
+  case OP_CRASH: return keel_gs_stopping(KEEL_REASON_ERROR, "disk on fire");
+  default: *reply = keel_msg_copy(0, "{oops", 5); return KEEL_GS_REPLY;
   }
 }
 
@@ -43,8 +39,10 @@ static const keel_gen_server calc = {.init = calc_init, .handle_call = calc_call
 static int h_call(keel_http_req *req, keel_http_res *res, void *ud) {
   (void)ud;
   const char *op = keel_http_param(req, "op");
-  uint32_t tag = !strcmp(op, "hang") ? OP_HANG : !strcmp(op, "crash") ? OP_CRASH
-               : !strcmp(op, "junk") ? OP_JUNK : OP_DOUBLE;
+  uint32_t tag = !strcmp(op, "hang")    ? OP_HANG
+                 : !strcmp(op, "crash") ? OP_CRASH
+                 : !strcmp(op, "junk")  ? OP_JUNK
+                                        : OP_DOUBLE;
   const char *server = !strcmp(op, "missing") ? "nobody" : "calc";
   json_t *r;
   if (keel_http_call(res, server, tag, json_pack("{s:i}", "n", 21), &r, 200) < 0) return 0;

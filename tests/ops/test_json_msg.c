@@ -76,9 +76,7 @@ static int js_call(void *st, keel_gs_from from, keel_msg_t **req, keel_msg_t **r
   (void)from;
   json_t *in = keel_msg_to_json(*req);
   switch (keel_msg_tag(*req)) {
-  case OP_ECHO:
-    *reply = keel_msg_from_json(0, in ? in : json_null());
-    return KEEL_GS_REPLY;
+  case OP_ECHO: *reply = keel_msg_from_json(0, in ? in : json_null()); return KEEL_GS_REPLY;
   case OP_ADD: {
     json_int_t a = json_integer_value(json_object_get(in, "a"));
     json_int_t b = json_integer_value(json_object_get(in, "b"));
