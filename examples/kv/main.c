@@ -52,9 +52,14 @@ static bool expired(json_t *entry, int64_t now) {
 static int kv_init(void *arg, void **state) {
   const kv_config *c = arg;
   store *s = calloc(1, sizeof *s);
-  if (!s || !(s->map = json_object())) return KEEL_ENOMEM;
-  *state = s;
-  return keel_send_interval(keel_self(), c->sweep_ms, keel_msg_new(KV_SWEEP, 0), &s->janitor);
+  if (s && (s->map = json_object()) &&
+      keel_send_interval(keel_self(), c->sweep_ms, keel_msg_new(KV_SWEEP, 0), &s->janitor) == 0) {
+    *state = s;
+    return 0;
+  }
+  if (s) json_decref(s->map);
+  free(s);
+  return KEEL_ENOMEM; /* terminate does not run after a failed init */
 }
 
 /* Requests are {"key": ...} plus "value" and "ttl" for a put; replies are

@@ -54,7 +54,8 @@ typedef enum keel_alert_type {
   KEEL_ALERT_FD_USAGE = 4,     /* "high_fd_usage": open descriptors near the limit, node-wide */
 } keel_alert_type;
 
-/* "high_queue_size", "high_restart_rate", "high_error_rate"; "unknown" for
+/* "high_queue_size", "high_restart_rate", "high_error_rate", "high_fd_usage";
+ * "unknown" for
  * anything else. Static strings. */
 const char *keel_alert_type_name(keel_alert_type type);
 

@@ -129,7 +129,8 @@ int keel_gs_stopping(keel_reason_kind kind, const char *fmt, ...)
     __attribute__((format(printf, 2, 3)));
 
 /* Stops a server: it handles the messages already queued, then runs terminate
- * with the reason and exits. Waits up to timeout_ms for it to be gone; if it
+ * with the reason and exits. Waits up to timeout_ms (0: KEEL_GS_DEFAULT_TIMEOUT)
+ * for it to be gone; if it
  * is still alive then, it is killed and KEEL_ETIMEDOUT is returned. Stopping
  * a server that is already gone returns 0 (stop is idempotent). Errors:
  * KEEL_ETIMEDOUT, KEEL_ENOTPROC, KEEL_EINVAL (stopping oneself). */

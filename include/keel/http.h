@@ -171,7 +171,10 @@ int keel_http_route(keel_http_router *r, const char *method, const char *pattern
 /* Every field's zero is its default: a zeroed struct is a working server
  * (on an ephemeral port, with request ids, the access log and the security
  * headers on, rate limiting and CORS off). Timeouts follow keel/runtime.h:
- * 0 is the default shown, KEEL_INFINITY is none. */
+ * 0 is the default shown. KEEL_INFINITY (none) is taken by
+ * request_timeout_ms and slow_request_ms only: the connection timeouts
+ * (header, body, keep-alive, send) must end, or one client holds a
+ * connection forever, so they refuse it (KEEL_EINVAL). */
 typedef struct keel_http_opts {
   const char *host;   /* NULL: "0.0.0.0" */
   int port;           /* 0: an ephemeral port (keel_http_port tells which) */

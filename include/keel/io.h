@@ -21,7 +21,8 @@ extern "C" {
 
 /* Waits until fd is readable and/or writable (events: KEEL_READABLE |
  * KEEL_WRITABLE) or timeout_ms passes. *revents (may be NULL) gets the ready
- * events. The fd must be non-blocking-capable (a socket, pipe, eventfd...).
+ * events. timeout_ms follows keel/runtime.h (0: forever; KEEL_NOWAIT: what is
+ * ready now). The fd must be non-blocking-capable (a socket, pipe, eventfd...).
  * Errors: KEEL_ETIMEDOUT, KEEL_EIO (the poll failed), KEEL_EINVAL,
  * KEEL_ENOTPROC. */
 int keel_wait_fd(int fd, int events, int64_t timeout_ms, int *revents);

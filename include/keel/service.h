@@ -53,7 +53,7 @@
 extern "C" {
 #endif
 
-/* keel's own configuration, as loaded (keel_service_config()). */
+/* keel's own configuration, as loaded (keel_service_settings()). */
 typedef struct keel_service_config {
   char *service_name;
   int app_env; /* keel_config_env */

@@ -50,12 +50,9 @@ static _Atomic(svc *) g_svc;
 
 /* ---- configuration ---------------------------------------------------------------- */
 
-static const char *const envs[] = {"development", "staging", "production", NULL};
-
 #define F(e, t, m) .env = (e), .type = (t), .offset = offsetof(keel_service_config, m)
 static const keel_config_field builtin[] = {
     {F("SERVICE_NAME", KEEL_CONFIG_STRING, service_name), .min = 1, .max = 64},
-    {F("APP_ENV", KEEL_CONFIG_ENUM, app_env), .def = "development", .values = envs},
     {F("HOST", KEEL_CONFIG_STRING, host), .def = "0.0.0.0", .min = 1, .max = 255},
     {F("PORT", KEEL_CONFIG_INT, port), .def = "3000", .min = 1, .max = 65535},
     {F("HEALTH_PORT", KEEL_CONFIG_INT, health_port), .def = "9090", .min = 1, .max = 65535},
@@ -120,6 +117,7 @@ static int load_config(svc *s) {
                          .nrules = 1 + d->nrules};
   keel_config_load_or_exit(s->table, s->ntable, s->buf, &co);
   memcpy(&s->kc, s->buf, sizeof s->kc);
+  s->kc.app_env = (int)co.app_env; /* read by the loader itself (APP_ENV) */
   if (d->config_size) memcpy(d->config_out, s->buf + s->off_user, d->config_size);
   return 0;
 }

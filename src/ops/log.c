@@ -1053,6 +1053,11 @@ int keel_log_init(const keel_log_opts *opts) {
   st->cap = o.buffer_size ? o.buffer_size : (size_t)1 << 20;
   st->flush_ms = o.flush_ms > 0 ? o.flush_ms : 100;
   st->overflow_wait_ms = o.overflow_wait_ms == 0 ? 10 : o.overflow_wait_ms;
+  if (st->overflow_wait_ms < 0 && st->overflow_wait_ms != KEEL_INFINITY &&
+      st->overflow_wait_ms != KEEL_NOWAIT) {
+    state_free(st);
+    return KEEL_EINVAL;
+  }
   st->fd = -1;
   redact_defaults(&st->redact);
   for (const char *const *k = o.redact; k && *k; k++) {

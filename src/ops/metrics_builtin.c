@@ -164,11 +164,9 @@ static void collect_schedulers(builtin *b) {
     double wall = (double)(now - s->last_ns);
     double idle = si.idle_ns >= s->last_idle_ns ? (double)(si.idle_ns - s->last_idle_ns) : 0;
     double u = 1 - idle / wall;
-    /* idle_ns grows when a sleep ends, not while it lasts. A scheduler that
-     * switched to no process, gained no idle time and runs nothing now has
-     * been asleep the whole interval: it was idle, not busy. And a sleep
-     * that began before the previous render lands whole in this interval:
-     * clamp. */
+    /* A scheduler that switched to no process, gained no idle time and
+     * runs nothing now was idle the whole interval, not busy. Rounding
+     * between the two clock reads can take u past 0 or 1: clamp. */
     if (si.idle_ns == s->last_idle_ns && si.switches == s->last_switches && si.running == 0) u = 0;
     keel_gauge_set(s->util, u < 0 ? 0 : u > 1 ? 1 : u);
     s->last_idle_ns = si.idle_ns;

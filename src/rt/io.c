@@ -11,6 +11,8 @@
  * UV_THREADPOOL_SIZE, default 4). While fn runs, exit signals are deferred:
  * the process cannot die with fn still using its stack.
  */
+#include <errno.h>
+#include <poll.h>
 #include <stdlib.h>
 
 #include "keel/io.h"
@@ -95,12 +97,35 @@ static void poll_cleanup(void *arg) {
   uv_close((uv_handle_t *)&fp->h, keel__handle_close_cb);
 }
 
+/* KEEL_NOWAIT: what is ready now, without the loop (a uv_poll_t would only
+ * report on the next turn, after the check had already given up). An error
+ * or hang-up on the descriptor counts as ready, as libuv reports it. */
+static int poll_now(int fd, int events, int *revents) {
+  struct pollfd p = {.fd = fd,
+                     .events = (short)(((events & KEEL_READABLE) ? POLLIN : 0) |
+                                       ((events & KEEL_WRITABLE) ? POLLOUT : 0))};
+  int n;
+  do {
+    n = poll(&p, 1, 0);
+  } while (n < 0 && errno == EINTR);
+  if (n < 0) return KEEL_EIO;
+  if (p.revents & POLLNVAL) return KEEL_EINVAL;
+  int r = 0;
+  if (p.revents & (POLLIN | POLLHUP | POLLERR)) r |= events & KEEL_READABLE;
+  if (p.revents & (POLLOUT | POLLERR)) r |= events & KEEL_WRITABLE;
+  if (!r) return KEEL_ETIMEDOUT;
+  if (revents) *revents = r;
+  return 0;
+}
+
 int keel_wait_fd(int fd, int events, int64_t timeout_ms, int *revents) {
   if (revents) *revents = 0;
   if (fd < 0 || !(events & (KEEL_READABLE | KEEL_WRITABLE)) ||
       (events & ~(KEEL_READABLE | KEEL_WRITABLE)))
     return KEEL_EINVAL;
-  if (keel__timeout(timeout_ms, KEEL_INFINITY) == KEEL__BAD_TIMEOUT) return KEEL_EINVAL;
+  timeout_ms = keel__timeout(timeout_ms, KEEL_INFINITY);
+  if (timeout_ms == KEEL__BAD_TIMEOUT) return KEEL_EINVAL;
+  if (timeout_ms == 0) return poll_now(fd, events, revents);
   keel_io_t io;
   int rc = keel_io_begin(&io);
   if (rc) return rc;

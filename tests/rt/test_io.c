@@ -57,6 +57,13 @@ KT_CASE(wait_fd_times_out_when_nothing_comes) {
   CHECK_EQ(keel_wait_fd(fds[0], KEEL_READABLE, 100, &rev), KEEL_ETIMEDOUT);
   CHECK(kt_now_ms() - t0 >= 90);
   CHECK_EQ(keel_wait_fd(fds[0], KEEL_READABLE, KEEL_NOWAIT, NULL), KEEL_ETIMEDOUT);
+  /* KEEL_NOWAIT takes what is ready now (it used to time out even then) */
+  CHECK_EQ(write(fds[1], "x", 1), 1);
+  rev = 0;
+  CHECK_OK(keel_wait_fd(fds[0], KEEL_READABLE | KEEL_WRITABLE, KEEL_NOWAIT, &rev));
+  CHECK_EQ(rev, KEEL_READABLE);
+  CHECK_OK(keel_wait_fd(fds[1], KEEL_WRITABLE, KEEL_NOWAIT, &rev));
+  CHECK_EQ(rev, KEEL_WRITABLE);
   close(fds[0]);
   close(fds[1]);
 }
