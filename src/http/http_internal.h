@@ -1,6 +1,8 @@
 /* http_internal.h - what the HTTP server's files share (not installed).
  *
- * server.c owns connections and the request lifecycle; router.c matches
+ * server.c starts, drains and stops a server; listener.c accepts; conn.c
+ * owns connections; dispatch.c the request lifecycle (middleware, handler
+ * processes, responses); their structures are in server.h. router.c matches
  * paths to routes; request.c holds the request accessors and the response
  * builders (the envelope included); middleware.h the connection-free pieces.
  */
@@ -133,5 +135,57 @@ const char *keel__status_reason(int status);
 /* RFC 3986 percent-decoding into a new string; '+' kept unless plus_space.
  * NULL on a bad escape or ENOMEM. */
 char *keel__pct_decode(const char *s, size_t n, bool plus_space);
+
+/* ---- the server's files (server.h has their structures) ---------------------- */
+
+struct keel__jw;
+
+/* conn.c: a connection, on the loop of the scheduler that accepted it. */
+
+/* Starts a connection listener.c accepted (c->l and c->tcp set): reads, with
+ * the header timeout running from the accept. */
+void keel__conn_start(keel__conn *c);
+/* Closes now (no lingering); its request, if any, loses its connection. */
+void keel__conn_close(keel__conn *c);
+/* Arms the connection's timer for mode (KEEL__T_*, server.h) in ms; KEEL__T_NONE
+ * or ms <= 0 stops it. */
+void keel__conn_timer_set(keel__conn *c, int mode, int64_t ms);
+/* Writes buf (taking it); false when the connection failed. */
+bool keel__conn_write(keel__conn *c, char *buf, size_t len);
+/* Goes on after a handler's answer: parses what is buffered, then settles. */
+void keel__conn_resume(keel__conn *c);
+/* A drain began: a connection with nothing of a request yet is closed after
+ * a short grace (one may be on its way). */
+void keel__conn_drain(keel__conn *c);
+/* For a listener out of descriptors: closes up to IDLE_SHED (16) idle or
+ * silent connections of l; returns how many. */
+int keel__conn_shed_idle(keel__listener *l);
+
+/* dispatch.c: a whole request, from the parser to its response. */
+
+/* Takes a whole request from the parser: answers it on the loop, or hands it
+ * to a handler process (c->busy until it ends). */
+void keel__dispatch(keel__conn *c, keel_http_req *rq);
+/* Answers a request the parser refused (or NULL: none had begun), or whose
+ * head or body did not come in time, with status, and closes after it. */
+void keel__conn_fail(keel__conn *c, keel_http_req *rq, int status, const char *reason);
+/* Drops one reference to rq (the connection's or the handler's); the last
+ * frees it. */
+void keel__req_release(keel_http_req *rq);
+/* Appends "name: value\r\n" (both already checked for CR/LF) to b. */
+void keel__http_header_line(struct keel__jw *b, const char *name, const char *value);
+
+/* listener.c: accepting, the acceptor processes, the sockets. */
+
+/* The acceptor process of one listener (arg: its keel__listener). */
+void keel__acceptor_main(void *arg);
+/* Sends op (KEEL__CTL_*, server.h) to every acceptor of s and waits for
+ * their acknowledgements. */
+void keel__listeners_control(keel_http_server *s, int op);
+/* Binds and listens on host:port (SO_REUSEPORT); *port_out is the port bound
+ * (port 0: the one picked). 0, KEEL_EINVAL, KEEL_EADDRINUSE or KEEL_EIO. */
+int keel__bind_socket(const char *host, int port, int *fd_out, int *port_out);
+/* systemd socket activation: the first passed socket, or -1. */
+int keel__listen_fd_from_env(void);
 
 #endif

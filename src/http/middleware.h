@@ -1,7 +1,7 @@
 /* middleware.h - the pieces of the HTTP middleware that do not need a
  * connection: rate limiting, request ids and W3C trace context, CORS
  * decisions, security headers, and the header list they fill (internal, not
- * installed). The server (server.c) calls them per request; each is tested on
+ * installed). The server (dispatch.c) calls them per request; each is tested on
  * its own in tests/http/test_middleware.c.
  */
 #ifndef KEEL_HTTP_MIDDLEWARE_H
