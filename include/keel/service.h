@@ -93,7 +93,9 @@ typedef struct keel_service {
   /* Optional hooks, each given config_out. start runs once the tree is up
    * and before the ports open (register health checks, add children to
    * root); a negative return fails the start (exit 1). prep_stop runs after
-   * the API has drained, before the tree stops; stop after it stopped. */
+   * the API has drained, before the tree stops; stop after it stopped, and
+   * only when start succeeded (or there is none): a start that fails
+   * cleans up after itself. */
   int (*start)(void *cfg, keel_pid_t root);
   void (*prep_stop)(void *cfg);
   void (*stop)(void *cfg);

@@ -189,6 +189,7 @@ static int app_start(keel_app_t *app, void *arg, keel_pid_t *root, void **state)
     what = "start hook";
     rc = d->start(d->config_out, *root);
   }
+  bool hooked = !rc; /* stop pairs with a start that succeeded (or none) */
   if (!rc) {
     what = "admin port";
     keel_admin_opts ad = {
@@ -207,7 +208,7 @@ static int app_start(keel_app_t *app, void *arg, keel_pid_t *root, void **state)
     keel_http_server *admin = atomic_exchange(&s->admin, NULL);
     if (admin) keel_http_stop(admin);
     if (*root) keel_exit_signal(*root, KEEL_REASON_SHUTDOWN, NULL);
-    if (d->stop) d->stop(d->config_out);
+    if (hooked && d->stop) d->stop(d->config_out);
     ops_stop(s);
     return rc < 0 ? rc : KEEL_EINVAL;
   }
