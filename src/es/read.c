@@ -281,7 +281,7 @@ static int do_read_all(sqlite3 *db, read_call *c) {
     while (f->types[ntypes]) ntypes++;
     p_types = p;
     APPEND(" AND e.type IN (");
-    for (size_t i = 0; i < ntypes + nup; i++) APPEND("%s?%d", i ? ", " : "", p++);
+    for (size_t i = 0; i < ntypes + nup; i++, p++) APPEND("%s?%d", i ? ", " : "", p);
     if (ntypes + nup == 0) APPEND("NULL");
     APPEND(")");
   }

@@ -158,5 +158,77 @@ KT_CASE(concurrent_appends_are_folded_into_one_commit) {
   keel_metrics_free(reg);
 }
 
+/* ---- read_all while writers append --------------------------------------------- */
+
+typedef struct feeder {
+  keel_es *es;
+  keel_pid_t parent;
+  int index;
+} feeder;
+
+static void feed(void *arg) {
+  feeder *a = arg;
+  char stream[32];
+  snprintf(stream, sizeof stream, "feed-%d", a->index);
+  unsigned seed = (unsigned)a->index * 7919u + 1;
+  for (int i = 0; i < 60; i++) {
+    seed = seed * 1103515245u + 12345u;
+    CHECK_OK(kt_append_n(a->es, stream, KEEL_ES_ANY, "Fed", 1 + (seed >> 16) % 3, i, NULL));
+  }
+  kt_send_u64(a->parent, TAG_DONE, 0);
+}
+
+KT_CASE(paging_read_all_while_eight_writers_append_never_skips_nor_repeats) {
+  kt_store s;
+  keel_es *es = kt_store_open(&s, NULL);
+  enum { W = 8 };
+  feeder f[W];
+  for (int i = 0; i < W; i++) {
+    f[i] = (feeder){.es = es, .parent = keel_self(), .index = i};
+    CHECK_OK(keel_spawn(feed, &f[i], NULL, NULL));
+  }
+  int64_t after = 0, versions[W] = {0};
+  int done = 0, pages = 0;
+  bool final = false;
+  for (;;) {
+    keel_es_events evs;
+    CHECK_OK(keel_es_read_all(es, after, 7, NULL, &evs));
+    pages++;
+    for (size_t i = 0; i < evs.n; i++) {
+      CHECK_EQ(evs.v[i].position, after + 1); /* no skip, no repeat */
+      after = evs.v[i].position;
+      int w = atoi(evs.v[i].stream + 5);
+      CHECK(w >= 0 && w < W);
+      CHECK_EQ(evs.v[i].version, versions[w] + 1); /* each stream in order */
+      versions[w] = evs.v[i].version;
+    }
+    size_t n = evs.n;
+    keel_es_events_free(&evs);
+    if (n == 0 && final) break;
+    keel_msg_t *m = NULL;
+    while (done < W && keel_receive(&m, KEEL_NOWAIT) == 0) {
+      keel_msg_free(m);
+      done++;
+    }
+    if (done == W && n == 0) final = true; /* one more read after the last append */
+  }
+  int64_t head, total = 0;
+  CHECK_OK(keel_es_head(es, &head));
+  CHECK_EQ(after, head);
+  for (int i = 0; i < W; i++) {
+    keel_es_stream_info info;
+    char stream[32];
+    snprintf(stream, sizeof stream, "feed-%d", i);
+    CHECK_OK(keel_es_stream_info_get(es, stream, &info));
+    CHECK_EQ(info.version, versions[i]);
+    total += info.version;
+    keel_es_stream_info_free(&info);
+  }
+  CHECK_EQ(total, head);
+  fprintf(stderr, "read %lld events in %d pages while 8 writers appended\n", (long long)head, pages);
+  kt_store_close(&s);
+}
+
 KT_MAIN(KT_ENTRY(sixteen_writers_with_one_expected_version_one_wins),
-        KT_ENTRY(concurrent_appends_are_folded_into_one_commit))
+        KT_ENTRY(concurrent_appends_are_folded_into_one_commit),
+        KT_ENTRY(paging_read_all_while_eight_writers_append_never_skips_nor_repeats))
