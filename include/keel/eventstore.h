@@ -115,7 +115,13 @@ typedef struct keel_es_append_result {
 } keel_es_append_result;
 
 /* Stream ids: 1-255 bytes of printable ASCII without spaces; the category
- * is the part before the first '-' ("order-17" -> "order"). */
+ * is the part before the first '-' ("order-17" -> "order"). Errors:
+ * KEEL_ECONFLICT (result->expected, ->actual), KEEL_EEXIST (ids, see
+ * APPENDS), KEEL_EINVAL (stream id, expected, type, id not a UUID, payload
+ * missing or not serialisable, metadata not an object, empty batch),
+ * KEEL_ERANGE (an event above max_event_bytes, a batch above max_batch),
+ * KEEL_EIO (the database failed; logged with SQLite's message: nothing of
+ * the batch is stored), KEEL_ENOTPROC. result may be NULL. */
 int keel_es_append(keel_es *es, const char *stream, int64_t expected,
                    const keel_es_event_in *events, size_t n, keel_es_append_result *result);
 
@@ -162,10 +168,14 @@ typedef struct keel_es_read_opts {
                      (backwards: the end) */
   int64_t to;     /* last version to read, inclusive; 0: no bound */
   bool backwards;
-  size_t limit;   /* 0: 1000; at most 100000 */
+  size_t limit;   /* stored events; 0: 1000; above 100000: KEEL_ERANGE */
 } keel_es_read_opts;
 
-/* Errors: KEEL_ENOENT (no such stream, or soft-deleted), KEEL_EINVAL. */
+/* Versions below the stream's truncated_before are skipped. A stored event
+ * an upcaster splits counts once against limit, so out->n may exceed it.
+ * Errors: KEEL_ENOENT (no such stream, soft-deleted, or only metadata),
+ * KEEL_EINVAL (bad stream id, negative bounds, an upcaster failed),
+ * KEEL_ERANGE (limit). */
 int keel_es_read_stream(keel_es *es, const char *stream, const keel_es_read_opts *o,
                         keel_es_events *out);
 
@@ -178,26 +188,35 @@ typedef struct keel_es_filter {
 } keel_es_filter;
 
 /* The events after position `after` (exclusive; 0: from the start) in global
- * order, at most limit (0: 1000) of them, filtered. Never skips: an event is
- * returned only once every event before it in the order is visible. */
+ * order, at most limit (0: 1000; above 100000: KEEL_ERANGE) stored events
+ * (an upcaster's split may return more), filtered. Events of soft-deleted
+ * streams and below a stream's truncated_before are not returned. The type
+ * filter matches the type after upcasting. Page with `after` = the last
+ * returned position; an empty answer means nothing more for now. Never
+ * skips: an event is returned only once every event before it in the order
+ * is visible (on SQLite, one writer assigns positions in commit order). */
 int keel_es_read_all(keel_es *es, int64_t after, size_t limit, const keel_es_filter *f,
                      keel_es_events *out);
 
-/* The highest position stored (0: none). */
+/* The highest position stored (0: none; it goes down when a hard delete
+ * removes the newest events, but positions are never reused). */
 int keel_es_head(keel_es *es, int64_t *position);
 
 typedef struct keel_es_stream_info {
   int64_t version;          /* 0: no events */
-  int64_t truncated_before; /* versions below this are not read (0: none) */
+  int64_t truncated_before; /* versions below this are not read (0: none); a
+                               soft delete sets it past the kept version */
   bool deleted;             /* soft-deleted */
   json_t *metadata;         /* the stream's metadata object ({} when none); the caller's */
 } keel_es_stream_info;
 
-/* Errors: KEEL_ENOENT (no such stream). */
+/* A stream that only has metadata has version 0. Errors: KEEL_ENOENT (no
+ * such stream). */
 int keel_es_stream_info_get(keel_es *es, const char *stream, keel_es_stream_info *out);
 void keel_es_stream_info_free(keel_es_stream_info *info);
 
-/* Replaces a stream's metadata (a JSON object, borrowed). */
+/* Replaces a stream's metadata (a JSON object, borrowed); the stream need
+ * not have events yet. Errors: KEEL_EINVAL (not an object, bad stream id). */
 int keel_es_stream_set_metadata(keel_es *es, const char *stream, json_t *metadata);
 
 /* ---- deleting ------------------------------------------------------------ */
@@ -205,14 +224,19 @@ int keel_es_stream_set_metadata(keel_es *es, const char *stream, json_t *metadat
 /* Soft delete: the stream is hidden from reads (its events stay in the
  * global feed's history for positions, but read_stream answers KEEL_ENOENT
  * and read_all skips them); its version is kept, so appending again (expected
- * KEEL_ES_ANY or the kept version) recreates it, continuing the numbering. */
+ * KEEL_ES_ANY or the kept version) recreates it, continuing the numbering,
+ * with the events from before the delete still hidden. Deleting a deleted
+ * stream is 0. Errors: KEEL_ENOENT (no events), KEEL_ECONFLICT (expected). */
 int keel_es_delete_stream(keel_es *es, const char *stream, int64_t expected);
 
-/* Versions below `before` are no longer read. */
+/* Versions below `before` are no longer read (read_stream and read_all);
+ * it never goes down. Errors: KEEL_ENOENT, KEEL_EINVAL (before < 0). */
 int keel_es_truncate_before(keel_es *es, const char *stream, int64_t before);
 
-/* Removes the stream's events for good: an operator's action. The events
- * table refuses UPDATE and DELETE otherwise. */
+/* Removes the stream's events and its row for good: an operator's action
+ * (logged). Appending again starts at version 1; positions are not reused.
+ * The events table refuses UPDATE and DELETE otherwise (triggers, for any
+ * connection to the file). Errors: KEEL_ENOENT. */
 int keel_es_hard_delete(keel_es *es, const char *stream);
 
 /* ---- schema evolution ---------------------------------------------------- */
@@ -222,7 +246,9 @@ int keel_es_hard_delete(keel_es *es, const char *stream);
  * into several). It fills out[0..*n) (*n starts at the capacity, 8) with
  * new payloads (new references, the caller's), types (static strings or
  * NULL for the same type) and returns 0, or a negative code (the read
- * fails with KEEL_EINVAL, logged). */
+ * fails with KEEL_EINVAL, logged). *n = 0 drops the event. Upcasters run on
+ * the thread that reads (the blocking pool's), not in the reading process:
+ * they must be pure functions of their input and must not wait. */
 typedef struct keel_es_upcast_out {
   const char *type;
   json_t *payload;

@@ -58,6 +58,18 @@ KT_CASE(a_repeated_batch_returns_the_original_result) {
   CHECK_EQ(head_of(es), 4);
   CHECK_EQ(keel_counter_value(es->m_duplicate), 3);
   CHECK_EQ(keel_counter_value(es->m_events), 4);
+  keel_es_events evs;
+  CHECK_OK(keel_es_read_stream(es, "o-1", NULL, &evs));
+  keel_es_events_free(&evs);
+  keel_metrics_buf b = {0};
+  CHECK_OK(keel_metrics_render(reg, KEEL_METRICS_TEXT, &b));
+  CHECK(strstr(b.data, "es_appends_total{result=\"duplicate\"} 3") != NULL);
+  CHECK(strstr(b.data, "es_appends_total{result=\"ok\"} 3") != NULL);
+  CHECK(strstr(b.data, "es_events_appended_total 4") != NULL);
+  CHECK(strstr(b.data, "es_reads_total 2") != NULL);
+  CHECK(strstr(b.data, "es_append_duration_seconds_count 6") != NULL);
+  CHECK(strstr(b.data, "es_group_commit_size_count") != NULL);
+  keel_metrics_buf_free(&b);
   kt_store_close(&s);
   keel_metrics_free(reg);
 }
