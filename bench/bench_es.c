@@ -30,7 +30,8 @@
 
 static int rounds = 5;
 static char dir[256];
-static const char *payload_text = "{\"order\":12345,\"total\":99.5,\"currency\":\"EUR\",\"lines\":3}";
+static const char *payload_text =
+    "{\"order\":12345,\"total\":99.5,\"currency\":\"EUR\",\"lines\":3}";
 
 static double now_s(void) {
   struct timespec ts;
@@ -85,11 +86,12 @@ static void raw_insert(void *arg) {
   raw_job *j = arg;
   sqlite3 *db = raw_open(j->path);
   sqlite3_stmt *st;
-  sqlite3_prepare_v2(db,
-                     "INSERT INTO events (stream, version, id, type, schema_version, payload, "
-                     "metadata, occurred_at, stored_at) VALUES (?, ?, ?, 'OrderPlaced', 1, ?, NULL, "
-                     "?, ?)",
-                     -1, &st, NULL);
+  sqlite3_prepare_v2(
+      db,
+      "INSERT INTO events (stream, version, id, type, schema_version, payload, "
+      "metadata, occurred_at, stored_at) VALUES (?, ?, ?, 'OrderPlaced', 1, ?, NULL, "
+      "?, ?)",
+      -1, &st, NULL);
   double t0 = now_s();
   long long n = 0;
   int per = j->per_batch ? j->per_batch : 1;
@@ -159,7 +161,8 @@ static double keel_batch100(const char *path, int batches) {
   keel_es *es = open_store(path);
   json_t *p = json_loads(payload_text, 0, NULL);
   keel_es_event_in ev[100];
-  for (int k = 0; k < 100; k++) ev[k] = (keel_es_event_in){.type = "OrderPlaced", .payload = p};
+  for (int k = 0; k < 100; k++)
+    ev[k] = (keel_es_event_in){.type = "OrderPlaced", .payload = p};
   double t0 = now_s();
   for (int b = 0; b < batches; b++) {
     char stream[32];
@@ -303,7 +306,8 @@ static void bench_main(void *unused) {
     keel_es *es = open_store(path);
     json_t *p = json_loads(payload_text, 0, NULL);
     keel_es_event_in ev[1000];
-    for (int e = 0; e < 1000; e++) ev[e] = (keel_es_event_in){.type = "OrderPlaced", .payload = p};
+    for (int e = 0; e < 1000; e++)
+      ev[e] = (keel_es_event_in){.type = "OrderPlaced", .payload = p};
     for (int b = 0; b < 50; b++) {
       char stream[32];
       snprintf(stream, sizeof stream, "order-%d", b);

@@ -82,8 +82,7 @@ static int encode_event(keel_es *es, const keel_es_event_in *in, es_row *row) {
   if (!(row->type = strdup(in->type))) return KEEL_ENOMEM;
   /* NULL from json_dumps: a value jansson cannot serialise (invalid UTF-8
    * in a string made with json_string_nocheck, a cycle), or no memory. */
-  if (!(row->payload = json_dumps(in->payload, JSON_COMPACT | JSON_ENCODE_ANY)))
-    return KEEL_EINVAL;
+  if (!(row->payload = json_dumps(in->payload, JSON_COMPACT | JSON_ENCODE_ANY))) return KEEL_EINVAL;
   if (in->metadata && json_object_size(in->metadata) > 0 &&
       !(row->metadata = json_dumps(in->metadata, JSON_COMPACT)))
     return KEEL_EINVAL;
@@ -157,8 +156,8 @@ int keel_es_append(keel_es *es, const char *stream, int64_t expected,
 
 /* ---- stream management ------------------------------------------------------------ */
 
-static int manage(keel_es *es, es_req_kind kind, const char *stream, int64_t expected,
-                  int64_t arg, json_t *metadata) {
+static int manage(keel_es *es, es_req_kind kind, const char *stream, int64_t expected, int64_t arg,
+                  json_t *metadata) {
   if (!es || !keel__es_stream_ok(stream)) return KEEL_EINVAL;
   es_req *r = keel__es_req_new(kind, stream);
   if (!r) return KEEL_ENOMEM;

@@ -85,8 +85,8 @@ typedef struct es_upcaster {
 /* ---- the store ---------------------------------------------------------------- */
 
 struct keel_es {
-  char *path;   /* the file, or a shared-cache URI for ":memory:" */
-  bool memory;  /* ":memory:": reads go through the writer's connection */
+  char *path;  /* the file, or a shared-cache URI for ":memory:" */
+  bool memory; /* ":memory:": reads go through the writer's connection */
   keel_es_sync sync;
   size_t max_event_bytes, max_batch, group_max_events;
 
@@ -156,8 +156,8 @@ bool keel__es_stream_ok(const char *stream);
  * KEEL_EINVAL (an upcaster failed; logged), KEEL_ENOMEM; on error the array
  * still holds only owned events, for the caller to free. */
 typedef struct es_arena es_arena;
-int keel__es_upcast(keel_es *es, es_arena *arena, keel_es_event **events, size_t *n,
-                    size_t *cap, size_t from);
+int keel__es_upcast(keel_es *es, es_arena *arena, keel_es_event **events, size_t *n, size_t *cap,
+                    size_t from);
 /* upcast.c: the types upcasters start from (malloc'd array of borrowed
  * strings, *n of them; NULL when none). Valid while no upcaster is added. */
 const char **keel__es_upcaster_types(keel_es *es, size_t *n);

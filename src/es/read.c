@@ -117,8 +117,8 @@ static int decode_row(sqlite3_stmt *st, evec *out) {
   const char *meta = (const char *)sqlite3_column_text(st, 7);
   e->metadata = meta ? json_loads(meta, 0, &jerr) : json_object();
   if (!e->payload || !json_is_object(e->metadata)) {
-    keel_log_error(NULL, "event store: a stored event does not decode", KEEL_INT("position",
-                   e->position), KEEL_STR("error", jerr.text));
+    keel_log_error(NULL, "event store: a stored event does not decode",
+                   KEEL_INT("position", e->position), KEEL_STR("error", jerr.text));
     json_decref(e->payload);
     json_decref(e->metadata);
     return KEEL_EIO;
@@ -169,7 +169,9 @@ static int begin(sqlite3 *db) {
   return src == SQLITE_OK ? 0 : keel__es_sqlite_error(db, src, "starting a read");
 }
 
-static void end(sqlite3 *db) { sqlite3_exec(db, "COMMIT", NULL, NULL, NULL); }
+static void end(sqlite3 *db) {
+  sqlite3_exec(db, "COMMIT", NULL, NULL, NULL);
+}
 
 static int prepare(sqlite3 *db, const char *sql, sqlite3_stmt **st) {
   int src = sqlite3_prepare_v2(db, sql, -1, st, NULL);
@@ -183,8 +185,8 @@ static int64_t max3(int64_t a, int64_t b, int64_t c) {
 
 static int do_read_stream(sqlite3 *db, read_call *c) {
   sqlite3_stmt *st;
-  int rc = prepare(db, "SELECT version, deleted, truncated_before FROM streams WHERE stream = ?",
-                   &st);
+  int rc =
+      prepare(db, "SELECT version, deleted, truncated_before FROM streams WHERE stream = ?", &st);
   if (rc) return rc;
   sqlite3_bind_text(st, 1, c->stream, -1, SQLITE_STATIC);
   int src = sqlite3_step(st);
@@ -278,10 +280,12 @@ static int do_read_all(sqlite3 *db, read_call *c) {
     len += snprintf(sql + len, cap - (size_t)len, __VA_ARGS__);                                    \
   } while (0)
   if (f && f->types) {
-    while (f->types[ntypes]) ntypes++;
+    while (f->types[ntypes])
+      ntypes++;
     p_types = p;
     APPEND(" AND e.type IN (");
-    for (size_t i = 0; i < ntypes + nup; i++, p++) APPEND("%s?%d", i ? ", " : "", p);
+    for (size_t i = 0; i < ntypes + nup; i++, p++)
+      APPEND("%s?%d", i ? ", " : "", p);
     if (ntypes + nup == 0) APPEND("NULL");
     APPEND(")");
   }

@@ -82,7 +82,8 @@ static int parse_url(const char *url, char **path, bool *memory) {
   if (!url || !*url) url = getenv("DATABASE_URL");
   if (!url || !*url) url = "sqlite:./data/keel.db";
   if (strncmp(url, "postgresql://", 13) == 0 || strncmp(url, "postgres://", 11) == 0) {
-    keel_log_error(NULL, "event store: PostgreSQL is not in this version of keel (docs/eventstore.md)");
+    keel_log_error(NULL,
+                   "event store: PostgreSQL is not in this version of keel (docs/eventstore.md)");
     return KEEL_EINVAL;
   }
   if (strncmp(url, "sqlite:", 7) != 0) {
@@ -203,10 +204,9 @@ static int register_metrics(keel_es *es, keel_metrics *r) {
                                  NULL, 0, &f)) ||
       (rc = keel_counter_get(f, NULL, &es->m_events)))
     return rc;
-  if ((rc = keel_metrics_histogram(r, "es_append_duration_seconds",
-                                   "Time from an append's submission to its reply.", NULL, 0,
-                                   duration_buckets,
-                                   sizeof duration_buckets / sizeof duration_buckets[0], &f)) ||
+  if ((rc = keel_metrics_histogram(
+           r, "es_append_duration_seconds", "Time from an append's submission to its reply.", NULL,
+           0, duration_buckets, sizeof duration_buckets / sizeof duration_buckets[0], &f)) ||
       (rc = keel_histogram_get(f, NULL, &es->m_duration)))
     return rc;
   if ((rc = keel_metrics_histogram(r, "es_group_commit_size",
@@ -215,8 +215,8 @@ static int register_metrics(keel_es *es, keel_metrics *r) {
                                    sizeof group_buckets / sizeof group_buckets[0], &f)) ||
       (rc = keel_histogram_get(f, NULL, &es->m_group)))
     return rc;
-  if ((rc = keel_metrics_counter(r, "es_reads_total", "Event store reads (every read call).",
-                                 NULL, 0, &f)) ||
+  if ((rc = keel_metrics_counter(r, "es_reads_total", "Event store reads (every read call).", NULL,
+                                 0, &f)) ||
       (rc = keel_counter_get(f, NULL, &es->m_reads)))
     return rc;
   return 0;
@@ -239,7 +239,8 @@ static void open_on_pool(void *arg) {
 static void close_on_pool(void *arg) {
   keel_es *es = arg;
   keel__es_writer_stop(es);
-  for (size_t i = 0; i < es->nr; i++) sqlite3_close(es->rpool[i]);
+  for (size_t i = 0; i < es->nr; i++)
+    sqlite3_close(es->rpool[i]);
   es->nr = 0;
 }
 

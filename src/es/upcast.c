@@ -44,7 +44,8 @@ int keel_es_upcaster(keel_es *es, const char *type, int from_version, keel_es_up
       rc = KEEL_ENOMEM;
     } else {
       es->ups = v;
-      es->ups[es->nups++] = (es_upcaster){.type = t, .from_version = from_version, .fn = fn, .ud = ud};
+      es->ups[es->nups++] =
+          (es_upcaster){.type = t, .from_version = from_version, .fn = fn, .ud = ud};
       /* relaxed: a hint only; readers that see it take umu, which orders the array */
       atomic_store_explicit(&es->nups_hint, es->nups, memory_order_relaxed);
     }
@@ -54,7 +55,8 @@ int keel_es_upcaster(keel_es *es, const char *type, int from_version, keel_es_up
 }
 
 void keel__es_upcasters_free(keel_es *es) {
-  for (size_t i = 0; i < es->nups; i++) free(es->ups[i].type);
+  for (size_t i = 0; i < es->nups; i++)
+    free(es->ups[i].type);
   free(es->ups);
   es->ups = NULL;
   es->nups = 0;
@@ -80,7 +82,8 @@ const char **keel__es_upcaster_types(keel_es *es, size_t *n) {
   const char **v = malloc((es->nups ? es->nups : 1) * sizeof *v);
   for (size_t i = 0; v && i < es->nups; i++) {
     bool seen = false;
-    for (size_t k = 0; k < *n && !seen; k++) seen = strcmp(v[k], es->ups[i].type) == 0;
+    for (size_t k = 0; k < *n && !seen; k++)
+      seen = strcmp(v[k], es->ups[i].type) == 0;
     if (!seen) v[(*n)++] = es->ups[i].type;
   }
   pthread_mutex_unlock(&es->umu);
@@ -160,20 +163,23 @@ static int expand(keel_es *es, es_arena *arena, keel_es_event *e, outvec *o, int
   return rc;
 }
 
-int keel__es_upcast(keel_es *es, es_arena *arena, keel_es_event **events, size_t *n,
-                    size_t *cap, size_t from) {
+int keel__es_upcast(keel_es *es, es_arena *arena, keel_es_event **events, size_t *n, size_t *cap,
+                    size_t from) {
   if (atomic_load_explicit(&es->nups_hint, memory_order_relaxed) == 0 || from >= *n) return 0;
   outvec o = {0};
   int rc = 0;
   size_t i = from;
-  for (; i < *n && rc == 0; i++) rc = expand(es, arena, &(*events)[i], &o, 0);
-  for (; i < *n; i++) drop(&(*events)[i]); /* after an error: the unexpanded rest */
+  for (; i < *n && rc == 0; i++)
+    rc = expand(es, arena, &(*events)[i], &o, 0);
+  for (; i < *n; i++)
+    drop(&(*events)[i]); /* after an error: the unexpanded rest */
   /* events[from..) now lives in o: put it back after the untouched prefix */
   size_t total = from + o.n;
   if (total > *cap) {
     keel_es_event *v = realloc(*events, total * sizeof *v);
     if (!v) {
-      for (size_t k = 0; k < o.n; k++) drop(&o.v[k]);
+      for (size_t k = 0; k < o.n; k++)
+        drop(&o.v[k]);
       free(o.v);
       *n = from;
       return KEEL_ENOMEM;

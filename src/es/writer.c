@@ -341,7 +341,8 @@ static void finish(keel_es *es, es_req *r, keel_msg_t *m) {
       c = es->m_error;
     else {
       size_t dups = 0;
-      for (size_t i = 0; i < rep->nresults; i++) dups += rep->results[i].duplicate;
+      for (size_t i = 0; i < rep->nresults; i++)
+        dups += rep->results[i].duplicate;
       if (dups) c = es->m_duplicate;
       if (es->m_events && dups < r->nstreams) {
         size_t n = 0;
@@ -417,7 +418,8 @@ static void *writer_main(void *arg) {
   keel_es *es = arg;
   for (;;) {
     pthread_mutex_lock(&es->mu);
-    while (!es->head && !es->stopping) pthread_cond_wait(&es->cv, &es->mu);
+    while (!es->head && !es->stopping)
+      pthread_cond_wait(&es->cv, &es->mu);
     if (!es->head) {
       pthread_mutex_unlock(&es->mu);
       break;

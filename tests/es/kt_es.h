@@ -64,7 +64,8 @@ static inline int kt_append_n(keel_es *es, const char *stream, int64_t expected,
     ev[k].payload = json_pack("{s:i}", "i", first + (int)k);
   }
   int rc = keel_es_append(es, stream, expected, ev, n, r);
-  for (size_t k = 0; k < n; k++) json_decref(ev[k].payload);
+  for (size_t k = 0; k < n; k++)
+    json_decref(ev[k].payload);
   free(ev);
   return rc;
 }

@@ -139,7 +139,8 @@ KT_CASE(versions_and_positions_follow_each_other) {
 KT_CASE(an_event_keeps_what_it_was_given) {
   kt_store s;
   keel_es *es = kt_store_open(&s, NULL);
-  json_t *meta = json_pack("{s:s,s:s,s:s}", "correlation_id", "c-1", "tenant", "acme", "actor", "u");
+  json_t *meta =
+      json_pack("{s:s,s:s,s:s}", "correlation_id", "c-1", "tenant", "acme", "actor", "u");
   json_t *payload = json_pack("[i,s,n]", 1, "two");
   keel_es_event_in ev = {.id = "6F9619FF-8B86-D011-B42D-00CF4FC964FF",
                          .type = "Odd",
@@ -166,7 +167,8 @@ static void expect_versions(keel_es *es, const keel_es_read_opts *o, const int *
   keel_es_events evs;
   CHECK_OK(keel_es_read_stream(es, "r-1", o, &evs));
   CHECK_EQ(evs.n, n);
-  for (size_t i = 0; i < n; i++) CHECK_EQ(evs.v[i].version, want[i]);
+  for (size_t i = 0; i < n; i++)
+    CHECK_EQ(evs.v[i].version, want[i]);
   keel_es_events_free(&evs);
 }
 

@@ -39,8 +39,10 @@ KT_CASE(sixteen_writers_with_one_expected_version_one_wins) {
       r[i] = (racer){.es = es, .parent = keel_self(), .stream = stream, .expected = at};
       CHECK_OK(keel_spawn(race_one, &r[i], NULL, &pids[i]));
     }
-    for (int i = 0; i < N; i++) kt_send_u64(pids[i], TAG_GO, 0);
-    for (int i = 0; i < N; i++) keel_msg_free(kt_recv(30000));
+    for (int i = 0; i < N; i++)
+      kt_send_u64(pids[i], TAG_GO, 0);
+    for (int i = 0; i < N; i++)
+      keel_msg_free(kt_recv(30000));
     int wins = 0;
     for (int i = 0; i < N; i++) {
       if (r[i].rc == 0) {
@@ -93,7 +95,8 @@ static void hold_writer(sqlite3 *db, void *arg) {
   for (;;) {
     size_t n = 0;
     pthread_mutex_lock(&h->es->mu);
-    for (es_req *r = h->es->head; r; r = r->next) n++;
+    for (es_req *r = h->es->head; r; r = r->next)
+      n++;
     pthread_mutex_unlock(&h->es->mu);
     if (n >= h->want) return;
     struct timespec ts = {0, 1000000};
@@ -123,13 +126,15 @@ KT_CASE(concurrent_appends_are_folded_into_one_commit) {
   hold_arg h = {.es = es, .want = N};
   keel_pid_t hp;
   CHECK_OK(keel_spawn(holder, &h, NULL, &hp));
-  while (!atomic_load(&h.running)) keel_sleep(1);
+  while (!atomic_load(&h.running))
+    keel_sleep(1);
   appender a[N];
   for (int i = 0; i < N; i++) {
     a[i] = (appender){.es = es, .parent = keel_self(), .index = i, .count = 1};
     CHECK_OK(keel_spawn(append_loop, &a[i], NULL, NULL));
   }
-  for (int i = 0; i < N; i++) keel_msg_free(kt_recv(30000));
+  for (int i = 0; i < N; i++)
+    keel_msg_free(kt_recv(30000));
   keel_histogram *g = es->m_group;
   uint64_t count;
   double sum;
@@ -142,7 +147,8 @@ KT_CASE(concurrent_appends_are_folded_into_one_commit) {
     a[i] = (appender){.es = es, .parent = keel_self(), .index = 100 + i, .count = 20};
     CHECK_OK(keel_spawn(append_loop, &a[i], NULL, NULL));
   }
-  for (int i = 0; i < N; i++) keel_msg_free(kt_recv(60000));
+  for (int i = 0; i < N; i++)
+    keel_msg_free(kt_recv(60000));
   uint64_t count2;
   double sum2;
   keel_histogram_totals(g, &count2, &sum2);
@@ -225,7 +231,8 @@ KT_CASE(paging_read_all_while_eight_writers_append_never_skips_nor_repeats) {
     keel_es_stream_info_free(&info);
   }
   CHECK_EQ(total, head);
-  fprintf(stderr, "read %lld events in %d pages while 8 writers appended\n", (long long)head, pages);
+  fprintf(stderr, "read %lld events in %d pages while 8 writers appended\n", (long long)head,
+          pages);
   kt_store_close(&s);
 }
 

@@ -49,19 +49,21 @@ static void child_writer(void *arg) {
     keel_es_event_in ev[5];
     for (int k = 0; k < n; k++)
       ev[k] = (keel_es_event_in){
-          .type = "Durable", .payload = json_pack("{s:I,s:i,s:i}", "batch", (json_int_t)batch, "k", k, "n", n)};
+          .type = "Durable",
+          .payload = json_pack("{s:I,s:i,s:i}", "batch", (json_int_t)batch, "k", k, "n", n)};
     keel_es_append_result r;
     int rc = keel_es_append(w->es, stream, version, ev, (size_t)n, &r);
-    for (int k = 0; k < n; k++) json_decref(ev[k].payload);
+    for (int k = 0; k < n; k++)
+      json_decref(ev[k].payload);
     if (rc) {
       fprintf(stderr, "child: append: %s\n", keel_strerror(rc));
       _exit(3);
     }
     version = r.version;
     char line[160];
-    int len = snprintf(line, sizeof line, "%s %lld %lld %lld %d %lld\n", stream,
-                       (long long)r.version, (long long)r.first_position,
-                       (long long)r.last_position, n, (long long)batch);
+    int len =
+        snprintf(line, sizeof line, "%s %lld %lld %lld %d %lld\n", stream, (long long)r.version,
+                 (long long)r.first_position, (long long)r.last_position, n, (long long)batch);
     if (write(1, line, (size_t)len) != len) _exit(4); /* < PIPE_BUF: atomic */
   }
 }
@@ -224,8 +226,9 @@ KT_CASE(acknowledged_appends_survive_sigkill_and_no_batch_is_partial) {
     CHECK(WIFSIGNALED(status) && WTERMSIG(status) == SIGKILL);
     size_t batches;
     verify(s.dir, before, &batches);
-    fprintf(stderr, "round %d: killed after %lld ms, %zu appends acknowledged (%zu in all), %zu "
-                    "batches stored\n",
+    fprintf(stderr,
+            "round %d: killed after %lld ms, %zu appends acknowledged (%zu in all), %zu "
+            "batches stored\n",
             round, (long long)run_ms, nacks - before, nacks, batches);
     CHECK(batches >= nacks);
   }

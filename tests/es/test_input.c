@@ -39,12 +39,12 @@ KT_CASE(bad_streams_types_ids_payloads_and_metadata_are_refused) {
   CHECK_EQ(one(es, "s-1", (keel_es_event_in){.id = "not-a-uuid", .type = "T", .payload = p}),
            KEEL_EINVAL);
   CHECK_EQ(one(es, "s-1",
-               (keel_es_event_in){.id = "g1111111-1111-4111-8111-111111111111", .type = "T",
-                                  .payload = p}),
+               (keel_es_event_in){
+                   .id = "g1111111-1111-4111-8111-111111111111", .type = "T", .payload = p}),
            KEEL_EINVAL);
   CHECK_EQ(one(es, "s-1",
-               (keel_es_event_in){.id = "111111111111-4111-8111-1111-11111111", .type = "T",
-                                  .payload = p}),
+               (keel_es_event_in){
+                   .id = "111111111111-4111-8111-1111-11111111", .type = "T", .payload = p}),
            KEEL_EINVAL);
   /* schema version */
   CHECK_EQ(one(es, "s-1", (keel_es_event_in){.type = "T", .schema_version = -1, .payload = p}),
@@ -74,7 +74,8 @@ KT_CASE(bad_streams_types_ids_payloads_and_metadata_are_refused) {
            KEEL_ERANGE);
   /* batches: empty, too many, one bad event among good ones */
   keel_es_event_in six[6];
-  for (int i = 0; i < 6; i++) six[i] = ok;
+  for (int i = 0; i < 6; i++)
+    six[i] = ok;
   keel_es_append_result r;
   CHECK_EQ(keel_es_append(es, "s-1", KEEL_ES_ANY, six, 0, &r), KEEL_EINVAL);
   CHECK_EQ(keel_es_append(es, "s-1", KEEL_ES_ANY, NULL, 1, &r), KEEL_EINVAL);

@@ -52,9 +52,8 @@ KT_CASE(filters_alone_and_together) {
   expect(es, &(keel_es_filter){.tenant = "acme"}, "1,2,5");
   expect(es, &(keel_es_filter){.tenant = "nobody"}, "");
   expect(es,
-         &(keel_es_filter){.category = "order",
-                           .types = (const char *const[]){"A", NULL},
-                           .tenant = "acme"},
+         &(keel_es_filter){
+             .category = "order", .types = (const char *const[]){"A", NULL}, .tenant = "acme"},
          "1,5");
   /* LIKE's wildcards mean nothing in a prefix */
   expect(es, &(keel_es_filter){.stream_prefix = "order_"}, "");

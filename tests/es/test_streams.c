@@ -14,7 +14,8 @@ static int append_ids(keel_es *es, const char *stream, int64_t expected, const c
                       size_t n, keel_es_append_result *r) {
   keel_es_event_in ev[8];
   json_t *p = json_object();
-  for (size_t i = 0; i < n; i++) ev[i] = (keel_es_event_in){.id = ids[i], .type = "T", .payload = p};
+  for (size_t i = 0; i < n; i++)
+    ev[i] = (keel_es_event_in){.id = ids[i], .type = "T", .payload = p};
   int rc = keel_es_append(es, stream, expected, ev, n, r);
   json_decref(p);
   return rc;

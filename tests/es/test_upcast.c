@@ -52,12 +52,12 @@ static keel_es *setup(kt_store *s) {
   CHECK_OK(keel_es_upcaster(es, "Price", 2, price_2_3, NULL));
   CHECK_EQ(keel_es_upcaster(es, "Price", 2, price_2_3, NULL), KEEL_EEXIST);
   CHECK_EQ(keel_es_upcaster(es, "Price", 0, price_2_3, NULL), KEEL_EINVAL);
-  put(es, "u-1", "OrderCreated", 1, json_pack("{s:i}", "total", 42));                /* 1 */
+  put(es, "u-1", "OrderCreated", 1, json_pack("{s:i}", "total", 42));                        /* 1 */
   put(es, "u-1", "AddressSet", 1, json_pack("{s:s,s:s}", "street", "Main", "city", "Oslo")); /* 2 */
-  put(es, "u-1", "Price", 1, json_pack("{s:i}", "amount", 10));                        /* 3 */
-  put(es, "u-1", "Price", 2, json_pack("{s:i,s:s}", "amount", 7, "currency", "USD"));  /* 4 */
-  put(es, "u-1", "Price", 3, json_pack("{s:i,s:s}", "value", 5, "currency", "GBP"));   /* 5 */
-  put(es, "u-1", "OrderPlaced", 2, json_pack("{s:i}", "total", 1));                    /* 6 */
+  put(es, "u-1", "Price", 1, json_pack("{s:i}", "amount", 10));                              /* 3 */
+  put(es, "u-1", "Price", 2, json_pack("{s:i,s:s}", "amount", 7, "currency", "USD"));        /* 4 */
+  put(es, "u-1", "Price", 3, json_pack("{s:i,s:s}", "value", 5, "currency", "GBP"));         /* 5 */
+  put(es, "u-1", "OrderPlaced", 2, json_pack("{s:i}", "total", 1));                          /* 6 */
   return es;
 }
 
@@ -109,29 +109,27 @@ KT_CASE(upcasters_apply_on_read_stream_and_read_all) {
 KT_CASE(read_all_filters_types_after_upcasting) {
   kt_store s;
   keel_es *es = setup(&s);
-  for (int i = 0; i < 30; i++) put(es, "noise-1", "Noise", 1, json_object());
+  for (int i = 0; i < 30; i++)
+    put(es, "noise-1", "Noise", 1, json_object());
   put(es, "u-2", "OrderCreated", 1, json_pack("{s:i}", "total", 3)); /* 37 */
   keel_es_events evs;
-  CHECK_OK(keel_es_read_all(es, 0, 0,
-                            &(keel_es_filter){.types = (const char *const[]){"OrderPlaced", NULL}},
-                            &evs));
+  CHECK_OK(keel_es_read_all(
+      es, 0, 0, &(keel_es_filter){.types = (const char *const[]){"OrderPlaced", NULL}}, &evs));
   CHECK_EQ(evs.n, 3);
   CHECK_EQ(evs.v[0].position, 1);
   CHECK_EQ(evs.v[1].position, 6);
   CHECK_EQ(evs.v[2].position, 37);
   keel_es_events_free(&evs);
-  CHECK_OK(keel_es_read_all(es, 0, 0,
-                            &(keel_es_filter){.types = (const char *const[]){"OrderCreated", NULL}},
-                            &evs));
+  CHECK_OK(keel_es_read_all(
+      es, 0, 0, &(keel_es_filter){.types = (const char *const[]){"OrderCreated", NULL}}, &evs));
   CHECK_EQ(evs.n, 0);
   keel_es_events_free(&evs);
   /* Paging one at a time with the filter still finds each, then ends. */
   int64_t after = 0;
   int found = 0;
   for (;;) {
-    CHECK_OK(keel_es_read_all(es, after, 1,
-                              &(keel_es_filter){.types = (const char *const[]){"CitySet", NULL}},
-                              &evs));
+    CHECK_OK(keel_es_read_all(
+        es, after, 1, &(keel_es_filter){.types = (const char *const[]){"CitySet", NULL}}, &evs));
     if (evs.n == 0) break;
     found++;
     after = evs.v[0].position;
