@@ -81,6 +81,7 @@ bench: build
 	./build/bench/bench_log
 	./build/bench/bench_observer
 	./build/bench/bench_http_parse
+	./build/bench/bench_es
 
 bench-compare: build
 	@scripts/install-deps.sh --bench

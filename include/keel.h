@@ -23,5 +23,6 @@
 #include "keel/observer.h"
 #include "keel/json.h"
 #include "keel/service.h"
+#include "keel/eventstore.h"
 
 #endif

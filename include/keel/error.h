@@ -28,7 +28,8 @@ typedef enum keel_error {
   KEEL_EDOWN = -12,     /* the peer process died while we waited on it */
   KEEL_ERANGE = -13,    /* a value is out of its allowed range */
   KEEL_EADDRINUSE = -14, /* the address (host and port) is already in use */
-  KEEL_ERROR_MIN_ = -14 /* lowest code; for table sizes */
+  KEEL_ECONFLICT = -15,  /* a concurrent change won (an expected version did not match) */
+  KEEL_ERROR_MIN_ = -15  /* lowest code; for table sizes */
 } keel_error;
 
 /* A human-readable description of a keel error code ("no such process").

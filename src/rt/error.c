@@ -23,6 +23,7 @@ static const entry table[] = {
     {KEEL_EDOWN, "KEEL_EDOWN", "the peer process exited"},
     {KEEL_ERANGE, "KEEL_ERANGE", "value out of range"},
     {KEEL_EADDRINUSE, "KEEL_EADDRINUSE", "address already in use"},
+    {KEEL_ECONFLICT, "KEEL_ECONFLICT", "conflict: the expected version did not match"},
 };
 
 static const entry *find(int code) {

@@ -1,0 +1,169 @@
+/* es_internal.h - what the event store's files share (not installed).
+ *
+ * src/es/ sits above ops (DESIGN.md): it uses the runtime (processes,
+ * replies, the blocking pool), the logger and the metrics. The files:
+ *   store.c   opening (URL, pragmas), the read-connection pool, closing
+ *   schema.c  the versioned migrations
+ *   writer.c  the writer thread: its queue, group commit, every write
+ *   append.c  the public write calls: validation, encoding, submission
+ *   read.c    the public read calls and the events they return
+ *   upcast.c  the upcaster registry and its application on every read path
+ */
+#ifndef KEEL_ES_INTERNAL_H
+#define KEEL_ES_INTERNAL_H
+
+#include <pthread.h>
+#include <sqlite3.h>
+#include <stdatomic.h>
+
+#include "keel/eventstore.h"
+#include "keel/message.h"
+
+/* ---- the writer's requests ------------------------------------------------ */
+
+/* One event, encoded by the caller's process before submission: the writer
+ * touches no caller memory. */
+typedef struct es_row {
+  char id[37];
+  bool given_id; /* the caller named it: look it up for idempotency */
+  int schema_version;
+  int64_t occurred_at;
+  char *type;     /* malloc'd */
+  char *payload;  /* malloc'd JSON text */
+  char *metadata; /* malloc'd JSON object text, or NULL */
+} es_row;
+
+typedef struct es_stream_req {
+  char *stream; /* malloc'd */
+  int64_t expected;
+  size_t n;
+  es_row *rows; /* malloc'd, n of them */
+} es_stream_req;
+
+typedef enum es_req_kind {
+  ES_REQ_APPEND,      /* streams[0..nstreams) in one savepoint */
+  ES_REQ_DELETE,      /* streams[0].stream, .expected */
+  ES_REQ_TRUNCATE,    /* streams[0].stream, arg */
+  ES_REQ_HARD_DELETE, /* streams[0].stream */
+  ES_REQ_SET_META,    /* streams[0].stream, text */
+  ES_REQ_FN,          /* fn(db, fn_arg) on the writer's connection, outside any transaction */
+} es_req_kind;
+
+/* A request: heap, owned by the writer once submitted (it frees it after
+ * replying). The reply is a message whose payload is an es_reply. */
+typedef struct es_req {
+  struct es_req *next;
+  es_req_kind kind;
+  keel_pid_t pid;
+  keel_ref_t ref;
+  size_t nstreams;
+  es_stream_req *streams;
+  size_t nevents; /* total, for the group limit */
+  int64_t arg;
+  char *text;
+  void (*fn)(sqlite3 *db, void *arg);
+  void *fn_arg;
+  double t0; /* submission time (monotonic s), for the duration histogram */
+} es_req;
+
+typedef struct es_reply {
+  int rc;
+  size_t failed;
+  size_t nresults;
+  keel_es_append_result results[]; /* one per stream of an append */
+} es_reply;
+
+/* ---- upcasters -------------------------------------------------------------- */
+
+typedef struct es_upcaster {
+  char *type;
+  int from_version;
+  keel_es_upcast_fn fn;
+  void *ud;
+} es_upcaster;
+
+/* ---- the store ---------------------------------------------------------------- */
+
+struct keel_es {
+  char *path;  /* the file, or a shared-cache URI for ":memory:" */
+  bool memory; /* ":memory:": reads go through the writer's connection */
+  keel_es_sync sync;
+  size_t max_event_bytes, max_batch, group_max_events;
+
+  /* the writer: the queue is guarded by mu; stopping tells it to drain and exit */
+  pthread_t writer;
+  bool writer_started;
+  pthread_mutex_t mu;
+  pthread_cond_t cv;
+  es_req *head, *tail;
+  bool stopping;
+  sqlite3 *wdb; /* the writer thread's only, after open */
+  sqlite3_stmt *st_find_id, *st_stream, *st_insert, *st_upsert;
+
+  /* read connections, checked out per call (file stores only) */
+  pthread_mutex_t rmu;
+  sqlite3 **rpool;
+  size_t nr, capr;
+
+  /* upcasters: registered before reading (guarded by umu all the same) */
+  pthread_mutex_t umu;
+  es_upcaster *ups;
+  size_t nups;
+  atomic_size_t nups_hint; /* relaxed: a hint that avoids the lock when none exist */
+
+  /* metrics (NULL when opts.metrics was NULL) */
+  keel_counter *m_ok, *m_conflict, *m_duplicate, *m_error, *m_events, *m_reads;
+  keel_histogram *m_duration, *m_group;
+};
+
+/* store.c: a SQLite code and message as a log line; returns KEEL_EIO. */
+int keel__es_sqlite_error(sqlite3 *db, int src, const char *what);
+/* store.c: opens one connection to es->path with the store's pragmas. */
+int keel__es_connect(keel_es *es, bool reader, sqlite3 **out);
+/* store.c: runs fn(db, arg) with a read connection: a pooled one on the
+ * blocking pool (file stores), or the writer's (":memory:"). Call from a
+ * process. 0, or KEEL_ENOTPROC, KEEL_ENOMEM, KEEL_EIO (no connection). */
+int keel__es_with_reader(keel_es *es, void (*fn)(sqlite3 *db, void *arg), void *arg);
+/* store.c: monotonic seconds, and Unix milliseconds. */
+double keel__es_now_s(void);
+int64_t keel__es_unix_ms(void);
+
+/* schema.c: creates or migrates the schema (idempotent); *version gets the
+ * schema version now in the file. */
+int keel__es_migrate(sqlite3 *db, int *version);
+extern const int keel__es_schema_version;
+
+/* writer.c: prepares the writer's statements on es->wdb (blocking pool). */
+int keel__es_writer_prepare(keel_es *es);
+/* writer.c: starts and stops the writer thread (stop drains the queue,
+ * closes the write connection). */
+int keel__es_writer_start(keel_es *es);
+void keel__es_writer_stop(keel_es *es);
+/* writer.c: submits req (ownership passes to the writer, always) and waits
+ * for its reply, which *out receives (the caller frees it). Call from a
+ * process. Errors: KEEL_ENOTPROC, KEEL_ENOMEM. */
+int keel__es_submit(keel_es *es, es_req *req, keel_msg_t **out);
+/* writer.c: frees a request and everything it holds. */
+void keel__es_req_free(es_req *req);
+/* writer.c: a request of one kind on one stream (stream copied). NULL: ENOMEM. */
+es_req *keel__es_req_new(es_req_kind kind, const char *stream);
+
+/* append.c: whether a stream id is valid (1-255 printable ASCII, no space). */
+bool keel__es_stream_ok(const char *stream);
+
+/* upcast.c: applies the upcasters to events[from..*n) (the array may be
+ * reallocated and grow: splits). Runs on whatever thread reads. 0 or
+ * KEEL_EINVAL (an upcaster failed; logged), KEEL_ENOMEM; on error the array
+ * still holds only owned events, for the caller to free. */
+typedef struct es_arena es_arena;
+int keel__es_upcast(keel_es *es, es_arena *arena, keel_es_event **events, size_t *n, size_t *cap,
+                    size_t from);
+/* upcast.c: the types upcasters start from (malloc'd array of borrowed
+ * strings, *n of them; NULL when none). Valid while no upcaster is added. */
+const char **keel__es_upcaster_types(keel_es *es, size_t *n);
+void keel__es_upcasters_free(keel_es *es);
+
+/* read.c: copies s into the arena (NULL: ENOMEM). */
+char *keel__es_arena_strdup(es_arena *a, const char *s);
+
+#endif

@@ -1,0 +1,465 @@
+/* read.c - the public read calls, and the events they hand out.
+ *
+ * Every read runs its SQL on a read connection (store.c: the blocking pool
+ * with a pooled connection, or the writer's connection for an in-memory
+ * store), inside one read transaction, so that what it checks (the stream's
+ * row, whether any stream has hidden events) and what it returns come from
+ * one snapshot. Rows are decoded there too (JSON parsed off the schedulers),
+ * and the upcasters are applied there (upcast.c), on every path: read_stream
+ * and read_all alike. The events' strings live in an arena the
+ * keel_es_events owns; payloads and metadata are jansson references it owns.
+ *
+ * read_all and hidden events: events of soft-deleted streams, and versions
+ * below a stream's truncated_before, are not returned. A partial index
+ * (schema.c) answers "is anything hidden?" in one probe, and only when
+ * something is does the query pay for the NOT EXISTS per row.
+ *
+ * read_all and types: when upcasters exist, a stored type may become
+ * another, so the type filter is applied after upcasting. The SQL then also
+ * selects every type an upcaster starts from, and the call reads further
+ * pages until it has `limit` events or the feed ends, so that an empty
+ * answer still means "nothing more".
+ */
+#include <stdlib.h>
+#include <string.h>
+
+#include "es/es_internal.h"
+#include "keel/error.h"
+#include "keel/log.h"
+
+/* ---- the arena ------------------------------------------------------------- */
+
+typedef struct es_chunk {
+  struct es_chunk *next;
+  size_t used, cap;
+  char data[];
+} es_chunk;
+
+struct es_arena {
+  es_chunk *head;
+};
+
+char *keel__es_arena_strdup(es_arena *a, const char *s) {
+  size_t n = strlen(s) + 1;
+  es_chunk *c = a->head;
+  if (!c || c->cap - c->used < n) {
+    size_t cap = n > 16384 ? n : 16384;
+    c = malloc(sizeof *c + cap);
+    if (!c) return NULL;
+    c->cap = cap;
+    c->used = 0;
+    c->next = a->head;
+    a->head = c;
+  }
+  char *p = c->data + c->used;
+  memcpy(p, s, n);
+  c->used += n;
+  return p;
+}
+
+static void arena_free(es_arena *a) {
+  if (!a) return;
+  for (es_chunk *c = a->head, *next; c; c = next) {
+    next = c->next;
+    free(c);
+  }
+  free(a);
+}
+
+void keel_es_events_free(keel_es_events *evs) {
+  if (!evs) return;
+  for (size_t i = 0; i < evs->n; i++) {
+    json_decref(evs->v[i].payload);
+    json_decref(evs->v[i].metadata);
+  }
+  free(evs->v);
+  arena_free(evs->priv_);
+  memset(evs, 0, sizeof *evs);
+}
+
+/* ---- decoding ---------------------------------------------------------------- */
+
+#define EVENT_COLS                                                                                 \
+  "e.position, e.stream, e.version, e.id, e.type, e.schema_version, e.payload, e.metadata, "       \
+  "e.occurred_at, e.stored_at"
+
+typedef struct evec {
+  keel_es_event *v;
+  size_t n, cap;
+  es_arena *arena;
+} evec;
+
+static int decode_row(sqlite3_stmt *st, evec *out) {
+  if (out->n == out->cap) {
+    size_t cap = out->cap ? out->cap * 2 : 64;
+    keel_es_event *v = realloc(out->v, cap * sizeof *v);
+    if (!v) return KEEL_ENOMEM;
+    out->v = v;
+    out->cap = cap;
+  }
+  keel_es_event *e = &out->v[out->n];
+  memset(e, 0, sizeof *e);
+  e->position = sqlite3_column_int64(st, 0);
+  e->version = sqlite3_column_int64(st, 2);
+  const char *id = (const char *)sqlite3_column_text(st, 3);
+  snprintf(e->id, sizeof e->id, "%s", id ? id : "");
+  e->schema_version = sqlite3_column_int(st, 5);
+  e->occurred_at_ms = sqlite3_column_int64(st, 8);
+  e->stored_at_ms = sqlite3_column_int64(st, 9);
+  const char *stream = (const char *)sqlite3_column_text(st, 1);
+  const char *type = (const char *)sqlite3_column_text(st, 4);
+  if (!(e->stream = keel__es_arena_strdup(out->arena, stream ? stream : "")) ||
+      !(e->type = keel__es_arena_strdup(out->arena, type ? type : "")))
+    return KEEL_ENOMEM;
+  json_error_t jerr;
+  const char *payload = (const char *)sqlite3_column_text(st, 6);
+  e->payload = json_loads(payload ? payload : "null", JSON_DECODE_ANY, &jerr);
+  const char *meta = (const char *)sqlite3_column_text(st, 7);
+  e->metadata = meta ? json_loads(meta, 0, &jerr) : json_object();
+  if (!e->payload || !json_is_object(e->metadata)) {
+    keel_log_error(NULL, "event store: a stored event does not decode",
+                   KEEL_INT("position", e->position), KEEL_STR("error", jerr.text));
+    json_decref(e->payload);
+    json_decref(e->metadata);
+    return KEEL_EIO;
+  }
+  out->n++;
+  return 0;
+}
+
+/* Steps st to the end, decoding every row into out. *rows: rows read. */
+static int decode_all(sqlite3 *db, sqlite3_stmt *st, evec *out, size_t *rows) {
+  int src, rc = 0;
+  size_t k = 0;
+  while ((src = sqlite3_step(st)) == SQLITE_ROW) {
+    k++;
+    if ((rc = decode_row(st, out))) break;
+  }
+  if (rows) *rows = k;
+  if (rc == 0 && src != SQLITE_DONE) rc = keel__es_sqlite_error(db, src, "reading events");
+  return rc;
+}
+
+static void evec_free(evec *v) {
+  keel_es_events e = {.n = v->n, .v = v->v, .priv_ = v->arena};
+  keel_es_events_free(&e);
+  memset(v, 0, sizeof *v);
+}
+
+/* ---- the calls on the reading thread ------------------------------------------------ */
+
+typedef enum { R_STREAM, R_ALL, R_HEAD, R_INFO } read_kind;
+
+typedef struct read_call {
+  keel_es *es;
+  read_kind kind;
+  const char *stream;
+  keel_es_read_opts ro;
+  int64_t after;
+  size_t limit;
+  const keel_es_filter *f;
+  evec ev;
+  keel_es_stream_info *info;
+  int64_t head;
+  int rc;
+} read_call;
+
+static int begin(sqlite3 *db) {
+  int src = sqlite3_exec(db, "BEGIN", NULL, NULL, NULL);
+  return src == SQLITE_OK ? 0 : keel__es_sqlite_error(db, src, "starting a read");
+}
+
+static void end(sqlite3 *db) {
+  sqlite3_exec(db, "COMMIT", NULL, NULL, NULL);
+}
+
+static int prepare(sqlite3 *db, const char *sql, sqlite3_stmt **st) {
+  int src = sqlite3_prepare_v2(db, sql, -1, st, NULL);
+  return src == SQLITE_OK ? 0 : keel__es_sqlite_error(db, src, "preparing a read");
+}
+
+static int64_t max3(int64_t a, int64_t b, int64_t c) {
+  int64_t m = a > b ? a : b;
+  return m > c ? m : c;
+}
+
+static int do_read_stream(sqlite3 *db, read_call *c) {
+  sqlite3_stmt *st;
+  int rc =
+      prepare(db, "SELECT version, deleted, truncated_before FROM streams WHERE stream = ?", &st);
+  if (rc) return rc;
+  sqlite3_bind_text(st, 1, c->stream, -1, SQLITE_STATIC);
+  int src = sqlite3_step(st);
+  int64_t version = 0, truncated = 0;
+  bool deleted = false;
+  if (src == SQLITE_ROW) {
+    version = sqlite3_column_int64(st, 0);
+    deleted = sqlite3_column_int(st, 1) != 0;
+    truncated = sqlite3_column_int64(st, 2);
+  }
+  sqlite3_finalize(st);
+  if (src != SQLITE_ROW && src != SQLITE_DONE)
+    return keel__es_sqlite_error(db, src, "reading a stream");
+  if (src == SQLITE_DONE || deleted || version == 0) return KEEL_ENOENT;
+  const keel_es_read_opts *o = &c->ro;
+  int64_t lo, hi;
+  if (o->backwards) {
+    hi = o->from ? o->from : INT64_MAX;
+    lo = max3(o->to, truncated, 1);
+  } else {
+    lo = max3(o->from, truncated, 1);
+    hi = o->to ? o->to : INT64_MAX;
+  }
+  if ((rc = prepare(db,
+                    o->backwards ? "SELECT " EVENT_COLS " FROM events e WHERE e.stream = ? AND "
+                                   "e.version BETWEEN ? AND ? ORDER BY e.version DESC LIMIT ?"
+                                 : "SELECT " EVENT_COLS " FROM events e WHERE e.stream = ? AND "
+                                   "e.version BETWEEN ? AND ? ORDER BY e.version ASC LIMIT ?",
+                    &st)))
+    return rc;
+  sqlite3_bind_text(st, 1, c->stream, -1, SQLITE_STATIC);
+  sqlite3_bind_int64(st, 2, lo);
+  sqlite3_bind_int64(st, 3, hi);
+  sqlite3_bind_int64(st, 4, (int64_t)c->limit);
+  rc = decode_all(db, st, &c->ev, NULL);
+  sqlite3_finalize(st);
+  if (rc == 0) rc = keel__es_upcast(c->es, c->ev.arena, &c->ev.v, &c->ev.n, &c->ev.cap, 0);
+  return rc;
+}
+
+static bool type_wanted(const char *const *types, const char *type) {
+  for (size_t i = 0; types[i]; i++)
+    if (strcmp(types[i], type) == 0) return true;
+  return false;
+}
+
+static int do_read_all(sqlite3 *db, read_call *c) {
+  const keel_es_filter *f = c->f;
+  sqlite3_stmt *st;
+  int rc = prepare(db,
+                   "SELECT EXISTS (SELECT 1 FROM streams "
+                   "WHERE deleted <> 0 OR truncated_before > 1)",
+                   &st);
+  if (rc) return rc;
+  int src = sqlite3_step(st);
+  bool hidden = src == SQLITE_ROW && sqlite3_column_int(st, 0) != 0;
+  sqlite3_finalize(st);
+  if (src != SQLITE_ROW) return keel__es_sqlite_error(db, src, "reading the hidden streams");
+
+  size_t nup = 0;
+  const char **uptypes = NULL;
+  bool post_filter = false;
+  if (f && f->types) {
+    uptypes = keel__es_upcaster_types(c->es, &nup);
+    post_filter = nup > 0;
+  }
+  /* The query, with numbered parameters: ?1 after, ?2 limit, then the filters'. */
+  size_t cap = 1024;
+  char *sql = malloc(cap);
+  if (!sql) {
+    free(uptypes);
+    return KEEL_ENOMEM;
+  }
+  int len = snprintf(sql, cap, "SELECT " EVENT_COLS " FROM events e WHERE e.position > ?1");
+  int p = 3;
+  int p_types = 0, p_prefix = 0, p_cat = 0, p_tenant = 0;
+  size_t ntypes = 0;
+#define APPEND(...)                                                                                \
+  do {                                                                                             \
+    int need = snprintf(NULL, 0, __VA_ARGS__);                                                     \
+    while ((size_t)(len + need + 1) > cap) {                                                       \
+      char *s2 = realloc(sql, cap * 2);                                                            \
+      if (!s2) {                                                                                   \
+        free(sql);                                                                                 \
+        free(uptypes);                                                                             \
+        return KEEL_ENOMEM;                                                                        \
+      }                                                                                            \
+      sql = s2;                                                                                    \
+      cap *= 2;                                                                                    \
+    }                                                                                              \
+    len += snprintf(sql + len, cap - (size_t)len, __VA_ARGS__);                                    \
+  } while (0)
+  if (f && f->types) {
+    while (f->types[ntypes])
+      ntypes++;
+    p_types = p;
+    APPEND(" AND e.type IN (");
+    for (size_t i = 0; i < ntypes + nup; i++, p++)
+      APPEND("%s?%d", i ? ", " : "", p);
+    if (ntypes + nup == 0) APPEND("NULL");
+    APPEND(")");
+  }
+  if (f && f->stream_prefix) {
+    p_prefix = p;
+    APPEND(" AND substr(e.stream, 1, length(?%d)) = ?%d", p, p);
+    p++;
+  }
+  if (f && f->category) {
+    p_cat = p;
+    APPEND(" AND (e.stream = ?%d OR substr(e.stream, 1, length(?%d) + 1) = ?%d || '-')", p, p, p);
+    p++;
+  }
+  if (f && f->tenant) {
+    p_tenant = p;
+    APPEND(" AND json_extract(e.metadata, '$.tenant') = ?%d", p);
+    p++;
+  }
+  if (hidden)
+    APPEND(" AND NOT EXISTS (SELECT 1 FROM streams s WHERE s.stream = e.stream AND "
+           "(s.deleted <> 0 OR e.version < s.truncated_before))");
+  APPEND(" ORDER BY e.position LIMIT ?2");
+#undef APPEND
+  rc = prepare(db, sql, &st);
+  free(sql);
+  if (rc) {
+    free(uptypes);
+    return rc;
+  }
+  if (p_types) {
+    for (size_t i = 0; i < ntypes; i++)
+      sqlite3_bind_text(st, p_types + (int)i, f->types[i], -1, SQLITE_STATIC);
+    for (size_t i = 0; i < nup; i++)
+      sqlite3_bind_text(st, p_types + (int)(ntypes + i), uptypes[i], -1, SQLITE_STATIC);
+  }
+  if (p_prefix) sqlite3_bind_text(st, p_prefix, f->stream_prefix, -1, SQLITE_STATIC);
+  if (p_cat) sqlite3_bind_text(st, p_cat, f->category, -1, SQLITE_STATIC);
+  if (p_tenant) sqlite3_bind_text(st, p_tenant, f->tenant, -1, SQLITE_STATIC);
+
+  int64_t cursor = c->after;
+  while (rc == 0 && c->ev.n < c->limit) {
+    size_t want = c->limit - c->ev.n, start = c->ev.n, rows = 0;
+    sqlite3_bind_int64(st, 1, cursor);
+    sqlite3_bind_int64(st, 2, (int64_t)want);
+    rc = decode_all(db, st, &c->ev, &rows);
+    sqlite3_reset(st);
+    if (rc || rows == 0) break;
+    cursor = c->ev.v[c->ev.n - 1].position;
+    rc = keel__es_upcast(c->es, c->ev.arena, &c->ev.v, &c->ev.n, &c->ev.cap, start);
+    if (rc) break;
+    if (post_filter) { /* keep the events whose latest type is wanted */
+      size_t w = start;
+      for (size_t i = start; i < c->ev.n; i++) {
+        if (type_wanted(f->types, c->ev.v[i].type)) {
+          c->ev.v[w++] = c->ev.v[i];
+        } else {
+          json_decref(c->ev.v[i].payload);
+          json_decref(c->ev.v[i].metadata);
+        }
+      }
+      c->ev.n = w;
+    }
+    if (!post_filter || rows < want) break;
+  }
+  sqlite3_finalize(st);
+  free(uptypes);
+  return rc;
+}
+
+static int do_info(sqlite3 *db, read_call *c) {
+  sqlite3_stmt *st;
+  int rc = prepare(db,
+                   "SELECT version, deleted, truncated_before, metadata FROM streams "
+                   "WHERE stream = ?",
+                   &st);
+  if (rc) return rc;
+  sqlite3_bind_text(st, 1, c->stream, -1, SQLITE_STATIC);
+  int src = sqlite3_step(st);
+  if (src == SQLITE_ROW) {
+    c->info->version = sqlite3_column_int64(st, 0);
+    c->info->deleted = sqlite3_column_int(st, 1) != 0;
+    c->info->truncated_before = sqlite3_column_int64(st, 2);
+    const char *meta = (const char *)sqlite3_column_text(st, 3);
+    c->info->metadata = meta ? json_loads(meta, 0, NULL) : json_object();
+    if (!c->info->metadata) c->info->metadata = json_object();
+  }
+  sqlite3_finalize(st);
+  if (src == SQLITE_DONE) return KEEL_ENOENT;
+  return src == SQLITE_ROW ? 0 : keel__es_sqlite_error(db, src, "reading a stream's info");
+}
+
+static int do_head(sqlite3 *db, read_call *c) {
+  sqlite3_stmt *st;
+  int rc = prepare(db, "SELECT coalesce(max(position), 0) FROM events", &st);
+  if (rc) return rc;
+  int src = sqlite3_step(st);
+  if (src == SQLITE_ROW) c->head = sqlite3_column_int64(st, 0);
+  sqlite3_finalize(st);
+  return src == SQLITE_ROW ? 0 : keel__es_sqlite_error(db, src, "reading the head");
+}
+
+static void run_read(sqlite3 *db, void *arg) {
+  read_call *c = arg;
+  if ((c->rc = begin(db)) != 0) return;
+  switch (c->kind) {
+  case R_STREAM: c->rc = do_read_stream(db, c); break;
+  case R_ALL: c->rc = do_read_all(db, c); break;
+  case R_INFO: c->rc = do_info(db, c); break;
+  case R_HEAD: c->rc = do_head(db, c); break;
+  }
+  end(db);
+}
+
+static int run(keel_es *es, read_call *c, keel_es_events *out) {
+  if (es->m_reads) keel_counter_inc(es->m_reads);
+  if (out) {
+    memset(out, 0, sizeof *out);
+    if (!(c->ev.arena = calloc(1, sizeof *c->ev.arena))) return KEEL_ENOMEM;
+  }
+  c->es = es;
+  int rc = keel__es_with_reader(es, run_read, c);
+  if (rc == 0) rc = c->rc;
+  if (out) {
+    if (rc) {
+      evec_free(&c->ev);
+    } else {
+      out->n = c->ev.n;
+      out->v = c->ev.v;
+      out->priv_ = c->ev.arena;
+    }
+  }
+  return rc;
+}
+
+int keel_es_read_stream(keel_es *es, const char *stream, const keel_es_read_opts *o,
+                        keel_es_events *out) {
+  if (out) memset(out, 0, sizeof *out);
+  if (!es || !out || !keel__es_stream_ok(stream)) return KEEL_EINVAL;
+  read_call c = {.kind = R_STREAM, .stream = stream};
+  if (o) c.ro = *o;
+  if (c.ro.from < 0 || c.ro.to < 0) return KEEL_EINVAL;
+  if (c.ro.limit > 100000) return KEEL_ERANGE;
+  c.limit = c.ro.limit ? c.ro.limit : 1000;
+  return run(es, &c, out);
+}
+
+int keel_es_read_all(keel_es *es, int64_t after, size_t limit, const keel_es_filter *f,
+                     keel_es_events *out) {
+  if (out) memset(out, 0, sizeof *out);
+  if (!es || !out || after < 0) return KEEL_EINVAL;
+  if (limit > 100000) return KEEL_ERANGE;
+  read_call c = {.kind = R_ALL, .after = after, .limit = limit ? limit : 1000, .f = f};
+  return run(es, &c, out);
+}
+
+int keel_es_head(keel_es *es, int64_t *position) {
+  if (!es || !position) return KEEL_EINVAL;
+  read_call c = {.kind = R_HEAD};
+  int rc = run(es, &c, NULL);
+  *position = rc == 0 ? c.head : 0;
+  return rc;
+}
+
+int keel_es_stream_info_get(keel_es *es, const char *stream, keel_es_stream_info *out) {
+  if (out) memset(out, 0, sizeof *out);
+  if (!es || !out || !keel__es_stream_ok(stream)) return KEEL_EINVAL;
+  read_call c = {.kind = R_INFO, .stream = stream, .info = out};
+  int rc = run(es, &c, NULL);
+  if (rc) keel_es_stream_info_free(out);
+  return rc;
+}
+
+void keel_es_stream_info_free(keel_es_stream_info *info) {
+  if (!info) return;
+  json_decref(info->metadata);
+  memset(info, 0, sizeof *info);
+}

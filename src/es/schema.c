@@ -1,0 +1,105 @@
+/* schema.c - the event store's tables, created and migrated by version.
+ *
+ * The schema's version lives in SQLite's user_version. keel__es_migrate
+ * runs, in one IMMEDIATE transaction, every migration above the file's
+ * version, then sets it: running it again does nothing, two stores opening
+ * one file at once serialise on the write lock, and a file written by a
+ * newer keel (a version this one does not know) is refused rather than
+ * guessed at.
+ *
+ * Version 1:
+ *   events   one row per event. position is the global order: an
+ *            AUTOINCREMENT rowid, so a position is never reused, even after a
+ *            hard delete of the newest events. UNIQUE(id) makes appends
+ *            idempotent by event id; UNIQUE(stream, version) serves stream
+ *            reads and refuses a second writer's lost race.
+ *   streams  one row per stream: its version (kept across a soft delete),
+ *            deleted, truncated_before (versions below it are not read) and
+ *            metadata. A partial index finds the streams with hidden events,
+ *            so that read_all pays for hiding only when something is hidden.
+ *   es_control  one row; hard_delete is set and cleared inside the hard
+ *            delete's own transaction, so no other connection ever sees it
+ *            set.
+ *   triggers refuse every UPDATE of events, and every DELETE unless the
+ *            hard-delete flag is set: the table is append-only for anyone
+ *            holding the file, not only for this code.
+ */
+#include "es/es_internal.h"
+
+#include <stdio.h>
+
+#include "keel/error.h"
+
+static const char *const migrations[] = {
+    /* 1 */
+    "CREATE TABLE events ("
+    "  position INTEGER PRIMARY KEY AUTOINCREMENT,"
+    "  stream TEXT NOT NULL,"
+    "  version INTEGER NOT NULL,"
+    "  id TEXT NOT NULL UNIQUE,"
+    "  type TEXT NOT NULL,"
+    "  schema_version INTEGER NOT NULL,"
+    "  payload TEXT NOT NULL,"
+    "  metadata TEXT,"
+    "  occurred_at INTEGER NOT NULL,"
+    "  stored_at INTEGER NOT NULL,"
+    "  UNIQUE (stream, version));"
+    "CREATE TABLE streams ("
+    "  stream TEXT PRIMARY KEY,"
+    "  version INTEGER NOT NULL DEFAULT 0,"
+    "  deleted INTEGER NOT NULL DEFAULT 0,"
+    "  truncated_before INTEGER NOT NULL DEFAULT 0,"
+    "  metadata TEXT) WITHOUT ROWID;"
+    "CREATE INDEX streams_hidden ON streams (stream)"
+    "  WHERE deleted <> 0 OR truncated_before > 1;"
+    "CREATE TABLE es_control ("
+    "  id INTEGER PRIMARY KEY CHECK (id = 1),"
+    "  hard_delete INTEGER NOT NULL);"
+    "INSERT INTO es_control VALUES (1, 0);"
+    "CREATE TRIGGER events_no_update BEFORE UPDATE ON events BEGIN"
+    "  SELECT RAISE(ABORT, 'events are append-only');"
+    "END;"
+    "CREATE TRIGGER events_no_delete BEFORE DELETE ON events"
+    "  WHEN (SELECT hard_delete FROM es_control WHERE id = 1) = 0 BEGIN"
+    "  SELECT RAISE(ABORT, 'events are append-only (keel_es_hard_delete removes a stream)');"
+    "END;",
+};
+
+const int keel__es_schema_version = (int)(sizeof migrations / sizeof migrations[0]);
+
+static int user_version(sqlite3 *db, int *v) {
+  sqlite3_stmt *st;
+  int src = sqlite3_prepare_v2(db, "PRAGMA user_version", -1, &st, NULL);
+  if (src != SQLITE_OK) return keel__es_sqlite_error(db, src, "reading the schema version");
+  src = sqlite3_step(st);
+  *v = src == SQLITE_ROW ? sqlite3_column_int(st, 0) : 0;
+  sqlite3_finalize(st);
+  return src == SQLITE_ROW ? 0 : keel__es_sqlite_error(db, src, "reading the schema version");
+}
+
+int keel__es_migrate(sqlite3 *db, int *version) {
+  int src = sqlite3_exec(db, "BEGIN IMMEDIATE", NULL, NULL, NULL);
+  if (src != SQLITE_OK) return keel__es_sqlite_error(db, src, "locking the schema");
+  int v = 0, rc = user_version(db, &v);
+  if (rc == 0 && v > keel__es_schema_version) {
+    keel__es_sqlite_error(db, SQLITE_ERROR, "the file's schema is newer than this keel's");
+    rc = KEEL_EIO;
+  }
+  for (int i = v; rc == 0 && i < keel__es_schema_version; i++) {
+    src = sqlite3_exec(db, migrations[i], NULL, NULL, NULL);
+    if (src != SQLITE_OK) rc = keel__es_sqlite_error(db, src, "migrating the schema");
+  }
+  if (rc == 0 && v < keel__es_schema_version) {
+    char sql[64];
+    snprintf(sql, sizeof sql, "PRAGMA user_version = %d", keel__es_schema_version);
+    src = sqlite3_exec(db, sql, NULL, NULL, NULL);
+    if (src != SQLITE_OK) rc = keel__es_sqlite_error(db, src, "setting the schema version");
+  }
+  if (rc == 0) {
+    src = sqlite3_exec(db, "COMMIT", NULL, NULL, NULL);
+    if (src != SQLITE_OK) rc = keel__es_sqlite_error(db, src, "committing the schema");
+  }
+  if (rc != 0) sqlite3_exec(db, "ROLLBACK", NULL, NULL, NULL);
+  if (rc == 0) *version = keel__es_schema_version;
+  return rc;
+}
