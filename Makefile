@@ -54,7 +54,7 @@ test-tsan:
 	cmake -S . -B build-tsan -DKEEL_WERROR=$(WERROR) -DKEEL_SANITIZE=thread \
 	      -DKEEL_BUILD_BENCH=OFF -DKEEL_BUILD_EXAMPLES=OFF $(CMAKE_FLAGS)
 	cmake --build build-tsan -j$(JOBS)
-	TSAN_OPTIONS=halt_on_error=1:second_deadlock_stack=1 KEEL_TEST_SANITIZER=tsan \
+	TSAN_OPTIONS=halt_on_error=1:second_deadlock_stack=1:suppressions=$(CURDIR)/tests/tsan.supp KEEL_TEST_SANITIZER=tsan \
 	  $(CTEST) --test-dir build-tsan -L concurrency
 
 # The portable (_setjmp/_longjmp) context switch, used where there is no

@@ -55,8 +55,9 @@ static void listener_handle_closed(uv_handle_t *h) {
 
 /* A new descriptor for the listening socket, close-on-exec. dup, not
  * fcntl(F_DUPFD_CLOEXEC): ThreadSanitizer follows descriptors through dup
- * but not through fcntl, and would take a number reused across schedulers
- * for a race. */
+ * but not through fcntl. (It still cannot see libuv's raw close syscall, so
+ * a number libuv accepted and closed on another scheduler looks reused:
+ * tests/tsan.supp.) */
 static int listener_dup(const keel__listener *l) {
   int fd = dup(l->fd);
   if (fd >= 0) fcntl(fd, F_SETFD, FD_CLOEXEC);
