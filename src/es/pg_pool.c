@@ -120,6 +120,7 @@ int keel__es_pg_acquire(keel_es *es, es_pgconn **out) {
     es_pgwaiter w = {.pid = keel_self(), .ref = keel_make_ref()};
     int rc = keel_await_ref(w.ref);
     if (rc) return rc;
+    bool queued = false; /* w.done is the releaser's once w is queued: read it under mu */
     pthread_mutex_lock(&pg->mu);
     /* a release may have come between the two locks */
     if ((c = pg->idle) != NULL) {
@@ -138,10 +139,11 @@ int keel__es_pg_acquire(keel_es *es, es_pgconn **out) {
         pg->wq = &w;
       pg->wq_tail = &w;
       pg->nwaiting++;
+      queued = true;
     }
     gauges(pg);
     pthread_mutex_unlock(&pg->mu);
-    if (!w.done) {
+    if (queued) {
       keel_msg_t *m = NULL;
       rc = keel_await(w.ref, &m, pg->acquire_timeout_ms);
       keel_msg_free(m);
