@@ -1,6 +1,6 @@
 /* pg_conn.c - one PostgreSQL connection: opening it, and the query loop.
  *
- * Opening runs PQconnectdb on the blocking pool (name resolution and the TLS
+ * Opening runs PQconnectdbParams on the blocking pool (name resolution and the TLS
  * handshake block inside libpq, so they never run on a scheduler thread),
  * sets the connection's statement_timeout, silences the server's notices
  * (CREATE ... IF NOT EXISTS sends them) and makes the socket non-blocking.
@@ -35,7 +35,13 @@ static void no_notices(void *arg, const char *message) {
 
 int keel__es_pg_connect(es_pg *pg, es_pgconn **out) {
   *out = NULL;
-  PGconn *conn = PQconnectdb(pg->url);
+  /* connect_timeout 10 s unless the URL says otherwise (a later keyword's
+   * value wins over an earlier one's, and the URL is expanded last): an
+   * unreachable host must not hold a blocking-pool thread for the kernel's
+   * TCP timeout. */
+  static const char *const keys[] = {"connect_timeout", "dbname", NULL};
+  const char *const vals[] = {"10", pg->url, NULL};
+  PGconn *conn = PQconnectdbParams(keys, vals, 1);
   if (!conn) return KEEL_ENOMEM;
   if (PQstatus(conn) != CONNECTION_OK) {
     keel_log_error(NULL, "event store: cannot connect to PostgreSQL",
