@@ -57,17 +57,26 @@ start)
     cat "$dir/initdb.log" >&2
     exit 1
   }
-  # A free loopback port: ask the kernel for one, then give it to postgres.
-  port=$(python3 -c 'import socket; s=socket.socket(); s.bind(("127.0.0.1", 0)); print(s.getsockname()[1])')
-  # fsync off: the tests kill clients, never the server, so the server's own
-  # durability is not what they measure, and it saves seconds. autovacuum off:
-  # its ANALYZE takes a transaction id, and read_all's horizon is
-  # cluster-wide (docs/eventstore.md): a test's read right after its append
-  # must not wait on a transaction the test did not start.
-  as_pg "$bindir/pg_ctl" -D "$dir/data" -l "$dir/server.log" -w -t 60 \
-    -o "-c listen_addresses=127.0.0.1 -c port=$port -c unix_socket_directories=$dir \
-        -c fsync=off -c autovacuum=off -c synchronous_commit=off -c full_page_writes=off -c max_connections=300 \
-        -c shared_buffers=32MB" start >/dev/null || {
+  # A free loopback port: a random one nothing answers on; if the server
+  # still cannot bind it (a race with another program), try another.
+  started=0
+  for _ in 1 2 3 4 5 6 7 8 9 10; do
+    port=$((20000 + RANDOM % 40000))
+    if (exec 3<>"/dev/tcp/127.0.0.1/$port") 2>/dev/null; then continue; fi
+    # fsync off: the tests kill clients, never the server, so the server's own
+    # durability is not what they measure, and it saves seconds. autovacuum
+    # off: its ANALYZE takes a transaction id, and read_all's horizon is
+    # cluster-wide (docs/eventstore.md): a test's read right after its append
+    # must not wait on a transaction the test did not start.
+    if as_pg "$bindir/pg_ctl" -D "$dir/data" -l "$dir/server.log" -w -t 60 \
+      -o "-c listen_addresses=127.0.0.1 -c port=$port -c unix_socket_directories=$dir \
+          -c fsync=off -c autovacuum=off -c synchronous_commit=off -c full_page_writes=off \
+          -c max_connections=300 -c shared_buffers=32MB" start >/dev/null; then
+      started=1
+      break
+    fi
+  done
+  [[ $started -eq 1 ]] || {
     cat "$dir/server.log" >&2
     exit 1
   }
