@@ -10,17 +10,19 @@ set -euo pipefail
 # build: compiler, cmake, libuv, jansson (JSON outside the hot paths),
 # node-llhttp (llhttp's generated C, compiled into libkeel as the HTTP/1.1
 # parser, see docs/decisions/0007), libsqlite3-dev (the event store's
-# embedded database, src/es/). test: a cross
+# embedded database, src/es/), libpq-dev (its PostgreSQL backend). test: a cross
 # compiler and qemu to run the AArch64 context switch (tests/ctx/run-cross.sh);
 # prometheus for promtool and a real scrape (tests/ops/test_prom*.sh); jq and
 # curl, which read logs and talk to the microservice in the test scripts;
 # clang and its libFuzzer runtime for the fuzz targets (tests/fuzz);
-# http-parser, the second parser of the differential fuzz target.
+# http-parser, the second parser of the differential fuzz target;
+# postgresql-15, the throwaway cluster of the event store's PostgreSQL tests
+# (tests/es/pg_cluster.sh).
 # --build: only what building needs (the Docker image). --bench: also the
 # systems keel is compared with (Erlang/OTP, nginx) and wrk.
 build_packages=(build-essential cmake pkg-config libuv1-dev libjansson-dev node-llhttp
-  libsqlite3-dev)
-test_packages=(gcc-aarch64-linux-gnu libc6-dev-arm64-cross qemu-user prometheus jq curl
+  libsqlite3-dev libpq-dev)
+test_packages=(postgresql-15 gcc-aarch64-linux-gnu libc6-dev-arm64-cross qemu-user prometheus jq curl
   clang libclang-rt-14-dev libhttp-parser-dev)
 case "${1:-}" in
   --build) packages=("${build_packages[@]}") ;;

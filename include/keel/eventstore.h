@@ -3,9 +3,8 @@
  *
  * Embedded by default (SQLite, a file under ./data, WAL, synchronous=FULL:
  * when an append returns, its events survive a power cut); PostgreSQL when
- * many instances share one database (DATABASE_URL=postgresql://...; not in
- * this version: keel_es_open answers KEEL_EINVAL for it, see
- * docs/eventstore.md).
+ * many instances share one database (DATABASE_URL=postgresql://... or
+ * postgres://...: a pool of libpq connections, see docs/eventstore.md).
  *
  *   keel_es *es;
  *   keel_es_open(NULL, &es);                       // $DATABASE_URL, else sqlite:./data/keel.db
@@ -36,8 +35,11 @@
  * CALLS block only the calling keel process: SQLite appends go to one writer
  * thread, which folds concurrent appends into one transaction (group commit;
  * each append keeps its own expected-version check and its own result), and
- * reads run on the blocking pool. Call from a keel process; a handle may be
- * shared by every process of the node.
+ * reads run on the blocking pool. On PostgreSQL each call checks a
+ * connection out of the store's pool and talks to the server with libpq's
+ * asynchronous API, the calling process waiting on the socket (one
+ * transaction per call, no group commit). Call from a keel process; a handle
+ * may be shared by every process of the node.
  *
  * OWNERSHIP. Inputs are borrowed for the call. Results (keel_es_events,
  * keel_es_stream_info) are the caller's: free them with their _free call.
@@ -67,7 +69,8 @@ typedef enum keel_es_sync {
 
 /* Zeroed: the defaults. */
 typedef struct keel_es_opts {
-  /* "sqlite:PATH" (":memory:" for a private in-memory store, tests);
+  /* "sqlite:PATH" (":memory:" for a private in-memory store, tests),
+   * "postgresql://..." or "postgres://..." (a libpq URI);
    * NULL: $DATABASE_URL, else "sqlite:./data/keel.db" (the folder is made) */
   const char *url;
   keel_es_sync sync;
@@ -77,12 +80,18 @@ typedef struct keel_es_opts {
    * it, up to this many events; 0: 10000 */
   size_t group_max_events;
   keel_metrics *metrics; /* register es_* metrics here; NULL: none */
+  /* PostgreSQL only (SQLite ignores them): the connection pool. */
+  size_t pool_min; /* connections opened at open and kept; 0: 1 */
+  size_t pool_max; /* at most this many; 0: 10 */
+  int64_t
+      acquire_timeout_ms; /* a call waiting for a connection gives up (KEEL_ETIMEDOUT); 0: 5000 */
+  int64_t statement_timeout_ms; /* the server's statement_timeout on every connection; 0: 30000 */
 } keel_es_opts;
 
 /* Opens (creating or migrating the schema as needed) the store. Call from a
- * keel process. Errors: KEEL_EINVAL (bad url, or a backend this version does
- * not have), KEEL_EIO (the database cannot be opened or created; logged with
- * the cause), KEEL_ENOMEM, KEEL_ENOTPROC. */
+ * keel process. Errors: KEEL_EINVAL (bad url), KEEL_EIO (the database cannot
+ * be opened, created or reached; logged with the cause), KEEL_ENOMEM,
+ * KEEL_ENOTPROC. */
 int keel_es_open(const keel_es_opts *o, keel_es **out);
 
 /* Waits for appends in flight, closes the database, frees es. NULL is
@@ -109,9 +118,9 @@ typedef struct keel_es_append_result {
   int64_t version;        /* the stream's version after the append (its last event's) */
   int64_t first_position; /* the batch's first and last global positions */
   int64_t last_position;
-  bool duplicate;         /* every id had been appended: this is the original result */
-  int64_t expected;       /* KEEL_ECONFLICT: what the caller expected ... */
-  int64_t actual;         /* ... and the stream's version (0: no events) */
+  bool duplicate;   /* every id had been appended: this is the original result */
+  int64_t expected; /* KEEL_ECONFLICT: what the caller expected ... */
+  int64_t actual;   /* ... and the stream's version (0: no events) */
 } keel_es_append_result;
 
 /* Stream ids: 1-255 bytes of printable ASCII without spaces; the category
@@ -120,8 +129,10 @@ typedef struct keel_es_append_result {
  * APPENDS), KEEL_EINVAL (stream id, expected, type, id not a UUID, payload
  * missing or not serialisable, metadata not an object, empty batch),
  * KEEL_ERANGE (an event above max_event_bytes, a batch above max_batch),
- * KEEL_EIO (the database failed; logged with SQLite's message: nothing of
- * the batch is stored), KEEL_ENOTPROC. result may be NULL. */
+ * KEEL_EIO (the database failed; logged with its message: nothing of the
+ * batch is stored), KEEL_ETIMEDOUT (PostgreSQL: no pooled connection within
+ * acquire_timeout_ms, or the statement timed out; nothing stored),
+ * KEEL_ENOTPROC. result may be NULL. */
 int keel_es_append(keel_es *es, const char *stream, int64_t expected,
                    const keel_es_event_in *events, size_t n, keel_es_append_result *result);
 
@@ -164,11 +175,11 @@ void keel_es_events_free(keel_es_events *evs);
 
 /* Zeroed: the whole stream forwards. */
 typedef struct keel_es_read_opts {
-  int64_t from;   /* first version to read (backwards: the highest); 0: the start
-                     (backwards: the end) */
-  int64_t to;     /* last version to read, inclusive; 0: no bound */
+  int64_t from; /* first version to read (backwards: the highest); 0: the start
+                   (backwards: the end) */
+  int64_t to;   /* last version to read, inclusive; 0: no bound */
   bool backwards;
-  size_t limit;   /* stored events; 0: 1000; above 100000: KEEL_ERANGE */
+  size_t limit; /* stored events; 0: 1000; above 100000: KEEL_ERANGE */
 } keel_es_read_opts;
 
 /* Versions below the stream's truncated_before are skipped. A stored event
@@ -194,7 +205,9 @@ typedef struct keel_es_filter {
  * filter matches the type after upcasting. Page with `after` = the last
  * returned position; an empty answer means nothing more for now. Never
  * skips: an event is returned only once every event before it in the order
- * is visible (on SQLite, one writer assigns positions in commit order). */
+ * is visible (on SQLite, one writer assigns positions in commit order; on
+ * PostgreSQL, an event is returned once no transaction that could still
+ * commit a lower position is open: docs/eventstore.md, "the horizon"). */
 int keel_es_read_all(keel_es *es, int64_t after, size_t limit, const keel_es_filter *f,
                      keel_es_events *out);
 
@@ -247,8 +260,9 @@ int keel_es_hard_delete(keel_es *es, const char *stream);
  * new payloads (new references, the caller's), types (static strings or
  * NULL for the same type) and returns 0, or a negative code (the read
  * fails with KEEL_EINVAL, logged). *n = 0 drops the event. Upcasters run on
- * the thread that reads (the blocking pool's), not in the reading process:
- * they must be pure functions of their input and must not wait. */
+ * the thread that reads (SQLite: the blocking pool's; PostgreSQL: the
+ * reading process): they must be pure functions of their input and must not
+ * wait. */
 typedef struct keel_es_upcast_out {
   const char *type;
   json_t *payload;

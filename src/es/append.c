@@ -12,6 +12,9 @@
  *
  * The stream management writes (soft delete, truncate, hard delete, stream
  * metadata) go through the same writer and the same group commit.
+ *
+ * On PostgreSQL (es->kind == ES_PG) the same encoded request is run by
+ * pg_write.c in the calling process instead of being submitted to a writer.
  */
 #include <ctype.h>
 #include <stdlib.h>
@@ -111,6 +114,30 @@ static int encode_stream(keel_es *es, const char *stream, int64_t expected,
   return 0;
 }
 
+/* Runs r on the store's backend: the SQLite writer (which takes r), or
+ * PostgreSQL in this process (r freed here). *out: the reply message. */
+static int submit(keel_es *es, es_req *r, keel_msg_t **out) {
+  if (es->kind != ES_PG) return keel__es_submit(es, r, out);
+  *out = NULL;
+  if (keel_self() == 0) {
+    keel__es_req_free(r);
+    return KEEL_ENOTPROC;
+  }
+  size_t size = sizeof(es_reply) + r->nstreams * sizeof(keel_es_append_result);
+  keel_msg_t *m = keel_msg_new(0, size);
+  if (!m) {
+    keel__es_req_free(r);
+    return KEEL_ENOMEM;
+  }
+  es_reply *rep = keel_msg_data(m);
+  memset(rep, 0, size);
+  rep->nresults = r->nstreams;
+  keel__es_pg_write(es, r, rep);
+  keel__es_req_free(r);
+  *out = m;
+  return 0;
+}
+
 int keel_es_append_multi(keel_es *es, const keel_es_append_req *reqs, size_t nreqs,
                          keel_es_append_result *results, size_t *failed) {
   if (failed) *failed = 0;
@@ -133,7 +160,7 @@ int keel_es_append_multi(keel_es *es, const keel_es_append_req *reqs, size_t nre
     r->nevents += reqs[i].n;
   }
   keel_msg_t *m = NULL;
-  int rc = keel__es_submit(es, r, &m);
+  int rc = submit(es, r, &m);
   if (rc) return rc;
   const es_reply *rep = keel_msg_data(m);
   rc = rep->rc;
@@ -168,7 +195,7 @@ static int manage(keel_es *es, es_req_kind kind, const char *stream, int64_t exp
     return KEEL_EINVAL;
   }
   keel_msg_t *m = NULL;
-  int rc = keel__es_submit(es, r, &m);
+  int rc = submit(es, r, &m);
   if (rc) return rc;
   rc = ((const es_reply *)keel_msg_data(m))->rc;
   keel_msg_free(m);

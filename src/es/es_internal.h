@@ -8,10 +8,17 @@
  *   append.c  the public write calls: validation, encoding, submission
  *   read.c    the public read calls and the events they return
  *   upcast.c  the upcaster registry and its application on every read path
+ * and the PostgreSQL backend, to which the public calls dispatch on es->kind:
+ *   pg_conn.c    one libpq connection: connect, the asynchronous query loop
+ *   pg_pool.c    the connection pool (min/max, acquire timeout, waiters)
+ *   pg_schema.c  the versioned migrations on PostgreSQL
+ *   pg_write.c   appends and stream management in one transaction per call
+ *   pg_read.c    the reads, with the xid8 horizon of read_all
  */
 #ifndef KEEL_ES_INTERNAL_H
 #define KEEL_ES_INTERNAL_H
 
+#include <libpq-fe.h>
 #include <pthread.h>
 #include <sqlite3.h>
 #include <stdatomic.h>
@@ -84,7 +91,12 @@ typedef struct es_upcaster {
 
 /* ---- the store ---------------------------------------------------------------- */
 
+typedef enum es_kind { ES_SQLITE = 0, ES_PG } es_kind;
+typedef struct es_pg es_pg; /* pg_pool.c */
+
 struct keel_es {
+  es_kind kind;
+  es_pg *pg;   /* ES_PG: the pool and its settings */
   char *path;  /* the file, or a shared-cache URI for ":memory:" */
   bool memory; /* ":memory:": reads go through the writer's connection */
   keel_es_sync sync;
@@ -165,5 +177,104 @@ void keel__es_upcasters_free(keel_es *es);
 
 /* read.c: copies s into the arena (NULL: ENOMEM). */
 char *keel__es_arena_strdup(es_arena *a, const char *s);
+
+/* ---- reads, shared by both backends ------------------------------------------------ */
+
+/* Events being read: a growing array and the arena of their strings. */
+typedef struct es_evec {
+  keel_es_event *v;
+  size_t n, cap;
+  es_arena *arena;
+} es_evec;
+
+/* read.c: appends one decoded event (strings copied into the arena, the JSON
+ * texts parsed; meta NULL: {}). 0, KEEL_ENOMEM, or KEEL_EIO (a stored text
+ * does not decode; logged). */
+int keel__es_evec_add(es_evec *out, int64_t position, const char *stream, int64_t version,
+                      const char *id, const char *type, int schema_version, const char *payload,
+                      const char *meta, int64_t occurred_at, int64_t stored_at);
+
+typedef enum { R_STREAM, R_ALL, R_HEAD, R_INFO } es_read_kind;
+
+/* One read call, validated by read.c, run by a backend. */
+typedef struct es_read_call {
+  keel_es *es;
+  es_read_kind kind;
+  const char *stream;
+  keel_es_read_opts ro;
+  int64_t after;
+  size_t limit;
+  const keel_es_filter *f;
+  es_evec ev;
+  keel_es_stream_info *info;
+  int64_t head;
+  int rc;
+} es_read_call;
+
+/* read.c: whether an upcast type is wanted by a type filter. */
+bool keel__es_type_wanted(const char *const *types, const char *type);
+
+/* ---- the PostgreSQL backend ---------------------------------------------------------- */
+
+/* One pooled connection (non-blocking once made). */
+typedef struct es_pgconn {
+  struct es_pgconn *next; /* the idle list */
+  PGconn *conn;
+  bool broken; /* an I/O error or a timeout: dropped when released */
+} es_pgconn;
+
+/* A process waiting for a connection (on its stack, exits held). */
+typedef struct es_pgwaiter {
+  struct es_pgwaiter *next;
+  keel_pid_t pid;
+  keel_ref_t ref;
+  es_pgconn *conn; /* handed over by a release ... */
+  bool slot;       /* ... or the right to open a new one */
+  bool done;
+} es_pgwaiter;
+
+struct es_pg {
+  char *url;
+  size_t min, max;
+  int64_t acquire_timeout_ms, statement_timeout_ms;
+  pthread_mutex_t mu; /* guards what follows */
+  es_pgconn *idle;
+  size_t nidle, total; /* total: idle + in use + being opened */
+  es_pgwaiter *wq, *wq_tail;
+  size_t nwaiting;
+  keel_gauge *g_in_use, *g_idle, *g_waiting; /* NULL without metrics */
+  keel_histogram *h_acquire;
+};
+
+/* pg_conn.c: opens one connection (blocking: call on the blocking pool),
+ * sets its statement_timeout and makes it non-blocking. KEEL_EIO (logged). */
+int keel__es_pg_connect(es_pg *pg, es_pgconn **out);
+/* pg_conn.c: runs sql on c with the asynchronous API, the calling process
+ * waiting on the socket. nparams < 0: a simple query (several statements,
+ * no parameters). *out (may be NULL) gets the last result (PQclear it).
+ * Errors: KEEL_EEXIST (a unique violation, not logged), KEEL_ETIMEDOUT
+ * (statement_timeout, or no answer in time: the connection is then broken),
+ * KEEL_EIO (anything else; logged with the server's message and `what`). */
+int keel__es_pg_query(es_pg *pg, es_pgconn *c, const char *what, const char *sql, int nparams,
+                      const char *const *params, PGresult **out);
+/* pg_pool.c: checks a connection out of the pool, waiting without blocking
+ * the scheduler at most acquire_timeout_ms. KEEL_ETIMEDOUT, KEEL_EIO. */
+int keel__es_pg_acquire(keel_es *es, es_pgconn **out);
+/* pg_pool.c: puts c back (a broken one, or one left inside a transaction,
+ * is closed and its place given to the next waiter). */
+void keel__es_pg_release(keel_es *es, es_pgconn *c);
+/* pg_schema.c: creates or migrates the schema (under an advisory lock). */
+int keel__es_pg_migrate(es_pg *pg, es_pgconn *c, int *version);
+
+/* pg_pool.c: opens the pool (pool_min connections) and migrates the schema.
+ * url is borrowed. KEEL_EIO (logged), KEEL_ENOMEM. */
+int keel__es_pg_open(keel_es *es, const char *url, const keel_es_opts *o);
+/* pg_pool.c: closes every connection and frees es->pg. */
+void keel__es_pg_close(keel_es *es);
+/* pg_write.c: runs a write request (the caller keeps ownership of r); rep
+ * has r->nstreams results. Call from a process. Returns rep->rc. */
+int keel__es_pg_write(keel_es *es, const es_req *r, es_reply *rep);
+/* pg_read.c: runs a read call into c (c->rc is set and returned). */
+int keel__es_pg_read(keel_es *es, es_read_call *c);
 
 #endif

@@ -83,13 +83,11 @@ void keel_es_events_free(keel_es_events *evs) {
   "e.position, e.stream, e.version, e.id, e.type, e.schema_version, e.payload, e.metadata, "       \
   "e.occurred_at, e.stored_at"
 
-typedef struct evec {
-  keel_es_event *v;
-  size_t n, cap;
-  es_arena *arena;
-} evec;
+typedef es_evec evec;
 
-static int decode_row(sqlite3_stmt *st, evec *out) {
+int keel__es_evec_add(es_evec *out, int64_t position, const char *stream, int64_t version,
+                      const char *id, const char *type, int schema_version, const char *payload,
+                      const char *meta, int64_t occurred_at, int64_t stored_at) {
   if (out->n == out->cap) {
     size_t cap = out->cap ? out->cap * 2 : 64;
     keel_es_event *v = realloc(out->v, cap * sizeof *v);
@@ -99,22 +97,18 @@ static int decode_row(sqlite3_stmt *st, evec *out) {
   }
   keel_es_event *e = &out->v[out->n];
   memset(e, 0, sizeof *e);
-  e->position = sqlite3_column_int64(st, 0);
-  e->version = sqlite3_column_int64(st, 2);
-  const char *id = (const char *)sqlite3_column_text(st, 3);
+  e->position = position;
+  e->version = version;
   snprintf(e->id, sizeof e->id, "%s", id ? id : "");
-  e->schema_version = sqlite3_column_int(st, 5);
-  e->occurred_at_ms = sqlite3_column_int64(st, 8);
-  e->stored_at_ms = sqlite3_column_int64(st, 9);
-  const char *stream = (const char *)sqlite3_column_text(st, 1);
-  const char *type = (const char *)sqlite3_column_text(st, 4);
+  e->schema_version = schema_version;
+  e->occurred_at_ms = occurred_at;
+  e->stored_at_ms = stored_at;
   if (!(e->stream = keel__es_arena_strdup(out->arena, stream ? stream : "")) ||
       !(e->type = keel__es_arena_strdup(out->arena, type ? type : "")))
     return KEEL_ENOMEM;
   json_error_t jerr;
-  const char *payload = (const char *)sqlite3_column_text(st, 6);
+  jerr.text[0] = 0;
   e->payload = json_loads(payload ? payload : "null", JSON_DECODE_ANY, &jerr);
-  const char *meta = (const char *)sqlite3_column_text(st, 7);
   e->metadata = meta ? json_loads(meta, 0, &jerr) : json_object();
   if (!e->payload || !json_is_object(e->metadata)) {
     keel_log_error(NULL, "event store: a stored event does not decode",
@@ -125,6 +119,15 @@ static int decode_row(sqlite3_stmt *st, evec *out) {
   }
   out->n++;
   return 0;
+}
+
+static int decode_row(sqlite3_stmt *st, evec *out) {
+  return keel__es_evec_add(
+      out, sqlite3_column_int64(st, 0), (const char *)sqlite3_column_text(st, 1),
+      sqlite3_column_int64(st, 2), (const char *)sqlite3_column_text(st, 3),
+      (const char *)sqlite3_column_text(st, 4), sqlite3_column_int(st, 5),
+      (const char *)sqlite3_column_text(st, 6), (const char *)sqlite3_column_text(st, 7),
+      sqlite3_column_int64(st, 8), sqlite3_column_int64(st, 9));
 }
 
 /* Steps st to the end, decoding every row into out. *rows: rows read. */
@@ -148,21 +151,7 @@ static void evec_free(evec *v) {
 
 /* ---- the calls on the reading thread ------------------------------------------------ */
 
-typedef enum { R_STREAM, R_ALL, R_HEAD, R_INFO } read_kind;
-
-typedef struct read_call {
-  keel_es *es;
-  read_kind kind;
-  const char *stream;
-  keel_es_read_opts ro;
-  int64_t after;
-  size_t limit;
-  const keel_es_filter *f;
-  evec ev;
-  keel_es_stream_info *info;
-  int64_t head;
-  int rc;
-} read_call;
+typedef es_read_call read_call;
 
 static int begin(sqlite3 *db) {
   int src = sqlite3_exec(db, "BEGIN", NULL, NULL, NULL);
@@ -227,7 +216,7 @@ static int do_read_stream(sqlite3 *db, read_call *c) {
   return rc;
 }
 
-static bool type_wanted(const char *const *types, const char *type) {
+bool keel__es_type_wanted(const char *const *types, const char *type) {
   for (size_t i = 0; types[i]; i++)
     if (strcmp(types[i], type) == 0) return true;
   return false;
@@ -339,7 +328,7 @@ static int do_read_all(sqlite3 *db, read_call *c) {
     if (post_filter) { /* keep the events whose latest type is wanted */
       size_t w = start;
       for (size_t i = start; i < c->ev.n; i++) {
-        if (type_wanted(f->types, c->ev.v[i].type)) {
+        if (keel__es_type_wanted(f->types, c->ev.v[i].type)) {
           c->ev.v[w++] = c->ev.v[i];
         } else {
           json_decref(c->ev.v[i].payload);
@@ -406,7 +395,7 @@ static int run(keel_es *es, read_call *c, keel_es_events *out) {
     if (!(c->ev.arena = calloc(1, sizeof *c->ev.arena))) return KEEL_ENOMEM;
   }
   c->es = es;
-  int rc = keel__es_with_reader(es, run_read, c);
+  int rc = es->kind == ES_PG ? keel__es_pg_read(es, c) : keel__es_with_reader(es, run_read, c);
   if (rc == 0) rc = c->rc;
   if (out) {
     if (rc) {

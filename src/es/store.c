@@ -18,8 +18,9 @@
  * another connection, so its reads run on the writer's connection instead,
  * queued behind the writes like any request.
  *
- * It refuses: PostgreSQL URLs (not in this version), and URLs of any other
- * scheme (KEEL_EINVAL, logged).
+ * A PostgreSQL URL ("postgresql://", "postgres://") opens the other backend
+ * instead (pg_pool.c): no writer thread, no SQLite connection. URLs of any
+ * other scheme are refused (KEEL_EINVAL, logged).
  */
 #include <errno.h>
 #include <stdlib.h>
@@ -78,16 +79,20 @@ static int make_parent(const char *path) {
 
 /* The file named by url ("sqlite:PATH"; NULL: $DATABASE_URL, else the
  * default) into *path (malloc'd). */
-static int parse_url(const char *url, char **path, bool *memory) {
+static bool is_pg_url(const char *url) {
+  return strncmp(url, "postgresql://", 13) == 0 || strncmp(url, "postgres://", 11) == 0;
+}
+
+static const char *effective_url(const char *url) {
   if (!url || !*url) url = getenv("DATABASE_URL");
   if (!url || !*url) url = "sqlite:./data/keel.db";
-  if (strncmp(url, "postgresql://", 13) == 0 || strncmp(url, "postgres://", 11) == 0) {
-    keel_log_error(NULL,
-                   "event store: PostgreSQL is not in this version of keel (docs/eventstore.md)");
-    return KEEL_EINVAL;
-  }
+  return url;
+}
+
+static int parse_url(const char *url, char **path, bool *memory) {
+  url = effective_url(url);
   if (strncmp(url, "sqlite:", 7) != 0) {
-    keel_log_error(NULL, "event store: unknown database URL (want sqlite:PATH)",
+    keel_log_error(NULL, "event store: unknown database URL (want sqlite:PATH or postgresql://...)",
                    KEEL_STR("url", url));
     return KEEL_EINVAL;
   }
@@ -271,7 +276,9 @@ int keel_es_open(const keel_es_opts *o, keel_es **out) {
   es->max_event_bytes = o->max_event_bytes ? o->max_event_bytes : (size_t)1 << 20;
   es->max_batch = o->max_batch ? o->max_batch : 10000;
   es->group_max_events = o->group_max_events ? o->group_max_events : 10000;
-  int rc = parse_url(o->url, &es->path, &es->memory);
+  const char *url = effective_url(o->url);
+  if (is_pg_url(url)) es->kind = ES_PG;
+  int rc = es->kind == ES_PG ? 0 : parse_url(url, &es->path, &es->memory);
   if (rc == 0 && o->metrics) rc = register_metrics(es, o->metrics);
   if (rc == KEEL_EEXIST) {
     keel_log_warn(NULL, "event store: es_* metrics already registered in this registry; "
@@ -283,6 +290,15 @@ int keel_es_open(const keel_es_opts *o, keel_es **out) {
   if (rc) {
     es_free(es);
     return rc;
+  }
+  if (es->kind == ES_PG) {
+    if ((rc = keel__es_pg_open(es, url, o)) != 0) {
+      keel__es_pg_close(es);
+      es_free(es);
+      return rc;
+    }
+    *out = es;
+    return 0;
   }
   open_job j = {.es = es};
   rc = keel_blocking(open_on_pool, &j);
@@ -302,6 +318,11 @@ int keel_es_open(const keel_es_opts *o, keel_es **out) {
 
 void keel_es_close(keel_es *es) {
   if (!es) return;
+  if (es->kind == ES_PG) {
+    keel__es_pg_close(es);
+    es_free(es);
+    return;
+  }
   if (keel_blocking(close_on_pool, es) != 0) close_on_pool(es); /* outside a process */
   es_free(es);
 }

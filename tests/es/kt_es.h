@@ -1,10 +1,18 @@
 /* kt_es.h - what the event store's tests share: a store in a fresh temporary
  * folder (a file, WAL: the readers need their own connections, which a
- * private :memory: database cannot give), and small append helpers. */
+ * private :memory: database cannot give), and small append helpers.
+ *
+ * Backends. With KEEL_TEST_ES_URL (a postgresql:// URL) or
+ * KEEL_TEST_ES_URL_FILE (a file holding one: tests/es/pg_cluster.sh writes
+ * it) set, every store is on PostgreSQL instead, each in a schema of its own
+ * (created here, dropped by kt_store_close), so that suites running at once
+ * under ctest -j never meet. KT_SQLITE_ONLY() skips a case that is about
+ * SQLite itself. */
 #ifndef KT_ES_H
 #define KT_ES_H
 
 #include <dirent.h>
+#include <libpq-fe.h>
 #include <unistd.h>
 
 #include "keel_test.h"
@@ -12,15 +20,80 @@
 
 typedef struct kt_store {
   char dir[256];
-  char url[300];
+  char url[1200];
+  char schema[64]; /* PostgreSQL: the store's schema ("" on SQLite) */
   keel_es *es;
 } kt_store;
+
+/* The PostgreSQL URL the suite runs on, or NULL (SQLite). */
+static inline const char *kt_es_pg_url(void) {
+  static char buf[1024];
+  const char *u = getenv("KEEL_TEST_ES_URL");
+  if (u && *u) return u;
+  const char *file = getenv("KEEL_TEST_ES_URL_FILE");
+  if (!file || !*file) return NULL;
+  if (buf[0]) return buf;
+  FILE *f = fopen(file, "r");
+  if (!f) {
+    fprintf(stderr, "kt_es: %s missing (is the PostgreSQL fixture running?)\n", file);
+    abort();
+  }
+  if (!fgets(buf, sizeof buf, f)) buf[0] = 0;
+  fclose(f);
+  buf[strcspn(buf, "\r\n")] = 0;
+  CHECK(buf[0] != 0);
+  return buf;
+}
+
+#define KT_SQLITE_ONLY()                                                                           \
+  do {                                                                                             \
+    if (kt_es_pg_url()) {                                                                          \
+      fprintf(stderr, "   (SQLite only: skipped on PostgreSQL)\n");                                \
+      return;                                                                                      \
+    }                                                                                              \
+  } while (0)
+
+/* Runs sql on the store's database outside keel (a blocking client, a test
+ * only). 0 or nonzero, the server's message in err. On SQLite, on the file. */
+static inline void kt_pg_quiet(void *arg, const char *msg) {
+  (void)arg;
+  (void)msg;
+}
+
+static inline int kt_pg_exec(const char *url, const char *sql, char *err, size_t errlen) {
+  PGconn *c = PQconnectdb(url);
+  CHECK(PQstatus(c) == CONNECTION_OK);
+  PQsetNoticeProcessor(c, kt_pg_quiet, NULL);
+  PGresult *r = PQexec(c, sql);
+  int bad = PQresultStatus(r) != PGRES_COMMAND_OK && PQresultStatus(r) != PGRES_TUPLES_OK;
+  if (err) snprintf(err, errlen, "%s", bad ? PQresultErrorMessage(r) : "");
+  PQclear(r);
+  PQfinish(c);
+  return bad;
+}
 
 static inline void kt_store_mkdir(kt_store *s) {
   const char *t = getenv("TMPDIR");
   snprintf(s->dir, sizeof s->dir, "%s/keel-es-test-XXXXXX", t && *t ? t : "/tmp");
   CHECK(mkdtemp(s->dir) != NULL);
-  snprintf(s->url, sizeof s->url, "sqlite:%s/es.db", s->dir);
+  s->schema[0] = 0;
+  const char *pg = kt_es_pg_url();
+  if (!pg) {
+    snprintf(s->url, sizeof s->url, "sqlite:%s/es.db", s->dir);
+    return;
+  }
+  static int serial;
+  snprintf(s->schema, sizeof s->schema, "kt_%d_%d", (int)getpid(), ++serial);
+  char sql[200];
+  snprintf(sql, sizeof sql, "DROP SCHEMA IF EXISTS %s CASCADE; CREATE SCHEMA %s", s->schema,
+           s->schema);
+  char err[512];
+  if (kt_pg_exec(pg, sql, err, sizeof err)) {
+    fprintf(stderr, "kt_es: %s\n", err);
+    abort();
+  }
+  snprintf(s->url, sizeof s->url, "%s%coptions=-csearch_path%%3D%s", pg,
+           strchr(pg, '?') ? '&' : '?', s->schema);
 }
 
 /* Opens a store in a new folder; o may be NULL (defaults). */
@@ -46,6 +119,12 @@ static inline void kt_store_rmdir(kt_store *s) {
     closedir(d);
   }
   rmdir(s->dir);
+  if (s->schema[0]) {
+    char sql[128];
+    snprintf(sql, sizeof sql, "DROP SCHEMA IF EXISTS %s CASCADE", s->schema);
+    kt_pg_exec(kt_es_pg_url(), sql, NULL, 0);
+    s->schema[0] = 0;
+  }
 }
 
 static inline void kt_store_close(kt_store *s) {

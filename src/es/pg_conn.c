@@ -1,0 +1,147 @@
+/* pg_conn.c - one PostgreSQL connection: opening it, and the query loop.
+ *
+ * Opening runs PQconnectdbParams on the blocking pool (name resolution and the TLS
+ * handshake block inside libpq, so they never run on a scheduler thread),
+ * sets the connection's statement_timeout, silences the server's notices
+ * (CREATE ... IF NOT EXISTS sends them) and makes the socket non-blocking.
+ *
+ * Every query after that runs in the calling process with libpq's
+ * asynchronous API: PQsendQueryParams (or PQsendQuery for the simple
+ * multi-statement queries of transactions and migrations), PQflush until
+ * the request is out, then PQconsumeInput / PQisBusy / PQgetResult until the
+ * last result, the process waiting on the socket with keel_wait_fd between
+ * steps: only that process waits, its scheduler runs the others. No thread
+ * per connection.
+ *
+ * A wait that outlasts statement_timeout by ten seconds, or a socket error,
+ * marks the connection broken: the pool closes it on release and opens a new
+ * one when needed. Server errors are mapped to keel's codes: a unique
+ * violation is KEEL_EEXIST (the callers expect it), a cancelled statement
+ * (statement_timeout) KEEL_ETIMEDOUT, anything else KEEL_EIO, logged with
+ * the server's SQLSTATE and message.
+ */
+#include <stdlib.h>
+#include <string.h>
+
+#include "es/es_internal.h"
+#include "keel/error.h"
+#include "keel/io.h"
+#include "keel/log.h"
+
+static void no_notices(void *arg, const char *message) {
+  (void)arg;
+  (void)message;
+}
+
+int keel__es_pg_connect(es_pg *pg, es_pgconn **out) {
+  *out = NULL;
+  /* connect_timeout 10 s unless the URL says otherwise (a later keyword's
+   * value wins over an earlier one's, and the URL is expanded last): an
+   * unreachable host must not hold a blocking-pool thread for the kernel's
+   * TCP timeout. */
+  static const char *const keys[] = {"connect_timeout", "dbname", NULL};
+  const char *const vals[] = {"10", pg->url, NULL};
+  PGconn *conn = PQconnectdbParams(keys, vals, 1);
+  if (!conn) return KEEL_ENOMEM;
+  if (PQstatus(conn) != CONNECTION_OK) {
+    keel_log_error(NULL, "event store: cannot connect to PostgreSQL",
+                   KEEL_STR("error", PQerrorMessage(conn)));
+    PQfinish(conn);
+    return KEEL_EIO;
+  }
+  PQsetNoticeProcessor(conn, no_notices, NULL);
+  char sql[96];
+  snprintf(sql, sizeof sql, "SET statement_timeout = %lld", (long long)pg->statement_timeout_ms);
+  PGresult *r = PQexec(conn, sql);
+  bool ok = PQresultStatus(r) == PGRES_COMMAND_OK;
+  PQclear(r);
+  if (!ok || PQsetnonblocking(conn, 1) != 0) {
+    keel_log_error(NULL, "event store: cannot set up a PostgreSQL connection",
+                   KEEL_STR("error", PQerrorMessage(conn)));
+    PQfinish(conn);
+    return KEEL_EIO;
+  }
+  es_pgconn *c = calloc(1, sizeof *c);
+  if (!c) {
+    PQfinish(conn);
+    return KEEL_ENOMEM;
+  }
+  c->conn = conn;
+  *out = c;
+  return 0;
+}
+
+static int broken(es_pgconn *c, const char *what, int rc) {
+  c->broken = true;
+  keel_log_error(NULL, "event store: PostgreSQL connection failed", KEEL_STR("during", what),
+                 KEEL_STR("error", PQerrorMessage(c->conn)));
+  return rc;
+}
+
+static int wait_sock(es_pg *pg, es_pgconn *c, int events, int *revents) {
+  int sock = PQsocket(c->conn);
+  if (sock < 0) return KEEL_EIO;
+  return keel_wait_fd(sock, events, pg->statement_timeout_ms + 10000, revents);
+}
+
+static int map_error(PGresult *err, const char *what) {
+  const char *state = PQresultErrorField(err, PG_DIAG_SQLSTATE);
+  if (state && strcmp(state, "23505") == 0) return KEEL_EEXIST;
+  const char *msg = PQresultErrorMessage(err);
+  keel_log_error(NULL, "event store: PostgreSQL error", KEEL_STR("during", what),
+                 KEEL_STR("sqlstate", state ? state : ""), KEEL_STR("pg_message", msg ? msg : ""));
+  if (state && strcmp(state, "57014") == 0) return KEEL_ETIMEDOUT;
+  return KEEL_EIO;
+}
+
+int keel__es_pg_query(es_pg *pg, es_pgconn *c, const char *what, const char *sql, int nparams,
+                      const char *const *params, PGresult **out) {
+  if (out) *out = NULL;
+  if (c->broken) return KEEL_EIO;
+  int ok = nparams < 0 ? PQsendQuery(c->conn, sql)
+                       : PQsendQueryParams(c->conn, sql, nparams, NULL, params, NULL, NULL, 0);
+  if (!ok) return broken(c, what, KEEL_EIO);
+  int rc, rev;
+  for (;;) {
+    int f = PQflush(c->conn);
+    if (f == 0) break;
+    if (f < 0) return broken(c, what, KEEL_EIO);
+    if ((rc = wait_sock(pg, c, KEEL_READABLE | KEEL_WRITABLE, &rev)) != 0)
+      return broken(c, what, rc == KEEL_ETIMEDOUT ? KEEL_ETIMEDOUT : KEEL_EIO);
+    if ((rev & KEEL_READABLE) && !PQconsumeInput(c->conn)) return broken(c, what, KEEL_EIO);
+  }
+  PGresult *res = NULL, *err = NULL;
+  for (;;) {
+    while (PQisBusy(c->conn)) {
+      if ((rc = wait_sock(pg, c, KEEL_READABLE, NULL)) != 0 || !PQconsumeInput(c->conn)) {
+        PQclear(res);
+        PQclear(err);
+        return broken(c, what, rc == KEEL_ETIMEDOUT ? KEEL_ETIMEDOUT : KEEL_EIO);
+      }
+    }
+    PGresult *r = PQgetResult(c->conn);
+    if (!r) break;
+    ExecStatusType st = PQresultStatus(r);
+    if (st == PGRES_COMMAND_OK || st == PGRES_TUPLES_OK || st == PGRES_EMPTY_QUERY) {
+      PQclear(res);
+      res = r;
+    } else if (!err) {
+      err = r;
+    } else {
+      PQclear(r);
+    }
+  }
+  if (err) {
+    PQclear(res);
+    rc = map_error(err, what);
+    PQclear(err);
+    if (PQstatus(c->conn) != CONNECTION_OK) c->broken = true;
+    return rc;
+  }
+  if (!res) return broken(c, what, KEEL_EIO);
+  if (out)
+    *out = res;
+  else
+    PQclear(res);
+  return 0;
+}

@@ -1,0 +1,277 @@
+/* pg_read.c - the read calls on PostgreSQL.
+ *
+ * Each read is one REPEATABLE READ, READ ONLY transaction on a pooled
+ * connection, so that what it checks (the stream's row, whether any stream
+ * has hidden events) and what it returns come from one snapshot, as on
+ * SQLite. Rows arrive as text and are decoded in the calling process
+ * (read.c's keel__es_evec_add), and the upcasters run there too
+ * (keel__es_upcast), on every path.
+ *
+ * The horizon. Positions are assigned before commit, so on a server with
+ * many writers a transaction holding a lower position may commit after one
+ * holding a higher position: a reader that returned the higher one and moved
+ * its cursor past it would never see the lower one. read_all therefore
+ * returns only the events whose transaction id (events.tx) is below
+ * pg_snapshot_xmin(pg_current_snapshot()), the oldest transaction still
+ * running: every transaction below it has ended, committed or rolled back.
+ * And because keel_es_reserve (pg_schema.c) hands out transaction ids and
+ * positions together, an event not yet visible always has a higher
+ * transaction id, hence a higher position, than every event returned: the
+ * answer is a gap-free prefix of the order. A rolled-back append ends its
+ * transaction and so never holds the feed; a transaction left open (by any
+ * client of the database, not only appends) does, until it ends.
+ */
+#include <stdlib.h>
+#include <string.h>
+
+#include "es/es_internal.h"
+#include "keel/error.h"
+#include "keel/log.h"
+
+#define EVENT_COLS                                                                                 \
+  "e.position, e.stream, e.version, e.id::text, e.type, e.schema_version, e.payload::text, "       \
+  "e.metadata::text, e.occurred_at, e.stored_at"
+
+static int64_t val_i64(const PGresult *r, int row, int col) {
+  return strtoll(PQgetvalue(r, row, col), NULL, 10);
+}
+
+static int decode(const PGresult *r, es_evec *out) {
+  int rows = PQntuples(r);
+  for (int i = 0; i < rows; i++) {
+    int rc = keel__es_evec_add(
+        out, val_i64(r, i, 0), PQgetvalue(r, i, 1), val_i64(r, i, 2), PQgetvalue(r, i, 3),
+        PQgetvalue(r, i, 4), (int)val_i64(r, i, 5), PQgetvalue(r, i, 6),
+        PQgetisnull(r, i, 7) ? NULL : PQgetvalue(r, i, 7), val_i64(r, i, 8), val_i64(r, i, 9));
+    if (rc) return rc;
+  }
+  return 0;
+}
+
+static void i64s(char out[24], int64_t v) {
+  snprintf(out, 24, "%lld", (long long)v);
+}
+
+static int64_t max3(int64_t a, int64_t b, int64_t c) {
+  int64_t m = a > b ? a : b;
+  return m > c ? m : c;
+}
+
+static int read_stream(es_pg *pg, es_pgconn *c, es_read_call *rc_) {
+  const char *p1[1] = {rc_->stream};
+  PGresult *r;
+  int rc = keel__es_pg_query(pg, c, "reading a stream",
+                             "SELECT version, deleted, truncated_before FROM streams "
+                             "WHERE stream = $1",
+                             1, p1, &r);
+  if (rc) return rc;
+  bool found = PQntuples(r) > 0;
+  int64_t version = found ? val_i64(r, 0, 0) : 0, truncated = found ? val_i64(r, 0, 2) : 0;
+  bool deleted = found && PQgetvalue(r, 0, 1)[0] == 't';
+  PQclear(r);
+  if (!found || deleted || version == 0) return KEEL_ENOENT;
+  const keel_es_read_opts *o = &rc_->ro;
+  int64_t lo, hi;
+  if (o->backwards) {
+    hi = o->from ? o->from : INT64_MAX;
+    lo = max3(o->to, truncated, 1);
+  } else {
+    lo = max3(o->from, truncated, 1);
+    hi = o->to ? o->to : INT64_MAX;
+  }
+  char slo[24], shi[24], slim[24];
+  i64s(slo, lo);
+  i64s(shi, hi);
+  i64s(slim, (int64_t)rc_->limit);
+  const char *p4[4] = {rc_->stream, slo, shi, slim};
+  rc = keel__es_pg_query(pg, c, "reading a stream",
+                         o->backwards ? "SELECT " EVENT_COLS " FROM events e WHERE e.stream = $1 "
+                                        "AND e.version BETWEEN $2::bigint AND $3::bigint "
+                                        "ORDER BY e.version DESC LIMIT $4::bigint"
+                                      : "SELECT " EVENT_COLS " FROM events e WHERE e.stream = $1 "
+                                        "AND e.version BETWEEN $2::bigint AND $3::bigint "
+                                        "ORDER BY e.version ASC LIMIT $4::bigint",
+                         4, p4, &r);
+  if (rc) return rc;
+  rc = decode(r, &rc_->ev);
+  PQclear(r);
+  if (rc == 0)
+    rc = keel__es_upcast(rc_->es, rc_->ev.arena, &rc_->ev.v, &rc_->ev.n, &rc_->ev.cap, 0);
+  return rc;
+}
+
+/* A text[] literal of the strings: {"a","b"} with " and \ escaped. */
+static char *text_array(const char *const *a, size_t na, const char **b, size_t nb) {
+  size_t cap = 3;
+  for (size_t i = 0; i < na + nb; i++)
+    cap += 2 * strlen(i < na ? a[i] : b[i - na]) + 3;
+  char *s = malloc(cap), *p = s;
+  if (!s) return NULL;
+  *p++ = '{';
+  for (size_t i = 0; i < na + nb; i++) {
+    const char *t = i < na ? a[i] : b[i - na];
+    if (i) *p++ = ',';
+    *p++ = '"';
+    for (; *t; t++) {
+      if (*t == '"' || *t == '\\') *p++ = '\\';
+      *p++ = *t;
+    }
+    *p++ = '"';
+  }
+  *p++ = '}';
+  *p = 0;
+  return s;
+}
+
+static int read_all(es_pg *pg, es_pgconn *c, es_read_call *call) {
+  const keel_es_filter *f = call->f;
+  PGresult *r;
+  int rc = keel__es_pg_query(pg, c, "reading the hidden streams",
+                             "SELECT EXISTS (SELECT 1 FROM streams "
+                             "WHERE deleted OR truncated_before > 1)",
+                             0, NULL, &r);
+  if (rc) return rc;
+  bool hidden = PQgetvalue(r, 0, 0)[0] == 't';
+  PQclear(r);
+
+  size_t nup = 0, ntypes = 0;
+  const char **uptypes = NULL;
+  bool post_filter = false;
+  if (f && f->types) {
+    uptypes = keel__es_upcaster_types(call->es, &nup);
+    post_filter = nup > 0;
+    while (f->types[ntypes])
+      ntypes++;
+  }
+  char sql[1024];
+  int len = snprintf(sql, sizeof sql,
+                     "SELECT " EVENT_COLS " FROM events e WHERE e.position > $1::bigint "
+                     "AND e.tx < pg_snapshot_xmin(pg_current_snapshot())");
+  const char *params[6];
+  char *types_lit = NULL;
+  int np = 2;
+  if (f && f->types) {
+    if (!(types_lit = text_array(f->types, ntypes, uptypes, nup))) {
+      free(uptypes);
+      return KEEL_ENOMEM;
+    }
+    params[np++] = types_lit;
+    len += snprintf(sql + len, sizeof sql - (size_t)len, " AND e.type = ANY($%d::text[])", np);
+  }
+  if (f && f->stream_prefix) {
+    params[np++] = f->stream_prefix;
+    len += snprintf(sql + len, sizeof sql - (size_t)len, " AND left(e.stream, length($%d)) = $%d",
+                    np, np);
+  }
+  if (f && f->category) {
+    params[np++] = f->category;
+    len += snprintf(sql + len, sizeof sql - (size_t)len,
+                    " AND (e.stream = $%d OR left(e.stream, length($%d) + 1) = $%d || '-')", np, np,
+                    np);
+  }
+  if (f && f->tenant) {
+    params[np++] = f->tenant;
+    len += snprintf(sql + len, sizeof sql - (size_t)len, " AND e.metadata->>'tenant' = $%d", np);
+  }
+  if (hidden)
+    len += snprintf(sql + len, sizeof sql - (size_t)len,
+                    " AND NOT EXISTS (SELECT 1 FROM streams s WHERE s.stream = e.stream AND "
+                    "(s.deleted OR e.version < s.truncated_before))");
+  snprintf(sql + len, sizeof sql - (size_t)len, " ORDER BY e.position LIMIT $2::bigint");
+
+  int64_t cursor = call->after;
+  char scur[24], slim[24];
+  while (rc == 0 && call->ev.n < call->limit) {
+    size_t want = call->limit - call->ev.n, start = call->ev.n;
+    i64s(scur, cursor);
+    i64s(slim, (int64_t)want);
+    params[0] = scur;
+    params[1] = slim;
+    if ((rc = keel__es_pg_query(pg, c, "reading events", sql, np, params, &r))) break;
+    size_t rows = (size_t)PQntuples(r);
+    rc = decode(r, &call->ev);
+    PQclear(r);
+    if (rc || rows == 0) break;
+    cursor = call->ev.v[call->ev.n - 1].position;
+    rc = keel__es_upcast(call->es, call->ev.arena, &call->ev.v, &call->ev.n, &call->ev.cap, start);
+    if (rc) break;
+    if (post_filter) { /* keep the events whose latest type is wanted */
+      size_t w = start;
+      for (size_t i = start; i < call->ev.n; i++) {
+        if (keel__es_type_wanted(f->types, call->ev.v[i].type)) {
+          call->ev.v[w++] = call->ev.v[i];
+        } else {
+          json_decref(call->ev.v[i].payload);
+          json_decref(call->ev.v[i].metadata);
+        }
+      }
+      call->ev.n = w;
+    }
+    if (!post_filter || rows < want) break;
+  }
+  free(types_lit);
+  free(uptypes);
+  return rc;
+}
+
+static int info(es_pg *pg, es_pgconn *c, es_read_call *call) {
+  const char *p1[1] = {call->stream};
+  PGresult *r;
+  int rc = keel__es_pg_query(pg, c, "reading a stream's info",
+                             "SELECT version, deleted, truncated_before, metadata::text "
+                             "FROM streams WHERE stream = $1",
+                             1, p1, &r);
+  if (rc) return rc;
+  if (PQntuples(r) == 0) {
+    PQclear(r);
+    return KEEL_ENOENT;
+  }
+  call->info->version = val_i64(r, 0, 0);
+  call->info->deleted = PQgetvalue(r, 0, 1)[0] == 't';
+  call->info->truncated_before = val_i64(r, 0, 2);
+  call->info->metadata =
+      PQgetisnull(r, 0, 3) ? json_object() : json_loads(PQgetvalue(r, 0, 3), 0, NULL);
+  if (!call->info->metadata) call->info->metadata = json_object();
+  PQclear(r);
+  return 0;
+}
+
+static int head(es_pg *pg, es_pgconn *c, es_read_call *call) {
+  PGresult *r;
+  int rc = keel__es_pg_query(pg, c, "reading the head",
+                             "SELECT coalesce(max(position), 0) FROM events", 0, NULL, &r);
+  if (rc) return rc;
+  call->head = val_i64(r, 0, 0);
+  PQclear(r);
+  return 0;
+}
+
+int keel__es_pg_read(keel_es *es, es_read_call *call) {
+  es_pg *pg = es->pg;
+  int held = keel_hold_exits(true);
+  es_pgconn *c = NULL;
+  int rc = keel__es_pg_acquire(es, &c);
+  if (rc == 0) {
+    bool tx = call->kind == R_STREAM || call->kind == R_ALL;
+    if (tx)
+      rc = keel__es_pg_query(pg, c, "starting a read",
+                             "BEGIN ISOLATION LEVEL REPEATABLE READ READ ONLY", -1, NULL, NULL);
+    if (rc == 0) {
+      switch (call->kind) {
+      case R_STREAM: rc = read_stream(pg, c, call); break;
+      case R_ALL: rc = read_all(pg, c, call); break;
+      case R_INFO: rc = info(pg, c, call); break;
+      case R_HEAD: rc = head(pg, c, call); break;
+      }
+    }
+    if (tx && PQtransactionStatus(c->conn) != PQTRANS_IDLE) {
+      int rc2 =
+          keel__es_pg_query(pg, c, "ending a read", rc ? "ROLLBACK" : "COMMIT", -1, NULL, NULL);
+      if (rc == 0) rc = rc2;
+    }
+    keel__es_pg_release(es, c);
+  }
+  if (held == 0) keel_hold_exits(false);
+  call->rc = rc;
+  return rc;
+}

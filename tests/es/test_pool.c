@@ -1,0 +1,158 @@
+/* test_pool.c - the PostgreSQL backend's connection pool: waiters served in
+ * turn, the acquire timeout, its metrics, and connections the server killed
+ * replaced (on SQLite there is no pool: the cases are skipped). */
+#include "es/kt_es.h"
+
+#define KT_PG_ONLY()                                                                               \
+  do {                                                                                             \
+    if (!kt_es_pg_url()) {                                                                         \
+      fprintf(stderr, "   (PostgreSQL only: skipped on SQLite)\n");                                \
+      return;                                                                                      \
+    }                                                                                              \
+  } while (0)
+
+typedef struct writer_arg {
+  keel_es *es;
+  int i;
+  int rc;
+} writer_arg;
+
+static void writer(void *arg) {
+  writer_arg *w = arg;
+  char stream[32];
+  snprintf(stream, sizeof stream, "w-%d", w->i);
+  w->rc = 0;
+  for (int k = 0; k < 5 && w->rc == 0; k++)
+    w->rc = kt_append_n(w->es, stream, KEEL_ES_ANY, "T", 2, k, NULL);
+}
+
+static void await_all(keel_ref_t *refs, int n) {
+  for (int i = 0; i < n; i++) {
+    keel_msg_t *m;
+    CHECK_OK(keel_receive(&m, 120000));
+    keel_msg_free(m);
+  }
+  (void)refs;
+}
+
+KT_CASE(many_processes_share_two_connections) {
+  KT_PG_ONLY();
+  keel_metrics *reg;
+  CHECK_OK(keel_metrics_new(&reg, 0));
+  kt_store s;
+  keel_es *es = kt_store_open(&s, &(keel_es_opts){.pool_max = 2, .metrics = reg});
+  enum { N = 24 };
+  writer_arg w[N];
+  keel_ref_t refs[N];
+  for (int i = 0; i < N; i++) {
+    w[i] = (writer_arg){.es = es, .i = i, .rc = 1};
+    keel_spawn_opts so;
+    keel_spawn_opts_init(&so);
+    so.monitor = true;
+    so.monitor_ref = &refs[i];
+    CHECK_OK(keel_spawn(writer, &w[i], &so, NULL));
+  }
+  await_all(refs, N);
+  for (int i = 0; i < N; i++)
+    CHECK_OK(w[i].rc);
+  int64_t head;
+  CHECK_OK(keel_es_head(es, &head));
+  CHECK_EQ(head, N * 5 * 2);
+  keel_metrics_buf b = {0};
+  CHECK_OK(keel_metrics_render(reg, KEEL_METRICS_TEXT, &b));
+  CHECK(strstr(b.data, "es_pool_connections{state=\"in_use\"} 0") != NULL);
+  CHECK(strstr(b.data, "es_pool_connections{state=\"idle\"} 2") != NULL);
+  CHECK(strstr(b.data, "es_pool_waiting 0") != NULL);
+  CHECK(strstr(b.data, "es_pool_acquire_seconds_count") != NULL);
+  keel_metrics_buf_free(&b);
+  kt_store_close(&s);
+  keel_metrics_free(reg);
+}
+
+typedef struct held {
+  keel_es *es;
+  int rc;
+} held;
+
+static void append_held(void *arg) {
+  held *h = arg;
+  h->rc = kt_append_n(h->es, "lock-1", KEEL_ES_ANY, "T", 1, 0, NULL);
+}
+
+KT_CASE(a_call_that_gets_no_connection_in_time_times_out) {
+  KT_PG_ONLY();
+  kt_store s;
+  keel_es *es = kt_store_open(&s, &(keel_es_opts){.pool_max = 1, .acquire_timeout_ms = 200});
+  CHECK_OK(kt_append_n(es, "lock-1", KEEL_ES_NO_STREAM, "T", 1, 0, NULL));
+  PGconn *c = PQconnectdb(s.url);
+  CHECK(PQstatus(c) == CONNECTION_OK);
+  PQclear(PQexec(c, "BEGIN"));
+  PQclear(PQexec(c, "SELECT 1 FROM streams WHERE stream = 'lock-1' FOR UPDATE"));
+  held h = {.es = es, .rc = 1};
+  keel_ref_t ref;
+  keel_spawn_opts so;
+  keel_spawn_opts_init(&so);
+  so.monitor = true;
+  so.monitor_ref = &ref;
+  CHECK_OK(keel_spawn(append_held, &h, &so, NULL));
+  /* wait until the append holds the only connection (it waits on the row) */
+  for (int i = 0; i < 5000; i++) {
+    PGresult *r = PQexec(c, "SELECT count(*) FROM pg_locks WHERE NOT granted");
+    long waiting = strtol(PQgetvalue(r, 0, 0), NULL, 10);
+    PQclear(r);
+    if (waiting > 0) break;
+    keel_sleep(2);
+  }
+  int64_t head;
+  CHECK_EQ(keel_es_head(es, &head), KEEL_ETIMEDOUT);
+  PQclear(PQexec(c, "COMMIT"));
+  keel_msg_t *m;
+  CHECK_OK(keel_receive(&m, 60000));
+  keel_msg_free(m);
+  CHECK_OK(h.rc);
+  CHECK_OK(keel_es_head(es, &head));
+  CHECK_EQ(head, 2);
+  PQfinish(c);
+  kt_store_close(&s);
+}
+
+KT_CASE(connections_the_server_killed_are_replaced) {
+  KT_PG_ONLY();
+  kt_store s;
+  kt_store_mkdir(&s);
+  char app[64], url[1400];
+  snprintf(app, sizeof app, "kt_pool_%d", (int)getpid());
+  snprintf(url, sizeof url, "%s&application_name=%s", s.url, app);
+  keel_es *es;
+  CHECK_OK(keel_es_open(&(keel_es_opts){.url = url, .pool_min = 3}, &es));
+  CHECK_OK(kt_append_n(es, "k-1", KEEL_ES_NO_STREAM, "T", 1, 0, NULL));
+  char sql[256];
+  snprintf(sql, sizeof sql,
+           "SELECT pg_terminate_backend(pid) FROM pg_stat_activity WHERE application_name = '%s'",
+           app);
+  CHECK_OK(kt_pg_exec(s.url, sql, NULL, 0));
+  /* each dead connection fails the one call that finds it (KEEL_EIO, no
+   * data written); then fresh ones serve */
+  int fails = 0, ok = 0;
+  for (int i = 0; i < 10 && ok < 3; i++) {
+    int rc = kt_append_n(es, "k-1", KEEL_ES_ANY, "T", 1, 0, NULL);
+    if (rc == 0)
+      ok++;
+    else {
+      CHECK_EQ(rc, KEEL_EIO);
+      fails++;
+    }
+  }
+  CHECK_EQ(ok, 3);
+  CHECK(fails <= 3);
+  keel_es_stream_info info;
+  CHECK_OK(keel_es_stream_info_get(es, "k-1", &info));
+  CHECK_EQ(info.version, 4);
+  keel_es_stream_info_free(&info);
+  keel_es_close(es);
+  kt_store_rmdir(&s);
+}
+
+KT_MAIN(KT_ENTRY(many_processes_share_two_connections),
+        KT_ENTRY(a_call_that_gets_no_connection_in_time_times_out),
+        KT_ENTRY(connections_the_server_killed_are_replaced))
