@@ -8,6 +8,8 @@
  * on. Every connection gets the same pragmas: WAL (readers never block the
  * writer nor each other), synchronous FULL by default (a commit is on disk
  * when it returns) or NORMAL on request, foreign keys off, a busy timeout.
+ * Setting WAL is retried while busy (set_wal): concurrent first opens of a
+ * new file must all succeed.
  *
  * Reads run on the blocking pool with a read connection checked out of a
  * small mutex-guarded pool for the call and put back after: one per pool
@@ -33,6 +35,9 @@
 #include "keel/io.h"
 #include "keel/log.h"
 #include "keel/metrics.h"
+
+/* How long a connection waits for a lock: busy_timeout, and set_wal's retries. */
+enum { ES_BUSY_TIMEOUT_MS = 10000 };
 
 double keel__es_now_s(void) {
   struct timespec ts;
@@ -104,6 +109,34 @@ static int parse_url(const char *url, char **path, bool *memory) {
   return *path ? 0 : KEEL_ENOMEM;
 }
 
+/* Sets WAL on db. On a new file this takes an exclusive lock while holding a
+ * shared one, and SQLite answers SQLITE_BUSY at once rather than call the
+ * busy handler (a deadlock it will not wait on): concurrent first opens of
+ * one file, in this process or others, would fail. So the pragma is retried,
+ * its statement finalized between tries (the shared lock released), with a
+ * backoff of 1 ms doubling to 50 ms, for at most the busy timeout. */
+static int set_wal(sqlite3 *db) {
+  double deadline = keel__es_now_s() + ES_BUSY_TIMEOUT_MS / 1000.0;
+  long backoff_us = 1000;
+  for (;;) {
+    sqlite3_stmt *st = NULL;
+    int src = sqlite3_prepare_v2(db, "PRAGMA journal_mode = WAL", -1, &st, NULL);
+    if (src == SQLITE_OK) {
+      src = sqlite3_step(st);
+      if (src == SQLITE_ROW || src == SQLITE_DONE) src = SQLITE_OK;
+    }
+    sqlite3_finalize(st);
+    if (src == SQLITE_OK) return 0;
+    if ((src & 0xff) != SQLITE_BUSY && (src & 0xff) != SQLITE_LOCKED)
+      return keel__es_sqlite_error(db, src, "setting the journal mode (WAL)");
+    if (keel__es_now_s() >= deadline)
+      return keel__es_sqlite_error(db, src, "setting the journal mode (WAL): still busy");
+    struct timespec ts = {.tv_sec = 0, .tv_nsec = backoff_us * 1000};
+    nanosleep(&ts, NULL);
+    if (backoff_us < 50000) backoff_us *= 2;
+  }
+}
+
 int keel__es_connect(keel_es *es, bool reader, sqlite3 **out) {
   sqlite3 *db = NULL;
   int src = sqlite3_open_v2(es->path, &db,
@@ -113,10 +146,14 @@ int keel__es_connect(keel_es *es, bool reader, sqlite3 **out) {
     sqlite3_close(db);
     return rc;
   }
-  sqlite3_busy_timeout(db, 10000);
+  sqlite3_busy_timeout(db, ES_BUSY_TIMEOUT_MS);
+  if ((src = set_wal(db)) != 0) {
+    sqlite3_close(db);
+    return src;
+  }
   char sql[256];
   snprintf(sql, sizeof sql,
-           "PRAGMA journal_mode = WAL; PRAGMA synchronous = %s; PRAGMA foreign_keys = OFF;%s",
+           "PRAGMA synchronous = %s; PRAGMA foreign_keys = OFF;%s",
            es->sync == KEEL_ES_SYNC_NORMAL ? "NORMAL" : "FULL",
            reader ? " PRAGMA query_only = 1;" : "");
   src = sqlite3_exec(db, sql, NULL, NULL, NULL);

@@ -1,6 +1,6 @@
 /* test_concurrency.c - the event store under concurrent processes: racing
  * writers with one expected version, group commit, and read_all paging while
- * writers append (no skip, no repeat). Run under ThreadSanitizer too. */
+ * writers append (no skip, no repeat), and first opens of one new file at once. Run under ThreadSanitizer too. */
 #include <time.h>
 
 #include "es/es_internal.h"
@@ -237,6 +237,52 @@ KT_CASE(paging_read_all_while_eight_writers_append_never_skips_nor_repeats) {
   kt_store_close(&s);
 }
 
+
+/* ---- concurrent first opens of a new file ------------------------------------------------ */
+
+typedef struct opener {
+  const char *url;
+  keel_pid_t parent;
+  int rc;
+} opener;
+
+static void open_one(void *arg) {
+  opener *a = arg;
+  keel_msg_free(kt_recv(10000)); /* TAG_GO: everyone opens together */
+  keel_es *es = NULL;
+  keel_es_opts o = {.url = a->url};
+  a->rc = keel_es_open(&o, &es);
+  if (a->rc == 0) a->rc = kt_append_n(es, "opened", KEEL_ES_ANY, "Opened", 1, 0, NULL);
+  keel_es_close(es);
+  kt_send_u64(a->parent, TAG_DONE, 0);
+}
+
+/* Setting WAL on a fresh file takes an exclusive lock, which busy_timeout
+ * does not always wait for: every opener must succeed all the same. */
+KT_CASE(eight_processes_opening_one_new_file_at_once_all_succeed) {
+  KT_SQLITE_ONLY();
+  enum { N = 8, ROUNDS = 25 };
+  for (int round = 0; round < ROUNDS; round++) {
+    kt_store s;
+    kt_store_mkdir(&s);
+    opener o[N];
+    keel_pid_t pids[N];
+    for (int i = 0; i < N; i++) {
+      o[i] = (opener){.url = s.url, .parent = keel_self()};
+      CHECK_OK(keel_spawn(open_one, &o[i], NULL, &pids[i]));
+    }
+    for (int i = 0; i < N; i++)
+      kt_send_u64(pids[i], TAG_GO, 0);
+    for (int i = 0; i < N; i++)
+      keel_msg_free(kt_recv(30000));
+    for (int i = 0; i < N; i++)
+      CHECK_OK(o[i].rc);
+    s.es = NULL;
+    kt_store_rmdir(&s);
+  }
+}
+
 KT_MAIN(KT_ENTRY(sixteen_writers_with_one_expected_version_one_wins),
         KT_ENTRY(concurrent_appends_are_folded_into_one_commit),
-        KT_ENTRY(paging_read_all_while_eight_writers_append_never_skips_nor_repeats))
+        KT_ENTRY(paging_read_all_while_eight_writers_append_never_skips_nor_repeats),
+        KT_ENTRY(eight_processes_opening_one_new_file_at_once_all_succeed))
