@@ -164,7 +164,10 @@ static void on_connection(uv_stream_t *server, int status) {
   keel__conn *c = calloc(1, sizeof *c);
   if (!c) return;
   c->l = l;
-  uv_tcp_init(l->loop, &c->tcp);
+  if (uv_tcp_init(l->loop, &c->tcp) != 0) { /* AF_UNSPEC: it does not fail on Linux */
+    free(c);
+    return;
+  }
   if (uv_accept(server, (uv_stream_t *)&c->tcp) != 0) {
     uv_close((uv_handle_t *)&c->tcp, (uv_close_cb)free);
     return;
@@ -211,6 +214,7 @@ void keel__acceptor_main(void *arg) {
     int op;
     memcpy(&op, keel_msg_data(m), sizeof op);
     keel_pid_t from = keel_msg_from(m);
+    keel_ref_t ref = keel_msg_ref(m);
     keel_msg_free(m);
     listener_close(l);
     /* KEEL__CTL_CLOSE only closes the listener: every listener of the
@@ -232,28 +236,37 @@ void keel__acceptor_main(void *arg) {
       uv_close((uv_handle_t *)&l->resume, listener_handle_closed);
     }
     keel_msg_t *ack = keel_msg_new(TAG_CTL, 0);
-    if (ack) keel_send(from, ack);
+    if (ack) keel_reply(from, ref, ack);
     if (op == KEEL__CTL_STOP) break;
   }
   keel_io_end(&io);
 }
 
-static bool is_ctl(const keel_msg_t *m, void *arg) {
-  (void)arg;
-  return keel_msg_tag(m) == TAG_CTL;
-}
-
-/* Sends op to every acceptor and waits for their acknowledgements. */
+/* Sends op to every acceptor and waits for their acknowledgements, each
+ * matched by a monitor's reference: an acceptor that is gone answers at once
+ * with its DOWN, and an acknowledgement that comes after the 10 s wait is
+ * dropped by the runtime instead of being taken for the next control's. */
 void keel__listeners_control(keel_http_server *s, int op) {
-  int sent = 0;
+  keel_ref_t refs[s->nl > 0 ? s->nl : 1];
+  int n = 0;
   for (int i = 0; i < s->nl; i++) {
-    if (!s->ls[i].acceptor) continue;
-    if (keel_send(s->ls[i].acceptor, keel_msg_copy(TAG_CTL, &op, sizeof op)) == 0) sent++;
+    keel_pid_t a = s->ls[i].acceptor;
+    keel_ref_t ref;
+    if (!a || keel_monitor(a, &ref) != 0) continue;
+    keel_msg_t *m = keel_msg_copy(TAG_CTL, &op, sizeof op);
+    if (!m || keel_await_ref(ref) != 0) {
+      keel_msg_free(m);
+      keel_demonitor(ref);
+      continue;
+    }
+    keel_msg_set_ref(m, ref);
+    keel_send(a, m);
+    refs[n++] = ref;
   }
-  for (int i = 0; i < sent; i++) {
-    keel_msg_t *m;
-    if (keel_receive_match(is_ctl, NULL, &m, 10000) != 0) break;
-    keel_msg_free(m);
+  for (int i = 0; i < n; i++) {
+    keel_msg_t *m = NULL;
+    if (keel_await(refs[i], &m, 10000) == 0) keel_msg_free(m);
+    keel_demonitor(refs[i]); /* and a DOWN that raced the ack */
   }
 }
 
