@@ -211,8 +211,11 @@ typedef struct es_read_call {
   int rc;
 } es_read_call;
 
-/* read.c: whether an upcast type is wanted by a type filter. */
-bool keel__es_type_wanted(const char *const *types, const char *type);
+/* read.c: applies the upcasters to a page just decoded, ev->v[start..n),
+ * and with types (a read_all type filter matched after upcasting; NULL: no
+ * filter) drops the events whose latest type is not wanted. Both backends'
+ * read_all loop through it. 0 or keel__es_upcast's error. */
+int keel__es_upcast_page(keel_es *es, es_evec *ev, size_t start, const char *const *types);
 
 /* ---- the PostgreSQL backend ---------------------------------------------------------- */
 

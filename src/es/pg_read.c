@@ -95,8 +95,7 @@ static int read_stream(es_pg *pg, es_pgconn *c, es_read_call *rc_) {
   if (rc) return rc;
   rc = decode(r, &rc_->ev);
   PQclear(r);
-  if (rc == 0)
-    rc = keel__es_upcast(rc_->es, rc_->ev.arena, &rc_->ev.v, &rc_->ev.n, &rc_->ev.cap, 0);
+  if (rc == 0) rc = keel__es_upcast_page(rc_->es, &rc_->ev, 0, NULL);
   return rc;
 }
 
@@ -193,20 +192,8 @@ static int read_all(es_pg *pg, es_pgconn *c, es_read_call *call) {
     PQclear(r);
     if (rc || rows == 0) break;
     cursor = call->ev.v[call->ev.n - 1].position;
-    rc = keel__es_upcast(call->es, call->ev.arena, &call->ev.v, &call->ev.n, &call->ev.cap, start);
+    rc = keel__es_upcast_page(call->es, &call->ev, start, post_filter ? f->types : NULL);
     if (rc) break;
-    if (post_filter) { /* keep the events whose latest type is wanted */
-      size_t w = start;
-      for (size_t i = start; i < call->ev.n; i++) {
-        if (keel__es_type_wanted(f->types, call->ev.v[i].type)) {
-          call->ev.v[w++] = call->ev.v[i];
-        } else {
-          json_decref(call->ev.v[i].payload);
-          json_decref(call->ev.v[i].metadata);
-        }
-      }
-      call->ev.n = w;
-    }
     if (!post_filter || rows < want) break;
   }
   free(types_lit);

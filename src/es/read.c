@@ -212,14 +212,30 @@ static int do_read_stream(sqlite3 *db, read_call *c) {
   sqlite3_bind_int64(st, 4, (int64_t)c->limit);
   rc = decode_all(db, st, &c->ev, NULL);
   sqlite3_finalize(st);
-  if (rc == 0) rc = keel__es_upcast(c->es, c->ev.arena, &c->ev.v, &c->ev.n, &c->ev.cap, 0);
+  if (rc == 0) rc = keel__es_upcast_page(c->es, &c->ev, 0, NULL);
   return rc;
 }
 
-bool keel__es_type_wanted(const char *const *types, const char *type) {
+static bool type_wanted(const char *const *types, const char *type) {
   for (size_t i = 0; types[i]; i++)
     if (strcmp(types[i], type) == 0) return true;
   return false;
+}
+
+int keel__es_upcast_page(keel_es *es, es_evec *ev, size_t start, const char *const *types) {
+  int rc = keel__es_upcast(es, ev->arena, &ev->v, &ev->n, &ev->cap, start);
+  if (rc || !types) return rc;
+  size_t w = start; /* keep the events whose latest type is wanted */
+  for (size_t i = start; i < ev->n; i++) {
+    if (type_wanted(types, ev->v[i].type)) {
+      ev->v[w++] = ev->v[i];
+    } else {
+      json_decref(ev->v[i].payload);
+      json_decref(ev->v[i].metadata);
+    }
+  }
+  ev->n = w;
+  return 0;
 }
 
 static int do_read_all(sqlite3 *db, read_call *c) {
@@ -323,20 +339,8 @@ static int do_read_all(sqlite3 *db, read_call *c) {
     sqlite3_reset(st);
     if (rc || rows == 0) break;
     cursor = c->ev.v[c->ev.n - 1].position;
-    rc = keel__es_upcast(c->es, c->ev.arena, &c->ev.v, &c->ev.n, &c->ev.cap, start);
+    rc = keel__es_upcast_page(c->es, &c->ev, start, post_filter ? f->types : NULL);
     if (rc) break;
-    if (post_filter) { /* keep the events whose latest type is wanted */
-      size_t w = start;
-      for (size_t i = start; i < c->ev.n; i++) {
-        if (keel__es_type_wanted(f->types, c->ev.v[i].type)) {
-          c->ev.v[w++] = c->ev.v[i];
-        } else {
-          json_decref(c->ev.v[i].payload);
-          json_decref(c->ev.v[i].metadata);
-        }
-      }
-      c->ev.n = w;
-    }
     if (!post_filter || rows < want) break;
   }
   sqlite3_finalize(st);
