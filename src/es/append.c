@@ -25,6 +25,22 @@
 #include "keel/error.h"
 #include "keel/log.h"
 
+bool keel__es_expected_ok(int64_t expected, int64_t actual, bool deleted) {
+  if (expected == KEEL_ES_ANY) return true;
+  if (expected == KEEL_ES_STREAM_EXISTS) return actual > 0 && !deleted;
+  return expected == actual;
+}
+
+int keel__es_dup_verdict(size_t found, size_t given, size_t n, bool same,
+                         keel_es_append_result *res) {
+  if (found == 0) return 0;
+  if (found == n && given == n && same) {
+    res->duplicate = true;
+    return 1;
+  }
+  return KEEL_EEXIST;
+}
+
 bool keel__es_stream_ok(const char *stream) {
   if (!stream) return false;
   size_t n = 0;

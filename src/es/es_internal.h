@@ -160,6 +160,17 @@ void keel__es_req_free(es_req *req);
 /* writer.c: a request of one kind on one stream (stream copied). NULL: ENOMEM. */
 es_req *keel__es_req_new(es_req_kind kind, const char *stream);
 
+/* append.c: whether a stream at version actual (deleted or not) meets an
+ * append's expected version (KEEL_ES_ANY, KEEL_ES_STREAM_EXISTS, exact). */
+bool keel__es_expected_ok(int64_t expected, int64_t actual, bool deleted);
+
+/* append.c: the idempotency verdict of a batch of n events, given ids of
+ * which `found` are stored, all in that stream in that order (`same`): 0 new
+ * (none found), 1 the original result (all given, all found, same; sets
+ * res->duplicate), KEEL_EEXIST a mix. Both backends' lookups end here. */
+int keel__es_dup_verdict(size_t found, size_t given, size_t n, bool same,
+                         keel_es_append_result *res);
+
 /* append.c: whether a stream id is valid (1-255 printable ASCII, no space). */
 bool keel__es_stream_ok(const char *stream);
 

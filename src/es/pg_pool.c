@@ -69,27 +69,39 @@ static int open_conn(es_pg *pg, es_pgconn **out) {
   return rc;
 }
 
-/* Gives up a slot (a connection that could not be opened or was dropped):
- * to the first waiter, who will open one, or back to the count. */
-static void give_slot(es_pg *pg) {
-  keel_pid_t pid = 0;
-  keel_ref_t ref = 0;
-  pthread_mutex_lock(&pg->mu);
+/* The first waiter, taken off the queue and marked done (the caller gives
+ * it a slot or a connection); NULL when none waits. Under pg->mu. */
+static es_pgwaiter *pop_waiter(es_pg *pg) {
   es_pgwaiter *w = pg->wq;
-  if (w) {
-    pg->wq = w->next;
-    if (!pg->wq) pg->wq_tail = NULL;
-    pg->nwaiting--;
-    w->slot = true;
-    w->done = true;
-    pid = w->pid;
-    ref = w->ref;
-  } else {
-    pg->total--;
-  }
+  if (!w) return NULL;
+  pg->wq = w->next;
+  if (!pg->wq) pg->wq_tail = NULL;
+  pg->nwaiting--;
+  w->done = true;
+  return w;
+}
+
+/* Updates the gauges, unlocks pg->mu and wakes w (if any). w's pid and ref
+ * are read before the unlock: once unlocked, w (on the waiter's stack) may
+ * be gone. */
+static void wake_after_unlock(es_pg *pg, es_pgwaiter *w) {
+  keel_pid_t pid = w ? w->pid : 0;
+  keel_ref_t ref = w ? w->ref : 0;
   gauges(pg);
   pthread_mutex_unlock(&pg->mu);
   if (pid) keel_reply(pid, ref, keel_msg_new(0, 0));
+}
+
+/* Gives up a slot (a connection that could not be opened or was dropped):
+ * to the first waiter, who will open one, or back to the count. */
+static void give_slot(es_pg *pg) {
+  pthread_mutex_lock(&pg->mu);
+  es_pgwaiter *w = pop_waiter(pg);
+  if (w)
+    w->slot = true;
+  else
+    pg->total--;
+  wake_after_unlock(pg, w);
 }
 
 int keel__es_pg_acquire(keel_es *es, es_pgconn **out) {
@@ -197,26 +209,16 @@ void keel__es_pg_release(keel_es *es, es_pgconn *c) {
     give_slot(pg);
     return;
   }
-  keel_pid_t pid = 0;
-  keel_ref_t ref = 0;
   pthread_mutex_lock(&pg->mu);
-  es_pgwaiter *w = pg->wq;
+  es_pgwaiter *w = pop_waiter(pg);
   if (w) {
-    pg->wq = w->next;
-    if (!pg->wq) pg->wq_tail = NULL;
-    pg->nwaiting--;
     w->conn = c;
-    w->done = true;
-    pid = w->pid;
-    ref = w->ref;
   } else {
     c->next = pg->idle;
     pg->idle = c;
     pg->nidle++;
   }
-  gauges(pg);
-  pthread_mutex_unlock(&pg->mu);
-  if (pid) keel_reply(pid, ref, keel_msg_new(0, 0));
+  wake_after_unlock(pg, w);
 }
 
 /* ---- open and close ----------------------------------------------------------------- */

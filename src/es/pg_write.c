@@ -186,18 +186,7 @@ static int find_duplicate(es_pg *pg, es_pgconn *c, const es_stream_req *s,
   PQclear(r);
   free(ix);
   free(at);
-  if (found == 0) return 0;
-  if (found == s->n && given == s->n && same) {
-    res->duplicate = true;
-    return 1;
-  }
-  return KEEL_EEXIST;
-}
-
-static bool expected_ok(int64_t expected, int64_t actual, bool deleted) {
-  if (expected == KEEL_ES_ANY) return true;
-  if (expected == KEEL_ES_STREAM_EXISTS) return actual > 0 && !deleted;
-  return expected == actual;
+  return keel__es_dup_verdict(found, given, s->n, same, res);
 }
 
 /* Locks (creating when needed) the stream's row; its version and deleted. */
@@ -226,7 +215,7 @@ static int append_stream(es_pg *pg, es_pgconn *c, const es_stream_req *s, int64_
   bool deleted;
   int rc = lock_stream(pg, c, s->stream, &actual, &deleted);
   if (rc) return rc;
-  if (!expected_ok(s->expected, actual, deleted)) {
+  if (!keel__es_expected_ok(s->expected, actual, deleted)) {
     res->expected = s->expected;
     res->actual = actual;
     return KEEL_ECONFLICT;
@@ -363,7 +352,7 @@ static int do_other(keel_es *es, es_pgconn *c, const es_req *r, es_reply *rep) {
     bool deleted = PQntuples(res) && PQgetvalue(res, 0, 1)[0] == 't';
     PQclear(res);
     if (version == 0) return KEEL_ENOENT;
-    if (!expected_ok(r->streams[0].expected, version, false)) {
+    if (!keel__es_expected_ok(r->streams[0].expected, version, false)) {
       rep->results[0].expected = r->streams[0].expected;
       rep->results[0].actual = version;
       return KEEL_ECONFLICT;

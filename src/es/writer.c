@@ -181,18 +181,7 @@ static int find_duplicate(keel_es *es, const es_stream_req *s, keel_es_append_re
     if (src != SQLITE_ROW && src != SQLITE_DONE)
       return keel__es_sqlite_error(es->wdb, src, "looking up an event id");
   }
-  if (found == 0) return 0;
-  if (found == s->n && given == s->n && same) {
-    res->duplicate = true;
-    return 1;
-  }
-  return KEEL_EEXIST;
-}
-
-static bool expected_ok(int64_t expected, int64_t actual, bool deleted) {
-  if (expected == KEEL_ES_ANY) return true;
-  if (expected == KEEL_ES_STREAM_EXISTS) return actual > 0 && !deleted;
-  return expected == actual;
+  return keel__es_dup_verdict(found, given, s->n, same, res);
 }
 
 static int append_one(keel_es *es, const es_stream_req *s, keel_es_append_result *res,
@@ -203,7 +192,7 @@ static int append_one(keel_es *es, const es_stream_req *s, keel_es_append_result
   int64_t actual;
   bool deleted, exists;
   if ((rc = stream_state(es, s->stream, &actual, &deleted, &exists))) return rc;
-  if (!expected_ok(s->expected, actual, deleted)) {
+  if (!keel__es_expected_ok(s->expected, actual, deleted)) {
     res->expected = s->expected;
     res->actual = actual;
     return KEEL_ECONFLICT;
@@ -266,7 +255,7 @@ static int exec_other(keel_es *es, es_req *r, es_reply *rep) {
   switch (r->kind) {
   case ES_REQ_DELETE:
     if (!exists || version == 0) return KEEL_ENOENT;
-    if (!expected_ok(r->streams[0].expected, version, false)) {
+    if (!keel__es_expected_ok(r->streams[0].expected, version, false)) {
       rep->results[0].expected = r->streams[0].expected;
       rep->results[0].actual = version;
       return KEEL_ECONFLICT;
