@@ -98,6 +98,12 @@ int keel_metrics_gauge_histogram(keel_metrics *r, const char *name, const char *
                                  const char *const *labels, size_t nlabels, const double *buckets,
                                  size_t nbuckets, keel_metric_family **out);
 
+/* The family registered under name (a counter's with or without its
+ * "_total"), or NULL: for a module that registers
+ * its families once per registry and shares them among its instances (it
+ * gets KEEL_EEXIST from the second registration, then finds the first). */
+keel_metric_family *keel_metrics_find(keel_metrics *r, const char *name);
+
 /* ---- children (get-or-create; cache the pointer) -------------------------- */
 
 /* The child of family f for the label values (one per label name, in the

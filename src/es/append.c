@@ -158,7 +158,8 @@ static int submit(keel_es *es, es_req *r, keel_msg_t **out) {
 /* The appends of reqs, then fn, in one transaction (fn NULL: a plain
  * append_multi, which needs at least one stream). */
 static int transact(keel_es *es, const keel_es_append_req *reqs, size_t nreqs,
-                    keel_es_append_result *results, size_t *failed, keel_es_tx_fn fn, void *arg) {
+                    keel_es_append_result *results, size_t *failed, keel_es_tx_fn fn, void *arg,
+                    bool internal) {
   if (failed) *failed = 0;
   if (!es || (nreqs > 0 && (!reqs || !results)) || (nreqs == 0 && !fn)) return KEEL_EINVAL;
   if (nreqs) memset(results, 0, nreqs * sizeof *results);
@@ -170,6 +171,7 @@ static int transact(keel_es *es, const keel_es_append_req *reqs, size_t nreqs,
   r->nstreams = nreqs;
   r->tx_fn = fn;
   r->tx_arg = arg;
+  r->tx_internal = internal;
   for (size_t i = 0; i < nreqs; i++) {
     int rc = encode_stream(es, reqs[i].stream, reqs[i].expected, reqs[i].events, reqs[i].n,
                            &r->streams[i]);
@@ -203,12 +205,16 @@ static int transact(keel_es *es, const keel_es_append_req *reqs, size_t nreqs,
 int keel_es_append_multi(keel_es *es, const keel_es_append_req *reqs, size_t nreqs,
                          keel_es_append_result *results, size_t *failed) {
   if (nreqs == 0) return KEEL_EINVAL;
-  return transact(es, reqs, nreqs, results, failed, NULL, NULL);
+  return transact(es, reqs, nreqs, results, failed, NULL, NULL, false);
 }
 
 int keel_es_transact(keel_es *es, const keel_es_append_req *reqs, size_t nreqs,
                      keel_es_append_result *results, size_t *failed, keel_es_tx_fn fn, void *arg) {
-  return transact(es, reqs, nreqs, results, failed, fn, arg);
+  return transact(es, reqs, nreqs, results, failed, fn, arg, false);
+}
+
+int keel__es_transact_internal(keel_es *es, keel_es_tx_fn fn, void *arg) {
+  return transact(es, NULL, 0, NULL, NULL, fn, arg, true);
 }
 
 int keel_es_append(keel_es *es, const char *stream, int64_t expected,

@@ -72,6 +72,7 @@ typedef struct es_req {
   void *fn_arg;
   keel_es_tx_fn tx_fn; /* ES_REQ_APPEND of keel_es_transact: run after the appends */
   void *tx_arg;
+  bool tx_internal; /* keel's own transaction: its tables may be written */
   double t0; /* submission time (monotonic s), for the duration histogram */
 } es_req;
 
@@ -200,6 +201,7 @@ struct keel_es_tx {
   keel_es *es;
   sqlite3 *db;   /* SQLite: the writer's connection (or a reader's for keel_es_query) */
   es_pgconn *pc; /* PostgreSQL: the call's pooled connection */
+  bool internal; /* keel's own (keel__es_transact_internal): keel's tables allowed */
   int failed;    /* the first failed statement's error: the transaction is doomed */
   char err[256];
 };
@@ -210,6 +212,10 @@ struct keel_es_tx {
  * Returns fn's answer, or the error that doomed the transaction. */
 bool keel__es_tx_wanted(const es_req *r, const keel_es_append_result *results);
 int keel__es_tx_run(keel_es *es, const es_req *r, sqlite3 *db, es_pgconn *pc);
+/* append.c: keel_es_transact without appends, for keel's own tables (the
+ * subscriptions' checkpoints and dead letters), which the service's
+ * transactions may not write on SQLite. */
+int keel__es_transact_internal(keel_es *es, keel_es_tx_fn fn, void *arg);
 
 /* ---- reads, shared by both backends ------------------------------------------------ */
 

@@ -168,7 +168,7 @@ static bool keel_table(const char *t) {
 
 static int authorize(void *ud, int action, const char *a, const char *b, const char *db,
                      const char *trigger) {
-  (void)ud;
+  const keel_es_tx *tx = ud;
   (void)db;
   if (trigger) return SQLITE_OK; /* keel's own triggers, reached by an allowed statement */
   switch (action) {
@@ -181,7 +181,7 @@ static int authorize(void *ud, int action, const char *a, const char *b, const c
   case SQLITE_UPDATE:
   case SQLITE_DELETE:
   case SQLITE_DROP_TABLE:
-  case SQLITE_ALTER_TABLE: return keel_table(a) ? SQLITE_DENY : SQLITE_OK;
+  case SQLITE_ALTER_TABLE: return keel_table(a) && !tx->internal ? SQLITE_DENY : SQLITE_OK;
   default: return SQLITE_OK;
   }
 }
@@ -223,7 +223,7 @@ static int sq_exec(keel_es_tx *tx, sqlite3 *db, bool readonly, const char *sql,
                    const char *const *params, size_t n, keel_es_rows *rows) {
   sqlite3_stmt *st = NULL;
   const char *tail = NULL;
-  if (!readonly) sqlite3_set_authorizer(db, authorize, NULL);
+  if (!readonly) sqlite3_set_authorizer(db, authorize, tx);
   int src = sqlite3_prepare_v2(db, sql, -1, &st, &tail);
   if (!readonly) sqlite3_set_authorizer(db, NULL, NULL);
   if (src != SQLITE_OK) {
@@ -342,7 +342,7 @@ bool keel__es_tx_wanted(const es_req *r, const keel_es_append_result *results) {
 }
 
 int keel__es_tx_run(keel_es *es, const es_req *r, sqlite3 *db, es_pgconn *pc) {
-  keel_es_tx tx = {.es = es, .db = db, .pc = pc};
+  keel_es_tx tx = {.es = es, .db = db, .pc = pc, .internal = r->tx_internal};
   int rc = r->tx_fn(&tx, r->tx_arg);
   return rc ? rc : tx.failed;
 }

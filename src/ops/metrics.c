@@ -311,6 +311,19 @@ static int family_new(keel_metrics *r, int type, const char *name, const char *h
   return 0;
 }
 
+keel_metric_family *keel_metrics_find(keel_metrics *r, const char *name) {
+  if (!r || !name) return NULL;
+  /* a counter is kept under its name without "_total" (as registered) */
+  size_t len = strlen(name);
+  if (ends_with(name, "_total")) len -= 6;
+  pthread_mutex_lock(&r->lock);
+  struct keel_metric_family *g = r->first;
+  while (g && !(strncmp(g->name, name, len) == 0 && g->name[len] == 0))
+    g = g->next;
+  pthread_mutex_unlock(&r->lock);
+  return g;
+}
+
 int keel_metrics_counter(keel_metrics *r, const char *name, const char *help,
                          const char *const *labels, size_t nlabels, keel_metric_family **out) {
   return family_new(r, T_COUNTER, name, help, labels, nlabels, NULL, 0, out);

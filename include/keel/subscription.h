@@ -1,0 +1,177 @@
+/* keel/subscription.h - subscriptions to the event store's global feed:
+ * catch up from a checkpoint, then follow live appends, never skipping an
+ * event, never moving the checkpoint back.
+ *
+ * A subscription is a gen_server (start it under a supervisor with
+ * keel_sub_child, or alone with keel_sub_start). It reads the feed
+ * (keel_es_read_all, with the subscription's filter) after its checkpoint,
+ * in pages of `batch` events, hands each event to the handler in global
+ * order, and stores the checkpoint in the store's own database
+ * (compare-and-set: it never goes down). Between pages it serves calls
+ * (status, pause, resume, retry); when the feed has nothing more it waits
+ * for an append (the store's notifications) or, at the latest, poll_ms.
+ *
+ * TWO KINDS OF HANDLER (exactly one is set):
+ *   project  a transactional projection: called inside the transaction that
+ *            also moves the checkpoint (keel_es_transact), with tx to write
+ *            its read model. Each event is applied exactly once to that
+ *            read model, across crashes: the rows and the checkpoint commit
+ *            together or not at all. It runs where keel_es_transact's
+ *            function runs (on SQLite the store's writer thread: quick, no
+ *            waiting, no keel process calls; keel/eventstore.h).
+ *   handle   a side effect (a mail, a call to another service): called in
+ *            the subscription's process. At least once: after a crash, the
+ *            events after the last stored checkpoint are handed out again;
+ *            deduplicate with ev->id. handle_batch is the same for handlers
+ *            that want pages.
+ *
+ * FAILURES. A handler answers 0, or an error (negative). An event that
+ * fails is retried after a backoff (exponential from backoff_ms, capped at
+ * backoff_max_ms, full jitter: a random delay between 0 and the cap) up to
+ * max_attempts times in all, the subscription serving calls while it waits.
+ * Then, by on_failure:
+ *   KEEL_SUB_PARK  (default) the event is parked in the dead-letter table
+ *                  (keel_sub_parked) with its error, attempts, first and last
+ *                  failure, and the LATER EVENTS OF ITS STREAM WAIT BEHIND IT
+ *                  (parked as "waiting", not handled) while other streams go
+ *                  on: a stream's events are never handled out of order.
+ *                  keel_sub_retry hands the parked event (then its waiting
+ *                  followers, in order) to the handler again;
+ *                  keel_sub_resolve gives it up and releases its followers.
+ *   KEEL_SUB_SKIP  parked the same way, but the stream's later events go on.
+ *   KEEL_SUB_STOP  the subscription stops with the error (its supervisor
+ *                  decides what next); the checkpoint stays before the event.
+ * The checkpoint never passes an event that was neither handled nor parked:
+ * parking and the checkpoint move commit together.
+ */
+#ifndef KEEL_SUBSCRIPTION_H
+#define KEEL_SUBSCRIPTION_H
+
+#include <stdbool.h>
+#include <stddef.h>
+#include <stdint.h>
+
+#include "keel/eventstore.h"
+#include "keel/metrics.h"
+#include "keel/supervisor.h"
+
+#ifdef __cplusplus
+extern "C" {
+#endif
+
+typedef enum keel_sub_from {
+  KEEL_SUB_FROM_CHECKPOINT = 0, /* the stored checkpoint; none: the beginning */
+  KEEL_SUB_FROM_BEGINNING,      /* position 0, whatever is stored */
+  KEEL_SUB_FROM_END,            /* the head when it starts (a stored checkpoint wins) */
+  KEEL_SUB_FROM_POSITION,       /* after opts.position (a stored checkpoint wins) */
+} keel_sub_from;
+
+typedef enum keel_sub_checkpoint {
+  KEEL_SUB_CHECKPOINT_BATCH = 0, /* after every page (the default) */
+  KEEL_SUB_CHECKPOINT_EVENT,     /* after every event */
+  KEEL_SUB_CHECKPOINT_PERIODIC,  /* every checkpoint_ms, and when it stops */
+} keel_sub_checkpoint;
+
+typedef enum keel_sub_on_failure {
+  KEEL_SUB_PARK = 0,
+  KEEL_SUB_SKIP,
+  KEEL_SUB_STOP,
+} keel_sub_on_failure;
+
+typedef int (*keel_sub_handle_fn)(const keel_es_event *ev, void *ud);
+/* 0: all n handled; an error: evs[*done] failed, those before it were handled. */
+typedef int (*keel_sub_batch_fn)(const keel_es_event *evs, size_t n, size_t *done, void *ud);
+typedef int (*keel_sub_project_fn)(keel_es_tx *tx, const keel_es_event *ev, void *ud);
+
+/* Zeroed fields are the defaults. Borrowed for the subscription's life
+ * (filter strings included). */
+typedef struct keel_sub_opts {
+  const char *name; /* required, 1-100 bytes of [A-Za-z0-9_.-]: the checkpoint's key,
+                       the metrics' label, the registered name "sub.<name>" */
+  keel_es *es;      /* required */
+  keel_es_filter filter;
+  keel_sub_project_fn project; /* exactly one of project, handle, handle_batch */
+  keel_sub_handle_fn handle;
+  keel_sub_batch_fn handle_batch;
+  void *ud;
+  keel_sub_from from;
+  int64_t position;               /* KEEL_SUB_FROM_POSITION */
+  size_t batch;                   /* events per page; 0: 100; at most 10000 */
+  keel_sub_checkpoint checkpoint; /* handle/handle_batch only: project checkpoints every page */
+  int64_t checkpoint_ms;          /* KEEL_SUB_CHECKPOINT_PERIODIC; 0: 1000 */
+  keel_sub_on_failure on_failure;
+  int max_attempts;       /* tries of one event in all; 0: 6 (one and five retries) */
+  int64_t backoff_ms;     /* 0: 100 */
+  int64_t backoff_max_ms; /* 0: 30000 */
+  int64_t poll_ms; /* re-read the feed at least this often when nothing wakes it; 0: 1000 */
+  keel_metrics *metrics; /* sub_* metrics with a subscription label; NULL: none */
+} keel_sub_opts;
+
+/* Starts a subscription (linked to the caller when link). It has read its
+ * checkpoint when this returns. Errors: KEEL_EINVAL (opts), KEEL_EEXIST (a
+ * subscription of that name runs in this node), KEEL_EIO (the database),
+ * and keel_gs_start's. */
+int keel_sub_start(const keel_sub_opts *opts, bool link, keel_pid_t *out);
+
+/* A child spec that starts the subscription under a supervisor (id = name). */
+keel_sup_child_spec keel_sub_child(const keel_sub_opts *opts);
+
+/* Stops it (the handler finishes the event in hand; the checkpoint is
+ * stored). Errors as keel_gs_stop; KEEL_ENOPROC when none runs. */
+int keel_sub_stop(const char *name, int64_t timeout_ms);
+
+typedef enum keel_sub_state {
+  KEEL_SUB_CATCHING_UP = 1, /* the last page was full: more is waiting */
+  KEEL_SUB_LIVE,            /* at the head, waiting for appends */
+  KEEL_SUB_RETRYING,        /* waiting out a backoff before retrying an event */
+  KEEL_SUB_PAUSED,
+} keel_sub_state;
+
+typedef struct keel_sub_status {
+  keel_sub_state state;
+  int64_t checkpoint;     /* every event at or below it is handled or parked */
+  int64_t stored;         /* the checkpoint as stored (periodic: may trail) */
+  int64_t head;           /* the store's head when last read */
+  int64_t lag;            /* head - checkpoint */
+  double lag_seconds;     /* since the oldest unhandled event was stored (0: none) */
+  uint64_t handled;       /* events handled since start */
+  uint64_t failures;      /* failed attempts since start */
+  uint64_t parked;        /* events parked (failed or waiting) now */
+  int attempts;           /* RETRYING: attempts so far of the event in hand */
+} keel_sub_status;
+
+int keel_sub_status_get(const char *name, keel_sub_status *out);
+int keel_sub_pause(const char *name);
+int keel_sub_resume(const char *name);
+
+/* ---- the dead-letter table ------------------------------------------------ */
+
+typedef struct keel_sub_parked_event {
+  int64_t position;
+  char stream[256];
+  char event_id[37];
+  char type[256];
+  bool waiting;            /* behind an earlier failed event of its stream */
+  char error[256];         /* the last failure's description ("" when waiting) */
+  int attempts;
+  int64_t first_failure_ms, last_failure_ms; /* Unix ms (0 when waiting) */
+} keel_sub_parked_event;
+
+/* The subscription's parked events in position order (at most max; *n gets
+ * how many). Reads the table: the subscription need not run. */
+int keel_sub_parked(keel_es *es, const char *name, keel_sub_parked_event *out, size_t max,
+                    size_t *n);
+
+/* Hands a parked, failed event to the handler again (then the events
+ * waiting behind it, in order; a new failure parks it again). Through the
+ * running subscription. Errors: KEEL_ENOENT (no such failed event),
+ * KEEL_ENOPROC (the subscription does not run). */
+int keel_sub_retry(const char *name, int64_t position);
+/* Gives a parked, failed event up (it is removed, logged) and hands the
+ * events waiting behind it to the handler. Same errors. */
+int keel_sub_resolve(const char *name, int64_t position);
+
+#ifdef __cplusplus
+}
+#endif
+#endif

@@ -1,0 +1,904 @@
+/* sub.c - subscriptions (keel/subscription.h): a gen_server per
+ * subscription that reads the global feed after its checkpoint and hands
+ * the events to a handler, in order, one page at a time.
+ *
+ * The server never blocks between pages: each page is one PUMP message it
+ * sends itself, so calls (status, pause, retry) are served between pages,
+ * and a retry's backoff is a timer, not a sleep. At the head it waits for a
+ * WAKE: the store's notification, or poll_ms at the latest.
+ *
+ * Its two tables live in the store's database, created at start:
+ *   keel_sub_checkpoints (name, position, updated_at)
+ *       moved by compare-and-set (only up), in the same transaction as a
+ *       transactional projection's rows or a parked event's row;
+ *   keel_sub_parked (name, position, stream, event_id, type, status,
+ *                    error, attempts, first_failure, last_failure)
+ *       the dead letters: status 'failed' (gave up after max_attempts),
+ *       'waiting' (behind a failed event of its stream) or 'retry' (handed
+ *       out again by keel_sub_retry or keel_sub_resolve, in position order,
+ *       before the feed).
+ * A stream with any parked row is blocked (KEEL_SUB_PARK): its later
+ * events from the feed are parked as 'waiting' instead of handled, so a
+ * stream's events are never handled out of order, while other streams go
+ * on and the checkpoint keeps moving.
+ */
+#include <stddef.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <time.h>
+#include <unistd.h>
+
+#include "es/es_internal.h"
+#include "keel/error.h"
+#include "keel/gen_server.h"
+#include "keel/log.h"
+#include "keel/process.h"
+#include "keel/registry.h"
+#include "keel/subscription.h"
+#include "keel/timer.h"
+
+enum { TAG_PUMP = 0x73756201, TAG_WAKE, TAG_RETRY, TAG_TICK };
+enum { OP_STATUS = 1, OP_PAUSE, OP_RESUME, OP_RETRY, OP_RESOLVE };
+
+typedef struct sub_req {
+  int op;
+  int64_t position;
+} sub_req;
+
+typedef struct sub_rep {
+  int rc;
+  keel_sub_status st;
+} sub_rep;
+
+typedef struct sub {
+  keel_sub_opts o;
+  char name[101];
+  char regname[112];
+  int64_t pos;    /* every event at or below it is handled or parked */
+  int64_t stored; /* as stored */
+  int64_t head;
+  keel_es_events page;
+  size_t idx;  /* the next event of page to hand out */
+  int attempts; /* of page.v[idx] */
+  int64_t first_failure;
+  char err[256];
+  bool paused, retrying, live, retry_pending, pump_queued;
+  keel_ref_t tick;
+  keel_ref_t wait_timer; /* the one poll timer armed at the head (0: none) */
+  char **blocked; /* streams with parked events (KEEL_SUB_PARK) */
+  size_t nblocked;
+  uint64_t handled, failures, nparked;
+  uint64_t rng;
+  keel_counter *m_handled, *m_failed, *m_parked;
+  keel_gauge *g_lag, *g_checkpoint, *g_parked;
+} sub;
+
+static const char *const schema_sql[] = {
+    "CREATE TABLE IF NOT EXISTS keel_sub_checkpoints (name TEXT PRIMARY KEY, "
+    "position BIGINT NOT NULL, updated_at BIGINT NOT NULL)",
+    "CREATE TABLE IF NOT EXISTS keel_sub_parked (name TEXT NOT NULL, position BIGINT NOT NULL, "
+    "stream TEXT NOT NULL, event_id TEXT NOT NULL, type TEXT NOT NULL, status TEXT NOT NULL, "
+    "error TEXT NOT NULL, attempts INTEGER NOT NULL, first_failure BIGINT NOT NULL, "
+    "last_failure BIGINT NOT NULL, PRIMARY KEY (name, position))",
+};
+
+static const char *const save_sql =
+    "INSERT INTO keel_sub_checkpoints (name, position, updated_at) "
+    "VALUES ($1, CAST($2 AS BIGINT), CAST($3 AS BIGINT)) "
+    "ON CONFLICT (name) DO UPDATE SET position = excluded.position, "
+    "updated_at = excluded.updated_at WHERE keel_sub_checkpoints.position <= excluded.position";
+
+static const char *const park_sql =
+    "INSERT INTO keel_sub_parked (name, position, stream, event_id, type, status, error, "
+    "attempts, first_failure, last_failure) VALUES ($1, CAST($2 AS BIGINT), $3, $4, $5, $6, $7, "
+    "CAST($8 AS INTEGER), CAST($9 AS BIGINT), CAST($10 AS BIGINT)) "
+    "ON CONFLICT (name, position) DO UPDATE SET status = excluded.status, error = excluded.error, "
+    "attempts = keel_sub_parked.attempts + excluded.attempts, "
+    "last_failure = excluded.last_failure";
+
+static void i64s(char out[24], int64_t v) {
+  snprintf(out, 24, "%lld", (long long)v);
+}
+
+/* ---- the tables ------------------------------------------------------------------------ */
+
+static int create_tables(keel_es_tx *tx, void *arg) {
+  (void)arg;
+  int rc = 0;
+  for (size_t i = 0; i < sizeof schema_sql / sizeof schema_sql[0] && rc == 0; i++)
+    rc = keel_es_tx_exec(tx, schema_sql[i], NULL, 0, NULL);
+  return rc;
+}
+
+/* The checkpoint's compare-and-set, in tx. */
+static int save_in(keel_es_tx *tx, const sub *s, int64_t pos) {
+  char p[24], now[24];
+  i64s(p, pos);
+  i64s(now, keel__es_unix_ms());
+  return keel_es_tx_exec(tx, save_sql, (const char *[]){s->name, p, now}, 3, NULL);
+}
+
+typedef struct save_arg {
+  sub *s;
+  int64_t pos;
+} save_arg;
+
+static int save_fn(keel_es_tx *tx, void *arg) {
+  save_arg *a = arg;
+  return save_in(tx, a->s, a->pos);
+}
+
+static void gauges(sub *s) {
+  if (s->g_checkpoint) keel_gauge_set(s->g_checkpoint, (double)s->pos);
+  if (s->g_lag) keel_gauge_set(s->g_lag, s->live ? 0 : (double)(s->head > s->pos ? s->head - s->pos : 0));
+  if (s->g_parked) keel_gauge_set(s->g_parked, (double)s->nparked);
+}
+
+static int save(sub *s) {
+  if (s->pos <= s->stored) return 0;
+  save_arg a = {s, s->pos};
+  int rc = keel__es_transact_internal(s->o.es, save_fn, &a);
+  if (rc == 0) s->stored = s->pos;
+  gauges(s);
+  return rc;
+}
+
+/* A parked row for ev (status "failed" or "waiting"). */
+static int park_in(keel_es_tx *tx, const sub *s, const keel_es_event *ev, bool waiting,
+                   int attempts, int64_t first, const char *err) {
+  char pos[24], att[24], f[24], l[24];
+  i64s(pos, ev->position);
+  i64s(att, waiting ? 0 : attempts);
+  i64s(f, waiting ? 0 : first);
+  i64s(l, waiting ? 0 : keel__es_unix_ms());
+  return keel_es_tx_exec(tx, park_sql,
+                         (const char *[]){s->name, pos, ev->stream, ev->id, ev->type,
+                                          waiting ? "waiting" : "failed", waiting ? "" : err, att,
+                                          f, l},
+                         10, NULL);
+}
+
+/* Streams with parked rows, and how many rows, from the table. */
+static int load_parked(sub *s) {
+  for (size_t i = 0; i < s->nblocked; i++)
+    free(s->blocked[i]);
+  free(s->blocked);
+  s->blocked = NULL;
+  s->nblocked = 0;
+  keel_es_rows rows;
+  int rc = keel_es_query(s->o.es, "SELECT stream, count(*) FROM keel_sub_parked WHERE name = $1 "
+                                  "GROUP BY stream ORDER BY stream",
+                         (const char *[]){s->name}, 1, &rows);
+  if (rc) return rc;
+  s->nparked = 0;
+  if (rows.nrows && s->o.on_failure == KEEL_SUB_PARK &&
+      !(s->blocked = calloc(rows.nrows, sizeof *s->blocked))) {
+    keel_es_rows_free(&rows);
+    return KEEL_ENOMEM;
+  }
+  for (size_t r = 0; r < rows.nrows; r++) {
+    s->nparked += strtoull(keel_es_rows_get(&rows, r, 1), NULL, 10);
+    if (s->blocked && (s->blocked[s->nblocked] = strdup(keel_es_rows_get(&rows, r, 0))))
+      s->nblocked++;
+  }
+  keel_es_rows_free(&rows);
+  gauges(s);
+  return 0;
+}
+
+static bool blocked(const sub *s, const char *stream) {
+  size_t lo = 0, hi = s->nblocked;
+  while (lo < hi) { /* sorted by the query, and kept sorted by add_blocked */
+    size_t mid = (lo + hi) / 2;
+    int c = strcmp(s->blocked[mid], stream);
+    if (c == 0) return true;
+    if (c < 0)
+      lo = mid + 1;
+    else
+      hi = mid;
+  }
+  return false;
+}
+
+/* ---- messages to itself ----------------------------------------------------------------- */
+
+static void pump(sub *s) {
+  if (s->pump_queued || s->paused) return;
+  s->pump_queued = keel_send(keel_self(), keel_msg_new(TAG_PUMP, 0)) == 0;
+}
+
+/* At the head (or after an error): wake again in poll_ms at the latest.
+ * One timer at a time, however many steps reach the head. */
+static void arm_wait(sub *s) {
+  if (s->wait_timer) keel_cancel_timer(s->wait_timer);
+  s->wait_timer = 0;
+  keel_send_after(keel_self(), s->o.poll_ms, keel_msg_new(TAG_WAKE, 0), &s->wait_timer);
+}
+
+static int64_t backoff(sub *s) {
+  int64_t cap = s->o.backoff_ms;
+  for (int i = 1; i < s->attempts && cap < s->o.backoff_max_ms; i++)
+    cap *= 2;
+  if (cap > s->o.backoff_max_ms) cap = s->o.backoff_max_ms;
+  s->rng ^= s->rng << 13;
+  s->rng ^= s->rng >> 7;
+  s->rng ^= s->rng << 17;
+  int64_t d = (int64_t)(s->rng % (uint64_t)(cap + 1)); /* full jitter */
+  return d > 0 ? d : 1;
+}
+
+/* ---- handling ------------------------------------------------------------------------- */
+
+/* A transactional projection's page: events [from, to) and the checkpoint
+ * in one transaction. Runs where keel_es_transact's function runs. */
+typedef struct proj_run {
+  sub *s;
+  size_t from, to;
+  size_t failed_at; /* the event whose project failed (to: none) */
+  char err[256];
+} proj_run;
+
+static int proj_fn(keel_es_tx *tx, void *arg) {
+  proj_run *p = arg;
+  sub *s = p->s;
+  p->failed_at = p->to;
+  for (size_t i = p->from; i < p->to; i++) {
+    const keel_es_event *ev = &s->page.v[i];
+    int rc = blocked(s, ev->stream) ? park_in(tx, s, ev, true, 0, 0, NULL)
+                                    : s->o.project(tx, ev, s->o.ud);
+    if (rc) {
+      p->failed_at = i;
+      snprintf(p->err, sizeof p->err, "%s%s%s", keel_strerror(rc), keel_es_tx_error(tx)[0] ? ": " : "",
+               keel_es_tx_error(tx));
+      return rc;
+    }
+  }
+  return save_in(tx, s, s->page.v[p->to - 1].position);
+}
+
+typedef struct park_arg {
+  sub *s;
+  const keel_es_event *ev;
+  bool waiting;
+} park_arg;
+
+static int park_fn(keel_es_tx *tx, void *arg) {
+  park_arg *a = arg;
+  int rc = park_in(tx, a->s, a->ev, a->waiting, a->s->attempts, a->s->first_failure, a->s->err);
+  return rc ? rc : save_in(tx, a->s, a->ev->position);
+}
+
+/* Parks ev (its checkpoint move included). */
+static int park(sub *s, const keel_es_event *ev, bool waiting) {
+  park_arg a = {s, ev, waiting};
+  int rc = keel__es_transact_internal(s->o.es, park_fn, &a);
+  if (rc) return rc;
+  s->pos = s->stored = ev->position;
+  if (s->m_parked) keel_counter_inc(s->m_parked);
+  if (!waiting)
+    keel_log_error(NULL, "subscription: event parked", KEEL_STR("subscription", s->name),
+                   KEEL_INT("position", ev->position), KEEL_STR("stream", ev->stream),
+                   KEEL_STR("event_id", ev->id), KEEL_INT("attempts", s->attempts),
+                   KEEL_STR("error", s->err));
+  return load_parked(s);
+}
+
+/* The event in hand failed (rc): a retry after a backoff, or, attempts
+ * spent, the on_failure rule. Returns 1 when the page must wait (a retry
+ * is scheduled), 0 to go on, or KEEL_GS_STOP / an error. */
+static int failed(sub *s, int rc, const char *why) {
+  const keel_es_event *ev = &s->page.v[s->idx];
+  s->failures++;
+  if (s->m_failed) keel_counter_inc(s->m_failed);
+  if (s->attempts++ == 0) s->first_failure = keel__es_unix_ms();
+  if (why && *why)
+    snprintf(s->err, sizeof s->err, "%s", why);
+  else
+    snprintf(s->err, sizeof s->err, "%s", keel_strerror(rc));
+  keel_log_warn(NULL, "subscription: handler failed", KEEL_STR("subscription", s->name),
+                KEEL_INT("position", ev->position), KEEL_INT("attempt", s->attempts),
+                KEEL_STR("error", s->err));
+  if (s->attempts < s->o.max_attempts) {
+    s->retrying = true;
+    keel_send_after(keel_self(), backoff(s), keel_msg_new(TAG_RETRY, 0), NULL);
+    return 1;
+  }
+  if (s->o.on_failure == KEEL_SUB_STOP) {
+    save(s);
+    return keel_gs_stopping(KEEL_REASON_ERROR, "subscription %s: event %lld failed %d times: %s",
+                            s->name, (long long)ev->position, s->attempts, s->err);
+  }
+  int prc = park(s, ev, false);
+  s->attempts = 0;
+  s->idx++;
+  return prc;
+}
+
+static void handled(sub *s, size_t n, int64_t pos) {
+  s->handled += n;
+  if (s->m_handled) keel_counter_add(s->m_handled, (double)n);
+  s->pos = pos;
+  s->attempts = 0;
+}
+
+/* Hands out page.v[idx..) until the page is done (0), a retry waits (1),
+ * or the server must stop (KEEL_GS_STOP / error). */
+static int run_page(sub *s) {
+  while (s->idx < s->page.n) {
+    const keel_es_event *ev = &s->page.v[s->idx];
+    if (s->o.project) {
+      /* after a failure, the failing event alone until it passes or parks */
+      size_t to = s->attempts ? s->idx + 1 : s->page.n;
+      proj_run p = {.s = s, .from = s->idx, .to = to};
+      int rc = keel__es_transact_internal(s->o.es, proj_fn, &p);
+      if (rc == 0) {
+        handled(s, to - s->idx, s->page.v[to - 1].position);
+        s->stored = s->pos;
+        s->idx = to;
+        continue;
+      }
+      if (p.failed_at == to) { /* the checkpoint's statement failed: the database */
+        snprintf(s->err, sizeof s->err, "%s", keel_strerror(rc));
+        return failed(s, rc, NULL);
+      }
+      if (p.failed_at > s->idx) { /* the events before the failing one, on their own */
+        proj_run q = {.s = s, .from = s->idx, .to = p.failed_at};
+        if ((rc = keel__es_transact_internal(s->o.es, proj_fn, &q)) != 0) return failed(s, rc, q.err);
+        handled(s, p.failed_at - s->idx, s->page.v[p.failed_at - 1].position);
+        s->stored = s->pos;
+        s->idx = p.failed_at;
+      }
+      int f = failed(s, rc, p.err);
+      if (f) return f;
+      continue;
+    }
+    if (blocked(s, ev->stream)) {
+      int rc = park(s, ev, true);
+      if (rc) return failed(s, rc, NULL);
+      s->idx++;
+      continue;
+    }
+    size_t n = 1;
+    int rc;
+    if (s->o.handle_batch) {
+      while (s->idx + n < s->page.n && !s->attempts && !blocked(s, s->page.v[s->idx + n].stream))
+        n++;
+      size_t done = 0;
+      rc = s->o.handle_batch(ev, n, &done, s->o.ud);
+      if (rc && done > 0 && done < n) {
+        handled(s, done, s->page.v[s->idx + done - 1].position);
+        s->idx += done;
+      }
+      if (rc == 0) done = n;
+      if (rc && done >= n) rc = 0; /* a handler that claims all done */
+    } else {
+      rc = s->o.handle(ev, s->o.ud);
+    }
+    if (rc) {
+      int f = failed(s, rc, NULL);
+      if (f) return f;
+      continue;
+    }
+    handled(s, n, s->page.v[s->idx + n - 1].position);
+    s->idx += n;
+    if (s->o.checkpoint == KEEL_SUB_CHECKPOINT_EVENT) save(s);
+  }
+  return 0;
+}
+
+/* ---- retried dead letters ------------------------------------------------------------ */
+
+typedef struct retry_arg {
+  sub *s;
+  const keel_es_event *ev; /* NULL when gone */
+  int64_t position;
+  bool ok, gone;
+  char err[256];
+} retry_arg;
+
+/* After a retried event passed (or was given up): when its stream has no
+ * failed event left, the events waiting behind it are handed out next. */
+static int release_in(keel_es_tx *tx, const sub *s, const char *stream) {
+  return keel_es_tx_exec(
+      tx,
+      "UPDATE keel_sub_parked SET status = 'retry' WHERE name = $1 AND stream = $2 AND "
+      "status = 'waiting' AND NOT EXISTS (SELECT 1 FROM keel_sub_parked f WHERE f.name = $1 AND "
+      "f.stream = $2 AND f.status = 'failed')",
+      (const char *[]){s->name, stream}, 2, NULL);
+}
+
+static int retry_done_fn(keel_es_tx *tx, void *arg) {
+  retry_arg *a = arg;
+  char pos[24];
+  i64s(pos, a->position);
+  if (a->ok || a->gone) {
+    int rc = a->ok && a->s->o.project ? a->s->o.project(tx, a->ev, a->s->o.ud) : 0;
+    if (rc) {
+      snprintf(a->err, sizeof a->err, "%s%s%s", keel_strerror(rc),
+               keel_es_tx_error(tx)[0] ? ": " : "", keel_es_tx_error(tx));
+      return rc;
+    }
+    keel_es_rows rows;
+    if ((rc = keel_es_tx_exec(tx, "DELETE FROM keel_sub_parked WHERE name = $1 AND position = "
+                                  "CAST($2 AS BIGINT) RETURNING stream",
+                              (const char *[]){a->s->name, pos}, 2, &rows)))
+      return rc;
+    if (rows.nrows == 1) rc = release_in(tx, a->s, keel_es_rows_get(&rows, 0, 0));
+    keel_es_rows_free(&rows);
+    return rc;
+  }
+  /* failed again: parked as failed, and the stream's later retries wait again */
+  char now[24];
+  i64s(now, keel__es_unix_ms());
+  int rc = keel_es_tx_exec(tx,
+                           "UPDATE keel_sub_parked SET status = 'failed', error = $3, "
+                           "attempts = attempts + 1, last_failure = CAST($4 AS BIGINT) "
+                           "WHERE name = $1 AND position = CAST($2 AS BIGINT)",
+                           (const char *[]){a->s->name, pos, a->err, now}, 4, NULL);
+  if (rc) return rc;
+  return keel_es_tx_exec(tx,
+                         "UPDATE keel_sub_parked SET status = 'waiting' WHERE name = $1 AND "
+                         "stream = $2 AND status = 'retry' AND position > CAST($3 AS BIGINT)",
+                         (const char *[]){a->s->name, a->ev->stream, pos}, 3, NULL);
+}
+
+/* Hands out the first parked event marked for retry. 1: one was handled
+ * (look again), 0: none left, or an error (of the database). */
+static int run_one_retry(sub *s) {
+  keel_es_rows rows;
+  int rc = keel_es_query(s->o.es,
+                         "SELECT position FROM keel_sub_parked WHERE name = $1 AND "
+                         "status = 'retry' ORDER BY position LIMIT 1",
+                         (const char *[]){s->name}, 1, &rows);
+  if (rc) return rc;
+  if (rows.nrows == 0) {
+    keel_es_rows_free(&rows);
+    return 0;
+  }
+  int64_t pos = strtoll(keel_es_rows_get(&rows, 0, 0), NULL, 10);
+  keel_es_rows_free(&rows);
+  keel_es_events evs;
+  if ((rc = keel_es_read_all(s->o.es, pos - 1, 1, NULL, &evs)) != 0) return rc;
+  if (evs.n == 0 || evs.v[0].position != pos) {
+    /* the event is gone (its stream deleted): its row goes, its stream is released */
+    keel_log_warn(NULL, "subscription: a parked event no longer exists",
+                  KEEL_STR("subscription", s->name), KEEL_INT("position", pos));
+    keel_es_events_free(&evs);
+    retry_arg g = {.s = s, .position = pos, .gone = true};
+    rc = keel__es_transact_internal(s->o.es, retry_done_fn, &g);
+    return rc ? rc : 1;
+  }
+  retry_arg a = {.s = s, .ev = &evs.v[0], .position = pos, .ok = true};
+  if (!s->o.project) {
+    int hrc = s->o.handle ? s->o.handle(a.ev, s->o.ud) : s->o.handle_batch(a.ev, 1, &(size_t){0}, s->o.ud);
+    if (hrc) {
+      a.ok = false;
+      snprintf(a.err, sizeof a.err, "%s", keel_strerror(hrc));
+    }
+  }
+  rc = keel__es_transact_internal(s->o.es, retry_done_fn, &a);
+  if (rc && a.ok && s->o.project) { /* the projection failed again */
+    a.ok = false;
+    rc = keel__es_transact_internal(s->o.es, retry_done_fn, &a);
+  }
+  if (rc == 0) {
+    if (a.ok) {
+      s->handled++;
+      if (s->m_handled) keel_counter_inc(s->m_handled);
+      keel_log_info(NULL, "subscription: parked event handled", KEEL_STR("subscription", s->name),
+                    KEEL_INT("position", pos));
+    } else {
+      s->failures++;
+      if (s->m_failed) keel_counter_inc(s->m_failed);
+      keel_log_error(NULL, "subscription: parked event failed again",
+                     KEEL_STR("subscription", s->name), KEEL_INT("position", pos),
+                     KEEL_STR("error", a.err));
+    }
+  }
+  keel_es_events_free(&evs);
+  return rc ? rc : 1;
+}
+
+/* ---- one step --------------------------------------------------------------------------- */
+
+/* One PUMP: a retried dead letter, or the rest of the page in hand, or the
+ * next page. Returns 0, or KEEL_GS_STOP / an error for the server. */
+static int step(sub *s) {
+  if (s->paused || s->retrying) return 0;
+  if (s->retry_pending) {
+    int rc = run_one_retry(s);
+    if (rc == 1) {
+      load_parked(s);
+      pump(s);
+      return 0;
+    }
+    if (rc == 0) {
+      s->retry_pending = false;
+      load_parked(s);
+    } else {
+      keel_log_warn(NULL, "subscription: cannot read its dead letters",
+                    KEEL_STR("subscription", s->name), KEEL_STR("error", keel_strerror(rc)));
+      arm_wait(s);
+      return 0;
+    }
+  }
+  if (s->idx >= s->page.n) {
+    keel_es_events_free(&s->page);
+    s->idx = 0;
+    keel_es_head(s->o.es, &s->head);
+    int rc = keel_es_read_all(s->o.es, s->pos, s->o.batch, &s->o.filter, &s->page);
+    if (rc) {
+      memset(&s->page, 0, sizeof s->page);
+      keel_log_warn(NULL, "subscription: cannot read the feed", KEEL_STR("subscription", s->name),
+                    KEEL_STR("error", keel_strerror(rc)));
+      arm_wait(s);
+      return 0;
+    }
+    if (s->page.n == 0) { /* at the head */
+      s->live = true;
+      if (s->o.checkpoint != KEEL_SUB_CHECKPOINT_PERIODIC) save(s);
+      gauges(s);
+      arm_wait(s);
+      return 0;
+    }
+    s->live = false;
+  }
+  int rc = run_page(s);
+  if (rc == 1) return 0; /* a retry is scheduled */
+  if (rc) return rc;
+  if (s->o.checkpoint == KEEL_SUB_CHECKPOINT_BATCH) save(s);
+  gauges(s);
+  pump(s);
+  return 0;
+}
+
+/* ---- the gen_server ------------------------------------------------------------------------ */
+
+static bool name_ok(const char *n) {
+  size_t len = n ? strlen(n) : 0;
+  if (len == 0 || len > 100) return false;
+  for (const char *p = n; *p; p++)
+    if (!((*p >= 'a' && *p <= 'z') || (*p >= 'A' && *p <= 'Z') || (*p >= '0' && *p <= '9') ||
+          *p == '_' || *p == '.' || *p == '-'))
+      return false;
+  return true;
+}
+
+static int opts_ok(const keel_sub_opts *o) {
+  if (!o || !o->es || !name_ok(o->name)) return KEEL_EINVAL;
+  int kinds = !!o->project + !!o->handle + !!o->handle_batch;
+  if (kinds != 1 || o->batch > 10000 || o->max_attempts < 0 || o->backoff_ms < 0 ||
+      o->backoff_max_ms < 0 || o->poll_ms < 0 || o->checkpoint_ms < 0 ||
+      (o->from == KEEL_SUB_FROM_POSITION && o->position < 0))
+    return KEEL_EINVAL;
+  return 0;
+}
+
+static void metric_children(sub *s, keel_metrics *r) {
+  static const char *const lbl2[] = {"subscription", "result"};
+  static const char *const lbl1[] = {"subscription"};
+  keel_metric_family *f;
+  if (keel_metrics_counter(r, "sub_events_total",
+                           "Events a subscription handled, failed (an attempt) or parked.", lbl2,
+                           2, &f) != 0)
+    f = keel_metrics_find(r, "sub_events_total");
+  if (f) {
+    keel_counter_get(f, (const char *[]){s->name, "handled"}, &s->m_handled);
+    keel_counter_get(f, (const char *[]){s->name, "failed"}, &s->m_failed);
+    keel_counter_get(f, (const char *[]){s->name, "parked"}, &s->m_parked);
+  }
+  static const struct {
+    const char *name, *help;
+    size_t off;
+  } g[] = {
+      {"sub_lag_events", "Positions between a subscription's checkpoint and the head.",
+       offsetof(sub, g_lag)},
+      {"sub_checkpoint_position", "A subscription's checkpoint.", offsetof(sub, g_checkpoint)},
+      {"sub_parked_events", "A subscription's parked events (failed or waiting).",
+       offsetof(sub, g_parked)},
+  };
+  for (size_t i = 0; i < sizeof g / sizeof g[0]; i++) {
+    if (keel_metrics_gauge(r, g[i].name, g[i].help, lbl1, 1, &f) != 0)
+      f = keel_metrics_find(r, g[i].name);
+    if (f) keel_gauge_get(f, (const char *[]){s->name}, (keel_gauge **)((char *)s + g[i].off));
+  }
+}
+
+static void sub_free(sub *s) {
+  for (size_t i = 0; i < s->nblocked; i++)
+    free(s->blocked[i]);
+  free(s->blocked);
+  keel_es_events_free(&s->page);
+  free(s);
+}
+
+static int sub_init(void *arg, void **state) {
+  const keel_sub_opts *o = arg;
+  int rc = opts_ok(o);
+  if (rc) return rc;
+  sub *s = calloc(1, sizeof *s);
+  if (!s) return KEEL_ENOMEM;
+  s->o = *o;
+  snprintf(s->name, sizeof s->name, "%s", o->name);
+  snprintf(s->regname, sizeof s->regname, "sub.%s", o->name);
+  if (!s->o.batch) s->o.batch = 100;
+  if (!s->o.max_attempts) s->o.max_attempts = 6;
+  if (!s->o.backoff_ms) s->o.backoff_ms = 100;
+  if (!s->o.backoff_max_ms) s->o.backoff_max_ms = 30000;
+  if (!s->o.poll_ms) s->o.poll_ms = 1000;
+  if (!s->o.checkpoint_ms) s->o.checkpoint_ms = 1000;
+  s->rng = (uint64_t)keel__es_unix_ms() * 0x9E3779B97F4A7C15ull ^ (uint64_t)keel_self();
+  if (!s->rng) s->rng = 1;
+  if ((rc = keel_register(s->regname, keel_self())) != 0) {
+    free(s);
+    return rc;
+  }
+  /* CREATE TABLE IF NOT EXISTS can race another instance's on PostgreSQL */
+  rc = keel__es_transact_internal(o->es, create_tables, NULL);
+  if (rc == KEEL_EEXIST) rc = keel__es_transact_internal(o->es, create_tables, NULL);
+  keel_es_rows rows = {0};
+  if (rc == 0)
+    rc = keel_es_query(o->es, "SELECT position FROM keel_sub_checkpoints WHERE name = $1",
+                       (const char *[]){s->name}, 1, &rows);
+  if (rc == 0) {
+    bool have = rows.nrows == 1;
+    s->stored = have ? strtoll(keel_es_rows_get(&rows, 0, 0), NULL, 10) : 0;
+    keel_es_rows_free(&rows);
+    switch (o->from) {
+    case KEEL_SUB_FROM_CHECKPOINT: s->pos = s->stored; break;
+    case KEEL_SUB_FROM_BEGINNING: s->pos = 0; break;
+    case KEEL_SUB_FROM_END:
+      if (have)
+        s->pos = s->stored;
+      else
+        rc = keel_es_head(o->es, &s->pos);
+      break;
+    case KEEL_SUB_FROM_POSITION: s->pos = have ? s->stored : o->position; break;
+    }
+  }
+  if (rc == 0 && o->metrics) metric_children(s, o->metrics);
+  if (rc == 0) rc = load_parked(s);
+  if (rc == 0 && s->nparked) {
+    keel_es_rows r2;
+    if (keel_es_query(o->es, "SELECT 1 FROM keel_sub_parked WHERE name = $1 AND status = 'retry'",
+                      (const char *[]){s->name}, 1, &r2) == 0) {
+      s->retry_pending = r2.nrows > 0;
+      keel_es_rows_free(&r2);
+    }
+  }
+  if (rc == 0 && s->o.checkpoint == KEEL_SUB_CHECKPOINT_PERIODIC && !o->project)
+    rc = keel_send_interval(keel_self(), s->o.checkpoint_ms, keel_msg_new(TAG_TICK, 0), &s->tick);
+  if (rc) {
+    keel_unregister(s->regname);
+    sub_free(s);
+    return rc;
+  }
+  keel_log_info(NULL, "subscription started", KEEL_STR("subscription", s->name),
+                KEEL_INT("checkpoint", s->pos), KEEL_INT("parked", (int64_t)s->nparked));
+  gauges(s);
+  pump(s);
+  *state = s;
+  return 0;
+}
+
+static void fill_status(sub *s, keel_sub_status *st) {
+  memset(st, 0, sizeof *st);
+  st->state = s->paused     ? KEEL_SUB_PAUSED
+              : s->retrying ? KEEL_SUB_RETRYING
+              : s->live     ? KEEL_SUB_LIVE
+                            : KEEL_SUB_CATCHING_UP;
+  st->checkpoint = s->pos;
+  st->stored = s->stored;
+  st->head = s->head > s->pos ? s->head : s->pos;
+  st->lag = s->live ? 0 : st->head - s->pos;
+  if (!s->live && s->idx < s->page.n) {
+    double d = (double)(keel__es_unix_ms() - s->page.v[s->idx].stored_at_ms) / 1000.0;
+    st->lag_seconds = d > 0 ? d : 0;
+  }
+  st->handled = s->handled;
+  st->failures = s->failures;
+  st->parked = s->nparked;
+  st->attempts = s->attempts;
+}
+
+typedef struct mark_arg {
+  sub *s;
+  int64_t position;
+  bool resolve;
+  int64_t changed;
+} mark_arg;
+
+static int mark_fn(keel_es_tx *tx, void *arg) {
+  mark_arg *a = arg;
+  char pos[24];
+  i64s(pos, a->position);
+  keel_es_rows rows;
+  int rc = keel_es_tx_exec(tx,
+                           a->resolve ? "DELETE FROM keel_sub_parked WHERE name = $1 AND "
+                                        "position = CAST($2 AS BIGINT) AND status = 'failed' "
+                                        "RETURNING stream"
+                                      : "UPDATE keel_sub_parked SET status = 'retry' WHERE "
+                                        "name = $1 AND position = CAST($2 AS BIGINT) AND "
+                                        "status = 'failed' RETURNING stream",
+                           (const char *[]){a->s->name, pos}, 2, &rows);
+  if (rc) return rc;
+  a->changed = rows.changed;
+  if (a->resolve && rows.nrows == 1) rc = release_in(tx, a->s, keel_es_rows_get(&rows, 0, 0));
+  keel_es_rows_free(&rows);
+  return rc;
+}
+
+static int sub_call(void *state, keel_gs_from from, keel_msg_t **req, keel_msg_t **reply) {
+  (void)from;
+  sub *s = state;
+  sub_rep rep = {0};
+  if (keel_msg_size(*req) != sizeof(sub_req)) {
+    rep.rc = KEEL_EINVAL;
+  } else {
+    const sub_req *r = keel_msg_data(*req);
+    switch (r->op) {
+    case OP_STATUS: fill_status(s, &rep.st); break;
+    case OP_PAUSE:
+      if (!s->paused) keel_log_info(NULL, "subscription paused", KEEL_STR("subscription", s->name));
+      s->paused = true;
+      break;
+    case OP_RESUME:
+      if (s->paused) keel_log_info(NULL, "subscription resumed", KEEL_STR("subscription", s->name));
+      s->paused = false;
+      pump(s);
+      break;
+    case OP_RETRY:
+    case OP_RESOLVE: {
+      mark_arg a = {.s = s, .position = r->position, .resolve = r->op == OP_RESOLVE};
+      rep.rc = keel__es_transact_internal(s->o.es, mark_fn, &a);
+      if (rep.rc == 0 && a.changed == 0) rep.rc = KEEL_ENOENT;
+      if (rep.rc == 0) {
+        keel_log_warn(NULL, a.resolve ? "subscription: parked event resolved (given up)"
+                                      : "subscription: parked event retried",
+                      KEEL_STR("subscription", s->name), KEEL_INT("position", r->position));
+        s->retry_pending = true;
+        load_parked(s);
+        pump(s);
+      }
+      break;
+    }
+    default: rep.rc = KEEL_EINVAL;
+    }
+  }
+  *reply = keel_msg_copy(0, &rep, sizeof rep);
+  return KEEL_GS_REPLY;
+}
+
+static int sub_info(void *state, keel_msg_t **msg) {
+  sub *s = state;
+  if (keel_msg_kind_of(*msg) != KEEL_MSG_USER) return KEEL_GS_OK;
+  switch (keel_msg_tag(*msg)) {
+  case TAG_PUMP: s->pump_queued = false; return step(s);
+  case TAG_WAKE:
+    s->wait_timer = 0;
+    pump(s);
+    return KEEL_GS_OK;
+  case TAG_RETRY:
+    s->retrying = false;
+    pump(s);
+    return KEEL_GS_OK;
+  case TAG_TICK: save(s); return KEEL_GS_OK;
+  default: return KEEL_GS_OK;
+  }
+}
+
+static int sub_cast(void *state, keel_msg_t **msg) {
+  (void)state;
+  (void)msg;
+  return KEEL_GS_OK;
+}
+
+static void sub_terminate(keel_reason reason, void *state) {
+  sub *s = state;
+  (void)reason;
+  if (s->tick) keel_cancel_timer(s->tick);
+  if (s->wait_timer) keel_cancel_timer(s->wait_timer);
+  int rc = save(s);
+  keel_log_info(NULL, "subscription stopped", KEEL_STR("subscription", s->name),
+                KEEL_INT("checkpoint", s->stored), KEEL_STR("saved", rc ? keel_strerror(rc) : "ok"));
+  keel_unregister(s->regname);
+  sub_free(s);
+}
+
+static const keel_gen_server sub_behaviour = {
+    .init = sub_init,
+    .handle_call = sub_call,
+    .handle_cast = sub_cast,
+    .handle_info = sub_info,
+    .terminate = sub_terminate,
+};
+
+/* ---- the API ---------------------------------------------------------------------------------- */
+
+int keel_sub_start(const keel_sub_opts *opts, bool link, keel_pid_t *out) {
+  int rc = opts_ok(opts);
+  if (rc) return rc;
+  keel_gs_opts go = {.link = link, .trap_exit = true, .init_timeout = 30000};
+  return keel_gs_start(&sub_behaviour, (void *)opts, &go, out, NULL);
+}
+
+keel_sup_child_spec keel_sub_child(const keel_sub_opts *opts) {
+  return (keel_sup_child_spec){.id = opts->name, .gen_server = &sub_behaviour, .arg = (void *)opts};
+}
+
+static int call(const char *name, int op, int64_t position, keel_sub_status *st) {
+  if (!name_ok(name)) return KEEL_EINVAL;
+  char reg[112];
+  snprintf(reg, sizeof reg, "sub.%s", name);
+  sub_req r = {.op = op, .position = position};
+  keel_msg_t *reply = NULL;
+  int rc = keel_gs_call_name(reg, keel_msg_copy(0, &r, sizeof r), &reply, 30000, NULL);
+  if (rc) return rc;
+  sub_rep rep;
+  if (keel_msg_size(reply) != sizeof rep) {
+    keel_msg_free(reply);
+    return KEEL_EIO;
+  }
+  memcpy(&rep, keel_msg_data(reply), sizeof rep);
+  keel_msg_free(reply);
+  if (st) *st = rep.st;
+  return rep.rc;
+}
+
+int keel_sub_status_get(const char *name, keel_sub_status *out) {
+  return call(name, OP_STATUS, 0, out);
+}
+int keel_sub_pause(const char *name) {
+  return call(name, OP_PAUSE, 0, NULL);
+}
+int keel_sub_resume(const char *name) {
+  return call(name, OP_RESUME, 0, NULL);
+}
+int keel_sub_retry(const char *name, int64_t position) {
+  return call(name, OP_RETRY, position, NULL);
+}
+int keel_sub_resolve(const char *name, int64_t position) {
+  return call(name, OP_RESOLVE, position, NULL);
+}
+
+int keel_sub_stop(const char *name, int64_t timeout_ms) {
+  if (!name_ok(name)) return KEEL_EINVAL;
+  char reg[112];
+  snprintf(reg, sizeof reg, "sub.%s", name);
+  keel_pid_t pid = keel_whereis(reg);
+  if (!pid) return KEEL_ENOPROC;
+  return keel_gs_stop(pid, KEEL_REASON_NORMAL, NULL, timeout_ms);
+}
+
+int keel_sub_parked(keel_es *es, const char *name, keel_sub_parked_event *out, size_t max,
+                    size_t *n) {
+  if (n) *n = 0;
+  if (!es || !name_ok(name) || (max && !out) || !n) return KEEL_EINVAL;
+  char lim[24];
+  i64s(lim, (int64_t)max);
+  keel_es_rows rows;
+  int rc = keel_es_query(es,
+                         "SELECT position, stream, event_id, type, status, error, attempts, "
+                         "first_failure, last_failure FROM keel_sub_parked WHERE name = $1 "
+                         "ORDER BY position LIMIT CAST($2 AS BIGINT)",
+                         (const char *[]){name, lim}, 2, &rows);
+  if (rc == KEEL_EINVAL) return KEEL_ENOENT; /* no table yet: no subscription ever ran */
+  if (rc) return rc;
+  for (size_t r = 0; r < rows.nrows && r < max; r++) {
+    keel_sub_parked_event *e = &out[r];
+    memset(e, 0, sizeof *e);
+    e->position = strtoll(keel_es_rows_get(&rows, r, 0), NULL, 10);
+    snprintf(e->stream, sizeof e->stream, "%s", keel_es_rows_get(&rows, r, 1));
+    snprintf(e->event_id, sizeof e->event_id, "%s", keel_es_rows_get(&rows, r, 2));
+    snprintf(e->type, sizeof e->type, "%s", keel_es_rows_get(&rows, r, 3));
+    e->waiting = strcmp(keel_es_rows_get(&rows, r, 4), "failed") != 0;
+    snprintf(e->error, sizeof e->error, "%s", keel_es_rows_get(&rows, r, 5));
+    e->attempts = atoi(keel_es_rows_get(&rows, r, 6));
+    e->first_failure_ms = strtoll(keel_es_rows_get(&rows, r, 7), NULL, 10);
+    e->last_failure_ms = strtoll(keel_es_rows_get(&rows, r, 8), NULL, 10);
+    *n = r + 1;
+  }
+  keel_es_rows_free(&rows);
+  return 0;
+}
