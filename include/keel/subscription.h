@@ -86,7 +86,7 @@ typedef int (*keel_sub_project_fn)(keel_es_tx *tx, const keel_es_event *ev, void
 /* Zeroed fields are the defaults. Borrowed for the subscription's life
  * (filter strings included). */
 typedef struct keel_sub_opts {
-  const char *name; /* required, 1-100 bytes of [A-Za-z0-9_.-]: the checkpoint's key,
+  const char *name; /* required, 1-59 bytes of [A-Za-z0-9_.-]: the checkpoint's key,
                        the metrics' label, the registered name "sub.<name>" */
   keel_es *es;      /* required */
   keel_es_filter filter;
@@ -138,11 +138,36 @@ typedef struct keel_sub_status {
   uint64_t failures;      /* failed attempts since start */
   uint64_t parked;        /* events parked (failed or waiting) now */
   int attempts;           /* RETRYING: attempts so far of the event in hand */
+  uint64_t failures_last_minute;
+  bool caught_up;         /* has been at the head since it started */
 } keel_sub_status;
 
 int keel_sub_status_get(const char *name, keel_sub_status *out);
 int keel_sub_pause(const char *name);
 int keel_sub_resume(const char *name);
+
+/* "catching_up", "live", "retrying", "paused". */
+const char *keel_sub_state_name(keel_sub_state s);
+
+/* ---- health ------------------------------------------------------------------ */
+
+/* Zeroed: eventsource-py's production thresholds (reference 004). */
+typedef struct keel_sub_health_opts {
+  int64_t lag_warning;        /* events behind the head; 0: 5000 */
+  int64_t lag_critical;       /* 0: 50000 */
+  double errors_per_minute;   /* failed attempts in the last minute: warning above; 0: 10 */
+  bool hold_readiness;        /* the check is required, and critical until the
+                                 subscription has caught up once since it started
+                                 (a node is not ready while it replays) */
+} keel_sub_health_opts;
+
+/* Registers the health check "sub.<name>" (keel/health.h): critical when the
+ * subscription does not run or its lag passes lag_critical; warning when
+ * its lag passes lag_warning, it has parked events, it is paused, or its
+ * failures in the last minute pass errors_per_minute; ok otherwise. The
+ * details carry state, checkpoint, head, lag, lag_seconds, parked and
+ * failures_last_minute. o may be NULL. Errors: keel_health_register_check's. */
+int keel_sub_health_register(const char *name, const keel_sub_health_opts *o);
 
 /* ---- the dead-letter table ------------------------------------------------ */
 

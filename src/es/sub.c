@@ -22,6 +22,7 @@
  * stream's events are never handled out of order, while other streams go
  * on and the checkpoint keeps moving.
  */
+#include <pthread.h>
 #include <stddef.h>
 #include <stdio.h>
 #include <stdlib.h>
@@ -32,6 +33,7 @@
 #include "es/es_internal.h"
 #include "keel/error.h"
 #include "keel/gen_server.h"
+#include "keel/health.h"
 #include "keel/log.h"
 #include "keel/process.h"
 #include "keel/registry.h"
@@ -53,7 +55,7 @@ typedef struct sub_rep {
 
 typedef struct sub {
   keel_sub_opts o;
-  char name[101];
+  char name[64];
   char regname[112];
   int64_t pos;    /* every event at or below it is handled or parked */
   int64_t stored; /* as stored */
@@ -69,10 +71,46 @@ typedef struct sub {
   char **blocked; /* streams with parked events (KEEL_SUB_PARK) */
   size_t nblocked;
   uint64_t handled, failures, nparked;
+  uint64_t fail_bucket[6]; /* failed attempts per 10 s, the last minute */
+  int64_t fail_stamp[6];   /* which 10 s each bucket counts */
+  bool caught_up;
   uint64_t rng;
   keel_counter *m_handled, *m_failed, *m_parked;
   keel_gauge *g_lag, *g_checkpoint, *g_parked;
 } sub;
+
+/* ---- the status board ------------------------------------------------------------------ */
+
+/* Every running subscription's latest status, published by its server as
+ * it goes, so that status, health and dashboards never wait behind a
+ * handler in progress. */
+typedef struct board_entry {
+  struct board_entry *next;
+  char name[64];
+  keel_sub_status st;
+} board_entry;
+
+static pthread_mutex_t board_mu = PTHREAD_MUTEX_INITIALIZER;
+static board_entry *board;
+
+static board_entry *board_find(const char *name) {
+  board_entry *e = board;
+  while (e && strcmp(e->name, name) != 0)
+    e = e->next;
+  return e;
+}
+
+static void board_remove(const char *name) {
+  pthread_mutex_lock(&board_mu);
+  for (board_entry **p = &board; *p; p = &(*p)->next)
+    if (strcmp((*p)->name, name) == 0) {
+      board_entry *e = *p;
+      *p = e->next;
+      free(e);
+      break;
+    }
+  pthread_mutex_unlock(&board_mu);
+}
 
 static const char *const schema_sql[] = {
     "CREATE TABLE IF NOT EXISTS keel_sub_checkpoints (name TEXT PRIMARY KEY, "
@@ -129,10 +167,28 @@ static int save_fn(keel_es_tx *tx, void *arg) {
   return save_in(tx, a->s, a->pos);
 }
 
+static void fill_status(sub *s, keel_sub_status *st);
+
+/* Publishes the status on the board (and the gauges). */
+static void publish(sub *s) {
+  keel_sub_status st;
+  fill_status(s, &st);
+  pthread_mutex_lock(&board_mu);
+  board_entry *e = board_find(s->name);
+  if (!e && (e = calloc(1, sizeof *e))) {
+    snprintf(e->name, sizeof e->name, "%s", s->name);
+    e->next = board;
+    board = e;
+  }
+  if (e) e->st = st;
+  pthread_mutex_unlock(&board_mu);
+}
+
 static void gauges(sub *s) {
   if (s->g_checkpoint) keel_gauge_set(s->g_checkpoint, (double)s->pos);
   if (s->g_lag) keel_gauge_set(s->g_lag, s->live ? 0 : (double)(s->head > s->pos ? s->head - s->pos : 0));
   if (s->g_parked) keel_gauge_set(s->g_parked, (double)s->nparked);
+  publish(s);
 }
 
 static int save(sub *s) {
@@ -228,6 +284,26 @@ static int64_t backoff(sub *s) {
   return d > 0 ? d : 1;
 }
 
+static void count_failure(sub *s) {
+  s->failures++;
+  if (s->m_failed) keel_counter_inc(s->m_failed);
+  int64_t slot = (int64_t)(keel__es_now_s() / 10);
+  size_t i = (size_t)(slot % 6);
+  if (s->fail_stamp[i] != slot) {
+    s->fail_stamp[i] = slot;
+    s->fail_bucket[i] = 0;
+  }
+  s->fail_bucket[i]++;
+}
+
+static uint64_t failures_last_minute(const sub *s) {
+  int64_t slot = (int64_t)(keel__es_now_s() / 10);
+  uint64_t n = 0;
+  for (size_t i = 0; i < 6; i++)
+    if (s->fail_stamp[i] > slot - 6) n += s->fail_bucket[i];
+  return n;
+}
+
 /* ---- handling ------------------------------------------------------------------------- */
 
 /* A transactional projection's page: events [from, to) and the checkpoint
@@ -289,8 +365,7 @@ static int park(sub *s, const keel_es_event *ev, bool waiting) {
  * is scheduled), 0 to go on, or KEEL_GS_STOP / an error. */
 static int failed(sub *s, int rc, const char *why) {
   const keel_es_event *ev = &s->page.v[s->idx];
-  s->failures++;
-  if (s->m_failed) keel_counter_inc(s->m_failed);
+  count_failure(s);
   if (s->attempts++ == 0) s->first_failure = keel__es_unix_ms();
   if (why && *why)
     snprintf(s->err, sizeof s->err, "%s", why);
@@ -301,6 +376,7 @@ static int failed(sub *s, int rc, const char *why) {
                 KEEL_STR("error", s->err));
   if (s->attempts < s->o.max_attempts) {
     s->retrying = true;
+    publish(s);
     keel_send_after(keel_self(), backoff(s), keel_msg_new(TAG_RETRY, 0), NULL);
     return 1;
   }
@@ -320,6 +396,7 @@ static void handled(sub *s, size_t n, int64_t pos) {
   if (s->m_handled) keel_counter_add(s->m_handled, (double)n);
   s->pos = pos;
   s->attempts = 0;
+  publish(s);
 }
 
 /* Hands out page.v[idx..) until the page is done (0), a retry waits (1),
@@ -489,8 +566,7 @@ static int run_one_retry(sub *s) {
       keel_log_info(NULL, "subscription: parked event handled", KEEL_STR("subscription", s->name),
                     KEEL_INT("position", pos));
     } else {
-      s->failures++;
-      if (s->m_failed) keel_counter_inc(s->m_failed);
+      count_failure(s);
       keel_log_error(NULL, "subscription: parked event failed again",
                      KEEL_STR("subscription", s->name), KEEL_INT("position", pos),
                      KEEL_STR("error", a.err));
@@ -536,13 +612,17 @@ static int step(sub *s) {
       return 0;
     }
     if (s->page.n == 0) { /* at the head */
-      s->live = true;
+      if (!s->caught_up)
+        keel_log_info(NULL, "subscription caught up", KEEL_STR("subscription", s->name),
+                      KEEL_INT("checkpoint", s->pos));
+      s->live = s->caught_up = true;
       if (s->o.checkpoint != KEEL_SUB_CHECKPOINT_PERIODIC) save(s);
       gauges(s);
       arm_wait(s);
       return 0;
     }
     s->live = false;
+    publish(s);
   }
   int rc = run_page(s);
   if (rc == 1) return 0; /* a retry is scheduled */
@@ -557,7 +637,7 @@ static int step(sub *s) {
 
 static bool name_ok(const char *n) {
   size_t len = n ? strlen(n) : 0;
-  if (len == 0 || len > 100) return false;
+  if (len == 0 || len > 59) return false;
   for (const char *p = n; *p; p++)
     if (!((*p >= 'a' && *p <= 'z') || (*p >= 'A' && *p <= 'Z') || (*p >= '0' && *p <= '9') ||
           *p == '_' || *p == '.' || *p == '-'))
@@ -657,6 +737,7 @@ static int sub_init(void *arg, void **state) {
     case KEEL_SUB_FROM_POSITION: s->pos = have ? s->stored : o->position; break;
     }
   }
+  if (rc == 0) rc = keel_es_head(o->es, &s->head);
   if (rc == 0 && o->metrics) metric_children(s, o->metrics);
   if (rc == 0) rc = load_parked(s);
   if (rc == 0 && s->nparked) {
@@ -671,6 +752,7 @@ static int sub_init(void *arg, void **state) {
     rc = keel_send_interval(keel_self(), s->o.checkpoint_ms, keel_msg_new(TAG_TICK, 0), &s->tick);
   if (rc) {
     keel_unregister(s->regname);
+    board_remove(s->name);
     sub_free(s);
     return rc;
   }
@@ -700,6 +782,8 @@ static void fill_status(sub *s, keel_sub_status *st) {
   st->failures = s->failures;
   st->parked = s->nparked;
   st->attempts = s->attempts;
+  st->failures_last_minute = failures_last_minute(s);
+  st->caught_up = s->caught_up;
 }
 
 typedef struct mark_arg {
@@ -766,6 +850,7 @@ static int sub_call(void *state, keel_gs_from from, keel_msg_t **req, keel_msg_t
     default: rep.rc = KEEL_EINVAL;
     }
   }
+  publish(s);
   *reply = keel_msg_copy(0, &rep, sizeof rep);
   return KEEL_GS_REPLY;
 }
@@ -803,6 +888,7 @@ static void sub_terminate(keel_reason reason, void *state) {
   keel_log_info(NULL, "subscription stopped", KEEL_STR("subscription", s->name),
                 KEEL_INT("checkpoint", s->stored), KEEL_STR("saved", rc ? keel_strerror(rc) : "ok"));
   keel_unregister(s->regname);
+  board_remove(s->name);
   sub_free(s);
 }
 
@@ -847,7 +933,12 @@ static int call(const char *name, int op, int64_t position, keel_sub_status *st)
 }
 
 int keel_sub_status_get(const char *name, keel_sub_status *out) {
-  return call(name, OP_STATUS, 0, out);
+  if (!name_ok(name)) return KEEL_EINVAL;
+  pthread_mutex_lock(&board_mu);
+  board_entry *e = board_find(name);
+  if (e && out) *out = e->st;
+  pthread_mutex_unlock(&board_mu);
+  return e ? 0 : KEEL_ENOPROC;
 }
 int keel_sub_pause(const char *name) {
   return call(name, OP_PAUSE, 0, NULL);
@@ -901,4 +992,90 @@ int keel_sub_parked(keel_es *es, const char *name, keel_sub_parked_event *out, s
   }
   keel_es_rows_free(&rows);
   return 0;
+}
+
+const char *keel_sub_state_name(keel_sub_state s) {
+  switch (s) {
+  case KEEL_SUB_CATCHING_UP: return "catching_up";
+  case KEEL_SUB_LIVE: return "live";
+  case KEEL_SUB_RETRYING: return "retrying";
+  case KEEL_SUB_PAUSED: return "paused";
+  default: return "unknown";
+  }
+}
+
+/* ---- health ------------------------------------------------------------------------------ */
+
+typedef struct sub_check {
+  char name[64];
+  keel_sub_health_opts o;
+} sub_check;
+
+static keel_health_status sub_health(void *ud, keel_health_result *res) {
+  const sub_check *c = ud;
+  keel_sub_status st;
+  int rc = keel_sub_status_get(c->name, &st);
+  if (rc) {
+    keel_health_result_message(res, "subscription %s: %s", c->name,
+                               rc == KEEL_ENOPROC ? "not running" : keel_strerror(rc));
+    return KEEL_HEALTH_CRITICAL;
+  }
+  json_t *d = json_pack("{s:s,s:I,s:I,s:I,s:f,s:I,s:I,s:b}", "state",
+                        keel_sub_state_name(st.state), "checkpoint", (json_int_t)st.checkpoint,
+                        "head", (json_int_t)st.head, "lag", (json_int_t)st.lag, "lag_seconds",
+                        st.lag_seconds, "parked", (json_int_t)st.parked, "failures_last_minute",
+                        (json_int_t)st.failures_last_minute, "caught_up", st.caught_up);
+  if (d) {
+    res->details = json_dumps(d, JSON_COMPACT);
+    json_decref(d);
+  }
+  if (c->o.hold_readiness && !st.caught_up) {
+    keel_health_result_message(res, "catching up: %lld events behind", (long long)st.lag);
+    return KEEL_HEALTH_CRITICAL;
+  }
+  if (st.lag >= c->o.lag_critical) {
+    keel_health_result_message(res, "%lld events behind (critical at %lld)", (long long)st.lag,
+                               (long long)c->o.lag_critical);
+    return KEEL_HEALTH_CRITICAL;
+  }
+  if (st.lag >= c->o.lag_warning) {
+    keel_health_result_message(res, "%lld events behind (warning at %lld)", (long long)st.lag,
+                               (long long)c->o.lag_warning);
+    return KEEL_HEALTH_WARNING;
+  }
+  if ((double)st.failures_last_minute > c->o.errors_per_minute) {
+    keel_health_result_message(res, "%llu failed attempts in the last minute",
+                               (unsigned long long)st.failures_last_minute);
+    return KEEL_HEALTH_WARNING;
+  }
+  if (st.parked) {
+    keel_health_result_message(res, "%llu parked events", (unsigned long long)st.parked);
+    return KEEL_HEALTH_WARNING;
+  }
+  if (st.state == KEEL_SUB_PAUSED) {
+    keel_health_result_message(res, "paused");
+    return KEEL_HEALTH_WARNING;
+  }
+  return KEEL_HEALTH_OK;
+}
+
+int keel_sub_health_register(const char *name, const keel_sub_health_opts *o) {
+  if (!name_ok(name)) return KEEL_EINVAL;
+  sub_check *c = calloc(1, sizeof *c);
+  if (!c) return KEEL_ENOMEM;
+  snprintf(c->name, sizeof c->name, "%s", name);
+  if (o) c->o = *o;
+  if (!c->o.lag_warning) c->o.lag_warning = 5000;
+  if (!c->o.lag_critical) c->o.lag_critical = 50000;
+  if (c->o.errors_per_minute <= 0) c->o.errors_per_minute = 10;
+  char check[112];
+  snprintf(check, sizeof check, "sub.%s", name);
+  keel_health_check hc = {.name = check,
+                          .fn = sub_health,
+                          .ud = c,
+                          .ud_free = free,
+                          .required = c->o.hold_readiness};
+  int rc = keel_health_register_check(&hc);
+  if (rc) free(c);
+  return rc;
 }

@@ -9,6 +9,7 @@
 
 #include "es/es_internal.h"
 #include "es/kt_es.h"
+#include "keel/health.h"
 #include "keel/subscription.h"
 
 /* What a side-effecting handler saw (written by the subscription's
@@ -286,6 +287,9 @@ KT_CASE(a_poison_event_is_retried_then_parked_and_its_stream_waits_behind_it) {
     keel_sleep(10);
   }
   CHECK_EQ(n, 0);
+  /* the table is empty; the status follows once the server has looked */
+  for (int i = 0; i < 500 && status_of("mail").parked; i++)
+    keel_sleep(10);
   ss = status_of("mail");
   CHECK_EQ(ss.parked, 0);
   CHECK_EQ(count_stream(s, "acct-2"), 1 + 5);
@@ -402,9 +406,81 @@ KT_CASE(pause_holds_events_resume_hands_them_out) {
   kt_store_close(&st);
 }
 
+/* ---- health ---------------------------------------------------------------------------- */
+
+static int slow(const keel_es_event *ev, void *ud) {
+  (void)ev;
+  atomic_int *gate = ud;
+  while (!atomic_load(gate))
+    keel_sleep(5);
+  return 0;
+}
+
+static json_t *check_entry(const char *name) {
+  keel_health_response r;
+  CHECK_OK(keel_health_detailed(&r));
+  json_t *body = json_loads(r.body, 0, NULL);
+  CHECK(body != NULL);
+  json_t *c = json_incref(json_object_get(json_object_get(body, "checks"), name));
+  if (!c) fprintf(stderr, "%s\n", r.body);
+  CHECK(c != NULL);
+  json_decref(body);
+  keel_health_response_free(&r);
+  return c;
+}
+
+KT_CASE(health_reports_lag_parked_events_and_holds_readiness_while_catching_up) {
+  keel_health_reset();
+  keel_health_set_started(true);
+  kt_store st;
+  keel_es *es = kt_store_open(&st, NULL);
+  CHECK_OK(kt_append_n(es, "h-1", KEEL_ES_ANY, "T", 30, 0, NULL));
+  static atomic_int gate;
+  atomic_store(&gate, 0);
+  keel_sub_opts o = {.name = "h", .es = es, .handle = slow, .ud = &gate, .batch = 10,
+                     .poll_ms = 20};
+  CHECK_OK(keel_sub_health_register("h", &(keel_sub_health_opts){.lag_warning = 5,
+                                                                 .lag_critical = 25,
+                                                                 .hold_readiness = true}));
+  /* not running: critical, and the node is not ready */
+  json_t *c = check_entry("sub.h");
+  CHECK_STR(json_string_value(json_object_get(c, "status")), "critical");
+  json_decref(c);
+  CHECK_OK(keel_sub_start(&o, false, NULL));
+  keel_health_response r;
+  CHECK_OK(keel_health_ready(&r));
+  CHECK_EQ(r.http_status, 503); /* holding readiness: catching up */
+  keel_health_response_free(&r);
+  c = check_entry("sub.h");
+  CHECK_STR(json_string_value(json_object_get(c, "status")), "critical");
+  CHECK_EQ(json_integer_value(json_object_get(c, "lag")), 30);
+  CHECK_STR(json_string_value(json_object_get(c, "state")), "catching_up");
+  json_decref(c);
+  atomic_store(&gate, 1);
+  wait_checkpoint("h", 30);
+  CHECK_OK(keel_health_ready(&r));
+  CHECK_EQ(r.http_status, 200);
+  keel_health_response_free(&r);
+  c = check_entry("sub.h");
+  CHECK_STR(json_string_value(json_object_get(c, "status")), "ok");
+  CHECK_EQ(json_integer_value(json_object_get(c, "lag")), 0);
+  CHECK(json_is_true(json_object_get(c, "caught_up")));
+  json_decref(c);
+  /* paused behind new events: lag, a warning */
+  CHECK_OK(keel_sub_pause("h"));
+  CHECK_OK(kt_append_n(es, "h-1", KEEL_ES_ANY, "T", 1, 0, NULL));
+  c = check_entry("sub.h");
+  CHECK_STR(json_string_value(json_object_get(c, "status")), "warning");
+  json_decref(c);
+  CHECK_OK(keel_sub_stop("h", 0));
+  keel_health_reset();
+  kt_store_close(&st);
+}
+
 KT_MAIN(KT_ENTRY_SCHED(catch_up_then_live_every_event_once_in_order, 2),
         KT_ENTRY(a_transactional_projection_applies_each_event_once),
         KT_ENTRY(a_poison_event_is_retried_then_parked_and_its_stream_waits_behind_it),
         KT_ENTRY(resolve_gives_the_event_up_and_releases_its_stream),
         KT_ENTRY(skip_lets_the_stream_go_on_and_stop_stops),
-        KT_ENTRY(pause_holds_events_resume_hands_them_out))
+        KT_ENTRY(pause_holds_events_resume_hands_them_out),
+        KT_ENTRY(health_reports_lag_parked_events_and_holds_readiness_while_catching_up))
