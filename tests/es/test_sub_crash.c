@@ -7,7 +7,7 @@
  * streams, and a subscription whose projection keeps, per stream, the count
  * of its events and the sum of their payloads' "i", in the transaction that
  * moves its checkpoint. The parent SIGKILLs the child at a random moment
- * (50-400 ms), then opens the store itself and recomputes the read model
+ * (50-400 ms after it reports that it runs), then opens the store itself and recomputes the read model
  * from the feed up to the stored checkpoint: it must equal the projection's
  * rows exactly (a missed event or one applied twice shows). Several rounds
  * on the same database, each child resuming where the last one was killed.
@@ -18,6 +18,7 @@
 #include <time.h>
 
 #include "es/kt_es.h"
+#include "keel/io.h"
 #include "keel/subscription.h"
 
 enum { ROUNDS = 10, STREAMS = 5 };
@@ -65,6 +66,7 @@ static void child_main(void *arg) {
   o = (keel_sub_opts){.name = "crash", .es = es, .project = project, .batch = 20, .poll_ms = 5};
   if (keel_sub_start(&o, false, NULL) != 0) _exit(2);
   keel_spawn(child_writer, es, NULL, NULL);
+  if (write(1, "r", 1) != 1) _exit(4); /* running: the parent's clock starts */
   keel_sleep(60000); /* killed long before */
   _exit(5);
 }
@@ -127,16 +129,28 @@ KT_CASE(a_projection_killed_at_random_applies_each_event_exactly_once) {
   unsigned seed = (unsigned)time(NULL);
   fprintf(stderr, "seed %u\n", seed);
   for (int round = 0; round < ROUNDS; round++) {
+    int fd[2];
+    CHECK_OK(pipe(fd));
     pid_t child = fork();
     CHECK(child >= 0);
     if (child == 0) {
+      dup2(fd[1], 1);
+      close(fd[0]);
+      close(fd[1]);
       char r[16];
       snprintf(r, sizeof r, "%d", round);
       execl("/proc/self/exe", "test_sub_crash", "child", s.url, r, (char *)NULL);
       _exit(127);
     }
+    close(fd[1]);
+    /* the clock starts when the child runs (a loaded machine can take long
+     * to start a sanitized child) */
+    CHECK_OK(keel_wait_fd(fd[0], KEEL_READABLE, 60000, NULL));
+    char c;
+    CHECK_EQ(read(fd[0], &c, 1), 1);
+    close(fd[0]);
     seed = seed * 1103515245u + 12345u;
-    keel_sleep(150 + (int64_t)((seed >> 16) % 350));
+    keel_sleep(50 + (int64_t)((seed >> 16) % 350));
     kill(child, SIGKILL);
     int status;
     CHECK_EQ(waitpid(child, &status, 0), child);
