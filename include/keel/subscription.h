@@ -105,10 +105,27 @@ typedef struct keel_sub_opts {
   int64_t backoff_max_ms; /* 0: 30000 */
   int64_t poll_ms; /* re-read the feed at least this often when nothing wakes it; 0: 1000 */
   keel_metrics *metrics; /* sub_* metrics with a subscription label; NULL: none */
+  /* A GROUP: partitions > 0 splits the feed by stream into that many
+   * partitions (FNV-1a of the stream id, modulo partitions: a stream's
+   * events stay in order in one partition), each a subscription of its own
+   * named "<name>.p<i>" with its own checkpoint and dead letters. Every
+   * instance that starts the group (same name, same store) takes a fair
+   * share (ceil(partitions / live instances)). On PostgreSQL a partition
+   * is owned through an advisory lock held on a connection of its own (a
+   * monitored session: when the instance dies or its connection drops, the
+   * lock goes and a survivor takes the partition); its checkpoint carries
+   * the owner's fencing token, so an instance that lost a partition without
+   * knowing it yet cannot commit a checkpoint or a projection's rows. On
+   * SQLite one instance owns every partition. See docs/subscriptions.md. */
+  int partitions;             /* 0: not a group; at most 1024; name at most 50 bytes */
+  const char *member;         /* this instance's id; NULL: "<hostname>-<pid>" */
+  int64_t rebalance_ms;       /* how often ownership is checked; 0: 1000 */
+  int64_t member_timeout_ms;  /* an instance silent this long is gone; 0: 5000 */
 } keel_sub_opts;
 
-/* Starts a subscription (linked to the caller when link). It has read its
- * checkpoint when this returns. Errors: KEEL_EINVAL (opts), KEEL_EEXIST (a
+/* Starts a subscription (linked to the caller when link), or a group's
+ * member (opts.partitions > 0: a coordinator, "sub.<name>", that starts its
+ * partitions). A subscription has read its checkpoint when this returns. Errors: KEEL_EINVAL (opts), KEEL_EEXIST (a
  * subscription of that name runs in this node), KEEL_EIO (the database),
  * and keel_gs_start's. */
 int keel_sub_start(const keel_sub_opts *opts, bool link, keel_pid_t *out);

@@ -217,6 +217,25 @@ int keel__es_tx_run(keel_es *es, const es_req *r, sqlite3 *db, es_pgconn *pc);
  * transactions may not write on SQLite. */
 int keel__es_transact_internal(keel_es *es, keel_es_tx_fn fn, void *arg);
 
+/* ---- subscriptions (sub.c, subgroup.c) ------------------------------------------------- */
+
+struct keel_gen_server;
+struct keel_sub_opts;
+struct keel_sub_status;
+/* subgroup.c: a group's coordinator (opts.partitions > 0). */
+extern const struct keel_gen_server keel__subgroup_behaviour;
+/* sub.c: starts partition `index` of `count` (named name, owned under the
+ * fencing token owner), linked to the caller. */
+int keel__sub_start_partition(const struct keel_sub_opts *o, const char *name, int index,
+                              int count, const char *owner, keel_pid_t *out);
+int keel__sub_opts_ok(const struct keel_sub_opts *o);
+/* sub.c: creates the subscriptions' tables (idempotent). */
+int keel__sub_tables(keel_es *es);
+uint32_t keel__sub_partition_of(const char *stream, int count);
+/* sub.c: the status board (keel_sub_status_get reads it). */
+void keel__sub_publish(const char *name, const struct keel_sub_status *st);
+void keel__sub_unpublish(const char *name);
+
 /* ---- reads, shared by both backends ------------------------------------------------ */
 
 /* Events being read: a growing array and the arena of their strings. */

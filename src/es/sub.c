@@ -74,7 +74,10 @@ typedef struct sub {
   uint64_t fail_bucket[6]; /* failed attempts per 10 s, the last minute */
   int64_t fail_stamp[6];   /* which 10 s each bucket counts */
   bool caught_up;
+  bool fenced; /* a partition's checkpoint was refused: another instance owns it */
   uint64_t rng;
+  int part_index, part_count; /* a partition of a group: only its streams (count 0: all) */
+  char owner[128];            /* a partition's fencing token ("" when not a partition) */
   keel_counter *m_handled, *m_failed, *m_parked;
   keel_gauge *g_lag, *g_checkpoint, *g_parked;
 } sub;
@@ -114,7 +117,9 @@ static void board_remove(const char *name) {
 
 static const char *const schema_sql[] = {
     "CREATE TABLE IF NOT EXISTS keel_sub_checkpoints (name TEXT PRIMARY KEY, "
-    "position BIGINT NOT NULL, updated_at BIGINT NOT NULL)",
+    "position BIGINT NOT NULL, updated_at BIGINT NOT NULL, owner TEXT)",
+    "CREATE TABLE IF NOT EXISTS keel_sub_members (grp TEXT NOT NULL, member TEXT NOT NULL, "
+    "last_seen BIGINT NOT NULL, PRIMARY KEY (grp, member))",
     "CREATE TABLE IF NOT EXISTS keel_sub_parked (name TEXT NOT NULL, position BIGINT NOT NULL, "
     "stream TEXT NOT NULL, event_id TEXT NOT NULL, type TEXT NOT NULL, status TEXT NOT NULL, "
     "error TEXT NOT NULL, attempts INTEGER NOT NULL, first_failure BIGINT NOT NULL, "
@@ -149,12 +154,63 @@ static int create_tables(keel_es_tx *tx, void *arg) {
   return rc;
 }
 
+int keel__sub_tables(keel_es *es) {
+  /* CREATE TABLE IF NOT EXISTS can race another instance's on PostgreSQL */
+  int rc = keel__es_transact_internal(es, create_tables, NULL);
+  if (rc == KEEL_EEXIST) rc = keel__es_transact_internal(es, create_tables, NULL);
+  return rc;
+}
+
 /* The checkpoint's compare-and-set, in tx. */
+/* A partition's checkpoint moves only while this instance owns it (the
+ * fencing token written when it took the partition): an instance that lost
+ * its partition without knowing it yet cannot commit, so its projection's
+ * rows roll back with the refused checkpoint (KEEL_ECONFLICT). */
+static const char *const save_owned_sql =
+    "UPDATE keel_sub_checkpoints SET position = CAST($2 AS BIGINT), "
+    "updated_at = CAST($3 AS BIGINT) WHERE name = $1 AND owner = $4 AND "
+    "position <= CAST($2 AS BIGINT)";
+
 static int save_in(keel_es_tx *tx, const sub *s, int64_t pos) {
   char p[24], now[24];
   i64s(p, pos);
   i64s(now, keel__es_unix_ms());
-  return keel_es_tx_exec(tx, save_sql, (const char *[]){s->name, p, now}, 3, NULL);
+  if (!s->owner[0]) return keel_es_tx_exec(tx, save_sql, (const char *[]){s->name, p, now}, 3, NULL);
+  keel_es_rows rows;
+  int rc = keel_es_tx_exec(tx, save_owned_sql, (const char *[]){s->name, p, now, s->owner}, 4,
+                           &rows);
+  if (rc == 0 && rows.changed != 1) rc = KEEL_ECONFLICT;
+  keel_es_rows_free(&rows);
+  return rc;
+}
+
+/* Takes the partition's checkpoint row for this instance (under the
+ * partition's lock: the previous owner is gone or fenced). */
+static int claim_fn(keel_es_tx *tx, void *arg) {
+  const sub *s = arg;
+  char now[24];
+  i64s(now, keel__es_unix_ms());
+  return keel_es_tx_exec(tx,
+                         "INSERT INTO keel_sub_checkpoints (name, position, updated_at, owner) "
+                         "VALUES ($1, 0, CAST($2 AS BIGINT), $3) ON CONFLICT (name) DO UPDATE "
+                         "SET owner = excluded.owner, updated_at = excluded.updated_at",
+                         (const char *[]){s->name, now, s->owner}, 3, NULL);
+}
+
+/* FNV-1a of the stream id: the partition of a stream (stable: a documented
+ * function of the id alone). */
+uint32_t keel__sub_partition_of(const char *stream, int count) {
+  uint32_t h = 2166136261u;
+  for (const unsigned char *p = (const unsigned char *)stream; *p; p++) {
+    h ^= *p;
+    h *= 16777619u;
+  }
+  return count > 0 ? h % (uint32_t)count : 0;
+}
+
+static bool ours(const sub *s, const keel_es_event *ev) {
+  return s->part_count == 0 || keel__sub_partition_of(ev->stream, s->part_count) ==
+                                   (uint32_t)s->part_index;
 }
 
 typedef struct save_arg {
@@ -173,15 +229,7 @@ static void fill_status(sub *s, keel_sub_status *st);
 static void publish(sub *s) {
   keel_sub_status st;
   fill_status(s, &st);
-  pthread_mutex_lock(&board_mu);
-  board_entry *e = board_find(s->name);
-  if (!e && (e = calloc(1, sizeof *e))) {
-    snprintf(e->name, sizeof e->name, "%s", s->name);
-    e->next = board;
-    board = e;
-  }
-  if (e) e->st = st;
-  pthread_mutex_unlock(&board_mu);
+  keel__sub_publish(s->name, &st);
 }
 
 static void gauges(sub *s) {
@@ -196,6 +244,7 @@ static int save(sub *s) {
   save_arg a = {s, s->pos};
   int rc = keel__es_transact_internal(s->o.es, save_fn, &a);
   if (rc == 0) s->stored = s->pos;
+  if (rc == KEEL_ECONFLICT && s->owner[0]) s->fenced = true;
   gauges(s);
   return rc;
 }
@@ -312,6 +361,7 @@ typedef struct proj_run {
   sub *s;
   size_t from, to;
   size_t failed_at; /* the event whose project failed (to: none) */
+  size_t applied;   /* events of this partition projected */
   char err[256];
 } proj_run;
 
@@ -319,8 +369,11 @@ static int proj_fn(keel_es_tx *tx, void *arg) {
   proj_run *p = arg;
   sub *s = p->s;
   p->failed_at = p->to;
+  p->applied = 0; /* fn may run more than once */
   for (size_t i = p->from; i < p->to; i++) {
     const keel_es_event *ev = &s->page.v[i];
+    if (!ours(s, ev)) continue;
+    p->applied++;
     int rc = blocked(s, ev->stream) ? park_in(tx, s, ev, true, 0, 0, NULL)
                                     : s->o.project(tx, ev, s->o.ud);
     if (rc) {
@@ -349,6 +402,7 @@ static int park_fn(keel_es_tx *tx, void *arg) {
 static int park(sub *s, const keel_es_event *ev, bool waiting) {
   park_arg a = {s, ev, waiting};
   int rc = keel__es_transact_internal(s->o.es, park_fn, &a);
+  if (rc == KEEL_ECONFLICT && s->owner[0]) s->fenced = true;
   if (rc) return rc;
   s->pos = s->stored = ev->position;
   if (s->m_parked) keel_counter_inc(s->m_parked);
@@ -399,6 +453,14 @@ static void handled(sub *s, size_t n, int64_t pos) {
   publish(s);
 }
 
+/* A partition taken over by another instance: stop at once, handing
+ * nothing more out (the partition's lock is the other instance's). */
+static int lost(sub *s) {
+  keel_log_warn(NULL, "subscription: partition taken over by another instance",
+                KEEL_STR("subscription", s->name), KEEL_INT("checkpoint", s->stored));
+  return keel_gs_stopping(KEEL_REASON_SHUTDOWN, "partition %s lost", s->name);
+}
+
 /* Hands out page.v[idx..) until the page is done (0), a retry waits (1),
  * or the server must stop (KEEL_GS_STOP / error). */
 static int run_page(sub *s) {
@@ -410,10 +472,14 @@ static int run_page(sub *s) {
       proj_run p = {.s = s, .from = s->idx, .to = to};
       int rc = keel__es_transact_internal(s->o.es, proj_fn, &p);
       if (rc == 0) {
-        handled(s, to - s->idx, s->page.v[to - 1].position);
+        handled(s, p.applied, s->page.v[to - 1].position);
         s->stored = s->pos;
         s->idx = to;
         continue;
+      }
+      if (p.failed_at == to && rc == KEEL_ECONFLICT && s->owner[0]) {
+        s->fenced = true; /* the partition is another instance's now */
+        return lost(s);
       }
       if (p.failed_at == to) { /* the checkpoint's statement failed: the database */
         snprintf(s->err, sizeof s->err, "%s", keel_strerror(rc));
@@ -422,12 +488,17 @@ static int run_page(sub *s) {
       if (p.failed_at > s->idx) { /* the events before the failing one, on their own */
         proj_run q = {.s = s, .from = s->idx, .to = p.failed_at};
         if ((rc = keel__es_transact_internal(s->o.es, proj_fn, &q)) != 0) return failed(s, rc, q.err);
-        handled(s, p.failed_at - s->idx, s->page.v[p.failed_at - 1].position);
+        handled(s, q.applied, s->page.v[p.failed_at - 1].position);
         s->stored = s->pos;
         s->idx = p.failed_at;
       }
       int f = failed(s, rc, p.err);
       if (f) return f;
+      continue;
+    }
+    if (!ours(s, ev)) { /* another partition's */
+      s->pos = ev->position;
+      s->idx++;
       continue;
     }
     if (blocked(s, ev->stream)) {
@@ -439,7 +510,8 @@ static int run_page(sub *s) {
     size_t n = 1;
     int rc;
     if (s->o.handle_batch) {
-      while (s->idx + n < s->page.n && !s->attempts && !blocked(s, s->page.v[s->idx + n].stream))
+      while (s->idx + n < s->page.n && !s->attempts && ours(s, &s->page.v[s->idx + n]) &&
+             !blocked(s, s->page.v[s->idx + n].stream))
         n++;
       size_t done = 0;
       rc = s->o.handle_batch(ev, n, &done, s->o.ud);
@@ -617,6 +689,7 @@ static int step(sub *s) {
                       KEEL_INT("checkpoint", s->pos));
       s->live = s->caught_up = true;
       if (s->o.checkpoint != KEEL_SUB_CHECKPOINT_PERIODIC) save(s);
+      if (s->fenced) return lost(s);
       gauges(s);
       arm_wait(s);
       return 0;
@@ -625,9 +698,11 @@ static int step(sub *s) {
     publish(s);
   }
   int rc = run_page(s);
+  if (s->fenced) return lost(s);
   if (rc == 1) return 0; /* a retry is scheduled */
   if (rc) return rc;
   if (s->o.checkpoint == KEEL_SUB_CHECKPOINT_BATCH) save(s);
+  if (s->fenced) return lost(s);
   gauges(s);
   pump(s);
   return 0;
@@ -648,6 +723,9 @@ static bool name_ok(const char *n) {
 static int opts_ok(const keel_sub_opts *o) {
   if (!o || !o->es || !name_ok(o->name)) return KEEL_EINVAL;
   int kinds = !!o->project + !!o->handle + !!o->handle_batch;
+  if (o->partitions < 0 || o->partitions > 1024 || (o->partitions && strlen(o->name) > 50) ||
+      o->rebalance_ms < 0 || o->member_timeout_ms < 0)
+    return KEEL_EINVAL;
   if (kinds != 1 || o->batch > 10000 || o->max_attempts < 0 || o->backoff_ms < 0 ||
       o->backoff_max_ms < 0 || o->poll_ms < 0 || o->checkpoint_ms < 0 ||
       (o->from == KEEL_SUB_FROM_POSITION && o->position < 0))
@@ -693,15 +771,28 @@ static void sub_free(sub *s) {
   free(s);
 }
 
-static int sub_init(void *arg, void **state) {
-  const keel_sub_opts *o = arg;
-  int rc = opts_ok(o);
+/* What a subscription server starts from: the user's options, and for a
+ * partition of a group, its name, index and fencing token. */
+typedef struct sub_start {
+  const keel_sub_opts *o;
+  const char *name; /* NULL: o->name */
+  int part_index, part_count;
+  const char *owner;
+} sub_start;
+
+static int sub_init_with(const sub_start *a, void **state) {
+  const keel_sub_opts *o = a->o;
+  int rc = a->name ? 0 : opts_ok(o);
   if (rc) return rc;
   sub *s = calloc(1, sizeof *s);
   if (!s) return KEEL_ENOMEM;
   s->o = *o;
-  snprintf(s->name, sizeof s->name, "%s", o->name);
-  snprintf(s->regname, sizeof s->regname, "sub.%s", o->name);
+  const char *name = a->name ? a->name : o->name;
+  snprintf(s->name, sizeof s->name, "%s", name);
+  snprintf(s->regname, sizeof s->regname, "sub.%s", name);
+  s->part_index = a->part_index;
+  s->part_count = a->part_count;
+  if (a->owner) snprintf(s->owner, sizeof s->owner, "%s", a->owner);
   if (!s->o.batch) s->o.batch = 100;
   if (!s->o.max_attempts) s->o.max_attempts = 6;
   if (!s->o.backoff_ms) s->o.backoff_ms = 100;
@@ -714,9 +805,8 @@ static int sub_init(void *arg, void **state) {
     free(s);
     return rc;
   }
-  /* CREATE TABLE IF NOT EXISTS can race another instance's on PostgreSQL */
-  rc = keel__es_transact_internal(o->es, create_tables, NULL);
-  if (rc == KEEL_EEXIST) rc = keel__es_transact_internal(o->es, create_tables, NULL);
+  rc = keel__sub_tables(o->es);
+  if (rc == 0 && s->owner[0]) rc = keel__es_transact_internal(o->es, claim_fn, s);
   keel_es_rows rows = {0};
   if (rc == 0)
     rc = keel_es_query(o->es, "SELECT position FROM keel_sub_checkpoints WHERE name = $1",
@@ -762,6 +852,15 @@ static int sub_init(void *arg, void **state) {
   pump(s);
   *state = s;
   return 0;
+}
+
+static int sub_init(void *arg, void **state) {
+  sub_start a = {.o = arg};
+  return sub_init_with(&a, state);
+}
+
+static int part_init(void *arg, void **state) {
+  return sub_init_with(arg, state);
 }
 
 static void fill_status(sub *s, keel_sub_status *st) {
@@ -868,7 +967,9 @@ static int sub_info(void *state, keel_msg_t **msg) {
     s->retrying = false;
     pump(s);
     return KEEL_GS_OK;
-  case TAG_TICK: save(s); return KEEL_GS_OK;
+  case TAG_TICK:
+    save(s);
+    return s->fenced ? lost(s) : KEEL_GS_OK;
   default: return KEEL_GS_OK;
   }
 }
@@ -900,17 +1001,57 @@ static const keel_gen_server sub_behaviour = {
     .terminate = sub_terminate,
 };
 
+/* A partition of a group (subgroup.c starts them). */
+static const keel_gen_server part_behaviour = {
+    .init = part_init,
+    .handle_call = sub_call,
+    .handle_cast = sub_cast,
+    .handle_info = sub_info,
+    .terminate = sub_terminate,
+};
+
+int keel__sub_start_partition(const keel_sub_opts *o, const char *name, int index, int count,
+                              const char *owner, keel_pid_t *out) {
+  sub_start a = {.o = o, .name = name, .part_index = index, .part_count = count, .owner = owner};
+  keel_gs_opts go = {.link = true, .trap_exit = true, .init_timeout = 30000};
+  return keel_gs_start(&part_behaviour, &a, &go, out, NULL);
+}
+
 /* ---- the API ---------------------------------------------------------------------------------- */
 
 int keel_sub_start(const keel_sub_opts *opts, bool link, keel_pid_t *out) {
   int rc = opts_ok(opts);
   if (rc) return rc;
   keel_gs_opts go = {.link = link, .trap_exit = true, .init_timeout = 30000};
-  return keel_gs_start(&sub_behaviour, (void *)opts, &go, out, NULL);
+  return keel_gs_start(opts->partitions ? &keel__subgroup_behaviour : &sub_behaviour, (void *)opts,
+                       &go, out, NULL);
 }
 
 keel_sup_child_spec keel_sub_child(const keel_sub_opts *opts) {
-  return (keel_sup_child_spec){.id = opts->name, .gen_server = &sub_behaviour, .arg = (void *)opts};
+  return (keel_sup_child_spec){.id = opts->name,
+                               .gen_server = opts->partitions ? &keel__subgroup_behaviour
+                                                              : &sub_behaviour,
+                               .arg = (void *)opts};
+}
+
+int keel__sub_opts_ok(const keel_sub_opts *o) {
+  return opts_ok(o);
+}
+
+void keel__sub_publish(const char *name, const keel_sub_status *st) {
+  pthread_mutex_lock(&board_mu);
+  board_entry *e = board_find(name);
+  if (!e && (e = calloc(1, sizeof *e))) {
+    snprintf(e->name, sizeof e->name, "%s", name);
+    e->next = board;
+    board = e;
+  }
+  if (e) e->st = *st;
+  pthread_mutex_unlock(&board_mu);
+}
+
+void keel__sub_unpublish(const char *name) {
+  board_remove(name);
 }
 
 static int call(const char *name, int op, int64_t position, keel_sub_status *st) {
