@@ -28,6 +28,7 @@
  * On SQLite (one instance per database file) the coordinator owns every
  * partition without locks.
  */
+#include <pthread.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
@@ -74,10 +75,42 @@ static void connect_on_pool(void *arg) {
   j->rc = keel__es_pg_connect(j->pg, &j->c);
 }
 
+/* The sessions of this process's coordinators, by group: a coordinator
+ * that was killed (no terminate) leaves its session, and with it its
+ * locks, behind; its successor closes it first, which frees them. */
+typedef struct session {
+  struct session *next;
+  char group[52];
+  es_pgconn *c;
+} session;
+static pthread_mutex_t sessions_mu = PTHREAD_MUTEX_INITIALIZER;
+static session *sessions;
+
+/* Takes the session of `group` off the list (c NULL: whichever it is). */
+static es_pgconn *session_take(const char *grp, es_pgconn *c) {
+  es_pgconn *found = NULL;
+  pthread_mutex_lock(&sessions_mu);
+  for (session **p = &sessions; *p; p = &(*p)->next)
+    if (strcmp((*p)->group, grp) == 0 && (!c || (*p)->c == c)) {
+      session *e = *p;
+      *p = e->next;
+      found = e->c;
+      free(e);
+      break;
+    }
+  pthread_mutex_unlock(&sessions_mu);
+  return found;
+}
+
+static void session_free(es_pgconn *c) {
+  if (!c) return;
+  PQfinish(c->conn);
+  free(c);
+}
+
 static void close_session(group *g) {
   if (!g->lock) return;
-  PQfinish(g->lock->conn);
-  free(g->lock);
+  session_free(session_take(g->name, g->lock));
   g->lock = NULL;
 }
 
@@ -86,6 +119,17 @@ static int open_session(group *g) {
   int rc = keel_blocking(connect_on_pool, &j);
   if (rc == 0) rc = j.rc;
   if (rc) return rc;
+  session *e = calloc(1, sizeof *e);
+  if (!e) {
+    session_free(j.c);
+    return KEEL_ENOMEM;
+  }
+  snprintf(e->group, sizeof e->group, "%s", g->name);
+  e->c = j.c;
+  pthread_mutex_lock(&sessions_mu);
+  e->next = sessions;
+  sessions = e;
+  pthread_mutex_unlock(&sessions_mu);
   g->lock = j.c;
   return 0;
 }
@@ -311,6 +355,13 @@ static int group_init(void *arg, void **state) {
   if ((rc = keel_register(g->regname, keel_self())) != 0) {
     group_free(g);
     return rc;
+  }
+  /* a predecessor killed without its terminate: its locks go with its session */
+  es_pgconn *left;
+  while ((left = session_take(g->name, NULL)) != NULL) {
+    keel_log_warn(NULL, "subscription group: closing a session left by a killed coordinator",
+                  KEEL_STR("group", g->name));
+    session_free(left);
   }
   if ((rc = keel__sub_tables(g->o.es)) != 0 || (pg(g) && (rc = open_session(g)) != 0)) {
     keel_unregister(g->regname);
