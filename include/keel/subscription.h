@@ -104,6 +104,14 @@ typedef struct keel_sub_opts {
   int64_t backoff_ms;     /* 0: 100 */
   int64_t backoff_max_ms; /* 0: 30000 */
   int64_t poll_ms; /* re-read the feed at least this often when nothing wakes it; 0: 1000 */
+  /* handle/handle_batch: a hand-out that takes longer fails (KEEL_ETIMEDOUT,
+   * retried like any failure) and the handler's process is killed. The
+   * handler then runs in a worker process of the subscription (so it can be
+   * killed), not in the subscription's own. 0: 30000 (reference 004's
+   * processing_timeout); KEEL_INFINITY: no timeout, the handler runs in the
+   * subscription's process. A projection has none (its statements have the
+   * store's statement_timeout on PostgreSQL). */
+  int64_t handler_timeout_ms;
   keel_metrics *metrics; /* sub_* metrics with a subscription label; NULL: none */
   /* A GROUP: partitions > 0 splits the feed by stream into that many
    * partitions (FNV-1a of the stream id, modulo partitions: a stream's

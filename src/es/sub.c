@@ -40,7 +40,9 @@
 #include "keel/subscription.h"
 #include "keel/timer.h"
 
-enum { TAG_PUMP = 0x73756201, TAG_WAKE, TAG_RETRY, TAG_TICK };
+enum { TAG_PUMP = 0x73756201, TAG_WAKE, TAG_RETRY, TAG_TICK, TAG_JOB, TAG_JOB_DONE };
+/* run_page's answers besides 0 (done), KEEL_GS_STOP and errors. */
+enum { PAGE_WAIT = 100, PAGE_YIELD = 101 };
 enum { OP_STATUS = 1, OP_PAUSE, OP_RESUME, OP_RETRY, OP_RESOLVE };
 
 typedef struct sub_req {
@@ -75,6 +77,9 @@ typedef struct sub {
   int64_t fail_stamp[6];   /* which 10 s each bucket counts */
   bool caught_up;
   bool fenced; /* a partition's checkpoint was refused: another instance owns it */
+  keel_pid_t worker;     /* runs handle/handle_batch when a handler timeout is set */
+  keel_ref_t worker_mon; /* its monitor */
+  uint64_t job_seq;      /* the hand-out the worker's answer must name */
   uint64_t rng;
   int part_index, part_count; /* a partition of a group: only its streams (count 0: all) */
   char owner[128];            /* a partition's fencing token ("" when not a partition) */
@@ -415,13 +420,15 @@ static int park(sub *s, const keel_es_event *ev, bool waiting) {
 }
 
 /* The event in hand failed (rc): a retry after a backoff, or, attempts
- * spent, the on_failure rule. Returns 1 when the page must wait (a retry
- * is scheduled), 0 to go on, or KEEL_GS_STOP / an error. */
+ * spent, the on_failure rule. Returns PAGE_WAIT when the page must wait (a
+ * retry is scheduled), 0 to go on, or KEEL_GS_STOP / an error. */
 static int failed(sub *s, int rc, const char *why) {
   const keel_es_event *ev = &s->page.v[s->idx];
   count_failure(s);
   if (s->attempts++ == 0) s->first_failure = keel__es_unix_ms();
-  if (why && *why)
+  if (why == s->err)
+    ; /* invoke wrote it already */
+  else if (why && *why)
     snprintf(s->err, sizeof s->err, "%s", why);
   else
     snprintf(s->err, sizeof s->err, "%s", keel_strerror(rc));
@@ -432,7 +439,7 @@ static int failed(sub *s, int rc, const char *why) {
     s->retrying = true;
     publish(s);
     keel_send_after(keel_self(), backoff(s), keel_msg_new(TAG_RETRY, 0), NULL);
-    return 1;
+    return PAGE_WAIT;
   }
   if (s->o.on_failure == KEEL_SUB_STOP) {
     save(s);
@@ -453,6 +460,107 @@ static void handled(sub *s, size_t n, int64_t pos) {
   publish(s);
 }
 
+/* ---- the handler, with its timeout ---------------------------------------------------- */
+
+/* One hand-out to a side-effect handler, run by the subscription's worker
+ * process when a handler timeout is set: the subscription waits for the
+ * reply at most handler_timeout_ms, then kills the worker and waits for it
+ * to be gone (its DOWN) before it touches the events again. */
+typedef struct job {
+  keel_sub_handle_fn handle;
+  keel_sub_batch_fn handle_batch;
+  void *ud;
+  const keel_es_event *evs;
+  size_t n, done;
+  int rc;
+  keel_pid_t owner;
+  uint64_t seq;
+} job;
+
+static int run_job(job *j) {
+  if (j->handle_batch) return j->handle_batch(j->evs, j->n, &j->done, j->ud);
+  return j->handle(j->evs, j->ud);
+}
+
+static void worker_main(void *arg) {
+  (void)arg;
+  for (;;) {
+    keel_msg_t *m = NULL;
+    if (keel_receive(&m, KEEL_INFINITY) != 0) continue;
+    job *j = NULL;
+    if (keel_msg_tag(m) == TAG_JOB && keel_msg_size(m) == sizeof j) memcpy(&j, keel_msg_data(m), sizeof j);
+    keel_msg_free(m); /* before the handler: a worker killed in it holds nothing of ours */
+    if (!j) continue;
+    j->rc = run_job(j);
+    uint64_t seq = j->seq;
+    keel_send(j->owner, keel_msg_copy(TAG_JOB_DONE, &seq, sizeof seq));
+  }
+}
+
+/* The worker's answer to hand-out seq, or its DOWN. */
+static bool job_end(const keel_msg_t *m, void *arg) {
+  const sub *s = arg;
+  if (keel_msg_kind_of(m) == KEEL_MSG_DOWN) return keel_msg_ref(m) == s->worker_mon;
+  uint64_t seq;
+  if (keel_msg_kind_of(m) != KEEL_MSG_USER || keel_msg_tag(m) != TAG_JOB_DONE ||
+      keel_msg_size(m) != sizeof seq)
+    return false;
+  memcpy(&seq, keel_msg_data(m), sizeof seq);
+  return seq == s->job_seq;
+}
+
+static bool worker_down(const keel_msg_t *m, void *arg) {
+  const sub *s = arg;
+  return keel_msg_kind_of(m) == KEEL_MSG_DOWN && keel_msg_ref(m) == s->worker_mon;
+}
+
+/* Hands evs[0..n) to the handler. 0, or its error, or KEEL_ETIMEDOUT (too
+ * slow), or KEEL_EDOWN (the handler ended its process). */
+static int invoke(sub *s, const keel_es_event *evs, size_t n, size_t *done) {
+  job j = {.handle = s->o.handle, .handle_batch = s->o.handle_batch, .ud = s->o.ud, .evs = evs,
+           .n = n, .owner = keel_self()};
+  *done = 0;
+  if (s->o.handler_timeout_ms == KEEL_INFINITY) {
+    int rc = run_job(&j);
+    *done = j.done;
+    return rc;
+  }
+  if (!s->worker) {
+    keel_spawn_opts so = {.link = true, .monitor = true, .monitor_ref = &s->worker_mon,
+                          .name = "sub-worker"};
+    int rc = keel_spawn(worker_main, NULL, &so, &s->worker);
+    if (rc) return rc;
+  }
+  j.seq = ++s->job_seq;
+  job *jp = &j;
+  keel_send(s->worker, keel_msg_copy(TAG_JOB, &jp, sizeof jp));
+  keel_msg_t *m = NULL;
+  int rc = keel_receive_match(job_end, s, &m, s->o.handler_timeout_ms);
+  if (rc == 0 && keel_msg_kind_of(m) == KEEL_MSG_USER) {
+    keel_msg_free(m);
+    *done = j.done;
+    return j.rc;
+  }
+  if (rc == 0) { /* DOWN: the handler ended the worker (keel_exit, a kill) */
+    keel_pid_t who;
+    keel_reason why;
+    keel_msg_exit_info(m, &who, &why);
+    snprintf(s->err, sizeof s->err, "the handler's process exited: %s",
+             why.text && *why.text ? why.text : keel_reason_name(why.kind));
+    keel_msg_free(m);
+    s->worker = 0;
+    return KEEL_EDOWN;
+  }
+  /* too slow: the worker goes, and is gone before j and evs are touched again */
+  keel_exit_signal(s->worker, KEEL_REASON_KILL, NULL);
+  keel_receive_match(worker_down, s, &m, KEEL_INFINITY);
+  keel_msg_free(m);
+  s->worker = 0;
+  snprintf(s->err, sizeof s->err, "the handler took longer than %lld ms",
+           (long long)s->o.handler_timeout_ms);
+  return KEEL_ETIMEDOUT;
+}
+
 /* A partition taken over by another instance: stop at once, handing
  * nothing more out (the partition's lock is the other instance's). */
 static int lost(sub *s) {
@@ -461,8 +569,10 @@ static int lost(sub *s) {
   return keel_gs_stopping(KEEL_REASON_SHUTDOWN, "partition %s lost", s->name);
 }
 
-/* Hands out page.v[idx..) until the page is done (0), a retry waits (1),
- * or the server must stop (KEEL_GS_STOP / error). */
+/* Hands out page.v[idx..) until the page is done (0), a retry waits
+ * (PAGE_WAIT), a message waits (PAGE_YIELD: calls, a stop, are served
+ * between events, not after the page), or the server must stop
+ * (KEEL_GS_STOP / error). */
 static int run_page(sub *s) {
   while (s->idx < s->page.n) {
     const keel_es_event *ev = &s->page.v[s->idx];
@@ -475,6 +585,7 @@ static int run_page(sub *s) {
         handled(s, p.applied, s->page.v[to - 1].position);
         s->stored = s->pos;
         s->idx = to;
+        if (s->idx < s->page.n && keel_mailbox_len() > 0) return PAGE_YIELD;
         continue;
       }
       if (p.failed_at == to && rc == KEEL_ECONFLICT && s->owner[0]) {
@@ -514,7 +625,7 @@ static int run_page(sub *s) {
              !blocked(s, s->page.v[s->idx + n].stream))
         n++;
       size_t done = 0;
-      rc = s->o.handle_batch(ev, n, &done, s->o.ud);
+      rc = invoke(s, ev, n, &done);
       if (rc && done > 0 && done < n) {
         handled(s, done, s->page.v[s->idx + done - 1].position);
         s->idx += done;
@@ -522,16 +633,18 @@ static int run_page(sub *s) {
       if (rc == 0) done = n;
       if (rc && done >= n) rc = 0; /* a handler that claims all done */
     } else {
-      rc = s->o.handle(ev, s->o.ud);
+      size_t done;
+      rc = invoke(s, ev, 1, &done);
     }
     if (rc) {
-      int f = failed(s, rc, NULL);
+      int f = failed(s, rc, rc == KEEL_ETIMEDOUT || rc == KEEL_EDOWN ? s->err : NULL);
       if (f) return f;
       continue;
     }
     handled(s, n, s->page.v[s->idx + n - 1].position);
     s->idx += n;
     if (s->o.checkpoint == KEEL_SUB_CHECKPOINT_EVENT) save(s);
+    if (s->idx < s->page.n && keel_mailbox_len() > 0) return PAGE_YIELD;
   }
   return 0;
 }
@@ -620,10 +733,12 @@ static int run_one_retry(sub *s) {
   }
   retry_arg a = {.s = s, .ev = &evs.v[0], .position = pos, .ok = true};
   if (!s->o.project) {
-    int hrc = s->o.handle ? s->o.handle(a.ev, s->o.ud) : s->o.handle_batch(a.ev, 1, &(size_t){0}, s->o.ud);
+    size_t done;
+    int hrc = invoke(s, a.ev, 1, &done);
     if (hrc) {
       a.ok = false;
-      snprintf(a.err, sizeof a.err, "%s", keel_strerror(hrc));
+      snprintf(a.err, sizeof a.err, "%s",
+               hrc == KEEL_ETIMEDOUT || hrc == KEEL_EDOWN ? s->err : keel_strerror(hrc));
     }
   }
   rc = keel__es_transact_internal(s->o.es, retry_done_fn, &a);
@@ -699,7 +814,11 @@ static int step(sub *s) {
   }
   int rc = run_page(s);
   if (s->fenced) return lost(s);
-  if (rc == 1) return 0; /* a retry is scheduled */
+  if (rc == PAGE_WAIT) return 0; /* a retry is scheduled */
+  if (rc == PAGE_YIELD) {            /* messages wait: serve them, then go on */
+    pump(s);
+    return 0;
+  }
   if (rc) return rc;
   if (s->o.checkpoint == KEEL_SUB_CHECKPOINT_BATCH) save(s);
   if (s->fenced) return lost(s);
@@ -724,7 +843,8 @@ static int opts_ok(const keel_sub_opts *o) {
   if (!o || !o->es || !name_ok(o->name)) return KEEL_EINVAL;
   int kinds = !!o->project + !!o->handle + !!o->handle_batch;
   if (o->partitions < 0 || o->partitions > 1024 || (o->partitions && strlen(o->name) > 50) ||
-      o->rebalance_ms < 0 || o->member_timeout_ms < 0)
+      o->rebalance_ms < 0 || o->member_timeout_ms < 0 ||
+      (o->handler_timeout_ms < 0 && o->handler_timeout_ms != KEEL_INFINITY))
     return KEEL_EINVAL;
   if (kinds != 1 || o->batch > 10000 || o->max_attempts < 0 || o->backoff_ms < 0 ||
       o->backoff_max_ms < 0 || o->poll_ms < 0 || o->checkpoint_ms < 0 ||
@@ -799,6 +919,7 @@ static int sub_init_with(const sub_start *a, void **state) {
   if (!s->o.backoff_max_ms) s->o.backoff_max_ms = 30000;
   if (!s->o.poll_ms) s->o.poll_ms = 1000;
   if (!s->o.checkpoint_ms) s->o.checkpoint_ms = 1000;
+  if (!s->o.handler_timeout_ms) s->o.handler_timeout_ms = 30000;
   s->rng = (uint64_t)keel__es_unix_ms() * 0x9E3779B97F4A7C15ull ^ (uint64_t)keel_self();
   if (!s->rng) s->rng = 1;
   if ((rc = keel_register(s->regname, keel_self())) != 0) {
@@ -980,14 +1101,21 @@ static int sub_cast(void *state, keel_msg_t **msg) {
   return KEEL_GS_OK;
 }
 
+/* Shutdown, in the reference's phases, each logged: reading stops (this
+ * callback runs between events: the event in hand was finished), the
+ * worker goes, the checkpoint is stored, the subscription closes. */
 static void sub_terminate(keel_reason reason, void *state) {
   sub *s = state;
-  (void)reason;
+  keel_log_info(NULL, "subscription stopping: reading stopped, in-flight event finished",
+                KEEL_STR("subscription", s->name), KEEL_STR("reason", keel_reason_name(reason.kind)),
+                KEEL_INT("checkpoint", s->pos));
   if (s->tick) keel_cancel_timer(s->tick);
   if (s->wait_timer) keel_cancel_timer(s->wait_timer);
+  if (s->worker) keel_exit_signal(s->worker, KEEL_REASON_KILL, NULL);
   int rc = save(s);
-  keel_log_info(NULL, "subscription stopped", KEEL_STR("subscription", s->name),
-                KEEL_INT("checkpoint", s->stored), KEEL_STR("saved", rc ? keel_strerror(rc) : "ok"));
+  keel_log_info(NULL, "subscription stopped: checkpoint stored, closed",
+                KEEL_STR("subscription", s->name), KEEL_INT("checkpoint", s->stored),
+                KEEL_STR("saved", rc ? keel_strerror(rc) : "ok"));
   keel_unregister(s->regname);
   board_remove(s->name);
   sub_free(s);

@@ -477,10 +477,43 @@ KT_CASE(health_reports_lag_parked_events_and_holds_readiness_while_catching_up) 
   kt_store_close(&st);
 }
 
+/* ---- a handler that hangs -------------------------------------------------------------- */
+
+static int hang_on_poison(const keel_es_event *ev, void *ud) {
+  if (json_is_true(json_object_get(ev->payload, "poison"))) keel_sleep(600000);
+  return record(ev, ud);
+}
+
+KT_CASE(a_handler_that_hangs_is_killed_after_its_timeout_and_the_event_parked) {
+  kt_store st;
+  keel_es *es = kt_store_open(&st, NULL);
+  int64_t poison = poison_fixture(es);
+  seen *s = calloc(1, sizeof *s);
+  atomic_store(&s->poison_fixed, 1); /* record() would pass it: only the hang fails it */
+  keel_sub_opts o = {.name = "hang", .es = es, .handle = hang_on_poison, .ud = s,
+                     .handler_timeout_ms = 50, .max_attempts = 2, .backoff_ms = 1,
+                     .on_failure = KEEL_SUB_SKIP, .poll_ms = 20};
+  CHECK_OK(keel_sub_start(&o, false, NULL));
+  keel_sub_status ss = wait_checkpoint("hang", head_of(es));
+  CHECK_EQ(ss.failures, 2);
+  CHECK_EQ(ss.parked, 1);
+  CHECK_EQ(atomic_load(&s->n), 8); /* all but the poison */
+  keel_sub_parked_event pk[2];
+  size_t n;
+  CHECK_OK(keel_sub_parked(es, "hang", pk, 2, &n));
+  CHECK_EQ(n, 1);
+  CHECK_EQ(pk[0].position, poison);
+  CHECK(strstr(pk[0].error, "longer than 50 ms") != NULL);
+  CHECK_OK(keel_sub_stop("hang", 0));
+  free(s);
+  kt_store_close(&st);
+}
+
 KT_MAIN(KT_ENTRY_SCHED(catch_up_then_live_every_event_once_in_order, 2),
         KT_ENTRY(a_transactional_projection_applies_each_event_once),
         KT_ENTRY(a_poison_event_is_retried_then_parked_and_its_stream_waits_behind_it),
         KT_ENTRY(resolve_gives_the_event_up_and_releases_its_stream),
         KT_ENTRY(skip_lets_the_stream_go_on_and_stop_stops),
         KT_ENTRY(pause_holds_events_resume_hands_them_out),
-        KT_ENTRY(health_reports_lag_parked_events_and_holds_readiness_while_catching_up))
+        KT_ENTRY(health_reports_lag_parked_events_and_holds_readiness_while_catching_up),
+        KT_ENTRY(a_handler_that_hangs_is_killed_after_its_timeout_and_the_event_parked))
