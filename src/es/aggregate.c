@@ -208,8 +208,10 @@ static void ignore_snapshot(agg *a, const char *why, const keel_es_snapshot *s, 
                 KEEL_STR("error", rc ? keel_err_name(rc) : ""));
 }
 
-/* Starts the state from the stream's snapshot when one is usable. */
-static void use_snapshot(agg *a) {
+/* Starts the state from the stream's snapshot when one is usable; *taken
+ * gets its taken_at (0: none used), which with its version names it. */
+static void use_snapshot(agg *a, int64_t *taken) {
+  *taken = 0;
   if (!a->def->decode) return;
   keel_es_snapshot s;
   int rc = keel_es_snapshot_load(a->es, a->stream, &s);
@@ -228,6 +230,7 @@ static void use_snapshot(agg *a) {
       drop_state(a);
       a->state = st;
       a->version = s.version;
+      *taken = s.taken_at_ms ? s.taken_at_ms : 1;
     }
   }
   keel_es_snapshot_free(&s);
@@ -245,14 +248,17 @@ static int apply_one(agg *a, const keel_es_event *ev) {
   return 0;
 }
 
-/* Folds the events after a->version, page by page. *gone: the stream has
- * no readable events (none, soft-deleted, only metadata). *gap: the first
- * event read is not the next version of a state that has one (truncated or
- * deleted meanwhile). */
-static int catch_up(agg *a, bool *gone, bool *gap) {
+/* Folds the events after a->version, page by page. With check_last, the
+ * read starts at a->version itself (the snapshot's last event, not applied
+ * again) to see that it is still readable. *gone: the stream has no
+ * readable events (none, soft-deleted, only metadata). *gap: the events do
+ * not follow the state (truncated or deleted meanwhile; with check_last,
+ * the snapshot's last event is hidden). */
+static int catch_up(agg *a, bool check_last, bool *gone, bool *gap) {
   *gone = *gap = false;
-  for (;;) {
-    keel_es_read_opts ro = {.from = a->version + 1, .limit = PAGE};
+  for (bool first = true;; first = false) {
+    int64_t from = first && check_last ? a->version : a->version + 1;
+    keel_es_read_opts ro = {.from = from, .limit = PAGE};
     keel_es_events evs;
     int rc = keel_es_read_stream(a->es, a->stream, &ro, &evs);
     if (rc == KEEL_ENOENT) {
@@ -260,16 +266,18 @@ static int catch_up(agg *a, bool *gone, bool *gap) {
       return 0;
     }
     if (rc) return rc;
-    if (evs.n > 0 && a->version > 0 && evs.v[0].version != a->version + 1) *gap = true;
+    if (a->version > 0 && (evs.n > 0 ? evs.v[0].version != from : first && check_last)) *gap = true;
     size_t stored = 0; /* an upcaster may split one stored event into several */
     int64_t last = -1;
     for (size_t i = 0; i < evs.n && rc == 0 && !*gap; i++) {
-      if (evs.v[i].version != last) {
+      int64_t v = evs.v[i].version;
+      bool seen = first && check_last && v == from; /* the snapshot's own last event */
+      if (v != last) {
         stored++;
-        a->replayed++;
-        last = evs.v[i].version;
+        last = v;
+        a->replayed += !seen;
       }
-      rc = apply_one(a, &evs.v[i]);
+      if (!seen) rc = apply_one(a, &evs.v[i]);
     }
     keel_es_events_free(&evs);
     if (rc || *gap || stored < PAGE) return rc;
@@ -292,15 +300,30 @@ static int settle_version(agg *a, bool *raced) {
   return 0;
 }
 
+/* A snapshot's own last event is read again (check_last) to see that it
+ * is still readable: a soft delete (and a recreation) between the snapshot
+ * load and the event read then shows as a gap, and the next round finds the
+ * snapshot gone (deletes remove it). When it is hidden because the history
+ * it covers was truncated (truncate_before(version + 1)), the next round
+ * finds the same snapshot (same version and taken_at: after a delete no
+ * save at or below the deleted version is accepted) and trusts it. */
 static int load(agg *a) {
   a->warned = false;
+  int64_t hidden_version = -1, hidden_taken = -1; /* a snapshot whose last event was hidden */
   for (int round = 0; round < LOAD_ROUNDS; round++) {
     int rc = reset(a);
     if (rc) return rc;
-    use_snapshot(a);
+    int64_t taken;
+    use_snapshot(a, &taken);
+    int64_t snap_version = a->version;
+    bool trusted = taken && snap_version == hidden_version && taken == hidden_taken;
     bool gone, gap, raced;
-    if ((rc = catch_up(a, &gone, &gap))) return rc;
-    if (gap) continue;
+    if ((rc = catch_up(a, taken && !trusted, &gone, &gap))) return rc;
+    if (gap) {
+      hidden_version = taken ? snap_version : -1;
+      hidden_taken = taken;
+      continue;
+    }
     if (gone && a->version > 0 && (rc = reset(a))) return rc; /* deleted since the snapshot */
     if (a->version > 0) return 0;
     if ((rc = settle_version(a, &raced)) || !raced) return rc;

@@ -517,6 +517,51 @@ KT_CASE(deletes_remove_the_snapshot_and_deleted_state_never_comes_back) {
   kt_store_close(&s);
 }
 
+/* decode() runs between the snapshot's load and the events' read: this one
+ * soft-deletes the stream there and recreates it, once. */
+static keel_es *race_es;
+static bool race_armed;
+
+static void *deleting_decode(const json_t *j, void *ud) {
+  if (race_armed) {
+    race_armed = false;
+    CHECK_OK(keel_es_delete_stream(race_es, "acct-rd", KEEL_ES_ANY));
+    json_t *p = json_pack("{s:i}", "amount", 1000);
+    keel_es_event_in ev = {.type = "Deposited", .payload = p};
+    CHECK_OK(keel_es_append(race_es, "acct-rd", KEEL_ES_ANY, &ev, 1, NULL));
+    json_decref(p);
+  }
+  return acct_decode(j, ud);
+}
+
+KT_CASE(a_delete_between_the_snapshot_and_the_events_is_seen) {
+  kt_store s;
+  keel_es *es = race_es = kt_store_open(&s, NULL);
+  keel_agg_def snap = with_snapshots(3);
+  snap.decode = deleting_decode;
+  keel_agg_result r;
+  CHECK_OK(deposit(es, &snap, "rd", 10, 3, &r)); /* snapshot at 3, the version deleted */
+  CHECK(r.snapshot_saved);
+  race_armed = true;
+  account a = load(es, &snap, "rd");
+  CHECK(!race_armed);
+  CHECK_EQ(a.balance, 1000); /* the recreated stream's event only */
+  CHECK_EQ(a.deposits, 1);
+  CHECK_EQ(a.version, 4);
+  /* and a truncation of exactly the snapshot's history keeps it in use */
+  CHECK_OK(deposit(es, &snap, "rd", 1, 2, &r)); /* 6: snapshot */
+  CHECK(r.snapshot_saved);
+  CHECK_OK(keel_es_truncate_before(es, "acct-rd", 7));
+  atomic_store(&decode_calls, 0);
+  a = load(es, &snap, "rd");
+  CHECK_EQ(a.balance, 1002);
+  CHECK_EQ(a.version, 6);
+  CHECK_EQ(atomic_load(&decode_calls), 2); /* its last event hidden: checked twice */
+  CHECK_OK(deposit(es, &snap, "rd", 1, 1, &r));
+  CHECK_EQ(r.version, 7);
+  kt_store_close(&s);
+}
+
 /* ---- decisions -------------------------------------------------------------------------- */
 
 static int emit_then_fail(const void *state, const void *c, keel_agg_decision *d) {
@@ -758,6 +803,7 @@ KT_MAIN(KT_ENTRY(snapshot_plus_tail_equals_full_replay),
         KT_ENTRY(an_older_save_never_replaces_a_newer_snapshot),
         KT_ENTRY(truncate_keeps_a_snapshot_that_joins_the_readable_events),
         KT_ENTRY(deletes_remove_the_snapshot_and_deleted_state_never_comes_back),
+        KT_ENTRY(a_delete_between_the_snapshot_and_the_events_is_seen),
         KT_ENTRY(a_rejection_is_returned_unchanged_and_nothing_is_appended),
         KT_ENTRY(upcasters_apply_on_the_aggregate_load),
         KT_ENTRY(concurrent_commands_all_succeed_through_retries),
