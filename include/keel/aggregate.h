@@ -83,7 +83,9 @@ typedef struct keel_agg_def {
   /* a new, empty state (NULL: out of memory) */
   void *(*init)(void *ud);
   /* folds one event into the state: 0, or a negative code that fails the
-   * load (logged with the stream and version) */
+   * load (logged with the stream and version; after a command's append the
+   * failure is logged and the command still answers 0: its events are
+   * stored) */
   int (*apply)(void *state, const keel_es_event *ev, void *ud);
   /* frees a state made by init or decode */
   void (*destroy)(void *state, void *ud);

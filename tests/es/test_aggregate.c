@@ -562,6 +562,41 @@ KT_CASE(a_delete_between_the_snapshot_and_the_events_is_seen) {
   kt_store_close(&s);
 }
 
+KT_CASE(a_store_of_schema_version_1_is_migrated_on_open) {
+  kt_store s;
+  keel_es *es = kt_store_open(&s, NULL);
+  CHECK_OK(kt_append_n(es, "old-1", KEEL_ES_NO_STREAM, "E", 3, 0, NULL));
+  keel_es_close(es);
+  s.es = NULL;
+  /* back to version 1: no snapshots table */
+  if (kt_es_pg_url()) {
+    char sql[256];
+    snprintf(sql, sizeof sql, "DROP TABLE %s.snapshots; UPDATE %s.keel_es_schema SET version = 1",
+             s.schema, s.schema);
+    CHECK_OK(kt_pg_exec(kt_es_pg_url(), sql, NULL, 0));
+  } else {
+    sqlite3 *db;
+    char path[600];
+    snprintf(path, sizeof path, "%s/es.db", s.dir);
+    CHECK_EQ(sqlite3_open(path, &db), SQLITE_OK);
+    CHECK_EQ(sqlite3_exec(db, "DROP TABLE snapshots; PRAGMA user_version = 1", NULL, NULL, NULL),
+             SQLITE_OK);
+    sqlite3_close(db);
+  }
+  CHECK_OK(keel_es_open(&(keel_es_opts){.url = s.url}, &s.es));
+  es = s.es;
+  CHECK(save(es, "old-1", 3, 1));
+  int64_t v = 0;
+  CHECK_EQ(snap_tag(es, "old-1", &v), 1);
+  CHECK_EQ(v, 3);
+  /* and opening again migrates nothing */
+  keel_es *es2;
+  CHECK_OK(keel_es_open(&(keel_es_opts){.url = s.url}, &es2));
+  CHECK_EQ(snap_tag(es2, "old-1", &v), 1);
+  keel_es_close(es2);
+  kt_store_close(&s);
+}
+
 /* ---- decisions -------------------------------------------------------------------------- */
 
 static int emit_then_fail(const void *state, const void *c, keel_agg_decision *d) {
@@ -804,6 +839,7 @@ KT_MAIN(KT_ENTRY(snapshot_plus_tail_equals_full_replay),
         KT_ENTRY(truncate_keeps_a_snapshot_that_joins_the_readable_events),
         KT_ENTRY(deletes_remove_the_snapshot_and_deleted_state_never_comes_back),
         KT_ENTRY(a_delete_between_the_snapshot_and_the_events_is_seen),
+        KT_ENTRY(a_store_of_schema_version_1_is_migrated_on_open),
         KT_ENTRY(a_rejection_is_returned_unchanged_and_nothing_is_appended),
         KT_ENTRY(upcasters_apply_on_the_aggregate_load),
         KT_ENTRY(concurrent_commands_all_succeed_through_retries),
