@@ -4,8 +4,8 @@
  * this file states them in SQL. A save is one transaction: the stream's row
  * read FOR KEY SHARE (so a concurrent soft or hard delete, which locks the
  * row FOR UPDATE, either commits before the check, which then sees it, or
- * waits for the save; appends, which only update non-key columns, are not
- * held up), the checks, then an INSERT ... ON CONFLICT DO UPDATE whose
+ * waits for the save; an append's row lock waits for it too, for the few
+ * statements it lasts), the checks, then an INSERT ... ON CONFLICT DO UPDATE whose
  * update is guarded by snapshots.version < excluded.version, so the newer of
  * two racing saves stays whichever commits last. A load is one statement.
  */
