@@ -24,5 +24,6 @@
 #include "keel/json.h"
 #include "keel/service.h"
 #include "keel/eventstore.h"
+#include "keel/aggregate.h"
 
 #endif

@@ -42,7 +42,8 @@
  * may be shared by every process of the node.
  *
  * OWNERSHIP. Inputs are borrowed for the call. Results (keel_es_events,
- * keel_es_stream_info) are the caller's: free them with their _free call.
+ * keel_es_stream_info, keel_es_snapshot) are the caller's: free them with
+ * their _free call.
  */
 #ifndef KEEL_EVENTSTORE_H
 #define KEEL_EVENTSTORE_H
@@ -331,6 +332,48 @@ int keel_es_transact(keel_es *es, const keel_es_append_req *reqs, size_t nreqs,
  * be attempted on PostgreSQL (use keel_es_transact). Call from a process. */
 int keel_es_query(keel_es *es, const char *sql, const char *const *params, size_t nparams,
                   keel_es_rows *rows);
+
+/* ---- snapshots ------------------------------------------------------------ */
+
+/* A snapshot is a stream's state folded up to a version, saved so that a
+ * reader can start there and read only the events after it (the aggregate
+ * layer, keel/aggregate.h, does both; these are its storage). One per
+ * stream: the newest. The state is any JSON value in the caller's format,
+ * numbered by schema_version (the caller's numbering: a reader that expects
+ * another version ignores it and rebuilds from events). */
+typedef struct keel_es_snapshot {
+  int64_t version;     /* the stream version the state includes (its last event) */
+  int schema_version;  /* the state's format, as saved */
+  json_t *state;       /* owned by the snapshot: keel_es_snapshot_free */
+  int64_t taken_at_ms; /* when it was saved (Unix ms) */
+} keel_es_snapshot;
+
+/* Saves state (borrowed; serialised at once) as the stream's snapshot at
+ * `version`, unless the stream already has one at this version or a newer
+ * one: a save never replaces a newer snapshot; it is 0 and does nothing
+ * (*stored, which may be NULL, says whether it wrote). Nor is a snapshot
+ * stored below the stream's truncated_before (0, *stored false): its history
+ * is no longer readable. A soft delete and a hard delete remove the stream's
+ * snapshot with it. schema_version 0 is 1. Errors: KEEL_EINVAL (stream id,
+ * version < 1, schema_version < 0, state NULL or not serialisable), KEEL_ENOENT (the
+ * stream has no events or is soft-deleted), KEEL_ERANGE (version above the
+ * stream's), KEEL_EIO, KEEL_ETIMEDOUT (as for appends), KEEL_ENOTPROC. On
+ * SQLite the write goes through the writer thread (and its group commit). */
+int keel_es_snapshot_save(keel_es *es, const char *stream, int64_t version, int schema_version,
+                          json_t *state, bool *stored);
+
+/* The stream's snapshot into *out (the caller frees it with
+ * keel_es_snapshot_free). A snapshot is returned only when it can be
+ * combined with the stream's readable events: the stream is not
+ * soft-deleted, and no event between the snapshot and the first readable
+ * version was truncated away (version >= truncated_before - 1; so
+ * keel_es_truncate_before(stream, snapshot.version + 1) keeps it usable).
+ * Errors: KEEL_ENOENT (none usable), KEEL_EINVAL, KEEL_EIO (the stored state
+ * does not parse; logged), KEEL_ETIMEDOUT, KEEL_ENOTPROC. */
+int keel_es_snapshot_load(keel_es *es, const char *stream, keel_es_snapshot *out);
+
+/* Frees what a loaded snapshot holds and zeroes it. NULL is ignored. */
+void keel_es_snapshot_free(keel_es_snapshot *s);
 
 /* ---- schema evolution ---------------------------------------------------- */
 

@@ -87,6 +87,10 @@ static int uuid_v4(char out[37]) {
   return 0;
 }
 
+int keel__es_uuid_v4(char out[37]) {
+  return uuid_v4(out);
+}
+
 static int encode_event(keel_es *es, const keel_es_event_in *in, es_row *row) {
   if (!in->type || !*in->type || strlen(in->type) > 255) return KEEL_EINVAL;
   if (in->schema_version < 0 || !in->payload) return KEEL_EINVAL;

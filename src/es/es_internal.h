@@ -8,12 +8,15 @@
  *   append.c  the public write calls: validation, encoding, submission
  *   read.c    the public read calls and the events they return
  *   upcast.c  the upcaster registry and its application on every read path
+ *   snapshot.c   the snapshot calls (save through the writer, load on a reader)
+ *   aggregate.c  aggregates: load (snapshot + tail), decide, append, retry
  * and the PostgreSQL backend, to which the public calls dispatch on es->kind:
  *   pg_conn.c    one libpq connection: connect, the asynchronous query loop
  *   pg_pool.c    the connection pool (min/max, acquire timeout, waiters)
  *   pg_schema.c  the versioned migrations on PostgreSQL
  *   pg_write.c   appends and stream management in one transaction per call
  *   pg_read.c    the reads, with the xid8 horizon of read_all
+ *   pg_snapshot.c  snapshot save and load on PostgreSQL
  */
 #ifndef KEEL_ES_INTERNAL_H
 #define KEEL_ES_INTERNAL_H
@@ -54,6 +57,7 @@ typedef enum es_req_kind {
   ES_REQ_HARD_DELETE, /* streams[0].stream */
   ES_REQ_SET_META,    /* streams[0].stream, text */
   ES_REQ_FN,          /* fn(db, fn_arg) on the writer's connection, outside any transaction */
+  ES_REQ_SNAPSHOT,    /* streams[0].stream, arg the version, arg2 the schema version, text */
 } es_req_kind;
 
 /* A request: heap, owned by the writer once submitted (it frees it after
@@ -74,12 +78,14 @@ typedef struct es_req {
   void *tx_arg;
   bool tx_internal; /* keel's own transaction: its tables may be written */
   double t0; /* submission time (monotonic s), for the duration histogram */
+  int64_t arg2;
 } es_req;
 
 typedef struct es_reply {
   int rc;
   size_t failed;
   size_t nresults;
+  bool stored;                     /* ES_REQ_SNAPSHOT: the snapshot was written */
   keel_es_append_result results[]; /* one per stream of an append */
 } es_reply;
 
@@ -173,6 +179,16 @@ bool keel__es_expected_ok(int64_t expected, int64_t actual, bool deleted);
  * res->duplicate), KEEL_EEXIST a mix. Both backends' lookups end here. */
 int keel__es_dup_verdict(size_t found, size_t given, size_t n, bool same,
                          keel_es_append_result *res);
+
+/* append.c: a new random (v4) UUID, lower-case. 0 or KEEL_EIO. */
+int keel__es_uuid_v4(char out[37]);
+
+/* snapshot.c: runs an ES_REQ_SNAPSHOT on the writer's connection, inside the
+ * writer's transaction (rep->stored says whether it wrote). */
+int keel__es_snapshot_write(keel_es *es, const es_req *r, es_reply *rep);
+/* snapshot.c: parses a stored state (text) into out->state. 0, or KEEL_EIO
+ * (it does not parse; logged with the stream and out->version). */
+int keel__es_snapshot_parse(const char *stream, const char *text, keel_es_snapshot *out);
 
 /* append.c: whether a stream id is valid (1-255 printable ASCII, no space). */
 bool keel__es_stream_ok(const char *stream);
@@ -339,5 +355,10 @@ void keel__es_pg_close(keel_es *es);
 int keel__es_pg_write(keel_es *es, const es_req *r, es_reply *rep);
 /* pg_read.c: runs a read call into c (c->rc is set and returned). */
 int keel__es_pg_read(keel_es *es, es_read_call *c);
+/* pg_snapshot.c: keel_es_snapshot_save and _load on PostgreSQL (arguments
+ * checked by snapshot.c; state is the JSON text). Call from a process. */
+int keel__es_pg_snapshot_save(keel_es *es, const char *stream, int64_t version, int schema_version,
+                              const char *state, bool *stored);
+int keel__es_pg_snapshot_load(keel_es *es, const char *stream, keel_es_snapshot *out);
 
 #endif

@@ -32,6 +32,10 @@
  *            TRUNCATE of events, unless the transaction-local setting
  *            keel.hard_delete is 'on' (set by keel_es_hard_delete, for
  *            DELETE only): append-only for every client of the database.
+ *
+ * Version 2:
+ *   snapshots  one row per stream, as on SQLite: its newest snapshot
+ *            (version, schema_version, state as json, taken_at in Unix ms).
  */
 #include <stdio.h>
 #include <stdlib.h>
@@ -91,6 +95,13 @@ static const char *const migrations[] = {
     "  FOR EACH ROW EXECUTE FUNCTION keel_es_events_guard();"
     "CREATE TRIGGER events_no_truncate BEFORE TRUNCATE ON events"
     "  FOR EACH STATEMENT EXECUTE FUNCTION keel_es_events_guard();",
+    /* 2 */
+    "CREATE TABLE snapshots ("
+    "  stream TEXT PRIMARY KEY,"
+    "  version BIGINT NOT NULL,"
+    "  schema_version INTEGER NOT NULL,"
+    "  state JSON NOT NULL,"
+    "  taken_at BIGINT NOT NULL);",
 };
 
 static const int pg_schema_version = (int)(sizeof migrations / sizeof migrations[0]);

@@ -366,6 +366,11 @@ static int do_other(keel_es *es, es_pgconn *c, const es_req *r, es_reply *rep) {
                                 "WHERE stream = $1",
                                 1, p1, NULL)))
       return rc;
+    /* the snapshot goes with the stream (snapshot.c) */
+    if (!deleted &&
+        (rc = keel__es_pg_query(pg, c, "soft-deleting a stream's snapshot",
+                                "DELETE FROM snapshots WHERE stream = $1", 1, p1, NULL)))
+      return rc;
     return keel__es_pg_query(pg, c, "soft-deleting a stream", "COMMIT", -1, NULL, NULL);
   }
   case ES_REQ_TRUNCATE: {
@@ -395,6 +400,9 @@ static int do_other(keel_es *es, es_pgconn *c, const es_req *r, es_reply *rep) {
     int n = PQntuples(res);
     PQclear(res);
     if (n == 0) return KEEL_ENOENT;
+    if ((rc = keel__es_pg_query(pg, c, "hard-deleting a stream's snapshot",
+                                "DELETE FROM snapshots WHERE stream = $1", 1, p1, NULL)))
+      return rc;
     if ((rc = keel__es_pg_query(pg, c, "hard delete", "COMMIT", -1, NULL, NULL))) return rc;
     keel_log_warn(NULL, "event store: stream hard-deleted", KEEL_STR("stream", stream));
     return 0;

@@ -23,6 +23,12 @@
  *   triggers refuse every UPDATE of events, and every DELETE unless the
  *            hard-delete flag is set: the table is append-only for anyone
  *            holding the file, not only for this code.
+ *
+ * Version 2:
+ *   snapshots  one row per stream: its newest snapshot (version, the state's
+ *            schema_version, the state as JSON text, taken_at in Unix ms).
+ *            Written by keel_es_snapshot_save only when newer than the row
+ *            (snapshot.c); removed with the stream by soft and hard delete.
  */
 #include "es/es_internal.h"
 
@@ -63,6 +69,13 @@ static const char *const migrations[] = {
     "  WHEN (SELECT hard_delete FROM es_control WHERE id = 1) = 0 BEGIN"
     "  SELECT RAISE(ABORT, 'events are append-only (keel_es_hard_delete removes a stream)');"
     "END;",
+    /* 2 */
+    "CREATE TABLE snapshots ("
+    "  stream TEXT PRIMARY KEY,"
+    "  version INTEGER NOT NULL,"
+    "  schema_version INTEGER NOT NULL,"
+    "  state TEXT NOT NULL,"
+    "  taken_at INTEGER NOT NULL) WITHOUT ROWID;",
 };
 
 const int keel__es_schema_version = (int)(sizeof migrations / sizeof migrations[0]);

@@ -261,6 +261,11 @@ static int exec_other(keel_es *es, es_req *r, es_reply *rep) {
       return KEEL_ECONFLICT;
     }
     if (deleted) return 0;
+    /* the snapshot goes with the stream: it must not bring the deleted
+     * history back when the stream is recreated */
+    if ((rc = exec_sql(es, "DELETE FROM snapshots WHERE stream = ?", stream, 0, false, NULL,
+                       "soft-deleting a stream's snapshot")))
+      return rc;
     return exec_sql(es,
                     "UPDATE streams SET deleted = 1, truncated_before = version + 1 "
                     "WHERE stream = ?",
@@ -279,6 +284,8 @@ static int exec_other(keel_es *es, es_req *r, es_reply *rep) {
                        "hard-deleting events")) ||
         (rc = exec_sql(es, "DELETE FROM streams WHERE stream = ?", stream, 0, false, NULL,
                        "hard-deleting a stream")) ||
+        (rc = exec_sql(es, "DELETE FROM snapshots WHERE stream = ?", stream, 0, false, NULL,
+                       "hard-deleting a stream's snapshot")) ||
         (rc = exec_sql(es, "UPDATE es_control SET hard_delete = 0 WHERE id = 1", NULL, 0, false,
                        NULL, "hard delete")))
       return rc;
@@ -289,6 +296,7 @@ static int exec_other(keel_es *es, es_req *r, es_reply *rep) {
                     "INSERT INTO streams (stream, metadata) VALUES (?, ?) "
                     "ON CONFLICT (stream) DO UPDATE SET metadata = excluded.metadata",
                     stream, 0, false, r->text, "setting a stream's metadata");
+  case ES_REQ_SNAPSHOT: return keel__es_snapshot_write(es, r, rep);
   default: return KEEL_EINVAL;
   }
 }
