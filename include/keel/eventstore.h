@@ -86,6 +86,15 @@ typedef struct keel_es_opts {
   int64_t
       acquire_timeout_ms; /* a call waiting for a connection gives up (KEEL_ETIMEDOUT); 0: 5000 */
   int64_t statement_timeout_ms; /* the server's statement_timeout on every connection; 0: 30000 */
+  /* Pool maintenance (PostgreSQL only; docs/eventstore.md, "the pool"). Each is
+   * ms; KEEL_INFINITY turns it off. */
+  int64_t pool_idle_timeout_ms; /* idle connections above pool_min are closed after
+                                   this long; 0: 300000 (5 min) */
+  int64_t pool_max_lifetime_ms; /* a connection this old is closed when released, or
+                                   when idle, and replaced as needed; 0: 1800000 (30 min) */
+  int64_t pool_ping_idle_ms;    /* a connection idle this long is pinged (an empty
+                                   query) before it is handed out, and idle ones are
+                                   pinged this often; 0: 5000 */
 } keel_es_opts;
 
 /* Opens (creating or migrating the schema as needed) the store. Call from a

@@ -234,7 +234,9 @@ int keel__es_upcast_page(keel_es *es, es_evec *ev, size_t start, const char *con
 typedef struct es_pgconn {
   struct es_pgconn *next; /* the idle list */
   PGconn *conn;
-  bool broken; /* an I/O error or a timeout: dropped when released */
+  bool broken;       /* an I/O error or a timeout: dropped when released */
+  double opened_at;  /* monotonic s: for pool_max_lifetime_ms */
+  double idle_since; /* monotonic s, set when it went idle: for the ping and idle recycling */
 } es_pgconn;
 
 /* A process waiting for a connection (on its stack, exits held). */
@@ -258,6 +260,14 @@ struct es_pg {
   size_t nwaiting;
   keel_gauge *g_in_use, *g_idle, *g_waiting; /* NULL without metrics */
   keel_histogram *h_acquire;
+  /* maintenance (pg_pool.c): seconds, < 0 when turned off */
+  double idle_timeout_s, max_lifetime_s, ping_idle_s;
+  double waiting_since;   /* monotonic s when nwaiting last rose from 0 (under mu) */
+  keel_pid_t maintainer;  /* the process that recycles, pings and refills; 0: none */
+  atomic_bool maint_stop; /* close tells it to stop ... */
+  atomic_bool maint_done; /* ... and it says it is gone (its on_exit) */
+  /* es_pool_recycled_total{reason="idle|lifetime|dead"}; NULL without metrics */
+  keel_counter *c_idle, *c_lifetime, *c_dead;
 };
 
 /* pg_conn.c: opens one connection (blocking: call on the blocking pool),
@@ -271,6 +281,18 @@ int keel__es_pg_connect(es_pg *pg, es_pgconn **out);
  * KEEL_EIO (anything else; logged with the server's message and `what`). */
 int keel__es_pg_query(es_pg *pg, es_pgconn *c, const char *what, const char *sql, int nparams,
                       const char *const *params, PGresult **out);
+/* pg_conn.c: an empty query on an idle connection, waiting at most timeout_ms:
+ * 0 when the server answered, KEEL_EIO or KEEL_ETIMEDOUT (c is then broken;
+ * not logged: the pool replaces it). Call from a process. */
+int keel__es_pg_ping(es_pgconn *c, int64_t timeout_ms);
+/* pg_conn.c: whether an idle connection's socket has something to read (a
+ * server that terminated the backend sent an error and closed it); reads it
+ * in. An idle connection should have nothing: the pool pings it then. */
+bool keel__es_pg_idle_input(es_pgconn *c);
+/* pg_pool.c: a snapshot of the pool for health: in use, idle, waiting, max,
+ * and how long processes have been waiting (0 when none waits). */
+void keel__es_pg_stats(keel_es *es, size_t *in_use, size_t *idle, size_t *waiting, size_t *max,
+                       double *waiting_for_s);
 /* pg_pool.c: checks a connection out of the pool, waiting without blocking
  * the scheduler at most acquire_timeout_ms. KEEL_ETIMEDOUT, KEEL_EIO. */
 int keel__es_pg_acquire(keel_es *es, es_pgconn **out);

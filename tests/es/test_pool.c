@@ -145,6 +145,144 @@ KT_CASE(idle_connections_the_server_killed_are_replaced_without_failing_a_call) 
   kt_store_rmdir(&s);
 }
 
+/* ---- maintenance: idle recycling, lifetime, the periodic ping --------------- */
+
+/* The backends of the store's connections (by application_name), as a
+ * comma-separated list of pids in *pids (may be NULL); returns how many. */
+static int backends(const char *url, const char *app, char *pids, size_t len) {
+  PGconn *c = PQconnectdb(url);
+  CHECK(PQstatus(c) == CONNECTION_OK);
+  char sql[256];
+  snprintf(sql, sizeof sql,
+           "SELECT count(*), coalesce(string_agg(pid::text, ',' ORDER BY pid), '') "
+           "FROM pg_stat_activity WHERE application_name = '%s'",
+           app);
+  PGresult *r = PQexec(c, sql);
+  CHECK(PQresultStatus(r) == PGRES_TUPLES_OK);
+  int n = (int)strtol(PQgetvalue(r, 0, 0), NULL, 10);
+  if (pids) snprintf(pids, len, "%s", PQgetvalue(r, 0, 1));
+  PQclear(r);
+  PQfinish(c);
+  return n;
+}
+
+/* A store whose connections carry a name of their own (to find them in
+ * pg_stat_activity). */
+static keel_es *open_named(kt_store *s, char *app, size_t applen, keel_es_opts o) {
+  static int serial;
+  kt_store_mkdir(s);
+  snprintf(app, applen, "kt_pool_%d_%d", (int)getpid(), ++serial);
+  static char url[1400];
+  snprintf(url, sizeof url, "%s&application_name=%s", s->url, app);
+  o.url = url;
+  CHECK_OK(keel_es_open(&o, &s->es));
+  return s->es;
+}
+
+/* Waits (polling, up to 20 s: timing never decides the verdict, only
+ * whether the state is reached) until the store has `want` backends. */
+static bool await_backends(const char *url, const char *app, int want, char *pids, size_t len) {
+  for (int i = 0; i < 2000; i++) {
+    if (backends(url, app, pids, len) == want) return true;
+    keel_sleep(10);
+  }
+  return false;
+}
+
+KT_CASE(idle_connections_above_pool_min_are_closed_after_the_idle_timeout) {
+  KT_PG_ONLY();
+  kt_store s;
+  char app[64];
+  keel_metrics *reg;
+  CHECK_OK(keel_metrics_new(&reg, 0));
+  keel_es *es = open_named(
+      &s, app, sizeof app,
+      (keel_es_opts){.pool_min = 1, .pool_max = 4, .metrics = reg, .pool_idle_timeout_ms = 100});
+  enum { N = 12 };
+  writer_arg w[N];
+  keel_ref_t refs[N];
+  for (int i = 0; i < N; i++) {
+    w[i] = (writer_arg){.es = es, .i = i, .rc = 1};
+    keel_spawn_opts so;
+    keel_spawn_opts_init(&so);
+    so.monitor = true;
+    so.monitor_ref = &refs[i];
+    CHECK_OK(keel_spawn(writer, &w[i], &so, NULL));
+  }
+  await_all(refs, N);
+  for (int i = 0; i < N; i++)
+    CHECK_OK(w[i].rc);
+  /* back down to pool_min, with no call to trigger it */
+  CHECK(await_backends(s.url, app, 1, NULL, 0));
+  keel_metrics_buf b = {0};
+  CHECK_OK(keel_metrics_render(reg, KEEL_METRICS_TEXT, &b));
+  CHECK(strstr(b.data, "es_pool_connections{state=\"idle\"} 1") != NULL);
+  CHECK(strstr(b.data, "es_pool_recycled_total{reason=\"idle\"}") != NULL);
+  CHECK(strstr(b.data, "es_pool_recycled_total{reason=\"idle\"} 0\n") == NULL);
+  keel_metrics_buf_free(&b);
+  CHECK_OK(kt_append_n(es, "after-idle", KEEL_ES_NO_STREAM, "T", 1, 0, NULL));
+  kt_store_close(&s);
+  keel_metrics_free(reg);
+}
+
+KT_CASE(connections_older_than_the_max_lifetime_are_replaced) {
+  KT_PG_ONLY();
+  kt_store s;
+  char app[64], before[256], after[256];
+  keel_es *es =
+      open_named(&s, app, sizeof app,
+                 (keel_es_opts){.pool_min = 1, .pool_max = 2, .pool_max_lifetime_ms = 150});
+  CHECK_OK(kt_append_n(es, "life-1", KEEL_ES_NO_STREAM, "T", 1, 0, NULL));
+  CHECK(await_backends(s.url, app, 1, before, sizeof before));
+  /* the maintainer replaces it (closed, then opened again up to pool_min) */
+  bool replaced = false;
+  for (int i = 0; i < 2000 && !replaced; i++) {
+    replaced = backends(s.url, app, after, sizeof after) == 1 && strcmp(before, after) != 0;
+    if (!replaced) keel_sleep(10);
+  }
+  CHECK(replaced);
+  /* and calls go on without an error all along */
+  for (int i = 0; i < 5; i++) {
+    CHECK_OK(kt_append_n(es, "life-1", KEEL_ES_ANY, "T", 1, 0, NULL));
+    keel_sleep(50);
+  }
+  kt_store_close(&s);
+}
+
+KT_CASE(the_periodic_ping_replaces_dead_idle_connections_before_any_call) {
+  KT_PG_ONLY();
+  kt_store s;
+  char app[64], before[256], after[256];
+  keel_metrics *reg;
+  CHECK_OK(keel_metrics_new(&reg, 0));
+  keel_es *es = open_named(
+      &s, app, sizeof app,
+      (keel_es_opts){.pool_min = 2, .pool_max = 4, .pool_ping_idle_ms = 50, .metrics = reg});
+  CHECK(await_backends(s.url, app, 2, before, sizeof before));
+  char sql[256];
+  snprintf(sql, sizeof sql,
+           "SELECT pg_terminate_backend(pid, 10000) FROM pg_stat_activity "
+           "WHERE application_name = '%s'",
+           app);
+  CHECK_OK(kt_pg_exec(s.url, sql, NULL, 0));
+  bool replaced = false;
+  for (int i = 0; i < 2000 && !replaced; i++) {
+    replaced = backends(s.url, app, after, sizeof after) == 2 && strcmp(before, after) != 0;
+    if (!replaced) keel_sleep(10);
+  }
+  CHECK(replaced);
+  keel_metrics_buf b = {0};
+  CHECK_OK(keel_metrics_render(reg, KEEL_METRICS_TEXT, &b));
+  CHECK(strstr(b.data, "es_pool_recycled_total{reason=\"dead\"} 2") != NULL);
+  keel_metrics_buf_free(&b);
+  CHECK_OK(kt_append_n(es, "ping-1", KEEL_ES_NO_STREAM, "T", 1, 0, NULL));
+  kt_store_close(&s);
+  keel_metrics_free(reg);
+}
+
 KT_MAIN(KT_ENTRY(many_processes_share_two_connections),
         KT_ENTRY(a_call_that_gets_no_connection_in_time_times_out),
-        KT_ENTRY(idle_connections_the_server_killed_are_replaced_without_failing_a_call))
+        KT_ENTRY(idle_connections_the_server_killed_are_replaced_without_failing_a_call),
+        KT_ENTRY(idle_connections_above_pool_min_are_closed_after_the_idle_timeout),
+        KT_ENTRY(connections_older_than_the_max_lifetime_are_replaced),
+        KT_ENTRY(the_periodic_ping_replaces_dead_idle_connections_before_any_call))
