@@ -52,6 +52,7 @@
 #include <stddef.h>
 #include <stdint.h>
 
+#include "keel/health.h"
 #include "keel/metrics.h"
 
 #ifdef __cplusplus
@@ -285,6 +286,43 @@ typedef int (*keel_es_upcast_fn)(const keel_es_event *in, keel_es_upcast_out *ou
  * (one is registered for that type and version). */
 int keel_es_upcaster(keel_es *es, const char *type, int from_version, keel_es_upcast_fn fn,
                      void *ud);
+
+/* ---- health -------------------------------------------------------------- */
+
+/* Zeroed: the defaults. */
+typedef struct keel_es_health_opts {
+  const char *name;        /* the check's name (copied); NULL: "eventstore" */
+  bool optional;           /* zeroed: required (critical makes the node not ready) */
+  int64_t timeout_ms;      /* the health module's deadline for the check; 0: 2000 */
+  int64_t horizon_warn_ms; /* PostgreSQL: warning once one transaction has held read_all's
+                              horizon this long; 0: 30000; KEEL_INFINITY: never */
+  int64_t waiting_warn_ms; /* PostgreSQL: warning once processes have waited this long for a
+                              pooled connection; 0: 1000; KEEL_INFINITY: never */
+} keel_es_health_opts;
+
+/* Checks the store (o NULL: defaults). SQLite: the writer thread takes and
+ * drops the write lock (nothing written) and the file is writable; else
+ * KEEL_HEALTH_CRITICAL. PostgreSQL: a pooled connection answers (else
+ * critical); the oldest open transaction that holds an id (what holds
+ * read_all back) is reported, and the check warns when it has been open
+ * horizon_warn_ms, its message naming the backend's pid, application_name,
+ * state and how long; the pool warns when processes have waited
+ * waiting_warn_ms for a connection (and then runs no query of its own).
+ * res->message says why on a warning or a failure; res->details gets a JSON
+ * object: {"backend", "pool": {in_use, idle, waiting, max, waiting_s},
+ * "horizon": {backend, application_name, state, held_ms} or null} on
+ * PostgreSQL, {"backend", "writer_ms"} on SQLite. Seeing other roles'
+ * sessions in pg_stat_activity takes the pg_read_all_stats role. Call from a
+ * keel process; it waits (the writer, the pool, the server). */
+keel_health_status keel_es_health(keel_es *es, const keel_es_health_opts *o,
+                                  keel_health_result *res);
+
+/* Registers keel_es_health as a health check (keel_health_register_check)
+ * with o's name, required flag and timeout (o is copied; NULL: defaults).
+ * Unregister it (keel_health_unregister(name)) before keel_es_close. Errors
+ * as keel_health_register_check: KEEL_EEXIST (the name is taken),
+ * KEEL_EINVAL, KEEL_ENOMEM. Any thread. */
+int keel_es_health_register(keel_es *es, const keel_es_health_opts *o);
 
 #ifdef __cplusplus
 }
