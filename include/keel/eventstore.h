@@ -287,6 +287,25 @@ typedef int (*keel_es_upcast_fn)(const keel_es_event *in, keel_es_upcast_out *ou
 int keel_es_upcaster(keel_es *es, const char *type, int from_version, keel_es_upcast_fn fn,
                      void *ud);
 
+/* ---- pool sizing --------------------------------------------------------- */
+
+/* Pool sizes for one of `instances` keel instances that share a PostgreSQL
+ * server whose max_connections is max_connections, leaving `reserved`
+ * connections to everything else (superuser_reserved_connections, psql,
+ * monitoring, migrations; < 0: 10% of max_connections). The rule of
+ * eventsource-py's production guide: each instance gets
+ * per = (max_connections - reserved) / instances connections, so that every
+ * instance at its maximum still fits; *pool_max = per and *pool_min =
+ * max(2, per / 3), never above per (its pool_size : max_overflow of 1 : 2).
+ * E.g. 4 instances, max_connections 100: 22 and 7. Set keel_es_opts's
+ * pool_max and pool_min from it (and count any other pools the instances
+ * open, such as a listener's connection, in reserved). Errors: KEEL_EINVAL
+ * (instances < 1, max_connections < 1, a NULL out), KEEL_ERANGE (fewer than
+ * one connection per instance: add connections or a pooler such as
+ * PgBouncer). Any thread. */
+int keel_es_pool_size(int instances, int max_connections, int reserved, size_t *pool_min,
+                      size_t *pool_max);
+
 /* ---- health -------------------------------------------------------------- */
 
 /* Zeroed: the defaults. */

@@ -536,3 +536,18 @@ void keel__es_pg_close(keel_es *es) {
   free(pg);
   es->pg = NULL;
 }
+
+/* ---- sizing (keel_es_pool_size) ------------------------------------------------------ */
+
+int keel_es_pool_size(int instances, int max_connections, int reserved, size_t *pool_min,
+                      size_t *pool_max) {
+  if (instances < 1 || max_connections < 1 || !pool_min || !pool_max) return KEEL_EINVAL;
+  /* the reference keeps int(max_connections * 0.9): its reserve rounds up */
+  if (reserved < 0) reserved = max_connections - (int)((int64_t)max_connections * 9 / 10);
+  int per = (max_connections - reserved) / instances;
+  if (per < 1) return KEEL_ERANGE;
+  *pool_max = (size_t)per;
+  *pool_min = per / 3 > 2 ? (size_t)(per / 3) : 2;
+  if (*pool_min > *pool_max) *pool_min = *pool_max;
+  return 0;
+}

@@ -280,7 +280,39 @@ KT_CASE(the_periodic_ping_replaces_dead_idle_connections_before_any_call) {
   keel_metrics_free(reg);
 }
 
-KT_MAIN(KT_ENTRY(many_processes_share_two_connections),
+/* ---- sizing ------------------------------------------------------------------ */
+
+static void sized(int instances, int max_connections, int reserved, size_t want_min,
+                  size_t want_max) {
+  size_t mn = 0, mx = 0;
+  CHECK_OK(keel_es_pool_size(instances, max_connections, reserved, &mn, &mx));
+  CHECK_EQ(mn, want_min);
+  CHECK_EQ(mx, want_max);
+  CHECK(mx * (size_t)instances <= (size_t)max_connections);
+}
+
+KT_CASE(the_pool_size_helper_follows_the_reference_formula) {
+  /* eventsource-py: usable = int(max * 0.9), per = usable // instances,
+   * pool_size = max(2, per // 3), max_overflow = per - pool_size */
+  sized(1, 100, -1, 30, 90);
+  sized(2, 100, -1, 15, 45);
+  sized(4, 100, -1, 7, 22);
+  sized(8, 100, -1, 3, 11);
+  sized(3, 97, -1, 9, 29);  /* int(97 * 0.9) = 87 */
+  sized(4, 100, 20, 6, 20); /* an explicit reserve */
+  sized(4, 100, 0, 8, 25);
+  sized(30, 100, -1, 2, 3); /* pool_min's floor of 2 */
+  sized(90, 100, -1, 1, 1); /* ... but never above pool_max */
+  size_t mn, mx;
+  CHECK_EQ(keel_es_pool_size(91, 100, -1, &mn, &mx), KEEL_ERANGE);
+  CHECK_EQ(keel_es_pool_size(1, 10, 10, &mn, &mx), KEEL_ERANGE);
+  CHECK_EQ(keel_es_pool_size(0, 100, -1, &mn, &mx), KEEL_EINVAL);
+  CHECK_EQ(keel_es_pool_size(1, 0, -1, &mn, &mx), KEEL_EINVAL);
+  CHECK_EQ(keel_es_pool_size(1, 100, -1, NULL, &mx), KEEL_EINVAL);
+}
+
+KT_MAIN(KT_ENTRY(the_pool_size_helper_follows_the_reference_formula),
+        KT_ENTRY(many_processes_share_two_connections),
         KT_ENTRY(a_call_that_gets_no_connection_in_time_times_out),
         KT_ENTRY(idle_connections_the_server_killed_are_replaced_without_failing_a_call),
         KT_ENTRY(idle_connections_above_pool_min_are_closed_after_the_idle_timeout),
