@@ -10,7 +10,9 @@
  *   upcast.c  the upcaster registry and its application on every read path
  * and the PostgreSQL backend, to which the public calls dispatch on es->kind:
  *   pg_conn.c    one libpq connection: connect, the asynchronous query loop
- *   pg_pool.c    the connection pool (min/max, acquire timeout, waiters)
+ *   pg_pool.c    the connection pool (min/max, acquire timeout, waiters,
+ *                the maintainer: idle recycling, lifetime, pings; the size helper)
+ *   store_health.c  the health check of both backends
  *   pg_schema.c  the versioned migrations on PostgreSQL
  *   pg_write.c   appends and stream management in one transaction per call
  *   pg_read.c    the reads, with the xid8 horizon of read_all

@@ -19,12 +19,22 @@
  *
  * keel__es_pg_open makes the pool, opens pool_min connections and migrates
  * the schema on the first (pg_schema.c). Metrics, with opts.metrics:
- * es_pool_connections{state="in_use|idle"}, es_pool_waiting and
- * es_pool_acquire_seconds.
+ * es_pool_connections{state="in_use|idle"}, es_pool_waiting,
+ * es_pool_acquire_seconds and es_pool_recycled_total{reason}.
  *
- * Not here yet: idle recycling and a periodic health ping (a connection
- * that died while idle is found broken at its next use, that call fails
- * with KEEL_EIO, and the next one gets a fresh connection).
+ * Dead idle connections. An idle connection is checked when acquire takes
+ * it, before anything is sent on it (usable(): a poll for the error a
+ * terminated backend leaves behind, and a ping when it was idle long), and
+ * a dead one is dropped for the next: a server restart or a killed backend
+ * costs no call an error. A connection that dies while in use still fails
+ * its call (KEEL_EIO): keel never resends what may have reached the server.
+ *
+ * Maintenance. A process of the pool's own (maintain(), started at open,
+ * stopped and awaited by close) sweeps the idle list periodically: it closes
+ * connections idle past pool_idle_timeout_ms down to pool_min and those
+ * past pool_max_lifetime_ms, pings those idle for pool_ping_idle_ms (taken
+ * off the list meanwhile, so no caller gets one mid-ping) and opens
+ * connections back up to pool_min.
  */
 #include <stdlib.h>
 #include <string.h>
