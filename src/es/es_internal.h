@@ -241,6 +241,18 @@ typedef struct es_pgconn {
   double idle_since; /* monotonic s, set when it went idle: for the ping and idle recycling */
 } es_pgconn;
 
+/* An append waiting in a group commit (pg_group.c), on its process's stack
+ * (exits held). */
+typedef struct es_pggm {
+  struct es_pggm *next; /* the queue */
+  keel_pid_t pid;
+  keel_ref_t ref;
+  const es_stream_req *s;     /* the append (borrowed) */
+  keel_es_append_result *res; /* its result, written by the leader */
+  int rc;                     /* its code, written by the leader */
+  bool done, lead;            /* the one reply it gets: its result, or the leadership */
+} es_pggm;
+
 /* A process waiting for a connection (on its stack, exits held). */
 typedef struct es_pgwaiter {
   struct es_pgwaiter *next;
@@ -270,6 +282,10 @@ struct es_pg {
   atomic_bool maint_done; /* ... and it says it is gone (its on_exit) */
   /* es_pool_recycled_total{reason="idle|lifetime|dead"}; NULL without metrics */
   keel_counter *c_idle, *c_lifetime, *c_dead;
+  /* group commit (pg_group.c): guarded by gmu */
+  pthread_mutex_t gmu;
+  es_pggm *gq, *gq_tail; /* appends waiting for a group */
+  int nleaders;          /* groups running */
 };
 
 /* pg_conn.c: opens one connection (blocking: call on the blocking pool),
@@ -312,6 +328,12 @@ void keel__es_pg_close(keel_es *es);
 /* pg_write.c: runs a write request (the caller keeps ownership of r); rep
  * has r->nstreams results. Call from a process. Returns rep->rc. */
 int keel__es_pg_write(keel_es *es, const es_req *r, es_reply *rep);
+/* pg_group.c: whether an append can be folded into a group (one stream, no
+ * caller-given ids). */
+bool keel__es_pg_groupable(const es_req *r);
+/* pg_group.c: runs a groupable append in a group commit (the caller holds
+ * its exits); rep->results[0] and the return as keel__es_pg_write. */
+int keel__es_pg_group_append(keel_es *es, const es_req *r, es_reply *rep);
 /* pg_read.c: runs a read call into c (c->rc is set and returned). */
 int keel__es_pg_read(keel_es *es, es_read_call *c);
 

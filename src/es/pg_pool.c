@@ -486,6 +486,7 @@ int keel__es_pg_open(keel_es *es, const char *url, const keel_es_opts *o) {
   es_pg *pg = calloc(1, sizeof *pg);
   if (!pg) return KEEL_ENOMEM;
   pthread_mutex_init(&pg->mu, NULL);
+  pthread_mutex_init(&pg->gmu, NULL);
   es->pg = pg;
   if (!(pg->url = strdup(url))) return KEEL_ENOMEM;
   pg->max = o->pool_max ? o->pool_max : 10;
@@ -542,6 +543,7 @@ void keel__es_pg_close(keel_es *es) {
   pg->nidle = pg->total = 0;
   gauges(pg);
   pthread_mutex_destroy(&pg->mu);
+  pthread_mutex_destroy(&pg->gmu);
   free(pg->url);
   free(pg);
   es->pg = NULL;

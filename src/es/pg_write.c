@@ -431,8 +431,10 @@ int keel__es_pg_write(keel_es *es, const es_req *r, es_reply *rep) {
   /* exits wait until the connection is back in the pool */
   int held = keel_hold_exits(true);
   es_pgconn *c = NULL;
-  int rc = keel__es_pg_acquire(es, &c);
-  if (rc == 0) {
+  int rc;
+  if (keel__es_pg_groupable(r)) { /* folded with concurrent appends: pg_group.c */
+    rc = keel__es_pg_group_append(es, r, rep);
+  } else if ((rc = keel__es_pg_acquire(es, &c)) == 0) {
     rc = r->kind == ES_REQ_APPEND ? do_append(es, c, r, rep) : do_other(es, c, r, rep);
     if (rc != 0 && PQtransactionStatus(c->conn) != PQTRANS_IDLE)
       keel__es_pg_query(es->pg, c, "rolling back", "ROLLBACK", -1, NULL, NULL);
