@@ -334,6 +334,11 @@ bool keel__es_pg_groupable(const es_req *r);
 /* pg_group.c: runs a groupable append in a group commit (the caller holds
  * its exits); rep->results[0] and the return as keel__es_pg_write. */
 int keel__es_pg_group_append(keel_es *es, const es_req *r, es_reply *rep);
+/* pg_group.c: takes the streams' turns in the current transaction (advisory
+ * locks held to its end, taking no transaction id), before keel_es_reserve:
+ * appends to one stream then reserve positions in the order they write it,
+ * so its versions follow its positions. 0 or keel__es_pg_query's errors. */
+int keel__es_pg_stream_turns(es_pg *pg, es_pgconn *c, const char *const *streams, size_t n);
 /* pg_read.c: runs a read call into c (c->rc is set and returned). */
 int keel__es_pg_read(keel_es *es, es_read_call *c);
 

@@ -17,7 +17,11 @@
  * How. Flat combining. An append that finds fewer than max_leaders groups
  * running leads one: it takes itself and every append queued (up to
  * group_max_events events), checks a connection out and runs
- *   BEGIN; SELECT keel_es_reserve(N)   every position of the group, with the
+ *   BEGIN
+ *   the streams' turns                 a transaction-scoped advisory lock per
+ *                                      stream, taken before the positions (see
+ *                                      below)
+ *   SELECT keel_es_reserve(N)          every position of the group, with the
  *                                      transaction's id (the xid8 horizon's
  *                                      rule, decision 0010: ids and positions
  *                                      assigned together, before any write)
@@ -38,6 +42,16 @@
  * conflict does on the other path. If the transaction fails (the server, the
  * connection), every append of the group that passed its check gets the
  * error and nothing of the group is stored, as on SQLite.
+ *
+ * A stream's versions follow its positions. Positions are reserved before
+ * the stream's row is locked (the horizon needs the reserve first, before
+ * anything assigns the transaction an id), so without more, a transaction
+ * that reserved later could lock the stream first and give a higher
+ * version a lower position: read_all would then show that stream's events
+ * out of version order. keel__es_pg_stream_turns takes each stream's turn
+ * before the reserve, with advisory locks that assign no transaction id,
+ * so whoever reserves first for a stream also writes it first. pg_write.c's
+ * appends take the same turns.
  */
 #include <stdlib.h>
 #include <string.h>
@@ -97,6 +111,35 @@ static void gb_json_string(gbuf *b, const char *s) {
   }
   gb_str(b, t);
   free(t);
+}
+
+/* ---- a stream's turn ------------------------------------------------------------------ */
+
+int keel__es_pg_stream_turns(es_pg *pg, es_pgconn *c, const char *const *streams, size_t n) {
+  gbuf b = {0};
+  gb_str(&b, "[");
+  for (size_t i = 0; i < n; i++) {
+    if (i) gb_str(&b, ",");
+    gb_json_string(&b, streams[i]);
+  }
+  gb_str(&b, "]");
+  if (b.oom) {
+    free(b.p);
+    return KEEL_ENOMEM;
+  }
+  const char *params[1] = {b.p};
+  /* transaction-scoped advisory locks (they take no transaction id), keyed by
+   * this schema's streams table and the name's hash, in hash order (one
+   * order for every transaction: no deadlock; two names of one hash just
+   * take turns) */
+  int rc = keel__es_pg_query(pg, c, "waiting for the streams' turn",
+                             "SELECT count(pg_advisory_xact_lock("
+                             "'streams'::regclass::oid::integer, h)) FROM "
+                             "(SELECT DISTINCT hashtext(value) AS h "
+                             "FROM json_array_elements_text($1::json) ORDER BY 1) s",
+                             1, params, NULL);
+  free(b.p);
+  return rc;
 }
 
 /* ---- the queue -------------------------------------------------------------------- */
@@ -322,9 +365,16 @@ static void run_group(keel_es *es, es_pggm **batch, size_t nb) {
   int rc = gs ? keel__es_pg_acquire(es, &c) : KEEL_ENOMEM;
   if (rc == 0) {
     char sql[80];
-    snprintf(sql, sizeof sql, "BEGIN; SELECT keel_es_reserve(%zu)", events);
+    snprintf(sql, sizeof sql, "SELECT keel_es_reserve(%zu)", events);
+    const char **names = malloc(ns * sizeof *names);
+    for (size_t i = 0; names && i < ns; i++)
+      names[i] = gs[i].name;
     PGresult *res = NULL;
-    rc = keel__es_pg_query(pg, c, "starting an append (group)", sql, -1, NULL, &res);
+    rc = names ? keel__es_pg_query(pg, c, "starting an append (group)", "BEGIN", -1, NULL, NULL)
+               : KEEL_ENOMEM;
+    if (rc == 0) rc = keel__es_pg_stream_turns(pg, c, names, ns);
+    free(names);
+    if (rc == 0) rc = keel__es_pg_query(pg, c, "reserving positions (group)", sql, -1, NULL, &res);
     int64_t pos = rc == 0 ? strtoll(PQgetvalue(res, 0, 0), NULL, 10) : 0;
     PQclear(res);
     if (rc == 0) rc = lock_streams(pg, c, gs, ns);

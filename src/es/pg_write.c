@@ -12,6 +12,9 @@
  *                                      this stream in order -> the original
  *                                      result, duplicate (that stream writes
  *                                      nothing); some -> KEEL_EEXIST
+ *   the streams' turns                 advisory locks, so that a stream's
+ *                                      versions follow its positions
+ *                                      (pg_group.c)
  *   SELECT keel_es_reserve(n)          the transaction's id and the n positions
  *                                      of the new events, assigned together
  *                                      (pg_schema.c)
@@ -31,9 +34,8 @@
  * conflict leaves a hole in the positions (they are never reused; holes are
  * allowed).
  *
- * Group commit is SQLite's device for its one writer; PostgreSQL commits
- * concurrent transactions in parallel (and groups their WAL flushes itself),
- * so it is not used here.
+ * Simple appends (one stream, no given ids) do not come here: pg_group.c
+ * folds concurrent ones into one transaction (group commit).
  */
 #include <stdlib.h>
 #include <string.h>
@@ -276,6 +278,19 @@ static int append_stream(es_pg *pg, es_pgconn *c, const es_stream_req *s, int64_
   return 0;
 }
 
+/* The turns of the streams this append writes, before its positions
+ * (pg_group.c: a stream's versions then follow its positions). */
+static int take_turns(es_pg *pg, es_pgconn *c, const es_req *r, const bool *dup) {
+  const char **names = malloc(r->nstreams * sizeof *names);
+  if (!names) return KEEL_ENOMEM;
+  size_t n = 0;
+  for (size_t k = 0; k < r->nstreams; k++)
+    if (!dup[k]) names[n++] = r->streams[k].stream;
+  int rc = keel__es_pg_stream_turns(pg, c, names, n);
+  free(names);
+  return rc;
+}
+
 /* One attempt: the idempotency checks first (plain reads: no transaction id
  * yet, and a batch that is all duplicates uses no position), then the
  * positions, then each stream under its row lock. */
@@ -298,7 +313,8 @@ static int append_once(keel_es *es, es_pgconn *c, const es_req *r, es_reply *rep
     if (!dup[k]) nnew += r->streams[k].n;
   }
   rc = 0;
-  if (nnew > 0) {
+  if (nnew > 0) rc = take_turns(pg, c, r, dup);
+  if (nnew > 0 && rc == 0) {
     char sql[64];
     snprintf(sql, sizeof sql, "SELECT keel_es_reserve(%zu)", nnew);
     PGresult *res;
