@@ -281,11 +281,17 @@ static char **g_argv;
  *                      each committing multi-row INSERTs of the same 100 rows
  *   es_pg_single64     single-event appends from 64 processes at once, vs 64
  *                      threads/connections each committing single-row INSERTs
- * keel's pool gets as many connections as the raw side has ($BENCH_ES_PG_POOL
- * overrides: e.g. 10, keel's default). */
+ * keel runs with its defaults: a pool of at most 10 connections (the raw side
+ * has 16 or 64), and simple appends folded by its group commit (pg_group.c);
+ * $BENCH_ES_PG_POOL sets pool_min and pool_max instead. */
 
 static const char *pg_url;
 static int pg_serial;
+
+static void pg_quiet(void *arg, const char *msg) {
+  (void)arg;
+  (void)msg;
+}
 
 static PGconn *pg_raw_connect(const char *url) {
   PGconn *c = PQconnectdb(url);
@@ -293,6 +299,7 @@ static PGconn *pg_raw_connect(const char *url) {
     fprintf(stderr, "bench_es: %s\n", PQerrorMessage(c));
     exit(2);
   }
+  PQsetNoticeProcessor(c, pg_quiet, NULL);
   return c;
 }
 
@@ -352,12 +359,12 @@ static void *pg_raw_worker(void *arg) {
       /* its own stream per batch, or per thread for single rows */
       int version = t->per_tx > 1 ? k + 1 : x + 1;
       unsigned long long n = ((unsigned long long)t->index << 32) | (unsigned)(x * t->per_tx + k);
-      len += (size_t)snprintf(
-          sql + len, cap - len,
-          "%s(nextval('events_position_seq'), 'raw-%d-%d', %d, "
-          "'%08llx-0000-4000-8000-%012llx', 'OrderPlaced', 1, '%s', %lld, %lld)",
-          k ? "," : "", t->index, t->per_tx > 1 ? x : 0, version, n >> 32,
-          n & 0xffffffffffffULL, payload_text, now_ms, now_ms);
+      len +=
+          (size_t)snprintf(sql + len, cap - len,
+                           "%s(nextval('events_position_seq'), 'raw-%d-%d', %d, "
+                           "'%08llx-0000-4000-8000-%012llx', 'OrderPlaced', 1, '%s', %lld, %lld)",
+                           k ? "," : "", t->index, t->per_tx > 1 ? x : 0, version, n >> 32,
+                           n & 0xffffffffffffULL, payload_text, now_ms, now_ms);
     }
     pg_raw_exec(c, sql); /* one statement: its own transaction, one commit */
   }
@@ -408,8 +415,8 @@ static void pg_keel_writer(void *arg) {
   char stream[48];
   for (int x = 0; x < w->appends; x++) {
     snprintf(stream, sizeof stream, "order-%d-%d", w->index, w->per_append > 1 ? x : 0);
-    int rc = keel_es_append(w->es, stream, w->per_append > 1 ? KEEL_ES_NO_STREAM : KEEL_ES_ANY,
-                            ev, (size_t)w->per_append, NULL);
+    int rc = keel_es_append(w->es, stream, w->per_append > 1 ? KEEL_ES_NO_STREAM : KEEL_ES_ANY, ev,
+                            (size_t)w->per_append, NULL);
     if (rc) die("append (pg)", rc);
   }
   json_decref(p);
@@ -423,11 +430,8 @@ static double pg_keel_run(const char *url, size_t pool, int procs, int appends, 
   pg_writer w[64];
   double t0 = now_s();
   for (int i = 0; i < procs; i++) {
-    w[i] = (pg_writer){.es = es,
-                       .parent = keel_self(),
-                       .index = i,
-                       .appends = appends,
-                       .per_append = per_append};
+    w[i] = (pg_writer){
+        .es = es, .parent = keel_self(), .index = i, .appends = appends, .per_append = per_append};
     keel_spawn(pg_keel_writer, &w[i], NULL, NULL);
   }
   for (int i = 0; i < procs; i++) {
@@ -445,7 +449,7 @@ static double pg_keel_run(const char *url, size_t pool, int procs, int appends, 
 static void pg_pair(const char *name, int procs, int appends, int per_append) {
   double k[32], r[32];
   const char *ps = getenv("BENCH_ES_PG_POOL");
-  size_t pool = ps && atoi(ps) > 0 ? (size_t)atoi(ps) : (size_t)procs;
+  size_t pool = ps && atoi(ps) > 0 ? (size_t)atoi(ps) : 0; /* 0: keel's default */
   for (int i = 0; i < rounds; i++) {
     char url[1400], schema[64];
     pg_fresh_schema(url, sizeof url, schema, sizeof schema);
@@ -456,8 +460,8 @@ static void pg_pair(const char *name, int procs, int appends, int per_append) {
     keel_blocking(pg_raw_run, &j);
     r[i] = (double)procs * appends * per_append / j.secs;
     pg_drop_schema(schema);
-    fprintf(stderr, "  %s round %d: keel %.0f, raw %.0f events/s (keel pool %zu)\n", name, i + 1,
-            k[i], r[i], pool);
+    fprintf(stderr, "  %s round %d: keel %.0f, raw %.0f events/s (keel pool_max %zu)\n", name,
+            i + 1, k[i], r[i], pool ? pool : (size_t)10);
   }
   report(name, k, r);
 }

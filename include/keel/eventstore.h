@@ -38,7 +38,9 @@
  * reads run on the blocking pool. On PostgreSQL each call checks a
  * connection out of the store's pool and talks to the server with libpq's
  * asynchronous API, the calling process waiting on the socket (one
- * transaction per call, no group commit). Call from a keel process; a handle
+ * transaction per call; concurrent single-stream appends without given ids
+ * are folded into shared transactions, group commit, each with its own
+ * result). Call from a keel process; a handle
  * may be shared by every process of the node.
  *
  * OWNERSHIP. Inputs are borrowed for the call. Results (keel_es_events,
@@ -79,8 +81,8 @@ typedef struct keel_es_opts {
   size_t max_batch;       /* events in one append; 0: 10000; more: KEEL_ERANGE */
   /* group commit: appends waiting when a transaction starts are folded into
    * it, up to this many events; 0: 10000 */
-  size_t group_max_events;
-  keel_metrics *metrics; /* register es_* metrics here; NULL: none */
+  size_t group_max_events; /* (on PostgreSQL too: simple appends, docs/eventstore.md) */
+  keel_metrics *metrics;   /* register es_* metrics here; NULL: none */
   /* PostgreSQL only (SQLite ignores them): the connection pool. */
   size_t pool_min; /* connections opened at open and kept; 0: 1 */
   size_t pool_max; /* at most this many; 0: 10 */

@@ -450,7 +450,7 @@ int keel__es_pg_group_append(keel_es *es, const es_req *r, es_reply *rep) {
   } else {
     keel_await_cancel(me.ref);
   }
-  es_pggm *batch[1024];
+  es_pggm *batch[256]; /* appends per group; the rest wait for the next */
   size_t max = es->group_max_events ? es->group_max_events : 10000;
   pthread_mutex_lock(&pg->gmu);
   size_t nb = take_batch(pg, &me, batch, sizeof batch / sizeof batch[0], max);
