@@ -312,14 +312,20 @@ static void pg_raw_exec(PGconn *c, const char *sql) {
   PQclear(r);
 }
 
+/* Runs sql on a connection of its own, on the blocking pool (libpq's
+ * blocking calls never run on a scheduler thread). */
+static void pg_exec_on_pool(void *sql) {
+  PGconn *c = pg_raw_connect(pg_url);
+  pg_raw_exec(c, sql);
+  PQfinish(c);
+}
+
 /* A fresh schema with the store's tables; *url gets the URL that uses it. */
 static void pg_fresh_schema(char *url, size_t len, char *schema, size_t slen) {
   snprintf(schema, slen, "bench_%d_%d", (int)getpid(), ++pg_serial);
-  PGconn *c = pg_raw_connect(pg_url);
   char sql[200];
   snprintf(sql, sizeof sql, "DROP SCHEMA IF EXISTS %s CASCADE; CREATE SCHEMA %s", schema, schema);
-  pg_raw_exec(c, sql);
-  PQfinish(c);
+  keel_blocking(pg_exec_on_pool, sql);
   snprintf(url, len, "%s%coptions=-csearch_path%%3D%s", pg_url, strchr(pg_url, '?') ? '&' : '?',
            schema);
   keel_es *es;
@@ -329,11 +335,9 @@ static void pg_fresh_schema(char *url, size_t len, char *schema, size_t slen) {
 }
 
 static void pg_drop_schema(const char *schema) {
-  PGconn *c = pg_raw_connect(pg_url);
   char sql[200];
   snprintf(sql, sizeof sql, "DROP SCHEMA %s CASCADE", schema);
-  pg_raw_exec(c, sql);
-  PQfinish(c);
+  keel_blocking(pg_exec_on_pool, sql);
 }
 
 /* -- raw: threads, each with its own connection -- */
