@@ -240,6 +240,12 @@ int keel__es_pg_acquire(keel_es *es, es_pgconn **out) {
     }
     c = w.conn;
     slot = w.slot;
+    /* taken from the idle list above (not handed over): check it as well */
+    if (c && !queued && !usable(pg, c)) {
+      drop_conn(pg, c);
+      c = NULL;
+      slot = true; /* its place is ours: a new connection takes it */
+    }
   }
   if (slot && !c) {
     int rc = open_conn(pg, &c);
