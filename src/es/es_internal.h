@@ -334,11 +334,13 @@ bool keel__es_pg_groupable(const es_req *r);
 /* pg_group.c: runs a groupable append in a group commit (the caller holds
  * its exits); rep->results[0] and the return as keel__es_pg_write. */
 int keel__es_pg_group_append(keel_es *es, const es_req *r, es_reply *rep);
-/* pg_group.c: takes the streams' turns in the current transaction (advisory
- * locks held to its end, taking no transaction id), before keel_es_reserve:
- * appends to one stream then reserve positions in the order they write it,
- * so its versions follow its positions. 0 or keel__es_pg_query's errors. */
-int keel__es_pg_stream_turns(es_pg *pg, es_pgconn *c, const char *const *streams, size_t n);
+/* pg_group.c: in the current transaction, takes the streams' turns
+ * (advisory locks held to its end, taking no transaction id), then
+ * keel_es_reserve(events) (*first: the first position), in one statement:
+ * appends to one stream reserve positions in the order they write it, so
+ * its versions follow its positions. 0 or keel__es_pg_query's errors. */
+int keel__es_pg_turns_and_reserve(es_pg *pg, es_pgconn *c, const char *const *streams, size_t n,
+                                  size_t events, int64_t *first);
 /* pg_read.c: runs a read call into c (c->rc is set and returned). */
 int keel__es_pg_read(keel_es *es, es_read_call *c);
 

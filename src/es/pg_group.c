@@ -18,10 +18,9 @@
  * running leads one: it takes itself and every append queued (up to
  * group_max_events events), checks a connection out and runs
  *   BEGIN
- *   the streams' turns                 a transaction-scoped advisory lock per
- *                                      stream, taken before the positions (see
- *                                      below)
- *   SELECT keel_es_reserve(N)          every position of the group, with the
+ *   SELECT keel_es_reserve(N) after    every position of the group, with the
+ *   the streams' turns                 (the turns: a transaction-scoped advisory
+ *                                      lock per stream, see below; one statement)
  *                                      transaction's id (the xid8 horizon's
  *                                      rule, decision 0010: ids and positions
  *                                      assigned together, before any write)
@@ -48,7 +47,7 @@
  * anything assigns the transaction an id), so without more, a transaction
  * that reserved later could lock the stream first and give a higher
  * version a lower position: read_all would then show that stream's events
- * out of version order. keel__es_pg_stream_turns takes each stream's turn
+ * out of version order. keel__es_pg_turns_and_reserve takes each stream's turn
  * before the reserve, with advisory locks that assign no transaction id,
  * so whoever reserves first for a stream also writes it first. pg_write.c's
  * appends take the same turns.
@@ -115,7 +114,8 @@ static void gb_json_string(gbuf *b, const char *s) {
 
 /* ---- a stream's turn ------------------------------------------------------------------ */
 
-int keel__es_pg_stream_turns(es_pg *pg, es_pgconn *c, const char *const *streams, size_t n) {
+int keel__es_pg_turns_and_reserve(es_pg *pg, es_pgconn *c, const char *const *streams, size_t n,
+                                  size_t events, int64_t *first) {
   gbuf b = {0};
   gb_str(&b, "[");
   for (size_t i = 0; i < n; i++) {
@@ -127,18 +127,25 @@ int keel__es_pg_stream_turns(es_pg *pg, es_pgconn *c, const char *const *streams
     free(b.p);
     return KEEL_ENOMEM;
   }
-  const char *params[1] = {b.p};
-  /* transaction-scoped advisory locks (they take no transaction id), keyed by
-   * this schema's streams table and the name's hash, in hash order (one
-   * order for every transaction: no deadlock; two names of one hash just
-   * take turns) */
-  int rc = keel__es_pg_query(pg, c, "waiting for the streams' turn",
-                             "SELECT count(pg_advisory_xact_lock("
+  char nev[24];
+  snprintf(nev, sizeof nev, "%zu", events);
+  const char *params[2] = {b.p, nev};
+  PGresult *r = NULL;
+  /* the turns: transaction-scoped advisory locks (they take no transaction
+   * id), keyed by this schema's streams table and the name's hash, in hash
+   * order (one order for every transaction: no deadlock; two names of one
+   * hash just take turns). The aggregate ends before the outer row, and so
+   * keel_es_reserve, is evaluated: turns first, in one round trip. */
+  int rc = keel__es_pg_query(pg, c, "reserving positions",
+                             "SELECT keel_es_reserve($2::integer) FROM "
+                             "(SELECT count(pg_advisory_xact_lock("
                              "'streams'::regclass::oid::integer, h)) FROM "
                              "(SELECT DISTINCT hashtext(value) AS h "
-                             "FROM json_array_elements_text($1::json) ORDER BY 1) s",
-                             1, params, NULL);
+                             "FROM json_array_elements_text($1::json) ORDER BY 1) s) t",
+                             2, params, &r);
   free(b.p);
+  if (rc == 0) *first = strtoll(PQgetvalue(r, 0, 0), NULL, 10);
+  PQclear(r);
   return rc;
 }
 
@@ -364,19 +371,14 @@ static void run_group(keel_es *es, es_pggm **batch, size_t nb) {
   es_pgconn *c = NULL;
   int rc = gs ? keel__es_pg_acquire(es, &c) : KEEL_ENOMEM;
   if (rc == 0) {
-    char sql[80];
-    snprintf(sql, sizeof sql, "SELECT keel_es_reserve(%zu)", events);
     const char **names = malloc(ns * sizeof *names);
     for (size_t i = 0; names && i < ns; i++)
       names[i] = gs[i].name;
-    PGresult *res = NULL;
+    int64_t pos = 0;
     rc = names ? keel__es_pg_query(pg, c, "starting an append (group)", "BEGIN", -1, NULL, NULL)
                : KEEL_ENOMEM;
-    if (rc == 0) rc = keel__es_pg_stream_turns(pg, c, names, ns);
+    if (rc == 0) rc = keel__es_pg_turns_and_reserve(pg, c, names, ns, events, &pos);
     free(names);
-    if (rc == 0) rc = keel__es_pg_query(pg, c, "reserving positions (group)", sql, -1, NULL, &res);
-    int64_t pos = rc == 0 ? strtoll(PQgetvalue(res, 0, 0), NULL, 10) : 0;
-    PQclear(res);
     if (rc == 0) rc = lock_streams(pg, c, gs, ns);
     if (rc == 0) {
       plan(batch, nb, gs, ns, pos, &rows, &npass);

@@ -12,10 +12,10 @@
  *                                      this stream in order -> the original
  *                                      result, duplicate (that stream writes
  *                                      nothing); some -> KEEL_EEXIST
- *   the streams' turns                 advisory locks, so that a stream's
- *                                      versions follow its positions
- *                                      (pg_group.c)
- *   SELECT keel_es_reserve(n)          the transaction's id and the n positions
+ *   SELECT keel_es_reserve(n) after    the transaction's id and the n positions
+ *   the streams' turns                 (the turns: advisory locks, so that a
+ *                                      stream's versions follow its positions,
+ *                                      pg_group.c; one statement)
  *                                      of the new events, assigned together
  *                                      (pg_schema.c)
  *   per stream with new events:
@@ -278,15 +278,16 @@ static int append_stream(es_pg *pg, es_pgconn *c, const es_stream_req *s, int64_
   return 0;
 }
 
-/* The turns of the streams this append writes, before its positions
+/* The turns of the streams this append writes, then its nnew positions
  * (pg_group.c: a stream's versions then follow its positions). */
-static int take_turns(es_pg *pg, es_pgconn *c, const es_req *r, const bool *dup) {
+static int reserve(es_pg *pg, es_pgconn *c, const es_req *r, const bool *dup, size_t nnew,
+                   int64_t *first) {
   const char **names = malloc(r->nstreams * sizeof *names);
   if (!names) return KEEL_ENOMEM;
   size_t n = 0;
   for (size_t k = 0; k < r->nstreams; k++)
     if (!dup[k]) names[n++] = r->streams[k].stream;
-  int rc = keel__es_pg_stream_turns(pg, c, names, n);
+  int rc = keel__es_pg_turns_and_reserve(pg, c, names, n, nnew, first);
   free(names);
   return rc;
 }
@@ -313,14 +314,9 @@ static int append_once(keel_es *es, es_pgconn *c, const es_req *r, es_reply *rep
     if (!dup[k]) nnew += r->streams[k].n;
   }
   rc = 0;
-  if (nnew > 0) rc = take_turns(pg, c, r, dup);
-  if (nnew > 0 && rc == 0) {
-    char sql[64];
-    snprintf(sql, sizeof sql, "SELECT keel_es_reserve(%zu)", nnew);
-    PGresult *res;
-    if ((rc = keel__es_pg_query(pg, c, "reserving positions", sql, -1, NULL, &res)) == 0) {
-      int64_t pos = val_i64(res, 0, 0);
-      PQclear(res);
+  if (nnew > 0) {
+    int64_t pos = 0;
+    if ((rc = reserve(pg, c, r, dup, nnew, &pos)) == 0) {
       int64_t now = keel__es_unix_ms();
       for (size_t k = 0; k < r->nstreams && rc == 0; k++) {
         if (dup[k]) continue;
