@@ -72,6 +72,8 @@ typedef struct es_req {
   char *text;
   void (*fn)(sqlite3 *db, void *arg);
   void *fn_arg;
+  keel_es_tx_fn tx_fn; /* ES_REQ_APPEND of keel_es_transact: run after the appends */
+  void *tx_arg;
   double t0; /* submission time (monotonic s), for the duration histogram */
 } es_req;
 
@@ -191,6 +193,26 @@ void keel__es_upcasters_free(keel_es *es);
 /* read.c: copies s into the arena (NULL: ENOMEM). */
 char *keel__es_arena_strdup(es_arena *a, const char *s);
 
+/* ---- transactions (tx.c) -------------------------------------------------------------- */
+
+typedef struct es_pgconn es_pgconn;
+
+/* A keel_es_transact in progress, on one backend's connection. */
+struct keel_es_tx {
+  keel_es *es;
+  sqlite3 *db;   /* SQLite: the writer's connection (or a reader's for keel_es_query) */
+  es_pgconn *pc; /* PostgreSQL: the call's pooled connection */
+  int failed;    /* the first failed statement's error: the transaction is doomed */
+  char err[256];
+};
+
+/* tx.c: whether r's fn runs after its appends (not when every append was a
+ * duplicate: the transaction committed before), and running it. Both
+ * backends' writers call these inside the transaction, after the appends.
+ * Returns fn's answer, or the error that doomed the transaction. */
+bool keel__es_tx_wanted(const es_req *r, const keel_es_append_result *results);
+int keel__es_tx_run(keel_es *es, const es_req *r, sqlite3 *db, es_pgconn *pc);
+
 /* ---- reads, shared by both backends ------------------------------------------------ */
 
 /* Events being read: a growing array and the arena of their strings. */
@@ -233,13 +255,15 @@ int keel__es_upcast_page(keel_es *es, es_evec *ev, size_t start, const char *con
 /* ---- the PostgreSQL backend ---------------------------------------------------------- */
 
 /* One pooled connection (non-blocking once made). */
-typedef struct es_pgconn {
+struct es_pgconn {
   struct es_pgconn *next; /* the idle list */
   PGconn *conn;
-  bool broken;       /* an I/O error or a timeout: dropped when released */
+  bool broken;      /* an I/O error or a timeout: dropped when released */
+  char sqlstate[6]; /* the last server error's SQLSTATE and message ("" when none) */
+  char errmsg[256];
   double opened_at;  /* monotonic s: for pool_max_lifetime_ms */
   double idle_since; /* monotonic s, set when it went idle: for the ping and idle recycling */
-} es_pgconn;
+};
 
 /* An append waiting in a group commit (pg_group.c), on its process's stack
  * (exits held). */
@@ -329,7 +353,7 @@ void keel__es_pg_close(keel_es *es);
  * has r->nstreams results. Call from a process. Returns rep->rc. */
 int keel__es_pg_write(keel_es *es, const es_req *r, es_reply *rep);
 /* pg_group.c: whether an append can be folded into a group (one stream, no
- * caller-given ids). */
+ * caller-given ids, not keel_es_transact's). */
 bool keel__es_pg_groupable(const es_req *r);
 /* pg_group.c: runs a groupable append in a group commit (the caller holds
  * its exits); rep->results[0] and the return as keel__es_pg_write. */

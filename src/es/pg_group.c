@@ -11,7 +11,8 @@
  *
  * What is folded. "Simple" appends only: one stream, no caller-given event
  * ids (so no idempotency lookup is needed: the ids are fresh random UUIDs).
- * append_multi, appends that name their ids, and every other write keep the
+ * append_multi, appends that name their ids, keel_es_transact's appends
+ * (the service's function runs in their transaction), and every other write keep the
  * one-transaction-per-call path of pg_write.c.
  *
  * How. Flat combining. An append that finds fewer than max_leaders groups
@@ -152,7 +153,9 @@ int keel__es_pg_turns_and_reserve(es_pg *pg, es_pgconn *c, const char *const *st
 /* ---- the queue -------------------------------------------------------------------- */
 
 bool keel__es_pg_groupable(const es_req *r) {
-  if (r->kind != ES_REQ_APPEND || r->nstreams != 1) return false;
+  /* keel_es_transact's appends run the service's function inside their
+   * transaction: never folded */
+  if (r->kind != ES_REQ_APPEND || r->nstreams != 1 || r->tx_fn) return false;
   for (size_t k = 0; k < r->streams[0].n; k++)
     if (r->streams[0].rows[k].given_id) return false;
   return true;
