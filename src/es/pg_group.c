@@ -60,10 +60,13 @@
 #include "keel/error.h"
 #include "keel/log.h"
 
-/* How many groups may run at once: one committing while the next gathers
- * keeps the server busy; more spreads the appends over groups too small to
- * pay. */
-enum { ES_PG_MAX_LEADERS = 2 };
+/* How many groups may run at once: half the pool, at least two. One group
+ * committing while the next gathers keeps the server busy; more let appends
+ * pass a group that waits (a stream row another client holds locked), at
+ * the price of smaller groups. */
+static size_t max_leaders(const es_pg *pg) {
+  return pg->max / 2 > 2 ? pg->max / 2 : 2;
+}
 
 /* ---- a growing text buffer (JSON for the set-based statements) ---------------------- */
 
@@ -431,7 +434,7 @@ int keel__es_pg_group_append(keel_es *es, const es_req *r, es_reply *rep) {
   int rc = keel_await_ref(me.ref);
   if (rc) return rc;
   pthread_mutex_lock(&pg->gmu);
-  bool lead = pg->nleaders < ES_PG_MAX_LEADERS;
+  bool lead = (size_t)pg->nleaders < max_leaders(pg);
   if (lead) {
     pg->nleaders++;
   } else { /* queued: the queue is non-empty only while every leader runs */

@@ -5,6 +5,8 @@
  * a new stream exactly one wins, and the global order holds every event
  * once, in position order. Whether appends were actually folded depends on
  * timing, so the verdicts never do: they hold for any grouping. */
+#include <stdatomic.h>
+
 #include "es/kt_es.h"
 
 enum { SHARED = 24, SHARED_EACH = 5, FRESH = 12, MISSING = 12, RACERS = 8 };
@@ -152,5 +154,68 @@ KT_CASE(an_append_after_a_grouped_conflict_on_a_new_stream_starts_at_version_one
   kt_store_close(&s);
 }
 
+/* ---- PostgreSQL: a group that waits does not hold the others ------------------ */
+
+typedef struct blocked {
+  keel_es *es;
+  const char *stream;
+  atomic_int finished;
+  int rc;
+} blocked;
+
+static void append_blocked(void *arg) {
+  blocked *b = arg;
+  b->rc = kt_append_n(b->es, b->stream, KEEL_ES_ANY, "T", 1, 0, NULL);
+  atomic_store(&b->finished, 1);
+}
+
+static long waiting_locks(PGconn *c) {
+  PGresult *r = PQexec(c, "SELECT count(*) FROM pg_locks WHERE NOT granted");
+  long n = strtol(PQgetvalue(r, 0, 0), NULL, 10);
+  PQclear(r);
+  return n;
+}
+
+KT_CASE(appends_pass_groups_that_wait_on_rows_other_clients_hold) {
+  if (!kt_es_pg_url()) {
+    fprintf(stderr, "   (PostgreSQL only: skipped on SQLite)\n");
+    return;
+  }
+  kt_store s;
+  keel_es *es = kt_store_open(&s, NULL); /* pool_max 10: five groups at a time */
+  CHECK_OK(kt_append_n(es, "hol-a", KEEL_ES_NO_STREAM, "T", 1, 0, NULL));
+  CHECK_OK(kt_append_n(es, "hol-c", KEEL_ES_NO_STREAM, "T", 1, 0, NULL));
+  PGconn *c = PQconnectdb(s.url);
+  CHECK(PQstatus(c) == CONNECTION_OK);
+  PQclear(PQexec(c, "BEGIN"));
+  PQclear(PQexec(c, "SELECT 1 FROM streams WHERE stream IN ('hol-a', 'hol-c') FOR UPDATE"));
+  /* two appends, each leading a group that waits on a row lock */
+  blocked b[2] = {{.es = es, .stream = "hol-a"}, {.es = es, .stream = "hol-c"}};
+  for (int i = 0; i < 2; i++) {
+    keel_spawn_opts so;
+    keel_spawn_opts_init(&so);
+    so.monitor = true;
+    CHECK_OK(keel_spawn(append_blocked, &b[i], &so, NULL));
+  }
+  for (int i = 0; i < 5000 && waiting_locks(c) < 2; i++)
+    keel_sleep(2);
+  CHECK_EQ(waiting_locks(c), 2);
+  /* appends to other streams go through while both still wait */
+  for (int k = 0; k < 5; k++)
+    CHECK_OK(kt_append_n(es, "hol-b", KEEL_ES_ANY, "T", 1, k, NULL));
+  CHECK_EQ(atomic_load(&b[0].finished), 0);
+  CHECK_EQ(atomic_load(&b[1].finished), 0);
+  PQclear(PQexec(c, "COMMIT"));
+  for (int i = 0; i < 2; i++) {
+    keel_msg_t *m;
+    CHECK_OK(keel_receive(&m, 60000));
+    keel_msg_free(m);
+    CHECK_OK(b[i].rc);
+  }
+  PQfinish(c);
+  kt_store_close(&s);
+}
+
 KT_MAIN(KT_ENTRY(concurrent_appends_in_groups_keep_their_own_verdicts),
-        KT_ENTRY(an_append_after_a_grouped_conflict_on_a_new_stream_starts_at_version_one))
+        KT_ENTRY(an_append_after_a_grouped_conflict_on_a_new_stream_starts_at_version_one),
+        KT_ENTRY(appends_pass_groups_that_wait_on_rows_other_clients_hold))
