@@ -19,6 +19,8 @@
  * event store's own (created by keel_es_open, so the same indexes and
  * triggers are maintained).
  */
+#include <libpq-fe.h>
+#include <pthread.h>
 #include <sqlite3.h>
 #include <stdio.h>
 #include <stdlib.h>
@@ -268,6 +270,213 @@ static bool wanted(int argc, char **argv, const char *name) {
 static int g_argc;
 static char **g_argv;
 
+/* ---- PostgreSQL write pairs (issue 9, pool part) -------------------------------------
+ *
+ * Run only when $BENCH_ES_PG_URL names a PostgreSQL database (bench/compare-run.sh
+ * starts a throwaway cluster for them, with fsync and synchronous_commit on).
+ * Each round runs on fresh schemas of their own (the store's tables, created by
+ * keel_es_open, for both sides):
+ *   es_pg_batch100x16  100-event appends from 16 processes at once (each its own
+ *                      streams), vs 16 threads, each with its own libpq connection,
+ *                      each committing multi-row INSERTs of the same 100 rows
+ *   es_pg_single64     single-event appends from 64 processes at once, vs 64
+ *                      threads/connections each committing single-row INSERTs
+ * keel runs with its defaults: a pool of at most 10 connections (the raw side
+ * has 16 or 64), and simple appends folded by its group commit (pg_group.c);
+ * $BENCH_ES_PG_POOL sets pool_min and pool_max instead. */
+
+static const char *pg_url;
+static int pg_serial;
+
+static void pg_quiet(void *arg, const char *msg) {
+  (void)arg;
+  (void)msg;
+}
+
+static PGconn *pg_raw_connect(const char *url) {
+  PGconn *c = PQconnectdb(url);
+  if (PQstatus(c) != CONNECTION_OK) {
+    fprintf(stderr, "bench_es: %s\n", PQerrorMessage(c));
+    exit(2);
+  }
+  PQsetNoticeProcessor(c, pg_quiet, NULL);
+  return c;
+}
+
+static void pg_raw_exec(PGconn *c, const char *sql) {
+  PGresult *r = PQexec(c, sql);
+  if (PQresultStatus(r) != PGRES_COMMAND_OK && PQresultStatus(r) != PGRES_TUPLES_OK) {
+    fprintf(stderr, "bench_es: %s: %s\n", sql, PQresultErrorMessage(r));
+    exit(2);
+  }
+  PQclear(r);
+}
+
+/* Runs sql on a connection of its own, on the blocking pool (libpq's
+ * blocking calls never run on a scheduler thread). */
+static void pg_exec_on_pool(void *sql) {
+  PGconn *c = pg_raw_connect(pg_url);
+  pg_raw_exec(c, sql);
+  PQfinish(c);
+}
+
+/* A fresh schema with the store's tables; *url gets the URL that uses it. */
+static void pg_fresh_schema(char *url, size_t len, char *schema, size_t slen) {
+  snprintf(schema, slen, "bench_%d_%d", (int)getpid(), ++pg_serial);
+  char sql[200];
+  snprintf(sql, sizeof sql, "DROP SCHEMA IF EXISTS %s CASCADE; CREATE SCHEMA %s", schema, schema);
+  keel_blocking(pg_exec_on_pool, sql);
+  snprintf(url, len, "%s%coptions=-csearch_path%%3D%s", pg_url, strchr(pg_url, '?') ? '&' : '?',
+           schema);
+  keel_es *es;
+  int rc = keel_es_open(&(keel_es_opts){.url = url}, &es);
+  if (rc) die("keel_es_open (pg)", rc);
+  keel_es_close(es);
+}
+
+static void pg_drop_schema(const char *schema) {
+  char sql[200];
+  snprintf(sql, sizeof sql, "DROP SCHEMA %s CASCADE", schema);
+  keel_blocking(pg_exec_on_pool, sql);
+}
+
+/* -- raw: threads, each with its own connection -- */
+
+typedef struct pg_raw_thread {
+  const char *url;
+  int index, txs, per_tx; /* per_tx rows per transaction (1: single-row autocommit) */
+  pthread_barrier_t *start;
+} pg_raw_thread;
+
+static void *pg_raw_worker(void *arg) {
+  pg_raw_thread *t = arg;
+  PGconn *c = pg_raw_connect(t->url);
+  size_t cap = 512 + (size_t)t->per_tx * 400;
+  char *sql = malloc(cap);
+  pthread_barrier_wait(t->start);
+  for (int x = 0; x < t->txs; x++) {
+    size_t len = (size_t)snprintf(sql, cap,
+                                  "INSERT INTO events (position, stream, version, id, type, "
+                                  "schema_version, payload, occurred_at, stored_at) VALUES ");
+    long long now_ms = (long long)time(NULL) * 1000;
+    for (int k = 0; k < t->per_tx; k++) {
+      /* its own stream per batch, or per thread for single rows */
+      int version = t->per_tx > 1 ? k + 1 : x + 1;
+      unsigned long long n = ((unsigned long long)t->index << 32) | (unsigned)(x * t->per_tx + k);
+      len +=
+          (size_t)snprintf(sql + len, cap - len,
+                           "%s(nextval('events_position_seq'), 'raw-%d-%d', %d, "
+                           "'%08llx-0000-4000-8000-%012llx', 'OrderPlaced', 1, '%s', %lld, %lld)",
+                           k ? "," : "", t->index, t->per_tx > 1 ? x : 0, version, n >> 32,
+                           n & 0xffffffffffffULL, payload_text, now_ms, now_ms);
+    }
+    pg_raw_exec(c, sql); /* one statement: its own transaction, one commit */
+  }
+  free(sql);
+  PQfinish(c);
+  return NULL;
+}
+
+typedef struct pg_raw_job {
+  const char *url;
+  int threads, txs, per_tx;
+  double secs;
+} pg_raw_job;
+
+static void pg_raw_run(void *arg) {
+  pg_raw_job *j = arg;
+  pthread_t tid[64];
+  pg_raw_thread t[64];
+  pthread_barrier_t start;
+  pthread_barrier_init(&start, NULL, (unsigned)j->threads + 1);
+  for (int i = 0; i < j->threads; i++) {
+    t[i] = (pg_raw_thread){
+        .url = j->url, .index = i, .txs = j->txs, .per_tx = j->per_tx, .start = &start};
+    pthread_create(&tid[i], NULL, pg_raw_worker, &t[i]);
+  }
+  pthread_barrier_wait(&start); /* connections made: time the inserts only */
+  double t0 = now_s();
+  for (int i = 0; i < j->threads; i++)
+    pthread_join(tid[i], NULL);
+  j->secs = now_s() - t0;
+  pthread_barrier_destroy(&start);
+}
+
+/* -- keel: processes sharing one store -- */
+
+typedef struct pg_writer {
+  keel_es *es;
+  keel_pid_t parent;
+  int index, appends, per_append;
+} pg_writer;
+
+static void pg_keel_writer(void *arg) {
+  pg_writer *w = arg;
+  json_t *p = json_loads(payload_text, 0, NULL);
+  keel_es_event_in ev[100];
+  for (int k = 0; k < w->per_append; k++)
+    ev[k] = (keel_es_event_in){.type = "OrderPlaced", .payload = p};
+  char stream[48];
+  for (int x = 0; x < w->appends; x++) {
+    snprintf(stream, sizeof stream, "order-%d-%d", w->index, w->per_append > 1 ? x : 0);
+    int rc = keel_es_append(w->es, stream, w->per_append > 1 ? KEEL_ES_NO_STREAM : KEEL_ES_ANY, ev,
+                            (size_t)w->per_append, NULL);
+    if (rc) die("append (pg)", rc);
+  }
+  json_decref(p);
+  keel_send(w->parent, keel_msg_new(1, 0));
+}
+
+static double pg_keel_run(const char *url, size_t pool, int procs, int appends, int per_append) {
+  keel_es *es;
+  int rc = keel_es_open(&(keel_es_opts){.url = url, .pool_min = pool, .pool_max = pool}, &es);
+  if (rc) die("keel_es_open (pg)", rc);
+  pg_writer w[64];
+  double t0 = now_s();
+  for (int i = 0; i < procs; i++) {
+    w[i] = (pg_writer){
+        .es = es, .parent = keel_self(), .index = i, .appends = appends, .per_append = per_append};
+    keel_spawn(pg_keel_writer, &w[i], NULL, NULL);
+  }
+  for (int i = 0; i < procs; i++) {
+    keel_msg_t *m;
+    if (keel_receive(&m, 300000) != 0) die("pg: a writer is stuck", 0);
+    keel_msg_free(m);
+  }
+  double secs = now_s() - t0;
+  keel_es_close(es);
+  return (double)procs * appends * per_append / secs;
+}
+
+/* One pair: `procs` writers (processes / threads), each `appends` commits of
+ * per_append events. */
+static void pg_pair(const char *name, int procs, int appends, int per_append) {
+  double k[32], r[32];
+  const char *ps = getenv("BENCH_ES_PG_POOL");
+  size_t pool = ps && atoi(ps) > 0 ? (size_t)atoi(ps) : 0; /* 0: keel's default */
+  for (int i = 0; i < rounds; i++) {
+    char url[1400], schema[64];
+    pg_fresh_schema(url, sizeof url, schema, sizeof schema);
+    k[i] = pg_keel_run(url, pool, procs, appends, per_append);
+    pg_drop_schema(schema);
+    pg_fresh_schema(url, sizeof url, schema, sizeof schema);
+    pg_raw_job j = {.url = url, .threads = procs, .txs = appends, .per_tx = per_append};
+    keel_blocking(pg_raw_run, &j);
+    r[i] = (double)procs * appends * per_append / j.secs;
+    pg_drop_schema(schema);
+    fprintf(stderr, "  %s round %d: keel %.0f, raw %.0f events/s (keel pool_max %zu)\n", name,
+            i + 1, k[i], r[i], pool ? pool : (size_t)10);
+  }
+  report(name, k, r);
+}
+
+static void pg_write_benches(int argc, char **argv) {
+  pg_url = getenv("BENCH_ES_PG_URL");
+  if (!pg_url || !*pg_url) return;
+  if (wanted(argc, argv, "es_pg_batch100x16")) pg_pair("es_pg_batch100x16", 16, 10, 100);
+  if (wanted(argc, argv, "es_pg_single64")) pg_pair("es_pg_single64", 64, 20, 1);
+}
+
 static void bench_main(void *unused) {
   double k[32], r[32];
   char path[600];
@@ -328,6 +537,7 @@ static void bench_main(void *unused) {
     remove_db(path);
     report("es_read_all", k, r);
   }
+  pg_write_benches(g_argc, g_argv);
 }
 
 int main(int argc, char **argv) {

@@ -59,3 +59,23 @@ if command -v node >/dev/null && command -v npm >/dev/null; then
 else
   echo "bench-compare: node/npm not installed: skipping the pino comparison" >&2
 fi
+
+# The event store's PostgreSQL write pairs (bench_es: es_pg_batch100x16,
+# es_pg_single64) against raw libpq inserts of the same rows, on a throwaway
+# cluster with production durability (tests/es/pg_cluster.sh with
+# KEEL_PG_DURABLE=1), stopped on exit even when a benchmark fails.
+es_pg_writes() {
+  local pgstate
+  pgstate=$(mktemp -d "${TMPDIR:-/tmp}/keel-bench-pg-XXXXXX")
+  trap 'bash "'"$here"'/../tests/es/pg_cluster.sh" stop "'"$pgstate"'" >/dev/null 2>&1; rm -rf "'"$pgstate"'"' EXIT
+  KEEL_PG_DURABLE=1 bash "$here/../tests/es/pg_cluster.sh" start "$pgstate" >&2
+  echo
+  echo "event store on PostgreSQL, keel vs raw libpq inserts (medians of $rounds rounds):"
+  BENCH_ES_ROUNDS=$rounds BENCH_ES_PG_URL=$(cat "$pgstate/pg.url") \
+    "$build/bench/bench_es" es_pg_batch100x16 es_pg_single64 | tee "$build/bench-es-pg.jsonl"
+}
+if [[ -x ${KEEL_PG_BINDIR:-/usr/lib/postgresql/15/bin}/initdb ]]; then
+  es_pg_writes
+else
+  echo "bench-compare: postgresql-15 not installed: skipping the event store's PostgreSQL pairs" >&2
+fi

@@ -38,7 +38,9 @@
  * reads run on the blocking pool. On PostgreSQL each call checks a
  * connection out of the store's pool and talks to the server with libpq's
  * asynchronous API, the calling process waiting on the socket (one
- * transaction per call, no group commit). Call from a keel process; a handle
+ * transaction per call; concurrent single-stream appends without given ids
+ * are folded into shared transactions, group commit, each with its own
+ * result). Call from a keel process; a handle
  * may be shared by every process of the node.
  *
  * OWNERSHIP. Inputs are borrowed for the call. Results (keel_es_events,
@@ -53,6 +55,7 @@
 #include <stddef.h>
 #include <stdint.h>
 
+#include "keel/health.h"
 #include "keel/metrics.h"
 
 #ifdef __cplusplus
@@ -79,14 +82,23 @@ typedef struct keel_es_opts {
   size_t max_batch;       /* events in one append; 0: 10000; more: KEEL_ERANGE */
   /* group commit: appends waiting when a transaction starts are folded into
    * it, up to this many events; 0: 10000 */
-  size_t group_max_events;
-  keel_metrics *metrics; /* register es_* metrics here; NULL: none */
+  size_t group_max_events; /* (on PostgreSQL too: simple appends, docs/eventstore.md) */
+  keel_metrics *metrics;   /* register es_* metrics here; NULL: none */
   /* PostgreSQL only (SQLite ignores them): the connection pool. */
   size_t pool_min; /* connections opened at open and kept; 0: 1 */
   size_t pool_max; /* at most this many; 0: 10 */
   int64_t
       acquire_timeout_ms; /* a call waiting for a connection gives up (KEEL_ETIMEDOUT); 0: 5000 */
   int64_t statement_timeout_ms; /* the server's statement_timeout on every connection; 0: 30000 */
+  /* Pool maintenance (PostgreSQL only; docs/eventstore.md, "the pool"). Each is
+   * ms; KEEL_INFINITY turns it off. */
+  int64_t pool_idle_timeout_ms; /* idle connections above pool_min are closed after
+                                   this long; 0: 300000 (5 min) */
+  int64_t pool_max_lifetime_ms; /* a connection this old is closed when released, or
+                                   when idle, and replaced as needed; 0: 1800000 (30 min) */
+  int64_t pool_ping_idle_ms;    /* a connection idle this long is pinged (an empty
+                                   query) before it is handed out, and idle ones are
+                                   pinged this often; 0: 5000 */
 } keel_es_opts;
 
 /* Opens (creating or migrating the schema as needed) the store. Call from a
@@ -399,6 +411,62 @@ typedef int (*keel_es_upcast_fn)(const keel_es_event *in, keel_es_upcast_out *ou
  * (one is registered for that type and version). */
 int keel_es_upcaster(keel_es *es, const char *type, int from_version, keel_es_upcast_fn fn,
                      void *ud);
+
+/* ---- pool sizing --------------------------------------------------------- */
+
+/* Pool sizes for one of `instances` keel instances that share a PostgreSQL
+ * server whose max_connections is max_connections, leaving `reserved`
+ * connections to everything else (superuser_reserved_connections, psql,
+ * monitoring, migrations; < 0: 10% of max_connections). The rule of
+ * eventsource-py's production guide: each instance gets
+ * per = (max_connections - reserved) / instances connections, so that every
+ * instance at its maximum still fits; *pool_max = per and *pool_min =
+ * max(2, per / 3), never above per (its pool_size : max_overflow of 1 : 2).
+ * E.g. 4 instances, max_connections 100: 22 and 7. Set keel_es_opts's
+ * pool_max and pool_min from it (and count any other pools the instances
+ * open, such as a listener's connection, in reserved). Errors: KEEL_EINVAL
+ * (instances < 1, max_connections < 1, a NULL out), KEEL_ERANGE (fewer than
+ * one connection per instance: add connections or a pooler such as
+ * PgBouncer). Any thread. */
+int keel_es_pool_size(int instances, int max_connections, int reserved, size_t *pool_min,
+                      size_t *pool_max);
+
+/* ---- health -------------------------------------------------------------- */
+
+/* Zeroed: the defaults. */
+typedef struct keel_es_health_opts {
+  const char *name;        /* the check's name (copied); NULL: "eventstore" */
+  bool optional;           /* zeroed: required (critical makes the node not ready) */
+  int64_t timeout_ms;      /* the health module's deadline for the check; 0: 2000 */
+  int64_t horizon_warn_ms; /* PostgreSQL: warning once one transaction has held read_all's
+                              horizon this long; 0: 30000; KEEL_INFINITY: never */
+  int64_t waiting_warn_ms; /* PostgreSQL: warning once processes have waited this long for a
+                              pooled connection; 0: 1000; KEEL_INFINITY: never */
+} keel_es_health_opts;
+
+/* Checks the store (o NULL: defaults). SQLite: the writer thread takes and
+ * drops the write lock (nothing written) and the file is writable; else
+ * KEEL_HEALTH_CRITICAL. PostgreSQL: a pooled connection answers (else
+ * critical); the oldest open transaction that holds an id (what holds
+ * read_all back) is reported, and the check warns when it has been open
+ * horizon_warn_ms, its message naming the backend's pid, application_name,
+ * state and how long; the pool warns when processes have waited
+ * waiting_warn_ms for a connection (and then runs no query of its own).
+ * res->message says why on a warning or a failure; res->details gets a JSON
+ * object: {"backend", "pool": {in_use, idle, waiting, max, waiting_s},
+ * "horizon": {backend, application_name, state, held_ms} or null} on
+ * PostgreSQL, {"backend", "writer_ms"} on SQLite. Seeing other roles'
+ * sessions in pg_stat_activity takes the pg_read_all_stats role. Call from a
+ * keel process; it waits (the writer, the pool, the server). */
+keel_health_status keel_es_health(keel_es *es, const keel_es_health_opts *o,
+                                  keel_health_result *res);
+
+/* Registers keel_es_health as a health check (keel_health_register_check)
+ * with o's name, required flag and timeout (o is copied; NULL: defaults).
+ * Unregister it (keel_health_unregister(name)) before keel_es_close. Errors
+ * as keel_health_register_check: KEEL_EEXIST (the name is taken),
+ * KEEL_EINVAL, KEEL_ENOMEM. Any thread. */
+int keel_es_health_register(keel_es *es, const keel_es_health_opts *o);
 
 #ifdef __cplusplus
 }

@@ -12,7 +12,9 @@
  *   aggregate.c  aggregates: load (snapshot + tail), decide, append, retry
  * and the PostgreSQL backend, to which the public calls dispatch on es->kind:
  *   pg_conn.c    one libpq connection: connect, the asynchronous query loop
- *   pg_pool.c    the connection pool (min/max, acquire timeout, waiters)
+ *   pg_pool.c    the connection pool (min/max, acquire timeout, waiters,
+ *                the maintainer: idle recycling, lifetime, pings; the size helper)
+ *   store_health.c  the health check of both backends
  *   pg_schema.c  the versioned migrations on PostgreSQL
  *   pg_write.c   appends and stream management in one transaction per call
  *   pg_read.c    the reads, with the xid8 horizon of read_all
@@ -300,7 +302,21 @@ struct es_pgconn {
   bool broken;      /* an I/O error or a timeout: dropped when released */
   char sqlstate[6]; /* the last server error's SQLSTATE and message ("" when none) */
   char errmsg[256];
+  double opened_at;  /* monotonic s: for pool_max_lifetime_ms */
+  double idle_since; /* monotonic s, set when it went idle: for the ping and idle recycling */
 };
+
+/* An append waiting in a group commit (pg_group.c), on its process's stack
+ * (exits held). */
+typedef struct es_pggm {
+  struct es_pggm *next; /* the queue */
+  keel_pid_t pid;
+  keel_ref_t ref;
+  const es_stream_req *s;     /* the append (borrowed) */
+  keel_es_append_result *res; /* its result, written by the leader */
+  int rc;                     /* its code, written by the leader */
+  bool done, lead;            /* the one reply it gets: its result, or the leadership */
+} es_pggm;
 
 /* A process waiting for a connection (on its stack, exits held). */
 typedef struct es_pgwaiter {
@@ -323,6 +339,18 @@ struct es_pg {
   size_t nwaiting;
   keel_gauge *g_in_use, *g_idle, *g_waiting; /* NULL without metrics */
   keel_histogram *h_acquire;
+  /* maintenance (pg_pool.c): seconds, < 0 when turned off */
+  double idle_timeout_s, max_lifetime_s, ping_idle_s;
+  double waiting_since;   /* monotonic s when nwaiting last rose from 0 (under mu) */
+  keel_pid_t maintainer;  /* the process that recycles, pings and refills; 0: none */
+  atomic_bool maint_stop; /* close tells it to stop ... */
+  atomic_bool maint_done; /* ... and it says it is gone (its on_exit) */
+  /* es_pool_recycled_total{reason="idle|lifetime|dead"}; NULL without metrics */
+  keel_counter *c_idle, *c_lifetime, *c_dead;
+  /* group commit (pg_group.c): guarded by gmu */
+  pthread_mutex_t gmu;
+  es_pggm *gq, *gq_tail; /* appends waiting for a group */
+  int nleaders;          /* groups running */
 };
 
 /* pg_conn.c: opens one connection (blocking: call on the blocking pool),
@@ -336,6 +364,18 @@ int keel__es_pg_connect(es_pg *pg, es_pgconn **out);
  * KEEL_EIO (anything else; logged with the server's message and `what`). */
 int keel__es_pg_query(es_pg *pg, es_pgconn *c, const char *what, const char *sql, int nparams,
                       const char *const *params, PGresult **out);
+/* pg_conn.c: an empty query on an idle connection, waiting at most timeout_ms:
+ * 0 when the server answered, KEEL_EIO or KEEL_ETIMEDOUT (c is then broken;
+ * not logged: the pool replaces it). Call from a process. */
+int keel__es_pg_ping(es_pgconn *c, int64_t timeout_ms);
+/* pg_conn.c: whether an idle connection's socket has something to read (a
+ * server that terminated the backend sent an error and closed it); reads it
+ * in. An idle connection should have nothing: the pool pings it then. */
+bool keel__es_pg_idle_input(es_pgconn *c);
+/* pg_pool.c: a snapshot of the pool for health: in use, idle, waiting, max,
+ * and how long processes have been waiting (0 when none waits). */
+void keel__es_pg_stats(keel_es *es, size_t *in_use, size_t *idle, size_t *waiting, size_t *max,
+                       double *waiting_for_s);
 /* pg_pool.c: checks a connection out of the pool, waiting without blocking
  * the scheduler at most acquire_timeout_ms. KEEL_ETIMEDOUT, KEEL_EIO. */
 int keel__es_pg_acquire(keel_es *es, es_pgconn **out);
@@ -353,6 +393,19 @@ void keel__es_pg_close(keel_es *es);
 /* pg_write.c: runs a write request (the caller keeps ownership of r); rep
  * has r->nstreams results. Call from a process. Returns rep->rc. */
 int keel__es_pg_write(keel_es *es, const es_req *r, es_reply *rep);
+/* pg_group.c: whether an append can be folded into a group (one stream, no
+ * caller-given ids, not keel_es_transact's). */
+bool keel__es_pg_groupable(const es_req *r);
+/* pg_group.c: runs a groupable append in a group commit (the caller holds
+ * its exits); rep->results[0] and the return as keel__es_pg_write. */
+int keel__es_pg_group_append(keel_es *es, const es_req *r, es_reply *rep);
+/* pg_group.c: in the current transaction, takes the streams' turns
+ * (advisory locks held to its end, taking no transaction id), then
+ * keel_es_reserve(events) (*first: the first position), in one statement:
+ * appends to one stream reserve positions in the order they write it, so
+ * its versions follow its positions. 0 or keel__es_pg_query's errors. */
+int keel__es_pg_turns_and_reserve(es_pg *pg, es_pgconn *c, const char *const *streams, size_t n,
+                                  size_t events, int64_t *first);
 /* pg_read.c: runs a read call into c (c->rc is set and returned). */
 int keel__es_pg_read(keel_es *es, es_read_call *c);
 /* pg_snapshot.c: keel_es_snapshot_save and _load on PostgreSQL (arguments

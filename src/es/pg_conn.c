@@ -20,6 +20,7 @@
  * (statement_timeout) KEEL_ETIMEDOUT, anything else KEEL_EIO, logged with
  * the server's SQLSTATE and message.
  */
+#include <poll.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
@@ -68,6 +69,7 @@ int keel__es_pg_connect(es_pg *pg, es_pgconn **out) {
     return KEEL_ENOMEM;
   }
   c->conn = conn;
+  c->opened_at = c->idle_since = keel__es_now_s();
   *out = c;
   return 0;
 }
@@ -149,4 +151,50 @@ int keel__es_pg_query(es_pg *pg, es_pgconn *c, const char *what, const char *sql
   else
     PQclear(res);
   return 0;
+}
+
+/* ---- checks on an idle connection (the pool's) ------------------------------ */
+
+bool keel__es_pg_idle_input(es_pgconn *c) {
+  int sock = PQsocket(c->conn);
+  if (sock < 0) return true;
+  struct pollfd p = {.fd = sock, .events = POLLIN};
+  if (poll(&p, 1, 0) <= 0) return false; /* nothing: the usual case, one system call */
+  /* an error the server sent before closing (terminated, idle timeout),
+   * or a parameter change: either way the pool pings before trusting it */
+  if (!PQconsumeInput(c->conn)) c->broken = true;
+  return true;
+}
+
+int keel__es_pg_ping(es_pgconn *c, int64_t timeout_ms) {
+  if (c->broken || PQstatus(c->conn) != CONNECTION_OK) return KEEL_EIO;
+  int sock = PQsocket(c->conn);
+  /* an empty query: the cheapest round trip (EmptyQueryResponse) */
+  if (sock < 0 || !PQsendQuery(c->conn, "")) goto dead;
+  double deadline = keel__es_now_s() + (double)timeout_ms / 1000.0;
+  int f;
+  while ((f = PQflush(c->conn)) != 0) {
+    int rev = 0;
+    int64_t left = (int64_t)((deadline - keel__es_now_s()) * 1000.0);
+    if (f < 0 || left <= 0) goto dead;
+    if (keel_wait_fd(sock, KEEL_READABLE | KEEL_WRITABLE, left, &rev) != 0) goto dead;
+    if ((rev & KEEL_READABLE) && !PQconsumeInput(c->conn)) goto dead;
+  }
+  bool ok = false;
+  for (;;) {
+    while (PQisBusy(c->conn)) {
+      int64_t left = (int64_t)((deadline - keel__es_now_s()) * 1000.0);
+      if (left <= 0 || keel_wait_fd(sock, KEEL_READABLE, left, NULL) != 0 ||
+          !PQconsumeInput(c->conn))
+        goto dead;
+    }
+    PGresult *r = PQgetResult(c->conn);
+    if (!r) break;
+    if (PQresultStatus(r) == PGRES_EMPTY_QUERY) ok = true;
+    PQclear(r);
+  }
+  if (ok && PQstatus(c->conn) == CONNECTION_OK) return 0;
+dead:
+  c->broken = true;
+  return KEEL_EIO;
 }

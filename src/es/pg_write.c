@@ -12,7 +12,10 @@
  *                                      this stream in order -> the original
  *                                      result, duplicate (that stream writes
  *                                      nothing); some -> KEEL_EEXIST
- *   SELECT keel_es_reserve(n)          the transaction's id and the n positions
+ *   SELECT keel_es_reserve(n) after    the transaction's id and the n positions
+ *   the streams' turns                 (the turns: advisory locks, so that a
+ *                                      stream's versions follow its positions,
+ *                                      pg_group.c; one statement)
  *                                      of the new events, assigned together
  *                                      (pg_schema.c)
  *   per stream with new events:
@@ -31,9 +34,8 @@
  * conflict leaves a hole in the positions (they are never reused; holes are
  * allowed).
  *
- * Group commit is SQLite's device for its one writer; PostgreSQL commits
- * concurrent transactions in parallel (and groups their WAL flushes itself),
- * so it is not used here.
+ * Simple appends (one stream, no given ids) do not come here: pg_group.c
+ * folds concurrent ones into one transaction (group commit).
  */
 #include <stdlib.h>
 #include <string.h>
@@ -276,6 +278,20 @@ static int append_stream(es_pg *pg, es_pgconn *c, const es_stream_req *s, int64_
   return 0;
 }
 
+/* The turns of the streams this append writes, then its nnew positions
+ * (pg_group.c: a stream's versions then follow its positions). */
+static int reserve(es_pg *pg, es_pgconn *c, const es_req *r, const bool *dup, size_t nnew,
+                   int64_t *first) {
+  const char **names = malloc(r->nstreams * sizeof *names);
+  if (!names) return KEEL_ENOMEM;
+  size_t n = 0;
+  for (size_t k = 0; k < r->nstreams; k++)
+    if (!dup[k]) names[n++] = r->streams[k].stream;
+  int rc = keel__es_pg_turns_and_reserve(pg, c, names, n, nnew, first);
+  free(names);
+  return rc;
+}
+
 /* One attempt: the idempotency checks first (plain reads: no transaction id
  * yet, and a batch that is all duplicates uses no position), then the
  * positions, then each stream under its row lock. */
@@ -299,12 +315,8 @@ static int append_once(keel_es *es, es_pgconn *c, const es_req *r, es_reply *rep
   }
   rc = 0;
   if (nnew > 0) {
-    char sql[64];
-    snprintf(sql, sizeof sql, "SELECT keel_es_reserve(%zu)", nnew);
-    PGresult *res;
-    if ((rc = keel__es_pg_query(pg, c, "reserving positions", sql, -1, NULL, &res)) == 0) {
-      int64_t pos = val_i64(res, 0, 0);
-      PQclear(res);
+    int64_t pos = 0;
+    if ((rc = reserve(pg, c, r, dup, nnew, &pos)) == 0) {
       int64_t now = keel__es_unix_ms();
       for (size_t k = 0; k < r->nstreams && rc == 0; k++) {
         if (dup[k]) continue;
@@ -442,8 +454,10 @@ int keel__es_pg_write(keel_es *es, const es_req *r, es_reply *rep) {
   /* exits wait until the connection is back in the pool */
   int held = keel_hold_exits(true);
   es_pgconn *c = NULL;
-  int rc = keel__es_pg_acquire(es, &c);
-  if (rc == 0) {
+  int rc;
+  if (keel__es_pg_groupable(r)) { /* folded with concurrent appends: pg_group.c */
+    rc = keel__es_pg_group_append(es, r, rep);
+  } else if ((rc = keel__es_pg_acquire(es, &c)) == 0) {
     rc = r->kind == ES_REQ_APPEND ? do_append(es, c, r, rep) : do_other(es, c, r, rep);
     if (rc != 0 && PQtransactionStatus(c->conn) != PQTRANS_IDLE)
       keel__es_pg_query(es->pg, c, "rolling back", "ROLLBACK", -1, NULL, NULL);

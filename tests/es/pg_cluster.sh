@@ -59,6 +59,14 @@ start)
   }
   # A free loopback port: a random one nothing answers on; if the server
   # still cannot bind it (a race with another program), try another.
+  # KEEL_PG_DURABLE=1 (the benchmarks): fsync, synchronous_commit and
+  # full_page_writes on, as a production server runs, so that a commit costs
+  # what it costs there. The tests turn them off.
+  if [[ ${KEEL_PG_DURABLE:-0} == 1 ]]; then
+    durability="-c fsync=on -c synchronous_commit=on -c full_page_writes=on"
+  else
+    durability="-c fsync=off -c synchronous_commit=off -c full_page_writes=off"
+  fi
   started=0
   for _ in 1 2 3 4 5 6 7 8 9 10; do
     port=$((20000 + RANDOM % 40000))
@@ -70,7 +78,7 @@ start)
     # must not wait on a transaction the test did not start.
     if as_pg "$bindir/pg_ctl" -D "$dir/data" -l "$dir/server.log" -w -t 60 \
       -o "-c listen_addresses=127.0.0.1 -c port=$port -c unix_socket_directories=$dir \
-          -c fsync=off -c autovacuum=off -c synchronous_commit=off -c full_page_writes=off \
+          $durability -c autovacuum=off \
           -c max_connections=300 -c shared_buffers=32MB" start >/dev/null; then
       started=1
       break
