@@ -4,8 +4,9 @@
  * connection, so that what it checks (the stream's row, whether any stream
  * has hidden events) and what it returns come from one snapshot, as on
  * SQLite. Rows arrive as text and are decoded in the calling process
- * (read.c's keel__es_evec_add), and the upcasters run there too
- * (keel__es_upcast), on every path.
+ * (read.c's keel__es_evec_add: the texts are copied, payloads are parsed
+ * only when used), and the upcasters run there too (keel__es_upcast), on
+ * every path.
  *
  * The horizon. Positions are assigned before commit, so on a server with
  * many writers a transaction holding a lower position may commit after one
@@ -39,10 +40,12 @@ static int64_t val_i64(const PGresult *r, int row, int col) {
 static int decode(const PGresult *r, es_evec *out) {
   int rows = PQntuples(r);
   for (int i = 0; i < rows; i++) {
+    bool no_meta = PQgetisnull(r, i, 7);
     int rc = keel__es_evec_add(
         out, val_i64(r, i, 0), PQgetvalue(r, i, 1), val_i64(r, i, 2), PQgetvalue(r, i, 3),
         PQgetvalue(r, i, 4), (int)val_i64(r, i, 5), PQgetvalue(r, i, 6),
-        PQgetisnull(r, i, 7) ? NULL : PQgetvalue(r, i, 7), val_i64(r, i, 8), val_i64(r, i, 9));
+        (size_t)PQgetlength(r, i, 6), no_meta ? NULL : PQgetvalue(r, i, 7),
+        no_meta ? 0 : (size_t)PQgetlength(r, i, 7), val_i64(r, i, 8), val_i64(r, i, 9));
     if (rc) return rc;
   }
   return 0;
