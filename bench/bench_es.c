@@ -148,7 +148,11 @@ static size_t parse_payload(const char *text, size_t len) {
 
 static void raw_read(void *arg) {
   raw_job *j = arg;
-  sqlite3 *db = raw_open(j->path);
+  /* without SQLite's per-call mutex, as keel's read connections (each is
+   * used by one thread at a time) */
+  sqlite3 *db;
+  if (sqlite3_open_v2(j->path, &db, SQLITE_OPEN_READWRITE | SQLITE_OPEN_NOMUTEX, NULL) != SQLITE_OK)
+    die("sqlite3_open", 0);
   sqlite3_stmt *st;
   sqlite3_prepare_v2(db,
                      "SELECT position, stream, version, id, type, schema_version, payload, "
@@ -164,7 +168,13 @@ static void raw_read(void *arg) {
     int got = 0;
     while (sqlite3_step(st) == SQLITE_ROW) {
       after = sqlite3_column_int64(st, 0);
+      /* each column as its type: integers as integers (reading them as
+       * text would make SQLite format them, work keel does not do) */
       for (int c = 1; c < 10; c++) {
+        if (sqlite3_column_type(st, c) == SQLITE_INTEGER) {
+          bytes += (size_t)(sqlite3_column_int64(st, c) & 1);
+          continue;
+        }
         const unsigned char *t = sqlite3_column_text(st, c);
         if (t) bytes += (size_t)sqlite3_column_bytes(st, c);
         if (t && c == 6 && j->parse)
