@@ -288,6 +288,86 @@ int keel_es_truncate_before(keel_es *es, const char *stream, int64_t before);
  * connection to the file). Errors: KEEL_ENOENT. */
 int keel_es_hard_delete(keel_es *es, const char *stream);
 
+/* ---- transactions and SQL ------------------------------------------------ */
+
+/* The store's database is also the service's: a read model, a checkpoint,
+ * an outbox row can be written in the same transaction as events, so that
+ * they exist if and only if the events do (transactional projections and
+ * outboxes). SQL is written once for both backends: parameters are $1, $2,
+ * ... (sent as text; cast on PostgreSQL where a type is needed, e.g.
+ * $1::bigint), and ON CONFLICT, RETURNING, CREATE TABLE IF NOT EXISTS work
+ * on both. keel_es_backend tells a statement that must differ which to use. */
+
+typedef enum keel_es_backend_kind {
+  KEEL_ES_SQLITE = 1,
+  KEEL_ES_POSTGRESQL,
+} keel_es_backend_kind;
+keel_es_backend_kind keel_es_backend(const keel_es *es);
+
+/* A statement's result: every value as text (NULL for SQL NULL), row-major. */
+typedef struct keel_es_rows {
+  size_t nrows, ncols;
+  const char *const *cells; /* cells[row * ncols + col] */
+  const char *const *names; /* the columns' names, ncols of them */
+  int64_t changed;          /* rows inserted, updated or deleted by the statement */
+  void *priv_;              /* keel's */
+} keel_es_rows;
+
+/* The value at (row, col), or NULL (SQL NULL, or out of range). */
+const char *keel_es_rows_get(const keel_es_rows *rows, size_t row, size_t col);
+void keel_es_rows_free(keel_es_rows *rows); /* NULL and zeroed are fine */
+
+/* A transaction in progress: valid only inside the keel_es_tx_fn it is given. */
+typedef struct keel_es_tx keel_es_tx;
+
+/* Runs one statement (no trailing second statement) in the transaction.
+ * params[0..nparams) are $1..$n (a NULL entry is SQL NULL). rows may be
+ * NULL; otherwise it receives the result (free it with keel_es_rows_free,
+ * inside or after fn). Errors: KEEL_EEXIST (a unique or primary key
+ * violation), KEEL_EINVAL (the statement does not compile, or nparams does
+ * not match), KEEL_ETIMEDOUT (PostgreSQL's statement_timeout), KEEL_EIO
+ * (anything else). Every error is logged with the database's message
+ * (keel_es_tx_error gives it too) and DOOMS the transaction on both backends
+ * (as PostgreSQL does): later statements answer KEEL_ESTATE, and the whole
+ * transaction is rolled back whatever fn returns. Write ON CONFLICT DO
+ * NOTHING rather than catching KEEL_EEXIST. */
+int keel_es_tx_exec(keel_es_tx *tx, const char *sql, const char *const *params, size_t nparams,
+                    keel_es_rows *rows);
+/* The database's message for the transaction's failed statement ("" when none). */
+const char *keel_es_tx_error(const keel_es_tx *tx);
+
+/* fn's answer: 0 commits; anything else rolls back and is returned by
+ * keel_es_transact. */
+typedef int (*keel_es_tx_fn)(keel_es_tx *tx, void *arg);
+
+/* One transaction: the appends reqs[0..nreqs) first (exactly as
+ * keel_es_append_multi, whose arguments these are; nreqs may be 0), then
+ * fn(tx, arg) (may be NULL), then COMMIT; any failure rolls everything back.
+ * Appends come first because on PostgreSQL an appending transaction must take
+ * its id and its positions together (the horizon, docs/eventstore.md).
+ * When every append is a duplicate (a retry of a transaction that committed),
+ * fn is NOT run again and 0 is returned with the original results: an outbox
+ * row written by fn exists once.
+ *
+ * WHERE fn RUNS. SQLite: on the store's writer thread, inside the group
+ * commit (fn shares the group's fsync; its effects are isolated by a
+ * savepoint); so fn must be quick, must not wait, and must not call keel
+ * process functions (send, call, log is fine). PostgreSQL: in the calling
+ * process, on a pooled connection. On both, fn may run more than once for
+ * one call (PostgreSQL retries a transaction that raced on an event id), so
+ * it must only do database work through tx; only one of its runs commits.
+ * Errors: those of keel_es_append_multi, those of keel_es_tx_exec, or fn's. */
+int keel_es_transact(keel_es *es, const keel_es_append_req *reqs, size_t nreqs,
+                     keel_es_append_result *results, size_t *failed, keel_es_tx_fn fn, void *arg);
+
+/* One read-only statement outside any transaction (SQLite: a read
+ * connection on the blocking pool; PostgreSQL: a pooled connection), e.g. a
+ * read model's query. Same parameters, results and errors as
+ * keel_es_tx_exec; a write is refused on SQLite (KEEL_EINVAL) and must not
+ * be attempted on PostgreSQL (use keel_es_transact). Call from a process. */
+int keel_es_query(keel_es *es, const char *sql, const char *const *params, size_t nparams,
+                  keel_es_rows *rows);
+
 /* ---- schema evolution ---------------------------------------------------- */
 
 /* An upcaster turns an event of `type` at schema version v into the events

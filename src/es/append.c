@@ -24,6 +24,7 @@
 #include "es/es_internal.h"
 #include "keel/error.h"
 #include "keel/log.h"
+#include "keel/process.h"
 
 bool keel__es_expected_ok(int64_t expected, int64_t actual, bool deleted) {
   if (expected == KEEL_ES_ANY) return true;
@@ -154,17 +155,21 @@ static int submit(keel_es *es, es_req *r, keel_msg_t **out) {
   return 0;
 }
 
-int keel_es_append_multi(keel_es *es, const keel_es_append_req *reqs, size_t nreqs,
-                         keel_es_append_result *results, size_t *failed) {
+/* The appends of reqs, then fn, in one transaction (fn NULL: a plain
+ * append_multi, which needs at least one stream). */
+static int transact(keel_es *es, const keel_es_append_req *reqs, size_t nreqs,
+                    keel_es_append_result *results, size_t *failed, keel_es_tx_fn fn, void *arg) {
   if (failed) *failed = 0;
-  if (!es || !reqs || nreqs == 0 || !results) return KEEL_EINVAL;
-  memset(results, 0, nreqs * sizeof *results);
+  if (!es || (nreqs > 0 && (!reqs || !results)) || (nreqs == 0 && !fn)) return KEEL_EINVAL;
+  if (nreqs) memset(results, 0, nreqs * sizeof *results);
   es_req *r = keel__es_req_new(ES_REQ_APPEND, NULL);
-  if (!r || !(r->streams = calloc(nreqs, sizeof *r->streams))) {
+  if (!r || (nreqs && !(r->streams = calloc(nreqs, sizeof *r->streams)))) {
     keel__es_req_free(r);
     return KEEL_ENOMEM;
   }
   r->nstreams = nreqs;
+  r->tx_fn = fn;
+  r->tx_arg = arg;
   for (size_t i = 0; i < nreqs; i++) {
     int rc = encode_stream(es, reqs[i].stream, reqs[i].expected, reqs[i].events, reqs[i].n,
                            &r->streams[i]);
@@ -175,19 +180,35 @@ int keel_es_append_multi(keel_es *es, const keel_es_append_req *reqs, size_t nre
     }
     r->nevents += reqs[i].n;
   }
+  /* SQLite runs fn on the writer thread with arg, which may point into this
+   * process's stack: the process must outlive the call. */
+  int held = fn ? keel_hold_exits(true) : 1;
   keel_msg_t *m = NULL;
   int rc = submit(es, r, &m);
-  if (rc) return rc;
-  const es_reply *rep = keel_msg_data(m);
-  rc = rep->rc;
-  if (rep->nresults == nreqs) memcpy(results, rep->results, nreqs * sizeof *results);
-  if (rc) { /* nothing was stored: only the failed stream's result says why */
-    for (size_t i = 0; i < nreqs; i++)
-      if (i != rep->failed) memset(&results[i], 0, sizeof results[i]);
-    if (failed) *failed = rep->failed;
+  if (rc == 0) {
+    const es_reply *rep = keel_msg_data(m);
+    rc = rep->rc;
+    if (nreqs && rep->nresults == nreqs) memcpy(results, rep->results, nreqs * sizeof *results);
+    if (rc) { /* nothing was stored: only the failed stream's result says why */
+      for (size_t i = 0; i < nreqs; i++)
+        if (i != rep->failed) memset(&results[i], 0, sizeof results[i]);
+      if (failed) *failed = rep->failed;
+    }
+    keel_msg_free(m);
   }
-  keel_msg_free(m);
+  if (held == 0) keel_hold_exits(false);
   return rc;
+}
+
+int keel_es_append_multi(keel_es *es, const keel_es_append_req *reqs, size_t nreqs,
+                         keel_es_append_result *results, size_t *failed) {
+  if (nreqs == 0) return KEEL_EINVAL;
+  return transact(es, reqs, nreqs, results, failed, NULL, NULL);
+}
+
+int keel_es_transact(keel_es *es, const keel_es_append_req *reqs, size_t nreqs,
+                     keel_es_append_result *results, size_t *failed, keel_es_tx_fn fn, void *arg) {
+  return transact(es, reqs, nreqs, results, failed, fn, arg);
 }
 
 int keel_es_append(keel_es *es, const char *stream, int64_t expected,

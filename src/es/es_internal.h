@@ -70,6 +70,8 @@ typedef struct es_req {
   char *text;
   void (*fn)(sqlite3 *db, void *arg);
   void *fn_arg;
+  keel_es_tx_fn tx_fn; /* ES_REQ_APPEND of keel_es_transact: run after the appends */
+  void *tx_arg;
   double t0; /* submission time (monotonic s), for the duration histogram */
 } es_req;
 
@@ -195,6 +197,26 @@ char *keel__es_arena_copy(es_arena *a, const char *s, size_t len);
  * the arena and stay). */
 void keel__es_event_release(keel_es_event *e);
 
+/* ---- transactions (tx.c) -------------------------------------------------------------- */
+
+typedef struct es_pgconn es_pgconn;
+
+/* A keel_es_transact in progress, on one backend's connection. */
+struct keel_es_tx {
+  keel_es *es;
+  sqlite3 *db;   /* SQLite: the writer's connection (or a reader's for keel_es_query) */
+  es_pgconn *pc; /* PostgreSQL: the call's pooled connection */
+  int failed;    /* the first failed statement's error: the transaction is doomed */
+  char err[256];
+};
+
+/* tx.c: whether r's fn runs after its appends (not when every append was a
+ * duplicate: the transaction committed before), and running it. Both
+ * backends' writers call these inside the transaction, after the appends.
+ * Returns fn's answer, or the error that doomed the transaction. */
+bool keel__es_tx_wanted(const es_req *r, const keel_es_append_result *results);
+int keel__es_tx_run(keel_es *es, const es_req *r, sqlite3 *db, es_pgconn *pc);
+
 /* ---- reads, shared by both backends ------------------------------------------------ */
 
 /* Events being read: a growing array and the arena of their strings. */
@@ -239,11 +261,13 @@ int keel__es_upcast_page(keel_es *es, es_evec *ev, size_t start, const char *con
 /* ---- the PostgreSQL backend ---------------------------------------------------------- */
 
 /* One pooled connection (non-blocking once made). */
-typedef struct es_pgconn {
+struct es_pgconn {
   struct es_pgconn *next; /* the idle list */
   PGconn *conn;
-  bool broken; /* an I/O error or a timeout: dropped when released */
-} es_pgconn;
+  bool broken;      /* an I/O error or a timeout: dropped when released */
+  char sqlstate[6]; /* the last server error's SQLSTATE and message ("" when none) */
+  char errmsg[256];
+};
 
 /* A process waiting for a connection (on its stack, exits held). */
 typedef struct es_pgwaiter {

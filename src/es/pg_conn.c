@@ -20,6 +20,7 @@
  * (statement_timeout) KEEL_ETIMEDOUT, anything else KEEL_EIO, logged with
  * the server's SQLSTATE and message.
  */
+#include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
 
@@ -133,6 +134,10 @@ int keel__es_pg_query(es_pg *pg, es_pgconn *c, const char *what, const char *sql
   }
   if (err) {
     PQclear(res);
+    const char *state = PQresultErrorField(err, PG_DIAG_SQLSTATE);
+    const char *msg = PQresultErrorField(err, PG_DIAG_MESSAGE_PRIMARY);
+    snprintf(c->sqlstate, sizeof c->sqlstate, "%s", state ? state : "");
+    snprintf(c->errmsg, sizeof c->errmsg, "%s", msg ? msg : "");
     rc = map_error(err, what);
     PQclear(err);
     if (PQstatus(c->conn) != CONNECTION_OK) c->broken = true;

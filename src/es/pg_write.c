@@ -314,6 +314,9 @@ static int append_once(keel_es *es, es_pgconn *c, const es_req *r, es_reply *rep
     }
   }
   free(dup);
+  if (rc == 0 && keel__es_tx_wanted(r, rep->results) &&
+      (rc = keel__es_tx_run(es, r, NULL, c)) != 0)
+    rep->failed = r->nstreams;
   if (rc) return rc;
   return keel__es_pg_query(pg, c, "committing an append", "COMMIT", -1, NULL, NULL);
 }
@@ -441,7 +444,7 @@ int keel__es_pg_write(keel_es *es, const es_req *r, es_reply *rep) {
   if (rc != 0 && rc != KEEL_ECONFLICT) /* nothing stored: no result says otherwise */
     memset(rep->results, 0, rep->nresults * sizeof rep->results[0]);
   rep->rc = rc;
-  if (r->kind == ES_REQ_APPEND) count(es, r, rep, t0);
+  if (r->kind == ES_REQ_APPEND && r->nstreams > 0) count(es, r, rep, t0);
   if (held == 0) keel_hold_exits(false);
   return rc;
 }

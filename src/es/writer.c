@@ -320,7 +320,7 @@ static void finish(keel_es *es, es_req *r, keel_msg_t *m) {
       nanosleep(&ts, NULL);
     }
   }
-  if (r->kind == ES_REQ_APPEND) {
+  if (r->kind == ES_REQ_APPEND && r->nstreams > 0) { /* a transact without appends is not one */
     es_reply *rep = keel_msg_data(m);
     if (es->m_duration) keel_histogram_observe(es->m_duration, keel__es_now_s() - r->t0);
     keel_counter *c = es->m_ok;
@@ -370,6 +370,8 @@ static void run_group(keel_es *es, es_req *group, size_t nreq) {
         rep->rc = append_one(es, &r->streams[k], &rep->results[k], now);
         if (rep->rc) rep->failed = k;
       }
+      if (rep->rc == 0 && keel__es_tx_wanted(r, rep->results))
+        if ((rep->rc = keel__es_tx_run(es, r, es->wdb, NULL)) != 0) rep->failed = r->nstreams;
     } else {
       rep->rc = exec_other(es, r, rep);
     }

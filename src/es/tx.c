@@ -1,0 +1,389 @@
+/* tx.c - the service's own SQL in the store's database: statements inside a
+ * keel_es_transact (after its appends, before its commit), read-only
+ * queries outside, and their results.
+ *
+ * One SQL text for both backends: parameters are $1..$n. PostgreSQL takes
+ * them as they are; SQLite reads "$1" as a parameter named "$1", so each is
+ * bound by its name (a statement may use them in any order, or twice).
+ *
+ * The rules both backends keep alike:
+ *   - one statement per call (SQLite would silently ignore the rest);
+ *   - no transaction control (BEGIN, COMMIT, ROLLBACK, SAVEPOINT, ...):
+ *     the transaction is keel's, and on SQLite it is the writer's whole
+ *     group commit, which a stray COMMIT would split;
+ *   - the first failed statement dooms the transaction, as PostgreSQL does
+ *     by itself: later statements answer KEEL_ESTATE and it is rolled back.
+ * On SQLite an authorizer also refuses, inside a transaction, ATTACH,
+ * DETACH, pragmas that set something, and writes to keel's own tables (the
+ * events' invariants are the writer's); on PostgreSQL the events table's
+ * trigger refuses updates and deletes, and the rest is documented.
+ */
+#include <ctype.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <strings.h>
+
+#include "es/es_internal.h"
+#include "keel/error.h"
+#include "keel/log.h"
+#include "keel/process.h"
+
+keel_es_backend_kind keel_es_backend(const keel_es *es) {
+  return es && es->kind == ES_PG ? KEEL_ES_POSTGRESQL : KEEL_ES_SQLITE;
+}
+
+/* ---- results ---------------------------------------------------------------------- */
+
+/* The texts of a result in one buffer (offsets while it grows; NULL cells
+ * are SIZE_MAX), turned into pointers once complete. */
+typedef struct rows_build {
+  char *buf;
+  size_t len, cap;
+  size_t *off;
+  size_t n, capn;
+  bool oom;
+} rows_build;
+
+static void rb_add(rows_build *b, const char *s, size_t len) {
+  if (b->oom) return;
+  if (b->n == b->capn) {
+    size_t cap = b->capn ? b->capn * 2 : 64;
+    size_t *o = realloc(b->off, cap * sizeof *o);
+    if (!o) {
+      b->oom = true;
+      return;
+    }
+    b->off = o;
+    b->capn = cap;
+  }
+  if (!s) {
+    b->off[b->n++] = SIZE_MAX;
+    return;
+  }
+  if (b->len + len + 1 > b->cap) {
+    size_t cap = b->cap ? b->cap : 1024;
+    while (cap < b->len + len + 1)
+      cap *= 2;
+    char *p = realloc(b->buf, cap);
+    if (!p) {
+      b->oom = true;
+      return;
+    }
+    b->buf = p;
+    b->cap = cap;
+  }
+  memcpy(b->buf + b->len, s, len);
+  b->buf[b->len + len] = 0;
+  b->off[b->n++] = b->len;
+  b->len += len + 1;
+}
+
+/* The layout behind rows->priv_: the pointers (names, then cells), then
+ * the texts they point into. */
+static int rb_finish(rows_build *b, size_t ncols, keel_es_rows *rows) {
+  if (b->oom) {
+    free(b->buf);
+    free(b->off);
+    return KEEL_ENOMEM;
+  }
+  size_t bytes = b->n * sizeof(char *) + b->len;
+  char **ptrs = malloc(bytes ? bytes : 1);
+  if (!ptrs) {
+    free(b->buf);
+    free(b->off);
+    return KEEL_ENOMEM;
+  }
+  char *text = (char *)(ptrs + b->n);
+  if (b->len) memcpy(text, b->buf, b->len);
+  for (size_t i = 0; i < b->n; i++)
+    ptrs[i] = b->off[i] == SIZE_MAX ? NULL : text + b->off[i];
+  free(b->buf);
+  free(b->off);
+  rows->priv_ = ptrs;
+  rows->ncols = ncols;
+  rows->names = (const char *const *)ptrs;
+  rows->cells = (const char *const *)(ptrs + ncols);
+  rows->nrows = ncols ? (b->n - ncols) / ncols : 0;
+  return 0;
+}
+
+const char *keel_es_rows_get(const keel_es_rows *rows, size_t row, size_t col) {
+  if (!rows || row >= rows->nrows || col >= rows->ncols) return NULL;
+  return rows->cells[row * rows->ncols + col];
+}
+
+void keel_es_rows_free(keel_es_rows *rows) {
+  if (!rows) return;
+  free(rows->priv_);
+  memset(rows, 0, sizeof *rows);
+}
+
+/* ---- the rules ---------------------------------------------------------------------- */
+
+static void set_error(keel_es_tx *tx, int rc, const char *msg) {
+  if (!tx) return;
+  if (!tx->failed) tx->failed = rc;
+  snprintf(tx->err, sizeof tx->err, "%s", msg ? msg : "");
+}
+
+/* The statement's first word, skipping blanks and comments, is transaction
+ * control. */
+static bool is_tx_control(const char *sql) {
+  const char *p = sql;
+  for (;;) {
+    while (isspace((unsigned char)*p))
+      p++;
+    if (p[0] == '-' && p[1] == '-') {
+      while (*p && *p != '\n')
+        p++;
+    } else if (p[0] == '/' && p[1] == '*') {
+      const char *e = strstr(p + 2, "*/");
+      p = e ? e + 2 : p + strlen(p);
+    } else {
+      break;
+    }
+  }
+  static const char *const words[] = {"BEGIN",   "COMMIT",  "ROLLBACK", "SAVEPOINT", "RELEASE",
+                                      "END",     "START",   "ABORT",    "PREPARE",   "VACUUM",
+                                      "ATTACH",  "DETACH"};
+  size_t n = 0;
+  while (isalpha((unsigned char)p[n]))
+    n++;
+  for (size_t i = 0; i < sizeof words / sizeof words[0]; i++)
+    if (strlen(words[i]) == n && strncasecmp(p, words[i], n) == 0) return true;
+  return false;
+}
+
+/* ---- SQLite --------------------------------------------------------------------------- */
+
+static bool keel_table(const char *t) {
+  static const char *const own[] = {"events", "streams", "es_control", "snapshots"};
+  if (!t) return false;
+  if (strncmp(t, "keel_", 5) == 0) return true;
+  for (size_t i = 0; i < sizeof own / sizeof own[0]; i++)
+    if (strcasecmp(t, own[i]) == 0) return true;
+  return false;
+}
+
+static int authorize(void *ud, int action, const char *a, const char *b, const char *db,
+                     const char *trigger) {
+  (void)ud;
+  (void)db;
+  if (trigger) return SQLITE_OK; /* keel's own triggers, reached by an allowed statement */
+  switch (action) {
+  case SQLITE_TRANSACTION:
+  case SQLITE_SAVEPOINT:
+  case SQLITE_ATTACH:
+  case SQLITE_DETACH: return SQLITE_DENY;
+  case SQLITE_PRAGMA: return b ? SQLITE_DENY : SQLITE_OK; /* pragma x = y sets x */
+  case SQLITE_INSERT:
+  case SQLITE_UPDATE:
+  case SQLITE_DELETE:
+  case SQLITE_DROP_TABLE:
+  case SQLITE_ALTER_TABLE: return keel_table(a) ? SQLITE_DENY : SQLITE_OK;
+  default: return SQLITE_OK;
+  }
+}
+
+static int sqlite_rc(sqlite3 *db, int src) {
+  int ext = sqlite3_extended_errcode(db);
+  if (ext == SQLITE_CONSTRAINT_UNIQUE || ext == SQLITE_CONSTRAINT_PRIMARYKEY) return KEEL_EEXIST;
+  if (src == SQLITE_NOMEM) return KEEL_ENOMEM;
+  return KEEL_EIO;
+}
+
+static int sq_fail(keel_es_tx *tx, sqlite3 *db, int rc, const char *msg) {
+  keel_log_error(NULL, "event store: SQL statement failed", KEEL_STR("error", msg),
+                 KEEL_INT("code", sqlite3_extended_errcode(db)));
+  set_error(tx, rc, msg);
+  return rc;
+}
+
+/* Binds params to their $i names (or, for a statement written with plain
+ * ?, by position). */
+static int sq_bind(sqlite3_stmt *st, const char *const *params, size_t n) {
+  if ((size_t)sqlite3_bind_parameter_count(st) != n) return KEEL_EINVAL;
+  for (size_t i = 0; i < n; i++) {
+    char name[24];
+    snprintf(name, sizeof name, "$%zu", i + 1);
+    int idx = sqlite3_bind_parameter_index(st, name);
+    if (idx == 0) {
+      if (sqlite3_bind_parameter_name(st, (int)i + 1) != NULL) return KEEL_EINVAL;
+      idx = (int)i + 1;
+    }
+    int src = params[i] ? sqlite3_bind_text(st, idx, params[i], -1, SQLITE_STATIC)
+                        : sqlite3_bind_null(st, idx);
+    if (src != SQLITE_OK) return KEEL_EINVAL;
+  }
+  return 0;
+}
+
+static int sq_exec(keel_es_tx *tx, sqlite3 *db, bool readonly, const char *sql,
+                   const char *const *params, size_t n, keel_es_rows *rows) {
+  sqlite3_stmt *st = NULL;
+  const char *tail = NULL;
+  if (!readonly) sqlite3_set_authorizer(db, authorize, NULL);
+  int src = sqlite3_prepare_v2(db, sql, -1, &st, &tail);
+  if (!readonly) sqlite3_set_authorizer(db, NULL, NULL);
+  if (src != SQLITE_OK) {
+    int rc = src == SQLITE_NOMEM ? KEEL_ENOMEM : KEEL_EINVAL;
+    return sq_fail(tx, db, rc, sqlite3_errmsg(db));
+  }
+  if (!st) return sq_fail(tx, db, KEEL_EINVAL, "no statement");
+  while (tail && isspace((unsigned char)*tail))
+    tail++;
+  int rc = 0;
+  if (tail && *tail)
+    rc = sq_fail(tx, db, KEEL_EINVAL, "more than one statement");
+  else if (readonly && !sqlite3_stmt_readonly(st))
+    rc = sq_fail(tx, db, KEEL_EINVAL, "a write outside keel_es_transact");
+  else if (sq_bind(st, params, n) != 0)
+    rc = sq_fail(tx, db, KEEL_EINVAL, "parameters do not match the statement's $1..$n");
+  if (rc) {
+    sqlite3_finalize(st);
+    return rc;
+  }
+  size_t ncols = (size_t)sqlite3_column_count(st);
+  rows_build b = {0};
+  for (size_t c = 0; c < ncols && rows; c++) {
+    const char *name = sqlite3_column_name(st, (int)c);
+    rb_add(&b, name ? name : "", name ? strlen(name) : 0);
+  }
+  while ((src = sqlite3_step(st)) == SQLITE_ROW) {
+    for (size_t c = 0; c < ncols && rows; c++) {
+      if (sqlite3_column_type(st, (int)c) == SQLITE_NULL) {
+        rb_add(&b, NULL, 0);
+      } else {
+        const char *v = (const char *)sqlite3_column_text(st, (int)c);
+        rb_add(&b, v ? v : "", (size_t)sqlite3_column_bytes(st, (int)c));
+      }
+    }
+  }
+  if (src != SQLITE_DONE) {
+    rc = sq_fail(tx, db, sqlite_rc(db, src), sqlite3_errmsg(db));
+  } else if (rows) {
+    memset(rows, 0, sizeof *rows);
+    rows->changed = sqlite3_stmt_readonly(st) ? 0 : sqlite3_changes64(db);
+    rc = rb_finish(&b, ncols, rows);
+    b.buf = NULL;
+    b.off = NULL;
+  }
+  free(b.buf);
+  free(b.off);
+  sqlite3_finalize(st);
+  return rc;
+}
+
+/* ---- PostgreSQL ---------------------------------------------------------------------- */
+
+static int pg_exec(keel_es *es, keel_es_tx *tx, es_pgconn *c, const char *sql,
+                   const char *const *params, size_t n, keel_es_rows *rows) {
+  c->sqlstate[0] = c->errmsg[0] = 0;
+  PGresult *res = NULL;
+  int rc = keel__es_pg_query(es->pg, c, "a service's statement", sql, (int)n, params, &res);
+  if (rc) {
+    /* syntax errors and undefined names (class 42), and parameters that do
+     * not match the statement (08P01 at bind), are the caller's */
+    if (rc == KEEL_EIO &&
+        (strncmp(c->sqlstate, "42", 2) == 0 || strcmp(c->sqlstate, "08P01") == 0))
+      rc = KEEL_EINVAL;
+    set_error(tx, rc, c->errmsg[0] ? c->errmsg : "the connection failed");
+    return rc;
+  }
+  if (rows) {
+    memset(rows, 0, sizeof *rows);
+    size_t nr = (size_t)PQntuples(res), nc = (size_t)PQnfields(res);
+    rows_build b = {0};
+    for (size_t k = 0; k < nc; k++) {
+      const char *name = PQfname(res, (int)k);
+      rb_add(&b, name, strlen(name));
+    }
+    for (size_t r = 0; r < nr; r++)
+      for (size_t k = 0; k < nc; k++)
+        rb_add(&b, PQgetisnull(res, (int)r, (int)k) ? NULL : PQgetvalue(res, (int)r, (int)k),
+               (size_t)PQgetlength(res, (int)r, (int)k));
+    /* PQcmdTuples counts a SELECT's rows too; SQLite's changes do not */
+    const char *cmd = PQcmdStatus(res);
+    if (strncmp(cmd, "INSERT", 6) == 0 || strncmp(cmd, "UPDATE", 6) == 0 ||
+        strncmp(cmd, "DELETE", 6) == 0 || strncmp(cmd, "MERGE", 5) == 0)
+      rows->changed = strtoll(PQcmdTuples(res), NULL, 10);
+    rc = rb_finish(&b, nc, rows);
+  }
+  PQclear(res);
+  return rc;
+}
+
+/* ---- statements in a transaction --------------------------------------------------- */
+
+int keel_es_tx_exec(keel_es_tx *tx, const char *sql, const char *const *params, size_t nparams,
+                    keel_es_rows *rows) {
+  if (rows) memset(rows, 0, sizeof *rows);
+  if (!tx || !sql || (nparams && !params)) return KEEL_EINVAL;
+  if (tx->failed) return KEEL_ESTATE;
+  if (is_tx_control(sql)) {
+    set_error(tx, KEEL_EINVAL, "transaction control belongs to keel_es_transact");
+    return KEEL_EINVAL;
+  }
+  if (tx->db) return sq_exec(tx, tx->db, false, sql, params, nparams, rows);
+  return pg_exec(tx->es, tx, tx->pc, sql, params, nparams, rows);
+}
+
+const char *keel_es_tx_error(const keel_es_tx *tx) {
+  return tx ? tx->err : "";
+}
+
+bool keel__es_tx_wanted(const es_req *r, const keel_es_append_result *results) {
+  if (!r->tx_fn) return false;
+  if (r->nstreams == 0) return true;
+  for (size_t k = 0; k < r->nstreams; k++)
+    if (!results[k].duplicate) return true;
+  return false;
+}
+
+int keel__es_tx_run(keel_es *es, const es_req *r, sqlite3 *db, es_pgconn *pc) {
+  keel_es_tx tx = {.es = es, .db = db, .pc = pc};
+  int rc = r->tx_fn(&tx, r->tx_arg);
+  return rc ? rc : tx.failed;
+}
+
+/* ---- queries outside a transaction -------------------------------------------------- */
+
+typedef struct query_job {
+  const char *sql;
+  const char *const *params;
+  size_t n;
+  keel_es_rows *rows;
+  int rc;
+} query_job;
+
+static void query_on_reader(sqlite3 *db, void *arg) {
+  query_job *j = arg;
+  j->rc = sq_exec(NULL, db, true, j->sql, j->params, j->n, j->rows);
+}
+
+int keel_es_query(keel_es *es, const char *sql, const char *const *params, size_t nparams,
+                  keel_es_rows *rows) {
+  if (rows) memset(rows, 0, sizeof *rows);
+  if (!es || !sql || (nparams && !params)) return KEEL_EINVAL;
+  if (is_tx_control(sql)) return KEEL_EINVAL;
+  if (keel_self() == 0) return KEEL_ENOTPROC;
+  keel_es_rows tmp = {0};
+  query_job j = {.sql = sql, .params = params, .n = nparams, .rows = rows ? rows : &tmp};
+  if (es->kind != ES_PG) {
+    int rc = keel__es_with_reader(es, query_on_reader, &j);
+    if (!rows) keel_es_rows_free(&tmp);
+    return rc ? rc : j.rc;
+  }
+  /* exits wait until the connection is back in the pool */
+  int held = keel_hold_exits(true);
+  es_pgconn *c = NULL;
+  int rc = keel__es_pg_acquire(es, &c);
+  if (rc == 0) {
+    rc = pg_exec(es, NULL, c, sql, params, nparams, j.rows);
+    keel__es_pg_release(es, c);
+  }
+  if (!rows) keel_es_rows_free(&tmp);
+  if (held == 0) keel_hold_exits(false);
+  return rc;
+}

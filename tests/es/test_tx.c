@@ -1,0 +1,331 @@
+/* test_tx.c - the service's SQL in the store's database: keel_es_transact
+ * (appends, then the service's statements, one commit or none),
+ * keel_es_tx_exec's rules (one statement, no transaction control, the first
+ * error dooms the transaction), keel_es_query, and many processes
+ * transacting at once (group commit on SQLite, parallel transactions on
+ * PostgreSQL) without a lost update. Both backends. */
+#include <stdlib.h>
+
+#include "es/es_internal.h"
+#include "es/kt_es.h"
+
+static int exec(keel_es_tx *tx, const char *sql) {
+  return keel_es_tx_exec(tx, sql, NULL, 0, NULL);
+}
+
+static int create_tables(keel_es_tx *tx, void *arg) {
+  (void)arg;
+  int rc = exec(tx, "CREATE TABLE IF NOT EXISTS orders_view (id TEXT PRIMARY KEY, "
+                    "status TEXT NOT NULL, total BIGINT, note TEXT)");
+  if (!rc) rc = exec(tx, "CREATE TABLE IF NOT EXISTS outbox (id TEXT PRIMARY KEY, body TEXT)");
+  if (!rc) rc = exec(tx, "CREATE TABLE IF NOT EXISTS counter (k INTEGER PRIMARY KEY, n BIGINT)");
+  if (!rc) rc = exec(tx, "INSERT INTO counter (k, n) VALUES (1, 0) ON CONFLICT (k) DO NOTHING");
+  return rc;
+}
+
+static keel_es *open_with_tables(kt_store *s) {
+  keel_es *es = kt_store_open(s, NULL);
+  CHECK_OK(keel_es_transact(es, NULL, 0, NULL, NULL, create_tables, NULL));
+  return es;
+}
+
+static int64_t count_rows(keel_es *es, const char *table) {
+  char sql[96];
+  snprintf(sql, sizeof sql, "SELECT count(*) FROM %s", table);
+  keel_es_rows rows;
+  CHECK_OK(keel_es_query(es, sql, NULL, 0, &rows));
+  CHECK_EQ(rows.nrows, 1);
+  int64_t n = strtoll(keel_es_rows_get(&rows, 0, 0), NULL, 10);
+  keel_es_rows_free(&rows);
+  return n;
+}
+
+/* ---- statements and results ---------------------------------------------------------- */
+
+typedef struct upsert_arg {
+  const char *id, *status, *total;
+  int64_t changed;
+  int rc;
+} upsert_arg;
+
+static int upsert(keel_es_tx *tx, void *arg) {
+  upsert_arg *a = arg;
+  keel_es_rows rows;
+  /* $2 before $1, and $1 twice: parameters are bound by number, not place */
+  a->rc = keel_es_tx_exec(tx,
+                          "INSERT INTO orders_view (status, id, total, note) "
+                          "VALUES ($2, $1, CAST($3 AS BIGINT), $1 || '!') "
+                          "ON CONFLICT (id) DO UPDATE SET status = excluded.status",
+                          (const char *[]){a->id, a->status, a->total}, 3, &rows);
+  a->changed = rows.changed;
+  keel_es_rows_free(&rows);
+  return a->rc;
+}
+
+KT_CASE(statements_bind_by_number_and_results_come_back_as_text) {
+  kt_store s;
+  keel_es *es = open_with_tables(&s);
+  upsert_arg a = {.id = "o-1", .status = "placed", .total = "42"};
+  CHECK_OK(keel_es_transact(es, NULL, 0, NULL, NULL, upsert, &a));
+  CHECK_EQ(a.changed, 1);
+  a = (upsert_arg){.id = "o-2", .status = "paid", .total = NULL};
+  CHECK_OK(keel_es_transact(es, NULL, 0, NULL, NULL, upsert, &a));
+  a = (upsert_arg){.id = "o-1", .status = "shipped", .total = "7"};
+  CHECK_OK(keel_es_transact(es, NULL, 0, NULL, NULL, upsert, &a));
+  CHECK_EQ(a.changed, 1);
+
+  keel_es_rows rows;
+  CHECK_OK(keel_es_query(es, "SELECT id, status, total, note FROM orders_view ORDER BY id",
+                         NULL, 0, &rows));
+  CHECK_EQ(rows.nrows, 2);
+  CHECK_EQ(rows.ncols, 4);
+  CHECK_STR(rows.names[0], "id");
+  CHECK_STR(rows.names[3], "note");
+  CHECK_STR(keel_es_rows_get(&rows, 0, 0), "o-1");
+  CHECK_STR(keel_es_rows_get(&rows, 0, 1), "shipped");
+  CHECK_STR(keel_es_rows_get(&rows, 0, 2), "42"); /* the update kept the total */
+  CHECK_STR(keel_es_rows_get(&rows, 0, 3), "o-1!");
+  CHECK_STR(keel_es_rows_get(&rows, 1, 1), "paid");
+  CHECK(keel_es_rows_get(&rows, 1, 2) == NULL); /* SQL NULL */
+  CHECK(keel_es_rows_get(&rows, 2, 0) == NULL); /* out of range */
+  CHECK(keel_es_rows_get(&rows, 0, 4) == NULL);
+  CHECK_EQ(rows.changed, 0); /* a SELECT changes nothing, on both backends */
+  keel_es_rows_free(&rows);
+
+  CHECK_OK(keel_es_query(es, "SELECT id FROM orders_view WHERE status = $1",
+                         (const char *[]){"nothing"}, 1, &rows));
+  CHECK_EQ(rows.nrows, 0);
+  CHECK_EQ(rows.ncols, 1);
+  keel_es_rows_free(&rows);
+  keel_es_rows_free(&rows); /* twice is fine */
+  kt_store_close(&s);
+}
+
+/* ---- the rules ------------------------------------------------------------------------- */
+
+typedef struct rules_arg {
+  int two, control, params, bad_sql, after_bad, own_table;
+} rules_arg;
+
+static int rules(keel_es_tx *tx, void *arg) {
+  rules_arg *a = arg;
+  a->two = exec(tx, "INSERT INTO outbox VALUES ('a', 'x'); INSERT INTO outbox VALUES ('b', 'y')");
+  a->control = exec(tx, "  -- sneaky\n COMMIT");
+  a->params = keel_es_tx_exec(tx, "SELECT $1, $2", (const char *[]){"1"}, 1, NULL);
+  return 0;
+}
+
+static int doomed(keel_es_tx *tx, void *arg) {
+  rules_arg *a = arg;
+  CHECK_OK(exec(tx, "INSERT INTO outbox VALUES ('kept?', 'no')"));
+  a->bad_sql = exec(tx, "SELEKT nothing");
+  CHECK(keel_es_tx_error(tx)[0] != 0);
+  a->after_bad = exec(tx, "INSERT INTO outbox VALUES ('c', 'z')");
+  return 0; /* fn says commit, but the transaction is doomed */
+}
+
+static int dup_key(keel_es_tx *tx, void *arg) {
+  (void)arg;
+  CHECK_OK(exec(tx, "INSERT INTO outbox VALUES ('k', 'first')"));
+  return exec(tx, "INSERT INTO outbox VALUES ('k', 'second')");
+}
+
+static int touch_events(keel_es_tx *tx, void *arg) {
+  rules_arg *a = arg;
+  a->own_table = exec(tx, "DELETE FROM events");
+  return a->own_table;
+}
+
+KT_CASE(one_statement_no_transaction_control_and_the_first_error_dooms_the_rest) {
+  kt_store s;
+  keel_es *es = open_with_tables(&s);
+  rules_arg a = {0};
+  /* every refusal dooms the transaction: the later ones answer KEEL_ESTATE */
+  CHECK_EQ(keel_es_transact(es, NULL, 0, NULL, NULL, rules, &a), KEEL_EINVAL);
+  CHECK_EQ(a.two, KEEL_EINVAL);
+  CHECK_EQ(a.control, KEEL_ESTATE);
+  CHECK_EQ(a.params, KEEL_ESTATE);
+  CHECK_EQ(count_rows(es, "outbox"), 0);
+
+  /* each rule on its own */
+  CHECK_EQ(keel_es_query(es, "COMMIT", NULL, 0, NULL), KEEL_EINVAL);
+  CHECK_EQ(keel_es_query(es, "SELECT $1, $2", (const char *[]){"1"}, 1, NULL), KEEL_EINVAL);
+
+  CHECK_EQ(keel_es_transact(es, NULL, 0, NULL, NULL, doomed, &a), KEEL_EINVAL);
+  CHECK_EQ(a.bad_sql, KEEL_EINVAL);
+  CHECK_EQ(a.after_bad, KEEL_ESTATE);
+  CHECK_EQ(count_rows(es, "outbox"), 0); /* the statement before the error is rolled back */
+
+  CHECK_EQ(keel_es_transact(es, NULL, 0, NULL, NULL, dup_key, NULL), KEEL_EEXIST);
+  CHECK_EQ(count_rows(es, "outbox"), 0);
+
+  /* keel's tables are keel's: SQLite refuses at compile time, PostgreSQL's
+   * trigger at run time (either way an error, and nothing is deleted) */
+  CHECK_OK(kt_append_n(es, "o-1", KEEL_ES_NO_STREAM, "T", 2, 0, NULL));
+  CHECK(keel_es_transact(es, NULL, 0, NULL, NULL, touch_events, &a) != 0);
+  CHECK(a.own_table != 0);
+  int64_t head;
+  CHECK_OK(keel_es_head(es, &head));
+  CHECK_EQ(head, 2);
+  keel_es_events evs;
+  CHECK_OK(keel_es_read_stream(es, "o-1", NULL, &evs));
+  CHECK_EQ(evs.n, 2);
+  keel_es_events_free(&evs);
+  kt_store_close(&s);
+}
+
+KT_CASE(query_refuses_writes_on_sqlite) {
+  KT_SQLITE_ONLY();
+  kt_store s;
+  keel_es *es = open_with_tables(&s);
+  CHECK_EQ(keel_es_query(es, "INSERT INTO outbox VALUES ('a', 'b')", NULL, 0, NULL), KEEL_EINVAL);
+  CHECK_EQ(count_rows(es, "outbox"), 0);
+  kt_store_close(&s);
+}
+
+/* ---- appends and the service's rows together ----------------------------------------- */
+
+typedef struct outbox_arg {
+  const char *id;
+  int runs;
+  int fail; /* fn's answer */
+} outbox_arg;
+
+static int write_outbox(keel_es_tx *tx, void *arg) {
+  outbox_arg *a = arg;
+  a->runs++;
+  CHECK_OK(keel_es_tx_exec(tx, "INSERT INTO outbox (id, body) VALUES ($1, 'mail')",
+                           (const char *[]){a->id}, 1, NULL));
+  return a->fail;
+}
+
+#define EV1 "11111111-aaaa-4aaa-8aaa-111111111111"
+#define EV2 "22222222-aaaa-4aaa-8aaa-222222222222"
+
+KT_CASE(appends_and_rows_commit_together_or_not_at_all) {
+  kt_store s;
+  keel_es *es = open_with_tables(&s);
+  json_t *p = json_object();
+  keel_es_event_in ev[2] = {{.id = EV1, .type = "Placed", .payload = p},
+                            {.id = EV2, .type = "Mailed", .payload = p}};
+  keel_es_append_req req[2] = {{.stream = "order-1", .expected = KEEL_ES_NO_STREAM, .events = ev,
+                                .n = 1},
+                               {.stream = "mail-1", .expected = KEEL_ES_ANY, .events = ev + 1,
+                                .n = 1}};
+  keel_es_append_result res[2];
+  size_t failed = 99;
+
+  /* fn refuses: nothing of the appends is stored, no result claims otherwise */
+  outbox_arg a = {.id = "m-1", .fail = -1000};
+  CHECK_EQ(keel_es_transact(es, req, 2, res, &failed, write_outbox, &a), -1000);
+  CHECK_EQ(failed, 2); /* nreqs: fn failed */
+  CHECK_EQ(res[0].version, 0);
+  CHECK_EQ(res[1].last_position, 0);
+  CHECK_EQ(count_rows(es, "outbox"), 0);
+  keel_es_stream_info info;
+  CHECK_EQ(keel_es_stream_info_get(es, "order-1", &info), KEEL_ENOENT);
+
+  /* both: the events and the row */
+  a = (outbox_arg){.id = "m-1"};
+  CHECK_OK(keel_es_transact(es, req, 2, res, &failed, write_outbox, &a));
+  CHECK(a.runs >= 1);
+  CHECK_EQ(res[0].version, 1);
+  CHECK_EQ(res[1].version, 1);
+  CHECK(res[1].first_position > res[0].last_position);
+  CHECK_EQ(count_rows(es, "outbox"), 1);
+
+  /* the retry after a lost acknowledgement: the original results, fn not run again */
+  a = (outbox_arg){.id = "m-1"};
+  CHECK_OK(keel_es_transact(es, req, 2, res, &failed, write_outbox, &a));
+  CHECK(res[0].duplicate && res[1].duplicate);
+  CHECK_EQ(a.runs, 0);
+  CHECK_EQ(count_rows(es, "outbox"), 1);
+
+  /* a conflict: fn does not run, nothing stored, the conflict says why */
+  keel_es_event_in ev3 = {.type = "Paid", .payload = p};
+  keel_es_append_req req3 = {.stream = "order-1", .expected = 5, .events = &ev3, .n = 1};
+  a = (outbox_arg){.id = "m-2"};
+  CHECK_EQ(keel_es_transact(es, &req3, 1, res, &failed, write_outbox, &a), KEEL_ECONFLICT);
+  CHECK_EQ(failed, 0);
+  CHECK_EQ(res[0].expected, 5);
+  CHECK_EQ(res[0].actual, 1);
+  CHECK_EQ(a.runs, 0);
+  CHECK_EQ(count_rows(es, "outbox"), 1);
+
+  /* arguments */
+  CHECK_EQ(keel_es_transact(es, NULL, 0, NULL, NULL, NULL, NULL), KEEL_EINVAL);
+  CHECK_EQ(keel_es_append_multi(es, req, 0, res, NULL), KEEL_EINVAL);
+  json_decref(p);
+  kt_store_close(&s);
+}
+
+/* ---- many processes at once --------------------------------------------------------------- */
+
+enum { TAG_DONE = 7 };
+
+typedef struct bumper {
+  keel_es *es;
+  keel_pid_t parent;
+  int index, count, failures;
+} bumper;
+
+static int bump(keel_es_tx *tx, void *arg) {
+  (void)arg;
+  keel_es_rows rows;
+  int rc = keel_es_tx_exec(tx, "UPDATE counter SET n = n + 1 WHERE k = 1 RETURNING n", NULL, 0,
+                           &rows);
+  if (rc == 0 && (rows.changed != 1 || rows.nrows != 1)) rc = -1000;
+  keel_es_rows_free(&rows);
+  return rc;
+}
+
+static void bump_loop(void *arg) {
+  bumper *b = arg;
+  char stream[32];
+  snprintf(stream, sizeof stream, "b-%d", b->index);
+  json_t *p = json_object();
+  for (int i = 0; i < b->count; i++) {
+    keel_es_event_in ev = {.type = "Bumped", .payload = p};
+    keel_es_append_req req = {.stream = stream, .expected = i / 2, .events = &ev, .n = 1};
+    keel_es_append_result res = {0};
+    /* half with an event, half the counter alone */
+    int rc = i % 2 ? keel_es_transact(b->es, NULL, 0, NULL, NULL, bump, NULL)
+                   : keel_es_transact(b->es, &req, 1, &res, NULL, bump, NULL);
+    if (rc || (i % 2 == 0 && res.version != i / 2 + 1)) {
+      b->failures++;
+      break; /* the stream's next expected version would be wrong */
+    }
+  }
+  json_decref(p);
+  kt_send_u64(b->parent, TAG_DONE, 0);
+}
+
+KT_CASE(many_processes_transacting_at_once_lose_no_update) {
+  kt_store s;
+  keel_es *es = open_with_tables(&s);
+  enum { N = 16, COUNT = 20 };
+  bumper b[N];
+  for (int i = 0; i < N; i++) {
+    b[i] = (bumper){.es = es, .parent = keel_self(), .index = i, .count = COUNT};
+    CHECK_OK(keel_spawn(bump_loop, &b[i], NULL, NULL));
+  }
+  for (int i = 0; i < N; i++)
+    keel_msg_free(kt_recv(60000));
+  for (int i = 0; i < N; i++)
+    CHECK_EQ(b[i].failures, 0);
+  keel_es_rows rows;
+  CHECK_OK(keel_es_query(es, "SELECT n FROM counter WHERE k = $1", (const char *[]){"1"}, 1,
+                         &rows));
+  CHECK_STR(keel_es_rows_get(&rows, 0, 0), "320"); /* N * COUNT */
+  keel_es_rows_free(&rows);
+  int64_t head;
+  CHECK_OK(keel_es_head(es, &head));
+  CHECK_EQ(head, N * COUNT / 2);
+  kt_store_close(&s);
+}
+
+KT_MAIN(KT_ENTRY(statements_bind_by_number_and_results_come_back_as_text),
+        KT_ENTRY(one_statement_no_transaction_control_and_the_first_error_dooms_the_rest),
+        KT_ENTRY(query_refuses_writes_on_sqlite),
+        KT_ENTRY(appends_and_rows_commit_together_or_not_at_all),
+        KT_ENTRY_SCHED(many_processes_transacting_at_once_lose_no_update, 2))
