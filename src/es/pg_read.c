@@ -1,12 +1,13 @@
 /* pg_read.c - the read calls on PostgreSQL.
  *
- * Each read is one REPEATABLE READ, READ ONLY transaction on a pooled
- * connection, so that what it checks (the stream's row, whether any stream
- * has hidden events) and what it returns come from one snapshot, as on
- * SQLite. Rows arrive as text and are decoded in the calling process
- * (read.c's keel__es_evec_add: the texts are copied, payloads are parsed
- * only when used), and the upcasters run there too (keel__es_upcast), on
- * every path.
+ * read_stream is one REPEATABLE READ, READ ONLY transaction on a pooled
+ * connection, so that what it checks (the stream's row) and what it returns
+ * come from one snapshot, as on SQLite. read_all needs no transaction: each
+ * page is one statement whose snapshot covers its check for hidden streams,
+ * its horizon and its rows; a page costs one round trip, as a raw paged
+ * SELECT does (it cost four with BEGIN, a separate probe and COMMIT). Rows arrive as text and are
+ * decoded in the calling process (read.c's keel__es_evec_add: the texts are copied, payloads are
+ * parsed only when used), and the upcasters run there too (keel__es_upcast), on every path.
  *
  * The horizon. Positions are assigned before commit, so on a server with
  * many writers a transaction holding a lower position may commit after one
@@ -128,13 +129,7 @@ static char *text_array(const char *const *a, size_t na, const char **b, size_t 
 static int read_all(es_pg *pg, es_pgconn *c, es_read_call *call) {
   const keel_es_filter *f = call->f;
   PGresult *r;
-  int rc = keel__es_pg_query(pg, c, "reading the hidden streams",
-                             "SELECT EXISTS (SELECT 1 FROM streams "
-                             "WHERE deleted OR truncated_before > 1)",
-                             0, NULL, &r);
-  if (rc) return rc;
-  bool hidden = PQgetvalue(r, 0, 0)[0] == 't';
-  PQclear(r);
+  int rc = 0;
 
   size_t nup = 0, ntypes = 0;
   const char **uptypes = NULL;
@@ -145,7 +140,7 @@ static int read_all(es_pg *pg, es_pgconn *c, es_read_call *call) {
     while (f->types[ntypes])
       ntypes++;
   }
-  char sql[1024];
+  char sql[2048]; /* at most ~800 bytes with every filter */
   int len = snprintf(sql, sizeof sql,
                      "SELECT " EVENT_COLS " FROM events e WHERE e.position > $1::bigint "
                      "AND e.tx < pg_snapshot_xmin(pg_current_snapshot())");
@@ -175,10 +170,15 @@ static int read_all(es_pg *pg, es_pgconn *c, es_read_call *call) {
     params[np++] = f->tenant;
     len += snprintf(sql + len, sizeof sql - (size_t)len, " AND e.metadata->>'tenant' = $%d", np);
   }
-  if (hidden)
-    len += snprintf(sql + len, sizeof sql - (size_t)len,
-                    " AND NOT EXISTS (SELECT 1 FROM streams s WHERE s.stream = e.stream AND "
-                    "(s.deleted OR e.version < s.truncated_before))");
+  /* Hidden events, in the statement itself: the uncorrelated EXISTS is an
+   * InitPlan, run once (the streams_hidden partial index answers it), and
+   * only when it finds something does the per-row NOT EXISTS run (OR
+   * evaluates its arms in order). One statement, one snapshot: the probe,
+   * the horizon and the rows agree without a transaction around them. */
+  len += snprintf(sql + len, sizeof sql - (size_t)len,
+                  " AND (NOT EXISTS (SELECT 1 FROM streams WHERE deleted OR truncated_before > 1)"
+                  " OR NOT EXISTS (SELECT 1 FROM streams s WHERE s.stream = e.stream AND "
+                  "(s.deleted OR e.version < s.truncated_before)))");
   snprintf(sql + len, sizeof sql - (size_t)len, " ORDER BY e.position LIMIT $2::bigint");
 
   int64_t cursor = call->after;
@@ -242,7 +242,9 @@ int keel__es_pg_read(keel_es *es, es_read_call *call) {
   es_pgconn *c = NULL;
   int rc = keel__es_pg_acquire(es, &c);
   if (rc == 0) {
-    bool tx = call->kind == R_STREAM || call->kind == R_ALL;
+    /* read_stream checks the stream's row, then reads its events: one
+     * snapshot for both. read_all is one statement per page (above). */
+    bool tx = call->kind == R_STREAM;
     if (tx)
       rc = keel__es_pg_query(pg, c, "starting a read",
                              "BEGIN ISOLATION LEVEL REPEATABLE READ READ ONLY", -1, NULL, NULL);
