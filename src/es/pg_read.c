@@ -34,8 +34,16 @@
   "e.position, e.stream, e.version, e.id::text, e.type, e.schema_version, e.payload::text, "       \
   "e.metadata::text, e.occurred_at, e.stored_at"
 
+/* A bigint column's text as an int64: the server writes plain decimal
+ * ("-"? digits), so a digit loop does, at a fraction of strtoll's cost (five
+ * columns per event read). */
 static int64_t val_i64(const PGresult *r, int row, int col) {
-  return strtoll(PQgetvalue(r, row, col), NULL, 10);
+  const char *s = PQgetvalue(r, row, col);
+  bool neg = *s == '-';
+  uint64_t v = 0;
+  for (s += neg; *s >= '0' && *s <= '9'; s++)
+    v = v * 10 + (uint64_t)(*s - '0');
+  return neg ? (int64_t)(0 - v) : (int64_t)v;
 }
 
 static int decode(const PGresult *r, es_evec *out) {
