@@ -193,6 +193,9 @@ char *keel__es_arena_strdup(es_arena *a, const char *s);
 /* read.c: copies len bytes of s into the arena and ends them with a NUL
  * (NULL: ENOMEM). */
 char *keel__es_arena_copy(es_arena *a, const char *s, size_t len);
+/* read.c: closes a read connection, finalizing the statements read.c keeps
+ * on it (NULL is ignored). */
+void keel__es_close_reader(sqlite3 *db);
 /* read.c: drops the values an event's accessors parsed (its texts live in
  * the arena and stay). */
 void keel__es_event_release(keel_es_event *e);

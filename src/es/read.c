@@ -248,18 +248,80 @@ static void evec_free(evec *v) {
 
 typedef es_read_call read_call;
 
-static int begin(sqlite3 *db) {
-  int src = sqlite3_exec(db, "BEGIN", NULL, NULL, NULL);
-  return src == SQLITE_OK ? 0 : keel__es_sqlite_error(db, src, "starting a read");
+/* ---- statements: prepared once per read connection ---------------------------------- */
+
+/* Preparing a read's statements cost a fifth of a read_all page's work on
+ * the reading thread, so a read connection keeps them, reset, for the next
+ * call with the same SQL. They are found again through SQLite's own list of
+ * the connection's statements (sqlite3_next_stmt, compared by SQL text), so
+ * the cache needs no structure of its own; keel__es_close_reader finalizes
+ * them. A connection holds at most CACHE_MAX (distinct filter combinations
+ * make distinct SQL); past that the unused ones are dropped. The writer's
+ * connection, which an in-memory store reads through, caches nothing: its
+ * own statements are the writer's. */
+enum { CACHE_MAX = 32 };
+
+static bool caching(const read_call *c, sqlite3 *db) {
+  return db != c->es->wdb;
 }
 
-static void end(sqlite3 *db) {
-  sqlite3_exec(db, "COMMIT", NULL, NULL, NULL);
+static void drop_cached(sqlite3 *db) {
+  sqlite3_stmt *s = sqlite3_next_stmt(db, NULL);
+  while (s) {
+    sqlite3_stmt *next = sqlite3_next_stmt(db, s);
+    if (!sqlite3_stmt_busy(s)) sqlite3_finalize(s);
+    s = next;
+  }
 }
 
-static int prepare(sqlite3 *db, const char *sql, sqlite3_stmt **st) {
-  int src = sqlite3_prepare_v2(db, sql, -1, st, NULL);
+static int prepare(const read_call *c, sqlite3 *db, const char *sql, sqlite3_stmt **st) {
+  unsigned flags = 0;
+  if (caching(c, db)) {
+    size_t n = 0;
+    for (sqlite3_stmt *s = sqlite3_next_stmt(db, NULL); s; s = sqlite3_next_stmt(db, s), n++) {
+      if (!sqlite3_stmt_busy(s) && strcmp(sqlite3_sql(s), sql) == 0) {
+        *st = s;
+        return 0;
+      }
+    }
+    if (n >= CACHE_MAX) drop_cached(db);
+    flags = SQLITE_PREPARE_PERSISTENT; /* kept: a hint to SQLite's allocator */
+  }
+  int src = sqlite3_prepare_v3(db, sql, -1, flags, st, NULL);
   return src == SQLITE_OK ? 0 : keel__es_sqlite_error(db, src, "preparing a read");
+}
+
+/* Done with st: reset for the next call, or finalized when not cached. */
+static void finish(const read_call *c, sqlite3 *db, sqlite3_stmt *st) {
+  if (!caching(c, db)) {
+    sqlite3_finalize(st);
+    return;
+  }
+  sqlite3_reset(st);
+  sqlite3_clear_bindings(st);
+}
+
+void keel__es_close_reader(sqlite3 *db) {
+  if (!db) return;
+  drop_cached(db);
+  sqlite3_close(db);
+}
+
+static int exec(const read_call *c, sqlite3 *db, const char *sql, const char *what) {
+  sqlite3_stmt *st;
+  int rc = prepare(c, db, sql, &st);
+  if (rc) return rc;
+  int src = sqlite3_step(st);
+  finish(c, db, st);
+  return src == SQLITE_DONE ? 0 : keel__es_sqlite_error(db, src, what);
+}
+
+static int begin(const read_call *c, sqlite3 *db) {
+  return exec(c, db, "BEGIN", "starting a read");
+}
+
+static void end(const read_call *c, sqlite3 *db) {
+  exec(c, db, "COMMIT", "ending a read");
 }
 
 static int64_t max3(int64_t a, int64_t b, int64_t c) {
@@ -269,8 +331,8 @@ static int64_t max3(int64_t a, int64_t b, int64_t c) {
 
 static int do_read_stream(sqlite3 *db, read_call *c) {
   sqlite3_stmt *st;
-  int rc =
-      prepare(db, "SELECT version, deleted, truncated_before FROM streams WHERE stream = ?", &st);
+  int rc = prepare(c, db, "SELECT version, deleted, truncated_before FROM streams WHERE stream = ?",
+                   &st);
   if (rc) return rc;
   sqlite3_bind_text(st, 1, c->stream, -1, SQLITE_STATIC);
   int src = sqlite3_step(st);
@@ -281,7 +343,7 @@ static int do_read_stream(sqlite3 *db, read_call *c) {
     deleted = sqlite3_column_int(st, 1) != 0;
     truncated = sqlite3_column_int64(st, 2);
   }
-  sqlite3_finalize(st);
+  finish(c, db, st);
   if (src != SQLITE_ROW && src != SQLITE_DONE)
     return keel__es_sqlite_error(db, src, "reading a stream");
   if (src == SQLITE_DONE || deleted || version == 0) return KEEL_ENOENT;
@@ -294,7 +356,7 @@ static int do_read_stream(sqlite3 *db, read_call *c) {
     lo = max3(o->from, truncated, 1);
     hi = o->to ? o->to : INT64_MAX;
   }
-  if ((rc = prepare(db,
+  if ((rc = prepare(c, db,
                     o->backwards ? "SELECT " EVENT_COLS " FROM events e WHERE e.stream = ? AND "
                                    "e.version BETWEEN ? AND ? ORDER BY e.version DESC LIMIT ?"
                                  : "SELECT " EVENT_COLS " FROM events e WHERE e.stream = ? AND "
@@ -306,7 +368,7 @@ static int do_read_stream(sqlite3 *db, read_call *c) {
   sqlite3_bind_int64(st, 3, hi);
   sqlite3_bind_int64(st, 4, (int64_t)c->limit);
   rc = decode_all(db, st, &c->ev, NULL);
-  sqlite3_finalize(st);
+  finish(c, db, st);
   if (rc == 0) rc = keel__es_upcast_page(c->es, &c->ev, 0, NULL);
   return rc;
 }
@@ -334,14 +396,14 @@ int keel__es_upcast_page(keel_es *es, es_evec *ev, size_t start, const char *con
 static int do_read_all(sqlite3 *db, read_call *c) {
   const keel_es_filter *f = c->f;
   sqlite3_stmt *st;
-  int rc = prepare(db,
+  int rc = prepare(c, db,
                    "SELECT EXISTS (SELECT 1 FROM streams "
                    "WHERE deleted <> 0 OR truncated_before > 1)",
                    &st);
   if (rc) return rc;
   int src = sqlite3_step(st);
   bool hidden = src == SQLITE_ROW && sqlite3_column_int(st, 0) != 0;
-  sqlite3_finalize(st);
+  finish(c, db, st);
   if (src != SQLITE_ROW) return keel__es_sqlite_error(db, src, "reading the hidden streams");
 
   size_t nup = 0;
@@ -407,7 +469,7 @@ static int do_read_all(sqlite3 *db, read_call *c) {
            "(s.deleted <> 0 OR e.version < s.truncated_before))");
   APPEND(" ORDER BY e.position LIMIT ?2");
 #undef APPEND
-  rc = prepare(db, sql, &st);
+  rc = prepare(c, db, sql, &st);
   free(sql);
   if (rc) {
     free(uptypes);
@@ -436,14 +498,14 @@ static int do_read_all(sqlite3 *db, read_call *c) {
     if (rc) break;
     if (!post_filter || rows < want) break;
   }
-  sqlite3_finalize(st);
+  finish(c, db, st);
   free(uptypes);
   return rc;
 }
 
 static int do_info(sqlite3 *db, read_call *c) {
   sqlite3_stmt *st;
-  int rc = prepare(db,
+  int rc = prepare(c, db,
                    "SELECT version, deleted, truncated_before, metadata FROM streams "
                    "WHERE stream = ?",
                    &st);
@@ -458,31 +520,31 @@ static int do_info(sqlite3 *db, read_call *c) {
     c->info->metadata = meta ? json_loads(meta, 0, NULL) : json_object();
     if (!c->info->metadata) c->info->metadata = json_object();
   }
-  sqlite3_finalize(st);
+  finish(c, db, st);
   if (src == SQLITE_DONE) return KEEL_ENOENT;
   return src == SQLITE_ROW ? 0 : keel__es_sqlite_error(db, src, "reading a stream's info");
 }
 
 static int do_head(sqlite3 *db, read_call *c) {
   sqlite3_stmt *st;
-  int rc = prepare(db, "SELECT coalesce(max(position), 0) FROM events", &st);
+  int rc = prepare(c, db, "SELECT coalesce(max(position), 0) FROM events", &st);
   if (rc) return rc;
   int src = sqlite3_step(st);
   if (src == SQLITE_ROW) c->head = sqlite3_column_int64(st, 0);
-  sqlite3_finalize(st);
+  finish(c, db, st);
   return src == SQLITE_ROW ? 0 : keel__es_sqlite_error(db, src, "reading the head");
 }
 
 static void run_read(sqlite3 *db, void *arg) {
   read_call *c = arg;
-  if ((c->rc = begin(db)) != 0) return;
+  if ((c->rc = begin(c, db)) != 0) return;
   switch (c->kind) {
   case R_STREAM: c->rc = do_read_stream(db, c); break;
   case R_ALL: c->rc = do_read_all(db, c); break;
   case R_INFO: c->rc = do_info(db, c); break;
   case R_HEAD: c->rc = do_head(db, c); break;
   }
-  end(db);
+  end(c, db);
 }
 
 static int run(keel_es *es, read_call *c, keel_es_events *out) {
