@@ -114,14 +114,7 @@ int keel__es_pg_query(es_pg *pg, es_pgconn *c, const char *what, const char *sql
   PGresult *res = NULL, *err = NULL;
   for (;;) {
     while (PQisBusy(c->conn)) {
-      /* Read what the kernel holds already before waiting: a large result
-       * (a read page) arrives in many reads of at most ~32 KiB each
-       * (PQconsumeInput), and a wait on the socket costs a trip through the
-       * scheduler's loop; an extra recv that finds nothing is cheaper. */
-      rc = 0;
-      if (PQconsumeInput(c->conn) && !PQisBusy(c->conn)) break;
-      if (PQstatus(c->conn) == CONNECTION_BAD ||
-          (rc = wait_sock(pg, c, KEEL_READABLE, NULL)) != 0 || !PQconsumeInput(c->conn)) {
+      if ((rc = wait_sock(pg, c, KEEL_READABLE, NULL)) != 0 || !PQconsumeInput(c->conn)) {
         PQclear(res);
         PQclear(err);
         return broken(c, what, rc == KEEL_ETIMEDOUT ? KEEL_ETIMEDOUT : KEEL_EIO);
