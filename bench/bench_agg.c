@@ -60,7 +60,7 @@ static void destroy(void *s, void *ud) {
 static int apply(void *s, const keel_es_event *e, void *ud) {
   (void)ud;
   account *a = s;
-  a->balance += json_integer_value(json_object_get(e->payload, "amount"));
+  a->balance += json_integer_value(json_object_get(keel_es_event_payload(e), "amount"));
   a->n++;
   return 0;
 }

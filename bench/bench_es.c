@@ -12,12 +12,29 @@
  *                  commit), vs single-row autocommit INSERTs from one thread,
  *                  each its own transaction and fsync (events/s)
  *   es_read_all    read_all in pages of 1000 over 50,000 events (rows decoded,
- *                  payloads parsed), vs the raw paged SELECT ... WHERE
- *                  position > ? ORDER BY position LIMIT 1000 reading every
- *                  column (events/s)
+ *                  payloads left as text: they are parsed lazily), vs the
+ *                  raw paged SELECT ... WHERE position > ? ORDER BY position
+ *                  LIMIT 1000 reading every column (events/s)
+ *   es_read_all_parsed  the same, but the reader touches every payload
+ *                  (keel_es_event_payload), and the raw side parses every
+ *                  payload with jansson too: the cost of parsing, shown
+ *                  honestly (events/s)
  * The raw sides run on the blocking pool (they block); the raw table is the
  * event store's own (created by keel_es_open, so the same indexes and
  * triggers are maintained).
+ *
+ * PostgreSQL, only when $BENCH_ES_PG_URL is set (bench/compare-run.sh starts
+ * a throwaway cluster for it): 50,000 events in a schema of their own, then
+ *   es_pg_read_all     read_all in pages of 1000 (its xid8 horizon and its
+ *                      REPEATABLE READ transaction per call included), vs
+ *                      raw libpq: the paged SELECT of the same columns, one
+ *                      autocommit statement per page; each page read by both
+ *                      in turn, each timed (events/s)
+ *   es_pg_horizon      the raw paged SELECT with read_all's horizon predicate
+ *                      (AND tx < pg_snapshot_xmin(pg_current_snapshot()))
+ *                      against the same SELECT without it, each page read
+ *                      both ways in turn: the horizon's cost ("with" /
+ *                      "without"; 1.0 is free)
  */
 #include <libpq-fe.h>
 #include <pthread.h>
@@ -73,6 +90,7 @@ static keel_es *open_store(const char *path) {
 typedef struct raw_job {
   const char *path;
   int batches, per_batch; /* per_batch 0: autocommit single rows (batches of them) */
+  bool parse;             /* reads: parse every payload with jansson */
   long long rows;
   double secs;
 } raw_job;
@@ -121,9 +139,22 @@ static void raw_insert(void *arg) {
   sqlite3_close(db);
 }
 
+/* Parses a payload as a reader would (the raw side of es_read_all_parsed). */
+static size_t parse_payload(const char *text, size_t len) {
+  json_t *v = json_loadb(text, len, JSON_DECODE_ANY, NULL);
+  if (!v) die("raw read: a payload does not parse", 0);
+  size_t k = json_object_size(v);
+  json_decref(v);
+  return k;
+}
+
 static void raw_read(void *arg) {
   raw_job *j = arg;
-  sqlite3 *db = raw_open(j->path);
+  /* without SQLite's per-call mutex, as keel's read connections (each is
+   * used by one thread at a time) */
+  sqlite3 *db;
+  if (sqlite3_open_v2(j->path, &db, SQLITE_OPEN_READWRITE | SQLITE_OPEN_NOMUTEX, NULL) != SQLITE_OK)
+    die("sqlite3_open", 0);
   sqlite3_stmt *st;
   sqlite3_prepare_v2(db,
                      "SELECT position, stream, version, id, type, schema_version, payload, "
@@ -139,9 +170,17 @@ static void raw_read(void *arg) {
     int got = 0;
     while (sqlite3_step(st) == SQLITE_ROW) {
       after = sqlite3_column_int64(st, 0);
+      /* each column as its type: integers as integers (reading them as
+       * text would make SQLite format them, work keel does not do) */
       for (int c = 1; c < 10; c++) {
+        if (sqlite3_column_type(st, c) == SQLITE_INTEGER) {
+          bytes += (size_t)(sqlite3_column_int64(st, c) & 1);
+          continue;
+        }
         const unsigned char *t = sqlite3_column_text(st, c);
         if (t) bytes += (size_t)sqlite3_column_bytes(st, c);
+        if (t && c == 6 && j->parse)
+          bytes += parse_payload((const char *)t, (size_t)sqlite3_column_bytes(st, c));
       }
       got++;
     }
@@ -217,8 +256,11 @@ static double keel_single64(const char *path, int per_proc) {
   return P * per_proc / secs;
 }
 
-static double keel_read_all(const char *path, long long *rows) {
-  keel_es *es = open_store(path);
+/* Pages through the whole feed; parse: touch every payload. */
+static double keel_read_all(const char *url, bool parse, long long *rows) {
+  keel_es *es;
+  int orc = keel_es_open(&(keel_es_opts){.url = url}, &es);
+  if (orc) die("keel_es_open", orc);
   double t0 = now_s();
   long long n = 0;
   int64_t after = 0;
@@ -232,6 +274,8 @@ static double keel_read_all(const char *path, long long *rows) {
     }
     n += (long long)evs.n;
     after = evs.v[evs.n - 1].position;
+    for (size_t i = 0; parse && i < evs.n; i++)
+      if (json_object_size(keel_es_event_payload(&evs.v[i])) == 0) die("read_all: a payload", 0);
     keel_es_events_free(&evs);
   }
   double secs = now_s() - t0;
@@ -252,12 +296,17 @@ static double median(double *v, int n) {
   return n % 2 ? v[n / 2] : (v[n / 2 - 1] + v[n / 2]) / 2;
 }
 
-static void report(const char *name, double *k, double *r) {
-  double mk = median(k, rounds), mr = median(r, rounds);
-  printf("{\"bench\": \"%s_keel\", \"unit\": \"events/s\", \"value\": %.1f}\n", name, mk);
-  printf("{\"bench\": \"%s_raw\", \"unit\": \"events/s\", \"value\": %.1f}\n", name, mr);
-  printf("{\"bench\": \"%s_ratio\", \"unit\": \"keel/raw\", \"value\": %.2f}\n", name, mk / mr);
+/* The medians of a pair (a, b) and their ratio a/b, as JSON lines. */
+static void report_pair(const char *name, const char *a, const char *b, double *va, double *vb) {
+  double ma = median(va, rounds), mb = median(vb, rounds);
+  printf("{\"bench\": \"%s_%s\", \"unit\": \"events/s\", \"value\": %.1f}\n", name, a, ma);
+  printf("{\"bench\": \"%s_%s\", \"unit\": \"events/s\", \"value\": %.1f}\n", name, b, mb);
+  printf("{\"bench\": \"%s_ratio\", \"unit\": \"%s/%s\", \"value\": %.2f}\n", name, a, b, ma / mb);
   fflush(stdout);
+}
+
+static void report(const char *name, double *k, double *r) {
+  report_pair(name, "keel", "raw", k, r);
 }
 
 static bool wanted(int argc, char **argv, const char *name) {
@@ -265,6 +314,237 @@ static bool wanted(int argc, char **argv, const char *name) {
   for (int i = 1; i < argc; i++)
     if (strcmp(argv[i], name) == 0) return true;
   return false;
+}
+
+/* ---- reads on SQLite ------------------------------------------------------------------- */
+
+/* 50,000 events in 50 streams of 1000, appended through keel. */
+static void fill_reads(const char *url) {
+  keel_es *es;
+  int rc = keel_es_open(&(keel_es_opts){.url = url}, &es);
+  if (rc) die("keel_es_open", rc);
+  json_t *p = json_loads(payload_text, 0, NULL);
+  static keel_es_event_in ev[1000];
+  for (int e = 0; e < 1000; e++)
+    ev[e] = (keel_es_event_in){.type = "OrderPlaced", .payload = p};
+  for (int b = 0; b < 50; b++) {
+    char stream[32];
+    snprintf(stream, sizeof stream, "order-%d", b);
+    if ((rc = keel_es_append(es, stream, KEEL_ES_NO_STREAM, ev, 1000, NULL))) die("fill", rc);
+  }
+  json_decref(p);
+  keel_es_close(es);
+}
+
+static void sqlite_reads(const char *name, bool parse) {
+  double k[32], r[32];
+  char path[600], url[700];
+  path_of(path, sizeof path, "read", 0);
+  snprintf(url, sizeof url, "sqlite:%s", path);
+  fill_reads(url);
+  for (int i = 0; i < rounds; i++) {
+    long long rows;
+    k[i] = keel_read_all(url, parse, &rows);
+    raw_job j = {.path = path, .parse = parse};
+    keel_blocking(raw_read, &j);
+    r[i] = (double)j.rows / j.secs;
+    if (rows != 50000 || j.rows != 50000) die("read: wrong row count", (int)rows);
+    fprintf(stderr, "  %s round %d: keel %.0f, raw %.0f events/s\n", name, i + 1, k[i], r[i]);
+  }
+  remove_db(path);
+  report(name, k, r);
+}
+
+/* ---- reads on PostgreSQL ---------------------------------------------------------------- */
+
+#define PG_SCHEMA "keel_bench_reads"
+#define PG_COLS                                                                                    \
+  "position, stream, version, id::text, type, schema_version, payload::text, metadata::text, "     \
+  "occurred_at, stored_at"
+
+static PGconn *pg_connect(const char *url) {
+  PGconn *c = PQconnectdb(url);
+  if (PQstatus(c) != CONNECTION_OK) {
+    fprintf(stderr, "bench_es: %s", PQerrorMessage(c));
+    die("PostgreSQL: cannot connect", 0);
+  }
+  return c;
+}
+
+static void pg_exec(PGconn *c, const char *sql) {
+  PGresult *r = PQexec(c, sql);
+  if (PQresultStatus(r) != PGRES_COMMAND_OK && PQresultStatus(r) != PGRES_TUPLES_OK) {
+    fprintf(stderr, "bench_es: %s: %s", sql, PQresultErrorMessage(r));
+    die("PostgreSQL", 0);
+  }
+  PQclear(r);
+}
+
+typedef struct pg_job {
+  const char *url;
+  const char *sql; /* pg_admin: the statements to run */
+  long long rows;
+  double secs, secs_with; /* pg_horizon_read: without and with the horizon */
+} pg_job;
+
+/* Runs job->sql (blocking pool: libpq's blocking calls). */
+static void pg_admin(void *arg) {
+  pg_job *j = arg;
+  PGconn *c = pg_connect(j->url);
+  PGresult *r = PQexec(c, "SET client_min_messages = warning"); /* no NOTICE of the DROP */
+  PQclear(r);
+  pg_exec(c, j->sql);
+  PQfinish(c);
+}
+
+#define PG_PAGE    "SELECT " PG_COLS " FROM events WHERE position > $1::bigint "
+#define PG_HORIZON "AND tx < pg_snapshot_xmin(pg_current_snapshot()) "
+#define PG_ORDER   "ORDER BY position LIMIT 1000"
+
+/* One page after *after as a user of libpq would read it: one autocommit
+ * statement, every column's value touched. Returns its rows, moves *after,
+ * adds the bytes seen to *bytes. */
+static int pg_page(PGconn *c, const char *sql, char after[24], size_t *bytes) {
+  const char *params[1] = {after};
+  PGresult *r = PQexecParams(c, sql, 1, NULL, params, NULL, NULL, 0);
+  if (PQresultStatus(r) != PGRES_TUPLES_OK) {
+    fprintf(stderr, "bench_es: %s", PQresultErrorMessage(r));
+    die("raw pg read", 0);
+  }
+  int rows = PQntuples(r);
+  for (int i = 0; i < rows; i++)
+    for (int col = 0; col < 10; col++)
+      *bytes += PQgetisnull(r, i, col) ? 0 : (size_t)PQgetlength(r, i, col) + 1;
+  if (rows) snprintf(after, 24, "%s", PQgetvalue(r, rows - 1, 0));
+  PQclear(r);
+  return rows;
+}
+
+/* One raw page on the blocking pool (libpq blocks), timed there: the hop
+ * to the pool is not counted against raw. */
+typedef struct pg_page_job {
+  const char *url;
+  PGconn *c;
+  char after[24];
+  int rows;
+  size_t bytes;
+  double secs;
+} pg_page_job;
+
+static void pg_page_run(void *arg) {
+  pg_page_job *j = arg;
+  double t0 = now_s();
+  j->rows = pg_page(j->c, PG_PAGE PG_ORDER, j->after, &j->bytes);
+  j->secs = now_s() - t0;
+}
+
+static void pg_page_connect(void *arg) {
+  pg_page_job *j = arg;
+  j->c = pg_connect(j->url);
+}
+
+static void pg_page_finish(void *arg) {
+  PQfinish(((pg_page_job *)arg)->c);
+}
+
+/* es_pg_read_all, one round: the whole feed, each page read by keel
+ * (keel_es_read_all: a pooled connection, its REPEATABLE READ transaction,
+ * the hidden-streams probe, the horizon, the rows decoded) and by raw libpq
+ * in turn, in alternating order, each timed: both sides see the machine at
+ * the same moment, so its drift cancels out of the ratio. *keel and *raw
+ * get events/s. */
+static void pg_read_round(const char *url, double *keel, double *raw) {
+  keel_es *es;
+  int rc = keel_es_open(&(keel_es_opts){.url = url}, &es);
+  if (rc) die("keel_es_open", rc);
+  pg_page_job j = {.url = url};
+  keel_blocking(pg_page_connect, &j);
+  double tk = 0, tr = 0;
+  long long nk = 0, nr = 0;
+  int64_t after = 0;
+  for (int page = 0;; page++) {
+    int got_k = 0;
+    for (int side = 0; side < 2; side++) {
+      if ((page + side) % 2 == 0) {
+        keel_es_events evs;
+        double t0 = now_s();
+        if ((rc = keel_es_read_all(es, after, 1000, NULL, &evs))) die("read_all", rc);
+        tk += now_s() - t0;
+        got_k = (int)evs.n;
+        nk += (long long)evs.n;
+        keel_es_events_free(&evs);
+      } else {
+        snprintf(j.after, sizeof j.after, "%lld", (long long)after);
+        keel_blocking(pg_page_run, &j);
+        tr += j.secs;
+        nr += j.rows;
+      }
+    }
+    if (got_k != j.rows) die("pg read: keel and raw disagree", got_k - j.rows);
+    if (got_k == 0) break;
+    after = strtoll(j.after, NULL, 10);
+  }
+  if (nk != 50000 || nr != 50000 || j.bytes == 0) die("pg read: wrong row count", (int)nk);
+  keel_blocking(pg_page_finish, &j);
+  keel_es_close(es);
+  *keel = (double)nk / tk;
+  *raw = (double)nr / tr;
+}
+
+/* es_pg_horizon: each page read twice on one connection, with and without
+ * the horizon predicate, in alternating order, each timed: the two sides
+ * see the same machine at the same moment, so a noisy machine's drift
+ * cancels out of their ratio. */
+static void pg_horizon_read(void *arg) {
+  pg_job *j = arg;
+  PGconn *c = pg_connect(j->url);
+  size_t bytes = 0;
+  char after[24] = "0", after2[24];
+  j->rows = 0;
+  j->secs = j->secs_with = 0;
+  for (int page = 0;; page++) {
+    int rows[2];
+    for (int k = 0; k < 2; k++) {
+      bool with = (page + k) % 2 == 1;
+      snprintf(after2, sizeof after2, "%s", after);
+      double t0 = now_s();
+      rows[k] = pg_page(c, with ? PG_PAGE PG_HORIZON PG_ORDER : PG_PAGE PG_ORDER, after2, &bytes);
+      *(with ? &j->secs_with : &j->secs) += now_s() - t0;
+    }
+    if (rows[0] != rows[1]) die("pg read: the horizon hid events", rows[0] - rows[1]);
+    if (rows[0] == 0) break;
+    j->rows += rows[0];
+    snprintf(after, sizeof after, "%s", after2);
+  }
+  if (bytes == 0) die("raw pg read: nothing", 0);
+  PQfinish(c);
+}
+
+static void pg_reads(const char *base) {
+  char url[1200];
+  snprintf(url, sizeof url, "%s%coptions=-csearch_path%%3D" PG_SCHEMA, base,
+           strchr(base, '?') ? '&' : '?');
+  pg_job admin = {.url = base,
+                  .sql = "DROP SCHEMA IF EXISTS " PG_SCHEMA " CASCADE; CREATE SCHEMA " PG_SCHEMA};
+  keel_blocking(pg_admin, &admin);
+  fill_reads(url);
+  double k[32], r[32], with[32], without[32];
+  for (int i = 0; i < rounds; i++) {
+    pg_read_round(url, &k[i], &r[i]);
+    pg_job h = {.url = url};
+    keel_blocking(pg_horizon_read, &h);
+    if (h.rows != 50000) die("pg read (horizon): wrong row count", (int)h.rows);
+    with[i] = (double)h.rows / h.secs_with;
+    without[i] = (double)h.rows / h.secs;
+    fprintf(stderr,
+            "  es_pg_read_all round %d: keel %.0f, raw %.0f events/s; raw with the horizon "
+            "%.0f, without %.0f\n",
+            i + 1, k[i], r[i], with[i], without[i]);
+  }
+  report("es_pg_read_all", k, r);
+  report_pair("es_pg_horizon", "with", "without", with, without);
+  admin.sql = "DROP SCHEMA IF EXISTS " PG_SCHEMA " CASCADE";
+  keel_blocking(pg_admin, &admin);
 }
 
 static int g_argc;
@@ -510,33 +790,12 @@ static void bench_main(void *unused) {
     }
     report("es_single64", k, r);
   }
-  if (wanted(g_argc, g_argv, "es_read_all")) {
-    path_of(path, sizeof path, "read", 0);
-    keel_es *es = open_store(path);
-    json_t *p = json_loads(payload_text, 0, NULL);
-    keel_es_event_in ev[1000];
-    for (int e = 0; e < 1000; e++)
-      ev[e] = (keel_es_event_in){.type = "OrderPlaced", .payload = p};
-    for (int b = 0; b < 50; b++) {
-      char stream[32];
-      snprintf(stream, sizeof stream, "order-%d", b);
-      int rc = keel_es_append(es, stream, KEEL_ES_NO_STREAM, ev, 1000, NULL);
-      if (rc) die("fill", rc);
-    }
-    json_decref(p);
-    keel_es_close(es);
-    for (int i = 0; i < rounds; i++) {
-      long long rows;
-      k[i] = keel_read_all(path, &rows);
-      raw_job j = {.path = path};
-      keel_blocking(raw_read, &j);
-      r[i] = (double)j.rows / j.secs;
-      if (rows != 50000 || j.rows != 50000) die("read: wrong row count", (int)rows);
-      fprintf(stderr, "  es_read_all round %d: keel %.0f, raw %.0f events/s\n", i + 1, k[i], r[i]);
-    }
-    remove_db(path);
-    report("es_read_all", k, r);
-  }
+  if (wanted(g_argc, g_argv, "es_read_all")) sqlite_reads("es_read_all", false);
+  if (wanted(g_argc, g_argv, "es_read_all_parsed")) sqlite_reads("es_read_all_parsed", true);
+  const char *pg = getenv("BENCH_ES_PG_URL");
+  if (pg && *pg &&
+      (wanted(g_argc, g_argv, "es_pg_read_all") || wanted(g_argc, g_argv, "es_pg_horizon")))
+    pg_reads(pg);
   pg_write_benches(g_argc, g_argv);
 }
 

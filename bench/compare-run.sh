@@ -60,6 +60,36 @@ else
   echo "bench-compare: node/npm not installed: skipping the pino comparison" >&2
 fi
 
+# Event store reads against raw SQLite and raw libpq (bench_es alternates its
+# own rounds, BENCH_ES_ROUNDS, default 5): es_read_all, es_read_all_parsed, and
+# on PostgreSQL es_pg_read_all and es_pg_horizon, on a throwaway cluster
+# (tests/es/pg_cluster.sh, as the tests' fixture does) that is stopped at the
+# end even when a run fails. Without postgresql-15 the PostgreSQL pairs are
+# skipped and said so.
+es_reads() {
+  local state="$out/es-reads-pg" cluster="$here/../tests/es/pg_cluster.sh" pg_url=""
+  trap 'bash "$cluster" stop "$state" >/dev/null 2>&1 || true' EXIT
+  if bash "$cluster" start "$state" >"$out/es-reads-pg.log" 2>&1; then
+    pg_url=$(cat "$state/pg.url")
+  else
+    echo "bench-compare: no PostgreSQL cluster (see $out/es-reads-pg.log): SQLite reads only" >&2
+  fi
+  echo "bench-compare: event store reads" >&2
+  BENCH_ES_ROUNDS=${BENCH_ES_ROUNDS:-5} BENCH_ES_PG_URL="$pg_url" LOG_LEVEL=warn \
+    "$build/bench/bench_es" es_read_all es_read_all_parsed es_pg_read_all es_pg_horizon \
+    >"$build/bench-es-reads.jsonl"
+  bash "$cluster" stop "$state" >/dev/null 2>&1 || true
+  trap - EXIT
+  echo
+  echo "event store reads (medians of alternating rounds; ratio = keel / raw, or with / without the horizon)"
+  awk 'match($0, /"bench": *"[^"]*"/) {
+         b = substr($0, RSTART, RLENGTH); sub(/.*: *"/, "", b); sub(/"$/, "", b)
+         match($0, /"unit": *"[^"]*"/); u = substr($0, RSTART, RLENGTH); sub(/.*: *"/, "", u); sub(/"$/, "", u)
+         match($0, /"value": *[-0-9.eE+]+/); v = substr($0, RSTART, RLENGTH); sub(/.*: */, "", v)
+         printf "  %-32s %14s %s\n", b, v, u
+       }' "$build/bench-es-reads.jsonl"
+}
+es_reads
 # The event store's PostgreSQL write pairs (bench_es: es_pg_batch100x16,
 # es_pg_single64) against raw libpq inserts of the same rows, on a throwaway
 # cluster with production durability (tests/es/pg_cluster.sh with

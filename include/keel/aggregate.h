@@ -14,7 +14,7 @@
  *   static int apply(void *s, const keel_es_event *e, void *ud) {
  *     account *a = s;
  *     if (strcmp(e->type, "Deposited") == 0)
- *       a->balance += json_integer_value(json_object_get(e->payload, "amount"));
+ *       a->balance += json_integer_value(json_object_get(keel_es_event_payload(e), "amount"));
  *     return 0;
  *   }
  *   static int deposit(const void *s, const void *cmd, keel_agg_decision *d) {

@@ -163,19 +163,32 @@ int keel_es_append_multi(keel_es *es, const keel_es_append_req *reqs, size_t nre
 
 /* ---- reading ------------------------------------------------------------- */
 
-/* An event as read. Strings and JSON are owned by the keel_es_events that
- * holds it. Upcasters have been applied: type and schema_version are the
- * latest. */
+/* An event as read. Strings are owned by the keel_es_events that holds it.
+ * Upcasters have been applied: type and schema_version are the latest.
+ *
+ * PAYLOADS ARE PARSED LAZILY. A read hands out the JSON texts as stored
+ * (payload_json, metadata_json: always there, NUL-terminated, valid until
+ * keel_es_events_free) and parses nothing: a reader that routes by type,
+ * copies the text elsewhere or skips most events pays no JSON parse.
+ * keel_es_event_payload() and keel_es_event_metadata() parse on first call
+ * and cache the value in the event (docs/decisions/0011). For an event an
+ * upcaster produced, the texts are the upcaster's output serialised, and
+ * the values come already parsed. */
 typedef struct keel_es_event {
   char id[37];
   const char *stream;
   const char *type;
   int schema_version;
-  json_t *payload;
-  json_t *metadata; /* an object, {} when none */
+  const char *payload_json;  /* the payload's JSON text (any JSON value) */
+  size_t payload_len;        /* its length in bytes, without the NUL */
+  const char *metadata_json; /* the metadata's JSON text: an object, "{}" when none */
+  size_t metadata_len;
   int64_t occurred_at_ms, stored_at_ms;
   int64_t version;
   int64_t position;
+  struct {
+    json_t *payload, *metadata;
+  } parsed_; /* keel's: the accessors' cache (NULL: not parsed yet) */
 } keel_es_event;
 
 typedef struct keel_es_events {
@@ -184,6 +197,29 @@ typedef struct keel_es_events {
   void *priv_; /* keel's */
 } keel_es_events;
 
+/* The event's payload as a jansson value, parsed from payload_json on the
+ * first call and cached: later calls return the same value. The value is
+ * borrowed: the keel_es_events owns it and frees it in keel_es_events_free
+ * (json_incref it to keep it longer; do not modify it, the next caller
+ * would see the change). NULL when the stored text does not decode (a
+ * corrupt row: logged at error with its position, on every such call) or
+ * memory ran out.
+ *
+ * Call it on an event inside evs->v (or an upcaster's `in`), never on a
+ * copy of the struct: the cache lives in the event, and a copy's cache would
+ * not be freed. Not for concurrent use on the same events: a keel_es_events
+ * belongs to one process at a time (two processes may read different
+ * keel_es_events at once). Any thread; does not block. */
+json_t *keel_es_event_payload(const keel_es_event *ev);
+
+/* The event's metadata as a jansson object ({} when none), parsed and
+ * cached as keel_es_event_payload's, with the same ownership and rules.
+ * NULL when the stored text does not decode to an object (logged) or memory
+ * ran out. */
+json_t *keel_es_event_metadata(const keel_es_event *ev);
+
+/* Frees the events, their texts and every value the accessors parsed.
+ * NULL and a zeroed keel_es_events are fine. */
 void keel_es_events_free(keel_es_events *evs);
 
 /* Zeroed: the whole stream forwards. */
@@ -391,7 +427,11 @@ void keel_es_snapshot_free(keel_es_snapshot *s);
 
 /* An upcaster turns an event of `type` at schema version v into the events
  * of version v + 1 (usually one; it may rename the type or split the event
- * into several). It fills out[0..*n) (*n starts at the capacity, 8) with
+ * into several). It reads the input's values with keel_es_event_payload(in)
+ * and keel_es_event_metadata(in) (parsed before the upcaster is called: a
+ * stored payload that does not decode fails the read with KEEL_EIO, logged,
+ * and the upcaster is not called). It fills out[0..*n) (*n starts at the
+ * capacity, 8) with
  * new payloads (new references, the caller's), types (static strings or
  * NULL for the same type) and returns 0, or a negative code (the read
  * fails with KEEL_EINVAL, logged). *n = 0 drops the event. Upcasters run on

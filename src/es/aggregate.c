@@ -359,17 +359,28 @@ static void after_append(agg *a, const keel_agg_decision *d, const keel_es_appen
   json_t *empty = json_object();
   for (size_t k = 0; k < d->n; k++) {
     const keel_es_event_in *in = &d->ev[k];
+    json_t *meta = in->metadata ? in->metadata : empty;
+    /* as a read would hand it out: the texts, and the values already parsed
+     * (borrowed: this event is not freed by keel_es_events_free) */
+    char *ptext = json_dumps(in->payload, JSON_COMPACT | JSON_ENCODE_ANY);
+    char *mtext = json_dumps(meta, JSON_COMPACT);
     keel_es_event e = {.stream = a->stream,
                        .type = in->type,
                        .schema_version = in->schema_version,
-                       .payload = in->payload,
-                       .metadata = in->metadata ? in->metadata : empty,
+                       .payload_json = ptext ? ptext : "null",
+                       .payload_len = ptext ? strlen(ptext) : 4,
+                       .metadata_json = mtext ? mtext : "{}",
+                       .metadata_len = mtext ? strlen(mtext) : 2,
+                       .parsed_ = {.payload = in->payload, .metadata = meta},
                        .occurred_at_ms = in->occurred_at_ms,
                        .stored_at_ms = now,
                        .version = ar->version - (int64_t)d->n + 1 + (int64_t)k,
                        .position = ar->first_position + (int64_t)k};
     memcpy(e.id, d->ids[k], sizeof e.id);
-    if (apply_one(a, &e) != 0) { /* logged; the events are stored all the same */
+    int arc = apply_one(a, &e);
+    free(ptext);
+    free(mtext);
+    if (arc != 0) { /* logged; the events are stored all the same */
       json_decref(empty);
       return;
     }

@@ -209,6 +209,15 @@ void keel__es_upcasters_free(keel_es *es);
 
 /* read.c: copies s into the arena (NULL: ENOMEM). */
 char *keel__es_arena_strdup(es_arena *a, const char *s);
+/* read.c: copies len bytes of s into the arena and ends them with a NUL
+ * (NULL: ENOMEM). */
+char *keel__es_arena_copy(es_arena *a, const char *s, size_t len);
+/* read.c: closes a read connection, finalizing the statements read.c keeps
+ * on it (NULL is ignored). */
+void keel__es_close_reader(sqlite3 *db);
+/* read.c: drops the values an event's accessors parsed (its texts live in
+ * the arena and stay). */
+void keel__es_event_release(keel_es_event *e);
 
 /* ---- transactions (tx.c) -------------------------------------------------------------- */
 
@@ -263,12 +272,14 @@ typedef struct es_evec {
   es_arena *arena;
 } es_evec;
 
-/* read.c: appends one decoded event (strings copied into the arena, the JSON
- * texts parsed; meta NULL: {}). 0, KEEL_ENOMEM, or KEEL_EIO (a stored text
- * does not decode; logged). */
+/* read.c: appends one decoded event: strings and the JSON texts (payload_len
+ * and meta_len bytes, NUL not needed) copied into the arena, nothing parsed
+ * (the accessors parse on first use); payload NULL: "null", meta NULL: "{}".
+ * 0 or KEEL_ENOMEM. */
 int keel__es_evec_add(es_evec *out, int64_t position, const char *stream, int64_t version,
                       const char *id, const char *type, int schema_version, const char *payload,
-                      const char *meta, int64_t occurred_at, int64_t stored_at);
+                      size_t payload_len, const char *meta, size_t meta_len, int64_t occurred_at,
+                      int64_t stored_at);
 
 typedef enum { R_STREAM, R_ALL, R_HEAD, R_INFO } es_read_kind;
 

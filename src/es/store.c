@@ -152,8 +152,7 @@ int keel__es_connect(keel_es *es, bool reader, sqlite3 **out) {
     return src;
   }
   char sql[256];
-  snprintf(sql, sizeof sql,
-           "PRAGMA synchronous = %s; PRAGMA foreign_keys = OFF;%s",
+  snprintf(sql, sizeof sql, "PRAGMA synchronous = %s; PRAGMA foreign_keys = OFF;%s",
            es->sync == KEEL_ES_SYNC_NORMAL ? "NORMAL" : "FULL",
            reader ? " PRAGMA query_only = 1;" : "");
   src = sqlite3_exec(db, sql, NULL, NULL, NULL);
@@ -195,7 +194,7 @@ static void read_on_pool(void *arg) {
     db = NULL;
   }
   pthread_mutex_unlock(&es->rmu);
-  if (db) sqlite3_close(db);
+  keel__es_close_reader(db); /* NULL when pooled */
 }
 
 int keel__es_with_reader(keel_es *es, void (*fn)(sqlite3 *db, void *arg), void *arg) {
@@ -282,7 +281,7 @@ static void close_on_pool(void *arg) {
   keel_es *es = arg;
   keel__es_writer_stop(es);
   for (size_t i = 0; i < es->nr; i++)
-    sqlite3_close(es->rpool[i]);
+    keel__es_close_reader(es->rpool[i]);
   es->nr = 0;
 }
 

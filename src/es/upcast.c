@@ -14,6 +14,14 @@
  * outputs) fails the whole read with KEEL_EINVAL and one error line naming
  * the event: a reader never gets a half-upcast history.
  *
+ * Payloads are parsed lazily (read.c), and here only: an event an upcaster
+ * matches has its payload parsed before the upcaster is called (a stored
+ * payload that does not decode fails the read with KEEL_EIO: the upcaster
+ * cannot run, and skipping the event would be a silent hole). The events an
+ * upcaster produces carry its values already parsed, and their texts (which
+ * an event always has) are those values serialised into the page's arena;
+ * an output without metadata shares its input's text and value.
+ *
  * Upcasters therefore run on the blocking pool's threads (or the writer
  * thread for an in-memory store), not in the reading process: they must be
  * pure functions of their input, which upcasters are by nature.
@@ -108,8 +116,36 @@ static int push(outvec *o, const keel_es_event *e) {
 }
 
 static void drop(keel_es_event *e) {
-  json_decref(e->payload);
-  json_decref(e->metadata);
+  keel__es_event_release(e);
+}
+
+/* v serialised into the arena: *text, *len. 0, KEEL_EINVAL (jansson cannot
+ * serialise it: invalid UTF-8 in a string), KEEL_ENOMEM. */
+static int dump_into(es_arena *arena, json_t *v, const char **text, size_t *len) {
+  char *s = json_dumps(v, JSON_COMPACT | JSON_ENCODE_ANY);
+  if (!s) return KEEL_EINVAL;
+  *len = strlen(s);
+  *text = keel__es_arena_copy(arena, s, *len);
+  free(s);
+  return *text ? 0 : KEEL_ENOMEM;
+}
+
+/* The event an upcaster's output j makes of e: version + 1, the output's
+ * values (taken), their texts. On error n holds only what it owns. */
+static int make_output(es_arena *arena, const keel_es_event *e, keel_es_upcast_out *out,
+                       keel_es_event *n) {
+  bool own_meta = out->metadata != NULL;
+  *n = *e;
+  n->schema_version = e->schema_version + 1;
+  n->parsed_.payload = out->payload;
+  n->parsed_.metadata = own_meta ? out->metadata : json_incref(e->parsed_.metadata);
+  out->payload = out->metadata = NULL;
+  int rc = dump_into(arena, n->parsed_.payload, &n->payload_json, &n->payload_len);
+  if (rc == 0 && own_meta)
+    rc = dump_into(arena, n->parsed_.metadata, &n->metadata_json, &n->metadata_len);
+  if (rc == 0 && out->type && !(n->type = keel__es_arena_strdup(arena, out->type)))
+    rc = KEEL_ENOMEM;
+  return rc;
 }
 
 /* Expands e (owned) into o. On error e is freed too. */
@@ -119,6 +155,10 @@ static int expand(keel_es *es, es_arena *arena, keel_es_event *e, outvec *o, int
     int rc = push(o, e);
     if (rc) drop(e);
     return rc;
+  }
+  if (!keel_es_event_payload(e)) { /* logged by the accessor */
+    drop(e);
+    return KEEL_EIO;
   }
   keel_es_upcast_out outs[UPCAST_CAP];
   memset(outs, 0, sizeof outs);
@@ -143,14 +183,12 @@ static int expand(keel_es *es, es_arena *arena, keel_es_event *e, outvec *o, int
   }
   size_t j = 0;
   for (; rc == 0 && j < k; j++) {
-    keel_es_event n = *e;
-    n.schema_version = e->schema_version + 1;
-    n.payload = outs[j].payload;
-    n.metadata = outs[j].metadata ? outs[j].metadata : json_incref(e->metadata);
-    outs[j].payload = outs[j].metadata = NULL;
-    if (outs[j].type && !(n.type = keel__es_arena_strdup(arena, outs[j].type))) {
+    keel_es_event n;
+    if ((rc = make_output(arena, e, &outs[j], &n))) {
+      if (rc == KEEL_EINVAL)
+        keel_log_error(NULL, "event store: an upcaster's payload cannot be serialised",
+                       KEEL_STR("type", e->type), KEEL_INT("position", e->position));
       drop(&n);
-      rc = KEEL_ENOMEM;
       break;
     }
     rc = expand(es, arena, &n, o, depth + 1);

@@ -150,7 +150,7 @@ static inline int kt_append_n(keel_es *es, const char *stream, int64_t expected,
 }
 
 static inline int kt_payload_i(const keel_es_event *e) {
-  return (int)json_integer_value(json_object_get(e->payload, "i"));
+  return (int)json_integer_value(json_object_get(keel_es_event_payload(e), "i"));
 }
 
 #endif

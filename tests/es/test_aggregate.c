@@ -47,7 +47,7 @@ static void acct_destroy(void *s, void *ud) {
 static int acct_apply(void *s, const keel_es_event *e, void *ud) {
   (void)ud;
   account *a = s;
-  int64_t amount = json_integer_value(json_object_get(e->payload, "amount"));
+  int64_t amount = json_integer_value(json_object_get(keel_es_event_payload(e), "amount"));
   if (strcmp(e->type, "Deposited") == 0) {
     a->balance += amount;
     a->deposits++;
@@ -655,7 +655,7 @@ KT_CASE(a_rejection_is_returned_unchanged_and_nothing_is_appended) {
   CHECK_EQ(evs.n, 1);
   CHECK_STR(evs.v[0].id, "0b9d6c1e-0000-4000-8000-00000000ab01");
   CHECK_EQ(evs.v[0].occurred_at_ms, 1234);
-  CHECK_STR(json_string_value(json_object_get(evs.v[0].metadata, "actor")), "tester");
+  CHECK_STR(json_string_value(json_object_get(keel_es_event_metadata(&evs.v[0]), "actor")), "tester");
   keel_es_events_free(&evs);
   keel_es_snapshot sn;
   CHECK_OK(keel_es_snapshot_load(es, "acct-r", &sn));
@@ -694,7 +694,7 @@ static int deposit_v1_v2(const keel_es_event *in, keel_es_upcast_out *out, size_
   out[0].type = "Deposited";
   out[0].payload =
       json_pack("{s:I}", "amount",
-                (json_int_t)(json_integer_value(json_object_get(in->payload, "cents")) / 100));
+                (json_int_t)(json_integer_value(json_object_get(keel_es_event_payload(in), "cents")) / 100));
   *n = 1;
   return 0;
 }

@@ -187,7 +187,8 @@ KT_CASE(versions_and_positions_follow_each_other) {
     CHECK_STR(evs.v[i].stream, "a-1");
     CHECK_STR(evs.v[i].type, "T");
     CHECK_EQ(evs.v[i].schema_version, 1);
-    CHECK(json_is_object(evs.v[i].metadata));
+    CHECK(json_is_object(keel_es_event_metadata(&evs.v[i])));
+    CHECK_STR(evs.v[i].metadata_json, "{}");
     CHECK(evs.v[i].stored_at_ms > 0 && evs.v[i].occurred_at_ms > 0);
     CHECK_EQ(strlen(evs.v[i].id), 36);
     CHECK_EQ(evs.v[i].id[14], '4'); /* a v4 UUID */
@@ -217,8 +218,9 @@ KT_CASE(an_event_keeps_what_it_was_given) {
   CHECK_STR(evs.v[0].id, "6f9619ff-8b86-d011-b42d-00cf4fc964ff");
   CHECK_EQ(evs.v[0].schema_version, 3);
   CHECK_EQ(evs.v[0].occurred_at_ms, 1234);
-  CHECK(json_equal(evs.v[0].payload, payload));
-  CHECK_STR(json_string_value(json_object_get(evs.v[0].metadata, "tenant")), "acme");
+  CHECK(json_equal(keel_es_event_payload(&evs.v[0]), payload));
+  CHECK_STR(json_string_value(json_object_get(keel_es_event_metadata(&evs.v[0]), "tenant")),
+            "acme");
   json_decref(payload);
   keel_es_events_free(&evs);
   kt_store_close(&s);

@@ -145,7 +145,8 @@ static void verify(const char *dir, size_t from, size_t *batches_seen) {
     CHECK_EQ(evs.n, a->n);
     for (size_t k = 0; k < evs.n; k++) {
       CHECK_EQ(evs.v[k].position, a->first + (long long)k);
-      CHECK_EQ(json_integer_value(json_object_get(evs.v[k].payload, "batch")), a->batch);
+      CHECK_EQ(json_integer_value(json_object_get(keel_es_event_payload(&evs.v[k]), "batch")),
+               a->batch);
     }
     CHECK_EQ(evs.v[evs.n - 1].position, a->last);
     keel_es_events_free(&evs);
@@ -175,9 +176,9 @@ static void verify(const char *dir, size_t from, size_t *batches_seen) {
       break;
     }
     for (size_t i = 0; i < evs.n; i++) {
-      long long b = json_integer_value(json_object_get(evs.v[i].payload, "batch"));
-      int k = (int)json_integer_value(json_object_get(evs.v[i].payload, "k"));
-      int n = (int)json_integer_value(json_object_get(evs.v[i].payload, "n"));
+      long long b = json_integer_value(json_object_get(keel_es_event_payload(&evs.v[i]), "batch"));
+      int k = (int)json_integer_value(json_object_get(keel_es_event_payload(&evs.v[i]), "k"));
+      int n = (int)json_integer_value(json_object_get(keel_es_event_payload(&evs.v[i]), "n"));
       if (!pg || k > 0)
         CHECK_EQ(evs.v[i].position, after + 1);
       else

@@ -25,7 +25,7 @@ typedef struct seen {
 static int record(const keel_es_event *ev, void *ud) {
   seen *s = ud;
   atomic_fetch_add(&s->calls, 1);
-  if (!atomic_load(&s->poison_fixed) && json_is_true(json_object_get(ev->payload, "poison")))
+  if (!atomic_load(&s->poison_fixed) && json_is_true(json_object_get(keel_es_event_payload(ev), "poison")))
     return KEEL_EIO;
   size_t i = atomic_load(&s->n);
   if (i < 4096) {
@@ -480,7 +480,7 @@ KT_CASE(health_reports_lag_parked_events_and_holds_readiness_while_catching_up) 
 /* ---- a handler that hangs -------------------------------------------------------------- */
 
 static int hang_on_poison(const keel_es_event *ev, void *ud) {
-  if (json_is_true(json_object_get(ev->payload, "poison"))) keel_sleep(600000);
+  if (json_is_true(json_object_get(keel_es_event_payload(ev), "poison"))) keel_sleep(600000);
   return record(ev, ud);
 }
 

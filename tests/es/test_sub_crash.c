@@ -30,7 +30,7 @@ static const char *child_url;
 static int project(keel_es_tx *tx, const keel_es_event *ev, void *ud) {
   (void)ud;
   char i[24];
-  snprintf(i, sizeof i, "%lld", (long long)json_integer_value(json_object_get(ev->payload, "i")));
+  snprintf(i, sizeof i, "%lld", (long long)json_integer_value(json_object_get(keel_es_event_payload(ev), "i")));
   return keel_es_tx_exec(tx,
                          "INSERT INTO crash_model (stream, n, total) VALUES ($1, 1, CAST($2 AS "
                          "BIGINT)) ON CONFLICT (stream) DO UPDATE SET n = crash_model.n + 1, "
@@ -94,7 +94,7 @@ static void verify(const char *url, int round) {
     for (; k < evs.n && evs.v[k].position <= checkpoint; k++) {
       int s = atoi(evs.v[k].stream + strlen("crash-"));
       n[s]++;
-      total[s] += json_integer_value(json_object_get(evs.v[k].payload, "i"));
+      total[s] += json_integer_value(json_object_get(keel_es_event_payload(&evs.v[k]), "i"));
     }
     bool more = evs.n > 0 && k == evs.n;
     if (evs.n) after = evs.v[evs.n - 1].position;

@@ -5,7 +5,7 @@
 /* OrderCreated v1 -> OrderPlaced v2 */
 static int rename_fn(const keel_es_event *in, keel_es_upcast_out *out, size_t *n, void *ud) {
   out[0].type = "OrderPlaced";
-  out[0].payload = json_deep_copy(in->payload);
+  out[0].payload = json_deep_copy(keel_es_event_payload(in));
   *n = 1;
   return 0;
 }
@@ -13,23 +13,25 @@ static int rename_fn(const keel_es_event *in, keel_es_upcast_out *out, size_t *n
 /* AddressSet v1 -> StreetSet v2 + CitySet v2 */
 static int split_fn(const keel_es_event *in, keel_es_upcast_out *out, size_t *n, void *ud) {
   out[0].type = "StreetSet";
-  out[0].payload = json_pack("{s:O}", "street", json_object_get(in->payload, "street"));
+  out[0].payload =
+      json_pack("{s:O}", "street", json_object_get(keel_es_event_payload(in), "street"));
   out[1].type = "CitySet";
-  out[1].payload = json_pack("{s:O}", "city", json_object_get(in->payload, "city"));
+  out[1].payload = json_pack("{s:O}", "city", json_object_get(keel_es_event_payload(in), "city"));
   *n = 2;
   return 0;
 }
 
 /* Price v1 {amount} -> v2 {amount, currency: EUR} -> v3 {value, currency} */
 static int price_1_2(const keel_es_event *in, keel_es_upcast_out *out, size_t *n, void *ud) {
-  out[0].payload = json_deep_copy(in->payload);
+  out[0].payload = json_deep_copy(keel_es_event_payload(in));
   json_object_set_new(out[0].payload, "currency", json_string("EUR"));
   *n = 1;
   return 0;
 }
 static int price_2_3(const keel_es_event *in, keel_es_upcast_out *out, size_t *n, void *ud) {
-  out[0].payload = json_pack("{s:O,s:O}", "value", json_object_get(in->payload, "amount"),
-                             "currency", json_object_get(in->payload, "currency"));
+  out[0].payload =
+      json_pack("{s:O,s:O}", "value", json_object_get(keel_es_event_payload(in), "amount"),
+                "currency", json_object_get(keel_es_event_payload(in), "currency"));
   *n = 1;
   return 0;
 }
@@ -66,23 +68,23 @@ static void check_history(const keel_es_events *e) {
   CHECK_EQ(e->n, 7);
   CHECK_STR(e->v[0].type, "OrderPlaced");
   CHECK_EQ(e->v[0].schema_version, 2);
-  CHECK_EQ(json_integer_value(json_object_get(e->v[0].payload, "total")), 42);
+  CHECK_EQ(json_integer_value(json_object_get(keel_es_event_payload(&e->v[0]), "total")), 42);
   CHECK_STR(e->v[1].type, "StreetSet");
-  CHECK_STR(json_string_value(json_object_get(e->v[1].payload, "street")), "Main");
+  CHECK_STR(json_string_value(json_object_get(keel_es_event_payload(&e->v[1]), "street")), "Main");
   CHECK_STR(e->v[2].type, "CitySet");
-  CHECK_STR(json_string_value(json_object_get(e->v[2].payload, "city")), "Oslo");
+  CHECK_STR(json_string_value(json_object_get(keel_es_event_payload(&e->v[2]), "city")), "Oslo");
   CHECK_EQ(e->v[1].position, e->v[2].position); /* one stored event, split */
   CHECK_EQ(e->v[1].version, 2);
   for (int i = 3; i <= 5; i++) {
     CHECK_STR(e->v[i].type, "Price");
     CHECK_EQ(e->v[i].schema_version, 3);
-    CHECK(json_object_get(e->v[i].payload, "amount") == NULL);
+    CHECK(json_object_get(keel_es_event_payload(&e->v[i]), "amount") == NULL);
   }
-  CHECK_EQ(json_integer_value(json_object_get(e->v[3].payload, "value")), 10);
-  CHECK_STR(json_string_value(json_object_get(e->v[3].payload, "currency")), "EUR");
-  CHECK_EQ(json_integer_value(json_object_get(e->v[4].payload, "value")), 7);
-  CHECK_STR(json_string_value(json_object_get(e->v[4].payload, "currency")), "USD");
-  CHECK_EQ(json_integer_value(json_object_get(e->v[5].payload, "value")), 5);
+  CHECK_EQ(json_integer_value(json_object_get(keel_es_event_payload(&e->v[3]), "value")), 10);
+  CHECK_STR(json_string_value(json_object_get(keel_es_event_payload(&e->v[3]), "currency")), "EUR");
+  CHECK_EQ(json_integer_value(json_object_get(keel_es_event_payload(&e->v[4]), "value")), 7);
+  CHECK_STR(json_string_value(json_object_get(keel_es_event_payload(&e->v[4]), "currency")), "USD");
+  CHECK_EQ(json_integer_value(json_object_get(keel_es_event_payload(&e->v[5]), "value")), 5);
   CHECK_STR(e->v[6].type, "OrderPlaced");
   CHECK_EQ(e->v[6].schema_version, 2);
 }
