@@ -64,7 +64,6 @@ typedef struct es_waiter {
   int64_t after;
   keel_ref_t ref;   /* armed for the current wait; 0 between waits */
   bool signalled;   /* a reply to ref is on its way */
-  bool recheck;     /* the listener came back: read the head once more */
   int64_t notified; /* the highest position announced to this waiter */
 } es_waiter;
 
@@ -153,9 +152,7 @@ void keel__es_notify_wake(keel_es *es, int64_t position, bool recheck) {
   if (!nt || atomic_load(&nt->count) == 0) return;
   pthread_mutex_lock(&nt->mu);
   for (es_waiter *w = nt->head; w; w = w->next) {
-    if (recheck) {
-      w->recheck = true;
-    } else {
+    if (!recheck) { /* recheck: a read of the head, nothing announced */
       if (w->after >= position) continue;
       if (position > w->notified) w->notified = position;
     }
@@ -261,7 +258,6 @@ int keel_es_wait(keel_es *es, int64_t after, int64_t timeout_ms, int64_t *head) 
     bool closing = nt->closing;
     w->ref = ref;
     w->signalled = false;
-    w->recheck = false;
     int64_t notified = w->notified;
     pthread_mutex_unlock(&nt->mu);
     if (closing) {

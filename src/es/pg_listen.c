@@ -14,7 +14,8 @@
  * Sending. The same thread sends this instance's NOTIFYs: an append, after
  * its COMMIT, raises a shared "highest position to announce" and pokes the
  * pipe; the thread sends one `SELECT pg_notify(channel, position)` for
- * whatever accumulated, so a burst of appends costs one NOTIFY. Why not
+ * whatever accumulated, so a burst of appends costs one NOTIFY (in a
+ * transaction of its own that does not wait for its WAL flush). Why not
  * NOTIFY inside the append's transaction, delivered atomically at commit:
  * PostgreSQL serialises the commits of notifying transactions on one
  * database-wide lock held until the commit is durable (async.c,
@@ -156,7 +157,9 @@ static PGconn *connect_listen(es_listen *l, char *err, size_t errlen) {
  * why), or -2 (stop). */
 static int run(es_listen *l, PGconn *c, const char *sql, int nparams, const char *const *params,
                char *err, size_t errlen) {
-  if (!PQsendQueryParams(c, sql, nparams, NULL, params, NULL, NULL, 0)) {
+  int sent = nparams < 0 ? PQsendQuery(c, sql) /* several statements */
+                         : PQsendQueryParams(c, sql, nparams, NULL, params, NULL, NULL, 0);
+  if (!sent) {
     snprintf(err, errlen, "%s", PQerrorMessage(c));
     return -1;
   }
@@ -218,10 +221,16 @@ static int announce(es_listen *l, PGconn *c, char *err, size_t errlen) {
   atomic_store(&l->kicked, false);
   int64_t pos = atomic_load(&l->to_notify);
   if (pos <= l->notified) return 0;
-  char spos[24];
-  snprintf(spos, sizeof spos, "%lld", (long long)pos);
-  const char *params[2] = {l->channel, spos};
-  int rc = run(l, c, "SELECT pg_notify($1, $2)", 2, params, err, errlen);
+  /* Its own short transaction (a NOTIFY takes a transaction id and a
+   * commit record): without waiting for its flush, since the events it
+   * announces are durable already and a lost NOTIFY only costs a poll. The
+   * channel is a plain identifier (notify.c) and pos a number: safe to
+   * inline. */
+  char sql[256];
+  snprintf(sql, sizeof sql,
+           "BEGIN; SET LOCAL synchronous_commit = off; SELECT pg_notify('%s', '%lld'); COMMIT",
+           l->channel, (long long)pos);
+  int rc = run(l, c, sql, -1, NULL, err, errlen);
   if (rc == 0) l->notified = pos;
   deliver(l, c);
   return rc;
