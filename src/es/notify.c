@@ -305,7 +305,7 @@ int keel_es_wait(keel_es *es, int64_t after, int64_t timeout_ms, int64_t *head) 
 
 /* ---- open and close ----------------------------------------------------------------- */
 
-static int register_metrics(es_notify *nt, keel_metrics *r, bool pg) {
+static int register_metrics(es_notify *nt, keel_metrics *r) {
   keel_metric_family *f;
   int rc = keel_metrics_counter(r, "es_wait_checks_total",
                                 "Reads of the readable head by processes in keel_es_wait "
@@ -315,7 +315,6 @@ static int register_metrics(es_notify *nt, keel_metrics *r, bool pg) {
   if (rc == 0)
     rc = keel_metrics_gauge(r, "es_waiting", "Processes waiting in keel_es_wait.", NULL, 0, &f);
   if (rc == 0) rc = keel_gauge_get(f, NULL, &nt->m_waiting);
-  (void)pg;
   return rc;
 }
 
@@ -361,7 +360,7 @@ int keel__es_notify_open(keel_es *es, const keel_es_opts *o) {
   nt->poll_ms = keel_timeout_or(o->notify_poll_ms, ES_POLL_DEFAULT_MS);
   es->notify = nt;
   if (o->metrics) {
-    int rc = register_metrics(nt, o->metrics, es->kind == ES_PG);
+    int rc = register_metrics(nt, o->metrics);
     if (rc == KEEL_EEXIST) { /* a second store in this registry: the first one's are exported */
       nt->m_checks = NULL;
       nt->m_waiting = NULL;
