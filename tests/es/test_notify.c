@@ -280,11 +280,17 @@ KT_CASE(two_stores_in_one_database_do_not_wake_each_other) {
   kt_store_close(&s1);
 }
 
-static int kill_listeners(const char *url) {
+/* Terminates the LISTEN connections of the store in `schema` (its channel
+ * is keel_es_<schema>; its last statement names it). */
+static int kill_listeners(const char *url, const char *schema) {
   PGconn *c = PQconnectdb(url);
   CHECK(PQstatus(c) == CONNECTION_OK);
-  PGresult *r = PQexec(c, "SELECT pg_terminate_backend(pid) FROM pg_stat_activity "
-                          "WHERE application_name = 'keel_es_listen'");
+  char sql[256];
+  snprintf(sql, sizeof sql,
+           "SELECT pg_terminate_backend(pid) FROM pg_stat_activity "
+           "WHERE application_name = 'keel_es_listen' AND query LIKE '%%keel_es_%s%%'",
+           schema);
+  PGresult *r = PQexec(c, sql);
   CHECK(PQresultStatus(r) == PGRES_TUPLES_OK);
   int n = PQntuples(r);
   PQclear(r);
@@ -303,7 +309,7 @@ KT_CASE(a_killed_listen_connection_falls_back_to_polling_and_reconnects) {
   /* another instance that does not NOTIFY: only polling can tell a */
   keel_es *b;
   CHECK_OK(keel_es_open(&(keel_es_opts){.url = s.url, .no_listen = true}, &b));
-  CHECK_EQ(kill_listeners(s.url), 1);
+  CHECK_EQ(kill_listeners(s.url, s.schema), 1);
   int64_t head;
   CHECK_OK(keel_es_head(a, &head));
   waiter_arg w;
