@@ -175,6 +175,24 @@ KT_CASE(waiters_beyond_the_append_keep_waiting) {
   kt_store_close(&s);
 }
 
+KT_CASE(appends_through_another_handle_on_the_file_are_seen_by_polling) {
+  KT_SQLITE_ONLY(); /* another writer on the same file: as another OS process would be */
+  kt_store s;
+  keel_es *a = kt_store_open(&s, &(keel_es_opts){.notify_poll_ms = 100});
+  keel_es *b;
+  CHECK_OK(keel_es_open(&(keel_es_opts){.url = s.url}, &b));
+  waiter_arg w;
+  spawn_waiter(&w, a, 0, LONG_MS);
+  until_waiting(a, 1);
+  keel_es_append_result r;
+  CHECK_OK(kt_append_n(b, "o-1", KEEL_ES_NO_STREAM, "T", 1, 0, &r));
+  report();
+  CHECK_OK(w.rc);
+  CHECK_EQ(w.head, r.last_position);
+  keel_es_close(b);
+  kt_store_close(&s);
+}
+
 static void *outside(void *arg) {
   keel_es *es = arg;
   int64_t head;
@@ -430,8 +448,9 @@ KT_MAIN(KT_ENTRY(a_waiter_is_woken_by_an_append_from_another_process),
         KT_ENTRY(a_wait_times_out_when_nothing_comes), KT_ENTRY(nowait_only_checks),
         KT_ENTRY(a_waiter_below_the_head_returns_at_once),
         KT_ENTRY(many_waiters_are_woken_by_one_append),
-        KT_ENTRY(waiters_beyond_the_append_keep_waiting), KT_ENTRY(bad_arguments_are_refused),
-        KT_ENTRY(close_with_a_waiter_pending_cancels_it),
+        KT_ENTRY(waiters_beyond_the_append_keep_waiting),
+        KT_ENTRY(appends_through_another_handle_on_the_file_are_seen_by_polling),
+        KT_ENTRY(bad_arguments_are_refused), KT_ENTRY(close_with_a_waiter_pending_cancels_it),
         KT_ENTRY(a_killed_waiter_leaves_nothing_behind),
         KT_ENTRY(an_append_from_another_instance_wakes_a_waiter),
         KT_ENTRY(two_stores_in_one_database_do_not_wake_each_other),
