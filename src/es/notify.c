@@ -224,6 +224,65 @@ static int64_t min64(int64_t a, int64_t b) {
   return a < b ? a : b;
 }
 
+/* Arms ref as w's current reference (a wake-up replies to it at most once)
+ * and takes the position last announced to w. false: the store is closing. */
+static bool arm(es_notify *nt, es_waiter *w, keel_ref_t ref, int64_t *notified) {
+  pthread_mutex_lock(&nt->mu);
+  bool closing = nt->closing;
+  w->ref = ref;
+  w->signalled = false;
+  *notified = w->notified;
+  pthread_mutex_unlock(&nt->mu);
+  return !closing;
+}
+
+/* How long to wait before reading the head again: the poll interval, or
+ * the horizon's short retry (10 ms doubling to 200 ms) while a position
+ * announced to the waiter is above the readable head h; never past the
+ * deadline. */
+static int64_t next_slice(const es_notify *nt, int64_t notified, int64_t h, double left_s,
+                          int64_t *retry_ms) {
+  int64_t slice = nt->poll_ms;
+  if (notified > h) {
+    *retry_ms = *retry_ms ? min64(*retry_ms * 2, ES_HORIZON_RETRY_MAX_MS) : ES_HORIZON_RETRY_MIN_MS;
+    slice = slice == KEEL_INFINITY ? *retry_ms : min64(slice, *retry_ms);
+  } else {
+    *retry_ms = 0;
+  }
+  if (isfinite(left_s)) {
+    int64_t left_ms = (int64_t)ceil(left_s * 1e3);
+    slice = slice == KEEL_INFINITY ? left_ms : min64(slice, left_ms);
+  }
+  return slice == KEEL_INFINITY || slice >= 1 ? slice : 1;
+}
+
+/* The wait proper: w is on the list. Each round arms a fresh reference,
+ * reads the head, and waits for a wake-up or the next slice. */
+static int wait_registered(keel_es *es, es_waiter *w, double deadline, int64_t *h) {
+  es_notify *nt = es->notify;
+  int64_t retry_ms = 0;
+  for (;;) {
+    keel_ref_t ref = keel_make_ref();
+    int rc = keel_await_ref(ref);
+    if (rc) return rc;
+    int64_t notified;
+    if (!arm(nt, w, ref, &notified)) rc = KEEL_ECANCELED;
+    if (rc == 0 && (rc = readable_head(es, h)) == 0 && *h <= w->after) {
+      double left_s = deadline - keel__es_now_s();
+      if (left_s <= 0) rc = KEEL_ETIMEDOUT;
+      if (rc == 0) {
+        keel_msg_t *m = NULL;
+        rc = keel_await(ref, &m, next_slice(nt, notified, *h, left_s, &retry_ms));
+        keel_msg_free(m);
+        if (rc == 0 || rc == KEEL_ETIMEDOUT) continue; /* woken or polling: read again */
+        return rc;
+      }
+    }
+    keel_await_cancel(ref);
+    return rc;
+  }
+}
+
 int keel_es_wait(keel_es *es, int64_t after, int64_t timeout_ms, int64_t *head) {
   if (head) *head = 0;
   if (!es || !es->notify || after < 0 ||
@@ -231,74 +290,26 @@ int keel_es_wait(keel_es *es, int64_t after, int64_t timeout_ms, int64_t *head) 
     return KEEL_EINVAL;
   keel_pid_t self = keel_self();
   if (self == 0) return KEEL_ENOTPROC;
-  es_notify *nt = es->notify;
   int64_t h = 0;
+  int rc;
   if (timeout_ms == KEEL_NOWAIT) {
-    int rc = readable_head(es, &h);
-    if (rc) return rc;
-    if (head && h > after) *head = h;
-    return h > after ? 0 : KEEL_ETIMEDOUT;
+    rc = readable_head(es, &h);
+    if (rc == 0 && h <= after) rc = KEEL_ETIMEDOUT;
+  } else {
+    int64_t timeout = keel_timeout_or(timeout_ms, KEEL_ES_WAIT_DEFAULT_MS);
+    double deadline =
+        timeout == KEEL_INFINITY ? INFINITY : keel__es_now_s() + (double)timeout / 1e3;
+    es_waiter *w = calloc(1, sizeof *w);
+    if (!w) return KEEL_ENOMEM;
+    w->pid = self;
+    w->after = after;
+    if ((rc = enlist(es->notify, w)) != 0) {
+      free(w);
+      return rc;
+    }
+    rc = wait_registered(es, w, deadline, &h);
+    delist(es->notify, w);
   }
-  int64_t timeout = keel_timeout_or(timeout_ms, KEEL_ES_WAIT_DEFAULT_MS);
-  double deadline = timeout == KEEL_INFINITY ? INFINITY : keel__es_now_s() + (double)timeout / 1e3;
-  es_waiter *w = calloc(1, sizeof *w);
-  if (!w) return KEEL_ENOMEM;
-  w->pid = self;
-  w->after = after;
-  int rc = enlist(nt, w);
-  if (rc) {
-    free(w);
-    return rc;
-  }
-  int64_t retry_ms = 0;
-  for (;;) {
-    keel_ref_t ref = keel_make_ref();
-    if ((rc = keel_await_ref(ref)) != 0) break;
-    pthread_mutex_lock(&nt->mu);
-    bool closing = nt->closing;
-    w->ref = ref;
-    w->signalled = false;
-    int64_t notified = w->notified;
-    pthread_mutex_unlock(&nt->mu);
-    if (closing) {
-      keel_await_cancel(ref);
-      rc = KEEL_ECANCELED;
-      break;
-    }
-    if ((rc = readable_head(es, &h)) != 0 || h > after) {
-      keel_await_cancel(ref);
-      break;
-    }
-    double left_s = deadline - keel__es_now_s();
-    if (left_s <= 0) {
-      keel_await_cancel(ref);
-      rc = KEEL_ETIMEDOUT;
-      break;
-    }
-    /* how long this wait may last before the head is read again */
-    int64_t slice = nt->poll_ms;
-    if (notified > h) { /* told of a position read_all cannot return yet: the horizon */
-      retry_ms = retry_ms ? min64(retry_ms * 2, ES_HORIZON_RETRY_MAX_MS) : ES_HORIZON_RETRY_MIN_MS;
-      slice = slice == KEEL_INFINITY ? retry_ms : min64(slice, retry_ms);
-    } else {
-      retry_ms = 0;
-    }
-    if (isfinite(left_s)) {
-      int64_t left_ms = (int64_t)ceil(left_s * 1e3);
-      slice = slice == KEEL_INFINITY ? left_ms : min64(slice, left_ms);
-    }
-    keel_msg_t *m = NULL;
-    int arc = keel_await(ref, &m, slice < 1 && slice != KEEL_INFINITY ? 1 : slice);
-    keel_msg_free(m);
-    if (arc != 0 && arc != KEEL_ETIMEDOUT) {
-      rc = arc;
-      break;
-    }
-  }
-  pthread_mutex_lock(&nt->mu);
-  w->ref = 0;
-  pthread_mutex_unlock(&nt->mu);
-  delist(nt, w);
   if (rc == 0 && head) *head = h;
   return rc;
 }
