@@ -91,7 +91,9 @@ static void drain(int fd) {
 }
 
 /* Waits for fd (events: POLLIN/POLLOUT; fd < 0: none, a sleep) or the pipe,
- * at most timeout_ms (< 0: no limit). 1: fd ready, 0: timed out, -1: stop. */
+ * at most timeout_ms (< 0: no limit). 1: fd ready, 0: timed out, -1: stop,
+ * 2: poked while waiting for POLLIN (something to announce; a caller in the
+ * middle of a statement just waits on). */
 static int wait_fd(es_listen *l, int fd, short events, int timeout_ms) {
   struct pollfd p[2] = {{.fd = l->wake[0], .events = POLLIN}, {.fd = fd, .events = events}};
   double deadline = timeout_ms < 0 ? 0 : now_s() + timeout_ms / 1e3;
