@@ -322,12 +322,13 @@ void keel__es_notify_appended(keel_es *es, int64_t position);
 void keel__es_notify_wake(keel_es *es, int64_t position, bool recheck);
 /* notify.c: the number of processes inside keel_es_wait (tests). */
 size_t keel__es_notify_waiting(keel_es *es);
+/* notify.c: whether the store's LISTEN connection is up (tests). */
+bool keel__es_notify_listening(keel_es *es);
 
 typedef struct es_listen es_listen; /* pg_listen.c */
-/* pg_listen.c: opens the LISTEN connection (on the blocking pool: the first
- * attempt is made before open returns; when it fails, the thread retries)
- * and starts its thread. channel: the store's channel, copied. metrics may
- * be NULL. KEEL_ENOMEM, KEEL_EIO (no thread). */
+/* pg_listen.c: starts the thread that opens the LISTEN connection (at
+ * once, then again whenever it drops) and serves it. channel: the store's
+ * channel, copied. metrics may be NULL. KEEL_ENOMEM, KEEL_EIO (no thread). */
 int keel__es_listen_start(keel_es *es, const char *channel, keel_metrics *metrics,
                           es_listen **out);
 /* pg_listen.c: stops the thread, closes its connection, frees l. NULL-safe. */

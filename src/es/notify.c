@@ -175,6 +175,10 @@ size_t keel__es_notify_waiting(keel_es *es) {
   return n;
 }
 
+bool keel__es_notify_listening(keel_es *es) {
+  return es->notify && keel__es_listen_up(es->notify->listen);
+}
+
 /* ---- the readable head ----------------------------------------------------------- */
 
 static void sqlite_head(sqlite3 *db, void *arg) {

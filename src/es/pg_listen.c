@@ -31,8 +31,10 @@
  * es_listen_reconnects_total and shows es_listen_up (1/0). Meanwhile the
  * waiters poll; once back it wakes every waiter for one more read of the
  * head (what was appended during the outage was not announced) and sends
- * what this instance has to announce. Close writes to the pipe: the thread
- * leaves any wait, connecting included, at once.
+ * what this instance has to announce. The first connection is made the
+ * same way, by the thread, right after open (open does not wait for it).
+ * Close writes to the pipe: the thread leaves any wait, connecting
+ * included, at once.
  *
  * The connection's application_name is keel_es_listen unless the URL sets
  * one (fallback_application_name), so an operator can find it in
@@ -48,7 +50,6 @@
 
 #include "es/es_internal.h"
 #include "keel/error.h"
-#include "keel/io.h"
 #include "keel/log.h"
 
 enum {
@@ -75,7 +76,6 @@ struct es_listen {
   atomic_bool kicked;
   int64_t notified; /* the thread's: the highest position announced */
   atomic_bool up;   /* LISTEN established; for tests and the gauge */
-  PGconn *first;    /* the connection made by start, handed to the thread */
   keel_gauge *g_up; /* NULL without metrics */
   keel_counter *c_reconnects;
 };
@@ -256,35 +256,37 @@ static int serve(es_listen *l, PGconn *c, char *err, size_t errlen) {
 
 static void *listen_main(void *arg) {
   es_listen *l = arg;
-  PGconn *c = l->first;
-  l->first = NULL;
+  PGconn *c = NULL;
   int64_t backoff = LISTEN_BACKOFF_MIN_MS;
-  bool warned = c == NULL; /* start warned of a first failure already */
+  bool ever_up = false, warned = false;
   double down_since = now_s();
   char err[512] = "";
   while (!atomic_load(&l->stop)) {
+    c = open_listen(l, err, sizeof err);
     if (!c) {
-      c = open_listen(l, err, sizeof err);
-      if (!c) {
-        if (atomic_load(&l->stop)) break;
-        if (!warned)
-          keel_log_warn(NULL, "event store: the LISTEN connection is down; waiting processes poll",
-                        KEEL_STR("channel", l->channel), KEEL_STR("error", err));
-        warned = true;
-        wait_fd(l, -1, 0, (int)backoff);
-        backoff = backoff * 2 > LISTEN_BACKOFF_MAX_MS ? LISTEN_BACKOFF_MAX_MS : backoff * 2;
-        continue;
-      }
+      if (atomic_load(&l->stop)) break;
+      if (!warned) /* once per outage */
+        keel_log_warn(NULL, "event store: the LISTEN connection is down; waiting processes poll",
+                      KEEL_STR("channel", l->channel), KEEL_STR("error", err));
+      warned = true;
+      wait_fd(l, -1, 0, (int)backoff);
+      backoff = backoff * 2 > LISTEN_BACKOFF_MAX_MS ? LISTEN_BACKOFF_MAX_MS : backoff * 2;
+      continue;
+    }
+    if (ever_up) {
       if (l->c_reconnects) keel_counter_inc(l->c_reconnects);
       keel_log_info(NULL, "event store: the LISTEN connection is back",
                     KEEL_STR("channel", l->channel),
                     KEEL_INT("down_ms", (int64_t)((now_s() - down_since) * 1e3)));
-      /* what was appended meanwhile was not announced to this instance */
-      keel__es_notify_wake(l->es, INT64_MAX, true);
+    } else {
+      keel_log_info(NULL, "event store: listening for appends", KEEL_STR("channel", l->channel));
     }
-    set_up(l, true);
+    ever_up = true;
     warned = false;
     backoff = LISTEN_BACKOFF_MIN_MS;
+    set_up(l, true);
+    /* what was appended before LISTEN took effect was not announced here */
+    keel__es_notify_wake(l->es, INT64_MAX, true);
     int rc = serve(l, c, err, sizeof err);
     set_up(l, false);
     PQfinish(c);
@@ -295,7 +297,6 @@ static void *listen_main(void *arg) {
                   KEEL_STR("channel", l->channel), KEEL_STR("error", err));
     warned = true;
   }
-  PQfinish(c);
   return NULL;
 }
 
@@ -314,16 +315,6 @@ static int register_metrics(es_listen *l, keel_metrics *r) {
                               NULL, 0, &f);
   if (rc == 0) rc = keel_counter_get(f, NULL, &l->c_reconnects);
   return rc;
-}
-
-typedef struct first_job {
-  es_listen *l;
-  char err[512];
-} first_job;
-
-static void first_on_pool(void *arg) {
-  first_job *j = arg;
-  j->l->first = open_listen(j->l, j->err, sizeof j->err);
 }
 
 int keel__es_listen_start(keel_es *es, const char *channel, keel_metrics *metrics,
@@ -348,23 +339,15 @@ int keel__es_listen_start(keel_es *es, const char *channel, keel_metrics *metric
       return rc;
     }
   }
-  /* The first attempt before open returns, so that a wait right after open
-   * is woken by other instances; a failure is not fatal (the thread
-   * retries, waiters poll meanwhile). */
-  first_job j = {.l = l};
-  int rc = keel_blocking(first_on_pool, &j);
-  if (rc == 0 && !l->first)
-    keel_log_warn(NULL, "event store: the LISTEN connection is down; waiting processes poll",
-                  KEEL_STR("channel", l->channel), KEEL_STR("error", j.err));
-  if (rc == 0 && l->first) set_up(l, true);
-  if (rc == 0 && pthread_create(&l->thread, NULL, listen_main, l) != 0) rc = KEEL_EIO;
-  if (rc) {
+  if (l->g_up) keel_gauge_set(l->g_up, 0);
+  /* The connection is made by the thread, so that open does not wait for
+   * a second connection (until LISTEN is up, waiters poll). */
+  if (pthread_create(&l->thread, NULL, listen_main, l) != 0) {
     keel__es_listen_stop(l);
-    return rc;
+    return KEEL_EIO;
   }
   pthread_setname_np(l->thread, "keel-es-listen");
   l->started = true;
-  keel_log_info(NULL, "event store: listening for appends", KEEL_STR("channel", l->channel));
   *out = l;
   return 0;
 }
@@ -391,7 +374,6 @@ void keel__es_listen_stop(es_listen *l) {
     (void)n;
     pthread_join(l->thread, NULL);
   }
-  PQfinish(l->first);
   if (l->wake[0] >= 0) close(l->wake[0]);
   if (l->wake[1] >= 0) close(l->wake[1]);
   if (l->g_up) keel_gauge_set(l->g_up, 0);

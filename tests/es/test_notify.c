@@ -65,6 +65,14 @@ static void report(void) {
   keel_msg_free(m);
 }
 
+/* Until the store's LISTEN connection is up (it is made after open). */
+static void until_listening(keel_es *es) {
+  for (int i = 0; !keel__es_notify_listening(es); i++) {
+    CHECK(i < LONG_MS);
+    keel_sleep(1);
+  }
+}
+
 static double metric(keel_metrics *reg, const char *name) {
   keel_metrics_buf b = {0};
   CHECK_OK(keel_metrics_render(reg, KEEL_METRICS_TEXT, &b));
@@ -265,6 +273,8 @@ KT_CASE(an_append_from_another_instance_wakes_a_waiter) {
   keel_es *a = kt_store_open(&s, &(keel_es_opts){.notify_poll_ms = KEEL_INFINITY});
   keel_es *b;
   CHECK_OK(keel_es_open(&(keel_es_opts){.url = s.url}, &b));
+  until_listening(a);
+  until_listening(b);
   for (int round = 0; round < 3; round++) {
     int64_t head;
     CHECK_OK(keel_es_head(a, &head));
@@ -287,6 +297,8 @@ KT_CASE(two_stores_in_one_database_do_not_wake_each_other) {
   kt_store s1, s2;
   keel_es *a = kt_store_open(&s1, &(keel_es_opts){.notify_poll_ms = KEEL_INFINITY});
   keel_es *b = kt_store_open(&s2, NULL);
+  until_listening(a);
+  until_listening(b);
   waiter_arg w;
   spawn_waiter(&w, a, 0, 500);
   until_waiting(a, 1);
@@ -322,6 +334,7 @@ KT_CASE(a_killed_listen_connection_falls_back_to_polling_and_reconnects) {
   CHECK_OK(keel_metrics_new(&reg, 0));
   kt_store s;
   keel_es *a = kt_store_open(&s, &(keel_es_opts){.metrics = reg, .notify_poll_ms = 200});
+  until_listening(a);
   CHECK_EQ(metric(reg, "es_listen_up"), 1);
   CHECK_EQ(metric(reg, "es_listen_reconnects_total"), 0);
   /* another instance that does not NOTIFY: only polling can tell a */
