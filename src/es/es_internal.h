@@ -327,10 +327,10 @@ bool keel__es_notify_listening(keel_es *es);
 
 typedef struct es_listen es_listen; /* pg_listen.c */
 /* pg_listen.c: starts the thread that opens the LISTEN connection (at
- * once, then again whenever it drops) and serves it. channel: the store's
- * channel, copied. metrics may be NULL. KEEL_ENOMEM, KEEL_EIO (no thread). */
-int keel__es_listen_start(keel_es *es, const char *channel, keel_metrics *metrics,
-                          es_listen **out);
+ * once, then again whenever it drops) and serves it; the channel is named
+ * after the connection's schema. metrics may be NULL. KEEL_ENOMEM, KEEL_EIO
+ * (no thread). */
+int keel__es_listen_start(keel_es *es, keel_metrics *metrics, es_listen **out);
 /* pg_listen.c: stops the thread, closes its connection, frees l. NULL-safe. */
 void keel__es_listen_stop(es_listen *l);
 /* pg_listen.c: asks the listener to NOTIFY other instances that events up

@@ -333,39 +333,6 @@ static int register_metrics(es_notify *nt, keel_metrics *r) {
   return rc;
 }
 
-/* The NOTIFY channel of a store: its schema's name when that is a plain
- * lower-case identifier, else a hash of it, so that two stores in one
- * database never wake each other's waiters. */
-static void channel_of(const char *schema, char out[64]) {
-  bool plain = *schema && strlen(schema) <= 40;
-  for (const char *p = schema; *p && plain; p++)
-    plain = (*p >= 'a' && *p <= 'z') || (*p >= '0' && *p <= '9') || *p == '_';
-  if (plain) {
-    snprintf(out, 64, "keel_es_%s", schema);
-    return;
-  }
-  uint64_t hash = 1469598103934665603ull; /* FNV-1a */
-  for (const unsigned char *p = (const unsigned char *)schema; *p; p++)
-    hash = (hash ^ *p) * 1099511628211ull;
-  snprintf(out, 64, "keel_es_h%016llx", (unsigned long long)hash);
-}
-
-static int pg_channel(keel_es *es, char out[64]) {
-  int held = keel_hold_exits(true);
-  es_pgconn *c = NULL;
-  int rc = keel__es_pg_acquire(es, &c);
-  if (rc == 0) {
-    PGresult *r = NULL;
-    rc = keel__es_pg_query(es->pg, c, "reading the schema's name",
-                           "SELECT coalesce(current_schema(), '')", 0, NULL, &r);
-    if (rc == 0) channel_of(PQgetvalue(r, 0, 0), out);
-    PQclear(r);
-    keel__es_pg_release(es, c);
-  }
-  if (held == 0) keel_hold_exits(false);
-  return rc;
-}
-
 int keel__es_notify_open(keel_es *es, const keel_es_opts *o) {
   if (o->notify_poll_ms < 0 && o->notify_poll_ms != KEEL_INFINITY) return KEEL_EINVAL;
   es_notify *nt = calloc(1, sizeof *nt);
@@ -383,12 +350,7 @@ int keel__es_notify_open(keel_es *es, const keel_es_opts *o) {
       return rc;
     }
   }
-  if (es->kind == ES_PG && !o->no_listen) {
-    char channel[64];
-    int rc = pg_channel(es, channel);
-    if (rc == 0) rc = keel__es_listen_start(es, channel, o->metrics, &nt->listen);
-    if (rc) return rc;
-  }
+  if (es->kind == ES_PG && !o->no_listen) return keel__es_listen_start(es, o->metrics, &nt->listen);
   return 0;
 }
 

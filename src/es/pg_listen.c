@@ -4,7 +4,7 @@
  * processes in keel_es_wait in the others. Each store keeps one dedicated
  * connection (not from the pool: LISTEN is session state, and a pooled
  * connection is lent to whoever calls) that LISTENs on the store's channel
- * (keel_es_<schema>, notify.c), served by a plain thread: blocking libpq
+ * (keel_es_<schema>, see channel_of), served by a plain thread: blocking libpq
  * plus poll() on the socket and on a wake pipe, the pattern of SQLite's
  * writer thread. A notification carries the highest position an append
  * committed; the thread hands it to notify.c, which wakes the waiters whose
@@ -62,7 +62,7 @@ enum {
 struct es_listen {
   keel_es *es;
   char *url;
-  char channel[64];
+  char channel[64]; /* the thread's: keel_es_<schema>; "" until the first connection */
   pthread_t thread;
   bool started;
   int wake[2]; /* the pipe: [0] polled by the thread, [1] written to poke it */
@@ -154,14 +154,13 @@ static PGconn *connect_listen(es_listen *l, char *err, size_t errlen) {
   return c;
 }
 
-/* Runs one statement (a LISTEN, a NOTIFY), consuming the notifications
- * that arrive meanwhile. 0, or -1 (the connection is no good; err says
+/* Runs sql (one or several statements, no parameters), consuming the
+ * notifications that arrive meanwhile; val (may be NULL) gets the first
+ * value of the last row set. 0, or -1 (the connection is no good; err says
  * why), or -2 (stop). */
-static int run(es_listen *l, PGconn *c, const char *sql, int nparams, const char *const *params,
-               char *err, size_t errlen) {
-  int sent = nparams < 0 ? PQsendQuery(c, sql) /* several statements */
-                         : PQsendQueryParams(c, sql, nparams, NULL, params, NULL, NULL, 0);
-  if (!sent) {
+static int run(es_listen *l, PGconn *c, const char *sql, char *val, size_t vallen, char *err,
+               size_t errlen) {
+  if (!PQsendQuery(c, sql)) {
     snprintf(err, errlen, "%s", PQerrorMessage(c));
     return -1;
   }
@@ -185,18 +184,44 @@ static int run(es_listen *l, PGconn *c, const char *sql, int nparams, const char
       snprintf(err, errlen, "%s", PQresultErrorMessage(res));
       rc = -1;
     }
+    if (st == PGRES_TUPLES_OK && val && PQntuples(res) > 0)
+      snprintf(val, vallen, "%s", PQgetvalue(res, 0, 0));
     PQclear(res);
   }
   return rc;
 }
 
-/* Opens the connection and LISTENs. NULL on failure (err says why). */
+/* The NOTIFY channel of a store: its schema's name when that is a plain
+ * lower-case identifier, else a hash of it, so that two stores in one
+ * database never wake each other's waiters. */
+static void channel_of(const char *schema, char out[64]) {
+  bool plain = *schema && strlen(schema) <= 40;
+  for (const char *p = schema; *p && plain; p++)
+    plain = (*p >= 'a' && *p <= 'z') || (*p >= '0' && *p <= '9') || *p == '_';
+  if (plain) {
+    snprintf(out, 64, "keel_es_%s", schema);
+    return;
+  }
+  uint64_t hash = 1469598103934665603ull; /* FNV-1a */
+  for (const unsigned char *p = (const unsigned char *)schema; *p; p++)
+    hash = (hash ^ *p) * 1099511628211ull;
+  snprintf(out, 64, "keel_es_h%016llx", (unsigned long long)hash);
+}
+
+/* Opens the connection, learns the store's channel from its schema (the
+ * first in search_path, where the tables are: the same URL as the pool's)
+ * and LISTENs. NULL on failure (err says why). */
 static PGconn *open_listen(es_listen *l, char *err, size_t errlen) {
   PGconn *c = connect_listen(l, err, errlen);
   if (!c) return NULL;
-  char sql[96];
-  snprintf(sql, sizeof sql, "LISTEN %s", l->channel); /* a plain lower-case identifier */
-  if (run(l, c, sql, 0, NULL, err, errlen) != 0) {
+  char schema[256] = "", sql[96];
+  int rc = run(l, c, "SELECT coalesce(current_schema(), '')", schema, sizeof schema, err, errlen);
+  if (rc == 0) {
+    channel_of(schema, l->channel);
+    snprintf(sql, sizeof sql, "LISTEN %s", l->channel); /* a plain lower-case identifier */
+    rc = run(l, c, sql, NULL, 0, err, errlen);
+  }
+  if (rc) {
     PQfinish(c);
     return NULL;
   }
@@ -226,13 +251,13 @@ static int announce(es_listen *l, PGconn *c, char *err, size_t errlen) {
   /* Its own short transaction (a NOTIFY takes a transaction id and a
    * commit record): without waiting for its flush, since the events it
    * announces are durable already and a lost NOTIFY only costs a poll. The
-   * channel is a plain identifier (notify.c) and pos a number: safe to
+   * channel is a plain identifier (channel_of) and pos a number: safe to
    * inline. */
   char sql[256];
   snprintf(sql, sizeof sql,
            "BEGIN; SET LOCAL synchronous_commit = off; SELECT pg_notify('%s', '%lld'); COMMIT",
            l->channel, (long long)pos);
-  int rc = run(l, c, sql, -1, NULL, err, errlen);
+  int rc = run(l, c, sql, NULL, 0, err, errlen);
   if (rc == 0) l->notified = pos;
   deliver(l, c);
   return rc;
@@ -317,14 +342,12 @@ static int register_metrics(es_listen *l, keel_metrics *r) {
   return rc;
 }
 
-int keel__es_listen_start(keel_es *es, const char *channel, keel_metrics *metrics,
-                          es_listen **out) {
+int keel__es_listen_start(keel_es *es, keel_metrics *metrics, es_listen **out) {
   *out = NULL;
   es_listen *l = calloc(1, sizeof *l);
   if (!l) return KEEL_ENOMEM;
   l->es = es;
   l->wake[0] = l->wake[1] = -1;
-  snprintf(l->channel, sizeof l->channel, "%s", channel);
   if (!(l->url = strdup(es->pg->url)) || pipe2(l->wake, O_NONBLOCK | O_CLOEXEC) != 0) {
     keel__es_listen_stop(l);
     return KEEL_ENOMEM;
