@@ -9,7 +9,10 @@
  * writer thread. A notification carries the highest position an append
  * committed; the thread hands it to notify.c, which wakes the waiters whose
  * position is below it. Notifications from this instance are skipped (its
- * appends wake its waiters directly, without the round trip).
+ * appends wake its waiters directly, without the round trip). A thread
+ * rather than a keel process on a scheduler's loop: the connection lives as
+ * long as the store, not as any process, needs no supervisor, and close
+ * stops it with a write and a join.
  *
  * Sending. The same thread sends this instance's NOTIFYs: an append, after
  * its COMMIT, raises a shared "highest position to announce" and pokes the
