@@ -100,7 +100,7 @@ typedef struct keel_es_opts {
 } keel_es_opts;
 
 /* Opens (creating or migrating the schema as needed) the store. Call from a
- * keel process. Errors: KEEL_EINVAL (bad url), KEEL_EIO (the database cannot
+ * keel process. Errors: KEEL_EINVAL (bad url, notify_poll_ms), KEEL_EIO (the database cannot
  * be opened, created or reached; logged with the cause), KEEL_ENOMEM,
  * KEEL_ENOTPROC. */
 int keel_es_open(const keel_es_opts *o, keel_es **out);
