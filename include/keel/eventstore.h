@@ -99,16 +99,29 @@ typedef struct keel_es_opts {
   int64_t pool_ping_idle_ms;    /* a connection idle this long is pinged (an empty
                                    query) before it is handed out, and idle ones are
                                    pinged this often; 0: 5000 */
+  /* Notifications (keel_es_wait). A waiting process re-reads the head at
+   * least this often whatever it is told (the fallback when the PostgreSQL
+   * listener is down or off, or a notification was lost; on SQLite, appends
+   * by another OS process on the same file); 0: 1000; KEEL_INFINITY: only
+   * when woken. */
+  int64_t notify_poll_ms;
+  /* PostgreSQL: no LISTEN connection and no NOTIFY (PgBouncer in transaction
+   * mode cannot LISTEN): waiters see other instances' appends by polling
+   * (notify_poll_ms); this instance's appends still wake its own waiters at
+   * once. SQLite ignores it. */
+  bool no_listen;
 } keel_es_opts;
 
 /* Opens (creating or migrating the schema as needed) the store. Call from a
- * keel process. Errors: KEEL_EINVAL (bad url), KEEL_EIO (the database cannot
+ * keel process. Errors: KEEL_EINVAL (bad url, notify_poll_ms), KEEL_EIO (the database cannot
  * be opened, created or reached; logged with the cause), KEEL_ENOMEM,
  * KEEL_ENOTPROC. */
 int keel_es_open(const keel_es_opts *o, keel_es **out);
 
 /* Waits for appends in flight, closes the database, frees es. NULL is
- * ignored. No other call on es may run or follow. */
+ * ignored. Processes inside keel_es_wait are woken with KEEL_ECANCELED and
+ * close returns once they have left it; no other call on es may run or
+ * follow. */
 void keel_es_close(keel_es *es);
 
 /* ---- appending ----------------------------------------------------------- */
@@ -280,6 +293,36 @@ void keel_es_stream_info_free(keel_es_stream_info *info);
 /* Replaces a stream's metadata (a JSON object, borrowed); the stream need
  * not have events yet. Errors: KEEL_EINVAL (not an object, bad stream id). */
 int keel_es_stream_set_metadata(keel_es *es, const char *stream, json_t *metadata);
+
+/* ---- waiting for appends ------------------------------------------------- */
+
+#define KEEL_ES_WAIT_DEFAULT_MS 30000 /* keel_es_wait's timeout of 0 */
+
+/* Waits until the global feed has an event beyond position `after` that
+ * read_all can return, i.e. until the readable head passes `after`; *head
+ * (may be NULL) gets that head. Then read_all(after) returns the events up
+ * to *head that pass its filters (none, if every one is filtered out,
+ * soft-deleted or hard-deleted: continue from *head). Returns at once when
+ * the head is already past `after`. Blocks only the calling process.
+ *
+ * Woken: on SQLite by the writer thread after each commit; on PostgreSQL by
+ * this instance's appends at once and by other instances' through
+ * LISTEN/NOTIFY. A notified event that read_all cannot return yet (an
+ * older transaction still open holds the horizon, see docs/eventstore.md)
+ * is re-checked every 10 ms doubling to 200 ms until it can; in any case
+ * the head is re-read every opts.notify_poll_ms. Never misses an append:
+ * the process is registered before it reads the head.
+ *
+ * timeout_ms: 0 is KEEL_ES_WAIT_DEFAULT_MS, KEEL_INFINITY waits as long as
+ * it takes, KEEL_NOWAIT only checks. Like every keel wait it ends when an
+ * exit signal ends the process (nothing is left behind). Errors:
+ * KEEL_ETIMEDOUT (nothing readable beyond `after` in time), KEEL_ECANCELED
+ * (keel_es_close ran meanwhile: it wakes the waiting processes and returns
+ * once they have left this call; do not call it again on that store),
+ * KEEL_EINVAL (es NULL, after < 0, a bad timeout), KEEL_ENOTPROC, and the
+ * read errors of keel_es_head (KEEL_EIO, KEEL_ETIMEDOUT on PostgreSQL).
+ * Any process; es may be shared. */
+int keel_es_wait(keel_es *es, int64_t after, int64_t timeout_ms, int64_t *head);
 
 /* ---- deleting ------------------------------------------------------------ */
 

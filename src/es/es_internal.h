@@ -19,6 +19,9 @@
  *   pg_write.c   appends and stream management in one transaction per call
  *   pg_read.c    the reads, with the xid8 horizon of read_all
  *   pg_snapshot.c  snapshot save and load on PostgreSQL
+ * and, for both, the notifications (appends waking waiting readers):
+ *   notify.c     keel_es_wait, the list of waiting processes, their wake-up
+ *   pg_listen.c  PostgreSQL: the LISTEN connection's thread, NOTIFY to other instances
  */
 #ifndef KEEL_ES_INTERNAL_H
 #define KEEL_ES_INTERNAL_H
@@ -103,7 +106,8 @@ typedef struct es_upcaster {
 /* ---- the store ---------------------------------------------------------------- */
 
 typedef enum es_kind { ES_SQLITE = 0, ES_PG } es_kind;
-typedef struct es_pg es_pg; /* pg_pool.c */
+typedef struct es_pg es_pg;         /* pg_pool.c */
+typedef struct es_notify es_notify; /* notify.c */
 
 struct keel_es {
   es_kind kind;
@@ -137,6 +141,8 @@ struct keel_es {
   /* metrics (NULL when opts.metrics was NULL) */
   keel_counter *m_ok, *m_conflict, *m_duplicate, *m_error, *m_events, *m_reads;
   keel_histogram *m_duration, *m_group;
+
+  es_notify *notify; /* notify.c: the processes in keel_es_wait (and PostgreSQL's listener) */
 };
 
 /* store.c: a SQLite code and message as a log line; returns KEEL_EIO. */
@@ -424,5 +430,48 @@ int keel__es_pg_read(keel_es *es, es_read_call *c);
 int keel__es_pg_snapshot_save(keel_es *es, const char *stream, int64_t version, int schema_version,
                               const char *state, bool *stored);
 int keel__es_pg_snapshot_load(keel_es *es, const char *stream, keel_es_snapshot *out);
+
+/* ---- notifications (notify.c, pg_listen.c) ------------------------------------------- */
+
+/* notify.c: sets up the waiters' list (and on PostgreSQL the listener,
+ * unless opts.no_listen) once the backend is open. Call from a process.
+ * KEEL_ENOMEM, or the metrics registry's error. */
+int keel__es_notify_open(keel_es *es, const keel_es_opts *o);
+/* notify.c: stops the listener, wakes every waiting process with
+ * KEEL_ECANCELED and waits until they have left keel_es_wait (a killed one
+ * is noticed dead). First thing keel_es_close does. NULL-safe. */
+void keel__es_notify_close(keel_es *es);
+/* notify.c: frees the list, once nothing can wake through it (the writer
+ * thread stopped). NULL-safe. */
+void keel__es_notify_free(keel_es *es);
+/* notify.c: events up to `position` were committed by this instance: wakes
+ * the waiters whose `after` is below it and (PostgreSQL) asks the listener
+ * to announce it to other instances. Any thread. Without waiters and
+ * without a listener it costs one atomic load. */
+void keel__es_notify_appended(keel_es *es, int64_t position);
+/* notify.c: wakes the waiters whose `after` is below position (the
+ * listener's notifications); recheck: wake every waiter for one check of
+ * the head without taking position as announced (after the listener was
+ * down, something may have been missed). Any thread. */
+void keel__es_notify_wake(keel_es *es, int64_t position, bool recheck);
+/* notify.c: the number of processes inside keel_es_wait (tests). */
+size_t keel__es_notify_waiting(keel_es *es);
+/* notify.c: whether the store's LISTEN connection is up (tests). */
+bool keel__es_notify_listening(keel_es *es);
+
+typedef struct es_listen es_listen; /* pg_listen.c */
+/* pg_listen.c: starts the thread that opens the LISTEN connection (at
+ * once, then again whenever it drops) and serves it; the channel is named
+ * after the connection's schema. metrics may be NULL. KEEL_ENOMEM, KEEL_EIO
+ * (no thread). */
+int keel__es_listen_start(keel_es *es, keel_metrics *metrics, es_listen **out);
+/* pg_listen.c: stops the thread, closes its connection, frees l. NULL-safe. */
+void keel__es_listen_stop(es_listen *l);
+/* pg_listen.c: asks the listener to NOTIFY other instances that events up
+ * to position are committed (folded: one NOTIFY for many appends). Any
+ * thread; never blocks. */
+void keel__es_listen_kick(es_listen *l, int64_t position);
+/* pg_listen.c: whether the LISTEN connection is up now (tests). */
+bool keel__es_listen_up(es_listen *l);
 
 #endif

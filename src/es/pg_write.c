@@ -449,6 +449,17 @@ static void count(keel_es *es, const es_req *r, const es_reply *rep, double t0) 
   if (ctr) keel_counter_inc(ctr);
 }
 
+/* A committed append wakes this instance's waiters at once and asks the
+ * listener to NOTIFY the others (pg_listen.c: outside the append's
+ * transaction, see there why). */
+static void announce(keel_es *es, const es_reply *rep) {
+  int64_t top = 0;
+  for (size_t i = 0; i < rep->nresults; i++)
+    if (!rep->results[i].duplicate && rep->results[i].last_position > top)
+      top = rep->results[i].last_position;
+  if (top > 0) keel__es_notify_appended(es, top);
+}
+
 int keel__es_pg_write(keel_es *es, const es_req *r, es_reply *rep) {
   double t0 = keel__es_now_s();
   /* exits wait until the connection is back in the pool */
@@ -467,6 +478,7 @@ int keel__es_pg_write(keel_es *es, const es_req *r, es_reply *rep) {
     memset(rep->results, 0, rep->nresults * sizeof rep->results[0]);
   rep->rc = rc;
   if (r->kind == ES_REQ_APPEND && r->nstreams > 0) count(es, r, rep, t0);
+  if (rc == 0 && r->kind == ES_REQ_APPEND) announce(es, rep);
   if (held == 0) keel_hold_exits(false);
   return rc;
 }

@@ -286,6 +286,7 @@ static void close_on_pool(void *arg) {
 }
 
 static void es_free(keel_es *es) {
+  keel__es_notify_free(es);
   pthread_mutex_destroy(&es->mu);
   pthread_cond_destroy(&es->cv);
   pthread_mutex_destroy(&es->rmu);
@@ -328,7 +329,8 @@ int keel_es_open(const keel_es_opts *o, keel_es **out) {
     return rc;
   }
   if (es->kind == ES_PG) {
-    if ((rc = keel__es_pg_open(es, url, o)) != 0) {
+    if ((rc = keel__es_pg_open(es, url, o)) != 0 || (rc = keel__es_notify_open(es, o)) != 0) {
+      keel__es_notify_free(es);
       keel__es_pg_close(es);
       es_free(es);
       return rc;
@@ -339,6 +341,7 @@ int keel_es_open(const keel_es_opts *o, keel_es **out) {
   open_job j = {.es = es};
   rc = keel_blocking(open_on_pool, &j);
   if (rc == 0) rc = j.rc;
+  if (rc == 0) rc = keel__es_notify_open(es, o);
   if (rc == 0) rc = keel__es_writer_start(es);
   if (rc) {
     keel__es_writer_stop(es); /* finalizes and closes what open made */
@@ -354,6 +357,7 @@ int keel_es_open(const keel_es_opts *o, keel_es **out) {
 
 void keel_es_close(keel_es *es) {
   if (!es) return;
+  keel__es_notify_close(es); /* waiting processes leave first */
   if (es->kind == ES_PG) {
     keel__es_pg_close(es);
     es_free(es);

@@ -27,6 +27,9 @@
  * position order is commit order, and a reader's snapshot holds a prefix of
  * it. That is why read_all never skips on SQLite without any extra device.
  *
+ * After each commit that stored events the thread wakes the processes
+ * waiting in keel_es_wait for a position below them (notify.c).
+ *
  * Requests of kind ES_REQ_FN (reads of an in-memory store, store.c) run alone,
  * outside any transaction, in queue order.
  */
@@ -354,6 +357,22 @@ static void finish(keel_es *es, es_req *r, keel_msg_t *m) {
   keel__es_req_free(r);
 }
 
+/* After a commit: the waiting readers whose position is below the group's
+ * highest new position are woken (notify.c; one atomic load when none
+ * waits). */
+static void wake_waiters(keel_es *es, es_req *group, keel_msg_t **msgs) {
+  int64_t top = 0;
+  size_t i = 0;
+  for (es_req *r = group; r && msgs; r = r->next, i++) {
+    if (r->kind != ES_REQ_APPEND || !msgs[i]) continue;
+    const es_reply *rep = keel_msg_data(msgs[i]);
+    for (size_t k = 0; rep->rc == 0 && k < rep->nresults; k++)
+      if (!rep->results[k].duplicate && rep->results[k].last_position > top)
+        top = rep->results[k].last_position;
+  }
+  if (top > 0) keel__es_notify_appended(es, top);
+}
+
 static void run_group(keel_es *es, es_req *group, size_t nreq) {
   keel_msg_t **msgs = calloc(nreq, sizeof *msgs);
   int64_t now = keel__es_unix_ms();
@@ -400,6 +419,7 @@ static void run_group(keel_es *es, es_req *group, size_t nreq) {
     }
   }
   if (es->m_group && nappends) keel_histogram_observe(es->m_group, (double)nappends);
+  if (!broken && nappends) wake_waiters(es, group, msgs);
   i = 0;
   for (es_req *r = group, *next; r; r = next, i++) {
     next = r->next;
