@@ -175,6 +175,7 @@ static keel_es *open_named(kt_store *s, char *app, size_t applen, keel_es_opts o
   static char url[1400];
   snprintf(url, sizeof url, "%s&application_name=%s", s->url, app);
   o.url = url;
+  o.no_listen = true; /* the LISTEN connection would carry the name too: only the pool's */
   CHECK_OK(keel_es_open(&o, &s->es));
   return s->es;
 }
