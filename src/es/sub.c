@@ -24,6 +24,7 @@
  */
 #include <pthread.h>
 #include <stddef.h>
+#include <stdint.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
@@ -40,7 +41,16 @@
 #include "keel/subscription.h"
 #include "keel/timer.h"
 
-enum { TAG_PUMP = 0x73756201, TAG_WAKE, TAG_RETRY, TAG_TICK, TAG_JOB, TAG_JOB_DONE };
+enum {
+  TAG_PUMP = 0x73756201,
+  TAG_WAKE,
+  TAG_RETRY,
+  TAG_TICK,
+  TAG_JOB,
+  TAG_JOB_DONE,
+  TAG_WATCH,
+  TAG_WATCHED
+};
 /* run_page's answers besides 0 (done), KEEL_GS_STOP and errors. */
 enum { PAGE_WAIT = 100, PAGE_YIELD = 101 };
 enum { OP_STATUS = 1, OP_PAUSE, OP_RESUME, OP_RETRY, OP_RESOLVE };
@@ -69,7 +79,9 @@ typedef struct sub {
   char err[256];
   bool paused, retrying, live, retry_pending, pump_queued;
   keel_ref_t tick;
-  keel_ref_t wait_timer; /* the one poll timer armed at the head (0: none) */
+  keel_ref_t wait_timer; /* the one retry timer armed after an error (0: none) */
+  keel_pid_t waker;      /* waits in keel_es_wait for the subscription (0: none yet) */
+  bool watching;         /* a TAG_WATCH is with the waker */
   char **blocked; /* streams with parked events (KEEL_SUB_PARK) */
   size_t nblocked;
   uint64_t handled, failures, nparked;
@@ -313,13 +325,55 @@ static bool blocked(const sub *s, const char *stream) {
 
 /* ---- messages to itself ----------------------------------------------------------------- */
 
+static void arm_wait(sub *s);
+
 static void pump(sub *s) {
   if (s->pump_queued || s->paused) return;
   s->pump_queued = keel_send(keel_self(), keel_msg_new(TAG_PUMP, 0)) == 0;
 }
 
-/* At the head (or after an error): wake again in poll_ms at the latest.
- * One timer at a time, however many steps reach the head. */
+/* At the head: the waker waits for an append beyond the checkpoint
+ * (keel_es_wait: the store's notifications, its polling fallback, the
+ * horizon on PostgreSQL), at most poll_ms, and tells the subscription,
+ * which meanwhile serves its calls. One watch at a time. */
+typedef struct watch {
+  keel_es *es;
+  int64_t after, timeout_ms;
+} watch;
+
+static void waker_main(void *arg) {
+  keel_pid_t sub_pid = (keel_pid_t)(uintptr_t)arg;
+  for (;;) {
+    keel_msg_t *m = NULL;
+    if (keel_receive(&m, KEEL_INFINITY) != 0) continue;
+    watch w;
+    bool ok = keel_msg_tag(m) == TAG_WATCH && keel_msg_size(m) == sizeof w;
+    if (ok) memcpy(&w, keel_msg_data(m), sizeof w);
+    keel_msg_free(m);
+    if (!ok) continue;
+    int64_t head;
+    int rc = keel_es_wait(w.es, w.after, w.timeout_ms, &head);
+    if (rc != 0 && rc != KEEL_ETIMEDOUT) keel_sleep(w.timeout_ms); /* the store failed: later */
+    keel_send(sub_pid, keel_msg_new(TAG_WATCHED, 0));
+  }
+}
+
+static void arm_watch(sub *s) {
+  if (s->watching) return;
+  if (!s->waker) {
+    keel_spawn_opts so = {.link = true, .name = "sub-waker"};
+    if (keel_spawn(waker_main, (void *)(uintptr_t)keel_self(), &so, &s->waker) != 0) {
+      s->waker = 0;
+      arm_wait(s); /* no process: poll */
+      return;
+    }
+  }
+  watch w = {.es = s->o.es, .after = s->pos, .timeout_ms = s->o.poll_ms};
+  s->watching = keel_send(s->waker, keel_msg_copy(TAG_WATCH, &w, sizeof w)) == 0;
+  if (!s->watching) arm_wait(s);
+}
+
+/* After an error: try again in poll_ms. One timer at a time. */
 static void arm_wait(sub *s) {
   if (s->wait_timer) keel_cancel_timer(s->wait_timer);
   s->wait_timer = 0;
@@ -806,7 +860,7 @@ static int step(sub *s) {
       if (s->o.checkpoint != KEEL_SUB_CHECKPOINT_PERIODIC) save(s);
       if (s->fenced) return lost(s);
       gauges(s);
-      arm_wait(s);
+      arm_watch(s);
       return 0;
     }
     s->live = false;
@@ -1084,6 +1138,10 @@ static int sub_info(void *state, keel_msg_t **msg) {
     s->wait_timer = 0;
     pump(s);
     return KEEL_GS_OK;
+  case TAG_WATCHED:
+    s->watching = false;
+    pump(s);
+    return KEEL_GS_OK;
   case TAG_RETRY:
     s->retrying = false;
     pump(s);
@@ -1112,6 +1170,7 @@ static void sub_terminate(keel_reason reason, void *state) {
   if (s->tick) keel_cancel_timer(s->tick);
   if (s->wait_timer) keel_cancel_timer(s->wait_timer);
   if (s->worker) keel_exit_signal(s->worker, KEEL_REASON_KILL, NULL);
+  if (s->waker) keel_exit_signal(s->waker, KEEL_REASON_KILL, NULL);
   int rc = save(s);
   keel_log_info(NULL, "subscription stopped: checkpoint stored, closed",
                 KEEL_STR("subscription", s->name), KEEL_INT("checkpoint", s->stored),
