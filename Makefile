@@ -82,6 +82,7 @@ bench: build
 	./build/bench/bench_observer
 	./build/bench/bench_http_parse
 	./build/bench/bench_es
+	./build/bench/bench_sub
 
 bench-compare: build
 	@scripts/install-deps.sh --bench
