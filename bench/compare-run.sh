@@ -109,3 +109,42 @@ if [[ -x ${KEEL_PG_BINDIR:-/usr/lib/postgresql/15/bin}/initdb ]]; then
 else
   echo "bench-compare: postgresql-15 not installed: skipping the event store's PostgreSQL pairs" >&2
 fi
+
+# Subscriptions (bench_sub): catch-up against the raw paged SELECT, a
+# transactional projection against the same work by hand, live latency from
+# an append's return to the handler's call; SQLite, then PostgreSQL on a
+# throwaway cluster with production durability (fsync, synchronous_commit:
+# the appends and the checkpoints pay what a deployment pays), stopped on
+# exit even when a run fails. Without postgresql-15, SQLite only. A subshell:
+# its EXIT trap leaves the one es_pg_writes set (its cluster) alone.
+subscriptions() (
+  local substate="" url=""
+  if [[ -x ${KEEL_PG_BINDIR:-/usr/lib/postgresql/15/bin}/initdb ]]; then
+    substate=$(mktemp -d "${TMPDIR:-/tmp}/keel-bench-sub-pg-XXXXXX")
+    trap 'bash "'"$here"'/../tests/es/pg_cluster.sh" stop "'"$substate"'" >/dev/null 2>&1; rm -rf "'"$substate"'"' EXIT
+    if KEEL_PG_DURABLE=1 bash "$here/../tests/es/pg_cluster.sh" start "$substate" >"$out/sub-pg.log" 2>&1; then
+      url=$(cat "$substate/pg.url")
+    else
+      echo "bench-compare: no PostgreSQL cluster (see $out/sub-pg.log): subscriptions on SQLite only" >&2
+    fi
+  else
+    echo "bench-compare: postgresql-15 not installed: subscriptions on SQLite only" >&2
+  fi
+  echo "bench-compare: subscriptions" >&2
+  BENCH_SUB_ROUNDS=${BENCH_SUB_ROUNDS:-5} BENCH_ES_PG_URL="$url" LOG_LEVEL=warn \
+    "$build/bench/bench_sub" >"$build/bench-sub.jsonl"
+  if [[ -n $substate ]]; then
+    bash "$here/../tests/es/pg_cluster.sh" stop "$substate" >/dev/null 2>&1 || true
+    rm -rf "$substate"
+    trap - EXIT
+  fi
+  echo
+  echo "subscriptions (medians of alternating rounds; ratio = keel / raw; latencies in ms)"
+  awk 'match($0, /"bench": *"[^"]*"/) {
+         b = substr($0, RSTART, RLENGTH); sub(/.*: *"/, "", b); sub(/"$/, "", b)
+         match($0, /"unit": *"[^"]*"/); u = substr($0, RSTART, RLENGTH); sub(/.*: *"/, "", u); sub(/"$/, "", u)
+         match($0, /"value": *[-0-9.eE+]+/); v = substr($0, RSTART, RLENGTH); sub(/.*: */, "", v)
+         printf "  %-32s %14s %s\n", b, v, u
+       }' "$build/bench-sub.jsonl"
+)
+subscriptions
