@@ -116,8 +116,8 @@ static double median(double *v, int n) {
 }
 
 static void line(const char *name, const char *unit, double v) {
-  printf("{\"bench\": \"%s\", \"unit\": \"%s\", \"value\": %.*f}\n", name, unit,
-         v < 100 ? 3 : 1, v);
+  printf("{\"bench\": \"%s\", \"unit\": \"%s\", \"value\": %.*f}\n", name, unit, v < 100 ? 3 : 1,
+         v);
   fflush(stdout);
 }
 
@@ -135,7 +135,7 @@ static bool wanted(int argc, char **argv, const char *name) {
   "stored_at FROM events WHERE position > ? ORDER BY position LIMIT ?"
 
 typedef struct raw_job {
-  const char *path; /* SQLite file, or PostgreSQL URL */
+  const char *path;  /* SQLite file, or PostgreSQL URL */
   const char *table; /* projection: the raw read model's table ("": read only) */
   long long rows;
   double secs;
@@ -529,7 +529,8 @@ static void keel_live(keel_es *es, int64_t timeout_ms, double *p50, double *p99)
     keel_es_append_result r;
     if ((rc = keel_es_append(es, stream, KEEL_ES_ANY, &ev, 1, &r)) != 0) die("append", rc);
     t_appended[i] = now_ns();
-    if (r.last_position != live_base + i) die("live: an append from elsewhere", (int)r.last_position);
+    if (r.last_position != live_base + i)
+      die("live: an append from elsewhere", (int)r.last_position);
     keel_sleep(1);
   }
   json_decref(p);

@@ -49,7 +49,9 @@ enum {
   TAG_JOB,
   TAG_JOB_DONE,
   TAG_WATCH,
-  TAG_WATCHED
+  TAG_WATCHED,
+  TAG_SAVE,
+  TAG_SAVED
 };
 /* run_page's answers besides 0 (done), KEEL_GS_STOP and errors. */
 enum { PAGE_WAIT = 100, PAGE_YIELD = 101 };
@@ -72,6 +74,7 @@ typedef struct sub {
   int64_t pos;    /* every event at or below it is handled or parked */
   int64_t stored; /* as stored */
   int64_t head;
+  double head_read_at; /* keel__es_now_s() of the last keel_es_head (see read_head) */
   keel_es_events page;
   size_t idx;  /* the next event of page to hand out */
   int attempts; /* of page.v[idx] */
@@ -82,6 +85,8 @@ typedef struct sub {
   keel_ref_t wait_timer; /* the one retry timer armed after an error (0: none) */
   keel_pid_t waker;      /* waits in keel_es_wait for the subscription (0: none yet) */
   bool watching;         /* a TAG_WATCH is with the waker */
+  bool saving;           /* a TAG_SAVE is with the waker (see save_behind) */
+  bool save_again;       /* a page passed while it was: save again when it answers */
   char **blocked; /* streams with parked events (KEEL_SUB_PARK) */
   size_t nblocked;
   uint64_t handled, failures, nparked;
@@ -256,7 +261,10 @@ static void gauges(sub *s) {
   publish(s);
 }
 
+static void save_wait(sub *s);
+
 static int save(sub *s) {
+  save_wait(s); /* one save at a time: a stale one must not land after this one */
   if (s->pos <= s->stored) return 0;
   save_arg a = {s, s->pos};
   int rc = keel__es_transact_internal(s->o.es, save_fn, &a);
@@ -341,32 +349,106 @@ typedef struct watch {
   int64_t after, timeout_ms;
 } watch;
 
+typedef struct saved {
+  int64_t pos;
+  int rc;
+} saved;
+
+/* A checkpoint save behind the subscription's back (save_behind): answers
+ * TAG_SAVED with the position and the result. */
+static void waker_save(keel_pid_t sub_pid, keel_msg_t *m) {
+  save_arg a;
+  memcpy(&a, keel_msg_data(m), sizeof a);
+  keel_msg_free(m);
+  saved r = {.pos = a.pos, .rc = keel__es_transact_internal(a.s->o.es, save_fn, &a)};
+  keel_send(sub_pid, keel_msg_copy(TAG_SAVED, &r, sizeof r));
+}
+
 static void waker_main(void *arg) {
   keel_pid_t sub_pid = (keel_pid_t)(uintptr_t)arg;
   for (;;) {
     keel_msg_t *m = NULL;
     if (keel_receive(&m, KEEL_INFINITY) != 0) continue;
+    if (keel_msg_tag(m) == TAG_SAVE && keel_msg_size(m) == sizeof(save_arg)) {
+      waker_save(sub_pid, m);
+      continue;
+    }
     watch w;
     bool ok = keel_msg_tag(m) == TAG_WATCH && keel_msg_size(m) == sizeof w;
     if (ok) memcpy(&w, keel_msg_data(m), sizeof w);
     keel_msg_free(m);
     if (!ok) continue;
-    int64_t head;
+    int64_t head = 0;
     int rc = keel_es_wait(w.es, w.after, w.timeout_ms, &head);
     if (rc != 0 && rc != KEEL_ETIMEDOUT) keel_sleep(w.timeout_ms); /* the store failed: later */
-    keel_send(sub_pid, keel_msg_new(TAG_WATCHED, 0));
+    if (rc != 0) head = 0;                                         /* the head is not known */
+    /* the head keel_es_wait read: the subscription need not read it again */
+    keel_send(sub_pid, keel_msg_copy(TAG_WATCHED, &head, sizeof head));
   }
+}
+
+static int spawn_waker(sub *s) {
+  if (s->waker) return 0;
+  keel_spawn_opts so = {.link = true, .name = "sub-waker"};
+  int rc = keel_spawn(waker_main, (void *)(uintptr_t)keel_self(), &so, &s->waker);
+  if (rc) s->waker = 0;
+  return rc;
+}
+
+/* The answer to the save in flight. */
+static void saved_in(sub *s, const keel_msg_t *m) {
+  saved r = {0};
+  if (keel_msg_size(m) == sizeof r) memcpy(&r, keel_msg_data(m), sizeof r);
+  s->saving = false;
+  if (r.rc == 0 && r.pos > s->stored) s->stored = r.pos;
+  /* a partition's save refused: fenced (only one save is ever in flight,
+   * so a refusal is never a stale save losing to a newer one) */
+  if (r.rc == KEEL_ECONFLICT && s->owner[0]) s->fenced = true;
+  if (r.rc && r.rc != KEEL_ECONFLICT)
+    keel_log_warn(NULL, "subscription: cannot store its checkpoint",
+                  KEEL_STR("subscription", s->name), KEEL_STR("error", keel_strerror(r.rc)));
+}
+
+static bool is_saved(const keel_msg_t *m, void *arg) {
+  (void)arg;
+  return keel_msg_kind_of(m) == KEEL_MSG_USER && keel_msg_tag(m) == TAG_SAVED;
+}
+
+/* Waits for the save in flight, if any (the writer always answers). */
+static void save_wait(sub *s) {
+  if (!s->saving) return;
+  keel_msg_t *m = NULL;
+  if (keel_receive_match(is_saved, NULL, &m, KEEL_INFINITY) == 0) {
+    saved_in(s, m);
+    keel_msg_free(m);
+  }
+}
+
+/* Catching up, the checkpoint after a page is stored by the waker while
+ * the subscription reads and hands out the next page: the page's fsync is
+ * no longer on the catch-up's path. One save in flight at a time; pages
+ * that pass meanwhile are folded into the next. A failed save is retried
+ * with the next page (and at the head, synchronously). */
+static void save_behind(sub *s) {
+  if (s->pos <= s->stored) return;
+  if (s->saving) {
+    s->save_again = true;
+    return;
+  }
+  save_arg a = {s, s->pos};
+  if (spawn_waker(s) != 0 || keel_send(s->waker, keel_msg_copy(TAG_SAVE, &a, sizeof a)) != 0) {
+    save(s); /* no waker: in line */
+    return;
+  }
+  s->saving = true;
+  s->save_again = false;
 }
 
 static void arm_watch(sub *s) {
   if (s->watching) return;
-  if (!s->waker) {
-    keel_spawn_opts so = {.link = true, .name = "sub-waker"};
-    if (keel_spawn(waker_main, (void *)(uintptr_t)keel_self(), &so, &s->waker) != 0) {
-      s->waker = 0;
-      arm_wait(s); /* no process: poll */
-      return;
-    }
+  if (spawn_waker(s) != 0) {
+    arm_wait(s); /* no process: poll */
+    return;
   }
   watch w = {.es = s->o.es, .after = s->pos, .timeout_ms = s->o.poll_ms};
   s->watching = keel_send(s->waker, keel_msg_copy(TAG_WATCH, &w, sizeof w)) == 0;
@@ -459,6 +541,7 @@ static int park_fn(keel_es_tx *tx, void *arg) {
 
 /* Parks ev (its checkpoint move included). */
 static int park(sub *s, const keel_es_event *ev, bool waiting) {
+  save_wait(s); /* parking moves the checkpoint too */
   park_arg a = {s, ev, waiting};
   int rc = keel__es_transact_internal(s->o.es, park_fn, &a);
   if (rc == KEEL_ECONFLICT && s->owner[0]) s->fenced = true;
@@ -819,6 +902,17 @@ static int run_one_retry(sub *s) {
 
 /* ---- one step --------------------------------------------------------------------------- */
 
+/* The head is for the status only (head, lag): read it (a hop to the
+ * blocking pool on SQLite, a round trip on PostgreSQL) when the checkpoint
+ * has reached what is known of it, or once a second while catching up, not
+ * before every page. Between reads, a page's last position and the head the
+ * waker's keel_es_wait read keep it from falling behind the checkpoint. */
+static void read_head(sub *s) {
+  double now = keel__es_now_s();
+  if (s->pos < s->head && now - s->head_read_at < 1.0) return;
+  if (keel_es_head(s->o.es, &s->head) == 0) s->head_read_at = now;
+}
+
 /* One PUMP: a retried dead letter, or the rest of the page in hand, or the
  * next page. Returns 0, or KEEL_GS_STOP / an error for the server. */
 static int step(sub *s) {
@@ -843,7 +937,7 @@ static int step(sub *s) {
   if (s->idx >= s->page.n) {
     keel_es_events_free(&s->page);
     s->idx = 0;
-    keel_es_head(s->o.es, &s->head);
+    read_head(s);
     int rc = keel_es_read_all(s->o.es, s->pos, s->o.batch, &s->o.filter, &s->page);
     if (rc) {
       memset(&s->page, 0, sizeof s->page);
@@ -864,6 +958,7 @@ static int step(sub *s) {
       return 0;
     }
     s->live = false;
+    if (s->page.v[s->page.n - 1].position > s->head) s->head = s->page.v[s->page.n - 1].position;
     publish(s);
   }
   int rc = run_page(s);
@@ -874,7 +969,7 @@ static int step(sub *s) {
     return 0;
   }
   if (rc) return rc;
-  if (s->o.checkpoint == KEEL_SUB_CHECKPOINT_BATCH) save(s);
+  if (s->o.checkpoint == KEEL_SUB_CHECKPOINT_BATCH) save_behind(s);
   if (s->fenced) return lost(s);
   gauges(s);
   pump(s);
@@ -1003,6 +1098,7 @@ static int sub_init_with(const sub_start *a, void **state) {
     }
   }
   if (rc == 0) rc = keel_es_head(o->es, &s->head);
+  s->head_read_at = keel__es_now_s();
   if (rc == 0 && o->metrics) metric_children(s, o->metrics);
   if (rc == 0) rc = load_parked(s);
   if (rc == 0 && s->nparked) {
@@ -1138,14 +1234,26 @@ static int sub_info(void *state, keel_msg_t **msg) {
     s->wait_timer = 0;
     pump(s);
     return KEEL_GS_OK;
-  case TAG_WATCHED:
+  case TAG_WATCHED: {
+    int64_t head = 0;
+    if (keel_msg_size(*msg) == sizeof head) memcpy(&head, keel_msg_data(*msg), sizeof head);
+    if (head > s->head) {
+      s->head = head;
+      s->head_read_at = keel__es_now_s();
+    }
     s->watching = false;
     pump(s);
     return KEEL_GS_OK;
+  }
   case TAG_RETRY:
     s->retrying = false;
     pump(s);
     return KEEL_GS_OK;
+  case TAG_SAVED:
+    saved_in(s, *msg);
+    if (s->save_again) save_behind(s);
+    gauges(s);
+    return s->fenced ? lost(s) : KEEL_GS_OK;
   case TAG_TICK:
     save(s);
     return s->fenced ? lost(s) : KEEL_GS_OK;
@@ -1169,6 +1277,7 @@ static void sub_terminate(keel_reason reason, void *state) {
                 KEEL_INT("checkpoint", s->pos));
   if (s->tick) keel_cancel_timer(s->tick);
   if (s->wait_timer) keel_cancel_timer(s->wait_timer);
+  save_wait(s); /* the waker is not killed inside a save */
   if (s->worker) keel_exit_signal(s->worker, KEEL_REASON_KILL, NULL);
   if (s->waker) keel_exit_signal(s->waker, KEEL_REASON_KILL, NULL);
   int rc = save(s);

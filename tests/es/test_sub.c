@@ -509,6 +509,59 @@ KT_CASE(a_handler_that_hangs_is_killed_after_its_timeout_and_the_event_parked) {
   kt_store_close(&st);
 }
 
+/* ---- catching up: the checkpoint stored behind the pages, the head known --------------- */
+
+typedef struct midway {
+  int64_t at;         /* the position whose hand-out looks at the status */
+  keel_sub_status st; /* what it saw */
+  atomic_int looked;
+} midway;
+
+static int look_midway(const keel_es_event *ev, void *ud) {
+  midway *m = ud;
+  if (ev->position == m->at) {
+    CHECK_OK(keel_sub_status_get("midway", &m->st));
+    atomic_store(&m->looked, 1);
+  }
+  return 0;
+}
+
+KT_CASE(catching_up_stores_every_pages_checkpoint_and_knows_the_head) {
+  kt_store st;
+  keel_es *es = kt_store_open(&st, NULL);
+  for (int i = 0; i < 50; i++)
+    CHECK_OK(kt_append_n(es, "page-1", KEEL_ES_ANY, "Paged", 10, i * 10, NULL));
+  midway *m = calloc(1, sizeof *m);
+  m->at = 250;
+  keel_sub_opts o = {
+      .name = "midway", .es = es, .handle = look_midway, .ud = m, .batch = 10, .poll_ms = 20};
+  CHECK_OK(keel_sub_start(&o, false, NULL));
+  keel_sub_status ss = wait_checkpoint("midway", 500);
+  /* halfway through, the head was known without being read before each page */
+  CHECK_EQ(atomic_load(&m->looked), 1);
+  CHECK_EQ(m->st.state, KEEL_SUB_CATCHING_UP);
+  CHECK_EQ(m->st.head, 500);
+  CHECK_EQ(m->st.checkpoint, 249);
+  CHECK_EQ(m->st.lag, 251);
+  CHECK(m->st.stored <= m->st.checkpoint);
+  /* live: every page's checkpoint is stored, in the table too, with no stop */
+  CHECK_EQ(ss.stored, 500);
+  keel_es_rows rows;
+  CHECK_OK(keel_es_query(es, "SELECT position FROM keel_sub_checkpoints WHERE name = 'midway'",
+                         NULL, 0, &rows));
+  CHECK_EQ(rows.nrows, (size_t)1);
+  CHECK_EQ(strtoll(keel_es_rows_get(&rows, 0, 0), NULL, 10), 500);
+  keel_es_rows_free(&rows);
+  /* live appends move the head it reports */
+  CHECK_OK(kt_append_n(es, "page-2", KEEL_ES_ANY, "Paged", 3, 0, NULL));
+  ss = wait_checkpoint("midway", 503);
+  CHECK_EQ(ss.head, 503);
+  CHECK_EQ(ss.lag, 0);
+  CHECK_OK(keel_sub_stop("midway", 0));
+  free(m);
+  kt_store_close(&st);
+}
+
 KT_MAIN(KT_ENTRY_SCHED(catch_up_then_live_every_event_once_in_order, 2),
         KT_ENTRY(a_transactional_projection_applies_each_event_once),
         KT_ENTRY(a_poison_event_is_retried_then_parked_and_its_stream_waits_behind_it),
@@ -516,4 +569,5 @@ KT_MAIN(KT_ENTRY_SCHED(catch_up_then_live_every_event_once_in_order, 2),
         KT_ENTRY(skip_lets_the_stream_go_on_and_stop_stops),
         KT_ENTRY(pause_holds_events_resume_hands_them_out),
         KT_ENTRY(health_reports_lag_parked_events_and_holds_readiness_while_catching_up),
-        KT_ENTRY(a_handler_that_hangs_is_killed_after_its_timeout_and_the_event_parked))
+        KT_ENTRY(a_handler_that_hangs_is_killed_after_its_timeout_and_the_event_parked),
+        KT_ENTRY(catching_up_stores_every_pages_checkpoint_and_knows_the_head))
