@@ -5,7 +5,9 @@
  * The server never blocks between pages: each page is one PUMP message it
  * sends itself, so calls (status, pause, retry) are served between pages,
  * and a retry's backoff is a timer, not a sleep. At the head it waits for a
- * WAKE: the store's notification, or poll_ms at the latest.
+ * WAKE: the store's notification, or poll_ms at the latest. A waker process
+ * does that waiting, and while the subscription catches up it stores each
+ * page's checkpoint (save_behind) as the next page is read.
  *
  * Its two tables live in the store's database, created at start:
  *   keel_sub_checkpoints (name, position, updated_at)
