@@ -129,6 +129,24 @@ typedef struct keel_sub_opts {
   const char *member;         /* this instance's id; NULL: "<hostname>-<pid>" */
   int64_t rebalance_ms;       /* how often ownership is checked; 0: 1000 */
   int64_t member_timeout_ms;  /* an instance silent this long is gone; 0: 5000 */
+  /* CIRCUIT BREAKERS (docs/subscriptions.md, "Circuit breakers").
+   * The handler's: breaker_failures failed attempts IN A ROW, across events
+   * (a success resets the count), open it: no event is handed out for
+   * breaker_open_ms, then one probe (half-open): a success closes it, a
+   * failure opens it again. The attempts of the event in hand still count
+   * towards max_attempts (it is parked when they are spent, and the
+   * breaker still holds the next event back). breaker_failures 0: 20 (more
+   * than one poison event's max_attempts, so a single bad event parks
+   * without opening it); < 0: no breaker. breaker_open_ms 0: 30000.
+   * The database's: a failed read of the feed or of the dead letters is
+   * tried again after poll_ms, doubled for each further failure in a row
+   * up to db_backoff_max_ms (0: 30000); db_breaker_failures failures in a
+   * row (0: 3) show it open (status, health, metrics, log) until a read
+   * succeeds. */
+  int breaker_failures;
+  int64_t breaker_open_ms;
+  int db_breaker_failures;
+  int64_t db_backoff_max_ms;
 } keel_sub_opts;
 
 /* Starts a subscription (linked to the caller when link), or a group's
@@ -152,6 +170,15 @@ typedef enum keel_sub_state {
   KEEL_SUB_PAUSED,
 } keel_sub_state;
 
+typedef enum keel_sub_breaker {
+  KEEL_SUB_BREAKER_CLOSED = 0, /* events are handed out */
+  KEEL_SUB_BREAKER_OPEN,       /* too many failures in a row: waiting */
+  KEEL_SUB_BREAKER_HALF_OPEN,  /* one probe is being tried */
+} keel_sub_breaker;
+
+/* "closed", "open", "half_open". */
+const char *keel_sub_breaker_name(keel_sub_breaker b);
+
 typedef struct keel_sub_status {
   keel_sub_state state;
   int64_t checkpoint;     /* every event at or below it is handled or parked */
@@ -165,6 +192,9 @@ typedef struct keel_sub_status {
   int attempts;           /* RETRYING: attempts so far of the event in hand */
   uint64_t failures_last_minute;
   bool caught_up;         /* has been at the head since it started */
+  keel_sub_breaker breaker;    /* the handler's circuit breaker */
+  keel_sub_breaker db_breaker; /* the database's */
+  int db_errors;               /* database failures in a row (0: the last read passed) */
 } keel_sub_status;
 
 int keel_sub_status_get(const char *name, keel_sub_status *out);
@@ -188,10 +218,13 @@ typedef struct keel_sub_health_opts {
 
 /* Registers the health check "sub.<name>" (keel/health.h): critical when the
  * subscription does not run or its lag passes lag_critical; warning when
- * its lag passes lag_warning, it has parked events, it is paused, or its
- * failures in the last minute pass errors_per_minute; ok otherwise. The
- * details carry state, checkpoint, head, lag, lag_seconds, parked and
- * failures_last_minute. o may be NULL. Errors: keel_health_register_check's. */
+ * its lag passes lag_warning, it has parked events, it is paused, its
+ * failures in the last minute pass errors_per_minute, or a circuit breaker
+ * is open or half-open (the handler's or the database's: the subscription
+ * is degraded but recovers by itself); ok otherwise. The
+ * details carry state, checkpoint, head, lag, lag_seconds, parked,
+ * failures_last_minute, breaker, db_breaker and db_errors. o may be NULL. Errors:
+ * keel_health_register_check's. */
 int keel_sub_health_register(const char *name, const keel_sub_health_opts *o);
 
 /* ---- the dead-letter table ------------------------------------------------ */
