@@ -52,6 +52,7 @@
 #include <stdint.h>
 
 #include "keel/eventstore.h"
+#include "keel/http.h"
 #include "keel/metrics.h"
 #include "keel/supervisor.h"
 
@@ -253,6 +254,36 @@ int keel_sub_retry(const char *name, int64_t position);
 /* Gives a parked, failed event up (it is removed, logged) and hands the
  * events waiting behind it to the handler. Same errors. */
 int keel_sub_resolve(const char *name, int64_t position);
+
+/* ---- the admin endpoint ------------------------------------------------------ */
+
+/* Borrowed while the router serves. */
+typedef struct keel_sub_admin_opts {
+  keel_es *es; /* required: the store whose dead letters are read */
+  /* NULL or "": the POSTs are open to whoever reaches the router (keel's
+   * admin port convention: it listens apart from the API and must not be
+   * exposed publicly). Set: each POST needs "Authorization: Bearer
+   * <token>" (401 otherwise); the GETs stay open like /health and
+   * /metrics. */
+  const char *token;
+} keel_sub_admin_opts;
+
+/* Adds the operators' routes for subscriptions to r (an admin router):
+ *   GET  /admin/subscriptions                    every subscription running in
+ *        this node (the status board), sorted by name: {"subscriptions":
+ *        [{"name", "state", "checkpoint", "lag", "breaker", ...}]}
+ *   GET  /admin/subscriptions/:name/parked       its dead letters from the
+ *        table (it need not run), ?limit= (1-1000, default 100):
+ *        {"subscription", "parked": [{"position", "stream", "event_id",
+ *        "type", "status": "failed"|"waiting", "error", "attempts",
+ *        "first_failure_ms", "last_failure_ms"}]}
+ *   POST /admin/subscriptions/:name/parked/:position/retry    keel_sub_retry
+ *   POST /admin/subscriptions/:name/parked/:position/resolve  keel_sub_resolve
+ *        200 {"subscription", "position", "action"}; 404 no such failed
+ *        event; 409 the subscription does not run in this node; 400 a bad
+ *        name or position; 401 without the token.
+ * Errors: KEEL_EINVAL (r, o or o->es NULL), keel_http_route's. */
+int keel_sub_admin_routes(keel_http_router *r, const keel_sub_admin_opts *o);
 
 #ifdef __cplusplus
 }

@@ -1378,6 +1378,55 @@ void keel__sub_unpublish(const char *name) {
   board_remove(name);
 }
 
+json_t *keel__sub_status_json(const keel_sub_status *st) {
+  return json_pack("{s:s,s:I,s:I,s:I,s:I,s:f,s:I,s:I,s:I,s:I,s:i,s:b,s:s,s:s,s:i}", "state",
+                   keel_sub_state_name(st->state), "checkpoint", (json_int_t)st->checkpoint,
+                   "stored", (json_int_t)st->stored, "head", (json_int_t)st->head, "lag",
+                   (json_int_t)st->lag, "lag_seconds", st->lag_seconds, "handled",
+                   (json_int_t)st->handled, "failures", (json_int_t)st->failures, "parked",
+                   (json_int_t)st->parked, "failures_last_minute",
+                   (json_int_t)st->failures_last_minute, "attempts", st->attempts, "caught_up",
+                   st->caught_up, "breaker", keel_sub_breaker_name(st->breaker), "db_breaker",
+                   keel_sub_breaker_name(st->db_breaker), "db_errors", st->db_errors);
+}
+
+static int by_name(const void *a, const void *b) {
+  return strcmp(json_string_value(json_object_get(*(json_t *const *)a, "name")),
+                json_string_value(json_object_get(*(json_t *const *)b, "name")));
+}
+
+json_t *keel__sub_board_json(void) {
+  json_t *all = json_array();
+  if (!all) return NULL;
+  pthread_mutex_lock(&board_mu);
+  for (board_entry *e = board; e; e = e->next) {
+    json_t *j = keel__sub_status_json(&e->st);
+    if (!j || json_object_set_new(j, "name", json_string(e->name)) != 0 ||
+        json_array_append_new(all, j) != 0) {
+      json_decref(all);
+      all = NULL;
+      break;
+    }
+  }
+  pthread_mutex_unlock(&board_mu);
+  if (!all) return NULL;
+  /* sorted by name: a stable page for operators and tests */
+  size_t n = json_array_size(all);
+  json_t **v = n ? malloc(n * sizeof *v) : NULL;
+  if (n && !v) {
+    json_decref(all);
+    return NULL;
+  }
+  for (size_t i = 0; i < n; i++)
+    v[i] = json_incref(json_array_get(all, i));
+  if (n > 1) qsort(v, n, sizeof *v, by_name);
+  json_array_clear(all);
+  for (size_t i = 0; i < n; i++)
+    json_array_append_new(all, v[i]);
+  free(v);
+  return all;
+}
+
 static int call(const char *name, int op, int64_t position, keel_sub_status *st) {
   if (!name_ok(name)) return KEEL_EINVAL;
   char reg[112];
@@ -1494,13 +1543,7 @@ static keel_health_status sub_health(void *ud, keel_health_result *res) {
                                rc == KEEL_ENOPROC ? "not running" : keel_strerror(rc));
     return KEEL_HEALTH_CRITICAL;
   }
-  json_t *d = json_pack("{s:s,s:I,s:I,s:I,s:f,s:I,s:I,s:b,s:s,s:s,s:i}", "state",
-                        keel_sub_state_name(st.state), "checkpoint", (json_int_t)st.checkpoint,
-                        "head", (json_int_t)st.head, "lag", (json_int_t)st.lag, "lag_seconds",
-                        st.lag_seconds, "parked", (json_int_t)st.parked, "failures_last_minute",
-                        (json_int_t)st.failures_last_minute, "caught_up", st.caught_up, "breaker",
-                        keel_sub_breaker_name(st.breaker), "db_breaker",
-                        keel_sub_breaker_name(st.db_breaker), "db_errors", st.db_errors);
+  json_t *d = keel__sub_status_json(&st);
   if (d) {
     res->details = json_dumps(d, JSON_COMPACT);
     json_decref(d);
