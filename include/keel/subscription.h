@@ -255,6 +255,48 @@ int keel_sub_retry(const char *name, int64_t position);
  * events waiting behind it to the handler. Same errors. */
 int keel_sub_resolve(const char *name, int64_t position);
 
+/* ---- blue/green rebuilds ------------------------------------------------------ */
+
+/* A rebuild builds a new version of a projection beside the live one: the
+ * caller starts the new version as a subscription of its own (a new name,
+ * e.g. "totals.v2", so it starts from the beginning; a project writing a
+ * new table), under its supervisor like any other; while it catches up the
+ * live version goes on writing its own table. keel_sub_switch then waits
+ * until the new version has caught up, pauses the live one, waits until
+ * the new one has passed the live one's checkpoint, runs the caller's
+ * cutover in ONE transaction (swap a view, a config row; drop the old
+ * table), and stops the live one (keel_sub_stop: a normal exit, so give
+ * its child spec restart KEEL_SUP_TRANSIENT or TEMPORARY, or the
+ * supervisor starts it again). Readers see the old read model or the new,
+ * never a mix. Not for groups (partitions > 0). docs/subscriptions.md,
+ * "Rebuilding a projection". */
+typedef struct keel_sub_switch_opts {
+  keel_es *es;           /* required: the store the cutover runs on */
+  const char *live;      /* required: the running version's name */
+  const char *next;      /* required: the new version's name (running) */
+  keel_es_tx_fn cutover; /* required: the switch, in one transaction */
+  void *ud;              /* cutover's argument */
+  int64_t timeout_ms;    /* for the whole switch; 0: KEEL_INFINITY */
+} keel_sub_switch_opts;
+
+/* Switches from o->live to o->next as above; returns when the cutover has
+ * committed and the live version stopped. Call from a keel process (it
+ * waits, polling the status board every 10 ms). On any failure the live
+ * version is resumed and keeps serving, the new one keeps running (call
+ * again). Errors: KEEL_EINVAL (opts), KEEL_ENOPROC (either does not run),
+ * KEEL_ETIMEDOUT, the cutover's or keel_es_transact's error. */
+int keel_sub_switch(const keel_sub_switch_opts *o);
+
+/* For a rebuild's handler: true when the subscription `live` runs and has
+ * already handled (or parked) ev, i.e. its checkpoint is at or past ev's
+ * position. A new version's handler then does its read-model work but no
+ * side effects (no mail twice). Once the live version has stopped
+ * (after the switch) it is false. An event the new version reaches before
+ * the live one is not a replay: its side effect may then happen twice (at
+ * least once, as always; deduplicate with ev->id), never zero times. Any
+ * thread; it reads the status board. */
+bool keel_sub_replaying(const char *live, const keel_es_event *ev);
+
 /* ---- the admin endpoint ------------------------------------------------------ */
 
 /* Borrowed while the router serves. */
