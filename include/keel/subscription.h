@@ -42,7 +42,13 @@
  *   KEEL_SUB_STOP  the subscription stops with the error (its supervisor
  *                  decides what next); the checkpoint stays before the event.
  * The checkpoint never passes an event that was neither handled nor parked:
- * parking and the checkpoint move commit together.
+ * parking and the checkpoint move commit together. Two circuit breakers
+ * (keel_sub_opts.breaker_failures, db_breaker_failures) stop a subscription
+ * from hammering a handler's dead dependency or a failing database.
+ *
+ * OPERATORS: keel_sub_status_get, pause / resume, the dead letters
+ * (keel_sub_parked, keel_sub_retry, keel_sub_resolve) in C or over HTTP
+ * (keel_sub_admin_routes), blue/green rebuilds (keel_sub_switch).
  */
 #ifndef KEEL_SUBSCRIPTION_H
 #define KEEL_SUBSCRIPTION_H
