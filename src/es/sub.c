@@ -623,7 +623,7 @@ static void handled(sub *s, size_t n, int64_t pos) {
   if (s->m_handled) keel_counter_add(s->m_handled, (double)n);
   s->pos = pos;
   s->attempts = 0;
-  breaker_passed(s);
+  if (n) breaker_passed(s); /* a page of other partitions' events proves nothing */
   publish(s);
 }
 
