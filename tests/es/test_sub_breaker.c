@@ -108,7 +108,7 @@ KT_CASE(failures_in_a_row_open_the_breaker_which_holds_events_until_its_probe_pa
                      .on_failure = KEEL_SUB_SKIP,
                      .poll_ms = 20,
                      .breaker_failures = 3,
-                     .breaker_open_ms = 1500,
+                     .breaker_open_ms = 3000,
                      .metrics = m};
   CHECK_OK(keel_sub_health_register("brk", NULL));
   CHECK_OK(keel_sub_start(&o, false, NULL));
@@ -125,7 +125,9 @@ KT_CASE(failures_in_a_row_open_the_breaker_which_holds_events_until_its_probe_pa
   CHECK_OK(keel_metrics_render(m, KEEL_METRICS_TEXT, &b));
   CHECK(strstr(b.data, "sub_breaker_state{subscription=\"brk\",breaker=\"handler\"} 1") != NULL);
   keel_metrics_buf_free(&b);
-  /* open: nothing is handed out (the backoff alone would have retried at once) */
+  /* open: nothing is handed out (the backoff alone would have retried at
+   * once); open_ms is ten times the look, so a slow machine does not see
+   * the probe early */
   keel_sleep(300);
   CHECK_EQ(atomic_load(&f->calls), 3);
   CHECK_EQ(status_of("brk").breaker, KEEL_SUB_BREAKER_OPEN);
