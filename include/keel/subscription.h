@@ -42,7 +42,13 @@
  *   KEEL_SUB_STOP  the subscription stops with the error (its supervisor
  *                  decides what next); the checkpoint stays before the event.
  * The checkpoint never passes an event that was neither handled nor parked:
- * parking and the checkpoint move commit together.
+ * parking and the checkpoint move commit together. Two circuit breakers
+ * (keel_sub_opts.breaker_failures, db_breaker_failures) stop a subscription
+ * from hammering a handler's dead dependency or a failing database.
+ *
+ * OPERATORS: keel_sub_status_get, pause / resume, the dead letters
+ * (keel_sub_parked, keel_sub_retry, keel_sub_resolve) in C or over HTTP
+ * (keel_sub_admin_routes), blue/green rebuilds (keel_sub_switch).
  */
 #ifndef KEEL_SUBSCRIPTION_H
 #define KEEL_SUBSCRIPTION_H
@@ -52,6 +58,7 @@
 #include <stdint.h>
 
 #include "keel/eventstore.h"
+#include "keel/http.h"
 #include "keel/metrics.h"
 #include "keel/supervisor.h"
 
@@ -129,6 +136,24 @@ typedef struct keel_sub_opts {
   const char *member;         /* this instance's id; NULL: "<hostname>-<pid>" */
   int64_t rebalance_ms;       /* how often ownership is checked; 0: 1000 */
   int64_t member_timeout_ms;  /* an instance silent this long is gone; 0: 5000 */
+  /* CIRCUIT BREAKERS (docs/subscriptions.md, "Circuit breakers").
+   * The handler's: breaker_failures failed attempts IN A ROW, across events
+   * (a success resets the count), open it: no event is handed out for
+   * breaker_open_ms, then one probe (half-open): a success closes it, a
+   * failure opens it again. The attempts of the event in hand still count
+   * towards max_attempts (it is parked when they are spent, and the
+   * breaker still holds the next event back). breaker_failures 0: 20 (more
+   * than one poison event's max_attempts, so a single bad event parks
+   * without opening it); < 0: no breaker. breaker_open_ms 0: 30000.
+   * The database's: a failed read of the feed or of the dead letters is
+   * tried again after poll_ms, doubled for each further failure in a row
+   * up to db_backoff_max_ms (0: 30000); db_breaker_failures failures in a
+   * row (0: 3) show it open (status, health, metrics, log) until a read
+   * succeeds. */
+  int breaker_failures;
+  int64_t breaker_open_ms;
+  int db_breaker_failures;
+  int64_t db_backoff_max_ms;
 } keel_sub_opts;
 
 /* Starts a subscription (linked to the caller when link), or a group's
@@ -152,6 +177,15 @@ typedef enum keel_sub_state {
   KEEL_SUB_PAUSED,
 } keel_sub_state;
 
+typedef enum keel_sub_breaker {
+  KEEL_SUB_BREAKER_CLOSED = 0, /* events are handed out */
+  KEEL_SUB_BREAKER_OPEN,       /* too many failures in a row: waiting */
+  KEEL_SUB_BREAKER_HALF_OPEN,  /* one probe is being tried */
+} keel_sub_breaker;
+
+/* "closed", "open", "half_open". */
+const char *keel_sub_breaker_name(keel_sub_breaker b);
+
 typedef struct keel_sub_status {
   keel_sub_state state;
   int64_t checkpoint;     /* every event at or below it is handled or parked */
@@ -165,6 +199,9 @@ typedef struct keel_sub_status {
   int attempts;           /* RETRYING: attempts so far of the event in hand */
   uint64_t failures_last_minute;
   bool caught_up;         /* has been at the head since it started */
+  keel_sub_breaker breaker;    /* the handler's circuit breaker */
+  keel_sub_breaker db_breaker; /* the database's */
+  int db_errors;               /* database failures in a row (0: the last read passed) */
 } keel_sub_status;
 
 int keel_sub_status_get(const char *name, keel_sub_status *out);
@@ -188,10 +225,13 @@ typedef struct keel_sub_health_opts {
 
 /* Registers the health check "sub.<name>" (keel/health.h): critical when the
  * subscription does not run or its lag passes lag_critical; warning when
- * its lag passes lag_warning, it has parked events, it is paused, or its
- * failures in the last minute pass errors_per_minute; ok otherwise. The
- * details carry state, checkpoint, head, lag, lag_seconds, parked and
- * failures_last_minute. o may be NULL. Errors: keel_health_register_check's. */
+ * its lag passes lag_warning, it has parked events, it is paused, its
+ * failures in the last minute pass errors_per_minute, or a circuit breaker
+ * is open or half-open (the handler's or the database's: the subscription
+ * is degraded but recovers by itself); ok otherwise. The
+ * details carry state, checkpoint, head, lag, lag_seconds, parked,
+ * failures_last_minute, breaker, db_breaker and db_errors. o may be NULL. Errors:
+ * keel_health_register_check's. */
 int keel_sub_health_register(const char *name, const keel_sub_health_opts *o);
 
 /* ---- the dead-letter table ------------------------------------------------ */
@@ -220,6 +260,78 @@ int keel_sub_retry(const char *name, int64_t position);
 /* Gives a parked, failed event up (it is removed, logged) and hands the
  * events waiting behind it to the handler. Same errors. */
 int keel_sub_resolve(const char *name, int64_t position);
+
+/* ---- blue/green rebuilds ------------------------------------------------------ */
+
+/* A rebuild builds a new version of a projection beside the live one: the
+ * caller starts the new version as a subscription of its own (a new name,
+ * e.g. "totals.v2", so it starts from the beginning; a project writing a
+ * new table), under its supervisor like any other; while it catches up the
+ * live version goes on writing its own table. keel_sub_switch then waits
+ * until the new version has caught up, pauses the live one, waits until
+ * the new one has passed the live one's checkpoint, runs the caller's
+ * cutover in ONE transaction (swap a view, a config row; drop the old
+ * table), and stops the live one (keel_sub_stop: a normal exit, so give
+ * its child spec restart KEEL_SUP_TRANSIENT or TEMPORARY, or the
+ * supervisor starts it again). Readers see the old read model or the new,
+ * never a mix. Not for groups (partitions > 0). docs/subscriptions.md,
+ * "Rebuilding a projection". */
+typedef struct keel_sub_switch_opts {
+  keel_es *es;           /* required: the store the cutover runs on */
+  const char *live;      /* required: the running version's name */
+  const char *next;      /* required: the new version's name (running) */
+  keel_es_tx_fn cutover; /* required: the switch, in one transaction */
+  void *ud;              /* cutover's argument */
+  int64_t timeout_ms;    /* for the whole switch; 0: KEEL_INFINITY */
+} keel_sub_switch_opts;
+
+/* Switches from o->live to o->next as above; returns when the cutover has
+ * committed and the live version stopped. Call from a keel process (it
+ * waits, polling the status board every 10 ms). On any failure the live
+ * version is resumed and keeps serving, the new one keeps running (call
+ * again). Errors: KEEL_EINVAL (opts), KEEL_ENOPROC (either does not run),
+ * KEEL_ETIMEDOUT, the cutover's or keel_es_transact's error. */
+int keel_sub_switch(const keel_sub_switch_opts *o);
+
+/* For a rebuild's handler: true when the subscription `live` runs and has
+ * already handled (or parked) ev, i.e. its checkpoint is at or past ev's
+ * position. A new version's handler then does its read-model work but no
+ * side effects (no mail twice). Once the live version has stopped
+ * (after the switch) it is false. An event the new version reaches before
+ * the live one is not a replay: its side effect may then happen twice (at
+ * least once, as always; deduplicate with ev->id), never zero times. Any
+ * thread; it reads the status board. */
+bool keel_sub_replaying(const char *live, const keel_es_event *ev);
+
+/* ---- the admin endpoint ------------------------------------------------------ */
+
+/* Borrowed while the router serves. */
+typedef struct keel_sub_admin_opts {
+  keel_es *es; /* required: the store whose dead letters are read */
+  /* NULL or "": the POSTs are open to whoever reaches the router (keel's
+   * admin port convention: it listens apart from the API and must not be
+   * exposed publicly). Set: each POST needs "Authorization: Bearer
+   * <token>" (401 otherwise); the GETs stay open like /health and
+   * /metrics. */
+  const char *token;
+} keel_sub_admin_opts;
+
+/* Adds the operators' routes for subscriptions to r (an admin router):
+ *   GET  /admin/subscriptions                    every subscription running in
+ *        this node (the status board), sorted by name: {"subscriptions":
+ *        [{"name", "state", "checkpoint", "lag", "breaker", ...}]}
+ *   GET  /admin/subscriptions/:name/parked       its dead letters from the
+ *        table (it need not run), ?limit= (1-1000, default 100):
+ *        {"subscription", "parked": [{"position", "stream", "event_id",
+ *        "type", "status": "failed"|"waiting", "error", "attempts",
+ *        "first_failure_ms", "last_failure_ms"}]}
+ *   POST /admin/subscriptions/:name/parked/:position/retry    keel_sub_retry
+ *   POST /admin/subscriptions/:name/parked/:position/resolve  keel_sub_resolve
+ *        200 {"subscription", "position", "action"}; 404 no such failed
+ *        event; 409 the subscription does not run in this node; 400 a bad
+ *        name or position; 401 without the token.
+ * Errors: KEEL_EINVAL (r, o or o->es NULL), keel_http_route's. */
+int keel_sub_admin_routes(keel_http_router *r, const keel_sub_admin_opts *o);
 
 #ifdef __cplusplus
 }

@@ -104,6 +104,13 @@ typedef struct sub {
   char owner[128];            /* a partition's fencing token ("" when not a partition) */
   keel_counter *m_handled, *m_failed, *m_parked;
   keel_gauge *g_lag, *g_checkpoint, *g_parked;
+  /* the circuit breakers (keel/subscription.h, breaker_failures) */
+  keel_sub_breaker breaker; /* the handler's */
+  int fails_in_row;         /* failed attempts since the last success, across events */
+  int64_t open_until;       /* monotonic ms: the handler's breaker lets a probe through */
+  keel_sub_breaker db_breaker;
+  int db_errors; /* database failures in a row */
+  keel_gauge *g_breaker, *g_db_breaker;
 } sub;
 
 /* ---- the status board ------------------------------------------------------------------ */
@@ -336,6 +343,7 @@ static bool blocked(const sub *s, const char *stream) {
 /* ---- messages to itself ----------------------------------------------------------------- */
 
 static void arm_wait(sub *s);
+static void arm_wait_ms(sub *s, int64_t delay_ms);
 
 static void pump(sub *s) {
   if (s->pump_queued || s->paused) return;
@@ -457,11 +465,15 @@ static void arm_watch(sub *s) {
   if (!s->watching) arm_wait(s);
 }
 
-/* After an error: try again in poll_ms. One timer at a time. */
-static void arm_wait(sub *s) {
+/* Try again in delay_ms. One timer at a time. */
+static void arm_wait_ms(sub *s, int64_t delay_ms) {
   if (s->wait_timer) keel_cancel_timer(s->wait_timer);
   s->wait_timer = 0;
-  keel_send_after(keel_self(), s->o.poll_ms, keel_msg_new(TAG_WAKE, 0), &s->wait_timer);
+  keel_send_after(keel_self(), delay_ms, keel_msg_new(TAG_WAKE, 0), &s->wait_timer);
+}
+
+static void arm_wait(sub *s) {
+  arm_wait_ms(s, s->o.poll_ms);
 }
 
 static int64_t backoff(sub *s) {
@@ -494,6 +506,97 @@ static uint64_t failures_last_minute(const sub *s) {
   for (size_t i = 0; i < 6; i++)
     if (s->fail_stamp[i] > slot - 6) n += s->fail_bucket[i];
   return n;
+}
+
+/* ---- the circuit breakers ------------------------------------------------------------- */
+
+/* The database's backoff: poll_ms after the first failure in a row,
+ * doubled for each further one, at most max_ms. No jitter: one read per
+ * subscription, and the cap is what bounds the load. */
+int64_t keel__sub_db_delay(int64_t poll_ms, int64_t max_ms, int errors) {
+  int64_t d = poll_ms > 0 ? poll_ms : 1;
+  for (int i = 1; i < errors && d < max_ms; i++)
+    d *= 2;
+  return d < max_ms ? d : max_ms;
+}
+
+static int64_t mono_ms(void) {
+  struct timespec ts;
+  clock_gettime(CLOCK_MONOTONIC, &ts);
+  return (int64_t)ts.tv_sec * 1000 + ts.tv_nsec / 1000000;
+}
+
+static void breaker_gauges(sub *s) {
+  if (s->g_breaker) keel_gauge_set(s->g_breaker, (double)s->breaker);
+  if (s->g_db_breaker) keel_gauge_set(s->g_db_breaker, (double)s->db_breaker);
+}
+
+static void breaker_to(sub *s, keel_sub_breaker to, bool db) {
+  keel_sub_breaker *b = db ? &s->db_breaker : &s->breaker;
+  if (*b == to) return;
+  keel_sub_breaker from = *b;
+  *b = to;
+  const char *msg = db ? "subscription: database circuit breaker" : "subscription: circuit breaker";
+  if (to == KEEL_SUB_BREAKER_OPEN)
+    keel_log_error(NULL, msg, KEEL_STR("subscription", s->name),
+                   KEEL_STR("from", keel_sub_breaker_name(from)), KEEL_STR("to", "open"),
+                   KEEL_INT("failures_in_row", db ? s->db_errors : s->fails_in_row),
+                   KEEL_INT("open_ms", db ? 0 : s->o.breaker_open_ms));
+  else
+    keel_log_warn(NULL, msg, KEEL_STR("subscription", s->name),
+                  KEEL_STR("from", keel_sub_breaker_name(from)),
+                  KEEL_STR("to", keel_sub_breaker_name(to)));
+  breaker_gauges(s);
+}
+
+/* A failed attempt of a hand-out: the handler's breaker opens at
+ * breaker_failures in a row, or again when its probe failed. */
+static void breaker_failed(sub *s) {
+  s->fails_in_row++;
+  if (s->o.breaker_failures < 0) return;
+  if (s->breaker == KEEL_SUB_BREAKER_HALF_OPEN || s->fails_in_row >= s->o.breaker_failures) {
+    s->open_until = mono_ms() + s->o.breaker_open_ms;
+    breaker_to(s, KEEL_SUB_BREAKER_OPEN, false);
+  }
+}
+
+static void breaker_passed(sub *s) {
+  s->fails_in_row = 0;
+  breaker_to(s, KEEL_SUB_BREAKER_CLOSED, false);
+}
+
+/* Before a hand-out: while the breaker is open, nothing is handed out; a
+ * timer (the retry's) comes back when open_ms has passed, and the next
+ * hand-out is the probe. true: wait. */
+static bool breaker_holds(sub *s) {
+  if (s->breaker != KEEL_SUB_BREAKER_OPEN) return false;
+  int64_t left = s->open_until - mono_ms();
+  if (left > 0) {
+    s->retrying = true;
+    keel_send_after(keel_self(), left, keel_msg_new(TAG_RETRY, 0), NULL);
+    return true;
+  }
+  breaker_to(s, KEEL_SUB_BREAKER_HALF_OPEN, false);
+  return false;
+}
+
+/* A database failure (reading the feed or the dead letters): the next read
+ * waits keel__sub_db_delay, and the breaker shows open from
+ * db_breaker_failures in a row. */
+static void db_failed(sub *s, int rc, const char *what) {
+  s->db_errors++;
+  int64_t delay = keel__sub_db_delay(s->o.poll_ms, s->o.db_backoff_max_ms, s->db_errors);
+  keel_log_warn(NULL, what, KEEL_STR("subscription", s->name), KEEL_STR("error", keel_strerror(rc)),
+                KEEL_INT("failures_in_row", s->db_errors), KEEL_INT("retry_ms", delay));
+  if (s->db_errors >= s->o.db_breaker_failures) breaker_to(s, KEEL_SUB_BREAKER_OPEN, true);
+  publish(s);
+  arm_wait_ms(s, delay);
+}
+
+static void db_passed(sub *s) {
+  if (!s->db_errors) return;
+  s->db_errors = 0;
+  breaker_to(s, KEEL_SUB_BREAKER_CLOSED, true);
 }
 
 /* ---- handling ------------------------------------------------------------------------- */
@@ -564,6 +667,7 @@ static int park(sub *s, const keel_es_event *ev, bool waiting) {
 static int failed(sub *s, int rc, const char *why) {
   const keel_es_event *ev = &s->page.v[s->idx];
   count_failure(s);
+  breaker_failed(s);
   if (s->attempts++ == 0) s->first_failure = keel__es_unix_ms();
   if (why == s->err)
     ; /* invoke wrote it already */
@@ -577,7 +681,11 @@ static int failed(sub *s, int rc, const char *why) {
   if (s->attempts < s->o.max_attempts) {
     s->retrying = true;
     publish(s);
-    keel_send_after(keel_self(), backoff(s), keel_msg_new(TAG_RETRY, 0), NULL);
+    /* an open breaker holds the retry until its probe (breaker_holds) */
+    int64_t d = backoff(s);
+    if (s->breaker == KEEL_SUB_BREAKER_OPEN && s->open_until - mono_ms() > d)
+      d = s->open_until - mono_ms();
+    keel_send_after(keel_self(), d, keel_msg_new(TAG_RETRY, 0), NULL);
     return PAGE_WAIT;
   }
   if (s->o.on_failure == KEEL_SUB_STOP) {
@@ -588,6 +696,10 @@ static int failed(sub *s, int rc, const char *why) {
   int prc = park(s, ev, false);
   s->attempts = 0;
   s->idx++;
+  if (prc == 0 && breaker_holds(s)) {
+    publish(s);
+    return PAGE_WAIT;
+  }
   return prc;
 }
 
@@ -596,6 +708,7 @@ static void handled(sub *s, size_t n, int64_t pos) {
   if (s->m_handled) keel_counter_add(s->m_handled, (double)n);
   s->pos = pos;
   s->attempts = 0;
+  if (n) breaker_passed(s); /* a page of other partitions' events proves nothing */
   publish(s);
 }
 
@@ -887,12 +1000,14 @@ static int run_one_retry(sub *s) {
   }
   if (rc == 0) {
     if (a.ok) {
+      breaker_passed(s);
       s->handled++;
       if (s->m_handled) keel_counter_inc(s->m_handled);
       keel_log_info(NULL, "subscription: parked event handled", KEEL_STR("subscription", s->name),
                     KEEL_INT("position", pos));
     } else {
       count_failure(s);
+      breaker_failed(s);
       keel_log_error(NULL, "subscription: parked event failed again",
                      KEEL_STR("subscription", s->name), KEEL_INT("position", pos),
                      KEEL_STR("error", a.err));
@@ -919,8 +1034,13 @@ static void read_head(sub *s) {
  * next page. Returns 0, or KEEL_GS_STOP / an error for the server. */
 static int step(sub *s) {
   if (s->paused || s->retrying) return 0;
+  if (breaker_holds(s)) {
+    publish(s);
+    return 0;
+  }
   if (s->retry_pending) {
     int rc = run_one_retry(s);
+    if (rc >= 0) db_passed(s);
     if (rc == 1) {
       load_parked(s);
       pump(s);
@@ -930,9 +1050,7 @@ static int step(sub *s) {
       s->retry_pending = false;
       load_parked(s);
     } else {
-      keel_log_warn(NULL, "subscription: cannot read its dead letters",
-                    KEEL_STR("subscription", s->name), KEEL_STR("error", keel_strerror(rc)));
-      arm_wait(s);
+      db_failed(s, rc, "subscription: cannot read its dead letters");
       return 0;
     }
   }
@@ -943,11 +1061,10 @@ static int step(sub *s) {
     int rc = keel_es_read_all(s->o.es, s->pos, s->o.batch, &s->o.filter, &s->page);
     if (rc) {
       memset(&s->page, 0, sizeof s->page);
-      keel_log_warn(NULL, "subscription: cannot read the feed", KEEL_STR("subscription", s->name),
-                    KEEL_STR("error", keel_strerror(rc)));
-      arm_wait(s);
+      db_failed(s, rc, "subscription: cannot read the feed");
       return 0;
     }
+    db_passed(s);
     if (s->page.n == 0) { /* at the head */
       if (!s->caught_up)
         keel_log_info(NULL, "subscription caught up", KEEL_STR("subscription", s->name),
@@ -994,7 +1111,8 @@ static int opts_ok(const keel_sub_opts *o) {
   if (!o || !o->es || !name_ok(o->name)) return KEEL_EINVAL;
   int kinds = !!o->project + !!o->handle + !!o->handle_batch;
   if (o->partitions < 0 || o->partitions > 1024 || (o->partitions && strlen(o->name) > 50) ||
-      o->rebalance_ms < 0 || o->member_timeout_ms < 0 ||
+      o->rebalance_ms < 0 || o->member_timeout_ms < 0 || o->breaker_open_ms < 0 ||
+      o->db_breaker_failures < 0 || o->db_backoff_max_ms < 0 ||
       (o->handler_timeout_ms < 0 && o->handler_timeout_ms != KEEL_INFINITY))
     return KEEL_EINVAL;
   if (kinds != 1 || o->batch > 10000 || o->max_attempts < 0 || o->backoff_ms < 0 ||
@@ -1032,6 +1150,17 @@ static void metric_children(sub *s, keel_metrics *r) {
       f = keel_metrics_find(r, g[i].name);
     if (f) keel_gauge_get(f, (const char *[]){s->name}, (keel_gauge **)((char *)s + g[i].off));
   }
+  static const char *const lblb[] = {"subscription", "breaker"};
+  if (keel_metrics_gauge(r, "sub_breaker_state",
+                         "A subscription's circuit breaker: 0 closed, 1 open, 2 half-open "
+                         "(breaker: handler or db).",
+                         lblb, 2, &f) != 0)
+    f = keel_metrics_find(r, "sub_breaker_state");
+  if (f) {
+    keel_gauge_get(f, (const char *[]){s->name, "handler"}, &s->g_breaker);
+    keel_gauge_get(f, (const char *[]){s->name, "db"}, &s->g_db_breaker);
+  }
+  breaker_gauges(s);
 }
 
 static void sub_free(sub *s) {
@@ -1071,6 +1200,11 @@ static int sub_init_with(const sub_start *a, void **state) {
   if (!s->o.poll_ms) s->o.poll_ms = 1000;
   if (!s->o.checkpoint_ms) s->o.checkpoint_ms = 1000;
   if (!s->o.handler_timeout_ms) s->o.handler_timeout_ms = 30000;
+  if (!s->o.breaker_failures) s->o.breaker_failures = 20;
+  if (!s->o.breaker_open_ms) s->o.breaker_open_ms = 30000;
+  if (!s->o.db_breaker_failures) s->o.db_breaker_failures = 3;
+  if (!s->o.db_backoff_max_ms) s->o.db_backoff_max_ms = 30000;
+  if (s->o.db_backoff_max_ms < s->o.poll_ms) s->o.db_backoff_max_ms = s->o.poll_ms;
   s->rng = (uint64_t)keel__es_unix_ms() * 0x9E3779B97F4A7C15ull ^ (uint64_t)keel_self();
   if (!s->rng) s->rng = 1;
   if ((rc = keel_register(s->regname, keel_self())) != 0) {
@@ -1156,6 +1290,9 @@ static void fill_status(sub *s, keel_sub_status *st) {
   st->attempts = s->attempts;
   st->failures_last_minute = failures_last_minute(s);
   st->caught_up = s->caught_up;
+  st->breaker = s->breaker;
+  st->db_breaker = s->db_breaker;
+  st->db_errors = s->db_errors;
 }
 
 typedef struct mark_arg {
@@ -1352,6 +1489,55 @@ void keel__sub_unpublish(const char *name) {
   board_remove(name);
 }
 
+json_t *keel__sub_status_json(const keel_sub_status *st) {
+  return json_pack("{s:s,s:I,s:I,s:I,s:I,s:f,s:I,s:I,s:I,s:I,s:i,s:b,s:s,s:s,s:i}", "state",
+                   keel_sub_state_name(st->state), "checkpoint", (json_int_t)st->checkpoint,
+                   "stored", (json_int_t)st->stored, "head", (json_int_t)st->head, "lag",
+                   (json_int_t)st->lag, "lag_seconds", st->lag_seconds, "handled",
+                   (json_int_t)st->handled, "failures", (json_int_t)st->failures, "parked",
+                   (json_int_t)st->parked, "failures_last_minute",
+                   (json_int_t)st->failures_last_minute, "attempts", st->attempts, "caught_up",
+                   st->caught_up, "breaker", keel_sub_breaker_name(st->breaker), "db_breaker",
+                   keel_sub_breaker_name(st->db_breaker), "db_errors", st->db_errors);
+}
+
+static int by_name(const void *a, const void *b) {
+  return strcmp(json_string_value(json_object_get(*(json_t *const *)a, "name")),
+                json_string_value(json_object_get(*(json_t *const *)b, "name")));
+}
+
+json_t *keel__sub_board_json(void) {
+  json_t *all = json_array();
+  if (!all) return NULL;
+  pthread_mutex_lock(&board_mu);
+  for (board_entry *e = board; e; e = e->next) {
+    json_t *j = keel__sub_status_json(&e->st);
+    if (!j || json_object_set_new(j, "name", json_string(e->name)) != 0 ||
+        json_array_append_new(all, j) != 0) {
+      json_decref(all);
+      all = NULL;
+      break;
+    }
+  }
+  pthread_mutex_unlock(&board_mu);
+  if (!all) return NULL;
+  /* sorted by name: a stable page for operators and tests */
+  size_t n = json_array_size(all);
+  json_t **v = n ? malloc(n * sizeof *v) : NULL;
+  if (n && !v) {
+    json_decref(all);
+    return NULL;
+  }
+  for (size_t i = 0; i < n; i++)
+    v[i] = json_incref(json_array_get(all, i));
+  if (n > 1) qsort(v, n, sizeof *v, by_name);
+  json_array_clear(all);
+  for (size_t i = 0; i < n; i++)
+    json_array_append_new(all, v[i]);
+  free(v);
+  return all;
+}
+
 static int call(const char *name, int op, int64_t position, keel_sub_status *st) {
   if (!name_ok(name)) return KEEL_EINVAL;
   char reg[112];
@@ -1433,6 +1619,15 @@ int keel_sub_parked(keel_es *es, const char *name, keel_sub_parked_event *out, s
   return 0;
 }
 
+const char *keel_sub_breaker_name(keel_sub_breaker b) {
+  switch (b) {
+  case KEEL_SUB_BREAKER_CLOSED: return "closed";
+  case KEEL_SUB_BREAKER_OPEN: return "open";
+  case KEEL_SUB_BREAKER_HALF_OPEN: return "half_open";
+  default: return "unknown";
+  }
+}
+
 const char *keel_sub_state_name(keel_sub_state s) {
   switch (s) {
   case KEEL_SUB_CATCHING_UP: return "catching_up";
@@ -1459,11 +1654,7 @@ static keel_health_status sub_health(void *ud, keel_health_result *res) {
                                rc == KEEL_ENOPROC ? "not running" : keel_strerror(rc));
     return KEEL_HEALTH_CRITICAL;
   }
-  json_t *d = json_pack("{s:s,s:I,s:I,s:I,s:f,s:I,s:I,s:b}", "state",
-                        keel_sub_state_name(st.state), "checkpoint", (json_int_t)st.checkpoint,
-                        "head", (json_int_t)st.head, "lag", (json_int_t)st.lag, "lag_seconds",
-                        st.lag_seconds, "parked", (json_int_t)st.parked, "failures_last_minute",
-                        (json_int_t)st.failures_last_minute, "caught_up", st.caught_up);
+  json_t *d = keel__sub_status_json(&st);
   if (d) {
     res->details = json_dumps(d, JSON_COMPACT);
     json_decref(d);
@@ -1480,6 +1671,16 @@ static keel_health_status sub_health(void *ud, keel_health_result *res) {
   if (st.lag >= c->o.lag_warning) {
     keel_health_result_message(res, "%lld events behind (warning at %lld)", (long long)st.lag,
                                (long long)c->o.lag_warning);
+    return KEEL_HEALTH_WARNING;
+  }
+  if (st.db_breaker != KEEL_SUB_BREAKER_CLOSED) {
+    keel_health_result_message(res, "database circuit breaker open: %d failures in a row",
+                               st.db_errors);
+    return KEEL_HEALTH_WARNING;
+  }
+  if (st.breaker != KEEL_SUB_BREAKER_CLOSED) {
+    keel_health_result_message(res, "circuit breaker %s: the handler keeps failing",
+                               keel_sub_breaker_name(st.breaker));
     return KEEL_HEALTH_WARNING;
   }
   if ((double)st.failures_last_minute > c->o.errors_per_minute) {

@@ -274,11 +274,24 @@ KT_CASE(a_snapshot_is_saved_when_a_batch_crosses_a_multiple) {
 
 /* ---- snapshots that are ignored ---------------------------------------------------- */
 
-/* Logging to a file, to read what was logged. */
-static void log_to(kt_store *s, char *path, size_t len) {
+/* A store whose node logs to a file, to read what was logged. The logger
+ * is set up before the store opens and shut down after it closes:
+ * keel_log_init and keel_log_shutdown must not run while another thread
+ * logs (the store's writer, its LISTEN thread on PostgreSQL). */
+static keel_es *open_logged(kt_store *s, char *path, size_t len) {
+  kt_store_mkdir(s);
   snprintf(path, len, "%s/log.json", s->dir);
   keel_log_opts o = {.file = path, .level = KEEL_LOG_INFO};
   CHECK_OK(keel_log_init(&o));
+  CHECK_OK(keel_es_open(&(keel_es_opts){.url = s->url}, &s->es));
+  return s->es;
+}
+
+static void close_logged(kt_store *s) {
+  keel_es_close(s->es);
+  s->es = NULL;
+  CHECK_OK(keel_log_shutdown());
+  kt_store_rmdir(s);
 }
 
 static int count_in_log(const char *path, const char *needle) {
@@ -295,9 +308,8 @@ static int count_in_log(const char *path, const char *needle) {
 
 KT_CASE(a_snapshot_of_another_schema_version_is_ignored_and_replaced) {
   kt_store s;
-  keel_es *es = kt_store_open(&s, NULL);
   char logp[512];
-  log_to(&s, logp, sizeof logp);
+  keel_es *es = open_logged(&s, logp, sizeof logp);
   keel_agg_def v1 = with_snapshots(4);
   keel_agg_result r;
   for (int i = 0; i < 5; i++)
@@ -331,15 +343,13 @@ KT_CASE(a_snapshot_of_another_schema_version_is_ignored_and_replaced) {
   CHECK_EQ(atomic_load(&decode_calls), 1);
   CHECK_EQ(a.balance, 101);
   CHECK_EQ(count_in_log(logp, "snapshot ignored"), 2);
-  CHECK_OK(keel_log_shutdown());
-  kt_store_close(&s);
+  close_logged(&s);
 }
 
 KT_CASE(a_snapshot_that_does_not_decode_is_ignored_logged_not_fatal) {
   kt_store s;
-  keel_es *es = kt_store_open(&s, NULL);
   char logp[512];
-  log_to(&s, logp, sizeof logp);
+  keel_es *es = open_logged(&s, logp, sizeof logp);
   keel_agg_def snap = with_snapshots(100);
   keel_agg_result r;
   CHECK_OK(deposit(es, &snap, "z", 5, 6, &r));
@@ -380,8 +390,7 @@ KT_CASE(a_snapshot_that_does_not_decode_is_ignored_logged_not_fatal) {
     CHECK_EQ(a.version, 7);
     CHECK_EQ(count_in_log(logp, "\"unreadable\""), 1);
   }
-  CHECK_OK(keel_log_shutdown());
-  kt_store_close(&s);
+  close_logged(&s);
 }
 
 /* ---- the storage's rules ----------------------------------------------------------- */
