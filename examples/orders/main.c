@@ -277,7 +277,8 @@ static int run(keel_http_req *req, keel_http_res *res, const char *id, command *
     if (s) order_destroy(s, NULL);
     if (v) return answer(res, id, v, created, true);
   }
-  if (rc == ORD_NOT_FOUND) return keel_http_fail(res, KEEL_HTTP_NOT_FOUND, r.reason, NULL);
+  if (rc == ORD_NOT_FOUND || rc == KEEL_EINVAL) /* EINVAL: the id cannot name a stream */
+    return keel_http_fail(res, KEEL_HTTP_NOT_FOUND, "no such order", NULL);
   if (rc == ORD_REJECTED) return keel_http_fail(res, KEEL_HTTP_CONFLICT, r.reason, NULL);
   if (rc == KEEL_ECONFLICT)
     return keel_http_fail(res, KEEL_HTTP_CONFLICT, "the order kept changing; retry", NULL);
