@@ -38,8 +38,10 @@
  *
  * Configuration: keel_service_main's variables (PORT, HEALTH_PORT, ...) and
  * DATABASE_URL (default sqlite:./data/orders.db; postgresql://... for many
- * instances), PROJECTION_PARTITIONS (0: one subscription; N: the read model's
- * projection split in N partitions shared by the instances). See
+ * instances) and SUB_PARTITIONS (0: each subscription runs whole in this
+ * instance; N: each is a group of N partitions by order, shared out among
+ * the instances on one PostgreSQL, which more than one instance needs: two
+ * plain subscriptions of one name would both apply every event). See
  * docs/orders.md.
  */
 #include <inttypes.h>
@@ -65,10 +67,17 @@ typedef struct config {
 static config cfg;
 
 static const keel_config_field fields[] = {
-    {.env = "DATABASE_URL", .type = KEEL_CONFIG_STRING, .offset = offsetof(config, database_url),
-     .def = "sqlite:./data/orders.db", .flags = KEEL_CONFIG_SECRET},
-    {.env = "PROJECTION_PARTITIONS", .type = KEEL_CONFIG_INT,
-     .offset = offsetof(config, partitions), .def = "0", .min = 0, .max = 64},
+    {.env = "DATABASE_URL",
+     .type = KEEL_CONFIG_STRING,
+     .offset = offsetof(config, database_url),
+     .def = "sqlite:./data/orders.db",
+     .flags = KEEL_CONFIG_SECRET},
+    {.env = "SUB_PARTITIONS",
+     .type = KEEL_CONFIG_INT,
+     .offset = offsetof(config, partitions),
+     .def = "0",
+     .min = 0,
+     .max = 64},
 };
 
 static keel_es *es; /* opened in orders_start, closed in orders_stop */
@@ -90,7 +99,8 @@ static void format_uuid(const unsigned char b[16], char out[37]) {
 static void uuid_of(const char *text, char out[37]) {
   uint64_t h[2] = {0xcbf29ce484222325ull, 0x84222325cbf29ce4ull};
   for (const unsigned char *p = (const unsigned char *)text; *p; p++)
-    for (int i = 0; i < 2; i++) h[i] = (h[i] ^ *p) * 0x100000001b3ull;
+    for (int i = 0; i < 2; i++)
+      h[i] = (h[i] ^ *p) * 0x100000001b3ull;
   unsigned char b[16];
   memcpy(b, h, 16);
   format_uuid(b, out);
@@ -161,10 +171,8 @@ static int order_apply(void *s, const keel_es_event *ev, void *ud) {
   return 0;
 }
 
-static const keel_agg_def orders = {.category = "order",
-                                    .init = order_init,
-                                    .apply = order_apply,
-                                    .destroy = order_destroy};
+static const keel_agg_def orders = {
+    .category = "order", .init = order_init, .apply = order_apply, .destroy = order_destroy};
 
 /* decide()'s answers besides 0 (positive: keel's own codes are negative) */
 enum { ORD_REPLAY = 1, ORD_NOT_FOUND, ORD_REJECTED };
@@ -230,7 +238,8 @@ static int order_at(const char *id, int64_t version, json_t **out) {
   if (rc) return rc;
   order *o = order_init(NULL);
   if (!o) rc = KEEL_ENOMEM;
-  for (size_t i = 0; !rc && i < evs.n; i++) rc = order_apply(o, &evs.v[i], NULL);
+  for (size_t i = 0; !rc && i < evs.n; i++)
+    rc = order_apply(o, &evs.v[i], NULL);
   if (!rc) *out = order_json(id, o);
   if (o) order_destroy(o, NULL);
   keel_es_events_free(&evs);
@@ -395,11 +404,11 @@ static int h_list(keel_http_req *req, keel_http_res *res, void *ud) {
   json_t *list = json_array();
   for (size_t i = 0; i < rows.nrows; i++)
     json_array_append_new(
-        list, json_pack("{s:s, s:s, s:s, s:I, s:I}", "id", keel_es_rows_get(&rows, i, 0),
-                        "customer", keel_es_rows_get(&rows, i, 1), "status",
-                        keel_es_rows_get(&rows, i, 2), "total_cents",
-                        (json_int_t)strtoll(keel_es_rows_get(&rows, i, 3), NULL, 10), "version",
-                        (json_int_t)strtoll(keel_es_rows_get(&rows, i, 4), NULL, 10)));
+        list,
+        json_pack("{s:s, s:s, s:s, s:I, s:I}", "id", keel_es_rows_get(&rows, i, 0), "customer",
+                  keel_es_rows_get(&rows, i, 1), "status", keel_es_rows_get(&rows, i, 2),
+                  "total_cents", (json_int_t)strtoll(keel_es_rows_get(&rows, i, 3), NULL, 10),
+                  "version", (json_int_t)strtoll(keel_es_rows_get(&rows, i, 4), NULL, 10)));
   keel_es_rows_free(&rows);
   return keel_http_reply_json(res, 200, json_pack("{s:o}", "orders", list));
 }
@@ -409,8 +418,8 @@ static int h_stats(keel_http_req *req, keel_http_res *res, void *ud) {
   keel_es_rows rows = {0};
   int rc = keel_es_query(es, "SELECT name, value FROM order_stats", NULL, 0, &rows);
   if (rc) return keel_http_fail(res, KEEL_HTTP_INTERNAL, keel_strerror(rc), NULL);
-  json_t *by = json_pack("{s:i, s:i, s:i, s:i}", "placed", 0, "paid", 0, "shipped", 0,
-                         "cancelled", 0);
+  json_t *by =
+      json_pack("{s:i, s:i, s:i, s:i}", "placed", 0, "paid", 0, "shipped", 0, "cancelled", 0);
   json_int_t revenue = 0;
   for (size_t i = 0; i < rows.nrows; i++) {
     const char *name = keel_es_rows_get(&rows, i, 0);
@@ -461,8 +470,8 @@ static int project_view(keel_es_tx *tx, const keel_es_event *ev, void *ud) {
                            "INSERT INTO orders_view (id, customer, status, total_cents, version, "
                            "position) VALUES ($1, $2, 'placed', CAST($3 AS BIGINT), "
                            "CAST($4 AS BIGINT), CAST($5 AS BIGINT)) ON CONFLICT (id) DO NOTHING",
-                           (const char *[]){id, str_of(p, "customer"), total, version, position},
-                           5, NULL);
+                           (const char *[]){id, str_of(p, "customer"), total, version, position}, 5,
+                           NULL);
   }
   const char *status = strcmp(ev->type, "OrderPaid") == 0      ? "paid"
                        : strcmp(ev->type, "OrderShipped") == 0 ? "shipped"
@@ -557,15 +566,16 @@ static int orders_start(void *c, keel_pid_t root) {
   const config *conf = c;
   int rc = keel_es_open(&(keel_es_opts){.url = conf->database_url}, &es);
   if (!rc) rc = keel_es_transact(es, NULL, 0, NULL, NULL, create_schema, NULL);
-  subs[0].partitions = (int)conf->partitions;
   for (size_t i = 0; !rc && i < sizeof subs / sizeof *subs; i++) {
     subs[i].es = es;
+    subs[i].partitions = (int)conf->partitions;
     keel_sup_child_spec spec = keel_sub_child(&subs[i]);
     rc = keel_sup_start_child(root, &spec, NULL);
   }
   if (!rc) rc = keel_es_health_register(es, NULL);
   /* not ready while the read model replays: lists would be stale */
-  if (!rc) rc = keel_sub_health_register("orders_view", &(keel_sub_health_opts){.hold_readiness = true});
+  if (!rc)
+    rc = keel_sub_health_register("orders_view", &(keel_sub_health_opts){.hold_readiness = true});
   if (!rc) rc = keel_sub_health_register("order_stats", NULL);
   if (!rc) rc = keel_sub_health_register("notifier", NULL);
   if (rc) keel_log_error(NULL, "orders failed to start", KEEL_STR("error", keel_strerror(rc)));
@@ -574,16 +584,20 @@ static int orders_start(void *c, keel_pid_t root) {
 
 static void orders_stop(void *c) {
   (void)c;
-  for (size_t i = 0; i < sizeof checks / sizeof *checks; i++) keel_health_unregister(checks[i]);
+  for (size_t i = 0; i < sizeof checks / sizeof *checks; i++)
+    keel_health_unregister(checks[i]);
   keel_es_close(es);
   es = NULL;
 }
 
-static const keel_service_route routes[] = {
-    {"POST", "/orders", h_create},          {"GET", "/orders", h_list},
-    {"GET", "/orders/stats", h_stats},      {"GET", "/orders/:id", h_get},
-    {"POST", "/orders/:id/pay", h_pay},     {"POST", "/orders/:id/ship", h_ship},
-    {"POST", "/orders/:id/cancel", h_cancel}, {0}};
+static const keel_service_route routes[] = {{"POST", "/orders", h_create},
+                                            {"GET", "/orders", h_list},
+                                            {"GET", "/orders/stats", h_stats},
+                                            {"GET", "/orders/:id", h_get},
+                                            {"POST", "/orders/:id/pay", h_pay},
+                                            {"POST", "/orders/:id/ship", h_ship},
+                                            {"POST", "/orders/:id/cancel", h_cancel},
+                                            {0}};
 
 int main(void) {
   return keel_service_main(&(keel_service){.name = "orders",
