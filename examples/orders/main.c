@@ -564,11 +564,13 @@ static const char *const checks[] = {"eventstore", "sub.orders_view", "sub.order
  * closes) and registers their health checks. */
 static int orders_start(void *c, keel_pid_t root) {
   const config *conf = c;
-  int rc = keel_es_open(&(keel_es_opts){.url = conf->database_url}, &es);
+  int rc = keel_es_open(
+      &(keel_es_opts){.url = conf->database_url, .metrics = keel_service_metrics()}, &es);
   if (!rc) rc = keel_es_transact(es, NULL, 0, NULL, NULL, create_schema, NULL);
   for (size_t i = 0; !rc && i < sizeof subs / sizeof *subs; i++) {
     subs[i].es = es;
     subs[i].partitions = (int)conf->partitions;
+    subs[i].metrics = keel_service_metrics();
     keel_sup_child_spec spec = keel_sub_child(&subs[i]);
     rc = keel_sup_start_child(root, &spec, NULL);
   }

@@ -156,6 +156,9 @@ poll "email lines: 3 placed, 1 shipped, 1 cancelled" "5" \
   "jq -r 'select(.msg == \"email sent\") | .event' '$tmp/log' | wc -l | tr -d ' '"
 expect "the create's email carries its request id (correlation through the event metadata)" \
   "OrderPlaced" "$(jq -r --arg r "$create_rid" 'select(.msg == "email sent" and .requestId == $r) | .event' "$tmp/log")"
+expect "metrics: the read model's lag, 0" 0 \
+  "$(curl -s "$admin/metrics" | awk '/^sub_lag_events\{.*orders_view/ {print $2}')"
+expect "metrics: the store's appends" 1 "$(curl -s "$admin/metrics" | grep -c '^es_events_appended_total')"
 expect "metrics: requests by route" 1 \
   "$(curl -s "$admin/metrics" | grep -c '^http_requests_total{.*route="/orders/:id/pay".*status="409"')"
 
