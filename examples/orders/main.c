@@ -231,7 +231,7 @@ static json_t *order_json(const char *id, const order *o) {
 /* The order as it was right after `version`: what a command that stopped
  * there answered (an idempotent replay answers it again). */
 static int order_at(const char *id, int64_t version, json_t **out) {
-  char stream[128];
+  char stream[300]; /* the store's stream ids are at most 255 bytes */
   snprintf(stream, sizeof stream, "order-%s", id);
   keel_es_events evs = {0};
   int rc = keel_es_read_stream(es, stream, &(keel_es_read_opts){.to = version}, &evs);
@@ -285,6 +285,7 @@ static int run(keel_http_req *req, keel_http_res *res, const char *id, command *
     int64_t v = rc ? 0 : replayed_version(s, c->event_id);
     if (s) order_destroy(s, NULL);
     if (v) return answer(res, id, v, created, true);
+    if (!rc) rc = KEEL_ESTATE; /* its event vanished (a hard delete): nothing to replay */
   }
   if (rc == ORD_NOT_FOUND || rc == KEEL_EINVAL) /* EINVAL: the id cannot name a stream */
     return keel_http_fail(res, KEEL_HTTP_NOT_FOUND, "no such order", NULL);
@@ -307,19 +308,25 @@ static json_t *placed_payload(json_t *body, const char **field, const char **why
   *field = "items", *why = "must be an array of 1 to 100 items";
   if (!json_is_array(items) || json_array_size(items) < 1 || json_array_size(items) > 100)
     return NULL;
-  *why = "each item needs sku (string), qty (1..1000) and price_cents (0..10000000)";
+  *why = "each item needs sku (1 to 64 bytes), qty (1..1000) and price_cents (0..10000000)";
+  json_t *clean = json_array(); /* the items as stored: only the fields the service knows */
   json_int_t total = 0;
   size_t i;
   json_t *it;
   json_array_foreach(items, i, it) {
     const char *sku = json_string_value(json_object_get(it, "sku"));
     json_t *qty = json_object_get(it, "qty"), *price = json_object_get(it, "price_cents");
-    if (!sku || !*sku || !json_is_integer(qty) || !json_is_integer(price)) return NULL;
     json_int_t q = json_integer_value(qty), p = json_integer_value(price);
-    if (q < 1 || q > 1000 || p < 0 || p > 10000000) return NULL;
+    if (!sku || !*sku || strlen(sku) > 64 || !json_is_integer(qty) || !json_is_integer(price) ||
+        q < 1 || q > 1000 || p < 0 || p > 10000000) {
+      json_decref(clean);
+      return NULL;
+    }
+    json_array_append_new(clean,
+                          json_pack("{s:s, s:I, s:I}", "sku", sku, "qty", q, "price_cents", p));
     total += q * p;
   }
-  return json_pack("{s:s, s:O, s:I}", "customer", customer, "items", items, "total_cents", total);
+  return json_pack("{s:s, s:o, s:I}", "customer", customer, "items", clean, "total_cents", total);
 }
 
 static int h_create(keel_http_req *req, keel_http_res *res, void *ud) {
