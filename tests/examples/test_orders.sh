@@ -52,10 +52,11 @@ api=http://127.0.0.1:$port admin=http://127.0.0.1:$hport
 cd "$tmp" || exit 1
 
 start() { # start LOGFILE
-  PORT=$port HEALTH_PORT=$hport HOST=127.0.0.1 RATE_LIMIT=0 LOG_FILE=$1 "$orders" &
+  PORT=$port HEALTH_PORT=$hport HOST=127.0.0.1 RATE_LIMIT=100000 CORS_ORIGINS=https://shop.example \
+    LOG_FILE=$1 "$orders" &
   pid=$!
   for _ in $(seq 400); do
-    [ "$(curl -s -o /dev/null -w '%{http_code}' "$admin/health/startup")" = 200 ] && return
+    [ "$(curl -s -o /dev/null -w '%{http_code}' "http://127.0.0.1:$hport/health/startup")" = 200 ] && return
     sleep 0.05
   done
   bad "the service started"
@@ -91,6 +92,10 @@ expect "create: 201, placed, total from the items" "201 placed 1250 1" \
 create_rid=$(tr -d '\r' <"$tmp/h1" | awk -F': ' 'tolower($1)=="x-request-id"{print $2}')
 expect "create: security headers" nosniff \
   "$(tr -d '\r' <"$tmp/h1" | awk -F': ' 'tolower($1)=="x-content-type-options"{print $2}')"
+expect "rate limited per client (RATE_LIMIT)" 100000 \
+  "$(curl -s -D - -o /dev/null "$api/orders/stats" | tr -d '\r' | awk -F': ' 'tolower($1)=="x-ratelimit-limit"{print $2}')"
+expect "CORS: a preflight from the allowed origin" "https://shop.example" \
+  "$(curl -s -D - -o /dev/null -X OPTIONS "$api/orders" -H 'Origin: https://shop.example' -H 'Access-Control-Request-Method: POST' | tr -d '\r' | awk -F': ' 'tolower($1)=="access-control-allow-origin"{print $2}')"
 expect "an order without items: 400 VALIDATION_ERROR" "VALIDATION_ERROR 400" \
   "$(code_of -X POST "$api/orders" -d '{"customer":"ann","items":[]}')"
 expect "a qty of 0: 400" "VALIDATION_ERROR 400" \
@@ -229,9 +234,11 @@ if [ -n "$pg" ]; then
   for i in $(seq 10); do
     for a in "$api1" "$api2"; do
       oid=$(curl -s -X POST "$a/orders" -d "{\"customer\":\"c$i\",\"items\":[{\"sku\":\"s\",\"qty\":1,\"price_cents\":100}]}" | jq -r .id)
-      curl -s -o /dev/null -X POST "$a/orders/$oid/pay"
+      curl -s -o /dev/null -w '%{http_code}\n' -X POST "$a/orders/$oid/pay" >>"$tmp/paid"
+      echo "$oid" >>"$tmp/oids"
     done
   done
+  expect "two instances: 20 orders placed and paid" 20 "$(grep -c '^200$' "$tmp/paid")"
   poll "two instances: the stats count each event once" '{"placed":0,"paid":20,"shipped":0,"cancelled":0} 2000' \
     "curl -s '$api2/orders/stats' | jq -c '.by_status' | tr -d '\n'; echo \" \$(curl -s '$api2/orders/stats' | jq .revenue_cents)\""
   poll "... and each order is mailed once, by one instance or the other" 20 \
