@@ -22,7 +22,7 @@ RUN bash scripts/install-deps.sh --build && rm -rf /var/lib/apt/lists/*
 COPY . .
 # The same build as CI's (make test starts with it): warnings are errors.
 RUN make build CI=1 DEPS_FLAGS=--build \
- && test -x build/bin/microservice
+ && test -x build/bin/microservice && test -x build/bin/orders
 
 # ---- runtime -----------------------------------------------------------------
 FROM debian:12-slim AS runtime
@@ -38,6 +38,9 @@ RUN apt-get update \
       --shell /usr/sbin/nologin keel
 
 COPY --from=build /src/build/bin/microservice /usr/local/bin/microservice
+# The orders service (docs/orders.md) rides along: run it with the command
+# /usr/local/bin/orders (deploy/docker-compose.prod.yml, deploy/kubernetes/orders.yaml).
+COPY --from=build /src/build/bin/orders /usr/local/bin/orders
 COPY .env.example /usr/share/doc/microservice/env.example
 
 # Defaults for a container; every variable is described in .env.example.

@@ -2,7 +2,9 @@
 # names the builds and runs them.
 #
 #   make            build (build/)
-#   make run        build and run the reference microservice (foreground; Ctrl-C stops it)
+#   make run        build and run the orders service, the flagship example (foreground;
+#                   Ctrl-C stops it; SQLite under ./data, DATABASE_URL for PostgreSQL)
+#   make run-microservice   build and run the reference microservice
 #   make test       the whole suite: normal build, then ASan+UBSan, then the
 #                   concurrency tests under TSan, then the portable context switch
 #   make bench      the benchmarks (JSON lines)
@@ -18,7 +20,7 @@ CMAKE_FLAGS ?=
 DEPS_FLAGS ?=
 CTEST = ctest --output-on-failure --no-tests=error
 
-.PHONY: all build run test test-release test-asan test-tsan test-portable test-cross test-install test-fuzz \
+.PHONY: all build run run-microservice test test-release test-asan test-tsan test-portable test-cross test-install test-fuzz \
         bench bench-compare bench-http install clean deps
 
 all: build
@@ -33,6 +35,9 @@ build: build/Makefile
 	cmake --build build -j$(JOBS)
 
 run: build
+	./build/bin/orders
+
+run-microservice: build
 	./build/bin/microservice
 
 test: deps test-release test-asan test-tsan test-portable test-cross test-install test-fuzz

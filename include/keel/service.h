@@ -120,6 +120,13 @@ const keel_service_config *keel_service_settings(void);
 keel_http_server *keel_service_api(void);
 keel_http_server *keel_service_admin(void);
 
+/* The running service's metrics registry (what the admin port serves at
+ * /metrics), for the service's own metrics and for the keel modules that
+ * take one (keel_es_opts.metrics, keel_sub_opts.metrics). Set before the
+ * start hook runs; freed after the stop hook returned (close what
+ * registered into it there, or before). NULL outside keel_service_main. */
+keel_metrics *keel_service_metrics(void);
+
 #ifdef __cplusplus
 }
 #endif

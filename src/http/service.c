@@ -317,3 +317,8 @@ keel_http_server *keel_service_admin(void) {
   svc *s = atomic_load(&g_svc);
   return s ? atomic_load(&s->admin) : NULL;
 }
+
+keel_metrics *keel_service_metrics(void) {
+  svc *s = atomic_load(&g_svc);
+  return s ? s->metrics : NULL;
+}
