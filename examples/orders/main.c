@@ -62,6 +62,7 @@
 typedef struct config {
   char *database_url;
   int64_t partitions;
+  char *admin_token; /* the admin port's POSTs need it as a bearer token ("": open) */
 } config;
 
 static config cfg;
@@ -78,6 +79,11 @@ static const keel_config_field fields[] = {
      .def = "0",
      .min = 0,
      .max = 64},
+    {.env = "ADMIN_TOKEN",
+     .type = KEEL_CONFIG_STRING,
+     .offset = offsetof(config, admin_token),
+     .def = "",
+     .flags = KEEL_CONFIG_SECRET},
 };
 
 static keel_es *es; /* opened in orders_start, closed in orders_stop */
@@ -599,6 +605,16 @@ static void orders_stop(void *c) {
   es = NULL;
 }
 
+/* The subscriptions' admin endpoint on the admin port: the status board,
+ * the dead letters, retry and resolve (keel_sub_admin_routes). */
+static int orders_admin(void *c, keel_http_router *admin) {
+  const config *conf = c;
+  static keel_sub_admin_opts ao;
+  ao = (keel_sub_admin_opts){.es = es,
+                             .token = conf->admin_token[0] ? conf->admin_token : NULL};
+  return keel_sub_admin_routes(admin, &ao);
+}
+
 static const keel_service_route routes[] = {{"POST", "/orders", h_create},
                                             {"GET", "/orders", h_list},
                                             {"GET", "/orders/stats", h_stats},
@@ -615,5 +631,6 @@ int main(void) {
                                            .tree = {.intensity = 10, .period_ms = 10000},
                                            .routes = routes,
                                            .start = orders_start,
-                                           .stop = orders_stop});
+                                           .stop = orders_stop,
+                                           .admin_routes = orders_admin});
 }

@@ -266,6 +266,10 @@ typedef struct keel_admin_opts {
   keel_metrics *metrics; /* served at /metrics; NULL: no /metrics */
   bool no_observer;      /* do not serve /admin/observer */
   bool access_log;       /* log probes too (off: they would bury the API's lines) */
+  /* more routes on the admin port (e.g. keel_sub_admin_routes), added after
+   * keel's; NULL: none. A negative return fails the start. */
+  int (*routes)(keel_http_router *r, void *ud);
+  void *routes_ud;
 } keel_admin_opts;
 
 void keel_admin_opts_init(keel_admin_opts *o);

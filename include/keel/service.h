@@ -99,6 +99,9 @@ typedef struct keel_service {
   int (*start)(void *cfg, keel_pid_t root);
   void (*prep_stop)(void *cfg);
   void (*stop)(void *cfg);
+  /* Optional: more routes on the admin port (after start, before the port
+   * opens), e.g. keel_sub_admin_routes; a negative return fails the start. */
+  int (*admin_routes)(void *cfg, keel_http_router *admin);
 } keel_service;
 
 #define KEEL_SERVICE_CONFIG(fields_, cfg_)                                                         \

@@ -90,6 +90,7 @@ int keel_admin_start(const keel_admin_opts *o, keel_http_server **out) {
   if (!rc) rc = keel_http_route(r, "GET", "/health", h_health, NULL);
   if (!rc && o->metrics) rc = keel_http_route(r, "GET", "/metrics", h_metrics, o->metrics);
   if (!rc && !o->no_observer) rc = keel_http_route(r, "GET", "/admin/observer", h_observer, NULL);
+  if (!rc && o->routes) rc = o->routes(r, o->routes_ud);
   if (rc) {
     keel_http_router_free(r);
     return rc;

@@ -155,6 +155,11 @@ static int start_api(svc *s) {
   return rc;
 }
 
+static int admin_routes(keel_http_router *r, void *ud) {
+  const svc *s = ud;
+  return s->def->admin_routes(s->def->config_out, r);
+}
+
 static void ops_stop(svc *s) {
   keel_alerts_stop();
   keel_observer_stop();
@@ -192,8 +197,11 @@ static int app_start(keel_app_t *app, void *arg, keel_pid_t *root, void **state)
   bool hooked = !rc; /* stop pairs with a start that succeeded (or none) */
   if (!rc) {
     what = "admin port";
-    keel_admin_opts ad = {
-        .host = s->kc.host, .port = (int)s->kc.health_port, .metrics = s->metrics};
+    keel_admin_opts ad = {.host = s->kc.host,
+                          .port = (int)s->kc.health_port,
+                          .metrics = s->metrics,
+                          .routes = d->admin_routes ? admin_routes : NULL,
+                          .routes_ud = s};
     keel_http_server *admin = NULL;
     rc = keel_admin_start(&ad, &admin);
     atomic_store(&s->admin, admin);

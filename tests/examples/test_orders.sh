@@ -196,6 +196,10 @@ sql "DELETE FROM orders_view" >/dev/null
 start "$tmp/log3"
 poll "the read model rebuilt from the events" 3 "curl -s '$api/orders' | jq '.orders | length'"
 expect "ready once caught up" 200 "$(curl -s -o /dev/null -w '%{http_code}' "$admin/health/ready")"
+expect "the admin port lists the subscriptions (keel_sub_admin_routes)" "notifier order_stats orders_view" \
+  "$(curl -s "$admin/admin/subscriptions" | jq -r '[.subscriptions[].name | sub("\\.p[0-9]+$"; "")] | unique | join(" ")')"
+expect "the admin port: no parked events" "0 200" \
+  "$(curl -s -w ' %{http_code}' "$admin/admin/subscriptions/notifier/parked" | sed -E 's/^(.*) ([0-9]+)$/\1\n\2/' | { read -r b; read -r c; echo "$(jq '.parked | length' <<<"$b") $c"; })"
 stop
 expect "SIGTERM again: exit 0" 0 $?
 
