@@ -318,6 +318,18 @@ typedef struct es_read_call {
  * read_all loop through it. 0 or keel__es_upcast's error. */
 int keel__es_upcast_page(keel_es *es, es_evec *ev, size_t start, const char *const *types);
 
+/* ---- a growing text buffer (sbuf.c) ----------------------------------------------- */
+
+typedef struct es_sbuf {
+  char *p; /* NUL-terminated; the caller frees it */
+  size_t n, cap;
+  bool oom; /* an allocation failed: later adds do nothing */
+} es_sbuf;
+void keel__es_sb_add(es_sbuf *b, const char *s, size_t len);
+void keel__es_sb_str(es_sbuf *b, const char *s);
+void keel__es_sb_i64(es_sbuf *b, int64_t v);
+void keel__es_sb_json_string(es_sbuf *b, const char *s); /* s as a JSON string literal */
+
 /* ---- the PostgreSQL backend ---------------------------------------------------------- */
 
 /* One pooled connection (non-blocking once made). */

@@ -68,65 +68,18 @@ static size_t max_leaders(const es_pg *pg) {
   return pg->max / 2 > 2 ? pg->max / 2 : 2;
 }
 
-/* ---- a growing text buffer (JSON for the set-based statements) ---------------------- */
-
-typedef struct gbuf {
-  char *p;
-  size_t n, cap;
-  bool oom;
-} gbuf;
-
-static void gb_add(gbuf *b, const char *s, size_t len) {
-  if (b->oom) return;
-  if (b->n + len + 1 > b->cap) {
-    size_t cap = b->cap ? b->cap : 4096;
-    while (cap < b->n + len + 1)
-      cap *= 2;
-    char *p = realloc(b->p, cap);
-    if (!p) {
-      b->oom = true;
-      return;
-    }
-    b->p = p;
-    b->cap = cap;
-  }
-  memcpy(b->p + b->n, s, len);
-  b->n += len;
-  b->p[b->n] = 0;
-}
-
-static void gb_str(gbuf *b, const char *s) {
-  gb_add(b, s, strlen(s));
-}
-
-static void gb_i64(gbuf *b, int64_t v) {
-  char t[32];
-  gb_add(b, t, (size_t)snprintf(t, sizeof t, "%lld", (long long)v));
-}
-
-static void gb_json_string(gbuf *b, const char *s) {
-  json_t *j = json_string(s);
-  char *t = j ? json_dumps(j, JSON_ENCODE_ANY) : NULL;
-  json_decref(j);
-  if (!t) {
-    b->oom = true;
-    return;
-  }
-  gb_str(b, t);
-  free(t);
-}
 
 /* ---- a stream's turn ------------------------------------------------------------------ */
 
 int keel__es_pg_turns_and_reserve(es_pg *pg, es_pgconn *c, const char *const *streams, size_t n,
                                   size_t events, int64_t *first) {
-  gbuf b = {0};
-  gb_str(&b, "[");
+  es_sbuf b = {0};
+  keel__es_sb_str(&b, "[");
   for (size_t i = 0; i < n; i++) {
-    if (i) gb_str(&b, ",");
-    gb_json_string(&b, streams[i]);
+    if (i) keel__es_sb_str(&b, ",");
+    keel__es_sb_json_string(&b, streams[i]);
   }
-  gb_str(&b, "]");
+  keel__es_sb_str(&b, "]");
   if (b.oom) {
     free(b.p);
     return KEEL_ENOMEM;
@@ -211,13 +164,13 @@ static gstream *distinct_streams(es_pggm **batch, size_t nb, size_t *n) {
 }
 
 static int lock_streams(es_pg *pg, es_pgconn *c, gstream *gs, size_t ns) {
-  gbuf b = {0};
-  gb_str(&b, "[");
+  es_sbuf b = {0};
+  keel__es_sb_str(&b, "[");
   for (size_t i = 0; i < ns; i++) {
-    if (i) gb_str(&b, ",");
-    gb_json_string(&b, gs[i].name);
+    if (i) keel__es_sb_str(&b, ",");
+    keel__es_sb_json_string(&b, gs[i].name);
   }
-  gb_str(&b, "]");
+  keel__es_sb_str(&b, "]");
   if (b.oom) {
     free(b.p);
     return KEEL_ENOMEM;
@@ -247,9 +200,9 @@ static int lock_streams(es_pg *pg, es_pgconn *c, gstream *gs, size_t ns) {
 
 /* Each append's expected-version check in queue order, its positions and
  * versions; the rows of the passing ones into rows (a JSON array). */
-static void plan(es_pggm **batch, size_t nb, gstream *gs, size_t ns, int64_t pos, gbuf *rows,
+static void plan(es_pggm **batch, size_t nb, gstream *gs, size_t ns, int64_t pos, es_sbuf *rows,
                  size_t *npass) {
-  gb_str(rows, "[");
+  keel__es_sb_str(rows, "[");
   bool first_row = true;
   *npass = 0;
   for (size_t i = 0; i < nb; i++) {
@@ -268,26 +221,26 @@ static void plan(es_pggm **batch, size_t nb, gstream *gs, size_t ns, int64_t pos
     m->res->first_position = pos;
     for (size_t k = 0; k < s->n; k++, pos++) {
       const es_row *e = &s->rows[k];
-      gb_str(rows, first_row ? "{\"p\":" : ",{\"p\":");
+      keel__es_sb_str(rows, first_row ? "{\"p\":" : ",{\"p\":");
       first_row = false;
-      gb_i64(rows, pos);
-      gb_str(rows, ",\"s\":");
-      gb_json_string(rows, s->stream);
-      gb_str(rows, ",\"v\":");
-      gb_i64(rows, g->version + (int64_t)k + 1);
-      gb_str(rows, ",\"id\":\"");
-      gb_str(rows, e->id);
-      gb_str(rows, "\",\"t\":");
-      gb_json_string(rows, e->type);
-      gb_str(rows, ",\"sv\":");
-      gb_i64(rows, e->schema_version);
-      gb_str(rows, ",\"oa\":");
-      gb_i64(rows, e->occurred_at);
-      gb_str(rows, ",\"pl\":");
-      gb_str(rows, e->payload);
-      gb_str(rows, ",\"md\":");
-      gb_str(rows, e->metadata ? e->metadata : "null");
-      gb_str(rows, "}");
+      keel__es_sb_i64(rows, pos);
+      keel__es_sb_str(rows, ",\"s\":");
+      keel__es_sb_json_string(rows, s->stream);
+      keel__es_sb_str(rows, ",\"v\":");
+      keel__es_sb_i64(rows, g->version + (int64_t)k + 1);
+      keel__es_sb_str(rows, ",\"id\":\"");
+      keel__es_sb_str(rows, e->id);
+      keel__es_sb_str(rows, "\",\"t\":");
+      keel__es_sb_json_string(rows, e->type);
+      keel__es_sb_str(rows, ",\"sv\":");
+      keel__es_sb_i64(rows, e->schema_version);
+      keel__es_sb_str(rows, ",\"oa\":");
+      keel__es_sb_i64(rows, e->occurred_at);
+      keel__es_sb_str(rows, ",\"pl\":");
+      keel__es_sb_str(rows, e->payload);
+      keel__es_sb_str(rows, ",\"md\":");
+      keel__es_sb_str(rows, e->metadata ? e->metadata : "null");
+      keel__es_sb_str(rows, "}");
     }
     m->res->last_position = pos - 1;
     g->version += (int64_t)s->n;
@@ -296,34 +249,34 @@ static void plan(es_pggm **batch, size_t nb, gstream *gs, size_t ns, int64_t pos
     m->res->version = g->version;
     (*npass)++;
   }
-  gb_str(rows, "]");
+  keel__es_sb_str(rows, "]");
 }
 
 /* The new versions of the streams the group wrote, and the rows it created
  * for nothing (every append to them conflicted), as JSON arrays. */
-static void stream_updates(gstream *gs, size_t ns, gbuf *up, gbuf *unused) {
-  gb_str(up, "[");
-  gb_str(unused, "[");
+static void stream_updates(gstream *gs, size_t ns, es_sbuf *up, es_sbuf *unused) {
+  keel__es_sb_str(up, "[");
+  keel__es_sb_str(unused, "[");
   bool fu = true, fn = true;
   for (size_t i = 0; i < ns; i++) {
     if (gs[i].used) {
-      gb_str(up, fu ? "{\"s\":" : ",{\"s\":");
+      keel__es_sb_str(up, fu ? "{\"s\":" : ",{\"s\":");
       fu = false;
-      gb_json_string(up, gs[i].name);
-      gb_str(up, ",\"v\":");
-      gb_i64(up, gs[i].version);
-      gb_str(up, "}");
+      keel__es_sb_json_string(up, gs[i].name);
+      keel__es_sb_str(up, ",\"v\":");
+      keel__es_sb_i64(up, gs[i].version);
+      keel__es_sb_str(up, "}");
     } else if (gs[i].created) {
-      if (!fn) gb_str(unused, ",");
+      if (!fn) keel__es_sb_str(unused, ",");
       fn = false;
-      gb_json_string(unused, gs[i].name);
+      keel__es_sb_json_string(unused, gs[i].name);
     }
   }
-  gb_str(up, "]");
-  gb_str(unused, "]");
+  keel__es_sb_str(up, "]");
+  keel__es_sb_str(unused, "]");
 }
 
-static int write_group(es_pg *pg, es_pgconn *c, gstream *gs, size_t ns, const gbuf *rows,
+static int write_group(es_pg *pg, es_pgconn *c, gstream *gs, size_t ns, const es_sbuf *rows,
                        size_t npass) {
   int rc = 0;
   if (npass > 0) {
@@ -340,7 +293,7 @@ static int write_group(es_pg *pg, es_pgconn *c, gstream *gs, size_t ns, const gb
         2, params, NULL);
     if (rc) return rc;
   }
-  gbuf up = {0}, unused = {0};
+  es_sbuf up = {0}, unused = {0};
   stream_updates(gs, ns, &up, &unused);
   if (up.oom || unused.oom) rc = KEEL_ENOMEM;
   if (rc == 0 && npass > 0) {
@@ -372,7 +325,7 @@ static void run_group(keel_es *es, es_pggm **batch, size_t nb) {
     events += batch[i]->s->n;
   size_t ns = 0;
   gstream *gs = distinct_streams(batch, nb, &ns);
-  gbuf rows = {0};
+  es_sbuf rows = {0};
   size_t npass = 0;
   es_pgconn *c = NULL;
   int rc = gs ? keel__es_pg_acquire(es, &c) : KEEL_ENOMEM;

@@ -44,55 +44,6 @@
 #include "keel/error.h"
 #include "keel/log.h"
 
-/* ---- a growing text buffer ----------------------------------------------------------- */
-
-typedef struct sbuf {
-  char *p;
-  size_t n, cap;
-  bool oom;
-} sbuf;
-
-static void sb_add(sbuf *b, const char *s, size_t len) {
-  if (b->oom) return;
-  if (b->n + len + 1 > b->cap) {
-    size_t cap = b->cap ? b->cap : 4096;
-    while (cap < b->n + len + 1)
-      cap *= 2;
-    char *p = realloc(b->p, cap);
-    if (!p) {
-      b->oom = true;
-      return;
-    }
-    b->p = p;
-    b->cap = cap;
-  }
-  memcpy(b->p + b->n, s, len);
-  b->n += len;
-  b->p[b->n] = 0;
-}
-
-static void sb_str(sbuf *b, const char *s) {
-  sb_add(b, s, strlen(s));
-}
-
-static void sb_fmt_i64(sbuf *b, int64_t v) {
-  char t[32];
-  int n = snprintf(t, sizeof t, "%lld", (long long)v);
-  sb_add(b, t, (size_t)n);
-}
-
-static void sb_json_string(sbuf *b, const char *s) {
-  json_t *j = json_string(s);
-  char *t = j ? json_dumps(j, JSON_ENCODE_ANY) : NULL;
-  json_decref(j);
-  if (!t) {
-    b->oom = true;
-    return;
-  }
-  sb_str(b, t);
-  free(t);
-}
-
 static void i64s(char out[24], int64_t v) {
   snprintf(out, 24, "%lld", (long long)v);
 }
@@ -121,17 +72,17 @@ static int find_duplicate(es_pg *pg, es_pgconn *c, const es_stream_req *s,
   for (size_t k = 0; k < s->n; k++)
     given += s->rows[k].given_id;
   if (given == 0) return 0;
-  sbuf ids = {0};
-  sb_str(&ids, "{");
+  es_sbuf ids = {0};
+  keel__es_sb_str(&ids, "{");
   id_ix *ix = calloc(given, sizeof *ix);
   size_t g = 0;
   for (size_t k = 0; k < s->n; k++) {
     if (!s->rows[k].given_id) continue;
-    if (g) sb_str(&ids, ",");
-    sb_str(&ids, s->rows[k].id);
+    if (g) keel__es_sb_str(&ids, ",");
+    keel__es_sb_str(&ids, s->rows[k].id);
     if (ix) ix[g++] = (id_ix){s->rows[k].id, k};
   }
-  sb_str(&ids, "}");
+  keel__es_sb_str(&ids, "}");
   if (!ix || ids.oom) {
     free(ix);
     free(ids.p);
@@ -222,29 +173,29 @@ static int append_stream(es_pg *pg, es_pgconn *c, const es_stream_req *s, int64_
     res->actual = actual;
     return KEEL_ECONFLICT;
   }
-  sbuf b = {0};
-  sb_str(&b, "[");
+  es_sbuf b = {0};
+  keel__es_sb_str(&b, "[");
   for (size_t k = 0; k < s->n; k++) {
     const es_row *e = &s->rows[k];
-    sb_str(&b, k ? ",{\"p\":" : "{\"p\":");
-    sb_fmt_i64(&b, *next_pos + (int64_t)k);
-    sb_str(&b, ",\"v\":");
-    sb_fmt_i64(&b, actual + (int64_t)k + 1);
-    sb_str(&b, ",\"id\":\"");
-    sb_str(&b, e->id);
-    sb_str(&b, "\",\"t\":");
-    sb_json_string(&b, e->type);
-    sb_str(&b, ",\"sv\":");
-    sb_fmt_i64(&b, e->schema_version);
-    sb_str(&b, ",\"oa\":");
-    sb_fmt_i64(&b, e->occurred_at);
-    sb_str(&b, ",\"pl\":");
-    sb_str(&b, e->payload);
-    sb_str(&b, ",\"md\":");
-    sb_str(&b, e->metadata ? e->metadata : "null");
-    sb_str(&b, "}");
+    keel__es_sb_str(&b, k ? ",{\"p\":" : "{\"p\":");
+    keel__es_sb_i64(&b, *next_pos + (int64_t)k);
+    keel__es_sb_str(&b, ",\"v\":");
+    keel__es_sb_i64(&b, actual + (int64_t)k + 1);
+    keel__es_sb_str(&b, ",\"id\":\"");
+    keel__es_sb_str(&b, e->id);
+    keel__es_sb_str(&b, "\",\"t\":");
+    keel__es_sb_json_string(&b, e->type);
+    keel__es_sb_str(&b, ",\"sv\":");
+    keel__es_sb_i64(&b, e->schema_version);
+    keel__es_sb_str(&b, ",\"oa\":");
+    keel__es_sb_i64(&b, e->occurred_at);
+    keel__es_sb_str(&b, ",\"pl\":");
+    keel__es_sb_str(&b, e->payload);
+    keel__es_sb_str(&b, ",\"md\":");
+    keel__es_sb_str(&b, e->metadata ? e->metadata : "null");
+    keel__es_sb_str(&b, "}");
   }
-  sb_str(&b, "]");
+  keel__es_sb_str(&b, "]");
   if (b.oom) {
     free(b.p);
     return KEEL_ENOMEM;
