@@ -68,7 +68,6 @@ static size_t max_leaders(const es_pg *pg) {
   return pg->max / 2 > 2 ? pg->max / 2 : 2;
 }
 
-
 /* ---- a stream's turn ------------------------------------------------------------------ */
 
 int keel__es_pg_turns_and_reserve(es_pg *pg, es_pgconn *c, const char *const *streams, size_t n,
