@@ -413,6 +413,11 @@ bool keel__es_pg_idle_input(es_pgconn *c);
  * and how long processes have been waiting (0 when none waits). */
 void keel__es_pg_stats(keel_es *es, size_t *in_use, size_t *idle, size_t *waiting, size_t *max,
                        double *waiting_for_s);
+/* pg_pool.c: opens one connection outside the pool's books (blocking part on
+ * the blocking pool; call from a process), and closes one (NULL-safe):
+ * the pool's own, and a subscription group's lock session. */
+int keel__es_pg_conn_open(es_pg *pg, es_pgconn **out);
+void keel__es_pg_conn_close(es_pgconn *c);
 /* pg_pool.c: checks a connection out of the pool, waiting without blocking
  * the scheduler at most acquire_timeout_ms. KEEL_ETIMEDOUT, KEEL_EIO. */
 int keel__es_pg_acquire(keel_es *es, es_pgconn **out);

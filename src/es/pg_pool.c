@@ -55,7 +55,7 @@ static void gauges(es_pg *pg) {
   keel_gauge_set(pg->g_waiting, (double)pg->nwaiting);
 }
 
-static void close_conn(es_pgconn *c) {
+void keel__es_pg_conn_close(es_pgconn *c) {
   if (!c) return;
   PQfinish(c->conn);
   free(c);
@@ -72,12 +72,12 @@ static void connect_on_pool(void *arg) {
   j->rc = keel__es_pg_connect(j->pg, &j->c);
 }
 
-static int open_conn(es_pg *pg, es_pgconn **out) {
+int keel__es_pg_conn_open(es_pg *pg, es_pgconn **out) {
   connect_job j = {.pg = pg};
   int rc = keel_blocking(connect_on_pool, &j);
   if (rc == 0) rc = j.rc;
   *out = rc == 0 ? j.c : NULL;
-  if (rc) close_conn(j.c);
+  if (rc) keel__es_pg_conn_close(j.c);
   return rc;
 }
 
@@ -136,7 +136,7 @@ static void drop_conn(es_pg *pg, es_pgconn *c) {
               PQtransactionStatus(c->conn) != PQTRANS_IDLE || !too_old(pg, c, keel__es_now_s());
   keel_counter *ctr = dead ? pg->c_dead : pg->c_lifetime;
   if (ctr) keel_counter_inc(ctr);
-  close_conn(c);
+  keel__es_pg_conn_close(c);
 }
 
 /* Whether an idle connection just taken from the list may be handed out.
@@ -248,7 +248,7 @@ int keel__es_pg_acquire(keel_es *es, es_pgconn **out) {
     }
   }
   if (slot && !c) {
-    int rc = open_conn(pg, &c);
+    int rc = keel__es_pg_conn_open(pg, &c);
     if (rc) {
       give_slot(pg);
       return rc;
@@ -348,7 +348,7 @@ static void sweep(es_pg *pg) {
   for (es_pgconn *c = drop, *next; c; c = next) {
     next = c->next;
     if (too_old(pg, c, now) && pg->c_lifetime) keel_counter_inc(pg->c_lifetime);
-    close_conn(c);
+    keel__es_pg_conn_close(c);
   }
   for (es_pgconn *c = check, *next; c; c = next) {
     next = c->next;
@@ -369,7 +369,7 @@ static void sweep(es_pg *pg) {
     pthread_mutex_unlock(&pg->mu);
     if (!below) break;
     es_pgconn *c;
-    if (open_conn(pg, &c) != 0) { /* logged; the next pass tries again */
+    if (keel__es_pg_conn_open(pg, &c) != 0) { /* logged; the next pass tries again */
       give_slot(pg);
       break;
     }
@@ -516,10 +516,10 @@ int keel__es_pg_open(keel_es *es, const char *url, const keel_es_opts *o) {
   int version = 0;
   for (size_t i = 0; i < pg->min; i++) {
     es_pgconn *c;
-    int rc = open_conn(pg, &c);
+    int rc = keel__es_pg_conn_open(pg, &c);
     if (rc) return rc;
     if (i == 0 && (rc = keel__es_pg_migrate(pg, c, &version)) != 0) {
-      close_conn(c);
+      keel__es_pg_conn_close(c);
       return rc;
     }
     pthread_mutex_lock(&pg->mu);
@@ -543,7 +543,7 @@ void keel__es_pg_close(keel_es *es) {
   stop_maintainer(pg);
   for (es_pgconn *c = pg->idle, *next; c; c = next) {
     next = c->next;
-    close_conn(c);
+    keel__es_pg_conn_close(c);
   }
   pg->idle = NULL;
   pg->nidle = pg->total = 0;

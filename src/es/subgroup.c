@@ -37,7 +37,6 @@
 #include "es/es_internal.h"
 #include "keel/error.h"
 #include "keel/gen_server.h"
-#include "keel/io.h"
 #include "keel/log.h"
 #include "keel/process.h"
 #include "keel/registry.h"
@@ -63,17 +62,6 @@ typedef struct group {
 } group;
 
 /* ---- the lock session ------------------------------------------------------------------ */
-
-typedef struct connect_job {
-  es_pg *pg;
-  es_pgconn *c;
-  int rc;
-} connect_job;
-
-static void connect_on_pool(void *arg) {
-  connect_job *j = arg;
-  j->rc = keel__es_pg_connect(j->pg, &j->c);
-}
 
 /* The sessions of this process's coordinators, by group: a coordinator
  * that was killed (no terminate) leaves its session, and with it its
@@ -102,35 +90,28 @@ static es_pgconn *session_take(const char *grp, es_pgconn *c) {
   return found;
 }
 
-static void session_free(es_pgconn *c) {
-  if (!c) return;
-  PQfinish(c->conn);
-  free(c);
-}
-
 static void close_session(group *g) {
   if (!g->lock) return;
-  session_free(session_take(g->name, g->lock));
+  keel__es_pg_conn_close(session_take(g->name, g->lock));
   g->lock = NULL;
 }
 
 static int open_session(group *g) {
-  connect_job j = {.pg = g->o.es->pg};
-  int rc = keel_blocking(connect_on_pool, &j);
-  if (rc == 0) rc = j.rc;
+  es_pgconn *c;
+  int rc = keel__es_pg_conn_open(g->o.es->pg, &c);
   if (rc) return rc;
   session *e = calloc(1, sizeof *e);
   if (!e) {
-    session_free(j.c);
+    keel__es_pg_conn_close(c);
     return KEEL_ENOMEM;
   }
   snprintf(e->group, sizeof e->group, "%s", g->name);
-  e->c = j.c;
+  e->c = c;
   pthread_mutex_lock(&sessions_mu);
   e->next = sessions;
   sessions = e;
   pthread_mutex_unlock(&sessions_mu);
-  g->lock = j.c;
+  g->lock = c;
   return 0;
 }
 
@@ -361,7 +342,7 @@ static int group_init(void *arg, void **state) {
   while ((left = session_take(g->name, NULL)) != NULL) {
     keel_log_warn(NULL, "subscription group: closing a session left by a killed coordinator",
                   KEEL_STR("group", g->name));
-    session_free(left);
+    keel__es_pg_conn_close(left);
   }
   if ((rc = keel__sub_tables(g->o.es)) != 0 || (pg(g) && (rc = open_session(g)) != 0)) {
     keel_unregister(g->regname);
