@@ -53,6 +53,25 @@ static inline const char *kt_es_pg_url(void) {
     }                                                                                              \
   } while (0)
 
+#define KT_PG_ONLY()                                                                               \
+  do {                                                                                             \
+    if (!kt_es_pg_url()) {                                                                         \
+      fprintf(stderr, "   (PostgreSQL only: skipped on SQLite)\n");                                \
+      return;                                                                                      \
+    }                                                                                              \
+  } while (0)
+
+/* One statement on a test's own libpq connection; aborts the test with the
+ * server's message when it fails. The caller PQclears the result. */
+static inline PGresult *kt_pg_run(PGconn *c, const char *sql) {
+  PGresult *r = PQexec(c, sql);
+  if (PQresultStatus(r) != PGRES_COMMAND_OK && PQresultStatus(r) != PGRES_TUPLES_OK) {
+    fprintf(stderr, "%s: %s\n", sql, PQresultErrorMessage(r));
+    abort();
+  }
+  return r;
+}
+
 /* Runs sql on the store's database outside keel (a blocking client, a test
  * only). 0 or nonzero, the server's message in err. On SQLite, on the file. */
 static inline void kt_pg_quiet(void *arg, const char *msg) {

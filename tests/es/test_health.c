@@ -5,14 +5,6 @@
 #include "es/kt_es.h"
 #include "keel/health.h"
 
-#define KT_PG_ONLY()                                                                               \
-  do {                                                                                             \
-    if (!kt_es_pg_url()) {                                                                         \
-      fprintf(stderr, "   (PostgreSQL only: skipped on SQLite)\n");                                \
-      return;                                                                                      \
-    }                                                                                              \
-  } while (0)
-
 static keel_health_status check(keel_es *es, const keel_es_health_opts *o, char *msg, size_t mlen,
                                 char *details, size_t dlen) {
   keel_health_result res = {0};
@@ -92,15 +84,6 @@ KT_CASE(the_registered_check_appears_in_the_detailed_probe) {
   kt_store_close(&s);
 }
 
-static PGresult *run(PGconn *c, const char *sql) {
-  PGresult *r = PQexec(c, sql);
-  if (PQresultStatus(r) != PGRES_COMMAND_OK && PQresultStatus(r) != PGRES_TUPLES_OK) {
-    fprintf(stderr, "%s: %s\n", sql, PQresultErrorMessage(r));
-    abort();
-  }
-  return r;
-}
-
 KT_CASE(a_long_open_transaction_is_reported_with_its_backend_and_age) {
   KT_PG_ONLY();
   kt_store s;
@@ -112,8 +95,8 @@ KT_CASE(a_long_open_transaction_is_reported_with_its_backend_and_age) {
   snprintf(url, sizeof url, "%s&application_name=kt_holder", s.url);
   PGconn *c = PQconnectdb(url);
   CHECK(PQstatus(c) == CONNECTION_OK);
-  PQclear(run(c, "BEGIN"));
-  PGresult *r = run(c, "SELECT pg_backend_pid(), pg_current_xact_id()"); /* takes an id */
+  PQclear(kt_pg_run(c, "BEGIN"));
+  PGresult *r = kt_pg_run(c, "SELECT pg_backend_pid(), pg_current_xact_id()"); /* takes an id */
   char pid[32];
   snprintf(pid, sizeof pid, "%s", PQgetvalue(r, 0, 0));
   PQclear(r);
@@ -129,13 +112,13 @@ KT_CASE(a_long_open_transaction_is_reported_with_its_backend_and_age) {
   CHECK(json_integer_value(json_object_get(h, "held_ms")) >= 200);
   json_decref(d);
   /* a transaction without an id holds nothing: only the one above counts */
-  PQclear(run(c, "COMMIT"));
+  PQclear(kt_pg_run(c, "COMMIT"));
   CHECK(await_status(es, &o, KEEL_HEALTH_OK, msg, sizeof msg, NULL, 0));
-  PQclear(run(c, "BEGIN"));
-  PQclear(run(c, "SELECT 1")); /* no id */
+  PQclear(kt_pg_run(c, "BEGIN"));
+  PQclear(kt_pg_run(c, "SELECT 1")); /* no id */
   keel_sleep(300);
   CHECK_EQ(check(es, &o, msg, sizeof msg, NULL, 0), KEEL_HEALTH_OK);
-  PQclear(run(c, "COMMIT"));
+  PQclear(kt_pg_run(c, "COMMIT"));
   PQfinish(c);
   kt_store_close(&s);
 }
@@ -157,8 +140,8 @@ KT_CASE(a_saturated_pool_is_reported) {
   CHECK_OK(kt_append_n(es, "sat-1", KEEL_ES_NO_STREAM, "T", 1, 0, NULL));
   PGconn *c = PQconnectdb(s.url);
   CHECK(PQstatus(c) == CONNECTION_OK);
-  PQclear(run(c, "BEGIN"));
-  PQclear(run(c, "SELECT 1 FROM streams WHERE stream = 'sat-1' FOR UPDATE"));
+  PQclear(kt_pg_run(c, "BEGIN"));
+  PQclear(kt_pg_run(c, "SELECT 1 FROM streams WHERE stream = 'sat-1' FOR UPDATE"));
   /* the first appender takes the only connection and waits on the row
    * lock; the second waits for the connection */
   enum { N = 2 };
@@ -175,7 +158,7 @@ KT_CASE(a_saturated_pool_is_reported) {
   CHECK(await_status(es, &o, KEEL_HEALTH_WARNING, msg, sizeof msg, details, sizeof details));
   CHECK(strstr(msg, "saturated") != NULL);
   CHECK(strstr(msg, "1 processes waiting") != NULL);
-  PQclear(run(c, "COMMIT"));
+  PQclear(kt_pg_run(c, "COMMIT"));
   for (int i = 0; i < N; i++) {
     keel_msg_t *m;
     CHECK_OK(keel_receive(&m, 60000));

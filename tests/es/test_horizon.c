@@ -5,28 +5,11 @@
  * test, inserting as keel's appends do (keel_es_reserve, then the row). */
 #include "es/kt_es.h"
 
-#define KT_PG_ONLY()                                                                               \
-  do {                                                                                             \
-    if (!kt_es_pg_url()) {                                                                         \
-      fprintf(stderr, "   (PostgreSQL only: skipped on SQLite)\n");                                \
-      return;                                                                                      \
-    }                                                                                              \
-  } while (0)
-
-static PGresult *run(PGconn *c, const char *sql) {
-  PGresult *r = PQexec(c, sql);
-  if (PQresultStatus(r) != PGRES_COMMAND_OK && PQresultStatus(r) != PGRES_TUPLES_OK) {
-    fprintf(stderr, "%s: %s\n", sql, PQresultErrorMessage(r));
-    abort();
-  }
-  return r;
-}
-
 /* Opens a transaction on c that holds one event of `stream` at a reserved
  * position (returned), uncommitted. */
 static int64_t open_writer(PGconn *c, const char *stream) {
-  PQclear(run(c, "BEGIN"));
-  PGresult *r = run(c, "SELECT keel_es_reserve(1)");
+  PQclear(kt_pg_run(c, "BEGIN"));
+  PGresult *r = kt_pg_run(c, "SELECT keel_es_reserve(1)");
   int64_t pos = strtoll(PQgetvalue(r, 0, 0), NULL, 10);
   PQclear(r);
   char sql[512];
@@ -35,7 +18,7 @@ static int64_t open_writer(PGconn *c, const char *stream) {
            "occurred_at, stored_at) VALUES (%lld, '%s', 1, gen_random_uuid(), 'Late', 1, '{}', "
            "0, 0)",
            (long long)pos, stream);
-  PQclear(run(c, sql));
+  PQclear(kt_pg_run(c, sql));
   return pos;
 }
 
@@ -66,7 +49,7 @@ KT_CASE(a_lower_position_that_commits_last_is_never_skipped) {
   int64_t first = 0, last = 0;
   /* The reader sees neither: the committed one waits behind the open one. */
   CHECK_EQ(read_after(es, r0.last_position, &first, &last), 0);
-  PQclear(run(c, "COMMIT"));
+  PQclear(kt_pg_run(c, "COMMIT"));
   /* Then both, in order. */
   CHECK_EQ(read_after(es, r0.last_position, &first, &last), 2);
   CHECK_EQ(first, late);
@@ -86,7 +69,7 @@ KT_CASE(a_rolled_back_append_does_not_stall_the_feed) {
   CHECK_OK(kt_append_n(es, "b-1", KEEL_ES_NO_STREAM, "T", 2, 0, &rb));
   int64_t first = 0, last = 0;
   CHECK_EQ(read_after(es, 0, &first, &last), 0);
-  PQclear(run(c, "ROLLBACK"));
+  PQclear(kt_pg_run(c, "ROLLBACK"));
   CHECK_EQ(read_after(es, 0, &first, &last), 2);
   CHECK_EQ(first, rb.first_position);
   CHECK(first > lost);
@@ -119,8 +102,8 @@ KT_CASE(an_append_waiting_on_a_lock_holds_the_feed_until_it_commits) {
    * waits for the row inside its transaction */
   PGconn *c = PQconnectdb(s.url);
   CHECK(PQstatus(c) == CONNECTION_OK);
-  PQclear(run(c, "BEGIN"));
-  PQclear(run(c, "SELECT 1 FROM streams WHERE stream = 'held-1' FOR UPDATE"));
+  PQclear(kt_pg_run(c, "BEGIN"));
+  PQclear(kt_pg_run(c, "SELECT 1 FROM streams WHERE stream = 'held-1' FOR UPDATE"));
   held_append h = {.es = es, .rc = 1};
   keel_ref_t ref;
   keel_spawn_opts so;
@@ -130,7 +113,7 @@ KT_CASE(an_append_waiting_on_a_lock_holds_the_feed_until_it_commits) {
   CHECK_OK(keel_spawn(append_blocked, &h, &so, NULL));
   /* wait until its reservation is made (the sequence moved) */
   for (int i = 0; i < 5000; i++) {
-    PGresult *r = run(c, "SELECT last_value FROM events_position_seq");
+    PGresult *r = kt_pg_run(c, "SELECT last_value FROM events_position_seq");
     int64_t v = strtoll(PQgetvalue(r, 0, 0), NULL, 10);
     PQclear(r);
     if (v >= 2) break;
@@ -140,7 +123,7 @@ KT_CASE(an_append_waiting_on_a_lock_holds_the_feed_until_it_commits) {
   CHECK_OK(kt_append_n(es, "other-1", KEEL_ES_NO_STREAM, "T", 1, 0, &rb)); /* commits */
   int64_t first = 0, last = 0;
   CHECK_EQ(read_after(es, 1, &first, &last), 0);
-  PQclear(run(c, "COMMIT")); /* the held append goes on and commits */
+  PQclear(kt_pg_run(c, "COMMIT")); /* the held append goes on and commits */
   keel_msg_t *m;
   CHECK_OK(keel_receive(&m, 60000));
   keel_msg_free(m);

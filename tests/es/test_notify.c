@@ -10,14 +10,6 @@
 #include "es/kt_es.h"
 #include "keel/metrics.h"
 
-#define KT_PG_ONLY()                                                                               \
-  do {                                                                                             \
-    if (!kt_es_pg_url()) {                                                                         \
-      fprintf(stderr, "   (PostgreSQL only: skipped on SQLite)\n");                                \
-      return;                                                                                      \
-    }                                                                                              \
-  } while (0)
-
 enum { LONG_MS = 60000 };
 
 static double now_s(void) {
@@ -397,15 +389,6 @@ KT_CASE(with_listen_off_own_appends_still_wake_at_once) {
   kt_store_close(&s);
 }
 
-static PGresult *run(PGconn *c, const char *sql) {
-  PGresult *r = PQexec(c, sql);
-  if (PQresultStatus(r) != PGRES_COMMAND_OK && PQresultStatus(r) != PGRES_TUPLES_OK) {
-    fprintf(stderr, "%s: %s\n", sql, PQresultErrorMessage(r));
-    abort();
-  }
-  return r;
-}
-
 KT_CASE(a_notified_event_behind_the_horizon_is_waited_for_without_spinning) {
   KT_PG_ONLY();
   keel_metrics *reg;
@@ -417,8 +400,8 @@ KT_CASE(a_notified_event_behind_the_horizon_is_waited_for_without_spinning) {
   /* a second writer holds a lower position, uncommitted (test_horizon.c) */
   PGconn *c = PQconnectdb(s.url);
   CHECK(PQstatus(c) == CONNECTION_OK);
-  PQclear(run(c, "BEGIN"));
-  PGresult *res = run(c, "SELECT keel_es_reserve(1)");
+  PQclear(kt_pg_run(c, "BEGIN"));
+  PGresult *res = kt_pg_run(c, "SELECT keel_es_reserve(1)");
   long long late = strtoll(PQgetvalue(res, 0, 0), NULL, 10);
   PQclear(res);
   char sql[512];
@@ -427,7 +410,7 @@ KT_CASE(a_notified_event_behind_the_horizon_is_waited_for_without_spinning) {
            "occurred_at, stored_at) VALUES (%lld, 'late-1', 1, gen_random_uuid(), 'Late', 1, "
            "'{}', 0, 0)",
            late);
-  PQclear(run(c, sql));
+  PQclear(kt_pg_run(c, sql));
   waiter_arg w;
   spawn_waiter(&w, es, r0.last_position, LONG_MS);
   until_waiting(es, 1);
@@ -445,7 +428,7 @@ KT_CASE(a_notified_event_behind_the_horizon_is_waited_for_without_spinning) {
   CHECK_OK(keel_es_read_all(es, r0.last_position, 0, NULL, &evs));
   CHECK_EQ(evs.n, 0);
   keel_es_events_free(&evs);
-  PQclear(run(c, "COMMIT"));
+  PQclear(kt_pg_run(c, "COMMIT"));
   report();
   CHECK_OK(w.rc);
   CHECK_EQ(w.head, rb.last_position);

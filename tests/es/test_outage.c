@@ -12,14 +12,6 @@
 
 #include "es/kt_es.h"
 
-#define KT_PG_ONLY()                                                                               \
-  do {                                                                                             \
-    if (!kt_es_pg_url()) {                                                                         \
-      fprintf(stderr, "   (PostgreSQL only)\n");                                                  \
-      return;                                                                                      \
-    }                                                                                              \
-  } while (0)
-
 KT_CASE(a_server_that_is_not_there_is_a_clear_error_at_open) {
   KT_PG_ONLY();
   /* port 1 on loopback: nothing listens there (connection refused at once) */

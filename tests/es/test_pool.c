@@ -3,14 +3,6 @@
  * replaced before a call uses them (on SQLite there is no pool: the cases are skipped). */
 #include "es/kt_es.h"
 
-#define KT_PG_ONLY()                                                                               \
-  do {                                                                                             \
-    if (!kt_es_pg_url()) {                                                                         \
-      fprintf(stderr, "   (PostgreSQL only: skipped on SQLite)\n");                                \
-      return;                                                                                      \
-    }                                                                                              \
-  } while (0)
-
 typedef struct writer_arg {
   keel_es *es;
   int i;

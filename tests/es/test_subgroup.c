@@ -159,10 +159,7 @@ static double now_s(void) {
 }
 
 KT_CASE(three_instances_share_partitions_and_survive_one_killed) {
-  if (!kt_es_pg_url()) {
-    fprintf(stderr, "   (PostgreSQL only: instances share a server)\n");
-    return;
-  }
+  KT_PG_ONLY(); /* instances share a server */
   kt_store st;
   keel_es *es = kt_store_open(&st, NULL);
   CHECK_OK(keel_es_transact(es, NULL, 0, NULL, NULL, create_seen, NULL));
