@@ -462,7 +462,8 @@ static const char *schema[] = {
 
 static int create_schema(keel_es_tx *tx, void *arg) {
   (void)arg;
-  int rc = 0;
+  /* instances starting at once take turns (CREATE ... IF NOT EXISTS races on PostgreSQL) */
+  int rc = keel_es_tx_lock(tx, "orders schema");
   for (size_t i = 0; !rc && i < sizeof schema / sizeof *schema; i++)
     rc = keel_es_tx_exec(tx, schema[i], NULL, 0, NULL);
   return rc;

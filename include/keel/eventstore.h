@@ -389,6 +389,17 @@ typedef struct keel_es_tx keel_es_tx;
  * NOTHING rather than catching KEEL_EEXIST. */
 int keel_es_tx_exec(keel_es_tx *tx, const char *sql, const char *const *params, size_t nparams,
                     keel_es_rows *rows);
+/* Takes a lock named `key` until the transaction ends (commit or rollback):
+ * every other transaction that takes the same key, from any instance sharing
+ * the database, waits for it. For read-then-write work that must not
+ * interleave, and for a service's CREATE TABLE IF NOT EXISTS at start, which
+ * races another instance's on PostgreSQL (two creators can both fail with
+ * "type already exists"). PostgreSQL: pg_advisory_xact_lock on a hash of the
+ * schema and key (distinct keys may rarely share a lock: a wait, never an
+ * error); SQLite: 0 at once (the store's one writer already serialises every
+ * transaction). Errors: KEEL_EINVAL (key NULL or ""), those of
+ * keel_es_tx_exec. */
+int keel_es_tx_lock(keel_es_tx *tx, const char *key);
 /* The database's message for the transaction's failed statement ("" when none). */
 const char *keel_es_tx_error(const keel_es_tx *tx);
 

@@ -179,17 +179,16 @@ static void i64s(char out[24], int64_t v) {
 
 static int create_tables(keel_es_tx *tx, void *arg) {
   (void)arg;
-  int rc = 0;
+  int rc;
+  /* CREATE TABLE IF NOT EXISTS races another instance's on PostgreSQL */
+  rc = keel_es_tx_lock(tx, "keel_sub tables");
   for (size_t i = 0; i < sizeof schema_sql / sizeof schema_sql[0] && rc == 0; i++)
     rc = keel_es_tx_exec(tx, schema_sql[i], NULL, 0, NULL);
   return rc;
 }
 
 int keel__sub_tables(keel_es *es) {
-  /* CREATE TABLE IF NOT EXISTS can race another instance's on PostgreSQL */
-  int rc = keel__es_transact_internal(es, create_tables, NULL);
-  if (rc == KEEL_EEXIST) rc = keel__es_transact_internal(es, create_tables, NULL);
-  return rc;
+  return keel__es_transact_internal(es, create_tables, NULL);
 }
 
 /* The checkpoint's compare-and-set, in tx. */

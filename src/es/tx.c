@@ -329,6 +329,16 @@ int keel_es_tx_exec(keel_es_tx *tx, const char *sql, const char *const *params, 
   return pg_exec(tx->es, tx, tx->pc, sql, params, nparams, rows);
 }
 
+int keel_es_tx_lock(keel_es_tx *tx, const char *key) {
+  if (!tx || !key || !*key) return KEEL_EINVAL;
+  if (tx->failed) return KEEL_ESTATE;
+  if (tx->db) return 0;
+  /* 1801808237: the service's keys (the store's own migrations use 1801808235) */
+  return pg_exec(tx->es, tx, tx->pc,
+                 "SELECT pg_advisory_xact_lock(1801808237, hashtext(current_schema() || '/' || $1))",
+                 (const char *[]){key}, 1, NULL);
+}
+
 const char *keel_es_tx_error(const keel_es_tx *tx) {
   return tx ? tx->err : "";
 }
