@@ -17,12 +17,13 @@ set -euo pipefail
 # clang and its libFuzzer runtime for the fuzz targets (tests/fuzz);
 # http-parser, the second parser of the differential fuzz target;
 # postgresql-15, the throwaway cluster of the event store's PostgreSQL tests
-# (tests/es/pg_cluster.sh).
+# (tests/es/pg_cluster.sh); pgbouncer, the same suites behind a pooler in
+# transaction mode (tests/es/pgbouncer.sh).
 # --build: only what building needs (the Docker image). --bench: also the
 # systems keel is compared with (Erlang/OTP, nginx) and wrk.
 build_packages=(build-essential cmake pkg-config libuv1-dev libjansson-dev node-llhttp
   libsqlite3-dev libpq-dev)
-test_packages=(postgresql-15 gcc-aarch64-linux-gnu libc6-dev-arm64-cross qemu-user prometheus jq curl
+test_packages=(postgresql-15 pgbouncer gcc-aarch64-linux-gnu libc6-dev-arm64-cross qemu-user prometheus jq curl
   clang libclang-rt-14-dev libhttp-parser-dev)
 case "${1:-}" in
   --build) packages=("${build_packages[@]}") ;;

@@ -351,7 +351,7 @@ int keel__es_listen_start(keel_es *es, keel_metrics *metrics, es_listen **out) {
   if (!l) return KEEL_ENOMEM;
   l->es = es;
   l->wake[0] = l->wake[1] = -1;
-  if (!(l->url = strdup(es->pg->url)) || pipe2(l->wake, O_NONBLOCK | O_CLOEXEC) != 0) {
+  if (!(l->url = strdup(es->pg->session_url)) || pipe2(l->wake, O_NONBLOCK | O_CLOEXEC) != 0) {
     keel__es_listen_stop(l);
     return KEEL_ENOMEM;
   }
