@@ -153,7 +153,9 @@ KT_CASE(code_lock_opens_on_its_code_and_relocks_on_its_state_timeout) {
   CHECK_LOG(0, "lock,press:1,press:2,press:4");
 
   /* The right code (the last three presses), and a press while open: the
-   * lock holds first, so that all of them are queued when it opens. */
+   * lock holds first (50 ms), so that all of them are queued when it opens;
+   * the press of 9 reaches it open unless this process stalls for 250 ms
+   * between two casts. */
   CHECK_OK(keel_gs_cast(lock, kt_msg_u64(HOLD, 50)));
   press(lock, "1239");
   KT_WAIT_LOG(12);
@@ -245,6 +247,33 @@ KT_CASE(a_supervisor_restarts_a_crashed_machine) {
 }
 
 /* ---- the scripted machine --------------------------------------------------------- */
+
+/* A stand-in for the logger's correlation id (as in test_gen_server.c): a
+ * string in a process-local slot, carried by calls and casts. */
+#define CTX_SLOT (KEEL_LOCAL_USER + 1)
+
+static void *ctx_capture(void) {
+  const char *cur = keel_local_get(CTX_SLOT);
+  return cur ? strdup(cur) : NULL;
+}
+
+static void *ctx_install(const void *blob) {
+  void *prev = keel_local_get(CTX_SLOT);
+  keel_local_set(CTX_SLOT, strdup(blob));
+  return prev;
+}
+
+static void ctx_restore(void *prev) {
+  free(keel_local_get(CTX_SLOT));
+  keel_local_set(CTX_SLOT, prev);
+}
+
+static const keel_gs_context_hooks ctx_hooks = {ctx_capture, ctx_install, ctx_restore};
+
+static void ctx_set(const char *v) {
+  free(keel_local_get(CTX_SLOT));
+  keel_local_set(CTX_SLOT, v ? strdup(v) : NULL);
+}
 
 enum {
   SEQ = 1,       /* payload: cmd[]; cast each to itself, in order */
@@ -343,9 +372,7 @@ static int script_command(keel_sm_t *sm, int state, keel_sm_event *ev, script_da
   case ST: return keel_sm_state_timeout(sm, (int64_t)v, kt_msg_u64(0, v));
   case ET: return keel_sm_event_timeout(sm, (int64_t)v, kt_msg_u64(0, v));
   case ET_SLEEP: CHECK_OK(keel_sm_event_timeout(sm, 1, NULL)); return keel_sleep((int64_t)v);
-  case SLEEP_GO:
-    CHECK_OK(keel_sleep((int64_t)v));
-    return keel_sm_next_state(sm, state + 1);
+  case SLEEP_GO: CHECK_OK(keel_sleep((int64_t)v)); return keel_sm_next_state(sm, state + 1);
   case ET0_INSERT:
     CHECK_OK(keel_sm_event_timeout(sm, 0, NULL));
     return keel_sm_next_event(sm, KEEL_SM_INTERNAL, kt_msg_u64(PING, 0));
@@ -362,6 +389,7 @@ static int script_command(keel_sm_t *sm, int state, keel_sm_event *ev, script_da
   case SENT: return keel_send_after(keel_self(), (int64_t)v, keel_msg_new(SENTINEL, 0), NULL);
   case POSTPONE:
     if (state == 0) return keel_sm_postpone(sm);
+    if (keel_local_get(CTX_SLOT)) kt_logf("ctx:%s", (const char *)keel_local_get(CTX_SLOT));
     if (ev->type == KEEL_SM_CALL) return keel_gs_reply(ev->from, kt_msg_u64(0, v * 10));
     return KEEL_SM_OK;
   case INSERT:
@@ -599,14 +627,14 @@ KT_CASE(generic_timeouts_survive_state_changes_and_can_be_updated_or_cancelled) 
   keel_pid_t pid = script_start(NULL);
   /* g1 and g2 across two state changes; g2's content updated, g1 cancelled */
   SEND_SEQ(pid, {GT, 1000000 + 20}, {GT, 2000000 + 20}, {GO, 1}, {GO, 0}, {GU, 2000000 + 7},
-           {GC, 1}, {SENT, 200});
+           {GC, 1}, {SENT, 500});
   CHECK_SCRIPT("0:cast:1:0,0:cast:10:1000020,0:cast:10:2000020,0:cast:3:1,1:enter:0,"
-               "1:cast:3:0,0:enter:1,0:cast:11:2000007,0:cast:12:1,0:cast:13:200,"
+               "1:cast:3:0,0:enter:1,0:cast:11:2000007,0:cast:12:1,0:cast:13:500,"
                "0:timeout:g2:7,0:info:14:0");
   /* an update of a timeout that is not running fires it at once */
   SEND_SEQ(pid, {GU, 3000000 + 9}, {PING, 0});
   CHECK_SCRIPT("0:cast:1:0,0:cast:10:1000020,0:cast:10:2000020,0:cast:3:1,1:enter:0,"
-               "1:cast:3:0,0:enter:1,0:cast:11:2000007,0:cast:12:1,0:cast:13:200,"
+               "1:cast:3:0,0:enter:1,0:cast:11:2000007,0:cast:12:1,0:cast:13:500,"
                "0:timeout:g2:7,0:info:14:0,"
                "0:cast:1:0,0:cast:11:3000009,0:timeout:g3:9,0:cast:2:0");
   kt_stop(pid);
@@ -669,6 +697,19 @@ KT_CASE(stop_and_crash_reasons_are_the_exit_reason) {
   CHECK_STR(text, why.text);
 }
 
+KT_CASE(a_postponed_event_is_retried_with_its_senders_context) {
+  keel_gs_set_context_hooks(&ctx_hooks);
+  keel_pid_t pid = script_start(NULL);
+  ctx_set("req-1");
+  CHECK_OK(keel_gs_cast(pid, kt_msg_u64(POSTPONE, 1)));
+  ctx_set("req-2");
+  CHECK_OK(keel_gs_cast(pid, kt_msg_u64(GO, 1))); /* retries it while handling this */
+  ctx_set(NULL);
+  CHECK_SCRIPT("0:cast:15:1,0:cast:3:1,1:enter:0,1:cast:15:1,ctx:req-1");
+  keel_gs_set_context_hooks(NULL);
+  kt_stop(pid);
+}
+
 KT_CASE(plain_messages_are_info_events) {
   keel_pid_t pid = script_start(NULL);
   CHECK_OK(keel_send(pid, kt_msg_u64(PING, 3)));
@@ -694,4 +735,5 @@ KT_MAIN(KT_ENTRY(code_lock_opens_on_its_code_and_relocks_on_its_state_timeout),
         KT_ENTRY(an_enter_call_may_not_change_state_postpone_or_insert),
         KT_ENTRY(stop_and_reply_answers_the_caller_then_stops),
         KT_ENTRY(stop_and_crash_reasons_are_the_exit_reason),
+        KT_ENTRY(a_postponed_event_is_retried_with_its_senders_context),
         KT_ENTRY(plain_messages_are_info_events))
