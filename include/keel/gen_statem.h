@@ -5,8 +5,9 @@
  * stopped exactly as a gen_server is: keel_sm_start takes keel_gs_opts
  * (name, link, trap_exit, init_timeout, scheduler), and keel_gs_call,
  * keel_gs_cast, keel_gs_reply and keel_gs_stop work on it unchanged, with
- * their errors, their deferred replies and the callers' log context. A
- * supervisor starts one from a child spec's .gen_statem.
+ * their errors, their deferred replies and the callers' log context (a
+ * postponed event is retried with its sender's). A supervisor starts one
+ * from a child spec's .gen_statem.
  *
  * The machine has a state (an int) and data (a pointer init sets). Each
  * event goes to the state's handler, which may ask for transition actions
