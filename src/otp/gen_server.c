@@ -13,7 +13,10 @@
  * replies with the outcome. On failure the server unlinks from its starter
  * before exiting, so a linked starter is told by the return value, not killed.
  * If init does not answer in time the starter unlinks and kills it, and waits
- * for its DOWN, so that nothing is left behind when start returns.
+ * for its DOWN, so that nothing is left behind when start returns. A
+ * behaviour built on gen_server (gen_statem.c) may ask from init for a
+ * continue step (keel__gs_continue), run after the ack and before the first
+ * receive: where gen_statem makes its first state enter call.
  *
  * A trapping server whose parent (the linked starter, normally a supervisor)
  * sends an exit signal terminates with that reason, running terminate, as
