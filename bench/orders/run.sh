@@ -145,8 +145,26 @@ parse_wrk() {
     }' "$out" >"$dest" || die "could not parse wrk's output: $out"
 }
 
+# CPU time (clock ticks) of process $1, with its exited children's.
+ticks() {
+  awk '{ print $14 + $15 + $16 + $17 }' "/proc/$1/stat" 2>/dev/null || echo 0
+}
+
+# CPU ticks of the throwaway cluster: the postmaster, its exited children
+# and its live ones (0 when PostgreSQL is not ours).
+pg_ticks() {
+  local pm sum=0 c
+  [[ -n $pg_state && -f $pg_state/pg.dir ]] || { echo 0; return; }
+  pm=$(head -1 "$(cat "$pg_state/pg.dir")/data/postmaster.pid" 2>/dev/null) || { echo 0; return; }
+  sum=$(ticks "$pm")
+  for c in $(cat "/proc/$pm/task/$pm/children" 2>/dev/null); do
+    sum=$((sum + $(ticks "$c")))
+  done
+  echo "$sum"
+}
+
 run_one() {
-  local backend=$1 r=$2 port hport perf_pid=
+  local backend=$1 r=$2 port hport perf_pid= t0 t1 s0 s1 p0 p1
   port=$(free_port)
   hport=$(free_port)
   while [[ $hport = "$port" ]]; do hport=$(free_port); done
@@ -158,12 +176,18 @@ run_one() {
       >/dev/null 2>&1 &
     perf_pid=$!
   fi
+  t0=$(date +%s.%N) s0=$(ticks "$server_pid") p0=$(pg_ticks)
   wrk -t"$threads" -c"$connections" -d"$duration" --latency -s "$here/mix.lua" \
     "http://127.0.0.1:$port" >"$scratch/wrk-$backend-$r.txt"
+  t1=$(date +%s.%N) s1=$(ticks "$server_pid") p1=$(pg_ticks)
   [[ -n $perf_pid ]] && wait "$perf_pid" || true
+  # where the cores went: the service's CPU and, on our cluster, PostgreSQL's
+  awk -v t="$t1 - $t0" -v s=$((s1 - s0)) -v p=$((p1 - p0)) -v hz="$(getconf CLK_TCK)" \
+    'BEGIN { split(t, a, " - "); w = a[1] - a[2]; printf "%.0f %.0f\n", 100 * s / hz / w, 100 * p / hz / w }' \
+    >"$scratch/cpu-$backend-$r"
   stop_server
   parse_wrk "$scratch/wrk-$backend-$r.txt" "$scratch/fig-$backend-$r"
-  say "round $r: $backend: $(awk '{ printf "%s commands/s, %s req/s, p50 %s ms, p90 %s ms, p99 %s ms, %d errors", $1, $2, $3, $4, $5, $6 }' "$scratch/fig-$backend-$r")"
+  say "round $r: $backend: $(awk '{ printf "%s commands/s, %s req/s, p50 %s ms, p90 %s ms, p99 %s ms, %d errors", $1, $2, $3, $4, $5, $6 }' "$scratch/fig-$backend-$r")$(awk '{ printf "; CPU: service %s%%, postgres %s%%", $1, $2 }' "$scratch/cpu-$backend-$r")"
   if grep -q -e '^  Non-2xx' -e '^  Socket errors' "$scratch/wrk-$backend-$r.txt"; then
     say "WARNING: $backend: $(grep -e '^  Non-2xx' -e '^  Socket errors' "$scratch/wrk-$backend-$r.txt" | tr -s ' ' | tr '\n' ';')"
   fi
