@@ -68,13 +68,8 @@ KT_CASE(each_event_is_handled_by_its_streams_partition_once) {
     snprintf(stream, sizeof stream, "g-%d", i % 13);
     CHECK_OK(kt_append_n(es, stream, KEEL_ES_ANY, "T", 3, i, NULL));
   }
-  keel_sub_opts o = {.name = "grp",
-                     .es = es,
-                     .project = project,
-                     .ud = "solo",
-                     .partitions = 4,
-                     .poll_ms = 20,
-                     .rebalance_ms = 50};
+  keel_sub_opts o = {.name = "grp", .es = es, .project = project, .ud = "solo", .partitions = 4,
+                     .poll_ms = 20, .rebalance_ms = 50};
   keel_pid_t pid;
   CHECK_OK(keel_sub_start(&o, false, &pid));
   int64_t total = count_events(es);
@@ -115,14 +110,8 @@ static void member_main(void *arg) {
   if (keel_es_open(&(keel_es_opts){.url = member_url}, &es) != 0) _exit(2);
   if (keel_es_transact(es, NULL, 0, NULL, NULL, create_seen, NULL) != 0) _exit(2);
   static keel_sub_opts o;
-  o = (keel_sub_opts){.name = "orders",
-                      .es = es,
-                      .project = project,
-                      .ud = (void *)member_id,
-                      .partitions = 8,
-                      .member = member_id,
-                      .poll_ms = 20,
-                      .rebalance_ms = 200,
+  o = (keel_sub_opts){.name = "orders", .es = es, .project = project, .ud = (void *)member_id,
+                      .partitions = 8, .member = member_id, .poll_ms = 20, .rebalance_ms = 200,
                       .member_timeout_ms = 1500};
   if (keel_sub_start(&o, false, NULL) != 0) _exit(3);
   keel_sleep(600000); /* killed long before */
@@ -147,10 +136,9 @@ static pid_t spawn_member(const char *url, const char *id, const char *log) {
 /* Partitions whose checkpoint row names an owner among `owners`. */
 static int64_t owned_by(keel_es *es, const char *owners_sql_list) {
   char sql[256];
-  snprintf(
-      sql, sizeof sql,
-      "SELECT count(*) FROM keel_sub_checkpoints WHERE name LIKE 'orders.p%%' AND owner IN (%s)",
-      owners_sql_list);
+  snprintf(sql, sizeof sql,
+           "SELECT count(*) FROM keel_sub_checkpoints WHERE name LIKE 'orders.p%%' AND owner IN (%s)",
+           owners_sql_list);
   return scalar(es, sql);
 }
 
@@ -283,6 +271,7 @@ static bool log_has(const char *path, const char *text) {
 /* Instance mN's LISTEN connection: its URL names it (application_name),
  * and an instance that appends nothing has LISTEN as its last statement. */
 #define LISTEN_OF(member) "application_name = '" member "' AND query LIKE 'LISTEN %'"
+#define LISTEN_OF_MEMBERS LISTEN_OF("m0") " OR " LISTEN_OF("m1") " OR " LISTEN_OF("m2")
 /* The lock session of instance m1: its backend holding the group's
  * partition locks (subgroup.c's key: hashtext(schema:keel_sub:group), i). */
 #define LOCK_SESSION_OF_M1                                                                         \
@@ -309,7 +298,7 @@ KT_CASE(three_instances_survive_their_listen_and_lock_sessions_killed) {
     if (scalar(es, "SELECT count(*) FROM information_schema.tables WHERE table_name = "
                    "'keel_sub_checkpoints' AND table_schema = current_schema()") != 1)
       continue;
-    backends(es, LISTEN_OF("m0") " OR " LISTEN_OF("m1") " OR " LISTEN_OF("m2"), pids, sizeof pids);
+    backends(es, LISTEN_OF_MEMBERS, pids, sizeof pids);
     distinct = scalar(es, "SELECT count(DISTINCT owner) FROM keel_sub_checkpoints WHERE "
                           "name LIKE 'orders.p%'");
     if (count_pids(pids) == 3 && owned_by(es, "'m0','m1','m2'") == 8 && distinct == 3) break;
@@ -322,10 +311,8 @@ KT_CASE(three_instances_survive_their_listen_and_lock_sessions_killed) {
   while (atomic_load_explicit(&w.written, memory_order_relaxed) < 100)
     keel_sleep(5);
   char listen_pids[600];
-  backends(es,
-           LISTEN_OF("m0") " OR " LISTEN_OF("m1") " OR " LISTEN_OF(
-               "m2") " OR application_name = 'keel_es_listen'",
-           listen_pids, sizeof listen_pids);
+  backends(es, LISTEN_OF_MEMBERS " OR application_name = 'keel_es_listen'", listen_pids,
+           sizeof listen_pids);
   fprintf(stderr, "LISTEN backends terminated: %s\n", listen_pids);
   CHECK_EQ(count_pids(listen_pids), 4);
   terminate(es, listen_pids);
@@ -337,8 +324,9 @@ KT_CASE(three_instances_survive_their_listen_and_lock_sessions_killed) {
   CHECK_EQ(count_pids(lock_pid), 1);
   fprintf(stderr, "m1's lock session terminated: %s\n", lock_pid);
   terminate(es, lock_pid);
-  CHECK(atomic_load_explicit(&w.written, memory_order_relaxed) < w.count); /* still appending */
-  keel_msg_free(kt_recv(120000));                                          /* the writer is done */
+  /* both while the writer was still appending */
+  CHECK(atomic_load_explicit(&w.written, memory_order_relaxed) < w.count);
+  keel_msg_free(kt_recv(120000)); /* the writer is done */
   CHECK_EQ(atomic_load_explicit(&w.written, memory_order_relaxed), w.count);
 
   /* every event handled exactly once: one row each (a second would be a
@@ -352,9 +340,8 @@ KT_CASE(three_instances_survive_their_listen_and_lock_sessions_killed) {
   /* the listeners reconnected: each instance has a new LISTEN connection
    * and logged it, and so has the writer's store */
   char sql[900], now_pids[600] = "";
-  snprintf(sql, sizeof sql,
-           "(%s OR %s OR %s OR application_name = 'keel_es_listen') AND pid NOT IN (%s)",
-           LISTEN_OF("m0"), LISTEN_OF("m1"), LISTEN_OF("m2"), listen_pids);
+  snprintf(sql, sizeof sql, "(%s OR application_name = 'keel_es_listen') AND pid NOT IN (%s)",
+           LISTEN_OF_MEMBERS, listen_pids);
   bool logged = false;
   for (double t0 = now_s(); now_s() - t0 < 60; keel_sleep(20)) {
     backends(es, sql, now_pids, sizeof now_pids);
