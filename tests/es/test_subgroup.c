@@ -370,6 +370,7 @@ KT_CASE(three_instances_survive_their_listen_and_lock_sessions_killed) {
   CHECK_EQ(distinct, 3);
   for (int i = 0; i < 3; i++) {
     int status;
+    CHECK_EQ(waitpid(m[i], &status, WNOHANG), 0); /* no instance died on the way */
     kill(m[i], SIGKILL);
     waitpid(m[i], &status, 0);
   }
