@@ -187,7 +187,7 @@ run_one() {
     >"$scratch/cpu-$backend-$r"
   stop_server
   parse_wrk "$scratch/wrk-$backend-$r.txt" "$scratch/fig-$backend-$r"
-  say "round $r: $backend: $(awk '{ printf "%s commands/s, %s req/s, p50 %s ms, p90 %s ms, p99 %s ms, %d errors", $1, $2, $3, $4, $5, $6 }' "$scratch/fig-$backend-$r")$(awk '{ printf "; CPU: service %s%%, postgres %s%%", $1, $2 }' "$scratch/cpu-$backend-$r")"
+  say "round $r: $backend: $(awk '{ printf "%s commands/s, %s req/s, p50 %s ms, p90 %s ms, p99 %s ms, %d errors", $1, $2, $3, $4, $5, $6 }' "$scratch/fig-$backend-$r")$(awk -v pg="$backend$pg_state" '{ printf "; CPU: service %s%%", $1; if (pg ~ /^pg./) printf ", postgres %s%%", $2 }' "$scratch/cpu-$backend-$r")"
   if grep -q -e '^  Non-2xx' -e '^  Socket errors' "$scratch/wrk-$backend-$r.txt"; then
     say "WARNING: $backend: $(grep -e '^  Non-2xx' -e '^  Socket errors' "$scratch/wrk-$backend-$r.txt" | tr -s ' ' | tr '\n' ';')"
   fi
