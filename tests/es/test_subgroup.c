@@ -102,12 +102,17 @@ KT_CASE(each_event_is_handled_by_its_streams_partition_once) {
 
 /* ---- three instances on PostgreSQL ------------------------------------------------------ */
 
-static const char *member_url, *member_id;
+/* An instance's store: url for every call, session_url for LISTEN and the
+ * group's locks (the direct connection when url goes through PgBouncer, in
+ * the es.bouncer run; the same as url otherwise). */
+static const char *member_url, *member_session_url, *member_id;
 
 static void member_main(void *arg) {
   (void)arg;
   keel_es *es;
-  if (keel_es_open(&(keel_es_opts){.url = member_url}, &es) != 0) _exit(2);
+  if (keel_es_open(&(keel_es_opts){.url = member_url, .session_url = member_session_url}, &es) !=
+      0)
+    _exit(2);
   if (keel_es_transact(es, NULL, 0, NULL, NULL, create_seen, NULL) != 0) _exit(2);
   static keel_sub_opts o;
   o = (keel_sub_opts){.name = "orders", .es = es, .project = project, .ud = (void *)member_id,
@@ -120,14 +125,15 @@ static void member_main(void *arg) {
 
 /* Starts an instance; its log (stderr: keel logs there when no log is set
  * up) goes to `log` when not NULL. */
-static pid_t spawn_member(const char *url, const char *id, const char *log) {
+static pid_t spawn_member(const char *url, const char *session_url, const char *id,
+                          const char *log) {
   pid_t pid = fork();
   CHECK(pid >= 0);
   if (pid == 0) {
     prctl(PR_SET_PDEATHSIG, SIGKILL); /* a failing test leaves no instance behind */
     int fd = log ? open(log, O_WRONLY | O_CREAT | O_TRUNC | O_CLOEXEC, 0644) : -1;
     if (fd >= 0) dup2(fd, 2);
-    execl("/proc/self/exe", "test_subgroup", "member", url, id, (char *)NULL);
+    execl("/proc/self/exe", "test_subgroup", "member", url, session_url, id, (char *)NULL);
     _exit(127);
   }
   return pid;
@@ -174,8 +180,9 @@ KT_CASE(three_instances_share_partitions_and_survive_one_killed) {
   kt_store st;
   keel_es *es = kt_store_open(&st, NULL);
   CHECK_OK(keel_es_transact(es, NULL, 0, NULL, NULL, create_seen, NULL));
-  pid_t m[3] = {spawn_member(st.url, "m0", NULL), spawn_member(st.url, "m1", NULL),
-                spawn_member(st.url, "m2", NULL)};
+  pid_t m[3] = {spawn_member(st.url, st.admin_url, "m0", NULL),
+                spawn_member(st.url, st.admin_url, "m1", NULL),
+                spawn_member(st.url, st.admin_url, "m2", NULL)};
   writer_arg w = {.es = es, .parent = keel_self(), .count = 400};
   CHECK_OK(keel_spawn(writer, &w, NULL, NULL));
   /* all eight partitions owned, by all three instances */
@@ -284,12 +291,15 @@ KT_CASE(three_instances_survive_their_listen_and_lock_sessions_killed) {
   keel_es *es = kt_store_open(&st, NULL);
   CHECK_OK(keel_es_transact(es, NULL, 0, NULL, NULL, create_seen, NULL));
   const char *ids[3] = {"m0", "m1", "m2"};
-  char urls[3][1300], logs[3][300];
+  char urls[3][1300], session_urls[3][1300], logs[3][300];
   pid_t m[3];
   for (int i = 0; i < 3; i++) {
-    snprintf(urls[i], sizeof urls[i], "%s&application_name=%s", st.url, ids[i]);
+    snprintf(urls[i], sizeof urls[i], "%s%capplication_name=%s", st.url,
+             strchr(st.url, '?') ? '&' : '?', ids[i]);
+    snprintf(session_urls[i], sizeof session_urls[i], "%s%capplication_name=%s", st.admin_url,
+             strchr(st.admin_url, '?') ? '&' : '?', ids[i]);
     snprintf(logs[i], sizeof logs[i], "%s/%s.log", st.dir, ids[i]);
-    m[i] = spawn_member(urls[i], ids[i], logs[i]);
+    m[i] = spawn_member(urls[i], session_urls[i], ids[i], logs[i]);
   }
   /* every instance listening, all eight partitions owned, by all three */
   char pids[512] = "";
@@ -378,9 +388,10 @@ KT_CASE(three_instances_survive_their_listen_and_lock_sessions_killed) {
 }
 
 int main(int argc, char **argv) {
-  if (argc == 4 && strcmp(argv[1], "member") == 0) {
+  if (argc == 5 && strcmp(argv[1], "member") == 0) {
     member_url = argv[2];
-    member_id = argv[3];
+    member_session_url = argv[3];
+    member_id = argv[4];
     return keel_run(member_main, NULL, NULL);
   }
   static const kt_case cases[] = {
