@@ -175,6 +175,7 @@ typedef enum keel_sub_state {
   KEEL_SUB_LIVE,            /* at the head, waiting for appends */
   KEEL_SUB_RETRYING,        /* waiting out a backoff before retrying an event */
   KEEL_SUB_PAUSED,
+  KEEL_SUB_RETIRED, /* a group a blue/green switch replaced: it runs nothing */
 } keel_sub_state;
 
 typedef enum keel_sub_breaker {
@@ -274,8 +275,20 @@ int keel_sub_resolve(const char *name, int64_t position);
  * table), and stops the live one (keel_sub_stop: a normal exit, so give
  * its child spec restart KEEL_SUP_TRANSIENT or TEMPORARY, or the
  * supervisor starts it again). Readers see the old read model or the new,
- * never a mix. Not for groups (partitions > 0). docs/subscriptions.md,
- * "Rebuilding a projection". */
+ * never a mix. docs/subscriptions.md, "Rebuilding a projection".
+ *
+ * GROUPS (o->partitions > 0): the new group runs beside the live one on the
+ * instances (each starts both). The switch waits until every partition of
+ * the new group has reached the head as it was at the call, then RETIRES
+ * the live group in the database (its partitions' checkpoints are fenced,
+ * so its read model stops moving on every instance at once; each
+ * instance's coordinator stops its partitions on its next round and idles,
+ * with state KEEL_SUB_RETIRED: it need not be stopped, and an instance
+ * still running the old code starting it again runs nothing), waits until
+ * the new group's checkpoints have passed the live one's, and runs the
+ * cutover in one transaction. On failure the retirement is undone and the
+ * live group's coordinators take their partitions again. A retired group's
+ * name cannot be used again for a group. */
 typedef struct keel_sub_switch_opts {
   keel_es *es;           /* required: the store the cutover runs on */
   const char *live;      /* required: the running version's name */
@@ -283,6 +296,10 @@ typedef struct keel_sub_switch_opts {
   keel_es_tx_fn cutover; /* required: the switch, in one transaction */
   void *ud;              /* cutover's argument */
   int64_t timeout_ms;    /* for the whole switch; 0: KEEL_INFINITY */
+  /* 0: live and next are plain subscriptions. > 0: they are groups
+   * (opts.partitions > 0, on any number of instances), next with this many
+   * partitions (live's may differ). See below. */
+  int partitions;
 } keel_sub_switch_opts;
 
 /* Switches from o->live to o->next as above; returns when the cutover has

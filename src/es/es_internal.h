@@ -265,6 +265,12 @@ int keel__sub_opts_ok(const struct keel_sub_opts *o);
 /* sub.c: creates the subscriptions' tables (idempotent). */
 int keel__sub_tables(keel_es *es);
 uint32_t keel__sub_partition_of(const char *stream, int count);
+/* sub.c: a group retired by a blue/green switch has a row of its own name
+ * in keel_sub_checkpoints with this owner; its partitions' rows get it too
+ * (so that their owners' next checkpoint is refused) and can no longer be
+ * claimed. A claim and a switch take turns on keel__sub_group_lock. */
+#define KEEL__SUB_RETIRED "retired"
+int keel__sub_group_lock(keel_es_tx *tx, const char *group);
 /* sub.c: the status board (keel_sub_status_get reads it). */
 void keel__sub_publish(const char *name, const struct keel_sub_status *st);
 void keel__sub_unpublish(const char *name);

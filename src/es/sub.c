@@ -214,17 +214,33 @@ static int save_in(keel_es_tx *tx, const sub *s, int64_t pos) {
   return rc;
 }
 
+int keel__sub_group_lock(keel_es_tx *tx, const char *group) {
+  char key[80];
+  snprintf(key, sizeof key, "keel_sub group %s", group);
+  return keel_es_tx_lock(tx, key);
+}
+
 /* Takes the partition's checkpoint row for this instance (under the
- * partition's lock: the previous owner is gone or fenced). */
+ * partition's lock: the previous owner is gone or fenced), unless a switch
+ * retired the group (KEEL_ESTATE): under the group's lock, so that a claim
+ * never overwrites the fence a switch has just put on the row. */
 static int claim_fn(keel_es_tx *tx, void *arg) {
   const sub *s = arg;
   char now[24];
   i64s(now, keel__es_unix_ms());
-  return keel_es_tx_exec(tx,
+  int rc = keel__sub_group_lock(tx, s->o.name);
+  keel_es_rows rows = {0};
+  if (!rc)
+    rc = keel_es_tx_exec(tx,
                          "INSERT INTO keel_sub_checkpoints (name, position, updated_at, owner) "
-                         "VALUES ($1, 0, CAST($2 AS BIGINT), $3) ON CONFLICT (name) DO UPDATE "
+                         "SELECT $1, 0, CAST($2 AS BIGINT), $3 WHERE NOT EXISTS (SELECT 1 FROM "
+                         "keel_sub_checkpoints WHERE name = $4 AND owner = '" KEEL__SUB_RETIRED
+                         "') ON CONFLICT (name) DO UPDATE "
                          "SET owner = excluded.owner, updated_at = excluded.updated_at",
-                         (const char *[]){s->name, now, s->owner}, 3, NULL);
+                         (const char *[]){s->name, now, s->owner, s->o.name}, 4, &rows);
+  if (!rc && rows.changed != 1) rc = KEEL_ESTATE;
+  keel_es_rows_free(&rows);
+  return rc;
 }
 
 /* FNV-1a of the stream id: the partition of a stream (stable: a documented
@@ -1633,6 +1649,7 @@ const char *keel_sub_state_name(keel_sub_state s) {
   case KEEL_SUB_LIVE: return "live";
   case KEEL_SUB_RETRYING: return "retrying";
   case KEEL_SUB_PAUSED: return "paused";
+  case KEEL_SUB_RETIRED: return "retired";
   default: return "unknown";
   }
 }
@@ -1693,6 +1710,10 @@ static keel_health_status sub_health(void *ud, keel_health_result *res) {
   }
   if (st.state == KEEL_SUB_PAUSED) {
     keel_health_result_message(res, "paused");
+    return KEEL_HEALTH_WARNING;
+  }
+  if (st.state == KEEL_SUB_RETIRED) {
+    keel_health_result_message(res, "retired by a blue/green switch: runs nothing");
     return KEEL_HEALTH_WARNING;
   }
   return KEEL_HEALTH_OK;

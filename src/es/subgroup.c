@@ -59,6 +59,7 @@ typedef struct group {
   part *parts;
   es_pgconn *lock; /* PostgreSQL: the lock session */
   keel_ref_t timer;
+  bool retired; /* a blue/green switch replaced the group: it runs nothing (sub_switch.c) */
 } group;
 
 /* ---- the lock session ------------------------------------------------------------------ */
@@ -176,7 +177,11 @@ static int start_part(group *g, int i) {
 typedef struct beat_arg {
   group *g;
   int64_t alive;
+  bool retired;
 } beat_arg;
+
+static const char *const retired_sql =
+    "SELECT count(*) FROM keel_sub_checkpoints WHERE name = $1 AND owner = '" KEEL__SUB_RETIRED "'";
 
 static int beat_fn(keel_es_tx *tx, void *arg) {
   beat_arg *a = arg;
@@ -197,6 +202,10 @@ static int beat_fn(keel_es_tx *tx, void *arg) {
                        (const char *[]){a->g->name, since}, 2, &rows);
   if (rc) return rc;
   a->alive = strtoll(keel_es_rows_get(&rows, 0, 0), NULL, 10);
+  keel_es_rows_free(&rows);
+  if ((rc = keel_es_tx_exec(tx, retired_sql, (const char *[]){a->g->name}, 1, &rows)) != 0)
+    return rc;
+  a->retired = strtoll(keel_es_rows_get(&rows, 0, 0), NULL, 10) > 0;
   keel_es_rows_free(&rows);
   return 0;
 }
@@ -239,8 +248,44 @@ static void publish(group *g) {
   keel__sub_publish(g->name, &sum);
 }
 
+/* A switch retired the group: its partitions stop (their checkpoints were
+ * fenced by the switch, so nothing more commits) and give their locks back,
+ * and the coordinator stays, idle, so that a supervisor does not restart it
+ * in a loop and an instance still running the old code does no harm (it
+ * looks again every round: a switch that fails after the retirement takes
+ * it back). */
+static void retire(group *g) {
+  if (g->retired) return;
+  keel_log_warn(NULL, "subscription group: retired by a blue/green switch; running nothing",
+                KEEL_STR("group", g->name), KEEL_STR("member", g->member));
+  stop_all(g, true);
+  close_session(g);
+  g->retired = true;
+  keel__sub_publish(g->name, &(keel_sub_status){.state = KEEL_SUB_RETIRED});
+}
+
+/* 1 retired, 0 not, < 0 an error (logged by the store). */
+static int read_retired(group *g) {
+  keel_es_rows rows;
+  int rc = keel_es_query(g->o.es, retired_sql, (const char *[]){g->name}, 1, &rows);
+  if (rc) return rc;
+  bool retired = strtoll(keel_es_rows_get(&rows, 0, 0), NULL, 10) > 0;
+  keel_es_rows_free(&rows);
+  return retired;
+}
+
 static void round_(group *g) {
+  if (g->retired) { /* a switch that failed after retiring it takes it back */
+    if (read_retired(g) != 0) return;
+    keel_log_info(NULL, "subscription group: no longer retired (the switch was undone)",
+                  KEEL_STR("group", g->name), KEEL_STR("member", g->member));
+    g->retired = false;
+  }
   if (!pg(g)) { /* SQLite: one instance owns them all */
+    if (read_retired(g) == 1) {
+      retire(g);
+      return;
+    }
     for (int i = 0; i < g->n; i++)
       if (!g->parts[i].pid) start_part(g, i);
     publish(g);
@@ -261,6 +306,10 @@ static void round_(group *g) {
   /* 2. members */
   beat_arg b = {.g = g};
   if (keel__es_transact_internal(g->o.es, beat_fn, &b) != 0) return;
+  if (b.retired) {
+    retire(g);
+    return;
+  }
   int64_t members = b.alive > 0 ? b.alive : 1;
   int want = (int)((g->n + members - 1) / members);
   /* 3. release above the share */

@@ -203,5 +203,137 @@ KT_CASE(a_switch_whose_cutover_fails_leaves_the_live_version_serving) {
   kt_store_close(&st);
 }
 
+/* ---- groups ---------------------------------------------------------------------------- */
+
+static int project_g(keel_es_tx *tx, const keel_es_event *ev, void *ud) {
+  char pos[24];
+  snprintf(pos, sizeof pos, "%lld", (long long)ev->position);
+  char sql[96];
+  snprintf(sql, sizeof sql, "INSERT INTO %s (position, stream) VALUES (CAST($1 AS BIGINT), $2)",
+           (const char *)ud);
+  return keel_es_tx_exec(tx, sql, (const char *[]){pos, ev->stream}, 2, NULL);
+}
+
+static int cutover_model(keel_es_tx *tx, void *ud) {
+  (void)ud;
+  return keel_es_tx_exec(tx, "UPDATE read_model SET tbl = 'seen_v2' WHERE name = 'totals'", NULL,
+                         0, NULL);
+}
+
+typedef struct group_switcher {
+  keel_es *es;
+  keel_pid_t parent;
+  int rc;
+} group_switcher;
+
+static void group_switch_main(void *arg) {
+  group_switcher *w = arg;
+  keel_sub_switch_opts so = {.es = w->es,
+                             .live = "gt",
+                             .next = "gt2",
+                             .cutover = cutover_model,
+                             .timeout_ms = 60000,
+                             .partitions = 3};
+  w->rc = keel_sub_switch(&so);
+  kt_send_u64(w->parent, TAG_SWITCHED, 0);
+}
+
+static void writer_main(void *arg) {
+  keel_es *es = arg;
+  for (int i = 0; i < 40; i++) {
+    append_events(es, 1, 60 + i);
+    keel_sleep(5);
+  }
+}
+
+/* A group's state, 0 before its coordinator's first round published it. */
+static int state_of(const char *name) {
+  keel_sub_status st;
+  return keel_sub_status_get(name, &st) == 0 ? (int)st.state : 0;
+}
+
+static void start_groups(keel_es *es) {
+  /* the live group of 4 partitions and the new one of 3 (a rebuild may
+   * change the count), each coordinating every 50 ms */
+  static keel_sub_opts g1, g2;
+  g1 = (keel_sub_opts){.name = "gt", .es = es, .project = project_g, .ud = "seen_v1",
+                       .partitions = 4, .poll_ms = 20, .rebalance_ms = 50};
+  g2 = (keel_sub_opts){.name = "gt2", .es = es, .project = project_g, .ud = "seen_v2",
+                       .partitions = 3, .poll_ms = 20, .rebalance_ms = 50};
+  CHECK_OK(keel_sub_start(&g1, false, NULL));
+  WAIT_FOR(count(es, "SELECT count(*) FROM seen_v1") == 60);
+  CHECK_OK(keel_sub_start(&g2, false, NULL));
+}
+
+KT_CASE(a_group_switch_retires_the_live_group_everywhere_and_cuts_over_once) {
+  kt_store st;
+  keel_es *es = kt_store_open(&st, NULL);
+  ddl(es, "CREATE TABLE seen_v1 (position BIGINT PRIMARY KEY, stream TEXT NOT NULL)");
+  ddl(es, "CREATE TABLE seen_v2 (position BIGINT PRIMARY KEY, stream TEXT NOT NULL)");
+  ddl(es, "CREATE TABLE read_model (name TEXT PRIMARY KEY, tbl TEXT NOT NULL)");
+  ddl(es, "INSERT INTO read_model (name, tbl) VALUES ('totals', 'seen_v1')");
+  append_events(es, 60, 0);
+  start_groups(es);
+  /* appends go on during the switch */
+  CHECK_OK(keel_spawn(writer_main, es, NULL, NULL));
+  group_switcher w = {.es = es, .parent = keel_self()};
+  CHECK_OK(keel_spawn(group_switch_main, &w, NULL, NULL));
+  keel_msg_free(kt_recv(60000));
+  CHECK_OK(w.rc);
+  char tbl[32];
+  CHECK_STR(model_table(es, tbl, sizeof tbl), "seen_v2");
+  /* the old read model stopped moving before the cutover, and the new one
+   * had every event of it by then */
+  int64_t frozen = count(es, "SELECT count(*) FROM seen_v1");
+  CHECK_EQ(count(es, "SELECT count(*) FROM seen_v1 WHERE position NOT IN "
+                     "(SELECT position FROM seen_v2)"),
+           0);
+  WAIT_FOR(state_of("gt") == KEEL_SUB_RETIRED);
+  WAIT_FOR(count(es, "SELECT count(*) FROM seen_v2") == 100); /* the writer's 40 too */
+  append_events(es, 10, 100);
+  WAIT_FOR(count(es, "SELECT count(*) FROM seen_v2") == 110);
+  CHECK_EQ(count(es, "SELECT count(*) FROM seen_v1"), frozen);
+  CHECK_EQ(status_of("gt").state, KEEL_SUB_RETIRED);
+  CHECK_EQ(status_of("gt2").parked, 0);
+  /* a retired group started again (an instance still on the old code) runs nothing */
+  CHECK_OK(keel_sub_stop("gt", 0));
+  static keel_sub_opts again;
+  again = (keel_sub_opts){.name = "gt", .es = es, .project = project_g, .ud = "seen_v1",
+                          .partitions = 4, .poll_ms = 20, .rebalance_ms = 50};
+  CHECK_OK(keel_sub_start(&again, false, NULL));
+  WAIT_FOR(state_of("gt") == KEEL_SUB_RETIRED);
+  append_events(es, 5, 110);
+  WAIT_FOR(count(es, "SELECT count(*) FROM seen_v2") == 115);
+  keel_sleep(200); /* four rounds: it would have taken a partition by now */
+  CHECK_EQ(count(es, "SELECT count(*) FROM seen_v1"), frozen);
+  CHECK_OK(keel_sub_stop("gt", 0));
+  CHECK_OK(keel_sub_stop("gt2", 0));
+  kt_store_close(&st);
+}
+
+KT_CASE(a_group_switch_whose_cutover_fails_gives_the_live_group_back) {
+  kt_store st;
+  keel_es *es = kt_store_open(&st, NULL);
+  ddl(es, "CREATE TABLE seen_v1 (position BIGINT PRIMARY KEY, stream TEXT NOT NULL)");
+  ddl(es, "CREATE TABLE seen_v2 (position BIGINT PRIMARY KEY, stream TEXT NOT NULL)");
+  /* no read_model table: the cutover fails after the retirement */
+  append_events(es, 60, 0);
+  start_groups(es);
+  keel_sub_switch_opts so = {
+      .es = es, .live = "gt", .next = "gt2", .cutover = cutover_model, .partitions = 3};
+  CHECK(keel_sub_switch(&so) != 0);
+  /* retirement undone: the live group's coordinators take their partitions again */
+  append_events(es, 10, 60);
+  WAIT_FOR(count(es, "SELECT count(*) FROM seen_v1") == 70);
+  CHECK(state_of("gt") != KEEL_SUB_RETIRED);
+  so.partitions = -1;
+  CHECK_EQ(keel_sub_switch(&so), KEEL_EINVAL);
+  CHECK_OK(keel_sub_stop("gt", 0));
+  CHECK_OK(keel_sub_stop("gt2", 0));
+  kt_store_close(&st);
+}
+
 KT_MAIN(KT_ENTRY(a_new_version_catches_up_beside_the_live_one_then_takes_over_in_one_switch),
-        KT_ENTRY(a_switch_whose_cutover_fails_leaves_the_live_version_serving))
+        KT_ENTRY(a_switch_whose_cutover_fails_leaves_the_live_version_serving),
+        KT_ENTRY_SCHED(a_group_switch_retires_the_live_group_everywhere_and_cuts_over_once, 2),
+        KT_ENTRY_SCHED(a_group_switch_whose_cutover_fails_gives_the_live_group_back, 2))
