@@ -271,15 +271,17 @@ uint32_t keel__sub_partition_of(const char *stream, int count);
  * claimed. A claim and a switch take turns on keel__sub_group_lock. */
 #define KEEL__SUB_RETIRED "retired"
 int keel__sub_group_lock(keel_es_tx *tx, const char *group);
-/* sub.c: the status board (keel_sub_status_get reads it). */
+/* sub.c: a subscription's name: 1-59 bytes of [A-Za-z0-9_.-]. */
+bool keel__sub_name_ok(const char *n);
+/* sub_board.c: the status board (keel_sub_status_get reads it). */
 void keel__sub_publish(const char *name, const struct keel_sub_status *st);
 void keel__sub_unpublish(const char *name);
 /* sub.c: the database breaker's wait before the next read after `errors`
  * failures in a row (>= 1): poll_ms doubled per further failure, at most
  * max_ms. */
 int64_t keel__sub_db_delay(int64_t poll_ms, int64_t max_ms, int errors);
-/* sub.c: a status as JSON (a new reference, NULL without memory), and every
- * subscription on the status board, sorted by name, each with its "name". */
+/* sub_board.c: a status as JSON (a new reference, NULL without memory), and
+ * every subscription on the status board, sorted by name, each with its "name". */
 json_t *keel__sub_status_json(const struct keel_sub_status *st);
 json_t *keel__sub_board_json(void);
 

@@ -78,7 +78,7 @@ typedef struct sub {
   int64_t head;
   double head_read_at; /* keel__es_now_s() of the last keel_es_head (see read_head) */
   keel_es_events page;
-  size_t idx;  /* the next event of page to hand out */
+  size_t idx;   /* the next event of page to hand out */
   int attempts; /* of page.v[idx] */
   int64_t first_failure;
   char err[256];
@@ -89,13 +89,13 @@ typedef struct sub {
   bool watching;         /* a TAG_WATCH is with the waker */
   bool saving;           /* a TAG_SAVE is with the waker (see save_behind) */
   bool save_again;       /* a page passed while it was: save again when it answers */
-  char **blocked; /* streams with parked events (KEEL_SUB_PARK) */
+  char **blocked;        /* streams with parked events (KEEL_SUB_PARK) */
   size_t nblocked;
   uint64_t handled, failures, nparked;
   uint64_t fail_bucket[6]; /* failed attempts per 10 s, the last minute */
   int64_t fail_stamp[6];   /* which 10 s each bucket counts */
   bool caught_up;
-  bool fenced; /* a partition's checkpoint was refused: another instance owns it */
+  bool fenced;           /* a partition's checkpoint was refused: another instance owns it */
   keel_pid_t worker;     /* runs handle/handle_batch when a handler timeout is set */
   keel_ref_t worker_mon; /* its monitor */
   uint64_t job_seq;      /* the hand-out the worker's answer must name */
@@ -113,38 +113,11 @@ typedef struct sub {
   keel_gauge *g_breaker, *g_db_breaker;
 } sub;
 
-/* ---- the status board ------------------------------------------------------------------ */
-
-/* Every running subscription's latest status, published by its server as
- * it goes, so that status, health and dashboards never wait behind a
- * handler in progress. */
-typedef struct board_entry {
-  struct board_entry *next;
-  char name[64];
-  keel_sub_status st;
-} board_entry;
-
-static pthread_mutex_t board_mu = PTHREAD_MUTEX_INITIALIZER;
-static board_entry *board;
-
-static board_entry *board_find(const char *name) {
-  board_entry *e = board;
-  while (e && strcmp(e->name, name) != 0)
-    e = e->next;
-  return e;
+static void i64s(char out[24], int64_t v) {
+  snprintf(out, 24, "%lld", (long long)v);
 }
 
-static void board_remove(const char *name) {
-  pthread_mutex_lock(&board_mu);
-  for (board_entry **p = &board; *p; p = &(*p)->next)
-    if (strcmp((*p)->name, name) == 0) {
-      board_entry *e = *p;
-      *p = e->next;
-      free(e);
-      break;
-    }
-  pthread_mutex_unlock(&board_mu);
-}
+/* ---- the tables ------------------------------------------------------------------------ */
 
 static const char *const schema_sql[] = {
     "CREATE TABLE IF NOT EXISTS keel_sub_checkpoints (name TEXT PRIMARY KEY, "
@@ -170,12 +143,6 @@ static const char *const park_sql =
     "ON CONFLICT (name, position) DO UPDATE SET status = excluded.status, error = excluded.error, "
     "attempts = keel_sub_parked.attempts + excluded.attempts, "
     "last_failure = excluded.last_failure";
-
-static void i64s(char out[24], int64_t v) {
-  snprintf(out, 24, "%lld", (long long)v);
-}
-
-/* ---- the tables ------------------------------------------------------------------------ */
 
 static int create_tables(keel_es_tx *tx, void *arg) {
   (void)arg;
@@ -205,10 +172,11 @@ static int save_in(keel_es_tx *tx, const sub *s, int64_t pos) {
   char p[24], now[24];
   i64s(p, pos);
   i64s(now, keel__es_unix_ms());
-  if (!s->owner[0]) return keel_es_tx_exec(tx, save_sql, (const char *[]){s->name, p, now}, 3, NULL);
+  if (!s->owner[0])
+    return keel_es_tx_exec(tx, save_sql, (const char *[]){s->name, p, now}, 3, NULL);
   keel_es_rows rows;
-  int rc = keel_es_tx_exec(tx, save_owned_sql, (const char *[]){s->name, p, now, s->owner}, 4,
-                           &rows);
+  int rc =
+      keel_es_tx_exec(tx, save_owned_sql, (const char *[]){s->name, p, now, s->owner}, 4, &rows);
   if (rc == 0 && rows.changed != 1) rc = KEEL_ECONFLICT;
   keel_es_rows_free(&rows);
   return rc;
@@ -255,8 +223,8 @@ uint32_t keel__sub_partition_of(const char *stream, int count) {
 }
 
 static bool ours(const sub *s, const keel_es_event *ev) {
-  return s->part_count == 0 || keel__sub_partition_of(ev->stream, s->part_count) ==
-                                   (uint32_t)s->part_index;
+  return s->part_count == 0 ||
+         keel__sub_partition_of(ev->stream, s->part_count) == (uint32_t)s->part_index;
 }
 
 typedef struct save_arg {
@@ -280,7 +248,8 @@ static void publish(sub *s) {
 
 static void gauges(sub *s) {
   if (s->g_checkpoint) keel_gauge_set(s->g_checkpoint, (double)s->pos);
-  if (s->g_lag) keel_gauge_set(s->g_lag, s->live ? 0 : (double)(s->head > s->pos ? s->head - s->pos : 0));
+  if (s->g_lag)
+    keel_gauge_set(s->g_lag, s->live ? 0 : (double)(s->head > s->pos ? s->head - s->pos : 0));
   if (s->g_parked) keel_gauge_set(s->g_parked, (double)s->nparked);
   publish(s);
 }
@@ -321,8 +290,9 @@ static int load_parked(sub *s) {
   s->blocked = NULL;
   s->nblocked = 0;
   keel_es_rows rows;
-  int rc = keel_es_query(s->o.es, "SELECT stream, count(*) FROM keel_sub_parked WHERE name = $1 "
-                                  "GROUP BY stream ORDER BY stream",
+  int rc = keel_es_query(s->o.es,
+                         "SELECT stream, count(*) FROM keel_sub_parked WHERE name = $1 "
+                         "GROUP BY stream ORDER BY stream",
                          (const char *[]){s->name}, 1, &rows);
   if (rc) return rc;
   s->nparked = 0;
@@ -639,8 +609,8 @@ static int proj_fn(keel_es_tx *tx, void *arg) {
                                     : s->o.project(tx, ev, s->o.ud);
     if (rc) {
       p->failed_at = i;
-      snprintf(p->err, sizeof p->err, "%s%s%s", keel_strerror(rc), keel_es_tx_error(tx)[0] ? ": " : "",
-               keel_es_tx_error(tx));
+      snprintf(p->err, sizeof p->err, "%s%s%s", keel_strerror(rc),
+               keel_es_tx_error(tx)[0] ? ": " : "", keel_es_tx_error(tx));
       return rc;
     }
   }
@@ -755,7 +725,8 @@ static void worker_main(void *arg) {
     keel_msg_t *m = NULL;
     if (keel_receive(&m, KEEL_INFINITY) != 0) continue;
     job *j = NULL;
-    if (keel_msg_tag(m) == TAG_JOB && keel_msg_size(m) == sizeof j) memcpy(&j, keel_msg_data(m), sizeof j);
+    if (keel_msg_tag(m) == TAG_JOB && keel_msg_size(m) == sizeof j)
+      memcpy(&j, keel_msg_data(m), sizeof j);
     keel_msg_free(m); /* before the handler: a worker killed in it holds nothing of ours */
     if (!j) continue;
     j->rc = run_job(j);
@@ -784,8 +755,12 @@ static bool worker_down(const keel_msg_t *m, void *arg) {
 /* Hands evs[0..n) to the handler. 0, or its error, or KEEL_ETIMEDOUT (too
  * slow), or KEEL_EDOWN (the handler ended its process). */
 static int invoke(sub *s, const keel_es_event *evs, size_t n, size_t *done) {
-  job j = {.handle = s->o.handle, .handle_batch = s->o.handle_batch, .ud = s->o.ud, .evs = evs,
-           .n = n, .owner = keel_self()};
+  job j = {.handle = s->o.handle,
+           .handle_batch = s->o.handle_batch,
+           .ud = s->o.ud,
+           .evs = evs,
+           .n = n,
+           .owner = keel_self()};
   *done = 0;
   if (s->o.handler_timeout_ms == KEEL_INFINITY) {
     int rc = run_job(&j);
@@ -793,8 +768,8 @@ static int invoke(sub *s, const keel_es_event *evs, size_t n, size_t *done) {
     return rc;
   }
   if (!s->worker) {
-    keel_spawn_opts so = {.link = true, .monitor = true, .monitor_ref = &s->worker_mon,
-                          .name = "sub-worker"};
+    keel_spawn_opts so = {
+        .link = true, .monitor = true, .monitor_ref = &s->worker_mon, .name = "sub-worker"};
     int rc = keel_spawn(worker_main, NULL, &so, &s->worker);
     if (rc) return rc;
   }
@@ -865,7 +840,8 @@ static int run_page(sub *s) {
       }
       if (p.failed_at > s->idx) { /* the events before the failing one, on their own */
         proj_run q = {.s = s, .from = s->idx, .to = p.failed_at};
-        if ((rc = keel__es_transact_internal(s->o.es, proj_fn, &q)) != 0) return failed(s, rc, q.err);
+        if ((rc = keel__es_transact_internal(s->o.es, proj_fn, &q)) != 0)
+          return failed(s, rc, q.err);
         handled(s, q.applied, s->page.v[p.failed_at - 1].position);
         s->stored = s->pos;
         s->idx = p.failed_at;
@@ -949,8 +925,9 @@ static int retry_done_fn(keel_es_tx *tx, void *arg) {
       return rc;
     }
     keel_es_rows rows;
-    if ((rc = keel_es_tx_exec(tx, "DELETE FROM keel_sub_parked WHERE name = $1 AND position = "
-                                  "CAST($2 AS BIGINT) RETURNING stream",
+    if ((rc = keel_es_tx_exec(tx,
+                              "DELETE FROM keel_sub_parked WHERE name = $1 AND position = "
+                              "CAST($2 AS BIGINT) RETURNING stream",
                               (const char *[]){a->s->name, pos}, 2, &rows)))
       return rc;
     if (rows.nrows == 1) rc = release_in(tx, a->s, keel_es_rows_get(&rows, 0, 0));
@@ -1098,7 +1075,7 @@ static int step(sub *s) {
   int rc = run_page(s);
   if (s->fenced) return lost(s);
   if (rc == PAGE_WAIT) return 0; /* a retry is scheduled */
-  if (rc == PAGE_YIELD) {            /* messages wait: serve them, then go on */
+  if (rc == PAGE_YIELD) {        /* messages wait: serve them, then go on */
     pump(s);
     return 0;
   }
@@ -1112,7 +1089,7 @@ static int step(sub *s) {
 
 /* ---- the gen_server ------------------------------------------------------------------------ */
 
-static bool name_ok(const char *n) {
+bool keel__sub_name_ok(const char *n) {
   size_t len = n ? strlen(n) : 0;
   if (len == 0 || len > 59) return false;
   for (const char *p = n; *p; p++)
@@ -1123,7 +1100,7 @@ static bool name_ok(const char *n) {
 }
 
 static int opts_ok(const keel_sub_opts *o) {
-  if (!o || !o->es || !name_ok(o->name)) return KEEL_EINVAL;
+  if (!o || !o->es || !keel__sub_name_ok(o->name)) return KEEL_EINVAL;
   int kinds = !!o->project + !!o->handle + !!o->handle_batch;
   if (o->partitions < 0 || o->partitions > 1024 || (o->partitions && strlen(o->name) > 50) ||
       o->rebalance_ms < 0 || o->member_timeout_ms < 0 || o->breaker_open_ms < 0 ||
@@ -1142,8 +1119,8 @@ static void metric_children(sub *s, keel_metrics *r) {
   static const char *const lbl1[] = {"subscription"};
   keel_metric_family *f;
   if (keel_metrics_counter(r, "sub_events_total",
-                           "Events a subscription handled, failed (an attempt) or parked.", lbl2,
-                           2, &f) != 0)
+                           "Events a subscription handled, failed (an attempt) or parked.", lbl2, 2,
+                           &f) != 0)
     f = keel_metrics_find(r, "sub_events_total");
   if (f) {
     keel_counter_get(f, (const char *[]){s->name, "handled"}, &s->m_handled);
@@ -1264,7 +1241,7 @@ static int sub_init_with(const sub_start *a, void **state) {
     rc = keel_send_interval(keel_self(), s->o.checkpoint_ms, keel_msg_new(TAG_TICK, 0), &s->tick);
   if (rc) {
     keel_unregister(s->regname);
-    board_remove(s->name);
+    keel__sub_unpublish(s->name);
     sub_free(s);
     return rc;
   }
@@ -1362,8 +1339,9 @@ static int sub_call(void *state, keel_gs_from from, keel_msg_t **req, keel_msg_t
       rep.rc = keel__es_transact_internal(s->o.es, mark_fn, &a);
       if (rep.rc == 0 && a.changed == 0) rep.rc = KEEL_ENOENT;
       if (rep.rc == 0) {
-        keel_log_warn(NULL, a.resolve ? "subscription: parked event resolved (given up)"
-                                      : "subscription: parked event retried",
+        keel_log_warn(NULL,
+                      a.resolve ? "subscription: parked event resolved (given up)"
+                                : "subscription: parked event retried",
                       KEEL_STR("subscription", s->name), KEEL_INT("position", r->position));
         s->retry_pending = true;
         load_parked(s);
@@ -1408,9 +1386,7 @@ static int sub_info(void *state, keel_msg_t **msg) {
     if (s->save_again) save_behind(s);
     gauges(s);
     return s->fenced ? lost(s) : KEEL_GS_OK;
-  case TAG_TICK:
-    save(s);
-    return s->fenced ? lost(s) : KEEL_GS_OK;
+  case TAG_TICK: save(s); return s->fenced ? lost(s) : KEEL_GS_OK;
   default: return KEEL_GS_OK;
   }
 }
@@ -1427,8 +1403,8 @@ static int sub_cast(void *state, keel_msg_t **msg) {
 static void sub_terminate(keel_reason reason, void *state) {
   sub *s = state;
   keel_log_info(NULL, "subscription stopping: reading stopped, in-flight event finished",
-                KEEL_STR("subscription", s->name), KEEL_STR("reason", keel_reason_name(reason.kind)),
-                KEEL_INT("checkpoint", s->pos));
+                KEEL_STR("subscription", s->name),
+                KEEL_STR("reason", keel_reason_name(reason.kind)), KEEL_INT("checkpoint", s->pos));
   if (s->tick) keel_cancel_timer(s->tick);
   if (s->wait_timer) keel_cancel_timer(s->wait_timer);
   save_wait(s); /* the waker is not killed inside a save */
@@ -1439,7 +1415,7 @@ static void sub_terminate(keel_reason reason, void *state) {
                 KEEL_STR("subscription", s->name), KEEL_INT("checkpoint", s->stored),
                 KEEL_STR("saved", rc ? keel_strerror(rc) : "ok"));
   keel_unregister(s->regname);
-  board_remove(s->name);
+  keel__sub_unpublish(s->name);
   sub_free(s);
 }
 
@@ -1467,7 +1443,8 @@ int keel__sub_start_partition(const keel_sub_opts *o, const char *name, int inde
   return keel_gs_start(&part_behaviour, &a, &go, out, NULL);
 }
 
-/* ---- the API ---------------------------------------------------------------------------------- */
+/* ---- the API ----------------------------------------------------------------------------------
+ */
 
 int keel_sub_start(const keel_sub_opts *opts, bool link, keel_pid_t *out) {
   int rc = opts_ok(opts);
@@ -1479,8 +1456,8 @@ int keel_sub_start(const keel_sub_opts *opts, bool link, keel_pid_t *out) {
 
 keel_sup_child_spec keel_sub_child(const keel_sub_opts *opts) {
   return (keel_sup_child_spec){.id = opts->name,
-                               .gen_server = opts->partitions ? &keel__subgroup_behaviour
-                                                              : &sub_behaviour,
+                               .gen_server =
+                                   opts->partitions ? &keel__subgroup_behaviour : &sub_behaviour,
                                .arg = (void *)opts};
 }
 
@@ -1488,73 +1465,8 @@ int keel__sub_opts_ok(const keel_sub_opts *o) {
   return opts_ok(o);
 }
 
-void keel__sub_publish(const char *name, const keel_sub_status *st) {
-  pthread_mutex_lock(&board_mu);
-  board_entry *e = board_find(name);
-  if (!e && (e = calloc(1, sizeof *e))) {
-    snprintf(e->name, sizeof e->name, "%s", name);
-    e->next = board;
-    board = e;
-  }
-  if (e) e->st = *st;
-  pthread_mutex_unlock(&board_mu);
-}
-
-void keel__sub_unpublish(const char *name) {
-  board_remove(name);
-}
-
-json_t *keel__sub_status_json(const keel_sub_status *st) {
-  return json_pack("{s:s,s:I,s:I,s:I,s:I,s:f,s:I,s:I,s:I,s:I,s:i,s:b,s:s,s:s,s:i}", "state",
-                   keel_sub_state_name(st->state), "checkpoint", (json_int_t)st->checkpoint,
-                   "stored", (json_int_t)st->stored, "head", (json_int_t)st->head, "lag",
-                   (json_int_t)st->lag, "lag_seconds", st->lag_seconds, "handled",
-                   (json_int_t)st->handled, "failures", (json_int_t)st->failures, "parked",
-                   (json_int_t)st->parked, "failures_last_minute",
-                   (json_int_t)st->failures_last_minute, "attempts", st->attempts, "caught_up",
-                   st->caught_up, "breaker", keel_sub_breaker_name(st->breaker), "db_breaker",
-                   keel_sub_breaker_name(st->db_breaker), "db_errors", st->db_errors);
-}
-
-static int by_name(const void *a, const void *b) {
-  return strcmp(json_string_value(json_object_get(*(json_t *const *)a, "name")),
-                json_string_value(json_object_get(*(json_t *const *)b, "name")));
-}
-
-json_t *keel__sub_board_json(void) {
-  json_t *all = json_array();
-  if (!all) return NULL;
-  pthread_mutex_lock(&board_mu);
-  for (board_entry *e = board; e; e = e->next) {
-    json_t *j = keel__sub_status_json(&e->st);
-    if (!j || json_object_set_new(j, "name", json_string(e->name)) != 0 ||
-        json_array_append_new(all, j) != 0) {
-      json_decref(all);
-      all = NULL;
-      break;
-    }
-  }
-  pthread_mutex_unlock(&board_mu);
-  if (!all) return NULL;
-  /* sorted by name: a stable page for operators and tests */
-  size_t n = json_array_size(all);
-  json_t **v = n ? malloc(n * sizeof *v) : NULL;
-  if (n && !v) {
-    json_decref(all);
-    return NULL;
-  }
-  for (size_t i = 0; i < n; i++)
-    v[i] = json_incref(json_array_get(all, i));
-  if (n > 1) qsort(v, n, sizeof *v, by_name);
-  json_array_clear(all);
-  for (size_t i = 0; i < n; i++)
-    json_array_append_new(all, v[i]);
-  free(v);
-  return all;
-}
-
 static int call(const char *name, int op, int64_t position, keel_sub_status *st) {
-  if (!name_ok(name)) return KEEL_EINVAL;
+  if (!keel__sub_name_ok(name)) return KEEL_EINVAL;
   char reg[112];
   snprintf(reg, sizeof reg, "sub.%s", name);
   sub_req r = {.op = op, .position = position};
@@ -1572,14 +1484,6 @@ static int call(const char *name, int op, int64_t position, keel_sub_status *st)
   return rep.rc;
 }
 
-int keel_sub_status_get(const char *name, keel_sub_status *out) {
-  if (!name_ok(name)) return KEEL_EINVAL;
-  pthread_mutex_lock(&board_mu);
-  board_entry *e = board_find(name);
-  if (e && out) *out = e->st;
-  pthread_mutex_unlock(&board_mu);
-  return e ? 0 : KEEL_ENOPROC;
-}
 int keel_sub_pause(const char *name) {
   return call(name, OP_PAUSE, 0, NULL);
 }
@@ -1594,7 +1498,7 @@ int keel_sub_resolve(const char *name, int64_t position) {
 }
 
 int keel_sub_stop(const char *name, int64_t timeout_ms) {
-  if (!name_ok(name)) return KEEL_EINVAL;
+  if (!keel__sub_name_ok(name)) return KEEL_EINVAL;
   char reg[112];
   snprintf(reg, sizeof reg, "sub.%s", name);
   keel_pid_t pid = keel_whereis(reg);
@@ -1605,7 +1509,7 @@ int keel_sub_stop(const char *name, int64_t timeout_ms) {
 int keel_sub_parked(keel_es *es, const char *name, keel_sub_parked_event *out, size_t max,
                     size_t *n) {
   if (n) *n = 0;
-  if (!es || !name_ok(name) || (max && !out) || !n) return KEEL_EINVAL;
+  if (!es || !keel__sub_name_ok(name) || (max && !out) || !n) return KEEL_EINVAL;
   char lim[24];
   i64s(lim, (int64_t)max);
   keel_es_rows rows;
@@ -1632,110 +1536,4 @@ int keel_sub_parked(keel_es *es, const char *name, keel_sub_parked_event *out, s
   }
   keel_es_rows_free(&rows);
   return 0;
-}
-
-const char *keel_sub_breaker_name(keel_sub_breaker b) {
-  switch (b) {
-  case KEEL_SUB_BREAKER_CLOSED: return "closed";
-  case KEEL_SUB_BREAKER_OPEN: return "open";
-  case KEEL_SUB_BREAKER_HALF_OPEN: return "half_open";
-  default: return "unknown";
-  }
-}
-
-const char *keel_sub_state_name(keel_sub_state s) {
-  switch (s) {
-  case KEEL_SUB_CATCHING_UP: return "catching_up";
-  case KEEL_SUB_LIVE: return "live";
-  case KEEL_SUB_RETRYING: return "retrying";
-  case KEEL_SUB_PAUSED: return "paused";
-  case KEEL_SUB_RETIRED: return "retired";
-  default: return "unknown";
-  }
-}
-
-/* ---- health ------------------------------------------------------------------------------ */
-
-typedef struct sub_check {
-  char name[64];
-  keel_sub_health_opts o;
-} sub_check;
-
-static keel_health_status sub_health(void *ud, keel_health_result *res) {
-  const sub_check *c = ud;
-  keel_sub_status st;
-  int rc = keel_sub_status_get(c->name, &st);
-  if (rc) {
-    keel_health_result_message(res, "subscription %s: %s", c->name,
-                               rc == KEEL_ENOPROC ? "not running" : keel_strerror(rc));
-    return KEEL_HEALTH_CRITICAL;
-  }
-  json_t *d = keel__sub_status_json(&st);
-  if (d) {
-    res->details = json_dumps(d, JSON_COMPACT);
-    json_decref(d);
-  }
-  if (c->o.hold_readiness && !st.caught_up) {
-    keel_health_result_message(res, "catching up: %lld events behind", (long long)st.lag);
-    return KEEL_HEALTH_CRITICAL;
-  }
-  if (st.lag >= c->o.lag_critical) {
-    keel_health_result_message(res, "%lld events behind (critical at %lld)", (long long)st.lag,
-                               (long long)c->o.lag_critical);
-    return KEEL_HEALTH_CRITICAL;
-  }
-  if (st.lag >= c->o.lag_warning) {
-    keel_health_result_message(res, "%lld events behind (warning at %lld)", (long long)st.lag,
-                               (long long)c->o.lag_warning);
-    return KEEL_HEALTH_WARNING;
-  }
-  if (st.db_breaker != KEEL_SUB_BREAKER_CLOSED) {
-    keel_health_result_message(res, "database circuit breaker open: %d failures in a row",
-                               st.db_errors);
-    return KEEL_HEALTH_WARNING;
-  }
-  if (st.breaker != KEEL_SUB_BREAKER_CLOSED) {
-    keel_health_result_message(res, "circuit breaker %s: the handler keeps failing",
-                               keel_sub_breaker_name(st.breaker));
-    return KEEL_HEALTH_WARNING;
-  }
-  if ((double)st.failures_last_minute > c->o.errors_per_minute) {
-    keel_health_result_message(res, "%llu failed attempts in the last minute",
-                               (unsigned long long)st.failures_last_minute);
-    return KEEL_HEALTH_WARNING;
-  }
-  if (st.parked) {
-    keel_health_result_message(res, "%llu parked events", (unsigned long long)st.parked);
-    return KEEL_HEALTH_WARNING;
-  }
-  if (st.state == KEEL_SUB_PAUSED) {
-    keel_health_result_message(res, "paused");
-    return KEEL_HEALTH_WARNING;
-  }
-  if (st.state == KEEL_SUB_RETIRED) {
-    keel_health_result_message(res, "retired by a blue/green switch: runs nothing");
-    return KEEL_HEALTH_WARNING;
-  }
-  return KEEL_HEALTH_OK;
-}
-
-int keel_sub_health_register(const char *name, const keel_sub_health_opts *o) {
-  if (!name_ok(name)) return KEEL_EINVAL;
-  sub_check *c = calloc(1, sizeof *c);
-  if (!c) return KEEL_ENOMEM;
-  snprintf(c->name, sizeof c->name, "%s", name);
-  if (o) c->o = *o;
-  if (!c->o.lag_warning) c->o.lag_warning = 5000;
-  if (!c->o.lag_critical) c->o.lag_critical = 50000;
-  if (c->o.errors_per_minute <= 0) c->o.errors_per_minute = 10;
-  char check[112];
-  snprintf(check, sizeof check, "sub.%s", name);
-  keel_health_check hc = {.name = check,
-                          .fn = sub_health,
-                          .ud = c,
-                          .ud_free = free,
-                          .required = c->o.hold_readiness};
-  int rc = keel_health_register_check(&hc);
-  if (rc) free(c);
-  return rc;
 }

@@ -141,7 +141,8 @@ static int wait_next_at(const keel_sub_switch_opts *o, int64_t pos, bool above_l
     group_cps c;
     int rc = read_cps(o, &c);
     if (rc) return rc;
-    if (c.next_rows == o->partitions && c.next_min >= pos && (!above_live || c.next_min >= c.live_max))
+    if (c.next_rows == o->partitions && c.next_min >= pos &&
+        (!above_live || c.next_min >= c.live_max))
       return 0;
     if (expired(b)) return KEEL_ETIMEDOUT;
     keel_sleep(SWITCH_POLL_MS * 5);
@@ -162,10 +163,9 @@ static int retire_fn(keel_es_tx *tx, void *arg) {
   int rc = keel__sub_group_lock(tx, live);
   if (rc) return rc;
   if (a->undo)
-    return keel_es_tx_exec(tx,
-                           "DELETE FROM keel_sub_checkpoints WHERE name = $1 AND owner = '" KEEL__SUB_RETIRED
-                           "'",
-                           (const char *[]){live}, 1, NULL);
+    return keel_es_tx_exec(
+        tx, "DELETE FROM keel_sub_checkpoints WHERE name = $1 AND owner = '" KEEL__SUB_RETIRED "'",
+        (const char *[]){live}, 1, NULL);
   rc = keel_es_tx_exec(tx,
                        "INSERT INTO keel_sub_checkpoints (name, position, updated_at, owner) "
                        "VALUES ($1, 0, CAST($2 AS BIGINT), '" KEEL__SUB_RETIRED "') "
@@ -181,10 +181,9 @@ static int retire_fn(keel_es_tx *tx, void *arg) {
   for (size_t r = 0; r < rows.nrows && !rc; r++) {
     const char *name = keel_es_rows_get(&rows, r, 0);
     if (partition_index(name, live, 0) < 0) continue;
-    rc = keel_es_tx_exec(tx,
-                         "UPDATE keel_sub_checkpoints SET owner = '" KEEL__SUB_RETIRED
-                         "' WHERE name = $1",
-                         (const char *[]){name}, 1, NULL);
+    rc = keel_es_tx_exec(
+        tx, "UPDATE keel_sub_checkpoints SET owner = '" KEEL__SUB_RETIRED "' WHERE name = $1",
+        (const char *[]){name}, 1, NULL);
   }
   keel_es_rows_free(&rows);
   return rc;

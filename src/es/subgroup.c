@@ -47,7 +47,7 @@ enum { TAG_REBALANCE = 0x73756781 };
 
 typedef struct part {
   char name[64];
-  keel_pid_t pid; /* running here (0: not) */
+  keel_pid_t pid;  /* running here (0: not) */
   int free_rounds; /* rounds seen free (not locked by anyone) */
 } part;
 
