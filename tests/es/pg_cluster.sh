@@ -19,13 +19,8 @@ state=${2:?usage: pg_cluster.sh start|stop STATE_DIR}
 mkdir -p "$state"
 bindir=${KEEL_PG_BINDIR:-/usr/lib/postgresql/15/bin}
 
-as_pg() {
-  if [[ $(id -u) -eq 0 ]]; then
-    runuser -u postgres -- "$@"
-  else
-    "$@"
-  fi
-}
+# shellcheck source=pg_lib.sh
+source "$(dirname "$0")/pg_lib.sh"
 
 stop() {
   [[ -f $state/pg.dir ]] || return 0

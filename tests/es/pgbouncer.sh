@@ -20,13 +20,8 @@ set -euo pipefail
 cmd=${1:?usage: pgbouncer.sh start|stop STATE_DIR}
 state=${2:?usage: pgbouncer.sh start|stop STATE_DIR}
 
-as_pg() {
-  if [[ $(id -u) -eq 0 ]]; then
-    runuser -u postgres -- "$@"
-  else
-    "$@"
-  fi
-}
+# shellcheck source=pg_lib.sh
+source "$(dirname "$0")/pg_lib.sh"
 
 stop() {
   [[ -f $state/bouncer.dir ]] || return 0
