@@ -17,6 +17,7 @@
 #include "keel/metrics.h"
 #include "keel/sysinfo.h"
 #include "keel/http.h"
+#include "keel/http_client.h"
 #include "keel/log.h"
 #include "keel/health.h"
 #include "keel/alerts.h"
