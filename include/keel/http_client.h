@@ -66,28 +66,28 @@ typedef struct keel_http_client keel_http_client;
 /* Options of a client. Zeroed fields take the defaults in brackets;
  * timeouts follow keel/runtime.h (0 default, KEEL_INFINITY none). */
 typedef struct keel_http_client_opts {
-  const char *name;           /* for logs ["http_client"]; copied */
-  keel_metrics *metrics;      /* register http_client_* here; NULL: none. Borrowed: it must
-                                 outlive the client */
-  const char *ca_file;        /* PEM bundle to verify servers with; NULL: the system's.
-                                 Copied. Verification is always on unless insecure */
-  bool insecure;              /* do not verify the server's certificate (tests only) */
-  int64_t connect_timeout_ms; /* per attempt [10000] */
-  int64_t timeout_ms;         /* whole attempt, connect included [30000] */
-  size_t max_response_bytes;  /* longer bodies are refused with KEEL_ERANGE [8 MiB] */
-  int max_redirects;          /* redirects followed; 0: [0], none; > 0 that many */
-  int max_retries;            /* retries after the first attempt [2]; < 0: none */
-  int64_t retry_base_ms;      /* backoff: attempt n waits rand(0, min(max, base * 2^n)) [100] */
-  int64_t retry_max_ms;       /* cap of a backoff and of a Retry-After [10000] */
-  double retry_budget_ratio;  /* retries allowed per request sent, over time [0.2] */
-  int retry_budget_min;       /* retries always allowed before the ratio applies [10] */
-  bool no_breaker;            /* no circuit breaker */
+  const char *name;             /* for logs ["http_client"]; copied */
+  keel_metrics *metrics;        /* register http_client_* here; NULL: none. Borrowed: it must
+                                   outlive the client */
+  const char *ca_file;          /* PEM bundle to verify servers with; NULL: the system's.
+                                   Copied. Verification is always on unless insecure */
+  bool insecure;                /* do not verify the server's certificate (tests only) */
+  int64_t connect_timeout_ms;   /* per attempt [10000] */
+  int64_t timeout_ms;           /* whole attempt, connect included [30000] */
+  size_t max_response_bytes;    /* longer bodies are refused with KEEL_ERANGE [8 MiB] */
+  int max_redirects;            /* redirects followed; 0: [0], none; > 0 that many */
+  int max_retries;              /* retries after the first attempt [2]; < 0: none */
+  int64_t retry_base_ms;        /* backoff: attempt n waits rand(0, min(max, base * 2^n)) [100] */
+  int64_t retry_max_ms;         /* cap of a backoff and of a Retry-After [10000] */
+  double retry_budget_ratio;    /* retries allowed per request sent, over time [0.2] */
+  int retry_budget_min;         /* retries always allowed before the ratio applies [10] */
+  bool no_breaker;              /* no circuit breaker */
   double breaker_failure_ratio; /* open when failures/calls in the window reach it [0.5] */
-  int breaker_min_calls;      /* ... and at least this many calls were seen [20] */
-  int64_t breaker_window_ms;  /* the window the ratio is taken over [10000] */
-  int64_t breaker_open_ms;    /* open this long before probing (half-open) [5000] */
-  int breaker_probes;         /* half-open: probes let through; all must succeed [1] */
-  bool access_log;            /* log each attempt at info level instead of debug */
+  int breaker_min_calls;        /* ... and at least this many calls were seen [20] */
+  int64_t breaker_window_ms;    /* the window the ratio is taken over [10000] */
+  int64_t breaker_open_ms;      /* open this long before probing (half-open) [5000] */
+  int breaker_probes;           /* half-open: probes let through; all must succeed [1] */
+  bool access_log;              /* log each attempt at info level instead of debug */
 } keel_http_client_opts;
 
 /* Creates a client. o may be NULL (defaults); it is copied. The runtime must
@@ -105,10 +105,10 @@ void keel_http_client_free(keel_http_client *c);
 
 /* A request. Borrowed for the call. Zeroed fields take the client's values. */
 typedef struct keel_http_client_req {
-  const char *method;  /* NULL: "GET", or "POST" when there is a body */
-  const char *url;     /* http:// or https:// (required) */
+  const char *method;         /* NULL: "GET", or "POST" when there is a body */
+  const char *url;            /* http:// or https:// (required) */
   const char *const *headers; /* "Name: value" strings, NULL-terminated; NULL: none */
-  const void *body;    /* NULL: none */
+  const void *body;           /* NULL: none */
   size_t body_len;
   const char *content_type;   /* for the body; NULL: none (or "application/json" from the
                                  JSON helper) */
@@ -123,8 +123,8 @@ typedef struct keel_http_client_req {
 } keel_http_client_req;
 
 typedef struct keel_http_client_res {
-  int status;   /* the last attempt's HTTP status, 0 when none came */
-  char *body;   /* malloc'd, NUL-terminated (not counted in len); NULL when empty */
+  int status; /* the last attempt's HTTP status, 0 when none came */
+  char *body; /* malloc'd, NUL-terminated (not counted in len); NULL when empty */
   size_t len;
   char **hname, **hval; /* the last answer's headers, names lowercased */
   size_t nh;
@@ -145,8 +145,8 @@ int keel_http_client_request(keel_http_client *c, const keel_http_client_req *rq
  * method/url override rq's when not NULL. Errors: as request, and KEEL_EINVAL
  * when the answer is not JSON (res is kept for a look at it). */
 int keel_http_client_json(keel_http_client *c, const char *method, const char *url,
-                          const keel_http_client_req *rq, json_t *body,
-                          keel_http_client_res *res, json_t **json);
+                          const keel_http_client_req *rq, json_t *body, keel_http_client_res *res,
+                          json_t **json);
 
 /* The value of an answer's header (name case-insensitive, the first), or NULL. */
 const char *keel_http_client_res_header(const keel_http_client_res *res, const char *name);

@@ -30,6 +30,7 @@
 #include "http/client_internal.h"
 #include "http/middleware.h"
 #include "keel/error.h"
+#include "keel/io.h"
 #include "keel/log.h"
 #include "keel/message.h"
 #include "keel/process.h"
@@ -37,9 +38,9 @@
 
 /* ---- the client --------------------------------------------------------------- */
 
-#define OR_DEFAULT(field, dflt)              \
-  do {                                       \
-    if (o->field == 0) o->field = (dflt);    \
+#define OR_DEFAULT(field, dflt)                                                                    \
+  do {                                                                                             \
+    if (o->field == 0) o->field = (dflt);                                                          \
   } while (0)
 
 static int resolve_opts(keel_http_client_opts *o) {
@@ -248,6 +249,21 @@ static int64_t backoff_ms(const keel_http_client_opts *o, int retry) {
   return (int64_t)arc4random_uniform((uint32_t)(cap > UINT32_MAX - 1 ? UINT32_MAX - 1 : cap) + 1);
 }
 
+static void sleeper_abandon(void *arg) {
+  keel_http_client *c = arg;
+  atomic_fetch_sub_explicit(&c->active, 1, memory_order_acq_rel);
+}
+
+/* keel_sleep, but a caller killed meanwhile still leaves the count of
+ * requests in flight (keel_http_client_free waits for it to reach 0). */
+static void backoff_sleep(keel_http_client *c, int64_t ms) {
+  keel_io_t io;
+  if (keel_io_begin(&io) != 0) return;
+  keel_io_on_abandon(&io, sleeper_abandon, c);
+  keel_io_wait(&io, ms); /* nobody calls ready: it returns KEEL_ETIMEDOUT after ms */
+  keel_io_end(&io);
+}
+
 /* ---- trace context -------------------------------------------------------------- */
 
 typedef struct trace_ids {
@@ -301,7 +317,9 @@ int keel_http_client_request(keel_http_client *c, const keel_http_client_req *rq
   trace_ids t;
   trace_from_context(rq, &t);
   keel__hc_attempt a = {
-      .method = rq->method ? rq->method : rq->body ? "POST" : "GET",
+      .method = rq->method ? rq->method
+                : rq->body ? "POST"
+                           : "GET",
       .url = rq->url,
       .headers = rq->headers,
       .content_type = rq->content_type,
@@ -312,8 +330,9 @@ int keel_http_client_request(keel_http_client *c, const keel_http_client_req *rq
       .connect_timeout_ms = pick_timeout(rq->connect_timeout_ms, c->o.connect_timeout_ms),
       .timeout_ms = pick_timeout(rq->timeout_ms, c->o.timeout_ms),
       .max_bytes = rq->max_response_bytes ? rq->max_response_bytes : c->o.max_response_bytes,
-      .max_redirects = rq->max_redirects < 0 ? 0 : rq->max_redirects ? rq->max_redirects
-                                                                    : c->o.max_redirects,
+      .max_redirects = rq->max_redirects < 0 ? 0
+                       : rq->max_redirects   ? rq->max_redirects
+                                             : c->o.max_redirects,
   };
   int max_retries = rq->max_retries < 0 ? 0 : rq->max_retries ? rq->max_retries : c->o.max_retries;
   bool may_retry = rq->retry_unsafe || idempotent(a.method);
@@ -337,7 +356,8 @@ int keel_http_client_request(keel_http_client *c, const keel_http_client_req *rq
     clock_gettime(CLOCK_MONOTONIC, &t1);
     double secs = (double)(t1.tv_sec - t0.tv_sec) + (double)(t1.tv_nsec - t0.tv_nsec) / 1e9;
     if (rc == KEEL_ECANCELED) break;
-    bool failed = (rc < 0 && rc != KEEL_ERANGE && rc != KEEL_EINVAL) || (rc == 0 && res->status >= 500);
+    bool failed =
+        (rc < 0 && rc != KEEL_ERANGE && rc != KEEL_EINVAL) || (rc == 0 && res->status >= 500);
     keel__hc_breaker_record(c, origin, !failed, probe);
     keel__hc_observe(c, host, a.method, rq->url, rc == 0 ? res->status : 0, rc, secs, attempt + 1,
                      res->error);
@@ -350,7 +370,7 @@ int keel_http_client_request(keel_http_client *c, const keel_http_client_req *rq
     if (wait < 0) wait = backoff_ms(&c->o, attempt);
     if (!budget_take(c)) break;
     keel__hc_retry_count(c, host);
-    if (wait > 0) keel_sleep(wait);
+    if (wait > 0) backoff_sleep(c, wait);
     if (atomic_load(&c->closing)) {
       rc = KEEL_ECANCELED;
       snprintf(res->error, sizeof res->error, "cancelled: the client is closing");
@@ -364,8 +384,8 @@ int keel_http_client_request(keel_http_client *c, const keel_http_client_req *rq
 /* ---- JSON ------------------------------------------------------------------------------ */
 
 int keel_http_client_json(keel_http_client *c, const char *method, const char *url,
-                          const keel_http_client_req *rq, json_t *body,
-                          keel_http_client_res *res, json_t **json) {
+                          const keel_http_client_req *rq, json_t *body, keel_http_client_res *res,
+                          json_t **json) {
   if (json) *json = NULL;
   keel_http_client_req r = {0};
   if (rq) r = *rq;

@@ -126,8 +126,10 @@ void keel__hc_breaker_record(keel_http_client *c, const char *origin, bool ok, b
   if (!k) goto out;
   if (k->state == KEEL_HTTP_BREAKER_HALF_OPEN) {
     if (!probe) goto out; /* a call admitted before it opened: its news is old */
-    if (!ok) set_state(c, k, KEEL_HTTP_BREAKER_OPEN);
-    else if (++k->probes_ok >= c->o.breaker_probes) set_state(c, k, KEEL_HTTP_BREAKER_CLOSED);
+    if (!ok)
+      set_state(c, k, KEEL_HTTP_BREAKER_OPEN);
+    else if (++k->probes_ok >= c->o.breaker_probes)
+      set_state(c, k, KEEL_HTTP_BREAKER_CLOSED);
     goto out;
   }
   if (k->state == KEEL_HTTP_BREAKER_OPEN) goto out;
@@ -170,8 +172,9 @@ static keel_health_status health_check(void *ud, keel_health_result *res) {
   size_t no = 0, nh = 0;
   pthread_mutex_lock(&c->breakers->lock);
   for (breaker *k = c->breakers->list; k; k = k->next) {
-    char *buf = k->state == KEEL_HTTP_BREAKER_OPEN ? open
-                : k->state == KEEL_HTTP_BREAKER_HALF_OPEN ? half : NULL;
+    char *buf = k->state == KEEL_HTTP_BREAKER_OPEN        ? open
+                : k->state == KEEL_HTTP_BREAKER_HALF_OPEN ? half
+                                                          : NULL;
     if (!buf) continue;
     size_t *n = buf == open ? &no : &nh;
     size_t used = strlen(buf);

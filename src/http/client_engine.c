@@ -30,6 +30,7 @@
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+#include <strings.h>
 #include <uv.h>
 
 #include "http/client_internal.h"
@@ -46,8 +47,8 @@ struct keel__hc_engine {
   uv_timer_t timer; /* data: the engine */
   int open_handles; /* the timer and the socket polls not yet closed */
   bool loop_gone;
-  hc_xfer *xfers; /* in flight */
-  hc_sock *socks; /* polls alive */
+  hc_xfer *xfers;     /* in flight */
+  hc_sock *socks;     /* polls alive */
   keel_io_t *closing; /* the closer waiting for the handles' close callbacks */
 };
 
@@ -60,6 +61,7 @@ struct hc_sock {
 
 struct hc_xfer {
   keel__hc_engine *e;
+  keel_http_client *c;
   CURL *easy;
   struct curl_slist *hdrs;
   keel_io_t io;
@@ -75,19 +77,21 @@ struct hc_xfer {
 
 /* ---- lists ------------------------------------------------------------------ */
 
-#define LIST_PUSH(head, x) \
-  do {                     \
-    (x)->prev = NULL;      \
-    (x)->next = (head);    \
-    if (head) (head)->prev = (x); \
-    (head) = (x);          \
+#define LIST_PUSH(head, x)                                                                         \
+  do {                                                                                             \
+    (x)->prev = NULL;                                                                              \
+    (x)->next = (head);                                                                            \
+    if (head) (head)->prev = (x);                                                                  \
+    (head) = (x);                                                                                  \
   } while (0)
-#define LIST_UNLINK(head, x)                  \
-  do {                                        \
-    if ((x)->prev) (x)->prev->next = (x)->next; \
-    else (head) = (x)->next;                  \
-    if ((x)->next) (x)->next->prev = (x)->prev; \
-    (x)->prev = (x)->next = NULL;             \
+#define LIST_UNLINK(head, x)                                                                       \
+  do {                                                                                             \
+    if ((x)->prev)                                                                                 \
+      (x)->prev->next = (x)->next;                                                                 \
+    else                                                                                           \
+      (head) = (x)->next;                                                                          \
+    if ((x)->next) (x)->next->prev = (x)->prev;                                                    \
+    (x)->prev = (x)->next = NULL;                                                                  \
   } while (0)
 
 /* ---- closing ------------------------------------------------------------------ */
@@ -142,11 +146,14 @@ static void xfer_free(hc_xfer *x) {
   free(x);
 }
 
-/* The caller died while waiting (keel_io_on_abandon), on its scheduler. */
+/* The caller died while waiting (keel_io_on_abandon), on its scheduler: it
+ * will not leave keel_http_client_request, so it leaves the count here. */
 static void xfer_abandon(void *arg) {
   hc_xfer *x = arg;
+  keel_http_client *c = x->c;
   xfer_detach(x);
   xfer_free(x);
+  atomic_fetch_sub_explicit(&c->active, 1, memory_order_acq_rel);
 }
 
 static void check_done(keel__hc_engine *e) {
@@ -221,8 +228,10 @@ static int timer_cb(CURLM *multi, long timeout_ms, void *userp) {
   (void)multi;
   keel__hc_engine *e = userp;
   if (e->loop_gone) return 0;
-  if (timeout_ms < 0) uv_timer_stop(&e->timer);
-  else uv_timer_start(&e->timer, on_timeout, (uint64_t)timeout_ms, 0);
+  if (timeout_ms < 0)
+    uv_timer_stop(&e->timer);
+  else
+    uv_timer_start(&e->timer, on_timeout, (uint64_t)timeout_ms, 0);
   return 0;
 }
 
@@ -365,14 +374,24 @@ static int add_header2(hc_xfer *x, const char *name, const char *value) {
   return add_header(x, line);
 }
 
+/* Whether the caller's headers have one named name (its length n). */
+static bool has_header(const char *const *hs, const char *name, size_t n) {
+  for (; hs && *hs; hs++)
+    if (strncasecmp(*hs, name, n) == 0 && (*hs)[n] == ':') return true;
+  return false;
+}
+
 static int xfer_setup(keel_http_client *c, hc_xfer *x, const keel__hc_attempt *a) {
   CURL *h = x->easy;
   int rc = 0;
   for (const char *const *hp = a->headers; hp && *hp && !rc; hp++)
     rc = add_header(x, *hp);
   if (!rc && a->content_type) rc = add_header2(x, "Content-Type", a->content_type);
-  if (!rc && a->request_id) rc = add_header2(x, "X-Request-Id", a->request_id);
-  if (!rc && a->traceparent) rc = add_header2(x, "traceparent", a->traceparent);
+  /* the caller's own X-Request-Id or traceparent header wins */
+  if (!rc && a->request_id && !has_header(a->headers, "x-request-id", 12))
+    rc = add_header2(x, "X-Request-Id", a->request_id);
+  if (!rc && a->traceparent && !has_header(a->headers, "traceparent", 11))
+    rc = add_header2(x, "traceparent", a->traceparent);
   if (!rc && a->body) rc = add_header(x, "Expect:"); /* no 100-continue round trip */
   if (rc) return rc;
   curl_easy_setopt(h, CURLOPT_PRIVATE, x);
@@ -387,7 +406,8 @@ static int xfer_setup(keel_http_client *c, hc_xfer *x, const keel__hc_attempt *a
   curl_easy_setopt(h, CURLOPT_ERRORBUFFER, x->errbuf);
   curl_easy_setopt(h, CURLOPT_NOSIGNAL, 1L);
   curl_easy_setopt(h, CURLOPT_ACCEPT_ENCODING, ""); /* what this libcurl can decode */
-  if (a->connect_timeout_ms > 0) curl_easy_setopt(h, CURLOPT_CONNECTTIMEOUT_MS, (long)a->connect_timeout_ms);
+  if (a->connect_timeout_ms > 0)
+    curl_easy_setopt(h, CURLOPT_CONNECTTIMEOUT_MS, (long)a->connect_timeout_ms);
   if (a->timeout_ms > 0) curl_easy_setopt(h, CURLOPT_TIMEOUT_MS, (long)a->timeout_ms);
   curl_easy_setopt(h, CURLOPT_MAXFILESIZE_LARGE, (curl_off_t)a->max_bytes);
   if (a->max_redirects > 0) {
@@ -447,6 +467,7 @@ int keel__hc_attempt_run(keel_http_client *c, const keel__hc_attempt *a,
   hc_xfer *x = calloc(1, sizeof *x);
   if (!x) return KEEL_ENOMEM;
   x->max = a->max_bytes;
+  x->c = c;
   x->easy = curl_easy_init();
   int rc = x->easy ? xfer_setup(c, x, a) : KEEL_ENOMEM;
   if (rc) {
@@ -495,10 +516,12 @@ int keel__hc_attempt_run(keel_http_client *c, const keel__hc_attempt *a,
     curl_easy_getinfo(x->easy, CURLINFO_RESPONSE_CODE, &status);
     res->status = (int)status;
   }
-  if (rc) snprintf(res->error, sizeof res->error, "%s",
-                   x->cancelled ? "cancelled: the client is closing"
-                   : x->too_large ? "the answer is longer than max_response_bytes"
-                   : x->errbuf[0] ? x->errbuf : curl_easy_strerror(x->result));
+  if (rc)
+    snprintf(res->error, sizeof res->error, "%s",
+             x->cancelled   ? "cancelled: the client is closing"
+             : x->too_large ? "the answer is longer than max_response_bytes"
+             : x->errbuf[0] ? x->errbuf
+                            : curl_easy_strerror(x->result));
   xfer_free(x);
   return rc;
 }

@@ -23,7 +23,7 @@ struct keel_http_client {
   int nsched;
   keel__hc_engine **engines; /* [nsched]: slot i only touched on scheduler i */
   keel__hc_breakers *breakers;
-  atomic_int active;  /* requests inside keel_http_client_request */
+  atomic_int active;   /* requests inside keel_http_client_request */
   atomic_bool closing; /* keel_http_client_free started: refuse new requests */
   pthread_mutex_t budget_lock;
   double budget; /* retry tokens: +ratio per first attempt, -1 per retry */
@@ -47,8 +47,7 @@ typedef struct keel__hc_attempt {
  * status, body and headers (replacing what it held). Returns 0 (an answer
  * came), KEEL_ETIMEDOUT, KEEL_EIO, KEEL_ERANGE, KEEL_EINVAL, KEEL_ENOMEM,
  * KEEL_ECANCELED (the client is being freed); res->error says more. */
-int keel__hc_attempt_run(keel_http_client *c, const keel__hc_attempt *a,
-                         keel_http_client_res *res);
+int keel__hc_attempt_run(keel_http_client *c, const keel__hc_attempt *a, keel_http_client_res *res);
 /* Frees res's body and headers (status, attempts and error stay). */
 void keel__hc_res_clear_answer(keel_http_client_res *res);
 /* Closes scheduler i's engine; on that scheduler's thread (a pinned process)

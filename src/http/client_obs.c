@@ -19,7 +19,8 @@
 
 static int family(keel_metrics *r, int kind, const char *name, const char *help,
                   const char *const *labels, size_t n, keel_metric_family **out) {
-  static const double buckets[] = {.001, .0025, .005, .01, .025, .05, .1, .25, .5, 1, 2.5, 5, 10, 30};
+  static const double buckets[] = {.001, .0025, .005, .01, .025, .05, .1,
+                                   .25,  .5,    1,    2.5, 5,    10,  30};
   int rc = kind == 0   ? keel_metrics_counter(r, name, help, labels, n, out)
            : kind == 1 ? keel_metrics_gauge(r, name, help, labels, n, out)
                        : keel_metrics_histogram(r, name, help, labels, n, buckets,
