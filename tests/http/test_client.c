@@ -567,6 +567,35 @@ KT_CASE(breaker_half_open_probe_closes_or_reopens_it) {
   CHECK_OK(keel_http_stop(s));
 }
 
+/* ---- TLS (run by test_client_tls.sh with nginx; skipped without it) ----------------- */
+
+KT_CASE(tls_is_verified_with_the_given_ca) {
+  const char *u = getenv("KEEL_TEST_TLS_URL"), *ca = getenv("KEEL_TEST_TLS_CA");
+  if (!u || !ca) {
+    fprintf(stderr, "skipped: run by test_client_tls.sh (KEEL_TEST_TLS_URL, KEEL_TEST_TLS_CA)\n");
+    return;
+  }
+  keel_http_client_res r;
+  keel_http_client_req rq = {.url = u, .max_retries = -1};
+  /* the system's CAs do not know a self-signed certificate: refused */
+  keel_http_client *c;
+  CHECK_OK(keel_http_client_new(NULL, &c));
+  CHECK_EQ(keel_http_client_request(c, &rq, &r), KEEL_EIO);
+  CHECK_EQ(r.status, 0);
+  fprintf(stderr, "refused as expected: %s\n", r.error);
+  CHECK(strcasestr(r.error, "certificate") != NULL);
+  keel_http_client_res_free(&r);
+  keel_http_client_free(c);
+  /* with it as the CA file: accepted */
+  keel_http_client_opts o = {.ca_file = ca};
+  CHECK_OK(keel_http_client_new(&o, &c));
+  CHECK_OK(keel_http_client_request(c, &rq, &r));
+  CHECK_EQ(r.status, 200);
+  CHECK_STR(r.body, "{\"hello\":\"tls\"}");
+  keel_http_client_res_free(&r);
+  keel_http_client_free(c);
+}
+
 /* ---- many at once, and callers that go away -------------------------------------------- */
 
 typedef struct caller {
@@ -705,6 +734,7 @@ int main(int argc, char **argv) {
       KT_ENTRY(retry_after_is_honoured),
       KT_ENTRY(breaker_opens_refuses_and_shows_in_metrics_and_health),
       KT_ENTRY(breaker_half_open_probe_closes_or_reopens_it),
+      KT_ENTRY(tls_is_verified_with_the_given_ca),
       KT_ENTRY(many_processes_at_once_on_every_scheduler),
       KT_ENTRY(a_caller_killed_mid_request_leaves_nothing_behind),
       KT_ENTRY(freeing_the_client_cancels_every_request_in_flight),
