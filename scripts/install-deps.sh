@@ -11,7 +11,8 @@ set -euo pipefail
 # node-llhttp (llhttp's generated C, compiled into libkeel as the HTTP/1.1
 # parser, see docs/decisions/0007), libsqlite3-dev (the event store's
 # embedded database, src/es/), libpq-dev (its PostgreSQL backend),
-# libcurl4-openssl-dev (the HTTP client, src/http/client*.c). test: a cross
+# libcurl4-openssl-dev (the HTTP client, src/http/client*.c), libssl-dev
+# (HMAC-SHA256 of signed alert webhooks, src/http/alert_sink.c). test: a cross
 # compiler and qemu to run the AArch64 context switch (tests/ctx/run-cross.sh);
 # prometheus for promtool and a real scrape (tests/ops/test_prom*.sh); jq and
 # curl, which read logs and talk to the microservice in the test scripts;
@@ -23,7 +24,7 @@ set -euo pipefail
 # --build: only what building needs (the Docker image). --bench: also the
 # systems keel is compared with (Erlang/OTP, nginx) and wrk.
 build_packages=(build-essential cmake pkg-config libuv1-dev libjansson-dev node-llhttp
-  libsqlite3-dev libpq-dev libcurl4-openssl-dev)
+  libsqlite3-dev libpq-dev libcurl4-openssl-dev libssl-dev)
 test_packages=(postgresql-15 gcc-aarch64-linux-gnu libc6-dev-arm64-cross qemu-user prometheus jq curl
   clang libclang-rt-14-dev libhttp-parser-dev nginx-light)
 case "${1:-}" in

@@ -53,12 +53,12 @@ keel_alert_sink_format keel_alert_sink_format_parse(const char *name);
 
 typedef struct keel_alert_sink_opts {
   keel_alert_sink_format format; /* required */
-  const char *url;     /* the webhook; Alertmanager: its base URL (required; copied) */
-  const char *secret;  /* JSON format: sign bodies with it; NULL: unsigned (copied) */
-  const char *service; /* the service named in messages and labels; NULL: "keel" (copied) */
-  int64_t cooldown_ms; /* per alert type and process; 0: 900000 (15 min); < 0: none */
-  size_t queue_max;    /* alerts waiting; 0: 100 */
-  int max_retries;     /* per alert, as keel_http_client_req; 0: 3; < 0: none */
+  const char *url;               /* the webhook; Alertmanager: its base URL (required; copied) */
+  const char *secret;            /* JSON format: sign bodies with it; NULL: unsigned (copied) */
+  const char *service;      /* the service named in messages and labels; NULL: "keel" (copied) */
+  int64_t cooldown_ms;      /* per alert type and process; 0: 900000 (15 min); < 0: none */
+  size_t queue_max;         /* alerts waiting; 0: 100 */
+  int max_retries;          /* per alert, as keel_http_client_req; 0: 3; < 0: none */
   keel_http_client *client; /* borrowed, outlives the sink; NULL: the sink makes its own */
 } keel_alert_sink_opts;
 
