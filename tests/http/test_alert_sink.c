@@ -12,6 +12,7 @@
 #include <openssl/hmac.h>
 #include <pthread.h>
 #include <sys/socket.h>
+#include <time.h>
 #include <unistd.h>
 
 #include "keel_test.h"
@@ -314,9 +315,69 @@ KT_CASE(sinks_from_the_environment) {
   CHECK_OK(keel_alerts_stop());
 }
 
+/* ---- a real Alertmanager (run by test_alert_sink_am.sh; skipped without it) ---------- */
+
+/* The alerts Alertmanager lists now whose alertname is name and whose
+ * service label is svc. */
+static int am_count(keel_http_client *c, const char *base, const char *svc) {
+  char u[160];
+  snprintf(u, sizeof u, "%s/api/v2/alerts", base);
+  keel_http_client_res r;
+  json_t *j = NULL;
+  CHECK_OK(keel_http_client_json(c, "GET", u, NULL, NULL, &r, &j));
+  CHECK_EQ(r.status, 200);
+  int n = 0;
+  size_t i;
+  json_t *v;
+  json_array_foreach(j, i, v) {
+    json_t *l = json_object_get(v, "labels");
+    const char *an = json_string_value(json_object_get(l, "alertname"));
+    const char *sv = json_string_value(json_object_get(l, "service"));
+    if (an && sv && strcmp(an, "high_error_rate") == 0 && strcmp(sv, svc) == 0) n++;
+  }
+  json_decref(j);
+  keel_http_client_res_free(&r);
+  return n;
+}
+
+KT_CASE(alertmanager_lists_then_resolves) {
+  const char *base = getenv("KEEL_TEST_AM_URL");
+  if (!base) {
+    fprintf(stderr, "skipped: run by test_alert_sink_am.sh (KEEL_TEST_AM_URL)\n");
+    return;
+  }
+  start_alerts();
+  keel_http_client *c;
+  CHECK_OK(keel_http_client_new(NULL, &c));
+  keel_alert_sink_opts o = {
+      .format = KEEL_ALERT_SINK_ALERTMANAGER, .url = base, .service = "keel-am-test", .client = c};
+  keel_alert_sink *s;
+  CHECK_OK(keel_alert_sink_start(&o, &s));
+  struct timespec ts;
+  clock_gettime(CLOCK_REALTIME, &ts);
+  keel_alert a = sample_alert();
+  a.time_ms = (int64_t)ts.tv_sec * 1000 + ts.tv_nsec / 1000000;
+  CHECK_OK(keel_alert_sink_push(s, KEEL_ALERTS_EV_TRIGGERED, &a));
+  wait_sent(s, 1);
+  int n = 0;
+  for (int i = 0; i < 200 && (n = am_count(c, base, "keel-am-test")) == 0; i++)
+    keel_sleep(50);
+  CHECK_EQ(n, 1); /* listed, active */
+  clock_gettime(CLOCK_REALTIME, &ts);
+  a.resolved_ms = (int64_t)ts.tv_sec * 1000 + ts.tv_nsec / 1000000;
+  CHECK_OK(keel_alert_sink_push(s, KEEL_ALERTS_EV_RESOLVED, &a));
+  wait_sent(s, 2);
+  for (int i = 0; i < 200 && (n = am_count(c, base, "keel-am-test")) != 0; i++)
+    keel_sleep(50);
+  CHECK_EQ(n, 0); /* resolved: no longer listed as firing */
+  keel_alert_sink_stop(s);
+  keel_http_client_free(c);
+  CHECK_OK(keel_alerts_stop());
+}
+
 KT_MAIN(KT_ENTRY(json_body_is_as_documented_and_signed),
         KT_ENTRY(slack_discord_and_alertmanager_bodies),
         KT_ENTRY(an_alert_raised_by_the_manager_is_delivered),
         KT_ENTRY(cooldown_holds_back_a_repeat_and_its_resolution),
         KT_ENTRY(a_receiver_that_is_down_drops_past_the_bound_and_counts),
-        KT_ENTRY(sinks_from_the_environment))
+        KT_ENTRY(sinks_from_the_environment), KT_ENTRY(alertmanager_lists_then_resolves))
