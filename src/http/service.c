@@ -19,6 +19,7 @@
 #include <stdlib.h>
 #include <string.h>
 
+#include "keel/alert_sink.h"
 #include "keel/alerts.h"
 #include "keel/application.h"
 #include "keel/health.h"
@@ -43,6 +44,8 @@ typedef struct svc {
   char *origins;
   keel_metrics *metrics;
   _Atomic(keel_http_server *) api, admin;
+  keel_alert_sink *sinks[2]; /* from ALERT_WEBHOOK_URL, ALERTMANAGER_URL */
+  int nsinks;
 } svc;
 
 static atomic_bool g_ran;
@@ -161,6 +164,8 @@ static int admin_routes(keel_http_router *r, void *ud) {
 }
 
 static void ops_stop(svc *s) {
+  while (s->nsinks > 0)
+    keel_alert_sink_stop(s->sinks[--s->nsinks]);
   keel_alerts_stop();
   keel_observer_stop();
   keel_health_reset();
@@ -179,6 +184,11 @@ static int app_start(keel_app_t *app, void *arg, keel_pid_t *root, void **state)
   if (!rc) rc = keel_observer_start(NULL);
   if (!rc) rc = keel_alerts_start(NULL);
   if (!rc) keel_health_set_section("alerts", keel_alerts_health_section, NULL);
+  if (!rc) { /* alert delivery, when the environment asks for it */
+    int n = keel_alert_sinks_from_env(s->kc.service_name, s->sinks, 2);
+    if (n < 0) rc = n;
+    else s->nsinks = n;
+  }
   const char *what = "operations";
   if (!rc) {
     what = "supervision tree";
