@@ -77,6 +77,11 @@ void keel_alert_sink_stop(keel_alert_sink *s);
  * Never waits. Errors: KEEL_EINVAL, KEEL_ENOMEM, KEEL_ENOPROC (stopped). Any thread. */
 int keel_alert_sink_push(keel_alert_sink *s, int event, const keel_alert *a);
 
+/* Queues a test alert (type KEEL_ALERT_TEST, "Test alert from <service>:
+ * alert delivery works", triggered now) on the sink, for a deployment
+ * checklist. Errors as keel_alert_sink_push. Any thread. */
+int keel_alert_sink_test(keel_alert_sink *s);
+
 typedef struct keel_alert_sink_stats {
   uint64_t sent;       /* posted and answered 2xx */
   uint64_t failed;     /* gave up after the retries */

@@ -352,6 +352,20 @@ int keel_alert_sink_push(keel_alert_sink *s, int event, const keel_alert *a) {
   return keel_send(s->pid, m) == 0 && keel_is_alive(s->pid) ? 0 : KEEL_ENOPROC;
 }
 
+int keel_alert_sink_test(keel_alert_sink *s) {
+  if (!s) return KEEL_EINVAL;
+  keel_alert a;
+  memset(&a, 0, sizeof a);
+  static atomic_uint n;
+  snprintf(a.id, sizeof a.id, "test-%u", atomic_fetch_add(&n, 1) + 1);
+  a.type = KEEL_ALERT_TEST;
+  snprintf(a.message, sizeof a.message, "Test alert from %.100s: alert delivery works", s->service);
+  struct timespec ts;
+  clock_gettime(CLOCK_REALTIME, &ts);
+  a.time_ms = (int64_t)ts.tv_sec * 1000 + ts.tv_nsec / 1000000;
+  return keel_alert_sink_push(s, KEEL_ALERTS_EV_TRIGGERED, &a);
+}
+
 void keel_alert_sink_stats_get(const keel_alert_sink *s, keel_alert_sink_stats *out) {
   memset(out, 0, sizeof *out);
   if (!s) return;
