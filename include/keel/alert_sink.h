@@ -25,6 +25,10 @@
  *   Alertmanager  POST <url>/api/v2/alerts [{"labels":{"alertname":...,"service":...,
  *                  "process":...},"annotations":{"summary":...},"startsAt":...,
  *                  "endsAt":... (resolved alerts only)}]
+ *   PagerDuty     Events API v2 (url: https://events.pagerduty.com/v2/enqueue)
+ *                  {"routing_key":...,"event_action":"trigger"|"resolve",
+ *                   "dedup_key":"<service>:<type>:<pid>","payload":{"summary":...,
+ *                   "source":...,"severity":"warning","timestamp":...}}
  */
 #ifndef KEEL_ALERT_SINK_H
 #define KEEL_ALERT_SINK_H
@@ -46,15 +50,18 @@ typedef enum keel_alert_sink_format {
   KEEL_ALERT_SINK_SLACK = 2,
   KEEL_ALERT_SINK_DISCORD = 3,
   KEEL_ALERT_SINK_ALERTMANAGER = 4,
+  KEEL_ALERT_SINK_PAGERDUTY = 5,
 } keel_alert_sink_format;
 
-/* "json", "slack", "discord", "alertmanager" <-> the enum; 0 for an unknown name. */
+/* "json", "slack", "discord", "alertmanager", "pagerduty" <-> the enum; 0 for
+ * an unknown name. */
 keel_alert_sink_format keel_alert_sink_format_parse(const char *name);
 
 typedef struct keel_alert_sink_opts {
   keel_alert_sink_format format; /* required */
   const char *url;               /* the webhook; Alertmanager: its base URL (required; copied) */
-  const char *secret;            /* JSON format: sign bodies with it; NULL: unsigned (copied) */
+  const char *secret;            /* JSON format: sign bodies with it; NULL: unsigned. PagerDuty: the
+                                    integration's routing key (required). Copied */
   const char *service;      /* the service named in messages and labels; NULL: "keel" (copied) */
   int64_t cooldown_ms;      /* per alert type and process; 0: 900000 (15 min); < 0: none */
   size_t queue_max;         /* alerts waiting; 0: 100 */
@@ -93,8 +100,9 @@ typedef struct keel_alert_sink_stats {
 void keel_alert_sink_stats_get(const keel_alert_sink *s, keel_alert_sink_stats *out);
 
 /* Starts the sinks the environment asks for, each at most once:
- *   ALERT_WEBHOOK_URL + ALERT_WEBHOOK_FORMAT (json, slack, discord; default
- *   json) + ALERT_WEBHOOK_SECRET (json only), and ALERTMANAGER_URL;
+ *   ALERT_WEBHOOK_URL + ALERT_WEBHOOK_FORMAT (json, slack, discord, pagerduty;
+ *   default json) + ALERT_WEBHOOK_SECRET (json: the signing key; pagerduty:
+ *   the routing key), and ALERTMANAGER_URL;
  *   ALERT_COOLDOWN_MS for both. service names them in messages.
  * Up to max sinks go to out; returns how many were started (0: none asked
  * for) or a negative KEEL_E* (ALERT_WEBHOOK_FORMAT unknown: KEEL_EINVAL). */

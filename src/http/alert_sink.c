@@ -61,6 +61,7 @@ keel_alert_sink_format keel_alert_sink_format_parse(const char *name) {
   if (strcmp(name, "slack") == 0) return KEEL_ALERT_SINK_SLACK;
   if (strcmp(name, "discord") == 0) return KEEL_ALERT_SINK_DISCORD;
   if (strcmp(name, "alertmanager") == 0) return KEEL_ALERT_SINK_ALERTMANAGER;
+  if (strcmp(name, "pagerduty") == 0) return KEEL_ALERT_SINK_PAGERDUTY;
   return 0;
 }
 
@@ -131,6 +132,22 @@ static char *body_alertmanager(const keel_alert_sink *s, int ev, const keel_aler
   return out;
 }
 
+/* PagerDuty Events API v2: a trigger, or a resolve of the same dedup_key. */
+static char *body_pagerduty(const keel_alert_sink *s, int ev, const keel_alert *a) {
+  char t[32], key[160];
+  iso_time(a->time_ms, t);
+  snprintf(key, sizeof key, "%s:%s:%llu", s->service, keel_alert_type_name(a->type),
+           (unsigned long long)a->pid);
+  json_t *j =
+      json_pack("{s:s, s:s, s:s, s:{s:s, s:s, s:s, s:s, s:{s:f, s:f}}}", "routing_key", s->secret,
+                "event_action", ev == KEEL_ALERTS_EV_RESOLVED ? "resolve" : "trigger", "dedup_key",
+                key, "payload", "summary", a->message, "source", s->service, "severity", "warning",
+                "timestamp", t, "custom_details", "value", a->value, "threshold", a->threshold);
+  char *out = j ? json_dumps(j, JSON_COMPACT | JSON_PRESERVE_ORDER) : NULL;
+  json_decref(j);
+  return out;
+}
+
 /* "sha256=" + the hex HMAC-SHA256 of body under secret. */
 static void sign(const char *secret, const char *body, char out[80]) {
   unsigned char mac[EVP_MAX_MD_SIZE];
@@ -156,6 +173,7 @@ static void deliver(keel_alert_sink *s, const queued *q) {
   case KEEL_ALERT_SINK_JSON: body = body_json(s, q->event, &q->a); break;
   case KEEL_ALERT_SINK_SLACK: body = body_chat(s, q->event, &q->a, "text"); break;
   case KEEL_ALERT_SINK_DISCORD: body = body_chat(s, q->event, &q->a, "content"); break;
+  case KEEL_ALERT_SINK_PAGERDUTY: body = body_pagerduty(s, q->event, &q->a); break;
   case KEEL_ALERT_SINK_ALERTMANAGER:
     body = body_alertmanager(s, q->event, &q->a);
     snprintf(url, sizeof url, "%.*s/api/v2/alerts",
@@ -284,7 +302,8 @@ static void sink_free(keel_alert_sink *s) {
 int keel_alert_sink_start(const keel_alert_sink_opts *o, keel_alert_sink **out) {
   if (!out) return KEEL_EINVAL;
   *out = NULL;
-  if (!o || !o->url || !*o->url || !o->format || o->format > KEEL_ALERT_SINK_ALERTMANAGER)
+  if (!o || !o->url || !*o->url || !o->format || o->format > KEEL_ALERT_SINK_PAGERDUTY ||
+      (o->format == KEEL_ALERT_SINK_PAGERDUTY && (!o->secret || !*o->secret)))
     return KEEL_EINVAL;
   if (keel_self() == 0) return KEEL_ENOTPROC;
   if (!keel_alerts_running()) return KEEL_ESTATE;

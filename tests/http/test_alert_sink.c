@@ -185,9 +185,35 @@ KT_CASE(slack_discord_and_alertmanager_bodies) {
   CHECK_OK(keel_alert_sink_push(am, KEEL_ALERTS_EV_RESOLVED, &a));
   wait_received(4);
   CHECK(strstr(g_body[3], "\"endsAt\":\"2025-11-24T16:01:00.123Z\"") != NULL);
+  /* PagerDuty Events v2: trigger, then resolve under the same dedup_key */
+  keel_alert_sink *pd;
+  keel_alert_sink_opts po = {.format = KEEL_ALERT_SINK_PAGERDUTY,
+                             .url = url("/hook"),
+                             .secret = "R0UT1NG",
+                             .service = "orders",
+                             .cooldown_ms = -1};
+  CHECK_OK(keel_alert_sink_start(&po, &pd));
+  a = sample_alert();
+  CHECK_OK(keel_alert_sink_push(pd, KEEL_ALERTS_EV_TRIGGERED, &a));
+  wait_received(5);
+  CHECK_STR(g_body[4],
+            "{\"routing_key\":\"R0UT1NG\",\"event_action\":\"trigger\","
+            "\"dedup_key\":\"orders:high_error_rate:0\",\"payload\":{\"summary\":\"Error rate "
+            "exceeded threshold: 7 > 5\",\"source\":\"orders\",\"severity\":\"warning\","
+            "\"timestamp\":\"2025-11-24T16:00:00.123Z\",\"custom_details\":{\"value\":7.0,"
+            "\"threshold\":5.0}}}");
+  CHECK_OK(keel_alert_sink_push(pd, KEEL_ALERTS_EV_RESOLVED, &a));
+  wait_received(6);
+  CHECK(strstr(g_body[5],
+               "\"event_action\":\"resolve\",\"dedup_key\":\"orders:high_error_rate:0\"") != NULL);
+  /* a PagerDuty sink needs its routing key */
+  po.secret = NULL;
+  keel_alert_sink *none;
+  CHECK_EQ(keel_alert_sink_start(&po, &none), KEEL_EINVAL);
   keel_alert_sink_stop(sl);
   keel_alert_sink_stop(dc);
   keel_alert_sink_stop(am);
+  keel_alert_sink_stop(pd);
   CHECK_OK(keel_alerts_stop());
   CHECK_OK(keel_http_stop(srv));
 }
