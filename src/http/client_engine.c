@@ -38,6 +38,12 @@
 #include "keel/io.h"
 #include "keel/runtime.h"
 
+/* Connections kept open per scheduler (libcurl's connection cache). */
+#define KEEL__HC_MAX_IDLE 256
+/* Easy handles kept for reuse per scheduler (an easy handle is a few KB of
+ * allocations made and freed per request otherwise). */
+#define KEEL__HC_SPARE 64
+
 typedef struct hc_sock hc_sock;
 typedef struct hc_xfer hc_xfer;
 
@@ -47,9 +53,11 @@ struct keel__hc_engine {
   uv_timer_t timer; /* data: the engine */
   int open_handles; /* the timer and the socket polls not yet closed */
   bool loop_gone;
-  hc_xfer *xfers;     /* in flight */
-  hc_sock *socks;     /* polls alive */
-  keel_io_t *closing; /* the closer waiting for the handles' close callbacks */
+  hc_xfer *xfers;              /* in flight */
+  hc_sock *socks;              /* polls alive */
+  keel_io_t *closing;          /* the closer waiting for the handles' close callbacks */
+  CURL *spare[KEEL__HC_SPARE]; /* easy handles of finished transfers, reset, for the next */
+  int nspare;
 };
 
 struct hc_sock {
@@ -130,6 +138,18 @@ static void xfer_detach(hc_xfer *x) {
   x->in_multi = false;
   LIST_UNLINK(x->e->xfers, x);
   curl_multi_remove_handle(x->e->multi, x->easy);
+}
+
+/* The easy handle back to its engine's spares (on the engine's thread,
+ * out of the multi handle) or freed. */
+static void easy_release(keel__hc_engine *e, CURL *h) {
+  if (!h) return;
+  if (e && !e->loop_gone && e->nspare < KEEL__HC_SPARE) {
+    curl_easy_reset(h);
+    e->spare[e->nspare++] = h;
+  } else {
+    curl_easy_cleanup(h);
+  }
 }
 
 static void xfer_free(hc_xfer *x) {
@@ -253,6 +273,12 @@ static keel__hc_engine *engine_new(uv_loop_t *loop) {
   curl_multi_setopt(e->multi, CURLMOPT_SOCKETDATA, e);
   curl_multi_setopt(e->multi, CURLMOPT_TIMERFUNCTION, timer_cb);
   curl_multi_setopt(e->multi, CURLMOPT_TIMERDATA, e);
+  /* libcurl's default cache holds 4 connections per easy handle in the
+   * multi at the moment: with handles coming and going per request it
+   * shrinks whenever few are in flight and closes keep-alive connections
+   * that the next burst reconnects (connect, close and TLS handshakes in a
+   * profile). A fixed cache keeps them. */
+  curl_multi_setopt(e->multi, CURLMOPT_MAXCONNECTS, (long)KEEL__HC_MAX_IDLE);
   return e;
 }
 
@@ -270,6 +296,8 @@ void keel__hc_engine_close(keel__hc_engine *e, bool loop_gone) {
       keel_io_ready(&x->io, 0);
     }
   }
+  while (e->nspare > 0)
+    curl_easy_cleanup(e->spare[--e->nspare]);
   curl_multi_cleanup(e->multi); /* may still report sockets removed */
   if (loop_gone) {
     while (e->socks)
@@ -468,13 +496,7 @@ int keel__hc_attempt_run(keel_http_client *c, const keel__hc_attempt *a,
   if (!x) return KEEL_ENOMEM;
   x->max = a->max_bytes;
   x->c = c;
-  x->easy = curl_easy_init();
-  int rc = x->easy ? xfer_setup(c, x, a) : KEEL_ENOMEM;
-  if (rc) {
-    xfer_free(x);
-    return rc;
-  }
-  rc = keel_io_begin(&x->io);
+  int rc = keel_io_begin(&x->io);
   if (rc) {
     xfer_free(x);
     return rc;
@@ -497,17 +519,19 @@ int keel__hc_attempt_run(keel_http_client *c, const keel__hc_attempt *a,
     return KEEL_ENOMEM;
   }
   x->e = e;
-  if (curl_multi_add_handle(e->multi, x->easy) != CURLM_OK) {
+  x->easy = e->nspare ? e->spare[--e->nspare] : curl_easy_init();
+  rc = x->easy ? xfer_setup(c, x, a) : KEEL_ENOMEM;
+  if (!rc && curl_multi_add_handle(e->multi, x->easy) != CURLM_OK) rc = KEEL_ENOMEM;
+  if (rc) {
     keel_io_end(&x->io);
     xfer_free(x);
-    return KEEL_ENOMEM;
+    return rc;
   }
   x->in_multi = true;
   LIST_PUSH(e->xfers, x);
   keel_io_on_abandon(&x->io, xfer_abandon, x);
   while (!x->done)
     keel_io_wait(&x->io, KEEL_INFINITY);
-  keel_io_end(&x->io);
   rc = result_code(x);
   if (rc == 0) {
     answer_take(x, res);
@@ -522,6 +546,14 @@ int keel__hc_attempt_run(keel_http_client *c, const keel__hc_attempt *a,
              : x->too_large ? "the answer is longer than max_response_bytes"
              : x->errbuf[0] ? x->errbuf
                             : curl_easy_strerror(x->result));
+  /* Still pinned to e's thread, and nothing yielded since the check below:
+   * a closer of e runs on this thread too, and only after closing was set,
+   * so while it is unset e lives. Once set, e may be gone: no spare. */
+  if (!x->cancelled && !atomic_load(&c->closing)) {
+    easy_release(e, x->easy);
+    x->easy = NULL;
+  }
+  keel_io_end(&x->io);
   xfer_free(x);
   return rc;
 }
