@@ -97,10 +97,13 @@ typedef struct keel_http_client_opts {
  * thread. */
 int keel_http_client_new(const keel_http_client_opts *o, keel_http_client **out);
 
-/* Frees a client. Call it either from a keel process when no request of the
- * client is in flight (its per-scheduler parts are closed on their own
- * schedulers; the call waits for that), or after keel_rt_stop (requests that
- * were in flight then are freed with it). NULL is accepted. */
+/* Frees a client. Call it either from a keel process (requests in flight get
+ * KEEL_ECANCELED, new ones too; its per-scheduler parts are closed on their
+ * own schedulers; the call waits for that and for every caller to leave the
+ * client), or after keel_rt_stop (requests that were in flight then are
+ * freed with it). From a thread outside the runtime
+ * while it runs, it cannot close the schedulers' parts: it says so on stderr
+ * and leaks the client. NULL is accepted. */
 void keel_http_client_free(keel_http_client *c);
 
 /* A request. Borrowed for the call. Zeroed fields take the client's values. */

@@ -152,8 +152,15 @@ static void close_engines_in_runtime(keel_http_client *c) {
 void keel_http_client_free(keel_http_client *c) {
   if (!c) return;
   atomic_store(&c->closing, true);
+  if (c->engines && keel_self() == 0 && keel_sched_count() > 0) {
+    /* a thread outside the runtime while it runs: the loops are busy and
+     * not ours to touch; leaking is the only safe thing left */
+    fprintf(stderr, "keel_http_client_free: call it from a keel process or after "
+                    "keel_rt_stop (the client is leaked)\n");
+    return;
+  }
   if (c->engines) {
-    if (keel_self() != 0 && keel_sched_count() > 0) {
+    if (keel_self() != 0) {
       close_engines_in_runtime(c);
     } else { /* after keel_rt_stop: the loops are gone */
       for (int i = 0; i < c->nsched; i++)
