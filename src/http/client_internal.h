@@ -23,8 +23,14 @@ struct keel_http_client {
   int nsched;
   keel__hc_engine **engines; /* [nsched]: slot i only touched on scheduler i */
   keel__hc_breakers *breakers;
-  atomic_int active;   /* requests inside keel_http_client_request */
-  atomic_bool closing; /* keel_http_client_free started: refuse new requests */
+  /* Requests inside keel_http_client_request. acq_rel: a caller's last
+   * touch of the client happens before its decrement, and the freeing
+   * process's acquire load that sees 0 happens after all of them. */
+  atomic_int active;
+  /* keel_http_client_free started: refuse new requests. seq_cst (the
+   * default): a caller increments active and then reads closing, the freer
+   * sets closing and then reads active; one of them sees the other. */
+  atomic_bool closing;
   pthread_mutex_t budget_lock;
   double budget; /* retry tokens: +ratio per first attempt, -1 per retry */
   keel_metric_family *m_total, *m_duration, *m_retries, *m_breaker;
