@@ -315,7 +315,7 @@ int keel_http_client_request(keel_http_client *c, const keel_http_client_req *rq
     snprintf(res->error, sizeof res->error, "not an http(s) URL");
     return KEEL_EINVAL;
   }
-  atomic_fetch_add_explicit(&c->active, 1, memory_order_acq_rel);
+  atomic_fetch_add(&c->active, 1); /* seq_cst: see closing in client_internal.h */
   if (atomic_load(&c->closing)) {
     atomic_fetch_sub_explicit(&c->active, 1, memory_order_acq_rel);
     snprintf(res->error, sizeof res->error, "cancelled: the client is closing");

@@ -23,7 +23,7 @@ struct keel_http_client {
   int nsched;
   keel__hc_engine **engines; /* [nsched]: slot i only touched on scheduler i */
   keel__hc_breakers *breakers;
-  /* Requests inside keel_http_client_request. acq_rel: a caller's last
+  /* Requests inside keel_http_client_request. Decrements acq_rel: a caller's last
    * touch of the client happens before its decrement, and the freeing
    * process's acquire load that sees 0 happens after all of them. */
   atomic_int active;
