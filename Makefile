@@ -10,6 +10,7 @@
 #   make bench      the benchmarks (JSON lines)
 #   make bench-compare   the same workloads on keel and on Erlang/OTP, side by side
 #   make bench-http the HTTP server against Fastify and nginx (wrk)
+#   make bench-orders   the orders service under wrk, on SQLite and PostgreSQL
 #   make install    headers, libraries, keel.pc, CMake package (PREFIX=/usr/local)
 #   make clean
 
@@ -21,7 +22,7 @@ DEPS_FLAGS ?=
 CTEST = ctest --output-on-failure --no-tests=error
 
 .PHONY: all build run run-microservice test test-release test-asan test-tsan test-portable test-cross test-install test-fuzz \
-        bench bench-compare bench-http install clean deps
+        bench bench-compare bench-http bench-orders install clean deps
 
 all: build
 
@@ -97,6 +98,12 @@ bench-compare: build
 bench-http: build
 	@scripts/install-deps.sh --bench
 	ROUNDS=3 bench/http/run.sh build
+
+# The orders service (examples/orders) under wrk: commands/s and latency on
+# SQLite and on a throwaway PostgreSQL, in alternating rounds.
+bench-orders: build
+	@scripts/install-deps.sh --bench
+	ROUNDS=3 bench/orders/run.sh build
 
 # The HTTP request path under libFuzzer (clang, ASan+UBSan), FUZZ_SECONDS long.
 test-fuzz:

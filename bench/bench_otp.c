@@ -1,9 +1,12 @@
 /* bench_otp.c - the behaviours' benchmarks, the same workloads as
- * bench/erlang/keel_bench.erl (call_rtt, restart_latency, supervisor_start)
+ * bench/erlang/keel_bench.erl (call_rtt, statem_call_rtt, restart_latency,
+ * supervisor_start)
  * so that `make bench-compare` can put keel and BEAM side by side.
  *
  *   call_rtt          ns        500,000 sequential gen_server calls to a server
  *                               that replies at once
+ *   statem_call_rtt   ns        500,000 sequential calls to a gen_statem pushbutton:
+ *                               each push changes state (off <-> on) and replies
  *   restart_latency   ns        from a worker's crash to its replacement answering
  *                               a call, one_for_one; 1,000 crashes in batches of 50,
  *                               each batch under a fresh supervisor; the median
@@ -109,6 +112,44 @@ static void call_rtt_main(void *arg) {
   bench_result = (t1 - t0) / CALL_N;
 }
 
+/* ---- statem_call_rtt ---------------------------------------------------------------- */
+
+enum { PB_OFF, PB_ON };
+
+static int pb_init(keel_sm_t *sm, void *arg, int *state, void **data) {
+  (void)sm;
+  (void)arg;
+  *state = PB_OFF;
+  *data = NULL;
+  return 0;
+}
+
+static int pb_push(keel_sm_t *sm, int state, keel_sm_event *ev, void *data) {
+  (void)data;
+  if (ev->type != KEEL_SM_CALL) return KEEL_SM_OK;
+  keel_sm_next_state(sm, state == PB_OFF ? PB_ON : PB_OFF);
+  return keel_gs_reply(ev->from, NULL); /* an empty reply */
+}
+
+static const keel_sm_state pb_states[] = {[PB_OFF] = {"off", pb_push}, [PB_ON] = {"on", pb_push}};
+static const keel_gen_statem pushbutton = {.init = pb_init, KEEL_SM_STATES(pb_states)};
+
+static void statem_call_rtt_main(void *arg) {
+  (void)arg;
+  keel_gs_opts o = {.link = true};
+  keel_pid_t machine;
+  int rc = keel_sm_start(&pushbutton, NULL, &o, &machine, NULL);
+  if (rc) bench_fail("statem_call_rtt start", rc);
+  double t0 = now_ns();
+  for (long i = 0; i < CALL_N; i++) {
+    rc = ping(machine);
+    if (rc) bench_fail("statem_call_rtt call", rc);
+  }
+  double t1 = now_ns();
+  keel_gs_stop(machine, KEEL_REASON_NORMAL, NULL, KEEL_INFINITY);
+  bench_result = (t1 - t0) / CALL_N;
+}
+
 /* ---- restart_latency ---------------------------------------------------------------- */
 
 #define RESTART_N     1000
@@ -199,6 +240,7 @@ static void sup_start_main(void *arg) {
 
 static const bench_workload workloads[] = {
     {"call_rtt", "ns", call_rtt_main, 9},
+    {"statem_call_rtt", "ns", statem_call_rtt_main, 9},
     {"restart_latency", "ns", restart_main, 1},
     {"supervisor_start", "ns/child", sup_start_main, 7},
 };

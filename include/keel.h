@@ -10,6 +10,7 @@
 #include "keel/io.h"
 #include "keel/registry.h"
 #include "keel/gen_server.h"
+#include "keel/gen_statem.h"
 #include "keel/supervisor.h"
 #include "keel/task.h"
 #include "keel/application.h"

@@ -19,14 +19,15 @@ set -euo pipefail
 # clang and its libFuzzer runtime for the fuzz targets (tests/fuzz);
 # http-parser, the second parser of the differential fuzz target;
 # postgresql-15, the throwaway cluster of the event store's PostgreSQL tests
-# (tests/es/pg_cluster.sh); nginx-light, the TLS server of the HTTP client's
-# tests (tests/http/test_client_tls.sh); prometheus-alertmanager, the real
-# Alertmanager alert delivery posts to (tests/http/test_alert_sink_am.sh).
+# (tests/es/pg_cluster.sh); pgbouncer, the same suites behind a pooler in
+# transaction mode (tests/es/pgbouncer.sh); nginx-light, the TLS server of the
+# HTTP client's tests (tests/http/test_client_tls.sh); prometheus-alertmanager,
+# the real Alertmanager alert delivery posts to (tests/http/test_alert_sink_am.sh).
 # --build: only what building needs (the Docker image). --bench: also the
 # systems keel is compared with (Erlang/OTP, nginx) and wrk.
 build_packages=(build-essential cmake pkg-config libuv1-dev libjansson-dev node-llhttp
   libsqlite3-dev libpq-dev libcurl4-openssl-dev libssl-dev)
-test_packages=(postgresql-15 gcc-aarch64-linux-gnu libc6-dev-arm64-cross qemu-user prometheus jq curl
+test_packages=(postgresql-15 pgbouncer gcc-aarch64-linux-gnu libc6-dev-arm64-cross qemu-user prometheus jq curl
   clang libclang-rt-14-dev libhttp-parser-dev nginx-light
   prometheus-alertmanager)
 case "${1:-}" in

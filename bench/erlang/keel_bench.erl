@@ -30,6 +30,8 @@
 -export([main/0, main/1, run/1, workloads/0]).
 %% gen_server callbacks
 -export([init/1, handle_call/3, handle_cast/2, handle_info/2, terminate/2]).
+%% gen_statem callbacks (statem_call_rtt: a pushbutton)
+-export([callback_mode/0, off/3, on/3]).
 %% worker start function used by the supervisors
 -export([start_worker/0, start_named_worker/1]).
 %% entry point of the fresh VM that takes one idle_process_memory sample
@@ -57,6 +59,7 @@ workloads() ->
      {ring, "ns/hop", 9, fun bench_ring/0},
      {pairs_roundtrips, "roundtrips/s", 7, fun bench_pairs/0},
      {call_rtt, "ns", 9, fun bench_call_rtt/0},
+     {statem_call_rtt, "ns", 9, fun bench_statem_call_rtt/0},
      {restart_latency, "ns", 1, fun bench_restart/0},
      {supervisor_start, "ns/child", 7, fun bench_supervisor_start/0}].
 
@@ -368,6 +371,25 @@ calls(Server, N) ->
     calls(Server, N - 1).
 
 %%% ---------------------------------------------------------------------
+%%% statem_call_rtt: sequential gen_statem:call to a pushbutton whose
+%%% every push changes state (off <-> on) and replies, ns per call
+%%% ---------------------------------------------------------------------
+
+bench_statem_call_rtt() ->
+    {ok, Machine} = gen_statem:start_link(?MODULE, statem, []),
+    T0 = now_ns(),
+    pushes(Machine, ?CALL_N),
+    T1 = now_ns(),
+    gen_statem:stop(Machine),
+    [(T1 - T0) / ?CALL_N].
+
+pushes(_Machine, 0) ->
+    ok;
+pushes(Machine, N) ->
+    _ = gen_statem:call(Machine, push),
+    pushes(Machine, N - 1).
+
+%%% ---------------------------------------------------------------------
 %%% restart_latency: crash -> replacement answers a call, median ns
 %%% ---------------------------------------------------------------------
 
@@ -439,7 +461,8 @@ bench_supervisor_start() ->
     [(T1 - T0) / ?SUP_CHILDREN].
 
 %%% ---------------------------------------------------------------------
-%%% Callbacks: supervisor (init({sup, _})) and gen_server worker
+%%% Callbacks: supervisor (init({sup, _})), gen_server worker, and the
+%%% gen_statem pushbutton (init(statem), callback_mode/0, off/3, on/3)
 %%% ---------------------------------------------------------------------
 
 start_worker() ->
@@ -463,7 +486,18 @@ init({sup, {many, N}}) ->
                 || I <- lists:seq(1, N)],
     {ok, {Flags, Children}};
 init(worker) ->
-    {ok, no_state}.
+    {ok, no_state};
+init(statem) ->
+    {ok, off, 0}.
+
+callback_mode() ->
+    state_functions.
+
+off({call, From}, push, N) ->
+    {next_state, on, N + 1, [{reply, From, on}]}.
+
+on({call, From}, push, N) ->
+    {next_state, off, N, [{reply, From, off}]}.
 
 handle_call(ping, _From, State) ->
     {reply, pong, State}.

@@ -8,7 +8,7 @@
 # this order, whatever the order of the arguments), or all of them when none
 # is named:
 #   spawn idle_process_memory cast_throughput ring pairs_roundtrips
-#   call_rtt restart_latency supervisor_start
+#   call_rtt statem_call_rtt restart_latency supervisor_start
 # Results go to stdout as JSON lines ({"bench": ..., "unit": ..., "value": ...});
 # progress and individual samples go to stderr. Extra flags for the Erlang VM
 # can be passed in $ERL_FLAGS (read by erl itself), e.g. ERL_FLAGS="+sbt db".

@@ -38,7 +38,8 @@
  *
  * Configuration: keel_service_main's variables (PORT, HEALTH_PORT, ...) and
  * DATABASE_URL (default sqlite:./data/orders.db; postgresql://... for many
- * instances) and SUB_PARTITIONS (0: each subscription runs whole in this
+ * instances), DATABASE_SESSION_URL (behind PgBouncer in transaction mode: a
+ * direct connection for LISTEN and the groups' locks) and SUB_PARTITIONS (0: each subscription runs whole in this
  * instance; N: each is a group of N partitions by order, shared out among
  * the instances on one PostgreSQL, which more than one instance needs: two
  * plain subscriptions of one name would both apply every event). See
@@ -61,6 +62,7 @@
 
 typedef struct config {
   char *database_url;
+  char *database_session_url; /* PgBouncer in transaction mode: a direct connection ("": none) */
   int64_t partitions;
   char *admin_token; /* the admin port's POSTs need it as a bearer token ("": open) */
 } config;
@@ -72,6 +74,11 @@ static const keel_config_field fields[] = {
      .type = KEEL_CONFIG_STRING,
      .offset = offsetof(config, database_url),
      .def = "sqlite:./data/orders.db",
+     .flags = KEEL_CONFIG_SECRET},
+    {.env = "DATABASE_SESSION_URL",
+     .type = KEEL_CONFIG_STRING,
+     .offset = offsetof(config, database_session_url),
+     .def = "",
      .flags = KEEL_CONFIG_SECRET},
     {.env = "SUB_PARTITIONS",
      .type = KEEL_CONFIG_INT,
@@ -579,7 +586,10 @@ static const char *const checks[] = {"eventstore", "sub.orders_view", "sub.order
 static int orders_start(void *c, keel_pid_t root) {
   const config *conf = c;
   int rc = keel_es_open(
-      &(keel_es_opts){.url = conf->database_url, .metrics = keel_service_metrics()}, &es);
+      &(keel_es_opts){.url = conf->database_url,
+                       .session_url = conf->database_session_url,
+                       .metrics = keel_service_metrics()},
+      &es);
   if (!rc) rc = keel_es_transact(es, NULL, 0, NULL, NULL, create_schema, NULL);
   for (size_t i = 0; !rc && i < sizeof subs / sizeof *subs; i++) {
     subs[i].es = es;

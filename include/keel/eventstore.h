@@ -110,6 +110,14 @@ typedef struct keel_es_opts {
    * (notify_poll_ms); this instance's appends still wake its own waiters at
    * once. SQLite ignores it. */
   bool no_listen;
+  /* PostgreSQL: where what needs a session of its own connects (the LISTEN
+   * connection; a subscription group's partition locks, which are session
+   * advisory locks), when url goes through a pooler in transaction mode
+   * (PgBouncer, RDS Proxy): a direct connection string to the same database.
+   * NULL: $DATABASE_SESSION_URL when url is NULL too (taken from
+   * $DATABASE_URL), else url. Borrowed during keel_es_open only. SQLite
+   * ignores it. */
+  const char *session_url;
 } keel_es_opts;
 
 /* Opens (creating or migrating the schema as needed) the store. Call from a

@@ -83,6 +83,8 @@ void *keel_msg_attachment(const keel_msg_t *m); /* borrowed; NULL if none */
 void *keel_msg_detach(keel_msg_t *m);           /* the caller now owns it; NULL if none */
 
 enum { KEEL_PROTO_NONE = 0, KEEL_PROTO_CALL = 1, KEEL_PROTO_CAST = 2, KEEL_PROTO_SYSTEM = 3 };
+/* gen_statem's own timeout markers (never handed to a handler). */
+enum { KEEL_PROTO_STATEM_TIMER = 8 };
 uint8_t keel_msg_proto(const keel_msg_t *m);
 void keel_msg_set_proto(keel_msg_t *m, uint8_t proto);
 

@@ -156,6 +156,13 @@ typedef struct keel_sched_info {
                           progress included (utilisation =
                           1 - delta(idle_ns) / delta(wall time)) */
   uint64_t switches;   /* context switches so far */
+  /* How long the process running now has held it without a switch, as the
+   * runtime's watchdog saw it (it looks every stuck_ms / 4, between 5 and
+   * 50 ms: a hold shorter than a look is 0); 0 when it switches or idles.
+   * Kept only while the watchdog runs (watched: stuck_ms > 0 or more than one
+   * scheduler). Reading it costs nothing: no sampling, no wait. */
+  int64_t held_ms;
+  bool watched;
 } keel_sched_info;
 
 /* Fills *out for scheduler i (0 <= i < keel_sched_count()). Errors:

@@ -19,6 +19,7 @@
 #include <stddef.h>
 
 #include "keel/gen_server.h"
+#include "keel/gen_statem.h"
 
 #ifdef __cplusplus
 extern "C" {
@@ -62,24 +63,30 @@ typedef enum keel_sup_auto_shutdown {
 typedef int (*keel_sup_start_fn)(void *arg, const void *args, size_t args_len, keel_pid_t *pid);
 #define KEEL_SUP_IGNORE 1
 
-/* A child: what to start (exactly one of gen_server, supervisor and start),
+/* A child: what to start (exactly one of gen_server, gen_statem, supervisor
+ * and start),
  * and how to treat it. The common cases are one line:
  *
  *   {.id = "kv", .gen_server = &kv_server, .arg = &cfg, .name = "kv"}
  *   {.id = "workers", .supervisor = &workers_spec}
+ *   {.id = "lock", .gen_statem = &code_lock, .arg = &code}
  *
  * A gen_server child is linked to the supervisor and traps exits (so its
  * terminate runs when the supervisor shuts it down); its init gets the
- * simple_one_for_one arguments when there are any, else arg. A supervisor
+ * simple_one_for_one arguments when there are any, else arg; a gen_statem
+ * child is started the same way (keel_sm_start). A supervisor
  * child is the keel_sup_spec given, started linked (its type is
  * KEEL_SUP_SUPERVISOR whatever .type says). start is for anything else. */
 typedef struct keel_sup_child_spec {
   const char *id; /* unique among the supervisor's children (copied) */
   const keel_gen_server *gen_server; /* borrowed for the child's life (normally static) */
+  const keel_gen_statem *gen_statem; /* borrowed for the child's life (normally static) */
   const struct keel_sup_spec *supervisor; /* borrowed for the child's life */
   keel_sup_start_fn start;
-  void *arg;        /* gen_server's init argument, or start's; borrowed for the child's life */
-  const char *name; /* gen_server or supervisor: register under this name (copied); NULL: none */
+  void *arg;        /* gen_server's or gen_statem's init argument, or start's; borrowed for
+                       the child's life */
+  const char *name; /* gen_server, gen_statem or supervisor: register under this name
+                       (copied); NULL: none */
   keel_sup_restart restart;
   int64_t shutdown; /* see KEEL_SUP_SHUTDOWN_* */
   keel_sup_child_type type;

@@ -367,6 +367,7 @@ typedef struct es_pgwaiter {
 
 struct es_pg {
   char *url;
+  char *session_url; /* what needs a session (LISTEN, a group's locks): opts.session_url, or url */
   size_t min, max;
   int64_t acquire_timeout_ms, statement_timeout_ms;
   pthread_mutex_t mu; /* guards what follows */
@@ -390,9 +391,10 @@ struct es_pg {
   int nleaders;          /* groups running */
 };
 
-/* pg_conn.c: opens one connection (blocking: call on the blocking pool),
- * sets its statement_timeout and makes it non-blocking. KEEL_EIO (logged). */
-int keel__es_pg_connect(es_pg *pg, es_pgconn **out);
+/* pg_conn.c: opens one connection to url (pg->url or pg->session_url;
+ * blocking: call on the blocking pool), sets its statement_timeout and makes
+ * it non-blocking. KEEL_EIO (logged). */
+int keel__es_pg_connect(es_pg *pg, const char *url, es_pgconn **out);
 /* pg_conn.c: runs sql on c with the asynchronous API, the calling process
  * waiting on the socket. nparams < 0: a simple query (several statements,
  * no parameters). *out (may be NULL) gets the last result (PQclear it).
@@ -415,8 +417,10 @@ void keel__es_pg_stats(keel_es *es, size_t *in_use, size_t *idle, size_t *waitin
                        double *waiting_for_s);
 /* pg_pool.c: opens one connection outside the pool's books (blocking part on
  * the blocking pool; call from a process), and closes one (NULL-safe):
- * the pool's own, and a subscription group's lock session. */
+ * the pool's own, and (keel__es_pg_session_open, to session_url) a
+ * subscription group's lock session. */
 int keel__es_pg_conn_open(es_pg *pg, es_pgconn **out);
+int keel__es_pg_session_open(es_pg *pg, es_pgconn **out);
 void keel__es_pg_conn_close(es_pgconn *c);
 /* pg_pool.c: checks a connection out of the pool, waiting without blocking
  * the scheduler at most acquire_timeout_ms. KEEL_ETIMEDOUT, KEEL_EIO. */

@@ -35,14 +35,14 @@ static void no_notices(void *arg, const char *message) {
   (void)message;
 }
 
-int keel__es_pg_connect(es_pg *pg, es_pgconn **out) {
+int keel__es_pg_connect(es_pg *pg, const char *url, es_pgconn **out) {
   *out = NULL;
   /* connect_timeout 10 s unless the URL says otherwise (a later keyword's
    * value wins over an earlier one's, and the URL is expanded last): an
    * unreachable host must not hold a blocking-pool thread for the kernel's
    * TCP timeout. */
   static const char *const keys[] = {"connect_timeout", "dbname", NULL};
-  const char *const vals[] = {"10", pg->url, NULL};
+  const char *const vals[] = {"10", url, NULL};
   PGconn *conn = PQconnectdbParams(keys, vals, 1);
   if (!conn) return KEEL_ENOMEM;
   if (PQstatus(conn) != CONNECTION_OK) {

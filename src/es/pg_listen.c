@@ -119,6 +119,15 @@ static void set_up(es_listen *l, bool up) {
   if (l->g_up) keel_gauge_set(l->g_up, up ? 1 : 0);
 }
 
+/* The server's notices and an error that arrives outside a query (the
+ * server ending the connection: "FATAL: terminating connection due to
+ * administrator command") would go to stderr by libpq's default; the loss
+ * is logged by the listener itself, as structured lines. */
+static void quiet(void *arg, const char *message) {
+  (void)arg;
+  (void)message;
+}
+
 /* Connects without blocking past the pipe: close interrupts it. */
 static PGconn *connect_listen(es_listen *l, char *err, size_t errlen) {
   static const char *const keys[] = {"fallback_application_name",
@@ -154,6 +163,7 @@ static PGconn *connect_listen(es_listen *l, char *err, size_t errlen) {
     PQfinish(c);
     return NULL;
   }
+  PQsetNoticeProcessor(c, quiet, NULL);
   return c;
 }
 
@@ -351,7 +361,7 @@ int keel__es_listen_start(keel_es *es, keel_metrics *metrics, es_listen **out) {
   if (!l) return KEEL_ENOMEM;
   l->es = es;
   l->wake[0] = l->wake[1] = -1;
-  if (!(l->url = strdup(es->pg->url)) || pipe2(l->wake, O_NONBLOCK | O_CLOEXEC) != 0) {
+  if (!(l->url = strdup(es->pg->session_url)) || pipe2(l->wake, O_NONBLOCK | O_CLOEXEC) != 0) {
     keel__es_listen_stop(l);
     return KEEL_ENOMEM;
   }

@@ -63,22 +63,31 @@ void keel__es_pg_conn_close(es_pgconn *c) {
 
 typedef struct connect_job {
   es_pg *pg;
+  const char *url;
   es_pgconn *c;
   int rc;
 } connect_job;
 
 static void connect_on_pool(void *arg) {
   connect_job *j = arg;
-  j->rc = keel__es_pg_connect(j->pg, &j->c);
+  j->rc = keel__es_pg_connect(j->pg, j->url, &j->c);
 }
 
-int keel__es_pg_conn_open(es_pg *pg, es_pgconn **out) {
-  connect_job j = {.pg = pg};
+static int conn_open(es_pg *pg, const char *url, es_pgconn **out) {
+  connect_job j = {.pg = pg, .url = url};
   int rc = keel_blocking(connect_on_pool, &j);
   if (rc == 0) rc = j.rc;
   *out = rc == 0 ? j.c : NULL;
   if (rc) keel__es_pg_conn_close(j.c);
   return rc;
+}
+
+int keel__es_pg_conn_open(es_pg *pg, es_pgconn **out) {
+  return conn_open(pg, pg->url, out);
+}
+
+int keel__es_pg_session_open(es_pg *pg, es_pgconn **out) {
+  return conn_open(pg, pg->session_url, out);
 }
 
 /* The first waiter, taken off the queue and marked done (the caller gives
@@ -495,6 +504,8 @@ int keel__es_pg_open(keel_es *es, const char *url, const keel_es_opts *o) {
   pthread_mutex_init(&pg->gmu, NULL);
   es->pg = pg;
   if (!(pg->url = strdup(url))) return KEEL_ENOMEM;
+  if (!(pg->session_url = strdup(o->session_url && *o->session_url ? o->session_url : url)))
+    return KEEL_ENOMEM;
   pg->max = o->pool_max ? o->pool_max : 10;
   pg->min = o->pool_min ? o->pool_min : 1;
   if (pg->min > pg->max) pg->min = pg->max;
@@ -551,6 +562,7 @@ void keel__es_pg_close(keel_es *es) {
   pthread_mutex_destroy(&pg->mu);
   pthread_mutex_destroy(&pg->gmu);
   free(pg->url);
+  free(pg->session_url);
   free(pg);
   es->pg = NULL;
 }

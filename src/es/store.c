@@ -329,7 +329,13 @@ int keel_es_open(const keel_es_opts *o, keel_es **out) {
     return rc;
   }
   if (es->kind == ES_PG) {
-    if ((rc = keel__es_pg_open(es, url, o)) != 0 || (rc = keel__es_notify_open(es, o)) != 0) {
+    /* the session URL follows the URL: from the environment only when the
+     * URL is (an explicit url with a stray $DATABASE_SESSION_URL must not
+     * send the LISTEN connection to another database) */
+    keel_es_opts po = *o;
+    if ((!o->url || !*o->url) && (!po.session_url || !*po.session_url))
+      po.session_url = getenv("DATABASE_SESSION_URL");
+    if ((rc = keel__es_pg_open(es, url, &po)) != 0 || (rc = keel__es_notify_open(es, o)) != 0) {
       keel__es_notify_free(es);
       keel__es_pg_close(es);
       es_free(es);

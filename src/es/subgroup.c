@@ -98,7 +98,7 @@ static void close_session(group *g) {
 
 static int open_session(group *g) {
   es_pgconn *c;
-  int rc = keel__es_pg_conn_open(g->o.es->pg, &c);
+  int rc = keel__es_pg_session_open(g->o.es->pg, &c);
   if (rc) return rc;
   session *e = calloc(1, sizeof *e);
   if (!e) {

@@ -5,9 +5,9 @@
  * ud is a copy of the options: "processes" (critical below min_processes
  * alive, health's own processes left out), "restarts" (supervisor restarts
  * in a window, from health.c's ring), "memory" (resident memory against the
- * cgroup or machine limit, keel/sysinfo.h) and "schedulers" (two readings of
- * every scheduler stuck_ms apart: one held by the same process with no switch
- * is stuck). Only public API is used, but for the helpers health_internal.h
+ * cgroup or machine limit, keel/sysinfo.h) and "schedulers" (a scheduler
+ * whose running process has held it stuck_ms without a switch, as the
+ * runtime's watchdog keeps it: no sampling, no wait). Only public API is used, but for the helpers health_internal.h
  * declares.
  */
 #include <inttypes.h>
@@ -70,6 +70,18 @@ static keel_health_status bi_memory(void *ud, keel_health_result *res) {
   return s;
 }
 
+/* A scheduler is stuck when the process running on it has held it for
+ * stuck_ms without a switch. The runtime's watchdog already keeps that
+ * (keel_sched_info.held_ms), so a probe reads it and answers at once; only
+ * when the watchdog is off (stuck_ms < 0 on one scheduler) does the check
+ * take two readings stuck_ms apart. */
+static bool sched_stuck(const keel_sched_info *before, const keel_sched_info *now,
+                        int64_t stuck_ms) {
+  if (now->running == 0) return false;
+  if (now->watched) return now->held_ms >= stuck_ms;
+  return now->running == before->running && now->switches == before->switches;
+}
+
 static keel_health_status bi_schedulers(void *ud, keel_health_result *res) {
   const keel_health_builtin_opts *o = ud;
   int n = keel_sched_count();
@@ -79,29 +91,35 @@ static keel_health_status bi_schedulers(void *ud, keel_health_result *res) {
     keel_health_result_message(res, "no schedulers");
     return KEEL_HEALTH_CRITICAL;
   }
-  for (int i = 0; i < n; i++)
+  bool watched = true;
+  for (int i = 0; i < n; i++) {
     keel_rt_sched_info(i, &a[i]);
-  keel_sleep(o->stuck_ms);
-  char list[256] = "";
-  size_t len = 0;
+    watched = watched && a[i].watched;
+  }
+  if (!watched) keel_sleep(o->stuck_ms);
+  char list[256] = "", held[256] = "";
+  size_t len = 0, hlen = 0;
   int bad = -1, nbad = 0;
   keel_pid_t holder = 0;
   for (int i = 0; i < n; i++) {
-    keel_sched_info b;
-    keel_rt_sched_info(i, &b);
-    if (b.running != 0 && b.running == a[i].running && b.switches == a[i].switches) {
+    keel_sched_info b = a[i];
+    if (!watched) keel_rt_sched_info(i, &b);
+    int k = snprintf(held + hlen, sizeof held - hlen, "%s%" PRId64, i ? "," : "", b.held_ms);
+    if (k > 0 && (size_t)k < sizeof held - hlen) hlen += (size_t)k;
+    if (sched_stuck(&a[i], &b, o->stuck_ms)) {
       if (bad < 0) {
         bad = i;
         holder = b.running;
       }
       nbad++;
-      int k = snprintf(list + len, sizeof list - len, "%s%d", nbad > 1 ? "," : "", i);
+      k = snprintf(list + len, sizeof list - len, "%s%d", nbad > 1 ? "," : "", i);
       if (k > 0 && (size_t)k < sizeof list - len) len += (size_t)k;
     }
   }
   free(a);
-  res->details = keel__health_dupf("{\"count\":%d,\"stuck\":[%s],\"stuck_ms\":%" PRId64 "}", n,
-                                   list, o->stuck_ms);
+  res->details = keel__health_dupf(
+      "{\"count\":%d,\"stuck\":[%s],\"held_ms\":[%s],\"stuck_ms\":%" PRId64 "}", n, list, held,
+      o->stuck_ms);
   if (bad < 0) return KEEL_HEALTH_OK;
   char pid[24];
   keel_health_result_message(res, "scheduler %d held by %s for at least %" PRId64 " ms", bad,

@@ -13,7 +13,10 @@
  * replies with the outcome. On failure the server unlinks from its starter
  * before exiting, so a linked starter is told by the return value, not killed.
  * If init does not answer in time the starter unlinks and kills it, and waits
- * for its DOWN, so that nothing is left behind when start returns.
+ * for its DOWN, so that nothing is left behind when start returns. A
+ * behaviour built on gen_server (gen_statem.c) may ask from init for a
+ * continue step (keel__gs_continue), run after the ack and before the first
+ * receive: where gen_statem makes its first state enter call.
  *
  * A trapping server whose parent (the linked starter, normally a supervisor)
  * sends an exit signal terminates with that reason, running terminate, as
@@ -31,6 +34,7 @@
 #include "keel/message.h"
 #include "keel/process.h"
 #include "keel/registry.h"
+#include "otp/gs_internal.h"
 
 enum { SYS_STOP = 1 };
 
@@ -63,6 +67,8 @@ typedef struct gs_server {
   keel_msg_t *cur; /* the message being handled */
   void *state;
   keel_pid_t parent; /* linked starter, or 0 */
+  bool in_init;
+  int (*cont)(void *state); /* keel__gs_continue: runs after the ack */
   bool stop_set;
   keel_reason_kind stop_kind;
   char stop_text[256];
@@ -101,6 +107,25 @@ static void *context_enter(const keel_msg_t *m, const keel_gs_context_hooks **us
 
 static void context_leave(const keel_gs_context_hooks *used, void *prev) {
   if (used && used->restore) used->restore(prev);
+}
+
+void *keel__gs_context_enter(const keel_msg_t *m, const keel_gs_context_hooks **used) {
+  if (!m) {
+    *used = NULL;
+    return NULL;
+  }
+  return context_enter(m, used);
+}
+
+void keel__gs_context_leave(const keel_gs_context_hooks *used, void *prev) {
+  context_leave(used, prev);
+}
+
+int keel__gs_continue(int (*fn)(void *state)) {
+  gs_server *sv = keel_local_get(KEEL_LOCAL_GEN_SERVER);
+  if (!sv || !sv->in_init) return KEEL_ESTATE;
+  sv->cont = fn;
+  return 0;
 }
 
 void keel_gs_opts_init(keel_gs_opts *o) {
@@ -197,7 +222,9 @@ static void server_main(void *p) {
       return;
     }
   }
+  sv->in_init = true;
   int rc = sv->beh->init ? sv->beh->init(sa->arg, &sv->state) : 0;
+  sv->in_init = false;
   if (rc < 0 || rc == KEEL_GS_STOP) {
     const char *name = sa->name;
     if (name) keel_unregister(name);
@@ -216,6 +243,11 @@ static void server_main(void *p) {
   keel_before_exit(run_terminate, sv); /* from here, terminate runs on keel_exit */
   send_ack(starter, ack_ref, 0, KEEL_REASON_NORMAL, NULL);
   /* sa is gone from here on: the starter has returned. */
+  if (sv->cont) { /* keel__gs_continue: before any message, as OTP's gen_statem */
+    int (*cont)(void *) = sv->cont;
+    sv->cont = NULL;
+    check(sv, cont(sv->state));
+  }
 
   /* The message being handled lives in sv->cur, so that a kill in the middle
    * of a callback frees it (server_cleanup); callbacks get &sv->cur and may

@@ -32,6 +32,7 @@
 
 #include "keel/error.h"
 #include "keel/gen_server.h"
+#include "keel/gen_statem.h"
 #include "keel/message.h"
 #include "keel/process.h"
 #include "keel/supervisor.h"
@@ -44,10 +45,11 @@
 typedef struct child {
   char *id;
   const keel_gen_server *gen_server;
+  const keel_gen_statem *gen_statem;
   const keel_sup_spec *supervisor;
   keel_sup_start_fn start;
   void *arg;
-  char *name; /* gen_server or supervisor: registered name, or NULL */
+  char *name; /* gen_server, gen_statem or supervisor: registered name, or NULL */
   keel_sup_restart restart;
   int64_t shutdown;
   keel_sup_child_type type;
@@ -221,6 +223,7 @@ static child *child_new(const keel_sup_child_spec *spec, const char *id) {
     return NULL;
   }
   c->gen_server = spec->gen_server;
+  c->gen_statem = spec->gen_statem;
   c->supervisor = spec->supervisor;
   c->start = spec->start;
   c->arg = spec->arg;
@@ -281,6 +284,10 @@ static int start_proc(const child *c, keel_pid_t *pid) {
   if (c->gen_server) {
     keel_gs_opts o = {.name = c->name, .link = true, .trap_exit = true};
     return keel_gs_start(c->gen_server, c->args_len ? c->args : c->arg, &o, pid, NULL);
+  }
+  if (c->gen_statem) {
+    keel_gs_opts o = {.name = c->name, .link = true, .trap_exit = true};
+    return keel_sm_start(c->gen_statem, c->args_len ? c->args : c->arg, &o, pid, NULL);
   }
   if (c->supervisor) {
     keel_sup_opts o = {.name = c->name, .link = true};
@@ -559,7 +566,9 @@ static keel_msg_t *reply_rc(int rc, keel_pid_t pid) {
 
 /* Exactly one way to start it. */
 static bool has_one_start(const keel_sup_child_spec *c) {
-  return (c->gen_server != NULL) + (c->supervisor != NULL) + (c->start != NULL) == 1;
+  return (c->gen_server != NULL) + (c->gen_statem != NULL) + (c->supervisor != NULL) +
+             (c->start != NULL) ==
+         1;
 }
 
 static bool spec_ok(const keel_sup_child_spec *c) {
@@ -605,6 +614,7 @@ static int sup_call(void *state, keel_gs_from from, keel_msg_t **m, keel_msg_t *
     snprintf(id, sizeof id, "%s-%llu", s->tmpl.id, ++s->anon);
     c = child_new(&(keel_sup_child_spec){.id = id,
                                          .gen_server = s->tmpl.gen_server,
+                                         .gen_statem = s->tmpl.gen_statem,
                                          .supervisor = s->tmpl.supervisor,
                                          .start = s->tmpl.start,
                                          .arg = s->tmpl.arg,

@@ -358,6 +358,8 @@ typedef struct keel__sched {
   _Atomic uint64_t n_exited;
   _Atomic keel_pid_t running_pid; /* 0 when not running a process */
   atomic_bool stuck;              /* the watchdog saw one process hold it for a tick */
+  _Atomic uint64_t held_since_ns; /* the watchdog: since when the running process has held it
+                                     without a switch (as first seen); 0 when not stuck */
   _Atomic uint64_t idle_ns;       /* time spent asleep in epoll with nothing to run */
   _Atomic uint64_t sleep_start_ns; /* start of the sleep in progress, 0 when awake */
   void *altstack;
@@ -411,6 +413,7 @@ typedef struct keel__rt {
   pthread_t watchdog;
   int watchdog_started;
   atomic_int watchdog_stop;
+  atomic_bool watchdog_running; /* its loop runs: keel_sched_info.held_ms is kept */
   pthread_mutex_t wd_lock;
   pthread_cond_t wd_cond;
 

@@ -102,6 +102,9 @@ int keel_rt_sched_info(int i, keel_sched_info *out) {
   uint64_t idle = atomic_load_explicit(&s->idle_ns, memory_order_relaxed);
   uint64_t now = keel__now_ns();
   out->idle_ns = idle + (since && now > since ? now - since : 0);
+  out->watched = atomic_load(&keel__g.watchdog_running);
+  uint64_t held = atomic_load_explicit(&s->held_since_ns, memory_order_relaxed);
+  out->held_ms = held && now > held ? (int64_t)((now - held) / 1000000) : 0;
   out->switches = atomic_load_explicit(&s->n_switches, memory_order_relaxed);
   return 0;
 }

@@ -696,6 +696,7 @@ static void *watchdog_main(void *arg) {
   if (tick_ms < 5) tick_ms = 5;
   if (tick_ms > 50) tick_ms = 50;
   pthread_mutex_lock(&keel__g.wd_lock);
+  atomic_store(&keel__g.watchdog_running, 1);
   while (!atomic_load(&keel__g.watchdog_stop)) {
     struct timespec ts;
     clock_gettime(CLOCK_REALTIME, &ts);
@@ -713,10 +714,13 @@ static void *watchdog_main(void *arg) {
         last[i] = sw;
         since[i] = now;
         reported[i] = 0;
-        if (atomic_load_explicit(&s->stuck, memory_order_relaxed))
+        if (atomic_load_explicit(&s->stuck, memory_order_relaxed)) {
           atomic_store_explicit(&s->stuck, 0, memory_order_relaxed);
+          atomic_store_explicit(&s->held_since_ns, 0, memory_order_relaxed);
+        }
         continue;
       }
+      atomic_store_explicit(&s->held_since_ns, since[i], memory_order_relaxed);
       atomic_store_explicit(&s->stuck, 1, memory_order_relaxed);
       /* Same process, no switch since `since`. Let a sleeping sibling steal
        * what waits behind it, and report it once past the threshold. */
@@ -749,6 +753,9 @@ static void *watchdog_main(void *arg) {
       }
     }
   }
+  atomic_store(&keel__g.watchdog_running, 0);
+  for (int i = 0; i < n; i++)
+    atomic_store_explicit(&keel__g.scheds[i].held_since_ns, 0, memory_order_relaxed);
   pthread_mutex_unlock(&keel__g.wd_lock);
   free(last);
   free(since);

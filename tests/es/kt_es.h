@@ -7,7 +7,16 @@
  * it) set, every store is on PostgreSQL instead, each in a schema of its own
  * (created here, dropped by kt_store_close), so that suites running at once
  * under ctest -j never meet. KT_SQLITE_ONLY() skips a case that is about
- * SQLite itself. */
+ * SQLite itself.
+ *
+ * Behind PgBouncer (the es.bouncer.* suites): with KEEL_TEST_ES_BOUNCER_PORT_FILE
+ * set too (tests/es/pgbouncer.sh writes it), each store gets a database of its
+ * own instead (PgBouncer refuses the options startup parameter a schema needs),
+ * created and dropped on the server directly, and the store connects to it
+ * through PgBouncer in transaction mode, with session_url the direct
+ * connection (LISTEN and a group's locks need a session). s->admin_url is
+ * that direct connection, also for a test's own statements; s->schema is
+ * then "public". */
 #ifndef KT_ES_H
 #define KT_ES_H
 
@@ -22,6 +31,8 @@ typedef struct kt_store {
   char dir[256];
   char url[1200];
   char schema[64]; /* PostgreSQL: the store's schema ("" on SQLite) */
+  char database[64]; /* behind PgBouncer: the store's database ("" otherwise) */
+  char admin_url[1200]; /* PostgreSQL: a direct connection to the store's database */
   keel_es *es;
 } kt_store;
 
@@ -43,6 +54,22 @@ static inline const char *kt_es_pg_url(void) {
   buf[strcspn(buf, "\r\n")] = 0;
   CHECK(buf[0] != 0);
   return buf;
+}
+
+/* The PgBouncer port the suite's stores connect through, or 0 (none). */
+static inline int kt_es_bouncer_port(void) {
+  const char *file = getenv("KEEL_TEST_ES_BOUNCER_PORT_FILE");
+  if (!file || !*file) return 0;
+  FILE *f = fopen(file, "r");
+  if (!f) {
+    fprintf(stderr, "kt_es: %s missing (is the PgBouncer fixture running?)\n", file);
+    abort();
+  }
+  int port = 0;
+  if (fscanf(f, "%d", &port) != 1) port = 0;
+  fclose(f);
+  CHECK(port > 0);
+  return port;
 }
 
 #define KT_SQLITE_ONLY()                                                                           \
@@ -96,23 +123,44 @@ static inline void kt_store_mkdir(kt_store *s) {
   snprintf(s->dir, sizeof s->dir, "%s/keel-es-test-XXXXXX", t && *t ? t : "/tmp");
   CHECK(mkdtemp(s->dir) != NULL);
   s->schema[0] = 0;
+  s->database[0] = 0;
+  s->admin_url[0] = 0;
   const char *pg = kt_es_pg_url();
   if (!pg) {
     snprintf(s->url, sizeof s->url, "sqlite:%s/es.db", s->dir);
     return;
   }
   static int serial;
+  char err[512];
+  int bouncer = kt_es_bouncer_port();
+  if (bouncer) {
+    snprintf(s->database, sizeof s->database, "kt_%d_%d", (int)getpid(), ++serial);
+    snprintf(s->schema, sizeof s->schema, "public");
+    char sql[200];
+    snprintf(sql, sizeof sql, "DROP DATABASE IF EXISTS %s WITH (FORCE)", s->database);
+    kt_pg_exec(pg, sql, NULL, 0);
+    snprintf(sql, sizeof sql, "CREATE DATABASE %s", s->database);
+    if (kt_pg_exec(pg, sql, err, sizeof err)) {
+      fprintf(stderr, "kt_es: %s\n", err);
+      abort();
+    }
+    snprintf(s->admin_url, sizeof s->admin_url, "%s%cdbname=%s", pg, strchr(pg, '?') ? '&' : '?',
+             s->database);
+    snprintf(s->url, sizeof s->url, "postgresql://postgres@127.0.0.1:%d/%s", bouncer,
+             s->database);
+    return;
+  }
   snprintf(s->schema, sizeof s->schema, "kt_%d_%d", (int)getpid(), ++serial);
   char sql[200];
   snprintf(sql, sizeof sql, "DROP SCHEMA IF EXISTS %s CASCADE; CREATE SCHEMA %s", s->schema,
            s->schema);
-  char err[512];
   if (kt_pg_exec(pg, sql, err, sizeof err)) {
     fprintf(stderr, "kt_es: %s\n", err);
     abort();
   }
   snprintf(s->url, sizeof s->url, "%s%coptions=-csearch_path%%3D%s", pg,
            strchr(pg, '?') ? '&' : '?', s->schema);
+  snprintf(s->admin_url, sizeof s->admin_url, "%s", s->url);
 }
 
 /* Opens a store in a new folder; o may be NULL (defaults). */
@@ -121,6 +169,7 @@ static inline keel_es *kt_store_open(kt_store *s, const keel_es_opts *o) {
   keel_es_opts oo = {0};
   if (o) oo = *o;
   oo.url = s->url;
+  if (s->database[0] && !oo.session_url) oo.session_url = s->admin_url;
   CHECK_OK(keel_es_open(&oo, &s->es));
   return s->es;
 }
@@ -138,7 +187,13 @@ static inline void kt_store_rmdir(kt_store *s) {
     closedir(d);
   }
   rmdir(s->dir);
-  if (s->schema[0]) {
+  if (s->database[0]) {
+    char sql[128];
+    snprintf(sql, sizeof sql, "DROP DATABASE IF EXISTS %s WITH (FORCE)", s->database);
+    kt_pg_exec(kt_es_pg_url(), sql, NULL, 0);
+    s->database[0] = 0;
+    s->schema[0] = 0;
+  } else if (s->schema[0]) {
     char sql[128];
     snprintf(sql, sizeof sql, "DROP SCHEMA IF EXISTS %s CASCADE", s->schema);
     kt_pg_exec(kt_es_pg_url(), sql, NULL, 0);

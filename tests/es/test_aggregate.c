@@ -582,7 +582,7 @@ KT_CASE(a_store_of_schema_version_1_is_migrated_on_open) {
     char sql[256];
     snprintf(sql, sizeof sql, "DROP TABLE %s.snapshots; UPDATE %s.keel_es_schema SET version = 1",
              s.schema, s.schema);
-    CHECK_OK(kt_pg_exec(kt_es_pg_url(), sql, NULL, 0));
+    CHECK_OK(kt_pg_exec(s.admin_url, sql, NULL, 0));
   } else {
     sqlite3 *db;
     char path[600];

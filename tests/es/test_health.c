@@ -92,7 +92,9 @@ KT_CASE(a_long_open_transaction_is_reported_with_its_backend_and_age) {
   char msg[512], details[1024];
   CHECK_EQ(check(es, &o, msg, sizeof msg, NULL, 0), KEEL_HEALTH_OK);
   char url[1400];
-  snprintf(url, sizeof url, "%s&application_name=kt_holder", s.url);
+  /* an outside client, connected directly (behind PgBouncer too) */
+  snprintf(url, sizeof url, "%s%capplication_name=kt_holder", s.admin_url,
+           strchr(s.admin_url, '?') ? '&' : '?');
   PGconn *c = PQconnectdb(url);
   CHECK(PQstatus(c) == CONNECTION_OK);
   PQclear(kt_pg_run(c, "BEGIN"));

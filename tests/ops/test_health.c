@@ -480,10 +480,12 @@ KT_CASE(stuck_scheduler_fails_the_check_and_live) {
 
   json_t *j = probe(keel_health_detailed, 200);
   json_t *c = check_of(j, "schedulers");
-  KEYS(c, "status", "required", "duration_ms", "message", "count", "stuck", "stuck_ms");
+  KEYS(c, "status", "required", "duration_ms", "message", "count", "stuck", "held_ms",
+       "stuck_ms");
   CHECK_STR(str(c, "status"), "ok");
   CHECK_EQ(json_integer_value(json_object_get(c, "count")), 2);
   CHECK_EQ(json_array_size(json_object_get(c, "stuck")), 0);
+  CHECK_EQ(json_array_size(json_object_get(c, "held_ms")), 2);
   json_decref(j);
 
   int here = keel_sched_current();
@@ -496,12 +498,14 @@ KT_CASE(stuck_scheduler_fails_the_check_and_live) {
     keel_sleep(10);
   }
   int stuck = 1 - here;
-  /* and until the watchdog saw it (checks are not placed on a scheduler
-   * known to be stuck; one not yet known is a race the test avoids) */
+  /* and until the watchdog saw it held for stuck_ms (checks are not placed
+   * on a scheduler known to be stuck; one not yet known is a race the test
+   * avoids). The check reads the watchdog's figure: it does not sample. */
   for (int i = 0;; i++) {
     keel_sched_info si;
     CHECK_OK(keel_rt_sched_info(stuck, &si));
-    if (si.stuck) break;
+    CHECK(si.watched);
+    if (si.stuck && si.held_ms >= 200) break;
     CHECK(i < 3000);
     keel_sleep(10);
   }
@@ -513,6 +517,7 @@ KT_CASE(stuck_scheduler_fails_the_check_and_live) {
   json_t *arr = json_object_get(c, "stuck");
   CHECK_EQ(json_array_size(arr), 1);
   CHECK_EQ(json_integer_value(json_array_get(arr, 0)), stuck);
+  CHECK(json_integer_value(json_array_get(json_object_get(c, "held_ms"), (size_t)stuck)) >= 200);
   char want[32];
   snprintf(want, sizeof want, "scheduler %d held by", stuck);
   CHECK(strncmp(str(c, "message"), want, strlen(want)) == 0);
