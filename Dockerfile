@@ -27,11 +27,11 @@ RUN make build CI=1 DEPS_FLAGS=--build \
 # ---- runtime -----------------------------------------------------------------
 FROM debian:12-slim AS runtime
 
-# libuv, jansson, sqlite3 and libpq are linked dynamically (llhttp is compiled in); libc, libm
+# libuv, jansson, sqlite3, libpq and libcurl are linked dynamically (llhttp is compiled in); libc, libm
 # and pthreads come with the base image. No curl: the HEALTHCHECK below uses
 # bash's /dev/tcp, so nothing is installed for it.
 RUN apt-get update \
- && apt-get install -y --no-install-recommends libuv1 libjansson4 libsqlite3-0 libpq5 \
+ && apt-get install -y --no-install-recommends libuv1 libjansson4 libsqlite3-0 libpq5 libcurl4 libssl3 \
  && rm -rf /var/lib/apt/lists/* \
  && groupadd --system --gid 10001 keel \
  && useradd --system --uid 10001 --gid keel --no-create-home --home-dir /nonexistent \

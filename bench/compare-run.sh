@@ -60,6 +60,17 @@ else
   echo "bench-compare: node/npm not installed: skipping the pino comparison" >&2
 fi
 
+# The HTTP client against Node's fetch (and node:http), both on one nginx
+# on loopback, alternating rounds (bench/http/client_run.sh).
+if command -v node >/dev/null && command -v nginx >/dev/null; then
+  echo "bench-compare: HTTP client against Node's fetch" >&2
+  ROUNDS=$rounds "$here/http/client_run.sh" "$build" >"$build/bench-http-client.jsonl" ||
+    echo "bench-compare: the HTTP client benchmark failed" >&2
+  cat "$build/bench-http-client.jsonl"
+else
+  echo "bench-compare: node or nginx not installed: skipping the HTTP client comparison" >&2
+fi
+
 # Event store reads against raw SQLite and raw libpq (bench_es alternates its
 # own rounds, BENCH_ES_ROUNDS, default 5): es_read_all, es_read_all_parsed, and
 # on PostgreSQL es_pg_read_all and es_pg_horizon, on a throwaway cluster

@@ -18,6 +18,8 @@
 #include "keel/metrics.h"
 #include "keel/sysinfo.h"
 #include "keel/http.h"
+#include "keel/http_client.h"
+#include "keel/alert_sink.h"
 #include "keel/log.h"
 #include "keel/health.h"
 #include "keel/alerts.h"

@@ -52,10 +52,12 @@ typedef enum keel_alert_type {
   KEEL_ALERT_RESTART_RATE = 2, /* "high_restart_rate": a supervisor restarting children often */
   KEEL_ALERT_ERROR_RATE = 3,   /* "high_error_rate": error + fatal log lines, node-wide */
   KEEL_ALERT_FD_USAGE = 4,     /* "high_fd_usage": open descriptors near the limit, node-wide */
+  KEEL_ALERT_TEST = 5,         /* "test_alert": never raised by the manager; sent by hand to
+                                  check delivery (keel/alert_sink.h, POST /admin/alerts/test) */
 } keel_alert_type;
 
-/* "high_queue_size", "high_restart_rate", "high_error_rate", "high_fd_usage";
- * "unknown" for
+/* "high_queue_size", "high_restart_rate", "high_error_rate", "high_fd_usage",
+ * "test_alert"; "unknown" for
  * anything else. Static strings. */
 const char *keel_alert_type_name(keel_alert_type type);
 

@@ -54,6 +54,15 @@ int keel_io_wait(keel_io_t *io, int64_t timeout_ms);
 void keel_io_ready(keel_io_t *io, int status);
 void keel_io_end(keel_io_t *io);
 
+/* Sets fn(arg) to run if the process dies while inside this begin/end pair
+ * (an exit signal during keel_io_wait): it must release what the wait
+ * started on the loop (a handle, a transfer), because the process's stack is
+ * gone by then. fn runs on the process's scheduler thread; it is not run at
+ * keel_rt_stop for processes destroyed then (the loops are closed by then:
+ * whoever owns the handles frees them). One per process; keel_io_end clears
+ * it. Errors: KEEL_ENOTPROC, KEEL_EINVAL (io not begun by the caller). */
+int keel_io_on_abandon(keel_io_t *io, void (*fn)(void *arg), void *arg);
+
 /* Runs fn(arg) on the blocking-work thread pool and waits for it to return;
  * the scheduler runs other processes meanwhile. Use it for anything that may
  * block: file I/O, SQLite, DNS, a synchronous library. Exit signals that

@@ -149,7 +149,12 @@ void keel__req_release(keel_http_req *rq) {
 
 static void handler_main(void *arg) {
   keel_http_req *rq = arg;
-  keel_log_context_set(KEEL_STR("requestId", rq->reqid));
+  /* the HTTP client (keel/http_client.h) sends both on from here */
+  if (rq->traceparent[0])
+    keel_log_context_set(KEEL_STR("requestId", rq->reqid),
+                         KEEL_STR("traceparent", rq->traceparent));
+  else
+    keel_log_context_set(KEEL_STR("requestId", rq->reqid));
   const keel__route *rt = rq->match.route;
   int rc = rt->fn(rq, &rq->res, rt->ud);
   if (rc < 0 && !rq->res.status) {

@@ -19,6 +19,7 @@
 #include <stdlib.h>
 #include <string.h>
 
+#include "keel/alert_sink.h"
 #include "keel/alerts.h"
 #include "keel/application.h"
 #include "keel/health.h"
@@ -43,6 +44,8 @@ typedef struct svc {
   char *origins;
   keel_metrics *metrics;
   _Atomic(keel_http_server *) api, admin;
+  keel_alert_sink *sinks[2]; /* from ALERT_WEBHOOK_URL, ALERTMANAGER_URL */
+  int nsinks;
 } svc;
 
 static atomic_bool g_ran;
@@ -155,12 +158,36 @@ static int start_api(svc *s) {
   return rc;
 }
 
+/* POST /admin/alerts/test: one test alert through every configured sink,
+ * for the deployment checklist. Needs ADMIN_TOKEN as a bearer token; without
+ * ADMIN_TOKEN set it is refused (it posts to the outside world). */
+static int h_alert_test(keel_http_req *req, keel_http_res *res, void *ud) {
+  svc *s = ud;
+  const char *tok = getenv("ADMIN_TOKEN"), *auth = keel_http_header(req, "authorization");
+  size_t tl = tok ? strlen(tok) : 0;
+  bool ok = tl > 0 && auth && strncmp(auth, "Bearer ", 7) == 0 && strlen(auth + 7) == tl;
+  unsigned char diff = 0; /* constant time over the token's length */
+  for (size_t i = 0; ok && i < tl; i++)
+    diff |= (unsigned char)(auth[7 + i] ^ tok[i]);
+  if (!ok || diff)
+    return keel_http_fail(res, KEEL_HTTP_UNAUTHORIZED, "a valid ADMIN_TOKEN is required", NULL);
+  json_t *sent = json_array();
+  for (int i = 0; i < s->nsinks; i++)
+    json_array_append_new(sent, json_integer(keel_alert_sink_test(s->sinks[i])));
+  return keel_http_reply_json(res, 202,
+                              json_pack("{s:i, s:o}", "sinks", s->nsinks, "queued", sent));
+}
+
 static int admin_routes(keel_http_router *r, void *ud) {
   const svc *s = ud;
-  return s->def->admin_routes(s->def->config_out, r);
+  int rc = keel_http_route(r, "POST", "/admin/alerts/test", h_alert_test, (void *)s);
+  if (!rc && s->def->admin_routes) rc = s->def->admin_routes(s->def->config_out, r);
+  return rc;
 }
 
 static void ops_stop(svc *s) {
+  while (s->nsinks > 0)
+    keel_alert_sink_stop(s->sinks[--s->nsinks]);
   keel_alerts_stop();
   keel_observer_stop();
   keel_health_reset();
@@ -179,6 +206,13 @@ static int app_start(keel_app_t *app, void *arg, keel_pid_t *root, void **state)
   if (!rc) rc = keel_observer_start(NULL);
   if (!rc) rc = keel_alerts_start(NULL);
   if (!rc) keel_health_set_section("alerts", keel_alerts_health_section, NULL);
+  if (!rc) { /* alert delivery, when the environment asks for it */
+    int n = keel_alert_sinks_from_env(s->kc.service_name, s->sinks, 2);
+    if (n < 0)
+      rc = n;
+    else
+      s->nsinks = n;
+  }
   const char *what = "operations";
   if (!rc) {
     what = "supervision tree";
@@ -200,7 +234,7 @@ static int app_start(keel_app_t *app, void *arg, keel_pid_t *root, void **state)
     keel_admin_opts ad = {.host = s->kc.host,
                           .port = (int)s->kc.health_port,
                           .metrics = s->metrics,
-                          .routes = d->admin_routes ? admin_routes : NULL,
+                          .routes = admin_routes,
                           .routes_ud = s};
     keel_http_server *admin = NULL;
     rc = keel_admin_start(&ad, &admin);

@@ -237,6 +237,7 @@ const char *keel_alert_type_name(keel_alert_type type) {
   case KEEL_ALERT_RESTART_RATE: return "high_restart_rate";
   case KEEL_ALERT_ERROR_RATE: return "high_error_rate";
   case KEEL_ALERT_FD_USAGE: return "high_fd_usage";
+  case KEEL_ALERT_TEST: return "test_alert";
   }
   return "unknown";
 }

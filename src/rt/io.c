@@ -61,9 +61,19 @@ int keel_io_wait(keel_io_t *io, int64_t timeout_ms) {
   }
 }
 
+int keel_io_on_abandon(keel_io_t *io, void (*fn)(void *), void *arg) {
+  keel__proc *p = keel__proc_self();
+  if (!p) return KEEL_ENOTPROC;
+  if (!io || io->pid != p->pid || !io->sched) return KEEL_EINVAL;
+  p->io_cleanup = fn;
+  p->io_cleanup_arg = arg;
+  return 0;
+}
+
 void keel_io_end(keel_io_t *io) {
   keel__proc *p = keel__proc_self();
   if (p && io && io->pid == p->pid && p->pinned > 0) p->pinned--;
+  if (p && io && io->pid == p->pid) p->io_cleanup = NULL; /* keel_io_on_abandon's */
   if (io) io->sched = NULL;
 }
 
