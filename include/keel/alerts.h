@@ -11,7 +11,10 @@
  *   - counts child restarts per supervisor (from keel_sup_subscribe) over the
  *     last minute: restarts_per_min or more fires "high_restart_rate";
  *   - counts error and fatal log lines (keel_log_stats_get deltas) over the
- *     last minute: errors_per_min or more fires "high_error_rate";
+ *     last error_window_ms (a minute): errors_per_min or more fires
+ *     "high_error_rate", whose message carries the newest error line's
+ *     message and request id and, after a cooldown, how many error lines
+ *     there were since the previous such alert (keel_log_last_error);
  *   - compares the open file descriptors with the soft RLIMIT_NOFILE:
  *     fd_percent of it or more fires "high_fd_usage" (a node that will soon
  *     refuse connections, or already does).
@@ -104,7 +107,12 @@ typedef struct keel_alerts_opts {
   uint32_t window;      /* baseline memory in samples (horizon of the exponentially
                            weighted statistics); 0: 1000 */
   int restarts_per_min; /* per supervisor: this many restarts within 60 s alert; 0: 5; <0: off */
-  int errors_per_min;   /* error + fatal log lines within 60 s alert; 0: 10; <0: off */
+  int errors_per_min;   /* error + fatal log lines within error_window_ms (60 s unless set)
+                           alert; 0: 10; <0: off */
+  int64_t error_window_ms;   /* the error rate's window; 0: 60000 (the reference's error
+                                alert: errors_per_min 5, error_window_ms 300000) */
+  int64_t error_cooldown_ms; /* the error alert's own cooldown; 0: cooldown_ms (the
+                                reference: 900000); <0: none */
   int fd_percent;       /* open descriptors at this percent of the soft limit alert
                            (threshold: that many descriptors; value: open ones);
                            0: 90; <0: off; above 100: KEEL_EINVAL */

@@ -196,6 +196,15 @@ typedef struct keel_log_stats {
 /* Sums the counters since keel_log_init. Any thread. */
 void keel_log_stats_get(keel_log_stats *out);
 
+/* The newest error or fatal line logged (at its level, so also before
+ * keel_log_init): its message into msg (msg_cap bytes, truncated, "" when
+ * none) and its request id (the "requestId" field of its context or of the
+ * line itself, "" when none) into request_id (may be NULL). Returns how many
+ * error and fatal lines have been logged since the process started (0:
+ * none). For alerts that say what went wrong (keel/alerts.h). Any thread;
+ * a line costs one uncontended mutex at these levels only. */
+uint64_t keel_log_last_error(char *msg, size_t msg_cap, char *request_id, size_t rid_cap);
+
 /* ---- writing lines -------------------------------------------------------- */
 
 /* A logger: bound fields, already encoded (and redacted). Opaque. */

@@ -66,6 +66,10 @@ typedef struct keel_service_config {
   keel_config_list cors_origins;
   bool trust_proxy;
   int64_t slow_request_ms, max_body_bytes;
+  /* the error alert (keel/alerts.h): ALERT_ERRORS error lines within
+   * ALERT_ERROR_WINDOW (ms) fire it, then not again for ALERT_ERROR_COOLDOWN
+   * (ms); ALERT_COOLDOWN_MS: a delivered alert's repeat (keel/alert_sink.h) */
+  int64_t alert_errors, alert_error_window, alert_error_cooldown, alert_cooldown_ms;
 } keel_service_config;
 
 /* One API route; its handler's ud is the service's configuration struct

@@ -76,6 +76,15 @@ static const keel_config_field builtin[] = {
      .max = 3600000},
     {F("MAX_BODY_BYTES", KEEL_CONFIG_INT, max_body_bytes), .def = "1048576", .min = 1,
      .max = 1073741824},
+    /* the reference's error alert: 5 in 5 minutes, then 15 minutes' quiet */
+    {F("ALERT_ERRORS", KEEL_CONFIG_INT, alert_errors), .def = "5", .min = 1, .max = 1000000},
+    {F("ALERT_ERROR_WINDOW", KEEL_CONFIG_DURATION, alert_error_window), .def = "5m", .min = 1000,
+     .max = 86400000},
+    {F("ALERT_ERROR_COOLDOWN", KEEL_CONFIG_DURATION, alert_error_cooldown), .def = "15m",
+     .min = 0, .max = 86400000},
+    /* read by keel_alert_sinks_from_env too; checked here so a bad value stops the start */
+    {F("ALERT_COOLDOWN_MS", KEEL_CONFIG_INT, alert_cooldown_ms), .def = "900000", .min = 0,
+     .max = 86400000},
 };
 #undef F
 #define NBUILTIN (sizeof builtin / sizeof *builtin)
@@ -204,7 +213,14 @@ static int app_start(keel_app_t *app, void *arg, keel_pid_t *root, void **state)
   keel_health_set_service(s->kc.service_name, d->version ? d->version : "0.0.0");
   if (!rc) rc = keel_health_register_builtin(NULL);
   if (!rc) rc = keel_observer_start(NULL);
-  if (!rc) rc = keel_alerts_start(NULL);
+  if (!rc) {
+    keel_alerts_opts ao;
+    keel_alerts_opts_init(&ao);
+    ao.errors_per_min = (int)s->kc.alert_errors;
+    ao.error_window_ms = s->kc.alert_error_window;
+    ao.error_cooldown_ms = s->kc.alert_error_cooldown ? s->kc.alert_error_cooldown : -1;
+    rc = keel_alerts_start(&ao);
+  }
   if (!rc) keel_health_set_section("alerts", keel_alerts_health_section, NULL);
   if (!rc) { /* alert delivery, when the environment asks for it */
     int n = keel_alert_sinks_from_env(s->kc.service_name, s->sinks, 2);

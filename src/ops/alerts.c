@@ -144,6 +144,7 @@ typedef struct bucket {
 typedef struct rate {
   keel_pid_t pid;
   char name[64];
+  int64_t width_ms; /* a bucket's span: the window is RATE_SECONDS of them */
   bucket b[RATE_SECONDS];
   int64_t last_fire;
   uint64_t aseq;
@@ -170,6 +171,8 @@ typedef struct mgr {
   size_t nsups, capsups;
   rate errs;
   uint64_t err_total; /* error + fatal lines counted so far */
+  uint64_t err_since; /* error + fatal lines since the last error alert fired */
+  bool err_fired;     /* an error alert has fired (err_since means something) */
   uint64_t fd_aseq;   /* the active high_fd_usage alert, 0: none */
   int64_t fd_last_fire;
 
@@ -477,8 +480,22 @@ static void textf(char *buf, size_t len, const char *fmt, ...) {
   va_end(ap);
 }
 
+static bool cooldown_over_for(int64_t cooldown_ms, int64_t last_fire, int64_t now) {
+  return cooldown_ms < 0 || last_fire == INT64_MIN || now - last_fire >= cooldown_ms;
+}
+
 static bool cooldown_over(const mgr *m, int64_t last_fire, int64_t now) {
-  return m->o.cooldown_ms < 0 || last_fire == INT64_MIN || now - last_fire >= m->o.cooldown_ms;
+  return cooldown_over_for(m->o.cooldown_ms, last_fire, now);
+}
+
+/* "60 s", "5 min": a rate's window for messages. */
+static void window_text(int64_t ms, char *out, size_t cap) {
+  if (ms == 60000)
+    snprintf(out, cap, "minute");
+  else if (ms > 60000 && ms % 60000 == 0)
+    snprintf(out, cap, "%lld min", (long long)(ms / 60000));
+  else
+    snprintf(out, cap, "%lld s", (long long)((ms + 999) / 1000));
 }
 
 /* Fires a new alert: records it, emits it. Returns its seq (0: ENOMEM). */
@@ -632,7 +649,7 @@ static void prune(mgr *m, int64_t now) {
 /* ---- rates -------------------------------------------------------------------------- */
 
 static void rate_add(rate *r, int64_t now, uint32_t n) {
-  int64_t sec = floor_div(now, 1000);
+  int64_t sec = floor_div(now, r->width_ms);
   bucket *b = &r->b[(size_t)(((sec % RATE_SECONDS) + RATE_SECONDS) % RATE_SECONDS)];
   if (b->sec != sec) {
     b->sec = sec;
@@ -642,7 +659,7 @@ static void rate_add(rate *r, int64_t now, uint32_t n) {
 }
 
 static uint64_t rate_count(const rate *r, int64_t now) {
-  int64_t sec = floor_div(now, 1000);
+  int64_t sec = floor_div(now, r->width_ms);
   uint64_t sum = 0;
   for (size_t i = 0; i < RATE_SECONDS; i++)
     if (r->b[i].count && r->b[i].sec > sec - RATE_SECONDS && r->b[i].sec <= sec)
@@ -653,6 +670,7 @@ static uint64_t rate_count(const rate *r, int64_t now) {
 static void rate_init(rate *r, keel_pid_t pid, const char *name) {
   memset(r, 0, sizeof *r);
   r->pid = pid;
+  r->width_ms = 1000;
   r->last_fire = INT64_MIN;
   snprintf(r->name, sizeof r->name, "%s", name ? name : "");
   for (size_t i = 0; i < RATE_SECONDS; i++)
@@ -667,6 +685,9 @@ static void rate_check(mgr *m, rate *r, keel_alert_type type, int limit, int64_t
   const bool restart = type == KEEL_ALERT_RESTART_RATE;
   const char *what = restart ? "Restart rate" : "Error log rate";
   const char *unit = restart ? "restarts" : "error lines";
+  char win[24];
+  window_text(r->width_ms * RATE_SECONDS, win, sizeof win);
+  int64_t cooldown = restart || !m->o.error_cooldown_ms ? m->o.cooldown_ms : m->o.error_cooldown_ms;
   if (r->aseq) {
     if (over) {
       act_update(r->aseq, (double)c);
@@ -675,15 +696,15 @@ static void rate_check(mgr *m, rate *r, keel_alert_type type, int limit, int64_t
       act *a = act_find(r->aseq);
       if (a && restart) who(&a->a, whobuf, sizeof whobuf);
       textf(why, sizeof why,
-            "%s back under threshold: %" PRIu64 " %s in the last minute < %d%s%s%s", what, c, unit,
-            limit, restart ? " (supervisor: " : "", whobuf, restart ? ")" : "");
+            "%s back under threshold: %" PRIu64 " %s in the last %s < %d%s%s%s", what, c, unit,
+            win, limit, restart ? " (supervisor: " : "", whobuf, restart ? ")" : "");
       resolve(m, r->aseq, (double)c, why, now);
       r->aseq = 0;
     }
     return;
   }
   if (!over) return;
-  if (!cooldown_over(m, r->last_fire, now)) {
+  if (!cooldown_over_for(cooldown, r->last_fire, now)) {
     m->suppressed++;
     return;
   }
@@ -696,11 +717,29 @@ static void rate_check(mgr *m, rate *r, keel_alert_type type, int limit, int64_t
   a.value = (double)c;
   char whobuf[100] = "";
   if (restart) who(&a, whobuf, sizeof whobuf);
-  textf(a.message, sizeof a.message,
-        "%s exceeded threshold: %" PRIu64 " %s in the last minute >= %d%s%s%s", what, c, unit,
-        limit, restart ? " (supervisor: " : "", whobuf, restart ? ")" : "");
+  if (restart) {
+    textf(a.message, sizeof a.message,
+          "%s exceeded threshold: %" PRIu64 " %s in the last %s >= %d (supervisor: %s)", what, c,
+          unit, win, limit, whobuf);
+  } else {
+    /* what went wrong last, for the person paged: the newest error line's
+     * message and request id, and how many came since the last alert */
+    char last[64], rid[40], since[48] = "";
+    keel_log_last_error(last, sizeof last, rid, sizeof rid);
+    if (m->err_fired) snprintf(since, sizeof since, "; %" PRIu64 " since the last alert", m->err_since);
+    textf(a.message, sizeof a.message, "%s exceeded threshold: %" PRIu64 " %s in the last %s >= %d; last: %s%s%s%s",
+          what, c, unit, win, limit, last, rid[0] ? " (requestId " : "", rid, rid[0] ? ")" : "");
+    size_t len = strlen(a.message);
+    if (since[0] && len + strlen(since) < sizeof a.message) memcpy(a.message + len, since, strlen(since) + 1);
+  }
   r->aseq = fire(m, &a, now);
-  if (r->aseq) r->last_fire = now;
+  if (r->aseq) {
+    r->last_fire = now;
+    if (!restart) {
+      m->err_fired = true;
+      m->err_since = 0;
+    }
+  }
 }
 
 static rate *sup_find(mgr *m, keel_pid_t pid) {
@@ -763,6 +802,7 @@ static void check_rates(mgr *m, int64_t now) {
   uint64_t total = ls.lines[KEEL_LOG_ERROR] + ls.lines[KEEL_LOG_FATAL];
   uint64_t delta = total >= m->err_total ? total - m->err_total : total; /* log restarted */
   if (delta) rate_add(&m->errs, now, delta > UINT32_MAX ? UINT32_MAX : (uint32_t)delta);
+  m->err_since += delta;
   m->err_total = total;
   rate_check(m, &m->errs, KEEL_ALERT_ERROR_RATE, m->o.errors_per_min, now);
 }
@@ -1151,6 +1191,8 @@ int keel_alerts_start(const keel_alerts_opts *o) {
   if (!d.window) d.window = DEF_WINDOW;
   if (!d.restarts_per_min) d.restarts_per_min = DEF_RESTARTS;
   if (!d.errors_per_min) d.errors_per_min = DEF_ERRORS;
+  if (!d.error_window_ms) d.error_window_ms = 60000;
+  if (d.error_window_ms < 0) return KEEL_EINVAL;
   if (!d.fd_percent) d.fd_percent = DEF_FD_PCT;
   if (d.fd_percent > 100) return KEEL_EINVAL;
   if (!keel_sched_count()) return KEEL_ESTATE;
@@ -1161,6 +1203,8 @@ int keel_alerts_start(const keel_alerts_opts *o) {
   if (!m) return KEEL_ENOMEM;
   m->o = d;
   rate_init(&m->errs, 0, "");
+  /* the window is RATE_SECONDS buckets: each a sixtieth of it */
+  m->errs.width_ms = d.error_window_ms / RATE_SECONDS > 0 ? d.error_window_ms / RATE_SECONDS : 1;
   m->fd_last_fire = INT64_MIN;
   keel_log_stats ls; /* error lines logged before the start do not count */
   keel_log_stats_get(&ls);

@@ -715,6 +715,56 @@ static void prettify(keel__jw *out, const char *f, size_t n, bool color) {
   }
 }
 
+/* ---- the newest error line (keel_log_last_error) ---------------------------- */
+
+static struct {
+  pthread_mutex_t mu;
+  uint64_t count;
+  char msg[160];
+  char request_id[80];
+} g_last_err = {.mu = PTHREAD_MUTEX_INITIALIZER};
+
+/* The string value of "requestId" in an encoded fragment (',"k":v...'), or
+ * in the line's own fields; "" when none. */
+static void find_request_id(const char *frag, size_t len, const keel_log_field *fields, char *out,
+                            size_t cap) {
+  static const char key[] = "\"requestId\":\"";
+  out[0] = 0;
+  for (const keel_log_field *f = fields; f && f->type != KEEL_LOG_T_END; f++)
+    if (strcmp(f->key, "requestId") == 0 && f->type == KEEL_LOG_T_STR && f->v.s) {
+      snprintf(out, cap, "%s", f->v.s);
+      return;
+    }
+  if (!frag || len < sizeof key) return;
+  const char *p = memmem(frag, len, key, sizeof key - 1);
+  if (!p) return;
+  p += sizeof key - 1;
+  size_t n = 0;
+  while (p + n < frag + len && p[n] != '"' && p[n] != '\\' && n + 1 < cap)
+    n++;
+  memcpy(out, p, n);
+  out[n] = 0;
+}
+
+static void note_error(const char *msg, const ctxnode *ctx, const keel_log_field *fields) {
+  char rid[80];
+  find_request_id(ctx ? ctx->frag : NULL, ctx ? ctx->len : 0, fields, rid, sizeof rid);
+  pthread_mutex_lock(&g_last_err.mu);
+  g_last_err.count++;
+  snprintf(g_last_err.msg, sizeof g_last_err.msg, "%s", msg);
+  snprintf(g_last_err.request_id, sizeof g_last_err.request_id, "%s", rid);
+  pthread_mutex_unlock(&g_last_err.mu);
+}
+
+uint64_t keel_log_last_error(char *msg, size_t msg_cap, char *request_id, size_t rid_cap) {
+  pthread_mutex_lock(&g_last_err.mu);
+  uint64_t n = g_last_err.count;
+  if (msg && msg_cap) snprintf(msg, msg_cap, "%s", g_last_err.msg);
+  if (request_id && rid_cap) snprintf(request_id, rid_cap, "%s", g_last_err.request_id);
+  pthread_mutex_unlock(&g_last_err.mu);
+  return n;
+}
+
 static void emit(const keel_logger *lg, keel_log_level level, const char *event, const char *msg,
                  const keel_log_field *fields) {
   if (!keel_log_enabled(level)) return;
@@ -725,6 +775,7 @@ static void emit(const keel_logger *lg, keel_log_level level, const char *event,
   ctxslot *cs = keel_local_get(KEEL_LOCAL_LOG);
   const ctxnode *ctx = cs ? cs->top : NULL;
   if (!msg) msg = "";
+  if (level >= KEEL_LOG_ERROR) note_error(msg, ctx, fields);
   char ts[23];
   fmt_time(t, ts);
   keel__jw *b = &t->line;

@@ -541,7 +541,8 @@ KT_CASE(error_log_rate_alert_reaches_subscriber_and_log) {
   CHECK_EQ(a.type, KEEL_ALERT_ERROR_RATE);
   CHECK_EQ(a.pid, 0);
   CHECK(a.value == 5 && a.threshold == 5);
-  CHECK_STR(a.message, "Error log rate exceeded threshold: 5 error lines in the last minute >= 5");
+  CHECK_STR(a.message, "Error log rate exceeded threshold: 5 error lines in the last minute >= 5; "
+                       "last: fatal counts too");
 
   char *js = keel_alerts_active_json();
   json_error_t jerr;
@@ -571,6 +572,59 @@ KT_CASE(error_log_rate_alert_reaches_subscriber_and_log) {
   CHECK(jnum(la, "threshold") == 5 && jnum(la, "value") == 5);
   CHECK_STR(jstr(la, "message"), a.message);
   json_decref(trig);
+  unlink(g_path);
+}
+
+/* The reference's error alert: 5 errors in 5 minutes, a 15-minute cooldown,
+ * the newest error's message and request id, and after the cooldown how
+ * many came meanwhile. */
+KT_CASE(error_alert_says_what_failed_last_and_how_many_since) {
+  log_start("errors5");
+  keel_alerts_opts o = test_opts();
+  o.errors_per_min = 5;
+  o.error_window_ms = 300000;
+  o.error_cooldown_ms = 900000;
+  CHECK_OK(keel_alerts_start(&o));
+  CHECK_OK(keel_alerts_subscribe(keel_self()));
+  sweeps(1);
+  for (int i = 0; i < 4; i++) {
+    keel_log_error(NULL, "payment declined", KEEL_INT("i", i));
+    advance(60000); /* one a minute: all still inside the 5-minute window */
+    sweeps(1);
+  }
+  no_alert_message();
+  CHECK_OK(keel_log_context_set(KEEL_STR("requestId", "req-42")));
+  keel_log_error(NULL, "db timeout");
+  CHECK_OK(keel_log_context_clear());
+  char msg[64], rid[40];
+  CHECK(keel_log_last_error(msg, sizeof msg, rid, sizeof rid) > 0);
+  CHECK_STR(msg, "db timeout");
+  CHECK_STR(rid, "req-42");
+  sweeps(1);
+  keel_alert a;
+  CHECK_EQ(next_alert(&a), KEEL_ALERTS_EV_TRIGGERED);
+  CHECK_STR(a.message, "Error log rate exceeded threshold: 5 error lines in the last 5 min >= 5; "
+                       "last: db timeout (requestId req-42)");
+  /* resolved once the window empties; more errors within the cooldown are
+   * counted, not alerted */
+  advance(300000);
+  sweeps(1);
+  CHECK_EQ(next_alert(NULL), KEEL_ALERTS_EV_RESOLVED);
+  for (int i = 0; i < 6; i++)
+    keel_log_error(NULL, "payment declined again", KEEL_STR("requestId", "req-7"));
+  sweeps(1);
+  no_alert_message(); /* cooldown: 300 s of 900 s */
+  advance(600000);    /* past the cooldown, but those six have left the window */
+  sweeps(1);
+  no_alert_message();
+  for (int i = 0; i < 5; i++)
+    keel_log_error(NULL, "card service down", KEEL_STR("requestId", "req-9"));
+  sweeps(1);
+  CHECK_EQ(next_alert(&a), KEEL_ALERTS_EV_TRIGGERED);
+  CHECK_STR(a.message, "Error log rate exceeded threshold: 5 error lines in the last 5 min >= 5; "
+                       "last: card service down (requestId req-9); 11 since the last alert");
+  CHECK_OK(keel_alerts_stop());
+  CHECK_OK(keel_log_shutdown());
   unlink(g_path);
 }
 
@@ -796,6 +850,7 @@ KT_MAIN(KT_ENTRY(flooded_mailbox_fires_once_and_resolves_after_drain),
         KT_ENTRY_SCHED(an_anomaly_does_not_become_the_baseline, 2),
         KT_ENTRY_SCHED(restart_rate_alert_after_provoked_restarts, 2),
         KT_ENTRY(error_log_rate_alert_reaches_subscriber_and_log),
+        KT_ENTRY(error_alert_says_what_failed_last_and_how_many_since),
         KT_ENTRY(descriptors_near_the_limit_fire_high_fd_usage_and_resolve),
         KT_ENTRY_SCHED(a_dead_subscriber_is_dropped, 2),
         KT_ENTRY_SCHED(table_follows_live_processes_under_churn, 2),
