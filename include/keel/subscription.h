@@ -68,7 +68,8 @@ extern "C" {
 
 typedef enum keel_sub_from {
   KEEL_SUB_FROM_CHECKPOINT = 0, /* the stored checkpoint; none: the beginning */
-  KEEL_SUB_FROM_BEGINNING,      /* position 0, whatever is stored */
+  KEEL_SUB_FROM_BEGINNING,      /* position 0, whatever is stored (a group: a partition with
+                                   a checkpoint resumes from it; a new group starts at 0) */
   KEEL_SUB_FROM_END,            /* the head when it starts (a stored checkpoint wins) */
   KEEL_SUB_FROM_POSITION,       /* after opts.position (a stored checkpoint wins) */
 } keel_sub_from;
@@ -133,7 +134,7 @@ typedef struct keel_sub_opts {
    * knowing it yet cannot commit a checkpoint or a projection's rows. On
    * SQLite one instance owns every partition. See docs/subscriptions.md. */
   int partitions;             /* 0: not a group; at most 1024; name at most 50 bytes */
-  const char *member;         /* this instance's id; NULL: "<hostname>-<pid>" */
+  const char *member;         /* this instance's id (not starting with '#'); NULL: "<hostname>-<pid>" */
   int64_t rebalance_ms;       /* how often ownership is checked; 0: 1000 */
   int64_t member_timeout_ms;  /* an instance silent this long is gone; 0: 5000 */
   /* CIRCUIT BREAKERS (docs/subscriptions.md, "Circuit breakers").

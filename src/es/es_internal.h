@@ -265,12 +265,18 @@ int keel__sub_opts_ok(const struct keel_sub_opts *o);
 /* sub.c: creates the subscriptions' tables (idempotent). */
 int keel__sub_tables(keel_es *es);
 uint32_t keel__sub_partition_of(const char *stream, int count);
-/* sub.c: a group retired by a blue/green switch has a row of its own name
- * in keel_sub_checkpoints with this owner; its partitions' rows get it too
- * (so that their owners' next checkpoint is refused) and can no longer be
- * claimed. A claim and a switch take turns on keel__sub_group_lock. */
-#define KEEL__SUB_RETIRED "retired"
+/* sub.c: a group retired by a blue/green switch (sub_switch.c) has a marker
+ * row in keel_sub_checkpoints named "<group>#switch" (no subscription name
+ * has a '#') whose owner is KEEL__SUB_RETIRED until the cutover commits,
+ * then KEEL__SUB_CUTOVER for good; its partitions' rows get the owner
+ * KEEL__SUB_RETIRED (their owners' next checkpoint is refused: members may
+ * not start with '#'), and while the marker exists they cannot be claimed.
+ * A claim and a switch take turns on keel__sub_group_lock. */
+#define KEEL__SUB_RETIRED "#retired"
+#define KEEL__SUB_CUTOVER "#cutover"
 int keel__sub_group_lock(keel_es_tx *tx, const char *group);
+/* The marker's name into out (at least 72 bytes). */
+void keel__sub_marker_name(const char *group, char *out, size_t cap);
 /* sub.c: a subscription's name: 1-59 bytes of [A-Za-z0-9_.-]. */
 bool keel__sub_name_ok(const char *n);
 /* sub_board.c: the status board (keel_sub_status_get reads it). */

@@ -182,6 +182,10 @@ static int save_in(keel_es_tx *tx, const sub *s, int64_t pos) {
   return rc;
 }
 
+void keel__sub_marker_name(const char *group, char *out, size_t cap) {
+  snprintf(out, cap, "%s#switch", group);
+}
+
 int keel__sub_group_lock(keel_es_tx *tx, const char *group) {
   char key[80];
   snprintf(key, sizeof key, "keel_sub group %s", group);
@@ -197,15 +201,16 @@ static int claim_fn(keel_es_tx *tx, void *arg) {
   char now[24];
   i64s(now, keel__es_unix_ms());
   int rc = keel__sub_group_lock(tx, s->o.name);
+  char marker[72];
+  keel__sub_marker_name(s->o.name, marker, sizeof marker);
   keel_es_rows rows = {0};
   if (!rc)
     rc = keel_es_tx_exec(tx,
                          "INSERT INTO keel_sub_checkpoints (name, position, updated_at, owner) "
                          "SELECT $1, 0, CAST($2 AS BIGINT), $3 WHERE NOT EXISTS (SELECT 1 FROM "
-                         "keel_sub_checkpoints WHERE name = $4 AND owner = '" KEEL__SUB_RETIRED
-                         "') ON CONFLICT (name) DO UPDATE "
+                         "keel_sub_checkpoints WHERE name = $4) ON CONFLICT (name) DO UPDATE "
                          "SET owner = excluded.owner, updated_at = excluded.updated_at",
-                         (const char *[]){s->name, now, s->owner, s->o.name}, 4, &rows);
+                         (const char *[]){s->name, now, s->owner, marker}, 4, &rows);
   if (!rc && rows.changed != 1) rc = KEEL_ESTATE;
   keel_es_rows_free(&rows);
   return rc;
@@ -913,10 +918,30 @@ static int release_in(keel_es_tx *tx, const sub *s, const char *stream) {
       (const char *[]){s->name, stream}, 2, NULL);
 }
 
+/* A partition's work commits only while this instance owns it (the fencing
+ * token), as its checkpoint does (save_in): a retried dead letter, a
+ * resolve. KEEL_ECONFLICT when it does not (taken over, or retired by a
+ * switch: the old read model must not move). */
+static int fence_in(keel_es_tx *tx, const sub *s) {
+  if (!s->owner[0]) return 0;
+  char now[24];
+  i64s(now, keel__es_unix_ms());
+  keel_es_rows rows;
+  int rc = keel_es_tx_exec(tx,
+                           "UPDATE keel_sub_checkpoints SET updated_at = CAST($3 AS BIGINT) "
+                           "WHERE name = $1 AND owner = $2",
+                           (const char *[]){s->name, s->owner, now}, 3, &rows);
+  if (rc == 0 && rows.changed != 1) rc = KEEL_ECONFLICT;
+  keel_es_rows_free(&rows);
+  return rc;
+}
+
 static int retry_done_fn(keel_es_tx *tx, void *arg) {
   retry_arg *a = arg;
   char pos[24];
   i64s(pos, a->position);
+  int frc = fence_in(tx, a->s);
+  if (frc) return frc;
   if (a->ok || a->gone) {
     int rc = a->ok && a->s->o.project ? a->s->o.project(tx, a->ev, a->s->o.ud) : 0;
     if (rc) {
@@ -973,6 +998,7 @@ static int run_one_retry(sub *s) {
     keel_es_events_free(&evs);
     retry_arg g = {.s = s, .position = pos, .gone = true};
     rc = keel__es_transact_internal(s->o.es, retry_done_fn, &g);
+    if (rc == KEEL_ECONFLICT && s->owner[0]) s->fenced = true;
     return rc ? rc : 1;
   }
   retry_arg a = {.s = s, .ev = &evs.v[0], .position = pos, .ok = true};
@@ -986,6 +1012,11 @@ static int run_one_retry(sub *s) {
     }
   }
   rc = keel__es_transact_internal(s->o.es, retry_done_fn, &a);
+  if (rc == KEEL_ECONFLICT && s->owner[0]) { /* not ours any more */
+    keel_es_events_free(&evs);
+    s->fenced = true;
+    return rc;
+  }
   if (rc && a.ok && s->o.project) { /* the projection failed again */
     a.ok = false;
     rc = keel__es_transact_internal(s->o.es, retry_done_fn, &a);
@@ -1038,6 +1069,7 @@ static int step(sub *s) {
       pump(s);
       return 0;
     }
+    if (s->fenced) return lost(s);
     if (rc == 0) {
       s->retry_pending = false;
       load_parked(s);
@@ -1215,7 +1247,12 @@ static int sub_init_with(const sub_start *a, void **state) {
     keel_es_rows_free(&rows);
     switch (o->from) {
     case KEEL_SUB_FROM_CHECKPOINT: s->pos = s->stored; break;
-    case KEEL_SUB_FROM_BEGINNING: s->pos = 0; break;
+    case KEEL_SUB_FROM_BEGINNING:
+      /* a group's partition resumes from its checkpoint (a new group's rows
+       * start at 0): a takeover must not replay its partition, and could
+       * not store a checkpoint below the stored one anyway */
+      s->pos = s->owner[0] ? s->stored : 0;
+      break;
     case KEEL_SUB_FROM_END:
       if (have)
         s->pos = s->stored;
@@ -1299,7 +1336,9 @@ static int mark_fn(keel_es_tx *tx, void *arg) {
   char pos[24];
   i64s(pos, a->position);
   keel_es_rows rows;
-  int rc = keel_es_tx_exec(tx,
+  int rc = fence_in(tx, a->s);
+  if (rc) return rc;
+  rc = keel_es_tx_exec(tx,
                            a->resolve ? "DELETE FROM keel_sub_parked WHERE name = $1 AND "
                                         "position = CAST($2 AS BIGINT) AND status = 'failed' "
                                         "RETURNING stream"
@@ -1337,6 +1376,7 @@ static int sub_call(void *state, keel_gs_from from, keel_msg_t **req, keel_msg_t
     case OP_RESOLVE: {
       mark_arg a = {.s = s, .position = r->position, .resolve = r->op == OP_RESOLVE};
       rep.rc = keel__es_transact_internal(s->o.es, mark_fn, &a);
+      if (rep.rc == KEEL_ECONFLICT && s->owner[0]) s->fenced = true; /* stops at the next tick */
       if (rep.rc == 0 && a.changed == 0) rep.rc = KEEL_ENOENT;
       if (rep.rc == 0) {
         keel_log_warn(NULL,

@@ -43,6 +43,7 @@
 #include "keel/error.h"
 #include "keel/log.h"
 #include "keel/process.h"
+#include "keel/registry.h"
 #include "keel/runtime.h"
 #include "keel/subscription.h"
 #include "keel/timer.h"
@@ -90,6 +91,7 @@ typedef struct group_cps {
   int64_t live_max; /* the live group's highest partition checkpoint */
   int64_t next_min; /* the new group's lowest, over the partitions that have a row */
   int next_rows;    /* how many of the new group's partitions have a row */
+  bool more;        /* the new group has a partition at or above o->partitions */
 } group_cps;
 
 static const char *const group_rows_sql =
@@ -118,7 +120,9 @@ static void fold_rows(const keel_sub_switch_opts *o, const keel_es_rows *rows, g
     const char *name = keel_es_rows_get(rows, r, 0);
     int64_t pos = strtoll(keel_es_rows_get(rows, r, 1), NULL, 10);
     if (partition_index(name, o->live, 0) >= 0 && pos > out->live_max) out->live_max = pos;
-    if (partition_index(name, o->next, o->partitions) >= 0) {
+    int k = partition_index(name, o->next, 0);
+    if (k >= o->partitions) out->more = true;
+    if (k >= 0 && k < o->partitions) {
       out->next_rows++;
       if (pos < out->next_min) out->next_min = pos;
     }
@@ -141,6 +145,7 @@ static int wait_next_at(const keel_sub_switch_opts *o, int64_t pos, bool above_l
     group_cps c;
     int rc = read_cps(o, &c);
     if (rc) return rc;
+    if (c.more) return KEEL_EINVAL; /* o->partitions is not the new group's count */
     if (c.next_rows == o->partitions && c.next_min >= pos &&
         (!above_live || c.next_min >= c.live_max))
       return 0;
@@ -154,30 +159,50 @@ typedef struct retire_arg {
   bool undo;
 } retire_arg;
 
-/* Retires the live group (or undoes it): its own row and its partitions'. */
+/* The marker's owner: KEEL__SUB_RETIRED, KEEL__SUB_CUTOVER, or "" (none). */
+static int marker_state(keel_es_tx *tx, const char *group, char *out, size_t cap) {
+  char marker[72];
+  keel__sub_marker_name(group, marker, sizeof marker);
+  keel_es_rows rows;
+  int rc = keel_es_tx_exec(tx, "SELECT owner FROM keel_sub_checkpoints WHERE name = $1",
+                           (const char *[]){marker}, 1, &rows);
+  if (rc) return rc;
+  const char *v = rows.nrows == 1 ? keel_es_rows_get(&rows, 0, 0) : NULL;
+  snprintf(out, cap, "%s", v ? v : "");
+  keel_es_rows_free(&rows);
+  return 0;
+}
+
+/* Retires the live group: the marker, then each partition's row fenced.
+ * Again on a retired group (a switch called again after its caller died):
+ * the same, so it goes on. On a group already cut over: KEEL_EEXIST,
+ * nothing changed. Undo: the marker goes, unless the cutover committed. */
 static int retire_fn(keel_es_tx *tx, void *arg) {
   const retire_arg *a = arg;
   const char *live = a->o->live;
-  char now[24];
+  char marker[72], now[24], state[24];
+  keel__sub_marker_name(live, marker, sizeof marker);
   snprintf(now, sizeof now, "%lld", (long long)keel__es_unix_ms());
   int rc = keel__sub_group_lock(tx, live);
   if (rc) return rc;
   if (a->undo)
     return keel_es_tx_exec(
         tx, "DELETE FROM keel_sub_checkpoints WHERE name = $1 AND owner = '" KEEL__SUB_RETIRED "'",
-        (const char *[]){live}, 1, NULL);
+        (const char *[]){marker}, 1, NULL);
+  if ((rc = marker_state(tx, live, state, sizeof state)) != 0) return rc;
+  if (strcmp(state, KEEL__SUB_CUTOVER) == 0) return KEEL_EEXIST;
   rc = keel_es_tx_exec(tx,
                        "INSERT INTO keel_sub_checkpoints (name, position, updated_at, owner) "
                        "VALUES ($1, 0, CAST($2 AS BIGINT), '" KEEL__SUB_RETIRED "') "
-                       "ON CONFLICT (name) DO UPDATE SET owner = excluded.owner, "
-                       "updated_at = excluded.updated_at",
-                       (const char *[]){live, now}, 2, NULL);
+                       "ON CONFLICT (name) DO NOTHING",
+                       (const char *[]){marker, now}, 2, NULL);
   keel_es_rows rows;
   if (!rc) rc = keel_es_tx_exec(tx, group_rows_sql, (const char *[]){live, live}, 2, &rows);
   if (rc) return rc;
   /* each partition's row by its exact name (a plain subscription "<live>.px"
    * is not one); on PostgreSQL the update waits for a partition's commit in
-   * flight, and the partition's next one is refused */
+   * flight, and the partition's next one is refused. A partition without a
+   * row cannot be claimed while the marker exists (sub.c, claim_fn). */
   for (size_t r = 0; r < rows.nrows && !rc; r++) {
     const char *name = keel_es_rows_get(&rows, r, 0);
     if (partition_index(name, live, 0) < 0) continue;
@@ -189,45 +214,61 @@ static int retire_fn(keel_es_tx *tx, void *arg) {
   return rc;
 }
 
-typedef struct cutover_arg {
-  const keel_sub_switch_opts *o;
-} cutover_arg;
-
-/* The caller's cutover, if the live group is still retired. */
+/* The caller's cutover, if the live group is still retired and not cut
+ * over, with the marker set to "cut over" in the same transaction: after
+ * this commits, nothing undoes the retirement. */
 static int group_cutover_fn(keel_es_tx *tx, void *arg) {
-  const keel_sub_switch_opts *o = ((cutover_arg *)arg)->o;
+  const keel_sub_switch_opts *o = arg;
+  char marker[72], state[24];
+  keel__sub_marker_name(o->live, marker, sizeof marker);
   int rc = keel__sub_group_lock(tx, o->live);
-  keel_es_rows rows;
-  if (!rc)
-    rc = keel_es_tx_exec(tx,
-                         "SELECT count(*) FROM keel_sub_checkpoints WHERE name = $1 AND "
-                         "owner = '" KEEL__SUB_RETIRED "'",
-                         (const char *[]){o->live}, 1, &rows);
+  if (!rc) rc = marker_state(tx, o->live, state, sizeof state);
   if (rc) return rc;
-  bool retired = strtoll(keel_es_rows_get(&rows, 0, 0), NULL, 10) > 0;
+  if (strcmp(state, KEEL__SUB_RETIRED) != 0) return KEEL_ESTATE;
+  rc = keel_es_tx_exec(
+      tx, "UPDATE keel_sub_checkpoints SET owner = '" KEEL__SUB_CUTOVER "' WHERE name = $1",
+      (const char *[]){marker}, 1, NULL);
+  return rc ? rc : o->cutover(tx, o->ud);
+}
+
+/* 1 when `group` was retired by a switch, 0 when not, or an error. */
+static int is_retired(keel_es *es, const char *group) {
+  char marker[72];
+  keel__sub_marker_name(group, marker, sizeof marker);
+  keel_es_rows rows;
+  int rc = keel_es_query(es, "SELECT count(*) FROM keel_sub_checkpoints WHERE name = $1",
+                         (const char *[]){marker}, 1, &rows);
+  if (rc) return rc;
+  rc = strtoll(keel_es_rows_get(&rows, 0, 0), NULL, 10) > 0;
   keel_es_rows_free(&rows);
-  return retired ? o->cutover(tx, o->ud) : KEEL_ESTATE;
+  return rc;
 }
 
 static int switch_groups(const keel_sub_switch_opts *o, const clock_budget *b) {
+  /* the new group runs here (so its partitions run somewhere) and was not
+   * itself replaced */
+  char reg[80];
+  snprintf(reg, sizeof reg, "sub.%s", o->next);
+  if (!keel_whereis(reg)) return KEEL_ENOPROC;
+  int rc = is_retired(o->es, o->next);
+  if (rc) return rc < 0 ? rc : KEEL_ESTATE;
   int64_t head;
-  int rc = keel_es_head(o->es, &head);
-  if (rc) return rc;
+  if ((rc = keel_es_head(o->es, &head)) != 0) return rc;
   keel_log_info(NULL, "subscription switch: waiting for the new group to catch up",
                 KEEL_STR("live", o->live), KEEL_STR("next", o->next), KEEL_INT("head", head),
                 KEEL_INT("partitions", o->partitions));
   if ((rc = wait_next_at(o, head, false, b)) != 0) return rc;
   retire_arg ra = {.o = o};
-  if ((rc = keel__es_transact_internal(o->es, retire_fn, &ra)) != 0) return rc;
+  if ((rc = keel__es_transact_internal(o->es, retire_fn, &ra)) != 0) return rc; /* nothing done */
   keel_log_info(NULL, "subscription switch: live group retired, waiting for the new one to pass it",
                 KEEL_STR("live", o->live), KEEL_STR("next", o->next));
   rc = wait_next_at(o, 0, true, b);
-  cutover_arg ca = {.o = o};
-  if (rc == 0) rc = keel_es_transact(o->es, NULL, 0, NULL, NULL, group_cutover_fn, &ca);
+  /* internal: the marker is keel's table (the caller's cutover runs in it too) */
+  if (rc == 0) rc = keel__es_transact_internal(o->es, group_cutover_fn, (void *)o);
   if (rc) {
     ra.undo = true;
     int urc = keel__es_transact_internal(o->es, retire_fn, &ra);
-    keel_log_warn(NULL, "subscription switch failed: the live group goes on",
+    keel_log_warn(NULL, "subscription switch failed: the live group goes on (unless it was cut over)",
                   KEEL_STR("live", o->live), KEEL_STR("next", o->next),
                   KEEL_STR("error", keel_strerror(rc)),
                   KEEL_STR("undo", urc ? keel_strerror(urc) : "ok"));

@@ -60,6 +60,7 @@ typedef struct group {
   es_pgconn *lock; /* PostgreSQL: the lock session */
   keel_ref_t timer;
   bool retired; /* a blue/green switch replaced the group: it runs nothing (sub_switch.c) */
+  char marker[72]; /* the switch's marker row ("<name>#switch") */
 } group;
 
 /* ---- the lock session ------------------------------------------------------------------ */
@@ -180,8 +181,8 @@ typedef struct beat_arg {
   bool retired;
 } beat_arg;
 
-static const char *const retired_sql =
-    "SELECT count(*) FROM keel_sub_checkpoints WHERE name = $1 AND owner = '" KEEL__SUB_RETIRED "'";
+/* The switch's marker row exists: retired (sub_switch.c). */
+static const char *const retired_sql = "SELECT count(*) FROM keel_sub_checkpoints WHERE name = $1";
 
 static int beat_fn(keel_es_tx *tx, void *arg) {
   beat_arg *a = arg;
@@ -203,7 +204,7 @@ static int beat_fn(keel_es_tx *tx, void *arg) {
   if (rc) return rc;
   a->alive = strtoll(keel_es_rows_get(&rows, 0, 0), NULL, 10);
   keel_es_rows_free(&rows);
-  if ((rc = keel_es_tx_exec(tx, retired_sql, (const char *[]){a->g->name}, 1, &rows)) != 0)
+  if ((rc = keel_es_tx_exec(tx, retired_sql, (const char *[]){a->g->marker}, 1, &rows)) != 0)
     return rc;
   a->retired = strtoll(keel_es_rows_get(&rows, 0, 0), NULL, 10) > 0;
   keel_es_rows_free(&rows);
@@ -267,7 +268,7 @@ static void retire(group *g) {
 /* 1 retired, 0 not, < 0 an error (logged by the store). */
 static int read_retired(group *g) {
   keel_es_rows rows;
-  int rc = keel_es_query(g->o.es, retired_sql, (const char *[]){g->name}, 1, &rows);
+  int rc = keel_es_query(g->o.es, retired_sql, (const char *[]){g->marker}, 1, &rows);
   if (rc) return rc;
   bool retired = strtoll(keel_es_rows_get(&rows, 0, 0), NULL, 10) > 0;
   keel_es_rows_free(&rows);
@@ -373,6 +374,11 @@ static int group_init(void *arg, void **state) {
   if (!g->o.member_timeout_ms) g->o.member_timeout_ms = 5000;
   snprintf(g->name, sizeof g->name, "%s", o->name);
   snprintf(g->regname, sizeof g->regname, "sub.%s", o->name);
+  keel__sub_marker_name(g->name, g->marker, sizeof g->marker);
+  if (o->member && o->member[0] == '#') { /* '#' is the switch's (a fence is "#retired") */
+    group_free(g);
+    return KEEL_EINVAL;
+  }
   if (o->member) {
     snprintf(g->member, sizeof g->member, "%s", o->member);
   } else {
