@@ -403,10 +403,12 @@ int keel_es_tx_exec(keel_es_tx *tx, const char *sql, const char *const *params, 
  * interleave, and for a service's CREATE TABLE IF NOT EXISTS at start, which
  * races another instance's on PostgreSQL (two creators can both fail with
  * "type already exists"). PostgreSQL: pg_advisory_xact_lock on a hash of the
- * schema and key (distinct keys may rarely share a lock: a wait, never an
- * error); SQLite: 0 at once (the store's one writer already serialises every
- * transaction). Errors: KEEL_EINVAL (key NULL or ""), those of
- * keel_es_tx_exec. */
+ * schema and key (distinct keys may rarely share a lock); SQLite: 0 at once
+ * (the store's one writer already serialises every transaction). Take one
+ * key per transaction, or always in the same order: two transactions taking
+ * two keys in opposite orders (or two keys whose hashes collide) deadlock,
+ * and PostgreSQL ends one with an error (KEEL_EIO, SQLSTATE 40P01). Errors:
+ * KEEL_EINVAL (key NULL or ""), those of keel_es_tx_exec. */
 int keel_es_tx_lock(keel_es_tx *tx, const char *key);
 /* The database's message for the transaction's failed statement ("" when none). */
 const char *keel_es_tx_error(const keel_es_tx *tx);

@@ -155,7 +155,12 @@ static int create_tables(keel_es_tx *tx, void *arg) {
 }
 
 int keel__sub_tables(keel_es *es) {
-  return keel__es_transact_internal(es, create_tables, NULL);
+  int rc = keel__es_transact_internal(es, create_tables, NULL);
+  /* an instance of an older keel beside this one creates them without the
+   * lock: its race answers 23505 (KEEL_EEXIST) or 42710 (KEEL_EIO); once
+   * more finds them made */
+  if (rc == KEEL_EEXIST || rc == KEEL_EIO) rc = keel__es_transact_internal(es, create_tables, NULL);
+  return rc;
 }
 
 /* The checkpoint's compare-and-set, in tx. */

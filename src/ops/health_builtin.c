@@ -82,6 +82,16 @@ static bool sched_stuck(const keel_sched_info *before, const keel_sched_info *no
   return now->running == before->running && now->switches == before->switches;
 }
 
+/* Appends ",v" (or "v") to a JSON array's inside only when it fits whole,
+ * so a long list is cut at an item, never inside one. */
+static void append_item(char *buf, size_t cap, size_t *len, int64_t v) {
+  char item[32];
+  int k = snprintf(item, sizeof item, "%s%" PRId64, *len ? "," : "", v);
+  if (k <= 0 || *len + (size_t)k >= cap) return;
+  memcpy(buf + *len, item, (size_t)k + 1);
+  *len += (size_t)k;
+}
+
 static keel_health_status bi_schedulers(void *ud, keel_health_result *res) {
   const keel_health_builtin_opts *o = ud;
   int n = keel_sched_count();
@@ -104,16 +114,14 @@ static keel_health_status bi_schedulers(void *ud, keel_health_result *res) {
   for (int i = 0; i < n; i++) {
     keel_sched_info b = a[i];
     if (!watched) keel_rt_sched_info(i, &b);
-    int k = snprintf(held + hlen, sizeof held - hlen, "%s%" PRId64, i ? "," : "", b.held_ms);
-    if (k > 0 && (size_t)k < sizeof held - hlen) hlen += (size_t)k;
+    append_item(held, sizeof held, &hlen, b.held_ms);
     if (sched_stuck(&a[i], &b, o->stuck_ms)) {
       if (bad < 0) {
         bad = i;
         holder = b.running;
       }
       nbad++;
-      k = snprintf(list + len, sizeof list - len, "%s%d", nbad > 1 ? "," : "", i);
-      if (k > 0 && (size_t)k < sizeof list - len) len += (size_t)k;
+      append_item(list, sizeof list, &len, i);
     }
   }
   free(a);

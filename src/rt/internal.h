@@ -360,6 +360,8 @@ typedef struct keel__sched {
   atomic_bool stuck;              /* the watchdog saw one process hold it for a tick */
   _Atomic uint64_t held_since_ns; /* the watchdog: since when the running process has held it
                                      without a switch (as first seen); 0 when not stuck */
+  _Atomic uint64_t held_switches; /* n_switches when held_since_ns was set: a reader seeing
+                                     another count knows the hold is over */
   _Atomic uint64_t idle_ns;       /* time spent asleep in epoll with nothing to run */
   _Atomic uint64_t sleep_start_ns; /* start of the sleep in progress, 0 when awake */
   void *altstack;

@@ -103,9 +103,12 @@ int keel_rt_sched_info(int i, keel_sched_info *out) {
   uint64_t now = keel__now_ns();
   out->idle_ns = idle + (since && now > since ? now - since : 0);
   out->watched = atomic_load(&keel__g.watchdog_running);
-  uint64_t held = atomic_load_explicit(&s->held_since_ns, memory_order_relaxed);
-  out->held_ms = held && now > held ? (int64_t)((now - held) / 1000000) : 0;
   out->switches = atomic_load_explicit(&s->n_switches, memory_order_relaxed);
+  /* the hold the watchdog saw is over as soon as the scheduler switched,
+   * even before the watchdog's next look clears it */
+  uint64_t held = atomic_load_explicit(&s->held_since_ns, memory_order_relaxed);
+  bool same = atomic_load_explicit(&s->held_switches, memory_order_relaxed) == out->switches;
+  out->held_ms = held && same && now > held ? (int64_t)((now - held) / 1000000) : 0;
   return 0;
 }
 

@@ -720,6 +720,7 @@ static void *watchdog_main(void *arg) {
         }
         continue;
       }
+      atomic_store_explicit(&s->held_switches, sw, memory_order_relaxed);
       atomic_store_explicit(&s->held_since_ns, since[i], memory_order_relaxed);
       atomic_store_explicit(&s->stuck, 1, memory_order_relaxed);
       /* Same process, no switch since `since`. Let a sleeping sibling steal
