@@ -80,7 +80,7 @@ static keel__tab_entry *entry_new(uint64_t h, const void *key, size_t klen, cons
   unsigned height = ordered ? height_of(h) : 0;
   size_t links = height * sizeof(keel__tab_entry *);
   size_t vbytes = handover ? 0 : (vlen + 7) & ~(size_t)7; /* counters stay aligned */
-  if (vbytes < vlen) return NULL;
+  if (!handover && vbytes < vlen) return NULL;            /* vlen near SIZE_MAX */
   size_t size = sizeof(keel__tab_entry) + links + vbytes;
   if (size < vbytes || size + klen < size) return NULL;
   size += klen;
