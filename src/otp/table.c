@@ -89,9 +89,7 @@ keel__tab *keel__tab_lock(keel_table_t h, uint64_t hash, bool write, keel__tab_s
       pthread_rwlock_wrlock(&s->lock);
     else
       pthread_rwlock_rdlock(&s->lock);
-    /* relaxed: gen and nstripes change only under every stripe's lock, which
-     * we hold one of */
-    if (atomic_load_explicit(&t->gen, memory_order_relaxed) != gen) {
+    if (s->gen != gen) { /* under the stripe's lock */
       pthread_rwlock_unlock(&s->lock);
       return NULL;
     }
@@ -108,14 +106,27 @@ bool keel__tab_ordered_hint(keel_table_t h) {
   return t && atomic_load_explicit(&t->nstripes, memory_order_relaxed) == 1;
 }
 
-void keel__tab_lock_all(keel__tab *t) {
-  for (unsigned i = 0; i < KEEL__TAB_STRIPES; i++)
+/* Gives every stripe the generation g (0: the table is gone), one stripe at
+ * a time; with g 0 the entries are unlinked too and returned as one list.
+ * One lock at a time: a call racing with a delete finds its stripe either
+ * whole or gone, which is as if it ran before or after. */
+static keel__tab_entry *stamp_stripes(keel__tab *t, uint32_t g) {
+  keel__tab_entry *list = NULL;
+  for (unsigned i = 0; i < KEEL__TAB_STRIPES; i++) {
     pthread_rwlock_wrlock(&t->s[i].lock);
-}
-
-void keel__tab_unlock_all(keel__tab *t) {
-  for (unsigned i = KEEL__TAB_STRIPES; i-- > 0;)
+    t->s[i].gen = g;
+    if (!g) {
+      keel__tab_entry *l = keel__tab_detach_stripe(t, i);
+      while (l) {
+        keel__tab_entry *next = l->next;
+        l->next = list;
+        list = l;
+        l = next;
+      }
+    }
     pthread_rwlock_unlock(&t->s[i].lock);
+  }
+  return list;
 }
 
 static bool is_owner(const keel__tab *t) {
@@ -208,11 +219,9 @@ static void owner_exited(void *arg);
 /* Deletes a live table (under meta); returns its entries to free after
  * meta is released. */
 static keel__tab_entry *delete_locked(keel__tab *t) {
-  keel__tab_lock_all(t);
-  keel__tab_entry *list = keel__tab_detach_all(t);
+  keel__tab_entry *list = stamp_stripes(t, 0);
   atomic_store_explicit(&t->gen, 0, memory_order_relaxed);
   atomic_store_explicit(&t->owner, 0, memory_order_relaxed);
-  keel__tab_unlock_all(t);
   if (t->name[0]) name_remove(t->name);
   t->name[0] = 0;
   t->heir = 0;
@@ -254,16 +263,16 @@ int keel_table_new(const keel_table_opts *o, keel_table_t *out) {
     free(ne);
     return KEEL_ENOMEM;
   }
-  keel__tab_lock_all(t);
   t->last_gen = t->last_gen + 1 ? t->last_gen + 1 : 1; /* a new generation, never 0 */
+  /* Written before any stripe carries the new generation (a stale handle
+   * reads them only after finding its own, older one: never these). */
   t->type = o->type;
   t->access = o->access;
   atomic_store_explicit(&t->nstripes, o->type == KEEL_TABLE_ORDERED_SET ? 1u : KEEL__TAB_STRIPES,
                         memory_order_relaxed);
   atomic_store_explicit(&t->owner, self, memory_order_relaxed);
-  t->level = 0;
   atomic_store_explicit(&t->gen, t->last_gen, memory_order_relaxed);
-  keel__tab_unlock_all(t);
+  stamp_stripes(t, t->last_gen);
   t->heir = o->heir;
   t->heir_data = o->heir_data;
   keel_table_t h = handle_of(t);

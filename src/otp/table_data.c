@@ -656,9 +656,9 @@ int keel_table_prefix(keel_table_t h, const void *prefix, size_t plen, size_t ma
 
 /* ---- whole table -------------------------------------------------------------- */
 
-keel__tab_entry *keel__tab_detach_all(keel__tab *t) {
+keel__tab_entry *keel__tab_detach_stripe(keel__tab *t, unsigned i) {
   keel__tab_entry *list = NULL;
-  if (ordered(t)) {
+  if (i == 0 && ordered(t)) {
     for (keel__tab_entry *e = t->head[0], *next; e; e = next) {
       next = e->links[0];
       e->next = list;
@@ -667,17 +667,15 @@ keel__tab_entry *keel__tab_detach_all(keel__tab *t) {
     memset(t->head, 0, sizeof t->head);
     t->level = 0;
   }
-  for (unsigned i = 0; i < KEEL__TAB_STRIPES; i++) {
-    keel__tab_stripe *s = &t->s[i];
-    for (size_t k = 0; k < s->nb; k++)
-      for (keel__tab_entry *e = s->b[k], *next; e; e = next) {
-        next = e->next;
-        e->next = list;
-        list = e;
-      }
-    free(s->b);
-    s->b = NULL;
-    s->nb = s->n = s->bytes = 0;
-  }
+  keel__tab_stripe *s = &t->s[i];
+  for (size_t k = 0; k < s->nb; k++)
+    for (keel__tab_entry *e = s->b[k], *next; e; e = next) {
+      next = e->next;
+      e->next = list;
+      list = e;
+    }
+  free(s->b);
+  s->b = NULL;
+  s->nb = s->n = s->bytes = 0;
   return list;
 }

@@ -30,18 +30,20 @@ typedef struct keel__tab_entry {
 /* A stripe: a lock and what it guards. Padded so that two stripes never
  * share a cache line (two schedulers on two stripes do not slow each other). */
 typedef struct keel__tab_stripe {
-  pthread_rwlock_t lock;
+  _Alignas(64) pthread_rwlock_t lock;
   keel__tab_entry **b; /* set: buckets (nb a power of two, or 0) */
   size_t nb, n, bytes;
-  char pad_[64 - (sizeof(pthread_rwlock_t) + 4 * sizeof(size_t)) % 64];
+  uint32_t gen; /* the table's generation while it lives, 0 when free */
 } keel__tab_stripe;
 
 /* A table slot. Slots live in chunks that are never freed, so a stale
  * handle can always lock a stripe and read the generation: a slot is reused
  * by a new table with a new generation, which the stale handle's does not
- * match. gen, type, access and nstripes change only with every stripe
- * write-locked (so a reader holding any stripe's lock sees them stable);
- * owner is atomic (read without a lock by the access check). */
+ * match. Each stripe holds a copy of the generation under its own lock; a
+ * table is born and deleted one stripe at a time, and type and access are
+ * written before its stripes get their generation, so a caller that finds
+ * its generation in its stripe sees them set. owner is atomic (read without
+ * a lock by the access check); gen is the slot's own copy, for meta. */
 typedef struct keel__tab {
   keel__tab_stripe s[KEEL__TAB_STRIPES];
   _Atomic uint32_t gen; /* 0: free */
@@ -69,18 +71,14 @@ keel__tab *keel__tab_lock(keel_table_t h, uint64_t hash, bool write, keel__tab_s
 /* Whether h's slot held an ordered set a moment ago (no lock: a hint). */
 bool keel__tab_ordered_hint(keel_table_t h);
 
-/* Locks every stripe (exclusive) of slot t in order; unlock reverses it. */
-void keel__tab_lock_all(keel__tab *t);
-void keel__tab_unlock_all(keel__tab *t);
-
 /* Whether the caller may read / write t (under a stripe lock). */
 bool keel__tab_may_read(const keel__tab *t);
 bool keel__tab_may_write(const keel__tab *t);
 
-/* Unlinks every entry of t (all stripes write-locked) into a list (through
- * next) and empties the stripes; the caller frees it with keel__tab_free_list
- * after unlocking. */
-keel__tab_entry *keel__tab_detach_all(keel__tab *t);
+/* Unlinks every entry of stripe i (write-locked) into a list (through next)
+ * and empties it (stripe 0 of an ordered set: the skip list); the caller
+ * frees the list with keel__tab_free_list after unlocking. */
+keel__tab_entry *keel__tab_detach_stripe(keel__tab *t, unsigned i);
 void keel__tab_free_list(keel__tab_entry *e);
 
 /* Initialises a slot's stripes (once, when its chunk is made). */
