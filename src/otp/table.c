@@ -263,7 +263,9 @@ int keel_table_new(const keel_table_opts *o, keel_table_t *out) {
     free(ne);
     return KEEL_ENOMEM;
   }
-  t->last_gen = t->last_gen + 1 ? t->last_gen + 1 : 1; /* a new generation, never 0 */
+  /* a new generation, never 0, below 2^31 so that a handle fits an int64
+   * (JSON readers take the observer's ids as signed integers) */
+  t->last_gen = t->last_gen % 0x7fffffffu + 1;
   /* Written before any stripe carries the new generation (a stale handle
    * reads them only after finding its own, older one: never these). */
   t->type = o->type;
