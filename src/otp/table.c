@@ -21,6 +21,8 @@
  * owner or heir, names, enumeration. It is taken before any stripe lock,
  * never after. The hot paths take only their stripe's lock.
  */
+#include <sched.h>
+#include <stdint.h>
 #include <stdlib.h>
 #include <string.h>
 
@@ -66,11 +68,129 @@ static keel_table_t handle_of(const keel__tab *t) {
 }
 
 void keel__tab_slot_init(keel__tab *t) {
-  for (unsigned i = 0; i < KEEL__TAB_STRIPES; i++)
-    pthread_rwlock_init(&t->s[i].lock, NULL);
+  for (unsigned i = 0; i < KEEL__TAB_STRIPES; i++) {
+    pthread_mutex_init(&t->s[i].wmu, NULL);
+    atomic_init(&t->s[i].writer, 0);
+    for (unsigned r = 0; r < KEEL__TAB_READERS; r++)
+      atomic_init(&t->rd[r].f[i], 0);
+  }
   atomic_init(&t->gen, 0);
   atomic_init(&t->owner, 0);
   atomic_init(&t->nstripes, KEEL__TAB_STRIPES);
+}
+
+/* ---- the stripe lock ---------------------------------------------------------- */
+
+/* Reader slots: each thread that reads a table gets one (its flags in every
+ * table), returned when the thread exits. A thread past KEEL__TAB_READERS
+ * reads the way writers write. Writers scan the slots handed out so far. */
+static pthread_mutex_t readers_mu = PTHREAD_MUTEX_INITIALIZER;
+static pthread_once_t readers_once = PTHREAD_ONCE_INIT;
+static pthread_key_t readers_key;
+static _Atomic int readers_hw; /* slots ever handed out */
+static int readers_free[KEEL__TAB_READERS], nfree;
+/* The calling thread's slot: -1 none yet, -2 none left. Read afresh on every
+ * call and never kept across a yield (none of these functions yields), so
+ * a process that moves between threads uses the slot of the thread it runs on. */
+static _Thread_local int reader_slot = -1;
+
+static void reader_release(void *v) {
+  pthread_mutex_lock(&readers_mu);
+  readers_free[nfree++] = (int)(intptr_t)v - 1;
+  pthread_mutex_unlock(&readers_mu);
+}
+
+static void readers_init(void) {
+  pthread_key_create(&readers_key, reader_release);
+}
+
+static int my_reader(void) {
+  int r = reader_slot;
+  if (r != -1) return r;
+  pthread_once(&readers_once, readers_init);
+  pthread_mutex_lock(&readers_mu);
+  if (nfree) {
+    r = readers_free[--nfree];
+  } else {
+    r = atomic_load(&readers_hw);
+    if (r < KEEL__TAB_READERS)
+      atomic_store(&readers_hw, r + 1); /* seq_cst: see wr_enter */
+    else
+      r = -2;
+  }
+  pthread_mutex_unlock(&readers_mu);
+  if (r >= 0) pthread_setspecific(readers_key, (void *)(intptr_t)(r + 1));
+  reader_slot = r;
+  return r;
+}
+
+static void relax(unsigned *spins) {
+  if (++*spins % 128 == 0) {
+    sched_yield(); /* the other side may be preempted: let it run */
+    return;
+  }
+#if defined(__x86_64__) || defined(__i386__)
+  __builtin_ia32_pause();
+#elif defined(__aarch64__)
+  __asm__ __volatile__("yield");
+#endif
+}
+
+/* The writer raises its flag, then waits for every reader flag of the
+ * stripe to drop; a reader raises its flag, then looks at the writer's. Both
+ * sides store then load with seq_cst (Dekker): in the single order of those
+ * operations one of them comes first, so either the reader sees the writer
+ * (and backs off) or the writer sees the reader (and waits). A slot handed
+ * out after the writer read readers_hw belongs to a thread whose flag store
+ * comes later still, so that reader sees the writer's flag. */
+static void wr_enter(keel__tab *t, unsigned i) {
+  keel__tab_stripe *s = &t->s[i];
+  pthread_mutex_lock(&s->wmu);
+  atomic_store(&s->writer, 1);
+  int hw = atomic_load(&readers_hw);
+  for (int r = 0; r < hw; r++) {
+    unsigned spins = 0;
+    /* acquire (seq_cst): the reader's reads happen before our writes */
+    while (atomic_load(&t->rd[r].f[i]))
+      relax(&spins);
+  }
+}
+
+static bool rd_enter(keel__tab *t, unsigned i, _Atomic uint8_t **flag) {
+  int r = my_reader();
+  if (r < 0) return false;
+  _Atomic uint8_t *f = &t->rd[r].f[i];
+  keel__tab_stripe *s = &t->s[i];
+  for (;;) {
+    atomic_store(f, 1);
+    /* seq_cst load, so acquire: the last writer's changes are visible */
+    if (!atomic_load(&s->writer)) {
+      *flag = f;
+      return true;
+    }
+    atomic_store_explicit(f, 0, memory_order_release);
+    unsigned spins = 0;
+    while (atomic_load_explicit(&s->writer, memory_order_relaxed))
+      relax(&spins);
+  }
+}
+
+void keel__tab_lock_stripe(keel__tab *t, unsigned i, bool write, keel__tab_held *held) {
+  held->s = &t->s[i];
+  held->flag = NULL;
+  if (!write && rd_enter(t, i, &held->flag)) return;
+  wr_enter(t, i);
+}
+
+void keel__tab_unlock(keel__tab_held *held) {
+  if (held->flag) {
+    /* release: our reads happen before the next writer's writes */
+    atomic_store_explicit(held->flag, 0, memory_order_release);
+    return;
+  }
+  /* release: our writes happen before the next reader's reads */
+  atomic_store_explicit(&held->s->writer, 0, memory_order_release);
+  pthread_mutex_unlock(&held->s->wmu);
 }
 
 static unsigned stripe_index(keel__tab *t, uint64_t hash) {
@@ -78,26 +198,19 @@ static unsigned stripe_index(keel__tab *t, uint64_t hash) {
   return atomic_load_explicit(&t->nstripes, memory_order_relaxed) == 1 ? 0 : (unsigned)(hash >> 58);
 }
 
-keel__tab *keel__tab_lock(keel_table_t h, uint64_t hash, bool write, keel__tab_stripe **stripe) {
+keel__tab *keel__tab_lock(keel_table_t h, uint64_t hash, bool write, keel__tab_held *held) {
   keel__tab *t = slot(slot_of_handle(h));
   uint32_t gen = (uint32_t)(h >> 32);
   if (!t || !gen) return NULL;
   for (;;) {
     unsigned i = stripe_index(t, hash);
-    keel__tab_stripe *s = &t->s[i];
-    if (write)
-      pthread_rwlock_wrlock(&s->lock);
-    else
-      pthread_rwlock_rdlock(&s->lock);
-    if (s->gen != gen) { /* under the stripe's lock */
-      pthread_rwlock_unlock(&s->lock);
+    keel__tab_lock_stripe(t, i, write, held);
+    if (held->s->gen != gen) { /* under the stripe's lock */
+      keel__tab_unlock(held);
       return NULL;
     }
-    if (stripe_index(t, hash) == i) {
-      *stripe = s;
-      return t;
-    }
-    pthread_rwlock_unlock(&s->lock); /* a stale hint: the slot changed type */
+    if (stripe_index(t, hash) == i) return t;
+    keel__tab_unlock(held); /* a stale hint: the slot changed type */
   }
 }
 
@@ -113,7 +226,8 @@ bool keel__tab_ordered_hint(keel_table_t h) {
 static keel__tab_entry *stamp_stripes(keel__tab *t, uint32_t g) {
   keel__tab_entry *list = NULL;
   for (unsigned i = 0; i < KEEL__TAB_STRIPES; i++) {
-    pthread_rwlock_wrlock(&t->s[i].lock);
+    keel__tab_held held;
+    keel__tab_lock_stripe(t, i, true, &held);
     t->s[i].gen = g;
     if (!g) {
       keel__tab_entry *l = keel__tab_detach_stripe(t, i);
@@ -124,7 +238,7 @@ static keel__tab_entry *stamp_stripes(keel__tab *t, uint32_t g) {
         l = next;
       }
     }
-    pthread_rwlock_unlock(&t->s[i].lock);
+    keel__tab_unlock(&held);
   }
   return list;
 }
@@ -401,10 +515,11 @@ static void info_locked(keel__tab *t, keel_table_info *out) {
   out->size = 0;
   out->memory = sizeof *t;
   for (unsigned i = 0; i < KEEL__TAB_STRIPES; i++) {
-    pthread_rwlock_rdlock(&t->s[i].lock);
+    keel__tab_held held;
+    keel__tab_lock_stripe(t, i, false, &held);
     out->size += t->s[i].n;
     out->memory += t->s[i].bytes;
-    pthread_rwlock_unlock(&t->s[i].lock);
+    keel__tab_unlock(&held);
   }
 }
 

@@ -25,8 +25,9 @@
 #include "keel/error.h"
 #include "otp/table_internal.h"
 
-#define RUN   256 /* ordered-set rows copied per lock hold */
-#define RETRY 1   /* place(): the entry was made for the other type */
+#define RUN         256 /* ordered-set rows copied per lock hold */
+#define RETRY       1   /* place(): the entry was made for the other type */
+#define INPLACE_MAX 256 /* values up to this size are replaced in place */
 
 /* ---- keys ---------------------------------------------------------------- */
 
@@ -119,6 +120,18 @@ void keel__tab_free_list(keel__tab_entry *e) {
     keel__tab_entry *next = e->next;
     entry_free(e);
     e = next;
+  }
+}
+
+/* Copies e's value out (under a hold of its stripe). An 8-byte value may be
+ * a counter that update_counter changes under a shared hold: read it with
+ * one atomic load so it is never torn. */
+static void copy_val(void *dst, const keel__tab_entry *e) {
+  if (e->vlen == sizeof(int64_t)) {
+    int64_t v = __atomic_load_n((const int64_t *)(const void *)e->val, __ATOMIC_RELAXED);
+    memcpy(dst, &v, sizeof v);
+  } else if (e->vlen) {
+    memcpy(dst, e->val, e->vlen);
   }
 }
 
@@ -270,28 +283,28 @@ static uint64_t key_hash(keel_table_t h, const void *key, size_t klen) {
 }
 
 /* Locks the table for a write of key (hash kh) and checks the caller may. */
-static keel__tab *lock_write(keel_table_t h, uint64_t kh, keel__tab_stripe **s, int *rc) {
+static keel__tab *lock_write(keel_table_t h, uint64_t kh, keel__tab_held *s, int *rc) {
   keel__tab *t = keel__tab_lock(h, kh, true, s);
   if (!t) {
     *rc = KEEL_EINVAL;
     return NULL;
   }
   if (!keel__tab_may_write(t)) {
-    pthread_rwlock_unlock(&(*s)->lock);
+    keel__tab_unlock(s);
     *rc = KEEL_EPERM;
     return NULL;
   }
   return t;
 }
 
-static keel__tab *lock_read(keel_table_t h, uint64_t kh, keel__tab_stripe **s, int *rc) {
+static keel__tab *lock_read(keel_table_t h, uint64_t kh, keel__tab_held *s, int *rc) {
   keel__tab *t = keel__tab_lock(h, kh, false, s);
   if (!t) {
     *rc = KEEL_EINVAL;
     return NULL;
   }
   if (!keel__tab_may_read(t)) {
-    pthread_rwlock_unlock(&(*s)->lock);
+    keel__tab_unlock(s);
     *rc = KEEL_EPERM;
     return NULL;
   }
@@ -299,6 +312,26 @@ static keel__tab *lock_read(keel_table_t h, uint64_t kh, keel__tab_stripe **s, i
 }
 
 /* ---- writes ----------------------------------------------------------------- */
+
+/* Replaces the value of an existing entry of the same length in place: no
+ * allocation, no free, a copy of at most INPLACE_MAX bytes under the
+ * exclusive hold. KEEL_ENOENT when it cannot (absent, other length, a
+ * handed-over block): the caller makes a new entry. */
+static int put_in_place(keel_table_t h, uint64_t kh, const void *key, size_t klen, const void *val,
+                        size_t vlen) {
+  keel__tab_held s;
+  int rc;
+  keel__tab *t = lock_write(h, kh, &s, &rc);
+  if (!t) return rc;
+  keel__tab_entry *e = find(t, s.s, kh, key, klen);
+  rc = KEEL_ENOENT;
+  if (e && e->vlen == vlen && !(e->flags & KEEL__TAB_HANDOVER)) {
+    if (vlen) memcpy(e->val, val, vlen); /* exclusive: no reader, no counter update */
+    rc = 0;
+  }
+  keel__tab_unlock(&s);
+  return rc;
+}
 
 int keel_table_put(keel_table_t h, const void *key, size_t klen, void *val, size_t vlen,
                    unsigned flags) {
@@ -309,6 +342,10 @@ int keel_table_put(keel_table_t h, const void *key, size_t klen, void *val, size
     return KEEL_EINVAL;
   }
   uint64_t kh = key_hash(h, key, klen);
+  if (!handover && !(flags & KEEL_TABLE_NEW) && vlen <= INPLACE_MAX) {
+    int rc = put_in_place(h, kh, key, klen, val, vlen);
+    if (rc != KEEL_ENOENT) return rc;
+  }
   /* The type is certain only under the lock, and the entry is made before
    * it: make it for the type the slot had a moment ago (a set's entry has no
    * skip links) and make it again if that was a stale handle's old table. */
@@ -318,7 +355,7 @@ int keel_table_put(keel_table_t h, const void *key, size_t klen, void *val, size
       if (handover) free(val);
       return KEEL_ENOMEM;
     }
-    keel__tab_stripe *s;
+    keel__tab_held s;
     int rc;
     keel__tab *t = lock_write(h, kh, &s, &rc);
     if (!t) {
@@ -326,8 +363,8 @@ int keel_table_put(keel_table_t h, const void *key, size_t klen, void *val, size
       return rc;
     }
     keel__tab_entry *old = NULL;
-    rc = place(t, s, e, flags & KEEL_TABLE_NEW, &old);
-    pthread_rwlock_unlock(&s->lock);
+    rc = place(t, s.s, e, flags & KEEL_TABLE_NEW, &old);
+    keel__tab_unlock(&s);
     if (rc == RETRY) {
       free(e); /* not entry_free: a handed-over val is still ours to use */
       continue;
@@ -350,12 +387,12 @@ int keel_table_insert_new(keel_table_t t, const void *key, size_t klen, const vo
 int keel_table_erase(keel_table_t h, const void *key, size_t klen) {
   if (!args_ok(key, klen, NULL, 0)) return KEEL_EINVAL;
   uint64_t kh = key_hash(h, key, klen);
-  keel__tab_stripe *s;
+  keel__tab_held s;
   int rc;
   keel__tab *t = lock_write(h, kh, &s, &rc);
   if (!t) return rc;
-  keel__tab_entry *e = unplace(t, s, kh, key, klen);
-  pthread_rwlock_unlock(&s->lock);
+  keel__tab_entry *e = unplace(t, s.s, kh, key, klen);
+  keel__tab_unlock(&s);
   entry_free(e);
   return e ? 0 : KEEL_ENOENT;
 }
@@ -364,13 +401,13 @@ int keel_table_take(keel_table_t h, const void *key, size_t klen, void **val, si
   if (!args_ok(key, klen, NULL, 0) || !val) return KEEL_EINVAL;
   *val = NULL;
   uint64_t kh = key_hash(h, key, klen);
-  keel__tab_stripe *s;
+  keel__tab_held s;
   int rc;
   keel__tab *t = lock_write(h, kh, &s, &rc);
   if (!t) return rc;
-  keel__tab_entry *e = find(t, s, kh, key, klen);
+  keel__tab_entry *e = find(t, s.s, kh, key, klen);
   if (!e) {
-    pthread_rwlock_unlock(&s->lock);
+    keel__tab_unlock(&s);
     return KEEL_ENOENT;
   }
   /* Allocate the copy while the entry is still in: on ENOMEM it stays. */
@@ -378,12 +415,12 @@ int keel_table_take(keel_table_t h, const void *key, size_t klen, void **val, si
   if (!(e->flags & KEEL__TAB_HANDOVER) && e->vlen) {
     out = malloc(e->vlen);
     if (!out) {
-      pthread_rwlock_unlock(&s->lock);
+      keel__tab_unlock(&s);
       return KEEL_ENOMEM;
     }
   }
-  e = unplace(t, s, kh, key, klen);
-  pthread_rwlock_unlock(&s->lock);
+  e = unplace(t, s.s, kh, key, klen);
+  keel__tab_unlock(&s);
   if (vlen) *vlen = e->vlen;
   if (e->flags & KEEL__TAB_HANDOVER) {
     out = e->vlen ? e->val : (free(e->val), NULL);
@@ -397,54 +434,77 @@ int keel_table_take(keel_table_t h, const void *key, size_t klen, void **val, si
 }
 
 /* Adds incr to the 8-byte value of e. */
+/* Adds incr to the 8-byte value of e. Atomic (a compare-and-swap loop), so
+ * that it may run under a shared hold of the stripe: two schedulers adding
+ * to counters of one stripe do not exclude each other, and a reader copying
+ * the value meanwhile reads it whole (copy_val). */
 static int counter_add(keel__tab_entry *e, int64_t incr, int64_t *result) {
   if (e->vlen != sizeof(int64_t)) return KEEL_EINVAL;
-  int64_t v;
-  memcpy(&v, e->val, sizeof v);
-  if (__builtin_add_overflow(v, incr, &v)) return KEEL_ERANGE;
-  memcpy(e->val, &v, sizeof v);
-  if (result) *result = v;
+  int64_t *p = (int64_t *)(void *)e->val; /* 8-aligned: see entry_new */
+  /* relaxed: the value is the only data; the stripe's hold orders the rest */
+  int64_t v = __atomic_load_n(p, __ATOMIC_RELAXED), sum;
+  do {
+    if (__builtin_add_overflow(v, incr, &sum)) return KEEL_ERANGE;
+  } while (!__atomic_compare_exchange_n(p, &v, sum, true, __ATOMIC_RELAXED, __ATOMIC_RELAXED));
+  if (result) *result = sum;
   return 0;
+}
+
+/* Adds to an existing counter under a shared hold; KEEL_ENOENT if absent. */
+static int counter_shared(keel_table_t h, uint64_t kh, const void *key, size_t klen, int64_t incr,
+                          int64_t *result) {
+  keel__tab_held s;
+  int rc;
+  keel__tab *t = keel__tab_lock(h, kh, false, &s);
+  if (!t) return KEEL_EINVAL;
+  if (!keel__tab_may_write(t)) {
+    keel__tab_unlock(&s);
+    return KEEL_EPERM;
+  }
+  keel__tab_entry *e = find(t, s.s, kh, key, klen);
+  rc = e ? counter_add(e, incr, result) : KEEL_ENOENT;
+  keel__tab_unlock(&s);
+  return rc;
 }
 
 int keel_table_update_counter(keel_table_t h, const void *key, size_t klen, int64_t incr,
                               const int64_t *init, int64_t *result) {
   if (!args_ok(key, klen, NULL, 0)) return KEEL_EINVAL;
   uint64_t kh = key_hash(h, key, klen);
-  keel__tab_entry *fresh = NULL; /* made outside the lock on the second pass */
+  int rc = counter_shared(h, kh, key, klen, incr, result);
+  if (rc != KEEL_ENOENT || !init) return rc;
+  /* Absent: create it, exclusively, with an entry made outside the lock. */
+  keel__tab_entry *fresh = NULL;
   for (;;) {
-    keel__tab_stripe *s;
-    int rc;
+    keel__tab_held s;
     keel__tab *t = lock_write(h, kh, &s, &rc);
     if (!t) {
       entry_free(fresh);
       return rc;
     }
-    keel__tab_entry *e = find(t, s, kh, key, klen);
+    keel__tab_entry *e = find(t, s.s, kh, key, klen);
     if (e) {
       rc = counter_add(e, incr, result);
-    } else if (!init) {
-      rc = KEEL_ENOENT;
     } else if (fresh) {
       keel__tab_entry *old;
-      rc = place(t, s, fresh, true, &old);
-      if (!rc && result) memcpy(result, fresh->val, sizeof *result);
-      if (!rc) fresh = NULL;
+      rc = place(t, s.s, fresh, true, &old);
       if (rc == RETRY) {
-        pthread_rwlock_unlock(&s->lock);
+        keel__tab_unlock(&s);
         entry_free(fresh);
         fresh = NULL;
         continue;
       }
+      if (!rc && result) memcpy(result, fresh->val, sizeof *result);
+      if (!rc) fresh = NULL;
     } else {
-      pthread_rwlock_unlock(&s->lock);
+      keel__tab_unlock(&s);
       int64_t v;
       if (__builtin_add_overflow(*init, incr, &v)) return KEEL_ERANGE;
       fresh = entry_new(kh, key, klen, &v, sizeof v, false, keel__tab_ordered_hint(h));
       if (!fresh) return KEEL_ENOMEM;
       continue;
     }
-    pthread_rwlock_unlock(&s->lock);
+    keel__tab_unlock(&s);
     entry_free(fresh); /* someone created it meanwhile, or an error */
     return rc;
   }
@@ -456,11 +516,11 @@ int keel_table_lookup(keel_table_t h, const void *key, size_t klen, void *buf, s
                       size_t *vlen) {
   if (!args_ok(key, klen, NULL, 0)) return KEEL_EINVAL;
   uint64_t kh = key_hash(h, key, klen);
-  keel__tab_stripe *s;
+  keel__tab_held s;
   int rc;
   keel__tab *t = lock_read(h, kh, &s, &rc);
   if (!t) return rc;
-  keel__tab_entry *e = find(t, s, kh, key, klen);
+  keel__tab_entry *e = find(t, s.s, kh, key, klen);
   rc = KEEL_ENOENT;
   if (e) {
     if (vlen) *vlen = e->vlen;
@@ -468,11 +528,11 @@ int keel_table_lookup(keel_table_t h, const void *key, size_t klen, void *buf, s
     if (buf) {
       if (cap < e->vlen)
         rc = KEEL_ERANGE;
-      else if (e->vlen)
-        memcpy(buf, e->val, e->vlen);
+      else
+        copy_val(buf, e);
     }
   }
-  pthread_rwlock_unlock(&s->lock);
+  keel__tab_unlock(&s);
   return rc;
 }
 
@@ -514,7 +574,7 @@ static int rows_add(keel_table_rows *r, size_t *cap, const keel__tab_entry *e) {
   unsigned char *p = malloc(e->klen + e->vlen + 1); /* +1: never malloc(0) */
   if (!p) return KEEL_ENOMEM;
   if (e->klen) memcpy(p, e->key, e->klen);
-  if (e->vlen) memcpy(p + e->klen, e->val, e->vlen);
+  copy_val(p + e->klen, e);
   r->rows[r->n++] = (keel_table_row){p, e->klen, p + e->klen, e->vlen};
   return 0;
 }
@@ -554,12 +614,12 @@ static bool beyond(const scan *q, const keel__tab_entry *e) {
  * *done when nothing is left. */
 static int scan_run(keel_table_t h, const scan *q, unsigned *pos, keel_table_rows *last,
                     size_t *cap, keel_table_rows *out, bool *done) {
-  keel__tab_stripe *s;
+  keel__tab_held s;
   int rc;
   keel__tab *t = lock_read(h, (uint64_t)*pos << 58, &s, &rc);
   if (!t) return rc;
   if (q->ordered_only && !ordered(t)) {
-    pthread_rwlock_unlock(&s->lock);
+    keel__tab_unlock(&s);
     return KEEL_EINVAL;
   }
   rc = 0;
@@ -588,15 +648,15 @@ static int scan_run(keel_table_t h, const scan *q, unsigned *pos, keel_table_row
       rc = rows_add(last, &one, prev);
     }
   } else {
-    for (size_t i = 0; i < s->nb && !rc && !full; i++)
-      for (keel__tab_entry *e = s->b[i]; e && !rc && !full; e = e->next) {
+    for (size_t i = 0; i < s.s->nb && !rc && !full; i++)
+      for (keel__tab_entry *e = s.s->b[i]; e && !rc && !full; e = e->next) {
         if (wanted(q, e)) rc = rows_add(out, cap, e);
         full = q->max && out->n >= q->max;
       }
     (*pos)++;
     *done = full || *pos >= KEEL__TAB_STRIPES;
   }
-  pthread_rwlock_unlock(&s->lock);
+  keel__tab_unlock(&s);
   return rc;
 }
 

@@ -28,13 +28,29 @@ typedef struct keel__tab_entry {
 } keel__tab_entry;
 
 /* A stripe: a lock and what it guards. Padded so that two stripes never
- * share a cache line (two schedulers on two stripes do not slow each other). */
+ * share a cache line (two schedulers on two stripes do not slow each other).
+ *
+ * The lock is a reader-indicator lock (a "big reader" lock, as ETS's
+ * read_concurrency): a reader raises its own flag, in a cache line that only
+ * its thread writes (keel__tab.rd), and checks the stripe's writer flag; a
+ * writer takes the stripe's mutex, raises the writer flag and waits until no
+ * reader flag of the stripe is up. Readers of one stripe on two schedulers
+ * thus write no shared memory at all. docs/decisions/0016 has the figures
+ * against a pthread rwlock per stripe. */
 typedef struct keel__tab_stripe {
-  _Alignas(64) pthread_rwlock_t lock;
-  keel__tab_entry **b; /* set: buckets (nb a power of two, or 0) */
+  _Alignas(64) pthread_mutex_t wmu; /* writers of this stripe, one at a time */
+  _Atomic uint8_t writer;           /* a writer holds or waits for the stripe */
+  keel__tab_entry **b;              /* set: buckets (nb a power of two, or 0) */
   size_t nb, n, bytes;
   uint32_t gen; /* the table's generation while it lives, 0 when free */
 } keel__tab_stripe;
+
+#define KEEL__TAB_READERS 64 /* threads with a reader flag; more read as writers do */
+
+/* One thread's reader flags, one per stripe, in a cache line of its own. */
+typedef struct keel__tab_rd {
+  _Alignas(64) _Atomic uint8_t f[KEEL__TAB_STRIPES];
+} keel__tab_rd;
 
 /* A table slot. Slots live in chunks that are never freed, so a stale
  * handle can always lock a stripe and read the generation: a slot is reused
@@ -46,7 +62,8 @@ typedef struct keel__tab_stripe {
  * a lock by the access check); gen is the slot's own copy, for meta. */
 typedef struct keel__tab {
   keel__tab_stripe s[KEEL__TAB_STRIPES];
-  _Atomic uint32_t gen; /* 0: free */
+  keel__tab_rd rd[KEEL__TAB_READERS]; /* rd[r].f[i]: thread r reads stripe i */
+  _Atomic uint32_t gen;               /* 0: free */
   keel_table_type type;
   keel_table_access access;
   _Atomic unsigned nstripes; /* 64 for a set, 1 for an ordered set */
@@ -63,10 +80,21 @@ typedef struct keel__tab {
   uint32_t free_next; /* free list (table.c) */
 } keel__tab;
 
+/* A held stripe lock: the stripe, and the reader flag raised (NULL: the
+ * stripe is held exclusively, through its mutex). */
+typedef struct keel__tab_held {
+  keel__tab_stripe *s;
+  _Atomic uint8_t *flag;
+} keel__tab_held;
+
 /* The table a handle names, with the stripe for hash h locked (shared or
  * exclusive), after the generation check; NULL (nothing locked) when the
- * handle names no live table. *stripe gets the stripe. */
-keel__tab *keel__tab_lock(keel_table_t h, uint64_t hash, bool write, keel__tab_stripe **stripe);
+ * handle names no live table. *held says what to unlock. */
+keel__tab *keel__tab_lock(keel_table_t h, uint64_t hash, bool write, keel__tab_held *held);
+void keel__tab_unlock(keel__tab_held *held);
+
+/* Stripe i of t, shared or exclusive (no generation check). */
+void keel__tab_lock_stripe(keel__tab *t, unsigned i, bool write, keel__tab_held *held);
 
 /* Whether h's slot held an ordered set a moment ago (no lock: a hint). */
 bool keel__tab_ordered_hint(keel_table_t h);
