@@ -9,7 +9,7 @@
 %% prefilled with {K, K}; worker W does 2,000,000 operations on keys
 %% (I * 2654435761) band 65535 for I in [W * OPS, (W + 1) * OPS). The _2s
 %% workloads run two workers at once (the VM has one scheduler per core, two
-%% here, and spreads them). Each workload runs 5 times, each time in a fresh
+%% here, and spreads them). Each workload runs 3 times (as bench_table --runs 3 in bench-compare), each time in a fresh
 %% process owning a fresh table; the median is printed.
 %%
 %% Usage (bench/erlang/run_ets.sh does this): erl -noshell -pa DIR -eval
@@ -21,7 +21,7 @@
 -define(KEYS, 65536).
 -define(OPS, 2000000).
 -define(MUL, 2654435761).
--define(RUNS, 5).
+-define(RUNS, 3).
 
 workloads() ->
     [{"table_lookup_1s", lookup, 1},
