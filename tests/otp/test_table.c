@@ -762,6 +762,57 @@ KT_CASE(tables_created_and_deleted_while_used_from_another_scheduler) {
   CHECK_EQ(kt_wait_down(r2, p2, NULL, 0), KEEL_REASON_NORMAL);
 }
 
+/* Threads outside the runtime may use a public table; past the 64 threads
+ * that get a reader flag of their own, readers take the writers' path. All
+ * threads are held at a barrier while they hold their slots, so some of
+ * them run out. */
+enum { THREADS = 72 };
+typedef struct thread_arg {
+  keel_table_t table;
+  pthread_barrier_t *barrier;
+  int index;
+  int ok;
+} thread_arg;
+
+static void *thread_user(void *arg) {
+  thread_arg *ta = arg;
+  int64_t zero = 0;
+  /* a first read takes this thread's reader slot (or finds none left) */
+  ta->ok = keel_table_lookup(ta->table, "k", 1, NULL, 0, NULL) == 0;
+  pthread_barrier_wait(ta->barrier);
+  for (int i = 0; i < 200; i++) {
+    char k[16];
+    snprintf(k, sizeof k, "t%d", ta->index);
+    ta->ok &= keel_table_update_counter(ta->table, k, strlen(k), 1, &zero, NULL) == 0;
+    ta->ok &= keel_table_update_counter(ta->table, "all", 3, 1, &zero, NULL) == 0;
+    ta->ok &= keel_table_lookup(ta->table, "k", 1, NULL, 0, NULL) == 0;
+  }
+  ta->ok &= keel_table_new(NULL, &(keel_table_t){0}) == KEEL_ENOTPROC;
+  return NULL;
+}
+
+KT_CASE(threads_outside_the_runtime_read_and_write_a_public_table) {
+  keel_table_t t = new_table(KEEL_TABLE_SET, KEEL_TABLE_PUBLIC);
+  CHECK_OK(put_s(t, "k", "v"));
+  pthread_barrier_t barrier;
+  CHECK_OK(pthread_barrier_init(&barrier, NULL, THREADS));
+  static thread_arg args[THREADS];
+  pthread_t th[THREADS];
+  for (int i = 0; i < THREADS; i++) {
+    args[i] = (thread_arg){t, &barrier, i, 0};
+    CHECK_OK(pthread_create(&th[i], NULL, thread_user, &args[i]));
+  }
+  for (int i = 0; i < THREADS; i++) {
+    pthread_join(th[i], NULL);
+    CHECK(args[i].ok);
+  }
+  pthread_barrier_destroy(&barrier);
+  CHECK_EQ(counter_of(t, "all"), THREADS * 200);
+  CHECK_EQ(counter_of(t, "t0"), 200);
+  CHECK_EQ(counter_of(t, "t71"), 200);
+  CHECK_OK(keel_table_delete(t));
+}
+
 typedef struct count_tables {
   size_t n, named;
 } count_tables;
@@ -809,4 +860,5 @@ KT_MAIN(KT_ENTRY(set_insert_lookup_erase_take_and_insert_new),
         KT_ENTRY_SCHED(update_counter_from_processes_on_two_schedulers_loses_nothing, 2),
         KT_ENTRY_SCHED(iteration_during_writes_sees_every_stable_entry_exactly_once, 2),
         KT_ENTRY_SCHED(tables_created_and_deleted_while_used_from_another_scheduler, 2),
-        KT_ENTRY(every_live_table_is_listed_with_its_figures))
+        KT_ENTRY(every_live_table_is_listed_with_its_figures),
+        KT_ENTRY(threads_outside_the_runtime_read_and_write_a_public_table))
