@@ -80,12 +80,30 @@ static void run(op_kind op, int workers) {
   keel_table_delete(t);
 }
 
-static void lookup_1s(void *a) { (void)a; run(OP_LOOKUP, 1); }
-static void lookup_2s(void *a) { (void)a; run(OP_LOOKUP, 2); }
-static void insert_1s(void *a) { (void)a; run(OP_INSERT, 1); }
-static void insert_2s(void *a) { (void)a; run(OP_INSERT, 2); }
-static void counter_1s(void *a) { (void)a; run(OP_COUNTER, 1); }
-static void counter_2s(void *a) { (void)a; run(OP_COUNTER, 2); }
+static void lookup_1s(void *a) {
+  (void)a;
+  run(OP_LOOKUP, 1);
+}
+static void lookup_2s(void *a) {
+  (void)a;
+  run(OP_LOOKUP, 2);
+}
+static void insert_1s(void *a) {
+  (void)a;
+  run(OP_INSERT, 1);
+}
+static void insert_2s(void *a) {
+  (void)a;
+  run(OP_INSERT, 2);
+}
+static void counter_1s(void *a) {
+  (void)a;
+  run(OP_COUNTER, 1);
+}
+static void counter_2s(void *a) {
+  (void)a;
+  run(OP_COUNTER, 2);
+}
 
 static const bench_workload workloads[] = {
     {"table_lookup_1s", "ops/s", lookup_1s, 5},
