@@ -25,13 +25,16 @@
  * takes the malloc'd block itself and keel_table_take hands it back as is.
  *
  * CONCURRENCY. A set is split into 64 stripes by key hash, each under its own
- * reader-writer lock; an ordered set has one. Writers prepare (allocate,
- * copy) before they lock and free after they unlock, so a lock is held for a
- * hash-chain walk and a few pointer writes: readers never wait for a writer
- * that holds it long (docs/decisions/0016 has the measurements). Every single
- * call is atomic: update_counter from many processes loses no increment.
- * Iteration and scans see each stripe (ordered set: each run of up to 256
- * keys) at one instant; see keel_table_foreach for what that means.
+ * lock; an ordered set has one. The locks are reader-indicator locks (as
+ * ETS's read_concurrency): a reader raises a flag that only its own thread
+ * writes, so readers on different schedulers share no written memory, and a
+ * writer waits only for the readers of its stripe. Writers prepare
+ * (allocate, copy) before they lock and free after they unlock, so a lock is
+ * held for a hash-chain walk and a few pointer writes: readers never wait for
+ * a writer that holds it long (docs/decisions/0016 has the measurements).
+ * Every single call is atomic: update_counter from many processes loses no
+ * increment. Iteration and scans see each stripe (ordered set: each run of up
+ * to 256 keys) at one instant; see keel_table_foreach for what that means.
  *
  * HANDLES. A keel_table_t is a number, not a pointer: a handle of a table
  * that is gone (deleted, owner exited) is refused with KEEL_EINVAL, never a

@@ -2,12 +2,17 @@
  * enumeration the observer shows (include/keel/table.h; the entries are in
  * table_data.c).
  *
- * Slots. A table lives in a slot; slots come in chunks of 64 that are never
- * freed (a few KiB each), so a handle, (generation << 32 | slot + 1), can
- * always be resolved to memory that is a table slot: the caller locks the
- * stripe its key hashes to and compares the generation, which changes only
- * with every stripe of the slot locked. A stale handle is refused; it never
- * touches freed memory, and no reference count is paid on every call.
+ * Slots. A table lives in a slot; slots come in chunks of 16 that are never
+ * freed (about 13 KiB a slot), so a handle, (generation << 32 | slot + 1),
+ * can always be resolved to memory that is a table slot: the caller locks
+ * the stripe its key hashes to and compares the generation that stripe
+ * holds, which a table's birth and deletion change one stripe lock at a
+ * time. A stale handle is refused; it never touches freed memory, and no
+ * reference count is paid on every call.
+ *
+ * Stripe locks. Reader-indicator locks (see table_internal.h): each thread
+ * that reads gets a reader slot, one cache line of flags in every table, and
+ * gives it back when it exits (a pthread key's destructor).
  *
  * Owners. keel_table_new registers an exit hook on its caller (keel_on_exit);
  * a give-away or an heir's take-over registers one on the new owner

@@ -2,7 +2,8 @@
  * update_counter, iteration and scans (include/keel/table.h).
  *
  * A set is 64 stripes chosen by the key hash's top bits; each stripe is a
- * separately chained hash table under its own reader-writer lock, grown
+ * separately chained hash table under its own lock (shared or exclusive:
+ * the reader-indicator lock of table.c), grown
  * (doubled) alone, so a resize holds one stripe of the table, never all of
  * it. An ordered set is a skip list under stripe 0's lock; a node's height
  * comes from its key's hash (p = 1/4), so a writer needs no shared random
@@ -11,8 +12,11 @@
  * Every entry is one allocation (struct, skip links, value, key), made and
  * filled before the stripe is locked and freed after it is unlocked: the
  * lock covers the chain walk and a few pointer writes. Readers copy out
- * under the shared lock, so what they copy is never half-written. A counter
- * is changed in place under the exclusive lock.
+ * under the shared hold, so what they copy is never half-written. A value
+ * overwritten by one of the same length is copied in place under the
+ * exclusive hold (no allocation). A counter is changed by a compare-and-swap
+ * under the shared hold, and 8-byte values are read with one atomic load,
+ * so counters on two schedulers do not exclude each other.
  *
  * Iteration and scans copy rows out a stripe (or, for an ordered set, a run
  * of at most 256 keys) at a time and resume after the last key copied, so no
