@@ -74,7 +74,6 @@ static keel_table_t handle_of(const keel__tab *t) {
 
 void keel__tab_slot_init(keel__tab *t) {
   for (unsigned i = 0; i < KEEL__TAB_STRIPES; i++) {
-    pthread_mutex_init(&t->s[i].wmu, NULL);
     atomic_init(&t->s[i].writer, 0);
     for (unsigned r = 0; r < KEEL__TAB_READERS; r++)
       atomic_init(&t->rd[r].f[i], 0);
@@ -150,11 +149,17 @@ static void relax(unsigned *spins) {
  * comes later still, so that reader sees the writer's flag. */
 static void wr_enter(keel__tab *t, unsigned i) {
   keel__tab_stripe *s = &t->s[i];
-  pthread_mutex_lock(&s->wmu);
-  atomic_store(&s->writer, 1);
+  /* Writers take the flag itself (0 -> 1): one atomic on the stripe's line
+   * where a mutex and a flag took four. seq_cst: see above. */
+  unsigned spins = 0;
+  uint8_t idle = 0;
+  while (!atomic_compare_exchange_weak(&s->writer, &idle, 1)) {
+    idle = 0;
+    relax(&spins);
+  }
   int hw = atomic_load(&readers_hw);
   for (int r = 0; r < hw; r++) {
-    unsigned spins = 0;
+    spins = 0;
     /* acquire (seq_cst): the reader's reads happen before our writes */
     while (atomic_load(&t->rd[r].f[i]))
       relax(&spins);
@@ -193,9 +198,8 @@ void keel__tab_unlock(keel__tab_held *held) {
     atomic_store_explicit(held->flag, 0, memory_order_release);
     return;
   }
-  /* release: our writes happen before the next reader's reads */
+  /* release: our writes happen before the next reader's (and writer's) */
   atomic_store_explicit(&held->s->writer, 0, memory_order_release);
-  pthread_mutex_unlock(&held->s->wmu);
 }
 
 static unsigned stripe_index(keel__tab *t, uint64_t hash) {

@@ -33,14 +33,14 @@ typedef struct keel__tab_entry {
  * The lock is a reader-indicator lock (a "big reader" lock, as ETS's
  * read_concurrency): a reader raises its own flag, in a cache line that only
  * its thread writes (keel__tab.rd), and checks the stripe's writer flag; a
- * writer takes the stripe's mutex, raises the writer flag and waits until no
- * reader flag of the stripe is up. Readers of one stripe on two schedulers
+ * writer takes the writer flag (a compare-and-swap; another writer spins)
+ * and waits until no reader flag of the stripe is up. Readers of one stripe on two schedulers
  * thus write no shared memory at all. docs/decisions/0016 has the figures
  * against a pthread rwlock per stripe. */
 typedef struct keel__tab_stripe {
-  _Alignas(64) pthread_mutex_t wmu; /* writers of this stripe, one at a time */
-  _Atomic uint8_t writer;           /* a writer holds or waits for the stripe */
-  keel__tab_entry **b;              /* set: buckets (nb a power of two, or 0) */
+  _Alignas(64) _Atomic uint8_t writer; /* a writer holds the stripe (or waits for
+                                          its readers); writers take it by CAS */
+  keel__tab_entry **b;                 /* set: buckets (nb a power of two, or 0) */
   size_t nb, n, bytes;
   uint32_t gen; /* the table's generation while it lives, 0 when free */
 } keel__tab_stripe;
@@ -81,7 +81,7 @@ typedef struct keel__tab {
 } keel__tab;
 
 /* A held stripe lock: the stripe, and the reader flag raised (NULL: the
- * stripe is held exclusively, through its mutex). */
+ * stripe is held exclusively, through its writer flag). */
 typedef struct keel__tab_held {
   keel__tab_stripe *s;
   _Atomic uint8_t *flag;
