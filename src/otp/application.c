@@ -94,9 +94,7 @@ int keel_app_subscribe(keel_app_event_fn fn, void *ud) {
   return keel__sublist_add(&subs, (keel__sub_fn)fn, ud);
 }
 
-int keel_app_unsubscribe(int handle) {
-  return keel__sublist_remove(&subs, handle);
-}
+int keel_app_unsubscribe(int handle) { return keel__sublist_remove(&subs, handle); }
 
 static void call_sub(keel__sub_fn fn, void *ud, const void *ev) {
   ((keel_app_event_fn)fn)(ev, ud);
@@ -340,10 +338,8 @@ static void kill_all_and_wait(keel_pid_t root, const pidset *tree) {
       kill_and_wait(pid);
       continue;
     }
-    if (keel_monitor(pid, &refs[i]) == 0)
-      keel_exit_signal(pid, KEEL_REASON_KILL, NULL);
-    else
-      refs[i] = 0;
+    if (keel_monitor(pid, &refs[i]) == 0) keel_exit_signal(pid, KEEL_REASON_KILL, NULL);
+    else refs[i] = 0;
   }
   for (size_t i = 0; refs && i < n; i++)
     if (refs[i]) wait_down(refs[i]);

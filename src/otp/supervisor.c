@@ -86,8 +86,7 @@ static int list_add(keel_pid_t pid) {
   if (list_n == list_cap) {
     size_t cap = list_cap ? list_cap * 2 : 16;
     keel_pid_t *v = realloc(list_v, cap * sizeof *v);
-    if (!v)
-      rc = KEEL_ENOMEM;
+    if (!v) rc = KEEL_ENOMEM;
     else {
       list_v = v;
       list_cap = cap;
@@ -177,9 +176,7 @@ int keel_sup_subscribe(keel_sup_event_fn fn, void *ud) {
   return keel__sublist_add(&subs, (keel__sub_fn)fn, ud);
 }
 
-int keel_sup_unsubscribe(int handle) {
-  return keel__sublist_remove(&subs, handle);
-}
+int keel_sup_unsubscribe(int handle) { return keel__sublist_remove(&subs, handle); }
 
 static void call_sub(keel__sub_fn fn, void *ud, const void *ev) {
   ((keel_sup_event_fn)fn)(ev, ud);
