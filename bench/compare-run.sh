@@ -70,6 +70,19 @@ if command -v node >/dev/null && command -v nginx >/dev/null; then
 else
   echo "bench-compare: node or nginx not installed: skipping the HTTP client comparison" >&2
 fi
+# Shared tables (bench_table) against ETS (bench/erlang/ets_bench.erl):
+# lookup, insert, update_counter on one and two schedulers, same alternating
+# rounds, medians, the ETS column as the anchor.
+rm -f "$out"/table-keel-*.jsonl "$out"/table-ets-*.jsonl
+for ((r = 1; r <= rounds; r++)); do
+  echo "bench-compare: shared tables, round $r of $rounds" >&2
+  "$build/bench/bench_table" --runs 3 >"$out/table-keel-$r.jsonl"
+  BUILD_DIR="$build" "$here/erlang/run_ets.sh" >"$out/table-ets-$r.jsonl"
+done
+median "$out"/table-keel-*.jsonl >"$build/bench-table-keel.jsonl"
+median "$out"/table-ets-*.jsonl >"$build/bench-table-ets.jsonl"
+echo
+ANCHOR=ETS "$here/compare.sh" "$build/bench-table-keel.jsonl" "$build/bench-table-ets.jsonl"
 
 # Event store reads against raw SQLite and raw libpq (bench_es alternates its
 # own rounds, BENCH_ES_ROUNDS, default 5): es_read_all, es_read_all_parsed, and

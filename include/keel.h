@@ -9,6 +9,7 @@
 #include "keel/timer.h"
 #include "keel/io.h"
 #include "keel/registry.h"
+#include "keel/table.h"
 #include "keel/gen_server.h"
 #include "keel/gen_statem.h"
 #include "keel/supervisor.h"

@@ -41,7 +41,7 @@ LAYERS=(rt otp ops http es jobs)
 
 # include/keel/<module>.h -> the layer whose folder implements it.
 HEADER_LAYERS="error:rt runtime:rt process:rt message:rt timer:rt io:rt
-  registry:otp gen_server:otp supervisor:otp task:otp application:otp
+  registry:otp table:otp gen_server:otp supervisor:otp task:otp application:otp
   gen_statem:otp
   config:ops log:ops metrics:ops sysinfo:ops health:ops alerts:ops observer:ops json:ops
   http:http service:http http_client:http alert_sink:http

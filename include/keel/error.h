@@ -29,7 +29,8 @@ typedef enum keel_error {
   KEEL_ERANGE = -13,    /* a value is out of its allowed range */
   KEEL_EADDRINUSE = -14, /* the address (host and port) is already in use */
   KEEL_ECONFLICT = -15,  /* a concurrent change won (an expected version did not match) */
-  KEEL_ERROR_MIN_ = -15  /* lowest code; for table sizes */
+  KEEL_EPERM = -16,      /* not allowed to the caller (a non-owner writing a protected table) */
+  KEEL_ERROR_MIN_ = -16  /* lowest code; for table sizes */
 } keel_error;
 
 /* A human-readable description of a keel error code ("no such process").

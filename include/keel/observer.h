@@ -33,6 +33,7 @@
 #include "keel/runtime.h"
 #include "keel/supervisor.h"
 #include "keel/sysinfo.h"
+#include "keel/table.h"
 
 #ifdef __cplusplus
 extern "C" {
@@ -113,7 +114,9 @@ typedef struct keel_observer_totals {
   size_t unresponsive_supervisors; /* status != 0 */
   uint64_t restarts;               /* sum of the supervisors' restart rounds */
   size_t registered_names;
-  keel_rt_stats rt; /* the runtime's counters (spawned, exited, sent, ...) */
+  keel_rt_stats rt;      /* the runtime's counters (spawned, exited, sent, ...) */
+  size_t tables;         /* live shared tables (keel/table.h) */
+  uint64_t table_memory; /* the bytes they hold */
 } keel_observer_totals;
 
 typedef struct keel_observer_snapshot {
@@ -131,7 +134,10 @@ typedef struct keel_observer_snapshot {
   size_t nscheds;
   keel_observer_sched *scheds;
   int64_t utilisation_window_ms; /* since the previous snapshot, or since start */
-  void *strings_;                /* private: names owned by the snapshot */
+  size_t ntables;
+  keel_table_info *tables; /* every live shared table: name, owner, heir, type,
+                              access, size, memory (keel_tables) */
+  void *strings_;          /* private: names owned by the snapshot */
 } keel_observer_snapshot;
 
 /* Takes a snapshot into *out (opts may be NULL for the defaults). The caller

@@ -116,6 +116,7 @@ void keel_observer_snapshot_free(keel_observer_snapshot *s) {
   free(s->sups);
   free(s->procs);
   free(s->scheds);
+  free(s->tables);
   free(s->strings_);
   memset(s, 0, sizeof *s);
 }
@@ -450,6 +451,39 @@ static int read_scheds(keel_observer_snapshot *s) {
   return 0;
 }
 
+/* The shared tables (keel_tables copies each one's figures under its own
+ * locks; nothing here waits on a table's owner). */
+typedef struct tables_acc {
+  keel_observer_snapshot *s;
+  size_t cap;
+  bool oom;
+} tables_acc;
+
+static void collect_table(const keel_table_info *info, void *ud) {
+  tables_acc *a = ud;
+  keel_observer_snapshot *s = a->s;
+  if (a->oom) return;
+  if (s->ntables == a->cap) {
+    size_t cap = a->cap ? a->cap * 2 : 16;
+    keel_table_info *t = realloc(s->tables, cap * sizeof *t);
+    if (!t) {
+      a->oom = true;
+      return;
+    }
+    s->tables = t;
+    a->cap = cap;
+  }
+  s->tables[s->ntables++] = *info;
+  s->totals.tables++;
+  s->totals.table_memory += info->memory;
+}
+
+static int read_tables(keel_observer_snapshot *s) {
+  tables_acc a = {s, 0, false};
+  keel_tables(collect_table, &a);
+  return a.oom ? KEEL_ENOMEM : 0;
+}
+
 int keel_observer_snapshot_take(const keel_observer_opts *opts, keel_observer_snapshot *out) {
   if (!out) return KEEL_EINVAL;
   memset(out, 0, sizeof *out);
@@ -528,6 +562,7 @@ int keel_observer_snapshot_take(const keel_observer_opts *opts, keel_observer_sn
   if (s->nprocs) qsort(s->procs, s->nprocs, sizeof *s->procs, cmp_rank);
 
   if ((rc = read_scheds(s))) goto fail;
+  if ((rc = read_tables(s))) goto fail;
   keel_rt_stats_get(&s->totals.rt);
   keel_sys_memory_get(&s->memory);
   rc = 0;

@@ -58,6 +58,28 @@ static const char *restart_name(keel_sup_restart r) {
   return "unknown";
 }
 
+/* One shared table; its id is the handle, a number (as keel_table_t). */
+static void jb_table(keel__jw *b, const keel_table_info *t) {
+  KEEL__JW_LIT(b, "{");
+  jb_key(b, "id", true);
+  keel__jw_u64(b, t->table);
+  jb_key(b, "name", false);
+  keel__jw_str(b, t->name);
+  jb_key(b, "owner", false);
+  jb_pid(b, t->owner);
+  jb_key(b, "heir", false);
+  jb_pid(b, t->heir);
+  jb_key(b, "type", false);
+  keel__jw_str(b, keel_table_type_name(t->type));
+  jb_key(b, "access", false);
+  keel__jw_str(b, keel_table_access_name(t->access));
+  jb_key(b, "size", false);
+  keel__jw_u64(b, t->size);
+  jb_key(b, "memory", false);
+  keel__jw_u64(b, t->memory);
+  KEEL__JW_LIT(b, "}");
+}
+
 static void jb_child(keel__jw *b, const keel_sup_child_info *c) {
   jb_key(b, "id", true);
   keel__jw_str(b, c->id);
@@ -220,6 +242,10 @@ int keel_observer_snapshot_to_json(const keel_observer_snapshot *snap, char **js
   keel__jw_u64(&b, t->restarts);
   jb_key(&b, "registered_names", false);
   keel__jw_u64(&b, t->registered_names);
+  jb_key(&b, "tables", false);
+  keel__jw_u64(&b, t->tables);
+  jb_key(&b, "table_memory", false);
+  keel__jw_u64(&b, t->table_memory);
   jb_key(&b, "procs_alive", false);
   keel__jw_u64(&b, rt->procs_alive);
   jb_key(&b, "procs_spawned", false);
@@ -323,6 +349,14 @@ int keel_observer_snapshot_to_json(const keel_observer_snapshot *snap, char **js
     if (!first) KEEL__JW_LIT(&b, ",");
     first = false;
     jb_tree(&b, snap, &supmap, i);
+  }
+  KEEL__JW_LIT(&b, "]");
+
+  jb_key(&b, "tables", false);
+  KEEL__JW_LIT(&b, "[");
+  for (size_t i = 0; i < snap->ntables; i++) {
+    if (i) KEEL__JW_LIT(&b, ",");
+    jb_table(&b, &snap->tables[i]);
   }
   KEEL__JW_LIT(&b, "]");
 

@@ -24,6 +24,7 @@ static const entry table[] = {
     {KEEL_ERANGE, "KEEL_ERANGE", "value out of range"},
     {KEEL_EADDRINUSE, "KEEL_EADDRINUSE", "address already in use"},
     {KEEL_ECONFLICT, "KEEL_ECONFLICT", "conflict: the expected version did not match"},
+    {KEEL_EPERM, "KEEL_EPERM", "operation not permitted"},
 };
 
 static const entry *find(int code) {

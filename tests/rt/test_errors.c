@@ -26,6 +26,7 @@ KT_CASE(every_error_code_has_a_name_and_a_description) {
       {KEEL_ERANGE, "KEEL_ERANGE"},
       {KEEL_EADDRINUSE, "KEEL_EADDRINUSE"},
       {KEEL_ECONFLICT, "KEEL_ECONFLICT"},
+      {KEEL_EPERM, "KEEL_EPERM"},
   };
   size_t n = sizeof codes / sizeof codes[0];
   CHECK_EQ(n, -KEEL_ERROR_MIN_);
