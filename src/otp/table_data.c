@@ -286,14 +286,15 @@ static uint64_t key_hash(keel_table_t h, const void *key, size_t klen) {
   return hash_key(key, klen);
 }
 
-/* Locks the table for a write of key (hash kh) and checks the caller may. */
-static keel__tab *lock_write(keel_table_t h, uint64_t kh, keel__tab_held *s, int *rc) {
-  keel__tab *t = keel__tab_lock(h, kh, true, s);
+/* Locks the table for a read or a write of key (hash kh) and checks the
+ * caller may. */
+static keel__tab *lock_for(keel_table_t h, uint64_t kh, bool write, keel__tab_held *s, int *rc) {
+  keel__tab *t = keel__tab_lock(h, kh, write, s);
   if (!t) {
     *rc = KEEL_EINVAL;
     return NULL;
   }
-  if (!keel__tab_may_write(t)) {
+  if (!(write ? keel__tab_may_write(t) : keel__tab_may_read(t))) {
     keel__tab_unlock(s);
     *rc = KEEL_EPERM;
     return NULL;
@@ -301,18 +302,12 @@ static keel__tab *lock_write(keel_table_t h, uint64_t kh, keel__tab_held *s, int
   return t;
 }
 
+static keel__tab *lock_write(keel_table_t h, uint64_t kh, keel__tab_held *s, int *rc) {
+  return lock_for(h, kh, true, s, rc);
+}
+
 static keel__tab *lock_read(keel_table_t h, uint64_t kh, keel__tab_held *s, int *rc) {
-  keel__tab *t = keel__tab_lock(h, kh, false, s);
-  if (!t) {
-    *rc = KEEL_EINVAL;
-    return NULL;
-  }
-  if (!keel__tab_may_read(t)) {
-    keel__tab_unlock(s);
-    *rc = KEEL_EPERM;
-    return NULL;
-  }
-  return t;
+  return lock_for(h, kh, false, s, rc);
 }
 
 /* ---- writes ----------------------------------------------------------------- */
