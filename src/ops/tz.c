@@ -26,6 +26,7 @@
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+#include <sys/stat.h>
 
 #include "keel/error.h"
 #include "tz_internal.h"
@@ -44,7 +45,7 @@ struct keel__tz {
   int32_t *off;   /* off[i]: the offset from trans[i] on */
   size_t n;
   int32_t off0; /* before the first transition (time type 0) */
-  bool has_rule, rule_dst;
+  bool rule_dst;
   int32_t std_off, dst_off; /* seconds east of UTC */
   tz_date start, end;       /* into and out of daylight time */
 };
@@ -136,7 +137,6 @@ static bool posix_tz(const char *s, keel__tz *z) {
   int32_t t;
   if (!posix_name(&s) || !posix_time(&s, &t)) return false;
   z->std_off = -t; /* POSIX counts west of UTC */
-  z->has_rule = true;
   if (!*s) return true;
   if (!posix_name(&s)) return false;
   z->dst_off = z->std_off + 3600;
@@ -291,14 +291,18 @@ int keel__tz_load(const char *name, keel__tz **out, char *err, size_t errlen) {
   FILE *f = fopen(path, "rb");
   if (!f)
     return fail(err, errlen, "unknown time zone \"%s\" (%s: %s)", name, path, strerror(errno));
-  enum { MAX = 1 << 20 }; /* tzdata's largest file is a few kB */
-  unsigned char *buf = malloc(MAX);
-  if (!buf) {
+  /* tzdata's largest file is a few kB; a zone file is never near 1 MB. */
+  struct stat st;
+  size_t cap = fstat(fileno(f), &st) == 0 && S_ISREG(st.st_mode) && st.st_size < (1 << 20)
+                   ? (size_t)st.st_size + 1
+                   : 0;
+  unsigned char *buf = cap ? malloc(cap) : NULL;
+  if (cap && !buf) {
     fclose(f);
     return KEEL_ENOMEM;
   }
-  size_t len = fread(buf, 1, MAX, f);
-  bool bad = ferror(f) || len == MAX;
+  size_t len = buf ? fread(buf, 1, cap, f) : 0;
+  bool bad = !buf || ferror(f) || len == cap; /* not a file, or it grew */
   fclose(f);
   int rc;
   if (bad) {
@@ -321,15 +325,18 @@ void keel__tz_free(keel__tz *z) {
 
 /* ---- periods ---------------------------------------------------------------- */
 
-/* The rule's real changes (the offset differs from the one before) in the
- * years around year y, after instant after, in order; at most 6. prev[i] is
- * the offset before at[i], off[i] the one from it on. */
-static int rule_changes(const keel__tz *z, int64_t y, int64_t after, int64_t *at, int32_t *prev,
-                        int32_t *off) {
-  int64_t t[6];
-  int32_t o[6];
+/* The rule's changes around year y, in order, as (instant, offset from
+ * then on); at most 8. Five years are laid out and the outermost entries
+ * left out, so that what is returned has its neighbours on both sides
+ * (a rule for daylight time all year, "EST5EDT,0/0,J365/25", ends one year
+ * at the instant it starts the next). Entries at the same instant are one
+ * change, to the later one's offset. Some "changes" may change nothing: the
+ * caller compares with the offset it has. */
+static int rule_changes(const keel__tz *z, int64_t y, int64_t *at, int32_t *off) {
+  int64_t t[10];
+  int32_t o[10];
   int n = 0;
-  for (int64_t yy = y - 1; yy <= y + 1; yy++) {
+  for (int64_t yy = y - 2; yy <= y + 2; yy++) {
     t[n] = rule_instant(&z->start, yy, z->std_off), o[n++] = z->dst_off;
     t[n] = rule_instant(&z->end, yy, z->dst_off), o[n++] = z->std_off;
   }
@@ -340,13 +347,9 @@ static int rule_changes(const keel__tz *z, int64_t y, int64_t after, int64_t *at
       int32_t oo = o[j];
       o[j] = o[j - 1], o[j - 1] = oo;
     }
-  /* Before the first change of the window the other offset was in effect. */
-  int32_t cur = o[0] == z->dst_off ? z->std_off : z->dst_off;
   int k = 0;
-  for (int i = 0; i < n; i++) {
-    if (o[i] != cur && t[i] > after) at[k] = t[i], prev[k] = cur, off[k++] = o[i];
-    cur = o[i];
-  }
+  for (int i = 1; i < n - 1; i++)
+    if (t[i + 1] != t[i]) at[k] = t[i], off[k++] = o[i];
   return k;
 }
 
@@ -379,19 +382,20 @@ void keel__tz_period_at(const keel__tz *z, int64_t u, keel__tz_period *p) {
   /* At or past the last transition: the table's last offset until the
    * rule's first change after it. */
   p->start = n ? z->trans[n - 1] : INT64_MIN;
-  p->off = n ? z->off[n - 1] : z->has_rule ? z->std_off : z->off0;
+  p->off = n ? z->off[n - 1] : z->off0;
   p->prev_off = n > 1 ? z->off[n - 2] : n ? z->off0 : p->off;
   if (!z->rule_dst) return;
-  int64_t y, at[6];
-  int32_t prev[6], off[6];
+  int64_t y, at[8];
+  int32_t off[8];
   int m, d;
   keel__civil_from_days(keel__floor_div(u + z->std_off, 86400), &y, &m, &d);
-  int k = rule_changes(z, y, p->start, at, prev, off);
+  int k = rule_changes(z, y, at, off);
   for (int i = 0; i < k; i++) {
+    if (at[i] <= p->start || off[i] == p->off) continue; /* before the table's end, or no change */
     if (at[i] > u) {
       p->end = at[i];
       break;
     }
-    p->start = at[i], p->off = off[i], p->prev_off = prev[i];
+    p->start = at[i], p->prev_off = p->off, p->off = off[i];
   }
 }

@@ -150,13 +150,22 @@ def oracle(sets, flags, zone, after):
     d = local_naive(after, z).date() - timedelta(days=1)
     last = d + timedelta(days=HORIZON_DAYS + 2)
     best, kind = None, None
+    # Local times more than a few hours before `after`'s (or after the best
+    # so far) cannot give a better instant: no offset change is that large.
+    margin = timedelta(hours=4)
+    floor = local_naive(after, z) - margin
     while d <= last:
         if best is not None and d > local_naive(best, z).date() + timedelta(days=1):
             break
         if d.month in sets[3] and day_matches(sets, flags, d):
             for h in hours:
                 for m in minutes:
-                    for u, k in instants(datetime(d.year, d.month, d.day, h, m), z, wild):
+                    dt = datetime(d.year, d.month, d.day, h, m)
+                    if dt < floor:
+                        continue
+                    if best is not None and dt > local_naive(best, z) + margin:
+                        break
+                    for u, k in instants(dt, z, wild):
                         if u > after and u <= after + HORIZON_DAYS * 86400 and (
                                 best is None or u < best):
                             best, kind = u, k
