@@ -267,6 +267,8 @@ void keel_cron_free(keel_cron *c) {
 
 /* ---- the search ------------------------------------------------------------- */
 
+#define NONE INT64_MIN
+
 /* The lowest set bit of b at or above i, or -1. */
 static int next_bit(uint64_t b, int i) {
   if (i >= 64) return -1;
@@ -280,13 +282,13 @@ static bool day_matches(const keel_cron *c, int64_t days, int d) {
 }
 
 /* The first matching local minute in local seconds [from, to] (from on a
- * minute), or -1. */
+ * minute), or NONE (local seconds before 1970 are negative). */
 static int64_t first_local(const keel_cron *c, int64_t from, int64_t to) {
   int64_t days = keel__floor_div(from, 86400), y;
   int sod = (int)(from - days * 86400), h = sod / 3600, mi = sod % 3600 / 60, m, d;
   keel__civil_from_days(days, &y, &m, &d);
   for (;;) {
-    if (days * 86400 + h * 3600 + mi * 60 > to) return -1;
+    if (days * 86400 + h * 3600 + mi * 60 > to) return NONE;
     if (!(c->month >> m & 1)) { /* to the 1st of the next month */
       days += keel__days_in_month(y, m) - d + 1;
       if (++m > 12) m = 1, y++;
@@ -300,7 +302,7 @@ static int64_t first_local(const keel_cron *c, int64_t from, int64_t to) {
       if (nh >= 0) {
         if (nm < 0) nm = next_bit(c->minute, 0); /* a field is never empty */
         int64_t t = days * 86400 + nh * 3600 + nm * 60;
-        return t <= to ? t : -1;
+        return t <= to ? t : NONE;
       }
     }
     days++; /* to the next day */
@@ -325,7 +327,7 @@ int64_t keel_cron_next(const keel_cron *c, int64_t after_unix_s) {
     /* A gap just before this stretch, not yet behind us: a fixed-time job
      * that matched a skipped minute runs now. */
     if (!c->wild && p.prev_off < p.off && p.start >= u &&
-        first_local(c, ceil_minute(p.start + p.prev_off), p.start + p.off - 1) >= 0)
+        first_local(c, ceil_minute(p.start + p.prev_off), p.start + p.off - 1) != NONE)
       return p.start;
     int64_t from = ceil_minute(u + p.off);
     /* A repeat: a fixed-time job ran in the first pass. */
@@ -334,7 +336,7 @@ int64_t keel_cron_next(const keel_cron *c, int64_t after_unix_s) {
     bool last = p.end > horizon;
     int64_t to = (last ? horizon : p.end - 1) + p.off;
     int64_t l = first_local(c, from, to);
-    if (l >= 0) return l - p.off;
+    if (l != NONE) return l - p.off;
     if (last) break;
     u = p.end;
   }

@@ -135,13 +135,13 @@ static bool posix_date(const char **sp, tz_date *d) {
 
 static bool posix_tz(const char *s, keel__tz *z) {
   int32_t t;
-  if (!posix_name(&s) || !posix_time(&s, &t)) return false;
+  if (!posix_name(&s) || !posix_time(&s, &t) || t < -25 * 3600 || t > 25 * 3600) return false;
   z->std_off = -t; /* POSIX counts west of UTC */
   if (!*s) return true;
   if (!posix_name(&s)) return false;
   z->dst_off = z->std_off + 3600;
   if (*s && *s != ',') {
-    if (!posix_time(&s, &t)) return false;
+    if (!posix_time(&s, &t) || t < -25 * 3600 || t > 25 * 3600) return false;
     z->dst_off = -t;
   }
   if (*s++ != ',' || !posix_date(&s, &z->start) || *s++ != ',' || !posix_date(&s, &z->end) || *s)
@@ -233,7 +233,10 @@ int keel__tz_parse(const unsigned char *buf, size_t len, keel__tz **out, char *e
   const unsigned char *times = p, *idx = p + (size_t)c.time * tsize, *types = idx + c.time;
   for (uint32_t i = 0; i < c.time; i++) {
     z->trans[i] = tsize == 8 ? be64(times + 8 * i) : (int32_t)be32(times + 4 * i);
-    if (idx[i] >= c.type || (i && z->trans[i] <= z->trans[i - 1])) {
+    /* Within +-2^60 s (zic's "big bang" is -2^59): offsets added to any
+     * transition stay far from overflow. */
+    if (idx[i] >= c.type || (i && z->trans[i] <= z->trans[i - 1]) ||
+        z->trans[i] < -(INT64_C(1) << 60) || z->trans[i] > INT64_C(1) << 60) {
       keel__tz_free(z);
       return fail(err, errlen, "bad TZif transition %u", i);
     }

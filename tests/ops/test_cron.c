@@ -70,6 +70,14 @@ KT_CASE(every_minute_is_strictly_after) {
   SEQ("* * * * *", NULL, t - 1, t);
 }
 
+KT_CASE(before_1970) {
+  /* Negative Unix seconds are instants like any other. */
+  SEQ("* * * * *", NULL, -1000000, -999960, -999900);
+  SEQ("0 0 * * *", NULL, utc(1960, 1, 1, 12, 0), utc(1960, 1, 2, 0, 0));
+  SEQ("0 0 29 2 *", NULL, utc(1899, 1, 1, 0, 0), utc(1904, 2, 29, 0, 0)); /* 1900 is not leap */
+  SEQ("0 12 * * *", "Europe/Paris", utc(1950, 7, 1, 0, 0), utc(1950, 7, 1, 11, 0)); /* CET */
+}
+
 KT_CASE(values_ranges_steps_and_lists) {
   int64_t t = utc(2026, 1, 1, 0, 0); /* a Thursday */
   SEQ("5,10-12,*/20 * * * *", NULL, t, t + 5 * 60, t + 10 * 60, t + 11 * 60, t + 12 * 60,
@@ -363,12 +371,55 @@ KT_CASE(posix_rules_julian_zero_based_and_southern) {
   CHECK(z == NULL);
 }
 
-KT_MAIN(KT_ENTRY(every_minute_is_strictly_after), KT_ENTRY(values_ranges_steps_and_lists),
-        KT_ENTRY(month_and_day_names_any_case), KT_ENTRY(seven_is_sunday),
-        KT_ENTRY(day_of_month_or_day_of_week_when_both_restricted),
+KT_CASE(corrupt_zone_files_are_refused_not_crashed) {
+  /* Seeded random damage to a real TZif image (Europe/Paris): each parse
+   * either succeeds or says KEEL_EINVAL, and a zone that parses answers
+   * queries; under ASan any read out of bounds fails the run. */
+  FILE *f = fopen("/usr/share/zoneinfo/Europe/Paris", "rb");
+  CHECK(f != NULL);
+  static unsigned char orig[1 << 16], buf[1 << 16];
+  size_t len = fread(orig, 1, sizeof orig, f);
+  fclose(f);
+  CHECK(len > 44 && len < sizeof orig);
+  uint64_t seed = 0x9e3779b97f4a7c15u;
+  int parsed = 0, refused = 0;
+  for (int round = 0; round < 3000; round++) {
+    if (round % 200 == 0) keel_yield(); /* a long loop in a process: let others run */
+    memcpy(buf, orig, len);
+    size_t n = len;
+    for (int k = 0; k < 1 + round % 4; k++) {
+      seed = seed * 6364136223846793005u + 1442695040888963407u;
+      size_t at = (size_t)(seed >> 33) % len;
+      buf[at] = (unsigned char)(seed >> 17);
+    }
+    if (round % 5 == 0) n = (size_t)(seed >> 40) % len; /* truncated */
+    keel__tz *z = NULL;
+    char err[160];
+    int rc = keel__tz_parse(buf, n, &z, err, sizeof err);
+    CHECK(rc == 0 || rc == KEEL_EINVAL);
+    if (rc == 0) {
+      parsed++;
+      keel__tz_period p;
+      for (int64_t u = -(INT64_C(1) << 40); u <= INT64_C(1) << 40; u += INT64_C(1) << 37) {
+        keel__tz_period_at(z, u, &p);
+        CHECK(p.start <= u && u < p.end);
+      }
+      keel__tz_free(z);
+    } else {
+      CHECK(z == NULL);
+      refused++;
+    }
+  }
+  CHECK(parsed > 0 && refused > 0);
+}
+
+KT_MAIN(KT_ENTRY(every_minute_is_strictly_after), KT_ENTRY(before_1970),
+        KT_ENTRY(values_ranges_steps_and_lists), KT_ENTRY(month_and_day_names_any_case),
+        KT_ENTRY(seven_is_sunday), KT_ENTRY(day_of_month_or_day_of_week_when_both_restricted),
         KT_ENTRY(leap_years_and_impossible_dates), KT_ENTRY(month_and_year_rollover),
         KT_ENTRY(macros), KT_ENTRY(errors_name_the_field), KT_ENTRY(utc_spellings),
         KT_ENTRY(unknown_and_bad_zones), KT_ENTRY(paris_spring_forward_2026),
         KT_ENTRY(paris_fall_back_2026), KT_ENTRY(new_york_both_changes_2026),
         KT_ENTRY(tokyo_has_no_dst), KT_ENTRY(past_the_table_the_footer_rule_decides),
-        KT_ENTRY(posix_rules_julian_zero_based_and_southern))
+        KT_ENTRY(posix_rules_julian_zero_based_and_southern),
+        KT_ENTRY(corrupt_zone_files_are_refused_not_crashed))

@@ -8,7 +8,7 @@ ranges, steps, a/n, lists, month and day names in random case, 7 for Sunday,
 macros), as a structure first: the oracle computes each field's set from the
 structure, never from the text keel parses. Each expression gets a zone
 (UTC, zones with northern and southern DST, a 30-minute DST, no DST, a
-half-hour offset) and start instants, some at random in 1990-2060 (past
+half-hour offset) and start instants, some at random in 1900-2060 (past
 tzdata's table, the POSIX footer decides), some a few hours around 2026's
 offset changes of the zone. The oracle walks local dates with python3's
 zoneinfo (its own TZif reader) and applies docs/cron.md's rules by brute
@@ -196,7 +196,7 @@ def main():
     count = int(sys.argv[3]) if len(sys.argv) > 3 else 400
     rng = random.Random(seed)
     trans = {z: transitions_2026(z) for z in ZONES}
-    lo_u = int(datetime(1990, 1, 1, tzinfo=timezone.utc).timestamp())
+    lo_u = int(datetime(1900, 1, 1, tzinfo=timezone.utc).timestamp())
     hi_u = int(datetime(2060, 1, 1, tzinfo=timezone.utc).timestamp())
     cases = []
     for _ in range(count):
