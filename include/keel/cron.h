@@ -6,8 +6,9 @@
  *
  * Syntax (docs/cron.md): five fields, minute hour day-of-month month
  * day-of-week, each '*', a value, a range a-b, a step a-b/n, a star with a
- * step (every n-th) or a/n (a-max/n), or a comma list of those. Months JAN-DEC and days SUN-SAT
- * by name, any case; day-of-week 0 and 7 are both Sunday. Vixie cron's day
+ * step (every n-th) or a/n (a-max/n), or a comma list of those. Months
+ * JAN-DEC and days SUN-SAT by name, any case; day-of-week 0 and 7 are both
+ * Sunday. Vixie cron's day
  * rule: when neither day field starts with '*', a day matches if EITHER
  * matches; otherwise both must. Macros @yearly @annually @monthly @weekly
  * @daily @midnight @hourly.
