@@ -29,5 +29,6 @@
 #include "keel/service.h"
 #include "keel/eventstore.h"
 #include "keel/aggregate.h"
+#include "keel/jobs.h"
 
 #endif
