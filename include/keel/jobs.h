@@ -74,7 +74,8 @@ typedef struct keel_job {
   int max_attempts;
   int64_t inserted_at_ms, scheduled_at_ms; /* the jobs' clock */
   keel_jobs *jobs;
-  /* keel's: set by keel_job_snooze and keel_job_error */
+  /* keel's: set by keel_job_snooze and keel_job_error. A backoff function
+   * called after a crash or a timeout gets args and tags NULL. */
   int64_t snooze_ms_;
   char error_[256];
 } keel_job;

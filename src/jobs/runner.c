@@ -150,8 +150,25 @@ static slot *take_slot(runner *rn) {
   return NULL;
 }
 
+/* Records a failed attempt the job's process could not record itself (a
+ * crash, a timeout, an unknown worker), with the worker's backoff if it has
+ * one. */
 static void fail_now(runner *rn, jobs_row *r, const char *error) {
-  int64_t delay = keel__jobs_backoff(rn->j, r->attempt);
+  const keel_job_worker *w = find_worker(rn->j, r->worker);
+  int64_t delay;
+  if (w && w->backoff) {
+    keel_job job = {.id = r->id,
+                    .queue = r->queue,
+                    .worker = r->worker,
+                    .attempt = r->attempt,
+                    .max_attempts = r->max_attempts,
+                    .inserted_at_ms = r->inserted_at,
+                    .scheduled_at_ms = r->run_at,
+                    .jobs = rn->j};
+    delay = w->backoff(&job, w->ud);
+  } else {
+    delay = keel__jobs_backoff(rn->j, r->attempt);
+  }
   int rc = keel__jobs_record(rn->j, r, JOBS_FAILED, error, delay, rn->j->instance);
   if (rc)
     keel_log_error(NULL, "jobs: recording a failed attempt failed", KEEL_INT("job", r->id),
@@ -304,7 +321,7 @@ static void fetch_and_start(runner *rn) {
     free(f.rows);
     return;
   }
-  qsort(f.rows, f.nrows, sizeof *f.rows, by_priority);
+  if (f.nrows) qsort(f.rows, f.nrows, sizeof *f.rows, by_priority);
   for (size_t i = 0; i < f.nrows; i++)
     start(rn, &f.rows[i]);
   free(f.rows);
@@ -334,9 +351,15 @@ static void recover_own(runner *rn) {
 
 /* ---- the loop ----------------------------------------------------------------------------- */
 
-static void forget_runner(void *arg) {
-  jobs_queue *q = arg;
-  atomic_store(&q->runner, 0);
+/* The runner's exit, however it exits (a kill too): it forgets itself and
+ * frees its slots. */
+static void runner_exit(void *arg) {
+  runner *rn = arg;
+  atomic_store(&rn->q->runner, 0);
+  for (int i = 0; i < rn->nslots; i++)
+    keel__jobs_row_free(&rn->slots[i].row);
+  free(rn->slots);
+  free(rn);
 }
 
 static void kill_all(runner *rn, const char *text) {
@@ -398,30 +421,38 @@ static bool handle(runner *rn, keel_msg_t *m) {
 
 void keel__jobs_runner(void *arg) {
   jobs_queue *q = arg;
-  runner rn = {.q = q, .j = q->jobs, .nslots = q->q.concurrency, .want = true};
-  rn.slots = calloc((size_t)rn.nslots, sizeof *rn.slots);
-  if (!rn.slots) keel_exit(KEEL_REASON_ERROR, "jobs runner: no memory");
+  runner *rn = calloc(1, sizeof *rn);
+  if (rn) rn->slots = calloc((size_t)q->q.concurrency, sizeof *rn->slots);
+  if (!rn || !rn->slots) {
+    free(rn);
+    keel_exit(KEEL_REASON_ERROR, "jobs runner: no memory");
+  }
+  rn->q = q;
+  rn->j = q->jobs;
+  rn->nslots = q->q.concurrency;
+  rn->want = true;
   keel_trap_exit(true);
+  if (keel_on_exit(runner_exit, rn) != 0) {
+    runner_exit(rn);
+    keel_exit(KEEL_REASON_ERROR, "jobs runner: no memory");
+  }
   atomic_store(&q->runner, keel_self());
-  keel_on_exit(forget_runner, q);
-  recover_own(&rn);
-  rn.window_start = keel__es_now_s();
+  recover_own(rn);
+  rn->window_start = keel__es_now_s();
   for (;;) {
-    if (!rn.stopping && rn.want && rn.running < rn.nslots) {
-      rn.want = false;
-      fetch_and_start(&rn);
+    if (!rn->stopping && rn->want && rn->running < rn->nslots) {
+      rn->want = false;
+      fetch_and_start(rn);
     }
-    int64_t wait = rn.j->o.poll_ms;
-    if (rn.want && !rn.stopping && rn.running < rn.nslots)
-      wait = rn.q->q.rate_per_s > 0 ? 1000 / (int64_t)(rn.q->q.rate_per_s + 1) + 1 : 0;
+    int64_t wait = rn->j->o.poll_ms;
+    if (rn->want && !rn->stopping && rn->running < rn->nslots)
+      wait = rn->q->q.rate_per_s > 0 ? 1000 / (int64_t)(rn->q->q.rate_per_s + 1) + 1 : 0;
     keel_msg_t *m = NULL;
     int rc = keel_receive(&m, wait == 0 ? KEEL_NOWAIT : wait);
     if (rc == KEEL_ETIMEDOUT) {
-      rn.want = true;
+      rn->want = true;
       continue;
     }
-    if (rc) break;
-    if (!handle(&rn, m)) break;
+    if (rc || !handle(rn, m)) return;
   }
-  free(rn.slots);
 }
