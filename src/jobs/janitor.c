@@ -157,7 +157,11 @@ int keel__jobs_janitor_round(keel_jobs *j) {
 void keel__jobs_janitor(void *arg) {
   keel_jobs *j = arg;
   for (;;) {
+    /* a round is short and bounded; dying inside it (the supervisor's
+     * shutdown) would leave a read's result behind */
+    keel_hold_exits(true);
     int rc = keel__jobs_janitor_round(j);
+    keel_hold_exits(false);
     if (rc)
       keel_log_warn(NULL, "jobs: the janitor's round failed", KEEL_STR("error", keel_err_name(rc)));
     keel_msg_t *m = NULL;

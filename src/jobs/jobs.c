@@ -350,11 +350,13 @@ int keel_jobs_list(keel_jobs *j, const keel_jobs_filter *f, json_t **out) {
   keel__jobs_i64(after, f->after_id);
   keel__jobs_i64(lim, f->limit ? (int64_t)f->limit : LIST_DEFAULT);
   keel_es_rows rows = {0};
-  int rc = keel_es_query(j->es,
-                         "SELECT " JOBS_JSON_COLS " FROM keel_jobs WHERE id > CAST($1 AS BIGINT) "
-                         "AND ($2 IS NULL OR queue = $2) AND ($3 IS NULL OR worker = $3) AND "
-                         "($4 IS NULL OR state = $4) ORDER BY id LIMIT CAST($5 AS INTEGER)",
-                         (const char *[]){after, f->queue, f->worker, f->state, lim}, 5, &rows);
+  int rc =
+      keel_es_query(j->es,
+                    "SELECT " JOBS_JSON_COLS " FROM keel_jobs WHERE id > CAST($1 AS BIGINT) "
+                    "AND (CAST($2 AS TEXT) IS NULL OR queue = $2) AND (CAST($3 AS TEXT) IS NULL "
+                    "OR worker = $3) AND (CAST($4 AS TEXT) IS NULL OR state = $4) ORDER BY id "
+                    "LIMIT CAST($5 AS INTEGER)",
+                    (const char *[]){after, f->queue, f->worker, f->state, lim}, 5, &rows);
   json_t *a = rc == 0 ? json_array() : NULL;
   if (rc == 0 && !a) rc = KEEL_ENOMEM;
   for (size_t i = 0; rc == 0 && i < rows.nrows; i++)

@@ -409,7 +409,7 @@ static int outbox_fn(keel_es_tx *tx, void *arg) {
 
 static size_t count_jobs(keel_jobs *j, const char *queue) {
   json_t *all = NULL;
-  CHECK_OK(keel_jobs_list(j, &(keel_jobs_filter){.queue = queue}, &all));
+  CHECK_OK(keel_jobs_list(j, &(keel_jobs_filter){.queue = queue, .limit = 1000}, &all));
   size_t n = json_array_size(all);
   json_decref(all);
   return n;
