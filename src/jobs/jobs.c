@@ -23,6 +23,8 @@
 
 enum { DEFAULT_CONCURRENCY = 10, DEFAULT_BUDGET_MS = 5000, LIST_DEFAULT = 100, LIST_MAX = 1000 };
 
+static void on_remote(void *ud);
+
 static int64_t or_default(int64_t v, int64_t dflt) {
   return v > 0 || v == KEEL_INFINITY ? v : dflt;
 }
@@ -182,6 +184,7 @@ int keel_jobs_start(const keel_jobs_opts *o, keel_jobs **out) {
     free_jobs(j);
     return rc;
   }
+  keel__es_notify_jobs_hook(j->es, on_remote, j); /* KEEL_ENOENT: no listener, polls */
   *out = j;
   return 0;
 }
@@ -203,6 +206,7 @@ static bool is_down(const keel_msg_t *m, void *arg) {
 void keel_jobs_stop(keel_jobs *j, int64_t budget_ms) {
   if (!j) return;
   int64_t budget = budget_ms > 0 ? budget_ms : DEFAULT_BUDGET_MS;
+  keel__es_notify_jobs_hook(j->es, NULL, NULL); /* returns once no call uses j */
   keel_ref_t *refs = calloc(j->o.nqueues ? j->o.nqueues : 1, sizeof *refs);
   for (size_t i = 0; refs && i < j->o.nqueues; i++) {
     keel_pid_t pid = atomic_load(&j->queues[i].runner);
@@ -225,13 +229,25 @@ void keel_jobs_stop(keel_jobs *j, int64_t budget_ms) {
   free_jobs(j);
 }
 
-void keel_jobs_notify(keel_jobs *j, const char *queue) {
-  if (!j) return;
+/* Wakes this instance's runners (any thread: the listener's calls it). */
+static void kick_local(keel_jobs *j, const char *queue) {
   for (size_t i = 0; i < j->o.nqueues; i++) {
     if (queue && strcmp(queue, j->queues[i].q.name) != 0) continue;
     keel_pid_t pid = atomic_load(&j->queues[i].runner);
     if (pid) keel_send(pid, keel_msg_new(JOBS_TAG_KICK, 0));
   }
+}
+
+/* Another instance enqueued (or retried, resumed): its wake-up names no
+ * queue, so every runner here looks once. */
+static void on_remote(void *ud) {
+  kick_local(ud, NULL);
+}
+
+void keel_jobs_notify(keel_jobs *j, const char *queue) {
+  if (!j) return;
+  kick_local(j, queue);
+  keel__es_notify_jobs_kick(j->es); /* PostgreSQL: the other instances, folded */
 }
 
 /* ---- operators ------------------------------------------------------------------------------ */
