@@ -55,7 +55,7 @@ typedef struct sched_slot {
 
 typedef struct builtin {
   keel_counter *cpu;
-  keel_gauge *rss, *vms, *fds, *max_fds, *start;
+  keel_gauge *rss, *vms, *fds, *max_fds, *start, *mem_limit;
   keel_gauge *alive, *blocking_queued, *blocking_running;
   keel_counter *spawned, *exited, *sent, *to_dead;
   keel_gauge *depth_max;
@@ -204,6 +204,7 @@ static void collect(keel_metrics *r, void *ud) {
   keel_counter_set(b->cpu, sp.cpu_seconds);
   keel_gauge_set(b->vms, (double)sm.virtual_bytes);
   keel_gauge_set(b->rss, (double)sm.rss_bytes);
+  keel_gauge_set(b->mem_limit, (double)sm.limit_bytes);
   if (sp.open_fds >= 0) keel_gauge_set(b->fds, (double)sp.open_fds);
   keel_gauge_set(b->max_fds, (double)sp.max_fds);
   if (b->start_time >= 0) keel_gauge_set(b->start, b->start_time);
@@ -265,6 +266,9 @@ int keel_metrics_register_builtin(keel_metrics *r) {
                     "Total user and system CPU time spent in seconds.", &b->cpu)) ||
       (rc = gauge(r, "process_resident_memory_bytes", "Resident memory size in bytes.", &b->rss)) ||
       (rc = gauge(r, "process_virtual_memory_bytes", "Virtual memory size in bytes.", &b->vms)) ||
+      (rc = gauge(r, "keel_memory_limit_bytes",
+                  "The container's memory limit (cgroup memory.max), 0 when there is none.",
+                  &b->mem_limit)) ||
       (rc = gauge(r, "process_open_fds", "Number of open file descriptors.", &b->fds)) ||
       (rc = gauge(r, "process_max_fds", "Maximum number of open file descriptors.", &b->max_fds)) ||
       (rc = gauge(r, "process_start_time_seconds",
