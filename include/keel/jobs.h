@@ -114,6 +114,24 @@ typedef struct keel_job_queue {
   double rate_per_s; /* at most this many starts per second on this instance; 0: no limit */
 } keel_job_queue;
 
+struct keel_job_new;
+
+/* A cron entry: its job is enqueued at every slot of expr (keel/cron.h's
+ * syntax: five fields, ranges, steps, lists, names, @hourly and friends, in
+ * UTC or a named zone), once across every instance sharing the database: the
+ * slot's job has the unique key "cron:<name>:<slot, Unix s>" (held for a
+ * day), so the instances that see the slot enqueue it once. Slots are
+ * looked at from the instance's start on (a slot missed while no instance
+ * ran is not caught up), by the janitor, which wakes at the next slot.
+ * Borrowed until keel_jobs_stop. */
+typedef struct keel_job_cron {
+  const char *name; /* 1-40 bytes, unique among the entries */
+  const char *expr;
+  const char *tz;                 /* NULL or "UTC": UTC; else an IANA name ("Europe/Paris") */
+  const struct keel_job_new *job; /* what to enqueue (its run_at, run_in and unique
+                                     fields are the slot's) */
+} keel_job_cron;
+
 /* Zeroed: the defaults. Borrowed until keel_jobs_stop. */
 typedef struct keel_jobs_opts {
   keel_es *es; /* required: the database (its tables are created at start) */
@@ -136,6 +154,9 @@ typedef struct keel_jobs_opts {
   keel_metrics *metrics;    /* jobs_* metrics here; NULL: none */
   int64_t (*now)(void *ud); /* the jobs' clock, Unix ms; NULL: the real clock */
   void *now_ud;
+  const keel_job_cron *crons; /* cron entries; a bad expression or zone fails start
+                                 (KEEL_EINVAL, logged with the cron module's message) */
+  size_t ncrons;
 } keel_jobs_opts;
 
 /* Creates the tables if needed (keel_jobs, keel_jobs_instances,

@@ -148,6 +148,7 @@ int keel__jobs_janitor_round(keel_jobs *j) {
   if (rc == 0) rc = keel__es_transact_internal(j->es, rescue_fn, &r);
   if (rc == 0 && r.rescued)
     keel_log_warn(NULL, "jobs: rescued the jobs of lost instances", KEEL_INT("jobs", r.rescued));
+  if (rc == 0) rc = keel__jobs_cron_round(j, now);
   if (rc == 0) rc = prune(j, now);
   if (rc == 0) rc = gauges(j, now);
   if (rc == 0 && r.rescued) keel_jobs_notify(j, NULL);
@@ -164,8 +165,11 @@ void keel__jobs_janitor(void *arg) {
     keel_hold_exits(false);
     if (rc)
       keel_log_warn(NULL, "jobs: the janitor's round failed", KEEL_STR("error", keel_err_name(rc)));
+    /* until the next heartbeat, or the next cron slot if sooner */
+    int64_t wait = keel__jobs_cron_wait(j, keel__jobs_now(j));
+    if (wait > j->o.heartbeat_ms) wait = j->o.heartbeat_ms;
     keel_msg_t *m = NULL;
-    if (keel_receive(&m, j->o.heartbeat_ms) == 0) keel_msg_free(m);
+    if (keel_receive(&m, wait > 0 ? wait : KEEL_NOWAIT) == 0) keel_msg_free(m);
   }
 }
 

@@ -130,6 +130,7 @@ static int start_tree(keel_jobs *j) {
 
 static void free_jobs(keel_jobs *j) {
   if (!j) return;
+  keel__jobs_cron_free(j);
   pthread_mutex_destroy(&j->mu);
   free(j->queues);
   free(j->admin_token);
@@ -174,8 +175,10 @@ int keel_jobs_start(const keel_jobs_opts *o, keel_jobs **out) {
     if (!j->queues[i].q.concurrency) j->queues[i].q.concurrency = DEFAULT_CONCURRENCY;
     atomic_init(&j->queues[i].runner, 0);
   }
+  atomic_init(&j->cron_busy, false);
   metrics(j);
-  rc = keel__jobs_tables(j->es);
+  rc = keel__jobs_cron_init(j);
+  if (rc == 0) rc = keel__jobs_tables(j->es);
   /* the first round before any runner: the heartbeat, and on SQLite the
    * jobs an earlier instance left running */
   if (rc == 0) rc = keel__jobs_janitor_round(j);

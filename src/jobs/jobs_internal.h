@@ -45,6 +45,10 @@ struct keel_jobs {
   keel_metric_family *f_enqueued, *f_completed, *f_failed, *f_discarded, *f_snoozed, *f_cancelled,
       *f_duration, *f_depth, *f_oldest;
   char *admin_token;
+  /* cron (cron.c): the parsed entries and the last slot each looked at */
+  struct keel_cron **cron;
+  int64_t *cron_last_s;
+  atomic_bool cron_busy; /* a round's cron part runs at most once at a time */
 };
 
 /* Job states as stored. */
@@ -105,6 +109,14 @@ int keel__jobs_record_tx(keel_es_tx *tx, keel_jobs *j, const jobs_row *r, jobs_o
                          const char *error, int64_t delay_ms, const char *instance);
 /* The default backoff after attempt `attempt` failed: full jitter. */
 int64_t keel__jobs_backoff(keel_jobs *j, int attempt);
+
+/* cron.c: parses opts.crons (start), enqueues the due slots (a janitor
+ * round), the ms until the next slot (the janitor's wait; INT64_MAX: none),
+ * frees. */
+int keel__jobs_cron_init(keel_jobs *j);
+int keel__jobs_cron_round(keel_jobs *j, int64_t now_ms);
+int64_t keel__jobs_cron_wait(keel_jobs *j, int64_t now_ms);
+void keel__jobs_cron_free(keel_jobs *j);
 
 /* runner.c: the runner's entry point (arg: its jobs_queue). */
 void keel__jobs_runner(void *arg);

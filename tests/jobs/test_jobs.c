@@ -681,6 +681,60 @@ KT_CASE(an_enqueue_wakes_another_instances_runner_at_once) {
   kt_store_close(&st);
 }
 
+static keel_jobs *start_cron(keel_es *es, const char *instance) {
+  static const keel_job_new tick = {.worker = "ok", .queue = "cron"};
+  static const keel_job_cron crons[] = {
+      {.name = "tick", .expr = "* * * * *", .job = &tick},
+      {.name = "paris", .expr = "30 2 * * *", .tz = "Europe/Paris", .job = &tick}};
+  keel_jobs *j = NULL;
+  CHECK_OK(keel_jobs_start(&(keel_jobs_opts){.es = es,
+                                             .now = clock_fn,
+                                             .instance = instance,
+                                             .heartbeat_ms = 60000,
+                                             .crons = crons,
+                                             .ncrons = 2},
+                           &j));
+  return j;
+}
+
+/* Two instances with the same cron entry, over five minutes of the test
+ * clock: each minute's slot is enqueued once, due at its slot. */
+KT_CASE(a_cron_slot_is_enqueued_once_across_instances) {
+  reset();
+  kt_store st;
+  keel_es *es = kt_store_open(&st, NULL);
+  keel_es *es2 = es;
+  if (kt_es_pg_url()) CHECK_OK(keel_es_open(&(keel_es_opts){.url = st.url}, &es2));
+  atomic_store(&test_now, 1700000000000); /* 22:13:20 UTC: the next slot is 22:14:00 */
+  keel_jobs *a = start_cron(es, "a"), *b = start_cron(es2, "b");
+  int64_t slot = 1700000040;
+  for (int m = 0; m < 5; m++) {
+    atomic_store(&test_now, slot * 1000 + 5);
+    CHECK_OK(keel_jobs_maintain(m % 2 ? a : b));
+    CHECK_OK(keel_jobs_maintain(m % 2 ? b : a));
+    json_t *all = NULL;
+    CHECK_OK(keel_jobs_list(a, &(keel_jobs_filter){.queue = "cron"}, &all));
+    CHECK_EQ(json_array_size(all), (size_t)m + 1);
+    CHECK_EQ(jint(json_array_get(all, (size_t)m), "run_at"), slot * 1000);
+    json_decref(all);
+    slot += 60;
+  }
+  /* a bad expression or zone fails the start */
+  keel_jobs *bad = NULL;
+  keel_job_new tick = {.worker = "ok"};
+  keel_job_cron wrong[] = {{.name = "x", .expr = "61 * * * *", .job = &tick}};
+  CHECK_EQ(keel_jobs_start(&(keel_jobs_opts){.es = es, .crons = wrong, .ncrons = 1}, &bad),
+           KEEL_EINVAL);
+  wrong[0] =
+      (keel_job_cron){.name = "x", .expr = "* * * * *", .tz = "Nowhere/Atlantis", .job = &tick};
+  CHECK_EQ(keel_jobs_start(&(keel_jobs_opts){.es = es, .crons = wrong, .ncrons = 1}, &bad),
+           KEEL_EINVAL);
+  keel_jobs_stop(a, 100);
+  keel_jobs_stop(b, 100);
+  if (es2 != es) keel_es_close(es2);
+  kt_store_close(&st);
+}
+
 KT_MAIN(KT_ENTRY_SCHED(a_job_runs_once_and_its_completion_is_recorded, 2),
         KT_ENTRY_SCHED(backoff_schedule_and_attempts_are_exactly_as_configured, 2),
         KT_ENTRY_SCHED(a_unique_job_is_enqueued_once_under_eight_concurrent_enqueuers, 2),
@@ -693,4 +747,5 @@ KT_MAIN(KT_ENTRY_SCHED(a_job_runs_once_and_its_completion_is_recorded, 2),
         KT_ENTRY_SCHED(retention_prunes_finished_jobs_and_health_warns_of_a_stale_queue, 2),
         KT_ENTRY_SCHED(a_dead_instances_running_jobs_are_rescued_and_completed, 2),
         KT_ENTRY_SCHED(two_instances_never_run_a_job_twice, 2),
-        KT_ENTRY_SCHED(an_enqueue_wakes_another_instances_runner_at_once, 2))
+        KT_ENTRY_SCHED(an_enqueue_wakes_another_instances_runner_at_once, 2),
+        KT_ENTRY_SCHED(a_cron_slot_is_enqueued_once_across_instances, 2))
