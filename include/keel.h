@@ -30,5 +30,6 @@
 #include "keel/service.h"
 #include "keel/eventstore.h"
 #include "keel/aggregate.h"
+#include "keel/jobs.h"
 
 #endif
