@@ -24,7 +24,8 @@
  *
  * Sampling follows OpenTelemetry's environment variables (OTEL_TRACES_SAMPLER,
  * OTEL_TRACES_SAMPLER_ARG; keel_trace_opts_from_env). Until keel_trace_start
- * runs, spans propagate ids but none records.
+ * runs, spans propagate ids (sampled as parentbased_always_on says) but none
+ * records.
  */
 #ifndef KEEL_TRACE_H
 #define KEEL_TRACE_H

@@ -25,6 +25,7 @@ static const char *metric_method(const char *m) {
 }
 
 void keel__access_record(const keel__access *a, keel_http_req *rq, size_t bytes_out) {
+  keel__http_span_end(rq);
   uint64_t ns = keel__http_now_ns() - rq->start_ns;
   double ms = (double)ns / 1e6;
   const char *route = rq->match.pattern ? rq->match.pattern : "unmatched";

@@ -65,7 +65,8 @@ bool keel_trace_sample(keel_sampler s, double ratio, const keel_span_ctx *parent
 }
 
 bool keel__trace_decide(const keel_span_ctx *parent, const uint8_t trace_id[16]) {
-  if (!keel__trace_queue_on()) return false; /* not started: nothing records */
+  /* before keel_trace_start: the default sampler, so flags propagate as
+   * OpenTelemetry's would; the span then only records if tracing runs */
   return decide((keel_sampler)atomic_load_explicit(&g_sampler, memory_order_relaxed),
                 atomic_load_explicit(&g_bound, memory_order_relaxed),
                 atomic_load_explicit(&g_all, memory_order_relaxed), parent, trace_id);
