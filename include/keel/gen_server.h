@@ -81,6 +81,8 @@ typedef struct keel_gs_opts {
   bool trap_exit;       /* the server traps exits (EXIT messages go to handle_info) */
   size_t stack_size;    /* 0: the runtime default */
   int scheduler;        /* 0: here; KEEL_ON_SCHEDULER(i): scheduler i (keel/process.h) */
+  bool trace;           /* a span for each call and cast handled, a child of the caller's
+                           (keel/trace.h; through the context hooks' span_begin/span_end) */
 } keel_gs_opts;
 
 void keel_gs_opts_init(keel_gs_opts *o);
@@ -144,11 +146,17 @@ int keel_gs_stop(keel_pid_t server, keel_reason_kind kind, const char *text, int
  * is handed to restore afterwards; install must copy what it keeps, since
  * the blob goes with the message). NULL removes the hooks. Hooks run in the
  * caller's and the server's processes; they must not wait. Any thread; set
- * them once at start-up. The struct must outlive its registration. */
+ * them once at start-up. The struct must outlive its registration.
+ * span_begin and span_end (may be NULL) wrap each call or cast a server
+ * started with opts.trace handles, inside install/restore: begin gets the
+ * server's name and whether it is a call and returns what end needs; end
+ * gets the callback's return code. */
 typedef struct keel_gs_context_hooks {
   void *(*capture)(void);
   void *(*install)(const void *blob);
   void (*restore)(void *previous);
+  void *(*span_begin)(const char *server, bool call);
+  void (*span_end)(void *span, int rc);
 } keel_gs_context_hooks;
 void keel_gs_set_context_hooks(const keel_gs_context_hooks *hooks);
 

@@ -12,9 +12,11 @@
  * then the log context's bytes, then the tracestate.
  */
 #include <stdatomic.h>
+#include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
 
+#include "keel/error.h"
 #include "keel/gen_server.h"
 #include "keel/log.h"
 #include "ops/trace_internal.h"
@@ -82,7 +84,29 @@ static void restore(void *pushed) {
   if (done & PUSHED_LOG) keel_log_context_pop();
 }
 
-static const keel_gs_context_hooks hooks = {capture, install, restore};
+/* opts.trace servers: one span per call or cast, a child of the caller's. */
+static void *span_begin(const char *server, bool call) {
+  keel_span *sp = malloc(sizeof *sp);
+  if (!sp) return NULL;
+  char name[96];
+  snprintf(name, sizeof name, "%s %s", server, call ? "call" : "cast");
+  keel_span_start(sp, name, KEEL_SPAN_INTERNAL, NULL);
+  keel_span_set(sp, KEEL_STR("keel.gen_server", server),
+                KEEL_STR("keel.message", call ? "call" : "cast"));
+  return sp;
+}
+
+static void span_end(void *span, int rc) {
+  keel_span *sp = span;
+  if (rc < 0) {
+    keel_span_set_str(sp, "error.type", keel_err_name(rc));
+    keel_span_set_status(sp, KEEL_SPAN_ERROR, keel_strerror(rc));
+  }
+  keel_span_end(sp);
+  free(sp);
+}
+
+static const keel_gs_context_hooks hooks = {capture, install, restore, span_begin, span_end};
 
 static void update(void) {
   bool any = atomic_load(&follow_log) || atomic_load(&follow_trace);
