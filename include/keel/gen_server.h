@@ -146,19 +146,24 @@ int keel_gs_stop(keel_pid_t server, keel_reason_kind kind, const char *text, int
  * is handed to restore afterwards; install must copy what it keeps, since
  * the blob goes with the message). NULL removes the hooks. Hooks run in the
  * caller's and the server's processes; they must not wait. Any thread; set
- * them once at start-up. The struct must outlive its registration.
- * span_begin and span_end (may be NULL) wrap each call or cast a server
- * started with opts.trace handles, inside install/restore: begin gets the
- * server's name and whether it is a call and returns what end needs; end
- * gets the callback's return code. */
+ * them once at start-up. The struct must outlive its registration. */
 typedef struct keel_gs_context_hooks {
   void *(*capture)(void);
   void *(*install)(const void *blob);
   void (*restore)(void *previous);
-  void *(*span_begin)(const char *server, bool call);
-  void (*span_end)(void *span, int rc);
 } keel_gs_context_hooks;
 void keel_gs_set_context_hooks(const keel_gs_context_hooks *hooks);
+
+/* Span hooks (keel/trace.h installs them): begin and end wrap each call or
+ * cast that a server started with opts.trace handles, inside the context
+ * hooks' install and restore. begin gets the server's name and whether it is
+ * a call and returns what end needs (NULL: nothing); end gets the callback's
+ * return code. Same rules as the context hooks; NULL removes them. */
+typedef struct keel_gs_span_hooks {
+  void *(*begin)(const char *server, bool call);
+  void (*end)(void *span, int rc);
+} keel_gs_span_hooks;
+void keel_gs_set_span_hooks(const keel_gs_span_hooks *hooks);
 
 #ifdef __cplusplus
 }

@@ -32,10 +32,11 @@ typedef enum keel_trace_exporter {
 /* A zeroed struct is OpenTelemetry's defaults. Strings are copied. */
 typedef struct keel_trace_export_opts {
   keel_trace_exporter exporter;
-  const char
-      *endpoint;       /* the full URL spans are POSTed to; NULL: http://localhost:4318/v1/traces */
-  const char *headers; /* "k1=v1,k2=v2" (URL-encoded values), as OTEL_EXPORTER_OTLP_HEADERS */
-  const char *service_name;   /* resource service.name; NULL: "unknown_service" */
+  /* the full URL spans are POSTed to; NULL: base_endpoint + "/v1/traces" */
+  const char *endpoint;
+  const char *base_endpoint; /* NULL: http://localhost:4318 (OTLP/HTTP's default) */
+  const char *headers;       /* "k1=v1,k2=v2" (URL-encoded values), as OTEL_EXPORTER_OTLP_HEADERS */
+  const char *service_name;  /* resource service.name; NULL: "unknown_service" */
   const char *resource_attrs; /* "k1=v1,k2=v2", as OTEL_RESOURCE_ATTRIBUTES */
   int max_batch;              /* spans per request; 0: 512 */
   int64_t schedule_delay_ms;  /* 0: 5000 */

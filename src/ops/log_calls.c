@@ -106,7 +106,8 @@ static void span_end(void *span, int rc) {
   free(sp);
 }
 
-static const keel_gs_context_hooks hooks = {capture, install, restore, span_begin, span_end};
+static const keel_gs_context_hooks hooks = {capture, install, restore};
+static const keel_gs_span_hooks span_hooks = {span_begin, span_end};
 
 static void update(void) {
   bool any = atomic_load(&follow_log) || atomic_load(&follow_trace);
@@ -120,5 +121,6 @@ void keel_log_follow_calls(bool on) {
 
 void keel__trace_follow_calls(bool on) {
   atomic_store(&follow_trace, on);
+  keel_gs_set_span_hooks(on ? &span_hooks : NULL);
   update();
 }

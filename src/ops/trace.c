@@ -77,6 +77,7 @@ typedef struct pushed {
 int keel_trace_ctx_push(const keel_span_ctx *ctx) {
   if (!ctx) return KEEL_EINVAL;
   if (!keel_self()) return KEEL_ENOTPROC;
+  if (keel__trace_suppressed()) return KEEL_ESTATE; /* the exporter takes no trace context */
   size_t tl = ctx->tracestate ? strlen(ctx->tracestate) + 1 : 0;
   pushed *p = calloc(1, sizeof *p + tl);
   if (!p) return KEEL_ENOMEM;

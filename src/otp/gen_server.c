@@ -112,15 +112,22 @@ static void context_leave(const keel_gs_context_hooks *used, void *prev) {
   if (used && used->restore) used->restore(prev);
 }
 
-/* opts.trace: the hooks' span around one callback (NULL when none). */
-static void *span_begin(const gs_server *sv, bool call, const keel_gs_context_hooks **h) {
-  *h = sv->trace ? atomic_load_explicit(&ctx_hooks, memory_order_acquire) : NULL;
-  if (!*h || !(*h)->span_begin) return NULL;
-  return (*h)->span_begin(sv->trace_name, call);
+static const keel_gs_span_hooks *_Atomic span_hooks;
+
+void keel_gs_set_span_hooks(const keel_gs_span_hooks *hooks) {
+  /* release: as keel_gs_set_context_hooks */
+  atomic_store_explicit(&span_hooks, hooks, memory_order_release);
 }
 
-static void span_end(const keel_gs_context_hooks *h, void *span, int rc) {
-  if (h && span && h->span_end) h->span_end(span, rc);
+/* opts.trace: the hooks' span around one callback (NULL when none). */
+static void *span_begin(const gs_server *sv, bool call, const keel_gs_span_hooks **h) {
+  *h = sv->trace ? atomic_load_explicit(&span_hooks, memory_order_acquire) : NULL;
+  if (!*h || !(*h)->begin) return NULL;
+  return (*h)->begin(sv->trace_name, call);
+}
+
+static void span_end(const keel_gs_span_hooks *h, void *span, int rc) {
+  if (h && span && h->end) h->end(span, rc);
 }
 
 keel_msg_t *keel__gs_with_context(keel_msg_t *m) {
@@ -282,7 +289,7 @@ static void server_main(void *p) {
       keel_msg_t *reply = NULL;
       const keel_gs_context_hooks *used;
       void *prev = context_enter(m, &used);
-      const keel_gs_context_hooks *sh;
+      const keel_gs_span_hooks *sh;
       void *span = span_begin(sv, true, &sh);
       rc = sv->beh->handle_call ? sv->beh->handle_call(sv->state, from, &sv->cur, &reply)
                                 : KEEL_EINVAL;
@@ -297,7 +304,7 @@ static void server_main(void *p) {
     case KEEL_PROTO_CAST: {
       const keel_gs_context_hooks *used;
       void *prev = context_enter(m, &used);
-      const keel_gs_context_hooks *sh;
+      const keel_gs_span_hooks *sh;
       void *span = span_begin(sv, false, &sh);
       rc = sv->beh->handle_cast ? sv->beh->handle_cast(sv->state, &sv->cur) : 0;
       span_end(sh, span, rc);
