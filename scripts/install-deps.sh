@@ -22,14 +22,16 @@ set -euo pipefail
 # (tests/es/pg_cluster.sh); pgbouncer, the same suites behind a pooler in
 # transaction mode (tests/es/pgbouncer.sh); nginx-light, the TLS server of the
 # HTTP client's tests (tests/http/test_client_tls.sh); prometheus-alertmanager,
-# the real Alertmanager alert delivery posts to (tests/http/test_alert_sink_am.sh).
+# the real Alertmanager alert delivery posts to (tests/http/test_alert_sink_am.sh);
+# protobuf-compiler, whose protoc --decode_raw reads what the OTLP exporter
+# sends (tests/http/test_trace_export.c).
 # --build: only what building needs (the Docker image). --bench: also the
 # systems keel is compared with (Erlang/OTP, nginx) and wrk.
 build_packages=(build-essential cmake pkg-config libuv1-dev libjansson-dev node-llhttp
   libsqlite3-dev libpq-dev libcurl4-openssl-dev libssl-dev)
 test_packages=(postgresql-15 pgbouncer gcc-aarch64-linux-gnu libc6-dev-arm64-cross qemu-user prometheus jq curl
   clang libclang-rt-14-dev libhttp-parser-dev nginx-light
-  prometheus-alertmanager)
+  prometheus-alertmanager protobuf-compiler)
 case "${1:-}" in
   --build) packages=("${build_packages[@]}") ;;
   --bench) packages=("${build_packages[@]}" "${test_packages[@]}" erlang-base wrk) ;;
