@@ -258,10 +258,10 @@ static void export_queued(exporter *x, bool once) {
       console(x->batch, n);
       keel__trace_count(n, 0);
     } else {
-      uint8_t *body;
+      uint8_t *body = NULL;
       size_t len;
       bool ok = keel_trace_encode_otlp(x->batch, n, &x->o, &body, &len) == 0 && post(x, body, len);
-      if (ok) free(body);
+      free(body);
       keel__trace_count(ok ? n : 0, ok ? 0 : n);
     }
     free_batch(x->batch, n);
