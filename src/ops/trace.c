@@ -121,7 +121,7 @@ void keel__span_data_free(keel__span_data *d) {
     attrs_free(&d->events[i].attrs);
   }
   free(d->events);
-  free(d);
+  keel__trace_record_recycle(d);
 }
 
 static int set_name(keel__span_data *d, const char *name) {
@@ -158,7 +158,7 @@ int keel_span_start(keel_span *sp, const char *name, keel_span_kind kind, const 
 
   int rc = 0;
   if (sampled && keel__trace_queue_on()) { /* recording: the one allocation */
-    keel__span_data *d = malloc(sizeof *d);
+    keel__span_data *d = keel__trace_record_alloc();
     if (d) {
       memset(d, 0, offsetof(keel__span_data, name_buf));
       memcpy(d->trace_id, sp->ctx.trace_id, 16);

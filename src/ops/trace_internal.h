@@ -73,6 +73,11 @@ uint64_t keel__rand64(void);
 bool keel__trace_decide(const keel_span_ctx *parent, const uint8_t trace_id[16]);
 int keel__trace_sampler_set(const keel_trace_opts *o);
 
+/* trace_queue.c: records come from and go back to a pool while tracing
+ * runs (malloc/free otherwise); keel__span_data_free recycles. */
+keel__span_data *keel__trace_record_alloc(void);
+void keel__trace_record_recycle(keel__span_data *d);
+
 /* trace_queue.c: the batch queue. push takes d (freed when the queue is full
  * or tracing stopped, and counted as dropped). */
 void keel__trace_push(keel__span_data *d);
