@@ -103,10 +103,8 @@ void keel_trace_ctx_pop(void) {
 /* ---- span data -------------------------------------------------------------------- */
 
 static void attrs_free(keel__tattrs *a) {
-  for (uint32_t i = 0; i < a->n; i++) {
-    free(a->a[i].key);
-    if (a->a[i].type == KEEL__TA_STR) free(a->a[i].v.s);
-  }
+  for (uint32_t i = 0; i < a->n; i++)
+    free(a->a[i].key); /* the string value shares its block */
   free(a->a);
 }
 
@@ -224,7 +222,7 @@ static void attr_add(keel__tattrs *a, const keel_log_field *f) {
     return;
   }
   if (a->n == a->cap) {
-    uint32_t cap = a->cap ? a->cap * 2 : 8;
+    uint32_t cap = a->cap ? a->cap * 2 : 16; /* a server span's attributes fit at once */
     keel__tattr *na = realloc(a->a, cap * sizeof *na);
     if (!na) {
       a->dropped++;
@@ -232,14 +230,18 @@ static void attr_add(keel__tattrs *a, const keel_log_field *f) {
     }
     a->a = na, a->cap = cap;
   }
-  t.key = strdup(f->key);
-  if (t.type == KEEL__TA_STR) t.v.s = strdup(f->v.s ? f->v.s : "");
-  if (!t.key || (t.type == KEEL__TA_STR && !t.v.s)) {
-    free(t.key);
-    if (t.type == KEEL__TA_STR) free(t.v.s);
+  /* key and string value in one block (one malloc, not two): the key owns it */
+  size_t kl = strlen(f->key) + 1;
+  size_t vl = t.type == KEEL__TA_STR ? strlen(f->v.s ? f->v.s : "") + 1 : 0;
+  char *blk = malloc(kl + vl);
+  if (!blk) {
     a->dropped++;
     return;
   }
+  memcpy(blk, f->key, kl);
+  if (vl) memcpy(blk + kl, f->v.s ? f->v.s : "", vl);
+  t.key = blk;
+  if (vl) t.v.s = blk + kl;
   a->a[a->n++] = t;
 }
 
