@@ -87,6 +87,7 @@ typedef struct keel_span_opts {
   bool root;                   /* a new trace even if a span is current */
   bool no_current;             /* do not make it the current span */
   uint64_t start_ns;           /* 0: now (CLOCK_REALTIME) */
+  bool propagate_only;         /* ids and flags only: never records */
 } keel_span_opts;
 
 /* Starts span sp named name (copied when recording) of kind kind, a child of

@@ -48,8 +48,7 @@ static bool skip_rate_limit(const keel_http_server *s, const char *path) {
   while (p && *p) {
     const char *comma = strchr(p, ',');
     size_t n = comma ? (size_t)(comma - p) : strlen(p);
-    while (n && *p == ' ')
-      p++, n--;
+    while (n && *p == ' ') p++, n--;
     if (n && strncmp(path, p, n) == 0) return true;
     p = comma ? comma + 1 : NULL;
   }
@@ -139,7 +138,8 @@ static void respond_now(keel__conn *c, keel_http_req *rq) {
   conn_request_done(c);
 }
 
-static void fail_now(keel__conn *c, keel_http_req *rq, keel_http_error_kind kind, const char *msg) {
+static void fail_now(keel__conn *c, keel_http_req *rq, keel_http_error_kind kind,
+                     const char *msg) {
   keel_http_fail(&rq->res, kind, msg, NULL);
   respond_now(c, rq);
 }
@@ -178,10 +178,8 @@ static void handler_exited(void *arg) {
   keel_http_req *rq = arg;
   keel_http_server *s = rq->srv;
   keel__listener *l = rq->l;
-  if (rq->lprev)
-    rq->lprev->lnext = rq->lnext;
-  else
-    l->reqs = rq->lnext;
+  if (rq->lprev) rq->lprev->lnext = rq->lnext;
+  else l->reqs = rq->lnext;
   if (rq->lnext) rq->lnext->lprev = rq->lprev;
   atomic_fetch_sub_explicit(&s->in_flight, 1, memory_order_relaxed);
   if (s->in_flight_g) keel_gauge_dec(s->in_flight_g);
@@ -272,10 +270,8 @@ static void set_client_ip(keel__conn *c, keel_http_req *rq) {
   const char *xff = s->o.trust_proxy ? keel_http_header(rq, "x-forwarded-for") : NULL;
   if (xff && *xff) {
     size_t n = strcspn(xff, ",");
-    while (n && (xff[n - 1] == ' '))
-      n--;
-    while (*xff == ' ' && n)
-      xff++, n--;
+    while (n && (xff[n - 1] == ' ')) n--;
+    while (*xff == ' ' && n) xff++, n--;
     if (n && n < sizeof rq->client_ip) {
       memcpy(rq->client_ip, xff, n);
       rq->client_ip[n] = 0;
@@ -319,10 +315,10 @@ void keel__dispatch(keel__conn *c, keel_http_req *rq) {
 
   /* CORS: a preflight is answered here */
   if (s->cors) {
-    keel__cors_verdict v =
-        keel__cors_decide(s->cors, rq->method, keel_http_header(rq, "origin"),
-                          keel_http_header(rq, "access-control-request-method"),
-                          keel_http_header(rq, "access-control-request-headers"), &rq->mw);
+    keel__cors_verdict v = keel__cors_decide(
+        s->cors, rq->method, keel_http_header(rq, "origin"),
+        keel_http_header(rq, "access-control-request-method"),
+        keel_http_header(rq, "access-control-request-headers"), &rq->mw);
     if (v == KEEL__CORS_PREFLIGHT_OK) {
       rq->res.status = 204;
       respond_now(c, rq);
@@ -352,7 +348,8 @@ void keel__dispatch(keel__conn *c, keel_http_req *rq) {
     if (!r.allowed) {
       snprintf(v, sizeof v, "%lld", (long long)r.retry_after_s);
       keel__hdrs_add(&rq->mw, "Retry-After", v);
-      keel_http_fail(&rq->res, KEEL_HTTP_RATE_LIMITED, "Too many requests, try again later", NULL);
+      keel_http_fail(&rq->res, KEEL_HTTP_RATE_LIMITED, "Too many requests, try again later",
+                     NULL);
       respond_now(c, rq);
       return;
     }

@@ -88,8 +88,8 @@ static const keel_config_field builtin[] = {
     {F("ALERT_ERRORS", KEEL_CONFIG_INT, alert_errors), .def = "5", .min = 1, .max = 1000000},
     {F("ALERT_ERROR_WINDOW", KEEL_CONFIG_DURATION, alert_error_window), .def = "5m", .min = 1000,
      .max = 86400000},
-    {F("ALERT_ERROR_COOLDOWN", KEEL_CONFIG_DURATION, alert_error_cooldown), .def = "15m", .min = 0,
-     .max = 86400000},
+    {F("ALERT_ERROR_COOLDOWN", KEEL_CONFIG_DURATION, alert_error_cooldown), .def = "15m",
+     .min = 0, .max = 86400000},
     /* read by keel_alert_sinks_from_env too; checked here so a bad value stops the start */
     {F("ALERT_COOLDOWN_MS", KEEL_CONFIG_INT, alert_cooldown_ms), .def = "900000", .min = 0,
      .max = 86400000},

@@ -26,7 +26,10 @@ void keel__http_span_begin(keel_http_req *rq) {
   keel_span_ctx in;
   const char *tph = keel_http_header(rq, "traceparent");
   bool has = tph && keel_trace_parse(tph, keel_http_header(rq, "tracestate"), &in);
-  keel_span_opts so = {.parent = has ? &in : NULL, .root = !has, .no_current = true};
+  keel_span_opts so = {.parent = has ? &in : NULL,
+                       .root = !has,
+                       .no_current = true,
+                       .propagate_only = rq->srv && rq->srv->o.no_trace};
   keel_span_start(&rq->span, rq->method, KEEL_SPAN_SERVER, &so);
   rq->traced = true;
   keel_trace_format(&rq->span.ctx, rq->traceparent);

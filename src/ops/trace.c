@@ -155,7 +155,7 @@ int keel_span_start(keel_span *sp, const char *name, keel_span_kind kind, const 
   sp->ctx.flags = sampled ? KEEL_TRACE_SAMPLED : 0;
 
   int rc = 0;
-  if (sampled && keel__trace_queue_on()) { /* recording: the one allocation */
+  if (sampled && keel__trace_queue_on() && !(o && o->propagate_only)) { /* the one allocation */
     keel__span_data *d = keel__trace_record_alloc();
     if (d) {
       memset(d, 0, offsetof(keel__span_data, name_buf));

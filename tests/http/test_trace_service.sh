@@ -9,8 +9,8 @@
 # of a request that came with a traceparent is written as a trace_span log
 # line that continues the caller's trace (same trace id, the caller's span as
 # parent) and carries the HTTP attributes; the response's traceparent names
-# that span; SIGTERM flushes and logs "tracing stopped". Waits are liveness
-# bounds only.
+# that span; the admin port's probes make none; SIGTERM flushes and logs
+# "tracing stopped". Waits are liveness bounds only.
 set -u
 ms=${1:?usage: test_trace_service.sh PATH/TO/microservice PATH/TO/ms_load}
 load=${2:?usage}
@@ -66,6 +66,11 @@ code=$?
 if [ $code -eq 0 ] && wait_log a '.msg == "tracing stopped" and .result == "ok" and .failed == 0' 0; then
   ok "SIGTERM flushes the exporter and exits 0"
 else bad "SIGTERM flushes the exporter" "exit $code, $(tail -3 "$tmp/a/log")"; fi
+
+# the admin port (probes, scrapes) makes no spans: wait_startup polled /health/startup
+n=$(jq -c 'select(.msg == "trace_span" and (.attributes["url.path"] // "" | startswith("/health")))' "$tmp/a/log" | wc -l)
+if [ "$n" -eq 0 ]; then ok "the admin port's probes make no spans"
+else bad "the admin port's probes make no spans" "$n trace_span lines for /health"; fi
 
 echo "# $passed passed, $failed failed"
 [ $failed -eq 0 ]
