@@ -60,6 +60,9 @@ filter=".msg == \"trace_span\" and .kind == \"server\" and .traceId == \"$trace\
 if wait_log a "$filter and .parentSpanId == \"$parent\" and .attributes[\"http.route\"] == \"/api/process\" and .attributes[\"http.request.method\"] == \"POST\" and .attributes[\"http.response.status_code\"] == 200 and .attributes[\"server.port\"] == $port"; then
   ok "the server span is exported with its parent and HTTP attributes"
 else bad "the server span is exported" "$(grep trace_span "$tmp/a/log" | tail -3)"; fi
+if wait_log a ".msg == \"request completed\" and .path == \"/api/process\" and .trace_id == \"$trace\" and .span_id == \"$span\""; then
+  ok "the access line names the request's trace and span"
+else bad "the access line names the request's trace and span" "$(grep 'request completed' "$tmp/a/log" | tail -2)"; fi
 kill -TERM $pid
 wait $pid
 code=$?
