@@ -23,8 +23,8 @@ set -euo pipefail
 # transaction mode (tests/es/pgbouncer.sh); nginx-light, the TLS server of the
 # HTTP client's tests (tests/http/test_client_tls.sh); prometheus-alertmanager,
 # the real Alertmanager alert delivery posts to (tests/http/test_alert_sink_am.sh);
-# protobuf-compiler, whose protoc --decode_raw reads what the OTLP exporter
-# sends (tests/http/test_trace_export.c).
+# protobuf-compiler, whose protoc --decode reads what the OTLP exporter
+# sends (tests/http/test_trace_export.c, with tests/http/otlp_trace_test.proto).
 # --build: only what building needs (the Docker image). --bench: also the
 # systems keel is compared with (Erlang/OTP, nginx) and wrk.
 build_packages=(build-essential cmake pkg-config libuv1-dev libjansson-dev node-llhttp
