@@ -139,6 +139,38 @@ int keel_http_fail(keel_http_res *res, keel_http_error_kind kind, const char *me
 int keel_http_fail_status(keel_http_res *res, int status, const char *code, const char *message,
                           json_t *details);
 
+/* ---- streamed answers (Server-Sent Events) --------------------------------- */
+
+/* Starts a streamed answer from inside the handler: writes the status line
+ * and headers now (content_type, Cache-Control: no-store, Connection: close,
+ * the request id, the security and middleware headers and those set with
+ * keel_http_set_header so far; no Content-Length: the body ends when the
+ * connection closes), and lifts the request timeout. The handler then
+ * writes with keel_http_stream_write for as long as it likes; when it
+ * returns, the connection is closed once the bytes are out. Nothing the
+ * handler returns afterwards is sent. max_queued bounds what the server
+ * keeps for a client that does not read (bytes written and not yet taken
+ * by the kernel, whose send buffer for this connection is set to the same
+ * size): 0: 256 KiB; at least 4 KiB. Call only from the handler's own
+ * process. Errors: KEEL_EINVAL (status outside 200-599, bad content type),
+ * KEEL_ENOTPROC (not the handler's process), KEEL_ESTATE (already answered
+ * or streaming), KEEL_EIO (the client is gone), KEEL_ECANCELED (the server
+ * drains or stops), KEEL_ENOMEM. */
+int keel_http_stream_begin(keel_http_req *req, int status, const char *content_type,
+                           size_t max_queued);
+
+/* Writes len bytes of a streamed answer (copied). Never waits: a client
+ * that has more than max_queued bytes unread is cut off at once
+ * (KEEL_EBUSY: the connection is closed, stop writing). Errors: KEEL_EINVAL,
+ * KEEL_ENOTPROC, KEEL_ESTATE (not streaming), KEEL_EIO (the client closed or
+ * reset the connection), KEEL_ECANCELED (the server drains or stops: return
+ * from the handler), KEEL_EBUSY, KEEL_ENOMEM. */
+int keel_http_stream_write(keel_http_req *req, const void *data, size_t len);
+
+/* Whether a streamed answer can still be written (the client is there and
+ * the server is not draining). The handler's process only. */
+bool keel_http_stream_open(keel_http_req *req);
+
 /* Calls the gen_server registered as `server` with request (JSON, stolen;
  * NULL: an empty request) under tag, waiting up to timeout_ms (keel/runtime.h;
  * 0: KEEL_GS_DEFAULT_TIMEOUT). On 0, *reply is the reply (a new reference the
