@@ -70,6 +70,12 @@ typedef struct keel_service_config {
    * ALERT_ERROR_WINDOW (ms) fire it, then not again for ALERT_ERROR_COOLDOWN
    * (ms); ALERT_COOLDOWN_MS: a delivered alert's repeat (keel/alert_sink.h) */
   int64_t alert_errors, alert_error_window, alert_error_cooldown, alert_cooldown_ms;
+  /* the admin API and dashboard (docs/dashboard.md): ADMIN_TOKEN (secret;
+   * unset: actions off), ADMIN_READ_OPEN (reads need no token even when one
+   * is set), ADMIN_MAX_STREAMS (event streams at once) */
+  char *admin_token;
+  bool admin_read_open;
+  int64_t admin_max_streams;
 } keel_service_config;
 
 /* One API route; its handler's ud is the service's configuration struct
