@@ -289,6 +289,11 @@ KT_CASE(restart_and_terminate_a_supervisors_child) {
   keel_sup_which_pid(sup, "w2", &w2);
   CHECK_EQ(w2, 0);
   CHECK(log_has("\"action\":\"terminate_child\""));
+  /* a stopped child starts again with restart */
+  snprintf(path, sizeof path, "/admin/supervisors/%s/children/w2/restart", pid);
+  CHECK_EQ(status_of(s, "POST", path, TOKEN), 200);
+  keel_sup_which_pid(sup, "w2", &w2);
+  CHECK(w2 != 0);
   keel_ref_t sref;
   CHECK_OK(keel_monitor(sup, &sref));
   keel_exit_signal(sup, KEEL_REASON_KILL, NULL); /* its linked workers go with it */

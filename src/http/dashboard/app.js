@@ -169,7 +169,11 @@ function childRow(sup, c) {
     kids.push(el("button", {class: "small danger action", type: "button", "data-kill": c.pid, text: "kill",
       onclick: () => killPid(c.pid, "killed from the dashboard")}));
   }
-  kids.push(el("button", {class: "small action", type: "button", text: "restart",
+  if (c.pid) {
+    kids.push(el("button", {class: "small action", type: "button", text: "stop",
+      onclick: () => action("/admin/supervisors/" + encodeURIComponent(sup.pid) + "/children/" + encodeURIComponent(c.id) + "/terminate", null, "stop " + c.id).then(loadTree)}));
+  }
+  kids.push(el("button", {class: "small action", type: "button", text: c.pid ? "restart" : "start",
     onclick: () => action("/admin/supervisors/" + encodeURIComponent(sup.pid) + "/children/" + encodeURIComponent(c.id) + "/restart", null, "restart " + c.id).then(loadTree)}));
   const li = el("li", {"data-sup": sup.pid, "data-child": c.id}, el("span", {class: "child"}, ...kids));
   if (flashes.has(key)) {
