@@ -2,7 +2,7 @@
 // driven by playwright-core over the DevTools protocol. Run by
 // tests/http/test_dashboard.sh against a running microservice:
 //   node dashboard.mjs ADMIN_URL TOKEN SHOTS_DIR
-// Checks: the page loads with no console error; the tree shows the router
+// Checks: the page loads (with a token kept from before) with no console error; the tree shows the router
 // and the workers; killing a worker from the page makes its restart appear
 // (the spec's figure is 2 s, a UI deadline; asserted generously at 5 s on a
 // shared 2-core machine: timing is not what this test is about); the log
@@ -35,20 +35,10 @@ try {
   page.on("console", (m) => { if (m.type() === "error") consoleErrors.push(m.text()); });
   page.on("pageerror", (e) => consoleErrors.push(String(e)));
 
-  // 1. a wrong token is refused, visibly
+  // 1. the page loads with the token an operator gave before (kept in
+  // sessionStorage for the tab) and the tree shows the router and workers
+  await page.addInitScript((t) => sessionStorage.setItem("keelToken", t), token);
   await page.goto(url + "/dashboard");
-  await page.fill("#token", "not-the-token");
-  await page.click("#tokenform button[type=submit]");
-  await page.waitForSelector("#auth:not([hidden])", { timeout: 5000 });
-  const authText = await page.textContent("#auth");
-  check(/refused/.test(authText), "a wrong token shows a visible message: " + authText.trim());
-  await page.screenshot({ path: join(shots, "1-wrong-token.png") });
-
-  // 2. the right token: the tree shows the router and the workers
-  consoleErrors.length = 0; // the 401s of the wrong token are expected in the console
-  await page.fill("#token", token);
-  await page.click("#tokenform button[type=submit]");
-  await page.waitForSelector("#auth", { state: "hidden", timeout: 5000 });
   await page.waitForSelector('#treeview li[data-child="router"]', { timeout: 5000 });
   const children = await page.$$eval("#treeview li[data-child]", (v) => v.map((li) => li.dataset.child));
   check(children.includes("router"), "the tree shows the router");
@@ -56,9 +46,9 @@ try {
   check(workers.length >= 2, "the tree shows the workers: " + workers.join(","));
   await page.waitForSelector("#live.on", { timeout: 5000 });
   check(true, "the event stream is live");
-  await page.screenshot({ path: join(shots, "2-loaded.png"), fullPage: true });
+  await page.screenshot({ path: join(shots, "1-loaded.png"), fullPage: true });
 
-  // 3. kill a worker from the page: its restart appears, flashed with the reason
+  // 2. kill a worker from the page: its restart appears, flashed with the reason
   const victim = workers[0];
   const sel = `#treeview li[data-child="${victim}"]`;
   const before = await page.$eval(sel + " button[data-kill]", (b) => b.dataset.kill);
@@ -72,23 +62,31 @@ try {
   const took = Date.now() - t0;
   const reason = await page.textContent(sel + " .reason");
   check(/killed from the dashboard/.test(reason), `the restart shows with its reason in ${took} ms: ${reason.trim()}`);
-  await page.screenshot({ path: join(shots, "3-restart.png"), fullPage: true });
+  await page.screenshot({ path: join(shots, "2-restart.png"), fullPage: true });
 
-  // 4. the log tail shows the kill (the admin action line and the restart)
+  // 3. the log tail shows the kill (the admin action line and the restart)
   await page.waitForFunction(() => [...document.querySelectorAll("#logtail li")]
     .some((li) => li.textContent.includes('"action":"kill"')), null, { timeout: 5000 });
   check(true, "the log tail shows the admin action");
 
-  // 5. a process's page, from the processes table
+  // 4. a process's page, from the processes table
   await page.fill("#pfilter", "router");
   await page.waitForSelector("#ptable tbody tr", { timeout: 5000 });
   await page.click("#ptable tbody tr");
   await page.waitForSelector("#pdetail:not([hidden]) dl", { timeout: 5000 });
   const detail = await page.textContent("#pdetail");
   check(/supervisor/.test(detail) && /mailbox/.test(detail), "a process's page shows its supervisor and mailbox");
-  await page.screenshot({ path: join(shots, "4-process.png"), fullPage: true });
+  await page.screenshot({ path: join(shots, "3-process.png"), fullPage: true });
 
   check(consoleErrors.length === 0, "no console error" + (consoleErrors.length ? ": " + consoleErrors.join(" | ") : ""));
+
+  // 5. a wrong token is refused, visibly (its 401s are expected in the console from here on)
+  await page.fill("#token", "not-the-token");
+  await page.click("#tokenform button[type=submit]");
+  await page.waitForSelector("#auth:not([hidden])", { timeout: 5000 });
+  const authText = await page.textContent("#auth");
+  check(/refused/.test(authText), "a wrong token shows a visible message: " + authText.trim());
+  await page.screenshot({ path: join(shots, "5-wrong-token.png") });
 } catch (e) {
   failed++;
   console.log("not ok - " + (e && e.message ? e.message.split("\n")[0] : e));
