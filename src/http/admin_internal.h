@@ -55,7 +55,6 @@ typedef struct keel__admin {
   pthread_mutex_t mu;
   uint64_t last_ns, last_msgs;
   uint64_t last_idle[64];
-  double last_rate;
   /* the recorder (admin_recorder.c), rings under mu */
   keel_pid_t recorder;
   keel__admin_restart restarts[KEEL__ADMIN_RECENT];
