@@ -313,7 +313,7 @@ typedef struct keel_admin_opts {
   const char *token;     /* ADMIN_TOKEN (copied); NULL or "": actions off */
   bool read_open;        /* ADMIN_READ_OPEN: reads need no token even when one is set */
   int max_streams;       /* ADMIN_MAX_STREAMS: event streams open at once; 0: 8 */
-  size_t stream_max_queued; /* unread bytes kept per stream before it is dropped; 0: 256 KiB */
+  size_t stream_max_queued;  /* unread bytes kept per stream before it is dropped; 0: 256 KiB */
   int64_t stats_interval_ms; /* the event stream's stats period; 0: 1000 */
   int action_rate_limit;     /* actions per client address per minute; 0: 30; < 0: none */
   const char *service_name;  /* shown by the overview; NULL: "keel" */

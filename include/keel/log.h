@@ -195,11 +195,11 @@ int keel_log_level_parse(const char *text, keel_log_level *out);
 #define KEEL_LOG_RECENT_LINE_MAX 8192
 
 typedef struct keel_log_recent_line {
-  uint64_t seq;          /* its number in the node's order (strictly increasing) */
-  keel_log_level level;  /* the level it was logged at */
-  bool truncated;        /* cut at KEEL_LOG_RECENT_LINE_MAX */
+  uint64_t seq;         /* its number in the node's order (strictly increasing) */
+  keel_log_level level; /* the level it was logged at */
+  bool truncated;       /* cut at KEEL_LOG_RECENT_LINE_MAX */
   size_t len;
-  char *text;            /* the line as written, without its newline (NUL-terminated) */
+  char *text; /* the line as written, without its newline (NUL-terminated) */
 } keel_log_recent_line;
 
 /* Copies the kept lines numbered `since` or later at min_level or above, the

@@ -88,8 +88,7 @@ static const keel_config_field builtin[] = {
     /* the admin API and dashboard (docs/dashboard.md) */
     {F("ADMIN_TOKEN", KEEL_CONFIG_STRING, admin_token), .flags = KEEL_CONFIG_SECRET, .max = 256},
     {F("ADMIN_READ_OPEN", KEEL_CONFIG_BOOL, admin_read_open), .def = "false"},
-    {F("ADMIN_MAX_STREAMS", KEEL_CONFIG_INT, admin_max_streams), .def = "8", .min = 1,
-     .max = 1000},
+    {F("ADMIN_MAX_STREAMS", KEEL_CONFIG_INT, admin_max_streams), .def = "8", .min = 1, .max = 1000},
 };
 #undef F
 #define NBUILTIN (sizeof builtin / sizeof *builtin)
