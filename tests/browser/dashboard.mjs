@@ -6,7 +6,8 @@
 // and the workers; killing a worker from the page makes its restart appear
 // (the spec's figure is 2 s, a UI deadline; asserted generously at 5 s on a
 // shared 2-core machine: timing is not what this test is about); the log
-// tail shows the kill; a wrong token is refused with a visible message.
+// tail shows the kill; the HTTP panel shows the API's routes; a process's
+// page opens; a wrong token is refused with a visible message.
 // Screenshots go to SHOTS_DIR.
 import { chromium } from "playwright-core";
 import { mkdirSync, mkdtempSync, rmSync } from "node:fs";
@@ -46,6 +47,11 @@ try {
   check(workers.length >= 2, "the tree shows the workers: " + workers.join(","));
   await page.waitForSelector("#live.on", { timeout: 5000 });
   check(true, "the event stream is live");
+  // the HTTP panel, from the metrics registry (the script sent 5 API requests)
+  await page.waitForFunction(() => [...document.querySelectorAll("#htable tbody tr")]
+    .some((tr) => tr.textContent.includes("POST /api/process")), null, { timeout: 8000 });
+  const row = await page.$$eval("#htable tbody tr", (v) => v.map((tr) => tr.textContent).find((t) => t.includes("/api/process")));
+  check(/200:5/.test(row), "the HTTP panel shows the route and its status mix: " + row);
   await page.screenshot({ path: join(shots, "1-loaded.png"), fullPage: true });
 
   // 2. kill a worker from the page: its restart appears, flashed with the reason

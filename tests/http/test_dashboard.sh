@@ -26,4 +26,8 @@ mkdir -p "$tmp/ms"
 pid=$!
 . "$src/http/ms_lib.sh"
 wait_startup "$hport" ms || { echo "microservice did not start" >&2; exit 1; }
+# some API traffic for the HTTP panel
+for _ in 1 2 3 4 5; do
+  curl -s -o /dev/null -X POST -H 'Content-Type: application/json' -d '{"n":1}' "http://127.0.0.1:$port/api/process"
+done
 cd "$src/browser" && node dashboard.mjs "http://127.0.0.1:$hport" dash-t0ken "$shots"
