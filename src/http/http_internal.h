@@ -100,6 +100,7 @@ struct keel_http_req {
   keel_http_req *lprev, *lnext; /* in its listener's list of requests being handled */
   keel__listener *l;
   bool responded, timed_out, keepalive, crashed;
+  size_t stream_max; /* a streamed answer (stream.c): unread bytes allowed; 0: not streaming */
   int http_minor;
 };
 

@@ -36,12 +36,6 @@
 #define STREAM_QUEUE_DEFAULT (256 * 1024)
 #define STREAM_QUEUE_MIN     4096
 
-/* A streamed request's bound lives in its response (no other use for len
- * once the answer is streamed). */
-static size_t stream_bound(const keel_http_req *rq) {
-  return rq->res.len;
-}
-
 /* The connection of a streaming request if the client can still be written
  * to, else NULL with *rc set. */
 static keel__conn *stream_conn(keel_http_req *rq, int *rc) {
@@ -62,7 +56,7 @@ int keel_http_stream_begin(keel_http_req *req, int status, const char *content_t
   if (!req || status < 200 || status > 599 || !content_type || strpbrk(content_type, "\r\n"))
     return KEEL_EINVAL;
   if (!req->pid || keel_self() != req->pid) return KEEL_ENOTPROC;
-  if (req->responded) return KEEL_ESTATE;
+  if (req->responded || req->stream_max) return KEEL_ESTATE;
   int rc = 0;
   keel__conn *c = stream_conn(req, &rc);
   if (!c) return rc;
@@ -100,7 +94,7 @@ int keel_http_stream_begin(keel_http_req *req, int status, const char *content_t
   free(req->res.body);
   req->res.body = NULL;
   req->res.status = status;
-  req->res.len = max_queued;
+  req->stream_max = max_queued;
   int sndbuf = (int)(max_queued > (1 << 20) ? (1 << 20) : max_queued);
   uv_send_buffer_size((uv_handle_t *)&c->tcp, &sndbuf); /* best effort */
   size_t head = b.len;
@@ -112,13 +106,13 @@ int keel_http_stream_begin(keel_http_req *req, int status, const char *content_t
 int keel_http_stream_write(keel_http_req *req, const void *data, size_t len) {
   if (!req || (!data && len)) return KEEL_EINVAL;
   if (!req->pid || keel_self() != req->pid) return KEEL_ENOTPROC;
-  if (!req->responded || !req->res.status) return KEEL_ESTATE;
+  if (!req->stream_max) return KEEL_ESTATE;
   int rc = 0;
   keel__conn *c = stream_conn(req, &rc);
   if (!c) return rc;
   if (!len) return 0;
   size_t queued = uv_stream_get_write_queue_size((uv_stream_t *)&c->tcp);
-  if (queued + len > stream_bound(req)) { /* a client that does not keep up is dropped */
+  if (queued + len > req->stream_max) { /* a client that does not keep up is dropped */
     keel__conn_close(c);
     return KEEL_EBUSY;
   }
@@ -130,5 +124,5 @@ int keel_http_stream_write(keel_http_req *req, const void *data, size_t len) {
 
 bool keel_http_stream_open(keel_http_req *req) {
   int rc;
-  return req && req->responded && stream_conn(req, &rc) != NULL;
+  return req && req->stream_max && stream_conn(req, &rc) != NULL;
 }
