@@ -8,7 +8,8 @@
  *          caller directly: {"processed":true,"workerId":"worker-2","requestId":"..."}
  *   GET  /api/stats    -> the router's totals
  *   admin port (HEALTH_PORT): /health/live, /health/ready, /health/startup,
- *       /health, /metrics, /admin/observer
+ *       /health, /metrics, /admin/observer, the admin API under /admin/ and
+ *       the dashboard at /dashboard (actions need ADMIN_TOKEN, docs/dashboard.md)
  *
  * The start and stop are keel_service_main's (keel/service.h): configuration,
  * logs, metrics, health, observer, alerts, both ports. Shutdown (SIGTERM or

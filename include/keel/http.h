@@ -139,6 +139,38 @@ int keel_http_fail(keel_http_res *res, keel_http_error_kind kind, const char *me
 int keel_http_fail_status(keel_http_res *res, int status, const char *code, const char *message,
                           json_t *details);
 
+/* ---- streamed answers (Server-Sent Events) --------------------------------- */
+
+/* Starts a streamed answer from inside the handler: writes the status line
+ * and headers now (content_type, Cache-Control: no-store, Connection: close,
+ * the request id, the security and middleware headers and those set with
+ * keel_http_set_header so far; no Content-Length: the body ends when the
+ * connection closes), and lifts the request timeout. The handler then
+ * writes with keel_http_stream_write for as long as it likes; when it
+ * returns, the connection is closed once the bytes are out. Nothing the
+ * handler returns afterwards is sent. max_queued bounds what the server
+ * keeps for a client that does not read (bytes written and not yet taken
+ * by the kernel, whose send buffer for this connection is set to the same
+ * size): 0: 256 KiB; at least 4 KiB. Call only from the handler's own
+ * process. Errors: KEEL_EINVAL (status outside 200-599, bad content type),
+ * KEEL_ENOTPROC (not the handler's process), KEEL_ESTATE (already answered
+ * or streaming), KEEL_EIO (the client is gone), KEEL_ECANCELED (the server
+ * drains or stops), KEEL_ENOMEM. */
+int keel_http_stream_begin(keel_http_req *req, int status, const char *content_type,
+                           size_t max_queued);
+
+/* Writes len bytes of a streamed answer (copied). Never waits: a client
+ * that has more than max_queued bytes unread is cut off at once
+ * (KEEL_EBUSY: the connection is closed, stop writing). Errors: KEEL_EINVAL,
+ * KEEL_ENOTPROC, KEEL_ESTATE (not streaming), KEEL_EIO (the client closed or
+ * reset the connection), KEEL_ECANCELED (the server drains or stops: return
+ * from the handler), KEEL_EBUSY, KEEL_ENOMEM. */
+int keel_http_stream_write(keel_http_req *req, const void *data, size_t len);
+
+/* Whether a streamed answer can still be written (the client is there and
+ * the server is not draining). The handler's process only. */
+bool keel_http_stream_open(keel_http_req *req);
+
 /* Calls the gen_server registered as `server` with request (JSON, stolen;
  * NULL: an empty request) under tag, waiting up to timeout_ms (keel/runtime.h;
  * 0: KEEL_GS_DEFAULT_TIMEOUT). On 0, *reply is the reply (a new reference the
@@ -257,17 +289,37 @@ size_t keel_http_connections(const keel_http_server *s);
 
 /* ---- the admin port ------------------------------------------------------- */
 
-/* A second server for operators (see src/http/admin.c): GET /health/live,
- * /health/ready, /health/startup, /health (keel/health.h), /metrics (when
- * metrics is set; text or OpenMetrics by Accept) and /admin/observer (the
- * observer snapshot as JSON, unless no_observer). No rate limit, no CORS,
- * no access log unless asked. */
+/* A second server for operators (see src/http/admin.c, docs/dashboard.md):
+ * GET /health/live, /health/ready, /health/startup, /health (keel/health.h),
+ * /metrics (when metrics is set; text or OpenMetrics by Accept); unless
+ * no_observer: /admin/observer (the observer snapshot as JSON), the admin
+ * API under /admin/ (overview, processes, tree, alerts, logs, HTTP, panels,
+ * the event stream /admin/events, and the actions: kill a process, restart
+ * or terminate a supervisor's child, set the log level) and the dashboard
+ * (GET /dashboard). No rate limit (but on actions), no CORS, no access log
+ * unless asked.
+ *
+ * Auth: with token set, actions need "Authorization: Bearer <token>" (401
+ * without it), and so do the reads unless read_open; the probes and /metrics
+ * stay open. Without a token every action answers 403 ("actions are off")
+ * and the reads are open. The token is compared in constant time and never
+ * taken from a cookie or the URL. Routes added by the routes hook are
+ * guarded the same way (GET and HEAD as reads, other methods as actions). */
 typedef struct keel_admin_opts {
   const char *host;      /* NULL: "0.0.0.0" */
   int port;              /* 0: ephemeral (services use HEALTH_PORT, 9090) */
-  keel_metrics *metrics; /* served at /metrics; NULL: no /metrics */
-  bool no_observer;      /* do not serve /admin/observer */
+  keel_metrics *metrics; /* served at /metrics, and read by /admin/http; NULL: neither */
+  bool no_observer;      /* serve only the probes and /metrics: no /admin/, no dashboard */
+  bool no_dashboard;     /* serve the admin API but not the page */
   bool access_log;       /* log probes too (off: they would bury the API's lines) */
+  const char *token;     /* ADMIN_TOKEN (copied); NULL or "": actions off */
+  bool read_open;        /* ADMIN_READ_OPEN: reads need no token even when one is set */
+  int max_streams;       /* ADMIN_MAX_STREAMS: event streams open at once; 0: 8 */
+  size_t stream_max_queued;  /* unread bytes kept per stream before it is dropped; 0: 256 KiB */
+  int64_t stats_interval_ms; /* the event stream's stats period; 0: 1000 */
+  int action_rate_limit;     /* actions per client address per minute; 0: 30; < 0: none */
+  const char *service_name;  /* shown by the overview; NULL: "keel" */
+  const char *version;       /* likewise; NULL: "" */
   /* more routes on the admin port (e.g. keel_sub_admin_routes), added after
    * keel's; NULL: none. A negative return fails the start. */
   int (*routes)(keel_http_router *r, void *ud);
@@ -279,6 +331,27 @@ void keel_admin_opts_init(keel_admin_opts *o);
 /* Starts the admin server; stop it with keel_http_drain / keel_http_stop.
  * Call from a keel process. Errors as keel_http_start. */
 int keel_admin_start(const keel_admin_opts *o, keel_http_server **out);
+
+/* ---- dashboard panels ------------------------------------------------------ */
+
+/* A later module shows itself on the dashboard without editing the page: it
+ * registers a panel, a name and a title with a provider of JSON text, and
+ * the page renders it generically (an object as a table of its members, an
+ * array of objects as a table with a column per member; GET /admin/panels
+ * lists them, GET /admin/panels/:name calls the provider). The provider
+ * returns malloc'd JSON text (keel frees it; NULL or invalid JSON shows as
+ * null); it runs in the admin request's process and must not wait long.
+ * Registering a name again replaces the provider. Unregistering returns once
+ * no request is inside the old provider, so ud may be freed afterwards (not
+ * from inside the provider). name: 1-32 of [a-z0-9_-]; title: 1-64 bytes
+ * (copied). Errors: KEEL_EINVAL, KEEL_ENOENT (unregistering an unknown
+ * name), KEEL_ERANGE (KEEL_ADMIN_MAX_PANELS already), KEEL_ENOMEM. Any
+ * thread. */
+#define KEEL_ADMIN_MAX_PANELS 32
+typedef char *(*keel_admin_panel_fn)(void *ud);
+int keel_admin_panel_register(const char *name, const char *title, keel_admin_panel_fn fn,
+                              void *ud);
+int keel_admin_panel_unregister(const char *name);
 
 #ifdef __cplusplus
 }

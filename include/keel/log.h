@@ -185,6 +185,37 @@ const char *keel_log_level_name(keel_log_level level);
 /* Parses "trace".."fatal", "off" (case-insensitive) into *out. KEEL_EINVAL. */
 int keel_log_level_parse(const char *text, keel_log_level *out);
 
+/* ---- the recent lines (what the admin port's log tail shows) ------------- */
+
+/* The logger keeps the last KEEL_LOG_RECENT_MAX lines it wrote (each cut at
+ * KEEL_LOG_RECENT_LINE_MAX bytes), copied by its writer thread, so logging
+ * pays nothing for it. A line is there once the writer took it (within
+ * flush_ms, or at keel_log_flush). */
+#define KEEL_LOG_RECENT_MAX      1000
+#define KEEL_LOG_RECENT_LINE_MAX 8192
+
+typedef struct keel_log_recent_line {
+  uint64_t seq;         /* its number in the node's order (strictly increasing) */
+  keel_log_level level; /* the level it was logged at */
+  bool truncated;       /* cut at KEEL_LOG_RECENT_LINE_MAX */
+  size_t len;
+  char *text; /* the line as written, without its newline (NUL-terminated) */
+} keel_log_recent_line;
+
+/* Copies the kept lines numbered `since` or later at min_level or above, the
+ * newest max of them (0 or more than KEEL_LOG_RECENT_MAX: all), oldest
+ * first, into a malloc'd array *out of *n lines; free it with
+ * keel_log_recent_free. To follow the log, pass the last line's seq + 1 as
+ * the next since (lines that scrolled out of the ring in between are
+ * missed: compare seq). Errors: KEEL_EINVAL (NULL out or n, bad level),
+ * KEEL_ENOMEM. Any thread. */
+int keel_log_recent(uint64_t since, keel_log_level min_level, size_t max,
+                    keel_log_recent_line **out, size_t *n);
+void keel_log_recent_free(keel_log_recent_line *v, size_t n);
+/* The number the next kept line will have at least (the newest kept + 1; 0
+ * when none): a since that skips what is there now. Any thread. */
+uint64_t keel_log_recent_last(void);
+
 typedef struct keel_log_stats {
   uint64_t lines[KEEL_LOG_FATAL + 1]; /* lines accepted into a buffer, by level
                                          (lines[KEEL_LOG_INFO]; lines[0] is 0) */

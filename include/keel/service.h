@@ -76,6 +76,12 @@ typedef struct keel_service_config {
    * how often health status changes are looked for (keel/alerts.h) */
   int alert_webhook_min_severity, alertmanager_min_severity;
   int64_t alertmanager_resend_ms, alert_health_interval;
+  /* the admin API and dashboard (docs/dashboard.md): ADMIN_TOKEN (secret;
+   * unset: actions off), ADMIN_READ_OPEN (reads need no token even when one
+   * is set), ADMIN_MAX_STREAMS (event streams at once) */
+  char *admin_token;
+  bool admin_read_open;
+  int64_t admin_max_streams;
 } keel_service_config;
 
 /* One API route; its handler's ud is the service's configuration struct

@@ -32,7 +32,7 @@
 
 /* ---- small helpers ------------------------------------------------------------- */
 
-static const char *date_header(keel__listener *l) {
+const char *keel__http_date(keel__listener *l) {
   time_t t = time(NULL);
   if ((uint64_t)t != l->date_s) {
     struct tm tm;
@@ -94,7 +94,7 @@ static void send_response(keel_http_req *rq) {
     snprintf(line, sizeof line, "HTTP/1.1 %d %s\r\n", res->status,
              keel__status_reason(res->status));
     keel__jw_put(&b, line, strlen(line));
-    const char *date = date_header(c->l);
+    const char *date = keel__http_date(c->l);
     keel__jw_put(&b, date, strlen(date));
     if (res->len || res->content_type)
       keel__http_header_line(&b, "Content-Type",

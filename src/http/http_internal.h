@@ -103,6 +103,7 @@ struct keel_http_req {
   keel_http_req *lprev, *lnext; /* in its listener's list of requests being handled */
   keel__listener *l;
   bool responded, timed_out, keepalive, crashed;
+  size_t stream_max; /* a streamed answer (stream.c): unread bytes allowed; 0: not streaming */
   int http_minor;
 };
 
@@ -182,6 +183,8 @@ void keel__conn_fail(keel__conn *c, keel_http_req *rq, int status, const char *r
 /* Drops one reference to rq (the connection's or the handler's); the last
  * frees it. */
 void keel__req_release(keel_http_req *rq);
+/* "Date: ...\r\n" of the current second, cached per listener (its loop only). */
+const char *keel__http_date(keel__listener *l);
 /* Appends "name: value\r\n" (both already checked for CR/LF) to b. */
 void keel__http_header_line(struct keel__jw *b, const char *name, const char *value);
 

@@ -86,6 +86,7 @@ static int resolve_opts(keel_http_opts *o) {
 
 static void server_free(keel_http_server *s) {
   if (!s) return;
+  if (s->on_free) s->on_free(s->on_free_arg);
   keel_http_router_free(s->router);
   keel__ratelimit_free(s->rl);
   keel__cors_free(s->cors);

@@ -97,6 +97,9 @@ struct keel_http_server {
   keel_counter *paused_c;       /* accept pauses for want of descriptors */
   _Atomic int64_t pause_log_ms; /* when the last pause was logged */
   _Atomic uint64_t pause_quiet; /* pauses since then, not logged */
+  /* run when the server is freed (the admin port's state, admin.c) */
+  void (*on_free)(void *arg);
+  void *on_free_arg;
 };
 
 #endif

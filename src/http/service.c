@@ -105,6 +105,10 @@ static const keel_config_field builtin[] = {
     /* health status changes as alerts: the detailed probe this often; 0: never */
     {F("ALERT_HEALTH_INTERVAL", KEEL_CONFIG_DURATION, alert_health_interval), .def = "15s",
      .min = 0, .max = 3600000},
+    /* the admin API and dashboard (docs/dashboard.md) */
+    {F("ADMIN_TOKEN", KEEL_CONFIG_STRING, admin_token), .flags = KEEL_CONFIG_SECRET, .max = 256},
+    {F("ADMIN_READ_OPEN", KEEL_CONFIG_BOOL, admin_read_open), .def = "false"},
+    {F("ADMIN_MAX_STREAMS", KEEL_CONFIG_INT, admin_max_streams), .def = "8", .min = 1, .max = 1000},
 };
 #undef F
 #define NBUILTIN (sizeof builtin / sizeof *builtin)
@@ -188,18 +192,13 @@ static int start_api(svc *s) {
 }
 
 /* POST /admin/alerts/test: one test alert through every configured sink,
- * for the deployment checklist. Needs ADMIN_TOKEN as a bearer token; without
- * ADMIN_TOKEN set it is refused (it posts to the outside world). */
+ * for the deployment checklist. The admin port guards it as an action
+ * (admin.c): it needs ADMIN_TOKEN as a bearer token, and without ADMIN_TOKEN
+ * set it is refused (it posts to the outside world). */
 static int h_alert_test(keel_http_req *req, keel_http_res *res, void *ud) {
   svc *s = ud;
-  const char *tok = getenv("ADMIN_TOKEN"), *auth = keel_http_header(req, "authorization");
-  size_t tl = tok ? strlen(tok) : 0;
-  bool ok = tl > 0 && auth && strncmp(auth, "Bearer ", 7) == 0 && strlen(auth + 7) == tl;
-  unsigned char diff = 0; /* constant time over the token's length */
-  for (size_t i = 0; ok && i < tl; i++)
-    diff |= (unsigned char)(auth[7 + i] ^ tok[i]);
-  if (!ok || diff)
-    return keel_http_fail(res, KEEL_HTTP_UNAUTHORIZED, "a valid ADMIN_TOKEN is required", NULL);
+  keel_log_warn(NULL, "admin action", KEEL_STR("action", "alert_test"),
+                KEEL_STR("client", keel_http_client_ip(req)), KEEL_INT("sinks", s->nsinks));
   json_t *sent = json_array();
   for (int i = 0; i < s->nsinks; i++)
     json_array_append_new(sent, json_integer(keel_alert_sink_test(s->sinks[i])));
@@ -325,6 +324,11 @@ static int app_start(keel_app_t *app, void *arg, keel_pid_t *root, void **state)
     keel_admin_opts ad = {.host = s->kc.host,
                           .port = (int)s->kc.health_port,
                           .metrics = s->metrics,
+                          .token = s->kc.admin_token,
+                          .read_open = s->kc.admin_read_open,
+                          .max_streams = (int)s->kc.admin_max_streams,
+                          .service_name = s->kc.service_name,
+                          .version = d->version ? d->version : "0.0.0",
                           .routes = admin_routes,
                           .routes_ud = s};
     keel_http_server *admin = NULL;

@@ -57,6 +57,7 @@
 
 #include "keel/log.h"
 #include "ops/json_write.h"
+#include "ops/ops_internal.h"
 #include "keel/process.h"
 #include "ops/trace_internal.h"
 
@@ -171,6 +172,7 @@ static void put_value(keel__jw *b, const keel_log_field *f, const redact_set *r,
 typedef struct line_mark {
   uint64_t seq;
   size_t end;
+  int level; /* for the recent-lines ring (log_recent.c) */
 } line_mark;
 
 enum { MARKS_MIN = 256, IOV_BATCH = 1024 /* Linux's IOV_MAX */ };
@@ -529,6 +531,10 @@ static void drain(log_state *st) {
   }
   for (tbuf *tb = st->list; tb; tb = tb->next)
     pthread_mutex_unlock(&tb->mu);
+  for (tbuf *tb = active; tb; tb = tb->out_next) /* the admin port's recent lines */
+    for (size_t i = 0, start = 0; i < tb->out_n; start = tb->out_marks[i++].end)
+      keel__log_recent_add(tb->out_marks[i].seq, tb->out_marks[i].level, tb->out + start,
+                           tb->out_marks[i].end - start);
   if (nactive == 1)
     write_all(st, active->out, active->out_marks[active->out_n - 1].end);
   else if (nactive > 1)
@@ -624,7 +630,7 @@ static void append(log_state *st, tstate *t, const char *line, size_t n, int lev
       /* Under the mutex, with the append: a pass that holds this line holds
        * its number, and no line is numbered but not yet in a buffer. */
       uint64_t seq = atomic_fetch_add_explicit(&g_seq.next, 1, memory_order_relaxed);
-      tb->marks[tb->nmarks++] = (line_mark){seq, tb->len};
+      tb->marks[tb->nmarks++] = (line_mark){seq, tb->len, level};
       tb->lines[level]++;
       bool half = tb->len > st->cap / 2;
       pthread_mutex_unlock(&tb->mu);

@@ -223,12 +223,34 @@ static uint64_t idle_sum(int n) {
 
 /* Sends the stats that are due; returns the time to the next one (ms) or
  * KEEL_INFINITY. */
+/* Messages to subscribers, sent once obs.lock is released: keel_send may
+ * yield (the sender's fairness budget), and a process that yields holding a
+ * pthread mutex deadlocks its scheduler's next taker of it (found with 100
+ * event streams subscribed, test_admin). */
+typedef struct outbox {
+  size_t n;
+  keel_pid_t to[KEEL_OBSERVER_MAX_SUBSCRIBERS];
+  keel_msg_t *m[KEEL_OBSERVER_MAX_SUBSCRIBERS];
+} outbox;
+
+static void outbox_add(outbox *o, keel_pid_t to, keel_msg_t *m) {
+  o->to[o->n] = to;
+  o->m[o->n++] = m;
+}
+
+static void outbox_send(outbox *o) {
+  for (size_t i = 0; i < o->n; i++)
+    keel_send(o->to[i], o->m[i]);
+  o->n = 0;
+}
+
 static int64_t stats_tick(void) {
   uint64_t now = mono_ms();
   int64_t wait = KEEL_INFINITY;
   keel_observer_stats st;
   bool have = false;
   uint64_t idle = 0, now_ns = 0;
+  outbox out = {0};
   pthread_mutex_lock(&obs.lock);
   for (size_t i = 0; i < obs.nsubs; i++) {
     sub *s = &obs.subs[i];
@@ -257,7 +279,7 @@ static int64_t stats_tick(void) {
       s->last_ns = now_ns;
       s->last_idle_ns = idle;
       keel_msg_t *m = keel_msg_copy(KEEL_OBSERVER_TAG_STATS, &st, sizeof st);
-      if (m) keel_send(s->pid, m);
+      if (m) outbox_add(&out, s->pid, m);
       s->next_stats_ms = now + (uint64_t)s->interval_ms;
     }
     int64_t d = (int64_t)(s->next_stats_ms - now);
@@ -265,12 +287,14 @@ static int64_t stats_tick(void) {
     if (wait == KEEL_INFINITY || d < wait) wait = d;
   }
   pthread_mutex_unlock(&obs.lock);
+  outbox_send(&out);
   return wait;
 }
 
 static void fan_out(keel_observer_event *ev) {
   uint64_t now = mono_ms();
   ev->time_ms = keel__obs_wall_ms();
+  outbox out = {0};
   pthread_mutex_lock(&obs.lock);
   uint64_t lost[4];
   for (unsigned k = 0; k < 4; k++)
@@ -303,9 +327,10 @@ static void fan_out(keel_observer_event *ev) {
     }
     s->dropped = 0;
     s->win_count++;
-    keel_send(s->pid, m);
+    outbox_add(&out, s->pid, m);
   }
   pthread_mutex_unlock(&obs.lock);
+  outbox_send(&out);
 }
 
 static void monitor_sub(keel_pid_t pid) {

@@ -8,6 +8,9 @@
 #ifndef KEEL_OPS_INTERNAL_H
 #define KEEL_OPS_INTERNAL_H
 
+#include <stddef.h>
+#include <stdint.h>
+
 #include "keel/metrics.h"
 
 /* ---- built-in metrics (metrics_builtin.c <-> metrics.c) -------------------- */
@@ -20,5 +23,12 @@ int keel__metrics_set_builtin(keel_metrics *r, void *b);
 /* metrics_builtin.c: unsubscribes from supervisor events and frees state
  * attached with keel__metrics_set_builtin; called by keel_metrics_free. */
 void keel__metrics_builtin_free(void *b);
+
+/* ---- the recent log lines (log.c -> log_recent.c) ------------------------- */
+
+/* The log writer hands each line of a pass to the ring (its number in the
+ * node's order, its level, its text with or without the newline). Writer
+ * thread only. */
+void keel__log_recent_add(uint64_t seq, int level, const char *line, size_t len);
 
 #endif
