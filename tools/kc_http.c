@@ -17,7 +17,8 @@
 static int buf_add(kc_buf *b, const char *p, size_t n) {
   if (b->n + n + 1 > b->cap) {
     size_t cap = b->cap ? b->cap : 4096;
-    while (cap < b->n + n + 1) cap *= 2;
+    while (cap < b->n + n + 1)
+      cap *= 2;
     char *q = realloc(b->p, cap);
     if (!q) return -1;
     b->p = q;
@@ -196,8 +197,8 @@ int kc_get_json(kc *c, const char *method, const char *path, const char *body, j
 /* ---- Server-Sent Events ---- */
 
 typedef struct sse {
-  kc_buf line;  /* the line being read */
-  kc_buf data;  /* the event's data lines */
+  kc_buf line; /* the line being read */
+  kc_buf data; /* the event's data lines */
   char event[64];
   kc_event_fn fn;
   void *ud;

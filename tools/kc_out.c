@@ -7,7 +7,9 @@
 #include <stdlib.h>
 #include <string.h>
 
-const char *kc_c(const kc *c, const char *code) { return c->color ? code : ""; }
+const char *kc_c(const kc *c, const char *code) {
+  return c->color ? code : "";
+}
 
 const char *kc_status_color(const kc *c, const char *s) {
   if (!strcmp(s, "pass") || !strcmp(s, "ok") || !strcmp(s, "healthy") || !strcmp(s, "ready") ||
@@ -87,7 +89,8 @@ kc_table *kc_table_new(int ncol, const char *const *head, const bool *right) {
   if (!t) return NULL;
   t->ncol = ncol > KC_MAXCOL ? KC_MAXCOL : ncol;
   t->head = head;
-  for (int i = 0; right && i < t->ncol; i++) t->right[i] = right[i];
+  for (int i = 0; right && i < t->ncol; i++)
+    t->right[i] = right[i];
   return t;
 }
 
@@ -119,7 +122,8 @@ static void print_cell(const kc *c, const char *text, const char *color, int wid
 void kc_table_print(const kc *c, kc_table *t) {
   if (!t) return;
   int w[KC_MAXCOL] = {0};
-  for (int i = 0; i < t->ncol; i++) w[i] = (int)strlen(t->head[i]);
+  for (int i = 0; i < t->ncol; i++)
+    w[i] = (int)strlen(t->head[i]);
   for (int r = 0; r < t->n; r++)
     for (int i = 0; i < t->ncol; i++) {
       int n = (int)strlen(t->rows[r].cell[i]);
@@ -138,7 +142,8 @@ void kc_table_print(const kc *c, kc_table *t) {
 void kc_table_free(kc_table *t) {
   if (!t) return;
   for (int r = 0; r < t->n; r++)
-    for (int i = 0; i < t->ncol; i++) free(t->rows[r].cell[i]);
+    for (int i = 0; i < t->ncol; i++)
+      free(t->rows[r].cell[i]);
   free(t->rows);
   free(t);
 }

@@ -13,7 +13,7 @@
 #include <time.h>
 #include <curses.h>
 
-#define REFRESH_MS 1000
+#define REFRESH_MS  1000
 #define HEADER_ROWS 5 /* title, totals, schedulers, blank, column heads */
 
 enum { PAIR_TITLE = 1, PAIR_HEAD, PAIR_SORTED, PAIR_WARN, PAIR_BAD, PAIR_OK };
@@ -39,7 +39,9 @@ static json_t *fetch(top *t, const char *path) {
   json_t *o = NULL;
   if (kc_describe(t->c, path, &r, t->error, sizeof t->error) == KC_OK) {
     o = json_loads(r.body.p, 0, NULL);
-    if (!o) snprintf(t->error, sizeof t->error, "%.800s%.100s answered what is not JSON", t->c->url, path);
+    if (!o)
+      snprintf(t->error, sizeof t->error, "%.800s%.100s answered what is not JSON", t->c->url,
+               path);
   }
   kc_reply_free(&r);
   return o;
@@ -90,7 +92,7 @@ static void draw_header(top *t) {
            kc_jnum(o, "processes"), kc_jnum(o, "messages_per_sec"), kc_jnum(o, "restarts"),
            kc_jnum(o, "restarts_last_min"), kc_bytes(kc_jnum(mem, "rss_bytes"), rss, sizeof rss),
            kc_bytes(kc_jnum(mem, "effective_limit_bytes"), lim, sizeof lim));
-  int pair = !strcmp(health, "healthy") || !strcmp(health, "pass") ? PAIR_OK
+  int pair = !strcmp(health, "healthy") || !strcmp(health, "pass")    ? PAIR_OK
              : !strcmp(health, "degraded") || !strcmp(health, "warn") ? PAIR_WARN
                                                                       : PAIR_BAD;
   attr(t, pair, true);
@@ -105,7 +107,8 @@ static void draw_header(top *t) {
     printw("  [%.0f] ", kc_jnum(s, "id"));
     int bars = (int)(u * 10 + 0.5);
     attr(t, u > 0.8 ? PAIR_BAD : u > 0.5 ? PAIR_WARN : PAIR_OK, true);
-    for (int b = 0; b < 10; b++) addch(b < bars ? '|' : ' ');
+    for (int b = 0; b < 10; b++)
+      addch(b < bars ? '|' : ' ');
     attr(t, u > 0.8 ? PAIR_BAD : u > 0.5 ? PAIR_WARN : PAIR_OK, false);
     printw(" %3.0f%%", u * 100);
     if (json_is_true(json_object_get(s, "stuck"))) printw(" STUCK");
@@ -117,7 +120,7 @@ static void draw_heads(top *t) {
   static const struct {
     const char *title, *sort;
     int width;
-  } cols[] = {{"PID", NULL, -14}, {"NAME", NULL, -20}, {"STATUS", NULL, -9},
+  } cols[] = {{"PID", NULL, -14},        {"NAME", NULL, -24},          {"STATUS", NULL, -9},
               {"MAILBOX", "mailbox", 8}, {"MESSAGES", "messages", 10}, {"MEMORY", "memory", 11},
               {"AGE", "age", 9}};
   attr(t, PAIR_HEAD, true);
@@ -143,7 +146,7 @@ static void draw_rows(top *t) {
     const char *name = kc_jstr(p, "registered");
     if (!name[0]) name = kc_jstr(p, "name");
     double mb = kc_jnum(p, "mailbox_len");
-    mvprintw(y, 0, "%-14.14s %-20.20s %-9.9s ", kc_jstr(p, "pid"), name, kc_jstr(p, "status"));
+    mvprintw(y, 0, "%-14.14s %-24.24s %-9.9s ", kc_jstr(p, "pid"), name, kc_jstr(p, "status"));
     if (mb > 0) attr(t, mb >= 100 ? PAIR_BAD : PAIR_WARN, true);
     printw("%8.0f", mb);
     if (mb > 0) attr(t, mb >= 100 ? PAIR_BAD : PAIR_WARN, false);
@@ -196,7 +199,9 @@ int kc_top(kc *c, int argc, char **argv) {
          !strcmp(argv[i + 1], "messages") || !strcmp(argv[i + 1], "age"))) {
       t.sort = argv[++i];
     } else {
-      fprintf(stderr, "keelctl: unexpected argument '%s'\nusage: keelctl top [--sort mailbox|memory|messages|age]\n",
+      fprintf(stderr,
+              "keelctl: unexpected argument '%s'\nusage: keelctl top [--sort "
+              "mailbox|memory|messages|age]\n",
               argv[i]);
       return KC_USAGE;
     }
@@ -217,7 +222,8 @@ int kc_top(kc *c, int argc, char **argv) {
     return rc;
   }
   if (!initscr()) {
-    fprintf(stderr, "keelctl: top needs a terminal (TERM=%s)\n", getenv("TERM") ? getenv("TERM") : "");
+    fprintf(stderr, "keelctl: top needs a terminal (TERM=%s)\n",
+            getenv("TERM") ? getenv("TERM") : "");
     return KC_USAGE;
   }
   cbreak();
@@ -237,7 +243,8 @@ int kc_top(kc *c, int argc, char **argv) {
     if (ch == ERR) continue;
     const char *sort = NULL;
     switch (ch) {
-    case 'q': case 'Q': goto done;
+    case 'q':
+    case 'Q': goto done;
     case 'm': sort = "mailbox"; break;
     case 'e': sort = "memory"; break;
     case 's': sort = "messages"; break;

@@ -104,7 +104,8 @@ static int cmd_status(kc *c, int argc, char **argv) {
   printf("\n%ssupervisors%s %.0f\n", B, R, kc_jnum(o, "supervisors"));
   printf("%slog level%s   %s\n", B, R, kc_jstr(o, "log_level"));
   printf("%sactions%s     %s\n", B, R,
-         json_is_true(json_object_get(o, "actions")) ? "on" : "off (ADMIN_TOKEN not set on the node)");
+         json_is_true(json_object_get(o, "actions")) ? "on"
+                                                     : "off (ADMIN_TOKEN not set on the node)");
   printf("%sstreams%s     %.0f of %.0f\n", B, R, kc_jnum(o, "streams"), kc_jnum(o, "max_streams"));
   int fail = health_fails(health);
   json_decref(o);
@@ -142,8 +143,9 @@ static int cmd_health(kc *c, int argc, char **argv) {
       char dur[32];
       snprintf(dur, sizeof dur, "%.2fms", kc_jnum(ck, "duration_ms"));
       const char *cst = kc_jstr(ck, "status");
-      const char *cells[] = {name, cst, json_is_true(json_object_get(ck, "required")) ? "yes" : "no",
-                             dur, kc_jstr(ck, "message")};
+      const char *cells[] = {name, cst,
+                             json_is_true(json_object_get(ck, "required")) ? "yes" : "no", dur,
+                             kc_jstr(ck, "message")};
       const char *colors[] = {NULL, kc_status_color(c, cst), NULL, NULL, NULL};
       kc_table_add(t, cells, colors);
     }
@@ -165,8 +167,7 @@ static void print_child(kc *c, json_t *ch, const char *prefix, bool last) {
          kc_c(c, KC_RESET), kc_c(c, KC_DIM), pid[0] ? pid : "(not running)", kc_c(c, KC_RESET),
          kc_jstr(ch, "type"));
   double restarts = kc_jnum(ch, "restarts");
-  if (restarts > 0)
-    printf("  %srestarts %.0f%s", kc_c(c, KC_YELLOW), restarts, kc_c(c, KC_RESET));
+  if (restarts > 0) printf("  %srestarts %.0f%s", kc_c(c, KC_YELLOW), restarts, kc_c(c, KC_RESET));
   printf("\n");
   json_t *sub = json_object_get(ch, "supervisor");
   if (json_is_object(sub)) {
@@ -179,8 +180,8 @@ static void print_child(kc *c, json_t *ch, const char *prefix, bool last) {
 /* A supervisor's line then its children, indented under PREFIX. */
 static void print_sup(kc *c, json_t *sup, const char *prefix) {
   const char *status = kc_jstr(sup, "status");
-  printf("%s%s%s (%s", prefix, kc_c(c, KC_CYAN), kc_jstr(sup, "strategy")[0] ? kc_jstr(sup, "strategy") : "?",
-         kc_jstr(sup, "pid"));
+  printf("%s%s%s (%s", prefix, kc_c(c, KC_CYAN),
+         kc_jstr(sup, "strategy")[0] ? kc_jstr(sup, "strategy") : "?", kc_jstr(sup, "pid"));
   printf(")%s  intensity %.0f/%.0fms  restarts %.0f", kc_c(c, KC_RESET), kc_jnum(sup, "intensity"),
          kc_jnum(sup, "period_ms"), kc_jnum(sup, "restarts"));
   if (strcmp(status, "ok"))
@@ -189,6 +190,15 @@ static void print_sup(kc *c, json_t *sup, const char *prefix) {
   json_t *children = json_object_get(sup, "children"), *ch;
   size_t i, n = json_array_size(children);
   json_array_foreach(children, i, ch) print_child(c, ch, prefix, i + 1 == n);
+}
+
+/* A restart's reason: the exit's text when it has one, else its kind
+ * ("killed"), else the event's kind. */
+static const char *restart_reason(json_t *ev) {
+  const char *s = kc_jstr(ev, "reason_text");
+  if (!s[0]) s = kc_jstr(ev, "reason");
+  if (!s[0]) s = kc_jstr(ev, "kind");
+  return s;
 }
 
 static int cmd_tree(kc *c, int argc, char **argv) {
@@ -207,7 +217,8 @@ static int cmd_tree(kc *c, int argc, char **argv) {
     print_sup(c, root, "");
   }
   json_t *recent = json_object_get(o, "recent_restarts"), *ev;
-  if (json_array_size(recent)) printf("\n%srecent restarts%s (newest first)\n", kc_c(c, KC_BOLD), kc_c(c, KC_RESET));
+  if (json_array_size(recent))
+    printf("\n%srecent restarts%s (newest first)\n", kc_c(c, KC_BOLD), kc_c(c, KC_RESET));
   double now = kc_jnum(o, "time_ms");
   json_array_foreach(recent, i, ev) {
     if (i == 10) break;
@@ -215,8 +226,8 @@ static int cmd_tree(kc *c, int argc, char **argv) {
     const char *sup = kc_jstr(ev, "sup_name");
     printf("  %s ago  %s under %s -> %s  %s%s%s\n",
            kc_duration(now - kc_jnum(ev, "time_ms"), ago, sizeof ago), kc_jstr(ev, "child_id"),
-           sup[0] ? sup : kc_jstr(ev, "supervisor"), kc_jstr(ev, "pid")[0] ? kc_jstr(ev, "pid") : "-",
-           kc_c(c, KC_YELLOW), kc_jstr(ev, "reason_text")[0] ? kc_jstr(ev, "reason_text") : kc_jstr(ev, "kind"),
+           sup[0] ? sup : kc_jstr(ev, "supervisor"),
+           kc_jstr(ev, "pid")[0] ? kc_jstr(ev, "pid") : "-", kc_c(c, KC_YELLOW), restart_reason(ev),
            kc_c(c, KC_RESET));
   }
   json_decref(o);
@@ -243,9 +254,11 @@ static int cmd_ps(kc *c, int argc, char **argv) {
   for (int i = 1; i < argc; i++) {
     if (!strcmp(argv[i], "--sort") && i + 1 < argc) {
       sort = argv[++i];
-      if (!valid_sort(sort)) return usage_error("ps", "unknown sort '%s' (mailbox, memory, messages, age)", sort);
+      if (!valid_sort(sort))
+        return usage_error("ps", "unknown sort '%s' (mailbox, memory, messages, age)", sort);
     } else if (!strcmp(argv[i], "--limit") && i + 1 < argc) {
-      if (!parse_limit(argv[++i], &limit)) return usage_error("ps", "bad limit '%s' (1-10000)", argv[i]);
+      if (!parse_limit(argv[++i], &limit))
+        return usage_error("ps", "bad limit '%s' (1-10000)", argv[i]);
     } else if (!strcmp(argv[i], "--name") && i + 1 < argc) {
       name = argv[++i];
     } else {
@@ -263,7 +276,8 @@ static int cmd_ps(kc *c, int argc, char **argv) {
     json_decref(o);
     return rc;
   }
-  static const char *head[] = {"PID", "NAME", "STATUS", "MAILBOX", "MESSAGES", "MEMORY", "AGE", "SUPERVISOR"};
+  static const char *head[] = {"PID",      "NAME",   "STATUS", "MAILBOX",
+                               "MESSAGES", "MEMORY", "AGE",    "SUPERVISOR"};
   static const bool right[] = {false, false, false, true, true, true, true, false};
   kc_table *t = kc_table_new(8, head, right);
   json_t *p;
@@ -275,20 +289,27 @@ static int cmd_ps(kc *c, int argc, char **argv) {
     snprintf(msgs, sizeof msgs, "%.0f", kc_jnum(p, "messages_handled"));
     kc_bytes(kc_jnum(p, "memory"), mem, sizeof mem);
     kc_duration(kc_jnum(p, "age_ms"), age, sizeof age);
-    snprintf(sup, sizeof sup, "%s%s%s", kc_jstr(p, "supervisor"), kc_jstr(p, "child_id")[0] ? " " : "",
-             kc_jstr(p, "child_id"));
+    snprintf(sup, sizeof sup, "%s%s%s", kc_jstr(p, "supervisor"),
+             kc_jstr(p, "child_id")[0] ? " " : "", kc_jstr(p, "child_id"));
     const char *status = kc_jstr(p, "status");
     const char *cells[] = {kc_jstr(p, "pid"), proc_name(p), status, mbox, msgs, mem, age, sup};
-    const char *colors[] = {NULL, json_is_true(json_object_get(p, "is_supervisor")) ? kc_c(c, KC_CYAN) : NULL,
+    const char *colors[] = {NULL,
+                            json_is_true(json_object_get(p, "is_supervisor")) ? kc_c(c, KC_CYAN)
+                                                                              : NULL,
                             !strcmp(status, "running") ? kc_c(c, KC_GREEN) : NULL,
-                            mb >= 100 ? kc_c(c, KC_RED) : mb > 0 ? kc_c(c, KC_YELLOW) : NULL,
-                            NULL, NULL, NULL, kc_c(c, KC_DIM)};
+                            mb >= 100 ? kc_c(c, KC_RED)
+                            : mb > 0  ? kc_c(c, KC_YELLOW)
+                                      : NULL,
+                            NULL,
+                            NULL,
+                            NULL,
+                            kc_c(c, KC_DIM)};
     kc_table_add(t, cells, colors);
   }
   kc_table_print(c, t);
   kc_table_free(t);
-  printf("%s%.0f of %.0f processes matched, sorted by %s%s\n", kc_c(c, KC_DIM), kc_jnum(o, "matched"),
-         kc_jnum(o, "total"), kc_jstr(o, "sort"), kc_c(c, KC_RESET));
+  printf("%s%.0f of %.0f processes matched, sorted by %s%s\n", kc_c(c, KC_DIM),
+         kc_jnum(o, "matched"), kc_jnum(o, "total"), kc_jstr(o, "sort"), kc_c(c, KC_RESET));
   json_decref(o);
   return KC_OK;
 }
@@ -298,8 +319,9 @@ static void kv_line(kc *c, const char *key, const char *value) {
 }
 
 static int cmd_proc(kc *c, int argc, char **argv) {
-  if (argc != 2) return usage_error("proc", argc < 2 ? "a PID is needed%s" : "unexpected argument '%s'",
-                                    argc < 2 ? "" : argv[2]);
+  if (argc != 2)
+    return usage_error("proc", argc < 2 ? "a PID is needed%s" : "unexpected argument '%s'",
+                       argc < 2 ? "" : argv[2]);
   char *e = kc_escape(c, argv[1]);
   char path[512];
   snprintf(path, sizeof path, "/admin/processes/%s", e ? e : "");
@@ -335,7 +357,8 @@ static int cmd_proc(kc *c, int argc, char **argv) {
     json_array_foreach(json_object_get(p, "children"), i, ch) {
       char line[256];
       snprintf(line, sizeof line, "%s %s restarts %.0f", kc_jstr(ch, "id"),
-               kc_jstr(ch, "pid")[0] ? kc_jstr(ch, "pid") : "(not running)", kc_jnum(ch, "restarts"));
+               kc_jstr(ch, "pid")[0] ? kc_jstr(ch, "pid") : "(not running)",
+               kc_jnum(ch, "restarts"));
       kv_line(c, i == 0 ? "children" : "", line);
     }
   }
@@ -346,8 +369,9 @@ static int cmd_proc(kc *c, int argc, char **argv) {
 /* ---- actions ---- */
 
 static int cmd_kill(kc *c, int argc, char **argv) {
-  if (argc < 2 || argc > 3) return usage_error("kill", argc < 2 ? "a PID is needed%s" : "unexpected argument '%s'",
-                                               argc < 2 ? "" : argv[3]);
+  if (argc < 2 || argc > 3)
+    return usage_error("kill", argc < 2 ? "a PID is needed%s" : "unexpected argument '%s'",
+                       argc < 2 ? "" : argv[3]);
   char *e = kc_escape(c, argv[1]);
   char path[512];
   snprintf(path, sizeof path, "/admin/processes/%s/kill", e ? e : "");
@@ -384,10 +408,15 @@ static int child_action(kc *c, int argc, char **argv, const char *action) {
   return rc;
 }
 
-static int cmd_restart(kc *c, int argc, char **argv) { return child_action(c, argc, argv, "restart"); }
-static int cmd_terminate(kc *c, int argc, char **argv) { return child_action(c, argc, argv, "terminate"); }
+static int cmd_restart(kc *c, int argc, char **argv) {
+  return child_action(c, argc, argv, "restart");
+}
+static int cmd_terminate(kc *c, int argc, char **argv) {
+  return child_action(c, argc, argv, "terminate");
+}
 
-static const char *const levels[] = {"trace", "debug", "info", "warn", "error", "fatal", "off", NULL};
+static const char *const levels[] = {"trace", "debug", "info", "warn",
+                                     "error", "fatal", "off",  NULL};
 
 static bool valid_level(const char *s) {
   for (int i = 0; levels[i]; i++)
@@ -398,7 +427,8 @@ static bool valid_level(const char *s) {
 static int cmd_loglevel(kc *c, int argc, char **argv) {
   if (argc != 2) return usage_error("loglevel", "one LEVEL is needed%s", "");
   if (!valid_level(argv[1]))
-    return usage_error("loglevel", "unknown level '%s' (trace, debug, info, warn, error, fatal, off)", argv[1]);
+    return usage_error("loglevel",
+                       "unknown level '%s' (trace, debug, info, warn, error, fatal, off)", argv[1]);
   json_t *body = json_pack("{s:s}", "level", argv[1]);
   char *text = json_dumps(body, JSON_COMPACT);
   json_decref(body);
@@ -477,7 +507,8 @@ static int cmd_metrics(kc *c, int argc, char **argv) {
     return rc;
   }
   json_t *arr = c->json ? json_array() : NULL;
-  for (char *save, *line = strtok_r(r.body.p, "\n", &save); line; line = strtok_r(NULL, "\n", &save)) {
+  for (char *save, *line = strtok_r(r.body.p, "\n", &save); line;
+       line = strtok_r(NULL, "\n", &save)) {
     if (pattern && !strstr(line, pattern)) continue;
     if (arr) {
       if (line[0] != '#') json_array_append_new(arr, metric_json(line));
@@ -513,7 +544,8 @@ static int cmd_alerts(kc *c, int argc, char **argv) {
   printf("%salerts%s %s: %.0f active, %.0f fired, %.0f resolved, %.0f suppressed\n",
          kc_c(c, KC_BOLD), kc_c(c, KC_RESET),
          json_is_true(json_object_get(st, "running")) ? "running" : "not running",
-         kc_jnum(st, "active"), kc_jnum(st, "fired"), kc_jnum(st, "resolved"), kc_jnum(st, "suppressed"));
+         kc_jnum(st, "active"), kc_jnum(st, "fired"), kc_jnum(st, "resolved"),
+         kc_jnum(st, "suppressed"));
   static const char *head[] = {"ID", "TYPE", "NAME", "VALUE", "THRESHOLD", "MESSAGE"};
   static const bool right[] = {false, false, false, true, true, false};
   json_t *a;
@@ -526,7 +558,7 @@ static int cmd_alerts(kc *c, int argc, char **argv) {
       char v[32], th[32];
       snprintf(v, sizeof v, "%g", kc_jnum(a, "value"));
       snprintf(th, sizeof th, "%g", kc_jnum(a, "threshold"));
-      const char *cells[] = {kc_jstr(a, "id"), kc_jstr(a, "type"), kc_jstr(a, "name"), v, th,
+      const char *cells[] = {kc_jstr(a, "id"),     kc_jstr(a, "type"), kc_jstr(a, "name"), v, th,
                              kc_jstr(a, "message")};
       const char *colors[] = {NULL, kc_c(c, KC_YELLOW), NULL, NULL, NULL, NULL};
       kc_table_add(t, cells, colors);
@@ -544,8 +576,8 @@ static int cmd_alerts(kc *c, int argc, char **argv) {
       char v[32];
       snprintf(v, sizeof v, "%g", kc_jnum(a, "value"));
       const char *ev = kc_jstr(a, "event");
-      const char *cells[] = {ev, kc_jstr(a, "id"), kc_jstr(a, "type"), kc_jstr(a, "name"), v,
-                             kc_jstr(a, "message")};
+      const char *cells[] = {ev, kc_jstr(a, "id"),     kc_jstr(a, "type"), kc_jstr(a, "name"),
+                             v,  kc_jstr(a, "message")};
       const char *colors[] = {kc_status_color(c, ev), NULL, NULL, NULL, NULL, NULL};
       kc_table_add(t, cells, colors);
     }
@@ -631,35 +663,46 @@ static int cmd_logs(kc *c, int argc, char **argv) {
 
 /* ---- the command table, help, main ---- */
 
-static int cmd_top_entry(kc *c, int argc, char **argv) { return kc_top(c, argc, argv); }
+static int cmd_top_entry(kc *c, int argc, char **argv) {
+  return kc_top(c, argc, argv);
+}
 
 static const command commands[] = {
-    {"status", cmd_status, "", "The node at a glance: service, uptime, health, processes, messages/s,\n"
-                               "restarts, memory, schedulers, log level. Exit 1 when health is unhealthy."},
-    {"health", cmd_health, "", "The detailed health probe (/health): every check. Exit 1 unless it passes."},
-    {"tree", cmd_tree, "", "The supervision tree: supervisors, strategies, children, restarts, and the\n"
-                           "recent restarts with their reasons."},
+    {"status", cmd_status, "",
+     "The node at a glance: service, uptime, health, processes, messages/s,\n"
+     "restarts, memory, schedulers, log level. Exit 1 when health is unhealthy."},
+    {"health", cmd_health, "",
+     "The detailed health probe (/health): every check. Exit 1 unless it passes."},
+    {"tree", cmd_tree, "",
+     "The supervision tree: supervisors, strategies, children, restarts, and the\n"
+     "recent restarts with their reasons."},
     {"ps", cmd_ps, "[--sort mailbox|memory|messages|age] [--limit N] [--name S]",
      "The processes, sorted (descending; default mailbox), at most N (default 100),\n"
      "filtered by a substring of the name, registered name, child id or pid."},
-    {"proc", cmd_proc, "PID", "One process: status, what it waits for, mailbox, supervisor, children.\n"
-                              "PID: <0.4.1>, 0.4.1 or a registered name."},
+    {"proc", cmd_proc, "PID",
+     "One process: status, what it waits for, mailbox, supervisor, children.\n"
+     "PID: <0.4.1>, 0.4.1 or a registered name."},
     {"top", cmd_top_entry, "[--sort mailbox|memory|messages|age]",
      "Full screen, refreshed every second. Keys: m mailbox, e memory, s messages,\n"
      "a age (sort), r refresh now, q quit."},
     {"kill", cmd_kill, "PID [REASON]",
      "Kills a process. REASON: kill (default, untrappable), shutdown, or a text\n"
      "(the process exits with it as an error: its supervisor restarts it). Needs the token."},
-    {"restart", cmd_restart, "SUPERVISOR CHILD", "Restarts a supervisor's child (a fresh pid). Needs the token."},
-    {"terminate", cmd_terminate, "SUPERVISOR CHILD", "Terminates a supervisor's child. Needs the token."},
-    {"loglevel", cmd_loglevel, "LEVEL", "Sets the node's log level: trace, debug, info, warn, error, fatal, off.\n"
-                                        "Needs the token."},
-    {"metrics", cmd_metrics, "[PATTERN]", "The /metrics lines containing PATTERN (all without one)."},
+    {"restart", cmd_restart, "SUPERVISOR CHILD",
+     "Restarts a supervisor's child (a fresh pid). Needs the token."},
+    {"terminate", cmd_terminate, "SUPERVISOR CHILD",
+     "Terminates a supervisor's child. Needs the token."},
+    {"loglevel", cmd_loglevel, "LEVEL",
+     "Sets the node's log level: trace, debug, info, warn, error, fatal, off.\n"
+     "Needs the token."},
+    {"metrics", cmd_metrics, "[PATTERN]",
+     "The /metrics lines containing PATTERN (all without one)."},
     {"alerts", cmd_alerts, "", "Active and recent alerts, and the alert manager's counters."},
     {"logs", cmd_logs, "[-f] [--level L] [--limit N]",
      "The node's last log lines (at most N, default 200) at level L or above;\n"
      "-f keeps following the event stream (Ctrl-C stops)."},
-    {"alert-test", cmd_alert_test, "", "Fires a test alert through every configured alert path. Needs the token."},
+    {"alert-test", cmd_alert_test, "",
+     "Fires a test alert through every configured alert path. Needs the token."},
 };
 
 static const command *find_command(const char *name) {
@@ -737,7 +780,8 @@ int main(int argc, char **argv) {
   }
   if (wants_help(argc, argv)) return command_help(k->name);
   size_t n = strlen(c.url);
-  while (n > 0 && c.url[n - 1] == '/') c.url[--n] = '\0';
+  while (n > 0 && c.url[n - 1] == '/')
+    c.url[--n] = '\0';
   if (strncmp(c.url, "http://", 7) && strncmp(c.url, "https://", 8)) {
     fprintf(stderr, "keelctl: the URL must start with http:// or https:// (got %s)\n", c.url);
     return KC_USAGE;
