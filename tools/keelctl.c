@@ -446,14 +446,14 @@ static int cmd_alert_test(kc *c, int argc, char **argv) {
   json_t *o;
   int rc = kc_get_json(c, "POST", "/admin/alerts/test", NULL, &o);
   if (rc == KC_OK && !c->json) {
-    json_t *q = json_object_get(o, "queued");
-    printf("test alert sent to %.0f sink%s (queued: %s)\n", kc_jnum(o, "sinks"),
-           kc_jnum(o, "sinks") == 1 ? "" : "s", json_is_array(q) ? "" : "-");
-    if (json_is_array(q)) {
-      char *s = json_dumps(q, JSON_COMPACT);
-      printf("queued per sink: %s\n", s ? s : "");
-      free(s);
-    }
+    double sinks = kc_jnum(o, "sinks");
+    char *q = json_dumps(json_object_get(o, "queued"), JSON_COMPACT | JSON_ENCODE_ANY);
+    if (sinks == 0)
+      printf("test alert: no alert sink is configured on the node (docs/alerts.md)\n");
+    else
+      printf("test alert sent to %.0f sink%s (queued: %s)\n", sinks, sinks == 1 ? "" : "s",
+             q ? q : "-");
+    free(q);
   }
   json_decref(o);
   return rc;
