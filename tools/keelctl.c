@@ -532,6 +532,15 @@ static int cmd_metrics(kc *c, int argc, char **argv) {
 
 /* ---- alerts ---- */
 
+/* The process an alert is about: an active alert has it as
+ * "process":{"pid","name"}, a recent event as "name" (docs/dashboard.md). */
+static const char *alert_name(const json_t *a) {
+  const char *s = kc_jstr(a, "name");
+  if (!s[0]) s = kc_jstr(json_object_get(a, "process"), "name");
+  if (!s[0]) s = kc_jstr(json_object_get(a, "process"), "pid");
+  return s;
+}
+
 static int cmd_alerts(kc *c, int argc, char **argv) {
   if (argc > 1) return usage_error("alerts", "unexpected argument '%s'", argv[1]);
   json_t *o;
@@ -558,7 +567,7 @@ static int cmd_alerts(kc *c, int argc, char **argv) {
       char v[32], th[32];
       snprintf(v, sizeof v, "%g", kc_jnum(a, "value"));
       snprintf(th, sizeof th, "%g", kc_jnum(a, "threshold"));
-      const char *cells[] = {kc_jstr(a, "id"),     kc_jstr(a, "type"), kc_jstr(a, "name"), v, th,
+      const char *cells[] = {kc_jstr(a, "id"),     kc_jstr(a, "type"), alert_name(a), v, th,
                              kc_jstr(a, "message")};
       const char *colors[] = {NULL, kc_c(c, KC_YELLOW), NULL, NULL, NULL, NULL};
       kc_table_add(t, cells, colors);
@@ -576,7 +585,7 @@ static int cmd_alerts(kc *c, int argc, char **argv) {
       char v[32];
       snprintf(v, sizeof v, "%g", kc_jnum(a, "value"));
       const char *ev = kc_jstr(a, "event");
-      const char *cells[] = {ev, kc_jstr(a, "id"),     kc_jstr(a, "type"), kc_jstr(a, "name"),
+      const char *cells[] = {ev, kc_jstr(a, "id"),     kc_jstr(a, "type"), alert_name(a),
                              v,  kc_jstr(a, "message")};
       const char *colors[] = {kc_status_color(c, ev), NULL, NULL, NULL, NULL, NULL};
       kc_table_add(t, cells, colors);
