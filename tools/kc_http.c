@@ -148,7 +148,7 @@ static const char *status_code(long status) {
 int kc_describe(const kc *c, const char *path, const kc_reply *r, char *msg, size_t size) {
   msg[0] = '\0';
   if (r->status == 0) {
-    snprintf(msg, size, "cannot reach %s: %s", c->url, r->err);
+    snprintf(msg, size, "cannot reach %.900s: %.200s", c->url, r->err);
     return KC_UNREACHABLE;
   }
   if (r->status < 400) return KC_OK;
@@ -164,14 +164,14 @@ int kc_describe(const kc *c, const char *path, const kc_reply *r, char *msg, siz
              c->token && c->token[0] ? ": the one given was refused" : "");
   else
     snprintf(why, sizeof why, "%s", text[0] ? text : "refused");
-  snprintf(msg, size, "%ld %s from %s%s: %s", r->status, code, c->url, path, why);
+  snprintf(msg, size, "%ld %.40s from %.900s%.400s: %.500s", r->status, code, c->url, path, why);
   json_decref(root);
   return KC_REFUSED;
 }
 
 int kc_get_json(kc *c, const char *method, const char *path, const char *body, json_t **out) {
   kc_reply r;
-  char msg[1024];
+  char msg[2048];
   *out = NULL;
   kc_request(c, method, path, body, 15000, &r);
   int rc = kc_describe(c, path, &r, msg, sizeof msg);
@@ -271,7 +271,7 @@ int kc_stream(kc *c, const char *path, kc_event_fn on_event, void *ud, char *msg
     transport_error(c->curl, rc, errbuf, 0, r.err, sizeof r.err);
     out = kc_describe(c, path, &r, msg, size);
   } else {
-    snprintf(msg, size, "the event stream from %s%s ended (the node stopped?)", c->url, path);
+    snprintf(msg, size, "the event stream from %.900s%.100s ended (the node stopped?)", c->url, path);
     out = KC_UNREACHABLE;
   }
   free(s.line.p);

@@ -22,7 +22,7 @@ typedef struct top {
   kc *c;
   const char *sort;
   json_t *overview, *procs;
-  char error[1024];
+  char error[2048];
   bool color;
 } top;
 
@@ -213,7 +213,7 @@ int kc_top(kc *c, int argc, char **argv) {
   /* a first read before the screen is taken: an unreachable node or a wrong
    * token is said on stderr with its exit code, as the other commands do */
   kc_reply r;
-  char msg[1024];
+  char msg[2048];
   kc_request(c, "GET", "/admin/overview", NULL, 3000, &r);
   int rc = kc_describe(c, "/admin/overview", &r, msg, sizeof msg);
   kc_reply_free(&r);

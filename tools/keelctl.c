@@ -117,7 +117,7 @@ static int cmd_status(kc *c, int argc, char **argv) {
 static int cmd_health(kc *c, int argc, char **argv) {
   if (argc > 1) return usage_error("health", "unexpected argument '%s'", argv[1]);
   kc_reply r;
-  char msg[1024];
+  char msg[2048];
   kc_request(c, "GET", "/health", NULL, 15000, &r);
   int rc = kc_describe(c, "/health", &r, msg, sizeof msg);
   /* 503 is the probe's answer "not passing", with its body, not a refusal */
@@ -498,7 +498,7 @@ static int cmd_metrics(kc *c, int argc, char **argv) {
   if (argc > 2) return usage_error("metrics", "unexpected argument '%s'", argv[2]);
   const char *pattern = argc == 2 ? argv[1] : NULL;
   kc_reply r;
-  char msg[1024];
+  char msg[2048];
   kc_request(c, "GET", "/metrics", NULL, 15000, &r);
   int rc = kc_describe(c, "/metrics", &r, msg, sizeof msg);
   if (rc != KC_OK) {
@@ -664,7 +664,7 @@ static int cmd_logs(kc *c, int argc, char **argv) {
   json_decref(o);
   if (!follow_on) return KC_OK;
   snprintf(path, sizeof path, "/admin/events%s%s", level ? "?level=" : "", level ? level : "");
-  char msg[1024];
+  char msg[2048];
   rc = kc_stream(c, path, on_log_event, &f, msg, sizeof msg);
   if (rc != KC_OK) fprintf(stderr, "keelctl: %s\n", msg);
   return rc;
