@@ -86,6 +86,7 @@ bench: build
 	./build/bench/bench_metrics
 	./build/bench/bench_log
 	./build/bench/bench_observer
+	./build/bench/bench_dashboard
 	./build/bench/bench_table
 	./build/bench/bench_http_parse
 	./build/bench/bench_es

@@ -24,6 +24,11 @@ set -euo pipefail
 # transaction mode (tests/es/pgbouncer.sh); nginx-light, the TLS server of the
 # HTTP client's tests (tests/http/test_client_tls.sh); prometheus-alertmanager,
 # the real Alertmanager alert delivery posts to (tests/http/test_alert_sink_am.sh);
+# chromium and nodejs, the dashboard's browser test (tests/http/test_dashboard.sh:
+# Debian's headless Chromium driven by playwright-core, which npm installs
+# below into tests/browser/node_modules from its package-lock.json; Debian's
+# nodejs has npm in a package of its own, installed below when npm is
+# missing; a nodejs that ships npm, as NodeSource's does, needs nothing more);
 # tmux, the terminal keelctl top runs in under test (tests/tools/test_keelctl.sh).
 # --build: only what building needs (the Docker image). --bench: also the
 # systems keel is compared with (Erlang/OTP, nginx) and wrk.
@@ -31,12 +36,28 @@ build_packages=(build-essential cmake pkg-config libuv1-dev libjansson-dev node-
   libsqlite3-dev libpq-dev libcurl4-openssl-dev libssl-dev libncurses-dev)
 test_packages=(postgresql-15 pgbouncer gcc-aarch64-linux-gnu libc6-dev-arm64-cross qemu-user prometheus jq curl
   clang libclang-rt-14-dev libhttp-parser-dev nginx-light
-  prometheus-alertmanager tmux)
+  prometheus-alertmanager chromium nodejs tmux)
 case "${1:-}" in
   --build) packages=("${build_packages[@]}") ;;
   --bench) packages=("${build_packages[@]}" "${test_packages[@]}" erlang-base wrk) ;;
   *) packages=("${build_packages[@]}" "${test_packages[@]}") ;;
 esac
+
+# The browser test's driver (playwright-core, no browser download: it drives
+# /usr/bin/chromium), from the committed lock file, when it is not there yet.
+npm_deps() {
+  [[ ${1:-} == --build ]] && return 0
+  local dir
+  dir="$(cd "$(dirname "$0")/.." && pwd)/tests/browser"
+  [[ -d $dir/node_modules/playwright-core ]] && return 0
+  if ! command -v npm >/dev/null; then
+    local sudo=()
+    [[ $(id -u) -ne 0 ]] && sudo=(sudo)
+    DEBIAN_FRONTEND=noninteractive "${sudo[@]}" apt-get install -y -qq --no-install-recommends npm
+  fi
+  echo "install-deps: npm ci in tests/browser" >&2
+  (cd "$dir" && npm ci --no-audit --no-fund --loglevel=error)
+}
 
 missing=()
 for p in "${packages[@]}"; do
@@ -44,7 +65,10 @@ for p in "${packages[@]}"; do
     missing+=("$p")
   fi
 done
-[[ ${#missing[@]} -eq 0 ]] && exit 0
+if [[ ${#missing[@]} -eq 0 ]]; then
+  npm_deps "${1:-}"
+  exit 0
+fi
 
 echo "install-deps: installing ${missing[*]}" >&2
 sudo=()
@@ -58,3 +82,4 @@ fi
 export DEBIAN_FRONTEND=noninteractive
 "${sudo[@]}" apt-get update -qq
 "${sudo[@]}" apt-get install -y -qq --no-install-recommends "${missing[@]}"
+npm_deps "${1:-}"

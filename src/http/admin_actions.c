@@ -87,10 +87,12 @@ static int h_kill(keel_http_req *req, keel_http_res *res, void *ud) {
     json_decref(body);
     return bad(res, "reason normal does not stop a process: use kill, shutdown or a text");
   }
-  keel_reason_kind kind = strcmp(reason, "kill") == 0       ? KEEL_REASON_KILL
-                          : strcmp(reason, "shutdown") == 0 ? KEEL_REASON_SHUTDOWN
-                                                            : KEEL_REASON_ERROR;
-  const char *text = kind == KEEL_REASON_ERROR ? reason : NULL;
+  /* untrappable, with the operator's text: a gen_server traps exits, and an
+   * exit signal with an error reason from outside its parent would only be
+   * a message to it. "shutdown" is the polite request (a trapping process
+   * decides what to do with it). */
+  keel_reason_kind kind = strcmp(reason, "shutdown") == 0 ? KEEL_REASON_SHUTDOWN : KEEL_REASON_KILL;
+  const char *text = strcmp(reason, "kill") == 0 || kind == KEEL_REASON_SHUTDOWN ? NULL : reason;
   const char *ptext = keel_http_param(req, "pid");
   keel_pid_t pid = keel__admin_pid_parse(ptext);
   if (!pid) {

@@ -78,6 +78,11 @@ int keel__admin_action_routes(keel__admin *a, keel_http_router *r, keel__admin_a
 int keel__admin_event_routes(keel__admin *a, keel_http_router *r, keel__admin_add_fn add);
 int keel__admin_dashboard_routes(keel__admin *a, keel_http_router *r, keel__admin_add_fn add);
 
+/* dashboard_assets.c, generated at build time by cmake/embed.cmake from
+ * src/http/dashboard/: the page's three files. */
+extern const unsigned char keel__dash_index_html[], keel__dash_app_js[], keel__dash_app_css[];
+extern const size_t keel__dash_index_html_len, keel__dash_app_js_len, keel__dash_app_css_len;
+
 /* admin_read.c: pieces the event stream shares. */
 json_t *keel__admin_pid_json(keel_pid_t pid);
 /* A pid from text: "<0.12.3>", "0.12.3" or a registered name; 0 if none lives. */

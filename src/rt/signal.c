@@ -96,7 +96,8 @@ static void deliver_exit_msg(keel__proc *p, keel_pid_t from, keel_reason_kind ki
 
 static void apply_exit(keel__proc *p, keel_pid_t from, keel_reason_kind kind, const char *text,
                        bool from_link) {
-  if (kind == KEEL_REASON_KILL) keel__proc_die(p, KEEL_REASON_KILLED, NULL);
+  /* an untrappable kill keeps its text (an operator's reason, admin port) */
+  if (kind == KEEL_REASON_KILL) keel__proc_die(p, KEEL_REASON_KILLED, text);
   if (p->trap_exit) {
     deliver_exit_msg(p, from, kind, text, from_link);
     return;

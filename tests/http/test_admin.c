@@ -177,6 +177,12 @@ static void idle_main(void *arg) {
     keel_msg_free(m);
 }
 
+static void trap_main(void *arg) {
+  (void)arg;
+  keel_trap_exit(true);
+  idle_main(NULL);
+}
+
 static bool log_has(const char *needle) {
   keel_log_flush();
   keel_log_recent_line *v;
@@ -213,12 +219,19 @@ KT_CASE(kill_validates_its_input_then_kills_with_the_reason) {
   CHECK_STR(json_string_value(json_object_get(j, "pid")), pid);
   json_decref(j);
   char text[64];
-  CHECK_EQ(kt_wait_down(ref, victim, text, sizeof text), KEEL_REASON_ERROR);
-  CHECK_STR(text, "operator test");
+  CHECK_EQ(kt_wait_down(ref, victim, text, sizeof text), KEEL_REASON_KILLED);
+  CHECK_STR(text, "operator test"); /* untrappable, and the text is kept */
   CHECK(log_has("\"action\":\"kill\""));
   CHECK(log_has("\"reason\":\"operator test\""));
   CHECK(log_has("\"client\":\"127.0.0.1\""));
-  /* "kill" is untrappable; an empty body means it */
+  /* a process that traps exits (as every gen_server does) is killed all the same */
+  victim = kt_spawn_monitor(trap_main, NULL, 0, &ref);
+  keel_sleep(20); /* trapping by now */
+  keel_pid_format(victim, pid, sizeof pid);
+  snprintf(path, sizeof path, "/admin/processes/%s/kill", pid);
+  CHECK_EQ(status_of(s, "POST", path, TOKEN), 202);
+  CHECK_EQ(kt_wait_down(ref, victim, NULL, 0), KEEL_REASON_KILLED);
+  /* an empty body means a plain kill */
   victim = kt_spawn_monitor(idle_main, NULL, 0, &ref);
   keel_pid_format(victim, pid, sizeof pid);
   /* "0.x.y" (without the angle brackets) names it too */
@@ -276,6 +289,11 @@ KT_CASE(restart_and_terminate_a_supervisors_child) {
   keel_sup_which_pid(sup, "w2", &w2);
   CHECK_EQ(w2, 0);
   CHECK(log_has("\"action\":\"terminate_child\""));
+  /* a stopped child starts again with restart */
+  snprintf(path, sizeof path, "/admin/supervisors/%s/children/w2/restart", pid);
+  CHECK_EQ(status_of(s, "POST", path, TOKEN), 200);
+  keel_sup_which_pid(sup, "w2", &w2);
+  CHECK(w2 != 0);
   keel_ref_t sref;
   CHECK_OK(keel_monitor(sup, &sref));
   keel_exit_signal(sup, KEEL_REASON_KILL, NULL); /* its linked workers go with it */
