@@ -271,7 +271,8 @@ int kc_stream(kc *c, const char *path, kc_event_fn on_event, void *ud, char *msg
     transport_error(c->curl, rc, errbuf, 0, r.err, sizeof r.err);
     out = kc_describe(c, path, &r, msg, size);
   } else {
-    snprintf(msg, size, "the event stream from %.900s%.100s ended (the node stopped?)", c->url, path);
+    snprintf(msg, size, "the event stream from %.900s%.100s ended (the node stopped?)", c->url,
+             path);
     out = KC_UNREACHABLE;
   }
   free(s.line.p);

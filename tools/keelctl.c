@@ -695,8 +695,9 @@ static const command commands[] = {
      "Full screen, refreshed every second. Keys: m mailbox, e memory, s messages,\n"
      "a age (sort), r refresh now, q quit."},
     {"kill", cmd_kill, "PID [REASON]",
-     "Kills a process. REASON: kill (default, untrappable), shutdown, or a text\n"
-     "(the process exits with it as an error: its supervisor restarts it). Needs the token."},
+     "Kills a process. REASON: kill (default) or a text: an untrappable kill, the\n"
+     "text kept as the exit text (its supervisor restarts it with that reason);\n"
+     "shutdown: the polite request a process that traps exits may ignore. Needs the token."},
     {"restart", cmd_restart, "SUPERVISOR CHILD",
      "Restarts a supervisor's child (a fresh pid). Needs the token."},
     {"terminate", cmd_terminate, "SUPERVISOR CHILD",

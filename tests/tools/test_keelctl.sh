@@ -137,8 +137,15 @@ has "tree shows the restart count" "$tmp/o" 'worker-2 <[0-9.]+> worker +restarts
 has "tree lists the recent restart" "$tmp/o" 'worker-2 under kc-it_sup -> <.*killed'
 expect "ps shows the new pid" "$(k --json proc worker-2 | jq -r .pid)" \
   "$(k ps --name worker-2 | awk '$2 == "worker-2" {print $1}')"
-k --json kill worker-2 reasonless-normal >/dev/null # a text reason: accepted (202)
+old=$(k --json proc worker-2 | jq -r .pid)
+k kill worker-2 "stuck, see INC-42" >"$tmp/o"
 expect "kill with a text reason: exit 0" 0 $?
+if until_ok 10 restarted; then ok "killed with a text: restarted"; else bad "killed with a text: restarted"; fi
+k tree >"$tmp/o"
+has "tree's recent restarts show the operator's text" "$tmp/o" 'worker-2 under kc-it_sup -> <.*stuck, see INC-42'
+k kill worker-2 normal 2>"$tmp/e"
+expect "kill with reason normal is refused: exit 1" 1 $?
+has "... with the node's reason" "$tmp/e" '400 VALIDATION_ERROR .*normal'
 k kill '<9.9.9>' 2>/dev/null
 expect "kill of a pid that does not live: exit 1" 1 $?
 
