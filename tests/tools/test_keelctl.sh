@@ -205,6 +205,18 @@ if until_ok 5 footer_at_20; then ok "top redraws on a resize"; else bad "top red
 tmux send-keys -t "$session" q
 if until_ok 5 top_shows 'TOP-EXITED 0'; then ok "top quits on q"; else bad "top quits on q" "($(cat "$tmp/screen"))"; fi
 
+# ---- colour on a terminal, NO_COLOR ----
+tmux kill-session -t "$session" 2>/dev/null
+tmux new-session -d -s "$session" -x 120 -y 30 \
+  "env KEEL_URL=$KEEL_URL TERM=xterm-256color '$kc' health; echo HEALTH-DONE; env NO_COLOR=1 KEEL_URL=$KEEL_URL TERM=xterm-256color '$kc' health; echo PLAIN-DONE; sleep 60"
+colored() { tmux capture-pane -e -p -t "$session" >"$tmp/screen" && grep -q PLAIN-DONE "$tmp/screen"; }
+until_ok 10 colored
+sed -n '1,/HEALTH-DONE/p' "$tmp/screen" >"$tmp/tty"
+sed -n '/HEALTH-DONE/,/PLAIN-DONE/p' "$tmp/screen" >"$tmp/nocolor"
+if grep -q $'\033\[' "$tmp/tty"; then ok "colour on a terminal"; else bad "colour on a terminal" "($(head -3 "$tmp/tty"))"; fi
+has "... the table is there" "$tmp/nocolor" 'processes +ok +yes'
+if grep -q $'\033\[' "$tmp/nocolor"; then bad "NO_COLOR: no colour" "($(head -3 "$tmp/nocolor"))"; else ok "NO_COLOR: no colour"; fi
+
 # ---- refusals and an unreachable node ----
 k --token wrong ps 2>"$tmp/e" >/dev/null
 expect "a wrong token: exit 1" 1 $?
