@@ -20,6 +20,7 @@ typedef struct command {
   int (*run)(kc *c, int argc, char **argv);
   const char *usage; /* the arguments after the name */
   const char *help;
+  const char *summary; /* for --help's list */
 } command;
 
 static const command *find_command(const char *name);
@@ -679,40 +680,53 @@ static int cmd_top_entry(kc *c, int argc, char **argv) {
 static const command commands[] = {
     {"status", cmd_status, "",
      "The node at a glance: service, uptime, health, processes, messages/s,\n"
-     "restarts, memory, schedulers, log level. Exit 1 when health is unhealthy."},
+     "restarts, memory, schedulers, log level. Exit 1 when health is unhealthy.",
+     "the node at a glance"},
     {"health", cmd_health, "",
-     "The detailed health probe (/health): every check. Exit 1 unless it passes."},
+     "The detailed health probe (/health): every check. Exit 1 unless it passes.",
+     "the health checks (exit 1 unless passing)"},
     {"tree", cmd_tree, "",
      "The supervision tree: supervisors, strategies, children, restarts, and the\n"
-     "recent restarts with their reasons."},
+     "recent restarts with their reasons.",
+     "the supervision tree and recent restarts"},
     {"ps", cmd_ps, "[--sort mailbox|memory|messages|age] [--limit N] [--name S]",
      "The processes, sorted (descending; default mailbox), at most N (default 100),\n"
-     "filtered by a substring of the name, registered name, child id or pid."},
+     "filtered by a substring of the name, registered name, child id or pid.",
+     "the processes, sorted and filtered"},
     {"proc", cmd_proc, "PID",
      "One process: status, what it waits for, mailbox, supervisor, children.\n"
-     "PID: <0.4.1>, 0.4.1 or a registered name."},
+     "PID: <0.4.1>, 0.4.1 or a registered name.",
+     "one process"},
     {"top", cmd_top_entry, "[--sort mailbox|memory|messages|age]",
      "Full screen, refreshed every second. Keys: m mailbox, e memory, s messages,\n"
-     "a age (sort), r refresh now, q quit."},
+     "a age (sort), r refresh now, q quit.",
+     "full screen, refreshed every second"},
     {"kill", cmd_kill, "PID [REASON]",
      "Kills a process. REASON: kill (default) or a text: an untrappable kill, the\n"
      "text kept as the exit text (its supervisor restarts it with that reason);\n"
-     "shutdown: the polite request a process that traps exits may ignore. Needs the token."},
+     "shutdown: the polite request a process that traps exits may ignore. Needs the token.",
+     "kill a process"},
     {"restart", cmd_restart, "SUPERVISOR CHILD",
-     "Restarts a supervisor's child (a fresh pid). Needs the token."},
+     "Restarts a supervisor's child (a fresh pid). Needs the token.",
+     "restart a supervisor's child"},
     {"terminate", cmd_terminate, "SUPERVISOR CHILD",
-     "Terminates a supervisor's child. Needs the token."},
+     "Terminates a supervisor's child. Needs the token.", "terminate a supervisor's child"},
     {"loglevel", cmd_loglevel, "LEVEL",
      "Sets the node's log level: trace, debug, info, warn, error, fatal, off.\n"
-     "Needs the token."},
+     "Needs the token.",
+     "set the node's log level"},
     {"metrics", cmd_metrics, "[PATTERN]",
-     "The /metrics lines containing PATTERN (all without one)."},
-    {"alerts", cmd_alerts, "", "Active and recent alerts, and the alert manager's counters."},
+     "The /metrics lines containing PATTERN (all without one).",
+     "the /metrics lines matching PATTERN"},
+    {"alerts", cmd_alerts, "", "Active and recent alerts, and the alert manager's counters.",
+     "active and recent alerts"},
     {"logs", cmd_logs, "[-f] [--level L] [--limit N]",
      "The node's last log lines (at most N, default 200) at level L or above;\n"
-     "-f keeps following the event stream (Ctrl-C stops)."},
+     "-f keeps following the event stream (Ctrl-C stops).",
+     "the last log lines; -f follows"},
     {"alert-test", cmd_alert_test, "",
-     "Fires a test alert through every configured alert path. Needs the token."},
+     "Fires a test alert through every configured alert path. Needs the token.",
+     "fire a test alert through every alert path"},
 };
 
 static const command *find_command(const char *name) {
@@ -732,7 +746,8 @@ static void print_help(FILE *out) {
                "  -h, --help   this help; keelctl COMMAND --help for a command's\n\n"
                "commands:\n");
   for (size_t i = 0; i < sizeof commands / sizeof commands[0]; i++)
-    fprintf(out, "  %-11s %s\n", commands[i].name, commands[i].usage);
+    fprintf(out, "  %-11s %s\n", commands[i].name, commands[i].summary);
+  fprintf(out, "\nkeelctl COMMAND --help gives a command's arguments.\n");
   fprintf(out, "\nexit codes: 0 ok, 1 unhealthy or refused, 2 usage, 3 node unreachable\n"
                "colour on a terminal unless NO_COLOR is set\n");
 }
