@@ -157,6 +157,19 @@ expect "terminated: not running in the tree" "null" \
   "$(k --json tree | jq -r '.tree[0].children[] | select(.id == "worker-3") | .pid')"
 k restart kc-it_sup worker-3 >"$tmp/o"
 has "restart brings it back" "$tmp/o" '^restarted worker-3 under <.*new pid <'
+# the router is a required health check: without it the node is unhealthy
+k terminate kc-it_sup router >/dev/null
+k health >"$tmp/o"
+expect "health with the router stopped: exit 1" 1 $?
+has "health says unhealthy (503)" "$tmp/o" '^unhealthy \(503\)'
+has "... and which check" "$tmp/o" '^router +critical +yes .*router is not running'
+k status >/dev/null
+expect "status of an unhealthy node: exit 1" 1 $?
+expect "health --json of an unhealthy node: the body, exit 1" "unhealthy 1" \
+  "$(k --json health | jq -r .status) $(k --json health >/dev/null; echo $?)"
+k restart kc-it_sup router >/dev/null
+k health >/dev/null
+expect "router back: health exit 0" 0 $?
 k restart kc-it_sup nosuch 2>"$tmp/e"
 expect "restart of an unknown child: exit 1" 1 $?
 
