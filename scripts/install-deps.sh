@@ -13,7 +13,8 @@ set -euo pipefail
 # embedded database, src/es/), libpq-dev (its PostgreSQL backend),
 # libcurl4-openssl-dev (the HTTP client, src/http/client*.c), libssl-dev
 # (HMAC-SHA256 of signed alert webhooks, src/http/alert_sink.c), tzdata (the
-# TZif files cron's time zones are read from, src/ops/tz.c). test: a cross
+# TZif files cron's time zones are read from, src/ops/tz.c), libncurses-dev
+# (keelctl's full-screen top, tools/kc_top.c). test: a cross
 # compiler and qemu to run the AArch64 context switch (tests/ctx/run-cross.sh);
 # prometheus for promtool and a real scrape (tests/ops/test_prom*.sh); jq and
 # curl, which read logs and talk to the microservice in the test scripts;
@@ -31,14 +32,15 @@ set -euo pipefail
 # Debian's headless Chromium driven by playwright-core, which npm installs
 # below into tests/browser/node_modules from its package-lock.json; Debian's
 # nodejs has npm in a package of its own, installed below when npm is
-# missing; a nodejs that ships npm, as NodeSource's does, needs nothing more).
+# missing; a nodejs that ships npm, as NodeSource's does, needs nothing more);
+# tmux, the terminal keelctl top runs in under test (tests/tools/test_keelctl.sh).
 # --build: only what building needs (the Docker image). --bench: also the
 # systems keel is compared with (Erlang/OTP, nginx) and wrk.
 build_packages=(build-essential cmake pkg-config libuv1-dev libjansson-dev node-llhttp
-  libsqlite3-dev libpq-dev libcurl4-openssl-dev libssl-dev tzdata)
+  libsqlite3-dev libpq-dev libcurl4-openssl-dev libssl-dev tzdata libncurses-dev)
 test_packages=(postgresql-15 pgbouncer gcc-aarch64-linux-gnu libc6-dev-arm64-cross qemu-user prometheus jq curl
   clang libclang-rt-14-dev libhttp-parser-dev nginx-light
-  prometheus-alertmanager python3 protobuf-compiler chromium nodejs)
+  prometheus-alertmanager python3 protobuf-compiler chromium nodejs tmux)
 case "${1:-}" in
   --build) packages=("${build_packages[@]}") ;;
   --bench) packages=("${build_packages[@]}" "${test_packages[@]}" erlang-base wrk) ;;

@@ -21,4 +21,7 @@ read -r -a flags <<<"$(PKG_CONFIG_PATH="$pcdir" pkg-config --cflags --libs keel)
 cc -o "$scratch/consumer-pc" "$here/consumer/consumer.c" "${flags[@]}" \
   -Wl,-rpath,"$(dirname "$pcdir")"
 "$scratch/consumer-pc" | grep -qx "pong from a keel process"
-echo "install: find_package and pkg-config consumers built and ran"
+# keelctl (tools/) is installed into bin/
+help=$("$scratch/prefix/bin/keelctl" --help)
+grep -q '^usage: keelctl' <<<"$help"
+echo "install: find_package and pkg-config consumers built and ran, keelctl installed"
