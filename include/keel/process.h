@@ -163,8 +163,8 @@ int keel_consume(unsigned units);
  * consumes is killed within a thousand units past the limit; a loop that
  * never consumes, yields, sends or receives cannot be stopped (C has no safe
  * way to preempt it): the runtime's watchdog reports it (stuck_ms) and, past
- * the limit without a switch, sends it the kill (plain "killed": the stuck
- * report said why), which takes effect when it next calls into keel. 0 (the default): no limit, reports only; < 0:
+ * the limit without a switch, sends it the kill ("hog: held scheduler 0 for
+ * 212 ms (limit 200 ms)"), which takes effect when it next calls into keel. 0 (the default): no limit, reports only; < 0:
  * KEEL_EINVAL. keel_rt_stats.hog_kills counts them. Returns 0, KEEL_EINVAL,
  * KEEL_ENOTPROC. */
 int keel_set_hog_limit(int64_t ms);
