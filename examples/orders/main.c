@@ -64,7 +64,6 @@ typedef struct config {
   char *database_url;
   char *database_session_url; /* PgBouncer in transaction mode: a direct connection ("": none) */
   int64_t partitions;
-  char *admin_token; /* the admin port's POSTs need it as a bearer token ("": open) */
 } config;
 
 static config cfg;
@@ -86,11 +85,6 @@ static const keel_config_field fields[] = {
      .def = "0",
      .min = 0,
      .max = 64},
-    {.env = "ADMIN_TOKEN",
-     .type = KEEL_CONFIG_STRING,
-     .offset = offsetof(config, admin_token),
-     .def = "",
-     .flags = KEEL_CONFIG_SECRET},
 };
 
 static keel_es *es; /* opened in orders_start, closed in orders_stop */
@@ -619,10 +613,12 @@ static void orders_stop(void *c) {
 /* The subscriptions' admin endpoint on the admin port: the status board,
  * the dead letters, retry and resolve (keel_sub_admin_routes). */
 static int orders_admin(void *c, keel_http_router *admin) {
-  const config *conf = c;
+  (void)c;
+  /* ADMIN_TOKEN is keel's own setting (keel_service_main guards every admin
+   * route with it too); the subscriptions' routes check it as well */
+  const char *token = keel_service_settings()->admin_token;
   static keel_sub_admin_opts ao;
-  ao = (keel_sub_admin_opts){.es = es,
-                             .token = conf->admin_token[0] ? conf->admin_token : NULL};
+  ao = (keel_sub_admin_opts){.es = es, .token = token && token[0] ? token : NULL};
   return keel_sub_admin_routes(admin, &ao);
 }
 
