@@ -26,7 +26,8 @@ set -euo pipefail
 # the real Alertmanager alert delivery posts to (tests/http/test_alert_sink_am.sh);
 # python3, whose zoneinfo is the oracle of tests/ops/test_cron_oracle.py.
 # --build: only what building needs (the Docker image). --bench: also the
-# systems keel is compared with (Erlang/OTP, nginx) and wrk.
+# systems keel is compared with (Erlang/OTP, nginx) and wrk; redis-server,
+# the Redis BullMQ runs on in the jobs benchmark (bench/jobs/run.sh).
 build_packages=(build-essential cmake pkg-config libuv1-dev libjansson-dev node-llhttp
   libsqlite3-dev libpq-dev libcurl4-openssl-dev libssl-dev tzdata)
 test_packages=(postgresql-15 pgbouncer gcc-aarch64-linux-gnu libc6-dev-arm64-cross qemu-user prometheus jq curl
@@ -34,7 +35,7 @@ test_packages=(postgresql-15 pgbouncer gcc-aarch64-linux-gnu libc6-dev-arm64-cro
   prometheus-alertmanager python3)
 case "${1:-}" in
   --build) packages=("${build_packages[@]}") ;;
-  --bench) packages=("${build_packages[@]}" "${test_packages[@]}" erlang-base wrk) ;;
+  --bench) packages=("${build_packages[@]}" "${test_packages[@]}" erlang-base wrk redis-server) ;;
   *) packages=("${build_packages[@]}" "${test_packages[@]}") ;;
 esac
 
