@@ -245,7 +245,11 @@ static void settle(runner *rn, slot *s, const keel_reason *why) {
   keel__jobs_row_free(&s->row);
   s->pid = 0;
   rn->running--;
-  if (rn->last_full) rn->want = true;
+  /* more may wait: fetch again once a quarter of the slots are free (one
+   * claim per few jobs rather than per job; idle slots only while others
+   * still run) */
+  int batch = rn->nslots / 4 > 1 ? rn->nslots / 4 : 1;
+  if (rn->last_full && rn->nslots - rn->running >= batch) rn->want = true;
 }
 
 static void kill_slot(slot *s, int why, const char *text) {
@@ -327,7 +331,7 @@ static void fetch_and_start(runner *rn) {
   free(f.rows);
   rn->window_starts += (int)f.nrows;
   rn->last_full = (int)f.nrows == n;
-  rn->want = rn->last_full && rn->running < rn->nslots;
+  rn->want = rn->last_full && rn->running < rn->nslots; /* the rate limit held it back */
 }
 
 /* Jobs this instance left running on this queue (the runner crashed and was
@@ -445,7 +449,7 @@ void keel__jobs_runner(void *arg) {
   rn->window_start = keel__es_now_s();
   for (;;) {
     if (!rn->stopping && rn->want && rn->running < rn->nslots) {
-      rn->want = false;
+      rn->want = rn->last_full && rn->running < rn->nslots; /* the rate limit held it back */
       fetch_and_start(rn);
     }
     int64_t wait = rn->j->o.poll_ms;

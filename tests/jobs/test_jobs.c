@@ -4,6 +4,7 @@
  * clock is moved to it; no verdict depends on how fast the machine is.
  */
 #include <stdatomic.h>
+#include <time.h>
 
 #include "es/es_internal.h"
 #include "es/kt_es.h"
@@ -681,6 +682,56 @@ KT_CASE(an_enqueue_wakes_another_instances_runner_at_once) {
   kt_store_close(&st);
 }
 
+static int cmp_i64(const void *a, const void *b) {
+  int64_t x = *(const int64_t *)a, y = *(const int64_t *)b;
+  return x < y ? -1 : x > y;
+}
+
+static int64_t starts[8];
+static atomic_int nstarts;
+
+static int timed(keel_job *job, void *ud) {
+  (void)job, (void)ud;
+  struct timespec ts;
+  clock_gettime(CLOCK_MONOTONIC, &ts);
+  int i = atomic_fetch_add(&nstarts, 1);
+  if (i < 8) starts[i] = (int64_t)ts.tv_sec * 1000 + ts.tv_nsec / 1000000;
+  return 0;
+}
+
+/* A rate of 2 per second: of 5 jobs due at once, the 5th starts at least a
+ * second after the 1st (windows of one second, two starts each: five
+ * starts span three windows). Slowness only spreads them more. */
+KT_CASE(a_queue_rate_limit_spreads_starts_over_seconds) {
+  kt_store st;
+  keel_es *es = kt_store_open(&st, NULL);
+  static const keel_job_worker w[] = {{.name = "timed", .perform = timed}};
+  static const keel_job_queue q[] = {{.name = "limited", .concurrency = 10, .rate_per_s = 2}};
+  atomic_store(&nstarts, 0);
+  keel_jobs *j = NULL;
+  CHECK_OK(keel_jobs_start(&(keel_jobs_opts){.es = es,
+                                             .workers = w,
+                                             .nworkers = 1,
+                                             .queues = q,
+                                             .nqueues = 1,
+                                             .poll_ms = 20,
+                                             .now = clock_fn},
+                           &j));
+  CHECK_OK(keel_jobs_pause(j, "limited"));
+  for (int i = 0; i < 5; i++)
+    CHECK_OK(
+        keel_jobs_enqueue(j, &(keel_job_new){.worker = "timed", .queue = "limited"}, NULL, NULL));
+  CHECK_OK(keel_jobs_resume(j, "limited"));
+  for (int i = 0; i < 3000 && atomic_load(&nstarts) < 5; i++)
+    keel_sleep(5);
+  CHECK_EQ(atomic_load(&nstarts), 5);
+  qsort(starts, 5, sizeof starts[0], cmp_i64);
+  fprintf(stderr, "   first to fifth start: %lld ms\n", (long long)(starts[4] - starts[0]));
+  CHECK(starts[4] - starts[0] >= 1000);
+  keel_jobs_stop(j, 1000);
+  kt_store_close(&st);
+}
+
 static keel_jobs *start_cron(keel_es *es, const char *instance) {
   static const keel_job_new tick = {.worker = "ok", .queue = "cron"};
   static const keel_job_cron crons[] = {
@@ -748,4 +799,5 @@ KT_MAIN(KT_ENTRY_SCHED(a_job_runs_once_and_its_completion_is_recorded, 2),
         KT_ENTRY_SCHED(a_dead_instances_running_jobs_are_rescued_and_completed, 2),
         KT_ENTRY_SCHED(two_instances_never_run_a_job_twice, 2),
         KT_ENTRY_SCHED(an_enqueue_wakes_another_instances_runner_at_once, 2),
-        KT_ENTRY_SCHED(a_cron_slot_is_enqueued_once_across_instances, 2))
+        KT_ENTRY_SCHED(a_cron_slot_is_enqueued_once_across_instances, 2),
+        KT_ENTRY_SCHED(a_queue_rate_limit_spreads_starts_over_seconds, 2))
