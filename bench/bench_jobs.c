@@ -299,7 +299,8 @@ static void pg_schema(const char *base) {
     fprintf(stderr, "bench_jobs: %s\n", PQerrorMessage(c));
     exit(2);
   }
-  PGresult *r = PQexec(c, "DROP SCHEMA IF EXISTS " PG_SCHEMA " CASCADE; CREATE SCHEMA " PG_SCHEMA);
+  PGresult *r = PQexec(c, "SET client_min_messages = warning; DROP SCHEMA IF EXISTS " PG_SCHEMA
+                          " CASCADE; CREATE SCHEMA " PG_SCHEMA);
   PQclear(r);
   PQfinish(c);
   snprintf(url, sizeof url, "%s%coptions=-csearch_path%%3D" PG_SCHEMA, base,

@@ -144,7 +144,7 @@ run_side() {
   say "round $r: $side: $(tr '\n' ' ' <"$out")"
 }
 
-say "machine: $(nproc) cores, load $(cut -d' ' -f1-3 /proc/loadavg); $rounds rounds; redis $(redis-server --version | awk '{ print $3 }'), bullmq $(node -p "require('$node_dir/node_modules/bullmq/package.json').version")"
+say "machine: $(nproc) cores, load $(cut -d' ' -f1-3 /proc/loadavg); $rounds rounds; redis $(redis-server --version | sed 's/.*v=\([^ ]*\).*/\1/'), bullmq $(node -p "require('$node_dir/node_modules/bullmq/package.json').version")"
 for ((r = 1; r <= rounds; r++)); do
   for side in $sides; do
     run_side "$side" "$r"
