@@ -8,7 +8,7 @@
  * 3): raw sqlite3 doing each job's three durable writes (INSERT, the claim's
  * UPDATE, the completion's UPDATE, each its own transaction, WAL,
  * synchronous=FULL as keel) from one thread, no batching; BullMQ on Redis
- * is make bench-compare's anchor and is not run here. Pickup: 500 jobs
+ * is bench/jobs/run.sh's anchor (make bench-jobs, with --one). Pickup: 500 jobs
  * enqueued one at a time 2 ms apart; the worker records now minus the
  * time before the enqueue call (carried in args); p50 and p99 per round.
  * Medians over rounds as JSON lines {"bench", "unit", "value"}:
