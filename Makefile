@@ -91,6 +91,7 @@ bench: build
 	./build/bench/bench_http_parse
 	./build/bench/bench_es
 	./build/bench/bench_sub
+	./build/bench/bench_trace
 
 bench-compare: build
 	@scripts/install-deps.sh --bench

@@ -27,6 +27,8 @@
 #include "keel/observer.h"
 #include "keel/json.h"
 #include "keel/cron.h"
+#include "keel/trace.h"
+#include "keel/trace_export.h"
 #include "keel/service.h"
 #include "keel/eventstore.h"
 #include "keel/aggregate.h"

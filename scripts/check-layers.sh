@@ -45,6 +45,7 @@ HEADER_LAYERS="error:rt runtime:rt process:rt message:rt timer:rt io:rt
   gen_statem:otp
   config:ops log:ops metrics:ops sysinfo:ops health:ops alerts:ops observer:ops json:ops
   cron:ops
+  trace:ops trace_export:http
   http:http service:http http_client:http alert_sink:http
   eventstore:es subscription:es aggregate:es
   jobs:jobs"

@@ -24,7 +24,9 @@ set -euo pipefail
 # transaction mode (tests/es/pgbouncer.sh); nginx-light, the TLS server of the
 # HTTP client's tests (tests/http/test_client_tls.sh); prometheus-alertmanager,
 # the real Alertmanager alert delivery posts to (tests/http/test_alert_sink_am.sh);
-# python3, whose zoneinfo is the oracle of tests/ops/test_cron_oracle.py.
+# python3, whose zoneinfo is the oracle of tests/ops/test_cron_oracle.py;
+# protobuf-compiler, whose protoc --decode reads what the OTLP exporter
+# sends (tests/http/test_trace_export.c, with tests/http/otlp_trace_test.proto).
 # --build: only what building needs (the Docker image). --bench: also the
 # systems keel is compared with (Erlang/OTP, nginx) and wrk; redis-server,
 # the Redis BullMQ runs on in the jobs benchmark (bench/jobs/run.sh).
@@ -32,7 +34,7 @@ build_packages=(build-essential cmake pkg-config libuv1-dev libjansson-dev node-
   libsqlite3-dev libpq-dev libcurl4-openssl-dev libssl-dev tzdata)
 test_packages=(postgresql-15 pgbouncer gcc-aarch64-linux-gnu libc6-dev-arm64-cross qemu-user prometheus jq curl
   clang libclang-rt-14-dev libhttp-parser-dev nginx-light
-  prometheus-alertmanager python3)
+  prometheus-alertmanager python3 protobuf-compiler)
 case "${1:-}" in
   --build) packages=("${build_packages[@]}") ;;
   --bench) packages=("${build_packages[@]}" "${test_packages[@]}" erlang-base wrk redis-server) ;;

@@ -79,6 +79,19 @@ static int http_init(void *arg, void **state) {
     return rc;
   }
 
+  /* tracing as keel_service_main turns it on: an OTLP endpoint or
+   * OTEL_TRACES_EXPORTER in the environment (the tracing-on rounds of run.sh) */
+  keel_trace_opts to;
+  keel_trace_export_opts eo;
+  if (keel_trace_opts_from_env(&to, NULL, 0) == 0 &&
+      keel_trace_export_opts_from_env(&eo, NULL, 0) == 0 &&
+      (eo.base_endpoint || eo.endpoint || getenv("OTEL_TRACES_EXPORTER"))) {
+    rc = keel_trace_start(&to);
+    if (!rc) rc = keel_trace_export_start(&eo);
+    if (rc) return rc;
+    keel_log_info(NULL, "tracing on");
+  }
+
   keel_http_opts o;
   keel_http_opts_init(&o);
   o.name = "api";
@@ -101,6 +114,10 @@ static void http_terminate(keel_reason reason, void *state) {
   if (keel_http_drain(srv, DRAIN_MS) == KEEL_ETIMEDOUT)
     keel_log_warn(NULL, "drain timed out", KEEL_INT("timeout_ms", DRAIN_MS));
   keel_http_stop(srv);
+  if (keel_trace_started()) {
+    keel_trace_export_stop(DRAIN_MS);
+    keel_trace_stop();
+  }
 }
 
 static const keel_gen_server http_server = {

@@ -81,6 +81,8 @@ typedef struct keel_gs_opts {
   bool trap_exit;       /* the server traps exits (EXIT messages go to handle_info) */
   size_t stack_size;    /* 0: the runtime default */
   int scheduler;        /* 0: here; KEEL_ON_SCHEDULER(i): scheduler i (keel/process.h) */
+  bool trace;           /* a span for each call and cast handled, a child of the caller's
+                           (keel/trace.h; through the context hooks' span_begin/span_end) */
 } keel_gs_opts;
 
 void keel_gs_opts_init(keel_gs_opts *o);
@@ -151,6 +153,17 @@ typedef struct keel_gs_context_hooks {
   void (*restore)(void *previous);
 } keel_gs_context_hooks;
 void keel_gs_set_context_hooks(const keel_gs_context_hooks *hooks);
+
+/* Span hooks (keel/trace.h installs them): begin and end wrap each call or
+ * cast that a server started with opts.trace handles, inside the context
+ * hooks' install and restore. begin gets the server's name and whether it is
+ * a call and returns what end needs (NULL: nothing); end gets the callback's
+ * return code. Same rules as the context hooks; NULL removes them. */
+typedef struct keel_gs_span_hooks {
+  void *(*begin)(const char *server, bool call);
+  void (*end)(void *span, int rc);
+} keel_gs_span_hooks;
+void keel_gs_set_span_hooks(const keel_gs_span_hooks *hooks);
 
 #ifdef __cplusplus
 }

@@ -201,6 +201,8 @@ typedef struct keel_http_opts {
   size_t handler_stack_size; /* handler process stacks; 0: the runtime default */
   /* middleware */
   bool no_request_id;      /* do not take or make X-Request-Id */
+  bool no_trace;           /* make no server spans (keel/trace.h; traceparent still goes on);
+                              the admin port sets it: probes and scrapes are not traced */
   bool no_access_log;      /* write no access log line */
   int64_t slow_request_ms; /* warn above; 0: 1000; KEEL_INFINITY: never */
   keel_metrics *metrics;   /* register http_* metrics here; NULL: none */

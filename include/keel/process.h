@@ -215,6 +215,7 @@ int keel_on_exit_of(keel_pid_t pid, void (*fn)(void *arg), void *arg);
 enum {
   KEEL_LOCAL_GEN_SERVER = 0, /* gen_server.c: the running server */
   KEEL_LOCAL_LOG = 1,        /* the process's logging context */
+  KEEL_LOCAL_TRACE = 2,      /* the process's current span (keel/trace.h) */
   KEEL_LOCAL_USER = 4,       /* 4..7: the application's */
   KEEL_LOCAL_SLOTS = 8
 };

@@ -25,6 +25,7 @@ static const char *metric_method(const char *m) {
 }
 
 void keel__access_record(const keel__access *a, keel_http_req *rq, size_t bytes_out) {
+  keel__http_span_end(rq);
   uint64_t ns = keel__http_now_ns() - rq->start_ns;
   double ms = (double)ns / 1e6;
   const char *route = rq->match.pattern ? rq->match.pattern : "unmatched";
@@ -53,7 +54,19 @@ void keel__access_record(const keel__access *a, keel_http_req *rq, size_t bytes_
                           KEEL_STR("client_ip", rq->client_ip),
                           KEEL_STR("user_agent", ua ? ua : ""),
                           KEEL_STR("server", a->server),
+                          KEEL_LOG__END, /* trace_id, span_id when traced */
+                          KEEL_LOG__END,
                           KEEL_LOG__END};
+    /* the line is written on the loop, outside the handler's process, so it
+     * names the request's span itself (docs/tracing.md) */
+    char tid[33], sid[17];
+    if (rq->traced) {
+      size_t n = sizeof f / sizeof f[0] - 3;
+      keel_trace_hex(rq->span.ctx.trace_id, 16, tid);
+      keel_trace_hex(rq->span.ctx.span_id, 8, sid);
+      f[n] = KEEL_STR("trace_id", tid);
+      f[n + 1] = KEEL_STR("span_id", sid);
+    }
     keel_log_write(NULL, lvl, "request completed", f);
   }
   if (a->slow_ms > 0 && ms > (double)a->slow_ms &&

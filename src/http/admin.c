@@ -100,6 +100,7 @@ int keel_admin_start(const keel_admin_opts *o, keel_http_server **out) {
   ho.host = o->host ? o->host : "0.0.0.0";
   ho.port = o->port;
   ho.name = "admin";
+  ho.no_trace = true;      /* a probe every few seconds is not a trace anyone wants */
   ho.no_listen_fds = true; /* passed sockets are the API's */
   ho.no_access_log = !o->access_log;
   ho.request_timeout_ms = 10000;

@@ -31,6 +31,7 @@
 #include "keel/log.h"
 #include "keel/message.h"
 #include "keel/process.h"
+#include "keel/timer.h"
 
 #define MSG_STOP 0x4b4c5301u
 
@@ -237,12 +238,6 @@ static void deliver(keel_alert_sink *s, const queued *q, bool resend) {
   free(body);
 }
 
-static uint64_t mono_ms(void) {
-  struct timespec ts;
-  clock_gettime(CLOCK_MONOTONIC, &ts);
-  return (uint64_t)ts.tv_sec * 1000u + (uint64_t)ts.tv_nsec / 1000000u;
-}
-
 /* Whether q passes the cooldown (and records it). */
 static bool cooldown_pass(keel_alert_sink *s, cool **list, const queued *q) {
   if (s->o.cooldown_ms < 0) return true;
@@ -250,7 +245,7 @@ static bool cooldown_pass(keel_alert_sink *s, cool **list, const queued *q) {
   while (c && !(c->type == q->a.type && c->pid == q->a.pid && c->severity == q->a.severity))
     c = c->next;
   if (q->event == KEEL_ALERTS_EV_RESOLVED) return !(c && c->held);
-  uint64_t now = mono_ms();
+  uint64_t now = ((uint64_t)keel_monotonic_ms());
   if (c && now - c->sent_ms < (uint64_t)s->o.cooldown_ms) {
     c->held = true;
     atomic_fetch_add(&s->suppressed, 1);
@@ -278,7 +273,7 @@ static bool cooldown_pass(keel_alert_sink *s, cool **list, const queued *q) {
 typedef struct firing {
   queued v[FIRING_MAX];
   size_t n;
-  uint64_t next_ms; /* mono_ms() of the next re-send */
+  uint64_t next_ms; /* ((uint64_t)keel_monotonic_ms()) of the next re-send */
 } firing;
 
 static void firing_note(firing *f, const queued *q) {
@@ -298,15 +293,15 @@ static void firing_note(firing *f, const queued *q) {
 /* The receive timeout: until the next re-send when one is due, else forever. */
 static int64_t firing_wait(const firing *f) {
   if (!f || !f->n) return KEEL_INFINITY;
-  uint64_t now = mono_ms();
+  uint64_t now = ((uint64_t)keel_monotonic_ms());
   return f->next_ms > now ? (int64_t)(f->next_ms - now) : 0;
 }
 
 static void firing_resend(keel_alert_sink *s, firing *f) {
-  if (!f || !f->n || mono_ms() < f->next_ms) return;
+  if (!f || !f->n || ((uint64_t)keel_monotonic_ms()) < f->next_ms) return;
   for (size_t i = 0; i < f->n; i++)
     deliver(s, &f->v[i], true);
-  f->next_ms = mono_ms() + (uint64_t)s->o.resend_ms;
+  f->next_ms = ((uint64_t)keel_monotonic_ms()) + (uint64_t)s->o.resend_ms;
 }
 
 /* Whether the sink takes q at all. */
@@ -359,7 +354,7 @@ static void sink_main(void *arg) {
     if (!cooldown_pass(s, &cools, &one)) continue;
     deliver(s, &one, false);
     if (f && one.event == KEEL_ALERTS_EV_TRIGGERED) {
-      if (!f->n) f->next_ms = mono_ms() + (uint64_t)s->o.resend_ms;
+      if (!f->n) f->next_ms = ((uint64_t)keel_monotonic_ms()) + (uint64_t)s->o.resend_ms;
       firing_note(f, &one);
     }
   }

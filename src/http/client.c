@@ -35,6 +35,8 @@
 #include "keel/message.h"
 #include "keel/process.h"
 #include "keel/runtime.h"
+#include "keel/trace.h"
+#include "ops/trace_internal.h"
 
 /* ---- the client --------------------------------------------------------------- */
 
@@ -276,11 +278,31 @@ static void backoff_sleep(keel_http_client *c, int64_t ms) {
 typedef struct trace_ids {
   char request_id[130];
   char traceparent[56];
+  const char *tracestate;
+  keel_span span; /* the client span, when traced */
+  bool traced;
 } trace_ids;
 
-static void trace_from_context(const keel_http_client_req *rq, trace_ids *t) {
+/* The request's client span: a child of the caller's current span (or a new
+ * trace when tracing runs and none is current); traceparent and tracestate
+ * are sent from it. Not current: nothing runs in this process meanwhile. */
+static bool client_span_begin(const keel_http_client_req *rq, trace_ids *t, const char *method) {
+  if (rq->traceparent || keel__trace_suppressed()) return false;
+  if (!keel_span_current() && !keel_trace_started()) return false;
+  keel_span_opts so = {.no_current = true};
+  keel_span_start(&t->span, method, KEEL_SPAN_CLIENT, &so);
+  keel_trace_format(&t->span.ctx, t->traceparent);
+  t->tracestate = t->span.ctx.tracestate;
+  t->traced = true;
+  return true;
+}
+
+static void trace_from_context(const keel_http_client_req *rq, trace_ids *t, const char *method) {
   t->request_id[0] = t->traceparent[0] = '\0';
-  const char *rid = rq->request_id, *tp = rq->traceparent;
+  t->tracestate = NULL;
+  t->traced = false;
+  bool spanned = client_span_begin(rq, t, method);
+  const char *rid = rq->request_id, *tp = spanned ? "" : rq->traceparent;
   json_t *ctx = NULL;
   if (!rid || !tp) {
     char *s = keel_log_context_get();
@@ -291,11 +313,39 @@ static void trace_from_context(const keel_http_client_req *rq, trace_ids *t) {
   }
   if (rid && keel__reqid_valid(rid)) snprintf(t->request_id, sizeof t->request_id, "%s", rid);
   keel__traceparent in;
-  if (tp && keel__traceparent_parse(tp, &in)) {
+  if (!spanned && tp && keel__traceparent_parse(tp, &in)) {
     char span[17];
     keel__traceparent_next(&in, t->traceparent, span);
   }
   json_decref(ctx);
+}
+
+/* OpenTelemetry's HTTP client conventions; 4xx and 5xx and transport
+ * errors are errors for a client. */
+static void client_span_end(trace_ids *t, const keel__hc_attempt *a, const char *host, int rc,
+                            const keel_http_client_res *res) {
+  if (!t->traced) return;
+  keel_span *sp = &t->span;
+  if (keel_span_recording(sp)) {
+    keel_span_set(sp, KEEL_STR("http.request.method", a->method), KEEL_STR("url.full", a->url));
+    const char *colon = strrchr(host, ':');
+    if (colon && host[0] != '[') {
+      char h[280];
+      snprintf(h, sizeof h, "%.*s", (int)(colon - host), host);
+      keel_span_set(sp, KEEL_STR("server.address", h), KEEL_INT("server.port", atoi(colon + 1)));
+    } else {
+      keel_span_set_str(sp, "server.address", host);
+    }
+    if (res->attempts > 1) keel_span_set_int(sp, "http.request.resend_count", res->attempts - 1);
+    if (rc == 0) keel_span_set_int(sp, "http.response.status_code", res->status);
+    if (rc != 0 || res->status >= 400) {
+      char code[16];
+      snprintf(code, sizeof code, "%d", res->status);
+      keel_span_set_str(sp, "error.type", rc ? keel_err_name(rc) : code);
+      keel_span_set_status(sp, KEEL_SPAN_ERROR, rc ? res->error : NULL);
+    }
+  }
+  keel_span_end(sp);
 }
 
 /* ---- the request ------------------------------------------------------------------- */
@@ -322,16 +372,16 @@ int keel_http_client_request(keel_http_client *c, const keel_http_client_req *rq
     return KEEL_ECANCELED;
   }
   trace_ids t;
-  trace_from_context(rq, &t);
+  const char *method = rq->method ? rq->method : rq->body ? "POST" : "GET";
+  trace_from_context(rq, &t, method);
   keel__hc_attempt a = {
-      .method = rq->method ? rq->method
-                : rq->body ? "POST"
-                           : "GET",
+      .method = method,
       .url = rq->url,
       .headers = rq->headers,
       .content_type = rq->content_type,
       .request_id = t.request_id[0] ? t.request_id : NULL,
       .traceparent = t.traceparent[0] ? t.traceparent : NULL,
+      .tracestate = t.tracestate,
       .body = rq->body,
       .body_len = rq->body_len,
       .connect_timeout_ms = pick_timeout(rq->connect_timeout_ms, c->o.connect_timeout_ms),
@@ -384,6 +434,7 @@ int keel_http_client_request(keel_http_client *c, const keel_http_client_req *rq
       break;
     }
   }
+  client_span_end(&t, &a, host, rc, res);
   atomic_fetch_sub_explicit(&c->active, 1, memory_order_acq_rel);
   return rc;
 }

@@ -420,6 +420,8 @@ static int xfer_setup(keel_http_client *c, hc_xfer *x, const keel__hc_attempt *a
     rc = add_header2(x, "X-Request-Id", a->request_id);
   if (!rc && a->traceparent && !has_header(a->headers, "traceparent", 11))
     rc = add_header2(x, "traceparent", a->traceparent);
+  if (!rc && a->tracestate && a->traceparent && !has_header(a->headers, "tracestate", 10))
+    rc = add_header2(x, "tracestate", a->tracestate);
   if (!rc && a->body) rc = add_header(x, "Expect:"); /* no 100-continue round trip */
   if (rc) return rc;
   curl_easy_setopt(h, CURLOPT_PRIVATE, x);

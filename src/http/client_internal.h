@@ -41,7 +41,7 @@ struct keel_http_client {
 typedef struct keel__hc_attempt {
   const char *method, *url;
   const char *const *headers; /* the caller's */
-  const char *content_type, *request_id, *traceparent;
+  const char *content_type, *request_id, *traceparent, *tracestate;
   const void *body;
   size_t body_len;
   int64_t connect_timeout_ms, timeout_ms; /* resolved: > 0, or 0 for none */

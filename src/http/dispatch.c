@@ -84,6 +84,9 @@ static void send_response(keel_http_req *rq) {
   bool keep = rq->keepalive && !atomic_load_explicit(&s->draining, memory_order_relaxed);
   bool head = strcmp(rq->method, "HEAD") == 0;
   size_t bytes_out = 0;
+  /* the span ends before the bytes go: a client that has its answer finds
+   * the server's span already ended (and queued for export) */
+  keel__http_span_end(rq);
   if (c && !c->closing) {
     keel__jw b = {0};
     keel__jw_room(&b, 2048); /* the usual response in one allocation */
@@ -149,6 +152,10 @@ void keel__req_release(keel_http_req *rq) {
 
 static void handler_main(void *arg) {
   keel_http_req *rq = arg;
+  /* the request's span is the handler's current span: its own spans, its
+   * calls and its HTTP client requests are children of it. rq (and so the
+   * span) outlives the process: the process holds a reference. */
+  if (rq->traced) keel_local_set(KEEL_LOCAL_TRACE, &rq->span);
   /* the HTTP client (keel/http_client.h) sends both on from here */
   if (rq->traceparent[0])
     keel_log_context_set(KEEL_STR("requestId", rq->reqid),
@@ -291,13 +298,7 @@ void keel__dispatch(keel__conn *c, keel_http_req *rq) {
     snprintf(rq->reqid, sizeof rq->reqid, "%s", given);
   else
     keel__reqid_make(rq->reqid);
-  if (!s->o.no_request_id) {
-    keel__traceparent tp;
-    const char *tph = keel_http_header(rq, "traceparent");
-    char span[17];
-    keel__traceparent_next(tph && keel__traceparent_parse(tph, &tp) ? &tp : NULL, rq->traceparent,
-                           span);
-  }
+  if (!s->o.no_request_id) keel__http_span_begin(rq); /* sets rq->traceparent */
   set_client_ip(c, rq);
 
   /* the target: path and query; routing matches the raw path (segments

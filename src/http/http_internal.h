@@ -16,6 +16,7 @@
 #include "http/middleware.h"
 #include "keel/http.h"
 #include "keel/process.h"
+#include "keel/trace.h"
 
 #define KEEL__HTTP_MAX_PARAMS 8
 
@@ -90,6 +91,8 @@ struct keel_http_req {
   bool q_done;
   char reqid[130];
   char traceparent[56];
+  keel_span span; /* the server span (trace_http.c); its ids are in traceparent */
+  bool traced;
   char client_ip[64];
   uint64_t start_ns;
   size_t bytes_in;
@@ -119,6 +122,13 @@ typedef struct keel__access {
   const char *server;
   keel_metric_family *total, *duration; /* NULL: no metrics */
 } keel__access;
+
+/* trace_http.c: the request's server span, started when it is dispatched
+ * (continuing the caller's traceparent/tracestate, or a new trace) and ended
+ * with the response (OpenTelemetry's HTTP server conventions). end is
+ * idempotent; req_free calls it for a request never answered. */
+void keel__http_span_begin(keel_http_req *rq);
+void keel__http_span_end(keel_http_req *rq);
 
 /* The access log line, the slow-request warning and the metrics of an
  * answered request (res.status set). Any scheduler's loop. */

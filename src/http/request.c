@@ -349,6 +349,7 @@ int keel_http_fail_status(keel_http_res *res, int status, const char *code, cons
 }
 
 void keel__req_free(keel_http_req *rq) {
+  keel__http_span_end(rq); /* never answered: the span ends all the same */
   keel__res_clear(&rq->res);
   keel__hdrs_free(&rq->mw);
   keel__match_free(&rq->match);

@@ -18,6 +18,8 @@
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+#include <strings.h>
+#include <time.h>
 
 #include "keel/alert_sink.h"
 #include "keel/alerts.h"
@@ -27,6 +29,8 @@
 #include "keel/metrics.h"
 #include "keel/observer.h"
 #include "keel/service.h"
+#include "keel/trace.h"
+#include "keel/trace_export.h"
 
 typedef struct rule_wrap {
   const keel_config_rule *rule;
@@ -46,6 +50,10 @@ typedef struct svc {
   _Atomic(keel_http_server *) api, admin;
   keel_alert_sink *sinks[2]; /* from ALERT_WEBHOOK_URL, ALERTMANAGER_URL */
   int nsinks;
+  bool tracing; /* the OTEL_* variables asked for it (trace_config) */
+  keel_trace_opts trace;
+  keel_trace_export_opts export;
+  uint64_t drain_start_ns; /* prep_stop's start: the trace flush gets what is left */
 } svc;
 
 static atomic_bool g_ran;
@@ -206,7 +214,60 @@ static int admin_routes(keel_http_router *r, void *ud) {
   return rc;
 }
 
+/* ---- tracing (docs/tracing.md) ----------------------------------------------------------- */
+
+/* Tracing is on when an exporter is asked for: OTEL_TRACES_EXPORTER other
+ * than none, or an OTLP endpoint; OTEL_SDK_DISABLED=true turns it off.
+ * Invalid OTEL_* values stop the service like any configuration error. */
+static int trace_config(svc *s) {
+  char err[256];
+  if (keel_trace_opts_from_env(&s->trace, err, sizeof err) != 0 ||
+      keel_trace_export_opts_from_env(&s->export, err, sizeof err) != 0) {
+    fprintf(stderr, "Invalid configuration: %s\n", err);
+    return 78;
+  }
+  const char *off = getenv("OTEL_SDK_DISABLED"), *ex = getenv("OTEL_TRACES_EXPORTER");
+  bool asked = (ex && *ex) || s->export.endpoint || s->export.base_endpoint;
+  s->tracing = asked && s->export.exporter != KEEL_TRACE_EXPORT_NONE &&
+               !(off && strcasecmp(off, "true") == 0);
+  if (!s->export.service_name) s->export.service_name = s->kc.service_name;
+  return 0;
+}
+
+static int trace_start(svc *s) {
+  if (!s->tracing) return 0;
+  int rc = keel_trace_start(&s->trace);
+  if (!rc) rc = keel_trace_register_metrics(s->metrics);
+  if (!rc) rc = keel_trace_export_start(&s->export);
+  if (!rc)
+    keel_log_info(
+        NULL, "tracing started",
+        KEEL_STR("exporter", s->export.exporter == KEEL_TRACE_EXPORT_CONSOLE ? "console" : "otlp"));
+  return rc;
+}
+
+/* The spans of the drained requests go out within what is left of the
+ * drain budget (at least 100 ms). */
+static void trace_stop(svc *s) {
+  if (!s->tracing || !keel_trace_started()) return;
+  int64_t budget = s->kc.shutdown_timeout;
+  if (s->drain_start_ns) {
+    struct timespec ts;
+    clock_gettime(CLOCK_MONOTONIC, &ts);
+    uint64_t now = (uint64_t)ts.tv_sec * 1000000000u + (uint64_t)ts.tv_nsec;
+    budget -= (int64_t)((now - s->drain_start_ns) / 1000000u);
+  }
+  int rc = keel_trace_export_stop(budget < 100 ? 100 : budget);
+  keel_trace_stats st;
+  keel_trace_stats_get(&st);
+  keel_log_info(NULL, "tracing stopped", KEEL_STR("result", rc ? keel_strerror(rc) : "ok"),
+                KEEL_UINT("exported", st.exported), KEEL_UINT("dropped", st.dropped),
+                KEEL_UINT("failed", st.failed));
+  keel_trace_stop();
+}
+
 static void ops_stop(svc *s) {
+  trace_stop(s);
   while (s->nsinks > 0)
     keel_alert_sink_stop(s->sinks[--s->nsinks]);
   keel_alerts_stop();
@@ -235,6 +296,7 @@ static int app_start(keel_app_t *app, void *arg, keel_pid_t *root, void **state)
     rc = keel_alerts_start(&ao);
   }
   if (!rc) keel_health_set_section("alerts", keel_alerts_health_section, NULL);
+  if (!rc) rc = trace_start(s);
   if (!rc) { /* alert delivery, when the environment asks for it */
     int n = keel_alert_sinks_from_env(s->kc.service_name, s->sinks, 2);
     if (n < 0)
@@ -299,6 +361,9 @@ static int app_start(keel_app_t *app, void *arg, keel_pid_t *root, void **state)
 static void app_prep_stop(void *state, keel_pid_t root) {
   (void)root;
   svc *s = state;
+  struct timespec ts;
+  clock_gettime(CLOCK_MONOTONIC, &ts);
+  s->drain_start_ns = (uint64_t)ts.tv_sec * 1000000000u + (uint64_t)ts.tv_nsec;
   keel_log_info(NULL, "preparing for shutdown");
   keel_health_set_draining(true);
   keel_http_server *api = atomic_load(&s->api);
@@ -348,6 +413,10 @@ int keel_service_main(const keel_service *def) {
     fprintf(stderr, "%s: out of memory\n", def->name);
     if (s) svc_free(s);
     return 1;
+  }
+  if (trace_config(s) != 0) {
+    svc_free(s);
+    return 78;
   }
   keel_log_opts lo = {.level = KEEL_LOG_TRACE + s->kc.log_level,
                       .format = KEEL_LOG_JSON + s->kc.log_format,

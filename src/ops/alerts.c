@@ -163,7 +163,7 @@ typedef struct mgr {
   keel_alerts_opts o; /* defaults resolved */
   keel_pid_t self;
   int sup_handle;
-  int64_t next_sweep; /* mono_ms() when the next sweep is due (interval_ms > 0) */
+  int64_t next_sweep; /* keel_monotonic_ms() when the next sweep is due (interval_ms > 0) */
   bool torn_down;     /* the shared state was already released by the process itself */
 
   pstat *tab;
@@ -199,18 +199,6 @@ typedef struct restart_ev {
 
 /* ---- small helpers ------------------------------------------------------------- */
 
-static int64_t mono_ms(void) {
-  struct timespec ts;
-  clock_gettime(CLOCK_MONOTONIC, &ts);
-  return (int64_t)ts.tv_sec * 1000 + ts.tv_nsec / 1000000;
-}
-
-static int64_t mono_us(void) {
-  struct timespec ts;
-  clock_gettime(CLOCK_MONOTONIC, &ts);
-  return (int64_t)ts.tv_sec * 1000000 + ts.tv_nsec / 1000;
-}
-
 static int64_t wall_ms(void) {
   struct timespec ts;
   clock_gettime(CLOCK_REALTIME, &ts);
@@ -218,7 +206,7 @@ static int64_t wall_ms(void) {
 }
 
 static int64_t now_of(const mgr *m) {
-  return m->o.clock_ms ? m->o.clock_ms(m->o.clock_ud) : mono_ms();
+  return m->o.clock_ms ? m->o.clock_ms(m->o.clock_ud) : keel_monotonic_ms();
 }
 
 /* "2026-11-22T01:02:03.456Z" into buf (80 bytes: room for any int fields). */
@@ -988,7 +976,7 @@ static void on_health(mgr *m, const health_ev *ev) {
 /* ---- the sweep ---------------------------------------------------------------------- */
 
 static void sweep(mgr *m) {
-  int64_t t0 = mono_us();
+  int64_t t0 = ((int64_t)(keel_monotonic_ns() / 1000u));
   int64_t now = now_of(m);
   m->gen++;
   m->live_seen = 0;
@@ -1000,7 +988,7 @@ static void sweep(mgr *m) {
   health_due(m, now);
   act_compact();
   m->sweeps++;
-  m->last_sweep_us = (uint64_t)(mono_us() - t0);
+  m->last_sweep_us = (uint64_t)(((int64_t)(keel_monotonic_ns() / 1000u)) - t0);
   publish_stats(m);
 }
 
@@ -1083,7 +1071,7 @@ static void mgr_free(void *arg) {
 /* Sends the manager its next tick, for when the next sweep is due. One is
  * outstanding at a time: init sends the first, each tick the next. */
 static int arm_tick(mgr *m) {
-  int64_t wait = m->next_sweep - mono_ms();
+  int64_t wait = m->next_sweep - keel_monotonic_ms();
   keel_msg_t *t = keel_msg_new(T_TICK, 0);
   if (!t) return KEEL_ENOMEM;
   return keel_send_after(m->self, wait > 0 ? wait : 0, t, NULL);
@@ -1094,7 +1082,7 @@ static int arm_tick(mgr *m) {
  * until its tick comes round. */
 static void sweep_if_due(mgr *m) {
   if (m->o.interval_ms <= 0) return;
-  int64_t now = mono_ms();
+  int64_t now = keel_monotonic_ms();
   if (now < m->next_sweep) return;
   sweep(m);
   m->next_sweep += m->o.interval_ms;
@@ -1140,7 +1128,7 @@ static int mgr_init(void *arg, void **state) {
     rc = 0;
   }
   if (!rc && m->o.interval_ms > 0) {
-    m->next_sweep = mono_ms() + m->o.interval_ms;
+    m->next_sweep = keel_monotonic_ms() + m->o.interval_ms;
     rc = arm_tick(m);
   }
   if (!rc) rc = keel_on_exit(mgr_free, m);

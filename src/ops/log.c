@@ -58,6 +58,7 @@
 #include "keel/log.h"
 #include "ops/json_write.h"
 #include "keel/process.h"
+#include "ops/trace_internal.h"
 
 #define REDACT_MAX     32 /* sensitive keys, defaults included */
 #define REDACT_KEY_MAX 63 /* longest sensitive key */
@@ -765,6 +766,17 @@ uint64_t keel_log_last_error(char *msg, size_t msg_cap, char *request_id, size_t
   return n;
 }
 
+/* The current span's ids (keel/trace.h): every line inside a span carries them. */
+static void put_trace_ids(keel__jw *b) {
+  char tid[33], sid[17];
+  if (!keel__trace_log_ids(tid, sid)) return;
+  KEEL__JW_LIT(b, ",\"trace_id\":\"");
+  keel__jw_put(b, tid, 32);
+  KEEL__JW_LIT(b, "\",\"span_id\":\"");
+  keel__jw_put(b, sid, 16);
+  keel__jw_ch(b, '"');
+}
+
 static void emit(const keel_logger *lg, keel_log_level level, const char *event, const char *msg,
                  const keel_log_field *fields) {
   if (!keel_log_enabled(level)) return;
@@ -798,6 +810,7 @@ static void emit(const keel_logger *lg, keel_log_level level, const char *event,
     }
     if (lg) keel__jw_put(b, lg->frag, lg->len);
     if (ctx) keel__jw_put(b, ctx->frag, ctx->len);
+    put_trace_ids(b);
     put_fields(b, fields, r, 0, true);
     KEEL__JW_LIT(b, "}\n");
   } else {
@@ -811,6 +824,7 @@ static void emit(const keel_logger *lg, keel_log_level level, const char *event,
     }
     if (lg) keel__jw_put(f, lg->frag, lg->len);
     if (ctx) keel__jw_put(f, ctx->frag, ctx->len);
+    put_trace_ids(f);
     put_fields(f, fields, r, 0, true);
     ts[10] = ' ';
     keel__jw_put(b, ts, 23);

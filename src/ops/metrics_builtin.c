@@ -39,6 +39,7 @@
 #include "keel/runtime.h"
 #include "keel/supervisor.h"
 #include "keel/sysinfo.h"
+#include "keel/timer.h"
 #include "ops/ops_internal.h"
 
 /* Mailbox depth buckets: upper bounds, in messages. */
@@ -76,12 +77,6 @@ void keel__metrics_builtin_free(void *p) {
   if (b->sup_handle > 0) keel_sup_unsubscribe(b->sup_handle);
   free(b->scheds);
   free(b);
-}
-
-static uint64_t now_ns(void) {
-  struct timespec ts;
-  clock_gettime(CLOCK_MONOTONIC, &ts); /* the runtime's clock for keel_rt_started_ms */
-  return (uint64_t)ts.tv_sec * 1000000000u + (uint64_t)ts.tv_nsec;
 }
 
 /* ---- mailbox depths ------------------------------------------------------ */
@@ -152,7 +147,7 @@ static void collect_schedulers(builtin *b) {
       b->scheds[i].last_ns = started * 1000000u;
     }
   }
-  uint64_t now = now_ns();
+  uint64_t now = keel_monotonic_ns();
   for (int i = 0; i < n && i < b->nscheds; i++) {
     sched_slot *s = &b->scheds[i];
     keel_sched_info si;

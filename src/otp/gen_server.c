@@ -53,6 +53,7 @@ typedef struct start_arg {
   keel_ref_t ack;
   const char *name;
   bool linked;
+  bool trace;
 } start_arg;
 
 typedef struct ack {
@@ -72,6 +73,8 @@ typedef struct gs_server {
   bool stop_set;
   keel_reason_kind stop_kind;
   char stop_text[256];
+  bool trace;          /* opts.trace: a span around each call and cast */
+  char trace_name[64]; /* the span's server name */
 } gs_server;
 
 static const keel_gs_context_hooks *_Atomic ctx_hooks;
@@ -107,6 +110,28 @@ static void *context_enter(const keel_msg_t *m, const keel_gs_context_hooks **us
 
 static void context_leave(const keel_gs_context_hooks *used, void *prev) {
   if (used && used->restore) used->restore(prev);
+}
+
+static const keel_gs_span_hooks *_Atomic span_hooks;
+
+void keel_gs_set_span_hooks(const keel_gs_span_hooks *hooks) {
+  /* release: as keel_gs_set_context_hooks */
+  atomic_store_explicit(&span_hooks, hooks, memory_order_release);
+}
+
+/* opts.trace: the hooks' span around one callback (NULL when none). */
+static void *span_begin(const gs_server *sv, bool call, const keel_gs_span_hooks **h) {
+  *h = sv->trace ? atomic_load_explicit(&span_hooks, memory_order_acquire) : NULL;
+  if (!*h || !(*h)->begin) return NULL;
+  return (*h)->begin(sv->trace_name, call);
+}
+
+static void span_end(const keel_gs_span_hooks *h, void *span, int rc) {
+  if (h && span && h->end) h->end(span, rc);
+}
+
+keel_msg_t *keel__gs_with_context(keel_msg_t *m) {
+  return with_context(m);
 }
 
 void *keel__gs_context_enter(const keel_msg_t *m, const keel_gs_context_hooks **used) {
@@ -211,6 +236,8 @@ static void server_main(void *p) {
   }
   sv->beh = sa->beh;
   sv->parent = sa->linked ? starter : 0;
+  sv->trace = sa->trace;
+  snprintf(sv->trace_name, sizeof sv->trace_name, "%s", sa->name ? sa->name : "gen_server");
   keel_local_set(KEEL_LOCAL_GEN_SERVER, sv);
 
   if (sa->name) {
@@ -262,8 +289,11 @@ static void server_main(void *p) {
       keel_msg_t *reply = NULL;
       const keel_gs_context_hooks *used;
       void *prev = context_enter(m, &used);
+      const keel_gs_span_hooks *sh;
+      void *span = span_begin(sv, true, &sh);
       rc = sv->beh->handle_call ? sv->beh->handle_call(sv->state, from, &sv->cur, &reply)
                                 : KEEL_EINVAL;
+      span_end(sh, span, rc);
       context_leave(used, prev);
       if (rc == KEEL_GS_REPLY || (rc == KEEL_GS_STOP && reply))
         keel_gs_reply(from, reply ? reply : keel_msg_new(0, 0));
@@ -274,7 +304,10 @@ static void server_main(void *p) {
     case KEEL_PROTO_CAST: {
       const keel_gs_context_hooks *used;
       void *prev = context_enter(m, &used);
+      const keel_gs_span_hooks *sh;
+      void *span = span_begin(sv, false, &sh);
       rc = sv->beh->handle_cast ? sv->beh->handle_cast(sv->state, &sv->cur) : 0;
+      span_end(sh, span, rc);
       context_leave(used, prev);
       break;
     }
@@ -350,7 +383,8 @@ int keel_gs_start(const keel_gen_server *beh, void *arg, const keel_gs_opts *opt
                   .starter = self,
                   .ack = ref,
                   .name = opts->name,
-                  .linked = opts->link};
+                  .linked = opts->link,
+                  .trace = opts->trace};
   keel_spawn_opts so;
   keel_spawn_opts_init(&so);
   so.stack_size = opts->stack_size;

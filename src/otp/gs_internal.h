@@ -21,6 +21,9 @@
  * init). */
 int keel__gs_continue(int (*fn)(void *state));
 
+/* Attaches the calling process's context (the hooks' capture) to m, which
+ * may move: use the returned message. Tasks carry their caller's this way. */
+keel_msg_t *keel__gs_with_context(keel_msg_t *m);
 /* Installs the context that message m carries (keel_gs_set_context_hooks);
  * returns what keel__gs_context_leave needs. m may be NULL. */
 void *keel__gs_context_enter(const keel_msg_t *m, const keel_gs_context_hooks **used);

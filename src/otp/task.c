@@ -32,6 +32,7 @@
 #include "keel/process.h"
 #include "keel/supervisor.h"
 #include "keel/task.h"
+#include "otp/gs_internal.h"
 
 enum { TAG_JOB = 0x6b4a6f62u /* "kJob" */, TAG_HELLO = 0x6b48656cu /* "kHel" */ };
 
@@ -66,9 +67,13 @@ static bool is_down_for(const keel_msg_t *m, void *arg) {
 static void run_job(keel_msg_t *m) {
   task_job job;
   memcpy(&job, keel_msg_data(m), sizeof job);
+  /* the caller's log context and current span, as a gen_server call has them */
+  const keel_gs_context_hooks *used;
+  void *prev = keel__gs_context_enter(m, &used);
   keel_msg_free(m);
   keel_msg_t *result = NULL;
   int rc = job.fn(job.arg, &result);
+  keel__gs_context_leave(used, prev);
   if (rc < 0) {
     keel_msg_free(result);
     keel_exitf("task returned %s (%s)", keel_err_name(rc), keel_strerror(rc));
@@ -115,7 +120,7 @@ static int send_job(keel_pid_t to, keel_task_fn fn, void *arg, keel_pid_t reply_
   keel_msg_t *m = keel_msg_copy(TAG_JOB, &job, sizeof job);
   if (!m) return KEEL_ENOMEM;
   keel_msg_set_proto(m, KEEL_PROTO_SYSTEM);
-  return keel_send(to, m);
+  return keel_send(to, keel__gs_with_context(m));
 }
 
 int keel_task_async(keel_task_fn fn, void *arg, keel_task_t *out) {

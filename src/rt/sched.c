@@ -40,6 +40,7 @@
 #include <string.h>
 #include <time.h>
 
+#include "keel/timer.h"
 #include "rt/internal.h"
 
 keel__rt keel__g;
@@ -77,6 +78,14 @@ uint64_t keel__now_ns(void) {
   struct timespec ts;
   clock_gettime(CLOCK_MONOTONIC, &ts);
   return (uint64_t)ts.tv_sec * 1000000000u + (uint64_t)ts.tv_nsec;
+}
+
+uint64_t keel_monotonic_ns(void) {
+  return keel__now_ns();
+}
+
+int64_t keel_monotonic_ms(void) {
+  return (int64_t)(keel__now_ns() / 1000000u);
 }
 
 uint64_t keel__coarse_ms(void) {

@@ -1,0 +1,376 @@
+/* trace.c - spans: start and end, attributes, events, the current span,
+ * W3C trace context in and out.
+ *
+ * A keel_span is the caller's storage; it always carries ids (so the trace
+ * propagates) and, when sampled while tracing runs, points to a
+ * keel_span_data on the heap that records the rest. That is the only
+ * allocation a span makes, so an unsampled span costs two random draws and a
+ * few stores. The current span lives in the process-local slot
+ * KEEL_LOCAL_TRACE as the top of a chain through keel_span.prev: start
+ * pushes, end pops. A context from elsewhere (a gen_server caller, the wire)
+ * is pushed as a heap keel_span that owns a copy of its tracestate
+ * (keel_trace_ctx_push). The exporter's process is marked with a sentinel
+ * span so that its own HTTP requests make no spans.
+ *
+ * Times are CLOCK_REALTIME nanoseconds, what OTLP wants; no monotonic pairing
+ * (a step of the wall clock during a span shows in its duration, as in every
+ * OpenTelemetry SDK).
+ */
+#include <stddef.h>
+#include <stdlib.h>
+#include <string.h>
+#include <time.h>
+
+#include "keel/error.h"
+#include "ops/trace_internal.h"
+
+/* The exporter's marker (keel__trace_suppress): never recorded, never ended. */
+static keel_span suppress_marker;
+
+uint64_t keel__trace_now_ns(void) {
+  struct timespec ts;
+  clock_gettime(CLOCK_REALTIME, &ts);
+  return (uint64_t)ts.tv_sec * 1000000000u + (uint64_t)ts.tv_nsec;
+}
+
+static void rand_nonzero(uint8_t *b, size_t n) {
+  for (;;) {
+    uint64_t any = 0;
+    for (size_t i = 0; i < n; i += 8) {
+      uint64_t v = keel__rand64();
+      any |= v;
+      memcpy(b + i, &v, n - i < 8 ? n - i : 8);
+    }
+    if (any) return; /* 64 zero bits in a row: never in practice, but W3C forbids zero ids */
+  }
+}
+
+/* ---- the current span --------------------------------------------------------- */
+
+keel_span *keel_span_current(void) {
+  keel_span *s = keel_local_get(KEEL_LOCAL_TRACE);
+  return s == &suppress_marker ? NULL : s;
+}
+
+int keel__trace_suppress(void) {
+  return keel_local_set(KEEL_LOCAL_TRACE, &suppress_marker);
+}
+
+bool keel__trace_suppressed(void) {
+  return keel_local_get(KEEL_LOCAL_TRACE) == &suppress_marker;
+}
+
+bool keel__trace_log_ids(char trace_hex[33], char span_hex[17]) {
+  keel_span *s = keel_span_current();
+  if (!s || !s->ctx.valid) return false;
+  keel_trace_hex(s->ctx.trace_id, 16, trace_hex);
+  keel_trace_hex(s->ctx.span_id, 8, span_hex);
+  return true;
+}
+
+/* A pushed context: the span keeps a copy of the tracestate after it. */
+typedef struct pushed {
+  keel_span sp;
+  char ts[];
+} pushed;
+
+int keel_trace_ctx_push(const keel_span_ctx *ctx) {
+  if (!ctx) return KEEL_EINVAL;
+  if (!keel_self()) return KEEL_ENOTPROC;
+  if (keel__trace_suppressed()) return KEEL_ESTATE; /* the exporter takes no trace context */
+  size_t tl = ctx->tracestate ? strlen(ctx->tracestate) + 1 : 0;
+  pushed *p = calloc(1, sizeof *p + tl);
+  if (!p) return KEEL_ENOMEM;
+  p->sp.ctx = *ctx;
+  if (tl) {
+    memcpy(p->ts, ctx->tracestate, tl);
+    p->sp.ctx.tracestate = p->ts;
+  }
+  p->sp.prev = keel_local_get(KEEL_LOCAL_TRACE);
+  p->sp.current = true;
+  p->sp.ended = true; /* nothing to end: it only stands for its context */
+  keel_local_set(KEEL_LOCAL_TRACE, &p->sp);
+  return 0;
+}
+
+void keel_trace_ctx_pop(void) {
+  keel_span *s = keel_local_get(KEEL_LOCAL_TRACE);
+  if (!s || s == &suppress_marker) return;
+  keel_local_set(KEEL_LOCAL_TRACE, s->prev);
+  free((pushed *)s); /* sp is pushed's first member */
+}
+
+/* ---- span data -------------------------------------------------------------------- */
+
+static void attrs_free(keel__tattrs *a) {
+  for (uint32_t i = 0; i < a->n; i++)
+    free(a->a[i].key); /* the string value shares its block */
+  free(a->a);
+}
+
+void keel__span_data_free(keel__span_data *d) {
+  if (!d) return;
+  if (d->name != d->name_buf) free(d->name);
+  free(d->status_msg);
+  free(d->tracestate);
+  attrs_free(&d->attrs);
+  for (uint32_t i = 0; i < d->nevents; i++) {
+    free(d->events[i].name);
+    attrs_free(&d->events[i].attrs);
+  }
+  free(d->events);
+  keel__trace_record_recycle(d);
+}
+
+static int set_name(keel__span_data *d, const char *name) {
+  size_t n = strlen(name ? name : "");
+  char *dst = d->name_buf;
+  if (n >= sizeof d->name_buf && !(dst = malloc(n + 1))) return KEEL_ENOMEM;
+  if (d->name && d->name != d->name_buf) free(d->name);
+  memcpy(dst, name ? name : "", n + 1);
+  d->name = dst;
+  return 0;
+}
+
+/* ---- start and end ------------------------------------------------------------------ */
+
+int keel_span_start(keel_span *sp, const char *name, keel_span_kind kind, const keel_span_opts *o) {
+  const keel_span_ctx *parent = o ? o->parent : NULL;
+  keel_span *cur = keel_local_get(KEEL_LOCAL_TRACE);
+  bool suppressed = cur == &suppress_marker;
+  if (!parent && !(o && o->root) && cur && !suppressed) parent = &cur->ctx;
+  if (parent && !parent->valid) parent = NULL;
+
+  memset(sp, 0, sizeof *sp);
+  sp->ctx.valid = true;
+  if (parent) {
+    memcpy(sp->ctx.trace_id, parent->trace_id, 16);
+    memcpy(sp->parent_id, parent->span_id, 8);
+    sp->ctx.tracestate = parent->tracestate;
+  } else {
+    rand_nonzero(sp->ctx.trace_id, 16);
+  }
+  rand_nonzero(sp->ctx.span_id, 8);
+  bool sampled = !suppressed && keel__trace_decide(parent, sp->ctx.trace_id);
+  sp->ctx.flags = sampled ? KEEL_TRACE_SAMPLED : 0;
+
+  int rc = 0;
+  if (sampled && keel__trace_queue_on() && !(o && o->propagate_only)) { /* the one allocation */
+    keel__span_data *d = keel__trace_record_alloc();
+    if (d) {
+      memset(d, 0, offsetof(keel__span_data, name_buf));
+      memcpy(d->trace_id, sp->ctx.trace_id, 16);
+      memcpy(d->span_id, sp->ctx.span_id, 8);
+      memcpy(d->parent_id, sp->parent_id, 8);
+      d->has_parent = parent != NULL;
+      d->parent_remote = parent && parent->remote;
+      d->flags = sp->ctx.flags;
+      d->kind = (uint8_t)kind;
+      d->start_ns = o && o->start_ns ? o->start_ns : keel__trace_now_ns();
+      if (set_name(d, name) != 0 ||
+          (sp->ctx.tracestate && !(d->tracestate = strdup(sp->ctx.tracestate)))) {
+        keel__span_data_free(d);
+        d = NULL;
+      }
+    }
+    if (!d) rc = KEEL_ENOMEM;
+    sp->data = d;
+  }
+  if (!(o && o->no_current) && keel_self() && !suppressed) {
+    sp->prev = cur;
+    sp->current = true;
+    keel_local_set(KEEL_LOCAL_TRACE, sp);
+  }
+  return rc;
+}
+
+void keel_span_end_at(keel_span *sp, uint64_t end_ns) {
+  if (!sp || sp->ended) return;
+  sp->ended = true;
+  if (sp->current) {
+    /* end in reverse order of start; if an inner span was left open, the
+     * chain is cut back to before this one all the same */
+    keel_local_set(KEEL_LOCAL_TRACE, sp->prev);
+    sp->current = false;
+  }
+  keel__span_data *d = sp->data;
+  if (!d) return;
+  sp->data = NULL;
+  d->end_ns = end_ns ? end_ns : keel__trace_now_ns();
+  keel__trace_push(d);
+}
+
+bool keel_span_recording(const keel_span *sp) {
+  return sp && sp->data;
+}
+
+/* ---- attributes, events, status ------------------------------------------------------ */
+
+static void attr_add(keel__tattrs *a, const keel_log_field *f) {
+  if (!f->key) return;
+  keel__tattr t = {0};
+  switch (f->type) {
+  case KEEL_LOG_T_STR: t.type = KEEL__TA_STR; break;
+  case KEEL_LOG_T_INT: t.type = KEEL__TA_INT, t.v.i = f->v.i; break;
+  case KEEL_LOG_T_UINT: t.type = KEEL__TA_INT, t.v.i = (int64_t)f->v.u; break;
+  case KEEL_LOG_T_DOUBLE: t.type = KEEL__TA_DOUBLE, t.v.d = f->v.d; break;
+  case KEEL_LOG_T_BOOL: t.type = KEEL__TA_BOOL, t.v.b = f->v.b; break;
+  default: return; /* objects and the rest: not an OTLP scalar */
+  }
+  if (a->n >= KEEL__TRACE_MAX_ATTRS) {
+    a->dropped++;
+    return;
+  }
+  if (a->n == a->cap) {
+    uint32_t cap = a->cap ? a->cap * 2 : 16; /* a server span's attributes fit at once */
+    keel__tattr *na = realloc(a->a, cap * sizeof *na);
+    if (!na) {
+      a->dropped++;
+      return;
+    }
+    a->a = na, a->cap = cap;
+  }
+  /* key and string value in one block (one malloc, not two): the key owns it */
+  size_t kl = strlen(f->key) + 1;
+  size_t vl = t.type == KEEL__TA_STR ? strlen(f->v.s ? f->v.s : "") + 1 : 0;
+  char *blk = malloc(kl + vl);
+  if (!blk) {
+    a->dropped++;
+    return;
+  }
+  memcpy(blk, f->key, kl);
+  if (vl) memcpy(blk + kl, f->v.s ? f->v.s : "", vl);
+  t.key = blk;
+  if (vl) t.v.s = blk + kl;
+  a->a[a->n++] = t;
+}
+
+void keel_span_set_attr_list(keel_span *sp, const keel_log_field *fields) {
+  if (!sp || !sp->data || !fields) return;
+  for (const keel_log_field *f = fields; f->type != KEEL_LOG_T_END; f++)
+    attr_add(&sp->data->attrs, f);
+}
+
+void keel_span_set_str(keel_span *sp, const char *key, const char *v) {
+  keel_span_set(sp, KEEL_STR(key, v));
+}
+void keel_span_set_int(keel_span *sp, const char *key, int64_t v) {
+  keel_span_set(sp, KEEL_INT(key, v));
+}
+void keel_span_set_double(keel_span *sp, const char *key, double v) {
+  keel_span_set(sp, KEEL_DOUBLE(key, v));
+}
+void keel_span_set_bool(keel_span *sp, const char *key, bool v) {
+  keel_span_set(sp, KEEL_BOOL(key, v));
+}
+
+void keel_span_event_list(keel_span *sp, const char *name, const keel_log_field *fields) {
+  if (!sp || !sp->data) return;
+  keel__span_data *d = sp->data;
+  if (d->nevents >= KEEL__TRACE_MAX_EVENTS) {
+    d->dropped_events++;
+    return;
+  }
+  if (d->nevents == d->evcap) {
+    uint32_t cap = d->evcap ? d->evcap * 2 : 4;
+    keel__tevent *ne = realloc(d->events, cap * sizeof *ne);
+    if (!ne) {
+      d->dropped_events++;
+      return;
+    }
+    d->events = ne, d->evcap = cap;
+  }
+  keel__tevent *e = &d->events[d->nevents];
+  memset(e, 0, sizeof *e);
+  if (!(e->name = strdup(name ? name : ""))) {
+    d->dropped_events++;
+    return;
+  }
+  e->t_ns = keel__trace_now_ns();
+  d->nevents++;
+  if (fields)
+    for (const keel_log_field *f = fields; f->type != KEEL_LOG_T_END; f++)
+      attr_add(&e->attrs, f);
+}
+
+void keel_span_set_status(keel_span *sp, keel_span_status status, const char *msg) {
+  if (!sp || !sp->data) return;
+  keel__span_data *d = sp->data;
+  d->status = (uint8_t)status;
+  free(d->status_msg);
+  d->status_msg = status == KEEL_SPAN_ERROR && msg ? strdup(msg) : NULL;
+}
+
+void keel_span_set_name(keel_span *sp, const char *name) {
+  if (sp && sp->data) set_name(sp->data, name);
+}
+
+/* ---- W3C trace context ------------------------------------------------------------------ */
+
+static const char HEX[] = "0123456789abcdef";
+
+void keel_trace_hex(const uint8_t *b, size_t n, char *out) {
+  for (size_t i = 0; i < n; i++) {
+    out[2 * i] = HEX[b[i] >> 4];
+    out[2 * i + 1] = HEX[b[i] & 15];
+  }
+  out[2 * n] = '\0';
+}
+
+static int hexval(char c) {
+  if (c >= '0' && c <= '9') return c - '0';
+  if (c >= 'a' && c <= 'f') return c - 'a' + 10;
+  return -1; /* uppercase is invalid in traceparent */
+}
+
+/* n bytes from 2n lowercase hex digits; false on a bad digit or, when
+ * nonzero, all zero. */
+static bool unhex(const char *s, uint8_t *out, size_t n, bool nonzero) {
+  uint8_t any = 0;
+  for (size_t i = 0; i < n; i++) {
+    int hi = hexval(s[2 * i]), lo = hexval(s[2 * i + 1]);
+    if (hi < 0 || lo < 0) return false;
+    out[i] = (uint8_t)(hi << 4 | lo);
+    any |= out[i];
+  }
+  return any || !nonzero;
+}
+
+/* tracestate: W3C caps it at 32 members; 512 characters is what a vendor
+ * must pass on. Printable ASCII only, so it cannot break a header. */
+static bool tracestate_ok(const char *s) {
+  size_t n = 0;
+  for (; s[n]; n++)
+    if (n >= 512 || (unsigned char)s[n] < 0x20 || (unsigned char)s[n] > 0x7e) return false;
+  return n > 0;
+}
+
+bool keel_trace_parse(const char *s, const char *tracestate, keel_span_ctx *out) {
+  keel_span_ctx c = {0};
+  if (out) *out = c;
+  if (!s) return false;
+  size_t len = strlen(s);
+  uint8_t ver;
+  /* version(2) - trace-id(32) - parent-id(16) - flags(2) = 55 */
+  if (len < 55 || !unhex(s, &ver, 1, false) || s[2] != '-' || ver == 0xff) return false;
+  if ((ver == 0 && len != 55) || (len > 55 && s[55] != '-')) return false;
+  if (!unhex(s + 3, c.trace_id, 16, true) || s[35] != '-') return false;
+  if (!unhex(s + 36, c.span_id, 8, true) || s[52] != '-') return false;
+  if (!unhex(s + 53, &c.flags, 1, false)) return false;
+  c.flags &= KEEL_TRACE_SAMPLED; /* level 1: the other bits are not ours to pass on */
+  c.remote = c.valid = true;
+  if (tracestate && tracestate_ok(tracestate)) c.tracestate = tracestate;
+  if (out) *out = c;
+  return true;
+}
+
+void keel_trace_format(const keel_span_ctx *c, char out[56]) {
+  memcpy(out, "00-", 3);
+  keel_trace_hex(c->trace_id, 16, out + 3);
+  out[35] = '-';
+  keel_trace_hex(c->span_id, 8, out + 36);
+  out[52] = '-';
+  out[53] = '0';
+  out[54] = (c->flags & KEEL_TRACE_SAMPLED) ? '1' : '0';
+  out[55] = '\0';
+}

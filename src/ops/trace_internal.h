@@ -1,0 +1,98 @@
+/* trace_internal.h - what the tracing files share with each other and with
+ * the exporter in src/http (not installed).
+ *
+ * A recording span keeps a keel_span_data: ids, times, name, status and its
+ * attributes and events, all owned by it. keel_span_end hands it to the batch
+ * queue (trace_queue.c); the exporter takes batches with keel__trace_take,
+ * encodes them (src/http/trace_otlp.c) and frees them with
+ * keel__span_data_free.
+ */
+#ifndef KEEL_TRACE_INTERNAL_H
+#define KEEL_TRACE_INTERNAL_H
+
+#include <stdatomic.h>
+
+#include "keel/process.h"
+#include "keel/trace.h"
+
+enum { KEEL__TA_STR = 1, KEEL__TA_BOOL, KEEL__TA_INT, KEEL__TA_DOUBLE };
+
+typedef struct keel__tattr {
+  char *key;
+  uint8_t type; /* KEEL__TA_* */
+  union {
+    char *s;
+    int64_t i;
+    double d;
+    bool b;
+  } v;
+} keel__tattr;
+
+typedef struct keel__tattrs {
+  keel__tattr *a;
+  uint32_t n, cap, dropped;
+} keel__tattrs;
+
+typedef struct keel__tevent {
+  char *name;
+  uint64_t t_ns;
+  keel__tattrs attrs;
+} keel__tevent;
+
+struct keel_span_data {
+  uint8_t trace_id[16], span_id[8], parent_id[8];
+  uint8_t flags, kind, status;
+  bool has_parent, parent_remote;
+  uint64_t start_ns, end_ns;
+  char *name; /* name_buf, or malloc'd when longer */
+  char *status_msg;
+  char *tracestate;
+  keel__tattrs attrs;
+  keel__tevent *events;
+  uint32_t nevents, evcap, dropped_events;
+  char name_buf[40];
+};
+typedef struct keel_span_data keel__span_data;
+
+#define KEEL__TRACE_MAX_ATTRS  128
+#define KEEL__TRACE_MAX_EVENTS 128
+
+/* trace.c */
+void keel__span_data_free(keel__span_data *d);
+uint64_t keel__trace_now_ns(void);
+/* The current span's ids as hex for a log line; false when no span is current. */
+bool keel__trace_log_ids(char trace_hex[33], char span_hex[17]);
+/* The exporter's process records no spans of its own (its HTTP requests
+ * would be traced, exported, traced ...): this marks the calling process. */
+int keel__trace_suppress(void);
+bool keel__trace_suppressed(void);
+/* 64 random bits from the calling thread's xoshiro256** stream. */
+uint64_t keel__rand64(void);
+
+/* trace_sampler.c: the sampler keel_trace_start installed; false when not started. */
+bool keel__trace_decide(const keel_span_ctx *parent, const uint8_t trace_id[16]);
+int keel__trace_sampler_set(const keel_trace_opts *o);
+
+/* trace_queue.c: records come from and go back to a pool while tracing
+ * runs (malloc/free otherwise); keel__span_data_free recycles. */
+keel__span_data *keel__trace_record_alloc(void);
+void keel__trace_record_recycle(keel__span_data *d);
+
+/* trace_queue.c: the batch queue. push takes d (freed when the queue is full
+ * or tracing stopped, and counted as dropped). */
+void keel__trace_push(keel__span_data *d);
+int keel__trace_queue_start(int max_queue);
+void keel__trace_queue_stop(void);
+bool keel__trace_queue_on(void);
+/* Up to max ended spans, oldest first; the caller frees each. */
+size_t keel__trace_take(keel__span_data **out, size_t max);
+/* The exporter's outcome for n spans. */
+void keel__trace_count(uint64_t exported, uint64_t failed);
+/* When at least threshold spans wait, send pid one message (tag) to wake it
+ * (once until keel__trace_take runs). pid 0 turns it off. */
+void keel__trace_set_waker(keel_pid_t pid, uint64_t tag, size_t threshold);
+
+/* log_calls.c: trace context rides gen_server calls with the log context. */
+void keel__trace_follow_calls(bool on);
+
+#endif
