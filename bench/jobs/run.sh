@@ -56,12 +56,20 @@ done
 scratch=$(mktemp -d "${TMPDIR:-/tmp}/keel-bench-jobs.XXXXXX")
 chmod 755 "$scratch"
 redis_pid=
+redis_port=
 pg_state=
 pg_url=${PG_URL:-}
 
 stop_redis() {
   if [[ -n $redis_pid ]]; then
-    kill -TERM "$redis_pid" 2>/dev/null || true
+    # SHUTDOWN NOSAVE, not SIGTERM: on SIGTERM Redis first saves its RDB and
+    # stays up when that fails (its folder removed), leaking the server.
+    redis-cli -p "$redis_port" shutdown nosave >/dev/null 2>&1 || true
+    for _ in $(seq 50); do
+      kill -0 "$redis_pid" 2>/dev/null || break
+      sleep 0.1
+    done
+    kill -KILL "$redis_pid" 2>/dev/null || true
     wait "$redis_pid" 2>/dev/null || true
     redis_pid=
   fi
@@ -103,26 +111,27 @@ if [[ " $sides " = *" keel_pg "* && -z $pg_url ]]; then
 fi
 
 # Starts a fresh redis-server with the persistence flags given; sets
-# redis_pid and prints its port.
+# redis_pid and redis_port (in this shell: not to be called in $(...), or
+# stop_redis would not know the server).
 start_redis() {
-  local dir=$1 port
+  local dir=$1
   shift
-  port=$(free_port)
+  redis_port=$(free_port)
   mkdir -p "$dir"
   # Debian's binary without a config file: the built-in defaults (RDB
   # snapshots after 3600 s/1, 300 s/100 or 60 s/10000 changes; no AOF).
-  redis-server --port "$port" --bind 127.0.0.1 --dir "$dir" --daemonize no \
+  redis-server --port "$redis_port" --bind 127.0.0.1 --dir "$dir" --daemonize no \
     --logfile "$dir/redis.log" "$@" >/dev/null 2>&1 &
   redis_pid=$!
   for _ in $(seq 100); do
-    redis-cli -p "$port" ping >/dev/null 2>&1 && { echo "$port"; return 0; }
+    redis-cli -p "$redis_port" ping >/dev/null 2>&1 && return 0
     sleep 0.1
   done
   die "redis-server did not answer within 10 s (see $dir/redis.log; KEEP=1)"
 }
 
 run_side() {
-  local side=$1 r=$2 out=$scratch/$1-$2.jsonl port
+  local side=$1 r=$2 out=$scratch/$1-$2.jsonl
   say "round $r: $side (load $(cut -d' ' -f1-3 /proc/loadavg))"
   case $side in
   keel_sqlite)
@@ -135,8 +144,8 @@ run_side() {
     local flags=()
     [[ $side = bullmq_aof ]] && flags=(--appendonly yes --appendfsync everysec)
     [[ $side = bullmq_always ]] && flags=(--appendonly yes --appendfsync always)
-    port=$(start_redis "$scratch/redis-$side-$r" "${flags[@]}")
-    NODE_PATH=$node_dir/node_modules node "$root/bench/node/bullmq.js" "$port" "$side" 20 >"$out"
+    start_redis "$scratch/redis-$side-$r" "${flags[@]}"
+    NODE_PATH=$node_dir/node_modules node "$root/bench/node/bullmq.js" "$redis_port" "$side" 20 >"$out"
     stop_redis
     ;;
   *) die "unknown side $side" ;;
