@@ -11,6 +11,7 @@
 #   make bench-compare   the same workloads on keel and on Erlang/OTP, side by side
 #   make bench-http the HTTP server against Fastify and nginx (wrk)
 #   make bench-orders   the orders service under wrk, on SQLite and PostgreSQL
+#   make bench-jobs     durable jobs (SQLite, PostgreSQL) against BullMQ on Redis
 #   make install    headers, libraries, keel.pc, CMake package (PREFIX=/usr/local)
 #   make clean
 
@@ -22,7 +23,7 @@ DEPS_FLAGS ?=
 CTEST = ctest --output-on-failure --no-tests=error
 
 .PHONY: all build run run-microservice test test-release test-asan test-tsan test-portable test-cross test-install test-fuzz \
-        bench bench-compare bench-http bench-orders install clean deps
+        bench bench-compare bench-http bench-orders bench-jobs install clean deps
 
 all: build
 
@@ -107,6 +108,12 @@ bench-http: build
 bench-orders: build
 	@scripts/install-deps.sh --bench
 	ROUNDS=3 bench/orders/run.sh build
+
+# Durable jobs (bench_jobs --one) against BullMQ on a Redis started per round
+# (default persistence, then AOF everysec and always), alternating rounds.
+bench-jobs: build
+	@scripts/install-deps.sh --bench
+	ROUNDS=3 bench/jobs/run.sh build
 
 # The HTTP request path under libFuzzer (clang, ASan+UBSan), FUZZ_SECONDS long.
 test-fuzz:

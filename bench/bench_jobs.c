@@ -8,7 +8,7 @@
  * 3): raw sqlite3 doing each job's three durable writes (INSERT, the claim's
  * UPDATE, the completion's UPDATE, each its own transaction, WAL,
  * synchronous=FULL as keel) from one thread, no batching; BullMQ on Redis
- * is make bench-compare's anchor and is not run here. Pickup: 500 jobs
+ * is bench/jobs/run.sh's anchor (make bench-jobs, with --one). Pickup: 500 jobs
  * enqueued one at a time 2 ms apart; the worker records now minus the
  * time before the enqueue call (carried in args); p50 and p99 per round.
  * Medians over rounds as JSON lines {"bench", "unit", "value"}:
@@ -16,6 +16,12 @@
  *   jobs_sqlite_throughput_ratio, jobs_sqlite_pickup_p50, _p99 (ms);
  * and with $BENCH_ES_PG_URL (a schema of its own): jobs_pg_throughput_keel,
  * jobs_pg_pickup_p50, jobs_pg_pickup_p99 (no raw anchor on PostgreSQL yet).
+ *
+ * `bench_jobs --one sqlite|pg` runs one round of keel's side only, for
+ * bench/jobs/run.sh, which alternates it with BullMQ (bench/node/bullmq.js,
+ * the same workloads): jobs_<backend>_throughput, jobs_<backend>_steady (the
+ * pickup run's jobs/s, first enqueue to last start), jobs_<backend>_pickup_p50
+ * and _p99; pg takes $BENCH_ES_PG_URL.
  */
 #include <libpq-fe.h>
 #include <sqlite3.h>
@@ -36,6 +42,7 @@ static int rounds = 3;
 static char url[1200];
 static char dir[256];
 static bool pg;
+static bool one; /* --one: a single round of keel's side */
 
 static int64_t now_ns(void) {
   struct timespec ts;
@@ -111,8 +118,12 @@ static keel_es *open_store(void) {
 
 static keel_jobs *start(keel_es *es, keel_metrics *m) {
   keel_jobs *j = NULL;
-  int rc = keel_jobs_start(&(keel_jobs_opts){.es = es, .workers = workers, .nworkers = 1,
-                                             .queues = queues, .nqueues = 1, .metrics = m,
+  int rc = keel_jobs_start(&(keel_jobs_opts){.es = es,
+                                             .workers = workers,
+                                             .nworkers = 1,
+                                             .queues = queues,
+                                             .nqueues = 1,
+                                             .metrics = m,
                                              .instance = "bench"},
                            &j);
   if (rc) die("keel_jobs_start", rc);
@@ -143,10 +154,12 @@ static double keel_throughput(void) {
   return ENQUEUERS * PER / s;
 }
 
-static void keel_pickup(double *p50, double *p99) {
+/* *steady: jobs/s from the first enqueue to the last start. */
+static void keel_pickup(double *p50, double *p99, double *steady) {
   keel_es *es = open_store();
   keel_jobs *j = start(es, NULL);
   atomic_store(&nlat, 0);
+  int64_t t0 = now_ns();
   for (int i = 0; i < PICKUP_N; i++) {
     json_t *a = json_pack("{s:I}", "t", (json_int_t)now_ns());
     if (keel_jobs_enqueue(j, &(keel_job_new){.worker = "noop", .args = a}, NULL, NULL) != 0)
@@ -156,6 +169,7 @@ static void keel_pickup(double *p50, double *p99) {
   }
   while (atomic_load(&nlat) < PICKUP_N)
     keel_sleep(1);
+  *steady = PICKUP_N / ((double)(now_ns() - t0) / 1e9);
   keel_jobs_stop(j, 1000);
   keel_es_close(es);
   int n = PICKUP_N;
@@ -183,19 +197,22 @@ static double raw_throughput(int round) {
   snprintf(path, sizeof path, "%s/raw-%d.db", dir, round);
   sqlite3 *db;
   ok(sqlite3_open(path, &db), db);
-  ok(sqlite3_exec(db, "PRAGMA journal_mode=WAL; PRAGMA synchronous=FULL; CREATE TABLE jobs (id "
-                      "INTEGER PRIMARY KEY AUTOINCREMENT, queue TEXT, worker TEXT, args TEXT, "
-                      "state TEXT, attempt INTEGER, run_at BIGINT, instance TEXT, finished_at "
-                      "BIGINT)",
+  ok(sqlite3_exec(db,
+                  "PRAGMA journal_mode=WAL; PRAGMA synchronous=FULL; CREATE TABLE jobs (id "
+                  "INTEGER PRIMARY KEY AUTOINCREMENT, queue TEXT, worker TEXT, args TEXT, "
+                  "state TEXT, attempt INTEGER, run_at BIGINT, instance TEXT, finished_at "
+                  "BIGINT)",
                   NULL, NULL, NULL),
      db);
   sqlite3_stmt *ins, *claim, *done;
-  ok(sqlite3_prepare_v2(db, "INSERT INTO jobs (queue, worker, args, state, attempt, run_at) "
-                            "VALUES ('default', 'noop', '{}', 'available', 0, ?1)",
+  ok(sqlite3_prepare_v2(db,
+                        "INSERT INTO jobs (queue, worker, args, state, attempt, run_at) "
+                        "VALUES ('default', 'noop', '{}', 'available', 0, ?1)",
                         -1, &ins, NULL),
      db);
-  ok(sqlite3_prepare_v2(db, "UPDATE jobs SET state = 'running', attempt = attempt + 1, instance "
-                            "= 'raw' WHERE id = ?1",
+  ok(sqlite3_prepare_v2(db,
+                        "UPDATE jobs SET state = 'running', attempt = attempt + 1, instance "
+                        "= 'raw' WHERE id = ?1",
                         -1, &claim, NULL),
      db);
   ok(sqlite3_prepare_v2(db, "UPDATE jobs SET state = 'completed', finished_at = ?2 WHERE id = ?1",
@@ -223,9 +240,30 @@ static double raw_throughput(int round) {
 
 /* ---- the run --------------------------------------------------------------------------------- */
 
+/* One round of keel's side (--one), its figures unsummarised: run.sh takes
+ * the medians over its alternating rounds. */
+static void bench_one(void *arg) {
+  (void)arg;
+  const char *pre = pg ? "jobs_pg" : "jobs_sqlite";
+  char name[64];
+  double p50, p99, steady;
+  if (!pg) snprintf(url, sizeof url, "sqlite:%s/keel.db", dir);
+  double k = keel_throughput();
+  if (!pg) snprintf(url, sizeof url, "sqlite:%s/pickup.db", dir);
+  keel_pickup(&p50, &p99, &steady);
+  snprintf(name, sizeof name, "%s_throughput", pre);
+  emit(name, "jobs/s", k);
+  snprintf(name, sizeof name, "%s_steady", pre);
+  emit(name, "jobs/s", steady);
+  snprintf(name, sizeof name, "%s_pickup_p50", pre);
+  emit(name, "ms", p50);
+  snprintf(name, sizeof name, "%s_pickup_p99", pre);
+  emit(name, "ms", p99);
+}
+
 static void bench(void *arg) {
   (void)arg;
-  double k[16], r[16], ratio[16], p50[16], p99[16];
+  double k[16], r[16], ratio[16], p50[16], p99[16], steady;
   const char *pre = pg ? "jobs_pg" : "jobs_sqlite";
   char name[64];
   for (int i = 0; i < rounds; i++) {
@@ -240,7 +278,7 @@ static void bench(void *arg) {
       k[i] = keel_throughput();
       fprintf(stderr, "round %d: keel %.0f jobs/s\n", i, k[i]);
     }
-    keel_pickup(&p50[i], &p99[i]);
+    keel_pickup(&p50[i], &p99[i], &steady);
     fprintf(stderr, "round %d: pickup p50 %.2f ms, p99 %.2f ms\n", i, p50[i], p99[i]);
   }
   snprintf(name, sizeof name, "%s_throughput_keel", pre);
@@ -261,23 +299,41 @@ static void pg_schema(const char *base) {
     fprintf(stderr, "bench_jobs: %s\n", PQerrorMessage(c));
     exit(2);
   }
-  PGresult *r = PQexec(c, "DROP SCHEMA IF EXISTS " PG_SCHEMA " CASCADE; CREATE SCHEMA " PG_SCHEMA);
+  PGresult *r = PQexec(c, "SET client_min_messages = warning; DROP SCHEMA IF EXISTS " PG_SCHEMA
+                          " CASCADE; CREATE SCHEMA " PG_SCHEMA);
   PQclear(r);
   PQfinish(c);
   snprintf(url, sizeof url, "%s%coptions=-csearch_path%%3D" PG_SCHEMA, base,
            strchr(base, '?') ? '&' : '?');
 }
 
-int main(void) {
+int main(int argc, char **argv) {
+  if (argc == 3 && strcmp(argv[1], "--one") == 0 &&
+      (strcmp(argv[2], "sqlite") == 0 || strcmp(argv[2], "pg") == 0)) {
+    one = true;
+    pg = strcmp(argv[2], "pg") == 0;
+  } else if (argc != 1) {
+    fprintf(stderr, "usage: bench_jobs [--one sqlite|pg]\n");
+    return 2;
+  }
   const char *r = getenv("BENCH_JOBS_ROUNDS");
   if (r && atoi(r) > 0 && atoi(r) <= 16) rounds = atoi(r);
   const char *t = getenv("TMPDIR");
   snprintf(dir, sizeof dir, "%s/keel-bench-jobs-XXXXXX", t && *t ? t : "/tmp");
   if (!mkdtemp(dir)) die("mkdtemp", KEEL_EIO);
   keel_log_set_level(KEEL_LOG_WARN);
-  int rc = keel_run(bench, NULL, NULL);
   const char *base = getenv("BENCH_ES_PG_URL");
-  if (rc == 0 && base && *base) {
+  int rc;
+  if (one) {
+    if (pg && !(base && *base)) {
+      fprintf(stderr, "bench_jobs: --one pg needs BENCH_ES_PG_URL\n");
+      return 2;
+    }
+    if (pg) pg_schema(base);
+    rc = keel_run(bench_one, NULL, NULL);
+  } else
+    rc = keel_run(bench, NULL, NULL);
+  if (!one && rc == 0 && base && *base) {
     pg = true;
     pg_schema(base);
     rc = keel_run(bench, NULL, NULL);

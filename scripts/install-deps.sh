@@ -35,7 +35,8 @@ set -euo pipefail
 # missing; a nodejs that ships npm, as NodeSource's does, needs nothing more);
 # tmux, the terminal keelctl top runs in under test (tests/tools/test_keelctl.sh).
 # --build: only what building needs (the Docker image). --bench: also the
-# systems keel is compared with (Erlang/OTP, nginx) and wrk.
+# systems keel is compared with (Erlang/OTP, nginx) and wrk; redis-server,
+# the Redis BullMQ runs on in the jobs benchmark (bench/jobs/run.sh).
 build_packages=(build-essential cmake pkg-config libuv1-dev libjansson-dev node-llhttp
   libsqlite3-dev libpq-dev libcurl4-openssl-dev libssl-dev tzdata libncurses-dev)
 test_packages=(postgresql-15 pgbouncer gcc-aarch64-linux-gnu libc6-dev-arm64-cross qemu-user prometheus jq curl
@@ -43,7 +44,7 @@ test_packages=(postgresql-15 pgbouncer gcc-aarch64-linux-gnu libc6-dev-arm64-cro
   prometheus-alertmanager python3 protobuf-compiler chromium nodejs tmux)
 case "${1:-}" in
   --build) packages=("${build_packages[@]}") ;;
-  --bench) packages=("${build_packages[@]}" "${test_packages[@]}" erlang-base wrk) ;;
+  --bench) packages=("${build_packages[@]}" "${test_packages[@]}" erlang-base wrk redis-server) ;;
   *) packages=("${build_packages[@]}" "${test_packages[@]}") ;;
 esac
 
