@@ -187,6 +187,7 @@ int keel_on_exit_of(keel_pid_t pid, void (*fn)(void *arg), void *arg);
 enum {
   KEEL_LOCAL_GEN_SERVER = 0, /* gen_server.c: the running server */
   KEEL_LOCAL_LOG = 1,        /* the process's logging context */
+  KEEL_LOCAL_PORTS = 3,      /* port.c: the ports the process owns */
   KEEL_LOCAL_USER = 4,       /* 4..7: the application's */
   KEEL_LOCAL_SLOTS = 8
 };
