@@ -29,6 +29,7 @@
 #include <stdlib.h>
 #include <string.h>
 #include <sys/resource.h>
+#include <sys/wait.h>
 #include <unistd.h>
 
 #include "keel/error.h"
@@ -172,17 +173,11 @@ static void maybe_finish(keel_port_t *p) {
   }
 }
 
-static void on_closed(uv_handle_t *h);
-
 static void on_exit_cb(uv_process_t *h, int64_t exit_status, int term_signal) {
   keel_port_t *p = h->data;
   p->exited = true;
   p->status.exit_code = (int)exit_status;
   p->status.signal = term_signal;
-  if (p->closing) { /* torn down while it ran: it is reaped now */
-    uv_close((uv_handle_t *)h, on_closed);
-    return;
-  }
   maybe_finish(p);
 }
 
@@ -313,6 +308,35 @@ static void set_remove(keel_port_t *p) {
   p->pprev = NULL;
 }
 
+/* A program torn down while it runs was sent SIGKILL, but libuv reaps only
+ * the children of open handles, and the port's handle is closing: a worker
+ * of the blocking pool waits for it instead, or it would stay a zombie for
+ * the node's life. At keel_rt_stop the loops run once more, which waits for
+ * it too (the death signal has killed it by then). A program stuck in an
+ * uninterruptible sleep holds a pool thread until it dies. */
+typedef struct reaper {
+  uv_work_t req;
+  pid_t pid;
+} reaper;
+
+static void reap_work(uv_work_t *req) {
+  pid_t pid = ((reaper *)req)->pid;
+  while (waitpid(pid, NULL, 0) < 0 && errno == EINTR) {
+  }
+}
+
+static void reap_done(uv_work_t *req, int status) {
+  (void)status;
+  free(req);
+}
+
+static void reap_later(keel_port_t *p) {
+  reaper *r = malloc(sizeof *r);
+  if (!r) return; /* out of memory: a zombie until the node exits */
+  r->pid = p->os_pid;
+  if (uv_queue_work(p->proc.loop, &r->req, reap_work, reap_done) != 0) free(r);
+}
+
 /* Closes every handle; the last close callback frees the port. The caller
  * has dealt with the program (it exited, or was sent SIGKILL). */
 static void port_teardown(keel_port_t *p) {
@@ -320,14 +344,8 @@ static void port_teardown(keel_port_t *p) {
   p->waiter = NULL;
   set_remove(p);
   p->handles++; /* held while closing, so a synchronous callback cannot free early */
-  /* A program not reaped yet keeps its handle until its exit callback,
-   * which reaps it (libuv waits only for open handles): closing now would
-   * leave a zombie for the node's life. At keel_rt_stop (no scheduler runs;
-   * the death signal has already killed it) there is no later. */
-  if (p->exited || keel_sched_current() < 0)
-    close_handle(p, (uv_handle_t *)&p->proc);
-  else
-    p->handles++; /* on_exit_cb closes it */
+  if (!p->exited) reap_later(p);
+  close_handle(p, (uv_handle_t *)&p->proc);
   close_handle(p, (uv_handle_t *)&p->in);
   close_handle(p, (uv_handle_t *)&p->out[0].pipe);
   close_handle(p, (uv_handle_t *)&p->out[1].pipe);
