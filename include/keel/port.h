@@ -151,8 +151,10 @@ char *keel_port_status_format(const keel_port_status *st, char *buf, size_t len)
 /* Stops the program if it still runs (SIGTERM to its group, then SIGKILL when
  * it has not exited within timeout_ms: 0 = 5000, KEEL_NOWAIT = SIGKILL at
  * once), waits for it, frees the port and unpins the caller. *st (may be
- * NULL) gets how it ended. Messages already in the mailbox stay there; no
- * more come after this returns. Owner only. Errors: KEEL_EINVAL, KEEL_EPERM
+ * NULL) gets how it ended. Messages already in the mailbox stay there (the
+ * caller's to receive or leave); what the program writes while it is being
+ * closed is read and dropped, and no EXIT message is sent for a port closed
+ * this way: *st says how it ended. Owner only. Errors: KEEL_EINVAL, KEEL_EPERM
  * (the port is left as it was). */
 int keel_port_close(keel_port_t *port, int64_t timeout_ms, keel_port_status *st);
 

@@ -30,7 +30,7 @@
 #include <string.h>
 #include <sys/resource.h>
 #include <sys/wait.h>
-#include <unistd.h>
+#include <unistd.h> /* environ (_GNU_SOURCE) */
 
 #include "keel/error.h"
 #include "keel/io.h"
@@ -43,8 +43,6 @@
 #define DEFAULT_CLOSE_MS    5000
 #define READ_BUF            65536
 #define RESUME_POLL_MS      5
-
-extern char **environ;
 
 /* The payload of every port message: this header, then the bytes, then a
  * NUL. Self-contained: it never points into the port. */
@@ -86,7 +84,8 @@ struct keel_port {
   bool exited;
   bool exit_sent;
   bool paused;
-  bool closing; /* handles are being closed; no more messages */
+  bool closing;  /* handles are being closed; no more messages */
+  bool draining; /* in keel_port_close: output read and dropped, no messages */
   keel_port_status status;
   keel_io_t *waiter; /* the owner waiting in keel_port_close for the exit */
   int handles;       /* open handles; the last close callback frees the port */
@@ -101,7 +100,7 @@ struct port_set {
 /* ---- messages ---------------------------------------------------------------- */
 
 static void send_msg(keel_port_t *p, int tag, unsigned flags, const char *data, size_t len) {
-  if (p->closing) return;
+  if (p->closing || p->draining) return;
   keel_msg_t *m = keel_msg_new((uint32_t)tag, sizeof(port_msg_hdr) + len + 1);
   if (!m) return; /* out of memory: the output is lost, as a dropped line */
   port_msg_hdr *h = keel_msg_data(m);
@@ -236,7 +235,7 @@ static void on_resume_tick(uv_timer_t *t) {
 }
 
 static void check_backpressure(keel_port_t *p) {
-  if (p->paused || p->closing || owner_mailbox(p) < p->max_pending) return;
+  if (p->paused || p->closing || p->draining || owner_mailbox(p) < p->max_pending) return;
   p->paused = true;
   set_reading(p, false);
   uv_timer_start(&p->resume, on_resume_tick, RESUME_POLL_MS, RESUME_POLL_MS);
@@ -688,7 +687,11 @@ int keel_port_close(keel_port_t *p, int64_t timeout_ms, keel_port_status *st) {
   if (rc) return rc;
   if (timeout_ms == 0) timeout_ms = DEFAULT_CLOSE_MS;
   if (!p->exited) kill(-p->os_pid, timeout_ms == KEEL_NOWAIT ? SIGKILL : SIGTERM);
-  if (p->paused) { /* the owner stops listening: read the rest to the end */
+  /* The owner stops listening: what the program still writes is read and
+   * dropped (a program blocked writing to a full pipe could not end), and
+   * no EXIT message comes: the status is returned here. */
+  p->draining = true;
+  if (p->paused) {
     uv_timer_stop(&p->resume);
     p->paused = false;
     set_reading(p, true);
