@@ -485,7 +485,7 @@ static void stdio_for(out_stream *s, int fd, uv_stdio_container_t *c) {
 
 static int validate(const keel_port_opts *o) {
   if (!o || !o->argv || !o->argv[0] || !valid_mode(o->stdout_mode) || !valid_mode(o->stderr_mode) ||
-      (o->nrlimits && !o->rlimits))
+      (o->nrlimits && !o->rlimits) || o->max_line > UINT32_MAX / 2) /* 32-bit lengths */
     return KEEL_EINVAL;
   for (size_t i = 0; i < o->nrlimits; i++)
     if (o->rlimits[i].resource < 0 || o->rlimits[i].resource >= RLIM_NLIMITS ||
@@ -615,7 +615,7 @@ static void write_abandoned(void *arg) {
 int keel_port_write(keel_port_t *p, const void *data, size_t len, int64_t timeout_ms) {
   int rc = owner_check(p);
   if (rc) return rc;
-  if ((!data && len) || timeout_ms == KEEL_NOWAIT) return KEEL_EINVAL;
+  if ((!data && len) || len > UINT32_MAX || timeout_ms == KEEL_NOWAIT) return KEEL_EINVAL;
   if (!p->in_open) return KEEL_ESTATE;
   if (len == 0) return 0;
   write_req *w = malloc(sizeof *w + len);
