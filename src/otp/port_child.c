@@ -80,18 +80,17 @@ int keel_port_child_start(void *arg, const void *args, size_t args_len, keel_pid
   (void)args_len;
   if (!arg) return KEEL_EINVAL;
   if (!keel_self()) return KEEL_ENOTPROC;
-  keel_ref_t ref = keel_make_ref();
-  int rc = keel_await_ref(ref);
-  if (rc) return rc;
-  child_start cs = {.spec = arg, .starter = keel_self(), .ref = ref};
-  keel_spawn_opts o = {
-      .link = true, .monitor = true, .monitor_with = ref, .trap_exit = true, .name = "port"};
+  child_start cs = {.spec = arg, .starter = keel_self()};
+  keel_spawn_opts o = {.link = true,
+                       .monitor = true,
+                       .await_monitor = true,
+                       .monitor_ref = &cs.ref, /* written before the child runs */
+                       .trap_exit = true,
+                       .name = "port"};
   keel_pid_t child;
-  rc = keel_spawn(child_main, &cs, &o, &child);
-  if (rc) {
-    keel_await_cancel(ref);
-    return rc;
-  }
+  int rc = keel_spawn(child_main, &cs, &o, &child);
+  if (rc) return rc;
+  keel_ref_t ref = cs.ref;
   keel_msg_t *m;
   rc = keel_await(ref, &m, KEEL_INFINITY);
   if (rc == 0 && keel_msg_kind_of(m) == KEEL_MSG_REPLY && keel_msg_size(m) == sizeof(int))
