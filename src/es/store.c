@@ -40,9 +40,7 @@
 enum { ES_BUSY_TIMEOUT_MS = 10000 };
 
 double keel__es_now_s(void) {
-  struct timespec ts;
-  clock_gettime(CLOCK_MONOTONIC, &ts);
-  return (double)ts.tv_sec + (double)ts.tv_nsec * 1e-9;
+  return (double)keel_now_ns() * 1e-9;
 }
 
 int64_t keel__es_unix_ms(void) {

@@ -215,9 +215,7 @@ static void deliver(keel_alert_sink *s, const queued *q) {
 }
 
 static uint64_t mono_ms(void) {
-  struct timespec ts;
-  clock_gettime(CLOCK_MONOTONIC, &ts);
-  return (uint64_t)ts.tv_sec * 1000u + (uint64_t)ts.tv_nsec / 1000000u;
+  return keel_now_ms();
 }
 
 /* Whether q passes the cooldown (and records it). */

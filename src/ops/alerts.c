@@ -191,15 +191,11 @@ typedef struct restart_ev {
 /* ---- small helpers ------------------------------------------------------------- */
 
 static int64_t mono_ms(void) {
-  struct timespec ts;
-  clock_gettime(CLOCK_MONOTONIC, &ts);
-  return (int64_t)ts.tv_sec * 1000 + ts.tv_nsec / 1000000;
+  return (int64_t)keel_now_ms();
 }
 
 static int64_t mono_us(void) {
-  struct timespec ts;
-  clock_gettime(CLOCK_MONOTONIC, &ts);
-  return (int64_t)ts.tv_sec * 1000000 + ts.tv_nsec / 1000;
+  return (int64_t)(keel_now_ns() / 1000u);
 }
 
 static int64_t wall_ms(void) {
