@@ -245,6 +245,32 @@ KT_CASE(env_cwd_and_rlimits_are_applied) {
   unsetenv("KT_PORT_MARK");
 }
 
+/* ---- the owner's rules ------------------------------------------------------ */
+
+static void intruder(void *arg) {
+  keel_port_t *p = arg;
+  keel_port_status st;
+  CHECK_EQ(keel_port_write(p, "x\n", 2, KT_LONG), KEEL_EPERM);
+  CHECK_EQ(keel_port_close_stdin(p), KEEL_EPERM);
+  CHECK_EQ(keel_port_kill(p, SIGTERM), KEEL_EPERM);
+  CHECK_EQ(keel_port_close(p, 0, &st), KEEL_EPERM);
+}
+
+KT_CASE(only_the_owner_uses_a_port_and_a_closed_stdin_fails_writes) {
+  static const char *const argv[] = {"sh", "-c", "exec 0<&-; echo closed; exec sleep 1000", NULL};
+  keel_port_t *p = open_argv(argv, NULL);
+  keel_ref_t ref;
+  keel_pid_t other = kt_spawn_monitor(intruder, p, 0, &ref);
+  CHECK_EQ(kt_wait_down(ref, other, NULL, 0), KEEL_REASON_NORMAL);
+  expect_line(p, KEEL_PORT_STDOUT, "closed", 0);
+  CHECK_EQ(keel_port_write(p, "x\n", 2, KT_LONG), KEEL_EIO); /* EPIPE, not SIGPIPE */
+  CHECK_OK(keel_port_kill(p, SIGUSR1));
+  got g = expect_exit(p);
+  CHECK_STR(g.data, "signal 10 (SIGUSR1)");
+  CHECK_EQ(keel_port_kill(p, SIGTERM), KEEL_ESTATE);
+  CHECK_OK(keel_port_close(p, 0, NULL));
+}
+
 /* ---- backpressure ------------------------------------------------------------ */
 
 KT_CASE(a_flood_pauses_reading_instead_of_filling_the_mailbox) {
@@ -531,6 +557,7 @@ static const kt_case cases[] = {
     KT_ENTRY(an_exit_code_and_a_signal_become_reasons),
     KT_ENTRY(bad_options_and_a_missing_helper_are_refused),
     KT_ENTRY(env_cwd_and_rlimits_are_applied),
+    KT_ENTRY(only_the_owner_uses_a_port_and_a_closed_stdin_fails_writes),
     KT_ENTRY(a_flood_pauses_reading_instead_of_filling_the_mailbox),
     KT_ENTRY(close_sends_sigterm_then_sigkill_past_the_timeout),
     KT_ENTRY(an_owner_that_dies_takes_its_program_with_it),
