@@ -192,13 +192,6 @@ void keel_rt_set_proc_events(keel_proc_event_fn fn, void *ud);
 /* CLOCK_MONOTONIC milliseconds at which the runtime started, 0 when stopped. */
 uint64_t keel_rt_started_ms(void);
 
-/* The node's clock: CLOCK_MONOTONIC, the clock of every keel timeout,
- * deadline and timer, in nanoseconds and in milliseconds. Use it for
- * durations and deadlines (never the wall clock, which jumps). Any thread,
- * also before keel_rt_start. */
-uint64_t keel_now_ns(void);
-uint64_t keel_now_ms(void);
-
 /* Runtime reports: things an operator must hear about. The default handler
  * writes one line to stderr. The operations layer installs its own to log
  * them as structured events. */

@@ -40,7 +40,9 @@
 enum { ES_BUSY_TIMEOUT_MS = 10000 };
 
 double keel__es_now_s(void) {
-  return (double)keel_now_ns() * 1e-9;
+  struct timespec ts;
+  clock_gettime(CLOCK_MONOTONIC, &ts);
+  return (double)ts.tv_sec + (double)ts.tv_nsec * 1e-9;
 }
 
 int64_t keel__es_unix_ms(void) {

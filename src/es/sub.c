@@ -516,7 +516,9 @@ int64_t keel__sub_db_delay(int64_t poll_ms, int64_t max_ms, int errors) {
 }
 
 static int64_t mono_ms(void) {
-  return (int64_t)keel_now_ms();
+  struct timespec ts;
+  clock_gettime(CLOCK_MONOTONIC, &ts);
+  return (int64_t)ts.tv_sec * 1000 + ts.tv_nsec / 1000000;
 }
 
 static void breaker_gauges(sub *s) {

@@ -215,7 +215,9 @@ static void deliver(keel_alert_sink *s, const queued *q) {
 }
 
 static uint64_t mono_ms(void) {
-  return keel_now_ms();
+  struct timespec ts;
+  clock_gettime(CLOCK_MONOTONIC, &ts);
+  return (uint64_t)ts.tv_sec * 1000u + (uint64_t)ts.tv_nsec / 1000000u;
 }
 
 /* Whether q passes the cooldown (and records it). */

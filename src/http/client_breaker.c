@@ -23,7 +23,6 @@
 #include "http/client_internal.h"
 #include "keel/error.h"
 #include "keel/health.h"
-#include "keel/runtime.h"
 
 #define NBUCKETS 10
 
@@ -43,7 +42,9 @@ struct keel__hc_breakers {
 };
 
 static uint64_t now_ms(void) {
-  return keel_now_ms();
+  struct timespec ts;
+  clock_gettime(CLOCK_MONOTONIC, &ts);
+  return (uint64_t)ts.tv_sec * 1000u + (uint64_t)ts.tv_nsec / 1000000u;
 }
 
 keel__hc_breakers *keel__hc_breakers_new(void) {

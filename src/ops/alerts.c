@@ -191,11 +191,15 @@ typedef struct restart_ev {
 /* ---- small helpers ------------------------------------------------------------- */
 
 static int64_t mono_ms(void) {
-  return (int64_t)keel_now_ms();
+  struct timespec ts;
+  clock_gettime(CLOCK_MONOTONIC, &ts);
+  return (int64_t)ts.tv_sec * 1000 + ts.tv_nsec / 1000000;
 }
 
 static int64_t mono_us(void) {
-  return (int64_t)(keel_now_ns() / 1000u);
+  struct timespec ts;
+  clock_gettime(CLOCK_MONOTONIC, &ts);
+  return (int64_t)ts.tv_sec * 1000000 + ts.tv_nsec / 1000;
 }
 
 static int64_t wall_ms(void) {

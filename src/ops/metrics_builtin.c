@@ -79,7 +79,9 @@ void keel__metrics_builtin_free(void *p) {
 }
 
 static uint64_t now_ns(void) {
-  return keel_now_ns(); /* the runtime's clock, as keel_rt_started_ms */
+  struct timespec ts;
+  clock_gettime(CLOCK_MONOTONIC, &ts); /* the runtime's clock for keel_rt_started_ms */
+  return (uint64_t)ts.tv_sec * 1000000000u + (uint64_t)ts.tv_nsec;
 }
 
 /* ---- mailbox depths ------------------------------------------------------ */

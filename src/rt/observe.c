@@ -112,14 +112,6 @@ int keel_rt_sched_info(int i, keel_sched_info *out) {
   return 0;
 }
 
-uint64_t keel_now_ns(void) {
-  return keel__now_ns();
-}
-
-uint64_t keel_now_ms(void) {
-  return keel__now_ns() / 1000000u;
-}
-
 uint64_t keel_rt_started_ms(void) {
   return atomic_load_explicit(&keel__g.started_ms, memory_order_relaxed);
 }

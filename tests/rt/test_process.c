@@ -758,14 +758,6 @@ KT_CASE(spawn_with_await_monitor_arms_the_ref_before_the_child_runs) {
   keel_rt_set_report_handler(NULL, NULL);
 }
 
-KT_CASE(the_public_clock_is_monotonic_and_agrees_with_itself) {
-  uint64_t a = keel_now_ns(), ms = keel_now_ms(), b = keel_now_ns();
-  CHECK(a <= b);
-  CHECK(a / 1000000u <= ms && ms <= b / 1000000u);
-  CHECK_OK(keel_sleep(2));
-  CHECK(keel_now_ms() >= ms + 2);
-}
-
 KT_MAIN(KT_ENTRY(spawn_runs_function_with_its_argument_and_self_matches_pid),
         KT_ENTRY(spawn_with_null_out_pid_still_runs),
         KT_ENTRY(spawn_with_large_stack_size_allows_deep_recursion),
@@ -796,5 +788,4 @@ KT_MAIN(KT_ENTRY(spawn_runs_function_with_its_argument_and_self_matches_pid),
         KT_ENTRY_SCHED(exit_signal_can_be_sent_from_a_non_process_thread, 1),
         KT_ENTRY(on_exit_cleanups_run_in_reverse_order_even_when_killed),
         KT_ENTRY(crash_is_reported_but_normal_and_shutdown_are_not),
-        KT_ENTRY_SCHED(spawn_with_await_monitor_arms_the_ref_before_the_child_runs, 2),
-        KT_ENTRY(the_public_clock_is_monotonic_and_agrees_with_itself))
+        KT_ENTRY_SCHED(spawn_with_await_monitor_arms_the_ref_before_the_child_runs, 2))
