@@ -27,8 +27,10 @@
 #include "keel/alerts.h"
 #include "keel/observer.h"
 #include "keel/json.h"
+#include "keel/cron.h"
 #include "keel/service.h"
 #include "keel/eventstore.h"
 #include "keel/aggregate.h"
+#include "keel/jobs.h"
 
 #endif

@@ -44,8 +44,10 @@ HEADER_LAYERS="error:rt runtime:rt process:rt message:rt timer:rt io:rt
   registry:otp table:otp gen_server:otp supervisor:otp task:otp application:otp
   gen_statem:otp port:otp
   config:ops log:ops metrics:ops sysinfo:ops health:ops alerts:ops observer:ops json:ops
+  cron:ops
   http:http service:http http_client:http alert_sink:http
-  eventstore:es subscription:es aggregate:es"
+  eventstore:es subscription:es aggregate:es
+  jobs:jobs"
 
 rank() {
   local i

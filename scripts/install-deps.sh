@@ -12,7 +12,8 @@ set -euo pipefail
 # parser, see docs/decisions/0007), libsqlite3-dev (the event store's
 # embedded database, src/es/), libpq-dev (its PostgreSQL backend),
 # libcurl4-openssl-dev (the HTTP client, src/http/client*.c), libssl-dev
-# (HMAC-SHA256 of signed alert webhooks, src/http/alert_sink.c). test: a cross
+# (HMAC-SHA256 of signed alert webhooks, src/http/alert_sink.c), tzdata (the
+# TZif files cron's time zones are read from, src/ops/tz.c). test: a cross
 # compiler and qemu to run the AArch64 context switch (tests/ctx/run-cross.sh);
 # prometheus for promtool and a real scrape (tests/ops/test_prom*.sh); jq and
 # curl, which read logs and talk to the microservice in the test scripts;
@@ -22,14 +23,15 @@ set -euo pipefail
 # (tests/es/pg_cluster.sh); pgbouncer, the same suites behind a pooler in
 # transaction mode (tests/es/pgbouncer.sh); nginx-light, the TLS server of the
 # HTTP client's tests (tests/http/test_client_tls.sh); prometheus-alertmanager,
-# the real Alertmanager alert delivery posts to (tests/http/test_alert_sink_am.sh).
+# the real Alertmanager alert delivery posts to (tests/http/test_alert_sink_am.sh);
+# python3, whose zoneinfo is the oracle of tests/ops/test_cron_oracle.py.
 # --build: only what building needs (the Docker image). --bench: also the
 # systems keel is compared with (Erlang/OTP, nginx) and wrk.
 build_packages=(build-essential cmake pkg-config libuv1-dev libjansson-dev node-llhttp
-  libsqlite3-dev libpq-dev libcurl4-openssl-dev libssl-dev)
+  libsqlite3-dev libpq-dev libcurl4-openssl-dev libssl-dev tzdata)
 test_packages=(postgresql-15 pgbouncer gcc-aarch64-linux-gnu libc6-dev-arm64-cross qemu-user prometheus jq curl
   clang libclang-rt-14-dev libhttp-parser-dev nginx-light
-  prometheus-alertmanager)
+  prometheus-alertmanager python3)
 case "${1:-}" in
   --build) packages=("${build_packages[@]}") ;;
   --bench) packages=("${build_packages[@]}" "${test_packages[@]}" erlang-base wrk) ;;

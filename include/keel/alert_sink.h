@@ -7,8 +7,16 @@
  * full), so the process that raised an alert never waits for delivery; the
  * sink posts them one at a time, with the client's retries (connection
  * errors, 502/503/504/429, backoff with jitter, Retry-After) and a cooldown
- * per alert (its type and process): an alert that fires again within the
- * cooldown is not sent again, and neither is its resolution.
+ * per alert (its type, process and severity): an alert that fires again
+ * within the cooldown is not sent again, and neither is its resolution. A
+ * sink may take only alerts at or above a minimum severity (the test alert,
+ * which is info, always goes through: it checks the path).
+ *
+ * Alertmanager forgets a firing alert that is not sent again: each firing
+ * alert is posted with endsAt four re-send intervals ahead and re-sent every
+ * interval until keel resolves it (what Prometheus itself does), so a node
+ * that dies leaves alerts that resolve by themselves a few minutes later
+ * instead of firing forever, and a live node's alerts never lapse.
  *
  *   keel_alert_sink_opts o = {.format = KEEL_ALERT_SINK_SLACK,
  *                             .url = "https://hooks.slack.com/services/..."};
@@ -20,15 +28,16 @@
  *                  "process":...,"threshold":...,"value":...,"message":...,
  *                  "time":"...","resolvedAt":null}}; with a secret, the header
  *                  X-Keel-Signature: sha256=<hex HMAC-SHA256 of the body>
- *   Slack         {"text":"[FIRING] high_error_rate on orders: <message>"}
- *   Discord       {"content":"[RESOLVED] high_error_rate on orders: <message>"}
+ *   Slack         {"text":"[FIRING] high_error_rate (critical) on orders: <message>"}
+ *   Discord       {"content":"[RESOLVED] high_error_rate (critical) on orders: <message>"}
  *   Alertmanager  POST <url>/api/v2/alerts [{"labels":{"alertname":...,"service":...,
- *                  "process":...},"annotations":{"summary":...},"startsAt":...,
- *                  "endsAt":... (resolved alerts only)}]
+ *                  "severity":...,"process":...},"annotations":{"summary":...},
+ *                  "startsAt":...,"endsAt":...}] (firing: four re-send intervals ahead;
+ *                  resolved: when it resolved)
  *   PagerDuty     Events API v2 (url: https://events.pagerduty.com/v2/enqueue)
  *                  {"routing_key":...,"event_action":"trigger"|"resolve",
  *                   "dedup_key":"<service>:<type>:<pid>","payload":{"summary":...,
- *                   "source":...,"severity":"warning","timestamp":...}}
+ *                   "source":...,"severity":"critical","timestamp":...}}
  */
 #ifndef KEEL_ALERT_SINK_H
 #define KEEL_ALERT_SINK_H
@@ -67,6 +76,10 @@ typedef struct keel_alert_sink_opts {
   size_t queue_max;         /* alerts waiting; 0: 100 */
   int max_retries;          /* per alert, as keel_http_client_req; 0: 3; < 0: none */
   keel_http_client *client; /* borrowed, outlives the sink; NULL: the sink makes its own */
+  keel_alert_severity min_severity; /* alerts below it are not sent (counted as filtered);
+                                       0: info, everything. The test alert always goes */
+  int64_t resend_ms; /* Alertmanager: re-send firing alerts this often; 0: 60000; < 0:
+                        never, and no endsAt (Alertmanager's resolve_timeout decides) */
 } keel_alert_sink_opts;
 
 /* Starts a sink (a process subscribed to the alert manager, which must be
@@ -94,6 +107,8 @@ typedef struct keel_alert_sink_stats {
   uint64_t failed;     /* gave up after the retries */
   uint64_t dropped;    /* pushed out of a full queue, or queued at stop */
   uint64_t suppressed; /* held back by the cooldown */
+  uint64_t filtered;   /* below min_severity */
+  uint64_t resent;     /* Alertmanager: firing alerts posted again (not counted in sent) */
 } keel_alert_sink_stats;
 
 /* Counters so far. Any thread. */
@@ -102,10 +117,15 @@ void keel_alert_sink_stats_get(const keel_alert_sink *s, keel_alert_sink_stats *
 /* Starts the sinks the environment asks for, each at most once:
  *   ALERT_WEBHOOK_URL + ALERT_WEBHOOK_FORMAT (json, slack, discord, pagerduty;
  *   default json) + ALERT_WEBHOOK_SECRET (json: the signing key; pagerduty:
- *   the routing key), and ALERTMANAGER_URL;
+ *   the routing key) + ALERT_WEBHOOK_MIN_SEVERITY (info, warning, critical;
+ *   default info), and ALERTMANAGER_URL + ALERTMANAGER_MIN_SEVERITY +
+ *   ALERTMANAGER_RESEND_MS (default 60000);
  *   ALERT_COOLDOWN_MS for both. service names them in messages.
  * Up to max sinks go to out; returns how many were started (0: none asked
- * for) or a negative KEEL_E* (ALERT_WEBHOOK_FORMAT unknown: KEEL_EINVAL). */
+ * for) or a negative KEEL_E* (KEEL_EINVAL: ALERT_WEBHOOK_FORMAT or a
+ * severity unknown, ALERT_COOLDOWN_MS or ALERTMANAGER_RESEND_MS not a
+ * whole number of ms in range; keel_service_main checks them first and
+ * names the variable). */
 int keel_alert_sinks_from_env(const char *service, keel_alert_sink **out, size_t max);
 
 #ifdef __cplusplus

@@ -17,7 +17,12 @@
  *     there were since the previous such alert (keel_log_last_error);
  *   - compares the open file descriptors with the soft RLIMIT_NOFILE:
  *     fd_percent of it or more fires "high_fd_usage" (a node that will soon
- *     refuse connections, or already does).
+ *     refuse connections, or already does);
+ *   - every health_interval_ms, runs the detailed health probe
+ *     (keel/health.h) in a process of its own and fires "health_status" when
+ *     the node turns degraded (warning) or unhealthy (critical), naming the
+ *     checks that are not ok; a change of status resolves the alert and,
+ *     unless the node is healthy again, fires the new one.
  *
  * An alert stays active until its value falls back (the sample no longer
  * exceeds the threshold, the rate drops under it, or the process exits):
@@ -57,10 +62,30 @@ typedef enum keel_alert_type {
   KEEL_ALERT_FD_USAGE = 4,     /* "high_fd_usage": open descriptors near the limit, node-wide */
   KEEL_ALERT_TEST = 5,         /* "test_alert": never raised by the manager; sent by hand to
                                   check delivery (keel/alert_sink.h, POST /admin/alerts/test) */
+  KEEL_ALERT_HEALTH = 6,       /* "health_status": the node's health (keel/health.h, the detailed
+                                  probe) is degraded or unhealthy, node-wide */
 } keel_alert_type;
 
+/* How urgent an alert is. Each type has its own (keel_alert_type_severity);
+ * a sink may take only those at or above a minimum (keel/alert_sink.h). */
+typedef enum keel_alert_severity {
+  KEEL_ALERT_INFO = 1,     /* "info": for the record (the test alert) */
+  KEEL_ALERT_WARNING = 2,  /* "warning": look at it today (queue size, restart rate, degraded) */
+  KEEL_ALERT_CRITICAL = 3, /* "critical": look at it now (error rate, descriptors, unhealthy) */
+} keel_alert_severity;
+
+/* "info", "warning", "critical"; "unknown" for anything else. Static. */
+const char *keel_alert_severity_name(keel_alert_severity s);
+/* The name (any case) <-> the enum; 0 for an unknown name or NULL. */
+keel_alert_severity keel_alert_severity_parse(const char *name);
+/* A type's severity: high_queue_size, high_restart_rate: warning;
+ * high_error_rate, high_fd_usage: critical; health_status: warning when
+ * degraded and critical when unhealthy (this gives warning; the alert
+ * itself says which); test_alert: info. */
+keel_alert_severity keel_alert_type_severity(keel_alert_type type);
+
 /* "high_queue_size", "high_restart_rate", "high_error_rate", "high_fd_usage",
- * "test_alert"; "unknown" for
+ * "test_alert", "health_status"; "unknown" for
  * anything else. Static strings. */
 const char *keel_alert_type_name(keel_alert_type type);
 
@@ -68,13 +93,17 @@ const char *keel_alert_type_name(keel_alert_type type);
 typedef struct keel_alert {
   char id[24]; /* "alert-<n>": unique for the life of the OS process */
   keel_alert_type type;
-  keel_pid_t pid;      /* queue size: the process; restart rate: the supervisor;
-                          error rate, fd usage: 0 (node-wide) */
-  char name[64];       /* its registered name, else its label, else "" */
+  keel_alert_severity severity; /* its type's (keel_alert_type_severity); health_status:
+                                   critical when unhealthy */
+  keel_pid_t pid;               /* queue size: the process; restart rate: the supervisor;
+                                   error rate, fd usage: 0 (node-wide) */
+  char name[64];                /* its registered name, else its label, else "" */
   double threshold;    /* queue size: mean + k * stddev; rates: the configured per-minute limit;
-                          fd usage: fd_percent of the soft limit, in descriptors */
+                          fd usage: fd_percent of the soft limit, in descriptors;
+                          health: 1 (degraded) */
   double value;        /* queue size: the depth sampled; rates: events in the last 60 s;
-                          fd usage: the open descriptors.
+                          fd usage: the open descriptors; health: 1 degraded,
+                          2 unhealthy (resolved: 0 healthy, or the new status).
                           In keel_alerts_active: the latest value; in a resolved
                           event: the value that resolved it (0 when the process exited) */
   double mean, stddev; /* queue size: the learned baseline at trigger time; else 0 */
@@ -97,25 +126,27 @@ enum { KEEL_ALERTS_EV_TRIGGERED = 1, KEEL_ALERTS_EV_RESOLVED = 2 };
 int keel_alert_msg(const keel_msg_t *m, keel_alert *out);
 
 typedef struct keel_alerts_opts {
-  double k;             /* sensitivity: standard deviations above the mean; 0: 2.0 */
-  uint32_t min_samples; /* samples a process needs before it may alert; 0: 30 */
-  int64_t cooldown_ms;  /* after an alert fired, the same process and type do not fire
-                           again within this; 0: 10000; <0: no cooldown */
-  int64_t interval_ms;  /* sampling interval; 0: 1000; <0: never on its own (tests: only
-                           keel_alerts_sweep_now samples) */
-  uint64_t floor;       /* a mailbox shallower than this never alerts; 0: 10; 1: no floor */
-  uint32_t window;      /* baseline memory in samples (horizon of the exponentially
-                           weighted statistics); 0: 1000 */
-  int restarts_per_min; /* per supervisor: this many restarts within 60 s alert; 0: 5; <0: off */
-  int errors_per_min;   /* error + fatal log lines within error_window_ms (60 s unless set)
-                           alert; 0: 10; <0: off */
-  int64_t error_window_ms;   /* the error rate's window; 0: 60000 (the reference's error
-                                alert: errors_per_min 5, error_window_ms 300000) */
-  int64_t error_cooldown_ms; /* the error alert's own cooldown; 0: cooldown_ms (the
-                                reference: 900000); <0: none */
-  int fd_percent;       /* open descriptors at this percent of the soft limit alert
-                           (threshold: that many descriptors; value: open ones);
-                           0: 90; <0: off; above 100: KEEL_EINVAL */
+  double k;                /* sensitivity: standard deviations above the mean; 0: 2.0 */
+  uint32_t min_samples;    /* samples a process needs before it may alert; 0: 30 */
+  int64_t cooldown_ms;     /* after an alert fired, the same process and type do not fire
+                              again within this; 0: 10000; <0: no cooldown */
+  int64_t interval_ms;     /* sampling interval; 0: 1000; <0: never on its own (tests: only
+                              keel_alerts_sweep_now samples) */
+  uint64_t floor;          /* a mailbox shallower than this never alerts; 0: 10; 1: no floor */
+  uint32_t window;         /* baseline memory in samples (horizon of the exponentially
+                              weighted statistics); 0: 1000 */
+  int restarts_per_min;    /* per supervisor: this many restarts within 60 s alert; 0: 5; <0: off */
+  int errors_per_min;      /* error + fatal log lines within error_window_ms (60 s unless set)
+                              alert; 0: 10; <0: off */
+  int64_t error_window_ms; /* the error rate's window; 0: 60000 (the reference's error
+                              alert: errors_per_min 5, error_window_ms 300000) */
+  int64_t error_cooldown_ms;  /* the error alert's own cooldown; 0: cooldown_ms (the
+                                 reference: 900000); <0: none */
+  int64_t health_interval_ms; /* how often the health probe runs (on the clock below, at
+                                 a sweep); 0: 15000; <0: never (no health alerts) */
+  int fd_percent;             /* open descriptors at this percent of the soft limit alert
+                                 (threshold: that many descriptors; value: open ones);
+                                 0: 90; <0: off; above 100: KEEL_EINVAL */
   /* The monotonic clock (ms) behind cooldowns, rates and durations, for tests
    * that must not depend on time; NULL: CLOCK_MONOTONIC. Called only by the
    * manager process. Alert times (time_ms) always use the wall clock. */

@@ -75,6 +75,7 @@ typedef struct keel_spawn_opts {
   void (*on_exit)(void *arg); /* if set: runs when the process exits, however it exits
                                  (as keel_on_exit), registered atomically with the spawn */
   void *on_exit_arg;
+  int64_t hog_limit_ms; /* as keel_set_hog_limit, from the start; 0: none; < 0: KEEL_EINVAL */
 } keel_spawn_opts;
 
 /* A scheduler for keel_spawn_opts.scheduler and keel_gs_opts.scheduler: i
@@ -146,6 +147,33 @@ int keel_hold_exits(bool hold);
 /* Lets other runnable processes run; the caller continues later. Returns 0 or
  * KEEL_ENOTPROC. */
 int keel_yield(void);
+
+/* Counts `units` of work done by a long computation, as Erlang counts
+ * reductions, and yields when the caller has used its slice: call it in any
+ * loop that may run longer than a millisecond without receiving or waiting,
+ * so the other processes of its scheduler (and the I/O of its loop, which
+ * they share) are not held up. The slice is 1 ms of running time, checked
+ * every 1000 units, so one unit may stand for anything from a few
+ * nanoseconds of work to a microsecond; more per unit only makes the slice
+ * coarser. Costs a decrement and a compare on most calls (bench_rt:
+ * consume). Exit signals sent meanwhile (a kill, the hog limit below) take
+ * effect here. Returns 1 if it yielded, 0 if not, KEEL_ENOTPROC. */
+int keel_consume(unsigned units);
+
+/* A limit for the caller (or, through keel_spawn_opts.hog_limit_ms, a new
+ * process): running that long without waiting is fatal, an untrappable kill
+ * whose text says so ("hog: ran 212 ms without waiting (limit 200 ms)").
+ * Waiting means a receive that found nothing, a sleep, a timer, I/O; a yield
+ * (keel_consume's included) or a receive that found a message at once is
+ * not a wait. Checked at keel_consume's clock looks, so a loop that
+ * consumes is killed within a thousand units past the limit; a loop that
+ * never consumes, yields, sends or receives cannot be stopped (C has no safe
+ * way to preempt it): the runtime's watchdog reports it (stuck_ms) and, past
+ * the limit without a switch, sends it the kill (plain "killed": the stuck
+ * report said why), which takes effect when it next calls into keel. 0 (the default): no limit, reports only; < 0:
+ * KEEL_EINVAL. keel_rt_stats.hog_kills counts them. Returns 0, KEEL_EINVAL,
+ * KEEL_ENOTPROC. */
+int keel_set_hog_limit(int64_t ms);
 
 /* Suspends the caller for ms milliseconds (messages stay queued). Exit
  * signals still end it. Returns 0, KEEL_EINVAL or KEEL_ENOTPROC. */

@@ -113,6 +113,7 @@ typedef struct keel_rt_stats {
   uint64_t blocking_queued;  /* blocking jobs submitted and not yet started */
   uint64_t blocking_running; /* blocking jobs running on the pool now */
   uint64_t stuck_reports;    /* processes reported for holding a scheduler too long */
+  uint64_t hog_kills;        /* processes killed past their hog limit (keel_set_hog_limit) */
 } keel_rt_stats;
 void keel_rt_stats_get(keel_rt_stats *out);
 

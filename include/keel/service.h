@@ -70,6 +70,12 @@ typedef struct keel_service_config {
    * ALERT_ERROR_WINDOW (ms) fire it, then not again for ALERT_ERROR_COOLDOWN
    * (ms); ALERT_COOLDOWN_MS: a delivered alert's repeat (keel/alert_sink.h) */
   int64_t alert_errors, alert_error_window, alert_error_cooldown, alert_cooldown_ms;
+  /* delivery (keel/alert_sink.h, read again by keel_alert_sinks_from_env):
+   * minimum severities (index into "info", "warning", "critical"), the
+   * Alertmanager re-send interval (ms); ALERT_HEALTH_INTERVAL (ms, 0: off):
+   * how often health status changes are looked for (keel/alerts.h) */
+  int alert_webhook_min_severity, alertmanager_min_severity;
+  int64_t alertmanager_resend_ms, alert_health_interval;
 } keel_service_config;
 
 /* One API route; its handler's ud is the service's configuration struct

@@ -41,6 +41,12 @@ int keel_send_interval(keel_pid_t to, int64_t ms, keel_msg_t *m, keel_ref_t *tre
  * was already cancelled, or never existed. Any thread. */
 int keel_cancel_timer(keel_ref_t tref);
 
+/* The runtime's clock: CLOCK_MONOTONIC, the one its timers, timeouts and
+ * keel_rt_started_ms use, in nanoseconds and in milliseconds. For durations
+ * and deadlines; never for wall-clock times. Any thread, no runtime needed. */
+uint64_t keel_monotonic_ns(void);
+int64_t keel_monotonic_ms(void);
+
 #ifdef __cplusplus
 }
 #endif

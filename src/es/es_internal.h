@@ -82,7 +82,7 @@ typedef struct es_req {
   keel_es_tx_fn tx_fn; /* ES_REQ_APPEND of keel_es_transact: run after the appends */
   void *tx_arg;
   bool tx_internal; /* keel's own transaction: its tables may be written */
-  double t0; /* submission time (monotonic s), for the duration histogram */
+  double t0;        /* submission time (monotonic s), for the duration histogram */
   int64_t arg2;
 } es_req;
 
@@ -259,8 +259,8 @@ struct keel_sub_status;
 extern const struct keel_gen_server keel__subgroup_behaviour;
 /* sub.c: starts partition `index` of `count` (named name, owned under the
  * fencing token owner), linked to the caller. */
-int keel__sub_start_partition(const struct keel_sub_opts *o, const char *name, int index,
-                              int count, const char *owner, keel_pid_t *out);
+int keel__sub_start_partition(const struct keel_sub_opts *o, const char *name, int index, int count,
+                              const char *owner, keel_pid_t *out);
 int keel__sub_opts_ok(const struct keel_sub_opts *o);
 /* sub.c: creates the subscriptions' tables (idempotent). */
 int keel__sub_tables(keel_es *es);
@@ -516,5 +516,18 @@ void keel__es_listen_stop(es_listen *l);
 void keel__es_listen_kick(es_listen *l, int64_t position);
 /* pg_listen.c: whether the LISTEN connection is up now (tests). */
 bool keel__es_listen_up(es_listen *l);
+
+/* The jobs' wake-ups between instances ride on the store's channel (payload
+ * "jobs", which older readers ignore: not a position). pg_listen.c:
+ * keel__es_listen_jobs_kick asks the listener to send one (folded with the
+ * next announcement); a received one calls the hook, on the listener's
+ * thread. Setting the hook (fn NULL clears it) waits out a call in flight, so
+ * after clearing, ud is no longer used. */
+void keel__es_listen_jobs_kick(es_listen *l);
+void keel__es_listen_jobs_hook(es_listen *l, void (*fn)(void *ud), void *ud);
+/* notify.c: the same on a store: 0, or KEEL_ENOENT when it has no listener
+ * (SQLite, no_listen): the jobs then rely on their poll. Any thread. */
+int keel__es_notify_jobs_hook(keel_es *es, void (*fn)(void *ud), void *ud);
+void keel__es_notify_jobs_kick(keel_es *es);
 
 #endif

@@ -175,6 +175,16 @@ size_t keel__es_notify_waiting(keel_es *es) {
   return n;
 }
 
+int keel__es_notify_jobs_hook(keel_es *es, void (*fn)(void *ud), void *ud) {
+  if (!es->notify || !es->notify->listen) return KEEL_ENOENT;
+  keel__es_listen_jobs_hook(es->notify->listen, fn, ud);
+  return 0;
+}
+
+void keel__es_notify_jobs_kick(keel_es *es) {
+  if (es->notify && es->notify->listen) keel__es_listen_jobs_kick(es->notify->listen);
+}
+
 bool keel__es_notify_listening(keel_es *es) {
   return es->notify && keel__es_listen_up(es->notify->listen);
 }

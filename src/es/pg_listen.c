@@ -79,6 +79,12 @@ struct es_listen {
   atomic_bool kicked;
   int64_t notified; /* the thread's: the highest position announced */
   atomic_bool up;   /* LISTEN established; for tests and the gauge */
+  /* The jobs' side channel: a wake-up to send (set by any thread, taken by
+   * the thread), and the hook that hears other instances' (under hook_mu). */
+  atomic_bool jobs_pending;
+  pthread_mutex_t hook_mu;
+  void (*jobs_hook)(void *ud);
+  void *jobs_ud;
   keel_gauge *g_up; /* NULL without metrics */
   keel_counter *c_reconnects;
 };
@@ -247,7 +253,11 @@ static void deliver(es_listen *l, PGconn *c) {
   int self = PQbackendPID(c);
   PGnotify *n;
   while ((n = PQnotifies(c)) != NULL) {
-    if (n->be_pid != self) {
+    if (n->be_pid != self && strcmp(n->extra, "jobs") == 0) {
+      pthread_mutex_lock(&l->hook_mu);
+      if (l->jobs_hook) l->jobs_hook(l->jobs_ud);
+      pthread_mutex_unlock(&l->hook_mu);
+    } else if (n->be_pid != self) {
       int64_t pos = strtoll(n->extra, NULL, 10);
       if (pos > 0) keel__es_notify_wake(l->es, pos, false);
     }
@@ -260,18 +270,22 @@ static void deliver(es_listen *l, PGconn *c) {
 static int announce(es_listen *l, PGconn *c, char *err, size_t errlen) {
   atomic_store(&l->kicked, false);
   int64_t pos = atomic_load(&l->to_notify);
-  if (pos <= l->notified) return 0;
+  bool jobs = atomic_exchange(&l->jobs_pending, false);
+  if (pos <= l->notified && !jobs) return 0;
   /* Its own short transaction (a NOTIFY takes a transaction id and a
    * commit record): without waiting for its flush, since the events it
    * announces are durable already and a lost NOTIFY only costs a poll. The
    * channel is a plain identifier (channel_of) and pos a number: safe to
    * inline. */
-  char sql[256];
-  snprintf(sql, sizeof sql,
-           "BEGIN; SET LOCAL synchronous_commit = off; SELECT pg_notify('%s', '%lld'); COMMIT",
-           l->channel, (long long)pos);
+  char sql[384], events[128] = "", jobs_sql[96] = "";
+  if (pos > l->notified)
+    snprintf(events, sizeof events, "SELECT pg_notify('%s', '%lld'); ", l->channel, (long long)pos);
+  if (jobs) snprintf(jobs_sql, sizeof jobs_sql, "SELECT pg_notify('%s', 'jobs'); ", l->channel);
+  snprintf(sql, sizeof sql, "BEGIN; SET LOCAL synchronous_commit = off; %s%sCOMMIT", events,
+           jobs_sql);
   int rc = run(l, c, sql, NULL, 0, err, errlen);
-  if (rc == 0) l->notified = pos;
+  if (rc == 0 && pos > l->notified) l->notified = pos;
+  if (rc && jobs) atomic_store(&l->jobs_pending, true); /* again once reconnected */
   deliver(l, c);
   return rc;
 }
@@ -361,6 +375,7 @@ int keel__es_listen_start(keel_es *es, keel_metrics *metrics, es_listen **out) {
   if (!l) return KEEL_ENOMEM;
   l->es = es;
   l->wake[0] = l->wake[1] = -1;
+  pthread_mutex_init(&l->hook_mu, NULL);
   if (!(l->url = strdup(es->pg->session_url)) || pipe2(l->wake, O_NONBLOCK | O_CLOEXEC) != 0) {
     keel__es_listen_stop(l);
     return KEEL_ENOMEM;
@@ -398,6 +413,21 @@ void keel__es_listen_kick(es_listen *l, int64_t position) {
   }
 }
 
+void keel__es_listen_jobs_kick(es_listen *l) {
+  atomic_store(&l->jobs_pending, true);
+  if (!atomic_exchange(&l->kicked, true)) {
+    ssize_t n = write(l->wake[1], "k", 1); /* a full pipe is already a poke */
+    (void)n;
+  }
+}
+
+void keel__es_listen_jobs_hook(es_listen *l, void (*fn)(void *ud), void *ud) {
+  pthread_mutex_lock(&l->hook_mu);
+  l->jobs_hook = fn;
+  l->jobs_ud = ud;
+  pthread_mutex_unlock(&l->hook_mu);
+}
+
 bool keel__es_listen_up(es_listen *l) {
   return l && atomic_load(&l->up);
 }
@@ -413,6 +443,7 @@ void keel__es_listen_stop(es_listen *l) {
   if (l->wake[0] >= 0) close(l->wake[0]);
   if (l->wake[1] >= 0) close(l->wake[1]);
   if (l->g_up) keel_gauge_set(l->g_up, 0);
+  pthread_mutex_destroy(&l->hook_mu);
   free(l->url);
   free(l);
 }

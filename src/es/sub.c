@@ -42,6 +42,7 @@
 #include "keel/registry.h"
 #include "keel/subscription.h"
 #include "keel/timer.h"
+#include "keel/timer.h"
 
 enum {
   TAG_PUMP = 0x73756201,
@@ -515,12 +516,6 @@ int64_t keel__sub_db_delay(int64_t poll_ms, int64_t max_ms, int errors) {
   return d < max_ms ? d : max_ms;
 }
 
-static int64_t mono_ms(void) {
-  struct timespec ts;
-  clock_gettime(CLOCK_MONOTONIC, &ts);
-  return (int64_t)ts.tv_sec * 1000 + ts.tv_nsec / 1000000;
-}
-
 static void breaker_gauges(sub *s) {
   if (s->g_breaker) keel_gauge_set(s->g_breaker, (double)s->breaker);
   if (s->g_db_breaker) keel_gauge_set(s->g_db_breaker, (double)s->db_breaker);
@@ -550,7 +545,7 @@ static void breaker_failed(sub *s) {
   s->fails_in_row++;
   if (s->o.breaker_failures < 0) return;
   if (s->breaker == KEEL_SUB_BREAKER_HALF_OPEN || s->fails_in_row >= s->o.breaker_failures) {
-    s->open_until = mono_ms() + s->o.breaker_open_ms;
+    s->open_until = keel_monotonic_ms() + s->o.breaker_open_ms;
     breaker_to(s, KEEL_SUB_BREAKER_OPEN, false);
   }
 }
@@ -565,7 +560,7 @@ static void breaker_passed(sub *s) {
  * hand-out is the probe. true: wait. */
 static bool breaker_holds(sub *s) {
   if (s->breaker != KEEL_SUB_BREAKER_OPEN) return false;
-  int64_t left = s->open_until - mono_ms();
+  int64_t left = s->open_until - keel_monotonic_ms();
   if (left > 0) {
     s->retrying = true;
     keel_send_after(keel_self(), left, keel_msg_new(TAG_RETRY, 0), NULL);
@@ -678,8 +673,8 @@ static int failed(sub *s, int rc, const char *why) {
     publish(s);
     /* an open breaker holds the retry until its probe (breaker_holds) */
     int64_t d = backoff(s);
-    if (s->breaker == KEEL_SUB_BREAKER_OPEN && s->open_until - mono_ms() > d)
-      d = s->open_until - mono_ms();
+    if (s->breaker == KEEL_SUB_BREAKER_OPEN && s->open_until - keel_monotonic_ms() > d)
+      d = s->open_until - keel_monotonic_ms();
     keel_send_after(keel_self(), d, keel_msg_new(TAG_RETRY, 0), NULL);
     return PAGE_WAIT;
   }

@@ -23,6 +23,7 @@
 #include "http/client_internal.h"
 #include "keel/error.h"
 #include "keel/health.h"
+#include "keel/timer.h"
 
 #define NBUCKETS 10
 
@@ -40,12 +41,6 @@ struct keel__hc_breakers {
   pthread_mutex_t lock;
   breaker *list;
 };
-
-static uint64_t now_ms(void) {
-  struct timespec ts;
-  clock_gettime(CLOCK_MONOTONIC, &ts);
-  return (uint64_t)ts.tv_sec * 1000u + (uint64_t)ts.tv_nsec / 1000000u;
-}
 
 keel__hc_breakers *keel__hc_breakers_new(void) {
   keel__hc_breakers *b = calloc(1, sizeof *b);
@@ -86,7 +81,7 @@ static const char *host_of(const char *origin) {
 
 static void set_state(keel_http_client *c, breaker *k, keel_http_breaker_state st) {
   k->state = st;
-  if (st == KEEL_HTTP_BREAKER_OPEN) k->opened_ms = now_ms();
+  if (st == KEEL_HTTP_BREAKER_OPEN) k->opened_ms = ((uint64_t)keel_monotonic_ms());
   if (st == KEEL_HTTP_BREAKER_HALF_OPEN) k->probes_out = k->probes_ok = 0;
   if (st == KEEL_HTTP_BREAKER_CLOSED) {
     memset(k->calls, 0, sizeof k->calls);
@@ -103,7 +98,7 @@ int keel__hc_breaker_admit(keel_http_client *c, const char *origin, bool *probe)
   breaker *k = find(b, origin, false);
   int rc = 0;
   if (k && k->state == KEEL_HTTP_BREAKER_OPEN &&
-      now_ms() - k->opened_ms >= (uint64_t)c->o.breaker_open_ms)
+      ((uint64_t)keel_monotonic_ms()) - k->opened_ms >= (uint64_t)c->o.breaker_open_ms)
     set_state(c, k, KEEL_HTTP_BREAKER_HALF_OPEN);
   if (k && k->state == KEEL_HTTP_BREAKER_OPEN) rc = KEEL_EBUSY;
   if (k && k->state == KEEL_HTTP_BREAKER_HALF_OPEN) {
@@ -134,7 +129,7 @@ void keel__hc_breaker_record(keel_http_client *c, const char *origin, bool ok, b
   }
   if (k->state == KEEL_HTTP_BREAKER_OPEN) goto out;
   uint64_t slice = (uint64_t)c->o.breaker_window_ms / NBUCKETS;
-  uint64_t ep = now_ms() / (slice ? slice : 1);
+  uint64_t ep = ((uint64_t)keel_monotonic_ms()) / (slice ? slice : 1);
   int i = (int)(ep % NBUCKETS);
   if (k->epoch[i] != ep) {
     k->epoch[i] = ep;

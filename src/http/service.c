@@ -53,6 +53,9 @@ static _Atomic(svc *) g_svc;
 
 /* ---- configuration ---------------------------------------------------------------- */
 
+/* keel_alert_severity's names, in its order (info = 1: index + 1) */
+static const char *const severity_names[] = {"info", "warning", "critical", NULL};
+
 #define F(e, t, m) .env = (e), .type = (t), .offset = offsetof(keel_service_config, m)
 static const keel_config_field builtin[] = {
     {F("SERVICE_NAME", KEEL_CONFIG_STRING, service_name), .min = 1, .max = 64},
@@ -80,11 +83,20 @@ static const keel_config_field builtin[] = {
     {F("ALERT_ERRORS", KEEL_CONFIG_INT, alert_errors), .def = "5", .min = 1, .max = 1000000},
     {F("ALERT_ERROR_WINDOW", KEEL_CONFIG_DURATION, alert_error_window), .def = "5m", .min = 1000,
      .max = 86400000},
-    {F("ALERT_ERROR_COOLDOWN", KEEL_CONFIG_DURATION, alert_error_cooldown), .def = "15m",
-     .min = 0, .max = 86400000},
+    {F("ALERT_ERROR_COOLDOWN", KEEL_CONFIG_DURATION, alert_error_cooldown), .def = "15m", .min = 0,
+     .max = 86400000},
     /* read by keel_alert_sinks_from_env too; checked here so a bad value stops the start */
     {F("ALERT_COOLDOWN_MS", KEEL_CONFIG_INT, alert_cooldown_ms), .def = "900000", .min = 0,
      .max = 86400000},
+    {F("ALERT_WEBHOOK_MIN_SEVERITY", KEEL_CONFIG_ENUM, alert_webhook_min_severity), .def = "info",
+     .values = severity_names},
+    {F("ALERTMANAGER_MIN_SEVERITY", KEEL_CONFIG_ENUM, alertmanager_min_severity), .def = "info",
+     .values = severity_names},
+    {F("ALERTMANAGER_RESEND_MS", KEEL_CONFIG_INT, alertmanager_resend_ms), .def = "60000",
+     .min = 1000, .max = 3600000},
+    /* health status changes as alerts: the detailed probe this often; 0: never */
+    {F("ALERT_HEALTH_INTERVAL", KEEL_CONFIG_DURATION, alert_health_interval), .def = "15s",
+     .min = 0, .max = 3600000},
 };
 #undef F
 #define NBUILTIN (sizeof builtin / sizeof *builtin)
@@ -219,6 +231,7 @@ static int app_start(keel_app_t *app, void *arg, keel_pid_t *root, void **state)
     ao.errors_per_min = (int)s->kc.alert_errors;
     ao.error_window_ms = s->kc.alert_error_window;
     ao.error_cooldown_ms = s->kc.alert_error_cooldown ? s->kc.alert_error_cooldown : -1;
+    ao.health_interval_ms = s->kc.alert_health_interval ? s->kc.alert_health_interval : -1;
     rc = keel_alerts_start(&ao);
   }
   if (!rc) keel_health_set_section("alerts", keel_alerts_health_section, NULL);

@@ -60,10 +60,12 @@
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+#include <strings.h>
 #include <time.h>
 
 #include "keel/alerts.h"
 #include "keel/gen_server.h"
+#include "keel/health.h"
 #include "keel/log.h"
 #include "keel/message.h"
 #include "keel/process.h"
@@ -81,6 +83,7 @@
 #define DEF_RESTARTS  5
 #define DEF_ERRORS    10
 #define DEF_FD_PCT    90
+#define DEF_HEALTH    15000
 #define RATE_SECONDS  60
 #define CALL_TIMEOUT  30000
 #define STOP_POLL_MAX 10000
@@ -95,6 +98,7 @@ enum {
   EV_RESTART,                  /* info: a restart_ev from the supervisor callback */
   T_TICK,                      /* info: the interval's timer */
   T_SWEEP,                     /* info: a sweep_now to run; payload: the caller's keel_gs_from */
+  EV_HEALTH,                   /* info: a health probe's verdict; payload: a health_ev */
 };
 
 /* ---- state -------------------------------------------------------------------- */
@@ -159,7 +163,7 @@ typedef struct mgr {
   keel_alerts_opts o; /* defaults resolved */
   keel_pid_t self;
   int sup_handle;
-  int64_t next_sweep; /* mono_ms() when the next sweep is due (interval_ms > 0) */
+  int64_t next_sweep; /* keel_monotonic_ms() when the next sweep is due (interval_ms > 0) */
   bool torn_down;     /* the shared state was already released by the process itself */
 
   pstat *tab;
@@ -175,6 +179,11 @@ typedef struct mgr {
   bool err_fired;     /* an error alert has fired (err_since means something) */
   uint64_t fd_aseq;   /* the active high_fd_usage alert, 0: none */
   int64_t fd_last_fire;
+  int health_status;       /* 0 healthy, 1 degraded, 2 unhealthy: as the last probe said */
+  uint64_t health_aseq;    /* the active health_status alert, 0: none */
+  keel_pid_t health_probe; /* the probe running now, 0: none */
+  keel_ref_t health_ref;   /* its monitor */
+  int64_t health_last;     /* now_of() when the last probe started, INT64_MIN: never */
 
   sub *subs;
   size_t nsubs, capsubs;
@@ -190,18 +199,6 @@ typedef struct restart_ev {
 
 /* ---- small helpers ------------------------------------------------------------- */
 
-static int64_t mono_ms(void) {
-  struct timespec ts;
-  clock_gettime(CLOCK_MONOTONIC, &ts);
-  return (int64_t)ts.tv_sec * 1000 + ts.tv_nsec / 1000000;
-}
-
-static int64_t mono_us(void) {
-  struct timespec ts;
-  clock_gettime(CLOCK_MONOTONIC, &ts);
-  return (int64_t)ts.tv_sec * 1000000 + ts.tv_nsec / 1000;
-}
-
 static int64_t wall_ms(void) {
   struct timespec ts;
   clock_gettime(CLOCK_REALTIME, &ts);
@@ -209,7 +206,7 @@ static int64_t wall_ms(void) {
 }
 
 static int64_t now_of(const mgr *m) {
-  return m->o.clock_ms ? m->o.clock_ms(m->o.clock_ud) : mono_ms();
+  return m->o.clock_ms ? m->o.clock_ms(m->o.clock_ud) : keel_monotonic_ms();
 }
 
 /* "2026-11-22T01:02:03.456Z" into buf (80 bytes: room for any int fields). */
@@ -241,8 +238,37 @@ const char *keel_alert_type_name(keel_alert_type type) {
   case KEEL_ALERT_ERROR_RATE: return "high_error_rate";
   case KEEL_ALERT_FD_USAGE: return "high_fd_usage";
   case KEEL_ALERT_TEST: return "test_alert";
+  case KEEL_ALERT_HEALTH: return "health_status";
   }
   return "unknown";
+}
+
+const char *keel_alert_severity_name(keel_alert_severity s) {
+  switch (s) {
+  case KEEL_ALERT_INFO: return "info";
+  case KEEL_ALERT_WARNING: return "warning";
+  case KEEL_ALERT_CRITICAL: return "critical";
+  }
+  return "unknown";
+}
+
+keel_alert_severity keel_alert_severity_parse(const char *name) {
+  if (!name) return 0;
+  for (keel_alert_severity s = KEEL_ALERT_INFO; s <= KEEL_ALERT_CRITICAL; s++)
+    if (strcasecmp(name, keel_alert_severity_name(s)) == 0) return s;
+  return 0;
+}
+
+keel_alert_severity keel_alert_type_severity(keel_alert_type type) {
+  switch (type) {
+  case KEEL_ALERT_ERROR_RATE:
+  case KEEL_ALERT_FD_USAGE: return KEEL_ALERT_CRITICAL;
+  case KEEL_ALERT_TEST: return KEEL_ALERT_INFO;
+  case KEEL_ALERT_QUEUE_SIZE:
+  case KEEL_ALERT_RESTART_RATE:
+  case KEEL_ALERT_HEALTH: break;
+  }
+  return KEEL_ALERT_WARNING;
 }
 
 void keel_alerts_opts_init(keel_alerts_opts *o) {
@@ -412,6 +438,7 @@ static void emit(mgr *m, bool triggered, const keel_alert *a) {
   size_t n = 0;
   f[n++] = KEEL_STR("id", a->id);
   f[n++] = KEEL_STR("type", keel_alert_type_name(a->type));
+  f[n++] = KEEL_STR("severity", keel_alert_severity_name(a->severity));
   if (a->pid)
     f[n++] = (keel_log_field){.key = "process", .type = KEEL_LOG_T_OBJ, .v = {.obj = proc}};
   else
@@ -500,6 +527,7 @@ static void window_text(int64_t ms, char *out, size_t cap) {
 
 /* Fires a new alert: records it, emits it. Returns its seq (0: ENOMEM). */
 static uint64_t fire(mgr *m, keel_alert *a, int64_t now) {
+  if (!a->severity) a->severity = keel_alert_type_severity(a->type);
   snprintf(a->id, sizeof a->id, "alert-%" PRIuFAST64,
            (uint_fast64_t)(atomic_fetch_add_explicit(&g_next_id, 1, memory_order_relaxed) + 1));
   a->time_ms = wall_ms();
@@ -695,9 +723,8 @@ static void rate_check(mgr *m, rate *r, keel_alert_type type, int limit, int64_t
       char why[200], whobuf[100] = "";
       act *a = act_find(r->aseq);
       if (a && restart) who(&a->a, whobuf, sizeof whobuf);
-      textf(why, sizeof why,
-            "%s back under threshold: %" PRIu64 " %s in the last %s < %d%s%s%s", what, c, unit,
-            win, limit, restart ? " (supervisor: " : "", whobuf, restart ? ")" : "");
+      textf(why, sizeof why, "%s back under threshold: %" PRIu64 " %s in the last %s < %d%s%s%s",
+            what, c, unit, win, limit, restart ? " (supervisor: " : "", whobuf, restart ? ")" : "");
       resolve(m, r->aseq, (double)c, why, now);
       r->aseq = 0;
     }
@@ -726,11 +753,14 @@ static void rate_check(mgr *m, rate *r, keel_alert_type type, int limit, int64_t
      * message and request id, and how many came since the last alert */
     char last[64], rid[40], since[48] = "";
     keel_log_last_error(last, sizeof last, rid, sizeof rid);
-    if (m->err_fired) snprintf(since, sizeof since, "; %" PRIu64 " since the last alert", m->err_since);
-    textf(a.message, sizeof a.message, "%s exceeded threshold: %" PRIu64 " %s in the last %s >= %d; last: %s%s%s%s",
-          what, c, unit, win, limit, last, rid[0] ? " (requestId " : "", rid, rid[0] ? ")" : "");
+    if (m->err_fired)
+      snprintf(since, sizeof since, "; %" PRIu64 " since the last alert", m->err_since);
+    textf(a.message, sizeof a.message,
+          "%s exceeded threshold: %" PRIu64 " %s in the last %s >= %d; last: %s%s%s%s", what, c,
+          unit, win, limit, last, rid[0] ? " (requestId " : "", rid, rid[0] ? ")" : "");
     size_t len = strlen(a.message);
-    if (since[0] && len + strlen(since) < sizeof a.message) memcpy(a.message + len, since, strlen(since) + 1);
+    if (since[0] && len + strlen(since) < sizeof a.message)
+      memcpy(a.message + len, since, strlen(since) + 1);
   }
   r->aseq = fire(m, &a, now);
   if (r->aseq) {
@@ -823,8 +853,9 @@ static void check_fds(mgr *m, int64_t now) {
       act_update(m->fd_aseq, (double)sp.open_fds);
     } else {
       char why[200];
-      textf(why, sizeof why, "Open file descriptors back under threshold: %ld of %ld (%.0f%% < %d%%)",
-            sp.open_fds, sp.max_fds, pct, m->o.fd_percent);
+      textf(why, sizeof why,
+            "Open file descriptors back under threshold: %ld of %ld (%.0f%% < %d%%)", sp.open_fds,
+            sp.max_fds, pct, m->o.fd_percent);
       resolve(m, m->fd_aseq, (double)sp.open_fds, why, now);
       m->fd_aseq = 0;
     }
@@ -847,10 +878,105 @@ static void check_fds(mgr *m, int64_t now) {
   if (m->fd_aseq) m->fd_last_fire = now;
 }
 
+/* ---- health status ------------------------------------------------------------------ */
+
+/* What a probe reports: the overall status and the checks that are not ok. */
+typedef struct health_ev {
+  int32_t status; /* 0 healthy, 1 degraded, 2 unhealthy */
+  char detail[160];
+} health_ev;
+
+static const char *const health_words[] = {"healthy", "degraded", "unhealthy"};
+
+/* "database: critical (timeout); memory: warning" from the detailed body. */
+static void health_detail(json_t *checks, char *out, size_t cap) {
+  size_t len = 0;
+  const char *name;
+  json_t *c;
+  out[0] = 0;
+  json_object_foreach(checks, name, c) {
+    const char *st = json_string_value(json_object_get(c, "status"));
+    if (!st || strcmp(st, "ok") == 0 || len >= cap) continue;
+    const char *msg = json_string_value(json_object_get(c, "message"));
+    int w = snprintf(out + len, cap - len, "%s%s: %s%s%s%s", len ? "; " : "", name, st,
+                     msg && *msg ? " (" : "", msg && *msg ? msg : "", msg && *msg ? ")" : "");
+    len = w < 0 ? cap : len + (size_t)w;
+  }
+}
+
+/* The probe: a process of its own, because the checks may take up to their
+ * timeouts and the manager must go on sweeping. It sends its verdict and
+ * ends; a probe that fails says nothing (the manager sees its DOWN). */
+static void health_probe_main(void *arg) {
+  keel_pid_t mgr_pid = *(keel_pid_t *)arg;
+  free(arg);
+  keel_health_response r;
+  if (keel_health_detailed(&r) != 0) return;
+  json_t *j = json_loads(r.body, 0, NULL);
+  keel_health_response_free(&r);
+  const char *st = json_string_value(json_object_get(j, "status"));
+  health_ev ev = {.status = -1};
+  for (int i = 0; st && i < 3; i++)
+    if (strcmp(st, health_words[i]) == 0) ev.status = i;
+  if (ev.status >= 0) health_detail(json_object_get(j, "checks"), ev.detail, sizeof ev.detail);
+  json_decref(j);
+  keel_msg_t *msg = ev.status >= 0 ? keel_msg_copy(EV_HEALTH, &ev, sizeof ev) : NULL;
+  if (msg) keel_send(mgr_pid, msg);
+}
+
+/* At a sweep: starts a probe when one is due and none runs. */
+static void health_due(mgr *m, int64_t now) {
+  if (m->o.health_interval_ms < 0 || m->health_probe) return;
+  if (m->health_last != INT64_MIN && now - m->health_last < m->o.health_interval_ms) return;
+  keel_pid_t *arg = malloc(sizeof *arg);
+  if (!arg) return;
+  *arg = m->self;
+  keel_spawn_opts so;
+  keel_spawn_opts_init(&so);
+  so.name = "keel_alerts_health";
+  keel_pid_t pid;
+  if (keel_spawn(health_probe_main, arg, &so, &pid) != 0) {
+    free(arg);
+    return;
+  }
+  if (keel_monitor(pid, &m->health_ref) != 0) return; /* it ended already: nothing to wait for */
+  m->health_probe = pid;
+  m->health_last = now;
+}
+
+/* A probe's verdict: a change of status resolves the alert that was active
+ * and fires the new status's (none when healthy). The manager's cooldown does
+ * not apply: the probe's interval already spaces changes, and a sink's
+ * cooldown holds back a flapping status. */
+static void on_health(mgr *m, const health_ev *ev) {
+  if (m->health_probe) keel_demonitor(m->health_ref);
+  m->health_probe = 0;
+  int64_t now = now_of(m);
+  if (ev->status == m->health_status) return;
+  if (m->health_aseq) {
+    char why[200];
+    textf(why, sizeof why, "Health %s, was %s%s%s", health_words[ev->status],
+          health_words[m->health_status], ev->detail[0] ? ": " : "", ev->detail);
+    resolve(m, m->health_aseq, ev->status, why, now);
+    m->health_aseq = 0;
+  }
+  m->health_status = ev->status;
+  if (!ev->status) return;
+  keel_alert a;
+  memset(&a, 0, sizeof a);
+  a.type = KEEL_ALERT_HEALTH;
+  a.severity = ev->status == 2 ? KEEL_ALERT_CRITICAL : KEEL_ALERT_WARNING;
+  a.threshold = 1;
+  a.value = ev->status;
+  textf(a.message, sizeof a.message, "Health %s%s%s", health_words[ev->status],
+        ev->detail[0] ? ": " : "", ev->detail);
+  m->health_aseq = fire(m, &a, now);
+}
+
 /* ---- the sweep ---------------------------------------------------------------------- */
 
 static void sweep(mgr *m) {
-  int64_t t0 = mono_us();
+  int64_t t0 = ((int64_t)(keel_monotonic_ns() / 1000u));
   int64_t now = now_of(m);
   m->gen++;
   m->live_seen = 0;
@@ -859,9 +985,10 @@ static void sweep(mgr *m) {
   prune(m, now);
   check_rates(m, now);
   check_fds(m, now);
+  health_due(m, now);
   act_compact();
   m->sweeps++;
-  m->last_sweep_us = (uint64_t)(mono_us() - t0);
+  m->last_sweep_us = (uint64_t)(((int64_t)(keel_monotonic_ns() / 1000u)) - t0);
   publish_stats(m);
 }
 
@@ -944,7 +1071,7 @@ static void mgr_free(void *arg) {
 /* Sends the manager its next tick, for when the next sweep is due. One is
  * outstanding at a time: init sends the first, each tick the next. */
 static int arm_tick(mgr *m) {
-  int64_t wait = m->next_sweep - mono_ms();
+  int64_t wait = m->next_sweep - keel_monotonic_ms();
   keel_msg_t *t = keel_msg_new(T_TICK, 0);
   if (!t) return KEEL_ENOMEM;
   return keel_send_after(m->self, wait > 0 ? wait : 0, t, NULL);
@@ -955,7 +1082,7 @@ static int arm_tick(mgr *m) {
  * until its tick comes round. */
 static void sweep_if_due(mgr *m) {
   if (m->o.interval_ms <= 0) return;
-  int64_t now = mono_ms();
+  int64_t now = keel_monotonic_ms();
   if (now < m->next_sweep) return;
   sweep(m);
   m->next_sweep += m->o.interval_ms;
@@ -1001,7 +1128,7 @@ static int mgr_init(void *arg, void **state) {
     rc = 0;
   }
   if (!rc && m->o.interval_ms > 0) {
-    m->next_sweep = mono_ms() + m->o.interval_ms;
+    m->next_sweep = keel_monotonic_ms() + m->o.interval_ms;
     rc = arm_tick(m);
   }
   if (!rc) rc = keel_on_exit(mgr_free, m);
@@ -1062,6 +1189,10 @@ static int mgr_info(void *state, keel_msg_t **msg) {
   const keel_msg_t *x = *msg;
   sweep_if_due(m);
   if (keel_msg_kind_of(x) == KEEL_MSG_DOWN) {
+    if (m->health_probe && keel_msg_ref(x) == m->health_ref) {
+      m->health_probe = 0; /* it failed or crashed: the next sweep that is due tries again */
+      return KEEL_GS_OK;
+    }
     sub_del(m, 0, keel_msg_ref(x));
     publish_stats(m);
     return KEEL_GS_OK;
@@ -1075,6 +1206,13 @@ static int mgr_info(void *state, keel_msg_t **msg) {
       memcpy(&from, keel_msg_data(x), sizeof from);
       sweep(m);
       reply_rc(from, 0);
+    }
+    break;
+  case EV_HEALTH:
+    if (keel_msg_size(x) == sizeof(health_ev)) {
+      health_ev ev;
+      memcpy(&ev, keel_msg_data(x), sizeof ev);
+      if (ev.status >= 0 && ev.status <= 2) on_health(m, &ev);
     }
     break;
   case EV_RESTART:
@@ -1194,6 +1332,7 @@ int keel_alerts_start(const keel_alerts_opts *o) {
   if (!d.error_window_ms) d.error_window_ms = 60000;
   if (d.error_window_ms < 0) return KEEL_EINVAL;
   if (!d.fd_percent) d.fd_percent = DEF_FD_PCT;
+  if (!d.health_interval_ms) d.health_interval_ms = DEF_HEALTH;
   if (d.fd_percent > 100) return KEEL_EINVAL;
   if (!keel_sched_count()) return KEEL_ESTATE;
   /* a hint; init claims the one manager slot under the lock */
@@ -1206,6 +1345,7 @@ int keel_alerts_start(const keel_alerts_opts *o) {
   /* the window is RATE_SECONDS buckets: each a sixtieth of it */
   m->errs.width_ms = d.error_window_ms / RATE_SECONDS > 0 ? d.error_window_ms / RATE_SECONDS : 1;
   m->fd_last_fire = INT64_MIN;
+  m->health_last = INT64_MIN;
   keel_log_stats ls; /* error lines logged before the start do not count */
   keel_log_stats_get(&ls);
   m->err_total = ls.lines[KEEL_LOG_ERROR] + ls.lines[KEEL_LOG_FATAL];
@@ -1295,6 +1435,7 @@ static json_t *alert_json(const keel_alert *a) {
   char pidbuf[24], when[80];
   json_object_set_new(o, "id", json_string(a->id));
   json_object_set_new(o, "type", json_string(keel_alert_type_name(a->type)));
+  json_object_set_new(o, "severity", json_string(keel_alert_severity_name(a->severity)));
   if (a->pid) {
     keel_pid_format(a->pid, pidbuf, sizeof pidbuf);
     json_t *p = json_object();

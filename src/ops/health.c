@@ -65,6 +65,7 @@
 #include "keel/process.h"
 #include "keel/runtime.h"
 #include "keel/supervisor.h"
+#include "keel/timer.h"
 #include "keel/sysinfo.h"
 #include "ops/health_internal.h"
 
@@ -117,19 +118,10 @@ static uint64_t restarts_total;
 
 static pthread_once_t init_once = PTHREAD_ONCE_INIT;
 
-static uint64_t now_ns(void) {
-  struct timespec ts;
-  clock_gettime(CLOCK_MONOTONIC, &ts);
-  return (uint64_t)ts.tv_sec * 1000000000u + (uint64_t)ts.tv_nsec;
-}
-static uint64_t now_ms(void) {
-  return now_ns() / 1000000u;
-}
-
 static void on_sup_event(const keel_sup_event *ev, void *ud) {
   (void)ud;
   if (ev->kind != KEEL_SUP_CHILD_RESTARTED) return;
-  uint64_t t = now_ms();
+  uint64_t t = ((uint64_t)keel_monotonic_ms());
   pthread_mutex_lock(&rmu);
   ring[restarts_total % RING] = t;
   restarts_total++;
@@ -145,7 +137,7 @@ void keel__health_init(void) {
 
 void keel_health_restarts(int64_t window_ms, uint64_t *total, uint64_t *recent) {
   keel__health_init();
-  uint64_t t = now_ms(), n = 0;
+  uint64_t t = ((uint64_t)keel_monotonic_ms()), n = 0;
   pthread_mutex_lock(&rmu);
   uint64_t have = restarts_total < RING ? restarts_total : RING;
   for (uint64_t i = 0; i < have; i++)
@@ -397,9 +389,9 @@ static void ping_ended(void *p) {
 static void check_main(void *p) {
   check_arg *a = p;
   keel_health_result res = {0};
-  uint64_t t0 = now_ns();
+  uint64_t t0 = keel_monotonic_ns();
   keel_health_status st = a->e->fn(a->e->ud, &res);
-  double dur = (double)(now_ns() - t0) / 1e6;
+  double dur = (double)(keel_monotonic_ns() - t0) / 1e6;
   size_t ml = res.message ? strlen(res.message) : 0, dl = res.details ? strlen(res.details) : 0;
   keel_msg_t *m = keel_msg_new(0, sizeof(wire) + ml + dl);
   if (m) {
@@ -441,7 +433,7 @@ char *keel__health_dupf(const char *fmt, ...) {
 
 static void run_start(run *r, int place) {
   entry *e = r->e;
-  r->t0_ns = now_ns();
+  r->t0_ns = keel_monotonic_ns();
   r->deadline_ms = r->t0_ns / 1000000u + (uint64_t)e->timeout_ms;
   if (atomic_load_explicit(&e->zombies, memory_order_relaxed) > 0) {
     r->status = KEEL_HEALTH_CRITICAL;
@@ -492,7 +484,7 @@ static void run_start(run *r, int place) {
 
 static void run_collect(run *r) {
   if (!r->arg) return;
-  uint64_t t = now_ms();
+  uint64_t t = ((uint64_t)keel_monotonic_ms());
   int64_t left = r->deadline_ms > t ? (int64_t)(r->deadline_ms - t) : 0;
   keel_msg_t *m = NULL;
   int rc = keel_await(r->ref, &m, left > 0 ? left : KEEL_NOWAIT);
@@ -520,7 +512,7 @@ static void run_collect(run *r) {
     keel_reason why;
     keel_msg_exit_info(m, &who, &why);
     r->status = KEEL_HEALTH_CRITICAL;
-    r->duration_ms = (double)(now_ns() - r->t0_ns) / 1e6;
+    r->duration_ms = (double)(keel_monotonic_ns() - r->t0_ns) / 1e6;
     r->message = why.text && why.text[0]
                      ? keel__health_dupf("crashed: %s", why.text)
                      : keel__health_dupf("crashed: exited (%s) without a result",
@@ -753,7 +745,7 @@ static int live_impl(keel_health_response *out) {
     free(ok);
     return KEEL_ENOMEM;
   }
-  uint64_t deadline = now_ms() + (uint64_t)window;
+  uint64_t deadline = ((uint64_t)keel_monotonic_ms()) + (uint64_t)window;
   for (int i = 0; i < n; i++) {
     keel_rt_sched_info(i, &before[i]);
     ping_arg *a = malloc(sizeof *a);
@@ -782,7 +774,7 @@ static int live_impl(keel_health_response *out) {
   }
   for (int i = 0; i < n; i++) {
     if (!refs[i]) continue;
-    uint64_t t = now_ms();
+    uint64_t t = ((uint64_t)keel_monotonic_ms());
     keel_msg_t *m = NULL;
     if (keel_await(refs[i], &m, deadline > t ? (int64_t)(deadline - t) : KEEL_NOWAIT) == 0 &&
         keel_msg_size(m) == sizeof(int32_t)) {
@@ -805,7 +797,7 @@ static int live_impl(keel_health_response *out) {
       else
         pending = true;
     }
-    if (!pending || now_ms() >= deadline) break;
+    if (!pending || ((uint64_t)keel_monotonic_ms()) >= deadline) break;
     keel_sleep(5);
   }
 
@@ -859,7 +851,7 @@ static int detailed_impl(keel_health_response *out) {
   const char *word = unhealthy ? "unhealthy" : degraded ? "degraded" : "healthy";
   json_t *b = body_new(word);
 
-  uint64_t st = keel_rt_started_ms(), t = now_ms();
+  uint64_t st = keel_rt_started_ms(), t = ((uint64_t)keel_monotonic_ms());
   json_object_set_new(b, "uptime", json_real(round3(st && t > st ? (double)(t - st) / 1e3 : 0)));
   pthread_mutex_lock(&mu);
   json_object_set_new(b, "service", service_name ? json_string(service_name) : json_null());

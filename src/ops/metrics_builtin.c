@@ -39,6 +39,7 @@
 #include "keel/runtime.h"
 #include "keel/supervisor.h"
 #include "keel/sysinfo.h"
+#include "keel/timer.h"
 #include "ops/ops_internal.h"
 
 /* Mailbox depth buckets: upper bounds, in messages. */
@@ -55,7 +56,7 @@ typedef struct sched_slot {
 
 typedef struct builtin {
   keel_counter *cpu;
-  keel_gauge *rss, *vms, *fds, *max_fds, *start;
+  keel_gauge *rss, *vms, *fds, *max_fds, *start, *mem_limit;
   keel_gauge *alive, *blocking_queued, *blocking_running;
   keel_counter *spawned, *exited, *sent, *to_dead;
   keel_gauge *depth_max;
@@ -76,12 +77,6 @@ void keel__metrics_builtin_free(void *p) {
   if (b->sup_handle > 0) keel_sup_unsubscribe(b->sup_handle);
   free(b->scheds);
   free(b);
-}
-
-static uint64_t now_ns(void) {
-  struct timespec ts;
-  clock_gettime(CLOCK_MONOTONIC, &ts); /* the runtime's clock for keel_rt_started_ms */
-  return (uint64_t)ts.tv_sec * 1000000000u + (uint64_t)ts.tv_nsec;
 }
 
 /* ---- mailbox depths ------------------------------------------------------ */
@@ -152,7 +147,7 @@ static void collect_schedulers(builtin *b) {
       b->scheds[i].last_ns = started * 1000000u;
     }
   }
-  uint64_t now = now_ns();
+  uint64_t now = keel_monotonic_ns();
   for (int i = 0; i < n && i < b->nscheds; i++) {
     sched_slot *s = &b->scheds[i];
     keel_sched_info si;
@@ -204,6 +199,7 @@ static void collect(keel_metrics *r, void *ud) {
   keel_counter_set(b->cpu, sp.cpu_seconds);
   keel_gauge_set(b->vms, (double)sm.virtual_bytes);
   keel_gauge_set(b->rss, (double)sm.rss_bytes);
+  keel_gauge_set(b->mem_limit, (double)sm.limit_bytes);
   if (sp.open_fds >= 0) keel_gauge_set(b->fds, (double)sp.open_fds);
   keel_gauge_set(b->max_fds, (double)sp.max_fds);
   if (b->start_time >= 0) keel_gauge_set(b->start, b->start_time);
@@ -265,6 +261,9 @@ int keel_metrics_register_builtin(keel_metrics *r) {
                     "Total user and system CPU time spent in seconds.", &b->cpu)) ||
       (rc = gauge(r, "process_resident_memory_bytes", "Resident memory size in bytes.", &b->rss)) ||
       (rc = gauge(r, "process_virtual_memory_bytes", "Virtual memory size in bytes.", &b->vms)) ||
+      (rc = gauge(r, "keel_memory_limit_bytes",
+                  "The container's memory limit (cgroup memory.max), 0 when there is none.",
+                  &b->mem_limit)) ||
       (rc = gauge(r, "process_open_fds", "Number of open file descriptors.", &b->fds)) ||
       (rc = gauge(r, "process_max_fds", "Maximum number of open file descriptors.", &b->max_fds)) ||
       (rc = gauge(r, "process_start_time_seconds",

@@ -56,6 +56,7 @@
 #include "keel/process.h"
 #include "keel/runtime.h"
 #include "keel/supervisor.h"
+#include "keel/timer.h"
 #include "otp/sublist.h"
 
 enum { TAG_STOP = 0x6b53746fu /* "kSto" */, TAG_SIGNAL = 0x6b536967u /* "kSig" */ };
@@ -78,9 +79,9 @@ struct keel_app {
 
 /* ---- time ------------------------------------------------------------------ */
 
-static int64_t now_ms(clockid_t clk) {
+static int64_t wall_ms(void) {
   struct timespec ts;
-  clock_gettime(clk, &ts);
+  clock_gettime(CLOCK_REALTIME, &ts);
   return (int64_t)ts.tv_sec * 1000 + ts.tv_nsec / 1000000;
 }
 
@@ -103,7 +104,7 @@ static void call_sub(keel__sub_fn fn, void *ud, const void *ev) {
 }
 
 static void dispatch(keel_app_event *ev) {
-  ev->timestamp_ms = now_ms(CLOCK_REALTIME);
+  ev->timestamp_ms = wall_ms();
   if (!ev->error_text) ev->error_text = "";
   keel__sublist_emit(&subs, call_sub, ev);
 }
@@ -396,7 +397,7 @@ static void prep_main(void *p) {
 /* Milliseconds left before deadline (KEEL_INFINITY for none), at least 0. */
 static int64_t left(int64_t deadline) {
   if (deadline < 0) return KEEL_INFINITY;
-  int64_t l = deadline - now_ms(CLOCK_MONOTONIC);
+  int64_t l = deadline - keel_monotonic_ms();
   return l > 0 ? l : 0;
 }
 
@@ -445,7 +446,7 @@ _Noreturn static void master_stop(keel_app_t *app, void *state, keel_pid_t sigpi
   dispatch(&ev);
 
   int64_t deadline =
-      app->stop_timeout == KEEL_INFINITY ? -1 : now_ms(CLOCK_MONOTONIC) + app->stop_timeout;
+      app->stop_timeout == KEEL_INFINITY ? -1 : keel_monotonic_ms() + app->stop_timeout;
   bool forced = false;
   if (app->beh->prep_stop) forced = !run_prep_stop(app, state, root_gone ? 0 : root, deadline);
 

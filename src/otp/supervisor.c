@@ -36,6 +36,7 @@
 #include "keel/message.h"
 #include "keel/process.h"
 #include "keel/supervisor.h"
+#include "keel/timer.h"
 #include "otp/sublist.h"
 
 #define DEFAULT_INTENSITY       3
@@ -198,12 +199,6 @@ static void emit(sup *s, keel_sup_event_kind kind, const child *c, keel_pid_t pi
 
 /* ---- children -------------------------------------------------------------------- */
 
-static int64_t now_ms(void) {
-  struct timespec ts;
-  clock_gettime(CLOCK_MONOTONIC, &ts);
-  return (int64_t)ts.tv_sec * 1000 + ts.tv_nsec / 1000000;
-}
-
 static int64_t shutdown_of(const child *c) {
   if (c->shutdown != KEEL_SUP_SHUTDOWN_DEFAULT) return c->shutdown;
   return c->type == KEEL_SUP_SUPERVISOR ? KEEL_SUP_SHUTDOWN_INFINITY : DEFAULT_WORKER_SHUTDOWN;
@@ -350,7 +345,7 @@ static void stop_from(sup *s, size_t first) {
 
 /* Records a restart; false when that exceeds the intensity. */
 static bool count_restart(sup *s) {
-  int64_t now = now_ms();
+  int64_t now = keel_monotonic_ms();
   size_t keep = 0;
   for (size_t i = 0; i < s->nhist; i++)
     if (now - s->hist[i] <= s->period_ms) s->hist[keep++] = s->hist[i];

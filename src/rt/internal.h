@@ -225,6 +225,10 @@ typedef struct keel__proc {
   struct keel__proc *runq_next;   /* link in scheduler lists (owned by the list) */
   keel__ctx ctx;                  /* owner: the saved stack pointer */
   int budget;                     /* messages left before a forced yield */
+  int32_t reds;                   /* keel_consume's units left before it looks at the clock */
+  uint64_t slice_ns;              /* keel_consume: when it first looked since the switch-in */
+  uint64_t busy_ns;               /* keel_consume: when it first looked since it last waited */
+  _Atomic int64_t hog_limit_ms;   /* keel_set_hog_limit; read by the watchdog */
   keel__req req;                  /* what it asked the scheduler for */
   uint32_t wait_mask;             /* for KEEL__REQ_WAIT */
   int hold_exits;                 /* >0: exit signals wait (keel_hold_exits, keel_blocking) */
@@ -405,6 +409,7 @@ typedef struct keel__rt {
   _Atomic uint64_t blocking_queued;
   _Atomic uint64_t blocking_running;
   _Atomic uint64_t stuck_reports;
+  _Atomic uint64_t hog_kills; /* kills sent for keel_set_hog_limit */
   _Atomic uint64_t started_ms; /* CLOCK_MONOTONIC ms of keel_rt_start, 0 when stopped */
 
   pthread_mutex_t wait_lock;

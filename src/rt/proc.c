@@ -210,7 +210,8 @@ int keel_spawn(keel_proc_fn fn, void *arg, const keel_spawn_opts *opts, keel_pid
   keel__proc *parent = keel__proc_self();
   if ((opts->link || opts->monitor) && !parent) return KEEL_ENOTPROC;
   if (opts->await_monitor && !opts->monitor) return KEEL_EINVAL;
-  if (opts->scheduler < 0 || opts->scheduler > keel__g.nsched) return KEEL_EINVAL;
+  if (opts->scheduler < 0 || opts->scheduler > keel__g.nsched || opts->hog_limit_ms < 0)
+    return KEEL_EINVAL;
   keel__sched *s = keel__sched_self();
 
   keel__proc *p = slot_alloc(s);
@@ -241,6 +242,7 @@ int keel_spawn(keel_proc_fn fn, void *arg, const keel_spawn_opts *opts, keel_pid
   p->before_exit_arg = NULL;
   memset(p->local, 0, sizeof p->local);
   p->trap_exit = opts->trap_exit;
+  atomic_store_explicit(&p->hog_limit_ms, opts->hog_limit_ms, memory_order_relaxed);
   p->hold_exits = 0;
   p->pinned = opts->pin ? 1 : 0;
   p->wait_timer = NULL;
@@ -322,6 +324,14 @@ bool keel_is_alive(keel_pid_t pid) {
 char *keel_pid_format(keel_pid_t pid, char *buf, size_t len) {
   if (len) snprintf(buf, len, "<0.%u.%u>", KEEL__PID_IDX(pid), KEEL__PID_GEN(pid));
   return buf;
+}
+
+int keel_set_hog_limit(int64_t ms) {
+  keel__proc *p = keel__proc_self();
+  if (!p) return KEEL_ENOTPROC;
+  if (ms < 0) return KEEL_EINVAL;
+  atomic_store_explicit(&p->hog_limit_ms, ms, memory_order_relaxed);
+  return 0;
 }
 
 int keel_set_name(const char *name) {

@@ -126,6 +126,7 @@ int keel_rt_start(const keel_rt_opts *o) {
   atomic_store(&keel__g.blocking_queued, 0);
   atomic_store(&keel__g.blocking_running, 0);
   atomic_store(&keel__g.stuck_reports, 0);
+  atomic_store(&keel__g.hog_kills, 0);
   pthread_mutex_init(&keel__g.grq_lock, NULL);
   pthread_mutex_init(&keel__g.wait_lock, NULL);
   pthread_cond_init(&keel__g.wait_cond, NULL);
@@ -259,4 +260,5 @@ void keel_rt_stats_get(keel_rt_stats *out) {
   out->blocking_queued = atomic_load(&keel__g.blocking_queued);
   out->blocking_running = atomic_load(&keel__g.blocking_running);
   out->stuck_reports = atomic_load(&keel__g.stuck_reports);
+  out->hog_kills = atomic_load(&keel__g.hog_kills);
 }

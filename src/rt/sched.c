@@ -40,6 +40,7 @@
 #include <string.h>
 #include <time.h>
 
+#include "keel/timer.h"
 #include "rt/internal.h"
 
 keel__rt keel__g;
@@ -77,6 +78,14 @@ uint64_t keel__now_ns(void) {
   struct timespec ts;
   clock_gettime(CLOCK_MONOTONIC, &ts);
   return (uint64_t)ts.tv_sec * 1000000000u + (uint64_t)ts.tv_nsec;
+}
+
+uint64_t keel_monotonic_ns(void) {
+  return keel__now_ns();
+}
+
+int64_t keel_monotonic_ms(void) {
+  return (int64_t)(keel__now_ns() / 1000000u);
 }
 
 uint64_t keel__coarse_ms(void) {
@@ -414,6 +423,44 @@ int keel_yield(void) {
   return 0;
 }
 
+/* keel_consume: the clock is read once per CONSUME_CHECK units, and the
+ * caller yields once it has run CONSUME_SLICE_NS since its first look after
+ * the switch-in (a switch-in only zeroes slice_ns: no clock read on the
+ * switch path). */
+#define CONSUME_CHECK    1000
+#define CONSUME_SLICE_NS 1000000u
+
+static int consume_slow(keel__proc *p) {
+  p->reds = CONSUME_CHECK;
+  keel__signals_handle(p); /* a kill (the watchdog's, for the hog limit) ends it here */
+  uint64_t now = keel__now_ns();
+  if (!p->busy_ns) p->busy_ns = now;
+  int64_t limit = atomic_load_explicit(&p->hog_limit_ms, memory_order_relaxed);
+  if (limit > 0 && now - p->busy_ns >= (uint64_t)limit * 1000000u) {
+    char why[96];
+    snprintf(why, sizeof why, "hog: ran %llu ms without waiting (limit %lld ms)",
+             (unsigned long long)((now - p->busy_ns) / 1000000u), (long long)limit);
+    atomic_fetch_add(&keel__g.hog_kills, 1);
+    keel__proc_die(p, KEEL_REASON_KILLED, why); /* as a kill, with the reason's text */
+  }
+  if (!p->slice_ns) {
+    p->slice_ns = now;
+    return 0;
+  }
+  if (now - p->slice_ns < CONSUME_SLICE_NS) return 0;
+  keel__proc_switch(p, KEEL__REQ_YIELD, 0);
+  keel__signals_handle(p);
+  return 1;
+}
+
+int keel_consume(unsigned units) {
+  keel__proc *p = keel__proc_self();
+  if (!p) return KEEL_ENOTPROC;
+  if (units > CONSUME_CHECK) units = CONSUME_CHECK;
+  p->reds -= (int32_t)units;
+  return p->reds > 0 ? 0 : consume_slow(p);
+}
+
 /* ---- the scheduler side ----------------------------------------------------- */
 
 static void sched_park(keel__sched *s, keel__proc *p) {
@@ -445,6 +492,9 @@ static void sched_run(keel__sched *s, keel__proc *p) {
   uint64_t sw = atomic_load_explicit(&p->sw, memory_order_acquire);
   atomic_store_explicit(&p->sw, (sw & ~(uint64_t)0xFF) | KEEL__ST_RUNNING, memory_order_relaxed);
   p->budget = keel__g.opt.budget;
+  p->reds = CONSUME_CHECK;
+  p->slice_ns = 0;
+  if (p->req != KEEL__REQ_YIELD) p->busy_ns = 0; /* it waited (or is new): not busy since */
   KEEL__INC(s->n_switches);
   keel__ctx_switch(&s->ctx, &p->ctx, 0);
   s->current = NULL;
@@ -505,6 +555,43 @@ static keel__proc *sched_next(keel__sched *s) {
   return p;
 }
 
+/* From a scheduler the watchdog saw stuck: the processes woken into its
+ * inbox (by another thread: a blocking job done, a send from outside, a
+ * spawn aimed at it), which its owner would drain only once the hog lets
+ * go. Pinned ones stay: they use that scheduler's libuv handles. The first
+ * is returned, the rest queued here. */
+static keel__proc *inbox_steal(keel__sched *thief, keel__sched *v) {
+  if (!atomic_load_explicit(&v->in_nonempty, memory_order_relaxed)) return NULL;
+  keel__proc *taken = NULL, **tail = &taken;
+  pthread_mutex_lock(&v->inbox_lock);
+  keel__proc **pp = &v->in_head, *last = NULL;
+  while (*pp) {
+    keel__proc *p = *pp;
+    if (p->pinned) {
+      last = p;
+      pp = &p->runq_next;
+      continue;
+    }
+    *pp = p->runq_next;
+    p->runq_next = NULL;
+    *tail = p;
+    tail = &p->runq_next;
+  }
+  v->in_tail = last;
+  if (!v->in_head) atomic_store_explicit(&v->in_nonempty, 0, memory_order_relaxed);
+  pthread_mutex_unlock(&v->inbox_lock);
+  keel__proc *first = taken;
+  if (!first) return NULL;
+  for (keel__proc *p = first->runq_next; p;) {
+    keel__proc *next = p->runq_next;
+    push_local(thief, p);
+    atomic_fetch_add_explicit(&thief->n_steals, 1, memory_order_relaxed);
+    p = next;
+  }
+  atomic_fetch_add_explicit(&thief->n_steals, 1, memory_order_relaxed);
+  return first;
+}
+
 static keel__proc *sched_steal(keel__sched *s) {
   int n = keel__g.nsched;
   if (n < 2 || keel__g.opt.deterministic) return NULL;
@@ -527,6 +614,7 @@ static keel__proc *sched_steal(keel__sched *s) {
           return p;
         }
       }
+      if (stuck && (p = inbox_steal(s, v))) return p;
     }
     for (int k = 0; k < 50; k++)
       keel__cpu_relax();
@@ -684,6 +772,24 @@ void keel__enqueue_on(keel__sched *s, keel__proc *p) {
 
 /* ---- watchdog: stuck processes --------------------------------------------- */
 
+/* A process past its hog limit (keel_set_hog_limit) gets an untrappable
+ * kill, once; it takes effect at its next consume, yield or wait. Called
+ * with wd_lock held; sends without it (a signal takes the target's lock). */
+static void hog_limit(int sched, keel_pid_t pid, int64_t held, keel_pid_t *killed) {
+  if (*killed == pid) return;
+  keel__proc *p = keel__slot(KEEL__PID_IDX(pid));
+  int64_t limit = p ? atomic_load_explicit(&p->hog_limit_ms, memory_order_relaxed) : 0;
+  if (limit <= 0 || held < limit) return;
+  *killed = pid;
+  char why[96];
+  snprintf(why, sizeof why, "hog: held scheduler %d for %lld ms (limit %lld ms)", sched,
+           (long long)held, (long long)limit);
+  pthread_mutex_unlock(&keel__g.wd_lock);
+  keel_exit_signal(pid, KEEL_REASON_KILL, why);
+  atomic_fetch_add(&keel__g.hog_kills, 1);
+  pthread_mutex_lock(&keel__g.wd_lock);
+}
+
 static void *watchdog_main(void *arg) {
   (void)arg;
   pthread_setname_np(pthread_self(), "keel-watchdog");
@@ -691,6 +797,7 @@ static void *watchdog_main(void *arg) {
   uint64_t *last = calloc((size_t)n, sizeof *last);
   uint64_t *since = calloc((size_t)n, sizeof *since);
   keel_pid_t *reported = calloc((size_t)n, sizeof *reported);
+  keel_pid_t *killed = calloc((size_t)n, sizeof *killed); /* sent its hog limit's kill */
   int64_t stuck_ms = keel__g.opt.stuck_ms;
   int64_t tick_ms = stuck_ms / 4;
   if (tick_ms < 5) tick_ms = 5;
@@ -725,7 +832,8 @@ static void *watchdog_main(void *arg) {
       atomic_store_explicit(&s->stuck, 1, memory_order_relaxed);
       /* Same process, no switch since `since`. Let a sleeping sibling steal
        * what waits behind it, and report it once past the threshold. */
-      if ((ring_len(s) > 0 || atomic_load_explicit(&s->runnext, memory_order_relaxed)) &&
+      if ((ring_len(s) > 0 || atomic_load_explicit(&s->runnext, memory_order_relaxed) ||
+           atomic_load_explicit(&s->in_nonempty, memory_order_relaxed)) &&
           atomic_load(&keel__g.nsleeping) > 0) {
         for (int j = 0; j < n; j++)
           if (j != i && atomic_load(&keel__g.scheds[j].sleeping)) {
@@ -752,6 +860,7 @@ static void *watchdog_main(void *arg) {
         keel__report(&r);
         pthread_mutex_lock(&keel__g.wd_lock);
       }
+      hog_limit(i, pid, held, &killed[i]);
     }
   }
   atomic_store(&keel__g.watchdog_running, 0);
@@ -761,6 +870,7 @@ static void *watchdog_main(void *arg) {
   free(last);
   free(since);
   free(reported);
+  free(killed);
   return NULL;
 }
 

@@ -49,7 +49,8 @@ rm -f "$tmp/received"
 
 cd "$tmp" || exit 1
 PORT=$port HEALTH_PORT=$hport HOST=127.0.0.1 LOG_FILE=$tmp/log ADMIN_TOKEN=t0k \
-  ALERT_WEBHOOK_URL="http://127.0.0.1:$rport/hook" ALERT_WEBHOOK_FORMAT=json SERVICE_NAME=kvtest "$kv" &
+  ALERT_WEBHOOK_URL="http://127.0.0.1:$rport/hook" ALERT_WEBHOOK_FORMAT=json SERVICE_NAME=kvtest \
+  ALERT_WEBHOOK_MIN_SEVERITY=critical "$kv" &
 pid=$!
 for _ in $(seq 200); do
   [ "$(curl -s -o /dev/null -w '%{http_code}' "http://127.0.0.1:$hport/health/startup")" = 200 ] && break
@@ -63,8 +64,8 @@ expect "a wrong token is refused" 401 \
 expect "with the token: queued on the one sink" '1 [0]' \
   "$(curl -s -X POST -H 'Authorization: Bearer t0k' "$admin/admin/alerts/test" | jq -c '"\(.sinks) \(.queued)"' -r)"
 for _ in $(seq 200); do [ -s "$tmp/received" ] && break; sleep 0.05; done
-expect "the receiver got it" 'triggered test_alert kvtest' \
-  "$(head -1 "$tmp/received" 2>/dev/null | jq -r '"\(.event) \(.alert.type) \(.service)"')"
+expect "the receiver got it (the test alert passes any minimum severity)" 'triggered test_alert info kvtest' \
+  "$(head -1 "$tmp/received" 2>/dev/null | jq -r '"\(.event) \(.alert.type) \(.alert.severity) \(.service)"')"
 kill -TERM "$pid"
 wait "$pid" 2>/dev/null
 
@@ -72,6 +73,15 @@ PORT=$port HEALTH_PORT=$hport HOST=127.0.0.1 LOG_FILE=$tmp/log2 \
   ALERT_WEBHOOK_URL="http://127.0.0.1:$rport/hook" ALERT_WEBHOOK_FORMAT=teams timeout 20 "$kv"
 rc=$?
 if [ "$rc" -ne 0 ] && [ "$rc" -ne 124 ]; then ok "an unknown format stops the service ($rc)"; else bad "an unknown format stops the service" "(exit $rc)"; fi
+
+PORT=$port HEALTH_PORT=$hport HOST=127.0.0.1 LOG_FILE=$tmp/log3 \
+  ALERT_WEBHOOK_URL="http://127.0.0.1:$rport/hook" ALERTMANAGER_MIN_SEVERITY=page timeout 20 "$kv" 2>"$tmp/err3"
+rc=$?
+if [ "$rc" -eq 78 ] && grep -q 'ALERTMANAGER_MIN_SEVERITY' "$tmp/err3"; then
+  ok "an unknown severity exits 78 naming ALERTMANAGER_MIN_SEVERITY"
+else
+  bad "an unknown severity exits 78 naming ALERTMANAGER_MIN_SEVERITY" "(exit $rc: $(head -c 300 "$tmp/err3"))"
+fi
 
 echo "$passed passed, $failed failed"
 [ "$failed" -eq 0 ]

@@ -31,12 +31,12 @@ static int h_hook(keel_http_req *req, keel_http_res *res, void *ud) {
   const char *b = keel_http_body(req, &len);
   const char *sig = keel_http_header(req, "x-keel-signature");
   pthread_mutex_lock(&g_lock);
-  if (g_n < 8) {
+  if (g_n < 8) { /* the first 8 are kept; all are counted */
     snprintf(g_body[g_n], sizeof g_body[0], "%.*s", (int)len, b ? b : "");
     snprintf(g_sig[g_n], sizeof g_sig[0], "%s", sig ? sig : "");
     snprintf(g_path[g_n], sizeof g_path[0], "%s", keel_http_path(req));
-    g_n++;
   }
+  g_n++;
   pthread_mutex_unlock(&g_lock);
   return keel_http_reply_text(res, 200, "text/plain", "ok");
 }
@@ -127,12 +127,14 @@ KT_CASE(json_body_is_as_documented_and_signed) {
   wait_received(2);
   CHECK_STR(g_body[0],
             "{\"event\":\"triggered\",\"service\":\"orders\",\"alert\":{\"id\":\"alert-7\","
-            "\"type\":\"high_error_rate\",\"process\":null,\"threshold\":5.0,\"value\":7.0,"
+            "\"type\":\"high_error_rate\",\"severity\":\"critical\",\"process\":null,\"threshold\":"
+            "5.0,\"value\":7.0,"
             "\"message\":\"Error rate exceeded threshold: 7 > 5\","
             "\"time\":\"2025-11-24T16:00:00.123Z\",\"resolvedAt\":null}}");
   CHECK_STR(g_body[1],
             "{\"event\":\"resolved\",\"service\":\"orders\",\"alert\":{\"id\":\"alert-7\","
-            "\"type\":\"high_error_rate\",\"process\":null,\"threshold\":5.0,\"value\":7.0,"
+            "\"type\":\"high_error_rate\",\"severity\":\"critical\",\"process\":null,\"threshold\":"
+            "5.0,\"value\":7.0,"
             "\"message\":\"Error rate exceeded threshold: 7 > 5\","
             "\"time\":\"2025-11-24T16:00:00.123Z\",\"resolvedAt\":\"2025-11-24T16:01:00.123Z\"}}");
   /* the signature: HMAC-SHA256 of the body with the secret, in hex */
@@ -159,18 +161,20 @@ KT_CASE(slack_discord_and_alertmanager_bodies) {
   keel_alert a = sample_alert();
   CHECK_OK(keel_alert_sink_push(sl, KEEL_ALERTS_EV_TRIGGERED, &a));
   wait_received(1);
-  CHECK_STR(g_body[0], "{\"text\":\"[FIRING] high_error_rate on orders: Error rate exceeded "
-                       "threshold: 7 > 5\"}");
+  CHECK_STR(g_body[0],
+            "{\"text\":\"[FIRING] high_error_rate (critical) on orders: Error rate exceeded "
+            "threshold: 7 > 5\"}");
   CHECK_STR(g_sig[0], ""); /* only the JSON format is signed */
   o.format = KEEL_ALERT_SINK_DISCORD;
   CHECK_OK(keel_alert_sink_start(&o, &dc));
   a.resolved_ms = a.time_ms + 1000;
   CHECK_OK(keel_alert_sink_push(dc, KEEL_ALERTS_EV_RESOLVED, &a));
   wait_received(2);
-  CHECK_STR(g_body[1], "{\"content\":\"[RESOLVED] high_error_rate on orders: Error rate "
+  CHECK_STR(g_body[1], "{\"content\":\"[RESOLVED] high_error_rate (critical) on orders: Error rate "
                        "exceeded threshold: 7 > 5\"}");
   o.format = KEEL_ALERT_SINK_ALERTMANAGER;
   o.url = url("/am/");
+  o.resend_ms = -1; /* no re-sends and no endsAt while firing: a body known in advance */
   CHECK_OK(keel_alert_sink_start(&o, &am));
   a = sample_alert();
   CHECK_OK(keel_alert_sink_push(am, KEEL_ALERTS_EV_TRIGGERED, &a));
@@ -178,7 +182,7 @@ KT_CASE(slack_discord_and_alertmanager_bodies) {
   CHECK_STR(g_path[2], "/am/api/v2/alerts");
   CHECK_STR(g_body[2],
             "[{\"labels\":{\"alertname\":\"high_error_rate\",\"service\":\"orders\","
-            "\"severity\":\"warning\"},\"annotations\":{\"summary\":\"Error rate exceeded "
+            "\"severity\":\"critical\"},\"annotations\":{\"summary\":\"Error rate exceeded "
             "threshold: 7 > 5\",\"description\":\"value 7, threshold 5\"},"
             "\"startsAt\":\"2025-11-24T16:00:00.123Z\"}]");
   a.resolved_ms = a.time_ms + 60000;
@@ -199,7 +203,7 @@ KT_CASE(slack_discord_and_alertmanager_bodies) {
   CHECK_STR(g_body[4],
             "{\"routing_key\":\"R0UT1NG\",\"event_action\":\"trigger\","
             "\"dedup_key\":\"orders:high_error_rate:0\",\"payload\":{\"summary\":\"Error rate "
-            "exceeded threshold: 7 > 5\",\"source\":\"orders\",\"severity\":\"warning\","
+            "exceeded threshold: 7 > 5\",\"source\":\"orders\",\"severity\":\"critical\","
             "\"timestamp\":\"2025-11-24T16:00:00.123Z\",\"custom_details\":{\"value\":7.0,"
             "\"threshold\":5.0}}}");
   CHECK_OK(keel_alert_sink_push(pd, KEEL_ALERTS_EV_RESOLVED, &a));
@@ -345,7 +349,7 @@ KT_CASE(sinks_from_the_environment) {
 
 /* The alerts Alertmanager lists now whose alertname is name and whose
  * service label is svc. */
-static int am_count(keel_http_client *c, const char *base, const char *svc) {
+static int am_count_of(keel_http_client *c, const char *base, const char *svc, const char *name) {
   char u[160];
   snprintf(u, sizeof u, "%s/api/v2/alerts", base);
   keel_http_client_res r;
@@ -359,11 +363,95 @@ static int am_count(keel_http_client *c, const char *base, const char *svc) {
     json_t *l = json_object_get(v, "labels");
     const char *an = json_string_value(json_object_get(l, "alertname"));
     const char *sv = json_string_value(json_object_get(l, "service"));
-    if (an && sv && strcmp(an, "high_error_rate") == 0 && strcmp(sv, svc) == 0) n++;
+    if (an && sv && strcmp(an, name) == 0 && strcmp(sv, svc) == 0) n++;
   }
   json_decref(j);
   keel_http_client_res_free(&r);
   return n;
+}
+
+static int am_count(keel_http_client *c, const char *base, const char *svc) {
+  return am_count_of(c, base, svc, "high_error_rate");
+}
+
+static keel_alert_sink_stats sink_stats(keel_alert_sink *s) {
+  keel_alert_sink_stats st;
+  keel_alert_sink_stats_get(s, &st);
+  return st;
+}
+
+/* A sink with a minimum severity sends what reaches it and counts the rest;
+ * the test alert (info) always goes. */
+KT_CASE(min_severity_filters_but_not_the_test_alert) {
+  keel_http_server *srv = start_receiver();
+  start_alerts();
+  keel_alert_sink_opts o = {.format = KEEL_ALERT_SINK_SLACK,
+                            .url = url("/hook"),
+                            .service = "orders",
+                            .cooldown_ms = -1,
+                            .min_severity = KEEL_ALERT_CRITICAL};
+  keel_alert_sink *s;
+  CHECK_OK(keel_alert_sink_start(&o, &s));
+  keel_alert a = sample_alert();
+  a.type = KEEL_ALERT_QUEUE_SIZE; /* warning by its type */
+  CHECK_OK(keel_alert_sink_push(s, KEEL_ALERTS_EV_TRIGGERED, &a));
+  a = sample_alert(); /* error rate: critical */
+  CHECK_OK(keel_alert_sink_push(s, KEEL_ALERTS_EV_TRIGGERED, &a));
+  a.type = KEEL_ALERT_HEALTH;
+  a.severity = KEEL_ALERT_WARNING; /* a degraded node: its own severity, not the type's */
+  CHECK_OK(keel_alert_sink_push(s, KEEL_ALERTS_EV_TRIGGERED, &a));
+  CHECK_OK(keel_alert_sink_test(s));
+  wait_sent(s, 2);
+  CHECK_EQ(sink_stats(s).filtered, 2);
+  CHECK_EQ(received(), 2);
+  CHECK(strstr(g_body[0], "high_error_rate (critical)") != NULL);
+  CHECK(strstr(g_body[1], "test_alert (info)") != NULL);
+  keel_alert_sink_opts bad = o;
+  bad.min_severity = 4;
+  keel_alert_sink *none;
+  CHECK_EQ(keel_alert_sink_start(&bad, &none), KEEL_EINVAL);
+  keel_alert_sink_stop(s);
+  CHECK_OK(keel_alerts_stop());
+  CHECK_OK(keel_http_stop(srv));
+}
+
+/* Alertmanager: a firing alert is posted again every resend_ms with endsAt
+ * four intervals ahead, until it resolves; the test alert is not re-sent. */
+KT_CASE(alertmanager_firing_alerts_are_sent_again_until_resolved) {
+  keel_http_server *srv = start_receiver();
+  start_alerts();
+  keel_alert_sink_opts o = {.format = KEEL_ALERT_SINK_ALERTMANAGER,
+                            .url = url("/am"),
+                            .service = "orders",
+                            .resend_ms = 40};
+  keel_alert_sink *s;
+  CHECK_OK(keel_alert_sink_start(&o, &s));
+  CHECK_OK(keel_alert_sink_test(s));
+  wait_sent(s, 1);
+  keel_alert a = sample_alert();
+  CHECK_OK(keel_alert_sink_push(s, KEEL_ALERTS_EV_TRIGGERED, &a));
+  wait_sent(s, 2);
+  for (int i = 0; i < 2000 && sink_stats(s).resent < 3; i++)
+    keel_sleep(5);
+  CHECK(sink_stats(s).resent >= 3);
+  for (int i = 0; i < 2000 && received() < 4; i++)
+    keel_sleep(5);
+  CHECK(received() >= 4);
+  /* every re-send is the error alert, with an endsAt; the test alert had none */
+  CHECK(strstr(g_body[0], "test_alert") && !strstr(g_body[0], "endsAt"));
+  for (int i = 2; i < 4; i++) {
+    CHECK(strstr(g_body[i], "high_error_rate") != NULL);
+    CHECK(strstr(g_body[i], "\"endsAt\":") != NULL);
+  }
+  a.resolved_ms = a.time_ms + 1000;
+  CHECK_OK(keel_alert_sink_push(s, KEEL_ALERTS_EV_RESOLVED, &a));
+  wait_sent(s, 3);
+  uint64_t resent = sink_stats(s).resent;
+  keel_sleep(200); /* five intervals: a re-send now would be of a resolved alert */
+  CHECK_EQ(sink_stats(s).resent, resent);
+  keel_alert_sink_stop(s);
+  CHECK_OK(keel_alerts_stop());
+  CHECK_OK(keel_http_stop(srv));
 }
 
 KT_CASE(alertmanager_lists_then_resolves) {
@@ -375,8 +463,12 @@ KT_CASE(alertmanager_lists_then_resolves) {
   start_alerts();
   keel_http_client *c;
   CHECK_OK(keel_http_client_new(NULL, &c));
-  keel_alert_sink_opts o = {
-      .format = KEEL_ALERT_SINK_ALERTMANAGER, .url = base, .service = "keel-am-test", .client = c};
+  /* re-sent every 300 ms, so each post says endsAt 1.2 s ahead */
+  keel_alert_sink_opts o = {.format = KEEL_ALERT_SINK_ALERTMANAGER,
+                            .url = base,
+                            .service = "keel-am-test",
+                            .client = c,
+                            .resend_ms = 300};
   keel_alert_sink *s;
   CHECK_OK(keel_alert_sink_start(&o, &s));
   struct timespec ts;
@@ -389,6 +481,10 @@ KT_CASE(alertmanager_lists_then_resolves) {
   for (int i = 0; i < 200 && (n = am_count(c, base, "keel-am-test")) == 0; i++)
     keel_sleep(50);
   CHECK_EQ(n, 1); /* listed, active */
+  /* past the first post's endsAt: still active, because it was sent again */
+  keel_sleep(2500);
+  CHECK(sink_stats(s).resent >= 2);
+  CHECK_EQ(am_count(c, base, "keel-am-test"), 1);
   clock_gettime(CLOCK_REALTIME, &ts);
   a.resolved_ms = (int64_t)ts.tv_sec * 1000 + ts.tv_nsec / 1000000;
   CHECK_OK(keel_alert_sink_push(s, KEEL_ALERTS_EV_RESOLVED, &a));
@@ -396,7 +492,19 @@ KT_CASE(alertmanager_lists_then_resolves) {
   for (int i = 0; i < 200 && (n = am_count(c, base, "keel-am-test")) != 0; i++)
     keel_sleep(50);
   CHECK_EQ(n, 0); /* resolved: no longer listed as firing */
+  /* a node that stops sending (here: the sink stops): its firing alert
+   * lapses at its endsAt instead of firing forever */
+  a.type = KEEL_ALERT_FD_USAGE;
+  snprintf(a.id, sizeof a.id, "alert-8");
+  CHECK_OK(keel_alert_sink_push(s, KEEL_ALERTS_EV_TRIGGERED, &a));
+  wait_sent(s, 3);
+  for (int i = 0; i < 200 && (n = am_count_of(c, base, "keel-am-test", "high_fd_usage")) == 0; i++)
+    keel_sleep(50);
+  CHECK_EQ(n, 1);
   keel_alert_sink_stop(s);
+  for (int i = 0; i < 200 && (n = am_count_of(c, base, "keel-am-test", "high_fd_usage")) != 0; i++)
+    keel_sleep(50);
+  CHECK_EQ(n, 0);
   keel_http_client_free(c);
   CHECK_OK(keel_alerts_stop());
 }
@@ -406,4 +514,6 @@ KT_MAIN(KT_ENTRY(json_body_is_as_documented_and_signed),
         KT_ENTRY(an_alert_raised_by_the_manager_is_delivered),
         KT_ENTRY(cooldown_holds_back_a_repeat_and_its_resolution),
         KT_ENTRY(a_receiver_that_is_down_drops_past_the_bound_and_counts),
-        KT_ENTRY(sinks_from_the_environment), KT_ENTRY(alertmanager_lists_then_resolves))
+        KT_ENTRY(sinks_from_the_environment), KT_ENTRY(alertmanager_lists_then_resolves),
+        KT_ENTRY(min_severity_filters_but_not_the_test_alert),
+        KT_ENTRY(alertmanager_firing_alerts_are_sent_again_until_resolved))

@@ -19,6 +19,7 @@
 #include <unistd.h>
 
 #include "keel/alerts.h"
+#include "keel/health.h"
 #include "keel/sysinfo.h"
 #include "otp/kt_otp.h"
 
@@ -42,6 +43,7 @@ static keel_alerts_opts test_opts(void) {
   keel_alerts_opts_init(&o);
   o.interval_ms = -1; /* only keel_alerts_sweep_now samples */
   o.clock_ms = fake_clock;
+  o.health_interval_ms = -1; /* no health probes: the case about them turns them on */
   return o;
 }
 
@@ -844,6 +846,94 @@ KT_CASE(alerts_are_computed_on_the_interval) {
   CHECK_OK(keel_alerts_stop());
 }
 
+/* ---- health status ----------------------------------------------------------------- */
+
+static atomic_int flaky_status;
+
+static keel_health_status flaky_check(void *ud, keel_health_result *res) {
+  (void)ud;
+  int st = atomic_load(&flaky_status);
+  if (st) keel_health_result_message(res, "%s", st == 1 ? "disk slow" : "disk gone");
+  return (keel_health_status)st;
+}
+
+/* Receives the next alert event of type t (others are skipped). */
+static int next_of(keel_alert_type t, keel_alert *a) {
+  for (;;) {
+    keel_msg_t *m = NULL;
+    CHECK_OK(keel_receive_match(match_alert, NULL, &m, KT_LONG));
+    int ev = keel_alert_msg(m, a);
+    keel_msg_free(m);
+    if (a->type == t) return ev;
+  }
+}
+
+/* Degraded fires a warning, unhealthy resolves it and fires a critical one,
+ * healthy resolves that; a probe runs only when its interval (on the test
+ * clock) has passed. */
+KT_CASE(health_status_changes_fire_and_resolve) {
+  quiet_log();
+  keel_health_reset();
+  CHECK_OK(keel_health_register("flaky", flaky_check, NULL, true, 1000));
+  atomic_store(&flaky_status, KEEL_HEALTH_WARNING);
+  keel_alerts_opts o = test_opts();
+  o.health_interval_ms = 1000;
+  CHECK_OK(keel_alerts_start(&o));
+  CHECK_OK(keel_alerts_subscribe(keel_self()));
+  sweeps(1); /* the first sweep probes at once */
+  keel_alert a;
+  CHECK_EQ(next_of(KEEL_ALERT_HEALTH, &a), KEEL_ALERTS_EV_TRIGGERED);
+  CHECK_EQ(a.severity, KEEL_ALERT_WARNING);
+  CHECK_EQ(a.pid, 0);
+  CHECK_EQ(a.value, 1);
+  CHECK_STR(a.message, "Health degraded: flaky: warning (disk slow)");
+  CHECK_EQ(keel_alerts_active(NULL, 0), 1);
+  char *j = keel_alerts_active_json();
+  CHECK(j && strstr(j, "\"type\":\"health_status\",\"severity\":\"warning\""));
+  free(j);
+
+  atomic_store(&flaky_status, KEEL_HEALTH_CRITICAL);
+  sweeps(3); /* not due: the interval has not passed on the test clock */
+  CHECK_EQ(keel_alerts_active(NULL, 0), 1);
+  keel_alert act;
+  CHECK_EQ(keel_alerts_active(&act, 1), 1);
+  CHECK_EQ(act.severity, KEEL_ALERT_WARNING);
+  advance(1000);
+  sweeps(1);
+  CHECK_EQ(next_of(KEEL_ALERT_HEALTH, &a), KEEL_ALERTS_EV_RESOLVED);
+  CHECK_EQ(a.severity, KEEL_ALERT_WARNING);
+  CHECK_STR(a.message, "Health unhealthy, was degraded: flaky: critical (disk gone)");
+  CHECK_EQ(next_of(KEEL_ALERT_HEALTH, &a), KEEL_ALERTS_EV_TRIGGERED);
+  CHECK_EQ(a.severity, KEEL_ALERT_CRITICAL);
+  CHECK_EQ(a.value, 2);
+  CHECK_STR(a.message, "Health unhealthy: flaky: critical (disk gone)");
+
+  atomic_store(&flaky_status, KEEL_HEALTH_OK);
+  advance(1000);
+  sweeps(1);
+  CHECK_EQ(next_of(KEEL_ALERT_HEALTH, &a), KEEL_ALERTS_EV_RESOLVED);
+  CHECK_EQ(a.severity, KEEL_ALERT_CRITICAL);
+  CHECK_STR(a.message, "Health healthy, was unhealthy");
+  CHECK_EQ(a.value, 0);
+  KT_WAIT_UNTIL(keel_alerts_active(NULL, 0) == 0);
+  CHECK_OK(keel_alerts_stop());
+  keel_health_reset();
+}
+
+KT_CASE(severities_by_type_and_name) {
+  CHECK_EQ(keel_alert_type_severity(KEEL_ALERT_QUEUE_SIZE), KEEL_ALERT_WARNING);
+  CHECK_EQ(keel_alert_type_severity(KEEL_ALERT_RESTART_RATE), KEEL_ALERT_WARNING);
+  CHECK_EQ(keel_alert_type_severity(KEEL_ALERT_ERROR_RATE), KEEL_ALERT_CRITICAL);
+  CHECK_EQ(keel_alert_type_severity(KEEL_ALERT_FD_USAGE), KEEL_ALERT_CRITICAL);
+  CHECK_EQ(keel_alert_type_severity(KEEL_ALERT_TEST), KEEL_ALERT_INFO);
+  CHECK_STR(keel_alert_severity_name(KEEL_ALERT_CRITICAL), "critical");
+  CHECK_STR(keel_alert_severity_name(0), "unknown");
+  CHECK_EQ(keel_alert_severity_parse("Warning"), KEEL_ALERT_WARNING);
+  CHECK_EQ(keel_alert_severity_parse("page"), 0);
+  CHECK_EQ(keel_alert_severity_parse(NULL), 0);
+  CHECK_STR(keel_alert_type_name(KEEL_ALERT_HEALTH), "health_status");
+}
+
 KT_MAIN(KT_ENTRY(flooded_mailbox_fires_once_and_resolves_after_drain),
         KT_ENTRY_SCHED(nothing_fires_before_min_samples, 2),
         KT_ENTRY(floor_keeps_shallow_mailboxes_quiet),
@@ -856,4 +946,6 @@ KT_MAIN(KT_ENTRY(flooded_mailbox_fires_once_and_resolves_after_drain),
         KT_ENTRY_SCHED(table_follows_live_processes_under_churn, 2),
         KT_ENTRY_SCHED(runtime_stop_releases_a_running_manager, 2),
         KT_ENTRY_SCHED(start_stop_and_errors, 2),
-        KT_ENTRY_SCHED(alerts_are_computed_on_the_interval, 2))
+        KT_ENTRY_SCHED(alerts_are_computed_on_the_interval, 2),
+        KT_ENTRY_SCHED(health_status_changes_fire_and_resolve, 2),
+        KT_ENTRY(severities_by_type_and_name))

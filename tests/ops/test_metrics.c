@@ -20,6 +20,7 @@
 
 #include "keel_test.h"
 #include "keel/log.h"
+#include "keel/sysinfo.h"
 #include "keel/metrics.h"
 
 #define CHECK_HAS(text, needle)                                                                    \
@@ -613,6 +614,11 @@ KT_CASE(builtin_metrics_are_present_and_plausible) {
   CHECK(sample(t, "process_resident_memory_bytes") > 1e5);
   CHECK(sample(t, "process_virtual_memory_bytes") >= sample(t, "process_resident_memory_bytes"));
   CHECK(sample(t, "process_open_fds") >= 3);
+  { /* the same limit sysinfo reads (0 on a machine without a cgroup limit) */
+    keel_sys_memory sm;
+    keel_sys_memory_get(&sm);
+    CHECK(sample(t, "keel_memory_limit_bytes") == (double)sm.limit_bytes);
+  }
   double max_fds = sample(t, "process_max_fds");
   CHECK(max_fds == -1 || max_fds >= sample(t, "process_open_fds"));
   double start = sample(t, "process_start_time_seconds");

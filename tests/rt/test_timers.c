@@ -397,7 +397,32 @@ KT_CASE(send_interval_ends_by_itself_when_its_target_exits) {
   KT_WAIT_UNTIL(keel_cancel_timer(dead_ref) == KEEL_ENOENT);
 }
 
-KT_MAIN(KT_ENTRY(send_after_delivers_after_its_delay),
+/* keel_monotonic_ns/ms: CLOCK_MONOTONIC, the clock timers use; it never
+ * goes back, and the two agree. */
+KT_CASE(the_public_clock_is_the_monotonic_clock) {
+  struct timespec ts;
+  clock_gettime(CLOCK_MONOTONIC, &ts);
+  int64_t before = (int64_t)ts.tv_sec * 1000 + ts.tv_nsec / 1000000;
+  uint64_t ns = keel_monotonic_ns();
+  int64_t ms = keel_monotonic_ms();
+  clock_gettime(CLOCK_MONOTONIC, &ts);
+  int64_t after = (int64_t)ts.tv_sec * 1000 + ts.tv_nsec / 1000000;
+  CHECK(ms >= before && ms <= after);
+  CHECK((int64_t)(ns / 1000000u) >= before && (int64_t)(ns / 1000000u) <= ms);
+  uint64_t prev = keel_monotonic_ns();
+  for (int i = 0; i < 1000; i++) {
+    uint64_t now = keel_monotonic_ns();
+    CHECK(now >= prev);
+    prev = now;
+  }
+  /* a timer of 20 ms fires no earlier than 20 ms on this clock */
+  int64_t t0 = keel_monotonic_ms();
+  keel_sleep(20);
+  CHECK(keel_monotonic_ms() - t0 >= 20);
+}
+
+KT_MAIN(KT_ENTRY(the_public_clock_is_the_monotonic_clock),
+        KT_ENTRY(send_after_delivers_after_its_delay),
         KT_ENTRY(send_interval_ticks_until_cancelled),
         KT_ENTRY(send_interval_refuses_zero_period_and_attachments),
         KT_ENTRY(send_interval_ends_by_itself_when_its_target_exits),

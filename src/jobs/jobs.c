@@ -1,0 +1,393 @@
+/* jobs.c - a keel_jobs: starting it (tables, metrics, the supervisor with
+ * the janitor and one runner per queue), stopping it in the reference's
+ * order, and the operators' calls on single jobs and queues.
+ *
+ * Stop: every runner is told to stop fetching and given the budget; they
+ * run their jobs out at once (the budget is shared, not per queue), kill
+ * what is left at its end and return those jobs to available; once every
+ * runner has exited, the supervisor (and with it the janitor) is stopped
+ * and the heartbeat row deleted, so other instances see a clean exit. The
+ * store is the caller's and stays open: it closes last.
+ */
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <unistd.h>
+
+#include "es/es_internal.h"
+#include "jobs/jobs_internal.h"
+#include "keel/error.h"
+#include "keel/gen_server.h"
+#include "keel/message.h"
+#include "keel/supervisor.h"
+
+enum { DEFAULT_CONCURRENCY = 10, DEFAULT_BUDGET_MS = 5000, LIST_DEFAULT = 100, LIST_MAX = 1000 };
+
+static void on_remote(void *ud);
+
+static int64_t or_default(int64_t v, int64_t dflt) {
+  return v > 0 || v == KEEL_INFINITY ? v : dflt;
+}
+
+static int check_opts(const keel_jobs_opts *o) {
+  if (!o || !o->es || (o->nworkers && !o->workers) || (o->nqueues && !o->queues))
+    return KEEL_EINVAL;
+  if (o->instance && !keel__jobs_name_ok(o->instance)) return KEEL_EINVAL;
+  for (size_t i = 0; i < o->nworkers; i++) {
+    if (!keel__jobs_name_ok(o->workers[i].name) || !o->workers[i].perform) return KEEL_EINVAL;
+    for (size_t k = 0; k < i; k++)
+      if (strcmp(o->workers[i].name, o->workers[k].name) == 0) return KEEL_EINVAL;
+  }
+  for (size_t i = 0; i < o->nqueues; i++) {
+    if (!keel__jobs_name_ok(o->queues[i].name) || o->queues[i].concurrency < 0 ||
+        o->queues[i].rate_per_s < 0)
+      return KEEL_EINVAL;
+    for (size_t k = 0; k < i; k++)
+      if (strcmp(o->queues[i].name, o->queues[k].name) == 0) return KEEL_EINVAL;
+  }
+  return 0;
+}
+
+static keel_metric_family *family(keel_metrics *m, int kind, const char *name, const char *help,
+                                  size_t nlabels) {
+  static const char *const labels[] = {"queue", "worker"};
+  keel_metric_family *f = NULL;
+  int rc;
+  if (kind == 0)
+    rc = keel_metrics_counter(m, name, help, labels, nlabels, &f);
+  else if (kind == 1)
+    rc = keel_metrics_gauge(m, name, help, labels, nlabels, &f);
+  else
+    rc = keel_metrics_histogram(m, name, help, labels, nlabels, NULL, 0, &f);
+  if (rc == KEEL_EEXIST) f = keel_metrics_find(m, name);
+  return f;
+}
+
+static void metrics(keel_jobs *j) {
+  keel_metrics *m = j->o.metrics;
+  if (!m) return;
+  j->f_enqueued = family(m, 0, "jobs_enqueued_total", "Jobs enqueued.", 2);
+  j->f_completed = family(m, 0, "jobs_completed_total", "Jobs completed.", 2);
+  j->f_failed = family(m, 0, "jobs_failed_total", "Failed attempts of jobs.", 2);
+  j->f_discarded = family(m, 0, "jobs_discarded_total", "Jobs discarded, attempts spent.", 2);
+  j->f_snoozed = family(m, 0, "jobs_snoozed_total", "Jobs snoozed by their worker.", 2);
+  j->f_cancelled = family(m, 0, "jobs_cancelled_total", "Jobs cancelled by their worker.", 2);
+  j->f_duration = family(m, 2, "jobs_duration_seconds", "Time a worker took per attempt.", 2);
+  j->f_depth = family(m, 1, "jobs_queue_depth", "Jobs due and waiting, per queue.", 1);
+  j->f_oldest =
+      family(m, 1, "jobs_queue_oldest_seconds", "Age of the oldest due job, per queue.", 1);
+}
+
+static int start_runner(void *arg, const void *args, size_t len, keel_pid_t *pid) {
+  (void)args, (void)len;
+  jobs_queue *q = arg;
+  keel_spawn_opts so;
+  keel_spawn_opts_init(&so);
+  so.link = true;
+  so.name = "jobs.runner";
+  return keel_spawn(keel__jobs_runner, q, &so, pid);
+}
+
+static int start_janitor(void *arg, const void *args, size_t len, keel_pid_t *pid) {
+  (void)args, (void)len;
+  keel_spawn_opts so;
+  keel_spawn_opts_init(&so);
+  so.link = true;
+  so.name = "jobs.janitor";
+  return keel_spawn(keel__jobs_janitor, arg, &so, pid);
+}
+
+static int start_tree(keel_jobs *j) {
+  size_t n = j->o.nqueues + 1;
+  keel_sup_child_spec *c = calloc(n, sizeof *c);
+  char(*ids)[80] = calloc(n, sizeof *ids);
+  if (!c || !ids) {
+    free(c);
+    free(ids);
+    return KEEL_ENOMEM;
+  }
+  c[0] = (keel_sup_child_spec){
+      .id = "janitor", .start = start_janitor, .arg = j, .restart = KEEL_SUP_TRANSIENT};
+  for (size_t i = 0; i < j->o.nqueues; i++) {
+    snprintf(ids[i + 1], sizeof ids[i + 1], "queue %s", j->queues[i].q.name);
+    c[i + 1] = (keel_sup_child_spec){.id = ids[i + 1],
+                                     .start = start_runner,
+                                     .arg = &j->queues[i],
+                                     .restart = KEEL_SUP_TRANSIENT};
+  }
+  keel_sup_spec spec = {.strategy = KEEL_SUP_ONE_FOR_ONE,
+                        .intensity = 10,
+                        .period_ms = 10000,
+                        .children = c,
+                        .nchildren = n};
+  keel_sup_opts so = {0};
+  keel_gs_exit why;
+  int rc = keel_sup_start(&spec, &so, &j->sup, &why);
+  free(c);
+  free(ids);
+  return rc;
+}
+
+static void free_jobs(keel_jobs *j) {
+  if (!j) return;
+  keel__jobs_cron_free(j);
+  pthread_mutex_destroy(&j->mu);
+  free(j->queues);
+  free(j->admin_token);
+  free(j);
+}
+
+int keel_jobs_start(const keel_jobs_opts *o, keel_jobs **out) {
+  if (!out) return KEEL_EINVAL;
+  *out = NULL;
+  int rc = check_opts(o);
+  if (rc) return rc;
+  if (!keel_self()) return KEEL_ENOTPROC;
+  keel_jobs *j = calloc(1, sizeof *j);
+  if (!j) return KEEL_ENOMEM;
+  j->es = o->es;
+  j->o = *o;
+  j->o.poll_ms = or_default(o->poll_ms, 1000);
+  j->o.heartbeat_ms = or_default(o->heartbeat_ms, 5000);
+  j->o.rescue_after_ms = or_default(o->rescue_after_ms, 60000);
+  j->o.backoff_ms = or_default(o->backoff_ms, 1000);
+  j->o.backoff_max_ms = or_default(o->backoff_max_ms, 3600000);
+  j->o.retention_ms = or_default(o->retention_ms, 7LL * 24 * 3600 * 1000);
+  j->o.stale_ms = or_default(o->stale_ms, 300000);
+  pthread_mutex_init(&j->mu, NULL);
+  atomic_init(&j->rng, (uint64_t)keel__es_unix_ms() ^ ((uint64_t)getpid() << 32) ^ keel_self());
+  if (o->instance) {
+    snprintf(j->instance, sizeof j->instance, "%s", o->instance);
+  } else {
+    char host[32] = {0};
+    gethostname(host, sizeof host - 1);
+    snprintf(j->instance, sizeof j->instance, "%s-%d-%04x", host, (int)getpid(),
+             (unsigned)(keel__jobs_random(j) & 0xffff));
+  }
+  j->queues = calloc(o->nqueues ? o->nqueues : 1, sizeof *j->queues);
+  if (!j->queues) {
+    free_jobs(j);
+    return KEEL_ENOMEM;
+  }
+  for (size_t i = 0; i < o->nqueues; i++) {
+    j->queues[i].jobs = j;
+    j->queues[i].q = o->queues[i];
+    if (!j->queues[i].q.concurrency) j->queues[i].q.concurrency = DEFAULT_CONCURRENCY;
+    atomic_init(&j->queues[i].runner, 0);
+  }
+  atomic_init(&j->cron_busy, false);
+  metrics(j);
+  rc = keel__jobs_cron_init(j);
+  if (rc == 0) rc = keel__jobs_tables(j->es);
+  /* the first round before any runner: the heartbeat, and on SQLite the
+   * jobs an earlier instance left running */
+  if (rc == 0) rc = keel__jobs_janitor_round(j);
+  if (rc == 0) rc = start_tree(j);
+  if (rc) {
+    free_jobs(j);
+    return rc;
+  }
+  keel__es_notify_jobs_hook(j->es, on_remote, j); /* KEEL_ENOENT: no listener, polls */
+  *out = j;
+  return 0;
+}
+
+keel_pid_t keel_jobs_pid(const keel_jobs *j) {
+  return j ? j->sup : 0;
+}
+
+static int forget_fn(keel_es_tx *tx, void *arg) {
+  keel_jobs *j = arg;
+  return keel_es_tx_exec(tx, "DELETE FROM keel_jobs_instances WHERE instance = $1",
+                         (const char *[]){j->instance}, 1, NULL);
+}
+
+static bool is_down(const keel_msg_t *m, void *arg) {
+  return keel_msg_kind_of(m) == KEEL_MSG_DOWN && keel_msg_ref(m) == *(keel_ref_t *)arg;
+}
+
+void keel_jobs_stop(keel_jobs *j, int64_t budget_ms) {
+  if (!j) return;
+  int64_t budget = budget_ms > 0 ? budget_ms : DEFAULT_BUDGET_MS;
+  keel__es_notify_jobs_hook(j->es, NULL, NULL); /* returns once no call uses j */
+  keel_ref_t *refs = calloc(j->o.nqueues ? j->o.nqueues : 1, sizeof *refs);
+  for (size_t i = 0; refs && i < j->o.nqueues; i++) {
+    keel_pid_t pid = atomic_load(&j->queues[i].runner);
+    if (!pid || keel_monitor(pid, &refs[i]) != 0) continue;
+    jobs_stop_msg sm = {.budget_ms = budget};
+    keel_send(pid, keel_msg_copy(JOBS_TAG_STOP, &sm, sizeof sm));
+  }
+  for (size_t i = 0; refs && i < j->o.nqueues; i++) {
+    if (!refs[i]) continue;
+    keel_msg_t *m = NULL;
+    /* the runner kills at the budget's end and then records the returns */
+    if (keel_receive_match(is_down, &refs[i], &m, budget + 30000) == 0)
+      keel_msg_free(m);
+    else
+      keel_demonitor(refs[i]);
+  }
+  free(refs);
+  if (j->sup && keel_is_alive(j->sup)) keel_gs_stop(j->sup, KEEL_REASON_SHUTDOWN, NULL, 10000);
+  keel__es_transact_internal(j->es, forget_fn, j); /* a clean exit: nothing to rescue */
+  free_jobs(j);
+}
+
+/* Wakes this instance's runners (any thread: the listener's calls it). */
+static void kick_local(keel_jobs *j, const char *queue) {
+  for (size_t i = 0; i < j->o.nqueues; i++) {
+    if (queue && strcmp(queue, j->queues[i].q.name) != 0) continue;
+    keel_pid_t pid = atomic_load(&j->queues[i].runner);
+    if (pid) keel_send(pid, keel_msg_new(JOBS_TAG_KICK, 0));
+  }
+}
+
+/* Another instance enqueued (or retried, resumed): its wake-up names no
+ * queue, so every runner here looks once. */
+static void on_remote(void *ud) {
+  kick_local(ud, NULL);
+}
+
+void keel_jobs_notify(keel_jobs *j, const char *queue) {
+  if (!j) return;
+  kick_local(j, queue);
+  keel__es_notify_jobs_kick(j->es); /* PostgreSQL: the other instances, folded */
+}
+
+/* ---- operators ------------------------------------------------------------------------------ */
+
+typedef struct op {
+  keel_jobs *j;
+  int64_t id;
+  int what; /* 0 cancel, 1 retry, 2 pause, 3 resume */
+  const char *queue;
+  char state[16];
+  char queue_of[64];
+} op;
+
+static int op_fn(keel_es_tx *tx, void *arg) {
+  op *o = arg;
+  char id[24], now[24];
+  keel__jobs_i64(id, o->id);
+  keel__jobs_i64(now, keel__jobs_now(o->j));
+  if (o->what >= 2)
+    return keel_es_tx_exec(tx,
+                           "INSERT INTO keel_jobs_queues (queue, paused) VALUES ($1, "
+                           "CAST($2 AS INTEGER)) ON CONFLICT (queue) DO UPDATE SET paused = "
+                           "excluded.paused",
+                           (const char *[]){o->queue, o->what == 2 ? "1" : "0"}, 2, NULL);
+  keel_es_rows rows = {0};
+  int rc = keel_es_tx_exec(tx, "SELECT state, queue FROM keel_jobs WHERE id = CAST($1 AS BIGINT)",
+                           (const char *[]){id}, 1, &rows);
+  if (rc == 0 && rows.nrows == 0) rc = KEEL_ENOENT;
+  if (rc == 0) {
+    snprintf(o->state, sizeof o->state, "%s", keel_es_rows_get(&rows, 0, 0));
+    snprintf(o->queue_of, sizeof o->queue_of, "%s", keel_es_rows_get(&rows, 0, 1));
+  }
+  keel_es_rows_free(&rows);
+  if (rc) return rc;
+  bool live = strcmp(o->state, JOBS_ST_AVAILABLE) == 0 || strcmp(o->state, JOBS_ST_RUNNING) == 0;
+  bool dead = strcmp(o->state, JOBS_ST_DISCARDED) == 0 || strcmp(o->state, JOBS_ST_CANCELLED) == 0;
+  if (o->what == 0) {
+    if (!live) return KEEL_ESTATE;
+    return keel_es_tx_exec(tx,
+                           "UPDATE keel_jobs SET state = 'cancelled', finished_at = CAST($2 AS "
+                           "BIGINT) WHERE id = CAST($1 AS BIGINT)",
+                           (const char *[]){id, now}, 2, NULL);
+  }
+  if (!dead) return KEEL_ESTATE;
+  return keel_es_tx_exec(tx,
+                         "UPDATE keel_jobs SET state = 'available', run_at = CAST($2 AS BIGINT), "
+                         "finished_at = NULL, instance = NULL, max_attempts = CASE WHEN attempt "
+                         ">= max_attempts THEN attempt + 1 ELSE max_attempts END WHERE id = "
+                         "CAST($1 AS BIGINT)",
+                         (const char *[]){id, now}, 2, NULL);
+}
+
+static int run_op(keel_jobs *j, op *o) {
+  if (!j) return KEEL_EINVAL;
+  o->j = j;
+  return keel__es_transact_internal(j->es, op_fn, o);
+}
+
+int keel_jobs_cancel(keel_jobs *j, int64_t id) {
+  op o = {.id = id, .what = 0};
+  int rc = run_op(j, &o);
+  if (rc == 0 && strcmp(o.state, JOBS_ST_RUNNING) == 0)
+    for (size_t i = 0; i < j->o.nqueues; i++) {
+      keel_pid_t pid = atomic_load(&j->queues[i].runner);
+      if (pid && strcmp(j->queues[i].q.name, o.queue_of) == 0)
+        keel_send(pid, keel_msg_copy(JOBS_TAG_CANCEL, &id, sizeof id));
+    }
+  return rc;
+}
+
+int keel_jobs_retry(keel_jobs *j, int64_t id) {
+  op o = {.id = id, .what = 1};
+  int rc = run_op(j, &o);
+  if (rc == 0) keel_jobs_notify(j, o.queue_of);
+  return rc;
+}
+
+static int pause_resume(keel_jobs *j, const char *queue, bool pause) {
+  if (!keel__jobs_name_ok(queue)) return KEEL_EINVAL;
+  op o = {.what = pause ? 2 : 3, .queue = queue};
+  int rc = run_op(j, &o);
+  if (rc == 0 && !pause) keel_jobs_notify(j, queue);
+  return rc;
+}
+
+int keel_jobs_pause(keel_jobs *j, const char *queue) {
+  return pause_resume(j, queue, true);
+}
+
+int keel_jobs_resume(keel_jobs *j, const char *queue) {
+  return pause_resume(j, queue, false);
+}
+
+int keel_jobs_get(keel_jobs *j, int64_t id, json_t **out) {
+  if (!j || !out) return KEEL_EINVAL;
+  *out = NULL;
+  char s[24];
+  keel__jobs_i64(s, id);
+  keel_es_rows rows = {0};
+  int rc =
+      keel_es_query(j->es, "SELECT " JOBS_JSON_COLS " FROM keel_jobs WHERE id = CAST($1 AS BIGINT)",
+                    (const char *[]){s}, 1, &rows);
+  if (rc == 0 && rows.nrows == 0) rc = KEEL_ENOENT;
+  if (rc == 0 && !(*out = keel__jobs_json(&rows, 0))) rc = KEEL_ENOMEM;
+  keel_es_rows_free(&rows);
+  return rc;
+}
+
+int keel_jobs_list(keel_jobs *j, const keel_jobs_filter *f, json_t **out) {
+  if (!j || !out) return KEEL_EINVAL;
+  *out = NULL;
+  keel_jobs_filter z = {0};
+  if (!f) f = &z;
+  if (f->limit > LIST_MAX || f->after_id < 0) return KEEL_EINVAL;
+  char after[24], lim[24];
+  keel__jobs_i64(after, f->after_id);
+  keel__jobs_i64(lim, f->limit ? (int64_t)f->limit : LIST_DEFAULT);
+  keel_es_rows rows = {0};
+  int rc =
+      keel_es_query(j->es,
+                    "SELECT " JOBS_JSON_COLS " FROM keel_jobs WHERE id > CAST($1 AS BIGINT) "
+                    "AND (CAST($2 AS TEXT) IS NULL OR queue = $2) AND (CAST($3 AS TEXT) IS NULL "
+                    "OR worker = $3) AND (CAST($4 AS TEXT) IS NULL OR state = $4) ORDER BY id "
+                    "LIMIT CAST($5 AS INTEGER)",
+                    (const char *[]){after, f->queue, f->worker, f->state, lim}, 5, &rows);
+  json_t *a = rc == 0 ? json_array() : NULL;
+  if (rc == 0 && !a) rc = KEEL_ENOMEM;
+  for (size_t i = 0; rc == 0 && i < rows.nrows; i++)
+    if (json_array_append_new(a, keel__jobs_json(&rows, i)) != 0) rc = KEEL_ENOMEM;
+  keel_es_rows_free(&rows);
+  if (rc)
+    json_decref(a);
+  else
+    *out = a;
+  return rc;
+}
+
+int keel_jobs_maintain(keel_jobs *j) {
+  return j ? keel__jobs_janitor_round(j) : KEEL_EINVAL;
+}

@@ -1,0 +1,137 @@
+/* jobs_internal.h - what the jobs' files share (not installed).
+ *
+ * src/jobs/ sits above the event store (DESIGN.md): every statement goes
+ * through the store's transactions (keel__es_transact_internal, which may
+ * write keel_-prefixed tables) and queries; there is no second pool or
+ * second SQLite writer. The files:
+ *   schema.c   the tables and the shared SQL helpers (clock, numbers, backends)
+ *   enqueue.c  enqueue (alone or inside a service's transaction), unique jobs
+ *   runner.c   a queue's runner: fetch, one process per job, timeouts, shutdown
+ *   outcome.c  recording an attempt's outcome: complete, retry with backoff,
+ *              discard, snooze, cancel (fenced by attempt and instance)
+ *   janitor.c  the heartbeat, the rescue of lost instances' jobs, retention,
+ *              the gauges and the health check
+ *   jobs.c     start and stop, the operators' calls (cancel, retry, pause, get, list)
+ *   admin.c    the /admin/jobs routes
+ */
+#ifndef KEEL_JOBS_INTERNAL_H
+#define KEEL_JOBS_INTERNAL_H
+
+#include <pthread.h>
+#include <stdatomic.h>
+
+#include "keel/jobs.h"
+#include "keel/metrics.h"
+#include "keel/process.h"
+
+/* One queue this instance runs. */
+typedef struct jobs_queue {
+  keel_jobs *jobs;
+  keel_job_queue q;          /* concurrency defaulted */
+  _Atomic keel_pid_t runner; /* 0 when none runs; seq_cst: written by the runner, read by
+                                notify and cancel from any process */
+  /* the janitor's last look (under jobs->mu) */
+  int64_t depth, oldest_ms;
+} jobs_queue;
+
+struct keel_jobs {
+  keel_es *es;
+  keel_jobs_opts o; /* defaults filled in */
+  char instance[64];
+  jobs_queue *queues;
+  keel_pid_t sup, janitor;
+  pthread_mutex_t mu;       /* guards the queues' depth and oldest_ms */
+  atomic_uint_fast64_t rng; /* relaxed: only needs to differ between calls */
+  keel_metric_family *f_enqueued, *f_completed, *f_failed, *f_discarded, *f_snoozed, *f_cancelled,
+      *f_duration, *f_depth, *f_oldest;
+  char *admin_token;
+  /* cron (cron.c): the parsed entries and the last slot each looked at */
+  struct keel_cron **cron;
+  int64_t *cron_last_s;
+  atomic_bool cron_busy; /* a round's cron part runs at most once at a time */
+};
+
+/* Job states as stored. */
+#define JOBS_ST_AVAILABLE "available"
+#define JOBS_ST_RUNNING   "running"
+#define JOBS_ST_COMPLETED "completed"
+#define JOBS_ST_DISCARDED "discarded"
+#define JOBS_ST_CANCELLED "cancelled"
+
+/* Messages to a runner (tags). */
+enum {
+  JOBS_TAG_KICK = 0x4a4f0001, /* look for jobs now */
+  JOBS_TAG_TIMEOUT,           /* payload: the job process's pid: kill it (timeout) */
+  JOBS_TAG_CANCEL,            /* payload: the job id: kill it if it runs here */
+  JOBS_TAG_STOP,              /* payload: jobs_stop_msg */
+  JOBS_TAG_CUTOFF,            /* the budget ran out: kill what still runs */
+  JOBS_TAG_MAINTAIN,          /* to the janitor: a round now (a reply) */
+};
+
+typedef struct jobs_stop_msg {
+  int64_t budget_ms;
+} jobs_stop_msg;
+
+/* schema.c */
+int keel__jobs_tables(keel_es *es);
+int64_t keel__jobs_now(const keel_jobs *j);
+void keel__jobs_i64(char out[24], int64_t v);
+int64_t keel__jobs_atoi(const char *s);
+bool keel__jobs_name_ok(const char *s);
+bool keel__jobs_pg(const keel_jobs *j);
+uint64_t keel__jobs_random(keel_jobs *j);
+/* The counter of family f for (queue, worker), NULL without metrics. */
+void keel__jobs_count(keel_jobs *j, keel_metric_family *f, const char *queue, const char *worker);
+
+/* A job fetched by a runner (the fields outcome.c needs to record it). */
+typedef struct jobs_row {
+  int64_t id;
+  int attempt, max_attempts, priority;
+  int64_t inserted_at, run_at;
+  char *queue, *worker, *args, *errors, *tags; /* malloc'd texts */
+} jobs_row;
+void keel__jobs_row_free(jobs_row *r);
+
+/* outcome.c: records an attempt's outcome, only if the job is still running
+ * this attempt on this instance (else it is 0 and nothing changes: a
+ * cancel, a rescue or a retry won). */
+typedef enum jobs_outcome {
+  JOBS_DONE,
+  JOBS_FAILED,    /* error: a retry after backoff_ms, or discarded when spent */
+  JOBS_SNOOZED,   /* again after delay_ms, the attempt given back */
+  JOBS_CANCELLED, /* by the worker */
+  JOBS_RETURNED,  /* cut off by shutdown: available now, the attempt given back */
+} jobs_outcome;
+int keel__jobs_record(keel_jobs *j, const jobs_row *r, jobs_outcome what, const char *error,
+                      int64_t delay_ms, const char *instance);
+/* In a transaction already open (the janitor's rescue). */
+int keel__jobs_record_tx(keel_es_tx *tx, keel_jobs *j, const jobs_row *r, jobs_outcome what,
+                         const char *error, int64_t delay_ms, const char *instance);
+/* The default backoff after attempt `attempt` failed: full jitter. */
+int64_t keel__jobs_backoff(keel_jobs *j, int attempt);
+
+/* cron.c: parses opts.crons (start), enqueues the due slots (a janitor
+ * round), the ms until the next slot (the janitor's wait; INT64_MAX: none),
+ * frees. */
+int keel__jobs_cron_init(keel_jobs *j);
+int keel__jobs_cron_round(keel_jobs *j, int64_t now_ms);
+int64_t keel__jobs_cron_wait(keel_jobs *j, int64_t now_ms);
+void keel__jobs_cron_free(keel_jobs *j);
+
+/* runner.c: the runner's entry point (arg: its jobs_queue). */
+void keel__jobs_runner(void *arg);
+/* janitor.c */
+void keel__jobs_janitor(void *arg);
+int keel__jobs_janitor_round(keel_jobs *j);
+/* The rows of a result as jobs_rows (columns: id, attempt, max_attempts,
+ * priority, inserted_at, run_at, queue, worker, args, errors, tags). */
+#define JOBS_ROW_COLS                                                                              \
+  "id, attempt, max_attempts, priority, inserted_at, run_at, queue, worker, args, errors, tags"
+int keel__jobs_rows(const keel_es_rows *rows, jobs_row **out, size_t *n);
+/* A row of keel_jobs as the public JSON object (SELECT JOBS_JSON_COLS). */
+#define JOBS_JSON_COLS                                                                             \
+  "id, queue, worker, args, state, priority, attempt, max_attempts, run_at, inserted_at, "         \
+  "attempted_at, finished_at, instance, errors, tags"
+json_t *keel__jobs_json(const keel_es_rows *rows, size_t row);
+
+#endif

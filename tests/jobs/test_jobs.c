@@ -1,0 +1,803 @@
+/* test_jobs.c - durable jobs (keel/jobs.h) on SQLite, and on PostgreSQL as
+ * jobs.pg.test_jobs (tests/es/kt_es.h). Schedules run on a test clock
+ * (opts.now): a failed attempt's next run_at is checked exactly, and the
+ * clock is moved to it; no verdict depends on how fast the machine is.
+ */
+#include <stdatomic.h>
+#include <time.h>
+
+#include "es/es_internal.h"
+#include "es/kt_es.h"
+#include "keel/jobs.h"
+#include "keel/message.h"
+#include "keel/process.h"
+
+static _Atomic int64_t test_now = 1700000000000;
+
+static int64_t clock_fn(void *ud) {
+  (void)ud;
+  return atomic_load(&test_now);
+}
+
+static void advance(int64_t ms) {
+  atomic_fetch_add(&test_now, ms);
+}
+
+/* What the workers saw. */
+typedef struct seen {
+  atomic_int runs, done, active, overlap, crashed_once, snoozed_once;
+  atomic_int hang; /* 1: the hanging worker hangs */
+  atomic_int per_job[512];
+  atomic_int active_job[512];
+} seen;
+static seen S;
+
+static void reset(void) {
+  memset(&S, 0, sizeof S);
+}
+
+static int ok_worker(keel_job *job, void *ud) {
+  (void)ud;
+  int64_t id = job->id % 512;
+  if (atomic_fetch_add(&S.active_job[id], 1) != 0) atomic_store(&S.overlap, 1);
+  atomic_fetch_add(&S.runs, 1);
+  atomic_fetch_add(&S.per_job[id], 1);
+  keel_yield();
+  atomic_fetch_sub(&S.active_job[id], 1);
+  atomic_fetch_add(&S.done, 1);
+  return 0;
+}
+
+static int failing(keel_job *job, void *ud) {
+  (void)ud;
+  atomic_fetch_add(&S.runs, 1);
+  return keel_job_error(job, KEEL_EIO, "partner down (attempt %d)", job->attempt);
+}
+
+static int64_t linear_backoff(const keel_job *job, void *ud) {
+  (void)ud;
+  return 1000 * job->attempt;
+}
+
+static int64_t no_backoff(const keel_job *job, void *ud) {
+  (void)job, (void)ud;
+  return 0;
+}
+
+static int crash_once(keel_job *job, void *ud) {
+  (void)ud;
+  atomic_fetch_add(&S.runs, 1);
+  if (job->attempt == 1) keel_exit(KEEL_REASON_ERROR, "boom");
+  return 0;
+}
+
+static int hanging(keel_job *job, void *ud) {
+  (void)job, (void)ud;
+  atomic_fetch_add(&S.runs, 1);
+  atomic_fetch_add(&S.active, 1);
+  while (atomic_load(&S.hang))
+    keel_sleep(5);
+  atomic_fetch_sub(&S.active, 1);
+  return 0;
+}
+
+static int snoozer(keel_job *job, void *ud) {
+  (void)ud;
+  atomic_fetch_add(&S.runs, 1);
+  if (!atomic_exchange(&S.snoozed_once, 1)) return keel_job_snooze(job, 5000);
+  return 0;
+}
+
+static const keel_job_worker workers[] = {
+    {.name = "ok", .perform = ok_worker},
+    {.name = "failing", .perform = failing, .backoff = linear_backoff},
+    {.name = "jitter", .perform = failing},
+    {.name = "crash", .perform = crash_once, .backoff = no_backoff},
+    {.name = "hang", .perform = hanging, .timeout_ms = KEEL_INFINITY},
+    {.name = "slow", .perform = hanging, .timeout_ms = 100, .backoff = no_backoff},
+    {.name = "snooze", .perform = snoozer},
+};
+static const keel_job_queue queues[] = {{.name = "default", .concurrency = 4},
+                                        {.name = "other", .concurrency = 2}};
+
+static keel_jobs *start_jobs(keel_es *es, const char *instance) {
+  keel_jobs_opts o = {.es = es,
+                      .workers = workers,
+                      .nworkers = sizeof workers / sizeof workers[0],
+                      .queues = queues,
+                      .nqueues = 2,
+                      .instance = instance,
+                      .poll_ms = 50,
+                      .heartbeat_ms = 60000,
+                      .rescue_after_ms = 30000,
+                      .backoff_ms = 100,
+                      .backoff_max_ms = 1000,
+                      .now = clock_fn};
+  keel_jobs *j = NULL;
+  CHECK_OK(keel_jobs_start(&o, &j));
+  return j;
+}
+
+static int64_t enqueue(keel_jobs *j, const char *worker, int max_attempts) {
+  int64_t id = 0;
+  CHECK_OK(keel_jobs_enqueue(j, &(keel_job_new){.worker = worker, .max_attempts = max_attempts},
+                             &id, NULL));
+  CHECK(id > 0);
+  return id;
+}
+
+static const char *jstr(json_t *o, const char *k) {
+  return json_string_value(json_object_get(o, k));
+}
+
+static int64_t jint(json_t *o, const char *k) {
+  return json_integer_value(json_object_get(o, k));
+}
+
+/* Waits (30 s at most) until the job is in state with attempt (-1: any). */
+static json_t *wait_job(keel_jobs *j, int64_t id, const char *state, int attempt) {
+  json_t *o = NULL;
+  for (int i = 0; i < 6000; i++) {
+    CHECK_OK(keel_jobs_get(j, id, &o));
+    if (strcmp(jstr(o, "state"), state) == 0 && (attempt < 0 || jint(o, "attempt") == attempt))
+      return o;
+    json_decref(o);
+    keel_sleep(5);
+  }
+  CHECK_OK(keel_jobs_get(j, id, &o));
+  fprintf(stderr, "job %lld: %s attempt %lld, wanted %s %d\n", (long long)id, jstr(o, "state"),
+          (long long)jint(o, "attempt"), state, attempt);
+  CHECK(!"the job did not reach the state");
+  return o;
+}
+
+static void wait_until(atomic_int *v, int at_least) {
+  for (int i = 0; i < 6000 && atomic_load(v) < at_least; i++)
+    keel_sleep(5);
+  CHECK(atomic_load(v) >= at_least);
+}
+
+KT_CASE(a_job_runs_once_and_its_completion_is_recorded) {
+  reset();
+  kt_store st;
+  keel_es *es = kt_store_open(&st, NULL);
+  keel_jobs *j = start_jobs(es, "a");
+  json_t *args = json_pack("{s:s}", "to", "ada@example.com");
+  int64_t id = 0;
+  bool dup = true;
+  CHECK_OK(keel_jobs_enqueue(j, &(keel_job_new){.worker = "ok", .args = args}, &id, &dup));
+  json_decref(args);
+  CHECK(!dup);
+  json_t *o = wait_job(j, id, "completed", 1);
+  CHECK_STR(jstr(json_object_get(o, "args"), "to"), "ada@example.com");
+  CHECK_STR(jstr(o, "queue"), "default");
+  CHECK_EQ(jint(o, "max_attempts"), 20);
+  CHECK_EQ(json_array_size(json_object_get(o, "errors")), (size_t)0);
+  json_decref(o);
+  CHECK_EQ(atomic_load(&S.per_job[id % 512]), 1);
+  /* bad input */
+  CHECK_EQ(keel_jobs_enqueue(j, &(keel_job_new){.worker = NULL}, NULL, NULL), KEEL_EINVAL);
+  CHECK_EQ(keel_jobs_enqueue(j, &(keel_job_new){.worker = "ok", .priority = 10}, NULL, NULL),
+           KEEL_EINVAL);
+  CHECK_EQ(keel_jobs_get(j, 999999, &o), KEEL_ENOENT);
+  keel_jobs_stop(j, 1000);
+  kt_store_close(&st);
+}
+
+KT_CASE(backoff_schedule_and_attempts_are_exactly_as_configured) {
+  reset();
+  kt_store st;
+  keel_es *es = kt_store_open(&st, NULL);
+  keel_jobs *j = start_jobs(es, "a");
+  int64_t id = enqueue(j, "failing", 3);
+  for (int a = 1; a <= 2; a++) {
+    json_t *o = wait_job(j, id, "available", a);
+    /* the worker's backoff: 1000 ms * attempt, from the failure's time */
+    CHECK_EQ(jint(o, "run_at"), atomic_load(&test_now) + 1000 * a);
+    json_t *errs = json_object_get(o, "errors");
+    CHECK_EQ(json_array_size(errs), (size_t)a);
+    CHECK_EQ(jint(json_array_get(errs, (size_t)a - 1), "attempt"), a);
+    json_decref(o);
+    /* not due yet: a poll finds nothing */
+    advance(1000 * a - 1);
+    keel_jobs_notify(j, NULL);
+    keel_sleep(100);
+    CHECK_EQ(atomic_load(&S.runs), a);
+    advance(1);
+    keel_jobs_notify(j, NULL);
+  }
+  json_t *o = wait_job(j, id, "discarded", 3);
+  json_t *errs = json_object_get(o, "errors");
+  CHECK_EQ(json_array_size(errs), (size_t)3);
+  CHECK_STR(jstr(json_array_get(errs, 2), "error"), "partner down (attempt 3)");
+  CHECK(json_object_get(o, "finished_at") && !json_is_null(json_object_get(o, "finished_at")));
+  json_decref(o);
+  CHECK_EQ(atomic_load(&S.runs), 3);
+  /* the default backoff: full jitter within min(1000, 100 * 2^(attempt-1)) */
+  int64_t jid = enqueue(j, "jitter", 5);
+  int64_t caps[] = {100, 200, 400, 800};
+  for (int a = 1; a <= 4; a++) {
+    o = wait_job(j, jid, "available", a);
+    int64_t d = jint(o, "run_at") - atomic_load(&test_now);
+    CHECK(d >= 0 && d <= caps[a - 1]);
+    json_decref(o);
+    advance(d);
+    keel_jobs_notify(j, NULL);
+  }
+  json_decref(wait_job(j, jid, "discarded", 5));
+  /* an operator's retry gives a discarded job one more attempt */
+  CHECK_OK(keel_jobs_retry(j, id));
+  o = wait_job(j, id, "discarded", 4);
+  CHECK_EQ(json_array_size(json_object_get(o, "errors")), (size_t)4);
+  json_decref(o);
+  CHECK_EQ(keel_jobs_retry(j, id + 1000), KEEL_ENOENT);
+  keel_jobs_stop(j, 1000);
+  kt_store_close(&st);
+}
+
+typedef struct uniq_arg {
+  keel_jobs *j;
+  keel_pid_t parent;
+} uniq_arg;
+
+static void uniq_proc(void *arg) {
+  uniq_arg *u = arg;
+  int64_t id = 0;
+  bool dup = false;
+  json_t *args = json_pack("{s:i}", "order", 17);
+  int rc = keel_jobs_enqueue(
+      u->j,
+      &(keel_job_new){.worker = "hang", .args = args, .queue = "other", .unique_key = "invoice-17"},
+      &id, &dup);
+  json_decref(args);
+  uint64_t v = rc == 0 ? (uint64_t)id : 0;
+  keel_send(u->parent, keel_msg_copy(dup ? 2 : 1, &v, sizeof v));
+}
+
+KT_CASE(a_unique_job_is_enqueued_once_under_eight_concurrent_enqueuers) {
+  reset();
+  atomic_store(&S.hang, 1);
+  kt_store st;
+  keel_es *es = kt_store_open(&st, NULL);
+  keel_jobs *j = start_jobs(es, "a");
+  uniq_arg u = {.j = j, .parent = keel_self()};
+  for (int i = 0; i < 8; i++)
+    CHECK_OK(keel_spawn(uniq_proc, &u, NULL, NULL));
+  uint64_t first = 0;
+  int fresh = 0;
+  for (int i = 0; i < 8; i++) {
+    keel_msg_t *m = kt_recv(30000);
+    uint64_t id = kt_u64(m);
+    CHECK(id > 0);
+    if (!first) first = id;
+    CHECK_EQ(id, first);
+    fresh += keel_msg_tag(m) == 1;
+    keel_msg_free(m);
+  }
+  CHECK_EQ(fresh, 1);
+  json_t *all = NULL;
+  CHECK_OK(keel_jobs_list(j, &(keel_jobs_filter){.worker = "hang"}, &all));
+  CHECK_EQ(json_array_size(all), (size_t)1);
+  json_decref(all);
+  /* by args: the same args are a duplicate, other args are not */
+  int64_t a1, a2, a3;
+  bool d;
+  json_t *x = json_pack("{s:i}", "n", 1), *y = json_pack("{s:i}", "n", 2);
+  keel_job_new n = {.worker = "ok", .args = x, .unique_args = true, .run_in_ms = 60000};
+  CHECK_OK(keel_jobs_enqueue(j, &n, &a1, &d));
+  CHECK(!d);
+  CHECK_OK(keel_jobs_enqueue(j, &n, &a2, &d));
+  CHECK(d);
+  CHECK_EQ(a1, a2);
+  n.args = y;
+  CHECK_OK(keel_jobs_enqueue(j, &n, &a3, &d));
+  CHECK(!d && a3 != a1);
+  /* within a period: a finished job still blocks its key until it ends */
+  keel_job_new p = {.worker = "ok", .unique_key = "daily", .unique_period_ms = 10000};
+  CHECK_OK(keel_jobs_enqueue(j, &p, &a1, &d));
+  json_decref(wait_job(j, a1, "completed", 1));
+  CHECK_OK(keel_jobs_enqueue(j, &p, &a2, &d));
+  CHECK(d && a2 == a1);
+  advance(10001);
+  CHECK_OK(keel_jobs_enqueue(j, &p, &a2, &d));
+  CHECK(!d && a2 != a1);
+  json_decref(x);
+  json_decref(y);
+  atomic_store(&S.hang, 0);
+  keel_jobs_stop(j, 2000);
+  kt_store_close(&st);
+}
+
+KT_CASE(a_crash_is_a_failed_attempt_with_its_reason) {
+  reset();
+  kt_store st;
+  keel_es *es = kt_store_open(&st, NULL);
+  keel_jobs *j = start_jobs(es, "a");
+  int64_t id = enqueue(j, "crash", 3);
+  json_t *o = wait_job(j, id, "completed", 2);
+  json_t *e = json_array_get(json_object_get(o, "errors"), 0);
+  CHECK(strstr(jstr(e, "error"), "boom") != NULL);
+  CHECK_EQ(jint(e, "attempt"), 1);
+  json_decref(o);
+  CHECK_EQ(atomic_load(&S.runs), 2);
+  keel_jobs_stop(j, 1000);
+  kt_store_close(&st);
+}
+
+KT_CASE(a_hanging_worker_is_killed_at_its_timeout) {
+  reset();
+  atomic_store(&S.hang, 1);
+  kt_store st;
+  keel_es *es = kt_store_open(&st, NULL);
+  keel_jobs *j = start_jobs(es, "a");
+  int64_t id = enqueue(j, "slow", 2);
+  json_t *o = wait_job(j, id, "discarded", 2);
+  json_t *errs = json_object_get(o, "errors");
+  CHECK_EQ(json_array_size(errs), (size_t)2);
+  CHECK_STR(jstr(json_array_get(errs, 0), "error"), "timeout");
+  json_decref(o);
+  CHECK_EQ(atomic_load(&S.runs), 2);
+  /* the killed processes are gone: nothing still runs the worker */
+  for (int i = 0; i < 200 && atomic_load(&S.active); i++)
+    keel_sleep(5);
+  CHECK_EQ(atomic_load(&S.active), 2); /* killed in their loop, they never decremented */
+  atomic_store(&S.hang, 0);
+  keel_jobs_stop(j, 1000);
+  kt_store_close(&st);
+}
+
+KT_CASE(snooze_runs_again_later_without_spending_an_attempt) {
+  reset();
+  kt_store st;
+  keel_es *es = kt_store_open(&st, NULL);
+  keel_jobs *j = start_jobs(es, "a");
+  int64_t id = enqueue(j, "snooze", 1);
+  wait_until(&S.runs, 1); /* fetched: "available, attempt 0" is now the snooze's */
+  json_t *o = wait_job(j, id, "available", 0);
+  CHECK_EQ(jint(o, "run_at"), atomic_load(&test_now) + 5000);
+  json_decref(o);
+  advance(5000);
+  keel_jobs_notify(j, NULL);
+  o = wait_job(j, id, "completed", 1);
+  CHECK_EQ(json_array_size(json_object_get(o, "errors")), (size_t)0);
+  json_decref(o);
+  CHECK_EQ(atomic_load(&S.runs), 2);
+  keel_jobs_stop(j, 1000);
+  kt_store_close(&st);
+}
+
+KT_CASE(cancel_stops_a_running_job_and_a_waiting_one) {
+  reset();
+  atomic_store(&S.hang, 1);
+  kt_store st;
+  keel_es *es = kt_store_open(&st, NULL);
+  keel_jobs *j = start_jobs(es, "a");
+  int64_t id = enqueue(j, "hang", 3);
+  json_decref(wait_job(j, id, "running", 1));
+  wait_until(&S.active, 1);
+  CHECK_OK(keel_jobs_cancel(j, id));
+  json_decref(wait_job(j, id, "cancelled", 1));
+  CHECK_EQ(keel_jobs_cancel(j, id), KEEL_ESTATE);
+  /* a scheduled job is cancelled before it runs */
+  int64_t later = 0;
+  CHECK_OK(keel_jobs_enqueue(j, &(keel_job_new){.worker = "ok", .run_in_ms = 1000}, &later, NULL));
+  CHECK_OK(keel_jobs_cancel(j, later));
+  advance(1000);
+  keel_jobs_notify(j, NULL);
+  keel_sleep(100);
+  json_decref(wait_job(j, later, "cancelled", 0));
+  CHECK_EQ(atomic_load(&S.done), 0);
+  CHECK_EQ(keel_jobs_cancel(j, 999999), KEEL_ENOENT);
+  /* a cancelled job can be retried */
+  CHECK_OK(keel_jobs_retry(j, later));
+  json_decref(wait_job(j, later, "completed", 1));
+  atomic_store(&S.hang, 0);
+  keel_jobs_stop(j, 1000);
+  kt_store_close(&st);
+}
+
+typedef struct outbox {
+  keel_jobs *j;
+  int64_t id;
+  int fail; /* fn's answer */
+} outbox;
+
+static int outbox_fn(keel_es_tx *tx, void *arg) {
+  outbox *o = arg;
+  int rc = keel_jobs_enqueue_tx(o->j, tx, &(keel_job_new){.worker = "ok", .queue = "other"}, &o->id,
+                                NULL);
+  return rc ? rc : o->fail;
+}
+
+static size_t count_jobs(keel_jobs *j, const char *queue) {
+  json_t *all = NULL;
+  CHECK_OK(keel_jobs_list(j, &(keel_jobs_filter){.queue = queue, .limit = 1000}, &all));
+  size_t n = json_array_size(all);
+  json_decref(all);
+  return n;
+}
+
+KT_CASE(a_job_enqueued_in_a_transaction_exists_if_and_only_if_its_events_do) {
+  reset();
+  kt_store st;
+  keel_es *es = kt_store_open(&st, NULL);
+  keel_jobs *j = start_jobs(es, "a");
+  CHECK_OK(keel_jobs_pause(j, "other"));
+  keel_es_event_in ev = {.type = "OrderPlaced", .payload = json_pack("{s:i}", "total", 42)};
+  keel_es_append_req req = {
+      .stream = "order-1", .expected = KEEL_ES_NO_STREAM, .events = &ev, .n = 1};
+  keel_es_append_result res;
+  outbox ob = {.j = j};
+  CHECK_OK(keel_es_transact(es, &req, 1, &res, NULL, outbox_fn, &ob));
+  CHECK(ob.id > 0);
+  CHECK_EQ(count_jobs(j, "other"), (size_t)1);
+  /* the expected-version check fails: no events, no job */
+  ob.id = 0;
+  CHECK_EQ(keel_es_transact(es, &req, 1, &res, NULL, outbox_fn, &ob), KEEL_ECONFLICT);
+  CHECK_EQ(count_jobs(j, "other"), (size_t)1);
+  /* fn fails after the enqueue: rolled back with the events */
+  req.expected = 1;
+  ob.fail = KEEL_EINVAL;
+  CHECK_EQ(keel_es_transact(es, &req, 1, &res, NULL, outbox_fn, &ob), KEEL_EINVAL);
+  CHECK_EQ(count_jobs(j, "other"), (size_t)1);
+  keel_es_stream_info info;
+  CHECK_OK(keel_es_stream_info_get(es, "order-1", &info));
+  CHECK_EQ(info.version, 1);
+  keel_es_stream_info_free(&info);
+  json_decref(ev.payload);
+  /* paused: due but not run; resumed: run */
+  CHECK_OK(keel_jobs_maintain(j));
+  keel_sleep(100);
+  CHECK_EQ(atomic_load(&S.runs), 0);
+  CHECK_OK(keel_jobs_resume(j, "other"));
+  wait_until(&S.done, 1);
+  keel_jobs_stop(j, 1000);
+  kt_store_close(&st);
+}
+
+KT_CASE(shutdown_gives_running_jobs_the_budget_then_returns_the_cut_off_ones) {
+  reset();
+  atomic_store(&S.hang, 1);
+  kt_store st;
+  keel_es *es = kt_store_open(&st, NULL);
+  keel_jobs *j = start_jobs(es, "a");
+  int64_t stuck = enqueue(j, "hang", 3);
+  int64_t quick = enqueue(j, "ok", 3);
+  json_decref(wait_job(j, quick, "completed", 1));
+  wait_until(&S.active, 1);
+  keel_jobs_stop(j, 200); /* the hanging job ignores the budget */
+  json_t *o = NULL;
+  /* a new instance (no queues: its runners would take the job again) sees it */
+  keel_jobs *k = NULL;
+  CHECK_OK(keel_jobs_start(&(keel_jobs_opts){.es = es, .now = clock_fn, .instance = "b"}, &k));
+  CHECK_OK(keel_jobs_get(k, stuck, &o));
+  CHECK_STR(jstr(o, "state"), "available");
+  CHECK_EQ(jint(o, "attempt"), 0); /* the cut-off attempt is given back */
+  CHECK(json_is_null(json_object_get(o, "instance")));
+  json_decref(o);
+  /* the stopped instance's heartbeat row is gone */
+  keel_es_rows rows;
+  CHECK_OK(keel_es_query(es, "SELECT instance FROM keel_jobs_instances ORDER BY instance", NULL, 0,
+                         &rows));
+  CHECK_EQ(rows.nrows, (size_t)1);
+  CHECK_STR(keel_es_rows_get(&rows, 0, 0), "b");
+  keel_es_rows_free(&rows);
+  keel_jobs_stop(k, 100);
+  atomic_store(&S.hang, 0);
+  kt_store_close(&st);
+}
+
+KT_CASE(retention_prunes_finished_jobs_and_health_warns_of_a_stale_queue) {
+  reset();
+  kt_store st;
+  keel_es *es = kt_store_open(&st, NULL);
+  keel_metrics *m = NULL;
+  CHECK_OK(keel_metrics_new(&m, 0));
+  keel_jobs_opts o = {.es = es,
+                      .workers = workers,
+                      .nworkers = 1,
+                      .queues = queues,
+                      .nqueues = 1,
+                      .poll_ms = 50,
+                      .heartbeat_ms = 60000,
+                      .retention_ms = 3600000,
+                      .stale_ms = 60000,
+                      .metrics = m,
+                      .now = clock_fn,
+                      .instance = "a"};
+  keel_jobs *j = NULL;
+  CHECK_OK(keel_jobs_start(&o, &j));
+  int64_t id = enqueue(j, "ok", 1);
+  json_decref(wait_job(j, id, "completed", 1));
+  CHECK_OK(keel_jobs_pause(j, "default"));
+  int64_t waiting = enqueue(j, "ok", 1);
+  advance(3600001);
+  CHECK_OK(keel_jobs_maintain(j));
+  json_t *x = NULL;
+  CHECK_EQ(keel_jobs_get(j, id, &x), KEEL_ENOENT);
+  CHECK_OK(keel_jobs_get(j, waiting, &x));
+  json_decref(x);
+  keel_metrics_buf b = {0};
+  CHECK_OK(keel_metrics_render(m, KEEL_METRICS_TEXT, &b));
+  CHECK(strstr(b.data, "jobs_completed_total{queue=\"default\",worker=\"ok\"} 1") != NULL);
+  CHECK(strstr(b.data, "jobs_enqueued_total{queue=\"default\",worker=\"ok\"} 2") != NULL);
+  CHECK(strstr(b.data, "jobs_queue_depth{queue=\"default\"} 1") != NULL);
+  CHECK(strstr(b.data, "jobs_queue_oldest_seconds{queue=\"default\"} 3600") != NULL);
+  keel_metrics_buf_free(&b);
+  CHECK_OK(keel_jobs_health_register(j, "jobs-test"));
+  keel_health_response r;
+  CHECK_OK(keel_health_detailed(&r));
+  CHECK(strstr(r.body, "its oldest due job has waited") != NULL);
+  keel_health_response_free(&r);
+  CHECK_OK(keel_health_unregister("jobs-test"));
+  keel_jobs_stop(j, 1000);
+  keel_metrics_free(m);
+  kt_store_close(&st);
+}
+
+static bool kill_runners(const keel_proc_info *info, void *ud) {
+  (void)ud;
+  if (strcmp(info->name, "jobs.runner") == 0) keel_exit_signal(info->pid, KEEL_REASON_KILL, "test");
+  return true;
+}
+
+static bool count_named(const keel_proc_info *info, void *ud) {
+  if (strcmp(info->name, "hang") == 0) ++*(int *)ud;
+  return true;
+}
+
+/* Waits until no process runs the "hang" worker (the exit signal reaches
+ * the linked job processes after the supervisor's DOWN). */
+static void wait_no_hang_process(void) {
+  for (int i = 0; i < 2000; i++) {
+    int n = 0;
+    keel_rt_processes(count_named, &n);
+    if (n == 0) return;
+    keel_sleep(5);
+  }
+  CHECK(!"a job process outlived its runner");
+}
+
+/* SQLite: one instance per file, so the jobs a dead instance left running
+ * are rescued when the next one starts. PostgreSQL: after rescue_after_ms of
+ * silence, by another instance. */
+KT_CASE(a_dead_instances_running_jobs_are_rescued_and_completed) {
+  reset();
+  atomic_store(&S.hang, 1);
+  kt_store st;
+  keel_es *es = kt_store_open(&st, NULL);
+  keel_es *es2 = es;
+  if (kt_es_pg_url()) {
+    keel_es_opts eo = {.url = st.url};
+    CHECK_OK(keel_es_open(&eo, &es2));
+  }
+  keel_jobs *a = start_jobs(es, "dies");
+  int64_t id = enqueue(a, "hang", 3);
+  json_decref(wait_job(a, id, "running", 1));
+  /* the instance's jobs tree dies at once, as with its node: the runners
+   * (untrappably: an orderly stop would return their jobs), then the rest */
+  keel_rt_processes(kill_runners, NULL);
+  keel_pid_t sup = keel_jobs_pid(a);
+  keel_ref_t ref;
+  CHECK_OK(keel_monitor(sup, &ref));
+  CHECK_OK(keel_exit_signal(sup, KEEL_REASON_KILL, "test"));
+  keel_msg_t *m = kt_recv(10000);
+  CHECK_EQ(keel_msg_kind_of(m), KEEL_MSG_DOWN);
+  keel_msg_free(m);
+  wait_no_hang_process();
+  atomic_store(&S.hang, 0);
+  keel_jobs *b = start_jobs(es2, "lives");
+  if (kt_es_pg_url()) {
+    /* not yet lost */
+    CHECK_OK(keel_jobs_maintain(b));
+    json_t *o = NULL;
+    CHECK_OK(keel_jobs_get(b, id, &o));
+    CHECK_STR(jstr(o, "state"), "running");
+    json_decref(o);
+    advance(30001);
+    CHECK_OK(keel_jobs_maintain(b));
+  }
+  /* the rescue is a failed attempt: due after its backoff (at most 1000) */
+  advance(1000);
+  keel_jobs_notify(b, NULL);
+  json_t *o = wait_job(b, id, "completed", 2);
+  json_t *e = json_array_get(json_object_get(o, "errors"), 0);
+  CHECK_STR(jstr(e, "error"), "instance lost");
+  json_decref(o);
+  keel_jobs_stop(b, 1000);
+  keel_jobs_stop(a, 100); /* its tree is dead: frees it */
+  if (es2 != es) keel_es_close(es2);
+  kt_store_close(&st);
+}
+
+/* Two instances on one PostgreSQL (two keel_es in this process, each with
+ * its own pool): every job runs exactly once, never on both at once. */
+KT_CASE(two_instances_never_run_a_job_twice) {
+  KT_PG_ONLY();
+  reset();
+  kt_store st;
+  keel_es *es = kt_store_open(&st, NULL);
+  keel_es *es2 = NULL;
+  keel_es_opts eo = {.url = st.url};
+  CHECK_OK(keel_es_open(&eo, &es2));
+  keel_jobs *a = start_jobs(es, "one");
+  keel_jobs *b = start_jobs(es2, "two");
+  enum { N = 300 };
+  for (int i = 0; i < N; i++)
+    enqueue(i % 2 ? a : b, "ok", 1);
+  wait_until(&S.done, N);
+  keel_sleep(200);
+  CHECK_EQ(atomic_load(&S.runs), N);
+  CHECK_EQ(atomic_load(&S.overlap), 0);
+  for (int i = 0; i < 512; i++)
+    CHECK(atomic_load(&S.per_job[i]) <= 1);
+  keel_es_rows rows;
+  CHECK_OK(keel_es_query(es,
+                         "SELECT COUNT(DISTINCT instance) FROM keel_jobs WHERE state = "
+                         "'completed'",
+                         NULL, 0, &rows));
+  fprintf(stderr, "   instances that ran jobs: %s\n", keel_es_rows_get(&rows, 0, 0));
+  keel_es_rows_free(&rows);
+  CHECK_EQ(count_jobs(a, "default"), (size_t)N);
+  keel_jobs_stop(a, 1000);
+  keel_jobs_stop(b, 1000);
+  keel_es_close(es2);
+  kt_store_close(&st);
+}
+
+/* PostgreSQL: an enqueue on one instance wakes the runners of another
+ * through the store's LISTEN connection, long before their poll (60 s here,
+ * longer than wait_job's 30 s: without the wake-up the case fails). */
+KT_CASE(an_enqueue_wakes_another_instances_runner_at_once) {
+  KT_PG_ONLY();
+  reset();
+  kt_store st;
+  keel_es *es = kt_store_open(&st, NULL);
+  keel_es *es2 = NULL;
+  CHECK_OK(keel_es_open(&(keel_es_opts){.url = st.url}, &es2));
+  for (int i = 0; i < 3000 && !(keel__es_notify_listening(es) && keel__es_notify_listening(es2));
+       i++)
+    keel_sleep(10);
+  CHECK(keel__es_notify_listening(es) && keel__es_notify_listening(es2));
+  keel_jobs *front = NULL, *back = NULL;
+  CHECK_OK(keel_jobs_start(&(keel_jobs_opts){.es = es, .instance = "front"}, &front));
+  CHECK_OK(keel_jobs_start(&(keel_jobs_opts){.es = es2,
+                                             .workers = workers,
+                                             .nworkers = 1,
+                                             .queues = queues,
+                                             .nqueues = 1,
+                                             .poll_ms = 60000,
+                                             .instance = "back"},
+                           &back));
+  /* twice: the first may be found by the runner's first fetch at its start;
+   * after it the runner waits for a wake-up or its poll */
+  for (int i = 0; i < 2; i++) {
+    int64_t id = 0;
+    CHECK_OK(keel_jobs_enqueue(front, &(keel_job_new){.worker = "ok"}, &id, NULL));
+    json_decref(wait_job(back, id, "completed", 1));
+  }
+  keel_jobs_stop(back, 1000);
+  keel_jobs_stop(front, 1000);
+  keel_es_close(es2);
+  kt_store_close(&st);
+}
+
+static int cmp_i64(const void *a, const void *b) {
+  int64_t x = *(const int64_t *)a, y = *(const int64_t *)b;
+  return x < y ? -1 : x > y;
+}
+
+static int64_t starts[8];
+static atomic_int nstarts;
+
+static int timed(keel_job *job, void *ud) {
+  (void)job, (void)ud;
+  struct timespec ts;
+  clock_gettime(CLOCK_MONOTONIC, &ts);
+  int i = atomic_fetch_add(&nstarts, 1);
+  if (i < 8) starts[i] = (int64_t)ts.tv_sec * 1000 + ts.tv_nsec / 1000000;
+  return 0;
+}
+
+/* A rate of 2 per second: of 5 jobs due at once, the 5th starts at least a
+ * second after the 1st (windows of one second, two starts each: five
+ * starts span three windows). Slowness only spreads them more. */
+KT_CASE(a_queue_rate_limit_spreads_starts_over_seconds) {
+  kt_store st;
+  keel_es *es = kt_store_open(&st, NULL);
+  static const keel_job_worker w[] = {{.name = "timed", .perform = timed}};
+  static const keel_job_queue q[] = {{.name = "limited", .concurrency = 10, .rate_per_s = 2}};
+  atomic_store(&nstarts, 0);
+  keel_jobs *j = NULL;
+  CHECK_OK(keel_jobs_start(&(keel_jobs_opts){.es = es,
+                                             .workers = w,
+                                             .nworkers = 1,
+                                             .queues = q,
+                                             .nqueues = 1,
+                                             .poll_ms = 20,
+                                             .now = clock_fn},
+                           &j));
+  CHECK_OK(keel_jobs_pause(j, "limited"));
+  for (int i = 0; i < 5; i++)
+    CHECK_OK(
+        keel_jobs_enqueue(j, &(keel_job_new){.worker = "timed", .queue = "limited"}, NULL, NULL));
+  CHECK_OK(keel_jobs_resume(j, "limited"));
+  for (int i = 0; i < 3000 && atomic_load(&nstarts) < 5; i++)
+    keel_sleep(5);
+  CHECK_EQ(atomic_load(&nstarts), 5);
+  qsort(starts, 5, sizeof starts[0], cmp_i64);
+  fprintf(stderr, "   first to fifth start: %lld ms\n", (long long)(starts[4] - starts[0]));
+  CHECK(starts[4] - starts[0] >= 1000);
+  keel_jobs_stop(j, 1000);
+  kt_store_close(&st);
+}
+
+static keel_jobs *start_cron(keel_es *es, const char *instance) {
+  static const keel_job_new tick = {.worker = "ok", .queue = "cron"};
+  static const keel_job_cron crons[] = {
+      {.name = "tick", .expr = "* * * * *", .job = &tick},
+      {.name = "paris", .expr = "30 2 * * *", .tz = "Europe/Paris", .job = &tick}};
+  keel_jobs *j = NULL;
+  CHECK_OK(keel_jobs_start(&(keel_jobs_opts){.es = es,
+                                             .now = clock_fn,
+                                             .instance = instance,
+                                             .heartbeat_ms = 60000,
+                                             .crons = crons,
+                                             .ncrons = 2},
+                           &j));
+  return j;
+}
+
+/* Two instances with the same cron entry, over five minutes of the test
+ * clock: each minute's slot is enqueued once, due at its slot. */
+KT_CASE(a_cron_slot_is_enqueued_once_across_instances) {
+  reset();
+  kt_store st;
+  keel_es *es = kt_store_open(&st, NULL);
+  keel_es *es2 = es;
+  if (kt_es_pg_url()) CHECK_OK(keel_es_open(&(keel_es_opts){.url = st.url}, &es2));
+  atomic_store(&test_now, 1700000000000); /* 22:13:20 UTC: the next slot is 22:14:00 */
+  keel_jobs *a = start_cron(es, "a"), *b = start_cron(es2, "b");
+  int64_t slot = 1700000040;
+  for (int m = 0; m < 5; m++) {
+    atomic_store(&test_now, slot * 1000 + 5);
+    CHECK_OK(keel_jobs_maintain(m % 2 ? a : b));
+    CHECK_OK(keel_jobs_maintain(m % 2 ? b : a));
+    json_t *all = NULL;
+    CHECK_OK(keel_jobs_list(a, &(keel_jobs_filter){.queue = "cron"}, &all));
+    CHECK_EQ(json_array_size(all), (size_t)m + 1);
+    CHECK_EQ(jint(json_array_get(all, (size_t)m), "run_at"), slot * 1000);
+    json_decref(all);
+    slot += 60;
+  }
+  /* a bad expression or zone fails the start */
+  keel_jobs *bad = NULL;
+  keel_job_new tick = {.worker = "ok"};
+  keel_job_cron wrong[] = {{.name = "x", .expr = "61 * * * *", .job = &tick}};
+  CHECK_EQ(keel_jobs_start(&(keel_jobs_opts){.es = es, .crons = wrong, .ncrons = 1}, &bad),
+           KEEL_EINVAL);
+  wrong[0] =
+      (keel_job_cron){.name = "x", .expr = "* * * * *", .tz = "Nowhere/Atlantis", .job = &tick};
+  CHECK_EQ(keel_jobs_start(&(keel_jobs_opts){.es = es, .crons = wrong, .ncrons = 1}, &bad),
+           KEEL_EINVAL);
+  keel_jobs_stop(a, 100);
+  keel_jobs_stop(b, 100);
+  if (es2 != es) keel_es_close(es2);
+  kt_store_close(&st);
+}
+
+KT_MAIN(KT_ENTRY_SCHED(a_job_runs_once_and_its_completion_is_recorded, 2),
+        KT_ENTRY_SCHED(backoff_schedule_and_attempts_are_exactly_as_configured, 2),
+        KT_ENTRY_SCHED(a_unique_job_is_enqueued_once_under_eight_concurrent_enqueuers, 2),
+        KT_ENTRY_SCHED(a_crash_is_a_failed_attempt_with_its_reason, 2),
+        KT_ENTRY_SCHED(a_hanging_worker_is_killed_at_its_timeout, 2),
+        KT_ENTRY_SCHED(snooze_runs_again_later_without_spending_an_attempt, 2),
+        KT_ENTRY_SCHED(cancel_stops_a_running_job_and_a_waiting_one, 2),
+        KT_ENTRY_SCHED(a_job_enqueued_in_a_transaction_exists_if_and_only_if_its_events_do, 2),
+        KT_ENTRY_SCHED(shutdown_gives_running_jobs_the_budget_then_returns_the_cut_off_ones, 2),
+        KT_ENTRY_SCHED(retention_prunes_finished_jobs_and_health_warns_of_a_stale_queue, 2),
+        KT_ENTRY_SCHED(a_dead_instances_running_jobs_are_rescued_and_completed, 2),
+        KT_ENTRY_SCHED(two_instances_never_run_a_job_twice, 2),
+        KT_ENTRY_SCHED(an_enqueue_wakes_another_instances_runner_at_once, 2),
+        KT_ENTRY_SCHED(a_cron_slot_is_enqueued_once_across_instances, 2),
+        KT_ENTRY_SCHED(a_queue_rate_limit_spreads_starts_over_seconds, 2))
