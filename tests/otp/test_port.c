@@ -279,10 +279,13 @@ KT_CASE(a_flood_pauses_reading_instead_of_filling_the_mailbox) {
   keel_port_t *p = open_argv(argv, &o);
   /* `yes` writes millions of lines a second: without the pause the mailbox
    * would hold that many. With it: max_pending plus one read's lines (a read
-   * is at most 64 KiB, 32768 two-byte lines). */
-  CHECK_OK(keel_sleep(500));
+   * is at most 64 KiB, 32768 two-byte lines). The lower bound is waited
+   * for (a loaded machine may take long to start `yes`); the upper bound
+   * holds however long the program has been writing, so the pause below
+   * only gives an unpaused reader the time to overshoot it. */
+  KT_WAIT_UNTIL(keel_mailbox_len() >= 16);
+  CHECK_OK(keel_sleep(200));
   size_t queued = keel_mailbox_len();
-  CHECK(queued >= 16);
   CHECK(queued <= 16 + 32768);
   /* drain: reading resumes, more lines come */
   for (size_t i = 0; i < queued + 100; i++)
@@ -414,7 +417,16 @@ KT_CASE(a_program_exiting_3_is_a_crash_and_exit_0_is_normal) {
   CHECK_OK(keel_sup_start(&sup_spec, NULL, &sup, NULL));
   KT_WAIT_UNTIL(log_has("exited:error:exit 3"));
 
-  static const char *const ok[] = {"true", NULL};
+  /* a program the test ends: the monitor below is armed before it exits
+   * (`true` could be gone, and its child with it, before keel_monitor) */
+  char flag[] = "/tmp/kt-port-end-XXXXXX";
+  int fd = mkstemp(flag);
+  CHECK(fd >= 0);
+  close(fd);
+  unlink(flag);
+  char script[128];
+  snprintf(script, sizeof script, "while [ ! -e %s ]; do sleep 0.01; done", flag);
+  const char *ok[] = {"sh", "-c", script, NULL};
   keel_port_child child2 = {.port = {.argv = ok}};
   keel_sup_child_spec spec2 = {
       .id = "prog", .start = keel_port_child_start, .arg = &child2, .restart = KEEL_SUP_TEMPORARY};
@@ -424,7 +436,11 @@ KT_CASE(a_program_exiting_3_is_a_crash_and_exit_0_is_normal) {
   keel_sup_delete_child(sup, "prog"); /* a temporary child's spec may be gone already */
   CHECK_OK(keel_sup_start_child(sup, &spec2, &pid));
   CHECK_OK(keel_monitor(pid, &ref));
+  fd = open(flag, O_CREAT | O_WRONLY, 0600);
+  CHECK(fd >= 0);
+  close(fd);
   CHECK_EQ(kt_wait_down(ref, pid, NULL, 0), KEEL_REASON_NORMAL);
+  unlink(flag);
   stop_sup(sup);
   CHECK_OK(keel_sup_unsubscribe(h));
 }
