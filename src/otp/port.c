@@ -174,6 +174,11 @@ static void maybe_finish(keel_port_t *p) {
 
 static void on_exit_cb(uv_process_t *h, int64_t exit_status, int term_signal) {
   keel_port_t *p = h->data;
+  /* libuv has just reaped the leader. What is left of its group (a
+   * background job holding the pipes open) dies now, while the group id can
+   * only be this program's: no later signal to -pid is ever sent, since the
+   * id could by then name an unrelated group. */
+  kill(-p->os_pid, SIGKILL);
   p->exited = true;
   p->status.exit_code = (int)exit_status;
   p->status.signal = term_signal;
@@ -357,7 +362,7 @@ static void owner_gone(void *arg) {
   port_set *set = arg;
   while (set->head) {
     keel_port_t *p = set->head;
-    kill(-p->os_pid, SIGKILL); /* the group: descendants too; harmless after an exit */
+    if (!p->exited) kill(-p->os_pid, SIGKILL); /* the group: descendants too */
     port_teardown(p);
   }
   free(set);
@@ -696,13 +701,12 @@ int keel_port_close(keel_port_t *p, int64_t timeout_ms, keel_port_status *st) {
     p->paused = false;
     set_reading(p, true);
   }
-  if (timeout_ms != KEEL_NOWAIT && wait_end(p, timeout_ms) == KEEL_ETIMEDOUT)
+  if (timeout_ms != KEEL_NOWAIT && wait_end(p, timeout_ms) == KEEL_ETIMEDOUT && !p->exited)
     kill(-p->os_pid, SIGKILL);
   /* SIGKILL always ends it; only the pipes might stay open, held by a
    * descendant that left the group, so the wait below is for the exit */
   while (!p->exited)
     wait_end(p, 50);
-  kill(-p->os_pid, SIGKILL); /* what is left of the group (descendants) */
   if (st) *st = p->status;
   keel_io_end(&p->pin);
   port_teardown(p);

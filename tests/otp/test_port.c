@@ -320,6 +320,21 @@ KT_CASE(close_sends_sigterm_then_sigkill_past_the_timeout) {
   CHECK(os_reaped(pid));
 }
 
+KT_CASE(descendants_left_in_the_group_die_when_the_program_exits) {
+  /* the background sleep keeps the group (and stdout) alive after sh exits:
+   * the port kills it right at the exit, when the group is surely still
+   * the program's, never later (the group id could name another by then) */
+  static const char *const argv[] = {"sh", "-c", "sleep 1000 & echo $!", NULL};
+  keel_port_t *p = open_argv(argv, NULL);
+  got g = next_event(p);
+  pid_t kid = (pid_t)atoi(g.data);
+  CHECK(kid > 0);
+  g = expect_exit(p);
+  CHECK_STR(g.data, "normal");
+  KT_WAIT_UNTIL(os_gone(kid));
+  CHECK_OK(keel_port_close(p, 0, NULL));
+}
+
 static void owner_opens_and_waits(void *arg) {
   static const char *const argv[] = {"sh", "-c", "echo $$; exec sleep 1000", NULL};
   keel_port_t *p = open_argv(argv, NULL);
@@ -576,6 +591,7 @@ static const kt_case cases[] = {
     KT_ENTRY(only_the_owner_uses_a_port_and_a_closed_stdin_fails_writes),
     KT_ENTRY(a_flood_pauses_reading_instead_of_filling_the_mailbox),
     KT_ENTRY(close_sends_sigterm_then_sigkill_past_the_timeout),
+    KT_ENTRY(descendants_left_in_the_group_die_when_the_program_exits),
     KT_ENTRY(an_owner_that_dies_takes_its_program_with_it),
     KT_ENTRY_SCHED(a_segfaulting_program_is_restarted_with_that_reason, 2),
     KT_ENTRY(a_program_exiting_3_is_a_crash_and_exit_0_is_normal),
