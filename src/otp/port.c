@@ -84,6 +84,7 @@ struct keel_port {
   bool exited;
   bool exit_sent;
   bool paused;
+  bool writing;  /* the owner waits in keel_port_write: reading never pauses */
   bool closing;  /* handles are being closed; no more messages */
   bool draining; /* in keel_port_close: output read and dropped, no messages */
   keel_port_status status;
@@ -230,17 +231,25 @@ static size_t owner_mailbox(keel_port_t *p) {
   return keel_rt_process_info(p->owner, &info) == 0 ? (size_t)info.mailbox_len : 0;
 }
 
-static void on_resume_tick(uv_timer_t *t) {
-  keel_port_t *p = t->data;
-  if (owner_mailbox(p) < (p->max_pending + 1) / 2) {
-    uv_timer_stop(t);
-    p->paused = false;
-    set_reading(p, true);
-  }
+static void resume(keel_port_t *p) {
+  if (!p->paused) return;
+  uv_timer_stop(&p->resume);
+  p->paused = false;
+  set_reading(p, true);
 }
 
+static void on_resume_tick(uv_timer_t *t) {
+  keel_port_t *p = t->data;
+  if (p->writing || owner_mailbox(p) < (p->max_pending + 1) / 2) resume(p);
+}
+
+/* No pause while the owner is blocked in keel_port_write (or close): it
+ * cannot drain its mailbox then, and a program that echoes (cat) would
+ * block writing its output, stop reading its input, and the write would
+ * never end. The mailbox grows past max_pending for that write's echo. */
 static void check_backpressure(keel_port_t *p) {
-  if (p->paused || p->closing || p->draining || owner_mailbox(p) < p->max_pending) return;
+  if (p->paused || p->writing || p->closing || p->draining || owner_mailbox(p) < p->max_pending)
+    return;
   p->paused = true;
   set_reading(p, false);
   uv_timer_start(&p->resume, on_resume_tick, RESUME_POLL_MS, RESUME_POLL_MS);
@@ -636,7 +645,10 @@ int keel_port_write(keel_port_t *p, const void *data, size_t len, int64_t timeou
     return KEEL_EIO;
   }
   keel_io_on_abandon(&io, write_abandoned, w);
+  p->writing = true;
+  resume(p);
   rc = keel_io_wait(&io, timeout_ms);
+  p->writing = false;                     /* the next read looks at the mailbox again */
   if (rc == KEEL_ETIMEDOUT) w->io = NULL; /* it stays queued; on_written frees it */
   keel_io_end(&io);
   return rc;
@@ -696,11 +708,7 @@ int keel_port_close(keel_port_t *p, int64_t timeout_ms, keel_port_status *st) {
    * dropped (a program blocked writing to a full pipe could not end), and
    * no EXIT message comes: the status is returned here. */
   p->draining = true;
-  if (p->paused) {
-    uv_timer_stop(&p->resume);
-    p->paused = false;
-    set_reading(p, true);
-  }
+  resume(p);
   if (timeout_ms != KEEL_NOWAIT && wait_end(p, timeout_ms) == KEEL_ETIMEDOUT && !p->exited)
     kill(-p->os_pid, SIGKILL);
   /* SIGKILL always ends it; only the pipes might stay open, held by a

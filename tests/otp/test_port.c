@@ -335,6 +335,33 @@ KT_CASE(descendants_left_in_the_group_die_when_the_program_exits) {
   CHECK_OK(keel_port_close(p, 0, NULL));
 }
 
+KT_CASE(a_big_write_completes_while_the_output_would_pause) {
+  /* cat echoes what it reads: with reading paused on a full mailbox, cat
+   * blocks writing, stops reading its stdin, and the write could never end
+   * (it returned KEEL_ETIMEDOUT) */
+  static const char *const argv[] = {"cat", NULL};
+  keel_port_opts o = {.max_pending = 16};
+  keel_port_t *p = open_argv(argv, &o);
+  size_t len = (size_t)4 << 20;
+  char *buf = malloc(len);
+  CHECK(buf != NULL);
+  for (size_t i = 0; i < len; i++)
+    buf[i] = i % 64 == 63 ? '\n' : 'x';
+  CHECK_OK(keel_port_write(p, buf, len, KT_LONG));
+  free(buf);
+  CHECK_OK(keel_port_close_stdin(p));
+  size_t lines = 0;
+  for (;;) {
+    got g = next_event(p);
+    if (g.tag == KEEL_PORT_EXIT) break;
+    CHECK_EQ(g.tag, KEEL_PORT_STDOUT);
+    CHECK_EQ(g.len, 63u);
+    lines++;
+  }
+  CHECK_EQ(lines, len / 64);
+  CHECK_OK(keel_port_close(p, 0, NULL));
+}
+
 static void owner_opens_and_waits(void *arg) {
   static const char *const argv[] = {"sh", "-c", "echo $$; exec sleep 1000", NULL};
   keel_port_t *p = open_argv(argv, NULL);
@@ -592,6 +619,7 @@ static const kt_case cases[] = {
     KT_ENTRY(a_flood_pauses_reading_instead_of_filling_the_mailbox),
     KT_ENTRY(close_sends_sigterm_then_sigkill_past_the_timeout),
     KT_ENTRY(descendants_left_in_the_group_die_when_the_program_exits),
+    KT_ENTRY(a_big_write_completes_while_the_output_would_pause),
     KT_ENTRY(an_owner_that_dies_takes_its_program_with_it),
     KT_ENTRY_SCHED(a_segfaulting_program_is_restarted_with_that_reason, 2),
     KT_ENTRY(a_program_exiting_3_is_a_crash_and_exit_0_is_normal),
