@@ -149,8 +149,12 @@ typedef struct keel_port_status {
 char *keel_port_status_format(const keel_port_status *st, char *buf, size_t len);
 
 /* Stops the program if it still runs (SIGTERM to its group, then SIGKILL when
- * it has not exited within timeout_ms: 0 = 5000, KEEL_NOWAIT = SIGKILL at
- * once), waits for it, frees the port and unpins the caller. *st (may be
+ * it has not exited within timeout_ms: 0 = 5000, KEEL_INFINITY = no SIGKILL,
+ * KEEL_NOWAIT = SIGKILL at once), frees the port and unpins the caller. It
+ * returns once the program has exited (after a SIGKILL that is prompt, unless
+ * the program is stuck in an uninterruptible sleep), not when its output
+ * ends: a descendant that left the group (setsid) and still holds the pipes
+ * is given at most 100 ms, then the pipes are closed under it. *st (may be
  * NULL) gets how it ended. Messages already in the mailbox stay there (the
  * caller's to receive or leave); what the program writes while it is being
  * closed is read and dropped, and no EXIT message is sent for a port closed

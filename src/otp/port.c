@@ -37,12 +37,14 @@
 #include "keel/message.h"
 #include "keel/port.h"
 #include "keel/runtime.h"
+#include "keel/timer.h"
 
 #define DEFAULT_MAX_LINE    4096
 #define DEFAULT_MAX_PENDING 64
 #define DEFAULT_CLOSE_MS    5000
 #define READ_BUF            65536
 #define RESUME_POLL_MS      5
+#define DRAIN_MS            100 /* keel_port_close: end of file after the exit */
 
 /* The payload of every port message: this header, then the bytes, then a
  * NUL. Self-contained: it never points into the port. */
@@ -88,7 +90,7 @@ struct keel_port {
   bool closing;  /* handles are being closed; no more messages */
   bool draining; /* in keel_port_close: output read and dropped, no messages */
   keel_port_status status;
-  keel_io_t *waiter; /* the owner waiting in keel_port_close for the exit */
+  keel_io_t *waiter; /* the owner waiting in keel_port_close (exit, end of file) */
   int handles;       /* open handles; the last close callback frees the port */
   port_set *set;
   keel_port_t *next, **pprev; /* in the owner's port_set */
@@ -163,7 +165,7 @@ char *keel_port_status_format(const keel_port_status *st, char *buf, size_t len)
  * an owner waiting in keel_port_close. */
 static void maybe_finish(keel_port_t *p) {
   if (!p->exited) return;
-  if (p->waiter) keel_io_ready(p->waiter, 0); /* keel_port_close waits for the exit */
+  if (p->waiter) keel_io_ready(p->waiter, 0); /* keel_port_close: the exit, then end of file */
   if (!p->exited || !p->out[0].eof || !p->out[1].eof) return;
   if (!p->exit_sent) {
     p->exit_sent = true;
@@ -684,37 +686,57 @@ static void close_abandoned(void *arg) {
   ((keel_port_t *)arg)->waiter = NULL;
 }
 
-/* Waits until the program exited and the EXIT message went out. */
-static int wait_end(keel_port_t *p, int64_t timeout_ms) {
-  if (p->exit_sent) return 0;
+static bool has_exited(const keel_port_t *p) {
+  return p->exited;
+}
+
+static bool pipes_ended(const keel_port_t *p) {
+  return p->out[0].eof && p->out[1].eof;
+}
+
+/* Waits until done(p), or until the monotonic clock reaches deadline_ms
+ * (KEEL_INFINITY: no deadline). The deadline is absolute so that wake-ups
+ * (each end of file, the exit) do not restart the time. */
+static bool wait_for(keel_port_t *p, bool (*done)(const keel_port_t *), int64_t deadline_ms) {
+  if (done(p)) return true;
   keel_io_t io;
   keel_io_begin(&io);
   p->waiter = &io;
   keel_io_on_abandon(&io, close_abandoned, p);
-  int rc = 0;
-  while (!p->exit_sent && rc == 0)
-    rc = keel_io_wait(&io, timeout_ms);
+  while (!done(p)) {
+    int64_t left = KEEL_INFINITY;
+    if (deadline_ms != KEEL_INFINITY && (left = deadline_ms - keel_monotonic_ms()) <= 0) break;
+    int rc = keel_io_wait(&io, left);
+    if (rc != 0 && rc != KEEL_ETIMEDOUT) break;
+  }
   p->waiter = NULL;
   keel_io_end(&io);
-  return p->exit_sent ? 0 : rc;
+  return done(p);
 }
 
 int keel_port_close(keel_port_t *p, int64_t timeout_ms, keel_port_status *st) {
   int rc = owner_check(p);
   if (rc) return rc;
   if (timeout_ms == 0) timeout_ms = DEFAULT_CLOSE_MS;
-  if (!p->exited) kill(-p->os_pid, timeout_ms == KEEL_NOWAIT ? SIGKILL : SIGTERM);
   /* The owner stops listening: what the program still writes is read and
    * dropped (a program blocked writing to a full pipe could not end), and
    * no EXIT message comes: the status is returned here. */
   p->draining = true;
   resume(p);
-  if (timeout_ms != KEEL_NOWAIT && wait_end(p, timeout_ms) == KEEL_ETIMEDOUT && !p->exited)
-    kill(-p->os_pid, SIGKILL);
-  /* SIGKILL always ends it; only the pipes might stay open, held by a
-   * descendant that left the group, so the wait below is for the exit */
-  while (!p->exited)
-    wait_end(p, 50);
+  if (!p->exited) kill(-p->os_pid, timeout_ms == KEEL_NOWAIT ? SIGKILL : SIGTERM);
+  if (timeout_ms != KEEL_NOWAIT) {
+    int64_t deadline =
+        timeout_ms == KEEL_INFINITY ? KEEL_INFINITY : keel_monotonic_ms() + timeout_ms;
+    if (!wait_for(p, has_exited, deadline)) kill(-p->os_pid, SIGKILL); /* still the leader's */
+  }
+  /* SIGKILL ends it (a program in an uninterruptible sleep holds us until it
+   * leaves it). The wait is for the exit, not for end of file: a descendant
+   * that left the group (setsid) may hold the pipes open forever. */
+  wait_for(p, has_exited, KEEL_INFINITY);
+  /* The exit callback killed what was left of the group: its pipes end at
+   * once. What is read meanwhile is dropped; an escaped holder costs at
+   * most DRAIN_MS, then the pipes are closed under it. */
+  wait_for(p, pipes_ended, keel_monotonic_ms() + DRAIN_MS);
   if (st) *st = p->status;
   keel_io_end(&p->pin);
   port_teardown(p);

@@ -335,6 +335,20 @@ KT_CASE(descendants_left_in_the_group_die_when_the_program_exits) {
   CHECK_OK(keel_port_close(p, 0, NULL));
 }
 
+KT_CASE(close_returns_once_the_program_exited_though_an_escaped_descendant_holds_its_output) {
+  static const char *const argv[] = {"sh", "-c", "setsid sleep 1000 & echo $!; exec sleep 1000",
+                                     NULL};
+  keel_port_t *p = open_argv(argv, NULL);
+  got g = next_event(p);
+  pid_t kid = (pid_t)atoi(g.data);
+  CHECK(kid > 0);
+  KT_WAIT_UNTIL(getsid(kid) == kid); /* escaped: out of the group's reach */
+  keel_port_status st;
+  CHECK_OK(keel_port_close(p, KEEL_INFINITY, &st)); /* hung on the pipe's EOF before */
+  CHECK_EQ(st.signal, SIGTERM);
+  CHECK_OK(kill(kid, SIGKILL));
+}
+
 KT_CASE(a_big_write_completes_while_the_output_would_pause) {
   /* cat echoes what it reads: with reading paused on a full mailbox, cat
    * blocks writing, stops reading its stdin, and the write could never end
@@ -619,6 +633,7 @@ static const kt_case cases[] = {
     KT_ENTRY(a_flood_pauses_reading_instead_of_filling_the_mailbox),
     KT_ENTRY(close_sends_sigterm_then_sigkill_past_the_timeout),
     KT_ENTRY(descendants_left_in_the_group_die_when_the_program_exits),
+    KT_ENTRY(close_returns_once_the_program_exited_though_an_escaped_descendant_holds_its_output),
     KT_ENTRY(a_big_write_completes_while_the_output_would_pause),
     KT_ENTRY(an_owner_that_dies_takes_its_program_with_it),
     KT_ENTRY_SCHED(a_segfaulting_program_is_restarted_with_that_reason, 2),
