@@ -376,6 +376,20 @@ KT_CASE(a_big_write_completes_while_the_output_would_pause) {
   CHECK_OK(keel_port_close(p, 0, NULL));
 }
 
+KT_CASE(the_program_inherits_no_node_descriptor) {
+  int fd = open("/dev/null", O_RDONLY); /* deliberately without O_CLOEXEC */
+  CHECK(fd > 2);
+  char script[128];
+  snprintf(script, sizeof script,
+           "if [ -e /proc/self/fd/%d ]; then echo open; else echo closed; fi", fd);
+  const char *argv[] = {"sh", "-c", script, NULL};
+  keel_port_t *p = open_argv(argv, NULL);
+  expect_line(p, KEEL_PORT_STDOUT, "closed", 0);
+  expect_exit(p);
+  CHECK_OK(keel_port_close(p, 0, NULL));
+  close(fd);
+}
+
 static void owner_opens_and_waits(void *arg) {
   static const char *const argv[] = {"sh", "-c", "echo $$; exec sleep 1000", NULL};
   keel_port_t *p = open_argv(argv, NULL);
@@ -635,6 +649,7 @@ static const kt_case cases[] = {
     KT_ENTRY(descendants_left_in_the_group_die_when_the_program_exits),
     KT_ENTRY(close_returns_once_the_program_exited_though_an_escaped_descendant_holds_its_output),
     KT_ENTRY(a_big_write_completes_while_the_output_would_pause),
+    KT_ENTRY(the_program_inherits_no_node_descriptor),
     KT_ENTRY(an_owner_that_dies_takes_its_program_with_it),
     KT_ENTRY_SCHED(a_segfaulting_program_is_restarted_with_that_reason, 2),
     KT_ENTRY(a_program_exiting_3_is_a_crash_and_exit_0_is_normal),

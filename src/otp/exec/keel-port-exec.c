@@ -15,6 +15,11 @@
  *   3. setrlimit for every --rlimit RESOURCE:SOFT:HARD (numbers; "inf" for
  *      RLIM_INFINITY), then execvp(argv after "--").
  *
+ * Before all that it closes every descriptor above 2: a fork of the node
+ * inherits all of the node's descriptors, and those opened without
+ * O_CLOEXEC (by the application, a library) would otherwise live on in the
+ * program (a listening socket, a database file, its locks).
+ *
  * Usage (keel builds it; not meant for people):
  *   keel-port-exec --ppid PID [--rlimit R:S:H]... -- PROGRAM [ARG]...
  * Exit codes: 127 when the program cannot be executed (as a shell says),
@@ -22,6 +27,7 @@
  * is already gone. Only async-signal-safe work happens before execvp; the
  * helper is single-threaded, so ordinary libc is safe too.
  */
+#define _GNU_SOURCE /* close_range */
 #include <errno.h>
 #include <signal.h>
 #include <stdio.h>
@@ -58,6 +64,17 @@ static int apply_rlimit(const char *spec) {
   return setrlimit((int)r, &rl);
 }
 
+/* Closes every descriptor from 3 up: close_range (Linux 5.9), else one by
+ * one up to the descriptor limit. */
+static void close_inherited(void) {
+  if (close_range(3, ~0U, 0) == 0) return;
+  struct rlimit rl;
+  long max = getrlimit(RLIMIT_NOFILE, &rl) == 0 && rl.rlim_cur != RLIM_INFINITY ? (long)rl.rlim_cur
+                                                                                : 65536;
+  for (long fd = 3; fd < max; fd++)
+    close((int)fd);
+}
+
 int main(int argc, char **argv) {
   long ppid = -1;
   int i = 1;
@@ -66,6 +83,7 @@ int main(int argc, char **argv) {
     perror("keel-port-exec: prctl(PR_SET_PDEATHSIG)");
     return 126;
   }
+  close_inherited();
   for (; i < argc; i++) {
     if (strcmp(argv[i], "--") == 0) {
       i++;
