@@ -174,7 +174,9 @@ typedef struct keel_port_event {
   keel_port_status status; /* EXIT only */
 } keel_port_event;
 
-/* Decodes m. Errors: KEEL_EINVAL (NULL, or not a port message). */
+/* Decodes m. Any thread may call it (it reads only the message). Errors:
+ * KEEL_EINVAL (NULL, not a port message, or one whose length field does not
+ * fit its size). */
 int keel_port_event_of(const keel_msg_t *m, keel_port_event *ev);
 
 /* Takes the oldest message of `port` from the caller's mailbox (other

@@ -124,6 +124,9 @@ int keel_port_event_of(const keel_msg_t *m, keel_port_event *ev) {
       keel_msg_size(m) < sizeof(port_msg_hdr) + 1)
     return KEEL_EINVAL;
   const port_msg_hdr *h = keel_msg_data(m);
+  /* the length must fit the message: a forged or cut copy must not make
+   * ev->data reach past its end */
+  if (h->len > keel_msg_size(m) - sizeof(port_msg_hdr) - 1) return KEEL_EINVAL;
   *ev = (keel_port_event){.port_id = h->port_id,
                           .tag = (int)keel_msg_tag(m),
                           .flags = h->flags,

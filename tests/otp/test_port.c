@@ -390,6 +390,27 @@ KT_CASE(the_program_inherits_no_node_descriptor) {
   close(fd);
 }
 
+KT_CASE(a_truncated_port_message_is_refused) {
+  /* a message that claims more bytes than it carries (a forged or cut copy)
+   * must not make the event point past its end */
+  static const char *const argv[] = {"echo", "hello", NULL};
+  keel_port_t *p = open_argv(argv, NULL);
+  keel_msg_t *m = NULL;
+  CHECK_OK(keel_port_receive(p, &m, KT_LONG));
+  keel_port_event ev;
+  CHECK_OK(keel_port_event_of(m, &ev));
+  CHECK_EQ(ev.len, 5u);
+  size_t cut = keel_msg_size(m) - ev.len; /* the header and the NUL, no bytes */
+  keel_msg_t *forged = keel_msg_copy(keel_msg_tag(m), keel_msg_data(m), cut);
+  CHECK(forged != NULL);
+  keel_msg_set_proto(forged, KEEL_PROTO_PORT);
+  CHECK_EQ(keel_port_event_of(forged, &ev), KEEL_EINVAL);
+  keel_msg_free(forged);
+  keel_msg_free(m);
+  expect_exit(p);
+  CHECK_OK(keel_port_close(p, 0, NULL));
+}
+
 static void owner_opens_and_waits(void *arg) {
   static const char *const argv[] = {"sh", "-c", "echo $$; exec sleep 1000", NULL};
   keel_port_t *p = open_argv(argv, NULL);
@@ -650,6 +671,7 @@ static const kt_case cases[] = {
     KT_ENTRY(close_returns_once_the_program_exited_though_an_escaped_descendant_holds_its_output),
     KT_ENTRY(a_big_write_completes_while_the_output_would_pause),
     KT_ENTRY(the_program_inherits_no_node_descriptor),
+    KT_ENTRY(a_truncated_port_message_is_refused),
     KT_ENTRY(an_owner_that_dies_takes_its_program_with_it),
     KT_ENTRY_SCHED(a_segfaulting_program_is_restarted_with_that_reason, 2),
     KT_ENTRY(a_program_exiting_3_is_a_crash_and_exit_0_is_normal),
