@@ -6,7 +6,8 @@
  * to its scheduler until keel_port_close, only the owner may call the other
  * functions, and the keel_port_t is the owner's until it closes it. If the
  * owner exits without closing (a crash, a kill), the program's process group
- * gets SIGKILL and the port is freed: nothing leaks, nothing is left running.
+ * gets SIGKILL and the port is freed: nothing leaks, and nothing of the group
+ * is left running (a descendant that left the group with setsid escapes).
  *
  * OUTPUT. What the program writes to stdout and stderr arrives in the owner's
  * mailbox as USER messages with the protocol marker KEEL_PROTO_PORT and tag
@@ -21,10 +22,17 @@
  * messages and not a blocking read.
  *
  * BACKPRESSURE. When the owner's mailbox holds max_pending messages or more
- * (whatever sent them), the port stops reading the program's pipes; the
- * program then blocks in its writes once the pipe buffer (64 KiB on Linux) is
- * full. Reading resumes when the mailbox is below half of it. Memory held for
- * a port is therefore bounded by about max_pending x the largest message.
+ * (whatever sent them), the port stops reading the program's output; the
+ * program then blocks in its writes once the buffer is full (libuv's stdio
+ * "pipes" are Unix socket pairs: their buffer is the socket buffer, a few
+ * hundred KiB by default, not a 64 KiB pipe). Reading resumes when the
+ * mailbox is below half of it. The mailbox is looked at after each read, so
+ * the bound is max_pending plus up to one read's worth of messages per
+ * stream (a read is at most 64 KiB: in lines mode, up to 32768 short lines).
+ * While the owner waits in keel_port_write or keel_port_close, reading never
+ * pauses (it cannot drain its mailbox then, and a program that echoes its
+ * input would block the write forever): output of that time is queued
+ * whole.
  *
  * NO ORPHANS. The program runs in its own process group (its own session,
  * UV_PROCESS_DETACHED) through a small exec helper, keel-port-exec, that sets
@@ -35,7 +43,11 @@
  * live as long as the node (keel_rt_stop ends them, so stopping the node
  * SIGKILLs every program still running). Processes the program forks itself
  * do not inherit the death signal: keel_port_close signals the whole group,
- * but a node killed by SIGKILL only takes the program itself down.
+ * but a node killed by SIGKILL only takes the program itself down. The
+ * kernel also clears the death signal when the program execs a set-user-ID,
+ * set-group-ID or file-capability binary (as the program itself or later):
+ * such a program outlives a SIGKILLed node. The program inherits no
+ * descriptor of the node but stdio (the helper closes the rest).
  * The helper is found through keel_port_opts.exec_helper, else
  * $KEEL_PORT_EXEC, else where keel installed it (LIBEXECDIR/keel/), else in
  * the build tree keel was built in.
@@ -46,7 +58,21 @@
  * program's end as its reason: normal for exit 0, "exit 3", "signal 11
  * (SIGSEGV)". A supervisor restarts it like any child. Its shutdown sends
  * SIGTERM to the program's group and waits; past the child spec's shutdown
- * time the supervisor kills the process, which SIGKILLs the group.
+ * time the supervisor kills the process, which SIGKILLs the group. SIGKILL
+ * is asynchronous and that exit hook does not wait for the program to die,
+ * so a restarted program can briefly overlap the one it replaces (mind
+ * exclusive resources: a port number, a lock file).
+ *
+ * THREADS. Only the owner calls open, write, close_stdin, kill and close.
+ * keel_port_os_pid and keel_port_id read fields fixed at open: any thread,
+ * while the port is open (the owner's close frees it). keel_port_event_of
+ * and keel_port_status_format touch only their arguments: any thread.
+ *
+ * COST. uv_spawn forks on the owner's scheduler thread, which runs nothing
+ * else meanwhile: the fork copies the node's page tables, so a big node
+ * stalls that scheduler for the fork (about 48 ms per open was measured
+ * under AddressSanitizer on a loaded machine). Decision 0024 records the
+ * fix not done yet (a spawner thread).
  */
 #ifndef KEEL_PORT_H
 #define KEEL_PORT_H
@@ -110,9 +136,12 @@ typedef struct keel_port_opts {
 /* Starts the program and makes the caller its owner (see OWNER). *out gets
  * the port, owned by the caller until keel_port_close. A program that cannot
  * be executed (not found, not executable) still starts the helper: the port
- * then ends with "exit 127" and a line on its stderr. Errors: KEEL_ENOTPROC,
- * KEEL_EINVAL (no argv, a bad mode, a bad rlimit), KEEL_ENOENT (no exec
- * helper found), KEEL_EIO (the spawn failed), KEEL_ENOMEM. */
+ * then ends with "exit 127" and a line on its stderr; a resource limit the
+ * helper may not set (raising a hard limit without the privilege) ends it
+ * with "exit 126" likewise (125: the node was already gone). Errors:
+ * KEEL_ENOTPROC, KEEL_EINVAL (no argv, a bad mode, a bad rlimit), KEEL_ENOENT
+ * (no exec helper found, or cwd does not exist or cannot be entered),
+ * KEEL_EIO (the spawn failed otherwise), KEEL_ENOMEM. */
 int keel_port_open(const keel_port_opts *opts, keel_port_t **out);
 
 /* Writes len bytes of data (copied) to the program's stdin and waits until
@@ -132,10 +161,13 @@ int keel_port_close_stdin(keel_port_t *port);
  * KEEL_EINVAL, KEEL_EPERM, KEEL_ESTATE (the program has exited). */
 int keel_port_kill(keel_port_t *port, int signum);
 
-/* The program's OS pid (also its process group id). */
+/* The program's OS pid (also its process group id); 0 for NULL. It stays
+ * the same after the program exited, when the pid may name another process:
+ * signal it through keel_port_kill, which knows. Any thread (see THREADS). */
 int keel_port_os_pid(const keel_port_t *port);
 
-/* A port's identity, as carried by its messages (keel_port_event.port_id). */
+/* A port's identity, as carried by its messages (keel_port_event.port_id);
+ * 0 for NULL. Any thread (see THREADS). */
 uint64_t keel_port_id(const keel_port_t *port);
 
 /* How a program ended. */
@@ -145,7 +177,8 @@ typedef struct keel_port_status {
 } keel_port_status;
 
 /* Formats an end as a reason: "normal" (exit 0), "exit 3", "signal 11
- * (SIGSEGV)". Returns buf (always NUL-terminated; 48 bytes are enough). */
+ * (SIGSEGV)". Returns buf (always NUL-terminated; 48 bytes are enough). Any
+ * thread. */
 char *keel_port_status_format(const keel_port_status *st, char *buf, size_t len);
 
 /* Stops the program if it still runs (SIGTERM to its group, then SIGKILL when

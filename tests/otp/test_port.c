@@ -203,6 +203,10 @@ KT_CASE(bad_options_and_a_missing_helper_are_refused) {
   o.exec_helper = "/nonexistent/keel-port-exec";
   CHECK_EQ(keel_port_open(&o, &p), KEEL_ENOENT);
   CHECK(p == NULL);
+  o.exec_helper = NULL;
+  o.cwd = "/nonexistent/dir"; /* the fork's chdir fails: the open says so */
+  CHECK_EQ(keel_port_open(&o, &p), KEEL_ENOENT);
+  CHECK(p == NULL);
 }
 
 /* ---- environment, working directory, limits ---------------------------- */
