@@ -15,6 +15,7 @@
 #include "keel/supervisor.h"
 #include "keel/task.h"
 #include "keel/application.h"
+#include "keel/port.h"
 #include "keel/config.h"
 #include "keel/metrics.h"
 #include "keel/sysinfo.h"

@@ -42,7 +42,7 @@ LAYERS=(rt otp ops http es jobs)
 # include/keel/<module>.h -> the layer whose folder implements it.
 HEADER_LAYERS="error:rt runtime:rt process:rt message:rt timer:rt io:rt
   registry:otp table:otp gen_server:otp supervisor:otp task:otp application:otp
-  gen_statem:otp
+  gen_statem:otp port:otp
   config:ops log:ops metrics:ops sysinfo:ops health:ops alerts:ops observer:ops json:ops
   cron:ops
   trace:ops trace_export:http

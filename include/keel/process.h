@@ -61,6 +61,12 @@ typedef struct keel_spawn_opts {
   keel_ref_t *monitor_ref; /* out: the monitor's reference when monitor is set */
   keel_ref_t monitor_with; /* in: if not 0 (a keel_make_ref), the monitor uses this
                               reference, so the child can be told it before it runs */
+  bool await_monitor;      /* with monitor: the monitor's reference is armed in the caller
+                              (keel_await_ref) before the child can run, so the child may
+                              reply to it and keel_await gets its reply or its DOWN. Point
+                              monitor_ref into the child's arg: it is written before the
+                              child runs. Disarmed again if the spawn fails. The
+                              spawn-and-await of gen_server, task, application... */
   bool trap_exit;          /* the new process starts trapping exits */
   const char *name;        /* a label for reports and the observer (copied, up to 31 bytes) */
   bool pin;                /* run only on `scheduler` (or the spawner's) for its whole life,
@@ -216,6 +222,7 @@ enum {
   KEEL_LOCAL_GEN_SERVER = 0, /* gen_server.c: the running server */
   KEEL_LOCAL_LOG = 1,        /* the process's logging context */
   KEEL_LOCAL_TRACE = 2,      /* the process's current span (keel/trace.h) */
+  KEEL_LOCAL_PORTS = 3,      /* port.c: the ports the process owns */
   KEEL_LOCAL_USER = 4,       /* 4..7: the application's */
   KEEL_LOCAL_SLOTS = 8
 };

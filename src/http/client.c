@@ -126,23 +126,21 @@ static void close_engines_in_runtime(keel_http_client *c) {
   for (int i = 0; i < c->nsched; i++) {
     if (!c->engines[i]) continue;
     closer_arg a = {c->engines[i]};
-    keel_ref_t ref = keel_make_ref();
-    keel_await_ref(ref);
+    keel_ref_t ref = 0;
     keel_spawn_opts so;
     keel_spawn_opts_init(&so);
     so.scheduler = KEEL_ON_SCHEDULER(i);
     so.pin = true;
     so.monitor = true;
-    so.monitor_with = ref;
+    so.await_monitor = true;
+    so.monitor_ref = &ref;
     so.name = "http_client_close";
     keel_hold_exits(true); /* the closer reads `a` on our stack */
     if (keel_spawn(closer_main, &a, &so, NULL) == 0) {
       keel_msg_t *m = NULL;
       keel_await(ref, &m, KEEL_INFINITY);
       keel_msg_free(m);
-    } else {
-      keel_await_cancel(ref);
-    }
+    } /* a failed spawn disarmed the ref */
     keel_hold_exits(false);
     c->engines[i] = NULL;
   }

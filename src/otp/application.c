@@ -95,7 +95,9 @@ int keel_app_subscribe(keel_app_event_fn fn, void *ud) {
   return keel__sublist_add(&subs, (keel__sub_fn)fn, ud);
 }
 
-int keel_app_unsubscribe(int handle) { return keel__sublist_remove(&subs, handle); }
+int keel_app_unsubscribe(int handle) {
+  return keel__sublist_remove(&subs, handle);
+}
 
 static void call_sub(keel__sub_fn fn, void *ud, const void *ev) {
   ((keel_app_event_fn)fn)(ev, ud);
@@ -268,21 +270,17 @@ static void sig_main(void *p) {
 
 /* Starts the watcher linked to the caller (the master). */
 static int sig_start_watcher(keel_pid_t *out) {
-  sig_start st = {.master = keel_self(), .ack = keel_make_ref()};
-  keel_ref_t ref = st.ack;
-  int rc = keel_await_ref(ref);
-  if (rc) return rc;
+  sig_start st = {.master = keel_self()};
   keel_spawn_opts so;
   keel_spawn_opts_init(&so);
   so.link = true;
   so.monitor = true;
-  so.monitor_with = ref;
+  so.await_monitor = true;
+  so.monitor_ref = &st.ack;
   so.name = "app signals";
-  rc = keel_spawn(sig_main, &st, &so, out);
-  if (rc) {
-    keel_await_cancel(ref);
-    return rc;
-  }
+  int rc = keel_spawn(sig_main, &st, &so, out);
+  if (rc) return rc;
+  keel_ref_t ref = st.ack;
   keel_msg_t *m = NULL;
   keel_await(ref, &m, KEEL_INFINITY);
   if (keel_msg_kind_of(m) == KEEL_MSG_DOWN) {
@@ -339,8 +337,10 @@ static void kill_all_and_wait(keel_pid_t root, const pidset *tree) {
       kill_and_wait(pid);
       continue;
     }
-    if (keel_monitor(pid, &refs[i]) == 0) keel_exit_signal(pid, KEEL_REASON_KILL, NULL);
-    else refs[i] = 0;
+    if (keel_monitor(pid, &refs[i]) == 0)
+      keel_exit_signal(pid, KEEL_REASON_KILL, NULL);
+    else
+      refs[i] = 0;
   }
   for (size_t i = 0; refs && i < n; i++)
     if (refs[i]) wait_down(refs[i]);
@@ -405,19 +405,15 @@ static int64_t left(int64_t deadline) {
  * was killed. */
 static bool run_prep_stop(keel_app_t *app, void *state, keel_pid_t root, int64_t deadline) {
   prep_arg a = {.beh = app->beh, .state = state, .root = root};
-  keel_ref_t ref = keel_make_ref();
-  if (keel_await_ref(ref) != 0) {
-    app->beh->prep_stop(state, root); /* no memory for the helper: run it here */
-    return true;
-  }
+  keel_ref_t ref;
   keel_spawn_opts so;
   keel_spawn_opts_init(&so);
   so.monitor = true;
-  so.monitor_with = ref;
+  so.await_monitor = true;
+  so.monitor_ref = &ref;
   so.name = "app prep_stop";
   keel_pid_t pid;
-  if (keel_spawn(prep_main, &a, &so, &pid) != 0) {
-    keel_await_cancel(ref);
+  if (keel_spawn(prep_main, &a, &so, &pid) != 0) { /* no memory for the helper: run it here */
     app->beh->prep_stop(state, root);
     return true;
   }
@@ -593,23 +589,18 @@ int keel_app_start(const keel_application *beh, const keel_app_opts *opts, keel_
   atomic_init(&app->master, 0);
   atomic_init(&app->exit_code, -1);
 
-  master_arg ma = {.app = app, .starter = keel_self(), .ack = keel_make_ref()};
-  keel_ref_t ref = ma.ack; /* the master's monitor and its answer: one await */
-  int rc = keel_await_ref(ref);
-  if (rc) {
-    free(app);
-    return rc;
-  }
+  master_arg ma = {.app = app, .starter = keel_self()};
   keel_spawn_opts so;
   keel_spawn_opts_init(&so);
   so.trap_exit = true;
   so.monitor = true;
-  so.monitor_with = ref;
+  so.await_monitor = true; /* the master's monitor and its answer: one await */
+  so.monitor_ref = &ma.ack;
   so.name = app->name;
   keel_pid_t pid;
-  rc = keel_spawn(master_main, &ma, &so, &pid);
+  int rc = keel_spawn(master_main, &ma, &so, &pid);
+  keel_ref_t ref = ma.ack;
   if (rc) {
-    keel_await_cancel(ref);
     free(app);
     return rc;
   }

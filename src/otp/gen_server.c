@@ -360,8 +360,8 @@ static void wait_down(keel_ref_t ref) {
   if (keel_receive_match(is_down_for, &ref, &m, KEEL_INFINITY) == 0) keel_msg_free(m);
 }
 
-static int start_wait(start_arg *sa, keel_spawn_opts *so, keel_ref_t ref, int64_t timeout,
-                      bool link, keel_pid_t *out, keel_gs_exit *why);
+static int start_wait(start_arg *sa, keel_spawn_opts *so, int64_t timeout, bool link,
+                      keel_pid_t *out, keel_gs_exit *why);
 
 int keel_gs_start(const keel_gen_server *beh, void *arg, const keel_gs_opts *opts, keel_pid_t *out,
                   keel_gs_exit *why) {
@@ -377,11 +377,9 @@ int keel_gs_start(const keel_gen_server *beh, void *arg, const keel_gs_opts *opt
   int64_t timeout = opts->init_timeout ? opts->init_timeout : KEEL_GS_DEFAULT_TIMEOUT;
   /* One reference serves as the monitor and as the ack's reference, so one
    * await ends on whichever comes first: the ack, or the DOWN. */
-  keel_ref_t ref = keel_make_ref();
   start_arg sa = {.beh = beh,
                   .arg = arg,
                   .starter = self,
-                  .ack = ref,
                   .name = opts->name,
                   .linked = opts->link,
                   .trace = opts->trace};
@@ -393,27 +391,24 @@ int keel_gs_start(const keel_gen_server *beh, void *arg, const keel_gs_opts *opt
   so.trap_exit = opts->trap_exit;
   so.name = opts->name;
   so.monitor = true;
-  so.monitor_with = ref;
-  int rc = keel_await_ref(ref);
-  if (rc) return rc;
+  so.await_monitor = true;
+  so.monitor_ref = &sa.ack; /* written before the child runs */
   /* The child reads sa (on our stack) and arg until it acks, so we must not
    * die before that: exit signals are held until start returns. */
   keel_hold_exits(true);
   keel_pid_t pid = 0;
-  rc = start_wait(&sa, &so, ref, timeout, opts->link, &pid, why);
+  int rc = start_wait(&sa, &so, timeout, opts->link, &pid, why);
   keel_hold_exits(false);
   if (rc == 0 && out) *out = pid;
   return rc;
 }
 
-static int start_wait(start_arg *sa, keel_spawn_opts *so, keel_ref_t ref, int64_t timeout,
-                      bool link, keel_pid_t *out, keel_gs_exit *why) {
+static int start_wait(start_arg *sa, keel_spawn_opts *so, int64_t timeout, bool link,
+                      keel_pid_t *out, keel_gs_exit *why) {
   keel_pid_t pid;
-  int rc = keel_spawn(server_main, sa, so, &pid);
-  if (rc) {
-    keel_await_cancel(ref);
-    return rc;
-  }
+  int rc = keel_spawn(server_main, sa, so, &pid); /* a failed spawn disarms the ref */
+  if (rc) return rc;
+  keel_ref_t ref = sa->ack;
   keel_msg_t *m = NULL;
   rc = keel_await(ref, &m, timeout);
   if (rc == KEEL_ETIMEDOUT) {

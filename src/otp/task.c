@@ -127,21 +127,17 @@ int keel_task_async(keel_task_fn fn, void *arg, keel_task_t *out) {
   if (!fn || !out) return KEEL_EINVAL;
   memset(out, 0, sizeof *out);
   if (!keel_self()) return KEEL_ENOTPROC;
-  keel_ref_t ref = keel_make_ref();
-  int rc = keel_await_ref(ref);
-  if (rc) return rc;
+  keel_ref_t ref;
   keel_spawn_opts so;
   keel_spawn_opts_init(&so);
   so.link = true;
   so.monitor = true;
-  so.monitor_with = ref;
+  so.await_monitor = true;
+  so.monitor_ref = &ref;
   so.name = "task";
   keel_pid_t pid;
-  rc = keel_spawn(task_linked_main, NULL, &so, &pid);
-  if (rc) {
-    keel_await_cancel(ref);
-    return rc;
-  }
+  int rc = keel_spawn(task_linked_main, NULL, &so, &pid);
+  if (rc) return rc;
   rc = send_job(pid, fn, arg, keel_self(), ref);
   if (rc) { /* no memory for the job: take the task down again */
     keel_unlink(pid);

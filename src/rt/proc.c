@@ -209,6 +209,7 @@ int keel_spawn(keel_proc_fn fn, void *arg, const keel_spawn_opts *opts, keel_pid
   }
   keel__proc *parent = keel__proc_self();
   if ((opts->link || opts->monitor) && !parent) return KEEL_ENOTPROC;
+  if (opts->await_monitor && !opts->monitor) return KEEL_EINVAL;
   if (opts->scheduler < 0 || opts->scheduler > keel__g.nsched || opts->hog_limit_ms < 0)
     return KEEL_EINVAL;
   keel__sched *s = keel__sched_self();
@@ -260,14 +261,17 @@ int keel_spawn(keel_proc_fn fn, void *arg, const keel_spawn_opts *opts, keel_pid
     err = keel__pidvec_add(&p->links, parent->pid);
     if (!err && (err = keel__pidvec_add(&parent->links, pid)) != 0) p->links.n = 0;
   }
+  keel_ref_t armed = 0; /* await_monitor's reference, disarmed if the spawn fails */
   if (!err && opts->monitor) {
     keel_ref_t ref = opts->monitor_with ? opts->monitor_with : keel_make_ref();
-    err = keel__monvec_add(&p->monitored_by, ref, parent->pid);
+    if (opts->await_monitor && (err = keel_await_ref(ref)) == 0) armed = ref;
+    if (!err) err = keel__monvec_add(&p->monitored_by, ref, parent->pid);
     if (!err && (err = keel__monvec_add(&parent->monitors, ref, pid)) != 0) p->monitored_by.n = 0;
     if (!err && opts->monitor_ref) *opts->monitor_ref = ref;
   }
   if (!err && opts->on_exit) err = keel__exit_hook_add(p, opts->on_exit, opts->on_exit_arg);
   if (err) {
+    if (armed) keel_await_cancel(armed);
     if (opts->link) keel__pidvec_del(&parent->links, pid);
     keel__stack_put(s, st);
     keel__slot_release(s, p);

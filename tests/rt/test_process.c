@@ -714,6 +714,50 @@ KT_CASE(crash_is_reported_but_normal_and_shutdown_are_not) {
   CHECK(strcmp(g_crash_name, "crasher") == 0);
 }
 
+/* await_monitor: the reference is armed before the child runs and is in
+ * the child's argument by then, so one keel_await gets the child's reply,
+ * or its DOWN when it dies first. */
+typedef struct await_arg {
+  keel_pid_t parent;
+  keel_ref_t ref;
+  bool die;
+} await_arg;
+
+static void await_child(void *arg) {
+  await_arg *a = arg;
+  if (a->die) keel_exit(KEEL_REASON_ERROR, "died first");
+  keel_reply(a->parent, a->ref, keel_msg_copy(0, "hi", 3));
+}
+
+static void no_report(const keel_report *r, void *ud) {
+  (void)r;
+  (void)ud;
+}
+
+KT_CASE(spawn_with_await_monitor_arms_the_ref_before_the_child_runs) {
+  keel_rt_set_report_handler(no_report, NULL); /* the crash is on purpose */
+  for (int die = 0; die < 2; die++) {
+    await_arg a = {.parent = keel_self(), .die = die};
+    keel_spawn_opts o = {.monitor = true,
+                         .await_monitor = true,
+                         .monitor_ref = &a.ref,
+                         .scheduler = KEEL_ON_SCHEDULER(1)};
+    keel_pid_t pid;
+    CHECK_OK(keel_spawn(await_child, &a, &o, &pid));
+    CHECK(a.ref != 0);
+    keel_msg_t *m = NULL;
+    CHECK_OK(keel_await(a.ref, &m, KT_LONG));
+    CHECK_EQ(keel_msg_kind_of(m), die ? KEEL_MSG_DOWN : KEEL_MSG_REPLY);
+    keel_msg_free(m);
+    keel_demonitor(a.ref);
+  }
+  /* without monitor it means nothing: refused */
+  keel_spawn_opts bad = {.await_monitor = true};
+  CHECK_EQ(keel_spawn(await_child, NULL, &bad, NULL), KEEL_EINVAL);
+  CHECK_EQ(keel_mailbox_len(), 0);
+  keel_rt_set_report_handler(NULL, NULL);
+}
+
 KT_MAIN(KT_ENTRY(spawn_runs_function_with_its_argument_and_self_matches_pid),
         KT_ENTRY(spawn_with_null_out_pid_still_runs),
         KT_ENTRY(spawn_with_large_stack_size_allows_deep_recursion),
@@ -743,4 +787,5 @@ KT_MAIN(KT_ENTRY(spawn_runs_function_with_its_argument_and_self_matches_pid),
         KT_ENTRY(floating_point_rounding_mode_is_kept_per_process_across_switches),
         KT_ENTRY_SCHED(exit_signal_can_be_sent_from_a_non_process_thread, 1),
         KT_ENTRY(on_exit_cleanups_run_in_reverse_order_even_when_killed),
-        KT_ENTRY(crash_is_reported_but_normal_and_shutdown_are_not))
+        KT_ENTRY(crash_is_reported_but_normal_and_shutdown_are_not),
+        KT_ENTRY_SCHED(spawn_with_await_monitor_arms_the_ref_before_the_child_runs, 2))
