@@ -80,9 +80,11 @@ typedef struct keel_job {
   char error_[256];
 } keel_job;
 
-/* A worker's answers besides 0 (completed) and a negative KEEL_E* (failed). */
-#define KEEL_JOB_SNOOZE 1 /* returned by keel_job_snooze */
-#define KEEL_JOB_CANCEL 2 /* the job is cancelled: never run again */
+/* A worker's answers besides 0 (completed) and a negative KEEL_E* (failed).
+ * Values no errno has, so that a worker's `return errno;` (a positive
+ * errno) is a failed attempt ("bad answer"), never a snooze or a cancel. */
+#define KEEL_JOB_SNOOZE 0x4b4a5301 /* returned by keel_job_snooze */
+#define KEEL_JOB_CANCEL 0x4b4a4302 /* the job is cancelled: never run again */
 
 /* Asks for the job to run again in ms (>= 0) without spending an attempt;
  * returns KEEL_JOB_SNOOZE, for `return keel_job_snooze(job, 60000);`. */
@@ -161,11 +163,15 @@ typedef struct keel_jobs_opts {
 
 /* Creates the tables if needed (keel_jobs, keel_jobs_instances,
  * keel_jobs_queues), writes the heartbeat and starts the runners under a
- * supervisor of their own (keel_jobs_pid). On SQLite, jobs left running by
- * an earlier instance are returned to available at once (one instance per
- * file). *out is the caller's: keel_jobs_stop frees it. Errors: KEEL_EINVAL
- * (no es, a bad name, a duplicate worker or queue), KEEL_ENOMEM, the store's
- * (KEEL_EIO, KEEL_ETIMEDOUT), KEEL_ENOTPROC. */
+ * supervisor of their own (keel_jobs_pid). On SQLite one instance runs a
+ * file's queues: it holds an flock on "<file>-jobs.lock" while its janitor
+ * lives, and returns the jobs an earlier instance left running to available
+ * at once (the lock proves that instance gone); instances without queues
+ * (that only enqueue) may be many and never rescue. *out is the caller's:
+ * keel_jobs_stop frees it. Errors: KEEL_EINVAL (no es, a bad name, a
+ * duplicate worker or queue, a negative or over-ten-years duration),
+ * KEEL_ESTATE (SQLite: another live instance runs queues on the file),
+ * KEEL_ENOMEM, the store's (KEEL_EIO, KEEL_ETIMEDOUT), KEEL_ENOTPROC. */
 int keel_jobs_start(const keel_jobs_opts *o, keel_jobs **out);
 
 /* Shutdown, after the HTTP server has drained: the runners stop fetching,

@@ -27,6 +27,7 @@
 #include "keel/health.h"
 #include "keel/log.h"
 #include "keel/message.h"
+#include "keel/process.h"
 
 typedef struct rescue {
   keel_jobs *j;
@@ -99,12 +100,17 @@ static int heartbeat(keel_jobs *j, int64_t at) {
 
 static int prune(keel_jobs *j, int64_t now) {
   if (j->o.retention_ms == KEEL_INFINITY) return 0;
-  char t[24];
+  char t[24], n[24];
   keel__jobs_i64(t, now - j->o.retention_ms);
+  keel__jobs_i64(n, now);
+  /* a finished job whose unique key still holds (unique_period longer than
+   * the retention) stays until its period ends: deleting it would let a
+   * duplicate in early */
   return exec1(j,
                "DELETE FROM keel_jobs WHERE state IN ('completed', 'discarded', 'cancelled') AND "
-               "finished_at < CAST($1 AS BIGINT)",
-               (const char *[]){t}, 1);
+               "finished_at < CAST($1 AS BIGINT) AND (unique_until IS NULL OR unique_until < "
+               "CAST($2 AS BIGINT))",
+               (const char *[]){t, n}, 2);
 }
 
 static void set_gauge(keel_metric_family *f, const char *queue, double v) {
@@ -144,8 +150,13 @@ static int gauges(keel_jobs *j, int64_t now) {
 int keel__jobs_janitor_round(keel_jobs *j) {
   int64_t now = keel__jobs_now(j);
   int rc = heartbeat(j, now);
+  /* PostgreSQL: instances silent for rescue_after_ms are lost. SQLite: the
+   * holder of the file's runner lock knows every other runner is gone, and
+   * nobody else rescues (an instance that only enqueues, or a second one
+   * refused the lock, must not take a live runner's jobs) */
   rescue r = {.j = j, .cutoff = keel__jobs_pg(j) ? now - j->o.rescue_after_ms : INT64_MAX};
-  if (rc == 0) rc = keel__es_transact_internal(j->es, rescue_fn, &r);
+  bool may_rescue = keel__jobs_pg(j) || j->lock_fd >= 0;
+  if (rc == 0 && may_rescue) rc = keel__es_transact_internal(j->es, rescue_fn, &r);
   if (rc == 0 && r.rescued)
     keel_log_warn(NULL, "jobs: rescued the jobs of lost instances", KEEL_INT("jobs", r.rescued));
   if (rc == 0) rc = keel__jobs_cron_round(j, now);
@@ -155,8 +166,16 @@ int keel__jobs_janitor_round(keel_jobs *j) {
   return rc;
 }
 
+static void janitor_gone(void *arg) {
+  keel__jobs_unlock(arg); /* the instance died with it, or stops: another may run the file */
+}
+
 void keel__jobs_janitor(void *arg) {
   keel_jobs *j = arg;
+  /* a restarted janitor takes the runner lock again; if another instance
+   * took it meanwhile, this one goes on without rescuing */
+  keel__jobs_lock(j);
+  keel_on_exit(janitor_gone, j);
   for (;;) {
     /* a round is short and bounded; dying inside it (the supervisor's
      * shutdown) would leave a read's result behind */

@@ -13,11 +13,15 @@
 #include <stdlib.h>
 #include <string.h>
 #include <unistd.h>
+#include <errno.h>
+#include <fcntl.h>
+#include <sys/file.h>
 
 #include "es/es_internal.h"
 #include "jobs/jobs_internal.h"
 #include "keel/error.h"
 #include "keel/gen_server.h"
+#include "keel/log.h"
 #include "keel/message.h"
 #include "keel/supervisor.h"
 
@@ -26,13 +30,23 @@ enum { DEFAULT_CONCURRENCY = 10, DEFAULT_BUDGET_MS = 5000, LIST_DEFAULT = 100, L
 static void on_remote(void *ud);
 
 static int64_t or_default(int64_t v, int64_t dflt) {
-  return v > 0 || v == KEEL_INFINITY ? v : dflt;
+  return v > 0 || v == KEEL_INFINITY ? v : dflt; /* check_opts allows INFINITY for retention only */
 }
 
 static int check_opts(const keel_jobs_opts *o) {
   if (!o || !o->es || (o->nworkers && !o->workers) || (o->nqueues && !o->queues))
     return KEEL_EINVAL;
   if (o->instance && !keel__jobs_name_ok(o->instance)) return KEEL_EINVAL;
+  /* durations: 0 is the default; only retention takes KEEL_INFINITY (keep
+   * forever). Negative periods divided by zero or rescued live instances;
+   * above ten years they overflow the additions to now. */
+  const int64_t ten_years = 10LL * 366 * 24 * 3600 * 1000;
+  const int64_t d[] = {o->poll_ms,    o->heartbeat_ms,   o->rescue_after_ms,
+                       o->backoff_ms, o->backoff_max_ms, o->stale_ms};
+  for (size_t i = 0; i < sizeof d / sizeof *d; i++)
+    if (d[i] < 0 || d[i] > ten_years) return KEEL_EINVAL;
+  if ((o->retention_ms < 0 && o->retention_ms != KEEL_INFINITY) || o->retention_ms > ten_years)
+    return KEEL_EINVAL;
   for (size_t i = 0; i < o->nworkers; i++) {
     if (!keel__jobs_name_ok(o->workers[i].name) || !o->workers[i].perform) return KEEL_EINVAL;
     for (size_t k = 0; k < i; k++)
@@ -128,8 +142,30 @@ static int start_tree(keel_jobs *j) {
   return rc;
 }
 
+int keel__jobs_lock(keel_jobs *j) {
+  if (j->lock_fd >= 0 || keel__jobs_pg(j) || j->es->memory || !j->o.nqueues) return 0;
+  char path[4096];
+  if (snprintf(path, sizeof path, "%s-jobs.lock", j->es->path) >= (int)sizeof path)
+    return KEEL_EINVAL;
+  int fd = open(path, O_RDWR | O_CREAT | O_CLOEXEC, 0600);
+  if (fd < 0) return KEEL_EIO;
+  if (flock(fd, LOCK_EX | LOCK_NB) != 0) {
+    int busy = errno == EWOULDBLOCK;
+    close(fd);
+    return busy ? KEEL_ESTATE : KEEL_EIO;
+  }
+  j->lock_fd = fd;
+  return 0;
+}
+
+void keel__jobs_unlock(keel_jobs *j) {
+  if (j->lock_fd >= 0) close(j->lock_fd);
+  j->lock_fd = -1;
+}
+
 static void free_jobs(keel_jobs *j) {
   if (!j) return;
+  keel__jobs_unlock(j);
   keel__jobs_cron_free(j);
   pthread_mutex_destroy(&j->mu);
   free(j->queues);
@@ -145,6 +181,7 @@ int keel_jobs_start(const keel_jobs_opts *o, keel_jobs **out) {
   if (!keel_self()) return KEEL_ENOTPROC;
   keel_jobs *j = calloc(1, sizeof *j);
   if (!j) return KEEL_ENOMEM;
+  j->lock_fd = -1;
   j->es = o->es;
   j->o = *o;
   j->o.poll_ms = or_default(o->poll_ms, 1000);
@@ -178,6 +215,12 @@ int keel_jobs_start(const keel_jobs_opts *o, keel_jobs **out) {
   atomic_init(&j->cron_busy, false);
   metrics(j);
   rc = keel__jobs_cron_init(j);
+  if (rc == 0) {
+    rc = keel__jobs_lock(j);
+    if (rc == KEEL_ESTATE)
+      keel_log_error(NULL, "jobs: another live instance runs queues on this SQLite file",
+                     KEEL_STR("lock", j->es->path));
+  }
   if (rc == 0) rc = keel__jobs_tables(j->es);
   /* the first round before any runner: the heartbeat, and on SQLite the
    * jobs an earlier instance left running */

@@ -49,7 +49,22 @@ struct keel_jobs {
   struct keel_cron **cron;
   int64_t *cron_last_s;
   atomic_bool cron_busy; /* a round's cron part runs at most once at a time */
+  /* SQLite: the flock on "<file>-jobs.lock" that makes this instance the
+   * file's one runner of queues (-1: not held). Taken at start, given up
+   * when the janitor dies (its exit hook), taken again by a restarted
+   * janitor. Only its holder rescues: holding it proves every other
+   * instance that ran queues on the file is gone. */
+  int lock_fd;
 };
+
+/* SQLite: takes the runner lock if this instance runs queues (0), or says
+ * why not: KEEL_ESTATE (another live instance holds it), KEEL_EIO. 0 and
+ * nothing taken on PostgreSQL, in memory, or without queues. */
+int keel__jobs_lock(keel_jobs *j);
+void keel__jobs_unlock(keel_jobs *j);
+
+/* The normal exit text of a job process that recorded its outcome. */
+#define JOBS_RECORDED "outcome recorded"
 
 /* Job states as stored. */
 #define JOBS_ST_AVAILABLE "available"

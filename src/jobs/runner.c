@@ -128,6 +128,7 @@ static void job_main(void *arg) {
   }
   rc = keel__jobs_record(j, &a->row, what, err, delay, j->instance);
   if (rc) keel_exitf("recording the outcome failed: %s", keel_err_name(rc));
+  keel_exit(KEEL_REASON_NORMAL, JOBS_RECORDED); /* settle tells it from a worker's own exit */
 }
 
 /* ---- slots -------------------------------------------------------------------------------- */
@@ -229,7 +230,12 @@ static void start(runner *rn, jobs_row *r) {
 /* A job process ended. */
 static void settle(runner *rn, slot *s, const keel_reason *why) {
   if (s->tref) keel_cancel_timer(s->tref);
-  if (why->kind != KEEL_REASON_NORMAL) {
+  if (why->kind == KEEL_REASON_NORMAL && (!why->text || strcmp(why->text, JOBS_RECORDED) != 0)) {
+    /* the worker ended its process itself (keel_exit): no outcome was
+     * recorded, and the row would stay running for as long as this
+     * instance lives. A failed attempt (fenced: nothing if one was) */
+    fail_now(rn, &s->row, "exited without recording an outcome");
+  } else if (why->kind != KEEL_REASON_NORMAL) {
     if (s->why == WHY_SHUTDOWN) {
       keel__jobs_record(rn->j, &s->row, JOBS_RETURNED, NULL, 0, rn->j->instance);
     } else if (s->why != WHY_CANCEL) {

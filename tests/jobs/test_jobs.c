@@ -26,7 +26,8 @@ static void advance(int64_t ms) {
 /* What the workers saw. */
 typedef struct seen {
   atomic_int runs, done, active, overlap, crashed_once, snoozed_once;
-  atomic_int hang; /* 1: the hanging worker hangs */
+  atomic_int hang;                /* 1: the hanging worker hangs */
+  _Atomic keel_pid_t hang_pid[4]; /* the hanging worker's processes, in order */
   atomic_int per_job[512];
   atomic_int active_job[512];
 } seen;
@@ -73,12 +74,28 @@ static int crash_once(keel_job *job, void *ud) {
 
 static int hanging(keel_job *job, void *ud) {
   (void)job, (void)ud;
-  atomic_fetch_add(&S.runs, 1);
+  int run = atomic_fetch_add(&S.runs, 1);
+  if (run >= 0 && run < 4) atomic_store(&S.hang_pid[run], keel_self());
   atomic_fetch_add(&S.active, 1);
   while (atomic_load(&S.hang))
     keel_sleep(5);
   atomic_fetch_sub(&S.active, 1);
   return 0;
+}
+
+/* Ends its own process without an answer on its first attempt. */
+static int exits(keel_job *job, void *ud) {
+  (void)ud;
+  atomic_fetch_add(&S.runs, 1);
+  if (job->attempt == 1) keel_exit(KEEL_REASON_NORMAL, NULL);
+  return 0;
+}
+
+/* Answers a positive errno, as C code often does. */
+static int errno_answer(keel_job *job, void *ud) {
+  (void)job, (void)ud;
+  atomic_fetch_add(&S.runs, 1);
+  return 1; /* EPERM: was KEEL_JOB_SNOOZE's value */
 }
 
 static int snoozer(keel_job *job, void *ud) {
@@ -96,6 +113,8 @@ static const keel_job_worker workers[] = {
     {.name = "hang", .perform = hanging, .timeout_ms = KEEL_INFINITY},
     {.name = "slow", .perform = hanging, .timeout_ms = 100, .backoff = no_backoff},
     {.name = "snooze", .perform = snoozer},
+    {.name = "exits", .perform = exits, .backoff = no_backoff},
+    {.name = "errno", .perform = errno_answer, .backoff = no_backoff},
 };
 static const keel_job_queue queues[] = {{.name = "default", .concurrency = 4},
                                         {.name = "other", .concurrency = 2}};
@@ -337,11 +356,39 @@ KT_CASE(a_hanging_worker_is_killed_at_its_timeout) {
   CHECK_STR(jstr(json_array_get(errs, 0), "error"), "timeout");
   json_decref(o);
   CHECK_EQ(atomic_load(&S.runs), 2);
-  /* the killed processes are gone: nothing still runs the worker */
-  for (int i = 0; i < 200 && atomic_load(&S.active); i++)
-    keel_sleep(5);
-  CHECK_EQ(atomic_load(&S.active), 2); /* killed in their loop, they never decremented */
+  /* the killed processes are gone: nothing still runs the worker (they
+   * died in their loop: S.active was never decremented) */
+  for (int r = 0; r < 2; r++) {
+    keel_pid_t pid = atomic_load(&S.hang_pid[r]);
+    CHECK(pid != 0);
+    for (int i = 0; i < 2000 && keel_is_alive(pid); i++) /* a liveness bound only */
+      keel_sleep(5);
+    CHECK(!keel_is_alive(pid));
+  }
+  CHECK_EQ(atomic_load(&S.active), 2);
   atomic_store(&S.hang, 0);
+  keel_jobs_stop(j, 1000);
+  kt_store_close(&st);
+}
+
+/* A worker that ends its own process (keel_exit, normal) recorded nothing:
+ * its attempt fails and the job runs again, instead of staying running for
+ * as long as the instance lives. A positive answer (an errno) is a failed
+ * attempt, never a snooze or a cancel. */
+KT_CASE(a_worker_that_exits_or_answers_an_errno_fails_its_attempt) {
+  reset();
+  kt_store st;
+  keel_es *es = kt_store_open(&st, NULL);
+  keel_jobs *j = start_jobs(es, "a");
+  int64_t id = enqueue(j, "exits", 3);
+  json_t *o = wait_job(j, id, "completed", 2);
+  CHECK_STR(jstr(json_array_get(json_object_get(o, "errors"), 0), "error"),
+            "exited without recording an outcome");
+  json_decref(o);
+  id = enqueue(j, "errno", 2);
+  o = wait_job(j, id, "discarded", 2);
+  CHECK_STR(jstr(json_array_get(json_object_get(o, "errors"), 0), "error"), "bad answer");
+  json_decref(o);
   keel_jobs_stop(j, 1000);
   kt_store_close(&st);
 }
@@ -610,6 +657,46 @@ KT_CASE(a_dead_instances_running_jobs_are_rescued_and_completed) {
   kt_store_close(&st);
 }
 
+/* SQLite: one instance runs the file's queues (a lock), and only it rescues.
+ * A second instance that only enqueues (a web process, a script) must not
+ * take the live runner's running job for lost; a second runner is refused. */
+KT_CASE(sqlite_a_second_instance_never_takes_a_live_runners_jobs) {
+  KT_SQLITE_ONLY();
+  reset();
+  atomic_store(&S.hang, 1);
+  kt_store st;
+  keel_es *es = kt_store_open(&st, NULL);
+  keel_jobs *a = start_jobs(es, "runner");
+  int64_t id = enqueue(a, "hang", 3);
+  json_decref(wait_job(a, id, "running", 1));
+  keel_es *es2 = NULL;
+  CHECK_OK(keel_es_open(&(keel_es_opts){.url = st.url}, &es2));
+  keel_jobs_opts eo = {.es = es2, .instance = "enqueuer", .now = clock_fn};
+  keel_jobs *b = NULL;
+  CHECK_OK(keel_jobs_start(&eo, &b));
+  CHECK_OK(keel_jobs_maintain(b));
+  json_t *o = NULL;
+  CHECK_OK(keel_jobs_get(b, id, &o));
+  CHECK_STR(jstr(o, "state"), "running"); /* not rescued: its runner lives */
+  CHECK_EQ(jint(o, "attempt"), 1);
+  json_decref(o);
+  /* a second runner of the same file is refused */
+  keel_jobs_opts ro = {.es = es2,
+                       .workers = workers,
+                       .nworkers = sizeof workers / sizeof workers[0],
+                       .queues = queues,
+                       .nqueues = 2,
+                       .instance = "second",
+                       .now = clock_fn};
+  keel_jobs *c = NULL;
+  CHECK_EQ(keel_jobs_start(&ro, &c), KEEL_ESTATE);
+  atomic_store(&S.hang, 0);
+  keel_jobs_stop(b, 100);
+  keel_jobs_stop(a, 100);
+  keel_es_close(es2);
+  kt_store_close(&st);
+}
+
 /* Two instances on one PostgreSQL (two keel_es in this process, each with
  * its own pool): every job runs exactly once, never on both at once. */
 KT_CASE(two_instances_never_run_a_job_twice) {
@@ -797,6 +884,8 @@ KT_MAIN(KT_ENTRY_SCHED(a_job_runs_once_and_its_completion_is_recorded, 2),
         KT_ENTRY_SCHED(shutdown_gives_running_jobs_the_budget_then_returns_the_cut_off_ones, 2),
         KT_ENTRY_SCHED(retention_prunes_finished_jobs_and_health_warns_of_a_stale_queue, 2),
         KT_ENTRY_SCHED(a_dead_instances_running_jobs_are_rescued_and_completed, 2),
+        KT_ENTRY_SCHED(sqlite_a_second_instance_never_takes_a_live_runners_jobs, 2),
+        KT_ENTRY_SCHED(a_worker_that_exits_or_answers_an_errno_fails_its_attempt, 2),
         KT_ENTRY_SCHED(two_instances_never_run_a_job_twice, 2),
         KT_ENTRY_SCHED(an_enqueue_wakes_another_instances_runner_at_once, 2),
         KT_ENTRY_SCHED(a_cron_slot_is_enqueued_once_across_instances, 2),
