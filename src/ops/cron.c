@@ -72,16 +72,6 @@ enum { HORIZON_S = 10 * 366 * 86400 };
 /* About +-30000 years: local seconds and day counts stay far from overflow. */
 static const int64_t LIMIT_S = INT64_C(30000) * 366 * 86400;
 
-static int fail(char *err, size_t errlen, const char *fmt, ...) {
-  if (err && errlen) {
-    va_list ap;
-    va_start(ap, fmt);
-    vsnprintf(err, errlen, fmt, ap);
-    va_end(ap);
-  }
-  return KEEL_EINVAL;
-}
-
 /* ---- parsing ---------------------------------------------------------------- */
 
 static bool is_digit(char c) {
@@ -107,7 +97,7 @@ static int parse_value(const char **sp, const char *end, int f, int *out, char *
       s++;
     }
     if (v < fd->lo || v > fd->hi)
-      return fail(err, errlen, "%s: %ld is out of range %d-%d", fd->name, v, fd->lo, fd->hi);
+      return keel__tz_fail(err, errlen, "%s: %ld is out of range %d-%d", fd->name, v, fd->lo, fd->hi);
     *out = (int)v;
     *sp = s;
     return 0;
@@ -116,13 +106,13 @@ static int parse_value(const char **sp, const char *end, int f, int *out, char *
   while (s < end && is_alpha(*s))
     s++;
   if (s == b) {
-    if (b == end) return fail(err, errlen, "%s: a value is missing", fd->name);
-    return fail(err, errlen, "%s: unexpected '%c'", fd->name, *b);
+    if (b == end) return keel__tz_fail(err, errlen, "%s: a value is missing", fd->name);
+    return keel__tz_fail(err, errlen, "%s: unexpected '%c'", fd->name, *b);
   }
   const char *const *names = f == F_MON ? month_names : f == F_DOW ? day_names : NULL;
   int nnames = f == F_MON ? 12 : 7;
   if (!names)
-    return fail(err, errlen, "%s: names are allowed only in month and day-of-week (\"%.*s\")",
+    return keel__tz_fail(err, errlen, "%s: names are allowed only in month and day-of-week (\"%.*s\")",
                 fd->name, (int)(s - b), b);
   if (s - b == 3)
     for (int i = 0; i < nnames; i++)
@@ -131,7 +121,7 @@ static int parse_value(const char **sp, const char *end, int f, int *out, char *
         *sp = s;
         return 0;
       }
-  return fail(err, errlen, "%s: unknown name \"%.*s\"", fd->name, (int)(s - b), b);
+  return keel__tz_fail(err, errlen, "%s: unknown name \"%.*s\"", fd->name, (int)(s - b), b);
 }
 
 /* One list item: '*', a, a-b, each optionally /step; a/step is a-max/step. */
@@ -139,7 +129,7 @@ static int parse_item(const char *s, const char *end, int f, uint64_t *bits, cha
                       size_t errlen) {
   const struct field *fd = &fields[f];
   int lo, hi, step = 1, rc;
-  if (s == end) return fail(err, errlen, "%s: empty list item", fd->name);
+  if (s == end) return keel__tz_fail(err, errlen, "%s: empty list item", fd->name);
   if (*s == '*') {
     lo = fd->lo, hi = fd->hi;
     s++;
@@ -149,7 +139,7 @@ static int parse_item(const char *s, const char *end, int f, uint64_t *bits, cha
     if (s < end && *s == '-') {
       s++;
       if ((rc = parse_value(&s, end, f, &hi, err, errlen))) return rc;
-      if (hi < lo) return fail(err, errlen, "%s: range %d-%d runs backwards", fd->name, lo, hi);
+      if (hi < lo) return keel__tz_fail(err, errlen, "%s: range %d-%d runs backwards", fd->name, lo, hi);
     } else if (s < end && *s == '/') {
       hi = fd->hi;
     }
@@ -162,13 +152,13 @@ static int parse_item(const char *s, const char *end, int f, uint64_t *bits, cha
       if (v < 100000) v = v * 10 + (*s - '0');
       s++;
     }
-    if (s == b) return fail(err, errlen, "%s: a step needs a number after '/'", fd->name);
+    if (s == b) return keel__tz_fail(err, errlen, "%s: a step needs a number after '/'", fd->name);
     if (v < 1 || v > fd->hi - fd->lo + 1)
-      return fail(err, errlen, "%s: step %ld is out of range 1-%d", fd->name, v,
+      return keel__tz_fail(err, errlen, "%s: step %ld is out of range 1-%d", fd->name, v,
                   fd->hi - fd->lo + 1);
     step = (int)v;
   }
-  if (s < end) return fail(err, errlen, "%s: unexpected '%c'", fd->name, *s);
+  if (s < end) return keel__tz_fail(err, errlen, "%s: unexpected '%c'", fd->name, *s);
   for (int v = lo; v <= hi; v += step)
     *bits |= UINT64_C(1) << v;
   return 0;
@@ -207,7 +197,7 @@ static int parse_fields(const char *expr, keel_cron *c, char *err, size_t errlen
     n++;
   }
   if (n != NFIELDS)
-    return fail(err, errlen,
+    return keel__tz_fail(err, errlen,
                 "expected 5 fields (minute hour day-of-month month day-of-week), got %d", n);
   uint64_t bits[NFIELDS];
   for (int f = 0; f < NFIELDS; f++) {
@@ -233,20 +223,20 @@ static int parse_expr(const char *expr, keel_cron *c, char *err, size_t errlen) 
   while (expr[n] && !is_space(expr[n]))
     n++;
   for (const char *s = expr + n; *s; s++)
-    if (!is_space(*s)) return fail(err, errlen, "unexpected text after %.*s", (int)n, expr);
+    if (!is_space(*s)) return keel__tz_fail(err, errlen, "unexpected text after %.*s", (int)n, expr);
   for (size_t i = 0; i < sizeof macros / sizeof macros[0]; i++)
     if (strlen(macros[i].name) == n && strncasecmp(expr, macros[i].name, n) == 0)
       return parse_fields(macros[i].expr, c, err, errlen);
   if (n == 7 && strncasecmp(expr, "@reboot", 7) == 0)
-    return fail(err, errlen, "@reboot is not a time schedule");
-  return fail(err, errlen, "unknown macro \"%.*s\"", (int)n, expr);
+    return keel__tz_fail(err, errlen, "@reboot is not a time schedule");
+  return keel__tz_fail(err, errlen, "unknown macro \"%.*s\"", (int)n, expr);
 }
 
 int keel_cron_parse(const char *expr, const char *tz, keel_cron **out, char *err, size_t errlen) {
   if (err && errlen) err[0] = 0;
-  if (!out) return fail(err, errlen, "out is NULL");
+  if (!out) return keel__tz_fail(err, errlen, "out is NULL");
   *out = NULL;
-  if (!expr) return fail(err, errlen, "expression is NULL");
+  if (!expr) return keel__tz_fail(err, errlen, "expression is NULL");
   keel_cron *c = calloc(1, sizeof *c);
   if (!c) return KEEL_ENOMEM;
   int rc = parse_expr(expr, c, err, errlen);

@@ -50,7 +50,7 @@ struct keel__tz {
   tz_date start, end;       /* into and out of daylight time */
 };
 
-static int fail(char *err, size_t errlen, const char *fmt, ...) {
+int keel__tz_fail(char *err, size_t errlen, const char *fmt, ...) {
   if (err && errlen) {
     va_list ap;
     va_start(ap, fmt);
@@ -200,24 +200,24 @@ static size_t tzif_header(const unsigned char *p, tzif_counts *c, size_t tsize) 
 
 int keel__tz_parse(const unsigned char *buf, size_t len, keel__tz **out, char *err, size_t errlen) {
   *out = NULL;
-  if (len < 44 || memcmp(buf, "TZif", 4) != 0) return fail(err, errlen, "not a TZif file");
+  if (len < 44 || memcmp(buf, "TZif", 4) != 0) return keel__tz_fail(err, errlen, "not a TZif file");
   tzif_counts c;
   size_t v1 = tzif_header(buf, &c, 4);
-  if (v1 == SIZE_MAX || 44 + v1 > len) return fail(err, errlen, "truncated TZif file");
+  if (v1 == SIZE_MAX || 44 + v1 > len) return keel__tz_fail(err, errlen, "truncated TZif file");
   size_t tsize = 4, data = v1;
   const unsigned char *p = buf + 44, *end = buf + len;
   if (buf[4] >= '2') { /* skip the 32-bit block, use the 64-bit one */
     p += v1;
     if ((size_t)(end - p) < 44 || memcmp(p, "TZif", 4) != 0)
-      return fail(err, errlen, "bad second TZif header");
+      return keel__tz_fail(err, errlen, "bad second TZif header");
     data = tzif_header(p, &c, 8);
     p += 44;
     if (data == SIZE_MAX || data > (size_t)(end - p))
-      return fail(err, errlen, "truncated TZif file");
+      return keel__tz_fail(err, errlen, "truncated TZif file");
     tsize = 8;
   }
-  if (c.leap) return fail(err, errlen, "zones with leap seconds (right/) are not supported");
-  if (c.type == 0) return fail(err, errlen, "TZif file without time types");
+  if (c.leap) return keel__tz_fail(err, errlen, "zones with leap seconds (right/) are not supported");
+  if (c.type == 0) return keel__tz_fail(err, errlen, "TZif file without time types");
 
   keel__tz *z = calloc(1, sizeof *z);
   if (!z) return KEEL_ENOMEM;
@@ -238,7 +238,7 @@ int keel__tz_parse(const unsigned char *buf, size_t len, keel__tz **out, char *e
     if (idx[i] >= c.type || (i && z->trans[i] <= z->trans[i - 1]) ||
         z->trans[i] < -(INT64_C(1) << 60) || z->trans[i] > INT64_C(1) << 60) {
       keel__tz_free(z);
-      return fail(err, errlen, "bad TZif transition %u", i);
+      return keel__tz_fail(err, errlen, "bad TZif transition %u", i);
     }
     z->off[i] = (int32_t)be32(types + 6 * idx[i]);
   }
@@ -247,7 +247,7 @@ int keel__tz_parse(const unsigned char *buf, size_t len, keel__tz **out, char *e
     int32_t o = (int32_t)be32(types + 6 * i);
     if (o < -25 * 3600 || o > 26 * 3600) {
       keel__tz_free(z);
-      return fail(err, errlen, "TZif offset %d out of range", (int)o);
+      return keel__tz_fail(err, errlen, "TZif offset %d out of range", (int)o);
     }
   }
   if (tsize == 8) { /* the footer: "\n" POSIX-TZ "\n" */
@@ -256,13 +256,13 @@ int keel__tz_parse(const unsigned char *buf, size_t len, keel__tz **out, char *e
     const unsigned char *nl = p + 1 <= end ? memchr(p + 1, '\n', (size_t)(end - p - 1)) : NULL;
     if (p >= end || *p != '\n' || !nl || (size_t)(nl - p - 1) >= sizeof tzs) {
       keel__tz_free(z);
-      return fail(err, errlen, "bad TZif footer");
+      return keel__tz_fail(err, errlen, "bad TZif footer");
     }
     memcpy(tzs, p + 1, (size_t)(nl - p - 1));
     tzs[nl - p - 1] = 0;
     if (tzs[0] && !posix_tz(tzs, z)) {
       keel__tz_free(z);
-      return fail(err, errlen, "unsupported TZ rule \"%s\"", tzs);
+      return keel__tz_fail(err, errlen, "unsupported TZ rule \"%s\"", tzs);
     }
   }
   *out = z;
@@ -286,14 +286,14 @@ static bool valid_name(const char *name) {
 
 int keel__tz_load(const char *name, keel__tz **out, char *err, size_t errlen) {
   *out = NULL;
-  if (!valid_name(name)) return fail(err, errlen, "time zone \"%s\": not a zone name", name);
+  if (!valid_name(name)) return keel__tz_fail(err, errlen, "time zone \"%s\": not a zone name", name);
   const char *dir = getenv("TZDIR");
   if (!dir || !*dir) dir = "/usr/share/zoneinfo";
   char path[512];
   snprintf(path, sizeof path, "%s/%s", dir, name);
   FILE *f = fopen(path, "rb");
   if (!f)
-    return fail(err, errlen, "unknown time zone \"%s\" (%s: %s)", name, path, strerror(errno));
+    return keel__tz_fail(err, errlen, "unknown time zone \"%s\" (%s: %s)", name, path, strerror(errno));
   /* tzdata's largest file is a few kB; a zone file is never near 1 MB. */
   struct stat st;
   size_t cap = fstat(fileno(f), &st) == 0 && S_ISREG(st.st_mode) && st.st_size < (1 << 20)
@@ -309,11 +309,11 @@ int keel__tz_load(const char *name, keel__tz **out, char *err, size_t errlen) {
   fclose(f);
   int rc;
   if (bad) {
-    rc = fail(err, errlen, "unknown time zone \"%s\" (%s is not a zone file)", name, path);
+    rc = keel__tz_fail(err, errlen, "unknown time zone \"%s\" (%s is not a zone file)", name, path);
   } else {
     char why[160] = "";
     rc = keel__tz_parse(buf, len, out, why, sizeof why);
-    if (rc == KEEL_EINVAL) fail(err, errlen, "time zone \"%s\" (%s): %s", name, path, why);
+    if (rc == KEEL_EINVAL) keel__tz_fail(err, errlen, "time zone \"%s\" (%s): %s", name, path, why);
   }
   free(buf);
   return rc;

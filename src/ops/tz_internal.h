@@ -34,6 +34,11 @@ int keel__tz_parse(const unsigned char *buf, size_t len, keel__tz **out, char *e
 
 void keel__tz_free(keel__tz *z);
 
+/* Writes a printf-formatted message into err (when err and errlen) and
+ * returns KEEL_EINVAL: the parse errors of cron.c and tz.c. */
+int keel__tz_fail(char *err, size_t errlen, const char *fmt, ...)
+    __attribute__((format(printf, 3, 4)));
+
 /* The period containing instant u. z NULL is UTC: one endless period. */
 void keel__tz_period_at(const keel__tz *z, int64_t u, keel__tz_period *p);
 
