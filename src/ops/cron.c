@@ -97,7 +97,8 @@ static int parse_value(const char **sp, const char *end, int f, int *out, char *
       s++;
     }
     if (v < fd->lo || v > fd->hi)
-      return keel__tz_fail(err, errlen, "%s: %ld is out of range %d-%d", fd->name, v, fd->lo, fd->hi);
+      return keel__tz_fail(err, errlen, "%s: %ld is out of range %d-%d", fd->name, v, fd->lo,
+                           fd->hi);
     *out = (int)v;
     *sp = s;
     return 0;
@@ -112,8 +113,9 @@ static int parse_value(const char **sp, const char *end, int f, int *out, char *
   const char *const *names = f == F_MON ? month_names : f == F_DOW ? day_names : NULL;
   int nnames = f == F_MON ? 12 : 7;
   if (!names)
-    return keel__tz_fail(err, errlen, "%s: names are allowed only in month and day-of-week (\"%.*s\")",
-                fd->name, (int)(s - b), b);
+    return keel__tz_fail(err, errlen,
+                         "%s: names are allowed only in month and day-of-week (\"%.*s\")", fd->name,
+                         (int)(s - b), b);
   if (s - b == 3)
     for (int i = 0; i < nnames; i++)
       if (lower(b[0]) == names[i][0] && lower(b[1]) == names[i][1] && lower(b[2]) == names[i][2]) {
@@ -139,7 +141,8 @@ static int parse_item(const char *s, const char *end, int f, uint64_t *bits, cha
     if (s < end && *s == '-') {
       s++;
       if ((rc = parse_value(&s, end, f, &hi, err, errlen))) return rc;
-      if (hi < lo) return keel__tz_fail(err, errlen, "%s: range %d-%d runs backwards", fd->name, lo, hi);
+      if (hi < lo)
+        return keel__tz_fail(err, errlen, "%s: range %d-%d runs backwards", fd->name, lo, hi);
     } else if (s < end && *s == '/') {
       hi = fd->hi;
     }
@@ -155,7 +158,7 @@ static int parse_item(const char *s, const char *end, int f, uint64_t *bits, cha
     if (s == b) return keel__tz_fail(err, errlen, "%s: a step needs a number after '/'", fd->name);
     if (v < 1 || v > fd->hi - fd->lo + 1)
       return keel__tz_fail(err, errlen, "%s: step %ld is out of range 1-%d", fd->name, v,
-                  fd->hi - fd->lo + 1);
+                           fd->hi - fd->lo + 1);
     step = (int)v;
   }
   if (s < end) return keel__tz_fail(err, errlen, "%s: unexpected '%c'", fd->name, *s);
@@ -197,8 +200,8 @@ static int parse_fields(const char *expr, keel_cron *c, char *err, size_t errlen
     n++;
   }
   if (n != NFIELDS)
-    return keel__tz_fail(err, errlen,
-                "expected 5 fields (minute hour day-of-month month day-of-week), got %d", n);
+    return keel__tz_fail(
+        err, errlen, "expected 5 fields (minute hour day-of-month month day-of-week), got %d", n);
   uint64_t bits[NFIELDS];
   for (int f = 0; f < NFIELDS; f++) {
     int rc = parse_field(tok[f][0], tok[f][1], f, &bits[f], err, errlen);
@@ -223,7 +226,8 @@ static int parse_expr(const char *expr, keel_cron *c, char *err, size_t errlen) 
   while (expr[n] && !is_space(expr[n]))
     n++;
   for (const char *s = expr + n; *s; s++)
-    if (!is_space(*s)) return keel__tz_fail(err, errlen, "unexpected text after %.*s", (int)n, expr);
+    if (!is_space(*s))
+      return keel__tz_fail(err, errlen, "unexpected text after %.*s", (int)n, expr);
   for (size_t i = 0; i < sizeof macros / sizeof macros[0]; i++)
     if (strlen(macros[i].name) == n && strncasecmp(expr, macros[i].name, n) == 0)
       return parse_fields(macros[i].expr, c, err, errlen);

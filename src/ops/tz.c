@@ -216,7 +216,8 @@ int keel__tz_parse(const unsigned char *buf, size_t len, keel__tz **out, char *e
       return keel__tz_fail(err, errlen, "truncated TZif file");
     tsize = 8;
   }
-  if (c.leap) return keel__tz_fail(err, errlen, "zones with leap seconds (right/) are not supported");
+  if (c.leap)
+    return keel__tz_fail(err, errlen, "zones with leap seconds (right/) are not supported");
   if (c.type == 0) return keel__tz_fail(err, errlen, "TZif file without time types");
 
   keel__tz *z = calloc(1, sizeof *z);
@@ -286,14 +287,16 @@ static bool valid_name(const char *name) {
 
 int keel__tz_load(const char *name, keel__tz **out, char *err, size_t errlen) {
   *out = NULL;
-  if (!valid_name(name)) return keel__tz_fail(err, errlen, "time zone \"%s\": not a zone name", name);
+  if (!valid_name(name))
+    return keel__tz_fail(err, errlen, "time zone \"%s\": not a zone name", name);
   const char *dir = getenv("TZDIR");
   if (!dir || !*dir) dir = "/usr/share/zoneinfo";
   char path[512];
   snprintf(path, sizeof path, "%s/%s", dir, name);
   FILE *f = fopen(path, "rb");
   if (!f)
-    return keel__tz_fail(err, errlen, "unknown time zone \"%s\" (%s: %s)", name, path, strerror(errno));
+    return keel__tz_fail(err, errlen, "unknown time zone \"%s\" (%s: %s)", name, path,
+                         strerror(errno));
   /* tzdata's largest file is a few kB; a zone file is never near 1 MB. */
   struct stat st;
   size_t cap = fstat(fileno(f), &st) == 0 && S_ISREG(st.st_mode) && st.st_size < (1 << 20)
