@@ -327,14 +327,13 @@ static void run_group(keel_es *es, es_pggm **batch, size_t nb) {
   es_sbuf rows = {0};
   size_t npass = 0;
   es_pgconn *c = NULL;
-  int rc = gs ? keel__es_pg_acquire(es, &c) : KEEL_ENOMEM;
+  int rc = gs ? keel__es_pg_acquire_begin(es, &c, "starting an append (group)") : KEEL_ENOMEM;
   if (rc == 0) {
     const char **names = malloc(ns * sizeof *names);
     for (size_t i = 0; names && i < ns; i++)
       names[i] = gs[i].name;
     int64_t pos = 0;
-    rc = names ? keel__es_pg_query(pg, c, "starting an append (group)", "BEGIN", -1, NULL, NULL)
-               : KEEL_ENOMEM;
+    rc = names ? 0 : KEEL_ENOMEM;
     if (rc == 0) rc = keel__es_pg_turns_and_reserve(pg, c, names, ns, events, &pos);
     free(names);
     if (rc == 0) rc = lock_streams(pg, c, gs, ns);
