@@ -442,12 +442,15 @@ int keel__es_pg_acquire(keel_es *es, es_pgconn **out);
 /* pg_pool.c: puts c back (a broken one, or one left inside a transaction,
  * is closed and its place given to the next waiter). */
 void keel__es_pg_release(keel_es *es, es_pgconn *c);
-/* keel__es_pg_acquire, then BEGIN on it. A connection found dead at BEGIN
- * (the server ended its backend after the pool's idle check, before the
- * news reached the socket: pg_terminate_backend, a failover) has done
- * nothing yet: it is dropped and one more is taken, once. The BEGIN's
- * failure is logged as any statement's. Errors: acquire's, the query's. */
-int keel__es_pg_acquire_begin(keel_es *es, es_pgconn **out, const char *what);
+/* keel__es_pg_acquire, then `begin` on it (NULL: "BEGIN"; a text that
+ * starts a transaction and sets it up, e.g. "BEGIN; SELECT set_config(...)",
+ * and does nothing else). A connection found dead there (the server ended
+ * its backend after the pool's idle check, before the news reached the
+ * socket: pg_terminate_backend, a failover) has done nothing yet: it is
+ * dropped and one more is taken, once. Every transaction keel opens on a
+ * pooled connection starts here. The failure is logged as any statement's.
+ * Errors: acquire's, the query's. */
+int keel__es_pg_acquire_begin(keel_es *es, es_pgconn **out, const char *what, const char *begin);
 /* pg_schema.c: creates or migrates the schema (under an advisory lock). */
 int keel__es_pg_migrate(es_pg *pg, es_pgconn *c, int *version);
 
