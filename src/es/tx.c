@@ -144,9 +144,9 @@ static bool is_tx_control(const char *sql) {
       break;
     }
   }
-  static const char *const words[] = {"BEGIN",   "COMMIT", "ROLLBACK", "SAVEPOINT",
-                                      "RELEASE", "END",    "START",    "ABORT",
-                                      "PREPARE", "VACUUM", "ATTACH",   "DETACH"};
+  static const char *const words[] = {"BEGIN",   "COMMIT",  "ROLLBACK", "SAVEPOINT", "RELEASE",
+                                      "END",     "START",   "ABORT",    "PREPARE",   "VACUUM",
+                                      "ATTACH",  "DETACH"};
   size_t n = 0;
   while (isalpha((unsigned char)p[n]))
     n++;
@@ -416,7 +416,8 @@ static int pg_exec(keel_es *es, keel_es_tx *tx, es_pgconn *c, const char *sql,
   if (rc) {
     /* syntax errors and undefined names (class 42), and parameters that do
      * not match the statement (08P01 at bind), are the caller's */
-    if (rc == KEEL_EIO && (strncmp(c->sqlstate, "42", 2) == 0 || strcmp(c->sqlstate, "08P01") == 0))
+    if (rc == KEEL_EIO &&
+        (strncmp(c->sqlstate, "42", 2) == 0 || strcmp(c->sqlstate, "08P01") == 0))
       rc = KEEL_EINVAL;
     set_error(tx, rc, c->errmsg[0] ? c->errmsg : "the connection failed");
     return rc;
@@ -464,10 +465,9 @@ int keel_es_tx_lock(keel_es_tx *tx, const char *key) {
   if (tx->failed) return KEEL_ESTATE;
   if (tx->db) return 0;
   /* 1801808237: the service's keys (the store's own migrations use 1801808235) */
-  return pg_exec(
-      tx->es, tx, tx->pc,
-      "SELECT pg_advisory_xact_lock(1801808237, hashtext(current_schema() || '/' || $1))",
-      (const char *[]){key}, 1, NULL);
+  return pg_exec(tx->es, tx, tx->pc,
+                 "SELECT pg_advisory_xact_lock(1801808237, hashtext(current_schema() || '/' || $1))",
+                 (const char *[]){key}, 1, NULL);
 }
 
 const char *keel_es_tx_error(const keel_es_tx *tx) {

@@ -75,8 +75,8 @@ KT_CASE(statements_bind_by_number_and_results_come_back_as_text) {
   CHECK_EQ(a.changed, 1);
 
   keel_es_rows rows;
-  CHECK_OK(keel_es_query(es, "SELECT id, status, total, note FROM orders_view ORDER BY id", NULL, 0,
-                         &rows));
+  CHECK_OK(keel_es_query(es, "SELECT id, status, total, note FROM orders_view ORDER BY id",
+                         NULL, 0, &rows));
   CHECK_EQ(rows.nrows, 2);
   CHECK_EQ(rows.ncols, 4);
   CHECK_STR(rows.names[0], "id");
@@ -208,9 +208,10 @@ KT_CASE(appends_and_rows_commit_together_or_not_at_all) {
   json_t *p = json_object();
   keel_es_event_in ev[2] = {{.id = EV1, .type = "Placed", .payload = p},
                             {.id = EV2, .type = "Mailed", .payload = p}};
-  keel_es_append_req req[2] = {
-      {.stream = "order-1", .expected = KEEL_ES_NO_STREAM, .events = ev, .n = 1},
-      {.stream = "mail-1", .expected = KEEL_ES_ANY, .events = ev + 1, .n = 1}};
+  keel_es_append_req req[2] = {{.stream = "order-1", .expected = KEEL_ES_NO_STREAM, .events = ev,
+                                .n = 1},
+                               {.stream = "mail-1", .expected = KEEL_ES_ANY, .events = ev + 1,
+                                .n = 1}};
   keel_es_append_result res[2];
   size_t failed = 99;
 
@@ -271,8 +272,8 @@ typedef struct bumper {
 static int bump(keel_es_tx *tx, void *arg) {
   (void)arg;
   keel_es_rows rows;
-  int rc =
-      keel_es_tx_exec(tx, "UPDATE counter SET n = n + 1 WHERE k = 1 RETURNING n", NULL, 0, &rows);
+  int rc = keel_es_tx_exec(tx, "UPDATE counter SET n = n + 1 WHERE k = 1 RETURNING n", NULL, 0,
+                           &rows);
   if (rc == 0 && (rows.changed != 1 || rows.nrows != 1)) rc = -1000;
   keel_es_rows_free(&rows);
   return rc;
@@ -313,8 +314,8 @@ KT_CASE(many_processes_transacting_at_once_lose_no_update) {
   for (int i = 0; i < N; i++)
     CHECK_EQ(b[i].failures, 0);
   keel_es_rows rows;
-  CHECK_OK(
-      keel_es_query(es, "SELECT n FROM counter WHERE k = $1", (const char *[]){"1"}, 1, &rows));
+  CHECK_OK(keel_es_query(es, "SELECT n FROM counter WHERE k = $1", (const char *[]){"1"}, 1,
+                         &rows));
   CHECK_STR(keel_es_rows_get(&rows, 0, 0), "320"); /* N * COUNT */
   keel_es_rows_free(&rows);
   int64_t head;
