@@ -126,6 +126,14 @@ struct keel_es {
   bool stopping;
   sqlite3 *wdb; /* the writer thread's only, after open */
   sqlite3_stmt *st_find_id, *st_stream, *st_insert, *st_upsert;
+  /* the group commit's transaction control, prepared once (writer.c) */
+  sqlite3_stmt *st_begin, *st_commit, *st_savepoint, *st_release, *st_rollback_to;
+  /* keel_es_tx_exec's statements, kept prepared (tx.c; writer thread only) */
+  struct es_stmt_cache *stc;
+  /* the transaction whose statement the writer prepares now, NULL for the
+   * writer's own: the authorizer installed on wdb for good reads it
+   * (writer thread only, like wdb) */
+  keel_es_tx *wtx;
 
   /* read connections, checked out per call (file stores only) */
   pthread_mutex_t rmu;
@@ -245,6 +253,12 @@ struct keel_es_tx {
  * Returns fn's answer, or the error that doomed the transaction. */
 bool keel__es_tx_wanted(const es_req *r, const keel_es_append_result *results);
 int keel__es_tx_run(keel_es *es, const es_req *r, sqlite3 *db, es_pgconn *pc);
+/* tx.c: installs the authorizer on the writer's connection, once, for its
+ * life: changing an authorizer expires every prepared statement of the
+ * connection, which would defeat the statement cache (0 or KEEL_EIO). */
+int keel__es_tx_authorizer(keel_es *es);
+/* tx.c: finalizes the cached statements (before wdb closes). */
+void keel__es_tx_cache_free(keel_es *es);
 /* append.c: keel_es_transact without appends, for keel's own tables (the
  * subscriptions' checkpoints and dead letters), which the service's
  * transactions may not write on SQLite. */
