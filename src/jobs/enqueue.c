@@ -171,7 +171,6 @@ int keel_jobs_enqueue_tx(keel_jobs *j, keel_es_tx *tx, const keel_job_new *n, in
      * writer's thread, where no span is current */
     keel_span sp;
     bool spanned = keel__jobs_span_send(&sp, tx->trace, e.queue, e.worker, e.traceparent);
-    if (!spanned) e.traceparent[0] = '\0';
     rc = insert(tx, &e);
     keel__jobs_span_sent(&sp, spanned, rc, e.id, e.duplicate);
     tx->internal = was;

@@ -193,7 +193,9 @@ static void start(runner *rn, jobs_row *r) {
     copy.args = strdup(r->args);
     copy.errors = strdup(r->errors);
     copy.tags = strdup(r->tags);
-    ok = copy.queue && copy.worker && copy.args && copy.errors && copy.tags;
+    copy.traceparent = r->traceparent ? strdup(r->traceparent) : NULL;
+    ok = copy.queue && copy.worker && copy.args && copy.errors && copy.tags &&
+         (copy.traceparent || !r->traceparent);
   }
   keel_pid_t pid = 0;
   if (ok) {

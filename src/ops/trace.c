@@ -141,12 +141,16 @@ static tslot *slot_need(void *v) {
   return t;
 }
 
-static void own(keel__towned *o, uint8_t kind) {
-  tslot *t = slot_need(keel_local_get(KEEL_LOCAL_TRACE));
-  if (t)
-    owned_link(t, o, kind);
-  else
+/* Links o into the calling process's list; returns the slot's value now
+ * (v, or the tagged tslot just made). */
+static void *own(void *v, keel__towned *o, uint8_t kind) {
+  tslot *t = slot_need(v);
+  if (!t) {
     o->next = o->prev = NULL;
+    return v;
+  }
+  owned_link(t, o, kind);
+  return (void *)((uintptr_t)t | 1u);
 }
 
 keel_span *keel_span_current(void) {
@@ -191,8 +195,7 @@ int keel_trace_ctx_push(const keel_span_ctx *ctx) {
     memcpy(p->ts, ctx->tracestate, tl);
     p->sp.ctx.tracestate = p->ts;
   }
-  own(&p->own, OWN_PUSHED);
-  void *v = keel_local_get(KEEL_LOCAL_TRACE); /* read after own: it may have made the tslot */
+  void *v = own(keel_local_get(KEEL_LOCAL_TRACE), &p->own, OWN_PUSHED);
   p->sp.prev = top_of(v);
   p->sp.current = true;
   p->sp.ended = true; /* nothing to end: it only stands for its context */
@@ -219,7 +222,7 @@ typedef struct heapspan {
 keel_span *keel__span_heap_new(void) {
   heapspan *h = calloc(1, sizeof *h);
   if (!h) return NULL;
-  own(&h->own, OWN_HEAPSPAN);
+  own(keel_local_get(KEEL_LOCAL_TRACE), &h->own, OWN_HEAPSPAN);
   return &h->sp;
 }
 
@@ -303,8 +306,7 @@ int keel_span_start(keel_span *sp, const char *name, keel_span_kind kind, const 
         keel__span_data_free(d);
         d = NULL;
       } else {
-        own(&d->own, OWN_RECORD);
-        slot = keel_local_get(KEEL_LOCAL_TRACE); /* own may have made the tslot */
+        slot = own(slot, &d->own, OWN_RECORD); /* it may make the tslot */
       }
     }
     if (!d) rc = KEEL_ENOMEM;

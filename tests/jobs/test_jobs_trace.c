@@ -53,7 +53,7 @@ static int64_t attr_i(const keel__span_data *d, const char *key) {
 }
 
 static bool child_of(const keel__span_data *d, const uint8_t parent[8]) {
-  return d->has_parent && memcmp(d->parent_id, parent, 8) == 0;
+  return d && d->has_parent && memcmp(d->parent_id, parent, 8) == 0;
 }
 
 /* ---- the worker ------------------------------------------------------------------------------ */
@@ -171,7 +171,7 @@ KT_CASE(a_traced_request_that_appends_and_enqueues_gives_spans_with_the_right_pa
     const keel__span_data *t = p_tx;
     p_tx = p_plain, p_plain = t;
   }
-  CHECK(child_of(p_tx, tx->span_id));
+  CHECK(p_tx && p_plain && child_of(p_tx, tx->span_id));
   CHECK(child_of(p_plain, req.ctx.span_id));
   for (int k = 0; k < 2; k++) {
     const keel__span_data *p = k ? p_plain : p_tx;
