@@ -292,7 +292,14 @@ int keel_span_start(keel_span *sp, const char *name, keel_span_kind kind, const 
   if (sampled && keel__trace_queue_on() && !(o && o->propagate_only)) { /* the one allocation */
     keel__span_data *d = keel__trace_record_alloc();
     if (d) {
-      memset(d, 0, offsetof(keel__span_data, name_buf));
+      /* field by field, not memset: a 150-byte memset became `rep stos`,
+       * whose start-up cost was half of this function's time (perf) */
+      d->name = d->status_msg = d->tracestate = NULL;
+      d->attrs = (keel__tattrs){0};
+      d->events = NULL;
+      d->nevents = d->evcap = d->dropped_events = 0;
+      d->status = KEEL_SPAN_UNSET;
+      d->end_ns = 0;
       memcpy(d->trace_id, sp->ctx.trace_id, 16);
       memcpy(d->span_id, sp->ctx.span_id, 8);
       memcpy(d->parent_id, sp->parent_id, 8);

@@ -41,6 +41,7 @@ typedef struct cell {
 
 typedef struct ring {
   size_t cap;
+  size_t mask; /* cap - 1 when cap is a power of two (the default 2048), else 0 */
   cell *cells;
   /* apart, so producers and the consumer do not share a cache line */
   _Alignas(64) _Atomic size_t tail; /* next position to fill */
@@ -70,10 +71,16 @@ bool keel__trace_queue_on(void) {
   return atomic_load_explicit(&g_on, memory_order_relaxed);
 }
 
+/* pos's cell. A power of two masks: a 64-bit division was in every push's
+ * profile. */
+static cell *cell_at(ring *r, size_t pos) {
+  return &r->cells[r->mask ? pos & r->mask : pos % r->cap];
+}
+
 static bool ring_put(ring *r, keel__span_data *d) {
   size_t pos = atomic_load_explicit(&r->tail, memory_order_relaxed);
   for (;;) {
-    cell *c = &r->cells[pos % r->cap];
+    cell *c = cell_at(r, pos);
     /* acquire: pairs with the consumer's release that freed the cell */
     size_t seq = atomic_load_explicit(&c->seq, memory_order_acquire);
     intptr_t dif = (intptr_t)seq - (intptr_t)pos;
@@ -96,7 +103,7 @@ static bool ring_put(ring *r, keel__span_data *d) {
 static keel__span_data *ring_get(ring *r) {
   size_t pos = atomic_load_explicit(&r->head, memory_order_relaxed);
   for (;;) {
-    cell *c = &r->cells[pos % r->cap];
+    cell *c = cell_at(r, pos);
     size_t seq = atomic_load_explicit(&c->seq, memory_order_acquire);
     intptr_t dif = (intptr_t)seq - (intptr_t)(pos + 1);
     if (dif == 0) {
@@ -111,6 +118,65 @@ static keel__span_data *ring_get(ring *r) {
       return NULL; /* empty */
     } else {
       pos = atomic_load_explicit(&r->head, memory_order_relaxed);
+    }
+  }
+}
+
+/* Up to max records at once with one compare-and-swap: the cells from the
+ * head that are full are claimed together by moving the head past them
+ * (none can be taken by another consumer without moving the head first, so
+ * a failed CAS means someone did: look again). The per-thread caches move
+ * records to and from the pool this way. */
+static size_t ring_get_many(ring *r, keel__span_data **out, size_t max) {
+  size_t pos = atomic_load_explicit(&r->head, memory_order_relaxed);
+  for (;;) {
+    size_t n = 0;
+    /* acquire: pairs with the producers' release of each cell */
+    while (n < max &&
+           atomic_load_explicit(&cell_at(r, pos + n)->seq, memory_order_acquire) == pos + n + 1)
+      n++;
+    if (n == 0) {
+      size_t now = atomic_load_explicit(&r->head, memory_order_relaxed);
+      if (now == pos) return 0; /* empty */
+      pos = now;
+      continue;
+    }
+    if (atomic_compare_exchange_weak_explicit(&r->head, &pos, pos + n, memory_order_relaxed,
+                                              memory_order_relaxed)) {
+      for (size_t i = 0; i < n; i++) {
+        cell *c = cell_at(r, pos + i);
+        out[i] = c->d;
+        /* release: as ring_get's */
+        atomic_store_explicit(&c->seq, pos + i + r->cap, memory_order_release);
+      }
+      return n;
+    }
+  }
+}
+
+/* Up to n records at once, the producers' side of ring_get_many: the free
+ * cells from the tail are claimed together. Returns how many it took. */
+static size_t ring_put_many(ring *r, keel__span_data *const *in, size_t n) {
+  size_t pos = atomic_load_explicit(&r->tail, memory_order_relaxed);
+  for (;;) {
+    size_t k = 0;
+    /* acquire: pairs with the consumers' release that freed each cell */
+    while (k < n && atomic_load_explicit(&cell_at(r, pos + k)->seq, memory_order_acquire) == pos + k)
+      k++;
+    if (k == 0) {
+      size_t now = atomic_load_explicit(&r->tail, memory_order_relaxed);
+      if (now == pos) return 0; /* full */
+      pos = now;
+      continue;
+    }
+    if (atomic_compare_exchange_weak_explicit(&r->tail, &pos, pos + k, memory_order_relaxed,
+                                              memory_order_relaxed)) {
+      for (size_t i = 0; i < k; i++) {
+        cell *c = cell_at(r, pos + i);
+        c->d = in[i];
+        atomic_store_explicit(&c->seq, pos + i + 1, memory_order_release);
+      }
+      return k;
     }
   }
 }
@@ -138,6 +204,7 @@ static ring *ring_new(size_t cap) {
     return NULL;
   }
   r->cap = cap;
+  r->mask = (cap & (cap - 1)) == 0 ? cap - 1 : 0;
   for (size_t i = 0; i < cap; i++)
     atomic_init(&r->cells[i].seq, i);
   return r;
@@ -201,26 +268,26 @@ static tcache *tc_get(void) {
   return c;
 }
 
-/* Moves up to want records from the pool into c (one users bracket). */
+/* Moves up to want records from the pool into c (one users bracket, one
+ * compare-and-swap). */
 static void tc_refill(tcache *c, int want) {
   atomic_fetch_add(&g_users, 1);
   ring *p = atomic_load(&g_on) ? atomic_load_explicit(&g_pool, memory_order_acquire) : NULL;
-  keel__span_data *d;
-  while (p && c->n < want && (d = ring_get(p)))
-    c->v[c->n++] = d;
+  if (p && want > c->n) c->n += (int)ring_get_many(p, c->v + c->n, (size_t)(want - c->n));
   atomic_fetch_sub(&g_users, 1);
 }
 
-/* Gives the older half of c to the pool (freeing what it cannot take). */
+/* Gives the older half of c to the pool, freeing what it has no room for. */
 static void tc_spill(tcache *c) {
-  int half = TCACHE / 2;
+  size_t half = TCACHE / 2, put = 0;
   atomic_fetch_add(&g_users, 1);
   ring *p = atomic_load(&g_on) ? atomic_load_explicit(&g_pool, memory_order_acquire) : NULL;
-  for (int i = 0; i < half; i++)
-    if (!p || !ring_put(p, c->v[i])) free(c->v[i]);
+  if (p) put = ring_put_many(p, c->v, half);
   atomic_fetch_sub(&g_users, 1);
-  memmove(c->v, c->v + half, (size_t)(c->n - half) * sizeof c->v[0]);
-  c->n -= half;
+  for (size_t i = put; i < half; i++)
+    free(c->v[i]);
+  memmove(c->v, c->v + half, (size_t)(c->n - (int)half) * sizeof c->v[0]);
+  c->n -= (int)half;
 }
 
 keel__span_data *keel__trace_record_alloc(void) {
