@@ -12,9 +12,9 @@
  * (keel_trace_ctx_push). The exporter's process is marked with a sentinel
  * span so that its own HTTP requests make no spans.
  *
- * Times are CLOCK_REALTIME nanoseconds, what OTLP wants; no monotonic pairing
- * (a step of the wall clock during a span shows in its duration, as in every
- * OpenTelemetry SDK).
+ * Times are CLOCK_REALTIME nanoseconds, what OTLP wants, read through
+ * trace_clock.c; no monotonic pairing (a step of the wall clock during a span
+ * shows in its duration, as in every OpenTelemetry SDK).
  */
 #include <stddef.h>
 #include <stdlib.h>
@@ -26,12 +26,6 @@
 
 /* The exporter's marker (keel__trace_suppress): never recorded, never ended. */
 static keel_span suppress_marker;
-
-uint64_t keel__trace_now_ns(void) {
-  struct timespec ts;
-  clock_gettime(CLOCK_REALTIME, &ts);
-  return (uint64_t)ts.tv_sec * 1000000000u + (uint64_t)ts.tv_nsec;
-}
 
 static void rand_nonzero(uint8_t *b, size_t n) {
   for (;;) {
@@ -341,6 +335,7 @@ void keel_span_end_at(keel_span *sp, uint64_t end_ns) {
   sp->data = NULL;
   owned_unlink(&d->own);
   d->end_ns = end_ns ? end_ns : keel__trace_now_ns();
+  if (d->end_ns < d->start_ns) d->end_ns = d->start_ns; /* two threads' clocks (trace_clock.c) */
   keel__trace_push(d);
 }
 

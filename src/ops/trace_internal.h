@@ -75,6 +75,7 @@ void keel__span_data_free(keel__span_data *d);
  * (after the hook ended its span as an error). NULL: no memory. */
 keel_span *keel__span_heap_new(void);
 void keel__span_heap_free(keel_span *sp);
+/* trace_clock.c: the wall clock in ns, cheaply (the TSC between anchors). */
 uint64_t keel__trace_now_ns(void);
 /* The current span's ids as hex for a log line; false when no span is current. */
 bool keel__trace_log_ids(char trace_hex[33], char span_hex[17]);

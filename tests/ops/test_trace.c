@@ -5,6 +5,7 @@
  * these cases see exactly what the exporter would send, without one.
  */
 #include <stdatomic.h>
+#include <time.h>
 #include <unistd.h>
 
 #include "keel/gen_server.h"
@@ -536,6 +537,38 @@ KT_CASE(a_gen_statem_started_with_trace_makes_a_span_per_call_as_a_gen_server_do
   keel_trace_stop();
 }
 
+/* Span times are the wall clock's (CLOCK_REALTIME ns), also once they come
+ * from the TSC between anchors (trace_clock.c): each start and end lies
+ * between clock_gettime readings taken around it, within 1 ms (an anchor's
+ * age times the rate's error is far less), and a span around a 5 ms sleep
+ * lasts at least about that. */
+static uint64_t wall_ns(void) {
+  struct timespec ts;
+  clock_gettime(CLOCK_REALTIME, &ts);
+  return (uint64_t)ts.tv_sec * 1000000000u + (uint64_t)ts.tv_nsec;
+}
+
+KT_CASE(span_times_are_wall_clock_nanoseconds) {
+  start_on(KEEL_SAMPLER_ALWAYS_ON);
+  const uint64_t slack = 1000000;
+  for (int i = 0; i < 12; i++) { /* past the 20 ms after which the TSC's rate is known */
+    uint64_t before = wall_ns();
+    keel_span s;
+    keel_span_start(&s, "timed", KEEL_SPAN_INTERNAL, NULL);
+    keel_sleep(5);
+    keel_span_end(&s);
+    uint64_t after = wall_ns();
+    size_t n;
+    keel__span_data **got = drain(&n);
+    CHECK_EQ(n, 1);
+    CHECK(got[0]->start_ns + slack >= before && got[0]->start_ns <= after + slack);
+    CHECK(got[0]->end_ns + slack >= before && got[0]->end_ns <= after + slack);
+    CHECK(got[0]->end_ns >= got[0]->start_ns + 5000000 - slack);
+    drain_free(got, n);
+  }
+  keel_trace_stop();
+}
+
 KT_CASE(log_lines_inside_a_span_carry_its_trace_and_span_ids) {
   char path[128];
   snprintf(path, sizeof path, "/tmp/keel_test_trace_%d.log", (int)getpid());
@@ -579,4 +612,5 @@ KT_MAIN(KT_ENTRY(traceparent_and_tracestate_parse_and_format_round_trip),
         KT_ENTRY(the_current_span_follows_calls_casts_and_tasks),
         KT_ENTRY(a_gen_statem_started_with_trace_makes_a_span_per_call_as_a_gen_server_does),
         KT_ENTRY(a_process_that_crashes_inside_a_traced_call_or_a_task_ends_its_spans_as_errors),
+        KT_ENTRY(span_times_are_wall_clock_nanoseconds),
         KT_ENTRY(log_lines_inside_a_span_carry_its_trace_and_span_ids))
