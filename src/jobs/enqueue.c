@@ -105,18 +105,17 @@ static int insert(keel_es_tx *tx, enc *e) {
   int rc = e->unique_key ? find_unique(tx, e) : 0;
   if (rc || e->duplicate) return rc;
   keel_es_rows rows = {0};
-  const char *params[] = {
-      e->queue,
-      e->worker,
-      e->args,
-      e->priority,
-      e->max_attempts,
-      e->run_at,
-      e->now,
-      e->tags,
-      e->unique_key,
-      e->has_until ? e->unique_until : NULL,
-      e->traceparent[0] ? e->traceparent : NULL};
+  const char *params[] = {e->queue,
+                          e->worker,
+                          e->args,
+                          e->priority,
+                          e->max_attempts,
+                          e->run_at,
+                          e->now,
+                          e->tags,
+                          e->unique_key,
+                          e->has_until ? e->unique_until : NULL,
+                          e->traceparent[0] ? e->traceparent : NULL};
   rc = keel_es_tx_exec(tx,
                        "INSERT INTO keel_jobs (queue, worker, args, state, priority, attempt, "
                        "max_attempts, run_at, inserted_at, errors, tags, unique_key, unique_until, "

@@ -28,8 +28,8 @@ static void common(keel_span *sp, const char *queue, const char *worker, const c
                    const char *op) {
   keel_span_set(sp, KEEL_STR("messaging.system", "keel_jobs"),
                 KEEL_STR("messaging.destination.name", queue),
-                KEEL_STR("messaging.operation.type", type), KEEL_STR("messaging.operation.name", op),
-                KEEL_STR("keel.job.worker", worker));
+                KEEL_STR("messaging.operation.type", type),
+                KEEL_STR("messaging.operation.name", op), KEEL_STR("keel.job.worker", worker));
 }
 
 static void message_id(keel_span *sp, int64_t id) {

@@ -48,8 +48,8 @@ static uint64_t realtime_ns(void) {
 
 #ifdef HAVE_TSC
 
-#define ANCHOR_NS      10000000u /* a thread's anchor lives 10 ms */
-#define CALIBRATE_NS   20000000u /* the rate is measured over 20 ms at least */
+#define ANCHOR_NS    10000000u /* a thread's anchor lives 10 ms */
+#define CALIBRATE_NS 20000000u /* the rate is measured over 20 ms at least */
 
 typedef struct anchor {
   uint64_t tsc, ns;

@@ -161,7 +161,8 @@ static size_t ring_put_many(ring *r, keel__span_data *const *in, size_t n) {
   for (;;) {
     size_t k = 0;
     /* acquire: pairs with the consumers' release that freed each cell */
-    while (k < n && atomic_load_explicit(&cell_at(r, pos + k)->seq, memory_order_acquire) == pos + k)
+    while (k < n &&
+           atomic_load_explicit(&cell_at(r, pos + k)->seq, memory_order_acquire) == pos + k)
       k++;
     if (k == 0) {
       size_t now = atomic_load_explicit(&r->tail, memory_order_relaxed);
