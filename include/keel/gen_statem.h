@@ -3,7 +3,9 @@
  * A gen_statem is a gen_server whose behaviour is a state machine, with
  * Erlang/OTP's gen_statem semantics. It is started, called, cast to and
  * stopped exactly as a gen_server is: keel_sm_start takes keel_gs_opts
- * (name, link, trap_exit, init_timeout, scheduler), and keel_gs_call,
+ * (name, link, trap_exit, init_timeout, scheduler, trace: a span for each
+ * call and cast, named "<name> call" or, unnamed, "gen_statem call", with
+ * the state callbacks' own spans as its children), and keel_gs_call,
  * keel_gs_cast, keel_gs_reply and keel_gs_stop work on it unchanged, with
  * their errors, their deferred replies and the callers' log context (a
  * postponed event is retried with its sender's). A supervisor starts one

@@ -159,13 +159,11 @@ static int submit(keel_es *es, es_req *r, keel_msg_t **out) {
   return 0;
 }
 
-/* The appends of reqs, then fn, in one transaction (fn NULL: a plain
- * append_multi, which needs at least one stream). */
-static int transact(keel_es *es, const keel_es_append_req *reqs, size_t nreqs,
-                    keel_es_append_result *results, size_t *failed, keel_es_tx_fn fn, void *arg,
-                    bool internal) {
-  if (failed) *failed = 0;
-  if (!es || (nreqs > 0 && (!reqs || !results)) || (nreqs == 0 && !fn)) return KEEL_EINVAL;
+/* transact's work: the request built, submitted and answered; sp is the
+ * call's span (NULL: none), the parent fn's enqueues take. */
+static int transact_run(keel_es *es, const keel_es_append_req *reqs, size_t nreqs,
+                        keel_es_append_result *results, size_t *failed, keel_es_tx_fn fn, void *arg,
+                        bool internal, const keel_span *sp) {
   if (nreqs) memset(results, 0, nreqs * sizeof *results);
   es_req *r = keel__es_req_new(ES_REQ_APPEND, NULL);
   if (!r || (nreqs && !(r->streams = calloc(nreqs, sizeof *r->streams)))) {
@@ -176,6 +174,9 @@ static int transact(keel_es *es, const keel_es_append_req *reqs, size_t nreqs,
   r->tx_fn = fn;
   r->tx_arg = arg;
   r->tx_internal = internal;
+  /* fn's parent span (keel_jobs_enqueue_tx): this call's, else the caller's */
+  const keel_span *cur = sp ? sp : keel_span_current();
+  if (cur) r->trace = cur->ctx;
   for (size_t i = 0; i < nreqs; i++) {
     int rc = encode_stream(es, reqs[i].stream, reqs[i].expected, reqs[i].events, reqs[i].n,
                            &r->streams[i]);
@@ -203,6 +204,26 @@ static int transact(keel_es *es, const keel_es_append_req *reqs, size_t nreqs,
     keel_msg_free(m);
   }
   if (held == 0) keel_hold_exits(false);
+  return rc;
+}
+
+/* The appends of reqs, then fn, in one transaction (fn NULL: a plain
+ * append_multi, which needs at least one stream), inside the call's span. */
+static int transact(keel_es *es, const keel_es_append_req *reqs, size_t nreqs,
+                    keel_es_append_result *results, size_t *failed, keel_es_tx_fn fn, void *arg,
+                    bool internal) {
+  if (failed) *failed = 0;
+  if (!es || (nreqs > 0 && (!reqs || !results)) || (nreqs == 0 && !fn)) return KEEL_EINVAL;
+  /* keel's own transactions (checkpoints, the jobs' statements) make no span
+   * here: the jobs make their own, and a checkpoint is not the user's work */
+  keel_span sp;
+  bool spanned = !internal && keel__es_span_begin(es, &sp, fn ? "transact" : "append",
+                                                  nreqs == 1 ? reqs[0].stream : NULL);
+  int rc = transact_run(es, reqs, nreqs, results, failed, fn, arg, internal, spanned ? &sp : NULL);
+  int64_t events = 0;
+  for (size_t i = 0; i < nreqs; i++)
+    events += (int64_t)reqs[i].n;
+  keel__es_span_end(&sp, spanned, rc, events);
   return rc;
 }
 

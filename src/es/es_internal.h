@@ -19,6 +19,7 @@
  *   pg_write.c   appends and stream management in one transaction per call
  *   pg_read.c    the reads, with the xid8 horizon of read_all
  *   pg_snapshot.c  snapshot save and load on PostgreSQL
+ *   es_trace.c   the spans of appends, reads and transactions (both backends)
  * and, for both, the notifications (appends waking waiting readers):
  *   notify.c     keel_es_wait, the list of waiting processes, their wake-up
  *   pg_listen.c  PostgreSQL: the LISTEN connection's thread, NOTIFY to other instances
@@ -33,6 +34,7 @@
 
 #include "keel/eventstore.h"
 #include "keel/message.h"
+#include "keel/trace.h"
 
 /* ---- the writer's requests ------------------------------------------------ */
 
@@ -84,6 +86,8 @@ typedef struct es_req {
   bool tx_internal; /* keel's own transaction: its tables may be written */
   double t0;        /* submission time (monotonic s), for the duration histogram */
   int64_t arg2;
+  keel_span_ctx trace; /* ES_REQ_APPEND: the caller's span (valid false: none), which
+                          keel_es_tx carries to fn (keel_jobs_enqueue_tx's parent) */
 } es_req;
 
 typedef struct es_reply {
@@ -245,7 +249,16 @@ struct keel_es_tx {
   bool internal; /* keel's own (keel__es_transact_internal): keel's tables allowed */
   int failed;    /* the first failed statement's error: the transaction is doomed */
   char err[256];
+  const keel_span_ctx *trace; /* the transaction's span, or NULL: fn may run on the SQLite
+                                 writer's thread, where no span is current */
 };
+
+/* es_trace.c: a span of kind client for operation op (on stream, may be
+ * NULL) when the calling process is inside a trace; false (sp untouched)
+ * otherwise. end ends it with rc and the number of events (-1: none said);
+ * on is what begin returned. */
+bool keel__es_span_begin(keel_es *es, keel_span *sp, const char *op, const char *stream);
+void keel__es_span_end(keel_span *sp, bool on, int rc, int64_t events);
 
 /* tx.c: whether r's fn runs after its appends (not when every append was a
  * duplicate: the transaction committed before), and running it. Both

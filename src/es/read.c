@@ -568,6 +568,16 @@ static int run(keel_es *es, read_call *c, keel_es_events *out) {
   return rc;
 }
 
+/* run inside a span (es_trace.c: only when the caller is inside a trace). */
+static int run_spanned(keel_es *es, read_call *c, keel_es_events *out, const char *op,
+                       const char *stream) {
+  keel_span sp;
+  bool on = keel__es_span_begin(es, &sp, op, stream);
+  int rc = run(es, c, out);
+  keel__es_span_end(&sp, on, rc, rc == 0 ? (int64_t)out->n : -1);
+  return rc;
+}
+
 int keel_es_read_stream(keel_es *es, const char *stream, const keel_es_read_opts *o,
                         keel_es_events *out) {
   if (out) memset(out, 0, sizeof *out);
@@ -577,7 +587,7 @@ int keel_es_read_stream(keel_es *es, const char *stream, const keel_es_read_opts
   if (c.ro.from < 0 || c.ro.to < 0) return KEEL_EINVAL;
   if (c.ro.limit > 100000) return KEEL_ERANGE;
   c.limit = c.ro.limit ? c.ro.limit : 1000;
-  return run(es, &c, out);
+  return run_spanned(es, &c, out, "read", stream);
 }
 
 int keel_es_read_all(keel_es *es, int64_t after, size_t limit, const keel_es_filter *f,
@@ -586,7 +596,7 @@ int keel_es_read_all(keel_es *es, int64_t after, size_t limit, const keel_es_fil
   if (!es || !out || after < 0) return KEEL_EINVAL;
   if (limit > 100000) return KEEL_ERANGE;
   read_call c = {.kind = R_ALL, .after = after, .limit = limit ? limit : 1000, .f = f};
-  return run(es, &c, out);
+  return run_spanned(es, &c, out, "read_all", NULL);
 }
 
 int keel_es_head(keel_es *es, int64_t *position) {

@@ -483,7 +483,11 @@ bool keel__es_tx_wanted(const es_req *r, const keel_es_append_result *results) {
 }
 
 int keel__es_tx_run(keel_es *es, const es_req *r, sqlite3 *db, es_pgconn *pc) {
-  keel_es_tx tx = {.es = es, .db = db, .pc = pc, .internal = r->tx_internal};
+  keel_es_tx tx = {.es = es,
+                   .db = db,
+                   .pc = pc,
+                   .internal = r->tx_internal,
+                   .trace = r->trace.valid ? &r->trace : NULL};
   int rc = r->tx_fn(&tx, r->tx_arg);
   return rc ? rc : tx.failed;
 }

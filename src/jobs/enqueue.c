@@ -33,6 +33,7 @@ typedef struct enc {
   bool has_until;
   int64_t id;
   bool duplicate;
+  char traceparent[56]; /* the producer span's ("": enqueued outside a trace) */
 } enc;
 
 static void enc_free(enc *e) {
@@ -104,16 +105,25 @@ static int insert(keel_es_tx *tx, enc *e) {
   int rc = e->unique_key ? find_unique(tx, e) : 0;
   if (rc || e->duplicate) return rc;
   keel_es_rows rows = {0};
-  const char *params[] = {
-      e->queue,  e->worker, e->args, e->priority,   e->max_attempts,
-      e->run_at, e->now,    e->tags, e->unique_key, e->has_until ? e->unique_until : NULL};
+  const char *params[] = {e->queue,
+                          e->worker,
+                          e->args,
+                          e->priority,
+                          e->max_attempts,
+                          e->run_at,
+                          e->now,
+                          e->tags,
+                          e->unique_key,
+                          e->has_until ? e->unique_until : NULL,
+                          e->traceparent[0] ? e->traceparent : NULL};
   rc = keel_es_tx_exec(tx,
                        "INSERT INTO keel_jobs (queue, worker, args, state, priority, attempt, "
-                       "max_attempts, run_at, inserted_at, errors, tags, unique_key, unique_until) "
+                       "max_attempts, run_at, inserted_at, errors, tags, unique_key, unique_until, "
+                       "traceparent) "
                        "VALUES ($1, $2, $3, 'available', CAST($4 AS INTEGER), 0, "
                        "CAST($5 AS INTEGER), CAST($6 AS BIGINT), CAST($7 AS BIGINT), '[]', $8, $9, "
-                       "CAST($10 AS BIGINT)) RETURNING id",
-                       params, 10, &rows);
+                       "CAST($10 AS BIGINT), $11) RETURNING id",
+                       params, 11, &rows);
   if (rc == 0) e->id = keel__jobs_atoi(keel_es_rows_get(&rows, 0, 0));
   keel_es_rows_free(&rows);
   return rc;
@@ -134,7 +144,10 @@ static void done(enc *e, int64_t *id, bool *duplicate) {
 int keel_jobs_enqueue(keel_jobs *j, const keel_job_new *n, int64_t *id, bool *duplicate) {
   enc e;
   int rc = encode(j, n, &e);
+  keel_span sp;
+  bool spanned = rc == 0 && keel__jobs_span_send(&sp, NULL, e.queue, e.worker, e.traceparent);
   if (rc == 0) rc = keel__es_transact_internal(j->es, insert_fn, &e);
+  keel__jobs_span_sent(&sp, spanned, rc, e.id, e.duplicate);
   if (rc == 0) {
     done(&e, id, duplicate);
     keel_jobs_notify(j, e.queue);
@@ -153,7 +166,12 @@ int keel_jobs_enqueue_tx(keel_jobs *j, keel_es_tx *tx, const keel_job_new *n, in
      * reads tx->internal at each statement's preparation */
     bool was = tx->internal;
     tx->internal = true;
+    /* the parent is the transaction's span: fn may run on the SQLite
+     * writer's thread, where no span is current */
+    keel_span sp;
+    bool spanned = keel__jobs_span_send(&sp, tx->trace, e.queue, e.worker, e.traceparent);
     rc = insert(tx, &e);
+    keel__jobs_span_sent(&sp, spanned, rc, e.id, e.duplicate);
     tx->internal = was;
   }
   if (rc == 0) done(&e, id, duplicate);

@@ -54,7 +54,7 @@ static int rescue_fn(keel_es_tx *tx, void *arg) {
   size_t n = 0;
   if (rc == 0) rc = keel__jobs_rows(&rows, &v, &n);
   for (size_t i = 0; i < n && rc == 0; i++) {
-    const char *inst = keel_es_rows_get(&rows, i, 11);
+    const char *inst = keel_es_rows_get(&rows, i, JOBS_ROW_NCOLS);
     rc = keel__jobs_record_tx(tx, j, &v[i], JOBS_FAILED, "instance lost",
                               keel__jobs_backoff(j, v[i].attempt), inst ? inst : "");
     r->rescued++;

@@ -13,6 +13,7 @@
  *              the gauges and the health check
  *   jobs.c     start and stop, the operators' calls (cancel, retry, pause, get, list)
  *   admin.c    the /admin/jobs routes
+ *   jobs_trace.c  the enqueue (producer) and perform (consumer) spans
  */
 #ifndef KEEL_JOBS_INTERNAL_H
 #define KEEL_JOBS_INTERNAL_H
@@ -23,6 +24,7 @@
 #include "keel/jobs.h"
 #include "keel/metrics.h"
 #include "keel/process.h"
+#include "keel/trace.h"
 
 /* One queue this instance runs. */
 typedef struct jobs_queue {
@@ -109,6 +111,7 @@ typedef struct jobs_row {
   int attempt, max_attempts, priority;
   int64_t inserted_at, run_at;
   char *queue, *worker, *args, *errors, *tags; /* malloc'd texts */
+  char *traceparent;                           /* malloc'd; NULL: enqueued outside a trace */
 } jobs_row;
 void keel__jobs_row_free(jobs_row *r);
 
@@ -138,15 +141,31 @@ int keel__jobs_cron_round(keel_jobs *j, int64_t now_ms);
 int64_t keel__jobs_cron_wait(keel_jobs *j, int64_t now_ms);
 void keel__jobs_cron_free(keel_jobs *j);
 
+/* jobs_trace.c: the producer span of an enqueue, a child of parent (NULL:
+ * the calling process's current span), only inside a trace (false, and
+ * traceparent "", otherwise); traceparent gets its context for the row.
+ * sent ends it (on: what send returned). perform starts the consumer span
+ * of a job's run (the job process's current span), a child of the row's
+ * traceparent; performed ends it with perform's answer. */
+bool keel__jobs_span_send(keel_span *sp, const keel_span_ctx *parent, const char *queue,
+                          const char *worker, char traceparent[56]);
+void keel__jobs_span_sent(keel_span *sp, bool on, int rc, int64_t id, bool duplicate);
+void keel__jobs_span_perform(keel_span *sp, const jobs_row *r);
+void keel__jobs_span_performed(keel_span *sp, int rc, const char *error);
+
 /* runner.c: the runner's entry point (arg: its jobs_queue). */
 void keel__jobs_runner(void *arg);
 /* janitor.c */
 void keel__jobs_janitor(void *arg);
 int keel__jobs_janitor_round(keel_jobs *j);
 /* The rows of a result as jobs_rows (columns: id, attempt, max_attempts,
- * priority, inserted_at, run_at, queue, worker, args, errors, tags). */
+ * priority, inserted_at, run_at, queue, worker, args, errors, tags,
+ * traceparent; JOBS_ROW_NCOLS of them, so a column selected after them is
+ * number JOBS_ROW_NCOLS). */
 #define JOBS_ROW_COLS                                                                              \
-  "id, attempt, max_attempts, priority, inserted_at, run_at, queue, worker, args, errors, tags"
+  "id, attempt, max_attempts, priority, inserted_at, run_at, queue, worker, args, errors, tags, "  \
+  "traceparent"
+#define JOBS_ROW_NCOLS 12
 int keel__jobs_rows(const keel_es_rows *rows, jobs_row **out, size_t *n);
 /* A row of keel_jobs as the public JSON object (SELECT JOBS_JSON_COLS). */
 #define JOBS_JSON_COLS                                                                             \

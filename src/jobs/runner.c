@@ -110,6 +110,8 @@ static void job_main(void *arg) {
                   .inserted_at_ms = a->row.inserted_at,
                   .scheduled_at_ms = a->row.run_at,
                   .jobs = j};
+  keel_span sp; /* current while the worker runs: its spans and log lines join the trace */
+  keel__jobs_span_perform(&sp, &a->row);
   double t0 = keel__es_now_s();
   int rc = a->w->perform(&job, a->w->ud);
   observe_duration(j, &a->row, keel__es_now_s() - t0);
@@ -126,6 +128,7 @@ static void job_main(void *arg) {
     err = job.error_[0] ? job.error_ : rc < 0 ? keel_err_name(rc) : "bad answer";
     delay = a->w->backoff ? a->w->backoff(&job, a->w->ud) : keel__jobs_backoff(j, job.attempt);
   }
+  keel__jobs_span_performed(&sp, rc, err);
   rc = keel__jobs_record(j, &a->row, what, err, delay, j->instance);
   if (rc) keel_exitf("recording the outcome failed: %s", keel_err_name(rc));
   keel_exit(KEEL_REASON_NORMAL, JOBS_RECORDED); /* settle tells it from a worker's own exit */
@@ -190,7 +193,9 @@ static void start(runner *rn, jobs_row *r) {
     copy.args = strdup(r->args);
     copy.errors = strdup(r->errors);
     copy.tags = strdup(r->tags);
-    ok = copy.queue && copy.worker && copy.args && copy.errors && copy.tags;
+    copy.traceparent = r->traceparent ? strdup(r->traceparent) : NULL;
+    ok = copy.queue && copy.worker && copy.args && copy.errors && copy.tags &&
+         (copy.traceparent || !r->traceparent);
   }
   keel_pid_t pid = 0;
   if (ok) {

@@ -32,7 +32,7 @@ static const char *const jobs_cols =
     "priority INTEGER NOT NULL, attempt INTEGER NOT NULL, max_attempts INTEGER NOT NULL, "
     "run_at BIGINT NOT NULL, inserted_at BIGINT NOT NULL, attempted_at BIGINT, "
     "finished_at BIGINT, instance TEXT, errors TEXT NOT NULL, tags TEXT NOT NULL, "
-    "unique_key TEXT, unique_until BIGINT)";
+    "unique_key TEXT, unique_until BIGINT, traceparent TEXT)";
 
 static const char *const schema_sql[] = {
     "CREATE INDEX IF NOT EXISTS keel_jobs_fetch ON keel_jobs (queue, priority, run_at, id) "
@@ -49,6 +49,27 @@ static const char *const schema_sql[] = {
     "paused INTEGER NOT NULL)",
 };
 
+/* Columns added after the first release, for tables made before them (the
+ * jobs' tables have no version of their own: each step finds out whether it
+ * is needed). traceparent: the enqueueing span (jobs_trace.c). SQLite
+ * keeps a table's CREATE text up to date through ADD COLUMN, so the text
+ * says whether the column is there; PostgreSQL has IF NOT EXISTS. */
+static int add_columns(keel_es_tx *tx, keel_es *es) {
+  if (keel_es_backend(es) == KEEL_ES_POSTGRESQL)
+    return keel_es_tx_exec(tx, "ALTER TABLE keel_jobs ADD COLUMN IF NOT EXISTS traceparent TEXT",
+                           NULL, 0, NULL);
+  keel_es_rows rows = {0};
+  int rc = keel_es_tx_exec(
+      tx, "SELECT sql FROM sqlite_master WHERE type = 'table' AND name = 'keel_jobs'", NULL, 0,
+      &rows);
+  const char *sql = rc == 0 && rows.nrows == 1 ? keel_es_rows_get(&rows, 0, 0) : NULL;
+  bool missing = sql && !strstr(sql, "traceparent");
+  keel_es_rows_free(&rows);
+  if (rc == 0 && missing)
+    rc = keel_es_tx_exec(tx, "ALTER TABLE keel_jobs ADD COLUMN traceparent TEXT", NULL, 0, NULL);
+  return rc;
+}
+
 static int create_tables(keel_es_tx *tx, void *arg) {
   keel_es *es = arg;
   int rc = keel_es_tx_lock(tx, "keel_jobs tables");
@@ -56,6 +77,7 @@ static int create_tables(keel_es_tx *tx, void *arg) {
   snprintf(sql, sizeof sql, "%s%s",
            keel_es_backend(es) == KEEL_ES_POSTGRESQL ? pg_jobs : sqlite_jobs, jobs_cols);
   if (rc == 0) rc = keel_es_tx_exec(tx, sql, NULL, 0, NULL);
+  if (rc == 0) rc = add_columns(tx, es);
   for (size_t i = 0; i < sizeof schema_sql / sizeof schema_sql[0] && rc == 0; i++)
     rc = keel_es_tx_exec(tx, schema_sql[i], NULL, 0, NULL);
   return rc;
@@ -111,6 +133,7 @@ void keel__jobs_row_free(jobs_row *r) {
   free(r->args);
   free(r->errors);
   free(r->tags);
+  free(r->traceparent);
   memset(r, 0, sizeof *r);
 }
 
@@ -137,6 +160,8 @@ int keel__jobs_rows(const keel_es_rows *rows, jobs_row **out, size_t *n) {
     r->args = dup_or(keel_es_rows_get(rows, i, 8), "{}");
     r->errors = dup_or(keel_es_rows_get(rows, i, 9), "[]");
     r->tags = dup_or(keel_es_rows_get(rows, i, 10), "[]");
+    const char *tp = keel_es_rows_get(rows, i, 11);
+    if (tp && *tp && !(r->traceparent = strdup(tp))) r->queue = NULL; /* out of memory, below */
     if (!r->queue || !r->worker || !r->args || !r->errors || !r->tags) {
       for (size_t k = 0; k <= i; k++)
         keel__jobs_row_free(&v[k]);

@@ -84,9 +84,12 @@ static void restore(void *pushed) {
   if (done & PUSHED_LOG) keel_log_context_pop();
 }
 
-/* opts.trace servers: one span per call or cast, a child of the caller's. */
+/* opts.trace servers: one span per call or cast, a child of the caller's.
+ * The span block is owned by the server's process (trace.c), so a callback
+ * that crashes leaves nothing behind: the exit hook ends the span as an
+ * error and frees the block. */
 static void *span_begin(const char *server, bool call) {
-  keel_span *sp = malloc(sizeof *sp);
+  keel_span *sp = keel__span_heap_new();
   if (!sp) return NULL;
   char name[96];
   snprintf(name, sizeof name, "%s %s", server, call ? "call" : "cast");
@@ -103,7 +106,7 @@ static void span_end(void *span, int rc) {
     keel_span_set_status(sp, KEEL_SPAN_ERROR, keel_strerror(rc));
   }
   keel_span_end(sp);
-  free(sp);
+  keel__span_heap_free(sp);
 }
 
 static const keel_gs_context_hooks hooks = {capture, install, restore};

@@ -12,9 +12,9 @@
  * (keel_trace_ctx_push). The exporter's process is marked with a sentinel
  * span so that its own HTTP requests make no spans.
  *
- * Times are CLOCK_REALTIME nanoseconds, what OTLP wants; no monotonic pairing
- * (a step of the wall clock during a span shows in its duration, as in every
- * OpenTelemetry SDK).
+ * Times are CLOCK_REALTIME nanoseconds, what OTLP wants, read through
+ * trace_clock.c; no monotonic pairing (a step of the wall clock during a span
+ * shows in its duration, as in every OpenTelemetry SDK).
  */
 #include <stddef.h>
 #include <stdlib.h>
@@ -26,12 +26,6 @@
 
 /* The exporter's marker (keel__trace_suppress): never recorded, never ended. */
 static keel_span suppress_marker;
-
-uint64_t keel__trace_now_ns(void) {
-  struct timespec ts;
-  clock_gettime(CLOCK_REALTIME, &ts);
-  return (uint64_t)ts.tv_sec * 1000000000u + (uint64_t)ts.tv_nsec;
-}
 
 static void rand_nonzero(uint8_t *b, size_t n) {
   for (;;) {
@@ -45,19 +39,127 @@ static void rand_nonzero(uint8_t *b, size_t n) {
   }
 }
 
-/* ---- the current span --------------------------------------------------------- */
+/* ---- the current span, and what a process owns ------------------------------- */
+
+/* KEEL_LOCAL_TRACE holds the current span itself while the process owns no
+ * heap object of tracing (so an unsampled span allocates nothing), or, with
+ * bit 0 set, its tslot: the current span and the list of what the process
+ * owns (records of open spans, pushed contexts, the gen_server hooks' span
+ * blocks). The tslot is made on the first owned object, with an exit hook
+ * like the log context's: a process that dies inside a traced callback, a
+ * task or its own span would otherwise leak them (the spans on its stack are
+ * gone with it, so only this list can find them). The hook ends each open
+ * span as an error, so the trace shows where the process died, and frees
+ * the rest. */
+enum { OWN_RECORD = 1, OWN_PUSHED, OWN_HEAPSPAN };
+
+typedef struct tslot {
+  keel_span *top;
+  keel__towned owned; /* sentinel of a circular list */
+} tslot;
+
+static tslot *as_slot(void *v) {
+  return ((uintptr_t)v & 1u) ? (tslot *)((uintptr_t)v & ~(uintptr_t)1) : NULL;
+}
+
+static keel_span *top_of(void *v) {
+  tslot *t = as_slot(v);
+  return t ? t->top : v;
+}
+
+/* v: the slot's value as read; outside a process the set fails harmlessly. */
+static void top_set(void *v, keel_span *sp) {
+  tslot *t = as_slot(v);
+  if (t)
+    t->top = sp;
+  else
+    keel_local_set(KEEL_LOCAL_TRACE, sp);
+}
+
+static void owned_link(tslot *t, keel__towned *o, uint8_t kind) {
+  o->kind = kind;
+  o->prev = &t->owned;
+  o->next = t->owned.next;
+  t->owned.next->prev = o;
+  t->owned.next = o;
+}
+
+static void owned_unlink(keel__towned *o) {
+  if (!o->next) return; /* not owned (made outside a process) */
+  o->prev->next = o->next;
+  o->next->prev = o->prev;
+  o->next = o->prev = NULL;
+}
+
+/* An open span's record when its process ended without ending it: ended
+ * now, as an error, and queued like any other. */
+static void end_abandoned(keel__span_data *d) {
+  d->end_ns = keel__trace_now_ns();
+  d->status = KEEL_SPAN_ERROR;
+  free(d->status_msg);
+  d->status_msg = strdup("the process ended before the span did");
+  keel__trace_push(d);
+}
+
+/* The exit hook: runs on the scheduler after the process's stack is gone,
+ * so it touches only the list, never a keel_span of the process's stack. */
+static void slot_exit(void *arg) {
+  tslot *t = arg;
+  keel__towned *o = t->owned.next;
+  while (o != &t->owned) {
+    keel__towned *next = o->next;
+    o->next = o->prev = NULL;
+    if (o->kind == OWN_RECORD)
+      end_abandoned((keel__span_data *)o); /* own is the record's first member */
+    else
+      free(o); /* pushed and heapspan start with their own */
+    o = next;
+  }
+  free(t);
+}
+
+/* The calling process's tslot, made (with its exit hook) on first need;
+ * NULL outside a process or without memory (the object is then not owned:
+ * it leaks only if the process dies before ending it, as before). */
+static tslot *slot_need(void *v) {
+  tslot *t = as_slot(v);
+  if (t || !keel_self()) return t;
+  if (!(t = malloc(sizeof *t))) return NULL;
+  t->top = v;
+  t->owned.prev = t->owned.next = &t->owned;
+  if (keel_on_exit(slot_exit, t) != 0) {
+    free(t);
+    return NULL;
+  }
+  keel_local_set(KEEL_LOCAL_TRACE, (void *)((uintptr_t)t | 1u));
+  return t;
+}
+
+/* Links o into the calling process's list; returns the slot's value now
+ * (v, or the tagged tslot just made). */
+static void *own(void *v, keel__towned *o, uint8_t kind) {
+  tslot *t = slot_need(v);
+  if (!t) {
+    o->next = o->prev = NULL;
+    return v;
+  }
+  owned_link(t, o, kind);
+  return (void *)((uintptr_t)t | 1u);
+}
 
 keel_span *keel_span_current(void) {
-  keel_span *s = keel_local_get(KEEL_LOCAL_TRACE);
+  keel_span *s = top_of(keel_local_get(KEEL_LOCAL_TRACE));
   return s == &suppress_marker ? NULL : s;
 }
 
 int keel__trace_suppress(void) {
-  return keel_local_set(KEEL_LOCAL_TRACE, &suppress_marker);
+  if (!keel_self()) return KEEL_ENOTPROC;
+  top_set(keel_local_get(KEEL_LOCAL_TRACE), &suppress_marker);
+  return 0;
 }
 
 bool keel__trace_suppressed(void) {
-  return keel_local_get(KEEL_LOCAL_TRACE) == &suppress_marker;
+  return top_of(keel_local_get(KEEL_LOCAL_TRACE)) == &suppress_marker;
 }
 
 bool keel__trace_log_ids(char trace_hex[33], char span_hex[17]) {
@@ -70,6 +172,7 @@ bool keel__trace_log_ids(char trace_hex[33], char span_hex[17]) {
 
 /* A pushed context: the span keeps a copy of the tracestate after it. */
 typedef struct pushed {
+  keel__towned own; /* first: the exit hook frees the block through it */
   keel_span sp;
   char ts[];
 } pushed;
@@ -86,18 +189,42 @@ int keel_trace_ctx_push(const keel_span_ctx *ctx) {
     memcpy(p->ts, ctx->tracestate, tl);
     p->sp.ctx.tracestate = p->ts;
   }
-  p->sp.prev = keel_local_get(KEEL_LOCAL_TRACE);
+  void *v = own(keel_local_get(KEEL_LOCAL_TRACE), &p->own, OWN_PUSHED);
+  p->sp.prev = top_of(v);
   p->sp.current = true;
   p->sp.ended = true; /* nothing to end: it only stands for its context */
-  keel_local_set(KEEL_LOCAL_TRACE, &p->sp);
+  top_set(v, &p->sp);
   return 0;
 }
 
 void keel_trace_ctx_pop(void) {
-  keel_span *s = keel_local_get(KEEL_LOCAL_TRACE);
+  void *v = keel_local_get(KEEL_LOCAL_TRACE);
+  keel_span *s = top_of(v);
   if (!s || s == &suppress_marker) return;
-  keel_local_set(KEEL_LOCAL_TRACE, s->prev);
-  free((pushed *)s); /* sp is pushed's first member */
+  top_set(v, s->prev);
+  pushed *p = (pushed *)((char *)s - offsetof(pushed, sp));
+  owned_unlink(&p->own);
+  free(p);
+}
+
+/* A span block for the gen_server hooks (log_calls.c). */
+typedef struct heapspan {
+  keel__towned own; /* first, as pushed's */
+  keel_span sp;
+} heapspan;
+
+keel_span *keel__span_heap_new(void) {
+  heapspan *h = calloc(1, sizeof *h);
+  if (!h) return NULL;
+  own(keel_local_get(KEEL_LOCAL_TRACE), &h->own, OWN_HEAPSPAN);
+  return &h->sp;
+}
+
+void keel__span_heap_free(keel_span *sp) {
+  if (!sp) return;
+  heapspan *h = (heapspan *)((char *)sp - offsetof(heapspan, sp));
+  owned_unlink(&h->own);
+  free(h);
 }
 
 /* ---- span data -------------------------------------------------------------------- */
@@ -136,7 +263,8 @@ static int set_name(keel__span_data *d, const char *name) {
 
 int keel_span_start(keel_span *sp, const char *name, keel_span_kind kind, const keel_span_opts *o) {
   const keel_span_ctx *parent = o ? o->parent : NULL;
-  keel_span *cur = keel_local_get(KEEL_LOCAL_TRACE);
+  void *slot = keel_local_get(KEEL_LOCAL_TRACE);
+  keel_span *cur = top_of(slot);
   bool suppressed = cur == &suppress_marker;
   if (!parent && !(o && o->root) && cur && !suppressed) parent = &cur->ctx;
   if (parent && !parent->valid) parent = NULL;
@@ -158,7 +286,14 @@ int keel_span_start(keel_span *sp, const char *name, keel_span_kind kind, const 
   if (sampled && keel__trace_queue_on() && !(o && o->propagate_only)) { /* the one allocation */
     keel__span_data *d = keel__trace_record_alloc();
     if (d) {
-      memset(d, 0, offsetof(keel__span_data, name_buf));
+      /* field by field, not memset: a 150-byte memset became `rep stos`,
+       * whose start-up cost was half of this function's time (perf) */
+      d->name = d->status_msg = d->tracestate = NULL;
+      d->attrs = (keel__tattrs){0};
+      d->events = NULL;
+      d->nevents = d->evcap = d->dropped_events = 0;
+      d->status = KEEL_SPAN_UNSET;
+      d->end_ns = 0;
       memcpy(d->trace_id, sp->ctx.trace_id, 16);
       memcpy(d->span_id, sp->ctx.span_id, 8);
       memcpy(d->parent_id, sp->parent_id, 8);
@@ -171,6 +306,8 @@ int keel_span_start(keel_span *sp, const char *name, keel_span_kind kind, const 
           (sp->ctx.tracestate && !(d->tracestate = strdup(sp->ctx.tracestate)))) {
         keel__span_data_free(d);
         d = NULL;
+      } else {
+        slot = own(slot, &d->own, OWN_RECORD); /* it may make the tslot */
       }
     }
     if (!d) rc = KEEL_ENOMEM;
@@ -179,7 +316,7 @@ int keel_span_start(keel_span *sp, const char *name, keel_span_kind kind, const 
   if (!(o && o->no_current) && keel_self() && !suppressed) {
     sp->prev = cur;
     sp->current = true;
-    keel_local_set(KEEL_LOCAL_TRACE, sp);
+    top_set(slot, sp);
   }
   return rc;
 }
@@ -190,13 +327,15 @@ void keel_span_end_at(keel_span *sp, uint64_t end_ns) {
   if (sp->current) {
     /* end in reverse order of start; if an inner span was left open, the
      * chain is cut back to before this one all the same */
-    keel_local_set(KEEL_LOCAL_TRACE, sp->prev);
+    top_set(keel_local_get(KEEL_LOCAL_TRACE), sp->prev);
     sp->current = false;
   }
   keel__span_data *d = sp->data;
   if (!d) return;
   sp->data = NULL;
+  owned_unlink(&d->own);
   d->end_ns = end_ns ? end_ns : keel__trace_now_ns();
+  if (d->end_ns < d->start_ns) d->end_ns = d->start_ns; /* two threads' clocks (trace_clock.c) */
   keel__trace_push(d);
 }
 

@@ -39,7 +39,18 @@ typedef struct keel__tevent {
   keel__tattrs attrs;
 } keel__tevent;
 
+/* A heap object a process owns while it runs (trace.c): the record of a
+ * span it started and has not ended, a context it pushed and has not popped,
+ * a span block of the gen_server hooks. A circular list per process with a
+ * sentinel, so unlinking needs no owner; the process's exit hook ends or
+ * frees what is still linked when it dies. */
+typedef struct keel__towned {
+  struct keel__towned *prev, *next; /* NULL: not owned */
+  uint8_t kind;                     /* trace.c's OWN_* */
+} keel__towned;
+
 struct keel_span_data {
+  keel__towned own; /* linked while a process owns the open span; first member */
   uint8_t trace_id[16], span_id[8], parent_id[8];
   uint8_t flags, kind, status;
   bool has_parent, parent_remote;
@@ -59,6 +70,12 @@ typedef struct keel_span_data keel__span_data;
 
 /* trace.c */
 void keel__span_data_free(keel__span_data *d);
+/* A keel_span on the heap that the calling process owns: freed with
+ * keel__span_heap_free, or by the process's exit hook if it dies first
+ * (after the hook ended its span as an error). NULL: no memory. */
+keel_span *keel__span_heap_new(void);
+void keel__span_heap_free(keel_span *sp);
+/* trace_clock.c: the wall clock in ns, cheaply (the TSC between anchors). */
 uint64_t keel__trace_now_ns(void);
 /* The current span's ids as hex for a log line; false when no span is current. */
 bool keel__trace_log_ids(char trace_hex[33], char span_hex[17]);

@@ -75,6 +75,7 @@ typedef struct gs_server {
   char stop_text[256];
   bool trace;          /* opts.trace: a span around each call and cast */
   char trace_name[64]; /* the span's server name */
+  bool named;          /* registered: trace_name is its name */
 } gs_server;
 
 static const keel_gs_context_hooks *_Atomic ctx_hooks;
@@ -150,6 +151,13 @@ int keel__gs_continue(int (*fn)(void *state)) {
   gs_server *sv = keel_local_get(KEEL_LOCAL_GEN_SERVER);
   if (!sv || !sv->in_init) return KEEL_ESTATE;
   sv->cont = fn;
+  return 0;
+}
+
+int keel__gs_trace_kind(const char *kind) {
+  gs_server *sv = keel_local_get(KEEL_LOCAL_GEN_SERVER);
+  if (!sv || !sv->in_init || !kind) return KEEL_ESTATE;
+  if (!sv->named) snprintf(sv->trace_name, sizeof sv->trace_name, "%s", kind);
   return 0;
 }
 
@@ -238,6 +246,7 @@ static void server_main(void *p) {
   sv->parent = sa->linked ? starter : 0;
   sv->trace = sa->trace;
   snprintf(sv->trace_name, sizeof sv->trace_name, "%s", sa->name ? sa->name : "gen_server");
+  sv->named = sa->name != NULL;
   keel_local_set(KEEL_LOCAL_GEN_SERVER, sv);
 
   if (sa->name) {

@@ -611,6 +611,7 @@ static int sm_init(void *arg, void **state) {
     return keel_gs_stopping(KEEL_REASON_ERROR, "gen_statem: initial state %d has no handler",
                             sm->state);
   keel__gs_continue(sm_continue);
+  keel__gs_trace_kind("gen_statem"); /* an unnamed machine's spans (opts.trace) */
   *state = sm;
   return 0;
 }

@@ -21,6 +21,12 @@
  * init). */
 int keel__gs_continue(int (*fn)(void *state));
 
+/* Called from a gen_server's init: the name an unregistered server's spans
+ * take (opts.trace; default "gen_server"), so that a gen_statem's say
+ * "gen_statem call". A registered server's spans keep its name.
+ * Errors: KEEL_ESTATE (not in a gen_server's init). */
+int keel__gs_trace_kind(const char *kind);
+
 /* Attaches the calling process's context (the hooks' capture) to m, which
  * may move: use the returned message. Tasks carry their caller's this way. */
 keel_msg_t *keel__gs_with_context(keel_msg_t *m);
