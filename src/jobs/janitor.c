@@ -76,7 +76,8 @@ static int rescue_fn(keel_es_tx *tx, void *arg) {
   for (size_t i = 0; i < n && rc == 0; i++) {
     const char *inst = keel_es_rows_get(&rows, i, 11);
     bool stuck = keel__jobs_atoi(keel_es_rows_get(&rows, i, 12)) == 1;
-    rc = keel__jobs_record_tx(tx, j, &v[i], JOBS_FAILED, stuck ? JOBS_DEADLINE_ERROR : JOBS_LOST_ERROR,
+    rc = keel__jobs_record_tx(tx, j, &v[i], JOBS_FAILED,
+                              stuck ? JOBS_DEADLINE_ERROR : JOBS_LOST_ERROR,
                               keel__jobs_backoff(j, v[i].attempt), inst ? inst : "");
     if (stuck)
       r->stuck++;
@@ -120,8 +121,8 @@ static int measure_db_clock(keel_jobs *j) {
   if (!keel__jobs_pg(j)) return 0;
   keel_es_rows rows = {0};
   int64_t t0 = keel__es_unix_ms();
-  int rc = keel_es_query(j->es, "SELECT CAST(EXTRACT(EPOCH FROM clock_timestamp()) * 1000 AS BIGINT)",
-                         NULL, 0, &rows);
+  int rc = keel_es_query(
+      j->es, "SELECT CAST(EXTRACT(EPOCH FROM clock_timestamp()) * 1000 AS BIGINT)", NULL, 0, &rows);
   int64_t t1 = keel__es_unix_ms();
   if (rc == 0 && rows.nrows == 1) {
     int64_t db = keel__jobs_atoi(keel_es_rows_get(&rows, 0, 0));
@@ -257,8 +258,7 @@ int keel__jobs_janitor_round(keel_jobs *j, bool periodic) {
   int64_t now = keel__jobs_now(j);
   int first = measure_db_clock(j);
   int rc = heartbeat(j);
-  if (rc)
-    keel_log_warn(NULL, "jobs: the heartbeat failed", KEEL_STR("error", keel_err_name(rc)));
+  if (rc) keel_log_warn(NULL, "jobs: the heartbeat failed", KEEL_STR("error", keel_err_name(rc)));
   if (!first) first = rc;
   /* PostgreSQL: instances silent for rescue_after_ms (on the database's
    * clock) are lost. SQLite: the holder of the file's runner lock knows
@@ -266,9 +266,8 @@ int keel__jobs_janitor_round(keel_jobs *j, bool periodic) {
    * only enqueues, or a second one refused the lock, must not take a live
    * runner's jobs); attempts past their deadline are taken back on both */
   int64_t dbnow = keel__jobs_db_now(j);
-  rescue r = {.j = j,
-              .cutoff = keel__jobs_pg(j) ? dbnow - j->o.rescue_after_ms : INT64_MAX,
-              .now = dbnow};
+  rescue r = {
+      .j = j, .cutoff = keel__jobs_pg(j) ? dbnow - j->o.rescue_after_ms : INT64_MAX, .now = dbnow};
   bool may_rescue = keel__jobs_pg(j) || j->lock_fd >= 0;
   if (may_rescue && step_due(j, JOBS_STEP_RESCUE, periodic)) {
     rc = step_done(j, JOBS_STEP_RESCUE, keel__es_transact_internal(j->es, rescue_fn, &r));

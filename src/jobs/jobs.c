@@ -326,8 +326,9 @@ void keel_jobs_stop(keel_jobs *j, int64_t budget_ms) {
   if (left == 0)
     keel__es_transact_internal(j->es, forget_fn, j); /* a clean exit: nothing to rescue */
   else
-    keel_log_warn(NULL, "jobs: stopped with jobs that may still run; the heartbeat row stays for "
-                        "the rescuers",
+    keel_log_warn(NULL,
+                  "jobs: stopped with jobs that may still run; the heartbeat row stays for "
+                  "the rescuers",
                   KEEL_STR("instance", j->instance), KEEL_INT("jobs", left));
   keel__jobs_unref(j); /* a job process left running holds j until it ends */
 }

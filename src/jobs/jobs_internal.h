@@ -67,8 +67,8 @@ struct keel_jobs {
    * rescuers; on SQLite the runner lock stays until they are gone. */
   atomic_int abandoned;
   atomic_bool drained; /* keel_jobs_drain ran (keel_jobs_stop's first half) */
-  bool on_service;   /* registered as a keel_service drain phase */
-  char *fetch_sql;   /* the runners' claim (keel__jobs_fetch_sql) */
+  bool on_service;     /* registered as a keel_service drain phase */
+  char *fetch_sql;     /* the runners' claim (keel__jobs_fetch_sql) */
   /* the janitor's steps (janitor.c), under mu: consecutive failures and
    * the periodic round before which a failed step is not tried again */
   int step_fails[4];

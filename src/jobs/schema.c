@@ -60,8 +60,9 @@ static int add_deadline(keel_es_tx *tx, keel_es *es) {
     return keel_es_tx_exec(tx, "ALTER TABLE keel_jobs ADD COLUMN IF NOT EXISTS deadline_at BIGINT",
                            NULL, 0, NULL);
   keel_es_rows rows = {0};
-  int rc = keel_es_tx_exec(tx, "SELECT sql FROM sqlite_master WHERE type = 'table' AND name = "
-                               "'keel_jobs'",
+  int rc = keel_es_tx_exec(tx,
+                           "SELECT sql FROM sqlite_master WHERE type = 'table' AND name = "
+                           "'keel_jobs'",
                            NULL, 0, &rows);
   const char *ddl = rc == 0 && rows.nrows == 1 ? keel_es_rows_get(&rows, 0, 0) : NULL;
   bool has = ddl && strstr(ddl, "deadline_at") != NULL;

@@ -1032,7 +1032,7 @@ KT_CASE(a_stop_that_overruns_its_budget_leaves_a_live_job_to_the_rescuers) {
   int64_t id = enqueue(a, "holds", 3);
   json_decref(wait_job(a, id, "running", 1));
   wait_until(&S.active, 1);
-  keel_jobs_stop(a, 200); /* the budget, then the kill, which it holds off */
+  keel_jobs_stop(a, 200);              /* the budget, then the kill, which it holds off */
   CHECK_EQ(atomic_load(&S.active), 1); /* it still runs */
   keel_es_rows rows;
   CHECK_OK(keel_es_query(es, "SELECT instance FROM keel_jobs_instances", NULL, 0, &rows));
@@ -1041,8 +1041,8 @@ KT_CASE(a_stop_that_overruns_its_budget_leaves_a_live_job_to_the_rescuers) {
   keel_es_rows_free(&rows);
   json_t *o = NULL;
   keel_jobs *enq = NULL; /* an enqueue-only instance, to read */
-  CHECK_OK(keel_jobs_start(&(keel_jobs_opts){.es = es, .now = clock_fn, .instance = "reader"},
-                           &enq));
+  CHECK_OK(
+      keel_jobs_start(&(keel_jobs_opts){.es = es, .now = clock_fn, .instance = "reader"}, &enq));
   CHECK_OK(keel_jobs_get(enq, id, &o));
   CHECK_STR(jstr(o, "state"), "running");
   CHECK_STR(jstr(o, "instance"), "a");
@@ -1198,8 +1198,8 @@ KT_CASE(heartbeats_are_on_the_databases_clock) {
   int64_t id = enqueue(a, "hang", 3);
   json_decref(wait_job(a, id, "running", 1));
   keel_jobs *b = NULL;
-  CHECK_OK(keel_jobs_start(&(keel_jobs_opts){.es = es2, .instance = "now", .rescue_after_ms = 30000},
-                           &b));
+  CHECK_OK(keel_jobs_start(
+      &(keel_jobs_opts){.es = es2, .instance = "now", .rescue_after_ms = 30000}, &b));
   CHECK_OK(keel_jobs_maintain(b));
   json_t *o = NULL;
   CHECK_OK(keel_jobs_get(b, id, &o));
@@ -1268,8 +1268,8 @@ KT_CASE(janitor_steps_are_independent_batched_and_back_off) {
            "'[]', '[]' FROM n",
            (const char *[]){fin}, 1);
   CHECK_EQ(count_jobs(j, "default"), (size_t)1000); /* the list's cap: at least that many */
-  advance(3600001); /* past retention, and past a cron slot */
-  CHECK_EQ(keel_jobs_maintain(j), KEEL_EINVAL); /* the cron step's failure */
+  advance(3600001);                                 /* past retention, and past a cron slot */
+  CHECK_EQ(keel_jobs_maintain(j), KEEL_EINVAL);     /* the cron step's failure */
   keel_es_rows rows;
   CHECK_OK(keel_es_query(es, "SELECT COUNT(*) FROM keel_jobs", NULL, 0, &rows));
   CHECK_STR(keel_es_rows_get(&rows, 0, 0), "0"); /* pruned all the same, every batch */
