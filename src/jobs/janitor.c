@@ -318,8 +318,14 @@ void keel__jobs_janitor(void *arg) {
     keel_hold_exits(true);
     keel__jobs_janitor_round(j, true); /* each failed step is logged */
     keel_hold_exits(false);
-    /* until the next heartbeat, or the next cron slot if sooner */
-    int64_t wait = keel__jobs_cron_wait(j, keel__jobs_now(j));
+    /* until the next heartbeat, or the next cron slot if sooner; a slot
+     * that failed to enqueue is due at once, so while the cron step fails
+     * the heartbeat paces it (a tight loop against a database that is down
+     * otherwise) */
+    pthread_mutex_lock(&j->mu);
+    bool cron_failing = j->step_fails[JOBS_STEP_CRON] > 0;
+    pthread_mutex_unlock(&j->mu);
+    int64_t wait = cron_failing ? j->o.heartbeat_ms : keel__jobs_cron_wait(j, keel__jobs_now(j));
     if (wait > j->o.heartbeat_ms) wait = j->o.heartbeat_ms;
     keel_msg_t *m = NULL;
     if (keel_receive(&m, wait > 0 ? wait : KEEL_NOWAIT) == 0) keel_msg_free(m);
