@@ -973,6 +973,7 @@ KT_CASE(an_attempt_past_its_deadline_goes_back_on_a_live_instance) {
     advance(30101);
   }
   CHECK_OK(keel_jobs_maintain(j)); /* the instance lives and beats */
+  advance(1000);                   /* the failed attempt's backoff (at most 1000) */
   keel_jobs_notify(j, NULL);
   o = wait_job(j, id, "completed", 2);
   CHECK_STR(jstr(json_array_get(json_object_get(o, "errors"), 0), "error"),
