@@ -693,8 +693,9 @@ KT_CASE(a_dead_instances_running_jobs_are_rescued_and_completed) {
     CHECK_STR(jstr(o, "state"), "running");
     json_decref(o);
     /* heartbeats are on the database's clock: age the dead one's instead
-     * of moving the test clock */
-    age_heartbeat(es2, "dies", 30001);
+     * of moving the test clock (by twice rescue_after_ms: the clock's
+     * offset is measured to within a round trip) */
+    age_heartbeat(es2, "dies", 60000);
     CHECK_OK(keel_jobs_maintain(b));
   }
   /* the rescue is a failed attempt: due after its backoff (at most 1000) */
@@ -963,12 +964,13 @@ KT_CASE(an_attempt_past_its_deadline_goes_back_on_a_live_instance) {
   CHECK_STR(jstr(o, "instance"), "a");
   json_decref(o);
   /* past it: 100 ms of timeout and 30 s of rescue_after. The deadline is on
-   * the database's clock on PostgreSQL (age the row), the jobs' on SQLite */
+   * the database's clock on PostgreSQL (age the row well past it: the
+   * clock's offset is measured to within a round trip), the jobs' on SQLite */
   if (pg) {
     char sid[24];
     snprintf(sid, sizeof sid, "%lld", (long long)id);
     exec_sql(es,
-             "UPDATE keel_jobs SET deadline_at = deadline_at - 30101 WHERE id = CAST($1 AS BIGINT)",
+             "UPDATE keel_jobs SET deadline_at = deadline_at - 60000 WHERE id = CAST($1 AS BIGINT)",
              (const char *[]){sid}, 1);
   } else {
     advance(30101);
@@ -1072,7 +1074,7 @@ KT_CASE(a_stop_that_overruns_its_budget_leaves_a_live_job_to_the_rescuers) {
     if ((rc = keel_jobs_start(&bo, &b)) == KEEL_ESTATE) keel_sleep(5);
   CHECK_OK(rc);
   if (kt_es_pg_url()) {
-    age_heartbeat(es, "a", 30001);
+    age_heartbeat(es, "a", 60000);
     CHECK_OK(keel_jobs_maintain(b));
   }
   advance(1000); /* the rescue's backoff */
