@@ -829,7 +829,7 @@ static int cmp_i64(const void *a, const void *b) {
 }
 
 static int64_t starts[8];
-static atomic_int nstarts;
+static atomic_int nstarts, nstamped; /* slots taken; starts written (after) */
 
 static int timed(keel_job *job, void *ud) {
   (void)job, (void)ud;
@@ -837,6 +837,7 @@ static int timed(keel_job *job, void *ud) {
   clock_gettime(CLOCK_MONOTONIC, &ts);
   int i = atomic_fetch_add(&nstarts, 1);
   if (i < 8) starts[i] = (int64_t)ts.tv_sec * 1000 + ts.tv_nsec / 1000000;
+  atomic_fetch_add(&nstamped, 1); /* the reader waits for this: starts[i] is written */
   return 0;
 }
 
@@ -849,6 +850,7 @@ KT_CASE(a_queue_rate_limit_spreads_starts_over_seconds) {
   static const keel_job_worker w[] = {{.name = "timed", .perform = timed}};
   static const keel_job_queue q[] = {{.name = "limited", .concurrency = 10, .rate_per_s = 2}};
   atomic_store(&nstarts, 0);
+  atomic_store(&nstamped, 0);
   keel_jobs *j = NULL;
   CHECK_OK(keel_jobs_start(&(keel_jobs_opts){.es = es,
                                              .workers = w,
@@ -863,7 +865,7 @@ KT_CASE(a_queue_rate_limit_spreads_starts_over_seconds) {
     CHECK_OK(
         keel_jobs_enqueue(j, &(keel_job_new){.worker = "timed", .queue = "limited"}, NULL, NULL));
   CHECK_OK(keel_jobs_resume(j, "limited"));
-  for (int i = 0; i < 3000 && atomic_load(&nstarts) < 5; i++)
+  for (int i = 0; i < 3000 && atomic_load(&nstamped) < 5; i++)
     keel_sleep(5);
   CHECK_EQ(atomic_load(&nstarts), 5);
   qsort(starts, 5, sizeof starts[0], cmp_i64);
