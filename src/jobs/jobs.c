@@ -2,12 +2,16 @@
  * the janitor and one runner per queue), stopping it in the reference's
  * order, and the operators' calls on single jobs and queues.
  *
- * Stop: every runner is told to stop fetching and given the budget; they
+ * Stop, in two halves. Drain (keel_jobs_drain, also a keel_service drain
+ * phase): every runner is told to stop fetching and given the budget; they
  * run their jobs out at once (the budget is shared, not per queue), kill
- * what is left at its end and return those jobs to available; once every
- * runner has exited, the supervisor (and with it the janitor) is stopped
- * and the heartbeat row deleted, so other instances see a clean exit. The
- * store is the caller's and stays open: it closes last.
+ * what is left at its end and return those jobs to available. Stop: once
+ * every runner has exited, the supervisor (and with it the janitor) is
+ * stopped and the heartbeat row deleted, so other instances see a clean
+ * exit; unless a runner left a job process that did not die of the kill,
+ * when the heartbeat stays for the rescuers. The keel_jobs is reference
+ * counted by its job processes, so such a process never uses freed memory.
+ * The store is the caller's and stays open: it closes last.
  */
 #include <stdio.h>
 #include <stdlib.h>
