@@ -73,6 +73,11 @@ struct keel_jobs {
    * the periodic round before which a failed step is not tried again */
   int step_fails[4];
   uint64_t step_next[4], rounds;
+  /* outcome.c: completions queued for the next batch (on their processes'
+   * stacks), and whether a batch is being recorded (under done_mu) */
+  pthread_mutex_t done_mu;
+  struct jobs_done *done_head, *done_tail;
+  bool done_leading;
 };
 
 /* Drops a reference to j (the owner's, or a job process's); the last frees. */
