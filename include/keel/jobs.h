@@ -33,13 +33,20 @@
  *
  * INSTANCES. Each keel_jobs writes a heartbeat row; a job whose instance's
  * heartbeat is older than rescue_after_ms goes back to available (a failed
- * attempt, "instance lost"). A job's outcome is recorded only by the
- * attempt that is current (fenced by attempt and instance): a rescued job's
- * late completion from the lost instance is refused.
+ * attempt, "instance lost"). An attempt still running rescue_after_ms after
+ * its worker's timeout goes back too, whatever its instance ("attempt
+ * deadline passed": its outcome could not be written, or its claim's answer
+ * was lost). A job's outcome is recorded only by the attempt that is
+ * current (fenced by attempt and instance): a rescued job's late completion
+ * from the lost instance is refused. An instance claims only jobs of the
+ * workers it has (a rolling deploy's old instances leave new workers' jobs).
  *
  * TIME. Every stored time is Unix milliseconds from opts.now (the real clock
- * by default), so a test can drive schedules, backoffs and rescues with a
+ * by default), so a test can drive schedules, backoffs and retention with a
  * clock of its own; worker timeouts and polling use the real clock.
+ * Heartbeats, the rescue's cutoff and attempts' deadlines are on the
+ * database's clock on PostgreSQL (instances on several hosts), on opts.now
+ * on SQLite (one host).
  *
  * Calls wait only the calling keel process (they go through the event
  * store's calls). Call from a keel process.
@@ -105,7 +112,7 @@ typedef struct keel_job_worker {
   keel_job_fn perform;
   void *ud;
   int64_t timeout_ms;          /* an attempt longer than this is killed and fails;
-                                  0: 60000; KEEL_INFINITY: none */
+                                  0: 60000; KEEL_INFINITY: none (and no deadline) */
   keel_job_backoff_fn backoff; /* NULL: opts' exponential backoff with full jitter */
 } keel_job_worker;
 
@@ -142,10 +149,12 @@ typedef struct keel_jobs_opts {
   const keel_job_queue *queues; /* the queues run here; none: enqueue only */
   size_t nqueues;
   const char *instance;     /* this instance's name (1-63 bytes, unique among those sharing
-                               the database); NULL: host-pid-random */
+                               the database); NULL: host-pid-<64 random bits> */
   int64_t poll_ms;          /* a runner looks for due jobs at least this often; 0: 1000 */
   int64_t heartbeat_ms;     /* the heartbeat, rescue, pruning and gauges period; 0: 5000 */
-  int64_t rescue_after_ms;  /* an instance silent this long is lost; 0: 60000 */
+  int64_t rescue_after_ms;  /* an instance silent this long is lost, and an attempt
+                               running this long past its worker's timeout is taken back;
+                               0: 60000 */
   int64_t backoff_ms;       /* the default backoff: a random delay in [0, min(max,
                                backoff_ms * 2^(attempt-1))]; 0: 1000 */
   int64_t backoff_max_ms;   /* 0: 3600000 */
@@ -159,6 +168,11 @@ typedef struct keel_jobs_opts {
   const keel_job_cron *crons; /* cron entries; a bad expression or zone fails start
                                  (KEEL_EINVAL, logged with the cron module's message) */
   size_t ncrons;
+  /* Under keel_service_main: stop the runners in its drain phases
+   * (keel_service_on_drain), once the API has drained, with what is left of
+   * SHUTDOWN_TIMEOUT (keel_jobs_drain); keel_jobs_stop in the service's stop
+   * hook then only frees, before the store closes. */
+  bool service_drain;
 } keel_jobs_opts;
 
 /* Creates the tables if needed (keel_jobs, keel_jobs_instances,
@@ -174,11 +188,22 @@ typedef struct keel_jobs_opts {
  * KEEL_ENOMEM, the store's (KEEL_EIO, KEEL_ETIMEDOUT), KEEL_ENOTPROC. */
 int keel_jobs_start(const keel_jobs_opts *o, keel_jobs **out);
 
-/* Shutdown, after the HTTP server has drained: the runners stop fetching,
- * running jobs get budget_ms (0: 5000) to finish, those still running then
- * are killed and returned to available without spending an attempt; then
- * the heartbeat row is deleted, the supervisor stopped and j freed. The
- * store stays open (close it after). NULL is ignored. */
+/* Shutdown's first half, after the HTTP server has drained: the runners
+ * stop fetching, running jobs get budget_ms (0: 5000) to finish, those
+ * still running then are killed and returned to available without spending
+ * an attempt. A job process that does not die of the kill (it holds its
+ * exits) is left after a second: its row stays running, for the rescuers.
+ * Enqueues, the janitor and the heartbeat go on. Once per j (later calls
+ * return at once); a keel process. NULL is ignored. */
+void keel_jobs_drain(keel_jobs *j, int64_t budget_ms);
+
+/* Shutdown: keel_jobs_drain(j, budget_ms) if it has not run, then the
+ * supervisor is stopped, the heartbeat row deleted (other instances see a
+ * clean exit: nothing to rescue) and j freed. When a job process was left
+ * running, the heartbeat row stays (the rescuers take its job once it is
+ * rescue_after_ms old; on SQLite the file's runner lock is held until the
+ * process ends) and j is freed when that process ends. The store stays
+ * open (close it after). NULL is ignored. */
 void keel_jobs_stop(keel_jobs *j, int64_t budget_ms);
 
 /* The jobs' supervisor (a crash of it takes the runners and their jobs
@@ -222,9 +247,11 @@ int keel_jobs_enqueue_tx(keel_jobs *j, keel_es_tx *tx, const keel_job_new *n, in
 /* Wakes this instance's runner of queue (NULL: every queue). Any process. */
 void keel_jobs_notify(keel_jobs *j, const char *queue);
 
-/* Cancels a job that is available or running (a running one on this
- * instance is killed; on another instance its outcome is ignored).
- * Errors: KEEL_ENOENT (no such job), KEEL_ESTATE (it has finished). */
+/* Cancels a job that is available or running, in one conditional UPDATE
+ * (a job that completes meanwhile stays completed: KEEL_ESTATE). A running
+ * attempt on this instance is killed (that attempt only); on another
+ * instance its outcome is ignored. Errors: KEEL_ENOENT (no such job),
+ * KEEL_ESTATE (it has finished). */
 int keel_jobs_cancel(keel_jobs *j, int64_t id);
 /* Makes a discarded or cancelled job available now, with one more attempt
  * if it had spent them all. Errors: KEEL_ENOENT, KEEL_ESTATE (not finished
@@ -251,9 +278,11 @@ typedef struct keel_jobs_filter {
 /* Jobs by id as a JSON array of keel_jobs_get's objects (a new reference). */
 int keel_jobs_list(keel_jobs *j, const keel_jobs_filter *f, json_t **out);
 
-/* Runs the janitor's round now (heartbeat, rescue of lost instances' jobs,
- * retention, gauges) rather than at its next period: for tests and
- * operators. */
+/* Runs the janitor's round now (heartbeat, rescue of lost instances' jobs
+ * and of attempts past their deadline, cron, retention, gauges) rather than
+ * at its next period, every step even one backing off after failures: for
+ * tests and operators. The steps run independently; the first step's error
+ * is returned. */
 int keel_jobs_maintain(keel_jobs *j);
 
 /* Registers a health check `name` (NULL: "jobs"; not required): warning

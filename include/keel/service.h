@@ -11,7 +11,8 @@
  * the service's routes, rate limit, CORS, request timeout, from the
  * configuration); marks the service started. On SIGTERM or SIGINT: readiness
  * answers 503, the API stops accepting and finishes the requests in flight
- * (SHUTDOWN_TIMEOUT bounds it all), the service's prep_stop runs, the tree
+ * (SHUTDOWN_TIMEOUT bounds it all), the drain phases run (keel_service_on_drain:
+ * durable jobs stop there), the service's prep_stop runs, the tree
  * stops in reverse order, the logs are flushed, and main returns 0 (1 when
  * something was cut or failed).
  *
@@ -129,6 +130,24 @@ typedef struct keel_service {
  * (EX_CONFIG) for invalid configuration (it exits there). Call from main,
  * once: a second call in the same process returns 1 at once. */
 int keel_service_main(const keel_service *svc);
+
+/* Drain phases: work a module above the HTTP server must stop in order
+ * when the service stops (durable jobs: keel_jobs_opts.service_drain).
+ * keel_service_main's stop runs them after the API has drained and before
+ * the service's prep_stop hook and the tree's stop, one at a time, the
+ * last registered first, each called as fn(ud, budget_ms) in a keel process
+ * with what is left of SHUTDOWN_TIMEOUT then, less a fifth of it kept for
+ * the tree's stop (at least 1 ms). The stop order is then: the API drains,
+ * the phases, prep_stop, the tree, the stop hook (close the database
+ * there). name (copied, up to 31 bytes) is for the log. Register from
+ * anywhere (outside keel_service_main a phase never runs); unregister
+ * before ud goes away, not while the phases run (the stop hook runs after
+ * them). Errors: KEEL_EINVAL (no name or fn), KEEL_EEXIST (fn and ud
+ * already registered), KEEL_ENOMEM (16 phases already). */
+typedef void (*keel_service_drain_fn)(void *ud, int64_t budget_ms);
+int keel_service_on_drain(const char *name, keel_service_drain_fn fn, void *ud);
+/* Errors: KEEL_ENOENT (not registered). */
+int keel_service_off_drain(keel_service_drain_fn fn, void *ud);
 
 /* keel's configuration of the running service; NULL outside
  * keel_service_main. */

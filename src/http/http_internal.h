@@ -201,4 +201,11 @@ int keel__bind_socket(const char *host, int port, int *fd_out, int *port_out);
 /* systemd socket activation: the first passed socket, or -1. */
 int keel__listen_fd_from_env(void);
 
+/* ---- the service's drain phases (service_drain.c) ------------------------------- */
+
+/* Runs the registered drain phases (keel_service_on_drain), the last
+ * registered first, each given what is left until deadline_ms (CLOCK_MONOTONIC
+ * ms) less reserve_ms, at least 1. From keel_service_main's prep_stop. */
+void keel__service_drain_run(int64_t deadline_ms, int64_t reserve_ms);
+
 #endif

@@ -21,6 +21,7 @@
 #include <strings.h>
 #include <time.h>
 
+#include "http/http_internal.h"
 #include "keel/alert_sink.h"
 #include "keel/alerts.h"
 #include "keel/application.h"
@@ -374,6 +375,9 @@ static void app_prep_stop(void *state, keel_pid_t root) {
   int rc = keel_http_drain(api, s->kc.shutdown_timeout);
   keel_log_info(NULL, "http drained", KEEL_STR("result", rc ? keel_strerror(rc) : "ok"),
                 KEEL_UINT("inFlight", keel_http_in_flight(api)));
+  /* the modules above http (jobs) stop taking work, with what is left */
+  int64_t start_ms = (int64_t)(s->drain_start_ns / 1000000u);
+  keel__service_drain_run(start_ms + s->kc.shutdown_timeout, s->kc.shutdown_timeout / 5);
   if (s->def->prep_stop) s->def->prep_stop(s->def->config_out);
   keel_log_info(NULL, "shutdown preparation complete");
 }

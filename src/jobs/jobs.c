@@ -2,12 +2,16 @@
  * the janitor and one runner per queue), stopping it in the reference's
  * order, and the operators' calls on single jobs and queues.
  *
- * Stop: every runner is told to stop fetching and given the budget; they
+ * Stop, in two halves. Drain (keel_jobs_drain, also a keel_service drain
+ * phase): every runner is told to stop fetching and given the budget; they
  * run their jobs out at once (the budget is shared, not per queue), kill
- * what is left at its end and return those jobs to available; once every
- * runner has exited, the supervisor (and with it the janitor) is stopped
- * and the heartbeat row deleted, so other instances see a clean exit. The
- * store is the caller's and stays open: it closes last.
+ * what is left at its end and return those jobs to available. Stop: once
+ * every runner has exited, the supervisor (and with it the janitor) is
+ * stopped and the heartbeat row deleted, so other instances see a clean
+ * exit; unless a runner left a job process that did not die of the kill,
+ * when the heartbeat stays for the rescuers. The keel_jobs is reference
+ * counted by its job processes, so such a process never uses freed memory.
+ * The store is the caller's and stays open: it closes last.
  */
 #include <stdio.h>
 #include <stdlib.h>
@@ -16,6 +20,7 @@
 #include <errno.h>
 #include <fcntl.h>
 #include <sys/file.h>
+#include <sys/random.h>
 
 #include "es/es_internal.h"
 #include "jobs/jobs_internal.h"
@@ -23,11 +28,13 @@
 #include "keel/gen_server.h"
 #include "keel/log.h"
 #include "keel/message.h"
+#include "keel/service.h"
 #include "keel/supervisor.h"
 
 enum { DEFAULT_CONCURRENCY = 10, DEFAULT_BUDGET_MS = 5000, LIST_DEFAULT = 100, LIST_MAX = 1000 };
 
 static void on_remote(void *ud);
+static void service_drain(void *ud, int64_t budget_ms);
 
 static int64_t or_default(int64_t v, int64_t dflt) {
   return v > 0 || v == KEEL_INFINITY ? v : dflt; /* check_opts allows INFINITY for retention only */
@@ -49,6 +56,8 @@ static int check_opts(const keel_jobs_opts *o) {
     return KEEL_EINVAL;
   for (size_t i = 0; i < o->nworkers; i++) {
     if (!keel__jobs_name_ok(o->workers[i].name) || !o->workers[i].perform) return KEEL_EINVAL;
+    int64_t t = o->workers[i].timeout_ms; /* added to the deadline: bounded */
+    if ((t < 0 && t != KEEL_INFINITY) || t > ten_years) return KEEL_EINVAL;
     for (size_t k = 0; k < i; k++)
       if (strcmp(o->workers[i].name, o->workers[k].name) == 0) return KEEL_EINVAL;
   }
@@ -171,7 +180,30 @@ static void free_jobs(keel_jobs *j) {
   pthread_mutex_destroy(&j->done_mu);
   free(j->queues);
   free(j->admin_token);
+  free(j->fetch_sql);
   free(j);
+}
+
+void keel__jobs_unref(keel_jobs *j) {
+  if (atomic_fetch_sub(&j->refs, 1) == 1) free_jobs(j);
+}
+
+/* A name of 64 random bits after host and pid: two instances on one host
+ * with recycled pids (containers all run pid 1) still differ. */
+static void default_instance(keel_jobs *j) {
+  uint64_t r = 0;
+  unsigned char *p = (unsigned char *)&r;
+  size_t got = 0;
+  while (got < sizeof r) {
+    ssize_t n = getrandom(p + got, sizeof r - got, 0);
+    if (n <= 0) break;
+    got += (size_t)n;
+  }
+  r ^= keel__jobs_random(j); /* no getrandom: the clock-seeded generator */
+  char host[32] = {0};
+  gethostname(host, sizeof host - 1);
+  snprintf(j->instance, sizeof j->instance, "%s-%d-%016llx", host, (int)getpid(),
+           (unsigned long long)r);
 }
 
 int keel_jobs_start(const keel_jobs_opts *o, keel_jobs **out) {
@@ -198,13 +230,15 @@ int keel_jobs_start(const keel_jobs_opts *o, keel_jobs **out) {
   if (o->instance) {
     snprintf(j->instance, sizeof j->instance, "%s", o->instance);
   } else {
-    char host[32] = {0};
-    gethostname(host, sizeof host - 1);
-    snprintf(j->instance, sizeof j->instance, "%s-%d-%04x", host, (int)getpid(),
-             (unsigned)(keel__jobs_random(j) & 0xffff));
+    default_instance(j);
   }
+  atomic_init(&j->refs, 1);
+  atomic_init(&j->abandoned, 0);
+  atomic_init(&j->db_offset, 0);
+  atomic_init(&j->drained, false);
   j->queues = calloc(o->nqueues ? o->nqueues : 1, sizeof *j->queues);
-  if (!j->queues) {
+  j->fetch_sql = keel__jobs_fetch_sql(j);
+  if (!j->queues || !j->fetch_sql) {
     free_jobs(j);
     return KEEL_ENOMEM;
   }
@@ -226,8 +260,13 @@ int keel_jobs_start(const keel_jobs_opts *o, keel_jobs **out) {
   if (rc == 0) rc = keel__jobs_tables(j->es);
   /* the first round before any runner: the heartbeat, and on SQLite the
    * jobs an earlier instance left running */
-  if (rc == 0) rc = keel__jobs_janitor_round(j);
+  if (rc == 0) rc = keel__jobs_janitor_round(j, false);
   if (rc == 0) rc = start_tree(j);
+  if (rc == 0 && o->service_drain) {
+    rc = keel_service_on_drain("jobs", service_drain, j);
+    j->on_service = rc == 0;
+    if (rc && j->sup) keel_gs_stop(j->sup, KEEL_REASON_SHUTDOWN, NULL, 10000);
+  }
   if (rc) {
     free_jobs(j);
     return rc;
@@ -251,11 +290,14 @@ static bool is_down(const keel_msg_t *m, void *arg) {
   return keel_msg_kind_of(m) == KEEL_MSG_DOWN && keel_msg_ref(m) == *(keel_ref_t *)arg;
 }
 
-void keel_jobs_stop(keel_jobs *j, int64_t budget_ms) {
-  if (!j) return;
+void keel_jobs_drain(keel_jobs *j, int64_t budget_ms) {
+  if (!j || atomic_exchange(&j->drained, true)) return;
   int64_t budget = budget_ms > 0 ? budget_ms : DEFAULT_BUDGET_MS;
-  keel__es_notify_jobs_hook(j->es, NULL, NULL); /* returns once no call uses j */
   keel_ref_t *refs = calloc(j->o.nqueues ? j->o.nqueues : 1, sizeof *refs);
+  if (!refs && j->o.nqueues) {
+    atomic_fetch_add(&j->abandoned, 1); /* not stopped in order: leave the rows to the rescuers */
+    return;
+  }
   for (size_t i = 0; refs && i < j->o.nqueues; i++) {
     keel_pid_t pid = atomic_load(&j->queues[i].runner);
     if (!pid || keel_monitor(pid, &refs[i]) != 0) continue;
@@ -266,15 +308,35 @@ void keel_jobs_stop(keel_jobs *j, int64_t budget_ms) {
     if (!refs[i]) continue;
     keel_msg_t *m = NULL;
     /* the runner kills at the budget's end and then records the returns */
-    if (keel_receive_match(is_down, &refs[i], &m, budget + 30000) == 0)
+    if (keel_receive_match(is_down, &refs[i], &m, budget + 30000) == 0) {
       keel_msg_free(m);
-    else
+    } else {
       keel_demonitor(refs[i]);
+      atomic_fetch_add(&j->abandoned, 1); /* its jobs may run on: not a clean exit */
+    }
   }
   free(refs);
+}
+
+static void service_drain(void *ud, int64_t budget_ms) {
+  keel_jobs_drain(ud, budget_ms);
+}
+
+void keel_jobs_stop(keel_jobs *j, int64_t budget_ms) {
+  if (!j) return;
+  if (j->on_service) keel_service_off_drain(service_drain, j);
+  keel__es_notify_jobs_hook(j->es, NULL, NULL); /* returns once no call uses j */
+  keel_jobs_drain(j, budget_ms);
   if (j->sup && keel_is_alive(j->sup)) keel_gs_stop(j->sup, KEEL_REASON_SHUTDOWN, NULL, 10000);
-  keel__es_transact_internal(j->es, forget_fn, j); /* a clean exit: nothing to rescue */
-  free_jobs(j);
+  int left = atomic_load(&j->abandoned);
+  if (left == 0)
+    keel__es_transact_internal(j->es, forget_fn, j); /* a clean exit: nothing to rescue */
+  else
+    keel_log_warn(NULL,
+                  "jobs: stopped with jobs that may still run; the heartbeat row stays for "
+                  "the rescuers",
+                  KEEL_STR("instance", j->instance), KEEL_INT("jobs", left));
+  keel__jobs_unref(j); /* a job process left running holds j until it ends */
 }
 
 /* Wakes this instance's runners (any thread: the listener's calls it). */
@@ -305,10 +367,26 @@ typedef struct op {
   int64_t id;
   int what; /* 0 cancel, 1 retry, 2 pause, 3 resume */
   const char *queue;
-  char state[16];
   char queue_of[64];
+  char instance_of[64]; /* cancel: the instance that ran it ("": it was waiting) */
+  int attempt_of;
 } op;
 
+/* After an UPDATE that changed nothing: whether the job exists at all. */
+static int why_not(keel_es_tx *tx, const char *id) {
+  keel_es_rows rows = {0};
+  int rc = keel_es_tx_exec(tx, "SELECT state FROM keel_jobs WHERE id = CAST($1 AS BIGINT)",
+                           (const char *[]){id}, 1, &rows);
+  if (rc == 0) rc = rows.nrows ? KEEL_ESTATE : KEEL_ENOENT;
+  keel_es_rows_free(&rows);
+  return rc;
+}
+
+/* Cancel and retry are one UPDATE each, conditional on the state: a read
+ * then a write let a job that completed in between be relabelled
+ * (PostgreSQL, READ COMMITTED). A cancelled running job's instance and
+ * attempt come back from RETURNING (a waiting job has no instance), so the
+ * kill names that attempt. */
 static int op_fn(keel_es_tx *tx, void *arg) {
   op *o = arg;
   char id[24], now[24];
@@ -320,32 +398,26 @@ static int op_fn(keel_es_tx *tx, void *arg) {
                            "CAST($2 AS INTEGER)) ON CONFLICT (queue) DO UPDATE SET paused = "
                            "excluded.paused",
                            (const char *[]){o->queue, o->what == 2 ? "1" : "0"}, 2, NULL);
+  const char *sql =
+      o->what == 0
+          ? "UPDATE keel_jobs SET state = 'cancelled', finished_at = CAST($2 AS BIGINT), "
+            "deadline_at = NULL WHERE id = CAST($1 AS BIGINT) AND state IN ('available', "
+            "'running') RETURNING queue, attempt, instance"
+          : "UPDATE keel_jobs SET state = 'available', run_at = CAST($2 AS BIGINT), finished_at "
+            "= NULL, instance = NULL, max_attempts = CASE WHEN attempt >= max_attempts THEN "
+            "attempt + 1 ELSE max_attempts END WHERE id = CAST($1 AS BIGINT) AND state IN "
+            "('discarded', 'cancelled') RETURNING queue, attempt, instance";
   keel_es_rows rows = {0};
-  int rc = keel_es_tx_exec(tx, "SELECT state, queue FROM keel_jobs WHERE id = CAST($1 AS BIGINT)",
-                           (const char *[]){id}, 1, &rows);
-  if (rc == 0 && rows.nrows == 0) rc = KEEL_ENOENT;
+  int rc = keel_es_tx_exec(tx, sql, (const char *[]){id, now}, 2, &rows);
+  if (rc == 0 && rows.nrows == 0) rc = why_not(tx, id);
   if (rc == 0) {
-    snprintf(o->state, sizeof o->state, "%s", keel_es_rows_get(&rows, 0, 0));
-    snprintf(o->queue_of, sizeof o->queue_of, "%s", keel_es_rows_get(&rows, 0, 1));
+    const char *inst = keel_es_rows_get(&rows, 0, 2);
+    snprintf(o->queue_of, sizeof o->queue_of, "%s", keel_es_rows_get(&rows, 0, 0));
+    o->attempt_of = (int)keel__jobs_atoi(keel_es_rows_get(&rows, 0, 1));
+    snprintf(o->instance_of, sizeof o->instance_of, "%s", inst ? inst : "");
   }
   keel_es_rows_free(&rows);
-  if (rc) return rc;
-  bool live = strcmp(o->state, JOBS_ST_AVAILABLE) == 0 || strcmp(o->state, JOBS_ST_RUNNING) == 0;
-  bool dead = strcmp(o->state, JOBS_ST_DISCARDED) == 0 || strcmp(o->state, JOBS_ST_CANCELLED) == 0;
-  if (o->what == 0) {
-    if (!live) return KEEL_ESTATE;
-    return keel_es_tx_exec(tx,
-                           "UPDATE keel_jobs SET state = 'cancelled', finished_at = CAST($2 AS "
-                           "BIGINT) WHERE id = CAST($1 AS BIGINT)",
-                           (const char *[]){id, now}, 2, NULL);
-  }
-  if (!dead) return KEEL_ESTATE;
-  return keel_es_tx_exec(tx,
-                         "UPDATE keel_jobs SET state = 'available', run_at = CAST($2 AS BIGINT), "
-                         "finished_at = NULL, instance = NULL, max_attempts = CASE WHEN attempt "
-                         ">= max_attempts THEN attempt + 1 ELSE max_attempts END WHERE id = "
-                         "CAST($1 AS BIGINT)",
-                         (const char *[]){id, now}, 2, NULL);
+  return rc;
 }
 
 static int run_op(keel_jobs *j, op *o) {
@@ -357,11 +429,13 @@ static int run_op(keel_jobs *j, op *o) {
 int keel_jobs_cancel(keel_jobs *j, int64_t id) {
   op o = {.id = id, .what = 0};
   int rc = run_op(j, &o);
-  if (rc == 0 && strcmp(o.state, JOBS_ST_RUNNING) == 0)
+  /* running here: kill that attempt (elsewhere its outcome is fenced off) */
+  if (rc == 0 && strcmp(o.instance_of, j->instance) == 0)
     for (size_t i = 0; i < j->o.nqueues; i++) {
       keel_pid_t pid = atomic_load(&j->queues[i].runner);
+      jobs_cancel_msg cm = {.id = id, .attempt = o.attempt_of};
       if (pid && strcmp(j->queues[i].q.name, o.queue_of) == 0)
-        keel_send(pid, keel_msg_copy(JOBS_TAG_CANCEL, &id, sizeof id));
+        keel_send(pid, keel_msg_copy(JOBS_TAG_CANCEL, &cm, sizeof cm));
     }
   return rc;
 }
@@ -434,5 +508,5 @@ int keel_jobs_list(keel_jobs *j, const keel_jobs_filter *f, json_t **out) {
 }
 
 int keel_jobs_maintain(keel_jobs *j) {
-  return j ? keel__jobs_janitor_round(j) : KEEL_EINVAL;
+  return j ? keel__jobs_janitor_round(j, false) : KEEL_EINVAL;
 }

@@ -57,12 +57,33 @@ struct keel_jobs {
    * janitor. Only its holder rescues: holding it proves every other
    * instance that ran queues on the file is gone. */
   int lock_fd;
+  /* PostgreSQL: the database's clock minus the host's (ms), measured by the
+   * janitor each round (keel__jobs_db_now). Relaxed: a lone number. */
+  _Atomic int64_t db_offset;
+  /* The owner's reference (dropped by keel_jobs_stop) plus one per live job
+   * process (dropped by its exit hook): a job that outlives a stop (it
+   * ignored the kill) still uses j, which is freed by the last of them. */
+  atomic_int refs;
+  /* Job processes a runner left behind at stop (they did not die of the
+   * kill): their rows stay running and the heartbeat row stays, for the
+   * rescuers; on SQLite the runner lock stays until they are gone. */
+  atomic_int abandoned;
+  atomic_bool drained; /* keel_jobs_drain ran (keel_jobs_stop's first half) */
+  bool on_service;     /* registered as a keel_service drain phase */
+  char *fetch_sql;     /* the runners' claim (keel__jobs_fetch_sql) */
+  /* the janitor's steps (janitor.c), under mu: consecutive failures and
+   * the periodic round before which a failed step is not tried again */
+  int step_fails[4];
+  uint64_t step_next[4], rounds;
   /* outcome.c: completions queued for the next batch (on their processes'
    * stacks), and whether a batch is being recorded (under done_mu) */
   pthread_mutex_t done_mu;
   struct jobs_done *done_head, *done_tail;
   bool done_leading;
 };
+
+/* Drops a reference to j (the owner's, or a job process's); the last frees. */
+void keel__jobs_unref(keel_jobs *j);
 
 /* SQLite: takes the runner lock if this instance runs queues (0), or says
  * why not: KEEL_ESTATE (another live instance holds it), KEEL_EIO. 0 and
@@ -84,11 +105,19 @@ void keel__jobs_unlock(keel_jobs *j);
 enum {
   JOBS_TAG_KICK = 0x4a4f0001, /* look for jobs now */
   JOBS_TAG_TIMEOUT,           /* payload: the job process's pid: kill it (timeout) */
-  JOBS_TAG_CANCEL,            /* payload: the job id: kill it if it runs here */
+  JOBS_TAG_CANCEL,            /* payload: jobs_cancel_msg: kill that attempt if it runs here */
   JOBS_TAG_STOP,              /* payload: jobs_stop_msg */
   JOBS_TAG_CUTOFF,            /* the budget ran out: kill what still runs */
   JOBS_TAG_MAINTAIN,          /* to the janitor: a round now (a reply) */
+  JOBS_TAG_ABANDON,           /* the kill's grace ran out: leave what still runs, exit */
 };
+
+/* A cancel names the attempt: a stale one (the job has since been retried
+ * and fetched again) must not kill the next attempt. */
+typedef struct jobs_cancel_msg {
+  int64_t id;
+  int attempt;
+} jobs_cancel_msg;
 
 typedef struct jobs_stop_msg {
   int64_t budget_ms;
@@ -97,6 +126,10 @@ typedef struct jobs_stop_msg {
 /* schema.c */
 int keel__jobs_tables(keel_es *es);
 int64_t keel__jobs_now(const keel_jobs *j);
+/* The clock of heartbeats, rescue cutoffs and attempt deadlines: the
+ * database's on PostgreSQL (the janitor's measured offset), the jobs' clock
+ * on SQLite. */
+int64_t keel__jobs_db_now(const keel_jobs *j);
 void keel__jobs_i64(char out[24], int64_t v);
 int64_t keel__jobs_atoi(const char *s);
 bool keel__jobs_name_ok(const char *s);
@@ -155,9 +188,16 @@ void keel__jobs_span_performed(keel_span *sp, int rc, const char *error);
 
 /* runner.c: the runner's entry point (arg: its jobs_queue). */
 void keel__jobs_runner(void *arg);
-/* janitor.c */
+/* The claim statement for j's workers (malloc'd; NULL: ENOMEM): it takes
+ * only jobs of the workers registered here, and stamps each with its
+ * attempt's deadline (runner.c says its parameters). */
+char *keel__jobs_fetch_sql(const keel_jobs *j);
+/* janitor.c. A periodic round skips a step that failed lately (backoff);
+ * keel_jobs_maintain's round (periodic false) runs every step. */
 void keel__jobs_janitor(void *arg);
-int keel__jobs_janitor_round(keel_jobs *j);
+int keel__jobs_janitor_round(keel_jobs *j, bool periodic);
+/* The janitor's steps (step_fails, step_next's index). */
+enum { JOBS_STEP_RESCUE, JOBS_STEP_CRON, JOBS_STEP_PRUNE, JOBS_STEP_GAUGES };
 /* The rows of a result as jobs_rows (columns: id, attempt, max_attempts,
  * priority, inserted_at, run_at, queue, worker, args, errors, tags,
  * traceparent; JOBS_ROW_NCOLS of them, so a column selected after them is
@@ -167,6 +207,10 @@ int keel__jobs_janitor_round(keel_jobs *j);
   "traceparent"
 #define JOBS_ROW_NCOLS 12
 int keel__jobs_rows(const keel_es_rows *rows, jobs_row **out, size_t *n);
+/* The error text of an attempt past its deadline (janitor.c's rescue). */
+#define JOBS_DEADLINE_ERROR "attempt deadline passed"
+/* The error text of a lost instance's attempt. */
+#define JOBS_LOST_ERROR "instance lost"
 /* A row of keel_jobs as the public JSON object (SELECT JOBS_JSON_COLS). */
 #define JOBS_JSON_COLS                                                                             \
   "id, queue, worker, args, state, priority, attempt, max_attempts, run_at, inserted_at, "         \

@@ -23,7 +23,9 @@
  *
  * Shutdown (JOBS_TAG_STOP): no more fetching; when the budget runs out, the
  * processes still running are killed and their jobs returned; the runner
- * exits normally once none runs.
+ * exits normally once none runs, or KILL_GRACE_MS after the kill, leaving
+ * the processes that did not die of it (they hold their exits) and their
+ * rows running for the rescuers (jobs->abandoned).
  */
 #include <stdarg.h>
 #include <stdio.h>
@@ -38,7 +40,7 @@
 #include "keel/timer.h"
 
 enum { WHY_NONE = 0, WHY_TIMEOUT, WHY_CANCEL, WHY_SHUTDOWN };
-enum { DEFAULT_TIMEOUT_MS = 60000 };
+enum { DEFAULT_TIMEOUT_MS = 60000, KILL_GRACE_MS = 1000 };
 
 typedef struct slot {
   keel_pid_t pid; /* 0: free */
@@ -66,12 +68,17 @@ typedef struct job_arg {
   json_t *args, *tags;
 } job_arg;
 
+/* The job process's exit hook: it runs once the process is really gone
+ * (after its runner heard of the exit), so it also drops the process's
+ * reference to the jobs. */
 static void job_arg_free(void *p) {
   job_arg *a = p;
+  keel_jobs *j = a->j;
   keel__jobs_row_free(&a->row);
   json_decref(a->args);
   json_decref(a->tags);
   free(a);
+  keel__jobs_unref(j);
 }
 
 int keel_job_snooze(keel_job *job, int64_t ms) {
@@ -208,8 +215,12 @@ static void start(runner *rn, jobs_row *r) {
     so.name = r->worker;
     so.on_exit = job_arg_free;
     so.on_exit_arg = a;
+    atomic_fetch_add(&rn->j->refs, 1); /* the process's, dropped by job_arg_free */
     ok = keel_spawn(job_main, a, &so, &pid) == 0;
-    if (!ok) keel__jobs_row_free(&a->row);
+    if (!ok) {
+      keel__jobs_row_free(&a->row);
+      atomic_fetch_sub(&rn->j->refs, 1); /* never below 1: the owner's is held */
+    }
   } else {
     keel__jobs_row_free(&copy);
   }
@@ -278,23 +289,66 @@ typedef struct fetch {
   size_t nrows;
 } fetch;
 
+/* The claim: $1 the jobs' clock, $2 this instance, $3 the queue, $4 how
+ * many, $5 the database's clock (keel__jobs_db_now), then for each worker
+ * registered here its name and its attempt's allowance (timeout plus
+ * rescue_after_ms; NULL without a timeout). Only jobs of those workers are
+ * claimed: during a rolling deploy an old instance leaves a new worker's
+ * jobs to the instances that have it, instead of spending their attempts as
+ * "unknown worker". Each claimed row gets deadline_at, past which any
+ * janitor takes the attempt back (janitor.c). Built once per keel_jobs: the
+ * text is constant, so a statement cache keeps one plan. */
+char *keel__jobs_fetch_sql(const keel_jobs *j) {
+  size_t nw = j->o.nworkers, cap = 1024 + nw * 96;
+  char *sql = malloc(cap);
+  if (!sql) return NULL;
+  size_t at = (size_t)snprintf(sql, cap,
+                               "UPDATE keel_jobs SET state = 'running', attempt = attempt + 1, "
+                               "attempted_at = CAST($1 AS BIGINT), instance = $2, deadline_at = "
+                               "CASE worker");
+  for (size_t i = 0; i < nw; i++)
+    at += (size_t)snprintf(sql + at, cap - at,
+                           " WHEN $%zu THEN CAST($5 AS BIGINT) + CAST($%zu AS BIGINT)", 6 + 2 * i,
+                           7 + 2 * i);
+  at += (size_t)snprintf(sql + at, cap - at,
+                         " ELSE NULL END WHERE id IN (SELECT id FROM keel_jobs WHERE state = "
+                         "'available' AND queue = $3 AND run_at <= CAST($1 AS BIGINT) AND worker "
+                         "IN (");
+  for (size_t i = 0; i < nw; i++)
+    at += (size_t)snprintf(sql + at, cap - at, "%s$%zu", i ? ", " : "", 6 + 2 * i);
+  snprintf(sql + at, cap - at,
+           ") AND NOT EXISTS (SELECT 1 FROM keel_jobs_queues WHERE queue = $3 AND paused = 1) "
+           "ORDER BY priority, run_at, id LIMIT CAST($4 AS INTEGER)%s) RETURNING " JOBS_ROW_COLS,
+           keel__jobs_pg(j) ? " FOR UPDATE SKIP LOCKED" : "");
+  return sql;
+}
+
 static int fetch_fn(keel_es_tx *tx, void *arg) {
   fetch *f = arg;
   keel_jobs *j = f->rn->j;
-  char now[24], n[24];
+  size_t nw = j->o.nworkers, np = 5 + 2 * nw;
+  const char **p = calloc(np, sizeof *p);
+  char(*allow)[24] = calloc(nw, sizeof *allow);
+  if (!p || !allow) {
+    free(p);
+    free(allow);
+    return KEEL_ENOMEM;
+  }
+  char now[24], n[24], dbnow[24];
   keel__jobs_i64(now, keel__jobs_now(j));
   keel__jobs_i64(n, f->n);
-  char sql[1024];
-  snprintf(sql, sizeof sql,
-           "UPDATE keel_jobs SET state = 'running', attempt = attempt + 1, attempted_at = "
-           "CAST($1 AS BIGINT), instance = $2 WHERE id IN (SELECT id FROM keel_jobs WHERE "
-           "state = 'available' AND queue = $3 AND run_at <= CAST($1 AS BIGINT) AND NOT EXISTS "
-           "(SELECT 1 FROM keel_jobs_queues WHERE queue = $3 AND paused = 1) ORDER BY priority, "
-           "run_at, id LIMIT CAST($4 AS INTEGER)%s) RETURNING " JOBS_ROW_COLS,
-           keel__jobs_pg(j) ? " FOR UPDATE SKIP LOCKED" : "");
+  keel__jobs_i64(dbnow, keel__jobs_db_now(j));
+  p[0] = now, p[1] = j->instance, p[2] = f->rn->q->q.name, p[3] = n, p[4] = dbnow;
+  for (size_t i = 0; i < nw; i++) {
+    int64_t t = keel_timeout_or(j->o.workers[i].timeout_ms, DEFAULT_TIMEOUT_MS);
+    keel__jobs_i64(allow[i], t + j->o.rescue_after_ms);
+    p[5 + 2 * i] = j->o.workers[i].name;
+    p[6 + 2 * i] = t == KEEL_INFINITY ? NULL : allow[i];
+  }
   keel_es_rows rows = {0};
-  int rc =
-      keel_es_tx_exec(tx, sql, (const char *[]){now, j->instance, f->rn->q->q.name, n}, 4, &rows);
+  int rc = keel_es_tx_exec(tx, j->fetch_sql, p, np, &rows);
+  free(p);
+  free(allow);
   free(f->rows);
   f->rows = NULL;
   f->nrows = 0;
@@ -324,6 +378,7 @@ static int allowed(runner *rn) {
 }
 
 static void fetch_and_start(runner *rn) {
+  if (!rn->j->o.nworkers) return; /* no worker here: nothing it could run */
   int n = rn->nslots - rn->running;
   int a = allowed(rn);
   if (a < n) n = a;
@@ -377,9 +432,14 @@ static void runner_exit(void *arg) {
   free(rn);
 }
 
-static void kill_all(runner *rn, const char *text) {
+/* Shutdown's end: kill what still runs (its jobs are returned as the
+ * exits come in). A process that holds its exits (or is stuck in C) does
+ * not die of the kill: after a grace the runner leaves it (JOBS_TAG_ABANDON). */
+static void cut_off(runner *rn, const char *text) {
   for (int i = 0; i < rn->nslots; i++)
     kill_slot(&rn->slots[i], WHY_SHUTDOWN, text);
+  keel_msg_t *g = rn->running ? keel_msg_new(JOBS_TAG_ABANDON, 0) : NULL;
+  if (g) keel_send_after(keel_self(), KILL_GRACE_MS, g, NULL);
 }
 
 /* One message: true to go on, false when the runner is done. */
@@ -395,7 +455,7 @@ static bool handle(runner *rn, keel_msg_t *m) {
     } else {
       /* the supervisor (or a linked caller) ends us: cut the jobs off */
       rn->stopping = true;
-      kill_all(rn, "shutdown");
+      cut_off(rn, "shutdown");
     }
     break;
   case KEEL_MSG_USER:
@@ -408,11 +468,13 @@ static bool handle(runner *rn, keel_msg_t *m) {
       }
       break;
     case JOBS_TAG_CANCEL:
-      if (keel_msg_size(m) == sizeof(int64_t)) {
-        int64_t id;
-        memcpy(&id, keel_msg_data(m), sizeof id);
+      if (keel_msg_size(m) == sizeof(jobs_cancel_msg)) {
+        jobs_cancel_msg cm;
+        memcpy(&cm, keel_msg_data(m), sizeof cm);
+        /* the attempt the cancel stopped, not a later one of the same job */
         for (int i = 0; i < rn->nslots; i++)
-          if (rn->slots[i].pid && rn->slots[i].row.id == id)
+          if (rn->slots[i].pid && rn->slots[i].row.id == cm.id &&
+              rn->slots[i].row.attempt == cm.attempt)
             kill_slot(&rn->slots[i], WHY_CANCEL, "cancelled");
       }
       break;
@@ -425,7 +487,21 @@ static bool handle(runner *rn, keel_msg_t *m) {
         if (c) keel_send_after(keel_self(), sm.budget_ms > 0 ? sm.budget_ms : 1, c, NULL);
       }
       break;
-    case JOBS_TAG_CUTOFF: kill_all(rn, "shutdown: the budget ran out"); break;
+    case JOBS_TAG_CUTOFF: cut_off(rn, "shutdown: the budget ran out"); break;
+    case JOBS_TAG_ABANDON:
+      if (rn->running) {
+        /* their rows stay running under this instance's name, and stop
+         * keeps the heartbeat row: once it is old, a rescuer takes them
+         * (PostgreSQL), or the next runner of the file once they are gone
+         * (SQLite: the lock is kept until then). Returning them now would
+         * let another instance start them while these still run. */
+        atomic_fetch_add(&rn->j->abandoned, rn->running);
+        keel_log_error(NULL, "jobs: job processes did not die of the shutdown's kill; left running",
+                       KEEL_STR("queue", rn->q->q.name), KEEL_INT("jobs", rn->running));
+        keel_msg_free(m);
+        return false;
+      }
+      break;
     }
     break;
   default: break;

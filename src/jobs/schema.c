@@ -7,6 +7,8 @@
  *                        clock, so a test's clock drives schedules
  *   keel_jobs_instances  one heartbeat row per running keel_jobs
  *   keel_jobs_queues     the queues paused for every instance
+ * (deadline_at, a running attempt's deadline, is added to a table created
+ * before it; its times are on the database's clock, keel__jobs_db_now.)
  * The fetch index keel_jobs_fetch is partial (state = 'available'): a
  * runner's fetch reads only due candidates, however many finished jobs the
  * table keeps until retention deletes them. Unique jobs are looked up by
@@ -32,7 +34,7 @@ static const char *const jobs_cols =
     "priority INTEGER NOT NULL, attempt INTEGER NOT NULL, max_attempts INTEGER NOT NULL, "
     "run_at BIGINT NOT NULL, inserted_at BIGINT NOT NULL, attempted_at BIGINT, "
     "finished_at BIGINT, instance TEXT, errors TEXT NOT NULL, tags TEXT NOT NULL, "
-    "unique_key TEXT, unique_until BIGINT, traceparent TEXT)";
+    "unique_key TEXT, unique_until BIGINT, traceparent TEXT, deadline_at BIGINT)";
 
 static const char *const schema_sql[] = {
     "CREATE INDEX IF NOT EXISTS keel_jobs_fetch ON keel_jobs (queue, priority, run_at, id) "
@@ -43,6 +45,8 @@ static const char *const schema_sql[] = {
     "WHERE unique_key IS NOT NULL",
     "CREATE INDEX IF NOT EXISTS keel_jobs_finished ON keel_jobs (finished_at) "
     "WHERE finished_at IS NOT NULL",
+    "CREATE INDEX IF NOT EXISTS keel_jobs_deadline ON keel_jobs (deadline_at) "
+    "WHERE state = 'running'",
     "CREATE TABLE IF NOT EXISTS keel_jobs_instances (instance TEXT PRIMARY KEY, "
     "heartbeat_at BIGINT NOT NULL, started_at BIGINT NOT NULL)",
     "CREATE TABLE IF NOT EXISTS keel_jobs_queues (queue TEXT PRIMARY KEY, "
@@ -51,22 +55,27 @@ static const char *const schema_sql[] = {
 
 /* Columns added after the first release, for tables made before them (the
  * jobs' tables have no version of their own: each step finds out whether it
- * is needed). traceparent: the enqueueing span (jobs_trace.c). SQLite
- * keeps a table's CREATE text up to date through ADD COLUMN, so the text
- * says whether the column is there; PostgreSQL has IF NOT EXISTS. */
-static int add_columns(keel_es_tx *tx, keel_es *es) {
-  if (keel_es_backend(es) == KEEL_ES_POSTGRESQL)
-    return keel_es_tx_exec(tx, "ALTER TABLE keel_jobs ADD COLUMN IF NOT EXISTS traceparent TEXT",
-                           NULL, 0, NULL);
+ * is needed). traceparent: the enqueueing span (jobs_trace.c); deadline_at:
+ * an attempt's deadline (janitor.c). SQLite keeps a table's CREATE text up
+ * to date through ADD COLUMN, so the text says whether the column is there;
+ * PostgreSQL has IF NOT EXISTS. */
+static int add_column(keel_es_tx *tx, keel_es *es, const char *name, const char *type) {
+  char sql[160];
+  if (keel_es_backend(es) == KEEL_ES_POSTGRESQL) {
+    snprintf(sql, sizeof sql, "ALTER TABLE keel_jobs ADD COLUMN IF NOT EXISTS %s %s", name, type);
+    return keel_es_tx_exec(tx, sql, NULL, 0, NULL);
+  }
   keel_es_rows rows = {0};
   int rc = keel_es_tx_exec(
       tx, "SELECT sql FROM sqlite_master WHERE type = 'table' AND name = 'keel_jobs'", NULL, 0,
       &rows);
-  const char *sql = rc == 0 && rows.nrows == 1 ? keel_es_rows_get(&rows, 0, 0) : NULL;
-  bool missing = sql && !strstr(sql, "traceparent");
+  const char *ddl = rc == 0 && rows.nrows == 1 ? keel_es_rows_get(&rows, 0, 0) : NULL;
+  bool missing = ddl && !strstr(ddl, name);
   keel_es_rows_free(&rows);
-  if (rc == 0 && missing)
-    rc = keel_es_tx_exec(tx, "ALTER TABLE keel_jobs ADD COLUMN traceparent TEXT", NULL, 0, NULL);
+  if (rc == 0 && missing) {
+    snprintf(sql, sizeof sql, "ALTER TABLE keel_jobs ADD COLUMN %s %s", name, type);
+    rc = keel_es_tx_exec(tx, sql, NULL, 0, NULL);
+  }
   return rc;
 }
 
@@ -77,7 +86,8 @@ static int create_tables(keel_es_tx *tx, void *arg) {
   snprintf(sql, sizeof sql, "%s%s",
            keel_es_backend(es) == KEEL_ES_POSTGRESQL ? pg_jobs : sqlite_jobs, jobs_cols);
   if (rc == 0) rc = keel_es_tx_exec(tx, sql, NULL, 0, NULL);
-  if (rc == 0) rc = add_columns(tx, es);
+  if (rc == 0) rc = add_column(tx, es, "traceparent", "TEXT");
+  if (rc == 0) rc = add_column(tx, es, "deadline_at", "BIGINT");
   for (size_t i = 0; i < sizeof schema_sql / sizeof schema_sql[0] && rc == 0; i++)
     rc = keel_es_tx_exec(tx, schema_sql[i], NULL, 0, NULL);
   return rc;
@@ -89,6 +99,15 @@ int keel__jobs_tables(keel_es *es) {
 
 int64_t keel__jobs_now(const keel_jobs *j) {
   return j->o.now ? j->o.now(j->o.now_ud) : keel__es_unix_ms();
+}
+
+/* PostgreSQL: the host's clock moved to the database's by the offset the
+ * janitor measures each round (to within half a round trip; instances on
+ * several hosts then compare heartbeats and deadlines on one clock).
+ * SQLite: one host, so the jobs' clock (a test's, or the real one). */
+int64_t keel__jobs_db_now(const keel_jobs *j) {
+  if (!keel__jobs_pg(j)) return keel__jobs_now(j);
+  return keel__es_unix_ms() + atomic_load_explicit(&j->db_offset, memory_order_relaxed);
 }
 
 void keel__jobs_i64(char out[24], int64_t v) {

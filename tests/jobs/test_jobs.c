@@ -8,6 +8,7 @@
 
 #include "es/es_internal.h"
 #include "es/kt_es.h"
+#include "jobs/jobs_internal.h"
 #include "keel/jobs.h"
 #include "keel/message.h"
 #include "keel/process.h"
@@ -105,6 +106,20 @@ static int snoozer(keel_job *job, void *ud) {
   return 0;
 }
 
+/* Ignores the kill: holds its exits while it hangs (C code stuck in a
+ * call looks the same to the runner). */
+static int holder(keel_job *job, void *ud) {
+  (void)job, (void)ud;
+  atomic_fetch_add(&S.runs, 1);
+  keel_hold_exits(true);
+  atomic_fetch_add(&S.active, 1);
+  while (atomic_load(&S.hang))
+    keel_sleep(5);
+  atomic_fetch_sub(&S.active, 1);
+  keel_hold_exits(false);
+  return 0;
+}
+
 static const keel_job_worker workers[] = {
     {.name = "ok", .perform = ok_worker},
     {.name = "failing", .perform = failing, .backoff = linear_backoff},
@@ -115,6 +130,9 @@ static const keel_job_worker workers[] = {
     {.name = "snooze", .perform = snoozer},
     {.name = "exits", .perform = exits, .backoff = no_backoff},
     {.name = "errno", .perform = errno_answer, .backoff = no_backoff},
+    {.name = "brief", .perform = ok_worker, .timeout_ms = 100, .backoff = no_backoff},
+    {.name = "holds", .perform = holder, .timeout_ms = KEEL_INFINITY},
+    {.name = "fresh", .perform = ok_worker}, /* a worker only new instances have */
 };
 static const keel_job_queue queues[] = {{.name = "default", .concurrency = 4},
                                         {.name = "other", .concurrency = 2}};
@@ -611,21 +629,53 @@ static bool kill_runners(const keel_proc_info *info, void *ud) {
   return true;
 }
 
+typedef struct named {
+  const char *name;
+  int n;
+} named;
+
 static bool count_named(const keel_proc_info *info, void *ud) {
-  if (strcmp(info->name, "hang") == 0) ++*(int *)ud;
+  named *c = ud;
+  if (strcmp(info->name, c->name) == 0) c->n++;
   return true;
 }
 
-/* Waits until no process runs the "hang" worker (the exit signal reaches
- * the linked job processes after the supervisor's DOWN). */
-static void wait_no_hang_process(void) {
+/* Waits until no process runs the worker (the exit signal reaches the
+ * linked job processes after the supervisor's DOWN). */
+static void wait_no_process(const char *worker) {
   for (int i = 0; i < 2000; i++) {
-    int n = 0;
-    keel_rt_processes(count_named, &n);
-    if (n == 0) return;
+    named c = {worker, 0};
+    keel_rt_processes(count_named, &c);
+    if (c.n == 0) return;
     keel_sleep(5);
   }
   CHECK(!"a job process outlived its runner");
+}
+
+/* Runs one statement on keel's tables (the test's hand on the database). */
+typedef struct sql_arg {
+  const char *sql;
+  const char *const *p;
+  size_t n;
+} sql_arg;
+
+static int sql_fn(keel_es_tx *tx, void *arg) {
+  sql_arg *a = arg;
+  return keel_es_tx_exec(tx, a->sql, a->p, a->n, NULL);
+}
+
+static void exec_sql(keel_es *es, const char *sql, const char *const *p, size_t n) {
+  sql_arg a = {sql, p, n};
+  CHECK_OK(keel__es_transact_internal(es, sql_fn, &a));
+}
+
+static void age_heartbeat(keel_es *es, const char *instance, int64_t ms) {
+  char d[24];
+  snprintf(d, sizeof d, "%lld", (long long)ms);
+  exec_sql(es,
+           "UPDATE keel_jobs_instances SET heartbeat_at = heartbeat_at - CAST($2 AS BIGINT) "
+           "WHERE instance = $1",
+           (const char *[]){instance, d}, 2);
 }
 
 /* SQLite: one instance per file, so the jobs a dead instance left running
@@ -654,7 +704,8 @@ KT_CASE(a_dead_instances_running_jobs_are_rescued_and_completed) {
   keel_msg_t *m = kt_recv(10000);
   CHECK_EQ(keel_msg_kind_of(m), KEEL_MSG_DOWN);
   keel_msg_free(m);
-  wait_no_hang_process();
+  wait_no_process("hang");
+  wait_no_process("jobs.janitor"); /* SQLite: the runner lock goes with it */
   atomic_store(&S.hang, 0);
   keel_jobs *b = start_jobs(es2, "lives");
   if (kt_es_pg_url()) {
@@ -664,7 +715,10 @@ KT_CASE(a_dead_instances_running_jobs_are_rescued_and_completed) {
     CHECK_OK(keel_jobs_get(b, id, &o));
     CHECK_STR(jstr(o, "state"), "running");
     json_decref(o);
-    advance(30001);
+    /* heartbeats are on the database's clock: age the dead one's instead
+     * of moving the test clock (by twice rescue_after_ms: the clock's
+     * offset is measured to within a round trip) */
+    age_heartbeat(es2, "dies", 60000);
     CHECK_OK(keel_jobs_maintain(b));
   }
   /* the rescue is a failed attempt: due after its backoff (at most 1000) */
@@ -798,7 +852,7 @@ static int cmp_i64(const void *a, const void *b) {
 }
 
 static int64_t starts[8];
-static atomic_int nstarts;
+static atomic_int nstarts, nstamped; /* slots taken; starts written (after) */
 
 static int timed(keel_job *job, void *ud) {
   (void)job, (void)ud;
@@ -806,6 +860,7 @@ static int timed(keel_job *job, void *ud) {
   clock_gettime(CLOCK_MONOTONIC, &ts);
   int i = atomic_fetch_add(&nstarts, 1);
   if (i < 8) starts[i] = (int64_t)ts.tv_sec * 1000 + ts.tv_nsec / 1000000;
+  atomic_fetch_add(&nstamped, 1); /* the reader waits for this: starts[i] is written */
   return 0;
 }
 
@@ -818,6 +873,7 @@ KT_CASE(a_queue_rate_limit_spreads_starts_over_seconds) {
   static const keel_job_worker w[] = {{.name = "timed", .perform = timed}};
   static const keel_job_queue q[] = {{.name = "limited", .concurrency = 10, .rate_per_s = 2}};
   atomic_store(&nstarts, 0);
+  atomic_store(&nstamped, 0);
   keel_jobs *j = NULL;
   CHECK_OK(keel_jobs_start(&(keel_jobs_opts){.es = es,
                                              .workers = w,
@@ -832,7 +888,7 @@ KT_CASE(a_queue_rate_limit_spreads_starts_over_seconds) {
     CHECK_OK(
         keel_jobs_enqueue(j, &(keel_job_new){.worker = "timed", .queue = "limited"}, NULL, NULL));
   CHECK_OK(keel_jobs_resume(j, "limited"));
-  for (int i = 0; i < 3000 && atomic_load(&nstarts) < 5; i++)
+  for (int i = 0; i < 3000 && atomic_load(&nstamped) < 5; i++)
     keel_sleep(5);
   CHECK_EQ(atomic_load(&nstarts), 5);
   qsort(starts, 5, sizeof starts[0], cmp_i64);
@@ -896,6 +952,399 @@ KT_CASE(a_cron_slot_is_enqueued_once_across_instances) {
   kt_store_close(&st);
 }
 
+/* An outcome that cannot be written leaves the row running on a live,
+ * beating instance; once the attempt is past its deadline (the worker's
+ * timeout plus rescue_after_ms) a janitor takes it back. A trigger refuses
+ * the first attempt's every outcome but the deadline's (the job's own
+ * completion, then its runner's record of the crash that followed). */
+KT_CASE(an_attempt_past_its_deadline_goes_back_on_a_live_instance) {
+  reset();
+  kt_store st;
+  keel_es *es = kt_store_open(&st, NULL);
+  bool pg = kt_es_pg_url() != NULL;
+  keel_jobs *j = start_jobs(es, "a");
+  if (pg) {
+    exec_sql(es,
+             "CREATE FUNCTION keel_test_refuse() RETURNS trigger AS $$ BEGIN RAISE EXCEPTION "
+             "'the disk is full'; END $$ LANGUAGE plpgsql",
+             NULL, 0);
+    exec_sql(es,
+             "CREATE TRIGGER keel_test_refuse BEFORE UPDATE ON keel_jobs FOR EACH ROW WHEN "
+             "(OLD.state = 'running' AND NEW.state <> 'running' AND OLD.attempt = 1 AND NEW.errors "
+             "NOT LIKE '%deadline%') EXECUTE FUNCTION keel_test_refuse()",
+             NULL, 0);
+  } else {
+    exec_sql(es,
+             "CREATE TRIGGER keel_test_refuse BEFORE UPDATE ON keel_jobs FOR EACH ROW WHEN "
+             "OLD.state = 'running' AND NEW.state <> 'running' AND OLD.attempt = 1 AND NEW.errors "
+             "NOT LIKE '%deadline%' BEGIN SELECT RAISE(ABORT, 'the disk is full'); END",
+             NULL, 0);
+  }
+  int64_t id = enqueue(j, "brief", 3);
+  wait_until(&S.done, 1); /* it ran; its outcome is refused */
+  CHECK_OK(keel_jobs_maintain(j));
+  json_t *o = NULL;
+  CHECK_OK(keel_jobs_get(j, id, &o));
+  CHECK_STR(jstr(o, "state"), "running"); /* not yet past the deadline: left alone */
+  CHECK_STR(jstr(o, "instance"), "a");
+  json_decref(o);
+  /* past it: 100 ms of timeout and 30 s of rescue_after. The deadline is on
+   * the database's clock on PostgreSQL (age the row well past it: the
+   * clock's offset is measured to within a round trip), the jobs' on SQLite */
+  if (pg) {
+    char sid[24];
+    snprintf(sid, sizeof sid, "%lld", (long long)id);
+    exec_sql(es,
+             "UPDATE keel_jobs SET deadline_at = deadline_at - 60000 WHERE id = CAST($1 AS BIGINT)",
+             (const char *[]){sid}, 1);
+  } else {
+    advance(30101);
+  }
+  CHECK_OK(keel_jobs_maintain(j)); /* the instance lives and beats */
+  advance(1000);                   /* the failed attempt's backoff (at most 1000) */
+  keel_jobs_notify(j, NULL);
+  o = wait_job(j, id, "completed", 2);
+  CHECK_STR(jstr(json_array_get(json_object_get(o, "errors"), 0), "error"),
+            "attempt deadline passed");
+  json_decref(o);
+  keel_jobs_stop(j, 1000);
+  kt_store_close(&st);
+}
+
+/* During a rolling deploy an old instance (without the worker) must leave
+ * a new worker's jobs alone rather than spend their attempts. */
+KT_CASE(an_instance_claims_only_jobs_of_its_own_workers) {
+  reset();
+  kt_store st;
+  keel_es *es = kt_store_open(&st, NULL);
+  keel_jobs_opts oo = {.es = es,
+                       .workers = workers, /* "ok" only */
+                       .nworkers = 1,
+                       .queues = queues,
+                       .nqueues = 1,
+                       .instance = "old",
+                       .poll_ms = 50,
+                       .heartbeat_ms = 60000,
+                       .now = clock_fn};
+  keel_jobs *old = NULL;
+  CHECK_OK(keel_jobs_start(&oo, &old));
+  CHECK_OK(keel_jobs_pause(old, "default"));
+  /* first in the queue's order: one claim of 4 slots would take both */
+  int64_t fresh = enqueue(old, "fresh", 3);
+  int64_t ok = enqueue(old, "ok", 3);
+  CHECK_OK(keel_jobs_resume(old, "default"));
+  json_decref(wait_job(old, ok, "completed", 1));
+  CHECK_OK(keel_jobs_maintain(old));
+  json_t *o = NULL;
+  CHECK_OK(keel_jobs_get(old, fresh, &o));
+  CHECK_STR(jstr(o, "state"), "available");
+  CHECK_EQ(jint(o, "attempt"), 0);
+  CHECK_EQ(json_array_size(json_object_get(o, "errors")), (size_t)0);
+  json_decref(o);
+  keel_jobs_stop(old, 1000);
+  /* the new instance has it */
+  keel_jobs *neu = start_jobs(es, "new");
+  json_decref(wait_job(neu, fresh, "completed", 1));
+  keel_jobs_stop(neu, 1000);
+  kt_store_close(&st);
+}
+
+/* A stop whose budget and kill a job outlives (it holds its exits) keeps
+ * the heartbeat row and leaves the row running: another instance takes it
+ * once the heartbeat is old, not while it may still run. */
+KT_CASE(a_stop_that_overruns_its_budget_leaves_a_live_job_to_the_rescuers) {
+  reset();
+  atomic_store(&S.hang, 1);
+  kt_store st;
+  keel_es *es = kt_store_open(&st, NULL);
+  keel_jobs *a = start_jobs(es, "a");
+  int64_t id = enqueue(a, "holds", 3);
+  json_decref(wait_job(a, id, "running", 1));
+  wait_until(&S.active, 1);
+  keel_jobs_stop(a, 200);              /* the budget, then the kill, which it holds off */
+  CHECK_EQ(atomic_load(&S.active), 1); /* it still runs */
+  keel_es_rows rows;
+  CHECK_OK(keel_es_query(es, "SELECT instance FROM keel_jobs_instances", NULL, 0, &rows));
+  CHECK_EQ(rows.nrows, (size_t)1); /* the heartbeat stays */
+  CHECK_STR(keel_es_rows_get(&rows, 0, 0), "a");
+  keel_es_rows_free(&rows);
+  json_t *o = NULL;
+  keel_jobs *enq = NULL; /* an enqueue-only instance, to read */
+  CHECK_OK(
+      keel_jobs_start(&(keel_jobs_opts){.es = es, .now = clock_fn, .instance = "reader"}, &enq));
+  CHECK_OK(keel_jobs_get(enq, id, &o));
+  CHECK_STR(jstr(o, "state"), "running");
+  CHECK_STR(jstr(o, "instance"), "a");
+  json_decref(o);
+  keel_jobs_stop(enq, 100);
+  /* it ends (the kill takes effect as it lets go), and then it is rescued */
+  atomic_store(&S.hang, 0);
+  wait_no_process("holds");
+  /* SQLite: the runner lock goes with the process's last reference */
+  keel_jobs *b = NULL;
+  keel_jobs_opts bo = {.es = es,
+                       .workers = workers,
+                       .nworkers = sizeof workers / sizeof workers[0],
+                       .queues = queues,
+                       .nqueues = 2,
+                       .instance = "b",
+                       .poll_ms = 50,
+                       .heartbeat_ms = 60000,
+                       .rescue_after_ms = 30000,
+                       .backoff_ms = 100,
+                       .backoff_max_ms = 1000,
+                       .now = clock_fn};
+  int rc = KEEL_ESTATE;
+  for (int i = 0; i < 2000 && rc == KEEL_ESTATE; i++) /* a liveness bound only */
+    if ((rc = keel_jobs_start(&bo, &b)) == KEEL_ESTATE) keel_sleep(5);
+  CHECK_OK(rc);
+  if (kt_es_pg_url()) {
+    age_heartbeat(es, "a", 60000);
+    CHECK_OK(keel_jobs_maintain(b));
+  }
+  advance(1000); /* the rescue's backoff */
+  keel_jobs_notify(b, NULL);
+  o = wait_job(b, id, "completed", 2);
+  CHECK_STR(jstr(json_array_get(json_object_get(o, "errors"), 0), "error"), "instance lost");
+  json_decref(o);
+  keel_jobs_stop(b, 1000);
+  kt_store_close(&st);
+}
+
+/* PostgreSQL: a cancel is one conditional UPDATE. A job that completes
+ * while the cancel runs stays completed (a read then a write relabelled
+ * it cancelled): the completion holds the row's lock while the cancel
+ * reads, then commits. */
+typedef struct canceller {
+  keel_jobs *j;
+  int64_t id;
+  keel_pid_t parent;
+} canceller;
+
+static void cancel_proc(void *arg) {
+  canceller *c = arg;
+  keel_msg_t *m = kt_recv(30000);
+  keel_msg_free(m);
+  int rc = keel_jobs_cancel(c->j, c->id);
+  keel_send(c->parent, keel_msg_copy(1, &rc, sizeof rc));
+}
+
+typedef struct completer {
+  int64_t id;
+  keel_pid_t canceller;
+} completer;
+
+static int complete_fn(keel_es_tx *tx, void *arg) {
+  completer *c = arg;
+  char sid[24];
+  snprintf(sid, sizeof sid, "%lld", (long long)c->id);
+  int rc = keel_es_tx_exec(tx,
+                           "UPDATE keel_jobs SET state = 'completed' WHERE id = CAST($1 AS "
+                           "BIGINT)",
+                           (const char *[]){sid}, 1, NULL);
+  keel_send(c->canceller, keel_msg_new(1, 0));
+  keel_sleep(300); /* the cancel reads, and its write waits for this lock */
+  return rc;
+}
+
+KT_CASE(a_cancel_never_relabels_a_job_that_completed_meanwhile) {
+  KT_PG_ONLY();
+  reset();
+  atomic_store(&S.hang, 1);
+  kt_store st;
+  keel_es *es = kt_store_open(&st, NULL);
+  keel_es *es2 = NULL;
+  CHECK_OK(keel_es_open(&(keel_es_opts){.url = st.url}, &es2));
+  keel_jobs *j = start_jobs(es, "a");
+  int64_t id = enqueue(j, "hang", 3);
+  json_decref(wait_job(j, id, "running", 1));
+  canceller c = {.j = j, .id = id, .parent = keel_self()};
+  keel_pid_t cp = 0;
+  CHECK_OK(keel_spawn(cancel_proc, &c, NULL, &cp));
+  completer done = {.id = id, .canceller = cp};
+  CHECK_OK(keel__es_transact_internal(es2, complete_fn, &done));
+  keel_msg_t *m = kt_recv(30000);
+  int rc = 0;
+  memcpy(&rc, keel_msg_data(m), sizeof rc);
+  keel_msg_free(m);
+  CHECK_EQ(rc, KEEL_ESTATE);
+  json_t *o = wait_job(j, id, "completed", 1);
+  json_decref(o);
+  atomic_store(&S.hang, 0);
+  keel_jobs_stop(j, 1000);
+  keel_es_close(es2);
+  kt_store_close(&st);
+}
+
+/* The kill of a cancel names the attempt: a stale one (for attempt 1)
+ * arriving while attempt 2 runs leaves it alone. */
+KT_CASE(a_stale_cancel_kill_does_not_hit_the_next_attempt) {
+  reset();
+  atomic_store(&S.hang, 1);
+  kt_store st;
+  keel_es *es = kt_store_open(&st, NULL);
+  keel_jobs *j = start_jobs(es, "a");
+  int64_t id = enqueue(j, "hang", 3);
+  json_decref(wait_job(j, id, "running", 1));
+  wait_until(&S.active, 1);
+  CHECK_OK(keel_jobs_cancel(j, id));
+  json_decref(wait_job(j, id, "cancelled", 1));
+  keel_pid_t first = atomic_load(&S.hang_pid[0]);
+  for (int i = 0; i < 2000 && keel_is_alive(first); i++) /* a liveness bound only */
+    keel_sleep(5);
+  CHECK(!keel_is_alive(first)); /* attempt 1 was killed */
+  CHECK_OK(keel_jobs_retry(j, id));
+  json_decref(wait_job(j, id, "running", 2));
+  wait_until(&S.runs, 2);
+  keel_pid_t second = atomic_load(&S.hang_pid[1]);
+  /* the kill of attempt 1's cancel, late */
+  jobs_cancel_msg cm = {.id = id, .attempt = 1};
+  keel_pid_t runner = atomic_load(&j->queues[0].runner);
+  CHECK(runner != 0);
+  CHECK_OK(keel_send(runner, keel_msg_copy(JOBS_TAG_CANCEL, &cm, sizeof cm)));
+  CHECK_OK(keel_jobs_maintain(j));
+  keel_sleep(100); /* the runner has had its turn */
+  CHECK(keel_is_alive(second));
+  json_decref(wait_job(j, id, "running", 2));
+  atomic_store(&S.hang, 0);
+  json_decref(wait_job(j, id, "completed", 2));
+  keel_jobs_stop(j, 1000);
+  kt_store_close(&st);
+}
+
+/* PostgreSQL: heartbeats and the rescue's cutoff are on the database's
+ * clock. An instance whose host clock is years behind (the test clock) is
+ * alive to one on the real clock. */
+KT_CASE(heartbeats_are_on_the_databases_clock) {
+  KT_PG_ONLY();
+  reset();
+  atomic_store(&S.hang, 1);
+  kt_store st;
+  keel_es *es = kt_store_open(&st, NULL);
+  keel_es *es2 = NULL;
+  CHECK_OK(keel_es_open(&(keel_es_opts){.url = st.url}, &es2));
+  keel_jobs *a = start_jobs(es, "behind"); /* the test clock: 2023 */
+  int64_t id = enqueue(a, "hang", 3);
+  json_decref(wait_job(a, id, "running", 1));
+  keel_jobs *b = NULL;
+  CHECK_OK(keel_jobs_start(
+      &(keel_jobs_opts){.es = es2, .instance = "now", .rescue_after_ms = 30000}, &b));
+  CHECK_OK(keel_jobs_maintain(b));
+  json_t *o = NULL;
+  CHECK_OK(keel_jobs_get(b, id, &o));
+  CHECK_STR(jstr(o, "state"), "running");
+  CHECK_STR(jstr(o, "instance"), "behind");
+  json_decref(o);
+  keel_jobs_stop(b, 100);
+  atomic_store(&S.hang, 0);
+  keel_jobs_stop(a, 1000);
+  keel_es_close(es2);
+  kt_store_close(&st);
+}
+
+/* A default instance name carries 64 random bits (host-pid-16 hex digits):
+ * containers whose processes all have pid 1 must not collide. */
+KT_CASE(a_default_instance_name_has_64_random_bits) {
+  kt_store st;
+  keel_es *es = kt_store_open(&st, NULL);
+  keel_jobs *x = NULL, *y = NULL;
+  CHECK_OK(keel_jobs_start(&(keel_jobs_opts){.es = es}, &x));
+  CHECK_OK(keel_jobs_start(&(keel_jobs_opts){.es = es}, &y));
+  keel_es_rows rows;
+  CHECK_OK(keel_es_query(es, "SELECT instance FROM keel_jobs_instances", NULL, 0, &rows));
+  CHECK_EQ(rows.nrows, (size_t)2);
+  for (size_t r = 0; r < 2; r++) {
+    const char *name = keel_es_rows_get(&rows, r, 0);
+    const char *dash = strrchr(name, '-');
+    CHECK(dash != NULL);
+    CHECK_EQ(strlen(dash + 1), (size_t)16);
+    CHECK_EQ(strspn(dash + 1, "0123456789abcdef"), (size_t)16);
+  }
+  CHECK(strcmp(keel_es_rows_get(&rows, 0, 0), keel_es_rows_get(&rows, 1, 0)) != 0);
+  keel_es_rows_free(&rows);
+  keel_jobs_stop(x, 100);
+  keel_jobs_stop(y, 100);
+  kt_store_close(&st);
+}
+
+/* The janitor's steps are independent: a cron entry whose job cannot be
+ * enqueued fails its step every round, and retention still prunes (in
+ * batches: 2500 rows in one round). In the periodic rounds the failing step
+ * backs off: after failing in rounds 1 and 2 it is skipped in round 3. */
+KT_CASE(janitor_steps_are_independent_batched_and_back_off) {
+  reset();
+  kt_store st;
+  keel_es *es = kt_store_open(&st, NULL);
+  static const keel_job_new bad = {.worker = "ok", .priority = 10}; /* refused: 0..9 */
+  static const keel_job_cron crons[] = {{.name = "bad", .expr = "* * * * *", .job = &bad}};
+  keel_jobs *j = NULL;
+  CHECK_OK(keel_jobs_start(&(keel_jobs_opts){.es = es,
+                                             .instance = "a",
+                                             .heartbeat_ms = 600000,
+                                             .retention_ms = 3600000,
+                                             .crons = crons,
+                                             .ncrons = 1,
+                                             .now = clock_fn},
+                           &j));
+  /* 2500 finished jobs, an hour and more old */
+  char fin[24];
+  snprintf(fin, sizeof fin, "%lld", (long long)atomic_load(&test_now));
+  exec_sql(es,
+           "WITH RECURSIVE n(i) AS (SELECT 1 UNION ALL SELECT i + 1 FROM n WHERE i < 2500) "
+           "INSERT INTO keel_jobs (queue, worker, args, state, priority, attempt, max_attempts, "
+           "run_at, inserted_at, finished_at, errors, tags) SELECT 'default', 'ok', '{}', "
+           "'completed', 0, 1, 1, CAST($1 AS BIGINT), CAST($1 AS BIGINT), CAST($1 AS BIGINT), "
+           "'[]', '[]' FROM n",
+           (const char *[]){fin}, 1);
+  CHECK_EQ(count_jobs(j, "default"), (size_t)1000); /* the list's cap: at least that many */
+  advance(3600001);                                 /* past retention, and past a cron slot */
+  CHECK_EQ(keel_jobs_maintain(j), KEEL_EINVAL);     /* the cron step's failure */
+  keel_es_rows rows;
+  CHECK_OK(keel_es_query(es, "SELECT COUNT(*) FROM keel_jobs", NULL, 0, &rows));
+  CHECK_STR(keel_es_rows_get(&rows, 0, 0), "0"); /* pruned all the same, every batch */
+  keel_es_rows_free(&rows);
+  /* backoff: rounds 1 and 2 try and fail (2 failures), round 3 skips it */
+  pthread_mutex_lock(&j->mu);
+  j->step_fails[JOBS_STEP_CRON] = 0, j->step_next[JOBS_STEP_CRON] = 0, j->rounds = 0;
+  pthread_mutex_unlock(&j->mu);
+  CHECK_EQ(keel__jobs_janitor_round(j, true), KEEL_EINVAL);
+  CHECK_EQ(keel__jobs_janitor_round(j, true), KEEL_EINVAL);
+  CHECK_OK(keel__jobs_janitor_round(j, true)); /* skipped: nothing failed */
+  pthread_mutex_lock(&j->mu);
+  CHECK_EQ(j->step_fails[JOBS_STEP_CRON], 2);
+  pthread_mutex_unlock(&j->mu);
+  CHECK_EQ(keel__jobs_janitor_round(j, true), KEEL_EINVAL); /* tried again */
+  keel_jobs_stop(j, 100);
+  kt_store_close(&st);
+}
+
+/* A database whose keel_jobs was made before deadlines gets the column at
+ * start, and its jobs run. */
+KT_CASE(a_table_from_before_deadlines_gets_the_column) {
+  reset();
+  kt_store st;
+  keel_es *es = kt_store_open(&st, NULL);
+  char sql[1024];
+  snprintf(sql, sizeof sql,
+           "CREATE TABLE keel_jobs (id %s, queue TEXT NOT NULL, worker TEXT NOT NULL, args TEXT "
+           "NOT NULL, state TEXT NOT NULL, priority INTEGER NOT NULL, attempt INTEGER NOT NULL, "
+           "max_attempts INTEGER NOT NULL, run_at BIGINT NOT NULL, inserted_at BIGINT NOT NULL, "
+           "attempted_at BIGINT, finished_at BIGINT, instance TEXT, errors TEXT NOT NULL, tags "
+           "TEXT NOT NULL, unique_key TEXT, unique_until BIGINT)",
+           kt_es_pg_url() ? "BIGINT GENERATED BY DEFAULT AS IDENTITY PRIMARY KEY"
+                          : "INTEGER PRIMARY KEY AUTOINCREMENT");
+  exec_sql(es, sql, NULL, 0);
+  keel_jobs *j = start_jobs(es, "a");
+  int64_t id = enqueue(j, "ok", 1);
+  json_decref(wait_job(j, id, "completed", 1));
+  keel_es_rows rows;
+  CHECK_OK(keel_es_query(es, "SELECT deadline_at FROM keel_jobs", NULL, 0, &rows));
+  CHECK(keel_es_rows_get(&rows, 0, 0) != NULL); /* stamped by the claim */
+  keel_es_rows_free(&rows);
+  keel_jobs_stop(j, 1000);
+  kt_store_close(&st);
+}
+
 KT_MAIN(KT_ENTRY_SCHED(a_job_runs_once_and_its_completion_is_recorded, 2),
         KT_ENTRY_SCHED(backoff_schedule_and_attempts_are_exactly_as_configured, 2),
         KT_ENTRY_SCHED(a_unique_job_is_enqueued_once_under_eight_concurrent_enqueuers, 2),
@@ -913,4 +1362,13 @@ KT_MAIN(KT_ENTRY_SCHED(a_job_runs_once_and_its_completion_is_recorded, 2),
         KT_ENTRY_SCHED(two_instances_never_run_a_job_twice, 2),
         KT_ENTRY_SCHED(an_enqueue_wakes_another_instances_runner_at_once, 2),
         KT_ENTRY_SCHED(a_cron_slot_is_enqueued_once_across_instances, 2),
-        KT_ENTRY_SCHED(a_queue_rate_limit_spreads_starts_over_seconds, 2))
+        KT_ENTRY_SCHED(a_queue_rate_limit_spreads_starts_over_seconds, 2),
+        KT_ENTRY_SCHED(an_attempt_past_its_deadline_goes_back_on_a_live_instance, 2),
+        KT_ENTRY_SCHED(an_instance_claims_only_jobs_of_its_own_workers, 2),
+        KT_ENTRY_SCHED(a_stop_that_overruns_its_budget_leaves_a_live_job_to_the_rescuers, 2),
+        KT_ENTRY_SCHED(a_cancel_never_relabels_a_job_that_completed_meanwhile, 2),
+        KT_ENTRY_SCHED(a_stale_cancel_kill_does_not_hit_the_next_attempt, 2),
+        KT_ENTRY_SCHED(heartbeats_are_on_the_databases_clock, 2),
+        KT_ENTRY_SCHED(a_default_instance_name_has_64_random_bits, 2),
+        KT_ENTRY_SCHED(janitor_steps_are_independent_batched_and_back_off, 2),
+        KT_ENTRY_SCHED(a_table_from_before_deadlines_gets_the_column, 2))
