@@ -10,6 +10,7 @@
  * KEEL__OWNER_ADD), so the walk is not a data race, only a slightly stale
  * view: each value is one the process had during the walk.
  */
+#include <stdlib.h>
 #include <string.h>
 
 #include "rt/internal.h"
@@ -85,6 +86,132 @@ int keel_rt_process_info(keel_pid_t pid, keel_proc_info *out) {
   if (!p || !out) return p ? KEEL_EINVAL : KEEL_ENOPROC;
   if (!read_slot(p, keel__coarse_ms(), out) || out->pid != pid) return KEEL_ENOPROC;
   return 0;
+}
+
+/* The link and monitor sets are the owner's, changed only under its
+ * sig_lock (proc.c's vectors), and sig_pid (under the same lock) names the
+ * incarnation that accepts signals: 0 once it ended, before its sets are
+ * freed. So one lock gives both a consistent copy and the proof that the set
+ * is pid's, not a later incarnation's of the same slot.
+ *
+ * Another process's link, unlink or monitor reaches the owner as a signal
+ * that does not wake it (signal.c): a sleeping process would show a stale set
+ * for as long as it sleeps. Its pending signals sit in the queue under the
+ * same lock, so the reader applies them to its copy, in order, as the owner
+ * will: the copy is the set as the rest of the node already sees it. The
+ * working copy is allocated before the lock is taken (never under a
+ * spinlock), and again larger if the set grew meanwhile. */
+enum { SET_LINKS, SET_MONITORS, SET_MONITORED_BY };
+
+static void set_del_pid(keel__mon *w, size_t *n, keel_pid_t pid) {
+  for (size_t i = 0; i < *n; i++)
+    if (w[i].pid == pid) {
+      w[i] = w[--*n];
+      return;
+    }
+}
+
+static void set_del_ref(keel__mon *w, size_t *n, keel_ref_t ref) {
+  for (size_t i = 0; i < *n; i++)
+    if (w[i].ref == ref) {
+      w[i] = w[--*n];
+      return;
+    }
+}
+
+static bool set_has_pid(const keel__mon *w, size_t n, keel_pid_t pid) {
+  for (size_t i = 0; i < n; i++)
+    if (w[i].pid == pid) return true;
+  return false;
+}
+
+/* Under p's sig_lock: the set's entries plus what its pending signals add,
+ * an upper bound of the working copy's size. */
+static size_t set_bound(const keel__proc *p, int which) {
+  if (which == SET_LINKS) {
+    size_t n = p->links.n;
+    for (const keel__sig *g = p->sig_head; g; g = g->next)
+      n += g->type == KEEL__SIG_LINK;
+    return n;
+  }
+  if (which == SET_MONITORS) return p->monitors.n;
+  size_t n = p->monitored_by.n;
+  for (const keel__sig *g = p->sig_head; g; g = g->next)
+    n += g->type == KEEL__SIG_MONITOR;
+  return n;
+}
+
+/* Under p's sig_lock, w holding at least set_bound entries: the set as the
+ * owner will have it once it has handled its pending signals. */
+static size_t set_copy(const keel__proc *p, int which, keel__mon *w) {
+  size_t n = 0;
+  if (which == SET_LINKS) {
+    for (uint32_t i = 0; i < p->links.n; i++)
+      w[n++] = (keel__mon){.ref = 0, .pid = p->links.v[i]};
+    for (const keel__sig *g = p->sig_head; g; g = g->next) {
+      if (g->type == KEEL__SIG_LINK && !set_has_pid(w, n, g->from))
+        w[n++] = (keel__mon){.ref = 0, .pid = g->from};
+      else if (g->type == KEEL__SIG_UNLINK || g->type == KEEL__SIG_LINK_EXIT)
+        set_del_pid(w, &n, g->from);
+    }
+    return n;
+  }
+  const keel__monvec *v = which == SET_MONITORS ? &p->monitors : &p->monitored_by;
+  for (uint32_t i = 0; i < v->n; i++)
+    w[n++] = v->v[i];
+  if (which == SET_MONITORED_BY)
+    for (const keel__sig *g = p->sig_head; g; g = g->next) {
+      if (g->type == KEEL__SIG_MONITOR)
+        w[n++] = (keel__mon){.ref = g->ref, .pid = g->from};
+      else if (g->type == KEEL__SIG_DEMONITOR)
+        set_del_ref(w, &n, g->ref);
+    }
+  return n;
+}
+
+static int copy_set(keel_pid_t pid, int which, keel_pid_t *out, size_t cap, size_t *n) {
+  if (atomic_load_explicit(&keel__g.state, memory_order_acquire) != 1) return KEEL_ESTATE;
+  if (!n || (cap && !out)) return KEEL_EINVAL;
+  keel__proc *p = pid ? keel__slot(KEEL__PID_IDX(pid)) : NULL;
+  if (!p) return KEEL_ENOPROC;
+  size_t room = 16, got;
+  keel__mon *w;
+  for (;;) {
+    w = malloc(room * sizeof *w);
+    if (!w) return KEEL_ENOMEM;
+    keel__spin_lock(&p->sig_lock);
+    if (p->sig_pid != pid) {
+      keel__spin_unlock(&p->sig_lock);
+      free(w);
+      return KEEL_ENOPROC;
+    }
+    size_t bound = set_bound(p, which);
+    if (bound <= room) {
+      got = set_copy(p, which, w);
+      keel__spin_unlock(&p->sig_lock);
+      break;
+    }
+    keel__spin_unlock(&p->sig_lock);
+    free(w);
+    room = bound * 2;
+  }
+  for (size_t i = 0; i < got && i < cap; i++)
+    out[i] = w[i].pid;
+  free(w);
+  *n = got;
+  return 0;
+}
+
+int keel_rt_process_links(keel_pid_t pid, keel_pid_t *out, size_t cap, size_t *n) {
+  return copy_set(pid, SET_LINKS, out, cap, n);
+}
+
+int keel_rt_process_monitors(keel_pid_t pid, keel_pid_t *out, size_t cap, size_t *n) {
+  return copy_set(pid, SET_MONITORS, out, cap, n);
+}
+
+int keel_rt_process_monitored_by(keel_pid_t pid, keel_pid_t *out, size_t cap, size_t *n) {
+  return copy_set(pid, SET_MONITORED_BY, out, cap, n);
 }
 
 int keel_rt_sched_info(int i, keel_sched_info *out) {

@@ -30,15 +30,33 @@
 
 /* ---- vectors ---------------------------------------------------------------- */
 
-int keel__pidvec_add(keel__pidvec *v, keel_pid_t pid) {
+/* The link and monitor sets belong to their process: only it (or, after it
+ * ended, its scheduler) changes them. Other threads read them through
+ * keel_rt_process_links and friends (observe.c), so every change is made
+ * under the process's sig_lock (`lk`), which the reader takes too and which
+ * also says, through sig_pid, whether the process still lives. The owner
+ * reads its own sets without the lock: it is their only writer. Growth
+ * allocates and copies outside the lock, so the critical section is a few
+ * stores (decision 0030). */
+
+int keel__pidvec_add(keel__spin *lk, keel__pidvec *v, keel_pid_t pid) {
   if (v->n == v->cap) {
     uint32_t cap = v->cap ? v->cap * 2 : 4;
-    keel_pid_t *nv = realloc(v->v, cap * sizeof *nv);
+    keel_pid_t *nv = malloc(cap * sizeof *nv);
     if (!nv) return KEEL_ENOMEM;
+    if (v->n) memcpy(nv, v->v, v->n * sizeof *nv);
+    keel__spin_lock(lk);
+    keel_pid_t *old = v->v;
     v->v = nv;
     v->cap = cap;
+    v->v[v->n++] = pid;
+    keel__spin_unlock(lk);
+    free(old);
+    return 0;
   }
+  keel__spin_lock(lk);
   v->v[v->n++] = pid;
+  keel__spin_unlock(lk);
   return 0;
 }
 
@@ -48,34 +66,46 @@ bool keel__pidvec_has(const keel__pidvec *v, keel_pid_t pid) {
   return false;
 }
 
-bool keel__pidvec_del(keel__pidvec *v, keel_pid_t pid) {
+bool keel__pidvec_del(keel__spin *lk, keel__pidvec *v, keel_pid_t pid) {
   for (uint32_t i = 0; i < v->n; i++)
     if (v->v[i] == pid) {
+      keel__spin_lock(lk);
       v->v[i] = v->v[--v->n];
+      keel__spin_unlock(lk);
       return true;
     }
   return false;
 }
 
-int keel__monvec_add(keel__monvec *v, keel_ref_t ref, keel_pid_t pid) {
+int keel__monvec_add(keel__spin *lk, keel__monvec *v, keel_ref_t ref, keel_pid_t pid) {
+  keel__mon *old = NULL;
   if (v->n == v->cap) {
     uint32_t cap = v->cap ? v->cap * 2 : 4;
-    keel__mon *nv = realloc(v->v, cap * sizeof *nv);
+    keel__mon *nv = malloc(cap * sizeof *nv);
     if (!nv) return KEEL_ENOMEM;
+    if (v->n) memcpy(nv, v->v, v->n * sizeof *nv);
+    keel__spin_lock(lk);
+    old = v->v;
     v->v = nv;
     v->cap = cap;
+  } else {
+    keel__spin_lock(lk);
   }
   v->v[v->n].ref = ref;
   v->v[v->n].pid = pid;
   v->n++;
+  keel__spin_unlock(lk);
+  free(old);
   return 0;
 }
 
-bool keel__monvec_del(keel__monvec *v, keel_ref_t ref, keel_pid_t *pid) {
+bool keel__monvec_del(keel__spin *lk, keel__monvec *v, keel_ref_t ref, keel_pid_t *pid) {
   for (uint32_t i = 0; i < v->n; i++)
     if (v->v[i].ref == ref) {
       if (pid) *pid = v->v[i].pid;
+      keel__spin_lock(lk);
       v->v[i] = v->v[--v->n];
+      keel__spin_unlock(lk);
       return true;
     }
   return false;
@@ -258,21 +288,21 @@ int keel_spawn(keel_proc_fn fn, void *arg, const keel_spawn_opts *opts, keel_pid
 
   int err = 0;
   if (opts->link) {
-    err = keel__pidvec_add(&p->links, parent->pid);
-    if (!err && (err = keel__pidvec_add(&parent->links, pid)) != 0) p->links.n = 0;
+    err = keel__pidvec_add(&p->sig_lock, &p->links, parent->pid);
+    if (!err && (err = keel__pidvec_add(&parent->sig_lock, &parent->links, pid)) != 0) p->links.n = 0;
   }
   keel_ref_t armed = 0; /* await_monitor's reference, disarmed if the spawn fails */
   if (!err && opts->monitor) {
     keel_ref_t ref = opts->monitor_with ? opts->monitor_with : keel_make_ref();
     if (opts->await_monitor && (err = keel_await_ref(ref)) == 0) armed = ref;
-    if (!err) err = keel__monvec_add(&p->monitored_by, ref, parent->pid);
-    if (!err && (err = keel__monvec_add(&parent->monitors, ref, pid)) != 0) p->monitored_by.n = 0;
+    if (!err) err = keel__monvec_add(&p->sig_lock, &p->monitored_by, ref, parent->pid);
+    if (!err && (err = keel__monvec_add(&parent->sig_lock, &parent->monitors, ref, pid)) != 0) p->monitored_by.n = 0;
     if (!err && opts->monitor_ref) *opts->monitor_ref = ref;
   }
   if (!err && opts->on_exit) err = keel__exit_hook_add(p, opts->on_exit, opts->on_exit_arg);
   if (err) {
     if (armed) keel_await_cancel(armed);
-    if (opts->link) keel__pidvec_del(&parent->links, pid);
+    if (opts->link) keel__pidvec_del(&parent->sig_lock, &parent->links, pid);
     keel__stack_put(s, st);
     keel__slot_release(s, p);
     return err;
@@ -500,7 +530,7 @@ void keel__proc_finalize(keel__sched *s, keel__proc *p) {
   while (sig) {
     keel__sig *next = sig->next;
     if (!keel__signal_bookkeep(p, sig) && sig->type == KEEL__SIG_LINK_EXIT)
-      keel__pidvec_del(&p->links, sig->from); /* that partner is gone too */
+      keel__pidvec_del(&p->sig_lock, &p->links, sig->from); /* that partner is gone too */
     free(sig);
     sig = next;
   }
