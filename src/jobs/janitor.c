@@ -162,6 +162,7 @@ int keel__jobs_janitor_round(keel_jobs *j) {
   if (rc == 0) rc = keel__jobs_cron_round(j, now);
   if (rc == 0) rc = prune(j, now);
   if (rc == 0) rc = gauges(j, now);
+  if (rc == 0) rc = keel__jobs_panel_round(j, now);
   if (rc == 0 && r.rescued) keel_jobs_notify(j, NULL);
   return rc;
 }

@@ -32,6 +32,8 @@ typedef struct jobs_queue {
                                 notify and cancel from any process */
   /* the janitor's last look (under jobs->mu) */
   int64_t depth, oldest_ms;
+  /* the dashboard panel's figures (panel.c; the janitor's round, under jobs->mu) */
+  int64_t running, failed, paused;
 } jobs_queue;
 
 struct keel_jobs {
@@ -45,6 +47,9 @@ struct keel_jobs {
   keel_metric_family *f_enqueued, *f_completed, *f_failed, *f_discarded, *f_snoozed, *f_cancelled,
       *f_duration, *f_depth, *f_oldest;
   char *admin_token;
+  /* the dashboard panel (panel.c): registered; its figures looked at once (mu) */
+  atomic_bool panel_on;
+  bool panel_looked;
   /* cron (cron.c): the parsed entries and the last slot each looked at */
   struct keel_cron **cron;
   int64_t *cron_last_s;
@@ -138,6 +143,12 @@ void keel__jobs_runner(void *arg);
 /* janitor.c */
 void keel__jobs_janitor(void *arg);
 int keel__jobs_janitor_round(keel_jobs *j);
+/* panel.c: the dashboard's "jobs" panel: registered by keel_jobs_admin_routes,
+ * its figures refreshed by the janitor's round (no-op while not registered),
+ * unregistered before j is freed. */
+int keel__jobs_panel_register(keel_jobs *j);
+int keel__jobs_panel_round(keel_jobs *j, int64_t now);
+void keel__jobs_panel_drop(keel_jobs *j);
 /* The rows of a result as jobs_rows (columns: id, attempt, max_attempts,
  * priority, inserted_at, run_at, queue, worker, args, errors, tags). */
 #define JOBS_ROW_COLS                                                                              \
