@@ -435,8 +435,8 @@ static void print_panel_data(kc *c, json_t *d) {
     json_array_foreach(d, i, row) {
       char *cells[KC_MAXCOL];
       for (int k = 0; k < ncol; k++)
-        cells[k] = json_object_get(row, cols[k]) ? cell_text(json_object_get(row, cols[k]))
-                                                 : strdup("");
+        cells[k] =
+            json_object_get(row, cols[k]) ? cell_text(json_object_get(row, cols[k])) : strdup("");
       kc_table_add(t, (const char *const *)cells, NULL);
       for (int k = 0; k < ncol; k++)
         free(cells[k]);

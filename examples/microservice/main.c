@@ -295,9 +295,9 @@ static char *workers_panel(void *ud) {
     keel_pid_t p = keel_whereis(name);
     if (p) keel_pid_format(p, pid, sizeof pid);
     json_array_append_new(
-        rows, json_pack("{s:s, s:s, s:I}", "worker", name, "pid", p ? pid : "(restarting)",
-                        "requests",
-                        (json_int_t)atomic_load_explicit(&served[i], memory_order_relaxed)));
+        rows,
+        json_pack("{s:s, s:s, s:I}", "worker", name, "pid", p ? pid : "(restarting)", "requests",
+                  (json_int_t)atomic_load_explicit(&served[i], memory_order_relaxed)));
   }
   char *text = json_dumps(rows, JSON_COMPACT);
   json_decref(rows);

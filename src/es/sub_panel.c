@@ -84,8 +84,8 @@ static char *sub_panel(void *ud) {
         "{s:s, s:O, s:O, s:O, s:o, s:O, s:O, s:O}", "subscription", name, "state",
         json_object_get(s, "state"), "lag", json_object_get(s, "lag"), "lag_seconds",
         json_object_get(s, "lag_seconds"), "events_per_sec",
-        rate_of(name, (uint64_t)json_integer_value(json_object_get(s, "handled")), now),
-        "parked", json_object_get(s, "parked"), "failures_last_minute",
+        rate_of(name, (uint64_t)json_integer_value(json_object_get(s, "handled")), now), "parked",
+        json_object_get(s, "parked"), "failures_last_minute",
         json_object_get(s, "failures_last_minute"), "breaker", json_object_get(s, "breaker"));
     if (row) json_array_append_new(rows, row);
   }

@@ -325,13 +325,23 @@ static void add_proc_sets(json_t *j, keel_pid_t pid, const keel_observer_snapsho
   proc_set *sets = calloc(3, sizeof *sets);
   keel_pid_t *want = malloc(3 * PROC_SET_MAX * sizeof *want);
   const keel_observer_proc **who = calloc(3 * PROC_SET_MAX, sizeof *who);
-  if (!sets || !want || !who) goto out;
-  sets[0] = (proc_set){.key = "links", .total_key = "links_total", .read = keel_rt_process_links};
-  sets[1] =
-      (proc_set){.key = "monitors", .total_key = "monitors_total", .read = keel_rt_process_monitors};
-  sets[2] = (proc_set){.key = "monitored_by",
-                       .total_key = "monitored_by_total",
-                       .read = keel_rt_process_monitored_by};
+  if (!sets || !want || !who) {
+    free(sets);
+    free(want);
+    free(who);
+    return;
+  }
+  /* field by field: a compound literal would put a 4 KB temporary on the
+   * request process's stack */
+  static const char *const keys[3] = {"links", "monitors", "monitored_by"};
+  static const char *const totals[3] = {"links_total", "monitors_total", "monitored_by_total"};
+  int (*const reads[3])(keel_pid_t, keel_pid_t *, size_t, size_t *) = {
+      keel_rt_process_links, keel_rt_process_monitors, keel_rt_process_monitored_by};
+  for (int s = 0; s < 3; s++) {
+    sets[s].key = keys[s];
+    sets[s].total_key = totals[s];
+    sets[s].read = reads[s];
+  }
   size_t nw = 0;
   for (int s = 0; s < 3; s++) {
     sets[s].rc = sets[s].read(pid, sets[s].v, PROC_SET_MAX, &sets[s].total);
@@ -365,7 +375,6 @@ static void add_proc_sets(json_t *j, keel_pid_t pid, const keel_observer_snapsho
     json_object_set_new(j, sets[s].key, list);
     json_object_set_new(j, sets[s].total_key, json_integer((json_int_t)sets[s].total));
   }
-out:
   free(sets);
   free(want);
   free(who);

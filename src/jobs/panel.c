@@ -22,7 +22,7 @@
 #include "keel/error.h"
 #include "keel/http.h"
 
-#define PANEL_NAME      "jobs"
+#define PANEL_NAME       "jobs"
 #define FAILED_WINDOW_MS 3600000 /* "failed": discarded within the last hour */
 
 static jobs_queue *queue_named(keel_jobs *j, const char *name) {

@@ -174,7 +174,7 @@ static int copy_set(keel_pid_t pid, int which, keel_pid_t *out, size_t cap, size
   if (!n || (cap && !out)) return KEEL_EINVAL;
   keel__proc *p = pid ? keel__slot(KEEL__PID_IDX(pid)) : NULL;
   if (!p) return KEEL_ENOPROC;
-  size_t room = 16, got;
+  size_t room = 16, got = 0;
   keel__mon *w;
   for (;;) {
     w = malloc(room * sizeof *w);

@@ -289,14 +289,16 @@ int keel_spawn(keel_proc_fn fn, void *arg, const keel_spawn_opts *opts, keel_pid
   int err = 0;
   if (opts->link) {
     err = keel__pidvec_add(&p->sig_lock, &p->links, parent->pid);
-    if (!err && (err = keel__pidvec_add(&parent->sig_lock, &parent->links, pid)) != 0) p->links.n = 0;
+    if (!err && (err = keel__pidvec_add(&parent->sig_lock, &parent->links, pid)) != 0)
+      p->links.n = 0;
   }
   keel_ref_t armed = 0; /* await_monitor's reference, disarmed if the spawn fails */
   if (!err && opts->monitor) {
     keel_ref_t ref = opts->monitor_with ? opts->monitor_with : keel_make_ref();
     if (opts->await_monitor && (err = keel_await_ref(ref)) == 0) armed = ref;
     if (!err) err = keel__monvec_add(&p->sig_lock, &p->monitored_by, ref, parent->pid);
-    if (!err && (err = keel__monvec_add(&parent->sig_lock, &parent->monitors, ref, pid)) != 0) p->monitored_by.n = 0;
+    if (!err && (err = keel__monvec_add(&parent->sig_lock, &parent->monitors, ref, pid)) != 0)
+      p->monitored_by.n = 0;
     if (!err && opts->monitor_ref) *opts->monitor_ref = ref;
   }
   if (!err && opts->on_exit) err = keel__exit_hook_add(p, opts->on_exit, opts->on_exit_arg);

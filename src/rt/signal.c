@@ -113,11 +113,16 @@ static void apply_exit(keel__proc *p, keel_pid_t from, keel_reason_kind kind, co
 bool keel__signal_bookkeep(keel__proc *p, const keel__sig *sig) {
   switch (sig->type) {
   case KEEL__SIG_LINK:
-    if (!keel__pidvec_has(&p->links, sig->from)) keel__pidvec_add(&p->sig_lock, &p->links, sig->from);
+    if (!keel__pidvec_has(&p->links, sig->from))
+      keel__pidvec_add(&p->sig_lock, &p->links, sig->from);
     return true;
   case KEEL__SIG_UNLINK: keel__pidvec_del(&p->sig_lock, &p->links, sig->from); return true;
-  case KEEL__SIG_MONITOR: keel__monvec_add(&p->sig_lock, &p->monitored_by, sig->ref, sig->from); return true;
-  case KEEL__SIG_DEMONITOR: keel__monvec_del(&p->sig_lock, &p->monitored_by, sig->ref, NULL); return true;
+  case KEEL__SIG_MONITOR:
+    keel__monvec_add(&p->sig_lock, &p->monitored_by, sig->ref, sig->from);
+    return true;
+  case KEEL__SIG_DEMONITOR:
+    keel__monvec_del(&p->sig_lock, &p->monitored_by, sig->ref, NULL);
+    return true;
   case KEEL__SIG_HOOK: keel__exit_hook_add(p, sig->hook_fn, sig->hook_arg); return true;
   default: return false;
   }

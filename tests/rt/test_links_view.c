@@ -181,8 +181,7 @@ static void *reader_thread(void *arg) {
     }
     size_t n;
     /* one generation of churners at a time, each linked once at most */
-    if (keel_rt_process_links(g_hub, v, 64, &n) == 0 && n > CHURNERS)
-      atomic_fetch_add(&g_bad, 1);
+    if (keel_rt_process_links(g_hub, v, 64, &n) == 0 && n > CHURNERS) atomic_fetch_add(&g_bad, 1);
     if (keel_rt_process_monitored_by(g_hub, v, 64, &n) == 0 && n > CHURNERS)
       atomic_fetch_add(&g_bad, 1);
     atomic_fetch_add(&g_reads, 1);
