@@ -36,6 +36,9 @@ try {
   const consoleErrors = [];
   page.on("console", (m) => { if (m.type() === "error") consoleErrors.push(m.text()); });
   page.on("pageerror", (e) => consoleErrors.push(String(e)));
+  // which request a "Failed to load resource" console error was about
+  const badResponses = [];
+  page.on("response", (r) => { if (r.status() >= 500) badResponses.push(r.status() + " " + r.url()); });
 
   // 1. the page loads with the token an operator gave before (kept in
   // sessionStorage for the tab) and the tree shows the router and workers
@@ -78,9 +81,14 @@ try {
 
   // 4. a process's page, from the processes table
   await page.fill("#pfilter", "router");
-  await page.waitForSelector("#ptable tbody tr", { timeout: 5000 });
+  // the filtered list (not the one shown before the filter applied)
+  await page.waitForFunction(() => {
+    const rows = [...document.querySelectorAll("#ptable tbody tr")];
+    return rows.length > 0 && rows.every((tr) => tr.cells[1].textContent === "router");
+  }, null, { timeout: 5000 });
   await page.click("#ptable tbody tr");
-  await page.waitForSelector("#pdetail:not([hidden]) dl", { timeout: 5000 });
+  await page.waitForFunction(() => /router/.test((document.querySelector("#pdetail:not([hidden]) dl") || {}).textContent || ""),
+    null, { timeout: 5000 });
   const detail = await page.textContent("#pdetail");
   check(/supervisor/.test(detail) && /mailbox/.test(detail), "a process's page shows its supervisor and mailbox");
   // its links: the router is linked to its supervisor, shown with a name
@@ -111,7 +119,7 @@ try {
     `the registered panel is rendered: ${panel.title}, ${panel.rows.length} rows, ${served} requests`);
   await page.screenshot({ path: join(shots, "4-panel.png"), fullPage: true });
 
-  check(consoleErrors.length === 0, "no console error" + (consoleErrors.length ? ": " + consoleErrors.join(" | ") : ""));
+  check(consoleErrors.length === 0, "no console error" + (consoleErrors.length ? ": " + consoleErrors.join(" | ") + " " + badResponses.join(" | ") : ""));
 
   // 5. a wrong token is refused, visibly (its 401s are expected in the console from here on)
   await page.fill("#token", "not-the-token");
