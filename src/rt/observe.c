@@ -10,6 +10,8 @@
  * KEEL__OWNER_ADD), so the walk is not a data race, only a slightly stale
  * view: each value is one the process had during the walk.
  */
+#include <sched.h>
+#include <stdint.h>
 #include <stdlib.h>
 #include <string.h>
 
@@ -88,16 +90,19 @@ int keel_rt_process_info(keel_pid_t pid, keel_proc_info *out) {
   return 0;
 }
 
-/* The link and monitor sets are the owner's, changed only under its
- * sig_lock (proc.c's vectors), and sig_pid (under the same lock) names the
- * incarnation that accepts signals: 0 once it ended, before its sets are
- * freed. So one lock gives both a consistent copy and the proof that the set
- * is pid's, not a later incarnation's of the same slot.
+/* The link and monitor sets are the owner's. It publishes each change
+ * through set_seq (a sequence lock: odd while it writes) and replaces a
+ * set's array only under its sig_lock (proc.c's vectors); sig_pid, under the
+ * same lock, names the incarnation that accepts signals: 0 once it ended,
+ * before its sets are freed. So a reader holding sig_lock has an array that
+ * stays allocated and the proof that it is pid's set, not a later
+ * incarnation's of the same slot; it copies with relaxed loads and keeps the
+ * copy only if set_seq was even and unchanged around it.
  *
  * Another process's link, unlink or monitor reaches the owner as a signal
  * that does not wake it (signal.c): a sleeping process would show a stale set
- * for as long as it sleeps. Its pending signals sit in the queue under the
- * same lock, so the reader applies them to its copy, in order, as the owner
+ * for as long as it sleeps. Its pending signals sit in the queue under
+ * sig_lock, so the reader applies them to its copy, in order, as the owner
  * will: the copy is the set as the rest of the node already sees it. The
  * working copy is allocated before the lock is taken (never under a
  * spinlock), and again larger if the set grew meanwhile. */
@@ -125,47 +130,61 @@ static bool set_has_pid(const keel__mon *w, size_t n, keel_pid_t pid) {
   return false;
 }
 
-/* Under p's sig_lock: the set's entries plus what its pending signals add,
- * an upper bound of the working copy's size. */
-static size_t set_bound(const keel__proc *p, int which) {
-  if (which == SET_LINKS) {
-    size_t n = p->links.n;
-    for (const keel__sig *g = p->sig_head; g; g = g->next)
-      n += g->type == KEEL__SIG_LINK;
-    return n;
+/* Under p's sig_lock: the owner's set as one consistent copy into w (room
+ * entries), retried while the owner writes. SIZE_MAX when it does not fit. */
+static size_t set_snapshot(keel__proc *p, int which, keel__mon *w, size_t room) {
+  for (unsigned spins = 0;; spins++) {
+    uint32_t s1 = atomic_load_explicit(&p->set_seq, memory_order_acquire);
+    if (!(s1 & 1)) {
+      size_t n;
+      if (which == SET_LINKS) {
+        const keel__pidvec *v = &p->links;
+        n = __atomic_load_n(&v->n, __ATOMIC_RELAXED);
+        for (size_t i = 0; i < n && i < room; i++)
+          w[i] = (keel__mon){.ref = 0, .pid = __atomic_load_n(&v->v[i], __ATOMIC_RELAXED)};
+      } else {
+        const keel__monvec *v = which == SET_MONITORS ? &p->monitors : &p->monitored_by;
+        n = __atomic_load_n(&v->n, __ATOMIC_RELAXED);
+        for (size_t i = 0; i < n && i < room; i++)
+          w[i] = (keel__mon){.ref = __atomic_load_n(&v->v[i].ref, __ATOMIC_RELAXED),
+                             .pid = __atomic_load_n(&v->v[i].pid, __ATOMIC_RELAXED)};
+      }
+      /* the loads above happen before the second look at set_seq */
+      atomic_thread_fence(memory_order_acquire);
+      if (atomic_load_explicit(&p->set_seq, memory_order_relaxed) == s1)
+        return n <= room ? n : SIZE_MAX;
+    }
+    /* the owner is inside a change of a few stores; if it was preempted
+     * there, let it run */
+    if (spins < 64)
+      keel__cpu_relax();
+    else
+      sched_yield();
   }
-  if (which == SET_MONITORS) return p->monitors.n;
-  size_t n = p->monitored_by.n;
-  for (const keel__sig *g = p->sig_head; g; g = g->next)
-    n += g->type == KEEL__SIG_MONITOR;
-  return n;
 }
 
-/* Under p's sig_lock, w holding at least set_bound entries: the set as the
- * owner will have it once it has handled its pending signals. */
-static size_t set_copy(const keel__proc *p, int which, keel__mon *w) {
-  size_t n = 0;
-  if (which == SET_LINKS) {
-    for (uint32_t i = 0; i < p->links.n; i++)
-      w[n++] = (keel__mon){.ref = 0, .pid = p->links.v[i]};
-    for (const keel__sig *g = p->sig_head; g; g = g->next) {
-      if (g->type == KEEL__SIG_LINK && !set_has_pid(w, n, g->from))
+/* Under p's sig_lock: the copy in w (n entries, room in all) with p's
+ * pending link and monitor signals applied in order; SIZE_MAX when they do
+ * not fit. */
+static size_t set_apply_pending(const keel__proc *p, int which, keel__mon *w, size_t n,
+                                size_t room) {
+  for (const keel__sig *g = p->sig_head; g; g = g->next) {
+    if (which == SET_LINKS) {
+      if (g->type == KEEL__SIG_LINK && !set_has_pid(w, n, g->from)) {
+        if (n == room) return SIZE_MAX;
         w[n++] = (keel__mon){.ref = 0, .pid = g->from};
-      else if (g->type == KEEL__SIG_UNLINK || g->type == KEEL__SIG_LINK_EXIT)
+      } else if (g->type == KEEL__SIG_UNLINK || g->type == KEEL__SIG_LINK_EXIT) {
         set_del_pid(w, &n, g->from);
-    }
-    return n;
-  }
-  const keel__monvec *v = which == SET_MONITORS ? &p->monitors : &p->monitored_by;
-  for (uint32_t i = 0; i < v->n; i++)
-    w[n++] = v->v[i];
-  if (which == SET_MONITORED_BY)
-    for (const keel__sig *g = p->sig_head; g; g = g->next) {
-      if (g->type == KEEL__SIG_MONITOR)
+      }
+    } else if (which == SET_MONITORED_BY) {
+      if (g->type == KEEL__SIG_MONITOR) {
+        if (n == room) return SIZE_MAX;
         w[n++] = (keel__mon){.ref = g->ref, .pid = g->from};
-      else if (g->type == KEEL__SIG_DEMONITOR)
+      } else if (g->type == KEEL__SIG_DEMONITOR) {
         set_del_ref(w, &n, g->ref);
+      }
     }
+  }
   return n;
 }
 
@@ -185,15 +204,12 @@ static int copy_set(keel_pid_t pid, int which, keel_pid_t *out, size_t cap, size
       free(w);
       return KEEL_ENOPROC;
     }
-    size_t bound = set_bound(p, which);
-    if (bound <= room) {
-      got = set_copy(p, which, w);
-      keel__spin_unlock(&p->sig_lock);
-      break;
-    }
+    got = set_snapshot(p, which, w, room);
+    if (got != SIZE_MAX) got = set_apply_pending(p, which, w, got, room);
     keel__spin_unlock(&p->sig_lock);
+    if (got != SIZE_MAX) break;
     free(w);
-    room = bound * 2;
+    room *= 4;
   }
   for (size_t i = 0; i < got && i < cap; i++)
     out[i] = w[i].pid;
