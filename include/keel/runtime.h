@@ -152,8 +152,9 @@ int keel_rt_process_info(keel_pid_t pid, keel_proc_info *out);
  * (keel_rt_process_links), the processes it monitors
  * (keel_rt_process_monitors) and the processes that monitor it
  * (keel_rt_process_monitored_by; a watcher monitoring it twice appears
- * twice). The set is copied under the short lock the process's own changes
- * take, with the changes other processes already sent it applied (a sleeping
+ * twice). The set is copied as one state it really had (the owner publishes
+ * each change through a sequence lock the reader checks), with the changes
+ * other processes already sent it applied (a sleeping
  * process handles them only when it next runs), so the copy is the set as
  * the node sees it at that moment; it may change right after. A monitor
  * whose DOWN is queued but not yet received still shows in

@@ -300,8 +300,8 @@ static int h_processes(keel_http_req *req, keel_http_res *res, void *ud) {
   return reply(res, j);
 }
 
-/* A process's links and monitors (keel_rt_process_links and friends: copied
- * under the lock the process's own changes take, decision 0030), each pid
+/* A process's links and monitors (keel_rt_process_links and friends: a
+ * consistent copy that never waits on the process, decision 0030), each pid
  * with its label and registered name from the same snapshot. At most
  * PROC_SET_MAX of each are listed (a supervisor may link to thousands);
  * `<set>_total` says how many there are. A set that cannot be read (the

@@ -15,9 +15,9 @@
  * rule: linking to or monitoring a dead process yields noproc, at once.
  *
  * Links are symmetric: each side keeps the other's pid in its own link set,
- * which only its own process changes (under its sig_lock, so that an
- * observer may copy it: keel_rt_process_links). An exit signal that arrives from a pid
- * no longer in the set (unlinked meanwhile) is dropped.
+ * which only its own process changes (publishing each change so that an
+ * observer may copy the set: keel_rt_process_links, proc.c's vectors). An exit signal that arrives
+ * from a pid no longer in the set (unlinked meanwhile) is dropped.
  *
  * Order between a sender's messages and its later exit signal is kept: before
  * a trapped exit signal becomes a message, everything already in the mailbox
