@@ -34,42 +34,6 @@
 #define WINDOW_S 3
 #define ROUNDS   4
 
-static void idle(void *arg) {
-  (void)arg;
-  keel_msg_t *m = NULL;
-  if (keel_receive(&m, KEEL_INFINITY) == 0) keel_msg_free(m);
-}
-
-static keel_pid_t *pids;
-
-static void spawn_all(void) {
-  pids = malloc(NPROCS * sizeof *pids);
-  if (!pids) bench_fail("malloc", KEEL_ENOMEM);
-  keel_spawn_opts o;
-  keel_spawn_opts_init(&o);
-  o.stack_size = 16384;
-  for (int i = 0; i < NPROCS; i++) {
-    o.scheduler = KEEL_ON_SCHEDULER(i % keel_sched_count());
-    int rc = keel_spawn(idle, NULL, &o, &pids[i]);
-    if (rc) bench_fail("spawn", rc);
-    if (i % 1000 == 999) keel_yield();
-  }
-  keel_rt_stats st;
-  do {
-    keel_sleep(10);
-    keel_rt_stats_get(&st);
-  } while (st.procs_alive < NPROCS + 1);
-  keel_sleep(200);
-}
-
-static void stop_all(void) {
-  for (int i = 0; i < NPROCS; i++) {
-    keel_exit_signal(pids[i], KEEL_REASON_KILL, NULL);
-    if (i % 1000 == 999) keel_yield();
-  }
-  free(pids);
-}
-
 static double cpu_s(void) {
   struct rusage ru;
   getrusage(RUSAGE_SELF, &ru);
@@ -125,7 +89,7 @@ static keel_http_server *admin(void) {
 
 static void stream_main(void *arg) {
   (void)arg;
-  spawn_all();
+  keel_pid_t *pids = bench_idle_spawn(NPROCS, 200);
   keel_observer_start(NULL);
   keel_http_server *s = admin();
   double idle_v[ROUNDS], stream_v[ROUNDS];
@@ -156,7 +120,7 @@ static void stream_main(void *arg) {
   bench_result = ms - mi;
   keel_http_stop(s);
   keel_observer_stop();
-  stop_all();
+  bench_idle_stop(pids, NPROCS);
 }
 
 static size_t body_bytes(int port, const char *path) {

@@ -44,6 +44,46 @@ static inline int bench_cmp_double(const void *a, const void *b) {
   return (x > y) - (x < y);
 }
 
+/* A process that waits for one message, forever: the idle population of the
+ * observer and dashboard workloads. */
+static inline void bench_idle_main(void *arg) {
+  (void)arg;
+  keel_msg_t *m = NULL;
+  if (keel_receive(&m, KEEL_INFINITY) == 0) keel_msg_free(m);
+}
+
+/* Spawns n idle processes (16 KiB stacks) spread over the schedulers and
+ * returns once they are all alive, plus settle_ms for them to reach their
+ * receive. The caller ends them with bench_idle_stop. */
+static inline keel_pid_t *bench_idle_spawn(int n, int64_t settle_ms) {
+  keel_pid_t *pids = malloc((size_t)n * sizeof *pids);
+  if (!pids) bench_fail("malloc", KEEL_ENOMEM);
+  keel_spawn_opts o;
+  keel_spawn_opts_init(&o);
+  o.stack_size = 16384;
+  for (int i = 0; i < n; i++) {
+    o.scheduler = KEEL_ON_SCHEDULER(i % keel_sched_count());
+    int rc = keel_spawn(bench_idle_main, NULL, &o, &pids[i]);
+    if (rc) bench_fail("spawn", rc);
+    if (i % 1000 == 999) keel_yield();
+  }
+  keel_rt_stats st;
+  do {
+    keel_sleep(10);
+    keel_rt_stats_get(&st);
+  } while (st.procs_alive < (uint64_t)n + 1);
+  keel_sleep(settle_ms);
+  return pids;
+}
+
+static inline void bench_idle_stop(keel_pid_t *pids, int n) {
+  for (int i = 0; i < n; i++) {
+    keel_exit_signal(pids[i], KEEL_REASON_KILL, NULL);
+    if (i % 1000 == 999) keel_yield();
+  }
+  free(pids);
+}
+
 /* One run in a fresh child process; setup (may be NULL) runs in the child
  * before the runtime starts. */
 static inline double bench_run_once(const bench_workload *w, void (*setup)(void)) {

@@ -74,6 +74,8 @@ static void emit(const char *name, const char *unit, double v) {
 /* ---- keel ------------------------------------------------------------------------------ */
 
 static double lat[MAX_LAT];
+static double lat_at[MAX_LAT]; /* when the job was enqueued, ms into the run (BENCH_JOBS_SLOW) */
+static int64_t pickup_t0;
 static atomic_int nlat;
 
 static int noop(keel_job *job, void *ud) {
@@ -81,7 +83,10 @@ static int noop(keel_job *job, void *ud) {
   json_t *t = json_object_get(job->args, "t");
   if (t) {
     int i = atomic_fetch_add(&nlat, 1);
-    if (i < MAX_LAT) lat[i] = (double)(now_ns() - json_integer_value(t)) / 1e6;
+    if (i < MAX_LAT) {
+      lat[i] = (double)(now_ns() - json_integer_value(t)) / 1e6;
+      lat_at[i] = (double)(json_integer_value(t) - pickup_t0) / 1e6;
+    }
   }
   return 0;
 }
@@ -160,6 +165,7 @@ static void keel_pickup(double *p50, double *p99, double *steady) {
   keel_jobs *j = start(es, NULL);
   atomic_store(&nlat, 0);
   int64_t t0 = now_ns();
+  pickup_t0 = t0;
   for (int i = 0; i < PICKUP_N; i++) {
     json_t *a = json_pack("{s:I}", "t", (json_int_t)now_ns());
     if (keel_jobs_enqueue(j, &(keel_job_new){.worker = "noop", .args = a}, NULL, NULL) != 0)
@@ -173,6 +179,12 @@ static void keel_pickup(double *p50, double *p99, double *steady) {
   keel_jobs_stop(j, 1000);
   keel_es_close(es);
   int n = PICKUP_N;
+  /* BENCH_JOBS_SLOW=MS: each pickup slower than MS on stderr, with when its
+   * job was enqueued (to tell a periodic stall from a random one) */
+  const char *slow = getenv("BENCH_JOBS_SLOW");
+  for (int i = 0; slow && i < n; i++)
+    if (lat[i] > atof(slow))
+      fprintf(stderr, "bench_jobs: slow pickup %.1f ms, enqueued at %.0f ms\n", lat[i], lat_at[i]);
   qsort(lat, (size_t)n, sizeof *lat, cmp_d);
   *p50 = lat[n / 2];
   *p99 = lat[(n * 99) / 100];

@@ -26,51 +26,8 @@
 #define NPROCS 100000
 #define REPS   9
 
-static void idle(void *arg) {
-  (void)arg;
-  keel_msg_t *m = NULL;
-  if (keel_receive(&m, KEEL_INFINITY) == 0) keel_msg_free(m);
-}
-
-static keel_pid_t *pids;
-
-static void spawn_all(void) {
-  pids = malloc(NPROCS * sizeof *pids);
-  if (!pids) bench_fail("malloc", KEEL_ENOMEM);
-  keel_spawn_opts o;
-  keel_spawn_opts_init(&o);
-  o.stack_size = 16384;
-  o.scheduler = 0;
-  for (int i = 0; i < NPROCS; i++) {
-    o.scheduler = KEEL_ON_SCHEDULER(i % keel_sched_count());
-    int rc = keel_spawn(idle, NULL, &o, &pids[i]);
-    if (rc) bench_fail("spawn", rc);
-    if (i % 1000 == 999) keel_yield();
-  }
-  /* wait until they all wait in receive */
-  keel_rt_stats st;
-  do {
-    keel_sleep(10);
-    keel_rt_stats_get(&st);
-  } while (st.procs_alive < NPROCS + 1);
-  keel_sleep(100);
-}
-
-static void stop_all(void) {
-  for (int i = 0; i < NPROCS; i++) {
-    keel_exit_signal(pids[i], KEEL_REASON_KILL, NULL);
-    if (i % 1000 == 999) keel_yield();
-  }
-  free(pids);
-}
-
-static int cmp_d(const void *a, const void *b) {
-  double x = *(const double *)a, y = *(const double *)b;
-  return (x > y) - (x < y);
-}
-
 static double median(double *v, int n) {
-  qsort(v, (size_t)n, sizeof *v, cmp_d);
+  qsort(v, (size_t)n, sizeof *v, bench_cmp_double);
   return v[n / 2];
 }
 
@@ -84,7 +41,7 @@ static void check_snapshot(const keel_observer_snapshot *s, size_t want_listed) 
 
 static void snapshot_main(void *arg) {
   (void)arg;
-  spawn_all();
+  keel_pid_t *pids = bench_idle_spawn(NPROCS, 100);
   keel_observer_opts o;
   keel_observer_opts_init(&o);
   o.max_processes = KEEL_OBSERVER_ALL_PROCS;
@@ -99,12 +56,12 @@ static void snapshot_main(void *arg) {
     keel_observer_snapshot_free(&s);
   }
   bench_result = median(v, REPS);
-  stop_all();
+  bench_idle_stop(pids, NPROCS);
 }
 
 static void json_main(void *arg) {
   (void)arg;
-  spawn_all();
+  keel_pid_t *pids = bench_idle_spawn(NPROCS, 100);
   keel_observer_opts o;
   keel_observer_opts_init(&o);
   o.max_processes = KEEL_OBSERVER_ALL_PROCS;
@@ -125,12 +82,12 @@ static void json_main(void *arg) {
   fprintf(stderr, "  (JSON of %zu processes: %zu bytes)\n", s.nprocs, bytes);
   keel_observer_snapshot_free(&s);
   bench_result = median(v, REPS);
-  stop_all();
+  bench_idle_stop(pids, NPROCS);
 }
 
 static void default_main(void *arg) {
   (void)arg;
-  spawn_all();
+  keel_pid_t *pids = bench_idle_spawn(NPROCS, 100);
   double v[REPS];
   size_t bytes = 0;
   for (int r = 0; r < REPS; r++) {
@@ -143,7 +100,7 @@ static void default_main(void *arg) {
   }
   fprintf(stderr, "  (default JSON: %zu bytes)\n", bytes);
   bench_result = median(v, REPS);
-  stop_all();
+  bench_idle_stop(pids, NPROCS);
 }
 
 int main(int argc, char **argv) {

@@ -52,28 +52,17 @@ done
 
 scratch=$(mktemp -d "${TMPDIR:-/tmp}/keel-bench-http.XXXXXX")
 server_pid=
+# shellcheck source=bench/lib.sh
+source "$root/bench/lib.sh"
 
-stop_server() {
-  if [[ -n $server_pid ]]; then
-    kill -TERM "$server_pid" 2>/dev/null || true
-    # Give it 5 s to exit in order, then kill it.
-    for _ in $(seq 50); do
-      kill -0 "$server_pid" 2>/dev/null || break
-      sleep 0.1
-    done
-    kill -KILL "$server_pid" 2>/dev/null || true
-    wait "$server_pid" 2>/dev/null || true
-    server_pid=
-  fi
+stop_server() { # 5 s to exit in order, then killed
+  bench_stop "$server_pid" 50
+  server_pid=
 }
 
 cleanup() {
   stop_server
-  if [[ ${KEEP:-0} = 1 ]]; then
-    say "scratch directory kept: $scratch"
-  else
-    rm -rf "$scratch"
-  fi
+  bench_end ""
 }
 trap cleanup EXIT
 trap 'exit 130' INT
@@ -86,12 +75,6 @@ if [[ ${PIN:-0} = 1 ]]; then
   pin_server=(taskset -c 0)
   pin_wrk=(taskset -c 1)
 fi
-
-# A loopback port nobody listens on now (the kernel's pick for port 0).
-free_port() {
-  python3 -c 'import socket; s = socket.socket(); s.bind(("127.0.0.1", 0)); print(s.getsockname()[1])' 2>/dev/null ||
-    node -e 'const s = require("net").createServer().listen(0, "127.0.0.1", () => { console.log(s.address().port); s.close(); })'
-}
 
 # Waits up to 20 s for 200 on /api/hello; fails if the server died.
 wait_ready() {
@@ -178,7 +161,7 @@ run_one() {
   fi
   [[ $name = nginx ]] && { command -v nginx >/dev/null || die "nginx is not installed"; }
   [[ $name = fastify ]] && install_node_modules
-  port=$(free_port)
+  port=$(bench_free_port)
   say "round $r: $name on 127.0.0.1:$port"
   start_server "$name" "$port" "$r"
   wait_ready "$port" "$name"

@@ -64,38 +64,21 @@ server_pid=
 pg_state=
 pg_url=${PG_URL:-}
 
-stop_server() {
-  if [[ -n $server_pid ]]; then
-    kill -TERM "$server_pid" 2>/dev/null || true
-    for _ in $(seq 100); do # 10 s to drain and exit, then killed
-      kill -0 "$server_pid" 2>/dev/null || break
-      sleep 0.1
-    done
-    kill -KILL "$server_pid" 2>/dev/null || true
-    wait "$server_pid" 2>/dev/null || true
-    server_pid=
-  fi
+# shellcheck source=bench/lib.sh
+source "$root/bench/lib.sh"
+
+stop_server() { # 10 s to drain and exit, then killed
+  bench_stop "$server_pid" 100
+  server_pid=
 }
 
 cleanup() {
   stop_server
-  if [[ -n $pg_state ]]; then
-    bash "$root/tests/es/pg_cluster.sh" stop "$pg_state" >/dev/null 2>&1 || true
-  fi
-  if [[ ${KEEP:-0} = 1 ]]; then
-    say "scratch directory kept: $scratch"
-  else
-    rm -rf "$scratch"
-  fi
+  bench_end "$pg_state"
 }
 trap cleanup EXIT
 trap 'exit 130' INT
 trap 'exit 143' TERM
-
-# A loopback port nobody listens on now (the kernel's pick for port 0).
-free_port() {
-  python3 -c 'import socket; s = socket.socket(); s.bind(("127.0.0.1", 0)); print(s.getsockname()[1])'
-}
 
 if [[ " $backends " = *" pg "* && -z $pg_url ]]; then
   command -v psql >/dev/null || die "psql is not installed (postgresql-15)"
@@ -165,9 +148,9 @@ pg_ticks() {
 
 run_one() {
   local backend=$1 r=$2 port hport perf_pid= t0 t1 s0 s1 p0 p1
-  port=$(free_port)
-  hport=$(free_port)
-  while [[ $hport = "$port" ]]; do hport=$(free_port); done
+  port=$(bench_free_port)
+  hport=$(bench_free_port)
+  while [[ $hport = "$port" ]]; do hport=$(bench_free_port); done
   say "round $r: $backend (load $(cut -d' ' -f1-3 /proc/loadavg))"
   start_server "$backend" "$r" "$port" "$hport"
   wrk -t"$threads" -c"$connections" -d"$warmup" -s "$here/mix.lua" "http://127.0.0.1:$port" >/dev/null

@@ -126,6 +126,14 @@ struct keel_es {
   bool stopping;
   sqlite3 *wdb; /* the writer thread's only, after open */
   sqlite3_stmt *st_find_id, *st_stream, *st_insert, *st_upsert;
+  /* the group commit's transaction control, prepared once (writer.c) */
+  sqlite3_stmt *st_begin, *st_commit, *st_savepoint, *st_release, *st_rollback_to;
+  /* keel_es_tx_exec's statements, kept prepared (tx.c; writer thread only) */
+  struct es_stmt_cache *stc;
+  /* the transaction whose statement the writer prepares now, NULL for the
+   * writer's own: the authorizer installed on wdb for good reads it
+   * (writer thread only, like wdb) */
+  keel_es_tx *wtx;
 
   /* read connections, checked out per call (file stores only) */
   pthread_mutex_t rmu;
@@ -245,6 +253,12 @@ struct keel_es_tx {
  * Returns fn's answer, or the error that doomed the transaction. */
 bool keel__es_tx_wanted(const es_req *r, const keel_es_append_result *results);
 int keel__es_tx_run(keel_es *es, const es_req *r, sqlite3 *db, es_pgconn *pc);
+/* tx.c: installs the authorizer on the writer's connection, once, for its
+ * life: changing an authorizer expires every prepared statement of the
+ * connection, which would defeat the statement cache (0 or KEEL_EIO). */
+int keel__es_tx_authorizer(keel_es *es);
+/* tx.c: finalizes the cached statements (before wdb closes). */
+void keel__es_tx_cache_free(keel_es *es);
 /* append.c: keel_es_transact without appends, for keel's own tables (the
  * subscriptions' checkpoints and dead letters), which the service's
  * transactions may not write on SQLite. */
@@ -444,12 +458,15 @@ int keel__es_pg_acquire(keel_es *es, es_pgconn **out);
 /* pg_pool.c: puts c back (a broken one, or one left inside a transaction,
  * is closed and its place given to the next waiter). */
 void keel__es_pg_release(keel_es *es, es_pgconn *c);
-/* keel__es_pg_acquire, then BEGIN on it. A connection found dead at BEGIN
- * (the server ended its backend after the pool's idle check, before the
- * news reached the socket: pg_terminate_backend, a failover) has done
- * nothing yet: it is dropped and one more is taken, once. The BEGIN's
- * failure is logged as any statement's. Errors: acquire's, the query's. */
-int keel__es_pg_acquire_begin(keel_es *es, es_pgconn **out, const char *what);
+/* keel__es_pg_acquire, then `begin` on it (NULL: "BEGIN"; a text that
+ * starts a transaction and sets it up, e.g. "BEGIN; SELECT set_config(...)",
+ * and does nothing else). A connection found dead there (the server ended
+ * its backend after the pool's idle check, before the news reached the
+ * socket: pg_terminate_backend, a failover) has done nothing yet: it is
+ * dropped and one more is taken, once. Every transaction keel opens on a
+ * pooled connection starts here. The failure is logged as any statement's.
+ * Errors: acquire's, the query's. */
+int keel__es_pg_acquire_begin(keel_es *es, es_pgconn **out, const char *what, const char *begin);
 /* pg_schema.c: creates or migrates the schema (under an advisory lock). */
 int keel__es_pg_migrate(es_pg *pg, es_pgconn *c, int *version);
 

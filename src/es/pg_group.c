@@ -327,7 +327,7 @@ static void run_group(keel_es *es, es_pggm **batch, size_t nb) {
   es_sbuf rows = {0};
   size_t npass = 0;
   es_pgconn *c = NULL;
-  int rc = gs ? keel__es_pg_acquire_begin(es, &c, "starting an append (group)") : KEEL_ENOMEM;
+  int rc = gs ? keel__es_pg_acquire_begin(es, &c, "starting an append (group)", NULL) : KEEL_ENOMEM;
   if (rc == 0) {
     const char **names = malloc(ns * sizeof *names);
     for (size_t i = 0; names && i < ns; i++)

@@ -283,11 +283,11 @@ static void put_back(es_pg *pg, es_pgconn *c) {
   wake_after_unlock(pg, w);
 }
 
-int keel__es_pg_acquire_begin(keel_es *es, es_pgconn **out, const char *what) {
+int keel__es_pg_acquire_begin(keel_es *es, es_pgconn **out, const char *what, const char *begin) {
   for (int tries = 0;; tries++) {
     int rc = keel__es_pg_acquire(es, out);
     if (rc) return rc;
-    rc = keel__es_pg_query(es->pg, *out, what, "BEGIN", -1, NULL, NULL);
+    rc = keel__es_pg_query(es->pg, *out, what, begin ? begin : "BEGIN", -1, NULL, NULL);
     if (rc == 0) return 0;
     bool dead = (*out)->broken || PQstatus((*out)->conn) != CONNECTION_OK;
     keel__es_pg_release(es, *out); /* a dead one is dropped */

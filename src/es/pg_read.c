@@ -248,21 +248,18 @@ int keel__es_pg_read(keel_es *es, es_read_call *call) {
   es_pg *pg = es->pg;
   int held = keel_hold_exits(true);
   es_pgconn *c = NULL;
-  int rc = keel__es_pg_acquire(es, &c);
+  /* read_stream checks the stream's row, then reads its events: one
+   * snapshot for both. read_all is one statement per page (above). */
+  bool tx = call->kind == R_STREAM;
+  int rc = tx ? keel__es_pg_acquire_begin(es, &c, "starting a read",
+                                          "BEGIN ISOLATION LEVEL REPEATABLE READ READ ONLY")
+              : keel__es_pg_acquire(es, &c);
   if (rc == 0) {
-    /* read_stream checks the stream's row, then reads its events: one
-     * snapshot for both. read_all is one statement per page (above). */
-    bool tx = call->kind == R_STREAM;
-    if (tx)
-      rc = keel__es_pg_query(pg, c, "starting a read",
-                             "BEGIN ISOLATION LEVEL REPEATABLE READ READ ONLY", -1, NULL, NULL);
-    if (rc == 0) {
-      switch (call->kind) {
-      case R_STREAM: rc = read_stream(pg, c, call); break;
-      case R_ALL: rc = read_all(pg, c, call); break;
-      case R_INFO: rc = info(pg, c, call); break;
-      case R_HEAD: rc = head(pg, c, call); break;
-      }
+    switch (call->kind) {
+    case R_STREAM: rc = read_stream(pg, c, call); break;
+    case R_ALL: rc = read_all(pg, c, call); break;
+    case R_INFO: rc = info(pg, c, call); break;
+    case R_HEAD: rc = head(pg, c, call); break;
     }
     if (tx && PQtransactionStatus(c->conn) != PQTRANS_IDLE) {
       int rc2 =

@@ -25,8 +25,7 @@ static int save_tx(es_pg *pg, es_pgconn *c, const char *stream, int64_t version,
   const char *p1[1] = {stream};
   PGresult *res;
   int rc;
-  if ((rc = keel__es_pg_query(pg, c, "saving a snapshot", "BEGIN", -1, NULL, NULL)) ||
-      (rc = keel__es_pg_query(pg, c, "saving a snapshot",
+  if ((rc = keel__es_pg_query(pg, c, "saving a snapshot",
                               "SELECT version, deleted, truncated_before FROM streams "
                               "WHERE stream = $1 FOR KEY SHARE",
                               1, p1, &res)))
@@ -65,7 +64,7 @@ int keel__es_pg_snapshot_save(keel_es *es, const char *stream, int64_t version, 
   /* exits wait until the connection is back in the pool */
   int held = keel_hold_exits(true);
   es_pgconn *c = NULL;
-  int rc = keel__es_pg_acquire(es, &c);
+  int rc = keel__es_pg_acquire_begin(es, &c, "saving a snapshot", NULL);
   if (rc == 0) {
     rc = save_tx(es->pg, c, stream, version, schema_version, state, &wrote);
     if (rc != 0 && PQtransactionStatus(c->conn) != PQTRANS_IDLE)

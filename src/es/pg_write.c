@@ -243,13 +243,13 @@ static int reserve(es_pg *pg, es_pgconn *c, const es_req *r, const bool *dup, si
   return rc;
 }
 
-/* One attempt: the idempotency checks first (plain reads: no transaction id
- * yet, and a batch that is all duplicates uses no position), then the
- * positions, then each stream under its row lock. */
+/* One attempt, in the transaction begun on c: the idempotency checks first
+ * (plain reads: no transaction id yet, and a batch that is all duplicates
+ * uses no position), then the positions, then each stream under its row
+ * lock. */
 static int append_once(keel_es *es, es_pgconn *c, const es_req *r, es_reply *rep, bool *raced) {
   es_pg *pg = es->pg;
-  int rc = keel__es_pg_query(pg, c, "starting an append", "BEGIN", -1, NULL, NULL);
-  if (rc) return rc;
+  int rc = 0;
   size_t nnew = 0;
   bool *dup = calloc(r->nstreams, sizeof *dup);
   if (!dup) return KEEL_ENOMEM;
@@ -293,6 +293,7 @@ static int do_append(keel_es *es, es_pgconn *c, const es_req *r, es_reply *rep) 
   if (rc == KEEL_EEXIST && raced) {
     rc = keel__es_pg_query(es->pg, c, "rolling back", "ROLLBACK", -1, NULL, NULL);
     raced = false;
+    if (rc == 0) rc = keel__es_pg_query(es->pg, c, "starting an append", "BEGIN", -1, NULL, NULL);
     if (rc == 0) rc = append_once(es, c, r, rep, &raced);
   }
   return rc;
@@ -300,6 +301,18 @@ static int do_append(keel_es *es, es_pgconn *c, const es_req *r, es_reply *rep) 
 
 /* ---- stream management ------------------------------------------------------------- */
 
+/* The transaction a request runs in, begun by keel__es_pg_acquire_begin
+ * (NULL: one autocommit statement). */
+static const char *begin_of(const es_req *r) {
+  switch (r->kind) {
+  case ES_REQ_APPEND:
+  case ES_REQ_DELETE: return "BEGIN";
+  case ES_REQ_HARD_DELETE: return "BEGIN; SELECT set_config('keel.hard_delete', 'on', true)";
+  default: return NULL;
+  }
+}
+
+/* A request other than an append, in begin_of(r)'s transaction if any. */
 static int do_other(keel_es *es, es_pgconn *c, const es_req *r, es_reply *rep) {
   es_pg *pg = es->pg;
   const char *stream = r->streams[0].stream;
@@ -308,8 +321,7 @@ static int do_other(keel_es *es, es_pgconn *c, const es_req *r, es_reply *rep) {
   switch (r->kind) {
   case ES_REQ_DELETE: {
     const char *p1[1] = {stream};
-    if ((rc = keel__es_pg_query(pg, c, "soft-deleting a stream", "BEGIN", -1, NULL, NULL)) ||
-        (rc = keel__es_pg_query(pg, c, "soft-deleting a stream",
+    if ((rc = keel__es_pg_query(pg, c, "soft-deleting a stream",
                                 "SELECT version, deleted FROM streams WHERE stream = $1 "
                                 "FOR UPDATE",
                                 1, p1, &res)))
@@ -352,10 +364,7 @@ static int do_other(keel_es *es, es_pgconn *c, const es_req *r, es_reply *rep) {
   }
   case ES_REQ_HARD_DELETE: {
     const char *p1[1] = {stream};
-    if ((rc = keel__es_pg_query(pg, c, "hard delete",
-                                "BEGIN; SELECT set_config('keel.hard_delete', 'on', true)", -1,
-                                NULL, NULL)) ||
-        (rc = keel__es_pg_query(pg, c, "hard-deleting events",
+    if ((rc = keel__es_pg_query(pg, c, "hard-deleting events",
                                 "DELETE FROM events WHERE stream = $1", 1, p1, NULL)) ||
         (rc = keel__es_pg_query(pg, c, "hard-deleting a stream",
                                 "DELETE FROM streams WHERE stream = $1 RETURNING 1", 1, p1, &res)))
@@ -419,11 +428,16 @@ int keel__es_pg_write(keel_es *es, const es_req *r, es_reply *rep) {
   int rc;
   if (keel__es_pg_groupable(r)) { /* folded with concurrent appends: pg_group.c */
     rc = keel__es_pg_group_append(es, r, rep);
-  } else if ((rc = keel__es_pg_acquire(es, &c)) == 0) {
-    rc = r->kind == ES_REQ_APPEND ? do_append(es, c, r, rep) : do_other(es, c, r, rep);
-    if (rc != 0 && PQtransactionStatus(c->conn) != PQTRANS_IDLE)
-      keel__es_pg_query(es->pg, c, "rolling back", "ROLLBACK", -1, NULL, NULL);
-    keel__es_pg_release(es, c);
+  } else {
+    const char *begin = begin_of(r);
+    rc = begin ? keel__es_pg_acquire_begin(es, &c, "starting a write", begin)
+               : keel__es_pg_acquire(es, &c);
+    if (rc == 0) {
+      rc = r->kind == ES_REQ_APPEND ? do_append(es, c, r, rep) : do_other(es, c, r, rep);
+      if (rc != 0 && PQtransactionStatus(c->conn) != PQTRANS_IDLE)
+        keel__es_pg_query(es->pg, c, "rolling back", "ROLLBACK", -1, NULL, NULL);
+      keel__es_pg_release(es, c);
+    }
   }
   if (rc != 0 && rc != KEEL_ECONFLICT) /* nothing stored: no result says otherwise */
     memset(rep->results, 0, rep->nresults * sizeof rep->results[0]);

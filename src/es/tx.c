@@ -166,10 +166,22 @@ static bool keel_table(const char *t) {
   return false;
 }
 
+/* The authorizer is installed on the writer's connection once and for all
+ * (keel__es_tx_authorizer): sqlite3_set_authorizer expires every prepared
+ * statement of the connection, so setting it around each statement, as
+ * this file once did, re-prepared the writer's own statements too and ruled
+ * out keeping any. It judges the statement being prepared by the
+ * transaction the writer runs it for (es->wtx: NULL for the writer's own
+ * statements, which may do anything), and SQLite also calls it when it
+ * re-prepares a kept statement after a schema change: a kept statement runs
+ * only in a transaction of the mode it was prepared for (the cache's key),
+ * so it is judged again by the same rules. */
 static int authorize(void *ud, int action, const char *a, const char *b, const char *db,
                      const char *trigger) {
-  const keel_es_tx *tx = ud;
+  const keel_es *es = ud;
+  const keel_es_tx *tx = es->wtx;
   (void)db;
+  if (!tx) return SQLITE_OK;     /* the writer's own statements */
   if (trigger) return SQLITE_OK; /* keel's own triggers, reached by an allowed statement */
   switch (action) {
   case SQLITE_TRANSACTION:
@@ -185,6 +197,87 @@ static int authorize(void *ud, int action, const char *a, const char *b, const c
   default: return SQLITE_OK;
   }
 }
+
+int keel__es_tx_authorizer(keel_es *es) {
+  int src = sqlite3_set_authorizer(es->wdb, authorize, es);
+  return src == SQLITE_OK ? 0 : keel__es_sqlite_error(es->wdb, src, "setting the authorizer");
+}
+
+/* ---- the statement cache ---------------------------------------------------------------- */
+
+/* The writer's statements of keel_es_tx_exec, kept prepared: keel's jobs
+ * and subscriptions run a handful of texts thousands of times, and
+ * preparing one costs more than running it (19 % of the writer's time in
+ * the jobs benchmark before this cache, docs/decisions/0031). Keyed by the
+ * text and the transaction's mode (internal or the service's): the
+ * authorizer decided at preparation under that mode, so a statement refused
+ * to a service is never found in the cache by a service's transaction
+ * because keel ran the same text. Least recently used goes first; a
+ * statement whose run failed is dropped rather than trusted again. */
+enum { STMT_CACHE_SIZE = 64 };
+
+typedef struct es_stmt {
+  char *sql; /* NULL: a free entry */
+  uint64_t hash, used;
+  bool internal;
+  sqlite3_stmt *st;
+} es_stmt;
+
+struct es_stmt_cache {
+  es_stmt e[STMT_CACHE_SIZE];
+  uint64_t tick;
+};
+
+static uint64_t text_hash(const char *s) {
+  uint64_t h = 1469598103934665603ull; /* FNV-1a */
+  for (; *s; s++)
+    h = (h ^ (unsigned char)*s) * 1099511628211ull;
+  return h;
+}
+
+static es_stmt *cache_find(keel_es *es, const char *sql, uint64_t hash, bool internal) {
+  struct es_stmt_cache *c = es->stc;
+  if (!c) return NULL;
+  for (size_t i = 0; i < STMT_CACHE_SIZE; i++) {
+    es_stmt *e = &c->e[i];
+    if (e->sql && e->hash == hash && e->internal == internal && strcmp(e->sql, sql) == 0) {
+      e->used = ++c->tick;
+      return e;
+    }
+  }
+  return NULL;
+}
+
+static void cache_drop(es_stmt *e) {
+  sqlite3_finalize(e->st);
+  free(e->sql);
+  memset(e, 0, sizeof *e);
+}
+
+/* Keeps st (NULL without memory: the caller finalizes st itself). */
+static es_stmt *cache_put(keel_es *es, const char *sql, uint64_t hash, bool internal,
+                          sqlite3_stmt *st) {
+  if (!es->stc && !(es->stc = calloc(1, sizeof *es->stc))) return NULL;
+  struct es_stmt_cache *c = es->stc;
+  es_stmt *victim = &c->e[0];
+  for (size_t i = 0; i < STMT_CACHE_SIZE && victim->sql; i++)
+    if (!c->e[i].sql || c->e[i].used < victim->used) victim = &c->e[i];
+  char *copy = strdup(sql);
+  if (!copy) return NULL;
+  if (victim->sql) cache_drop(victim);
+  *victim = (es_stmt){.sql = copy, .hash = hash, .used = ++c->tick, .internal = internal, .st = st};
+  return victim;
+}
+
+void keel__es_tx_cache_free(keel_es *es) {
+  if (!es->stc) return;
+  for (size_t i = 0; i < STMT_CACHE_SIZE; i++)
+    if (es->stc->e[i].sql) cache_drop(&es->stc->e[i]);
+  free(es->stc);
+  es->stc = NULL;
+}
+
+/* ---- running a statement ---------------------------------------------------------------- */
 
 static int sqlite_rc(sqlite3 *db, int src) {
   int ext = sqlite3_extended_errcode(db);
@@ -219,13 +312,14 @@ static int sq_bind(sqlite3_stmt *st, const char *const *params, size_t n) {
   return 0;
 }
 
-static int sq_exec(keel_es_tx *tx, sqlite3 *db, bool readonly, const char *sql,
-                   const char *const *params, size_t n, keel_es_rows *rows) {
+/* Prepares sql (one statement; a write only outside readonly) into *out.
+ * In a transaction the writer's authorizer judges it by tx's mode. */
+static int sq_prepare(keel_es_tx *tx, sqlite3 *db, bool readonly, const char *sql,
+                      sqlite3_stmt **out) {
   sqlite3_stmt *st = NULL;
   const char *tail = NULL;
-  if (!readonly) sqlite3_set_authorizer(db, authorize, tx);
-  int src = sqlite3_prepare_v2(db, sql, -1, &st, &tail);
-  if (!readonly) sqlite3_set_authorizer(db, NULL, NULL);
+  if (!readonly) tx->es->wtx = tx;
+  int src = sqlite3_prepare_v3(db, sql, -1, readonly ? 0 : SQLITE_PREPARE_PERSISTENT, &st, &tail);
   if (src != SQLITE_OK) {
     int rc = src == SQLITE_NOMEM ? KEEL_ENOMEM : KEEL_EINVAL;
     return sq_fail(tx, db, rc, sqlite3_errmsg(db));
@@ -238,18 +332,23 @@ static int sq_exec(keel_es_tx *tx, sqlite3 *db, bool readonly, const char *sql,
     rc = sq_fail(tx, db, KEEL_EINVAL, "more than one statement");
   else if (readonly && !sqlite3_stmt_readonly(st))
     rc = sq_fail(tx, db, KEEL_EINVAL, "a write outside keel_es_transact");
-  else if (sq_bind(st, params, n) != 0)
-    rc = sq_fail(tx, db, KEEL_EINVAL, "parameters do not match the statement's $1..$n");
   if (rc) {
     sqlite3_finalize(st);
     return rc;
   }
+  *out = st;
+  return 0;
+}
+
+/* Runs a prepared statement, its rows into *rows (when given). */
+static int sq_run(keel_es_tx *tx, sqlite3 *db, sqlite3_stmt *st, keel_es_rows *rows) {
   size_t ncols = (size_t)sqlite3_column_count(st);
   rows_build b = {0};
   for (size_t c = 0; c < ncols && rows; c++) {
     const char *name = sqlite3_column_name(st, (int)c);
     rb_add(&b, name ? name : "", name ? strlen(name) : 0);
   }
+  int src, rc = 0;
   while ((src = sqlite3_step(st)) == SQLITE_ROW) {
     for (size_t c = 0; c < ncols && rows; c++) {
       if (sqlite3_column_type(st, (int)c) == SQLITE_NULL) {
@@ -271,7 +370,39 @@ static int sq_exec(keel_es_tx *tx, sqlite3 *db, bool readonly, const char *sql,
   }
   free(b.buf);
   free(b.off);
-  sqlite3_finalize(st);
+  return rc;
+}
+
+/* A statement: in a transaction (on the writer's connection) through the
+ * cache; a read-only query (a reader's connection) prepared each time. */
+static int sq_exec(keel_es_tx *tx, sqlite3 *db, bool readonly, const char *sql,
+                   const char *const *params, size_t n, keel_es_rows *rows) {
+  if (!readonly && (!tx || db != tx->es->wdb)) return KEEL_EINVAL; /* the authorizer is there */
+  uint64_t hash = readonly ? 0 : text_hash(sql);
+  es_stmt *kept = readonly ? NULL : cache_find(tx->es, sql, hash, tx->internal);
+  sqlite3_stmt *st = kept ? kept->st : NULL;
+  int rc = 0;
+  if (!kept) {
+    rc = sq_prepare(tx, db, readonly, sql, &st);
+    if (!readonly) tx->es->wtx = NULL;
+    if (rc) return rc;
+    if (!readonly) kept = cache_put(tx->es, sql, hash, tx->internal, st);
+  }
+  if (sq_bind(st, params, n) != 0)
+    rc = sq_fail(tx, db, KEEL_EINVAL, "parameters do not match the statement's $1..$n");
+  /* a kept statement re-prepared after a schema change is judged by its
+   * own transaction's mode */
+  if (!readonly) tx->es->wtx = tx;
+  if (rc == 0) rc = sq_run(tx, db, st, rows);
+  if (!readonly) tx->es->wtx = NULL;
+  if (!kept) {
+    sqlite3_finalize(st);
+  } else if (rc == KEEL_EIO) {
+    cache_drop(kept); /* SQLite failed running it (a schema gone, ...): prepare afresh next time */
+  } else {
+    sqlite3_reset(st);
+    sqlite3_clear_bindings(st); /* the bound texts were the caller's */
+  }
   return rc;
 }
 

@@ -306,9 +306,12 @@ static int exec_other(keel_es *es, es_req *r, es_reply *rep) {
 
 /* ---- the thread ------------------------------------------------------------------- */
 
-static int run_sql(keel_es *es, const char *sql) {
-  int src = sqlite3_exec(es->wdb, sql, NULL, NULL, NULL);
-  return src == SQLITE_OK ? 0 : keel__es_sqlite_error(es->wdb, src, sql);
+/* Runs one of the writer's prepared transaction-control statements. */
+static int run_ctl(keel_es *es, sqlite3_stmt *st) {
+  int src = sqlite3_step(st);
+  int rc = src == SQLITE_DONE ? 0 : keel__es_sqlite_error(es->wdb, src, sqlite3_sql(st));
+  sqlite3_reset(st);
+  return rc;
 }
 
 static keel_msg_t *new_reply(size_t nresults) {
@@ -373,12 +376,16 @@ static void wake_waiters(keel_es *es, es_req *group, keel_msg_t **msgs) {
   if (top > 0) keel__es_notify_appended(es, top);
 }
 
+/* A group of one request runs without a savepoint: its failure rolls the
+ * whole transaction back instead. The savepoint's statements cost as much
+ * as a small request, and while one is open SQLite copies each page the
+ * request changes into its sub-journal. */
 static void run_group(keel_es *es, es_req *group, size_t nreq) {
   keel_msg_t **msgs = calloc(nreq, sizeof *msgs);
   int64_t now = keel__es_unix_ms();
   size_t i = 0, nappends = 0;
-  int rc = msgs ? run_sql(es, "BEGIN IMMEDIATE") : KEEL_ENOMEM;
-  bool broken = rc != 0;
+  int rc = msgs ? run_ctl(es, es->st_begin) : KEEL_ENOMEM;
+  bool broken = rc != 0, savepoints = nreq > 1, undo = false;
   for (es_req *r = group; r; r = r->next, i++) {
     keel_msg_t *m = msgs ? (msgs[i] = new_reply(r->nstreams)) : NULL;
     if (!m) continue;
@@ -388,7 +395,7 @@ static void run_group(keel_es *es, es_req *group, size_t nreq) {
       continue;
     }
     nappends += r->kind == ES_REQ_APPEND;
-    if ((rep->rc = run_sql(es, "SAVEPOINT req")) != 0) {
+    if (savepoints && (rep->rc = run_ctl(es, es->st_savepoint)) != 0) {
       broken = true;
       continue;
     }
@@ -402,12 +409,16 @@ static void run_group(keel_es *es, es_req *group, size_t nreq) {
     } else {
       rep->rc = exec_other(es, r, rep);
     }
-    if (rep->rc != 0 && run_sql(es, "ROLLBACK TO req") != 0) broken = true;
-    if (run_sql(es, "RELEASE req") != 0) broken = true;
+    if (!savepoints) {
+      undo = rep->rc != 0;
+      continue;
+    }
+    if (rep->rc != 0 && run_ctl(es, es->st_rollback_to) != 0) broken = true;
+    if (run_ctl(es, es->st_release) != 0) broken = true;
   }
-  if (!broken && run_sql(es, "COMMIT") != 0) broken = true;
+  if (!broken && !undo && run_ctl(es, es->st_commit) != 0) broken = true;
+  if (broken || undo) sqlite3_exec(es->wdb, "ROLLBACK", NULL, NULL, NULL);
   if (broken) {
-    sqlite3_exec(es->wdb, "ROLLBACK", NULL, NULL, NULL);
     for (size_t k = 0; msgs && k < nreq; k++) {
       if (!msgs[k]) continue;
       es_reply *rep = keel_msg_data(msgs[k]);
@@ -480,10 +491,25 @@ int keel__es_writer_prepare(keel_es *es) {
       {offsetof(keel_es, st_upsert),
        "INSERT INTO streams (stream, version) VALUES (?1, ?2) "
        "ON CONFLICT (stream) DO UPDATE SET version = ?2, deleted = 0"},
+      {offsetof(keel_es, st_begin), "BEGIN IMMEDIATE"},
+      {offsetof(keel_es, st_commit), "COMMIT"},
+      {offsetof(keel_es, st_savepoint), "SAVEPOINT req"},
+      {offsetof(keel_es, st_release), "RELEASE req"},
+      {offsetof(keel_es, st_rollback_to), "ROLLBACK TO req"},
   };
+  /* the service's statements in a transaction are judged by the
+   * authorizer, installed before any statement is kept (tx.c). temp_store
+   * in memory: the savepoints' sub-journal then grows in 1 KiB chunks
+   * instead of SQLite's 64 KiB spill buffer, whose free after every
+   * savepoint made glibc give the writer's heap back to the kernel and take
+   * it again (madvise, 15 % of the writer's time, docs/decisions/0031) */
+  int rc = keel__es_tx_authorizer(es);
+  if (rc) return rc;
+  int src = sqlite3_exec(es->wdb, "PRAGMA temp_store = MEMORY", NULL, NULL, NULL);
+  if (src != SQLITE_OK) return keel__es_sqlite_error(es->wdb, src, "setting temp_store");
   for (size_t i = 0; i < sizeof stmts / sizeof stmts[0]; i++) {
     sqlite3_stmt **st = (sqlite3_stmt **)((char *)es + stmts[i].off);
-    int src = sqlite3_prepare_v3(es->wdb, stmts[i].sql, -1, SQLITE_PREPARE_PERSISTENT, st, NULL);
+    src = sqlite3_prepare_v3(es->wdb, stmts[i].sql, -1, SQLITE_PREPARE_PERSISTENT, st, NULL);
     if (src != SQLITE_OK) return keel__es_sqlite_error(es->wdb, src, "preparing statements");
   }
   return 0;
@@ -505,11 +531,14 @@ void keel__es_writer_stop(keel_es *es) {
     pthread_join(es->writer, NULL);
     es->writer_started = false;
   }
-  sqlite3_finalize(es->st_find_id);
-  sqlite3_finalize(es->st_stream);
-  sqlite3_finalize(es->st_insert);
-  sqlite3_finalize(es->st_upsert);
-  es->st_find_id = es->st_stream = es->st_insert = es->st_upsert = NULL;
+  keel__es_tx_cache_free(es);
+  sqlite3_stmt **sts[] = {&es->st_find_id,   &es->st_stream,  &es->st_insert,
+                          &es->st_upsert,    &es->st_begin,   &es->st_commit,
+                          &es->st_savepoint, &es->st_release, &es->st_rollback_to};
+  for (size_t i = 0; i < sizeof sts / sizeof sts[0]; i++) {
+    sqlite3_finalize(*sts[i]);
+    *sts[i] = NULL;
+  }
   if (es->wdb) sqlite3_close(es->wdb);
   es->wdb = NULL;
 }

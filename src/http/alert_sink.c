@@ -54,7 +54,7 @@ typedef struct cool {
   keel_alert_type type;
   keel_alert_severity severity; /* an escalation (degraded, then unhealthy) is a new alert */
   keel_pid_t pid;
-  uint64_t sent_ms;
+  int64_t sent_ms;
   bool held; /* its last trigger was held back: hold its resolution too */
 } cool;
 
@@ -245,8 +245,8 @@ static bool cooldown_pass(keel_alert_sink *s, cool **list, const queued *q) {
   while (c && !(c->type == q->a.type && c->pid == q->a.pid && c->severity == q->a.severity))
     c = c->next;
   if (q->event == KEEL_ALERTS_EV_RESOLVED) return !(c && c->held);
-  uint64_t now = ((uint64_t)keel_monotonic_ms());
-  if (c && now - c->sent_ms < (uint64_t)s->o.cooldown_ms) {
+  int64_t now = keel_monotonic_ms();
+  if (c && now - c->sent_ms < s->o.cooldown_ms) {
     c->held = true;
     atomic_fetch_add(&s->suppressed, 1);
     return false;
@@ -273,7 +273,7 @@ static bool cooldown_pass(keel_alert_sink *s, cool **list, const queued *q) {
 typedef struct firing {
   queued v[FIRING_MAX];
   size_t n;
-  uint64_t next_ms; /* ((uint64_t)keel_monotonic_ms()) of the next re-send */
+  int64_t next_ms; /* keel_monotonic_ms() of the next re-send */
 } firing;
 
 static void firing_note(firing *f, const queued *q) {
@@ -293,15 +293,15 @@ static void firing_note(firing *f, const queued *q) {
 /* The receive timeout: until the next re-send when one is due, else forever. */
 static int64_t firing_wait(const firing *f) {
   if (!f || !f->n) return KEEL_INFINITY;
-  uint64_t now = ((uint64_t)keel_monotonic_ms());
-  return f->next_ms > now ? (int64_t)(f->next_ms - now) : 0;
+  int64_t now = keel_monotonic_ms();
+  return f->next_ms > now ? f->next_ms - now : 0;
 }
 
 static void firing_resend(keel_alert_sink *s, firing *f) {
-  if (!f || !f->n || ((uint64_t)keel_monotonic_ms()) < f->next_ms) return;
+  if (!f || !f->n || keel_monotonic_ms() < f->next_ms) return;
   for (size_t i = 0; i < f->n; i++)
     deliver(s, &f->v[i], true);
-  f->next_ms = ((uint64_t)keel_monotonic_ms()) + (uint64_t)s->o.resend_ms;
+  f->next_ms = keel_monotonic_ms() + s->o.resend_ms;
 }
 
 /* Whether the sink takes q at all. */
@@ -354,7 +354,7 @@ static void sink_main(void *arg) {
     if (!cooldown_pass(s, &cools, &one)) continue;
     deliver(s, &one, false);
     if (f && one.event == KEEL_ALERTS_EV_TRIGGERED) {
-      if (!f->n) f->next_ms = ((uint64_t)keel_monotonic_ms()) + (uint64_t)s->o.resend_ms;
+      if (!f->n) f->next_ms = keel_monotonic_ms() + s->o.resend_ms;
       firing_note(f, &one);
     }
   }

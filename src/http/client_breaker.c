@@ -31,7 +31,7 @@ typedef struct breaker {
   struct breaker *next;
   char *origin;
   keel_http_breaker_state state;
-  uint64_t opened_ms;
+  int64_t opened_ms;
   int probes_out, probes_ok;
   uint64_t epoch[NBUCKETS]; /* which window slice each bucket counts */
   uint32_t calls[NBUCKETS], fails[NBUCKETS];
@@ -81,7 +81,7 @@ static const char *host_of(const char *origin) {
 
 static void set_state(keel_http_client *c, breaker *k, keel_http_breaker_state st) {
   k->state = st;
-  if (st == KEEL_HTTP_BREAKER_OPEN) k->opened_ms = ((uint64_t)keel_monotonic_ms());
+  if (st == KEEL_HTTP_BREAKER_OPEN) k->opened_ms = keel_monotonic_ms();
   if (st == KEEL_HTTP_BREAKER_HALF_OPEN) k->probes_out = k->probes_ok = 0;
   if (st == KEEL_HTTP_BREAKER_CLOSED) {
     memset(k->calls, 0, sizeof k->calls);
@@ -98,7 +98,7 @@ int keel__hc_breaker_admit(keel_http_client *c, const char *origin, bool *probe)
   breaker *k = find(b, origin, false);
   int rc = 0;
   if (k && k->state == KEEL_HTTP_BREAKER_OPEN &&
-      ((uint64_t)keel_monotonic_ms()) - k->opened_ms >= (uint64_t)c->o.breaker_open_ms)
+      keel_monotonic_ms() - k->opened_ms >= c->o.breaker_open_ms)
     set_state(c, k, KEEL_HTTP_BREAKER_HALF_OPEN);
   if (k && k->state == KEEL_HTTP_BREAKER_OPEN) rc = KEEL_EBUSY;
   if (k && k->state == KEEL_HTTP_BREAKER_HALF_OPEN) {
@@ -129,7 +129,7 @@ void keel__hc_breaker_record(keel_http_client *c, const char *origin, bool ok, b
   }
   if (k->state == KEEL_HTTP_BREAKER_OPEN) goto out;
   uint64_t slice = (uint64_t)c->o.breaker_window_ms / NBUCKETS;
-  uint64_t ep = ((uint64_t)keel_monotonic_ms()) / (slice ? slice : 1);
+  uint64_t ep = (uint64_t)keel_monotonic_ms() / (slice ? slice : 1);
   int i = (int)(ep % NBUCKETS);
   if (k->epoch[i] != ep) {
     k->epoch[i] = ep;

@@ -169,6 +169,7 @@ static void free_jobs(keel_jobs *j) {
   keel__jobs_unlock(j);
   keel__jobs_cron_free(j);
   pthread_mutex_destroy(&j->mu);
+  pthread_mutex_destroy(&j->done_mu);
   free(j->queues);
   free(j->admin_token);
   free(j);
@@ -193,6 +194,7 @@ int keel_jobs_start(const keel_jobs_opts *o, keel_jobs **out) {
   j->o.retention_ms = or_default(o->retention_ms, 7LL * 24 * 3600 * 1000);
   j->o.stale_ms = or_default(o->stale_ms, 300000);
   pthread_mutex_init(&j->mu, NULL);
+  pthread_mutex_init(&j->done_mu, NULL);
   atomic_init(&j->rng, (uint64_t)keel__es_unix_ms() ^ ((uint64_t)getpid() << 32) ^ keel_self());
   if (o->instance) {
     snprintf(j->instance, sizeof j->instance, "%s", o->instance);

@@ -60,6 +60,11 @@ struct keel_jobs {
    * janitor. Only its holder rescues: holding it proves every other
    * instance that ran queues on the file is gone. */
   int lock_fd;
+  /* outcome.c: completions queued for the next batch (on their processes'
+   * stacks), and whether a batch is being recorded (under done_mu) */
+  pthread_mutex_t done_mu;
+  struct jobs_done *done_head, *done_tail;
+  bool done_leading;
 };
 
 /* SQLite: takes the runner lock if this instance runs queues (0), or says

@@ -46,6 +46,10 @@ typedef struct sbuf {
 
 static void sb_putn(sbuf *b, const char *s, size_t n) {
   if (b->oom) return;
+  if (n > SIZE_MAX / 4) { /* cannot happen; tells GCC's -O3 range analysis so */
+    b->oom = 1;
+    return;
+  }
   if (b->len + n + 1 > b->cap) {
     size_t c = b->cap ? b->cap : 256;
     while (c < b->len + n + 1)

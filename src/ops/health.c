@@ -121,7 +121,7 @@ static pthread_once_t init_once = PTHREAD_ONCE_INIT;
 static void on_sup_event(const keel_sup_event *ev, void *ud) {
   (void)ud;
   if (ev->kind != KEEL_SUP_CHILD_RESTARTED) return;
-  uint64_t t = ((uint64_t)keel_monotonic_ms());
+  uint64_t t = (uint64_t)keel_monotonic_ms();
   pthread_mutex_lock(&rmu);
   ring[restarts_total % RING] = t;
   restarts_total++;
@@ -137,7 +137,7 @@ void keel__health_init(void) {
 
 void keel_health_restarts(int64_t window_ms, uint64_t *total, uint64_t *recent) {
   keel__health_init();
-  uint64_t t = ((uint64_t)keel_monotonic_ms()), n = 0;
+  uint64_t t = (uint64_t)keel_monotonic_ms(), n = 0;
   pthread_mutex_lock(&rmu);
   uint64_t have = restarts_total < RING ? restarts_total : RING;
   for (uint64_t i = 0; i < have; i++)
@@ -484,7 +484,7 @@ static void run_start(run *r, int place) {
 
 static void run_collect(run *r) {
   if (!r->arg) return;
-  uint64_t t = ((uint64_t)keel_monotonic_ms());
+  uint64_t t = (uint64_t)keel_monotonic_ms();
   int64_t left = r->deadline_ms > t ? (int64_t)(r->deadline_ms - t) : 0;
   keel_msg_t *m = NULL;
   int rc = keel_await(r->ref, &m, left > 0 ? left : KEEL_NOWAIT);
@@ -745,7 +745,7 @@ static int live_impl(keel_health_response *out) {
     free(ok);
     return KEEL_ENOMEM;
   }
-  uint64_t deadline = ((uint64_t)keel_monotonic_ms()) + (uint64_t)window;
+  uint64_t deadline = (uint64_t)keel_monotonic_ms() + (uint64_t)window;
   for (int i = 0; i < n; i++) {
     keel_rt_sched_info(i, &before[i]);
     ping_arg *a = malloc(sizeof *a);
@@ -774,7 +774,7 @@ static int live_impl(keel_health_response *out) {
   }
   for (int i = 0; i < n; i++) {
     if (!refs[i]) continue;
-    uint64_t t = ((uint64_t)keel_monotonic_ms());
+    uint64_t t = (uint64_t)keel_monotonic_ms();
     keel_msg_t *m = NULL;
     if (keel_await(refs[i], &m, deadline > t ? (int64_t)(deadline - t) : KEEL_NOWAIT) == 0 &&
         keel_msg_size(m) == sizeof(int32_t)) {
@@ -797,7 +797,7 @@ static int live_impl(keel_health_response *out) {
       else
         pending = true;
     }
-    if (!pending || ((uint64_t)keel_monotonic_ms()) >= deadline) break;
+    if (!pending || (uint64_t)keel_monotonic_ms() >= deadline) break;
     keel_sleep(5);
   }
 
@@ -851,7 +851,7 @@ static int detailed_impl(keel_health_response *out) {
   const char *word = unhealthy ? "unhealthy" : degraded ? "degraded" : "healthy";
   json_t *b = body_new(word);
 
-  uint64_t st = keel_rt_started_ms(), t = ((uint64_t)keel_monotonic_ms());
+  uint64_t st = keel_rt_started_ms(), t = (uint64_t)keel_monotonic_ms();
   json_object_set_new(b, "uptime", json_real(round3(st && t > st ? (double)(t - st) / 1e3 : 0)));
   pthread_mutex_lock(&mu);
   json_object_set_new(b, "service", service_name ? json_string(service_name) : json_null());

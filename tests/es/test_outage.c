@@ -104,5 +104,48 @@ KT_CASE(backends_killed_mid_call_fail_that_call_and_the_pool_recovers) {
   kt_store_rmdir(&s);
 }
 
+/* Each call that opens a transaction (an append keel_es_transact makes, a
+ * soft delete, a snapshot save, a stream read), made right after every
+ * session was terminated: the pool's idle check can pass a connection whose
+ * backend is ending, its FATAL not yet on the socket. The call's BEGIN then
+ * fails; nothing was done, so the call takes another connection instead of
+ * failing (only the group append did, and only its test caught the race). */
+KT_CASE(a_transaction_begun_on_a_connection_just_ended_is_begun_again) {
+  KT_PG_ONLY();
+  kt_store s;
+  kt_store_mkdir(&s);
+  char app[64], url[1400];
+  snprintf(app, sizeof app, "kt_begin_%d", (int)getpid());
+  snprintf(url, sizeof url, "%s&application_name=%s", s.url, app);
+  keel_es *es;
+  CHECK_OK(keel_es_open(&(keel_es_opts){.url = url, .pool_min = 2, .pool_max = 4,
+                                        .no_listen = true},
+                        &es));
+  json_t *state = json_pack("{s:i}", "n", 1);
+  for (int round = 0; round < 10; round++) {
+    char stream[32];
+    snprintf(stream, sizeof stream, "b-%d", round);
+    keel_es_event_in ev = {.type = "T", .payload = state};
+    keel_es_append_req req = {.stream = stream, .expected = KEEL_ES_NO_STREAM, .events = &ev,
+                              .n = 1};
+    keel_es_append_result res;
+    CHECK_OK(terminate(s.url, app, ""));
+    CHECK_OK(keel_es_transact(es, &req, 1, &res, NULL, NULL, NULL));
+    CHECK_OK(terminate(s.url, app, ""));
+    CHECK_OK(keel_es_snapshot_save(es, stream, 1, 1, state, NULL));
+    CHECK_OK(terminate(s.url, app, ""));
+    keel_es_events evs;
+    CHECK_OK(keel_es_read_stream(es, stream, NULL, &evs));
+    CHECK_EQ(evs.n, 1);
+    keel_es_events_free(&evs);
+    CHECK_OK(terminate(s.url, app, ""));
+    CHECK_OK(keel_es_delete_stream(es, stream, 1));
+  }
+  json_decref(state);
+  keel_es_close(es);
+  kt_store_rmdir(&s);
+}
+
 KT_MAIN(KT_ENTRY(a_server_that_is_not_there_is_a_clear_error_at_open),
-        KT_ENTRY(backends_killed_mid_call_fail_that_call_and_the_pool_recovers))
+        KT_ENTRY(backends_killed_mid_call_fail_that_call_and_the_pool_recovers),
+        KT_ENTRY(a_transaction_begun_on_a_connection_just_ended_is_begun_again))

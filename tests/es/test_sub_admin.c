@@ -44,26 +44,9 @@ static keel_sub_status status_of(const char *name) {
     if (!(cond)) CHECK(!"timed out waiting for " #cond);                                           \
   } while (0)
 
-/* One request on a new connection; the body parsed as JSON into *body
- * (a new reference, or NULL). Returns the status. */
-static int request(int port, const char *method, const char *path, const char *auth,
-                   json_t **body) {
-  char req[1024];
-  snprintf(req, sizeof req,
-           "%s %s HTTP/1.1\r\nHost: t\r\nContent-Length: 0\r\n%s%s%sConnection: close\r\n\r\n",
-           method, path, auth ? "Authorization: " : "", auth ? auth : "", auth ? "\r\n" : "");
-  kt_resp *r = calloc(1, sizeof *r);
-  CHECK(r != NULL);
-  CHECK_EQ(kt_exchange(port, req, r, 1), 1);
-  int status = r->status;
-  if (body) *body = json_loadb(r->body, r->body_len, 0, NULL);
-  free(r);
-  return status;
-}
-
 static json_t *board_entry(int port, const char *name) {
   json_t *b = NULL;
-  CHECK_EQ(request(port, "GET", "/admin/subscriptions", NULL, &b), 200);
+  CHECK_EQ(kt_request_json(port, "GET", "/admin/subscriptions", NULL, &b), 200);
   json_t *arr = json_object_get(b, "subscriptions");
   CHECK(json_is_array(arr));
   json_t *found = NULL;
@@ -91,7 +74,7 @@ static keel_http_server *admin_port(void) {
 static json_t *panel_row(int port, const char *name) {
   json_t *b = NULL, *found = NULL, *e;
   size_t i;
-  CHECK_EQ(request(port, "GET", "/admin/panels/subscriptions", NULL, &b), 200);
+  CHECK_EQ(kt_request_json(port, "GET", "/admin/panels/subscriptions", NULL, &b), 200);
   CHECK_STR(json_string_value(json_object_get(b, "title")), "Subscriptions");
   json_array_foreach(json_object_get(b, "data"), i, e) {
     if (strcmp(json_string_value(json_object_get(e, "subscription")), name) == 0)
@@ -128,7 +111,7 @@ KT_CASE(operators_list_retry_and_resolve_parked_events_over_http) {
 
   /* no subscription ever ran on this store: empty, not an error */
   json_t *b = NULL;
-  CHECK_EQ(request(port, "GET", "/admin/subscriptions/adm/parked", NULL, &b), 200);
+  CHECK_EQ(kt_request_json(port, "GET", "/admin/subscriptions/adm/parked", NULL, &b), 200);
   CHECK_EQ(json_array_size(json_object_get(b, "parked")), 0);
   json_decref(b);
 
@@ -159,7 +142,7 @@ KT_CASE(operators_list_retry_and_resolve_parked_events_over_http) {
   json_decref(pr);
 
   /* the dead letters */
-  CHECK_EQ(request(port, "GET", "/admin/subscriptions/adm/parked", NULL, &b), 200);
+  CHECK_EQ(kt_request_json(port, "GET", "/admin/subscriptions/adm/parked", NULL, &b), 200);
   json_t *pk = json_object_get(b, "parked");
   CHECK_EQ(json_array_size(pk), 3);
   json_t *p0 = json_array_get(pk, 0);
@@ -171,34 +154,40 @@ KT_CASE(operators_list_retry_and_resolve_parked_events_over_http) {
   CHECK_STR(json_string_value(json_object_get(json_array_get(pk, 1), "status")), "waiting");
   CHECK_EQ(json_integer_value(json_object_get(json_array_get(pk, 2), "position")), 5);
   json_decref(b);
-  CHECK_EQ(request(port, "GET", "/admin/subscriptions/adm/parked?limit=1", NULL, &b), 200);
+  CHECK_EQ(kt_request_json(port, "GET", "/admin/subscriptions/adm/parked?limit=1", NULL, &b), 200);
   CHECK_EQ(json_array_size(json_object_get(b, "parked")), 1);
   json_decref(b);
-  CHECK_EQ(request(port, "GET", "/admin/subscriptions/adm/parked?limit=0", NULL, NULL), 400);
-  CHECK_EQ(request(port, "GET", "/admin/subscriptions/bad%20name/parked", NULL, NULL), 400);
+  CHECK_EQ(kt_request_json(port, "GET", "/admin/subscriptions/adm/parked?limit=0", NULL, NULL),
+           400);
+  CHECK_EQ(kt_request_json(port, "GET", "/admin/subscriptions/bad%20name/parked", NULL, NULL), 400);
 
   /* the POSTs want the token */
-  CHECK_EQ(request(port, "POST", "/admin/subscriptions/adm/parked/2/retry", NULL, NULL), 401);
-  CHECK_EQ(request(port, "POST", "/admin/subscriptions/adm/parked/2/retry", "Bearer s3cres", NULL),
+  CHECK_EQ(kt_request_json(port, "POST", "/admin/subscriptions/adm/parked/2/retry", NULL, NULL),
            401);
-  CHECK_EQ(request(port, "POST", "/admin/subscriptions/adm/parked/2/retry", "Bearer s3cret1", NULL),
+  CHECK_EQ(kt_request_json(port, "POST", "/admin/subscriptions/adm/parked/2/retry", "Bearer s3cres",
+                           NULL),
+           401);
+  CHECK_EQ(kt_request_json(port, "POST", "/admin/subscriptions/adm/parked/2/retry",
+                           "Bearer s3cret1", NULL),
            401);
   const char *tok = "Bearer s3cret";
-  CHECK_EQ(request(port, "POST", "/admin/subscriptions/adm/parked/x2/retry", tok, NULL), 400);
-  CHECK_EQ(request(port, "POST", "/admin/subscriptions/adm/parked/3/retry", tok, NULL),
+  CHECK_EQ(kt_request_json(port, "POST", "/admin/subscriptions/adm/parked/x2/retry", tok, NULL),
+           400);
+  CHECK_EQ(kt_request_json(port, "POST", "/admin/subscriptions/adm/parked/3/retry", tok, NULL),
            404); /* waiting, not failed */
-  CHECK_EQ(request(port, "GET", "/admin/subscriptions/adm/parked/2/retry", tok, NULL), 405);
+  CHECK_EQ(kt_request_json(port, "GET", "/admin/subscriptions/adm/parked/2/retry", tok, NULL), 405);
   CHECK_EQ(atomic_load(&handled_n), 2); /* 1 and 4, nothing retried yet */
 
   /* fixed: retry hands 2 then 3 to the handler */
   atomic_store(&poison_fixed, 1);
-  CHECK_EQ(request(port, "POST", "/admin/subscriptions/adm/parked/2/retry", tok, &b), 200);
+  CHECK_EQ(kt_request_json(port, "POST", "/admin/subscriptions/adm/parked/2/retry", tok, &b), 200);
   CHECK_STR(json_string_value(json_object_get(b, "action")), "retried");
   json_decref(b);
   WAIT_FOR(status_of("adm").parked == 1);
   CHECK_EQ(atomic_load(&handled_n), 4);
   /* 5 given up: resolved, never handled */
-  CHECK_EQ(request(port, "POST", "/admin/subscriptions/adm/parked/5/resolve", tok, &b), 200);
+  CHECK_EQ(kt_request_json(port, "POST", "/admin/subscriptions/adm/parked/5/resolve", tok, &b),
+           200);
   CHECK_STR(json_string_value(json_object_get(b, "action")), "resolved");
   json_decref(b);
   WAIT_FOR(status_of("adm").parked == 0);
@@ -212,9 +201,10 @@ KT_CASE(operators_list_retry_and_resolve_parked_events_over_http) {
   CHECK_EQ(json_integer_value(json_object_get(pr, "parked")), 0);
   json_decref(pr);
   keel_http_stop(adm);
-  CHECK_EQ(request(port, "POST", "/admin/subscriptions/adm/parked/5/resolve", tok, NULL), 404);
+  CHECK_EQ(kt_request_json(port, "POST", "/admin/subscriptions/adm/parked/5/resolve", tok, NULL),
+           404);
   CHECK_EQ(atomic_load(&handled_n), 4);
-  CHECK_EQ(request(port, "GET", "/admin/subscriptions/adm/parked", NULL, &b), 200);
+  CHECK_EQ(kt_request_json(port, "GET", "/admin/subscriptions/adm/parked", NULL, &b), 200);
   CHECK_EQ(json_array_size(json_object_get(b, "parked")), 0);
   json_decref(b);
 
@@ -222,7 +212,8 @@ KT_CASE(operators_list_retry_and_resolve_parked_events_over_http) {
   CHECK_OK(keel_sub_stop("adm", 0));
   e = board_entry(port, "adm");
   CHECK(e == NULL);
-  CHECK_EQ(request(port, "POST", "/admin/subscriptions/adm/parked/2/retry", tok, NULL), 409);
+  CHECK_EQ(kt_request_json(port, "POST", "/admin/subscriptions/adm/parked/2/retry", tok, NULL),
+           409);
   keel_http_stop(srv);
   kt_store_close(&st);
 }

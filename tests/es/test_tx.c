@@ -400,9 +400,121 @@ KT_CASE(a_tx_lock_serialises_creates_and_read_then_write_across_connections) {
   kt_store_close(&s);
 }
 
+/* ---- the writer's kept statements -------------------------------------------------------- */
+
+static const char *const probe_insert =
+    "INSERT INTO keel_cache_probe (n) VALUES (CAST($1 AS BIGINT))";
+
+static int make_probe(keel_es_tx *tx, void *arg) {
+  (void)arg;
+  return exec(tx, "CREATE TABLE IF NOT EXISTS keel_cache_probe (n BIGINT)");
+}
+
+static int insert_probe(keel_es_tx *tx, void *arg) {
+  return keel_es_tx_exec(tx, probe_insert, (const char *[]){arg}, 1, NULL);
+}
+
+typedef struct modes_arg {
+  int as_keel, as_service;
+} modes_arg;
+
+/* keel's statement inside a service's transaction (keel_jobs_enqueue_tx
+ * does this): the mode is the one at each statement */
+static int both_modes(keel_es_tx *tx, void *arg) {
+  modes_arg *a = arg;
+  tx->internal = true;
+  a->as_keel = keel_es_tx_exec(tx, probe_insert, (const char *[]){"5"}, 1, NULL);
+  tx->internal = false;
+  a->as_service = keel_es_tx_exec(tx, probe_insert, (const char *[]){"6"}, 1, NULL);
+  return 0;
+}
+
+KT_CASE(a_statement_refused_to_a_service_stays_refused_after_keel_ran_the_same_text) {
+  KT_SQLITE_ONLY(); /* the authorizer is SQLite's; PostgreSQL guards only events */
+  kt_store s;
+  keel_es *es = open_with_tables(&s);
+  CHECK_OK(keel__es_transact_internal(es, make_probe, NULL));
+  /* keel's own transactions write keel_ tables; the text is kept after the first */
+  for (int i = 0; i < 3; i++)
+    CHECK_OK(keel__es_transact_internal(es, insert_probe, "1"));
+  CHECK_EQ(count_rows(es, "keel_cache_probe"), 3);
+  /* the same text in a service's transaction: refused, nothing written */
+  CHECK_EQ(keel_es_transact(es, NULL, 0, NULL, NULL, insert_probe, "2"), KEEL_EINVAL);
+  CHECK_EQ(count_rows(es, "keel_cache_probe"), 3);
+  /* and the service's refusal does not spoil keel's kept statement */
+  CHECK_OK(keel__es_transact_internal(es, insert_probe, "3"));
+  CHECK_EQ(keel_es_transact(es, NULL, 0, NULL, NULL, insert_probe, "4"), KEEL_EINVAL);
+  CHECK_EQ(count_rows(es, "keel_cache_probe"), 4);
+  /* both modes in one transaction: keel's passes, the service's dooms it */
+  modes_arg a = {0};
+  CHECK_EQ(keel_es_transact(es, NULL, 0, NULL, NULL, both_modes, &a), KEEL_EINVAL);
+  CHECK_OK(a.as_keel);
+  CHECK_EQ(a.as_service, KEEL_EINVAL);
+  CHECK_EQ(count_rows(es, "keel_cache_probe"), 4); /* rolled back with it */
+  kt_store_close(&s);
+}
+
+enum { MANY_TEXTS = 150 }; /* more than the writer keeps */
+
+static int many_texts(keel_es_tx *tx, void *arg) {
+  (void)arg;
+  for (int i = 0; i < MANY_TEXTS; i++) {
+    char sql[96];
+    snprintf(sql, sizeof sql, "INSERT INTO outbox (id, body) VALUES ('m%d', 'b')", i);
+    int rc = exec(tx, sql);
+    if (rc) return rc;
+  }
+  return 0;
+}
+
+static int insert_note(keel_es_tx *tx, void *arg) {
+  return keel_es_tx_exec(tx, "INSERT INTO outbox (id, body) VALUES ($1, 'n')",
+                         (const char *[]){arg}, 1, NULL);
+}
+
+static int add_column(keel_es_tx *tx, void *arg) {
+  (void)arg;
+  return exec(tx, "ALTER TABLE outbox ADD COLUMN tag TEXT DEFAULT 'tagged'");
+}
+
+static int recreate_outbox(keel_es_tx *tx, void *arg) {
+  (void)arg;
+  int rc = exec(tx, "DROP TABLE outbox");
+  if (!rc) rc = exec(tx, "CREATE TABLE outbox (body TEXT, id TEXT PRIMARY KEY)");
+  return rc;
+}
+
+KT_CASE(kept_statements_follow_schema_changes_and_any_number_of_texts) {
+  kt_store s;
+  keel_es *es = open_with_tables(&s);
+  CHECK_OK(keel_es_transact(es, NULL, 0, NULL, NULL, insert_note, "n1"));
+  CHECK_OK(keel_es_transact(es, NULL, 0, NULL, NULL, add_column, NULL));
+  CHECK_OK(keel_es_transact(es, NULL, 0, NULL, NULL, insert_note, "n2"));
+  keel_es_rows rows;
+  CHECK_OK(keel_es_query(es, "SELECT count(*) FROM outbox WHERE tag = 'tagged'", NULL, 0, &rows));
+  CHECK_STR(keel_es_rows_get(&rows, 0, 0), "2");
+  keel_es_rows_free(&rows);
+  /* a unique violation of a kept statement, then the same statement again */
+  CHECK_EQ(keel_es_transact(es, NULL, 0, NULL, NULL, insert_note, "n2"), KEEL_EEXIST);
+  CHECK_OK(keel_es_transact(es, NULL, 0, NULL, NULL, insert_note, "n3"));
+  CHECK_OK(keel_es_transact(es, NULL, 0, NULL, NULL, many_texts, NULL));
+  CHECK_EQ(count_rows(es, "outbox"), 3 + MANY_TEXTS);
+  /* the table dropped and made again, its columns in another order */
+  CHECK_OK(keel_es_transact(es, NULL, 0, NULL, NULL, recreate_outbox, NULL));
+  CHECK_OK(keel_es_transact(es, NULL, 0, NULL, NULL, insert_note, "n4"));
+  CHECK_OK(keel_es_query(es, "SELECT id, body FROM outbox", NULL, 0, &rows));
+  CHECK_EQ(rows.nrows, 1);
+  CHECK_STR(keel_es_rows_get(&rows, 0, 0), "n4");
+  CHECK_STR(keel_es_rows_get(&rows, 0, 1), "n");
+  keel_es_rows_free(&rows);
+  kt_store_close(&s);
+}
+
 KT_MAIN(KT_ENTRY(statements_bind_by_number_and_results_come_back_as_text),
         KT_ENTRY(one_statement_no_transaction_control_and_the_first_error_dooms_the_rest),
         KT_ENTRY(query_refuses_writes_on_sqlite),
         KT_ENTRY(appends_and_rows_commit_together_or_not_at_all),
+        KT_ENTRY(a_statement_refused_to_a_service_stays_refused_after_keel_ran_the_same_text),
+        KT_ENTRY(kept_statements_follow_schema_changes_and_any_number_of_texts),
         KT_ENTRY_SCHED(many_processes_transacting_at_once_lose_no_update, 2),
         KT_ENTRY_SCHED(a_tx_lock_serialises_creates_and_read_then_write_across_connections, 2))

@@ -189,4 +189,23 @@ static inline int kt_exchange(int port, const char *req, kt_resp *resp, int nres
   return j.got;
 }
 
+/* One request without a body on a new connection (auth: the Authorization
+ * header's value, or NULL); the response's body parsed as JSON into *body
+ * (a new reference, or NULL when it is not JSON) if body is not NULL.
+ * Returns the status. */
+static inline int kt_request_json(int port, const char *method, const char *path, const char *auth,
+                                  json_t **body) {
+  char req[1024];
+  snprintf(req, sizeof req,
+           "%s %s HTTP/1.1\r\nHost: t\r\nContent-Length: 0\r\n%s%s%sConnection: close\r\n\r\n",
+           method, path, auth ? "Authorization: " : "", auth ? auth : "", auth ? "\r\n" : "");
+  kt_resp *r = calloc(1, sizeof *r);
+  CHECK(r != NULL);
+  CHECK_EQ(kt_exchange(port, req, r, 1), 1);
+  int status = r->status;
+  if (body) *body = json_loadb(r->body, r->body_len, 0, NULL);
+  free(r);
+  return status;
+}
+
 #endif

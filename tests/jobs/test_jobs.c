@@ -371,6 +371,29 @@ KT_CASE(a_hanging_worker_is_killed_at_its_timeout) {
   kt_store_close(&st);
 }
 
+/* Completions are recorded in batches (outcome.c): jobs held at a gate and
+ * let go together complete together, whichever of them leads a batch and
+ * whichever waits in one; each is recorded once, none is lost, and the
+ * queue goes on to the next ones. */
+KT_CASE(jobs_completing_together_are_each_recorded_once) {
+  reset();
+  atomic_store(&S.hang, 1);
+  kt_store st;
+  keel_es *es = kt_store_open(&st, NULL);
+  keel_jobs *j = start_jobs(es, "a");
+  enum { N = 24 };
+  int64_t ids[N];
+  for (int i = 0; i < N; i++)
+    ids[i] = enqueue(j, "hang", 1);
+  wait_until(&S.active, 4); /* the queue's concurrency: four at the gate */
+  atomic_store(&S.hang, 0);
+  for (int i = 0; i < N; i++)
+    json_decref(wait_job(j, ids[i], "completed", 1));
+  CHECK_EQ(atomic_load(&S.runs), N);
+  keel_jobs_stop(j, 1000);
+  kt_store_close(&st);
+}
+
 /* A worker that ends its own process (keel_exit, normal) recorded nothing:
  * its attempt fails and the job runs again, instead of staying running for
  * as long as the instance lives. A positive answer (an errno) is a failed
@@ -878,6 +901,7 @@ KT_MAIN(KT_ENTRY_SCHED(a_job_runs_once_and_its_completion_is_recorded, 2),
         KT_ENTRY_SCHED(a_unique_job_is_enqueued_once_under_eight_concurrent_enqueuers, 2),
         KT_ENTRY_SCHED(a_crash_is_a_failed_attempt_with_its_reason, 2),
         KT_ENTRY_SCHED(a_hanging_worker_is_killed_at_its_timeout, 2),
+        KT_ENTRY_SCHED(jobs_completing_together_are_each_recorded_once, 2),
         KT_ENTRY_SCHED(snooze_runs_again_later_without_spending_an_attempt, 2),
         KT_ENTRY_SCHED(cancel_stops_a_running_job_and_a_waiting_one, 2),
         KT_ENTRY_SCHED(a_job_enqueued_in_a_transaction_exists_if_and_only_if_its_events_do, 2),

@@ -14,21 +14,6 @@ static int failing(keel_job *job, void *ud) {
   return keel_job_error(job, KEEL_EIO, "always");
 }
 
-static int request(int port, const char *method, const char *path, const char *auth,
-                   json_t **body) {
-  char req[1024];
-  snprintf(req, sizeof req,
-           "%s %s HTTP/1.1\r\nHost: t\r\nContent-Length: 0\r\n%s%s%sConnection: close\r\n\r\n",
-           method, path, auth ? "Authorization: " : "", auth ? auth : "", auth ? "\r\n" : "");
-  kt_resp *r = calloc(1, sizeof *r);
-  CHECK(r != NULL);
-  CHECK_EQ(kt_exchange(port, req, r, 1), 1);
-  int status = r->status;
-  if (body) *body = json_loadb(r->body, r->body_len, 0, NULL);
-  free(r);
-  return status;
-}
-
 static const char *state_of(keel_jobs *j, int64_t id) {
   static char s[32];
   json_t *o = NULL;
@@ -83,10 +68,10 @@ KT_CASE(operators_list_retry_and_cancel_jobs_over_http) {
   int port = keel_http_port(srv);
 
   json_t *b = NULL;
-  CHECK_EQ(request(port, "GET", "/admin/jobs", NULL, &b), 200);
+  CHECK_EQ(kt_request_json(port, "GET", "/admin/jobs", NULL, &b), 200);
   CHECK_EQ(json_array_size(json_object_get(b, "jobs")), (size_t)2);
   json_decref(b);
-  CHECK_EQ(request(port, "GET", "/admin/jobs?state=discarded", NULL, &b), 200);
+  CHECK_EQ(kt_request_json(port, "GET", "/admin/jobs?state=discarded", NULL, &b), 200);
   json_t *list = json_object_get(b, "jobs");
   CHECK_EQ(json_array_size(list), (size_t)1);
   json_t *first = json_array_get(list, 0);
@@ -95,27 +80,27 @@ KT_CASE(operators_list_retry_and_cancel_jobs_over_http) {
                 json_object_get(json_array_get(json_object_get(first, "errors"), 0), "error")),
             "always");
   json_decref(b);
-  CHECK_EQ(request(port, "GET", "/admin/jobs?limit=0", NULL, NULL), 400);
+  CHECK_EQ(kt_request_json(port, "GET", "/admin/jobs?limit=0", NULL, NULL), 400);
   char path[128];
   snprintf(path, sizeof path, "/admin/jobs/%lld", (long long)later);
-  CHECK_EQ(request(port, "GET", path, NULL, &b), 200);
+  CHECK_EQ(kt_request_json(port, "GET", path, NULL, &b), 200);
   CHECK_STR(json_string_value(json_object_get(b, "queue")), "other");
   json_decref(b);
-  CHECK_EQ(request(port, "GET", "/admin/jobs/999999", NULL, NULL), 404);
+  CHECK_EQ(kt_request_json(port, "GET", "/admin/jobs/999999", NULL, NULL), 404);
 
   /* actions need the token */
   snprintf(path, sizeof path, "/admin/jobs/%lld/cancel", (long long)later);
-  CHECK_EQ(request(port, "POST", path, NULL, NULL), 401);
-  CHECK_EQ(request(port, "POST", path, "Bearer wrong", NULL), 401);
+  CHECK_EQ(kt_request_json(port, "POST", path, NULL, NULL), 401);
+  CHECK_EQ(kt_request_json(port, "POST", path, "Bearer wrong", NULL), 401);
   CHECK_STR(state_of(j, later), "available");
-  CHECK_EQ(request(port, "POST", path, "Bearer s3cret", &b), 200);
+  CHECK_EQ(kt_request_json(port, "POST", path, "Bearer s3cret", &b), 200);
   CHECK_STR(json_string_value(json_object_get(b, "action")), "cancelled");
   json_decref(b);
   CHECK_STR(state_of(j, later), "cancelled");
-  CHECK_EQ(request(port, "POST", path, "Bearer s3cret", NULL), 409); /* finished */
+  CHECK_EQ(kt_request_json(port, "POST", path, "Bearer s3cret", NULL), 409); /* finished */
   /* retry: the discarded job runs again (and fails again: one more attempt) */
   snprintf(path, sizeof path, "/admin/jobs/%lld/retry", (long long)bad);
-  CHECK_EQ(request(port, "POST", path, "Bearer s3cret", NULL), 200);
+  CHECK_EQ(kt_request_json(port, "POST", path, "Bearer s3cret", NULL), 200);
   json_t *o = NULL;
   for (int i = 0; i < 3000; i++) {
     CHECK_OK(keel_jobs_get(j, bad, &o));
@@ -129,13 +114,13 @@ KT_CASE(operators_list_retry_and_cancel_jobs_over_http) {
   CHECK_EQ(json_integer_value(json_object_get(o, "attempt")), 2);
   CHECK_EQ(json_array_size(json_object_get(o, "errors")), (size_t)2);
   json_decref(o);
-  CHECK_EQ(request(port, "POST", "/admin/jobs/999999/retry", "Bearer s3cret", NULL), 404);
+  CHECK_EQ(kt_request_json(port, "POST", "/admin/jobs/999999/retry", "Bearer s3cret", NULL), 404);
 
   /* the dashboard's panel: a row per queue run here, the janitor's figures */
   CHECK_OK(keel_jobs_maintain(j));
   keel_http_server *adm = admin_port();
   int ap = keel_http_port(adm);
-  CHECK_EQ(request(ap, "GET", "/admin/panels", NULL, &b), 200);
+  CHECK_EQ(kt_request_json(ap, "GET", "/admin/panels", NULL, &b), 200);
   bool listed = false;
   json_t *pe;
   size_t pi;
@@ -144,7 +129,7 @@ KT_CASE(operators_list_retry_and_cancel_jobs_over_http) {
   }
   CHECK(listed);
   json_decref(b);
-  CHECK_EQ(request(ap, "GET", "/admin/panels/jobs", NULL, &b), 200);
+  CHECK_EQ(kt_request_json(ap, "GET", "/admin/panels/jobs", NULL, &b), 200);
   CHECK_STR(json_string_value(json_object_get(b, "title")), "Job queues");
   json_t *rows = json_object_get(b, "data");
   CHECK_EQ(json_array_size(rows), (size_t)1); /* "other" is not run here */
@@ -159,7 +144,7 @@ KT_CASE(operators_list_retry_and_cancel_jobs_over_http) {
   /* paused shows after the next round */
   CHECK_OK(keel_jobs_pause(j, "default"));
   CHECK_OK(keel_jobs_maintain(j));
-  CHECK_EQ(request(ap, "GET", "/admin/panels/jobs", NULL, &b), 200);
+  CHECK_EQ(kt_request_json(ap, "GET", "/admin/panels/jobs", NULL, &b), 200);
   CHECK(json_is_true(json_object_get(json_array_get(json_object_get(b, "data"), 0), "paused")));
   json_decref(b);
   keel_http_stop(adm);
