@@ -7,6 +7,8 @@
  *   cast_throughput     msgs/s         one sender, one receiver, 2,000,000 messages
  *   ring                ns/hop         1,000 processes pass a token 2,000,000 hops
  *   pairs_roundtrips    roundtrips/s   4 ping-pong pairs per scheduler, 200,000 each
+ *   link_unlink         ns/pair        keel_link + keel_unlink to a peer, 1,000,000 times
+ *   monitor_demonitor   ns/pair        keel_monitor + keel_demonitor of a peer, 1,000,000 times
  *
  * Each workload runs several times, each time in a fresh runtime inside a
  * fresh child process (so one run's pooled memory cannot flatter the next),
@@ -256,6 +258,72 @@ static void consume_main(void *arg) {
   bench_result = (bench_now_s() - t0) * 1e9 / (double)n;
 }
 
+/* ---- link and monitor ------------------------------------------------------------------------ */
+
+/* keel_link + keel_unlink (and keel_monitor + keel_demonitor) to a live
+ * peer on another scheduler, per pair: the owner's side of a link change
+ * (its own set, under its signal lock since decision 0030) plus the signal
+ * to the peer. Every 1024 pairs a round trip lets the peer handle what it
+ * was sent (bookkeeping signals do not wake it). 1 M pairs. */
+#define LINK_PAIRS (1000 * 1000)
+#define LINK_BATCH 1024
+
+static void link_peer(void *arg) {
+  (void)arg;
+  for (;;) {
+    keel_msg_t *m;
+    if (keel_receive(&m, KEEL_INFINITY) != 0) return;
+    keel_pid_t from = keel_msg_from(m);
+    keel_msg_free(m);
+    keel_send(from, keel_msg_new(1, 0));
+  }
+}
+
+static keel_pid_t link_peer_start(void) {
+  keel_spawn_opts o;
+  keel_spawn_opts_init(&o);
+  o.scheduler = KEEL_ON_SCHEDULER(keel_sched_count() > 1 ? 1 : 0);
+  keel_pid_t peer;
+  int rc = keel_spawn(link_peer, NULL, &o, &peer);
+  if (rc) bench_fail("spawn", rc);
+  return peer;
+}
+
+static void link_sync(keel_pid_t peer) {
+  keel_send(peer, keel_msg_new(1, 0));
+  keel_msg_t *m;
+  if (keel_receive(&m, KEEL_INFINITY) == 0) keel_msg_free(m);
+}
+
+static void link_main(void *arg) {
+  (void)arg;
+  keel_pid_t peer = link_peer_start();
+  link_sync(peer);
+  double t0 = bench_now_s();
+  for (long i = 1; i <= LINK_PAIRS; i++) {
+    keel_link(peer);
+    keel_unlink(peer);
+    if (i % LINK_BATCH == 0) link_sync(peer);
+  }
+  bench_result = (bench_now_s() - t0) * 1e9 / LINK_PAIRS;
+  keel_exit_signal(peer, KEEL_REASON_KILL, NULL);
+}
+
+static void monitor_main(void *arg) {
+  (void)arg;
+  keel_pid_t peer = link_peer_start();
+  link_sync(peer);
+  double t0 = bench_now_s();
+  for (long i = 1; i <= LINK_PAIRS; i++) {
+    keel_ref_t ref;
+    keel_monitor(peer, &ref);
+    keel_demonitor(ref);
+    if (i % LINK_BATCH == 0) link_sync(peer);
+  }
+  bench_result = (bench_now_s() - t0) * 1e9 / LINK_PAIRS;
+  keel_exit_signal(peer, KEEL_REASON_KILL, NULL);
+}
+
 /* ---- driver --------------------------------------------------------------------------------- */
 
 static const bench_workload workloads[] = {
@@ -265,6 +333,8 @@ static const bench_workload workloads[] = {
     {"ring", "ns/hop", ring_main, 5},
     {"pairs_roundtrips", "roundtrips/s", pairs_main, 5},
     {"consume", "ns/call", consume_main, 5},
+    {"link_unlink", "ns/pair", link_main, 5},
+    {"monitor_demonitor", "ns/pair", monitor_main, 5},
 };
 
 int main(int argc, char **argv) {

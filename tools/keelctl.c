@@ -319,6 +319,38 @@ static void kv_line(kc *c, const char *key, const char *value) {
   printf("%s%-13s%s %s\n", kc_c(c, KC_BOLD), key, kc_c(c, KC_RESET), value[0] ? value : "-");
 }
 
+/* One of a process's sets (links, monitors, monitored_by): one pid a line,
+ * with its registered name or label; "unknown" when the node could not read
+ * it (the process ended meanwhile). */
+static void set_lines(kc *c, json_t *p, const char *key, const char *label) {
+  json_t *list = json_object_get(p, key);
+  if (!json_is_array(list)) {
+    kv_line(c, label, "unknown");
+    return;
+  }
+  if (json_array_size(list) == 0) {
+    kv_line(c, label, "");
+    return;
+  }
+  json_t *q;
+  size_t i;
+  json_array_foreach(list, i, q) {
+    char line[256];
+    const char *who = kc_jstr(q, "registered");
+    if (!who[0]) who = kc_jstr(q, "name");
+    snprintf(line, sizeof line, "%s%s%s", kc_jstr(q, "pid"), who[0] ? " " : "", who);
+    kv_line(c, i == 0 ? label : "", line);
+  }
+  char total_key[64];
+  snprintf(total_key, sizeof total_key, "%s_total", key);
+  double total = kc_jnum(p, total_key);
+  if (total > (double)json_array_size(list)) {
+    char more[96];
+    snprintf(more, sizeof more, "(%zu of %.0f shown)", json_array_size(list), total);
+    kv_line(c, "", more);
+  }
+}
+
 static int cmd_proc(kc *c, int argc, char **argv) {
   if (argc != 2)
     return usage_error("proc", argc < 2 ? "a PID is needed%s" : "unexpected argument '%s'",
@@ -363,7 +395,106 @@ static int cmd_proc(kc *c, int argc, char **argv) {
       kv_line(c, i == 0 ? "children" : "", line);
     }
   }
+  set_lines(c, p, "links", "links");
+  set_lines(c, p, "monitors", "monitors");
+  set_lines(c, p, "monitored_by", "monitored by");
   json_decref(p);
+  return KC_OK;
+}
+
+/* ---- panel ---- */
+
+/* A panel's value as one cell: a string as it is, anything else as compact
+ * JSON. malloc'd. */
+static char *cell_text(json_t *v) {
+  if (json_is_string(v)) return strdup(json_string_value(v));
+  if (!v || json_is_null(v)) return strdup("-");
+  char *t = json_dumps(v, JSON_ENCODE_ANY | JSON_COMPACT);
+  return t ? t : strdup("?");
+}
+
+/* As the dashboard renders a panel (docs/dashboard.md): an array of objects
+ * as a table with a column per member, an object as key/value lines,
+ * anything else as JSON. */
+static void print_panel_data(kc *c, json_t *d) {
+  if (json_is_array(d) && json_array_size(d) && json_is_object(json_array_get(d, 0))) {
+    const char *cols[KC_MAXCOL];
+    int ncol = 0;
+    json_t *row, *v;
+    size_t i;
+    const char *key;
+    json_array_foreach(d, i, row) {
+      json_object_foreach(row, key, v) {
+        bool seen = false;
+        for (int k = 0; k < ncol; k++)
+          seen = seen || !strcmp(cols[k], key);
+        if (!seen && ncol < KC_MAXCOL) cols[ncol++] = key;
+      }
+    }
+    kc_table *t = kc_table_new(ncol, cols, NULL);
+    json_array_foreach(d, i, row) {
+      char *cells[KC_MAXCOL];
+      for (int k = 0; k < ncol; k++)
+        cells[k] =
+            json_object_get(row, cols[k]) ? cell_text(json_object_get(row, cols[k])) : strdup("");
+      kc_table_add(t, (const char *const *)cells, NULL);
+      for (int k = 0; k < ncol; k++)
+        free(cells[k]);
+    }
+    kc_table_print(c, t);
+    kc_table_free(t);
+  } else if (json_is_object(d)) {
+    const char *key;
+    json_t *v;
+    json_object_foreach(d, key, v) {
+      char *text = cell_text(v);
+      printf("%s%-20s%s %s\n", kc_c(c, KC_BOLD), key, kc_c(c, KC_RESET), text ? text : "");
+      free(text);
+    }
+  } else {
+    char *text = json_dumps(d, JSON_ENCODE_ANY | JSON_INDENT(2));
+    printf("%s\n", text ? text : "null");
+    free(text);
+  }
+}
+
+static int cmd_panel(kc *c, int argc, char **argv) {
+  if (argc > 2) return usage_error("panel", "unexpected argument '%s'", argv[2]);
+  json_t *o;
+  if (argc == 1) {
+    int rc = kc_get_json(c, "GET", "/admin/panels", NULL, &o);
+    if (rc != KC_OK || c->json) {
+      json_decref(o);
+      return rc;
+    }
+    static const char *head[] = {"NAME", "TITLE"};
+    kc_table *t = kc_table_new(2, head, NULL);
+    json_t *p;
+    size_t i;
+    json_array_foreach(json_object_get(o, "panels"), i, p) {
+      const char *cells[] = {kc_jstr(p, "name"), kc_jstr(p, "title")};
+      kc_table_add(t, cells, NULL);
+    }
+    if (json_array_size(json_object_get(o, "panels")))
+      kc_table_print(c, t);
+    else
+      printf("%sno panel registered%s\n", kc_c(c, KC_DIM), kc_c(c, KC_RESET));
+    kc_table_free(t);
+    json_decref(o);
+    return KC_OK;
+  }
+  char *e = kc_escape(c, argv[1]);
+  char path[512];
+  snprintf(path, sizeof path, "/admin/panels/%s", e ? e : "");
+  free(e);
+  int rc = kc_get_json(c, "GET", path, NULL, &o);
+  if (rc != KC_OK || c->json) {
+    json_decref(o);
+    return rc;
+  }
+  printf("%s%s%s\n", kc_c(c, KC_BOLD), kc_jstr(o, "title"), kc_c(c, KC_RESET));
+  print_panel_data(c, json_object_get(o, "data"));
+  json_decref(o);
   return KC_OK;
 }
 
@@ -694,9 +825,14 @@ static const command commands[] = {
      "filtered by a substring of the name, registered name, child id or pid.",
      "the processes, sorted and filtered"},
     {"proc", cmd_proc, "PID",
-     "One process: status, what it waits for, mailbox, supervisor, children.\n"
+     "One process: status, what it waits for, mailbox, supervisor, children,\n"
+     "links, monitors (the processes it monitors) and monitored by.\n"
      "PID: <0.4.1>, 0.4.1 or a registered name.",
      "one process"},
+    {"panel", cmd_panel, "[NAME]",
+     "The panels modules registered on the dashboard (subscriptions, job queues):\n"
+     "without NAME the list, with NAME that panel's data (a table or key/value lines).",
+     "registered panels (subscriptions, job queues)"},
     {"top", cmd_top_entry, "[--sort mailbox|memory|messages|age]",
      "Full screen, refreshed every second. Keys: m mailbox, e memory, s messages,\n"
      "a age (sort), r refresh now, q quit.",

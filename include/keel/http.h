@@ -340,7 +340,10 @@ int keel_admin_start(const keel_admin_opts *o, keel_http_server **out);
  * array of objects as a table with a column per member; GET /admin/panels
  * lists them, GET /admin/panels/:name calls the provider). The provider
  * returns malloc'd JSON text (keel frees it; NULL or invalid JSON shows as
- * null); it runs in the admin request's process and must not wait long.
+ * null); it runs in the admin request's process under the panel table's
+ * read lock, so it must not wait (no receive, call, sleep, I/O or database
+ * query: a process that waits may resume on another thread, which could not
+ * release the lock); read figures kept up to date elsewhere.
  * Registering a name again replaces the provider. Unregistering returns once
  * no request is inside the old provider, so ud may be freed afterwards (not
  * from inside the provider). name: 1-32 of [a-z0-9_-]; title: 1-64 bytes

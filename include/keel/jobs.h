@@ -299,7 +299,13 @@ int keel_jobs_health_register(keel_jobs *j, const char *name);
  *        401 without the token.
  * token (copied; NULL or "": none) is required as "Authorization: Bearer"
  * by the POST routes, as keel_sub_admin_routes' token. j must outlive r.
- * Errors: KEEL_EINVAL, KEEL_ENOMEM, keel_http_route's. */
+ * It also registers the dashboard's panel "jobs" (GET /admin/panels/jobs on
+ * the admin port, docs/dashboard.md): a row per queue this instance runs
+ * with depth, oldest_s, running (every instance), concurrency,
+ * failed_last_hour (discarded) and paused, refreshed by the janitor's round
+ * (heartbeat_ms; null before its first); keel_jobs_stop unregisters it.
+ * Errors: KEEL_EINVAL, KEEL_ENOMEM, keel_http_route's,
+ * keel_admin_panel_register's. */
 int keel_jobs_admin_routes(keel_jobs *j, keel_http_router *r, const char *token);
 
 #ifdef __cplusplus

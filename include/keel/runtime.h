@@ -147,6 +147,27 @@ size_t keel_rt_processes(bool (*fn)(const keel_proc_info *info, void *ud), void 
 /* Fills *out for one process. Errors: KEEL_ENOPROC (not alive), KEEL_ESTATE. */
 int keel_rt_process_info(keel_pid_t pid, keel_proc_info *out);
 
+/* A process's links and monitors, as seen from outside (the observer's
+ * process page). Each copies one set of pid: the processes it is linked to
+ * (keel_rt_process_links), the processes it monitors
+ * (keel_rt_process_monitors) and the processes that monitor it
+ * (keel_rt_process_monitored_by; a watcher monitoring it twice appears
+ * twice). The set is copied as one state it really had (the owner publishes
+ * each change through a sequence lock the reader checks), with the changes
+ * other processes already sent it applied (a sleeping
+ * process handles them only when it next runs), so the copy is the set as
+ * the node sees it at that moment; it may change right after. A monitor
+ * whose DOWN is queued but not yet received still shows in
+ * keel_rt_process_monitors.
+ * Writes at most cap pids to out (the caller's array; out may be NULL when cap
+ * is 0) and sets *n to the set's full size, which may exceed cap: call again
+ * with a larger array to see them all. Errors: KEEL_ENOPROC (not alive),
+ * KEEL_EINVAL (n NULL, or out NULL with cap > 0), KEEL_ENOMEM, KEEL_ESTATE
+ * (runtime not running). Any thread, never waits on the process (decision 0030). */
+int keel_rt_process_links(keel_pid_t pid, keel_pid_t *out, size_t cap, size_t *n);
+int keel_rt_process_monitors(keel_pid_t pid, keel_pid_t *out, size_t cap, size_t *n);
+int keel_rt_process_monitored_by(keel_pid_t pid, keel_pid_t *out, size_t cap, size_t *n);
+
 /* One scheduler as seen from outside. */
 typedef struct keel_sched_info {
   int id;

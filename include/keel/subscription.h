@@ -348,7 +348,12 @@ typedef struct keel_sub_admin_opts {
  *        200 {"subscription", "position", "action"}; 404 no such failed
  *        event; 409 the subscription does not run in this node; 400 a bad
  *        name or position; 401 without the token.
- * Errors: KEEL_EINVAL (r, o or o->es NULL), keel_http_route's. */
+ * It also registers the dashboard's panel "subscriptions" (GET
+ * /admin/panels/subscriptions on the admin port, docs/dashboard.md): a row
+ * per subscription running in this node with state, lag, lag_seconds,
+ * events_per_sec, parked, failures_last_minute and breaker.
+ * Errors: KEEL_EINVAL (r, o or o->es NULL), keel_http_route's,
+ * keel_admin_panel_register's. */
 int keel_sub_admin_routes(keel_http_router *r, const keel_sub_admin_opts *o);
 
 #ifdef __cplusplus

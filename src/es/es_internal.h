@@ -317,6 +317,8 @@ int64_t keel__sub_db_delay(int64_t poll_ms, int64_t max_ms, int errors);
  * every subscription on the status board, sorted by name, each with its "name". */
 json_t *keel__sub_status_json(const struct keel_sub_status *st);
 json_t *keel__sub_board_json(void);
+/* sub_panel.c: registers the dashboard panel "subscriptions" (keel_sub_admin_routes) */
+int keel__sub_panel_register(void);
 
 /* ---- reads, shared by both backends ------------------------------------------------ */
 

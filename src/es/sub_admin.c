@@ -134,5 +134,6 @@ int keel_sub_admin_routes(keel_http_router *r, const keel_sub_admin_opts *o) {
   if (!rc)
     rc = keel_http_route(r, "POST", "/admin/subscriptions/:name/parked/:position/resolve",
                          h_resolve, ud);
+  if (!rc) rc = keel__sub_panel_register(); /* the dashboard's panel (sub_panel.c) */
   return rc;
 }

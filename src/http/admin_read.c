@@ -300,6 +300,86 @@ static int h_processes(keel_http_req *req, keel_http_res *res, void *ud) {
   return reply(res, j);
 }
 
+/* A process's links and monitors (keel_rt_process_links and friends: a
+ * consistent copy that never waits on the process, decision 0030), each pid
+ * with its label and registered name from the same snapshot. At most
+ * PROC_SET_MAX of each are listed (a supervisor may link to thousands);
+ * `<set>_total` says how many there are. A set that cannot be read (the
+ * process ended meanwhile) is null. */
+#define PROC_SET_MAX 500
+
+typedef struct proc_set {
+  const char *key, *total_key;
+  int (*read)(keel_pid_t pid, keel_pid_t *out, size_t cap, size_t *n);
+  keel_pid_t v[PROC_SET_MAX];
+  size_t n, total;
+  int rc;
+} proc_set;
+
+static int pid_cmp(const void *x, const void *y) {
+  keel_pid_t a = *(const keel_pid_t *)x, b = *(const keel_pid_t *)y;
+  return a < b ? -1 : a > b;
+}
+
+static void add_proc_sets(json_t *j, keel_pid_t pid, const keel_observer_snapshot *snap) {
+  proc_set *sets = calloc(3, sizeof *sets);
+  keel_pid_t *want = malloc(3 * PROC_SET_MAX * sizeof *want);
+  const keel_observer_proc **who = calloc(3 * PROC_SET_MAX, sizeof *who);
+  if (!sets || !want || !who) {
+    free(sets);
+    free(want);
+    free(who);
+    return;
+  }
+  /* field by field: a compound literal would put a 4 KB temporary on the
+   * request process's stack */
+  static const char *const keys[3] = {"links", "monitors", "monitored_by"};
+  static const char *const totals[3] = {"links_total", "monitors_total", "monitored_by_total"};
+  int (*const reads[3])(keel_pid_t, keel_pid_t *, size_t, size_t *) = {
+      keel_rt_process_links, keel_rt_process_monitors, keel_rt_process_monitored_by};
+  for (int s = 0; s < 3; s++) {
+    sets[s].key = keys[s];
+    sets[s].total_key = totals[s];
+    sets[s].read = reads[s];
+  }
+  size_t nw = 0;
+  for (int s = 0; s < 3; s++) {
+    sets[s].rc = sets[s].read(pid, sets[s].v, PROC_SET_MAX, &sets[s].total);
+    sets[s].n = sets[s].rc ? 0 : sets[s].total < PROC_SET_MAX ? sets[s].total : PROC_SET_MAX;
+    for (size_t i = 0; i < sets[s].n; i++)
+      want[nw++] = sets[s].v[i];
+  }
+  /* names: one pass over the snapshot, each process looked up among the
+   * wanted pids (sorted), instead of a walk per linked pid */
+  qsort(want, nw, sizeof *want, pid_cmp);
+  for (size_t i = 0; i < snap->nprocs; i++) {
+    keel_pid_t *hit = bsearch(&snap->procs[i].pid, want, nw, sizeof *want, pid_cmp);
+    if (hit) who[hit - want] = &snap->procs[i];
+  }
+  for (int s = 0; s < 3; s++) {
+    if (sets[s].rc) {
+      json_object_set_new(j, sets[s].key, json_null());
+      json_object_set_new(j, sets[s].total_key, json_null());
+      continue;
+    }
+    json_t *list = json_array();
+    for (size_t i = 0; i < sets[s].n; i++) {
+      keel_pid_t *hit = bsearch(&sets[s].v[i], want, nw, sizeof *want, pid_cmp);
+      const keel_observer_proc *p = hit ? who[hit - want] : NULL;
+      json_array_append_new(
+          list, json_pack("{s:o, s:o, s:o}", "pid", keel__admin_pid_json(sets[s].v[i]), "name",
+                          p && *p->name ? json_string(p->name) : json_null(), "registered",
+                          p && p->registered && *p->registered ? json_string(p->registered)
+                                                               : json_null()));
+    }
+    json_object_set_new(j, sets[s].key, list);
+    json_object_set_new(j, sets[s].total_key, json_integer((json_int_t)sets[s].total));
+  }
+  free(sets);
+  free(want);
+  free(who);
+}
+
 static int h_process(keel_http_req *req, keel_http_res *res, void *ud) {
   (void)ud;
   const char *text = keel_http_param(req, "pid");
@@ -325,6 +405,7 @@ static int h_process(keel_http_req *req, keel_http_res *res, void *ud) {
       json_object_set_new(j, "strategy", json_string(keel_sup_strategy_name(sup->strategy)));
       json_object_set_new(j, "children", kids);
     }
+    add_proc_sets(j, pid, &snap);
   }
   keel_observer_snapshot_free(&snap);
   if (!j) return keel_http_fail(res, KEEL_HTTP_NOT_FOUND, "no such process", NULL);

@@ -100,5 +100,6 @@ int keel_jobs_admin_routes(keel_jobs *j, keel_http_router *r, const char *token)
   if (!rc) rc = keel_http_route(r, "GET", "/admin/jobs/:id", h_get, j);
   if (!rc) rc = keel_http_route(r, "POST", "/admin/jobs/:id/retry", h_retry, j);
   if (!rc) rc = keel_http_route(r, "POST", "/admin/jobs/:id/cancel", h_cancel, j);
+  if (!rc) rc = keel__jobs_panel_register(j); /* the dashboard's panel (panel.c) */
   return rc;
 }

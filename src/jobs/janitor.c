@@ -233,7 +233,7 @@ static bool step_due(keel_jobs *j, int step, bool periodic) {
   return due;
 }
 
-static const char *const step_names[] = {"rescue", "cron", "prune", "gauges"};
+static const char *const step_names[] = {"rescue", "cron", "prune", "gauges", "panel"};
 
 static int step_done(keel_jobs *j, int step, int rc) {
   pthread_mutex_lock(&j->mu);
@@ -287,6 +287,10 @@ int keel__jobs_janitor_round(keel_jobs *j, bool periodic) {
   }
   if (step_due(j, JOBS_STEP_GAUGES, periodic)) {
     rc = step_done(j, JOBS_STEP_GAUGES, gauges(j, now));
+    if (!first) first = rc;
+  }
+  if (step_due(j, JOBS_STEP_PANEL, periodic)) {
+    rc = step_done(j, JOBS_STEP_PANEL, keel__jobs_panel_round(j, now));
     if (!first) first = rc;
   }
   if (periodic) {

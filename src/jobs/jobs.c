@@ -174,6 +174,7 @@ void keel__jobs_unlock(keel_jobs *j) {
 
 static void free_jobs(keel_jobs *j) {
   if (!j) return;
+  keel__jobs_panel_drop(j); /* no dashboard request inside it from here on */
   keel__jobs_unlock(j);
   keel__jobs_cron_free(j);
   pthread_mutex_destroy(&j->mu);

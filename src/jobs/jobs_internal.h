@@ -34,6 +34,8 @@ typedef struct jobs_queue {
                                 notify and cancel from any process */
   /* the janitor's last look (under jobs->mu) */
   int64_t depth, oldest_ms;
+  /* the dashboard panel's figures (panel.c; the janitor's round, under jobs->mu) */
+  int64_t running, failed, paused;
 } jobs_queue;
 
 struct keel_jobs {
@@ -47,6 +49,9 @@ struct keel_jobs {
   keel_metric_family *f_enqueued, *f_completed, *f_failed, *f_discarded, *f_snoozed, *f_cancelled,
       *f_duration, *f_depth, *f_oldest;
   char *admin_token;
+  /* the dashboard panel (panel.c): registered; its figures looked at once (mu) */
+  atomic_bool panel_on;
+  bool panel_looked;
   /* cron (cron.c): the parsed entries and the last slot each looked at */
   struct keel_cron **cron;
   int64_t *cron_last_s;
@@ -73,8 +78,8 @@ struct keel_jobs {
   char *fetch_sql;     /* the runners' claim (keel__jobs_fetch_sql) */
   /* the janitor's steps (janitor.c), under mu: consecutive failures and
    * the periodic round before which a failed step is not tried again */
-  int step_fails[4];
-  uint64_t step_next[4], rounds;
+  int step_fails[JOBS_STEPS];
+  uint64_t step_next[JOBS_STEPS], rounds;
   /* outcome.c: completions queued for the next batch (on their processes'
    * stacks), and whether a batch is being recorded (under done_mu) */
   pthread_mutex_t done_mu;
@@ -197,7 +202,20 @@ char *keel__jobs_fetch_sql(const keel_jobs *j);
 void keel__jobs_janitor(void *arg);
 int keel__jobs_janitor_round(keel_jobs *j, bool periodic);
 /* The janitor's steps (step_fails, step_next's index). */
-enum { JOBS_STEP_RESCUE, JOBS_STEP_CRON, JOBS_STEP_PRUNE, JOBS_STEP_GAUGES };
+enum {
+  JOBS_STEP_RESCUE,
+  JOBS_STEP_CRON,
+  JOBS_STEP_PRUNE,
+  JOBS_STEP_GAUGES,
+  JOBS_STEP_PANEL,
+  JOBS_STEPS
+};
+/* panel.c: the dashboard's "jobs" panel: registered by keel_jobs_admin_routes,
+ * its figures refreshed by the janitor's round (no-op while not registered),
+ * unregistered before j is freed. */
+int keel__jobs_panel_register(keel_jobs *j);
+int keel__jobs_panel_round(keel_jobs *j, int64_t now);
+void keel__jobs_panel_drop(keel_jobs *j);
 /* The rows of a result as jobs_rows (columns: id, attempt, max_attempts,
  * priority, inserted_at, run_at, queue, worker, args, errors, tags,
  * traceparent; JOBS_ROW_NCOLS of them, so a column selected after them is

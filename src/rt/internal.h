@@ -253,6 +253,9 @@ typedef struct keel__proc {
   keel_proc_fn fn;
   void *arg;
   _Atomic size_t save_len; /* owner writes; the observer reads it for the mailbox length */
+  /* the owner changes these, publishing through set_seq (odd: a change in
+   * progress) and growing them under sig_lock; others copy them (proc.c) */
+  _Atomic uint32_t set_seq;
   keel__pidvec links;
   keel__monvec monitors;     /* monitors this process holds (ref -> target) */
   keel__monvec monitored_by; /* monitors held on this process (ref -> watcher) */
@@ -494,12 +497,15 @@ void keel__count_to_dead(void);
 /* Refs table (mailbox.c) */
 void keel__reftab_free(keel__reftab *t);
 
-/* Vectors (proc.c) */
-int keel__pidvec_add(keel__pidvec *v, keel_pid_t pid);
-bool keel__pidvec_del(keel__pidvec *v, keel_pid_t pid);
+/* Vectors (proc.c). The link and monitor sets of process p: changed by their
+ * owner only, each change published through p->set_seq and each growth made
+ * under p->sig_lock, so that other threads may copy them
+ * (keel_rt_process_links); has is the owner's plain read. */
+int keel__pidvec_add(keel__proc *p, keel__pidvec *v, keel_pid_t pid);
+bool keel__pidvec_del(keel__proc *p, keel__pidvec *v, keel_pid_t pid);
 bool keel__pidvec_has(const keel__pidvec *v, keel_pid_t pid);
-int keel__monvec_add(keel__monvec *v, keel_ref_t ref, keel_pid_t pid);
-bool keel__monvec_del(keel__monvec *v, keel_ref_t ref, keel_pid_t *pid);
+int keel__monvec_add(keel__proc *p, keel__monvec *v, keel_ref_t ref, keel_pid_t pid);
+bool keel__monvec_del(keel__proc *p, keel__monvec *v, keel_ref_t ref, keel_pid_t *pid);
 
 /* Scheduler (sched.c) */
 void keel__enqueue(keel__proc *p);     /* p is RUNNABLE and owned by the caller */

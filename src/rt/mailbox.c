@@ -343,7 +343,7 @@ static struct keel_msg *pull(keel__proc *p) {
       continue;
     }
     if (m->kind == KEEL_MSG_DOWN) {
-      if (!keel__monvec_del(&p->monitors, m->ref, NULL)) {
+      if (!keel__monvec_del(p, &p->monitors, m->ref, NULL)) {
         keel_msg_free(m); /* demonitored: never seen */
         continue;
       }

@@ -10,6 +10,9 @@
  * KEEL__OWNER_ADD), so the walk is not a data race, only a slightly stale
  * view: each value is one the process had during the walk.
  */
+#include <sched.h>
+#include <stdint.h>
+#include <stdlib.h>
 #include <string.h>
 
 #include "rt/internal.h"
@@ -85,6 +88,146 @@ int keel_rt_process_info(keel_pid_t pid, keel_proc_info *out) {
   if (!p || !out) return p ? KEEL_EINVAL : KEEL_ENOPROC;
   if (!read_slot(p, keel__coarse_ms(), out) || out->pid != pid) return KEEL_ENOPROC;
   return 0;
+}
+
+/* The link and monitor sets are the owner's. It publishes each change
+ * through set_seq (a sequence lock: odd while it writes) and replaces a
+ * set's array only under its sig_lock (proc.c's vectors); sig_pid, under the
+ * same lock, names the incarnation that accepts signals: 0 once it ended,
+ * before its sets are freed. So a reader holding sig_lock has an array that
+ * stays allocated and the proof that it is pid's set, not a later
+ * incarnation's of the same slot; it copies with relaxed loads and keeps the
+ * copy only if set_seq was even and unchanged around it.
+ *
+ * Another process's link, unlink or monitor reaches the owner as a signal
+ * that does not wake it (signal.c): a sleeping process would show a stale set
+ * for as long as it sleeps. Its pending signals sit in the queue under
+ * sig_lock, so the reader applies them to its copy, in order, as the owner
+ * will: the copy is the set as the rest of the node already sees it. The
+ * working copy is allocated before the lock is taken (never under a
+ * spinlock), and again larger if the set grew meanwhile. */
+enum { SET_LINKS, SET_MONITORS, SET_MONITORED_BY };
+
+static void set_del_pid(keel__mon *w, size_t *n, keel_pid_t pid) {
+  for (size_t i = 0; i < *n; i++)
+    if (w[i].pid == pid) {
+      w[i] = w[--*n];
+      return;
+    }
+}
+
+static void set_del_ref(keel__mon *w, size_t *n, keel_ref_t ref) {
+  for (size_t i = 0; i < *n; i++)
+    if (w[i].ref == ref) {
+      w[i] = w[--*n];
+      return;
+    }
+}
+
+static bool set_has_pid(const keel__mon *w, size_t n, keel_pid_t pid) {
+  for (size_t i = 0; i < n; i++)
+    if (w[i].pid == pid) return true;
+  return false;
+}
+
+/* Under p's sig_lock: the owner's set as one consistent copy into w (room
+ * entries), retried while the owner writes. SIZE_MAX when it does not fit. */
+static size_t set_snapshot(keel__proc *p, int which, keel__mon *w, size_t room) {
+  for (unsigned spins = 0;; spins++) {
+    uint32_t s1 = atomic_load_explicit(&p->set_seq, memory_order_acquire);
+    if (!(s1 & 1)) {
+      size_t n;
+      if (which == SET_LINKS) {
+        const keel__pidvec *v = &p->links;
+        n = __atomic_load_n(&v->n, __ATOMIC_RELAXED);
+        for (size_t i = 0; i < n && i < room; i++)
+          w[i] = (keel__mon){.ref = 0, .pid = __atomic_load_n(&v->v[i], __ATOMIC_RELAXED)};
+      } else {
+        const keel__monvec *v = which == SET_MONITORS ? &p->monitors : &p->monitored_by;
+        n = __atomic_load_n(&v->n, __ATOMIC_RELAXED);
+        for (size_t i = 0; i < n && i < room; i++)
+          w[i] = (keel__mon){.ref = __atomic_load_n(&v->v[i].ref, __ATOMIC_RELAXED),
+                             .pid = __atomic_load_n(&v->v[i].pid, __ATOMIC_RELAXED)};
+      }
+      /* the loads above happen before the second look at set_seq */
+      atomic_thread_fence(memory_order_acquire);
+      if (atomic_load_explicit(&p->set_seq, memory_order_relaxed) == s1)
+        return n <= room ? n : SIZE_MAX;
+    }
+    /* the owner is inside a change of a few stores; if it was preempted
+     * there, let it run */
+    if (spins < 64)
+      keel__cpu_relax();
+    else
+      sched_yield();
+  }
+}
+
+/* Under p's sig_lock: the copy in w (n entries, room in all) with p's
+ * pending link and monitor signals applied in order; SIZE_MAX when they do
+ * not fit. */
+static size_t set_apply_pending(const keel__proc *p, int which, keel__mon *w, size_t n,
+                                size_t room) {
+  for (const keel__sig *g = p->sig_head; g; g = g->next) {
+    if (which == SET_LINKS) {
+      if (g->type == KEEL__SIG_LINK && !set_has_pid(w, n, g->from)) {
+        if (n == room) return SIZE_MAX;
+        w[n++] = (keel__mon){.ref = 0, .pid = g->from};
+      } else if (g->type == KEEL__SIG_UNLINK || g->type == KEEL__SIG_LINK_EXIT) {
+        set_del_pid(w, &n, g->from);
+      }
+    } else if (which == SET_MONITORED_BY) {
+      if (g->type == KEEL__SIG_MONITOR) {
+        if (n == room) return SIZE_MAX;
+        w[n++] = (keel__mon){.ref = g->ref, .pid = g->from};
+      } else if (g->type == KEEL__SIG_DEMONITOR) {
+        set_del_ref(w, &n, g->ref);
+      }
+    }
+  }
+  return n;
+}
+
+static int copy_set(keel_pid_t pid, int which, keel_pid_t *out, size_t cap, size_t *n) {
+  if (atomic_load_explicit(&keel__g.state, memory_order_acquire) != 1) return KEEL_ESTATE;
+  if (!n || (cap && !out)) return KEEL_EINVAL;
+  keel__proc *p = pid ? keel__slot(KEEL__PID_IDX(pid)) : NULL;
+  if (!p) return KEEL_ENOPROC;
+  size_t room = 16, got = 0;
+  keel__mon *w;
+  for (;;) {
+    w = malloc(room * sizeof *w);
+    if (!w) return KEEL_ENOMEM;
+    keel__spin_lock(&p->sig_lock);
+    if (p->sig_pid != pid) {
+      keel__spin_unlock(&p->sig_lock);
+      free(w);
+      return KEEL_ENOPROC;
+    }
+    got = set_snapshot(p, which, w, room);
+    if (got != SIZE_MAX) got = set_apply_pending(p, which, w, got, room);
+    keel__spin_unlock(&p->sig_lock);
+    if (got != SIZE_MAX) break;
+    free(w);
+    room *= 4;
+  }
+  for (size_t i = 0; i < got && i < cap; i++)
+    out[i] = w[i].pid;
+  free(w);
+  *n = got;
+  return 0;
+}
+
+int keel_rt_process_links(keel_pid_t pid, keel_pid_t *out, size_t cap, size_t *n) {
+  return copy_set(pid, SET_LINKS, out, cap, n);
+}
+
+int keel_rt_process_monitors(keel_pid_t pid, keel_pid_t *out, size_t cap, size_t *n) {
+  return copy_set(pid, SET_MONITORS, out, cap, n);
+}
+
+int keel_rt_process_monitored_by(keel_pid_t pid, keel_pid_t *out, size_t cap, size_t *n) {
+  return copy_set(pid, SET_MONITORED_BY, out, cap, n);
 }
 
 int keel_rt_sched_info(int i, keel_sched_info *out) {

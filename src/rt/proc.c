@@ -30,15 +30,74 @@
 
 /* ---- vectors ---------------------------------------------------------------- */
 
-int keel__pidvec_add(keel__pidvec *v, keel_pid_t pid) {
+/* The link and monitor sets belong to their process: only it (or, after it
+ * ended, its scheduler) changes them. Other threads read them through
+ * keel_rt_process_links and friends (observe.c) without stopping it, so the
+ * owner's changes are published as a sequence lock (set_seq: odd while a
+ * change is being written; Boehm's "Can seqlocks get along with programming
+ * language memory models?"): the writer pays two plain stores and two
+ * compiler-only fences on x86, no locked instruction (a spinlock taken for
+ * each change measured 1.85x on a link/unlink pair, decision 0030). Element
+ * and length stores are relaxed atomics, so a reader's racing copy is not a
+ * data race; it retries when set_seq moved. Only the array's replacement
+ * (growth) is done under sig_lock, which the reader holds while it copies,
+ * so an array is never freed under a reader; growth allocates and copies
+ * outside the lock. The owner reads its own sets plainly: it is their only
+ * writer. */
+
+static inline void set_write_begin(keel__proc *p) {
+  uint32_t s = atomic_load_explicit(&p->set_seq, memory_order_relaxed);
+  atomic_store_explicit(&p->set_seq, s + 1, memory_order_relaxed);
+  /* the odd value is visible before any element store that follows */
+  atomic_thread_fence(memory_order_release);
+}
+
+static inline void set_write_end(keel__proc *p) {
+  uint32_t s = atomic_load_explicit(&p->set_seq, memory_order_relaxed);
+  /* release: the element stores are visible before the even value */
+  atomic_store_explicit(&p->set_seq, s + 1, memory_order_release);
+}
+
+/* Replace v's array by one of twice the size, under p's sig_lock (the
+ * reader holds it while copying). Outside any write section: a reader
+ * waiting under the lock for an even set_seq would wait for us forever. */
+static int grow_pids(keel__proc *p, keel__pidvec *v) {
+  uint32_t cap = v->cap ? v->cap * 2 : 4;
+  keel_pid_t *nv = malloc(cap * sizeof *nv);
+  if (!nv) return KEEL_ENOMEM;
+  if (v->n) memcpy(nv, v->v, v->n * sizeof *nv);
+  keel__spin_lock(&p->sig_lock);
+  keel_pid_t *old = v->v;
+  v->v = nv;
+  v->cap = cap;
+  keel__spin_unlock(&p->sig_lock);
+  free(old);
+  return 0;
+}
+
+static int grow_mons(keel__proc *p, keel__monvec *v) {
+  uint32_t cap = v->cap ? v->cap * 2 : 4;
+  keel__mon *nv = malloc(cap * sizeof *nv);
+  if (!nv) return KEEL_ENOMEM;
+  if (v->n) memcpy(nv, v->v, v->n * sizeof *nv);
+  keel__spin_lock(&p->sig_lock);
+  keel__mon *old = v->v;
+  v->v = nv;
+  v->cap = cap;
+  keel__spin_unlock(&p->sig_lock);
+  free(old);
+  return 0;
+}
+
+int keel__pidvec_add(keel__proc *p, keel__pidvec *v, keel_pid_t pid) {
   if (v->n == v->cap) {
-    uint32_t cap = v->cap ? v->cap * 2 : 4;
-    keel_pid_t *nv = realloc(v->v, cap * sizeof *nv);
-    if (!nv) return KEEL_ENOMEM;
-    v->v = nv;
-    v->cap = cap;
+    int rc = grow_pids(p, v);
+    if (rc) return rc;
   }
-  v->v[v->n++] = pid;
+  set_write_begin(p);
+  __atomic_store_n(&v->v[v->n], pid, __ATOMIC_RELAXED);
+  __atomic_store_n(&v->n, v->n + 1, __ATOMIC_RELAXED);
+  set_write_end(p);
   return 0;
 }
 
@@ -48,34 +107,40 @@ bool keel__pidvec_has(const keel__pidvec *v, keel_pid_t pid) {
   return false;
 }
 
-bool keel__pidvec_del(keel__pidvec *v, keel_pid_t pid) {
+bool keel__pidvec_del(keel__proc *p, keel__pidvec *v, keel_pid_t pid) {
   for (uint32_t i = 0; i < v->n; i++)
     if (v->v[i] == pid) {
-      v->v[i] = v->v[--v->n];
+      set_write_begin(p);
+      __atomic_store_n(&v->v[i], v->v[v->n - 1], __ATOMIC_RELAXED);
+      __atomic_store_n(&v->n, v->n - 1, __ATOMIC_RELAXED);
+      set_write_end(p);
       return true;
     }
   return false;
 }
 
-int keel__monvec_add(keel__monvec *v, keel_ref_t ref, keel_pid_t pid) {
+int keel__monvec_add(keel__proc *p, keel__monvec *v, keel_ref_t ref, keel_pid_t pid) {
   if (v->n == v->cap) {
-    uint32_t cap = v->cap ? v->cap * 2 : 4;
-    keel__mon *nv = realloc(v->v, cap * sizeof *nv);
-    if (!nv) return KEEL_ENOMEM;
-    v->v = nv;
-    v->cap = cap;
+    int rc = grow_mons(p, v);
+    if (rc) return rc;
   }
-  v->v[v->n].ref = ref;
-  v->v[v->n].pid = pid;
-  v->n++;
+  set_write_begin(p);
+  __atomic_store_n(&v->v[v->n].ref, ref, __ATOMIC_RELAXED);
+  __atomic_store_n(&v->v[v->n].pid, pid, __ATOMIC_RELAXED);
+  __atomic_store_n(&v->n, v->n + 1, __ATOMIC_RELAXED);
+  set_write_end(p);
   return 0;
 }
 
-bool keel__monvec_del(keel__monvec *v, keel_ref_t ref, keel_pid_t *pid) {
+bool keel__monvec_del(keel__proc *p, keel__monvec *v, keel_ref_t ref, keel_pid_t *pid) {
   for (uint32_t i = 0; i < v->n; i++)
     if (v->v[i].ref == ref) {
       if (pid) *pid = v->v[i].pid;
-      v->v[i] = v->v[--v->n];
+      set_write_begin(p);
+      __atomic_store_n(&v->v[i].ref, v->v[v->n - 1].ref, __ATOMIC_RELAXED);
+      __atomic_store_n(&v->v[i].pid, v->v[v->n - 1].pid, __ATOMIC_RELAXED);
+      __atomic_store_n(&v->n, v->n - 1, __ATOMIC_RELAXED);
+      set_write_end(p);
       return true;
     }
   return false;
@@ -258,21 +323,22 @@ int keel_spawn(keel_proc_fn fn, void *arg, const keel_spawn_opts *opts, keel_pid
 
   int err = 0;
   if (opts->link) {
-    err = keel__pidvec_add(&p->links, parent->pid);
-    if (!err && (err = keel__pidvec_add(&parent->links, pid)) != 0) p->links.n = 0;
+    err = keel__pidvec_add(p, &p->links, parent->pid);
+    if (!err && (err = keel__pidvec_add(parent, &parent->links, pid)) != 0) p->links.n = 0;
   }
   keel_ref_t armed = 0; /* await_monitor's reference, disarmed if the spawn fails */
   if (!err && opts->monitor) {
     keel_ref_t ref = opts->monitor_with ? opts->monitor_with : keel_make_ref();
     if (opts->await_monitor && (err = keel_await_ref(ref)) == 0) armed = ref;
-    if (!err) err = keel__monvec_add(&p->monitored_by, ref, parent->pid);
-    if (!err && (err = keel__monvec_add(&parent->monitors, ref, pid)) != 0) p->monitored_by.n = 0;
+    if (!err) err = keel__monvec_add(p, &p->monitored_by, ref, parent->pid);
+    if (!err && (err = keel__monvec_add(parent, &parent->monitors, ref, pid)) != 0)
+      p->monitored_by.n = 0;
     if (!err && opts->monitor_ref) *opts->monitor_ref = ref;
   }
   if (!err && opts->on_exit) err = keel__exit_hook_add(p, opts->on_exit, opts->on_exit_arg);
   if (err) {
     if (armed) keel_await_cancel(armed);
-    if (opts->link) keel__pidvec_del(&parent->links, pid);
+    if (opts->link) keel__pidvec_del(parent, &parent->links, pid);
     keel__stack_put(s, st);
     keel__slot_release(s, p);
     return err;
@@ -500,7 +566,7 @@ void keel__proc_finalize(keel__sched *s, keel__proc *p) {
   while (sig) {
     keel__sig *next = sig->next;
     if (!keel__signal_bookkeep(p, sig) && sig->type == KEEL__SIG_LINK_EXIT)
-      keel__pidvec_del(&p->links, sig->from); /* that partner is gone too */
+      keel__pidvec_del(p, &p->links, sig->from); /* that partner is gone too */
     free(sig);
     sig = next;
   }

@@ -15,8 +15,9 @@
  * rule: linking to or monitoring a dead process yields noproc, at once.
  *
  * Links are symmetric: each side keeps the other's pid in its own link set,
- * which only its own process touches. An exit signal that arrives from a pid
- * no longer in the set (unlinked meanwhile) is dropped.
+ * which only its own process changes (publishing each change so that an
+ * observer may copy the set: keel_rt_process_links, proc.c's vectors). An exit signal that arrives
+ * from a pid no longer in the set (unlinked meanwhile) is dropped.
  *
  * Order between a sender's messages and its later exit signal is kept: before
  * a trapped exit signal becomes a message, everything already in the mailbox
@@ -112,11 +113,11 @@ static void apply_exit(keel__proc *p, keel_pid_t from, keel_reason_kind kind, co
 bool keel__signal_bookkeep(keel__proc *p, const keel__sig *sig) {
   switch (sig->type) {
   case KEEL__SIG_LINK:
-    if (!keel__pidvec_has(&p->links, sig->from)) keel__pidvec_add(&p->links, sig->from);
+    if (!keel__pidvec_has(&p->links, sig->from)) keel__pidvec_add(p, &p->links, sig->from);
     return true;
-  case KEEL__SIG_UNLINK: keel__pidvec_del(&p->links, sig->from); return true;
-  case KEEL__SIG_MONITOR: keel__monvec_add(&p->monitored_by, sig->ref, sig->from); return true;
-  case KEEL__SIG_DEMONITOR: keel__monvec_del(&p->monitored_by, sig->ref, NULL); return true;
+  case KEEL__SIG_UNLINK: keel__pidvec_del(p, &p->links, sig->from); return true;
+  case KEEL__SIG_MONITOR: keel__monvec_add(p, &p->monitored_by, sig->ref, sig->from); return true;
+  case KEEL__SIG_DEMONITOR: keel__monvec_del(p, &p->monitored_by, sig->ref, NULL); return true;
   case KEEL__SIG_HOOK: keel__exit_hook_add(p, sig->hook_fn, sig->hook_arg); return true;
   default: return false;
   }
@@ -145,7 +146,7 @@ void keel__signals_handle(keel__proc *p) {
     }
     switch (sig->type) {
     case KEEL__SIG_LINK_EXIT:
-      if (!keel__pidvec_del(&p->links, sig->from)) break; /* unlinked meanwhile */
+      if (!keel__pidvec_del(p, &p->links, sig->from)) break; /* unlinked meanwhile */
       /* fall through */
     case KEEL__SIG_EXIT: {
       if (sig->reason == KEEL_REASON_KILL || !p->trap_exit) {
@@ -198,17 +199,17 @@ int keel_link(keel_pid_t pid) {
   if (!p) return KEEL_ENOTPROC;
   if (!pid) return KEEL_EINVAL;
   if (pid == p->pid || keel__pidvec_has(&p->links, pid)) return 0;
-  int rc = keel__pidvec_add(&p->links, pid);
+  int rc = keel__pidvec_add(p, &p->links, pid);
   if (rc) return rc;
   rc = keel__signal_send(pid, KEEL__SIG_LINK, p->pid, 0, KEEL_REASON_NORMAL, NULL);
-  if (rc) keel__pidvec_del(&p->links, pid);
+  if (rc) keel__pidvec_del(p, &p->links, pid);
   return rc;
 }
 
 int keel_unlink(keel_pid_t pid) {
   keel__proc *p = keel__proc_self();
   if (!p) return KEEL_ENOTPROC;
-  if (keel__pidvec_del(&p->links, pid))
+  if (keel__pidvec_del(p, &p->links, pid))
     keel__signal_send(pid, KEEL__SIG_UNLINK, p->pid, 0, KEEL_REASON_NORMAL, NULL);
   /* A LINK_EXIT from pid still queued as a signal is dropped by
    * keel__signals_handle because pid is no longer in our set; one that was
@@ -224,7 +225,7 @@ int keel_monitor(keel_pid_t pid, keel_ref_t *ref) {
   if (!p) return KEEL_ENOTPROC;
   if (!pid || !ref) return KEEL_EINVAL;
   keel_ref_t r = keel_make_ref();
-  int rc = keel__monvec_add(&p->monitors, r, pid);
+  int rc = keel__monvec_add(p, &p->monitors, r, pid);
   if (rc) return rc;
   *ref = r;
   rc = keel__signal_send(pid, KEEL__SIG_MONITOR, p->pid, r, KEEL_REASON_NORMAL, NULL);
@@ -232,7 +233,7 @@ int keel_monitor(keel_pid_t pid, keel_ref_t *ref) {
     keel__send_down(p->pid, r, pid, KEEL_REASON_NOPROC, NULL);
     return 0;
   }
-  if (rc) keel__monvec_del(&p->monitors, r, NULL);
+  if (rc) keel__monvec_del(p, &p->monitors, r, NULL);
   return rc;
 }
 
@@ -240,7 +241,7 @@ int keel_demonitor(keel_ref_t ref) {
   keel__proc *p = keel__proc_self();
   if (!p) return KEEL_ENOTPROC;
   keel_pid_t target;
-  bool active = keel__monvec_del(&p->monitors, ref, &target);
+  bool active = keel__monvec_del(p, &p->monitors, ref, &target);
   if (active) keel__signal_send(target, KEEL__SIG_DEMONITOR, p->pid, ref, KEEL_REASON_NORMAL, NULL);
   /* A DOWN still in the queue is dropped when it is reached, because ref is
    * no longer among our monitors (mailbox.c); one already pulled into the

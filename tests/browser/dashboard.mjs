@@ -7,7 +7,8 @@
 // (the spec's figure is 2 s, a UI deadline; asserted generously at 5 s on a
 // shared 2-core machine: timing is not what this test is about); the log
 // tail shows the kill; the HTTP panel shows the API's routes; a process's
-// page opens; a wrong token is refused with a visible message.
+// page opens with its links and monitors; a panel the service registered
+// is rendered; a wrong token is refused with a visible message.
 // Screenshots go to SHOTS_DIR.
 import { chromium } from "playwright-core";
 import { mkdirSync, mkdtempSync, rmSync } from "node:fs";
@@ -35,6 +36,9 @@ try {
   const consoleErrors = [];
   page.on("console", (m) => { if (m.type() === "error") consoleErrors.push(m.text()); });
   page.on("pageerror", (e) => consoleErrors.push(String(e)));
+  // which request a "Failed to load resource" console error was about
+  const badResponses = [];
+  page.on("response", (r) => { if (r.status() >= 500) badResponses.push(r.status() + " " + r.url()); });
 
   // 1. the page loads with the token an operator gave before (kept in
   // sessionStorage for the tab) and the tree shows the router and workers
@@ -77,14 +81,45 @@ try {
 
   // 4. a process's page, from the processes table
   await page.fill("#pfilter", "router");
-  await page.waitForSelector("#ptable tbody tr", { timeout: 5000 });
+  // the filtered list (not the one shown before the filter applied)
+  await page.waitForFunction(() => {
+    const rows = [...document.querySelectorAll("#ptable tbody tr")];
+    return rows.length > 0 && rows.every((tr) => tr.cells[1].textContent === "router");
+  }, null, { timeout: 5000 });
   await page.click("#ptable tbody tr");
-  await page.waitForSelector("#pdetail:not([hidden]) dl", { timeout: 5000 });
+  await page.waitForFunction(() => /router/.test((document.querySelector("#pdetail:not([hidden]) dl") || {}).textContent || ""),
+    null, { timeout: 5000 });
   const detail = await page.textContent("#pdetail");
   check(/supervisor/.test(detail) && /mailbox/.test(detail), "a process's page shows its supervisor and mailbox");
+  // its links: the router is linked to its supervisor, shown with a name
+  // and a link to that process's page
+  const links = await page.$$eval('#pdetail dd[data-set="links"] a.pidlink', (v) => v.map((a) => a.textContent));
+  check(links.length >= 1 && links.every((t) => /^<\d+\.\d+\.\d+>/.test(t)), "the router's page lists its links: " + links.join(", "));
+  const monitors = await page.$eval('#pdetail dd[data-set="monitored_by"]', (d) => d.textContent);
+  check(monitors.length > 0, "and who monitors it: " + monitors);
   await page.screenshot({ path: join(shots, "3-process.png"), fullPage: true });
+  if (links.length) {
+    await page.click('#pdetail dd[data-set="links"] a.pidlink');
+    await page.waitForFunction(() => /strategy/.test(document.querySelector("#pdetail").textContent), null, { timeout: 5000 });
+    check(true, "a link opens the linked process's page (the supervisor, with its strategy)");
+  }
 
-  check(consoleErrors.length === 0, "no console error" + (consoleErrors.length ? ": " + consoleErrors.join(" | ") : ""));
+  // 4b. a panel the service registered (keel_admin_panel_register), rendered
+  // generically: the microservice's "workers", a row per worker with the
+  // requests it handled (5 API requests before the page loaded)
+  await page.waitForSelector('#extra section[data-panel="workers"] table tbody tr', { timeout: 8000 });
+  const panel = await page.$eval('#extra section[data-panel="workers"]', (sec) => ({
+    title: sec.querySelector("h2").textContent,
+    cols: [...sec.querySelectorAll("thead th")].map((th) => th.textContent),
+    rows: [...sec.querySelectorAll("tbody tr")].map((tr) => [...tr.cells].map((td) => td.textContent)),
+  }));
+  const reqCol = panel.cols.indexOf("requests");
+  const served = panel.rows.reduce((n, r) => n + Number(r[reqCol] || 0), 0);
+  check(panel.title === "Workers" && panel.rows.length === workers.length && reqCol >= 0 && served >= 5,
+    `the registered panel is rendered: ${panel.title}, ${panel.rows.length} rows, ${served} requests`);
+  await page.screenshot({ path: join(shots, "4-panel.png"), fullPage: true });
+
+  check(consoleErrors.length === 0, "no console error" + (consoleErrors.length ? ": " + consoleErrors.join(" | ") + " " + badResponses.join(" | ") : ""));
 
   // 5. a wrong token is refused, visibly (its 401s are expected in the console from here on)
   await page.fill("#token", "not-the-token");

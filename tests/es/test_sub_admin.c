@@ -59,6 +59,31 @@ static json_t *board_entry(int port, const char *name) {
   return found;
 }
 
+/* An admin port (keel_admin_start) on loopback, where the panels show. */
+static keel_http_server *admin_port(void) {
+  keel_admin_opts ao;
+  keel_admin_opts_init(&ao);
+  ao.host = "127.0.0.1";
+  ao.no_dashboard = true;
+  keel_http_server *s = NULL;
+  CHECK_OK(keel_admin_start(&ao, &s));
+  return s;
+}
+
+/* The dashboard panel's row of subscription `name` (a new reference), or NULL. */
+static json_t *panel_row(int port, const char *name) {
+  json_t *b = NULL, *found = NULL, *e;
+  size_t i;
+  CHECK_EQ(kt_request_json(port, "GET", "/admin/panels/subscriptions", NULL, &b), 200);
+  CHECK_STR(json_string_value(json_object_get(b, "title")), "Subscriptions");
+  json_array_foreach(json_object_get(b, "data"), i, e) {
+    if (strcmp(json_string_value(json_object_get(e, "subscription")), name) == 0)
+      found = json_incref(e);
+  }
+  json_decref(b);
+  return found;
+}
+
 KT_CASE(operators_list_retry_and_resolve_parked_events_over_http) {
   kt_store st;
   keel_es *es = kt_store_open(&st, NULL);
@@ -102,6 +127,19 @@ KT_CASE(operators_list_retry_and_resolve_parked_events_over_http) {
   CHECK_EQ(json_integer_value(json_object_get(e, "parked")), 3);
   CHECK_STR(json_string_value(json_object_get(e, "breaker")), "closed");
   json_decref(e);
+
+  /* the dashboard's panel, registered with the routes: the same figures;
+   * events/s unknown at the first reading */
+  keel_http_server *adm = admin_port();
+  int ap = keel_http_port(adm);
+  json_t *pr = panel_row(ap, "adm");
+  CHECK(pr != NULL);
+  CHECK_STR(json_string_value(json_object_get(pr, "state")), "live");
+  CHECK_EQ(json_integer_value(json_object_get(pr, "lag")), 0);
+  CHECK_EQ(json_integer_value(json_object_get(pr, "parked")), 3);
+  CHECK_STR(json_string_value(json_object_get(pr, "breaker")), "closed");
+  CHECK(json_is_null(json_object_get(pr, "events_per_sec")));
+  json_decref(pr);
 
   /* the dead letters */
   CHECK_EQ(kt_request_json(port, "GET", "/admin/subscriptions/adm/parked", NULL, &b), 200);
@@ -153,6 +191,16 @@ KT_CASE(operators_list_retry_and_resolve_parked_events_over_http) {
   CHECK_STR(json_string_value(json_object_get(b, "action")), "resolved");
   json_decref(b);
   WAIT_FOR(status_of("adm").parked == 0);
+  /* two more handled since the panel's first reading: a rate above 0 once
+   * a second has passed (the panel's shortest interval) */
+  keel_sleep(1000);
+  pr = panel_row(ap, "adm");
+  CHECK(pr != NULL);
+  CHECK(json_is_number(json_object_get(pr, "events_per_sec")));
+  CHECK(json_number_value(json_object_get(pr, "events_per_sec")) > 0);
+  CHECK_EQ(json_integer_value(json_object_get(pr, "parked")), 0);
+  json_decref(pr);
+  keel_http_stop(adm);
   CHECK_EQ(kt_request_json(port, "POST", "/admin/subscriptions/adm/parked/5/resolve", tok, NULL),
            404);
   CHECK_EQ(atomic_load(&handled_n), 4);

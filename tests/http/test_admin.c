@@ -377,6 +377,71 @@ KT_CASE(processes_sort_filter_limit_and_one_process) {
   teardown(s);
 }
 
+/* The member `key` of one process's page (a links/monitors list) holds
+ * exactly one entry: pid `want`, with these names (NULL: JSON null). */
+static void check_set(json_t *proc, const char *key, keel_pid_t want, const char *name,
+                      const char *registered) {
+  json_t *list = json_object_get(proc, key);
+  CHECK(json_is_array(list));
+  CHECK_EQ(json_array_size(list), 1);
+  char t[32] = "", total[40];
+  snprintf(total, sizeof total, "%s_total", key);
+  CHECK_EQ(json_integer_value(json_object_get(proc, total)), 1);
+  json_t *e = json_array_get(list, 0);
+  keel_pid_format(want, t, sizeof t);
+  CHECK_STR(json_string_value(json_object_get(e, "pid")), t);
+  if (name)
+    CHECK_STR(json_string_value(json_object_get(e, "name")), name);
+  else
+    CHECK(json_is_null(json_object_get(e, "name")));
+  if (registered)
+    CHECK_STR(json_string_value(json_object_get(e, "registered")), registered);
+  else
+    CHECK(json_is_null(json_object_get(e, "registered")));
+}
+
+KT_CASE(process_page_lists_links_and_monitors_with_names) {
+  setup();
+  keel_http_server *s = start_admin(TOKEN, false, 0, 0, 0);
+  keel_pid_t h = kt_spawn_on(hoard_main, NULL, 0);
+  keel_sleep(20); /* named and asleep: what we do to it stays a pending signal */
+  CHECK_OK(keel_set_name("adm_tester"));
+  CHECK_OK(keel_register("adm_tester_reg", keel_self()));
+  CHECK_OK(keel_link(h));
+  keel_ref_t ref;
+  CHECK_OK(keel_monitor(h, &ref));
+  static kt_resp r; /* big: not on the process stack */
+  char path[96], hp[32];
+  keel_pid_format(h, hp, sizeof hp);
+  snprintf(path, sizeof path, "/admin/processes/%s", hp);
+  json_t *j = call(s, "GET", path, TOKEN, NULL, &r);
+  CHECK_EQ(r.status, 200);
+  check_set(j, "links", keel_self(), "adm_tester", "adm_tester_reg");
+  check_set(j, "monitored_by", keel_self(), "adm_tester", "adm_tester_reg");
+  CHECK_EQ(json_array_size(json_object_get(j, "monitors")), 0);
+  CHECK_EQ(json_integer_value(json_object_get(j, "monitors_total")), 0);
+  json_decref(j);
+  /* our own page, by registered name: the other side */
+  j = call(s, "GET", "/admin/processes/adm_tester_reg", TOKEN, NULL, &r);
+  CHECK_EQ(r.status, 200);
+  check_set(j, "links", h, "adm_hoarder", NULL);
+  check_set(j, "monitors", h, "adm_hoarder", NULL);
+  CHECK_EQ(json_array_size(json_object_get(j, "monitored_by")), 0);
+  json_decref(j);
+  /* undone: gone from both pages */
+  CHECK_OK(keel_unlink(h));
+  CHECK_OK(keel_demonitor(ref));
+  j = call(s, "GET", path, TOKEN, NULL, &r);
+  CHECK_EQ(json_array_size(json_object_get(j, "links")), 0);
+  CHECK_EQ(json_array_size(json_object_get(j, "monitored_by")), 0);
+  json_decref(j);
+  CHECK_OK(keel_unregister("adm_tester_reg"));
+  CHECK_OK(keel_monitor(h, &ref));
+  keel_exit_signal(h, KEEL_REASON_KILL, NULL);
+  kt_wait_down(ref, h, NULL, 0);
+  teardown(s);
+}
+
 static char *panel_fn(void *ud) {
   int *calls = ud;
   (*calls)++;
@@ -718,6 +783,7 @@ KT_MAIN(KT_ENTRY(with_a_token_reads_need_it_and_probes_stay_open),
         KT_ENTRY(restart_and_terminate_a_supervisors_child),
         KT_ENTRY(log_level_changes_at_run_time),
         KT_ENTRY(processes_sort_filter_limit_and_one_process),
+        KT_ENTRY(process_page_lists_links_and_monitors_with_names),
         KT_ENTRY(tree_alerts_logs_http_and_panels),
         KT_ENTRY(event_stream_sends_hello_stats_and_process_events_and_is_capped),
         KT_ENTRY(event_stream_drops_clients_that_do_not_read_and_keeps_serving))

@@ -23,6 +23,17 @@ static const char *state_of(keel_jobs *j, int64_t id) {
   return s;
 }
 
+/* An admin port (keel_admin_start) on loopback, where the panels show. */
+static keel_http_server *admin_port(void) {
+  keel_admin_opts ao;
+  keel_admin_opts_init(&ao);
+  ao.host = "127.0.0.1";
+  ao.no_dashboard = true;
+  keel_http_server *s = NULL;
+  CHECK_OK(keel_admin_start(&ao, &s));
+  return s;
+}
+
 KT_CASE(operators_list_retry_and_cancel_jobs_over_http) {
   kt_store st;
   keel_es *es = kt_store_open(&st, NULL);
@@ -105,8 +116,43 @@ KT_CASE(operators_list_retry_and_cancel_jobs_over_http) {
   json_decref(o);
   CHECK_EQ(kt_request_json(port, "POST", "/admin/jobs/999999/retry", "Bearer s3cret", NULL), 404);
 
+  /* the dashboard's panel: a row per queue run here, the janitor's figures */
+  CHECK_OK(keel_jobs_maintain(j));
+  keel_http_server *adm = admin_port();
+  int ap = keel_http_port(adm);
+  CHECK_EQ(kt_request_json(ap, "GET", "/admin/panels", NULL, &b), 200);
+  bool listed = false;
+  json_t *pe;
+  size_t pi;
+  json_array_foreach(json_object_get(b, "panels"), pi, pe) {
+    listed = listed || strcmp(json_string_value(json_object_get(pe, "name")), "jobs") == 0;
+  }
+  CHECK(listed);
+  json_decref(b);
+  CHECK_EQ(kt_request_json(ap, "GET", "/admin/panels/jobs", NULL, &b), 200);
+  CHECK_STR(json_string_value(json_object_get(b, "title")), "Job queues");
+  json_t *rows = json_object_get(b, "data");
+  CHECK_EQ(json_array_size(rows), (size_t)1); /* "other" is not run here */
+  json_t *row = json_array_get(rows, 0);
+  CHECK_STR(json_string_value(json_object_get(row, "queue")), "default");
+  CHECK_EQ(json_integer_value(json_object_get(row, "depth")), 0);
+  CHECK_EQ(json_integer_value(json_object_get(row, "running")), 0);
+  CHECK_EQ(json_integer_value(json_object_get(row, "failed_last_hour")), 1);
+  CHECK_EQ(json_integer_value(json_object_get(row, "concurrency")), 10);
+  CHECK(json_is_false(json_object_get(row, "paused")));
+  json_decref(b);
+  /* paused shows after the next round */
+  CHECK_OK(keel_jobs_pause(j, "default"));
+  CHECK_OK(keel_jobs_maintain(j));
+  CHECK_EQ(kt_request_json(ap, "GET", "/admin/panels/jobs", NULL, &b), 200);
+  CHECK(json_is_true(json_object_get(json_array_get(json_object_get(b, "data"), 0), "paused")));
+  json_decref(b);
+  keel_http_stop(adm);
+
   keel_http_stop(srv);
   keel_jobs_stop(j, 1000);
+  /* stopping the jobs took their panel away (j is freed) */
+  CHECK_EQ(keel_admin_panel_unregister("jobs"), KEEL_ENOENT);
   kt_store_close(&st);
 }
 

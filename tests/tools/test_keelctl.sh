@@ -112,6 +112,29 @@ has "proc shows the child id" "$tmp/o" '^child id +worker-1'
 sup=$(k --json proc worker-1 | jq -r .supervisor)
 expect "proc --json of the supervisor: its children" "one_for_one 4" \
   "$(k --json proc "$sup" | jq -r '"\(.strategy) \(.children | length)"')"
+# links and monitors: worker-1 is linked to its supervisor, which monitors
+# nothing of it (a supervisor links); the supervisor's page lists its
+# children among its links, by name
+has "proc lists the links, with names" "$tmp/o" "^links +$sup"
+expect "proc --json: links with pid, name and registered" "true true" \
+  "$(k --json proc worker-1 | jq -r --arg s "$sup" '"\(.links_total >= 1) \(any(.links[]; .pid == $s))"')"
+expect "proc --json of the supervisor: its workers among its links" "3" \
+  "$(k --json proc "$sup" | jq -r '[.links[] | select(.registered != null and (.registered | startswith("worker-")))] | length')"
+k proc "$sup" >"$tmp/o"
+has "proc of the supervisor: a child in its links by registered name" "$tmp/o" '^ +<[0-9.]+> worker-[0-9]'
+has "proc shows who monitors it" "$tmp/o" '^monitored by '
+# panels: the microservice registers "workers" (keel_admin_panel_register)
+k panel >"$tmp/o"
+has "panel: the registered panels" "$tmp/o" '^workers +Workers'
+k panel workers >"$tmp/o"
+has "panel NAME: its title" "$tmp/o" '^Workers'
+has "panel NAME: a table, a column per member" "$tmp/o" '^worker +pid +requests'
+expect "panel NAME: a row per worker" 3 "$(grep -c '^worker-[0-9] ' "$tmp/o")"
+expect "panel --json" "workers 3" "$(k --json panel workers | jq -r '"\(.name) \(.data | length)"')"
+k panel nope 2>"$tmp/e"
+expect "panel of an unknown name: exit 1" 1 $?
+k panel a b 2>/dev/null
+expect "panel with two names: exit 2" 2 $?
 k proc '<9.9.9>' 2>"$tmp/e"
 expect "proc of a pid that does not live: exit 1" 1 $?
 has "... with the 404 message" "$tmp/e" '404 NOT_FOUND from http://127.0.0.1:[0-9]+/admin/processes/.*: no such process'

@@ -234,6 +234,21 @@ async function loadProcs() {
   if (selectedPid) loadProc(selectedPid, true);
 }
 
+/* A process's links or monitors: each pid a link to its own page, with its
+ * registered name or label; null when the node could not read the set. */
+function pidList(list, total) {
+  if (list === null || list === undefined) return [document.createTextNode("unknown")];
+  if (!list.length) return [document.createTextNode("-")];
+  const out = [];
+  for (const q of list) {
+    const who = q.registered || q.name;
+    out.push(el("a", {href: "#", class: "pidlink", "data-pid": q.pid, text: q.pid + (who ? " " + who : ""),
+      onclick: (e) => { e.preventDefault(); loadProc(q.pid); }}), " ");
+  }
+  if (total > list.length) out.push(el("span", {class: "mut", text: "(" + list.length + " of " + total + ")"}));
+  return out;
+}
+
 async function loadProc(pid, quiet) {
   selectedPid = pid;
   const box = $("pdetail");
@@ -246,6 +261,8 @@ async function loadProc(pid, quiet) {
       ["age", fmtMs(p.age_ms)], ["parent", p.parent], ["supervisor", p.supervisor], ["child id", p.child_id]];
     if (p.strategy) fields.push(["strategy", p.strategy], ["children", (p.children || []).map((c) => c.id + " " + (c.pid || "-")).join(", ")]);
     for (const [k, v] of fields) dl.append(el("dt", {text: k}), el("dd", {text: v === null || v === undefined || v === "" ? "-" : String(v)}));
+    for (const [k, key] of [["links", "links"], ["monitors", "monitors"], ["monitored by", "monitored_by"]])
+      dl.append(el("dt", {text: k}), el("dd", {"data-set": key}, ...pidList(p[key], p[key + "_total"])));
     const reason = el("input", {placeholder: "reason (kill, shutdown or a text)", value: "killed from the dashboard"});
     box.replaceChildren(el("h3", {text: "Process " + p.pid}), dl,
       el("div", {class: "action"}, reason, " ", el("button", {class: "danger", type: "button", text: "kill",
@@ -468,4 +485,4 @@ setInterval(loadHttp, 5000);
 setInterval(loadAlerts, 10000);
 setInterval(loadHealth, 5000);
 setInterval(loadTree, 10000);
-setInterval(loadPanels, 15000);
+setInterval(loadPanels, 5000);
