@@ -38,6 +38,16 @@ typedef struct jobs_queue {
   int64_t running, failed, paused;
 } jobs_queue;
 
+/* The janitor's steps (step_fails, step_next's index). */
+enum {
+  JOBS_STEP_RESCUE,
+  JOBS_STEP_CRON,
+  JOBS_STEP_PRUNE,
+  JOBS_STEP_GAUGES,
+  JOBS_STEP_PANEL,
+  JOBS_STEPS
+};
+
 struct keel_jobs {
   keel_es *es;
   keel_jobs_opts o; /* defaults filled in */
@@ -201,15 +211,6 @@ char *keel__jobs_fetch_sql(const keel_jobs *j);
  * keel_jobs_maintain's round (periodic false) runs every step. */
 void keel__jobs_janitor(void *arg);
 int keel__jobs_janitor_round(keel_jobs *j, bool periodic);
-/* The janitor's steps (step_fails, step_next's index). */
-enum {
-  JOBS_STEP_RESCUE,
-  JOBS_STEP_CRON,
-  JOBS_STEP_PRUNE,
-  JOBS_STEP_GAUGES,
-  JOBS_STEP_PANEL,
-  JOBS_STEPS
-};
 /* panel.c: the dashboard's "jobs" panel: registered by keel_jobs_admin_routes,
  * its figures refreshed by the janitor's round (no-op while not registered),
  * unregistered before j is freed. */
