@@ -691,6 +691,17 @@ static keel__proc *inbox_steal(keel__sched *thief, keel__sched *v) {
   return first;
 }
 
+/* Whether the watchdog saw v stuck and v has not switched since: the flag
+ * itself stays set until the watchdog's next look (up to a tick), and a
+ * thief that trusted it after the hold ended would split pairs the hold
+ * never concerned (a scheduler thread the OS preempted for a tick on a
+ * loaded machine looks stuck too, and then runs on). */
+static bool stuck_now(keel__sched *v) {
+  return atomic_load_explicit(&v->stuck, memory_order_acquire) &&
+         atomic_load_explicit(&v->n_switches, memory_order_relaxed) ==
+             atomic_load_explicit(&v->held_switches, memory_order_relaxed);
+}
+
 static keel__proc *sched_steal(keel__sched *s) {
   int n = keel__g.nsched;
   if (n < 2 || keel__g.opt.deterministic) return NULL;
@@ -703,7 +714,7 @@ static keel__proc *sched_steal(keel__sched *s) {
        * runnext one) only from a scheduler the watchdog saw stuck in one
        * process for a whole tick: stealing it from a scheduler that is merely
        * busy for a few microseconds would split producer from consumer. */
-      bool stuck = atomic_load_explicit(&v->stuck, memory_order_relaxed);
+      bool stuck = stuck_now(v);
       keel__proc *p = ring_steal(s, v, stuck ? 1 : 2);
       if (p) return p;
       if (stuck && atomic_load_explicit(&v->runnext, memory_order_relaxed)) {
@@ -928,7 +939,8 @@ static void *watchdog_main(void *arg) {
       }
       atomic_store_explicit(&s->held_switches, sw, memory_order_relaxed);
       atomic_store_explicit(&s->held_since_ns, since[i], memory_order_relaxed);
-      atomic_store_explicit(&s->stuck, 1, memory_order_relaxed);
+      /* release: a thief that sees stuck also sees this hold's held_switches */
+      atomic_store_explicit(&s->stuck, 1, memory_order_release);
       /* Same process, no switch since `since`. Let a sleeping sibling steal
        * what waits behind it, and report it once past the threshold. */
       if ((ring_len(s) > 0 || atomic_load_explicit(&s->runnext, memory_order_relaxed) ||
