@@ -96,7 +96,8 @@ static int install_guard(void *addr, size_t len) {
  * taken as a page fault costs about 2.3 us on this machine; populating 32
  * pages in one system call costs a fraction of that per page (the trap and
  * its return are paid once), and a supervisor starting children one after
- * the other pays a fault on its critical path for each (decision 0033).
+ * the other pays a fault on its critical path for each (docs/performance.md,
+ * supervisor_start).
  * Only the top page: most processes never go below it, and a deeper
  * prefault would double an idle process's memory. Where the kernel refuses
  * (before 6.13 process_madvise on ourselves takes only a few advices), the
