@@ -45,9 +45,9 @@ static void print_stats(const char *name) {
   if (!getenv("KEEL_BENCH_STATS")) return;
   keel_rt_stats st;
   keel_rt_stats_get(&st);
-  fprintf(stderr, "  %s: switches %llu steals %llu sent %llu\n", name,
+  fprintf(stderr, "  %s: switches %llu steals %llu migrations %llu sent %llu\n", name,
           (unsigned long long)st.context_switches, (unsigned long long)st.steals,
-          (unsigned long long)st.msgs_sent);
+          (unsigned long long)st.migrations, (unsigned long long)st.msgs_sent);
 }
 
 /* ---- spawn and idle_process_memory ------------------------------------------- */

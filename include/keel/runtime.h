@@ -60,6 +60,12 @@ typedef struct keel_rt_opts {
   int budget;        /* messages a process may receive before it must yield; 0: 100 */
   int deterministic; /* 1: one scheduler, runnable processes picked in a seeded order */
   uint64_t seed;     /* seed for deterministic mode; 0: $KEEL_SEED, else time-based (printed) */
+  /* Stream affinity: a process that spends whole budgets receiving from one
+   * busy sender, at most this many ns per message (its slice and whatever
+   * ran between two of them), moves to the sender's scheduler and the two
+   * are not split by work stealing; past 3x this they may be split again.
+   * 0: 150 ns; <0: off (docs/decisions/0033). */
+  int64_t stream_follow_ns;
 } keel_rt_opts;
 
 /* Fills *o with defaults (all zero: every field takes its default). */
@@ -114,6 +120,7 @@ typedef struct keel_rt_stats {
   uint64_t blocking_running; /* blocking jobs running on the pool now */
   uint64_t stuck_reports;    /* processes reported for holding a scheduler too long */
   uint64_t hog_kills;        /* processes killed past their hog limit (keel_set_hog_limit) */
+  uint64_t migrations;       /* receivers moved to their sender's scheduler (stream affinity) */
 } keel_rt_stats;
 void keel_rt_stats_get(keel_rt_stats *out);
 

@@ -234,10 +234,17 @@ typedef struct keel__proc {
   int hold_exits;                 /* >0: exit signals wait (keel_hold_exits, keel_blocking) */
   struct keel__timer *wait_timer; /* the timer of the current timed wait */
   struct keel_msg *save_head, *save_tail; /* kept aside by selective receive, in order */
-  _Atomic uint64_t mbox_out;      /* messages popped from mbox (owner writes, observer reads) */
-  _Atomic uint64_t msgs_handled;  /* messages given to the process (owner writes) */
+  _Atomic uint64_t mbox_out;     /* messages popped from mbox (owner writes, observer reads) */
+  _Atomic uint64_t msgs_handled; /* messages given to the process (owner writes) */
   bool trap_exit;
   bool fresh; /* never run: its context is built at its first run */
+  /* Stream affinity (sched.c, keel__stream_check): a process that receives
+   * whole budget slices from one sender follows it to its scheduler, and the
+   * two are `coupled`, which keeps thieves from splitting them again. */
+  atomic_bool coupled;    /* set by the receiver for both; cleared by each at its wait */
+  int32_t migrate_to;     /* owner: scheduler id + 1 to move to at this yield; 0 none */
+  uint32_t stream_n;      /* owner: receives in a row from stream_from */
+  keel_pid_t stream_from; /* owner: sender of the last message received */
   keel__mbox mbox;
 
   /* --- shared, cold --- */
@@ -268,7 +275,8 @@ typedef struct keel__proc {
   void (*io_cleanup)(void *); /* closes the libuv handle of an I/O wait if the process dies in it */
   void *io_cleanup_arg;
   keel_reason_kind exit_kind;
-  char *exit_text; /* malloc'd or NULL */
+  char *exit_text;    /* malloc'd or NULL */
+  uint64_t stream_ns; /* owner: keel__stream_check's last look (0: none since the last wait) */
 
   /* --- for the observer: written at spawn, read racily (relaxed) --- */
   _Atomic keel_pid_t parent;  /* the spawning process, 0 when spawned from outside */
@@ -361,15 +369,16 @@ typedef struct keel__sched {
   _Atomic uint64_t n_to_dead;
   _Atomic uint64_t n_replies_dropped;
   _Atomic uint64_t n_steals;
+  _Atomic uint64_t n_migrations; /* processes that moved here to follow their sender */
   _Atomic uint64_t n_spawned;
   _Atomic uint64_t n_exited;
-  _Atomic keel_pid_t running_pid; /* 0 when not running a process */
-  atomic_bool stuck;              /* the watchdog saw one process hold it for a tick */
-  _Atomic uint64_t held_since_ns; /* the watchdog: since when the running process has held it
-                                     without a switch (as first seen); 0 when not stuck */
-  _Atomic uint64_t held_switches; /* n_switches when held_since_ns was set: a reader seeing
-                                     another count knows the hold is over */
-  _Atomic uint64_t idle_ns;       /* time spent asleep in epoll with nothing to run */
+  _Atomic keel_pid_t running_pid;  /* 0 when not running a process */
+  atomic_bool stuck;               /* the watchdog saw one process hold it for a tick */
+  _Atomic uint64_t held_since_ns;  /* the watchdog: since when the running process has held it
+                                      without a switch (as first seen); 0 when not stuck */
+  _Atomic uint64_t held_switches;  /* n_switches when held_since_ns was set: a reader seeing
+                                      another count knows the hold is over */
+  _Atomic uint64_t idle_ns;        /* time spent asleep in epoll with nothing to run */
   _Atomic uint64_t sleep_start_ns; /* start of the sleep in progress, 0 when awake */
   void *altstack;
 } keel__sched;
@@ -412,7 +421,7 @@ typedef struct keel__rt {
   _Atomic uint64_t blocking_queued;
   _Atomic uint64_t blocking_running;
   _Atomic uint64_t stuck_reports;
-  _Atomic uint64_t hog_kills; /* kills sent for keel_set_hog_limit */
+  _Atomic uint64_t hog_kills;  /* kills sent for keel_set_hog_limit */
   _Atomic uint64_t started_ms; /* CLOCK_MONOTONIC ms of keel_rt_start, 0 when stopped */
 
   pthread_mutex_t wait_lock;
@@ -460,6 +469,9 @@ void keel__proc_switch(keel__proc *p, keel__req req, uint32_t wait_mask);
  * passes. Returns the cause (KEEL__W_*), KEEL__W_TIMER on timeout. Handles
  * signals as they arrive (may not return: exit). */
 uint32_t keel__wait(keel__proc *p, uint32_t mask, uint64_t deadline_ms);
+/* Owner, at the end of a budget slice spent receiving (mailbox.c, before
+ * its yield): stream affinity, see sched.c. */
+void keel__stream_check(keel__proc *p);
 
 /* Signals (signal.c) */
 int keel__signal_send(keel_pid_t to, keel__sig_type type, keel_pid_t from, keel_ref_t ref,

@@ -515,9 +515,21 @@ static bool expired(int64_t timeout_ms, uint64_t deadline, uint32_t cause) {
   return cause == KEEL__W_TIMER || keel__past(deadline);
 }
 
-static void charge(keel__proc *p) {
+/* Also counts receives in a row from one sender: a process that spends
+ * whole slices receiving one sender's stream may follow it to its scheduler
+ * (keel__stream_check, sched.c). */
+static void charge(keel__proc *p, const struct keel_msg *m) {
   KEEL__OWNER_ADD(p->msgs_handled, 1);
-  if (--p->budget <= 0) keel_yield(); /* fairness: let the others run */
+  if (m->from == p->stream_from) {
+    p->stream_n++;
+  } else {
+    p->stream_from = m->from;
+    p->stream_n = 1;
+  }
+  if (--p->budget <= 0) { /* fairness: let the others run */
+    keel__stream_check(p);
+    keel_yield();
+  }
 }
 
 int keel_receive(keel_msg_t **out, int64_t timeout_ms) {
@@ -540,7 +552,7 @@ int keel_receive(keel_msg_t **out, int64_t timeout_ms) {
     if (m) {
       atomic_store_explicit(&m->next, NULL, memory_order_relaxed);
       *out = m;
-      charge(p);
+      charge(p, m);
       return 0;
     }
     if (expired(timeout_ms, deadline, cause)) return KEEL_ETIMEDOUT;
@@ -566,7 +578,7 @@ int keel_receive_match(keel_match_fn match, void *arg, keel_msg_t **out, int64_t
         save_unlink(p, prev, cur);
         atomic_store_explicit(&cur->next, NULL, memory_order_relaxed);
         *out = cur;
-        charge(p);
+        charge(p, cur);
         return 0;
       }
       prev = cur;
@@ -577,7 +589,7 @@ int keel_receive_match(keel_match_fn match, void *arg, keel_msg_t **out, int64_t
       if (match(m, arg)) {
         atomic_store_explicit(&m->next, NULL, memory_order_relaxed);
         *out = m;
-        charge(p);
+        charge(p, m);
         return 0;
       }
       save_append(p, m);

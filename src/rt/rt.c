@@ -110,6 +110,8 @@ int keel_rt_start(const keel_rt_opts *o) {
   if (opt.stack_size < 16384) opt.stack_size = 16384;
   if (!opt.budget) opt.budget = DEFAULT_BUDGET;
   if (!opt.stuck_ms) opt.stuck_ms = 100;
+  if (!opt.stream_follow_ns) opt.stream_follow_ns = 150;
+  if (opt.stream_follow_ns > 1000000000) opt.stream_follow_ns = 1000000000; /* 3x fits */
   keel__g.opt = opt;
   keel__g.nsched = opt.schedulers;
 
@@ -250,6 +252,7 @@ void keel_rt_stats_get(keel_rt_stats *out) {
     out->replies_dropped += atomic_load_explicit(&s->n_replies_dropped, memory_order_relaxed);
     out->context_switches += atomic_load_explicit(&s->n_switches, memory_order_relaxed);
     out->steals += atomic_load_explicit(&s->n_steals, memory_order_relaxed);
+    out->migrations += atomic_load_explicit(&s->n_migrations, memory_order_relaxed);
   }
   out->procs_spawned += atomic_load(&keel__g.ext_spawned);
   out->replies_dropped += atomic_load(&keel__g.ext_replies_dropped);

@@ -142,6 +142,26 @@ static void grq_push_list(keel__proc *head, keel__proc *tail, int n) {
 
 static void wake_idle_sibling(keel__sched *s);
 
+/* Stream affinity. A receiver that spends whole budget slices taking one
+ * sender's messages, quickly, sets `coupled` on itself and on the sender
+ * (keel__stream_check below). A thief leaves a coupled pair together: from
+ * a scheduler whose ring holds exactly two processes it steals only if the
+ * one it would take is not coupled. Three or more are stolen as before (two
+ * pairs on one core should be spread over two; the followers then reunite
+ * each pair where its sender went). The owner uses the same test before
+ * waking a sibling, so a coupled pair does not wake one for nothing. */
+static bool is_coupled(const keel__proc *p) {
+  return atomic_load_explicit(&p->coupled, memory_order_relaxed);
+}
+
+/* The ring's head h and length n (read by the caller). A hint: the slot may
+ * change under a thief, whose CAS on the head then fails and it looks again. */
+static bool worth_stealing(keel__sched *v, uint32_t h, uint32_t n) {
+  if (n != 2) return n > 2;
+  keel__proc *head = atomic_load_explicit(&v->rq[h % KEEL__RUNQ_SIZE], memory_order_relaxed);
+  return head && !is_coupled(head);
+}
+
 /* Owner only. Appends p; when the ring is full, moves half of it plus p to
  * the global queue. */
 static void ring_push(keel__sched *s, keel__proc *p) {
@@ -152,7 +172,11 @@ static void ring_push(keel__sched *s, keel__proc *p) {
       atomic_store_explicit(&s->rq[t % KEEL__RUNQ_SIZE], p, memory_order_relaxed);
       /* release: a thief that reads the new tail also sees the slot */
       atomic_store_explicit(&s->rq_tail, t + 1, memory_order_release);
-      if (t + 1 - h >= 2) wake_idle_sibling(s);
+      /* nsleeping first (seq_cst, as in wake_idle_sibling): worth_stealing may
+       * read the head process's line, which only matters if a sibling sleeps */
+      if (t + 1 - h >= 2 && atomic_load_explicit(&keel__g.nsleeping, memory_order_seq_cst) &&
+          worth_stealing(s, h, t + 1 - h))
+        wake_idle_sibling(s);
       return;
     }
     /* Full: take the older half in one CAS (thieves may race us). */
@@ -199,6 +223,7 @@ static keel__proc *ring_steal(keel__sched *thief, keel__sched *victim, uint32_t 
     uint32_t n = t - h;
     if (n < min || n == 0) return NULL;
     if (n > KEEL__RUNQ_SIZE) continue; /* torn read of head/tail */
+    if (min >= 2 && !worth_stealing(victim, h, n)) return NULL;
     n -= n / 2;
     uint32_t tt = atomic_load_explicit(&thief->rq_tail, memory_order_relaxed);
     for (uint32_t i = 0; i < n; i++) {
@@ -404,6 +429,11 @@ uint32_t keel__wait(keel__proc *p, uint32_t mask, uint64_t deadline_ms) {
   atomic_store_explicit(&p->sw, KEEL__SW(KEEL__SW_GEN(sw), seq, 0, KEEL__ST_RUNNING),
                         memory_order_relaxed);
   p->wake_cause = 0;
+  /* A process that waits has drained its mailbox: whatever stream it
+   * followed (or fed) is not keeping it busy now. */
+  p->stream_ns = 0;
+  if (atomic_load_explicit(&p->coupled, memory_order_relaxed))
+    atomic_store_explicit(&p->coupled, false, memory_order_relaxed);
   if (deadline_ms) {
     mask |= KEEL__W_TIMER;
     keel__wait_timer_arm(p, keel__sched_self(), deadline_ms,
@@ -461,6 +491,65 @@ int keel_consume(unsigned units) {
   return p->reds > 0 ? 0 : consume_slow(p);
 }
 
+/* ---- stream affinity ----------------------------------------------------------- */
+
+/* A producer and a consumer that never wait (each always has work: the
+ * producer its loop, the consumer a full mailbox) are never reunited by
+ * "wake where the message came from": nobody is woken. Once the idle
+ * scheduler steals one of them, every message is allocated on one core and
+ * read and freed on the other, and with cheap messages that costs more than
+ * the second core gains (cast_throughput: decision 0033). So a receiver
+ * looks at the end of each budget slice spent receiving: when at least half
+ * the slice's budget went to receives in a row from one sender that is busy
+ * too (not waiting), and the slice took at most a set time a message
+ * since its previous look (keel_rt_opts.stream_follow_ns, 150 ns by
+ * default), it couples itself and the sender (thieves leave
+ * the pair together, worth_stealing) and, if the sender runs elsewhere,
+ * moves to the sender's scheduler at this yield. A slice slower than three
+ * times that a message uncouples them: with that much work per message
+ * two cores beat one. Between the two, nothing changes (hysteresis, so a
+ * pair near the line does not go back and forth). Costs the clock read of
+ * one check per slice, only for processes that use their whole budget. */
+
+static void uncouple(keel__proc *p) {
+  if (is_coupled(p)) atomic_store_explicit(&p->coupled, false, memory_order_relaxed);
+}
+
+static void couple(keel__proc *p) {
+  if (!is_coupled(p)) atomic_store_explicit(&p->coupled, true, memory_order_relaxed);
+}
+
+void keel__stream_check(keel__proc *p) {
+  int64_t quick = keel__g.opt.stream_follow_ns;
+  if (keel__g.nsched < 2 || keel__g.opt.deterministic || p->pinned || quick < 0) return;
+  uint32_t budget = (uint32_t)keel__g.opt.budget;
+  uint64_t now = keel__now_ns();
+  uint64_t last = p->stream_ns;
+  p->stream_ns = now;
+  /* The sender's slot: a stale pid (it exited) gives NULL. Its fields are
+   * read as hints; a wrong guess costs one misplaced process, not safety. */
+  keel__proc *from = p->stream_from ? keel__lookup_live(p->stream_from) : NULL;
+  if (!from || from == p || p->stream_n * 2 < budget) {
+    uncouple(p);
+    return;
+  }
+  if (!last) return; /* the first full slice since a wait: nothing to time yet */
+  uint64_t per_msg = (now - last) / budget;
+  if (per_msg > 3 * (uint64_t)quick) {
+    uncouple(p);
+    uncouple(from);
+    return;
+  }
+  if (per_msg > (uint64_t)quick) return;
+  uint32_t st = KEEL__SW_ST(atomic_load_explicit(&from->sw, memory_order_relaxed));
+  if (st != KEEL__ST_RUNNING && st != KEEL__ST_RUNNABLE) return;
+  couple(p);
+  couple(from);
+  int home = atomic_load_explicit(&from->home, memory_order_relaxed);
+  keel__sched *s = keel__sched_self();
+  if (home != s->id && home >= 0 && home < keel__g.nsched) p->migrate_to = home + 1;
+}
+
 /* ---- the scheduler side ----------------------------------------------------- */
 
 static void sched_park(keel__sched *s, keel__proc *p) {
@@ -492,6 +581,7 @@ static void sched_run(keel__sched *s, keel__proc *p) {
   uint64_t sw = atomic_load_explicit(&p->sw, memory_order_acquire);
   atomic_store_explicit(&p->sw, (sw & ~(uint64_t)0xFF) | KEEL__ST_RUNNING, memory_order_relaxed);
   p->budget = keel__g.opt.budget;
+  p->stream_n = 0; /* receives in a row are counted within a slice */
   p->reds = CONSUME_CHECK;
   p->slice_ns = 0;
   if (p->req != KEEL__REQ_YIELD) p->busy_ns = 0; /* it waited (or is new): not busy since */
@@ -503,6 +593,15 @@ static void sched_run(keel__sched *s, keel__proc *p) {
   case KEEL__REQ_YIELD:
     sw = atomic_load_explicit(&p->sw, memory_order_relaxed);
     atomic_store_explicit(&p->sw, (sw & ~(uint64_t)0xFF) | KEEL__ST_RUNNABLE, memory_order_relaxed);
+    if (p->migrate_to) {
+      keel__sched *to = &keel__g.scheds[p->migrate_to - 1];
+      p->migrate_to = 0;
+      if (to != s) {
+        KEEL__INC(s->n_migrations);
+        inbox_push(to, p); /* it follows its sender (keel__stream_check) */
+        break;
+      }
+    }
     push_local(s, p);
     break;
   case KEEL__REQ_WAIT: sched_park(s, p); break;
@@ -592,6 +691,17 @@ static keel__proc *inbox_steal(keel__sched *thief, keel__sched *v) {
   return first;
 }
 
+/* Whether the watchdog saw v stuck and v has not switched since: the flag
+ * itself stays set until the watchdog's next look (up to a tick), and a
+ * thief that trusted it after the hold ended would split pairs the hold
+ * never concerned (a scheduler thread the OS preempted for a tick on a
+ * loaded machine looks stuck too, and then runs on). */
+static bool stuck_now(keel__sched *v) {
+  return atomic_load_explicit(&v->stuck, memory_order_acquire) &&
+         atomic_load_explicit(&v->n_switches, memory_order_relaxed) ==
+             atomic_load_explicit(&v->held_switches, memory_order_relaxed);
+}
+
 static keel__proc *sched_steal(keel__sched *s) {
   int n = keel__g.nsched;
   if (n < 2 || keel__g.opt.deterministic) return NULL;
@@ -604,7 +714,7 @@ static keel__proc *sched_steal(keel__sched *s) {
        * runnext one) only from a scheduler the watchdog saw stuck in one
        * process for a whole tick: stealing it from a scheduler that is merely
        * busy for a few microseconds would split producer from consumer. */
-      bool stuck = atomic_load_explicit(&v->stuck, memory_order_relaxed);
+      bool stuck = stuck_now(v);
       keel__proc *p = ring_steal(s, v, stuck ? 1 : 2);
       if (p) return p;
       if (stuck && atomic_load_explicit(&v->runnext, memory_order_relaxed)) {
@@ -829,7 +939,8 @@ static void *watchdog_main(void *arg) {
       }
       atomic_store_explicit(&s->held_switches, sw, memory_order_relaxed);
       atomic_store_explicit(&s->held_since_ns, since[i], memory_order_relaxed);
-      atomic_store_explicit(&s->stuck, 1, memory_order_relaxed);
+      /* release: a thief that sees stuck also sees this hold's held_switches */
+      atomic_store_explicit(&s->stuck, 1, memory_order_release);
       /* Same process, no switch since `since`. Let a sleeping sibling steal
        * what waits behind it, and report it once past the threshold. */
       if ((ring_len(s) > 0 || atomic_load_explicit(&s->runnext, memory_order_relaxed) ||
