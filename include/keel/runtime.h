@@ -163,7 +163,9 @@ int keel_rt_process_info(keel_pid_t pid, keel_proc_info *out);
  * each change through a sequence lock the reader checks), with the changes
  * other processes already sent it applied (a sleeping
  * process handles them only when it next runs), so the copy is the set as
- * the node sees it at that moment; it may change right after. A monitor
+ * the node sees it at that moment, except for the signals the process is
+ * handling at that instant (taken from its queue, not yet applied: a
+ * transient lag); it may change right after. A monitor
  * whose DOWN is queued but not yet received still shows in
  * keel_rt_process_monitors.
  * Writes at most cap pids to out (the caller's array; out may be NULL when cap

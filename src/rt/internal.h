@@ -240,8 +240,11 @@ typedef struct keel__proc {
   bool fresh; /* never run: its context is built at its first run */
   /* Stream affinity (sched.c, keel__stream_check): a process that receives
    * whole budget slices from one sender follows it to its scheduler, and the
-   * two are `coupled`, which keeps thieves from splitting them again. */
-  atomic_bool coupled;    /* set by the receiver for both; cleared by each at its wait */
+   * two are `coupled`, each naming the other, which keeps thieves from
+   * splitting them again while both still name each other. */
+  /* the partner's slot, set by the receiver for both; NULL none; each
+   * clears its own at its wait, and at spawn */
+  struct keel__proc *_Atomic coupled;
   int32_t migrate_to;     /* owner: scheduler id + 1 to move to at this yield; 0 none */
   uint32_t stream_n;      /* owner: receives in a row from stream_from */
   keel_pid_t stream_from; /* owner: sender of the last message received */

@@ -320,7 +320,7 @@ int keel_spawn(keel_proc_fn fn, void *arg, const keel_spawn_opts *opts, keel_pid
   p->exit_text = NULL;
   copy_name(p, opts->name);
   p->fresh = true; /* its first frame is written by the scheduler that first runs it */
-  atomic_store_explicit(&p->coupled, false, memory_order_relaxed);
+  atomic_store_explicit(&p->coupled, NULL, memory_order_relaxed);
   p->migrate_to = 0;
   p->stream_n = 0;
   p->stream_from = 0;

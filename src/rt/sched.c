@@ -143,23 +143,28 @@ static void grq_push_list(keel__proc *head, keel__proc *tail, int n) {
 static void wake_idle_sibling(keel__sched *s);
 
 /* Stream affinity. A receiver that spends whole budget slices taking one
- * sender's messages, quickly, sets `coupled` on itself and on the sender
- * (keel__stream_check below). A thief leaves a coupled pair together: from
- * a scheduler whose ring holds exactly two processes it steals only if the
- * one it would take is not coupled. Three or more are stolen as before (two
- * pairs on one core should be spread over two; the followers then reunite
- * each pair where its sender went). The owner uses the same test before
- * waking a sibling, so a coupled pair does not wake one for nothing. */
-static bool is_coupled(const keel__proc *p) {
+ * sender's messages, quickly, couples itself and the sender: each names
+ * the other in `coupled` (keel__stream_check below). A thief leaves a
+ * coupled pair together: from a scheduler whose ring holds exactly two
+ * processes it steals only if the two do not name each other. Either one
+ * waiting clears its own name, which ends the pair; a receiver that turns to
+ * another sender names the new one, so the old sender's stale name matches
+ * nobody (a slot reused by a new process starts with none). Three or more
+ * are stolen as before (two pairs on one core should be spread over two; the
+ * followers then reunite each pair where its sender went). The owner uses
+ * the same test before waking a sibling, so a coupled pair does not wake
+ * one for nothing. */
+static keel__proc *partner(const keel__proc *p) {
   return atomic_load_explicit(&p->coupled, memory_order_relaxed);
 }
 
-/* The ring's head h and length n (read by the caller). A hint: the slot may
+/* The ring's head h and length n (read by the caller). A hint: the slots may
  * change under a thief, whose CAS on the head then fails and it looks again. */
 static bool worth_stealing(keel__sched *v, uint32_t h, uint32_t n) {
   if (n != 2) return n > 2;
-  keel__proc *head = atomic_load_explicit(&v->rq[h % KEEL__RUNQ_SIZE], memory_order_relaxed);
-  return head && !is_coupled(head);
+  keel__proc *a = atomic_load_explicit(&v->rq[h % KEEL__RUNQ_SIZE], memory_order_relaxed);
+  keel__proc *b = atomic_load_explicit(&v->rq[(h + 1) % KEEL__RUNQ_SIZE], memory_order_relaxed);
+  return a && !(b && partner(a) == b && partner(b) == a);
 }
 
 /* Owner only. Appends p; when the ring is full, moves half of it plus p to
@@ -432,8 +437,7 @@ uint32_t keel__wait(keel__proc *p, uint32_t mask, uint64_t deadline_ms) {
   /* A process that waits has drained its mailbox: whatever stream it
    * followed (or fed) is not keeping it busy now. */
   p->stream_ns = 0;
-  if (atomic_load_explicit(&p->coupled, memory_order_relaxed))
-    atomic_store_explicit(&p->coupled, false, memory_order_relaxed);
+  if (partner(p)) atomic_store_explicit(&p->coupled, NULL, memory_order_relaxed);
   if (deadline_ms) {
     mask |= KEEL__W_TIMER;
     keel__wait_timer_arm(p, keel__sched_self(), deadline_ms,
@@ -512,11 +516,11 @@ int keel_consume(unsigned units) {
  * one check per slice, only for processes that use their whole budget. */
 
 static void uncouple(keel__proc *p) {
-  if (is_coupled(p)) atomic_store_explicit(&p->coupled, false, memory_order_relaxed);
+  if (partner(p)) atomic_store_explicit(&p->coupled, NULL, memory_order_relaxed);
 }
 
-static void couple(keel__proc *p) {
-  if (!is_coupled(p)) atomic_store_explicit(&p->coupled, true, memory_order_relaxed);
+static void couple(keel__proc *p, keel__proc *with) {
+  if (partner(p) != with) atomic_store_explicit(&p->coupled, with, memory_order_relaxed);
 }
 
 void keel__stream_check(keel__proc *p) {
@@ -543,8 +547,8 @@ void keel__stream_check(keel__proc *p) {
   if (per_msg > (uint64_t)quick) return;
   uint32_t st = KEEL__SW_ST(atomic_load_explicit(&from->sw, memory_order_relaxed));
   if (st != KEEL__ST_RUNNING && st != KEEL__ST_RUNNABLE) return;
-  couple(p);
-  couple(from);
+  couple(p, from);
+  couple(from, p);
   int home = atomic_load_explicit(&from->home, memory_order_relaxed);
   keel__sched *s = keel__sched_self();
   if (home != s->id && home >= 0 && home < keel__g.nsched) p->migrate_to = home + 1;
@@ -570,8 +574,10 @@ static void sched_park(keel__sched *s, keel__proc *p) {
 
 static void sched_run(keel__sched *s, keel__proc *p) {
   if (p->fresh) {
-    /* Built here rather than in keel_spawn: the first touch of a new stack
-     * (a page fault) happens on the scheduler that runs the process. */
+    /* Built here rather than in keel_spawn, off the spawner's path. A new
+     * slab's top pages are already faulted in by the spawning thread
+     * (stack.c, MADV_POPULATE_WRITE where the kernel has it), so on such
+     * kernels the page is local to the spawner's core, not this one. */
     p->fresh = false;
     keel__ctx_make(&p->ctx, p->stack->lo, p->stack->size, keel__proc_entry, p);
   }
