@@ -144,7 +144,7 @@ struct keel_es {
   keel_histogram *m_duration, *m_group;
 
   es_notify *notify;    /* notify.c: the processes in keel_es_wait (and PostgreSQL's listener) */
-  struct es_tail *tail; /* tail.c: the events this instance just committed */
+  struct es_tail *live_tail; /* tail.c: the events this instance just committed */
 };
 
 /* store.c: a SQLite code and message as a log line; returns KEEL_EIO. */
@@ -497,7 +497,7 @@ int keel__es_pg_snapshot_load(keel_es *es, const char *stream, keel_es_snapshot 
 /* ---- the live tail (tail.c) ------------------------------------------------------------ */
 
 typedef struct es_tail es_tail;
-/* tail.c: creates and frees es->tail (KEEL_ENOMEM). */
+/* tail.c: creates and frees es->live_tail (KEEL_ENOMEM). */
 int keel__es_tail_open(keel_es *es);
 void keel__es_tail_free(keel_es *es);
 /* tail.c: a subscription starts (+1) or stops (-1) reading the tail;

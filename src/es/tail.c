@@ -68,7 +68,7 @@ int keel__es_tail_open(keel_es *es) {
   es_tail *t = calloc(1, sizeof *t);
   if (!t) return KEEL_ENOMEM;
   pthread_mutex_init(&t->mu, NULL);
-  es->tail = t;
+  es->live_tail = t;
   return 0;
 }
 
@@ -81,16 +81,16 @@ static void drop_all(es_tail *t) {
 }
 
 void keel__es_tail_free(keel_es *es) {
-  es_tail *t = es ? es->tail : NULL;
+  es_tail *t = es ? es->live_tail : NULL;
   if (!t) return;
   drop_all(t);
   pthread_mutex_destroy(&t->mu);
   free(t);
-  es->tail = NULL;
+  es->live_tail = NULL;
 }
 
 void keel__es_tail_use(keel_es *es, int delta) {
-  es_tail *t = es->tail;
+  es_tail *t = es->live_tail;
   if (!t) return;
   pthread_mutex_lock(&t->mu);
   /* relaxed: a push that misses a new user only leaves a hole, which the
@@ -102,7 +102,7 @@ void keel__es_tail_use(keel_es *es, int delta) {
 }
 
 void keel__es_tail_reset(keel_es *es) {
-  es_tail *t = es->tail;
+  es_tail *t = es->live_tail;
   if (!t) return;
   pthread_mutex_lock(&t->mu);
   drop_all(t);
@@ -169,7 +169,7 @@ static void put(es_tail *t, tail_ev *ev) {
 
 void keel__es_tail_push(keel_es *es, const es_stream_req *s, const keel_es_append_result *res,
                         int64_t stored_at) {
-  es_tail *t = es->tail;
+  es_tail *t = es->live_tail;
   if (!t || atomic_load_explicit(&t->users, memory_order_relaxed) == 0) return;
   if (res->duplicate || res->first_position <= 0 ||
       res->last_position - res->first_position + 1 != (int64_t)s->n)
@@ -219,7 +219,7 @@ static bool passes(const tail_ev *ev, const keel_es_filter *f, bool types_now) {
 }
 
 bool keel__es_tail_past(keel_es *es, int64_t after, int64_t *top) {
-  es_tail *t = es->tail;
+  es_tail *t = es->live_tail;
   if (!t || atomic_load_explicit(&t->users, memory_order_relaxed) == 0) return false;
   pthread_mutex_lock(&t->mu);
   bool hit = t->n && t->lo <= after + 1 && after + 1 < t->lo + (int64_t)t->n;
@@ -231,7 +231,7 @@ bool keel__es_tail_past(keel_es *es, int64_t after, int64_t *top) {
 int keel__es_tail_read(keel_es *es, int64_t after, size_t limit, const keel_es_filter *f,
                        keel_es_events *out) {
   memset(out, 0, sizeof *out);
-  es_tail *t = es->tail;
+  es_tail *t = es->live_tail;
   if (!t || (f && f->tenant)) return KEEL_ENOENT; /* the tenant is in the metadata's JSON */
   if (f && f->partitions && f->partition >= f->partitions) return KEEL_EINVAL;
   if (limit == 0) limit = 1000;
