@@ -416,9 +416,13 @@ static void saved_in(sub *s, const keel_msg_t *m) {
   if (keel_msg_size(m) == sizeof r) memcpy(&r, keel_msg_data(m), sizeof r);
   s->saving = false;
   if (r.rc == 0 && r.pos > s->stored) s->stored = r.pos;
-  /* a partition's save refused: fenced (only one save is ever in flight,
-   * so a refusal is never a stale save losing to a newer one) */
-  if (r.rc == KEEL_ECONFLICT && s->owner[0]) s->fenced = true;
+  /* a partition's save refused: fenced, unless a later checkpoint is
+   * already stored. A projection stores its checkpoint in each page's own
+   * transaction, which does not wait for the save behind it: when that
+   * commits first, the behind save (position <= the stored one) matches no
+   * row, and is only stale. The later save that passed proved the
+   * partition still ours; a takeover since is seen by the next save. */
+  if (r.rc == KEEL_ECONFLICT && s->owner[0] && r.pos > s->stored) s->fenced = true;
   if (r.rc && r.rc != KEEL_ECONFLICT)
     keel_log_warn(NULL, "subscription: cannot store its checkpoint",
                   KEEL_STR("subscription", s->name), KEEL_STR("error", keel_strerror(r.rc)));
