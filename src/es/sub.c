@@ -350,6 +350,7 @@ static void pump(sub *s) {
 typedef struct watch {
   keel_es *es;
   int64_t after, timeout_ms;
+  bool tail_ok; /* the subscription reads the tail: its word wakes the waker */
 } watch;
 
 typedef struct saved {
@@ -382,8 +383,11 @@ static void waker_main(void *arg) {
     keel_msg_free(m);
     if (!ok) continue;
     int64_t head = 0;
-    /* the live tail answers for this instance's appends (tail.c) */
-    int rc = keel__es_wait_tail(w.es, w.after, w.timeout_ms, &head);
+    /* the live tail answers for this instance's appends (tail.c), when
+     * the subscription can read them there; otherwise the database's
+     * head (keel_es_wait: on PostgreSQL, the horizon's) */
+    int rc = w.tail_ok ? keel__es_wait_tail(w.es, w.after, w.timeout_ms, &head)
+                       : keel_es_wait(w.es, w.after, w.timeout_ms, &head);
     if (rc != 0 && rc != KEEL_ETIMEDOUT) keel_sleep(w.timeout_ms); /* the store failed: later */
     if (rc != 0) head = 0;                                         /* the head is not known */
     /* the head keel_es_wait read: the subscription need not read it again */
@@ -463,13 +467,22 @@ static void save_behind(sub *s) {
   s->save_again = false;
 }
 
+/* Whether the live tail can serve this subscription: not with a tenant
+ * filter (the tenant is in the metadata's JSON, which the tail does not
+ * read; keel__es_tail_read refuses it). Waiting on the tail then would
+ * wake at once for an event it cannot take, and on PostgreSQL, while the
+ * horizon holds read_all below that event, again and again. */
+static bool tail_ok(const sub *s) {
+  return !s->o.filter.tenant;
+}
+
 static void arm_watch(sub *s) {
   if (s->watching) return;
   if (spawn_waker(s) != 0) {
     arm_wait(s); /* no process: poll */
     return;
   }
-  watch w = {.es = s->o.es, .after = s->pos, .timeout_ms = s->o.poll_ms};
+  watch w = {.es = s->o.es, .after = s->pos, .timeout_ms = s->o.poll_ms, .tail_ok = tail_ok(s)};
   s->watching = keel_send(s->waker, keel_msg_copy(TAG_WATCH, &w, sizeof w)) == 0;
   if (!s->watching) arm_wait(s);
 }
@@ -1104,7 +1117,8 @@ static int step(sub *s) {
     }
     /* live: the events this instance just committed, from memory (tail.c),
      * when they follow the checkpoint; the database otherwise */
-    int rc = s->live ? keel__es_tail_read(s->o.es, s->pos, s->o.batch, &f, &s->page) : KEEL_ENOENT;
+    int rc = s->live && tail_ok(s) ? keel__es_tail_read(s->o.es, s->pos, s->o.batch, &f, &s->page)
+                                   : KEEL_ENOENT;
     tailed = rc == 0;
     if (rc == KEEL_ENOENT) {
       read_head(s);
@@ -1133,7 +1147,7 @@ static int step(sub *s) {
                       KEEL_INT("checkpoint", s->pos));
       bool was_live = s->live;
       s->live = s->caught_up = true;
-      if (!s->tail_user) {
+      if (!s->tail_user && tail_ok(s)) {
         keel__es_tail_use(s->o.es, 1);
         s->tail_user = true;
       }
