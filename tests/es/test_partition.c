@@ -5,7 +5,9 @@
  * page; a store written by the previous schema (version 2, no stream_hash)
  * is migrated and its old events partitioned like new ones; a group's
  * partition and a filtered subscription move their checkpoints past events
- * that are not theirs. Both backends. */
+ * that are not theirs, in few reads of the database; a projection's
+ * partition is not taken for lost when its own checkpoint saves race.
+ * Both backends. */
 #include <sqlite3.h>
 #include <stdatomic.h>
 #include <stdlib.h>

@@ -6,7 +6,10 @@
  * instance's would be) leaves a gap, and the subscription fills it from the
  * database before it takes the tail again; a soft delete committed by this
  * instance empties the tail, so a deleted stream's events are not handed
- * out from it. Both backends. */
+ * out from it. Both backends. On PostgreSQL only: an uncommitted position
+ * below the tail's events is never passed (decision 0010), and a tenant
+ * filter, which the tail cannot serve, waits on the database's head instead
+ * of spinning while the horizon lags. */
 #include <sqlite3.h>
 #include <stdatomic.h>
 #include <stdlib.h>
@@ -97,11 +100,14 @@ KT_CASE(live_events_come_from_the_tail_once_and_in_order) {
   CHECK_OK(keel_sub_start(&o, false, NULL));
   wait_at("live", 20);
   double before = reads(m);
-  /* appends from two processes at once while the subscription is live (on
-   * PostgreSQL one: two concurrent group commits may commit out of
-   * position order, and each time the tail starts again, which is right
-   * but makes the count of database reads below a matter of timing) */
-  int nwriters = kt_es_pg_url() ? 1 : 2;
+  /* appends from two processes at once while the subscription is live. On
+   * PostgreSQL two concurrent group commits may commit out of position
+   * order: each time the tail starts again and the subscription reads the
+   * database up to the horizon, which is right (decision 0010: never past
+   * an uncommitted position) but makes the count of reads below a matter
+   * of timing, so its bound is looser there. What is checked on both is
+   * the promise: every event once, in order */
+  int nwriters = 2;
   writer w[2] = {{.es = es, .parent = keel_self(), .count = 150},
                  {.es = es, .parent = keel_self(), .count = 150}};
   for (int i = 0; i < nwriters; i++)
@@ -115,7 +121,9 @@ KT_CASE(live_events_come_from_the_tail_once_and_in_order) {
    * served them (before it, a read_all and a keel_es_head per live page) */
   double used = reads(m) - before;
   fprintf(stderr, "   %.0f reads for %lld live events\n", used, (long long)(head - 20));
-  CHECK(used < 30);
+  /* on PostgreSQL, with two writers, 200 to 250 reads for 600 events here:
+   * only bounded by one read per event (each hole in the tail is a read) */
+  CHECK(used < (kt_es_pg_url() ? (double)(head - 20) : 30));
   CHECK_OK(keel_sub_stop("live", 0));
   free(s);
   kt_store_close(&st);
@@ -229,6 +237,60 @@ KT_CASE(the_tail_forgets_a_deleted_stream_and_restarts_after_a_hole) {
 
 /* ---- PostgreSQL: the horizon (decision 0010) -------------------------------------------- */
 
+/* Opens a transaction on c holding one event of `stream` at a reserved
+ * position (returned), uncommitted: another writer's append, slower than
+ * this instance's. */
+static int64_t open_writer(PGconn *c, const char *stream) {
+  PQclear(kt_pg_run(c, "BEGIN"));
+  PGresult *r = kt_pg_run(c, "SELECT keel_es_reserve(1)");
+  int64_t pos = strtoll(PQgetvalue(r, 0, 0), NULL, 10);
+  PQclear(r);
+  char sql[512];
+  snprintf(sql, sizeof sql,
+           "INSERT INTO events (position, stream, version, id, type, schema_version, payload, "
+           "occurred_at, stored_at, stream_hash) VALUES (%lld, '%s', 1, gen_random_uuid(), "
+           "'Late', 1, '{}', 0, 0, keel_es_stream_hash('%s'))",
+           (long long)pos, stream, stream);
+  PQclear(kt_pg_run(c, sql));
+  return pos;
+}
+
+/* Decision 0010's rule, with the tail in the way: position p reserved in a
+ * transaction beside keel and not committed, p + 1 appended through keel
+ * (so in the tail). The subscription must not pass p: its checkpoint stays
+ * at p - 1 while p is open (the tail does not hold p, read_all stops below
+ * it), then it hands out p and p + 1, in order. */
+KT_CASE(an_uncommitted_lower_position_is_never_passed) {
+  KT_PG_ONLY();
+  kt_store st;
+  keel_es *es = kt_store_open(&st, NULL);
+  seen *s = calloc(1, sizeof *s);
+  keel_sub_opts o = {.name = "order", .es = es, .handle = record, .ud = s, .poll_ms = 20};
+  CHECK_OK(keel_sub_start(&o, false, NULL));
+  CHECK_OK(kt_append_n(es, "a-1", KEEL_ES_ANY, "T", 2, 0, NULL));
+  wait_at("order", 2); /* live, the tail in use */
+  PGconn *c = PQconnectdb(st.url);
+  CHECK(PQstatus(c) == CONNECTION_OK);
+  int64_t p = open_writer(c, "late-1");
+  CHECK_EQ(p, 3);
+  keel_es_append_result r;
+  CHECK_OK(kt_append_n(es, "a-1", KEEL_ES_ANY, "T", 1, 2, &r));
+  CHECK_EQ(r.first_position, p + 1);
+  keel_sleep(300); /* time to pass p, were it to */
+  keel_sub_status ss;
+  CHECK_OK(keel_sub_status_get("order", &ss));
+  CHECK_EQ(ss.checkpoint, p - 1);
+  CHECK_EQ((int64_t)atomic_load(&s->n), p - 1);
+  PQclear(kt_pg_run(c, "COMMIT"));
+  wait_at("order", p + 1);
+  check_all_once(s, 1, p + 1);
+  CHECK_STR(s->stream[p - 1], "late-1");
+  PQfinish(c);
+  CHECK_OK(keel_sub_stop("order", 0));
+  free(s);
+  kt_store_close(&st);
+}
+
 /* A tenant filter is not served by the tail (the tenant is in the
  * metadata's JSON): a subscription with one waits on the database's head,
  * not on the tail. It waited on the tail once: with this instance's event
@@ -287,4 +349,5 @@ KT_CASE(a_tenant_filter_does_not_spin_while_the_horizon_lags) {
 KT_MAIN(KT_ENTRY_SCHED(live_events_come_from_the_tail_once_and_in_order, 2),
         KT_ENTRY(a_gap_in_the_tail_is_filled_from_the_database),
         KT_ENTRY(the_tail_forgets_a_deleted_stream_and_restarts_after_a_hole),
+        KT_ENTRY_SCHED(an_uncommitted_lower_position_is_never_passed, 2),
         KT_ENTRY_SCHED(a_tenant_filter_does_not_spin_while_the_horizon_lags, 2))
