@@ -42,7 +42,10 @@
 #include "es/es_internal.h"
 #include "keel/error.h"
 
-enum { TAIL_MAX = 4096, TAIL_BYTES = 8 << 20 };
+/* TAIL_READ_BYTES: what one read copies out under the mutex at most (the
+ * writer that pushes waits for it), past its first event; the reader's
+ * page then ends there (scanned) and its next read goes on from it. */
+enum { TAIL_MAX = 4096, TAIL_BYTES = 8 << 20, TAIL_READ_BYTES = 256 << 10 };
 
 typedef struct tail_ev {
   int64_t position, version, occurred_at, stored_at;
@@ -246,11 +249,12 @@ int keel__es_tail_read(keel_es *es, int64_t after, size_t limit, const keel_es_f
   pthread_mutex_lock(&t->mu);
   if (t->n && t->lo <= after + 1 && after + 1 < t->lo + (int64_t)t->n) {
     rc = 0;
-    size_t i = (size_t)(after + 1 - t->lo);
-    for (size_t k = 0; rc == 0 && k < limit && i < t->n; k++, i++) {
+    size_t i = (size_t)(after + 1 - t->lo), copied = 0;
+    for (size_t k = 0; rc == 0 && k < limit && i < t->n && copied < TAIL_READ_BYTES; k++, i++) {
       const tail_ev *e = t->ring[(t->start + i) % TAIL_MAX];
       scanned = e->position;
       if (!passes(e, f, !post_filter)) continue;
+      copied += e->size;
       rc = keel__es_evec_add(&ev, e->position, e->stream, e->version, e->id, e->type,
                              e->schema_version, e->payload, e->payload_len, e->meta, e->meta_len,
                              e->occurred_at, e->stored_at);

@@ -9,7 +9,8 @@
  * out from it. Both backends. On PostgreSQL only: an uncommitted position
  * below the tail's events is never passed (decision 0010), and a tenant
  * filter, which the tail cannot serve, waits on the database's head instead
- * of spinning while the horizon lags. */
+ * of spinning while the horizon lags. One tail read copies a bounded
+ * number of bytes under the tail's mutex. */
 #include <sqlite3.h>
 #include <stdatomic.h>
 #include <stdlib.h>
@@ -235,6 +236,41 @@ KT_CASE(the_tail_forgets_a_deleted_stream_and_restarts_after_a_hole) {
   kt_store_close(&st);
 }
 
+/* One read copies at most about 256 KB out of the tail under its mutex
+ * (the writer that pushes waits for it): a page of big events ends early,
+ * its scanned says where, and the next read goes on from there. */
+KT_CASE(a_tail_read_copies_a_bounded_number_of_bytes) {
+  kt_store st;
+  keel_es *es = kt_store_open(&st, NULL);
+  keel__es_tail_use(es, 1);
+  enum { N = 8, BIG = 100000 };
+  char *big = malloc(BIG + 1);
+  memset(big, 'x', BIG);
+  big[BIG] = 0;
+  keel_es_event_in ev[N];
+  for (int i = 0; i < N; i++)
+    ev[i] = (keel_es_event_in){.type = "Big", .payload = json_pack("{s:s}", "x", big)};
+  CHECK_OK(keel_es_append(es, "big-1", KEEL_ES_ANY, ev, N, NULL));
+  for (int i = 0; i < N; i++)
+    json_decref(ev[i].payload);
+  free(big);
+  int64_t after = 0, pages = 0;
+  while (after < N) {
+    keel_es_events evs;
+    CHECK_OK(keel__es_tail_read(es, after, 100, NULL, &evs));
+    CHECK(evs.n >= 1);
+    CHECK(evs.n <= 3); /* 256 KB: the event that passes it is the last */
+    CHECK_EQ(evs.scanned, evs.v[evs.n - 1].position);
+    CHECK_EQ(evs.v[0].position, after + 1);
+    after = evs.scanned;
+    pages++;
+    keel_es_events_free(&evs);
+  }
+  CHECK(pages >= 3);
+  keel__es_tail_use(es, -1);
+  kt_store_close(&st);
+}
+
 /* ---- PostgreSQL: the horizon (decision 0010) -------------------------------------------- */
 
 /* Opens a transaction on c holding one event of `stream` at a reserved
@@ -349,5 +385,6 @@ KT_CASE(a_tenant_filter_does_not_spin_while_the_horizon_lags) {
 KT_MAIN(KT_ENTRY_SCHED(live_events_come_from_the_tail_once_and_in_order, 2),
         KT_ENTRY(a_gap_in_the_tail_is_filled_from_the_database),
         KT_ENTRY(the_tail_forgets_a_deleted_stream_and_restarts_after_a_hole),
+        KT_ENTRY(a_tail_read_copies_a_bounded_number_of_bytes),
         KT_ENTRY_SCHED(an_uncommitted_lower_position_is_never_passed, 2),
         KT_ENTRY_SCHED(a_tenant_filter_does_not_spin_while_the_horizon_lags, 2))
