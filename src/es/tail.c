@@ -31,6 +31,19 @@
  * instance's delete is not seen here, as a reader that read a moment
  * earlier would not have seen it either.
  *
+ * Limits (documented in decision 0034, not fixed): the window can hand out
+ * an event read_all would hide at that moment, never skip or reorder one.
+ * (1) A truncation ahead of the stream (truncate_before(s, 100) at version
+ * 3) hides versions appended later; pushes do not know truncated_before
+ * and serve them. (2) On PostgreSQL a delete may commit and empty the
+ * window between a slower append's commit and its push, which then puts a
+ * deleted stream's event in the window (SQLite's one writer pushes and
+ * empties in commit order). (3) `users` goes down in the subscription's
+ * terminate: a subscription killed outright stays counted, and every
+ * later append is copied (within TAIL_MAX / TAIL_BYTES) for the store's
+ * life. A tenant filter is refused (the tenant is in the metadata's JSON):
+ * such a reader uses read_all and keel_es_wait.
+ *
  * Cost. Pushing costs a copy per event on the committing thread, and only
  * while some subscription uses the tail (`users`, one relaxed load
  * otherwise). The window keeps at most TAIL_MAX events and TAIL_BYTES
