@@ -38,16 +38,14 @@
  * and serve them. (2) On PostgreSQL a delete may commit and empty the
  * window between a slower append's commit and its push, which then puts a
  * deleted stream's event in the window (SQLite's one writer pushes and
- * empties in commit order). (3) `users` goes down in the subscription's
- * terminate: a subscription killed outright stays counted, and every
- * later append is copied (within TAIL_MAX / TAIL_BYTES) for the store's
- * life. A tenant filter is refused (the tenant is in the metadata's JSON):
+ * empties in commit order). A tenant filter is refused (the tenant is in the metadata's JSON):
  * such a reader uses read_all and keel_es_wait.
  *
  * Cost. Pushing costs a copy per event on the committing thread, and only
  * while some subscription uses the tail (`users`, one relaxed load
- * otherwise). The window keeps at most TAIL_MAX events and TAIL_BYTES
- * bytes: a subscription far behind reads the database, as it always did.
+ * otherwise). Users are counted by process: one killed without its
+ * terminate is pruned within 256 pushes (keel_is_alive). The window keeps at most TAIL_MAX events
+ * and TAIL_BYTES bytes: a subscription far behind reads the database, as it always did.
  */
 #include <stdlib.h>
 #include <string.h>
@@ -77,7 +75,10 @@ struct es_tail {
   size_t start, n; /* ring[start] holds position lo; n consecutive positions */
   int64_t lo;
   size_t bytes;
-  atomic_int users; /* subscriptions reading it: pushes are skipped at 0 */
+  keel_pid_t *pids;  /* the users' processes, one entry per use */
+  size_t npids, cap; /* (a killed one is pruned: see prune) */
+  unsigned pushes;   /* since the last prune */
+  atomic_int users;  /* npids, read without the lock: pushes are skipped at 0 */
 };
 
 int keel__es_tail_open(keel_es *es) {
@@ -100,20 +101,56 @@ void keel__es_tail_free(keel_es *es) {
   es_tail *t = es ? es->live_tail : NULL;
   if (!t) return;
   drop_all(t);
+  free(t->pids);
   pthread_mutex_destroy(&t->mu);
   free(t);
   es->live_tail = NULL;
 }
 
+/* Under mu: users whose process is gone no longer count. A subscription
+ * says it stopped using the tail in its terminate, which a kill
+ * (KEEL_REASON_KILL, keel_gs_stop's fallback past its timeout) skips;
+ * without this, every later append would be copied for the store's life. */
+static void prune(es_tail *t) {
+  size_t k = 0;
+  for (size_t i = 0; i < t->npids; i++)
+    if (keel_is_alive(t->pids[i])) t->pids[k++] = t->pids[i];
+  t->npids = k;
+  t->pushes = 0;
+  atomic_store_explicit(&t->users, (int)k, memory_order_relaxed);
+  if (k == 0) drop_all(t);
+}
+
 void keel__es_tail_use(keel_es *es, int delta) {
   es_tail *t = es->live_tail;
   if (!t) return;
+  keel_pid_t self = keel_self();
   pthread_mutex_lock(&t->mu);
   /* relaxed: a push that misses a new user only leaves a hole, which the
    * user's next read fills from the database. The first user starts from
    * an empty window: what it held was kept while nobody looked. */
-  if (atomic_fetch_add_explicit(&t->users, delta, memory_order_relaxed) == 0 && delta > 0)
-    drop_all(t);
+  if (delta > 0) {
+    if (t->npids == t->cap) {
+      size_t cap = t->cap ? 2 * t->cap : 8;
+      keel_pid_t *p = realloc(t->pids, cap * sizeof *p);
+      if (!p) { /* not counted: the user reads the database */
+        pthread_mutex_unlock(&t->mu);
+        return;
+      }
+      t->pids = p;
+      t->cap = cap;
+    }
+    if (t->npids == 0) drop_all(t);
+    t->pids[t->npids++] = self;
+  } else {
+    for (size_t i = 0; i < t->npids; i++)
+      if (t->pids[i] == self) {
+        t->pids[i] = t->pids[--t->npids];
+        break;
+      }
+  }
+  atomic_store_explicit(&t->users, (int)t->npids, memory_order_relaxed);
+  prune(t);
   pthread_mutex_unlock(&t->mu);
 }
 
@@ -199,9 +236,13 @@ void keel__es_tail_push(keel_es *es, const es_stream_req *s, const keel_es_appen
     ok = (v[k] = copy_row(s->stream, hash, &s->rows[k], res->first_position + (int64_t)k,
                           first_version + (int64_t)k, stored_at)) != NULL;
   pthread_mutex_lock(&t->mu);
-  if (ok) {
+  if (++t->pushes >= 256) prune(t); /* a killed user stops the copies */
+  if (ok && t->npids) {
     for (size_t k = 0; k < s->n; k++)
       put(t, v[k]);
+  } else if (ok) { /* the last user is gone */
+    for (size_t k = 0; k < s->n; k++)
+      free(v[k]);
   } else {
     drop_all(t); /* out of memory: a hole, the readers fall back */
   }

@@ -10,7 +10,8 @@
  * below the tail's events is never passed (decision 0010), and a tenant
  * filter, which the tail cannot serve, waits on the database's head instead
  * of spinning while the horizon lags. One tail read copies a bounded
- * number of bytes under the tail's mutex. */
+ * number of bytes under the tail's mutex; a killed user of the tail stops
+ * counting. */
 #include <sqlite3.h>
 #include <stdatomic.h>
 #include <stdlib.h>
@@ -271,6 +272,49 @@ KT_CASE(a_tail_read_copies_a_bounded_number_of_bytes) {
   kt_store_close(&st);
 }
 
+/* A subscription killed outright (KEEL_REASON_KILL: keel_gs_stop's
+ * fallback past its timeout) skips its terminate, where it says it no
+ * longer uses the tail. Its process being gone, it stops counting by the
+ * next few hundred pushes: the appends after are no longer copied (the
+ * tail then answers nothing). It stayed counted for the store's life once.
+ * The user here is a bare process that says it uses the tail, as a
+ * subscription does when it goes live (a killed subscription's state
+ * would be reported as a leak under AddressSanitizer). */
+typedef struct user_arg {
+  keel_es *es;
+  keel_pid_t parent;
+} user_arg;
+
+static void tail_user_main(void *arg) {
+  user_arg *u = arg;
+  keel__es_tail_use(u->es, 1);
+  kt_send_u64(u->parent, TAG_DONE, 0);
+  keel_msg_t *m = NULL;
+  for (;;)
+    if (keel_receive(&m, KEEL_INFINITY) == 0) keel_msg_free(m);
+}
+
+KT_CASE(a_killed_user_of_the_tail_stops_counting) {
+  kt_store st;
+  keel_es *es = kt_store_open(&st, NULL);
+  user_arg u = {.es = es, .parent = keel_self()};
+  keel_pid_t pid;
+  CHECK_OK(keel_spawn(tail_user_main, &u, NULL, &pid));
+  keel_msg_free(kt_recv(10000));
+  int64_t top;
+  CHECK_OK(kt_append_n(es, "k-1", KEEL_ES_ANY, "T", 2, 0, NULL));
+  CHECK(keel__es_tail_past(es, 1, &top)); /* in use: 2 is in the tail */
+  keel_exit_signal(pid, KEEL_REASON_KILL, NULL);
+  for (int i = 0; i < 200 && keel_is_alive(pid); i++)
+    keel_sleep(5);
+  CHECK(!keel_is_alive(pid));
+  for (int i = 0; i < 300; i++)
+    CHECK_OK(kt_append_n(es, "k-2", KEEL_ES_ANY, "T", 1, i, NULL));
+  int64_t head = head_of(es);
+  CHECK(!keel__es_tail_past(es, head - 1, &top)); /* no user: nothing copied */
+  kt_store_close(&st);
+}
+
 /* ---- PostgreSQL: the horizon (decision 0010) -------------------------------------------- */
 
 /* Opens a transaction on c holding one event of `stream` at a reserved
@@ -386,5 +430,6 @@ KT_MAIN(KT_ENTRY_SCHED(live_events_come_from_the_tail_once_and_in_order, 2),
         KT_ENTRY(a_gap_in_the_tail_is_filled_from_the_database),
         KT_ENTRY(the_tail_forgets_a_deleted_stream_and_restarts_after_a_hole),
         KT_ENTRY(a_tail_read_copies_a_bounded_number_of_bytes),
+        KT_ENTRY(a_killed_user_of_the_tail_stops_counting),
         KT_ENTRY_SCHED(an_uncommitted_lower_position_is_never_passed, 2),
         KT_ENTRY_SCHED(a_tenant_filter_does_not_spin_while_the_horizon_lags, 2))
