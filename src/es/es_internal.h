@@ -143,7 +143,7 @@ struct keel_es {
   keel_counter *m_ok, *m_conflict, *m_duplicate, *m_error, *m_events, *m_reads;
   keel_histogram *m_duration, *m_group;
 
-  es_notify *notify;    /* notify.c: the processes in keel_es_wait (and PostgreSQL's listener) */
+  es_notify *notify; /* notify.c: the processes in keel_es_wait (and PostgreSQL's listener) */
   struct es_tail *live_tail; /* tail.c: the events this instance just committed */
 };
 
@@ -505,11 +505,16 @@ void keel__es_tail_free(keel_es *es);
 void keel__es_tail_use(keel_es *es, int delta);
 /* tail.c: one append's rows, committed (res: its result, stored_at the
  * value stored with them). Called by whoever committed, before the waiters
- * are woken. Any thread; never blocks beyond a short mutex. */
+ * are woken. Any thread; never blocks beyond a short mutex. epoch: what
+ * keel__es_tail_epoch said before the append's COMMIT; the rows are not
+ * pushed if a reset came since (a delete that committed after them). */
 void keel__es_tail_push(keel_es *es, const es_stream_req *s, const keel_es_append_result *res,
-                        int64_t stored_at);
-/* tail.c: forgets every event (a delete, a truncation committed). */
+                        int64_t stored_at, uint64_t epoch);
+/* tail.c: forgets every event (a delete, a truncation committed); the
+ * epoch moves on. */
 void keel__es_tail_reset(keel_es *es);
+/* tail.c: the resets so far (0 without a tail). */
+uint64_t keel__es_tail_epoch(keel_es *es);
 /* tail.c: read_all(after, limit, f) from the tail when it holds position
  * after + 1: 0 and *out (n may be 0 when every event was filtered out;
  * out->scanned is the last position looked at), or KEEL_ENOENT when it does

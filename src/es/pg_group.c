@@ -345,12 +345,13 @@ static void run_group(keel_es *es, es_pggm **batch, size_t nb) {
       plan(batch, nb, gs, ns, pos, &rows, &npass);
       rc = rows.oom ? KEEL_ENOMEM : write_group(pg, c, gs, ns, &rows, npass, stored_at);
     }
+    uint64_t epoch = keel__es_tail_epoch(es); /* before the COMMIT: see pg_write.c */
     if (rc == 0)
       rc = keel__es_pg_query(pg, c, "committing an append (group)", "COMMIT", -1, NULL, NULL);
     /* committed: the group's events to the live tail, in position order
      * (the queue's), before any member wakes its waiters */
     for (size_t i = 0; rc == 0 && i < nb; i++)
-      if (batch[i]->rc == 0) keel__es_tail_push(es, batch[i]->s, batch[i]->res, stored_at);
+      if (batch[i]->rc == 0) keel__es_tail_push(es, batch[i]->s, batch[i]->res, stored_at, epoch);
     if (rc != 0 && PQtransactionStatus(c->conn) != PQTRANS_IDLE)
       keel__es_pg_query(pg, c, "rolling back (group)", "ROLLBACK", -1, NULL, NULL);
     keel__es_pg_release(es, c);

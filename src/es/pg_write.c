@@ -419,6 +419,9 @@ int keel__es_pg_write(keel_es *es, const es_req *r, es_reply *rep) {
   es_pgconn *c = NULL;
   int rc;
   bool grouped = keel__es_pg_groupable(r);
+  /* before the COMMIT: a delete that commits after this append and empties
+   * the tail before its push makes the push a hole (tail.c) */
+  uint64_t epoch = keel__es_tail_epoch(es);
   if (grouped) { /* folded with concurrent appends: pg_group.c */
     rc = keel__es_pg_group_append(es, r, rep);
   } else if ((rc = keel__es_pg_acquire(es, &c)) == 0) {
@@ -435,7 +438,7 @@ int keel__es_pg_write(keel_es *es, const es_req *r, es_reply *rep) {
    * for the group), a delete empties it; then the waiters wake */
   if (rc == 0 && r->kind == ES_REQ_APPEND && !grouped)
     for (size_t k = 0; k < rep->nresults; k++)
-      keel__es_tail_push(es, &r->streams[k], &rep->results[k], rep->stored_at);
+      keel__es_tail_push(es, &r->streams[k], &rep->results[k], rep->stored_at, epoch);
   else if (rc == 0 && (r->kind == ES_REQ_DELETE || r->kind == ES_REQ_TRUNCATE ||
                        r->kind == ES_REQ_HARD_DELETE))
     keel__es_tail_reset(es);

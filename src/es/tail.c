@@ -31,14 +31,14 @@
  * instance's delete is not seen here, as a reader that read a moment
  * earlier would not have seen it either.
  *
- * Limits (documented in decision 0034, not fixed): the window can hand out
+ * Limit (documented in decision 0034, not fixed): the window can hand out
  * an event read_all would hide at that moment, never skip or reorder one.
- * (1) A truncation ahead of the stream (truncate_before(s, 100) at version
+ * A truncation ahead of the stream (truncate_before(s, 100) at version
  * 3) hides versions appended later; pushes do not know truncated_before
- * and serve them. (2) On PostgreSQL a delete may commit and empty the
- * window between a slower append's commit and its push, which then puts a
- * deleted stream's event in the window (SQLite's one writer pushes and
- * empties in commit order). A tenant filter is refused (the tenant is in the metadata's JSON):
+ * and serve them. A delete that commits after an append but empties the
+ * window before the append's push (PostgreSQL: different processes) moves
+ * the epoch on: the append read it before its COMMIT, and its push is
+ * dropped (a hole). A tenant filter is refused (the tenant is in the metadata's JSON):
  * such a reader uses read_all and keel_es_wait.
  *
  * Cost. Pushing costs a copy per event on the committing thread, and only
@@ -78,6 +78,7 @@ struct es_tail {
   keel_pid_t *pids;  /* the users' processes, one entry per use */
   size_t npids, cap; /* (a killed one is pruned: see prune) */
   unsigned pushes;   /* since the last prune */
+  uint64_t epoch;    /* resets so far */
   atomic_int users;  /* npids, read without the lock: pushes are skipped at 0 */
 };
 
@@ -159,7 +160,17 @@ void keel__es_tail_reset(keel_es *es) {
   if (!t) return;
   pthread_mutex_lock(&t->mu);
   drop_all(t);
+  t->epoch++;
   pthread_mutex_unlock(&t->mu);
+}
+
+uint64_t keel__es_tail_epoch(keel_es *es) {
+  es_tail *t = es->live_tail;
+  if (!t) return 0;
+  pthread_mutex_lock(&t->mu);
+  uint64_t e = t->epoch;
+  pthread_mutex_unlock(&t->mu);
+  return e;
 }
 
 static tail_ev *copy_row(const char *stream, uint32_t hash, const es_row *e, int64_t position,
@@ -221,7 +232,7 @@ static void put(es_tail *t, tail_ev *ev) {
 }
 
 void keel__es_tail_push(keel_es *es, const es_stream_req *s, const keel_es_append_result *res,
-                        int64_t stored_at) {
+                        int64_t stored_at, uint64_t epoch) {
   es_tail *t = es->live_tail;
   if (!t || atomic_load_explicit(&t->users, memory_order_relaxed) == 0) return;
   if (res->duplicate || res->first_position <= 0 ||
@@ -237,10 +248,12 @@ void keel__es_tail_push(keel_es *es, const es_stream_req *s, const keel_es_appen
                           first_version + (int64_t)k, stored_at)) != NULL;
   pthread_mutex_lock(&t->mu);
   if (++t->pushes >= 256) prune(t); /* a killed user stops the copies */
-  if (ok && t->npids) {
+  if (ok && t->npids && epoch == t->epoch) {
     for (size_t k = 0; k < s->n; k++)
       put(t, v[k]);
-  } else if (ok) { /* the last user is gone */
+  } else if (ok) { /* the last user is gone, or a delete committed after
+                    * these rows and emptied the window before this push
+                    * (PostgreSQL: the deleter is another process): a hole */
     for (size_t k = 0; k < s->n; k++)
       free(v[k]);
   } else {

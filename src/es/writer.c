@@ -371,7 +371,8 @@ static void feed_tail(keel_es *es, es_req *group, keel_msg_t **msgs, int64_t now
     if (rep->rc != 0) continue;
     if (r->kind == ES_REQ_APPEND)
       for (size_t k = 0; k < rep->nresults; k++)
-        keel__es_tail_push(es, &r->streams[k], &rep->results[k], now);
+        keel__es_tail_push(es, &r->streams[k], &rep->results[k], now,
+                           keel__es_tail_epoch(es)); /* the one writer: in commit order */
     else if (r->kind == ES_REQ_DELETE || r->kind == ES_REQ_TRUNCATE ||
              r->kind == ES_REQ_HARD_DELETE)
       hidden = true;

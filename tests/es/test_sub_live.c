@@ -11,7 +11,7 @@
  * filter, which the tail cannot serve, waits on the database's head instead
  * of spinning while the horizon lags. One tail read copies a bounded
  * number of bytes under the tail's mutex; a killed user of the tail stops
- * counting. */
+ * counting; a push older than a delete's reset is dropped. */
 #include <sqlite3.h>
 #include <stdatomic.h>
 #include <stdlib.h>
@@ -315,6 +315,38 @@ KT_CASE(a_killed_user_of_the_tail_stops_counting) {
   kt_store_close(&st);
 }
 
+/* A delete racing a slower append (PostgreSQL: the appender and the
+ * deleter are different processes): the append commits p, the delete
+ * commits and empties the tail, and only then the append pushes p - an
+ * event of a deleted stream in the tail. The append takes the tail's
+ * epoch before its COMMIT; a reset since makes its push a hole. Here the
+ * push is made by hand with the epoch before a reset (the race itself is a
+ * matter of scheduling). */
+KT_CASE(a_push_older_than_a_reset_is_dropped) {
+  kt_store st;
+  keel_es *es = kt_store_open(&st, NULL);
+  keel__es_tail_use(es, 1);
+  CHECK_OK(kt_append_n(es, "e-1", KEEL_ES_ANY, "T", 1, 0, NULL)); /* 1, in the tail */
+  int64_t top;
+  CHECK(keel__es_tail_past(es, 0, &top));
+  uint64_t before = keel__es_tail_epoch(es); /* the slower append's, before its COMMIT */
+  keel__es_tail_reset(es);                   /* the delete's, after its commit */
+  CHECK(keel__es_tail_epoch(es) != before);
+  es_row row = {.id = "00000000-0000-4000-8000-000000000002",
+                .schema_version = 1,
+                .type = (char *)"T",
+                .payload = (char *)"{}"};
+  es_stream_req sr = {.stream = (char *)"e-1", .n = 1, .rows = &row};
+  keel_es_append_result res = {.first_position = 2, .last_position = 2, .version = 2};
+  keel__es_tail_push(es, &sr, &res, 1, before); /* late: dropped */
+  CHECK(!keel__es_tail_past(es, 1, &top));
+  keel__es_tail_push(es, &sr, &res, 1, keel__es_tail_epoch(es)); /* in time: kept */
+  CHECK(keel__es_tail_past(es, 1, &top));
+  CHECK_EQ(top, 2);
+  keel__es_tail_use(es, -1);
+  kt_store_close(&st);
+}
+
 /* ---- PostgreSQL: the horizon (decision 0010) -------------------------------------------- */
 
 /* Opens a transaction on c holding one event of `stream` at a reserved
@@ -431,5 +463,6 @@ KT_MAIN(KT_ENTRY_SCHED(live_events_come_from_the_tail_once_and_in_order, 2),
         KT_ENTRY(the_tail_forgets_a_deleted_stream_and_restarts_after_a_hole),
         KT_ENTRY(a_tail_read_copies_a_bounded_number_of_bytes),
         KT_ENTRY(a_killed_user_of_the_tail_stops_counting),
+        KT_ENTRY(a_push_older_than_a_reset_is_dropped),
         KT_ENTRY_SCHED(an_uncommitted_lower_position_is_never_passed, 2),
         KT_ENTRY_SCHED(a_tenant_filter_does_not_spin_while_the_horizon_lags, 2))
