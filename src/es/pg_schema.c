@@ -111,7 +111,10 @@ static const char *const migrations[] = {
     "  schema_version INTEGER NOT NULL,"
     "  state JSON NOT NULL,"
     "  taken_at BIGINT NOT NULL);",
-    /* 3 */
+    /* 3: in the migration's one transaction, ADD COLUMN holds ACCESS
+     * EXCLUSIVE on events until the commit (every instance's appends and
+     * reads wait for the whole-table UPDATE), and the UPDATE leaves a dead
+     * tuple per row until vacuum (decision 0034, Limits) */
     "CREATE FUNCTION keel_es_stream_hash(s text) RETURNS bigint LANGUAGE plpgsql IMMUTABLE STRICT "
     "AS $$\n"
     "DECLARE\n"
