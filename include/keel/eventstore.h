@@ -215,6 +215,14 @@ typedef struct keel_es_event {
 typedef struct keel_es_events {
   size_t n;
   keel_es_event *v;
+  /* read_all: how far the read covered the feed. Every event after `after`
+   * and at or below `scanned` that passes the filter is in v; the next page
+   * starts after it. At least the last returned event's position; beyond it
+   * when the events after it up to the readable head were filtered out (or
+   * hidden), so that a reader whose filter matches nothing for a long run
+   * still moves on instead of reading that run again (`after` when nothing
+   * is readable past it). 0 for read_stream. */
+  int64_t scanned;
   void *priv_; /* keel's */
 } keel_es_events;
 
@@ -266,6 +274,11 @@ typedef struct keel_es_filter {
   const char *stream_prefix; /* NULL: any stream */
   const char *category;      /* streams "<category>-..."; NULL: any */
   const char *tenant;        /* metadata.tenant equals this; NULL: any */
+  /* partitions > 0: only the streams of partition `partition` (0 ..
+   * partitions-1): FNV-1a (32-bit) of the stream id's bytes, modulo
+   * partitions; a stream's events all land in one partition. Matched in
+   * the database (the hash is stored with each event). 0: any stream. */
+  uint32_t partitions, partition;
 } keel_es_filter;
 
 /* The events after position `after` (exclusive; 0: from the start) in global
@@ -277,7 +290,9 @@ typedef struct keel_es_filter {
  * skips: an event is returned only once every event before it in the order
  * is visible (on SQLite, one writer assigns positions in commit order; on
  * PostgreSQL, an event is returned once no transaction that could still
- * commit a lower position is open: docs/eventstore.md, "the horizon"). */
+ * commit a lower position is open: docs/eventstore.md, "the horizon").
+ * out->scanned says where the next page starts (above). Errors:
+ * KEEL_EINVAL (also partition >= partitions), KEEL_ERANGE (limit). */
 int keel_es_read_all(keel_es *es, int64_t after, size_t limit, const keel_es_filter *f,
                      keel_es_events *out);
 

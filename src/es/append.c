@@ -50,6 +50,15 @@ bool keel__es_stream_ok(const char *stream) {
   return n > 0;
 }
 
+uint32_t keel__es_stream_hash(const char *stream) {
+  uint32_t h = 2166136261u; /* FNV-1a, 32-bit */
+  for (const unsigned char *p = (const unsigned char *)stream; *p; p++) {
+    h ^= *p;
+    h *= 16777619u;
+  }
+  return h;
+}
+
 /* A UUID "8-4-4-4-12" of hex digits, any case, into out (lower case). */
 static bool uuid_parse(const char *id, char out[37]) {
   if (strlen(id) != 36) return false;

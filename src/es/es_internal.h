@@ -93,6 +93,7 @@ typedef struct es_req {
 typedef struct es_reply {
   int rc;
   size_t failed;
+  int64_t stored_at; /* an append: the stored_at its events were given (the live tail) */
   size_t nresults;
   bool stored;                     /* ES_REQ_SNAPSHOT: the snapshot was written */
   keel_es_append_result results[]; /* one per stream of an append */
@@ -155,6 +156,7 @@ struct keel_es {
   keel_histogram *m_duration, *m_group;
 
   es_notify *notify; /* notify.c: the processes in keel_es_wait (and PostgreSQL's listener) */
+  struct es_tail *live_tail; /* tail.c: the events this instance just committed */
 };
 
 /* store.c: a SQLite code and message as a log line; returns KEEL_EIO. */
@@ -212,6 +214,11 @@ int keel__es_snapshot_parse(const char *stream, const char *text, keel_es_snapsh
 
 /* append.c: whether a stream id is valid (1-255 printable ASCII, no space). */
 bool keel__es_stream_ok(const char *stream);
+/* append.c: FNV-1a (32-bit) of the stream id's bytes: stored with each
+ * event (events.stream_hash) at append, so that read_all's partition filter
+ * (keel_es_filter.partitions) runs in SQL. A documented function of the id
+ * alone: it must never change (stored rows and running groups depend on it). */
+uint32_t keel__es_stream_hash(const char *stream);
 
 /* upcast.c: applies the upcasters to events[from..*n) (the array may be
  * reallocated and grow: splits). Runs on whatever thread reads. 0 or
@@ -225,6 +232,9 @@ int keel__es_upcast(keel_es *es, es_arena *arena, keel_es_event **events, size_t
 const char **keel__es_upcaster_types(keel_es *es, size_t *n);
 void keel__es_upcasters_free(keel_es *es);
 
+/* read.c: a new empty arena (NULL: ENOMEM); keel_es_events_free frees it
+ * as the events' priv_. */
+es_arena *keel__es_arena_new(void);
 /* read.c: copies s into the arena (NULL: ENOMEM). */
 char *keel__es_arena_strdup(es_arena *a, const char *s);
 /* read.c: copies len bytes of s into the arena and ends them with a NUL
@@ -352,14 +362,18 @@ typedef struct es_read_call {
   es_evec ev;
   keel_es_stream_info *info;
   int64_t head;
+  int64_t scanned; /* R_ALL: how far the read covered the feed (keel_es_events.scanned) */
   int rc;
 } es_read_call;
 
 /* read.c: applies the upcasters to a page just decoded, ev->v[start..n),
  * and with types (a read_all type filter matched after upcasting; NULL: no
- * filter) drops the events whose latest type is not wanted. Both backends'
- * read_all loop through it. 0 or keel__es_upcast's error. */
-int keel__es_upcast_page(keel_es *es, es_evec *ev, size_t start, const char *const *types);
+ * filter) drops the events whose latest type is not wanted; with part (may
+ * be NULL) and part->partitions, first drops the events outside its
+ * partition (rows without a stored hash). Both backends' read_all loop
+ * through it. 0 or keel__es_upcast's error. */
+int keel__es_upcast_page(keel_es *es, es_evec *ev, size_t start, const char *const *types,
+                         const keel_es_filter *part);
 
 /* ---- a growing text buffer (sbuf.c) ----------------------------------------------- */
 
@@ -512,6 +526,37 @@ int keel__es_pg_snapshot_save(keel_es *es, const char *stream, int64_t version, 
                               const char *state, bool *stored);
 int keel__es_pg_snapshot_load(keel_es *es, const char *stream, keel_es_snapshot *out);
 
+/* ---- the live tail (tail.c) ------------------------------------------------------------ */
+
+typedef struct es_tail es_tail;
+/* tail.c: creates and frees es->live_tail (KEEL_ENOMEM). */
+int keel__es_tail_open(keel_es *es);
+void keel__es_tail_free(keel_es *es);
+/* tail.c: a subscription starts (+1) or stops (-1) reading the tail;
+ * nothing is kept while no one does. Any thread. */
+void keel__es_tail_use(keel_es *es, int delta);
+/* tail.c: one append's rows, committed (res: its result, stored_at the
+ * value stored with them). Called by whoever committed, before the waiters
+ * are woken. Any thread; never blocks beyond a short mutex. epoch: what
+ * keel__es_tail_epoch said before the append's COMMIT; the rows are not
+ * pushed if a reset came since (a delete that committed after them). */
+void keel__es_tail_push(keel_es *es, const es_stream_req *s, const keel_es_append_result *res,
+                        int64_t stored_at, uint64_t epoch);
+/* tail.c: forgets every event (a delete, a truncation committed); the
+ * epoch moves on. */
+void keel__es_tail_reset(keel_es *es);
+/* tail.c: the resets so far (0 without a tail). */
+uint64_t keel__es_tail_epoch(keel_es *es);
+/* tail.c: read_all(after, limit, f) from the tail when it holds position
+ * after + 1: 0 and *out (n may be 0 when every event was filtered out;
+ * out->scanned is the last position looked at), or KEEL_ENOENT when it does
+ * not (read the database), KEEL_ENOMEM, an upcaster's KEEL_EINVAL. Call
+ * from a process (upcasters run in it). */
+int keel__es_tail_read(keel_es *es, int64_t after, size_t limit, const keel_es_filter *f,
+                       keel_es_events *out);
+/* tail.c: whether the tail holds position after + 1; *top gets its last. */
+bool keel__es_tail_past(keel_es *es, int64_t after, int64_t *top);
+
 /* ---- notifications (notify.c, pg_listen.c) ------------------------------------------- */
 
 /* notify.c: sets up the waiters' list (and on PostgreSQL the listener,
@@ -535,6 +580,11 @@ void keel__es_notify_appended(keel_es *es, int64_t position);
  * the head without taking position as announced (after the listener was
  * down, something may have been missed). Any thread. */
 void keel__es_notify_wake(keel_es *es, int64_t position, bool recheck);
+/* notify.c: keel_es_wait for a reader of the live tail (a subscription's
+ * waker): the tail holding position after + 1 answers on both backends,
+ * *head then being the tail's last position, which read_all may not return
+ * yet on PostgreSQL (the horizon) while the tail does. */
+int keel__es_wait_tail(keel_es *es, int64_t after, int64_t timeout_ms, int64_t *head);
 /* notify.c: the number of processes inside keel_es_wait (tests). */
 size_t keel__es_notify_waiting(keel_es *es);
 /* notify.c: whether the store's LISTEN connection is up (tests). */

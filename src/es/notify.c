@@ -271,8 +271,11 @@ static int64_t next_slice(const es_notify *nt, int64_t notified, int64_t h, doub
 }
 
 /* The wait proper: w is on the list. Each round arms a fresh reference,
- * reads the head, and waits for a wake-up or the next slice. */
-static int wait_registered(keel_es *es, es_waiter *w, double deadline, int64_t *h) {
+ * reads the head, and waits for a wake-up or the next slice. With tail_ok,
+ * the live tail holding the position after w->after (tail.c: committed by
+ * this instance, consecutive) answers before the head is read: no hop to
+ * the database for an append this instance made. */
+static int wait_registered(keel_es *es, es_waiter *w, double deadline, int64_t *h, bool tail_ok) {
   es_notify *nt = es->notify;
   int64_t retry_ms = 0;
   for (;;) {
@@ -281,6 +284,10 @@ static int wait_registered(keel_es *es, es_waiter *w, double deadline, int64_t *
     if (rc) return rc;
     int64_t notified;
     if (!arm(nt, w, ref, &notified)) rc = KEEL_ECANCELED;
+    if (rc == 0 && tail_ok && keel__es_tail_past(es, w->after, h)) {
+      keel_await_cancel(ref);
+      return 0;
+    }
     if (rc == 0 && (rc = readable_head(es, h)) == 0 && *h <= w->after) {
       double left_s = deadline - keel__es_now_s();
       if (left_s <= 0) rc = KEEL_ETIMEDOUT;
@@ -297,7 +304,7 @@ static int wait_registered(keel_es *es, es_waiter *w, double deadline, int64_t *
   }
 }
 
-int keel_es_wait(keel_es *es, int64_t after, int64_t timeout_ms, int64_t *head) {
+static int wait_for(keel_es *es, int64_t after, int64_t timeout_ms, int64_t *head, bool tail_ok) {
   if (head) *head = 0;
   if (!es || !es->notify || after < 0 ||
       (timeout_ms < 0 && timeout_ms != KEEL_INFINITY && timeout_ms != KEEL_NOWAIT))
@@ -321,11 +328,25 @@ int keel_es_wait(keel_es *es, int64_t after, int64_t timeout_ms, int64_t *head) 
       free(w);
       return rc;
     }
-    rc = wait_registered(es, w, deadline, &h);
+    rc = wait_registered(es, w, deadline, &h, tail_ok);
     delist(es->notify, w);
   }
   if (rc == 0 && head) *head = h;
   return rc;
+}
+
+/* On SQLite a committed position is readable at once, so the tail's word
+ * meets keel_es_wait's promise (read_all returns up to *head). On
+ * PostgreSQL it would not (an open transaction elsewhere can hold the
+ * horizon below it, and a caller that reads read_all would come back at
+ * once, again and again): only keel__es_wait_tail, whose caller reads the
+ * tail itself, takes it there. */
+int keel_es_wait(keel_es *es, int64_t after, int64_t timeout_ms, int64_t *head) {
+  return wait_for(es, after, timeout_ms, head, es && es->kind == ES_SQLITE);
+}
+
+int keel__es_wait_tail(keel_es *es, int64_t after, int64_t timeout_ms, int64_t *head) {
+  return wait_for(es, after, timeout_ms, head, true);
 }
 
 /* ---- open and close ----------------------------------------------------------------- */

@@ -218,6 +218,7 @@ static void plan(es_pggm **batch, size_t nb, gstream *gs, size_t ns, int64_t pos
     }
     m->rc = 0;
     m->res->first_position = pos;
+    uint32_t hash = keel__es_stream_hash(s->stream);
     for (size_t k = 0; k < s->n; k++, pos++) {
       const es_row *e = &s->rows[k];
       keel__es_sb_str(rows, first_row ? "{\"p\":" : ",{\"p\":");
@@ -225,6 +226,8 @@ static void plan(es_pggm **batch, size_t nb, gstream *gs, size_t ns, int64_t pos
       keel__es_sb_i64(rows, pos);
       keel__es_sb_str(rows, ",\"s\":");
       keel__es_sb_json_string(rows, s->stream);
+      keel__es_sb_str(rows, ",\"h\":");
+      keel__es_sb_i64(rows, (int64_t)hash);
       keel__es_sb_str(rows, ",\"v\":");
       keel__es_sb_i64(rows, g->version + (int64_t)k + 1);
       keel__es_sb_str(rows, ",\"id\":\"");
@@ -276,19 +279,19 @@ static void stream_updates(gstream *gs, size_t ns, es_sbuf *up, es_sbuf *unused)
 }
 
 static int write_group(es_pg *pg, es_pgconn *c, gstream *gs, size_t ns, const es_sbuf *rows,
-                       size_t npass) {
+                       size_t npass, int64_t stored_at) {
   int rc = 0;
   if (npass > 0) {
     char now[24];
-    snprintf(now, sizeof now, "%lld", (long long)keel__es_unix_ms());
+    snprintf(now, sizeof now, "%lld", (long long)stored_at);
     const char *params[2] = {now, rows->p};
     rc = keel__es_pg_query(
         pg, c, "inserting events (group)",
         "INSERT INTO events (position, stream, version, id, type, schema_version, payload, "
-        "metadata, occurred_at, stored_at) "
-        "SELECT r.p, r.s, r.v, r.id, r.t, r.sv, r.pl, r.md, r.oa, $1::bigint "
-        "FROM json_to_recordset($2::json) AS r(p bigint, s text, v bigint, id uuid, t text, "
-        "sv integer, oa bigint, pl json, md json)",
+        "metadata, occurred_at, stored_at, stream_hash) "
+        "SELECT r.p, r.s, r.v, r.id, r.t, r.sv, r.pl, r.md, r.oa, $1::bigint, r.h "
+        "FROM json_to_recordset($2::json) AS r(p bigint, s text, h bigint, v bigint, id uuid, "
+        "t text, sv integer, oa bigint, pl json, md json)",
         2, params, NULL);
     if (rc) return rc;
   }
@@ -327,6 +330,7 @@ static void run_group(keel_es *es, es_pggm **batch, size_t nb) {
   es_sbuf rows = {0};
   size_t npass = 0;
   es_pgconn *c = NULL;
+  int64_t stored_at = keel__es_unix_ms();
   int rc = gs ? keel__es_pg_acquire_begin(es, &c, "starting an append (group)", NULL) : KEEL_ENOMEM;
   if (rc == 0) {
     const char **names = malloc(ns * sizeof *names);
@@ -339,10 +343,15 @@ static void run_group(keel_es *es, es_pggm **batch, size_t nb) {
     if (rc == 0) rc = lock_streams(pg, c, gs, ns);
     if (rc == 0) {
       plan(batch, nb, gs, ns, pos, &rows, &npass);
-      rc = rows.oom ? KEEL_ENOMEM : write_group(pg, c, gs, ns, &rows, npass);
+      rc = rows.oom ? KEEL_ENOMEM : write_group(pg, c, gs, ns, &rows, npass, stored_at);
     }
+    uint64_t epoch = keel__es_tail_epoch(es); /* before the COMMIT: see pg_write.c */
     if (rc == 0)
       rc = keel__es_pg_query(pg, c, "committing an append (group)", "COMMIT", -1, NULL, NULL);
+    /* committed: the group's events to the live tail, in position order
+     * (the queue's), before any member wakes its waiters */
+    for (size_t i = 0; rc == 0 && i < nb; i++)
+      if (batch[i]->rc == 0) keel__es_tail_push(es, batch[i]->s, batch[i]->res, stored_at, epoch);
     if (rc != 0 && PQtransactionStatus(c->conn) != PQTRANS_IDLE)
       keel__es_pg_query(pg, c, "rolling back (group)", "ROLLBACK", -1, NULL, NULL);
     keel__es_pg_release(es, c);

@@ -46,9 +46,14 @@ static int64_t val_i64(const PGresult *r, int row, int col) {
   return neg ? (int64_t)(0 - v) : (int64_t)v;
 }
 
-static int decode(const PGresult *r, es_evec *out) {
+/* Decodes r's events into out; *n (may be NULL) gets how many. A row whose
+ * position is NULL is read_all's row for the head alone (no event). */
+static int decode(const PGresult *r, es_evec *out, size_t *n) {
   int rows = PQntuples(r);
+  if (n) *n = 0;
   for (int i = 0; i < rows; i++) {
+    if (PQgetisnull(r, i, 0)) continue;
+    if (n) (*n)++;
     bool no_meta = PQgetisnull(r, i, 7);
     int rc = keel__es_evec_add(
         out, val_i64(r, i, 0), PQgetvalue(r, i, 1), val_i64(r, i, 2), PQgetvalue(r, i, 3),
@@ -105,9 +110,9 @@ static int read_stream(es_pg *pg, es_pgconn *c, es_read_call *rc_) {
                                         "ORDER BY e.version ASC LIMIT $4::bigint",
                          4, p4, &r);
   if (rc) return rc;
-  rc = decode(r, &rc_->ev);
+  rc = decode(r, &rc_->ev, NULL);
   PQclear(r);
-  if (rc == 0) rc = keel__es_upcast_page(rc_->es, &rc_->ev, 0, NULL);
+  if (rc == 0) rc = keel__es_upcast_page(rc_->es, &rc_->ev, 0, NULL, NULL);
   return rc;
 }
 
@@ -134,6 +139,17 @@ static char *text_array(const char *const *a, size_t na, const char **b, size_t 
   return s;
 }
 
+/* read_all's end: the highest position below the horizon, in the page's
+ * own statement (one snapshot), so that a page that comes back short says
+ * how far it looked (keel_es_events.scanned) even when its filter matched
+ * nothing. The rows above the horizon are few (transactions in flight): the
+ * backward scan of the primary key stops at the first row below it. The
+ * page's rows come from a LATERAL join on this one row, so that a page
+ * with no event still answers one row, with the head and NULL events. */
+#define TOP_SQL                                                                                    \
+  "SELECT coalesce((SELECT position FROM events WHERE tx < "                                       \
+  "pg_snapshot_xmin(pg_current_snapshot()) ORDER BY position DESC LIMIT 1), 0) AS top"
+
 static int read_all(es_pg *pg, es_pgconn *c, es_read_call *call) {
   const keel_es_filter *f = call->f;
   PGresult *r;
@@ -148,11 +164,13 @@ static int read_all(es_pg *pg, es_pgconn *c, es_read_call *call) {
     while (f->types[ntypes])
       ntypes++;
   }
-  char sql[2048]; /* at most ~800 bytes with every filter */
+  char sql[3072]; /* at most ~1300 bytes with every filter */
   int len = snprintf(sql, sizeof sql,
-                     "SELECT " EVENT_COLS " FROM events e WHERE e.position > $1::bigint "
+                     "SELECT e.*, t.top FROM (" TOP_SQL ") t LEFT JOIN LATERAL (SELECT " EVENT_COLS
+                     " FROM events e WHERE e.position > $1::bigint AND e.position <= t.top "
                      "AND e.tx < pg_snapshot_xmin(pg_current_snapshot())");
-  const char *params[6];
+  const char *params[8];
+  char parts_s[24], part_s[24];
   char *types_lit = NULL;
   int np = 2;
   if (f && f->types) {
@@ -178,6 +196,16 @@ static int read_all(es_pg *pg, es_pgconn *c, es_read_call *call) {
     params[np++] = f->tenant;
     len += snprintf(sql + len, sizeof sql - (size_t)len, " AND e.metadata->>'tenant' = $%d", np);
   }
+  if (f && f->partitions) {
+    /* NULL: a row an older keel wrote beside this one; the caller sorts it */
+    i64s(parts_s, (int64_t)f->partitions);
+    i64s(part_s, (int64_t)f->partition);
+    params[np++] = parts_s;
+    params[np++] = part_s;
+    len += snprintf(sql + len, sizeof sql - (size_t)len,
+                    " AND (e.stream_hash IS NULL OR e.stream_hash %% $%d::bigint = $%d::bigint)",
+                    np - 1, np);
+  }
   /* Hidden events, in the statement itself: the uncorrelated EXISTS is an
    * InitPlan, run once (the streams_hidden partial index answers it), and
    * only when it finds something does the per-row NOT EXISTS run (OR
@@ -187,9 +215,11 @@ static int read_all(es_pg *pg, es_pgconn *c, es_read_call *call) {
                   " AND (NOT EXISTS (SELECT 1 FROM streams WHERE deleted OR truncated_before > 1)"
                   " OR NOT EXISTS (SELECT 1 FROM streams s WHERE s.stream = e.stream AND "
                   "(s.deleted OR e.version < s.truncated_before)))");
-  snprintf(sql + len, sizeof sql - (size_t)len, " ORDER BY e.position LIMIT $2::bigint");
+  snprintf(sql + len, sizeof sql - (size_t)len,
+           " ORDER BY e.position LIMIT $2::bigint) e ON true ORDER BY e.position");
 
-  int64_t cursor = call->after;
+  int64_t cursor = call->after, top = 0;
+  bool short_page = false; /* the last statement found fewer rows than asked: the end */
   char scur[24], slim[24];
   while (rc == 0 && call->ev.n < call->limit) {
     size_t want = call->limit - call->ev.n, start = call->ev.n;
@@ -198,15 +228,19 @@ static int read_all(es_pg *pg, es_pgconn *c, es_read_call *call) {
     params[0] = scur;
     params[1] = slim;
     if ((rc = keel__es_pg_query(pg, c, "reading events", sql, np, params, &r))) break;
-    size_t rows = (size_t)PQntuples(r);
-    rc = decode(r, &call->ev);
+    size_t rows = 0;
+    if (PQntuples(r) > 0) top = val_i64(r, 0, 10);
+    rc = decode(r, &call->ev, &rows);
     PQclear(r);
+    short_page = rows < want;
     if (rc || rows == 0) break;
-    cursor = call->ev.v[call->ev.n - 1].position;
-    rc = keel__es_upcast_page(call->es, &call->ev, start, post_filter ? f->types : NULL);
+    cursor = call->ev.v[start + rows - 1].position;
+    rc = keel__es_upcast_page(call->es, &call->ev, start, post_filter ? f->types : NULL, f);
     if (rc) break;
     if (!post_filter || rows < want) break;
   }
+  call->scanned = cursor;
+  if (rc == 0 && short_page && top > cursor) call->scanned = top;
   free(types_lit);
   free(uptypes);
   return rc;

@@ -36,6 +36,15 @@
  * Version 2:
  *   snapshots  one row per stream, as on SQLite: its newest snapshot
  *            (version, schema_version, state as json, taken_at in Unix ms).
+ *
+ * Version 3:
+ *   events.stream_hash  FNV-1a of the stream id, as on SQLite (schema.c):
+ *            written by every append, matched by read_all's partition
+ *            filter in SQL. keel_es_stream_hash(text) computes it in
+ *            plpgsql, for the migration's UPDATE of existing rows (with the
+ *            append-only trigger disabled for that statement, inside the
+ *            migration's transaction) and for an operator's queries; appends
+ *            send the value computed in C.
  */
 #include <stdio.h>
 #include <stdlib.h>
@@ -102,6 +111,25 @@ static const char *const migrations[] = {
     "  schema_version INTEGER NOT NULL,"
     "  state JSON NOT NULL,"
     "  taken_at BIGINT NOT NULL);",
+    /* 3: in the migration's one transaction, ADD COLUMN holds ACCESS
+     * EXCLUSIVE on events until the commit (every instance's appends and
+     * reads wait for the whole-table UPDATE), and the UPDATE leaves a dead
+     * tuple per row until vacuum (decision 0034, Limits) */
+    "CREATE FUNCTION keel_es_stream_hash(s text) RETURNS bigint LANGUAGE plpgsql IMMUTABLE STRICT "
+    "AS $$\n"
+    "DECLARE\n"
+    "  b bytea := convert_to(s, 'UTF8');\n"
+    "  h bigint := 2166136261;\n"
+    "BEGIN\n"
+    "  FOR i IN 0 .. length(b) - 1 LOOP\n"
+    "    h := ((h # get_byte(b, i)::bigint) * 16777619) % 4294967296;\n"
+    "  END LOOP;\n"
+    "  RETURN h;\n"
+    "END $$;"
+    "ALTER TABLE events ADD COLUMN stream_hash BIGINT;"
+    "ALTER TABLE events DISABLE TRIGGER events_append_only;"
+    "UPDATE events SET stream_hash = keel_es_stream_hash(stream);"
+    "ALTER TABLE events ENABLE TRIGGER events_append_only;",
 };
 
 static const int pg_schema_version = (int)(sizeof migrations / sizeof migrations[0]);

@@ -200,17 +200,18 @@ static int append_stream(es_pg *pg, es_pgconn *c, const es_stream_req *s, int64_
     free(b.p);
     return KEEL_ENOMEM;
   }
-  char now_s[24];
+  char now_s[24], hash_s[24];
   i64s(now_s, now);
-  const char *params[3] = {s->stream, now_s, b.p};
+  i64s(hash_s, (int64_t)keel__es_stream_hash(s->stream));
+  const char *params[4] = {s->stream, now_s, b.p, hash_s};
   rc = keel__es_pg_query(
       pg, c, "inserting events",
       "INSERT INTO events (position, stream, version, id, type, schema_version, payload, "
-      "metadata, occurred_at, stored_at) "
-      "SELECT r.p, $1, r.v, r.id, r.t, r.sv, r.pl, r.md, r.oa, $2::bigint "
+      "metadata, occurred_at, stored_at, stream_hash) "
+      "SELECT r.p, $1, r.v, r.id, r.t, r.sv, r.pl, r.md, r.oa, $2::bigint, $4::bigint "
       "FROM json_to_recordset($3::json) AS r(p bigint, v bigint, id uuid, t text, sv integer, "
       "oa bigint, pl json, md json)",
-      3, params, NULL);
+      4, params, NULL);
   free(b.p);
   if (rc == KEEL_EEXIST) *raced = true;
   if (rc) return rc;
@@ -269,6 +270,7 @@ static int append_once(keel_es *es, es_pgconn *c, const es_req *r, es_reply *rep
     int64_t pos = 0;
     if ((rc = reserve(pg, c, r, dup, nnew, &pos)) == 0) {
       int64_t now = keel__es_unix_ms();
+      rep->stored_at = now;
       for (size_t k = 0; k < r->nstreams && rc == 0; k++) {
         if (dup[k]) continue;
         rc = append_stream(pg, c, &r->streams[k], &pos, now, &rep->results[k], raced);
@@ -277,8 +279,7 @@ static int append_once(keel_es *es, es_pgconn *c, const es_req *r, es_reply *rep
     }
   }
   free(dup);
-  if (rc == 0 && keel__es_tx_wanted(r, rep->results) &&
-      (rc = keel__es_tx_run(es, r, NULL, c)) != 0)
+  if (rc == 0 && keel__es_tx_wanted(r, rep->results) && (rc = keel__es_tx_run(es, r, NULL, c)) != 0)
     rep->failed = r->nstreams;
   if (rc) return rc;
   return keel__es_pg_query(pg, c, "committing an append", "COMMIT", -1, NULL, NULL);
@@ -426,7 +427,11 @@ int keel__es_pg_write(keel_es *es, const es_req *r, es_reply *rep) {
   int held = keel_hold_exits(true);
   es_pgconn *c = NULL;
   int rc;
-  if (keel__es_pg_groupable(r)) { /* folded with concurrent appends: pg_group.c */
+  bool grouped = keel__es_pg_groupable(r);
+  /* before the COMMIT: a delete that commits after this append and empties
+   * the tail before its push makes the push a hole (tail.c) */
+  uint64_t epoch = keel__es_tail_epoch(es);
+  if (grouped) { /* folded with concurrent appends: pg_group.c */
     rc = keel__es_pg_group_append(es, r, rep);
   } else {
     const char *begin = begin_of(r);
@@ -443,6 +448,14 @@ int keel__es_pg_write(keel_es *es, const es_req *r, es_reply *rep) {
     memset(rep->results, 0, rep->nresults * sizeof rep->results[0]);
   rep->rc = rc;
   if (r->kind == ES_REQ_APPEND && r->nstreams > 0) count(es, r, rep, t0);
+  /* committed: the events to the live tail (a group's leader has done it
+   * for the group), a delete empties it; then the waiters wake */
+  if (rc == 0 && r->kind == ES_REQ_APPEND && !grouped)
+    for (size_t k = 0; k < rep->nresults; k++)
+      keel__es_tail_push(es, &r->streams[k], &rep->results[k], rep->stored_at, epoch);
+  else if (rc == 0 && (r->kind == ES_REQ_DELETE || r->kind == ES_REQ_TRUNCATE ||
+                       r->kind == ES_REQ_HARD_DELETE))
+    keel__es_tail_reset(es);
   if (rc == 0 && r->kind == ES_REQ_APPEND) announce(es, rep);
   if (held == 0) keel_hold_exits(false);
   return rc;

@@ -83,6 +83,10 @@ char *keel__es_arena_copy(es_arena *a, const char *s, size_t len) {
   return p;
 }
 
+es_arena *keel__es_arena_new(void) {
+  return calloc(1, sizeof(es_arena));
+}
+
 char *keel__es_arena_strdup(es_arena *a, const char *s) {
   return keel__es_arena_copy(a, s, strlen(s));
 }
@@ -369,7 +373,7 @@ static int do_read_stream(sqlite3 *db, read_call *c) {
   sqlite3_bind_int64(st, 4, (int64_t)c->limit);
   rc = decode_all(db, st, &c->ev, NULL);
   finish(c, db, st);
-  if (rc == 0) rc = keel__es_upcast_page(c->es, &c->ev, 0, NULL);
+  if (rc == 0) rc = keel__es_upcast_page(c->es, &c->ev, 0, NULL, NULL);
   return rc;
 }
 
@@ -379,7 +383,23 @@ static bool type_wanted(const char *const *types, const char *type) {
   return false;
 }
 
-int keel__es_upcast_page(keel_es *es, es_evec *ev, size_t start, const char *const *types) {
+/* Drops the events of ev->v[start..n) outside f's partition: the SQL
+ * matched stream_hash, but a row an older keel wrote has none (NULL matches
+ * every partition there), so the answer is made exact here. */
+static void partition_page(es_evec *ev, size_t start, const keel_es_filter *f) {
+  size_t w = start;
+  for (size_t i = start; i < ev->n; i++) {
+    if (keel__es_stream_hash(ev->v[i].stream) % f->partitions == f->partition)
+      ev->v[w++] = ev->v[i];
+    else
+      keel__es_event_release(&ev->v[i]);
+  }
+  ev->n = w;
+}
+
+int keel__es_upcast_page(keel_es *es, es_evec *ev, size_t start, const char *const *types,
+                         const keel_es_filter *part) {
+  if (part && part->partitions) partition_page(ev, start, part);
   int rc = keel__es_upcast(es, ev->arena, &ev->v, &ev->n, &ev->cap, start);
   if (rc || !types) return rc;
   size_t w = start; /* keep the events whose latest type is wanted */
@@ -391,6 +411,19 @@ int keel__es_upcast_page(keel_es *es, es_evec *ev, size_t start, const char *con
   }
   ev->n = w;
   return 0;
+}
+
+/* The highest position in the read's snapshot (read_all's end when a page
+ * came back short): in the same transaction as the page, so nothing between
+ * the page's last row and it can be missed. */
+static int read_top(const read_call *c, sqlite3 *db, int64_t *top) {
+  sqlite3_stmt *st;
+  int rc = prepare(c, db, "SELECT coalesce(max(position), 0) FROM events", &st);
+  if (rc) return rc;
+  int src = sqlite3_step(st);
+  if (src == SQLITE_ROW) *top = sqlite3_column_int64(st, 0);
+  finish(c, db, st);
+  return src == SQLITE_ROW ? 0 : keel__es_sqlite_error(db, src, "reading the head");
 }
 
 static int do_read_all(sqlite3 *db, read_call *c) {
@@ -422,7 +455,7 @@ static int do_read_all(sqlite3 *db, read_call *c) {
   }
   int len = snprintf(sql, cap, "SELECT " EVENT_COLS " FROM events e WHERE e.position > ?1");
   int p = 3;
-  int p_types = 0, p_prefix = 0, p_cat = 0, p_tenant = 0;
+  int p_types = 0, p_prefix = 0, p_cat = 0, p_tenant = 0, p_part = 0;
   size_t ntypes = 0;
 #define APPEND(...)                                                                                \
   do {                                                                                             \
@@ -464,6 +497,12 @@ static int do_read_all(sqlite3 *db, read_call *c) {
     APPEND(" AND json_extract(e.metadata, '$.tenant') = ?%d", p);
     p++;
   }
+  if (f && f->partitions) {
+    /* NULL: a row an older keel wrote beside this one; the caller sorts it */
+    p_part = p;
+    APPEND(" AND (e.stream_hash IS NULL OR e.stream_hash %% ?%d = ?%d)", p, p + 1);
+    p += 2;
+  }
   if (hidden)
     APPEND(" AND NOT EXISTS (SELECT 1 FROM streams s WHERE s.stream = e.stream AND "
            "(s.deleted <> 0 OR e.version < s.truncated_before))");
@@ -484,22 +523,35 @@ static int do_read_all(sqlite3 *db, read_call *c) {
   if (p_prefix) sqlite3_bind_text(st, p_prefix, f->stream_prefix, -1, SQLITE_STATIC);
   if (p_cat) sqlite3_bind_text(st, p_cat, f->category, -1, SQLITE_STATIC);
   if (p_tenant) sqlite3_bind_text(st, p_tenant, f->tenant, -1, SQLITE_STATIC);
+  if (p_part) {
+    sqlite3_bind_int64(st, p_part, (sqlite3_int64)f->partitions);
+    sqlite3_bind_int64(st, p_part + 1, (sqlite3_int64)f->partition);
+  }
 
   int64_t cursor = c->after;
+  bool short_page = false; /* the last query found fewer rows than asked: the end */
   while (rc == 0 && c->ev.n < c->limit) {
     size_t want = c->limit - c->ev.n, start = c->ev.n, rows = 0;
     sqlite3_bind_int64(st, 1, cursor);
     sqlite3_bind_int64(st, 2, (int64_t)want);
     rc = decode_all(db, st, &c->ev, &rows);
     sqlite3_reset(st);
+    short_page = rows < want;
     if (rc || rows == 0) break;
-    cursor = c->ev.v[c->ev.n - 1].position;
-    rc = keel__es_upcast_page(c->es, &c->ev, start, post_filter ? f->types : NULL);
+    /* the decoded rows' last, before upcasting may split or drop it */
+    cursor = c->ev.v[start + rows - 1].position;
+    rc = keel__es_upcast_page(c->es, &c->ev, start, post_filter ? f->types : NULL, f);
     if (rc) break;
     if (!post_filter || rows < want) break;
   }
   finish(c, db, st);
   free(uptypes);
+  c->scanned = cursor;
+  if (rc == 0 && short_page) { /* read to the end: the head of this snapshot */
+    int64_t top = 0;
+    rc = read_top(c, db, &top);
+    if (top > c->scanned) c->scanned = top;
+  }
   return rc;
 }
 
@@ -563,6 +615,11 @@ static int run(keel_es *es, read_call *c, keel_es_events *out) {
       out->n = c->ev.n;
       out->v = c->ev.v;
       out->priv_ = c->ev.arena;
+      if (c->kind == R_ALL) { /* never below a returned event, nor `after` */
+        out->scanned = c->scanned > c->after ? c->scanned : c->after;
+        if (c->ev.n && c->ev.v[c->ev.n - 1].position > out->scanned)
+          out->scanned = c->ev.v[c->ev.n - 1].position;
+      }
     }
   }
   return rc;
@@ -595,6 +652,7 @@ int keel_es_read_all(keel_es *es, int64_t after, size_t limit, const keel_es_fil
   if (out) memset(out, 0, sizeof *out);
   if (!es || !out || after < 0) return KEEL_EINVAL;
   if (limit > 100000) return KEEL_ERANGE;
+  if (f && f->partitions && f->partition >= f->partitions) return KEEL_EINVAL;
   read_call c = {.kind = R_ALL, .after = after, .limit = limit ? limit : 1000, .f = f};
   return run_spanned(es, &c, out, "read_all", NULL);
 }

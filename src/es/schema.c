@@ -29,6 +29,19 @@
  *            schema_version, the state as JSON text, taken_at in Unix ms).
  *            Written by keel_es_snapshot_save only when newer than the row
  *            (snapshot.c); removed with the stream by soft and hard delete.
+ *
+ * Version 3:
+ *   events.stream_hash  FNV-1a of the stream id (keel__es_stream_hash),
+ *            written by every append, so that read_all's partition filter
+ *            (a subscription group's partition) is matched in SQL instead of
+ *            reading every row into C. Existing rows are filled by the
+ *            migration through keel_stream_hash(), a SQL function this file
+ *            registers on the migrating connection (the append-only trigger
+ *            is dropped around that one UPDATE and made again). A row left
+ *            NULL (written by an older keel still running beside this one)
+ *            matches every partition in SQL and is sorted out in C. No index:
+ *            the filter rides on the position order's scan, and an index
+ *            would cost every append (docs/decisions/0034).
  */
 #include "es/es_internal.h"
 
@@ -76,6 +89,13 @@ static const char *const migrations[] = {
     "  schema_version INTEGER NOT NULL,"
     "  state TEXT NOT NULL,"
     "  taken_at INTEGER NOT NULL) WITHOUT ROWID;",
+    /* 3 */
+    "ALTER TABLE events ADD COLUMN stream_hash INTEGER;"
+    "DROP TRIGGER events_no_update;"
+    "UPDATE events SET stream_hash = keel_stream_hash(stream);"
+    "CREATE TRIGGER events_no_update BEFORE UPDATE ON events BEGIN"
+    "  SELECT RAISE(ABORT, 'events are append-only');"
+    "END;",
 };
 
 const int keel__es_schema_version = (int)(sizeof migrations / sizeof migrations[0]);
@@ -90,8 +110,22 @@ static int user_version(sqlite3 *db, int *v) {
   return src == SQLITE_ROW ? 0 : keel__es_sqlite_error(db, src, "reading the schema version");
 }
 
+/* keel_stream_hash(text): the migration's way to fill stream_hash. */
+static void stream_hash_fn(sqlite3_context *ctx, int argc, sqlite3_value **argv) {
+  (void)argc;
+  const char *s = (const char *)sqlite3_value_text(argv[0]);
+  if (!s) {
+    sqlite3_result_null(ctx);
+    return;
+  }
+  sqlite3_result_int64(ctx, (sqlite3_int64)keel__es_stream_hash(s));
+}
+
 int keel__es_migrate(sqlite3 *db, int *version) {
-  int src = sqlite3_exec(db, "BEGIN IMMEDIATE", NULL, NULL, NULL);
+  int src = sqlite3_create_function(db, "keel_stream_hash", 1, SQLITE_UTF8 | SQLITE_DETERMINISTIC,
+                                    NULL, stream_hash_fn, NULL, NULL);
+  if (src != SQLITE_OK) return keel__es_sqlite_error(db, src, "registering keel_stream_hash");
+  src = sqlite3_exec(db, "BEGIN IMMEDIATE", NULL, NULL, NULL);
   if (src != SQLITE_OK) return keel__es_sqlite_error(db, src, "locking the schema");
   int v = 0, rc = user_version(db, &v);
   if (rc == 0 && v > keel__es_schema_version) {

@@ -287,6 +287,7 @@ static void close_on_pool(void *arg) {
 
 static void es_free(keel_es *es) {
   keel__es_notify_free(es);
+  keel__es_tail_free(es);
   pthread_mutex_destroy(&es->mu);
   pthread_cond_destroy(&es->cv);
   pthread_mutex_destroy(&es->rmu);
@@ -309,6 +310,10 @@ int keel_es_open(const keel_es_opts *o, keel_es **out) {
   pthread_cond_init(&es->cv, NULL);
   pthread_mutex_init(&es->rmu, NULL);
   pthread_mutex_init(&es->umu, NULL);
+  if (keel__es_tail_open(es) != 0) {
+    es_free(es);
+    return KEEL_ENOMEM;
+  }
   es->sync = o->sync == KEEL_ES_SYNC_NORMAL ? KEEL_ES_SYNC_NORMAL : KEEL_ES_SYNC_FULL;
   es->max_event_bytes = o->max_event_bytes ? o->max_event_bytes : (size_t)1 << 20;
   es->max_batch = o->max_batch ? o->max_batch : 10000;

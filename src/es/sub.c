@@ -87,6 +87,8 @@ typedef struct sub {
   keel_ref_t tick;
   keel_ref_t wait_timer; /* the one retry timer armed after an error (0: none) */
   keel_pid_t waker;      /* waits in keel_es_wait for the subscription (0: none yet) */
+  keel_pid_t saver;      /* stores checkpoints behind it (save_behind; 0: none yet) */
+  bool tail_user;        /* counted among the live tail's users (tail.c) */
   bool watching;         /* a TAG_WATCH is with the waker */
   bool saving;           /* a TAG_SAVE is with the waker (see save_behind) */
   bool save_again;       /* a page passed while it was: save again when it answers */
@@ -225,12 +227,7 @@ static int claim_fn(keel_es_tx *tx, void *arg) {
 /* FNV-1a of the stream id: the partition of a stream (stable: a documented
  * function of the id alone). */
 uint32_t keel__sub_partition_of(const char *stream, int count) {
-  uint32_t h = 2166136261u;
-  for (const unsigned char *p = (const unsigned char *)stream; *p; p++) {
-    h ^= *p;
-    h *= 16777619u;
-  }
-  return count > 0 ? h % (uint32_t)count : 0;
+  return count > 0 ? keel__es_stream_hash(stream) % (uint32_t)count : 0;
 }
 
 static bool ours(const sub *s, const keel_es_event *ev) {
@@ -353,6 +350,7 @@ static void pump(sub *s) {
 typedef struct watch {
   keel_es *es;
   int64_t after, timeout_ms;
+  bool tail_ok; /* the subscription reads the tail: its word wakes the waker */
 } watch;
 
 typedef struct saved {
@@ -385,7 +383,11 @@ static void waker_main(void *arg) {
     keel_msg_free(m);
     if (!ok) continue;
     int64_t head = 0;
-    int rc = keel_es_wait(w.es, w.after, w.timeout_ms, &head);
+    /* the live tail answers for this instance's appends (tail.c), when
+     * the subscription can read them there; otherwise the database's
+     * head (keel_es_wait: on PostgreSQL, the horizon's) */
+    int rc = w.tail_ok ? keel__es_wait_tail(w.es, w.after, w.timeout_ms, &head)
+                       : keel_es_wait(w.es, w.after, w.timeout_ms, &head);
     if (rc != 0 && rc != KEEL_ETIMEDOUT) keel_sleep(w.timeout_ms); /* the store failed: later */
     if (rc != 0) head = 0;                                         /* the head is not known */
     /* the head keel_es_wait read: the subscription need not read it again */
@@ -393,12 +395,23 @@ static void waker_main(void *arg) {
   }
 }
 
-static int spawn_waker(sub *s) {
-  if (s->waker) return 0;
-  keel_spawn_opts so = {.link = true, .name = "sub-waker"};
-  int rc = keel_spawn(waker_main, (void *)(uintptr_t)keel_self(), &so, &s->waker);
-  if (rc) s->waker = 0;
+static int spawn_helper(keel_pid_t *pid, const char *name) {
+  if (*pid) return 0;
+  keel_spawn_opts so = {.link = true, .name = name};
+  int rc = keel_spawn(waker_main, (void *)(uintptr_t)keel_self(), &so, pid);
+  if (rc) *pid = 0;
   return rc;
+}
+
+/* Two helpers: the waker waits for appends, the saver stores checkpoints.
+ * One process doing both queued a watch behind a checkpoint's commit (an
+ * fsync on SQLite): a live event arriving meanwhile waited for it. */
+static int spawn_waker(sub *s) {
+  return spawn_helper(&s->waker, "sub-waker");
+}
+
+static int spawn_saver(sub *s) {
+  return spawn_helper(&s->saver, "sub-saver");
 }
 
 /* The answer to the save in flight. */
@@ -407,9 +420,13 @@ static void saved_in(sub *s, const keel_msg_t *m) {
   if (keel_msg_size(m) == sizeof r) memcpy(&r, keel_msg_data(m), sizeof r);
   s->saving = false;
   if (r.rc == 0 && r.pos > s->stored) s->stored = r.pos;
-  /* a partition's save refused: fenced (only one save is ever in flight,
-   * so a refusal is never a stale save losing to a newer one) */
-  if (r.rc == KEEL_ECONFLICT && s->owner[0]) s->fenced = true;
+  /* a partition's save refused: fenced, unless a later checkpoint is
+   * already stored. A projection stores its checkpoint in each page's own
+   * transaction, which does not wait for the save behind it: when that
+   * commits first, the behind save (position <= the stored one) matches no
+   * row, and is only stale. The later save that passed proved the
+   * partition still ours; a takeover since is seen by the next save. */
+  if (r.rc == KEEL_ECONFLICT && s->owner[0] && r.pos > s->stored) s->fenced = true;
   if (r.rc && r.rc != KEEL_ECONFLICT)
     keel_log_warn(NULL, "subscription: cannot store its checkpoint",
                   KEEL_STR("subscription", s->name), KEEL_STR("error", keel_strerror(r.rc)));
@@ -442,12 +459,21 @@ static void save_behind(sub *s) {
     return;
   }
   save_arg a = {s, s->pos};
-  if (spawn_waker(s) != 0 || keel_send(s->waker, keel_msg_copy(TAG_SAVE, &a, sizeof a)) != 0) {
+  if (spawn_saver(s) != 0 || keel_send(s->saver, keel_msg_copy(TAG_SAVE, &a, sizeof a)) != 0) {
     save(s); /* no waker: in line */
     return;
   }
   s->saving = true;
   s->save_again = false;
+}
+
+/* Whether the live tail can serve this subscription: not with a tenant
+ * filter (the tenant is in the metadata's JSON, which the tail does not
+ * read; keel__es_tail_read refuses it). Waiting on the tail then would
+ * wake at once for an event it cannot take, and on PostgreSQL, while the
+ * horizon holds read_all below that event, again and again. */
+static bool tail_ok(const sub *s) {
+  return !s->o.filter.tenant;
 }
 
 static void arm_watch(sub *s) {
@@ -456,7 +482,7 @@ static void arm_watch(sub *s) {
     arm_wait(s); /* no process: poll */
     return;
   }
-  watch w = {.es = s->o.es, .after = s->pos, .timeout_ms = s->o.poll_ms};
+  watch w = {.es = s->o.es, .after = s->pos, .timeout_ms = s->o.poll_ms, .tail_ok = tail_ok(s)};
   s->watching = keel_send(s->waker, keel_msg_copy(TAG_WATCH, &w, sizeof w)) == 0;
   if (!s->watching) arm_wait(s);
 }
@@ -1078,29 +1104,68 @@ static int step(sub *s) {
       return 0;
     }
   }
+  bool tailed = false; /* the page came from the live tail */
   if (s->idx >= s->page.n) {
     keel_es_events_free(&s->page);
     s->idx = 0;
-    read_head(s);
-    int rc = keel_es_read_all(s->o.es, s->pos, s->o.batch, &s->o.filter, &s->page);
+    /* a partition's streams are matched in SQL (events.stream_hash); ours()
+     * still checks each event, for rows an older keel wrote without it */
+    keel_es_filter f = s->o.filter;
+    if (s->part_count) {
+      f.partitions = (uint32_t)s->part_count;
+      f.partition = (uint32_t)s->part_index;
+    }
+    /* live: the events this instance just committed, from memory (tail.c),
+     * when they follow the checkpoint; the database otherwise */
+    int rc = s->live && tail_ok(s) ? keel__es_tail_read(s->o.es, s->pos, s->o.batch, &f, &s->page)
+                                   : KEEL_ENOENT;
+    tailed = rc == 0;
+    if (rc == KEEL_ENOENT) {
+      read_head(s);
+      rc = keel_es_read_all(s->o.es, s->pos, s->o.batch, &f, &s->page);
+    }
     if (rc) {
       memset(&s->page, 0, sizeof s->page);
       db_failed(s, rc, "subscription: cannot read the feed");
       return 0;
     }
     db_passed(s);
+    if (s->page.scanned > s->head) s->head = s->page.scanned;
     if (s->page.n == 0) { /* at the head */
+      /* the events up to `scanned` were all filtered out (other partitions',
+       * other categories', hidden): nothing to hand out there, so the
+       * checkpoint moves past them, as past an event handled, and the next
+       * watch waits beyond them instead of waking at once for them again */
+      if (s->page.scanned > s->pos) s->pos = s->page.scanned;
+      int64_t top;
+      if (tailed && keel__es_tail_past(s->o.es, s->pos, &top)) { /* more in the tail */
+        pump(s);
+        return 0;
+      }
       if (!s->caught_up)
         keel_log_info(NULL, "subscription caught up", KEEL_STR("subscription", s->name),
                       KEEL_INT("checkpoint", s->pos));
+      bool was_live = s->live;
       s->live = s->caught_up = true;
-      if (s->o.checkpoint != KEEL_SUB_CHECKPOINT_PERIODIC) save(s);
+      if (!s->tail_user && tail_ok(s)) {
+        keel__es_tail_use(s->o.es, 1);
+        s->tail_user = true;
+      }
+      /* arriving at the head, the checkpoint is stored before the status
+       * says live; once live, behind it (the saver), so that the next live
+       * event does not wait for a commit */
+      if (s->o.checkpoint != KEEL_SUB_CHECKPOINT_PERIODIC) {
+        if (was_live && s->o.checkpoint == KEEL_SUB_CHECKPOINT_BATCH)
+          save_behind(s);
+        else
+          save(s);
+      }
       if (s->fenced) return lost(s);
       gauges(s);
       arm_watch(s);
       return 0;
     }
-    s->live = false;
+    if (!tailed) s->live = false;
     if (s->page.v[s->page.n - 1].position > s->head) s->head = s->page.v[s->page.n - 1].position;
     publish(s);
   }
@@ -1112,9 +1177,20 @@ static int step(sub *s) {
     return 0;
   }
   if (rc) return rc;
+  /* the page is done: past its last event, the rows it covered were
+   * filtered out (keel_es_events.scanned) */
+  if (s->page.scanned > s->pos) s->pos = s->page.scanned;
   if (s->o.checkpoint == KEEL_SUB_CHECKPOINT_BATCH) save_behind(s);
   if (s->fenced) return lost(s);
   gauges(s);
+  int64_t top;
+  if (s->live && !keel__es_tail_past(s->o.es, s->pos, &top)) {
+    /* live and the tail has nothing after it: wait (the waker reads the
+     * head, so another instance's append is not missed) rather than read
+     * the database for an empty page first */
+    arm_watch(s);
+    return 0;
+  }
   pump(s);
   return 0;
 }
@@ -1339,13 +1415,13 @@ static int mark_fn(keel_es_tx *tx, void *arg) {
   int rc = fence_in(tx, a->s);
   if (rc) return rc;
   rc = keel_es_tx_exec(tx,
-                           a->resolve ? "DELETE FROM keel_sub_parked WHERE name = $1 AND "
-                                        "position = CAST($2 AS BIGINT) AND status = 'failed' "
-                                        "RETURNING stream"
-                                      : "UPDATE keel_sub_parked SET status = 'retry' WHERE "
-                                        "name = $1 AND position = CAST($2 AS BIGINT) AND "
-                                        "status = 'failed' RETURNING stream",
-                           (const char *[]){a->s->name, pos}, 2, &rows);
+                       a->resolve ? "DELETE FROM keel_sub_parked WHERE name = $1 AND "
+                                    "position = CAST($2 AS BIGINT) AND status = 'failed' "
+                                    "RETURNING stream"
+                                  : "UPDATE keel_sub_parked SET status = 'retry' WHERE "
+                                    "name = $1 AND position = CAST($2 AS BIGINT) AND "
+                                    "status = 'failed' RETURNING stream",
+                       (const char *[]){a->s->name, pos}, 2, &rows);
   if (rc) return rc;
   a->changed = rows.changed;
   if (a->resolve && rows.nrows == 1) rc = release_in(tx, a->s, keel_es_rows_get(&rows, 0, 0));
@@ -1447,9 +1523,11 @@ static void sub_terminate(keel_reason reason, void *state) {
                 KEEL_STR("reason", keel_reason_name(reason.kind)), KEEL_INT("checkpoint", s->pos));
   if (s->tick) keel_cancel_timer(s->tick);
   if (s->wait_timer) keel_cancel_timer(s->wait_timer);
-  save_wait(s); /* the waker is not killed inside a save */
+  save_wait(s); /* the saver is not killed inside a save */
   if (s->worker) keel_exit_signal(s->worker, KEEL_REASON_KILL, NULL);
   if (s->waker) keel_exit_signal(s->waker, KEEL_REASON_KILL, NULL);
+  if (s->saver) keel_exit_signal(s->saver, KEEL_REASON_KILL, NULL);
+  if (s->tail_user) keel__es_tail_use(s->o.es, -1);
   int rc = save(s);
   keel_log_info(NULL, "subscription stopped: checkpoint stored, closed",
                 KEEL_STR("subscription", s->name), KEEL_INT("checkpoint", s->stored),

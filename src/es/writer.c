@@ -201,6 +201,7 @@ static int append_one(keel_es *es, const es_stream_req *s, keel_es_append_result
     return KEEL_ECONFLICT;
   }
   sqlite3_stmt *st = es->st_insert;
+  uint32_t hash = keel__es_stream_hash(s->stream);
   for (size_t k = 0; k < s->n; k++) {
     const es_row *e = &s->rows[k];
     sqlite3_bind_text(st, 1, s->stream, -1, SQLITE_STATIC);
@@ -215,6 +216,7 @@ static int append_one(keel_es *es, const es_stream_req *s, keel_es_append_result
       sqlite3_bind_null(st, 7);
     sqlite3_bind_int64(st, 8, e->occurred_at);
     sqlite3_bind_int64(st, 9, now);
+    sqlite3_bind_int64(st, 10, (sqlite3_int64)hash);
     rc = step_done(es, st, "inserting an event");
     sqlite3_clear_bindings(st);
     if (rc) return rc;
@@ -360,6 +362,27 @@ static void finish(keel_es *es, es_req *r, keel_msg_t *m) {
   keel__es_req_free(r);
 }
 
+/* After a commit, before the waiters wake: the group's new events go to
+ * the live tail (tail.c; in position order, which is the group's order on
+ * the one writer), and a committed delete or truncation empties it. */
+static void feed_tail(keel_es *es, es_req *group, keel_msg_t **msgs, int64_t now) {
+  size_t i = 0;
+  bool hidden = false;
+  for (es_req *r = group; r && msgs; r = r->next, i++) {
+    if (!msgs[i]) continue;
+    const es_reply *rep = keel_msg_data(msgs[i]);
+    if (rep->rc != 0) continue;
+    if (r->kind == ES_REQ_APPEND)
+      for (size_t k = 0; k < rep->nresults; k++)
+        keel__es_tail_push(es, &r->streams[k], &rep->results[k], now,
+                           keel__es_tail_epoch(es)); /* the one writer: in commit order */
+    else if (r->kind == ES_REQ_DELETE || r->kind == ES_REQ_TRUNCATE ||
+             r->kind == ES_REQ_HARD_DELETE)
+      hidden = true;
+  }
+  if (hidden) keel__es_tail_reset(es);
+}
+
 /* After a commit: the waiting readers whose position is below the group's
  * highest new position are woken (notify.c; one atomic load when none
  * waits). */
@@ -430,6 +453,7 @@ static void run_group(keel_es *es, es_req *group, size_t nreq) {
     }
   }
   if (es->m_group && nappends) keel_histogram_observe(es->m_group, (double)nappends);
+  if (!broken) feed_tail(es, group, msgs, now);
   if (!broken && nappends) wake_waiters(es, group, msgs);
   i = 0;
   for (es_req *r = group, *next; r; r = next, i++) {
@@ -487,7 +511,7 @@ int keel__es_writer_prepare(keel_es *es) {
       {offsetof(keel_es, st_stream), "SELECT version, deleted FROM streams WHERE stream = ?"},
       {offsetof(keel_es, st_insert),
        "INSERT INTO events (stream, version, id, type, schema_version, payload, metadata, "
-       "occurred_at, stored_at) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?)"},
+       "occurred_at, stored_at, stream_hash) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?)"},
       {offsetof(keel_es, st_upsert),
        "INSERT INTO streams (stream, version) VALUES (?1, ?2) "
        "ON CONFLICT (stream) DO UPDATE SET version = ?2, deleted = 0"},

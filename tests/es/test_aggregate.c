@@ -577,18 +577,23 @@ KT_CASE(a_store_of_schema_version_1_is_migrated_on_open) {
   CHECK_OK(kt_append_n(es, "old-1", KEEL_ES_NO_STREAM, "E", 3, 0, NULL));
   keel_es_close(es);
   s.es = NULL;
-  /* back to version 1: no snapshots table */
+  /* back to version 1: no snapshots table (nor version 3's stream_hash) */
   if (kt_es_pg_url()) {
-    char sql[256];
-    snprintf(sql, sizeof sql, "DROP TABLE %s.snapshots; UPDATE %s.keel_es_schema SET version = 1",
-             s.schema, s.schema);
+    char sql[512];
+    snprintf(sql, sizeof sql,
+             "DROP TABLE %s.snapshots; ALTER TABLE %s.events DROP COLUMN stream_hash; "
+             "DROP FUNCTION %s.keel_es_stream_hash(text); UPDATE %s.keel_es_schema SET version = 1",
+             s.schema, s.schema, s.schema, s.schema);
     CHECK_OK(kt_pg_exec(s.admin_url, sql, NULL, 0));
   } else {
     sqlite3 *db;
     char path[600];
     snprintf(path, sizeof path, "%s/es.db", s.dir);
     CHECK_EQ(sqlite3_open(path, &db), SQLITE_OK);
-    CHECK_EQ(sqlite3_exec(db, "DROP TABLE snapshots; PRAGMA user_version = 1", NULL, NULL, NULL),
+    CHECK_EQ(sqlite3_exec(db,
+                          "DROP TABLE snapshots; ALTER TABLE events DROP COLUMN stream_hash; "
+                          "PRAGMA user_version = 1",
+                          NULL, NULL, NULL),
              SQLITE_OK);
     sqlite3_close(db);
   }
@@ -664,7 +669,8 @@ KT_CASE(a_rejection_is_returned_unchanged_and_nothing_is_appended) {
   CHECK_EQ(evs.n, 1);
   CHECK_STR(evs.v[0].id, "0b9d6c1e-0000-4000-8000-00000000ab01");
   CHECK_EQ(evs.v[0].occurred_at_ms, 1234);
-  CHECK_STR(json_string_value(json_object_get(keel_es_event_metadata(&evs.v[0]), "actor")), "tester");
+  CHECK_STR(json_string_value(json_object_get(keel_es_event_metadata(&evs.v[0]), "actor")),
+            "tester");
   keel_es_events_free(&evs);
   keel_es_snapshot sn;
   CHECK_OK(keel_es_snapshot_load(es, "acct-r", &sn));
@@ -701,9 +707,9 @@ KT_CASE(a_rejection_is_returned_unchanged_and_nothing_is_appended) {
 static int deposit_v1_v2(const keel_es_event *in, keel_es_upcast_out *out, size_t *n, void *ud) {
   (void)ud;
   out[0].type = "Deposited";
-  out[0].payload =
-      json_pack("{s:I}", "amount",
-                (json_int_t)(json_integer_value(json_object_get(keel_es_event_payload(in), "cents")) / 100));
+  out[0].payload = json_pack(
+      "{s:I}", "amount",
+      (json_int_t)(json_integer_value(json_object_get(keel_es_event_payload(in), "cents")) / 100));
   *n = 1;
   return 0;
 }
