@@ -124,8 +124,10 @@ KT_CASE(live_events_come_from_the_tail_once_and_in_order) {
   double used = reads(m) - before;
   fprintf(stderr, "   %.0f reads for %lld live events\n", used, (long long)(head - 20));
   /* on PostgreSQL, with two writers, 200 to 250 reads for 600 events here:
-   * only bounded by one read per event (each hole in the tail is a read) */
-  CHECK(used < (kt_es_pg_url() ? (double)(head - 20) : 30));
+   * only bounded by one read per event (each hole in the tail is a read).
+   * On SQLite 1 to 21 reads as a rule, 35 once beside a ThreadSanitizer
+   * build; without the tail it is two reads per live page, hundreds */
+  CHECK(used < (kt_es_pg_url() ? (double)(head - 20) : 75));
   CHECK_OK(keel_sub_stop("live", 0));
   free(s);
   kt_store_close(&st);
