@@ -139,18 +139,20 @@ static size_t set_snapshot(keel__proc *p, int which, keel__mon *w, size_t room) 
       size_t n;
       if (which == SET_LINKS) {
         const keel__pidvec *v = &p->links;
-        n = __atomic_load_n(&v->n, __ATOMIC_RELAXED);
+        n = __atomic_load_n(&v->n, __ATOMIC_ACQUIRE);
         for (size_t i = 0; i < n && i < room; i++)
-          w[i] = (keel__mon){.ref = 0, .pid = __atomic_load_n(&v->v[i], __ATOMIC_RELAXED)};
+          w[i] = (keel__mon){.ref = 0, .pid = __atomic_load_n(&v->v[i], __ATOMIC_ACQUIRE)};
       } else {
         const keel__monvec *v = which == SET_MONITORS ? &p->monitors : &p->monitored_by;
-        n = __atomic_load_n(&v->n, __ATOMIC_RELAXED);
+        n = __atomic_load_n(&v->n, __ATOMIC_ACQUIRE);
         for (size_t i = 0; i < n && i < room; i++)
-          w[i] = (keel__mon){.ref = __atomic_load_n(&v->v[i].ref, __ATOMIC_RELAXED),
-                             .pid = __atomic_load_n(&v->v[i].pid, __ATOMIC_RELAXED)};
+          w[i] = (keel__mon){.ref = __atomic_load_n(&v->v[i].ref, __ATOMIC_ACQUIRE),
+                             .pid = __atomic_load_n(&v->v[i].pid, __ATOMIC_ACQUIRE)};
       }
-      /* the loads above happen before the second look at set_seq */
-      atomic_thread_fence(memory_order_acquire);
+      /* the acquire loads above happen before this second look at set_seq
+       * (no fence: ThreadSanitizer does not model fences); one that read a
+       * store of a write section makes this load see that section's odd
+       * set_seq or later */
       if (atomic_load_explicit(&p->set_seq, memory_order_relaxed) == s1)
         return n <= room ? n : SIZE_MAX;
     }
