@@ -59,17 +59,6 @@ static json_t *board_entry(int port, const char *name) {
   return found;
 }
 
-/* An admin port (keel_admin_start) on loopback, where the panels show. */
-static keel_http_server *admin_port(void) {
-  keel_admin_opts ao;
-  keel_admin_opts_init(&ao);
-  ao.host = "127.0.0.1";
-  ao.no_dashboard = true;
-  keel_http_server *s = NULL;
-  CHECK_OK(keel_admin_start(&ao, &s));
-  return s;
-}
-
 /* The dashboard panel's row of subscription `name` (a new reference), or NULL. */
 static json_t *panel_row(int port, const char *name) {
   json_t *b = NULL, *found = NULL, *e;
@@ -130,7 +119,7 @@ KT_CASE(operators_list_retry_and_resolve_parked_events_over_http) {
 
   /* the dashboard's panel, registered with the routes: the same figures;
    * events/s unknown at the first reading */
-  keel_http_server *adm = admin_port();
+  keel_http_server *adm = kt_admin_port();
   int ap = keel_http_port(adm);
   json_t *pr = panel_row(ap, "adm");
   CHECK(pr != NULL);

@@ -17,6 +17,7 @@
 #include <sys/time.h>
 #include <unistd.h>
 
+#include "keel/http.h"
 #include "rt/kt_rt.h"
 
 typedef struct kt_resp {
@@ -187,6 +188,18 @@ static inline int kt_exchange(int port, const char *req, kt_resp *resp, int nres
   kt_job j = {.port = port, .req = req, .nresp = nresp, .resp = resp};
   CHECK_OK(keel_blocking(kt_job_run, &j));
   return j.got;
+}
+
+/* An admin port (keel_admin_start) on loopback, without the dashboard
+ * page: where the admin API and the registered panels show. */
+static inline keel_http_server *kt_admin_port(void) {
+  keel_admin_opts ao;
+  keel_admin_opts_init(&ao);
+  ao.host = "127.0.0.1";
+  ao.no_dashboard = true;
+  keel_http_server *s = NULL;
+  CHECK_OK(keel_admin_start(&ao, &s));
+  return s;
 }
 
 /* One request without a body on a new connection (auth: the Authorization

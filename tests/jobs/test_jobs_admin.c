@@ -23,17 +23,6 @@ static const char *state_of(keel_jobs *j, int64_t id) {
   return s;
 }
 
-/* An admin port (keel_admin_start) on loopback, where the panels show. */
-static keel_http_server *admin_port(void) {
-  keel_admin_opts ao;
-  keel_admin_opts_init(&ao);
-  ao.host = "127.0.0.1";
-  ao.no_dashboard = true;
-  keel_http_server *s = NULL;
-  CHECK_OK(keel_admin_start(&ao, &s));
-  return s;
-}
-
 KT_CASE(operators_list_retry_and_cancel_jobs_over_http) {
   kt_store st;
   keel_es *es = kt_store_open(&st, NULL);
@@ -118,7 +107,7 @@ KT_CASE(operators_list_retry_and_cancel_jobs_over_http) {
 
   /* the dashboard's panel: a row per queue run here, the janitor's figures */
   CHECK_OK(keel_jobs_maintain(j));
-  keel_http_server *adm = admin_port();
+  keel_http_server *adm = kt_admin_port();
   int ap = keel_http_port(adm);
   CHECK_EQ(kt_request_json(ap, "GET", "/admin/panels", NULL, &b), 200);
   bool listed = false;
