@@ -232,6 +232,7 @@ if [ -n "$pg" ]; then
   start "$tmp/log5"
   pid1=$pid port1=$port hport1=$hport
   port=$("$load" freeport) hport=$("$load" freeport)
+  while [ "$hport" = "$port" ]; do hport=$("$load" freeport); done
   start "$tmp/log6"
   pid2=$pid
   api1=http://127.0.0.1:$port1 api2=http://127.0.0.1:$port

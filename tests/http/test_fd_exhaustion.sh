@@ -155,6 +155,7 @@ if [ "$hard" = unlimited ] || [ "$hard" -gt $((SERVER_NOFILE * 2)) ]; then
   [ "$hard" != unlimited ] && [ "$hard" -lt "$want" ] && want=$hard
   P=$(freeport)
   H=$(freeport)
+  while [ "$H" = "$P" ]; do H=$(freeport); done
   start raise "$P" "$H" "ulimit -Sn $SERVER_NOFILE && ulimit -Hn $want"
   if wait_startup "$H" raise; then
     lim=$(nofile "$pid_raise")
@@ -174,6 +175,7 @@ fi
 # ---- the service at 256 descriptors --------------------------------------------------------------
 P=$(freeport)
 H=$(freeport)
+while [ "$H" = "$P" ]; do H=$(freeport); done
 api=http://127.0.0.1:$P
 adm=http://127.0.0.1:$H
 start x "$P" "$H" "ulimit -n $SERVER_NOFILE" KEEL_SCHEDULERS=2 WORKER_COUNT=2 SHUTDOWN_TIMEOUT=${SHUTDOWN_S}s

@@ -142,6 +142,7 @@ else bad "HEALTH_PORT equal to PORT exits 78" "exit $code, stderr: $(cat "$tmp/c
 # ---- instance M: statuses, ids, logs, metrics, CORS, headers, slowloris --------------------------
 P=$(freeport)
 H=$(freeport)
+while [ "$H" = "$P" ]; do H=$(freeport); done
 start m "$P" "$H" RATE_LIMIT=0 WORKER_COUNT=3 MAX_BODY_BYTES=4096 \
   CORS_ORIGINS=https://app.example.com,https://admin.example.com
 if ! wait_startup "$H" m; then
@@ -298,6 +299,7 @@ check "instance M exits 0 on SIGTERM" test "$code" = 0
 # ---- instance R: rate limit and request timeout ------------------------------------------------
 P=$(freeport)
 H=$(freeport)
+while [ "$H" = "$P" ]; do H=$(freeport); done
 start r "$P" "$H" RATE_LIMIT=100 REQUEST_TIMEOUT=1s
 if wait_startup "$H" r; then
   api=http://127.0.0.1:$P
@@ -330,6 +332,7 @@ check "instance R exits 0 on SIGTERM" test "$code" = 0
 # ---- SIGTERM with a request in flight: ready 503 at once, the request finishes ------------------
 P=$(freeport)
 H=$(freeport)
+while [ "$H" = "$P" ]; do H=$(freeport); done
 start i "$P" "$H" RATE_LIMIT=0
 if wait_startup "$H" i; then
   req inflight -H 'X-Request-Id: it-inflight' -d '{"delayMs":3000}' "http://127.0.0.1:$P/api/process" \
@@ -366,6 +369,7 @@ fi
 # ---- SIGTERM under load --------------------------------------------------------------------------
 P=$(freeport)
 H=$(freeport)
+while [ "$H" = "$P" ]; do H=$(freeport); done
 start s "$P" "$H" RATE_LIMIT=0
 if wait_startup "$H" s; then
   "$load" load "$P" 5 8 0 >"$tmp/load_s.json" &
@@ -386,6 +390,7 @@ fi
 # ---- SHUTDOWN_TIMEOUT exceeded: exit 1; a second SIGTERM: exit at once ------------------------------
 P=$(freeport)
 H=$(freeport)
+while [ "$H" = "$P" ]; do H=$(freeport); done
 # the worker and the router are killed mid-call here, so their gen_server
 # state is never freed (terminate does not run for a killed process): under
 # ASan, LeakSanitizer would turn exit code 1 into 134
@@ -401,6 +406,7 @@ else bad "instance T starts" "$(tail -5 "$tmp/t/stderr")"; fi
 
 P=$(freeport)
 H=$(freeport)
+while [ "$H" = "$P" ]; do H=$(freeport); done
 start u "$P" "$H" RATE_LIMIT=0
 if wait_startup "$H" u; then
   curl -s -o /dev/null -d '{"delayMs":10000}' -H 'X-Request-Id: it-long2' "http://127.0.0.1:$P/api/process" &
@@ -426,6 +432,7 @@ else
 fi
 P=$(freeport)
 H=$(freeport)
+while [ "$H" = "$P" ]; do H=$(freeport); done
 start a "$P" "$H" RATE_LIMIT=0
 if wait_startup "$H" a; then
   "$load" load "$P" 10 8 0 >"$tmp/load_roll.json" &
