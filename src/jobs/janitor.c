@@ -203,12 +203,10 @@ static int gauges(keel_jobs *j, int64_t now) {
   for (size_t i = 0; i < j->o.nqueues; i++)
     j->queues[i].depth = 0, j->queues[i].oldest_ms = 0;
   for (size_t r = 0; r < rows.nrows; r++) {
-    const char *q = keel_es_rows_get(&rows, r, 0);
-    int64_t depth = keel__jobs_atoi(keel_es_rows_get(&rows, r, 1));
-    int64_t oldest = now - keel__jobs_atoi(keel_es_rows_get(&rows, r, 2));
-    for (size_t i = 0; i < j->o.nqueues; i++)
-      if (strcmp(j->queues[i].q.name, q) == 0)
-        j->queues[i].depth = depth, j->queues[i].oldest_ms = oldest;
+    jobs_queue *q = keel__jobs_queue_named(j, keel_es_rows_get(&rows, r, 0));
+    if (!q) continue;
+    q->depth = keel__jobs_atoi(keel_es_rows_get(&rows, r, 1));
+    q->oldest_ms = now - keel__jobs_atoi(keel_es_rows_get(&rows, r, 2));
   }
   for (size_t i = 0; i < j->o.nqueues; i++) {
     set_gauge(j->f_depth, j->queues[i].q.name, (double)j->queues[i].depth);
@@ -277,20 +275,16 @@ int keel__jobs_janitor_round(keel_jobs *j, bool periodic) {
     keel_log_warn(NULL, "jobs: rescued the jobs of lost instances", KEEL_INT("jobs", r.lost));
   if (r.stuck)
     keel_log_warn(NULL, "jobs: took back attempts past their deadline", KEEL_INT("jobs", r.stuck));
-  if (step_due(j, JOBS_STEP_CRON, periodic)) {
-    rc = step_done(j, JOBS_STEP_CRON, keel__jobs_cron_round(j, now));
-    if (!first) first = rc;
-  }
-  if (step_due(j, JOBS_STEP_PRUNE, periodic)) {
-    rc = step_done(j, JOBS_STEP_PRUNE, prune(j, now));
-    if (!first) first = rc;
-  }
-  if (step_due(j, JOBS_STEP_GAUGES, periodic)) {
-    rc = step_done(j, JOBS_STEP_GAUGES, gauges(j, now));
-    if (!first) first = rc;
-  }
-  if (step_due(j, JOBS_STEP_PANEL, periodic)) {
-    rc = step_done(j, JOBS_STEP_PANEL, keel__jobs_panel_round(j, now));
+  /* the steps after the rescue, in this order, each (j, now) */
+  static int (*const steps[])(keel_jobs *, int64_t) = {
+      [JOBS_STEP_CRON] = keel__jobs_cron_round,
+      [JOBS_STEP_PRUNE] = prune,
+      [JOBS_STEP_GAUGES] = gauges,
+      [JOBS_STEP_PANEL] = keel__jobs_panel_round,
+  };
+  for (int step = JOBS_STEP_CRON; step < JOBS_STEPS; step++) {
+    if (!step_due(j, step, periodic)) continue;
+    rc = step_done(j, step, steps[step](j, now));
     if (!first) first = rc;
   }
   if (periodic) {

@@ -511,3 +511,9 @@ int keel_jobs_list(keel_jobs *j, const keel_jobs_filter *f, json_t **out) {
 int keel_jobs_maintain(keel_jobs *j) {
   return j ? keel__jobs_janitor_round(j, false) : KEEL_EINVAL;
 }
+
+jobs_queue *keel__jobs_queue_named(keel_jobs *j, const char *name) {
+  for (size_t i = 0; name && i < j->o.nqueues; i++)
+    if (strcmp(j->queues[i].q.name, name) == 0) return &j->queues[i];
+  return NULL;
+}

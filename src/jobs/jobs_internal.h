@@ -211,6 +211,8 @@ char *keel__jobs_fetch_sql(const keel_jobs *j);
  * keel_jobs_maintain's round (periodic false) runs every step. */
 void keel__jobs_janitor(void *arg);
 int keel__jobs_janitor_round(keel_jobs *j, bool periodic);
+/* jobs.c: the queue of j named name (NULL: none, or name NULL). */
+jobs_queue *keel__jobs_queue_named(keel_jobs *j, const char *name);
 /* panel.c: the dashboard's "jobs" panel: registered by keel_jobs_admin_routes,
  * its figures refreshed by the janitor's round (no-op while not registered),
  * unregistered before j is freed. */

@@ -25,19 +25,13 @@
 #define PANEL_NAME       "jobs"
 #define FAILED_WINDOW_MS 3600000 /* "failed": discarded within the last hour */
 
-static jobs_queue *queue_named(keel_jobs *j, const char *name) {
-  for (size_t i = 0; name && i < j->o.nqueues; i++)
-    if (strcmp(j->queues[i].q.name, name) == 0) return &j->queues[i];
-  return NULL;
-}
-
 /* Counts per queue from a "SELECT queue, COUNT(*)" into the field at `off`
  * of each jobs_queue (zeroed first). Under jobs->mu. */
 static void take_counts(keel_jobs *j, const keel_es_rows *rows, size_t off) {
   for (size_t i = 0; i < j->o.nqueues; i++)
     *(int64_t *)((char *)&j->queues[i] + off) = 0;
   for (size_t r = 0; r < rows->nrows; r++) {
-    jobs_queue *q = queue_named(j, keel_es_rows_get(rows, r, 0));
+    jobs_queue *q = keel__jobs_queue_named(j, keel_es_rows_get(rows, r, 0));
     if (q) *(int64_t *)((char *)q + off) = keel__jobs_atoi(keel_es_rows_get(rows, r, 1));
   }
 }
