@@ -3,24 +3,8 @@
  * on SQLite, one writer commits in position order and these cases are
  * skipped). A second writer is a plain libpq connection held open by the
  * test, inserting as keel's appends do (keel_es_reserve, then the row). */
+#include "es/kt_beside.h"
 #include "es/kt_es.h"
-
-/* Opens a transaction on c that holds one event of `stream` at a reserved
- * position (returned), uncommitted. */
-static int64_t open_writer(PGconn *c, const char *stream) {
-  PQclear(kt_pg_run(c, "BEGIN"));
-  PGresult *r = kt_pg_run(c, "SELECT keel_es_reserve(1)");
-  int64_t pos = strtoll(PQgetvalue(r, 0, 0), NULL, 10);
-  PQclear(r);
-  char sql[512];
-  snprintf(sql, sizeof sql,
-           "INSERT INTO events (position, stream, version, id, type, schema_version, payload, "
-           "occurred_at, stored_at) VALUES (%lld, '%s', 1, gen_random_uuid(), 'Late', 1, '{}', "
-           "0, 0)",
-           (long long)pos, stream);
-  PQclear(kt_pg_run(c, sql));
-  return pos;
-}
 
 static size_t read_after(keel_es *es, int64_t after, int64_t *first, int64_t *last) {
   keel_es_events evs;
@@ -42,7 +26,7 @@ KT_CASE(a_lower_position_that_commits_last_is_never_skipped) {
   CHECK_OK(kt_append_n(es, "a-1", KEEL_ES_NO_STREAM, "T", 1, 0, &r0));
   PGconn *c = PQconnectdb(s.url);
   CHECK(PQstatus(c) == CONNECTION_OK);
-  int64_t late = open_writer(c, "late-1"); /* the lower position, still open */
+  int64_t late = kt_pg_open_writer(c, "late-1"); /* the lower position, still open */
   CHECK(late > r0.last_position);
   CHECK_OK(kt_append_n(es, "b-1", KEEL_ES_NO_STREAM, "T", 1, 0, &rb)); /* committed */
   CHECK(rb.first_position > late);
@@ -64,7 +48,7 @@ KT_CASE(a_rolled_back_append_does_not_stall_the_feed) {
   keel_es *es = kt_store_open(&s, NULL);
   PGconn *c = PQconnectdb(s.url);
   CHECK(PQstatus(c) == CONNECTION_OK);
-  int64_t lost = open_writer(c, "lost-1");
+  int64_t lost = kt_pg_open_writer(c, "lost-1");
   keel_es_append_result rb;
   CHECK_OK(kt_append_n(es, "b-1", KEEL_ES_NO_STREAM, "T", 2, 0, &rb));
   int64_t first = 0, last = 0;

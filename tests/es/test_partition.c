@@ -13,6 +13,7 @@
 #include <stdlib.h>
 
 #include "es/es_internal.h"
+#include "es/kt_beside.h"
 #include "es/kt_es.h"
 #include "keel/subscription.h"
 
@@ -335,47 +336,6 @@ static double reads(keel_metrics *m) {
   return keel_counter_value(c);
 }
 
-/* n events of a new stream, appended beside keel in one transaction (as
- * another instance's appends would be): not in this instance's live tail,
- * so a subscription reads them from the database. */
-static void append_run_beside(const kt_store *s, const char *stream, int n) {
-  char sql[2048];
-  if (kt_es_pg_url()) {
-    snprintf(sql, sizeof sql,
-             "BEGIN; WITH r AS (SELECT keel_es_reserve(%d) AS first) INSERT INTO events "
-             "(position, stream, version, id, type, schema_version, payload, occurred_at, "
-             "stored_at, stream_hash) SELECT first + g - 1, '%s', g, gen_random_uuid(), 'Beside', "
-             "1, '{}', 1, 1, keel_es_stream_hash('%s') FROM r, generate_series(1, %d) g; "
-             "INSERT INTO streams (stream, version) VALUES ('%s', %d); COMMIT",
-             n, stream, stream, n, stream, n);
-    char err[512];
-    if (kt_pg_exec(s->admin_url, sql, err, sizeof err)) {
-      fprintf(stderr, "%s\n", err);
-      CHECK(!"the run beside keel");
-    }
-    return;
-  }
-  char path[600];
-  snprintf(path, sizeof path, "%s/es.db", s->dir);
-  sqlite3 *db;
-  CHECK_EQ(sqlite3_open(path, &db), SQLITE_OK);
-  sqlite3_busy_timeout(db, 10000);
-  snprintf(sql, sizeof sql,
-           "BEGIN IMMEDIATE; WITH RECURSIVE g(v) AS (SELECT 1 UNION ALL SELECT v + 1 FROM g "
-           "WHERE v < %d) INSERT INTO events (stream, version, id, type, schema_version, "
-           "payload, occurred_at, stored_at, stream_hash) SELECT '%s', v, "
-           "printf('00000000-0000-4000-8000-%%012d', v), 'Beside', 1, '{}', 1, 1, %lld FROM g; "
-           "INSERT INTO streams (stream, version) VALUES ('%s', %d); COMMIT",
-           n, stream, (long long)fnv1a(stream), stream, n);
-  char *err = NULL;
-  if (sqlite3_exec(db, sql, NULL, NULL, &err) != SQLITE_OK) {
-    fprintf(stderr, "%s\n", err ? err : "?");
-    CHECK(!"the run beside keel");
-  }
-  sqlite3_free(err);
-  sqlite3_close(db);
-}
-
 /* A group's partitions move past a run of 500 events of partition 2,
  * appended beside keel (not in the live tail: read from the database), in
  * a read or two each: the partition is matched in SQL and the read says how
@@ -408,7 +368,7 @@ KT_CASE(a_partition_moves_past_a_long_run_of_other_partitions_events) {
     wait_at(name, head_of(es));
   }
   double before = reads(m);
-  append_run_beside(&s, other, 500); /* five batches of p0's reads, 25 pages of p2's */
+  kt_append_beside(&s, other, 500); /* five batches of p0's reads, 25 pages of p2's */
   /* an append through keel wakes the members (the run beside keel does
    * not): it is in the tail, but after a hole, so they read the database */
   CHECK_OK(kt_append_n(es, wake, KEEL_ES_ANY, "T", 1, 0, NULL));

@@ -17,6 +17,7 @@
 #include <stdlib.h>
 
 #include "es/es_internal.h"
+#include "es/kt_beside.h"
 #include "es/kt_es.h"
 #include "keel/subscription.h"
 
@@ -134,44 +135,6 @@ KT_CASE(live_events_come_from_the_tail_once_and_in_order) {
   keel_metrics_free(m);
 }
 
-/* An event appended beside keel (not through this instance, so not in its
- * tail): positions k + 1 in the database only, k + 2... in the tail. */
-static void append_beside(const kt_store *st, const char *stream) {
-  char sql[1024];
-  if (kt_es_pg_url()) {
-    snprintf(sql, sizeof sql,
-             "BEGIN; INSERT INTO events (position, stream, version, id, type, schema_version, "
-             "payload, occurred_at, stored_at, stream_hash) SELECT keel_es_reserve(1), '%s', "
-             "1, gen_random_uuid(), 'Beside', 1, '{}', 1, 1, keel_es_stream_hash('%s'); "
-             "INSERT INTO streams (stream, version) VALUES ('%s', 1); COMMIT",
-             stream, stream, stream);
-    char err[512];
-    if (kt_pg_exec(st->admin_url, sql, err, sizeof err)) {
-      fprintf(stderr, "%s\n", err);
-      CHECK(!"the append beside keel");
-    }
-    return;
-  }
-  char path[600];
-  snprintf(path, sizeof path, "%s/es.db", st->dir);
-  sqlite3 *db;
-  CHECK_EQ(sqlite3_open(path, &db), SQLITE_OK);
-  sqlite3_busy_timeout(db, 10000);
-  snprintf(sql, sizeof sql,
-           "BEGIN IMMEDIATE; INSERT INTO events (stream, version, id, type, schema_version, "
-           "payload, occurred_at, stored_at, stream_hash) VALUES ('%s', 1, "
-           "'00000000-0000-4000-8000-000000000001', 'Beside', 1, '{}', 1, 1, %lld); "
-           "INSERT INTO streams (stream, version) VALUES ('%s', 1); COMMIT",
-           stream, (long long)keel__es_stream_hash(stream), stream);
-  char *err = NULL;
-  if (sqlite3_exec(db, sql, NULL, NULL, &err) != SQLITE_OK) {
-    fprintf(stderr, "%s\n", err ? err : "?");
-    CHECK(!"the append beside keel");
-  }
-  sqlite3_free(err);
-  sqlite3_close(db);
-}
-
 KT_CASE(a_gap_in_the_tail_is_filled_from_the_database) {
   kt_store st;
   keel_es *es = kt_store_open(&st, NULL);
@@ -183,7 +146,7 @@ KT_CASE(a_gap_in_the_tail_is_filled_from_the_database) {
   /* the tail: 4 (from keel), then 5 beside keel (not in the tail), then 6.. */
   CHECK_OK(kt_append_n(es, "a-1", KEEL_ES_ANY, "T", 1, 3, NULL));
   wait_at("gap", 4);
-  append_beside(&st, "beside-1");
+  kt_append_beside(&st, "beside-1", 1);
   CHECK_OK(kt_append_n(es, "a-1", KEEL_ES_ANY, "T", 2, 4, NULL));
   int64_t head = head_of(es);
   CHECK_EQ(head, 7);
@@ -228,7 +191,7 @@ KT_CASE(the_tail_forgets_a_deleted_stream_and_restarts_after_a_hole) {
   CHECK_EQ(evs.n, 0); /* hidden in the database too */
   keel_es_events_free(&evs);
   CHECK_OK(kt_append_n(es, "d-2", KEEL_ES_ANY, "T", 1, 0, NULL)); /* 3 */
-  append_beside(&st, "beside-2");                                 /* 4: not in the tail */
+  kt_append_beside(&st, "beside-2", 1);                           /* 4: not in the tail */
   CHECK_OK(kt_append_n(es, "d-2", KEEL_ES_ANY, "T", 1, 1, NULL)); /* 5 */
   CHECK_EQ(keel__es_tail_read(es, 3, 10, NULL, &evs), KEEL_ENOENT);
   CHECK_OK(keel__es_tail_read(es, 4, 10, NULL, &evs));
@@ -351,24 +314,6 @@ KT_CASE(a_push_older_than_a_reset_is_dropped) {
 
 /* ---- PostgreSQL: the horizon (decision 0010) -------------------------------------------- */
 
-/* Opens a transaction on c holding one event of `stream` at a reserved
- * position (returned), uncommitted: another writer's append, slower than
- * this instance's. */
-static int64_t open_writer(PGconn *c, const char *stream) {
-  PQclear(kt_pg_run(c, "BEGIN"));
-  PGresult *r = kt_pg_run(c, "SELECT keel_es_reserve(1)");
-  int64_t pos = strtoll(PQgetvalue(r, 0, 0), NULL, 10);
-  PQclear(r);
-  char sql[512];
-  snprintf(sql, sizeof sql,
-           "INSERT INTO events (position, stream, version, id, type, schema_version, payload, "
-           "occurred_at, stored_at, stream_hash) VALUES (%lld, '%s', 1, gen_random_uuid(), "
-           "'Late', 1, '{}', 0, 0, keel_es_stream_hash('%s'))",
-           (long long)pos, stream, stream);
-  PQclear(kt_pg_run(c, sql));
-  return pos;
-}
-
 /* Decision 0010's rule, with the tail in the way: position p reserved in a
  * transaction beside keel and not committed, p + 1 appended through keel
  * (so in the tail). The subscription must not pass p: its checkpoint stays
@@ -385,7 +330,7 @@ KT_CASE(an_uncommitted_lower_position_is_never_passed) {
   wait_at("order", 2); /* live, the tail in use */
   PGconn *c = PQconnectdb(st.url);
   CHECK(PQstatus(c) == CONNECTION_OK);
-  int64_t p = open_writer(c, "late-1");
+  int64_t p = kt_pg_open_writer(c, "late-1");
   CHECK_EQ(p, 3);
   keel_es_append_result r;
   CHECK_OK(kt_append_n(es, "a-1", KEEL_ES_ANY, "T", 1, 2, &r));
