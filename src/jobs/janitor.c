@@ -190,7 +190,18 @@ static void set_gauge(keel_metric_family *f, const char *queue, double v) {
   if (f && keel_gauge_get(f, (const char *[]){queue}, &g) == 0) keel_gauge_set(g, v);
 }
 
+uint64_t keel__jobs_look(keel_jobs *j) {
+  return atomic_fetch_add_explicit(&j->looks, 1, memory_order_relaxed) + 1;
+}
+
+bool keel__jobs_fresher(keel_jobs *j, int step, uint64_t ticket) {
+  if (ticket < j->looked[step]) return false;
+  j->looked[step] = ticket;
+  return true;
+}
+
 static int gauges(keel_jobs *j, int64_t now) {
+  uint64_t ticket = keel__jobs_look(j);
   char t[24];
   keel__jobs_i64(t, now);
   keel_es_rows rows = {0};
@@ -200,6 +211,11 @@ static int gauges(keel_jobs *j, int64_t now) {
                          (const char *[]){t}, 1, &rows);
   if (rc) return rc;
   pthread_mutex_lock(&j->mu);
+  if (!keel__jobs_fresher(j, JOBS_STEP_GAUGES, ticket)) {
+    pthread_mutex_unlock(&j->mu);
+    keel_es_rows_free(&rows);
+    return 0;
+  }
   for (size_t i = 0; i < j->o.nqueues; i++)
     j->queues[i].depth = 0, j->queues[i].oldest_ms = 0;
   for (size_t r = 0; r < rows.nrows; r++) {

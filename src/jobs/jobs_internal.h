@@ -90,6 +90,13 @@ struct keel_jobs {
    * the periodic round before which a failed step is not tried again */
   int step_fails[JOBS_STEPS];
   uint64_t step_next[JOBS_STEPS], rounds;
+  /* The looks of the gauges and panel steps: a ticket taken before the
+   * queries (looks, atomic) and the latest ticket whose figures were kept
+   * (looked[step], under mu). Two rounds run at once (the janitor's
+   * periodic one and keel_jobs_maintain), and the one that looked first
+   * may finish last: its figures are older and are dropped. */
+  atomic_uint_fast64_t looks;
+  uint64_t looked[JOBS_STEPS];
   /* outcome.c: completions queued for the next batch (on their processes'
    * stacks), and whether a batch is being recorded (under done_mu) */
   pthread_mutex_t done_mu;
@@ -211,6 +218,11 @@ char *keel__jobs_fetch_sql(const keel_jobs *j);
  * keel_jobs_maintain's round (periodic false) runs every step. */
 void keel__jobs_janitor(void *arg);
 int keel__jobs_janitor_round(keel_jobs *j, bool periodic);
+/* janitor.c: a ticket for a look (gauges, panel) taken before its queries;
+ * under mu, whether the look `ticket` of `step` is the latest to finish (and
+ * then records it): figures of an older look that finished late are dropped. */
+uint64_t keel__jobs_look(keel_jobs *j);
+bool keel__jobs_fresher(keel_jobs *j, int step, uint64_t ticket);
 /* jobs.c: the queue of j named name (NULL: none, or name NULL). */
 jobs_queue *keel__jobs_queue_named(keel_jobs *j, const char *name);
 /* panel.c: the dashboard's "jobs" panel: registered by keel_jobs_admin_routes,

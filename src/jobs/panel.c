@@ -38,6 +38,7 @@ static void take_counts(keel_jobs *j, const keel_es_rows *rows, size_t off) {
 
 int keel__jobs_panel_round(keel_jobs *j, int64_t now) {
   if (!atomic_load_explicit(&j->panel_on, memory_order_relaxed) || j->o.nqueues == 0) return 0;
+  uint64_t ticket = keel__jobs_look(j);
   keel_es_rows running = {0}, failed = {0}, paused = {0};
   char since[24];
   keel__jobs_i64(since, now - FAILED_WINDOW_MS);
@@ -54,10 +55,12 @@ int keel__jobs_panel_round(keel_jobs *j, int64_t now) {
     rc = keel_es_query(j->es, "SELECT queue, paused FROM keel_jobs_queues", NULL, 0, &paused);
   if (!rc) {
     pthread_mutex_lock(&j->mu);
-    take_counts(j, &running, offsetof(jobs_queue, running));
-    take_counts(j, &failed, offsetof(jobs_queue, failed));
-    take_counts(j, &paused, offsetof(jobs_queue, paused));
-    j->panel_looked = true;
+    if (keel__jobs_fresher(j, JOBS_STEP_PANEL, ticket)) {
+      take_counts(j, &running, offsetof(jobs_queue, running));
+      take_counts(j, &failed, offsetof(jobs_queue, failed));
+      take_counts(j, &paused, offsetof(jobs_queue, paused));
+      j->panel_looked = true;
+    }
     pthread_mutex_unlock(&j->mu);
   }
   keel_es_rows_free(&running);
