@@ -30,6 +30,8 @@ fi
 cleanup() {
   for p in $(jobs -p); do kill -KILL "$p" 2>/dev/null; done
   wait 2>/dev/null
+  # the row lock's session (the readiness case) would hold the drop up
+  [ -n "$pg" ] && psql -q "$pg" -c "SELECT pg_terminate_backend(pid) FROM pg_stat_activity WHERE application_name = 'orders_locker'" >/dev/null
   [ -n "$schema" ] && psql -q "$pg" -c "DROP SCHEMA IF EXISTS $schema CASCADE"
   rm -rf "$tmp"
 }
@@ -205,16 +207,21 @@ expect "SIGTERM again: exit 0" 0 $?
 
 # readiness holds while the read model replays (PostgreSQL: a row lock held
 # by another session keeps the replaying projection from catching up; FOR
-# UPDATE takes no table lock that would stop the start's CREATE INDEX)
+# UPDATE takes no table lock that would stop the start's CREATE INDEX). The
+# lock is seen held before the start and let go only after the probes (its
+# session ended): a fixed sleep let it go before a slow start was done.
 if [ -n "$pg" ]; then
   sql "DELETE FROM keel_sub_checkpoints WHERE name = 'orders_view'" >/dev/null
-  psql -q "$DATABASE_URL" -c "BEGIN; SELECT 1 FROM orders_view WHERE id = '$id' FOR UPDATE; SELECT pg_sleep(4); COMMIT" >/dev/null &
+  PGAPPNAME=orders_locker psql -q "$DATABASE_URL" \
+    -c "BEGIN; SELECT 1 FROM orders_view WHERE id = '$id' FOR UPDATE; SELECT pg_sleep(120); COMMIT" >/dev/null 2>&1 &
   locker=$!
-  sleep 0.5
+  poll "the row lock is held" 1 \
+    "psql -qtA '$DATABASE_URL' -c \"SELECT count(*) FROM pg_stat_activity WHERE application_name = 'orders_locker' AND wait_event = 'PgSleep'\""
   start "$tmp/log4"
   expect "catching up: not ready, the read model's check critical, not caught up" "503 critical false" \
     "$(curl -s -w ' %{http_code}' "$admin/health/ready" | sed -E 's/^(.*) ([0-9]+)$/\1\n\2/' | { read -r b; read -r c; echo "$c $(jq -r '.checks["sub.orders_view"] | "\(.status) \(.caught_up)"' <<<"$b")"; })"
   expect "... while live: 200" 200 "$(curl -s -o /dev/null -w '%{http_code}' "$admin/health/live")"
+  sql "SELECT pg_terminate_backend(pid) FROM pg_stat_activity WHERE application_name = 'orders_locker'" >/dev/null
   wait $locker
   poll "ready once the projection caught up" 200 "curl -s -o /dev/null -w '%{http_code}' '$admin/health/ready'"
   stop
