@@ -13,7 +13,9 @@
  *              per file: every other instance is lost at once;
  *   retention  finished jobs older than retention_ms are deleted;
  *   gauges     depth and the oldest due job's age per queue (metrics, and
- *              the health check's figures).
+ *              the health check's figures);
+ *   kills      attempts running here that another instance cancelled are
+ *              killed (the fallback of the cancel's NOTIFY).
  * The rounds run in the janitor process (under the jobs' supervisor) and,
  * on demand, in keel_jobs_maintain's caller; every step is one statement or
  * short transactions, so two rounds at once (two instances) are harmless.
@@ -185,6 +187,54 @@ static int prune(keel_jobs *j, int64_t now) {
   return rc;
 }
 
+typedef struct kills {
+  keel_jobs *j;
+  const keel_es_rows *rows;
+} kills;
+
+static int unmark_fn(keel_es_tx *tx, void *arg) {
+  kills *k = arg;
+  for (size_t i = 0; i < k->rows->nrows; i++) {
+    int rc =
+        keel_es_tx_exec(tx,
+                        "UPDATE keel_jobs SET deadline_at = NULL WHERE id = CAST($1 AS BIGINT) "
+                        "AND attempt = CAST($2 AS INTEGER) AND state = 'cancelled' AND "
+                        "instance = $3",
+                        (const char *[]){keel_es_rows_get(k->rows, i, 0),
+                                         keel_es_rows_get(k->rows, i, 1), k->j->instance},
+                        3, NULL);
+    if (rc) return rc;
+  }
+  return 0;
+}
+
+/* The fallback of a cancel's NOTIFY (jobs.c, op_fn): attempts of this
+ * instance cancelled by another one keep a deadline_at, the mark that their
+ * process may still run here (no listener, a NOTIFY lost with a dropped
+ * connection, SQLite where the canceller is another process on the file).
+ * Their kills go to the runners (each kills the attempt if it still runs
+ * it), then the marks are cleared: a kill sent to a live runner arrives,
+ * and a runner that died took its job processes with it. A job its worker
+ * cancelled keeps its deadline_at too and is matched once, harmlessly (its
+ * process is ending). */
+static int kill_cancelled(keel_jobs *j, int64_t now) {
+  (void)now;
+  if (!j->o.nqueues) return 0;
+  keel_es_rows rows = {0};
+  int rc = keel_es_query(j->es,
+                         "SELECT id, attempt FROM keel_jobs WHERE state = 'cancelled' AND "
+                         "instance = $1 AND deadline_at IS NOT NULL",
+                         (const char *[]){j->instance}, 1, &rows);
+  if (rc == 0 && rows.nrows) {
+    for (size_t i = 0; i < rows.nrows; i++)
+      keel__jobs_kill_attempt(j, keel__jobs_atoi(keel_es_rows_get(&rows, i, 0)),
+                              (int)keel__jobs_atoi(keel_es_rows_get(&rows, i, 1)));
+    rc = keel__es_transact_internal(j->es, unmark_fn, &(kills){.j = j, .rows = &rows});
+  }
+  keel_es_rows_free(&rows);
+  return rc;
+}
+
 static void set_gauge(keel_metric_family *f, const char *queue, double v) {
   keel_gauge *g;
   if (f && keel_gauge_get(f, (const char *[]){queue}, &g) == 0) keel_gauge_set(g, v);
@@ -247,7 +297,7 @@ static bool step_due(keel_jobs *j, int step, bool periodic) {
   return due;
 }
 
-static const char *const step_names[] = {"rescue", "cron", "prune", "gauges", "panel"};
+static const char *const step_names[] = {"rescue", "cron", "prune", "gauges", "panel", "kills"};
 
 static int step_done(keel_jobs *j, int step, int rc) {
   pthread_mutex_lock(&j->mu);
@@ -297,6 +347,7 @@ int keel__jobs_janitor_round(keel_jobs *j, bool periodic) {
       [JOBS_STEP_PRUNE] = prune,
       [JOBS_STEP_GAUGES] = gauges,
       [JOBS_STEP_PANEL] = keel__jobs_panel_round,
+      [JOBS_STEP_KILLS] = kill_cancelled,
   };
   for (int step = JOBS_STEP_CRON; step < JOBS_STEPS; step++) {
     if (!step_due(j, step, periodic)) continue;

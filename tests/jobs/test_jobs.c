@@ -1366,6 +1366,117 @@ KT_CASE(a_table_from_before_deadlines_gets_the_column) {
   kt_store_close(&st);
 }
 
+/* Waits (a bound, not a verdict on speed) until pid is gone. */
+static bool wait_dead(keel_pid_t pid, int ms) {
+  for (int i = 0; i < ms / 5 && keel_is_alive(pid); i++)
+    keel_sleep(5);
+  return !keel_is_alive(pid);
+}
+
+static void wait_listening(keel_es *es) {
+  for (int i = 0; i < 3000 && !keel__es_notify_listening(es); i++)
+    keel_sleep(10);
+  CHECK(keel__es_notify_listening(es));
+}
+
+/* An instance that runs no queue (an operator's, a web process's). */
+static keel_jobs *start_bare(keel_es *es, const char *instance) {
+  keel_jobs *j = NULL;
+  CHECK_OK(keel_jobs_start(&(keel_jobs_opts){.es = es,
+                                             .instance = instance,
+                                             .heartbeat_ms = 600000,
+                                             .retention_ms = 3600000,
+                                             .now = clock_fn},
+                           &j));
+  return j;
+}
+
+/* The row of a job cancelled while it ran elsewhere: cancelled, that
+ * attempt, and its mark for the janitor cleared once the kill was sent. */
+static void check_cancelled(keel_es *es, keel_jobs *j, int64_t id, bool unmarked) {
+  json_t *o = wait_job(j, id, "cancelled", 1);
+  CHECK(jint(o, "finished_at") > 0);
+  json_decref(o);
+  char sid[24];
+  snprintf(sid, sizeof sid, "%lld", (long long)id);
+  keel_es_rows rows;
+  CHECK_OK(keel_es_query(es, "SELECT deadline_at FROM keel_jobs WHERE id = CAST($1 AS BIGINT)",
+                         (const char *[]){sid}, 1, &rows));
+  CHECK_EQ(rows.nrows, (size_t)1);
+  if (unmarked) CHECK(keel_es_rows_get(&rows, 0, 0) == NULL);
+  keel_es_rows_free(&rows);
+}
+
+/* PostgreSQL: instance "b" cancels a job that runs on instance "a"; the
+ * NOTIFY sent in the cancel's transaction reaches a's listener, which kills
+ * the attempt's process. a's janitor (the fallback) beats every 60 s, longer
+ * than the wait: without the NOTIFY the case fails. The worker never ends
+ * on its own, so it can only end killed: never completed. */
+KT_CASE(a_cancel_kills_the_attempt_running_on_another_instance) {
+  KT_PG_ONLY();
+  reset();
+  atomic_store(&S.hang, 1);
+  kt_store st;
+  keel_es *es = kt_store_open(&st, NULL);
+  keel_es *es2 = NULL;
+  CHECK_OK(keel_es_open(&(keel_es_opts){.url = st.url}, &es2));
+  wait_listening(es);
+  keel_jobs *a = start_jobs(es, "a");
+  keel_jobs *b = start_bare(es2, "b");
+  int64_t id = enqueue(b, "hang", 3);
+  json_decref(wait_job(a, id, "running", 1));
+  wait_until(&S.active, 1);
+  keel_pid_t pid = atomic_load(&S.hang_pid[0]);
+  CHECK(pid != 0);
+  CHECK_OK(keel_jobs_cancel(b, id));
+  CHECK(wait_dead(pid, 20000));
+  check_cancelled(es, b, id, false);
+  CHECK_EQ(atomic_load(&S.done), 0);
+  CHECK_EQ(keel_jobs_cancel(b, id), KEEL_ESTATE); /* once */
+  /* the mark the janitor would have used is cleared by its next round */
+  CHECK_OK(keel_jobs_maintain(a));
+  check_cancelled(es, b, id, true);
+  keel_jobs_stop(b, 1000);
+  keel_jobs_stop(a, 1000);
+  atomic_store(&S.hang, 0);
+  keel_es_close(es2);
+  kt_store_close(&st);
+}
+
+/* The fallback: the running instance hears no NOTIFY (PostgreSQL: a's
+ * store does not listen; SQLite has none, and there the canceller is
+ * another instance on the file, one that runs no queue). Its janitor's round
+ * finds its attempt cancelled and kills the process. */
+KT_CASE(a_cancelled_attempt_is_killed_by_its_instances_janitor) {
+  reset();
+  atomic_store(&S.hang, 1);
+  kt_store st;
+  bool pg = kt_es_pg_url() != NULL;
+  keel_es *es = kt_store_open(&st, &(keel_es_opts){.no_listen = true});
+  keel_es *es2 = NULL;
+  CHECK_OK(keel_es_open(&(keel_es_opts){.url = st.url}, &es2));
+  keel_jobs *a = start_jobs(es, "a");
+  keel_jobs *b = start_bare(es2, "b");
+  int64_t id = enqueue(a, "hang", 3);
+  json_decref(wait_job(a, id, "running", 1));
+  wait_until(&S.active, 1);
+  keel_pid_t pid = atomic_load(&S.hang_pid[0]);
+  CHECK(pid != 0);
+  CHECK_OK(keel_jobs_cancel(b, id));
+  check_cancelled(es, b, id, false);
+  keel_sleep(pg ? 200 : 50); /* a NOTIFY, were there one, would have had its time */
+  CHECK(keel_is_alive(pid)); /* nothing told a yet */
+  CHECK_OK(keel_jobs_maintain(a));
+  CHECK(wait_dead(pid, 20000));
+  check_cancelled(es, b, id, true);
+  CHECK_EQ(atomic_load(&S.done), 0);
+  keel_jobs_stop(b, 1000);
+  keel_jobs_stop(a, 1000);
+  atomic_store(&S.hang, 0);
+  keel_es_close(es2);
+  kt_store_close(&st);
+}
+
 KT_MAIN(KT_ENTRY_SCHED(a_job_runs_once_and_its_completion_is_recorded, 2),
         KT_ENTRY_SCHED(backoff_schedule_and_attempts_are_exactly_as_configured, 2),
         KT_ENTRY_SCHED(a_unique_job_is_enqueued_once_under_eight_concurrent_enqueuers, 2),
@@ -1392,4 +1503,6 @@ KT_MAIN(KT_ENTRY_SCHED(a_job_runs_once_and_its_completion_is_recorded, 2),
         KT_ENTRY_SCHED(heartbeats_are_on_the_databases_clock, 2),
         KT_ENTRY_SCHED(a_default_instance_name_has_64_random_bits, 2),
         KT_ENTRY_SCHED(janitor_steps_are_independent_batched_and_back_off, 2),
-        KT_ENTRY_SCHED(a_table_from_before_deadlines_gets_the_column, 2))
+        KT_ENTRY_SCHED(a_table_from_before_deadlines_gets_the_column, 2),
+        KT_ENTRY_SCHED(a_cancel_kills_the_attempt_running_on_another_instance, 2),
+        KT_ENTRY_SCHED(a_cancelled_attempt_is_killed_by_its_instances_janitor, 2))
