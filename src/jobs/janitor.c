@@ -147,22 +147,30 @@ static int heartbeat(keel_jobs *j) {
 enum { PRUNE_BATCH = 1000, PRUNE_BATCHES = 50 };
 
 typedef struct prune_batch {
+  const char *sql;
   const char *const *p;
   int64_t deleted;
 } prune_batch;
 
+/* A finished job whose unique key still holds (unique_period longer than
+ * the retention) stays until its period ends: deleting it would let a
+ * duplicate in early. PostgreSQL: the batch skips rows another pruner's
+ * batch holds (FOR UPDATE SKIP LOCKED, as the runners' claim), so two
+ * pruners at once (two instances, or the janitor process and
+ * keel_jobs_maintain) take disjoint rows. Without it the second waited on
+ * the first's rows, found them deleted, deleted fewer than a batch and
+ * stopped while rows past the retention remained (decision 0037). SQLite's
+ * one writer runs batches one after the other: each sees the last's
+ * deletes. */
+#define PRUNE_SQL                                                                                  \
+  "DELETE FROM keel_jobs WHERE id IN (SELECT id FROM keel_jobs WHERE state IN ('completed', "      \
+  "'discarded', 'cancelled') AND finished_at < CAST($1 AS BIGINT) AND (unique_until IS NULL OR "   \
+  "unique_until < CAST($2 AS BIGINT)) ORDER BY finished_at LIMIT CAST($3 AS INTEGER)"
+
 static int prune_fn(keel_es_tx *tx, void *arg) {
   prune_batch *b = arg;
   keel_es_rows rows = {0};
-  /* a finished job whose unique key still holds (unique_period longer than
-   * the retention) stays until its period ends: deleting it would let a
-   * duplicate in early */
-  int rc = keel_es_tx_exec(tx,
-                           "DELETE FROM keel_jobs WHERE id IN (SELECT id FROM keel_jobs WHERE "
-                           "state IN ('completed', 'discarded', 'cancelled') AND finished_at < "
-                           "CAST($1 AS BIGINT) AND (unique_until IS NULL OR unique_until < "
-                           "CAST($2 AS BIGINT)) ORDER BY finished_at LIMIT CAST($3 AS INTEGER))",
-                           b->p, 3, &rows);
+  int rc = keel_es_tx_exec(tx, b->sql, b->p, 3, &rows);
   b->deleted = rc == 0 ? rows.changed : 0;
   keel_es_rows_free(&rows);
   return rc;
@@ -171,14 +179,18 @@ static int prune_fn(keel_es_tx *tx, void *arg) {
 /* In batches of PRUNE_BATCH rows, each its own short transaction: a first
  * prune of a large backlog as one DELETE could pass PostgreSQL's
  * statement_timeout every round and never finish, and held SQLite's writer
- * for its whole length. At most PRUNE_BATCHES a round; the rest next round. */
+ * for its whole length. At most PRUNE_BATCHES a round; the rest next round.
+ * A batch short of PRUNE_BATCH took every row past the retention that no
+ * other pruner holds: those the other deletes, so once every pruner has
+ * returned none is left. */
 static int prune(keel_jobs *j, int64_t now) {
   if (j->o.retention_ms == KEEL_INFINITY) return 0;
   char t[24], n[24], lim[24];
   keel__jobs_i64(t, now - j->o.retention_ms);
   keel__jobs_i64(n, now);
   keel__jobs_i64(lim, PRUNE_BATCH);
-  prune_batch b = {.p = (const char *[]){t, n, lim}};
+  prune_batch b = {.sql = keel__jobs_pg(j) ? PRUNE_SQL " FOR UPDATE SKIP LOCKED)" : PRUNE_SQL ")",
+                   .p = (const char *[]){t, n, lim}};
   int rc = 0;
   for (int i = 0; i < PRUNE_BATCHES && rc == 0; i++) {
     rc = keel__es_transact_internal(j->es, prune_fn, &b);

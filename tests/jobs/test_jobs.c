@@ -1477,6 +1477,140 @@ KT_CASE(a_cancelled_attempt_is_killed_by_its_instances_janitor) {
   kt_store_close(&st);
 }
 
+/* finished jobs past the retention, finished_at fin + i (the first ones the
+ * oldest: a prune's batches take them first) */
+static void finished_backlog(keel_es *es, int n) {
+  char fin[24], cnt[24];
+  snprintf(fin, sizeof fin, "%lld", (long long)atomic_load(&test_now));
+  snprintf(cnt, sizeof cnt, "%d", n);
+  exec_sql(es,
+           "WITH RECURSIVE n(i) AS (SELECT 1 UNION ALL SELECT i + 1 FROM n WHERE i < CAST($2 AS "
+           "INTEGER)) INSERT INTO keel_jobs (queue, worker, args, state, priority, attempt, "
+           "max_attempts, run_at, inserted_at, finished_at, errors, tags) SELECT 'default', 'ok', "
+           "'{}', 'completed', 0, 1, 1, CAST($1 AS BIGINT), CAST($1 AS BIGINT), CAST($1 AS BIGINT) "
+           "+ i, '[]', '[]' FROM n",
+           (const char *[]){fin, cnt}, 2);
+}
+
+static int64_t count_rows(keel_es *es) {
+  keel_es_rows rows;
+  CHECK_OK(keel_es_query(es, "SELECT COUNT(*) FROM keel_jobs", NULL, 0, &rows));
+  int64_t n = strtoll(keel_es_rows_get(&rows, 0, 0), NULL, 10);
+  keel_es_rows_free(&rows);
+  return n;
+}
+
+typedef struct pruner {
+  keel_jobs *j;
+  keel_pid_t parent;
+  atomic_int done;
+  int rc;
+} pruner;
+
+static void prune_proc(void *arg) {
+  pruner *p = arg;
+  p->rc = keel_jobs_maintain(p->j);
+  atomic_store(&p->done, 1);
+  keel_send(p->parent, keel_msg_new(2, 0));
+}
+
+/* Two instances prune the same backlog at once (two stores on one
+ * database; on SQLite neither runs a queue, so both may): once both have
+ * returned, no row past the retention is left. */
+KT_CASE(two_pruners_at_once_leave_no_row_past_retention) {
+  reset();
+  kt_store st;
+  keel_es *es = kt_store_open(&st, NULL);
+  keel_es *es2 = NULL;
+  CHECK_OK(keel_es_open(&(keel_es_opts){.url = st.url}, &es2));
+  keel_jobs *a = start_bare(es, "a");
+  keel_jobs *b = start_bare(es2, "b");
+  finished_backlog(es, 4500);
+  advance(3600000 + 4501);
+  pruner pa = {.j = a, .parent = keel_self()}, pb = {.j = b, .parent = keel_self()};
+  CHECK_OK(keel_spawn(prune_proc, &pa, NULL, NULL));
+  CHECK_OK(keel_spawn(prune_proc, &pb, NULL, NULL));
+  for (int i = 0; i < 2; i++)
+    keel_msg_free(kt_recv(60000));
+  CHECK_OK(pa.rc);
+  CHECK_OK(pb.rc);
+  CHECK_EQ(count_rows(es), 0);
+  keel_jobs_stop(b, 1000);
+  keel_jobs_stop(a, 1000);
+  keel_es_close(es2);
+  kt_store_close(&st);
+}
+
+/* Another pruner's batch, held open: it deletes the 10 oldest finished
+ * rows, says so, and commits when told. */
+typedef struct held {
+  keel_pid_t parent;
+  keel_es *es;
+} held;
+
+static int held_fn(keel_es_tx *tx, void *arg) {
+  held *h = arg;
+  int rc = keel_es_tx_exec(tx,
+                           "DELETE FROM keel_jobs WHERE id IN (SELECT id FROM keel_jobs ORDER BY "
+                           "finished_at LIMIT 10)",
+                           NULL, 0, NULL);
+  keel_send(h->parent, keel_msg_new(1, 0));
+  keel_msg_free(kt_recv(60000)); /* the word to commit */
+  return rc;
+}
+
+static void held_proc(void *arg) {
+  held *h = arg;
+  int rc = keel__es_transact_internal(h->es, held_fn, h);
+  keel_send(h->parent, keel_msg_copy(3, &rc, sizeof rc));
+}
+
+/* Whether a statement waits on a row lock (PostgreSQL). */
+static bool lock_waiter(keel_es *es) {
+  keel_es_rows rows;
+  CHECK_OK(keel_es_query(es,
+                         "SELECT COUNT(*) FROM pg_stat_activity WHERE wait_event_type = 'Lock' "
+                         "AND datname = current_database()",
+                         NULL, 0, &rows));
+  bool w = strcmp(keel_es_rows_get(&rows, 0, 0), "0") != 0;
+  keel_es_rows_free(&rows);
+  return w;
+}
+
+/* PostgreSQL: a prune whose first batch meets rows another pruner's batch
+ * holds goes on past them. Before, it waited for them, found them deleted,
+ * counted fewer than a batch and stopped: 1500 of 2500 rows stayed. */
+KT_CASE(a_prune_goes_on_past_rows_another_pruner_holds) {
+  KT_PG_ONLY();
+  reset();
+  kt_store st;
+  keel_es *es = kt_store_open(&st, NULL);
+  keel_es *es2 = NULL;
+  CHECK_OK(keel_es_open(&(keel_es_opts){.url = st.url}, &es2));
+  keel_jobs *j = start_bare(es, "a");
+  finished_backlog(es, 2500);
+  advance(3600000 + 2501);
+  held h = {.parent = keel_self(), .es = es2};
+  keel_pid_t hp = 0;
+  CHECK_OK(keel_spawn(held_proc, &h, NULL, &hp));
+  keel_msg_t *m = kt_recv(30000);
+  CHECK_EQ(keel_msg_tag(m), 1); /* the other batch holds its rows */
+  keel_msg_free(m);
+  pruner p = {.j = j, .parent = keel_self()};
+  CHECK_OK(keel_spawn(prune_proc, &p, NULL, NULL));
+  /* until the prune returned, or waits on the held rows (the old code) */
+  for (int i = 0; i < 3000 && !atomic_load(&p.done) && !lock_waiter(es2); i++)
+    keel_sleep(10);
+  CHECK_OK(keel_send(hp, keel_msg_new(4, 0))); /* the other batch commits */
+  for (int i = 0; i < 2; i++)
+    keel_msg_free(kt_recv(60000));
+  CHECK_OK(p.rc);
+  CHECK_EQ(count_rows(es), 0);
+  keel_jobs_stop(j, 1000);
+  keel_es_close(es2);
+  kt_store_close(&st);
+}
+
 KT_MAIN(KT_ENTRY_SCHED(a_job_runs_once_and_its_completion_is_recorded, 2),
         KT_ENTRY_SCHED(backoff_schedule_and_attempts_are_exactly_as_configured, 2),
         KT_ENTRY_SCHED(a_unique_job_is_enqueued_once_under_eight_concurrent_enqueuers, 2),
@@ -1505,4 +1639,6 @@ KT_MAIN(KT_ENTRY_SCHED(a_job_runs_once_and_its_completion_is_recorded, 2),
         KT_ENTRY_SCHED(janitor_steps_are_independent_batched_and_back_off, 2),
         KT_ENTRY_SCHED(a_table_from_before_deadlines_gets_the_column, 2),
         KT_ENTRY_SCHED(a_cancel_kills_the_attempt_running_on_another_instance, 2),
-        KT_ENTRY_SCHED(a_cancelled_attempt_is_killed_by_its_instances_janitor, 2))
+        KT_ENTRY_SCHED(a_cancelled_attempt_is_killed_by_its_instances_janitor, 2),
+        KT_ENTRY_SCHED(two_pruners_at_once_leave_no_row_past_retention, 2),
+        KT_ENTRY_SCHED(a_prune_goes_on_past_rows_another_pruner_holds, 2))
