@@ -1301,9 +1301,10 @@ KT_CASE(janitor_steps_are_independent_batched_and_back_off) {
   CHECK_EQ(keel_jobs_maintain(j), KEEL_EINVAL);     /* the cron step's failure */
   /* pruned all the same, every batch. The janitor process may be pruning
    * at the same moment (its own round, woken by the due cron slot): on
-   * PostgreSQL a batch that waited for its rows to be deleted by the other
-   * pruner ends maintain's prune early, and the other finishes the rest a
-   * moment later. So: all gone within a bound */
+   * PostgreSQL maintain's batches skip the rows the other pruner's batch
+   * holds, and return while that batch may not have committed yet (both
+   * leave none once both have returned: two_pruners_at_once_...). So: all
+   * gone within a bound */
   bool pruned = false;
   for (int i = 0; i < 1000 && !pruned; i++) {
     keel_es_rows rows;
