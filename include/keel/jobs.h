@@ -247,11 +247,14 @@ int keel_jobs_enqueue_tx(keel_jobs *j, keel_es_tx *tx, const keel_job_new *n, in
 /* Wakes this instance's runner of queue (NULL: every queue). Any process. */
 void keel_jobs_notify(keel_jobs *j, const char *queue);
 
-/* Cancels a job that is available or running, in one conditional UPDATE
- * (a job that completes meanwhile stays completed: KEEL_ESTATE). A running
- * attempt on this instance is killed (that attempt only); on another
- * instance its outcome is ignored. Errors: KEEL_ENOENT (no such job),
- * KEEL_ESTATE (it has finished). */
+/* Cancels a job that is available or running, in one conditional UPDATE:
+ * of a cancel and the attempt's completion one wins, and 0 says the cancel
+ * did (the completion is then ignored: the job ends cancelled), KEEL_ESTATE
+ * that the job had finished. A running attempt is killed (that attempt
+ * only): on this instance at once; on another, on the NOTIFY the cancel's
+ * transaction sends (PostgreSQL), else by that instance's janitor within a
+ * heartbeat. Errors: KEEL_ENOENT (no such job), KEEL_ESTATE (it has
+ * finished). */
 int keel_jobs_cancel(keel_jobs *j, int64_t id);
 /* Makes a discarded or cancelled job available now, with one more attempt
  * if it had spent them all. Errors: KEEL_ENOENT, KEEL_ESTATE (not finished

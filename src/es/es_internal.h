@@ -605,17 +605,24 @@ void keel__es_listen_kick(es_listen *l, int64_t position);
 /* pg_listen.c: whether the LISTEN connection is up now (tests). */
 bool keel__es_listen_up(es_listen *l);
 
-/* The jobs' wake-ups between instances ride on the store's channel (payload
- * "jobs", which older readers ignore: not a position). pg_listen.c:
- * keel__es_listen_jobs_kick asks the listener to send one (folded with the
- * next announcement); a received one calls the hook, on the listener's
- * thread. Setting the hook (fn NULL clears it) waits out a call in flight, so
- * after clearing, ud is no longer used. */
+/* The jobs' messages between instances ride on the store's channel
+ * (payloads starting with "jobs", which older readers ignore: not a
+ * position). A wake-up is "jobs": keel__es_listen_jobs_kick asks the
+ * listener to send one (folded with the next announcement). Others
+ * ("jobs:cancel:...", src/jobs) are sent by the jobs themselves with
+ * pg_notify inside their transaction, on the channel
+ * keel__es_listen_channel_of names. A received one, from another backend,
+ * calls the hook with its payload, on the listener's thread. Setting the
+ * hook (fn NULL clears it) waits out a call in flight, so after clearing, ud
+ * is no longer used. */
 void keel__es_listen_jobs_kick(es_listen *l);
-void keel__es_listen_jobs_hook(es_listen *l, void (*fn)(void *ud), void *ud);
+void keel__es_listen_jobs_hook(es_listen *l, void (*fn)(void *ud, const char *payload), void *ud);
+/* pg_listen.c: the NOTIFY channel of the store whose tables are in schema
+ * (current_schema()): a plain identifier, safe to inline in SQL. */
+void keel__es_listen_channel_of(const char *schema, char out[64]);
 /* notify.c: the same on a store: 0, or KEEL_ENOENT when it has no listener
  * (SQLite, no_listen): the jobs then rely on their poll. Any thread. */
-int keel__es_notify_jobs_hook(keel_es *es, void (*fn)(void *ud), void *ud);
+int keel__es_notify_jobs_hook(keel_es *es, void (*fn)(void *ud, const char *payload), void *ud);
 void keel__es_notify_jobs_kick(keel_es *es);
 
 #endif

@@ -175,7 +175,7 @@ size_t keel__es_notify_waiting(keel_es *es) {
   return n;
 }
 
-int keel__es_notify_jobs_hook(keel_es *es, void (*fn)(void *ud), void *ud) {
+int keel__es_notify_jobs_hook(keel_es *es, void (*fn)(void *ud, const char *payload), void *ud) {
   if (!es->notify || !es->notify->listen) return KEEL_ENOENT;
   keel__es_listen_jobs_hook(es->notify->listen, fn, ud);
   return 0;

@@ -4,7 +4,7 @@
  * processes in keel_es_wait in the others. Each store keeps one dedicated
  * connection (not from the pool: LISTEN is session state, and a pooled
  * connection is lent to whoever calls) that LISTENs on the store's channel
- * (keel_es_<schema>, see channel_of), served by a plain thread: blocking libpq
+ * (keel_es_<schema>, see keel__es_listen_channel_of), served by a plain thread: blocking libpq
  * plus poll() on the socket and on a wake pipe, the pattern of SQLite's
  * writer thread. A notification carries the highest position an append
  * committed; the thread hands it to notify.c, which wakes the waiters whose
@@ -83,7 +83,7 @@ struct es_listen {
    * the thread), and the hook that hears other instances' (under hook_mu). */
   atomic_bool jobs_pending;
   pthread_mutex_t hook_mu;
-  void (*jobs_hook)(void *ud);
+  void (*jobs_hook)(void *ud, const char *payload);
   void *jobs_ud;
   keel_gauge *g_up; /* NULL without metrics */
   keel_counter *c_reconnects;
@@ -213,7 +213,7 @@ static int run(es_listen *l, PGconn *c, const char *sql, char *val, size_t valle
 /* The NOTIFY channel of a store: its schema's name when that is a plain
  * lower-case identifier, else a hash of it, so that two stores in one
  * database never wake each other's waiters. */
-static void channel_of(const char *schema, char out[64]) {
+void keel__es_listen_channel_of(const char *schema, char out[64]) {
   bool plain = *schema && strlen(schema) <= 40;
   for (const char *p = schema; *p && plain; p++)
     plain = (*p >= 'a' && *p <= 'z') || (*p >= '0' && *p <= '9') || *p == '_';
@@ -236,7 +236,7 @@ static PGconn *open_listen(es_listen *l, char *err, size_t errlen) {
   char schema[256] = "", sql[96];
   int rc = run(l, c, "SELECT coalesce(current_schema(), '')", schema, sizeof schema, err, errlen);
   if (rc == 0) {
-    channel_of(schema, l->channel);
+    keel__es_listen_channel_of(schema, l->channel);
     snprintf(sql, sizeof sql, "LISTEN %s", l->channel); /* a plain lower-case identifier */
     rc = run(l, c, sql, NULL, 0, err, errlen);
   }
@@ -253,9 +253,10 @@ static void deliver(es_listen *l, PGconn *c) {
   int self = PQbackendPID(c);
   PGnotify *n;
   while ((n = PQnotifies(c)) != NULL) {
-    if (n->be_pid != self && strcmp(n->extra, "jobs") == 0) {
+    if (n->be_pid != self && strncmp(n->extra, "jobs", 4) == 0) {
+      /* "jobs" (a wake-up) or "jobs:..." (the jobs' own messages: a cancel) */
       pthread_mutex_lock(&l->hook_mu);
-      if (l->jobs_hook) l->jobs_hook(l->jobs_ud);
+      if (l->jobs_hook) l->jobs_hook(l->jobs_ud, n->extra);
       pthread_mutex_unlock(&l->hook_mu);
     } else if (n->be_pid != self) {
       int64_t pos = strtoll(n->extra, NULL, 10);
@@ -275,7 +276,7 @@ static int announce(es_listen *l, PGconn *c, char *err, size_t errlen) {
   /* Its own short transaction (a NOTIFY takes a transaction id and a
    * commit record): without waiting for its flush, since the events it
    * announces are durable already and a lost NOTIFY only costs a poll. The
-   * channel is a plain identifier (channel_of) and pos a number: safe to
+   * channel is a plain identifier (keel__es_listen_channel_of) and pos a number: safe to
    * inline. */
   char sql[384], events[128] = "", jobs_sql[96] = "";
   if (pos > l->notified)
@@ -421,7 +422,7 @@ void keel__es_listen_jobs_kick(es_listen *l) {
   }
 }
 
-void keel__es_listen_jobs_hook(es_listen *l, void (*fn)(void *ud), void *ud) {
+void keel__es_listen_jobs_hook(es_listen *l, void (*fn)(void *ud, const char *payload), void *ud) {
   pthread_mutex_lock(&l->hook_mu);
   l->jobs_hook = fn;
   l->jobs_ud = ud;

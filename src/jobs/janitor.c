@@ -13,7 +13,9 @@
  *              per file: every other instance is lost at once;
  *   retention  finished jobs older than retention_ms are deleted;
  *   gauges     depth and the oldest due job's age per queue (metrics, and
- *              the health check's figures).
+ *              the health check's figures);
+ *   kills      attempts running here that another instance cancelled are
+ *              killed (the fallback of the cancel's NOTIFY).
  * The rounds run in the janitor process (under the jobs' supervisor) and,
  * on demand, in keel_jobs_maintain's caller; every step is one statement or
  * short transactions, so two rounds at once (two instances) are harmless.
@@ -145,22 +147,30 @@ static int heartbeat(keel_jobs *j) {
 enum { PRUNE_BATCH = 1000, PRUNE_BATCHES = 50 };
 
 typedef struct prune_batch {
+  const char *sql;
   const char *const *p;
   int64_t deleted;
 } prune_batch;
 
+/* A finished job whose unique key still holds (unique_period longer than
+ * the retention) stays until its period ends: deleting it would let a
+ * duplicate in early. PostgreSQL: the batch skips rows another pruner's
+ * batch holds (FOR UPDATE SKIP LOCKED, as the runners' claim), so two
+ * pruners at once (two instances, or the janitor process and
+ * keel_jobs_maintain) take disjoint rows. Without it the second waited on
+ * the first's rows, found them deleted, deleted fewer than a batch and
+ * stopped while rows past the retention remained (decision 0037). SQLite's
+ * one writer runs batches one after the other: each sees the last's
+ * deletes. */
+#define PRUNE_SQL                                                                                  \
+  "DELETE FROM keel_jobs WHERE id IN (SELECT id FROM keel_jobs WHERE state IN ('completed', "      \
+  "'discarded', 'cancelled') AND finished_at < CAST($1 AS BIGINT) AND (unique_until IS NULL OR "   \
+  "unique_until < CAST($2 AS BIGINT)) ORDER BY finished_at LIMIT CAST($3 AS INTEGER)"
+
 static int prune_fn(keel_es_tx *tx, void *arg) {
   prune_batch *b = arg;
   keel_es_rows rows = {0};
-  /* a finished job whose unique key still holds (unique_period longer than
-   * the retention) stays until its period ends: deleting it would let a
-   * duplicate in early */
-  int rc = keel_es_tx_exec(tx,
-                           "DELETE FROM keel_jobs WHERE id IN (SELECT id FROM keel_jobs WHERE "
-                           "state IN ('completed', 'discarded', 'cancelled') AND finished_at < "
-                           "CAST($1 AS BIGINT) AND (unique_until IS NULL OR unique_until < "
-                           "CAST($2 AS BIGINT)) ORDER BY finished_at LIMIT CAST($3 AS INTEGER))",
-                           b->p, 3, &rows);
+  int rc = keel_es_tx_exec(tx, b->sql, b->p, 3, &rows);
   b->deleted = rc == 0 ? rows.changed : 0;
   keel_es_rows_free(&rows);
   return rc;
@@ -169,19 +179,71 @@ static int prune_fn(keel_es_tx *tx, void *arg) {
 /* In batches of PRUNE_BATCH rows, each its own short transaction: a first
  * prune of a large backlog as one DELETE could pass PostgreSQL's
  * statement_timeout every round and never finish, and held SQLite's writer
- * for its whole length. At most PRUNE_BATCHES a round; the rest next round. */
+ * for its whole length. At most PRUNE_BATCHES a round; the rest next round.
+ * A batch short of PRUNE_BATCH took every row past the retention that no
+ * other pruner holds: those the other deletes, so once every pruner has
+ * returned none is left. */
 static int prune(keel_jobs *j, int64_t now) {
   if (j->o.retention_ms == KEEL_INFINITY) return 0;
   char t[24], n[24], lim[24];
   keel__jobs_i64(t, now - j->o.retention_ms);
   keel__jobs_i64(n, now);
   keel__jobs_i64(lim, PRUNE_BATCH);
-  prune_batch b = {.p = (const char *[]){t, n, lim}};
+  prune_batch b = {.sql = keel__jobs_pg(j) ? PRUNE_SQL " FOR UPDATE SKIP LOCKED)" : PRUNE_SQL ")",
+                   .p = (const char *[]){t, n, lim}};
   int rc = 0;
   for (int i = 0; i < PRUNE_BATCHES && rc == 0; i++) {
     rc = keel__es_transact_internal(j->es, prune_fn, &b);
     if (rc == 0 && b.deleted < PRUNE_BATCH) break;
   }
+  return rc;
+}
+
+typedef struct kills {
+  keel_jobs *j;
+  const keel_es_rows *rows;
+} kills;
+
+static int unmark_fn(keel_es_tx *tx, void *arg) {
+  kills *k = arg;
+  for (size_t i = 0; i < k->rows->nrows; i++) {
+    int rc =
+        keel_es_tx_exec(tx,
+                        "UPDATE keel_jobs SET deadline_at = NULL WHERE id = CAST($1 AS BIGINT) "
+                        "AND attempt = CAST($2 AS INTEGER) AND state = 'cancelled' AND "
+                        "instance = $3",
+                        (const char *[]){keel_es_rows_get(k->rows, i, 0),
+                                         keel_es_rows_get(k->rows, i, 1), k->j->instance},
+                        3, NULL);
+    if (rc) return rc;
+  }
+  return 0;
+}
+
+/* The fallback of a cancel's NOTIFY (jobs.c, op_fn): attempts of this
+ * instance cancelled by another one keep a deadline_at, the mark that their
+ * process may still run here (no listener, a NOTIFY lost with a dropped
+ * connection, SQLite where the canceller is another process on the file).
+ * Their kills go to the runners (each kills the attempt if it still runs
+ * it), then the marks are cleared: a kill sent to a live runner arrives,
+ * and a runner that died took its job processes with it. A job its worker
+ * cancelled keeps its deadline_at too and is matched once, harmlessly (its
+ * process is ending). */
+static int kill_cancelled(keel_jobs *j, int64_t now) {
+  (void)now;
+  if (!j->o.nqueues) return 0;
+  keel_es_rows rows = {0};
+  int rc = keel_es_query(j->es,
+                         "SELECT id, attempt FROM keel_jobs WHERE state = 'cancelled' AND "
+                         "instance = $1 AND deadline_at IS NOT NULL",
+                         (const char *[]){j->instance}, 1, &rows);
+  if (rc == 0 && rows.nrows) {
+    for (size_t i = 0; i < rows.nrows; i++)
+      keel__jobs_kill_attempt(j, keel__jobs_atoi(keel_es_rows_get(&rows, i, 0)),
+                              (int)keel__jobs_atoi(keel_es_rows_get(&rows, i, 1)));
+    rc = keel__es_transact_internal(j->es, unmark_fn, &(kills){.j = j, .rows = &rows});
+  }
+  keel_es_rows_free(&rows);
   return rc;
 }
 
@@ -247,7 +309,7 @@ static bool step_due(keel_jobs *j, int step, bool periodic) {
   return due;
 }
 
-static const char *const step_names[] = {"rescue", "cron", "prune", "gauges", "panel"};
+static const char *const step_names[] = {"rescue", "cron", "prune", "gauges", "panel", "kills"};
 
 static int step_done(keel_jobs *j, int step, int rc) {
   pthread_mutex_lock(&j->mu);
@@ -297,6 +359,7 @@ int keel__jobs_janitor_round(keel_jobs *j, bool periodic) {
       [JOBS_STEP_PRUNE] = prune,
       [JOBS_STEP_GAUGES] = gauges,
       [JOBS_STEP_PANEL] = keel__jobs_panel_round,
+      [JOBS_STEP_KILLS] = kill_cancelled,
   };
   for (int step = JOBS_STEP_CRON; step < JOBS_STEPS; step++) {
     if (!step_due(j, step, periodic)) continue;

@@ -33,7 +33,7 @@
 
 enum { DEFAULT_CONCURRENCY = 10, DEFAULT_BUDGET_MS = 5000, LIST_DEFAULT = 100, LIST_MAX = 1000 };
 
-static void on_remote(void *ud);
+static void on_remote(void *ud, const char *payload);
 static void service_drain(void *ud, int64_t budget_ms);
 
 static int64_t or_default(int64_t v, int64_t dflt) {
@@ -349,10 +349,29 @@ static void kick_local(keel_jobs *j, const char *queue) {
   }
 }
 
-/* Another instance enqueued (or retried, resumed): its wake-up names no
- * queue, so every runner here looks once. */
-static void on_remote(void *ud) {
-  kick_local(ud, NULL);
+void keel__jobs_kill_attempt(keel_jobs *j, int64_t id, int attempt) {
+  jobs_cancel_msg cm = {.id = id, .attempt = attempt};
+  for (size_t i = 0; i < j->o.nqueues; i++) {
+    keel_pid_t pid = atomic_load(&j->queues[i].runner);
+    if (pid) keel_send(pid, keel_msg_copy(JOBS_TAG_CANCEL, &cm, sizeof cm));
+  }
+}
+
+/* Another instance's message, on the listener's thread. "jobs": it
+ * enqueued (or retried, resumed); the wake-up names no queue, so every
+ * runner here looks once. JOBS_CANCEL_NOTE: it cancelled an attempt that
+ * runs on the instance named last (the rest of the payload, whatever its
+ * characters); if that is this one, its process is killed. */
+static void on_remote(void *ud, const char *payload) {
+  keel_jobs *j = ud;
+  long long id = 0;
+  int attempt = 0, at = 0;
+  if (strcmp(payload, "jobs") == 0) {
+    kick_local(j, NULL);
+  } else if (sscanf(payload, JOBS_CANCEL_NOTE "%lld:%d:%n", &id, &attempt, &at) == 2 && at > 0 &&
+             strcmp(payload + at, j->instance) == 0) {
+    keel__jobs_kill_attempt(j, (int64_t)id, attempt);
+  }
 }
 
 void keel_jobs_notify(keel_jobs *j, const char *queue) {
@@ -383,16 +402,40 @@ static int why_not(keel_es_tx *tx, const char *id) {
   return rc;
 }
 
+/* PostgreSQL: tells the instance running a cancelled attempt, inside the
+ * cancel's transaction, so the NOTIFY goes out if and only if the cancel
+ * commits (and only then: an instance never kills an attempt whose cancel
+ * rolled back). The channel is the store's (pg_listen.c names it after the
+ * schema), where every instance's listener hears it. */
+static int notify_cancel(keel_es_tx *tx, const op *o) {
+  keel_es_rows rows = {0};
+  int rc = keel_es_tx_exec(tx, "SELECT coalesce(current_schema(), '')", NULL, 0, &rows);
+  char channel[64], note[192];
+  if (rc == 0) keel__es_listen_channel_of(rows.nrows ? keel_es_rows_get(&rows, 0, 0) : "", channel);
+  keel_es_rows_free(&rows);
+  if (rc) return rc;
+  snprintf(note, sizeof note, JOBS_CANCEL_NOTE "%lld:%d:%s", (long long)o->id, o->attempt_of,
+           o->instance_of);
+  return keel_es_tx_exec(tx, "SELECT pg_notify($1, $2)", (const char *[]){channel, note}, 2, NULL);
+}
+
 /* Cancel and retry are one UPDATE each, conditional on the state: a read
  * then a write let a job that completed in between be relabelled
- * (PostgreSQL, READ COMMITTED). A cancelled running job's instance and
- * attempt come back from RETURNING (a waiting job has no instance), so the
- * kill names that attempt. */
+ * (PostgreSQL, READ COMMITTED); the row's lock makes a cancel and the
+ * attempt's completion one after the other, and the second finds the row
+ * no longer running (the cancel: KEEL_ESTATE; the completion: fenced off).
+ * A cancelled running job's instance and attempt come back from RETURNING
+ * (a waiting job has no instance), so the kill names that attempt. An
+ * attempt running on another instance keeps a deadline_at (now, on the
+ * database's clock) as the mark that its process may still run there: that
+ * instance's janitor kills it and clears the mark (janitor.c), the fallback
+ * of the NOTIFY. */
 static int op_fn(keel_es_tx *tx, void *arg) {
   op *o = arg;
-  char id[24], now[24];
+  char id[24], now[24], dbnow[24];
   keel__jobs_i64(id, o->id);
   keel__jobs_i64(now, keel__jobs_now(o->j));
+  keel__jobs_i64(dbnow, keel__jobs_db_now(o->j));
   if (o->what >= 2)
     return keel_es_tx_exec(tx,
                            "INSERT INTO keel_jobs_queues (queue, paused) VALUES ($1, "
@@ -402,14 +445,16 @@ static int op_fn(keel_es_tx *tx, void *arg) {
   const char *sql =
       o->what == 0
           ? "UPDATE keel_jobs SET state = 'cancelled', finished_at = CAST($2 AS BIGINT), "
-            "deadline_at = NULL WHERE id = CAST($1 AS BIGINT) AND state IN ('available', "
-            "'running') RETURNING queue, attempt, instance"
+            "deadline_at = CASE WHEN state = 'running' AND instance <> $3 THEN CAST($4 AS BIGINT) "
+            "ELSE NULL END WHERE id = CAST($1 AS BIGINT) AND state IN ('available', 'running') "
+            "RETURNING queue, attempt, instance"
           : "UPDATE keel_jobs SET state = 'available', run_at = CAST($2 AS BIGINT), finished_at "
             "= NULL, instance = NULL, max_attempts = CASE WHEN attempt >= max_attempts THEN "
             "attempt + 1 ELSE max_attempts END WHERE id = CAST($1 AS BIGINT) AND state IN "
             "('discarded', 'cancelled') RETURNING queue, attempt, instance";
   keel_es_rows rows = {0};
-  int rc = keel_es_tx_exec(tx, sql, (const char *[]){id, now}, 2, &rows);
+  int rc = keel_es_tx_exec(tx, sql, (const char *[]){id, now, o->j->instance, dbnow},
+                           o->what == 0 ? 4 : 2, &rows);
   if (rc == 0 && rows.nrows == 0) rc = why_not(tx, id);
   if (rc == 0) {
     const char *inst = keel_es_rows_get(&rows, 0, 2);
@@ -418,6 +463,9 @@ static int op_fn(keel_es_tx *tx, void *arg) {
     snprintf(o->instance_of, sizeof o->instance_of, "%s", inst ? inst : "");
   }
   keel_es_rows_free(&rows);
+  if (rc == 0 && o->what == 0 && keel__jobs_pg(o->j) && o->instance_of[0] &&
+      strcmp(o->instance_of, o->j->instance) != 0)
+    rc = notify_cancel(tx, o);
   return rc;
 }
 
@@ -430,14 +478,15 @@ static int run_op(keel_jobs *j, op *o) {
 int keel_jobs_cancel(keel_jobs *j, int64_t id) {
   op o = {.id = id, .what = 0};
   int rc = run_op(j, &o);
-  /* running here: kill that attempt (elsewhere its outcome is fenced off) */
-  if (rc == 0 && strcmp(o.instance_of, j->instance) == 0)
-    for (size_t i = 0; i < j->o.nqueues; i++) {
-      keel_pid_t pid = atomic_load(&j->queues[i].runner);
-      jobs_cancel_msg cm = {.id = id, .attempt = o.attempt_of};
-      if (pid && strcmp(j->queues[i].q.name, o.queue_of) == 0)
-        keel_send(pid, keel_msg_copy(JOBS_TAG_CANCEL, &cm, sizeof cm));
-    }
+  /* running here: kill that attempt now. Elsewhere its outcome is fenced
+   * off, and its instance kills it on the NOTIFY or, failing that, in its
+   * janitor's next round (op_fn) */
+  if (rc == 0 && strcmp(o.instance_of, j->instance) == 0) {
+    jobs_queue *q = keel__jobs_queue_named(j, o.queue_of);
+    keel_pid_t pid = q ? atomic_load(&q->runner) : 0;
+    jobs_cancel_msg cm = {.id = id, .attempt = o.attempt_of};
+    if (pid) keel_send(pid, keel_msg_copy(JOBS_TAG_CANCEL, &cm, sizeof cm));
+  }
   return rc;
 }
 

@@ -45,6 +45,7 @@ enum {
   JOBS_STEP_PRUNE,
   JOBS_STEP_GAUGES,
   JOBS_STEP_PANEL,
+  JOBS_STEP_KILLS, /* cancelled attempts still marked as running here (janitor.c) */
   JOBS_STEPS
 };
 
@@ -140,6 +141,13 @@ typedef struct jobs_cancel_msg {
   int64_t id;
   int attempt;
 } jobs_cancel_msg;
+
+/* The NOTIFY payload of a cancel of an attempt running on another instance
+ * (PostgreSQL): JOBS_CANCEL_NOTE "<id>:<attempt>:<instance>" (jobs.c). */
+#define JOBS_CANCEL_NOTE "jobs:cancel:"
+/* Sends every runner here the kill of that attempt (a runner not running it
+ * ignores it). Any thread. */
+void keel__jobs_kill_attempt(keel_jobs *j, int64_t id, int attempt);
 
 typedef struct jobs_stop_msg {
   int64_t budget_ms;

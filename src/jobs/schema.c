@@ -47,6 +47,9 @@ static const char *const schema_sql[] = {
     "WHERE finished_at IS NOT NULL",
     "CREATE INDEX IF NOT EXISTS keel_jobs_deadline ON keel_jobs (deadline_at) "
     "WHERE state = 'running'",
+    /* the janitor's look for cancelled attempts still marked (janitor.c) */
+    "CREATE INDEX IF NOT EXISTS keel_jobs_cancelling ON keel_jobs (instance) "
+    "WHERE state = 'cancelled' AND deadline_at IS NOT NULL",
     "CREATE TABLE IF NOT EXISTS keel_jobs_instances (instance TEXT PRIMARY KEY, "
     "heartbeat_at BIGINT NOT NULL, started_at BIGINT NOT NULL)",
     "CREATE TABLE IF NOT EXISTS keel_jobs_queues (queue TEXT PRIMARY KEY, "

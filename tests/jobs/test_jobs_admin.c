@@ -2,8 +2,10 @@
  * real HTTP server on loopback: list with filters, one job, retry and
  * cancel behind the token, the error statuses. */
 #define _GNU_SOURCE /* memmem, in kt_http.h */
+#include <stdatomic.h>
 #include <stdlib.h>
 
+#include "es/es_internal.h"
 #include "es/kt_es.h"
 #include "http/kt_http.h"
 #include "keel/http.h"
@@ -145,4 +147,75 @@ KT_CASE(operators_list_retry_and_cancel_jobs_over_http) {
   kt_store_close(&st);
 }
 
-KT_MAIN(KT_ENTRY_SCHED(operators_list_retry_and_cancel_jobs_over_http, 2))
+/* Runs until killed; says which process it is. */
+static _Atomic keel_pid_t hung;
+static int hangs(keel_job *job, void *ud) {
+  (void)job, (void)ud;
+  atomic_store(&hung, keel_self());
+  for (;;)
+    keel_sleep(5);
+  return 0;
+}
+
+/* The admin endpoint of an instance that runs no queue cancels a job that
+ * runs on another ("a"): the attempt's process there is killed (PostgreSQL:
+ * the cancel's NOTIFY; SQLite: a's janitor round, the fallback, run here by
+ * keel_jobs_maintain), and a second cancel answers 409. */
+KT_CASE(the_admin_cancel_kills_the_attempt_on_another_instance) {
+  atomic_store(&hung, 0);
+  kt_store st;
+  keel_es *es = kt_store_open(&st, NULL);
+  keel_es *es2 = NULL;
+  CHECK_OK(keel_es_open(&(keel_es_opts){.url = st.url}, &es2));
+  /* PostgreSQL: a's listener is up before the cancel's NOTIFY goes out */
+  for (int i = 0; i < 3000 && kt_es_pg_url() && !keel__es_notify_listening(es); i++)
+    keel_sleep(10);
+  static const keel_job_worker w[] = {
+      {.name = "hangs", .perform = hangs, .timeout_ms = KEEL_INFINITY}};
+  static const keel_job_queue q[] = {{.name = "default"}};
+  keel_jobs *a = NULL, *b = NULL;
+  CHECK_OK(keel_jobs_start(&(keel_jobs_opts){.es = es,
+                                             .workers = w,
+                                             .nworkers = 1,
+                                             .queues = q,
+                                             .nqueues = 1,
+                                             .poll_ms = 20,
+                                             .instance = "a"},
+                           &a));
+  CHECK_OK(keel_jobs_start(&(keel_jobs_opts){.es = es2, .instance = "b"}, &b));
+  int64_t id = 0;
+  CHECK_OK(keel_jobs_enqueue(b, &(keel_job_new){.worker = "hangs"}, &id, NULL));
+  for (int i = 0; i < 3000 && !atomic_load(&hung); i++)
+    keel_sleep(10);
+  keel_pid_t pid = atomic_load(&hung);
+  CHECK(pid != 0);
+
+  keel_http_router *router = keel_http_router_new();
+  CHECK(router != NULL);
+  CHECK_OK(keel_jobs_admin_routes(b, router, "s3cret"));
+  keel_http_opts ho;
+  keel_http_opts_init(&ho);
+  ho.host = "127.0.0.1";
+  ho.no_listen_fds = true;
+  ho.no_access_log = true;
+  keel_http_server *srv = NULL;
+  CHECK_OK(keel_http_start(&ho, router, &srv));
+  int port = keel_http_port(srv);
+  char path[128];
+  snprintf(path, sizeof path, "/admin/jobs/%lld/cancel", (long long)id);
+  CHECK_EQ(kt_request_json(port, "POST", path, "Bearer s3cret", NULL), 200);
+  if (!kt_es_pg_url()) CHECK_OK(keel_jobs_maintain(a)); /* no NOTIFY on SQLite */
+  for (int i = 0; i < 2000 && keel_is_alive(pid); i++)  /* a bound only */
+    keel_sleep(10);
+  CHECK(!keel_is_alive(pid));
+  CHECK_STR(state_of(a, id), "cancelled");
+  CHECK_EQ(kt_request_json(port, "POST", path, "Bearer s3cret", NULL), 409);
+  keel_http_stop(srv);
+  keel_jobs_stop(b, 1000);
+  keel_jobs_stop(a, 1000);
+  keel_es_close(es2);
+  kt_store_close(&st);
+}
+
+KT_MAIN(KT_ENTRY_SCHED(operators_list_retry_and_cancel_jobs_over_http, 2),
+        KT_ENTRY_SCHED(the_admin_cancel_kills_the_attempt_on_another_instance, 2))
