@@ -41,9 +41,7 @@ else bad "an invalid OTEL_TRACES_SAMPLER exits 78" "exit $code, stderr: $(cat "$
 
 # ---- spans as log lines ---------------------------------------------------------------------
 mkdir -p "$tmp/a"
-port=$("$load" freeport)
-hport=$("$load" freeport)
-while [ "$hport" = "$port" ]; do hport=$("$load" freeport); done
+read -r port hport <<<"$("$load" freeport 2)"
 (cd "$tmp/a" && PORT=$port HEALTH_PORT=$hport HOST=127.0.0.1 LOG_FILE=$tmp/a/log LOG_LEVEL=info \
   OTEL_TRACES_EXPORTER=console OTEL_BSP_SCHEDULE_DELAY=100 exec "$ms") &
 pid=$!

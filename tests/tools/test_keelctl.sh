@@ -45,9 +45,7 @@ until_ok() {
   done
 }
 
-port=$("$load" freeport) hport=$("$load" freeport) dead=$("$load" freeport)
-while [ "$hport" = "$port" ]; do hport=$("$load" freeport); done
-while [ "$dead" = "$port" ] || [ "$dead" = "$hport" ]; do dead=$("$load" freeport); done
+read -r port hport dead <<<"$("$load" freeport 3)"
 mkdir -p "$tmp/ms"
 # ALERT_WEBHOOK_URL points at a closed port: alert-test then has one sink to queue on.
 (cd "$tmp/ms" && exec env PORT="$port" HEALTH_PORT="$hport" HOST=127.0.0.1 LOG_FILE="$tmp/ms/log" \
