@@ -41,15 +41,7 @@ cleanup() {
 trap cleanup EXIT
 trap 'exit 130' INT TERM
 
-passed=0
-failed=0
-ok() { echo "ok   - $1"; passed=$((passed + 1)); }
-bad() {
-  echo "FAIL - $1"
-  shift
-  for l in "$@"; do echo "       $l"; done
-  failed=$((failed + 1))
-}
+. "$(cd "$(dirname "${BASH_SOURCE[0]}")" && pwd)/../kt_check.sh" # ok, bad
 # check NAME COMMAND...: ok when the command succeeds.
 check() {
   local name=$1

@@ -26,9 +26,7 @@ cleanup() {
   if [ -n "${KEEP_TMP:-}" ]; then echo "kept $tmp"; else rm -rf "$tmp"; fi
 }
 trap cleanup EXIT
-passed=0 failed=0
-ok() { echo "ok   - $1"; passed=$((passed + 1)); }
-bad() { echo "FAIL - $1"; shift; for l in "$@"; do echo "       $l"; done; failed=$((failed + 1)); }
+. "$(cd "$(dirname "${BASH_SOURCE[0]}")" && pwd)/../kt_check.sh" # ok, bad, expect
 . "$(dirname "$0")/ms_lib.sh"
 
 # ---- configuration errors -------------------------------------------------------------------
