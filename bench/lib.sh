@@ -1,7 +1,8 @@
 # bench/lib.sh - what the benchmark scripts share, sourced after they set
 # `scratch` (their scratch directory) and define `say`:
-#   bench_free_port         a loopback port nobody listens on now (the
-#                           kernel's pick for port 0)
+#   bench_free_port [N]     N (1) distinct loopback ports nobody listens on
+#                           now, on one line (the kernel's picks for port 0,
+#                           all N sockets bound at once so no port comes twice)
 #   bench_stop PID [TENTHS] SIGTERM, up to TENTHS tenths of a second (50) to
 #                           exit in order, then SIGKILL; reaps it
 #   bench_end PG_STATE      stops the throwaway PostgreSQL cluster in
@@ -10,8 +11,20 @@
 # shellcheck shell=bash
 
 bench_free_port() {
-  python3 -c 'import socket; s = socket.socket(); s.bind(("127.0.0.1", 0)); print(s.getsockname()[1])' 2>/dev/null ||
-    node -e 'const s = require("net").createServer().listen(0, "127.0.0.1", () => { console.log(s.address().port); s.close(); })'
+  local n=${1:-1}
+  python3 -c '
+import socket, sys
+ss = [socket.socket() for _ in range(int(sys.argv[1]))]
+for s in ss:
+    s.bind(("127.0.0.1", 0))
+print(" ".join(str(s.getsockname()[1]) for s in ss))' "$n" 2>/dev/null ||
+    node -e '
+const net = require("net");
+const one = () => new Promise((ok) => { const s = net.createServer().listen(0, "127.0.0.1", () => ok(s)); });
+Promise.all(Array.from({ length: +process.argv[1] }, one)).then((ss) => {
+  console.log(ss.map((s) => s.address().port).join(" "));
+  ss.forEach((s) => s.close());
+});' "$n"
 }
 
 bench_stop() {

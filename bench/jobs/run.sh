@@ -60,39 +60,28 @@ redis_port=
 pg_state=
 pg_url=${PG_URL:-}
 
+# shellcheck source=bench/lib.sh
+source "$root/bench/lib.sh"
+
 stop_redis() {
   if [[ -n $redis_pid ]]; then
     # SHUTDOWN NOSAVE, not SIGTERM: on SIGTERM Redis first saves its RDB and
     # stays up when that fails (its folder removed), leaking the server.
+    # bench_stop's SIGTERM after it reaches a Redis already on its way out;
+    # one still up 5 s later is killed.
     redis-cli -p "$redis_port" shutdown nosave >/dev/null 2>&1 || true
-    for _ in $(seq 50); do
-      kill -0 "$redis_pid" 2>/dev/null || break
-      sleep 0.1
-    done
-    kill -KILL "$redis_pid" 2>/dev/null || true
-    wait "$redis_pid" 2>/dev/null || true
+    bench_stop "$redis_pid" 50
     redis_pid=
   fi
 }
 
 cleanup() {
   stop_redis
-  if [[ -n $pg_state ]]; then
-    bash "$root/tests/es/pg_cluster.sh" stop "$pg_state" >/dev/null 2>&1 || true
-  fi
-  if [[ ${KEEP:-0} = 1 ]]; then
-    say "scratch directory kept: $scratch"
-  else
-    rm -rf "$scratch"
-  fi
+  bench_end "$pg_state"
 }
 trap cleanup EXIT
 trap 'exit 130' INT
 trap 'exit 143' TERM
-
-free_port() {
-  python3 -c 'import socket; s = socket.socket(); s.bind(("127.0.0.1", 0)); print(s.getsockname()[1])'
-}
 
 # BullMQ as locked, in BUILD_DIR/node-jobs.
 node_dir=$build/node-jobs
@@ -116,7 +105,7 @@ fi
 start_redis() {
   local dir=$1
   shift
-  redis_port=$(free_port)
+  redis_port=$(bench_free_port)
   mkdir -p "$dir"
   # Debian's binary without a config file: the built-in defaults (RDB
   # snapshots after 3600 s/1, 300 s/100 or 60 s/10000 changes; no AOF).

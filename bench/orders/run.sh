@@ -148,9 +148,7 @@ pg_ticks() {
 
 run_one() {
   local backend=$1 r=$2 port hport perf_pid= t0 t1 s0 s1 p0 p1
-  port=$(bench_free_port)
-  hport=$(bench_free_port)
-  while [[ $hport = "$port" ]]; do hport=$(bench_free_port); done
+  read -r port hport <<<"$(bench_free_port 2)"
   say "round $r: $backend (load $(cut -d' ' -f1-3 /proc/loadavg))"
   start_server "$backend" "$r" "$port" "$hport"
   wrk -t"$threads" -c"$connections" -d"$warmup" -s "$here/mix.lua" "http://127.0.0.1:$port" >/dev/null

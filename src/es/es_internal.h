@@ -366,6 +366,11 @@ typedef struct es_read_call {
   int rc;
 } es_read_call;
 
+/* read.c: the versions lo..hi (inclusive) a stream read covers: o's bounds
+ * (0: the stream's end on that side; backwards, from is the highest), never
+ * below the stream's truncated_before nor below 1. */
+void keel__es_read_range(const keel_es_read_opts *o, int64_t truncated, int64_t *lo, int64_t *hi);
+
 /* read.c: applies the upcasters to a page just decoded, ev->v[start..n),
  * and with types (a read_all type filter matched after upcasting; NULL: no
  * filter) drops the events whose latest type is not wanted; with part (may

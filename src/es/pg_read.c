@@ -69,11 +69,6 @@ static void i64s(char out[24], int64_t v) {
   snprintf(out, 24, "%lld", (long long)v);
 }
 
-static int64_t max3(int64_t a, int64_t b, int64_t c) {
-  int64_t m = a > b ? a : b;
-  return m > c ? m : c;
-}
-
 static int read_stream(es_pg *pg, es_pgconn *c, es_read_call *rc_) {
   const char *p1[1] = {rc_->stream};
   PGresult *r;
@@ -89,13 +84,7 @@ static int read_stream(es_pg *pg, es_pgconn *c, es_read_call *rc_) {
   if (!found || deleted || version == 0) return KEEL_ENOENT;
   const keel_es_read_opts *o = &rc_->ro;
   int64_t lo, hi;
-  if (o->backwards) {
-    hi = o->from ? o->from : INT64_MAX;
-    lo = max3(o->to, truncated, 1);
-  } else {
-    lo = max3(o->from, truncated, 1);
-    hi = o->to ? o->to : INT64_MAX;
-  }
+  keel__es_read_range(o, truncated, &lo, &hi);
   char slo[24], shi[24], slim[24];
   i64s(slo, lo);
   i64s(shi, hi);

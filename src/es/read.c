@@ -333,6 +333,16 @@ static int64_t max3(int64_t a, int64_t b, int64_t c) {
   return m > c ? m : c;
 }
 
+void keel__es_read_range(const keel_es_read_opts *o, int64_t truncated, int64_t *lo, int64_t *hi) {
+  if (o->backwards) {
+    *hi = o->from ? o->from : INT64_MAX;
+    *lo = max3(o->to, truncated, 1);
+  } else {
+    *lo = max3(o->from, truncated, 1);
+    *hi = o->to ? o->to : INT64_MAX;
+  }
+}
+
 static int do_read_stream(sqlite3 *db, read_call *c) {
   sqlite3_stmt *st;
   int rc = prepare(c, db, "SELECT version, deleted, truncated_before FROM streams WHERE stream = ?",
@@ -353,13 +363,7 @@ static int do_read_stream(sqlite3 *db, read_call *c) {
   if (src == SQLITE_DONE || deleted || version == 0) return KEEL_ENOENT;
   const keel_es_read_opts *o = &c->ro;
   int64_t lo, hi;
-  if (o->backwards) {
-    hi = o->from ? o->from : INT64_MAX;
-    lo = max3(o->to, truncated, 1);
-  } else {
-    lo = max3(o->from, truncated, 1);
-    hi = o->to ? o->to : INT64_MAX;
-  }
+  keel__es_read_range(o, truncated, &lo, &hi);
   if ((rc = prepare(c, db,
                     o->backwards ? "SELECT " EVENT_COLS " FROM events e WHERE e.stream = ? AND "
                                    "e.version BETWEEN ? AND ? ORDER BY e.version DESC LIMIT ?"

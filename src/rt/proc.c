@@ -60,32 +60,25 @@ static inline void set_write_end(keel__proc *p) {
   atomic_store_explicit(&p->set_seq, s + 1, memory_order_release);
 }
 
-/* Replace v's array by one of twice the size, under p's sig_lock (the
+/* Replace a set's array by one of twice the size, under p's sig_lock (the
  * reader holds it while copying). Outside any write section: a reader
- * waiting under the lock for an even set_seq would wait for us forever. */
-static int grow_pids(keel__proc *p, keel__pidvec *v) {
-  uint32_t cap = v->cap ? v->cap * 2 : 4;
-  keel_pid_t *nv = malloc(cap * sizeof *nv);
+ * waiting under the lock for an even set_seq would wait for us forever.
+ * Both kinds of set share it: arr is the address of the set's array pointer
+ * (keel_pid_t * or keel__mon *), n its length, *cap its capacity in elements
+ * of elem bytes. The pointer is read and replaced with memcpy, not through a
+ * void ** cast, which would access a keel_pid_t * as a void * (strict
+ * aliasing); object pointers share one representation on every target keel
+ * builds for. */
+static int grow_set(keel__proc *p, void *arr, uint32_t n, uint32_t *cap, size_t elem) {
+  uint32_t ncap = *cap ? *cap * 2 : 4;
+  void *nv = malloc(ncap * elem);
   if (!nv) return KEEL_ENOMEM;
-  if (v->n) memcpy(nv, v->v, v->n * sizeof *nv);
+  void *old;
+  memcpy(&old, arr, sizeof old);
+  if (n) memcpy(nv, old, n * elem);
   keel__spin_lock(&p->sig_lock);
-  keel_pid_t *old = v->v;
-  v->v = nv;
-  v->cap = cap;
-  keel__spin_unlock(&p->sig_lock);
-  free(old);
-  return 0;
-}
-
-static int grow_mons(keel__proc *p, keel__monvec *v) {
-  uint32_t cap = v->cap ? v->cap * 2 : 4;
-  keel__mon *nv = malloc(cap * sizeof *nv);
-  if (!nv) return KEEL_ENOMEM;
-  if (v->n) memcpy(nv, v->v, v->n * sizeof *nv);
-  keel__spin_lock(&p->sig_lock);
-  keel__mon *old = v->v;
-  v->v = nv;
-  v->cap = cap;
+  memcpy(arr, &nv, sizeof nv);
+  *cap = ncap;
   keel__spin_unlock(&p->sig_lock);
   free(old);
   return 0;
@@ -93,7 +86,7 @@ static int grow_mons(keel__proc *p, keel__monvec *v) {
 
 int keel__pidvec_add(keel__proc *p, keel__pidvec *v, keel_pid_t pid) {
   if (v->n == v->cap) {
-    int rc = grow_pids(p, v);
+    int rc = grow_set(p, &v->v, v->n, &v->cap, sizeof *v->v);
     if (rc) return rc;
   }
   set_write_begin(p);
@@ -123,7 +116,7 @@ bool keel__pidvec_del(keel__proc *p, keel__pidvec *v, keel_pid_t pid) {
 
 int keel__monvec_add(keel__proc *p, keel__monvec *v, keel_ref_t ref, keel_pid_t pid) {
   if (v->n == v->cap) {
-    int rc = grow_mons(p, v);
+    int rc = grow_set(p, &v->v, v->n, &v->cap, sizeof *v->v);
     if (rc) return rc;
   }
   set_write_begin(p);

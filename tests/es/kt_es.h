@@ -227,4 +227,27 @@ static inline int kt_payload_i(const keel_es_event *e) {
   return (int)json_integer_value(json_object_get(keel_es_event_payload(e), "i"));
 }
 
+/* Runs this test program again as a child, `/proc/self/exe child TARGET
+ * ROUND` (argv[0] NAME), its stdout a pipe whose read end is *rfd (the
+ * caller closes it); returns the child's pid. For the tests that SIGKILL a
+ * writer at random and check what survived (test_durability, test_sub_crash). */
+static inline pid_t kt_child_start(const char *name, const char *target, int round, int *rfd) {
+  int fd[2];
+  CHECK_OK(pipe(fd));
+  pid_t child = fork();
+  CHECK(child >= 0);
+  if (child == 0) {
+    dup2(fd[1], 1);
+    close(fd[0]);
+    close(fd[1]);
+    char r[16];
+    snprintf(r, sizeof r, "%d", round);
+    execl("/proc/self/exe", name, "child", target, r, (char *)NULL);
+    _exit(127);
+  }
+  close(fd[1]);
+  *rfd = fd[0];
+  return child;
+}
+
 #endif

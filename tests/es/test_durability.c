@@ -209,22 +209,9 @@ KT_CASE(acknowledged_appends_survive_sigkill_and_no_batch_is_partial) {
   unsigned seed = (unsigned)time(NULL);
   fprintf(stderr, "seed %u\n", seed);
   for (int round = 0; round < ROUNDS; round++) {
-    int fd[2];
-    CHECK_OK(pipe(fd));
-    pid_t child = fork();
-    CHECK(child >= 0);
-    if (child == 0) {
-      dup2(fd[1], 1);
-      close(fd[0]);
-      close(fd[1]);
-      char r[16];
-      snprintf(r, sizeof r, "%d", round);
-      execl("/proc/self/exe", "test_durability", "child", s.schema[0] ? s.url : s.dir, r,
-            (char *)NULL);
-      _exit(127);
-    }
-    close(fd[1]);
-    fcntl(fd[0], F_SETFL, O_NONBLOCK);
+    int rfd;
+    pid_t child = kt_child_start("test_durability", s.schema[0] ? s.url : s.dir, round, &rfd);
+    fcntl(rfd, F_SETFL, O_NONBLOCK);
     seed = seed * 1103515245u + 12345u;
     int64_t run_ms = 50 + (seed >> 16) % 350;
     struct timespec t0, t;
@@ -248,9 +235,9 @@ KT_CASE(acknowledged_appends_survive_sigkill_and_no_batch_is_partial) {
         kill(child, SIGKILL);
         killed = true;
       }
-      int rc = keel_wait_fd(fd[0], KEEL_READABLE, killed ? 5000 : 10, NULL);
+      int rc = keel_wait_fd(rfd, KEEL_READABLE, killed ? 5000 : 10, NULL);
       if (rc == KEEL_ETIMEDOUT) continue;
-      ssize_t n = read(fd[0], buf + len, sizeof buf - len);
+      ssize_t n = read(rfd, buf + len, sizeof buf - len);
       if (n > 0) {
         len += (size_t)n;
         parse_lines(buf, &len);
@@ -260,7 +247,7 @@ KT_CASE(acknowledged_appends_survive_sigkill_and_no_batch_is_partial) {
         CHECK(errno == EAGAIN || errno == EINTR);
       }
     }
-    close(fd[0]);
+    close(rfd);
     int status;
     CHECK_EQ(waitpid(child, &status, 0), child);
     CHECK(WIFSIGNALED(status) && WTERMSIG(status) == SIGKILL);

@@ -129,26 +129,14 @@ KT_CASE(a_projection_killed_at_random_applies_each_event_exactly_once) {
   unsigned seed = (unsigned)time(NULL);
   fprintf(stderr, "seed %u\n", seed);
   for (int round = 0; round < ROUNDS; round++) {
-    int fd[2];
-    CHECK_OK(pipe(fd));
-    pid_t child = fork();
-    CHECK(child >= 0);
-    if (child == 0) {
-      dup2(fd[1], 1);
-      close(fd[0]);
-      close(fd[1]);
-      char r[16];
-      snprintf(r, sizeof r, "%d", round);
-      execl("/proc/self/exe", "test_sub_crash", "child", s.url, r, (char *)NULL);
-      _exit(127);
-    }
-    close(fd[1]);
+    int rfd;
+    pid_t child = kt_child_start("test_sub_crash", s.url, round, &rfd);
     /* the clock starts when the child runs (a loaded machine can take long
      * to start a sanitized child) */
-    CHECK_OK(keel_wait_fd(fd[0], KEEL_READABLE, 60000, NULL));
+    CHECK_OK(keel_wait_fd(rfd, KEEL_READABLE, 60000, NULL));
     char c;
-    CHECK_EQ(read(fd[0], &c, 1), 1);
-    close(fd[0]);
+    CHECK_EQ(read(rfd, &c, 1), 1);
+    close(rfd);
     seed = seed * 1103515245u + 12345u;
     keel_sleep(50 + (int64_t)((seed >> 16) % 350));
     kill(child, SIGKILL);

@@ -22,14 +22,9 @@ cleanup() {
 }
 trap cleanup EXIT
 
-passed=0 failed=0
-ok() { echo "ok   - $1"; passed=$((passed + 1)); }
-bad() { echo "FAIL - $1 ${2:-}"; failed=$((failed + 1)); }
-expect() { if [ "$2" = "$3" ]; then ok "$1"; else bad "$1" "(want [$2], got [$3])"; fi; }
+. "$(cd "$(dirname "${BASH_SOURCE[0]}")" && pwd)/../kt_check.sh" # ok, bad, expect
 
-rport=$("$load" freeport) port=$("$load" freeport) hport=$("$load" freeport)
-while [ "$port" = "$rport" ]; do port=$("$load" freeport); done
-while [ "$hport" = "$port" ] || [ "$hport" = "$rport" ]; do hport=$("$load" freeport); done
+read -r rport port hport <<<"$("$load" freeport 3)"
 cat >"$tmp/recv.py" <<'PY'
 import http.server, sys
 out = sys.argv[2]

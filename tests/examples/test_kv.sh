@@ -20,14 +20,9 @@ cleanup() {
 }
 trap cleanup EXIT
 
-passed=0 failed=0
-ok() { echo "ok   - $1"; passed=$((passed + 1)); }
-bad() { echo "FAIL - $1 ${2:-}"; failed=$((failed + 1)); }
-# expect NAME WANT GOT
-expect() { if [ "$2" = "$3" ]; then ok "$1"; else bad "$1" "(want [$2], got [$3])"; fi; }
+. "$(cd "$(dirname "${BASH_SOURCE[0]}")" && pwd)/../kt_check.sh" # ok, bad, expect
 
-port=$("$load" freeport) hport=$("$load" freeport)
-while [ "$hport" = "$port" ]; do hport=$("$load" freeport); done
+read -r port hport <<<"$("$load" freeport 2)"
 api=http://127.0.0.1:$port
 cd "$tmp" || exit 1
 PORT=$port HEALTH_PORT=$hport HOST=127.0.0.1 KV_MAX_KEYS=3 KV_SWEEP=50ms LOG_FILE=$tmp/log "$kv" &

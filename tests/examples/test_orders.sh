@@ -42,14 +42,9 @@ sql() {
   if [ -n "$pg" ]; then psql -q "$DATABASE_URL" -c "$1"; else sqlite3 "$tmp/data/orders.db" "$1"; fi
 }
 
-passed=0 failed=0
-ok() { echo "ok   - $1"; passed=$((passed + 1)); }
-bad() { echo "FAIL - $1 ${2:-}"; failed=$((failed + 1)); }
-# expect NAME WANT GOT
-expect() { if [ "$2" = "$3" ]; then ok "$1"; else bad "$1" "(want [$2], got [$3])"; fi; }
+. "$(cd "$(dirname "${BASH_SOURCE[0]}")" && pwd)/../kt_check.sh" # ok, bad, expect
 
-port=$("$load" freeport) hport=$("$load" freeport)
-while [ "$hport" = "$port" ]; do hport=$("$load" freeport); done
+read -r port hport <<<"$("$load" freeport 2)"
 api=http://127.0.0.1:$port admin=http://127.0.0.1:$hport
 cd "$tmp" || exit 1
 
@@ -238,8 +233,7 @@ if [ -n "$pg" ]; then
   export DATABASE_URL="$pg${sep}options=-csearch_path%3D$schema2" SUB_PARTITIONS=4
   start "$tmp/log5"
   pid1=$pid port1=$port hport1=$hport
-  port=$("$load" freeport) hport=$("$load" freeport)
-  while [ "$hport" = "$port" ]; do hport=$("$load" freeport); done
+  read -r port hport <<<"$("$load" freeport 2)"
   start "$tmp/log6"
   pid2=$pid
   api1=http://127.0.0.1:$port1 api2=http://127.0.0.1:$port

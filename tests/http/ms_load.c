@@ -4,7 +4,8 @@
  * It speaks just enough HTTP/1.1 over plain blocking loopback sockets to say
  * exactly what happened to every request, which curl cannot do under load:
  *
- *   ms_load freeport                        print a free loopback TCP port
+ *   ms_load freeport [N]                    print N (1) distinct free loopback TCP
+ *                                           ports on one line, space-separated
  *   ms_load hold PORT SECONDS               listen on loopback PORT (no SO_REUSEPORT,
  *                                           so nobody else can) for SECONDS
  *   ms_load load PORT SECONDS CONNS [DELAY_MS]
@@ -447,23 +448,38 @@ static int cmd_hold(int port, int seconds) {
   return 0;
 }
 
-static int cmd_freeport(void) {
-  int fd = socket(AF_INET, SOCK_STREAM | SOCK_CLOEXEC, 0);
-  struct sockaddr_in a = {.sin_family = AF_INET};
-  a.sin_addr.s_addr = htonl(INADDR_LOOPBACK);
-  socklen_t sl = sizeof a;
-  if (fd < 0 || bind(fd, (struct sockaddr *)&a, sizeof a) != 0 ||
-      getsockname(fd, (struct sockaddr *)&a, &sl) != 0) {
-    perror("freeport");
-    return 1;
+/* N distinct free loopback TCP ports on one line. All N sockets stay bound
+ * until every port is known: a port is free again once its socket closes, so
+ * picking them one at a time could hand the same port out twice (the test
+ * scripts used to redraw until two differed). */
+enum { FREEPORT_MAX = 16 };
+
+static int cmd_freeport(int n) {
+  int fds[FREEPORT_MAX], ports[FREEPORT_MAX], got = 0, rc = 0;
+  for (; got < n; got++) {
+    fds[got] = socket(AF_INET, SOCK_STREAM | SOCK_CLOEXEC, 0);
+    struct sockaddr_in a = {.sin_family = AF_INET};
+    a.sin_addr.s_addr = htonl(INADDR_LOOPBACK);
+    socklen_t sl = sizeof a;
+    if (fds[got] < 0 || bind(fds[got], (struct sockaddr *)&a, sizeof a) != 0 ||
+        getsockname(fds[got], (struct sockaddr *)&a, &sl) != 0) {
+      perror("freeport");
+      if (fds[got] >= 0) close(fds[got]);
+      rc = 1;
+      break;
+    }
+    ports[got] = ntohs(a.sin_port);
   }
-  printf("%d\n", ntohs(a.sin_port));
-  close(fd);
-  return 0;
+  if (rc == 0)
+    for (int i = 0; i < n; i++)
+      printf("%d%c", ports[i], i + 1 < n ? ' ' : '\n');
+  for (int i = 0; i < got; i++)
+    close(fds[i]);
+  return rc;
 }
 
 static int usage(void) {
-  fprintf(stderr, "usage: ms_load freeport\n"
+  fprintf(stderr, "usage: ms_load freeport [N]\n"
                   "       ms_load load PORT SECONDS CONNS [DELAY_MS]\n"
                   "       ms_load request PORT RAWFILE [IDLE_MS]\n"
                   "       ms_load slowloris PORT MAX_SECONDS\n");
@@ -473,7 +489,11 @@ static int usage(void) {
 int main(int argc, char **argv) {
   signal(SIGPIPE, SIG_IGN);
   setvbuf(stdout, NULL, _IOLBF, 0);
-  if (argc >= 2 && strcmp(argv[1], "freeport") == 0) return cmd_freeport();
+  if (argc >= 2 && strcmp(argv[1], "freeport") == 0) {
+    int n = argc > 2 ? atoi(argv[2]) : 1;
+    if (n < 1 || n > FREEPORT_MAX) return usage();
+    return cmd_freeport(n);
+  }
   if (argc >= 4 && strcmp(argv[1], "hold") == 0) return cmd_hold(atoi(argv[2]), atoi(argv[3]));
   if (argc < 4) return usage();
   int port = atoi(argv[2]);

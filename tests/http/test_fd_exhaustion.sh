@@ -66,15 +66,7 @@ cleanup() {
 trap cleanup EXIT
 trap 'exit 130' INT TERM
 
-passed=0
-failed=0
-ok() { echo "ok   - $1"; passed=$((passed + 1)); }
-bad() {
-  echo "FAIL - $1"
-  shift
-  for l in "$@"; do echo "       $l"; done
-  failed=$((failed + 1))
-}
+. "$(cd "$(dirname "${BASH_SOURCE[0]}")" && pwd)/../kt_check.sh" # ok, bad
 finish() {
   echo "$passed passed, $failed failed"
   [ "$failed" -eq 0 ]
@@ -84,7 +76,7 @@ finish() {
 now() { echo "${EPOCHREALTIME/[.,]/}"; }      # microseconds
 since() { echo $((($(now) - $1) / 1000)); }   # milliseconds since a now()
 
-freeport() { "$load" freeport; }
+freeport() { "$load" freeport "$@"; }
 
 pid_raise=
 pid_x= # set by start
@@ -153,9 +145,7 @@ hard=$(ulimit -Hn)
 if [ "$hard" = unlimited ] || [ "$hard" -gt $((SERVER_NOFILE * 2)) ]; then
   want=$((SERVER_NOFILE * 4))
   [ "$hard" != unlimited ] && [ "$hard" -lt "$want" ] && want=$hard
-  P=$(freeport)
-  H=$(freeport)
-  while [ "$H" = "$P" ]; do H=$(freeport); done
+  read -r P H <<<"$(freeport 2)"
   start raise "$P" "$H" "ulimit -Sn $SERVER_NOFILE && ulimit -Hn $want"
   if wait_startup "$H" raise; then
     lim=$(nofile "$pid_raise")
@@ -173,9 +163,7 @@ else
 fi
 
 # ---- the service at 256 descriptors --------------------------------------------------------------
-P=$(freeport)
-H=$(freeport)
-while [ "$H" = "$P" ]; do H=$(freeport); done
+read -r P H <<<"$(freeport 2)"
 api=http://127.0.0.1:$P
 adm=http://127.0.0.1:$H
 start x "$P" "$H" "ulimit -n $SERVER_NOFILE" KEEL_SCHEDULERS=2 WORKER_COUNT=2 SHUTDOWN_TIMEOUT=${SHUTDOWN_S}s

@@ -41,15 +41,7 @@ cleanup() {
 trap cleanup EXIT
 trap 'exit 130' INT TERM
 
-passed=0
-failed=0
-ok() { echo "ok   - $1"; passed=$((passed + 1)); }
-bad() {
-  echo "FAIL - $1"
-  shift
-  for l in "$@"; do echo "       $l"; done
-  failed=$((failed + 1))
-}
+. "$(cd "$(dirname "${BASH_SOURCE[0]}")" && pwd)/../kt_check.sh" # ok, bad
 # check NAME COMMAND...: ok when the command succeeds.
 check() {
   local name=$1
@@ -57,7 +49,7 @@ check() {
   if "$@" >/dev/null; then ok "$name"; else bad "$name" "command: $*"; fi
 }
 
-freeport() { "$load" freeport; }
+freeport() { "$load" freeport "$@"; }
 
 # start NAME PORT HEALTH_PORT [VAR=VALUE...]: starts an instance in $tmp/NAME
 # with its log in $tmp/NAME/log; its pid goes in pid_NAME.
@@ -140,9 +132,7 @@ if [ $code -eq 78 ] && grep -q '^Invalid configuration: HEALTH_PORT: ' "$tmp/cfg
 else bad "HEALTH_PORT equal to PORT exits 78" "exit $code, stderr: $(cat "$tmp/cfg/err2")"; fi
 
 # ---- instance M: statuses, ids, logs, metrics, CORS, headers, slowloris --------------------------
-P=$(freeport)
-H=$(freeport)
-while [ "$H" = "$P" ]; do H=$(freeport); done
+read -r P H <<<"$(freeport 2)"
 start m "$P" "$H" RATE_LIMIT=0 WORKER_COUNT=3 MAX_BODY_BYTES=4096 \
   CORS_ORIGINS=https://app.example.com,https://admin.example.com
 if ! wait_startup "$H" m; then
@@ -297,9 +287,7 @@ wait_exit "$pid_m" 40
 check "instance M exits 0 on SIGTERM" test "$code" = 0
 
 # ---- instance R: rate limit and request timeout ------------------------------------------------
-P=$(freeport)
-H=$(freeport)
-while [ "$H" = "$P" ]; do H=$(freeport); done
+read -r P H <<<"$(freeport 2)"
 start r "$P" "$H" RATE_LIMIT=100 REQUEST_TIMEOUT=1s
 if wait_startup "$H" r; then
   api=http://127.0.0.1:$P
@@ -330,9 +318,7 @@ wait_exit "$pid_r" 40
 check "instance R exits 0 on SIGTERM" test "$code" = 0
 
 # ---- SIGTERM with a request in flight: ready 503 at once, the request finishes ------------------
-P=$(freeport)
-H=$(freeport)
-while [ "$H" = "$P" ]; do H=$(freeport); done
+read -r P H <<<"$(freeport 2)"
 start i "$P" "$H" RATE_LIMIT=0
 if wait_startup "$H" i; then
   req inflight -H 'X-Request-Id: it-inflight' -d '{"delayMs":3000}' "http://127.0.0.1:$P/api/process" \
@@ -367,9 +353,7 @@ else
 fi
 
 # ---- SIGTERM under load --------------------------------------------------------------------------
-P=$(freeport)
-H=$(freeport)
-while [ "$H" = "$P" ]; do H=$(freeport); done
+read -r P H <<<"$(freeport 2)"
 start s "$P" "$H" RATE_LIMIT=0
 if wait_startup "$H" s; then
   "$load" load "$P" 5 8 0 >"$tmp/load_s.json" &
@@ -388,9 +372,7 @@ else
 fi
 
 # ---- SHUTDOWN_TIMEOUT exceeded: exit 1; a second SIGTERM: exit at once ------------------------------
-P=$(freeport)
-H=$(freeport)
-while [ "$H" = "$P" ]; do H=$(freeport); done
+read -r P H <<<"$(freeport 2)"
 # the worker and the router are killed mid-call here, so their gen_server
 # state is never freed (terminate does not run for a killed process): under
 # ASan, LeakSanitizer would turn exit code 1 into 134
@@ -404,9 +386,7 @@ if wait_startup "$H" t; then
   else bad "long request reached a worker (T)"; fi
 else bad "instance T starts" "$(tail -5 "$tmp/t/stderr")"; fi
 
-P=$(freeport)
-H=$(freeport)
-while [ "$H" = "$P" ]; do H=$(freeport); done
+read -r P H <<<"$(freeport 2)"
 start u "$P" "$H" RATE_LIMIT=0
 if wait_startup "$H" u; then
   curl -s -o /dev/null -d '{"delayMs":10000}' -H 'X-Request-Id: it-long2' "http://127.0.0.1:$P/api/process" &
@@ -430,9 +410,7 @@ else
   echo "# note: net.ipv4.tcp_migrate_req not writable: connections still queued on A's listener when it"
   echo "#       closes are reset by the kernel (counted as closed_unanswered_fresh)"
 fi
-P=$(freeport)
-H=$(freeport)
-while [ "$H" = "$P" ]; do H=$(freeport); done
+read -r P H <<<"$(freeport 2)"
 start a "$P" "$H" RATE_LIMIT=0
 if wait_startup "$H" a; then
   "$load" load "$P" 10 8 0 >"$tmp/load_roll.json" &

@@ -26,9 +26,7 @@ cleanup() {
   if [ -n "${KEEP_TMP:-}" ]; then echo "kept $tmp"; else rm -rf "$tmp"; fi
 }
 trap cleanup EXIT
-passed=0 failed=0
-ok() { echo "ok   - $1"; passed=$((passed + 1)); }
-bad() { echo "FAIL - $1"; shift; for l in "$@"; do echo "       $l"; done; failed=$((failed + 1)); }
+. "$(cd "$(dirname "${BASH_SOURCE[0]}")" && pwd)/../kt_check.sh" # ok, bad, expect
 . "$(dirname "$0")/ms_lib.sh"
 
 # ---- configuration errors -------------------------------------------------------------------
@@ -41,9 +39,7 @@ else bad "an invalid OTEL_TRACES_SAMPLER exits 78" "exit $code, stderr: $(cat "$
 
 # ---- spans as log lines ---------------------------------------------------------------------
 mkdir -p "$tmp/a"
-port=$("$load" freeport)
-hport=$("$load" freeport)
-while [ "$hport" = "$port" ]; do hport=$("$load" freeport); done
+read -r port hport <<<"$("$load" freeport 2)"
 (cd "$tmp/a" && PORT=$port HEALTH_PORT=$hport HOST=127.0.0.1 LOG_FILE=$tmp/a/log LOG_LEVEL=info \
   OTEL_TRACES_EXPORTER=console OTEL_BSP_SCHEDULE_DELAY=100 exec "$ms") &
 pid=$!

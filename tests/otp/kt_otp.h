@@ -318,4 +318,32 @@ static inline keel_sup_spec kt_sup_spec(keel_sup_strategy strategy,
   return s;
 }
 
+/* ---- a context carried by calls and casts -------------------------------------------- */
+
+/* A stand-in for the logger's correlation id: a string in a process-local
+ * slot, which the hooks of kt_ctx_hooks() (for keel_gs_set_context_hooks)
+ * carry from a caller to the server running its call or cast. */
+#define KT_CTX_SLOT (KEEL_LOCAL_USER + 1)
+
+static inline void *kt_ctx_capture(void) {
+  const char *cur = keel_local_get(KT_CTX_SLOT);
+  return cur ? strdup(cur) : NULL;
+}
+
+static inline void *kt_ctx_install(const void *blob) {
+  void *prev = keel_local_get(KT_CTX_SLOT);
+  keel_local_set(KT_CTX_SLOT, strdup(blob));
+  return prev;
+}
+
+static inline void kt_ctx_restore(void *prev) {
+  free(keel_local_get(KT_CTX_SLOT));
+  keel_local_set(KT_CTX_SLOT, prev);
+}
+
+static inline const keel_gs_context_hooks *kt_ctx_hooks(void) {
+  static const keel_gs_context_hooks hooks = {kt_ctx_capture, kt_ctx_install, kt_ctx_restore};
+  return &hooks;
+}
+
 #endif

@@ -766,27 +766,7 @@ KT_CASE(many_callers_each_get_their_own_replies) {
 
 /* ---- context propagation ------------------------------------------------------------ */
 
-/* A stand-in for the logger's correlation id: a string in a process-local
- * slot, carried by calls and casts through the context hooks. */
-#define CTX_SLOT (KEEL_LOCAL_USER + 1)
-
-static void *ctx_capture(void) {
-  const char *cur = keel_local_get(CTX_SLOT);
-  return cur ? strdup(cur) : NULL;
-}
-
-static void *ctx_install(const void *blob) {
-  void *prev = keel_local_get(CTX_SLOT);
-  keel_local_set(CTX_SLOT, strdup(blob));
-  return prev;
-}
-
-static void ctx_restore(void *prev) {
-  free(keel_local_get(CTX_SLOT));
-  keel_local_set(CTX_SLOT, prev);
-}
-
-static const keel_gs_context_hooks ctx_hooks = {ctx_capture, ctx_install, ctx_restore};
+/* The correlation-id stand-in: KT_CTX_SLOT and kt_ctx_hooks() (kt_otp.h). */
 
 static int ctx_init(void *arg, void **state) {
   *state = arg;
@@ -797,7 +777,7 @@ static int ctx_call(void *st, keel_gs_from from, keel_msg_t **req, keel_msg_t **
   (void)st;
   (void)from;
   (void)req;
-  const char *cur = keel_local_get(CTX_SLOT);
+  const char *cur = keel_local_get(KT_CTX_SLOT);
   *reply = keel_msg_copy(0, cur ? cur : "", cur ? strlen(cur) + 1 : 1);
   return KEEL_GS_REPLY;
 }
@@ -805,7 +785,7 @@ static int ctx_call(void *st, keel_gs_from from, keel_msg_t **req, keel_msg_t **
 static const keel_gen_server ctx_server = {.init = ctx_init, .handle_call = ctx_call};
 
 KT_CASE(a_call_carries_the_callers_context_to_the_server_and_no_further) {
-  keel_gs_set_context_hooks(&ctx_hooks);
+  keel_gs_set_context_hooks(kt_ctx_hooks());
   keel_pid_t pid;
   CHECK_OK(keel_gs_start(&ctx_server, NULL, NULL, &pid, NULL));
   keel_msg_t *r;
@@ -814,12 +794,12 @@ KT_CASE(a_call_carries_the_callers_context_to_the_server_and_no_further) {
   CHECK(strcmp(keel_msg_data(r), "") == 0);
   keel_msg_free(r);
   /* with one: the server runs the call with it */
-  keel_local_set(CTX_SLOT, strdup("req-42"));
+  keel_local_set(KT_CTX_SLOT, strdup("req-42"));
   CHECK_OK(keel_gs_call(pid, keel_msg_new(0, 0), &r, 0, NULL));
   CHECK(strcmp(keel_msg_data(r), "req-42") == 0);
   keel_msg_free(r);
-  free(keel_local_get(CTX_SLOT));
-  keel_local_set(CTX_SLOT, NULL);
+  free(keel_local_get(KT_CTX_SLOT));
+  keel_local_set(KT_CTX_SLOT, NULL);
   /* and only for that call: restored afterwards */
   CHECK_OK(keel_gs_call(pid, keel_msg_new(0, 0), &r, 0, NULL));
   CHECK(strcmp(keel_msg_data(r), "") == 0);

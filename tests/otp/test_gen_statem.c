@@ -248,31 +248,11 @@ KT_CASE(a_supervisor_restarts_a_crashed_machine) {
 
 /* ---- the scripted machine --------------------------------------------------------- */
 
-/* A stand-in for the logger's correlation id (as in test_gen_server.c): a
- * string in a process-local slot, carried by calls and casts. */
-#define CTX_SLOT (KEEL_LOCAL_USER + 1)
-
-static void *ctx_capture(void) {
-  const char *cur = keel_local_get(CTX_SLOT);
-  return cur ? strdup(cur) : NULL;
-}
-
-static void *ctx_install(const void *blob) {
-  void *prev = keel_local_get(CTX_SLOT);
-  keel_local_set(CTX_SLOT, strdup(blob));
-  return prev;
-}
-
-static void ctx_restore(void *prev) {
-  free(keel_local_get(CTX_SLOT));
-  keel_local_set(CTX_SLOT, prev);
-}
-
-static const keel_gs_context_hooks ctx_hooks = {ctx_capture, ctx_install, ctx_restore};
+/* The correlation-id stand-in, KT_CTX_SLOT and kt_ctx_hooks(), is kt_otp.h's. */
 
 static void ctx_set(const char *v) {
-  free(keel_local_get(CTX_SLOT));
-  keel_local_set(CTX_SLOT, v ? strdup(v) : NULL);
+  free(keel_local_get(KT_CTX_SLOT));
+  keel_local_set(KT_CTX_SLOT, v ? strdup(v) : NULL);
 }
 
 enum {
@@ -389,7 +369,7 @@ static int script_command(keel_sm_t *sm, int state, keel_sm_event *ev, script_da
   case SENT: return keel_send_after(keel_self(), (int64_t)v, keel_msg_new(SENTINEL, 0), NULL);
   case POSTPONE:
     if (state == 0) return keel_sm_postpone(sm);
-    if (keel_local_get(CTX_SLOT)) kt_logf("ctx:%s", (const char *)keel_local_get(CTX_SLOT));
+    if (keel_local_get(KT_CTX_SLOT)) kt_logf("ctx:%s", (const char *)keel_local_get(KT_CTX_SLOT));
     if (ev->type == KEEL_SM_CALL) return keel_gs_reply(ev->from, kt_msg_u64(0, v * 10));
     return KEEL_SM_OK;
   case INSERT:
@@ -698,7 +678,7 @@ KT_CASE(stop_and_crash_reasons_are_the_exit_reason) {
 }
 
 KT_CASE(a_postponed_event_is_retried_with_its_senders_context) {
-  keel_gs_set_context_hooks(&ctx_hooks);
+  keel_gs_set_context_hooks(kt_ctx_hooks());
   keel_pid_t pid = script_start(NULL);
   ctx_set("req-1");
   CHECK_OK(keel_gs_cast(pid, kt_msg_u64(POSTPONE, 1)));

@@ -29,10 +29,7 @@ cleanup() {
 trap cleanup EXIT
 trap 'exit 130' INT TERM
 
-passed=0 failed=0
-ok() { echo "ok   - $1"; passed=$((passed + 1)); }
-bad() { echo "FAIL - $1 ${2:-}"; failed=$((failed + 1)); }
-expect() { if [ "$2" = "$3" ]; then ok "$1"; else bad "$1" "(want [$2], got [$3])"; fi; }
+. "$(cd "$(dirname "${BASH_SOURCE[0]}")" && pwd)/../kt_check.sh" # ok, bad, expect
 # has NAME FILE PATTERN: the file holds a line matching the (grep -E) pattern
 has() { if grep -Eq -- "$3" "$2"; then ok "$1"; else bad "$1" "(no /$3/ in: $(head -c 600 "$2"))"; fi; }
 # until_ok SECONDS COMMAND...: retries the command until it succeeds
@@ -45,9 +42,7 @@ until_ok() {
   done
 }
 
-port=$("$load" freeport) hport=$("$load" freeport) dead=$("$load" freeport)
-while [ "$hport" = "$port" ]; do hport=$("$load" freeport); done
-while [ "$dead" = "$port" ] || [ "$dead" = "$hport" ]; do dead=$("$load" freeport); done
+read -r port hport dead <<<"$("$load" freeport 3)"
 mkdir -p "$tmp/ms"
 # ALERT_WEBHOOK_URL points at a closed port: alert-test then has one sink to queue on.
 (cd "$tmp/ms" && exec env PORT="$port" HEALTH_PORT="$hport" HOST=127.0.0.1 LOG_FILE="$tmp/ms/log" \
