@@ -26,12 +26,14 @@
  * thread while the loops still exist (they are run once more to close).
  */
 #include <errno.h>
+#include <fcntl.h>
+#include <pthread.h>
 #include <signal.h>
+#include <spawn.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
-#include <fcntl.h>
-#include <spawn.h>
+#include <sys/eventfd.h>
 #include <sys/pidfd.h>
 #include <sys/resource.h>
 #include <sys/wait.h>
@@ -41,6 +43,7 @@
 #include "keel/io.h"
 #include "keel/message.h"
 #include "keel/port.h"
+#include "keel/process.h"
 #include "keel/runtime.h"
 #include "keel/timer.h"
 
@@ -576,6 +579,110 @@ static int spawn_helper(keel_port_t *p, const char *helper, char **args, char **
   return err;
 }
 
+/* ---- the spawner thread ---------------------------------------------------------- */
+
+/* posix_spawn holds its calling thread until the helper's exec has begun
+ * (about a millisecond here, more under load): one thread of the node's own
+ * does it, so no scheduler stops for a spawn. That thread is also the
+ * programs' parent thread, which PR_SET_PDEATHSIG watches (the signal comes
+ * when the thread that created the child ends, not the process): it is
+ * started once per OS process and never ends, so the death signal means the
+ * node's death, not a thread's (decision 0038). A forked copy of the node
+ * has no such thread and starts its own. */
+typedef struct spawn_job {
+  struct spawn_job *next;
+  keel_port_t *p;
+  const char *helper, *cwd;
+  char **args, **env;
+  spawn_fds fds;
+  pid_t pid;
+  int err;
+  bool done;   /* under spawner.lock: the owner reads the job after it */
+  int done_fd; /* an eventfd the spawner writes once done */
+} spawn_job;
+
+static struct {
+  pthread_mutex_t lock;
+  pthread_cond_t cond;
+  spawn_job *head, *tail;
+  pid_t pid; /* the OS process the thread runs in; 0: none yet */
+} spawner = {PTHREAD_MUTEX_INITIALIZER, PTHREAD_COND_INITIALIZER, NULL, NULL, 0};
+
+static void *spawner_main(void *arg) {
+  (void)arg;
+  for (;;) {
+    pthread_mutex_lock(&spawner.lock);
+    while (!spawner.head)
+      pthread_cond_wait(&spawner.cond, &spawner.lock);
+    spawn_job *j = spawner.head;
+    spawner.head = j->next;
+    if (!spawner.head) spawner.tail = NULL;
+    pthread_mutex_unlock(&spawner.lock);
+    int err = spawn_helper(j->p, j->helper, j->args, j->env, j->cwd, &j->fds, &j->pid);
+    pthread_mutex_lock(&spawner.lock);
+    j->err = err;
+    j->done = true;
+    pthread_mutex_unlock(&spawner.lock);
+    uint64_t one = 1;
+    while (write(j->done_fd, &one, sizeof one) < 0 && errno == EINTR) {
+    }
+  }
+  return NULL;
+}
+
+/* Queues j, starting the thread first if this OS process has none. Called
+ * with spawner.lock held. Returns 0 or an errno value. */
+static int spawner_queue(spawn_job *j) {
+  if (spawner.pid != getpid()) {
+    /* signals go to the schedulers, never here; the spawned child gets its
+     * own mask from posix_spawn's attributes */
+    sigset_t all, old;
+    sigfillset(&all);
+    pthread_sigmask(SIG_SETMASK, &all, &old);
+    pthread_attr_t at;
+    pthread_attr_init(&at);
+    pthread_attr_setdetachstate(&at, PTHREAD_CREATE_DETACHED);
+    pthread_t t;
+    int err = pthread_create(&t, &at, spawner_main, NULL);
+    pthread_attr_destroy(&at);
+    pthread_sigmask(SIG_SETMASK, &old, NULL);
+    if (err) return err;
+    pthread_setname_np(t, "keel-spawner");
+    spawner.pid = getpid();
+    spawner.head = spawner.tail = NULL; /* a forked copy's queue was its parent's */
+  }
+  j->next = NULL;
+  if (spawner.tail)
+    spawner.tail->next = j;
+  else
+    spawner.head = j;
+  spawner.tail = j;
+  pthread_cond_signal(&spawner.cond);
+  return 0;
+}
+
+/* Runs spawn_helper on the spawner thread while the caller's scheduler runs
+ * other processes. Exits are held meanwhile: the job lives on the caller's
+ * stack, and the wait is short and bounded (the helper's exec beginning). */
+static int spawn_on_thread(spawn_job *j) {
+  j->done = false;
+  j->done_fd = eventfd(0, EFD_CLOEXEC | EFD_NONBLOCK);
+  if (j->done_fd < 0) return errno;
+  keel_hold_exits(true);
+  pthread_mutex_lock(&spawner.lock);
+  int err = spawner_queue(j);
+  pthread_mutex_unlock(&spawner.lock);
+  for (bool done = err != 0; !done;) {
+    keel_wait_fd(j->done_fd, KEEL_READABLE, KEEL_INFINITY, NULL);
+    pthread_mutex_lock(&spawner.lock);
+    done = j->done;
+    pthread_mutex_unlock(&spawner.lock);
+  }
+  keel_hold_exits(false);
+  close(j->done_fd);
+  return err ? err : j->err;
+}
+
 static int errno_to_keel(int err) {
   switch (err) {
   case ENOMEM:
@@ -677,9 +784,8 @@ int keel_port_open(const keel_port_opts *o, keel_port_t **out) {
   uv_timer_init(loop, &p->resume);
   p->resume.data = p;
 
-  spawn_fds fds;
-  pid_t pid;
-  int err = spawn_helper(p, helper, args, env, o->cwd, &fds, &pid);
+  spawn_job job = {.p = p, .helper = helper, .cwd = o->cwd, .args = args, .env = env};
+  int err = spawn_on_thread(&job);
   free(args);
   free(env);
   if (err != 0) {
@@ -689,7 +795,7 @@ int keel_port_open(const keel_port_opts *o, keel_port_t **out) {
     port_teardown(p);
     return errno_to_keel(err);
   }
-  rc = adopt(p, loop, pid, &fds);
+  rc = adopt(p, loop, job.pid, &job.fds);
   if (rc != 0) {
     if (!p->exited) kill(-p->os_pid, SIGKILL);
     keel_io_end(&p->pin);
