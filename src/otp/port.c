@@ -347,9 +347,9 @@ static void set_remove(keel_port_t *p) {
   p->pprev = NULL;
 }
 
-/* A program torn down while it runs was sent SIGKILL, but its exit watch is
- * closing: a worker of the blocking pool waits for it instead, or it would stay a zombie for
- * the node's life. At keel_rt_stop the loops run once more, which waits for
+/* A program torn down while it runs was sent SIGKILL, but its exit watch
+ * is closing: a worker of the blocking pool waits for it instead, or it
+ * would stay a zombie for the node's life. At keel_rt_stop the loops run once more, which waits for
  * it too (the death signal has killed it by then). A program stuck in an
  * uninterruptible sleep holds a pool thread until it dies. */
 typedef struct reaper {
