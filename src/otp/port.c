@@ -619,13 +619,16 @@ static void *spawner_main(void *arg) {
     if (!spawner.head) spawner.tail = NULL;
     pthread_mutex_unlock(&spawner.lock);
     int err = spawn_helper(j->p, j->helper, j->args, j->env, j->cwd, &j->fds, &j->pid);
+    /* The wake-up is written under the lock: once the owner sees done, it
+     * closes the eventfd and its stack frame (the job) goes, so nothing of
+     * the job may be touched after the unlock. */
     pthread_mutex_lock(&spawner.lock);
     j->err = err;
     j->done = true;
-    pthread_mutex_unlock(&spawner.lock);
     uint64_t one = 1;
     while (write(j->done_fd, &one, sizeof one) < 0 && errno == EINTR) {
     }
+    pthread_mutex_unlock(&spawner.lock);
   }
   return NULL;
 }
