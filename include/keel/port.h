@@ -2,8 +2,9 @@
  * process, its output as messages, its end as an exit reason.
  *
  * OWNER. keel_port_open runs a program (posix_spawn on the node's spawner
- * thread; its pipes and its end watched on the caller's scheduler loop) and makes the calling process its owner: the owner is pinned
- * to its scheduler until keel_port_close, only the owner may call the other
+ * thread; its pipes and its end are watched on the caller's scheduler loop)
+ * and makes the calling process its owner: the owner is pinned to its
+ * scheduler until keel_port_close, only the owner may call the other
  * functions, and the keel_port_t is the owner's until it closes it. If the
  * owner exits without closing (a crash, a kill), the program's process group
  * gets SIGKILL and the port is freed: nothing leaks, and nothing of the group
