@@ -1,9 +1,10 @@
 /* keel/port.h - OS processes as children: an external program owned by a keel
  * process, its output as messages, its end as an exit reason.
  *
- * OWNER. keel_port_open runs a program (libuv's uv_spawn on the caller's
- * scheduler loop) and makes the calling process its owner: the owner is pinned
- * to its scheduler until keel_port_close, only the owner may call the other
+ * OWNER. keel_port_open runs a program (posix_spawn on the node's spawner
+ * thread; its pipes and its end are watched on the caller's scheduler loop)
+ * and makes the calling process its owner: the owner is pinned to its
+ * scheduler until keel_port_close, only the owner may call the other
  * functions, and the keel_port_t is the owner's until it closes it. If the
  * owner exits without closing (a crash, a kill), the program's process group
  * gets SIGKILL and the port is freed: nothing leaks, and nothing of the group
@@ -35,13 +36,14 @@
  * whole.
  *
  * NO ORPHANS. The program runs in its own process group (its own session,
- * UV_PROCESS_DETACHED) through a small exec helper, keel-port-exec, that sets
+ * POSIX_SPAWN_SETSID) through a small exec helper, keel-port-exec, that sets
  * PR_SET_PDEATHSIG(SIGKILL), checks that its parent is still the node, applies
  * the resource limits and then execs the program: when the node dies, even by
  * SIGKILL, the kernel kills the program. The death signal fires when the
- * thread that spawned it ends; ports are spawned by scheduler threads, which
- * live as long as the node (keel_rt_stop ends them, so stopping the node
- * SIGKILLs every program still running). Processes the program forks itself
+ * thread that spawned it ends; ports are spawned by the node's one spawner
+ * thread, which is started at the first open and never ends while the OS
+ * process lives (decision 0038); keel_rt_stop SIGKILLs every program still
+ * running through its owner's exit. Processes the program forks itself
  * do not inherit the death signal: keel_port_close signals the whole group,
  * but a node killed by SIGKILL only takes the program itself down. The
  * kernel also clears the death signal when the program execs a set-user-ID,
@@ -68,11 +70,11 @@
  * while the port is open (the owner's close frees it). keel_port_event_of
  * and keel_port_status_format touch only their arguments: any thread.
  *
- * COST. uv_spawn forks on the owner's scheduler thread, which runs nothing
- * else meanwhile: the fork copies the node's page tables, so a big node
- * stalls that scheduler for the fork (about 48 ms per open was measured
- * under AddressSanitizer on a loaded machine). Decision 0024 records the
- * fix not done yet (a spawner thread).
+ * COST. The spawner thread starts the helper with posix_spawn, a
+ * vfork-style clone that copies no page tables, so the cost of an open does
+ * not grow with the node's memory, and the owner's scheduler runs other
+ * processes while it waits (decision 0038). The helper's exec, then the
+ * program's, are the rest of an open's cost.
  */
 #ifndef KEEL_PORT_H
 #define KEEL_PORT_H

@@ -2,11 +2,13 @@
  *
  * A port is an external program owned by one keel process. keel_port_open
  * pins the owner to its scheduler (keel_io_begin, held until close) and
- * spawns the program with uv_spawn on that scheduler's loop, through the exec
- * helper keel-port-exec (src/otp/exec/), which arms PR_SET_PDEATHSIG so the
- * program dies with the node. Every handle of the port (the process, three
- * pipes, a resume timer) lives on that loop, and every callback runs on the
- * owner's scheduler thread, the only thread that touches the port: no locks.
+ * starts the program with posix_spawn (a vfork-style clone: no copy of the
+ * node's page tables, decision 0038) through the exec helper keel-port-exec
+ * (src/otp/exec/), which arms PR_SET_PDEATHSIG so the program dies with the
+ * node. The program's end is watched with a pidfd polled on the owner's
+ * scheduler loop. Every handle of the port (the pidfd's poll, three pipes, a
+ * resume timer) lives on that loop, and every callback runs on the owner's
+ * scheduler thread, the only thread that touches the port: no locks.
  *
  * Output is cut into lines or chunks in the read callbacks and sent to the
  * owner as KEEL_PROTO_PORT messages. The EXIT message goes last, once the
@@ -24,10 +26,15 @@
  * thread while the loops still exist (they are run once more to close).
  */
 #include <errno.h>
+#include <fcntl.h>
+#include <pthread.h>
 #include <signal.h>
+#include <spawn.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+#include <sys/eventfd.h>
+#include <sys/pidfd.h>
 #include <sys/resource.h>
 #include <sys/wait.h>
 #include <unistd.h> /* environ (_GNU_SOURCE) */
@@ -36,6 +43,7 @@
 #include "keel/io.h"
 #include "keel/message.h"
 #include "keel/port.h"
+#include "keel/process.h"
 #include "keel/runtime.h"
 #include "keel/timer.h"
 
@@ -73,7 +81,9 @@ typedef struct out_stream {
 typedef struct port_set port_set;
 
 struct keel_port {
-  uv_process_t proc;
+  uv_poll_t exit_watch; /* the pidfd: readable once the program has exited */
+  int pidfd;            /* -1 until spawned */
+  bool watching;        /* exit_watch was initialised */
   uv_pipe_t in;
   uv_timer_t resume;
   out_stream out[2];
@@ -178,16 +188,26 @@ static void maybe_finish(keel_port_t *p) {
   }
 }
 
-static void on_exit_cb(uv_process_t *h, int64_t exit_status, int term_signal) {
+/* The pidfd is readable: the program has exited. Reaping it here (and only
+ * here, or in reap_later once the port is torn down) keeps its pid, and so
+ * its group id, from being reused while the port may still signal it. */
+static void on_exit_ready(uv_poll_t *h, int status, int events) {
+  (void)status;
+  (void)events;
   keel_port_t *p = h->data;
-  /* libuv has just reaped the leader. What is left of its group (a
-   * background job holding the pipes open) dies now, while the group id can
-   * only be this program's: no later signal to -pid is ever sent, since the
-   * id could by then name an unrelated group. */
+  siginfo_t si;
+  memset(&si, 0, sizeof si);
+  if (waitid(P_PIDFD, (id_t)p->pidfd, &si, WEXITED | WNOHANG) != 0 && errno == EINTR) return;
+  if (si.si_pid == 0) return; /* not yet (a spurious wake-up) */
+  uv_poll_stop(h);
+  /* The leader is reaped. What is left of its group (a background job
+   * holding the pipes open) dies now, while the group id can only be this
+   * program's: no later signal to -pid is ever sent, since the id could by
+   * then name an unrelated group. */
   kill(-p->os_pid, SIGKILL);
   p->exited = true;
-  p->status.exit_code = (int)exit_status;
-  p->status.signal = term_signal;
+  p->status.exit_code = si.si_code == CLD_EXITED ? si.si_status : 0;
+  p->status.signal = si.si_code == CLD_KILLED || si.si_code == CLD_DUMPED ? si.si_status : 0;
   maybe_finish(p);
 }
 
@@ -299,6 +319,7 @@ static void set_reading(keel_port_t *p, bool on) {
 /* ---- closing and freeing --------------------------------------------------- */
 
 static void port_free(keel_port_t *p) {
+  if (p->pidfd >= 0) close(p->pidfd); /* its poll handle is closed by now */
   free(p->out[0].line);
   free(p->out[1].line);
   free(p);
@@ -326,10 +347,9 @@ static void set_remove(keel_port_t *p) {
   p->pprev = NULL;
 }
 
-/* A program torn down while it runs was sent SIGKILL, but libuv reaps only
- * the children of open handles, and the port's handle is closing: a worker
- * of the blocking pool waits for it instead, or it would stay a zombie for
- * the node's life. At keel_rt_stop the loops run once more, which waits for
+/* A program torn down while it runs was sent SIGKILL, but its exit watch
+ * is closing: a worker of the blocking pool waits for it instead, or it
+ * would stay a zombie for the node's life. At keel_rt_stop the loops run once more, which waits for
  * it too (the death signal has killed it by then). A program stuck in an
  * uninterruptible sleep holds a pool thread until it dies. */
 typedef struct reaper {
@@ -352,7 +372,7 @@ static void reap_later(keel_port_t *p) {
   reaper *r = malloc(sizeof *r);
   if (!r) return; /* out of memory: a zombie until the node exits */
   r->pid = p->os_pid;
-  if (uv_queue_work(p->proc.loop, &r->req, reap_work, reap_done) != 0) free(r);
+  if (uv_queue_work(p->exit_watch.loop, &r->req, reap_work, reap_done) != 0) free(r);
 }
 
 /* Closes every handle; the last close callback frees the port. The caller
@@ -362,8 +382,10 @@ static void port_teardown(keel_port_t *p) {
   p->waiter = NULL;
   set_remove(p);
   p->handles++; /* held while closing, so a synchronous callback cannot free early */
-  if (!p->exited) reap_later(p);
-  close_handle(p, (uv_handle_t *)&p->proc);
+  if (p->watching) {
+    if (!p->exited) reap_later(p);
+    close_handle(p, (uv_handle_t *)&p->exit_watch);
+  }
   close_handle(p, (uv_handle_t *)&p->in);
   close_handle(p, (uv_handle_t *)&p->out[0].pipe);
   close_handle(p, (uv_handle_t *)&p->out[1].pipe);
@@ -487,19 +509,221 @@ static bool valid_mode(keel_port_mode m) {
          m == KEEL_PORT_INHERIT;
 }
 
-static void stdio_for(out_stream *s, int fd, uv_stdio_container_t *c) {
-  switch (s->mode) {
-  case KEEL_PORT_IGNORE: c->flags = UV_IGNORE; break;
-  case KEEL_PORT_INHERIT:
-    c->flags = UV_INHERIT_FD;
-    c->data.fd = fd;
-    break;
-  default:
-    c->flags = UV_CREATE_PIPE | UV_WRITABLE_PIPE;
-    c->data.stream = (uv_stream_t *)&s->pipe;
-    s->piped = true;
+/* The program's three standard descriptors: a new pipe for stdin and for
+ * each stream read as lines or chunks (child[fd] is the program's end,
+ * parent[fd] ours), /dev/null for an ignored stream, the node's own for an
+ * inherited one. Every pipe end is close-on-exec: the dup2 into 0-2 in the
+ * child clears the flag on the copy only, so no other port's spawn, on
+ * another thread, inherits them. */
+typedef struct spawn_fds {
+  int parent[3], child[3];
+} spawn_fds;
+
+static void fds_close(int fds[3]) {
+  for (int i = 0; i < 3; i++)
+    if (fds[i] >= 0) close(fds[i]);
+}
+
+static int fds_make(keel_port_t *p, spawn_fds *f, posix_spawn_file_actions_t *fa) {
+  for (int i = 0; i < 3; i++)
+    f->parent[i] = f->child[i] = -1;
+  for (int fd = 0; fd < 3; fd++) {
+    out_stream *s = fd ? &p->out[fd - 1] : NULL;
+    if (s && s->mode == KEEL_PORT_INHERIT) continue;
+    if (s && s->mode == KEEL_PORT_IGNORE) {
+      if (posix_spawn_file_actions_addopen(fa, fd, "/dev/null", O_WRONLY, 0) != 0) return ENOMEM;
+      continue;
+    }
+    int ends[2]; /* [0] reads, [1] writes */
+    if (pipe2(ends, O_CLOEXEC) != 0) return errno;
+    f->child[fd] = fd ? ends[1] : ends[0];
+    f->parent[fd] = fd ? ends[0] : ends[1];
+    if (s) s->piped = true;
+    if (posix_spawn_file_actions_adddup2(fa, f->child[fd], fd) != 0) return ENOMEM;
   }
-  s->eof = !s->piped;
+  p->out[0].eof = !p->out[0].piped;
+  p->out[1].eof = !p->out[1].piped;
+  return 0;
+}
+
+/* Starts the helper with posix_spawn: glibc clones with CLONE_VM|CLONE_VFORK,
+ * so the node's page tables are not copied (a fork's cost grows with the
+ * node) and this thread waits only until the helper's exec has begun. The
+ * child gets its own session (setsid: its own group, as uv_spawn's
+ * UV_PROCESS_DETACHED), default signal handlers and an empty signal mask.
+ * Returns 0 or an errno value; on success *pid and f->parent are set. */
+static int spawn_helper(keel_port_t *p, const char *helper, char **args, char **env,
+                        const char *cwd, spawn_fds *f, pid_t *pid) {
+  posix_spawn_file_actions_t fa;
+  posix_spawnattr_t at;
+  if (posix_spawn_file_actions_init(&fa) != 0) return ENOMEM;
+  if (posix_spawnattr_init(&at) != 0) {
+    posix_spawn_file_actions_destroy(&fa);
+    return ENOMEM;
+  }
+  sigset_t none, all;
+  sigemptyset(&none);
+  sigfillset(&all);
+  int err = fds_make(p, f, &fa);
+  if (!err && cwd) err = posix_spawn_file_actions_addchdir_np(&fa, cwd);
+  if (!err)
+    err = posix_spawnattr_setflags(&at, POSIX_SPAWN_SETSID | POSIX_SPAWN_SETSIGMASK |
+                                            POSIX_SPAWN_SETSIGDEF);
+  if (!err) err = posix_spawnattr_setsigmask(&at, &none);
+  if (!err) err = posix_spawnattr_setsigdefault(&at, &all);
+  if (!err) err = posix_spawn(pid, helper, &fa, &at, args, env);
+  posix_spawnattr_destroy(&at);
+  posix_spawn_file_actions_destroy(&fa);
+  fds_close(f->child); /* the program has its copies */
+  if (err) fds_close(f->parent);
+  return err;
+}
+
+/* ---- the spawner thread ---------------------------------------------------------- */
+
+/* posix_spawn holds its calling thread until the helper's exec has begun
+ * (about a millisecond here, more under load): one thread of the node's own
+ * does it, so no scheduler stops for a spawn. That thread is also the
+ * programs' parent thread, which PR_SET_PDEATHSIG watches (the signal comes
+ * when the thread that created the child ends, not the process): it is
+ * started once per OS process and never ends, so the death signal means the
+ * node's death, not a thread's (decision 0038). A forked copy of the node
+ * has no such thread and starts its own. */
+typedef struct spawn_job {
+  struct spawn_job *next;
+  keel_port_t *p;
+  const char *helper, *cwd;
+  char **args, **env;
+  spawn_fds fds;
+  pid_t pid;
+  int err;
+  bool done;   /* under spawner.lock: the owner reads the job after it */
+  int done_fd; /* an eventfd the spawner writes once done */
+} spawn_job;
+
+static struct {
+  pthread_mutex_t lock;
+  pthread_cond_t cond;
+  spawn_job *head, *tail;
+  pid_t pid; /* the OS process the thread runs in; 0: none yet */
+} spawner = {PTHREAD_MUTEX_INITIALIZER, PTHREAD_COND_INITIALIZER, NULL, NULL, 0};
+
+static void *spawner_main(void *arg) {
+  (void)arg;
+  for (;;) {
+    pthread_mutex_lock(&spawner.lock);
+    while (!spawner.head)
+      pthread_cond_wait(&spawner.cond, &spawner.lock);
+    spawn_job *j = spawner.head;
+    spawner.head = j->next;
+    if (!spawner.head) spawner.tail = NULL;
+    pthread_mutex_unlock(&spawner.lock);
+    int err = spawn_helper(j->p, j->helper, j->args, j->env, j->cwd, &j->fds, &j->pid);
+    /* The wake-up is written under the lock: once the owner sees done, it
+     * closes the eventfd and its stack frame (the job) goes, so nothing of
+     * the job may be touched after the unlock. */
+    pthread_mutex_lock(&spawner.lock);
+    j->err = err;
+    j->done = true;
+    uint64_t one = 1;
+    while (write(j->done_fd, &one, sizeof one) < 0 && errno == EINTR) {
+    }
+    pthread_mutex_unlock(&spawner.lock);
+  }
+  return NULL;
+}
+
+/* Queues j, starting the thread first if this OS process has none. Called
+ * with spawner.lock held. Returns 0 or an errno value. */
+static int spawner_queue(spawn_job *j) {
+  if (spawner.pid != getpid()) {
+    /* signals go to the schedulers, never here; the spawned child gets its
+     * own mask from posix_spawn's attributes */
+    sigset_t all, old;
+    sigfillset(&all);
+    pthread_sigmask(SIG_SETMASK, &all, &old);
+    pthread_attr_t at;
+    pthread_attr_init(&at);
+    pthread_attr_setdetachstate(&at, PTHREAD_CREATE_DETACHED);
+    pthread_t t;
+    int err = pthread_create(&t, &at, spawner_main, NULL);
+    pthread_attr_destroy(&at);
+    pthread_sigmask(SIG_SETMASK, &old, NULL);
+    if (err) return err;
+    pthread_setname_np(t, "keel-spawner");
+    spawner.pid = getpid();
+    spawner.head = spawner.tail = NULL; /* a forked copy's queue was its parent's */
+  }
+  j->next = NULL;
+  if (spawner.tail)
+    spawner.tail->next = j;
+  else
+    spawner.head = j;
+  spawner.tail = j;
+  pthread_cond_signal(&spawner.cond);
+  return 0;
+}
+
+/* Runs spawn_helper on the spawner thread while the caller's scheduler runs
+ * other processes. Exits are held meanwhile: the job lives on the caller's
+ * stack, and the wait is short and bounded (the helper's exec beginning). */
+static int spawn_on_thread(spawn_job *j) {
+  j->done = false;
+  j->done_fd = eventfd(0, EFD_CLOEXEC | EFD_NONBLOCK);
+  if (j->done_fd < 0) return errno;
+  keel_hold_exits(true);
+  pthread_mutex_lock(&spawner.lock);
+  int err = spawner_queue(j);
+  pthread_mutex_unlock(&spawner.lock);
+  for (bool done = err != 0; !done;) {
+    keel_wait_fd(j->done_fd, KEEL_READABLE, KEEL_INFINITY, NULL);
+    pthread_mutex_lock(&spawner.lock);
+    done = j->done;
+    pthread_mutex_unlock(&spawner.lock);
+  }
+  keel_hold_exits(false);
+  close(j->done_fd);
+  return err ? err : j->err;
+}
+
+static int errno_to_keel(int err) {
+  switch (err) {
+  case ENOMEM:
+  case EAGAIN: return KEEL_ENOMEM;
+  case ENOENT:
+  case ENOTDIR:
+  case EACCES: return KEEL_ENOENT;
+  default: return KEEL_EIO;
+  }
+}
+
+/* Watches the program's end (a pidfd polled on the owner's loop) and opens
+ * our ends of its pipes as the port's handles. Returns 0 or a keel error;
+ * on error the caller kills the program and tears the port down. */
+static int adopt(keel_port_t *p, uv_loop_t *loop, pid_t pid, spawn_fds *f) {
+  p->os_pid = (int)pid;
+  p->pidfd = pidfd_open(pid, 0);
+  if (p->pidfd < 0 || uv_poll_init(loop, &p->exit_watch, p->pidfd) != 0) {
+    /* no watch: nothing would reap it; kill and reap it now (quick: the
+     * helper is not ours to wait for long) */
+    kill(-pid, SIGKILL);
+    while (waitpid(pid, NULL, 0) < 0 && errno == EINTR) {
+    }
+    p->exited = true;
+    fds_close(f->parent);
+    return KEEL_EIO;
+  }
+  p->exit_watch.data = p;
+  p->watching = true;
+  int rc = uv_poll_start(&p->exit_watch, UV_READABLE, on_exit_ready) != 0 ? KEEL_EIO : 0;
+  uv_pipe_t *pipes[3] = {&p->in, &p->out[0].pipe, &p->out[1].pipe};
+  for (int fd = 0; fd < 3; fd++) {
+    if (f->parent[fd] < 0) continue;
+    if (rc == 0 && uv_pipe_open(pipes[fd], f->parent[fd]) == 0) continue;
+    close(f->parent[fd]);
+    rc = KEEL_EIO;
+  }
+  return rc;
 }
 
 static int validate(const keel_port_opts *o) {
@@ -516,6 +740,7 @@ static int validate(const keel_port_opts *o) {
 static keel_port_t *port_new(const keel_port_opts *o) {
   keel_port_t *p = calloc(1, sizeof *p);
   if (!p) return NULL;
+  p->pidfd = -1;
   p->max_line = o->max_line ? o->max_line : DEFAULT_MAX_LINE;
   p->max_pending = o->max_pending ? o->max_pending : DEFAULT_MAX_PENDING;
   p->out[0].mode = o->stdout_mode;
@@ -530,15 +755,6 @@ static keel_port_t *port_new(const keel_port_opts *o) {
     }
   }
   return p;
-}
-
-static int uv_to_keel(int uverr) {
-  switch (uverr) {
-  case UV_ENOMEM: return KEEL_ENOMEM;
-  case UV_ENOENT:
-  case UV_EACCES: return KEEL_ENOENT;
-  default: return KEEL_EIO;
-  }
 }
 
 int keel_port_open(const keel_port_opts *o, keel_port_t **out) {
@@ -570,32 +786,25 @@ int keel_port_open(const keel_port_opts *o, keel_port_t **out) {
   }
   uv_timer_init(loop, &p->resume);
   p->resume.data = p;
-  p->proc.data = p;
 
-  uv_stdio_container_t stdio[3];
-  stdio[0].flags = UV_CREATE_PIPE | UV_READABLE_PIPE;
-  stdio[0].data.stream = (uv_stream_t *)&p->in;
-  stdio_for(&p->out[0], 1, &stdio[1]);
-  stdio_for(&p->out[1], 2, &stdio[2]);
-  uv_process_options_t po = {.exit_cb = on_exit_cb,
-                             .file = helper,
-                             .args = args,
-                             .env = env,
-                             .cwd = o->cwd,
-                             .flags = UV_PROCESS_DETACHED, /* setsid: its own group */
-                             .stdio_count = 3,
-                             .stdio = stdio};
-  int uverr = uv_spawn(loop, &p->proc, &po);
+  spawn_job job = {.p = p, .helper = helper, .cwd = o->cwd, .args = args, .env = env};
+  int err = spawn_on_thread(&job);
   free(args);
   free(env);
-  if (uverr != 0) {
+  if (err != 0) {
     p->exited = true;
     p->closing = true;
     keel_io_end(&p->pin);
     port_teardown(p);
-    return uv_to_keel(uverr);
+    return errno_to_keel(err);
   }
-  p->os_pid = p->proc.pid;
+  rc = adopt(p, loop, job.pid, &job.fds);
+  if (rc != 0) {
+    if (!p->exited) kill(-p->os_pid, SIGKILL);
+    keel_io_end(&p->pin);
+    port_teardown(p);
+    return rc;
+  }
   p->in_open = true;
   /* the set keeps it: the owner's exit hook finds it */
   p->next = set->head;

@@ -435,6 +435,58 @@ KT_CASE(an_owner_that_dies_takes_its_program_with_it) {
   KT_WAIT_UNTIL(os_reaped(pid));
 }
 
+/* Every open goes through the node's one spawner thread (decision 0038):
+ * owners on both schedulers opening at once each get their own program, with
+ * their own pipes (a job's descriptors handed to another owner would show
+ * here as a wrong line), and the programs' parent is the node. */
+#define OPENERS         8
+#define OPENS_PER_OWNER 4
+
+typedef struct opener_arg {
+  keel_pid_t parent;
+  int n;
+} opener_arg;
+
+static void opener(void *arg) {
+  opener_arg *a = arg;
+  for (int k = 0; k < OPENS_PER_OWNER; k++) {
+    char word[32];
+    snprintf(word, sizeof word, "owner%d-open%d", a->n, k);
+    const char *const argv[] = {"echo", word, NULL};
+    keel_port_t *p = open_argv(argv, NULL);
+    char path[64], line[256];
+    snprintf(path, sizeof path, "/proc/%d/status", keel_port_os_pid(p));
+    FILE *f = fopen(path, "r"); /* the helper or echo; gone already is fine */
+    while (f && fgets(line, sizeof line, f))
+      if (strncmp(line, "PPid:", 5) == 0) CHECK_EQ(atoi(line + 5), (int)getpid());
+    if (f) fclose(f);
+    expect_line(p, KEEL_PORT_STDOUT, word, 0);
+    got g = expect_exit(p);
+    CHECK_EQ(g.st.exit_code, 0);
+    CHECK_OK(keel_port_close(p, 0, NULL));
+  }
+  kt_send_u64(a->parent, 2, (uint64_t)a->n);
+}
+
+KT_CASE(owners_on_both_schedulers_opening_at_once_each_get_their_own_program) {
+  static opener_arg args[OPENERS];
+  for (int i = 0; i < OPENERS; i++) {
+    args[i] = (opener_arg){.parent = keel_self(), .n = i};
+    keel_spawn_opts o;
+    keel_spawn_opts_init(&o);
+    o.scheduler = KEEL_ON_SCHEDULER(i % keel_sched_count());
+    CHECK_OK(keel_spawn(opener, &args[i], &o, NULL));
+  }
+  unsigned seen = 0;
+  for (int i = 0; i < OPENERS; i++) {
+    keel_msg_t *m = kt_recv(KT_LONG);
+    CHECK(m != NULL);
+    seen |= 1u << kt_u64(m);
+    keel_msg_free(m);
+  }
+  CHECK_EQ(seen, (1u << OPENERS) - 1);
+}
+
 /* ---- supervised ------------------------------------------------------------------ */
 
 static void log_sup_event(const keel_sup_event *ev, void *ud) {
@@ -677,6 +729,7 @@ static const kt_case cases[] = {
     KT_ENTRY(the_program_inherits_no_node_descriptor),
     KT_ENTRY(a_truncated_port_message_is_refused),
     KT_ENTRY(an_owner_that_dies_takes_its_program_with_it),
+    KT_ENTRY_SCHED(owners_on_both_schedulers_opening_at_once_each_get_their_own_program, 2),
     KT_ENTRY_SCHED(a_segfaulting_program_is_restarted_with_that_reason, 2),
     KT_ENTRY(a_program_exiting_3_is_a_crash_and_exit_0_is_normal),
     KT_ENTRY_SCHED(a_program_ignoring_sigterm_is_killed_past_the_shutdown_time, 2),

@@ -1,14 +1,14 @@
 /* keel-port-exec - the exec helper between a keel node and a port's program.
  *
- * libuv's uv_spawn offers no hook between fork and exec, and what a port
+ * posix_spawn (src/otp/port.c) offers no hook between fork and exec, and what a port
  * needs there cannot be done from the parent: the program must die with the
  * node, even when the node is killed with SIGKILL. So keel spawns this helper
  * instead of the program, and the helper, already in the program's own
- * process group (uv_spawn made it a session leader), does three things and
+ * process group (posix_spawn made it a session leader), does three things and
  * execs the program in its place (same pid, same process group):
  *
  *   1. prctl(PR_SET_PDEATHSIG, SIGKILL): the kernel kills us when the thread
- *      that forked us ends (a scheduler thread: it lives as long as the node);
+ *      that spawned us ends (the node's spawner thread, which never ends);
  *      the setting survives execve;
  *   2. getppid() == --ppid: if the node died between fork and prctl we were
  *      reparented already and the death signal will never come, so we quit;
