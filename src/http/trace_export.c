@@ -372,6 +372,7 @@ static bool export_queued(exporter *x) {
 
 static void *ex_main(void *arg) {
   exporter *x = arg;
+  pthread_setname_np(pthread_self(), "keel-trace-exp"); /* top, perf: not a scheduler's name */
   int64_t next_tick = mono_ms() + x->o.schedule_delay_ms;
   pthread_mutex_lock(&g_mu);
   for (;;) {
