@@ -242,7 +242,10 @@ static size_t discard(char *p, size_t size, size_t n, void *ud) {
  * 0 with *status, KEEL_ETIMEDOUT, KEEL_EIO (transport). */
 static int transfer(exporter *x, const uint8_t *body, size_t len, int64_t deadline, long *status) {
   int64_t left = cut(deadline) - mono_ms();
-  if (left <= 0) return KEEL_ETIMEDOUT;
+  if (left <= 0) {
+    if (cut(deadline) < deadline) x->was_cut = true;
+    return KEEL_ETIMEDOUT;
+  }
   CURL *e = x->easy;
   if (!e) return KEEL_EINVAL; /* OTEL_TRACES_EXPORTER=none: nothing to post to */
   curl_easy_setopt(e, CURLOPT_POSTFIELDS, (const char *)body);
@@ -256,7 +259,6 @@ static int transfer(exporter *x, const uint8_t *body, size_t len, int64_t deadli
     if (!running) break;
     int64_t wait = cut(deadline) - mono_ms();
     if (wait <= 0) { /* the deadline (or a stop's, sooner): the transfer is cut */
-      x->was_cut = atomic_load(&g_stop) && atomic_load(&g_stop_deadline) < deadline;
       rc = KEEL_ETIMEDOUT;
       break;
     }
@@ -271,6 +273,8 @@ static int transfer(exporter *x, const uint8_t *body, size_t len, int64_t deadli
       if (!rc) curl_easy_getinfo(e, CURLINFO_RESPONSE_CODE, status);
     }
   curl_multi_remove_handle(x->multi, e);
+  /* cut by the stop: by our check or by libcurl's timeout set from its deadline */
+  if (rc == KEEL_ETIMEDOUT && cut(deadline) < deadline) x->was_cut = true;
   return rc;
 }
 
