@@ -66,7 +66,8 @@ static pthread_cond_t g_done_cv; /* callers wait here for a flush or the end */
 static bool g_wake, g_finished, g_complete;
 static uint64_t g_flush_asked, g_flush_done;
 static atomic_bool g_stop;
-static _Atomic int64_t g_stop_deadline; /* monotonic ms */
+static _Atomic int64_t g_export_timeout; /* the running exporter's, for flush */
+static _Atomic int64_t g_stop_deadline;  /* monotonic ms */
 static pthread_once_t g_once = PTHREAD_ONCE_INIT;
 static CURLcode g_curl_rc;
 
@@ -493,6 +494,7 @@ int keel_trace_export_start(const keel_trace_export_opts *o) {
     g_wake = g_finished = g_complete = false;
     g_flush_asked = g_flush_done = 0;
     atomic_store(&g_stop, false);
+    atomic_store(&g_export_timeout, x->o.export_timeout_ms);
     pthread_mutex_unlock(&g_mu);
     if (pthread_create(&x->thread, NULL, ex_main, x) != 0) {
       atomic_store(&g_exp, NULL);
@@ -506,9 +508,10 @@ int keel_trace_export_start(const keel_trace_export_opts *o) {
 }
 
 int keel_trace_export_flush(int64_t timeout_ms) {
-  exporter *x = atomic_load(&g_exp);
-  if (!x) return KEEL_ESTATE;
-  waiter w = {.deadline = mono_ms() + (timeout_ms ? timeout_ms : x->o.export_timeout_ms)};
+  /* x is not read: a stop may free it meanwhile (the wait ends with the
+   * thread then) */
+  if (!atomic_load(&g_exp)) return KEEL_ESTATE;
+  waiter w = {.deadline = mono_ms() + (timeout_ms ? timeout_ms : atomic_load(&g_export_timeout))};
   pthread_mutex_lock(&g_mu);
   w.flush = ++g_flush_asked;
   pthread_cond_signal(&g_cv);
