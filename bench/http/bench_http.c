@@ -116,6 +116,11 @@ static void http_terminate(keel_reason reason, void *state) {
   keel_http_stop(srv);
   if (keel_trace_started()) {
     keel_trace_export_stop(DRAIN_MS);
+    /* what trace_run.sh reports beside the req/s: a span dropped is one not paid for */
+    keel_trace_stats ts;
+    keel_trace_stats_get(&ts);
+    keel_log_info(NULL, "tracing stopped", KEEL_UINT("exported", ts.exported),
+                  KEEL_UINT("dropped", ts.dropped), KEEL_UINT("failed", ts.failed));
     keel_trace_stop();
   }
 }

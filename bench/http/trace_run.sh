@@ -5,10 +5,14 @@
 # build/bin/bench-http (the whole default middleware chain) under
 # wrk -t1 -c50 on loopback, ROUNDS times (default 3) each way, alternating:
 # off, on, off, on... "On" is OTEL_TRACES_SAMPLER=always_on with the OTLP
-# exporter posting to a sink on loopback (python3's http.server answering
-# 200 to every POST), so spans are recorded, encoded and sent for real.
+# exporter posting to a sink on loopback, so spans are recorded, encoded and
+# sent for real. The sink (SINK) is nginx by default (otlp_sink.conf: reads
+# each POST and answers 200, about what a collector's network receive costs),
+# or python3's http.server doing the same (SINK=python: a few ms of CPU per
+# batch taken from the same two cores).
 # Prints JSON lines: each round's req/s, then the medians and their ratio.
-# Usage: bench/http/trace_run.sh [BUILD_DIR]; DURATION (default 5s), ROUNDS.
+# Usage: bench/http/trace_run.sh [BUILD_DIR]; DURATION (default 5s), ROUNDS,
+# SINK (nginx or python).
 set -euo pipefail
 build=${1:-build}
 bin=$build/bin/bench-http
@@ -18,8 +22,18 @@ pids=()
 cleanup() { for p in "${pids[@]}"; do kill "$p" 2>/dev/null || true; done; rm -rf "$scratch"; }
 trap cleanup EXIT
 
+here=$(cd "$(dirname "$0")" && pwd)
 free_port() { python3 -c 'import socket;s=socket.socket();s.bind(("127.0.0.1",0));print(s.getsockname()[1])'; }
 sink_port=$(free_port)
+case ${SINK:-nginx} in
+nginx)
+  user_line=
+  if [[ $(id -u) = 0 ]]; then user_line="user $(id -un) $(id -gn);"; fi
+  sed -e "s|@PREFIX@|$scratch|g" -e "s|@PORT@|$sink_port|g" -e "s|@USER@|$user_line|g" \
+    "$here/otlp_sink.conf" >"$scratch/nginx.conf"
+  nginx -p "$scratch" -c "$scratch/nginx.conf" -e "$scratch/error.log" >/dev/null 2>&1 &
+  ;;
+python)
 python3 - "$sink_port" >/dev/null 2>&1 <<'PY' &
 import sys, http.server
 class H(http.server.BaseHTTPRequestHandler):
@@ -29,7 +43,11 @@ class H(http.server.BaseHTTPRequestHandler):
     def log_message(self, *a): pass
 http.server.ThreadingHTTPServer(("127.0.0.1", int(sys.argv[1])), H).serve_forever()
 PY
+  ;;
+*) echo "trace_run: SINK must be nginx or python" >&2; exit 2 ;;
+esac
 pids+=($!)
+for _ in $(seq 50); do curl -fs -o /dev/null -X POST --data x "http://127.0.0.1:$sink_port/v1/traces" && break; sleep 0.1; done
 
 round() { # $1: off|on -> req/s
   local port; port=$(free_port)
@@ -41,6 +59,10 @@ round() { # $1: off|on -> req/s
   local rps
   rps=$(wrk -t1 -c50 -d"${DURATION:-5s}" "http://127.0.0.1:$port/api/hello" | awk '/Requests\/sec/ {print $2}')
   kill -TERM $p; wait $p || true
+  if [[ $1 == on ]]; then # the exporter's own count: spans dropped or failed were not paid for in full
+    grep '"tracing stopped"' "$scratch/log" | tail -1 |
+      sed -E 's/.*"exported":([0-9]+).*"dropped":([0-9]+).*"failed":([0-9]+).*/{"bench": "http_trace_on_spans", "exported": \1, "dropped": \2, "failed": \3}/' >&2
+  fi
   echo "$rps"
 }
 

@@ -17,6 +17,7 @@
 #include "keel/http.h"
 #include "keel/process.h"
 #include "keel/trace.h"
+#include "keel/trace_export.h"
 
 #define KEEL__HTTP_MAX_PARAMS 8
 
@@ -130,6 +131,14 @@ typedef struct keel__access {
  * idempotent; req_free calls it for a request never answered. */
 void keel__http_span_begin(keel_http_req *rq);
 void keel__http_span_end(keel_http_req *rq);
+
+/* trace_otlp.c: keel_trace_encode_otlp into a buffer the caller keeps
+ * (*buf of *cap bytes, NULL and 0 at first; grown with realloc, so the
+ * caller frees it once): the exporter thread reuses one for every batch.
+ * *len gets the encoded length. KEEL_ENOMEM leaves *buf valid. */
+int keel__trace_encode_into(struct keel_span_data *const *spans, size_t n,
+                            const keel_trace_export_opts *o, uint8_t **buf, size_t *len,
+                            size_t *cap);
 
 /* The access log line, the slow-request warning and the metrics of an
  * answered request (res.status set). Any scheduler's loop. */

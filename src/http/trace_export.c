@@ -1,51 +1,110 @@
 /* trace_export.c - the batch exporter: ended spans to an OTLP/HTTP collector.
  *
- * One gen_server, registered as "keel_trace_exporter", owns an HTTP client
- * and exports in batches of at most max_batch spans: on a periodic tick
- * (the schedule delay), when the queue says a batch's worth waits
- * (keel__trace_set_waker: one message, not one per span), on a flush call,
- * and once more when it stops. A batch is encoded (trace_otlp.c) and POSTed
- * as application/x-protobuf; 429, 502, 503 and 504 (and a transport error:
- * a collector restarting refuses connections for a moment) are retried with
- * exponential backoff from 100 ms while the export timeout lasts; then the
- * batch counts as failed and is dropped. Spans never wait in the exporter
- * beyond one batch: the queue is the only buffer, and it is bounded.
+ * One thread of its own (not a keel process: decision 0035) exports in
+ * batches of at most max_batch spans: on a periodic tick (the schedule
+ * delay), when the queue says a batch's worth waits (keel__trace_set_waker:
+ * one condition signal, not one per span), on a flush call, and once more
+ * when it stops. A batch is encoded (trace_otlp.c) into a buffer the thread
+ * reuses and POSTed as application/x-protobuf with libcurl, on this thread:
+ * the schedulers that serve requests never encode, never post and never
+ * free a batch. 429, 502, 503 and 504 (and a transport error: a collector
+ * restarting refuses connections for a moment) are retried with exponential
+ * backoff from 100 ms while the export timeout lasts; then the batch counts
+ * as failed and is dropped. Spans never wait in the exporter beyond one
+ * batch: the queue is the only buffer, and it is bounded.
  *
- * The exporter's process is marked (keel__trace_suppress), so its own HTTP
- * requests make no spans, and gen_server calls to it bring no trace context.
+ * Stopping gives the thread a deadline (the drain budget): it exports what
+ * is queued until then, and a transfer still running at the deadline is cut
+ * (the transfer is driven with curl_multi_poll in slices of at most 50 ms,
+ * so the cut is prompt). Flush and stop wait for the thread without blocking
+ * a scheduler (keel_blocking) when called from a process.
+ *
+ * The thread is no keel process, so its HTTP requests make no spans and
+ * carry no trace context.
  *
  * With KEEL_TRACE_EXPORT_CONSOLE each span becomes a log line instead
  * ("trace_span" event, JSON like every line), for a node without a collector.
  */
+#include <curl/curl.h>
 #include <errno.h>
+#include <pthread.h>
+#include <stdatomic.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+#include <time.h>
 
 #include "keel/error.h"
-#include "keel/gen_server.h"
-#include "keel/http_client.h"
+#include "keel/io.h"
 #include "keel/log.h"
-#include "keel/message.h"
-#include "keel/registry.h"
-#include "keel/timer.h"
+#include "keel/process.h"
 #include "keel/trace_export.h"
+#include "http/http_internal.h"
 #include "ops/trace_internal.h"
-
-#define EXPORTER_NAME "keel_trace_exporter"
-
-enum { TAG_TICK = 0x7472ac01, TAG_WAKE, TAG_FLUSH };
 
 typedef struct exporter {
   keel_trace_export_opts o;
   char *endpoint, *service, *res_attrs;
   char **headers; /* "Name: value", NULL-terminated */
-  keel_http_client *client;
-  keel_ref_t tick;
+  struct curl_slist *hlist;
+  CURLM *multi;
+  CURL *easy; /* one handle for every POST: its connection stays open */
   keel__span_data **batch;
+  uint8_t *buf; /* the encoded batch, reused */
+  size_t buf_cap;
+  pthread_t thread;
+  bool was_cut; /* a transfer was cut by a stop's deadline */
 } exporter;
 
 static exporter *_Atomic g_exp; /* the running exporter's state (one per node) */
+
+/* What the callers and the thread say to each other, under g_mu. Static, not
+ * in the exporter: the queue's waker may signal after the exporter is gone. */
+static pthread_mutex_t g_mu = PTHREAD_MUTEX_INITIALIZER;
+static pthread_cond_t g_cv;      /* the thread waits here (CLOCK_MONOTONIC) */
+static pthread_cond_t g_done_cv; /* callers wait here for a flush or the end */
+static bool g_wake, g_finished, g_complete;
+static uint64_t g_flush_asked, g_flush_done;
+static atomic_bool g_stop;
+static _Atomic int64_t g_export_timeout; /* the running exporter's, for flush */
+static _Atomic int64_t g_stop_deadline;  /* monotonic ms */
+static pthread_once_t g_once = PTHREAD_ONCE_INIT;
+static CURLcode g_curl_rc;
+
+static void once_init(void) {
+  pthread_condattr_t a;
+  pthread_condattr_init(&a);
+  pthread_condattr_setclock(&a, CLOCK_MONOTONIC);
+  pthread_cond_init(&g_cv, &a);
+  pthread_cond_init(&g_done_cv, &a);
+  pthread_condattr_destroy(&a);
+  g_curl_rc = curl_global_init(CURL_GLOBAL_DEFAULT);
+}
+
+static int64_t mono_ms(void) {
+  struct timespec ts;
+  clock_gettime(CLOCK_MONOTONIC, &ts);
+  return (int64_t)ts.tv_sec * 1000 + ts.tv_nsec / 1000000;
+}
+
+static struct timespec abs_ts(int64_t ms) {
+  return (struct timespec){.tv_sec = ms / 1000, .tv_nsec = (ms % 1000) * 1000000};
+}
+
+/* The queue's waker: a batch's worth waits. */
+static void wake(void) {
+  pthread_mutex_lock(&g_mu);
+  g_wake = true;
+  pthread_cond_signal(&g_cv);
+  pthread_mutex_unlock(&g_mu);
+}
+
+/* deadline, or the stop's deadline when that is sooner. */
+static int64_t cut(int64_t deadline) {
+  if (!atomic_load(&g_stop)) return deadline;
+  int64_t s = atomic_load(&g_stop_deadline);
+  return s < deadline ? s : deadline;
+}
 
 /* ---- options ------------------------------------------------------------------------- */
 
@@ -154,7 +213,10 @@ static char **parse_headers(const char *list) {
 
 static void exporter_free(exporter *x) {
   if (!x) return;
-  keel_http_client_free(x->client);
+  if (x->easy) curl_easy_cleanup(x->easy);
+  if (x->multi) curl_multi_cleanup(x->multi);
+  curl_slist_free_all(x->hlist);
+  free(x->buf);
   for (char **h = x->headers; h && *h; h++)
     free(*h);
   free(x->headers);
@@ -172,37 +234,72 @@ static bool retryable(int rc, int status) {
   return rc == KEEL_EIO || rc == KEEL_ETIMEDOUT;
 }
 
-static int64_t now_ms(void) {
-  return (int64_t)(keel__trace_now_ns() / 1000000u);
+static size_t discard(char *p, size_t size, size_t n, void *ud) {
+  (void)p, (void)ud;
+  return size * n;
+}
+
+/* One POST, driven until it ends or the deadline (or a stop's) passes.
+ * 0 with *status, KEEL_ETIMEDOUT, KEEL_EIO (transport). */
+static int transfer(exporter *x, const uint8_t *body, size_t len, int64_t deadline, long *status) {
+  int64_t left = cut(deadline) - mono_ms();
+  if (left <= 0) {
+    if (cut(deadline) < deadline) x->was_cut = true;
+    return KEEL_ETIMEDOUT;
+  }
+  CURL *e = x->easy;
+  if (!e) return KEEL_EINVAL; /* OTEL_TRACES_EXPORTER=none: nothing to post to */
+  curl_easy_setopt(e, CURLOPT_POSTFIELDS, (const char *)body);
+  curl_easy_setopt(e, CURLOPT_POSTFIELDSIZE_LARGE, (curl_off_t)len);
+  curl_easy_setopt(e, CURLOPT_TIMEOUT_MS, (long)left);
+  curl_easy_setopt(e, CURLOPT_CONNECTTIMEOUT_MS, (long)left);
+  if (curl_multi_add_handle(x->multi, e) != CURLM_OK) return KEEL_EIO;
+  int running = 1, rc = KEEL_EIO;
+  for (;;) {
+    if (curl_multi_perform(x->multi, &running) != CURLM_OK) break;
+    if (!running) break;
+    int64_t wait = cut(deadline) - mono_ms();
+    if (wait <= 0) { /* the deadline (or a stop's, sooner): the transfer is cut */
+      rc = KEEL_ETIMEDOUT;
+      break;
+    }
+    curl_multi_poll(x->multi, NULL, 0, wait < 50 ? (int)wait : 50, NULL);
+  }
+  int q;
+  for (CURLMsg *m; (m = curl_multi_info_read(x->multi, &q));)
+    if (m->msg == CURLMSG_DONE) {
+      rc = m->data.result == CURLE_OK                   ? 0
+           : m->data.result == CURLE_OPERATION_TIMEDOUT ? KEEL_ETIMEDOUT
+                                                        : KEEL_EIO;
+      if (!rc) curl_easy_getinfo(e, CURLINFO_RESPONSE_CODE, status);
+    }
+  curl_multi_remove_handle(x->multi, e);
+  /* cut by the stop: by our check or by libcurl's timeout set from its deadline */
+  if (rc == KEEL_ETIMEDOUT && cut(deadline) < deadline) x->was_cut = true;
+  return rc;
+}
+
+/* Sleeps until `until`, or less when a stop's deadline comes first. */
+static void backoff_sleep(int64_t until) {
+  for (int64_t now; (now = mono_ms()) < cut(until);) {
+    int64_t step = cut(until) - now;
+    struct timespec ts = {.tv_sec = 0, .tv_nsec = (step < 20 ? step : 20) * 1000000};
+    nanosleep(&ts, NULL);
+  }
 }
 
 static bool post(exporter *x, const uint8_t *body, size_t len) {
-  int64_t deadline = now_ms() + x->o.export_timeout_ms, backoff = 100;
+  int64_t deadline = mono_ms() + x->o.export_timeout_ms, backoff = 100;
   for (;;) {
-    int64_t left = deadline - now_ms();
-    if (left <= 0) return false;
-    keel_http_client_req rq = {.method = "POST",
-                               .url = x->endpoint,
-                               .headers = (const char *const *)x->headers,
-                               .body = body,
-                               .body_len = len,
-                               .content_type = "application/x-protobuf",
-                               .timeout_ms = left,
-                               .connect_timeout_ms = left,
-                               .max_retries = -1,
-                               .request_id = "",
-                               .traceparent = ""};
-    keel_http_client_res res;
-    int rc = keel_http_client_request(x->client, &rq, &res);
-    int status = res.status;
-    keel_http_client_res_free(&res);
+    long status = 0;
+    int rc = transfer(x, body, len, deadline, &status);
     if (rc == 0 && status >= 200 && status < 300) return true;
-    if (!retryable(rc, status) || now_ms() + backoff >= deadline) {
+    if (!retryable(rc, (int)status) || mono_ms() + backoff >= cut(deadline)) {
       keel_log_debug(NULL, "trace export failed", KEEL_STR("endpoint", x->endpoint),
                      KEEL_INT("status", status), KEEL_STR("error", rc ? keel_err_name(rc) : ""));
       return false;
     }
-    keel_sleep(backoff);
+    backoff_sleep(mono_ms() + backoff);
     backoff = backoff * 2 > 5000 ? 5000 : backoff * 2;
   }
 }
@@ -250,68 +347,118 @@ static void free_batch(keel__span_data **b, size_t n) {
     keel__span_data_free(b[i]);
 }
 
-/* Exports batches until the queue is empty (or, with once, one batch). */
-static void export_queued(exporter *x, bool once) {
+/* Exports batches until the queue is empty; false when a stop's deadline
+ * passed first (what is left stays queued, for keel_trace_stop to free). */
+static bool export_queued(exporter *x) {
   size_t n;
   while ((n = keel__trace_take(x->batch, (size_t)x->o.max_batch)) > 0) {
     if (x->o.exporter == KEEL_TRACE_EXPORT_CONSOLE) {
       console(x->batch, n);
       keel__trace_count(n, 0);
     } else {
-      uint8_t *body = NULL;
-      size_t len;
-      bool ok = keel_trace_encode_otlp(x->batch, n, &x->o, &body, &len) == 0 && post(x, body, len);
-      free(body);
+      uint8_t *body = x->buf;
+      size_t len = x->buf_cap;
+      bool ok = keel__trace_encode_into(x->batch, n, &x->o, &body, &len, &x->buf_cap) == 0;
+      x->buf = body; /* grown or not, the thread keeps it for the next batch */
+      ok = ok && post(x, body, len);
       keel__trace_count(ok ? n : 0, ok ? 0 : n);
     }
     free_batch(x->batch, n);
-    if (once && n < (size_t)x->o.max_batch) break;
+    if (atomic_load(&g_stop) && mono_ms() >= atomic_load(&g_stop_deadline)) {
+      keel_trace_stats st;
+      keel_trace_stats_get(&st);
+      return st.queued == 0 && !x->was_cut;
+    }
   }
+  return true;
 }
 
-/* ---- the server ---------------------------------------------------------------------------- */
+/* ---- the thread -------------------------------------------------------------------------- */
 
-static int ex_init(void *arg, void **state) {
+static void *ex_main(void *arg) {
   exporter *x = arg;
-  keel__trace_suppress();
-  int rc =
-      keel_send_interval(keel_self(), x->o.schedule_delay_ms, keel_msg_new(TAG_TICK, 0), &x->tick);
-  if (rc) return rc;
-  keel__trace_set_waker(keel_self(), TAG_WAKE, (size_t)x->o.max_batch);
-  *state = x;
+  pthread_setname_np(pthread_self(), "keel-trace-exp"); /* top, perf: not a scheduler's name */
+  int64_t next_tick = mono_ms() + x->o.schedule_delay_ms;
+  pthread_mutex_lock(&g_mu);
+  for (;;) {
+    while (!g_wake && !atomic_load(&g_stop) && g_flush_asked == g_flush_done &&
+           mono_ms() < next_tick) {
+      struct timespec ts = abs_ts(next_tick);
+      pthread_cond_timedwait(&g_cv, &g_mu, &ts);
+    }
+    bool stopping = atomic_load(&g_stop);
+    uint64_t asked = g_flush_asked;
+    g_wake = false;
+    pthread_mutex_unlock(&g_mu);
+    if (mono_ms() >= next_tick) next_tick = mono_ms() + x->o.schedule_delay_ms;
+    bool complete = export_queued(x) && !x->was_cut;
+    pthread_mutex_lock(&g_mu);
+    g_flush_done = asked;
+    pthread_cond_broadcast(&g_done_cv);
+    if (stopping) {
+      g_complete = complete;
+      break;
+    }
+  }
+  g_finished = true;
+  pthread_cond_broadcast(&g_done_cv);
+  pthread_mutex_unlock(&g_mu);
+  return NULL;
+}
+
+/* Waiting for the thread: a flush's number done, or the thread's end. */
+typedef struct waiter {
+  uint64_t flush; /* 0: the end */
+  int64_t deadline;
+  bool ok;
+} waiter;
+
+static void wait_thread(void *arg) {
+  waiter *w = arg;
+  pthread_mutex_lock(&g_mu);
+  for (;;) {
+    w->ok = w->flush ? g_flush_done >= w->flush || g_finished : g_finished;
+    if (w->ok || mono_ms() >= w->deadline) break;
+    struct timespec ts = abs_ts(w->deadline);
+    pthread_cond_timedwait(&g_done_cv, &g_mu, &ts);
+  }
+  pthread_mutex_unlock(&g_mu);
+}
+
+/* From a process the wait runs on the blocking pool, so the scheduler runs
+ * other processes (the collector may be one of them). */
+static void wait_for(waiter *w) {
+  if (!keel_self() || keel_blocking(wait_thread, w) != 0) wait_thread(w);
+}
+
+static int curl_setup(exporter *x) {
+  char **h = x->headers;
+  struct curl_slist *l = curl_slist_append(NULL, "Content-Type: application/x-protobuf");
+  if (l) l = curl_slist_append(l, "Expect:"); /* no 100-continue round trip */
+  for (; l && h && *h; h++)
+    if (!curl_slist_append(l, *h)) l = (curl_slist_free_all(l), NULL);
+  x->hlist = l;
+  x->multi = curl_multi_init();
+  x->easy = curl_easy_init();
+  if (!l || !x->multi || !x->easy) return KEEL_ENOMEM;
+  CURL *e = x->easy;
+  curl_easy_setopt(e, CURLOPT_URL, x->endpoint);
+  curl_easy_setopt(e, CURLOPT_HTTPHEADER, x->hlist);
+  curl_easy_setopt(e, CURLOPT_POST, 1L);
+  curl_easy_setopt(e, CURLOPT_WRITEFUNCTION, discard);
+  curl_easy_setopt(e, CURLOPT_USERAGENT, "keel-otlp");
+  curl_easy_setopt(e, CURLOPT_NOSIGNAL, 1L);
+  curl_easy_setopt(e, CURLOPT_PROTOCOLS_STR, "http,https");
   return 0;
 }
-
-static int ex_call(void *state, keel_gs_from from, keel_msg_t **req, keel_msg_t **reply) {
-  (void)from;
-  (void)req;
-  export_queued(state, false);
-  *reply = NULL;
-  return KEEL_GS_REPLY;
-}
-
-static int ex_info(void *state, keel_msg_t **m) {
-  uint32_t tag = keel_msg_tag(*m);
-  if (tag == TAG_TICK || tag == TAG_WAKE) export_queued(state, false);
-  return KEEL_GS_OK;
-}
-
-static void ex_terminate(keel_reason reason, void *state) {
-  (void)reason;
-  exporter *x = state;
-  keel__trace_set_waker(0, 0, 0);
-  keel_cancel_timer(x->tick);
-  export_queued(x, false); /* the last spans, within the stopper's budget */
-}
-
-static const keel_gen_server exporter_server = {
-    .init = ex_init, .handle_call = ex_call, .handle_info = ex_info, .terminate = ex_terminate};
 
 int keel_trace_export_start(const keel_trace_export_opts *o) {
   keel_trace_export_opts d = {0};
   if (!o) o = &d;
   if (!keel_trace_started()) return KEEL_ESTATE;
   if (o->max_batch < 0 || o->schedule_delay_ms < 0 || o->export_timeout_ms < 0) return KEEL_EINVAL;
+  pthread_once(&g_once, once_init);
+  if (g_curl_rc != CURLE_OK) return KEEL_EIO;
   exporter *x = calloc(1, sizeof *x);
   if (!x) return KEEL_ENOMEM;
   x->o = *o;
@@ -339,40 +486,56 @@ int keel_trace_export_start(const keel_trace_export_opts *o) {
             (o->resource_attrs && !x->res_attrs) || !x->headers || !x->batch)
                ? KEEL_ENOMEM
                : 0;
-  keel_http_client_opts co = {.name = "trace_exporter", .no_breaker = true, .max_retries = -1};
-  if (!rc && x->o.exporter == KEEL_TRACE_EXPORT_OTLP) rc = keel_http_client_new(&co, &x->client);
+  if (!rc && x->o.exporter == KEEL_TRACE_EXPORT_OTLP) rc = curl_setup(x);
   exporter *none = NULL;
   if (!rc && !atomic_compare_exchange_strong(&g_exp, &none, x)) rc = KEEL_ESTATE;
   if (!rc) {
-    keel_gs_opts go;
-    keel_gs_opts_init(&go);
-    go.name = EXPORTER_NAME;
-    rc = keel_gs_start(&exporter_server, x, &go, NULL, NULL);
-    if (rc) atomic_store(&g_exp, NULL);
+    pthread_mutex_lock(&g_mu);
+    g_wake = g_finished = g_complete = false;
+    g_flush_asked = g_flush_done = 0;
+    atomic_store(&g_stop, false);
+    atomic_store(&g_export_timeout, x->o.export_timeout_ms);
+    pthread_mutex_unlock(&g_mu);
+    if (pthread_create(&x->thread, NULL, ex_main, x) != 0) {
+      atomic_store(&g_exp, NULL);
+      rc = KEEL_ENOMEM;
+    } else {
+      keel__trace_set_waker(wake, (size_t)x->o.max_batch);
+    }
   }
   if (rc) exporter_free(x);
   return rc;
 }
 
 int keel_trace_export_flush(int64_t timeout_ms) {
-  exporter *x = atomic_load(&g_exp);
-  if (!x) return KEEL_ESTATE;
-  keel_msg_t *r = NULL;
-  int rc = keel_gs_call_name(EXPORTER_NAME, keel_msg_new(TAG_FLUSH, 0), &r,
-                             timeout_ms ? timeout_ms : x->o.export_timeout_ms, NULL);
-  keel_msg_free(r);
-  return rc == KEEL_ENOPROC ? KEEL_ESTATE : rc;
+  /* x is not read: a stop may free it meanwhile (the wait ends with the
+   * thread then) */
+  if (!atomic_load(&g_exp)) return KEEL_ESTATE;
+  waiter w = {.deadline = mono_ms() + (timeout_ms ? timeout_ms : atomic_load(&g_export_timeout))};
+  pthread_mutex_lock(&g_mu);
+  w.flush = ++g_flush_asked;
+  pthread_cond_signal(&g_cv);
+  pthread_mutex_unlock(&g_mu);
+  wait_for(&w);
+  return w.ok ? 0 : KEEL_ETIMEDOUT;
 }
 
 int keel_trace_export_stop(int64_t timeout_ms) {
-  exporter *x = atomic_load(&g_exp);
+  exporter *x = atomic_exchange(&g_exp, NULL);
   if (!x) return 0;
-  keel_pid_t pid = keel_whereis(EXPORTER_NAME);
-  int rc = pid ? keel_gs_stop(pid, KEEL_REASON_SHUTDOWN, NULL,
-                              timeout_ms ? timeout_ms : x->o.export_timeout_ms)
-               : 0;
-  keel__trace_set_waker(0, 0, 0);
-  atomic_store(&g_exp, NULL);
-  exporter_free(x); /* from this process: in-flight requests of a killed exporter end here */
-  return rc;
+  keel__trace_set_waker(NULL, 0);
+  int64_t deadline = mono_ms() + (timeout_ms ? timeout_ms : x->o.export_timeout_ms);
+  pthread_mutex_lock(&g_mu);
+  atomic_store(&g_stop_deadline, deadline);
+  atomic_store(&g_stop, true);
+  pthread_cond_signal(&g_cv);
+  pthread_mutex_unlock(&g_mu);
+  /* the thread ends by the deadline (transfers are cut then); the slack
+   * covers one poll slice and the batch being freed */
+  waiter w = {.deadline = deadline + 1000};
+  wait_for(&w);
+  pthread_join(x->thread, NULL);
+  bool complete = g_complete;
+  exporter_free(x);
+  return complete ? 0 : KEEL_ETIMEDOUT;
 }

@@ -21,6 +21,7 @@
 
 #include "http/http_internal.h"
 #include "http/server.h"
+#include "ops/trace_internal.h"
 
 void keel__http_span_begin(keel_http_req *rq) {
   keel_span_ctx in;
@@ -44,42 +45,38 @@ static void host_attrs(keel_http_req *rq) {
     const char *colon = h[0] == '[' ? strstr(h, "]:") : strrchr(h, ':');
     if (colon && h[0] == '[') colon++;
     size_t n = colon ? (size_t)(colon - h) : strlen(h);
-    char addr[256];
-    if (n >= sizeof addr) n = sizeof addr - 1;
-    memcpy(addr, h, n);
-    addr[n] = '\0';
-    keel_span_set_str(&rq->span, "server.address", addr);
+    if (n > 255) n = 255; /* what the old copy through a 256-byte buffer kept */
+    KEEL__SPAN_STR(&rq->span, "server.address", h, n);
     if (colon) port = atoi(colon + 1);
   }
-  if (port > 0) keel_span_set_int(&rq->span, "server.port", port);
+  if (port > 0) KEEL__SPAN_INT(&rq->span, "server.port", port);
 }
 
+/* The attributes go straight into the span's record (literal keys, values
+ * copied into its arena: no malloc, no formatting; decision 0035). */
 void keel__http_span_end(keel_http_req *rq) {
   if (!rq->traced || rq->span.ended) return;
   keel_span *sp = &rq->span;
   if (keel_span_recording(sp)) {
     int st = rq->res.status;
     const char *route = rq->match.pattern;
-    if (route) {
-      char name[160];
-      snprintf(name, sizeof name, "%s %s", rq->method, route);
-      keel_span_set_name(sp, name);
-    }
-    keel_span_set(sp, KEEL_STR("http.request.method", rq->method),
-                  KEEL_STR("url.path", rq->path     ? rq->path
-                                       : rq->target ? rq->target
-                                                    : "/"),
-                  KEEL_STR("url.scheme", "http"), KEEL_INT("http.response.status_code", st),
-                  KEEL_STR("client.address", rq->client_ip));
-    if (route) keel_span_set_str(sp, "http.route", route);
-    if (rq->query && rq->query[0]) keel_span_set_str(sp, "url.query", rq->query);
+    size_t ml = strlen(rq->method), rl = route ? strlen(route) : 0;
+    if (route) keel__span_name2(sp, rq->method, ml, route, rl);
+    const char *path = rq->path ? rq->path : rq->target ? rq->target : "/";
+    KEEL__SPAN_STR(sp, "http.request.method", rq->method, ml);
+    KEEL__SPAN_STR(sp, "url.path", path, strlen(path));
+    KEEL__SPAN_STR(sp, "url.scheme", "http", 4);
+    KEEL__SPAN_INT(sp, "http.response.status_code", st);
+    KEEL__SPAN_STR(sp, "client.address", rq->client_ip, strlen(rq->client_ip));
+    if (route) KEEL__SPAN_STR(sp, "http.route", route, rl);
+    if (rq->query && rq->query[0]) KEEL__SPAN_STR(sp, "url.query", rq->query, strlen(rq->query));
     host_attrs(rq);
     const char *ua = keel_http_header(rq, "user-agent");
-    if (ua) keel_span_set_str(sp, "user_agent.original", ua);
+    if (ua) KEEL__SPAN_STR(sp, "user_agent.original", ua, strlen(ua));
     if (st >= 500) {
       char code[12];
-      snprintf(code, sizeof code, "%d", st);
-      keel_span_set_str(sp, "error.type", code);
+      int n = snprintf(code, sizeof code, "%d", st);
+      KEEL__SPAN_STR(sp, "error.type", code, (size_t)n);
       keel_span_set_status(sp, KEEL_SPAN_ERROR, NULL);
     }
   }

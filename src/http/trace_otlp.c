@@ -31,6 +31,7 @@
 
 #include "keel/error.h"
 #include "keel/trace_export.h"
+#include "http/http_internal.h"
 #include "ops/trace_internal.h"
 
 typedef struct pb {
@@ -145,10 +146,10 @@ static void kv_str(pb *b, unsigned field, const char *k, const char *v, size_t v
 
 static void attr(pb *b, unsigned field, const keel__tattr *a) {
   size_t kv = pb_begin(b, field);
-  pb_str(b, 1, a->key);
+  pb_bytes(b, 1, a->key, a->klen);
   size_t av = pb_begin(b, 2);
   switch (a->type) {
-  case KEEL__TA_STR: pb_str(b, 1, a->v.s); break;
+  case KEEL__TA_STR: pb_bytes(b, 1, a->v.s, a->vlen); break;
   case KEEL__TA_BOOL:
     pb_tag(b, 2, WT_VARINT);
     pb_varint(b, a->v.b);
@@ -254,38 +255,53 @@ static void resource_pairs(pb *b, const char *list, const char *skip_key) {
   }
 }
 
+/* The request into b (its buffer kept whatever happens). */
+static void encode(pb *b, struct keel_span_data *const *spans, size_t n,
+                   const keel_trace_export_opts *o) {
+  size_t rs = pb_begin(b, 1);  /* ExportTraceServiceRequest.resource_spans */
+  size_t res = pb_begin(b, 1); /* ResourceSpans.resource */
+  /* OTEL_SERVICE_NAME wins over a service.name in OTEL_RESOURCE_ATTRIBUTES */
+  const char *svc = o->service_name;
+  if (svc) kv_str(b, 1, "service.name", svc, strlen(svc));
+  resource_pairs(b, o->resource_attrs, svc ? "service.name" : NULL);
+  if (!svc && !(o->resource_attrs && strstr(o->resource_attrs, "service.name=")))
+    kv_str(b, 1, "service.name", "unknown_service", 15);
+  kv_str(b, 1, "telemetry.sdk.name", "keel", 4);
+  pb_end(b, res);
+  size_t ss = pb_begin(b, 2); /* ResourceSpans.scope_spans */
+  size_t sc = pb_begin(b, 1); /* ScopeSpans.scope */
+  pb_str(b, 1, "keel");
+  pb_end(b, sc);
+  for (size_t i = 0; i < n; i++)
+    span(b, spans[i]);
+  pb_end(b, ss);
+  pb_end(b, rs);
+}
+
+int keel__trace_encode_into(struct keel_span_data *const *spans, size_t n,
+                            const keel_trace_export_opts *o, uint8_t **buf, size_t *len,
+                            size_t *cap) {
+  keel_trace_export_opts none = {0};
+  pb b = {.p = *buf, .cap = *cap};
+  pb_room(&b, 256 + n * 256);
+  encode(&b, spans, n, o ? o : &none);
+  *buf = b.p, *cap = b.cap, *len = b.oom ? 0 : b.len;
+  return b.oom ? KEEL_ENOMEM : 0;
+}
+
 int keel_trace_encode_otlp(struct keel_span_data *const *spans, size_t n,
                            const keel_trace_export_opts *o, uint8_t **out, size_t *len) {
   if (!out || !len || (n && !spans)) return KEEL_EINVAL;
   *out = NULL;
   *len = 0;
-  keel_trace_export_opts none = {0};
-  if (!o) o = &none;
-  pb b = {0};
-  pb_room(&b, 256 + n * 256);
-  size_t rs = pb_begin(&b, 1);  /* ExportTraceServiceRequest.resource_spans */
-  size_t res = pb_begin(&b, 1); /* ResourceSpans.resource */
-  /* OTEL_SERVICE_NAME wins over a service.name in OTEL_RESOURCE_ATTRIBUTES */
-  const char *svc = o->service_name;
-  if (svc) kv_str(&b, 1, "service.name", svc, strlen(svc));
-  resource_pairs(&b, o->resource_attrs, svc ? "service.name" : NULL);
-  if (!svc && !(o->resource_attrs && strstr(o->resource_attrs, "service.name=")))
-    kv_str(&b, 1, "service.name", "unknown_service", 15);
-  kv_str(&b, 1, "telemetry.sdk.name", "keel", 4);
-  pb_end(&b, res);
-  size_t ss = pb_begin(&b, 2); /* ResourceSpans.scope_spans */
-  size_t sc = pb_begin(&b, 1); /* ScopeSpans.scope */
-  pb_str(&b, 1, "keel");
-  pb_end(&b, sc);
-  for (size_t i = 0; i < n; i++)
-    span(&b, spans[i]);
-  pb_end(&b, ss);
-  pb_end(&b, rs);
-  if (b.oom) {
-    free(b.p);
-    return KEEL_ENOMEM;
+  uint8_t *p = NULL;
+  size_t cap = 0;
+  int rc = keel__trace_encode_into(spans, n, o, &p, len, &cap);
+  if (rc) {
+    free(p);
+    *len = 0;
+    return rc;
   }
-  *out = b.p;
-  *len = b.len;
+  *out = p;
   return 0;
 }

@@ -231,8 +231,8 @@ void keel__span_heap_free(keel_span *sp) {
 
 static void attrs_free(keel__tattrs *a) {
   for (uint32_t i = 0; i < a->n; i++)
-    free(a->a[i].key); /* the string value shares its block */
-  free(a->a);
+    if (a->a[i].heap) free((char *)a->a[i].key); /* the string value shares its block */
+  if (!a->inl) free(a->a);
 }
 
 void keel__span_data_free(keel__span_data *d) {
@@ -249,14 +249,24 @@ void keel__span_data_free(keel__span_data *d) {
   keel__trace_record_recycle(d);
 }
 
-static int set_name(keel__span_data *d, const char *name) {
-  size_t n = strlen(name ? name : "");
+/* The name a and b (b may be NULL), joined by a space when b is given. */
+static int set_name2(keel__span_data *d, const char *a, size_t alen, const char *b, size_t blen) {
+  size_t n = b ? alen + 1 + blen : alen;
   char *dst = d->name_buf;
   if (n >= sizeof d->name_buf && !(dst = malloc(n + 1))) return KEEL_ENOMEM;
   if (d->name && d->name != d->name_buf) free(d->name);
-  memcpy(dst, name ? name : "", n + 1);
+  memcpy(dst, a, alen);
+  if (b) {
+    dst[alen] = ' ';
+    memcpy(dst + alen + 1, b, blen);
+  }
+  dst[n] = '\0';
   d->name = dst;
   return 0;
+}
+
+static int set_name(keel__span_data *d, const char *name) {
+  return set_name2(d, name ? name : "", name ? strlen(name) : 0, NULL, 0);
 }
 
 /* ---- start and end ------------------------------------------------------------------ */
@@ -289,7 +299,8 @@ int keel_span_start(keel_span *sp, const char *name, keel_span_kind kind, const 
       /* field by field, not memset: a 150-byte memset became `rep stos`,
        * whose start-up cost was half of this function's time (perf) */
       d->name = d->status_msg = d->tracestate = NULL;
-      d->attrs = (keel__tattrs){0};
+      d->attrs = (keel__tattrs){.a = d->attr_inl, .cap = KEEL__TRACE_INLINE_ATTRS, .inl = true};
+      d->arena_used = 0;
       d->events = NULL;
       d->nevents = d->evcap = d->dropped_events = 0;
       d->status = KEEL_SPAN_UNSET;
@@ -345,49 +356,121 @@ bool keel_span_recording(const keel_span *sp) {
 
 /* ---- attributes, events, status ------------------------------------------------------ */
 
-static void attr_add(keel__tattrs *a, const keel_log_field *f) {
-  if (!f->key) return;
-  keel__tattr t = {0};
-  switch (f->type) {
-  case KEEL_LOG_T_STR: t.type = KEEL__TA_STR; break;
-  case KEEL_LOG_T_INT: t.type = KEEL__TA_INT, t.v.i = f->v.i; break;
-  case KEEL_LOG_T_UINT: t.type = KEEL__TA_INT, t.v.i = (int64_t)f->v.u; break;
-  case KEEL_LOG_T_DOUBLE: t.type = KEEL__TA_DOUBLE, t.v.d = f->v.d; break;
-  case KEEL_LOG_T_BOOL: t.type = KEEL__TA_BOOL, t.v.b = f->v.b; break;
-  default: return; /* objects and the rest: not an OTLP scalar */
-  }
+/* The next attribute slot of a, grown when full (the record's inline
+ * array is copied out to the heap once); NULL when the attribute is dropped
+ * (counted). */
+static keel__tattr *attr_slot(keel__tattrs *a) {
   if (a->n >= KEEL__TRACE_MAX_ATTRS) {
     a->dropped++;
-    return;
+    return NULL;
   }
   if (a->n == a->cap) {
-    uint32_t cap = a->cap ? a->cap * 2 : 16; /* a server span's attributes fit at once */
-    keel__tattr *na = realloc(a->a, cap * sizeof *na);
+    uint32_t cap = a->cap ? a->cap * 2 : 4;
+    keel__tattr *na = a->inl ? malloc(cap * sizeof *na) : realloc(a->a, cap * sizeof *na);
     if (!na) {
       a->dropped++;
-      return;
+      return NULL;
     }
-    a->a = na, a->cap = cap;
+    if (a->inl) memcpy(na, a->a, a->n * sizeof *na);
+    a->a = na, a->cap = cap, a->inl = false;
   }
-  /* key and string value in one block (one malloc, not two): the key owns it */
-  size_t kl = strlen(f->key) + 1;
-  size_t vl = t.type == KEEL__TA_STR ? strlen(f->v.s ? f->v.s : "") + 1 : 0;
-  char *blk = malloc(kl + vl);
-  if (!blk) {
-    a->dropped++;
-    return;
+  return &a->a[a->n];
+}
+
+/* n bytes of s and a NUL in the record's arena; NULL when it is full. */
+static char *arena_copy(keel__span_data *d, const char *s, size_t n) {
+  if (n + 1 > sizeof d->arena - d->arena_used) return NULL;
+  char *dst = d->arena + d->arena_used;
+  memcpy(dst, s, n);
+  dst[n] = '\0';
+  d->arena_used += (uint32_t)n + 1;
+  return dst;
+}
+
+/* Claims the next attribute of a with key (copied unless key_static) of
+ * type; a string value v of vlen bytes is copied too: into the arena when
+ * both fit, else into one malloc'd block. The caller stores a scalar's value
+ * in the slot returned (NULL: dropped, counted). Fields are stored one by
+ * one, straight into the slot: a keel__tattr built on the stack and copied
+ * whole made the compiler read back its byte-wide fields with 16-byte
+ * loads, a store-forwarding stall each (perf: half of the set's time). */
+static keel__tattr *attr_put(keel__span_data *d, keel__tattrs *a, const char *key, size_t klen,
+                             bool key_static, uint8_t type, const char *v, size_t vlen) {
+  keel__tattr *slot = attr_slot(a);
+  if (!slot) return NULL;
+  size_t need = (key_static ? 0 : klen + 1) + (v ? vlen + 1 : 0);
+  if (need <= sizeof d->arena - d->arena_used) {
+    slot->key = key_static ? key : arena_copy(d, key, klen);
+    if (v) slot->v.s = arena_copy(d, v, vlen);
+    slot->heap = false;
+  } else {
+    char *blk = malloc(klen + 1 + (v ? vlen + 1 : 0));
+    if (!blk) {
+      a->dropped++;
+      return NULL;
+    }
+    memcpy(blk, key, klen);
+    blk[klen] = '\0';
+    if (v) {
+      memcpy(blk + klen + 1, v, vlen);
+      blk[klen + 1 + vlen] = '\0';
+      slot->v.s = blk + klen + 1;
+    }
+    slot->key = blk;
+    slot->heap = true;
   }
-  memcpy(blk, f->key, kl);
-  if (vl) memcpy(blk + kl, f->v.s ? f->v.s : "", vl);
-  t.key = blk;
-  if (vl) t.v.s = blk + kl;
-  a->a[a->n++] = t;
+  slot->klen = (uint32_t)klen;
+  slot->vlen = (uint32_t)vlen;
+  slot->type = type;
+  a->n++;
+  return slot;
+}
+
+static void attr_add(keel__span_data *d, keel__tattrs *a, const keel_log_field *f) {
+  if (!f->key) return;
+  size_t kl = strlen(f->key);
+  keel__tattr *t;
+  switch (f->type) {
+  case KEEL_LOG_T_STR: {
+    const char *v = f->v.s ? f->v.s : "";
+    attr_put(d, a, f->key, kl, false, KEEL__TA_STR, v, strlen(v));
+    break;
+  }
+  case KEEL_LOG_T_INT:
+    if ((t = attr_put(d, a, f->key, kl, false, KEEL__TA_INT, NULL, 0))) t->v.i = f->v.i;
+    break;
+  case KEEL_LOG_T_UINT:
+    if ((t = attr_put(d, a, f->key, kl, false, KEEL__TA_INT, NULL, 0))) t->v.i = (int64_t)f->v.u;
+    break;
+  case KEEL_LOG_T_DOUBLE:
+    if ((t = attr_put(d, a, f->key, kl, false, KEEL__TA_DOUBLE, NULL, 0))) t->v.d = f->v.d;
+    break;
+  case KEEL_LOG_T_BOOL:
+    if ((t = attr_put(d, a, f->key, kl, false, KEEL__TA_BOOL, NULL, 0))) t->v.b = f->v.b;
+    break;
+  default: break; /* objects and the rest: not an OTLP scalar */
+  }
+}
+
+void keel__span_attr_str(keel_span *sp, const char *key, size_t klen, const char *v, size_t vlen) {
+  if (!sp || !sp->data) return;
+  attr_put(sp->data, &sp->data->attrs, key, klen, true, KEEL__TA_STR, v ? v : "", v ? vlen : 0);
+}
+
+void keel__span_attr_int(keel_span *sp, const char *key, size_t klen, int64_t v) {
+  if (!sp || !sp->data) return;
+  keel__tattr *t = attr_put(sp->data, &sp->data->attrs, key, klen, true, KEEL__TA_INT, NULL, 0);
+  if (t) t->v.i = v;
+}
+
+void keel__span_name2(keel_span *sp, const char *a, size_t alen, const char *b, size_t blen) {
+  if (sp && sp->data) set_name2(sp->data, a, alen, b, blen);
 }
 
 void keel_span_set_attr_list(keel_span *sp, const keel_log_field *fields) {
   if (!sp || !sp->data || !fields) return;
   for (const keel_log_field *f = fields; f->type != KEEL_LOG_T_END; f++)
-    attr_add(&sp->data->attrs, f);
+    attr_add(sp->data, &sp->data->attrs, f);
 }
 
 void keel_span_set_str(keel_span *sp, const char *key, const char *v) {
@@ -429,7 +512,7 @@ void keel_span_event_list(keel_span *sp, const char *name, const keel_log_field 
   d->nevents++;
   if (fields)
     for (const keel_log_field *f = fields; f->type != KEEL_LOG_T_END; f++)
-      attr_add(&e->attrs, f);
+      attr_add(d, &e->attrs, f);
 }
 
 void keel_span_set_status(keel_span *sp, keel_span_status status, const char *msg) {

@@ -3,8 +3,8 @@
  *
  * A recording span keeps a keel_span_data: ids, times, name, status and its
  * attributes and events, all owned by it. keel_span_end hands it to the batch
- * queue (trace_queue.c); the exporter takes batches with keel__trace_take,
- * encodes them (src/http/trace_otlp.c) and frees them with
+ * queue (trace_queue.c); the exporter's thread takes batches with
+ * keel__trace_take, encodes them (src/http/trace_otlp.c) and frees them with
  * keel__span_data_free.
  */
 #ifndef KEEL_TRACE_INTERNAL_H
@@ -15,13 +15,22 @@
 #include "keel/process.h"
 #include "keel/trace.h"
 
+#define KEEL__TRACE_INLINE_ATTRS 16
+#define KEEL__TRACE_ARENA        512
+
 enum { KEEL__TA_STR = 1, KEEL__TA_BOOL, KEEL__TA_INT, KEEL__TA_DOUBLE };
 
+/* An attribute. key and a string value are NUL-terminated and carry their
+ * lengths, so the encoder never measures them. They live in the record's
+ * arena, or in one malloc'd block (key first, then the value) when heap is
+ * set, or, for a key, in static storage (the server span's literal keys). */
 typedef struct keel__tattr {
-  char *key;
-  uint8_t type; /* KEEL__TA_* */
+  const char *key;
+  uint32_t klen, vlen; /* vlen: a string value's length */
+  uint8_t type;        /* KEEL__TA_* */
+  bool heap;           /* key is a malloc'd block holding key and value */
   union {
-    char *s;
+    const char *s;
     int64_t i;
     double d;
     bool b;
@@ -31,6 +40,7 @@ typedef struct keel__tattr {
 typedef struct keel__tattrs {
   keel__tattr *a;
   uint32_t n, cap, dropped;
+  bool inl; /* a is the record's attr_inl (not freed) */
 } keel__tattrs;
 
 typedef struct keel__tevent {
@@ -61,7 +71,13 @@ struct keel_span_data {
   keel__tattrs attrs;
   keel__tevent *events;
   uint32_t nevents, evcap, dropped_events;
+  uint32_t arena_used;
   char name_buf[40];
+  /* A span's first attributes and their strings live here, in the record
+   * the pool recycles: an HTTP server span (about ten attributes, short
+   * values) allocates nothing (decision 0035). */
+  keel__tattr attr_inl[KEEL__TRACE_INLINE_ATTRS];
+  char arena[KEEL__TRACE_ARENA];
 };
 typedef struct keel_span_data keel__span_data;
 
@@ -70,6 +86,17 @@ typedef struct keel_span_data keel__span_data;
 
 /* trace.c */
 void keel__span_data_free(keel__span_data *d);
+/* Attributes whose key is static storage of klen bytes (a literal: not
+ * copied) and whose string value has vlen bytes (copied, NUL added): what
+ * the HTTP server span sets without a strlen or a malloc. As
+ * keel_span_set_str and keel_span_set_int otherwise. */
+void keel__span_attr_str(keel_span *sp, const char *key, size_t klen, const char *v, size_t vlen);
+void keel__span_attr_int(keel_span *sp, const char *key, size_t klen, int64_t v);
+#define KEEL__SPAN_STR(sp, lit, v, vlen) keel__span_attr_str((sp), lit, sizeof lit - 1, (v), (vlen))
+#define KEEL__SPAN_INT(sp, lit, v)       keel__span_attr_int((sp), lit, sizeof lit - 1, (v))
+/* Renames the span to a and b joined by a space (the HTTP server's
+ * "METHOD route"), without formatting. */
+void keel__span_name2(keel_span *sp, const char *a, size_t alen, const char *b, size_t blen);
 /* A keel_span on the heap that the calling process owns: freed with
  * keel__span_heap_free, or by the process's exit hook if it dies first
  * (after the hook ended its span as an error). NULL: no memory. */
@@ -105,9 +132,11 @@ bool keel__trace_queue_on(void);
 size_t keel__trace_take(keel__span_data **out, size_t max);
 /* The exporter's outcome for n spans. */
 void keel__trace_count(uint64_t exported, uint64_t failed);
-/* When at least threshold spans wait, send pid one message (tag) to wake it
- * (once until keel__trace_take runs). pid 0 turns it off. */
-void keel__trace_set_waker(keel_pid_t pid, uint64_t tag, size_t threshold);
+/* When at least threshold spans wait, call fn once to wake the exporter
+ * (once until keel__trace_take runs), on the thread that pushed: fn must be
+ * quick and must stay callable after the exporter stopped (it may race
+ * with the stop). NULL turns it off. */
+void keel__trace_set_waker(void (*fn)(void), size_t threshold);
 
 /* log_calls.c: trace context rides gen_server calls with the log context. */
 void keel__trace_follow_calls(bool on);

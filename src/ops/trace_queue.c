@@ -15,8 +15,8 @@
  * sees `on` cleared, or the stopper sees the pusher counted.
  *
  * The exporter (src/http/trace_export.c) takes batches; when the queue holds
- * a batch's worth it gets one wake-up message, so that a busy node exports
- * full batches without waiting out the schedule delay.
+ * a batch's worth it gets one wake-up call (its thread's condition signal), so that a busy node
+ * exports full batches without waiting out the schedule delay.
  *
  * Records are reused: each thread keeps a few in a cache of its own (no
  * atomic operation at all for a span's record in the common case), in front
@@ -31,7 +31,6 @@
 #include <string.h>
 
 #include "keel/error.h"
-#include "keel/message.h"
 #include "ops/trace_internal.h"
 
 typedef struct cell {
@@ -60,8 +59,7 @@ static atomic_int g_users;
 static atomic_flag g_lifecycle = ATOMIC_FLAG_INIT; /* one start or stop at a time */
 static _Atomic uint64_t g_dropped, g_exported, g_failed;
 
-static _Atomic keel_pid_t g_waker;
-static _Atomic uint64_t g_waker_tag;
+static void (*_Atomic g_waker)(void);
 static _Atomic size_t g_waker_at;
 static atomic_bool g_woken;
 
@@ -189,12 +187,10 @@ static size_t ring_len(ring *r) {
 }
 
 static void wake_maybe(ring *r) {
-  keel_pid_t pid = atomic_load_explicit(&g_waker, memory_order_relaxed);
-  if (!pid || ring_len(r) < atomic_load_explicit(&g_waker_at, memory_order_relaxed)) return;
+  void (*fn)(void) = atomic_load_explicit(&g_waker, memory_order_relaxed);
+  if (!fn || ring_len(r) < atomic_load_explicit(&g_waker_at, memory_order_relaxed)) return;
   if (atomic_exchange_explicit(&g_woken, true, memory_order_relaxed)) return;
-  keel_msg_t *m =
-      keel_msg_new((uint32_t)atomic_load_explicit(&g_waker_tag, memory_order_relaxed), 0);
-  if (m) keel_send(pid, m);
+  fn();
 }
 
 static ring *ring_new(size_t cap) {
@@ -340,11 +336,10 @@ void keel__trace_count(uint64_t exported, uint64_t failed) {
   atomic_fetch_add_explicit(&g_failed, failed, memory_order_relaxed);
 }
 
-void keel__trace_set_waker(keel_pid_t pid, uint64_t tag, size_t threshold) {
-  atomic_store_explicit(&g_waker_tag, tag, memory_order_relaxed);
+void keel__trace_set_waker(void (*fn)(void), size_t threshold) {
   atomic_store_explicit(&g_waker_at, threshold ? threshold : 1, memory_order_relaxed);
   atomic_store_explicit(&g_woken, false, memory_order_relaxed);
-  atomic_store_explicit(&g_waker, pid, memory_order_relaxed);
+  atomic_store_explicit(&g_waker, fn, memory_order_relaxed);
 }
 
 static void lock_lifecycle(void) {
@@ -394,7 +389,7 @@ void keel_trace_stop(void) {
      * way out too (recycle sees g_on cleared and frees) */
     ring_free(atomic_exchange(&g_ring, NULL), false);
     ring_free(atomic_exchange(&g_pool, NULL), true);
-    keel__trace_set_waker(0, 0, 0);
+    keel__trace_set_waker(NULL, 0);
   }
   unlock_lifecycle();
 }

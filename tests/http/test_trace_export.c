@@ -457,7 +457,27 @@ KT_CASE(a_collector_that_never_answers_changes_no_request) {
   nodes_stop(&n);
 }
 
+/* The exporter's thread is cut at the stop's deadline, not at the export
+ * timeout: the batch in flight counts as failed and nothing stays queued. */
+KT_CASE(a_stop_cuts_an_export_the_collector_never_answers_at_its_deadline) {
+  nodes n;
+  keel_trace_export_opts eo = {.schedule_delay_ms = 60000, .export_timeout_ms = 60000};
+  nodes_start(&n, &eo, 0);
+  CHECK_EQ(get("/b", keel_http_port(n.b)), 200);
+  atomic_store(&g_slow, true);
+  CHECK_EQ(keel_trace_export_stop(300), KEEL_ETIMEDOUT);
+  CHECK_EQ(atomic_load(&g_posts), 1);
+  keel_trace_stats st;
+  keel_trace_stats_get(&st);
+  CHECK_EQ(st.exported, 0);
+  CHECK_EQ(st.failed, 2); /* the client span and B's server span */
+  CHECK_EQ(st.queued, 0);
+  CHECK_EQ(keel_trace_export_flush(100), KEEL_ESTATE); /* stopped */
+  nodes_stop(&n);
+}
+
 KT_MAIN(KT_ENTRY_SCHED(one_trace_across_two_services_a_gen_server_and_the_client, 2),
         KT_ENTRY_SCHED(a_503_from_the_collector_is_retried, 2),
         KT_ENTRY_SCHED(a_collector_that_refuses_connections_changes_no_request, 2),
-        KT_ENTRY_SCHED(a_collector_that_never_answers_changes_no_request, 2))
+        KT_ENTRY_SCHED(a_collector_that_never_answers_changes_no_request, 2),
+        KT_ENTRY_SCHED(a_stop_cuts_an_export_the_collector_never_answers_at_its_deadline, 2))

@@ -112,6 +112,62 @@ KT_CASE(a_child_span_continues_its_parents_trace_and_is_current_until_it_ends) {
   keel_trace_stop();
 }
 
+/* A span's first attributes live in its record (decision 0035); more of
+ * them, and strings too long for the record's arena, go to the heap, and
+ * every one keeps its key, value, lengths and order. A recycled record
+ * starts empty. */
+KT_CASE(attributes_beyond_the_records_room_keep_their_content_and_order) {
+  start_on(KEEL_SAMPLER_ALWAYS_ON);
+  enum { N = 40 };
+  char big[300];
+  memset(big, 'x', sizeof big - 1);
+  big[sizeof big - 1] = '\0';
+  for (int round = 0; round < 2; round++) {
+    keel_span sp;
+    CHECK_OK(keel_span_start(&sp, "many", KEEL_SPAN_INTERNAL, NULL));
+    for (int i = 0; i < N; i++) {
+      char key[16], val[16];
+      snprintf(key, sizeof key, "k%d", i);
+      snprintf(val, sizeof val, "v%d", i);
+      if (i % 3 == 2)
+        keel_span_set_int(&sp, key, i);
+      else
+        keel_span_set_str(&sp, key, i % 7 == 0 ? big : val);
+    }
+    keel_span_event(&sp, "e", KEEL_STR("long", big), KEEL_INT("n", 7));
+    keel_span_end(&sp);
+    size_t n;
+    keel__span_data **got = drain(&n);
+    CHECK_EQ(n, 1);
+    const keel__span_data *d = got[0];
+    CHECK_EQ(d->attrs.n, N);
+    CHECK_EQ(d->attrs.dropped, 0);
+    for (int i = 0; i < N; i++) {
+      const keel__tattr *a = &d->attrs.a[i];
+      char key[16], val[16];
+      snprintf(key, sizeof key, "k%d", i);
+      snprintf(val, sizeof val, "v%d", i);
+      CHECK_STR(a->key, key);
+      CHECK_EQ(a->klen, strlen(key));
+      if (i % 3 == 2) {
+        CHECK_EQ(a->type, KEEL__TA_INT);
+        CHECK_EQ(a->v.i, i);
+      } else {
+        const char *want = i % 7 == 0 ? big : val;
+        CHECK_EQ(a->type, KEEL__TA_STR);
+        CHECK_STR(a->v.s, want);
+        CHECK_EQ(a->vlen, strlen(want));
+      }
+    }
+    CHECK_EQ(d->nevents, 1);
+    CHECK_EQ(d->events[0].attrs.n, 2);
+    CHECK_STR(d->events[0].attrs.a[0].v.s, big);
+    CHECK_EQ(d->events[0].attrs.a[1].v.i, 7);
+    drain_free(got, n); /* back to the pool: the second round reuses the record */
+  }
+  keel_trace_stop();
+}
+
 static keel_span_ctx ctx_with(uint8_t flags, bool valid) {
   keel_span_ctx c = {.flags = flags, .valid = valid};
   c.trace_id[0] = 1;
@@ -604,6 +660,7 @@ KT_CASE(log_lines_inside_a_span_carry_its_trace_and_span_ids) {
 
 KT_MAIN(KT_ENTRY(traceparent_and_tracestate_parse_and_format_round_trip),
         KT_ENTRY(a_child_span_continues_its_parents_trace_and_is_current_until_it_ends),
+        KT_ENTRY(attributes_beyond_the_records_room_keep_their_content_and_order),
         KT_ENTRY(samplers_decide_as_opentelemetry_says),
         KT_ENTRY(sampler_variables_are_read_and_bad_values_name_the_variable),
         KT_ENTRY(an_unsampled_span_records_nothing_but_propagates),
