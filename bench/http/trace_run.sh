@@ -23,8 +23,9 @@ cleanup() { for p in "${pids[@]}"; do kill "$p" 2>/dev/null || true; done; rm -r
 trap cleanup EXIT
 
 here=$(cd "$(dirname "$0")" && pwd)
-free_port() { python3 -c 'import socket;s=socket.socket();s.bind(("127.0.0.1",0));print(s.getsockname()[1])'; }
-sink_port=$(free_port)
+# shellcheck source=../lib.sh
+. "$here/../lib.sh" # bench_free_port
+sink_port=$(bench_free_port)
 case ${SINK:-nginx} in
 nginx)
   user_line=
@@ -50,7 +51,7 @@ pids+=($!)
 for _ in $(seq 50); do curl -fs -o /dev/null -X POST --data x "http://127.0.0.1:$sink_port/v1/traces" && break; sleep 0.1; done
 
 round() { # $1: off|on -> req/s
-  local port; port=$(free_port)
+  local port; port=$(bench_free_port)
   local env=(PORT=$port HOST=127.0.0.1 LOG_FILE=$scratch/log KEEL_SCHEDULERS=1)
   [[ $1 == on ]] && env+=(OTEL_TRACES_SAMPLER=always_on
     OTEL_EXPORTER_OTLP_ENDPOINT=http://127.0.0.1:$sink_port OTEL_BSP_SCHEDULE_DELAY=1000)
