@@ -84,6 +84,8 @@ typedef struct es_req {
   keel_es_tx_fn tx_fn; /* ES_REQ_APPEND of keel_es_transact: run after the appends */
   void *tx_arg;
   bool tx_internal; /* keel's own transaction: its tables may be written */
+  bool lazy;        /* keel__es_transact_lazy: the commit need not reach the disk before the
+                       answer (SQLite: synchronous=NORMAL; PostgreSQL: synchronous_commit off) */
   double t0;        /* submission time (monotonic s), for the duration histogram */
   int64_t arg2;
   keel_span_ctx trace; /* ES_REQ_APPEND: the caller's span (valid false: none), which
@@ -133,6 +135,7 @@ struct keel_es {
   sqlite3_stmt *st_find_id, *st_stream, *st_insert, *st_upsert;
   /* the group commit's transaction control, prepared once (writer.c) */
   sqlite3_stmt *st_begin, *st_commit, *st_savepoint, *st_release, *st_rollback_to;
+  bool wlazy; /* the writer's connection is at synchronous=NORMAL for a lazy group (writer only) */
   /* keel_es_tx_exec's statements, kept prepared (tx.c; writer thread only) */
   struct es_stmt_cache *stc;
   /* the transaction whose statement the writer prepares now, NULL for the
@@ -286,6 +289,17 @@ void keel__es_tx_cache_free(keel_es *es);
  * subscriptions' checkpoints and dead letters), which the service's
  * transactions may not write on SQLite. */
 int keel__es_transact_internal(keel_es *es, keel_es_tx_fn fn, void *arg);
+/* append.c: keel__es_transact_internal whose commit is answered before it
+ * is on disk: SQLite runs it in a group of its own with synchronous=NORMAL
+ * (WAL: written to the OS, not fsync'd), PostgreSQL with synchronous_commit
+ * off. It survives a crash of the process (and, on SQLite, the OS keeps it);
+ * a crash of the machine (or of PostgreSQL's server) may lose it, and only
+ * it: the log is written in commit order and every durable commit makes
+ * every commit before it durable, so what a crash loses is a suffix of lazy
+ * commits. For writes whose loss only redoes work (the jobs' claims and
+ * completions, docs/decisions/0036); never for what a caller was told is
+ * stored. On a store opened with KEEL_ES_SYNC_NORMAL every commit is lazy. */
+int keel__es_transact_lazy(keel_es *es, keel_es_tx_fn fn, void *arg);
 
 /* ---- subscriptions (sub.c, subgroup.c) ------------------------------------------------- */
 

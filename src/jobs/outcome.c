@@ -201,7 +201,7 @@ static int lead(keel_jobs *j, jobs_done *me) {
   }
   if (!j->done_head) j->done_tail = NULL;
   pthread_mutex_unlock(&j->done_mu);
-  int rc = keel__es_transact_internal(j->es, batch_fn, &b);
+  int rc = keel__es_transact_lazy(j->es, batch_fn, &b);
   for (size_t i = 0; i < b.n; i++) {
     if (rc == 0) count(&b.v[i]->c);
     if (b.v[i] != me) answer(b.v[i]->pid, b.v[i]->ref, (done_answer){.rc = rc});

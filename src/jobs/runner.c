@@ -384,7 +384,7 @@ static void fetch_and_start(runner *rn) {
   if (a < n) n = a;
   if (n <= 0) return;
   fetch f = {.rn = rn, .n = n};
-  int rc = keel__es_transact_internal(rn->j->es, fetch_fn, &f);
+  int rc = keel__es_transact_lazy(rn->j->es, fetch_fn, &f);
   if (rc) {
     keel_log_warn(NULL, "jobs: fetching failed", KEEL_STR("queue", rn->q->q.name),
                   KEEL_STR("error", keel_err_name(rc)));
