@@ -300,6 +300,13 @@ int keel__es_transact_internal(keel_es *es, keel_es_tx_fn fn, void *arg);
  * completions, docs/decisions/0036); never for what a caller was told is
  * stored. On a store opened with KEEL_ES_SYNC_NORMAL every commit is lazy. */
 int keel__es_transact_lazy(keel_es *es, keel_es_tx_fn fn, void *arg);
+/* tx.c: one statement (keel's own, as keel_es_tx_exec takes it) in a lazy
+ * transaction of its own: on SQLite keel__es_transact_lazy's, on
+ * PostgreSQL one round trip (BEGIN, SET LOCAL synchronous_commit = off,
+ * the statement and COMMIT pipelined). rows (may be NULL) as
+ * keel_es_tx_exec's; errors as keel_es_transact's. */
+int keel__es_exec_lazy(keel_es *es, const char *sql, const char *const *params, size_t n,
+                       keel_es_rows *rows);
 
 /* ---- subscriptions (sub.c, subgroup.c) ------------------------------------------------- */
 
@@ -474,6 +481,19 @@ int keel__es_pg_connect(es_pg *pg, const char *url, es_pgconn **out);
  * KEEL_EIO (anything else; logged with the server's message and `what`). */
 int keel__es_pg_query(es_pg *pg, es_pgconn *c, const char *what, const char *sql, int nparams,
                       const char *const *params, PGresult **out);
+/* pg_conn.c: n statements sent at once in libpq's pipeline mode, one
+ * round trip for all (each with its parameters; no several-statement
+ * texts). *out gets the result of statement `want` (PQclear it). After the
+ * first error the server skips the rest; that error is the answer, as
+ * keel__es_pg_query's (an explicit transaction the statements began is then
+ * left aborted: the caller rolls it back). */
+typedef struct es_pgstmt {
+  const char *sql;
+  int nparams;
+  const char *const *params;
+} es_pgstmt;
+int keel__es_pg_pipeline(es_pg *pg, es_pgconn *c, const char *what, size_t n,
+                         const es_pgstmt *stmts, size_t want, PGresult **out);
 /* pg_conn.c: an empty query on an idle connection, waiting at most timeout_ms:
  * 0 when the server answered, KEEL_EIO or KEEL_ETIMEDOUT (c is then broken;
  * not logged: the pool replaces it). Call from a process. */

@@ -150,7 +150,7 @@ static void count(rec *c) {
  * process that completed queues its completion and, if no batch is being
  * recorded, leads one at once (a lone completion waits for nothing): it
  * takes every completion queued, up to DONE_BATCH_MAX, records them in one
- * transaction and one statement (each row fenced as alone, so each changes
+ * statement (its own lazy transaction) (each row fenced as alone, so each changes
  * its row or not as alone), answers each, and hands the leadership to the first
  * completion that queued meanwhile. Queued entries live on their
  * processes' stacks; each process holds its exits until it has its answer
@@ -193,10 +193,10 @@ static const char *const done_sql_sqlite =
     "AND keel_jobs.state = 'running' AND keel_jobs.attempt = v.attempt AND keel_jobs.instance = "
     "v.instance RETURNING keel_jobs.id";
 
-static int batch_fn(keel_es_tx *tx, void *arg) {
-  done_batch *b = arg;
-  if (b->n == 1) return record_in(tx, &b->v[0]->c);
-  keel_jobs *j = b->v[0]->c.j;
+/* Records the batch (each entry's changed set), in a lazy transaction: a
+ * completion lost with the machine only lets the job run again
+ * (docs/decisions/0036). */
+static int record_batch(keel_jobs *j, done_batch *b) {
   json_t *a = json_array();
   for (size_t i = 0; a && i < b->n; i++) {
     const rec *c = &b->v[i]->c;
@@ -212,8 +212,8 @@ static int batch_fn(keel_es_tx *tx, void *arg) {
   char now[24];
   keel__jobs_i64(now, keel__jobs_now(j));
   keel_es_rows rows = {0};
-  int rc = keel_es_tx_exec(tx, keel__jobs_pg(j) ? done_sql_pg : done_sql_sqlite,
-                           (const char *[]){now, list}, 2, &rows);
+  int rc = keel__es_exec_lazy(j->es, keel__jobs_pg(j) ? done_sql_pg : done_sql_sqlite,
+                              (const char *[]){now, list}, 2, &rows);
   free(list);
   for (size_t i = 0; i < b->n; i++) {
     rec *c = &b->v[i]->c;
@@ -243,7 +243,7 @@ static int lead(keel_jobs *j, jobs_done *me) {
   }
   if (!j->done_head) j->done_tail = NULL;
   pthread_mutex_unlock(&j->done_mu);
-  int rc = keel__es_transact_lazy(j->es, batch_fn, &b);
+  int rc = record_batch(j, &b);
   for (size_t i = 0; i < b.n; i++) {
     if (rc == 0) count(&b.v[i]->c);
     if (b.v[i] != me) answer(b.v[i]->pid, b.v[i]->ref, (done_answer){.rc = rc});

@@ -552,6 +552,41 @@ KT_CASE(a_lazy_commit_skips_its_own_sync_and_the_next_durable_one_syncs_again) {
   kt_store_close(&s);
 }
 
+KT_CASE(one_lazy_statement_commits_alone_and_a_failed_one_leaves_nothing) {
+  kt_store s;
+  keel_es *es = open_with_tables(&s);
+  keel_es_rows rows;
+  CHECK_OK(keel__es_exec_lazy(es, "INSERT INTO outbox (id, body) VALUES ($1, $2) RETURNING id",
+                              (const char *[]){"x1", "b"}, 2, &rows));
+  CHECK_EQ(rows.nrows, 1);
+  CHECK_EQ(rows.changed, 1);
+  CHECK_STR(keel_es_rows_get(&rows, 0, 0), "x1");
+  keel_es_rows_free(&rows);
+  /* a failed statement: its error, nothing stored, and the connection (the
+   * pool's, on PostgreSQL) serves the next one */
+  for (int i = 0; i < 3; i++) {
+    CHECK_EQ(keel__es_exec_lazy(es, "INSERT INTO outbox (id, body) VALUES ($1, 'c')",
+                                (const char *[]){"x1"}, 1, NULL),
+             KEEL_EEXIST);
+    CHECK_EQ(keel__es_exec_lazy(es, "INSERT INTO nowhere (id) VALUES ($1)", (const char *[]){"x1"},
+                                1, NULL) != 0,
+             1);
+  }
+  CHECK_OK(keel__es_exec_lazy(es, "UPDATE outbox SET body = $1 WHERE id = 'x1'",
+                              (const char *[]){"b2"}, 1, &rows));
+  CHECK_EQ(rows.changed, 1);
+  keel_es_rows_free(&rows);
+  CHECK_OK(keel__es_exec_lazy(es, kt_es_pg_url() ? "SHOW synchronous_commit" : "PRAGMA synchronous",
+                              NULL, 0, &rows));
+  CHECK_STR(keel_es_rows_get(&rows, 0, 0), kt_es_pg_url() ? "off" : "1");
+  keel_es_rows_free(&rows);
+  CHECK_OK(keel_es_query(es, "SELECT body FROM outbox", NULL, 0, &rows));
+  CHECK_EQ(rows.nrows, 1);
+  CHECK_STR(keel_es_rows_get(&rows, 0, 0), "b2");
+  keel_es_rows_free(&rows);
+  kt_store_close(&s);
+}
+
 KT_MAIN(KT_ENTRY(statements_bind_by_number_and_results_come_back_as_text),
         KT_ENTRY(one_statement_no_transaction_control_and_the_first_error_dooms_the_rest),
         KT_ENTRY(query_refuses_writes_on_sqlite),
@@ -559,5 +594,6 @@ KT_MAIN(KT_ENTRY(statements_bind_by_number_and_results_come_back_as_text),
         KT_ENTRY(a_statement_refused_to_a_service_stays_refused_after_keel_ran_the_same_text),
         KT_ENTRY(kept_statements_follow_schema_changes_and_any_number_of_texts),
         KT_ENTRY(a_lazy_commit_skips_its_own_sync_and_the_next_durable_one_syncs_again),
+        KT_ENTRY(one_lazy_statement_commits_alone_and_a_failed_one_leaves_nothing),
         KT_ENTRY_SCHED(many_processes_transacting_at_once_lose_no_update, 2),
         KT_ENTRY_SCHED(a_tx_lock_serialises_creates_and_read_then_write_across_connections, 2))
