@@ -307,6 +307,11 @@ int keel__es_transact_lazy(keel_es *es, keel_es_tx_fn fn, void *arg);
  * keel_es_tx_exec's; errors as keel_es_transact's. */
 int keel__es_exec_lazy(keel_es *es, const char *sql, const char *const *params, size_t n,
                        keel_es_rows *rows);
+/* tx.c: the same, durable (keel__es_transact_internal's commit); on
+ * PostgreSQL the statement alone in its implicit transaction, one round
+ * trip. */
+int keel__es_exec(keel_es *es, const char *sql, const char *const *params, size_t n,
+                  keel_es_rows *rows);
 
 /* ---- subscriptions (sub.c, subgroup.c) ------------------------------------------------- */
 

@@ -488,6 +488,33 @@ static int pg_exec_lazy(keel_es *es, const char *sql, const char *const *params,
   return rc;
 }
 
+/* PostgreSQL: the statement alone, its own implicit transaction, durable
+ * as any commit: one round trip where BEGIN and COMMIT made three */
+static int pg_exec_once(keel_es *es, const char *sql, const char *const *params, size_t n,
+                        keel_es_rows *rows) {
+  int held = keel_hold_exits(true); /* until the connection is back in the pool */
+  es_pgconn *c = NULL;
+  int rc = keel__es_pg_acquire(es, &c);
+  if (rc == 0) {
+    PGresult *res = NULL;
+    rc = keel__es_pg_query(es->pg, c, "keel's statement", sql, (int)n, params, &res);
+    if (rc == 0 && rows) rc = pg_rows(res, rows);
+    PQclear(res);
+    keel__es_pg_release(es, c);
+  }
+  if (held == 0) keel_hold_exits(false);
+  return rc;
+}
+
+int keel__es_exec(keel_es *es, const char *sql, const char *const *params, size_t n,
+                  keel_es_rows *rows) {
+  if (rows) memset(rows, 0, sizeof *rows);
+  if (!es || !sql || (n && !params)) return KEEL_EINVAL;
+  if (keel_es_backend(es) == KEEL_ES_POSTGRESQL) return pg_exec_once(es, sql, params, n, rows);
+  exec1 e = {.sql = sql, .params = params, .n = n, .rows = rows};
+  return keel__es_transact_internal(es, exec1_fn, &e);
+}
+
 int keel__es_exec_lazy(keel_es *es, const char *sql, const char *const *params, size_t n,
                        keel_es_rows *rows) {
   if (rows) memset(rows, 0, sizeof *rows);

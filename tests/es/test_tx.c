@@ -552,7 +552,7 @@ KT_CASE(a_lazy_commit_skips_its_own_sync_and_the_next_durable_one_syncs_again) {
   kt_store_close(&s);
 }
 
-KT_CASE(one_lazy_statement_commits_alone_and_a_failed_one_leaves_nothing) {
+KT_CASE(one_statement_commits_alone_lazy_or_not_and_a_failed_one_leaves_nothing) {
   kt_store s;
   keel_es *es = open_with_tables(&s);
   keel_es_rows rows;
@@ -580,8 +580,21 @@ KT_CASE(one_lazy_statement_commits_alone_and_a_failed_one_leaves_nothing) {
                               NULL, 0, &rows));
   CHECK_STR(keel_es_rows_get(&rows, 0, 0), kt_es_pg_url() ? "off" : "1");
   keel_es_rows_free(&rows);
-  CHECK_OK(keel_es_query(es, "SELECT body FROM outbox", NULL, 0, &rows));
-  CHECK_EQ(rows.nrows, 1);
+  /* keel__es_exec: the same, durable (SQLite's FULL; PostgreSQL's own level) */
+  CHECK_OK(keel__es_exec(es, "INSERT INTO outbox (id, body) VALUES ($1, 'd') RETURNING id",
+                         (const char *[]){"x2"}, 1, &rows));
+  CHECK_STR(keel_es_rows_get(&rows, 0, 0), "x2");
+  keel_es_rows_free(&rows);
+  CHECK_EQ(keel__es_exec(es, "INSERT INTO outbox (id, body) VALUES ($1, 'd')",
+                         (const char *[]){"x2"}, 1, NULL),
+           KEEL_EEXIST);
+  if (!kt_es_pg_url()) {
+    CHECK_OK(keel__es_exec(es, "PRAGMA synchronous", NULL, 0, &rows));
+    CHECK_STR(keel_es_rows_get(&rows, 0, 0), "2");
+    keel_es_rows_free(&rows);
+  }
+  CHECK_OK(keel_es_query(es, "SELECT body FROM outbox ORDER BY id", NULL, 0, &rows));
+  CHECK_EQ(rows.nrows, 2);
   CHECK_STR(keel_es_rows_get(&rows, 0, 0), "b2");
   keel_es_rows_free(&rows);
   kt_store_close(&s);
@@ -594,6 +607,6 @@ KT_MAIN(KT_ENTRY(statements_bind_by_number_and_results_come_back_as_text),
         KT_ENTRY(a_statement_refused_to_a_service_stays_refused_after_keel_ran_the_same_text),
         KT_ENTRY(kept_statements_follow_schema_changes_and_any_number_of_texts),
         KT_ENTRY(a_lazy_commit_skips_its_own_sync_and_the_next_durable_one_syncs_again),
-        KT_ENTRY(one_lazy_statement_commits_alone_and_a_failed_one_leaves_nothing),
+        KT_ENTRY(one_statement_commits_alone_lazy_or_not_and_a_failed_one_leaves_nothing),
         KT_ENTRY_SCHED(many_processes_transacting_at_once_lose_no_update, 2),
         KT_ENTRY_SCHED(a_tx_lock_serialises_creates_and_read_then_write_across_connections, 2))
