@@ -172,7 +172,7 @@ static int submit(keel_es *es, es_req *r, keel_msg_t **out) {
  * call's span (NULL: none), the parent fn's enqueues take. */
 static int transact_run(keel_es *es, const keel_es_append_req *reqs, size_t nreqs,
                         keel_es_append_result *results, size_t *failed, keel_es_tx_fn fn, void *arg,
-                        bool internal, const keel_span *sp) {
+                        bool internal, bool lazy, const keel_span *sp) {
   if (nreqs) memset(results, 0, nreqs * sizeof *results);
   es_req *r = keel__es_req_new(ES_REQ_APPEND, NULL);
   if (!r || (nreqs && !(r->streams = calloc(nreqs, sizeof *r->streams)))) {
@@ -183,6 +183,7 @@ static int transact_run(keel_es *es, const keel_es_append_req *reqs, size_t nreq
   r->tx_fn = fn;
   r->tx_arg = arg;
   r->tx_internal = internal;
+  r->lazy = lazy;
   /* fn's parent span (keel_jobs_enqueue_tx): this call's, else the caller's */
   const keel_span *cur = sp ? sp : keel_span_current();
   if (cur) r->trace = cur->ctx;
@@ -220,7 +221,7 @@ static int transact_run(keel_es *es, const keel_es_append_req *reqs, size_t nreq
  * append_multi, which needs at least one stream), inside the call's span. */
 static int transact(keel_es *es, const keel_es_append_req *reqs, size_t nreqs,
                     keel_es_append_result *results, size_t *failed, keel_es_tx_fn fn, void *arg,
-                    bool internal) {
+                    bool internal, bool lazy) {
   if (failed) *failed = 0;
   if (!es || (nreqs > 0 && (!reqs || !results)) || (nreqs == 0 && !fn)) return KEEL_EINVAL;
   /* keel's own transactions (checkpoints, the jobs' statements) make no span
@@ -228,7 +229,8 @@ static int transact(keel_es *es, const keel_es_append_req *reqs, size_t nreqs,
   keel_span sp;
   bool spanned = !internal && keel__es_span_begin(es, &sp, fn ? "transact" : "append",
                                                   nreqs == 1 ? reqs[0].stream : NULL);
-  int rc = transact_run(es, reqs, nreqs, results, failed, fn, arg, internal, spanned ? &sp : NULL);
+  int rc =
+      transact_run(es, reqs, nreqs, results, failed, fn, arg, internal, lazy, spanned ? &sp : NULL);
   int64_t events = 0;
   for (size_t i = 0; i < nreqs; i++)
     events += (int64_t)reqs[i].n;
@@ -239,16 +241,20 @@ static int transact(keel_es *es, const keel_es_append_req *reqs, size_t nreqs,
 int keel_es_append_multi(keel_es *es, const keel_es_append_req *reqs, size_t nreqs,
                          keel_es_append_result *results, size_t *failed) {
   if (nreqs == 0) return KEEL_EINVAL;
-  return transact(es, reqs, nreqs, results, failed, NULL, NULL, false);
+  return transact(es, reqs, nreqs, results, failed, NULL, NULL, false, false);
 }
 
 int keel_es_transact(keel_es *es, const keel_es_append_req *reqs, size_t nreqs,
                      keel_es_append_result *results, size_t *failed, keel_es_tx_fn fn, void *arg) {
-  return transact(es, reqs, nreqs, results, failed, fn, arg, false);
+  return transact(es, reqs, nreqs, results, failed, fn, arg, false, false);
 }
 
 int keel__es_transact_internal(keel_es *es, keel_es_tx_fn fn, void *arg) {
-  return transact(es, NULL, 0, NULL, NULL, fn, arg, true);
+  return transact(es, NULL, 0, NULL, NULL, fn, arg, true, false);
+}
+
+int keel__es_transact_lazy(keel_es *es, keel_es_tx_fn fn, void *arg) {
+  return transact(es, NULL, 0, NULL, NULL, fn, arg, true, true);
 }
 
 int keel_es_append(keel_es *es, const char *stream, int64_t expected,

@@ -84,6 +84,8 @@ typedef struct es_req {
   keel_es_tx_fn tx_fn; /* ES_REQ_APPEND of keel_es_transact: run after the appends */
   void *tx_arg;
   bool tx_internal; /* keel's own transaction: its tables may be written */
+  bool lazy;        /* keel__es_transact_lazy: the commit need not reach the disk before the
+                       answer (SQLite: synchronous=NORMAL; PostgreSQL: synchronous_commit off) */
   double t0;        /* submission time (monotonic s), for the duration histogram */
   int64_t arg2;
   keel_span_ctx trace; /* ES_REQ_APPEND: the caller's span (valid false: none), which
@@ -133,6 +135,7 @@ struct keel_es {
   sqlite3_stmt *st_find_id, *st_stream, *st_insert, *st_upsert;
   /* the group commit's transaction control, prepared once (writer.c) */
   sqlite3_stmt *st_begin, *st_commit, *st_savepoint, *st_release, *st_rollback_to;
+  bool wlazy; /* the writer's connection is at synchronous=NORMAL for a lazy group (writer only) */
   /* keel_es_tx_exec's statements, kept prepared (tx.c; writer thread only) */
   struct es_stmt_cache *stc;
   /* the transaction whose statement the writer prepares now, NULL for the
@@ -286,6 +289,29 @@ void keel__es_tx_cache_free(keel_es *es);
  * subscriptions' checkpoints and dead letters), which the service's
  * transactions may not write on SQLite. */
 int keel__es_transact_internal(keel_es *es, keel_es_tx_fn fn, void *arg);
+/* append.c: keel__es_transact_internal whose commit is answered before it
+ * is on disk: SQLite runs it in a group of its own with synchronous=NORMAL
+ * (WAL: written to the OS, not fsync'd), PostgreSQL with synchronous_commit
+ * off. It survives a crash of the process (and, on SQLite, the OS keeps it);
+ * a crash of the machine (or of PostgreSQL's server) may lose it, and only
+ * it: the log is written in commit order and every durable commit makes
+ * every commit before it durable, so what a crash loses is a suffix of lazy
+ * commits. For writes whose loss only redoes work (the jobs' claims and
+ * completions, docs/decisions/0036); never for what a caller was told is
+ * stored. On a store opened with KEEL_ES_SYNC_NORMAL every commit is lazy. */
+int keel__es_transact_lazy(keel_es *es, keel_es_tx_fn fn, void *arg);
+/* tx.c: one statement (keel's own, as keel_es_tx_exec takes it) in a lazy
+ * transaction of its own: on SQLite keel__es_transact_lazy's, on
+ * PostgreSQL one round trip (BEGIN, SET LOCAL synchronous_commit = off,
+ * the statement and COMMIT pipelined). rows (may be NULL) as
+ * keel_es_tx_exec's; errors as keel_es_transact's. */
+int keel__es_exec_lazy(keel_es *es, const char *sql, const char *const *params, size_t n,
+                       keel_es_rows *rows);
+/* tx.c: the same, durable (keel__es_transact_internal's commit); on
+ * PostgreSQL the statement alone in its implicit transaction, one round
+ * trip. */
+int keel__es_exec(keel_es *es, const char *sql, const char *const *params, size_t n,
+                  keel_es_rows *rows);
 
 /* ---- subscriptions (sub.c, subgroup.c) ------------------------------------------------- */
 
@@ -465,6 +491,19 @@ int keel__es_pg_connect(es_pg *pg, const char *url, es_pgconn **out);
  * KEEL_EIO (anything else; logged with the server's message and `what`). */
 int keel__es_pg_query(es_pg *pg, es_pgconn *c, const char *what, const char *sql, int nparams,
                       const char *const *params, PGresult **out);
+/* pg_conn.c: n statements sent at once in libpq's pipeline mode, one
+ * round trip for all (each with its parameters; no several-statement
+ * texts). *out gets the result of statement `want` (PQclear it). After the
+ * first error the server skips the rest; that error is the answer, as
+ * keel__es_pg_query's (an explicit transaction the statements began is then
+ * left aborted: the caller rolls it back). */
+typedef struct es_pgstmt {
+  const char *sql;
+  int nparams;
+  const char *const *params;
+} es_pgstmt;
+int keel__es_pg_pipeline(es_pg *pg, es_pgconn *c, const char *what, size_t n,
+                         const es_pgstmt *stmts, size_t want, PGresult **out);
 /* pg_conn.c: an empty query on an idle connection, waiting at most timeout_ms:
  * 0 when the server answered, KEEL_EIO or KEEL_ETIMEDOUT (c is then broken;
  * not logged: the pool replaces it). Call from a process. */

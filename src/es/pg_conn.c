@@ -153,6 +153,83 @@ int keel__es_pg_query(es_pg *pg, es_pgconn *c, const char *what, const char *sql
   return 0;
 }
 
+/* ---- several statements, one round trip ---------------------------------------- */
+
+/* Waits until c has a whole result to give (PQgetResult then does not block). */
+static int await_result(es_pg *pg, es_pgconn *c) {
+  while (PQisBusy(c->conn)) {
+    int rc = wait_sock(pg, c, KEEL_READABLE, NULL);
+    if (rc != 0 || !PQconsumeInput(c->conn))
+      return rc == KEEL_ETIMEDOUT ? KEEL_ETIMEDOUT : KEEL_EIO;
+  }
+  return 0;
+}
+
+int keel__es_pg_pipeline(es_pg *pg, es_pgconn *c, const char *what, size_t n,
+                         const es_pgstmt *stmts, size_t want, PGresult **out) {
+  *out = NULL;
+  if (c->broken) return KEEL_EIO;
+  if (!PQenterPipelineMode(c->conn)) return broken(c, what, KEEL_EIO);
+  for (size_t i = 0; i < n; i++)
+    if (!PQsendQueryParams(c->conn, stmts[i].sql, stmts[i].nparams, NULL, stmts[i].params, NULL,
+                           NULL, 0))
+      return broken(c, what, KEEL_EIO);
+  if (!PQpipelineSync(c->conn)) return broken(c, what, KEEL_EIO);
+  int rc, rev;
+  for (;;) {
+    int f = PQflush(c->conn);
+    if (f == 0) break;
+    if (f < 0) return broken(c, what, KEEL_EIO);
+    if ((rc = wait_sock(pg, c, KEEL_READABLE | KEEL_WRITABLE, &rev)) != 0)
+      return broken(c, what, rc == KEEL_ETIMEDOUT ? KEEL_ETIMEDOUT : KEEL_EIO);
+    if ((rev & KEEL_READABLE) && !PQconsumeInput(c->conn)) return broken(c, what, KEEL_EIO);
+  }
+  /* each statement's results end with a NULL; after an error the server
+   * skips the rest (PGRES_PIPELINE_ABORTED each) up to the sync */
+  PGresult *res = NULL, *err = NULL;
+  for (size_t i = 0; i < n; i++) {
+    for (;;) {
+      if ((rc = await_result(pg, c)) != 0) {
+        PQclear(res);
+        PQclear(err);
+        return broken(c, what, rc);
+      }
+      PGresult *r = PQgetResult(c->conn);
+      if (!r) break;
+      ExecStatusType st = PQresultStatus(r);
+      if ((st == PGRES_COMMAND_OK || st == PGRES_TUPLES_OK) && i == want && !res)
+        res = r;
+      else if (st == PGRES_FATAL_ERROR && !err)
+        err = r;
+      else
+        PQclear(r);
+    }
+  }
+  PGresult *sync = NULL;
+  if ((rc = await_result(pg, c)) == 0) sync = PQgetResult(c->conn);
+  bool synced = sync && PQresultStatus(sync) == PGRES_PIPELINE_SYNC;
+  PQclear(sync);
+  if (!synced || !PQexitPipelineMode(c->conn)) {
+    PQclear(res);
+    PQclear(err);
+    return broken(c, what, rc ? rc : KEEL_EIO);
+  }
+  if (err) {
+    PQclear(res);
+    const char *state = PQresultErrorField(err, PG_DIAG_SQLSTATE);
+    const char *msg = PQresultErrorField(err, PG_DIAG_MESSAGE_PRIMARY);
+    snprintf(c->sqlstate, sizeof c->sqlstate, "%s", state ? state : "");
+    snprintf(c->errmsg, sizeof c->errmsg, "%s", msg ? msg : "");
+    rc = map_error(err, what);
+    PQclear(err);
+    if (PQstatus(c->conn) != CONNECTION_OK) c->broken = true;
+    return rc;
+  }
+  if (!res) return broken(c, what, KEEL_EIO);
+  *out = res;
+  return 0;
+}
+
 /* ---- checks on an idle connection (the pool's) ------------------------------ */
 
 bool keel__es_pg_idle_input(es_pgconn *c) {

@@ -307,6 +307,9 @@ static int do_append(keel_es *es, es_pgconn *c, const es_req *r, es_reply *rep) 
 static const char *begin_of(const es_req *r) {
   switch (r->kind) {
   case ES_REQ_APPEND:
+    /* lazy (keel__es_transact_lazy): the commit returns before its WAL is
+     * flushed; sent with the BEGIN, no round trip of its own */
+    return r->lazy ? "BEGIN; SET LOCAL synchronous_commit = off" : "BEGIN";
   case ES_REQ_DELETE: return "BEGIN";
   case ES_REQ_HARD_DELETE: return "BEGIN; SELECT set_config('keel.hard_delete', 'on', true)";
   default: return NULL;

@@ -144,9 +144,9 @@ static bool is_tx_control(const char *sql) {
       break;
     }
   }
-  static const char *const words[] = {"BEGIN",   "COMMIT",  "ROLLBACK", "SAVEPOINT", "RELEASE",
-                                      "END",     "START",   "ABORT",    "PREPARE",   "VACUUM",
-                                      "ATTACH",  "DETACH"};
+  static const char *const words[] = {"BEGIN",   "COMMIT", "ROLLBACK", "SAVEPOINT",
+                                      "RELEASE", "END",    "START",    "ABORT",
+                                      "PREPARE", "VACUUM", "ATTACH",   "DETACH"};
   size_t n = 0;
   while (isalpha((unsigned char)p[n]))
     n++;
@@ -408,6 +408,8 @@ static int sq_exec(keel_es_tx *tx, sqlite3 *db, bool readonly, const char *sql,
 
 /* ---- PostgreSQL ---------------------------------------------------------------------- */
 
+static int pg_rows(PGresult *res, keel_es_rows *rows);
+
 static int pg_exec(keel_es *es, keel_es_tx *tx, es_pgconn *c, const char *sql,
                    const char *const *params, size_t n, keel_es_rows *rows) {
   c->sqlstate[0] = c->errmsg[0] = 0;
@@ -416,33 +418,110 @@ static int pg_exec(keel_es *es, keel_es_tx *tx, es_pgconn *c, const char *sql,
   if (rc) {
     /* syntax errors and undefined names (class 42), and parameters that do
      * not match the statement (08P01 at bind), are the caller's */
-    if (rc == KEEL_EIO &&
-        (strncmp(c->sqlstate, "42", 2) == 0 || strcmp(c->sqlstate, "08P01") == 0))
+    if (rc == KEEL_EIO && (strncmp(c->sqlstate, "42", 2) == 0 || strcmp(c->sqlstate, "08P01") == 0))
       rc = KEEL_EINVAL;
     set_error(tx, rc, c->errmsg[0] ? c->errmsg : "the connection failed");
     return rc;
   }
-  if (rows) {
-    memset(rows, 0, sizeof *rows);
-    size_t nr = (size_t)PQntuples(res), nc = (size_t)PQnfields(res);
-    rows_build b = {0};
-    for (size_t k = 0; k < nc; k++) {
-      const char *name = PQfname(res, (int)k);
-      rb_add(&b, name, strlen(name));
-    }
-    for (size_t r = 0; r < nr; r++)
-      for (size_t k = 0; k < nc; k++)
-        rb_add(&b, PQgetisnull(res, (int)r, (int)k) ? NULL : PQgetvalue(res, (int)r, (int)k),
-               (size_t)PQgetlength(res, (int)r, (int)k));
-    /* PQcmdTuples counts a SELECT's rows too; SQLite's changes do not */
-    const char *cmd = PQcmdStatus(res);
-    if (strncmp(cmd, "INSERT", 6) == 0 || strncmp(cmd, "UPDATE", 6) == 0 ||
-        strncmp(cmd, "DELETE", 6) == 0 || strncmp(cmd, "MERGE", 5) == 0)
-      rows->changed = strtoll(PQcmdTuples(res), NULL, 10);
-    rc = rb_finish(&b, nc, rows);
-  }
+  if (rows) rc = pg_rows(res, rows);
   PQclear(res);
   return rc;
+}
+
+/* A PostgreSQL result as keel_es_rows (texts copied; 0 or KEEL_ENOMEM). */
+static int pg_rows(PGresult *res, keel_es_rows *rows) {
+  memset(rows, 0, sizeof *rows);
+  size_t nr = (size_t)PQntuples(res), nc = (size_t)PQnfields(res);
+  rows_build b = {0};
+  for (size_t k = 0; k < nc; k++) {
+    const char *name = PQfname(res, (int)k);
+    rb_add(&b, name, strlen(name));
+  }
+  for (size_t r = 0; r < nr; r++)
+    for (size_t k = 0; k < nc; k++)
+      rb_add(&b, PQgetisnull(res, (int)r, (int)k) ? NULL : PQgetvalue(res, (int)r, (int)k),
+             (size_t)PQgetlength(res, (int)r, (int)k));
+  /* PQcmdTuples counts a SELECT's rows too; SQLite's changes do not */
+  const char *cmd = PQcmdStatus(res);
+  if (strncmp(cmd, "INSERT", 6) == 0 || strncmp(cmd, "UPDATE", 6) == 0 ||
+      strncmp(cmd, "DELETE", 6) == 0 || strncmp(cmd, "MERGE", 5) == 0)
+    rows->changed = strtoll(PQcmdTuples(res), NULL, 10);
+  return rb_finish(&b, nc, rows);
+}
+
+/* ---- one statement, a lazy transaction of its own ------------------------------------ */
+
+typedef struct exec1 {
+  const char *sql;
+  const char *const *params;
+  size_t n;
+  keel_es_rows *rows;
+} exec1;
+
+static int exec1_fn(keel_es_tx *tx, void *arg) {
+  exec1 *e = arg;
+  return keel_es_tx_exec(tx, e->sql, e->params, e->n, e->rows);
+}
+
+/* PostgreSQL: BEGIN, the lazy level, the statement and COMMIT go in one
+ * pipeline, one round trip where a transaction took three (BEGIN, the
+ * statement, COMMIT) */
+static int pg_exec_lazy(keel_es *es, const char *sql, const char *const *params, size_t n,
+                        keel_es_rows *rows) {
+  int held = keel_hold_exits(true); /* until the connection is back in the pool */
+  es_pgconn *c = NULL;
+  int rc = keel__es_pg_acquire(es, &c);
+  if (rc == 0) {
+    const es_pgstmt st[] = {{"BEGIN", 0, NULL},
+                            {"SET LOCAL synchronous_commit = off", 0, NULL},
+                            {sql, (int)n, params},
+                            {"COMMIT", 0, NULL}};
+    PGresult *res = NULL;
+    rc = keel__es_pg_pipeline(es->pg, c, "keel's statement", 4, st, 2, &res);
+    if (rc == 0 && rows) rc = pg_rows(res, rows);
+    PQclear(res);
+    if (rc != 0 && !c->broken && PQtransactionStatus(c->conn) != PQTRANS_IDLE)
+      keel__es_pg_query(es->pg, c, "rolling back", "ROLLBACK", -1, NULL, NULL);
+    keel__es_pg_release(es, c);
+  }
+  if (held == 0) keel_hold_exits(false);
+  return rc;
+}
+
+/* PostgreSQL: the statement alone, its own implicit transaction, durable
+ * as any commit: one round trip where BEGIN and COMMIT made three */
+static int pg_exec_once(keel_es *es, const char *sql, const char *const *params, size_t n,
+                        keel_es_rows *rows) {
+  int held = keel_hold_exits(true); /* until the connection is back in the pool */
+  es_pgconn *c = NULL;
+  int rc = keel__es_pg_acquire(es, &c);
+  if (rc == 0) {
+    PGresult *res = NULL;
+    rc = keel__es_pg_query(es->pg, c, "keel's statement", sql, (int)n, params, &res);
+    if (rc == 0 && rows) rc = pg_rows(res, rows);
+    PQclear(res);
+    keel__es_pg_release(es, c);
+  }
+  if (held == 0) keel_hold_exits(false);
+  return rc;
+}
+
+int keel__es_exec(keel_es *es, const char *sql, const char *const *params, size_t n,
+                  keel_es_rows *rows) {
+  if (rows) memset(rows, 0, sizeof *rows);
+  if (!es || !sql || (n && !params)) return KEEL_EINVAL;
+  if (keel_es_backend(es) == KEEL_ES_POSTGRESQL) return pg_exec_once(es, sql, params, n, rows);
+  exec1 e = {.sql = sql, .params = params, .n = n, .rows = rows};
+  return keel__es_transact_internal(es, exec1_fn, &e);
+}
+
+int keel__es_exec_lazy(keel_es *es, const char *sql, const char *const *params, size_t n,
+                       keel_es_rows *rows) {
+  if (rows) memset(rows, 0, sizeof *rows);
+  if (!es || !sql || (n && !params)) return KEEL_EINVAL;
+  if (keel_es_backend(es) == KEEL_ES_POSTGRESQL) return pg_exec_lazy(es, sql, params, n, rows);
+  exec1 e = {.sql = sql, .params = params, .n = n, .rows = rows};
+  return keel__es_transact_lazy(es, exec1_fn, &e);
 }
 
 /* ---- statements in a transaction --------------------------------------------------- */
@@ -465,9 +544,10 @@ int keel_es_tx_lock(keel_es_tx *tx, const char *key) {
   if (tx->failed) return KEEL_ESTATE;
   if (tx->db) return 0;
   /* 1801808237: the service's keys (the store's own migrations use 1801808235) */
-  return pg_exec(tx->es, tx, tx->pc,
-                 "SELECT pg_advisory_xact_lock(1801808237, hashtext(current_schema() || '/' || $1))",
-                 (const char *[]){key}, 1, NULL);
+  return pg_exec(
+      tx->es, tx, tx->pc,
+      "SELECT pg_advisory_xact_lock(1801808237, hashtext(current_schema() || '/' || $1))",
+      (const char *[]){key}, 1, NULL);
 }
 
 const char *keel_es_tx_error(const keel_es_tx *tx) {

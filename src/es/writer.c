@@ -27,6 +27,18 @@
  * position order is commit order, and a reader's snapshot holds a prefix of
  * it. That is why read_all never skips on SQLite without any extra device.
  *
+ * Lazy requests (keel__es_transact_lazy: the jobs' claims and completions)
+ * need no fsync of their own. The thread takes them out of the group it
+ * took, in their order, and commits them first, in a transaction of their
+ * own with synchronous=NORMAL (WAL: written to the OS, not fsync'd), then
+ * the durable rest with synchronous=FULL as before. Moving them ahead of
+ * durable requests queued before them is safe: every request in the queue
+ * is a different process's, still waiting, so no caller has seen any of
+ * them happen. A lazy request thus does not wait for the durable group's
+ * fsync, and the durable group's fsync makes the lazy commit before it
+ * durable too (the WAL is written in commit order). On a store opened with
+ * KEEL_ES_SYNC_NORMAL every group is lazy and nothing is split.
+ *
  * After each commit that stored events the thread wakes the processes
  * waiting in keel_es_wait for a position below them (notify.c).
  *
@@ -403,11 +415,11 @@ static void wake_waiters(keel_es *es, es_req *group, keel_msg_t **msgs) {
  * whole transaction back instead. The savepoint's statements cost as much
  * as a small request, and while one is open SQLite copies each page the
  * request changes into its sub-journal. */
-static void run_group(keel_es *es, es_req *group, size_t nreq) {
+static void run_group(keel_es *es, es_req *group, size_t nreq, int rc0) {
   keel_msg_t **msgs = calloc(nreq, sizeof *msgs);
   int64_t now = keel__es_unix_ms();
   size_t i = 0, nappends = 0;
-  int rc = msgs ? run_ctl(es, es->st_begin) : KEEL_ENOMEM;
+  int rc = !msgs ? KEEL_ENOMEM : rc0 ? rc0 : run_ctl(es, es->st_begin);
   bool broken = rc != 0, savepoints = nreq > 1, undo = false;
   for (es_req *r = group; r; r = r->next, i++) {
     keel_msg_t *m = msgs ? (msgs[i] = new_reply(r->nstreams)) : NULL;
@@ -468,6 +480,51 @@ static void run_group(keel_es *es, es_req *group, size_t nreq) {
   free(msgs);
 }
 
+/* The writer connection's synchronous level: lazy (NORMAL) or the store's
+ * FULL. Switched only between transactions, and only when it changes. Not
+ * a kept statement: PRAGMA synchronous takes effect when it is prepared,
+ * and stepping a kept one again does nothing. */
+static int set_lazy(keel_es *es, bool lazy) {
+  if (es->wlazy == lazy) return 0;
+  const char *sql = lazy ? "PRAGMA synchronous = NORMAL" : "PRAGMA synchronous = FULL";
+  int src = sqlite3_exec(es->wdb, sql, NULL, NULL, NULL);
+  if (src != SQLITE_OK) return keel__es_sqlite_error(es->wdb, src, sql);
+  es->wlazy = lazy;
+  return 0;
+}
+
+/* Runs a group taken from the queue: its lazy requests first, in a commit
+ * without fsync of their own, then the durable rest (the file's opening
+ * says why the order may change). A durable group never runs below FULL:
+ * if the level cannot be raised back, it fails with that error instead. */
+static void run_groups(keel_es *es, es_req *group, size_t nreq) {
+  if (es->sync != KEEL_ES_SYNC_FULL) {
+    run_group(es, group, nreq, 0);
+    return;
+  }
+  es_req *lazy = NULL, **lt = &lazy, *durable = NULL, **dt = &durable;
+  size_t nl = 0;
+  for (es_req *r = group, *next; r; r = next) {
+    next = r->next;
+    r->next = NULL;
+    if (r->lazy) {
+      *lt = r;
+      lt = &r->next;
+      nl++;
+    } else {
+      *dt = r;
+      dt = &r->next;
+    }
+  }
+  if (lazy) {
+    /* not lowered: it runs durable, which is only slower */
+    if (set_lazy(es, true) != 0)
+      keel_log_warn(NULL, "event store: could not lower synchronous for a lazy commit");
+    run_group(es, lazy, nl, 0);
+  }
+  if (durable) run_group(es, durable, nreq - nl, set_lazy(es, false));
+}
+
 static void *writer_main(void *arg) {
   keel_es *es = arg;
   for (;;) {
@@ -496,7 +553,7 @@ static void *writer_main(void *arg) {
       group->fn(es->wdb, group->fn_arg);
       finish(es, group, new_reply(0));
     } else {
-      run_group(es, group, nreq);
+      run_groups(es, group, nreq);
     }
   }
   return NULL;

@@ -101,9 +101,17 @@ static int find_unique(keel_es_tx *tx, enc *e) {
   return rc;
 }
 
-static int insert(keel_es_tx *tx, enc *e) {
-  int rc = e->unique_key ? find_unique(tx, e) : 0;
-  if (rc || e->duplicate) return rc;
+static const char *const insert_sql =
+    "INSERT INTO keel_jobs (queue, worker, args, state, priority, attempt, "
+    "max_attempts, run_at, inserted_at, errors, tags, unique_key, unique_until, "
+    "traceparent) "
+    "VALUES ($1, $2, $3, 'available', CAST($4 AS INTEGER), 0, "
+    "CAST($5 AS INTEGER), CAST($6 AS BIGINT), CAST($7 AS BIGINT), '[]', $8, $9, "
+    "CAST($10 AS BIGINT), $11) RETURNING id";
+
+/* The insert alone: tx NULL runs it as a transaction of its own (a job that
+ * is not unique needs no other statement: one round trip on PostgreSQL). */
+static int insert_row(keel_es_tx *tx, enc *e) {
   keel_es_rows rows = {0};
   const char *params[] = {e->queue,
                           e->worker,
@@ -116,17 +124,18 @@ static int insert(keel_es_tx *tx, enc *e) {
                           e->unique_key,
                           e->has_until ? e->unique_until : NULL,
                           e->traceparent[0] ? e->traceparent : NULL};
-  rc = keel_es_tx_exec(tx,
-                       "INSERT INTO keel_jobs (queue, worker, args, state, priority, attempt, "
-                       "max_attempts, run_at, inserted_at, errors, tags, unique_key, unique_until, "
-                       "traceparent) "
-                       "VALUES ($1, $2, $3, 'available', CAST($4 AS INTEGER), 0, "
-                       "CAST($5 AS INTEGER), CAST($6 AS BIGINT), CAST($7 AS BIGINT), '[]', $8, $9, "
-                       "CAST($10 AS BIGINT), $11) RETURNING id",
-                       params, 11, &rows);
+  int rc = tx ? keel_es_tx_exec(tx, insert_sql, params, 11, &rows)
+              : keel__es_exec(e->j->es, insert_sql, params, 11, &rows);
+  if (rc == 0 && rows.nrows != 1) rc = KEEL_EIO;
   if (rc == 0) e->id = keel__jobs_atoi(keel_es_rows_get(&rows, 0, 0));
   keel_es_rows_free(&rows);
   return rc;
+}
+
+static int insert(keel_es_tx *tx, enc *e) {
+  int rc = e->unique_key ? find_unique(tx, e) : 0;
+  if (rc || e->duplicate) return rc;
+  return insert_row(tx, e);
 }
 
 static int insert_fn(keel_es_tx *tx, void *arg) {
@@ -146,7 +155,8 @@ int keel_jobs_enqueue(keel_jobs *j, const keel_job_new *n, int64_t *id, bool *du
   int rc = encode(j, n, &e);
   keel_span sp;
   bool spanned = rc == 0 && keel__jobs_span_send(&sp, NULL, e.queue, e.worker, e.traceparent);
-  if (rc == 0) rc = keel__es_transact_internal(j->es, insert_fn, &e);
+  if (rc == 0)
+    rc = e.unique_key ? keel__es_transact_internal(j->es, insert_fn, &e) : insert_row(NULL, &e);
   keel__jobs_span_sent(&sp, spanned, rc, e.id, e.duplicate);
   if (rc == 0) {
     done(&e, id, duplicate);

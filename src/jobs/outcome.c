@@ -150,8 +150,8 @@ static void count(rec *c) {
  * process that completed queues its completion and, if no batch is being
  * recorded, leads one at once (a lone completion waits for nothing): it
  * takes every completion queued, up to DONE_BATCH_MAX, records them in one
- * transaction (each its own fenced UPDATE, so each changes its row or not
- * as alone), answers each, and hands the leadership to the first
+ * statement (its own lazy transaction) (each row fenced as alone, so each changes
+ * its row or not as alone), answers each, and hands the leadership to the first
  * completion that queued meanwhile. Queued entries live on their
  * processes' stacks; each process holds its exits until it has its answer
  * (a kill then waits for it), so no entry goes away while queued. */
@@ -175,13 +175,55 @@ typedef struct done_batch {
   size_t n;
 } done_batch;
 
-static int batch_fn(keel_es_tx *tx, void *arg) {
-  done_batch *b = arg;
-  for (size_t i = 0; i < b->n; i++) {
-    int rc = record_in(tx, &b->v[i]->c);
-    if (rc) return rc;
+/* The batch's completions in one statement (one round trip on
+ * PostgreSQL, where a statement per completion cost one each): $1 the time,
+ * $2 a JSON array of [id, attempt, instance], one per completion. Each row
+ * is fenced as record_in's UPDATE is, and RETURNING says which rows
+ * changed: the others were cancelled, rescued or retried meanwhile. */
+static const char *const done_sql_pg =
+    "UPDATE keel_jobs SET state = 'completed', finished_at = CAST($1 AS BIGINT) FROM (SELECT "
+    "CAST(x->>0 AS BIGINT) AS id, CAST(x->>1 AS INTEGER) AS attempt, x->>2 AS instance FROM "
+    "json_array_elements(CAST($2 AS json)) AS x) AS v WHERE keel_jobs.id = v.id AND "
+    "keel_jobs.state = 'running' AND keel_jobs.attempt = v.attempt AND keel_jobs.instance = "
+    "v.instance RETURNING keel_jobs.id";
+static const char *const done_sql_sqlite =
+    "UPDATE keel_jobs SET state = 'completed', finished_at = CAST($1 AS BIGINT) FROM (SELECT "
+    "json_extract(value, '$[0]') AS id, json_extract(value, '$[1]') AS attempt, "
+    "json_extract(value, '$[2]') AS instance FROM json_each($2)) AS v WHERE keel_jobs.id = v.id "
+    "AND keel_jobs.state = 'running' AND keel_jobs.attempt = v.attempt AND keel_jobs.instance = "
+    "v.instance RETURNING keel_jobs.id";
+
+/* Records the batch (each entry's changed set), in a lazy transaction: a
+ * completion lost with the machine only lets the job run again
+ * (docs/decisions/0036). */
+static int record_batch(keel_jobs *j, done_batch *b) {
+  json_t *a = json_array();
+  for (size_t i = 0; a && i < b->n; i++) {
+    const rec *c = &b->v[i]->c;
+    if (json_array_append_new(
+            a, json_pack("[I,i,s]", (json_int_t)c->r->id, c->r->attempt, c->instance)) != 0) {
+      json_decref(a);
+      a = NULL;
+    }
   }
-  return 0;
+  char *list = a ? json_dumps(a, JSON_COMPACT) : NULL;
+  json_decref(a);
+  if (!list) return KEEL_ENOMEM;
+  char now[24];
+  keel__jobs_i64(now, keel__jobs_now(j));
+  keel_es_rows rows = {0};
+  int rc = keel__es_exec_lazy(j->es, keel__jobs_pg(j) ? done_sql_pg : done_sql_sqlite,
+                              (const char *[]){now, list}, 2, &rows);
+  free(list);
+  for (size_t i = 0; i < b->n; i++) {
+    rec *c = &b->v[i]->c;
+    c->discarded = false;
+    c->changed = 0;
+    for (size_t k = 0; rc == 0 && k < rows.nrows && !c->changed; k++)
+      c->changed = keel__jobs_atoi(keel_es_rows_get(&rows, k, 0)) == c->r->id;
+  }
+  keel_es_rows_free(&rows);
+  return rc;
 }
 
 static void answer(keel_pid_t pid, keel_ref_t ref, done_answer a) {
@@ -201,7 +243,7 @@ static int lead(keel_jobs *j, jobs_done *me) {
   }
   if (!j->done_head) j->done_tail = NULL;
   pthread_mutex_unlock(&j->done_mu);
-  int rc = keel__es_transact_internal(j->es, batch_fn, &b);
+  int rc = record_batch(j, &b);
   for (size_t i = 0; i < b.n; i++) {
     if (rc == 0) count(&b.v[i]->c);
     if (b.v[i] != me) answer(b.v[i]->pid, b.v[i]->ref, (done_answer){.rc = rc});

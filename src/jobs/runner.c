@@ -323,8 +323,10 @@ char *keel__jobs_fetch_sql(const keel_jobs *j) {
   return sql;
 }
 
-static int fetch_fn(keel_es_tx *tx, void *arg) {
-  fetch *f = arg;
+/* The claim: one statement, lazy (no fsync of its own: a claim lost with
+ * the machine only lets the job run again, docs/decisions/0036), one round
+ * trip on PostgreSQL. */
+static int claim(fetch *f) {
   keel_jobs *j = f->rn->j;
   size_t nw = j->o.nworkers, np = 5 + 2 * nw;
   const char **p = calloc(np, sizeof *p);
@@ -346,7 +348,7 @@ static int fetch_fn(keel_es_tx *tx, void *arg) {
     p[6 + 2 * i] = t == KEEL_INFINITY ? NULL : allow[i];
   }
   keel_es_rows rows = {0};
-  int rc = keel_es_tx_exec(tx, j->fetch_sql, p, np, &rows);
+  int rc = keel__es_exec_lazy(j->es, j->fetch_sql, p, np, &rows);
   free(p);
   free(allow);
   free(f->rows);
@@ -384,7 +386,7 @@ static void fetch_and_start(runner *rn) {
   if (a < n) n = a;
   if (n <= 0) return;
   fetch f = {.rn = rn, .n = n};
-  int rc = keel__es_transact_internal(rn->j->es, fetch_fn, &f);
+  int rc = claim(&f);
   if (rc) {
     keel_log_warn(NULL, "jobs: fetching failed", KEEL_STR("queue", rn->q->q.name),
                   KEEL_STR("error", keel_err_name(rc)));

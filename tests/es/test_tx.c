@@ -75,8 +75,8 @@ KT_CASE(statements_bind_by_number_and_results_come_back_as_text) {
   CHECK_EQ(a.changed, 1);
 
   keel_es_rows rows;
-  CHECK_OK(keel_es_query(es, "SELECT id, status, total, note FROM orders_view ORDER BY id",
-                         NULL, 0, &rows));
+  CHECK_OK(keel_es_query(es, "SELECT id, status, total, note FROM orders_view ORDER BY id", NULL, 0,
+                         &rows));
   CHECK_EQ(rows.nrows, 2);
   CHECK_EQ(rows.ncols, 4);
   CHECK_STR(rows.names[0], "id");
@@ -208,10 +208,9 @@ KT_CASE(appends_and_rows_commit_together_or_not_at_all) {
   json_t *p = json_object();
   keel_es_event_in ev[2] = {{.id = EV1, .type = "Placed", .payload = p},
                             {.id = EV2, .type = "Mailed", .payload = p}};
-  keel_es_append_req req[2] = {{.stream = "order-1", .expected = KEEL_ES_NO_STREAM, .events = ev,
-                                .n = 1},
-                               {.stream = "mail-1", .expected = KEEL_ES_ANY, .events = ev + 1,
-                                .n = 1}};
+  keel_es_append_req req[2] = {
+      {.stream = "order-1", .expected = KEEL_ES_NO_STREAM, .events = ev, .n = 1},
+      {.stream = "mail-1", .expected = KEEL_ES_ANY, .events = ev + 1, .n = 1}};
   keel_es_append_result res[2];
   size_t failed = 99;
 
@@ -272,8 +271,8 @@ typedef struct bumper {
 static int bump(keel_es_tx *tx, void *arg) {
   (void)arg;
   keel_es_rows rows;
-  int rc = keel_es_tx_exec(tx, "UPDATE counter SET n = n + 1 WHERE k = 1 RETURNING n", NULL, 0,
-                           &rows);
+  int rc =
+      keel_es_tx_exec(tx, "UPDATE counter SET n = n + 1 WHERE k = 1 RETURNING n", NULL, 0, &rows);
   if (rc == 0 && (rows.changed != 1 || rows.nrows != 1)) rc = -1000;
   keel_es_rows_free(&rows);
   return rc;
@@ -288,9 +287,12 @@ static void bump_loop(void *arg) {
     keel_es_event_in ev = {.type = "Bumped", .payload = p};
     keel_es_append_req req = {.stream = stream, .expected = i / 2, .events = &ev, .n = 1};
     keel_es_append_result res = {0};
-    /* half with an event, half the counter alone */
-    int rc = i % 2 ? keel_es_transact(b->es, NULL, 0, NULL, NULL, bump, NULL)
-                   : keel_es_transact(b->es, &req, 1, &res, NULL, bump, NULL);
+    /* half with an event, half the counter alone, of which half lazy
+     * (keel's commits without an fsync of their own, split from the
+     * writer's groups on SQLite) */
+    int rc = i % 4 == 1 ? keel__es_transact_lazy(b->es, bump, NULL)
+             : i % 2    ? keel_es_transact(b->es, NULL, 0, NULL, NULL, bump, NULL)
+                        : keel_es_transact(b->es, &req, 1, &res, NULL, bump, NULL);
     if (rc || (i % 2 == 0 && res.version != i / 2 + 1)) {
       b->failures++;
       break; /* the stream's next expected version would be wrong */
@@ -314,8 +316,8 @@ KT_CASE(many_processes_transacting_at_once_lose_no_update) {
   for (int i = 0; i < N; i++)
     CHECK_EQ(b[i].failures, 0);
   keel_es_rows rows;
-  CHECK_OK(keel_es_query(es, "SELECT n FROM counter WHERE k = $1", (const char *[]){"1"}, 1,
-                         &rows));
+  CHECK_OK(
+      keel_es_query(es, "SELECT n FROM counter WHERE k = $1", (const char *[]){"1"}, 1, &rows));
   CHECK_STR(keel_es_rows_get(&rows, 0, 0), "320"); /* N * COUNT */
   keel_es_rows_free(&rows);
   int64_t head;
@@ -510,11 +512,101 @@ KT_CASE(kept_statements_follow_schema_changes_and_any_number_of_texts) {
   kt_store_close(&s);
 }
 
+/* ---- lazy commits ------------------------------------------------------------------------ */
+
+typedef struct level_arg {
+  const char *note;
+  char level[16];
+} level_arg;
+
+/* Notes a row and reads the connection's commit level: SQLite's synchronous
+ * (1 NORMAL, 2 FULL), PostgreSQL's synchronous_commit. */
+static int note_and_level(keel_es_tx *tx, void *arg) {
+  level_arg *a = arg;
+  int rc = insert_note(tx, (void *)a->note);
+  keel_es_rows rows = {0};
+  if (!rc)
+    rc = keel_es_tx_exec(tx, kt_es_pg_url() ? "SHOW synchronous_commit" : "PRAGMA synchronous",
+                         NULL, 0, &rows);
+  if (!rc && rows.nrows == 1)
+    snprintf(a->level, sizeof a->level, "%s", keel_es_rows_get(&rows, 0, 0));
+  keel_es_rows_free(&rows);
+  return rc;
+}
+
+KT_CASE(a_lazy_commit_skips_its_own_sync_and_the_next_durable_one_syncs_again) {
+  kt_store s;
+  keel_es *es = open_with_tables(&s);
+  /* the store's own level, as a durable transaction sees it */
+  level_arg d0 = {.note = "d0"};
+  CHECK_OK(keel__es_transact_internal(es, note_and_level, &d0));
+  CHECK_STR(d0.level, kt_es_pg_url() ? d0.level : "2"); /* SQLite: FULL, the default */
+  for (int i = 0; i < 2; i++) {
+    level_arg l = {.note = i ? "l1" : "l0"}, d = {.note = i ? "d2" : "d1"};
+    CHECK_OK(keel__es_transact_lazy(es, note_and_level, &l));
+    CHECK_STR(l.level, kt_es_pg_url() ? "off" : "1"); /* NORMAL: WAL written, not fsync'd */
+    CHECK_OK(keel__es_transact_internal(es, note_and_level, &d));
+    CHECK_STR(d.level, d0.level); /* the lazy level did not stay */
+  }
+  CHECK_EQ(count_rows(es, "outbox"), 5); /* the lazy ones committed too */
+  kt_store_close(&s);
+}
+
+KT_CASE(one_statement_commits_alone_lazy_or_not_and_a_failed_one_leaves_nothing) {
+  kt_store s;
+  keel_es *es = open_with_tables(&s);
+  keel_es_rows rows;
+  CHECK_OK(keel__es_exec_lazy(es, "INSERT INTO outbox (id, body) VALUES ($1, $2) RETURNING id",
+                              (const char *[]){"x1", "b"}, 2, &rows));
+  CHECK_EQ(rows.nrows, 1);
+  CHECK_EQ(rows.changed, 1);
+  CHECK_STR(keel_es_rows_get(&rows, 0, 0), "x1");
+  keel_es_rows_free(&rows);
+  /* a failed statement: its error, nothing stored, and the connection (the
+   * pool's, on PostgreSQL) serves the next one */
+  for (int i = 0; i < 3; i++) {
+    CHECK_EQ(keel__es_exec_lazy(es, "INSERT INTO outbox (id, body) VALUES ($1, 'c')",
+                                (const char *[]){"x1"}, 1, NULL),
+             KEEL_EEXIST);
+    CHECK_EQ(keel__es_exec_lazy(es, "INSERT INTO nowhere (id) VALUES ($1)", (const char *[]){"x1"},
+                                1, NULL) != 0,
+             1);
+  }
+  CHECK_OK(keel__es_exec_lazy(es, "UPDATE outbox SET body = $1 WHERE id = 'x1'",
+                              (const char *[]){"b2"}, 1, &rows));
+  CHECK_EQ(rows.changed, 1);
+  keel_es_rows_free(&rows);
+  CHECK_OK(keel__es_exec_lazy(es, kt_es_pg_url() ? "SHOW synchronous_commit" : "PRAGMA synchronous",
+                              NULL, 0, &rows));
+  CHECK_STR(keel_es_rows_get(&rows, 0, 0), kt_es_pg_url() ? "off" : "1");
+  keel_es_rows_free(&rows);
+  /* keel__es_exec: the same, durable (SQLite's FULL; PostgreSQL's own level) */
+  CHECK_OK(keel__es_exec(es, "INSERT INTO outbox (id, body) VALUES ($1, 'd') RETURNING id",
+                         (const char *[]){"x2"}, 1, &rows));
+  CHECK_STR(keel_es_rows_get(&rows, 0, 0), "x2");
+  keel_es_rows_free(&rows);
+  CHECK_EQ(keel__es_exec(es, "INSERT INTO outbox (id, body) VALUES ($1, 'd')",
+                         (const char *[]){"x2"}, 1, NULL),
+           KEEL_EEXIST);
+  if (!kt_es_pg_url()) {
+    CHECK_OK(keel__es_exec(es, "PRAGMA synchronous", NULL, 0, &rows));
+    CHECK_STR(keel_es_rows_get(&rows, 0, 0), "2");
+    keel_es_rows_free(&rows);
+  }
+  CHECK_OK(keel_es_query(es, "SELECT body FROM outbox ORDER BY id", NULL, 0, &rows));
+  CHECK_EQ(rows.nrows, 2);
+  CHECK_STR(keel_es_rows_get(&rows, 0, 0), "b2");
+  keel_es_rows_free(&rows);
+  kt_store_close(&s);
+}
+
 KT_MAIN(KT_ENTRY(statements_bind_by_number_and_results_come_back_as_text),
         KT_ENTRY(one_statement_no_transaction_control_and_the_first_error_dooms_the_rest),
         KT_ENTRY(query_refuses_writes_on_sqlite),
         KT_ENTRY(appends_and_rows_commit_together_or_not_at_all),
         KT_ENTRY(a_statement_refused_to_a_service_stays_refused_after_keel_ran_the_same_text),
         KT_ENTRY(kept_statements_follow_schema_changes_and_any_number_of_texts),
+        KT_ENTRY(a_lazy_commit_skips_its_own_sync_and_the_next_durable_one_syncs_again),
+        KT_ENTRY(one_statement_commits_alone_lazy_or_not_and_a_failed_one_leaves_nothing),
         KT_ENTRY_SCHED(many_processes_transacting_at_once_lose_no_update, 2),
         KT_ENTRY_SCHED(a_tx_lock_serialises_creates_and_read_then_write_across_connections, 2))

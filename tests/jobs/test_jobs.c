@@ -412,6 +412,50 @@ KT_CASE(jobs_completing_together_are_each_recorded_once) {
   kt_store_close(&st);
 }
 
+/* The rows of a batch's completions that changed since their attempt
+ * started (here: their attempt moved on, as a rescue and a new claim would
+ * make it) are left alone, each row judged as alone; the others complete. */
+static int bump_attempt(keel_es_tx *tx, void *arg) {
+  const int64_t *id = arg;
+  char s[24];
+  keel__jobs_i64(s, *id);
+  return keel_es_tx_exec(tx,
+                         "UPDATE keel_jobs SET attempt = attempt + 1 WHERE id = CAST($1 AS BIGINT)",
+                         (const char *[]){s}, 1, NULL);
+}
+
+KT_CASE(a_batch_of_completions_leaves_the_rows_that_moved_on) {
+  reset();
+  atomic_store(&S.hang, 1);
+  kt_store st;
+  keel_es *es = kt_store_open(&st, NULL);
+  keel_jobs *j = start_jobs(es, "a");
+  enum { N = 4 }; /* the queue's concurrency: all at the gate, then done together */
+  int64_t ids[N];
+  for (int i = 0; i < N; i++)
+    ids[i] = enqueue(j, "hang", 1);
+  wait_until(&S.active, N);
+  for (int i = 0; i < N; i += 2)
+    CHECK_OK(keel__es_transact_internal(es, bump_attempt, &ids[i]));
+  atomic_store(&S.hang, 0);
+  for (int i = 1; i < N; i += 2)
+    json_decref(wait_job(j, ids[i], "completed", 1));
+  keel_jobs_stop(j, 5000); /* every job process has recorded and ended */
+  for (int i = 0; i < N; i += 2) {
+    char s[24];
+    keel__jobs_i64(s, ids[i]);
+    keel_es_rows rows;
+    CHECK_OK(keel_es_query(es, "SELECT state, attempt FROM keel_jobs WHERE id = CAST($1 AS BIGINT)",
+                           (const char *[]){s}, 1, &rows));
+    CHECK_EQ(rows.nrows, 1);
+    CHECK_STR(keel_es_rows_get(&rows, 0, 0), "running");
+    CHECK_STR(keel_es_rows_get(&rows, 0, 1), "2");
+    keel_es_rows_free(&rows);
+  }
+  CHECK_EQ(atomic_load(&S.runs), N);
+  kt_store_close(&st);
+}
+
 /* A worker that ends its own process (keel_exit, normal) recorded nothing:
  * its attempt fails and the job runs again, instead of staying running for
  * as long as the instance lives. A positive answer (an errno) is a failed
@@ -1634,6 +1678,7 @@ KT_MAIN(KT_ENTRY_SCHED(a_job_runs_once_and_its_completion_is_recorded, 2),
         KT_ENTRY_SCHED(a_crash_is_a_failed_attempt_with_its_reason, 2),
         KT_ENTRY_SCHED(a_hanging_worker_is_killed_at_its_timeout, 2),
         KT_ENTRY_SCHED(jobs_completing_together_are_each_recorded_once, 2),
+        KT_ENTRY_SCHED(a_batch_of_completions_leaves_the_rows_that_moved_on, 2),
         KT_ENTRY_SCHED(snooze_runs_again_later_without_spending_an_attempt, 2),
         KT_ENTRY_SCHED(cancel_stops_a_running_job_and_a_waiting_one, 2),
         KT_ENTRY_SCHED(a_job_enqueued_in_a_transaction_exists_if_and_only_if_its_events_do, 2),
