@@ -665,13 +665,13 @@ static int spawner_queue(spawn_job *j) {
 }
 
 /* Runs spawn_helper on the spawner thread while the caller's scheduler runs
- * other processes. Exits are held meanwhile: the job lives on the caller's
- * stack, and the wait is short and bounded (the helper's exec beginning). */
+ * other processes. The caller holds exits (keel_port_open): the job lives on
+ * its stack, and the wait is short and bounded (the helper's exec
+ * beginning). */
 static int spawn_on_thread(spawn_job *j) {
   j->done = false;
   j->done_fd = eventfd(0, EFD_CLOEXEC | EFD_NONBLOCK);
   if (j->done_fd < 0) return errno;
-  keel_hold_exits(true);
   pthread_mutex_lock(&spawner.lock);
   int err = spawner_queue(j);
   pthread_mutex_unlock(&spawner.lock);
@@ -681,7 +681,6 @@ static int spawn_on_thread(spawn_job *j) {
     done = j->done;
     pthread_mutex_unlock(&spawner.lock);
   }
-  keel_hold_exits(false);
   close(j->done_fd);
   return err ? err : j->err;
 }
@@ -787,6 +786,11 @@ int keel_port_open(const keel_port_opts *o, keel_port_t **out) {
   uv_timer_init(loop, &p->resume);
   p->resume.data = p;
 
+  /* Exits are held from here until the port is in the owner's set, or torn
+   * down: a kill arriving meanwhile takes effect at the release, when the
+   * exit hook finds the program; applied earlier, it would leave the
+   * program running and its descriptors open. */
+  keel_hold_exits(true);
   spawn_job job = {.p = p, .helper = helper, .cwd = o->cwd, .args = args, .env = env};
   int err = spawn_on_thread(&job);
   free(args);
@@ -796,6 +800,7 @@ int keel_port_open(const keel_port_opts *o, keel_port_t **out) {
     p->closing = true;
     keel_io_end(&p->pin);
     port_teardown(p);
+    keel_hold_exits(false);
     return errno_to_keel(err);
   }
   rc = adopt(p, loop, job.pid, &job.fds);
@@ -803,6 +808,7 @@ int keel_port_open(const keel_port_opts *o, keel_port_t **out) {
     if (!p->exited) kill(-p->os_pid, SIGKILL);
     keel_io_end(&p->pin);
     port_teardown(p);
+    keel_hold_exits(false);
     return rc;
   }
   p->in_open = true;
@@ -814,6 +820,7 @@ int keel_port_open(const keel_port_opts *o, keel_port_t **out) {
   p->set = set;
   set_reading(p, true);
   *out = p;
+  keel_hold_exits(false); /* a held kill ends the owner here; its hook closes p */
   return 0;
 }
 

@@ -8,6 +8,7 @@
  * AddressSanitizer leak would make it exit non-zero) and leaves nothing.
  * Waits are bounded liveness limits, never verdicts on speed.
  */
+#include <dirent.h>
 #include <errno.h>
 #include <fcntl.h>
 #include <signal.h>
@@ -435,6 +436,72 @@ KT_CASE(an_owner_that_dies_takes_its_program_with_it) {
   KT_WAIT_UNTIL(os_reaped(pid));
 }
 
+/* This OS process's children still running: every thread's children list
+ * (the programs' parent is the spawner thread), zombies left out. */
+static int live_children(void) {
+  int n = 0;
+  DIR *tasks = opendir("/proc/self/task");
+  CHECK(tasks != NULL);
+  for (struct dirent *t; (t = readdir(tasks));) {
+    if (t->d_name[0] == '.') continue;
+    char path[300];
+    snprintf(path, sizeof path, "/proc/self/task/%s/children", t->d_name);
+    FILE *f = fopen(path, "r");
+    if (!f) continue;
+    for (int pid; fscanf(f, "%d", &pid) == 1;)
+      if (!os_gone(pid)) n++;
+    fclose(f);
+  }
+  closedir(tasks);
+  return n;
+}
+
+static int open_fds(void) {
+  int n = 0;
+  DIR *d = opendir("/proc/self/fd");
+  CHECK(d != NULL);
+  while (readdir(d))
+    n++;
+  closedir(d);
+  return n;
+}
+
+/* Opens `sleep 1000` until it is killed. */
+static void opens_forever(void *arg) {
+  (void)arg;
+  static const char *const argv[] = {"sleep", "1000", NULL};
+  for (;;) {
+    keel_port_opts o = {.argv = argv};
+    keel_port_t *p = NULL;
+    keel_port_open(&o, &p);
+  }
+}
+
+/* A kill that arrives while the open waits on the spawner is held until the
+ * port is in the owner's set: the exit hook then kills and reaps the
+ * program and closes its descriptors. Kill times spread over 20-83 ms so
+ * that some land inside an open. */
+KT_CASE(an_owner_killed_during_an_open_leaks_no_program_and_no_descriptor) {
+  KT_WAIT_UNTIL(live_children() == 0); /* what earlier cases left is reaped */
+  /* a first owner killed after its open: what the runtime opens lazily on
+   * that path (the blocking pool's reaper) is open before the count */
+  keel_ref_t ref;
+  keel_pid_t first = kt_spawn_monitor(opens_forever, NULL, 0, &ref);
+  keel_sleep(200);
+  CHECK_OK(keel_exit_signal(first, KEEL_REASON_KILL, NULL));
+  kt_wait_down(ref, first, NULL, 0);
+  KT_WAIT_UNTIL(live_children() == 0);
+  int fds = open_fds();
+  for (int round = 0; round < 10; round++) {
+    keel_pid_t owner = kt_spawn_monitor(opens_forever, NULL, 0, &ref);
+    keel_sleep(20 + round * 7);
+    CHECK_OK(keel_exit_signal(owner, KEEL_REASON_KILL, NULL));
+    kt_wait_down(ref, owner, NULL, 0);
+  }
+  KT_WAIT_UNTIL(live_children() == 0);
+  KT_WAIT_UNTIL(open_fds() == fds);
+}
+
 /* Every open goes through the node's one spawner thread (decision 0038):
  * owners on both schedulers opening at once each get their own program, with
  * their own pipes (a job's descriptors handed to another owner would show
@@ -729,6 +796,7 @@ static const kt_case cases[] = {
     KT_ENTRY(the_program_inherits_no_node_descriptor),
     KT_ENTRY(a_truncated_port_message_is_refused),
     KT_ENTRY(an_owner_that_dies_takes_its_program_with_it),
+    KT_ENTRY_SCHED(an_owner_killed_during_an_open_leaks_no_program_and_no_descriptor, 2),
     KT_ENTRY_SCHED(owners_on_both_schedulers_opening_at_once_each_get_their_own_program, 2),
     KT_ENTRY_SCHED(a_segfaulting_program_is_restarted_with_that_reason, 2),
     KT_ENTRY(a_program_exiting_3_is_a_crash_and_exit_0_is_normal),
