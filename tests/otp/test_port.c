@@ -753,6 +753,23 @@ KT_CASE(a_node_stopped_with_ports_running_leaks_nothing_and_leaves_nothing) {
   unlink(pidfile);
 }
 
+/* keel_rt_stop while owners wait on the spawner: their stacks go, and the
+ * spawner must neither write into a job that lived there nor leave the
+ * program it started running. The node stops its runtime mid-open again
+ * and again, and exits 0 only if no program and no descriptor is left
+ * (non-zero, or a crash or an ASan report, otherwise). */
+KT_CASE(a_runtime_stopped_during_opens_crashes_not_and_leaves_nothing) {
+  char pidfile[] = "/tmp/kt-port-pid-XXXXXX";
+  int fd = mkstemp(pidfile);
+  CHECK(fd >= 0);
+  close(fd);
+  pid_t node = spawn_node("stop_opens", pidfile);
+  int status = reap(node);
+  CHECK(WIFEXITED(status));
+  CHECK_EQ(WEXITSTATUS(status), 0);
+  unlink(pidfile);
+}
+
 /* ---- the node mode ------------------------------------------------------------- */
 
 static void node_owner(void *arg) {
@@ -776,7 +793,31 @@ static void node_owner(void *arg) {
   keel_receive(&m, KEEL_INFINITY);
 }
 
+/* Opens `sleep 1000` from 8 processes and stops the runtime a few ms in,
+ * 30 times; 0 if nothing is left after, 3 if a program runs, 4 if a
+ * descriptor stayed open. */
+static int node_stop_opens(void) {
+  CHECK_OK(keel_rt_start(NULL)); /* what a started runtime keeps open */
+  CHECK_OK(keel_rt_stop());
+  int fds = open_fds();
+  for (int round = 0; round < 30; round++) {
+    CHECK_OK(keel_rt_start(NULL));
+    for (int i = 0; i < 8; i++)
+      CHECK_OK(keel_spawn(opens_forever, NULL, NULL, NULL));
+    usleep((useconds_t)(1000 + (round % 6) * 1000));
+    CHECK_OK(keel_rt_stop());
+  }
+  /* the spawner finishes the opens it had under way (bounded: 10 s) */
+  for (int i = 0; i < 1000 && (live_children() || open_fds() != fds); i++)
+    usleep(10000);
+  if (live_children()) return 3;
+  if (open_fds() != fds) return 4;
+  return 0;
+}
+
 static int node_main(void) {
+  const char *mode = getenv("KT_PORT_NODE");
+  if (strcmp(mode, "stop_opens") == 0) return node_stop_opens();
   return keel_run(node_owner, NULL, NULL);
 }
 
@@ -803,6 +844,7 @@ static const kt_case cases[] = {
     KT_ENTRY_SCHED(a_program_ignoring_sigterm_is_killed_past_the_shutdown_time, 2),
     KT_ENTRY(no_orphan_remains_when_the_node_is_sigkilled),
     KT_ENTRY(a_node_stopped_with_ports_running_leaks_nothing_and_leaves_nothing),
+    KT_ENTRY(a_runtime_stopped_during_opens_crashes_not_and_leaves_nothing),
 };
 
 int main(int argc, char **argv) {
