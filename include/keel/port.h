@@ -174,12 +174,17 @@ uint64_t keel_port_id(const keel_port_t *port);
 
 /* How a program ended. */
 typedef struct keel_port_status {
-  int exit_code; /* when not signalled */
+  int exit_code; /* when not signalled; -1: unknown (see below) */
   int signal;    /* the signal that ended it, 0 when it exited */
 } keel_port_status;
 
+/* The status is unknown (exit_code -1, signal 0) when the kernel reaped the
+ * program before keel could: the application set SIGCHLD to SIG_IGN. The
+ * port still ends (EXIT, keel_port_close); a keel_port_child's reason is
+ * then "unknown", not normal. */
+
 /* Formats an end as a reason: "normal" (exit 0), "exit 3", "signal 11
- * (SIGSEGV)". Returns buf (always NUL-terminated; 48 bytes are enough). Any
+ * (SIGSEGV)", "unknown". Returns buf (always NUL-terminated; 48 bytes are enough). Any
  * thread. */
 char *keel_port_status_format(const keel_port_status *st, char *buf, size_t len);
 

@@ -169,7 +169,7 @@ int keel_port_receive(const keel_port_t *port, keel_msg_t **out, int64_t timeout
 
 char *keel_port_status_format(const keel_port_status *st, char *buf, size_t len) {
   if (!buf || !len) return buf;
-  if (!st) {
+  if (!st || (st->exit_code < 0 && !st->signal)) {
     snprintf(buf, len, "unknown");
   } else if (st->signal) {
     const char *name = sigabbrev_np(st->signal);
@@ -202,20 +202,38 @@ static void maybe_finish(keel_port_t *p) {
  * here, or in reap_later once the port is torn down) keeps its pid, and so
  * its group id, from being reused while the port may still signal it. */
 static void on_exit_ready(uv_poll_t *h, int status, int events) {
-  (void)status;
   (void)events;
   keel_port_t *p = h->data;
   siginfo_t si;
   memset(&si, 0, sizeof si);
-  if (waitid(P_PIDFD, (id_t)p->pidfd, &si, WEXITED | WNOHANG) != 0 && errno == EINTR) return;
-  if (si.si_pid == 0) return; /* not yet (a spurious wake-up) */
+  int rc = waitid(P_PIDFD, (id_t)p->pidfd, &si, WEXITED | WNOHANG);
+  if (rc != 0 && errno == EINTR) return;
+  if (rc == 0 && si.si_pid == 0) {
+    if (status >= 0) return; /* not yet (a spurious wake-up) */
+    /* The poll failed: nothing would tell us of the exit. The program is
+     * ended now (still unreaped, so -pid is its group) and reaped; SIGKILL
+     * bounds the wait. */
+    kill(-p->os_pid, SIGKILL);
+    while ((rc = waitid(P_PIDFD, (id_t)p->pidfd, &si, WEXITED)) != 0 && errno == EINTR) {
+    }
+  }
+  /* Any other failure is final: the pidfd stays readable, and a
+   * level-triggered poll would spin on it. ECHILD: the kernel reaped the
+   * program itself (the application set SIGCHLD to SIG_IGN); its status is
+   * lost, and so is the group id, which may name another group now: no
+   * signal is sent to it. */
   uv_poll_stop(h);
+  p->exited = true;
+  if (rc != 0) {
+    p->status = (keel_port_status){.exit_code = -1, .signal = 0};
+    maybe_finish(p);
+    return;
+  }
   /* The leader is reaped. What is left of its group (a background job
    * holding the pipes open) dies now, while the group id can only be this
    * program's: no later signal to -pid is ever sent, since the id could by
    * then name an unrelated group. */
   kill(-p->os_pid, SIGKILL);
-  p->exited = true;
   p->status.exit_code = si.si_code == CLD_EXITED ? si.si_status : 0;
   p->status.signal = si.si_code == CLD_KILLED || si.si_code == CLD_DUMPED ? si.si_status : 0;
   maybe_finish(p);

@@ -770,6 +770,21 @@ KT_CASE(a_runtime_stopped_during_opens_crashes_not_and_leaves_nothing) {
   unlink(pidfile);
 }
 
+/* With SIGCHLD ignored the kernel reaps programs itself and waitid fails
+ * (ECHILD): the port still ends, with the status unknown, instead of its
+ * exit watch spinning on a pidfd that stays readable. */
+KT_CASE(a_program_reaped_by_the_kernel_still_ends_its_port) {
+  char pidfile[] = "/tmp/kt-port-pid-XXXXXX";
+  int fd = mkstemp(pidfile);
+  CHECK(fd >= 0);
+  close(fd);
+  pid_t node = spawn_node("sigchld_ignored", pidfile);
+  int status = reap(node);
+  CHECK(WIFEXITED(status));
+  CHECK_EQ(WEXITSTATUS(status), 0);
+  unlink(pidfile);
+}
+
 /* ---- the node mode ------------------------------------------------------------- */
 
 static void node_owner(void *arg) {
@@ -815,9 +830,26 @@ static int node_stop_opens(void) {
   return 0;
 }
 
+static void sigchld_owner(void *arg) {
+  (void)arg;
+  static const char *const argv[] = {"true", NULL};
+  keel_port_t *p = open_argv(argv, NULL);
+  keel_msg_t *m = NULL;
+  keel_port_event ev;
+  int rc = keel_port_receive(p, &m, 10000); /* a liveness limit: it spun forever */
+  bool ok = rc == 0 && keel_port_event_of(m, &ev) == 0 && ev.tag == KEEL_PORT_EXIT &&
+            ev.status.exit_code == -1 && ev.status.signal == 0 && strcmp(ev.data, "unknown") == 0;
+  if (m) keel_msg_free(m);
+  keel_rt_halt(ok ? 0 : 5);
+}
+
 static int node_main(void) {
   const char *mode = getenv("KT_PORT_NODE");
   if (strcmp(mode, "stop_opens") == 0) return node_stop_opens();
+  if (strcmp(mode, "sigchld_ignored") == 0) {
+    signal(SIGCHLD, SIG_IGN);
+    return keel_run(sigchld_owner, NULL, NULL);
+  }
   return keel_run(node_owner, NULL, NULL);
 }
 
@@ -845,6 +877,7 @@ static const kt_case cases[] = {
     KT_ENTRY(no_orphan_remains_when_the_node_is_sigkilled),
     KT_ENTRY(a_node_stopped_with_ports_running_leaks_nothing_and_leaves_nothing),
     KT_ENTRY(a_runtime_stopped_during_opens_crashes_not_and_leaves_nothing),
+    KT_ENTRY(a_program_reaped_by_the_kernel_still_ends_its_port),
 };
 
 int main(int argc, char **argv) {
