@@ -75,6 +75,9 @@
  * not grow with the node's memory, and the owner's scheduler runs other
  * processes while it waits (decision 0038). The helper's exec, then the
  * program's, are the rest of an open's cost.
+ *
+ * PLATFORM. Linux 5.4+ (the program's end is watched with waitid on a
+ * pidfd) and glibc 2.29+.
  */
 #ifndef KEEL_PORT_H
 #define KEEL_PORT_H

@@ -34,8 +34,8 @@
 #include <stdlib.h>
 #include <string.h>
 #include <sys/eventfd.h>
-#include <sys/pidfd.h>
 #include <sys/resource.h>
+#include <sys/syscall.h>
 #include <sys/wait.h>
 #include <unistd.h> /* environ (_GNU_SOURCE) */
 
@@ -53,6 +53,19 @@
 #define READ_BUF            65536
 #define RESUME_POLL_MS      5
 #define DRAIN_MS            100 /* keel_port_close: end of file after the exit */
+
+/* Newer than the glibc keel needs (2.29): pidfd_open's wrapper and the
+ * P_PIDFD name are glibc 2.36, so the system call and the kernel's value
+ * (<linux/wait.h>, which clashes with <sys/wait.h>) are used directly. The
+ * kernel needs 5.4 (waitid on a pidfd). */
+#define PORT_P_PIDFD ((idtype_t)3)
+#ifndef SYS_pidfd_open
+#define SYS_pidfd_open 434 /* the same on every architecture (Linux 5.3) */
+#endif
+
+static int pidfd_open_(pid_t pid) {
+  return (int)syscall(SYS_pidfd_open, pid, 0);
+}
 
 /* The payload of every port message: this header, then the bytes, then a
  * NUL. Self-contained: it never points into the port. */
@@ -167,12 +180,37 @@ int keel_port_receive(const keel_port_t *port, keel_msg_t **out, int64_t timeout
   return keel_receive_match(match_port, &id, out, timeout_ms);
 }
 
+/* sigabbrev_np is glibc 2.32: the signals a program commonly ends with. */
+static const char *sig_name(int sig) {
+  switch (sig) {
+  case SIGHUP: return "HUP";
+  case SIGINT: return "INT";
+  case SIGQUIT: return "QUIT";
+  case SIGILL: return "ILL";
+  case SIGTRAP: return "TRAP";
+  case SIGABRT: return "ABRT";
+  case SIGBUS: return "BUS";
+  case SIGFPE: return "FPE";
+  case SIGKILL: return "KILL";
+  case SIGUSR1: return "USR1";
+  case SIGSEGV: return "SEGV";
+  case SIGUSR2: return "USR2";
+  case SIGPIPE: return "PIPE";
+  case SIGALRM: return "ALRM";
+  case SIGTERM: return "TERM";
+  case SIGXCPU: return "XCPU";
+  case SIGXFSZ: return "XFSZ";
+  case SIGSYS: return "SYS";
+  default: return NULL;
+  }
+}
+
 char *keel_port_status_format(const keel_port_status *st, char *buf, size_t len) {
   if (!buf || !len) return buf;
   if (!st || (st->exit_code < 0 && !st->signal)) {
     snprintf(buf, len, "unknown");
   } else if (st->signal) {
-    const char *name = sigabbrev_np(st->signal);
+    const char *name = sig_name(st->signal);
     snprintf(buf, len, "signal %d (SIG%s)", st->signal, name ? name : "?");
   } else if (st->exit_code) {
     snprintf(buf, len, "exit %d", st->exit_code);
@@ -206,7 +244,7 @@ static void on_exit_ready(uv_poll_t *h, int status, int events) {
   keel_port_t *p = h->data;
   siginfo_t si;
   memset(&si, 0, sizeof si);
-  int rc = waitid(P_PIDFD, (id_t)p->pidfd, &si, WEXITED | WNOHANG);
+  int rc = waitid(PORT_P_PIDFD, (id_t)p->pidfd, &si, WEXITED | WNOHANG);
   if (rc != 0 && errno == EINTR) return;
   if (rc == 0 && si.si_pid == 0) {
     if (status >= 0) return; /* not yet (a spurious wake-up) */
@@ -214,7 +252,7 @@ static void on_exit_ready(uv_poll_t *h, int status, int events) {
      * ended now (still unreaped, so -pid is its group) and reaped; SIGKILL
      * bounds the wait. */
     kill(-p->os_pid, SIGKILL);
-    while ((rc = waitid(P_PIDFD, (id_t)p->pidfd, &si, WEXITED)) != 0 && errno == EINTR) {
+    while ((rc = waitid(PORT_P_PIDFD, (id_t)p->pidfd, &si, WEXITED)) != 0 && errno == EINTR) {
     }
   }
   /* Any other failure is final: the pidfd stays readable, and a
@@ -807,7 +845,7 @@ static int errno_to_keel(int err) {
  * on error the caller kills the program and tears the port down. */
 static int adopt(keel_port_t *p, uv_loop_t *loop, pid_t pid, spawn_fds *f) {
   p->os_pid = (int)pid;
-  p->pidfd = pidfd_open(pid, 0);
+  p->pidfd = pidfd_open_(pid);
   if (p->pidfd < 0 || uv_poll_init(loop, &p->exit_watch, p->pidfd) != 0) {
     /* no watch: nothing would reap it; kill and reap it now (quick: the
      * helper is not ours to wait for long) */
