@@ -614,6 +614,18 @@ static void fds_close(int fds[3]) {
     if (fds[i] >= 0) close(fds[i]);
 }
 
+/* Moves a pipe end found in 0-2 (the node runs with its stdio closed) to
+ * 3 or above: the dup2s into the program's 0-2 would clobber it there, and
+ * libuv refuses to close a descriptor below 3. 0 or -1 (errno). */
+static int lift(int *fd) {
+  if (*fd > 2) return 0;
+  int up = fcntl(*fd, F_DUPFD_CLOEXEC, 3);
+  if (up < 0) return -1;
+  close(*fd);
+  *fd = up;
+  return 0;
+}
+
 static int fds_make(const keel_port_mode modes[2], spawn_fds *f, posix_spawn_file_actions_t *fa) {
   for (int i = 0; i < 3; i++)
     f->parent[i] = f->child[i] = -1;
@@ -626,6 +638,12 @@ static int fds_make(const keel_port_mode modes[2], spawn_fds *f, posix_spawn_fil
     }
     int ends[2]; /* [0] reads, [1] writes */
     if (pipe2(ends, O_CLOEXEC) != 0) return errno;
+    if (lift(&ends[0]) != 0 || lift(&ends[1]) != 0) {
+      int err = errno;
+      close(ends[0]);
+      close(ends[1]);
+      return err;
+    }
     f->child[fd] = fd ? ends[1] : ends[0];
     f->parent[fd] = fd ? ends[0] : ends[1];
     if (posix_spawn_file_actions_adddup2(fa, f->child[fd], fd) != 0) return ENOMEM;

@@ -785,6 +785,21 @@ KT_CASE(a_program_reaped_by_the_kernel_still_ends_its_port) {
   unlink(pidfile);
 }
 
+/* A node whose descriptors 0-2 are closed gets its pipes there: they must
+ * not be clobbered by the program's own 0-2 (nor handed to libuv, which
+ * refuses to close a descriptor below 3). */
+KT_CASE(a_node_without_stdio_still_gives_its_program_three_pipes) {
+  char pidfile[] = "/tmp/kt-port-pid-XXXXXX";
+  int fd = mkstemp(pidfile);
+  CHECK(fd >= 0);
+  close(fd);
+  pid_t node = spawn_node("no_stdio", pidfile);
+  int status = reap(node);
+  CHECK(WIFEXITED(status));
+  CHECK_EQ(WEXITSTATUS(status), 0);
+  unlink(pidfile);
+}
+
 /* ---- the node mode ------------------------------------------------------------- */
 
 static void node_owner(void *arg) {
@@ -843,8 +858,54 @@ static void sigchld_owner(void *arg) {
   keel_rt_halt(ok ? 0 : 5);
 }
 
+/* Echoes a line through stdin and stdout and writes one to stderr; halts
+ * 0 if both came back on their streams and the close left nothing open in
+ * 0-2, 6 otherwise (CHECK's report would go to a closed stderr). */
+static void no_stdio_owner(void *arg) {
+  (void)arg;
+  static const char *const argv[] = {"sh", "-c", "read x; echo \"out $x\"; echo err >&2", NULL};
+  /* Closed once the loop exists and has opened its spare descriptor (the
+   * first stream on it does, a warm-up port here): libuv itself refuses
+   * to close one below 3. One scheduler: the warm-up's loop is this one. */
+  static const char *const warm[] = {"true", NULL};
+  keel_port_t *w = NULL;
+  if (keel_port_open(&(keel_port_opts){.argv = warm}, &w) != 0 ||
+      keel_port_close(w, KEEL_INFINITY, NULL) != 0)
+    keel_rt_halt(7);
+  close(0);
+  close(1);
+  close(2);
+  keel_port_opts o = {.argv = argv};
+  keel_port_t *p = NULL;
+  bool ok = keel_port_open(&o, &p) == 0 && keel_port_write(p, "hi\n", 3, 10000) == 0;
+  bool out = false, err = false, exited = false;
+  while (ok && !exited) {
+    keel_msg_t *m = NULL;
+    keel_port_event ev;
+    if (keel_port_receive(p, &m, 10000) != 0 || keel_port_event_of(m, &ev) != 0) {
+      ok = false;
+      break;
+    }
+    if (ev.tag == KEEL_PORT_STDOUT) out = out || strcmp(ev.data, "out hi") == 0;
+    if (ev.tag == KEEL_PORT_STDERR) err = err || strcmp(ev.data, "err") == 0;
+    exited = ev.tag == KEEL_PORT_EXIT;
+    keel_msg_free(m);
+  }
+  ok = ok && keel_port_close(p, KEEL_INFINITY, NULL) == 0;
+  /* Every descriptor of the port is closed once its handles are: none is
+   * left in 0-2 (libuv silently never closes a stream there). */
+  bool low_open = true;
+  for (int i = 0; i < 1000 && low_open; i++) {
+    low_open = fcntl(0, F_GETFD) >= 0 || fcntl(1, F_GETFD) >= 0 || fcntl(2, F_GETFD) >= 0;
+    if (low_open) keel_sleep(10);
+  }
+  keel_rt_halt(ok && out && err && !low_open ? 0 : 6);
+}
+
 static int node_main(void) {
   const char *mode = getenv("KT_PORT_NODE");
+  if (strcmp(mode, "no_stdio") == 0)
+    return keel_run(no_stdio_owner, NULL, &(keel_rt_opts){.schedulers = 1});
   if (strcmp(mode, "stop_opens") == 0) return node_stop_opens();
   if (strcmp(mode, "sigchld_ignored") == 0) {
     signal(SIGCHLD, SIG_IGN);
@@ -878,6 +939,7 @@ static const kt_case cases[] = {
     KT_ENTRY(a_node_stopped_with_ports_running_leaks_nothing_and_leaves_nothing),
     KT_ENTRY(a_runtime_stopped_during_opens_crashes_not_and_leaves_nothing),
     KT_ENTRY(a_program_reaped_by_the_kernel_still_ends_its_port),
+    KT_ENTRY(a_node_without_stdio_still_gives_its_program_three_pipes),
 };
 
 int main(int argc, char **argv) {
