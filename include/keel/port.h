@@ -52,7 +52,8 @@
  * descriptor of the node but stdio (the helper closes the rest).
  * The helper is found through keel_port_opts.exec_helper, else
  * $KEEL_PORT_EXEC, else where keel installed it (LIBEXECDIR/keel/), else in
- * the build tree keel was built in.
+ * the build tree keel was built in; a name without a slash (given or in
+ * $KEEL_PORT_EXEC) is looked up in the node's PATH.
  *
  * SUPERVISION. keel_port_child_start is a supervisor start function (a child
  * spec's .start, its .arg a keel_port_child): a process that owns the port,

@@ -676,7 +676,9 @@ static int spawn_helper(const keel_port_mode modes[2], char **args, char **env, 
                                             POSIX_SPAWN_SETSIGDEF);
   if (!err) err = posix_spawnattr_setsigmask(&at, &none);
   if (!err) err = posix_spawnattr_setsigdefault(&at, &all);
-  if (!err) err = posix_spawn(pid, args[0], &fa, &at, args, env);
+  /* posix_spawnp: a helper named without a slash is looked up in the
+   * node's PATH (as uv_spawn's execvp did); a path is used as it is */
+  if (!err) err = posix_spawnp(pid, args[0], &fa, &at, args, env);
   posix_spawnattr_destroy(&at);
   posix_spawn_file_actions_destroy(&fa);
   fds_close(f->child); /* the program has its copies */

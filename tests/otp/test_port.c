@@ -800,6 +800,20 @@ KT_CASE(a_node_without_stdio_still_gives_its_program_three_pipes) {
   unlink(pidfile);
 }
 
+/* A helper named without a slash is looked up in PATH (as uv_spawn's
+ * execvp did before decision 0038). */
+KT_CASE(a_helper_named_without_a_path_is_found_in_path) {
+  char pidfile[] = "/tmp/kt-port-pid-XXXXXX";
+  int fd = mkstemp(pidfile);
+  CHECK(fd >= 0);
+  close(fd);
+  pid_t node = spawn_node("helper_in_path", pidfile);
+  int status = reap(node);
+  CHECK(WIFEXITED(status));
+  CHECK_EQ(WEXITSTATUS(status), 0);
+  unlink(pidfile);
+}
+
 /* ---- the node mode ------------------------------------------------------------- */
 
 static void node_owner(void *arg) {
@@ -902,8 +916,42 @@ static void no_stdio_owner(void *arg) {
   keel_rt_halt(ok && out && err && !low_open ? 0 : 6);
 }
 
+static void helper_in_path_owner(void *arg) {
+  (void)arg;
+  static const char *const argv[] = {"echo", "found", NULL};
+  keel_port_opts o = {.argv = argv, .exec_helper = "keel-port-exec"};
+  keel_port_t *p = NULL;
+  keel_msg_t *m = NULL;
+  keel_port_event ev;
+  bool ok = keel_port_open(&o, &p) == 0 && keel_port_receive(p, &m, 10000) == 0 &&
+            keel_port_event_of(m, &ev) == 0 && ev.tag == KEEL_PORT_STDOUT &&
+            strcmp(ev.data, "found") == 0;
+  if (m) keel_msg_free(m);
+  keel_rt_halt(ok ? 0 : 8);
+}
+
+/* PATH gets the build tree's libexec/ (this executable is in tests/),
+ * before the runtime's threads exist. */
+static int node_helper_in_path(void) {
+  char exe[4096];
+  ssize_t n = readlink("/proc/self/exe", exe, sizeof exe - 1);
+  if (n <= 0) return 9;
+  exe[n] = '\0';
+  for (int up = 0; up < 2; up++) {
+    char *slash = strrchr(exe, '/');
+    if (!slash) return 9;
+    *slash = '\0';
+  }
+  const char *old = getenv("PATH");
+  char path[8192];
+  snprintf(path, sizeof path, "%s/libexec:%s", exe, old ? old : "/usr/bin:/bin");
+  setenv("PATH", path, 1);
+  return keel_run(helper_in_path_owner, NULL, NULL);
+}
+
 static int node_main(void) {
   const char *mode = getenv("KT_PORT_NODE");
+  if (strcmp(mode, "helper_in_path") == 0) return node_helper_in_path();
   if (strcmp(mode, "no_stdio") == 0)
     return keel_run(no_stdio_owner, NULL, &(keel_rt_opts){.schedulers = 1});
   if (strcmp(mode, "stop_opens") == 0) return node_stop_opens();
@@ -940,6 +988,7 @@ static const kt_case cases[] = {
     KT_ENTRY(a_runtime_stopped_during_opens_crashes_not_and_leaves_nothing),
     KT_ENTRY(a_program_reaped_by_the_kernel_still_ends_its_port),
     KT_ENTRY(a_node_without_stdio_still_gives_its_program_three_pipes),
+    KT_ENTRY(a_helper_named_without_a_path_is_found_in_path),
 };
 
 int main(int argc, char **argv) {
