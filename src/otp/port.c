@@ -829,6 +829,23 @@ static int spawner_queue(spawn_job *j) {
   return 0;
 }
 
+/* A child forked while a thread of the node held spawner.lock would inherit
+ * it locked, and its first open would wait forever: the child's copy starts
+ * afresh (lock, condition, queue) with no spawner thread, which its first
+ * open starts. Registered once, at the first open. */
+static void spawner_atfork_child(void) {
+  pthread_mutex_init(&spawner.lock, NULL);
+  pthread_cond_init(&spawner.cond, NULL);
+  spawner.head = spawner.tail = NULL;
+  spawner.pid = 0;
+}
+
+static pthread_once_t spawner_atfork_once = PTHREAD_ONCE_INIT;
+
+static void spawner_atfork_register(void) {
+  pthread_atfork(NULL, NULL, spawner_atfork_child);
+}
+
 /* Runs spawn_helper on the spawner thread while the caller's scheduler runs
  * other processes. The caller holds exits (keel_port_open) and owns the job
  * again once this returns; the wait is short and bounded (the helper's exec
@@ -837,6 +854,7 @@ static int spawn_on_thread(spawn_job *j) {
   j->done = false;
   j->done_fd = eventfd(0, EFD_CLOEXEC | EFD_NONBLOCK);
   if (j->done_fd < 0) return errno;
+  pthread_once(&spawner_atfork_once, spawner_atfork_register);
   pthread_mutex_lock(&spawner.lock);
   int err = spawner_queue(j);
   pthread_mutex_unlock(&spawner.lock);
