@@ -52,7 +52,8 @@
  * descriptor of the node but stdio (the helper closes the rest).
  * The helper is found through keel_port_opts.exec_helper, else
  * $KEEL_PORT_EXEC, else where keel installed it (LIBEXECDIR/keel/), else in
- * the build tree keel was built in.
+ * the build tree keel was built in; a name without a slash (given or in
+ * $KEEL_PORT_EXEC) is looked up in the node's PATH.
  *
  * SUPERVISION. keel_port_child_start is a supervisor start function (a child
  * spec's .start, its .arg a keel_port_child): a process that owns the port,
@@ -75,6 +76,9 @@
  * not grow with the node's memory, and the owner's scheduler runs other
  * processes while it waits (decision 0038). The helper's exec, then the
  * program's, are the rest of an open's cost.
+ *
+ * PLATFORM. Linux 5.4+ (the program's end is watched with waitid on a
+ * pidfd) and glibc 2.29+.
  */
 #ifndef KEEL_PORT_H
 #define KEEL_PORT_H
@@ -174,12 +178,17 @@ uint64_t keel_port_id(const keel_port_t *port);
 
 /* How a program ended. */
 typedef struct keel_port_status {
-  int exit_code; /* when not signalled */
+  int exit_code; /* when not signalled; -1: unknown (see below) */
   int signal;    /* the signal that ended it, 0 when it exited */
 } keel_port_status;
 
+/* The status is unknown (exit_code -1, signal 0) when the kernel reaped the
+ * program before keel could: the application set SIGCHLD to SIG_IGN. The
+ * port still ends (EXIT, keel_port_close); a keel_port_child's reason is
+ * then "unknown", not normal. */
+
 /* Formats an end as a reason: "normal" (exit 0), "exit 3", "signal 11
- * (SIGSEGV)". Returns buf (always NUL-terminated; 48 bytes are enough). Any
+ * (SIGSEGV)", "unknown". Returns buf (always NUL-terminated; 48 bytes are enough). Any
  * thread. */
 char *keel_port_status_format(const keel_port_status *st, char *buf, size_t len);
 

@@ -34,8 +34,8 @@
 #include <stdlib.h>
 #include <string.h>
 #include <sys/eventfd.h>
-#include <sys/pidfd.h>
 #include <sys/resource.h>
+#include <sys/syscall.h>
 #include <sys/wait.h>
 #include <unistd.h> /* environ (_GNU_SOURCE) */
 
@@ -53,6 +53,19 @@
 #define READ_BUF            65536
 #define RESUME_POLL_MS      5
 #define DRAIN_MS            100 /* keel_port_close: end of file after the exit */
+
+/* Newer than the glibc keel needs (2.29): pidfd_open's wrapper and the
+ * P_PIDFD name are glibc 2.36, so the system call and the kernel's value
+ * (<linux/wait.h>, which clashes with <sys/wait.h>) are used directly. The
+ * kernel needs 5.4 (waitid on a pidfd). */
+#define PORT_P_PIDFD ((idtype_t)3)
+#ifndef SYS_pidfd_open
+#define SYS_pidfd_open 434 /* the same on every architecture (Linux 5.3) */
+#endif
+
+static int pidfd_open_(pid_t pid) {
+  return (int)syscall(SYS_pidfd_open, pid, 0);
+}
 
 /* The payload of every port message: this header, then the bytes, then a
  * NUL. Self-contained: it never points into the port. */
@@ -106,9 +119,19 @@ struct keel_port {
   keel_port_t *next, **pprev; /* in the owner's port_set */
 };
 
+typedef struct spawn_job spawn_job;
+
+/* The owner's open ports, and the open under way, if any: keel_rt_stop may
+ * end the owner while it waits on the spawner (exits are held, but a stop
+ * destroys every process), and its exit hook then hands the job over to the
+ * spawner and tears the half-open port down. */
 struct port_set {
   keel_port_t *head;
+  spawn_job *opening;
+  keel_port_t *opening_port;
 };
+
+static void job_abandon(spawn_job *j);
 
 /* ---- messages ---------------------------------------------------------------- */
 
@@ -157,12 +180,37 @@ int keel_port_receive(const keel_port_t *port, keel_msg_t **out, int64_t timeout
   return keel_receive_match(match_port, &id, out, timeout_ms);
 }
 
+/* sigabbrev_np is glibc 2.32: the signals a program commonly ends with. */
+static const char *sig_name(int sig) {
+  switch (sig) {
+  case SIGHUP: return "HUP";
+  case SIGINT: return "INT";
+  case SIGQUIT: return "QUIT";
+  case SIGILL: return "ILL";
+  case SIGTRAP: return "TRAP";
+  case SIGABRT: return "ABRT";
+  case SIGBUS: return "BUS";
+  case SIGFPE: return "FPE";
+  case SIGKILL: return "KILL";
+  case SIGUSR1: return "USR1";
+  case SIGSEGV: return "SEGV";
+  case SIGUSR2: return "USR2";
+  case SIGPIPE: return "PIPE";
+  case SIGALRM: return "ALRM";
+  case SIGTERM: return "TERM";
+  case SIGXCPU: return "XCPU";
+  case SIGXFSZ: return "XFSZ";
+  case SIGSYS: return "SYS";
+  default: return NULL;
+  }
+}
+
 char *keel_port_status_format(const keel_port_status *st, char *buf, size_t len) {
   if (!buf || !len) return buf;
-  if (!st) {
+  if (!st || (st->exit_code < 0 && !st->signal)) {
     snprintf(buf, len, "unknown");
   } else if (st->signal) {
-    const char *name = sigabbrev_np(st->signal);
+    const char *name = sig_name(st->signal);
     snprintf(buf, len, "signal %d (SIG%s)", st->signal, name ? name : "?");
   } else if (st->exit_code) {
     snprintf(buf, len, "exit %d", st->exit_code);
@@ -192,20 +240,38 @@ static void maybe_finish(keel_port_t *p) {
  * here, or in reap_later once the port is torn down) keeps its pid, and so
  * its group id, from being reused while the port may still signal it. */
 static void on_exit_ready(uv_poll_t *h, int status, int events) {
-  (void)status;
   (void)events;
   keel_port_t *p = h->data;
   siginfo_t si;
   memset(&si, 0, sizeof si);
-  if (waitid(P_PIDFD, (id_t)p->pidfd, &si, WEXITED | WNOHANG) != 0 && errno == EINTR) return;
-  if (si.si_pid == 0) return; /* not yet (a spurious wake-up) */
+  int rc = waitid(PORT_P_PIDFD, (id_t)p->pidfd, &si, WEXITED | WNOHANG);
+  if (rc != 0 && errno == EINTR) return;
+  if (rc == 0 && si.si_pid == 0) {
+    if (status >= 0) return; /* not yet (a spurious wake-up) */
+    /* The poll failed: nothing would tell us of the exit. The program is
+     * ended now (still unreaped, so -pid is its group) and reaped; SIGKILL
+     * bounds the wait. */
+    kill(-p->os_pid, SIGKILL);
+    while ((rc = waitid(PORT_P_PIDFD, (id_t)p->pidfd, &si, WEXITED)) != 0 && errno == EINTR) {
+    }
+  }
+  /* Any other failure is final: the pidfd stays readable, and a
+   * level-triggered poll would spin on it. ECHILD: the kernel reaped the
+   * program itself (the application set SIGCHLD to SIG_IGN); its status is
+   * lost, and so is the group id, which may name another group now: no
+   * signal is sent to it. */
   uv_poll_stop(h);
+  p->exited = true;
+  if (rc != 0) {
+    p->status = (keel_port_status){.exit_code = -1, .signal = 0};
+    maybe_finish(p);
+    return;
+  }
   /* The leader is reaped. What is left of its group (a background job
    * holding the pipes open) dies now, while the group id can only be this
    * program's: no later signal to -pid is ever sent, since the id could by
    * then name an unrelated group. */
   kill(-p->os_pid, SIGKILL);
-  p->exited = true;
   p->status.exit_code = si.si_code == CLD_EXITED ? si.si_status : 0;
   p->status.signal = si.si_code == CLD_KILLED || si.si_code == CLD_DUMPED ? si.si_status : 0;
   maybe_finish(p);
@@ -396,6 +462,11 @@ static void port_teardown(keel_port_t *p) {
 /* The owner's exit hook: it died with ports open. */
 static void owner_gone(void *arg) {
   port_set *set = arg;
+  if (set->opening) {
+    job_abandon(set->opening);
+    set->opening_port->exited = true; /* no program of its own: the job has it */
+    port_teardown(set->opening_port);
+  }
   while (set->head) {
     keel_port_t *p = set->head;
     if (!p->exited) kill(-p->os_pid, SIGKILL); /* the group: descendants too */
@@ -433,18 +504,22 @@ static const char *find_helper(const char *given) {
 }
 
 /* The helper's argv: helper --ppid N [--rlimit R:S:H]... -- argv...; the
- * strings live in one block after the pointers. NULL on ENOMEM. */
+ * strings, copies (the spawner may use them after the owner is gone), live
+ * in one block after the pointers. NULL on ENOMEM. */
 static char **helper_argv(const char *helper, const keel_port_opts *o) {
   size_t nargs = 0;
   while (o->argv[nargs])
     nargs++;
   size_t nptr = 4 + 2 * o->nrlimits + nargs + 1;
-  size_t strbytes = 24 + 72 * o->nrlimits;
+  size_t strbytes = 24 + 72 * o->nrlimits + strlen(helper) + 1;
+  for (size_t i = 0; i < nargs; i++)
+    strbytes += strlen(o->argv[i]) + 1;
   char **v = malloc(nptr * sizeof *v + strbytes);
   if (!v) return NULL;
   char *s = (char *)(v + nptr);
   size_t k = 0;
-  v[k++] = (char *)helper;
+  v[k++] = s;
+  s = stpcpy(s, helper) + 1;
   v[k++] = "--ppid";
   v[k++] = s;
   s += snprintf(s, 24, "%ld", (long)getpid()) + 1;
@@ -464,8 +539,10 @@ static char **helper_argv(const char *helper, const keel_port_opts *o) {
     s += snprintf(s, 72, "%d:%s:%s", r->resource, soft, hard) + 1;
   }
   v[k++] = "--";
-  for (size_t i = 0; i < nargs; i++)
-    v[k++] = (char *)o->argv[i];
+  for (size_t i = 0; i < nargs; i++) {
+    v[k++] = s;
+    s = stpcpy(s, o->argv[i]) + 1;
+  }
   v[k] = NULL;
   return v;
 }
@@ -479,8 +556,9 @@ static bool same_name(const char *a, const char *b) {
 }
 
 /* The program's environment: the node's (unless clean_env) with the
- * overrides replacing variables of the same name. Borrowed strings; the
- * array is the caller's to free. NULL on ENOMEM. */
+ * overrides replacing variables of the same name. One block, the strings
+ * copied after the pointers (as helper_argv); the caller's to free. NULL on
+ * ENOMEM. */
 static char **build_env(const keel_port_opts *o) {
   size_t nbase = 0, nover = 0;
   if (!o->clean_env)
@@ -500,8 +578,20 @@ static char **build_env(const keel_port_opts *o) {
   }
   for (size_t j = 0; j < nover; j++)
     v[k++] = (char *)o->env[j];
-  v[k] = NULL;
-  return v;
+  size_t bytes = 0;
+  for (size_t i = 0; i < k; i++)
+    bytes += strlen(v[i]) + 1;
+  char **c = malloc((k + 1) * sizeof *c + bytes);
+  if (c) {
+    char *s = (char *)(c + k + 1);
+    for (size_t i = 0; i < k; i++) {
+      c[i] = s;
+      s = stpcpy(s, v[i]) + 1;
+    }
+    c[k] = NULL;
+  }
+  free(v);
+  return c;
 }
 
 static bool valid_mode(keel_port_mode m) {
@@ -524,25 +614,40 @@ static void fds_close(int fds[3]) {
     if (fds[i] >= 0) close(fds[i]);
 }
 
-static int fds_make(keel_port_t *p, spawn_fds *f, posix_spawn_file_actions_t *fa) {
+/* Moves a pipe end found in 0-2 (the node runs with its stdio closed) to
+ * 3 or above: the dup2s into the program's 0-2 would clobber it there, and
+ * libuv refuses to close a descriptor below 3. 0 or -1 (errno). */
+static int lift(int *fd) {
+  if (*fd > 2) return 0;
+  int up = fcntl(*fd, F_DUPFD_CLOEXEC, 3);
+  if (up < 0) return -1;
+  close(*fd);
+  *fd = up;
+  return 0;
+}
+
+static int fds_make(const keel_port_mode modes[2], spawn_fds *f, posix_spawn_file_actions_t *fa) {
   for (int i = 0; i < 3; i++)
     f->parent[i] = f->child[i] = -1;
   for (int fd = 0; fd < 3; fd++) {
-    out_stream *s = fd ? &p->out[fd - 1] : NULL;
-    if (s && s->mode == KEEL_PORT_INHERIT) continue;
-    if (s && s->mode == KEEL_PORT_IGNORE) {
+    keel_port_mode mode = fd ? modes[fd - 1] : KEEL_PORT_LINES; /* stdin: always a pipe */
+    if (mode == KEEL_PORT_INHERIT) continue;
+    if (mode == KEEL_PORT_IGNORE) {
       if (posix_spawn_file_actions_addopen(fa, fd, "/dev/null", O_WRONLY, 0) != 0) return ENOMEM;
       continue;
     }
     int ends[2]; /* [0] reads, [1] writes */
     if (pipe2(ends, O_CLOEXEC) != 0) return errno;
+    if (lift(&ends[0]) != 0 || lift(&ends[1]) != 0) {
+      int err = errno;
+      close(ends[0]);
+      close(ends[1]);
+      return err;
+    }
     f->child[fd] = fd ? ends[1] : ends[0];
     f->parent[fd] = fd ? ends[0] : ends[1];
-    if (s) s->piped = true;
     if (posix_spawn_file_actions_adddup2(fa, f->child[fd], fd) != 0) return ENOMEM;
   }
-  p->out[0].eof = !p->out[0].piped;
-  p->out[1].eof = !p->out[1].piped;
   return 0;
 }
 
@@ -552,8 +657,8 @@ static int fds_make(keel_port_t *p, spawn_fds *f, posix_spawn_file_actions_t *fa
  * child gets its own session (setsid: its own group, as uv_spawn's
  * UV_PROCESS_DETACHED), default signal handlers and an empty signal mask.
  * Returns 0 or an errno value; on success *pid and f->parent are set. */
-static int spawn_helper(keel_port_t *p, const char *helper, char **args, char **env,
-                        const char *cwd, spawn_fds *f, pid_t *pid) {
+static int spawn_helper(const keel_port_mode modes[2], char **args, char **env, const char *cwd,
+                        spawn_fds *f, pid_t *pid) {
   posix_spawn_file_actions_t fa;
   posix_spawnattr_t at;
   if (posix_spawn_file_actions_init(&fa) != 0) return ENOMEM;
@@ -564,14 +669,16 @@ static int spawn_helper(keel_port_t *p, const char *helper, char **args, char **
   sigset_t none, all;
   sigemptyset(&none);
   sigfillset(&all);
-  int err = fds_make(p, f, &fa);
+  int err = fds_make(modes, f, &fa);
   if (!err && cwd) err = posix_spawn_file_actions_addchdir_np(&fa, cwd);
   if (!err)
     err = posix_spawnattr_setflags(&at, POSIX_SPAWN_SETSID | POSIX_SPAWN_SETSIGMASK |
                                             POSIX_SPAWN_SETSIGDEF);
   if (!err) err = posix_spawnattr_setsigmask(&at, &none);
   if (!err) err = posix_spawnattr_setsigdefault(&at, &all);
-  if (!err) err = posix_spawn(pid, helper, &fa, &at, args, env);
+  /* posix_spawnp: a helper named without a slash is looked up in the
+   * node's PATH (as uv_spawn's execvp did); a path is used as it is */
+  if (!err) err = posix_spawnp(pid, args[0], &fa, &at, args, env);
   posix_spawnattr_destroy(&at);
   posix_spawn_file_actions_destroy(&fa);
   fds_close(f->child); /* the program has its copies */
@@ -589,24 +696,78 @@ static int spawn_helper(keel_port_t *p, const char *helper, char **args, char **
  * started once per OS process and never ends, so the death signal means the
  * node's death, not a thread's (decision 0038). A forked copy of the node
  * has no such thread and starts its own. */
-typedef struct spawn_job {
-  struct spawn_job *next;
-  keel_port_t *p;
-  const char *helper, *cwd;
-  char **args, **env;
-  spawn_fds fds;
-  pid_t pid;
-  int err;
-  bool done;   /* under spawner.lock: the owner reads the job after it */
-  int done_fd; /* an eventfd the spawner writes once done */
-} spawn_job;
-
 static struct {
   pthread_mutex_t lock;
   pthread_cond_t cond;
   spawn_job *head, *tail;
   pid_t pid; /* the OS process the thread runs in; 0: none yet */
 } spawner = {PTHREAD_MUTEX_INITIALIZER, PTHREAD_COND_INITIALIZER, NULL, NULL, 0};
+
+struct spawn_job {
+  struct spawn_job *next;
+  keel_port_mode modes[2]; /* stdout's, stderr's */
+  char **args, **env;      /* helper_argv's, build_env's: owned, strings too */
+  char *cwd;               /* owned; NULL: the node's */
+  spawn_fds fds;
+  pid_t pid;
+  int err;
+  bool done;      /* under spawner.lock: the owner owns the job after it */
+  bool abandoned; /* under spawner.lock: the owner is gone; the spawner ends the job */
+  int done_fd;    /* an eventfd the spawner writes once done; -1: none */
+};
+
+/* A job is on the heap, not on its owner's stack: keel_rt_stop destroys an
+ * owner waiting on it (its stack is unmapped), and the spawner may still be
+ * running or about to run the job. Whoever holds it last frees it: the
+ * owner once done, the spawner once abandoned. */
+static spawn_job *job_new(const keel_port_opts *o, const char *helper) {
+  spawn_job *j = calloc(1, sizeof *j);
+  if (!j) return NULL;
+  j->done_fd = -1;
+  j->modes[0] = o->stdout_mode;
+  j->modes[1] = o->stderr_mode;
+  j->args = helper_argv(helper, o);
+  j->env = j->args ? build_env(o) : NULL;
+  j->cwd = o->cwd && j->env ? strdup(o->cwd) : NULL;
+  if (!j->env || (o->cwd && !j->cwd)) {
+    free(j->args);
+    free(j->env);
+    free(j);
+    return NULL;
+  }
+  return j;
+}
+
+static void job_free(spawn_job *j) {
+  if (j->done_fd >= 0) close(j->done_fd);
+  free(j->args);
+  free(j->env);
+  free(j->cwd);
+  free(j);
+}
+
+/* A job whose owner is gone: its program is killed and reaped (SIGKILL
+ * ends it at once: it is the exec helper or the program, never in an
+ * uninterruptible wait of ours), and its pipe ends closed. */
+static void job_discard(spawn_job *j) {
+  if (j->err == 0) {
+    kill(-j->pid, SIGKILL);
+    while (waitpid(j->pid, NULL, 0) < 0 && errno == EINTR) {
+    }
+    fds_close(j->fds.parent);
+  }
+  job_free(j);
+}
+
+/* The owner's exit hook, when it ends during the open: a finished job is
+ * discarded here, a queued or running one marked for the spawner to. */
+static void job_abandon(spawn_job *j) {
+  pthread_mutex_lock(&spawner.lock);
+  bool done = j->done;
+  j->abandoned = !done;
+  pthread_mutex_unlock(&spawner.lock);
+  if (done) job_discard(j);
+}
 
 static void *spawner_main(void *arg) {
   (void)arg;
@@ -618,17 +779,21 @@ static void *spawner_main(void *arg) {
     spawner.head = j->next;
     if (!spawner.head) spawner.tail = NULL;
     pthread_mutex_unlock(&spawner.lock);
-    int err = spawn_helper(j->p, j->helper, j->args, j->env, j->cwd, &j->fds, &j->pid);
+    int err = spawn_helper(j->modes, j->args, j->env, j->cwd, &j->fds, &j->pid);
     /* The wake-up is written under the lock: once the owner sees done, it
-     * closes the eventfd and its stack frame (the job) goes, so nothing of
-     * the job may be touched after the unlock. */
+     * frees the job, so nothing of it may be touched after the unlock
+     * unless the owner had abandoned it. */
     pthread_mutex_lock(&spawner.lock);
     j->err = err;
-    j->done = true;
-    uint64_t one = 1;
-    while (write(j->done_fd, &one, sizeof one) < 0 && errno == EINTR) {
+    bool abandoned = j->abandoned;
+    if (!abandoned) {
+      j->done = true;
+      uint64_t one = 1;
+      while (write(j->done_fd, &one, sizeof one) < 0 && errno == EINTR) {
+      }
     }
     pthread_mutex_unlock(&spawner.lock);
+    if (abandoned) job_discard(j);
   }
   return NULL;
 }
@@ -664,14 +829,32 @@ static int spawner_queue(spawn_job *j) {
   return 0;
 }
 
+/* A child forked while a thread of the node held spawner.lock would inherit
+ * it locked, and its first open would wait forever: the child's copy starts
+ * afresh (lock, condition, queue) with no spawner thread, which its first
+ * open starts. Registered once, at the first open. */
+static void spawner_atfork_child(void) {
+  pthread_mutex_init(&spawner.lock, NULL);
+  pthread_cond_init(&spawner.cond, NULL);
+  spawner.head = spawner.tail = NULL;
+  spawner.pid = 0;
+}
+
+static pthread_once_t spawner_atfork_once = PTHREAD_ONCE_INIT;
+
+static void spawner_atfork_register(void) {
+  pthread_atfork(NULL, NULL, spawner_atfork_child);
+}
+
 /* Runs spawn_helper on the spawner thread while the caller's scheduler runs
- * other processes. Exits are held meanwhile: the job lives on the caller's
- * stack, and the wait is short and bounded (the helper's exec beginning). */
+ * other processes. The caller holds exits (keel_port_open) and owns the job
+ * again once this returns; the wait is short and bounded (the helper's exec
+ * beginning). */
 static int spawn_on_thread(spawn_job *j) {
   j->done = false;
   j->done_fd = eventfd(0, EFD_CLOEXEC | EFD_NONBLOCK);
   if (j->done_fd < 0) return errno;
-  keel_hold_exits(true);
+  pthread_once(&spawner_atfork_once, spawner_atfork_register);
   pthread_mutex_lock(&spawner.lock);
   int err = spawner_queue(j);
   pthread_mutex_unlock(&spawner.lock);
@@ -681,8 +864,6 @@ static int spawn_on_thread(spawn_job *j) {
     done = j->done;
     pthread_mutex_unlock(&spawner.lock);
   }
-  keel_hold_exits(false);
-  close(j->done_fd);
   return err ? err : j->err;
 }
 
@@ -702,7 +883,7 @@ static int errno_to_keel(int err) {
  * on error the caller kills the program and tears the port down. */
 static int adopt(keel_port_t *p, uv_loop_t *loop, pid_t pid, spawn_fds *f) {
   p->os_pid = (int)pid;
-  p->pidfd = pidfd_open(pid, 0);
+  p->pidfd = pidfd_open_(pid);
   if (p->pidfd < 0 || uv_poll_init(loop, &p->exit_watch, p->pidfd) != 0) {
     /* no watch: nothing would reap it; kill and reap it now (quick: the
      * helper is not ours to wait for long) */
@@ -767,10 +948,8 @@ int keel_port_open(const keel_port_opts *o, keel_port_t **out) {
   if (!helper) return KEEL_ENOENT;
   port_set *set = owner_set();
   keel_port_t *p = set ? port_new(o) : NULL;
-  char **args = p ? helper_argv(helper, o) : NULL;
-  char **env = args ? build_env(o) : NULL;
-  if (!env) {
-    free(args);
+  spawn_job *job = p ? job_new(o, helper) : NULL;
+  if (!job) {
     if (p) port_free(p);
     return KEEL_ENOMEM;
   }
@@ -787,22 +966,36 @@ int keel_port_open(const keel_port_opts *o, keel_port_t **out) {
   uv_timer_init(loop, &p->resume);
   p->resume.data = p;
 
-  spawn_job job = {.p = p, .helper = helper, .cwd = o->cwd, .args = args, .env = env};
-  int err = spawn_on_thread(&job);
-  free(args);
-  free(env);
+  /* Exits are held from here until the port is in the owner's set, or torn
+   * down: a kill arriving meanwhile takes effect at the release, when the
+   * exit hook finds the program; applied earlier, it would leave the
+   * program running and its descriptors open. */
+  keel_hold_exits(true);
+  set->opening = job;
+  set->opening_port = p;
+  int err = spawn_on_thread(job);
+  set->opening = NULL;
+  set->opening_port = NULL;
   if (err != 0) {
+    job_free(job);
     p->exited = true;
     p->closing = true;
     keel_io_end(&p->pin);
     port_teardown(p);
+    keel_hold_exits(false);
     return errno_to_keel(err);
   }
-  rc = adopt(p, loop, job.pid, &job.fds);
+  for (int i = 0; i < 2; i++) {
+    p->out[i].piped = job->fds.parent[i + 1] >= 0;
+    p->out[i].eof = !p->out[i].piped;
+  }
+  rc = adopt(p, loop, job->pid, &job->fds);
+  job_free(job);
   if (rc != 0) {
     if (!p->exited) kill(-p->os_pid, SIGKILL);
     keel_io_end(&p->pin);
     port_teardown(p);
+    keel_hold_exits(false);
     return rc;
   }
   p->in_open = true;
@@ -814,6 +1007,7 @@ int keel_port_open(const keel_port_opts *o, keel_port_t **out) {
   p->set = set;
   set_reading(p, true);
   *out = p;
+  keel_hold_exits(false); /* a held kill ends the owner here; its hook closes p */
   return 0;
 }
 

@@ -8,6 +8,7 @@
  * AddressSanitizer leak would make it exit non-zero) and leaves nothing.
  * Waits are bounded liveness limits, never verdicts on speed.
  */
+#include <dirent.h>
 #include <errno.h>
 #include <fcntl.h>
 #include <signal.h>
@@ -435,6 +436,72 @@ KT_CASE(an_owner_that_dies_takes_its_program_with_it) {
   KT_WAIT_UNTIL(os_reaped(pid));
 }
 
+/* This OS process's children still running: every thread's children list
+ * (the programs' parent is the spawner thread), zombies left out. */
+static int live_children(void) {
+  int n = 0;
+  DIR *tasks = opendir("/proc/self/task");
+  CHECK(tasks != NULL);
+  for (struct dirent *t; (t = readdir(tasks));) {
+    if (t->d_name[0] == '.') continue;
+    char path[300];
+    snprintf(path, sizeof path, "/proc/self/task/%s/children", t->d_name);
+    FILE *f = fopen(path, "r");
+    if (!f) continue;
+    for (int pid; fscanf(f, "%d", &pid) == 1;)
+      if (!os_gone(pid)) n++;
+    fclose(f);
+  }
+  closedir(tasks);
+  return n;
+}
+
+static int open_fds(void) {
+  int n = 0;
+  DIR *d = opendir("/proc/self/fd");
+  CHECK(d != NULL);
+  while (readdir(d))
+    n++;
+  closedir(d);
+  return n;
+}
+
+/* Opens `sleep 1000` until it is killed. */
+static void opens_forever(void *arg) {
+  (void)arg;
+  static const char *const argv[] = {"sleep", "1000", NULL};
+  for (;;) {
+    keel_port_opts o = {.argv = argv};
+    keel_port_t *p = NULL;
+    keel_port_open(&o, &p);
+  }
+}
+
+/* A kill that arrives while the open waits on the spawner is held until the
+ * port is in the owner's set: the exit hook then kills and reaps the
+ * program and closes its descriptors. Kill times spread over 20-83 ms so
+ * that some land inside an open. */
+KT_CASE(an_owner_killed_during_an_open_leaks_no_program_and_no_descriptor) {
+  KT_WAIT_UNTIL(live_children() == 0); /* what earlier cases left is reaped */
+  /* a first owner killed after its open: what the runtime opens lazily on
+   * that path (the blocking pool's reaper) is open before the count */
+  keel_ref_t ref;
+  keel_pid_t first = kt_spawn_monitor(opens_forever, NULL, 0, &ref);
+  keel_sleep(200);
+  CHECK_OK(keel_exit_signal(first, KEEL_REASON_KILL, NULL));
+  kt_wait_down(ref, first, NULL, 0);
+  KT_WAIT_UNTIL(live_children() == 0);
+  int fds = open_fds();
+  for (int round = 0; round < 10; round++) {
+    keel_pid_t owner = kt_spawn_monitor(opens_forever, NULL, 0, &ref);
+    keel_sleep(20 + round * 7);
+    CHECK_OK(keel_exit_signal(owner, KEEL_REASON_KILL, NULL));
+    kt_wait_down(ref, owner, NULL, 0);
+  }
+  KT_WAIT_UNTIL(live_children() == 0);
+  KT_WAIT_UNTIL(open_fds() == fds);
+}
+
 /* Every open goes through the node's one spawner thread (decision 0038):
  * owners on both schedulers opening at once each get their own program, with
  * their own pipes (a job's descriptors handed to another owner would show
@@ -686,6 +753,67 @@ KT_CASE(a_node_stopped_with_ports_running_leaks_nothing_and_leaves_nothing) {
   unlink(pidfile);
 }
 
+/* keel_rt_stop while owners wait on the spawner: their stacks go, and the
+ * spawner must neither write into a job that lived there nor leave the
+ * program it started running. The node stops its runtime mid-open again
+ * and again, and exits 0 only if no program and no descriptor is left
+ * (non-zero, or a crash or an ASan report, otherwise). */
+KT_CASE(a_runtime_stopped_during_opens_crashes_not_and_leaves_nothing) {
+  char pidfile[] = "/tmp/kt-port-pid-XXXXXX";
+  int fd = mkstemp(pidfile);
+  CHECK(fd >= 0);
+  close(fd);
+  pid_t node = spawn_node("stop_opens", pidfile);
+  int status = reap(node);
+  CHECK(WIFEXITED(status));
+  CHECK_EQ(WEXITSTATUS(status), 0);
+  unlink(pidfile);
+}
+
+/* With SIGCHLD ignored the kernel reaps programs itself and waitid fails
+ * (ECHILD): the port still ends, with the status unknown, instead of its
+ * exit watch spinning on a pidfd that stays readable. */
+KT_CASE(a_program_reaped_by_the_kernel_still_ends_its_port) {
+  char pidfile[] = "/tmp/kt-port-pid-XXXXXX";
+  int fd = mkstemp(pidfile);
+  CHECK(fd >= 0);
+  close(fd);
+  pid_t node = spawn_node("sigchld_ignored", pidfile);
+  int status = reap(node);
+  CHECK(WIFEXITED(status));
+  CHECK_EQ(WEXITSTATUS(status), 0);
+  unlink(pidfile);
+}
+
+/* A node whose descriptors 0-2 are closed gets its pipes there: they must
+ * not be clobbered by the program's own 0-2 (nor handed to libuv, which
+ * refuses to close a descriptor below 3). */
+KT_CASE(a_node_without_stdio_still_gives_its_program_three_pipes) {
+  char pidfile[] = "/tmp/kt-port-pid-XXXXXX";
+  int fd = mkstemp(pidfile);
+  CHECK(fd >= 0);
+  close(fd);
+  pid_t node = spawn_node("no_stdio", pidfile);
+  int status = reap(node);
+  CHECK(WIFEXITED(status));
+  CHECK_EQ(WEXITSTATUS(status), 0);
+  unlink(pidfile);
+}
+
+/* A helper named without a slash is looked up in PATH (as uv_spawn's
+ * execvp did before decision 0038). */
+KT_CASE(a_helper_named_without_a_path_is_found_in_path) {
+  char pidfile[] = "/tmp/kt-port-pid-XXXXXX";
+  int fd = mkstemp(pidfile);
+  CHECK(fd >= 0);
+  close(fd);
+  pid_t node = spawn_node("helper_in_path", pidfile);
+  int status = reap(node);
+  CHECK(WIFEXITED(status));
+  CHECK_EQ(WEXITSTATUS(status), 0);
+  unlink(pidfile);
+}
+
 /* ---- the node mode ------------------------------------------------------------- */
 
 static void node_owner(void *arg) {
@@ -709,7 +837,128 @@ static void node_owner(void *arg) {
   keel_receive(&m, KEEL_INFINITY);
 }
 
+/* Opens `sleep 1000` from 8 processes and stops the runtime a few ms in,
+ * 30 times; 0 if nothing is left after, 3 if a program runs, 4 if a
+ * descriptor stayed open. */
+static int node_stop_opens(void) {
+  CHECK_OK(keel_rt_start(NULL)); /* what a started runtime keeps open */
+  CHECK_OK(keel_rt_stop());
+  int fds = open_fds();
+  for (int round = 0; round < 30; round++) {
+    CHECK_OK(keel_rt_start(NULL));
+    for (int i = 0; i < 8; i++)
+      CHECK_OK(keel_spawn(opens_forever, NULL, NULL, NULL));
+    usleep((useconds_t)(1000 + (round % 6) * 1000));
+    CHECK_OK(keel_rt_stop());
+  }
+  /* the spawner finishes the opens it had under way (bounded: 10 s) */
+  for (int i = 0; i < 1000 && (live_children() || open_fds() != fds); i++)
+    usleep(10000);
+  if (live_children()) return 3;
+  if (open_fds() != fds) return 4;
+  return 0;
+}
+
+static void sigchld_owner(void *arg) {
+  (void)arg;
+  static const char *const argv[] = {"true", NULL};
+  keel_port_t *p = open_argv(argv, NULL);
+  keel_msg_t *m = NULL;
+  keel_port_event ev;
+  int rc = keel_port_receive(p, &m, 10000); /* a liveness limit: it spun forever */
+  bool ok = rc == 0 && keel_port_event_of(m, &ev) == 0 && ev.tag == KEEL_PORT_EXIT &&
+            ev.status.exit_code == -1 && ev.status.signal == 0 && strcmp(ev.data, "unknown") == 0;
+  if (m) keel_msg_free(m);
+  keel_rt_halt(ok ? 0 : 5);
+}
+
+/* Echoes a line through stdin and stdout and writes one to stderr; halts
+ * 0 if both came back on their streams and the close left nothing open in
+ * 0-2, 6 otherwise (CHECK's report would go to a closed stderr). */
+static void no_stdio_owner(void *arg) {
+  (void)arg;
+  static const char *const argv[] = {"sh", "-c", "read x; echo \"out $x\"; echo err >&2", NULL};
+  /* Closed once the loop exists and has opened its spare descriptor (the
+   * first stream on it does, a warm-up port here): libuv itself refuses
+   * to close one below 3. One scheduler: the warm-up's loop is this one. */
+  static const char *const warm[] = {"true", NULL};
+  keel_port_t *w = NULL;
+  if (keel_port_open(&(keel_port_opts){.argv = warm}, &w) != 0 ||
+      keel_port_close(w, KEEL_INFINITY, NULL) != 0)
+    keel_rt_halt(7);
+  close(0);
+  close(1);
+  close(2);
+  keel_port_opts o = {.argv = argv};
+  keel_port_t *p = NULL;
+  bool ok = keel_port_open(&o, &p) == 0 && keel_port_write(p, "hi\n", 3, 10000) == 0;
+  bool out = false, err = false, exited = false;
+  while (ok && !exited) {
+    keel_msg_t *m = NULL;
+    keel_port_event ev;
+    if (keel_port_receive(p, &m, 10000) != 0 || keel_port_event_of(m, &ev) != 0) {
+      ok = false;
+      break;
+    }
+    if (ev.tag == KEEL_PORT_STDOUT) out = out || strcmp(ev.data, "out hi") == 0;
+    if (ev.tag == KEEL_PORT_STDERR) err = err || strcmp(ev.data, "err") == 0;
+    exited = ev.tag == KEEL_PORT_EXIT;
+    keel_msg_free(m);
+  }
+  ok = ok && keel_port_close(p, KEEL_INFINITY, NULL) == 0;
+  /* Every descriptor of the port is closed once its handles are: none is
+   * left in 0-2 (libuv silently never closes a stream there). */
+  bool low_open = true;
+  for (int i = 0; i < 1000 && low_open; i++) {
+    low_open = fcntl(0, F_GETFD) >= 0 || fcntl(1, F_GETFD) >= 0 || fcntl(2, F_GETFD) >= 0;
+    if (low_open) keel_sleep(10);
+  }
+  keel_rt_halt(ok && out && err && !low_open ? 0 : 6);
+}
+
+static void helper_in_path_owner(void *arg) {
+  (void)arg;
+  static const char *const argv[] = {"echo", "found", NULL};
+  keel_port_opts o = {.argv = argv, .exec_helper = "keel-port-exec"};
+  keel_port_t *p = NULL;
+  keel_msg_t *m = NULL;
+  keel_port_event ev;
+  bool ok = keel_port_open(&o, &p) == 0 && keel_port_receive(p, &m, 10000) == 0 &&
+            keel_port_event_of(m, &ev) == 0 && ev.tag == KEEL_PORT_STDOUT &&
+            strcmp(ev.data, "found") == 0;
+  if (m) keel_msg_free(m);
+  keel_rt_halt(ok ? 0 : 8);
+}
+
+/* PATH gets the build tree's libexec/ (this executable is in tests/),
+ * before the runtime's threads exist. */
+static int node_helper_in_path(void) {
+  char exe[4096];
+  ssize_t n = readlink("/proc/self/exe", exe, sizeof exe - 1);
+  if (n <= 0) return 9;
+  exe[n] = '\0';
+  for (int up = 0; up < 2; up++) {
+    char *slash = strrchr(exe, '/');
+    if (!slash) return 9;
+    *slash = '\0';
+  }
+  const char *old = getenv("PATH");
+  char path[8192];
+  snprintf(path, sizeof path, "%s/libexec:%s", exe, old ? old : "/usr/bin:/bin");
+  setenv("PATH", path, 1);
+  return keel_run(helper_in_path_owner, NULL, NULL);
+}
+
 static int node_main(void) {
+  const char *mode = getenv("KT_PORT_NODE");
+  if (strcmp(mode, "helper_in_path") == 0) return node_helper_in_path();
+  if (strcmp(mode, "no_stdio") == 0)
+    return keel_run(no_stdio_owner, NULL, &(keel_rt_opts){.schedulers = 1});
+  if (strcmp(mode, "stop_opens") == 0) return node_stop_opens();
+  if (strcmp(mode, "sigchld_ignored") == 0) {
+    signal(SIGCHLD, SIG_IGN);
+    return keel_run(sigchld_owner, NULL, NULL);
+  }
   return keel_run(node_owner, NULL, NULL);
 }
 
@@ -729,12 +978,17 @@ static const kt_case cases[] = {
     KT_ENTRY(the_program_inherits_no_node_descriptor),
     KT_ENTRY(a_truncated_port_message_is_refused),
     KT_ENTRY(an_owner_that_dies_takes_its_program_with_it),
+    KT_ENTRY_SCHED(an_owner_killed_during_an_open_leaks_no_program_and_no_descriptor, 2),
     KT_ENTRY_SCHED(owners_on_both_schedulers_opening_at_once_each_get_their_own_program, 2),
     KT_ENTRY_SCHED(a_segfaulting_program_is_restarted_with_that_reason, 2),
     KT_ENTRY(a_program_exiting_3_is_a_crash_and_exit_0_is_normal),
     KT_ENTRY_SCHED(a_program_ignoring_sigterm_is_killed_past_the_shutdown_time, 2),
     KT_ENTRY(no_orphan_remains_when_the_node_is_sigkilled),
     KT_ENTRY(a_node_stopped_with_ports_running_leaks_nothing_and_leaves_nothing),
+    KT_ENTRY(a_runtime_stopped_during_opens_crashes_not_and_leaves_nothing),
+    KT_ENTRY(a_program_reaped_by_the_kernel_still_ends_its_port),
+    KT_ENTRY(a_node_without_stdio_still_gives_its_program_three_pipes),
+    KT_ENTRY(a_helper_named_without_a_path_is_found_in_path),
 };
 
 int main(int argc, char **argv) {

@@ -27,7 +27,7 @@
  * is already gone. Only async-signal-safe work happens before execvp; the
  * helper is single-threaded, so ordinary libc is safe too.
  */
-#define _GNU_SOURCE /* close_range */
+#define _GNU_SOURCE
 #include <errno.h>
 #include <signal.h>
 #include <stdio.h>
@@ -35,6 +35,7 @@
 #include <string.h>
 #include <sys/prctl.h>
 #include <sys/resource.h>
+#include <sys/syscall.h>
 #include <unistd.h>
 
 static int parse_limit(const char *s, rlim_t *out) {
@@ -64,10 +65,13 @@ static int apply_rlimit(const char *spec) {
   return setrlimit((int)r, &rl);
 }
 
-/* Closes every descriptor from 3 up: close_range (Linux 5.9), else one by
- * one up to the descriptor limit. */
+/* Closes every descriptor from 3 up: close_range (Linux 5.9; the system
+ * call, as glibc's wrapper is 2.34), else one by one up to the descriptor
+ * limit. */
 static void close_inherited(void) {
-  if (close_range(3, ~0U, 0) == 0) return;
+#ifdef SYS_close_range
+  if (syscall(SYS_close_range, 3U, ~0U, 0U) == 0) return;
+#endif
   struct rlimit rl;
   long max = getrlimit(RLIMIT_NOFILE, &rl) == 0 && rl.rlim_cur != RLIM_INFINITY ? (long)rl.rlim_cur
                                                                                 : 65536;
