@@ -44,6 +44,19 @@ static inline int bench_cmp_double(const void *a, const void *b) {
   return (x > y) - (x < y);
 }
 
+/* The median of n rounds measured in one runtime, as keel_bench.erl
+ * measures the BEAM's (only its first round is cold): the first round and
+ * the others go to stderr, so the cold figure is seen beside the median.
+ * Sorts samples. */
+static inline double bench_warm_median(const char *name, const char *unit, double *samples, int n) {
+  fprintf(stderr, "  %s: cold (first) %.0f %s, then", name, samples[0], unit);
+  for (int r = 1; r < n; r++)
+    fprintf(stderr, " %.0f", samples[r]);
+  fprintf(stderr, "\n");
+  qsort(samples, (size_t)n, sizeof samples[0], bench_cmp_double);
+  return samples[n / 2];
+}
+
 /* A process that waits for one message, forever: the idle population of the
  * observer and dashboard workloads. */
 static inline void bench_idle_main(void *arg) {

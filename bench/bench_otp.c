@@ -243,12 +243,7 @@ static void sup_start_main(void *arg) {
     keel_gs_stop(sup, KEEL_REASON_SHUTDOWN, NULL, KEEL_INFINITY);
     samples[r] = (t1 - t0) / SUP_CHILDREN;
   }
-  fprintf(stderr, "  supervisor_start: cold (first) %.0f ns/child, then", samples[0]);
-  for (int r = 1; r < SUP_REPS; r++)
-    fprintf(stderr, " %.0f", samples[r]);
-  fprintf(stderr, "\n");
-  qsort(samples, SUP_REPS, sizeof samples[0], bench_cmp_double);
-  bench_result = samples[SUP_REPS / 2];
+  bench_result = bench_warm_median("supervisor_start", "ns/child", samples, SUP_REPS);
 }
 
 /* ---- driver ----------------------------------------------------------------------------- */

@@ -109,12 +109,7 @@ static void spawn_main(void *arg) {
     release_all();
     wait_alive(base.procs_alive);
   }
-  fprintf(stderr, "  spawn: cold (first) %.0f ns/process, then", samples[0]);
-  for (int r = 1; r < SPAWN_REPS; r++)
-    fprintf(stderr, " %.0f", samples[r]);
-  fprintf(stderr, "\n");
-  qsort(samples, SPAWN_REPS, sizeof samples[0], bench_cmp_double);
-  bench_result = samples[SPAWN_REPS / 2];
+  bench_result = bench_warm_median("spawn", "ns/process", samples, SPAWN_REPS);
 }
 
 static void memory_main(void *arg) {

@@ -97,6 +97,21 @@ static int map_error(PGresult *err, const char *what) {
   return KEEL_EIO;
 }
 
+/* Sends what libpq has buffered for c, reading what the server sends
+ * meanwhile (it may not read more until its output is taken). 0, or c is
+ * broken and the error is returned. */
+static int flush_out(es_pg *pg, es_pgconn *c, const char *what) {
+  int rc, rev;
+  for (;;) {
+    int f = PQflush(c->conn);
+    if (f == 0) return 0;
+    if (f < 0) return broken(c, what, KEEL_EIO);
+    if ((rc = wait_sock(pg, c, KEEL_READABLE | KEEL_WRITABLE, &rev)) != 0)
+      return broken(c, what, rc == KEEL_ETIMEDOUT ? KEEL_ETIMEDOUT : KEEL_EIO);
+    if ((rev & KEEL_READABLE) && !PQconsumeInput(c->conn)) return broken(c, what, KEEL_EIO);
+  }
+}
+
 int keel__es_pg_query(es_pg *pg, es_pgconn *c, const char *what, const char *sql, int nparams,
                       const char *const *params, PGresult **out) {
   if (out) *out = NULL;
@@ -104,15 +119,8 @@ int keel__es_pg_query(es_pg *pg, es_pgconn *c, const char *what, const char *sql
   int ok = nparams < 0 ? PQsendQuery(c->conn, sql)
                        : PQsendQueryParams(c->conn, sql, nparams, NULL, params, NULL, NULL, 0);
   if (!ok) return broken(c, what, KEEL_EIO);
-  int rc, rev;
-  for (;;) {
-    int f = PQflush(c->conn);
-    if (f == 0) break;
-    if (f < 0) return broken(c, what, KEEL_EIO);
-    if ((rc = wait_sock(pg, c, KEEL_READABLE | KEEL_WRITABLE, &rev)) != 0)
-      return broken(c, what, rc == KEEL_ETIMEDOUT ? KEEL_ETIMEDOUT : KEEL_EIO);
-    if ((rev & KEEL_READABLE) && !PQconsumeInput(c->conn)) return broken(c, what, KEEL_EIO);
-  }
+  int rc = flush_out(pg, c, what);
+  if (rc) return rc;
   PGresult *res = NULL, *err = NULL;
   for (;;) {
     while (PQisBusy(c->conn)) {
@@ -175,15 +183,8 @@ int keel__es_pg_pipeline(es_pg *pg, es_pgconn *c, const char *what, size_t n,
                            NULL, 0))
       return broken(c, what, KEEL_EIO);
   if (!PQpipelineSync(c->conn)) return broken(c, what, KEEL_EIO);
-  int rc, rev;
-  for (;;) {
-    int f = PQflush(c->conn);
-    if (f == 0) break;
-    if (f < 0) return broken(c, what, KEEL_EIO);
-    if ((rc = wait_sock(pg, c, KEEL_READABLE | KEEL_WRITABLE, &rev)) != 0)
-      return broken(c, what, rc == KEEL_ETIMEDOUT ? KEEL_ETIMEDOUT : KEEL_EIO);
-    if ((rev & KEEL_READABLE) && !PQconsumeInput(c->conn)) return broken(c, what, KEEL_EIO);
-  }
+  int rc = flush_out(pg, c, what);
+  if (rc) return rc;
   /* each statement's results end with a NULL; after an error the server
    * skips the rest (PGRES_PIPELINE_ABORTED each) up to the sync */
   PGresult *res = NULL, *err = NULL;

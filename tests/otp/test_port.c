@@ -722,6 +722,19 @@ static int reap(pid_t pid) {
   return status;
 }
 
+/* Runs the node mode `mode`, which checks itself, in a child: it must exit
+ * 0 (non-zero, a crash, or an ASan report when it failed). */
+static void node_passes(const char *mode) {
+  char pidfile[] = "/tmp/kt-port-pid-XXXXXX";
+  int fd = mkstemp(pidfile);
+  CHECK(fd >= 0);
+  close(fd);
+  int status = reap(spawn_node(mode, pidfile));
+  CHECK(WIFEXITED(status));
+  CHECK_EQ(WEXITSTATUS(status), 0);
+  unlink(pidfile);
+}
+
 KT_CASE(no_orphan_remains_when_the_node_is_sigkilled) {
   char pidfile[] = "/tmp/kt-port-pid-XXXXXX";
   int fd = mkstemp(pidfile);
@@ -759,59 +772,27 @@ KT_CASE(a_node_stopped_with_ports_running_leaks_nothing_and_leaves_nothing) {
  * and again, and exits 0 only if no program and no descriptor is left
  * (non-zero, or a crash or an ASan report, otherwise). */
 KT_CASE(a_runtime_stopped_during_opens_crashes_not_and_leaves_nothing) {
-  char pidfile[] = "/tmp/kt-port-pid-XXXXXX";
-  int fd = mkstemp(pidfile);
-  CHECK(fd >= 0);
-  close(fd);
-  pid_t node = spawn_node("stop_opens", pidfile);
-  int status = reap(node);
-  CHECK(WIFEXITED(status));
-  CHECK_EQ(WEXITSTATUS(status), 0);
-  unlink(pidfile);
+  node_passes("stop_opens");
 }
 
 /* With SIGCHLD ignored the kernel reaps programs itself and waitid fails
  * (ECHILD): the port still ends, with the status unknown, instead of its
  * exit watch spinning on a pidfd that stays readable. */
 KT_CASE(a_program_reaped_by_the_kernel_still_ends_its_port) {
-  char pidfile[] = "/tmp/kt-port-pid-XXXXXX";
-  int fd = mkstemp(pidfile);
-  CHECK(fd >= 0);
-  close(fd);
-  pid_t node = spawn_node("sigchld_ignored", pidfile);
-  int status = reap(node);
-  CHECK(WIFEXITED(status));
-  CHECK_EQ(WEXITSTATUS(status), 0);
-  unlink(pidfile);
+  node_passes("sigchld_ignored");
 }
 
 /* A node whose descriptors 0-2 are closed gets its pipes there: they must
  * not be clobbered by the program's own 0-2 (nor handed to libuv, which
  * refuses to close a descriptor below 3). */
 KT_CASE(a_node_without_stdio_still_gives_its_program_three_pipes) {
-  char pidfile[] = "/tmp/kt-port-pid-XXXXXX";
-  int fd = mkstemp(pidfile);
-  CHECK(fd >= 0);
-  close(fd);
-  pid_t node = spawn_node("no_stdio", pidfile);
-  int status = reap(node);
-  CHECK(WIFEXITED(status));
-  CHECK_EQ(WEXITSTATUS(status), 0);
-  unlink(pidfile);
+  node_passes("no_stdio");
 }
 
 /* A helper named without a slash is looked up in PATH (as uv_spawn's
  * execvp did before decision 0038). */
 KT_CASE(a_helper_named_without_a_path_is_found_in_path) {
-  char pidfile[] = "/tmp/kt-port-pid-XXXXXX";
-  int fd = mkstemp(pidfile);
-  CHECK(fd >= 0);
-  close(fd);
-  pid_t node = spawn_node("helper_in_path", pidfile);
-  int status = reap(node);
-  CHECK(WIFEXITED(status));
-  CHECK_EQ(WEXITSTATUS(status), 0);
-  unlink(pidfile);
+  node_passes("helper_in_path");
 }
 
 /* ---- the node mode ------------------------------------------------------------- */
