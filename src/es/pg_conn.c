@@ -97,6 +97,20 @@ static int map_error(PGresult *err, const char *what) {
   return KEEL_EIO;
 }
 
+/* A statement's error result: its SQLSTATE and message kept on c (for
+ * the caller's error text), err freed, c marked broken if the connection
+ * went with it. The error code. */
+static int took_error(es_pgconn *c, PGresult *err, const char *what) {
+  const char *state = PQresultErrorField(err, PG_DIAG_SQLSTATE);
+  const char *msg = PQresultErrorField(err, PG_DIAG_MESSAGE_PRIMARY);
+  snprintf(c->sqlstate, sizeof c->sqlstate, "%s", state ? state : "");
+  snprintf(c->errmsg, sizeof c->errmsg, "%s", msg ? msg : "");
+  int rc = map_error(err, what);
+  PQclear(err);
+  if (PQstatus(c->conn) != CONNECTION_OK) c->broken = true;
+  return rc;
+}
+
 /* Sends what libpq has buffered for c, reading what the server sends
  * meanwhile (it may not read more until its output is taken). 0, or c is
  * broken and the error is returned. */
@@ -144,14 +158,7 @@ int keel__es_pg_query(es_pg *pg, es_pgconn *c, const char *what, const char *sql
   }
   if (err) {
     PQclear(res);
-    const char *state = PQresultErrorField(err, PG_DIAG_SQLSTATE);
-    const char *msg = PQresultErrorField(err, PG_DIAG_MESSAGE_PRIMARY);
-    snprintf(c->sqlstate, sizeof c->sqlstate, "%s", state ? state : "");
-    snprintf(c->errmsg, sizeof c->errmsg, "%s", msg ? msg : "");
-    rc = map_error(err, what);
-    PQclear(err);
-    if (PQstatus(c->conn) != CONNECTION_OK) c->broken = true;
-    return rc;
+    return took_error(c, err, what);
   }
   if (!res) return broken(c, what, KEEL_EIO);
   if (out)
@@ -217,14 +224,7 @@ int keel__es_pg_pipeline(es_pg *pg, es_pgconn *c, const char *what, size_t n,
   }
   if (err) {
     PQclear(res);
-    const char *state = PQresultErrorField(err, PG_DIAG_SQLSTATE);
-    const char *msg = PQresultErrorField(err, PG_DIAG_MESSAGE_PRIMARY);
-    snprintf(c->sqlstate, sizeof c->sqlstate, "%s", state ? state : "");
-    snprintf(c->errmsg, sizeof c->errmsg, "%s", msg ? msg : "");
-    rc = map_error(err, what);
-    PQclear(err);
-    if (PQstatus(c->conn) != CONNECTION_OK) c->broken = true;
-    return rc;
+    return took_error(c, err, what);
   }
   if (!res) return broken(c, what, KEEL_EIO);
   *out = res;

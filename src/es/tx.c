@@ -506,22 +506,26 @@ static int pg_exec_once(keel_es *es, const char *sql, const char *const *params,
   return rc;
 }
 
-int keel__es_exec(keel_es *es, const char *sql, const char *const *params, size_t n,
-                  keel_es_rows *rows) {
+/* keel__es_exec and keel__es_exec_lazy: one statement, its own transaction */
+static int exec_one(keel_es *es, bool lazy, const char *sql, const char *const *params, size_t n,
+                    keel_es_rows *rows) {
   if (rows) memset(rows, 0, sizeof *rows);
   if (!es || !sql || (n && !params)) return KEEL_EINVAL;
-  if (keel_es_backend(es) == KEEL_ES_POSTGRESQL) return pg_exec_once(es, sql, params, n, rows);
+  if (keel_es_backend(es) == KEEL_ES_POSTGRESQL)
+    return lazy ? pg_exec_lazy(es, sql, params, n, rows) : pg_exec_once(es, sql, params, n, rows);
   exec1 e = {.sql = sql, .params = params, .n = n, .rows = rows};
-  return keel__es_transact_internal(es, exec1_fn, &e);
+  return lazy ? keel__es_transact_lazy(es, exec1_fn, &e)
+              : keel__es_transact_internal(es, exec1_fn, &e);
+}
+
+int keel__es_exec(keel_es *es, const char *sql, const char *const *params, size_t n,
+                  keel_es_rows *rows) {
+  return exec_one(es, false, sql, params, n, rows);
 }
 
 int keel__es_exec_lazy(keel_es *es, const char *sql, const char *const *params, size_t n,
                        keel_es_rows *rows) {
-  if (rows) memset(rows, 0, sizeof *rows);
-  if (!es || !sql || (n && !params)) return KEEL_EINVAL;
-  if (keel_es_backend(es) == KEEL_ES_POSTGRESQL) return pg_exec_lazy(es, sql, params, n, rows);
-  exec1 e = {.sql = sql, .params = params, .n = n, .rows = rows};
-  return keel__es_transact_lazy(es, exec1_fn, &e);
+  return exec_one(es, true, sql, params, n, rows);
 }
 
 /* ---- statements in a transaction --------------------------------------------------- */
