@@ -150,8 +150,8 @@ static void count(rec *c) {
  * process that completed queues its completion and, if no batch is being
  * recorded, leads one at once (a lone completion waits for nothing): it
  * takes every completion queued, up to DONE_BATCH_MAX, records them in one
- * statement (its own lazy transaction) (each row fenced as alone, so each changes
- * its row or not as alone), answers each, and hands the leadership to the first
+ * statement, its own lazy transaction (each row fenced, so each changes
+ * its row or not as it would alone), answers each, and hands the leadership to the first
  * completion that queued meanwhile. Queued entries live on their
  * processes' stacks; each process holds its exits until it has its answer
  * (a kill then waits for it), so no entry goes away while queued. */
