@@ -884,7 +884,14 @@ static int errno_to_keel(int err) {
 static int adopt(keel_port_t *p, uv_loop_t *loop, pid_t pid, spawn_fds *f) {
   p->os_pid = (int)pid;
   p->pidfd = pidfd_open_(pid);
-  if (p->pidfd < 0 || uv_poll_init(loop, &p->exit_watch, p->pidfd) != 0) {
+  if (p->pidfd < 0 && errno == ESRCH) {
+    /* Gone already, zombie included: the kernel reaped it itself (SIGCHLD
+     * ignored by the application), so its status is lost, and its pid may
+     * name another process now: no signal is ever sent to it. Its output
+     * is still read to the end, and the port ends with "unknown". */
+    p->exited = true;
+    p->status = (keel_port_status){.exit_code = -1, .signal = 0};
+  } else if (p->pidfd < 0 || uv_poll_init(loop, &p->exit_watch, p->pidfd) != 0) {
     /* no watch: nothing would reap it; kill and reap it now (quick: the
      * helper is not ours to wait for long) */
     kill(-pid, SIGKILL);
@@ -894,9 +901,12 @@ static int adopt(keel_port_t *p, uv_loop_t *loop, pid_t pid, spawn_fds *f) {
     fds_close(f->parent);
     return KEEL_EIO;
   }
-  p->exit_watch.data = p;
-  p->watching = true;
-  int rc = uv_poll_start(&p->exit_watch, UV_READABLE, on_exit_ready) != 0 ? KEEL_EIO : 0;
+  int rc = 0;
+  if (!p->exited) {
+    p->exit_watch.data = p;
+    p->watching = true;
+    rc = uv_poll_start(&p->exit_watch, UV_READABLE, on_exit_ready) != 0 ? KEEL_EIO : 0;
+  }
   uv_pipe_t *pipes[3] = {&p->in, &p->out[0].pipe, &p->out[1].pipe};
   for (int fd = 0; fd < 3; fd++) {
     if (f->parent[fd] < 0) continue;
