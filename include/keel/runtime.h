@@ -73,7 +73,10 @@ void keel_rt_opts_init(keel_rt_opts *o);
 
 /* Starts the runtime: stack pool, process table, scheduler threads. o may be
  * NULL for defaults. Errors: KEEL_ESTATE if already started, KEEL_EINVAL for
- * a bad option (a bad $KEEL_SCHEDULERS names itself on stderr), KEEL_ENOMEM.
+ * a bad option (a bad $KEEL_SCHEDULERS names itself on stderr), KEEL_ENOMEM,
+ * KEEL_EIO if a closed descriptor 0-2 cannot be given /dev/null (a program
+ * started with its stdio closed gets /dev/null there, so that no descriptor
+ * of the runtime's lands on them). Sets SIGPIPE to SIG_IGN if it is SIG_DFL.
  * Call from one thread (normally main) that is not a scheduler thread. */
 int keel_rt_start(const keel_rt_opts *o);
 

@@ -9,6 +9,7 @@
  * called.
  */
 #include <errno.h>
+#include <fcntl.h>
 #include <signal.h>
 #include <stdio.h>
 #include <stdlib.h>
@@ -38,6 +39,21 @@ static int parse_env_int(const char *name, long lo, long hi, long *out) {
   }
   *out = x;
   return 1;
+}
+
+/* Opens /dev/null on each of descriptors 0-2 that is closed. A program
+ * started with its stdio closed would otherwise get the runtime's own
+ * descriptors there (a loop's epoll, its spare /dev/null), and a later
+ * write to "stderr" would land in them; libuv also aborts when it closes a
+ * descriptor of its own below 3 (uv__close). Returns 0 or a keel error. */
+static int stdio_fill(void) {
+  for (int fd = 0; fd <= 2; fd++) {
+    if (fcntl(fd, F_GETFD) >= 0 || errno != EBADF) continue;
+    int got = open("/dev/null", O_RDWR); /* the lowest free: fd itself */
+    if (got < 0) return KEEL_EIO;
+    if (got != fd) close(got); /* another thread's open took fd meanwhile */
+  }
+  return 0;
 }
 
 static void report_default(const keel_report *r, void *ud) {
@@ -97,6 +113,7 @@ int keel_rt_start(const keel_rt_opts *o) {
     }
   }
   if (opt.schedulers > 1024) goto einval;
+  if ((rc = stdio_fill()) != 0) goto fail;
   /* A write to a socket whose peer has gone raises SIGPIPE, whose default
    * action ends the whole node: every server ignores it and takes EPIPE
    * from the write instead (libuv writes with write(2), not send with

@@ -6,6 +6,7 @@
  */
 #define _GNU_SOURCE
 #include <stdatomic.h>
+#include <sys/wait.h>
 #include <unistd.h>
 
 #include "rt/kt_rt.h"
@@ -292,6 +293,45 @@ static void runtime_state_errors(void) {
   printf("ok - default_scheduler_count_is_one_per_core\n");
 }
 
+/* A runtime started with descriptors 0-2 closed (a daemon's way) opens
+ * /dev/null there first: otherwise its loops' own descriptors land on them,
+ * and libuv aborts when it closes one below 3 at keel_rt_stop. Run in a
+ * child, which exits 0 if the runtime started and stopped and 0-2 name
+ * /dev/null after; an abort or another status fails. */
+static int stdio_child(void) {
+  for (int fd = 0; fd <= 2; fd++)
+    close(fd);
+  keel_rt_opts o;
+  keel_rt_opts_init(&o);
+  o.schedulers = 2;
+  if (keel_run(noop_proc, NULL, &o) != 0) return 3;
+  for (int fd = 0; fd <= 2; fd++) {
+    char path[32], link[64];
+    snprintf(path, sizeof path, "/proc/self/fd/%d", fd);
+    ssize_t n = readlink(path, link, sizeof link - 1);
+    if (n < 0) return 4;
+    link[n] = 0;
+    if (strcmp(link, "/dev/null") != 0) return 5;
+  }
+  return 0;
+}
+
+static void runtime_started_without_stdio(void) {
+  fprintf(stderr, "-- a_runtime_started_with_stdio_closed_fills_it_with_dev_null\n");
+  fflush(stdout);
+  fflush(stderr);
+  pid_t child = fork();
+  CHECK(child >= 0);
+  if (child == 0) _exit(stdio_child());
+  int status = 0;
+  CHECK_EQ(waitpid(child, &status, 0), child);
+  if (!WIFEXITED(status) || WEXITSTATUS(status) != 0)
+    fprintf(stderr, "child status %#x (exit %d, signal %d)\n", status,
+            WIFEXITED(status) ? WEXITSTATUS(status) : -1, WIFSIGNALED(status) ? WTERMSIG(status) : 0);
+  CHECK(WIFEXITED(status) && WEXITSTATUS(status) == 0);
+  printf("ok - a_runtime_started_with_stdio_closed_fills_it_with_dev_null\n");
+}
+
 int main(int argc, char **argv) {
   static const kt_case cases[] = {
       KT_ENTRY(every_error_code_has_a_name_and_a_description),
@@ -304,6 +344,7 @@ int main(int argc, char **argv) {
   if (argc <= 1) {
     unsetenv("KEEL_SCHEDULERS");
     runtime_state_errors();
+    runtime_started_without_stdio();
   }
   return kt_run_cases(cases, sizeof cases / sizeof cases[0], argc, argv);
 }
