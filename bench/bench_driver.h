@@ -106,7 +106,11 @@ static inline double bench_run_once(const bench_workload *w, void (*setup)(void)
   if (child == 0) {
     close(fd[0]);
     if (setup) setup();
-    int rc = keel_run(w->fn, NULL, NULL);
+    keel_rt_opts o;
+    keel_rt_opts_init(&o);
+    const char *follow = getenv("KEEL_BENCH_STREAM_FOLLOW_NS"); /* decision 0033's knob, to compare */
+    if (follow) o.stream_follow_ns = atoll(follow);
+    int rc = keel_run(w->fn, NULL, &o);
     if (rc) bench_fail(w->name, rc);
     if (write(fd[1], &bench_result, sizeof bench_result) != (ssize_t)sizeof bench_result) _exit(2);
     _exit(0);

@@ -6,6 +6,7 @@
  *                                      7 rounds in one runtime (as on the BEAM), the median
  *   idle_process_memory bytes/process  resident memory added per idle process (100,000)
  *   cast_throughput     msgs/s         one sender, one receiver, 2,000,000 messages
+ *   pipeline            msgs/s         source -> relay -> sink, 2,000,000 messages
  *   ring                ns/hop         1,000 processes pass a token 2,000,000 hops
  *   pairs_roundtrips    roundtrips/s   4 ping-pong pairs per scheduler, 200,000 each
  *   link_unlink         ns/pair        keel_link + keel_unlink to a peer, 1,000,000 times
@@ -166,6 +167,55 @@ static void cast_main(void *arg) {
   keel_msg_free(m);
   bench_result = NCAST / (bench_now_s() - t0);
   print_stats("cast_throughput");
+}
+
+/* ---- pipeline ------------------------------------------------------------------------ */
+
+/* Three stages, source -> relay -> sink, 2,000,000 messages: each stage
+ * follows its sender under stream affinity (decision 0033), while a ring of
+ * three may still be stolen from; this shows whether the stages settle or
+ * keep moving (KEEL_BENCH_STATS=1 prints the steals and migrations). The
+ * relay forwards the same buffer. */
+static keel_pid_t pipe_main_pid;
+
+static void pipe_sink(void *arg) {
+  (void)arg;
+  long sum = 0;
+  for (long i = 0; i < NCAST; i++) {
+    keel_msg_t *m;
+    keel_receive(&m, KEEL_INFINITY);
+    sum += *(long *)keel_msg_data(m);
+    keel_msg_free(m);
+  }
+  if (sum != NCAST * (NCAST - 1) / 2) {
+    fprintf(stderr, "pipeline: lost or duplicated messages\n");
+    exit(3);
+  }
+  keel_send(pipe_main_pid, keel_msg_new(1, 0));
+}
+
+static void pipe_relay(void *arg) {
+  keel_pid_t to = *(keel_pid_t *)arg;
+  for (long i = 0; i < NCAST; i++) {
+    keel_msg_t *m;
+    keel_receive(&m, KEEL_INFINITY);
+    keel_send(to, m);
+  }
+}
+
+static void pipeline_main(void *arg) {
+  (void)arg;
+  pipe_main_pid = keel_self();
+  static keel_pid_t sink, relay;
+  keel_spawn(pipe_sink, NULL, NULL, &sink);
+  keel_spawn(pipe_relay, &sink, NULL, &relay);
+  double t0 = bench_now_s();
+  keel_spawn(cast_sender, &relay, NULL, NULL);
+  keel_msg_t *m;
+  keel_receive(&m, KEEL_INFINITY);
+  keel_msg_free(m);
+  bench_result = NCAST / (bench_now_s() - t0);
+  print_stats("pipeline");
 }
 
 /* ---- ring --------------------------------------------------------------------------- */
@@ -354,6 +404,7 @@ static const bench_workload workloads[] = {
     {"spawn", "ns/process", spawn_main, 3},
     {"idle_process_memory", "bytes/process", memory_main, 3},
     {"cast_throughput", "msgs/s", cast_main, 5},
+    {"pipeline", "msgs/s", pipeline_main, 5},
     {"ring", "ns/hop", ring_main, 5},
     {"pairs_roundtrips", "roundtrips/s", pairs_main, 5},
     {"consume", "ns/call", consume_main, 5},

@@ -56,6 +56,7 @@ workloads() ->
     [{spawn, "ns/process", 7, fun bench_spawn/0},
      {idle_process_memory, "bytes/process", 3, fun bench_idle_memory/0},
      {cast_throughput, "msgs/s", 9, fun bench_cast/0},
+     {pipeline, "msgs/s", 9, fun bench_pipeline/0},
      {ring, "ns/hop", 9, fun bench_ring/0},
      {pairs_roundtrips, "roundtrips/s", 7, fun bench_pairs/0},
      {call_rtt, "ns", 9, fun bench_call_rtt/0},
@@ -279,6 +280,38 @@ count_msgs(0) ->
 count_msgs(N) ->
     receive
         M when is_integer(M) -> count_msgs(N - 1)
+    end.
+
+%%% ---------------------------------------------------------------------
+%%% pipeline: source -> relay -> sink, msgs/s (the relay forwards each)
+%%% ---------------------------------------------------------------------
+
+bench_pipeline() ->
+    Parent = self(),
+    Sink = spawn_link(fun() ->
+                              receive go -> ok end,
+                              count_msgs(?CAST_N),
+                              Parent ! {received, now_ns()}
+                      end),
+    Relay = spawn_link(fun() -> relay_msgs(Sink, ?CAST_N) end),
+    Source = spawn_link(fun() ->
+                                receive go -> ok end,
+                                T0 = now_ns(),
+                                send_msgs(Relay, ?CAST_N),
+                                Parent ! {sent, T0}
+                        end),
+    Sink ! go,
+    erlang:yield(),
+    Source ! go,
+    T0 = receive {sent, S} -> S end,
+    T1 = receive {received, R} -> R end,
+    [?CAST_N / ((T1 - T0) / 1.0e9)].
+
+relay_msgs(_To, 0) ->
+    ok;
+relay_msgs(To, N) ->
+    receive
+        M when is_integer(M) -> To ! M, relay_msgs(To, N - 1)
     end.
 
 %%% ---------------------------------------------------------------------

@@ -7,7 +7,7 @@
 # build/ under the repository root) and runs the named workloads (always in
 # this order, whatever the order of the arguments), or all of them when none
 # is named:
-#   spawn idle_process_memory cast_throughput ring pairs_roundtrips
+#   spawn idle_process_memory cast_throughput pipeline ring pairs_roundtrips
 #   call_rtt statem_call_rtt restart_latency supervisor_start
 # Results go to stdout as JSON lines ({"bench": ..., "unit": ..., "value": ...});
 # progress and individual samples go to stderr. Extra flags for the Erlang VM
