@@ -656,17 +656,24 @@ bool keel__es_listen_up(es_listen *l);
  * ("jobs:cancel:...", src/jobs) are sent by the jobs themselves with
  * pg_notify inside their transaction, on the channel
  * keel__es_listen_channel_of names. A received one, from another backend,
- * calls the hook with its payload, on the listener's thread. Setting the
- * hook (fn NULL clears it) waits out a call in flight, so after clearing, ud
- * is no longer used. */
+ * calls every hook added (one per keel_jobs on the store) with its payload,
+ * on the listener's thread. Adding (0 or KEEL_ENOMEM) and removing a hook
+ * wait out a call in flight, so once removed, ud is no longer used. */
 void keel__es_listen_jobs_kick(es_listen *l);
-void keel__es_listen_jobs_hook(es_listen *l, void (*fn)(void *ud, const char *payload), void *ud);
+int keel__es_listen_jobs_hook_add(es_listen *l, void (*fn)(void *ud, const char *payload),
+                                  void *ud);
+void keel__es_listen_jobs_hook_remove(es_listen *l, void (*fn)(void *ud, const char *payload),
+                                      void *ud);
 /* pg_listen.c: the NOTIFY channel of the store whose tables are in schema
  * (current_schema()): a plain identifier, safe to inline in SQL. */
 void keel__es_listen_channel_of(const char *schema, char out[64]);
-/* notify.c: the same on a store: 0, or KEEL_ENOENT when it has no listener
- * (SQLite, no_listen): the jobs then rely on their poll. Any thread. */
-int keel__es_notify_jobs_hook(keel_es *es, void (*fn)(void *ud, const char *payload), void *ud);
+/* notify.c: the same on a store: add returns 0, KEEL_ENOMEM, or KEEL_ENOENT
+ * when it has no listener (SQLite, no_listen): the jobs then rely on their
+ * poll and janitor. Any thread. */
+int keel__es_notify_jobs_hook_add(keel_es *es, void (*fn)(void *ud, const char *payload),
+                                  void *ud);
+void keel__es_notify_jobs_hook_remove(keel_es *es, void (*fn)(void *ud, const char *payload),
+                                      void *ud);
 void keel__es_notify_jobs_kick(keel_es *es);
 
 #endif

@@ -175,10 +175,15 @@ size_t keel__es_notify_waiting(keel_es *es) {
   return n;
 }
 
-int keel__es_notify_jobs_hook(keel_es *es, void (*fn)(void *ud, const char *payload), void *ud) {
+int keel__es_notify_jobs_hook_add(keel_es *es, void (*fn)(void *ud, const char *payload),
+                                  void *ud) {
   if (!es->notify || !es->notify->listen) return KEEL_ENOENT;
-  keel__es_listen_jobs_hook(es->notify->listen, fn, ud);
-  return 0;
+  return keel__es_listen_jobs_hook_add(es->notify->listen, fn, ud);
+}
+
+void keel__es_notify_jobs_hook_remove(keel_es *es, void (*fn)(void *ud, const char *payload),
+                                      void *ud) {
+  if (es->notify && es->notify->listen) keel__es_listen_jobs_hook_remove(es->notify->listen, fn, ud);
 }
 
 void keel__es_notify_jobs_kick(keel_es *es) {

@@ -80,11 +80,15 @@ struct es_listen {
   int64_t notified; /* the thread's: the highest position announced */
   atomic_bool up;   /* LISTEN established; for tests and the gauge */
   /* The jobs' side channel: a wake-up to send (set by any thread, taken by
-   * the thread), and the hook that hears other instances' (under hook_mu). */
+   * the thread), and the hooks that hear other instances' (under hook_mu):
+   * one per keel_jobs on this store. */
   atomic_bool jobs_pending;
   pthread_mutex_t hook_mu;
-  void (*jobs_hook)(void *ud, const char *payload);
-  void *jobs_ud;
+  struct jobs_hook {
+    void (*fn)(void *ud, const char *payload);
+    void *ud;
+  } *hooks;
+  size_t nhooks, caphooks;
   keel_gauge *g_up; /* NULL without metrics */
   keel_counter *c_reconnects;
 };
@@ -256,7 +260,8 @@ static void deliver(es_listen *l, PGconn *c) {
     if (n->be_pid != self && strncmp(n->extra, "jobs", 4) == 0) {
       /* "jobs" (a wake-up) or "jobs:..." (the jobs' own messages: a cancel) */
       pthread_mutex_lock(&l->hook_mu);
-      if (l->jobs_hook) l->jobs_hook(l->jobs_ud, n->extra);
+      for (size_t i = 0; i < l->nhooks; i++)
+        l->hooks[i].fn(l->hooks[i].ud, n->extra);
       pthread_mutex_unlock(&l->hook_mu);
     } else if (n->be_pid != self) {
       int64_t pos = strtoll(n->extra, NULL, 10);
@@ -422,10 +427,33 @@ void keel__es_listen_jobs_kick(es_listen *l) {
   }
 }
 
-void keel__es_listen_jobs_hook(es_listen *l, void (*fn)(void *ud, const char *payload), void *ud) {
+int keel__es_listen_jobs_hook_add(es_listen *l, void (*fn)(void *ud, const char *payload),
+                                  void *ud) {
   pthread_mutex_lock(&l->hook_mu);
-  l->jobs_hook = fn;
-  l->jobs_ud = ud;
+  int rc = 0;
+  if (l->nhooks == l->caphooks) {
+    size_t cap = l->caphooks ? 2 * l->caphooks : 2;
+    struct jobs_hook *h = realloc(l->hooks, cap * sizeof *h);
+    if (h) {
+      l->hooks = h;
+      l->caphooks = cap;
+    } else {
+      rc = KEEL_ENOMEM;
+    }
+  }
+  if (rc == 0) l->hooks[l->nhooks++] = (struct jobs_hook){fn, ud};
+  pthread_mutex_unlock(&l->hook_mu);
+  return rc;
+}
+
+void keel__es_listen_jobs_hook_remove(es_listen *l, void (*fn)(void *ud, const char *payload),
+                                      void *ud) {
+  pthread_mutex_lock(&l->hook_mu);
+  for (size_t i = 0; i < l->nhooks; i++) {
+    if (l->hooks[i].fn != fn || l->hooks[i].ud != ud) continue;
+    l->hooks[i] = l->hooks[--l->nhooks];
+    break;
+  }
   pthread_mutex_unlock(&l->hook_mu);
 }
 
@@ -445,6 +473,7 @@ void keel__es_listen_stop(es_listen *l) {
   if (l->wake[1] >= 0) close(l->wake[1]);
   if (l->g_up) keel_gauge_set(l->g_up, 0);
   pthread_mutex_destroy(&l->hook_mu);
+  free(l->hooks);
   free(l->url);
   free(l);
 }

@@ -272,7 +272,9 @@ int keel_jobs_start(const keel_jobs_opts *o, keel_jobs **out) {
     free_jobs(j);
     return rc;
   }
-  keel__es_notify_jobs_hook(j->es, on_remote, j); /* KEEL_ENOENT: no listener, polls */
+  /* KEEL_ENOENT (no listener) or KEEL_ENOMEM: this instance hears no other's
+   * wake-ups and cancels; its poll and its janitor's kills step still act */
+  keel__es_notify_jobs_hook_add(j->es, on_remote, j);
   *out = j;
   return 0;
 }
@@ -326,7 +328,7 @@ static void service_drain(void *ud, int64_t budget_ms) {
 void keel_jobs_stop(keel_jobs *j, int64_t budget_ms) {
   if (!j) return;
   if (j->on_service) keel_service_off_drain(service_drain, j);
-  keel__es_notify_jobs_hook(j->es, NULL, NULL); /* returns once no call uses j */
+  keel__es_notify_jobs_hook_remove(j->es, on_remote, j); /* returns once no call uses j */
   keel_jobs_drain(j, budget_ms);
   if (j->sup && keel_is_alive(j->sup)) keel_gs_stop(j->sup, KEEL_REASON_SHUTDOWN, NULL, 10000);
   int left = atomic_load(&j->abandoned);

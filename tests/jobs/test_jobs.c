@@ -1503,6 +1503,41 @@ KT_CASE(a_cancel_kills_the_attempt_running_on_another_instance) {
   kt_store_close(&st);
 }
 
+/* Two keel_jobs on one store share its listener, and each hears the
+ * cancels: "a" runs the job, "c" was started on the same store after it (a
+ * single hook was c's alone) and stopped before the cancel (its stop cleared
+ * the hook), and "b", on another store, cancels. a's janitor beats every
+ * 60 s: only the NOTIFY can kill the attempt within the wait. */
+KT_CASE(every_instance_on_a_store_hears_the_cancels) {
+  KT_PG_ONLY();
+  reset();
+  atomic_store(&S.hang, 1);
+  kt_store st;
+  keel_es *es = kt_store_open(&st, NULL);
+  keel_es *es2 = NULL;
+  CHECK_OK(keel_es_open(&(keel_es_opts){.url = st.url}, &es2));
+  wait_listening(es);
+  keel_jobs *a = start_jobs(es, "a");
+  keel_jobs *c = start_bare(es, "c");
+  keel_jobs *b = start_bare(es2, "b");
+  wait_first_round(a);
+  int64_t id = enqueue(b, "hang", 3);
+  json_decref(wait_job(a, id, "running", 1));
+  wait_until(&S.active, 1);
+  keel_pid_t pid = atomic_load(&S.hang_pid[0]);
+  CHECK(pid != 0);
+  keel_jobs_stop(c, 1000);
+  CHECK_OK(keel_jobs_cancel(b, id));
+  CHECK(wait_dead(pid, 20000));
+  check_cancelled(es, b, id, true); /* the janitor has not looked: the NOTIFY killed it */
+  CHECK_EQ(atomic_load(&S.done), 0);
+  keel_jobs_stop(b, 1000);
+  keel_jobs_stop(a, 1000);
+  atomic_store(&S.hang, 0);
+  keel_es_close(es2);
+  kt_store_close(&st);
+}
+
 /* The fallback: the running instance hears no NOTIFY (PostgreSQL: a's
  * store does not listen; SQLite has none, and there the canceller is
  * another instance on the file, one that runs no queue). Its janitor's round
@@ -1701,6 +1736,7 @@ KT_MAIN(KT_ENTRY_SCHED(a_job_runs_once_and_its_completion_is_recorded, 2),
         KT_ENTRY_SCHED(janitor_steps_are_independent_batched_and_back_off, 2),
         KT_ENTRY_SCHED(a_table_from_before_deadlines_gets_the_column, 2),
         KT_ENTRY_SCHED(a_cancel_kills_the_attempt_running_on_another_instance, 2),
+        KT_ENTRY_SCHED(every_instance_on_a_store_hears_the_cancels, 2),
         KT_ENTRY_SCHED(a_cancelled_attempt_is_killed_by_its_instances_janitor, 2),
         KT_ENTRY_SCHED(two_pruners_at_once_leave_no_row_past_retention, 2),
         KT_ENTRY_SCHED(a_prune_goes_on_past_rows_another_pruner_holds, 2))
