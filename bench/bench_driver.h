@@ -108,7 +108,8 @@ static inline double bench_run_once(const bench_workload *w, void (*setup)(void)
     if (setup) setup();
     keel_rt_opts o;
     keel_rt_opts_init(&o);
-    const char *follow = getenv("KEEL_BENCH_STREAM_FOLLOW_NS"); /* decision 0033's knob, to compare */
+    const char *follow =
+        getenv("KEEL_BENCH_STREAM_FOLLOW_NS"); /* decision 0033's knob, to compare */
     if (follow) o.stream_follow_ns = atoll(follow);
     int rc = keel_run(w->fn, NULL, &o);
     if (rc) bench_fail(w->name, rc);

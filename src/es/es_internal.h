@@ -670,8 +670,7 @@ void keel__es_listen_channel_of(const char *schema, char out[64]);
 /* notify.c: the same on a store: add returns 0, KEEL_ENOMEM, or KEEL_ENOENT
  * when it has no listener (SQLite, no_listen): the jobs then rely on their
  * poll and janitor. Any thread. */
-int keel__es_notify_jobs_hook_add(keel_es *es, void (*fn)(void *ud, const char *payload),
-                                  void *ud);
+int keel__es_notify_jobs_hook_add(keel_es *es, void (*fn)(void *ud, const char *payload), void *ud);
 void keel__es_notify_jobs_hook_remove(keel_es *es, void (*fn)(void *ud, const char *payload),
                                       void *ud);
 void keel__es_notify_jobs_kick(keel_es *es);

@@ -183,7 +183,8 @@ int keel__es_notify_jobs_hook_add(keel_es *es, void (*fn)(void *ud, const char *
 
 void keel__es_notify_jobs_hook_remove(keel_es *es, void (*fn)(void *ud, const char *payload),
                                       void *ud) {
-  if (es->notify && es->notify->listen) keel__es_listen_jobs_hook_remove(es->notify->listen, fn, ud);
+  if (es->notify && es->notify->listen)
+    keel__es_listen_jobs_hook_remove(es->notify->listen, fn, ud);
 }
 
 void keel__es_notify_jobs_kick(keel_es *es) {

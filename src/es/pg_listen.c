@@ -87,7 +87,7 @@ struct es_listen {
   struct jobs_hook {
     void (*fn)(void *ud, const char *payload);
     void *ud;
-  } *hooks;
+  } * hooks;
   size_t nhooks, caphooks;
   keel_gauge *g_up; /* NULL without metrics */
   keel_counter *c_reconnects;

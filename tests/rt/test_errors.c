@@ -24,10 +24,8 @@ KT_CASE(every_error_code_has_a_name_and_a_description) {
       {KEEL_ESTATE, "KEEL_ESTATE"},       {KEEL_EIO, "KEEL_EIO"},
       {KEEL_ECANCELED, "KEEL_ECANCELED"}, {KEEL_EEXIST, "KEEL_EEXIST"},
       {KEEL_EBUSY, "KEEL_EBUSY"},         {KEEL_EDOWN, "KEEL_EDOWN"},
-      {KEEL_ERANGE, "KEEL_ERANGE"},
-      {KEEL_EADDRINUSE, "KEEL_EADDRINUSE"},
-      {KEEL_ECONFLICT, "KEEL_ECONFLICT"},
-      {KEEL_EPERM, "KEEL_EPERM"},
+      {KEEL_ERANGE, "KEEL_ERANGE"},       {KEEL_EADDRINUSE, "KEEL_EADDRINUSE"},
+      {KEEL_ECONFLICT, "KEEL_ECONFLICT"}, {KEEL_EPERM, "KEEL_EPERM"},
   };
   size_t n = sizeof codes / sizeof codes[0];
   CHECK_EQ(n, -KEEL_ERROR_MIN_);
@@ -327,7 +325,8 @@ static void runtime_started_without_stdio(void) {
   CHECK_EQ(waitpid(child, &status, 0), child);
   if (!WIFEXITED(status) || WEXITSTATUS(status) != 0)
     fprintf(stderr, "child status %#x (exit %d, signal %d)\n", status,
-            WIFEXITED(status) ? WEXITSTATUS(status) : -1, WIFSIGNALED(status) ? WTERMSIG(status) : 0);
+            WIFEXITED(status) ? WEXITSTATUS(status) : -1,
+            WIFSIGNALED(status) ? WTERMSIG(status) : 0);
   CHECK(WIFEXITED(status) && WEXITSTATUS(status) == 0);
   printf("ok - a_runtime_started_with_stdio_closed_fills_it_with_dev_null\n");
 }
