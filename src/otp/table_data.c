@@ -99,6 +99,7 @@ static keel__tab_entry *entry_new(uint64_t h, const void *key, size_t klen, cons
     e->val = (unsigned char *)val;
   } else {
     e->val = p;
+    if (vbytes > vlen) memset(p + vbytes - 8, 0, 8); /* a word's padding is zero */
     if (vlen) memcpy(p, val, vlen);
     p += vbytes;
   }
@@ -127,13 +128,23 @@ void keel__tab_free_list(keel__tab_entry *e) {
   }
 }
 
-/* Copies e's value out (under a hold of its stripe). An 8-byte value may be
- * a counter that update_counter changes under a shared hold: read it with
- * one atomic load so it is never torn. */
+/* Whether e's value is one aligned word that writers may change under a
+ * shared hold (update_counter, and an overwrite of the same length): a value
+ * of 1 to 8 bytes stored in the entry, whose padding entry_new zeroed. An
+ * 8-byte handed-over block is a word too (malloc aligns it), but only a
+ * counter update writes it in place. */
+static bool val_is_word(const keel__tab_entry *e) {
+  return e->vlen == sizeof(uint64_t) ||
+         (e->vlen && e->vlen < sizeof(uint64_t) && !(e->flags & KEEL__TAB_HANDOVER));
+}
+
+/* Copies e's value out (under a hold of its stripe). A word (val_is_word)
+ * may change under a shared hold: read it with one atomic load so it is
+ * never torn. */
 static void copy_val(void *dst, const keel__tab_entry *e) {
-  if (e->vlen == sizeof(int64_t)) {
-    int64_t v = __atomic_load_n((const int64_t *)(const void *)e->val, __ATOMIC_RELAXED);
-    memcpy(dst, &v, sizeof v);
+  if (val_is_word(e)) {
+    uint64_t v = __atomic_load_n((const uint64_t *)(const void *)e->val, __ATOMIC_RELAXED);
+    memcpy(dst, &v, e->vlen);
   } else if (e->vlen) {
     memcpy(dst, e->val, e->vlen);
   }
@@ -310,7 +321,51 @@ static keel__tab *lock_read(keel_table_t h, uint64_t kh, keel__tab_held *s, int 
   return lock_for(h, kh, false, s, rc);
 }
 
+/* A shared hold for a write that changes one word in place (an overwrite of
+ * a small value, a counter update): checked as a write, held as a read, so
+ * that such writes on two schedulers neither exclude each other nor write
+ * the stripe's line. */
+static keel__tab *lock_word_write(keel_table_t h, uint64_t kh, keel__tab_held *s, int *rc) {
+  keel__tab *t = keel__tab_lock(h, kh, false, s);
+  if (!t) {
+    *rc = KEEL_EINVAL;
+    return NULL;
+  }
+  if (!keel__tab_may_write(t)) {
+    keel__tab_unlock(s);
+    *rc = KEEL_EPERM;
+    return NULL;
+  }
+  return t;
+}
+
 /* ---- writes ----------------------------------------------------------------- */
+
+/* Replaces a word value (val_is_word) by one of the same length with one
+ * atomic store under a shared hold: no allocation, and no write to the
+ * stripe's line, which an exclusive hold would pass between schedulers on
+ * every overwrite. Entries cannot go while the hold lasts; readers load the
+ * word whole (copy_val) and a racing update_counter's compare-and-swap sees
+ * the old or the new value, so the overwrite is as atomic as under the
+ * exclusive hold. KEEL_ENOENT when it cannot: the caller goes on
+ * exclusively. */
+static int put_word(keel_table_t h, uint64_t kh, const void *key, size_t klen, const void *val,
+                    size_t vlen) {
+  keel__tab_held s;
+  int rc;
+  keel__tab *t = lock_word_write(h, kh, &s, &rc);
+  if (!t) return rc;
+  keel__tab_entry *e = find(t, s.s, kh, key, klen);
+  rc = KEEL_ENOENT;
+  if (e && e->vlen == vlen && val_is_word(e) && !(e->flags & KEEL__TAB_HANDOVER)) {
+    uint64_t w = 0; /* the padding stays zero */
+    memcpy(&w, val, vlen);
+    __atomic_store_n((uint64_t *)(void *)e->val, w, __ATOMIC_RELAXED);
+    rc = 0;
+  }
+  keel__tab_unlock(&s);
+  return rc;
+}
 
 /* Replaces the value of an existing entry of the same length in place: no
  * allocation, no free, a copy of at most INPLACE_MAX bytes under the
@@ -341,7 +396,10 @@ int keel_table_put(keel_table_t h, const void *key, size_t klen, void *val, size
     return KEEL_EINVAL;
   }
   uint64_t kh = key_hash(h, key, klen);
-  if (!handover && !(flags & KEEL_TABLE_NEW) && vlen <= INPLACE_MAX) {
+  if (!handover && !(flags & KEEL_TABLE_NEW) && vlen && vlen <= sizeof(uint64_t)) {
+    int rc = put_word(h, kh, key, klen, val, vlen);
+    if (rc != KEEL_ENOENT) return rc;
+  } else if (!handover && !(flags & KEEL_TABLE_NEW) && vlen <= INPLACE_MAX) {
     int rc = put_in_place(h, kh, key, klen, val, vlen);
     if (rc != KEEL_ENOENT) return rc;
   }
@@ -432,7 +490,6 @@ int keel_table_take(keel_table_t h, const void *key, size_t klen, void **val, si
   return 0;
 }
 
-/* Adds incr to the 8-byte value of e. */
 /* Adds incr to the 8-byte value of e. Atomic (a compare-and-swap loop), so
  * that it may run under a shared hold of the stripe: two schedulers adding
  * to counters of one stripe do not exclude each other, and a reader copying
@@ -454,12 +511,8 @@ static int counter_shared(keel_table_t h, uint64_t kh, const void *key, size_t k
                           int64_t *result) {
   keel__tab_held s;
   int rc;
-  keel__tab *t = keel__tab_lock(h, kh, false, &s);
-  if (!t) return KEEL_EINVAL;
-  if (!keel__tab_may_write(t)) {
-    keel__tab_unlock(&s);
-    return KEEL_EPERM;
-  }
+  keel__tab *t = lock_word_write(h, kh, &s, &rc);
+  if (!t) return rc;
   keel__tab_entry *e = find(t, s.s, kh, key, klen);
   rc = e ? counter_add(e, incr, result) : KEEL_ENOENT;
   keel__tab_unlock(&s);
