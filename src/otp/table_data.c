@@ -63,7 +63,14 @@ static int key_cmp(const void *a, size_t alen, const void *b, size_t blen) {
 }
 
 static bool key_eq(const keel__tab_entry *e, uint64_t h, const void *key, size_t klen) {
-  return e->hash == h && e->klen == klen && (!klen || memcmp(e->key, key, klen) == 0);
+  if (e->hash != h || e->klen != klen) return false;
+  if (klen == sizeof(uint64_t)) { /* the common integer key: no call to memcmp */
+    uint64_t a, b;
+    memcpy(&a, keel__tab_key(e), sizeof a);
+    memcpy(&b, key, sizeof b);
+    return a == b;
+  }
+  return !klen || memcmp(keel__tab_key(e), key, klen) == 0;
 }
 
 /* A skip-list height from bits of the hash the stripe choice does not use. */
@@ -79,44 +86,45 @@ static bool args_ok(const void *key, size_t klen, const void *val, size_t vlen) 
 
 /* ---- entries ------------------------------------------------------------- */
 
+/* What an entry costs, for the memory figure: its allocation and a
+ * handed-over block. */
+static size_t entry_bytes(const keel__tab_entry *e) {
+  size_t v = e->flags & KEEL__TAB_HANDOVER ? sizeof(void *) + e->vlen : keel__tab_pad8(e->vlen);
+  return sizeof *e + e->height * sizeof(keel__tab_entry *) + keel__tab_pad8(e->klen) + v;
+}
+
 /* A new entry; val is copied, or taken as is when handover. NULL on ENOMEM. */
 static keel__tab_entry *entry_new(uint64_t h, const void *key, size_t klen, const void *val,
                                   size_t vlen, bool handover, bool ordered) {
   unsigned height = ordered ? height_of(h) : 0;
-  size_t links = height * sizeof(keel__tab_entry *);
-  size_t vbytes = handover ? 0 : (vlen + 7) & ~(size_t)7; /* counters stay aligned */
-  if (!handover && vbytes < vlen) return NULL;            /* vlen near SIZE_MAX */
-  size_t size = sizeof(keel__tab_entry) + links + vbytes;
-  if (size < vbytes || size + klen < size) return NULL;
-  size += klen;
+  size_t head = sizeof(keel__tab_entry) + height * sizeof(keel__tab_entry *);
+  size_t kbytes = keel__tab_pad8(klen); /* klen <= UINT32_MAX: no overflow */
+  size_t vbytes = handover ? sizeof(void *) : keel__tab_pad8(vlen); /* counters stay aligned */
+  if (!handover && vbytes < vlen) return NULL;                      /* vlen near SIZE_MAX */
+  size_t size = head + kbytes + vbytes;
+  if (size < vbytes) return NULL;
   keel__tab_entry *e = malloc(size);
   if (!e) return NULL;
-  unsigned char *p = (unsigned char *)(e + 1);
   e->next = NULL;
-  e->links = height ? (keel__tab_entry **)(void *)p : NULL;
-  p += links;
-  if (handover) {
-    e->val = (unsigned char *)val;
-  } else {
-    e->val = p;
-    if (vbytes > vlen) memset(p + vbytes - 8, 0, 8); /* a word's padding is zero */
-    if (vlen) memcpy(p, val, vlen);
-    p += vbytes;
-  }
-  e->key = p;
-  if (klen) memcpy(p, key, klen);
   e->hash = h;
-  e->klen = klen;
-  e->vlen = vlen;
-  e->bytes = size + (handover ? vlen : 0);
+  e->klen = (uint32_t)klen;
   e->height = (uint8_t)height;
   e->flags = handover ? KEEL__TAB_HANDOVER : 0;
+  e->vlen = vlen;
+  if (klen) memcpy(keel__tab_key(e), key, klen);
+  unsigned char *v = keel__tab_vslot(e);
+  if (handover) {
+    memcpy(v, &val, sizeof val);
+  } else {
+    if (vbytes > vlen) memset(v + vbytes - 8, 0, 8); /* a word's padding is zero */
+    if (vlen) memcpy(v, val, vlen);
+  }
   return e;
 }
 
 static void entry_free(keel__tab_entry *e) {
   if (!e) return;
-  if (e->flags & KEEL__TAB_HANDOVER) free(e->val);
+  if (e->flags & KEEL__TAB_HANDOVER) free(keel__tab_val(e));
   free(e);
 }
 
@@ -143,10 +151,11 @@ static bool val_is_word(const keel__tab_entry *e) {
  * never torn. */
 static void copy_val(void *dst, const keel__tab_entry *e) {
   if (val_is_word(e)) {
-    uint64_t v = __atomic_load_n((const uint64_t *)(const void *)e->val, __ATOMIC_RELAXED);
+    uint64_t v =
+        __atomic_load_n((const uint64_t *)(const void *)keel__tab_val(e), __ATOMIC_RELAXED);
     memcpy(dst, &v, e->vlen);
   } else if (e->vlen) {
-    memcpy(dst, e->val, e->vlen);
+    memcpy(dst, keel__tab_val(e), e->vlen);
   }
 }
 
@@ -190,8 +199,8 @@ static keel__tab_entry *sl_seek(keel__tab *t, const void *key, size_t klen,
   keel__tab_entry **links = t->head;
   for (int i = KEEL__TAB_SL_MAX - 1; i >= 0; i--) {
     if (i < t->level)
-      while (links[i] && key_cmp(links[i]->key, links[i]->klen, key, klen) < 0)
-        links = links[i]->links;
+      while (links[i] && key_cmp(keel__tab_key(links[i]), links[i]->klen, key, klen) < 0)
+        links = keel__tab_links(links[i]);
     if (upd) upd[i] = links;
   }
   return links[0];
@@ -200,20 +209,20 @@ static keel__tab_entry *sl_seek(keel__tab *t, const void *key, size_t klen,
 /* The first entry > key. */
 static keel__tab_entry *sl_after(keel__tab *t, const void *key, size_t klen) {
   keel__tab_entry *e = sl_seek(t, key, klen, NULL);
-  if (e && key_cmp(e->key, e->klen, key, klen) == 0) e = e->links[0];
+  if (e && key_cmp(keel__tab_key(e), e->klen, key, klen) == 0) e = keel__tab_links(e)[0];
   return e;
 }
 
 static void sl_unlink(keel__tab *t, keel__tab_entry *e, keel__tab_entry ***upd) {
   for (int i = 0; i < e->height; i++)
-    upd[i][i] = e->links[i];
+    upd[i][i] = keel__tab_links(e)[i];
   while (t->level > 0 && !t->head[t->level - 1])
     t->level--;
 }
 
 static void sl_link(keel__tab *t, keel__tab_entry *e, keel__tab_entry ***upd) {
   for (int i = 0; i < e->height; i++) {
-    e->links[i] = upd[i][i];
+    keel__tab_links(e)[i] = upd[i][i];
     upd[i][i] = e;
   }
   if (e->height > t->level) t->level = e->height;
@@ -229,7 +238,7 @@ static keel__tab_entry *find(keel__tab *t, keel__tab_stripe *s, uint64_t h, cons
                              size_t klen) {
   if (ordered(t)) {
     keel__tab_entry *e = sl_seek(t, key, klen, NULL);
-    return e && key_cmp(e->key, e->klen, key, klen) == 0 ? e : NULL;
+    return e && key_cmp(keel__tab_key(e), e->klen, key, klen) == 0 ? e : NULL;
   }
   keel__tab_entry **pp = chain_find(s, h, key, klen);
   return pp ? *pp : NULL;
@@ -241,19 +250,19 @@ static keel__tab_entry *find(keel__tab *t, keel__tab_stripe *s, uint64_t h, cons
 static int place(keel__tab *t, keel__tab_stripe *s, keel__tab_entry *e, bool only_new,
                  keel__tab_entry **old) {
   *old = NULL;
-  if (ordered(t) && !e->links) return RETRY;
+  if (ordered(t) && !e->height) return RETRY;
   if (ordered(t)) {
     keel__tab_entry **upd[KEEL__TAB_SL_MAX];
-    keel__tab_entry *at = sl_seek(t, e->key, e->klen, upd);
-    if (at && key_cmp(at->key, at->klen, e->key, e->klen) == 0) {
+    keel__tab_entry *at = sl_seek(t, keel__tab_key(e), e->klen, upd);
+    if (at && key_cmp(keel__tab_key(at), at->klen, keel__tab_key(e), e->klen) == 0) {
       if (only_new) return KEEL_EEXIST;
       sl_unlink(t, at, upd);
       *old = at;
-      sl_seek(t, e->key, e->klen, upd); /* the level may have dropped */
+      sl_seek(t, keel__tab_key(e), e->klen, upd); /* the level may have dropped */
     }
     sl_link(t, e, upd);
   } else {
-    keel__tab_entry **pp = chain_find(s, e->hash, e->key, e->klen);
+    keel__tab_entry **pp = chain_find(s, e->hash, keel__tab_key(e), e->klen);
     if (pp) {
       if (only_new) return KEEL_EEXIST;
       *old = *pp;
@@ -268,7 +277,7 @@ static int place(keel__tab *t, keel__tab_stripe *s, keel__tab_entry *e, bool onl
     }
   }
   s->n += !*old;
-  s->bytes += e->bytes - (*old ? (*old)->bytes : 0);
+  s->bytes += entry_bytes(e) - (*old ? entry_bytes((*old)) : 0);
   return 0;
 }
 
@@ -279,7 +288,7 @@ static keel__tab_entry *unplace(keel__tab *t, keel__tab_stripe *s, uint64_t h, c
   if (ordered(t)) {
     keel__tab_entry **upd[KEEL__TAB_SL_MAX];
     e = sl_seek(t, key, klen, upd);
-    if (!e || key_cmp(e->key, e->klen, key, klen) != 0) return NULL;
+    if (!e || key_cmp(keel__tab_key(e), e->klen, key, klen) != 0) return NULL;
     sl_unlink(t, e, upd);
   } else {
     keel__tab_entry **pp = chain_find(s, h, key, klen);
@@ -288,7 +297,7 @@ static keel__tab_entry *unplace(keel__tab *t, keel__tab_stripe *s, uint64_t h, c
     *pp = e->next;
   }
   s->n--;
-  s->bytes -= e->bytes;
+  s->bytes -= entry_bytes(e);
   return e;
 }
 
@@ -360,7 +369,7 @@ static int put_word(keel_table_t h, uint64_t kh, const void *key, size_t klen, c
   if (e && e->vlen == vlen && val_is_word(e) && !(e->flags & KEEL__TAB_HANDOVER)) {
     uint64_t w = 0; /* the padding stays zero */
     memcpy(&w, val, vlen);
-    __atomic_store_n((uint64_t *)(void *)e->val, w, __ATOMIC_RELAXED);
+    __atomic_store_n((uint64_t *)(void *)keel__tab_val(e), w, __ATOMIC_RELAXED);
     rc = 0;
   }
   keel__tab_unlock(&s);
@@ -380,7 +389,7 @@ static int put_in_place(keel_table_t h, uint64_t kh, const void *key, size_t kle
   keel__tab_entry *e = find(t, s.s, kh, key, klen);
   rc = KEEL_ENOENT;
   if (e && e->vlen == vlen && !(e->flags & KEEL__TAB_HANDOVER)) {
-    if (vlen) memcpy(e->val, val, vlen); /* exclusive: no reader, no counter update */
+    if (vlen) memcpy(keel__tab_val(e), val, vlen); /* exclusive: no reader, no counter update */
     rc = 0;
   }
   keel__tab_unlock(&s);
@@ -480,10 +489,10 @@ int keel_table_take(keel_table_t h, const void *key, size_t klen, void **val, si
   keel__tab_unlock(&s);
   if (vlen) *vlen = e->vlen;
   if (e->flags & KEEL__TAB_HANDOVER) {
-    out = e->vlen ? e->val : (free(e->val), NULL);
+    out = e->vlen ? keel__tab_val(e) : (free(keel__tab_val(e)), NULL);
     e->flags = 0;
   } else if (e->vlen) {
-    memcpy(out, e->val, e->vlen);
+    memcpy(out, keel__tab_val(e), e->vlen);
   }
   free(e);
   *val = out;
@@ -496,7 +505,7 @@ int keel_table_take(keel_table_t h, const void *key, size_t klen, void **val, si
  * the value meanwhile reads it whole (copy_val). */
 static int counter_add(keel__tab_entry *e, int64_t incr, int64_t *result) {
   if (e->vlen != sizeof(int64_t)) return KEEL_EINVAL;
-  int64_t *p = (int64_t *)(void *)e->val; /* 8-aligned: see entry_new */
+  int64_t *p = (int64_t *)(void *)keel__tab_val(e); /* 8-aligned: see entry_new */
   /* relaxed: the value is the only data; the stripe's hold orders the rest */
   int64_t v = __atomic_load_n(p, __ATOMIC_RELAXED), sum;
   do {
@@ -546,7 +555,7 @@ int keel_table_update_counter(keel_table_t h, const void *key, size_t klen, int6
         fresh = NULL;
         continue;
       }
-      if (!rc && result) memcpy(result, fresh->val, sizeof *result);
+      if (!rc && result) memcpy(result, keel__tab_val(fresh), sizeof *result);
       if (!rc) fresh = NULL;
     } else {
       keel__tab_unlock(&s);
@@ -625,7 +634,7 @@ static int rows_add(keel_table_rows *r, size_t *cap, const keel__tab_entry *e) {
   }
   unsigned char *p = malloc(e->klen + e->vlen + 1); /* +1: never malloc(0) */
   if (!p) return KEEL_ENOMEM;
-  if (e->klen) memcpy(p, e->key, e->klen);
+  if (e->klen) memcpy(p, keel__tab_key(e), e->klen);
   copy_val(p + e->klen, e);
   r->rows[r->n++] = (keel_table_row){p, e->klen, p + e->klen, e->vlen};
   return 0;
@@ -651,13 +660,14 @@ typedef struct scan {
 } scan;
 
 static bool wanted(const scan *q, const keel__tab_entry *e) {
-  return !q->pred || q->pred(e->key, e->klen, e->val, e->vlen, q->ud);
+  return !q->pred || q->pred(keel__tab_key(e), e->klen, keel__tab_val(e), e->vlen, q->ud);
 }
 
 /* Past the ordered scan's end? */
 static bool beyond(const scan *q, const keel__tab_entry *e) {
-  if (q->hi && key_cmp(e->key, e->klen, q->hi, q->hilen) >= 0) return true;
-  if (q->prefix && (e->klen < q->plen || memcmp(e->key, q->prefix, q->plen) != 0)) return true;
+  if (q->hi && key_cmp(keel__tab_key(e), e->klen, q->hi, q->hilen) >= 0) return true;
+  if (q->prefix && (e->klen < q->plen || memcmp(keel__tab_key(e), q->prefix, q->plen) != 0))
+    return true;
   return false;
 }
 
@@ -685,7 +695,7 @@ static int scan_run(keel_table_t h, const scan *q, unsigned *pos, keel_table_row
     else
       e = t->head[0];
     keel__tab_entry *prev = NULL;
-    for (int k = 0; e && k < RUN && !rc && !full; k++, prev = e, e = e->links[0]) {
+    for (int k = 0; e && k < RUN && !rc && !full; k++, prev = e, e = keel__tab_links(e)[0]) {
       if (beyond(q, e)) {
         e = NULL;
         break;
@@ -772,7 +782,7 @@ keel__tab_entry *keel__tab_detach_stripe(keel__tab *t, unsigned i) {
   keel__tab_entry *list = NULL;
   if (i == 0 && ordered(t)) {
     for (keel__tab_entry *e = t->head[0], *next; e; e = next) {
-      next = e->links[0];
+      next = keel__tab_links(e)[0];
       e->next = list;
       list = e;
     }
