@@ -9,14 +9,17 @@
  * comes from its key's hash (p = 1/4), so a writer needs no shared random
  * state and the list is as balanced as the hash is random.
  *
- * Every entry is one allocation (struct, skip links, value, key), made and
- * filled before the stripe is locked and freed after it is unlocked: the
- * lock covers the chain walk and a few pointer writes. Readers copy out
- * under the shared hold, so what they copy is never half-written. A value
- * overwritten by one of the same length is copied in place under the
- * exclusive hold (no allocation). A counter is changed by a compare-and-swap
- * under the shared hold, and 8-byte values are read with one atomic load,
- * so counters on two schedulers do not exclude each other.
+ * Every entry is one allocation (header, skip links, key, value:
+ * table_internal.h), made and filled before the stripe is locked and freed
+ * after it is unlocked: the lock covers the chain walk and a few pointer
+ * writes. Readers copy out under the shared hold, so what they copy is never
+ * half-written. A value of 1 to 8 bytes is one aligned word (val_is_word):
+ * a counter update (compare-and-swap) and an overwrite by a value of the same
+ * length (an atomic store) change it under the shared hold, and readers load
+ * it with one atomic load, so such writes on two schedulers exclude neither
+ * each other nor readers and leave the stripe's line unwritten. A longer
+ * value overwritten by one of the same length is copied in place under the
+ * exclusive hold (no allocation).
  *
  * Iteration and scans copy rows out a stripe (or, for an ordered set, a run
  * of at most 256 keys) at a time and resume after the last key copied, so no

@@ -232,9 +232,9 @@ static void small_values(keel_table_type type) {
   CHECK_EQ(counter_of(t, "h"), 100);
   void *v = NULL;
   size_t n = 0;
-  CHECK_OK(keel_table_take(t, "h", 1, &v, &n));
-  CHECK(v != block);
-  CHECK_EQ(n, sizeof c);
+  CHECK_OK(keel_table_take(t, "h", 1, &v, &n)); /* the block was freed: ASan sees a leak or */
+  CHECK_EQ(n, sizeof c);                        /* a double free otherwise */
+  CHECK_EQ(*(int64_t *)v, 100);
   free(v);
   CHECK_OK(keel_table_delete(t));
 }
