@@ -280,7 +280,7 @@ static int place(keel__tab *t, keel__tab_stripe *s, keel__tab_entry *e, bool onl
     }
   }
   s->n += !*old;
-  s->bytes += entry_bytes(e) - (*old ? entry_bytes((*old)) : 0);
+  s->bytes += entry_bytes(e) - (*old ? entry_bytes(*old) : 0);
   return 0;
 }
 
