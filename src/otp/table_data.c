@@ -662,8 +662,15 @@ typedef struct scan {
   bool ordered_only;
 } scan;
 
+/* A word value (val_is_word) may change under the shared hold the scan
+ * has: the predicate gets a copy taken with one atomic load, never the
+ * entry's bytes, which a plain read would race with. */
 static bool wanted(const scan *q, const keel__tab_entry *e) {
-  return !q->pred || q->pred(keel__tab_key(e), e->klen, keel__tab_val(e), e->vlen, q->ud);
+  if (!q->pred) return true;
+  if (!val_is_word(e)) return q->pred(keel__tab_key(e), e->klen, keel__tab_val(e), e->vlen, q->ud);
+  uint64_t word;
+  copy_val(&word, e);
+  return q->pred(keel__tab_key(e), e->klen, &word, e->vlen, q->ud);
 }
 
 /* Past the ordered scan's end? */

@@ -28,6 +28,12 @@ typedef struct keel__tab_entry {
   size_t vlen;
 } keel__tab_entry;
 
+/* A value's slot is 8-byte aligned (its 8-byte atomics need it) because the
+ * header and each link are multiples of 8 bytes: true on the 64-bit targets
+ * keel's context switch supports. */
+_Static_assert(sizeof(void *) == 8 && sizeof(keel__tab_entry) % 8 == 0,
+               "table entries assume a 64-bit layout");
+
 static inline size_t keel__tab_pad8(size_t n) {
   return (n + 7) & ~(size_t)7;
 }
