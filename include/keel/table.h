@@ -32,9 +32,14 @@
  * (allocate, copy) before they lock and free after they unlock, so a lock is
  * held for a hash-chain walk and a few pointer writes: readers never wait for
  * a writer that holds it long (docs/decisions/0016 has the measurements).
+ * update_counter, and an insert replacing a value of 1 to 8 bytes by one of
+ * the same length, change one word atomically under the reader's side of
+ * the lock, so they do not exclude readers or each other (docs/decisions/0039).
  * Every single call is atomic: update_counter from many processes loses no
- * increment. Iteration and scans see each stripe (ordered set: each run of up
- * to 256 keys) at one instant; see keel_table_foreach for what that means.
+ * increment. Iteration and scans copy a stripe (ordered set: a run of up to
+ * 256 keys) at a time, and values of 1 to 8 bytes may change during that
+ * copy, so two entries of one run need not come from one instant; each
+ * entry's value is one it held (see keel_table_foreach).
  *
  * HANDLES. A keel_table_t is a number, not a pointer: a handle of a table
  * that is gone (deleted, owner exited) is refused with KEEL_EINVAL, never a

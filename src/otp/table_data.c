@@ -9,14 +9,17 @@
  * comes from its key's hash (p = 1/4), so a writer needs no shared random
  * state and the list is as balanced as the hash is random.
  *
- * Every entry is one allocation (struct, skip links, value, key), made and
- * filled before the stripe is locked and freed after it is unlocked: the
- * lock covers the chain walk and a few pointer writes. Readers copy out
- * under the shared hold, so what they copy is never half-written. A value
- * overwritten by one of the same length is copied in place under the
- * exclusive hold (no allocation). A counter is changed by a compare-and-swap
- * under the shared hold, and 8-byte values are read with one atomic load,
- * so counters on two schedulers do not exclude each other.
+ * Every entry is one allocation (header, skip links, key, value:
+ * table_internal.h), made and filled before the stripe is locked and freed
+ * after it is unlocked: the lock covers the chain walk and a few pointer
+ * writes. Readers copy out under the shared hold, so what they copy is never
+ * half-written. A value of 1 to 8 bytes is one aligned word (val_is_word):
+ * a counter update (compare-and-swap) and an overwrite by a value of the same
+ * length (an atomic store) change it under the shared hold, and readers load
+ * it with one atomic load, so such writes on two schedulers exclude neither
+ * each other nor readers and leave the stripe's line unwritten. A longer
+ * value overwritten by one of the same length is copied in place under the
+ * exclusive hold (no allocation).
  *
  * Iteration and scans copy rows out a stripe (or, for an ordered set, a run
  * of at most 256 keys) at a time and resume after the last key copied, so no
@@ -63,7 +66,14 @@ static int key_cmp(const void *a, size_t alen, const void *b, size_t blen) {
 }
 
 static bool key_eq(const keel__tab_entry *e, uint64_t h, const void *key, size_t klen) {
-  return e->hash == h && e->klen == klen && (!klen || memcmp(e->key, key, klen) == 0);
+  if (e->hash != h || e->klen != klen) return false;
+  if (klen == sizeof(uint64_t)) { /* the common integer key: no call to memcmp */
+    uint64_t a, b;
+    memcpy(&a, keel__tab_key(e), sizeof a);
+    memcpy(&b, key, sizeof b);
+    return a == b;
+  }
+  return !klen || memcmp(keel__tab_key(e), key, klen) == 0;
 }
 
 /* A skip-list height from bits of the hash the stripe choice does not use. */
@@ -79,43 +89,45 @@ static bool args_ok(const void *key, size_t klen, const void *val, size_t vlen) 
 
 /* ---- entries ------------------------------------------------------------- */
 
+/* What an entry costs, for the memory figure: its allocation and a
+ * handed-over block. */
+static size_t entry_bytes(const keel__tab_entry *e) {
+  size_t v = e->flags & KEEL__TAB_HANDOVER ? sizeof(void *) + e->vlen : keel__tab_pad8(e->vlen);
+  return sizeof *e + e->height * sizeof(keel__tab_entry *) + keel__tab_pad8(e->klen) + v;
+}
+
 /* A new entry; val is copied, or taken as is when handover. NULL on ENOMEM. */
 static keel__tab_entry *entry_new(uint64_t h, const void *key, size_t klen, const void *val,
                                   size_t vlen, bool handover, bool ordered) {
   unsigned height = ordered ? height_of(h) : 0;
-  size_t links = height * sizeof(keel__tab_entry *);
-  size_t vbytes = handover ? 0 : (vlen + 7) & ~(size_t)7; /* counters stay aligned */
-  if (!handover && vbytes < vlen) return NULL;            /* vlen near SIZE_MAX */
-  size_t size = sizeof(keel__tab_entry) + links + vbytes;
-  if (size < vbytes || size + klen < size) return NULL;
-  size += klen;
+  size_t head = sizeof(keel__tab_entry) + height * sizeof(keel__tab_entry *);
+  size_t kbytes = keel__tab_pad8(klen); /* klen <= UINT32_MAX: no overflow */
+  size_t vbytes = handover ? sizeof(void *) : keel__tab_pad8(vlen); /* counters stay aligned */
+  if (!handover && vbytes < vlen) return NULL;                      /* vlen near SIZE_MAX */
+  size_t size = head + kbytes + vbytes;
+  if (size < vbytes) return NULL;
   keel__tab_entry *e = malloc(size);
   if (!e) return NULL;
-  unsigned char *p = (unsigned char *)(e + 1);
   e->next = NULL;
-  e->links = height ? (keel__tab_entry **)(void *)p : NULL;
-  p += links;
-  if (handover) {
-    e->val = (unsigned char *)val;
-  } else {
-    e->val = p;
-    if (vlen) memcpy(p, val, vlen);
-    p += vbytes;
-  }
-  e->key = p;
-  if (klen) memcpy(p, key, klen);
   e->hash = h;
-  e->klen = klen;
-  e->vlen = vlen;
-  e->bytes = size + (handover ? vlen : 0);
+  e->klen = (uint32_t)klen;
   e->height = (uint8_t)height;
   e->flags = handover ? KEEL__TAB_HANDOVER : 0;
+  e->vlen = vlen;
+  if (klen) memcpy(keel__tab_key(e), key, klen);
+  unsigned char *v = keel__tab_vslot(e);
+  if (handover) {
+    memcpy(v, &val, sizeof val);
+  } else {
+    if (vbytes > vlen) memset(v + vbytes - 8, 0, 8); /* a word's padding is zero */
+    if (vlen) memcpy(v, val, vlen);
+  }
   return e;
 }
 
 static void entry_free(keel__tab_entry *e) {
   if (!e) return;
-  if (e->flags & KEEL__TAB_HANDOVER) free(e->val);
+  if (e->flags & KEEL__TAB_HANDOVER) free(keel__tab_val(e));
   free(e);
 }
 
@@ -127,15 +139,26 @@ void keel__tab_free_list(keel__tab_entry *e) {
   }
 }
 
-/* Copies e's value out (under a hold of its stripe). An 8-byte value may be
- * a counter that update_counter changes under a shared hold: read it with
- * one atomic load so it is never torn. */
+/* Whether e's value is one aligned word that writers may change under a
+ * shared hold (update_counter, and an overwrite of the same length): a value
+ * of 1 to 8 bytes stored in the entry, whose padding entry_new zeroed. An
+ * 8-byte handed-over block is a word too (malloc aligns it), but only a
+ * counter update writes it in place. */
+static bool val_is_word(const keel__tab_entry *e) {
+  return e->vlen == sizeof(uint64_t) ||
+         (e->vlen && e->vlen < sizeof(uint64_t) && !(e->flags & KEEL__TAB_HANDOVER));
+}
+
+/* Copies e's value out (under a hold of its stripe). A word (val_is_word)
+ * may change under a shared hold: read it with one atomic load so it is
+ * never torn. */
 static void copy_val(void *dst, const keel__tab_entry *e) {
-  if (e->vlen == sizeof(int64_t)) {
-    int64_t v = __atomic_load_n((const int64_t *)(const void *)e->val, __ATOMIC_RELAXED);
-    memcpy(dst, &v, sizeof v);
+  if (val_is_word(e)) {
+    uint64_t v =
+        __atomic_load_n((const uint64_t *)(const void *)keel__tab_val(e), __ATOMIC_RELAXED);
+    memcpy(dst, &v, e->vlen);
   } else if (e->vlen) {
-    memcpy(dst, e->val, e->vlen);
+    memcpy(dst, keel__tab_val(e), e->vlen);
   }
 }
 
@@ -179,8 +202,8 @@ static keel__tab_entry *sl_seek(keel__tab *t, const void *key, size_t klen,
   keel__tab_entry **links = t->head;
   for (int i = KEEL__TAB_SL_MAX - 1; i >= 0; i--) {
     if (i < t->level)
-      while (links[i] && key_cmp(links[i]->key, links[i]->klen, key, klen) < 0)
-        links = links[i]->links;
+      while (links[i] && key_cmp(keel__tab_key(links[i]), links[i]->klen, key, klen) < 0)
+        links = keel__tab_links(links[i]);
     if (upd) upd[i] = links;
   }
   return links[0];
@@ -189,20 +212,20 @@ static keel__tab_entry *sl_seek(keel__tab *t, const void *key, size_t klen,
 /* The first entry > key. */
 static keel__tab_entry *sl_after(keel__tab *t, const void *key, size_t klen) {
   keel__tab_entry *e = sl_seek(t, key, klen, NULL);
-  if (e && key_cmp(e->key, e->klen, key, klen) == 0) e = e->links[0];
+  if (e && key_cmp(keel__tab_key(e), e->klen, key, klen) == 0) e = keel__tab_links(e)[0];
   return e;
 }
 
 static void sl_unlink(keel__tab *t, keel__tab_entry *e, keel__tab_entry ***upd) {
   for (int i = 0; i < e->height; i++)
-    upd[i][i] = e->links[i];
+    upd[i][i] = keel__tab_links(e)[i];
   while (t->level > 0 && !t->head[t->level - 1])
     t->level--;
 }
 
 static void sl_link(keel__tab *t, keel__tab_entry *e, keel__tab_entry ***upd) {
   for (int i = 0; i < e->height; i++) {
-    e->links[i] = upd[i][i];
+    keel__tab_links(e)[i] = upd[i][i];
     upd[i][i] = e;
   }
   if (e->height > t->level) t->level = e->height;
@@ -218,7 +241,7 @@ static keel__tab_entry *find(keel__tab *t, keel__tab_stripe *s, uint64_t h, cons
                              size_t klen) {
   if (ordered(t)) {
     keel__tab_entry *e = sl_seek(t, key, klen, NULL);
-    return e && key_cmp(e->key, e->klen, key, klen) == 0 ? e : NULL;
+    return e && key_cmp(keel__tab_key(e), e->klen, key, klen) == 0 ? e : NULL;
   }
   keel__tab_entry **pp = chain_find(s, h, key, klen);
   return pp ? *pp : NULL;
@@ -230,19 +253,19 @@ static keel__tab_entry *find(keel__tab *t, keel__tab_stripe *s, uint64_t h, cons
 static int place(keel__tab *t, keel__tab_stripe *s, keel__tab_entry *e, bool only_new,
                  keel__tab_entry **old) {
   *old = NULL;
-  if (ordered(t) && !e->links) return RETRY;
+  if (ordered(t) && !e->height) return RETRY;
   if (ordered(t)) {
     keel__tab_entry **upd[KEEL__TAB_SL_MAX];
-    keel__tab_entry *at = sl_seek(t, e->key, e->klen, upd);
-    if (at && key_cmp(at->key, at->klen, e->key, e->klen) == 0) {
+    keel__tab_entry *at = sl_seek(t, keel__tab_key(e), e->klen, upd);
+    if (at && key_cmp(keel__tab_key(at), at->klen, keel__tab_key(e), e->klen) == 0) {
       if (only_new) return KEEL_EEXIST;
       sl_unlink(t, at, upd);
       *old = at;
-      sl_seek(t, e->key, e->klen, upd); /* the level may have dropped */
+      sl_seek(t, keel__tab_key(e), e->klen, upd); /* the level may have dropped */
     }
     sl_link(t, e, upd);
   } else {
-    keel__tab_entry **pp = chain_find(s, e->hash, e->key, e->klen);
+    keel__tab_entry **pp = chain_find(s, e->hash, keel__tab_key(e), e->klen);
     if (pp) {
       if (only_new) return KEEL_EEXIST;
       *old = *pp;
@@ -257,7 +280,7 @@ static int place(keel__tab *t, keel__tab_stripe *s, keel__tab_entry *e, bool onl
     }
   }
   s->n += !*old;
-  s->bytes += e->bytes - (*old ? (*old)->bytes : 0);
+  s->bytes += entry_bytes(e) - (*old ? entry_bytes(*old) : 0);
   return 0;
 }
 
@@ -268,7 +291,7 @@ static keel__tab_entry *unplace(keel__tab *t, keel__tab_stripe *s, uint64_t h, c
   if (ordered(t)) {
     keel__tab_entry **upd[KEEL__TAB_SL_MAX];
     e = sl_seek(t, key, klen, upd);
-    if (!e || key_cmp(e->key, e->klen, key, klen) != 0) return NULL;
+    if (!e || key_cmp(keel__tab_key(e), e->klen, key, klen) != 0) return NULL;
     sl_unlink(t, e, upd);
   } else {
     keel__tab_entry **pp = chain_find(s, h, key, klen);
@@ -277,7 +300,7 @@ static keel__tab_entry *unplace(keel__tab *t, keel__tab_stripe *s, uint64_t h, c
     *pp = e->next;
   }
   s->n--;
-  s->bytes -= e->bytes;
+  s->bytes -= entry_bytes(e);
   return e;
 }
 
@@ -310,7 +333,51 @@ static keel__tab *lock_read(keel_table_t h, uint64_t kh, keel__tab_held *s, int 
   return lock_for(h, kh, false, s, rc);
 }
 
+/* A shared hold for a write that changes one word in place (an overwrite of
+ * a small value, a counter update): checked as a write, held as a read, so
+ * that such writes on two schedulers neither exclude each other nor write
+ * the stripe's line. */
+static keel__tab *lock_word_write(keel_table_t h, uint64_t kh, keel__tab_held *s, int *rc) {
+  keel__tab *t = keel__tab_lock(h, kh, false, s);
+  if (!t) {
+    *rc = KEEL_EINVAL;
+    return NULL;
+  }
+  if (!keel__tab_may_write(t)) {
+    keel__tab_unlock(s);
+    *rc = KEEL_EPERM;
+    return NULL;
+  }
+  return t;
+}
+
 /* ---- writes ----------------------------------------------------------------- */
+
+/* Replaces a word value (val_is_word) by one of the same length with one
+ * atomic store under a shared hold: no allocation, and no write to the
+ * stripe's line, which an exclusive hold would pass between schedulers on
+ * every overwrite. Entries cannot go while the hold lasts; readers load the
+ * word whole (copy_val) and a racing update_counter's compare-and-swap sees
+ * the old or the new value, so the overwrite is as atomic as under the
+ * exclusive hold. KEEL_ENOENT when it cannot: the caller goes on
+ * exclusively. */
+static int put_word(keel_table_t h, uint64_t kh, const void *key, size_t klen, const void *val,
+                    size_t vlen) {
+  keel__tab_held s;
+  int rc;
+  keel__tab *t = lock_word_write(h, kh, &s, &rc);
+  if (!t) return rc;
+  keel__tab_entry *e = find(t, s.s, kh, key, klen);
+  rc = KEEL_ENOENT;
+  if (e && e->vlen == vlen && val_is_word(e) && !(e->flags & KEEL__TAB_HANDOVER)) {
+    uint64_t w = 0; /* the padding stays zero */
+    memcpy(&w, val, vlen);
+    __atomic_store_n((uint64_t *)(void *)keel__tab_val(e), w, __ATOMIC_RELAXED);
+    rc = 0;
+  }
+  keel__tab_unlock(&s);
+  return rc;
+}
 
 /* Replaces the value of an existing entry of the same length in place: no
  * allocation, no free, a copy of at most INPLACE_MAX bytes under the
@@ -325,7 +392,7 @@ static int put_in_place(keel_table_t h, uint64_t kh, const void *key, size_t kle
   keel__tab_entry *e = find(t, s.s, kh, key, klen);
   rc = KEEL_ENOENT;
   if (e && e->vlen == vlen && !(e->flags & KEEL__TAB_HANDOVER)) {
-    if (vlen) memcpy(e->val, val, vlen); /* exclusive: no reader, no counter update */
+    if (vlen) memcpy(keel__tab_val(e), val, vlen); /* exclusive: no reader, no counter update */
     rc = 0;
   }
   keel__tab_unlock(&s);
@@ -341,7 +408,10 @@ int keel_table_put(keel_table_t h, const void *key, size_t klen, void *val, size
     return KEEL_EINVAL;
   }
   uint64_t kh = key_hash(h, key, klen);
-  if (!handover && !(flags & KEEL_TABLE_NEW) && vlen <= INPLACE_MAX) {
+  if (!handover && !(flags & KEEL_TABLE_NEW) && vlen && vlen <= sizeof(uint64_t)) {
+    int rc = put_word(h, kh, key, klen, val, vlen);
+    if (rc != KEEL_ENOENT) return rc;
+  } else if (!handover && !(flags & KEEL_TABLE_NEW) && vlen <= INPLACE_MAX) {
     int rc = put_in_place(h, kh, key, klen, val, vlen);
     if (rc != KEEL_ENOENT) return rc;
   }
@@ -422,24 +492,23 @@ int keel_table_take(keel_table_t h, const void *key, size_t klen, void **val, si
   keel__tab_unlock(&s);
   if (vlen) *vlen = e->vlen;
   if (e->flags & KEEL__TAB_HANDOVER) {
-    out = e->vlen ? e->val : (free(e->val), NULL);
+    out = e->vlen ? keel__tab_val(e) : (free(keel__tab_val(e)), NULL);
     e->flags = 0;
   } else if (e->vlen) {
-    memcpy(out, e->val, e->vlen);
+    memcpy(out, keel__tab_val(e), e->vlen);
   }
   free(e);
   *val = out;
   return 0;
 }
 
-/* Adds incr to the 8-byte value of e. */
 /* Adds incr to the 8-byte value of e. Atomic (a compare-and-swap loop), so
  * that it may run under a shared hold of the stripe: two schedulers adding
  * to counters of one stripe do not exclude each other, and a reader copying
  * the value meanwhile reads it whole (copy_val). */
 static int counter_add(keel__tab_entry *e, int64_t incr, int64_t *result) {
   if (e->vlen != sizeof(int64_t)) return KEEL_EINVAL;
-  int64_t *p = (int64_t *)(void *)e->val; /* 8-aligned: see entry_new */
+  int64_t *p = (int64_t *)(void *)keel__tab_val(e); /* 8-aligned: see entry_new */
   /* relaxed: the value is the only data; the stripe's hold orders the rest */
   int64_t v = __atomic_load_n(p, __ATOMIC_RELAXED), sum;
   do {
@@ -454,12 +523,8 @@ static int counter_shared(keel_table_t h, uint64_t kh, const void *key, size_t k
                           int64_t *result) {
   keel__tab_held s;
   int rc;
-  keel__tab *t = keel__tab_lock(h, kh, false, &s);
-  if (!t) return KEEL_EINVAL;
-  if (!keel__tab_may_write(t)) {
-    keel__tab_unlock(&s);
-    return KEEL_EPERM;
-  }
+  keel__tab *t = lock_word_write(h, kh, &s, &rc);
+  if (!t) return rc;
   keel__tab_entry *e = find(t, s.s, kh, key, klen);
   rc = e ? counter_add(e, incr, result) : KEEL_ENOENT;
   keel__tab_unlock(&s);
@@ -493,7 +558,7 @@ int keel_table_update_counter(keel_table_t h, const void *key, size_t klen, int6
         fresh = NULL;
         continue;
       }
-      if (!rc && result) memcpy(result, fresh->val, sizeof *result);
+      if (!rc && result) memcpy(result, keel__tab_val(fresh), sizeof *result);
       if (!rc) fresh = NULL;
     } else {
       keel__tab_unlock(&s);
@@ -572,7 +637,7 @@ static int rows_add(keel_table_rows *r, size_t *cap, const keel__tab_entry *e) {
   }
   unsigned char *p = malloc(e->klen + e->vlen + 1); /* +1: never malloc(0) */
   if (!p) return KEEL_ENOMEM;
-  if (e->klen) memcpy(p, e->key, e->klen);
+  if (e->klen) memcpy(p, keel__tab_key(e), e->klen);
   copy_val(p + e->klen, e);
   r->rows[r->n++] = (keel_table_row){p, e->klen, p + e->klen, e->vlen};
   return 0;
@@ -597,14 +662,22 @@ typedef struct scan {
   bool ordered_only;
 } scan;
 
+/* A word value (val_is_word) may change under the shared hold the scan
+ * has: the predicate gets a copy taken with one atomic load, never the
+ * entry's bytes, which a plain read would race with. */
 static bool wanted(const scan *q, const keel__tab_entry *e) {
-  return !q->pred || q->pred(e->key, e->klen, e->val, e->vlen, q->ud);
+  if (!q->pred) return true;
+  if (!val_is_word(e)) return q->pred(keel__tab_key(e), e->klen, keel__tab_val(e), e->vlen, q->ud);
+  uint64_t word;
+  copy_val(&word, e);
+  return q->pred(keel__tab_key(e), e->klen, &word, e->vlen, q->ud);
 }
 
 /* Past the ordered scan's end? */
 static bool beyond(const scan *q, const keel__tab_entry *e) {
-  if (q->hi && key_cmp(e->key, e->klen, q->hi, q->hilen) >= 0) return true;
-  if (q->prefix && (e->klen < q->plen || memcmp(e->key, q->prefix, q->plen) != 0)) return true;
+  if (q->hi && key_cmp(keel__tab_key(e), e->klen, q->hi, q->hilen) >= 0) return true;
+  if (q->prefix && (e->klen < q->plen || memcmp(keel__tab_key(e), q->prefix, q->plen) != 0))
+    return true;
   return false;
 }
 
@@ -632,7 +705,7 @@ static int scan_run(keel_table_t h, const scan *q, unsigned *pos, keel_table_row
     else
       e = t->head[0];
     keel__tab_entry *prev = NULL;
-    for (int k = 0; e && k < RUN && !rc && !full; k++, prev = e, e = e->links[0]) {
+    for (int k = 0; e && k < RUN && !rc && !full; k++, prev = e, e = keel__tab_links(e)[0]) {
       if (beyond(q, e)) {
         e = NULL;
         break;
@@ -719,7 +792,7 @@ keel__tab_entry *keel__tab_detach_stripe(keel__tab *t, unsigned i) {
   keel__tab_entry *list = NULL;
   if (i == 0 && ordered(t)) {
     for (keel__tab_entry *e = t->head[0], *next; e; e = next) {
-      next = e->links[0];
+      next = keel__tab_links(e)[0];
       e->next = list;
       list = e;
     }

@@ -14,18 +14,48 @@
 #define KEEL__TAB_SL_MAX   24 /* the ordered set's skip list height limit */
 #define KEEL__TAB_HANDOVER 1u /* entry flag: val is a block of its own */
 
-/* One key and its value, in one allocation: the struct, the skip-list links
- * (ordered sets: `height` pointers), the key, the value (unless handed
- * over: then val points to the caller's block). */
+/* One key and its value, in one allocation: this header, the skip-list
+ * links (ordered sets: `height` pointers), the key (padded to 8 bytes), the
+ * value (padded to 8 bytes; a handed-over value: the pointer to the caller's
+ * block). Nothing is reached through a stored pointer but the chain: a set's
+ * lookup of an 8-byte key finds hash, key and value in 48 bytes, mostly one
+ * cache line, where pointers to them made it two (docs/decisions/0039). */
 typedef struct keel__tab_entry {
-  struct keel__tab_entry *next;   /* set: the hash chain */
-  struct keel__tab_entry **links; /* ordered set: next at each level */
+  struct keel__tab_entry *next; /* set: the hash chain */
   uint64_t hash;
-  size_t klen, vlen, bytes; /* bytes: what it costs, for the memory figure */
-  unsigned char *key;
-  unsigned char *val;
+  uint32_t klen; /* keys are at most UINT32_MAX bytes */
   uint8_t height, flags;
+  size_t vlen;
 } keel__tab_entry;
+
+/* A value's slot is 8-byte aligned (its 8-byte atomics need it) because the
+ * header and each link are multiples of 8 bytes: true on the 64-bit targets
+ * keel's context switch supports. */
+_Static_assert(sizeof(void *) == 8 && sizeof(keel__tab_entry) % 8 == 0,
+               "table entries assume a 64-bit layout");
+
+static inline size_t keel__tab_pad8(size_t n) {
+  return (n + 7) & ~(size_t)7;
+}
+
+/* The ordered set's next entry at each level (height of them). */
+static inline keel__tab_entry **keel__tab_links(const keel__tab_entry *e) {
+  return (keel__tab_entry **)(void *)(e + 1);
+}
+
+static inline unsigned char *keel__tab_key(const keel__tab_entry *e) {
+  return (unsigned char *)(e + 1) + (size_t)e->height * sizeof(keel__tab_entry *);
+}
+
+/* Where the value is stored: the bytes, or the handed-over block's pointer. */
+static inline unsigned char *keel__tab_vslot(const keel__tab_entry *e) {
+  return keel__tab_key(e) + keel__tab_pad8(e->klen);
+}
+
+static inline unsigned char *keel__tab_val(const keel__tab_entry *e) {
+  unsigned char *v = keel__tab_vslot(e);
+  return e->flags & KEEL__TAB_HANDOVER ? *(unsigned char **)(void *)v : v;
+}
 
 /* A stripe: a lock and what it guards. Padded so that two stripes never
  * share a cache line (two schedulers on two stripes do not slow each other).
