@@ -177,7 +177,10 @@ typedef struct keel_jobs_opts {
 
 /* Creates the tables if needed (keel_jobs, keel_jobs_instances,
  * keel_jobs_queues), writes the heartbeat and starts the runners under a
- * supervisor of their own (keel_jobs_pid). On SQLite one instance runs a
+ * supervisor of their own (keel_jobs_pid), and returns once each runner has
+ * made its first fetch (so a job waiting at start is already claimed), or
+ * after 10 s of waiting for them (a slow database: they go on in the
+ * background). On SQLite one instance runs a
  * file's queues: it holds an flock on "<file>-jobs.lock" while its janitor
  * lives, and returns the jobs an earlier instance left running to available
  * at once (the lock proves that instance gone); instances without queues

@@ -32,6 +32,7 @@ typedef struct jobs_queue {
   keel_job_queue q;          /* concurrency defaulted */
   _Atomic keel_pid_t runner; /* 0 when none runs; seq_cst: written by the runner, read by
                                 notify and cancel from any process */
+  atomic_bool fetched;       /* the queue's first runner made its first fetch (jobs.ready) */
   /* the janitor's last look (under jobs->mu) */
   int64_t depth, oldest_ms;
   /* the dashboard panel's figures (panel.c; the janitor's round, under jobs->mu) */
@@ -86,7 +87,13 @@ struct keel_jobs {
   atomic_int abandoned;
   atomic_bool drained; /* keel_jobs_drain ran (keel_jobs_stop's first half) */
   bool on_service;     /* registered as a keel_service drain phase */
-  char *fetch_sql;     /* the runners' claim (keel__jobs_fetch_sql) */
+  /* keel_jobs_start waits until every queue's runner made its first fetch:
+   * the runner that brings not_fetched to 0 replies ready_ref to ready_to
+   * (a late reply, after start gave up waiting, is dropped) */
+  keel_pid_t ready_to;
+  keel_ref_t ready_ref;
+  atomic_int not_fetched;
+  char *fetch_sql; /* the runners' claim (keel__jobs_fetch_sql) */
   /* the janitor's steps (janitor.c), under mu: consecutive failures and
    * the periodic round before which a failed step is not tried again */
   int step_fails[JOBS_STEPS];
@@ -141,6 +148,10 @@ typedef struct jobs_cancel_msg {
   int64_t id;
   int attempt;
 } jobs_cancel_msg;
+
+/* A queue's runner made its first fetch (runner.c, once per queue: a
+ * restarted runner's is not counted): the last of them wakes keel_jobs_start. */
+void keel__jobs_fetched(jobs_queue *q);
 
 /* The NOTIFY payload of a cancel of an attempt running on another instance
  * (PostgreSQL): JOBS_CANCEL_NOTE "<id>:<attempt>:<instance>" (jobs.c). */
