@@ -132,6 +132,77 @@ static int insert_row(keel_es_tx *tx, enc *e) {
   return rc;
 }
 
+/* ---- PostgreSQL: concurrent enqueues, one INSERT ------------------------------------ */
+
+static int by_id(const void *a, const void *b) {
+  int64_t x = *(const int64_t *)a, y = *(const int64_t *)b;
+  return x < y ? -1 : x > y;
+}
+
+/* The VALUES of one job, its parameters from $(k + 1) on: insert_sql's. */
+static int values_row(char *at, size_t cap, size_t k) {
+  return snprintf(at, cap,
+                  "%s($%zu, $%zu, $%zu, 'available', CAST($%zu AS INTEGER), 0, CAST($%zu AS "
+                  "INTEGER), CAST($%zu AS BIGINT), CAST($%zu AS BIGINT), '[]', $%zu, $%zu, "
+                  "CAST($%zu AS BIGINT), $%zu)",
+                  k ? ", " : "", k + 1, k + 2, k + 3, k + 4, k + 5, k + 6, k + 7, k + 8, k + 9,
+                  k + 10, k + 11);
+}
+
+/* Plain enqueues that arrive together (keel__jobs_combine) are one
+ * multi-row INSERT, one round trip and one durable commit for the batch
+ * where each was its own: every caller is answered after that commit, so
+ * an enqueue that returned is as durable as before. The batch commits or
+ * fails as one (its rows are independent: no unique lookup, whose
+ * enqueues keep their own transaction). PostgreSQL takes a multi-row
+ * VALUES' identities from the sequence in the rows' order, so row k's id
+ * is the k-th smallest returned (whatever order RETURNING gives them in). */
+static int insert_batch(keel_jobs *j, void **items, size_t n) {
+  enum { PER = 11 };
+  size_t cap = 512 + n * 320; /* a row's VALUES is under 240 bytes with 3-digit numbers */
+  char *sql = malloc(cap);
+  const char **p = calloc(n * PER, sizeof *p);
+  if (!sql || !p) {
+    free(sql);
+    free(p);
+    return KEEL_ENOMEM;
+  }
+  size_t at = (size_t)snprintf(sql, cap,
+                               "INSERT INTO keel_jobs (queue, worker, args, state, priority, "
+                               "attempt, max_attempts, run_at, inserted_at, errors, tags, "
+                               "unique_key, unique_until, traceparent) VALUES ");
+  for (size_t k = 0; k < n; k++) {
+    enc *e = items[k];
+    const char *row[PER] = {e->queue,
+                            e->worker,
+                            e->args,
+                            e->priority,
+                            e->max_attempts,
+                            e->run_at,
+                            e->now,
+                            e->tags,
+                            NULL,
+                            NULL,
+                            e->traceparent[0] ? e->traceparent : NULL};
+    memcpy(p + k * PER, row, sizeof row);
+    at += (size_t)values_row(sql + at, cap - at, k * PER);
+  }
+  snprintf(sql + at, cap - at, " RETURNING id");
+  keel_es_rows rows = {0};
+  int rc = keel__es_exec(j->es, sql, p, n * PER, &rows);
+  free(sql);
+  free(p);
+  if (rc == 0 && rows.nrows != n) rc = KEEL_EIO;
+  int64_t ids[JOBS_COMBINE_MAX];
+  for (size_t k = 0; rc == 0 && k < n; k++)
+    ids[k] = keel__jobs_atoi(keel_es_rows_get(&rows, k, 0));
+  if (rc == 0) qsort(ids, n, sizeof *ids, by_id);
+  for (size_t k = 0; rc == 0 && k < n; k++)
+    ((enc *)items[k])->id = ids[k];
+  keel_es_rows_free(&rows);
+  return rc;
+}
+
 static int insert(keel_es_tx *tx, enc *e) {
   int rc = e->unique_key ? find_unique(tx, e) : 0;
   if (rc || e->duplicate) return rc;
@@ -156,7 +227,9 @@ int keel_jobs_enqueue(keel_jobs *j, const keel_job_new *n, int64_t *id, bool *du
   keel_span sp;
   bool spanned = rc == 0 && keel__jobs_span_send(&sp, NULL, e.queue, e.worker, e.traceparent);
   if (rc == 0)
-    rc = e.unique_key ? keel__es_transact_internal(j->es, insert_fn, &e) : insert_row(NULL, &e);
+    rc = e.unique_key       ? keel__es_transact_internal(j->es, insert_fn, &e)
+         : keel__jobs_pg(j) ? keel__jobs_combine(&j->enq, j, insert_batch, &e)
+                            : insert_row(NULL, &e);
   keel__jobs_span_sent(&sp, spanned, rc, e.id, e.duplicate);
   if (rc == 0) {
     done(&e, id, duplicate);

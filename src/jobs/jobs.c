@@ -181,7 +181,8 @@ static void free_jobs(keel_jobs *j) {
   keel__jobs_unlock(j);
   keel__jobs_cron_free(j);
   pthread_mutex_destroy(&j->mu);
-  pthread_mutex_destroy(&j->done_mu);
+  keel__jobs_combine_destroy(&j->done);
+  keel__jobs_combine_destroy(&j->enq);
   free(j->queues);
   free(j->admin_token);
   free(j->fetch_sql);
@@ -248,7 +249,8 @@ int keel_jobs_start(const keel_jobs_opts *o, keel_jobs **out) {
   j->o.retention_ms = or_default(o->retention_ms, 7LL * 24 * 3600 * 1000);
   j->o.stale_ms = or_default(o->stale_ms, 300000);
   pthread_mutex_init(&j->mu, NULL);
-  pthread_mutex_init(&j->done_mu, NULL);
+  keel__jobs_combine_init(&j->done);
+  keel__jobs_combine_init(&j->enq);
   atomic_init(&j->rng, (uint64_t)keel__es_unix_ms() ^ ((uint64_t)getpid() << 32) ^ keel_self());
   if (o->instance) {
     snprintf(j->instance, sizeof j->instance, "%s", o->instance);

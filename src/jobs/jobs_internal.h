@@ -50,6 +50,31 @@ enum {
   JOBS_STEPS
 };
 
+/* Flat combining (combine.c): callers of one kind of statement queue
+ * their items, one leads a batch of up to JOBS_COMBINE_MAX in one
+ * statement. Entries live on the callers' stacks. */
+enum { JOBS_COMBINE_MAX = 64 };
+typedef struct jobs_combine_entry {
+  struct jobs_combine_entry *next;
+  void *item;
+  keel_pid_t pid;
+  keel_ref_t ref;
+} jobs_combine_entry;
+typedef struct jobs_combine {
+  pthread_mutex_t mu;
+  jobs_combine_entry *head, *tail; /* queued for the next batch */
+  bool leading;                    /* a batch is being recorded */
+  size_t most;                     /* the largest batch so far (the tests look) */
+} jobs_combine;
+/* Records a batch of n items (each caller's, n >= 1) in one statement;
+ * may write into the items; its result is every caller's answer. */
+typedef int (*jobs_combine_fn)(keel_jobs *j, void **items, size_t n);
+void keel__jobs_combine_init(jobs_combine *c);
+void keel__jobs_combine_destroy(jobs_combine *c);
+/* Queues item, leads a batch or waits for the leader's answer; returns the
+ * batch's result. A keel process; its exits are held meanwhile. */
+int keel__jobs_combine(jobs_combine *c, keel_jobs *j, jobs_combine_fn fn, void *item);
+
 struct keel_jobs {
   keel_es *es;
   keel_jobs_opts o; /* defaults filled in */
@@ -105,11 +130,8 @@ struct keel_jobs {
    * may finish last: its figures are older and are dropped. */
   atomic_uint_fast64_t looks;
   uint64_t looked[JOBS_STEPS];
-  /* outcome.c: completions queued for the next batch (on their processes'
-   * stacks), and whether a batch is being recorded (under done_mu) */
-  pthread_mutex_t done_mu;
-  struct jobs_done *done_head, *done_tail;
-  bool done_leading;
+  jobs_combine done; /* outcome.c: completions, batched */
+  jobs_combine enq;  /* enqueue.c: PostgreSQL's plain enqueues, batched */
 };
 
 /* Drops a reference to j (the owner's, or a job process's); the last frees. */
