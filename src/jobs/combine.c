@@ -12,6 +12,7 @@
  * queued, and the batch function may write into the items it was given. The
  * same pattern as the store's PostgreSQL appends (pg_group.c).
  */
+#include <stdlib.h>
 #include <string.h>
 
 #include "jobs/jobs_internal.h"
@@ -87,7 +88,7 @@ int keel__jobs_combine(jobs_combine *c, keel_jobs *j, jobs_combine_fn fn, void *
     }
     keel_msg_t *m = NULL;
     rc = keel_await(me.ref, &m, KEEL_INFINITY);
-    if (rc) break; /* cannot happen without a timeout; the entry stays queued */
+    if (rc) abort(); /* not reached (no timeout): returning would leave &me queued */
     combine_answer a = {.rc = KEEL_EIO};
     if (keel_msg_size(m) == sizeof a) memcpy(&a, keel_msg_data(m), sizeof a);
     keel_msg_free(m);
