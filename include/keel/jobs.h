@@ -177,7 +177,13 @@ typedef struct keel_jobs_opts {
 
 /* Creates the tables if needed (keel_jobs, keel_jobs_instances,
  * keel_jobs_queues), writes the heartbeat and starts the runners under a
- * supervisor of their own (keel_jobs_pid). On SQLite one instance runs a
+ * supervisor of their own (keel_jobs_pid), and returns once each runner has
+ * made its first fetch (so a job waiting at start is already claimed), or
+ * after 10 s of waiting for them (a slow database: they go on in the
+ * background). Jobs left waiting may so start running before this returns:
+ * set up what workers use before calling it. Called from a gen_server's
+ * init, mind that the wait can outlast init's default timeout (5 s) on a
+ * slow database. On SQLite one instance runs a
  * file's queues: it holds an flock on "<file>-jobs.lock" while its janitor
  * lives, and returns the jobs an earlier instance left running to available
  * at once (the lock proves that instance gone); instances without queues
@@ -231,8 +237,10 @@ typedef struct keel_job_new {
 
 /* Enqueues a job in a transaction of its own and wakes this instance's
  * runner of its queue. *id (may be NULL) gets the job's id, *duplicate
- * (may be NULL) whether it was a unique duplicate. Errors: KEEL_EINVAL
- * (worker, queue, priority, times, args not serialisable), the store's. */
+ * (may be NULL) whether it was a unique duplicate. Call from a keel
+ * process. Errors: KEEL_EINVAL (worker, queue, priority, times, args not
+ * serialisable), KEEL_ENOTPROC (PostgreSQL: not called from a process, as
+ * the batching needs one), the store's. */
 int keel_jobs_enqueue(keel_jobs *j, const keel_job_new *n, int64_t *id, bool *duplicate);
 
 /* The same inside a keel_es_transact's fn (a transactional outbox: the job

@@ -14,6 +14,7 @@
  * one key take turns (on SQLite the one writer serialises them anyway), so
  * exactly one inserts and the others get its id.
  */
+#include <assert.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
@@ -132,6 +133,76 @@ static int insert_row(keel_es_tx *tx, enc *e) {
   return rc;
 }
 
+/* ---- PostgreSQL: concurrent enqueues, one INSERT ------------------------------------ */
+
+/* One job's row of the batch's VALUES: its number in the batch (ord), then
+ * its parameters from $(k + 1) on. */
+static int values_row(char *at, size_t cap, size_t ord, size_t k) {
+  return snprintf(at, cap,
+                  "%s(%zu, $%zu, $%zu, $%zu, CAST($%zu AS INTEGER), CAST($%zu AS INTEGER), "
+                  "CAST($%zu AS BIGINT), CAST($%zu AS BIGINT), $%zu, $%zu)",
+                  ord ? ", " : "", ord, k + 1, k + 2, k + 3, k + 4, k + 5, k + 6, k + 7, k + 8,
+                  k + 9);
+}
+
+/* Plain enqueues that arrive together (keel__jobs_combine) are one
+ * INSERT, one round trip and one durable commit for the batch where each
+ * was its own: every caller is answered after that commit, so an enqueue
+ * that returned is as durable as before. The batch commits or fails as one
+ * (its rows are independent: no unique lookup, whose enqueues keep their
+ * own transaction). Each row's id is drawn with nextval in a CTE and
+ * returned beside the row's number in the batch, so the mapping of ids to
+ * callers rests on nothing PostgreSQL leaves unspecified (the evaluation
+ * order of a multi-row VALUES, the order of RETURNING, a sequence that an
+ * operator restarted). */
+static int insert_batch(keel_jobs *j, void **items, size_t n) {
+  enum { PER = 9 };
+  size_t cap = 1024 + n * 320; /* a row's VALUES is under 200 bytes with 3-digit numbers */
+  char *sql = malloc(cap);
+  const char **p = calloc(n * PER, sizeof *p);
+  if (!sql || !p) {
+    free(sql);
+    free(p);
+    return KEEL_ENOMEM;
+  }
+  size_t at = (size_t)snprintf(sql, cap,
+                               "WITH v AS (SELECT nextval(pg_get_serial_sequence('keel_jobs', "
+                               "'id')) AS id, t.* FROM (VALUES ");
+  for (size_t k = 0; k < n; k++) {
+    enc *e = items[k];
+    assert(!e->unique_key); /* a unique enqueue looks up its key in a transaction of its own */
+    const char *row[PER] = {
+        e->queue,    e->worker,       e->args,
+        e->priority, e->max_attempts, e->run_at,
+        e->now,      e->tags,         e->traceparent[0] ? e->traceparent : NULL};
+    memcpy(p + k * PER, row, sizeof row);
+    at += (size_t)values_row(sql + at, cap - at, k, k * PER);
+  }
+  snprintf(sql + at, cap - at,
+           ") AS t(ord, queue, worker, args, priority, max_attempts, run_at, inserted_at, tags, "
+           "traceparent)), ins AS (INSERT INTO keel_jobs (id, queue, worker, args, state, "
+           "priority, attempt, max_attempts, run_at, inserted_at, errors, tags, traceparent) "
+           "SELECT id, queue, worker, args, 'available', priority, 0, max_attempts, run_at, "
+           "inserted_at, '[]', tags, traceparent FROM v) SELECT ord, id FROM v");
+  keel_es_rows rows = {0};
+  int rc = keel__es_exec(j->es, sql, p, n * PER, &rows);
+  free(sql);
+  free(p);
+  if (rc == 0 && rows.nrows != n) rc = KEEL_EIO;
+  bool seen[JOBS_COMBINE_MAX] = {false};
+  for (size_t r = 0; rc == 0 && r < n; r++) {
+    int64_t ord = keel__jobs_atoi(keel_es_rows_get(&rows, r, 0));
+    if (ord < 0 || (size_t)ord >= n || seen[ord]) {
+      rc = KEEL_EIO; /* not reached: each row's number comes back once */
+      break;
+    }
+    seen[ord] = true;
+    ((enc *)items[ord])->id = keel__jobs_atoi(keel_es_rows_get(&rows, r, 1));
+  }
+  keel_es_rows_free(&rows);
+  return rc;
+}
+
 static int insert(keel_es_tx *tx, enc *e) {
   int rc = e->unique_key ? find_unique(tx, e) : 0;
   if (rc || e->duplicate) return rc;
@@ -156,7 +227,9 @@ int keel_jobs_enqueue(keel_jobs *j, const keel_job_new *n, int64_t *id, bool *du
   keel_span sp;
   bool spanned = rc == 0 && keel__jobs_span_send(&sp, NULL, e.queue, e.worker, e.traceparent);
   if (rc == 0)
-    rc = e.unique_key ? keel__es_transact_internal(j->es, insert_fn, &e) : insert_row(NULL, &e);
+    rc = e.unique_key       ? keel__es_transact_internal(j->es, insert_fn, &e)
+         : keel__jobs_pg(j) ? keel__jobs_combine(&j->enq, j, insert_batch, &e)
+                            : insert_row(NULL, &e);
   keel__jobs_span_sent(&sp, spanned, rc, e.id, e.duplicate);
   if (rc == 0) {
     done(&e, id, duplicate);

@@ -32,6 +32,9 @@
 #include "keel/supervisor.h"
 
 enum { DEFAULT_CONCURRENCY = 10, DEFAULT_BUDGET_MS = 5000, LIST_DEFAULT = 100, LIST_MAX = 1000 };
+/* How long keel_jobs_start waits for its runners' first fetches: past it
+ * (a slow database) they go on in the background. */
+enum { READY_WAIT_MS = 10000 };
 
 static void on_remote(void *ud, const char *payload);
 static void service_drain(void *ud, int64_t budget_ms);
@@ -178,7 +181,8 @@ static void free_jobs(keel_jobs *j) {
   keel__jobs_unlock(j);
   keel__jobs_cron_free(j);
   pthread_mutex_destroy(&j->mu);
-  pthread_mutex_destroy(&j->done_mu);
+  keel__jobs_combine_destroy(&j->done);
+  keel__jobs_combine_destroy(&j->enq);
   free(j->queues);
   free(j->admin_token);
   free(j->fetch_sql);
@@ -207,6 +211,25 @@ static void default_instance(keel_jobs *j) {
            (unsigned long long)r);
 }
 
+void keel__jobs_fetched(jobs_queue *q) {
+  if (atomic_exchange(&q->fetched, true)) return; /* a restarted runner: start is long over */
+  keel_jobs *j = q->jobs;
+  if (atomic_fetch_sub(&j->not_fetched, 1) == 1)
+    keel_reply(j->ready_to, j->ready_ref, keel_msg_new(0, 0));
+}
+
+/* Until every runner made its first fetch, so that a job enqueued when
+ * start returns (or left from before) is not waiting for a runner still
+ * opening its database connections: the runners' first round trips came
+ * after start returned, and the first jobs of a steady stream waited up
+ * to 100 ms for them on PostgreSQL (docs/decisions/0040). At most
+ * READY_WAIT_MS; the runners go on either way. */
+static void wait_ready(keel_jobs *j, bool armed) {
+  if (!armed) return;
+  keel_msg_t *m = NULL;
+  if (keel_await(j->ready_ref, &m, READY_WAIT_MS) == 0) keel_msg_free(m);
+}
+
 int keel_jobs_start(const keel_jobs_opts *o, keel_jobs **out) {
   if (!out) return KEEL_EINVAL;
   *out = NULL;
@@ -226,7 +249,8 @@ int keel_jobs_start(const keel_jobs_opts *o, keel_jobs **out) {
   j->o.retention_ms = or_default(o->retention_ms, 7LL * 24 * 3600 * 1000);
   j->o.stale_ms = or_default(o->stale_ms, 300000);
   pthread_mutex_init(&j->mu, NULL);
-  pthread_mutex_init(&j->done_mu, NULL);
+  keel__jobs_combine_init(&j->done);
+  keel__jobs_combine_init(&j->enq);
   atomic_init(&j->rng, (uint64_t)keel__es_unix_ms() ^ ((uint64_t)getpid() << 32) ^ keel_self());
   if (o->instance) {
     snprintf(j->instance, sizeof j->instance, "%s", o->instance);
@@ -248,7 +272,9 @@ int keel_jobs_start(const keel_jobs_opts *o, keel_jobs **out) {
     j->queues[i].q = o->queues[i];
     if (!j->queues[i].q.concurrency) j->queues[i].q.concurrency = DEFAULT_CONCURRENCY;
     atomic_init(&j->queues[i].runner, 0);
+    atomic_init(&j->queues[i].fetched, false);
   }
+  atomic_init(&j->not_fetched, (int)o->nqueues);
   atomic_init(&j->cron_busy, false);
   metrics(j);
   rc = keel__jobs_cron_init(j);
@@ -262,6 +288,13 @@ int keel_jobs_start(const keel_jobs_opts *o, keel_jobs **out) {
   /* the first round before any runner: the heartbeat, and on SQLite the
    * jobs an earlier instance left running */
   if (rc == 0) rc = keel__jobs_janitor_round(j, false);
+  /* armed before the runners exist, so no reply can come first */
+  bool await_ready = false;
+  if (rc == 0 && o->nqueues) {
+    j->ready_to = keel_self();
+    j->ready_ref = keel_make_ref();
+    await_ready = j->ready_ref && keel_await_ref(j->ready_ref) == 0;
+  }
   if (rc == 0) rc = start_tree(j);
   if (rc == 0 && o->service_drain) {
     rc = keel_service_on_drain("jobs", service_drain, j);
@@ -269,12 +302,14 @@ int keel_jobs_start(const keel_jobs_opts *o, keel_jobs **out) {
     if (rc && j->sup) keel_gs_stop(j->sup, KEEL_REASON_SHUTDOWN, NULL, 10000);
   }
   if (rc) {
+    if (await_ready) keel_await_cancel(j->ready_ref);
     free_jobs(j);
     return rc;
   }
   /* KEEL_ENOENT (no listener) or KEEL_ENOMEM: this instance hears no other's
    * wake-ups and cancels; its poll and its janitor's kills step still act */
   keel__es_notify_jobs_hook_add(j->es, on_remote, j);
+  wait_ready(j, await_ready);
   *out = j;
   return 0;
 }

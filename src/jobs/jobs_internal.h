@@ -32,6 +32,7 @@ typedef struct jobs_queue {
   keel_job_queue q;          /* concurrency defaulted */
   _Atomic keel_pid_t runner; /* 0 when none runs; seq_cst: written by the runner, read by
                                 notify and cancel from any process */
+  atomic_bool fetched;       /* the queue's first runner made its first fetch (jobs.ready) */
   /* the janitor's last look (under jobs->mu) */
   int64_t depth, oldest_ms;
   /* the dashboard panel's figures (panel.c; the janitor's round, under jobs->mu) */
@@ -48,6 +49,31 @@ enum {
   JOBS_STEP_KILLS, /* cancelled attempts still marked as running here (janitor.c) */
   JOBS_STEPS
 };
+
+/* Flat combining (combine.c): callers of one kind of statement queue
+ * their items, one leads a batch of up to JOBS_COMBINE_MAX in one
+ * statement. Entries live on the callers' stacks. */
+enum { JOBS_COMBINE_MAX = 64 };
+typedef struct jobs_combine_entry {
+  struct jobs_combine_entry *next;
+  void *item;
+  keel_pid_t pid;
+  keel_ref_t ref;
+} jobs_combine_entry;
+typedef struct jobs_combine {
+  pthread_mutex_t mu;
+  jobs_combine_entry *head, *tail; /* queued for the next batch */
+  bool leading;                    /* a batch is being recorded */
+  size_t most;                     /* the largest batch so far (the tests look) */
+} jobs_combine;
+/* Records a batch of n items (each caller's, n >= 1) in one statement;
+ * may write into the items; its result is every caller's answer. */
+typedef int (*jobs_combine_fn)(keel_jobs *j, void **items, size_t n);
+void keel__jobs_combine_init(jobs_combine *c);
+void keel__jobs_combine_destroy(jobs_combine *c);
+/* Queues item, leads a batch or waits for the leader's answer; returns the
+ * batch's result. A keel process; its exits are held meanwhile. */
+int keel__jobs_combine(jobs_combine *c, keel_jobs *j, jobs_combine_fn fn, void *item);
 
 struct keel_jobs {
   keel_es *es;
@@ -86,7 +112,13 @@ struct keel_jobs {
   atomic_int abandoned;
   atomic_bool drained; /* keel_jobs_drain ran (keel_jobs_stop's first half) */
   bool on_service;     /* registered as a keel_service drain phase */
-  char *fetch_sql;     /* the runners' claim (keel__jobs_fetch_sql) */
+  /* keel_jobs_start waits until every queue's runner made its first fetch:
+   * the runner that brings not_fetched to 0 replies ready_ref to ready_to
+   * (a late reply, after start gave up waiting, is dropped) */
+  keel_pid_t ready_to;
+  keel_ref_t ready_ref;
+  atomic_int not_fetched;
+  char *fetch_sql; /* the runners' claim (keel__jobs_fetch_sql) */
   /* the janitor's steps (janitor.c), under mu: consecutive failures and
    * the periodic round before which a failed step is not tried again */
   int step_fails[JOBS_STEPS];
@@ -98,11 +130,8 @@ struct keel_jobs {
    * may finish last: its figures are older and are dropped. */
   atomic_uint_fast64_t looks;
   uint64_t looked[JOBS_STEPS];
-  /* outcome.c: completions queued for the next batch (on their processes'
-   * stacks), and whether a batch is being recorded (under done_mu) */
-  pthread_mutex_t done_mu;
-  struct jobs_done *done_head, *done_tail;
-  bool done_leading;
+  jobs_combine done; /* outcome.c: completions, batched */
+  jobs_combine enq;  /* enqueue.c: PostgreSQL's plain enqueues, batched */
 };
 
 /* Drops a reference to j (the owner's, or a job process's); the last frees. */
@@ -141,6 +170,10 @@ typedef struct jobs_cancel_msg {
   int64_t id;
   int attempt;
 } jobs_cancel_msg;
+
+/* A queue's runner made its first fetch (runner.c, once per queue: a
+ * restarted runner's is not counted): the last of them wakes keel_jobs_start. */
+void keel__jobs_fetched(jobs_queue *q);
 
 /* The NOTIFY payload of a cancel of an attempt running on another instance
  * (PostgreSQL): JOBS_CANCEL_NOTE "<id>:<attempt>:<instance>" (jobs.c). */

@@ -146,34 +146,9 @@ static void count(rec *c) {
 /* Completions are most outcomes, and each was a transaction of its own: on
  * SQLite a request to the writer with its savepoint, on PostgreSQL a
  * transaction and a commit per job. They are recorded in batches by flat
- * combining, as the store's PostgreSQL appends are (pg_group.c): a job
- * process that completed queues its completion and, if no batch is being
- * recorded, leads one at once (a lone completion waits for nothing): it
- * takes every completion queued, up to DONE_BATCH_MAX, records them in one
- * statement, its own lazy transaction (each row fenced, so each changes
- * its row or not as it would alone), answers each, and hands the leadership to the first
- * completion that queued meanwhile. Queued entries live on their
- * processes' stacks; each process holds its exits until it has its answer
- * (a kill then waits for it), so no entry goes away while queued. */
-enum { DONE_BATCH_MAX = 64 };
-
-typedef struct jobs_done {
-  struct jobs_done *next;
-  rec c;
-  keel_pid_t pid;
-  keel_ref_t ref;
-  int rc;
-} jobs_done;
-
-typedef struct done_answer {
-  int rc;
-  bool lead; /* not an answer: lead the next batch */
-} done_answer;
-
-typedef struct done_batch {
-  jobs_done *v[DONE_BATCH_MAX];
-  size_t n;
-} done_batch;
+ * combining (combine.c): the completions that finish while one batch is
+ * recorded make the next, one statement; a lone completion waits for
+ * nothing. */
 
 /* The batch's completions in one statement (one round trip on
  * PostgreSQL, where a statement per completion cost one each): $1 the time,
@@ -193,13 +168,13 @@ static const char *const done_sql_sqlite =
     "AND keel_jobs.state = 'running' AND keel_jobs.attempt = v.attempt AND keel_jobs.instance = "
     "v.instance RETURNING keel_jobs.id";
 
-/* Records the batch (each entry's changed set), in a lazy transaction: a
+/* Records the batch (each rec's changed set), in a lazy transaction: a
  * completion lost with the machine only lets the job run again
  * (docs/decisions/0036). */
-static int record_batch(keel_jobs *j, done_batch *b) {
+static int record_batch(keel_jobs *j, void **items, size_t n) {
   json_t *a = json_array();
-  for (size_t i = 0; a && i < b->n; i++) {
-    const rec *c = &b->v[i]->c;
+  for (size_t i = 0; a && i < n; i++) {
+    const rec *c = items[i];
     if (json_array_append_new(
             a, json_pack("[I,i,s]", (json_int_t)c->r->id, c->r->attempt, c->instance)) != 0) {
       json_decref(a);
@@ -215,8 +190,8 @@ static int record_batch(keel_jobs *j, done_batch *b) {
   int rc = keel__es_exec_lazy(j->es, keel__jobs_pg(j) ? done_sql_pg : done_sql_sqlite,
                               (const char *[]){now, list}, 2, &rows);
   free(list);
-  for (size_t i = 0; i < b->n; i++) {
-    rec *c = &b->v[i]->c;
+  for (size_t i = 0; i < n; i++) {
+    rec *c = items[i];
     c->discarded = false;
     c->changed = 0;
     for (size_t k = 0; rc == 0 && k < rows.nrows && !c->changed; k++)
@@ -226,77 +201,12 @@ static int record_batch(keel_jobs *j, done_batch *b) {
   return rc;
 }
 
-static void answer(keel_pid_t pid, keel_ref_t ref, done_answer a) {
-  keel_msg_t *m;
-  while (!(m = keel_msg_copy(0, &a, sizeof a)))
-    keel_sleep(1); /* the waiting process has no other way out */
-  keel_reply(pid, ref, m);
-}
-
-/* Leads one batch (me among it); returns me's answer. */
-static int lead(keel_jobs *j, jobs_done *me) {
-  done_batch b = {.n = 0};
-  pthread_mutex_lock(&j->done_mu);
-  while (j->done_head && b.n < DONE_BATCH_MAX) {
-    b.v[b.n++] = j->done_head;
-    j->done_head = j->done_head->next;
-  }
-  if (!j->done_head) j->done_tail = NULL;
-  pthread_mutex_unlock(&j->done_mu);
-  int rc = record_batch(j, &b);
-  for (size_t i = 0; i < b.n; i++) {
-    if (rc == 0) count(&b.v[i]->c);
-    if (b.v[i] != me) answer(b.v[i]->pid, b.v[i]->ref, (done_answer){.rc = rc});
-  }
-  pthread_mutex_lock(&j->done_mu);
-  jobs_done *next = j->done_head;
-  j->done_leading = next != NULL;
-  pthread_mutex_unlock(&j->done_mu);
-  if (next) answer(next->pid, next->ref, (done_answer){.lead = true});
-  return rc;
-}
-
-static int record_done(keel_jobs *j, rec *c) {
-  jobs_done me = {.c = *c, .pid = keel_self(), .ref = keel_make_ref()};
-  if (!me.pid || keel_await_ref(me.ref) != 0) return KEEL_ENOMEM;
-  keel_hold_exits(true);
-  pthread_mutex_lock(&j->done_mu);
-  if (j->done_tail)
-    j->done_tail->next = &me;
-  else
-    j->done_head = &me;
-  j->done_tail = &me;
-  bool leading = !j->done_leading;
-  j->done_leading = true;
-  pthread_mutex_unlock(&j->done_mu);
-  int rc = 0;
-  for (;;) {
-    if (leading) {
-      rc = lead(j, &me);
-      break;
-    }
-    keel_msg_t *m = NULL;
-    rc = keel_await(me.ref, &m, KEEL_INFINITY);
-    if (rc) break; /* cannot happen without a timeout; the entry stays queued */
-    done_answer a = {.rc = KEEL_EIO};
-    if (keel_msg_size(m) == sizeof a) memcpy(&a, keel_msg_data(m), sizeof a);
-    keel_msg_free(m);
-    if (!a.lead) {
-      rc = a.rc;
-      break;
-    }
-    leading = true; /* me is the queue's head: the batch takes it */
-  }
-  keel_hold_exits(false);
-  return rc;
-}
-
 int keel__jobs_record(keel_jobs *j, const jobs_row *r, jobs_outcome what, const char *error,
                       int64_t delay_ms, const char *instance) {
   rec c = {
       .j = j, .r = r, .what = what, .error = error, .instance = instance, .delay_ms = delay_ms};
-  if (what == JOBS_DONE) return record_done(j, &c);
-  int rc = keel__es_transact_internal(j->es, record_fn, &c);
+  int rc = what == JOBS_DONE ? keel__jobs_combine(&j->done, j, record_batch, &c)
+                             : keel__es_transact_internal(j->es, record_fn, &c);
   if (rc == 0) count(&c);
   return rc;
 }

@@ -19,7 +19,9 @@
  * SQLite: the store's one writer serialises the claims). The runner fetches
  * when told (an enqueue on this instance, an operator), when its poll_ms
  * passes, and after a job ends if its last fetch filled every slot (more may
- * be waiting). A rate limit caps starts per one-second window.
+ * be waiting). A rate limit caps starts per one-second window. After its
+ * first fetch a runner says so (keel__jobs_fetched): keel_jobs_start
+ * returns once every queue's runner has.
  *
  * Shutdown (JOBS_TAG_STOP): no more fetching; when the budget runs out, the
  * processes still running are killed and their jobs returned; the runner
@@ -536,11 +538,12 @@ void keel__jobs_runner(void *arg) {
   keel_hold_exits(true);
   recover_own(rn);
   rn->window_start = keel__es_now_s();
-  for (;;) {
+  for (bool first = true;; first = false) {
     if (!rn->stopping && rn->want && rn->running < rn->nslots) {
       rn->want = rn->last_full && rn->running < rn->nslots; /* the rate limit held it back */
       fetch_and_start(rn);
     }
+    if (first) keel__jobs_fetched(rn->q); /* keel_jobs_start returns */
     int64_t wait = rn->j->o.poll_ms;
     if (rn->want && !rn->stopping && rn->running < rn->nslots)
       wait = rn->q->q.rate_per_s > 0 ? 1000 / (int64_t)(rn->q->q.rate_per_s + 1) + 1 : 0;
