@@ -309,10 +309,11 @@ static uint64_t key_hash(keel_table_t h, const void *key, size_t klen) {
   return hash_key(key, klen);
 }
 
-/* Locks the table for a read or a write of key (hash kh) and checks the
- * caller may. */
-static keel__tab *lock_for(keel_table_t h, uint64_t kh, bool write, keel__tab_held *s, int *rc) {
-  keel__tab *t = keel__tab_lock(h, kh, write, s);
+/* Locks the table for key (hash kh), the stripe exclusively or shared, and
+ * checks the caller may write (write) or read it. */
+static keel__tab *lock_for(keel_table_t h, uint64_t kh, bool exclusive, bool write,
+                           keel__tab_held *s, int *rc) {
+  keel__tab *t = keel__tab_lock(h, kh, exclusive, s);
   if (!t) {
     *rc = KEEL_EINVAL;
     return NULL;
@@ -326,11 +327,11 @@ static keel__tab *lock_for(keel_table_t h, uint64_t kh, bool write, keel__tab_he
 }
 
 static keel__tab *lock_write(keel_table_t h, uint64_t kh, keel__tab_held *s, int *rc) {
-  return lock_for(h, kh, true, s, rc);
+  return lock_for(h, kh, true, true, s, rc);
 }
 
 static keel__tab *lock_read(keel_table_t h, uint64_t kh, keel__tab_held *s, int *rc) {
-  return lock_for(h, kh, false, s, rc);
+  return lock_for(h, kh, false, false, s, rc);
 }
 
 /* A shared hold for a write that changes one word in place (an overwrite of
@@ -338,17 +339,7 @@ static keel__tab *lock_read(keel_table_t h, uint64_t kh, keel__tab_held *s, int 
  * that such writes on two schedulers neither exclude each other nor write
  * the stripe's line. */
 static keel__tab *lock_word_write(keel_table_t h, uint64_t kh, keel__tab_held *s, int *rc) {
-  keel__tab *t = keel__tab_lock(h, kh, false, s);
-  if (!t) {
-    *rc = KEEL_EINVAL;
-    return NULL;
-  }
-  if (!keel__tab_may_write(t)) {
-    keel__tab_unlock(s);
-    *rc = KEEL_EPERM;
-    return NULL;
-  }
-  return t;
+  return lock_for(h, kh, false, true, s, rc);
 }
 
 /* ---- writes ----------------------------------------------------------------- */

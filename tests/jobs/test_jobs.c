@@ -1572,9 +1572,11 @@ static void check_cancelled(keel_es *es, keel_jobs *j, int64_t id, bool marked) 
  * NOTIFY sent in the cancel's transaction reaches a's listener, which kills
  * the attempt's process. a's janitor (the fallback) beats every 60 s, longer
  * than the wait: without the NOTIFY the case fails. The worker never ends
- * on its own, so it can only end killed: never completed. */
-KT_CASE(a_cancel_kills_the_attempt_running_on_another_instance) {
-  KT_PG_ONLY();
+ * on its own, so it can only end killed: never completed. With beside, an
+ * instance "c" on a's store, started after a and stopped before the cancel,
+ * shares a's listener (a single hook was the last instance's, and its stop
+ * cleared it). */
+static void cancel_across_instances(bool beside) {
   reset();
   atomic_store(&S.hang, 1);
   kt_store st;
@@ -1583,6 +1585,7 @@ KT_CASE(a_cancel_kills_the_attempt_running_on_another_instance) {
   CHECK_OK(keel_es_open(&(keel_es_opts){.url = st.url}, &es2));
   wait_listening(es);
   keel_jobs *a = start_jobs(es, "a");
+  keel_jobs *c = beside ? start_bare(es, "c") : NULL;
   keel_jobs *b = start_bare(es2, "b");
   wait_first_round(a);
   int64_t id = enqueue(b, "hang", 3);
@@ -1590,6 +1593,7 @@ KT_CASE(a_cancel_kills_the_attempt_running_on_another_instance) {
   wait_until(&S.active, 1);
   keel_pid_t pid = atomic_load(&S.hang_pid[0]);
   CHECK(pid != 0);
+  if (c) keel_jobs_stop(c, 1000);
   CHECK_OK(keel_jobs_cancel(b, id));
   CHECK(wait_dead(pid, 20000));
   check_cancelled(es, b, id, true); /* the janitor has not looked: the NOTIFY killed it */
@@ -1605,39 +1609,16 @@ KT_CASE(a_cancel_kills_the_attempt_running_on_another_instance) {
   kt_store_close(&st);
 }
 
+KT_CASE(a_cancel_kills_the_attempt_running_on_another_instance) {
+  KT_PG_ONLY();
+  cancel_across_instances(false);
+}
+
 /* Two keel_jobs on one store share its listener, and each hears the
- * cancels: "a" runs the job, "c" was started on the same store after it (a
- * single hook was c's alone) and stopped before the cancel (its stop cleared
- * the hook), and "b", on another store, cancels. a's janitor beats every
- * 60 s: only the NOTIFY can kill the attempt within the wait. */
+ * cancels. */
 KT_CASE(every_instance_on_a_store_hears_the_cancels) {
   KT_PG_ONLY();
-  reset();
-  atomic_store(&S.hang, 1);
-  kt_store st;
-  keel_es *es = kt_store_open(&st, NULL);
-  keel_es *es2 = NULL;
-  CHECK_OK(keel_es_open(&(keel_es_opts){.url = st.url}, &es2));
-  wait_listening(es);
-  keel_jobs *a = start_jobs(es, "a");
-  keel_jobs *c = start_bare(es, "c");
-  keel_jobs *b = start_bare(es2, "b");
-  wait_first_round(a);
-  int64_t id = enqueue(b, "hang", 3);
-  json_decref(wait_job(a, id, "running", 1));
-  wait_until(&S.active, 1);
-  keel_pid_t pid = atomic_load(&S.hang_pid[0]);
-  CHECK(pid != 0);
-  keel_jobs_stop(c, 1000);
-  CHECK_OK(keel_jobs_cancel(b, id));
-  CHECK(wait_dead(pid, 20000));
-  check_cancelled(es, b, id, true); /* the janitor has not looked: the NOTIFY killed it */
-  CHECK_EQ(atomic_load(&S.done), 0);
-  keel_jobs_stop(b, 1000);
-  keel_jobs_stop(a, 1000);
-  atomic_store(&S.hang, 0);
-  keel_es_close(es2);
-  kt_store_close(&st);
+  cancel_across_instances(true);
 }
 
 /* The fallback: the running instance hears no NOTIFY (PostgreSQL: a's
