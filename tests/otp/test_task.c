@@ -45,6 +45,19 @@ static uint64_t result_u64(keel_msg_t *m) {
   return v;
 }
 
+/* Nothing of a task is left for the caller: no message arrives within
+ * 20 ms. A receive, not keel_mailbox_len: a DOWN the task sends after it
+ * turned EXITING (keel_is_alive false), past the caller's demonitor, sits
+ * in the queue and is counted until a receive reaches it and drops it (CI
+ * saw keel_mailbox_len at 1 there); what must not happen is that one is
+ * received. */
+static void no_message_left(void) {
+  keel_msg_t *m = NULL;
+  int rc = keel_receive(&m, 20);
+  if (rc == 0) fprintf(stderr, "left behind: a message of kind %d\n", (int)keel_msg_kind_of(m));
+  CHECK_EQ(rc, KEEL_ETIMEDOUT);
+}
+
 KT_CASE(async_task_returns_its_result) {
   uint64_t x = 12;
   keel_task_t t;
@@ -57,8 +70,7 @@ KT_CASE(async_task_returns_its_result) {
   /* Awaited once: a second await says so. */
   CHECK_EQ(keel_task_await(&t, &r, 0, NULL), KEEL_ENOENT);
   /* Nothing of the task is left in our mailbox (no DOWN, no EXIT). */
-  keel_sleep(20);
-  CHECK_EQ(keel_mailbox_len(), 0);
+  no_message_left();
 }
 
 KT_CASE(result_and_down_racing_leave_no_message_behind) {
@@ -68,12 +80,13 @@ KT_CASE(result_and_down_racing_leave_no_message_behind) {
     uint64_t x = (uint64_t)i;
     keel_task_t t;
     CHECK_OK(keel_task_async(square, &x, &t));
-    while (keel_is_alive(t.pid)) keel_yield();
+    while (keel_is_alive(t.pid))
+      keel_yield();
     keel_msg_t *r = NULL;
     CHECK_OK(keel_task_await(&t, &r, 5000, NULL));
     CHECK_EQ(result_u64(r), x * x);
   }
-  CHECK_EQ(keel_mailbox_len(), 0);
+  no_message_left();
   keel_trap_exit(false);
 }
 
@@ -89,7 +102,8 @@ KT_CASE(await_times_out_and_the_late_result_is_never_seen) {
   CHECK(r == NULL);
   CHECK(keel_is_alive(pid)); /* it runs on */
   /* Wait until it has finished and replied; its result was dropped. */
-  while (keel_is_alive(pid)) keel_sleep(10);
+  while (keel_is_alive(pid))
+    keel_sleep(10);
   keel_msg_t *m = NULL;
   CHECK_EQ(keel_receive(&m, 50), KEEL_ETIMEDOUT);
   keel_rt_stats after;
@@ -108,8 +122,7 @@ KT_CASE(crash_of_a_linked_task_reaches_a_trapping_caller_as_an_error) {
   CHECK(r == NULL);
   CHECK_EQ(why.kind, KEEL_REASON_ERROR);
   CHECK(strstr(why.text, "KEEL_EIO") != NULL);
-  keel_sleep(20);
-  CHECK_EQ(keel_mailbox_len(), 0); /* the EXIT went with the unlink */
+  no_message_left(); /* the EXIT went with the unlink */
   keel_trap_exit(false);
 }
 
@@ -157,8 +170,7 @@ KT_CASE(await_many_returns_results_in_task_order) {
     CHECK_EQ(codes[i], 0);
     CHECK_EQ(result_u64(res[i]), (uint64_t)i * 100);
   }
-  keel_sleep(20);
-  CHECK_EQ(keel_mailbox_len(), 0);
+  no_message_left();
 }
 
 KT_CASE(await_many_has_one_overall_timeout) {
@@ -214,8 +226,7 @@ KT_CASE(supervised_task_crash_is_an_error_and_the_caller_survives) {
   CHECK_OK(keel_task_await(&t, &r, 5000, NULL));
   CHECK_EQ(result_u64(r), 81);
   CHECK_OK(keel_gs_stop(sup, KEEL_REASON_SHUTDOWN, NULL, 5000));
-  keel_sleep(20);
-  CHECK_EQ(keel_mailbox_len(), 0);
+  no_message_left();
 }
 
 KT_CASE(supervised_task_late_result_after_timeout_is_never_seen) {
@@ -227,7 +238,8 @@ KT_CASE(supervised_task_late_result_after_timeout_is_never_seen) {
   keel_pid_t pid = t.pid;
   keel_msg_t *r = NULL;
   CHECK_EQ(keel_task_await(&t, &r, 10, NULL), KEEL_ETIMEDOUT);
-  while (keel_is_alive(pid)) keel_sleep(10);
+  while (keel_is_alive(pid))
+    keel_sleep(10);
   keel_msg_t *m = NULL;
   CHECK_EQ(keel_receive(&m, 50), KEEL_ETIMEDOUT);
   CHECK_OK(keel_gs_stop(sup, KEEL_REASON_SHUTDOWN, NULL, 5000));
@@ -256,8 +268,7 @@ KT_CASE(shutdown_stops_a_running_task) {
   CHECK_OK(keel_task_shutdown(&t, 1000, NULL));
   CHECK(!keel_is_alive(pid));
   CHECK_EQ(t.pid, 0);
-  keel_sleep(20);
-  CHECK_EQ(keel_mailbox_len(), 0);
+  no_message_left();
   CHECK_OK(keel_task_shutdown(&t, 1000, NULL)); /* idempotent */
 }
 
@@ -278,7 +289,8 @@ KT_CASE(supervised_task_whose_caller_died_does_not_run) {
   keel_msg_t *m = kt_recv(5000);
   keel_pid_t task = kt_u64(m);
   keel_msg_free(m);
-  while (keel_is_alive(task)) keel_sleep(5);
+  while (keel_is_alive(task))
+    keel_sleep(5);
   CHECK_OK(keel_gs_stop(pids[0], KEEL_REASON_SHUTDOWN, NULL, 5000));
 }
 
@@ -289,18 +301,19 @@ static void no_op_sup_event(const keel_sup_event *ev, void *ud) {
   (void)ud;
 }
 
-static const kt_case cases[] = {KT_ENTRY(async_task_returns_its_result),
-        KT_ENTRY(result_and_down_racing_leave_no_message_behind),
-        KT_ENTRY(await_times_out_and_the_late_result_is_never_seen),
-        KT_ENTRY(crash_of_a_linked_task_reaches_a_trapping_caller_as_an_error),
-        KT_ENTRY(crash_of_a_linked_task_takes_a_non_trapping_caller_down),
-        KT_ENTRY(await_many_returns_results_in_task_order),
-        KT_ENTRY(await_many_has_one_overall_timeout),
-        KT_ENTRY(supervised_task_crash_is_an_error_and_the_caller_survives),
-        KT_ENTRY(supervised_task_late_result_after_timeout_is_never_seen),
-        KT_ENTRY(stopping_the_task_supervisor_stops_its_tasks),
-        KT_ENTRY(shutdown_stops_a_running_task),
-        KT_ENTRY(supervised_task_whose_caller_died_does_not_run)};
+static const kt_case cases[] = {
+    KT_ENTRY(async_task_returns_its_result),
+    KT_ENTRY(result_and_down_racing_leave_no_message_behind),
+    KT_ENTRY(await_times_out_and_the_late_result_is_never_seen),
+    KT_ENTRY(crash_of_a_linked_task_reaches_a_trapping_caller_as_an_error),
+    KT_ENTRY(crash_of_a_linked_task_takes_a_non_trapping_caller_down),
+    KT_ENTRY(await_many_returns_results_in_task_order),
+    KT_ENTRY(await_many_has_one_overall_timeout),
+    KT_ENTRY(supervised_task_crash_is_an_error_and_the_caller_survives),
+    KT_ENTRY(supervised_task_late_result_after_timeout_is_never_seen),
+    KT_ENTRY(stopping_the_task_supervisor_stops_its_tasks),
+    KT_ENTRY(shutdown_stops_a_running_task),
+    KT_ENTRY(supervised_task_whose_caller_died_does_not_run)};
 
 int main(int argc, char **argv) {
   int h = keel_sup_subscribe(no_op_sup_event, NULL);
