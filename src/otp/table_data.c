@@ -344,46 +344,33 @@ static keel__tab *lock_word_write(keel_table_t h, uint64_t kh, keel__tab_held *s
 
 /* ---- writes ----------------------------------------------------------------- */
 
-/* Replaces a word value (val_is_word) by one of the same length with one
- * atomic store under a shared hold: no allocation, and no write to the
- * stripe's line, which an exclusive hold would pass between schedulers on
- * every overwrite. Entries cannot go while the hold lasts; readers load the
- * word whole (copy_val) and a racing update_counter's compare-and-swap sees
- * the old or the new value, so the overwrite is as atomic as under the
- * exclusive hold. KEEL_ENOENT when it cannot: the caller goes on
- * exclusively. */
-static int put_word(keel_table_t h, uint64_t kh, const void *key, size_t klen, const void *val,
-                    size_t vlen) {
-  keel__tab_held s;
-  int rc;
-  keel__tab *t = lock_word_write(h, kh, &s, &rc);
-  if (!t) return rc;
-  keel__tab_entry *e = find(t, s.s, kh, key, klen);
-  rc = KEEL_ENOENT;
-  if (e && e->vlen == vlen && val_is_word(e) && !(e->flags & KEEL__TAB_HANDOVER)) {
-    uint64_t w = 0; /* the padding stays zero */
-    memcpy(&w, val, vlen);
-    __atomic_store_n((uint64_t *)(void *)keel__tab_val(e), w, __ATOMIC_RELAXED);
-    rc = 0;
-  }
-  keel__tab_unlock(&s);
-  return rc;
-}
-
-/* Replaces the value of an existing entry of the same length in place: no
- * allocation, no free, a copy of at most INPLACE_MAX bytes under the
- * exclusive hold. KEEL_ENOENT when it cannot (absent, other length, a
- * handed-over block): the caller makes a new entry. */
+/* Replaces the value of an existing entry by one of the same length in
+ * place, no allocation and no free. A value of 1 to 8 bytes (a word:
+ * val_is_word) takes one atomic store under a shared hold, so that
+ * overwrites on two schedulers do not pass the stripe's line between them:
+ * entries cannot go while the hold lasts, readers load the word whole
+ * (copy_val), and a racing update_counter's compare-and-swap sees the old or
+ * the new value, so the overwrite is as atomic as under the exclusive hold.
+ * A longer one (at most INPLACE_MAX bytes) is copied under the exclusive
+ * hold. KEEL_ENOENT when it cannot (absent, other length, a handed-over
+ * block): the caller makes a new entry. */
 static int put_in_place(keel_table_t h, uint64_t kh, const void *key, size_t klen, const void *val,
                         size_t vlen) {
+  bool word = vlen && vlen <= sizeof(uint64_t);
   keel__tab_held s;
   int rc;
-  keel__tab *t = lock_write(h, kh, &s, &rc);
+  keel__tab *t = word ? lock_word_write(h, kh, &s, &rc) : lock_write(h, kh, &s, &rc);
   if (!t) return rc;
   keel__tab_entry *e = find(t, s.s, kh, key, klen);
   rc = KEEL_ENOENT;
   if (e && e->vlen == vlen && !(e->flags & KEEL__TAB_HANDOVER)) {
-    if (vlen) memcpy(keel__tab_val(e), val, vlen); /* exclusive: no reader, no counter update */
+    if (word) {
+      uint64_t w = 0; /* the padding stays zero */
+      memcpy(&w, val, vlen);
+      __atomic_store_n((uint64_t *)(void *)keel__tab_val(e), w, __ATOMIC_RELAXED);
+    } else if (vlen) {
+      memcpy(keel__tab_val(e), val, vlen); /* exclusive: no reader, no counter update */
+    }
     rc = 0;
   }
   keel__tab_unlock(&s);
@@ -399,10 +386,7 @@ int keel_table_put(keel_table_t h, const void *key, size_t klen, void *val, size
     return KEEL_EINVAL;
   }
   uint64_t kh = key_hash(h, key, klen);
-  if (!handover && !(flags & KEEL_TABLE_NEW) && vlen && vlen <= sizeof(uint64_t)) {
-    int rc = put_word(h, kh, key, klen, val, vlen);
-    if (rc != KEEL_ENOENT) return rc;
-  } else if (!handover && !(flags & KEEL_TABLE_NEW) && vlen <= INPLACE_MAX) {
+  if (!handover && !(flags & KEEL_TABLE_NEW) && vlen <= INPLACE_MAX) {
     int rc = put_in_place(h, kh, key, klen, val, vlen);
     if (rc != KEEL_ENOENT) return rc;
   }
