@@ -468,9 +468,7 @@ static int open_fds(void) {
   return n;
 }
 
-/* Prints the descriptors open now that were not at `before` (a bitmap of
- * open_fds's numbers), with what each names: a leak's failure says what
- * leaked. */
+/* The descriptors open, as a bitmap of their numbers below FD_MAP. */
 #define FD_MAP 1024
 static void fd_map(unsigned char *map) {
   memset(map, 0, FD_MAP);
@@ -483,34 +481,39 @@ static void fd_map(unsigned char *map) {
   closedir(d);
 }
 
+/* What descriptor fd names ("?" once it is closed). */
+static const char *fd_link(int fd, char *link, size_t cap) {
+  char path[64];
+  snprintf(path, sizeof path, "/proc/self/fd/%d", fd);
+  ssize_t n = readlink(path, link, cap - 1);
+  if (n < 0) return "?";
+  link[n] = 0;
+  return link;
+}
+
+/* Prints the descriptors opened or closed since `before` (fd_map's), with
+ * what each names: a leak's failure says what leaked. */
 static void fd_print_new(const unsigned char *before) {
   unsigned char now[FD_MAP];
   fd_map(now);
   for (int fd = 0; fd < FD_MAP; fd++) {
-    if (now[fd] == before[fd]) continue;
-    char path[64], link[256] = "?";
-    snprintf(path, sizeof path, "/proc/self/fd/%d", fd);
-    ssize_t n = readlink(path, link, sizeof link - 1);
-    if (n >= 0) link[n] = 0;
-    fprintf(stderr, "fd %d %s: %s\n", fd, now[fd] ? "opened" : "closed", link);
+    char link[256];
+    if (now[fd] != before[fd])
+      fprintf(stderr, "fd %d %s: %s\n", fd, now[fd] ? "opened" : "closed",
+              fd_link(fd, link, sizeof link));
   }
 }
 
 /* The pidfds open: a port's closes only once its handles' close callbacks
  * have run on the owner's loop, after its program is reaped. */
 static int open_pidfds(void) {
+  unsigned char map[FD_MAP];
+  fd_map(map);
   int n = 0;
-  DIR *d = opendir("/proc/self/fd");
-  CHECK(d != NULL);
-  for (struct dirent *e; (e = readdir(d));) {
-    char path[300], link[64];
-    snprintf(path, sizeof path, "/proc/self/fd/%s", e->d_name);
-    ssize_t len = readlink(path, link, sizeof link - 1);
-    if (len < 0) continue;
-    link[len] = 0;
-    if (strcmp(link, "anon_inode:[pidfd]") == 0) n++;
+  for (int fd = 0; fd < FD_MAP; fd++) {
+    char link[64];
+    n += map[fd] && strcmp(fd_link(fd, link, sizeof link), "anon_inode:[pidfd]") == 0;
   }
-  closedir(d);
   return n;
 }
 
