@@ -137,19 +137,24 @@ static const keel_job_worker workers[] = {
 static const keel_job_queue queues[] = {{.name = "default", .concurrency = 4},
                                         {.name = "other", .concurrency = 2}};
 
+/* The options start_jobs starts an instance with. */
+static keel_jobs_opts jobs_opts(keel_es *es, const char *instance) {
+  return (keel_jobs_opts){.es = es,
+                          .workers = workers,
+                          .nworkers = sizeof workers / sizeof workers[0],
+                          .queues = queues,
+                          .nqueues = 2,
+                          .instance = instance,
+                          .poll_ms = 50,
+                          .heartbeat_ms = 60000,
+                          .rescue_after_ms = 30000,
+                          .backoff_ms = 100,
+                          .backoff_max_ms = 1000,
+                          .now = clock_fn};
+}
+
 static keel_jobs *start_jobs(keel_es *es, const char *instance) {
-  keel_jobs_opts o = {.es = es,
-                      .workers = workers,
-                      .nworkers = sizeof workers / sizeof workers[0],
-                      .queues = queues,
-                      .nqueues = 2,
-                      .instance = instance,
-                      .poll_ms = 50,
-                      .heartbeat_ms = 60000,
-                      .rescue_after_ms = 30000,
-                      .backoff_ms = 100,
-                      .backoff_max_ms = 1000,
-                      .now = clock_fn};
+  keel_jobs_opts o = jobs_opts(es, instance);
   keel_jobs *j = NULL;
   CHECK_OK(keel_jobs_start(&o, &j));
   return j;
@@ -234,15 +239,8 @@ KT_CASE(start_returns_once_its_runners_have_fetched) {
   keel_es *es = kt_store_open(&st, NULL);
   keel_jobs *producer = start_bare(es, "producer");
   int64_t id = enqueue(producer, "ok", 1);
-  keel_jobs_opts o = {.es = es,
-                      .workers = workers,
-                      .nworkers = sizeof workers / sizeof workers[0],
-                      .queues = queues,
-                      .nqueues = 2,
-                      .instance = "a",
-                      .poll_ms = 3600000,
-                      .heartbeat_ms = 60000,
-                      .now = clock_fn};
+  keel_jobs_opts o = jobs_opts(es, "a");
+  o.poll_ms = 3600000;
   keel_jobs *j = NULL;
   CHECK_OK(keel_jobs_start(&o, &j));
   json_t *got = NULL;
