@@ -1226,18 +1226,7 @@ KT_CASE(a_stop_that_overruns_its_budget_leaves_a_live_job_to_the_rescuers) {
   wait_no_process("holds");
   /* SQLite: the runner lock goes with the process's last reference */
   keel_jobs *b = NULL;
-  keel_jobs_opts bo = {.es = es,
-                       .workers = workers,
-                       .nworkers = sizeof workers / sizeof workers[0],
-                       .queues = queues,
-                       .nqueues = 2,
-                       .instance = "b",
-                       .poll_ms = 50,
-                       .heartbeat_ms = 60000,
-                       .rescue_after_ms = 30000,
-                       .backoff_ms = 100,
-                       .backoff_max_ms = 1000,
-                       .now = clock_fn};
+  keel_jobs_opts bo = jobs_opts(es, "b");
   int rc = KEEL_ESTATE;
   for (int i = 0; i < 2000 && rc == KEEL_ESTATE; i++) /* a liveness bound only */
     if ((rc = keel_jobs_start(&bo, &b)) == KEEL_ESTATE) keel_sleep(5);
