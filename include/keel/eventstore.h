@@ -118,6 +118,19 @@ typedef struct keel_es_opts {
    * $DATABASE_URL), else url. Borrowed during keel_es_open only. SQLite
    * ignores it. */
   const char *session_url;
+  /* PostgreSQL: send keel's own statements unnamed, parsed and planned at
+   * each call. By default each text of keel's (appends, reads, the jobs'
+   * claims and completions) is prepared once per connection under a name,
+   * the second time that connection sees it, and from then on only bound
+   * and run (at most 128 texts per connection). The service's statements
+   * (keel_es_tx_exec, keel_es_query) always run unnamed. A pooler in
+   * transaction mode (PgBouncer before 1.21) does not carry names from one
+   * server connection to the next: names are off on its connections when a
+   * session_url other than url is in effect. Behind such a pooler without
+   * one, set this; if it is not set, the first name found missing turns
+   * names off for the store (logged once) and that call runs again unnamed,
+   * or fails when it ran inside a transaction. SQLite ignores it. */
+  bool no_prepare;
 } keel_es_opts;
 
 /* Opens (creating or migrating the schema as needed) the store. Call from a

@@ -429,6 +429,16 @@ struct es_pgconn {
   char errmsg[256];
   double opened_at;  /* monotonic s: for pool_max_lifetime_ms */
   double idle_since; /* monotonic s, set when it went idle: for the ping and idle recycling */
+  /* named statements (pg_conn.c): the texts prepared on this connection, at
+   * most ES_PG_NAMED; a text gets a name the second time it is seen */
+  struct es_pgnamed *named; /* ES_PG_NAMED entries, allocated at first use */
+  struct es_pgseen *seen;   /* the texts seen once */
+  uint32_t next_name;       /* names are never reused on a connection */
+  atomic_bool *names; /* statements with parameters go named while this holds
+                         (es_pg.prepare or .prepare_session; NULL: never) */
+  bool names_off;     /* this connection's own: out of memory for the record */
+  bool service;       /* the statement now running is the service's: unnamed (a
+                         migration elsewhere may change its columns under a name) */
 };
 
 /* An append waiting in a group commit (pg_group.c), on its process's stack
@@ -455,6 +465,10 @@ typedef struct es_pgwaiter {
 
 struct es_pg {
   char *url;
+  atomic_bool prepare;  /* named statements on url's connections: not behind a pooler
+                           in transaction mode (session_url distinct from url); turned
+                           off for good when a named statement goes missing */
+  atomic_bool prepare_session; /* on session_url's: !opts.no_prepare */
   char *session_url; /* what needs a session (LISTEN, a group's locks): opts.session_url, or url */
   size_t min, max;
   int64_t acquire_timeout_ms, statement_timeout_ms;
@@ -497,6 +511,9 @@ int keel__es_pg_query(es_pg *pg, es_pgconn *c, const char *what, const char *sql
  * first error the server skips the rest; that error is the answer, as
  * keel__es_pg_query's (an explicit transaction the statements began is then
  * left aborted: the caller rolls it back). */
+/* pg_conn.c: frees c's record of its named statements (the server drops
+ * them with the connection). */
+void keel__es_pg_named_free(es_pgconn *c);
 typedef struct es_pgstmt {
   const char *sql;
   int nparams;

@@ -13,6 +13,27 @@
  * steps: only that process waits, its scheduler runs the others. No thread
  * per connection.
  *
+ * Named statements (decision 0041): on a connection with names on (none
+ * when a session_url other than url says url is pooled, nor with
+ * opts.no_prepare: es_pg.prepare, .prepare_session), keel's own statement
+ * with parameters whose text this connection has seen before is prepared under
+ * a name of its own, in the same round trip as its first run, and from then
+ * on only bound and run: the server neither parses nor plans it again (its
+ * plan cache picks a generic plan after five runs when that costs no more).
+ * A text seen only once (a migration, a text built with its values) takes
+ * no name; at most ES_PG_NAMED texts get one per connection, later ones run
+ * unnamed. The service's statements (keel_es_tx_exec, keel_es_query) always
+ * run unnamed: a migration by another instance may change a SELECT *'s
+ * columns, which a named statement's plan refuses (0A000). Names are off on a connection whose backend pid, as the server says it,
+ * is not the one the connection's start gave: a pooler or proxy answered
+ * the start (PgBouncer in any mode, RDS Proxy), and the next call may reach
+ * another server connection. A named statement that still goes missing (a
+ * pooler that passes the pid on, a DEALLOCATE ALL) turns names off for the
+ * store's pool for good, logged once, and the call runs again unnamed when
+ * it began outside a transaction (nothing of it stayed); one whose result
+ * changed under it fails its call and is forgotten, the next call prepares
+ * the text again under a new name (names are never reused).
+ *
  * A wait that outlasts statement_timeout by ten seconds, or a socket error,
  * marks the connection broken: the pool closes it on release and opens a new
  * one when needed. Server errors are mapped to keel's codes: a unique
@@ -20,6 +41,7 @@
  * (statement_timeout) KEEL_ETIMEDOUT, anything else KEEL_EIO, logged with
  * the server's SQLSTATE and message.
  */
+#include <inttypes.h>
 #include <poll.h>
 #include <stdio.h>
 #include <stdlib.h>
@@ -29,6 +51,8 @@
 #include "keel/error.h"
 #include "keel/io.h"
 #include "keel/log.h"
+
+static bool names_on(const es_pgconn *c);
 
 static void no_notices(void *arg, const char *message) {
   (void)arg;
@@ -52,10 +76,16 @@ int keel__es_pg_connect(es_pg *pg, const char *url, es_pgconn **out) {
     return KEEL_EIO;
   }
   PQsetNoticeProcessor(conn, no_notices, NULL);
-  char sql[96];
-  snprintf(sql, sizeof sql, "SET statement_timeout = %lld", (long long)pg->statement_timeout_ms);
+  /* the backend's pid as the server says it, against the one the connection
+   * start gave: a pooler or proxy between them answers the start itself
+   * (PgBouncer makes up the key a cancel needs), so they differ, and a name
+   * prepared now might not be there at the next call: none on this one */
+  char sql[128];
+  snprintf(sql, sizeof sql, "SET statement_timeout = %lld; SELECT pg_backend_pid()",
+           (long long)pg->statement_timeout_ms);
   PGresult *r = PQexec(conn, sql);
-  bool ok = PQresultStatus(r) == PGRES_COMMAND_OK;
+  bool ok = PQresultStatus(r) == PGRES_TUPLES_OK && PQntuples(r) == 1;
+  bool direct = ok && strtol(PQgetvalue(r, 0, 0), NULL, 10) == (long)PQbackendPID(conn);
   PQclear(r);
   if (!ok || PQsetnonblocking(conn, 1) != 0) {
     keel_log_error(NULL, "event store: cannot set up a PostgreSQL connection",
@@ -70,6 +100,7 @@ int keel__es_pg_connect(es_pg *pg, const char *url, es_pgconn **out) {
   }
   c->conn = conn;
   c->opened_at = c->idle_since = keel__es_now_s();
+  c->names = !direct ? NULL : url == pg->url ? &pg->prepare : &pg->prepare_session;
   *out = c;
   return 0;
 }
@@ -130,6 +161,15 @@ int keel__es_pg_query(es_pg *pg, es_pgconn *c, const char *what, const char *sql
                       const char *const *params, PGresult **out) {
   if (out) *out = NULL;
   if (c->broken) return KEEL_EIO;
+  if (names_on(c) && nparams >= 0) { /* a named statement's first run is two messages */
+    PGresult *res = NULL;
+    int rc = keel__es_pg_pipeline(pg, c, what, 1, &(es_pgstmt){sql, nparams, params}, 0, &res);
+    if (out)
+      *out = res;
+    else
+      PQclear(res);
+    return rc;
+  }
   int ok = nparams < 0 ? PQsendQuery(c->conn, sql)
                        : PQsendQueryParams(c->conn, sql, nparams, NULL, params, NULL, NULL, 0);
   if (!ok) return broken(c, what, KEEL_EIO);
@@ -168,6 +208,90 @@ int keel__es_pg_query(es_pg *pg, es_pgconn *c, const char *what, const char *sql
   return 0;
 }
 
+/* ---- named statements -------------------------------------------------------------- */
+
+static bool names_on(const es_pgconn *c) {
+  return c->names && !c->names_off && !c->service &&
+         atomic_load_explicit(c->names, memory_order_relaxed);
+}
+
+enum { ES_PG_NAMED = 128, ES_PG_SEEN = 256 };
+
+typedef struct es_pgnamed {
+  char *sql; /* NULL: a free entry */
+  uint64_t hash;
+  uint32_t name; /* keel_<name> on the server */
+} es_pgnamed;
+
+/* what a connection remembers besides its named statements: the hashes of
+ * texts seen once (a ring), so that a one-off text takes no name */
+typedef struct es_pgseen {
+  uint64_t h[ES_PG_SEEN];
+  size_t at;
+} es_pgseen;
+
+void keel__es_pg_named_free(es_pgconn *c) {
+  for (size_t i = 0; c->named && i < ES_PG_NAMED; i++)
+    free(c->named[i].sql);
+  free(c->named);
+  free(c->seen);
+  c->named = NULL;
+  c->seen = NULL;
+}
+
+static uint64_t text_hash(const char *s) {
+  uint64_t h = 1469598103934665603ULL;
+  for (; *s; s++)
+    h = (h ^ (unsigned char)*s) * 1099511628211ULL;
+  return h | 1; /* never 0: 0 marks a free ring slot */
+}
+
+/* The named entry for sql on c: found; or made now (*fresh: to prepare in
+ * this round trip) when the text was seen before and there is room; or
+ * NULL (run it unnamed). */
+static es_pgnamed *named_for(es_pgconn *c, const char *sql, bool *fresh) {
+  *fresh = false;
+  if (!c->named) {
+    c->named = calloc(ES_PG_NAMED, sizeof *c->named);
+    c->seen = calloc(1, sizeof *c->seen);
+    if (!c->named || !c->seen) {
+      keel__es_pg_named_free(c);
+      c->names_off = true; /* out of memory: unnamed from now on */
+      return NULL;
+    }
+  }
+  uint64_t h = text_hash(sql);
+  es_pgnamed *free_e = NULL;
+  for (size_t i = 0; i < ES_PG_NAMED; i++) {
+    es_pgnamed *e = &c->named[i];
+    if (!e->sql) {
+      if (!free_e) free_e = e;
+    } else if (e->hash == h && strcmp(e->sql, sql) == 0) {
+      return e;
+    }
+  }
+  if (!free_e) return NULL;
+  es_pgseen *sn = c->seen;
+  bool seen = false;
+  for (size_t i = 0; i < ES_PG_SEEN && !seen; i++)
+    seen = sn->h[i] == h;
+  if (!seen) {
+    sn->h[sn->at] = h;
+    sn->at = (sn->at + 1) % ES_PG_SEEN;
+    return NULL;
+  }
+  if (!(free_e->sql = strdup(sql))) return NULL;
+  free_e->hash = h;
+  free_e->name = ++c->next_name;
+  *fresh = true;
+  return free_e;
+}
+
+static void named_forget(es_pgnamed *e) {
+  free(e->sql);
+  e->sql = NULL;
+}
+
 /* ---- several statements, one round trip ---------------------------------------- */
 
 /* Waits until c has a whole result to give (PQgetResult then does not block). */
@@ -180,32 +304,99 @@ static int await_result(es_pg *pg, es_pgconn *c) {
   return 0;
 }
 
-int keel__es_pg_pipeline(es_pg *pg, es_pgconn *c, const char *what, size_t n,
-                         const es_pgstmt *stmts, size_t want, PGresult **out) {
-  *out = NULL;
-  if (c->broken) return KEEL_EIO;
-  if (!PQenterPipelineMode(c->conn)) return broken(c, what, KEEL_EIO);
+/* What the pipeline sent, in order: each answered by results up to a NULL. */
+typedef struct pg_op {
+  es_pgnamed *named; /* a prepare's entry, or a named run's (NULL: unnamed run) */
+  bool prepare;      /* the Parse of a fresh entry, else a statement's run */
+  size_t stmt;       /* a run's statement */
+} pg_op;
+
+static bool send_stmt(es_pgconn *c, const es_pgstmt *s, size_t i, pg_op *ops, size_t *nops) {
+  bool fresh = false;
+  es_pgnamed *e = names_on(c) && s->nparams >= 0 ? named_for(c, s->sql, &fresh) : NULL;
+  char name[24];
+  if (e) snprintf(name, sizeof name, "keel_%" PRIu32, e->name);
+  if (fresh) {
+    if (!PQsendPrepare(c->conn, name, s->sql, s->nparams, NULL)) return false;
+    ops[(*nops)++] = (pg_op){.named = e, .prepare = true};
+  }
+  ops[(*nops)++] = (pg_op){.named = e, .stmt = i};
+  return e ? PQsendQueryPrepared(c->conn, name, s->nparams, s->params, NULL, NULL, 0)
+           : PQsendQueryParams(c->conn, s->sql, s->nparams, NULL, s->params, NULL, NULL, 0);
+}
+
+/* An error that says the server's named statement is gone or stale: the
+ * entry is dropped, the next call prepares the text again. */
+static bool named_stale(PGresult *r) {
+  const char *state = PQresultErrorField(r, PG_DIAG_SQLSTATE);
+  return state && (strcmp(state, "26000") == 0 || /* invalid_sql_statement_name */
+                   strcmp(state, "0A000") == 0);  /* cached plan must not change result type */
+}
+
+static bool missing(PGresult *r) {
+  const char *state = PQresultErrorField(r, PG_DIAG_SQLSTATE);
+  return state && strcmp(state, "26000") == 0;
+}
+
+/* A named statement this connection prepared is gone: a pooler in
+ * transaction mode that nobody declared (its next server connection lacks
+ * it), or a DEALLOCATE ALL. Either way names cannot be trusted here: this
+ * connection and every one opened after it run unnamed (the others turn
+ * when they meet the same), said once. */
+static void no_more_names(es_pgconn *c) {
+  if (atomic_exchange(c->names, false))
+    keel_log_warn(NULL,
+                  "event store: a named statement went missing on its connection (a pooler in "
+                  "transaction mode? a DEALLOCATE ALL?); running statements unnamed from now on. "
+                  "Behind PgBouncer set session_url (or no_prepare)");
+}
+
+static int pipeline(es_pg *pg, es_pgconn *c, const char *what, size_t n, const es_pgstmt *stmts,
+                    size_t want, PGresult **out, bool *lost) {
+  pg_op small[16], *ops = n <= 8 ? small : malloc(2 * n * sizeof *ops);
+  if (!ops) return KEEL_ENOMEM;
+  size_t nops = 0;
+  int rc = 0;
+  if (!PQenterPipelineMode(c->conn)) {
+    rc = broken(c, what, KEEL_EIO);
+    goto out;
+  }
   for (size_t i = 0; i < n; i++)
-    if (!PQsendQueryParams(c->conn, stmts[i].sql, stmts[i].nparams, NULL, stmts[i].params, NULL,
-                           NULL, 0))
-      return broken(c, what, KEEL_EIO);
-  if (!PQpipelineSync(c->conn)) return broken(c, what, KEEL_EIO);
-  int rc = flush_out(pg, c, what);
-  if (rc) return rc;
-  /* each statement's results end with a NULL; after an error the server
+    if (!send_stmt(c, &stmts[i], i, ops, &nops)) {
+      rc = broken(c, what, KEEL_EIO);
+      goto out;
+    }
+  if (!PQpipelineSync(c->conn)) {
+    rc = broken(c, what, KEEL_EIO);
+    goto out;
+  }
+  if ((rc = flush_out(pg, c, what)) != 0) goto out;
+  /* each message's results end with a NULL; after an error the server
    * skips the rest (PGRES_PIPELINE_ABORTED each) up to the sync */
   PGresult *res = NULL, *err = NULL;
-  for (size_t i = 0; i < n; i++) {
+  for (size_t k = 0; k < nops; k++) {
     for (;;) {
       if ((rc = await_result(pg, c)) != 0) {
         PQclear(res);
         PQclear(err);
-        return broken(c, what, rc);
+        rc = broken(c, what, rc);
+        goto out;
       }
       PGresult *r = PQgetResult(c->conn);
       if (!r) break;
       ExecStatusType st = PQresultStatus(r);
-      if ((st == PGRES_COMMAND_OK || st == PGRES_TUPLES_OK) && i == want && !res)
+      pg_op *op = &ops[k];
+      if (op->prepare && st != PGRES_COMMAND_OK && op->named->sql) named_forget(op->named);
+      if (!op->prepare && op->named && st == PGRES_FATAL_ERROR && named_stale(r) &&
+          op->named->sql) {
+        named_forget(op->named);
+        if (missing(r)) {
+          no_more_names(c);
+          *lost = true;
+        }
+      }
+      if (!op->prepare && (st == PGRES_COMMAND_OK || st == PGRES_TUPLES_OK) && op->stmt == want &&
+          !res)
         res = r;
       else if (st == PGRES_FATAL_ERROR && !err)
         err = r;
@@ -220,15 +411,36 @@ int keel__es_pg_pipeline(es_pg *pg, es_pgconn *c, const char *what, size_t n,
   if (!synced || !PQexitPipelineMode(c->conn)) {
     PQclear(res);
     PQclear(err);
-    return broken(c, what, rc ? rc : KEEL_EIO);
-  }
-  if (err) {
+    rc = broken(c, what, rc ? rc : KEEL_EIO);
+  } else if (err) {
     PQclear(res);
-    return took_error(c, err, what);
+    rc = took_error(c, err, what);
+  } else if (!res) {
+    rc = broken(c, what, KEEL_EIO);
+  } else {
+    *out = res;
   }
-  if (!res) return broken(c, what, KEEL_EIO);
-  *out = res;
-  return 0;
+out:
+  if (ops != small) free(ops);
+  return rc;
+}
+
+/* A run of a named statement that went missing fails before the statement
+ * runs, and the pipeline's statements run in one transaction (implicit, or
+ * one the pipeline began and the error left aborted): begun on an idle
+ * connection, nothing of it stays, so it runs again, unnamed. Inside the
+ * caller's transaction the error is the answer. */
+int keel__es_pg_pipeline(es_pg *pg, es_pgconn *c, const char *what, size_t n,
+                         const es_pgstmt *stmts, size_t want, PGresult **out) {
+  *out = NULL;
+  if (c->broken) return KEEL_EIO;
+  bool idle = PQtransactionStatus(c->conn) == PQTRANS_IDLE, lost = false;
+  int rc = pipeline(pg, c, what, n, stmts, want, out, &lost);
+  if (rc == 0 || !lost || !idle || c->broken) return rc;
+  if (PQtransactionStatus(c->conn) != PQTRANS_IDLE &&
+      keel__es_pg_query(pg, c, "rolling back", "ROLLBACK", -1, NULL, NULL) != 0)
+    return rc;
+  return pipeline(pg, c, what, n, stmts, want, out, &lost);
 }
 
 /* ---- checks on an idle connection (the pool's) ------------------------------ */

@@ -58,6 +58,7 @@ static void gauges(es_pg *pg) {
 void keel__es_pg_conn_close(es_pgconn *c) {
   if (!c) return;
   PQfinish(c->conn);
+  keel__es_pg_named_free(c);
   free(c);
 }
 
@@ -519,6 +520,8 @@ int keel__es_pg_open(keel_es *es, const char *url, const keel_es_opts *o) {
   if (!(pg->url = strdup(url))) return KEEL_ENOMEM;
   if (!(pg->session_url = strdup(o->session_url && *o->session_url ? o->session_url : url)))
     return KEEL_ENOMEM;
+  atomic_init(&pg->prepare_session, !o->no_prepare);
+  atomic_init(&pg->prepare, !o->no_prepare && strcmp(pg->session_url, url) == 0);
   pg->max = o->pool_max ? o->pool_max : 10;
   pg->min = o->pool_min ? o->pool_min : 1;
   if (pg->min > pg->max) pg->min = pg->max;

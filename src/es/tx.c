@@ -414,7 +414,9 @@ static int pg_exec(keel_es *es, keel_es_tx *tx, es_pgconn *c, const char *sql,
                    const char *const *params, size_t n, keel_es_rows *rows) {
   c->sqlstate[0] = c->errmsg[0] = 0;
   PGresult *res = NULL;
+  c->service = !tx || !tx->internal; /* keel_es_query: tx NULL */
   int rc = keel__es_pg_query(es->pg, c, "a service's statement", sql, (int)n, params, &res);
+  c->service = false;
   if (rc) {
     /* syntax errors and undefined names (class 42), and parameters that do
      * not match the statement (08P01 at bind), are the caller's */

@@ -512,6 +512,116 @@ KT_CASE(kept_statements_follow_schema_changes_and_any_number_of_texts) {
   kt_store_close(&s);
 }
 
+/* ---- named statements (PostgreSQL, decision 0041) ------------------------------------------ */
+
+/* How many of the one pooled connection's named statements hold `like`,
+ * and how many runs they have had (-1 when none). */
+static int64_t named_runs(keel_es *es, const char *like, int64_t *count) {
+  keel_es_rows rows;
+  CHECK_OK(keel_es_query(es,
+                         "SELECT count(*), coalesce(sum(generic_plans + custom_plans), -1) "
+                         "FROM pg_prepared_statements WHERE statement LIKE $1",
+                         (const char *[]){like}, 1, &rows));
+  *count = strtoll(keel_es_rows_get(&rows, 0, 0), NULL, 10);
+  int64_t runs = strtoll(keel_es_rows_get(&rows, 0, 1), NULL, 10);
+  keel_es_rows_free(&rows);
+  return runs;
+}
+
+static int64_t plus_one(keel_es *es, const char *sql, int64_t v) {
+  char in[24];
+  snprintf(in, sizeof in, "%lld", (long long)v);
+  keel_es_rows rows;
+  CHECK_OK(keel__es_exec(es, sql, (const char *[]){in}, 1, &rows));
+  CHECK_EQ(rows.nrows, 1);
+  int64_t out = strtoll(keel_es_rows_get(&rows, 0, 0), NULL, 10);
+  keel_es_rows_free(&rows);
+  return out;
+}
+
+KT_CASE(keels_own_texts_are_named_on_second_sight_and_the_services_never) {
+  KT_PG_ONLY();
+  if (kt_es_bouncer_port()) {
+    fprintf(stderr, "   (direct connections only: behind PgBouncer names are off)\n");
+    return;
+  }
+  kt_store s;
+  keel_es *es = kt_store_open(&s, &(keel_es_opts){.pool_min = 1, .pool_max = 1});
+  int64_t count;
+  /* keel's text: unnamed the first time, named and run the second and third */
+  for (int i = 0; i < 3; i++)
+    CHECK_EQ(plus_one(es, "SELECT CAST($1 AS BIGINT) + 1 AS named_probe", i), i + 1);
+  CHECK_EQ(named_runs(es, "%named_probe%", &count), 2);
+  CHECK_EQ(count, 1);
+  /* the service's texts never take a name, however often they run */
+  for (int i = 0; i < 3; i++) {
+    keel_es_rows rows;
+    CHECK_OK(keel_es_query(es, "SELECT CAST($1 AS BIGINT) * 7 AS service_probe",
+                           (const char *[]){"6"}, 1, &rows));
+    CHECK_STR(keel_es_rows_get(&rows, 0, 0), "42");
+    keel_es_rows_free(&rows);
+  }
+  named_runs(es, "%service_probe%", &count);
+  CHECK_EQ(count, 0);
+  /* texts seen once take none; past 128 names the rest run unnamed, and
+   * every answer is right either way */
+  char sql[128];
+  for (int i = 0; i < 300; i++) {
+    snprintf(sql, sizeof sql, "SELECT CAST($1 AS BIGINT) + %d AS once_probe", i);
+    CHECK_EQ(plus_one(es, sql, 5), 5 + i);
+  }
+  named_runs(es, "%once_probe%", &count);
+  CHECK_EQ(count, 0);
+  for (int round = 0; round < 3; round++)
+    for (int i = 0; i < 200; i++) {
+      snprintf(sql, sizeof sql, "SELECT CAST($1 AS BIGINT) + %d AS many_probe", i);
+      CHECK_EQ(plus_one(es, sql, round), round + i);
+    }
+  named_runs(es, "%", &count);
+  CHECK(count <= 128);
+  CHECK(count >= 100); /* the first of them did get names */
+  kt_store_close(&s);
+}
+
+static int deallocate_all(keel_es_tx *tx, void *arg) {
+  (void)arg;
+  return keel_es_tx_exec(tx, "DEALLOCATE ALL", NULL, 0, NULL);
+}
+
+KT_CASE(a_name_gone_missing_turns_names_off_and_the_call_runs_again_unnamed) {
+  KT_PG_ONLY();
+  if (kt_es_bouncer_port()) {
+    fprintf(stderr, "   (direct connections only: behind PgBouncer names are off)\n");
+    return;
+  }
+  kt_store s;
+  keel_es *es = kt_store_open(&s, &(keel_es_opts){.pool_min = 1, .pool_max = 1});
+  int64_t count;
+  keel_es_rows rows;
+  for (int i = 0; i < 3; i++) {
+    CHECK_EQ(plus_one(es, "SELECT CAST($1 AS BIGINT) + 1 AS gone_probe", i), i + 1);
+    CHECK_OK(keel__es_exec_lazy(es, "SELECT CAST($1 AS BIGINT) + 3 AS lazy_probe",
+                                (const char *[]){"1"}, 1, &rows));
+    keel_es_rows_free(&rows);
+  }
+  CHECK_EQ(named_runs(es, "%gone_probe%", &count), 2);
+  CHECK_EQ(named_runs(es, "%lazy_probe%", &count), 2);
+  /* what a pooler that passes the backend's pid on would do: the next
+   * server connection has none of them */
+  CHECK_OK(keel_es_transact(es, NULL, 0, NULL, NULL, deallocate_all, NULL));
+  /* a pipeline that begins a transaction (lazy), then a plain statement */
+  CHECK_OK(keel__es_exec_lazy(es, "SELECT CAST($1 AS BIGINT) + 3 AS lazy_probe",
+                              (const char *[]){"9"}, 1, &rows));
+  CHECK_STR(keel_es_rows_get(&rows, 0, 0), "12");
+  keel_es_rows_free(&rows);
+  CHECK_EQ(plus_one(es, "SELECT CAST($1 AS BIGINT) + 1 AS gone_probe", 41), 42);
+  for (int i = 0; i < 3; i++)
+    CHECK_EQ(plus_one(es, "SELECT CAST($1 AS BIGINT) + 2 AS after_probe", i), i + 2);
+  named_runs(es, "%_probe%", &count);
+  CHECK_EQ(count, 0); /* off for good */
+  kt_store_close(&s);
+}
+
 /* ---- lazy commits ------------------------------------------------------------------------ */
 
 typedef struct level_arg {
@@ -606,6 +716,8 @@ KT_MAIN(KT_ENTRY(statements_bind_by_number_and_results_come_back_as_text),
         KT_ENTRY(appends_and_rows_commit_together_or_not_at_all),
         KT_ENTRY(a_statement_refused_to_a_service_stays_refused_after_keel_ran_the_same_text),
         KT_ENTRY(kept_statements_follow_schema_changes_and_any_number_of_texts),
+        KT_ENTRY(keels_own_texts_are_named_on_second_sight_and_the_services_never),
+        KT_ENTRY(a_name_gone_missing_turns_names_off_and_the_call_runs_again_unnamed),
         KT_ENTRY(a_lazy_commit_skips_its_own_sync_and_the_next_durable_one_syncs_again),
         KT_ENTRY(one_statement_commits_alone_lazy_or_not_and_a_failed_one_leaves_nothing),
         KT_ENTRY_SCHED(many_processes_transacting_at_once_lose_no_update, 2),
