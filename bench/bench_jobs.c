@@ -21,7 +21,9 @@
  * bench/jobs/run.sh, which alternates it with BullMQ (bench/node/bullmq.js,
  * the same workloads): jobs_<backend>_throughput, jobs_<backend>_steady (the
  * pickup run's jobs/s, first enqueue to last start), jobs_<backend>_pickup_p50
- * and _p99; pg takes $BENCH_ES_PG_URL.
+ * and _p99; pg takes $BENCH_ES_PG_URL. BENCH_JOBS_NO_PREPARE=1 runs keel's
+ * statements unnamed on PostgreSQL (keel_es_opts.no_prepare), the base of
+ * decision 0041.
  */
 #include <libpq-fe.h>
 #include <sqlite3.h>
@@ -116,7 +118,9 @@ static double completed(keel_metrics *m) {
 
 static keel_es *open_store(void) {
   keel_es *es = NULL;
-  int rc = keel_es_open(&(keel_es_opts){.url = url}, &es);
+  /* BENCH_JOBS_NO_PREPARE=1: keel's statements unnamed (decision 0041's base) */
+  const char *np = getenv("BENCH_JOBS_NO_PREPARE");
+  int rc = keel_es_open(&(keel_es_opts){.url = url, .no_prepare = np && *np == '1'}, &es);
   if (rc) die("keel_es_open", rc);
   return es;
 }

@@ -33,7 +33,10 @@
 # (npm ci), never into the repository.
 #
 # Usage: bench/jobs/run.sh [BUILD_DIR]   (default: build)
-# Environment: ROUNDS (3), SIDES (the five above, in order), KEEP=1 to keep
+# Environment: ROUNDS (3), SIDES (the five above, in order; also
+#   keel_sqlite_base and keel_pg_base: the same rounds run by BASE, another
+#   build's bench_jobs, its figures named jobs_<backend>_base_*, to set a
+#   change against its base in alternating rounds), KEEP=1 to keep
 #   the scratch directory, PG_URL to use a running PostgreSQL instead of a
 #   throwaway cluster.
 set -euo pipefail
@@ -52,6 +55,10 @@ for tool in redis-server redis-cli node npm python3; do
   command -v "$tool" >/dev/null || die "$tool is not installed (scripts/install-deps.sh --bench)"
 done
 [[ -x $build/bench/bench_jobs ]] || die "$build/bench/bench_jobs is missing (make build)"
+base_bin=${BASE:-}
+if [[ " $sides " = *_base* ]]; then
+  [[ -x $base_bin ]] || die "SIDES names a _base side: BASE must be another build's bench_jobs"
+fi
 
 scratch=$(mktemp -d "${TMPDIR:-/tmp}/keel-bench-jobs.XXXXXX")
 chmod 755 "$scratch"
@@ -92,7 +99,7 @@ if [[ ! -d $node_dir/node_modules/bullmq ]] || ! cmp -s "$root/bench/node/packag
   (cd "$node_dir" && npm ci --no-audit --no-fund --silent >&2)
 fi
 
-if [[ " $sides " = *" keel_pg "* && -z $pg_url ]]; then
+if [[ " $sides " = *" keel_pg"* && -z $pg_url ]]; then
   command -v psql >/dev/null || die "psql is not installed (postgresql-15)"
   pg_state=$scratch/pg
   KEEL_PG_DURABLE=1 bash "$root/tests/es/pg_cluster.sh" start "$pg_state" >&2
@@ -128,6 +135,12 @@ run_side() {
     ;;
   keel_pg)
     TMPDIR=$scratch BENCH_ES_PG_URL=$pg_url "$build/bench/bench_jobs" --one pg >"$out"
+    ;;
+  keel_sqlite_base | keel_pg_base)
+    local be=${side#keel_}
+    be=${be%_base}
+    TMPDIR=$scratch BENCH_ES_PG_URL=$pg_url "$base_bin" --one "$be" |
+      sed "s/\"jobs_${be}_/\"jobs_${be}_base_/" >"$out"
     ;;
   bullmq | bullmq_aof | bullmq_always)
     local flags=()
@@ -165,7 +178,7 @@ def emit(b, u, v):
     print(json.dumps({"bench": b, "unit": u, "value": round(v, 3)}))
 for b in sorted(order):
     emit(b, units[b], med[b])
-for backend in ("sqlite", "pg"):
+for backend in ("sqlite", "pg", "sqlite_base", "pg_base"):
     for anchor in ("bullmq", "bullmq_aof", "bullmq_always"):
         k, a = "jobs_" + backend, anchor
         sfx = "" if anchor == "bullmq" else anchor[len("bullmq"):]
