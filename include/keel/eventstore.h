@@ -122,14 +122,17 @@ typedef struct keel_es_opts {
    * each call. By default each text of keel's (appends, reads, the jobs'
    * claims and completions) is prepared once per connection under a name,
    * the second time that connection sees it, and from then on only bound
-   * and run (at most 128 texts per connection). The service's statements
+   * and run (at most 128 texts per connection, the least recently used
+   * deallocated to make room). The service's statements
    * (keel_es_tx_exec, keel_es_query) always run unnamed. A pooler in
    * transaction mode (PgBouncer before 1.21) does not carry names from one
    * server connection to the next: names are off on its connections when a
    * session_url other than url is in effect. Behind such a pooler without
-   * one, set this; if it is not set, the first name found missing turns
-   * names off for the store (logged once) and that call runs again unnamed,
-   * or fails when it ran inside a transaction. SQLite ignores it. */
+   * one, set this: names are off already where the backend's pid differs
+   * from the one the connection's start reported (PgBouncer makes it up),
+   * and names that still do not match the server's turn names off for the
+   * store (logged once), that call running again unnamed, or failing when
+   * it ran inside a transaction. SQLite ignores it. */
   bool no_prepare;
 } keel_es_opts;
 

@@ -430,10 +430,13 @@ struct es_pgconn {
   double opened_at;  /* monotonic s: for pool_max_lifetime_ms */
   double idle_since; /* monotonic s, set when it went idle: for the ping and idle recycling */
   /* named statements (pg_conn.c): the texts prepared on this connection, at
-   * most ES_PG_NAMED; a text gets a name the second time it is seen */
+   * most ES_PG_NAMED (the least recently used deallocated past that); a
+   * text gets a name the second time it is seen */
   struct es_pgnamed *named; /* ES_PG_NAMED entries, allocated at first use */
   struct es_pgseen *seen;   /* the texts seen once */
   uint32_t next_name;       /* names are never reused on a connection */
+  uint64_t nonce;           /* in every name: unique to this connection */
+  uint64_t tick;            /* a round trip's number, for the least recently used */
   atomic_bool *names; /* statements with parameters go named while this holds
                          (es_pg.prepare or .prepare_session; NULL: never) */
   bool names_off;     /* this connection's own: out of memory for the record */

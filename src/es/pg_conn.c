@@ -16,23 +16,30 @@
  * Named statements (decision 0041): on a connection with names on (none
  * when a session_url other than url says url is pooled, nor with
  * opts.no_prepare: es_pg.prepare, .prepare_session), keel's own statement
- * with parameters whose text this connection has seen before is prepared under
- * a name of its own, in the same round trip as its first run, and from then
- * on only bound and run: the server neither parses nor plans it again (its
- * plan cache picks a generic plan after five runs when that costs no more).
- * A text seen only once (a migration, a text built with its values) takes
- * no name; at most ES_PG_NAMED texts get one per connection, later ones run
- * unnamed. The service's statements (keel_es_tx_exec, keel_es_query) always
- * run unnamed: a migration by another instance may change a SELECT *'s
- * columns, which a named statement's plan refuses (0A000). Names are off on a connection whose backend pid, as the server says it,
- * is not the one the connection's start gave: a pooler or proxy answered
- * the start (PgBouncer in any mode, RDS Proxy), and the next call may reach
- * another server connection. A named statement that still goes missing (a
- * pooler that passes the pid on, a DEALLOCATE ALL) turns names off for the
- * store's pool for good, logged once, and the call runs again unnamed when
- * it began outside a transaction (nothing of it stayed); one whose result
- * changed under it fails its call and is forgotten, the next call prepares
- * the text again under a new name (names are never reused).
+ * with parameters whose text this connection has seen before is prepared
+ * under a name of its own, in the same round trip as its first run, and
+ * from then on only bound and run: the server neither parses nor plans it
+ * again (its plan cache picks a generic plan after five runs when that
+ * costs no more). A text seen only once (a migration, a text built with
+ * its values) takes no name; at most ES_PG_NAMED texts keep one per
+ * connection, the least recently used deallocated (in the same round trip)
+ * to make room. A name holds a random nonce drawn at connect, so no two
+ * connections' names meet.
+ *
+ * The service's statements (keel_es_tx_exec, keel_es_query) always run
+ * unnamed: a migration by another instance may change a SELECT *'s
+ * columns, which a named statement's plan refuses (0A000). Names are off on
+ * a connection whose backend pid, as the server says it, is not the one
+ * the connection's start gave: a pooler or proxy answered the start
+ * (PgBouncer in any mode, RDS Proxy), and the next call may reach another
+ * server connection. Names that still do not match the server's (missing,
+ * taken, another text's: a pooler that passes the pid on, a DEALLOCATE
+ * ALL) turn names off for good, for the pool's connections (or the session
+ * ones), logged once, and the call runs again unnamed when it began
+ * outside a transaction and no COMMIT of it went through (nothing of it
+ * stayed). A named statement whose result changed under it (0A000) fails
+ * its call, and the next run of the text deallocates it and prepares the
+ * text again under a new name (names are never reused).
  *
  * A wait that outlasts statement_timeout by ten seconds, or a socket error,
  * marks the connection broken: the pool closes it on release and opens a new
@@ -46,6 +53,7 @@
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+#include <sys/random.h>
 
 #include "es/es_internal.h"
 #include "keel/error.h"
@@ -101,6 +109,8 @@ int keel__es_pg_connect(es_pg *pg, const char *url, es_pgconn **out) {
   c->conn = conn;
   c->opened_at = c->idle_since = keel__es_now_s();
   c->names = !direct ? NULL : url == pg->url ? &pg->prepare : &pg->prepare_session;
+  if (getrandom(&c->nonce, sizeof c->nonce, GRND_NONBLOCK) != (ssize_t)sizeof c->nonce)
+    c->nonce = (uint64_t)(uintptr_t)c ^ (uint64_t)(c->opened_at * 1e9); /* unique enough here */
   *out = c;
   return 0;
 }
@@ -220,8 +230,18 @@ enum { ES_PG_NAMED = 128, ES_PG_SEEN = 256 };
 typedef struct es_pgnamed {
   char *sql; /* NULL: a free entry */
   uint64_t hash;
-  uint32_t name; /* keel_<name> on the server */
+  uint64_t used; /* the connection's tick at its last use: the least recent goes first */
+  uint32_t name; /* keel_<the connection's nonce>_<name> on the server */
+  bool stale;    /* its result's columns changed under it (0A000): replaced at next use */
 } es_pgnamed;
+
+/* A name as the server knows it: unique to this connection (a random
+ * nonce drawn at connect), so a name that reaches another connection's
+ * backend (a pooler that nobody declared) is missing there, not another
+ * text's. */
+static void name_of(const es_pgconn *c, uint32_t n, char out[48]) {
+  snprintf(out, 48, "keel_%016" PRIx64 "_%" PRIu32, c->nonce, n);
+}
 
 /* what a connection remembers besides its named statements: the hashes of
  * texts seen once (a ring), so that a one-off text takes no name */
@@ -246,11 +266,15 @@ static uint64_t text_hash(const char *s) {
   return h | 1; /* never 0: 0 marks a free ring slot */
 }
 
-/* The named entry for sql on c: found; or made now (*fresh: to prepare in
- * this round trip) when the text was seen before and there is room; or
- * NULL (run it unnamed). */
-static es_pgnamed *named_for(es_pgconn *c, const char *sql, bool *fresh) {
+/* The named entry for sql on c: found (used now); or made now (*fresh: to
+ * prepare in this round trip) when the text was seen before, in a free
+ * entry or the least recently used one's (*drop: that one's old name, to
+ * deallocate first; a stale entry of the same text is replaced the same
+ * way); or NULL (run it unnamed: a text seen once, or every entry in use
+ * by this round trip). */
+static es_pgnamed *named_for(es_pgconn *c, const char *sql, bool *fresh, uint32_t *drop) {
   *fresh = false;
+  *drop = 0;
   if (!c->named) {
     c->named = calloc(ES_PG_NAMED, sizeof *c->named);
     c->seen = calloc(1, sizeof *c->seen);
@@ -261,16 +285,21 @@ static es_pgnamed *named_for(es_pgconn *c, const char *sql, bool *fresh) {
     }
   }
   uint64_t h = text_hash(sql);
-  es_pgnamed *free_e = NULL;
+  es_pgnamed *slot = NULL;
   for (size_t i = 0; i < ES_PG_NAMED; i++) {
     es_pgnamed *e = &c->named[i];
-    if (!e->sql) {
-      if (!free_e) free_e = e;
-    } else if (e->hash == h && strcmp(e->sql, sql) == 0) {
+    if (e->sql && e->hash == h && strcmp(e->sql, sql) == 0) {
+      e->used = c->tick;
+      if (!e->stale) return e;
+      *drop = e->name; /* the same text again, under a new name */
+      e->name = ++c->next_name;
+      e->stale = false;
+      *fresh = true;
       return e;
     }
+    if (!slot || (slot->sql && (!e->sql || e->used < slot->used))) slot = e;
   }
-  if (!free_e) return NULL;
+  if (slot->sql && slot->used == c->tick) return NULL; /* all in use by this round trip */
   es_pgseen *sn = c->seen;
   bool seen = false;
   for (size_t i = 0; i < ES_PG_SEEN && !seen; i++)
@@ -280,11 +309,13 @@ static es_pgnamed *named_for(es_pgconn *c, const char *sql, bool *fresh) {
     sn->at = (sn->at + 1) % ES_PG_SEEN;
     return NULL;
   }
-  if (!(free_e->sql = strdup(sql))) return NULL;
-  free_e->hash = h;
-  free_e->name = ++c->next_name;
+  char *copy = strdup(sql);
+  if (!copy) return NULL;
+  if (slot->sql) *drop = slot->name;
+  free(slot->sql);
+  *slot = (es_pgnamed){.sql = copy, .hash = h, .used = c->tick, .name = ++c->next_name};
   *fresh = true;
-  return free_e;
+  return slot;
 }
 
 static void named_forget(es_pgnamed *e) {
@@ -305,44 +336,61 @@ static int await_result(es_pg *pg, es_pgconn *c) {
 }
 
 /* What the pipeline sent, in order: each answered by results up to a NULL. */
+enum { OP_RUN, OP_PREPARE, OP_DEALLOCATE };
 typedef struct pg_op {
+  int kind;
   es_pgnamed *named; /* a prepare's entry, or a named run's (NULL: unnamed run) */
-  bool prepare;      /* the Parse of a fresh entry, else a statement's run */
   size_t stmt;       /* a run's statement */
 } pg_op;
 
 static bool send_stmt(es_pgconn *c, const es_pgstmt *s, size_t i, pg_op *ops, size_t *nops) {
   bool fresh = false;
-  es_pgnamed *e = names_on(c) && s->nparams >= 0 ? named_for(c, s->sql, &fresh) : NULL;
-  char name[24];
-  if (e) snprintf(name, sizeof name, "keel_%" PRIu32, e->name);
+  uint32_t drop = 0;
+  es_pgnamed *e = names_on(c) && s->nparams >= 0 ? named_for(c, s->sql, &fresh, &drop) : NULL;
+  char name[48];
+  if (drop) { /* the entry's old statement first: the server keeps no more than we know of */
+    char sql[64];
+    name_of(c, drop, name);
+    snprintf(sql, sizeof sql, "DEALLOCATE %s", name);
+    if (!PQsendQueryParams(c->conn, sql, 0, NULL, NULL, NULL, NULL, 0)) return false;
+    ops[(*nops)++] = (pg_op){.kind = OP_DEALLOCATE};
+  }
+  if (e) name_of(c, e->name, name);
   if (fresh) {
     if (!PQsendPrepare(c->conn, name, s->sql, s->nparams, NULL)) return false;
-    ops[(*nops)++] = (pg_op){.named = e, .prepare = true};
+    ops[(*nops)++] = (pg_op){.kind = OP_PREPARE, .named = e};
   }
-  ops[(*nops)++] = (pg_op){.named = e, .stmt = i};
+  ops[(*nops)++] = (pg_op){.kind = OP_RUN, .named = e, .stmt = i};
   return e ? PQsendQueryPrepared(c->conn, name, s->nparams, s->params, NULL, NULL, 0)
            : PQsendQueryParams(c->conn, s->sql, s->nparams, NULL, s->params, NULL, NULL, 0);
 }
 
-/* An error that says the server's named statement is gone or stale: the
- * entry is dropped, the next call prepares the text again. */
-static bool named_stale(PGresult *r) {
+static bool sqlstate_is(PGresult *r, const char *code) {
   const char *state = PQresultErrorField(r, PG_DIAG_SQLSTATE);
-  return state && (strcmp(state, "26000") == 0 || /* invalid_sql_statement_name */
-                   strcmp(state, "0A000") == 0);  /* cached plan must not change result type */
+  return state && strcmp(state, code) == 0;
 }
 
-static bool missing(PGresult *r) {
-  const char *state = PQresultErrorField(r, PG_DIAG_SQLSTATE);
-  return state && strcmp(state, "26000") == 0;
+/* An error that says this connection's names do not match the server's:
+ * a name missing (26000: invalid_sql_statement_name) at a run or a
+ * deallocation, a name already taken at a prepare (42P05), a named run
+ * whose statement wants other parameters (08P01: another text under the
+ * name). Not a fault of the statement's: names cannot be trusted. */
+static bool names_gone(const pg_op *op, PGresult *r) {
+  switch (op->kind) {
+  case OP_RUN:
+    return op->named && (sqlstate_is(r, "26000") || sqlstate_is(r, "08P01"));
+  case OP_PREPARE:
+    return sqlstate_is(r, "42P05");
+  default:
+    return sqlstate_is(r, "26000");
+  }
 }
 
-/* A named statement this connection prepared is gone: a pooler in
- * transaction mode that nobody declared (its next server connection lacks
- * it), or a DEALLOCATE ALL. Either way names cannot be trusted here: this
- * connection and every one opened after it run unnamed (the others turn
- * when they meet the same), said once. */
+/* This connection's names do not match the server's (names_gone): a
+ * pooler that nobody declared (its next server connection lacks them), or
+ * a DEALLOCATE ALL. Either way names cannot be trusted here: every
+ * connection of the same kind (the pool's, or the session ones) runs
+ * unnamed from now on, the others as soon as they look, said once. */
 static void no_more_names(es_pgconn *c) {
   if (atomic_exchange(c->names, false))
     keel_log_warn(NULL,
@@ -352,11 +400,12 @@ static void no_more_names(es_pgconn *c) {
 }
 
 static int pipeline(es_pg *pg, es_pgconn *c, const char *what, size_t n, const es_pgstmt *stmts,
-                    size_t want, PGresult **out, bool *lost) {
-  pg_op small[16], *ops = n <= 8 ? small : malloc(2 * n * sizeof *ops);
+                    size_t want, PGresult **out, bool *lost, bool *committed) {
+  pg_op small[24], *ops = n <= 8 ? small : malloc(3 * n * sizeof *ops);
   if (!ops) return KEEL_ENOMEM;
   size_t nops = 0;
   int rc = 0;
+  c->tick++; /* the entries this round trip uses are not evicted by it */
   if (!PQenterPipelineMode(c->conn)) {
     rc = broken(c, what, KEEL_EIO);
     goto out;
@@ -386,17 +435,20 @@ static int pipeline(es_pg *pg, es_pgconn *c, const char *what, size_t n, const e
       if (!r) break;
       ExecStatusType st = PQresultStatus(r);
       pg_op *op = &ops[k];
-      if (op->prepare && st != PGRES_COMMAND_OK && op->named->sql) named_forget(op->named);
-      if (!op->prepare && op->named && st == PGRES_FATAL_ERROR && named_stale(r) &&
-          op->named->sql) {
-        named_forget(op->named);
-        if (missing(r)) {
-          no_more_names(c);
-          *lost = true;
-        }
+      if (op->kind == OP_PREPARE && st != PGRES_COMMAND_OK && op->named->sql)
+        named_forget(op->named); /* not prepared: the next run prepares it */
+      if (st == PGRES_FATAL_ERROR && names_gone(op, r)) {
+        if (op->named && op->named->sql) named_forget(op->named);
+        no_more_names(c);
+        *lost = true;
+      } else if (st == PGRES_FATAL_ERROR && op->kind == OP_RUN && op->named &&
+                 sqlstate_is(r, "0A000")) {
+        op->named->stale = true; /* cached plan must not change result type */
       }
-      if (!op->prepare && (st == PGRES_COMMAND_OK || st == PGRES_TUPLES_OK) && op->stmt == want &&
-          !res)
+      if (op->kind == OP_RUN && st == PGRES_COMMAND_OK && strcmp(PQcmdStatus(r), "COMMIT") == 0)
+        *committed = true; /* whatever fails after it, that transaction stays */
+      if (op->kind == OP_RUN && (st == PGRES_COMMAND_OK || st == PGRES_TUPLES_OK) &&
+          op->stmt == want && !res)
         res = r;
       else if (st == PGRES_FATAL_ERROR && !err)
         err = r;
@@ -428,19 +480,20 @@ out:
 /* A run of a named statement that went missing fails before the statement
  * runs, and the pipeline's statements run in one transaction (implicit, or
  * one the pipeline began and the error left aborted): begun on an idle
- * connection, nothing of it stays, so it runs again, unnamed. Inside the
- * caller's transaction the error is the answer. */
+ * connection, nothing of it stays, so it runs again, unnamed. Not when a
+ * COMMIT of the pipeline's went through before (that transaction stays),
+ * nor inside the caller's transaction: the error is the answer. */
 int keel__es_pg_pipeline(es_pg *pg, es_pgconn *c, const char *what, size_t n,
                          const es_pgstmt *stmts, size_t want, PGresult **out) {
   *out = NULL;
   if (c->broken) return KEEL_EIO;
-  bool idle = PQtransactionStatus(c->conn) == PQTRANS_IDLE, lost = false;
-  int rc = pipeline(pg, c, what, n, stmts, want, out, &lost);
-  if (rc == 0 || !lost || !idle || c->broken) return rc;
+  bool idle = PQtransactionStatus(c->conn) == PQTRANS_IDLE, lost = false, committed = false;
+  int rc = pipeline(pg, c, what, n, stmts, want, out, &lost, &committed);
+  if (rc == 0 || !lost || !idle || committed || c->broken) return rc;
   if (PQtransactionStatus(c->conn) != PQTRANS_IDLE &&
       keel__es_pg_query(pg, c, "rolling back", "ROLLBACK", -1, NULL, NULL) != 0)
     return rc;
-  return pipeline(pg, c, what, n, stmts, want, out, &lost);
+  return pipeline(pg, c, what, n, stmts, want, out, &lost, &committed);
 }
 
 /* ---- checks on an idle connection (the pool's) ------------------------------ */
