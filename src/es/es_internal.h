@@ -437,11 +437,11 @@ struct es_pgconn {
   uint32_t next_name;       /* names are never reused on a connection */
   uint64_t nonce;           /* in every name: unique to this connection */
   uint64_t tick;            /* a round trip's number, for the least recently used */
-  atomic_bool *names; /* statements with parameters go named while this holds
-                         (es_pg.prepare or .prepare_session; NULL: never) */
-  bool names_off;     /* this connection's own: out of memory for the record */
-  bool service;       /* the statement now running is the service's: unnamed (a
-                         migration elsewhere may change its columns under a name) */
+  atomic_bool *names;       /* statements with parameters go named while this holds
+                               (es_pg.prepare or .prepare_session; NULL: never) */
+  bool names_off;           /* this connection's own: out of memory for the record */
+  bool service;             /* the statement now running is the service's: unnamed (a
+                               migration elsewhere may change its columns under a name) */
 };
 
 /* An append waiting in a group commit (pg_group.c), on its process's stack
@@ -468,9 +468,9 @@ typedef struct es_pgwaiter {
 
 struct es_pg {
   char *url;
-  atomic_bool prepare;  /* named statements on url's connections: not behind a pooler
-                           in transaction mode (session_url distinct from url); turned
-                           off for good when a named statement goes missing */
+  atomic_bool prepare;         /* named statements on url's connections: not behind a pooler
+                                  in transaction mode (session_url distinct from url); turned
+                                  off for good when a named statement goes missing */
   atomic_bool prepare_session; /* on session_url's: !opts.no_prepare */
   char *session_url; /* what needs a session (LISTEN, a group's locks): opts.session_url, or url */
   size_t min, max;

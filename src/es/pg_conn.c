@@ -377,12 +377,9 @@ static bool sqlstate_is(PGresult *r, const char *code) {
  * name). Not a fault of the statement's: names cannot be trusted. */
 static bool names_gone(const pg_op *op, PGresult *r) {
   switch (op->kind) {
-  case OP_RUN:
-    return op->named && (sqlstate_is(r, "26000") || sqlstate_is(r, "08P01"));
-  case OP_PREPARE:
-    return sqlstate_is(r, "42P05");
-  default:
-    return sqlstate_is(r, "26000");
+  case OP_RUN: return op->named && (sqlstate_is(r, "26000") || sqlstate_is(r, "08P01"));
+  case OP_PREPARE: return sqlstate_is(r, "42P05");
+  default: return sqlstate_is(r, "26000");
   }
 }
 

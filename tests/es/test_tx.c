@@ -528,6 +528,21 @@ static int64_t named_runs(keel_es *es, const char *like, int64_t *count) {
   return runs;
 }
 
+/* Names exist on direct PostgreSQL connections only. */
+#define NAMES_ONLY()                                                                               \
+  do {                                                                                             \
+    KT_PG_ONLY();                                                                                  \
+    if (kt_es_bouncer_port()) {                                                                    \
+      fprintf(stderr, "   (direct connections only: behind PgBouncer names are off)\n");           \
+      return;                                                                                      \
+    }                                                                                              \
+  } while (0)
+
+/* A store whose pool is one connection: every call sees its names. */
+static keel_es *one_connection(kt_store *s) {
+  return kt_store_open(s, &(keel_es_opts){.pool_min = 1, .pool_max = 1});
+}
+
 static int64_t plus_one(keel_es *es, const char *sql, int64_t v) {
   char in[24];
   snprintf(in, sizeof in, "%lld", (long long)v);
@@ -540,13 +555,9 @@ static int64_t plus_one(keel_es *es, const char *sql, int64_t v) {
 }
 
 KT_CASE(keels_own_texts_are_named_on_second_sight_and_the_services_never) {
-  KT_PG_ONLY();
-  if (kt_es_bouncer_port()) {
-    fprintf(stderr, "   (direct connections only: behind PgBouncer names are off)\n");
-    return;
-  }
+  NAMES_ONLY();
   kt_store s;
-  keel_es *es = kt_store_open(&s, &(keel_es_opts){.pool_min = 1, .pool_max = 1});
+  keel_es *es = one_connection(&s);
   int64_t count;
   /* keel's text: unnamed the first time, named and run the second and third */
   for (int i = 0; i < 3; i++)
@@ -604,15 +615,17 @@ static int make_probe_table(keel_es_tx *tx, void *arg) {
   return rc;
 }
 
-KT_CASE(a_named_select_star_fails_once_after_a_migration_then_runs_the_new_columns) {
-  KT_PG_ONLY();
-  if (kt_es_bouncer_port()) {
-    fprintf(stderr, "   (direct connections only: behind PgBouncer names are off)\n");
-    return;
-  }
-  kt_store s;
-  keel_es *es = kt_store_open(&s, &(keel_es_opts){.pool_min = 1, .pool_max = 1});
+/* One connection and a table star_probe holding the row a = 1. */
+static keel_es *probe_store(kt_store *s) {
+  keel_es *es = one_connection(s);
   CHECK_OK(keel_es_transact(es, NULL, 0, NULL, NULL, make_probe_table, NULL));
+  return es;
+}
+
+KT_CASE(a_named_select_star_fails_once_after_a_migration_then_runs_the_new_columns) {
+  NAMES_ONLY();
+  kt_store s;
+  keel_es *es = probe_store(&s);
   keel_es_rows rows;
   const char *star = "SELECT * FROM star_probe WHERE a = CAST($1 AS INTEGER)";
   for (int i = 0; i < 3; i++) {
@@ -655,14 +668,9 @@ static int deallocate_like(keel_es_tx *tx, void *arg) {
 }
 
 KT_CASE(a_name_gone_inside_a_pipelines_transaction_rolls_back_and_runs_again) {
-  KT_PG_ONLY();
-  if (kt_es_bouncer_port()) {
-    fprintf(stderr, "   (direct connections only: behind PgBouncer names are off)\n");
-    return;
-  }
+  NAMES_ONLY();
   kt_store s;
-  keel_es *es = kt_store_open(&s, &(keel_es_opts){.pool_min = 1, .pool_max = 1});
-  CHECK_OK(keel_es_transact(es, NULL, 0, NULL, NULL, make_probe_table, NULL));
+  keel_es *es = probe_store(&s);
   keel_es_rows rows;
   const char *ins = "INSERT INTO star_probe (a) VALUES (CAST($1 AS INTEGER)) RETURNING a";
   for (int i = 0; i < 3; i++) {
@@ -682,13 +690,9 @@ KT_CASE(a_name_gone_inside_a_pipelines_transaction_rolls_back_and_runs_again) {
 }
 
 KT_CASE(a_name_gone_missing_turns_names_off_and_the_call_runs_again_unnamed) {
-  KT_PG_ONLY();
-  if (kt_es_bouncer_port()) {
-    fprintf(stderr, "   (direct connections only: behind PgBouncer names are off)\n");
-    return;
-  }
+  NAMES_ONLY();
   kt_store s;
-  keel_es *es = kt_store_open(&s, &(keel_es_opts){.pool_min = 1, .pool_max = 1});
+  keel_es *es = one_connection(&s);
   int64_t count;
   keel_es_rows rows;
   for (int i = 0; i < 3; i++) {
