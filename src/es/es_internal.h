@@ -470,7 +470,7 @@ struct es_pg {
   char *url;
   atomic_bool prepare;         /* named statements on url's connections: not behind a pooler
                                   in transaction mode (session_url distinct from url); turned
-                                  off for good when a named statement goes missing */
+                                  off for good when names do not match the server's */
   atomic_bool prepare_session; /* on session_url's: !opts.no_prepare */
   char *session_url; /* what needs a session (LISTEN, a group's locks): opts.session_url, or url */
   size_t min, max;
@@ -514,9 +514,6 @@ int keel__es_pg_query(es_pg *pg, es_pgconn *c, const char *what, const char *sql
  * first error the server skips the rest; that error is the answer, as
  * keel__es_pg_query's (an explicit transaction the statements began is then
  * left aborted: the caller rolls it back). */
-/* pg_conn.c: frees c's record of its named statements (the server drops
- * them with the connection). */
-void keel__es_pg_named_free(es_pgconn *c);
 typedef struct es_pgstmt {
   const char *sql;
   int nparams;
@@ -524,6 +521,9 @@ typedef struct es_pgstmt {
 } es_pgstmt;
 int keel__es_pg_pipeline(es_pg *pg, es_pgconn *c, const char *what, size_t n,
                          const es_pgstmt *stmts, size_t want, PGresult **out);
+/* pg_conn.c: frees c's record of its named statements (the server drops
+ * them with the connection). */
+void keel__es_pg_named_free(es_pgconn *c);
 /* pg_conn.c: an empty query on an idle connection, waiting at most timeout_ms:
  * 0 when the server answered, KEEL_EIO or KEEL_ETIMEDOUT (c is then broken;
  * not logged: the pool replaces it). Call from a process. */
