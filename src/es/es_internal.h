@@ -285,6 +285,9 @@ int keel__es_tx_run(keel_es *es, const es_req *r, sqlite3 *db, es_pgconn *pc);
 int keel__es_tx_authorizer(keel_es *es);
 /* tx.c: finalizes the cached statements (before wdb closes). */
 void keel__es_tx_cache_free(keel_es *es);
+/* tx.c: FNV-1a of a NUL-terminated text (the statement caches' keys, the
+ * LISTEN channel of a schema whose name is not plain). */
+uint64_t keel__es_text_hash(const char *s);
 /* append.c: keel_es_transact without appends, for keel's own tables (the
  * subscriptions' checkpoints and dead letters), which the service's
  * transactions may not write on SQLite. */

@@ -259,13 +259,6 @@ void keel__es_pg_named_free(es_pgconn *c) {
   c->seen = NULL;
 }
 
-static uint64_t text_hash(const char *s) {
-  uint64_t h = 1469598103934665603ULL;
-  for (; *s; s++)
-    h = (h ^ (unsigned char)*s) * 1099511628211ULL;
-  return h | 1; /* never 0: 0 marks a free ring slot */
-}
-
 /* The named entry for sql on c: found (used now); or made now (*fresh: to
  * prepare in this round trip) when the text was seen before, in a free
  * entry or the least recently used one's (*drop: that one's old name, to
@@ -284,7 +277,7 @@ static es_pgnamed *named_for(es_pgconn *c, const char *sql, bool *fresh, uint32_
       return NULL;
     }
   }
-  uint64_t h = text_hash(sql);
+  uint64_t h = keel__es_text_hash(sql) | 1; /* never 0: 0 marks a free ring slot */
   es_pgnamed *slot = NULL;
   for (size_t i = 0; i < ES_PG_NAMED; i++) {
     es_pgnamed *e = &c->named[i];

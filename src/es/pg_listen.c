@@ -225,10 +225,7 @@ void keel__es_listen_channel_of(const char *schema, char out[64]) {
     snprintf(out, 64, "keel_es_%s", schema);
     return;
   }
-  uint64_t hash = 1469598103934665603ull; /* FNV-1a */
-  for (const unsigned char *p = (const unsigned char *)schema; *p; p++)
-    hash = (hash ^ *p) * 1099511628211ull;
-  snprintf(out, 64, "keel_es_h%016llx", (unsigned long long)hash);
+  snprintf(out, 64, "keel_es_h%016llx", (unsigned long long)keel__es_text_hash(schema));
 }
 
 /* Opens the connection, learns the store's channel from its schema (the

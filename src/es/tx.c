@@ -228,7 +228,7 @@ struct es_stmt_cache {
   uint64_t tick;
 };
 
-static uint64_t text_hash(const char *s) {
+uint64_t keel__es_text_hash(const char *s) {
   uint64_t h = 1469598103934665603ull; /* FNV-1a */
   for (; *s; s++)
     h = (h ^ (unsigned char)*s) * 1099511628211ull;
@@ -378,7 +378,7 @@ static int sq_run(keel_es_tx *tx, sqlite3 *db, sqlite3_stmt *st, keel_es_rows *r
 static int sq_exec(keel_es_tx *tx, sqlite3 *db, bool readonly, const char *sql,
                    const char *const *params, size_t n, keel_es_rows *rows) {
   if (!readonly && (!tx || db != tx->es->wdb)) return KEEL_EINVAL; /* the authorizer is there */
-  uint64_t hash = readonly ? 0 : text_hash(sql);
+  uint64_t hash = readonly ? 0 : keel__es_text_hash(sql);
   es_stmt *kept = readonly ? NULL : cache_find(tx->es, sql, hash, tx->internal);
   sqlite3_stmt *st = kept ? kept->st : NULL;
   int rc = 0;
